@@ -1,0 +1,46 @@
+"""Error types shared by the engine and its front ends.
+
+The CLI maps them to exit codes: a :class:`ValidationError` (bad input the user can fix) is
+exit 2, any other :class:`CopyloraError` (the work itself failed) is exit 1. Each carries a
+message meant to be shown as-is, one line per problem, with no traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CopyloraError(Exception):
+    """A failure the user should see as a clear message, not a traceback."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input: where (a TOML key path or file) and what."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class ValidationError(CopyloraError):
+    """Input that fails validation. Holds *every* problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        count = len(self.problems)
+        lines = [f"{head}{count} problem{'s' if count != 1 else ''}:"]
+        lines += [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class ModelError(CopyloraError):
+    """A base model that cannot be found, read or recognised."""
+
+
+class LoRAFileError(CopyloraError):
+    """A LoRA file that cannot be read (missing, truncated, not safetensors, bad keys)."""

@@ -1,0 +1,205 @@
+"""The concept project's parameters, as plain data.
+
+Each TOML table of ``copylora.toml`` is one dataclass here. Field names follow kohya-ss
+sd-scripts where a parameter exists there, so kohya users recognise them (and
+``copylora import-kohya`` can fill them). Defaults are the copy-machine recipe (SD1.5, rank 8,
+alpha 1, AdamW8bit, lr 1e-4 constant, 5 repeats x 800 epochs, 600x900, fp16) where it says
+something, and sd-scripts' defaults otherwise.
+
+Every field carries a :func:`spec` with its one-line documentation (written as the comment
+above the key in saved files) and its constraints (checked by :mod:`engine.validate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+OPTIMIZERS = (
+    "AdamW8bit",
+    "AdamW",
+    "PagedAdamW8bit",
+    "Lion8bit",
+    "PagedLion8bit",
+    "SGDNesterov",
+    "SGDNesterov8bit",
+    "Adafactor",
+)
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("float", "fp16", "bf16")
+MERGE_PRECISIONS = ("float", "fp64")
+MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
+MERGE_DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++", "pndm", "lms", "heun")
+
+
+def spec(
+    doc: str,
+    *,
+    default: Any = None,
+    factory: Any = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    positive: bool = False,
+    length: int | None = None,
+    fixed_or_pair: bool = False,
+) -> Any:
+    """A dataclass field with documentation and constraints.
+
+    ``positive``: must be > 0. ``minimum``: must be >= minimum. ``choices``: one of these
+    strings (matched case-insensitively, stored in the canonical spelling, as sd-scripts
+    lowercases optimizer names). ``length``: a list of exactly this many items.
+    ``fixed_or_pair``: an int N means [N, N], a "W,H" string or a [W, H] list is kept.
+    """
+    meta = {
+        "doc": doc,
+        "choices": choices,
+        "minimum": minimum,
+        "positive": positive,
+        "length": length,
+        "fixed_or_pair": fixed_or_pair,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ProjectInfo:
+    name: str = spec("Project name; output files are named after it.", default="")
+    base_model: str = spec(
+        'Base model: "tiny" (built-in test model), a single-file .safetensors checkpoint, '
+        "or a diffusers folder. Relative paths are relative to this file.",
+        default="tiny",
+    )
+    model_family: str = spec(
+        "auto (detect from the weights), sd1, sd2, sd2-v (v-prediction) or sdxl.",
+        default="auto",
+        choices=MODEL_FAMILIES,
+    )
+    output_dir: str = spec("Where LoRAs, checkpoints and previews go (relative to this file).", default="output")
+
+
+@dataclass
+class TrainParams:
+    network_dim: int = spec("LoRA rank of linear/attention modules.", default=8, positive=True)
+    network_alpha: float = spec("LoRA alpha; the update is scaled by alpha/rank.", default=1.0, positive=True)
+    conv_dim: int = spec(
+        "Rank of ResNet/sampler 3x3 convs (LoCon); 0 leaves convs untouched.", default=0, minimum=0
+    )
+    conv_alpha: float = spec("Alpha of the conv modules.", default=1.0, positive=True)
+    learning_rate: float = spec("Learning rate.", default=1e-4, positive=True)
+    unet_lr: float | None = spec("U-Net learning rate (unset: learning_rate).", default=None, positive=True)
+    text_encoder_lr: float | None = spec(
+        "Text-encoder learning rate (unset: learning_rate).", default=None, positive=True
+    )
+    lr_scheduler: str = spec("Learning-rate schedule.", default="constant", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = spec("Warm-up steps of the schedule.", default=0, minimum=0)
+    lr_scheduler_num_cycles: int = spec("Cycles of cosine_with_restarts.", default=1, positive=True)
+    lr_scheduler_power: float = spec("Power of the polynomial schedule.", default=1.0, positive=True)
+    optimizer_type: str = spec(
+        "AdamW8bit (bitsandbytes; falls back to AdamW without CUDA), AdamW, Lion8bit, "
+        "SGDNesterov, Adafactor, ...",
+        default="AdamW8bit",
+        choices=OPTIMIZERS,
+    )
+    optimizer_args: dict = spec(
+        "Extra optimizer arguments, e.g. { weight_decay = 0.01 }.", factory=dict
+    )
+    max_train_epochs: int | None = spec(
+        "Epochs (one epoch = every image x num_repeats). Set this or max_train_steps.",
+        default=800,
+        positive=True,
+    )
+    max_train_steps: int | None = spec(
+        "Total optimizer steps; use instead of max_train_epochs.", default=None, positive=True
+    )
+    num_repeats: int = spec(
+        'Repeats of each image per epoch (a kohya folder name like "5_x" overrides it).',
+        default=5,
+        positive=True,
+    )
+    train_batch_size: int = spec("Images per step.", default=1, positive=True)
+    resolution: list = spec(
+        "Maximum training size [width, height] (or one number for a square); the image is "
+        "resized into a bucket within this area, sides multiples of 64, aspect kept.",
+        factory=lambda: [600, 900],
+        fixed_or_pair=True,
+    )
+    mixed_precision: str = spec("no, fp16 or bf16.", default="fp16", choices=MIXED_PRECISIONS)
+    save_precision: str = spec("Precision of saved LoRAs: float, fp16 or bf16.", default="fp16", choices=SAVE_PRECISIONS)
+    seed: int = spec(
+        "Random seed. A and B use the same seed, so their noise is the same and cancels in B-A.",
+        default=42,
+        minimum=0,
+    )
+    noise_offset: float = spec("Noise offset (0 = off).", default=0.0, minimum=0)
+    min_snr_gamma: float | None = spec("Min-SNR weighting gamma (unset = off; 5 is common).", default=None, positive=True)
+    max_grad_norm: float = spec("Gradient clipping norm (0 = off).", default=1.0, minimum=0)
+    gradient_checkpointing: bool = spec("Trade compute for memory.", default=False)
+    network_train_unet_only: bool = spec(
+        "Train only the U-Net LoRA (caption-free training gives the text encoder nothing to learn).",
+        default=True,
+    )
+    clip_skip: int = spec("Use the output of the N-th last CLIP layer (SD1: 1; anime models often 2).", default=1, positive=True)
+    flip_aug: bool = spec("Random horizontal flips (off: a copy machine copies the exact picture).", default=False)
+    random_crop: bool = spec("Random instead of center crop into the bucket.", default=False)
+    save_every_n_steps: int = spec("Write a resumable checkpoint every N steps (0 = only at the end/stop).", default=500, minimum=0)
+
+
+# Keys of [a]/[b] besides per-side overrides of any [train] key.
+@dataclass
+class SideConfig:
+    folder: str = spec("Folder of this side's teacher image(s), relative to this file.", default="")
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class MergeParams:
+    ratios: list = spec(
+        "Weights of [B, A] in the difference merge: +1*B - 1*A keeps only the change A->B.",
+        factory=lambda: [1.0, -1.0],
+        length=2,
+    )
+    new_rank: int = spec("Rank of the merged LoRA.", default=16, positive=True)
+    new_conv_rank: int | None = spec("Rank of merged 3x3 conv modules (unset: new_rank).", default=None, positive=True)
+    device: str = spec("auto (cuda if present), cpu or cuda.", default="auto", choices=MERGE_DEVICES)
+    precision: str = spec("Arithmetic precision: float (fp32) or fp64.", default="float", choices=MERGE_PRECISIONS)
+    save_precision: str = spec("Precision of the merged file.", default="fp16", choices=SAVE_PRECISIONS)
+
+
+@dataclass
+class SampleParams:
+    prompts: list = spec("Prompts of the preview grid (empty string = no caption, as trained).", factory=lambda: [""])
+    negative_prompt: str = spec("Negative prompt.", default="")
+    seed: int = spec("Seed; the same for every strength, so images differ only by the LoRA.", default=1234, minimum=0)
+    steps: int = spec("Sampling steps.", default=20, positive=True)
+    guidance: float = spec("Classifier-free guidance scale.", default=7.0, minimum=0)
+    size: list = spec("Image size [width, height].", factory=lambda: [512, 768], fixed_or_pair=True)
+    strengths: list = spec("LoRA strengths to compare side by side.", factory=lambda: [0.0, 1.0])
+    sampler: str = spec("Sampler.", default="euler_a", choices=SAMPLERS)
+
+
+@dataclass
+class RegParams:
+    folder: str = spec("Folder of class (regularisation) images.", default="reg")
+    instance_prompt: str = spec('Prompt of the teacher images in this flow (e.g. "sks girl").', default="")
+    class_prompt: str = spec('Prompt of the class images (e.g. "girl").', default="")
+    num_class_images: int = spec("Class images wanted; missing ones are generated.", default=0, minimum=0)
+    num_repeats: int = spec("Repeats of each class image per epoch.", default=1, positive=True)
+    prior_loss_weight: float = spec("Weight of the prior-preservation loss.", default=1.0, minimum=0)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    return {f.name: f.metadata.get("doc", "") for f in fields(cls)}
+
+
+TRAIN_KEYS = tuple(f.name for f in fields(TrainParams))

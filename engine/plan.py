@@ -1,0 +1,129 @@
+"""The derived plan of a project, computed in one place.
+
+Everything the CLI, the app, the queue and the trainer need to know *before* training: how
+many steps each side runs (images x repeats x epochs / batch, the sd-scripts arithmetic), the
+bucket each teacher image is trained at, and where every output file goes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.images import ImageInfo, image_files, read_image_info
+from engine.params import TrainParams
+from engine.project import SIDES, Project
+
+BUCKET_STEP = 64
+
+
+def bucket_size(width: int, height: int, resolution: list[int] | tuple[int, int], step: int = BUCKET_STEP) -> tuple[int, int]:
+    """The training size for an image: aspect kept, area <= W*H, longest side <= max(W, H),
+    both sides multiples of ``step`` (at least one step).
+
+    The image is scaled (up or down) to the largest such size and then cropped by less than
+    one ``step`` on each axis to land on the multiple of 64 that the U-Net needs.
+    """
+    max_w, max_h = resolution
+    scale = min(math.sqrt(max_w * max_h / (width * height)), max(max_w, max_h) / max(width, height))
+    w = max(step, int(width * scale) // step * step)
+    h = max(step, int(height * scale) // step * step)
+    return w, h
+
+
+@dataclass(frozen=True)
+class SidePlan:
+    side: str
+    folder: Path
+    images: tuple[ImageInfo, ...]
+    buckets: tuple[tuple[int, int], ...]
+    repeats: int
+    repeats_source: str
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    reg_images: int
+    lora_path: Path
+    run_dir: Path
+    params: TrainParams
+
+
+@dataclass(frozen=True)
+class Plan:
+    project: Project
+    sides: dict[str, SidePlan]
+    merged_path: Path
+    stats_path: Path
+    samples_dir: Path
+
+    def side(self, side: str) -> SidePlan:
+        return self.sides[side.lower()]
+
+
+def output_paths(project: Project) -> dict[str, Path]:
+    out = project.output_dir()
+    name = project.name
+    return {
+        "a": out / f"{name}_A.safetensors",
+        "b": out / f"{name}_B.safetensors",
+        "merged": out / f"{name}.safetensors",
+        "stats": out / f"{name}.stats.json",
+        "samples": out / "samples",
+        "runs": out / "runs",
+    }
+
+
+def steps_for(num_images: int, params: TrainParams, reg_images: int = 0) -> tuple[int, int, int]:
+    """(steps_per_epoch, epochs, total_steps) as sd-scripts counts them.
+
+    With regularisation images each epoch also shows as many class images as teacher images
+    (sd-scripts pairs them), which doubles the steps per epoch.
+    """
+    samples = num_images * params.num_repeats * (2 if reg_images else 1)
+    per_epoch = max(1, math.ceil(samples / params.train_batch_size))
+    if params.max_train_steps is not None:
+        return per_epoch, math.ceil(params.max_train_steps / per_epoch), params.max_train_steps
+    epochs = params.max_train_epochs or 1
+    return per_epoch, epochs, per_epoch * epochs
+
+
+def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
+    """The plan for a loaded (valid) project. ``max_steps`` caps both sides (CLI --max-steps)."""
+    paths = output_paths(project)
+    reg_images = 0
+    if project.reg is not None:
+        folder = project.root / project.reg.folder
+        reg_images = max(project.reg.num_class_images, len(image_files(folder)) if folder.is_dir() else 0)
+    sides = {}
+    for side in SIDES:
+        params = project.side_params(side)
+        if max_steps is not None:
+            params = _with_steps(params, max_steps)
+        folder = project.side_folder(side)
+        images = tuple(read_image_info(p) for p in image_files(folder))
+        per_epoch, epochs, total = steps_for(len(images), params, reg_images)
+        sides[side] = SidePlan(
+            side=side,
+            folder=folder,
+            images=images,
+            buckets=tuple(bucket_size(i.width, i.height, params.resolution) for i in images),
+            repeats=params.num_repeats,
+            repeats_source=project.repeats_source(side),
+            batch_size=params.train_batch_size,
+            steps_per_epoch=per_epoch,
+            epochs=epochs,
+            total_steps=total,
+            reg_images=reg_images,
+            lora_path=paths[side],
+            run_dir=paths["runs"] / side.upper(),
+            params=params,
+        )
+    return Plan(project=project, sides=sides, merged_path=paths["merged"], stats_path=paths["stats"], samples_dir=paths["samples"])
+
+
+def _with_steps(params: TrainParams, max_steps: int) -> TrainParams:
+    from dataclasses import replace
+
+    return replace(params, max_train_epochs=None, max_train_steps=max_steps)

@@ -1,0 +1,265 @@
+"""Concept projects: a folder with ``copylora.toml`` and two teacher-image folders.
+
+``load_project`` reads and validates everything at once (types, ranges, unknown keys with a
+did-you-mean, folders, images) and raises one :class:`ValidationError` listing every problem;
+it never writes. ``save_project`` renders the canonical commented TOML, re-validates that
+exact text, and only then replaces the file atomically. The layout of the TOML is in
+``docs/project-format.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from engine.errors import Problem, ValidationError
+from engine.images import image_files, read_image_info
+from engine.params import (
+    MergeParams,
+    ProjectInfo,
+    RegParams,
+    SampleParams,
+    SideConfig,
+    TrainParams,
+    TRAIN_KEYS,
+)
+from engine.validate import build_section, coerce_value, did_you_mean, show
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PROJECT_FILE = "copylora.toml"
+SIDES = ("a", "b")
+BUILTIN_MODELS = ("tiny",)
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+TABLES = ("project", "train", "a", "b", "merge", "sample", "reg")
+
+# kohya's DreamBooth-style folder names: "5_" or "5_token" means 5 repeats.
+_KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
+
+
+@dataclass
+class Project:
+    root: Path
+    info: ProjectInfo = field(default_factory=ProjectInfo)
+    train: TrainParams = field(default_factory=TrainParams)
+    a: SideConfig = field(default_factory=lambda: SideConfig(folder="a"))
+    b: SideConfig = field(default_factory=lambda: SideConfig(folder="b"))
+    merge: MergeParams = field(default_factory=MergeParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    reg: RegParams | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name or self.root.name
+
+    @property
+    def toml_path(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    def side(self, side: str) -> SideConfig:
+        return {"a": self.a, "b": self.b}[side.lower()]
+
+    def side_folder(self, side: str) -> Path:
+        return self.root / self.side(side).folder
+
+    def output_dir(self) -> Path:
+        return self.root / self.info.output_dir
+
+    def base_model_path(self) -> str:
+        """The base model spec with relative paths resolved against the project folder."""
+        base = self.info.base_model
+        if base in BUILTIN_MODELS:
+            return base
+        path = Path(base).expanduser()
+        return str(path if path.is_absolute() else self.root / path)
+
+    def side_params(self, side: str) -> TrainParams:
+        """Effective [train] for one side: [train], then the folder-name repeats, then [a]/[b]."""
+        config = self.side(side)
+        params = self.train
+        repeats = folder_repeats(config.folder)
+        if repeats is not None:
+            params = replace(params, num_repeats=repeats)
+        return replace(params, **config.overrides)
+
+    def repeats_source(self, side: str) -> str:
+        config = self.side(side)
+        if "num_repeats" in config.overrides:
+            return f"[{side}].num_repeats"
+        if folder_repeats(config.folder) is not None:
+            return f"folder name {Path(config.folder).name!r}"
+        return "[train].num_repeats"
+
+
+def folder_repeats(folder: str) -> int | None:
+    match = _KOHYA_FOLDER.match(Path(folder).name)
+    if match and int(match.group(1)) > 0:
+        return int(match.group(1))
+    return None
+
+
+def find_project_file(path: Path | str) -> Path:
+    path = Path(path)
+    return path / PROJECT_FILE if path.is_dir() or path.suffix != ".toml" else path
+
+
+def load_project(path: Path | str, *, check_files: bool = True) -> Project:
+    """Load and validate a project folder (or its ``copylora.toml``). Never writes anything."""
+    toml_path = find_project_file(path)
+    if not toml_path.is_file():
+        hint = " (create one with `copylora new`)" if Path(path).is_dir() else ""
+        raise ValidationError([Problem(str(toml_path), f"no project file{hint}")])
+    try:
+        text = toml_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError([Problem(str(toml_path), f"cannot read: {exc}")]) from None
+    return parse_project(text, toml_path.parent, source=str(toml_path), check_files=check_files)
+
+
+def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_files: bool = True) -> Project:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError([Problem(source, f"not valid TOML: {exc}")]) from None
+    problems: list[Problem] = []
+    project = _build(data, Path(root).resolve(), problems)
+    if not problems:
+        _check_semantics(project, problems, check_files)
+    if problems:
+        # Both sides share [train], so one bad key there can be found once per side.
+        raise ValidationError(list(dict.fromkeys(problems)), source)
+    return project
+
+
+def _build(data: dict, root: Path, problems: list[Problem]) -> Project:
+    for key, value in data.items():
+        if key not in TABLES:
+            problems.append(Problem(key, f"unknown table{did_you_mean(key, TABLES)}"))
+        elif not isinstance(value, dict):
+            problems.append(Problem(key, f"must be a table [{key}], got {show(value)}"))
+    table = lambda key: data.get(key) if isinstance(data.get(key), dict) else {}  # noqa: E731
+    info = build_section(ProjectInfo, table("project"), "project", problems)
+    train = build_section(TrainParams, table("train"), "train", problems)
+    sides = {side: _build_side(side, table(side), problems) for side in SIDES}
+    merge = build_section(MergeParams, table("merge"), "merge", problems)
+    sample = build_section(SampleParams, table("sample"), "sample", problems)
+    reg = build_section(RegParams, table("reg"), "reg", problems) if "reg" in data else None
+    return Project(root=root, info=info, train=train, a=sides["a"], b=sides["b"], merge=merge, sample=sample, reg=reg)
+
+
+def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
+    folder = table.get("folder", side)
+    if not isinstance(folder, str) or not folder:
+        problems.append(Problem(f"{side}.folder", f"must be a folder name, got {show(folder)}"))
+        folder = side
+    overrides: dict[str, Any] = {}
+    train_fields = {f.name: f for f in fields(TrainParams)}
+    for key, raw in table.items():
+        if key == "folder":
+            continue
+        f = train_fields.get(key)
+        if f is None:
+            known = ["folder", *TRAIN_KEYS]
+            problems.append(Problem(f"{side}.{key}", f"unknown key{did_you_mean(key, known)}"))
+            continue
+        before = len(problems)
+        value = coerce_value(raw, f.type, dict(f.metadata), f"{side}.{key}", problems)
+        if len(problems) == before:
+            overrides[key] = value
+    return SideConfig(folder=folder, overrides=overrides)
+
+
+def _check_semantics(project: Project, problems: list[Problem], check_files: bool) -> None:
+    """Checks that need more than one key, or the file system."""
+    for side in SIDES:
+        params = project.side_params(side)
+        where = f"[{side}] (with [train])" if project.side(side).overrides else "train"
+        if params.max_train_epochs is not None and params.max_train_steps is not None:
+            problems.append(Problem(where, "set max_train_epochs or max_train_steps, not both"))
+        if params.max_train_epochs is None and params.max_train_steps is None:
+            problems.append(Problem(where, "set max_train_epochs or max_train_steps"))
+    for i, ratio in enumerate(project.merge.ratios):
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            problems.append(Problem(f"merge.ratios[{i}]", f"must be a number, got {show(ratio)}"))
+    for key, items, kind in (("prompts", project.sample.prompts, str), ("strengths", project.sample.strengths, (int, float))):
+        if not items:
+            problems.append(Problem(f"sample.{key}", "must not be empty"))
+        for i, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, kind):
+                problems.append(Problem(f"sample.{key}[{i}]", f"must be a {'string' if kind is str else 'number'}, got {show(item)}"))
+    for key, value in project.train.optimizer_args.items():
+        if not isinstance(value, (int, float, str, bool, list)):
+            problems.append(Problem(f"train.optimizer_args.{key}", f"must be a number, string, boolean or list, got {show(value)}"))
+    if project.a.folder == project.b.folder:
+        problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
+    if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:
+        problems.append(Problem("reg.class_prompt", "needed to generate class images (num_class_images > 0)"))
+    if check_files:
+        _check_base_model(project, problems)
+        for side in SIDES:
+            _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems)
+        if project.reg is not None and project.reg.num_class_images == 0:
+            _check_image_folder(project.root, project.reg.folder, "reg.folder", problems)
+
+
+def _check_base_model(project: Project, problems: list[Problem]) -> None:
+    base = project.info.base_model
+    if base in BUILTIN_MODELS:
+        return
+    path = Path(project.base_model_path())
+    if not path.exists():
+        problems.append(Problem("project.base_model", f"no such file or folder: {path}"))
+    elif path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            problems.append(Problem("project.base_model", f"{path} is a folder but not a diffusers model (no model_index.json)"))
+    elif path.suffix.lower() not in MODEL_FILE_SUFFIXES:
+        problems.append(Problem("project.base_model", f"{path.name}: expected a .safetensors checkpoint or a diffusers folder"))
+
+
+def _check_image_folder(root: Path, folder: str, key: str, problems: list[Problem]) -> None:
+    path = root / folder
+    if not path.is_dir():
+        problems.append(Problem(key, f"folder not found: {path}"))
+        return
+    images = image_files(path)
+    if not images:
+        problems.append(Problem(key, f"no images in {path} (png, jpg, webp, bmp, tif)"))
+    for image in images:
+        try:
+            read_image_info(image)
+        except ValueError as exc:
+            problems.append(Problem(f"{key} {image.name}", str(exc)))
+
+
+def save_project(project: Project, path: Path | str | None = None) -> Path:
+    """Validate and write ``copylora.toml`` atomically. Nothing is written if it is invalid."""
+    from engine.project_toml import render_project
+
+    target = find_project_file(path) if path is not None else project.toml_path
+    text = render_project(project)
+    parse_project(text, target.parent, source=str(target))  # raises before anything is written
+    write_text_atomic(target, text)
+    return target
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temp file in the same folder + fsync + rename: a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,162 @@
+"""Turn a TOML table into one of the :mod:`engine.params` dataclasses, collecting problems.
+
+Nothing here stops at the first problem: every bad key adds a :class:`Problem` with its key
+path and the offending value, and the caller raises one :class:`ValidationError` with all of
+them. Types come from the dataclass annotations, constraints from the field specs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, fields
+from typing import Any
+
+from engine.errors import Problem
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+
+
+def show(value: Any) -> str:
+    """The value as the user wrote it, short enough for one error line."""
+    text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def did_you_mean(key: str, known: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _base_type(annotation: str) -> tuple[type, bool]:
+    """('int | None') -> (int, True). Annotations are strings (from __future__ annotations)."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    names = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+    return names[parts[0]], optional
+
+
+def coerce_value(value: Any, annotation: str, meta: dict, path: str, problems: list[Problem]) -> Any:
+    """Check and normalise one value; on a problem, record it and return None."""
+    kind, optional = _base_type(annotation)
+    bad = len(problems)
+
+    def fail(message: str) -> None:
+        problems.append(Problem(path, f"{message}, got {show(value)}"))
+
+    if value is None:
+        if not optional:
+            fail(f"must be {_TYPE_NAMES[kind]}")
+        return None
+    if meta.get("fixed_or_pair"):
+        value = _pair(value, path, problems)
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            fail("must be true or false")
+    elif kind is int:
+        # bool is an int subclass in Python; "true" for a rank is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                fail("must be an integer")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("must be a number")
+        else:
+            value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            fail("must be a string")
+    elif kind is list:
+        if not isinstance(value, list):
+            fail("must be a list")
+        elif meta.get("length") is not None and len(value) != meta["length"]:
+            fail(f"must be a list of {meta['length']} items")
+    elif kind is dict:
+        if not isinstance(value, dict):
+            fail("must be a table")
+    if len(problems) > bad:
+        return None
+
+    choices = meta.get("choices")
+    if choices:
+        match = {c.lower(): c for c in choices}.get(value.lower())
+        if match is None:
+            hint = did_you_mean(value, choices) or f" (one of: {', '.join(choices)})"
+            problems.append(Problem(path, f"unknown value {show(value)}{hint}"))
+            return None
+        value = match
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if meta.get("positive") and value <= 0:
+            fail("must be greater than 0")
+            return None
+        minimum = meta.get("minimum")
+        if minimum is not None and value < minimum:
+            fail(f"must be at least {minimum:g}")
+            return None
+    return value
+
+
+def _pair(value: Any, path: str, problems: list[Problem]) -> list[int] | None:
+    """512 -> [512, 512]; "600,900" -> [600, 900]; [600, 900] kept. Sides must be >= 64."""
+    pair: list[Any]
+    if isinstance(value, bool):
+        pair = []
+    elif isinstance(value, int):
+        pair = [value, value]
+    elif isinstance(value, str):
+        try:
+            pair = [int(p) for p in value.replace("x", ",").split(",")]
+        except ValueError:
+            pair = []
+        if len(pair) == 1:
+            pair = pair * 2
+    elif isinstance(value, list):
+        pair = list(value)
+    else:
+        pair = []
+    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
+        problems.append(Problem(path, f"must be [width, height] or one number, got {show(value)}"))
+        return None
+    if min(pair) < 64:
+        problems.append(Problem(path, f"each side must be at least 64 pixels, got {show(value)}"))
+        return None
+    return pair
+
+
+def build_section(cls: type, table: Any, path: str, problems: list[Problem], *, allow_extra: tuple[str, ...] = ()) -> Any:
+    """Build ``cls`` from a TOML table. Unknown keys are problems with a did-you-mean.
+
+    Keys named in ``allow_extra`` are left for the caller (they are not reported).
+    Returns an instance with defaults where values were bad, so the caller can go on checking.
+    """
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        problems.append(Problem(path, f"must be a table, got {show(table)}"))
+        table = {}
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key in allow_extra:
+            continue
+        f = known.get(key)
+        if f is None or not f.metadata:
+            problems.append(Problem(f"{path}.{key}", f"unknown key{did_you_mean(key, [k for k, v in known.items() if v.metadata])}"))
+            continue
+        before = len(problems)
+        value = coerce_value(raw, f.type, dict(f.metadata), f"{path}.{key}", problems)
+        if len(problems) == before:
+            values[key] = value
+    return cls(**values)
+
+
+def default_of(cls: type, name: str) -> Any:
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            return f.default_factory()  # type: ignore[misc]
+    raise KeyError(name)
