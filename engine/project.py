@@ -88,7 +88,13 @@ class Project:
         repeats = folder_repeats(config.folder)
         if repeats is not None:
             params = replace(params, num_repeats=repeats)
-        return replace(params, **config.overrides)
+        overrides = dict(config.overrides)
+        # A side that sets one of steps/epochs drops the other one inherited from [train].
+        if "max_train_steps" in overrides and "max_train_epochs" not in overrides:
+            overrides["max_train_epochs"] = None
+        if "max_train_epochs" in overrides and "max_train_steps" not in overrides:
+            overrides["max_train_steps"] = None
+        return replace(params, **overrides)
 
     def repeats_source(self, side: str) -> str:
         config = self.side(side)
@@ -115,8 +121,9 @@ def load_project(path: Path | str, *, check_files: bool = True) -> Project:
     """Load and validate a project folder (or its ``copylora.toml``). Never writes anything."""
     toml_path = find_project_file(path)
     if not toml_path.is_file():
-        hint = " (create one with `copylora new`)" if Path(path).is_dir() else ""
-        raise ValidationError([Problem(str(toml_path), f"no project file{hint}")])
+        if not Path(path).exists():
+            raise ValidationError([Problem(str(path), "no such project folder")])
+        raise ValidationError([Problem(str(toml_path), "no project file here (create a project with `copylora new`)")])
     try:
         text = toml_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -148,6 +155,9 @@ def _build(data: dict, root: Path, problems: list[Problem]) -> Project:
     table = lambda key: data.get(key) if isinstance(data.get(key), dict) else {}  # noqa: E731
     info = build_section(ProjectInfo, table("project"), "project", problems)
     train = build_section(TrainParams, table("train"), "train", problems)
+    if "max_train_steps" in table("train") and "max_train_epochs" not in table("train"):
+        # Writing only max_train_steps means "count steps": the epochs default must not linger.
+        train = replace(train, max_train_epochs=None)
     sides = {side: _build_side(side, table(side), problems) for side in SIDES}
     merge = build_section(MergeParams, table("merge"), "merge", problems)
     sample = build_section(SampleParams, table("sample"), "sample", problems)
@@ -179,13 +189,9 @@ def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
 
 def _check_semantics(project: Project, problems: list[Problem], check_files: bool) -> None:
     """Checks that need more than one key, or the file system."""
-    for side in SIDES:
-        params = project.side_params(side)
-        where = f"[{side}] (with [train])" if project.side(side).overrides else "train"
-        if params.max_train_epochs is not None and params.max_train_steps is not None:
-            problems.append(Problem(where, "set max_train_epochs or max_train_steps, not both"))
-        if params.max_train_epochs is None and params.max_train_steps is None:
-            problems.append(Problem(where, "set max_train_epochs or max_train_steps"))
+    for name, table in (("train", asdict_shallow(project.train)), *((side, project.side(side).overrides) for side in SIDES)):
+        if table.get("max_train_epochs") is not None and table.get("max_train_steps") is not None:
+            problems.append(Problem(name, "set max_train_epochs or max_train_steps, not both"))
     for i, ratio in enumerate(project.merge.ratios):
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             problems.append(Problem(f"merge.ratios[{i}]", f"must be a number, got {show(ratio)}"))
@@ -208,6 +214,10 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems)
         if project.reg is not None and project.reg.num_class_images == 0:
             _check_image_folder(project.root, project.reg.folder, "reg.folder", problems)
+
+
+def asdict_shallow(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 def _check_base_model(project: Project, problems: list[Problem]) -> None:

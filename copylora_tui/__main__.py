@@ -1,0 +1,5 @@
+import sys
+
+from copylora_tui.cli.main import main
+
+sys.exit(main())

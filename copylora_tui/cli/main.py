@@ -1,0 +1,98 @@
+"""Entry point of the ``copylora`` command.
+
+Exit codes: 0 ok, 2 usage or validation error (the input can be fixed), 1 the work failed.
+Errors are printed as one clear line each; ``--debug`` adds the traceback. Nothing here
+imports torch: commands that need it import their engine module when they run, so
+``copylora --help`` and the app start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable
+
+from engine import __version__
+from engine.errors import CopyloraError, ValidationError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Make copy-machine LoRAs (コピー機LoRA) for Stable Diffusion: train one LoRA on picture A and
+one on picture B (the same picture changed only in the wanted way), then merge +1·B −1·A into
+a LoRA that applies just that change. Run with no command to open the terminal app."""
+
+EPILOG = """\
+examples:
+  copylora new mono --a colour.png --b gray.png        make projects/mono
+  copylora check projects/example-monochrome           validate and show the plan
+  copylora import-kohya my_kohya.json --into projects/mono
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that exits with 2 and one line on a usage error (argparse's own convention)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"copylora: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from copylora_tui.cli import project_commands
+
+    parser = Parser(
+        prog="copylora",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"copylora {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--projects", metavar="DIR", default="projects", help="folder of concept projects (default: ./projects)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    project_commands.register(commands)
+    return parser
+
+
+def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return func(args) or EXIT_OK
+    except ValidationError as exc:
+        print(f"copylora: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CopyloraError as exc:
+        print(f"copylora: error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # `copylora queue --json | head`: the reader left; stop quietly like other CLI tools.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("copylora: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"copylora: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from copylora_tui.app import run_app
+
+        return run_guarded(lambda a: run_app(projects_dir=a.projects), args)
+    return run_guarded(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Rich rendering of a project's plan for ``copylora check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def print_plan(plan, console: Console | None = None) -> None:
+    console = console or Console()
+    project = plan.project
+    root = project.root
+    base = project.info.base_model
+    base_text = "tiny (built-in, SD1.5 topology, random weights)" if base == "tiny" else base
+    console.print(f"[bold]{project.name}[/bold]  [green]valid[/green]  {project.toml_path}")
+    console.print(f"base model  {base_text}   family: {project.info.model_family}")
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("side", "folder", "images", "bucket", "repeats", "batch", "epochs", "steps"):
+        table.add_column(column, justify="left" if column in ("side", "folder", "bucket") else "right")
+    for side, p in plan.sides.items():
+        buckets = ", ".join(f"{w}x{h}" for w, h in sorted(set(p.buckets)))
+        table.add_row(side.upper(), _rel(p.folder, root) + "/", str(len(p.images)), buckets,
+                      str(p.repeats), str(p.batch_size), str(p.epochs), str(p.total_steps))
+    console.print(table)
+    lines: dict[str, list[str]] = {}
+    for side, p in plan.sides.items():
+        params = p.params
+        rank = f"rank {params.network_dim} alpha {params.network_alpha:g}"
+        if params.conv_dim:
+            rank += f", conv {params.conv_dim} alpha {params.conv_alpha:g}"
+        precision = "fp32" if params.mixed_precision == "no" else params.mixed_precision
+        line = f"{params.optimizer_type} lr {params.learning_rate:g} {params.lr_scheduler}, {rank}, {precision}, seed {params.seed}"
+        lines.setdefault(line, []).append(side.upper())
+    for line, sides in lines.items():  # one line when A and B train alike (the usual case)
+        console.print(f"  {' and '.join(sides)}: {line}")
+    for side, p in plan.sides.items():
+        if p.repeats_source != "[train].num_repeats":
+            console.print(f"  {side.upper()} repeats from {p.repeats_source}")
+    merge = project.merge
+    b_ratio, a_ratio = merge.ratios
+    conv = merge.new_conv_rank or merge.new_rank
+    console.print(
+        f"merge  {b_ratio:+g}·B {a_ratio:+g}·A → rank {merge.new_rank} (3x3 conv {conv}), "
+        f"{merge.precision} math, saved {merge.save_precision}"
+    )
+    console.print("outputs")
+    a, b = plan.side("a"), plan.side("b")
+    for label, path in (("A", a.lora_path), ("B", b.lora_path), ("merged", plan.merged_path), ("stats", plan.stats_path), ("previews", plan.samples_dir)):
+        console.print(f"  {label:<9}{_rel(path, root)}")

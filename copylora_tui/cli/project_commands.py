@@ -1,0 +1,139 @@
+"""``copylora new``, ``check`` and ``import-kohya``: concept-project commands (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.errors import Problem, ValidationError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    new = commands.add_parser(
+        "new",
+        help="create a concept project from two teacher images",
+        description="Create a concept project folder: copylora.toml (commented) plus a/ and b/ with copies of the images.",
+    )
+    new.add_argument("name", metavar="NAME", help="project name; created under --projects unless it is a path")
+    new.add_argument("--a", required=True, metavar="IMG", help="teacher image A (the original picture)")
+    new.add_argument("--b", required=True, metavar="IMG", help="teacher image B (the same picture, changed)")
+    new.add_argument("--base", default="tiny", metavar="MODEL", help='base model: "tiny", a .safetensors checkpoint or a diffusers folder (default: tiny)')
+    new.set_defaults(func=cmd_new)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a project and show its plan",
+        description="Validate a project (every problem at once) and print the derived plan: steps, buckets, outputs.",
+    )
+    check.add_argument("project", metavar="PROJECT", help="project folder or its copylora.toml")
+    check.add_argument("--json", action="store_true", help="print the plan as JSON")
+    check.set_defaults(func=cmd_check)
+
+    imp = commands.add_parser(
+        "import-kohya",
+        help="read kohya_ss / sd-scripts settings into a project's [train]",
+        description=(
+            "Read a kohya_ss GUI .json config, an sd-scripts --config_file TOML or an sd-scripts dataset TOML. "
+            "Every key is reported as used, ignored (with the reason) or unknown. Without --into, print the [train] table."
+        ),
+    )
+    imp.add_argument("config", metavar="CONFIG", help="kohya_ss .json or sd-scripts .toml")
+    imp.add_argument("--into", metavar="PROJECT", help="project to update (validated, then written atomically)")
+    imp.add_argument("--quiet", action="store_true", help="do not print the key report")
+    imp.set_defaults(func=cmd_import_kohya)
+
+
+def project_dest(name: str, projects_dir: str) -> Path:
+    return Path(name) if ("/" in name or name.startswith(".")) else Path(projects_dir) / name
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from engine.scaffold import create_project
+
+    dest = project_dest(args.name, args.projects)
+    project = create_project(dest, args.a, args.b, name=Path(args.name).name, base_model=args.base)
+    shown = _relative(project.root)
+    print(f"created {shown}/ (A: {args.a}, B: {args.b}, base: {project.info.base_model})")
+    print(f"edit {shown}/copylora.toml, then: copylora check {shown}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.plan import make_plan
+    from engine.project import load_project
+
+    plan = make_plan(load_project(args.project))
+    if args.json:
+        print(json.dumps(plan_as_dict(plan), indent=2))
+    else:
+        from copylora_tui.cli.plan_view import print_plan
+
+        print_plan(plan)
+    return 0
+
+
+def cmd_import_kohya(args: argparse.Namespace) -> int:
+    from engine.kohya_import import apply_import, format_report, import_kohya
+
+    result = import_kohya(args.config)
+    if not args.quiet:
+        print(format_report(result), file=sys.stderr)
+    if args.into is None:
+        from engine.project_toml import toml_value
+
+        print("[train]")
+        for key, value in result.train.items():
+            print(f"{key} = {toml_value(value)}")
+        return 0
+    from engine.project import load_project, save_project
+
+    project = load_project(args.into)
+    path = save_project(apply_import(project, result))
+    print(f"updated {_relative(path)} ({len(result.train)} [train] keys)")
+    return 0
+
+
+def plan_as_dict(plan) -> dict:
+    project = plan.project
+    return {
+        "name": project.name,
+        "project_file": str(project.toml_path),
+        "base_model": project.info.base_model,
+        "model_family": project.info.model_family,
+        "sides": {
+            side: {
+                "folder": str(p.folder),
+                "images": [{"path": str(i.path), "width": i.width, "height": i.height} for i in p.images],
+                "buckets": [list(b) for b in p.buckets],
+                "repeats": p.repeats,
+                "repeats_source": p.repeats_source,
+                "batch_size": p.batch_size,
+                "steps_per_epoch": p.steps_per_epoch,
+                "epochs": p.epochs,
+                "total_steps": p.total_steps,
+                "lora": str(p.lora_path),
+                "run_dir": str(p.run_dir),
+            }
+            for side, p in plan.sides.items()
+        },
+        "merge": {
+            "ratios": project.merge.ratios,
+            "new_rank": project.merge.new_rank,
+            "new_conv_rank": project.merge.new_conv_rank or project.merge.new_rank,
+            "output": str(plan.merged_path),
+            "stats": str(plan.stats_path),
+        },
+        "samples_dir": str(plan.samples_dir),
+    }
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+__all__ = ["register", "Problem", "ValidationError"]

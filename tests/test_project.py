@@ -1,0 +1,225 @@
+"""The concept-project format: round trip, every error class, kohya folder names, the plan."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ValidationError
+from engine.params import RegParams
+from engine.plan import bucket_size, make_plan, steps_for
+from engine.project import load_project, save_project
+from engine.project_toml import render_project
+from engine.scaffold import create_project
+from tests.helpers import copy_example, snapshot, write_png
+
+
+def problems_of(excinfo) -> dict[str, str]:
+    return {p.where: p.message for p in excinfo.value.problems}
+
+
+def test_example_project_loads_and_plans():
+    from tests.helpers import EXAMPLE
+
+    project = load_project(EXAMPLE)
+    plan = make_plan(project)
+    assert project.name == "example-monochrome"
+    assert plan.side("a").total_steps == 1 * 5 * 40
+    assert plan.side("a").buckets == ((128, 192),)
+    assert plan.merged_path.name == "example-monochrome.safetensors"
+
+
+def test_round_trip_load_save_load(tmp_path):
+    root = copy_example(tmp_path)
+    project = load_project(root)
+    # Exercise every kind of value: overrides, None, dicts, reg, non-default lists.
+    project.train = replace(project.train, unet_lr=2e-4, min_snr_gamma=5.0, optimizer_args={"weight_decay": 0.01, "betas": [0.9, 0.99]})
+    project.b.overrides = {"learning_rate": 5e-4, "num_repeats": 3}
+    project.merge = replace(project.merge, ratios=[0.5, -0.5], new_conv_rank=4)
+    project.sample = replace(project.sample, prompts=["", 'a "quoted" prompt'], strengths=[0.0, 0.5, 1.0])
+    (root / "reg").mkdir()
+    write_png(root / "reg" / "girl.png")
+    project.reg = RegParams(folder="reg", class_prompt="girl", instance_prompt="sks girl")
+    save_project(project)
+    again = load_project(root)
+    assert again == project
+    # Saving the re-loaded project gives byte-identical text: the format is canonical.
+    assert render_project(again) == (root / "copylora.toml").read_text()
+
+
+def test_every_problem_reported_at_once_and_nothing_written(tmp_path):
+    root = copy_example(tmp_path)
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "copylora.toml").write_text(
+        """
+[project]
+name = "x"
+base_model = "missing.safetensors"
+[train]
+network_dim = 0
+network_alph = 1
+learning_rate = "fast"
+optimizer_type = "adamw9bit"
+resolution = [600]
+gradient_checkpointing = 1
+[a]
+folder = "nowhere"
+nettwork_dim = 4
+[b]
+[merge]
+ratios = [1, -1, 0.5]
+[samples]
+seed = 1
+"""
+    )
+    before = snapshot(root)
+    with pytest.raises(ValidationError) as excinfo:
+        load_project(root)
+    found = problems_of(excinfo)
+    assert "must be greater than 0" in found["train.network_dim"]
+    assert "did you mean 'network_alpha'" in found["train.network_alph"]
+    assert "must be a number" in found["train.learning_rate"] and "'fast'" in found["train.learning_rate"]
+    assert "unknown value" in found["train.optimizer_type"]
+    assert "[width, height]" in found["train.resolution"]
+    assert "true or false" in found["train.gradient_checkpointing"]
+    assert "did you mean 'network_dim'" in found["a.nettwork_dim"]
+    assert "list of 2 items" in found["merge.ratios"]
+    assert "did you mean 'sample'" in found["samples"]
+    assert len(found) == 9
+    assert snapshot(root) == before
+    # One message line per problem, each with its key path.
+    text = str(excinfo.value)
+    assert text.count("\n") == len(excinfo.value.problems)
+
+
+def test_file_system_problems(tmp_path):
+    root = copy_example(tmp_path)
+    (root / "b" / "monochrome.png").unlink()
+    (root / "b" / "notes.txt").write_text("captions are ignored")
+    (root / "a" / "half.png").write_bytes((root / "a" / "colour.png").read_bytes()[:200])
+    text = (root / "copylora.toml").read_text().replace('base_model = "tiny"', 'base_model = "nope.safetensors"')
+    (root / "copylora.toml").write_text(text)
+    with pytest.raises(ValidationError) as excinfo:
+        load_project(root)
+    found = problems_of(excinfo)
+    assert "no images" in found["b.folder"]
+    assert "corrupt image" in found["a.folder half.png"]
+    assert "no such file" in found["project.base_model"]
+
+
+def test_epochs_and_steps_both_or_neither(tmp_path):
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("# max_train_steps =", "max_train_steps = 100"))
+    with pytest.raises(ValidationError, match="not both"):
+        load_project(root)
+    # Only steps written: the epochs default does not linger and cause a conflict.
+    toml.write_text(toml.read_text().replace("max_train_epochs = 40", ""))
+    project = load_project(root)
+    assert project.train.max_train_epochs is None
+    assert make_plan(project).side("a").total_steps == 100
+    # A side override of epochs replaces the inherited steps for that side only.
+    project.a.overrides = {"max_train_epochs": 2}
+    assert make_plan(project).side("a").total_steps == 10
+    assert make_plan(project).side("b").total_steps == 100
+    save_project(project)
+    assert load_project(root) == project
+
+
+def test_invalid_toml_syntax(tmp_path):
+    root = copy_example(tmp_path)
+    (root / "copylora.toml").write_text("[train\nnetwork_dim = 8")
+    with pytest.raises(ValidationError, match="not valid TOML"):
+        load_project(root)
+
+
+def test_kohya_folder_name_sets_repeats(tmp_path):
+    root = copy_example(tmp_path)
+    (root / "a").rename(root / "5_")
+    (root / "b").rename(root / "12_sks girl")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace('folder = "a"', 'folder = "5_"').replace('folder = "b"', 'folder = "12_sks girl"'))
+    project = load_project(root)
+    assert project.side_params("a").num_repeats == 5
+    assert project.side_params("b").num_repeats == 12
+    assert "folder name" in project.repeats_source("b")
+    plan = make_plan(project)
+    assert plan.side("b").total_steps == 12 * 40
+    # An explicit per-side value wins over the folder name.
+    project.b.overrides = {"num_repeats": 2}
+    assert project.side_params("b").num_repeats == 2
+    assert project.repeats_source("b") == "[b].num_repeats"
+
+
+def test_save_refuses_invalid_and_keeps_file(tmp_path):
+    root = copy_example(tmp_path)
+    project = load_project(root)
+    before = (root / "copylora.toml").read_bytes()
+    project.merge = replace(project.merge, ratios=[1.0])
+    with pytest.raises(ValidationError, match="merge.ratios"):
+        save_project(project)
+    assert (root / "copylora.toml").read_bytes() == before
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    "image, resolution, expected",
+    [
+        ((600, 900), (600, 900), (576, 896)),
+        ((1200, 1800), (600, 900), (576, 896)),
+        ((1024, 1024), (600, 900), (704, 704)),  # area-bound: sqrt(600*900) = 734
+        ((900, 600), (600, 900), (896, 576)),  # landscape image, same area budget
+        ((128, 192), (512, 512), (320, 512)),  # upscaled until the longest side fits
+        ((40, 30), (64, 64), (64, 64)),  # never below one step
+    ],
+)
+def test_bucket_size(image, resolution, expected):
+    w, h = bucket_size(*image, resolution)
+    assert (w, h) == expected
+    assert w % 64 == 0 and h % 64 == 0
+    assert w * h <= max(resolution[0] * resolution[1], 64 * 64)
+
+
+def test_steps_arithmetic_matches_sd_scripts():
+    from engine.params import TrainParams
+
+    recipe = TrainParams()  # 1 image x 5 repeats x 800 epochs, batch 1
+    assert steps_for(1, recipe) == (5, 800, 4000)
+    assert steps_for(3, replace(recipe, train_batch_size=2, max_train_epochs=10)) == (8, 10, 80)
+    assert steps_for(1, replace(recipe, max_train_epochs=None, max_train_steps=12)) == (5, 3, 12)
+    assert steps_for(1, replace(recipe, max_train_epochs=2), reg_images=1) == (10, 2, 20)
+
+
+def test_create_project_bad_then_good(tmp_path):
+    a = write_png(tmp_path / "in" / "a.png")
+    b = write_png(tmp_path / "in" / "b.jpg", colour=(90, 90, 90))
+    with pytest.raises(ValidationError) as excinfo:
+        create_project(tmp_path / "p", tmp_path / "in" / "missing.png", b)
+    assert "--a" in problems_of(excinfo)
+    assert not (tmp_path / "p").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["in"]
+    project = create_project(tmp_path / "p", a, b)
+    assert project.name == "p"
+    assert (tmp_path / "p" / "a" / "a.png").is_file() and (tmp_path / "p" / "b" / "b.jpg").is_file()
+    text = (tmp_path / "p" / "copylora.toml").read_text()
+    assert "# LoRA rank of linear/attention modules." in text
+    with pytest.raises(ValidationError, match="already exists"):
+        create_project(tmp_path / "p", a, b)
+
+
+def test_every_key_is_documented():
+    from dataclasses import fields
+
+    from engine.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
+    from tests.helpers import REPO
+
+    doc = (REPO / "docs" / "project-format.md").read_text()
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in (ProjectInfo, TrainParams, MergeParams, SampleParams, RegParams)
+        for f in fields(cls)
+        if f.metadata and f"`{f.name}`" not in doc
+    ]
+    assert missing == []
