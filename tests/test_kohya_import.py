@@ -1,0 +1,328 @@
+"""Importing kohya_ss GUI settings, sd-scripts config files and dataset TOMLs into a project.
+
+The reference files are real kohya_ss configs (see /work/shared/reference/README.md); every
+key of each must land in exactly one report (used, ignored, unknown).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.errors import ValidationError
+from engine.kohya_import import CONFIG, DATASET, GUI, _parse_args, apply_import, format_report, import_kohya
+from engine.project import load_project, save_project
+from engine.scaffold import create_project
+
+REF = Path("/work/shared/reference/kohya_ss_configs")
+REF_FILES = sorted(REF.glob("*")) if REF.is_dir() else []
+needs_ref = pytest.mark.skipif(not REF_FILES, reason="reference kohya configs not present")
+
+# A realistic sd-scripts --config_file: grouped tables, sd-scripts list values, one unknown key.
+CONFIG_TOML = """\
+[model_arguments]
+pretrained_model_name_or_path = "/models/sd15.safetensors"
+v2 = false
+
+[additional_network_arguments]
+network_module = "networks.lora"
+network_dim = 16
+network_alpha = 8
+network_args = ["conv_dim=8", "conv_alpha=4", "rank_dropout=0.1"]
+network_train_unet_only = true
+
+[optimizer_arguments]
+optimizer_type = "adamw"
+learning_rate = 2e-4
+optimizer_args = ["weight_decay=0.01", "betas=0.9,0.99"]
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 0.05
+
+[dataset_arguments]
+resolution = "512,768"
+train_batch_size = 2
+cache_latents = true
+shuffle_caption = true
+
+[training_arguments]
+output_dir = "out"
+max_train_steps = 1200
+seed = 7
+mixed_precision = "bf16"
+xformers = true
+my_custom_flag = 3
+
+[saving_arguments]
+save_every_n_steps = 200
+save_model_as = "safetensors"
+"""
+
+
+def _input_keys(path: Path) -> list[str]:
+    """The file's keys as the importer names them, read independently of it."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return list(json.loads(text))
+    data = tomllib.loads(text)
+    if "datasets" in data:
+        keys = [f"general.{k}" for k in data.get("general", {})]
+        for i, ds in enumerate(data["datasets"]):
+            keys += [f"datasets[{i}].{k}" for k in ds if k != "subsets"]
+            for j, sub in enumerate(ds.get("subsets", [])):
+                keys += [f"datasets[{i}].subsets[{j}].{k}" for k in sub]
+        return keys
+    return [k for name, v in data.items() for k in (v if isinstance(v, dict) else [name])]
+
+
+def _check_reports(result, keys: list[str]) -> None:
+    lists = {"used": result.used, "ignored": result.ignored, "unknown": result.unknown}
+    names = {name: {e.key for e in entries} for name, entries in lists.items()}
+    for a in names:
+        for b in names:
+            assert a == b or not names[a] & names[b], f"in both {a} and {b}: {names[a] & names[b]}"
+    every = set().union(*names.values())
+    for key in keys:
+        assert any(k == key or k.startswith(key + ".") for k in every), f"{key} not reported"
+
+
+def _entry(entries, key):
+    found = [e for e in entries if e.key == key]
+    assert found, f"{key} not in {[e.key for e in entries]}"
+    return found[0]
+
+
+@pytest.fixture
+def config_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG_TOML, encoding="utf-8")
+    return path
+
+
+@needs_ref
+@pytest.mark.parametrize("path", REF_FILES, ids=lambda p: p.name)
+def test_every_key_is_reported_exactly_once(path: Path) -> None:
+    result = import_kohya(path)
+    _check_reports(result, _input_keys(path))
+    assert not result.unknown  # the catalogue knows every key of the real kohya_ss files
+
+
+def test_every_key_is_reported_exactly_once_config_file(config_toml: Path) -> None:
+    _check_reports(import_kohya(config_toml), _input_keys(config_toml))
+
+
+@needs_ref
+def test_standard_adamw8bit() -> None:
+    result = import_kohya(REF / "Standard-AdamW8bit.json")
+    assert result.kind == GUI
+    t = result.train
+    assert t["optimizer_type"] == "AdamW8bit" and t["optimizer_args"] == {}
+    assert t["learning_rate"] == 1e-4 and t["train_batch_size"] == 4
+    assert t["resolution"] == [512, 512]
+    assert t["min_snr_gamma"] == 10 and t["seed"] == 1234 and t["clip_skip"] == 2
+    assert t["max_train_epochs"] == 4 and t["max_train_steps"] is None  # GUI "epoch", steps 0
+    assert t["lr_scheduler"] == "cosine" and t["mixed_precision"] == "bf16" and t["save_precision"] == "fp16"
+    # kohya_ss passes noise_offset only with noise_offset_type "Original"; this file uses Multires.
+    assert "noise_offset" not in t
+    assert "Multires" in _entry(result.ignored, "noise_offset").note
+    assert result.extra == {}  # SD1.5: model_family stays auto
+    assert "paths" in _entry(result.ignored, "output_dir").note
+
+
+@needs_ref
+def test_sd15_edg_string_numbers() -> None:
+    result = import_kohya(REF / "sd15-EDG_LoraOptiSettings.json")
+    t = result.train
+    assert t["network_dim"] == 64 and t["network_alpha"] == 64
+    assert t["learning_rate"] == 1e-4 and t["unet_lr"] == 1e-4  # from "0.0001"
+    assert t["text_encoder_lr"] == 5e-05 and t["network_train_unet_only"] is False
+    assert t["noise_offset"] == 0.05  # "0.05", no noise_offset_type: Original
+    assert t["seed"] == 1234 and t["min_snr_gamma"] is None  # "1234"; 0 = off
+    assert t["resolution"] == [512, 650] and t["train_batch_size"] == 3
+    assert t["max_train_epochs"] == 1
+    assert "conv_dim" not in t  # Standard LoRA: kohya_ss trains no convs
+    assert "lr_scheduler_num_cycles" not in t  # "" keeps the project's value
+
+
+@needs_ref
+def test_sdxl_standard() -> None:
+    result = import_kohya(REF / "SDXL-Standard-AdamW8bit.json")
+    assert result.extra == {"project": {"model_family": "sdxl"}}
+    t = result.train
+    assert t["network_train_unet_only"] is True  # text_encoder_lr 0.0
+    assert t["unet_lr"] == 1e-6 and t["noise_offset"] == 0.0357
+    assert t["resolution"] == [1024, 1024] and t["max_train_epochs"] == 1
+    assert "seed" not in t and "unset" in _entry(result.ignored, "seed").note
+
+
+@needs_ref
+def test_sdxl_lokr_prodigy_preset() -> None:
+    result = import_kohya(REF / "SDXL-1-image-LoRA-v1.0.json")
+    assert result.extra["project"]["model_family"] == "sdxl"
+    assert "not supported" in _entry(result.ignored, "optimizer").note
+    assert "Prodigy" in _entry(result.ignored, "optimizer_args").note
+    for key in ("network_dim", "network_alpha", "conv_dim", "conv_alpha"):
+        assert "LoKr" in _entry(result.ignored, key).note
+    assert "not supported" in _entry(result.ignored, "LoRA_type").note
+    t = result.train
+    assert not {"optimizer_type", "network_dim", "learning_rate", "unet_lr"} & set(t)  # Prodigy lr 1.0
+    # kohya_ss only computes max_train_steps from "epoch" when max_train_steps is empty.
+    assert t["max_train_steps"] == 160 and t["max_train_epochs"] is None
+    assert _entry(result.ignored, "epoch").value == 100
+    assert t["seed"] == 12345 and t["min_snr_gamma"] == 5 and t["mixed_precision"] == "bf16"
+
+
+@needs_ref
+def test_dataset_toml() -> None:
+    result = import_kohya(REF / "dataset.toml")
+    assert result.kind == DATASET
+    assert result.train == {"resolution": [512, 512], "train_batch_size": 4, "num_repeats": 10}
+    assert "paths" in _entry(result.ignored, "datasets[0].subsets[0].image_dir").note
+    assert "caption" in _entry(result.ignored, "datasets[0].subsets[0].class_tokens").note
+
+
+def test_dataset_inheritance_and_conflicts(tmp_path: Path) -> None:
+    path = tmp_path / "ds.toml"
+    path.write_text(
+        "[general]\nresolution = [512, 768]\nnum_repeats = 2\nflip_aug = true\n"
+        "[[datasets]]\nbatch_size = 2\n"
+        "  [[datasets.subsets]]\n  image_dir = 'a'\n  num_repeats = 5\n"
+        "  [[datasets.subsets]]\n  image_dir = 'b'\n  num_repeats = 7\n"
+        "  [[datasets.subsets]]\n  image_dir = 'reg'\n  is_reg = true\n  num_repeats = 1\n",
+        encoding="utf-8",
+    )
+    result = import_kohya(path)
+    assert result.train == {"resolution": [512, 768], "num_repeats": 5, "flip_aug": True, "train_batch_size": 2}
+    assert "differs" in _entry(result.ignored, "datasets[0].subsets[1].num_repeats").note
+    assert "overridden" in _entry(result.ignored, "general.num_repeats").note
+    assert "regularisation" in _entry(result.ignored, "datasets[0].subsets[2].num_repeats").note
+    _check_reports(result, _input_keys(path))
+
+
+def test_sd_scripts_config_file(config_toml: Path) -> None:
+    result = import_kohya(config_toml)
+    assert result.kind == CONFIG
+    t = result.train
+    assert t["optimizer_type"] == "AdamW"  # canonical spelling of "adamw"
+    assert t["optimizer_args"] == {"weight_decay": 0.01, "betas": [0.9, 0.99]}
+    assert t["network_dim"] == 16 and t["network_alpha"] == 8
+    assert t["conv_dim"] == 8 and t["conv_alpha"] == 4  # LoCon via network_args
+    assert "rank_dropout" in _entry(result.ignored, "network_args.rank_dropout").key
+    assert t["resolution"] == [512, 768] and t["train_batch_size"] == 2
+    assert t["max_train_steps"] == 1200 and t["max_train_epochs"] is None
+    assert t["lr_warmup_steps"] == 60  # ratio 0.05 of 1200 steps
+    assert t["lr_scheduler"] == "cosine_with_restarts" and t["lr_scheduler_num_cycles"] == 3
+    assert t["seed"] == 7 and t["save_every_n_steps"] == 200 and t["network_train_unet_only"] is True
+    assert [e.key for e in result.unknown] == ["my_custom_flag"]
+    assert "always cached" in _entry(result.ignored, "cache_latents").note
+
+
+def test_parse_optimizer_args() -> None:
+    assert _parse_args('"d0=1e-5" "weight_decay=0.4" "decouple=True"') == {"d0": 1e-5, "weight_decay": 0.4, "decouple": True}
+    assert _parse_args("weight_decay=0.01 betas=0.9,0.99") == {"weight_decay": 0.01, "betas": [0.9, 0.99]}
+    assert _parse_args("") == {}
+    with pytest.raises(ValueError):
+        _parse_args("weight_decay")
+
+
+def _gui(tmp_path: Path, **settings) -> Path:
+    path = tmp_path / "gui.json"
+    path.write_text(json.dumps({"LoRA_type": "Standard", "optimizer": "AdamW", **settings}), encoding="utf-8")
+    return path
+
+
+def test_gui_steps_epochs_and_warmup_percent(tmp_path: Path) -> None:
+    result = import_kohya(_gui(tmp_path, epoch=10, max_train_steps="1000", lr_warmup=10))
+    assert result.train["max_train_steps"] == 1000 and result.train["lr_warmup_steps"] == 100
+    # sd-scripts trains max_train_epochs when it is set, whatever max_train_steps says.
+    result = import_kohya(_gui(tmp_path, max_train_epochs="5", max_train_steps="1000", lr_warmup=10))
+    assert result.train["max_train_epochs"] == 5 and result.train["max_train_steps"] is None
+    assert "epochs" in _entry(result.ignored, "max_train_steps").note
+    # With epochs the total steps depend on the project's images: the percent is reported.
+    assert "by hand" in _entry(result.ignored, "lr_warmup").note
+    assert "lr_warmup_steps" not in result.train
+
+
+def test_gui_learning_rate_rules(tmp_path: Path) -> None:
+    both_zero = import_kohya(_gui(tmp_path, learning_rate="1e-4", unet_lr="", text_encoder_lr=""))
+    assert both_zero.train["network_train_unet_only"] is False and both_zero.train["unet_lr"] is None
+    te_only = import_kohya(_gui(tmp_path, unet_lr=0, text_encoder_lr="1e-5"))
+    assert "text-encoder-only" in _entry(te_only.ignored, "text_encoder_lr").note
+    assert "unet_lr" not in te_only.train
+
+
+def test_invalid_values_are_ignored_not_written(tmp_path: Path) -> None:
+    result = import_kohya(_gui(tmp_path, lr_scheduler="cosine_with_min_lr", max_resolution="32,32", train_batch_size="0", clip_skip="x"))
+    for key in ("lr_scheduler", "max_resolution", "train_batch_size"):
+        assert "not valid" in _entry(result.ignored, key).note
+    assert _entry(result.ignored, "clip_skip").note == "not a number"
+    assert not {"lr_scheduler", "resolution", "train_batch_size", "clip_skip"} & set(result.train)
+
+
+def test_reg_only_with_reg_data_dir(tmp_path: Path) -> None:
+    result = import_kohya(_gui(tmp_path, reg_data_dir="/data/reg", prior_loss_weight=0.5, v2=True, v_parameterization=True))
+    assert result.extra == {"reg": {"prior_loss_weight": 0.5}, "project": {"model_family": "sd2-v"}}
+
+
+def test_apply_import_round_trip(tmp_path: Path) -> None:
+    for name, color in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (64, 96), color).save(tmp_path / name)
+    project = create_project(tmp_path / "proj", tmp_path / "a.png", tmp_path / "b.png")
+    path = _gui(tmp_path, sdxl=True, learning_rate="0.0002", epoch=3, max_resolution="768,1024",
+                network_dim=32, network_alpha="16", text_encoder_lr=0, unet_lr="0.0002",
+                optimizer_args='"weight_decay=0.1"', reg_data_dir="reg_src", prior_loss_weight=0.8)
+    result = import_kohya(path)
+    updated = apply_import(project, result)
+    assert project.train.learning_rate == 1e-4  # the original is not changed
+    (updated.root / "reg").mkdir()
+    Image.new("RGB", (64, 64), "gray").save(updated.root / "reg" / "c.png")
+    save_project(updated)
+    loaded = load_project(tmp_path / "proj")
+    t = loaded.train
+    assert t.learning_rate == 2e-4 and t.unet_lr == 2e-4 and t.max_train_epochs == 3 and t.max_train_steps is None
+    assert t.resolution == [768, 1024] and t.network_dim == 32 and t.network_alpha == 16.0
+    assert t.optimizer_args == {"weight_decay": 0.1} and t.network_train_unet_only is True
+    assert t.num_repeats == project.train.num_repeats  # keys not in the file keep the project's value
+    assert loaded.info.model_family == "sdxl" and loaded.reg.prior_loss_weight == 0.8
+
+
+@needs_ref
+def test_format_report() -> None:
+    text = format_report(import_kohya(REF / "Standard-AdamW8bit.json"))
+    assert "  used     learning_rate = 0.0001 (from learning_rate)" in text
+    assert "  ignored  " in text and "output_dir" in text
+    assert text.splitlines()[-1].endswith("0 unknown")
+
+
+def test_format_report_unknown(config_toml: Path) -> None:
+    assert "  unknown  my_custom_flag" in format_report(import_kohya(config_toml)).splitlines()
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("missing.json", None, "no such file"),
+        ("garbage.txt", "{not json = [", "neither JSON nor TOML"),
+        ("list.json", "[1, 2]", "not a kohya"),
+        ("other.json", '{"name": "x", "version": 2}', "not a kohya"),
+        ("other.toml", "[tool.black]\nline-length = 100\n", "not a kohya"),
+    ],
+)
+def test_bad_files(tmp_path: Path, name: str, text: str | None, message: str) -> None:
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValidationError) as info:
+        import_kohya(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_import_does_not_load_torch() -> None:
+    code = "import sys, engine.kohya_import; sys.exit('torch' in sys.modules or 'copylora_tui' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
