@@ -14,6 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+# The tiny model is built once per test session into a private cache, never into the user's
+# ~/.cache (tests must not depend on, or disturb, what a previous run left there).
+os.environ.setdefault("COPYLORA_CACHE", tempfile.mkdtemp(prefix="copylora-test-cache-"))
 
 import pytest  # noqa: E402
 

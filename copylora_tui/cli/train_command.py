@@ -1,0 +1,99 @@
+"""``copylora train``: one side's LoRA in the foreground, with a Rich progress bar.
+
+Ctrl-C or SIGTERM does not kill the run: the trainer finishes its step, writes a resumable
+state and stops; ``--resume`` continues it. (Background runs that survive the terminal are the
+queue's job: ``copylora run``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "train",
+        help="train one side's LoRA in the foreground",
+        description=(
+            "Train the LoRA of side A or B of a project in this terminal, writing <output>/<name>_A.safetensors "
+            "(or _B). Checkpoints go to <output>/runs/A every save_every_n_steps; Ctrl-C saves one and stops."
+        ),
+    )
+    cmd.add_argument("project", metavar="PROJECT", help="project folder")
+    cmd.add_argument("--side", required=True, choices=["a", "b", "A", "B"], help="which teacher image to train on")
+    cmd.add_argument("--max-steps", type=int, metavar="N", help="train N steps instead of the planned count")
+    group = cmd.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    group.add_argument("--restart", action="store_true", help="discard existing checkpoints and start from step 0")
+    cmd.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    cmd.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.checkpoint import newest_step
+    from engine.errors import Problem, ValidationError
+    from engine.plan import make_plan
+    from engine.project import load_project
+
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
+    side = args.side.lower()
+    plan = make_plan(load_project(args.project), max_steps=args.max_steps)
+    sp = plan.side(side)
+    existing = newest_step(sp.run_dir)
+    if existing and not (args.resume or args.restart):
+        raise ValidationError([Problem(str(sp.run_dir), f"holds a checkpoint at step {existing}: add --resume to continue it or --restart to start over")])
+
+    stop = {"asked": False}
+
+    def ask_stop(signum, _frame):
+        if stop["asked"]:  # second Ctrl-C: the user really wants out now
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint (again to abort)", file=sys.stderr)
+
+    previous = {s: signal.signal(s, ask_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = _run_with_progress(plan, side, args, stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if result.status == "stopped":
+        print(f"stopped at step {result.step}/{result.total}; continue with: copylora train {args.project} --side {side} --resume")
+        return 130
+    print(f"wrote {result.lora_path}  ({result.step} steps, {result.seconds:.1f} s, final loss {result.final_loss:.4f})")
+    return 0
+
+
+def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from engine.progress import format_duration
+    from engine.train import train
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn(f"[bold]{side.upper()}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} it/s  ETA {task.fields[eta]}  loss {task.fields[loss]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=plan.side(side).total_steps, rate="-", eta="--:--", loss="-")
+
+        def on_progress(p) -> None:
+            # The trainer's own ETA (windowed it/s), not Rich's: it survives a resume correctly.
+            bar.update(task, completed=p.step, rate=f"{p.it_per_s:.1f}", eta=format_duration(p.eta_s), loss=f"{p.smooth_loss:.4f}")
+
+        return train(
+            plan,
+            side,
+            resume=args.resume,
+            device=args.device,
+            on_progress=on_progress,
+            should_stop=lambda: stop["asked"],
+            log=lambda line: bar.console.print(line, highlight=False, markup=False),
+        )

@@ -1,0 +1,105 @@
+"""Resumable training state, written so that a kill at any instant never leaves a broken one.
+
+A state is one ``state-<step>.pt`` file in the run folder: LoRA weights, optimizer and
+scheduler state, RNG states and the step. It is written to a temp file in the same folder,
+flushed and fsynced, then renamed over (rename is atomic on POSIX), and the folder is
+fsynced so the rename itself survives a power cut. Loading tries the newest file first and
+skips any that fails to load or lacks a key (a truncated file fails: a zip's directory is at
+its end). Files are loaded with ``weights_only=True``: only tensors and plain data, never
+arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+STATE_RE = re.compile(r"^state-(\d{8})\.pt$")
+REQUIRED_KEYS = ("step", "lora", "optimizer", "scheduler", "rng", "fingerprint")
+KEEP_STATES = 2  # the newest two: if the newest turns out unreadable, the previous one is there
+
+
+def state_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"state-{step:08d}.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported on every platform/filesystem
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)``, then fsync and rename into ``path``; clean up on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_state(run_dir: Path, state: dict[str, Any]) -> Path:
+    import torch
+
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"training state lacks {missing}")
+    path = state_path(run_dir, int(state["step"]))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    for old in list_states(run_dir)[KEEP_STATES:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_states(run_dir: Path) -> list[Path]:
+    """State files, newest step first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if STATE_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(STATE_RE.match(p.name).group(1)), reverse=True)
+
+
+def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The newest loadable state, or None. Unreadable ones are reported and skipped.
+
+    With ``fingerprint``, a state made with other training parameters is skipped too: resuming
+    a run whose rank or learning rate changed would silently mix two trainings.
+    """
+    import torch
+
+    for path in list_states(run_dir):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, corrupt, or not ours
+            log(f"skipping unreadable training state {path.name}: {type(exc).__name__}: {str(exc)[:120]}")
+            continue
+        missing = [k for k in REQUIRED_KEYS if k not in state] if isinstance(state, dict) else list(REQUIRED_KEYS)
+        if missing:
+            log(f"skipping incomplete training state {path.name} (missing {', '.join(missing)})")
+            continue
+        if fingerprint is not None and state["fingerprint"] != fingerprint:
+            log(f"skipping training state {path.name}: made with other parameters")
+            continue
+        return state
+    return None
+
+
+def newest_step(run_dir: Path) -> int:
+    states = list_states(run_dir)
+    return int(STATE_RE.match(states[0].name).group(1)) if states else 0

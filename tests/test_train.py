@@ -1,0 +1,181 @@
+"""The overfit trainer on the tiny model, on CPU: learning, resume bit-identity, bad input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.errors import CopyloraError  # noqa: E402
+from engine.plan import make_plan  # noqa: E402
+from engine.project import load_project  # noqa: E402
+from engine.train import TrainingError, evaluation_loss, train  # noqa: E402
+from tests.helpers import copy_example  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from engine.models import load_base_model
+
+    torch.set_num_threads(1)
+    return load_base_model("tiny")
+
+
+def make(tmp_path, steps: int, **train):
+    root = copy_example(tmp_path)
+    project = load_project(root)
+    project.train = replace(project.train, save_precision="float", **train)
+    return make_plan(project, max_steps=steps)
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def teacher_latents(model, plan, side="a"):
+    from engine.conditioning import encode_prompt
+    from engine.teacher import encode_latents, load_bucketed
+
+    sp = plan.side(side)
+    pixels = load_bucketed(sp.images[0].path, sp.buckets[0])
+    return encode_latents(model.vae, pixels), encode_prompt(model, "")
+
+
+def test_overfits_the_teacher_image(tmp_path, tiny):
+    from engine.lora import apply_lora_file
+
+    plan = make(tmp_path, 80, learning_rate=2e-3)
+    latents, cond = teacher_latents(tiny, plan)
+    before = evaluation_loss(tiny, latents, cond)
+    result = train(plan, "a", model=tiny, log=quiet)
+    network = apply_lora_file(result.lora_path, tiny)
+    try:
+        after = evaluation_loss(tiny, latents, cond)
+    finally:
+        network.remove()
+    assert evaluation_loss(tiny, latents, cond) == pytest.approx(before)  # removed cleanly
+    print(f"evaluation loss {before:.4f} -> {after:.4f}")
+    assert after < 0.8 * before
+
+
+def _lora_tensors(state_or_path):
+    from engine.lora import load_lora_file
+
+    if isinstance(state_or_path, dict):
+        return {n: (v["down"], v["up"]) for n, v in state_or_path["lora"].items()}
+    return {n: (w.down, w.up) for n, w in load_lora_file(state_or_path).modules.items()}
+
+
+def test_resume_is_bit_identical(tmp_path, tiny):
+    straight = make(tmp_path / "straight", 40)
+    full = train(straight, "a", model=tiny, log=quiet)
+
+    split = make(tmp_path / "split", 40)
+    done = []
+    first = train(split, "a", model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 20)
+    assert first.status == "stopped" and first.step == 20
+    assert not split.side("a").lora_path.exists()
+    logs = []
+    second = train(split, "a", model=tiny, resume=True, log=logs.append)
+    assert second.status == "done" and second.step == 40
+    assert any("resuming A from step 20" in line for line in logs)
+
+    expected, got = _lora_tensors(full.lora_path), _lora_tensors(second.lora_path)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name][0], got[name][0]), name
+        assert torch.equal(expected[name][1], got[name][1]), name
+    # And the weights really moved (a test of equality between two untrained LoRAs proves nothing).
+    assert any(float(up.abs().max()) > 0 for _, up in got.values())
+
+
+def test_truncated_state_is_skipped(tmp_path, tiny):
+    from engine.checkpoint import list_states
+
+    plan = make(tmp_path, 20, save_every_n_steps=10)
+    done = []
+    train(plan, "a", model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 15)
+    states = list_states(plan.side("a").run_dir)
+    assert [s.name for s in states] == ["state-00000015.pt", "state-00000010.pt"]
+    states[0].write_bytes(states[0].read_bytes()[:1000])  # a kill mid-write by a tool that is not atomic
+    logs = []
+    result = train(plan, "a", model=tiny, resume=True, log=logs.append)
+    assert any("skipping unreadable training state state-00000015.pt" in line for line in logs)
+    assert any("resuming A from step 10" in line for line in logs)
+    assert result.step == 20
+
+
+def test_nan_loss_is_one_clear_error_and_keeps_last_state(tmp_path, tiny):
+    from engine.checkpoint import list_states
+
+    plan = make(tmp_path, 20, save_every_n_steps=5)
+    with pytest.raises(TrainingError, match="loss became nan at step 13"):
+        train(plan, "a", model=tiny, log=quiet, _fail_at_step=12)
+    sp = plan.side("a")
+    assert not sp.lora_path.exists()
+    assert [s.name for s in list_states(sp.run_dir)] == ["state-00000010.pt", "state-00000005.pt"]
+    leftovers = [p.name for p in sp.run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_corrupt_teacher_and_missing_base_are_clear_errors(tmp_path, tiny):
+    plan = make(tmp_path, 5)
+    image = plan.side("a").images[0].path
+    image.write_bytes(image.read_bytes()[:100])  # corrupted after the project was checked
+    with pytest.raises(CopyloraError, match="cannot read teacher image"):
+        train(plan, "a", model=tiny, log=quiet)
+    assert not plan.side("a").lora_path.exists()
+
+    plan = make(tmp_path / "other", 5)
+    plan.project.info = replace(plan.project.info, base_model="/nonexistent/model.safetensors")
+    with pytest.raises(CopyloraError, match="not found"):
+        train(plan, "a", log=quiet)
+
+
+def test_metadata_of_trained_file(tmp_path, tiny):
+    from engine.lora import load_lora_file
+
+    plan = make(tmp_path, 6)
+    result = train(plan, "b", model=tiny, log=quiet)
+    meta = load_lora_file(result.lora_path).metadata
+    assert meta["ss_network_module"] == "networks.lora"
+    assert meta["ss_network_dim"] == "8" and float(meta["ss_network_alpha"]) == 1.0
+    assert meta["ss_steps"] == "6"
+    assert meta["ss_base_model_version"] == "sd_v1"
+    assert "AdamW" in meta["ss_optimizer"]
+    assert meta["ss_seed"] == "42"
+    assert meta["modelspec.architecture"].startswith("stable-diffusion-v1")
+    assert meta["sshs_model_hash"] and meta["sshs_legacy_hash"]
+
+
+def test_optional_paths_train(tmp_path, tiny):
+    """Regularisation (prior preservation), flips, min-SNR, noise offset, text-encoder LoRA,
+    clip skip and a warm-up schedule all run through the same loop and give a finite loss."""
+    from engine.lora import load_lora_file
+    from engine.params import RegParams
+    from tests.helpers import write_png
+
+    plan = make(
+        tmp_path,
+        6,
+        flip_aug=True,
+        min_snr_gamma=5.0,
+        noise_offset=0.05,
+        network_train_unet_only=False,
+        clip_skip=2,
+        lr_scheduler="cosine",
+        lr_warmup_steps=2,
+    )
+    project = plan.project
+    write_png(project.root / "reg" / "class.png", size=(128, 192), colour=(30, 90, 200))
+    project.reg = RegParams(folder="reg", instance_prompt="sks picture", class_prompt="picture", prior_loss_weight=0.5)
+    plan = make_plan(project, max_steps=6)
+    assert plan.side("a").steps_per_epoch == 10  # class samples double the epoch
+    losses = []
+    result = train(plan, "a", model=tiny, log=quiet, on_progress=lambda p: losses.append(p))
+    assert result.status == "done" and all(p.loss == p.loss for p in losses)
+    assert losses[0].lr < losses[2].lr  # warm-up
+    names = load_lora_file(result.lora_path).modules
+    assert any(n.startswith("lora_te_") for n in names) and any(n.startswith("lora_unet_") for n in names)

@@ -1,0 +1,52 @@
+"""``copylora train`` end to end: progress, a refused accidental restart, SIGTERM → checkpoint → --resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from copylora_tui.cli.main import EXIT_USAGE, main
+from tests.helpers import REPO, copy_example
+
+pytest.importorskip("torch")
+
+
+def test_train_then_refuse_silent_restart_then_resume(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    assert main(["train", str(root), "--side", "a", "--max-steps", "4"]) == 0
+    out = capsys.readouterr()
+    assert "example-monochrome_A.safetensors" in out.out
+    assert (root / "output" / "example-monochrome_A.safetensors").is_file()
+    # A checkpoint exists: running again without a decision is refused, nothing is lost.
+    assert main(["train", str(root), "--side", "a", "--max-steps", "6"]) == EXIT_USAGE
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", str(root), "--side", "a", "--max-steps", "6", "--resume"]) == 0
+    assert "resuming A from step 4" in capsys.readouterr().err
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    root = copy_example(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "copylora_tui", "train", str(root), "--side", "b", "--max-steps", "400"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    for line in proc.stderr:  # wait until the loop runs
+        if "training B:" in line or time.time() > deadline:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopped at step" in out
+    states = sorted((root / "output" / "runs" / "B").glob("state-*.pt"))
+    assert states, "no checkpoint written on SIGTERM"
+    stopped_at = int(states[-1].stem.split("-")[1])
+    assert 0 < stopped_at < 400
+    assert not (root / "output" / "example-monochrome_B.safetensors").exists()
