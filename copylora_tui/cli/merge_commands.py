@@ -1,0 +1,185 @@
+"""``copylora merge``, ``resize`` and ``stats``.
+
+``merge`` takes kohya sd-scripts' ``svd_merge_lora.py`` flags with the same meanings, so a
+batch file works by changing only the program name:
+
+    copylora merge --save_to out.safetensors --models B.safetensors A.safetensors \\
+        --ratios 1 -1 --new_rank 16 --device cuda --save_precision fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.errors import Problem, ValidationError
+
+KOHYA_PRECISIONS = ("float", "fp16", "bf16", "fp64")
+SORT_KEYS = {
+    "energy": lambda m: m["energy_kept"],
+    "error": lambda m: -m["rel_error"],
+    "norm": lambda m: -m["result_norm"],
+    "cos": lambda m: m["cos_inputs"] if m["cos_inputs"] is not None else 2.0,
+    "name": lambda m: m["name"],
+}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    merge = commands.add_parser(
+        "merge",
+        help="SVD merge of LoRAs (e.g. +1·B −1·A) into a new rank, exact",
+        description=(
+            "Merge LoRAs into one of a new rank: per module Σ ratio·ΔW, truncated by an exact low-rank SVD "
+            "(no dense matrices). Flags as kohya's svd_merge_lora.py. Writes <save_to> and <stem>.stats.json."
+        ),
+    )
+    merge.add_argument("--save_to", required=True, metavar="OUT", help="output .safetensors")
+    merge.add_argument("--models", required=True, nargs="+", metavar="LORA", help="input LoRA files")
+    merge.add_argument("--ratios", nargs="+", type=float, metavar="R", help="one ratio per model (default: 1 each)")
+    merge.add_argument("--new_rank", type=int, default=4, metavar="N", help="rank of the merged LoRA (kohya's default: 4)")
+    merge.add_argument("--new_conv_rank", type=int, metavar="N", help="rank of 3x3 conv modules (default: new_rank)")
+    merge.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu, as kohya)")
+    merge.add_argument(
+        "--precision", default="float", choices=KOHYA_PRECISIONS,
+        help="arithmetic precision; fp16/bf16 are accepted for kohya batch files but computed in fp32 (exactness)",
+    )
+    merge.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="precision of the saved file (default: float)")
+    merge.add_argument(
+        "--clamp_quantile", type=float, metavar="Q",
+        help="reproduce kohya's clamp of the factors at this quantile (kohya uses 0.99); default: exact, no clamp",
+    )
+    merge.set_defaults(func=cmd_merge)
+
+    resize = commands.add_parser(
+        "resize",
+        help="change a LoRA's rank (exact truncated SVD)",
+        description="Re-rank one LoRA (a merge of one input with ratio 1). Writes <save_to> and its .stats.json.",
+    )
+    resize.add_argument("lora", metavar="LORA")
+    resize.add_argument("--new_rank", type=int, required=True, metavar="N")
+    resize.add_argument("--new_conv_rank", type=int, metavar="N")
+    resize.add_argument("--save_to", metavar="OUT", help="default: <lora stem>_r<N>.safetensors beside the input")
+    resize.add_argument("--device", default="cpu")
+    resize.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="fp16")
+    resize.set_defaults(func=cmd_resize)
+
+    stats = commands.add_parser(
+        "stats",
+        help="per-layer table of a merge: energy kept, error, norms, cos(ΔA, ΔB)",
+        description="Show the per-module statistics of a merged LoRA (its <stem>.stats.json) and a per-block summary.",
+    )
+    stats.add_argument("file", metavar="FILE", help="merged LoRA or its .stats.json")
+    stats.add_argument("--sort", choices=sorted(SORT_KEYS), default="energy", help="energy (lowest first), error, norm, cos, name")
+    stats.add_argument("--block", metavar="B", help="only modules of this block (te, in, mid, out, or e.g. out3)")
+    stats.add_argument("--kind", choices=("linear", "conv1x1", "conv3x3"), help="only this kind of module")
+    stats.add_argument("--top", type=int, default=20, metavar="N", help="rows to show (0: all; default 20)")
+    stats.add_argument("--json", action="store_true", help="print the selected rows as JSON")
+    stats.set_defaults(func=cmd_stats)
+
+
+def _check_inputs(paths: list[str], save_to: str, problems: list[Problem]) -> None:
+    for path in paths:
+        if not Path(path).is_file():
+            problems.append(Problem("--models", f"no such file: {path}"))
+    if not save_to.lower().endswith(".safetensors"):
+        problems.append(Problem("--save_to", f"must end in .safetensors, got {save_to}"))
+    if any(Path(save_to).resolve() == Path(p).resolve() for p in paths):
+        problems.append(Problem("--save_to", "would overwrite an input"))
+
+
+def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, precision, save_precision, clamp_quantile):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from engine.merge import merge_loras, save_merge
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("merge"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=name[-48:])
+
+        result = merge_loras(
+            paths, ratios, new_rank=new_rank, new_conv_rank=new_conv_rank, device=device,
+            precision=precision, clamp_quantile=clamp_quantile, progress=progress,
+        )
+    lora_path, stats_path = save_merge(result, save_to, save_precision)
+    energies = [s.energy_kept for s in result.stats]
+    worst = min(result.stats, key=lambda s: s.energy_kept)
+    print(
+        f"wrote {lora_path} ({len(result.stats)} modules, rank {new_rank}"
+        f"{f', conv {new_conv_rank}' if new_conv_rank else ''}, {save_precision}) in {result.seconds:.2f} s; "
+        f"energy kept: mean {sum(energies) / len(energies):.4f}, min {worst.energy_kept:.4f} ({worst.name})"
+    )
+    print(f"stats: {stats_path}  (copylora stats {lora_path})")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    problems: list[Problem] = []
+    ratios = args.ratios if args.ratios is not None else [1.0] * len(args.models)
+    if len(ratios) != len(args.models):
+        problems.append(Problem("--ratios", f"{len(ratios)} ratio(s) for {len(args.models)} model(s): give one per model"))
+    for flag, value in (("--new_rank", args.new_rank), ("--new_conv_rank", args.new_conv_rank)):
+        if value is not None and value <= 0:
+            problems.append(Problem(flag, f"must be greater than 0, got {value}"))
+    _check_inputs(args.models, args.save_to, problems)
+    if problems:
+        raise ValidationError(problems)
+    precision = "fp64" if args.precision == "fp64" else "float"
+    if args.precision in ("fp16", "bf16"):
+        print(f"note: --precision {args.precision} is computed in fp32 (the exact merge needs it; the file is saved as --save_precision)", file=sys.stderr)
+    return _run_merge(
+        args.models, ratios, save_to=args.save_to, new_rank=args.new_rank, new_conv_rank=args.new_conv_rank,
+        device=args.device, precision=precision, save_precision=args.save_precision or "float", clamp_quantile=args.clamp_quantile,
+    )
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    save_to = args.save_to or str(Path(args.lora).with_name(f"{Path(args.lora).stem}_r{args.new_rank}.safetensors"))
+    problems: list[Problem] = []
+    if args.new_rank <= 0:
+        problems.append(Problem("--new_rank", f"must be greater than 0, got {args.new_rank}"))
+    _check_inputs([args.lora], save_to, problems)
+    if problems:
+        raise ValidationError(problems)
+    return _run_merge(
+        [args.lora], [1.0], save_to=save_to, new_rank=args.new_rank, new_conv_rank=args.new_conv_rank,
+        device=args.device, precision="float", save_precision=args.save_precision, clamp_quantile=None,
+    )
+
+
+def load_stats(path: str | Path) -> dict:
+    path = Path(path)
+    stats_path = path if path.name.endswith(".stats.json") else path.with_name(path.stem + ".stats.json")
+    if not stats_path.is_file():
+        raise ValidationError([Problem(str(path), f"no merge statistics found ({stats_path.name}); stats are written by copylora merge/resize/extract")])
+    try:
+        return json.loads(stats_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValidationError([Problem(str(stats_path), f"unreadable statistics: {exc}")]) from None
+
+
+def select_rows(document: dict, *, sort: str = "energy", block: str | None = None, kind: str | None = None, top: int = 20) -> list[dict]:
+    rows = document["modules"]
+    if block:
+        rows = [m for m in rows if m["block"] == block or (block.isalpha() and m["block"].rstrip("0123456789") == block)]
+    if kind:
+        rows = [m for m in rows if m["kind"] == kind]
+    rows = sorted(rows, key=SORT_KEYS[sort])
+    return rows[:top] if top else rows
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    document = load_stats(args.file)
+    rows = select_rows(document, sort=args.sort, block=args.block, kind=args.kind, top=args.top)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from copylora_tui.cli.stats_view import print_stats
+
+    print_stats(document, rows)
+    return 0

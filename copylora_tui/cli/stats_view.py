@@ -1,0 +1,68 @@
+"""Rich tables for ``copylora stats``: the per-block summary, then the selected modules."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def bar(fraction: float, width: int = 10) -> str:
+    fraction = min(max(fraction, 0.0), 1.0)
+    full = int(round(fraction * width))
+    return "█" * full + "·" * (width - full)
+
+
+_SHORT = (
+    ("lora_unet_", ""), ("lora_te1_text_model_encoder_", "te1."), ("lora_te2_text_model_encoder_", "te2."),
+    ("lora_te_text_model_encoder_", "te."), ("down_blocks_", "down"), ("up_blocks_", "up"), ("mid_block_", "mid."),
+    ("input_blocks_", "in"), ("output_blocks_", "out"), ("middle_block_", "mid"), ("attentions_", "att"),
+    ("transformer_blocks_", "tb"), ("resnets_", "res"), ("layers_", "L"), ("self_attn_", "attn."),
+)
+
+
+def short_name(name: str) -> str:
+    """A compact module name for narrow terminals: down1_att0_tb0_attn1_to_q."""
+    for long, short in _SHORT:
+        name = name.replace(long, short)
+    return name
+
+
+def print_stats(document: dict, rows: list[dict], console: Console | None = None) -> None:
+    console = console or Console()
+    inputs = document.get("inputs", [])
+    described = ", ".join(f"Δ{n}={i['ratio']:+g}·{i['file']}" for n, i in enumerate(inputs, 1))
+    console.print(f"[bold]{document.get('file', '')}[/bold]  {document.get('family', '')}  {len(document['modules'])} modules  = {described}")
+
+    blocks = Table(title="per block", box=None, header_style="bold", title_justify="left")
+    blocks.add_column("block")
+    blocks.add_column("modules", justify="right")
+    blocks.add_column("energy kept", no_wrap=True)
+    for n, _ in enumerate(inputs, 1):
+        blocks.add_column(f"‖Δ{n}‖", justify="right")
+    blocks.add_column("‖result‖", justify="right", no_wrap=True)
+    biggest = max((b["result_norm"] for b in document.get("blocks", [])), default=0.0) or 1.0
+    for b in document.get("blocks", []):
+        blocks.add_row(
+            b["block"], str(b["modules"]), f"{bar(b['energy_kept'], 8)} {b['energy_kept']:.4f}",
+            *(f"{n:.4g}" for n in b["input_norms"]), f"{bar(b['result_norm'] / biggest, 6)} {b['result_norm']:.4g}",
+        )
+    console.print(blocks)
+
+    wide = console.width >= 100  # the shape column only where there is room for it
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    columns = [("module", "left"), ("kind", "left")] + ([("shape", "left")] if wide else []) + [
+        ("ranks", "left"), ("kept", "right"), ("energy", "right"), ("error", "right"), ("‖result‖", "right"), ("cos", "right")]
+    for column, justify in columns:
+        table.add_column(column, justify=justify, overflow="fold" if column == "module" else "ellipsis",
+                         no_wrap=column != "module", min_width=24 if column == "module" else None)
+    for m in rows:
+        cos = "" if m["cos_inputs"] is None else f"{m['cos_inputs']:+.3f}"
+        cells = [short_name(m["name"]), m["kind"].replace("conv", "c").replace("linear", "lin")]
+        if wide:
+            cells.append("x".join(map(str, m["shape"])))
+        cells += ["+".join(map(str, m["input_ranks"])), str(m["kept_rank"]), f"{m['energy_kept']:.4f}",
+                  f"{m['rel_error']:.1e}", f"{m['result_norm']:.3g}", cos]
+        table.add_row(*cells)
+    console.print(table)
+    if rows:
+        console.print("energy = Σ kept σ² / Σ σ²; error = ‖ΔW − kept‖/‖ΔW‖; cos = cos(Δ1, Δ2)", style="dim")

@@ -1,0 +1,251 @@
+"""SVD difference merge of LoRA files: +1·B − 1·A (or any ratios) into a new-rank LoRA.
+
+For each module the merged delta is Σ ratio_i · (alpha_i/r_i) · up_i @ down_i over the inputs
+that have it (a module present in one input only counts once). Its best rank-k approximation
+comes from :func:`engine.merge_math.low_rank_svd` — exact, and never building the dense
+matrix. k×k convs are (out, in·k·k) matrices; 1×1 convs keep their 4-D shape on save.
+
+The output file has one alpha (= ``new_rank``) for every module; a module kept at a lower
+rank (capped by its shape or its inputs' total rank) has its scale folded into its factors,
+so diffusers, which mis-scales files whose alphas differ, reads it exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import CopyloraError
+from engine.merge_stats import ModuleStats, block_of, kind_of, summarise_blocks
+
+
+class MergeError(CopyloraError):
+    pass
+
+
+@dataclass
+class MergeResult:
+    modules: dict  # name -> LoRAWeights (down, up, alpha), fp32 on CPU
+    stats: list[ModuleStats]
+    family: str
+    metadata: dict[str, str]
+    seconds: float
+    inputs: list[dict] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def family_of(lora) -> str:
+    """SD family from the file's metadata, else from its key names."""
+    version = lora.metadata.get("ss_base_model_version", "")
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version.startswith("sd_v2"):
+        return "sd2-v" if version.endswith("_v") else "sd2"
+    if version.startswith("sd_v1"):
+        return "sd1"
+    names = lora.modules.keys()
+    if any(n.startswith(("lora_te1_", "lora_te2_")) or "_input_blocks_" in n or "_output_blocks_" in n for n in names):
+        return "sdxl"
+    return "sd1"
+
+
+def _matrix_shape(w) -> tuple[int, int, int]:
+    """(out, in, kernel) of a module's delta from its LoRA factors."""
+    kernel = w.down.shape[-1] if w.down.dim() == 4 else 1
+    in_features = w.down.shape[1]
+    return (w.up.shape[0], in_features, kernel)
+
+
+def check_compatible(loras: list, paths: list[Path]) -> None:
+    """Same-named modules must have the same delta shape in every input."""
+    conflicts = []
+    for name in sorted(set().union(*(lora.modules.keys() for lora in loras))):
+        shapes = {(i, _matrix_shape(lora.modules[name])) for i, lora in enumerate(loras) if name in lora.modules}
+        if len({shape for _, shape in shapes}) > 1:
+            described = ", ".join(f"{paths[i].name}: {'x'.join(map(str, s))}" for i, s in sorted(shapes))
+            conflicts.append(f"{name} ({described})")
+    if conflicts:
+        shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
+        raise MergeError(
+            f"the inputs are LoRAs for different base models: {len(conflicts)} module(s) differ in shape, e.g. {shown}"
+        )
+    families = {family_of(lora) for lora in loras}
+    if len(families) > 1:
+        raise MergeError(f"the inputs are LoRAs for different model families ({', '.join(sorted(families))})")
+
+
+def _clamp(up, down, quantile: float):
+    """kohya's svd_merge_lora clamp: both factors to the q-quantile of their absolute values
+    (kohya computes it on S folded into up, which is how this is called)."""
+    import torch
+
+    values = torch.cat([up.flatten(), down.flatten()])
+    if values.numel() > 16_000_000:  # torch.quantile's input limit; subsample like a histogram
+        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:16_000_000]]
+    limit = torch.quantile(values.abs().float(), quantile)
+    return up.clamp(-limit, limit), down.clamp(-limit, limit)
+
+
+def merge_loras(
+    paths: list[Path | str],
+    ratios: list[float],
+    *,
+    new_rank: int,
+    new_conv_rank: int | None = None,
+    device: str = "cpu",
+    precision: str = "float",
+    clamp_quantile: float | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> MergeResult:
+    import torch
+
+    from engine.lora import LoRAWeights, load_lora_file
+    from engine.merge_math import LowRankTerm, inner, low_rank_svd
+
+    started = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    if len(paths) != len(ratios):
+        raise MergeError(f"{len(paths)} model(s) but {len(ratios)} ratio(s): give one ratio per model")
+    if not paths:
+        raise MergeError("no input LoRAs")
+    if new_rank <= 0 or (new_conv_rank is not None and new_conv_rank <= 0):
+        raise MergeError("new_rank and new_conv_rank must be greater than 0")
+    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
+        raise MergeError(f"clamp_quantile must be in (0, 1], got {clamp_quantile}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MergeError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu)")
+    dtype = torch.float64 if precision in ("fp64", "double") else torch.float32
+    conv_rank = new_conv_rank or new_rank
+
+    loras = [load_lora_file(p) for p in paths]
+    check_compatible(loras, paths)
+    family = family_of(loras[0])
+    names = list(dict.fromkeys(name for lora in loras for name in lora.modules))
+    alpha_out = float(new_rank)
+    merged: dict[str, LoRAWeights] = {}
+    stats: list[ModuleStats] = []
+    for index, name in enumerate(names):
+        present = [(lora.modules[name], ratio) for lora, ratio in zip(loras, ratios) if name in lora.modules]
+        first = present[0][0]
+        out_f, in_f, kernel = _matrix_shape(first)
+        raw_terms = [
+            LowRankTerm(w.alpha / w.rank, w.up.reshape(out_f, w.rank).to(device), w.down.reshape(w.rank, -1).to(device))
+            for w, _ in present
+        ]
+        terms = [LowRankTerm(t.weight * ratio, t.up, t.down) for t, (_, ratio) in zip(raw_terms, present)]
+        rank = conv_rank if kernel > 1 else new_rank
+        svd = low_rank_svd(terms, rank, dtype)
+        k = svd.s.numel()
+        if clamp_quantile is None:
+            from engine.merge_math import split_factors
+
+            up, down = split_factors(svd, alpha_out / k)
+        else:  # kohya's shape of the factors (S in up), clamped, then our alpha folded into up
+            up, down = _clamp(svd.u * svd.s.unsqueeze(0), svd.v.T, clamp_quantile)
+            up = up * (k / alpha_out)
+        if kernel > 1:
+            down = down.reshape(k, in_f, kernel, kernel)
+            up = up.reshape(out_f, k, 1, 1)
+        elif first.down.dim() == 4:  # 1x1 conv: keep the 4-D layout tools expect
+            down = down.reshape(k, in_f, 1, 1)
+            up = up.reshape(out_f, k, 1, 1)
+        merged[name] = LoRAWeights(down.float().cpu().contiguous(), up.float().cpu().contiguous(), alpha_out)
+
+        energy_all = float((svd.all_s.double() ** 2).sum())
+        energy_kept = float((svd.s.double() ** 2).sum())
+        norms = [max(inner([t], [t]), 0.0) ** 0.5 for t in raw_terms]
+        cos = None
+        if len(raw_terms) == 2 and norms[0] > 0 and norms[1] > 0:
+            cos = inner([raw_terms[0]], [raw_terms[1]]) / (norms[0] * norms[1])
+        # Per input file (0 where a file lacks the module), in the order the files were given.
+        norm_iter = iter(norms)
+        input_norms = [next(norm_iter) if name in lora.modules else 0.0 for lora in loras]
+        input_ranks = [lora.modules[name].rank if name in lora.modules else 0 for lora in loras]
+        stats.append(
+            ModuleStats(
+                name=name,
+                block=block_of(name),
+                kind=kind_of(first, kernel),
+                shape=[out_f, in_f, kernel] if kernel > 1 else [out_f, in_f],
+                input_ranks=input_ranks,
+                kept_rank=k,
+                singular_values=[float(x) for x in svd.all_s[:64].cpu()],
+                energy_kept=energy_kept / energy_all if energy_all > 0 else 1.0,
+                rel_error=((energy_all - energy_kept) / energy_all) ** 0.5 if energy_all > 0 else 0.0,
+                input_norms=input_norms,
+                result_norm=energy_kept**0.5,
+                cos_inputs=cos,
+            )
+        )
+        if progress is not None:
+            progress(index + 1, len(names), name)
+
+    inputs = [
+        {"file": p.name, "sha256": sha256_file(p), "ratio": r, "ranks": sorted({w.rank for w in lora.modules.values()})}
+        for p, r, lora in zip(paths, ratios, loras)
+    ]
+    seconds = time.perf_counter() - started
+    return MergeResult(merged, stats, family, _metadata(family, inputs, new_rank, conv_rank, alpha_out, precision, clamp_quantile, merged), seconds, inputs)
+
+
+def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quantile, modules) -> dict[str, str]:
+    from engine.lora import lora_metadata
+
+    has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
+    facts = {
+        "network_dim": new_rank,
+        "network_alpha": alpha,
+        "conv_dim": conv_rank if has_conv else None,
+        "conv_alpha": alpha if has_conv else None,
+        "merged_from": ", ".join(i["file"] for i in inputs),
+        "title": "copylora merge",
+        "training_finished_at": time.time(),
+    }
+    meta = lora_metadata(facts, family)
+    # Our own provenance: exactly what went in, so a merged file can be traced and re-made.
+    meta["copylora_merge"] = json.dumps(
+        {
+            "inputs": inputs,
+            "new_rank": new_rank,
+            "new_conv_rank": conv_rank,
+            "precision": precision,
+            "clamp_quantile": clamp_quantile,
+            "method": "exact low-rank SVD (QR of stacked factors + SVD of the core)",
+        }
+    )
+    return meta
+
+
+def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "fp16") -> tuple[Path, Path]:
+    """Write the LoRA and ``<stem>.stats.json`` beside it (both atomically)."""
+    from engine.checkpoint import atomic_write
+    from engine.lora import save_lora_file
+
+    save_to = Path(save_to)
+    if save_to.suffix.lower() != ".safetensors":
+        raise MergeError(f"--save_to must end in .safetensors, got {save_to.name}")
+    path = save_lora_file(save_to, result.modules, result.metadata, save_precision)
+    stats_path = save_to.with_name(save_to.stem + ".stats.json")
+    document = {
+        "file": save_to.name,
+        "family": result.family,
+        "inputs": result.inputs,
+        "seconds": result.seconds,
+        "modules": [asdict(s) for s in result.stats],
+        "blocks": summarise_blocks(result.stats),
+    }
+    atomic_write(stats_path, lambda tmp: tmp.write_text(json.dumps(document, indent=1)))
+    return path, stats_path

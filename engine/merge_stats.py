@@ -1,0 +1,76 @@
+"""Per-module statistics of a merge, and the per-block summary the stats views show.
+
+Blocks follow the sd-webui-lora-block-weight naming users know: ``te`` (text encoder,
+``te1``/``te2`` for SDXL), ``in`` (down blocks / input_blocks), ``mid`` and ``out`` (up blocks /
+output_blocks), each with its index, e.g. ``in1``, ``mid``, ``out3``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PATTERNS = (
+    (re.compile(r"^lora_te([12]?)_"), lambda m: f"te{m.group(1)}"),
+    (re.compile(r"^lora_unet_(?:down_blocks|input_blocks)_(\d+)_"), lambda m: f"in{m.group(1)}"),
+    (re.compile(r"^lora_unet_(?:mid_block|middle_block)_"), lambda m: "mid"),
+    (re.compile(r"^lora_unet_(?:up_blocks|output_blocks)_(\d+)_"), lambda m: f"out{m.group(1)}"),
+)
+
+
+def block_of(name: str) -> str:
+    for pattern, label in _PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return label(match)
+    return "other"
+
+
+def kind_of(weights, kernel: int) -> str:
+    if weights.down.dim() == 4:
+        return f"conv{kernel}x{kernel}"
+    return "linear"
+
+
+@dataclass
+class ModuleStats:
+    name: str
+    block: str
+    kind: str  # linear, conv1x1, conv3x3
+    shape: list[int]  # [out, in] or [out, in, kernel]
+    input_ranks: list[int]  # per input file, 0 where the module is absent
+    kept_rank: int
+    singular_values: list[float]  # of the full merged delta (first 64), descending
+    energy_kept: float  # Σ kept σ² / Σ σ²
+    rel_error: float  # ‖ΔW − truncated‖_F / ‖ΔW‖_F = sqrt(1 − energy_kept)
+    input_norms: list[float]  # ‖Δ_i‖_F of each input's own delta (before its ratio)
+    result_norm: float  # ‖truncated merged delta‖_F
+    cos_inputs: float | None  # cos(Δ_1, Δ_2) when there are two inputs
+
+
+def summarise_blocks(stats: list[ModuleStats]) -> list[dict]:
+    """One row per block: modules, energy kept (of the block's total), norms."""
+    order = {"te": 0, "te1": 0, "te2": 1, "in": 2, "mid": 3, "out": 4, "other": 5}
+    rows: dict[str, dict] = {}
+    for s in stats:
+        row = rows.setdefault(s.block, {"block": s.block, "modules": 0, "energy": 0.0, "kept": 0.0, "input_norm_sq": [0.0] * len(s.input_norms), "result_norm_sq": 0.0})
+        total = s.result_norm**2 / s.energy_kept if s.energy_kept > 0 else 0.0
+        row["modules"] += 1
+        row["energy"] += total
+        row["kept"] += s.result_norm**2
+        row["result_norm_sq"] += s.result_norm**2
+        for i, n in enumerate(s.input_norms):
+            row["input_norm_sq"][i] += n * n
+    out = []
+    for row in rows.values():
+        out.append(
+            {
+                "block": row["block"],
+                "modules": row["modules"],
+                "energy_kept": row["kept"] / row["energy"] if row["energy"] > 0 else 1.0,
+                "input_norms": [v**0.5 for v in row["input_norm_sq"]],
+                "result_norm": row["result_norm_sq"] ** 0.5,
+            }
+        )
+    key = lambda r: (order.get(re.sub(r"\d+$", "", r["block"]) if r["block"] not in order else r["block"], 9), int(re.sub(r"\D", "", r["block"]) or 0))  # noqa: E731
+    return sorted(out, key=key)
