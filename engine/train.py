@@ -204,6 +204,7 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     save_requested: Callable[[], bool] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
     log: Log = print,
     model=None,
     _fail_at_step: int | None = None,
@@ -211,8 +212,9 @@ def train(
     """Train one side's LoRA. ``resume``: continue from the newest valid state in the run
     folder (else start fresh and drop old states). ``should_stop`` is polled every step: when
     it says so, the state is written and the result says "stopped". ``save_requested`` asks
-    for a state + LoRA write at the next step. ``model`` reuses an already loaded base model.
-    ``_fail_at_step`` injects a NaN loss (tests)."""
+    for a state + LoRA write at the next step. ``on_start(step, total)`` is called once the
+    starting step is known (0, or where a resumed run continues). ``model`` reuses an already
+    loaded base model. ``_fail_at_step`` injects a NaN loss (tests)."""
     import torch
     from diffusers.optimization import get_scheduler
 
@@ -342,7 +344,11 @@ def train(
 
     def write_lora(step: int, path: Path) -> Path:
         facts = training_facts(plan, side, model, step=step, optimizer=optimizer_used, started=started, seed=p.seed)
-        return save_lora_file(path, network.weights(), lora_metadata(facts, model.family), p.save_precision)
+        metadata = lora_metadata(facts, model.family)
+        # What `copylora run` compares to decide that this LoRA is up to date.
+        metadata["copylora_fingerprint"] = fingerprint
+        metadata["copylora_steps"] = str(step)
+        return save_lora_file(path, network.weights(), metadata, p.save_precision)
 
     try:
         # ---- the loop
@@ -351,6 +357,8 @@ def train(
             f"rank {p.network_dim}, {optimizer_used} lr {p.learning_rate:g}, {device}"
         )
         meter = ProgressMeter(sp.total_steps, start_step=start)
+        if on_start is not None:
+            on_start(start, sp.total_steps)
         state_path = None
         loss_value = None
         step = start

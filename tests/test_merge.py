@@ -244,3 +244,24 @@ def test_diffusers_reads_the_merged_file(tmp_path):
         theirs = pipe.unet(latents, t, our_hidden).sample
     print(f"merged file, diffusers vs ours: te {(their_hidden - our_hidden).abs().max():.2e}, unet {(theirs - ours).abs().max():.2e}")
     assert (their_hidden - our_hidden).abs().max() < 1e-4 and (theirs - ours).abs().max() < 1e-4
+
+
+def test_merge_project_shorthand_uses_plan_and_merge_table(pair, tmp_path, capsys):
+    import shutil
+
+    from engine.plan import make_plan
+    from engine.project import load_project
+    from tests.helpers import copy_example
+
+    root = copy_example(tmp_path)
+    plan = make_plan(load_project(root))
+    pb, pa = pair
+    plan.side("b").lora_path.parent.mkdir(parents=True)
+    shutil.copy(pb, plan.side("b").lora_path)
+    shutil.copy(pa, plan.side("a").lora_path)
+    assert main(["merge", "--project", str(root)]) == 0
+    merged = load_lora_file(plan.merged_path)
+    assert merged.metadata["ss_network_dim"] == "16"  # [merge].new_rank of the example
+    provenance = json.loads(merged.metadata["copylora_merge"])
+    assert [i["file"] for i in provenance["inputs"]] == ["example-monochrome_B.safetensors", "example-monochrome_A.safetensors"]
+    assert next(iter(merged.modules.values())).down.dtype == torch.float16  # [merge].save_precision

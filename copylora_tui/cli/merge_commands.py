@@ -35,14 +35,15 @@ def register(commands: argparse._SubParsersAction) -> None:
             "(no dense matrices). Flags as kohya's svd_merge_lora.py. Writes <save_to> and <stem>.stats.json."
         ),
     )
-    merge.add_argument("--save_to", required=True, metavar="OUT", help="output .safetensors")
-    merge.add_argument("--models", required=True, nargs="+", metavar="LORA", help="input LoRA files")
+    merge.add_argument("--project", metavar="DIR", help="merge a project's B and A LoRAs with its [merge] settings (other flags override)")
+    merge.add_argument("--save_to", metavar="OUT", help="output .safetensors")
+    merge.add_argument("--models", nargs="+", metavar="LORA", help="input LoRA files")
     merge.add_argument("--ratios", nargs="+", type=float, metavar="R", help="one ratio per model (default: 1 each)")
-    merge.add_argument("--new_rank", type=int, default=4, metavar="N", help="rank of the merged LoRA (kohya's default: 4)")
+    merge.add_argument("--new_rank", type=int, metavar="N", help="rank of the merged LoRA (default: 4, as kohya; with --project its new_rank)")
     merge.add_argument("--new_conv_rank", type=int, metavar="N", help="rank of 3x3 conv modules (default: new_rank)")
-    merge.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu, as kohya)")
+    merge.add_argument("--device", help="cpu, cuda or auto (default: cpu, as kohya; with --project its device)")
     merge.add_argument(
-        "--precision", default="float", choices=KOHYA_PRECISIONS,
+        "--precision", choices=KOHYA_PRECISIONS,
         help="arithmetic precision; fp16/bf16 are accepted for kohya batch files but computed in fp32 (exactness)",
     )
     merge.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="precision of the saved file (default: float)")
@@ -118,8 +119,36 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
     return 0
 
 
+def _project_defaults(args: argparse.Namespace) -> None:
+    """Fill unset flags from a project's plan and [merge] table: B then A, as the recipe merges."""
+    from engine.plan import make_plan
+    from engine.project import load_project
+
+    plan = make_plan(load_project(args.project))
+    merge = plan.project.merge
+    args.models = args.models or [str(plan.side("b").lora_path), str(plan.side("a").lora_path)]
+    args.ratios = args.ratios or list(merge.ratios)
+    args.save_to = args.save_to or str(plan.merged_path)
+    args.new_rank = args.new_rank or merge.new_rank
+    args.new_conv_rank = args.new_conv_rank or merge.new_conv_rank
+    args.device = args.device or merge.device
+    args.precision = args.precision or merge.precision
+    args.save_precision = args.save_precision or merge.save_precision
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
+    if args.project:
+        _project_defaults(args)
     problems: list[Problem] = []
+    if not args.models:
+        problems.append(Problem("--models", "give the input LoRAs (or --project DIR)"))
+    if not args.save_to:
+        problems.append(Problem("--save_to", "give the output file (or --project DIR)"))
+    if problems:
+        raise ValidationError(problems)
+    args.new_rank = args.new_rank or 4
+    args.device = args.device or "cpu"
+    args.precision = args.precision or "float"
     ratios = args.ratios if args.ratios is not None else [1.0] * len(args.models)
     if len(ratios) != len(args.models):
         problems.append(Problem("--ratios", f"{len(ratios)} ratio(s) for {len(args.models)} model(s): give one per model"))

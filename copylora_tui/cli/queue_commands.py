@@ -1,0 +1,256 @@
+"""Queue commands: ``run``, ``queue``, ``cancel``/``retry``/``pause``/``resume``/``move``,
+``logs``, ``save-now``/``sample-now`` and ``worker start|stop|status``.
+
+They talk to the worker only through the queue database and files, like the app does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from engine.errors import Problem, ValidationError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run",
+        help="queue train A, train B and merge for projects (background worker)",
+        description=(
+            "Queue the missing steps of each project (train A, train B, merge), skipping outputs that are up to date "
+            "with the parameters, and start the background worker if it is not running. Jobs keep running when this "
+            "terminal or SSH closes; watch them with `copylora queue`, `copylora logs JOB -f` or the app."
+        ),
+    )
+    run.add_argument("projects", nargs="+", metavar="PROJECT")
+    run.add_argument("--wait", action="store_true", help="show progress until these jobs finish (Ctrl-C leaves them running)")
+    run.add_argument("--force", action="store_true", help="redo every step even if up to date (trainings start over)")
+    run.add_argument("--max-steps", type=int, metavar="N", help="train N steps per side instead of the plan")
+    run.add_argument("--no-worker", action="store_true", help="only queue; do not start the worker")
+    run.set_defaults(func=cmd_run)
+
+    queue = commands.add_parser("queue", help="list jobs", description="List the jobs of the queue, running first.")
+    queue.add_argument("--json", action="store_true", help="machine-readable output")
+    queue.add_argument("--all", action="store_true", help="include every finished job (default: the last 20)")
+    queue.set_defaults(func=cmd_queue)
+
+    for name, helptext in (
+        ("cancel", "cancel a job (a running training checkpoints first; `retry` resumes it)"),
+        ("retry", "queue a failed or cancelled job again; it resumes from its checkpoint"),
+        ("pause", "hold a queued job, or checkpoint and stop a running one"),
+        ("resume", "queue a paused job again"),
+        ("save-now", "ask a running training to write a checkpoint and a LoRA snapshot at its next step"),
+        ("sample-now", "ask a running training for a preview image at its next step"),
+    ):
+        cmd = commands.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        cmd.add_argument("job", type=int, metavar="JOB")
+        cmd.set_defaults(func=cmd_job_action, action=name)
+
+    move = commands.add_parser("move", help="reorder a waiting job", description="Move a queued or paused job among the waiting ones.")
+    move.add_argument("job", type=int, metavar="JOB")
+    move.add_argument("where", choices=("up", "down", "top", "bottom"))
+    move.set_defaults(func=cmd_move)
+
+    logs = commands.add_parser("logs", help="print a job's log (-f to follow)", description="Print a job's log file; -f follows it like tail -f until the job ends.")
+    logs.add_argument("job", type=int, metavar="JOB")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-n", "--lines", type=int, default=0, metavar="N", help="only the last N lines")
+    logs.set_defaults(func=cmd_logs)
+
+    worker = commands.add_parser(
+        "worker", help="start, stop or show the background worker",
+        description="The worker runs queued jobs in child processes, detached from the terminal (one per state folder: $COPYLORA_HOME or ~/.local/state/copylora).",
+    )
+    worker.add_argument("action", choices=("start", "stop", "status"))
+    worker.add_argument("--gpus", metavar="0,1", help="GPUs to use, one job per GPU at once (default: all)")
+    worker.add_argument("--per-gpu", type=int, default=1, metavar="N", help="jobs per GPU at once (default 1)")
+    worker.add_argument("--foreground", action="store_true", help="run in this terminal instead of detached")
+    worker.set_defaults(func=cmd_worker)
+
+
+def _queue():
+    from engine.queue import Queue
+
+    return Queue()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.enqueue import enqueue_project
+    from engine.project import load_project
+
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
+    problems = []
+    for path in args.projects:  # validate all first: nothing is queued if one is broken
+        try:
+            load_project(path)
+        except ValidationError as exc:
+            problems += [Problem(f"{path}: {p.where}" if p.where else path, p.message) for p in exc.problems]
+    if problems:
+        raise ValidationError(problems)
+    queue = _queue()
+    new_jobs = []
+    for path in args.projects:
+        for step in enqueue_project(queue, path, force=args.force, max_steps=args.max_steps):
+            job = f"#{step.job.id}" if step.job else ""
+            reason = f" ({step.reason})" if step.reason and step.action != "queued" else ""
+            print(f"{path}: {step.what:<8} {step.action}{reason} {job}".rstrip())
+            if step.job is not None:
+                new_jobs.append(step.job.id)
+    if not new_jobs:
+        print("nothing to do: every output is up to date (--force redoes them)")
+        return 0
+    if not args.no_worker:
+        from engine.worker import ensure_running
+
+        pid, started = ensure_running()
+        print(f"worker {'started' if started else 'running'} (pid {pid}); follow with: copylora queue, copylora logs JOB -f, or copylora")
+    if args.wait:
+        return _wait(queue, new_jobs)
+    return 0
+
+
+def _wait(queue, job_ids: list[int]) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from engine.progress import format_duration
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
+    try:
+        with Progress(*columns, console=console) as bar:
+            tasks = {}
+            for job_id in job_ids:
+                job = queue.get(job_id)
+                tasks[job_id] = bar.add_task(f"#{job.id} {job.label:<8} {_project_name(job.project)}", total=1.0, info="")
+            while True:
+                finished = 0
+                for job_id, task in tasks.items():
+                    job = queue.get(job_id)
+                    info = job.status
+                    if job.status == "running" and job.total:
+                        info = f"{job.step}/{job.total} {job.it_per_s or 0:.1f} it/s ETA {format_duration(job.eta_s if job.eta_s is not None else float('inf'))}"
+                        if job.smooth_loss is not None and job.kind == "train":
+                            info += f" loss {job.smooth_loss:.4f}"
+                    elif job.status == "failed":
+                        info = f"[red]failed[/red]: {job.error}"
+                    bar.update(task, completed=job.fraction, info=info)
+                    finished += job.status in ("done", "failed", "cancelled")
+                if finished == len(tasks):
+                    break
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopped watching; the jobs go on in the background (copylora queue)", file=sys.stderr)
+        return 130
+    failed = [queue.get(j) for j in job_ids if queue.get(j).status != "done"]
+    for job in failed:
+        print(f"#{job.id} {job.label} of {_project_name(job.project)}: {job.status}: {job.error or ''}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _project_name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from engine.worker import worker_pid
+
+    queue = _queue()
+    jobs = queue.jobs()
+    if not args.all:
+        finished = [j for j in jobs if j.status in ("done", "failed", "cancelled")]
+        jobs = [j for j in jobs if j not in finished] + finished[:20]
+    if args.json:
+        print(json.dumps({"worker_pid": worker_pid(queue.home), "jobs": [j.as_dict() for j in jobs]}, indent=1, default=str))
+        return 0
+    from copylora_tui.cli.queue_view import print_queue
+
+    print_queue(jobs, worker_pid(queue.home), queue.home)
+    return 0
+
+
+def cmd_job_action(args: argparse.Namespace) -> int:
+    queue = _queue()
+    action = {"cancel": queue.cancel, "retry": queue.retry, "pause": queue.pause, "resume": queue.resume}.get(args.action)
+    message = action(args.job) if action else queue.request(args.job, args.action)
+    print(f"#{args.job}: {message}")
+    if args.action in ("retry", "resume"):
+        from engine.worker import ensure_running
+
+        ensure_running()
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    print(f"#{args.job}: {_queue().move(args.job, args.where)}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    queue = _queue()
+    job = queue.get(args.job)
+    path = queue.log_path(job.id)
+    if not path.exists():
+        print(f"#{job.id} has no log yet ({job.status})", file=sys.stderr)
+        if not args.follow:
+            return 0
+    position = 0
+    if path.exists():
+        text = path.read_bytes()
+        if args.lines:
+            text = b"\n".join(text.rstrip(b"\n").split(b"\n")[-args.lines :]) + b"\n"
+        sys.stdout.write(text.decode(errors="replace"))
+        sys.stdout.flush()
+        position = path.stat().st_size
+    if not args.follow:
+        return 0
+    try:
+        while True:
+            if path.exists():
+                size = path.stat().st_size
+                if size < position:  # trimmed by the job: start over from its new start
+                    position = 0
+                if size > position:
+                    with open(path, "rb") as handle:
+                        handle.seek(position)
+                        sys.stdout.write(handle.read().decode(errors="replace"))
+                        sys.stdout.flush()
+                    position = size
+            if queue.get(job.id).status in ("done", "failed", "cancelled", "paused") and (not path.exists() or path.stat().st_size == position):
+                return 0
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.queue import Queue
+    from engine.worker import Worker, start_detached, stop_worker, worker_pid
+
+    if args.action == "start":
+        if args.foreground:
+            return Worker(None, args.gpus, args.per_gpu).run()
+        pid = start_detached(None, args.gpus, args.per_gpu)
+        print(f"worker started (pid {pid}); log: {Queue().home / 'worker.log'}")
+        return 0
+    if args.action == "stop":
+        pid = stop_worker()
+        print("no worker was running" if pid is None else f"worker {pid} stopped; running jobs checkpointed and queued first")
+        return 0
+    queue = Queue()
+    pid = worker_pid(queue.home)
+    row = queue.worker_row() or {}
+    if not pid:
+        print(f"worker: not running (state: {queue.home}); start it with `copylora worker start`")
+        return 3  # like `systemctl status`: scripts can test it
+    running = queue.jobs(("running",))
+    beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None
+    print(f"worker: running, pid {pid}, slots {row.get('gpus', '?')}, heartbeat {beat:.1f} s ago" if beat is not None else f"worker: running, pid {pid}")
+    for job in running:
+        print(f"  #{job.id} {job.label} of {_project_name(job.project)}: step {job.step}/{job.total}")
+    for gpu in queue.latest_gpus():
+        print(f"  GPU {gpu['gpu']} {gpu['name']}: {gpu['used_mb']:.0f}/{gpu['total_mb']:.0f} MiB, {gpu['util'] or 0:.0f} %, {gpu['temp'] or 0:.0f} °C")
+    return 0

@@ -1,0 +1,43 @@
+"""Rich table for ``copylora queue``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+STATUS_STYLE = {"running": "bold cyan", "queued": "white", "paused": "yellow", "done": "green", "failed": "bold red", "cancelled": "dim"}
+
+
+def bar(fraction: float, width: int = 12) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "━" * filled + "╌" * (width - filled)
+
+
+def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
+    from engine.progress import format_duration
+
+    console = console or Console()
+    state = f"worker running (pid {worker_pid})" if worker_pid else "[yellow]worker not running[/yellow] (copylora worker start)"
+    console.print(f"{state}  ·  {home}")
+    if not jobs:
+        console.print("no jobs; queue a project with: copylora run projects/NAME")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column, justify in (("job", "right"), ("project", "left"), ("task", "left"), ("status", "left"), ("progress", "left"),
+                            ("it/s", "right"), ("ETA", "right"), ("loss", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for job in jobs:
+        progress = f"{bar(job.fraction)} {job.step or 0}/{job.total}" if job.total else ""
+        eta = format_duration(job.eta_s) if job.status == "running" and job.eta_s is not None else ""
+        rate = f"{job.it_per_s:.1f}" if job.status == "running" and job.it_per_s else ""
+        loss = f"{job.smooth_loss:.4f}" if job.smooth_loss is not None and job.kind == "train" else ""
+        table.add_row(
+            f"#{job.id}", job.project.rstrip("/").rsplit("/", 1)[-1], job.label,
+            f"[{STATUS_STYLE.get(job.status, '')}]{job.status}[/]", progress, rate, eta, loss,
+        )
+    console.print(table)
+    for job in jobs:  # errors below the table, whole: they are the part worth reading
+        if job.status == "failed" and job.error:
+            console.print(f"[red]#{job.id} failed:[/red] {job.error}", highlight=False)

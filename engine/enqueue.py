@@ -1,0 +1,116 @@
+"""What ``copylora run PROJECT`` puts in the queue: train A, train B, merge — minus what is
+already up to date or already waiting.
+
+A side's LoRA is up to date when its file carries the training fingerprint of the current
+parameters and images and the planned step count. The merge is up to date when its file was
+made from the current A and B files (by sha256) with the current [merge] settings. Anything
+retrained makes the merge stale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.plan import Plan, make_plan
+from engine.project import load_project
+from engine.queue import ACTIVE, Job, Queue
+
+
+@dataclass
+class Step:
+    what: str  # "train A", "train B", "merge"
+    action: str  # "queued", "up to date", "already queued", "already running"
+    job: Job | None = None
+    reason: str = ""
+
+
+def _metadata(path: Path) -> dict[str, str] | None:
+    """The safetensors metadata, read from the header only (no torch needed)."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size < 100 * 2**20:
+                return None
+            header = json.loads(handle.read(size))
+        return header.get("__metadata__", {})
+    except (OSError, ValueError):
+        return None
+
+
+def side_up_to_date(plan: Plan, side: str) -> tuple[bool, str]:
+    from engine.train import training_fingerprint
+
+    sp = plan.side(side)
+    meta = _metadata(sp.lora_path)
+    if meta is None:
+        return False, "no LoRA yet"
+    if meta.get("copylora_fingerprint") != training_fingerprint(plan, side):
+        return False, "parameters, images or base model changed"
+    if meta.get("copylora_steps") != str(sp.total_steps):
+        return False, f"trained {meta.get('copylora_steps', '?')} steps, plan says {sp.total_steps}"
+    return True, str(sp.lora_path.name)
+
+
+def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
+    from engine.merge import sha256_file
+
+    meta = _metadata(plan.merged_path)
+    if meta is None:
+        return False, "no merged LoRA yet"
+    try:
+        made = json.loads(meta.get("copylora_merge", "{}"))
+    except ValueError:
+        return False, "merged file has no provenance"
+    merge = plan.project.merge
+    inputs = [plan.side("b").lora_path, plan.side("a").lora_path]
+    expected = [{"file": p.name, "sha256": sha256_file(p) if p.exists() else None, "ratio": r} for p, r in zip(inputs, merge.ratios)]
+    got = [{"file": i.get("file"), "sha256": i.get("sha256"), "ratio": i.get("ratio")} for i in made.get("inputs", [])]
+    if got != expected:
+        return False, "A or B changed since the merge"
+    if made.get("new_rank") != merge.new_rank or made.get("new_conv_rank") != (merge.new_conv_rank or merge.new_rank):
+        return False, "[merge] ranks changed"
+    return True, plan.merged_path.name
+
+
+def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = False, max_steps: int | None = None) -> list[Step]:
+    """Queue the missing steps of one (already validated) project; returns what happened."""
+    project = load_project(project_dir)
+    plan = make_plan(project, max_steps=max_steps)
+    key = str(project.root)
+    active = {(j.kind, j.side): j for j in queue.jobs(ACTIVE, project=key)}
+    steps: list[Step] = []
+    train_ids: list[int] = []
+    retrained = False
+    for side in ("a", "b"):
+        what = f"train {side.upper()}"
+        waiting = active.get(("train", side))
+        if waiting is not None:
+            steps.append(Step(what, f"already {waiting.status}", waiting))
+            train_ids.append(waiting.id)
+            retrained = True
+            continue
+        fresh, reason = side_up_to_date(plan, side)
+        if fresh and not force:
+            steps.append(Step(what, "up to date", reason=reason))
+            continue
+        job = queue.enqueue(
+            "train", key, side=side, label=f"train {side.upper()}",
+            params={"max_steps": max_steps, "restart": force},
+            total=plan.side(side).total_steps,
+        )
+        steps.append(Step(what, "queued", job, reason))
+        train_ids.append(job.id)
+        retrained = True
+    waiting = active.get(("merge", None))
+    if waiting is not None:
+        steps.append(Step("merge", f"already {waiting.status}", waiting))
+    else:
+        fresh, reason = merge_up_to_date(plan) if not retrained else (False, "A or B is being trained")
+        if fresh and not force:
+            steps.append(Step("merge", "up to date", reason=reason))
+        else:
+            job = queue.enqueue("merge", key, label="merge", depends_on=train_ids, total=None)
+            steps.append(Step("merge", "queued", job, reason))
+    return steps

@@ -1,0 +1,192 @@
+"""One job, in its own process: ``python -m engine.job_runner --home H --job N``.
+
+The worker starts one of these per job, so an out-of-memory kill or a crash in CUDA takes down
+the job, not the daemon. stdout/stderr go to the job's log file (the worker opened it); the
+live progress goes to the queue database a few times a second, never once per step.
+
+Exit codes: 0 done, 1 failed (the error is in the database and the log), 3 stopped on
+request (SIGTERM: cancel, pause, worker shutdown) after writing a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+
+from engine.errors import CopyloraError
+from engine.queue import MAX_POINTS, Job, Queue
+
+EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
+WRITE_INTERVAL_S = 0.25  # at most 4 progress writes per second, whatever the step rate
+LOG_LIMIT = 8 * 2**20  # a job log is trimmed to its newest half beyond this
+
+
+class Stopped(Exception):
+    pass
+
+
+def log(line: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} {line}", flush=True)
+    _trim_log()
+
+
+def _trim_log() -> None:
+    """Keep the log bounded without reopening it: the fd is O_APPEND, so truncating in place and
+    writing the tail back keeps every writer (ours, C libraries') appending to the same file."""
+    try:
+        fd = sys.stdout.fileno()
+        size = os.fstat(fd).st_size
+        if size <= LOG_LIMIT:
+            return
+        with open(f"/proc/self/fd/{fd}", "rb") as current:
+            current.seek(size - LOG_LIMIT // 2)
+            tail = current.read()
+        os.ftruncate(fd, 0)
+        os.write(fd, b"[... older lines trimmed ...]\n" + tail[tail.find(b"\n") + 1 :])
+    except (OSError, ValueError):
+        pass
+
+
+class ProgressWriter:
+    """Throttles trainer progress into the queue, and carries requests back to the trainer."""
+
+    def __init__(self, queue: Queue, job_id: int, total: int) -> None:
+        self.queue, self.job_id = queue, job_id
+        self.stride = max(1, total // MAX_POINTS)
+        self.last_write = 0.0
+        self.last_point = -1
+        self.save_pending = False
+        self.writes = 0
+        self.write_seconds = 0.0
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        point = p.step - self.last_point >= self.stride or p.step == p.total
+        if now - self.last_write < WRITE_INTERVAL_S and p.step != p.total:
+            return
+        started = time.perf_counter()
+        self.queue.report_progress(self.job_id, p, point=point)
+        if point:
+            self.last_point = p.step
+        requests = self.queue.take_requests(self.job_id)
+        self.save_pending = self.save_pending or requests.get("save_now", False)
+        self.last_write = now
+        self.writes += 1
+        self.write_seconds += time.perf_counter() - started
+
+    def take_save(self) -> bool:
+        pending, self.save_pending = self.save_pending, False
+        return pending
+
+
+def run_train(queue: Queue, job: Job, stop: dict) -> dict:
+    from engine.plan import make_plan
+    from engine.project import load_project
+    from engine.train import train
+
+    plan = make_plan(load_project(job.project), max_steps=job.params.get("max_steps"))
+    total = plan.side(job.side).total_steps
+    writer = ProgressWriter(queue, job.id, total)
+    # A restart was asked for on the first attempt only: a retry or crash recovery resumes.
+    fresh = bool(job.params.get("restart")) and job.attempts <= 1
+    result = train(
+        plan,
+        job.side,
+        resume=not fresh,
+        on_progress=writer,
+        should_stop=lambda: stop["asked"],
+        save_requested=writer.take_save,
+        on_start=lambda step, total: queue.set_start_step(job.id, step, total),
+        log=log,
+    )
+    if writer.writes:
+        log(f"progress writes: {writer.writes}, {1000 * writer.write_seconds / writer.writes:.2f} ms each, "
+            f"{100 * writer.write_seconds / max(result.seconds, 1e-9):.2f} % of the run")
+    if result.status == "stopped":
+        raise Stopped(f"stopped at step {result.step}")
+    return {"lora": str(result.lora_path), "state": str(result.state_path), "steps": result.step}
+
+
+def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
+    from engine.merge import merge_loras, save_merge
+    from engine.plan import make_plan
+    from engine.progress import Progress
+    from engine.project import load_project
+
+    plan = make_plan(load_project(job.project))
+    merge = plan.project.merge
+    paths = [plan.side("b").lora_path, plan.side("a").lora_path]
+    log(f"merging {merge.ratios[0]:+g}·{paths[0].name} {merge.ratios[1]:+g}·{paths[1].name} → rank {merge.new_rank}")
+
+    def progress(done: int, total: int, _name: str) -> None:
+        if stop["asked"]:
+            raise Stopped("stopped during the merge")
+        if done == total or done % 25 == 0:
+            queue.report_progress(job.id, Progress(done, total, float("nan"), float("nan"), 0.0, 0.0, 0.0, 0.0), point=False)
+
+    result = merge_loras(paths, list(merge.ratios), new_rank=merge.new_rank, new_conv_rank=merge.new_conv_rank,
+                         device=merge.device, precision=merge.precision, progress=progress)
+    lora, stats = save_merge(result, plan.merged_path, merge.save_precision)
+    kept = [s.energy_kept for s in result.stats]
+    log(f"wrote {lora} in {result.seconds:.2f} s; energy kept: mean {sum(kept) / len(kept):.4f}, min {min(kept):.4f}")
+    return {"lora": str(lora), "stats": str(stats)}
+
+
+RUNNERS = {"train": run_train, "merge": run_merge}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.job_runner")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--job", required=True, type=int)
+    args = parser.parse_args(argv)
+
+    from engine.procs import die_with_parent
+
+    die_with_parent()
+    stop = {"asked": False}
+
+    def on_term(signum, _frame):
+        stop["asked"] = True
+        log(f"received {signal.Signals(signum).name}: stopping at the next step with a checkpoint")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    queue = Queue(args.home)
+    job = queue.get(args.job)
+    log(f"job #{job.id}: {job.label} of {job.project} (attempt {job.attempts}, pid {os.getpid()}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    runner = RUNNERS.get(job.kind)
+    try:
+        if runner is None:
+            raise CopyloraError(f"job kind {job.kind!r} cannot run in the queue yet")
+        artifacts = runner(queue, job, stop)
+    except Stopped as exc:
+        log(str(exc))
+        return EXIT_STOPPED
+    except CopyloraError as exc:
+        log(f"FAILED: {exc}")
+        queue.finish(job.id, "failed", error=str(exc))
+        return EXIT_FAILED
+    except Exception as exc:  # a bug or an environment problem (CUDA OOM...): keep the traceback in the log
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}".strip()
+        if "out of memory" in message.lower():
+            message += " (the GPU ran out of memory: try gradient_checkpointing = true or a smaller resolution)"
+        log(f"FAILED: {message}")
+        queue.finish(job.id, "failed", error=message[:2000])
+        return EXIT_FAILED
+    queue.finish(job.id, "done", artifacts=artifacts)
+    log(f"job #{job.id} done: {artifacts}")
+    return EXIT_DONE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,426 @@
+"""The job queue: one SQLite database shared by the worker daemon, the CLI and any number of apps.
+
+SQLite in WAL mode lets readers (the app polling twice a second, ``copylora queue``) run while
+the worker writes; a busy timeout makes writers wait for each other instead of failing with
+"database is locked". Every state change is one short ``BEGIN IMMEDIATE`` transaction, so two
+processes can never claim the same job. The schema is versioned (``PRAGMA user_version``) and
+migrated forward on open.
+
+Job life: queued → running → done | failed | cancelled, with paused beside queued. A job
+waits for its dependencies (a merge for both trainings); when one fails or is cancelled, its
+dependants fail with the reason, and ``retry`` of the dependency brings them back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.errors import CopyloraError
+from engine.state_home import job_log, queue_db, state_home
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "paused")
+KINDS = ("train", "merge", "sample", "bake", "extract")
+ACTIVE = ("queued", "running", "paused")
+MAX_POINTS = 1000  # progress points kept per job: enough for a smooth curve of any length
+GPU_HISTORY_S = 600
+
+MIGRATIONS: list[list[str]] = [
+    [  # version 1
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL, project TEXT NOT NULL, side TEXT, label TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'queued', position REAL NOT NULL,
+            gpu TEXT, pid INTEGER, pid_start TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, started_at REAL, finished_at REAL, updated_at REAL,
+            error TEXT, failed_by INTEGER, artifacts TEXT NOT NULL DEFAULT '{}',
+            control TEXT, save_now INTEGER NOT NULL DEFAULT 0, sample_now INTEGER NOT NULL DEFAULT 0,
+            step INTEGER, total INTEGER, loss REAL, smooth_loss REAL, lr REAL, it_per_s REAL,
+            eta_s REAL, vram_mb REAL, start_step INTEGER
+        )""",
+        "CREATE INDEX jobs_status ON jobs(status, position)",
+        "CREATE TABLE deps (job_id INTEGER NOT NULL, depends_on INTEGER NOT NULL, PRIMARY KEY (job_id, depends_on))",
+        """CREATE TABLE points (
+            job_id INTEGER NOT NULL, step INTEGER NOT NULL, t REAL NOT NULL,
+            loss REAL, smooth_loss REAL, lr REAL, vram_mb REAL, PRIMARY KEY (job_id, step)
+        )""",
+        """CREATE TABLE gpu_stats (
+            gpu INTEGER NOT NULL, t REAL NOT NULL, name TEXT, used_mb REAL, total_mb REAL,
+            util REAL, temp REAL, power_w REAL, PRIMARY KEY (gpu, t)
+        )""",
+        """CREATE TABLE worker (
+            id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER, started_at REAL,
+            heartbeat REAL, gpus TEXT, slots INTEGER
+        )""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class QueueError(CopyloraError):
+    pass
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str
+    project: str
+    side: str | None
+    label: str
+    params: dict
+    status: str
+    position: float
+    gpu: str | None
+    pid: int | None
+    pid_start: str | None
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float | None
+    error: str | None
+    failed_by: int | None
+    artifacts: dict
+    control: str | None
+    save_now: int
+    sample_now: int
+    step: int | None
+    total: int | None
+    loss: float | None
+    smooth_loss: float | None
+    lr: float | None
+    it_per_s: float | None
+    eta_s: float | None
+    vram_mb: float | None
+    start_step: int | None
+    depends_on: list[int] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        if self.status == "done":
+            return 1.0
+        return (self.step or 0) / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
+    data = dict(row)
+    data["params"] = json.loads(data["params"] or "{}")
+    data["artifacts"] = json.loads(data["artifacts"] or "{}")
+    return Job(**data, depends_on=deps)
+
+
+class Queue:
+    """A handle on the queue database. Cheap to create; each process makes its own."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        self.home = state_home(home)
+        self.path = queue_db(self.home)
+        self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise QueueError(f"{self.path} was made by a newer copylora (schema {version} > {SCHEMA_VERSION}); upgrade copylora")
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken up front (IMMEDIATE), so check-then-update is atomic."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, job_id: int) -> Job:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise QueueError(f"no job #{job_id} (see `copylora queue`)")
+        deps = [r[0] for r in self.db.execute("SELECT depends_on FROM deps WHERE job_id = ? ORDER BY depends_on", (job_id,))]
+        return _row_to_job(row, deps)
+
+    def jobs(self, statuses: tuple[str, ...] | None = None, project: str | None = None) -> list[Job]:
+        sql, args = "SELECT * FROM jobs", []
+        where = []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += list(statuses)
+        if project:
+            where.append("project = ?")
+            args.append(project)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'queued' THEN 1 WHEN 'paused' THEN 1 ELSE 2 END, " \
+               "CASE WHEN status IN ('done','failed','cancelled') THEN -COALESCE(finished_at, 0) ELSE position END, id"
+        rows = self.db.execute(sql, args).fetchall()
+        deps: dict[int, list[int]] = {}
+        for job_id, dep in self.db.execute("SELECT job_id, depends_on FROM deps ORDER BY depends_on"):
+            deps.setdefault(job_id, []).append(dep)
+        return [_row_to_job(r, deps.get(r["id"], [])) for r in rows]
+
+    def points(self, job_id: int) -> list[dict]:
+        rows = self.db.execute("SELECT step, t, loss, smooth_loss, lr, vram_mb FROM points WHERE job_id = ? ORDER BY step", (job_id,))
+        return [dict(r) for r in rows]
+
+    def log_path(self, job_id: int) -> Path:
+        return job_log(self.home, job_id)
+
+    # ------------------------------------------------------------------ enqueueing
+
+    def enqueue(self, kind: str, project: str, *, side: str | None = None, label: str | None = None,
+                params: dict | None = None, depends_on: list[int] | None = None, total: int | None = None) -> Job:
+        if kind not in KINDS:
+            raise QueueError(f"unknown job kind {kind!r}")
+        now = time.time()
+        with self.transaction() as db:
+            position = (db.execute("SELECT COALESCE(MAX(position), 0) FROM jobs").fetchone()[0] or 0) + 1
+            cursor = db.execute(
+                "INSERT INTO jobs (kind, project, side, label, params, status, position, created_at, updated_at, total, step)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, 0)",
+                (kind, project, side, label or f"{kind} {side or ''}".strip(), json.dumps(params or {}), position, now, now, total),
+            )
+            job_id = cursor.lastrowid
+            for dep in depends_on or []:
+                db.execute("INSERT INTO deps (job_id, depends_on) VALUES (?, ?)", (job_id, dep))
+        return self.get(job_id)
+
+    # ------------------------------------------------------------------ the worker's side
+
+    def claim(self, gpu: str | None) -> Job | None:
+        """Atomically take the first queued job whose dependencies are all done."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs j WHERE status = 'queued' AND NOT EXISTS ("
+                " SELECT 1 FROM deps d JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = j.id AND p.status != 'done')"
+                " ORDER BY position, id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET status = 'running', gpu = ?, started_at = ?, updated_at = ?, attempts = attempts + 1,"
+                " error = NULL, failed_by = NULL, finished_at = NULL, control = NULL, pid = NULL, pid_start = NULL WHERE id = ?",
+                (gpu, now, now, row[0]),
+            )
+        return self.get(row[0])
+
+    def set_pid(self, job_id: int, pid: int, pid_start: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET pid = ?, pid_start = ?, updated_at = ? WHERE id = ?", (pid, pid_start, time.time(), job_id))
+
+    def report_progress(self, job_id: int, p: Any, *, point: bool) -> None:
+        """Live progress of a running job; ``point`` also stores it in the curve history."""
+        now = time.time()
+        eta = p.eta_s if p.eta_s == p.eta_s and p.eta_s != float("inf") else None
+        loss = p.loss if p.loss == p.loss else None  # NaN is not stored
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET step = ?, total = ?, loss = ?, smooth_loss = ?, lr = ?, it_per_s = ?, eta_s = ?,"
+                " vram_mb = ?, updated_at = ? WHERE id = ?",
+                (p.step, p.total, loss, p.smooth_loss, p.lr, p.it_per_s, eta, p.vram_peak_mb, now, job_id),
+            )
+            if point:
+                db.execute(
+                    "INSERT OR REPLACE INTO points (job_id, step, t, loss, smooth_loss, lr, vram_mb) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb),
+                )
+
+    def set_start_step(self, job_id: int, step: int, total: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET start_step = ?, step = ?, total = ?, updated_at = ? WHERE id = ?", (step, step, total, time.time(), job_id))
+
+    def finish(self, job_id: int, status: str, *, error: str | None = None, artifacts: dict | None = None) -> None:
+        """End a running job. A failed or cancelled job takes its waiting dependants with it."""
+        if status not in ("done", "failed", "cancelled", "paused", "queued"):
+            raise QueueError(f"cannot finish a job as {status}")
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT artifacts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            merged = {**json.loads(row[0] if row else "{}"), **(artifacts or {})}
+            ended = now if status in ("done", "failed", "cancelled") else None
+            db.execute(
+                "UPDATE jobs SET status = ?, error = ?, artifacts = ?, finished_at = ?, updated_at = ?, control = NULL,"
+                " save_now = 0, sample_now = 0, pid = NULL, pid_start = NULL WHERE id = ?",
+                (status, error, json.dumps(merged), ended, now, job_id),
+            )
+            if status in ("failed", "cancelled"):
+                self._fail_dependants(db, job_id, status)
+
+    def _fail_dependants(self, db: sqlite3.Connection, job_id: int, why: str) -> None:
+        now = time.time()
+        label = db.execute("SELECT label FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        waiting = db.execute(
+            "SELECT j.id FROM deps d JOIN jobs j ON j.id = d.job_id WHERE d.depends_on = ? AND j.status IN ('queued', 'paused')",
+            (job_id,),
+        ).fetchall()
+        for (dependant,) in waiting:
+            db.execute(
+                "UPDATE jobs SET status = 'failed', error = ?, failed_by = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+                (f"dependency #{job_id} ({label}) {why}", job_id, now, now, dependant),
+            )
+            self._fail_dependants(db, dependant, "failed")
+
+    def take_requests(self, job_id: int) -> dict[str, bool]:
+        """Read and clear save-now/sample-now requests, and see any cancel/pause order."""
+        with self.transaction() as db:
+            row = db.execute("SELECT save_now, sample_now, control FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return {}
+            if row["save_now"] or row["sample_now"]:
+                db.execute("UPDATE jobs SET save_now = 0, sample_now = 0 WHERE id = ?", (job_id,))
+        return {"save_now": bool(row["save_now"]), "sample_now": bool(row["sample_now"]), "control": row["control"]}
+
+    def requeue_at_head(self, job_id: int, reason: str) -> None:
+        """A job whose process vanished (reboot, kill -9): first in line again, to resume."""
+        with self.transaction() as db:
+            head = db.execute("SELECT COALESCE(MIN(position), 1) FROM jobs").fetchone()[0]
+            db.execute(
+                "UPDATE jobs SET status = 'queued', position = ?, pid = NULL, pid_start = NULL, control = NULL,"
+                " error = ?, updated_at = ? WHERE id = ?",
+                (head - 1, reason, time.time(), job_id),
+            )
+
+    # ------------------------------------------------------------------ user commands
+
+    def cancel(self, job_id: int) -> str:
+        job = self.get(job_id)
+        if job.status in ("queued", "paused"):
+            self.finish(job_id, "cancelled", error="cancelled by the user")
+            return "cancelled"
+        if job.status == "running":
+            self._control(job_id, "cancel")
+            return "cancelling (the job saves a checkpoint and stops)"
+        raise QueueError(f"job #{job_id} is {job.status}: nothing to cancel")
+
+    def pause(self, job_id: int) -> str:
+        job = self.get(job_id)
+        if job.status == "queued":
+            with self.transaction() as db:
+                db.execute("UPDATE jobs SET status = 'paused', updated_at = ? WHERE id = ?", (time.time(), job_id))
+            return "paused"
+        if job.status == "running":
+            self._control(job_id, "pause")
+            return "pausing (the job saves a checkpoint and stops)"
+        raise QueueError(f"job #{job_id} is {job.status}: only queued or running jobs can be paused")
+
+    def resume(self, job_id: int) -> str:
+        job = self.get(job_id)
+        if job.status != "paused":
+            raise QueueError(f"job #{job_id} is {job.status}, not paused")
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ?", (time.time(), job_id))
+        return "queued (continues from its checkpoint)"
+
+    def retry(self, job_id: int) -> str:
+        """Queue a failed or cancelled job again (it resumes from its newest checkpoint), with
+        the dependants that failed because of it."""
+        job = self.get(job_id)
+        if job.status not in ("failed", "cancelled"):
+            raise QueueError(f"job #{job_id} is {job.status}: only failed or cancelled jobs can be retried")
+        with self.transaction() as db:
+            self._requeue_chain(db, job_id)
+        return "queued again"
+
+    def _requeue_chain(self, db: sqlite3.Connection, job_id: int) -> None:
+        db.execute(
+            "UPDATE jobs SET status = 'queued', error = NULL, failed_by = NULL, finished_at = NULL, updated_at = ? WHERE id = ?",
+            (time.time(), job_id),
+        )
+        for (dependant,) in db.execute("SELECT id FROM jobs WHERE failed_by = ?", (job_id,)).fetchall():
+            self._requeue_chain(db, dependant)
+
+    def move(self, job_id: int, where: str) -> str:
+        """Reorder waiting jobs: up, down, top or bottom among queued/paused ones."""
+        job = self.get(job_id)
+        if job.status not in ("queued", "paused"):
+            raise QueueError(f"job #{job_id} is {job.status}: only waiting jobs can be moved")
+        with self.transaction() as db:
+            waiting = db.execute("SELECT id, position FROM jobs WHERE status IN ('queued','paused') ORDER BY position, id").fetchall()
+            ids = [r[0] for r in waiting]
+            index = ids.index(job_id)
+            target = {"up": max(index - 1, 0), "down": min(index + 1, len(ids) - 1), "top": 0, "bottom": len(ids) - 1}[where]
+            ids.insert(target, ids.pop(index))
+            base = min(r[1] for r in waiting)
+            for offset, moved in enumerate(ids):
+                db.execute("UPDATE jobs SET position = ? WHERE id = ?", (base + offset, moved))
+        return f"moved to place {target + 1} of {len(ids)} waiting"
+
+    def request(self, job_id: int, what: str) -> str:
+        job = self.get(job_id)
+        if job.status != "running" or job.kind != "train":
+            raise QueueError(f"job #{job_id} is a {job.status} {job.kind} job: only running trainings take {what} requests")
+        column = {"save-now": "save_now", "sample-now": "sample_now"}[what]
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {column} = 1 WHERE id = ?", (job_id,))
+        return f"asked job #{job_id} to {what.replace('-now', '')} at its next step"
+
+    def _control(self, job_id: int, order: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET control = ?, updated_at = ? WHERE id = ?", (order, time.time(), job_id))
+
+    # ------------------------------------------------------------------ worker and GPUs
+
+    def worker_started(self, pid: int, gpus: list[str], slots: int) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO worker (id, pid, started_at, heartbeat, gpus, slots) VALUES (1, ?, ?, ?, ?, ?)",
+                (pid, now, now, json.dumps(gpus), slots),
+            )
+
+    def heartbeat(self) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE worker SET heartbeat = ? WHERE id = 1", (time.time(),))
+
+    def worker_stopped(self, pid: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM worker WHERE id = 1 AND pid = ?", (pid,))
+
+    def worker_row(self) -> dict | None:
+        row = self.db.execute("SELECT * FROM worker WHERE id = 1").fetchone()
+        return dict(row) if row else None
+
+    def record_gpus(self, samples: list[dict]) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            for s in samples:
+                db.execute(
+                    "INSERT OR REPLACE INTO gpu_stats (gpu, t, name, used_mb, total_mb, util, temp, power_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (s["index"], now, s.get("name"), s.get("used_mb"), s.get("total_mb"), s.get("util"), s.get("temp"), s.get("power_w")),
+                )
+            db.execute("DELETE FROM gpu_stats WHERE t < ?", (now - GPU_HISTORY_S,))
+
+    def gpu_history(self, gpu: int = 0, since_s: float = GPU_HISTORY_S) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM gpu_stats WHERE gpu = ? AND t >= ? ORDER BY t", (gpu, time.time() - since_s))
+        return [dict(r) for r in rows]
+
+    def latest_gpus(self) -> list[dict]:
+        rows = self.db.execute("SELECT g.* FROM gpu_stats g JOIN (SELECT gpu, MAX(t) t FROM gpu_stats GROUP BY gpu) m ON g.gpu = m.gpu AND g.t = m.t ORDER BY g.gpu")
+        return [dict(r) for r in rows]

@@ -1,0 +1,40 @@
+"""Where the queue, the worker's lock and logs, and the job logs live.
+
+One state folder per user (``~/.local/state/copylora``, following XDG_STATE_HOME), or
+``COPYLORA_HOME`` to keep several independent queues (tests use it). Everything that the
+daemon and its clients share is under it, like pueue's state directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def state_home(override: str | os.PathLike | None = None) -> Path:
+    if override:
+        home = Path(override)
+    elif os.environ.get("COPYLORA_HOME"):
+        home = Path(os.environ["COPYLORA_HOME"])
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        home = base / "copylora"
+    home = home.expanduser()
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def queue_db(home: Path) -> Path:
+    return home / "queue.db"
+
+
+def job_log(home: Path, job_id: int) -> Path:
+    return home / "logs" / f"job-{job_id}.log"
+
+
+def worker_log(home: Path) -> Path:
+    return home / "worker.log"
+
+
+def worker_lock(home: Path) -> Path:
+    return home / "worker.lock"

@@ -1,0 +1,302 @@
+"""The worker daemon: claims queued jobs and runs each in a child process, one per GPU slot.
+
+It is started detached (own session, output to ``worker.log``), holds an exclusive lock on
+``worker.lock`` (one worker per state folder), and keeps running when the app closes or SSH
+drops. Its loop is plain: reap finished children, pass cancel/pause orders on as SIGTERM
+(the child checkpoints and exits), fill free slots, sample the GPUs, beat its heart.
+
+On start it recovers: a job still marked running whose process is gone (reboot, kill -9)
+goes back to the head of the queue and resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import CopyloraError
+from engine.procs import alive, process_start
+from engine.queue import Queue
+from engine.state_home import state_home, worker_lock, worker_log
+
+POLL_S = 0.2
+GPU_SAMPLE_S = 1.0
+STOP_GRACE_S = 120.0  # a stopping child gets this long to write its checkpoint
+
+
+class WorkerRunning(CopyloraError):
+    pass
+
+
+@dataclass
+class Running:
+    job_id: int
+    slot: str | None
+    process: subprocess.Popen
+    signalled: bool = False
+
+
+def lock_worker(home: Path):
+    """The exclusive lock that makes this the only worker of ``home`` (released when the
+    process dies, however it dies)."""
+    handle = open(worker_lock(home), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise WorkerRunning(f"a worker is already running on {home} (pid {pid}); `copylora worker status` shows it") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def worker_pid(home: Path) -> int | None:
+    """The running worker's pid, or None (the lock is the truth, not the database row)."""
+    path = worker_lock(home)
+    if not path.exists():
+        return None
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def parse_gpus(spec: str | None) -> list[str | None]:
+    """``--gpus 0,1`` → ["0", "1"]; none given → all GPUs torch would see, else one CPU slot.
+
+    Counted with NVML, not torch, so the daemon never imports torch itself."""
+    if spec:
+        return [g.strip() for g in spec.split(",") if g.strip()]
+    from engine.gpu import sample_gpus
+
+    gpus = sample_gpus()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()] or [None]
+    return [str(g["index"]) for g in gpus] or [None]
+
+
+class Worker:
+    def __init__(self, home: str | Path | None = None, gpus: str | None = None, per_gpu: int = 1) -> None:
+        self.home = state_home(home)
+        self.slots = [gpu for gpu in parse_gpus(gpus) for _ in range(max(1, per_gpu))]
+        self.running: dict[int, Running] = {}
+        self.stopping = False
+
+    def log(self, line: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        lock = lock_worker(self.home)
+        queue = Queue(self.home)
+        signal.signal(signal.SIGTERM, self._ask_stop)
+        signal.signal(signal.SIGINT, self._ask_stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not take the daemon with it
+        queue.worker_started(os.getpid(), [s or "cpu" for s in self.slots], len(self.slots))
+        self.log(f"worker {os.getpid()} on {self.home}: slots {[s or 'cpu' for s in self.slots]}")
+        try:
+            self.recover(queue)
+            last_sample = 0.0
+            while not self.stopping:
+                self.reap(queue)
+                self.pass_orders(queue)
+                self.fill_slots(queue)
+                if time.monotonic() - last_sample >= GPU_SAMPLE_S:
+                    self.sample(queue)
+                    last_sample = time.monotonic()
+                time.sleep(POLL_S)
+            self.shutdown(queue)
+        finally:
+            queue.worker_stopped(os.getpid())
+            lock.close()
+        self.log("worker stopped")
+        return 0
+
+    def _ask_stop(self, signum, _frame) -> None:
+        self.log(f"{signal.Signals(signum).name}: stopping; running jobs checkpoint and go back to the queue")
+        self.stopping = True
+
+    def recover(self, queue: Queue) -> None:
+        """Jobs left 'running' by a worker that died: stop any orphan still alive, then requeue."""
+        for job in queue.jobs(("running",)):
+            if alive(job.pid, job.pid_start):
+                self.log(f"job #{job.id}: its process {job.pid} outlived the last worker; stopping it")
+                os.kill(job.pid, signal.SIGTERM)
+                deadline = time.monotonic() + STOP_GRACE_S
+                while alive(job.pid, job.pid_start) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if alive(job.pid, job.pid_start):
+                    os.kill(job.pid, signal.SIGKILL)
+            queue.requeue_at_head(job.id, None)
+            self.log(f"job #{job.id} ({job.label}) was running when the last worker ended: queued first, it resumes from its checkpoint")
+
+    def fill_slots(self, queue: Queue) -> None:
+        busy = [r.slot for r in self.running.values()]
+        for slot in self.slots:
+            if slot in busy:
+                busy.remove(slot)
+                continue
+            job = queue.claim(slot)
+            if job is None:
+                return
+            self.start(queue, job, slot)
+
+    def start(self, queue: Queue, job, slot: str | None) -> None:
+        env = dict(os.environ)
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        log_path = queue.log_path(job.id)
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "engine.job_runner", "--home", str(self.home), "--job", str(job.id)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                cwd=os.getcwd(),
+            )
+        queue.set_pid(job.id, process.pid, process_start(process.pid))
+        self.running[job.id] = Running(job.id, slot, process)
+        self.log(f"job #{job.id} ({job.label} of {job.project}) started: pid {process.pid}, slot {slot or 'cpu'}")
+
+    def reap(self, queue: Queue) -> None:
+        for job_id, run in list(self.running.items()):
+            code = run.process.poll()
+            if code is None:
+                continue
+            del self.running[job_id]
+            job = queue.get(job_id)
+            if job.status != "running":  # the child recorded done/failed itself
+                self.log(f"job #{job_id} {job.status}")
+                continue
+            if code == 3:  # stopped on request: the order decides where it goes
+                order = job.control
+                if order == "cancel":
+                    queue.finish(job_id, "cancelled", error="cancelled by the user (checkpoint kept: `copylora retry` resumes it)")
+                elif order == "pause":
+                    queue.finish(job_id, "paused")
+                else:
+                    queue.requeue_at_head(job_id, None)
+                self.log(f"job #{job_id} stopped ({order or 'worker shutdown'})")
+                continue
+            reason = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+            if code == -signal.SIGKILL:
+                reason += " (out of memory? see the job log)"
+            queue.finish(job_id, "failed", error=f"the job process died ({reason}); last lines in {queue.log_path(job_id)}")
+            self.log(f"job #{job_id} died: {reason}")
+
+    def pass_orders(self, queue: Queue) -> None:
+        for job_id, run in self.running.items():
+            if run.signalled:
+                continue
+            job = queue.get(job_id)
+            if job.control in ("cancel", "pause"):
+                run.process.send_signal(signal.SIGTERM)
+                run.signalled = True
+                self.log(f"job #{job_id}: {job.control} → SIGTERM")
+
+    def sample(self, queue: Queue) -> None:
+        from engine.gpu import sample_gpus
+
+        samples = sample_gpus()
+        if samples:
+            queue.record_gpus(samples)
+        queue.heartbeat()
+
+    def shutdown(self, queue: Queue) -> None:
+        for run in self.running.values():
+            run.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.running and time.monotonic() < deadline:
+            self.reap(queue)
+            time.sleep(POLL_S)
+        for run in self.running.values():  # past the grace period
+            run.process.kill()
+        self.reap(queue)
+
+
+# ---------------------------------------------------------------------- daemon control
+
+
+def start_detached(home: str | Path | None = None, gpus: str | None = None, per_gpu: int = 1, wait_s: float = 10.0) -> int:
+    """Start the worker in its own session (it survives this terminal and SSH), return its pid."""
+    home = state_home(home)
+    existing = worker_pid(home)
+    if existing:
+        raise WorkerRunning(f"a worker is already running on {home} (pid {existing})")
+    log_path = worker_log(home)
+    if log_path.exists() and log_path.stat().st_size > 8 * 2**20:
+        log_path.replace(log_path.with_suffix(".log.1"))
+    command = [sys.executable, "-m", "engine.worker", "--home", str(home), "--per-gpu", str(per_gpu)]
+    if gpus:
+        command += ["--gpus", gpus]
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd=os.getcwd(),
+        )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if worker_pid(home) == process.pid:
+            return process.pid
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise CopyloraError(f"the worker exited at start (code {process.returncode}): {' | '.join(tail)}")
+        time.sleep(0.05)
+    raise CopyloraError(f"the worker did not start within {wait_s:.0f} s; see {log_path}")
+
+
+def ensure_running(home: str | Path | None = None) -> tuple[int, bool]:
+    """(pid, started_now): start the worker if none runs on this state folder."""
+    pid = worker_pid(state_home(home))
+    if pid:
+        return pid, False
+    try:
+        return start_detached(home), True
+    except WorkerRunning:  # another client started it a moment ago
+        return worker_pid(state_home(home)) or -1, False
+
+
+def stop_worker(home: str | Path | None = None, wait_s: float = STOP_GRACE_S + 10) -> int | None:
+    """SIGTERM the worker; it checkpoints running jobs, requeues them, and exits."""
+    home = state_home(home)
+    pid = worker_pid(home)
+    if not pid or pid < 0:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and worker_pid(home):
+        time.sleep(0.1)
+    return pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.worker", description="Run the copylora worker in the foreground.")
+    parser.add_argument("--home")
+    parser.add_argument("--gpus")
+    parser.add_argument("--per-gpu", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        return Worker(args.home, args.gpus, args.per_gpu).run()
+    except WorkerRunning as exc:
+        print(f"copylora worker: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The queue database on its own (no worker, no torch): order, dependencies, user commands,
+and concurrent readers while a writer writes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+
+import pytest
+
+from engine.progress import Progress
+from engine.queue import SCHEMA_VERSION, Queue, QueueError
+
+
+@pytest.fixture
+def queue(tmp_path):
+    q = Queue(tmp_path / "home")
+    yield q
+    q.close()
+
+
+def chain(queue, project="p"):
+    a = queue.enqueue("train", project, side="a", label="train A", total=10)
+    b = queue.enqueue("train", project, side="b", label="train B", total=10)
+    m = queue.enqueue("merge", project, label="merge", depends_on=[a.id, b.id])
+    return a, b, m
+
+
+def test_schema_is_versioned(queue, tmp_path):
+    assert queue.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert queue.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = Queue(tmp_path / "home")  # reopening migrates nothing and loses nothing
+    assert again.jobs() == queue.jobs()
+    queue.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(QueueError, match="newer copylora"):
+        Queue(tmp_path / "home")
+
+
+def test_claim_order_and_dependencies(queue):
+    a, b, m = chain(queue)
+    assert queue.claim(None).id == a.id
+    assert queue.claim(None).id == b.id
+    assert queue.claim(None) is None  # the merge waits for both trainings
+    queue.finish(a.id, "done")
+    assert queue.claim(None) is None
+    queue.finish(b.id, "done", artifacts={"lora": "B.safetensors"})
+    claimed = queue.claim("0")
+    assert claimed.id == m.id and claimed.gpu == "0" and claimed.attempts == 1
+    assert queue.get(b.id).artifacts == {"lora": "B.safetensors"}
+
+
+def test_failure_fails_dependants_and_retry_brings_them_back(queue):
+    a, b, m = chain(queue)
+    queue.claim(None)
+    queue.finish(a.id, "failed", error="cannot read teacher image")
+    merge = queue.get(m.id)
+    assert merge.status == "failed" and merge.failed_by == a.id
+    assert "dependency #%d (train A) failed" % a.id in merge.error
+    assert queue.get(b.id).status == "queued"  # a sibling is not a dependant
+    queue.retry(a.id)
+    assert queue.get(a.id).status == "queued" and queue.get(m.id).status == "queued"
+    with pytest.raises(QueueError, match="only failed or cancelled"):
+        queue.retry(b.id)
+
+
+def test_cancel_pause_resume_move(queue):
+    a, b, m = chain(queue)
+    c = queue.enqueue("train", "q", side="a", label="train A")
+    assert queue.pause(b.id) == "paused"
+    assert queue.claim(None).id == a.id  # paused jobs are skipped
+    assert queue.claim(None).id == c.id
+    queue.resume(b.id)
+    queue.move(m.id, "top")
+    assert [j.id for j in queue.jobs(("queued",))] == [m.id, b.id]
+    assert "cancelling" in queue.cancel(a.id)  # running: an order for the worker
+    assert queue.get(a.id).control == "cancel"
+    assert queue.cancel(b.id) == "cancelled"
+    assert queue.get(m.id).status == "failed"  # its dependency was cancelled
+    with pytest.raises(QueueError, match="nothing to cancel"):
+        queue.cancel(b.id)
+    with pytest.raises(QueueError, match="no job #999"):
+        queue.get(999)
+
+
+def test_requests_reach_a_running_training_once(queue):
+    a, _, _ = chain(queue)
+    with pytest.raises(QueueError, match="only running trainings"):
+        queue.request(a.id, "save-now")
+    queue.claim(None)
+    queue.request(a.id, "save-now")
+    assert queue.take_requests(a.id)["save_now"] is True
+    assert queue.take_requests(a.id)["save_now"] is False
+
+
+def test_progress_and_bounded_history(queue):
+    a, _, _ = chain(queue)
+    queue.claim(None)
+    for step in range(1, 11):
+        queue.report_progress(a.id, Progress(step, 10, 1.0 / step, 0.5, 1e-4, 5.0, (10 - step) / 5.0, step / 5.0, None), point=step % 2 == 0)
+    job = queue.get(a.id)
+    assert (job.step, job.total, job.it_per_s) == (10, 10, 5.0)
+    assert [p["step"] for p in queue.points(a.id)] == [2, 4, 6, 8, 10]
+
+
+def test_requeue_at_head(queue):
+    a, b, _ = chain(queue)
+    queue.claim(None)
+    queue.claim(None)
+    queue.requeue_at_head(b.id, "process gone")
+    assert queue.claim(None).id == b.id
+
+
+def _writer(home: str, job_id: int, seconds: float) -> None:
+    q = Queue(home)
+    end = time.time() + seconds
+    step = 0
+    while time.time() < end:
+        step += 1
+        q.report_progress(job_id, Progress(step, 10**6, 1.0, 1.0, 1e-4, 100.0, 1.0, 1.0, None), point=True)
+
+
+def _reader(home: str, seconds: float, errors) -> None:
+    q = Queue(home)
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            for job in q.jobs():
+                q.points(job.id)
+        except sqlite3.OperationalError as exc:  # "database is locked" would land here
+            errors.put(str(exc))
+            return
+
+
+def test_concurrent_readers_while_the_worker_writes(tmp_path):
+    home = str(tmp_path / "home")
+    queue = Queue(home)
+    job = queue.enqueue("train", "p", side="a", total=10**6)
+    queue.claim(None)
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(home, job.id, 3.0))] + [ctx.Process(target=_reader, args=(home, 3.0, errors)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert errors.empty(), errors.get()
+    assert queue.get(job.id).step > 100  # the writer really wrote while the readers read

@@ -1,0 +1,161 @@
+"""The worker daemon with real processes on the tiny model: crash recovery, failures that do
+not stop the queue, cancel → retry, one worker per state folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine.enqueue import enqueue_project
+from engine.queue import Queue
+from engine.worker import WorkerRunning, start_detached, stop_worker, worker_pid
+from tests.helpers import copy_example
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    path = tmp_path / "state"
+    monkeypatch.setenv("COPYLORA_HOME", str(path))
+    yield path
+    pid = worker_pid(path)
+    if pid and pid > 0:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the worker and any job it left
+        except ProcessLookupError:
+            pass
+
+
+def project(tmp_path, name: str, save_every: int = 10):
+    root = copy_example(tmp_path, name)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("save_every_n_steps = 100", f"save_every_n_steps = {save_every}"))
+    return root
+
+
+def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def lora_tensors(path):
+    from engine.lora import load_lora_file
+
+    return {n: (w.down, w.up) for n, w in load_lora_file(path).modules.items()}
+
+
+def test_kill_9_worker_then_restart_resumes_and_matches_uninterrupted_run(tmp_path, home):
+    import torch
+
+    root = project(tmp_path, "crash")
+    queue = Queue(home)
+    steps = enqueue_project(queue, root, max_steps=60)
+    train_a = steps[0].job
+    start_detached(home)
+    wait_for(lambda: (queue.get(train_a.id).step or 0) >= 25, what="training to pass step 25")
+
+    # 1. kill -9 the worker alone: its child is told (PR_SET_PDEATHSIG), checkpoints and exits.
+    os.kill(worker_pid(home), signal.SIGKILL)
+    wait_for(lambda: not worker_pid(home), what="the worker to die")
+    time.sleep(3)
+    start_detached(home)
+    wait_for(lambda: (queue.get(train_a.id).start_step or 0) > 0, what="the job to resume")
+    first_resume = queue.get(train_a.id).start_step
+    assert first_resume >= 25  # continued, not restarted from step 0
+
+    # 2. kill -9 worker and job together (a reboot): the periodic checkpoint is the way back.
+    wait_for(lambda: (queue.get(train_a.id).step or 0) >= first_resume + 12, what="more steps")
+    os.killpg(worker_pid(home), signal.SIGKILL)
+    killed_at = queue.get(train_a.id).step
+    wait_for(lambda: not worker_pid(home), what="the worker to die")
+    start_detached(home)
+    wait_for(lambda: queue.get(train_a.id).status == "done", what="train A to finish")
+    job = queue.get(train_a.id)
+    # The newest periodic checkpoint (every 10 steps) before the kill, past the first resume.
+    assert first_resume < job.start_step <= killed_at and job.start_step % 10 == 0
+    assert job.attempts == 3
+
+    # The interrupted LoRA equals an uninterrupted run of the same plan.
+    from engine.plan import make_plan
+    from engine.project import load_project
+    from engine.train import train
+
+    reference_root = project(tmp_path, "reference")
+    plan = make_plan(load_project(reference_root), max_steps=60)
+    reference = train(plan, "a", log=lambda _line: None)
+    expected, got = lora_tensors(reference.lora_path), lora_tensors(job.artifacts["lora"])
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[n][0], got[n][0]) and torch.equal(expected[n][1], got[n][1]) for n in expected)
+    log = queue.log_path(train_a.id).read_text()
+    assert "resuming A from step" in log
+    stop_worker(home)
+
+
+def test_failing_project_does_not_stop_the_queue(tmp_path, home):
+    queue = Queue(home)
+    roots = [project(tmp_path, name) for name in ("one", "two", "three")]
+    jobs = {root.name: enqueue_project(queue, root, max_steps=6) for root in roots}
+    # Broken after it was checked and queued, as a disk or a careless copy can do.
+    image = roots[1] / "b" / "monochrome.png"
+    image.write_bytes(image.read_bytes()[:120])
+    start_detached(home, per_gpu=2)  # two CPU slots: the two cores run two jobs at once
+    all_ids = [s.job.id for steps in jobs.values() for s in steps]
+    wait_for(lambda: all(queue.get(i).status in ("done", "failed") for i in all_ids), timeout=400, what="the queue to drain")
+    status = {name: [queue.get(s.job.id).status for s in steps] for name, steps in jobs.items()}
+    errors = {name: [queue.get(s.job.id).error for s in steps] for name, steps in jobs.items()}
+    assert status["one"] == ["done", "done", "done"], errors
+    assert status["one"] == ["done", "done", "done"]
+    assert status["three"] == ["done", "done", "done"]
+    # Each job re-validates its project when it starts, so both trainings of the broken project
+    # fail with the same readable message (naming the file), and the merge fails as their dependant.
+    assert status["two"] == ["failed", "failed", "failed"], errors
+    train_a, train_b, merge = (queue.get(s.job.id) for s in jobs["two"])
+    for job in (train_a, train_b):
+        assert "b.folder monochrome.png: corrupt image" in job.error and "Traceback" not in job.error
+    assert merge.error.startswith(f"dependency #{train_a.id} (train A) failed")
+    stop_worker(home)
+
+
+def test_cancel_keeps_checkpoint_and_retry_resumes(tmp_path, home):
+    queue = Queue(home)
+    root = project(tmp_path, "cancel", save_every=1000)
+    steps = enqueue_project(queue, root, max_steps=400)
+    train_a = steps[0].job
+    start_detached(home)
+    wait_for(lambda: (queue.get(train_a.id).step or 0) >= 10, what="training to start")
+    queue.cancel(train_a.id)
+    wait_for(lambda: queue.get(train_a.id).status == "cancelled", what="the cancel")
+    states = list((root / "output" / "runs" / "A").glob("state-*.pt"))
+    assert len(states) == 1, "cancel must leave a resumable checkpoint"
+    stopped_at = int(states[0].stem.split("-")[1])
+    assert stopped_at >= 10
+    assert queue.get(steps[2].job.id).status == "failed"  # the merge waited on it
+    queue.retry(train_a.id)
+    assert queue.get(steps[2].job.id).status == "queued"  # and comes back with it
+    wait_for(lambda: (queue.get(train_a.id).start_step or 0) > 0, what="the retry to resume")
+    assert queue.get(train_a.id).start_step == stopped_at
+    queue.cancel(train_a.id)  # (no need to train 400 steps here)
+    wait_for(lambda: queue.get(train_a.id).status == "cancelled", what="the second cancel")
+    stop_worker(home)
+
+
+def test_one_worker_per_state_folder(home):
+    pid = start_detached(home)
+    with pytest.raises(WorkerRunning, match=f"already running.*pid {pid}"):
+        start_detached(home)
+    second = subprocess.run([sys.executable, "-m", "engine.worker", "--home", str(home)], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2 and "already running" in second.stderr
+    assert stop_worker(home) == pid
+    assert worker_pid(home) is None
