@@ -344,6 +344,9 @@ class Queue:
         job = self.get(job_id)
         if job.status not in ("failed", "cancelled"):
             raise QueueError(f"job #{job_id} is {job.status}: only failed or cancelled jobs can be retried")
+        for dep in job.depends_on:
+            if self.get(dep).status in ("failed", "cancelled"):
+                raise QueueError(f"job #{job_id} waits for #{dep}, which is {self.get(dep).status}: retry #{dep} (it brings #{job_id} back)")
         with self.transaction() as db:
             self._requeue_chain(db, job_id)
         return "queued again"

@@ -42,7 +42,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         ("pause", "hold a queued job, or checkpoint and stop a running one"),
         ("resume", "queue a paused job again"),
         ("save-now", "ask a running training to write a checkpoint and a LoRA snapshot at its next step"),
-        ("sample-now", "ask a running training for a preview image at its next step"),
     ):
         cmd = commands.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         cmd.add_argument("job", type=int, metavar="JOB")
@@ -178,9 +177,10 @@ def cmd_job_action(args: argparse.Namespace) -> int:
     message = action(args.job) if action else queue.request(args.job, args.action)
     print(f"#{args.job}: {message}")
     if args.action in ("retry", "resume"):
-        from engine.worker import ensure_running
+        from engine.worker import worker_pid
 
-        ensure_running()
+        if not worker_pid(queue.home):
+            print("the worker is not running: start it with `copylora worker start`")
     return 0
 
 

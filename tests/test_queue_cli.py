@@ -1,0 +1,110 @@
+"""Queue commands from the command line, without a worker (jobs only queued): what a user
+types to inspect and steer the queue."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main
+from engine.queue import Queue
+from tests.helpers import copy_example
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def test_run_queue_and_steer(tmp_path, home, capsys):
+    root = copy_example(tmp_path)
+    assert main(["run", str(root), "--no-worker", "--max-steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "train A  queued #1" in out and "merge    queued #3" in out
+    # Running it again queues nothing twice.
+    assert main(["run", str(root), "--no-worker"]) == 0
+    assert "already queued" in capsys.readouterr().out
+    assert main(["queue", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [j["label"] for j in listed["jobs"]] == ["train A", "train B", "merge"]
+    assert listed["jobs"][2]["depends_on"] == [1, 2] and listed["worker_pid"] is None
+    assert main(["move", "2", "top"]) == 0
+    assert main(["pause", "1"]) == 0
+    assert main(["queue"]) == 0
+    table = capsys.readouterr().out
+    assert "worker not running" in table and "paused" in table
+    assert main(["cancel", "2"]) == 0
+    assert Queue(home).get(3).status == "failed"  # the merge depended on it
+    capsys.readouterr()
+    assert main(["retry", "3"]) == EXIT_FAILED  # a dependant comes back with its dependency, not alone
+    assert "waits for #2, which is cancelled: retry #2" in capsys.readouterr().err
+    assert main(["retry", "2"]) == 0
+    assert "worker is not running" in capsys.readouterr().out
+    assert Queue(home).get(3).status == "queued"
+    assert main(["cancel", "99"]) == EXIT_FAILED
+    assert "no job #99" in capsys.readouterr().err
+
+
+def test_run_refuses_invalid_projects_and_queues_nothing(tmp_path, home, capsys):
+    good = copy_example(tmp_path, "good")
+    bad = copy_example(tmp_path, "bad")
+    toml = bad / "copylora.toml"
+    toml.write_text(toml.read_text().replace("new_rank = 16", "new_rank = -2"))
+    assert main(["run", str(good), str(bad), "--no-worker"]) == EXIT_USAGE
+    assert "merge.new_rank" in capsys.readouterr().err
+    assert Queue(home).jobs() == []
+
+
+def test_logs_prints_and_tails(tmp_path, home, capsys):
+    root = copy_example(tmp_path)
+    main(["run", str(root), "--no-worker"])
+    queue = Queue(home)
+    queue.log_path(1).write_text("line 1\nline 2\nline 3\n")
+    capsys.readouterr()
+    assert main(["logs", "1", "-n", "2"]) == 0
+    assert capsys.readouterr().out == "line 2\nline 3\n"
+    queue.claim(None)
+    queue.finish(1, "done")
+    assert main(["logs", "1", "-f"]) == 0  # a finished job: -f prints and returns
+    assert "line 3" in capsys.readouterr().out
+
+
+def test_worker_status_when_stopped(home, capsys):
+    assert main(["worker", "status"]) == 3
+    assert "not running" in capsys.readouterr().out
+
+
+def test_gpu_stats_absent_without_nvml(monkeypatch):
+    import engine.gpu as gpu
+
+    monkeypatch.setattr(gpu, "_initialised", None)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # as on a machine without the driver
+    assert gpu.sample_gpus() == []
+
+
+def test_gpu_stats_read_through_nvml(monkeypatch):
+    """The NVML reading code, against a stand-in with NVML's API (no GPU on CI)."""
+    import engine.gpu as gpu
+
+    fake = types.SimpleNamespace(
+        NVML_TEMPERATURE_GPU=0,
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: "h0",
+        nvmlDeviceGetName=lambda h: b"NVIDIA H100",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=20 * 2**30, total=80 * 2**30),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=97),
+        nvmlDeviceGetTemperature=lambda h, kind: 64,
+        nvmlDeviceGetPowerUsage=lambda h: 612_000,
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [types.SimpleNamespace(pid=42, usedGpuMemory=3 * 2**30)],
+    )
+    monkeypatch.setattr(gpu, "_initialised", None)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    (sample,) = gpu.sample_gpus()
+    assert sample["name"] == "NVIDIA H100" and sample["used_mb"] == 20 * 1024 and sample["total_mb"] == 80 * 1024
+    assert (sample["util"], sample["temp"], sample["power_w"]) == (97, 64, 612.0)
+    assert sample["processes"] == {42: 3 * 1024}
