@@ -86,14 +86,14 @@ def check_compatible(loras: list, paths: list[Path]) -> None:
 
 
 def _clamp(up, down, quantile: float):
-    """kohya's svd_merge_lora clamp: both factors to the q-quantile of their absolute values
-    (kohya computes it on S folded into up, which is how this is called)."""
+    """kohya's svd_merge_lora clamp, reproduced as it is: the q-quantile of the *signed* values
+    of both factors (S folded into up) becomes the limit of both ends, ±limit."""
     import torch
 
     values = torch.cat([up.flatten(), down.flatten()])
     if values.numel() > 16_000_000:  # torch.quantile's input limit; subsample like a histogram
         values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:16_000_000]]
-    limit = torch.quantile(values.abs().float(), quantile)
+    limit = torch.quantile(values.float(), quantile)
     return up.clamp(-limit, limit), down.clamp(-limit, limit)
 
 

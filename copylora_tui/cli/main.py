@@ -39,7 +39,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from copylora_tui.cli import merge_commands, project_commands, queue_commands, train_command
+    from copylora_tui.cli import merge_commands, method1_commands, project_commands, queue_commands, train_command
 
     parser = Parser(
         prog="copylora",
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     project_commands.register(commands)
     train_command.register(commands)
     merge_commands.register(commands)
+    method1_commands.register(commands)
     queue_commands.register(commands)
     return parser
 
