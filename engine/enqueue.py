@@ -20,7 +20,7 @@ from engine.queue import ACTIVE, Job, Queue
 
 @dataclass
 class Step:
-    what: str  # "train A", "train B", "merge"
+    what: str  # "class images", "train A", "train B", "merge", "preview"
     action: str  # "queued", "up to date", "already queued", "already running"
     job: Job | None = None
     reason: str = ""
@@ -83,6 +83,15 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
     steps: list[Step] = []
     train_ids: list[int] = []
     retrained = False
+    before_training: list[int] = []
+    from engine.reg_images import missing_class_images
+
+    missing = missing_class_images(project)
+    if missing:
+        waiting = active.get(("reg", None))
+        job = waiting or queue.enqueue("reg", key, label="class images", total=missing)
+        steps.append(Step("class images", f"already {waiting.status}" if waiting else "queued", job, f"{missing} missing"))
+        before_training.append(job.id)
     for side in ("a", "b"):
         what = f"train {side.upper()}"
         waiting = active.get(("train", side))
@@ -98,14 +107,16 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
         job = queue.enqueue(
             "train", key, side=side, label=f"train {side.upper()}",
             params={"max_steps": max_steps, "restart": force},
-            total=plan.side(side).total_steps,
+            total=plan.side(side).total_steps, depends_on=before_training,
         )
         steps.append(Step(what, "queued", job, reason))
         train_ids.append(job.id)
         retrained = True
+    merge_id = None
     waiting = active.get(("merge", None))
     if waiting is not None:
         steps.append(Step("merge", f"already {waiting.status}", waiting))
+        merge_id = waiting.id
     else:
         fresh, reason = merge_up_to_date(plan) if not retrained else (False, "A or B is being trained")
         if fresh and not force:
@@ -113,4 +124,43 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
         else:
             job = queue.enqueue("merge", key, label="merge", depends_on=train_ids, total=None)
             steps.append(Step("merge", "queued", job, reason))
+            merge_id = job.id
+    waiting = active.get(("sample", None))
+    if waiting is not None:
+        steps.append(Step("preview", f"already {waiting.status}", waiting))
+    else:
+        fresh, reason = sample_up_to_date(plan) if merge_id is None else (False, "the merge is being made")
+        if fresh and not force:
+            steps.append(Step("preview", "up to date", reason=reason))
+        else:
+            total = len(project.sample.prompts) * len(project.sample.strengths)
+            job = queue.enqueue("sample", key, label="preview", depends_on=[merge_id] if merge_id else [], total=total)
+            steps.append(Step("preview", "queued", job, reason))
     return steps
+
+
+def grid_path(plan: Plan) -> Path:
+    return plan.samples_dir / f"{plan.merged_path.stem}-grid.png"
+
+
+def sample_up_to_date(plan: Plan) -> tuple[bool, str]:
+    """The preview grid is up to date when it shows the current merged file with the current [sample]."""
+    from dataclasses import asdict
+
+    from engine.merge import sha256_file
+
+    path = grid_path(plan)
+    if not path.is_file() or not plan.merged_path.is_file():
+        return False, "no preview yet"
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            record = json.loads(image.text.get("copylora", "{}"))
+    except (OSError, ValueError):
+        return False, "unreadable preview"
+    if record.get("lora_sha256") != sha256_file(plan.merged_path):
+        return False, "the merged LoRA changed"
+    if record.get("settings") != asdict(plan.project.sample):
+        return False, "[sample] changed"
+    return True, path.name

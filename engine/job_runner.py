@@ -61,6 +61,7 @@ class ProgressWriter:
         self.last_write = 0.0
         self.last_point = -1
         self.save_pending = False
+        self.sample_pending = False
         self.writes = 0
         self.write_seconds = 0.0
 
@@ -75,12 +76,17 @@ class ProgressWriter:
             self.last_point = p.step
         requests = self.queue.take_requests(self.job_id)
         self.save_pending = self.save_pending or requests.get("save_now", False)
+        self.sample_pending = self.sample_pending or requests.get("sample_now", False)
         self.last_write = now
         self.writes += 1
         self.write_seconds += time.perf_counter() - started
 
     def take_save(self) -> bool:
         pending, self.save_pending = self.save_pending, False
+        return pending
+
+    def take_sample(self) -> bool:
+        pending, self.sample_pending = self.sample_pending, False
         return pending
 
 
@@ -101,6 +107,7 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
         on_progress=writer,
         should_stop=lambda: stop["asked"],
         save_requested=writer.take_save,
+        sample_requested=writer.take_sample,
         on_start=lambda step, total: queue.set_start_step(job.id, step, total),
         log=log,
     )
@@ -137,7 +144,59 @@ def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
     return {"lora": str(lora), "stats": str(stats)}
 
 
-RUNNERS = {"train": run_train, "merge": run_merge}
+def _images_progress(queue: Queue, job: Job, stop: dict):
+    from engine.progress import Progress, ProgressMeter
+
+    meter: dict = {}
+
+    def progress(done: int, total: int) -> None:
+        if stop["asked"]:
+            raise Stopped(f"stopped after {done} of {total} images")
+        if "m" not in meter:
+            meter["m"] = ProgressMeter(total)
+        p = meter["m"].update(done, float("nan"), 0.0)
+        queue.report_progress(job.id, Progress(done, total, float("nan"), float("nan"), 0.0, p.it_per_s, p.eta_s, p.elapsed_s), point=False)
+
+    return progress
+
+
+def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
+    """The strength grid of the project's merged LoRA (what `copylora run` ends with)."""
+    import torch
+
+    from engine.models import load_base_model
+    from engine.plan import make_plan
+    from engine.project import load_project
+    from engine.sample import SampleSettings, sample_lora
+    from engine.train import pick_device
+
+    plan = make_plan(load_project(job.project))
+    project = plan.project
+    settings = SampleSettings.from_params(project.sample)
+    device = pick_device(None)
+    model = load_base_model(project.base_model_path(), project.info.model_family,
+                            dtype=torch.float16 if device.startswith("cuda") else torch.float32, device=device)
+    out = plan.samples_dir / f"{plan.merged_path.stem}-grid.png"
+    log(f"sampling {plan.merged_path.name} at strengths {settings.strengths}, seed {settings.seed}, {settings.steps} steps")
+    path = sample_lora(model, plan.merged_path, settings, out, model_name=project.info.base_model,
+                       progress=_images_progress(queue, job, stop))
+    log(f"wrote {path}")
+    return {"grid": str(path)}
+
+
+def run_reg(queue: Queue, job: Job, stop: dict) -> dict:
+    """Generate the class images a project's [reg] asks for and its folder lacks."""
+    from engine.plan import make_plan
+    from engine.project import load_project
+    from engine.reg_images import generate_class_images
+
+    project = load_project(job.project, check_files=False)
+    written = generate_class_images(project, progress=_images_progress(queue, job, stop), log=log)
+    make_plan(project)
+    return {"reg_images": [str(p) for p in written]}
+
+
+RUNNERS = {"train": run_train, "merge": run_merge, "sample": run_sample, "reg": run_reg}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from engine.procs import die_with_parent
+    from engine.quiet import quiet_libraries
 
     die_with_parent()
+    quiet_libraries()
     stop = {"asked": False}
 
     def on_term(signum, _frame):

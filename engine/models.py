@@ -319,6 +319,9 @@ def load_base_model(
     """
     import torch
 
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries(loaded=True)
     dtype = dtype or torch.float32
     if family != "auto" and family not in FAMILIES:
         raise ModelError(f"unknown model family {family!r}; use auto or one of {', '.join(FAMILIES)}")

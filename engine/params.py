@@ -153,6 +153,11 @@ class TrainParams:
     flip_aug: bool = spec("Random horizontal flips (off: a copy machine copies the exact picture).", default=False)
     random_crop: bool = spec("Random instead of center crop into the bucket.", default=False)
     save_every_n_steps: int = spec("Write a resumable checkpoint every N steps (0 = only at the end/stop).", default=500, minimum=0)
+    sample_every_n_steps: int = spec(
+        "Write a preview of the LoRA in training (strength 1.0, [sample] prompts) every N steps (0 = off).",
+        default=0,
+        minimum=0,
+    )
 
 
 # Keys of [a]/[b] besides per-side overrides of any [train] key.

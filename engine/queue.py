@@ -25,7 +25,7 @@ from engine.errors import CopyloraError
 from engine.state_home import job_log, queue_db, state_home
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "paused")
-KINDS = ("train", "merge", "sample", "bake", "extract")
+KINDS = ("train", "merge", "sample", "reg", "bake", "extract")
 ACTIVE = ("queued", "running", "paused")
 MAX_POINTS = 1000  # progress points kept per job: enough for a smooth curve of any length
 GPU_HISTORY_S = 600

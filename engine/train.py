@@ -15,11 +15,11 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.checkpoint import atomic_write, list_states, load_latest_state, save_state
+from engine.checkpoint import list_states, load_latest_state, save_state
 from engine.errors import CopyloraError
 from engine.plan import Plan, SidePlan
 from engine.progress import Progress, ProgressMeter
@@ -65,11 +65,11 @@ def training_fingerprint(plan: Plan, side: str) -> str:
     """Identity of a training run: what must match for a checkpoint to be resumed.
 
     Everything that changes the result except the total length (``max_train_steps`` may grow
-    to train longer, and ``save_every_n_steps`` is bookkeeping).
+    to train longer) and bookkeeping (checkpoint and preview intervals).
     """
     sp = plan.side(side)
     params = asdict(sp.params)
-    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps"):
+    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps"):
         params.pop(key, None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
     payload = {"params": params, "images": images, "base": plan.project.base_model_path(), "family": plan.project.info.model_family}
@@ -204,6 +204,7 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     save_requested: Callable[[], bool] | None = None,
+    sample_requested: Callable[[], bool] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     log: Log = print,
     model=None,
@@ -212,7 +213,8 @@ def train(
     """Train one side's LoRA. ``resume``: continue from the newest valid state in the run
     folder (else start fresh and drop old states). ``should_stop`` is polled every step: when
     it says so, the state is written and the result says "stopped". ``save_requested`` asks
-    for a state + LoRA write at the next step. ``on_start(step, total)`` is called once the
+    for a state + LoRA write at the next step, ``sample_requested`` for a preview (as
+    ``sample_every_n_steps`` makes them). ``on_start(step, total)`` is called once the
     starting step is known (0, or where a resumed run continues). ``model`` reuses an already
     loaded base model. ``_fail_at_step`` injects a NaN loss (tests)."""
     import torch
@@ -350,6 +352,16 @@ def train(
         metadata["copylora_steps"] = str(step)
         return save_lora_file(path, network.weights(), metadata, p.save_precision)
 
+    def write_preview(step: int) -> Path:
+        """The LoRA so far at strength 1.0. Sampling forks the RNG and restores the modes, so the
+        training that follows is exactly what it would have been without it (tested)."""
+        from engine.sample import SampleSettings, sample_with_network
+
+        settings = replace(SampleSettings.from_params(project.sample), strengths=[1.0])
+        out = plan.samples_dir / f"{sp.lora_path.stem}-step{step:06d}.png"
+        return sample_with_network(model, network, settings, out, model_name=Path(project.info.base_model).name,
+                                   title=f"{sp.lora_path.stem} at step {step}", extra={"step": step, "side": side})
+
     try:
         # ---- the loop
         log(
@@ -424,6 +436,11 @@ def train(
             if asked:  # a snapshot beside the checkpoints; the final LoRA path is only written when done
                 snapshot = write_lora(step, run_dir / f"{sp.lora_path.stem}-step{step:06d}.safetensors")
                 log(f"saved {snapshot.name} at step {step}")
+            if (sample_requested is not None and sample_requested()) or (
+                p.sample_every_n_steps and step % p.sample_every_n_steps == 0
+            ):
+                preview = write_preview(step)
+                log(f"preview {preview.name} at step {step}")
 
         state_path = write_state(step)
         lora_path = write_lora(step, sp.lora_path)

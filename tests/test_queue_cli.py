@@ -30,7 +30,7 @@ def test_run_queue_and_steer(tmp_path, home, capsys):
     assert "already queued" in capsys.readouterr().out
     assert main(["queue", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [j["label"] for j in listed["jobs"]] == ["train A", "train B", "merge"]
+    assert [j["label"] for j in listed["jobs"]] == ["train A", "train B", "merge", "preview"]
     assert listed["jobs"][2]["depends_on"] == [1, 2] and listed["worker_pid"] is None
     assert main(["move", "2", "top"]) == 0
     assert main(["pause", "1"]) == 0

@@ -120,11 +120,12 @@ def test_failing_project_does_not_stop_the_queue(tmp_path, home):
     assert status["three"] == ["done", "done", "done"]
     # Each job re-validates its project when it starts, so both trainings of the broken project
     # fail with the same readable message (naming the file), and the merge fails as their dependant.
-    assert status["two"] == ["failed", "failed", "failed"], errors
-    train_a, train_b, merge = (queue.get(s.job.id) for s in jobs["two"])
+    assert status["two"] == ["failed", "failed", "failed", "failed"], errors
+    train_a, train_b, merge, preview = (queue.get(s.job.id) for s in jobs["two"])
     for job in (train_a, train_b):
         assert "b.folder monochrome.png: corrupt image" in job.error and "Traceback" not in job.error
     assert merge.error.startswith(f"dependency #{train_a.id} (train A) failed")
+    assert preview.error.startswith(f"dependency #{merge.id} (merge) failed")
     stop_worker(home)
 
 

@@ -39,7 +39,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from copylora_tui.cli import merge_commands, method1_commands, project_commands, queue_commands, train_command
+    from copylora_tui.cli import (
+        merge_commands,
+        method1_commands,
+        project_commands,
+        queue_commands,
+        sample_command,
+        train_command,
+    )
 
     parser = Parser(
         prog="copylora",
@@ -57,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.register(commands)
     merge_commands.register(commands)
     method1_commands.register(commands)
+    sample_command.register(commands)
     queue_commands.register(commands)
     return parser
 

@@ -42,6 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         ("pause", "hold a queued job, or checkpoint and stop a running one"),
         ("resume", "queue a paused job again"),
         ("save-now", "ask a running training to write a checkpoint and a LoRA snapshot at its next step"),
+        ("sample-now", "ask a running training for a preview grid (strength 1.0) at its next step"),
     ):
         cmd = commands.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         cmd.add_argument("job", type=int, metavar="JOB")

@@ -73,6 +73,9 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
 
     from engine.progress import format_duration
     from engine.train import train
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
 
     console = Console(stderr=True)
     columns = (

@@ -1,0 +1,124 @@
+"""``copylora sample``: a strength-comparison grid of a project's LoRA (or any LoRA file)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from engine.errors import Problem, ValidationError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    cmd = commands.add_parser(
+        "sample",
+        help="preview grid: same prompt and seed at LoRA strengths 0 … 1",
+        description=(
+            "Generate one image per (prompt, strength) with the same seed and combine them into a labelled grid PNG "
+            "(parameters in its PNG text). TARGET is a project (its [sample] settings; the merged LoRA unless --lora) "
+            "or a LoRA file (then --base is needed)."
+        ),
+    )
+    cmd.add_argument("target", metavar="PROJECT|LORA")
+    cmd.add_argument("--lora", metavar="merged|a|b|none|FILE", help="with a project: which LoRA (default merged)")
+    cmd.add_argument("--base", metavar="MODEL", help="base model for a LoRA file (tiny, .safetensors or diffusers folder)")
+    cmd.add_argument("--prompt", action="append", metavar="P", help="prompt (repeat for several rows)")
+    cmd.add_argument("--negative", metavar="N", help="negative prompt")
+    cmd.add_argument("--strengths", metavar="0,0.5,1", help="comma-separated LoRA strengths")
+    cmd.add_argument("--seed", type=int)
+    cmd.add_argument("--steps", type=int)
+    cmd.add_argument("--guidance", type=float)
+    cmd.add_argument("--size", metavar="WxH")
+    cmd.add_argument("--sampler", help="euler_a, euler, ddim, dpmsolver++, pndm, lms, heun")
+    cmd.add_argument("--out", metavar="PNG", help="output file (default: the project's output/samples/)")
+    cmd.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    cmd.set_defaults(func=cmd_sample)
+
+
+def _settings(args: argparse.Namespace, base, problems: list[Problem]):
+    """Flags over [sample] (or over the defaults for a bare LoRA file)."""
+    settings = base
+    if args.prompt:
+        settings = replace(settings, prompts=list(args.prompt))
+    if args.negative is not None:
+        settings = replace(settings, negative_prompt=args.negative)
+    if args.strengths:
+        try:
+            settings = replace(settings, strengths=[float(s) for s in args.strengths.split(",") if s.strip()])
+        except ValueError:
+            problems.append(Problem("--strengths", f"must be numbers separated by commas, got {args.strengths!r}"))
+    for name in ("seed", "steps", "guidance", "sampler"):
+        if getattr(args, name) is not None:
+            settings = replace(settings, **{name: getattr(args, name)})
+    if args.size:
+        try:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+            settings = replace(settings, size=[width, height])
+        except ValueError:
+            problems.append(Problem("--size", f"must be WIDTHxHEIGHT, got {args.size!r}"))
+    if settings.steps <= 0:
+        problems.append(Problem("--steps", f"must be greater than 0, got {settings.steps}"))
+    from engine.sample import SAMPLERS
+
+    if settings.sampler not in SAMPLERS:
+        problems.append(Problem("--sampler", f"unknown sampler {settings.sampler!r}; one of: {', '.join(SAMPLERS)}"))
+    return settings
+
+
+def resolve(args: argparse.Namespace):
+    """(base model spec, family, LoRA path or None, settings, output path); every problem at once."""
+    from engine.sample import SampleSettings
+
+    problems: list[Problem] = []
+    target = Path(args.target)
+    if target.is_dir() or target.name == "copylora.toml":
+        from engine.plan import make_plan
+        from engine.project import load_project
+
+        plan = make_plan(load_project(target))
+        project = plan.project
+        settings = _settings(args, SampleSettings.from_params(project.sample), problems)
+        choice = args.lora or "merged"
+        lora = {"merged": plan.merged_path, "a": plan.side("a").lora_path, "b": plan.side("b").lora_path, "none": None}.get(choice, Path(choice))
+        if lora is not None and not lora.is_file():
+            problems.append(Problem("--lora", f"{lora} does not exist yet (train/merge first: copylora run {args.target})"))
+        stem = lora.stem if lora is not None else "base"
+        out = Path(args.out) if args.out else plan.samples_dir / f"{stem}-grid.png"
+        base, family = args.base or project.base_model_path(), project.info.model_family
+    else:
+        settings = _settings(args, SampleSettings(), problems)
+        lora = target
+        if not lora.is_file():
+            problems.append(Problem("PROJECT|LORA", f"no such project folder or LoRA file: {target}"))
+        if not args.base:
+            problems.append(Problem("--base", "a LoRA file needs the base model to sample on (e.g. --base /models/sd15.safetensors)"))
+        out = Path(args.out) if args.out else lora.with_name(f"{lora.stem}-grid.png")
+        base, family = args.base, "auto"
+    if problems:
+        raise ValidationError(problems)
+    return base, family, lora, settings, out
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    base, family, lora, settings, out = resolve(args)
+    import torch
+
+    from engine.models import load_base_model
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
+    from engine.sample import sample_lora
+    from engine.train import pick_device
+
+    device = pick_device(args.device)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    model = load_base_model(base, family, dtype=dtype, device=device)
+    with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=len(settings.prompts) * len(settings.strengths))
+        path = sample_lora(model, lora, settings, out, model_name=Path(base).name,
+                           progress=lambda done, total: bar.update(task, completed=done))
+    print(f"wrote {path} ({len(settings.prompts)} prompt(s) x strengths {', '.join(f'{s:g}' for s in settings.strengths)}, seed {settings.seed})")
+    return 0

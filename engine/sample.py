@@ -1,0 +1,198 @@
+"""Preview images: the same prompt and seed with the LoRA at several strengths, side by side.
+
+This is how a copy-machine LoRA is checked: strength 0.0 is the base model, 1.0 applies the
+change (e.g. colour → monochrome), and everything else in the picture should stay put because
+the seed is the same. The LoRA is applied with our own network (the code training uses), and
+the grid PNG carries its parameters as PNG text (``copylora`` as JSON, and ``parameters`` in
+A1111's format so image viewers and web UIs show them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import CopyloraError
+
+SAMPLERS = {
+    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
+    "euler": ("EulerDiscreteScheduler", "Euler"),
+    "ddim": ("DDIMScheduler", "DDIM"),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
+    "pndm": ("PNDMScheduler", "PNDM"),
+    "lms": ("LMSDiscreteScheduler", "LMS"),
+    "heun": ("HeunDiscreteScheduler", "Heun"),
+}
+
+
+class SampleError(CopyloraError):
+    pass
+
+
+@dataclass
+class SampleSettings:
+    prompts: list[str] = field(default_factory=lambda: [""])
+    negative_prompt: str = ""
+    seed: int = 1234
+    steps: int = 20
+    guidance: float = 7.0
+    size: list[int] = field(default_factory=lambda: [512, 768])
+    strengths: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    sampler: str = "euler_a"
+
+    @classmethod
+    def from_params(cls, params) -> "SampleSettings":
+        """From a project's [sample] table (engine.params.SampleParams)."""
+        return cls(**{k: getattr(params, k) for k in cls.__dataclass_fields__})
+
+
+def make_scheduler(name: str, base_scheduler):
+    import diffusers
+
+    if name not in SAMPLERS:
+        raise SampleError(f"unknown sampler {name!r}; one of: {', '.join(SAMPLERS)}")
+    cls = getattr(diffusers, SAMPLERS[name][0])
+    return cls.from_config(base_scheduler.config)
+
+
+def generate(model, settings: SampleSettings, network=None, *, device: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[list]:
+    """Images[prompt][strength]. ``network`` (a LoRANetwork on ``model``) is applied at each
+    strength and left as it was found (applied or not, at its old multiplier).
+
+    The caller's random state is untouched: every image has its own generator from the seed,
+    and the global RNG is forked, so sampling in the middle of training changes nothing there.
+    """
+    import torch
+
+    width, height = settings.size
+    if width % 8 or height % 8:
+        raise SampleError(f"sample size {width}x{height}: both sides must be multiples of 8")
+    device = device or str(model.unet.device)
+    pipe = model.pipeline()
+    pipe.scheduler = make_scheduler(settings.sampler, model.scheduler or model.noise_scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    was_training = model.unet.training
+    vae_device = model.vae.device
+    model.vae.to(device)
+    model.unet.eval()
+    hooked = network is not None and any(lora._hook is not None for lora in network.loras())
+    old_multiplier = network.multiplier if network is not None else None
+    images: list[list] = []
+    total = len(settings.prompts) * len(settings.strengths)
+    try:
+        if network is not None and not hooked:
+            network.apply_to()
+        with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []), torch.no_grad():
+            for prompt in settings.prompts:
+                row = []
+                for strength in settings.strengths:
+                    if network is not None:
+                        network.set_multiplier(float(strength))
+                    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+                    result = pipe(
+                        prompt=prompt,
+                        negative_prompt=settings.negative_prompt or None,
+                        num_inference_steps=settings.steps,
+                        guidance_scale=settings.guidance,
+                        width=width,
+                        height=height,
+                        generator=generator,
+                        output_type="pil",
+                    )
+                    row.append(result.images[0])
+                    if progress is not None:
+                        progress(len(images) * len(settings.strengths) + len(row), total)
+                images.append(row)
+    finally:
+        if network is not None:
+            network.set_multiplier(old_multiplier)
+            if not hooked:
+                network.remove()
+        model.vae.to(vae_device)
+        model.unet.train(was_training)
+    return images
+
+
+def grid(images: list[list], settings: SampleSettings, title: str = ""):
+    """A labelled grid: one row per prompt, one column per strength."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width, height = images[0][0].size
+    label_h, left_w, title_h = 16, 0, 16 if title else 0
+    rows, cols = len(images), len(images[0])
+    canvas = Image.new("RGB", (left_w + cols * width, title_h + label_h + rows * (height + label_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black", font=font)
+    for c, strength in enumerate(settings.strengths):
+        draw.text((left_w + c * width + 4, title_h + 2), f"strength {strength:g}", fill="black", font=font)
+    for r, prompt in enumerate(settings.prompts):
+        top = title_h + label_h + r * (height + label_h)
+        draw.text((4, top + 2), f"prompt: {prompt!r}"[:120], fill="black", font=font)
+        for c, image in enumerate(images[r]):
+            canvas.paste(image, (left_w + c * width, top + label_h))
+    return canvas
+
+
+def a1111_parameters(settings: SampleSettings, prompt: str, model_name: str, lora_name: str) -> str:
+    width, height = settings.size
+    return (
+        f"{prompt}\nNegative prompt: {settings.negative_prompt}\n"
+        f"Steps: {settings.steps}, Sampler: {SAMPLERS[settings.sampler][1]}, CFG scale: {settings.guidance:g}, "
+        f"Seed: {settings.seed}, Size: {width}x{height}, Model: {model_name}, "
+        f"LoRA: {lora_name}, Strengths: {', '.join(f'{s:g}' for s in settings.strengths)}"
+    )
+
+
+def save_grid(image, path: Path, settings: SampleSettings, *, model_name: str, lora_name: str, extra: dict | None = None) -> Path:
+    """Write the PNG atomically with its parameters as text chunks."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from engine.checkpoint import atomic_write
+
+    info = PngInfo()
+    record = {"settings": asdict(settings), "model": model_name, "lora": lora_name, "created": time.time(), **(extra or {})}
+    info.add_text("copylora", json.dumps(record))
+    info.add_text("parameters", a1111_parameters(settings, settings.prompts[0], model_name, lora_name))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    return path
+
+
+def read_grid_parameters(path: Path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return json.loads(image.text["copylora"])
+
+
+def sample_with_network(model, network, settings: SampleSettings, out_path: Path, *, model_name: str, title: str = "",
+                        extra: dict | None = None) -> Path:
+    """Grid of a LoRA network that is being trained (used by the trainer's previews)."""
+    images = generate(model, settings, network)
+    return save_grid(grid(images, settings, title), out_path, settings, model_name=model_name, lora_name=title, extra=extra)
+
+
+def sample_lora(model, lora_path: Path | None, settings: SampleSettings, out_path: Path, *, model_name: str,
+                title: str = "", progress: Callable[[int, int], None] | None = None) -> Path:
+    """Grid of ``lora_path`` on ``model`` at the configured strengths (no LoRA: base only)."""
+    from engine.lora import LoRANetwork
+
+    network = None
+    if lora_path is not None:
+        network = LoRANetwork.from_file(lora_path, model.unet, model.text_encoders, model.family)
+        network.to(device=model.unet.device)
+    images = generate(model, settings, network, progress=progress)
+    name = lora_path.name if lora_path is not None else "none"
+    extra = {"lora_sha256": sha256_of(lora_path)} if lora_path is not None else {}
+    return save_grid(grid(images, settings, title or name), out_path, settings, model_name=model_name, lora_name=name, extra=extra)
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

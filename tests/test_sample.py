@@ -1,0 +1,160 @@
+"""Preview grids: strength 0 is the base model bit for bit, 1 differs; the grid and its PNG
+metadata; previews during training leave the training untouched."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.sample import SampleSettings, generate, grid, read_grid_parameters, sample_lora  # noqa: E402
+from tests.helpers import copy_example  # noqa: E402
+
+SETTINGS = SampleSettings(prompts=["", "a red house"], steps=3, size=[64, 96], strengths=[0.0, 1.0], seed=7)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from engine.models import load_base_model
+
+    torch.set_num_threads(1)
+    return load_base_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny, tmp_path_factory):
+    from engine.lora import LoRANetwork
+
+    network = LoRANetwork(tiny.unet, tiny.text_encoders, rank=4, alpha=4.0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return network.save(tmp_path_factory.mktemp("lora") / "L.safetensors", dtype="float")
+
+
+def pixels(image):
+    import numpy as np
+
+    return np.asarray(image)
+
+
+def test_strength_zero_is_the_base_pipeline_bit_for_bit(tiny, lora_file):
+    import numpy as np
+
+    from engine.lora import LoRANetwork
+
+    base = generate(tiny, SETTINGS, None)
+    network = LoRANetwork.from_file(lora_file, tiny.unet, tiny.text_encoders, tiny.family)
+    with_lora = generate(tiny, SETTINGS, network)
+    for row_base, row_lora in zip(base, with_lora):
+        assert np.array_equal(pixels(row_base[0]), pixels(row_lora[0]))  # strength 0.0
+        assert not np.array_equal(pixels(row_base[0]), pixels(row_lora[1]))  # strength 1.0
+    # The network is left as found: not hooked into the model.
+    assert all(lora._hook is None for lora in network.loras())
+
+
+def test_grid_layout_labels_and_metadata_round_trip(tiny, lora_file, tmp_path):
+    out = sample_lora(tiny, lora_file, SETTINGS, tmp_path / "grid.png", model_name="tiny")
+    from PIL import Image
+
+    with Image.open(out) as image:
+        width, height = image.size
+        text = dict(image.text)
+    label, title = 16, 16
+    assert (width, height) == (2 * 64, title + label + 2 * (96 + label))
+    record = read_grid_parameters(out)
+    assert SampleSettings(**record["settings"]) == SETTINGS
+    assert record["lora"] == "L.safetensors" and len(record["lora_sha256"]) == 64
+    assert "Steps: 3, Sampler: Euler a, CFG scale: 7, Seed: 7, Size: 64x96" in text["parameters"]
+
+
+def test_unknown_sampler_and_bad_size_are_clear_errors(tiny):
+    from engine.sample import SampleError
+
+    with pytest.raises(SampleError, match="unknown sampler"):
+        generate(tiny, replace(SETTINGS, sampler="euler_z"), None)
+    with pytest.raises(SampleError, match="multiples of 8"):
+        generate(tiny, replace(SETTINGS, size=[65, 96]), None)
+
+
+def test_previews_during_training_change_nothing(tmp_path, tiny):
+    from engine.lora import load_lora_file
+    from engine.plan import make_plan
+    from engine.project import load_project
+    from engine.train import train
+
+    results = {}
+    for label, every in (("plain", 0), ("previews", 4)):
+        root = copy_example(tmp_path / label)
+        project = load_project(root)
+        project.train = replace(project.train, save_precision="float", sample_every_n_steps=every)
+        project.sample = replace(project.sample, steps=2, size=[64, 96])
+        plan = make_plan(project, max_steps=10)
+        requests = iter([False, False, True] + [False] * 20)  # and one sample-now request at step 3
+        result = train(plan, "a", model=tiny, log=lambda _l: None, sample_requested=lambda: next(requests))
+        results[label] = load_lora_file(result.lora_path).modules
+        if every:
+            names = sorted(p.name for p in plan.samples_dir.iterdir())
+            assert names == [f"example-monochrome_A-step{s:06d}.png" for s in (3, 4, 8)]
+    for name, w in results["plain"].items():
+        assert torch.equal(w.down, results["previews"][name].down) and torch.equal(w.up, results["previews"][name].up)
+
+
+def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, capsys):
+    import shutil
+
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    root = copy_example(tmp_path)
+    assert main(["sample", str(root)]) == EXIT_USAGE  # nothing merged yet
+    assert "does not exist yet" in capsys.readouterr().err
+    (root / "output").mkdir()
+    shutil.copy(lora_file, root / "output" / "example-monochrome.safetensors")
+    assert main(["sample", str(root), "--strengths", "0,0.5,1", "--steps", "2", "--size", "64x64", "--prompt", "x", "--seed", "5"]) == 0
+    grid_png = root / "output" / "samples" / "example-monochrome-grid.png"
+    record = read_grid_parameters(grid_png)
+    assert record["settings"]["strengths"] == [0.0, 0.5, 1.0] and record["settings"]["seed"] == 5
+    assert main(["sample", str(lora_file), "--strengths", "a,b", "--sampler", "nope"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--base" in err and "--strengths" in err and "--sampler" in err
+
+
+def test_class_images_are_generated_once(tmp_path, tiny):
+    from engine.params import RegParams
+    from engine.project import load_project, save_project
+    from engine.reg_images import generate_class_images, missing_class_images
+
+    root = copy_example(tmp_path)
+    project = load_project(root)
+    project.reg = RegParams(folder="reg", class_prompt="picture", num_class_images=2)
+    project.train = replace(project.train, resolution=[64, 64])
+    project.sample = replace(project.sample, steps=2)
+    save_project(project)  # valid although reg/ does not exist yet: it will be generated
+    assert missing_class_images(project) == 2
+    done = []
+    written = generate_class_images(project, model=tiny, log=lambda _l: None, progress=lambda d, t: done.append((d, t)))
+    assert [p.name for p in written] == ["class-0000.png", "class-0001.png"] and done[-1] == (2, 2)
+    assert missing_class_images(project) == 0
+    assert generate_class_images(project, model=tiny, log=lambda _l: None) == []
+
+
+def test_run_queues_class_images_then_trainings_then_merge_then_preview(tmp_path, monkeypatch):
+    from engine.enqueue import enqueue_project
+    from engine.params import RegParams
+    from engine.project import load_project, save_project
+    from engine.queue import Queue
+
+    root = copy_example(tmp_path)
+    project = load_project(root)
+    project.reg = RegParams(folder="reg", class_prompt="picture", num_class_images=3)
+    save_project(project)
+    queue = Queue(tmp_path / "state")
+    steps = enqueue_project(queue, root)
+    assert [(s.what, s.action) for s in steps] == [
+        ("class images", "queued"), ("train A", "queued"), ("train B", "queued"), ("merge", "queued"), ("preview", "queued")]
+    reg, a, b, merge, preview = (s.job for s in steps)
+    assert a.depends_on == [reg.id] and b.depends_on == [reg.id]
+    assert merge.depends_on == [a.id, b.id] and preview.depends_on == [merge.id]
