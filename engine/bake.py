@@ -28,7 +28,6 @@ fp32 (``save_precision="float"``) when the baked models are only a step towards 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import CopyloraError, LoRAFileError, ModelError, Problem, ValidationError
+from engine.hashing import file_sha256
 
 WEIGHT_SUFFIX = ".safetensors"
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
@@ -295,7 +295,6 @@ def _raise_problems(base: Path, lora_name: str, family: str, missing: list[str],
 def _rewrite(src: Path, dst: Path, changes: dict[str, _Change], ratio: float, cast, note: dict,
              records: list[BakedModule], tick: Callable[[str], None]) -> None:
     """Copy ``src`` to ``dst`` with the LoRA deltas added to the tensors in ``changes``."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -373,7 +372,7 @@ def bake_lora(
 
     note = {
         "lora": lora_path.name,
-        "lora_sha256": _sha256(lora_path),
+        "lora_sha256": file_sha256(lora_path),
         "ratio": ratio,
         "base": base.name if base_spec != "tiny" else "tiny",
         "modules": len(lora.modules),
@@ -448,9 +447,3 @@ def _write_folder(base: Path, save_to: Path, plan: dict, ratio: float, cast, not
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after the rename
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

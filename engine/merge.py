@@ -12,7 +12,6 @@ so diffusers, which mis-scales files whose alphas differ, reads it exactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import CopyloraError
+from engine.hashing import file_sha256 as sha256_file
 from engine.merge_stats import ModuleStats, block_of, kind_of, summarise_blocks
 
 
@@ -35,14 +35,6 @@ class MergeResult:
     metadata: dict[str, str]
     seconds: float
     inputs: list[dict] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def family_of(lora) -> str:
