@@ -1,55 +1,208 @@
-"""The Textual app. (The full screens arrive with the app issue; this is the projects list.)
+"""The Textual app: navigation between the screens and the one poll of the queue database.
 
-Imports nothing heavy at module level: the app must open without torch.
+The app never runs a job itself (jobs run in the worker daemon and outlive the app); it reads
+the queue twice a second in a thread and publishes the result as the typed reactive
+``snapshot``, which every screen watches. Closing the app, or losing the SSH connection,
+leaves jobs running; the next ``copylora`` on any terminal shows them live.
+
+Nothing heavy is imported here: the app must open in well under a second and never loads
+torch.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Callable, Iterable
 
-from textual.app import App, ComposeResult
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.reactive import var
+from textual.screen import ModalScreen, Screen
+
+from copylora_tui.core.snapshot import QueueSnapshot, read_snapshot
+
+POLL_S = 0.5
 
 
-class CopyloraApp(App):
+class CopyloraApp(App[int]):
     TITLE = "copylora"
     SUB_TITLE = "copy-machine LoRAs"
-    BINDINGS = [("q", "quit", "Quit")]
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("1", "show_projects", "Projects"),
+        Binding("2", "show_queue", "Queue"),
+        Binding("3", "show_monitor", "Monitor"),
+        Binding("q", "quit", "Quit", show=False),
+    ]
 
-    def __init__(self, projects_dir: str | Path = "projects") -> None:
+    snapshot: var[QueueSnapshot] = var(QueueSnapshot)
+    """The latest read of the queue; screens watch it."""
+
+    class SnapshotRead(Message):
+        """Posted by the poll thread with a fresh snapshot."""
+
+        def __init__(self, snapshot: QueueSnapshot) -> None:
+            super().__init__()
+            self.snapshot = snapshot
+
+    def __init__(self, projects_dir: str | Path = "projects", *, home: str | Path | None = None, poll_s: float = POLL_S) -> None:
         super().__init__()
         self.projects_dir = Path(projects_dir)
+        self.home = home  # None: COPYLORA_HOME or ~/.local/state/copylora, as the CLI
+        self.poll_s = poll_s
+        self._poll_queue = None  # the poll thread's own connection (sqlite handles are per thread of use)
+        self._polling = False
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static(id="empty")
-        yield DataTable(id="projects", cursor_type="row")
-        yield Footer()
+    def get_default_screen(self) -> Screen:
+        from copylora_tui.screens.projects import ProjectsScreen
+
+        return ProjectsScreen()
 
     def on_mount(self) -> None:
-        from engine.errors import ValidationError
-        from engine.project import PROJECT_FILE, load_project
+        self.set_interval(self.poll_s, self.poll)
+        self.poll()
+        if not self.is_headless:
+            from copylora_tui.hangup import watch_for_hangup
 
-        table = self.query_one(DataTable)
-        table.add_columns("project", "base model", "state")
-        folders = sorted(p.parent for p in self.projects_dir.glob(f"*/{PROJECT_FILE}")) if self.projects_dir.is_dir() else []
-        for folder in folders:
-            try:
-                project = load_project(folder)
-                table.add_row(project.name, project.info.base_model, "valid")
-            except ValidationError as exc:
-                table.add_row(folder.name, "?", f"{len(exc.problems)} problem(s)")
-        empty = self.query_one("#empty", Static)
-        if folders:
-            empty.display = False
+            watch_for_hangup(self)
+
+    # ------------------------------------------------------------------ polling
+
+    def poll(self) -> None:
+        """Read the queue in a thread, unless the last read is still going (a busy database
+        must not pile up readers)."""
+        if self._polling:
+            return
+        self._polling = True
+        self.run_worker(self._read_queue, thread=True, group="poll", exit_on_error=False)
+
+    def _read_queue(self) -> None:
+        try:
+            if self._poll_queue is None:
+                from engine.queue import Queue
+
+                self._poll_queue = Queue(self.home)
+            snapshot = read_snapshot(self._poll_queue)
+        except Exception as exc:  # the state folder cannot be created or opened
+            snapshot = QueueSnapshot(error=str(exc))
+        finally:
+            self._polling = False
+        self.post_message(self.SnapshotRead(snapshot))
+
+    def on_copylora_app_snapshot_read(self, message: SnapshotRead) -> None:
+        self.snapshot = message.snapshot
+
+    def queue_command(self, command: Callable, *, done: Callable[[str], None] | None = None) -> None:
+        """Run ``command(queue) -> message`` in a thread with its own connection; show the
+        message (or the QueueError's) and poll at once so the screen shows the change."""
+        self.run_worker(partial(self._run_command, command, done), thread=True, group="command", exit_on_error=False)
+
+    def _run_command(self, command: Callable, done: Callable[[str], None] | None) -> None:
+        from engine.errors import CopyloraError
+        from engine.queue import Queue
+
+        queue = None
+        try:
+            queue = Queue(self.home)
+            message = command(queue)
+        except CopyloraError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
         else:
-            empty.update(
-                f"No projects in {self.projects_dir}/.\n"
-                "Make one with: copylora new NAME --a A.png --b B.png"
-            )
-            table.display = False
+            if message:
+                self.call_from_thread(self.notify, message)
+            if done is not None:
+                self.call_from_thread(done, message)
+        finally:
+            if queue is not None:
+                queue.close()
+            self.call_from_thread(self.poll)
+
+    def on_unmount(self) -> None:
+        if self._poll_queue is not None:
+            self._poll_queue.close()
+
+    # ------------------------------------------------------------------ navigation
+
+    def _in_dialog(self) -> bool:
+        return isinstance(self.screen, ModalScreen)
+
+    def _to_base(self) -> None:
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+
+    def action_show_projects(self) -> None:
+        if not self._in_dialog():
+            self._to_base()
+
+    def action_show_queue(self) -> None:
+        from copylora_tui.screens.queue import QueueScreen
+
+        if self._in_dialog() or isinstance(self.screen, QueueScreen):
+            return
+        self._to_base()
+        self.push_screen(QueueScreen())
+
+    def action_show_monitor(self, job_id: int | None = None) -> None:
+        """The monitor of ``job_id``; without one: the job highlighted on this screen, else
+        the running job, else the newest job."""
+        from copylora_tui.screens.monitor import MonitorScreen
+
+        if self._in_dialog():
+            return
+        if job_id is None:
+            job_id = getattr(self.screen, "selected_job_id", lambda: None)()
+        if job_id is None:
+            jobs = self.snapshot.jobs
+            running = [j for j in jobs if j.status == "running"]
+            pick = running[0] if running else max(jobs, key=lambda j: j.id, default=None)
+            job_id = pick.id if pick else None
+        if job_id is None:
+            self.notify("No jobs yet: run a project first (r on the Projects screen).")
+            return
+        if isinstance(self.screen, MonitorScreen):
+            if self.screen.job_id == job_id:
+                return
+            self.pop_screen()
+        self.push_screen(MonitorScreen(job_id))
+
+    def action_open_project(self, folder: Path) -> None:
+        from copylora_tui.screens.project import ProjectScreen
+
+        self._to_base()
+        self.push_screen(ProjectScreen(folder))
+
+    def action_open_stats(self, stats_path: Path) -> None:
+        from copylora_tui.screens.stats import StatsScreen
+
+        self.push_screen(StatsScreen(stats_path))
+
+    def action_start_worker(self) -> None:
+        from copylora_tui.core.actions import start_worker
+
+        self.queue_command(lambda queue: start_worker(queue.home))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield SystemCommand("Projects", "The concept projects (key 1)", self.action_show_projects)
+        yield SystemCommand("Queue", "All jobs, their progress and the worker (key 2)", self.action_show_queue)
+        yield SystemCommand("Monitor", "Live progress, loss curve, GPU and log of a job (key 3)", self.action_show_monitor)
+        yield SystemCommand("Start worker", "Start the background worker that runs queued jobs", self.action_start_worker)
+        yield from screen_commands(screen)
+        yield from super().get_system_commands(screen)
 
 
-def run_app(projects_dir: str | Path = "projects") -> int:
-    CopyloraApp(projects_dir).run()
-    return 0
+def screen_commands(screen: Screen) -> Iterable[SystemCommand]:
+    """Commands a screen offers for itself (its ``palette_commands``), e.g. New project."""
+    commands = getattr(screen, "palette_commands", None)
+    if commands is not None:
+        yield from commands()
+
+
+def run_app(projects_dir: str | Path = "projects", home: str | Path | None = None) -> int:
+    from copylora_tui.teacher_images import preload
+
+    preload()  # before Textual owns the terminal: textual-image asks the terminal what it can draw
+    app = CopyloraApp(projects_dir, home=home)
+    app.run()
+    return app.return_code or 0

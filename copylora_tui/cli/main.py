@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
+        from copylora_tui.teacher_images import start_preload
+
+        start_preload()  # asks the terminal about pictures while Textual is imported
         from copylora_tui.app import run_app
 
         return run_guarded(lambda a: run_app(projects_dir=a.projects), args)

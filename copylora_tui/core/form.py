@@ -1,0 +1,178 @@
+"""The project form's model: one field per TOML key, built from the :mod:`engine.params`
+dataclasses, checked by the same :func:`engine.validate.coerce_value` as ``copylora check``.
+
+Fields are typed as text the way TOML writes values (``1e-4``, ``[600, 900]``,
+``{ weight_decay = 0.01 }``); strings are taken as typed, without quotes. An empty field means
+"unset" for optional keys and "inherit from [train]" for the per-side overrides of [a]/[b].
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from engine.errors import Problem, ValidationError
+from engine.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
+from engine.project import Project, parse_project
+from engine.project_toml import render_project, toml_value
+from engine.validate import _base_type, coerce_value
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# (TOML table, dataclass, heading); [a]/[b] list every [train] key as an optional override.
+SECTIONS: tuple[tuple[str, type, str], ...] = (
+    ("project", ProjectInfo, "[project] base model and output"),
+    ("train", TrainParams, "[train] training, both sides"),
+    ("a", TrainParams, "[a] picture A: folder and overrides of [train]"),
+    ("b", TrainParams, "[b] picture B: folder and overrides of [train]"),
+    ("merge", MergeParams, "[merge] the B − A difference merge"),
+    ("sample", SampleParams, "[sample] preview images"),
+    ("reg", RegParams, "[reg] regularisation images"),
+)
+
+
+class _Inherit:
+    """The value of an empty override field: the side uses [train]'s value."""
+
+    def __repr__(self) -> str:
+        return "INHERIT"
+
+
+INHERIT = _Inherit()
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    section: str
+    key: str
+    annotation: str
+    meta: dict
+    override: bool = False  # an [a]/[b] override of a [train] key
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def kind(self) -> type:
+        return _base_type(self.annotation)[0]
+
+    @property
+    def optional(self) -> bool:
+        return _base_type(self.annotation)[1] or self.override
+
+    @property
+    def doc(self) -> str:
+        return self.meta.get("doc", "")
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        return self.meta.get("choices")
+
+
+def section_fields(section: str) -> list[FieldSpec]:
+    cls = next(c for s, c, _ in SECTIONS if s == section)
+    specs = []
+    if section in ("a", "b"):
+        specs.append(FieldSpec(section, "folder", "str", {"doc": "Folder of this side's teacher image(s), relative to the project."}))
+    for f in fields(cls):
+        if f.metadata:
+            specs.append(FieldSpec(section, f.name, str(f.type), dict(f.metadata), override=section in ("a", "b")))
+    return specs
+
+
+def current_value(project: Project, spec: FieldSpec) -> Any:
+    if spec.section in ("a", "b"):
+        side = project.side(spec.section)
+        if spec.key == "folder":
+            return side.folder
+        return side.overrides.get(spec.key, INHERIT)
+    table = {"project": project.info, "train": project.train, "merge": project.merge, "sample": project.sample, "reg": project.reg}[spec.section]
+    return getattr(table, spec.key)
+
+
+def value_text(value: Any, spec: FieldSpec) -> str:
+    if value is None or value is INHERIT:
+        return ""
+    if spec.kind is str:
+        return str(value)
+    return toml_value(value)
+
+
+def parse_text(text: str, spec: FieldSpec) -> tuple[Any, str | None]:
+    """(value, None) for a valid entry, (None, message) for an invalid one."""
+    problems: list[Problem] = []
+    stripped = text.strip()
+    if not stripped:
+        if spec.override:
+            return INHERIT, None
+        raw: Any = None
+    elif spec.kind is str:
+        raw = text
+    else:
+        try:
+            raw = tomllib.loads(f"v = {stripped}")["v"]
+        except tomllib.TOMLDecodeError:
+            if not spec.meta.get("fixed_or_pair"):
+                return None, f"not a value ({_example(spec)})"
+            raw = stripped  # "600,900" and "600x900" are pairs too
+    annotation = spec.annotation if not spec.override else f"{spec.annotation} | None"
+    value = coerce_value(raw, annotation, spec.meta, spec.path, problems)
+    if problems:
+        return None, problems[0].message
+    return value, None
+
+
+def _example(spec: FieldSpec) -> str:
+    return {int: "a whole number, e.g. 8", float: "a number, e.g. 1e-4", bool: "true or false",
+            list: "a list, e.g. [1.0, -1.0]", dict: "a table, e.g. { weight_decay = 0.01 }"}.get(spec.kind, "text")
+
+
+def apply_values(project: Project, values: dict[str, Any]) -> Project:
+    """A copy of ``project`` with the field values (path -> value) put in."""
+    tables = {
+        "project": project.info, "train": project.train, "merge": project.merge,
+        "sample": project.sample, "reg": project.reg,
+    }
+    changes: dict[str, dict[str, Any]] = {}
+    sides = {s: (project.side(s).folder, dict(project.side(s).overrides)) for s in ("a", "b")}
+    for path, value in values.items():
+        section, key = path.split(".", 1)
+        if section in sides:
+            folder, overrides = sides[section]
+            if key == "folder":
+                sides[section] = (value, overrides)
+            elif value is INHERIT:
+                overrides.pop(key, None)
+            else:
+                overrides[key] = value
+        elif tables.get(section) is not None:
+            changes.setdefault(section, {})[key] = value
+    for section, change in changes.items():
+        tables[section] = replace(tables[section], **change)
+    new_sides = {s: replace(project.side(s), folder=folder, overrides=overrides) for s, (folder, overrides) in sides.items()}
+    return replace(
+        project, info=tables["project"], train=tables["train"], merge=tables["merge"],
+        sample=tables["sample"], reg=tables["reg"], a=new_sides["a"], b=new_sides["b"],
+    )
+
+
+def validate(project: Project) -> tuple[Project | None, list[Problem]]:
+    """The whole-project check ``save_project`` makes (cross-key rules, files): the checked
+    project as it would load from disk, or the problems."""
+    try:
+        return parse_project(render_project(project), project.root), []
+    except ValidationError as exc:
+        return None, exc.problems
+
+
+def field_for_problem(problem: Problem, paths: list[str]) -> str | None:
+    """The form field a problem belongs to ("a.folder colour.png" -> "a.folder"), if any."""
+    where = problem.where.split(" ", 1)[0].split("[", 1)[0]
+    if where in paths:
+        return where
+    return None

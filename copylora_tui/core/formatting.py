@@ -1,0 +1,70 @@
+"""Short text forms of numbers, sizes, times and progress, shared by every screen.
+
+Times are formatted from a timestamp the caller passes in, never from the clock, so snapshot
+tests (which fix the timestamps and ``TZ``) render the same text on every run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from engine.progress import format_duration
+
+BAR_FULL, BAR_EMPTY = "━", "╌"
+
+
+def bar(fraction: float, width: int) -> str:
+    """A text progress bar: readable in any terminal and any colour system."""
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return BAR_FULL * filled + BAR_EMPTY * (width - filled)
+
+
+def block_bar(fraction: float, width: int) -> str:
+    """A solid bar with eighth-block precision, for gauges and the stats summary."""
+    eighths = int(round(max(0.0, min(1.0, fraction)) * width * 8))
+    full, part = divmod(eighths, 8)
+    text = "█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")
+    return text + "·" * (width - len(text))
+
+
+def size_text(nbytes: int | None) -> str:
+    if not nbytes:
+        return "—"
+    value = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"  # pragma: no cover - the loop returns at GB
+
+
+def when_text(timestamp: float | None) -> str:
+    """An absolute local time (not "5 minutes ago": that would change under a snapshot)."""
+    if not timestamp:
+        return "—"
+    return time.strftime("%b %d %H:%M", time.localtime(timestamp))
+
+
+def eta_text(seconds: float | None) -> str:
+    return format_duration(seconds) if seconds is not None else "--:--"
+
+
+def rate_text(it_per_s: float | None) -> str:
+    if not it_per_s:
+        return "—"
+    return f"{it_per_s:.1f}" if it_per_s >= 1 else f"{1 / it_per_s:.1f}s/it"
+
+
+def loss_text(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "—"
+
+
+def mb_text(mb: float | None) -> str:
+    if mb is None:
+        return "—"
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def project_label(project_path: str) -> str:
+    """A job's project as its folder name: absolute tmp paths never reach the screen."""
+    return project_path.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,137 @@
+"""The projects folder as the Projects screen shows it: one summary per concept project.
+
+A summary says what is on disk (A/B LoRAs trained and current? merged and current? how big is
+output/?). Whether a LoRA is *current* is decided exactly as ``copylora run`` decides it
+(:func:`engine.enqueue.side_up_to_date`, which compares the file's training fingerprint with
+the current parameters and images), so "stale" here means "run would retrain it". That takes
+hashing the images and the LoRA files, so the app scans in a thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import ValidationError
+from engine.project import PROJECT_FILE, load_project
+
+# file states of one output: made and current, made from older settings, not made yet
+DONE, STALE, MISSING = "done", "stale", "missing"
+
+
+@dataclass(frozen=True)
+class OutputState:
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    folder: Path
+    name: str
+    base_model: str = "?"
+    problems: tuple[str, ...] = ()
+    sides: dict[str, OutputState] = field(default_factory=dict)
+    merge: OutputState = OutputState(MISSING)
+    steps: dict[str, int] = field(default_factory=dict)
+    output_dir: Path | None = None
+    output_bytes: int = 0
+    last_output: float | None = None  # newest mtime of a LoRA it made
+    stats_path: Path | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+def project_folders(projects_dir: Path) -> list[Path]:
+    if not projects_dir.is_dir():
+        return []
+    return sorted(p.parent.resolve() for p in projects_dir.glob(f"*/{PROJECT_FILE}"))
+
+
+def summarise(folder: Path) -> ProjectSummary:
+    """Everything the Projects screen needs about one folder. Never raises for a bad project."""
+    from engine.enqueue import merge_up_to_date, side_up_to_date
+    from engine.plan import make_plan
+
+    try:
+        project = load_project(folder)
+    except ValidationError as exc:
+        return ProjectSummary(folder=folder, name=folder.name, problems=tuple(str(p) for p in exc.problems))
+    try:
+        plan = make_plan(project)
+        sides = {}
+        for side in ("a", "b"):
+            fresh, reason = side_up_to_date(plan, side)
+            sides[side] = _state(plan.side(side).lora_path, fresh, reason)
+        fresh, reason = merge_up_to_date(plan)
+        merge = _state(plan.merged_path, fresh, reason)
+    except (OSError, ValueError) as exc:  # an image vanished between load and plan, …
+        return ProjectSummary(folder=folder, name=project.name, base_model=project.info.base_model, problems=(str(exc),))
+    loras = [plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path]
+    times = [p.stat().st_mtime for p in loras if p.is_file()]
+    out = project.output_dir()
+    return ProjectSummary(
+        folder=folder,
+        name=project.name,
+        base_model=project.info.base_model,
+        sides=sides,
+        merge=merge,
+        steps={side: plan.side(side).total_steps for side in ("a", "b")},
+        output_dir=out,
+        output_bytes=folder_bytes(out),
+        last_output=max(times) if times else None,
+        stats_path=plan.stats_path if plan.stats_path.is_file() else None,
+    )
+
+
+def _state(path: Path, fresh: bool, reason: str) -> OutputState:
+    if fresh:
+        return OutputState(DONE, reason)
+    return OutputState(STALE if path.is_file() else MISSING, reason)
+
+
+def scan_projects(projects_dir: Path) -> list[ProjectSummary]:
+    return [summarise(folder) for folder in project_folders(projects_dir)]
+
+
+def folder_bytes(folder: Path | None) -> int:
+    if folder is None or not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def output_inside(summary: ProjectSummary) -> Path | None:
+    """The project's output folder when it lies inside the project folder (else None)."""
+    out = summary.output_dir or summary.folder / "output"
+    try:
+        out.resolve().relative_to(summary.folder.resolve())
+    except ValueError:
+        return None
+    return out
+
+
+def delete_project(summary: ProjectSummary, *, also_outputs: bool) -> list[Path]:
+    """Delete a project; its output folder only when ``also_outputs`` says so.
+
+    Without it, everything but output/ goes and output/ stays where it was (the LoRAs a user
+    trained for hours are never lost to one key press). An output folder outside the project
+    folder is never touched. Returns what was removed.
+    """
+    folder = summary.folder
+    keep = None if also_outputs else output_inside(summary)
+    if keep is None or not keep.exists():
+        shutil.rmtree(folder)
+        return [folder]
+    removed = []
+    for child in sorted(folder.iterdir()):
+        if child.resolve() == keep.resolve():
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+        removed.append(child)
+    return removed

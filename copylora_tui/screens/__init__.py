@@ -1,0 +1,1 @@
+"""One module per screen: projects, project, queue, monitor, stats, and the dialogs."""

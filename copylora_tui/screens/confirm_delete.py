@@ -1,0 +1,79 @@
+"""Confirm deleting a project. Its output folder (the trained LoRAs) is kept unless the user
+makes a second, explicit choice for it; the default action never deletes an output."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+from copylora_tui.core.formatting import size_text
+from copylora_tui.core.projects import ProjectSummary, delete_project, folder_bytes, output_inside
+
+
+class ConfirmDeleteScreen(ModalScreen[str | None]):
+    BINDINGS = [
+        Binding("escape,n", "cancel", "Keep it"),
+        Binding("y", "delete", "Delete"),
+        Binding("o", "toggle_outputs", "Also output/"),
+    ]
+
+    def __init__(self, summary: ProjectSummary) -> None:
+        super().__init__(id="confirm-delete")
+        self.summary = summary
+        self.output = output_inside(summary)
+        self.output_bytes = folder_bytes(self.output)
+        self.also_outputs = False
+
+    def compose(self) -> ComposeResult:
+        name = self.summary.name
+        with Vertical(id="dialog", classes="dialog"):
+            yield Static(f"[b]Delete project {name}?[/b]", classes="dialog-title")
+            yield Static(f"Its settings and teacher pictures are removed (folder {self.summary.folder.name}/).")
+            if self.output is not None and self.output.exists():
+                yield Static(f"Its output folder ({size_text(self.output_bytes)}: LoRAs, checkpoints) is kept unless you choose:")
+                yield Static(self._toggle_text(), id="also-outputs", classes="toggle")
+            elif self.summary.output_dir is not None and self.output is None:
+                yield Static(f"Its output folder {self.summary.output_dir} lies outside the project and is not touched.")
+            yield Static("y: delete  ·  o: also output/  ·  n or esc: keep it", classes="dim")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Keep it", id="cancel", compact=True)
+                yield Button("Delete", id="delete", variant="error", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()  # enter on the dialog keeps the project
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_delete() if event.button.id == "delete" else self.action_cancel()
+
+    def _toggle_text(self) -> str:
+        # Spelled out rather than a checkbox glyph: on a 256-colour terminal a ticked and an
+        # unticked checkbox can look alike, and this is the choice that deletes LoRAs.
+        name = self.output.name if self.output is not None else "output"
+        return f"[x] ALSO DELETE {name}/" if self.also_outputs else f"[ ] also delete {name}/ (o)"
+
+    def action_toggle_outputs(self) -> None:
+        if self.output is None or not self.output.exists():
+            return
+        self.also_outputs = not self.also_outputs
+        self.query_one("#also-outputs", Static).update(self._toggle_text())
+
+    def on_click(self, event) -> None:
+        if getattr(event.widget, "id", None) == "also-outputs":
+            self.action_toggle_outputs()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def action_delete(self) -> None:
+        also = self.also_outputs
+        try:
+            delete_project(self.summary, also_outputs=also)
+        except OSError as exc:
+            self.notify(f"could not delete {self.summary.folder}: {exc}", severity="error")
+            self.dismiss(None)
+            return
+        kept = "" if also or self.output is None or not self.output.exists() else f" (kept {self.summary.folder.name}/{self.output.name}/)"
+        self.dismiss(f"deleted {self.summary.name}{kept}")

@@ -1,0 +1,212 @@
+"""One job, live: progress, speed, ETA, loss curve, learning rate, GPU memory and the log.
+
+Every figure comes from the queue: the ETA is the trainer's own (the same in every client,
+and right after re-attaching, unlike a progress bar's estimate that restarts from zero), and
+the curve is the job's stored history, so opening the monitor of a job that has run for an
+hour shows the whole hour. The log is the job's log file, followed as it grows.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, Static
+
+from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text, project_label, rate_text
+from engine.progress import format_duration
+from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.widgets.curve import Curve
+from copylora_tui.widgets.job_table import status_cell
+from copylora_tui.widgets.log_tail import LogTail
+from engine.queue import Job
+
+POLL_S = 0.5
+
+
+def gpu_of(job: Job | None, gpus: tuple[dict, ...]) -> dict | None:
+    """The GPU sample of the job's slot (the worker's CUDA_VISIBLE_DEVICES), else the first."""
+    if not gpus:
+        return None
+    if job is not None and job.gpu is not None and job.gpu.isdigit():
+        match = [g for g in gpus if g["gpu"] == int(job.gpu)]
+        if match:
+            return match[0]
+    return gpus[0]
+
+
+class MonitorScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("p", "pause_resume", "Pause"),
+        Binding("r", "retry", "Retry"),
+        Binding("s", "save_now", "Save now"),
+    ]
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(id="monitor-screen")
+        self.job_id = job_id
+        self._reading = False
+        self._queue = None  # this screen's reader connection, used from its worker thread only
+        self._points_step: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="job-title", classes="status-line")
+        yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="progress")
+        yield Static("", id="numbers")
+        yield Static("", id="job-error", classes="detail")
+        with Horizontal(id="panels"):
+            with Vertical(id="loss-panel", classes="panel"):
+                yield Static("", id="loss-line")
+                yield Curve(id="loss-curve", empty="the loss curve appears with the first steps")
+            with Vertical(id="gpu-panel", classes="panel"):
+                yield Static("", id="gpu-line")
+                yield Curve(id="vram-curve", low=0.0, label=lambda v: f"{v / 1024:.0f}G" if v >= 1024 else f"{v:.0f}M", empty="")
+        yield LogTail(self.app_log_path(), id="log", classes="panel")
+        yield Footer()
+
+    def app_log_path(self):
+        from engine.state_home import job_log, state_home
+
+        return job_log(state_home(self.app.home), self.job_id)
+
+    def on_mount(self) -> None:
+        self.title = f"Monitor #{self.job_id}"
+        self.query_one("#loss-panel").border_title = "loss"
+        self.query_one("#gpu-panel").border_title = "GPU"
+        self.query_one("#log").border_title = f"log · job-{self.job_id}.log"
+        self.watch(self.app, "snapshot", self.show_snapshot)
+        self.set_interval(POLL_S, self.read_history)
+        self.read_history()
+
+    def on_unmount(self) -> None:
+        if self._queue is not None:
+            self._queue.close()
+
+    # ------------------------------------------------------------------ live data
+
+    def show_snapshot(self, snapshot: QueueSnapshot) -> None:
+        job = snapshot.job(self.job_id)
+        title = self.query_one("#job-title", Static)
+        if job is None:
+            if snapshot.jobs or snapshot.error:
+                title.update(Text(f"job #{self.job_id} is not in the queue", style="red"))
+            return
+        where = f"GPU {job.gpu}" if job.gpu else ("CPU" if job.status == "running" else "")
+        title.update(Text.assemble((f"#{job.id} {job.label}", "bold"), f" · {project_label(job.project)}  ", status_cell(job), f"  {where}"))
+        bar = self.query_one("#progress", ProgressBar)
+        total = job.total or 0
+        done = total if job.status == "done" else (job.step or 0)
+        bar.update(total=total or None, progress=done)
+        self.query_one("#numbers", Static).update(self._numbers(job))
+        message = None
+        if job.status == "failed":
+            message = Text(f"failed: {job.error or 'no reason recorded'}  (r retries)", style="bold red")
+        elif job.status == "cancelled":
+            message = Text(job.error or "cancelled", style="dim")
+        elif job.status == "queued" and not snapshot.worker_running:
+            message = Text("waiting: the worker is not running (w on the queue screen starts it)", style="yellow")
+        error = self.query_one("#job-error", Static)
+        error.update(message or "")
+        error.display = message is not None  # no blank line while there is nothing to say
+        self.query_one("#loss-line", Static).update(self._loss_line(job))
+        self.query_one("#gpu-line", Static).update(self._gpu_text(job, snapshot))
+        if job.step != self._points_step:
+            self.read_history()
+
+    def _numbers(self, job: Job) -> Text:
+        total = job.total or 0
+        step = total if job.status == "done" else (job.step or 0)
+        text = Text()
+        text.append(f"step {step}/{total or '?'}", style="bold")
+        if job.status == "running":
+            text.append(f"   {rate_text(job.it_per_s)} it/s   ETA {eta_text(job.eta_s)}")
+        if job.started_at and job.updated_at and job.updated_at > job.started_at:
+            end = job.finished_at or job.updated_at
+            text.append(f"   {'ran' if job.finished_at else 'running for'} {format_duration(end - job.started_at)}", style="dim")
+        if job.start_step:
+            text.append(f"   resumed at step {job.start_step}", style="dim")
+        return text
+
+    def _loss_line(self, job: Job) -> Text:
+        if job.kind != "train":
+            return Text(f"{job.kind}: no loss to show", style="dim")
+        lr = f"{job.lr:.2e}" if job.lr is not None else "—"
+        return Text.assemble("loss ", (loss_text(job.loss), "bold"), "  smoothed ", (loss_text(job.smooth_loss), "bold cyan"), f"  lr {lr}")
+
+    def _gpu_text(self, job: Job, snapshot: QueueSnapshot) -> Text:
+        gpu = gpu_of(job, snapshot.gpus)
+        peak = f"job peak {mb_text(job.vram_mb)}" if job.vram_mb else ""
+        if gpu is None:
+            note = "no GPU: this machine has no NVIDIA GPU (or no NVML driver); jobs run on the CPU"
+            if not snapshot.worker_running:
+                note = "no GPU samples (the worker samples GPUs while it runs)"
+            return Text.assemble((note, "yellow"), f"\n{peak}" if peak else "")
+        used, total = gpu.get("used_mb") or 0.0, gpu.get("total_mb") or 0.0
+        text = Text()
+        text.append(f"{gpu.get('name') or 'GPU'} #{gpu['gpu']}\n", style="bold")
+        text.append(f"VRAM {block_bar(used / total if total else 0.0, 12)} {mb_text(used)}/{mb_text(total)}\n")
+        util = f"{gpu['util']:.0f}%" if gpu.get("util") is not None else "—"
+        temp = f"{gpu['temp']:.0f}°C" if gpu.get("temp") is not None else "—"
+        power = f"  {gpu['power_w']:.0f} W" if gpu.get("power_w") is not None else ""
+        text.append(f"util {util}  {temp}{power}  {peak}", style="dim")
+        return text
+
+    def read_history(self) -> None:
+        """Curve and VRAM history from the database, in a thread (one read at a time)."""
+        if self._reading:
+            return
+        self._reading = True
+        self.run_worker(self._read_history, thread=True, group="monitor-history", exit_on_error=False)
+
+    def _read_history(self) -> None:
+        try:
+            if self._queue is None:
+                from engine.queue import Queue
+
+                self._queue = Queue(self.app.home)
+            job = self._queue.get(self.job_id)
+            points = self._queue.points(self.job_id)
+            gpu = int(job.gpu) if job.gpu and job.gpu.isdigit() else 0
+            history = self._queue.gpu_history(gpu)
+        except Exception:
+            return
+        finally:
+            self._reading = False
+        self.app.call_from_thread(self._show_history, job.step, points, history)
+
+    def _show_history(self, step: int | None, points: list[dict], history: list[dict]) -> None:
+        self._points_step = step
+        self.query_one("#loss-curve", Curve).values = [p["smooth_loss"] for p in points if p.get("smooth_loss") is not None]
+        vram = self.query_one("#vram-curve", Curve)
+        if history:
+            vram.high = max((h.get("total_mb") or 0.0) for h in history) or None
+        vram.values = [h["used_mb"] for h in history if h.get("used_mb") is not None]
+
+    # ------------------------------------------------------------------ actions
+
+    def selected_job_id(self) -> int | None:
+        return self.job_id
+
+    def _command(self, command) -> None:
+        job_id = self.job_id
+        self.app.queue_command(lambda queue: f"#{job_id}: {command(queue, job_id)}")
+
+    def action_cancel(self) -> None:
+        self._command(lambda queue, job_id: queue.cancel(job_id))
+
+    def action_retry(self) -> None:
+        self._command(lambda queue, job_id: queue.retry(job_id))
+
+    def action_pause_resume(self) -> None:
+        self._command(lambda queue, job_id: queue.resume(job_id) if queue.get(job_id).status == "paused" else queue.pause(job_id))
+
+    def action_save_now(self) -> None:
+        self._command(lambda queue, job_id: queue.request(job_id, "save-now"))
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

@@ -1,0 +1,106 @@
+"""The New project dialog: a name, picture A, picture B and the base model.
+
+It calls the same :func:`engine.scaffold.create_project` as ``copylora new``, which checks
+everything before it writes anything; each problem is shown under the field it is about and
+nothing is created until all are fixed. Dismisses with the new folder (or None).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+from engine.errors import Problem, ValidationError
+
+# create_project's problem locations (its CLI flags) -> our fields
+WHERE = {"NAME": "name", "--a": "a", "--b": "b", "--base": "base"}
+FIELDS = (
+    ("name", "name", "mono  (the folder under the projects folder, and the LoRA's name)"),
+    ("a", "picture A", "path of the original picture, e.g. ~/pics/colour.png"),
+    ("b", "picture B", "the same picture changed only in the wanted way"),
+    ("base", "base model", "tiny, a .safetensors checkpoint, or a diffusers folder"),
+)
+
+
+class NewProjectScreen(ModalScreen[Path | None]):
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "create", "Create"),
+    ]
+
+    def __init__(self, projects_dir: Path) -> None:
+        super().__init__(id="new-project")
+        self.projects_dir = Path(projects_dir)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog"):
+            yield Static("[b]New concept project[/b]  (enter: next field, ctrl+s: create, esc: cancel)", classes="dialog-title")
+            for key, label, hint in FIELDS:
+                with Horizontal(classes="dialog-row"):
+                    yield Label(label, classes="dialog-label")
+                    yield Input("tiny" if key == "base" else "", placeholder=hint, id=f"new-{key}", compact=True)
+                yield Static("", id=f"error-{key}", classes="param-error")
+            yield Static("", id="new-general", classes="param-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Create", id="create", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        keys = [k for k, _, _ in FIELDS]
+        index = keys.index(event.input.id.removeprefix("new-"))
+        if index + 1 < len(keys):
+            self.query_one(f"#new-{keys[index + 1]}", Input).focus()
+        else:
+            self.action_create()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_create() if event.button.id == "create" else self.action_cancel()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def value(self, key: str) -> str:
+        return self.query_one(f"#new-{key}", Input).value.strip()
+
+    def action_create(self) -> None:
+        from engine.scaffold import create_project
+
+        name = self.value("name")
+        problems: list[Problem] = []
+        if not name:
+            problems.append(Problem("NAME", "give the project a name"))
+        elif "/" in name or name in (".", "..") or name.startswith("."):
+            problems.append(Problem("NAME", "a plain folder name, without / (it is made in the projects folder)"))
+        for key, flag in (("a", "--a"), ("b", "--b")):
+            if not self.value(key):
+                problems.append(Problem(flag, "give the path of the picture"))
+        if not problems:
+            try:
+                create_project(self.projects_dir / name, self.value("a"), self.value("b"), name=name, base_model=self.value("base") or "tiny")
+            except ValidationError as exc:
+                problems = exc.problems
+            except OSError as exc:
+                problems = [Problem("", f"could not write the project: {exc}")]
+        self.show_problems(problems)
+        if not problems:
+            self.dismiss((self.projects_dir / name).resolve())
+
+    def show_problems(self, problems: list[Problem]) -> None:
+        by_field: dict[str, list[str]] = {}
+        for problem in problems:
+            by_field.setdefault(WHERE.get(problem.where, "general"), []).append(problem.message if problem.where in WHERE else str(problem))
+        for key, _, _ in FIELDS:
+            label = self.query_one(f"#error-{key}", Static)
+            label.update("\n".join(f"↳ {m}" for m in by_field.get(key, [])))
+            label.display = key in by_field
+        general = self.query_one("#new-general", Static)
+        general.update("\n".join(by_field.get("general", [])))
+        general.display = "general" in by_field
+        first = next((k for k, _, _ in FIELDS if k in by_field), None)
+        if first is not None:
+            self.query_one(f"#new-{first}", Input).focus()

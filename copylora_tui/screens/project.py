@@ -1,0 +1,335 @@
+"""One concept project: its parameters as a form, the plan they give, the teacher pictures
+and the project's jobs.
+
+The form is grouped like ``copylora.toml`` and built from the parameter dataclasses. Each
+field is checked as it is typed (the CLI's validator, the error under the field); the whole
+project, cross-key rules and files included, is re-checked a moment after the typing stops,
+and the plan (steps, buckets, outputs) is recomputed from it. Saving writes only a project
+that passes every check: an invalid project is never saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Collapsible, Footer, Header, Static
+
+from copylora_tui import teacher_images
+from copylora_tui.core import form
+from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.widgets.job_table import JobTable
+from copylora_tui.widgets.param_field import ParamField
+from engine.errors import Problem, ValidationError
+from engine.project import Project, load_project
+
+CHECK_DELAY_S = 0.3
+LAZY_SECTIONS = ("a", "b", "sample", "reg")
+
+
+class ProjectScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+r", "run", "Run"),
+        Binding("ctrl+t", "stats", "Stats"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(id="project-screen")
+        self.folder = Path(folder)
+        self.project: Project | None = None
+        self.load_problems: list[Problem] = []
+        self.fields: dict[str, ParamField] = {}  # the fields built so far (folded sections come later)
+        self.unbuilt: dict[str, list[form.FieldSpec]] = {}
+        self.values: dict[str, Any] = {}
+        self.field_errors: dict[str, str] = {}
+        self.project_problems: list[Problem] = []
+        self.checked: Project | None = None  # the last edit state that passed every check
+        self._generation = 0
+        self._check_timer = None
+        self._warned_unsaved = False
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        try:
+            self.project = load_project(self.folder)
+        except ValidationError as exc:
+            self.load_problems = exc.problems
+        with Horizontal(id="project-body"):
+            with VerticalScroll(id="form"):
+                if self.project is None:
+                    yield Static(self._load_problem_text(), id="load-problems")
+                else:
+                    yield from self._form(self.project)
+            with VerticalScroll(id="side"):
+                yield Static("", id="project-status")
+                yield Static("", id="plan", classes="panel")
+                yield Vertical(id="images", classes="panel")
+                yield Static("jobs", classes="panel-title")
+                yield JobTable(("job", "task", "status", "bar"), id="history")
+        yield Static("", id="field-help", classes="status-line")
+        yield Footer()
+
+    def _load_problem_text(self) -> Text:
+        lines = [f"{self.folder.name}/copylora.toml cannot be loaded: fix it in an editor, then open it again.", ""]
+        lines += [f"  {p}" for p in self.load_problems]
+        return Text("\n".join(lines), style="red")
+
+    def _form(self, project: Project) -> ComposeResult:
+        for section, _cls, heading in form.SECTIONS:
+            if section == "reg" and project.reg is None:
+                continue
+            specs = form.section_fields(section)
+            for spec in specs:
+                self.values[spec.path] = form.current_value(project, spec)
+            if section in LAZY_SECTIONS:
+                # Folded, and built only when unfolded: the per-side overrides alone are 60
+                # fields, and mounting every field up front made the screen open slowly.
+                overrides = len(project.side(section).overrides) if section in ("a", "b") else 0
+                title = heading + (f"  ({overrides} set)" if overrides else "")
+                self.unbuilt[section] = specs
+                yield Collapsible(title=escape(title), collapsed=True, id=f"section-{section}")
+            else:
+                yield Static(Text(heading), classes="section-title")
+                yield from self._fields(project, specs)
+
+    def _fields(self, project: Project, specs: list[form.FieldSpec]) -> list[ParamField]:
+        widgets = []
+        for spec in specs:
+            inherited = getattr(project.train, spec.key, None) if spec.override else None
+            widget = ParamField(spec, form.current_value(project, spec), inherited=inherited)
+            self.fields[spec.path] = widget
+            widgets.append(widget)
+        return widgets
+
+    def on_collapsible_expanded(self, event: Collapsible.Expanded) -> None:
+        section = (event.collapsible.id or "").removeprefix("section-")
+        self.build_section(section)
+
+    def build_section(self, section: str) -> None:
+        specs = self.unbuilt.pop(section, None)
+        if specs is None or self.project is None:
+            return
+        collapsible = self.query_one(f"#section-{section}", Collapsible)
+        collapsible.query_one(Collapsible.Contents).mount_all(self._fields(self.project, specs))
+        collapsible.collapsed = False
+        self.call_after_refresh(self.show_project_problems, self.project_problems)
+
+    def on_mount(self) -> None:
+        self.sub_title = self.folder.name
+        self.title = "Project"
+        self.watch(self.app, "snapshot", self.show_snapshot)
+        if self.project is not None:
+            self.checked = self.project
+            self.show_plan(self.project)
+            self.show_images(self.project)
+            self.update_status()
+        else:
+            self.query_one("#project-status", Static).update(Text(f"{len(self.load_problems)} problem(s): not loadable", style="bold red"))
+
+    # ------------------------------------------------------------------ editing
+
+    def on_param_field_changed(self, event: ParamField.Changed) -> None:
+        path = event.field.spec.path
+        if event.error is None:
+            self.field_errors.pop(path, None)
+            self.values[path] = event.value
+        else:
+            self.field_errors[path] = event.error
+        self._warned_unsaved = False
+        self.update_status()
+        if self._check_timer is not None:
+            self._check_timer.stop()
+        self._check_timer = self.set_timer(CHECK_DELAY_S, self.check_project)
+
+    def on_descendant_focus(self, event) -> None:
+        field = next((n for n in event.widget.ancestors_with_self if isinstance(n, ParamField)), None)
+        if field is not None:
+            self.query_one("#field-help", Static).update(Text(f"{field.spec.path}: {field.spec.doc}", style="dim"))
+
+    @property
+    def dirty(self) -> bool:
+        return self.project is not None and any(
+            field.text != form.value_text(form.current_value(self.project, field.spec), field.spec) for field in self.fields.values()
+        )
+
+    def edited_project(self) -> Project | None:
+        if self.project is None:
+            return None
+        return form.apply_values(self.project, self.values)
+
+    def check_project(self) -> None:
+        """Validate the whole edited project (and plan it) in a thread; late answers for an
+        older edit state are dropped."""
+        if self.field_errors or self.project is None:
+            self.show_project_problems([])
+            return
+        self._generation += 1
+        generation = self._generation
+        candidate = self.edited_project()
+        self.run_worker(lambda: self._check(candidate, generation), thread=True, group="check", exit_on_error=False)
+
+    def _check(self, candidate: Project, generation: int) -> None:
+        checked, problems = form.validate(candidate)
+        plan_text = plan_summary(checked) if checked is not None else None
+        self.app.call_from_thread(self._checked, generation, checked, problems, plan_text)
+
+    def _checked(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: Text | None) -> None:
+        if generation != self._generation:
+            return
+        self.checked = checked
+        self.show_project_problems(problems)
+        if plan_text is not None:
+            self.query_one("#plan", Static).update(plan_text)
+        self.update_status()
+
+    def show_project_problems(self, problems: list[Problem]) -> None:
+        self.project_problems = problems
+        placed: dict[str, str] = {}
+        for problem in problems:
+            path = form.field_for_problem(problem, list(self.fields))
+            if path is not None:
+                placed.setdefault(path, problem.message)
+        for path, field in self.fields.items():
+            field.show_error(self.field_errors.get(path) or placed.get(path))
+        self.update_status()
+
+    def update_status(self) -> None:
+        status = self.query_one("#project-status", Static)
+        if self.project is None:
+            return
+        if self.field_errors or self.project_problems:
+            count = len(self.field_errors) + len(self.project_problems)
+            lines = [f"✗ {count} problem{'s' * (count != 1)}: not saved"]
+            lines += [f"  {path}: {error}" for path, error in list(self.field_errors.items())[:3]]
+            lines += [f"  {p}" for p in self.project_problems[:3] if form.field_for_problem(p, list(self.fields)) is None]
+            status.update(Text("\n".join(lines), style="bold red"))
+        elif self.dirty:
+            status.update(Text("● unsaved changes (ctrl+s saves)", style="yellow"))
+        else:
+            status.update(Text("✓ saved, valid", style="green"))
+
+    # ------------------------------------------------------------------ side panel
+
+    def show_plan(self, project: Project) -> None:
+        try:
+            self.query_one("#plan", Static).update(plan_summary(project))
+        except (OSError, ValueError) as exc:
+            self.query_one("#plan", Static).update(Text(f"no plan: {exc}", style="red"))
+
+    def show_images(self, project: Project) -> None:
+        from engine.images import image_files, read_image_info
+
+        box = self.query_one("#images", Vertical)
+        box.remove_children()
+        widgets = [Static("teacher pictures", classes="panel-title")]
+        for side in ("a", "b"):
+            folder = project.side_folder(side)
+            files = image_files(folder) if folder.is_dir() else []
+            if not files:
+                widgets.append(Static(Text(f"{side.upper()}: no picture in {project.side(side).folder}/", style="red")))
+                continue
+            for path in files[:2]:
+                try:
+                    info = read_image_info(path)
+                    size = f"{info.width}×{info.height}"
+                except ValueError as exc:
+                    size = f"unreadable ({exc})"
+                rel = path.relative_to(project.root) if path.is_relative_to(project.root) else path
+                widgets.append(Static(f"{side.upper()}: {rel}  {size}", classes="image-caption"))
+                picture = teacher_images.image_widget(path, classes="teacher-image")
+                if picture is not None:
+                    widgets.append(picture)
+        box.mount_all(widgets)
+
+    def show_snapshot(self, snapshot: QueueSnapshot) -> None:
+        jobs = snapshot.for_project(self.project.root if self.project else self.folder.resolve())
+        self.query_one("#history", JobTable).show_jobs(jobs)
+
+    def selected_job_id(self) -> int | None:
+        return self.query_one("#history", JobTable).selected_job_id()
+
+    # ------------------------------------------------------------------ actions
+
+    def action_save(self) -> None:
+        if self.project is None:
+            self.notify("this project cannot be loaded; fix copylora.toml in an editor", severity="error")
+            return
+        if self.field_errors:
+            first = next(iter(self.field_errors))
+            self.notify(f"not saved: {len(self.field_errors)} invalid field(s), first {first}: {self.field_errors[first]}", severity="error")
+            self.fields[first].query_one("#editor").focus()
+            return
+        from engine.project import save_project
+
+        try:
+            save_project(self.edited_project())
+        except ValidationError as exc:
+            self.show_project_problems(exc.problems)
+            self.notify(f"not saved: {exc.problems[0]}" + (f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""), severity="error")
+            return
+        self.project = load_project(self.folder)
+        self.show_project_problems([])
+        self.show_plan(self.project)
+        self.notify(f"saved {self.folder.name}/copylora.toml")
+
+    def action_run(self) -> None:
+        if self.project is None or self.field_errors or self.project_problems:
+            self.notify("fix the problems first: only a valid, saved project runs", severity="error")
+            return
+        if self.dirty:
+            self.notify("save first (ctrl+s): the worker runs what copylora.toml says", severity="warning")
+            return
+        from copylora_tui.core.actions import run_project
+
+        folder = self.project.root
+        self.app.queue_command(lambda queue: run_project(queue, folder))
+
+    def action_stats(self) -> None:
+        if self.project is None:
+            return
+        from engine.plan import output_paths
+
+        stats = output_paths(self.project)["stats"]
+        if not stats.is_file():
+            self.notify("no merge statistics yet: run the project and wait for the merge", severity="warning")
+            return
+        self.app.action_open_stats(stats)
+
+    def action_back(self) -> None:
+        if self.dirty and not self._warned_unsaved:
+            self._warned_unsaved = True
+            self.notify("unsaved changes: ctrl+s saves them, esc again leaves without saving", severity="warning")
+            return
+        self.app.pop_screen()
+
+
+def plan_summary(project: Project) -> Text:
+    """The derived plan in a few lines: steps and bucket per side, where the outputs go."""
+    from engine.plan import make_plan
+
+    plan = make_plan(project)
+    text = Text()
+    text.append("plan\n", style="bold")
+    for side in ("a", "b"):
+        sp = plan.side(side)
+        buckets = ", ".join(f"{w}×{h}" for w, h in dict.fromkeys(sp.buckets)) or "—"
+        text.append(f"{side.upper()}: {sp.total_steps} steps", style="bold")
+        text.append(f" = {len(sp.images)} img × {sp.repeats} × {sp.epochs} ep\n")
+        text.append(f"   bucket {buckets}, rank {sp.params.network_dim}, lr {sp.params.learning_rate:g}\n", style="dim")
+    out = project.info.output_dir.rstrip("/")
+    text.append("merge: ", style="bold")
+    text.append(f"B {project.merge.ratios[0]:+g}, A {project.merge.ratios[1]:+g} → rank {project.merge.new_rank}\n")
+    text.append(f"outputs in {out}/:\n", style="bold")
+    for path in (plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path):
+        text.append(f"   {path.name}\n", style="dim")
+    return text

@@ -1,0 +1,293 @@
+"""The first screen: every concept project in the projects folder and where it stands.
+
+Per project: are the A and B LoRAs trained and current, is the merge made and current
+("stale" means ``copylora run`` would redo it because the parameters or pictures changed),
+which jobs are queued or running, when it last produced something and how big output/ is.
+Scanning the folder hashes images and LoRAs, so it runs in a thread; the job columns follow
+the app's queue snapshot live.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from copylora_tui.core.formatting import project_label, size_text, when_text
+from copylora_tui.core.projects import DONE, STALE, ProjectSummary, scan_projects
+from copylora_tui.core.snapshot import QueueSnapshot
+from engine.queue import Job
+
+EMPTY_HELP = """\
+[b]No projects in {folder}/ yet.[/b]
+
+A project is two teacher pictures: A, and B = the same picture changed only in the way you want (colour → monochrome, day → night).
+
+Press [b]n[/b] to make one here, or run:
+
+    copylora new NAME --a A.png --b B.png
+
+To try the shipped example, copy projects/example-monochrome into {folder}/ and press [b]r[/b] on it."""
+
+
+def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | None) -> Text:
+    """What one output of a project is doing: its live job, else its state on disk."""
+    mine = [j for j in jobs if j.kind == kind and j.side == side]
+    active = next((j for j in mine if j.status in ("running", "queued", "paused")), None)
+    if active is not None:
+        if active.status == "running":
+            return Text(f"▶ {int(active.fraction * 100)}%", style="bold cyan")
+        return Text(active.status, style="yellow" if active.status == "paused" else "")
+    state = summary.merge if kind == "merge" else summary.sides.get(side or "")
+    latest = max(mine, key=lambda j: j.id, default=None)
+    if latest is not None and latest.status == "failed" and (state is None or state.state != DONE):
+        return Text("✗ failed", style="bold red")
+    if state is None:
+        return Text("")
+    if state.state == DONE:
+        return Text("✓ merged" if kind == "merge" else "✓ trained", style="green")
+    if state.state == STALE:
+        return Text("stale", style="yellow")
+    return Text("—", style="dim")
+
+
+ALL_COLUMNS = ("project", "base", "a", "b", "merge", "last", "size")
+
+
+class ProjectsScreen(Screen):
+    TITLE = "Projects"
+    BINDINGS = [
+        Binding("n", "new_project", "New"),
+        Binding("o", "open_project", "Open"),
+        Binding("r", "run_project", "Run"),
+        Binding("d", "delete_project", "Delete"),
+        Binding("s", "open_stats", "Stats"),
+        Binding("f5", "rescan", "Refresh", show=False),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="projects-screen")
+        self.summaries: list[ProjectSummary] = []
+        self._scanned = False
+        self._done_jobs: set[int] | None = None
+        self._select_after_scan: Path | None = None
+        self._rows: list[list] = []
+        self._generation = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="worker-line", classes="status-line")
+        yield Static("", id="empty")
+        yield DataTable(id="projects", cursor_type="row")
+        yield Static("", id="project-detail", classes="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.app.projects_dir}/"
+        table = self.query_one("#projects", DataTable)
+        self.query_one("#empty").display = False
+        table.display = False
+        self.rescan()
+        self.watch(self.app, "snapshot", self.show_snapshot)
+
+    def columns(self) -> list[tuple[str, str, int | None]]:
+        """No "jobs" column: the A/B/merge cells already say queued or running. Below 92
+        columns the base model moves to the line under the table, so the rest fits 80."""
+        wide = self.size.width >= 92
+        return [("project", "project", None)] + ([("base", "base model", 14)] if wide else []) + [
+            ("a", "A", None), ("b", "B", None), ("merge", "merge", None), ("last", "last output", None), ("size", "output", None)]
+
+    def on_resize(self) -> None:
+        if self._scanned:
+            self.refresh_table()
+
+    def on_screen_resume(self) -> None:
+        if self._scanned:
+            self.rescan()  # back from a project: its parameters (and so its state) may have changed
+
+    # ------------------------------------------------------------------ data
+
+    def rescan(self, select: Path | None = None) -> None:
+        if select is not None:
+            self._select_after_scan = select
+        self._generation += 1
+        generation = self._generation
+        self.run_worker(lambda: self._scan(generation), thread=True, group="scan", exit_on_error=False)
+
+    def _scan(self, generation: int) -> None:
+        summaries = scan_projects(self.app.projects_dir)
+        self.app.call_from_thread(self._show_scan, generation, summaries)
+
+    def _show_scan(self, generation: int, summaries: list[ProjectSummary]) -> None:
+        if generation != self._generation:
+            return  # a newer scan is under way (scans overlap when jobs finish in a burst)
+        self.summaries = summaries
+        self._scanned = True
+        self.refresh_table()
+
+    def show_snapshot(self, snapshot: QueueSnapshot) -> None:
+        self.query_one("#worker-line", Static).update(self._worker_text(snapshot))
+        done = {j.id for j in snapshot.jobs if j.status == "done"}
+        if self._done_jobs is not None and done - self._done_jobs:
+            self.rescan()  # a job finished: a LoRA appeared on disk
+        self._done_jobs = done
+        if self._scanned:
+            self.refresh_table()
+
+    def _worker_text(self, snapshot: QueueSnapshot) -> Text:
+        running = sum(j.status == "running" for j in snapshot.jobs)
+        waiting = sum(j.status in ("queued", "paused") for j in snapshot.jobs)
+        style = "green" if snapshot.worker_running else "yellow"
+        text = Text.assemble(("● " if snapshot.worker_running else "○ ", style), snapshot.worker_text())
+        if snapshot.jobs:
+            text.append(f"  ·  {running} running, {waiting} waiting  ·  2 shows the queue", style="dim")
+        return text
+
+    def refresh_table(self) -> None:
+        table = self.query_one("#projects", DataTable)
+        empty = self.query_one("#empty", Static)
+        if not self.summaries:
+            table.display = False
+            empty.display = True
+            empty.update(EMPTY_HELP.format(folder=self.app.projects_dir))
+            self._rows = []
+            self.query_one("#project-detail", Static).update("")
+            return
+        empty.display = False
+        table.display = True
+        requested = self._select_after_scan
+        self._select_after_scan = None
+        keep = requested or (self.selected().folder if self.selected() else None)
+        snapshot: QueueSnapshot = self.app.snapshot
+        columns = self.columns()
+        keys = [key for key, _, _ in columns]
+        rows = [[c for key, c in zip(ALL_COLUMNS, self._cells(s, snapshot.for_project(s.folder))) if key in keys] for s in self.summaries]
+        if rows == self._rows and requested is None:
+            return  # nothing changed since the last poll: leave the table and its cursor alone
+        self._rows = rows
+        if [str(c.key.value) for c in table.columns.values()] != keys:
+            table.clear(columns=True)
+            for key, label, width in columns:
+                table.add_column(label, key=key, width=width)
+        table.clear()
+        for summary, cells in zip(self.summaries, rows):
+            table.add_row(*cells, key=str(summary.folder))
+        if keep is not None:
+            folders = [s.folder for s in self.summaries]
+            if keep in folders:
+                table.move_cursor(row=folders.index(keep), animate=False)
+        self.show_detail()
+
+    def _cells(self, summary: ProjectSummary, jobs: list[Job]) -> list:
+        if not summary.valid:
+            return [summary.name, "", Text("✗ invalid", style="bold red"), "", "", "", ""]
+        finished = [j.finished_at for j in jobs if j.finished_at and j.status == "done"]
+        last = max([t for t in [summary.last_output, *finished] if t], default=None)
+        return [
+            summary.name,
+            Text(project_label(summary.base_model), overflow="ellipsis"),
+            side_cell(summary, jobs, "train", "a"),
+            side_cell(summary, jobs, "train", "b"),
+            side_cell(summary, jobs, "merge", None),
+            when_text(last),
+            size_text(summary.output_bytes),
+        ]
+
+    def selected(self) -> ProjectSummary | None:
+        table = self.query_one("#projects", DataTable)
+        if not self.summaries or not table.display:
+            return None
+        row = table.cursor_row
+        return self.summaries[row] if 0 <= row < len(self.summaries) else None
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
+
+    def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
+        self.action_open_project()
+
+    def show_detail(self) -> None:
+        summary = self.selected()
+        detail = self.query_one("#project-detail", Static)
+        if summary is None:
+            detail.update("")
+        elif not summary.valid:
+            count = len(summary.problems)
+            head = f"{summary.name}: {count} problem{'s' * (count != 1)} (o opens it):\n"
+            detail.update(Text(head + "\n".join(summary.problems[:3]), style="red"))
+        else:
+            notes = [f"{side.upper()}: {summary.sides[side].reason}" for side in ("a", "b") if summary.sides[side].state != DONE]
+            if summary.merge.state != DONE:
+                notes.append(f"merge: {summary.merge.reason}")
+            steps = f"base {project_label(summary.base_model)}, steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"
+            detail.update(Text(f"{summary.name}: {steps}" + (f"  ·  {'; '.join(notes)}" if notes else "  ·  all outputs current"), style="dim"))
+
+    # ------------------------------------------------------------------ actions
+
+    def action_rescan(self) -> None:
+        self.rescan()
+
+    def action_new_project(self) -> None:
+        from copylora_tui.screens.new_project import NewProjectScreen
+
+        def created(folder: Path | None) -> None:
+            if folder is not None:
+                self.notify(f"created {self.app.projects_dir}/{folder.name}: press r to run it, enter to edit it")
+                self.rescan(select=folder)
+
+        self.app.push_screen(NewProjectScreen(self.app.projects_dir), created)
+
+    def action_open_project(self) -> None:
+        summary = self.selected()
+        if summary is not None:
+            self.app.action_open_project(summary.folder)
+
+    def action_run_project(self) -> None:
+        summary = self.selected()
+        if summary is None:
+            return
+        if not summary.valid:
+            self.notify(f"{summary.name} has problems; open it (enter) to fix them:\n" + "\n".join(summary.problems[:5]), severity="error", timeout=8)
+            return
+        from copylora_tui.core.actions import run_project
+
+        self.app.queue_command(lambda queue: run_project(queue, summary.folder), done=lambda _m: self.rescan())
+
+    def action_delete_project(self) -> None:
+        summary = self.selected()
+        if summary is None:
+            return
+        active = [j for j in self.app.snapshot.for_project(summary.folder) if j.status in ("queued", "running", "paused")]
+        if active:
+            self.notify(f"{summary.name} has {len(active)} job(s) queued or running: cancel them first (2: queue)", severity="warning")
+            return
+        from copylora_tui.screens.confirm_delete import ConfirmDeleteScreen
+
+        def deleted(result: str | None) -> None:
+            if result:
+                self.notify(result)
+                self.rescan()
+
+        self.app.push_screen(ConfirmDeleteScreen(summary), deleted)
+
+    def action_open_stats(self) -> None:
+        summary = self.selected()
+        if summary is None:
+            return
+        if summary.stats_path is None:
+            self.notify(f"{summary.name} has no merge statistics yet: run it (r) and wait for the merge", severity="warning")
+            return
+        self.app.action_open_stats(summary.stats_path)
+
+    def palette_commands(self):
+        from textual.app import SystemCommand
+
+        yield SystemCommand("New project", "Make a concept project from pictures A and B", self.action_new_project)
+        yield SystemCommand("Run project", "Queue train A, train B and the merge of the selected project", self.action_run_project)
+        yield SystemCommand("Delete project", "Delete the selected project (asks about output/)", self.action_delete_project)
+        yield SystemCommand("Merge stats", "Per-layer statistics of the selected project's merge", self.action_open_stats)

@@ -1,0 +1,122 @@
+"""Every job of the queue with its progress, and the keys that steer them.
+
+The header line says whether the worker daemon runs (and starts it on ``w``); the table
+follows the app's snapshot; the line under it explains the highlighted job: a failed job's
+error in full, what a waiting job waits for.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from copylora_tui.core.formatting import project_label
+from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.widgets.job_table import JobTable
+from engine.queue import Job
+
+
+def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
+    if job is None:
+        return Text("no jobs: run a project from the Projects screen (1, then r)", style="dim")
+    head = f"#{job.id} {job.label} of {project_label(job.project)}: "
+    if job.status == "failed":
+        return Text.assemble((head, "bold"), (f"failed: {job.error or 'no reason recorded'}", "red"), "  (r retries)")
+    if job.status == "cancelled":
+        return Text.assemble((head, "bold"), (job.error or "cancelled", "dim"), "  (r retries; it resumes from its checkpoint)")
+    if job.status in ("queued", "paused"):
+        waits = [d for d in job.depends_on if (dep := snapshot.job(d)) is not None and dep.status != "done"]
+        reason = f"waits for {', '.join(f'#{d}' for d in waits)}" if waits else ("paused (p resumes)" if job.status == "paused" else "next free slot")
+        if job.status == "queued" and not snapshot.worker_running:
+            reason += " · the worker is not running: w starts it"
+        return Text.assemble((head, "bold"), reason)
+    if job.status == "running":
+        where = f"GPU {job.gpu}" if job.gpu else "CPU"
+        return Text.assemble((head, "bold"), f"running on {where} · enter opens the monitor")
+    artifacts = ", ".join(f"{k}: {v.rsplit('/', 1)[-1]}" for k, v in job.artifacts.items())
+    return Text.assemble((head, "bold"), ("done", "green"), f"  {artifacts}")
+
+
+class QueueScreen(Screen):
+    BINDINGS = [
+        Binding("enter,m", "monitor", "Monitor"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "retry", "Retry"),
+        Binding("p", "pause_resume", "Pause"),
+        Binding("K,shift+up", "move('up')", "Up", key_display="K"),
+        Binding("J,shift+down", "move('down')", "Down", key_display="J"),
+        Binding("w", "start_worker", "Worker"),
+        Binding("escape", "back", "Back", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="queue-screen")
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="worker-line", classes="status-line")
+        yield JobTable(("job", "project", "task", "status", "progress", "rate", "eta", "loss"), id="jobs")
+        yield Static("", id="job-detail", classes="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "Queue"
+        self.watch(self.app, "snapshot", self.show_snapshot)
+
+    def show_snapshot(self, snapshot: QueueSnapshot) -> None:
+        line = self.query_one("#worker-line", Static)
+        if snapshot.worker_running:
+            line.update(Text.assemble(("● ", "green"), snapshot.worker_text()))
+        else:
+            line.update(Text.assemble(("○ ", "yellow"), (snapshot.worker_text(), "yellow"), ("  ·  w starts it", "bold")))
+        self.query_one("#jobs", JobTable).show_jobs(list(snapshot.jobs))
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        snapshot: QueueSnapshot = self.app.snapshot
+        job_id = self.selected_job_id()
+        self.query_one("#job-detail", Static).update(job_detail(snapshot.job(job_id) if job_id else None, snapshot))
+
+    def on_data_table_row_highlighted(self, _event) -> None:
+        self.show_detail()
+
+    def on_data_table_row_selected(self, _event) -> None:
+        self.action_monitor()
+
+    def selected_job_id(self) -> int | None:
+        return self.query_one("#jobs", JobTable).selected_job_id()
+
+    def _with_job(self, command) -> None:
+        job_id = self.selected_job_id()
+        if job_id is not None:
+            self.app.queue_command(lambda queue: command(queue, job_id))
+
+    def action_monitor(self) -> None:
+        job_id = self.selected_job_id()
+        if job_id is not None:
+            self.app.action_show_monitor(job_id)
+
+    def action_cancel(self) -> None:
+        self._with_job(lambda queue, job_id: f"#{job_id}: {queue.cancel(job_id)}")
+
+    def action_retry(self) -> None:
+        self._with_job(lambda queue, job_id: f"#{job_id}: {queue.retry(job_id)}")
+
+    def action_pause_resume(self) -> None:
+        def toggle(queue, job_id):
+            job = queue.get(job_id)
+            return f"#{job_id}: {queue.resume(job_id) if job.status == 'paused' else queue.pause(job_id)}"
+
+        self._with_job(toggle)
+
+    def action_move(self, where: str) -> None:
+        self._with_job(lambda queue, job_id: f"#{job_id}: {queue.move(job_id, where)}")
+
+    def action_start_worker(self) -> None:
+        self.app.action_start_worker()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

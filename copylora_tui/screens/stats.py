@@ -1,0 +1,159 @@
+"""The per-layer statistics of a merge: which layers carry the A→B change, and how much of
+it the new rank keeps.
+
+Top: one row per block (te, in0…, mid, out0…) with bars for the energy kept and the size of
+the merged change ‖Δ‖ relative to the largest block. Below: every module, sortable by any
+column (s cycles, or click a heading; r reverses) and filtered by block (b) and kind (k).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from copylora_tui.cli.stats_view import short_name
+from copylora_tui.core.formatting import block_bar
+from copylora_tui.core.stats_table import COLUMNS, block_filters, kind_filters, load_stats, sorted_rows
+from engine.errors import ValidationError
+
+
+class StatsScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("r", "reverse", "Reverse"),
+        Binding("b", "cycle_block", "Block"),
+        Binding("k", "cycle_kind", "Kind"),
+    ]
+
+    def __init__(self, stats_path: Path) -> None:
+        super().__init__(id="stats-screen")
+        self.stats_path = Path(stats_path)
+        self.document: dict | None = None
+        self.sort = "energy"
+        self.reverse = False
+        self.block: str | None = None
+        self.kind: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="stats-summary", classes="status-line")
+        yield DataTable(id="blocks", cursor_type="row")
+        yield Static("", id="stats-filter", classes="status-line")
+        yield DataTable(id="modules", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "Merge stats"
+        self.sub_title = self.stats_path.name
+        try:
+            self.document = load_stats(self.stats_path)
+        except ValidationError as exc:
+            self.query_one("#stats-summary", Static).update(Text(str(exc.problems[0]), style="red"))
+            return
+        self.show_summary()
+        self.show_blocks()
+        modules = self.query_one("#modules", DataTable)
+        for key, (heading, _) in COLUMNS.items():
+            modules.add_column(heading, key=key)
+        self.show_modules()
+        modules.focus()
+
+    def show_summary(self) -> None:
+        doc = self.document
+        inputs = doc.get("inputs", [])
+        parts = " ".join(f"Δ{n}={i['ratio']:+g}·{i['file']}" for n, i in enumerate(inputs, 1))
+        seconds = f"  ·  {doc['seconds']:.2f} s" if doc.get("seconds") is not None else ""
+        self.query_one("#stats-summary", Static).update(
+            Text.assemble((doc.get("file", self.stats_path.name), "bold"), f"  {doc.get('family', '')}  {len(doc['modules'])} modules  ·  {parts}{seconds}")
+        )
+
+    def show_blocks(self) -> None:
+        table = self.query_one("#blocks", DataTable)
+        table.add_column("block", key="block")
+        table.add_column("modules", key="modules")
+        table.add_column("energy kept", key="energy")
+        table.add_column("‖Δ‖ (merged change)", key="norm")
+        blocks = self.document.get("blocks", [])
+        biggest = max((b["result_norm"] for b in blocks), default=0.0) or 1.0
+        for b in blocks:
+            table.add_row(
+                b["block"], Text(str(b["modules"]), justify="right"),
+                Text.assemble((block_bar(b["energy_kept"], 10), "green"), f" {b['energy_kept']:.4f}"),
+                Text.assemble((block_bar(b["result_norm"] / biggest, 10), "cyan"), f" {b['result_norm']:.4g}"),
+                key=b["block"],
+            )
+
+    def show_modules(self) -> None:
+        rows = sorted_rows(self.document, sort=self.sort, reverse=self.reverse, block=self.block, kind=self.kind)
+        table = self.query_one("#modules", DataTable)
+        table.clear()
+        for m in rows:
+            cos = "" if m["cos_inputs"] is None else f"{m['cos_inputs']:+.3f}"
+            table.add_row(
+                short_name(m["name"]),
+                m["kind"].replace("conv", "c").replace("linear", "lin"),
+                "+".join(map(str, m["input_ranks"])),
+                Text(str(m["kept_rank"]), justify="right"),
+                Text(f"{m['energy_kept']:.4f}", justify="right", style="yellow" if m["energy_kept"] < 0.9 else ""),
+                Text(f"{m['rel_error']:.1e}", justify="right"),
+                Text(f"{m['result_norm']:.3g}", justify="right"),
+                Text(cos, justify="right"),
+                key=m["name"],
+            )
+        arrow = "↓" if self.reverse else "↑"
+        self.query_one("#stats-filter", Static).update(
+            Text.assemble(
+                ("modules ", "bold"), f"{len(rows)} of {len(self.document['modules'])}",
+                f"  ·  sort {COLUMNS[self.sort][0]} {arrow}  ·  block {self.block or 'all'}  ·  kind {self.kind or 'all'}",
+                ("   energy = Σ kept σ²/Σ σ², error = ‖ΔW−kept‖/‖ΔW‖, cos = cos(Δ1, Δ2)", "dim"),
+            )
+        )
+
+    # ------------------------------------------------------------------ actions
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        if event.data_table.id != "modules":
+            return
+        key = str(event.column_key.value)
+        self.reverse = not self.reverse if key == self.sort else False
+        self.sort = key
+        self.show_modules()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "blocks":  # enter on a block: show its modules
+            block = str(event.row_key.value)
+            self.block = None if self.block == block else block
+            self.show_modules()
+
+    def action_cycle_sort(self) -> None:
+        keys = list(COLUMNS)
+        self.sort = keys[(keys.index(self.sort) + 1) % len(keys)]
+        self.reverse = False
+        self.show_modules()
+
+    def action_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self.show_modules()
+
+    def _cycle(self, current: str | None, options: list[str]) -> str | None:
+        cycle = [None, *options]
+        return cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else None
+
+    def action_cycle_block(self) -> None:
+        if self.document:
+            self.block = self._cycle(self.block, block_filters(self.document))
+            self.show_modules()
+
+    def action_cycle_kind(self) -> None:
+        if self.document:
+            self.kind = self._cycle(self.kind, kind_filters(self.document))
+            self.show_modules()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

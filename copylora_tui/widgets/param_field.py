@@ -1,0 +1,94 @@
+"""One parameter of the project form: its key, an editor, and its error right beside it.
+
+The editor fits the key's type: a checkbox for true/false, a text input (with completion
+where the key has fixed choices) for the rest. Every change is checked at once with the CLI's
+validator (:func:`copylora_tui.core.form.parse_text`) and reported upwards in a
+:class:`ParamField.Changed` message, valid or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.suggester import SuggestFromList
+from textual.widgets import Checkbox, Input, Label, Static
+
+from copylora_tui.core.form import INHERIT, FieldSpec, parse_text, value_text
+
+
+class ParamField(Vertical):
+    class Changed(Message):
+        """The field's text changed; ``error`` is None when the value is valid."""
+
+        def __init__(self, field: ParamField, value: Any, error: str | None) -> None:
+            super().__init__()
+            self.field = field
+            self.value = value
+            self.error = error
+
+        @property
+        def control(self) -> ParamField:
+            return self.field
+
+    def __init__(self, spec: FieldSpec, value: Any, *, inherited: Any = None) -> None:
+        super().__init__(id=f"field-{spec.section}-{spec.key}", classes="param-field")
+        self.spec = spec
+        self.text = value_text(value, spec)
+        self.inherited = inherited
+        self.error: str | None = None
+        self.tooltip = spec.doc
+
+    def compose(self) -> ComposeResult:
+        spec = self.spec
+        # Three children on a two-column grid (key | editor, the error under both): every
+        # container less per field is felt when a screen of forty fields opens.
+        yield Label(spec.key, classes="param-key")
+        yield self._editor()
+        yield Static("", classes="param-error")
+
+    def _editor(self):
+        """A checkbox for a true/false key, else a one-line input (keys with fixed choices get
+        completion from them: a Select per key would make the form several times slower to
+        open, and typing a prefix is quicker over SSH anyway)."""
+        spec = self.spec
+        if spec.kind is bool and not spec.override:
+            return Checkbox(self.text or "false", value=self.text == "true", compact=True, id="editor")
+        choices = spec.choices or (("true", "false") if spec.kind is bool else None)
+        placeholder = "unset" if spec.optional else ""
+        if spec.override:
+            shown = value_text(self.inherited, spec) if self.inherited is not None else "unset"
+            placeholder = f"inherits {shown}"
+        if choices:
+            placeholder = f"{placeholder + ' · ' if placeholder else ''}{' | '.join(choices)}"
+        suggester = SuggestFromList(choices, case_sensitive=False) if choices else None
+        return Input(self.text, placeholder=placeholder, suggester=suggester, compact=True, id="editor")
+
+    def _changed(self, text: str) -> None:
+        self.text = text
+        value, self.error = parse_text(text, self.spec)
+        self.show_error(self.error)
+        self.post_message(self.Changed(self, value, self.error))
+
+    def show_error(self, error: str | None) -> None:
+        """Show (or clear) a problem next to the field: its own or the whole project's."""
+        label = self.query_one(".param-error", Static)
+        label.update(f"↳ {error}" if error else "")
+        label.display = bool(error)
+        self.set_class(bool(error), "-invalid")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self._changed(event.value)
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        text = "true" if event.value else "false"
+        event.checkbox.label = text  # the word, not only the tick: ticks can look alike in 256 colours
+        self._changed(text)
+
+    @property
+    def is_inherit(self) -> bool:
+        return self.spec.override and parse_text(self.text, self.spec)[0] is INHERIT

@@ -1,0 +1,138 @@
+"""The app's headless core, without a terminal: the form model, log following, project
+states, deleting, the stats table and the curve."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from copylora_tui.core import form
+from copylora_tui.core.log_follow import LogFollower, collapse_cr
+from copylora_tui.core.projects import DONE, MISSING, STALE, delete_project, summarise
+from copylora_tui.core.stats_table import block_filters, kind_filters, load_stats, sorted_rows
+from copylora_tui.widgets.curve import render_curve
+from engine.project import load_project
+from tests.test_app_support import make_projects, mark_trained, write_stats
+
+
+def spec(path: str) -> form.FieldSpec:
+    section, key = path.split(".")
+    return next(s for s in form.section_fields(section) if s.key == key)
+
+
+@pytest.mark.parametrize(
+    "path, text, value",
+    [
+        ("train.network_dim", "16", 16),
+        ("train.learning_rate", "1e-4", 1e-4),
+        ("train.resolution", "[512, 768]", [512, 768]),
+        ("train.resolution", "600,900", [600, 900]),
+        ("train.resolution", "512", [512, 512]),
+        ("train.optimizer_type", "adamw", "AdamW"),
+        ("train.max_train_steps", "", None),
+        ("train.optimizer_args", "{ weight_decay = 0.01 }", {"weight_decay": 0.01}),
+        ("project.base_model", "/models/sd 15.safetensors", "/models/sd 15.safetensors"),
+        ("a.network_dim", "", form.INHERIT),
+        ("a.network_dim", "4", 4),
+        ("merge.ratios", "[1.0, -1.0]", [1.0, -1.0]),
+    ],
+)
+def test_field_text_is_parsed_like_toml(path, text, value):
+    assert form.parse_text(text, spec(path)) == (value, None)
+
+
+@pytest.mark.parametrize(
+    "path, text, message",
+    [
+        ("train.network_dim", "0", "must be greater than 0"),
+        ("train.network_dim", "eight", "not a value"),
+        ("train.network_dim", "", "must be an integer"),
+        ("train.learning_rate", "-1", "must be greater than 0"),
+        ("train.optimizer_type", "adamw9bit", "did you mean 'AdamW8bit'"),
+        ("train.resolution", "[10, 10]", "at least 64"),
+        ("merge.ratios", "[1, -1, 0.5]", "list of 2 items"),
+    ],
+)
+def test_field_errors_are_the_validators(path, text, message):
+    value, error = form.parse_text(text, spec(path))
+    assert value is None and message in error
+
+
+def test_values_apply_and_validate_like_the_cli(tmp_path):
+    project = load_project(make_projects(tmp_path) / "example-monochrome")
+    edited = form.apply_values(project, {"train.network_dim": 4, "a.learning_rate": 2e-4, "b.folder": "b"})
+    checked, problems = form.validate(edited)
+    assert problems == [] and checked.train.network_dim == 4 and checked.a.overrides == {"learning_rate": 2e-4}
+    both = form.apply_values(project, {"train.max_train_steps": 100})  # epochs are set too: a cross-key rule
+    checked, problems = form.validate(both)
+    assert checked is None and "not both" in problems[0].message
+    same = form.apply_values(project, {"b.folder": "a"})
+    _, problems = form.validate(same)
+    assert form.field_for_problem(problems[0], ["b.folder"]) == "b.folder"
+
+
+def test_log_follower_reads_only_new_complete_lines_and_collapses_cr(tmp_path):
+    log = tmp_path / "job.log"
+    follower = LogFollower(log)
+    assert follower.read_new() == []  # not created yet
+    log.write_bytes(b"start\nstep 1\rstep 2\rstep 3\nhalf")
+    assert follower.read_new() == ["start", "step 3"]
+    with open(log, "ab") as handle:
+        handle.write(b" a line\n")
+    assert follower.read_new() == ["half a line"]
+    assert follower.read_new() == []
+    log.write_bytes(b"rotated\n")  # shorter: read again from the start
+    assert follower.read_new() == ["rotated"]
+    assert collapse_cr("10%\r50%\r100%\r") == "100%"
+
+
+def test_log_follower_starts_near_the_end_of_a_long_log(tmp_path):
+    log = tmp_path / "job.log"
+    log.write_text("".join(f"line {i}\n" for i in range(10000)))
+    lines = LogFollower(log, initial_bytes=1000).read_new()
+    assert lines[-1] == "line 9999" and len(lines) < 150 and lines[0].startswith("line ")
+
+
+def test_project_states_follow_outputs_and_parameters(tmp_path):
+    folder = make_projects(tmp_path) / "example-monochrome"
+    summary = summarise(folder)
+    assert summary.valid and summary.sides["a"].state == MISSING and summary.merge.state == MISSING
+    mark_trained(folder)
+    summary = summarise(folder)
+    assert summary.sides["a"].state == DONE and summary.sides["b"].state == DONE and summary.output_bytes > 0
+    toml = folder / "copylora.toml"
+    toml.write_text(toml.read_text().replace("network_dim = 8", "network_dim = 4"))
+    summary = summarise(folder)
+    assert summary.sides["a"].state == STALE and "changed" in summary.sides["a"].reason
+    toml.write_text(toml.read_text().replace("network_dim = 4", "network_dim = -1"))
+    assert not summarise(folder).valid
+
+
+def test_delete_keeps_output_unless_asked(tmp_path):
+    projects = make_projects(tmp_path, ("one", "two"))
+    for name in ("one", "two"):
+        mark_trained(projects / name, ("a",))
+    removed = delete_project(summarise(projects / "one"), also_outputs=False)
+    assert (projects / "one" / "output" / "one_A.safetensors").is_file()
+    assert not (projects / "one" / "copylora.toml").exists() and projects / "one" / "a" in removed
+    delete_project(summarise(projects / "two"), also_outputs=True)
+    assert not (projects / "two").exists()
+
+
+def test_stats_rows_sort_and_filter(tmp_path):
+    document = load_stats(write_stats(tmp_path / "x.stats.json"))
+    rows = sorted_rows(document, sort="energy")
+    assert [r["energy_kept"] for r in rows] == sorted(r["energy_kept"] for r in rows)
+    assert sorted_rows(document, sort="norm")[0]["result_norm"] == max(r["result_norm"] for r in rows)
+    assert {r["block"] for r in sorted_rows(document, block="out")} == {"out2", "out3"}
+    assert [r["kind"] for r in sorted_rows(document, kind="conv3x3")] == ["conv3x3"]
+    assert block_filters(document)[:3] == ["in", "out", "in1"]
+    assert kind_filters(document) == ["conv1x1", "conv3x3", "linear"]
+
+
+def test_curve_draws_top_and_bottom_labels():
+    rows = render_curve([1.0, 0.5, 0.25, 0.0], width=12, height=3)
+    assert len(rows) == 3 and rows[0].startswith("1│") and rows[-1].startswith("0│")
+    assert rows[-1].endswith("█") is False and rows[0][2] == "█"
+    squeezed = render_curve(list(range(1000)), width=20, height=2)
+    assert all(len(row) == 20 for row in squeezed)

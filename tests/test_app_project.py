@@ -1,0 +1,157 @@
+"""The Project screen: the form validates as you type with the CLI's validator, an invalid
+project is never saved, a valid one is, and the plan follows the parameters."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input, Static
+
+from copylora_tui.app import CopyloraApp
+from copylora_tui.screens.project import ProjectScreen
+from engine.project import load_project
+from tests.test_app_support import make_projects, screen_text, use_home, wait_until
+
+
+def editor(app, path: str) -> Input:
+    section, key = path.split(".")
+    return app.screen.query_one(f"#field-{section}-{key} #editor")
+
+
+def field_error(app, path: str) -> str:
+    section, key = path.split(".")
+    return str(app.screen.query_one(f"#field-{section}-{key} .param-error", Static).render())
+
+
+async def open_project(pilot, app, folder):
+    app.action_open_project(folder)
+    await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and app.screen.fields)
+
+
+async def test_invalid_value_is_shown_and_never_saved_then_valid_one_is(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    original = toml.read_text()
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        dim = editor(app, "train.network_dim")
+        dim.focus()
+        dim.value = "0"
+        await pilot.pause()
+        assert "must be greater than 0" in field_error(app, "train.network_dim")
+        assert "train.network_dim: LoRA rank" in str(app.screen.query_one("#field-help", Static).render())
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert toml.read_text() == original  # refused while invalid
+        assert "not saved" in str(app.screen.query_one("#project-status", Static).render())
+        dim.value = "eight"
+        await pilot.pause()
+        assert "not a value" in field_error(app, "train.network_dim")
+        dim.value = "8"  # back to the saved value: valid, nothing to save
+        await pilot.pause()
+        assert field_error(app, "train.network_dim") == "" and not app.screen.dirty
+        dim.value = "4"
+        await wait_until(pilot, lambda: "unsaved" in str(app.screen.query_one("#project-status", Static).render()))
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "network_dim = 4" in toml.read_text())
+        assert load_project(folder).train.network_dim == 4
+        await wait_until(pilot, lambda: "saved, valid" in str(app.screen.query_one("#project-status", Static).render()))
+
+
+async def test_cross_key_problem_is_shown_and_blocks_saving(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    original = toml.read_text()
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        editor(app, "train.max_train_steps").value = "100"  # epochs are set too: not both
+        await wait_until(pilot, lambda: "not both" in screen_text(app))
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert toml.read_text() == original
+        editor(app, "train.max_train_epochs").value = ""
+        await wait_until(pilot, lambda: "A: 100 steps" in str(app.screen.query_one("#plan", Static).render()))
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "max_train_steps = 100" in toml.read_text())
+
+
+async def test_side_override_and_bad_folder(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        for side in ("a", "b"):  # folded sections are built when unfolded
+            app.screen.query_one(f"#section-{side}").collapsed = False
+        await wait_until(pilot, lambda: "a.network_dim" in app.screen.fields and "b.folder" in app.screen.fields)
+        editor(app, "b.folder").value = "nowhere"
+        await wait_until(pilot, lambda: "folder not found" in field_error(app, "b.folder"))
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert load_project(folder).b.folder == "b"
+        editor(app, "b.folder").value = "b"
+        editor(app, "a.network_dim").value = "4"
+        await wait_until(pilot, lambda: field_error(app, "b.folder") == "")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: load_project(folder).a.overrides == {"network_dim": 4})
+
+
+async def test_unsaved_changes_need_a_second_escape_and_run_needs_a_save(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        editor(app, "train.seed").value = "7"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.3)
+        assert env.worker_calls == []  # not run: the edit is not saved
+        await pilot.press("escape")
+        assert isinstance(app.screen, ProjectScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ProjectScreen)
+        assert "seed = 42" in (folder / "copylora.toml").read_text()
+
+
+async def test_a_project_that_does_not_load_shows_its_problems(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    toml.write_text(toml.read_text().replace("network_dim = 8", "network_dim = 0"))
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_open_project(folder)
+        await wait_until(pilot, lambda: "train.network_dim: must be greater than 0" in screen_text(app))
+        await pilot.press("ctrl+s")
+        assert toml.read_text().count("network_dim = 0") == 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # textual-image's use of a Pillow API
+async def test_teacher_pictures_drawn_with_textual_image_or_text(tmp_path, monkeypatch):
+    from copylora_tui import teacher_images
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    monkeypatch.setenv("COPYLORA_IMAGES", "1")
+    monkeypatch.setattr(teacher_images, "_loader", None)
+    monkeypatch.setattr(teacher_images, "_image_class", None)
+    assert teacher_images.preload()
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        await wait_until(pilot, lambda: len(app.screen.query(".teacher-image")) == 2)
+        assert "A: a/colour.png  128×192" in screen_text(app)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot draw here")
+
+    monkeypatch.setattr(teacher_images, "_image_class", broken)  # rendering fails: text only
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        await wait_until(pilot, lambda: "B: b/monochrome.png  128×192" in screen_text(app))
+        assert len(app.screen.query(".teacher-image")) == 0

@@ -1,0 +1,158 @@
+"""The Projects screen and its dialogs, driven with the pilot: list, empty state, new
+project (a bad picture path first, then a good one), run, delete, stats, navigation."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable, Input
+
+from copylora_tui.app import CopyloraApp
+from copylora_tui.screens.new_project import NewProjectScreen
+from copylora_tui.screens.project import ProjectScreen
+from copylora_tui.screens.queue import QueueScreen
+from copylora_tui.screens.stats import StatsScreen
+from engine.queue import Queue
+from tests.helpers import snapshot, write_png
+from tests.test_app_support import make_projects, mark_trained, screen_text, use_home, wait_until, write_stats
+
+
+def table(app) -> DataTable:
+    return app.screen.query_one("#projects", DataTable)
+
+
+async def test_lists_projects_with_their_state(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, ("example-monochrome", "day-night"))
+    mark_trained(projects / "day-night", ("a",))
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 2)
+        rows = [table(app).get_row_at(i) for i in range(2)]
+        assert [str(r[0]) for r in rows] == ["day-night", "example-monochrome"]
+        assert str(rows[0][2]) == "✓ trained" and str(rows[0][3]) == "—" and str(rows[0][1]) == "tiny"
+        await wait_until(pilot, lambda: "n New" in screen_text(app))
+        text = screen_text(app)
+        assert "worker not running" in text and "r Run" in text and "d Delete" in text
+
+
+async def test_empty_folder_says_how_to_make_a_project(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    app = CopyloraApp(tmp_path / "none")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: "copylora new" in screen_text(app))
+        assert "press n" in screen_text(app).lower() or "Press n" in screen_text(app)
+
+
+async def test_new_project_bad_path_writes_nothing_then_good_one_is_created(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    a, b = write_png(tmp_path / "pics" / "a.png"), write_png(tmp_path / "pics" / "b.png", colour=(90, 90, 90))
+    before = snapshot(projects)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("n")
+        assert isinstance(app.screen, NewProjectScreen)
+        dialog = app.screen
+        dialog.query_one("#new-name", Input).value = "mono"
+        dialog.query_one("#new-a", Input).value = str(tmp_path / "pics" / "missing.png")
+        dialog.query_one("#new-b", Input).value = str(b)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, NewProjectScreen)  # still open, with the error at the field
+        assert "no such file" in str(dialog.query_one("#error-a").render())
+        assert str(dialog.query_one("#error-b").render()) == ""
+        assert snapshot(projects) == before and not (projects / "mono").exists()
+        dialog.query_one("#new-a", Input).value = str(a)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: table(app).row_count == 2)
+        assert (projects / "mono" / "copylora.toml").is_file() and (projects / "mono" / "a" / "a.png").is_file()
+        assert str(table(app).get_row_at(table(app).cursor_row)[0]) == "mono"  # the new one is selected
+
+
+async def test_new_project_rejects_a_name_taken_or_with_a_slash(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    a = write_png(tmp_path / "a.png")
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        dialog = app.screen
+        for name, message in (("example-monochrome", "already exists"), ("x/y", "without /")):
+            dialog.query_one("#new-name", Input).value = name
+            dialog.query_one("#new-a", Input).value = str(a)
+            dialog.query_one("#new-b", Input).value = str(a)
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert message in str(dialog.query_one("#error-name").render())
+        await pilot.press("escape")
+        assert not isinstance(app.screen, NewProjectScreen)
+
+
+async def test_run_queues_a_b_merge_and_starts_the_worker(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("r")
+        await wait_until(pilot, lambda: str(table(app).get_row_at(0)[2]) == "queued")
+        jobs = Queue(env.home).jobs()
+        assert {"merge", "train A", "train B"} <= {j.label for j in jobs}
+        assert env.worker_calls, "the app starts the worker when the user runs a project"
+        assert str(table(app).get_row_at(0)[2]) == "queued"
+        await wait_until(pilot, lambda: "queued" in screen_text(app))
+        await pilot.press("r")  # again: nothing new is queued
+        await pilot.pause(0.3)
+        assert len(Queue(env.home).jobs()) == len(jobs)
+
+
+async def test_delete_asks_and_keeps_output_unless_ticked(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, ("one", "two"))
+    for name in ("one", "two"):
+        mark_trained(projects / name, ("a",))
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 2)
+        await pilot.press("d")
+        assert "Delete project one?" in screen_text(app)
+        await pilot.press("n")  # keep it
+        assert (projects / "one" / "copylora.toml").is_file()
+        await pilot.press("d", "y")  # delete, keep output/
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        assert not (projects / "one" / "copylora.toml").exists()
+        assert (projects / "one" / "output" / "one_A.safetensors").is_file()
+        await pilot.press("d", "o", "y")  # delete with output/: a second explicit choice
+        await wait_until(pilot, lambda: not table(app).display)
+        assert not (projects / "two").exists()
+
+
+async def test_open_project_stats_and_navigation_keys(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("s")  # no merge yet: a message, no screen
+        assert not isinstance(app.screen, StatsScreen)
+        write_stats(projects / "example-monochrome" / "output" / "example-monochrome.stats.json")
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: app.screen.summaries and app.screen.summaries[0].stats_path is not None)
+        await pilot.press("s")
+        assert isinstance(app.screen, StatsScreen)
+        await pilot.press("2")
+        assert isinstance(app.screen, QueueScreen)
+        await pilot.press("1")
+        await pilot.press("enter")
+        assert isinstance(app.screen, ProjectScreen)
+        await pilot.press("escape")
+        await pilot.press("o")
+        assert isinstance(app.screen, ProjectScreen)
+
+
+async def test_command_palette_lists_the_screens(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    app = CopyloraApp(make_projects(tmp_path))
+    async with app.run_test(size=(100, 30)):
+        names = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Projects", "Queue", "Monitor", "New project", "Run project", "Merge stats"} <= set(names)

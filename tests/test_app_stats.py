@@ -1,0 +1,51 @@
+"""The Merge stats screen: per-block summary and the module table, sorted and filtered."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from copylora_tui.app import CopyloraApp
+from copylora_tui.screens.stats import StatsScreen
+from tests.test_app_support import make_projects, screen_text, use_home, wait_until, write_stats
+
+
+def module_names(app) -> list[str]:
+    table = app.screen.query_one("#modules", DataTable)
+    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+
+
+async def test_stats_of_a_merged_lora_sort_and_filter(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    stats = write_stats(projects / "example-monochrome" / "output" / "example-monochrome.stats.json")
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.screen.summaries and app.screen.summaries[0].stats_path == stats)
+        await pilot.press("s")
+        assert isinstance(app.screen, StatsScreen)
+        text = screen_text(app)
+        assert "example-monochrome.safetensors" in text and "6 modules" in text and "Δ1=+1·example-monochrome_B" in text
+        assert app.screen.query_one("#blocks", DataTable).row_count == 4
+        assert module_names(app)[0] == "up2_res0_conv1"  # lowest energy kept first
+        await pilot.press("s")  # the next column: truncation error, largest first
+        assert app.screen.sort == "error" and module_names(app)[0] == "up2_res0_conv1"
+        app.screen.sort = "norm"
+        await pilot.press("r")
+        assert module_names(app)[0].startswith("down1_att0_proj_in")  # smallest ‖Δ‖ first when reversed
+        await pilot.press("b")  # first block filter: the "in" group
+        assert app.screen.block == "in" and len(module_names(app)) == 2
+        await pilot.press("b", "k")
+        assert app.screen.block == "out" and app.screen.kind == "conv1x1" and module_names(app) == []
+        await wait_until(pilot, lambda: "0 of 6" in screen_text(app))
+        await pilot.press("escape")
+        assert not isinstance(app.screen, StatsScreen)
+
+
+async def test_missing_or_broken_stats_file_is_a_message(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    broken = tmp_path / "x.stats.json"
+    broken.write_text("{not json")
+    app = CopyloraApp(make_projects(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_open_stats(broken)
+        await wait_until(pilot, lambda: "unreadable statistics" in screen_text(app))
