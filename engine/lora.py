@@ -371,9 +371,15 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
     """Read a kohya-format LoRA (any tool's): ``LoRAFile(modules, metadata)``.
 
     Accepts any rank/alpha per module, conv modules, a missing alpha (= rank, as kohya),
-    fp16/bf16/fp32. Anything unreadable raises :class:`LoRAFileError` saying why.
-    ``dtype``: convert the tensors (default: keep the file's dtype).
+    fp16/bf16/fp32. Module names come back as kohya's: PEFT/diffusers files
+    (``unet.….lora_A.weight``, ``text_encoder.``/``text_encoder_2.``; alphas from their
+    ``lora_adapter_metadata``, else alpha = rank) and SDXL files with diffusers-layout U-Net
+    names are renamed (see :func:`engine.lora_names.kohya_module_names`). Anything unreadable
+    raises :class:`LoRAFileError` saying why. ``dtype``: convert the tensors (default: keep
+    the file's dtype).
     """
+    from engine.lora_names import PEFT_COMPONENTS, PEFT_FACTORS, kohya_module_names
+
     path = Path(path)
     if not path.is_file():
         raise LoRAFileError(f"LoRA file not found: {path}")
@@ -381,19 +387,21 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
     groups: dict[str, dict[str, torch.Tensor]] = {}
     strange = []
     for key, value in tensors.items():
-        suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
+        suffix = next((s for s in (*_SUFFIXES, *PEFT_FACTORS) if key.endswith(s)), None)
         if suffix is None:
             strange.append(key)
             continue
-        groups.setdefault(key[: -len(suffix)], {})[suffix] = value
+        groups.setdefault(key[: -len(suffix)], {})[PEFT_FACTORS.get(suffix, suffix)] = value
     if strange:
         raise LoRAFileError(
-            f"{path}: not a kohya LoRA file (standard LoRA, lora_down/lora_up/alpha): "
-            f"{len(strange)} unsupported key(s) such as {strange[0]!r} (LyCORIS/LoHa/DoRA or diffusers "
-            "format files are not supported)"
+            f"{path}: not a standard LoRA file (kohya lora_down/lora_up/alpha or PEFT lora_A/lora_B): "
+            f"{len(strange)} unsupported key(s) such as {strange[0]!r} (LyCORIS/LoHa/DoRA files and diffusers' "
+            "old attention-processor format are not supported)"
         )
     if not groups:
         raise LoRAFileError(f"{path}: holds no LoRA modules")
+    names = kohya_module_names(list(groups), metadata)
+    adapter = _peft_adapter_metadata(metadata)
     modules = {}
     for name, parts in groups.items():
         down, up = parts.get(".lora_down.weight"), parts.get(".lora_up.weight")
@@ -402,11 +410,39 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
         if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
             raise LoRAFileError(f"{path}: module {name} has inconsistent shapes {tuple(down.shape)} / {tuple(up.shape)}")
         alpha = parts.get(".alpha")
+        if alpha is None and name.startswith(PEFT_COMPONENTS):
+            alpha = _peft_alpha(name, adapter)
         alpha = float(alpha) if alpha is not None and float(alpha) != 0 else float(down.shape[0])
         if dtype is not None:
             down, up = down.to(dtype), up.to(dtype)
-        modules[name] = LoRAWeights(down, up, alpha)
+        kohya = names[name]
+        if kohya in modules:
+            twin = next(n for n in groups if n != name and names[n] == kohya)
+            raise LoRAFileError(f"{path}: modules {twin} and {name} are the same module ({kohya}) under two names")
+        modules[kohya] = LoRAWeights(down, up, alpha)
     return LoRAFile(modules, metadata)
+
+
+def _peft_adapter_metadata(metadata: Mapping[str, str]) -> dict:
+    """diffusers' ``lora_adapter_metadata`` (PEFT settings per component, e.g. ``unet.lora_alpha``)."""
+    try:
+        data = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _peft_alpha(name: str, adapter: Mapping[str, Any]) -> float | None:
+    """A PEFT module's alpha: its ``alpha_pattern`` entry, else the component's ``lora_alpha``
+    (None: not given, so alpha = rank, PEFT's and diffusers' convention without metadata)."""
+    import re
+
+    component, _, module = name.partition(".")
+    for pattern, value in (adapter.get(f"{component}.alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
+            return float(value)
+    value = adapter.get(f"{component}.lora_alpha")
+    return float(value) if value is not None else None
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 UNET_TARGETS = ("Transformer2DModel",)
 UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -92,6 +93,13 @@ def sgm_layout(unet) -> tuple[int, list[bool]]:
     return unet.config.layers_per_block, [hasattr(b, "attentions") for b in unet.up_blocks]
 
 
+# --------------------------------------------------------------------------- diffusers <-> SGM
+#
+# The one place that knows how the original SGM/LDM U-Net numbers its blocks, as data: a table
+# {diffusers module prefix: SGM module prefix} built for a layout (:func:`sgm_block_map`),
+# plus the names of a resnet's parts. Both are plain dicts, so the map reads either way.
+
+# Inside a resnet (diffusers ResnetBlock2D -> SGM ResBlock).
 _RESNET_PARTS = {
     "norm1": "in_layers.0",
     "conv1": "in_layers.2",
@@ -100,35 +108,123 @@ _RESNET_PARTS = {
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
 }
+# SDXL base's layout (and tiny-sdxl's): 2 layers per block, up blocks 0 and 1 have attention.
+SDXL_LAYOUT = (2, (True, True, False))
 
 
-def diffusers_to_sgm(path: str, layers_per_block: int, up_has_attention: list[bool]) -> str:
-    """A diffusers U-Net module path in the original SGM/LDM layout (as kohya's SDXL U-Net).
+@lru_cache(maxsize=16)
+def sgm_block_map(layers_per_block: int, up_has_attention: tuple[bool, ...]) -> dict[str, str]:
+    """{diffusers module prefix: SGM module prefix} for every numbered block of a U-Net.
 
     Each level is a run of numbered slots: down block i, layer j is ``input_blocks.{n*i+j+1}``
     (slot 0 is conv_in; the level's last slot holds its downsampler); up block i, layer j is
     ``output_blocks.{n*i+j}``, n = layers + 1 both ways. Inside a slot, index 0 is the resnet,
-    1 the attention; an up-sampler sits after them in the level's last slot.
+    1 the attention; an up-sampler sits after them in the level's last slot. The middle block
+    is resnet, attention, resnet.
     """
     n = layers_per_block + 1
-    if m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", path):
-        side, block, kind, layer, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
-        slot = n * block + layer + (1 if side == "down" else 0)
-        if kind == "resnets":
-            return f"{'input' if side == 'down' else 'output'}_blocks.{slot}.0.{_resnet_part(rest)}"
-        return f"{'input' if side == 'down' else 'output'}_blocks.{slot}.1.{rest}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", path):
-        return f"input_blocks.{n * (int(m[1]) + 1)}.0.op{m[2]}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", path):
-        block = int(m[1])
-        return f"output_blocks.{n * block + n - 1}.{2 if up_has_attention[block] else 1}.{m[2]}"
-    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", path):
-        return f"middle_block.{2 * int(m[1])}.{_resnet_part(m[2])}"
-    if m := re.match(r"mid_block\.attentions\.0\.(.*)", path):
-        return f"middle_block.1.{m[1]}"
+    levels = len(up_has_attention)
+    table = {}
+    for i in range(levels):
+        for j in range(layers_per_block):
+            table[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{n * i + j + 1}.0"
+            table[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{n * i + j + 1}.1"
+        for j in range(n):
+            table[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{n * i + j}.0"
+            table[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{n * i + j}.1"
+        if i < levels - 1:
+            table[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{n * (i + 1)}.0.op"
+            table[f"up_blocks.{i}.upsamplers.0"] = f"output_blocks.{n * i + n - 1}.{2 if up_has_attention[i] else 1}"
+    table.update({"mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
+                  "mid_block.resnets.1": "middle_block.2"})
+    return table
+
+
+def diffusers_to_sgm(path: str, layers_per_block: int, up_has_attention) -> str:
+    """A diffusers U-Net module (or parameter) path in the original SGM/LDM layout (as kohya's
+    SDXL U-Net names it), by :func:`sgm_block_map`. Paths outside the numbered blocks are returned as given."""
+    return _to_sgm(path, ".", sgm_block_map(layers_per_block, tuple(up_has_attention)))
+
+
+def _to_sgm(path: str, sep: str, table: dict[str, str]) -> str:
+    if sep != ".":
+        table = _underscored(table)
+    parts = path.split(sep)
+    for k in range(min(len(parts), 6), 2, -1):  # longest prefix first (they have 3-5 parts at ".", 4-6 at "_")
+        prefix = sep.join(parts[:k])
+        if prefix in table:
+            rest = sep.join(parts[k:])
+            if "resnets" in prefix:
+                rest = _resnet_part(rest, sep)
+            return table[prefix] + (sep + rest if rest else "")
     return path
 
 
-def _resnet_part(rest: str) -> str:
-    head, _, tail = rest.partition(".")
-    return _RESNET_PARTS.get(head, head) + ("." + tail if tail else "")
+@lru_cache(maxsize=16)
+def _underscored_cached(items: tuple) -> dict[str, str]:
+    return {k.replace(".", "_"): v.replace(".", "_") for k, v in items}
+
+
+def _underscored(table: dict[str, str]) -> dict[str, str]:
+    return _underscored_cached(tuple(table.items()))
+
+
+def _resnet_part(rest: str, sep: str = ".") -> str:
+    for head, sgm in _RESNET_PARTS.items():
+        head = head.replace(".", sep)
+        if rest == head or rest.startswith(head + sep):
+            return sgm.replace(".", sep) + rest[len(head):]
+    return rest
+
+
+# --------------------------------------------------------------------------- reading other names
+
+# PEFT/diffusers LoRA keys (``pipe.save_lora_weights``): component prefix and factor suffixes.
+PEFT_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")
+PEFT_FACTORS = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
+_DIFFUSERS_UNET = re.compile(r"^lora_unet_(down_blocks|mid_block|up_blocks)_")
+# Module names that exist in SDXL's diffusers layout and in no SD1/SD2 U-Net: SD1/SD2 have one
+# transformer block per attention, and their up block 0 has none.
+_ONLY_SDXL = re.compile(r"_transformer_blocks_[1-9]|^lora_unet_up_blocks_0_attentions_")
+
+
+def is_sdxl_file(names, metadata) -> bool:
+    """Whether kohya-style module names (+ the file's metadata) are an SDXL LoRA's."""
+    version = metadata.get("ss_base_model_version", "")
+    if version.startswith("sdxl") or "stable-diffusion-xl" in metadata.get("modelspec.architecture", ""):
+        return True
+    return any(n.startswith(("lora_te1_", "lora_te2_")) or "_input_blocks_" in n or "_output_blocks_" in n
+               or "_middle_block_" in n or _ONLY_SDXL.search(n) for n in names)
+
+
+def kohya_module_names(names, metadata) -> dict[str, str]:
+    """{name in the file: kohya name} for the LoRA module names of a file.
+
+    Reads, besides kohya's own names: PEFT/diffusers module paths (``unet.down_blocks.1...``,
+    ``text_encoder.``, ``text_encoder_2.``: see :func:`peft_module_name`), and SDXL files
+    whose U-Net modules have kohya names built from diffusers paths
+    (``lora_unet_down_blocks_1_attentions_0_...``), which become the SGM names kohya's SDXL
+    code writes (``lora_unet_input_blocks_4_1_...``). SD1/SD2 names are kept.
+    """
+    peft = [n for n in names if n.startswith(PEFT_COMPONENTS)]
+    renamed = {n: n for n in names}
+    sdxl = is_sdxl_file([n for n in names if n not in peft], metadata) or any(n.startswith("text_encoder_2.") for n in peft)
+    if peft and not sdxl:  # a PEFT SDXL file may only hold U-Net modules: look at their names too
+        sdxl = is_sdxl_file(["lora_unet_" + n[len("unet."):].replace(".", "_") for n in peft if n.startswith("unet.")], {})
+    for name in names:
+        if name in peft:
+            renamed[name] = peft_module_name(name, sdxl)
+        elif sdxl and _DIFFUSERS_UNET.match(name):
+            renamed[name] = "lora_unet_" + _to_sgm(name[len("lora_unet_"):], "_", sgm_block_map(*SDXL_LAYOUT))
+    return renamed
+
+
+def peft_module_name(path: str, sdxl: bool) -> str:
+    """kohya's name for a PEFT/diffusers module path (``unet.…``, ``text_encoder.…``, ``text_encoder_2.…``)."""
+    component, _, rest = path.partition(".")
+    if component == "unet":
+        if sdxl:
+            rest = diffusers_to_sgm(rest, *SDXL_LAYOUT)
+        return unet_lora_name(rest)
+    prefix = "lora_te2_" if component == "text_encoder_2" else "lora_te1_" if sdxl else "lora_te_"
+    return prefix + _text_path(rest).replace(".", "_")

@@ -72,6 +72,7 @@ class BaseModel:
                 tokenizer_2=self.tokenizers[1],
                 unet=self.unet,
                 scheduler=scheduler,
+                add_watermarker=False,  # a preview must show the model's output, nothing added
             )
         return StableDiffusionPipeline(
             vae=self.vae,
@@ -299,6 +300,34 @@ def clip_tokenizer_from_bpe(path: str | os.PathLike, pad_token: str | None = Non
     )
 
 
+def peek_family(spec: str) -> str | None:
+    """The family of a base model spec from its headers and configs only (no torch, no
+    weights read), or None when that cannot tell (a ``.ckpt``, a damaged file...).
+
+    For choices made before anything is loaded, e.g. a new project's default resolution.
+    """
+    from engine.tiny_model import BUILTIN_FAMILIES
+
+    if spec in BUILTIN_FAMILIES:
+        return BUILTIN_FAMILIES[spec]
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            info = json.loads((path / "model_index.json").read_text())
+            unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+            sched_path = path / "scheduler" / "scheduler_config.json"
+            sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
+            return _folder_family(path, info, unet_cfg, sched_cfg)
+        if path.suffix.lower() == ".safetensors":
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size)) if 0 < size < 100 * 2**20 else {}
+            return detect_family({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    except (OSError, ValueError, KeyError, TypeError, ModelError):
+        return None
+    return None
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -310,7 +339,7 @@ def load_base_model(
     device: str = "cpu",
     config_dir: str | os.PathLike | None = None,
 ) -> BaseModel:
-    """Load a base model: ``"tiny"``, a diffusers folder, or a single-file checkpoint.
+    """Load a base model: ``"tiny"``/``"tiny-sdxl"``, a diffusers folder, or a single-file checkpoint.
 
     ``family`` is "auto" (read from the model) or one of FAMILIES to override it; for SD2
     single files it is the only sure way to say v-prediction ("sd2-v") or epsilon ("sd2").
@@ -325,15 +354,17 @@ def load_base_model(
     dtype = dtype or torch.float32
     if family != "auto" and family not in FAMILIES:
         raise ModelError(f"unknown model family {family!r}; use auto or one of {', '.join(FAMILIES)}")
-    if spec == "tiny":
-        from engine.tiny_model import tiny_model_dir
+    from engine.tiny_model import BUILTIN_MODEL_DIRS, builtin_model_dir
 
-        model = _load_diffusers_folder(tiny_model_dir(), family, dtype)
-        model.name, model.source = "tiny", "tiny"
+    if spec in BUILTIN_MODEL_DIRS:  # "tiny" (SD1.5 layout) or "tiny-sdxl"
+        model = _load_diffusers_folder(builtin_model_dir(spec), family, dtype)
+        model.name, model.source = spec, spec
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise ModelError(f"base model not found: {spec} (give 'tiny', a diffusers folder or a .safetensors file)")
+            raise ModelError(
+                f"base model not found: {spec} (give 'tiny', 'tiny-sdxl', a diffusers folder or a .safetensors file)"
+            )
         if path.is_dir():
             model = _load_diffusers_folder(path, family, dtype)
         elif path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
@@ -361,10 +392,12 @@ def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
         raise ModelError(f"{path}: unreadable diffusers config ({exc})") from exc
     if family == "auto":
         family = _folder_family(path, info, unet_cfg, sched_cfg)
+    if family == "sdxl":
+        extra = {"add_watermarker": False}
+    else:
+        extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipe = DiffusionPipeline.from_pretrained(
-            str(path), dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
-        )
+        pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load this diffusers model ({type(exc).__name__}: {exc})") from exc
     return _from_pipeline(pipe, family, name=path.name, model_hash=None)
@@ -399,6 +432,7 @@ def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
     kwargs: dict[str, Any] = {"tokenizer": find_clip_tokenizer(config_dir, "tokenizer", vocab)}
     if family == "sdxl":
         kwargs["tokenizer_2"] = find_clip_tokenizer(config_dir, "tokenizer_2", _vocab_size(configs / "text_encoder_2"))
+        kwargs["add_watermarker"] = False
     else:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline

@@ -16,6 +16,17 @@ from engine.params import TrainParams
 from engine.project import SIDES, Project
 
 BUCKET_STEP = 64
+# Default [train].resolution of a new project (``copylora new``) by base-model family. SD1/SD2:
+# the recipe's 600x900. SDXL: 832x1216, SDXL's own 2:3 bucket (about 1024x1024 pixels): the
+# same portrait shape at SDXL's scale. [1024, 1024] would cap the longest side at 1024, so a
+# 2:3 teacher would train at 640x1024, well below SDXL's native area.
+DEFAULT_RESOLUTION = {"sdxl": [832, 1216]}
+SD_RESOLUTION = [600, 900]
+
+
+def default_resolution(family: str | None) -> list[int]:
+    """The default ``[width, height]`` of training buckets (and previews) for a model family."""
+    return list(DEFAULT_RESOLUTION.get(family or "", SD_RESOLUTION))
 
 
 def bucket_size(width: int, height: int, resolution: list[int] | tuple[int, int], step: int = BUCKET_STEP) -> tuple[int, int]:

@@ -37,7 +37,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 PROJECT_FILE = "copylora.toml"
 SIDES = ("a", "b")
-BUILTIN_MODELS = ("tiny",)
+BUILTIN_MODELS = ("tiny", "tiny-sdxl")  # engine.tiny_model.BUILTIN_MODEL_DIRS
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 TABLES = ("project", "train", "a", "b", "merge", "sample", "reg")
 

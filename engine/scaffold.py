@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import Problem, ValidationError
 from engine.images import IMAGE_EXTENSIONS, read_image_info
+from engine.models import peek_family
 from engine.params import ProjectInfo
+from engine.plan import default_resolution
 from engine.project import BUILTIN_MODELS, Project, load_project, save_project
 
 
@@ -52,6 +55,11 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
             (staging / side).mkdir()
             shutil.copy2(image, staging / side / image.name)
         project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model))
+        family = peek_family(base_model)
+        if family == "sdxl":  # SDXL-sized buckets and previews (engine.plan.DEFAULT_RESOLUTION)
+            size = default_resolution(family)
+            project.train = replace(project.train, resolution=size)
+            project.sample = replace(project.sample, size=size)
         save_project(project)
         staging.rename(dest)
     except BaseException:

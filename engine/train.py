@@ -104,11 +104,12 @@ def min_snr_weights(timesteps, scheduler, gamma: float, v_prediction: bool):
     return clipped / (snr + 1) if v_prediction else clipped / snr
 
 
-def evaluation_loss(model, latents, cond, *, count: int = 8, seed: int = 0) -> float:
+def evaluation_loss(model, latents, cond, *, count: int = 8, seed: int = 0, added_cond: dict | None = None) -> float:
     """Mean denoising loss on ``latents`` at fixed noise and evenly spread timesteps.
 
     A fixed yardstick (unlike the training loss, which jumps with the random timestep): it
-    falls as the LoRA learns to copy the teacher picture.
+    falls as the LoRA learns to copy the teacher picture. ``added_cond``: SDXL's
+    ``added_cond_kwargs`` (see :func:`engine.conditioning.added_conditions`).
     """
     import torch
 
@@ -122,7 +123,8 @@ def evaluation_loss(model, latents, cond, *, count: int = 8, seed: int = 0) -> f
             noise = torch.randn(latents.shape, generator=generator)
             noisy = scheduler.add_noise(latents.cpu(), noise, t)
             target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents.cpu(), noise, t)
-            pred = model.unet(noisy.to(device, model.unet.dtype), t.to(device), cond.to(device, model.unet.dtype)).sample
+            pred = model.unet(noisy.to(device, model.unet.dtype), t.to(device), cond.to(device, model.unet.dtype),
+                              added_cond_kwargs=added_cond).sample
             total += float(torch.nn.functional.mse_loss(pred.float().cpu(), target))
     return total / count
 
@@ -247,12 +249,17 @@ def train(
     scheduler = model.noise_scheduler
 
     # ---- cached latents (once per image) and text embeddings (once per prompt)
-    from engine.conditioning import encode_prompt
+    from engine.conditioning import added_conditions, encode_text, sdxl_time_ids
     from engine.images import image_files
+
+    def size_conditions(cached, buckets):  # SDXL's time ids per latent: original (h, w), crop (top, left), bucket (h, w);
+        # a flipped latent keeps its crop (the default centre crop is symmetric)
+        return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
 
     images = [i.path for i in sp.images]
     cache = cache_teacher_latents(model.vae, images, list(sp.buckets), flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed)
     latents = list(cache.latents)
+    time_ids = size_conditions(cache, sp.buckets)
     flipped = list(cache.flipped) if cache.flipped is not None else None
     samples = [Sample(i, 0, 1.0, sp.buckets[i]) for i in range(len(images)) for _ in range(sp.repeats)]
     prompts = [""]
@@ -269,13 +276,14 @@ def train(
         reg_cache = cache_teacher_latents(model.vae, reg_paths, reg_buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed + 10_000)
         offset = len(latents)
         latents += reg_cache.latents
+        time_ids += size_conditions(reg_cache, reg_buckets)
         if flipped is not None:
             flipped += reg_cache.flipped
         # sd-scripts pairs each teacher sample with one class sample per epoch.
         teacher_count = len(samples)
         samples += [Sample(offset + k % len(reg_paths), 1, reg.prior_loss_weight, reg_buckets[k % len(reg_paths)]) for k in range(teacher_count)]
     train_text = not p.network_train_unet_only
-    cond_cache = None if train_text else [encode_prompt(model, prompt, p.clip_skip) for prompt in prompts]
+    text_cache = None if train_text else [encode_text(model, prompt, p.clip_skip) for prompt in prompts]
     model.vae.to("cpu")  # not needed again: give its memory to training
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -391,12 +399,14 @@ def train(
             noisy = scheduler.add_noise(x0, noise, timesteps)
             target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
             if train_text:
-                cond = torch.cat([encode_prompt(model, prompts[s.cond_index], p.clip_skip, grad=True) for s in batch])
+                texts = [encode_text(model, prompts[s.cond_index], p.clip_skip, grad=True) for s in batch]
             else:
-                cond = torch.cat([cond_cache[s.cond_index] for s in batch])
+                texts = [text_cache[s.cond_index] for s in batch]
+            cond = torch.cat([t.hidden for t in texts])
+            added = added_conditions(texts, [time_ids[s.latent_index] for s in batch], device=device, dtype=weight_dtype)  # SDXL only
 
             with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype)).sample
+                pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype), added_cond_kwargs=added).sample
             loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
             if p.min_snr_gamma:
                 loss = loss * min_snr_weights(timesteps, scheduler, p.min_snr_gamma, v_prediction)

@@ -1,4 +1,7 @@
-"""Make the teacher pair of projects/example-monochrome (run once; the PNGs are committed).
+"""Make the example projects (run once; the PNGs and TOMLs are committed):
+
+* projects/example-monochrome: on the built-in ``tiny`` model (SD1.5 layout);
+* projects/example-sdxl: the same pair on the built-in ``tiny-sdxl`` model (SDXL layout).
 
 A is a synthetic colourful picture (gradient sky, sun, hills, a house); B is its exact
 grayscale (ITU-R 601 luma, Pillow's "L" conversion, back to RGB). The only difference between
@@ -14,6 +17,7 @@ from PIL import Image, ImageDraw
 
 WIDTH, HEIGHT = 128, 192  # 2:3 portrait, like the recipe's 600x900
 HERE = Path(__file__).resolve().parent / "example-monochrome"
+HERE_SDXL = Path(__file__).resolve().parent / "example-sdxl"
 
 
 def colourful_picture() -> Image.Image:
@@ -30,7 +34,7 @@ def colourful_picture() -> Image.Image:
     return image
 
 
-def write_project_file() -> None:
+def write_project_file(root: Path = HERE, base_model: str = "tiny", epochs: int = 40, save_every: int = 100) -> None:
     """The project file: the recipe scaled down so A, B and the merge run on a CPU in about a minute."""
     import sys
 
@@ -39,14 +43,14 @@ def write_project_file() -> None:
     from engine.project import Project, save_project
 
     project = Project(
-        root=HERE,
-        info=ProjectInfo(name="example-monochrome", base_model="tiny"),
+        root=root,
+        info=ProjectInfo(name=root.name, base_model=base_model),
         train=TrainParams(
-            learning_rate=1e-3,  # the tiny model needs a bigger step than the recipe's 1e-4
-            max_train_epochs=40,  # 1 image x 5 repeats x 40 epochs = 200 steps per side
+            learning_rate=1e-3,  # the tiny models need a bigger step than the recipe's 1e-4
+            max_train_epochs=epochs,  # 1 image x 5 repeats x epochs steps per side
             resolution=[128, 192],
             mixed_precision="no",  # CPU
-            save_every_n_steps=100,
+            save_every_n_steps=save_every,
         ),
         merge=MergeParams(new_rank=16),
         sample=SampleParams(prompts=[""], steps=8, size=[128, 192]),
@@ -57,12 +61,14 @@ def write_project_file() -> None:
 def main() -> None:
     a = colourful_picture()
     b = a.convert("L").convert("RGB")
-    (HERE / "a").mkdir(parents=True, exist_ok=True)
-    (HERE / "b").mkdir(parents=True, exist_ok=True)
-    a.save(HERE / "a" / "colour.png", optimize=True)
-    b.save(HERE / "b" / "monochrome.png", optimize=True)
-    write_project_file()
-    print(f"wrote {HERE / 'a' / 'colour.png'}, {HERE / 'b' / 'monochrome.png'} and {HERE / 'copylora.toml'}")
+    # example-sdxl: tiny-sdxl's step costs about 4x tiny's on a CPU, so 1 x 5 x 8 = 40 steps a side.
+    for root, base, epochs, save_every in ((HERE, "tiny", 40, 100), (HERE_SDXL, "tiny-sdxl", 8, 20)):
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        (root / "b").mkdir(parents=True, exist_ok=True)
+        a.save(root / "a" / "colour.png", optimize=True)
+        b.save(root / "b" / "monochrome.png", optimize=True)
+        write_project_file(root, base, epochs, save_every)
+        print(f"wrote {root / 'a' / 'colour.png'}, {root / 'b' / 'monochrome.png'} and {root / 'copylora.toml'}")
 
 
 if __name__ == "__main__":
