@@ -87,13 +87,13 @@ class _Change:
 
 def _resolve_base(base_spec: str) -> tuple[str, Path]:
     """("diffusers" | "single-file", path) of a base model spec, or a clear error."""
-    if base_spec == "tiny":
-        from engine.tiny_model import tiny_model_dir
+    from engine.tiny_model import BUILTIN_MODEL_DIRS, builtin_model_dir
 
-        return "diffusers", tiny_model_dir()
+    if base_spec in BUILTIN_MODEL_DIRS:
+        return "diffusers", builtin_model_dir(base_spec)
     path = Path(base_spec).expanduser()
     if not path.exists():
-        raise ModelError(f"base model not found: {base_spec} (give 'tiny', a diffusers folder or a .safetensors file)")
+        raise ModelError(f"base model not found: {base_spec} (give 'tiny', 'tiny-sdxl', a diffusers folder or a .safetensors file)")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelError(f"{path}: not a diffusers model folder (no model_index.json)")
@@ -374,7 +374,7 @@ def bake_lora(
         "lora": lora_path.name,
         "lora_sha256": file_sha256(lora_path),
         "ratio": ratio,
-        "base": base.name if base_spec != "tiny" else "tiny",
+        "base": base_spec if base_spec in ("tiny", "tiny-sdxl") else base.name,
         "modules": len(lora.modules),
         "save_precision": save_precision or "same",
     }

@@ -293,7 +293,7 @@ def extract_lora(
 
 
 def _display(spec: str) -> str:
-    return "tiny" if spec == "tiny" else Path(spec).name
+    return spec if spec in ("tiny", "tiny-sdxl") else Path(spec).name
 
 
 def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile, min_diff, svd, modules, save_to) -> dict[str, str]:

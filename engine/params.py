@@ -76,8 +76,8 @@ def spec(
 class ProjectInfo:
     name: str = spec("Project name; output files are named after it.", default="")
     base_model: str = spec(
-        'Base model: "tiny" (built-in test model), a single-file .safetensors checkpoint, '
-        "or a diffusers folder. Relative paths are relative to this file.",
+        'Base model: "tiny" or "tiny-sdxl" (built-in test models), a single-file .safetensors '
+        "checkpoint, or a diffusers folder. Relative paths are relative to this file.",
         default="tiny",
     )
     model_family: str = spec(

@@ -414,3 +414,11 @@ def test_cli_help_lists_kohya_flags(capsys):
 
 def test_errors_are_copylora_errors():
     assert issubclass(ExtractError, CopyloraError)
+
+
+def test_builtin_bases_resolve_to_their_folders():
+    from engine.bake import _resolve_base
+    from engine.tiny_model import tiny_model_dir, tiny_sdxl_dir
+
+    assert _resolve_base("tiny") == ("diffusers", tiny_model_dir())
+    assert _resolve_base("tiny-sdxl") == ("diffusers", tiny_sdxl_dir())
