@@ -174,7 +174,7 @@ def merge_loras(
                 shape=[out_f, in_f, kernel] if kernel > 1 else [out_f, in_f],
                 input_ranks=input_ranks,
                 kept_rank=k,
-                singular_values=[float(x) for x in svd.all_s[:64].cpu()],
+                singular_values=svd.all_s[:64].double().cpu().tolist(),
                 energy_kept=energy_kept / energy_all if energy_all > 0 else 1.0,
                 rel_error=((energy_all - energy_kept) / energy_all) ** 0.5 if energy_all > 0 else 0.0,
                 input_norms=input_norms,
