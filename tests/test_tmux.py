@@ -69,7 +69,8 @@ def session(tmp_path):
 
 def test_projects_screen_navigation_and_exit_when_the_terminal_dies(session):
     name, pidfile = session
-    shown = wait_for(name, "n New")
+    wait_for(name, "n New")
+    shown = wait_for(name, "example-monochrome")  # the rows come from a background scan, after the first frame
     assert "Projects" in shown and "example-monochrome" in shown and "worker not running" in shown
     assert tmux("display-message", "-p", "-t", name, "#{window_width}x#{window_height}").strip() == "100x30"
     pid = int(Path(pidfile).read_text())
