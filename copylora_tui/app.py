@@ -21,6 +21,7 @@ from textual.message import Message
 from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 
+from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot, read_snapshot
 
 POLL_S = 0.5
@@ -52,8 +53,7 @@ class CopyloraApp(App[int]):
         self.projects_dir = Path(projects_dir)
         self.home = home  # None: COPYLORA_HOME or ~/.local/state/copylora, as the CLI
         self.poll_s = poll_s
-        self._poll_queue = None  # the poll thread's own connection (sqlite handles are per thread of use)
-        self._polling = False
+        self._reader = QueueReader(home)  # the poll thread's own connection
 
     def get_default_screen(self) -> Screen:
         from copylora_tui.screens.projects import ProjectsScreen
@@ -73,22 +73,16 @@ class CopyloraApp(App[int]):
     def poll(self) -> None:
         """Read the queue in a thread, unless the last read is still going (a busy database
         must not pile up readers)."""
-        if self._polling:
-            return
-        self._polling = True
-        self.run_worker(self._read_queue, thread=True, group="poll", exit_on_error=False)
+        if self._reader.begin():
+            self.run_worker(self._read_queue, thread=True, group="poll", exit_on_error=False)
 
     def _read_queue(self) -> None:
         try:
-            if self._poll_queue is None:
-                from engine.queue import Queue
-
-                self._poll_queue = Queue(self.home)
-            snapshot = read_snapshot(self._poll_queue)
+            snapshot = read_snapshot(self._reader.queue())
         except Exception as exc:  # the state folder cannot be created or opened
             snapshot = QueueSnapshot(error=str(exc))
         finally:
-            self._polling = False
+            self._reader.end()
         self.post_message(self.SnapshotRead(snapshot))
 
     def on_copylora_app_snapshot_read(self, message: SnapshotRead) -> None:
@@ -120,8 +114,7 @@ class CopyloraApp(App[int]):
             self.call_from_thread(self.poll)
 
     def on_unmount(self) -> None:
-        if self._poll_queue is not None:
-            self._poll_queue.close()
+        self._reader.close()
 
     # ------------------------------------------------------------------ navigation
 

@@ -1,4 +1,5 @@
-"""The teacher pictures A and B, drawn with textual-image where the terminal can show them.
+"""Pictures (the teacher pictures A and B, preview grids) drawn with textual-image where the
+terminal can show them.
 
 textual-image asks the terminal what it supports (sixel, the kitty graphics protocol, or
 coloured half cells) when it is imported, and that question only works before Textual starts
@@ -8,7 +9,8 @@ textual-image brings numpy; so by default it is loaded only on terminals that sa
 pictures (kitty, WezTerm, iTerm2, Konsole, foot, …), and in a thread that overlaps the rest
 of the start-up. ``COPYLORA_IMAGES=1`` loads it anyway (half-cell pictures on any colour
 terminal), ``COPYLORA_IMAGES=0`` never. Without it, or if anything fails, the project screen
-shows each picture's size and path as text.
+shows each teacher picture's size and path as text, and preview grids are drawn with coloured
+half blocks by :mod:`copylora_tui.core.halfblock` (Rich and Pillow only).
 """
 
 from __future__ import annotations
@@ -69,11 +71,12 @@ def preload() -> bool:
     return _image_class is not None
 
 
-def image_widget(path: Path, **kwargs):
-    """A widget drawing ``path``, or None (then the caller shows text)."""
+def image_widget(picture: Path | object, **kwargs):
+    """A widget drawing ``picture`` (a path, or a Pillow image already decoded), or None (then
+    the caller draws it another way)."""
     if _image_class is None:
         return None
     try:
-        return _image_class(str(path), **kwargs)
+        return _image_class(str(picture) if isinstance(picture, Path) else picture, **kwargs)
     except Exception:
         return None

@@ -1,5 +1,5 @@
 """The app's headless core, without a terminal: the form model, log following, project
-states, deleting, the stats table and the curve."""
+states, deleting, the stats table, the curve and the threads' queue connection."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from copylora_tui.core import form
 from copylora_tui.core.log_follow import LogFollower, collapse_cr
 from copylora_tui.core.projects import DONE, MISSING, STALE, delete_project, summarise
+from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.stats_table import block_filters, kind_filters, load_stats, sorted_rows
 from copylora_tui.widgets.curve import render_curve
 from engine.project import load_project
@@ -136,3 +137,16 @@ def test_curve_draws_top_and_bottom_labels():
     assert rows[-1].endswith("█") is False and rows[0][2] == "█"
     squeezed = render_curve(list(range(1000)), width=20, height=2)
     assert all(len(row) == 20 for row in squeezed)
+
+
+def test_queue_reader_closes_after_the_running_read(tmp_path):
+    """Closing while a thread reads must not close the connection under it (sqlite crashes)."""
+    reader = QueueReader(tmp_path / "state")
+    assert reader.begin() and not reader.begin()  # one read at a time
+    queue = reader.queue()
+    reader.close()  # the screen goes away mid-read
+    assert queue.jobs() == []  # still open for the read in progress
+    reader.end()
+    with pytest.raises(Exception):
+        queue.jobs()  # closed by end()
+    assert not reader.begin()  # and no read starts after closing

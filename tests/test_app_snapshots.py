@@ -13,7 +13,8 @@ from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.screens.stats import StatsScreen
-from tests.test_app_support import build_demo, screen_text, use_home, wait_until
+from copylora_tui.widgets.preview_pane import PreviewPane
+from tests.test_app_support import FIXED_T, build_demo, screen_text, use_home, wait_until, write_preview
 
 WIDE, NARROW = (100, 30), (80, 24)
 
@@ -30,6 +31,26 @@ def demo(tmp_path, monkeypatch):
     yield CopyloraApp("projects", poll_s=0.2)
     monkeypatch.delenv("TZ")
     time.tzset()
+
+
+@pytest.fixture
+def previews(demo, tmp_path):
+    """The demo with example-monochrome's previews: A at steps 100 and 200, then the grid."""
+    folder = tmp_path / "projects" / "example-monochrome" / "output" / "samples"
+    for step in (100, 200):
+        write_preview(folder / f"example-monochrome_A-step{step:06d}.png", strengths=(1.0,), step=step, side="a", mtime=FIXED_T + step)
+    write_preview(folder / "example-monochrome-grid.png", mtime=FIXED_T + 300)
+    return demo
+
+
+def preview_shown(pilot, pane_id: str, name: str) -> bool:
+    panes = pilot.app.screen.query(f"#{pane_id}")
+    return bool(panes) and panes.first(PreviewPane).shown is not None and panes.first(PreviewPane).shown.name == name
+
+
+def jobs_shown(pilot) -> bool:
+    """The project's jobs are in its table (below the fold at 100×30)."""
+    return pilot.app.screen.query_one("#history").row_count == 3
 
 
 def projects_ready(pilot):
@@ -81,9 +102,21 @@ def test_project_form_with_an_invalid_field(snap_compare, demo):
         field = pilot.app.screen.query_one("#field-train-network_dim #editor", Input)
         field.focus()
         field.value = "0"
-        await wait_until(pilot, lambda: "must be greater than 0" in screen_text(pilot.app) and "running" in screen_text(pilot.app))
+        await wait_until(pilot, lambda: "must be greater than 0" in screen_text(pilot.app) and jobs_shown(pilot)
+                         and "no preview yet" in screen_text(pilot.app))
 
     assert snap_compare(demo, terminal_size=WIDE, run_before=run_before)
+
+
+def test_project_with_a_preview(snap_compare, previews):
+    async def run_before(pilot):
+        await projects_ready(pilot)
+        await pilot.press("down", "down", "o")  # example-monochrome: the newest preview is the grid
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen) and pilot.app.screen.fields
+                         and preview_shown(pilot, "project-preview", "example-monochrome-grid.png") and jobs_shown(pilot))
+        await pilot.pause(0.2)
+
+    assert snap_compare(previews, terminal_size=WIDE, run_before=run_before)
 
 
 def test_queue(snap_compare, demo):
@@ -110,9 +143,23 @@ def test_monitor_running_job(snap_compare, demo):
         await pilot.press("3")
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, MonitorScreen)
                          and len(pilot.app.screen.query_one("#loss-curve").values) >= 400
-                         and "lr 1.0e-04" in screen_text(pilot.app) and "ETA 02:56" in screen_text(pilot.app))
+                         and pilot.app.screen.query_one("#log").line_count >= 40 and "ETA 02:56" in screen_text(pilot.app)
+                         and "no preview yet" in screen_text(pilot.app))
 
     assert snap_compare(demo, terminal_size=WIDE, run_before=run_before)
+
+
+def test_monitor_with_a_preview(snap_compare, previews):
+    async def run_before(pilot):
+        await projects_ready(pilot)
+        await pilot.press("3")  # train A: its newest step preview, not the grid
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, MonitorScreen)
+                         and len(pilot.app.screen.query_one("#loss-curve").values) >= 400
+                         and pilot.app.screen.query_one("#log").line_count >= 40 and "ETA 02:56" in screen_text(pilot.app)
+                         and preview_shown(pilot, "monitor-preview", "example-monochrome_A-step000200.png"))
+        await pilot.pause(0.2)
+
+    assert snap_compare(previews, terminal_size=WIDE, run_before=run_before)
 
 
 def test_stats(snap_compare, demo):

@@ -226,3 +226,37 @@ def build_demo(root: Path) -> Path:
     log.write_text("job #%d: train A of example-monochrome on cpu\ncaching latents 50%%\rcaching latents 100%%\n" % run.id + "\n".join(lines) + "\n")
     queue.close()
     return projects
+
+
+def write_preview(path: Path, *, strengths=(0.0, 1.0), step: int | None = None, side: str | None = None,
+                  size: tuple[int, int] = (96, 128), mtime: float | None = None) -> Path:
+    """A preview grid as the engine writes it, drawn deterministically, with the ``copylora``
+    PNG text chunk: a white label band, then one column per strength, as a colour → monochrome
+    LoRA draws them: a red→blue gradient with a yellow square at strength 0 (and for side A's
+    LoRA, which copies the colour picture), the same in grey otherwise."""
+    from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
+
+    width, height = size
+    canvas = Image.new("RGB", (width * len(strengths), height + 16), "white")
+    draw = ImageDraw.Draw(canvas)
+    for column, strength in enumerate(strengths):
+        for y in range(height):
+            red, blue = 255 - y * 255 // height, y * 255 // height
+            grey = (red * 299 + blue * 114) // 1000
+            colour = (red, 80, blue) if not strength or side == "a" else (grey, grey, grey)
+            draw.line([(column * width, 16 + y), ((column + 1) * width - 1, 16 + y)], fill=colour)
+        draw.rectangle([column * width + width // 4, 16 + height // 3, column * width + 3 * width // 4, 16 + 2 * height // 3], fill=(250, 200, 40) if not strength or side == "a" else (200, 200, 200))
+    record = {"settings": {"prompts": [""], "strengths": list(strengths), "seed": 1234, "steps": 8, "size": [width, height]},
+              "model": "tiny", "lora": path.stem, "created": FIXED_T}
+    if step is not None:
+        record.update(step=step, side=side)
+    info = PngInfo()
+    info.add_text("copylora", json.dumps(record))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG", pnginfo=info)
+    if mtime is not None:
+        import os
+
+        os.utime(path, (mtime, mtime))
+    return path

@@ -1,9 +1,11 @@
-"""One job, live: progress, speed, ETA, loss curve, learning rate, GPU memory and the log.
+"""One job, live: progress, speed, ETA, loss curve, learning rate, GPU memory, the log and
+the job's newest preview grid.
 
 Every figure comes from the queue: the ETA is the trainer's own (the same in every client,
 and right after re-attaching, unlike a progress bar's estimate that restarts from zero), and
 the curve is the job's stored history, so opening the monitor of a job that has run for an
-hour shows the whole hour. The log is the job's log file, followed as it grows.
+hour shows the whole hour. The log is the job's log file, followed as it grows. The preview
+pane sits beside the log, and is hidden on narrow terminals (o still reports its path).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from textual.widgets import Footer, Header, ProgressBar, Static
 
 from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text, project_label, rate_text
 from engine.progress import format_duration
+from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.curve import Curve
 from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
+from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from engine.queue import Job
 
 POLL_S = 0.5
@@ -43,14 +47,19 @@ class MonitorScreen(Screen):
         Binding("c", "cancel", "Cancel"),
         Binding("p", "pause_resume", "Pause"),
         Binding("r", "retry", "Retry"),
-        Binding("s", "save_now", "Save now"),
+        Binding("s", "save_now", "Save"),
+        Binding("v", "sample_now", "Sample"),
+        Binding("o", "open_preview", "Preview"),
+        # 3 (Monitor) leads to this screen: hidden here so the job's keys fit a 100-column footer
+        Binding("3", "app.show_monitor", "Monitor", show=False),
     ]
+    # Below 90 columns the log needs the whole width: the preview pane is hidden (CSS).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-wide")]
 
     def __init__(self, job_id: int) -> None:
         super().__init__(id="monitor-screen")
         self.job_id = job_id
-        self._reading = False
-        self._queue = None  # this screen's reader connection, used from its worker thread only
+        self._reader = None  # this screen's connection (a QueueReader), used from its worker thread only
         self._points_step: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -66,13 +75,22 @@ class MonitorScreen(Screen):
             with Vertical(id="gpu-panel", classes="panel"):
                 yield Static("", id="gpu-line")
                 yield Curve(id="vram-curve", low=0.0, label=lambda v: f"{v / 1024:.0f}G" if v >= 1024 else f"{v:.0f}M", empty="")
-        yield LogTail(self.app_log_path(), id="log", classes="panel")
+        with Horizontal(id="bottom"):
+            yield LogTail(self.app_log_path(), id="log", classes="panel")
+            yield PreviewPane(self._preview_target, interval=POLL_S, id="monitor-preview", classes="panel")
         yield Footer()
 
     def app_log_path(self):
         from engine.state_home import job_log, state_home
 
         return job_log(state_home(self.app.home), self.job_id)
+
+    def _preview_target(self):
+        """The job's own previews, once the first snapshot has it (called in the pane's thread)."""
+        from copylora_tui.core.previews import job_target
+
+        job = self.app.snapshot.job(self.job_id)
+        return job_target(job) if job is not None else None
 
     def on_mount(self) -> None:
         self.title = f"Monitor #{self.job_id}"
@@ -84,8 +102,8 @@ class MonitorScreen(Screen):
         self.read_history()
 
     def on_unmount(self) -> None:
-        if self._queue is not None:
-            self._queue.close()
+        if self._reader is not None:
+            self._reader.close()
 
     # ------------------------------------------------------------------ live data
 
@@ -158,25 +176,22 @@ class MonitorScreen(Screen):
 
     def read_history(self) -> None:
         """Curve and VRAM history from the database, in a thread (one read at a time)."""
-        if self._reading:
-            return
-        self._reading = True
-        self.run_worker(self._read_history, thread=True, group="monitor-history", exit_on_error=False)
+        if self._reader is None:
+            self._reader = QueueReader(self.app.home)
+        if self._reader.begin():
+            self.run_worker(self._read_history, thread=True, group="monitor-history", exit_on_error=False)
 
     def _read_history(self) -> None:
         try:
-            if self._queue is None:
-                from engine.queue import Queue
-
-                self._queue = Queue(self.app.home)
-            job = self._queue.get(self.job_id)
-            points = self._queue.points(self.job_id)
+            queue = self._reader.queue()
+            job = queue.get(self.job_id)
+            points = queue.points(self.job_id)
             gpu = int(job.gpu) if job.gpu and job.gpu.isdigit() else 0
-            history = self._queue.gpu_history(gpu)
+            history = queue.gpu_history(gpu)
         except Exception:
             return
         finally:
-            self._reading = False
+            self._reader.end()
         self.app.call_from_thread(self._show_history, job.step, points, history)
 
     def _show_history(self, step: int | None, points: list[dict], history: list[dict]) -> None:
@@ -207,6 +222,12 @@ class MonitorScreen(Screen):
 
     def action_save_now(self) -> None:
         self._command(lambda queue, job_id: queue.request(job_id, "save-now"))
+
+    def action_sample_now(self) -> None:
+        self._command(lambda queue, job_id: queue.request(job_id, "sample-now"))
+
+    def action_open_preview(self) -> None:
+        show_preview_path(self.query_one("#monitor-preview", PreviewPane))
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -1,5 +1,5 @@
-"""One concept project: its parameters as a form, the plan they give, the teacher pictures
-and the project's jobs.
+"""One concept project: its parameters as a form, the plan they give, the newest preview
+grid, the teacher pictures and the project's jobs.
 
 The form is grouped like ``copylora.toml`` and built from the parameter dataclasses. Each
 field is checked as it is typed (the CLI's validator, the error under the field); the whole
@@ -26,6 +26,7 @@ from copylora_tui.core import form
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
+from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from engine.errors import Problem, ValidationError
 from engine.project import Project, load_project
 
@@ -38,6 +39,8 @@ class ProjectScreen(Screen):
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+r", "run", "Run"),
         Binding("ctrl+t", "stats", "Stats"),
+        # ctrl: a plain letter would be typed into the focused field
+        Binding("ctrl+o", "open_preview", "Preview"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -73,6 +76,7 @@ class ProjectScreen(Screen):
             with VerticalScroll(id="side"):
                 yield Static("", id="project-status")
                 yield Static("", id="plan", classes="panel")
+                yield PreviewPane(self._preview_target, id="project-preview", classes="panel")
                 yield Vertical(id="images", classes="panel")
                 yield Static("jobs", classes="panel-title")
                 yield JobTable(("job", "task", "status", "bar"), id="history")
@@ -251,6 +255,14 @@ class ProjectScreen(Screen):
                     widgets.append(picture)
         box.mount_all(widgets)
 
+    def _preview_target(self):
+        """Any preview of the project (called in the pane's thread)."""
+        from copylora_tui.core.previews import project_target
+
+        if self.project is None:
+            return "no preview: copylora.toml does not load"
+        return project_target(self.project)
+
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         jobs = snapshot.for_project(self.project.root if self.project else self.folder.resolve())
         self.query_one("#history", JobTable).show_jobs(jobs)
@@ -280,6 +292,7 @@ class ProjectScreen(Screen):
         self.project = load_project(self.folder)
         self.show_project_problems([])
         self.show_plan(self.project)
+        self.query_one("#project-preview", PreviewPane).retarget()  # output_dir may have changed
         self.notify(f"saved {self.folder.name}/copylora.toml")
 
     def action_run(self) -> None:
@@ -304,6 +317,9 @@ class ProjectScreen(Screen):
             self.notify("no merge statistics yet: run the project and wait for the merge", severity="warning")
             return
         self.app.action_open_stats(stats)
+
+    def action_open_preview(self) -> None:
+        show_preview_path(self.query_one("#project-preview", PreviewPane))
 
     def action_back(self) -> None:
         if self.dirty and not self._warned_unsaved:

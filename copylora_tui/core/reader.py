@@ -1,0 +1,56 @@
+"""A queue connection for reads in worker threads, closed safely when its screen goes away.
+
+The app and the monitor read the queue in threads, one read at a time. Closing an sqlite
+connection while a query runs on it in another thread crashes the interpreter, and a screen
+unmounts whenever it likes; so :meth:`close` during a read leaves the closing to that read's
+:meth:`end` instead of waiting for it (a busy database can hold a read for seconds).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+
+class QueueReader:
+    def __init__(self, home: str | Path | None) -> None:
+        self.home = home
+        self._queue = None
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closed = False
+
+    def begin(self) -> bool:
+        """True when a read may start now (none running, not closed); then call :meth:`end`."""
+        with self._lock:
+            if self._busy or self._closed:
+                return False
+            self._busy = True
+            return True
+
+    def queue(self):
+        """The connection, opened on first use (in the reading thread, between begin and end)."""
+        if self._queue is None:
+            from engine.queue import Queue
+
+            self._queue = Queue(self.home)
+        return self._queue
+
+    def end(self) -> None:
+        with self._lock:
+            self._busy = False
+            closed = self._closed
+        if closed:
+            self._close_now()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            busy = self._busy
+        if not busy:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.close()
