@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import pytest
@@ -368,22 +366,9 @@ def test_diffusers_load_lora_weights_matches_ours(tmp_path, caplog):
         network.remove()
     path = network.save(tmp_path / "ours.safetensors", dtype="float")
 
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pipe.load_lora_weights(str(path))
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-    problems = [m for m in messages + [str(w.message) for w in caught]
-                if any(s in m.lower() for s in ("unexpected", "missing", "did not match", "not converted"))]
-    assert not problems
+    from tests.helpers_models import diffusers_load_problems
+
+    assert not diffusers_load_problems(pipe, path)
 
     with torch.no_grad():
         their_hidden = text_encoder(ids)[0]

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.sample import SampleSettings, generate, grid, read_grid_parameters, sample_lora  # noqa: E402
+from engine.sample import SampleSettings, generate, read_grid_parameters, sample_lora  # noqa: E402
 from tests.helpers import copy_example  # noqa: E402
 
 SETTINGS = SampleSettings(prompts=["", "a red house"], steps=3, size=[64, 96], strengths=[0.0, 1.0], seed=7)

@@ -6,8 +6,6 @@ bake/extract, previews, and the project example."""
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -275,22 +273,9 @@ def test_diffusers_load_lora_weights_matches_ours(tmp_path):
     network.remove()
     path = network.save(tmp_path / "ours.safetensors", dtype="float", metadata=lora_metadata({}, "sdxl"))
 
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pipe.load_lora_weights(str(path))
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-    problems = [m for m in messages + [str(w.message) for w in caught]
-                if any(s in m.lower() for s in ("unexpected", "missing", "did not match", "not converted"))]
-    assert not problems
+    from tests.helpers_models import diffusers_load_problems
+
+    assert not diffusers_load_problems(pipe, path)
     theirs = outputs(xl, inputs)
     diffs = [(a - b).abs().max().item() for a, b in zip(theirs, ours)]
     print(f"diffusers vs ours (SDXL): hidden {diffs[0]:.2e}, pooled {diffs[1]:.2e}, unet {diffs[2]:.2e}")
