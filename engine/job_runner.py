@@ -18,7 +18,7 @@ import time
 import traceback
 
 from engine.errors import CopyloraError
-from engine.queue import MAX_POINTS, Job, Queue
+from engine.queue import MAX_POINTS, Job, Queue, artifacts_text
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 WRITE_INTERVAL_S = 0.25  # at most 4 progress writes per second, whatever the step rate
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         queue.finish(job.id, "failed", error=message[:2000])
         return EXIT_FAILED
     queue.finish(job.id, "done", artifacts=artifacts)
-    log(f"job #{job.id} done: {artifacts}")
+    log(f"job #{job.id} done: {artifacts_text(artifacts)}")
     return EXIT_DONE
 
 

@@ -74,3 +74,73 @@ def summarise_blocks(stats: list[ModuleStats]) -> list[dict]:
         )
     key = lambda r: (order.get(re.sub(r"\d+$", "", r["block"]) if r["block"] not in order else r["block"], 9), int(re.sub(r"\D", "", r["block"]) or 0))  # noqa: E731
     return sorted(out, key=key)
+
+
+# --------------------------------------------------------------------------- the stats file
+
+_NUMBER = (int, float)
+_MODULE_FIELDS = {
+    "name": str, "block": str, "kind": str, "shape": list, "input_ranks": list, "kept_rank": int,
+    "energy_kept": _NUMBER, "rel_error": _NUMBER, "result_norm": _NUMBER, "input_norms": list,
+}
+_BLOCK_FIELDS = {"block": str, "modules": int, "energy_kept": _NUMBER, "result_norm": _NUMBER, "input_norms": list}
+_INPUT_FIELDS = {"file": str, "ratio": _NUMBER}
+
+
+def stats_path_for(path) -> "Path":
+    """``X.stats.json`` for ``X.safetensors`` (a stats file names itself)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return path if path.name.endswith(".stats.json") else path.with_name(path.stem + ".stats.json")
+
+
+def read_stats(path) -> dict:
+    """The ``<stem>.stats.json`` a merge wrote, checked field by field, so that every view can
+    index it without guarding each access. Raises :class:`engine.errors.ValidationError`
+    with one line saying what is wrong (a hand-edited, truncated or foreign JSON file)."""
+    import json
+
+    from engine.errors import Problem, ValidationError
+
+    stats_path = stats_path_for(path)
+    if not stats_path.is_file():
+        raise ValidationError([Problem(str(path), f"no merge statistics found ({stats_path.name}); stats are written by copylora merge/resize/extract")])
+    try:
+        document = json.loads(stats_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValidationError([Problem(str(stats_path), f"unreadable statistics: {exc}")]) from None
+    problem = stats_problem(document)
+    if problem is not None:
+        raise ValidationError([Problem(str(stats_path), f"not a copylora statistics file ({problem})")])
+    return document
+
+
+def stats_problem(document) -> str | None:
+    """The first thing wrong with a statistics document, or None."""
+    if not isinstance(document, dict):
+        return f"the file holds a JSON {type(document).__name__}, not an object"
+    if not isinstance(document.get("modules"), list):
+        return "no 'modules' list"
+    for key, fields in (("modules", _MODULE_FIELDS), ("blocks", _BLOCK_FIELDS), ("inputs", _INPUT_FIELDS)):
+        rows = document.get(key, [])
+        if not isinstance(rows, list):
+            return f"'{key}' is not a list"
+        for index, row in enumerate(rows):
+            where = f"{key}[{index}]"
+            if not isinstance(row, dict):
+                return f"{where} is not an object"
+            for name, kind in fields.items():
+                value = row.get(name)
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    return f"{where}.{name} is {'missing' if name not in row else repr(value)[:40]}"
+            for name in ("input_ranks", "shape", "input_norms"):
+                items = row.get(name, [])
+                if any(isinstance(v, bool) or not isinstance(v, _NUMBER) for v in items):
+                    return f"{where}.{name} holds a non-number"
+            if key == "modules" and row.get("cos_inputs") is not None and not isinstance(row["cos_inputs"], _NUMBER):
+                return f"{where}.cos_inputs is {row['cos_inputs']!r}"[:80]
+    for name, kind in (("file", str), ("family", str), ("seconds", _NUMBER)):
+        if document.get(name) is not None and not isinstance(document[name], kind):
+            return f"'{name}' is {document[name]!r}"[:80]
+    return None

@@ -112,6 +112,24 @@ class Job:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def artifacts_text(artifacts: dict) -> str:
+    """What a finished job made, in one line for people: file names (not whole paths),
+    numbers as they are, lists counted. The runners store any JSON value here (``steps`` is
+    an int, ``reg_images`` a list), so nothing may assume a path."""
+    parts = []
+    for key, value in artifacts.items():
+        if isinstance(value, str):
+            shown = value.rstrip("/").rsplit("/", 1)[-1] or value
+        elif isinstance(value, (list, tuple)):
+            shown = f"{len(value)} file{'s' * (len(value) != 1)}"
+        elif isinstance(value, dict):
+            shown = f"{len(value)} item{'s' * (len(value) != 1)}"
+        else:
+            shown = str(value)
+        parts.append(f"{key}: {shown}")
+    return ", ".join(parts)
+
+
 def _row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
     data = dict(row)
     data["params"] = json.loads(data["params"] or "{}")

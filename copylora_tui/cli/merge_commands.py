@@ -21,7 +21,7 @@ SORT_KEYS = {
     "energy": lambda m: m["energy_kept"],
     "error": lambda m: -m["rel_error"],
     "norm": lambda m: -m["result_norm"],
-    "cos": lambda m: m["cos_inputs"] if m["cos_inputs"] is not None else 2.0,
+    "cos": lambda m: m.get("cos_inputs") if m.get("cos_inputs") is not None else 2.0,
     "name": lambda m: m["name"],
 }
 
@@ -182,14 +182,9 @@ def cmd_resize(args: argparse.Namespace) -> int:
 
 
 def load_stats(path: str | Path) -> dict:
-    path = Path(path)
-    stats_path = path if path.name.endswith(".stats.json") else path.with_name(path.stem + ".stats.json")
-    if not stats_path.is_file():
-        raise ValidationError([Problem(str(path), f"no merge statistics found ({stats_path.name}); stats are written by copylora merge/resize/extract")])
-    try:
-        return json.loads(stats_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValidationError([Problem(str(stats_path), f"unreadable statistics: {exc}")]) from None
+    from engine.merge_stats import read_stats
+
+    return read_stats(path)
 
 
 def select_rows(document: dict, *, sort: str = "energy", block: str | None = None, kind: str | None = None, top: int = 20) -> list[dict]:

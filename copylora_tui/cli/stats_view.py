@@ -56,7 +56,7 @@ def print_stats(document: dict, rows: list[dict], console: Console | None = None
         table.add_column(column, justify=justify, overflow="fold" if column == "module" else "ellipsis",
                          no_wrap=column != "module", min_width=24 if column == "module" else None)
     for m in rows:
-        cos = "" if m["cos_inputs"] is None else f"{m['cos_inputs']:+.3f}"
+        cos = "" if m.get("cos_inputs") is None else f"{m['cos_inputs']:+.3f}"
         cells = [short_name(m["name"]), m["kind"].replace("conv", "c").replace("linear", "lin")]
         if wide:
             cells.append("x".join(map(str, m["shape"])))

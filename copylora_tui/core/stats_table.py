@@ -22,7 +22,7 @@ COLUMNS: dict[str, tuple[str, object]] = {
     "energy": ("energy", lambda m: m["energy_kept"]),
     "error": ("error", lambda m: -m["rel_error"]),
     "norm": ("‖Δ‖", lambda m: -m["result_norm"]),
-    "cos": ("cos", lambda m: m["cos_inputs"] if m["cos_inputs"] is not None else 2.0),
+    "cos": ("cos", lambda m: m.get("cos_inputs") if m.get("cos_inputs") is not None else 2.0),
 }
 
 

@@ -16,7 +16,7 @@ from textual.widgets import Footer, Header, Static
 from copylora_tui.core.formatting import project_label
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
-from engine.queue import Job
+from engine.queue import Job, artifacts_text
 
 
 def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
@@ -36,8 +36,7 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
     if job.status == "running":
         where = f"GPU {job.gpu}" if job.gpu else "CPU"
         return Text.assemble((head, "bold"), f"running on {where} · enter opens the monitor")
-    artifacts = ", ".join(f"{k}: {v.rsplit('/', 1)[-1]}" for k, v in job.artifacts.items())
-    return Text.assemble((head, "bold"), ("done", "green"), f"  {artifacts}")
+    return Text.assemble((head, "bold"), ("done", "green"), f"  {artifacts_text(job.artifacts)}")
 
 
 class QueueScreen(Screen):

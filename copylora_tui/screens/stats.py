@@ -54,15 +54,24 @@ class StatsScreen(Screen):
         try:
             self.document = load_stats(self.stats_path)
         except ValidationError as exc:
-            self.query_one("#stats-summary", Static).update(Text(str(exc.problems[0]), style="red"))
+            self.show_problem(str(exc.problems[0]))
             return
-        self.show_summary()
-        self.show_blocks()
-        modules = self.query_one("#modules", DataTable)
-        for key, (heading, _) in COLUMNS.items():
-            modules.add_column(heading, key=key)
-        self.show_modules()
+        try:
+            self.show_summary()
+            self.show_blocks()
+            modules = self.query_one("#modules", DataTable)
+            for key, (heading, _) in COLUMNS.items():
+                modules.add_column(heading, key=key)
+            self.show_modules()
+        except Exception as exc:  # a document the checks let through but the views cannot show
+            self.show_problem(f"{self.stats_path}: cannot show these statistics ({type(exc).__name__}: {exc})")
+            return
         modules.focus()
+
+    def show_problem(self, message: str) -> None:
+        """The file cannot be shown: say why in the summary line; the keys do nothing."""
+        self.document = None
+        self.query_one("#stats-summary", Static).update(Text(message, style="red"))
 
     def show_summary(self) -> None:
         doc = self.document
@@ -94,7 +103,7 @@ class StatsScreen(Screen):
         table = self.query_one("#modules", DataTable)
         table.clear()
         for m in rows:
-            cos = "" if m["cos_inputs"] is None else f"{m['cos_inputs']:+.3f}"
+            cos = "" if m.get("cos_inputs") is None else f"{m['cos_inputs']:+.3f}"
             table.add_row(
                 short_name(m["name"]),
                 m["kind"].replace("conv", "c").replace("linear", "lin"),
@@ -118,7 +127,7 @@ class StatsScreen(Screen):
     # ------------------------------------------------------------------ actions
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        if event.data_table.id != "modules":
+        if event.data_table.id != "modules" or not self.document:
             return
         key = str(event.column_key.value)
         self.reverse = not self.reverse if key == self.sort else False
@@ -126,18 +135,22 @@ class StatsScreen(Screen):
         self.show_modules()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "blocks":  # enter on a block: show its modules
+        if event.data_table.id == "blocks" and self.document:  # enter on a block: show its modules
             block = str(event.row_key.value)
             self.block = None if self.block == block else block
             self.show_modules()
 
     def action_cycle_sort(self) -> None:
+        if not self.document:
+            return
         keys = list(COLUMNS)
         self.sort = keys[(keys.index(self.sort) + 1) % len(keys)]
         self.reverse = False
         self.show_modules()
 
     def action_reverse(self) -> None:
+        if not self.document:
+            return
         self.reverse = not self.reverse
         self.show_modules()
 

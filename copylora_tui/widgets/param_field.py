@@ -39,6 +39,7 @@ class ParamField(Vertical):
         self.text = value_text(value, spec)
         self.inherited = inherited
         self.error: str | None = None
+        self.shown_error: str | None = None  # what the error line shows (own or project-wide)
         self.tooltip = spec.doc
 
     def compose(self) -> ComposeResult:
@@ -72,12 +73,25 @@ class ParamField(Vertical):
         self.show_error(self.error)
         self.post_message(self.Changed(self, value, self.error))
 
+    def on_mount(self) -> None:
+        self._show_shown_error()
+
     def show_error(self, error: str | None) -> None:
-        """Show (or clear) a problem next to the field: its own or the whole project's."""
-        label = self.query_one(".param-error", Static)
-        label.update(f"↳ {error}" if error else "")
-        label.display = bool(error)
+        """Show (or clear) a problem next to the field: its own or the whole project's.
+
+        A field of a section that was just unfolded may be asked before it has composed its
+        children (mounting is asynchronous): the error is kept and shown once it has."""
+        self.shown_error = error
         self.set_class(bool(error), "-invalid")
+        self._show_shown_error()
+
+    def _show_shown_error(self) -> None:
+        labels = self.query(".param-error")
+        if not labels:
+            return  # not composed yet: on_mount shows it
+        label = labels.first(Static)
+        label.update(f"↳ {self.shown_error}" if self.shown_error else "")
+        label.display = bool(self.shown_error)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
