@@ -44,7 +44,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError:
+            raise
+        except RuntimeError as exc:  # torch.save reports I/O failures as RuntimeError
+            from engine.errors import first_line
+
+            raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

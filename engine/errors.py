@@ -7,7 +7,26 @@ message meant to be shown as-is, one line per problem, with no traceback.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+
+
+def plain_text(text: str) -> str:
+    """Text from a library's exception, fit for one of our one-line messages: terminal
+    escape codes removed (torch colours parts of its pickle errors) and other control
+    characters shown as spaces."""
+    text = _ANSI.sub("", str(text))
+    return "".join(c if c.isprintable() or c == "\n" else " " for c in text)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, as plain text (else its type)."""
+    for line in plain_text(str(exc)).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
 
 
 class CopyloraError(Exception):

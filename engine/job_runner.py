@@ -138,6 +138,8 @@ def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
 
     result = merge_loras(paths, list(merge.ratios), new_rank=merge.new_rank, new_conv_rank=merge.new_conv_rank,
                          device=merge.device, precision=merge.precision, progress=progress)
+    for note in result.notes:
+        log(f"note: {note}")
     lora, stats = save_merge(result, plan.merged_path, merge.save_precision)
     kept = [s.energy_kept for s in result.stats]
     log(f"wrote {lora} in {result.seconds:.2f} s; energy kept: mean {sum(kept) / len(kept):.4f}, min {min(kept):.4f}")

@@ -342,7 +342,14 @@ def save_lora_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports I/O failures as SafetensorError
+            from engine.errors import first_line
+
+            raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -446,14 +453,29 @@ def _peft_alpha(name: str, adapter: Mapping[str, Any]) -> float | None:
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from engine.errors import first_line
+    from engine.safetensors_header import HeaderError, read_header, sniff
+
     if path.suffix.lower() != ".safetensors":
+        kind = sniff(path)
+        if kind is None or not ("pickle" in kind or "zip" in kind):
+            raise LoRAFileError(f"{path}: not a LoRA file ({kind or 'neither safetensors nor a torch checkpoint'})")
+        from engine.model_check import pickle_problem
+
+        problem = pickle_problem(path)  # read from the pickle's opcodes, never executed
+        if problem:
+            raise LoRAFileError(f"{path}: {problem}")
         try:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # refused pickles included: never trust a .pt's objects
-            raise LoRAFileError(f"{path}: cannot read as a plain-tensor checkpoint ({type(exc).__name__}: {exc})") from exc
+            raise LoRAFileError(f"{path}: cannot read as a plain-tensor checkpoint ({first_line(exc)})") from None
         if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
             raise LoRAFileError(f"{path}: not a LoRA state dict")
         return data, {}
+    try:
+        read_header(path)  # a clear word for a PNG renamed .safetensors, a truncated copy, ...
+    except HeaderError as exc:
+        raise LoRAFileError(f"{path}: {exc}") from None
     from safetensors import safe_open
 
     try:
@@ -461,7 +483,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             metadata = dict(f.metadata() or {})
             return {k: f.get_tensor(k) for k in f.keys()}, metadata
     except Exception as exc:  # SafetensorError, OSError, ...: one message for a damaged file
-        raise LoRAFileError(f"{path}: not a readable safetensors file, truncated or damaged? ({exc})") from exc
+        raise LoRAFileError(f"{path}: not a readable safetensors file, truncated or damaged? ({first_line(exc)})") from None
 
 
 # --------------------------------------------------------------------------- metadata

@@ -35,6 +35,9 @@ class MergeResult:
     metadata: dict[str, str]
     seconds: float
     inputs: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said once to the user: ranks capped, module sets differ
+    rank: int = 0  # the ranks actually written (new_rank capped by what the inputs hold)
+    conv_rank: int | None = None
 
 
 def family_of(lora) -> str:
@@ -121,11 +124,15 @@ def merge_loras(
         raise MergeError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu)")
     dtype = torch.float64 if precision in ("fp64", "double") else torch.float32
     conv_rank = new_conv_rank or new_rank
+    asked = (new_rank, conv_rank)
 
     loras = [load_lora_file(p) for p in paths]
     check_compatible(loras, paths)
     family = family_of(loras[0])
     names = list(dict.fromkeys(name for lora in loras for name in lora.modules))
+    notes = module_set_notes(loras, paths)
+    new_rank, conv_rank, capped = _capped_ranks(loras, names, new_rank, conv_rank)
+    notes += capped
     alpha_out = float(new_rank)
     merged: dict[str, LoRAWeights] = {}
     stats: list[ModuleStats] = []
@@ -190,10 +197,49 @@ def merge_loras(
         for p, r, lora in zip(paths, ratios, loras)
     ]
     seconds = time.perf_counter() - started
-    return MergeResult(merged, stats, family, _metadata(family, inputs, new_rank, conv_rank, alpha_out, precision, clamp_quantile, merged), seconds, inputs)
+    metadata = _metadata(family, inputs, new_rank, conv_rank, alpha_out, precision, clamp_quantile, merged, asked)
+    has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in merged.values())
+    return MergeResult(merged, stats, family, metadata, seconds, inputs, notes, new_rank, conv_rank if has_conv else None)
 
 
-def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quantile, modules) -> dict[str, str]:
+def module_set_notes(loras: list, paths: list[Path]) -> list[str]:
+    """A line per input that lacks modules another input has. kohya merges the union without
+    a word; a module only one side trained is usually a sign of two different recipes
+    (text encoder on one side only, conv rank on one side only)."""
+    every = set().union(*(lora.modules.keys() for lora in loras))
+    notes = []
+    for lora, path in zip(loras, paths):
+        missing = sorted(every - lora.modules.keys())
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            notes.append(f"{path.name} lacks {len(missing)} module(s) that another input has ({shown}); "
+                         "they are merged as if its change there were zero")
+    return notes
+
+
+def _capped_ranks(loras: list, names: list[str], new_rank: int, conv_rank: int) -> tuple[int, int, list[str]]:
+    """(rank, conv rank, notes): the asked ranks, lowered to the most any module can hold
+    (min of its shape and the sum of its inputs' ranks), so the file's rank and its
+    ss_network_dim say what is in it."""
+    most = {False: 0, True: 0}  # conv3x3?
+    for name in names:
+        present = [lora.modules[name] for lora in loras if name in lora.modules]
+        out_f, in_f, kernel = _matrix_shape(present[0])
+        holds = min(out_f, in_f * kernel * kernel, sum(w.rank for w in present))
+        most[kernel > 1] = max(most[kernel > 1], holds)
+    notes = []
+    rank = new_rank
+    if most[False] and new_rank > most[False]:
+        rank = most[False]
+        notes.append(f"new_rank {new_rank} is more than the inputs hold: written at rank {rank} (the largest any module's difference has)")
+    conv = conv_rank
+    if most[True] and conv_rank > most[True]:
+        conv = most[True]
+        notes.append(f"new_conv_rank {conv_rank} is more than the inputs' 3x3 convs hold: written at rank {conv}")
+    return rank, conv, notes
+
+
+def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quantile, modules, asked) -> dict[str, str]:
     from engine.lora import lora_metadata
 
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
@@ -211,8 +257,11 @@ def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quant
     meta["copylora_merge"] = json.dumps(
         {
             "inputs": inputs,
-            "new_rank": new_rank,
-            "new_conv_rank": conv_rank,
+            # as asked (what `copylora run` compares with [merge]), and as written
+            "new_rank": asked[0],
+            "new_conv_rank": asked[1],
+            "written_rank": new_rank,
+            "written_conv_rank": conv_rank,
             "precision": precision,
             "clamp_quantile": clamp_quantile,
             "method": "exact low-rank SVD (QR of stacked factors + SVD of the core)",

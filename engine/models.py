@@ -216,9 +216,21 @@ def _load_weights_only(path):
 
 
 def _refused_pickle(path, exc) -> ModelError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The refusal, naming what the pickle wanted to import (read from its opcodes, never
+    executed); torch's own text is a recipe for loading it anyway, with terminal colours."""
+    from engine.errors import first_line
+
+    try:
+        from engine.model_check import inspect_base_model
+
+        inspect_base_model(Path(path))
+        reason = first_line(exc)
+    except ModelError as found:
+        if "refused" in str(found):
+            return ModelError(f"{path}: {str(found).split(': ', 1)[1]}")
+        reason = first_line(exc)
     return ModelError(
-        f"{path}: refused: this .ckpt needs to unpickle arbitrary Python objects ({first}). "
+        f"{path}: refused: this .ckpt needs to unpickle arbitrary Python objects ({reason}). "
         "Loading it could run code hidden in the file, so copylora only loads checkpoints whose "
         "pickle holds plain tensors (torch.load weights_only=True). Convert it once, in a setting "
         "you trust, to .safetensors (e.g. with A1111's checkpoint merger or kohya's "

@@ -38,6 +38,13 @@ SAVE_PRECISIONS = ("float", "fp16", "bf16")
 MERGE_PRECISIONS = ("float", "fp64")
 MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
 MERGE_DEVICES = ("auto", "cpu", "cuda")
+
+# No layer of an SD1/SD2/SDXL U-Net or text encoder has min(in, out) above 1280, so a larger
+# rank adds nothing anywhere (engine.model_check bounds it by the actual base model).
+MAX_RANK = 1280
+MAX_STEPS = 10_000_000
+MAX_SIDE = 4096  # pixels per side of a training bucket or a preview
+MAX_SEED = 2**63 - 1
 SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++", "pndm", "lms", "heun")
 
 
@@ -48,13 +55,16 @@ def spec(
     factory: Any = None,
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
+    maximum: float | None = None,
     positive: bool = False,
     length: int | None = None,
     fixed_or_pair: bool = False,
 ) -> Any:
     """A dataclass field with documentation and constraints.
 
-    ``positive``: must be > 0. ``minimum``: must be >= minimum. ``choices``: one of these
+    ``positive``: must be > 0. ``minimum``/``maximum``: must be within them (limits keep an
+    absurd value, e.g. a rank of 1e11 that would ask for terabytes, from reaching the GPU;
+    every number must also be finite: TOML accepts ``nan`` and ``inf``). ``choices``: one of these
     strings (matched case-insensitively, stored in the canonical spelling, as sd-scripts
     lowercases optimizer names). ``length``: a list of exactly this many items.
     ``fixed_or_pair``: an int N means [N, N], a "W,H" string or a [W, H] list is kept.
@@ -63,6 +73,7 @@ def spec(
         "doc": doc,
         "choices": choices,
         "minimum": minimum,
+        "maximum": maximum,
         "positive": positive,
         "length": length,
         "fixed_or_pair": fixed_or_pair,
@@ -90,21 +101,21 @@ class ProjectInfo:
 
 @dataclass
 class TrainParams:
-    network_dim: int = spec("LoRA rank of linear/attention modules.", default=8, positive=True)
-    network_alpha: float = spec("LoRA alpha; the update is scaled by alpha/rank.", default=1.0, positive=True)
+    network_dim: int = spec("LoRA rank of linear/attention modules.", default=8, positive=True, maximum=MAX_RANK)
+    network_alpha: float = spec("LoRA alpha; the update is scaled by alpha/rank.", default=1.0, positive=True, maximum=10_000)
     conv_dim: int = spec(
-        "Rank of ResNet/sampler 3x3 convs (LoCon); 0 leaves convs untouched.", default=0, minimum=0
+        "Rank of ResNet/sampler 3x3 convs (LoCon); 0 leaves convs untouched.", default=0, minimum=0, maximum=MAX_RANK
     )
-    conv_alpha: float = spec("Alpha of the conv modules.", default=1.0, positive=True)
-    learning_rate: float = spec("Learning rate.", default=1e-4, positive=True)
-    unet_lr: float | None = spec("U-Net learning rate (unset: learning_rate).", default=None, positive=True)
+    conv_alpha: float = spec("Alpha of the conv modules.", default=1.0, positive=True, maximum=10_000)
+    learning_rate: float = spec("Learning rate.", default=1e-4, positive=True, maximum=10.0)
+    unet_lr: float | None = spec("U-Net learning rate (unset: learning_rate).", default=None, positive=True, maximum=10.0)
     text_encoder_lr: float | None = spec(
-        "Text-encoder learning rate (unset: learning_rate).", default=None, positive=True
+        "Text-encoder learning rate (unset: learning_rate).", default=None, positive=True, maximum=10.0
     )
     lr_scheduler: str = spec("Learning-rate schedule.", default="constant", choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = spec("Warm-up steps of the schedule.", default=0, minimum=0)
-    lr_scheduler_num_cycles: int = spec("Cycles of cosine_with_restarts.", default=1, positive=True)
-    lr_scheduler_power: float = spec("Power of the polynomial schedule.", default=1.0, positive=True)
+    lr_warmup_steps: int = spec("Warm-up steps of the schedule.", default=0, minimum=0, maximum=MAX_STEPS)
+    lr_scheduler_num_cycles: int = spec("Cycles of cosine_with_restarts.", default=1, positive=True, maximum=100_000)
+    lr_scheduler_power: float = spec("Power of the polynomial schedule.", default=1.0, positive=True, maximum=100.0)
     optimizer_type: str = spec(
         "AdamW8bit (bitsandbytes; falls back to AdamW without CUDA), AdamW, Lion8bit, "
         "SGDNesterov, Adafactor, ...",
@@ -118,16 +129,18 @@ class TrainParams:
         "Epochs (one epoch = every image x num_repeats). Set this or max_train_steps.",
         default=800,
         positive=True,
+        maximum=1_000_000,
     )
     max_train_steps: int | None = spec(
-        "Total optimizer steps; use instead of max_train_epochs.", default=None, positive=True
+        "Total optimizer steps; use instead of max_train_epochs.", default=None, positive=True, maximum=MAX_STEPS
     )
     num_repeats: int = spec(
         'Repeats of each image per epoch (a kohya folder name like "5_x" overrides it).',
         default=5,
         positive=True,
+        maximum=100_000,
     )
-    train_batch_size: int = spec("Images per step.", default=1, positive=True)
+    train_batch_size: int = spec("Images per step.", default=1, positive=True, maximum=256)
     resolution: list = spec(
         "Maximum training size [width, height] (or one number for a square); the image is "
         "resized into a bucket within this area, sides multiples of 64, aspect kept.",
@@ -140,23 +153,25 @@ class TrainParams:
         "Random seed. A and B use the same seed, so their noise is the same and cancels in B-A.",
         default=42,
         minimum=0,
+        maximum=MAX_SEED,
     )
-    noise_offset: float = spec("Noise offset (0 = off).", default=0.0, minimum=0)
-    min_snr_gamma: float | None = spec("Min-SNR weighting gamma (unset = off; 5 is common).", default=None, positive=True)
+    noise_offset: float = spec("Noise offset (0 = off).", default=0.0, minimum=0, maximum=1.0)
+    min_snr_gamma: float | None = spec("Min-SNR weighting gamma (unset = off; 5 is common).", default=None, positive=True, maximum=1000.0)
     max_grad_norm: float = spec("Gradient clipping norm (0 = off).", default=1.0, minimum=0)
     gradient_checkpointing: bool = spec("Trade compute for memory.", default=False)
     network_train_unet_only: bool = spec(
         "Train only the U-Net LoRA (caption-free training gives the text encoder nothing to learn).",
         default=True,
     )
-    clip_skip: int = spec("Use the output of the N-th last CLIP layer (SD1: 1; anime models often 2).", default=1, positive=True)
+    clip_skip: int = spec("Use the output of the N-th last CLIP layer (SD1: 1; anime models often 2).", default=1, positive=True, maximum=12)
     flip_aug: bool = spec("Random horizontal flips (off: a copy machine copies the exact picture).", default=False)
     random_crop: bool = spec("Random instead of center crop into the bucket.", default=False)
-    save_every_n_steps: int = spec("Write a resumable checkpoint every N steps (0 = only at the end/stop).", default=500, minimum=0)
+    save_every_n_steps: int = spec("Write a resumable checkpoint every N steps (0 = only at the end/stop).", default=500, minimum=0, maximum=MAX_STEPS)
     sample_every_n_steps: int = spec(
         "Write a preview of the LoRA in training (strength 1.0, [sample] prompts) every N steps (0 = off).",
         default=0,
         minimum=0,
+        maximum=MAX_STEPS,
     )
 
 
@@ -174,8 +189,8 @@ class MergeParams:
         factory=lambda: [1.0, -1.0],
         length=2,
     )
-    new_rank: int = spec("Rank of the merged LoRA.", default=16, positive=True)
-    new_conv_rank: int | None = spec("Rank of merged 3x3 conv modules (unset: new_rank).", default=None, positive=True)
+    new_rank: int = spec("Rank of the merged LoRA.", default=16, positive=True, maximum=MAX_RANK)
+    new_conv_rank: int | None = spec("Rank of merged 3x3 conv modules (unset: new_rank).", default=None, positive=True, maximum=MAX_RANK)
     device: str = spec("auto (cuda if present), cpu or cuda.", default="auto", choices=MERGE_DEVICES)
     precision: str = spec("Arithmetic precision: float (fp32) or fp64.", default="float", choices=MERGE_PRECISIONS)
     save_precision: str = spec("Precision of the merged file.", default="fp16", choices=SAVE_PRECISIONS)
@@ -185,9 +200,9 @@ class MergeParams:
 class SampleParams:
     prompts: list = spec("Prompts of the preview grid (empty string = no caption, as trained).", factory=lambda: [""])
     negative_prompt: str = spec("Negative prompt.", default="")
-    seed: int = spec("Seed; the same for every strength, so images differ only by the LoRA.", default=1234, minimum=0)
-    steps: int = spec("Sampling steps.", default=20, positive=True)
-    guidance: float = spec("Classifier-free guidance scale.", default=7.0, minimum=0)
+    seed: int = spec("Seed; the same for every strength, so images differ only by the LoRA.", default=1234, minimum=0, maximum=MAX_SEED)
+    steps: int = spec("Sampling steps.", default=20, positive=True, maximum=1000)
+    guidance: float = spec("Classifier-free guidance scale.", default=7.0, minimum=0, maximum=100.0)
     size: list = spec("Image size [width, height].", factory=lambda: [512, 768], fixed_or_pair=True)
     strengths: list = spec("LoRA strengths to compare side by side.", factory=lambda: [0.0, 1.0])
     sampler: str = spec("Sampler.", default="euler_a", choices=SAMPLERS)
@@ -198,9 +213,9 @@ class RegParams:
     folder: str = spec("Folder of class (regularisation) images.", default="reg")
     instance_prompt: str = spec('Prompt of the teacher images in this flow (e.g. "sks girl").', default="")
     class_prompt: str = spec('Prompt of the class images (e.g. "girl").', default="")
-    num_class_images: int = spec("Class images wanted; missing ones are generated.", default=0, minimum=0)
-    num_repeats: int = spec("Repeats of each class image per epoch.", default=1, positive=True)
-    prior_loss_weight: float = spec("Weight of the prior-preservation loss.", default=1.0, minimum=0)
+    num_class_images: int = spec("Class images wanted; missing ones are generated.", default=0, minimum=0, maximum=100_000)
+    num_repeats: int = spec("Repeats of each class image per epoch.", default=1, positive=True, maximum=100_000)
+    prior_loss_weight: float = spec("Weight of the prior-preservation loss.", default=1.0, minimum=0, maximum=1000.0)
 
 
 def field_docs(cls: type) -> dict[str, str]:

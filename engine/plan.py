@@ -113,7 +113,8 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
         if max_steps is not None:
             params = _with_steps(params, max_steps)
         folder = project.side_folder(side)
-        images = tuple(read_image_info(p) for p in image_files(folder))
+        # headers only: load_project has decoded each picture once already
+        images = tuple(read_image_info(p, decode=False) for p in image_files(folder))
         per_epoch, epochs, total = steps_for(len(images), params, reg_images)
         sides[side] = SidePlan(
             side=side,
@@ -132,6 +133,18 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
             params=params,
         )
     return Plan(project=project, sides=sides, merged_path=paths["merged"], stats_path=paths["stats"], samples_dir=paths["samples"])
+
+
+def plan_warnings(plan: Plan) -> list[str]:
+    """What will train but probably not as meant (``check``, the form and the job log say it):
+    pictures far smaller than their bucket, pictures so large they are slow to decode."""
+    from engine.images import picture_warnings
+
+    warnings: list[str] = []
+    for side, sp in plan.sides.items():
+        for info, bucket in zip(sp.images, sp.buckets):
+            warnings += picture_warnings(info, bucket, f"{side}.folder")
+    return warnings
 
 
 def _with_steps(params: TrainParams, max_steps: int) -> TrainParams:

@@ -117,8 +117,11 @@ def find_project_file(path: Path | str) -> Path:
     return path / PROJECT_FILE if path.is_dir() or path.suffix != ".toml" else path
 
 
-def load_project(path: Path | str, *, check_files: bool = True) -> Project:
-    """Load and validate a project folder (or its ``copylora.toml``). Never writes anything."""
+def load_project(path: Path | str, *, check_files: bool = True, decode_images: bool = True) -> Project:
+    """Load and validate a project folder (or its ``copylora.toml``). Never writes anything.
+
+    ``decode_images=False`` reads only the pictures' headers (the app's project list: a
+    truncated picture is then found by ``check``/``run``, not there)."""
     toml_path = find_project_file(path)
     if not toml_path.is_file():
         if not Path(path).exists():
@@ -128,10 +131,10 @@ def load_project(path: Path | str, *, check_files: bool = True) -> Project:
         text = toml_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError([Problem(str(toml_path), f"cannot read: {exc}")]) from None
-    return parse_project(text, toml_path.parent, source=str(toml_path), check_files=check_files)
+    return parse_project(text, toml_path.parent, source=str(toml_path), check_files=check_files, decode_images=decode_images)
 
 
-def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_files: bool = True) -> Project:
+def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_files: bool = True, decode_images: bool = True) -> Project:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -139,7 +142,7 @@ def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_fi
     problems: list[Problem] = []
     project = _build(data, Path(root).resolve(), problems)
     if not problems:
-        _check_semantics(project, problems, check_files)
+        _check_semantics(project, problems, check_files, decode_images)
     if problems:
         # Both sides share [train], so one bad key there can be found once per side.
         raise ValidationError(list(dict.fromkeys(problems)), source)
@@ -187,7 +190,7 @@ def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
     return SideConfig(folder=folder, overrides=overrides)
 
 
-def _check_semantics(project: Project, problems: list[Problem], check_files: bool) -> None:
+def _check_semantics(project: Project, problems: list[Problem], check_files: bool, decode_images: bool = True) -> None:
     """Checks that need more than one key, or the file system."""
     for name, table in (("train", asdict_shallow(project.train)), *((side, project.side(side).overrides) for side in SIDES)):
         if table.get("max_train_epochs") is not None and table.get("max_train_steps") is not None:
@@ -208,12 +211,13 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
     if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:
         problems.append(Problem("reg.class_prompt", "needed to generate class images (num_class_images > 0)"))
+    _check_output_dir(project, problems)
     if check_files:
         _check_base_model(project, problems)
         for side in SIDES:
-            _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems)
+            _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.num_class_images == 0:
-            _check_image_folder(project.root, project.reg.folder, "reg.folder", problems)
+            _check_image_folder(project.root, project.reg.folder, "reg.folder", problems, decode_images)
 
 
 def asdict_shallow(obj: Any) -> dict[str, Any]:
@@ -221,20 +225,47 @@ def asdict_shallow(obj: Any) -> dict[str, Any]:
 
 
 def _check_base_model(project: Project, problems: list[Problem]) -> None:
+    """The base model exists, is whole and is one (headers only: see engine.model_check),
+    matches model_family, and is wide enough for the ranks asked of it."""
+    from engine.errors import ModelError
+    from engine.model_check import builtin_facts, inspect_base_model
+
     base = project.info.base_model
     if base in BUILTIN_MODELS:
-        return
-    path = Path(project.base_model_path())
-    if not path.exists():
-        problems.append(Problem("project.base_model", f"no such file or folder: {path}"))
-    elif path.is_dir():
-        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
-            problems.append(Problem("project.base_model", f"{path} is a folder but not a diffusers model (no model_index.json)"))
-    elif path.suffix.lower() not in MODEL_FILE_SUFFIXES:
-        problems.append(Problem("project.base_model", f"{path.name}: expected a .safetensors checkpoint or a diffusers folder"))
+        facts = builtin_facts(base)
+    else:
+        path = Path(project.base_model_path())
+        if not path.exists():
+            problems.append(Problem("project.base_model", f"no such file or folder: {path}"))
+            return
+        try:
+            facts = inspect_base_model(path)
+        except ModelError as exc:
+            problems.append(Problem("project.base_model", str(exc)))
+            return
+    asked = project.info.model_family
+    if asked != "auto" and facts.family is not None and asked.split("-")[0] != facts.family:
+        problems.append(Problem("project.model_family", f"{asked!r}, but {Path(base).name} is an {facts.family} model"))
+    for side in SIDES:
+        params = project.side_params(side)
+        where = side if any(k in project.side(side).overrides for k in ("network_dim", "conv_dim")) else "train"
+        widest = max(facts.widest_unet or 0, 0 if params.network_train_unet_only else (facts.widest_text or 0))
+        if widest and params.network_dim > widest:
+            problems.append(Problem(f"{where}.network_dim", f"{params.network_dim} is more than this base model's layers can use "
+                                    f"(its widest layer has min(in, out) = {widest}); at most {widest}"))
+        if facts.widest_unet and params.conv_dim > facts.widest_unet:
+            problems.append(Problem(f"{where}.conv_dim", f"{params.conv_dim} is more than this base model's convolutions can use; at most {facts.widest_unet}"))
 
 
-def _check_image_folder(root: Path, folder: str, key: str, problems: list[Problem]) -> None:
+def _check_output_dir(project: Project, problems: list[Problem]) -> None:
+    from engine.files import writable_folder_problem
+
+    problem = writable_folder_problem(project.output_dir())
+    if problem is not None:
+        problems.append(Problem("project.output_dir", problem))
+
+
+def _check_image_folder(root: Path, folder: str, key: str, problems: list[Problem], decode: bool = True) -> None:
     path = root / folder
     if not path.is_dir():
         problems.append(Problem(key, f"folder not found: {path}"))
@@ -244,7 +275,7 @@ def _check_image_folder(root: Path, folder: str, key: str, problems: list[Proble
         problems.append(Problem(key, f"no images in {path} (png, jpg, webp, bmp, tif)"))
     for image in images:
         try:
-            read_image_info(image)
+            read_image_info(image, decode=decode)
         except ValueError as exc:
             problems.append(Problem(f"{key} {image.name}", str(exc)))
 

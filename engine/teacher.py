@@ -38,8 +38,10 @@ def _load_bucketed(path: Path, bucket: tuple[int, int], *, random_crop: bool, se
     from PIL import Image
 
     width, height = bucket
+    from engine.images import quiet_pillow
+
     try:
-        with Image.open(path) as image:
+        with quiet_pillow(), Image.open(path) as image:
             image = image.convert("RGB")
     except Exception as exc:
         raise TeacherImageError(f"cannot read teacher image {path}: {exc}") from None

@@ -291,6 +291,8 @@ def tiny_sdxl_dir() -> Path:
 # Built-in base model specs (``[project].base_model``) -> their cached diffusers folder, family.
 BUILTIN_MODEL_DIRS = {"tiny": tiny_model_dir, "tiny-sdxl": tiny_sdxl_dir}
 BUILTIN_FAMILIES = {"tiny": "sd1", "tiny-sdxl": "sdxl"}
+# (widest U-Net layer, widest text-encoder layer): what bounds a useful LoRA rank (engine.model_check).
+BUILTIN_WIDEST = {"tiny": (max(UNET_CHANNELS), CLIP_HIDDEN), "tiny-sdxl": (max(SDXL_UNET_CHANNELS), max(SDXL_CLIP_HIDDEN))}
 
 
 def builtin_model_dir(spec: str) -> Path:

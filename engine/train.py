@@ -197,6 +197,40 @@ def training_facts(plan: Plan, side: str, model, *, step: int, optimizer: str, s
     }
 
 
+def rescue_folder() -> Path:
+    """Where a finished training's LoRA goes when its output folder cannot take it."""
+    from engine.tiny_model import cache_root
+
+    return cache_root() / "rescue"
+
+
+def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log) -> tuple[Path | None, Path]:
+    """The checkpoint, then the LoRA, of a finished training. If the output folder fails now
+    (removed, full, unmounted during the run), the trained weights are still not lost: the
+    checkpoint is kept where it was written and the LoRA goes to the rescue folder; the error
+    says where both are."""
+    state_path = None
+    try:
+        state_path = write_state(step)
+    except OSError as exc:
+        log(f"warning: could not write the final checkpoint ({exc})")
+    try:
+        return state_path, write_lora(step, lora_path)
+    except OSError as exc:
+        failure = f"could not write {lora_path} ({exc.strerror or exc})"
+    kept = []
+    if state_path is not None:
+        kept.append(f"the trained state is in {state_path} (fix the folder, then `copylora retry` or `train --resume` writes the LoRA)")
+    try:
+        rescued = write_lora(step, rescue_folder() / lora_path.name)
+        kept.append(f"the LoRA was written to {rescued} instead")
+    except OSError:
+        pass
+    if not kept:
+        raise TrainingError(f"training finished ({step} steps) but {failure}, and no other folder took the weights")
+    raise TrainingError(f"training finished ({step} steps) but {failure}; " + "; ".join(kept))
+
+
 def train(
     plan: Plan,
     side: str,
@@ -256,6 +290,11 @@ def train(
         # a flipped latent keeps its crop (the default centre crop is symmetric)
         return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
 
+    from engine.images import picture_warnings
+
+    for info, bucket in zip(sp.images, sp.buckets):
+        for warning in picture_warnings(info, bucket, f"{side}.folder"):
+            log(f"warning: {warning}")
     images = [i.path for i in sp.images]
     cache = cache_teacher_latents(model.vae, images, list(sp.buckets), flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed)
     latents = list(cache.latents)
@@ -272,7 +311,7 @@ def train(
         reg_paths = image_files(project.root / reg.folder)
         if not reg_paths:
             raise TrainingError(f"[reg] asks for class images but {project.root / reg.folder} has none")
-        reg_buckets = [bucket_size(*(lambda i: (i.width, i.height))(read_image_info(r)), p.resolution) for r in reg_paths]
+        reg_buckets = [bucket_size(*(lambda i: (i.width, i.height))(read_image_info(r, decode=False)), p.resolution) for r in reg_paths]
         reg_cache = cache_teacher_latents(model.vae, reg_paths, reg_buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed + 10_000)
         offset = len(latents)
         latents += reg_cache.latents
@@ -384,7 +423,10 @@ def train(
         step = start
         while step < sp.total_steps:
             if should_stop is not None and should_stop():
-                state_path = write_state(step)
+                try:
+                    state_path = write_state(step)
+                except OSError as exc:
+                    raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run_dir} ({exc})") from None
                 log(f"stopped at step {step}; state saved to {state_path.name}")
                 return TrainResult("stopped", step, sp.total_steps, None, state_path, time.time() - started, optimizer_used, loss_value)
 
@@ -415,10 +457,13 @@ def train(
                 loss = loss * float("nan")
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
+                states = list_states(run_dir)
+                kept = (f"the last good checkpoint ({states[0].name}, in {run_dir}) is kept" if states
+                        else "no checkpoint had been written yet")
                 raise TrainingError(
                     f"loss became {loss_value} at step {step + 1} of side {side.upper()}: training diverged "
-                    f"(try a lower learning_rate, or mixed_precision = \"bf16\"/\"no\"); the last good state in "
-                    f"{run_dir} is kept and nothing else was written"
+                    f"(try a lower learning_rate or network_alpha, or mixed_precision = \"bf16\"/\"no\"); {kept}, "
+                    "and nothing else was written"
                 )
 
             if grad_scaler is not None:
@@ -442,7 +487,10 @@ def train(
                 on_progress(meter.update(step, loss_value, lr_schedule.get_last_lr()[0], vram))
             asked = save_requested is not None and save_requested()
             if asked or (p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < sp.total_steps):
-                state_path = write_state(step)
+                try:
+                    state_path = write_state(step)
+                except OSError as exc:  # a full disk must not end hours of training: the end tries again
+                    log(f"warning: could not write the checkpoint of step {step} ({exc}); training goes on")
             if asked:  # a snapshot beside the checkpoints; the final LoRA path is only written when done
                 snapshot = write_lora(step, run_dir / f"{sp.lora_path.stem}-step{step:06d}.safetensors")
                 log(f"saved {snapshot.name} at step {step}")
@@ -452,8 +500,7 @@ def train(
                 preview = write_preview(step)
                 log(f"preview {preview.name} at step {step}")
 
-        state_path = write_state(step)
-        lora_path = write_lora(step, sp.lora_path)
+        state_path, lora_path = _final_save(step, write_state, write_lora, sp.lora_path, log)
         seconds = time.time() - started
         log(f"done: {lora_path} ({step} steps in {seconds:.1f} s)")
         return TrainResult("done", step, sp.total_steps, lora_path, state_path, seconds, optimizer_used, loss_value)

@@ -8,10 +8,12 @@ them. Types come from the dataclass annotations, constraints from the field spec
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import MISSING, fields
 from typing import Any
 
 from engine.errors import Problem
+from engine.params import MAX_SIDE
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
@@ -46,7 +48,7 @@ def coerce_value(value: Any, annotation: str, meta: dict, path: str, problems: l
 
     if value is None:
         if not optional:
-            fail(f"must be {_TYPE_NAMES[kind]}")
+            problems.append(Problem(path, f"required: {_TYPE_NAMES[kind]}"))
         return None
     if meta.get("fixed_or_pair"):
         value = _pair(value, path, problems)
@@ -64,6 +66,8 @@ def coerce_value(value: Any, annotation: str, meta: dict, path: str, problems: l
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("must be a number")
+        elif not math.isfinite(value):
+            fail("must be a finite number")
         else:
             value = float(value)
     elif kind is str:
@@ -96,6 +100,10 @@ def coerce_value(value: Any, annotation: str, meta: dict, path: str, problems: l
         if minimum is not None and value < minimum:
             fail(f"must be at least {minimum:g}")
             return None
+        maximum = meta.get("maximum")
+        if maximum is not None and value > maximum:
+            fail(f"must be at most {maximum:_}" if isinstance(maximum, int) else f"must be at most {maximum:g}")
+            return None
     return value
 
 
@@ -122,6 +130,9 @@ def _pair(value: Any, path: str, problems: list[Problem]) -> list[int] | None:
         return None
     if min(pair) < 64:
         problems.append(Problem(path, f"each side must be at least 64 pixels, got {show(value)}"))
+        return None
+    if max(pair) > MAX_SIDE:
+        problems.append(Problem(path, f"each side must be at most {MAX_SIDE} pixels, got {show(value)}"))
         return None
     return pair
 

@@ -273,7 +273,8 @@ def test_reg_only_with_reg_data_dir(tmp_path: Path) -> None:
 def test_apply_import_round_trip(tmp_path: Path) -> None:
     for name, color in (("a.png", "red"), ("b.png", "blue")):
         Image.new("RGB", (64, 96), color).save(tmp_path / name)
-    project = create_project(tmp_path / "proj", tmp_path / "a.png", tmp_path / "b.png")
+    # An SDXL config on an SDXL base (an SD1 base would be refused: model_family mismatch).
+    project = create_project(tmp_path / "proj", tmp_path / "a.png", tmp_path / "b.png", base_model="tiny-sdxl")
     path = _gui(tmp_path, sdxl=True, learning_rate="0.0002", epoch=3, max_resolution="768,1024",
                 network_dim=32, network_alpha="16", text_encoder_lr=0, unet_lr="0.0002",
                 optimizer_args='"weight_decay=0.1"', reg_data_dir="reg_src", prior_loss_weight=0.8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -107,12 +108,14 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
             paths, ratios, new_rank=new_rank, new_conv_rank=new_conv_rank, device=device,
             precision=precision, clamp_quantile=clamp_quantile, progress=progress,
         )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     lora_path, stats_path = save_merge(result, save_to, save_precision)
     energies = [s.energy_kept for s in result.stats]
     worst = min(result.stats, key=lambda s: s.energy_kept)
     print(
-        f"wrote {lora_path} ({len(result.stats)} modules, rank {new_rank}"
-        f"{f', conv {new_conv_rank}' if new_conv_rank else ''}, {save_precision}) in {result.seconds:.2f} s; "
+        f"wrote {lora_path} ({len(result.stats)} modules, rank {result.rank}"
+        f"{f', conv {result.conv_rank}' if result.conv_rank else ''}, {save_precision}) in {result.seconds:.2f} s; "
         f"energy kept: mean {sum(energies) / len(energies):.4f}, min {worst.energy_kept:.4f} ({worst.name})"
     )
     print(f"stats: {stats_path}  (copylora stats {lora_path})")
@@ -129,8 +132,9 @@ def _project_defaults(args: argparse.Namespace) -> None:
     args.models = args.models or [str(plan.side("b").lora_path), str(plan.side("a").lora_path)]
     args.ratios = args.ratios or list(merge.ratios)
     args.save_to = args.save_to or str(plan.merged_path)
-    args.new_rank = args.new_rank or merge.new_rank
-    args.new_conv_rank = args.new_conv_rank or merge.new_conv_rank
+    # `is None`, not `or`: an explicit --new_rank 0 is an error to report, not "unset"
+    args.new_rank = merge.new_rank if args.new_rank is None else args.new_rank
+    args.new_conv_rank = merge.new_conv_rank if args.new_conv_rank is None else args.new_conv_rank
     args.device = args.device or merge.device
     args.precision = args.precision or merge.precision
     args.save_precision = args.save_precision or merge.save_precision
@@ -146,7 +150,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         problems.append(Problem("--save_to", "give the output file (or --project DIR)"))
     if problems:
         raise ValidationError(problems)
-    args.new_rank = args.new_rank or 4
+    if args.new_rank is None:
+        args.new_rank = 4  # kohya's default
     args.device = args.device or "cpu"
     args.precision = args.precision or "float"
     ratios = args.ratios if args.ratios is not None else [1.0] * len(args.models)
@@ -155,6 +160,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for flag, value in (("--new_rank", args.new_rank), ("--new_conv_rank", args.new_conv_rank)):
         if value is not None and value <= 0:
             problems.append(Problem(flag, f"must be greater than 0, got {value}"))
+    if any(not math.isfinite(r) for r in ratios):
+        problems.append(Problem("--ratios", f"must be finite numbers, got {' '.join(f'{r:g}' for r in ratios)}"))
+    if args.clamp_quantile is not None and not 0 < args.clamp_quantile <= 1:
+        problems.append(Problem("--clamp_quantile", f"must be in (0, 1] (kohya uses 0.99), got {args.clamp_quantile:g}"))
     _check_inputs(args.models, args.save_to, problems)
     if problems:
         raise ValidationError(problems)

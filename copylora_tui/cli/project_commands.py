@@ -64,13 +64,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     from engine.plan import make_plan
     from engine.project import load_project
 
+    from engine.plan import plan_warnings
+
     plan = make_plan(load_project(args.project))
+    warnings = plan_warnings(plan)
     if args.json:
-        print(json.dumps(plan_as_dict(plan), indent=2))
+        print(json.dumps({**plan_as_dict(plan), "warnings": warnings}, indent=2))
     else:
         from copylora_tui.cli.plan_view import print_plan
 
         print_plan(plan)
+        for warning in warnings:  # valid, and it will train; probably not as meant
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -37,7 +37,9 @@ def load_thumbnail(path: Path):
     in a thread)."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    from engine.images import quiet_pillow
+
+    with quiet_pillow(), Image.open(path) as image:
         picture = image.convert("RGB")
     picture.thumbnail((THUMB_PX, THUMB_PX))
     return picture

@@ -57,7 +57,7 @@ def summarise(folder: Path) -> ProjectSummary:
     from engine.plan import make_plan
 
     try:
-        project = load_project(folder)
+        project = load_project(folder, decode_images=False)  # headers only: the list must come quickly
     except ValidationError as exc:
         return ProjectSummary(folder=folder, name=folder.name, problems=tuple(str(p) for p in exc.problems))
     try:

@@ -244,7 +244,7 @@ class ProjectScreen(Screen):
                 continue
             for path in files[:2]:
                 try:
-                    info = read_image_info(path)
+                    info = read_image_info(path, decode=False)
                     size = f"{info.width}×{info.height}"
                 except ValueError as exc:
                     size = f"unreadable ({exc})"
@@ -348,4 +348,8 @@ def plan_summary(project: Project) -> Text:
     text.append(f"outputs in {out}/:\n", style="bold")
     for path in (plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path):
         text.append(f"   {path.name}\n", style="dim")
+    from engine.plan import plan_warnings
+
+    for warning in plan_warnings(plan):  # it will train, probably not as meant
+        text.append(f"⚠ {warning}\n", style="yellow")
     return text

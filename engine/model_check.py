@@ -1,0 +1,257 @@
+"""What ``copylora check`` can know about a base model without loading it.
+
+A wrong base model used to pass ``check`` and fail both queued trainings minutes later. Here
+it is opened the cheap way instead: a single file's safetensors header (truncation included,
+LoRA files recognised), a diffusers folder's configs and weight-file headers, and a pickled
+``.ckpt``'s pickle *opcodes* (never executed), which tell whether loading it would need more
+than plain tensors. No torch, no weights read; a multi-gigabyte checkpoint costs a few reads.
+
+The facts found also bound the LoRA ranks: a rank above every layer's min(in, out) of the
+model adds nothing and only costs memory.
+"""
+
+from __future__ import annotations
+
+import json
+import pickletools
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ModelError
+from engine.safetensors_header import HeaderError, read_header, sniff
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_UNET = "model.diffusion_model."
+_LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora_unet_", "lora_te_", "lora_te1_", ".hada_", ".lokr_")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    family: str | None  # sd1, sd2, sdxl (sd2 cannot tell v from epsilon), None: unknown
+    widest_unet: int | None  # the largest min(out, in·k·k) of a U-Net layer: the useful rank bound
+    widest_text: int | None  # the same for the text encoder(s)
+
+
+def inspect_base_model(path: Path | str) -> ModelFacts:
+    """Facts of a base model file or folder; :class:`ModelError` with one line saying what is
+    wrong with it (the caller has resolved built-in names and relative paths)."""
+    path = Path(path)
+    if path.is_dir():
+        return _inspect_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _inspect_safetensors(path)
+    if suffix in SINGLE_FILE_SUFFIXES:
+        return _inspect_pickle(path)
+    kind = sniff(path)
+    raise ModelError(f"{path.name}: expected a .safetensors checkpoint or a diffusers folder" + (f"; this is {kind}" if kind else ""))
+
+
+def builtin_facts(name: str) -> ModelFacts:
+    from engine.tiny_model import BUILTIN_FAMILIES, BUILTIN_WIDEST
+
+    unet, text = BUILTIN_WIDEST[name]
+    return ModelFacts(BUILTIN_FAMILIES[name], unet, text)
+
+
+# ----------------------------------------------------------------------------- single files
+
+
+def _inspect_safetensors(path: Path) -> ModelFacts:
+    from engine.models import detect_family
+
+    try:
+        header = read_header(path)
+    except HeaderError as exc:
+        raise ModelError(f"{path.name}: {exc}") from None
+    shapes = header.shapes()
+    loras = [k for k in shapes if any(marker in k for marker in _LORA_MARKERS)]
+    if loras and not any(k.startswith(_UNET) for k in shapes):
+        raise ModelError(
+            f"{path.name} is a LoRA ({len(loras)} LoRA tensors, e.g. {loras[0]}), not a base model: "
+            "base_model takes the checkpoint the LoRA is trained on (an SD1.5/SD2/SDXL .safetensors or a diffusers folder)"
+        )
+    family = detect_family(shapes)  # ModelError for a VAE, a text encoder, an inpainting model, ...
+    unet = _widest(shape for key, shape in shapes.items() if key.startswith(_UNET))
+    text = _widest(shape for key, shape in shapes.items() if key.startswith(("cond_stage_model.", "conditioner.")))
+    return ModelFacts(family, unet, text)
+
+
+def _widest(shapes) -> int | None:
+    """The largest min(out, in·k·k) over weight matrices and conv kernels."""
+    best = None
+    for shape in shapes:
+        if len(shape) in (2, 4) and all(isinstance(d, int) for d in shape):
+            fan_in = 1
+            for d in shape[1:]:
+                fan_in *= d
+            best = max(best or 0, min(shape[0], fan_in))
+    return best
+
+
+# Globals that torch.load(weights_only=True) accepts: tensors, storages, dtypes and plain data.
+_SAFE_MODULES = {"torch._utils", "torch._tensor", "torch.storage"}
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"), ("collections", "Counter"), ("torch", "Size"), ("torch", "device"),
+    ("torch", "Tensor"), ("torch.nn.parameter", "Parameter"), ("_codecs", "encode"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"),
+    ("torch.serialization", "_get_layout"),
+}
+
+
+def _safe_global(module: str, name: str) -> bool:
+    if module in _SAFE_MODULES or (module, name) in _SAFE_GLOBALS:
+        return True
+    # torch.FloatStorage, torch.float16, torch.bfloat16, ...: storage classes and dtypes
+    return module == "torch" and (name.endswith("Storage") or name.startswith(("float", "bfloat", "int", "uint", "bool", "complex", "half", "double", "long", "short")))
+
+
+def pickle_problem(path: Path | str) -> str | None:
+    """Why a torch pickle file must not be loaded (it would import more than plain tensors),
+    or None; read from its opcodes, never executed."""
+    try:
+        globals_, _strings = _pickle_contents(Path(path))
+    except ModelError as exc:
+        return str(exc).split(": ", 1)[-1]
+    unsafe = sorted(f"{m}.{n}" for m, n in globals_ if not _safe_global(m, n))
+    if unsafe:
+        return (f"refused: loading it would unpickle arbitrary Python objects ({', '.join(unsafe[:3])}"
+                f"{' …' if len(unsafe) > 3 else ''}), which can run code hidden in the file; copylora reads only "
+                "plain-tensor torch files (use .safetensors)")
+    return None
+
+
+def _inspect_pickle(path: Path) -> ModelFacts:
+    """A ``.ckpt``/``.pt``: find the pickle(s) and list what they would import when loaded."""
+    globals_, strings = _pickle_contents(path)
+    unsafe = sorted(f"{m}.{n}" for m, n in globals_ if not _safe_global(m, n))
+    if unsafe:
+        raise ModelError(
+            f"{path.name}: refused: loading this .ckpt would unpickle arbitrary Python objects "
+            f"({', '.join(unsafe[:3])}{' …' if len(unsafe) > 3 else ''}), which can run code hidden in the file; "
+            "copylora loads only plain tensors (torch.load weights_only=True). "
+            "Convert it once, in a setting you trust, to .safetensors and use that file"
+        )
+    if strings and not any(s.startswith(_UNET) for s in strings):
+        if any(any(marker in s for marker in _LORA_MARKERS) for s in strings):
+            raise ModelError(f"{path.name} is a LoRA, not a base model")
+        raise ModelError(f"{path.name}: not a Stable Diffusion checkpoint: it has no U-Net weights ({_UNET}*)")
+    return ModelFacts(None, None, None)
+
+
+def _pickle_contents(path: Path) -> tuple[set[tuple[str, str]], set[str]]:
+    """The globals and strings of a torch pickle file (zip or legacy format)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    raise ModelError(f"{path.name}: a zip archive without a torch pickle (data.pkl): not a checkpoint")
+                globals_, strings = _scan(archive.read(names[0]))
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+                if not head.startswith(b"\x80"):
+                    kind = sniff(path)
+                    raise ModelError(f"{path.name}: not a torch checkpoint" + (f" (this is {kind})" if kind else ""))
+                handle.seek(0)
+                globals_, strings = set(), set()
+                # The legacy format: pickles of the magic number, protocol, sys info, the
+                # object and its storage keys, then raw tensor bytes.
+                for index in range(5):
+                    if not handle.peek(1):
+                        break
+                    try:
+                        found, text = _scan_stream(handle)
+                    except ModelError:
+                        if index == 0:
+                            raise
+                        break
+                    globals_ |= found
+                    strings |= text
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path.name}: cannot read this checkpoint ({exc})") from None
+    return globals_, strings
+
+
+def _scan(data: bytes) -> tuple[set[tuple[str, str]], set[str]]:
+    import io
+
+    return _scan_stream(io.BytesIO(data))
+
+
+def _scan_stream(handle) -> tuple[set[tuple[str, str]], set[str]]:
+    """The globals a pickle imports and its string constants, from its opcodes alone.
+
+    Protocol 2+ pickles name a global with two strings then STACK_GLOBAL, and repeat ones
+    through the memo (BINGET), so pushed values and the memo are followed; a global whose name
+    cannot be told this way counts as unknown, hence unsafe."""
+    found: set[tuple[str, str]] = set()
+    strings: set[str] = set()
+    pushed: list[str | None] = []
+    memo: dict[int, str | None] = {}
+    try:
+        for opcode, arg, _pos in pickletools.genops(handle):
+            name = opcode.name
+            if name in ("GLOBAL", "INST") and isinstance(arg, str):
+                module, _, attr = arg.partition(" ")
+                found.add((module, attr))
+                pushed.append(None)
+            elif name == "STACK_GLOBAL":
+                module, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
+                found.add((module or "?", attr or "?"))
+                pushed.append(None)
+            elif name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))
+            elif isinstance(arg, str) and ("UNICODE" in name or name.endswith("STRING")):
+                strings.add(arg)
+                pushed.append(arg)
+            else:
+                pushed.append(None)
+            if len(pushed) > 64:
+                del pushed[:32]
+    except Exception as exc:  # a damaged pickle: pickletools raises ValueError and others
+        raise ModelError(f"{getattr(handle, 'name', 'checkpoint')}: damaged pickle ({exc})") from None
+    return found, strings
+
+
+# ----------------------------------------------------------------------------- diffusers folders
+
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                 "model.fp16.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
+
+
+def _inspect_folder(path: Path) -> ModelFacts:
+    from engine.models import _folder_family
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"{path} is a folder but not a diffusers model (no model_index.json)")
+    try:
+        info = json.loads(index.read_text())
+        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+        sched_path = path / "scheduler" / "scheduler_config.json"
+        sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable diffusers config ({exc})") from None
+    if not isinstance(info, dict) or not isinstance(unet_cfg, dict):
+        raise ModelError(f"{path}: model_index.json or unet/config.json is not a JSON object")
+    family = _folder_family(path, info, unet_cfg, sched_cfg)
+    parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    widths = {}
+    for part in parts:
+        weights = next((path / part / name for name in _WEIGHT_FILES if (path / part / name).is_file()), None)
+        if weights is None:
+            raise ModelError(f"{path}: {part}/ has no weights file ({_WEIGHT_FILES[0]} or {_WEIGHT_FILES[1]})")
+        if weights.suffix == ".safetensors":
+            try:
+                widths[part] = _widest(read_header(weights).shapes().values())
+            except HeaderError as exc:
+                raise ModelError(f"{path}: {part}/{weights.name}: {exc}") from None
+    text = [w for p, w in widths.items() if p.startswith("text_encoder") and w]
+    return ModelFacts(family.split("-")[0], widths.get("unet"), max(text) if text else None)
