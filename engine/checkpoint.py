@@ -11,9 +11,11 @@ arbitrary pickled objects.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,9 +71,38 @@ def save_state(run_dir: Path, state: dict[str, Any]) -> Path:
         raise ValueError(f"training state lacks {missing}")
     path = state_path(run_dir, int(state["step"]))
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+    # What the app and `copylora run` show of a checkpoint, readable without torch.
+    facts = {"step": int(state["step"]), "total": state.get("total"), "fingerprint": state["fingerprint"]}
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(facts)))
     for old in list_states(run_dir)[KEEP_STATES:]:
-        old.unlink(missing_ok=True)
+        remove_state(old)
     return path
+
+
+def remove_state(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class StateFacts:
+    step: int
+    total: int | None
+    fingerprint: str | None  # None: a state written before the facts file existed
+
+
+def newest_state_facts(run_dir: Path) -> StateFacts | None:
+    """Step, total and fingerprint of the newest checkpoint, from its ``.json`` beside it
+    (no torch, no unpickling); None when there is none."""
+    states = list_states(run_dir)
+    if not states:
+        return None
+    step = int(STATE_RE.match(states[0].name).group(1))
+    try:
+        facts = json.loads(states[0].with_suffix(".json").read_text())
+        return StateFacts(step, facts.get("total"), facts.get("fingerprint"))
+    except (OSError, ValueError, AttributeError):
+        return StateFacts(step, None, None)
 
 
 def list_states(run_dir: Path) -> list[Path]:

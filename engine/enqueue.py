@@ -76,17 +76,30 @@ def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
 
 def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = False, max_steps: int | None = None) -> list[Step]:
     """Queue the missing steps of one (already validated) project; returns what happened."""
+    from engine.reg_images import missing_class_images
+
     project = load_project(project_dir)
     plan = make_plan(project, max_steps=max_steps)
     key = str(project.root)
+    # What is up to date is decided first: it hashes files (seconds for big LoRAs), and no
+    # write lock may be held that long. Then what is already waiting is read and the missing
+    # jobs are inserted in one transaction, so two `copylora run` of one project at once (two
+    # terminals, a script and the app) queue its jobs once.
+    missing = missing_class_images(project)
+    side_fresh = {side: side_up_to_date(plan, side) for side in ("a", "b")}
+    merge_fresh = merge_up_to_date(plan)
+    sample_fresh = sample_up_to_date(plan)
+    with queue.transaction():
+        return _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps)
+
+
+def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps) -> list[Step]:
+    project = plan.project
     active = {(j.kind, j.side): j for j in queue.jobs(ACTIVE, project=key)}
     steps: list[Step] = []
     train_ids: list[int] = []
     retrained = False
     before_training: list[int] = []
-    from engine.reg_images import missing_class_images
-
-    missing = missing_class_images(project)
     if missing:
         waiting = active.get(("reg", None))
         job = waiting or queue.enqueue("reg", key, label="class images", total=missing)
@@ -100,7 +113,7 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
             train_ids.append(waiting.id)
             retrained = True
             continue
-        fresh, reason = side_up_to_date(plan, side)
+        fresh, reason = side_fresh[side]
         if fresh and not force:
             steps.append(Step(what, "up to date", reason=reason))
             continue
@@ -118,7 +131,7 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
         steps.append(Step("merge", f"already {waiting.status}", waiting))
         merge_id = waiting.id
     else:
-        fresh, reason = merge_up_to_date(plan) if not retrained else (False, "A or B is being trained")
+        fresh, reason = merge_fresh if not retrained else (False, "A or B is being trained")
         if fresh and not force:
             steps.append(Step("merge", "up to date", reason=reason))
         else:
@@ -129,7 +142,7 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
     if waiting is not None:
         steps.append(Step("preview", f"already {waiting.status}", waiting))
     else:
-        fresh, reason = sample_up_to_date(plan) if merge_id is None else (False, "the merge is being made")
+        fresh, reason = sample_fresh if merge_id is None else (False, "the merge is being made")
         if fresh and not force:
             steps.append(Step("preview", "up to date", reason=reason))
         else:

@@ -9,6 +9,7 @@ exact text, and only then replaces the file atomically. The layout of the TOML i
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -196,17 +197,22 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         if table.get("max_train_epochs") is not None and table.get("max_train_steps") is not None:
             problems.append(Problem(name, "set max_train_epochs or max_train_steps, not both"))
     for i, ratio in enumerate(project.merge.ratios):
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-            problems.append(Problem(f"merge.ratios[{i}]", f"must be a number, got {show(ratio)}"))
+        _check_number(ratio, f"merge.ratios[{i}]", 100.0, problems)
     for key, items, kind in (("prompts", project.sample.prompts, str), ("strengths", project.sample.strengths, (int, float))):
         if not items:
             problems.append(Problem(f"sample.{key}", "must not be empty"))
         for i, item in enumerate(items):
-            if isinstance(item, bool) or not isinstance(item, kind):
-                problems.append(Problem(f"sample.{key}[{i}]", f"must be a {'string' if kind is str else 'number'}, got {show(item)}"))
-    for key, value in project.train.optimizer_args.items():
-        if not isinstance(value, (int, float, str, bool, list)):
-            problems.append(Problem(f"train.optimizer_args.{key}", f"must be a number, string, boolean or list, got {show(value)}"))
+            if kind is str and not isinstance(item, str):
+                problems.append(Problem(f"sample.{key}[{i}]", f"must be a string, got {show(item)}"))
+            elif kind is not str:
+                _check_number(item, f"sample.{key}[{i}]", 10.0, problems)
+    for name, params in (("train", project.train), *((side, project.side(side)) for side in SIDES)):
+        args = params.optimizer_args if isinstance(params, TrainParams) else params.overrides.get("optimizer_args", {})
+        for key, value in args.items():
+            if not isinstance(value, (int, float, str, bool, list)):
+                problems.append(Problem(f"{name}.optimizer_args.{key}", f"must be a number, string, boolean or list, got {show(value)}"))
+            elif isinstance(value, float) and not math.isfinite(value):
+                problems.append(Problem(f"{name}.optimizer_args.{key}", f"must be a finite number, got {show(value)}"))
     if project.a.folder == project.b.folder:
         problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
     if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:
@@ -218,6 +224,16 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.num_class_images == 0:
             _check_image_folder(project.root, project.reg.folder, "reg.folder", problems, decode_images)
+
+
+def _check_number(value: Any, path: str, limit: float, problems: list[Problem]) -> None:
+    """A number in a list (ratios, strengths): finite, and |value| <= limit."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.append(Problem(path, f"must be a number, got {show(value)}"))
+    elif not math.isfinite(value):
+        problems.append(Problem(path, f"must be a finite number, got {show(value)}"))
+    elif abs(value) > limit:
+        problems.append(Problem(path, f"must be between -{limit:g} and {limit:g}, got {show(value)}"))
 
 
 def asdict_shallow(obj: Any) -> dict[str, Any]:

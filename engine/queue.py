@@ -101,6 +101,19 @@ class Job:
     vram_mb: float | None
     start_step: int | None
     depends_on: list[int] = field(default_factory=list)
+    # Not stored: set by mark_interrupted() for a "running" job whose worker and process are
+    # gone (reboot, kill -9), until a worker starts and requeues it.
+    interrupted: bool = False
+
+    @property
+    def live(self) -> bool:
+        """Running, and something runs it (so its speed and ETA mean something)."""
+        return self.status == "running" and not self.interrupted
+
+    @property
+    def shown_status(self) -> str:
+        """The status to show people: "interrupted" is a running job nobody runs."""
+        return "interrupted" if self.interrupted else self.status
 
     @property
     def fraction(self) -> float:
@@ -110,6 +123,20 @@ class Job:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def mark_interrupted(jobs: list[Job], worker_alive: bool) -> list[Job]:
+    """Flag the "running" jobs that nothing runs any more: no worker, and their process is
+    gone. (With a live worker, a job between its claim and its process start has no pid yet;
+    the worker itself reaps a child that died.)"""
+    if worker_alive:
+        return jobs
+    from engine.procs import alive
+
+    for job in jobs:
+        if job.status == "running" and not alive(job.pid, job.pid_start):
+            job.interrupted = True
+    return jobs
 
 
 def artifacts_text(artifacts: dict) -> str:
@@ -148,6 +175,7 @@ class Queue:
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
+        self._depth = 0  # open transaction() blocks on this connection
         self._migrate()
 
     def close(self) -> None:
@@ -165,8 +193,20 @@ class Queue:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken up front (IMMEDIATE), so check-then-update is atomic."""
+        """A write transaction taken up front (IMMEDIATE), so check-then-update is atomic.
+
+        Nested blocks join the outer transaction, so a caller can make several of these
+        methods one atomic step (``enqueue_project`` reads what is queued and inserts what is
+        missing in one transaction: two ``copylora run`` at once cannot both insert)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self.db
         except BaseException:
@@ -174,6 +214,8 @@ class Queue:
             raise
         else:
             self.db.execute("COMMIT")
+        finally:
+            self._depth = 0
 
     # ------------------------------------------------------------------ reading
 

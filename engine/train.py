@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.checkpoint import list_states, load_latest_state, save_state
+from engine.checkpoint import list_states, load_latest_state, remove_state, save_state
 from engine.errors import CopyloraError
 from engine.plan import Plan, SidePlan
 from engine.progress import Progress, ProgressMeter
@@ -374,7 +374,7 @@ def train(
             log("no usable training state to resume from: starting from step 0")
     else:
         for old in list_states(run_dir):
-            old.unlink()
+            remove_state(old)
 
     def write_state(step: int) -> Path:
         return save_state(

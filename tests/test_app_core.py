@@ -47,7 +47,7 @@ def test_field_text_is_parsed_like_toml(path, text, value):
     [
         ("train.network_dim", "0", "must be greater than 0"),
         ("train.network_dim", "eight", "not a value"),
-        ("train.network_dim", "", "must be an integer"),
+        ("train.network_dim", "", "required: an integer"),  # not "must be an integer, got None"
         ("train.learning_rate", "-1", "must be greater than 0"),
         ("train.optimizer_type", "adamw9bit", "did you mean 'AdamW8bit'"),
         ("train.resolution", "[10, 10]", "at least 64"),

@@ -62,9 +62,15 @@ def use_home(monkeypatch, tmp_path: Path, *, fake_worker: bool = True) -> Env:
 def running_job(queue: Queue, project: Path, *, side: str = "a", step: int, total: int, points: int = 0,
                 eta_s: float = 90.0, it_per_s: float = 12.5, loss: float = 0.1234, smooth: float = 0.11, vram: float | None = 2150.0):
     """A claimed training job with progress and ``points`` stored curve points."""
+    import os
+
+    from engine.procs import process_start
+
     job = queue.enqueue("train", str(project), side=side, label=f"train {side.upper()}", total=total)
     claimed = queue.claim(None)
     assert claimed.id == job.id
+    # "Its process" is this test process: alive, so the job is running, not interrupted.
+    queue.set_pid(job.id, os.getpid(), process_start(os.getpid()))
     for i in range(points):
         s = max(1, (i + 1) * step // max(points, 1))
         decay = 0.05 + 0.3 / (1 + i / 5)

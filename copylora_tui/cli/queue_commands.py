@@ -158,8 +158,10 @@ def _project_name(path: str) -> str:
 def cmd_queue(args: argparse.Namespace) -> int:
     from engine.worker import worker_pid
 
+    from engine.queue import mark_interrupted
+
     queue = _queue()
-    jobs = queue.jobs()
+    jobs = mark_interrupted(queue.jobs(), bool(worker_pid(queue.home)))
     if not args.all:
         finished = [j for j in jobs if j.status in ("done", "failed", "cancelled")]
         jobs = [j for j in jobs if j not in finished] + finished[:20]

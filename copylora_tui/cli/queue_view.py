@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-STATUS_STYLE = {"running": "bold cyan", "queued": "white", "paused": "yellow", "done": "green", "failed": "bold red", "cancelled": "dim"}
+STATUS_STYLE = {"running": "bold cyan", "queued": "white", "paused": "yellow", "done": "green", "failed": "bold red",
+                "cancelled": "dim", "interrupted": "bold yellow"}
 
 
 def bar(fraction: float, width: int = 12) -> str:
@@ -16,6 +17,7 @@ def bar(fraction: float, width: int = 12) -> str:
 
 
 def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
+    from copylora_tui.core.formatting import rate_text
     from engine.progress import format_duration
 
     console = console or Console()
@@ -26,18 +28,21 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column, justify in (("job", "right"), ("project", "left"), ("task", "left"), ("status", "left"), ("progress", "left"),
-                            ("it/s", "right"), ("ETA", "right"), ("loss", "right")):
+                            ("speed", "right"), ("ETA", "right"), ("loss", "right")):
         table.add_column(column, justify=justify, no_wrap=True)
     for job in jobs:
         progress = f"{bar(job.fraction)} {job.step or 0}/{job.total}" if job.total else ""
-        eta = format_duration(job.eta_s) if job.status == "running" and job.eta_s is not None else ""
-        rate = f"{job.it_per_s:.1f}" if job.status == "running" and job.it_per_s else ""
+        eta = format_duration(job.eta_s) if job.live and job.eta_s is not None else ""
+        rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
         loss = f"{job.smooth_loss:.4f}" if job.smooth_loss is not None and job.kind == "train" else ""
         table.add_row(
             f"#{job.id}", job.project.rstrip("/").rsplit("/", 1)[-1], job.label,
-            f"[{STATUS_STYLE.get(job.status, '')}]{job.status}[/]", progress, rate, eta, loss,
+            f"[{STATUS_STYLE.get(job.shown_status, '')}]{job.shown_status}[/]", progress, rate, eta, loss,
         )
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status == "failed" and job.error:
             console.print(f"[red]#{job.id} failed:[/red] {job.error}", highlight=False)
+        elif job.interrupted:
+            console.print(f"[yellow]#{job.id} interrupted[/yellow] at step {job.step or 0}: the worker stopped while it ran; "
+                          "`copylora worker start` resumes it from its newest checkpoint", highlight=False)

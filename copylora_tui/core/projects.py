@@ -18,6 +18,7 @@ from engine.project import PROJECT_FILE, load_project
 
 # file states of one output: made and current, made from older settings, not made yet
 DONE, STALE, MISSING = "done", "stale", "missing"
+RESUMABLE = "resumable"  # no current LoRA, but a checkpoint of the current settings to continue
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def summarise(folder: Path) -> ProjectSummary:
         for side in ("a", "b"):
             fresh, reason = side_up_to_date(plan, side)
             sides[side] = _state(plan.side(side).lora_path, fresh, reason)
+            if not fresh:
+                sides[side] = _checkpoint_state(plan, side) or sides[side]
         fresh, reason = merge_up_to_date(plan)
         merge = _state(plan.merged_path, fresh, reason)
     except (OSError, ValueError) as exc:  # an image vanished between load and plan, …
@@ -85,6 +88,21 @@ def summarise(folder: Path) -> ProjectSummary:
         last_output=max(times) if times else None,
         stats_path=plan.stats_path if plan.stats_path.is_file() else None,
     )
+
+
+def _checkpoint_state(plan, side: str) -> OutputState | None:
+    """A side with no current LoRA but a checkpoint that ``run`` would continue."""
+    from engine.checkpoint import newest_state_facts
+    from engine.train import training_fingerprint
+
+    facts = newest_state_facts(plan.side(side).run_dir)
+    if facts is None:
+        return None
+    total = plan.side(side).total_steps
+    if facts.fingerprint is not None and facts.fingerprint != training_fingerprint(plan, side):
+        return OutputState(STALE if plan.side(side).lora_path.is_file() else MISSING,
+                           f"its checkpoint (step {facts.step}) was made with other settings: run starts over")
+    return OutputState(RESUMABLE, f"step {facts.step}/{total}, resumable (r continues it)")
 
 
 def _state(path: Path, fresh: bool, reason: str) -> OutputState:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.queue import Job, Queue
+from engine.queue import Job, Queue, mark_interrupted
 from engine.worker import worker_pid
 
 
@@ -45,9 +45,9 @@ class QueueSnapshot:
 
 def read_snapshot(queue: Queue) -> QueueSnapshot:
     try:
-        jobs = tuple(queue.jobs())
-        gpus = tuple(queue.latest_gpus())
         pid = worker_pid(queue.home)
+        jobs = tuple(mark_interrupted(queue.jobs(), bool(pid)))
+        gpus = tuple(queue.latest_gpus())
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
     return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, by_id={j.id: j for j in jobs})

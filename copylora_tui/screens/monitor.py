@@ -27,6 +27,11 @@ from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from engine.queue import Job
 
+
+def interrupted_text(job: Job) -> str:
+    return (f"interrupted at step {job.step or 0}: the worker stopped while this ran (a restart, a kill). "
+            "Start the worker (w on the queue screen) and it resumes from its newest checkpoint")
+
 POLL_S = 0.5
 
 
@@ -114,7 +119,7 @@ class MonitorScreen(Screen):
             if snapshot.jobs or snapshot.error:
                 title.update(Text(f"job #{self.job_id} is not in the queue", style="red"))
             return
-        where = f"GPU {job.gpu}" if job.gpu else ("CPU" if job.status == "running" else "")
+        where = f"GPU {job.gpu}" if job.gpu else ("CPU" if job.live else "")
         title.update(Text.assemble((f"#{job.id} {job.label}", "bold"), f" · {project_label(job.project)}  ", status_cell(job), f"  {where}"))
         bar = self.query_one("#progress", ProgressBar)
         total = job.total or 0
@@ -126,6 +131,8 @@ class MonitorScreen(Screen):
             message = Text(f"failed: {job.error or 'no reason recorded'}  (r retries)", style="bold red")
         elif job.status == "cancelled":
             message = Text(job.error or "cancelled", style="dim")
+        elif job.interrupted:
+            message = Text(interrupted_text(job), style="bold yellow")
         elif job.status == "queued" and not snapshot.worker_running:
             message = Text("waiting: the worker is not running (w on the queue screen starts it)", style="yellow")
         error = self.query_one("#job-error", Static)
@@ -141,8 +148,8 @@ class MonitorScreen(Screen):
         step = total if job.status == "done" else (job.step or 0)
         text = Text()
         text.append(f"step {step}/{total or '?'}", style="bold")
-        if job.status == "running":
-            text.append(f"   {rate_text(job.it_per_s)} it/s   ETA {eta_text(job.eta_s)}")
+        if job.live:
+            text.append(f"   {rate_text(job.it_per_s)}   ETA {eta_text(job.eta_s)}")
         if job.started_at and job.updated_at and job.updated_at > job.started_at:
             end = job.finished_at or job.updated_at
             text.append(f"   {'ran' if job.finished_at else 'running for'} {format_duration(end - job.started_at)}", style="dim")

@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from copylora_tui.core.formatting import project_label, size_text, when_text
-from copylora_tui.core.projects import DONE, STALE, ProjectSummary, scan_projects
+from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
 from engine.queue import Job
 
@@ -39,6 +39,8 @@ def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | N
     mine = [j for j in jobs if j.kind == kind and j.side == side]
     active = next((j for j in mine if j.status in ("running", "queued", "paused")), None)
     if active is not None:
+        if active.interrupted:
+            return Text("interrupted", style="bold yellow")
         if active.status == "running":
             return Text(f"▶ {int(active.fraction * 100)}%", style="bold cyan")
         return Text(active.status, style="yellow" if active.status == "paused" else "")
@@ -52,6 +54,8 @@ def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | N
         return Text("✓ merged" if kind == "merge" else "✓ trained", style="green")
     if state.state == STALE:
         return Text("stale", style="yellow")
+    if state.state == RESUMABLE:
+        return Text("resumable", style="yellow")
     return Text("—", style="dim")
 
 

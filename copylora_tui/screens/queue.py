@@ -33,6 +33,10 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
         if job.status == "queued" and not snapshot.worker_running:
             reason += " · the worker is not running: w starts it"
         return Text.assemble((head, "bold"), reason)
+    if job.interrupted:
+        from copylora_tui.screens.monitor import interrupted_text
+
+        return Text.assemble((head, "bold"), (interrupted_text(job), "yellow"))
     if job.status == "running":
         where = f"GPU {job.gpu}" if job.gpu else "CPU"
         return Text.assemble((head, "bold"), f"running on {where} · enter opens the monitor")

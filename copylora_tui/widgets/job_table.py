@@ -15,21 +15,22 @@ from textual.widgets import DataTable
 from copylora_tui.core.formatting import bar, eta_text, loss_text, project_label, rate_text, when_text
 from engine.queue import Job
 
-STATUS_STYLE = {"running": "bold cyan", "queued": "", "paused": "yellow", "done": "green", "failed": "bold red", "cancelled": "dim"}
+STATUS_STYLE = {"running": "bold cyan", "queued": "", "paused": "yellow", "done": "green", "failed": "bold red",
+                "cancelled": "dim", "interrupted": "bold yellow"}
 
 
 def status_cell(job: Job) -> Text:
-    text = job.status
-    if job.status == "running" and job.control:
+    text = job.shown_status
+    if job.live and job.control:
         text = f"{job.control}…"  # cancelling/pausing: the job is writing its checkpoint
-    return Text(text, style=STATUS_STYLE.get(job.status, ""))
+    return Text(text, style=STATUS_STYLE.get(job.shown_status, ""))
 
 
 def progress_cell(job: Job, width: int = 14, counts: bool = True) -> Text:
     if not job.total:
         return Text(bar(1.0 if job.status == "done" else 0.0, width), style="dim")
     done = job.total if job.status == "done" else (job.step or 0)
-    style = "cyan" if job.status == "running" else ("red" if job.status == "failed" else "")
+    style = "cyan" if job.live else ("red" if job.status == "failed" else "yellow" if job.interrupted else "")
     return Text.assemble((bar(job.fraction, width), style), f" {done}/{job.total}" if counts else "")
 
 
@@ -40,8 +41,8 @@ COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "status": ("status", status_cell),
     "progress": ("progress", progress_cell),
     "bar": ("progress", lambda j: progress_cell(j, 10, counts=False)),  # for narrow panels
-    "rate": ("it/s", lambda j: Text(rate_text(j.it_per_s) if j.status == "running" else "", justify="right")),
-    "eta": ("ETA", lambda j: Text(eta_text(j.eta_s) if j.status == "running" else "", justify="right")),
+    "rate": ("speed", lambda j: Text(rate_text(j.it_per_s) if j.live else "", justify="right")),
+    "eta": ("ETA", lambda j: Text(eta_text(j.eta_s) if j.live else "", justify="right")),
     "loss": ("loss", lambda j: Text(loss_text(j.smooth_loss) if j.kind == "train" and j.smooth_loss is not None else "", justify="right")),
     "finished": ("finished", lambda j: when_text(j.finished_at) if j.finished_at else ""),
 }

@@ -1,0 +1,139 @@
+"""The queue under the conditions users met (issue 12): two ``run``s of one project at once,
+a worker that died under a running job, a side that stopped at a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from copylora_tui.app import CopyloraApp
+from copylora_tui.cli.main import main
+from copylora_tui.core.projects import RESUMABLE, summarise
+from copylora_tui.screens.queue import QueueScreen
+from engine.progress import Progress
+from engine.queue import Queue
+from tests.helpers import copy_example
+from tests.test_app_support import make_projects, screen_text, use_home, wait_until
+
+
+def test_two_runs_of_one_project_at_once_queue_it_once(tmp_path, monkeypatch):
+    """Deciding what is up to date takes time (hashing); both runs decide, then insert."""
+    import engine.enqueue as enqueue
+
+    root = copy_example(tmp_path)
+    home = tmp_path / "state"
+    slow = enqueue.side_up_to_date
+
+    def side_up_to_date(plan, side):
+        time.sleep(0.3)  # both threads are past their decision before either inserts
+        return slow(plan, side)
+
+    monkeypatch.setattr(enqueue, "side_up_to_date", side_up_to_date)
+    results: list = []
+    errors: list = []
+
+    def run() -> None:
+        queue = Queue(home)  # each "process" its own connection
+        try:
+            results.append(enqueue.enqueue_project(queue, root))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            queue.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    jobs = Queue(home).jobs()
+    assert sorted(j.label for j in jobs) == ["merge", "preview", "train A", "train B"]
+    actions = sorted(step.action for steps in results for step in steps)
+    assert actions.count("queued") == 4 and actions.count("already queued") == 4
+
+
+def _dead_pid() -> tuple[int, str | None]:
+    from engine.procs import process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    start = process_start(child.pid)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return child.pid, start
+
+
+def _interrupted_job(queue: Queue, project) -> int:
+    """A job the worker was running when it (and the job's process) were killed."""
+    job = queue.enqueue("train", str(project), side="a", label="train A", total=200)
+    queue.claim(None)
+    queue.set_pid(job.id, *_dead_pid())
+    queue.report_progress(job.id, Progress(57, 200, 0.2, 0.19, 1e-4, 6.0, 24.0, 9.0, None), point=True)
+    return job.id
+
+
+async def test_running_job_of_a_dead_worker_shows_as_interrupted(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job_id = _interrupted_job(queue, project)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: "interrupted" in screen_text(app))  # the A column of Projects
+        await pilot.press("2")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and "interrupted at step 57" in screen_text(app))
+        text = screen_text(app)
+        assert "6.0 it/s" not in text and "00:24" not in text  # no speed, no frozen ETA
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "interrupted at step 57" in screen_text(app) and "Monitor" in screen_text(app))
+        assert "ETA" not in screen_text(app)
+
+
+def test_queue_cli_says_interrupted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    root = copy_example(tmp_path)
+    job_id = _interrupted_job(Queue(tmp_path / "state"), root)
+    assert main(["queue"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # Rich wraps at the test console's width
+    assert "interrupted" in out and "`copylora worker start` resumes it" in out
+    assert main(["queue", "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)["jobs"][0]
+    assert job["id"] == job_id and job["status"] == "running" and job["interrupted"] is True
+
+
+def test_a_side_with_a_checkpoint_is_resumable_not_missing(tmp_path):
+    from engine.plan import make_plan
+    from engine.project import load_project
+    from engine.train import train
+
+    root = copy_example(tmp_path)
+    plan = make_plan(load_project(root))
+    calls = {"n": 0}
+
+    def stop_after_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    result = train(plan, "a", should_stop=stop_after_three, log=lambda _l: None)
+    assert result.status == "stopped" and result.step == 3
+    summary = summarise(root.resolve())
+    assert summary.sides["a"].state == RESUMABLE
+    assert summary.sides["a"].reason == "step 3/200, resumable (r continues it)"
+    assert summary.sides["b"].reason == "no LoRA yet"
+    # other settings: that checkpoint would not be continued, and the screen says so
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("network_dim = 8", "network_dim = 4"))
+    assert "made with other settings" in summarise(root.resolve()).sides["a"].reason
+
+
+def test_worker_status_exit_code_is_documented():
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    assert "`copylora worker status` exits `3` when no worker runs" in readme
+    assert main(["worker", "status"]) in (0, 3)
