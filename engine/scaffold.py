@@ -32,6 +32,40 @@ def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
             problems.append(Problem(key, f"{path}: {exc}"))
 
 
+# The defaults of engine.params are the recipe, for a real checkpoint on a GPU (4000 steps at
+# 600×900, fp16). The built-in models are for trying copylora on any machine, so a project on
+# one is scaled to finish (A, B, merge, preview) in about a minute on a CPU: few steps, small
+# buckets and previews, a bigger learning rate (a random tiny model needs it), fp32.
+# projects/make_example.py writes the shipped examples from these same presets.
+BUILTIN_PRESETS: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "train": {"learning_rate": 1e-3, "max_train_epochs": 40, "resolution": [128, 192], "mixed_precision": "no", "save_every_n_steps": 100},
+        "sample": {"steps": 8, "size": [128, 192]},
+    },
+    # tiny-sdxl's step costs about 4× tiny's on a CPU: 1 image × 5 repeats × 8 epochs = 40 steps a side
+    "tiny-sdxl": {
+        "train": {"learning_rate": 1e-3, "max_train_epochs": 8, "resolution": [128, 192], "mixed_precision": "no", "save_every_n_steps": 20},
+        "sample": {"steps": 8, "size": [128, 192]},
+    },
+}
+
+
+def apply_base_defaults(project: Project, base_model: str) -> Project:
+    """The project with the defaults that fit its base model (see BUILTIN_PRESETS; SDXL
+    checkpoints get SDXL-sized buckets and previews)."""
+    preset = BUILTIN_PRESETS.get(base_model)
+    if preset is not None:
+        project.train = replace(project.train, **preset["train"])
+        project.sample = replace(project.sample, **preset["sample"])
+        return project
+    family = peek_family(base_model)
+    if family == "sdxl":  # SDXL-sized buckets and previews (engine.plan.DEFAULT_RESOLUTION)
+        size = default_resolution(family)
+        project.train = replace(project.train, resolution=size)
+        project.sample = replace(project.sample, size=size)
+    return project
+
+
 def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *, name: str | None = None, base_model: str = "tiny") -> Project:
     dest = Path(dest).resolve()
     a_image, b_image = Path(a_image).expanduser(), Path(b_image).expanduser()
@@ -55,12 +89,7 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
             (staging / side).mkdir()
             shutil.copy2(image, staging / side / image.name)
         project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model))
-        family = peek_family(base_model)
-        if family == "sdxl":  # SDXL-sized buckets and previews (engine.plan.DEFAULT_RESOLUTION)
-            size = default_resolution(family)
-            project.train = replace(project.train, resolution=size)
-            project.sample = replace(project.sample, size=size)
-        save_project(project)
+        save_project(apply_base_defaults(project, base_model))
         staging.rename(dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -34,40 +34,29 @@ def colourful_picture() -> Image.Image:
     return image
 
 
-def write_project_file(root: Path = HERE, base_model: str = "tiny", epochs: int = 40, save_every: int = 100) -> None:
+def write_project_file(root: Path = HERE, base_model: str = "tiny") -> None:
     """The project file: the recipe scaled down so A, B and the merge run on a CPU in about a minute."""
     import sys
 
     sys.path.insert(0, str(HERE.parent.parent))
-    from engine.params import MergeParams, ProjectInfo, SampleParams, TrainParams
+    from engine.params import MergeParams, ProjectInfo
     from engine.project import Project, save_project
+    from engine.scaffold import apply_base_defaults
 
-    project = Project(
-        root=root,
-        info=ProjectInfo(name=root.name, base_model=base_model),
-        train=TrainParams(
-            learning_rate=1e-3,  # the tiny models need a bigger step than the recipe's 1e-4
-            max_train_epochs=epochs,  # 1 image x 5 repeats x epochs steps per side
-            resolution=[128, 192],
-            mixed_precision="no",  # CPU
-            save_every_n_steps=save_every,
-        ),
-        merge=MergeParams(new_rank=16),
-        sample=SampleParams(prompts=[""], steps=8, size=[128, 192]),
-    )
-    save_project(project)
+    # The same defaults `copylora new --base tiny` writes (engine.scaffold.BUILTIN_PRESETS).
+    project = Project(root=root, info=ProjectInfo(name=root.name, base_model=base_model), merge=MergeParams(new_rank=16))
+    save_project(apply_base_defaults(project, base_model))
 
 
 def main() -> None:
     a = colourful_picture()
     b = a.convert("L").convert("RGB")
-    # example-sdxl: tiny-sdxl's step costs about 4x tiny's on a CPU, so 1 x 5 x 8 = 40 steps a side.
-    for root, base, epochs, save_every in ((HERE, "tiny", 40, 100), (HERE_SDXL, "tiny-sdxl", 8, 20)):
+    for root, base in ((HERE, "tiny"), (HERE_SDXL, "tiny-sdxl")):
         (root / "a").mkdir(parents=True, exist_ok=True)
         (root / "b").mkdir(parents=True, exist_ok=True)
         a.save(root / "a" / "colour.png", optimize=True)
         b.save(root / "b" / "monochrome.png", optimize=True)
-        write_project_file(root, base, epochs, save_every)
+        write_project_file(root, base)
         print(f"wrote {root / 'a' / 'colour.png'}, {root / 'b' / 'monochrome.png'} and {root / 'copylora.toml'}")
 
 

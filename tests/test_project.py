@@ -222,3 +222,24 @@ def test_every_key_is_documented():
         if f.metadata and f"`{f.name}`" not in doc
     ]
     assert missing == []
+
+
+def test_new_project_on_a_builtin_model_gets_cpu_sized_defaults(tmp_path, capsys):
+    """`copylora new --base tiny` used to write the 4000-step 600×900 GPU recipe."""
+    from copylora_tui.cli.main import main
+    from engine.plan import make_plan
+    from tests.helpers import write_png
+
+    a, b = write_png(tmp_path / "a.png", size=(300, 450)), write_png(tmp_path / "b.png", size=(300, 450), colour=(90, 90, 90))
+    for base, steps in (("tiny", 200), ("tiny-sdxl", 40)):
+        assert main(["--projects", str(tmp_path / "p"), "new", f"on-{base}", "--a", str(a), "--b", str(b), "--base", base]) == 0
+        plan = make_plan(load_project(tmp_path / "p" / f"on-{base}"))
+        side = plan.side("a")
+        assert side.total_steps == steps and side.buckets == ((128, 192),) and side.params.mixed_precision == "no"
+        assert plan.project.sample.size == [128, 192] and plan.project.sample.steps == 8
+    # a real checkpoint keeps the recipe
+    from engine.project import Project
+    from engine.scaffold import apply_base_defaults
+
+    recipe = apply_base_defaults(Project(root=tmp_path), "/models/sd15.safetensors")
+    assert recipe.train.max_train_epochs == 800 and recipe.train.resolution == [600, 900]
