@@ -11,6 +11,7 @@ torch.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
@@ -40,6 +41,9 @@ class CopyloraApp(App[int]):
 
     snapshot: var[QueueSnapshot] = var(QueueSnapshot)
     """The latest read of the queue; screens watch it."""
+
+    clock: Callable[[], float] = staticmethod(time.time)
+    """Now, for durations such as "running for" (snapshot tests fix it)."""
 
     class SnapshotRead(Message):
         """Posted by the poll thread with a fresh snapshot."""
@@ -103,6 +107,8 @@ class CopyloraApp(App[int]):
             message = command(queue)
         except CopyloraError as exc:
             self.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
+        except Exception as exc:  # a bug must be seen, not vanish with the thread; the app goes on
+            self.call_from_thread(self.notify, f"internal error: {type(exc).__name__}: {exc}", severity="error", timeout=12)
         else:
             if message:
                 self.call_from_thread(self.notify, message)

@@ -12,6 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def wrap_line(line: str, width: int, indent: str = "    ") -> list[str]:
+    """A log line as rows of at most ``width`` columns, continuation rows indented, so a long
+    line (a path, an error) is read whole instead of cut at the panel's edge."""
+    import textwrap
+
+    if len(line) <= width:
+        return [line]
+    rows = textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=True, break_on_hyphens=False,
+                         replace_whitespace=False, drop_whitespace=True)
+    return rows or [line[:width]]
+
+
 def collapse_cr(line: str) -> str:
     """What a terminal would show for a line with carriage returns: the text after the last one."""
     line = line.rstrip("\r")

@@ -28,6 +28,12 @@ from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from engine.queue import Job
 
 
+def job_name(snapshot: QueueSnapshot, job_id: int) -> str:
+    """'#3 train A of example-monochrome': what a key acts on, said in its notification."""
+    job = snapshot.job(job_id)
+    return f"#{job_id} {job.label} of {project_label(job.project)}" if job is not None else f"#{job_id}"
+
+
 def interrupted_text(job: Job) -> str:
     return (f"interrupted at step {job.step or 0}: the worker stopped while this ran (a restart, a kill). "
             "Start the worker (w on the queue screen) and it resumes from its newest checkpoint")
@@ -62,10 +68,11 @@ class MonitorScreen(Screen):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-wide")]
 
     def __init__(self, job_id: int) -> None:
-        super().__init__(id="monitor-screen")
+        super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
         self.job_id = job_id
         self._reader = None  # this screen's connection (a QueueReader), used from its worker thread only
         self._points_step: int | None = None
+        self._saw_it_run = False  # watched while running: when it is done, follow its chain
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -100,11 +107,18 @@ class MonitorScreen(Screen):
     def on_mount(self) -> None:
         self.title = f"Monitor #{self.job_id}"
         self.query_one("#loss-panel").border_title = "loss"
+        self.query_one("#loss-panel").border_subtitle = "curve: smoothed loss"
         self.query_one("#gpu-panel").border_title = "GPU"
         self.query_one("#log").border_title = f"log · job-{self.job_id}.log"
         self.watch(self.app, "snapshot", self.show_snapshot)
         self.set_interval(POLL_S, self.read_history)
+        self.set_interval(1.0, self.tick)  # "running for" goes on while a job loads its model
         self.read_history()
+
+    def tick(self) -> None:
+        job = self.app.snapshot.job(self.job_id)
+        if job is not None and job.live:
+            self.query_one("#numbers", Static).update(self._numbers(job))
 
     def on_unmount(self) -> None:
         if self._reader is not None:
@@ -118,6 +132,10 @@ class MonitorScreen(Screen):
         if job is None:
             if snapshot.jobs or snapshot.error:
                 title.update(Text(f"job #{self.job_id} is not in the queue", style="red"))
+            return
+        if job.live:
+            self._saw_it_run = True
+        elif job.status == "done" and self._saw_it_run and self.follow_chain(job, snapshot):
             return
         where = f"GPU {job.gpu}" if job.gpu else ("CPU" if job.live else "")
         title.update(Text.assemble((f"#{job.id} {job.label}", "bold"), f" · {project_label(job.project)}  ", status_cell(job), f"  {where}"))
@@ -150,9 +168,10 @@ class MonitorScreen(Screen):
         text.append(f"step {step}/{total or '?'}", style="bold")
         if job.live:
             text.append(f"   {rate_text(job.it_per_s)}   ETA {eta_text(job.eta_s)}")
-        if job.started_at and job.updated_at and job.updated_at > job.started_at:
-            end = job.finished_at or job.updated_at
-            text.append(f"   {'ran' if job.finished_at else 'running for'} {format_duration(end - job.started_at)}", style="dim")
+        if job.started_at and job.finished_at:
+            text.append(f"   ran {format_duration(job.finished_at - job.started_at)}", style="dim")
+        elif job.started_at and job.live:
+            text.append(f"   running for {format_duration(max(0.0, self.app.clock() - job.started_at))}", style="dim")
         if job.start_step:
             text.append(f"   resumed at step {job.start_step}", style="dim")
         return text
@@ -209,6 +228,18 @@ class MonitorScreen(Screen):
             vram.high = max((h.get("total_mb") or 0.0) for h in history) or None
         vram.values = [h["used_mb"] for h in history if h.get("used_mb") is not None]
 
+    def follow_chain(self, job: Job, snapshot: QueueSnapshot) -> bool:
+        """The watched job is done: go on to the next job of its project (train A → train B →
+        merge → preview), as a user watching a run wants. A job opened after it ended stays."""
+        chain = [j for j in snapshot.for_project(job.project) if j.id != job.id and j.status in ("running", "queued")]
+        # the one running now, else the next in the queue's order (the worker's order)
+        following = next((j for j in chain if j.live), None) or (chain[0] if chain else None)
+        if following is None:
+            return False
+        self.notify(f"#{job.id} {job.label} done: following #{following.id} {following.label}")
+        self.app.action_show_monitor(following.id)
+        return True
+
     # ------------------------------------------------------------------ actions
 
     def selected_job_id(self) -> int | None:
@@ -216,7 +247,8 @@ class MonitorScreen(Screen):
 
     def _command(self, command) -> None:
         job_id = self.job_id
-        self.app.queue_command(lambda queue: f"#{job_id}: {command(queue, job_id)}")
+        what = job_name(self.app.snapshot, job_id)
+        self.app.queue_command(lambda queue: f"{what}: {command(queue, job_id)}")
 
     def action_cancel(self) -> None:
         self._command(lambda queue, job_id: queue.cancel(job_id))

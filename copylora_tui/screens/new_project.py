@@ -19,11 +19,14 @@ from engine.errors import Problem, ValidationError
 
 # create_project's problem locations (its CLI flags) -> our fields
 WHERE = {"NAME": "name", "--a": "a", "--b": "b", "--base": "base"}
+# (key, label, placeholder: short enough for an 80-column dialog, help: shown under the dialog
+# while the field has the focus, wrapped)
 FIELDS = (
-    ("name", "name", "mono  (the folder under the projects folder, and the LoRA's name)"),
-    ("a", "picture A", "path of the original picture, e.g. ~/pics/colour.png"),
-    ("b", "picture B", "the same picture changed only in the wanted way"),
-    ("base", "base model", "tiny, a .safetensors checkpoint, or a diffusers folder"),
+    ("name", "name", "e.g. mono", "The project's folder (under the projects folder) and its LoRA's name."),
+    ("a", "picture A", "e.g. ~/pics/colour.png", "Path of the original picture."),
+    ("b", "picture B", "e.g. ~/pics/gray.png", "Path of the same picture, changed only in the wanted way."),
+    ("base", "base model", "tiny, a .safetensors or a folder",
+     "tiny (built in, for a try on any machine), an SD1.5/SD2/SDXL .safetensors checkpoint, or a diffusers folder."),
 )
 
 
@@ -39,19 +42,32 @@ class NewProjectScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
-            yield Static("[b]New concept project[/b]  (enter: next field, ctrl+s: create, esc: cancel)", classes="dialog-title")
-            for key, label, hint in FIELDS:
+            yield Static("[b]New concept project[/b]  enter: next field · ctrl+s: create · esc: cancel", classes="dialog-title")
+            for key, label, hint, _help in FIELDS:
                 with Horizontal(classes="dialog-row"):
                     yield Label(label, classes="dialog-label")
                     yield Input("tiny" if key == "base" else "", placeholder=hint, id=f"new-{key}", compact=True)
                 yield Static("", id=f"error-{key}", classes="param-error")
             yield Static("", id="new-general", classes="param-error")
+            yield Static("", id="new-help", classes="dialog-help")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Create", id="create", variant="primary", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
 
+    def on_descendant_focus(self, event) -> None:
+        key = (event.widget.id or "").removeprefix("new-")
+        help_text = next((h for k, _, _, h in FIELDS if k == key), "")
+        self.query_one("#new-help", Static).update(help_text)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """An edited field's old error goes: it was about the old text."""
+        key = (event.input.id or "").removeprefix("new-")
+        errors = self.query(f"#error-{key}")
+        if errors:
+            errors.first(Static).display = False
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        keys = [k for k, _, _ in FIELDS]
+        keys = [k for k, _, _, _ in FIELDS]
         index = keys.index(event.input.id.removeprefix("new-"))
         if index + 1 < len(keys):
             self.query_one(f"#new-{keys[index + 1]}", Input).focus()
@@ -94,13 +110,13 @@ class NewProjectScreen(ModalScreen[Path | None]):
         by_field: dict[str, list[str]] = {}
         for problem in problems:
             by_field.setdefault(WHERE.get(problem.where, "general"), []).append(problem.message if problem.where in WHERE else str(problem))
-        for key, _, _ in FIELDS:
+        for key, _, _, _ in FIELDS:
             label = self.query_one(f"#error-{key}", Static)
             label.update("\n".join(f"↳ {m}" for m in by_field.get(key, [])))
             label.display = key in by_field
         general = self.query_one("#new-general", Static)
         general.update("\n".join(by_field.get("general", [])))
         general.display = "general" in by_field
-        first = next((k for k, _, _ in FIELDS if k in by_field), None)
+        first = next((k for k, _, _, _ in FIELDS if k in by_field), None)
         if first is not None:
             self.query_one(f"#new-{first}", Input).focus()

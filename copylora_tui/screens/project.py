@@ -45,7 +45,7 @@ class ProjectScreen(Screen):
     ]
 
     def __init__(self, folder: Path) -> None:
-        super().__init__(id="project-screen")
+        super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
         self.folder = Path(folder)
         self.project: Project | None = None
         self.load_problems: list[Problem] = []

@@ -72,10 +72,12 @@ class ProjectsScreen(Screen):
         Binding("s", "open_stats", "Stats"),
         Binding("f5", "rescan", "Refresh", show=False),
         Binding("q", "app.quit", "Quit"),
+        # 1 (Projects) leads here: hidden so that the footer fits 80 columns
+        Binding("1", "app.show_projects", "Projects", show=False),
     ]
 
     def __init__(self) -> None:
-        super().__init__(id="projects-screen")
+        super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
         self.summaries: list[ProjectSummary] = []
         self._scanned = False
         self._done_jobs: set[int] | None = None
@@ -94,7 +96,9 @@ class ProjectsScreen(Screen):
     def on_mount(self) -> None:
         self.sub_title = f"{self.app.projects_dir}/"
         table = self.query_one("#projects", DataTable)
-        self.query_one("#empty").display = False
+        # The first scan reads every project (headers of pictures and LoRAs, hashes): say so
+        # rather than show an empty screen while it runs.
+        self.query_one("#empty", Static).update(Text(f"reading the projects in {self.app.projects_dir}/ …", style="dim"))
         table.display = False
         self.rescan()
         self.watch(self.app, "snapshot", self.show_snapshot)

@@ -49,14 +49,16 @@ class QueueScreen(Screen):
         Binding("c", "cancel", "Cancel"),
         Binding("r", "retry", "Retry"),
         Binding("p", "pause_resume", "Pause"),
-        Binding("K,shift+up", "move('up')", "Up", key_display="K"),
-        Binding("J,shift+down", "move('down')", "Down", key_display="J"),
+        Binding("K,shift+up", "move('up')", "Move", key_display="K/J"),
+        Binding("J,shift+down", "move('down')", "Down", show=False),
         Binding("w", "start_worker", "Worker"),
         Binding("escape", "back", "Back", show=False),
+        # 2 (Queue) leads here: hidden so that the keys of this screen fit a 100-column footer
+        Binding("2", "app.show_queue", "Queue", show=False),
     ]
 
     def __init__(self) -> None:
-        super().__init__(id="queue-screen")
+        super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -93,9 +95,14 @@ class QueueScreen(Screen):
         return self.query_one("#jobs", JobTable).selected_job_id()
 
     def _with_job(self, command) -> None:
+        """Run ``command(queue, job_id) -> str`` in a thread; its message is shown after the
+        job's name (taken here, on the UI thread: threads cannot reach the app)."""
+        from copylora_tui.screens.monitor import job_name
+
         job_id = self.selected_job_id()
         if job_id is not None:
-            self.app.queue_command(lambda queue: command(queue, job_id))
+            what = job_name(self.app.snapshot, job_id)
+            self.app.queue_command(lambda queue: f"{what}: {command(queue, job_id)}")
 
     def action_monitor(self) -> None:
         job_id = self.selected_job_id()
@@ -103,20 +110,20 @@ class QueueScreen(Screen):
             self.app.action_show_monitor(job_id)
 
     def action_cancel(self) -> None:
-        self._with_job(lambda queue, job_id: f"#{job_id}: {queue.cancel(job_id)}")
+        self._with_job(lambda queue, job_id: queue.cancel(job_id))
 
     def action_retry(self) -> None:
-        self._with_job(lambda queue, job_id: f"#{job_id}: {queue.retry(job_id)}")
+        self._with_job(lambda queue, job_id: queue.retry(job_id))
 
     def action_pause_resume(self) -> None:
         def toggle(queue, job_id):
             job = queue.get(job_id)
-            return f"#{job_id}: {queue.resume(job_id) if job.status == 'paused' else queue.pause(job_id)}"
+            return queue.resume(job_id) if job.status == "paused" else queue.pause(job_id)
 
         self._with_job(toggle)
 
     def action_move(self, where: str) -> None:
-        self._with_job(lambda queue, job_id: f"#{job_id}: {queue.move(job_id, where)}")
+        self._with_job(lambda queue, job_id: queue.move(job_id, where))
 
     def action_start_worker(self) -> None:
         self.app.action_start_worker()

@@ -32,7 +32,7 @@ class StatsScreen(Screen):
     ]
 
     def __init__(self, stats_path: Path) -> None:
-        super().__init__(id="stats-screen")
+        super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
         self.stats_path = Path(stats_path)
         self.document: dict | None = None
         self.sort = "energy"

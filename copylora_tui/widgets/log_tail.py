@@ -3,18 +3,22 @@
 A thread reads what the job appended (:class:`LogFollower`) ten times a second and posts the
 new lines as one batch, which the ``Log`` writes with one ``write_lines`` call: a chatty job
 costs one repaint per tenth of a second, not one per line. ``max_lines`` bounds memory.
+
+Lines are wrapped to the panel's width (a log line is often a path or an error, and the end is
+the part worth reading); the raw lines are kept, so a resize wraps them again.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
 from textual.message import Message
 from textual.widgets import Log
 from textual.worker import get_current_worker
 
-from copylora_tui.core.log_follow import LogFollower
+from copylora_tui.core.log_follow import LogFollower, wrap_line
 
 FLUSH_S = 0.1
 
@@ -27,9 +31,15 @@ class LogTail(Log):
             super().__init__()
             self.lines = lines
 
+    DEFAULT_CSS = """
+    LogTail { overflow-x: hidden; }
+    """
+
     def __init__(self, path: Path, *, max_lines: int = 2000, **kwargs) -> None:
         super().__init__(max_lines=max_lines, highlight=False, **kwargs)
         self.path = Path(path)
+        self.raw_lines: deque[str] = deque(maxlen=max_lines)
+        self._wrapped_at = 0  # the width the shown rows were wrapped to
 
     def on_mount(self) -> None:
         self.run_worker(self._follow, thread=True, group="log-tail", exit_on_error=False)
@@ -45,4 +55,17 @@ class LogTail(Log):
 
     def on_log_tail_lines(self, message: Lines) -> None:
         message.stop()
-        self.write_lines(message.lines)
+        self.raw_lines.extend(message.lines)
+        self.write_lines(self._wrap(message.lines))
+
+    def on_resize(self) -> None:
+        if self._wrap_width() != self._wrapped_at:
+            self.clear()
+            self.write_lines(self._wrap(self.raw_lines))
+
+    def _wrap_width(self) -> int:
+        return max(20, self.scrollable_content_region.width - 1)  # 1: the vertical scrollbar
+
+    def _wrap(self, lines) -> list[str]:
+        self._wrapped_at = width = self._wrap_width()
+        return [row for line in lines for row in wrap_line(line, width)]

@@ -19,6 +19,16 @@ from textual.widgets import Checkbox, Input, Label, Static
 from copylora_tui.core.form import INHERIT, FieldSpec, parse_text, value_text
 
 
+class TickBox(Checkbox):
+    """A checkbox whose tick is a character, not only a colour: in 256 or 16 colours (SSH)
+    Textual's ticked and unticked boxes both read ``▐X▌``, which beside the word "false" looked
+    like a contradiction. Here an unticked box is empty."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # type: ignore[override]  (a class constant in Textual)
+        return "X" if self.value else " "
+
+
 class ParamField(Vertical):
     class Changed(Message):
         """The field's text changed; ``error`` is None when the value is valid."""
@@ -56,7 +66,7 @@ class ParamField(Vertical):
         open, and typing a prefix is quicker over SSH anyway)."""
         spec = self.spec
         if spec.kind is bool and not spec.override:
-            return Checkbox(self.text or "false", value=self.text == "true", compact=True, id="editor")
+            return TickBox(self.text or "false", value=self.text == "true", compact=True, id="editor")
         choices = spec.choices or (("true", "false") if spec.kind is bool else None)
         placeholder = "unset" if spec.optional else ""
         if spec.override:
