@@ -52,3 +52,27 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def real_runs_tree(tmp_path_factory):
+    """Projects and a queue left behind by real runs of the worker (see tests/real_runs.py);
+    built once per session (about half a minute), cloned per test by ``real_runs``."""
+    from tests.real_runs import build
+
+    root = tmp_path_factory.mktemp("real-runs")
+    build(root)
+    return root
+
+
+@pytest.fixture
+def real_runs(real_runs_tree, tmp_path, monkeypatch):
+    """A private clone of the real-runs tree; COPYLORA_HOME points at its queue, pictures are
+    text only, and starting the worker is recorded instead of done. Returns the projects folder."""
+    from tests.real_runs import clone
+    from tests.test_app_support import use_home
+
+    use_home(monkeypatch, tmp_path)
+    projects, state = clone(real_runs_tree, tmp_path / "tree")
+    monkeypatch.setenv("COPYLORA_HOME", str(state))
+    return projects

@@ -28,7 +28,9 @@ def demo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     build_demo(tmp_path)
     monkeypatch.setattr("copylora_tui.core.snapshot.worker_pid", lambda home: 4242)
-    yield CopyloraApp("projects", poll_s=0.2)
+    app = CopyloraApp("projects", poll_s=0.2)
+    app.clock = lambda: FIXED_T + 6 * 600 + 125  # the running job (#6) has run for 2 minutes
+    yield app
     monkeypatch.delenv("TZ")
     time.tzset()
 

@@ -280,7 +280,7 @@ def test_apply_import_round_trip(tmp_path: Path) -> None:
                 optimizer_args='"weight_decay=0.1"', reg_data_dir="reg_src", prior_loss_weight=0.8)
     result = import_kohya(path)
     updated = apply_import(project, result)
-    assert project.train.learning_rate == 1e-4  # the original is not changed
+    assert project.train.learning_rate == 1e-3  # the original (tiny-sdxl's preset) is not changed
     (updated.root / "reg").mkdir()
     Image.new("RGB", (64, 64), "gray").save(updated.root / "reg" / "c.png")
     save_project(updated)

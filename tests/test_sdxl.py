@@ -463,11 +463,18 @@ def test_new_sdxl_project_gets_sdxl_sized_buckets(tmp_path):
     from engine.scaffold import create_project
     from tests.helpers import write_png
 
+    from safetensors.torch import save_file
+
+    # Real checkpoints' headers (the family is read from them; the built-in models have their
+    # own CPU-sized presets, see test_new_project_on_a_builtin_model_gets_cpu_sized_defaults).
+    unet = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}
+    save_file({**unet, "conditioner.embedders.1.model.ln_final.weight": torch.zeros(8)}, str(tmp_path / "xl.safetensors"))
+    save_file({**unet, "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(8)}, str(tmp_path / "sd.safetensors"))
     a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(90, 90, 90))
-    xl_project = create_project(tmp_path / "xl", a, b, base_model="tiny-sdxl")
+    xl_project = create_project(tmp_path / "xl", a, b, base_model=str(tmp_path / "xl.safetensors"))
     assert xl_project.train.resolution == [832, 1216] and xl_project.sample.size == [832, 1216]
     assert "resolution = [832, 1216]" in xl_project.toml_path.read_text()
-    sd_project = create_project(tmp_path / "sd", a, b)
+    sd_project = create_project(tmp_path / "sd", a, b, base_model=str(tmp_path / "sd.safetensors"))
     assert sd_project.train.resolution == [600, 900] and sd_project.sample.size == [512, 768]
     from engine.plan import bucket_size
 

@@ -15,8 +15,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.widgets import Footer, ProgressBar, Static
 
+from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text, project_label, rate_text
 from engine.progress import format_duration
 from copylora_tui.core.reader import QueueReader
@@ -25,6 +26,7 @@ from copylora_tui.widgets.curve import Curve
 from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
+from copylora_tui.screens.guard import while_open
 from engine.queue import Job
 
 
@@ -75,7 +77,7 @@ class MonitorScreen(Screen):
         self._saw_it_run = False  # watched while running: when it is done, follow its chain
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield Static("", id="job-title", classes="status-line")
         yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="progress")
         yield Static("", id="numbers")
@@ -104,6 +106,7 @@ class MonitorScreen(Screen):
         job = self.app.snapshot.job(self.job_id)
         return job_target(job) if job is not None else None
 
+    @while_open
     def on_mount(self) -> None:
         self.title = f"Monitor #{self.job_id}"
         self.query_one("#loss-panel").border_title = "loss"
@@ -115,6 +118,7 @@ class MonitorScreen(Screen):
         self.set_interval(1.0, self.tick)  # "running for" goes on while a job loads its model
         self.read_history()
 
+    @while_open
     def tick(self) -> None:
         job = self.app.snapshot.job(self.job_id)
         if job is not None and job.live:
@@ -126,6 +130,7 @@ class MonitorScreen(Screen):
 
     # ------------------------------------------------------------------ live data
 
+    @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         job = snapshot.job(self.job_id)
         title = self.query_one("#job-title", Static)
@@ -220,6 +225,7 @@ class MonitorScreen(Screen):
             self._reader.end()
         self.app.call_from_thread(self._show_history, job.step, points, history)
 
+    @while_open
     def _show_history(self, step: int | None, points: list[dict], history: list[dict]) -> None:
         self._points_step = step
         self.query_one("#loss-curve", Curve).values = [p["smooth_loss"] for p in points if p.get("smooth_loss") is not None]

@@ -19,14 +19,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Collapsible, Footer, Header, Static
+from textual.widgets import Collapsible, Footer, Static
 
+from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui import teacher_images
 from copylora_tui.core import form
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
+from copylora_tui.screens.guard import while_open
 from engine.errors import Problem, ValidationError
 from engine.project import Project, load_project
 
@@ -62,7 +64,7 @@ class ProjectScreen(Screen):
     # ------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         try:
             self.project = load_project(self.folder)
         except ValidationError as exc:
@@ -119,6 +121,7 @@ class ProjectScreen(Screen):
         section = (event.collapsible.id or "").removeprefix("section-")
         self.build_section(section)
 
+    @while_open
     def build_section(self, section: str) -> None:
         specs = self.unbuilt.pop(section, None)
         if specs is None or self.project is None:
@@ -128,6 +131,7 @@ class ProjectScreen(Screen):
         collapsible.collapsed = False
         self.call_after_refresh(self.show_project_problems, self.project_problems)
 
+    @while_open
     def on_mount(self) -> None:
         self.sub_title = self.folder.name
         self.title = "Project"
@@ -187,6 +191,7 @@ class ProjectScreen(Screen):
         plan_text = plan_summary(checked) if checked is not None else None
         self.app.call_from_thread(self._checked, generation, checked, problems, plan_text)
 
+    @while_open
     def _checked(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: Text | None) -> None:
         if generation != self._generation:
             return
@@ -196,6 +201,7 @@ class ProjectScreen(Screen):
             self.query_one("#plan", Static).update(plan_text)
         self.update_status()
 
+    @while_open
     def show_project_problems(self, problems: list[Problem]) -> None:
         self.project_problems = problems
         placed: dict[str, str] = {}
@@ -207,6 +213,7 @@ class ProjectScreen(Screen):
             field.show_error(self.field_errors.get(path) or placed.get(path))
         self.update_status()
 
+    @while_open
     def update_status(self) -> None:
         status = self.query_one("#project-status", Static)
         if self.project is None:
@@ -224,12 +231,14 @@ class ProjectScreen(Screen):
 
     # ------------------------------------------------------------------ side panel
 
+    @while_open
     def show_plan(self, project: Project) -> None:
         try:
             self.query_one("#plan", Static).update(plan_summary(project))
         except (OSError, ValueError) as exc:
             self.query_one("#plan", Static).update(Text(f"no plan: {exc}", style="red"))
 
+    @while_open
     def show_images(self, project: Project) -> None:
         from engine.images import image_files, read_image_info
 
@@ -263,6 +272,7 @@ class ProjectScreen(Screen):
             return "no preview: copylora.toml does not load"
         return project_target(self.project)
 
+    @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         jobs = snapshot.for_project(self.project.root if self.project else self.folder.resolve())
         self.query_one("#history", JobTable).show_jobs(jobs)

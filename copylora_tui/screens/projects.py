@@ -15,11 +15,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Static
 
+from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import project_label, size_text, when_text
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.screens.guard import while_open
 from engine.queue import Job
 
 EMPTY_HELP = """\
@@ -86,7 +88,7 @@ class ProjectsScreen(Screen):
         self._generation = 0
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield Static("", id="worker-line", classes="status-line")
         yield Static("", id="empty")
         yield DataTable(id="projects", cursor_type="row")
@@ -131,6 +133,7 @@ class ProjectsScreen(Screen):
         summaries = scan_projects(self.app.projects_dir)
         self.app.call_from_thread(self._show_scan, generation, summaries)
 
+    @while_open
     def _show_scan(self, generation: int, summaries: list[ProjectSummary]) -> None:
         if generation != self._generation:
             return  # a newer scan is under way (scans overlap when jobs finish in a burst)
@@ -138,6 +141,7 @@ class ProjectsScreen(Screen):
         self._scanned = True
         self.refresh_table()
 
+    @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         self.query_one("#worker-line", Static).update(self._worker_text(snapshot))
         done = {j.id for j in snapshot.jobs if j.status == "done"}
@@ -156,6 +160,7 @@ class ProjectsScreen(Screen):
             text.append(f"  ·  {running} running, {waiting} waiting  ·  2 shows the queue", style="dim")
         return text
 
+    @while_open
     def refresh_table(self) -> None:
         table = self.query_one("#projects", DataTable)
         empty = self.query_one("#empty", Static)
@@ -219,6 +224,7 @@ class ProjectsScreen(Screen):
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         self.action_open_project()
 
+    @while_open
     def show_detail(self) -> None:
         summary = self.selected()
         detail = self.query_one("#project-detail", Static)

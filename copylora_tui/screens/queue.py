@@ -11,11 +11,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Static
 
+from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import project_label
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
+from copylora_tui.screens.guard import while_open
 from engine.queue import Job, artifacts_text
 
 
@@ -61,16 +63,18 @@ class QueueScreen(Screen):
         super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield Static("", id="worker-line", classes="status-line")
         yield JobTable(("job", "project", "task", "status", "progress", "rate", "eta", "loss"), id="jobs")
         yield Static("", id="job-detail", classes="detail")
         yield Footer()
 
+    @while_open
     def on_mount(self) -> None:
         self.title = "Queue"
         self.watch(self.app, "snapshot", self.show_snapshot)
 
+    @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         line = self.query_one("#worker-line", Static)
         if snapshot.worker_running:
@@ -80,6 +84,7 @@ class QueueScreen(Screen):
         self.query_one("#jobs", JobTable).show_jobs(list(snapshot.jobs))
         self.show_detail()
 
+    @while_open
     def show_detail(self) -> None:
         snapshot: QueueSnapshot = self.app.snapshot
         job_id = self.selected_job_id()

@@ -14,11 +14,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Static
 
+from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.cli.stats_view import short_name
 from copylora_tui.core.formatting import block_bar
 from copylora_tui.core.stats_table import COLUMNS, block_filters, kind_filters, load_stats, sorted_rows
+from copylora_tui.screens.guard import while_open
 from engine.errors import ValidationError
 
 
@@ -41,13 +43,14 @@ class StatsScreen(Screen):
         self.kind: str | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield Static("", id="stats-summary", classes="status-line")
         yield DataTable(id="blocks", cursor_type="row")
         yield Static("", id="stats-filter", classes="status-line")
         yield DataTable(id="modules", cursor_type="row")
         yield Footer()
 
+    @while_open
     def on_mount(self) -> None:
         self.title = "Merge stats"
         self.sub_title = self.stats_path.name

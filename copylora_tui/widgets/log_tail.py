@@ -19,6 +19,7 @@ from textual.widgets import Log
 from textual.worker import get_current_worker
 
 from copylora_tui.core.log_follow import LogFollower, wrap_line
+from copylora_tui.screens.guard import while_open
 
 FLUSH_S = 0.1
 
@@ -53,11 +54,13 @@ class LogTail(Log):
                 self.post_message(self.Lines(lines))
             time.sleep(FLUSH_S)
 
+    @while_open
     def on_log_tail_lines(self, message: Lines) -> None:
         message.stop()
         self.raw_lines.extend(message.lines)
         self.write_lines(self._wrap(message.lines))
 
+    @while_open
     def on_resize(self) -> None:
         if self._wrap_width() != self._wrapped_at:
             self.clear()
