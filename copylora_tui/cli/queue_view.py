@@ -26,19 +26,28 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
     if not jobs:
         console.print("no jobs; queue a project with: copylora run projects/NAME")
         return
+    # Every column but the project's keeps its width (a job id or a loss cut to "#…"/"0.74…"
+    # says nothing); speed and ETA only while something runs; a shorter bar below 100 columns.
+    live = any(job.live for job in jobs)
+    width = 12 if console.width >= 100 else 8
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column, justify in (("job", "right"), ("project", "left"), ("task", "left"), ("status", "left"), ("progress", "left"),
-                            ("speed", "right"), ("ETA", "right"), ("loss", "right")):
-        table.add_column(column, justify=justify, no_wrap=True)
+    columns = [("job", "right"), ("project", "left"), ("task", "left"), ("status", "left"), ("progress", "left")]
+    columns += [("speed", "right"), ("ETA", "right")] if live else []
+    columns += [("loss", "right")]
+    for column, justify in columns:
+        if column == "project":
+            table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+        else:
+            table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
     for job in jobs:
-        progress = f"{bar(job.fraction)} {job.step or 0}/{job.total}" if job.total else ""
+        progress = f"{bar(job.fraction, width)} {job.step or 0}/{job.total}" if job.total else ""
         eta = format_duration(job.eta_s) if job.live and job.eta_s is not None else ""
         rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
         loss = f"{job.smooth_loss:.4f}" if job.smooth_loss is not None and job.kind == "train" else ""
-        table.add_row(
-            f"#{job.id}", job.project.rstrip("/").rsplit("/", 1)[-1], job.label,
-            f"[{STATUS_STYLE.get(job.shown_status, '')}]{job.shown_status}[/]", progress, rate, eta, loss,
-        )
+        cells = [f"#{job.id}", job.project.rstrip("/").rsplit("/", 1)[-1], job.label,
+                 f"[{STATUS_STYLE.get(job.shown_status, '')}]{job.shown_status}[/]", progress]
+        cells += [rate, eta] if live else []
+        table.add_row(*cells, loss)
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status == "failed" and job.error:
