@@ -124,6 +124,17 @@ class CopyloraApp(App[int]):
 
     # ------------------------------------------------------------------ navigation
 
+    def close_screen(self, screen: Screen, result=None) -> None:
+        """Take ``screen`` off the top of the stack (a dialog with ``result``). Nothing happens
+        if it is no longer on top: a second escape that arrived while it was closing must not
+        pop the screen under it (or the last one, which ends the app with ScreenStackError)."""
+        if self.screen is not screen or len(self.screen_stack) < 2 or screen._closing:
+            return
+        if isinstance(screen, ModalScreen):
+            screen.dismiss(result)
+        else:
+            self.pop_screen()
+
     def _in_dialog(self) -> bool:
         return isinstance(self.screen, ModalScreen)
 

@@ -357,3 +357,31 @@ def test_decompression_bomb_limits_are_our_words(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     code, out = check(root, capsys)
     assert code == EXIT_USAGE and "a.folder colour.png: too large to decode safely" in out and "downscale it first" in out
+
+
+def test_small_picture_warning_reaches_the_form_and_the_training_log(tmp_path):
+    from copylora_tui.screens.project import plan_summary
+    from engine.plan import make_plan
+    from engine.train import train
+
+    root = copy_example(tmp_path)
+    for old in (root / "a").iterdir():
+        old.unlink()
+    write_png(root / "a" / "small.png", size=(32, 48))
+    project = load_project(root)
+    assert "⚠ a.folder small.png: 32×48 is enlarged 4.0× to its 128×192 training bucket" in str(plan_summary(project))
+    lines: list[str] = []
+    train(make_plan(project, max_steps=1), "a", log=lines.append)
+    assert any(line.startswith("warning: a.folder small.png: 32×48 is enlarged") for line in lines)
+
+
+def test_project_list_reads_picture_headers_only(tmp_path):
+    """The app's project list must come quickly: sizes from headers (check decodes fully)."""
+    from engine.errors import ValidationError
+
+    root = copy_example(tmp_path)
+    picture = root / "a" / "colour.png"
+    picture.write_bytes(picture.read_bytes()[:-40])  # pixel data cut short, header intact
+    assert load_project(root, decode_images=False).name == "example-monochrome"
+    with pytest.raises(ValidationError, match="corrupt image"):
+        load_project(root)

@@ -11,6 +11,7 @@ from textual.widgets import Button, Static
 
 from copylora_tui.core.formatting import size_text
 from copylora_tui.core.projects import ProjectSummary, delete_project, folder_bytes, output_inside
+from copylora_tui.screens.guard import while_open
 
 
 class ConfirmDeleteScreen(ModalScreen[str | None]):
@@ -21,7 +22,7 @@ class ConfirmDeleteScreen(ModalScreen[str | None]):
     ]
 
     def __init__(self, summary: ProjectSummary) -> None:
-        super().__init__(id="confirm-delete")
+        super().__init__()  # no id: the last one may still be closing when the next opens
         self.summary = summary
         self.output = output_inside(summary)
         self.output_bytes = folder_bytes(self.output)
@@ -42,6 +43,7 @@ class ConfirmDeleteScreen(ModalScreen[str | None]):
                 yield Button("Keep it", id="cancel", compact=True)
                 yield Button("Delete", id="delete", variant="error", compact=True)
 
+    @while_open
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()  # enter on the dialog keeps the project
 
@@ -54,6 +56,7 @@ class ConfirmDeleteScreen(ModalScreen[str | None]):
         name = self.output.name if self.output is not None else "output"
         return f"[x] ALSO DELETE {name}/" if self.also_outputs else f"[ ] also delete {name}/ (o)"
 
+    @while_open
     def action_toggle_outputs(self) -> None:
         if self.output is None or not self.output.exists():
             return
@@ -65,15 +68,17 @@ class ConfirmDeleteScreen(ModalScreen[str | None]):
             self.action_toggle_outputs()
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        self.app.close_screen(self, None)
 
     def action_delete(self) -> None:
+        if not self.is_active:  # a second "y" while the dialog closes: it was deleted once
+            return
         also = self.also_outputs
         try:
             delete_project(self.summary, also_outputs=also)
         except OSError as exc:
             self.notify(f"could not delete {self.summary.folder}: {exc}", severity="error")
-            self.dismiss(None)
+            self.app.close_screen(self, None)
             return
         kept = "" if also or self.output is None or not self.output.exists() else f" (kept {self.summary.folder.name}/{self.output.name}/)"
-        self.dismiss(f"deleted {self.summary.name}{kept}")
+        self.app.close_screen(self, f"deleted {self.summary.name}{kept}")

@@ -275,4 +275,4 @@ class MonitorScreen(Screen):
         show_preview_path(self.query_one("#monitor-preview", PreviewPane))
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        self.app.close_screen(self)

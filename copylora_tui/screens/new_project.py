@@ -15,6 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from copylora_tui.screens.guard import while_open
 from engine.errors import Problem, ValidationError
 
 # create_project's problem locations (its CLI flags) -> our fields
@@ -37,7 +38,7 @@ class NewProjectScreen(ModalScreen[Path | None]):
     ]
 
     def __init__(self, projects_dir: Path) -> None:
-        super().__init__(id="new-project")
+        super().__init__()  # no id: the last one may still be closing when the next opens
         self.projects_dir = Path(projects_dir)
 
     def compose(self) -> ComposeResult:
@@ -54,11 +55,13 @@ class NewProjectScreen(ModalScreen[Path | None]):
                 yield Button("Create", id="create", variant="primary", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
 
+    @while_open
     def on_descendant_focus(self, event) -> None:
         key = (event.widget.id or "").removeprefix("new-")
         help_text = next((h for k, _, _, h in FIELDS if k == key), "")
         self.query_one("#new-help", Static).update(help_text)
 
+    @while_open
     def on_input_changed(self, event: Input.Changed) -> None:
         """An edited field's old error goes: it was about the old text."""
         key = (event.input.id or "").removeprefix("new-")
@@ -66,6 +69,7 @@ class NewProjectScreen(ModalScreen[Path | None]):
         if errors:
             errors.first(Static).display = False
 
+    @while_open
     def on_input_submitted(self, event: Input.Submitted) -> None:
         keys = [k for k, _, _, _ in FIELDS]
         index = keys.index(event.input.id.removeprefix("new-"))
@@ -78,13 +82,16 @@ class NewProjectScreen(ModalScreen[Path | None]):
         self.action_create() if event.button.id == "create" else self.action_cancel()
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        self.app.close_screen(self, None)
 
     def value(self, key: str) -> str:
         return self.query_one(f"#new-{key}", Input).value.strip()
 
     def action_create(self) -> None:
         from engine.scaffold import create_project
+
+        if not self.is_active:  # a second ctrl+s while the dialog closes
+            return
 
         name = self.value("name")
         problems: list[Problem] = []
@@ -104,8 +111,9 @@ class NewProjectScreen(ModalScreen[Path | None]):
                 problems = [Problem("", f"could not write the project: {exc}")]
         self.show_problems(problems)
         if not problems:
-            self.dismiss((self.projects_dir / name).resolve())
+            self.app.close_screen(self, (self.projects_dir / name).resolve())
 
+    @while_open
     def show_problems(self, problems: list[Problem]) -> None:
         by_field: dict[str, list[str]] = {}
         for problem in problems:

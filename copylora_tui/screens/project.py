@@ -278,7 +278,8 @@ class ProjectScreen(Screen):
         self.query_one("#history", JobTable).show_jobs(jobs)
 
     def selected_job_id(self) -> int | None:
-        return self.query_one("#history", JobTable).selected_job_id()
+        tables = self.query("#history")  # none yet while the screen is being built
+        return tables.first(JobTable).selected_job_id() if tables else None
 
     # ------------------------------------------------------------------ actions
 
@@ -336,7 +337,7 @@ class ProjectScreen(Screen):
             self._warned_unsaved = True
             self.notify("unsaved changes: ctrl+s saves them, esc again leaves without saving", severity="warning")
             return
-        self.app.pop_screen()
+        self.app.close_screen(self)
 
 
 def plan_summary(project: Project) -> Text:

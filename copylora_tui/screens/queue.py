@@ -97,7 +97,8 @@ class QueueScreen(Screen):
         self.action_monitor()
 
     def selected_job_id(self) -> int | None:
-        return self.query_one("#jobs", JobTable).selected_job_id()
+        tables = self.query("#jobs")  # none yet while the screen is being built
+        return tables.first(JobTable).selected_job_id() if tables else None
 
     def _with_job(self, command) -> None:
         """Run ``command(queue, job_id) -> str`` in a thread; its message is shown after the
@@ -134,4 +135,4 @@ class QueueScreen(Screen):
         self.app.action_start_worker()
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        self.app.close_screen(self)

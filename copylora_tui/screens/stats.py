@@ -172,4 +172,4 @@ class StatsScreen(Screen):
             self.show_modules()
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        self.app.close_screen(self)
