@@ -12,7 +12,6 @@ model adds nothing and only costs memory.
 
 from __future__ import annotations
 
-import json
 import pickletools
 import zipfile
 from dataclasses import dataclass
@@ -227,21 +226,9 @@ _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "di
 
 
 def _inspect_folder(path: Path) -> ModelFacts:
-    from engine.models import _folder_family
+    from engine.models import _folder_family, folder_configs
 
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ModelError(f"{path} is a folder but not a diffusers model (no model_index.json)")
-    try:
-        info = json.loads(index.read_text())
-        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
-        sched_path = path / "scheduler" / "scheduler_config.json"
-        sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable diffusers config ({exc})") from None
-    if not isinstance(info, dict) or not isinstance(unet_cfg, dict):
-        raise ModelError(f"{path}: model_index.json or unet/config.json is not a JSON object")
-    family = _folder_family(path, info, unet_cfg, sched_cfg)
+    family = _folder_family(path, *folder_configs(path))
     parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
     widths = {}
     for part in parts:

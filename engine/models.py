@@ -325,11 +325,7 @@ def peek_family(spec: str) -> str | None:
     path = Path(spec).expanduser()
     try:
         if path.is_dir():
-            info = json.loads((path / "model_index.json").read_text())
-            unet_cfg = json.loads((path / "unet" / "config.json").read_text())
-            sched_path = path / "scheduler" / "scheduler_config.json"
-            sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
-            return _folder_family(path, info, unet_cfg, sched_cfg)
+            return _folder_family(path, *folder_configs(path))
         if path.suffix.lower() == ".safetensors":
             with open(path, "rb") as handle:
                 size = int.from_bytes(handle.read(8), "little")
@@ -390,18 +386,28 @@ def load_base_model(
     return model
 
 
-def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
-    from diffusers import DiffusionPipeline
-
+def folder_configs(path: Path) -> tuple[dict, dict, dict]:
+    """``(model_index, unet config, scheduler config)`` of a diffusers folder (the scheduler's
+    may be missing: {}); :class:`ModelError` saying what is wrong otherwise."""
     index = path / "model_index.json"
     if not index.is_file():
-        raise ModelError(f"{path}: not a diffusers model folder (no model_index.json)")
+        raise ModelError(f"{path} is a folder but not a diffusers model (no model_index.json)")
     try:
         info = json.loads(index.read_text())
         unet_cfg = json.loads((path / "unet" / "config.json").read_text())
-        sched_cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        sched_path = path / "scheduler" / "scheduler_config.json"
+        sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: unreadable diffusers config ({exc})") from exc
+    if not all(isinstance(c, dict) for c in (info, unet_cfg, sched_cfg)):
+        raise ModelError(f"{path}: model_index.json, unet/config.json or the scheduler config is not a JSON object")
+    return info, unet_cfg, sched_cfg
+
+
+def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
+    from diffusers import DiffusionPipeline
+
+    info, unet_cfg, sched_cfg = folder_configs(path)
     if family == "auto":
         family = _folder_family(path, info, unet_cfg, sched_cfg)
     if family == "sdxl":

@@ -204,3 +204,43 @@ async def test_delete_dialog_deletes_once(tmp_path, monkeypatch):
         dialog.action_delete()  # a second "y" before the dialog has gone
         await pilot.pause(0.2)
         assert app._exception is None and results == ["deleted second"] and not (projects / "second").exists()
+
+
+async def test_keys_that_reach_a_closed_screen_run_no_action(tmp_path, monkeypatch):
+    """The monkey's seed 23: "o" (show the preview's path) reached a monitor that the previous
+    key had closed; its preview pane was gone (NoMatches)."""
+    from copylora_tui.screens.monitor import MonitorScreen
+    from tests.test_app_support import running_job
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    job = running_job(Queue(env.home), project, step=10, total=200)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_show_monitor(job.id)
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        monitor = app.screen
+        monitor.action_back()
+        await pilot.pause(0.2)
+        for action in ("open_preview", "cancel", "sample_now", "back"):
+            assert await app.run_action(action, default_namespace=monitor) is False
+        assert app._exception is None and len(app.screen_stack) == 1
+
+
+async def test_keys_that_reach_a_screen_not_built_yet_run_no_action(tmp_path, monkeypatch):
+    """The monkey's seed 23 again: "o" in the same burst as the key that opened a monitor."""
+    from copylora_tui.screens.monitor import MonitorScreen
+    from tests.test_app_support import running_job
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    job = running_job(Queue(env.home), project, step=10, total=200)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.screen.summaries)
+        monitor = MonitorScreen(job.id)
+        app.push_screen(monitor)  # not awaited: the screen is current, its widgets not yet there
+        assert await app.run_action("open_preview", default_namespace=monitor) is False
+        await wait_until(pilot, lambda: monitor.is_mounted)
+        await app.run_action("open_preview", default_namespace=monitor)  # now it acts: "no preview shown yet"
+        assert app._exception is None

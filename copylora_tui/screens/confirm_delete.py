@@ -11,10 +11,10 @@ from textual.widgets import Button, Static
 
 from copylora_tui.core.formatting import size_text
 from copylora_tui.core.projects import ProjectSummary, delete_project, folder_bytes, output_inside
-from copylora_tui.screens.guard import while_open
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
 
 
-class ConfirmDeleteScreen(ModalScreen[str | None]):
+class ConfirmDeleteScreen(ActsWhileOpen, ModalScreen[str | None]):
     BINDINGS = [
         Binding("escape,n", "cancel", "Keep it"),
         Binding("y", "delete", "Delete"),

@@ -39,3 +39,12 @@ def while_open(method):
             return None
 
     return wrapper
+
+
+class ActsWhileOpen:
+    """Mixed into every screen of the app: a key that reaches a screen not built yet or already
+    closing (it came in the same burst as the key that opened or closed it) runs no action
+    there. Textual asks ``check_action`` before each binding's action."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.is_mounted and still_open(self)

@@ -26,7 +26,7 @@ from copylora_tui.widgets.curve import Curve
 from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
-from copylora_tui.screens.guard import while_open
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.queue import Job
 
 
@@ -54,7 +54,7 @@ def gpu_of(job: Job | None, gpus: tuple[dict, ...]) -> dict | None:
     return gpus[0]
 
 
-class MonitorScreen(Screen):
+class MonitorScreen(ActsWhileOpen, Screen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("c", "cancel", "Cancel"),

@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from copylora_tui.screens.guard import while_open
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.errors import Problem, ValidationError
 
 # create_project's problem locations (its CLI flags) -> our fields
@@ -31,7 +31,7 @@ FIELDS = (
 )
 
 
-class NewProjectScreen(ModalScreen[Path | None]):
+class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "create", "Create"),

@@ -28,7 +28,7 @@ from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
-from copylora_tui.screens.guard import while_open
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.errors import Problem, ValidationError
 from engine.project import Project, load_project
 
@@ -36,7 +36,7 @@ CHECK_DELAY_S = 0.3
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
 
 
-class ProjectScreen(Screen):
+class ProjectScreen(ActsWhileOpen, Screen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+r", "run", "Run"),

@@ -21,7 +21,7 @@ from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import project_label, size_text, when_text
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
-from copylora_tui.screens.guard import while_open
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.queue import Job
 
 EMPTY_HELP = """\
@@ -64,7 +64,7 @@ def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | N
 ALL_COLUMNS = ("project", "base", "a", "b", "merge", "last", "size")
 
 
-class ProjectsScreen(Screen):
+class ProjectsScreen(ActsWhileOpen, Screen):
     TITLE = "Projects"
     BINDINGS = [
         Binding("n", "new_project", "New"),

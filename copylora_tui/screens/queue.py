@@ -17,7 +17,7 @@ from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import project_label
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
-from copylora_tui.screens.guard import while_open
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.queue import Job, artifacts_text
 
 
@@ -45,7 +45,7 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
     return Text.assemble((head, "bold"), ("done", "green"), f"  {artifacts_text(job.artifacts)}")
 
 
-class QueueScreen(Screen):
+class QueueScreen(ActsWhileOpen, Screen):
     BINDINGS = [
         Binding("enter,m", "monitor", "Monitor"),
         Binding("c", "cancel", "Cancel"),
