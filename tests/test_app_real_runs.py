@@ -76,7 +76,12 @@ async def test_every_screen_and_binding_over_real_runs(real_runs, size):
         await drive.press("d")  # the delete dialog: toggle "also output/", then keep the project
         await drive.press("o", "n")
         await drive.back_to(ProjectsScreen)
-        await drive.press("n", "escape", "f5")
+        await drive.press("n", "ctrl+s", "escape", "f5")  # the new-project dialog: create with nothing filled in
+        app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("invalid"))
+        await drive.press("d", "y")  # delete a project for real
+        await wait_until(pilot, lambda: not (real_runs / "invalid").exists())
+        await wait_until(pilot, lambda: len(app.screen.summaries) == 6)
+        names = [s.folder.name for s in app.screen.summaries]
         app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("mono"))
         await drive.press("r")  # run: queue what is missing (the worker start is recorded, not done)
 
