@@ -354,13 +354,13 @@ def bake_lora(
     try:
         ratio = float(ratio)
     except (TypeError, ValueError):
-        raise ValidationError([Problem("--ratio", f"must be a number, got {ratio!r}")]) from None
+        raise ValidationError([Problem("ratio", f"must be a number, got {ratio!r}")]) from None
     cast = None
     if save_precision not in (None, "", "same"):
         try:
             cast = to_dtype(save_precision)
         except ValueError as exc:
-            raise ValidationError([Problem("--save_precision", str(exc))]) from None
+            raise ValidationError([Problem("save_precision", str(exc))]) from None
     kind, base = _resolve_base(base_spec)
     lora = load_lora_file(lora_path)
     _check_destination(kind, base, save_to)
@@ -387,7 +387,7 @@ def bake_lora(
             progress(done[0], total, name)
 
     if kind == "single-file":
-        from engine.checkpoint import atomic_write
+        from engine.files import atomic_write
 
         changes = plan[base]
         atomic_write(save_to, lambda tmp: _rewrite(base, tmp, changes, ratio, cast, note, result.modules, tick))
@@ -402,19 +402,19 @@ def _check_destination(kind: str, base: Path, save_to: Path) -> None:
     problems = []
     if kind == "single-file":
         if save_to.suffix.lower() != WEIGHT_SUFFIX:
-            problems.append(Problem("--save_to", f"the base is a single-file checkpoint, so the baked model is one too: give a .safetensors path, got {save_to.name}"))
+            problems.append(Problem("save_to", f"the base is a single-file checkpoint, so the baked model is one too: give a .safetensors path, got {save_to.name}"))
         elif save_to.is_dir():
-            problems.append(Problem("--save_to", f"{save_to} is a folder"))
+            problems.append(Problem("save_to", f"{save_to} is a folder"))
         elif save_to.exists() and save_to.resolve() == base.resolve():
-            problems.append(Problem("--save_to", "is the base model itself; bake into a new file"))
+            problems.append(Problem("save_to", "is the base model itself; bake into a new file"))
     else:
         resolved, base_resolved = save_to.resolve(), base.resolve()
         if save_to.suffix.lower() in (WEIGHT_SUFFIX, ".ckpt"):
-            problems.append(Problem("--save_to", f"the base is a diffusers folder, so the baked model is a folder too: give a folder path, got {save_to.name}"))
+            problems.append(Problem("save_to", f"the base is a diffusers folder, so the baked model is a folder too: give a folder path, got {save_to.name}"))
         elif save_to.exists():
-            problems.append(Problem("--save_to", f"{save_to} already exists; remove it or choose a new folder name"))
+            problems.append(Problem("save_to", f"{save_to} already exists; remove it or choose a new folder name"))
         elif resolved == base_resolved or base_resolved in resolved.parents:
-            problems.append(Problem("--save_to", "must not be inside the base model folder"))
+            problems.append(Problem("save_to", "must not be inside the base model folder"))
     if problems:
         raise ValidationError(problems)
 

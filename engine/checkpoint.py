@@ -12,12 +12,12 @@ arbitrary pickled objects.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from engine.files import atomic_write
 
 STATE_RE = re.compile(r"^state-(\d{8})\.pt$")
 REQUIRED_KEYS = ("step", "lora", "optimizer", "scheduler", "rng", "fingerprint")
@@ -26,41 +26,6 @@ KEEP_STATES = 2  # the newest two: if the newest turns out unreadable, the previ
 
 def state_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"state-{step:08d}.pt"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on every platform/filesystem
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, then fsync and rename into ``path``; clean up on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        try:
-            write(tmp)
-        except OSError:
-            raise
-        except RuntimeError as exc:  # torch.save reports I/O failures as RuntimeError
-            from engine.errors import first_line
-
-            raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> Path:

@@ -54,7 +54,7 @@ def side_up_to_date(plan: Plan, side: str) -> tuple[bool, str]:
 
 
 def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
-    from engine.merge import sha256_file
+    from engine.hashing import file_sha256 as sha256_file
 
     meta = _metadata(plan.merged_path)
     if meta is None:
@@ -160,7 +160,7 @@ def sample_up_to_date(plan: Plan) -> tuple[bool, str]:
     """The preview grid is up to date when it shows the current merged file with the current [sample]."""
     from dataclasses import asdict
 
-    from engine.merge import sha256_file
+    from engine.hashing import file_sha256 as sha256_file
 
     path = grid_path(plan)
     if not path.is_file() or not plan.merged_path.is_file():

@@ -138,21 +138,21 @@ def _validate(dim, conv_dim, save_to: Path, device: str, save_precision: str, cl
 
     problems = []
     if not isinstance(dim, int) or dim <= 0:
-        problems.append(Problem("--dim", f"must be a whole number greater than 0, got {dim!r}"))
+        problems.append(Problem("dim", f"must be a whole number greater than 0, got {dim!r}"))
     if conv_dim is not None and (not isinstance(conv_dim, int) or conv_dim <= 0):
-        problems.append(Problem("--conv_dim", f"must be a whole number greater than 0, got {conv_dim!r}"))
+        problems.append(Problem("conv_dim", f"must be a whole number greater than 0, got {conv_dim!r}"))
     if save_to.suffix.lower() != ".safetensors":
-        problems.append(Problem("--save_to", f"must end in .safetensors, got {save_to.name}"))
+        problems.append(Problem("save_to", f"must end in .safetensors, got {save_to.name}"))
     if save_precision not in SAVE_DTYPES:
-        problems.append(Problem("--save_precision", f"unknown precision {save_precision!r}; use float, fp16 or bf16"))
+        problems.append(Problem("save_precision", f"unknown precision {save_precision!r}; use float, fp16 or bf16"))
     if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
-        problems.append(Problem("--clamp_quantile", f"must be in (0, 1], got {clamp_quantile}"))
+        problems.append(Problem("clamp_quantile", f"must be in (0, 1], got {clamp_quantile}"))
     if min_diff is not None and min_diff < 0:
-        problems.append(Problem("--min_diff", f"must be 0 or more, got {min_diff}"))
+        problems.append(Problem("min_diff", f"must be 0 or more, got {min_diff}"))
     if svd not in SVD_METHODS:
         problems.append(Problem("svd", f"must be one of {', '.join(SVD_METHODS)}, got {svd!r}"))
     if not (device in ("cpu", "auto") or device.startswith("cuda")):
-        problems.append(Problem("--device", f"use cpu, cuda, cuda:N or auto, got {device!r}"))
+        problems.append(Problem("device", f"use cpu, cuda, cuda:N or auto, got {device!r}"))
     if problems:
         raise ValidationError(problems)
 
@@ -195,7 +195,7 @@ def extract_lora(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExtractError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu)")
+        raise ExtractError("device cuda asked for, but torch sees no CUDA GPU (use the cpu)")
 
     org = load_base_model(model_org, family, config_dir=config_dir)
     tuned = load_base_model(model_tuned, family, config_dir=config_dir)
@@ -279,7 +279,7 @@ def extract_lora(
     if not modules:
         raise ExtractError(
             f"{model_tuned} and {model_org} are identical in every LoRA target module"
-            + (" (the text encoder was left out by --min_diff)" if text_dropped else "")
+            + (" (the text encoder was left out by min_diff)" if text_dropped else "")
             + ": nothing to extract"
         )
 
@@ -327,7 +327,7 @@ def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile
 
 
 def _save_stats(save_to: Path, family, inputs, seconds, stats, methods, skipped, text_dropped, min_diff) -> Path:
-    from engine.checkpoint import atomic_write
+    from engine.files import atomic_write
     from engine.merge_stats import summarise_blocks
 
     stats_path = save_to.with_name(save_to.stem + ".stats.json")

@@ -1,4 +1,11 @@
-"""File-system checks shared by validation and the job runners.
+"""Writing files so that they survive, and checking that they can be written.
+
+Every file copylora writes (LoRAs, checkpoints, statistics, project files, previews, class
+images) goes through :func:`atomic_write`: a temporary file beside the target, written, flushed
+and fsynced, renamed over the target, and the folder fsynced, so a crash or a power cut leaves
+the old file or the new one, never half of one. The file gets the mode any other tool would
+give it (0666 minus the umask): an A1111/ComfyUI server running as another user can read the
+LoRA (``mkstemp`` alone makes it 0600).
 
 An output folder that cannot be written used to be found out at the end of a training, when
 the LoRA was saved: the work was lost. It is checked when a project is loaded (``check``, the
@@ -8,7 +15,9 @@ app's form, ``run``) and again when a job starts, without creating anything.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 # Kernel pseudo-filesystems: a path there "exists" but nothing can be kept in it.
 PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
@@ -43,3 +52,65 @@ def writable_folder_problem(folder: Path | str) -> str | None:
     except (OSError, AttributeError):  # no statvfs (Windows): the access check above stands
         pass
     return None
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so nothing is changed)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, put back at once
+    os.umask(mask)
+    return mask
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform lets a folder be fsynced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)``, fsync the result, give it the umask's mode, rename it onto
+    ``path`` and fsync the folder. On any failure the temporary file is removed and the old
+    ``path`` (if any) is untouched. Writers that report I/O failures as RuntimeError (torch)
+    are turned into OSError, which callers handle as "could not write"."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            write(tmp)
+        except OSError:
+            raise
+        except RuntimeError as exc:
+            from engine.errors import first_line
+
+            raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+        fsync_folder(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -339,9 +339,8 @@ def save_lora_file(
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(tensors, meta)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         try:
             save_file(tensors, str(tmp), metadata=meta)
         except OSError:
@@ -350,10 +349,10 @@ def save_lora_file(
             from engine.errors import first_line
 
             raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    from engine.files import atomic_write
+
+    return atomic_write(path, write)  # fsynced, renamed into place, the umask's mode
 
 
 def kohya_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:

@@ -121,7 +121,7 @@ def merge_loras(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MergeError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu)")
+        raise MergeError("device cuda asked for, but torch sees no CUDA GPU (use the cpu)")
     dtype = torch.float64 if precision in ("fp64", "double") else torch.float32
     conv_rank = new_conv_rank or new_rank
     asked = (new_rank, conv_rank)
@@ -272,12 +272,12 @@ def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quant
 
 def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "fp16") -> tuple[Path, Path]:
     """Write the LoRA and ``<stem>.stats.json`` beside it (both atomically)."""
-    from engine.checkpoint import atomic_write
+    from engine.files import atomic_write
     from engine.lora import save_lora_file
 
     save_to = Path(save_to)
     if save_to.suffix.lower() != ".safetensors":
-        raise MergeError(f"--save_to must end in .safetensors, got {save_to.name}")
+        raise MergeError(f"save_to must end in .safetensors, got {save_to.name}")
     path = save_lora_file(save_to, result.modules, result.metadata, save_precision)
     stats_path = save_to.with_name(save_to.stem + ".stats.json")
     document = {

@@ -87,8 +87,8 @@ _BLOCK_FIELDS = {"block": str, "modules": int, "energy_kept": _NUMBER, "result_n
 _INPUT_FIELDS = {"file": str, "ratio": _NUMBER}
 
 
-def stats_path_for(path) -> "Path":
-    """``X.stats.json`` for ``X.safetensors`` (a stats file names itself)."""
+def stats_path_for(path):
+    """``X.stats.json`` (a Path) for ``X.safetensors`` (a stats file names itself)."""
     from pathlib import Path
 
     path = Path(path)

@@ -112,15 +112,6 @@ def legacy_model_hash(path: str | os.PathLike) -> str:
     return sha.hexdigest()[:8]
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """kohya's ``ss_new_sd_model_hash``: sha256 of the whole file (slow for GB files)."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 # --------------------------------------------------------------------------- family detection
 
 

@@ -10,10 +10,8 @@ exact text, and only then replaces the file atomically. The layout of the TOML i
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -303,20 +301,7 @@ def save_project(project: Project, path: Path | str | None = None) -> Path:
     target = find_project_file(path) if path is not None else project.toml_path
     text = render_project(project)
     parse_project(text, target.parent, source=str(target))  # raises before anything is written
+    from engine.files import write_text_atomic
+
     write_text_atomic(target, text)
     return target
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder + fsync + rename: a crash leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -29,7 +29,7 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
                           model=None) -> list[Path]:
     import torch
 
-    from engine.checkpoint import atomic_write
+    from engine.files import atomic_write
     from engine.models import load_base_model
     from engine.sample import make_scheduler
     from engine.train import pick_device

@@ -153,7 +153,7 @@ def save_grid(image, path: Path, settings: SampleSettings, *, model_name: str, l
     """Write the PNG atomically with its parameters as text chunks."""
     from PIL.PngImagePlugin import PngInfo
 
-    from engine.checkpoint import atomic_write
+    from engine.files import atomic_write
 
     info = PngInfo()
     record = {"settings": asdict(settings), "model": model_name, "lora": lora_name, "created": time.time(), **(extra or {})}
@@ -188,11 +188,7 @@ def sample_lora(model, lora_path: Path | None, settings: SampleSettings, out_pat
         network.to(device=model.unet.device)
     images = generate(model, settings, network, progress=progress)
     name = lora_path.name if lora_path is not None else "none"
-    extra = {"lora_sha256": sha256_of(lora_path)} if lora_path is not None else {}
+    from engine.hashing import file_sha256
+
+    extra = {"lora_sha256": file_sha256(lora_path)} if lora_path is not None else {}
     return save_grid(grid(images, settings, title or name), out_path, settings, model_name=model_name, lora_name=name, extra=extra)
-
-
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -71,13 +71,13 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     a_image, b_image = Path(a_image).expanduser(), Path(b_image).expanduser()
     problems: list[Problem] = []
     if dest.exists():
-        problems.append(Problem("NAME", f"{dest} already exists"))
-    _check_image(a_image, "--a", problems)
-    _check_image(b_image, "--b", problems)
+        problems.append(Problem("dest", f"{dest} already exists"))
+    _check_image(a_image, "a_image", problems)
+    _check_image(b_image, "b_image", problems)
     if base_model not in BUILTIN_MODELS:
         base_path = Path(base_model).expanduser()
         if not base_path.exists():
-            problems.append(Problem("--base", f"no such file or folder: {base_path}"))
+            problems.append(Problem("base_model", f"no such file or folder: {base_path}"))
         base_model = str(base_path.resolve())
     if problems:
         raise ValidationError(problems)

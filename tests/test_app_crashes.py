@@ -69,6 +69,9 @@ async def test_unfolded_section_shows_problems_before_its_fields_compose(tmp_pat
         screen = app.screen
         from engine.errors import Problem
 
+        # Let the screen's own first whole-project check (a moment after its fields fill) pass,
+        # or it would replace the problems injected below with the real ones (none).
+        await pilot.pause(1.0)
         # The race, made certain: the problems arrive in the same tick as the new fields.
         problems = [Problem("sample.prompts", "must not be empty")]
         screen.project_problems = problems

@@ -178,7 +178,7 @@ def screen_text(app) -> str:
 
 def write_merged(project_dir: Path) -> None:
     """A merged LoRA whose provenance matches the project's current A and B files, and its stats."""
-    from engine.merge import sha256_file
+    from engine.hashing import file_sha256 as sha256_file
     from engine.plan import make_plan
     from engine.project import load_project
 

@@ -4,7 +4,6 @@ a worker that died under a running job, a side that stopped at a checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -81,7 +80,7 @@ async def test_running_job_of_a_dead_worker_shows_as_interrupted(tmp_path, monke
     env = use_home(monkeypatch, tmp_path)
     project = (make_projects(tmp_path) / "example-monochrome").resolve()
     queue = Queue(env.home)
-    job_id = _interrupted_job(queue, project)
+    _interrupted_job(queue, project)
     app = CopyloraApp(project.parent, poll_s=0.1)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: "interrupted" in screen_text(app))  # the A column of Projects

@@ -14,7 +14,7 @@ import traceback
 from typing import Callable
 
 from engine import __version__
-from engine.errors import CopyloraError, ValidationError
+from engine.errors import CopyloraError, Problem, ValidationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample_command.register(commands)
     queue_commands.register(commands)
     return parser
+
+
+def as_flags(call, flags: set[str], names: dict[str, str] | None = None):
+    """Run ``call()``; the engine's problems name its parameters (``save_to``), the user typed
+    flags (``--save_to``): rename the ones in ``flags`` (or in ``names``, for others)."""
+    try:
+        return call()
+    except ValidationError as exc:
+        names = {**{f: f"--{f}" for f in flags}, **(names or {})}
+        raise ValidationError([Problem(names.get(p.where, p.where), p.message) for p in exc.problems], exc.source) from None
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

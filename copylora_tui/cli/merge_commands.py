@@ -18,13 +18,6 @@ from pathlib import Path
 from engine.errors import Problem, ValidationError
 
 KOHYA_PRECISIONS = ("float", "fp16", "bf16", "fp64")
-SORT_KEYS = {
-    "energy": lambda m: m["energy_kept"],
-    "error": lambda m: -m["rel_error"],
-    "norm": lambda m: -m["result_norm"],
-    "cos": lambda m: m.get("cos_inputs") if m.get("cos_inputs") is not None else 2.0,
-    "name": lambda m: m["name"],
-}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -73,7 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Show the per-module statistics of a merged LoRA (its <stem>.stats.json) and a per-block summary.",
     )
     stats.add_argument("file", metavar="FILE", help="merged LoRA or its .stats.json")
-    stats.add_argument("--sort", choices=sorted(SORT_KEYS), default="energy", help="energy (lowest first), error, norm, cos, name")
+    stats.add_argument("--sort", choices=("cos", "energy", "error", "name", "norm"), default="energy", help="energy (lowest first), error, norm, cos, name")
     stats.add_argument("--block", metavar="B", help="only modules of this block (te, in, mid, out, or e.g. out3)")
     stats.add_argument("--kind", choices=("linear", "conv1x1", "conv3x3"), help="only this kind of module")
     stats.add_argument("--top", type=int, default=20, metavar="N", help="rows to show (0: all; default 20)")
@@ -190,23 +183,9 @@ def cmd_resize(args: argparse.Namespace) -> int:
     )
 
 
-def load_stats(path: str | Path) -> dict:
-    from engine.merge_stats import read_stats
-
-    return read_stats(path)
-
-
-def select_rows(document: dict, *, sort: str = "energy", block: str | None = None, kind: str | None = None, top: int = 20) -> list[dict]:
-    rows = document["modules"]
-    if block:
-        rows = [m for m in rows if m["block"] == block or (block.isalpha() and m["block"].rstrip("0123456789") == block)]
-    if kind:
-        rows = [m for m in rows if m["kind"] == kind]
-    rows = sorted(rows, key=SORT_KEYS[sort])
-    return rows[:top] if top else rows
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
+    from copylora_tui.core.stats_table import load_stats, select_rows
+
     document = load_stats(args.file)
     rows = select_rows(document, sort=args.sort, block=args.block, kind=args.kind, top=args.top)
     if args.json:

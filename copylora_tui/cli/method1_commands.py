@@ -105,13 +105,26 @@ def _progress_printer(label: str):
     return show
 
 
+def _as_flags(call):
+    """Run an engine call whose problems name its parameters (``save_to``); report them by
+    this command's flags (``--save_to``), as the user typed them."""
+    from copylora_tui.cli.main import as_flags
+
+    return as_flags(call, FLAGS)
+
+
+# bake's and extract's parameters that are flags of the same name
+FLAGS = {"base", "lora", "save_to", "ratio", "save_precision", "config_dir", "model_org", "model_tuned", "dim",
+         "conv_dim", "device", "clamp_quantile", "min_diff", "family"}
+
+
 def cmd_bake(args: argparse.Namespace) -> int:
     from engine.bake import bake_lora
 
-    result = bake_lora(
+    result = _as_flags(lambda: bake_lora(
         args.base, args.lora, args.save_to, args.ratio,
         save_precision=args.save_precision, config_dir=args.config_dir, progress=_progress_printer("baking"),
-    )
+    ))
     print(
         f"wrote {result.path}  ({result.format}, {result.family}, {len(result.modules)} weights changed, "
         f"ratio {result.ratio:g}, {result.seconds:.1f} s)"
@@ -128,12 +141,12 @@ def cmd_bake(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from engine.extract import extract_lora
 
-    result = extract_lora(
+    result = _as_flags(lambda: extract_lora(
         args.model_org, args.model_tuned, dim=args.dim, conv_dim=args.conv_dim, save_to=args.save_to,
         device=args.device, save_precision=args.save_precision, clamp_quantile=args.clamp_quantile,
         min_diff=args.min_diff, family=args.family, config_dir=args.config_dir,
         progress=_progress_printer("extracting"),
-    )
+    ))
     worst = max((s.rel_error for s in result.stats), default=0.0)
     print(
         f"wrote {result.path} and {result.stats_path.name}  ({len(result.modules)} modules, "

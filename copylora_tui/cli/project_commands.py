@@ -52,8 +52,11 @@ def project_dest(name: str, projects_dir: str) -> Path:
 def cmd_new(args: argparse.Namespace) -> int:
     from engine.scaffold import create_project
 
+    from copylora_tui.cli.main import as_flags
+
     dest = project_dest(args.name, args.projects)
-    project = create_project(dest, args.a, args.b, name=Path(args.name).name, base_model=args.base)
+    names = {"dest": "NAME", "a_image": "--a", "b_image": "--b", "base_model": "--base"}
+    project = as_flags(lambda: create_project(dest, args.a, args.b, name=Path(args.name).name, base_model=args.base), set(), names)
     shown = _relative(project.root)
     print(f"created {shown}/ (A: {args.a}, B: {args.b}, base: {project.info.base_model})")
     print(f"edit {shown}/copylora.toml, then: copylora check {shown}")

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+from copylora_tui.core.formatting import project_label
 from engine.errors import Problem, ValidationError
 
 
@@ -125,7 +126,7 @@ def _wait(queue, job_ids: list[int]) -> int:
             tasks = {}
             for job_id in job_ids:
                 job = queue.get(job_id)
-                tasks[job_id] = bar.add_task(f"#{job.id} {job.label:<8} {_project_name(job.project)}", total=1.0, info="")
+                tasks[job_id] = bar.add_task(f"#{job.id} {job.label:<8} {project_label(job.project)}", total=1.0, info="")
             while True:
                 finished = 0
                 for job_id, task in tasks.items():
@@ -147,12 +148,8 @@ def _wait(queue, job_ids: list[int]) -> int:
         return 130
     failed = [queue.get(j) for j in job_ids if queue.get(j).status != "done"]
     for job in failed:
-        print(f"#{job.id} {job.label} of {_project_name(job.project)}: {job.status}: {job.error or ''}", file=sys.stderr)
+        print(f"#{job.id} {job.label} of {project_label(job.project)}: {job.status}: {job.error or ''}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _project_name(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -253,7 +250,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None
     print(f"worker: running, pid {pid}, slots {row.get('gpus', '?')}, heartbeat {beat:.1f} s ago" if beat is not None else f"worker: running, pid {pid}")
     for job in running:
-        print(f"  #{job.id} {job.label} of {_project_name(job.project)}: step {job.step}/{job.total}")
+        print(f"  #{job.id} {job.label} of {project_label(job.project)}: step {job.step}/{job.total}")
     for gpu in queue.latest_gpus():
         print(f"  GPU {gpu['gpu']} {gpu['name']}: {gpu['used_mb']:.0f}/{gpu['total_mb']:.0f} MiB, {gpu['util'] or 0:.0f} %, {gpu['temp'] or 0:.0f} °C")
     return 0

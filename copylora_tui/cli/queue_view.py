@@ -7,13 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-STATUS_STYLE = {"running": "bold cyan", "queued": "white", "paused": "yellow", "done": "green", "failed": "bold red",
-                "cancelled": "dim", "interrupted": "bold yellow"}
+from copylora_tui.core.formatting import STATUS_STYLE, bar, project_label
 
-
-def bar(fraction: float, width: int = 12) -> str:
-    filled = int(round(max(0.0, min(1.0, fraction)) * width))
-    return "━" * filled + "╌" * (width - filled)
 
 
 def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
@@ -44,8 +39,8 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         eta = format_duration(job.eta_s) if job.live and job.eta_s is not None else ""
         rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
         loss = f"{job.smooth_loss:.4f}" if job.smooth_loss is not None and job.kind == "train" else ""
-        cells = [f"#{job.id}", job.project.rstrip("/").rsplit("/", 1)[-1], job.label,
-                 f"[{STATUS_STYLE.get(job.shown_status, '')}]{job.shown_status}[/]", progress]
+        style = STATUS_STYLE.get(job.shown_status) or "default"
+        cells = [f"#{job.id}", project_label(job.project), job.label, f"[{style}]{job.shown_status}[/]", progress]
         cells += [rate, eta] if live else []
         table.add_row(*cells, loss)
     console.print(table)

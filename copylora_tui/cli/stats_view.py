@@ -5,26 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-
-def bar(fraction: float, width: int = 10) -> str:
-    fraction = min(max(fraction, 0.0), 1.0)
-    full = int(round(fraction * width))
-    return "█" * full + "·" * (width - full)
-
-
-_SHORT = (
-    ("lora_unet_", ""), ("lora_te1_text_model_encoder_", "te1."), ("lora_te2_text_model_encoder_", "te2."),
-    ("lora_te_text_model_encoder_", "te."), ("down_blocks_", "down"), ("up_blocks_", "up"), ("mid_block_", "mid."),
-    ("input_blocks_", "in"), ("output_blocks_", "out"), ("middle_block_", "mid"), ("attentions_", "att"),
-    ("transformer_blocks_", "tb"), ("resnets_", "res"), ("layers_", "L"), ("self_attn_", "attn."),
-)
-
-
-def short_name(name: str) -> str:
-    """A compact module name for narrow terminals: down1_att0_tb0_attn1_to_q."""
-    for long, short in _SHORT:
-        name = name.replace(long, short)
-    return name
+from copylora_tui.core.formatting import block_bar as bar
+from copylora_tui.core.stats_table import short_name
 
 
 def print_stats(document: dict, rows: list[dict], console: Console | None = None) -> None:

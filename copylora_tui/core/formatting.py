@@ -12,6 +12,10 @@ from engine.progress import format_duration
 
 BAR_FULL, BAR_EMPTY = "━", "╌"
 
+# A job's (shown) status -> its Rich style, for the app's tables and `copylora queue` alike.
+STATUS_STYLE = {"running": "bold cyan", "queued": "", "paused": "yellow", "done": "green", "failed": "bold red",
+                "cancelled": "dim", "interrupted": "bold yellow"}
+
 
 def bar(fraction: float, width: int) -> str:
     """A text progress bar: readable in any terminal and any colour system."""

@@ -18,8 +18,8 @@ from textual.widgets import Button, Input, Label, Static
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.errors import Problem, ValidationError
 
-# create_project's problem locations (its CLI flags) -> our fields
-WHERE = {"NAME": "name", "--a": "a", "--b": "b", "--base": "base"}
+# create_project's problem locations (its parameters) -> our fields
+WHERE = {"dest": "name", "a_image": "a", "b_image": "b", "base_model": "base"}
 # (key, label, placeholder: short enough for an 80-column dialog, help: shown under the dialog
 # while the field has the focus, wrapped)
 FIELDS = (
@@ -96,10 +96,10 @@ class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
         name = self.value("name")
         problems: list[Problem] = []
         if not name:
-            problems.append(Problem("NAME", "give the project a name"))
+            problems.append(Problem("dest", "give the project a name"))
         elif "/" in name or name in (".", "..") or name.startswith("."):
-            problems.append(Problem("NAME", "a plain folder name, without / (it is made in the projects folder)"))
-        for key, flag in (("a", "--a"), ("b", "--b")):
+            problems.append(Problem("dest", "a plain folder name, without / (it is made in the projects folder)"))
+        for key, flag in (("a", "a_image"), ("b", "b_image")):
             if not self.value(key):
                 problems.append(Problem(flag, "give the path of the picture"))
         if not problems:

@@ -17,9 +17,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from copylora_tui.widgets.app_header import AppHeader
-from copylora_tui.cli.stats_view import short_name
 from copylora_tui.core.formatting import block_bar
-from copylora_tui.core.stats_table import COLUMNS, block_filters, kind_filters, load_stats, sorted_rows
+from copylora_tui.core.stats_table import COLUMNS, block_filters, kind_filters, load_stats, short_name, sorted_rows
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.errors import ValidationError
 

@@ -12,11 +12,9 @@ from typing import Callable
 from rich.text import Text
 from textual.widgets import DataTable
 
-from copylora_tui.core.formatting import bar, eta_text, loss_text, project_label, rate_text, when_text
+from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, loss_text, project_label, rate_text, when_text
 from engine.queue import Job
 
-STATUS_STYLE = {"running": "bold cyan", "queued": "", "paused": "yellow", "done": "green", "failed": "bold red",
-                "cancelled": "dim", "interrupted": "bold yellow"}
 
 
 def status_cell(job: Job) -> Text:
