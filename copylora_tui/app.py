@@ -165,7 +165,7 @@ class CopyloraApp(App[int]):
             job_id = getattr(self.screen, "selected_job_id", lambda: None)()
         if job_id is None:
             jobs = self.snapshot.jobs
-            running = [j for j in jobs if j.status == "running"]
+            running = [j for j in jobs if j.live]
             pick = running[0] if running else max(jobs, key=lambda j: j.id, default=None)
             job_id = pick.id if pick else None
         if job_id is None:

@@ -18,7 +18,7 @@ import time
 import traceback
 
 from engine.errors import CopyloraError
-from engine.queue import MAX_POINTS, Job, Queue, artifacts_text
+from engine.queue import MAX_POINTS, Job, JobStatus, Queue, artifacts_text
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 WRITE_INTERVAL_S = 0.25  # at most 4 progress writes per second, whatever the step rate
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
     except CopyloraError as exc:
         log(f"FAILED: {exc}")
-        queue.finish(job.id, "failed", error=str(exc))
+        queue.finish(job.id, JobStatus.FAILED, error=str(exc))
         return EXIT_FAILED
     except Exception as exc:  # a bug or an environment problem (CUDA OOM...): keep the traceback in the log
         traceback.print_exc()
@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         if "out of memory" in message.lower():
             message += " (the GPU ran out of memory: try gradient_checkpointing = true or a smaller resolution)"
         log(f"FAILED: {message}")
-        queue.finish(job.id, "failed", error=message[:2000])
+        queue.finish(job.id, JobStatus.FAILED, error=message[:2000])
         return EXIT_FAILED
-    queue.finish(job.id, "done", artifacts=artifacts)
+    queue.finish(job.id, JobStatus.DONE, artifacts=artifacts)
     log(f"job #{job.id} done: {artifacts_text(artifacts)}")
     return EXIT_DONE
 

@@ -18,15 +18,48 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator
 
 from engine.errors import CopyloraError
 from engine.state_home import job_log, queue_db, state_home
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled", "paused")
+class JobStatus(str, Enum):
+    """Where a job is in its life: queued → running → done | failed | cancelled, with paused
+    beside queued. A str, so it is stored, printed and sent as JSON as the plain word (the
+    database's SQL speaks the same words)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def active(self) -> bool:
+        """Waiting or running: the job still has work to do."""
+        return self in ACTIVE
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+    @property
+    def waiting(self) -> bool:
+        """Queued or paused: not started (or stopped to resume later)."""
+        return self in WAITING
+
+
+STATUSES = tuple(JobStatus)
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+WAITING = (JobStatus.QUEUED, JobStatus.PAUSED)
 KINDS = ("train", "merge", "sample", "reg", "bake", "extract")
-ACTIVE = ("queued", "running", "paused")
 MAX_POINTS = 1000  # progress points kept per job: enough for a smooth curve of any length
 GPU_HISTORY_S = 600
 
@@ -75,7 +108,7 @@ class Job:
     side: str | None
     label: str
     params: dict
-    status: str
+    status: JobStatus
     position: float
     gpu: str | None
     pid: int | None
@@ -108,21 +141,23 @@ class Job:
     @property
     def live(self) -> bool:
         """Running, and something runs it (so its speed and ETA mean something)."""
-        return self.status == "running" and not self.interrupted
+        return self.status is JobStatus.RUNNING and not self.interrupted
 
     @property
     def shown_status(self) -> str:
         """The status to show people: "interrupted" is a running job nobody runs."""
-        return "interrupted" if self.interrupted else self.status
+        return "interrupted" if self.interrupted else self.status.value
 
     @property
     def fraction(self) -> float:
-        if self.status == "done":
+        if self.status is JobStatus.DONE:
             return 1.0
         return (self.step or 0) / self.total if self.total else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["status"] = self.status.value
+        return data
 
 
 def mark_interrupted(jobs: list[Job], worker_alive: bool) -> list[Job]:
@@ -134,7 +169,7 @@ def mark_interrupted(jobs: list[Job], worker_alive: bool) -> list[Job]:
     from engine.procs import alive
 
     for job in jobs:
-        if job.status == "running" and not alive(job.pid, job.pid_start):
+        if job.status is JobStatus.RUNNING and not alive(job.pid, job.pid_start):
             job.interrupted = True
     return jobs
 
@@ -161,6 +196,7 @@ def _row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
     data = dict(row)
     data["params"] = json.loads(data["params"] or "{}")
     data["artifacts"] = json.loads(data["artifacts"] or "{}")
+    data["status"] = JobStatus(data["status"])
     return Job(**data, depends_on=deps)
 
 
@@ -173,10 +209,26 @@ class Queue:
         self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
         self._depth = 0  # open transaction() blocks on this connection
-        self._migrate()
+        self._open()
+
+    def _open(self) -> None:
+        """WAL mode and the schema. Switching a new database to WAL takes a lock that SQLite
+        does not wait for (no busy handler there): two processes opening a fresh queue at once
+        (two `copylora run`, the app and the worker) got "database is locked". So retry."""
+        deadline = time.monotonic() + 30.0
+        delay = 0.01
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def close(self) -> None:
         self.db.close()
@@ -231,7 +283,7 @@ class Queue:
         where = []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
-            args += list(statuses)
+            args += [JobStatus(s).value for s in statuses]
         if project:
             where.append("project = ?")
             args.append(project)
@@ -316,21 +368,25 @@ class Queue:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET start_step = ?, step = ?, total = ?, updated_at = ? WHERE id = ?", (step, step, total, time.time(), job_id))
 
-    def finish(self, job_id: int, status: str, *, error: str | None = None, artifacts: dict | None = None) -> None:
+    def finish(self, job_id: int, status: JobStatus | str, *, error: str | None = None, artifacts: dict | None = None) -> None:
         """End a running job. A failed or cancelled job takes its waiting dependants with it."""
-        if status not in ("done", "failed", "cancelled", "paused", "queued"):
+        try:
+            status = JobStatus(status)
+        except ValueError:
+            raise QueueError(f"cannot finish a job as {status!r}") from None
+        if status is JobStatus.RUNNING:
             raise QueueError(f"cannot finish a job as {status}")
         now = time.time()
         with self.transaction() as db:
             row = db.execute("SELECT artifacts FROM jobs WHERE id = ?", (job_id,)).fetchone()
             merged = {**json.loads(row[0] if row else "{}"), **(artifacts or {})}
-            ended = now if status in ("done", "failed", "cancelled") else None
+            ended = now if status.finished else None
             db.execute(
                 "UPDATE jobs SET status = ?, error = ?, artifacts = ?, finished_at = ?, updated_at = ?, control = NULL,"
                 " save_now = 0, sample_now = 0, pid = NULL, pid_start = NULL WHERE id = ?",
-                (status, error, json.dumps(merged), ended, now, job_id),
+                (status.value, error, json.dumps(merged), ended, now, job_id),
             )
-            if status in ("failed", "cancelled"):
+            if status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 self._fail_dependants(db, job_id, status)
 
     def _fail_dependants(self, db: sqlite3.Connection, job_id: int, why: str) -> None:
@@ -345,7 +401,7 @@ class Queue:
                 "UPDATE jobs SET status = 'failed', error = ?, failed_by = ?, finished_at = ?, updated_at = ? WHERE id = ?",
                 (f"dependency #{job_id} ({label}) {why}", job_id, now, now, dependant),
             )
-            self._fail_dependants(db, dependant, "failed")
+            self._fail_dependants(db, dependant, JobStatus.FAILED.value)
 
     def take_requests(self, job_id: int) -> dict[str, bool]:
         """Read and clear save-now/sample-now requests, and see any cancel/pause order."""
@@ -371,28 +427,28 @@ class Queue:
 
     def cancel(self, job_id: int) -> str:
         job = self.get(job_id)
-        if job.status in ("queued", "paused"):
-            self.finish(job_id, "cancelled", error="cancelled by the user")
+        if job.status.waiting:
+            self.finish(job_id, JobStatus.CANCELLED, error="cancelled by the user")
             return "cancelled"
-        if job.status == "running":
+        if job.status is JobStatus.RUNNING:
             self._control(job_id, "cancel")
             return "cancelling (the job saves a checkpoint and stops)"
         raise QueueError(f"job #{job_id} is {job.status}: nothing to cancel")
 
     def pause(self, job_id: int) -> str:
         job = self.get(job_id)
-        if job.status == "queued":
+        if job.status is JobStatus.QUEUED:
             with self.transaction() as db:
                 db.execute("UPDATE jobs SET status = 'paused', updated_at = ? WHERE id = ?", (time.time(), job_id))
             return "paused"
-        if job.status == "running":
+        if job.status is JobStatus.RUNNING:
             self._control(job_id, "pause")
             return "pausing (the job saves a checkpoint and stops)"
         raise QueueError(f"job #{job_id} is {job.status}: only queued or running jobs can be paused")
 
     def resume(self, job_id: int) -> str:
         job = self.get(job_id)
-        if job.status != "paused":
+        if job.status is not JobStatus.PAUSED:
             raise QueueError(f"job #{job_id} is {job.status}, not paused")
         with self.transaction() as db:
             db.execute("UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ?", (time.time(), job_id))
@@ -402,10 +458,10 @@ class Queue:
         """Queue a failed or cancelled job again (it resumes from its newest checkpoint), with
         the dependants that failed because of it."""
         job = self.get(job_id)
-        if job.status not in ("failed", "cancelled"):
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise QueueError(f"job #{job_id} is {job.status}: only failed or cancelled jobs can be retried")
         for dep in job.depends_on:
-            if self.get(dep).status in ("failed", "cancelled"):
+            if self.get(dep).status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise QueueError(f"job #{job_id} waits for #{dep}, which is {self.get(dep).status}: retry #{dep} (it brings #{job_id} back)")
         with self.transaction() as db:
             self._requeue_chain(db, job_id)
@@ -422,7 +478,7 @@ class Queue:
     def move(self, job_id: int, where: str) -> str:
         """Reorder waiting jobs: up, down, top or bottom among queued/paused ones."""
         job = self.get(job_id)
-        if job.status not in ("queued", "paused"):
+        if not job.status.waiting:
             raise QueueError(f"job #{job_id} is {job.status}: only waiting jobs can be moved")
         with self.transaction() as db:
             waiting = db.execute("SELECT id, position FROM jobs WHERE status IN ('queued','paused') ORDER BY position, id").fetchall()
@@ -437,7 +493,7 @@ class Queue:
 
     def request(self, job_id: int, what: str) -> str:
         job = self.get(job_id)
-        if job.status != "running" or job.kind != "train":
+        if job.status is not JobStatus.RUNNING or job.kind != "train":
             raise QueueError(f"job #{job_id} is a {job.status} {job.kind} job: only running trainings take {what} requests")
         column = {"save-now": "save_now", "sample-now": "sample_now"}[what]
         with self.transaction() as db:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from engine.errors import CopyloraError
 from engine.procs import alive, process_start
-from engine.queue import Queue
+from engine.queue import JobStatus, Queue
 from engine.state_home import state_home, worker_lock, worker_log
 
 POLL_S = 0.2
@@ -136,7 +136,7 @@ class Worker:
 
     def recover(self, queue: Queue) -> None:
         """Jobs left 'running' by a worker that died: stop any orphan still alive, then requeue."""
-        for job in queue.jobs(("running",)):
+        for job in queue.jobs((JobStatus.RUNNING,)):
             if alive(job.pid, job.pid_start):
                 self.log(f"job #{job.id}: its process {job.pid} outlived the last worker; stopping it")
                 os.kill(job.pid, signal.SIGTERM)
@@ -181,15 +181,15 @@ class Worker:
                 continue
             del self.running[job_id]
             job = queue.get(job_id)
-            if job.status != "running":  # the child recorded done/failed itself
+            if job.status is not JobStatus.RUNNING:  # the child recorded done/failed itself
                 self.log(f"job #{job_id} {job.status}")
                 continue
             if code == 3:  # stopped on request: the order decides where it goes
                 order = job.control
                 if order == "cancel":
-                    queue.finish(job_id, "cancelled", error="cancelled by the user (checkpoint kept: `copylora retry` resumes it)")
+                    queue.finish(job_id, JobStatus.CANCELLED, error="cancelled by the user (checkpoint kept: `copylora retry` resumes it)")
                 elif order == "pause":
-                    queue.finish(job_id, "paused")
+                    queue.finish(job_id, JobStatus.PAUSED)
                 else:
                     queue.requeue_at_head(job_id, None)
                 self.log(f"job #{job_id} stopped ({order or 'worker shutdown'})")
@@ -197,7 +197,7 @@ class Worker:
             reason = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
             if code == -signal.SIGKILL:
                 reason += " (out of memory? see the job log)"
-            queue.finish(job_id, "failed", error=f"the job process died ({reason}); last lines in {queue.log_path(job_id)}")
+            queue.finish(job_id, JobStatus.FAILED, error=f"the job process died ({reason}); last lines in {queue.log_path(job_id)}")
             self.log(f"job #{job_id} died: {reason}")
 
     def pass_orders(self, queue: Queue) -> None:

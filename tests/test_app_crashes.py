@@ -69,11 +69,13 @@ async def test_unfolded_section_shows_problems_before_its_fields_compose(tmp_pat
         screen = app.screen
         from engine.errors import Problem
 
-        # Let the screen's own first whole-project check (a moment after its fields fill) pass,
-        # or it would replace the problems injected below with the real ones (none).
-        await pilot.pause(1.0)
-        # The race, made certain: the problems arrive in the same tick as the new fields.
         problems = [Problem("sample.prompts", "must not be empty")]
+        # The screen re-checks the whole project a moment after fields change (new fields do):
+        # that check must find the same problem, or it would clear the one injected here.
+        from copylora_tui.core import form
+
+        monkeypatch.setattr(form, "validate", lambda candidate: (None, problems))
+        # The race, made certain: the problems arrive in the same tick as the new fields.
         screen.project_problems = problems
         screen.build_section("sample")
         screen.show_project_problems(problems)

@@ -147,3 +147,22 @@ def test_concurrent_readers_while_the_worker_writes(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     assert errors.empty(), errors.get()
     assert queue.get(job.id).step > 100  # the writer really wrote while the readers read
+
+
+def test_job_status_is_a_type_with_its_sets(tmp_path):
+    import json
+
+    from engine.queue import ACTIVE, FINISHED, JobStatus, QueueError
+
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", "/p", side="a")
+    assert job.status is JobStatus.QUEUED and job.status.waiting and job.status.active and not job.status.finished
+    assert queue.jobs((JobStatus.QUEUED,)) == queue.jobs(("queued",)) == [job]
+    queue.claim(None)
+    queue.finish(job.id, JobStatus.DONE)
+    done = queue.get(job.id)
+    assert done.status is JobStatus.DONE and done.status.finished and done.shown_status == "done"
+    assert json.loads(json.dumps(done.as_dict(), default=str))["status"] == "done"
+    assert set(ACTIVE) | set(FINISHED) == set(JobStatus)
+    with pytest.raises(QueueError, match="cannot finish a job as 'sleeping'"):
+        queue.finish(job.id, "sleeping")

@@ -12,6 +12,7 @@ import sys
 import time
 
 from copylora_tui.core.formatting import project_label
+from engine.queue import JobStatus
 from engine.errors import Problem, ValidationError
 
 
@@ -132,21 +133,21 @@ def _wait(queue, job_ids: list[int]) -> int:
                 for job_id, task in tasks.items():
                     job = queue.get(job_id)
                     info = job.status
-                    if job.status == "running" and job.total:
+                    if job.status is JobStatus.RUNNING and job.total:
                         info = f"{job.step}/{job.total} {job.it_per_s or 0:.1f} it/s ETA {format_duration(job.eta_s if job.eta_s is not None else float('inf'))}"
                         if job.smooth_loss is not None and job.kind == "train":
                             info += f" loss {job.smooth_loss:.4f}"
-                    elif job.status == "failed":
+                    elif job.status is JobStatus.FAILED:
                         info = f"[red]failed[/red]: {job.error}"
                     bar.update(task, completed=job.fraction, info=info)
-                    finished += job.status in ("done", "failed", "cancelled")
+                    finished += job.status.finished
                 if finished == len(tasks):
                     break
                 time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopped watching; the jobs go on in the background (copylora queue)", file=sys.stderr)
         return 130
-    failed = [queue.get(j) for j in job_ids if queue.get(j).status != "done"]
+    failed = [queue.get(j) for j in job_ids if queue.get(j).status is not JobStatus.DONE]
     for job in failed:
         print(f"#{job.id} {job.label} of {project_label(job.project)}: {job.status}: {job.error or ''}", file=sys.stderr)
     return 1 if failed else 0
@@ -160,7 +161,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     queue = _queue()
     jobs = mark_interrupted(queue.jobs(), bool(worker_pid(queue.home)))
     if not args.all:
-        finished = [j for j in jobs if j.status in ("done", "failed", "cancelled")]
+        finished = [j for j in jobs if j.status.finished]
         jobs = [j for j in jobs if j not in finished] + finished[:20]
     if args.json:
         print(json.dumps({"worker_pid": worker_pid(queue.home), "jobs": [j.as_dict() for j in jobs]}, indent=1, default=str))
@@ -219,7 +220,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                         sys.stdout.write(handle.read().decode(errors="replace"))
                         sys.stdout.flush()
                     position = size
-            if queue.get(job.id).status in ("done", "failed", "cancelled", "paused") and (not path.exists() or path.stat().st_size == position):
+            if queue.get(job.id).status not in (JobStatus.QUEUED, JobStatus.RUNNING) and (not path.exists() or path.stat().st_size == position):
                 return 0
             time.sleep(0.25)
     except KeyboardInterrupt:
@@ -246,7 +247,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not pid:
         print(f"worker: not running (state: {queue.home}); start it with `copylora worker start`")
         return 3  # like `systemctl status`: scripts can test it
-    running = queue.jobs(("running",))
+    running = queue.jobs((JobStatus.RUNNING,))
     beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None
     print(f"worker: running, pid {pid}, slots {row.get('gpus', '?')}, heartbeat {beat:.1f} s ago" if beat is not None else f"worker: running, pid {pid}")
     for job in running:

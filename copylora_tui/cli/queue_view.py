@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from copylora_tui.core.formatting import STATUS_STYLE, bar, project_label
+from engine.queue import JobStatus
 
 
 
@@ -45,7 +46,7 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         table.add_row(*cells, loss)
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
-        if job.status == "failed" and job.error:
+        if job.status is JobStatus.FAILED and job.error:
             console.print(f"[red]#{job.id} failed:[/red] {job.error}", highlight=False)
         elif job.interrupted:
             console.print(f"[yellow]#{job.id} interrupted[/yellow] at step {job.step or 0}: the worker stopped while it ran; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.queue import Job, Queue, mark_interrupted
+from engine.queue import Job, JobStatus, Queue, mark_interrupted
 from engine.worker import worker_pid
 
 
@@ -39,7 +39,7 @@ class QueueSnapshot:
             return f"queue unreadable: {self.error}"
         if self.worker_pid:
             return f"worker running (pid {self.worker_pid})"
-        waiting = sum(1 for j in self.jobs if j.status == "queued")
+        waiting = sum(1 for j in self.jobs if j.status is JobStatus.QUEUED)
         return f"worker not running{f' — {waiting} job(s) wait for it' if waiting else ''}"
 
 

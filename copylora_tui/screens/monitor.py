@@ -27,7 +27,7 @@ from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
-from engine.queue import Job
+from engine.queue import Job, JobStatus
 
 
 def job_name(snapshot: QueueSnapshot, job_id: int) -> str:
@@ -140,23 +140,23 @@ class MonitorScreen(ActsWhileOpen, Screen):
             return
         if job.live:
             self._saw_it_run = True
-        elif job.status == "done" and self._saw_it_run and self.follow_chain(job, snapshot):
+        elif job.status is JobStatus.DONE and self._saw_it_run and self.follow_chain(job, snapshot):
             return
         where = f"GPU {job.gpu}" if job.gpu else ("CPU" if job.live else "")
         title.update(Text.assemble((f"#{job.id} {job.label}", "bold"), f" · {project_label(job.project)}  ", status_cell(job), f"  {where}"))
         bar = self.query_one("#progress", ProgressBar)
         total = job.total or 0
-        done = total if job.status == "done" else (job.step or 0)
+        done = total if job.status is JobStatus.DONE else (job.step or 0)
         bar.update(total=total or None, progress=done)
         self.query_one("#numbers", Static).update(self._numbers(job))
         message = None
-        if job.status == "failed":
+        if job.status is JobStatus.FAILED:
             message = Text(f"failed: {job.error or 'no reason recorded'}  (r retries)", style="bold red")
-        elif job.status == "cancelled":
+        elif job.status is JobStatus.CANCELLED:
             message = Text(job.error or "cancelled", style="dim")
         elif job.interrupted:
             message = Text(interrupted_text(job), style="bold yellow")
-        elif job.status == "queued" and not snapshot.worker_running:
+        elif job.status is JobStatus.QUEUED and not snapshot.worker_running:
             message = Text("waiting: the worker is not running (w on the queue screen starts it)", style="yellow")
         error = self.query_one("#job-error", Static)
         error.update(message or "")
@@ -168,7 +168,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
 
     def _numbers(self, job: Job) -> Text:
         total = job.total or 0
-        step = total if job.status == "done" else (job.step or 0)
+        step = total if job.status is JobStatus.DONE else (job.step or 0)
         text = Text()
         text.append(f"step {step}/{total or '?'}", style="bold")
         if job.live:
@@ -237,7 +237,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
     def follow_chain(self, job: Job, snapshot: QueueSnapshot) -> bool:
         """The watched job is done: go on to the next job of its project (train A → train B →
         merge → preview), as a user watching a run wants. A job opened after it ended stays."""
-        chain = [j for j in snapshot.for_project(job.project) if j.id != job.id and j.status in ("running", "queued")]
+        chain = [j for j in snapshot.for_project(job.project) if j.id != job.id and j.status in (JobStatus.RUNNING, JobStatus.QUEUED)]
         # the one running now, else the next in the queue's order (the worker's order)
         following = next((j for j in chain if j.live), None) or (chain[0] if chain else None)
         if following is None:
@@ -263,7 +263,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
         self._command(lambda queue, job_id: queue.retry(job_id))
 
     def action_pause_resume(self) -> None:
-        self._command(lambda queue, job_id: queue.resume(job_id) if queue.get(job_id).status == "paused" else queue.pause(job_id))
+        self._command(lambda queue, job_id: queue.resume(job_id) if queue.get(job_id).status is JobStatus.PAUSED else queue.pause(job_id))
 
     def action_save_now(self) -> None:
         self._command(lambda queue, job_id: queue.request(job_id, "save-now"))

@@ -18,11 +18,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from copylora_tui.widgets.app_header import AppHeader
-from copylora_tui.core.formatting import project_label, size_text, when_text
+from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
-from engine.queue import Job
+from engine.queue import Job, JobStatus
 
 EMPTY_HELP = """\
 [b]No projects in {folder}/ yet.[/b]
@@ -39,16 +39,16 @@ To try the shipped example, copy projects/example-monochrome into {folder}/ and 
 def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | None) -> Text:
     """What one output of a project is doing: its live job, else its state on disk."""
     mine = [j for j in jobs if j.kind == kind and j.side == side]
-    active = next((j for j in mine if j.status in ("running", "queued", "paused")), None)
+    active = next((j for j in mine if j.status.active), None)
     if active is not None:
         if active.interrupted:
             return Text("interrupted", style="bold yellow")
-        if active.status == "running":
+        if active.status is JobStatus.RUNNING:
             return Text(f"▶ {int(active.fraction * 100)}%", style="bold cyan")
-        return Text(active.status, style="yellow" if active.status == "paused" else "")
+        return Text(str(active.status), style=STATUS_STYLE.get(active.shown_status, ""))
     state = summary.merge if kind == "merge" else summary.sides.get(side or "")
     latest = max(mine, key=lambda j: j.id, default=None)
-    if latest is not None and latest.status == "failed" and (state is None or state.state != DONE):
+    if latest is not None and latest.status is JobStatus.FAILED and (state is None or state.state != DONE):
         return Text("✗ failed", style="bold red")
     if state is None:
         return Text("")
@@ -144,7 +144,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
     @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         self.query_one("#worker-line", Static).update(self._worker_text(snapshot))
-        done = {j.id for j in snapshot.jobs if j.status == "done"}
+        done = {j.id for j in snapshot.jobs if j.status is JobStatus.DONE}
         if self._done_jobs is not None and done - self._done_jobs:
             self.rescan()  # a job finished: a LoRA appeared on disk
         self._done_jobs = done
@@ -152,8 +152,8 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             self.refresh_table()
 
     def _worker_text(self, snapshot: QueueSnapshot) -> Text:
-        running = sum(j.status == "running" for j in snapshot.jobs)
-        waiting = sum(j.status in ("queued", "paused") for j in snapshot.jobs)
+        running = sum(j.live for j in snapshot.jobs)
+        waiting = sum(j.status.waiting for j in snapshot.jobs)
         style = "green" if snapshot.worker_running else "yellow"
         text = Text.assemble(("● " if snapshot.worker_running else "○ ", style), snapshot.worker_text())
         if snapshot.jobs:
@@ -199,7 +199,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
     def _cells(self, summary: ProjectSummary, jobs: list[Job]) -> list:
         if not summary.valid:
             return [summary.name, "", Text("✗ invalid", style="bold red"), "", "", "", ""]
-        finished = [j.finished_at for j in jobs if j.finished_at and j.status == "done"]
+        finished = [j.finished_at for j in jobs if j.finished_at and j.status is JobStatus.DONE]
         last = max([t for t in [summary.last_output, *finished] if t], default=None)
         return [
             summary.name,
@@ -276,7 +276,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         summary = self.selected()
         if summary is None:
             return
-        active = [j for j in self.app.snapshot.for_project(summary.folder) if j.status in ("queued", "running", "paused")]
+        active = [j for j in self.app.snapshot.for_project(summary.folder) if j.status.active]
         if active:
             self.notify(f"{summary.name} has {len(active)} job(s) queued or running: cancel them first (2: queue)", severity="warning")
             return

@@ -18,28 +18,28 @@ from copylora_tui.core.formatting import project_label
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
-from engine.queue import Job, artifacts_text
+from engine.queue import Job, JobStatus, artifacts_text
 
 
 def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
     if job is None:
         return Text("no jobs: run a project from the Projects screen (1, then r)", style="dim")
     head = f"#{job.id} {job.label} of {project_label(job.project)}: "
-    if job.status == "failed":
+    if job.status is JobStatus.FAILED:
         return Text.assemble((head, "bold"), (f"failed: {job.error or 'no reason recorded'}", "red"), "  (r retries)")
-    if job.status == "cancelled":
+    if job.status is JobStatus.CANCELLED:
         return Text.assemble((head, "bold"), (job.error or "cancelled", "dim"), "  (r retries; it resumes from its checkpoint)")
-    if job.status in ("queued", "paused"):
-        waits = [d for d in job.depends_on if (dep := snapshot.job(d)) is not None and dep.status != "done"]
-        reason = f"waits for {', '.join(f'#{d}' for d in waits)}" if waits else ("paused (p resumes)" if job.status == "paused" else "next free slot")
-        if job.status == "queued" and not snapshot.worker_running:
+    if job.status.waiting:
+        waits = [d for d in job.depends_on if (dep := snapshot.job(d)) is not None and dep.status is not JobStatus.DONE]
+        reason = f"waits for {', '.join(f'#{d}' for d in waits)}" if waits else ("paused (p resumes)" if job.status is JobStatus.PAUSED else "next free slot")
+        if job.status is JobStatus.QUEUED and not snapshot.worker_running:
             reason += " · the worker is not running: w starts it"
         return Text.assemble((head, "bold"), reason)
     if job.interrupted:
         from copylora_tui.screens.monitor import interrupted_text
 
         return Text.assemble((head, "bold"), (interrupted_text(job), "yellow"))
-    if job.status == "running":
+    if job.status is JobStatus.RUNNING:
         where = f"GPU {job.gpu}" if job.gpu else "CPU"
         return Text.assemble((head, "bold"), f"running on {where} · enter opens the monitor")
     return Text.assemble((head, "bold"), ("done", "green"), f"  {artifacts_text(job.artifacts)}")
@@ -124,7 +124,7 @@ class QueueScreen(ActsWhileOpen, Screen):
     def action_pause_resume(self) -> None:
         def toggle(queue, job_id):
             job = queue.get(job_id)
-            return queue.resume(job_id) if job.status == "paused" else queue.pause(job_id)
+            return queue.resume(job_id) if job.status is JobStatus.PAUSED else queue.pause(job_id)
 
         self._with_job(toggle)
 

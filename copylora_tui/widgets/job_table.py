@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, loss_text, project_label, rate_text, when_text
-from engine.queue import Job
+from engine.queue import Job, JobStatus
 
 
 
@@ -26,9 +26,9 @@ def status_cell(job: Job) -> Text:
 
 def progress_cell(job: Job, width: int = 14, counts: bool = True) -> Text:
     if not job.total:
-        return Text(bar(1.0 if job.status == "done" else 0.0, width), style="dim")
-    done = job.total if job.status == "done" else (job.step or 0)
-    style = "cyan" if job.live else ("red" if job.status == "failed" else "yellow" if job.interrupted else "")
+        return Text(bar(1.0 if job.status is JobStatus.DONE else 0.0, width), style="dim")
+    done = job.total if job.status is JobStatus.DONE else (job.step or 0)
+    style = "cyan" if job.live else ("red" if job.status is JobStatus.FAILED else "yellow" if job.interrupted else "")
     return Text.assemble((bar(job.fraction, width), style), f" {done}/{job.total}" if counts else "")
 
 
