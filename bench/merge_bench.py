@@ -9,13 +9,13 @@
 What it does, per family (and with ``--conv`` also for the 3x3-conv "LoCon" module set):
 
 1. Builds a rank-8 LoRA pair A, B with the exact kohya module set and shapes of the full-size
-   model (from :func:`engine.models.build_empty` on the meta device and
-   :func:`engine.lora_names.find_targets`: SD1.5 264 modules, 350 with conv; SDXL 986 / 1052),
+   model (from :func:`engine.models.loading.build_empty` on the meta device and
+   :func:`engine.lora.names.find_targets`: SD1.5 264 modules, 350 with conv; SDXL 986 / 1052),
    random but trained-like, and writes them as fp16 safetensors files, as real LoRAs are.
 2. Runs each method **in a fresh subprocess** (``--worker``), so a figure is the whole process
    a user waits for (python start, torch import, load, merge, save), and reads that child's own
    peak RSS (GNU ``time``'s ``%M``; see :func:`run_child`):
-   * ``ours``: :func:`engine.merge.merge_loras` + :func:`engine.merge.save_merge` (what
+   * ``ours``: :func:`engine.merge.svd.merge_loras` + :func:`engine.merge.svd.save_merge` (what
      ``copylora merge`` does), timed ``--repeat`` times after one untimed warm-up run;
    * ``copylora merge`` (the real CLI, if it runs), the same work plus argument parsing and rich;
    * ``dense``: our own re-implementation of kohya's ``svd_merge_lora.py`` method — all dense
@@ -74,8 +74,8 @@ def module_shapes(family: str, conv: bool, rank: int = 8, conv_rank: int = 8) ->
     """kohya's LoRA module set of the full-size model: names and shapes, no weights."""
     import torch
 
-    from engine.lora_names import find_targets
-    from engine.models import build_empty
+    from engine.lora.names import find_targets
+    from engine.models.loading import build_empty
 
     family = FAMILIES.get(family, family)
     unet, encoders = build_empty(family)
@@ -126,7 +126,7 @@ def make_pair(shapes: list[ModuleShape], seed: int = 0, alpha: float = 1.0, shar
     """
     import torch
 
-    from engine.lora import LoRAWeights
+    from engine.lora.weights import LoRAWeights
 
     g = torch.Generator().manual_seed(seed)
     rest = (1.0 - shared * shared) ** 0.5
@@ -153,7 +153,7 @@ def make_pair(shapes: list[ModuleShape], seed: int = 0, alpha: float = 1.0, shar
 
 def write_pair(shapes: list[ModuleShape], folder: Path, family: str, seed: int = 0) -> tuple[Path, Path]:
     """``A.safetensors``, ``B.safetensors`` in fp16, with kohya's base-model metadata."""
-    from engine.lora import save_lora_file
+    from engine.lora.files import save_lora_file
 
     family = FAMILIES.get(family, family)
     a, b = make_pair(shapes, seed)
@@ -241,7 +241,7 @@ def dense_rel_error(result: dict, inputs: list[tuple[dict, float]]) -> float:
 
 def merge_ours(paths, ratios, *, new_rank: int, new_conv_rank: int | None = None, device: str = "cpu", progress=None):
     """Our merge, exactly as ``copylora merge`` calls it: ``MergeResult``."""
-    from engine.merge import merge_loras
+    from engine.merge.svd import merge_loras
 
     return merge_loras(paths, ratios, new_rank=new_rank, new_conv_rank=new_conv_rank, device=device, progress=progress)
 
@@ -260,7 +260,8 @@ def merge_dense(paths, ratios, *, new_rank: int, new_conv_rank: int | None = Non
     """
     import torch
 
-    from engine.lora import LoRAWeights, load_lora_file
+    from engine.lora.weights import LoRAWeights
+    from engine.lora.files import load_lora_file
 
     timings = {} if timings is None else timings
     started = time.perf_counter()
@@ -333,7 +334,7 @@ def worker(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.models]
     if args.worker == "ours":
         t = time.perf_counter()
-        from engine.merge import save_merge
+        from engine.merge.svd import save_merge
 
         report["import_engine"] = time.perf_counter() - t
         first = []
@@ -353,7 +354,7 @@ def worker(args: argparse.Namespace) -> int:
         report["save"] = time.perf_counter() - t_merged
         report["modules"] = len(result.modules)
     else:
-        from engine.lora import save_lora_file
+        from engine.lora.files import save_lora_file
 
         timings: dict = {}
         t = time.perf_counter()
@@ -461,8 +462,8 @@ def machine() -> dict:
 
 
 def run_variant(family: str, conv: bool, args, scratch: Path) -> list[dict]:
-    from engine.lora import load_lora_file
-    from engine.merge import merge_loras, save_merge
+    from engine.lora.files import load_lora_file
+    from engine.merge.svd import merge_loras, save_merge
 
     label = f"{family}{' +conv' if conv else ''}"
     shapes = select_modules(module_shapes(family, conv), args.limit, args.every)

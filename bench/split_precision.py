@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.merge_math import LowRankTerm, low_rank_svd, split_factors
+from engine.merge.low_rank import LowRankTerm, low_rank_svd, split_factors
 
 SHAPES = ((320, 2880), (1280, 1280), (640, 640))
 

@@ -99,7 +99,7 @@ class CopyloraApp(App[int]):
 
     def _run_command(self, command: Callable, done: Callable[[str], None] | None) -> None:
         from engine.errors import CopyloraError
-        from engine.queue import Queue
+        from engine.jobs.queue import Queue
 
         queue = None
         try:

@@ -39,11 +39,11 @@ def write_project_file(root: Path = HERE, base_model: str = "tiny") -> None:
     import sys
 
     sys.path.insert(0, str(HERE.parent.parent))
-    from engine.params import MergeParams, ProjectInfo
-    from engine.project import Project, save_project
-    from engine.scaffold import apply_base_defaults
+    from engine.project.params import MergeParams, ProjectInfo
+    from engine.project.folder import Project, save_project
+    from engine.project.scaffold import apply_base_defaults
 
-    # The same defaults `copylora new --base tiny` writes (engine.scaffold.BUILTIN_PRESETS).
+    # The same defaults `copylora new --base tiny` writes (engine.project.scaffold.BUILTIN_PRESETS).
     project = Project(root=root, info=ProjectInfo(name=root.name, base_model=base_model), merge=MergeParams(new_rank=16))
     save_project(apply_base_defaults(project, base_model))
 

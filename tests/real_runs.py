@@ -41,7 +41,7 @@ STEPS = 4  # per side: enough for previews at steps 2 and 4
 
 def _project(projects: Path, name: str, **tables: dict) -> Path:
     """A copy of the shipped example named ``name``, small previews, with ``tables`` merged in."""
-    from engine.project import load_project, save_project
+    from engine.project.folder import load_project, save_project
 
     dest = projects / name
     shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("output"))
@@ -53,7 +53,7 @@ def _project(projects: Path, name: str, **tables: dict) -> Path:
     project.sample = replace(project.sample, steps=2, size=[64, 64])
     for table, values in tables.items():
         if table == "reg":
-            from engine.params import RegParams
+            from engine.project.params import RegParams
 
             project.reg = RegParams(**values)
         else:
@@ -73,11 +73,11 @@ def _wait(queue, predicate, what: str, timeout: float = 600.0) -> None:
 
 def build(root: Path) -> None:
     """Make ``root/projects`` and ``root/state`` (takes about a minute on two cores)."""
-    from engine.enqueue import enqueue_project
-    from engine.procs import alive, process_start
-    from engine.progress import Progress
-    from engine.queue import Queue
-    from engine.worker import start_detached, stop_worker, worker_pid
+    from engine.jobs.enqueue import enqueue_project
+    from engine.jobs.procs import alive, process_start
+    from engine.train.progress import Progress
+    from engine.jobs.queue import Queue
+    from engine.jobs.worker import start_detached, stop_worker, worker_pid
 
     projects, state = root / "projects", root / "state"
     projects.mkdir(parents=True)

@@ -12,7 +12,7 @@ from copylora_tui.core.projects import DONE, MISSING, STALE, delete_project, sum
 from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.stats_table import block_filters, kind_filters, load_stats, sorted_rows
 from copylora_tui.widgets.curve import render_curve
-from engine.project import load_project
+from engine.project.folder import load_project
 from tests.test_app_support import make_projects, mark_trained, write_stats
 
 

@@ -19,10 +19,10 @@ from copylora_tui.screens.queue import QueueScreen, job_detail
 from copylora_tui.screens.stats import StatsScreen
 from copylora_tui.cli.main import main as cli
 from copylora_tui.core.snapshot import QueueSnapshot
-from engine.queue import Queue, artifacts_text
+from engine.jobs.queue import Queue, artifacts_text
 from tests.test_app_support import make_projects, screen_text, use_home, wait_until, write_stats
 
-# What the runners of engine.job_runner return, shape for shape.
+# What the runners of engine.jobs.runner return, shape for shape.
 RUNNER_ARTIFACTS = {
     "train": {"lora": "/p/out/x_A.safetensors", "state": "/p/out/runs/A/state-00000005.pt", "steps": 5},
     "merge": {"lora": "/p/out/x.safetensors", "stats": "/p/out/x.stats.json"},

@@ -18,7 +18,7 @@ from copylora_tui.core.previews import PreviewTarget, caption, job_target, newes
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.widgets.preview_pane import HalfBlockPicture, PreviewPane
-from engine.queue import Queue
+from engine.jobs.queue import Queue
 from tests.test_app_support import FIXED_T, make_projects, running_job, screen_text, use_home, wait_until, write_preview
 
 

@@ -8,7 +8,7 @@ from textual.widgets import Input, Static
 
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.project import ProjectScreen
-from engine.project import load_project
+from engine.project.folder import load_project
 from tests.test_app_support import make_projects, screen_text, use_home, wait_until
 
 

@@ -10,7 +10,7 @@ from copylora_tui.screens.new_project import NewProjectScreen
 from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.screens.queue import QueueScreen
 from copylora_tui.screens.stats import StatsScreen
-from engine.queue import Queue
+from engine.jobs.queue import Queue
 from tests.helpers import snapshot, write_png
 from tests.test_app_support import make_projects, mark_trained, screen_text, use_home, wait_until, write_stats
 

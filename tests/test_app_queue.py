@@ -6,8 +6,8 @@ write them (claim, report_progress, finish); the screen must show each change af
 
 from __future__ import annotations
 
-from engine.progress import Progress
-from engine.queue import Queue
+from engine.train.progress import Progress
+from engine.jobs.queue import Queue
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.screens.queue import QueueScreen

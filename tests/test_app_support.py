@@ -15,8 +15,8 @@ import struct
 import time
 from pathlib import Path
 
-from engine.progress import Progress
-from engine.queue import Queue
+from engine.train.progress import Progress
+from engine.jobs.queue import Queue
 from tests.helpers import EXAMPLE
 
 FIXED_T = 1_767_225_600.0  # 2026-01-01 00:00 UTC: every stored time in snapshot tests
@@ -49,13 +49,13 @@ def use_home(monkeypatch, tmp_path: Path, *, fake_worker: bool = True) -> Env:
     monkeypatch.setenv("COPYLORA_HOME", str(env.home))
     monkeypatch.setenv("COPYLORA_IMAGES", "0")
     if fake_worker:
-        import engine.worker
+        import engine.jobs.worker
 
         def ensure_running(home=None):
             env.worker_calls.append(home)
             return 4242, True
 
-        monkeypatch.setattr(engine.worker, "ensure_running", ensure_running)
+        monkeypatch.setattr(engine.jobs.worker, "ensure_running", ensure_running)
     return env
 
 
@@ -64,7 +64,7 @@ def running_job(queue: Queue, project: Path, *, side: str = "a", step: int, tota
     """A claimed training job with progress and ``points`` stored curve points."""
     import os
 
-    from engine.procs import process_start
+    from engine.jobs.procs import process_start
 
     job = queue.enqueue("train", str(project), side=side, label=f"train {side.upper()}", total=total)
     claimed = queue.claim(None)
@@ -103,9 +103,9 @@ def write_lora(path: Path, metadata: dict[str, str]) -> Path:
 
 def mark_trained(project_dir: Path, sides: tuple[str, ...] = ("a", "b")) -> None:
     """Write A/B LoRA files whose fingerprints match the current parameters (as after training)."""
-    from engine.plan import make_plan
-    from engine.project import load_project
-    from engine.train import training_fingerprint
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
+    from engine.train.trainer import training_fingerprint
 
     plan = make_plan(load_project(project_dir))
     for side in sides:
@@ -179,8 +179,8 @@ def screen_text(app) -> str:
 def write_merged(project_dir: Path) -> None:
     """A merged LoRA whose provenance matches the project's current A and B files, and its stats."""
     from engine.hashing import file_sha256 as sha256_file
-    from engine.plan import make_plan
-    from engine.project import load_project
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
 
     plan = make_plan(load_project(project_dir))
     merge = plan.project.merge

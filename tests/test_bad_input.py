@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from copylora_tui.cli.main import EXIT_USAGE, main
-from engine.project import load_project
+from engine.project.folder import load_project
 from tests.helpers import REPO, copy_example, write_png
 
 torch = pytest.importorskip("torch")
@@ -86,7 +86,7 @@ def test_rank_bounded_by_the_base_models_layers(tmp_path, capsys):
 
 def test_empty_required_number_says_required(tmp_path):
     from engine.errors import Problem
-    from engine.validate import coerce_value
+    from engine.project.validate import coerce_value
 
     problems: list[Problem] = []
     coerce_value(None, "int", {}, "train.network_dim", problems)
@@ -217,15 +217,15 @@ def test_run_refuses_before_queueing(tmp_path, capsys, monkeypatch):
     set_keys(root, "project", output_dir='"copylora.toml/out"')
     assert main(["run", str(root), "--no-worker"]) == EXIT_USAGE
     assert "project.output_dir" in capsys.readouterr().err
-    from engine.queue import Queue
+    from engine.jobs.queue import Queue
 
     assert Queue(tmp_path / "state").jobs() == []
 
 
 def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
     """The output folder breaks during the run (here: a folder where the LoRA goes)."""
-    from engine.plan import make_plan
-    from engine.train import TrainingError, rescue_folder, train
+    from engine.project.plan import make_plan
+    from engine.train.trainer import TrainingError, rescue_folder, train
 
     root = copy_example(tmp_path)
     plan = make_plan(load_project(root), max_steps=2)
@@ -239,15 +239,15 @@ def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
     assert "training finished (2 steps) but could not write" in message
     assert str(state) in message and state.is_file()
     assert str(rescued) in message and rescued.is_file()
-    from engine.lora import load_lora_file
+    from engine.lora.files import load_lora_file
 
     assert load_lora_file(rescued).metadata["copylora_steps"] == "2"
     rescued.unlink()
 
 
 def test_nan_loss_does_not_name_a_checkpoint_that_does_not_exist(tmp_path):
-    from engine.plan import make_plan
-    from engine.train import TrainingError, train
+    from engine.project.plan import make_plan
+    from engine.train.trainer import TrainingError, train
 
     root = copy_example(tmp_path)
     plan = make_plan(load_project(root), max_steps=3)
@@ -266,7 +266,7 @@ def loras(tmp_path):
         "lora_unet_down_blocks_0_attentions_0_proj_in": (torch.randn(6, 32, generator=g), torch.randn(32, 6, generator=g), 6.0),
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": (torch.randn(6, 32, generator=g), torch.randn(32, 6, generator=g), 6.0),
     }
-    from engine.lora import save_lora_file
+    from engine.lora.files import save_lora_file
 
     b = save_lora_file(tmp_path / "B.safetensors", mods, {"ss_base_model_version": "sd_v1"}, "float")
     fewer = dict(list(mods.items())[:1])
@@ -283,7 +283,7 @@ def test_merge_new_rank_zero_is_an_error(loras, tmp_path, capsys):
 
 
 def test_merge_caps_the_rank_says_so_once_and_records_it(loras, tmp_path, capsys):
-    from engine.lora import load_lora_file
+    from engine.lora.files import load_lora_file
 
     b, a = loras
     out = tmp_path / "m.safetensors"
@@ -361,8 +361,8 @@ def test_decompression_bomb_limits_are_our_words(tmp_path, capsys, monkeypatch):
 
 def test_small_picture_warning_reaches_the_form_and_the_training_log(tmp_path):
     from copylora_tui.screens.project import plan_summary
-    from engine.plan import make_plan
-    from engine.train import train
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
 
     root = copy_example(tmp_path)
     for old in (root / "a").iterdir():

@@ -17,14 +17,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from engine import tiny_model
-from engine.bake import bake_lora
+from engine.models import tiny as tiny_model
+from engine.merge.bake import bake_lora
 from engine.errors import CopyloraError, LoRAFileError, ModelError, ValidationError
-from engine.extract import ExtractError, extract_lora, truncated_svd
-from engine.lora import LoRANetwork, load_lora_file, lora_delta, save_lora_file
-from engine.lora_names import find_targets
-from engine.merge import merge_loras
-from engine.models import load_base_model
+from engine.merge.extract import ExtractError, extract_lora, truncated_svd
+from engine.lora.network import LoRANetwork
+from engine.lora.files import load_lora_file, save_lora_file
+from engine.lora.weights import lora_delta
+from engine.lora.names import find_targets
+from engine.merge.svd import merge_loras
+from engine.models.loading import load_base_model
 from helpers import snapshot
 from helpers_models import sd1_single_file_state_dict
 
@@ -281,8 +283,8 @@ def test_extract_on_cuda_matches_cpu(work, tmp_path):
 
 def test_module_to_weight_mapping_matches_kohya_names():
     """The names bake maps to weights are exactly kohya's (SD1.5 and SDXL, with conv), from the full-size configs."""
-    from engine.bake import _meta_components, _module_keys
-    from engine.models import CONFIG_ROOT
+    from engine.merge.bake import _meta_components, _module_keys
+    from engine.models.loading import CONFIG_ROOT
 
     reference = Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
     if not reference.is_dir():
@@ -417,8 +419,8 @@ def test_errors_are_copylora_errors():
 
 
 def test_builtin_bases_resolve_to_their_folders():
-    from engine.bake import _resolve_base
-    from engine.tiny_model import tiny_model_dir, tiny_sdxl_dir
+    from engine.merge.bake import _resolve_base
+    from engine.models.tiny import tiny_model_dir, tiny_sdxl_dir
 
     assert _resolve_base("tiny") == ("diffusers", tiny_model_dir())
     assert _resolve_base("tiny-sdxl") == ("diffusers", tiny_sdxl_dir())

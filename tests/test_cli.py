@@ -96,7 +96,7 @@ def test_import_kohya_into_project_reports_keys(tmp_path, capsys):
     assert main(["import-kohya", str(config), "--into", str(root)]) == 0
     captured = capsys.readouterr()
     assert "output_dir" in captured.err  # an ignored key is reported, not dropped
-    from engine.project import load_project
+    from engine.project.folder import load_project
 
     project = load_project(root)
     assert project.train.train_batch_size == 4

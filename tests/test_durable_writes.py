@@ -39,7 +39,7 @@ def fsyncs(monkeypatch):
 
 
 def test_merged_lora_has_the_umask_mode_and_is_fsynced(tmp_path, umask, fsyncs):
-    from engine.lora import save_lora_file
+    from engine.lora.files import save_lora_file
 
     modules = {"lora_unet_x": (torch.ones(2, 4), torch.ones(4, 2), 2.0)}
     b = save_lora_file(tmp_path / "B.safetensors", modules, {"ss_base_model_version": "sd_v1"}, "float")
@@ -59,8 +59,8 @@ def test_merged_lora_has_the_umask_mode_and_is_fsynced(tmp_path, umask, fsyncs):
 
 
 def test_project_file_checkpoint_and_text_use_the_same_write(tmp_path, umask, fsyncs):
-    from engine.checkpoint import save_state
-    from engine.project import load_project, save_project
+    from engine.train.checkpoint import save_state
+    from engine.project.folder import load_project, save_project
     from tests.helpers import copy_example
 
     umask(0o022)

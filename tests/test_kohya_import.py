@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from engine.errors import ValidationError
-from engine.kohya_import import CONFIG, DATASET, GUI, _parse_args, apply_import, format_report, import_kohya
-from engine.project import load_project, save_project
-from engine.scaffold import create_project
+from engine.project.kohya_import import CONFIG, DATASET, GUI, _parse_args, apply_import, format_report, import_kohya
+from engine.project.folder import load_project, save_project
+from engine.project.scaffold import create_project
 
 REF = Path("/work/shared/reference/kohya_ss_configs")
 REF_FILES = sorted(REF.glob("*")) if REF.is_dir() else []
@@ -325,5 +325,5 @@ def test_bad_files(tmp_path: Path, name: str, text: str | None, message: str) ->
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import sys, engine.kohya_import; sys.exit('torch' in sys.modules or 'copylora_tui' in sys.modules)"
+    code = "import sys, engine.project.kohya_import; sys.exit('torch' in sys.modules or 'copylora_tui' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0

@@ -12,18 +12,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.errors import CopyloraError, LoRAFileError
-from engine.lora import (
-    LoRANetwork,
-    LoRAWeights,
-    apply_lora_file,
-    kohya_hashes,
-    load_lora_file,
-    lora_delta,
-    lora_metadata,
-    save_lora_file,
-)
-from engine.models import build_empty, load_base_model
-from engine.tiny_model import tiny_pipeline
+from engine.lora.network import LoRANetwork, apply_lora_file
+from engine.lora.weights import LoRAWeights, lora_delta
+from engine.lora.files import kohya_hashes, load_lora_file, save_lora_file
+from engine.lora.metadata import lora_metadata
+from engine.models.loading import build_empty, load_base_model
+from engine.models.tiny import tiny_pipeline
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 

@@ -10,8 +10,9 @@ torch = pytest.importorskip("torch")
 
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main  # noqa: E402
 from engine.errors import LoRAFileError  # noqa: E402
-from engine.lora import LoRAWeights, load_lora_file, save_lora_file  # noqa: E402
-from engine.merge import MergeError, merge_loras, save_merge  # noqa: E402
+from engine.lora.weights import LoRAWeights
+from engine.lora.files import load_lora_file, save_lora_file  # noqa: E402
+from engine.merge.svd import MergeError, merge_loras, save_merge  # noqa: E402
 
 
 def factors(g, out_f, in_f, rank, kernel=1, spread=1.0):
@@ -197,8 +198,8 @@ def test_kohya_command_line_works_unchanged(pair, tmp_path, capsys):
 
 def test_diffusers_reads_the_merged_file(tmp_path):
     pytest.importorskip("peft")
-    from engine.lora import LoRANetwork, apply_lora_file
-    from engine.tiny_model import tiny_pipeline
+    from engine.lora.network import LoRANetwork, apply_lora_file
+    from engine.models.tiny import tiny_pipeline
 
     pipe = tiny_pipeline()
     paths = []
@@ -235,8 +236,8 @@ def test_diffusers_reads_the_merged_file(tmp_path):
 def test_merge_project_shorthand_uses_plan_and_merge_table(pair, tmp_path, capsys):
     import shutil
 
-    from engine.plan import make_plan
-    from engine.project import load_project
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
     from tests.helpers import copy_example
 
     root = copy_example(tmp_path)

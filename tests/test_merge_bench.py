@@ -29,7 +29,7 @@ def sd15_conv_shapes(bench):
 
 @pytest.fixture(scope="module")
 def pair(bench, sd15_conv_shapes, tmp_path_factory):
-    from engine.lora import load_lora_file
+    from engine.lora.files import load_lora_file
 
     shapes = bench.select_modules(sd15_conv_shapes, limit=6)
     a_path, b_path = bench.write_pair(shapes, tmp_path_factory.mktemp("pair"), "sd15", seed=1)
@@ -58,7 +58,7 @@ def test_pair_is_trained_like(pair):
     for s in shapes:
         assert a[s.name].down.dtype.is_floating_point and a[s.name].up.abs().max() > 0
     # copy-machine pair: B shares most of A
-    from engine.merge_math import LowRankTerm, frobenius_norm, inner
+    from engine.merge.low_rank import LowRankTerm, frobenius_norm, inner
 
     def term(w):
         return LowRankTerm(w.alpha / w.rank, w.up.reshape(w.up.shape[0], -1), w.down.reshape(w.rank, -1))

@@ -10,18 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine import tiny_model
+from engine.models import tiny as tiny_model
 from engine.errors import CopyloraError, ModelError
-from engine.models import (
-    BaseModel,
-    _sd2_prediction,
-    build_empty,
-    build_empty_sd15,
-    detect_family,
-    legacy_model_hash,
-    load_base_model,
-    load_pickled_checkpoint,
-)
+from engine.models.loading import BaseModel, _sd2_prediction, build_empty, build_empty_sd15, legacy_model_hash, load_base_model, load_pickled_checkpoint
+from engine.formats.model_files import detect_family
 from helpers_models import sd1_single_file_state_dict
 
 
@@ -255,7 +247,17 @@ def test_shipped_configs_build_every_family():
         unet, encoders = build_empty(family)
         assert unet.config.cross_attention_dim == context
         assert len(encoders) == (2 if family == "sdxl" else 1)
-    root = Path(__file__).parents[1] / "engine" / "model_configs"
+    root = Path(__file__).parents[1] / "engine" / "models" / "configs"
     scheduler = json.loads((root / "sd2-v" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction"
 
+
+
+def test_builtin_widths_are_the_tiny_models_own():
+    """engine.formats.model_files states the built-in models' widths as data (so validation
+    needs no model); they must stay what engine.models.tiny builds."""
+    from engine.formats.model_files import BUILTIN_FAMILIES, BUILTIN_WIDEST
+
+    assert BUILTIN_WIDEST["tiny"] == (max(tiny_model.UNET_CHANNELS), tiny_model.CLIP_HIDDEN)
+    assert BUILTIN_WIDEST["tiny-sdxl"] == (max(tiny_model.SDXL_UNET_CHANNELS), max(tiny_model.SDXL_CLIP_HIDDEN))
+    assert set(BUILTIN_FAMILIES) == set(tiny_model.BUILTIN_MODEL_DIRS)

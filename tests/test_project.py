@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 
 from engine.errors import ValidationError
-from engine.params import RegParams
-from engine.plan import bucket_size, make_plan, steps_for
-from engine.project import load_project, save_project
-from engine.project_toml import render_project
-from engine.scaffold import create_project
+from engine.project.params import RegParams
+from engine.project.plan import bucket_size, make_plan, steps_for
+from engine.project.folder import load_project, save_project
+from engine.project.toml_writer import render_project
+from engine.project.scaffold import create_project
 from tests.helpers import copy_example, snapshot, write_png
 
 
@@ -182,7 +182,7 @@ def test_bucket_size(image, resolution, expected):
 
 
 def test_steps_arithmetic_matches_sd_scripts():
-    from engine.params import TrainParams
+    from engine.project.params import TrainParams
 
     recipe = TrainParams()  # 1 image x 5 repeats x 800 epochs, batch 1
     assert steps_for(1, recipe) == (5, 800, 4000)
@@ -211,7 +211,7 @@ def test_create_project_bad_then_good(tmp_path):
 def test_every_key_is_documented():
     from dataclasses import fields
 
-    from engine.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
+    from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
     from tests.helpers import REPO
 
     doc = (REPO / "docs" / "project-format.md").read_text()
@@ -227,7 +227,7 @@ def test_every_key_is_documented():
 def test_new_project_on_a_builtin_model_gets_cpu_sized_defaults(tmp_path, capsys):
     """`copylora new --base tiny` used to write the 4000-step 600×900 GPU recipe."""
     from copylora_tui.cli.main import main
-    from engine.plan import make_plan
+    from engine.project.plan import make_plan
     from tests.helpers import write_png
 
     a, b = write_png(tmp_path / "a.png", size=(300, 450)), write_png(tmp_path / "b.png", size=(300, 450), colour=(90, 90, 90))
@@ -238,8 +238,8 @@ def test_new_project_on_a_builtin_model_gets_cpu_sized_defaults(tmp_path, capsys
         assert side.total_steps == steps and side.buckets == ((128, 192),) and side.params.mixed_precision == "no"
         assert plan.project.sample.size == [128, 192] and plan.project.sample.steps == 8
     # a real checkpoint keeps the recipe
-    from engine.project import Project
-    from engine.scaffold import apply_base_defaults
+    from engine.project.folder import Project
+    from engine.project.scaffold import apply_base_defaults
 
     recipe = apply_base_defaults(Project(root=tmp_path), "/models/sd15.safetensors")
     assert recipe.train.max_train_epochs == 800 and recipe.train.resolution == [600, 900]

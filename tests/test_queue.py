@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from engine.progress import Progress
-from engine.queue import SCHEMA_VERSION, Queue, QueueError
+from engine.train.progress import Progress
+from engine.jobs.queue import SCHEMA_VERSION, Queue, QueueError
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_concurrent_readers_while_the_worker_writes(tmp_path):
 def test_job_status_is_a_type_with_its_sets(tmp_path):
     import json
 
-    from engine.queue import ACTIVE, FINISHED, JobStatus, QueueError
+    from engine.jobs.queue import ACTIVE, FINISHED, JobStatus, QueueError
 
     queue = Queue(tmp_path / "state")
     job = queue.enqueue("train", "/p", side="a")

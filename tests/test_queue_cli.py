@@ -10,7 +10,7 @@ import types
 import pytest
 
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main
-from engine.queue import Queue
+from engine.jobs.queue import Queue
 from tests.helpers import copy_example
 
 
@@ -79,7 +79,7 @@ def test_worker_status_when_stopped(home, capsys):
 
 
 def test_gpu_stats_absent_without_nvml(monkeypatch):
-    import engine.gpu as gpu
+    import engine.jobs.gpu as gpu
 
     monkeypatch.setattr(gpu, "_initialised", None)
     monkeypatch.setitem(sys.modules, "pynvml", None)  # as on a machine without the driver
@@ -88,7 +88,7 @@ def test_gpu_stats_absent_without_nvml(monkeypatch):
 
 def test_gpu_stats_read_through_nvml(monkeypatch):
     """The NVML reading code, against a stand-in with NVML's API (no GPU on CI)."""
-    import engine.gpu as gpu
+    import engine.jobs.gpu as gpu
 
     fake = types.SimpleNamespace(
         NVML_TEMPERATURE_GPU=0,

@@ -14,15 +14,15 @@ from copylora_tui.app import CopyloraApp
 from copylora_tui.cli.main import main
 from copylora_tui.core.projects import RESUMABLE, summarise
 from copylora_tui.screens.queue import QueueScreen
-from engine.progress import Progress
-from engine.queue import Queue
+from engine.train.progress import Progress
+from engine.jobs.queue import Queue
 from tests.helpers import copy_example
 from tests.test_app_support import make_projects, screen_text, use_home, wait_until
 
 
 def test_two_runs_of_one_project_at_once_queue_it_once(tmp_path, monkeypatch):
     """Deciding what is up to date takes time (hashing); both runs decide, then insert."""
-    import engine.enqueue as enqueue
+    import engine.jobs.enqueue as enqueue
 
     root = copy_example(tmp_path)
     home = tmp_path / "state"
@@ -58,7 +58,7 @@ def test_two_runs_of_one_project_at_once_queue_it_once(tmp_path, monkeypatch):
 
 
 def _dead_pid() -> tuple[int, str | None]:
-    from engine.procs import process_start
+    from engine.jobs.procs import process_start
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     start = process_start(child.pid)
@@ -106,9 +106,9 @@ def test_queue_cli_says_interrupted(tmp_path, monkeypatch, capsys):
 
 
 def test_a_side_with_a_checkpoint_is_resumable_not_missing(tmp_path):
-    from engine.plan import make_plan
-    from engine.project import load_project
-    from engine.train import train
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
+    from engine.train.trainer import train
 
     root = copy_example(tmp_path)
     plan = make_plan(load_project(root))

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.sample import SampleSettings, generate, read_grid_parameters, sample_lora  # noqa: E402
+from engine.train.sample import SampleSettings, generate, read_grid_parameters, sample_lora  # noqa: E402
 from tests.helpers import copy_example  # noqa: E402
 
 SETTINGS = SampleSettings(prompts=["", "a red house"], steps=3, size=[64, 96], strengths=[0.0, 1.0], seed=7)
@@ -17,7 +17,7 @@ SETTINGS = SampleSettings(prompts=["", "a red house"], steps=3, size=[64, 96], s
 
 @pytest.fixture(scope="module")
 def tiny():
-    from engine.models import load_base_model
+    from engine.models.loading import load_base_model
 
     torch.set_num_threads(1)
     return load_base_model("tiny")
@@ -25,7 +25,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def lora_file(tiny, tmp_path_factory):
-    from engine.lora import LoRANetwork
+    from engine.lora.network import LoRANetwork
 
     network = LoRANetwork(tiny.unet, tiny.text_encoders, rank=4, alpha=4.0)
     g = torch.Generator().manual_seed(3)
@@ -44,7 +44,7 @@ def pixels(image):
 def test_strength_zero_is_the_base_pipeline_bit_for_bit(tiny, lora_file):
     import numpy as np
 
-    from engine.lora import LoRANetwork
+    from engine.lora.network import LoRANetwork
 
     base = generate(tiny, SETTINGS, None)
     network = LoRANetwork.from_file(lora_file, tiny.unet, tiny.text_encoders, tiny.family)
@@ -72,7 +72,7 @@ def test_grid_layout_labels_and_metadata_round_trip(tiny, lora_file, tmp_path):
 
 
 def test_unknown_sampler_and_bad_size_are_clear_errors(tiny):
-    from engine.sample import SampleError
+    from engine.train.sample import SampleError
 
     with pytest.raises(SampleError, match="unknown sampler"):
         generate(tiny, replace(SETTINGS, sampler="euler_z"), None)
@@ -81,10 +81,10 @@ def test_unknown_sampler_and_bad_size_are_clear_errors(tiny):
 
 
 def test_previews_during_training_change_nothing(tmp_path, tiny):
-    from engine.lora import load_lora_file
-    from engine.plan import make_plan
-    from engine.project import load_project
-    from engine.train import train
+    from engine.lora.files import load_lora_file
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
+    from engine.train.trainer import train
 
     results = {}
     for label, every in (("plain", 0), ("previews", 4)):
@@ -123,9 +123,9 @@ def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, c
 
 
 def test_class_images_are_generated_once(tmp_path, tiny):
-    from engine.params import RegParams
-    from engine.project import load_project, save_project
-    from engine.reg_images import generate_class_images, missing_class_images
+    from engine.project.params import RegParams
+    from engine.project.folder import load_project, save_project
+    from engine.train.class_images import generate_class_images, missing_class_images
 
     root = copy_example(tmp_path)
     project = load_project(root)
@@ -142,10 +142,10 @@ def test_class_images_are_generated_once(tmp_path, tiny):
 
 
 def test_run_queues_class_images_then_trainings_then_merge_then_preview(tmp_path, monkeypatch):
-    from engine.enqueue import enqueue_project
-    from engine.params import RegParams
-    from engine.project import load_project, save_project
-    from engine.queue import Queue
+    from engine.jobs.enqueue import enqueue_project
+    from engine.project.params import RegParams
+    from engine.project.folder import load_project, save_project
+    from engine.jobs.queue import Queue
 
     root = copy_example(tmp_path)
     project = load_project(root)

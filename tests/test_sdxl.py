@@ -13,11 +13,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.lora import LoRANetwork, load_lora_file, lora_delta, lora_metadata, save_lora_file  # noqa: E402
-from engine.models import load_base_model  # noqa: E402
-from engine.plan import make_plan  # noqa: E402
-from engine.project import load_project  # noqa: E402
-from engine.train import train  # noqa: E402
+from engine.lora.network import LoRANetwork
+from engine.lora.files import load_lora_file, save_lora_file
+from engine.lora.weights import lora_delta
+from engine.lora.metadata import lora_metadata  # noqa: E402
+from engine.models.loading import load_base_model  # noqa: E402
+from engine.project.plan import make_plan  # noqa: E402
+from engine.project.folder import load_project  # noqa: E402
+from engine.train.trainer import train  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -71,7 +74,7 @@ def example_plan(tmp_path: Path, steps: int, **train_params):
 
 
 def test_tiny_sdxl_has_sdxl_topology(xl):
-    from engine import tiny_model
+    from engine.models import tiny as tiny_model
 
     unet, (te1, te2) = xl.unet, xl.text_encoders
     assert xl.family == "sdxl" and xl.is_sdxl and xl.name == "tiny-sdxl" and xl.kohya_version == "sdxl_base_v1-0"
@@ -103,7 +106,7 @@ def test_tiny_sdxl_names_equal_kohya_sdxl(xl, table, conv):
 
 def test_diffusers_sgm_map_is_one_table():
     """The diffusers -> SGM block map is data (a bijection), and names convert at "." and "_" alike."""
-    from engine.lora_names import SDXL_LAYOUT, diffusers_to_sgm, kohya_module_names, sgm_block_map
+    from engine.lora.names import SDXL_LAYOUT, diffusers_to_sgm, kohya_module_names, sgm_block_map
 
     table = sgm_block_map(*SDXL_LAYOUT)
     assert len(set(table.values())) == len(table)
@@ -122,7 +125,7 @@ def test_diffusers_sgm_map_is_one_table():
 def test_conditioning_is_the_pipelines(xl):
     """Hidden states of both encoders (penultimate layer, concatenated) and the pooled
     embedding, exactly as StableDiffusionXLPipeline.encode_prompt computes them."""
-    from engine.conditioning import encode_prompt, encode_text
+    from engine.train.conditioning import encode_prompt, encode_text
 
     pipe = xl.pipeline()
     for prompt, clip_skip in [("", 1), ("a red house", 1), ("a red house", 2)]:
@@ -155,7 +158,7 @@ def test_time_ids_are_original_crop_and_bucket(xl, tmp_path):
 
 
 def test_latents_are_encoded_in_fp32_whatever_the_vae_dtype(xl, tmp_path):
-    from engine.teacher import cache_teacher_latents
+    from engine.train.teacher import cache_teacher_latents
     from tests.helpers import write_png
 
     import copy
@@ -176,7 +179,7 @@ def test_latents_are_encoded_in_fp32_whatever_the_vae_dtype(xl, tmp_path):
 def sdxl_single_file_state_dict(pipe) -> dict:
     """An SGM (A1111/ComfyUI) SDXL checkpoint's state dict for a diffusers SDXL pipeline: the
     inverse of diffusers' single-file conversion, OpenCLIP's fused q/k/v included."""
-    from engine.ldm_keys import UNET_PREFIX, unet_to_ldm, vae_to_ldm
+    from engine.models.ldm_keys import UNET_PREFIX, unet_to_ldm, vae_to_ldm
 
     state = {}
     for key, value in unet_to_ldm(pipe.unet).items():
@@ -209,8 +212,9 @@ def sdxl_single_file_state_dict(pipe) -> dict:
 def test_sdxl_single_file_loads_exactly(xl, tmp_path):
     from safetensors.torch import save_file
 
-    from engine.models import detect_family, legacy_model_hash, peek_family
-    from engine.tiny_model import tiny_sdxl_dir, tiny_sdxl_pipeline
+    from engine.formats.model_files import detect_family, peek_family
+    from engine.models.loading import legacy_model_hash
+    from engine.models.tiny import tiny_sdxl_dir, tiny_sdxl_pipeline
 
     path = tmp_path / "tiny_xl.safetensors"
     save_file(sdxl_single_file_state_dict(tiny_sdxl_pipeline()), str(path))
@@ -232,7 +236,7 @@ def test_sdxl_single_file_loads_exactly(xl, tmp_path):
 
 
 def unet_inputs(xl, prompt: str = "a red house"):
-    from engine.conditioning import added_conditions, encode_text, sdxl_time_ids
+    from engine.train.conditioning import added_conditions, encode_text, sdxl_time_ids
 
     text = encode_text(xl, prompt)
     g = torch.Generator().manual_seed(0)
@@ -242,7 +246,7 @@ def unet_inputs(xl, prompt: str = "a red house"):
 
 def outputs(xl, inputs):
     """(te1 hidden, te2 hidden, pooled, unet output with our conditioning) under whatever is applied."""
-    from engine.conditioning import encode_text
+    from engine.train.conditioning import encode_text
 
     latents, t, _, _ = inputs
     with torch.no_grad():
@@ -255,8 +259,8 @@ def test_diffusers_load_lora_weights_matches_ours(tmp_path):
     """Our SDXL file (SGM U-Net names, lora_te1_/lora_te2_, LoCon convs, mixed alphas) in
     diffusers' load_lora_weights: no missing or unexpected keys, same outputs as our network."""
     pytest.importorskip("peft")
-    from engine.models import _from_pipeline
-    from engine.tiny_model import tiny_sdxl_pipeline
+    from engine.models.loading import _from_pipeline
+    from engine.models.tiny import tiny_sdxl_pipeline
 
     pipe = tiny_sdxl_pipeline()
     xl = _from_pipeline(pipe, "sdxl", "tiny-sdxl", None)
@@ -316,7 +320,7 @@ def test_reads_sdxl_files_with_diffusers_names(xl, tmp_path):
     """kohya keys built from diffusers paths (lora_unet_down_blocks_1_...) and PEFT keys
     (unet./text_encoder./text_encoder_2. + lora_A/lora_B, alphas from lora_adapter_metadata)
     of an SDXL LoRA come back under kohya's SGM names, and apply to the model."""
-    from engine.lora_names import diffusers_to_sgm, find_targets, sgm_layout
+    from engine.lora.names import diffusers_to_sgm, find_targets, sgm_layout
 
     network = LoRANetwork(xl.unet, xl.text_encoders, family="sdxl", rank=4, alpha=2.0, conv_rank=2, conv_alpha=2.0)
     randomise(network)
@@ -352,7 +356,7 @@ def test_reads_sdxl_files_with_diffusers_names(xl, tmp_path):
     assert all(w.alpha == w.rank for w in got.values())  # no metadata: alpha = rank, as PEFT
 
     inputs = unet_inputs(xl)
-    from engine.lora import apply_lora_file
+    from engine.lora.network import apply_lora_file
 
     applied = apply_lora_file(tmp_path / "diffusers_names.safetensors", xl)
     try:
@@ -368,7 +372,7 @@ def test_reads_sdxl_files_with_diffusers_names(xl, tmp_path):
 
 
 def test_sd15_lora_and_sdxl_lora_do_not_merge(xl, tmp_path):
-    from engine.merge import MergeError, merge_loras
+    from engine.merge.svd import MergeError, merge_loras
 
     sd15 = load_base_model("tiny")
     one = LoRANetwork(sd15.unet, sd15.text_encoders, rank=4)
@@ -409,13 +413,13 @@ def test_example_trains_merges_bakes_and_samples(xl, tmp_path):
     strength 0 is the base pipeline bit for bit; method 1 (bake + extract) agrees with the merge."""
     import numpy as np
 
-    from engine.bake import bake_lora
-    from engine.enqueue import enqueue_project
-    from engine.extract import extract_lora
-    from engine.merge import merge_loras, save_merge
-    from engine.queue import Queue
-    from engine.sample import SampleSettings, generate, read_grid_parameters, sample_lora
-    from engine.tiny_model import tiny_sdxl_dir
+    from engine.merge.bake import bake_lora
+    from engine.jobs.enqueue import enqueue_project
+    from engine.merge.extract import extract_lora
+    from engine.merge.svd import merge_loras, save_merge
+    from engine.jobs.queue import Queue
+    from engine.train.sample import SampleSettings, generate, read_grid_parameters, sample_lora
+    from engine.models.tiny import tiny_sdxl_dir
 
     root = copy_example(tmp_path)
     queue = Queue(tmp_path / "home")
@@ -460,7 +464,7 @@ def test_example_trains_merges_bakes_and_samples(xl, tmp_path):
 
 
 def test_new_sdxl_project_gets_sdxl_sized_buckets(tmp_path):
-    from engine.scaffold import create_project
+    from engine.project.scaffold import create_project
     from tests.helpers import write_png
 
     from safetensors.torch import save_file
@@ -476,7 +480,7 @@ def test_new_sdxl_project_gets_sdxl_sized_buckets(tmp_path):
     assert "resolution = [832, 1216]" in xl_project.toml_path.read_text()
     sd_project = create_project(tmp_path / "sd", a, b, base_model=str(tmp_path / "sd.safetensors"))
     assert sd_project.train.resolution == [600, 900] and sd_project.sample.size == [512, 768]
-    from engine.plan import bucket_size
+    from engine.project.plan import bucket_size
 
     assert bucket_size(832, 1216, xl_project.train.resolution) == (832, 1216)
     assert bucket_size(600, 900, xl_project.train.resolution) == (768, 1216)  # [1024, 1024] would give 640x1024

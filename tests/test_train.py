@@ -9,15 +9,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.errors import CopyloraError  # noqa: E402
-from engine.plan import make_plan  # noqa: E402
-from engine.project import load_project  # noqa: E402
-from engine.train import TrainingError, evaluation_loss, train  # noqa: E402
+from engine.project.plan import make_plan  # noqa: E402
+from engine.project.folder import load_project  # noqa: E402
+from engine.train.trainer import TrainingError, evaluation_loss, train  # noqa: E402
 from tests.helpers import copy_example  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from engine.models import load_base_model
+    from engine.models.loading import load_base_model
 
     torch.set_num_threads(1)
     return load_base_model("tiny")
@@ -35,8 +35,8 @@ def quiet(_line: str) -> None:
 
 
 def teacher_latents(model, plan, side="a"):
-    from engine.conditioning import encode_prompt
-    from engine.teacher import encode_latents, load_bucketed
+    from engine.train.conditioning import encode_prompt
+    from engine.train.teacher import encode_latents, load_bucketed
 
     sp = plan.side(side)
     pixels = load_bucketed(sp.images[0].path, sp.buckets[0])
@@ -44,7 +44,7 @@ def teacher_latents(model, plan, side="a"):
 
 
 def test_overfits_the_teacher_image(tmp_path, tiny):
-    from engine.lora import apply_lora_file
+    from engine.lora.network import apply_lora_file
 
     plan = make(tmp_path, 80, learning_rate=2e-3)
     latents, cond = teacher_latents(tiny, plan)
@@ -61,7 +61,7 @@ def test_overfits_the_teacher_image(tmp_path, tiny):
 
 
 def _lora_tensors(state_or_path):
-    from engine.lora import load_lora_file
+    from engine.lora.files import load_lora_file
 
     if isinstance(state_or_path, dict):
         return {n: (v["down"], v["up"]) for n, v in state_or_path["lora"].items()}
@@ -92,7 +92,7 @@ def test_resume_is_bit_identical(tmp_path, tiny):
 
 
 def test_truncated_state_is_skipped(tmp_path, tiny):
-    from engine.checkpoint import list_states
+    from engine.train.checkpoint import list_states
 
     plan = make(tmp_path, 20, save_every_n_steps=10)
     done = []
@@ -108,7 +108,7 @@ def test_truncated_state_is_skipped(tmp_path, tiny):
 
 
 def test_nan_loss_is_one_clear_error_and_keeps_last_state(tmp_path, tiny):
-    from engine.checkpoint import list_states
+    from engine.train.checkpoint import list_states
 
     plan = make(tmp_path, 20, save_every_n_steps=5)
     with pytest.raises(TrainingError, match="loss became nan at step 13"):
@@ -135,7 +135,7 @@ def test_corrupt_teacher_and_missing_base_are_clear_errors(tmp_path, tiny):
 
 
 def test_metadata_of_trained_file(tmp_path, tiny):
-    from engine.lora import load_lora_file
+    from engine.lora.files import load_lora_file
 
     plan = make(tmp_path, 6)
     result = train(plan, "b", model=tiny, log=quiet)
@@ -153,8 +153,8 @@ def test_metadata_of_trained_file(tmp_path, tiny):
 def test_optional_paths_train(tmp_path, tiny):
     """Regularisation (prior preservation), flips, min-SNR, noise offset, text-encoder LoRA,
     clip skip and a warm-up schedule all run through the same loop and give a finite loss."""
-    from engine.lora import load_lora_file
-    from engine.params import RegParams
+    from engine.lora.files import load_lora_file
+    from engine.project.params import RegParams
     from tests.helpers import write_png
 
     plan = make(

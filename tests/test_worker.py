@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from engine.enqueue import enqueue_project
-from engine.queue import Queue
-from engine.worker import WorkerRunning, start_detached, stop_worker, worker_pid
+from engine.jobs.enqueue import enqueue_project
+from engine.jobs.queue import Queue
+from engine.jobs.worker import WorkerRunning, start_detached, stop_worker, worker_pid
 from tests.helpers import copy_example
 
 pytest.importorskip("torch")
@@ -54,7 +54,7 @@ def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
 
 
 def lora_tensors(path):
-    from engine.lora import load_lora_file
+    from engine.lora.files import load_lora_file
 
     return {n: (w.down, w.up) for n, w in load_lora_file(path).modules.items()}
 
@@ -91,9 +91,9 @@ def test_kill_9_worker_then_restart_resumes_and_matches_uninterrupted_run(tmp_pa
     assert job.attempts == 3
 
     # The interrupted LoRA equals an uninterrupted run of the same plan.
-    from engine.plan import make_plan
-    from engine.project import load_project
-    from engine.train import train
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
+    from engine.train.trainer import train
 
     reference_root = project(tmp_path, "reference")
     plan = make_plan(load_project(reference_root), max_steps=60)
@@ -159,7 +159,7 @@ def test_one_worker_per_state_folder(home):
     pid = start_detached(home)
     with pytest.raises(WorkerRunning, match=f"already running.*pid {pid}"):
         start_detached(home)
-    second = subprocess.run([sys.executable, "-m", "engine.worker", "--home", str(home)], capture_output=True, text=True, timeout=60)
+    second = subprocess.run([sys.executable, "-m", "engine.jobs.worker", "--home", str(home)], capture_output=True, text=True, timeout=60)
     assert second.returncode == 2 and "already running" in second.stderr
     assert stop_worker(home) == pid
     assert worker_pid(home) is None

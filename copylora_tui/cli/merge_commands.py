@@ -88,7 +88,7 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from engine.merge import merge_loras, save_merge
+    from engine.merge.svd import merge_loras, save_merge
 
     console = Console(stderr=True)
     with Progress(TextColumn("merge"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
@@ -117,8 +117,8 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
 
 def _project_defaults(args: argparse.Namespace) -> None:
     """Fill unset flags from a project's plan and [merge] table: B then A, as the recipe merges."""
-    from engine.plan import make_plan
-    from engine.project import load_project
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
 
     plan = make_plan(load_project(args.project))
     merge = plan.project.merge

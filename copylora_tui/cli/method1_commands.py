@@ -119,7 +119,7 @@ FLAGS = {"base", "lora", "save_to", "ratio", "save_precision", "config_dir", "mo
 
 
 def cmd_bake(args: argparse.Namespace) -> int:
-    from engine.bake import bake_lora
+    from engine.merge.bake import bake_lora
 
     result = _as_flags(lambda: bake_lora(
         args.base, args.lora, args.save_to, args.ratio,
@@ -139,7 +139,7 @@ def cmd_bake(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from engine.extract import extract_lora
+    from engine.merge.extract import extract_lora
 
     result = _as_flags(lambda: extract_lora(
         args.model_org, args.model_tuned, dim=args.dim, conv_dim=args.conv_dim, save_to=args.save_to,

@@ -50,7 +50,7 @@ def project_dest(name: str, projects_dir: str) -> Path:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from engine.scaffold import create_project
+    from engine.project.scaffold import create_project
 
     from copylora_tui.cli.main import as_flags
 
@@ -64,10 +64,10 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from engine.plan import make_plan
-    from engine.project import load_project
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
 
-    from engine.plan import plan_warnings
+    from engine.project.plan import plan_warnings
 
     plan = make_plan(load_project(args.project))
     warnings = plan_warnings(plan)
@@ -83,19 +83,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_import_kohya(args: argparse.Namespace) -> int:
-    from engine.kohya_import import apply_import, format_report, import_kohya
+    from engine.project.kohya_import import apply_import, format_report, import_kohya
 
     result = import_kohya(args.config)
     if not args.quiet:
         print(format_report(result), file=sys.stderr)
     if args.into is None:
-        from engine.project_toml import toml_value
+        from engine.project.toml_writer import toml_value
 
         print("[train]")
         for key, value in result.train.items():
             print(f"{key} = {toml_value(value)}")
         return 0
-    from engine.project import load_project, save_project
+    from engine.project.folder import load_project, save_project
 
     project = load_project(args.into)
     path = save_project(apply_import(project, result))

@@ -12,7 +12,7 @@ import sys
 import time
 
 from copylora_tui.core.formatting import project_label
-from engine.queue import JobStatus
+from engine.jobs.queue import JobStatus
 from engine.errors import Problem, ValidationError
 
 
@@ -73,14 +73,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _queue():
-    from engine.queue import Queue
+    from engine.jobs.queue import Queue
 
     return Queue()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.enqueue import enqueue_project
-    from engine.project import load_project
+    from engine.jobs.enqueue import enqueue_project
+    from engine.project.folder import load_project
 
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("nothing to do: every output is up to date (--force redoes them)")
         return 0
     if not args.no_worker:
-        from engine.worker import ensure_running
+        from engine.jobs.worker import ensure_running
 
         pid, started = ensure_running()
         print(f"worker {'started' if started else 'running'} (pid {pid}); follow with: copylora queue, copylora logs JOB -f, or copylora")
@@ -118,7 +118,7 @@ def _wait(queue, job_ids: list[int]) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from engine.progress import format_duration
+    from engine.train.progress import format_duration
 
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
@@ -154,9 +154,9 @@ def _wait(queue, job_ids: list[int]) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from engine.worker import worker_pid
+    from engine.jobs.worker import worker_pid
 
-    from engine.queue import mark_interrupted
+    from engine.jobs.queue import mark_interrupted
 
     queue = _queue()
     jobs = mark_interrupted(queue.jobs(), bool(worker_pid(queue.home)))
@@ -178,7 +178,7 @@ def cmd_job_action(args: argparse.Namespace) -> int:
     message = action(args.job) if action else queue.request(args.job, args.action)
     print(f"#{args.job}: {message}")
     if args.action in ("retry", "resume"):
-        from engine.worker import worker_pid
+        from engine.jobs.worker import worker_pid
 
         if not worker_pid(queue.home):
             print("the worker is not running: start it with `copylora worker start`")
@@ -228,8 +228,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.queue import Queue
-    from engine.worker import Worker, start_detached, stop_worker, worker_pid
+    from engine.jobs.queue import Queue
+    from engine.jobs.worker import Worker, start_detached, stop_worker, worker_pid
 
     if args.action == "start":
         if args.foreground:

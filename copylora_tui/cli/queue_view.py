@@ -8,13 +8,13 @@ from rich.console import Console
 from rich.table import Table
 
 from copylora_tui.core.formatting import STATUS_STYLE, bar, project_label
-from engine.queue import JobStatus
+from engine.jobs.queue import JobStatus
 
 
 
 def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
     from copylora_tui.core.formatting import rate_text
-    from engine.progress import format_duration
+    from engine.train.progress import format_duration
 
     console = console or Console()
     state = f"worker running (pid {worker_pid})" if worker_pid else "[yellow]worker not running[/yellow] (copylora worker start)"

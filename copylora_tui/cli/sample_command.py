@@ -58,7 +58,7 @@ def _settings(args: argparse.Namespace, base, problems: list[Problem]):
             problems.append(Problem("--size", f"must be WIDTHxHEIGHT, got {args.size!r}"))
     if settings.steps <= 0:
         problems.append(Problem("--steps", f"must be greater than 0, got {settings.steps}"))
-    from engine.sample import SAMPLERS
+    from engine.train.sample import SAMPLERS
 
     if settings.sampler not in SAMPLERS:
         problems.append(Problem("--sampler", f"unknown sampler {settings.sampler!r}; one of: {', '.join(SAMPLERS)}"))
@@ -67,13 +67,13 @@ def _settings(args: argparse.Namespace, base, problems: list[Problem]):
 
 def resolve(args: argparse.Namespace):
     """(base model spec, family, LoRA path or None, settings, output path); every problem at once."""
-    from engine.sample import SampleSettings
+    from engine.train.sample import SampleSettings
 
     problems: list[Problem] = []
     target = Path(args.target)
     if target.is_dir() or target.name == "copylora.toml":
-        from engine.plan import make_plan
-        from engine.project import load_project
+        from engine.project.plan import make_plan
+        from engine.project.folder import load_project
 
         plan = make_plan(load_project(target))
         project = plan.project
@@ -106,12 +106,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     base, family, lora, settings, out = resolve(args)
     import torch
 
-    from engine.models import load_base_model
+    from engine.models.loading import load_base_model
     from engine.quiet import quiet_libraries
 
     quiet_libraries()
-    from engine.sample import sample_lora
-    from engine.train import pick_device
+    from engine.train.sample import sample_lora
+    from engine.train.trainer import pick_device
 
     device = pick_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32

@@ -1,16 +1,16 @@
 """What the app's keys do to the queue, as plain functions (run in a thread by the app).
 
-They call :mod:`engine.worker` through the module so that tests can replace
-``engine.worker.ensure_running`` and never start a daemon by accident.
+They call :mod:`engine.jobs.worker` through the module so that tests can replace
+``engine.jobs.worker.ensure_running`` and never start a daemon by accident.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from engine import worker as engine_worker
-from engine.enqueue import enqueue_project
-from engine.queue import Queue
+from engine.jobs import worker as engine_worker
+from engine.jobs.enqueue import enqueue_project
+from engine.jobs.queue import Queue
 
 
 def run_project(queue: Queue, folder: Path) -> str:

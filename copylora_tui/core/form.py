@@ -1,5 +1,5 @@
-"""The project form's model: one field per TOML key, built from the :mod:`engine.params`
-dataclasses, checked by the same :func:`engine.validate.coerce_value` as ``copylora check``.
+"""The project form's model: one field per TOML key, built from the :mod:`engine.project.params`
+dataclasses, checked by the same :func:`engine.project.validate.coerce_value` as ``copylora check``.
 
 Fields are typed as text the way TOML writes values (``1e-4``, ``[600, 900]``,
 ``{ weight_decay = 0.01 }``); strings are taken as typed, without quotes. An empty field means
@@ -13,10 +13,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from engine.errors import Problem, ValidationError
-from engine.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
-from engine.project import Project, parse_project
-from engine.project_toml import render_project, toml_value
-from engine.validate import _base_type, coerce_value
+from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
+from engine.project.folder import Project, parse_project
+from engine.project.toml_writer import render_project, toml_value
+from engine.project.validate import _base_type, coerce_value
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from engine.progress import format_duration
+from engine.train.progress import format_duration
 
 BAR_FULL, BAR_EMPTY = "━", "╌"
 

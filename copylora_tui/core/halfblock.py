@@ -37,7 +37,7 @@ def load_thumbnail(path: Path):
     in a thread)."""
     from PIL import Image
 
-    from engine.images import quiet_pillow
+    from engine.project.images import quiet_pillow
 
     with quiet_pillow(), Image.open(path) as image:
         picture = image.convert("RGB")

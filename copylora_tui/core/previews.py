@@ -60,17 +60,17 @@ def newest(target: PreviewTarget) -> Found | None:
 
 
 def project_target(project) -> PreviewTarget:
-    """Any preview of a project (engine.project.Project)."""
-    from engine.plan import output_paths
+    """Any preview of a project (engine.project.folder.Project)."""
+    from engine.project.plan import output_paths
 
     return PreviewTarget(output_paths(project)["samples"])
 
 
 def job_target(job) -> PreviewTarget | str:
-    """The previews a queue job makes (engine.queue.Job), or why it makes none. Loads the
+    """The previews a queue job makes (engine.jobs.queue.Job), or why it makes none. Loads the
     job's project (a TOML read): call it in a thread."""
-    from engine.plan import output_paths
-    from engine.project import load_project
+    from engine.project.plan import output_paths
+    from engine.project.folder import load_project
 
     if job.kind == "reg":
         return NO_PREVIEWS

@@ -2,7 +2,7 @@
 
 A summary says what is on disk (A/B LoRAs trained and current? merged and current? how big is
 output/?). Whether a LoRA is *current* is decided exactly as ``copylora run`` decides it
-(:func:`engine.enqueue.side_up_to_date`, which compares the file's training fingerprint with
+(:func:`engine.jobs.enqueue.side_up_to_date`, which compares the file's training fingerprint with
 the current parameters and images), so "stale" here means "run would retrain it". That takes
 hashing the images and the LoRA files, so the app scans in a thread.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ValidationError
-from engine.project import PROJECT_FILE, load_project
+from engine.project.folder import PROJECT_FILE, load_project
 
 # file states of one output: made and current, made from older settings, not made yet
 DONE, STALE, MISSING = "done", "stale", "missing"
@@ -54,8 +54,8 @@ def project_folders(projects_dir: Path) -> list[Path]:
 
 def summarise(folder: Path) -> ProjectSummary:
     """Everything the Projects screen needs about one folder. Never raises for a bad project."""
-    from engine.enqueue import merge_up_to_date, side_up_to_date
-    from engine.plan import make_plan
+    from engine.jobs.enqueue import merge_up_to_date, side_up_to_date
+    from engine.project.plan import make_plan
 
     try:
         project = load_project(folder, decode_images=False)  # headers only: the list must come quickly
@@ -92,8 +92,8 @@ def summarise(folder: Path) -> ProjectSummary:
 
 def _checkpoint_state(plan, side: str) -> OutputState | None:
     """A side with no current LoRA but a checkpoint that ``run`` would continue."""
-    from engine.checkpoint import newest_state_facts
-    from engine.train import training_fingerprint
+    from engine.train.checkpoint import newest_state_facts
+    from engine.train.trainer import training_fingerprint
 
     facts = newest_state_facts(plan.side(side).run_dir)
     if facts is None:

@@ -31,7 +31,7 @@ class QueueReader:
     def queue(self):
         """The connection, opened on first use (in the reading thread, between begin and end)."""
         if self._queue is None:
-            from engine.queue import Queue
+            from engine.jobs.queue import Queue
 
             self._queue = Queue(self.home)
         return self._queue

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.queue import Job, JobStatus, Queue, mark_interrupted
-from engine.worker import worker_pid
+from engine.jobs.queue import Job, JobStatus, Queue, mark_interrupted
+from engine.jobs.worker import worker_pid
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,14 @@ loading, filtering, sorting and short module names, in one place so the two can 
 disagree about which rows match or in which order they come.
 
 The document is the ``<name>.stats.json`` the merge writes (checked by
-:func:`engine.merge_stats.read_stats`).
+:func:`engine.merge.stats.read_stats`).
 """
 
 from __future__ import annotations
 
 import re
 
-from engine.merge_stats import read_stats as load_stats
+from engine.merge.stats import read_stats as load_stats
 
 __all__ = ["load_stats", "COLUMNS", "SORT_KEYS", "select_rows", "sorted_rows", "block_filters", "kind_filters", "short_name"]
 

@@ -19,7 +19,7 @@ from textual.widgets import Footer, ProgressBar, Static
 
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text, project_label, rate_text
-from engine.progress import format_duration
+from engine.train.progress import format_duration
 from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.curve import Curve
@@ -27,7 +27,7 @@ from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
-from engine.queue import Job, JobStatus
+from engine.jobs.queue import Job, JobStatus
 
 
 def job_name(snapshot: QueueSnapshot, job_id: int) -> str:
@@ -95,7 +95,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
         yield Footer()
 
     def app_log_path(self):
-        from engine.state_home import job_log, state_home
+        from engine.jobs.state_home import job_log, state_home
 
         return job_log(state_home(self.app.home), self.job_id)
 

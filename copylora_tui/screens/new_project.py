@@ -1,6 +1,6 @@
 """The New project dialog: a name, picture A, picture B and the base model.
 
-It calls the same :func:`engine.scaffold.create_project` as ``copylora new``, which checks
+It calls the same :func:`engine.project.scaffold.create_project` as ``copylora new``, which checks
 everything before it writes anything; each problem is shown under the field it is about and
 nothing is created until all are fixed. Dismisses with the new folder (or None).
 """
@@ -88,7 +88,7 @@ class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
         return self.query_one(f"#new-{key}", Input).value.strip()
 
     def action_create(self) -> None:
-        from engine.scaffold import create_project
+        from engine.project.scaffold import create_project
 
         if not self.is_active:  # a second ctrl+s while the dialog closes
             return

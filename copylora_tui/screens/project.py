@@ -30,7 +30,7 @@ from copylora_tui.widgets.param_field import ParamField
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.errors import Problem, ValidationError
-from engine.project import Project, load_project
+from engine.project.folder import Project, load_project
 
 CHECK_DELAY_S = 0.3
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
@@ -240,7 +240,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
 
     @while_open
     def show_images(self, project: Project) -> None:
-        from engine.images import image_files, read_image_info
+        from engine.project.images import image_files, read_image_info
 
         box = self.query_one("#images", Vertical)
         box.remove_children()
@@ -292,7 +292,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
             self.notify(f"not saved: {len(self.field_errors)} invalid field(s), first {first}: {self.field_errors[first]}", severity="error")
             self.fields[first].query_one("#editor").focus()
             return
-        from engine.project import save_project
+        from engine.project.folder import save_project
 
         try:
             save_project(self.edited_project())
@@ -321,7 +321,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
     def action_stats(self) -> None:
         if self.project is None:
             return
-        from engine.plan import output_paths
+        from engine.project.plan import output_paths
 
         stats = output_paths(self.project)["stats"]
         if not stats.is_file():
@@ -342,7 +342,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
 
 def plan_summary(project: Project) -> Text:
     """The derived plan in a few lines: steps and bucket per side, where the outputs go."""
-    from engine.plan import make_plan
+    from engine.project.plan import make_plan
 
     plan = make_plan(project)
     text = Text()
@@ -359,7 +359,7 @@ def plan_summary(project: Project) -> Text:
     text.append(f"outputs in {out}/:\n", style="bold")
     for path in (plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path):
         text.append(f"   {path.name}\n", style="dim")
-    from engine.plan import plan_warnings
+    from engine.project.plan import plan_warnings
 
     for warning in plan_warnings(plan):  # it will train, probably not as meant
         text.append(f"⚠ {warning}\n", style="yellow")

@@ -22,7 +22,7 @@ from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text,
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
-from engine.queue import Job, JobStatus
+from engine.jobs.queue import Job, JobStatus
 
 EMPTY_HELP = """\
 [b]No projects in {folder}/ yet.[/b]

@@ -18,7 +18,7 @@ from copylora_tui.core.formatting import project_label
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
-from engine.queue import Job, JobStatus, artifacts_text
+from engine.jobs.queue import Job, JobStatus, artifacts_text
 
 
 def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:

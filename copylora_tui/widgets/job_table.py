@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, loss_text, project_label, rate_text, when_text
-from engine.queue import Job, JobStatus
+from engine.jobs.queue import Job, JobStatus
 
 
 

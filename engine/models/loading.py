@@ -1,7 +1,7 @@
 """Base models: load one (tiny, diffusers folder, single-file checkpoint) and know its family.
 
 Everything here works offline. Single-file checkpoints (A1111 style) are converted by
-diffusers with the JSON configs shipped in ``engine/model_configs/``; the one thing not
+diffusers with the JSON configs shipped in ``engine/models/configs/``; the one thing not
 shipped is CLIP's BPE vocabulary, found by :func:`find_clip_tokenizer` or asked for in a
 clear error. The family (SD1 / SD2 / SDXL) is read from the weights' key names and shapes,
 so a user never has to say what a checkpoint is unless it is ambiguous (SD2 v vs epsilon).
@@ -15,22 +15,21 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelError
+from engine.formats.model_files import _folder_family, detect_family, folder_configs
 
 log = logging.getLogger(__name__)
 
 FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
-CONFIG_ROOT = Path(__file__).parent / "model_configs"
+CONFIG_ROOT = Path(__file__).parent / "configs"
 CLIP_TOKENIZER_ENV = "COPYLORA_CLIP_TOKENIZER"
 PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v_prediction", "sdxl": "epsilon"}
 # kohya's ss_base_model_version values (model_util.get_model_version_str_for_sd1_sd2, sdxl_model_util).
 KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
-_UNET = "model.diffusion_model."
 
 
 @dataclass
@@ -115,46 +114,10 @@ def legacy_model_hash(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- family detection
 
 
-def detect_family(shapes: Mapping[str, Any]) -> str:
-    """Family of an original-layout (A1111/LDM) checkpoint from its keys and shapes.
-
-    ``shapes`` maps key -> shape (a tuple, or anything with ``.shape``). Returns "sd1",
-    "sd2" (SD2 cannot tell v-prediction from its weights: see :func:`load_base_model`)
-    or "sdxl"; raises :class:`ModelError` for anything else.
-    """
-    keys = list(shapes)
-    if not any(k.startswith(_UNET) for k in keys):
-        raise ModelError(
-            "not a Stable Diffusion checkpoint: it has no U-Net weights (model.diffusion_model.*)"
-            + (f"; its keys start like {keys[0]!r}" if keys else "; it holds no tensors")
-        )
-    in_conv = shapes.get(_UNET + "input_blocks.0.0.weight")
-    if in_conv is not None and _shape(in_conv)[1] != 4:
-        raise ModelError(
-            f"unsupported checkpoint: its U-Net takes {_shape(in_conv)[1]} input channels "
-            "(an inpainting or other special model); copylora trains on standard 4-channel models"
-        )
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        raise ModelError("unsupported checkpoint: an SDXL refiner (one OpenCLIP encoder only); use an SDXL base model")
-    context = _cross_attention_dim(shapes)
-    if any(k.startswith("cond_stage_model.model.") for k in keys) or context == 1024:
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys) or context == 768:
-        return "sd1"
-    raise ModelError("not a Stable Diffusion checkpoint: no CLIP text encoder weights (cond_stage_model.*) found")
 
 
-def _shape(value: Any) -> tuple:
-    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
 
-def _cross_attention_dim(shapes: Mapping[str, Any]) -> int | None:
-    for key, value in shapes.items():
-        if key.startswith(_UNET) and key.endswith("attn2.to_k.weight"):
-            return _shape(value)[-1]
-    return None
 
 
 def _checkpoint_shapes(path: Path) -> dict[str, tuple]:
@@ -212,7 +175,7 @@ def _refused_pickle(path, exc) -> ModelError:
     from engine.errors import first_line
 
     try:
-        from engine.model_check import inspect_base_model
+        from engine.formats.model_files import inspect_base_model
 
         inspect_base_model(Path(path))
         reason = first_line(exc)
@@ -293,7 +256,7 @@ def clip_tokenizer_from_bpe(path: str | os.PathLike, pad_token: str | None = Non
 
     from transformers import CLIPTokenizer
 
-    from engine.tiny_model import clip_vocab
+    from engine.models.tiny import clip_vocab
 
     lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
@@ -303,28 +266,6 @@ def clip_tokenizer_from_bpe(path: str | os.PathLike, pad_token: str | None = Non
     )
 
 
-def peek_family(spec: str) -> str | None:
-    """The family of a base model spec from its headers and configs only (no torch, no
-    weights read), or None when that cannot tell (a ``.ckpt``, a damaged file...).
-
-    For choices made before anything is loaded, e.g. a new project's default resolution.
-    """
-    from engine.tiny_model import BUILTIN_FAMILIES
-
-    if spec in BUILTIN_FAMILIES:
-        return BUILTIN_FAMILIES[spec]
-    path = Path(spec).expanduser()
-    try:
-        if path.is_dir():
-            return _folder_family(path, *folder_configs(path))
-        if path.suffix.lower() == ".safetensors":
-            with open(path, "rb") as handle:
-                size = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(size)) if 0 < size < 100 * 2**20 else {}
-            return detect_family({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
-    except (OSError, ValueError, KeyError, TypeError, ModelError):
-        return None
-    return None
 
 
 # --------------------------------------------------------------------------- loading
@@ -353,7 +294,7 @@ def load_base_model(
     dtype = dtype or torch.float32
     if family != "auto" and family not in FAMILIES:
         raise ModelError(f"unknown model family {family!r}; use auto or one of {', '.join(FAMILIES)}")
-    from engine.tiny_model import BUILTIN_MODEL_DIRS, builtin_model_dir
+    from engine.models.tiny import BUILTIN_MODEL_DIRS, builtin_model_dir
 
     if spec in BUILTIN_MODEL_DIRS:  # "tiny" (SD1.5 layout) or "tiny-sdxl"
         model = _load_diffusers_folder(builtin_model_dir(spec), family, dtype)
@@ -377,22 +318,6 @@ def load_base_model(
     return model
 
 
-def folder_configs(path: Path) -> tuple[dict, dict, dict]:
-    """``(model_index, unet config, scheduler config)`` of a diffusers folder (the scheduler's
-    may be missing: {}); :class:`ModelError` saying what is wrong otherwise."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ModelError(f"{path} is a folder but not a diffusers model (no model_index.json)")
-    try:
-        info = json.loads(index.read_text())
-        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
-        sched_path = path / "scheduler" / "scheduler_config.json"
-        sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable diffusers config ({exc})") from exc
-    if not all(isinstance(c, dict) for c in (info, unet_cfg, sched_cfg)):
-        raise ModelError(f"{path}: model_index.json, unet/config.json or the scheduler config is not a JSON object")
-    return info, unet_cfg, sched_cfg
 
 
 def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
@@ -412,20 +337,6 @@ def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
     return _from_pipeline(pipe, family, name=path.name, model_hash=None)
 
 
-def _folder_family(path: Path, info: dict, unet_cfg: dict, sched_cfg: dict) -> str:
-    if "XL" in info.get("_class_name", "") or unet_cfg.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    if unet_cfg.get("in_channels", 4) != 4:
-        raise ModelError(f"{path}: unsupported model: its U-Net takes {unet_cfg['in_channels']} input channels")
-    # SD2's OpenCLIP encoder is the one with plain GELU and a 1024-d context; SD1's CLIP-L (and
-    # the tiny model, which copies SD1) use quick_gelu. Widths alone would misjudge tiny models.
-    try:
-        text_cfg = json.loads((path / "text_encoder" / "config.json").read_text())
-    except (OSError, ValueError):
-        text_cfg = {}
-    if unet_cfg.get("cross_attention_dim") == 1024 or text_cfg.get("hidden_act") == "gelu":
-        return "sd2-v" if sched_cfg.get("prediction_type") == "v_prediction" else "sd2"
-    return "sd1"
 
 
 def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:

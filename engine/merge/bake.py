@@ -1,7 +1,7 @@
 """Bake a LoRA into a base model: ``W += ratio · alpha/r · up @ down`` for every LoRA module.
 
 Method 1 of the copy-machine workflow bakes LoRA A and LoRA B into the base and extracts a
-LoRA from the difference of the two checkpoints (:mod:`engine.extract`). The baked model is
+LoRA from the difference of the two checkpoints (:mod:`engine.merge.extract`). The baked model is
 written **in the format it was read in**:
 
 * a single-file ``.safetensors`` checkpoint stays one, under its original key names: every
@@ -11,9 +11,9 @@ written **in the format it was read in**:
   tensors are rewritten (every ``*.safetensors`` of the component that holds the key, so
   shards and ``fp16`` variants stay consistent); ``tiny`` bakes into a diffusers folder.
 
-Which tensor a kohya module name modifies comes from :func:`engine.lora_names.find_targets`
+Which tensor a kohya module name modifies comes from :func:`engine.lora.names.find_targets`
 run on the base's own diffusers module tree (built on the meta device from its configs: no
-weights are loaded for naming), mapped to the file's key names by :mod:`engine.ldm_keys`
+weights are loaded for naming), mapped to the file's key names by :mod:`engine.models.ldm_keys`
 for single files. Everything is checked before anything is written: a LoRA whose modules do
 not fit the base (another family, another width) is one error naming a few modules, and no
 output appears. The output is written atomically: a temporary file renamed into place, or a
@@ -77,7 +77,7 @@ class BakeResult:
 @dataclass
 class _Change:
     name: str
-    weights: object  # engine.lora.LoRAWeights
+    weights: object  # engine.lora.weights.LoRAWeights
     key: str  # key inside the file
     label: str  # key as reported
 
@@ -87,7 +87,7 @@ class _Change:
 
 def _resolve_base(base_spec: str) -> tuple[str, Path]:
     """("diffusers" | "single-file", path) of a base model spec, or a clear error."""
-    from engine.tiny_model import BUILTIN_MODEL_DIRS, builtin_model_dir
+    from engine.models.tiny import BUILTIN_MODEL_DIRS, builtin_model_dir
 
     if base_spec in BUILTIN_MODEL_DIRS:
         return "diffusers", builtin_model_dir(base_spec)
@@ -147,7 +147,7 @@ def _meta_components(config_root: Path, family: str) -> dict:
 
 def _module_keys(components: dict, family: str) -> dict[str, tuple[str, str, tuple]]:
     """kohya name -> (component, state-dict key of the weight, shape per the configs)."""
-    from engine.lora_names import find_targets
+    from engine.lora.names import find_targets
 
     encoders = [components[n] for n in TEXT_COMPONENTS if n in components]
     targets = find_targets(components["unet"], encoders, family, with_conv=True)
@@ -183,9 +183,10 @@ def _few(items: list[str], n: int = 4) -> str:
 
 
 def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str, dict[Path, dict[str, _Change]]]:
-    from engine.ldm_keys import UnsupportedLayout, single_file_key
-    from engine.lora_names import sgm_layout
-    from engine.models import CONFIG_ROOT, detect_family
+    from engine.models.ldm_keys import UnsupportedLayout, single_file_key
+    from engine.lora.names import sgm_layout
+    from engine.models.loading import CONFIG_ROOT
+    from engine.formats.model_files import detect_family
 
     shapes, _ = _read_header(path)
     family = detect_family(shapes)
@@ -214,7 +215,7 @@ def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str
 
 
 def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, dict[str, _Change]]]:
-    from engine.models import _folder_family
+    from engine.formats.model_files import _folder_family
 
     try:
         info = json.loads((folder / "model_index.json").read_text())
@@ -266,7 +267,7 @@ def _check_names(lora, targets: dict, family: str, lora_name: str) -> None:
     unknown = sorted(set(lora.modules) - set(targets))
     if not unknown:
         return
-    from engine.merge import family_of
+    from engine.merge.svd import family_of
 
     lora_family = family_of(lora)
     hint = f" (it looks like an {lora_family} LoRA)" if lora_family != family.split("-")[0] else ""
@@ -347,7 +348,8 @@ def bake_lora(
     is called per module. Raises :class:`ModelError`, :class:`LoRAFileError` or
     :class:`ValidationError` before anything is written.
     """
-    from engine.lora import load_lora_file, to_dtype
+    from engine.lora.files import load_lora_file
+    from engine.lora.weights import to_dtype
 
     started = time.perf_counter()
     lora_path, save_to = Path(lora_path), Path(save_to).expanduser()

@@ -13,11 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import Problem, ValidationError
-from engine.images import IMAGE_EXTENSIONS, read_image_info
-from engine.models import peek_family
-from engine.params import ProjectInfo
-from engine.plan import default_resolution
-from engine.project import BUILTIN_MODELS, Project, load_project, save_project
+from engine.project.images import IMAGE_EXTENSIONS, read_image_info
+from engine.formats.model_files import peek_family
+from engine.project.params import ProjectInfo
+from engine.project.plan import default_resolution
+from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
 
 
 def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
@@ -32,7 +32,7 @@ def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
             problems.append(Problem(key, f"{path}: {exc}"))
 
 
-# The defaults of engine.params are the recipe, for a real checkpoint on a GPU (4000 steps at
+# The defaults of engine.project.params are the recipe, for a real checkpoint on a GPU (4000 steps at
 # 600×900, fp16). The built-in models are for trying copylora on any machine, so a project on
 # one is scaled to finish (A, B, merge, preview) in about a minute on a CPU: few steps, small
 # buckets and previews, a bigger learning rate (a random tiny model needs it), fp32.
@@ -59,7 +59,7 @@ def apply_base_defaults(project: Project, base_model: str) -> Project:
         project.sample = replace(project.sample, **preset["sample"])
         return project
     family = peek_family(base_model)
-    if family == "sdxl":  # SDXL-sized buckets and previews (engine.plan.DEFAULT_RESOLUTION)
+    if family == "sdxl":  # SDXL-sized buckets and previews (engine.project.plan.DEFAULT_RESOLUTION)
         size = default_resolution(family)
         project.train = replace(project.train, resolution=size)
         project.sample = replace(project.sample, size=size)

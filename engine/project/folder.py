@@ -17,17 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import Problem, ValidationError
-from engine.images import image_files, read_image_info
-from engine.params import (
-    MergeParams,
-    ProjectInfo,
-    RegParams,
-    SampleParams,
-    SideConfig,
-    TrainParams,
-    TRAIN_KEYS,
-)
-from engine.validate import build_section, coerce_value, did_you_mean, show
+from engine.formats.model_files import BUILTIN_MODELS
+from engine.project.images import image_files, read_image_info
+from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams, TRAIN_KEYS
+from engine.project.validate import build_section, coerce_value, did_you_mean, show
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,7 +29,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 PROJECT_FILE = "copylora.toml"
 SIDES = ("a", "b")
-BUILTIN_MODELS = ("tiny", "tiny-sdxl")  # engine.tiny_model.BUILTIN_MODEL_DIRS
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 TABLES = ("project", "train", "a", "b", "merge", "sample", "reg")
 
@@ -239,10 +231,10 @@ def asdict_shallow(obj: Any) -> dict[str, Any]:
 
 
 def _check_base_model(project: Project, problems: list[Problem]) -> None:
-    """The base model exists, is whole and is one (headers only: see engine.model_check),
+    """The base model exists, is whole and is one (headers only: see engine.formats.model_files),
     matches model_family, and is wide enough for the ranks asked of it."""
     from engine.errors import ModelError
-    from engine.model_check import builtin_facts, inspect_base_model
+    from engine.formats.model_files import builtin_facts, inspect_base_model
 
     base = project.info.base_model
     if base in BUILTIN_MODELS:
@@ -296,7 +288,7 @@ def _check_image_folder(root: Path, folder: str, key: str, problems: list[Proble
 
 def save_project(project: Project, path: Path | str | None = None) -> Path:
     """Validate and write ``copylora.toml`` atomically. Nothing is written if it is invalid."""
-    from engine.project_toml import render_project
+    from engine.project.toml_writer import render_project
 
     target = find_project_file(path) if path is not None else project.toml_path
     text = render_project(project)

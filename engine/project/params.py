@@ -7,7 +7,7 @@ alpha 1, AdamW8bit, lr 1e-4 constant, 5 repeats x 800 epochs, 600x900, fp16) whe
 something, and sd-scripts' defaults otherwise.
 
 Every field carries a :func:`spec` with its one-line documentation (written as the comment
-above the key in saved files) and its constraints (checked by :mod:`engine.validate`).
+above the key in saved files) and its constraints (checked by :mod:`engine.project.validate`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
 MERGE_DEVICES = ("auto", "cpu", "cuda")
 
 # No layer of an SD1/SD2/SDXL U-Net or text encoder has min(in, out) above 1280, so a larger
-# rank adds nothing anywhere (engine.model_check bounds it by the actual base model).
+# rank adds nothing anywhere (engine.formats.model_files bounds it by the actual base model).
 MAX_RANK = 1280
 MAX_STEPS = 10_000_000
 MAX_SIDE = 4096  # pixels per side of a training bucket or a preview

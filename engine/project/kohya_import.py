@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.errors import Problem, ValidationError
-from engine.params import OPTIMIZERS, ProjectInfo, RegParams, TrainParams
-from engine.project import Project
-from engine.project_toml import toml_value
-from engine.validate import build_section
+from engine.project.params import OPTIMIZERS, ProjectInfo, RegParams, TrainParams
+from engine.project.folder import Project
+from engine.project.toml_writer import toml_value
+from engine.project.validate import build_section
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -2,7 +2,7 @@
 
 For each module the merged delta is Σ ratio_i · (alpha_i/r_i) · up_i @ down_i over the inputs
 that have it (a module present in one input only counts once). Its best rank-k approximation
-comes from :func:`engine.merge_math.low_rank_svd` — exact, and never building the dense
+comes from :func:`engine.merge.low_rank.low_rank_svd` — exact, and never building the dense
 matrix. k×k convs are (out, in·k·k) matrices; 1×1 convs keep their 4-D shape on save.
 
 The output file has one alpha (= ``new_rank``) for every module; a module kept at a lower
@@ -20,7 +20,7 @@ from typing import Callable
 
 from engine.errors import CopyloraError
 from engine.hashing import file_sha256 as sha256_file
-from engine.merge_stats import ModuleStats, block_of, kind_of, summarise_blocks
+from engine.merge.stats import ModuleStats, block_of, kind_of, summarise_blocks
 
 
 class MergeError(CopyloraError):
@@ -105,8 +105,9 @@ def merge_loras(
 ) -> MergeResult:
     import torch
 
-    from engine.lora import LoRAWeights, load_lora_file
-    from engine.merge_math import LowRankTerm, inner, low_rank_svd
+    from engine.lora.weights import LoRAWeights
+    from engine.lora.files import load_lora_file
+    from engine.merge.low_rank import LowRankTerm, inner, low_rank_svd
 
     started = time.perf_counter()
     paths = [Path(p) for p in paths]
@@ -149,7 +150,7 @@ def merge_loras(
         svd = low_rank_svd(terms, rank, dtype)
         k = svd.s.numel()
         if clamp_quantile is None:
-            from engine.merge_math import split_factors
+            from engine.merge.low_rank import split_factors
 
             up, down = split_factors(svd, alpha_out / k)
         else:  # kohya's shape of the factors (S in up), clamped, then our alpha folded into up
@@ -240,7 +241,7 @@ def _capped_ranks(loras: list, names: list[str], new_rank: int, conv_rank: int) 
 
 
 def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quantile, modules, asked) -> dict[str, str]:
-    from engine.lora import lora_metadata
+    from engine.lora.metadata import lora_metadata
 
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
     facts = {
@@ -273,7 +274,7 @@ def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quant
 def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "fp16") -> tuple[Path, Path]:
     """Write the LoRA and ``<stem>.stats.json`` beside it (both atomically)."""
     from engine.files import atomic_write
-    from engine.lora import save_lora_file
+    from engine.lora.files import save_lora_file
 
     save_to = Path(save_to)
     if save_to.suffix.lower() != ".safetensors":

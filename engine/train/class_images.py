@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from engine.images import image_files
+from engine.project.images import image_files
 
 _NAME = re.compile(r"^class-(\d+)\.png$")
 
@@ -30,9 +30,9 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
     import torch
 
     from engine.files import atomic_write
-    from engine.models import load_base_model
-    from engine.sample import make_scheduler
-    from engine.train import pick_device
+    from engine.models.loading import load_base_model
+    from engine.train.sample import make_scheduler
+    from engine.train.trainer import pick_device
 
     need = missing_class_images(project)
     if need == 0:

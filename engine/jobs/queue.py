@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.errors import CopyloraError
-from engine.state_home import job_log, queue_db, state_home
+from engine.jobs.state_home import job_log, queue_db, state_home
 
 class JobStatus(str, Enum):
     """Where a job is in its life: queued → running → done | failed | cancelled, with paused
@@ -166,7 +166,7 @@ def mark_interrupted(jobs: list[Job], worker_alive: bool) -> list[Job]:
     the worker itself reaps a child that died.)"""
     if worker_alive:
         return jobs
-    from engine.procs import alive
+    from engine.jobs.procs import alive
 
     for job in jobs:
         if job.status is JobStatus.RUNNING and not alive(job.pid, job.pid_start):

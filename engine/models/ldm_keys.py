@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from engine.lora_names import diffusers_to_sgm, sgm_layout
+from engine.lora.names import diffusers_to_sgm, sgm_layout
 
 UNET_PREFIX = "model.diffusion_model."
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
@@ -45,7 +45,7 @@ class UnsupportedLayout(Exception):
 def unet_key_to_ldm(key: str, layout: tuple[int, list[bool]]) -> str:
     """``down_blocks.0.resnets.0.conv1.weight`` -> ``model.diffusion_model.input_blocks.1.0.in_layers.2.weight``.
 
-    ``layout`` is :func:`engine.lora_names.sgm_layout` of the U-Net (layers per block, which
+    ``layout`` is :func:`engine.lora.names.sgm_layout` of the U-Net (layers per block, which
     up blocks have attention).
     """
     module, _, param = key.rpartition(".")

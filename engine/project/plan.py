@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.images import ImageInfo, image_files, read_image_info
-from engine.params import TrainParams
-from engine.project import SIDES, Project
+from engine.project.images import ImageInfo, image_files, read_image_info
+from engine.project.params import TrainParams
+from engine.project.folder import SIDES, Project
 
 BUCKET_STEP = 64
 # Default [train].resolution of a new project (``copylora new``) by base-model family. SD1/SD2:
@@ -138,7 +138,7 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
 def plan_warnings(plan: Plan) -> list[str]:
     """What will train but probably not as meant (``check``, the form and the job log say it):
     pictures far smaller than their bucket, pictures so large they are slow to decode."""
-    from engine.images import picture_warnings
+    from engine.project.images import picture_warnings
 
     warnings: list[str] = []
     for side, sp in plan.sides.items():

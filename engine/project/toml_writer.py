@@ -14,7 +14,7 @@ from typing import Any
 
 import tomli_w
 
-from engine.params import TrainParams
+from engine.project.params import TrainParams
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

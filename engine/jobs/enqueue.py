@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.plan import Plan, make_plan
-from engine.project import load_project
-from engine.queue import ACTIVE, Job, Queue
+from engine.project.plan import Plan, make_plan
+from engine.project.folder import load_project
+from engine.jobs.queue import ACTIVE, Job, Queue
 
 
 @dataclass
@@ -40,7 +40,7 @@ def _metadata(path: Path) -> dict[str, str] | None:
 
 
 def side_up_to_date(plan: Plan, side: str) -> tuple[bool, str]:
-    from engine.train import training_fingerprint
+    from engine.train.trainer import training_fingerprint
 
     sp = plan.side(side)
     meta = _metadata(sp.lora_path)
@@ -76,7 +76,7 @@ def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
 
 def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = False, max_steps: int | None = None) -> list[Step]:
     """Queue the missing steps of one (already validated) project; returns what happened."""
-    from engine.reg_images import missing_class_images
+    from engine.train.class_images import missing_class_images
 
     project = load_project(project_dir)
     plan = make_plan(project, max_steps=max_steps)

@@ -1,4 +1,4 @@
-"""Turn a TOML table into one of the :mod:`engine.params` dataclasses, collecting problems.
+"""Turn a TOML table into one of the :mod:`engine.project.params` dataclasses, collecting problems.
 
 Nothing here stops at the first problem: every bad key adds a :class:`Problem` with its key
 path and the offending value, and the caller raises one :class:`ValidationError` with all of
@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from engine.errors import Problem
-from engine.params import MAX_SIDE
+from engine.project.params import MAX_SIDE
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 

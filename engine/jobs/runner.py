@@ -1,4 +1,4 @@
-"""One job, in its own process: ``python -m engine.job_runner --home H --job N``.
+"""One job, in its own process: ``python -m engine.jobs.runner --home H --job N``.
 
 The worker starts one of these per job, so an out-of-memory kill or a crash in CUDA takes down
 the job, not the daemon. stdout/stderr go to the job's log file (the worker opened it); the
@@ -18,7 +18,7 @@ import time
 import traceback
 
 from engine.errors import CopyloraError
-from engine.queue import MAX_POINTS, Job, JobStatus, Queue, artifacts_text
+from engine.jobs.queue import MAX_POINTS, Job, JobStatus, Queue, artifacts_text
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 WRITE_INTERVAL_S = 0.25  # at most 4 progress writes per second, whatever the step rate
@@ -91,9 +91,9 @@ class ProgressWriter:
 
 
 def run_train(queue: Queue, job: Job, stop: dict) -> dict:
-    from engine.plan import make_plan
-    from engine.project import load_project
-    from engine.train import train
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
+    from engine.train.trainer import train
 
     plan = make_plan(load_project(job.project), max_steps=job.params.get("max_steps"))
     total = plan.side(job.side).total_steps
@@ -120,10 +120,10 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
 
 
 def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
-    from engine.merge import merge_loras, save_merge
-    from engine.plan import make_plan
-    from engine.progress import Progress
-    from engine.project import load_project
+    from engine.merge.svd import merge_loras, save_merge
+    from engine.project.plan import make_plan
+    from engine.train.progress import Progress
+    from engine.project.folder import load_project
 
     plan = make_plan(load_project(job.project))
     merge = plan.project.merge
@@ -147,7 +147,7 @@ def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
 
 
 def _images_progress(queue: Queue, job: Job, stop: dict):
-    from engine.progress import Progress, ProgressMeter
+    from engine.train.progress import Progress, ProgressMeter
 
     meter: dict = {}
 
@@ -166,11 +166,11 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     """The strength grid of the project's merged LoRA (what `copylora run` ends with)."""
     import torch
 
-    from engine.models import load_base_model
-    from engine.plan import make_plan
-    from engine.project import load_project
-    from engine.sample import SampleSettings, sample_lora
-    from engine.train import pick_device
+    from engine.models.loading import load_base_model
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
+    from engine.train.sample import SampleSettings, sample_lora
+    from engine.train.trainer import pick_device
 
     plan = make_plan(load_project(job.project))
     project = plan.project
@@ -188,9 +188,9 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
 
 def run_reg(queue: Queue, job: Job, stop: dict) -> dict:
     """Generate the class images a project's [reg] asks for and its folder lacks."""
-    from engine.plan import make_plan
-    from engine.project import load_project
-    from engine.reg_images import generate_class_images
+    from engine.project.plan import make_plan
+    from engine.project.folder import load_project
+    from engine.train.class_images import generate_class_images
 
     project = load_project(job.project, check_files=False)
     written = generate_class_images(project, progress=_images_progress(queue, job, stop), log=log)
@@ -202,12 +202,12 @@ RUNNERS = {"train": run_train, "merge": run_merge, "sample": run_sample, "reg": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.job_runner")
+    parser = argparse.ArgumentParser(prog="python -m engine.jobs.runner")
     parser.add_argument("--home", required=True)
     parser.add_argument("--job", required=True, type=int)
     args = parser.parse_args(argv)
 
-    from engine.procs import die_with_parent
+    from engine.jobs.procs import die_with_parent
     from engine.quiet import quiet_libraries
 
     die_with_parent()

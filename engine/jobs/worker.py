@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CopyloraError
-from engine.procs import alive, process_start
-from engine.queue import JobStatus, Queue
-from engine.state_home import state_home, worker_lock, worker_log
+from engine.jobs.procs import alive, process_start
+from engine.jobs.queue import JobStatus, Queue
+from engine.jobs.state_home import state_home, worker_lock, worker_log
 
 POLL_S = 0.2
 GPU_SAMPLE_S = 1.0
@@ -83,7 +83,7 @@ def parse_gpus(spec: str | None) -> list[str | None]:
     Counted with NVML, not torch, so the daemon never imports torch itself."""
     if spec:
         return [g.strip() for g in spec.split(",") if g.strip()]
-    from engine.gpu import sample_gpus
+    from engine.jobs.gpu import sample_gpus
 
     gpus = sample_gpus()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -166,7 +166,7 @@ class Worker:
         log_path = queue.log_path(job.id)
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "engine.job_runner", "--home", str(self.home), "--job", str(job.id)],
+                [sys.executable, "-m", "engine.jobs.runner", "--home", str(self.home), "--job", str(job.id)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                 cwd=os.getcwd(),
             )
@@ -211,7 +211,7 @@ class Worker:
                 self.log(f"job #{job_id}: {job.control} → SIGTERM")
 
     def sample(self, queue: Queue) -> None:
-        from engine.gpu import sample_gpus
+        from engine.jobs.gpu import sample_gpus
 
         samples = sample_gpus()
         if samples:
@@ -242,7 +242,7 @@ def start_detached(home: str | Path | None = None, gpus: str | None = None, per_
     log_path = worker_log(home)
     if log_path.exists() and log_path.stat().st_size > 8 * 2**20:
         log_path.replace(log_path.with_suffix(".log.1"))
-    command = [sys.executable, "-m", "engine.worker", "--home", str(home), "--per-gpu", str(per_gpu)]
+    command = [sys.executable, "-m", "engine.jobs.worker", "--home", str(home), "--per-gpu", str(per_gpu)]
     if gpus:
         command += ["--gpus", gpus]
     with open(log_path, "ab") as log_file:
@@ -286,7 +286,7 @@ def stop_worker(home: str | Path | None = None, wait_s: float = STOP_GRACE_S + 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.worker", description="Run the copylora worker in the foreground.")
+    parser = argparse.ArgumentParser(prog="python -m engine.jobs.worker", description="Run the copylora worker in the foreground.")
     parser.add_argument("--home")
     parser.add_argument("--gpus")
     parser.add_argument("--per-gpu", type=int, default=1)

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.checkpoint import list_states, load_latest_state, remove_state, save_state
+from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
 from engine.errors import CopyloraError
-from engine.plan import Plan, SidePlan
-from engine.progress import Progress, ProgressMeter
+from engine.project.plan import Plan, SidePlan
+from engine.train.progress import Progress, ProgressMeter
 
 Log = Callable[[str], None]
 
@@ -109,7 +109,7 @@ def evaluation_loss(model, latents, cond, *, count: int = 8, seed: int = 0, adde
 
     A fixed yardstick (unlike the training loss, which jumps with the random timestep): it
     falls as the LoRA learns to copy the teacher picture. ``added_cond``: SDXL's
-    ``added_cond_kwargs`` (see :func:`engine.conditioning.added_conditions`).
+    ``added_cond_kwargs`` (see :func:`engine.train.conditioning.added_conditions`).
     """
     import torch
 
@@ -148,7 +148,7 @@ def _lora_state(network) -> dict[str, Any]:
 
 
 def _restore_lora(network, state: dict[str, Any]) -> None:
-    from engine.lora import LoRAWeights
+    from engine.lora.weights import LoRAWeights
 
     network.load_weights({n: LoRAWeights(v["down"], v["up"], float(v["alpha"])) for n, v in state.items()})
 
@@ -199,7 +199,7 @@ def training_facts(plan: Plan, side: str, model, *, step: int, optimizer: str, s
 
 def rescue_folder() -> Path:
     """Where a finished training's LoRA goes when its output folder cannot take it."""
-    from engine.tiny_model import cache_root
+    from engine.models.tiny import cache_root
 
     return cache_root() / "rescue"
 
@@ -256,10 +256,12 @@ def train(
     import torch
     from diffusers.optimization import get_scheduler
 
-    from engine.lora import LoRANetwork, lora_metadata, save_lora_file
-    from engine.models import load_base_model
-    from engine.optim import build_optimizer
-    from engine.teacher import cache_teacher_latents
+    from engine.lora.network import LoRANetwork
+    from engine.lora.metadata import lora_metadata
+    from engine.lora.files import save_lora_file
+    from engine.models.loading import load_base_model
+    from engine.train.optim import build_optimizer
+    from engine.train.teacher import cache_teacher_latents
 
     side = side.lower()
     sp: SidePlan = plan.side(side)
@@ -283,14 +285,14 @@ def train(
     scheduler = model.noise_scheduler
 
     # ---- cached latents (once per image) and text embeddings (once per prompt)
-    from engine.conditioning import added_conditions, encode_text, sdxl_time_ids
-    from engine.images import image_files
+    from engine.train.conditioning import added_conditions, encode_text, sdxl_time_ids
+    from engine.project.images import image_files
 
     def size_conditions(cached, buckets):  # SDXL's time ids per latent: original (h, w), crop (top, left), bucket (h, w);
         # a flipped latent keeps its crop (the default centre crop is symmetric)
         return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
 
-    from engine.images import picture_warnings
+    from engine.project.images import picture_warnings
 
     for info, bucket in zip(sp.images, sp.buckets):
         for warning in picture_warnings(info, bucket, f"{side}.folder"):
@@ -304,8 +306,8 @@ def train(
     prompts = [""]
     reg = project.reg
     if reg is not None:
-        from engine.plan import bucket_size
-        from engine.images import read_image_info
+        from engine.project.plan import bucket_size
+        from engine.project.images import read_image_info
 
         prompts = [reg.instance_prompt, reg.class_prompt]
         reg_paths = image_files(project.root / reg.folder)
@@ -402,7 +404,7 @@ def train(
     def write_preview(step: int) -> Path:
         """The LoRA so far at strength 1.0. Sampling forks the RNG and restores the modes, so the
         training that follows is exactly what it would have been without it (tested)."""
-        from engine.sample import SampleSettings, sample_with_network
+        from engine.train.sample import SampleSettings, sample_with_network
 
         settings = replace(SampleSettings.from_params(project.sample), strengths=[1.0])
         out = plan.samples_dir / f"{sp.lora_path.stem}-step{step:06d}.png"

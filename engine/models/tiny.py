@@ -288,11 +288,9 @@ def tiny_sdxl_dir() -> Path:
     return _cached_model_dir(TINY_SDXL_NAME, lambda: _sdxl_pipeline_from(build_tiny_sdxl_components()))
 
 
-# Built-in base model specs (``[project].base_model``) -> their cached diffusers folder, family.
+# Built-in base model specs (``[project].base_model``) -> their cached diffusers folder. Their
+# families and widths are data that needs no model: engine.formats.model_files.
 BUILTIN_MODEL_DIRS = {"tiny": tiny_model_dir, "tiny-sdxl": tiny_sdxl_dir}
-BUILTIN_FAMILIES = {"tiny": "sd1", "tiny-sdxl": "sdxl"}
-# (widest U-Net layer, widest text-encoder layer): what bounds a useful LoRA rank (engine.model_check).
-BUILTIN_WIDEST = {"tiny": (max(UNET_CHANNELS), CLIP_HIDDEN), "tiny-sdxl": (max(SDXL_UNET_CHANNELS), max(SDXL_CLIP_HIDDEN))}
 
 
 def builtin_model_dir(spec: str) -> Path:

@@ -1,7 +1,7 @@
 """Extract a LoRA from the difference of two checkpoints (kohya's ``extract_lora_from_models.py``).
 
 Method 1 of the copy-machine workflow: bake LoRA A and LoRA B into the base
-(:mod:`engine.bake`), then extract ``tuned − org`` = (W+ΔB) − (W+ΔA) here. For every LoRA
+(:mod:`engine.merge.bake`), then extract ``tuned − org`` = (W+ΔB) − (W+ΔA) here. For every LoRA
 target module (the same modules training targets: transformer blocks and CLIP attention/MLP;
 with ``conv_dim`` also ResNet convs and samplers, as kohya's ``create_network``):
 
@@ -10,7 +10,7 @@ with ``conv_dim`` also ResNet convs and samplers, as kohya's ``create_network``)
   anything but zero; baking copies untouched tensors bit for bit, so they are exactly equal);
 * truncated SVD to ``dim`` (``conv_dim`` for k×k convs), capped at the matrix's smaller side;
 * the factors are written with one alpha (= ``dim``) for every module and each module's
-  scale folded into its factors (√S on each side), as :mod:`engine.merge` does.
+  scale folded into its factors (√S on each side), as :mod:`engine.merge.svd` does.
 
 kohya's ``--min_diff`` (default 0.01 there) is accepted with kohya's meaning: if no
 text-encoder weight differs by more than it (max |diff| over all text-encoder modules), the
@@ -134,7 +134,7 @@ def _kohya_clamp(up, down, quantile: float):
 
 
 def _validate(dim, conv_dim, save_to: Path, device: str, save_precision: str, clamp_quantile, min_diff, svd) -> None:
-    from engine.lora import SAVE_DTYPES
+    from engine.lora.weights import SAVE_DTYPES
 
     problems = []
     if not isinstance(dim, int) or dim <= 0:
@@ -175,7 +175,7 @@ def extract_lora(
 ) -> ExtractResult:
     """Write the LoRA ``model_tuned − model_org`` at rank ``dim`` to ``save_to`` and its ``.stats.json``.
 
-    Models are anything :func:`engine.models.load_base_model` loads (``tiny``, a diffusers
+    Models are anything :func:`engine.models.loading.load_base_model` loads (``tiny``, a diffusers
     folder, a single file; ``family``/``config_dir`` are passed on). ``conv_dim`` also
     extracts ResNet/sampler convs (k×k at that rank). ``svd``: "auto" (see the module doc),
     "dense" or "randomized" (forced, no fallback). Raises :class:`ValidationError` for bad
@@ -184,10 +184,11 @@ def extract_lora(
     """
     import torch
 
-    from engine.lora import LoRAWeights, save_lora_file
-    from engine.lora_names import find_targets
-    from engine.merge_stats import ModuleStats, block_of, kind_of
-    from engine.models import load_base_model
+    from engine.lora.weights import LoRAWeights
+    from engine.lora.files import save_lora_file
+    from engine.lora.names import find_targets
+    from engine.merge.stats import ModuleStats, block_of, kind_of
+    from engine.models.loading import load_base_model
 
     started = time.perf_counter()
     save_to = Path(save_to).expanduser()
@@ -247,7 +248,7 @@ def extract_lora(
             svd_result = truncated_svd(mat, rank, svd)
             k = svd_result.s.numel()
             if clamp_quantile is None:
-                from engine.merge_math import TruncatedSVD, split_factors
+                from engine.merge.low_rank import TruncatedSVD, split_factors
 
                 up, down = split_factors(TruncatedSVD(svd_result.u, svd_result.s, svd_result.v, None), alpha / k)
             else:  # kohya's factors (S in up), clamped, then our alpha folded into up
@@ -297,7 +298,7 @@ def _display(spec: str) -> str:
 
 
 def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile, min_diff, svd, modules, save_to) -> dict[str, str]:
-    from engine.lora import lora_metadata
+    from engine.lora.metadata import lora_metadata
 
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
     facts = {
@@ -328,7 +329,7 @@ def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile
 
 def _save_stats(save_to: Path, family, inputs, seconds, stats, methods, skipped, text_dropped, min_diff) -> Path:
     from engine.files import atomic_write
-    from engine.merge_stats import summarise_blocks
+    from engine.merge.stats import summarise_blocks
 
     stats_path = save_to.with_name(save_to.stem + ".stats.json")
     document = {

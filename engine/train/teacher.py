@@ -38,7 +38,7 @@ def _load_bucketed(path: Path, bucket: tuple[int, int], *, random_crop: bool, se
     from PIL import Image
 
     width, height = bucket
-    from engine.images import quiet_pillow
+    from engine.project.images import quiet_pillow
 
     try:
         with quiet_pillow(), Image.open(path) as image:

@@ -45,7 +45,7 @@ class SampleSettings:
 
     @classmethod
     def from_params(cls, params) -> "SampleSettings":
-        """From a project's [sample] table (engine.params.SampleParams)."""
+        """From a project's [sample] table (engine.project.params.SampleParams)."""
         return cls(**{k: getattr(params, k) for k in cls.__dataclass_fields__})
 
 
@@ -180,7 +180,7 @@ def sample_with_network(model, network, settings: SampleSettings, out_path: Path
 def sample_lora(model, lora_path: Path | None, settings: SampleSettings, out_path: Path, *, model_name: str,
                 title: str = "", progress: Callable[[int, int], None] | None = None) -> Path:
     """Grid of ``lora_path`` on ``model`` at the configured strengths (no LoRA: base only)."""
-    from engine.lora import LoRANetwork
+    from engine.lora.network import LoRANetwork
 
     network = None
     if lora_path is not None:

@@ -12,15 +12,25 @@ model adds nothing and only costs memory.
 
 from __future__ import annotations
 
+import json
 import pickletools
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import ModelError
-from engine.safetensors_header import HeaderError, read_header, sniff
+from engine.formats.safetensors_header import HeaderError, read_header, sniff
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+# The built-in models ("tiny", "tiny-sdxl"; engine.models.tiny builds them): their family, and
+# (widest U-Net layer, widest text-encoder layer), which bound a useful LoRA rank. The widths
+# are the tiny models' max channel counts (a test keeps them equal to engine.models.tiny's).
+BUILTIN_FAMILIES = {"tiny": "sd1", "tiny-sdxl": "sdxl"}
+BUILTIN_MODELS = tuple(BUILTIN_FAMILIES)
+BUILTIN_WIDEST = {"tiny": (96, 32), "tiny-sdxl": (96, 64)}
 _UNET = "model.diffusion_model."
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora_unet_", "lora_te_", "lora_te1_", ".hada_", ".lokr_")
 
@@ -48,8 +58,6 @@ def inspect_base_model(path: Path | str) -> ModelFacts:
 
 
 def builtin_facts(name: str) -> ModelFacts:
-    from engine.tiny_model import BUILTIN_FAMILIES, BUILTIN_WIDEST
-
     unet, text = BUILTIN_WIDEST[name]
     return ModelFacts(BUILTIN_FAMILIES[name], unet, text)
 
@@ -58,8 +66,6 @@ def builtin_facts(name: str) -> ModelFacts:
 
 
 def _inspect_safetensors(path: Path) -> ModelFacts:
-    from engine.models import detect_family
-
     try:
         header = read_header(path)
     except HeaderError as exc:
@@ -226,8 +232,6 @@ _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "di
 
 
 def _inspect_folder(path: Path) -> ModelFacts:
-    from engine.models import _folder_family, folder_configs
-
     family = _folder_family(path, *folder_configs(path))
     parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
     widths = {}
@@ -242,3 +246,101 @@ def _inspect_folder(path: Path) -> ModelFacts:
                 raise ModelError(f"{path}: {part}/{weights.name}: {exc}") from None
     text = [w for p, w in widths.items() if p.startswith("text_encoder") and w]
     return ModelFacts(family.split("-")[0], widths.get("unet"), max(text) if text else None)
+
+
+# ----------------------------------------------------------------------------- identification
+
+
+_UNET = "model.diffusion_model."
+
+def detect_family(shapes: Mapping[str, Any]) -> str:
+    """Family of an original-layout (A1111/LDM) checkpoint from its keys and shapes.
+
+    ``shapes`` maps key -> shape (a tuple, or anything with ``.shape``). Returns "sd1",
+    "sd2" (SD2 cannot tell v-prediction from its weights: see :func:`load_base_model`)
+    or "sdxl"; raises :class:`ModelError` for anything else.
+    """
+    keys = list(shapes)
+    if not any(k.startswith(_UNET) for k in keys):
+        raise ModelError(
+            "not a Stable Diffusion checkpoint: it has no U-Net weights (model.diffusion_model.*)"
+            + (f"; its keys start like {keys[0]!r}" if keys else "; it holds no tensors")
+        )
+    in_conv = shapes.get(_UNET + "input_blocks.0.0.weight")
+    if in_conv is not None and _shape(in_conv)[1] != 4:
+        raise ModelError(
+            f"unsupported checkpoint: its U-Net takes {_shape(in_conv)[1]} input channels "
+            "(an inpainting or other special model); copylora trains on standard 4-channel models"
+        )
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        raise ModelError("unsupported checkpoint: an SDXL refiner (one OpenCLIP encoder only); use an SDXL base model")
+    context = _cross_attention_dim(shapes)
+    if any(k.startswith("cond_stage_model.model.") for k in keys) or context == 1024:
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys) or context == 768:
+        return "sd1"
+    raise ModelError("not a Stable Diffusion checkpoint: no CLIP text encoder weights (cond_stage_model.*) found")
+
+def _shape(value: Any) -> tuple:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+def _cross_attention_dim(shapes: Mapping[str, Any]) -> int | None:
+    for key, value in shapes.items():
+        if key.startswith(_UNET) and key.endswith("attn2.to_k.weight"):
+            return _shape(value)[-1]
+    return None
+
+def folder_configs(path: Path) -> tuple[dict, dict, dict]:
+    """``(model_index, unet config, scheduler config)`` of a diffusers folder (the scheduler's
+    may be missing: {}); :class:`ModelError` saying what is wrong otherwise."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"{path} is a folder but not a diffusers model (no model_index.json)")
+    try:
+        info = json.loads(index.read_text())
+        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+        sched_path = path / "scheduler" / "scheduler_config.json"
+        sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable diffusers config ({exc})") from exc
+    if not all(isinstance(c, dict) for c in (info, unet_cfg, sched_cfg)):
+        raise ModelError(f"{path}: model_index.json, unet/config.json or the scheduler config is not a JSON object")
+    return info, unet_cfg, sched_cfg
+
+def _folder_family(path: Path, info: dict, unet_cfg: dict, sched_cfg: dict) -> str:
+    if "XL" in info.get("_class_name", "") or unet_cfg.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if unet_cfg.get("in_channels", 4) != 4:
+        raise ModelError(f"{path}: unsupported model: its U-Net takes {unet_cfg['in_channels']} input channels")
+    # SD2's OpenCLIP encoder is the one with plain GELU and a 1024-d context; SD1's CLIP-L (and
+    # the tiny model, which copies SD1) use quick_gelu. Widths alone would misjudge tiny models.
+    try:
+        text_cfg = json.loads((path / "text_encoder" / "config.json").read_text())
+    except (OSError, ValueError):
+        text_cfg = {}
+    if unet_cfg.get("cross_attention_dim") == 1024 or text_cfg.get("hidden_act") == "gelu":
+        return "sd2-v" if sched_cfg.get("prediction_type") == "v_prediction" else "sd2"
+    return "sd1"
+
+def peek_family(spec: str) -> str | None:
+    """The family of a base model spec from its headers and configs only (no torch, no
+    weights read), or None when that cannot tell (a ``.ckpt``, a damaged file...).
+
+    For choices made before anything is loaded, e.g. a new project's default resolution.
+    """
+    if spec in BUILTIN_FAMILIES:
+        return BUILTIN_FAMILIES[spec]
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            return _folder_family(path, *folder_configs(path))
+        if path.suffix.lower() == ".safetensors":
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size)) if 0 < size < 100 * 2**20 else {}
+            return detect_family({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    except (OSError, ValueError, KeyError, TypeError, ModelError):
+        return None
+    return None

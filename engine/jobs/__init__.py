@@ -1,0 +1,1 @@
+"""The queue (SQLite), the worker daemon, job processes, enqueueing, the state folder, GPU stats."""

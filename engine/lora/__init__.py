@@ -1,0 +1,1 @@
+"""The LoRA network, its kohya file format, metadata and module names."""

@@ -1,0 +1,214 @@
+"""LoRA files: kohya's safetensors layout, written and read (any tool's)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import LoRAFileError
+from engine.lora.weights import LoRAWeights, LoRAFile, to_dtype, _SUFFIXES
+
+
+
+def uniform_alpha(modules: Mapping[str, LoRAWeights]) -> dict[str, LoRAWeights]:
+    """The same LoRA with one alpha for every module, each module's scale folded into ``up``.
+
+    diffusers' ``load_lora_weights`` (0.42) mis-scales modules whose alpha differs from the
+    file's most common alpha, so files we write never have two alphas. The most common alpha
+    is kept (often all modules already share it and nothing changes); any other module gets
+    ``up * (its alpha / common alpha)``, which leaves ``alpha/rank * up @ down`` unchanged.
+    """
+    if not modules:
+        return {}
+    common = Counter(w.alpha for w in modules.values()).most_common(1)[0][0]
+    out = {}
+    for name, w in modules.items():
+        if w.alpha == common:
+            out[name] = w
+        else:
+            out[name] = LoRAWeights(w.down, (w.up.double() * (w.alpha / common)).to(w.up.dtype), common)
+    return out
+
+
+def save_lora_file(
+    path: str | os.PathLike,
+    modules: Mapping[str, LoRAWeights | tuple],
+    metadata: Mapping[str, Any] | None = None,
+    dtype: str | torch.dtype = "fp16",
+) -> Path:
+    """Write ``{name: (down, up, alpha)}`` as a kohya LoRA safetensors file, atomically.
+
+    All tensors (alpha too, as kohya does) are cast to ``dtype``; alphas are made uniform
+    (:func:`uniform_alpha`); metadata values become strings and kohya's ``sshs_model_hash`` /
+    ``sshs_legacy_hash`` are added (:func:`kohya_hashes`).
+    """
+    from safetensors.torch import save_file
+
+    target = to_dtype(dtype)
+    normalised = {}
+    for name, item in modules.items():
+        down, up, alpha = item
+        rank = down.shape[0]
+        alpha = float(rank if alpha is None or float(alpha) == 0 else alpha)
+        normalised[name] = LoRAWeights(down.detach().float().cpu(), up.detach().float().cpu(), alpha)
+    tensors = {}
+    for name, w in uniform_alpha(normalised).items():
+        tensors[f"{name}.lora_down.weight"] = w.down.to(target).contiguous()
+        tensors[f"{name}.lora_up.weight"] = w.up.to(target).contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(w.alpha).to(target)
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(tensors, meta)
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports I/O failures as SafetensorError
+            from engine.errors import first_line
+
+            raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
+
+    from engine.files import atomic_write
+
+    return atomic_write(path, write)  # fsynced, renamed into place, the umask's mode
+
+
+def kohya_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
+    """kohya's ``sshs_model_hash`` and ``sshs_legacy_hash`` (sd-webui-additional-networks).
+
+    As kohya's ``precalculate_safetensors_hashes``: serialise the tensors with only the
+    ``ss_*`` metadata (so later edits of other metadata keep the hash); the model hash is the
+    sha256 of everything after the header, the legacy hash the first 8 hex digits of the
+    sha256 of the 64 KiB at offset 1 MiB of that serialisation (empty, so ``e3b0c442``, for
+    files under 1 MiB). Both describe that serialisation, not the bytes of the final file.
+    """
+    from safetensors.torch import save
+
+    blob = save(dict(tensors), {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header = int.from_bytes(blob[:8], "little")
+    model_hash = hashlib.sha256(blob[8 + header :]).hexdigest()
+    legacy_hash = hashlib.sha256(blob[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) -> LoRAFile:
+    """Read a kohya-format LoRA (any tool's): ``LoRAFile(modules, metadata)``.
+
+    Accepts any rank/alpha per module, conv modules, a missing alpha (= rank, as kohya),
+    fp16/bf16/fp32. Module names come back as kohya's: PEFT/diffusers files
+    (``unet.….lora_A.weight``, ``text_encoder.``/``text_encoder_2.``; alphas from their
+    ``lora_adapter_metadata``, else alpha = rank) and SDXL files with diffusers-layout U-Net
+    names are renamed (see :func:`engine.lora.names.kohya_module_names`). Anything unreadable
+    raises :class:`LoRAFileError` saying why. ``dtype``: convert the tensors (default: keep
+    the file's dtype).
+    """
+    from engine.lora.names import PEFT_COMPONENTS, PEFT_FACTORS, kohya_module_names
+
+    path = Path(path)
+    if not path.is_file():
+        raise LoRAFileError(f"LoRA file not found: {path}")
+    tensors, metadata = _read_tensors(path)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    strange = []
+    for key, value in tensors.items():
+        suffix = next((s for s in (*_SUFFIXES, *PEFT_FACTORS) if key.endswith(s)), None)
+        if suffix is None:
+            strange.append(key)
+            continue
+        groups.setdefault(key[: -len(suffix)], {})[PEFT_FACTORS.get(suffix, suffix)] = value
+    if strange:
+        raise LoRAFileError(
+            f"{path}: not a standard LoRA file (kohya lora_down/lora_up/alpha or PEFT lora_A/lora_B): "
+            f"{len(strange)} unsupported key(s) such as {strange[0]!r} (LyCORIS/LoHa/DoRA files and diffusers' "
+            "old attention-processor format are not supported)"
+        )
+    if not groups:
+        raise LoRAFileError(f"{path}: holds no LoRA modules")
+    names = kohya_module_names(list(groups), metadata)
+    adapter = _peft_adapter_metadata(metadata)
+    modules = {}
+    for name, parts in groups.items():
+        down, up = parts.get(".lora_down.weight"), parts.get(".lora_up.weight")
+        if down is None or up is None:
+            raise LoRAFileError(f"{path}: module {name} lacks its lora_down or lora_up weight")
+        if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
+            raise LoRAFileError(f"{path}: module {name} has inconsistent shapes {tuple(down.shape)} / {tuple(up.shape)}")
+        alpha = parts.get(".alpha")
+        if alpha is None and name.startswith(PEFT_COMPONENTS):
+            alpha = _peft_alpha(name, adapter)
+        alpha = float(alpha) if alpha is not None and float(alpha) != 0 else float(down.shape[0])
+        if dtype is not None:
+            down, up = down.to(dtype), up.to(dtype)
+        kohya = names[name]
+        if kohya in modules:
+            twin = next(n for n in groups if n != name and names[n] == kohya)
+            raise LoRAFileError(f"{path}: modules {twin} and {name} are the same module ({kohya}) under two names")
+        modules[kohya] = LoRAWeights(down, up, alpha)
+    return LoRAFile(modules, metadata)
+
+
+def _peft_adapter_metadata(metadata: Mapping[str, str]) -> dict:
+    """diffusers' ``lora_adapter_metadata`` (PEFT settings per component, e.g. ``unet.lora_alpha``)."""
+    try:
+        data = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _peft_alpha(name: str, adapter: Mapping[str, Any]) -> float | None:
+    """A PEFT module's alpha: its ``alpha_pattern`` entry, else the component's ``lora_alpha``
+    (None: not given, so alpha = rank, PEFT's and diffusers' convention without metadata)."""
+    import re
+
+    component, _, module = name.partition(".")
+    for pattern, value in (adapter.get(f"{component}.alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
+            return float(value)
+    value = adapter.get(f"{component}.lora_alpha")
+    return float(value) if value is not None else None
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from engine.errors import first_line
+    from engine.formats.safetensors_header import HeaderError, read_header, sniff
+
+    if path.suffix.lower() != ".safetensors":
+        kind = sniff(path)
+        if kind is None or not ("pickle" in kind or "zip" in kind):
+            raise LoRAFileError(f"{path}: not a LoRA file ({kind or 'neither safetensors nor a torch checkpoint'})")
+        from engine.formats.model_files import pickle_problem
+
+        problem = pickle_problem(path)  # read from the pickle's opcodes, never executed
+        if problem:
+            raise LoRAFileError(f"{path}: {problem}")
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # refused pickles included: never trust a .pt's objects
+            raise LoRAFileError(f"{path}: cannot read as a plain-tensor checkpoint ({first_line(exc)})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise LoRAFileError(f"{path}: not a LoRA state dict")
+        return data, {}
+    try:
+        read_header(path)  # a clear word for a PNG renamed .safetensors, a truncated copy, ...
+    except HeaderError as exc:
+        raise LoRAFileError(f"{path}: {exc}") from None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata
+    except Exception as exc:  # SafetensorError, OSError, ...: one message for a damaged file
+        raise LoRAFileError(f"{path}: not a readable safetensors file, truncated or damaged? ({first_line(exc)})") from None
+
+

@@ -1,0 +1,172 @@
+"""The metadata of LoRA files: kohya's ss_* keys and modelspec, so every tool shows what a file is."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+
+
+
+def lora_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
+    """kohya ``ss_*`` training metadata plus ``modelspec.*`` keys, as strings.
+
+    ``facts`` holds plain values the trainer (or merger) knows; every key is optional:
+    ``network_dim, network_alpha, conv_dim, conv_alpha, learning_rate, unet_lr,
+    text_encoder_lr, optimizer, lr_scheduler, lr_warmup_steps, steps, epoch, num_epochs,
+    max_train_steps, batch_size, gradient_accumulation_steps, resolution (w, h), seed,
+    mixed_precision, clip_skip, noise_offset, min_snr_gamma, prior_loss_weight,
+    max_grad_norm, gradient_checkpointing, cache_latents, network_train_unet_only,
+    datasets (list of {dir, repeats, images, is_reg, tags}), num_batches_per_epoch,
+    model_name, model_hash, new_model_hash, vae_name, output_name, title, comment,
+    training_started_at, training_finished_at (Unix times), session_id, merged_from,
+    description, author, tags``. Keys already named ``ss_*`` / ``modelspec.*`` are copied.
+    """
+    meta = kohya_ss_metadata(facts, family)
+    meta.update(
+        modelspec_metadata(
+            family,
+            title=facts.get("title") or facts.get("output_name"),
+            timestamp=facts.get("training_finished_at") or facts.get("training_started_at") or time.time(),
+            resolution=facts.get("resolution"),
+            clip_skip=facts.get("clip_skip"),
+            merged_from=facts.get("merged_from"),
+            description=facts.get("description"),
+            author=facts.get("author"),
+            tags=facts.get("tags"),
+        )
+    )
+    meta.update({k: str(v) for k, v in facts.items() if k.startswith(("ss_", "modelspec."))})
+    return meta
+
+
+def kohya_ss_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
+    """The ``ss_*`` keys as kohya's ``train_network.py`` writes them (``str()`` of each value)."""
+    from engine.models.loading import KOHYA_VERSION
+
+    f = dict(facts)
+    started = f.get("training_started_at") or time.time()
+    conv_dim = f.get("conv_dim") or 0
+    datasets = list(f.get("datasets") or [])
+    train = [d for d in datasets if not d.get("is_reg")]
+    reg = [d for d in datasets if d.get("is_reg")]
+    resolution = f.get("resolution")
+    meta: dict[str, Any] = {
+        "ss_session_id": f.get("session_id") or random.randint(0, 2**32),  # as kohya: random per run
+        "ss_training_started_at": started,
+        "ss_output_name": f.get("output_name"),
+        "ss_learning_rate": f.get("learning_rate"),
+        "ss_text_encoder_lr": f.get("text_encoder_lr"),
+        "ss_unet_lr": f.get("unet_lr"),
+        "ss_num_train_images": sum(int(d.get("images", 0)) * int(d.get("repeats", 1)) for d in train),
+        "ss_num_reg_images": sum(int(d.get("images", 0)) for d in reg),
+        "ss_num_batches_per_epoch": f.get("num_batches_per_epoch"),
+        "ss_num_epochs": f.get("num_epochs"),
+        "ss_gradient_checkpointing": bool(f.get("gradient_checkpointing", False)),
+        "ss_gradient_accumulation_steps": f.get("gradient_accumulation_steps", 1),
+        "ss_max_train_steps": f.get("max_train_steps"),
+        "ss_lr_warmup_steps": f.get("lr_warmup_steps", 0),
+        "ss_lr_scheduler": f.get("lr_scheduler"),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": f.get("network_dim"),
+        "ss_network_alpha": f.get("network_alpha"),
+        "ss_network_train_unet_only": bool(f.get("network_train_unet_only", False)),
+        "ss_mixed_precision": f.get("mixed_precision"),
+        "ss_v2": family.startswith("sd2"),
+        "ss_base_model_version": KOHYA_VERSION[family],
+        "ss_clip_skip": f.get("clip_skip"),
+        "ss_cache_latents": bool(f.get("cache_latents", False)),
+        "ss_seed": f.get("seed"),
+        "ss_noise_offset": f.get("noise_offset"),
+        "ss_min_snr_gamma": f.get("min_snr_gamma"),
+        "ss_prior_loss_weight": f.get("prior_loss_weight", 1.0),
+        "ss_max_grad_norm": f.get("max_grad_norm"),
+        "ss_optimizer": f.get("optimizer"),
+        "ss_training_comment": f.get("comment"),
+        "ss_batch_size_per_device": f.get("batch_size", 1),
+        "ss_total_batch_size": int(f.get("batch_size", 1)) * int(f.get("gradient_accumulation_steps", 1)),
+        "ss_resolution": str(tuple(resolution)) if resolution else None,
+        "ss_dataset_dirs": json.dumps(_dirs(train)),
+        "ss_reg_dataset_dirs": json.dumps(_dirs(reg)),
+        "ss_tag_frequency": json.dumps({_dir_name(d): d.get("tags", {}) for d in train}),
+        "ss_sd_model_name": os.path.basename(str(f["model_name"])) if f.get("model_name") else None,
+        "ss_sd_model_hash": f.get("model_hash"),
+        "ss_new_sd_model_hash": f.get("new_model_hash"),
+        "ss_vae_name": f.get("vae_name"),
+    }
+    if conv_dim:
+        # kohya stores --network_args values as the strings they were given.
+        args = {"conv_dim": str(conv_dim), "conv_alpha": str(f.get("conv_alpha", 1))}
+        meta["ss_network_args"] = json.dumps(args)
+    if f.get("steps") is not None:
+        meta["ss_steps"] = f["steps"]
+    if f.get("epoch") is not None:
+        meta["ss_epoch"] = f["epoch"]
+    if f.get("training_finished_at") is not None:
+        meta["ss_training_finished_at"] = f["training_finished_at"]
+    return {k: str(v) for k, v in meta.items()}
+
+
+def _dir_name(d: Mapping[str, Any]) -> str:
+    return os.path.basename(os.path.normpath(str(d.get("dir", ""))))
+
+
+def _dirs(datasets: list[Mapping[str, Any]]) -> dict:
+    return {_dir_name(d): {"n_repeats": int(d.get("repeats", 1)), "img_count": int(d.get("images", 0))} for d in datasets}
+
+
+MODELSPEC_ARCH = {
+    "sd1": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2-512",
+    "sd2-v": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
+
+
+def modelspec_metadata(
+    family: str,
+    *,
+    title: str | None = None,
+    timestamp: float | None = None,
+    resolution=None,
+    clip_skip: int | None = None,
+    merged_from: str | None = None,
+    description: str | None = None,
+    author: str | None = None,
+    tags: str | None = None,
+) -> dict[str, str]:
+    """The ``modelspec.*`` keys (Stability AI's ModelSpec) as kohya's sai_model_spec fills them.
+
+    kohya names SD1/SD2 LoRAs' implementation "diffusers" and SDXL LoRAs' the SGM repo URL.
+    """
+    from engine import __version__
+
+    timestamp = timestamp or time.time()
+    if resolution is None:
+        side = 1024 if family == "sdxl" else 768 if family == "sd2-v" else 512
+        resolution = (side, side)
+    elif isinstance(resolution, int):
+        resolution = (resolution, resolution)
+    import datetime
+
+    meta = {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": MODELSPEC_ARCH[family] + "/lora",
+        "modelspec.implementation": (
+            "https://github.com/Stability-AI/generative-models" if family == "sdxl" else "diffusers"
+        ),
+        "modelspec.implementation_version": f"copylora/{__version__}",
+        "modelspec.title": title or f"LoRA@{timestamp}",
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
+        "modelspec.prediction_type": "v" if family == "sd2-v" else "epsilon",
+    }
+    optional = {"encoder_layer": clip_skip, "merged_from": merged_from, "description": description}
+    optional.update(author=author, tags=tags)
+    meta.update({f"modelspec.{k}": str(v) for k, v in optional.items() if v is not None})
+    return meta

@@ -1,0 +1,222 @@
+"""The LoRA network: kohya's modules as forward hooks on the base model."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import LoRAFileError
+from engine.lora.names import find_targets
+from engine.lora.weights import LoRAWeights
+from engine.lora.files import load_lora_file, save_lora_file
+
+
+
+class LoRAModule(nn.Module):
+    """One low-rank adapter on a Linear or Conv2d, shaped as kohya shapes it.
+
+    A k x k conv gets a k x k ``lora_down`` (same stride/padding as the base conv) and a
+    1 x 1 ``lora_up``; ``lora_up`` starts at zero so a new network changes nothing.
+    """
+
+    def __init__(self, name: str, base: nn.Module, rank: int, alpha: float | None, multiplier: float = 1.0):
+        super().__init__()
+        self.name = name
+        self.rank = rank
+        if isinstance(base, nn.Conv2d):
+            self.lora_down = nn.Conv2d(
+                base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
+            )
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
+        else:
+            self.lora_down = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_up = nn.Linear(rank, base.out_features, bias=False)
+        # Same init as kohya: the first optimizer steps then behave the same.
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        self.register_buffer("alpha", torch.tensor(0.0))
+        self.set_alpha(alpha)
+        self.multiplier = multiplier
+        # Not an attribute nn.Module would register: the base weights must stay out of
+        # this network's parameters and state dict.
+        self.__dict__["base"] = base
+        self._hook = None
+
+    def set_alpha(self, alpha: float | None) -> None:
+        alpha = float(self.rank if alpha is None or float(alpha) == 0 else alpha)  # kohya: 0/None means rank
+        self.alpha.fill_(alpha)
+        self.scale = alpha / self.rank  # a Python float: no device sync in forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA's own contribution for input ``x`` (multiplier and scale included)."""
+        return self.lora_up(self.lora_down(x)) * (self.multiplier * self.scale)
+
+    def _add_delta(self, module, args, output):
+        if self.multiplier == 0:
+            return output  # strength 0 is exactly the base model, not base + 0*delta
+        x = args[0]
+        return output + self(x.to(self.lora_down.weight.dtype)).to(output.dtype)
+
+    def apply(self) -> None:
+        if self._hook is None:
+            self._hook = self.base.register_forward_hook(self._add_delta)
+
+    def remove(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def weights(self) -> LoRAWeights:
+        return LoRAWeights(self.lora_down.weight.detach(), self.lora_up.weight.detach(), float(self.alpha))
+
+
+class LoRANetwork(nn.Module):
+    """All LoRA modules of one model (U-Net + text encoders), kohya-named.
+
+    ``rank``/``alpha`` apply to Linear and 1x1 conv targets; ``conv_rank`` > 0 also targets
+    ResNet blocks and samplers, whose k x k convs get ``conv_rank``/``conv_alpha``.
+    ``modules`` ({name: (rank, alpha)}) instead builds exactly those modules, as a file has
+    them (any rank per module). ``text_encoder=False`` leaves the text encoders alone.
+    """
+
+    def __init__(
+        self,
+        unet,
+        text_encoders,
+        *,
+        family: str = "sd1",
+        rank: int = 8,
+        alpha: float | None = 1.0,
+        conv_rank: int = 0,
+        conv_alpha: float | None = None,
+        multiplier: float = 1.0,
+        text_encoder: bool = True,
+        modules: Mapping[str, tuple[int, float | None]] | None = None,
+    ):
+        super().__init__()
+        self.family = family
+        self.multiplier = multiplier
+        encoders = list(text_encoders) if text_encoder else []
+        with_conv = conv_rank > 0 or modules is not None
+        targets = find_targets(unet, encoders, family, with_conv)
+        self.unet_loras = nn.ModuleDict()
+        self.text_encoder_loras = nn.ModuleDict()
+        if modules is not None:
+            known = {t.name for t in targets}
+            unknown = sorted(set(modules) - known)
+            if unknown:
+                raise LoRAFileError(
+                    f"{len(unknown)} LoRA module(s) match nothing in this {family} model "
+                    f"(wrong base model family?): {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+                )
+        for target in targets:
+            if modules is not None:
+                if target.name not in modules:
+                    continue
+                r, a = modules[target.name]
+            elif target.uses_conv_rank:
+                r, a = conv_rank, 1.0 if conv_alpha is None else conv_alpha  # kohya's default conv_alpha
+            else:
+                r, a = rank, alpha
+            lora = LoRAModule(target.name, target.module, r, a, multiplier)
+            (self.text_encoder_loras if target.is_text else self.unet_loras)[target.name] = lora
+        device = next(iter(unet.parameters())).device
+        if device.type != "meta":  # shape-only models keep their LoRAs real, for inspection
+            self.to(device)
+
+    # ----------------------------------------------------------------- use
+
+    def loras(self) -> list[LoRAModule]:
+        return [*self.unet_loras.values(), *self.text_encoder_loras.values()]
+
+    def apply_to(self) -> LoRANetwork:
+        """Hook every LoRA into its module; the model's forward now includes them."""
+        for lora in self.loras():
+            lora.apply()
+        return self
+
+    def remove(self) -> None:
+        """Unhook every LoRA: the model computes exactly what it did before."""
+        for lora in self.loras():
+            lora.remove()
+
+    def set_multiplier(self, multiplier: float) -> None:
+        """The LoRA strength (1.0 = as trained, 0.0 = base model)."""
+        self.multiplier = multiplier
+        for lora in self.loras():
+            lora.multiplier = multiplier
+
+    def unet_parameters(self) -> list[nn.Parameter]:
+        return [p for lora in self.unet_loras.values() for p in lora.parameters()]
+
+    def text_encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for lora in self.text_encoder_loras.values() for p in lora.parameters()]
+
+    def param_groups(self, unet_lr: float, text_encoder_lr: float | None = None) -> list[dict]:
+        """Optimizer parameter groups: U-Net and text encoder at their own learning rates."""
+        groups = []
+        if self.unet_loras:
+            groups.append({"params": self.unet_parameters(), "lr": unet_lr})
+        if self.text_encoder_loras:
+            groups.append({"params": self.text_encoder_parameters(), "lr": text_encoder_lr or unet_lr})
+        return groups
+
+    # ----------------------------------------------------------------- weights
+
+    def weights(self) -> dict[str, LoRAWeights]:
+        """``{kohya name: LoRAWeights}``, U-Net modules first, then text encoders."""
+        return {lora.name: lora.weights() for lora in self.loras()}
+
+    def load_weights(self, source: str | os.PathLike | Mapping[str, LoRAWeights], strict: bool = True) -> None:
+        """Copy weights (and alphas) from a file or a ``{name: LoRAWeights}`` mapping.
+
+        ``strict``: every module of the network must be in the source and vice versa.
+        """
+        weights = load_lora_file(source).modules if isinstance(source, (str, os.PathLike)) else source
+        mine = {lora.name: lora for lora in self.loras()}
+        if strict:
+            missing, extra = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
+            if missing or extra:
+                raise LoRAFileError(
+                    f"LoRA weights do not fit this network: {len(missing)} module(s) missing "
+                    f"({', '.join(missing[:3])}), {len(extra)} unexpected ({', '.join(extra[:3])})"
+                )
+        with torch.no_grad():
+            for name, w in weights.items():
+                lora = mine.get(name)
+                if lora is None:
+                    continue
+                if w.down.shape != lora.lora_down.weight.shape or w.up.shape != lora.lora_up.weight.shape:
+                    raise LoRAFileError(
+                        f"{name}: shapes {tuple(w.down.shape)}/{tuple(w.up.shape)} do not fit "
+                        f"{tuple(lora.lora_down.weight.shape)}/{tuple(lora.lora_up.weight.shape)}"
+                    )
+                lora.lora_down.weight.copy_(w.down)
+                lora.lora_up.weight.copy_(w.up)
+                lora.set_alpha(w.alpha)
+
+    def save(self, path: str | os.PathLike, dtype: str | torch.dtype = "fp16", metadata: Mapping[str, Any] | None = None):
+        """Write a kohya LoRA file (see :func:`save_lora_file`)."""
+        return save_lora_file(path, self.weights(), metadata, dtype)
+
+    @classmethod
+    def from_file(cls, path, unet, text_encoders, family: str = "sd1", multiplier: float = 1.0) -> LoRANetwork:
+        """A network shaped like a LoRA file (any ranks) holding its weights; not yet applied."""
+        lora = load_lora_file(path)
+        specs = {name: (w.rank, w.alpha) for name, w in lora.modules.items()}
+        network = cls(unet, text_encoders, family=family, multiplier=multiplier, modules=specs)
+        network.load_weights(lora.modules)
+        return network
+
+
+def apply_lora_file(path, model, multiplier: float = 1.0) -> LoRANetwork:
+    """Apply a LoRA file to a :class:`engine.models.loading.BaseModel` at a strength; undo with ``.remove()``."""
+    network = LoRANetwork.from_file(path, model.unet, model.text_encoders, model.family, multiplier)
+    return network.apply_to()
+
+

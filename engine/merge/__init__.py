@@ -1,0 +1,1 @@
+"""Merging LoRAs (exact low-rank SVD), its statistics, baking into and extracting from checkpoints."""

@@ -1,0 +1,1 @@
+"""The concept project: its parameters, validation, TOML, plan, scaffolding, pictures, kohya import."""
