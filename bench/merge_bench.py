@@ -260,8 +260,8 @@ def merge_dense(paths, ratios, *, new_rank: int, new_conv_rank: int | None = Non
     """
     import torch
 
-    from engine.lora.weights import LoRAWeights
     from engine.lora.files import load_lora_file
+    from engine.lora.weights import LoRAWeights
 
     timings = {} if timings is None else timings
     started = time.perf_counter()
@@ -610,7 +610,8 @@ def render(results: dict) -> str:
         if r["method"] == "ours" and r.get("precision_errors"):
             e = r["precision_errors"]
             fam = r["family"].upper().replace("SD15", "SD1.5") + (" +conv" if r["conv"] else "")
-            lines.append(f"| {fam} | {r['modules']} | {e['fp64 merge (in memory)']:.2e} | {e['fp32 (in memory)']:.2e} | {e['fp16 file']:.2e} | {e['bf16 file']:.2e} |")
+            errors = (e["fp64 merge (in memory)"], e["fp32 (in memory)"], e["fp16 file"], e["bf16 file"])
+            lines.append(f"| {fam} | {r['modules']} | " + " | ".join(f"{x:.2e}" for x in errors) + " |")
     targets = [r for r in rows if r["method"] == "ours" and r["family"] == "sd15" and not r["subset"]]
     if targets:
         lines += ["", "Targets (SD1.5 pair, ours: ≤ 3 s whole process, ≤ 0.5 GB = 477 MiB peak RSS):", ""]

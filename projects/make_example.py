@@ -39,8 +39,8 @@ def write_project_file(root: Path = HERE, base_model: str = "tiny") -> None:
     import sys
 
     sys.path.insert(0, str(HERE.parent.parent))
-    from engine.project.params import MergeParams, ProjectInfo
     from engine.project.folder import Project, save_project
+    from engine.project.params import MergeParams, ProjectInfo
     from engine.project.scaffold import apply_base_defaults
 
     # The same defaults `copylora new --base tiny` writes (engine.project.scaffold.BUILTIN_PRESETS).

@@ -75,9 +75,9 @@ def build(root: Path) -> None:
     """Make ``root/projects`` and ``root/state`` (takes about a minute on two cores)."""
     from engine.jobs.enqueue import enqueue_project
     from engine.jobs.procs import alive, process_start
-    from engine.train.progress import Progress
     from engine.jobs.queue import Queue
     from engine.jobs.worker import start_detached, stop_worker, worker_pid
+    from engine.train.progress import Progress
 
     projects, state = root / "projects", root / "state"
     projects.mkdir(parents=True)

@@ -3,7 +3,6 @@ states, deleting, the stats table, the curve and the threads' queue connection."
 
 from __future__ import annotations
 
-
 import pytest
 
 from copylora_tui.core import form

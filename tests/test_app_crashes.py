@@ -14,11 +14,11 @@ import pytest
 from textual.widgets import Collapsible, DataTable, Static
 
 from copylora_tui.app import CopyloraApp
+from copylora_tui.cli.main import main as cli
+from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.screens.queue import QueueScreen, job_detail
 from copylora_tui.screens.stats import StatsScreen
-from copylora_tui.cli.main import main as cli
-from copylora_tui.core.snapshot import QueueSnapshot
 from engine.jobs.queue import Queue, artifacts_text
 from tests.test_app_support import make_projects, screen_text, use_home, wait_until, write_stats
 

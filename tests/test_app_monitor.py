@@ -8,8 +8,8 @@ from textual.widgets import Log, ProgressBar
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.widgets.curve import Curve
-from engine.train.progress import Progress
 from engine.jobs.queue import Queue
+from engine.train.progress import Progress
 from tests.test_app_support import make_projects, running_job, screen_text, use_home, wait_until
 
 

@@ -6,12 +6,12 @@ write them (claim, report_progress, finish); the screen must show each change af
 
 from __future__ import annotations
 
-from engine.train.progress import Progress
-from engine.jobs.queue import Queue
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.screens.queue import QueueScreen
 from copylora_tui.widgets.job_table import JobTable
+from engine.jobs.queue import Queue
+from engine.train.progress import Progress
 from tests.test_app_support import make_projects, running_job, screen_text, use_home, wait_until
 
 

@@ -14,8 +14,8 @@ from copylora_tui.screens.new_project import NewProjectScreen
 from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.param_field import TickBox
-from engine.train.progress import Progress
 from engine.jobs.queue import Queue
+from engine.train.progress import Progress
 from tests.test_app_support import make_projects, running_job, screen_text, use_home, wait_until
 
 

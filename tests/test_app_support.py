@@ -15,8 +15,8 @@ import struct
 import time
 from pathlib import Path
 
-from engine.train.progress import Progress
 from engine.jobs.queue import Queue
+from engine.train.progress import Progress
 from tests.helpers import EXAMPLE
 
 FIXED_T = 1_767_225_600.0  # 2026-01-01 00:00 UTC: every stored time in snapshot tests
@@ -103,8 +103,8 @@ def write_lora(path: Path, metadata: dict[str, str]) -> Path:
 
 def mark_trained(project_dir: Path, sides: tuple[str, ...] = ("a", "b")) -> None:
     """Write A/B LoRA files whose fingerprints match the current parameters (as after training)."""
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from engine.train.trainer import training_fingerprint
 
     plan = make_plan(load_project(project_dir))
@@ -179,8 +179,8 @@ def screen_text(app) -> str:
 def write_merged(project_dir: Path) -> None:
     """A merged LoRA whose provenance matches the project's current A and B files, and its stats."""
     from engine.hashing import file_sha256 as sha256_file
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
 
     plan = make_plan(load_project(project_dir))
     merge = plan.project.merge
@@ -252,7 +252,8 @@ def write_preview(path: Path, *, strengths=(0.0, 1.0), step: int | None = None, 
             grey = (red * 299 + blue * 114) // 1000
             colour = (red, 80, blue) if not strength or side == "a" else (grey, grey, grey)
             draw.line([(column * width, 16 + y), ((column + 1) * width - 1, 16 + y)], fill=colour)
-        draw.rectangle([column * width + width // 4, 16 + height // 3, column * width + 3 * width // 4, 16 + 2 * height // 3], fill=(250, 200, 40) if not strength or side == "a" else (200, 200, 200))
+        square = [column * width + width // 4, 16 + height // 3, column * width + 3 * width // 4, 16 + 2 * height // 3]
+        draw.rectangle(square, fill=(250, 200, 40) if not strength or side == "a" else (200, 200, 200))
     record = {"settings": {"prompts": [""], "strengths": list(strengths), "seed": 1234, "steps": 8, "size": [width, height]},
               "model": "tiny", "lora": path.stem, "created": FIXED_T}
     if step is not None:

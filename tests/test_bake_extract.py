@@ -14,21 +14,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import snapshot
+from helpers_models import sd1_single_file_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from engine.models import tiny as tiny_model
-from engine.merge.bake import bake_lora
 from engine.errors import CopyloraError, LoRAFileError, ModelError, ValidationError
-from engine.merge.extract import ExtractError, extract_lora, truncated_svd
-from engine.lora.network import LoRANetwork
 from engine.lora.files import load_lora_file, save_lora_file
-from engine.lora.weights import lora_delta
 from engine.lora.names import find_targets
+from engine.lora.network import LoRANetwork
+from engine.lora.weights import lora_delta
+from engine.merge.bake import bake_lora
+from engine.merge.extract import ExtractError, extract_lora, truncated_svd
 from engine.merge.svd import merge_loras
+from engine.models import tiny as tiny_model
 from engine.models.loading import load_base_model
-from helpers import snapshot
-from helpers_models import sd1_single_file_state_dict
 
 U32 = 2.0**-24  # fp32 unit roundoff
 # The baked model's forward vs the base's forward with the LoRA network hooked in: the same

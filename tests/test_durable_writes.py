@@ -59,8 +59,8 @@ def test_merged_lora_has_the_umask_mode_and_is_fsynced(tmp_path, umask, fsyncs):
 
 
 def test_project_file_checkpoint_and_text_use_the_same_write(tmp_path, umask, fsyncs):
-    from engine.train.checkpoint import save_state
     from engine.project.folder import load_project, save_project
+    from engine.train.checkpoint import save_state
     from tests.helpers import copy_example
 
     umask(0o022)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from PIL import Image
 
 from engine.errors import ValidationError
-from engine.project.kohya_import import CONFIG, DATASET, GUI, _parse_args, apply_import, format_report, import_kohya
 from engine.project.folder import load_project, save_project
+from engine.project.kohya_import import CONFIG, DATASET, GUI, _parse_args, apply_import, format_report, import_kohya
 from engine.project.scaffold import create_project
 
 REF = Path("/work/shared/reference/kohya_ss_configs")

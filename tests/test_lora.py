@@ -12,10 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.errors import CopyloraError, LoRAFileError
-from engine.lora.network import LoRANetwork, apply_lora_file
-from engine.lora.weights import LoRAWeights, lora_delta
 from engine.lora.files import kohya_hashes, load_lora_file, save_lora_file
 from engine.lora.metadata import lora_metadata
+from engine.lora.network import LoRANetwork, apply_lora_file
+from engine.lora.weights import LoRAWeights, lora_delta
 from engine.models.loading import build_empty, load_base_model
 from engine.models.tiny import tiny_pipeline
 

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main  # noqa: E402
 from engine.errors import LoRAFileError  # noqa: E402
-from engine.lora.weights import LoRAWeights
 from engine.lora.files import load_lora_file, save_lora_file  # noqa: E402
+from engine.lora.weights import LoRAWeights
 from engine.merge.svd import MergeError, merge_loras, save_merge  # noqa: E402
 
 
@@ -157,7 +157,8 @@ def test_shape_conflict_is_refused_naming_modules(pair, tmp_path):
     )
     with pytest.raises(MergeError, match="attn1_to_q.*B.safetensors: 40x48x1.*xl.safetensors: 64x64x1"):
         merge_loras([pb, other], [1.0, -1.0], new_rank=4)
-    xl = save_lora_file(tmp_path / "sdxl.safetensors", {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (*factors(g, 32, 32, 4), 1.0)}, {"ss_base_model_version": "sdxl_base_v1-0"}, "float")
+    xl = save_lora_file(tmp_path / "sdxl.safetensors", {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (*factors(g, 32, 32, 4), 1.0)},
+                        {"ss_base_model_version": "sdxl_base_v1-0"}, "float")
     with pytest.raises(MergeError, match="different model families"):
         merge_loras([pb, xl], [1.0, -1.0], new_rank=4)
 
@@ -236,8 +237,8 @@ def test_diffusers_reads_the_merged_file(tmp_path):
 def test_merge_project_shorthand_uses_plan_and_merge_table(pair, tmp_path, capsys):
     import shutil
 
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from tests.helpers import copy_example
 
     root = copy_example(tmp_path)

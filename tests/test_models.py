@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_models import sd1_single_file_state_dict
 from safetensors.torch import save_file
 
-from engine.models import tiny as tiny_model
 from engine.errors import CopyloraError, ModelError
-from engine.models.loading import BaseModel, _sd2_prediction, build_empty, build_empty_sd15, legacy_model_hash, load_base_model, load_pickled_checkpoint
 from engine.formats.model_files import detect_family
-from helpers_models import sd1_single_file_state_dict
+from engine.models import tiny as tiny_model
+from engine.models.loading import BaseModel, _sd2_prediction, build_empty, build_empty_sd15, legacy_model_hash, load_base_model, load_pickled_checkpoint
 
 
 @pytest.fixture(scope="module")

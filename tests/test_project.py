@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 
 from engine.errors import ValidationError
+from engine.project.folder import load_project, save_project
 from engine.project.params import RegParams
 from engine.project.plan import bucket_size, make_plan, steps_for
-from engine.project.folder import load_project, save_project
-from engine.project.toml_writer import render_project
 from engine.project.scaffold import create_project
+from engine.project.toml_writer import render_project
 from tests.helpers import copy_example, snapshot, write_png
 
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from engine.train.progress import Progress
 from engine.jobs.queue import SCHEMA_VERSION, Queue, QueueError
+from engine.train.progress import Progress
 
 
 @pytest.fixture

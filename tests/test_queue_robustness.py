@@ -14,8 +14,8 @@ from copylora_tui.app import CopyloraApp
 from copylora_tui.cli.main import main
 from copylora_tui.core.projects import RESUMABLE, summarise
 from copylora_tui.screens.queue import QueueScreen
-from engine.train.progress import Progress
 from engine.jobs.queue import Queue
+from engine.train.progress import Progress
 from tests.helpers import copy_example
 from tests.test_app_support import make_projects, screen_text, use_home, wait_until
 
@@ -106,8 +106,8 @@ def test_queue_cli_says_interrupted(tmp_path, monkeypatch, capsys):
 
 
 def test_a_side_with_a_checkpoint_is_resumable_not_missing(tmp_path):
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from engine.train.trainer import train
 
     root = copy_example(tmp_path)

@@ -82,8 +82,8 @@ def test_unknown_sampler_and_bad_size_are_clear_errors(tiny):
 
 def test_previews_during_training_change_nothing(tmp_path, tiny):
     from engine.lora.files import load_lora_file
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from engine.train.trainer import train
 
     results = {}
@@ -123,8 +123,8 @@ def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, c
 
 
 def test_class_images_are_generated_once(tmp_path, tiny):
-    from engine.project.params import RegParams
     from engine.project.folder import load_project, save_project
+    from engine.project.params import RegParams
     from engine.train.class_images import generate_class_images, missing_class_images
 
     root = copy_example(tmp_path)
@@ -143,9 +143,9 @@ def test_class_images_are_generated_once(tmp_path, tiny):
 
 def test_run_queues_class_images_then_trainings_then_merge_then_preview(tmp_path, monkeypatch):
     from engine.jobs.enqueue import enqueue_project
-    from engine.project.params import RegParams
-    from engine.project.folder import load_project, save_project
     from engine.jobs.queue import Queue
+    from engine.project.folder import load_project, save_project
+    from engine.project.params import RegParams
 
     root = copy_example(tmp_path)
     project = load_project(root)

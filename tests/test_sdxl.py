@@ -13,13 +13,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.lora.network import LoRANetwork
 from engine.lora.files import load_lora_file, save_lora_file
-from engine.lora.weights import lora_delta
 from engine.lora.metadata import lora_metadata  # noqa: E402
+from engine.lora.network import LoRANetwork
+from engine.lora.weights import lora_delta
 from engine.models.loading import load_base_model  # noqa: E402
-from engine.project.plan import make_plan  # noqa: E402
 from engine.project.folder import load_project  # noqa: E402
+from engine.project.plan import make_plan  # noqa: E402
 from engine.train.trainer import train  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
@@ -158,10 +158,10 @@ def test_time_ids_are_original_crop_and_bucket(xl, tmp_path):
 
 
 def test_latents_are_encoded_in_fp32_whatever_the_vae_dtype(xl, tmp_path):
+    import copy
+
     from engine.train.teacher import cache_teacher_latents
     from tests.helpers import write_png
-
-    import copy
 
     image = write_png(tmp_path / "t.png", size=(64, 64), colour=(250, 250, 10))
     half = copy.deepcopy(xl.vae).to(torch.float16)  # as a model loaded for fp16 training has it
@@ -413,13 +413,13 @@ def test_example_trains_merges_bakes_and_samples(xl, tmp_path):
     strength 0 is the base pipeline bit for bit; method 1 (bake + extract) agrees with the merge."""
     import numpy as np
 
-    from engine.merge.bake import bake_lora
     from engine.jobs.enqueue import enqueue_project
+    from engine.jobs.queue import Queue
+    from engine.merge.bake import bake_lora
     from engine.merge.extract import extract_lora
     from engine.merge.svd import merge_loras, save_merge
-    from engine.jobs.queue import Queue
-    from engine.train.sample import SampleSettings, generate, read_grid_parameters, sample_lora
     from engine.models.tiny import tiny_sdxl_dir
+    from engine.train.sample import SampleSettings, generate, read_grid_parameters, sample_lora
 
     root = copy_example(tmp_path)
     queue = Queue(tmp_path / "home")
@@ -464,10 +464,10 @@ def test_example_trains_merges_bakes_and_samples(xl, tmp_path):
 
 
 def test_new_sdxl_project_gets_sdxl_sized_buckets(tmp_path):
+    from safetensors.torch import save_file
+
     from engine.project.scaffold import create_project
     from tests.helpers import write_png
-
-    from safetensors.torch import save_file
 
     # Real checkpoints' headers (the family is read from them; the built-in models have their
     # own CPU-sized presets, see test_new_project_on_a_builtin_model_gets_cpu_sized_defaults).

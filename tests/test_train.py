@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.errors import CopyloraError  # noqa: E402
-from engine.project.plan import make_plan  # noqa: E402
 from engine.project.folder import load_project  # noqa: E402
+from engine.project.plan import make_plan  # noqa: E402
 from engine.train.trainer import TrainingError, evaluation_loss, train  # noqa: E402
 from tests.helpers import copy_example  # noqa: E402
 

@@ -91,8 +91,8 @@ def test_kill_9_worker_then_restart_resumes_and_matches_uninterrupted_run(tmp_pa
     assert job.attempts == 3
 
     # The interrupted LoRA equals an uninterrupted run of the same plan.
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from engine.train.trainer import train
 
     reference_root = project(tmp_path, "reference")

@@ -117,8 +117,8 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
 
 def _project_defaults(args: argparse.Namespace) -> None:
     """Fill unset flags from a project's plan and [merge] table: B then A, as the recipe merges."""
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
 
     plan = make_plan(load_project(args.project))
     merge = plan.project.merge

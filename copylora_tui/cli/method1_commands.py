@@ -72,7 +72,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     extract.add_argument("--model_tuned", required=True, metavar="MODEL", help="tuned model (the LoRA is the change to this one)")
     extract.add_argument("--save_to", required=True, metavar="OUT", help="output LoRA .safetensors")
     extract.add_argument("--dim", type=int, default=4, metavar="N", help="rank of the LoRA (default: 4, as kohya)")
-    extract.add_argument("--conv_dim", type=int, default=None, metavar="N", help="also extract ResNet/sampler convs, 3x3 ones at this rank (default: off, as kohya)")
+    extract.add_argument("--conv_dim", type=int, default=None, metavar="N",
+                         help="also extract ResNet/sampler convs, 3x3 ones at this rank (default: off, as kohya)")
     extract.add_argument("--device", default="cpu", help="where the SVDs run: cpu, cuda, cuda:N or auto (default: cpu)")
     extract.add_argument("--save_precision", choices=PRECISIONS, default="fp16", help="precision of the saved LoRA (default: fp16)")
     extract.add_argument(

@@ -50,9 +50,8 @@ def project_dest(name: str, projects_dir: str) -> Path:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from engine.project.scaffold import create_project
-
     from copylora_tui.cli.main import as_flags
+    from engine.project.scaffold import create_project
 
     dest = project_dest(args.name, args.projects)
     names = {"dest": "NAME", "a_image": "--a", "b_image": "--b", "base_model": "--base"}
@@ -64,10 +63,8 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
-
-    from engine.project.plan import plan_warnings
+    from engine.project.plan import make_plan, plan_warnings
 
     plan = make_plan(load_project(args.project))
     warnings = plan_warnings(plan)

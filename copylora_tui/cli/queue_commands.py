@@ -12,8 +12,8 @@ import sys
 import time
 
 from copylora_tui.core.formatting import project_label
-from engine.jobs.queue import JobStatus
 from engine.errors import Problem, ValidationError
+from engine.jobs.queue import JobStatus
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -55,7 +55,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     move.add_argument("where", choices=("up", "down", "top", "bottom"))
     move.set_defaults(func=cmd_move)
 
-    logs = commands.add_parser("logs", help="print a job's log (-f to follow)", description="Print a job's log file; -f follows it like tail -f until the job ends.")
+    logs = commands.add_parser("logs", help="print a job's log (-f to follow)",
+                               description="Print a job's log file; -f follows it like tail -f until the job ends.")
     logs.add_argument("job", type=int, metavar="JOB")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("-n", "--lines", type=int, default=0, metavar="N", help="only the last N lines")
@@ -63,7 +64,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     worker = commands.add_parser(
         "worker", help="start, stop or show the background worker",
-        description="The worker runs queued jobs in child processes, detached from the terminal (one per state folder: $COPYLORA_HOME or ~/.local/state/copylora).",
+        description=("The worker runs queued jobs in child processes, detached from the terminal "
+                     "(one per state folder: $COPYLORA_HOME or ~/.local/state/copylora)."),
     )
     worker.add_argument("action", choices=("start", "stop", "status"))
     worker.add_argument("--gpus", metavar="0,1", help="GPUs to use, one job per GPU at once (default: all)")
@@ -134,7 +136,8 @@ def _wait(queue, job_ids: list[int]) -> int:
                     job = queue.get(job_id)
                     info = job.status
                     if job.status is JobStatus.RUNNING and job.total:
-                        info = f"{job.step}/{job.total} {job.it_per_s or 0:.1f} it/s ETA {format_duration(job.eta_s if job.eta_s is not None else float('inf'))}"
+                        eta = format_duration(job.eta_s if job.eta_s is not None else float("inf"))
+                        info = f"{job.step}/{job.total} {job.it_per_s or 0:.1f} it/s ETA {eta}"
                         if job.smooth_loss is not None and job.kind == "train":
                             info += f" loss {job.smooth_loss:.4f}"
                     elif job.status is JobStatus.FAILED:
@@ -154,9 +157,8 @@ def _wait(queue, job_ids: list[int]) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from engine.jobs.worker import worker_pid
-
     from engine.jobs.queue import mark_interrupted
+    from engine.jobs.worker import worker_pid
 
     queue = _queue()
     jobs = mark_interrupted(queue.jobs(), bool(worker_pid(queue.home)))

@@ -11,7 +11,6 @@ from copylora_tui.core.formatting import STATUS_STYLE, bar, project_label
 from engine.jobs.queue import JobStatus
 
 
-
 def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
     from copylora_tui.core.formatting import rate_text
     from engine.train.progress import format_duration

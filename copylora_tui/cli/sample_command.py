@@ -72,8 +72,8 @@ def resolve(args: argparse.Namespace):
     problems: list[Problem] = []
     target = Path(args.target)
     if target.is_dir() or target.name == "copylora.toml":
-        from engine.project.plan import make_plan
         from engine.project.folder import load_project
+        from engine.project.plan import make_plan
 
         plan = make_plan(load_project(target))
         project = plan.project

@@ -32,10 +32,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.train.checkpoint import newest_step
     from engine.errors import Problem, ValidationError
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.checkpoint import newest_step
 
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
@@ -71,9 +71,9 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from engine.quiet import quiet_libraries
     from engine.train.progress import format_duration
     from engine.train.trainer import train
-    from engine.quiet import quiet_libraries
 
     quiet_libraries()
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from engine.errors import Problem, ValidationError
-from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
 from engine.project.folder import Project, parse_project
+from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
 from engine.project.toml_writer import render_project, toml_value
 from engine.project.validate import _base_type, coerce_value
 

@@ -69,8 +69,8 @@ def project_target(project) -> PreviewTarget:
 def job_target(job) -> PreviewTarget | str:
     """The previews a queue job makes (engine.jobs.queue.Job), or why it makes none. Loads the
     job's project (a TOML read): call it in a thread."""
-    from engine.project.plan import output_paths
     from engine.project.folder import load_project
+    from engine.project.plan import output_paths
 
     if job.kind == "reg":
         return NO_PREVIEWS

@@ -17,17 +17,17 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 
-from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text, project_label, rate_text
-from engine.train.progress import format_duration
 from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.curve import Curve
 from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.jobs.queue import Job, JobStatus
+from engine.train.progress import format_duration
 
 
 def job_name(snapshot: QueueSnapshot, job_id: int) -> str:

@@ -21,14 +21,14 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Static
 
-from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui import teacher_images
 from copylora_tui.core import form
 from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from engine.errors import Problem, ValidationError
 from engine.project.folder import Project, load_project
 

@@ -17,11 +17,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_header import AppHeader
 from engine.jobs.queue import Job, JobStatus
 
 EMPTY_HELP = """\

@@ -13,11 +13,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import project_label
 from copylora_tui.core.snapshot import QueueSnapshot
-from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_header import AppHeader
+from copylora_tui.widgets.job_table import JobTable
 from engine.jobs.queue import Job, JobStatus, artifacts_text
 
 

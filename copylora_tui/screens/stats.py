@@ -16,10 +16,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.core.formatting import block_bar
 from copylora_tui.core.stats_table import COLUMNS, block_filters, kind_filters, load_stats, short_name, sorted_rows
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_header import AppHeader
 from engine.errors import ValidationError
 
 

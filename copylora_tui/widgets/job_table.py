@@ -16,7 +16,6 @@ from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, loss_text,
 from engine.jobs.queue import Job, JobStatus
 
 
-
 def status_cell(job: Job) -> Text:
     text = job.shown_status
     if job.live and job.control:

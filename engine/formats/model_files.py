@@ -109,7 +109,8 @@ def _safe_global(module: str, name: str) -> bool:
     if module in _SAFE_MODULES or (module, name) in _SAFE_GLOBALS:
         return True
     # torch.FloatStorage, torch.float16, torch.bfloat16, ...: storage classes and dtypes
-    return module == "torch" and (name.endswith("Storage") or name.startswith(("float", "bfloat", "int", "uint", "bool", "complex", "half", "double", "long", "short")))
+    dtypes = ("float", "bfloat", "int", "uint", "bool", "complex", "half", "double", "long", "short")
+    return module == "torch" and (name.endswith("Storage") or name.startswith(dtypes))
 
 
 def pickle_problem(path: Path | str) -> str | None:

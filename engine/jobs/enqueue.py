@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.project.plan import Plan, make_plan
-from engine.project.folder import load_project
 from engine.jobs.queue import ACTIVE, Job, Queue
+from engine.project.folder import load_project
+from engine.project.plan import Plan, make_plan
 
 
 @dataclass

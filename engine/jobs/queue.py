@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from engine.errors import CopyloraError
 from engine.jobs.state_home import job_log, queue_db, state_home
 
+
 class JobStatus(str, Enum):
     """Where a job is in its life: queued → running → done | failed | cancelled, with paused
     beside queued. A str, so it is stored, printed and sent as JSON as the plain word (the
@@ -541,5 +542,7 @@ class Queue:
         return [dict(r) for r in rows]
 
     def latest_gpus(self) -> list[dict]:
-        rows = self.db.execute("SELECT g.* FROM gpu_stats g JOIN (SELECT gpu, MAX(t) t FROM gpu_stats GROUP BY gpu) m ON g.gpu = m.gpu AND g.t = m.t ORDER BY g.gpu")
+        rows = self.db.execute(
+            "SELECT g.* FROM gpu_stats g JOIN (SELECT gpu, MAX(t) t FROM gpu_stats GROUP BY gpu) m ON g.gpu = m.gpu AND g.t = m.t ORDER BY g.gpu"
+        )
         return [dict(r) for r in rows]

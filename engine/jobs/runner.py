@@ -91,8 +91,8 @@ class ProgressWriter:
 
 
 def run_train(queue: Queue, job: Job, stop: dict) -> dict:
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from engine.train.trainer import train
 
     plan = make_plan(load_project(job.project), max_steps=job.params.get("max_steps"))
@@ -121,9 +121,9 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
 
 def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
     from engine.merge.svd import merge_loras, save_merge
+    from engine.project.folder import load_project
     from engine.project.plan import make_plan
     from engine.train.progress import Progress
-    from engine.project.folder import load_project
 
     plan = make_plan(load_project(job.project))
     merge = plan.project.merge
@@ -167,8 +167,8 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     import torch
 
     from engine.models.loading import load_base_model
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from engine.train.sample import SampleSettings, sample_lora
     from engine.train.trainer import pick_device
 
@@ -188,8 +188,8 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
 
 def run_reg(queue: Queue, job: Job, stop: dict) -> dict:
     """Generate the class images a project's [reg] asks for and its folder lacks."""
-    from engine.project.plan import make_plan
     from engine.project.folder import load_project
+    from engine.project.plan import make_plan
     from engine.train.class_images import generate_class_images
 
     project = load_project(job.project, check_files=False)

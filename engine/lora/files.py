@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from engine.errors import LoRAFileError
-from engine.lora.weights import LoRAWeights, LoRAFile, to_dtype, _SUFFIXES
-
+from engine.lora.weights import _SUFFIXES, LoRAFile, LoRAWeights, to_dtype
 
 
 def uniform_alpha(modules: Mapping[str, LoRAWeights]) -> dict[str, LoRAWeights]:

@@ -10,9 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 
-
-
-
 def lora_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
     """kohya ``ss_*`` training metadata plus ``modelspec.*`` keys, as strings.
 

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from engine.errors import LoRAFileError
+from engine.lora.files import load_lora_file, save_lora_file
 from engine.lora.names import find_targets
 from engine.lora.weights import LoRAWeights
-from engine.lora.files import load_lora_file, save_lora_file
-
 
 
 class LoRAModule(nn.Module):

@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import torch
 
-
 _SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 SAVE_DTYPES = {
     "float": torch.float32,

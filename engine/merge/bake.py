@@ -183,10 +183,10 @@ def _few(items: list[str], n: int = 4) -> str:
 
 
 def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str, dict[Path, dict[str, _Change]]]:
-    from engine.models.ldm_keys import UnsupportedLayout, single_file_key
-    from engine.lora.names import sgm_layout
-    from engine.models.loading import CONFIG_ROOT
     from engine.formats.model_files import detect_family
+    from engine.lora.names import sgm_layout
+    from engine.models.ldm_keys import UnsupportedLayout, single_file_key
+    from engine.models.loading import CONFIG_ROOT
 
     shapes, _ = _read_header(path)
     family = detect_family(shapes)
@@ -404,7 +404,8 @@ def _check_destination(kind: str, base: Path, save_to: Path) -> None:
     problems = []
     if kind == "single-file":
         if save_to.suffix.lower() != WEIGHT_SUFFIX:
-            problems.append(Problem("save_to", f"the base is a single-file checkpoint, so the baked model is one too: give a .safetensors path, got {save_to.name}"))
+            problems.append(Problem("save_to", "the base is a single-file checkpoint, so the baked model is one too: "
+                                    f"give a .safetensors path, got {save_to.name}"))
         elif save_to.is_dir():
             problems.append(Problem("save_to", f"{save_to} is a folder"))
         elif save_to.exists() and save_to.resolve() == base.resolve():

@@ -184,9 +184,9 @@ def extract_lora(
     """
     import torch
 
-    from engine.lora.weights import LoRAWeights
     from engine.lora.files import save_lora_file
     from engine.lora.names import find_targets
+    from engine.lora.weights import LoRAWeights
     from engine.merge.stats import ModuleStats, block_of, kind_of
     from engine.models.loading import load_base_model
 

@@ -53,7 +53,8 @@ def summarise_blocks(stats: list[ModuleStats]) -> list[dict]:
     order = {"te": 0, "te1": 0, "te2": 1, "in": 2, "mid": 3, "out": 4, "other": 5}
     rows: dict[str, dict] = {}
     for s in stats:
-        row = rows.setdefault(s.block, {"block": s.block, "modules": 0, "energy": 0.0, "kept": 0.0, "input_norm_sq": [0.0] * len(s.input_norms), "result_norm_sq": 0.0})
+        empty = {"block": s.block, "modules": 0, "energy": 0.0, "kept": 0.0, "input_norm_sq": [0.0] * len(s.input_norms), "result_norm_sq": 0.0}
+        row = rows.setdefault(s.block, empty)
         total = s.result_norm**2 / s.energy_kept if s.energy_kept > 0 else 0.0
         row["modules"] += 1
         row["energy"] += total

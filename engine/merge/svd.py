@@ -105,8 +105,8 @@ def merge_loras(
 ) -> MergeResult:
     import torch
 
-    from engine.lora.weights import LoRAWeights
     from engine.lora.files import load_lora_file
+    from engine.lora.weights import LoRAWeights
     from engine.merge.low_rank import LowRankTerm, inner, low_rank_svd
 
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from typing import Any
 from engine.errors import Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
 from engine.project.images import image_files, read_image_info
-from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams, TRAIN_KEYS
+from engine.project.params import TRAIN_KEYS, MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams
 from engine.project.validate import build_section, coerce_value, did_you_mean, show
 
 if sys.version_info >= (3, 11):

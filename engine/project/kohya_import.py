@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.errors import Problem, ValidationError
-from engine.project.params import OPTIMIZERS, ProjectInfo, RegParams, TrainParams
 from engine.project.folder import Project
+from engine.project.params import OPTIMIZERS, ProjectInfo, RegParams, TrainParams
 from engine.project.toml_writer import toml_value
 from engine.project.validate import build_section
 

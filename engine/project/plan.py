@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.project.folder import SIDES, Project
 from engine.project.images import ImageInfo, image_files, read_image_info
 from engine.project.params import TrainParams
-from engine.project.folder import SIDES, Project
 
 BUCKET_STEP = 64
 # Default [train].resolution of a new project (``copylora new``) by base-model family. SD1/SD2:

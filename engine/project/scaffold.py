@@ -13,11 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import Problem, ValidationError
-from engine.project.images import IMAGE_EXTENSIONS, read_image_info
 from engine.formats.model_files import peek_family
+from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
+from engine.project.images import IMAGE_EXTENSIONS, read_image_info
 from engine.project.params import ProjectInfo
 from engine.project.plan import default_resolution
-from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
 
 
 def _check_image(path: Path, key: str, problems: list[Problem]) -> None:

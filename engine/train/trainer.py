@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
 from engine.errors import CopyloraError
 from engine.project.plan import Plan, SidePlan
+from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
 from engine.train.progress import Progress, ProgressMeter
 
 Log = Callable[[str], None]
@@ -256,9 +256,9 @@ def train(
     import torch
     from diffusers.optimization import get_scheduler
 
-    from engine.lora.network import LoRANetwork
-    from engine.lora.metadata import lora_metadata
     from engine.lora.files import save_lora_file
+    from engine.lora.metadata import lora_metadata
+    from engine.lora.network import LoRANetwork
     from engine.models.loading import load_base_model
     from engine.train.optim import build_optimizer
     from engine.train.teacher import cache_teacher_latents
@@ -285,8 +285,8 @@ def train(
     scheduler = model.noise_scheduler
 
     # ---- cached latents (once per image) and text embeddings (once per prompt)
-    from engine.train.conditioning import added_conditions, encode_text, sdxl_time_ids
     from engine.project.images import image_files
+    from engine.train.conditioning import added_conditions, encode_text, sdxl_time_ids
 
     def size_conditions(cached, buckets):  # SDXL's time ids per latent: original (h, w), crop (top, left), bucket (h, w);
         # a flipped latent keeps its crop (the default centre crop is symmetric)
@@ -306,8 +306,8 @@ def train(
     prompts = [""]
     reg = project.reg
     if reg is not None:
-        from engine.project.plan import bucket_size
         from engine.project.images import read_image_info
+        from engine.project.plan import bucket_size
 
         prompts = [reg.instance_prompt, reg.class_prompt]
         reg_paths = image_files(project.root / reg.folder)
@@ -449,7 +449,8 @@ def train(
             cond = torch.cat([t.hidden for t in texts])
             added = added_conditions(texts, [time_ids[s.latent_index] for s in batch], device=device, dtype=weight_dtype)  # SDXL only
 
-            with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            autocast_device = "cuda" if device.startswith("cuda") else "cpu"
+            with torch.autocast(device_type=autocast_device, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype), added_cond_kwargs=added).sample
             loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
             if p.min_snr_gamma:
