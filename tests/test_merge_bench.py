@@ -1,4 +1,6 @@
-"""Smoke test of bench/merge_bench.py on a few full-size SD1.5 modules (in-process, seconds)."""
+"""Smoke test of the merge benchmark on a few full-size SD1.5 modules: its reference library
+(bench/merge_reference.py: module sets, pair, error measure, both methods) in-process, and the
+harness (bench/merge_bench.py) end to end, in seconds."""
 
 from __future__ import annotations
 
@@ -9,16 +11,28 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "merge_bench.py"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("merge_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["merge_bench"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    yield module
+    """The reference library (what the methods and the error measure are)."""
+    yield load("merge_reference")
+    sys.modules.pop("merge_reference", None)
+
+
+@pytest.fixture(scope="module")
+def harness(bench):
+    """The timing harness (imports the library beside it)."""
+    yield load("merge_bench")
     sys.modules.pop("merge_bench", None)
 
 
@@ -94,12 +108,12 @@ def test_ours_exact_dense_agrees_clamp_does_not(bench, pair):
     assert bench.rel_error(kohya, inputs) > max(1e-2, 100 * ours_error)
 
 
-def test_whole_bench_run_writes_doc(bench, tmp_path, monkeypatch):
+def test_whole_bench_run_writes_doc(harness, tmp_path, monkeypatch):
     """The bench end to end on 3 modules: fresh-process runs of ours, the JSON and the doc."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     doc, out = tmp_path / "BENCHMARKS.md", tmp_path / "merge.json"
     doc.write_text("# Benchmarks\n\nhand-written text stays\n")
-    assert bench.main(["--family", "sd15", "--limit", "3", "--repeat", "1", "--skip-dense", "--no-cli",
+    assert harness.main(["--family", "sd15", "--limit", "3", "--repeat", "1", "--skip-dense", "--no-cli",
                        "--out-json", str(out), "--doc", str(doc)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["ours"]
@@ -107,4 +121,4 @@ def test_whole_bench_run_writes_doc(bench, tmp_path, monkeypatch):
     assert row["modules"] == 3 and row["subset"] and row["rel_error"] < 1e-3  # fp16 file
     assert 0 < row["phases"]["import_torch"] < row["wall_median"] and 0 < row["peak_rss_mb"] < 4096
     text = doc.read_text()
-    assert "hand-written text stays" in text and bench.DOC_BEGIN in text and "| SD1.5 | 3 (subset" in text
+    assert "hand-written text stays" in text and harness.DOC_BEGIN in text and "| SD1.5 | 3 (subset" in text
