@@ -245,14 +245,16 @@ def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
     rescued.unlink()
 
 
-def test_nan_loss_does_not_name_a_checkpoint_that_does_not_exist(tmp_path):
+def test_nan_loss_does_not_name_a_checkpoint_that_does_not_exist(tmp_path, monkeypatch):
+    import engine.train.trainer as trainer
     from engine.project.plan import make_plan
     from engine.train.trainer import TrainingError, train
 
     root = copy_example(tmp_path)
     plan = make_plan(load_project(root), max_steps=3)
+    monkeypatch.setattr(trainer, "_loss_hook", lambda step, loss: loss * float("nan"))
     with pytest.raises(TrainingError) as info:
-        train(plan, "a", log=lambda _l: None, _fail_at_step=0)
+        train(plan, "a", log=lambda _l: None)
     assert "no checkpoint had been written yet" in str(info.value) and "runs/A is kept" not in str(info.value)
 
 

@@ -107,12 +107,20 @@ def test_truncated_state_is_skipped(tmp_path, tiny):
     assert result.step == 20
 
 
-def test_nan_loss_is_one_clear_error_and_keeps_last_state(tmp_path, tiny):
+def diverge_at(monkeypatch, bad_step: int) -> None:
+    """Make the trainer's loss NaN from ``bad_step`` on (through its loss hook)."""
+    import engine.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "_loss_hook", lambda step, loss: loss * float("nan") if step == bad_step else loss)
+
+
+def test_nan_loss_is_one_clear_error_and_keeps_last_state(tmp_path, tiny, monkeypatch):
     from engine.train.checkpoint import list_states
 
     plan = make(tmp_path, 20, save_every_n_steps=5)
+    diverge_at(monkeypatch, 12)
     with pytest.raises(TrainingError, match="loss became nan at step 13"):
-        train(plan, "a", model=tiny, log=quiet, _fail_at_step=12)
+        train(plan, "a", model=tiny, log=quiet)
     sp = plan.side("a")
     assert not sp.lora_path.exists()
     assert [s.name for s in list_states(sp.run_dir)] == ["state-00000010.pt", "state-00000005.pt"]

@@ -44,8 +44,9 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One entry of the epoch's sample list: a cached latent and its conditioning."""
+class TrainingItem:
+    """One entry of an epoch's list of what is trained on: a cached latent and its
+    conditioning. (Not a preview "sample": those are engine.train.sample's.)"""
 
     latent_index: int  # into the latents list
     cond_index: int  # 0: teacher (instance/empty prompt), 1: class prompt
@@ -83,9 +84,9 @@ def epoch_order(seed: int, epoch: int, count: int) -> list[int]:
     return np.random.default_rng([seed, epoch]).permutation(count).tolist()
 
 
-def batch_for_step(step: int, samples: list[Sample], batch_size: int, steps_per_epoch: int, seed: int) -> list[Sample]:
-    """The samples of one step. A batch holds one bucket size only (latents must stack): if a
-    shuffled batch mixes buckets, the samples of the first one's bucket are used."""
+def batch_for_step(step: int, samples: list[TrainingItem], batch_size: int, steps_per_epoch: int, seed: int) -> list[TrainingItem]:
+    """The items of one step. A batch holds one bucket size only (latents must stack): if a
+    shuffled batch mixes buckets, the items of the first one's bucket are used."""
     epoch, index = divmod(step, steps_per_epoch)
     order = epoch_order(seed, epoch, len(samples))
     chosen = [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
@@ -197,6 +198,80 @@ def training_facts(plan: Plan, side: str, model, *, step: int, optimizer: str, s
     }
 
 
+def _loss_hook(step: int, loss):
+    """The step's loss, as computed. Tests replace this to make a loss diverge at a step."""
+    return loss
+
+
+@dataclass
+class TrainingData:
+    """What one side trains on, cached once: latents (and flipped copies), SDXL's size
+    conditions per latent, the epoch's items and the prompts they are conditioned on."""
+
+    latents: list
+    flipped: list | None
+    time_ids: list
+    items: list[TrainingItem]
+    prompts: list[str]
+
+
+def training_data(model, plan: Plan, side: str, log: Log) -> TrainingData:
+    """The teacher pictures of ``side`` encoded once (and the [reg] class pictures, if any)."""
+    from engine.project.images import picture_warnings
+    from engine.train.teacher import cache_teacher_latents
+
+    sp = plan.side(side)
+    p = sp.params
+    for info, bucket in zip(sp.images, sp.buckets):
+        for warning in picture_warnings(info, bucket, f"{side}.folder"):
+            log(f"warning: {warning}")
+    images = [i.path for i in sp.images]
+    cache = cache_teacher_latents(model.vae, images, list(sp.buckets), flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed)
+    data = TrainingData(
+        latents=list(cache.latents),
+        flipped=list(cache.flipped) if cache.flipped is not None else None,
+        time_ids=_size_conditions(cache, sp.buckets),
+        items=[TrainingItem(i, 0, 1.0, sp.buckets[i]) for i in range(len(images)) for _ in range(sp.repeats)],
+        prompts=[""],
+    )
+    if plan.project.reg is not None:
+        _add_class_items(data, model, plan, side)
+    return data
+
+
+def _size_conditions(cached, buckets) -> list:
+    """SDXL's time ids per latent: original (h, w), crop (top, left), bucket (h, w); a flipped
+    latent keeps its crop (the default centre crop is symmetric)."""
+    from engine.train.conditioning import sdxl_time_ids
+
+    return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
+
+
+def _add_class_items(data: TrainingData, model, plan: Plan, side: str) -> None:
+    """[reg]: the class pictures, encoded, each teacher item paired with one class item per
+    epoch (as sd-scripts pairs them), conditioned on the class prompt."""
+    from engine.project.images import image_files, read_image_info
+    from engine.project.plan import bucket_size
+    from engine.train.teacher import cache_teacher_latents
+
+    project, p = plan.project, plan.side(side).params
+    reg = project.reg
+    data.prompts = [reg.instance_prompt, reg.class_prompt]
+    reg_paths = image_files(project.root / reg.folder)
+    if not reg_paths:
+        raise TrainingError(f"[reg] asks for class images but {project.root / reg.folder} has none")
+    sizes = [read_image_info(path, decode=False) for path in reg_paths]
+    reg_buckets = [bucket_size(info.width, info.height, p.resolution) for info in sizes]
+    reg_cache = cache_teacher_latents(model.vae, reg_paths, reg_buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed + 10_000)
+    offset = len(data.latents)
+    data.latents += reg_cache.latents
+    data.time_ids += _size_conditions(reg_cache, reg_buckets)
+    if data.flipped is not None:
+        data.flipped += reg_cache.flipped
+    teachers = len(data.items)
+    data.items += [TrainingItem(offset + k % len(reg_paths), 1, reg.prior_loss_weight, reg_buckets[k % len(reg_paths)]) for k in range(teachers)]
+
+
 def rescue_folder() -> Path:
     """Where a finished training's LoRA goes when its output folder cannot take it."""
     from engine.models.tiny import cache_root
@@ -244,7 +319,6 @@ def train(
     on_start: Callable[[int, int], None] | None = None,
     log: Log = print,
     model=None,
-    _fail_at_step: int | None = None,
 ) -> TrainResult:
     """Train one side's LoRA. ``resume``: continue from the newest valid state in the run
     folder (else start fresh and drop old states). ``should_stop`` is polled every step: when
@@ -252,7 +326,7 @@ def train(
     for a state + LoRA write at the next step, ``sample_requested`` for a preview (as
     ``sample_every_n_steps`` makes them). ``on_start(step, total)`` is called once the
     starting step is known (0, or where a resumed run continues). ``model`` reuses an already
-    loaded base model. ``_fail_at_step`` injects a NaN loss (tests)."""
+    loaded base model."""
     import torch
     from diffusers.optimization import get_scheduler
 
@@ -261,7 +335,6 @@ def train(
     from engine.lora.network import LoRANetwork
     from engine.models.loading import load_base_model
     from engine.train.optim import build_optimizer
-    from engine.train.teacher import cache_teacher_latents
 
     side = side.lower()
     sp: SidePlan = plan.side(side)
@@ -285,44 +358,10 @@ def train(
     scheduler = model.noise_scheduler
 
     # ---- cached latents (once per image) and text embeddings (once per prompt)
-    from engine.project.images import image_files
-    from engine.train.conditioning import added_conditions, encode_text, sdxl_time_ids
+    from engine.train.conditioning import added_conditions, encode_text
 
-    def size_conditions(cached, buckets):  # SDXL's time ids per latent: original (h, w), crop (top, left), bucket (h, w);
-        # a flipped latent keeps its crop (the default centre crop is symmetric)
-        return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
-
-    from engine.project.images import picture_warnings
-
-    for info, bucket in zip(sp.images, sp.buckets):
-        for warning in picture_warnings(info, bucket, f"{side}.folder"):
-            log(f"warning: {warning}")
-    images = [i.path for i in sp.images]
-    cache = cache_teacher_latents(model.vae, images, list(sp.buckets), flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed)
-    latents = list(cache.latents)
-    time_ids = size_conditions(cache, sp.buckets)
-    flipped = list(cache.flipped) if cache.flipped is not None else None
-    samples = [Sample(i, 0, 1.0, sp.buckets[i]) for i in range(len(images)) for _ in range(sp.repeats)]
-    prompts = [""]
-    reg = project.reg
-    if reg is not None:
-        from engine.project.images import read_image_info
-        from engine.project.plan import bucket_size
-
-        prompts = [reg.instance_prompt, reg.class_prompt]
-        reg_paths = image_files(project.root / reg.folder)
-        if not reg_paths:
-            raise TrainingError(f"[reg] asks for class images but {project.root / reg.folder} has none")
-        reg_buckets = [bucket_size(*(lambda i: (i.width, i.height))(read_image_info(r, decode=False)), p.resolution) for r in reg_paths]
-        reg_cache = cache_teacher_latents(model.vae, reg_paths, reg_buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed + 10_000)
-        offset = len(latents)
-        latents += reg_cache.latents
-        time_ids += size_conditions(reg_cache, reg_buckets)
-        if flipped is not None:
-            flipped += reg_cache.flipped
-        # sd-scripts pairs each teacher sample with one class sample per epoch.
-        teacher_count = len(samples)
-        samples += [Sample(offset + k % len(reg_paths), 1, reg.prior_loss_weight, reg_buckets[k % len(reg_paths)]) for k in range(teacher_count)]
+    data = training_data(model, plan, side, log)
+    latents, flipped, time_ids, samples, prompts = data.latents, data.flipped, data.time_ids, data.items, data.prompts
     train_text = not p.network_train_unet_only
     text_cache = None if train_text else [encode_text(model, prompt, p.clip_skip) for prompt in prompts]
     model.vae.to("cpu")  # not needed again: give its memory to training
@@ -355,7 +394,10 @@ def train(
         num_cycles=p.lr_scheduler_num_cycles,
         power=p.lr_scheduler_power,
     )
-    grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    # Set up once, so the step has no precision branches: a disabled scaler and autocast pass through.
+    grad_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    amp = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=autocast_dtype or torch.float32,
+                         enabled=autocast_dtype is not None)
     generator = torch.Generator().manual_seed(p.seed)
 
     # ---- resume
@@ -368,7 +410,7 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             lr_schedule.load_state_dict(state["scheduler"])
             generator.set_state(state["rng"]["generator"])
-            if grad_scaler is not None and state.get("grad_scaler"):
+            if state.get("grad_scaler"):
                 grad_scaler.load_state_dict(state["grad_scaler"])
             start = int(state["step"])
             log(f"resuming {side.upper()} from step {start} of {sp.total_steps}")
@@ -389,7 +431,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": lr_schedule.state_dict(),
                 "rng": {"generator": generator.get_state()},
-                "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
+                "grad_scaler": grad_scaler.state_dict(),
             },
         )
 
@@ -449,15 +491,13 @@ def train(
             cond = torch.cat([t.hidden for t in texts])
             added = added_conditions(texts, [time_ids[s.latent_index] for s in batch], device=device, dtype=weight_dtype)  # SDXL only
 
-            autocast_device = "cuda" if device.startswith("cuda") else "cpu"
-            with torch.autocast(device_type=autocast_device, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with amp:
                 pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype), added_cond_kwargs=added).sample
             loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
             if p.min_snr_gamma:
                 loss = loss * min_snr_weights(timesteps, scheduler, p.min_snr_gamma, v_prediction)
             loss = (loss * torch.tensor([s.weight for s in batch], device=loss.device)).mean()
-            if _fail_at_step is not None and step == _fail_at_step:
-                loss = loss * float("nan")
+            loss = _loss_hook(step, loss)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 states = list_states(run_dir)
@@ -469,18 +509,12 @@ def train(
                     "and nothing else was written"
                 )
 
-            if grad_scaler is not None:
-                grad_scaler.scale(loss).backward()
-                grad_scaler.unscale_(optimizer)
-            else:
-                loss.backward()
+            grad_scaler.scale(loss).backward()
+            grad_scaler.unscale_(optimizer)
             if p.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
-            if grad_scaler is not None:
-                grad_scaler.step(optimizer)
-                grad_scaler.update()
-            else:
-                optimizer.step()
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
