@@ -12,10 +12,10 @@ torch.
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
@@ -78,8 +78,9 @@ class CopyloraApp(App[int]):
         """Read the queue in a thread, unless the last read is still going (a busy database
         must not pile up readers)."""
         if self._reader.begin():
-            self.run_worker(self._read_queue, thread=True, group="poll", exit_on_error=False)
+            self._read_queue()
 
+    @work(thread=True, group="poll", exit_on_error=False)
     def _read_queue(self) -> None:
         try:
             snapshot = read_snapshot(self._reader.queue())
@@ -95,8 +96,9 @@ class CopyloraApp(App[int]):
     def queue_command(self, command: Callable, *, done: Callable[[str], None] | None = None) -> None:
         """Run ``command(queue) -> message`` in a thread with its own connection; show the
         message (or the QueueError's) and poll at once so the screen shows the change."""
-        self.run_worker(partial(self._run_command, command, done), thread=True, group="command", exit_on_error=False)
+        self._run_command(command, done)
 
+    @work(thread=True, group="command", exit_on_error=False)
     def _run_command(self, command: Callable, done: Callable[[str], None] | None) -> None:
         from engine.errors import CopyloraError
         from engine.jobs.queue import Queue

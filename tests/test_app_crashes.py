@@ -65,7 +65,9 @@ async def test_unfolded_section_shows_problems_before_its_fields_compose(tmp_pat
     app = CopyloraApp(folder.parent)
     async with app.run_test(size=(100, 30)) as pilot:
         app.action_open_project(folder)
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and app.screen.fields)
+        # the form is read in a thread, then mounted: wait for its folded sections
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and app.screen.query("#section-sample"))
+        await pilot.pause(0.5)
         screen = app.screen
         from engine.errors import Problem
 

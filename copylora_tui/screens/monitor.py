@@ -11,6 +11,7 @@ pane sits beside the log, and is hidden on narrow terminals (o still reports its
 from __future__ import annotations
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -210,8 +211,9 @@ class MonitorScreen(ActsWhileOpen, Screen):
         if self._reader is None:
             self._reader = QueueReader(self.app.home)
         if self._reader.begin():
-            self.run_worker(self._read_history, thread=True, group="monitor-history", exit_on_error=False)
+            self._read_history()
 
+    @work(thread=True, group="monitor-history", exit_on_error=False)
     def _read_history(self) -> None:
         try:
             queue = self._reader.queue()

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.markup import escape
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -60,21 +61,17 @@ class ProjectScreen(ActsWhileOpen, Screen):
         self._generation = 0
         self._check_timer = None
         self._warned_unsaved = False
+        self.loaded = False  # the load thread has answered (project or problems)
 
     # ------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
-        try:
-            self.project = load_project(self.folder)
-        except ValidationError as exc:
-            self.load_problems = exc.problems
         with Horizontal(id="project-body"):
             with VerticalScroll(id="form"):
-                if self.project is None:
-                    yield Static(self._load_problem_text(), id="load-problems")
-                else:
-                    yield from self._form(self.project)
+                # The project is read in a thread (load): validation decodes every picture and
+                # opens the base model's header, which takes seconds on big files.
+                yield Static(Text(f"reading {self.folder.name}/copylora.toml …", style="dim"), id="form-loading")
             with VerticalScroll(id="side"):
                 yield Static("", id="project-status")
                 yield Static("", id="plan", classes="panel")
@@ -136,13 +133,43 @@ class ProjectScreen(ActsWhileOpen, Screen):
         self.sub_title = self.folder.name
         self.title = "Project"
         self.watch(self.app, "snapshot", self.show_snapshot)
-        if self.project is not None:
-            self.checked = self.project
-            self.show_plan(self.project)
-            self.show_images(self.project)
-            self.update_status()
-        else:
-            self.query_one("#project-status", Static).update(Text(f"{len(self.load_problems)} problem(s): not loadable", style="bold red"))
+        self.load()
+
+    @work(thread=True, exclusive=True, group="project-load", exit_on_error=False)
+    def load(self, refresh: bool = False) -> None:
+        """Read, validate and plan the project, and read its pictures' sizes, off the UI thread;
+        ``refresh``: after a save, keep the form and update the rest."""
+        try:
+            project, problems = load_project(self.folder), []
+        except ValidationError as exc:
+            project, problems = None, exc.problems
+        except Exception as exc:  # an unreadable folder, a bug: said on the screen, not lost in the thread
+            project, problems = None, [Problem(str(self.folder), f"cannot read it ({type(exc).__name__}: {exc})")]
+        plan = pictures = None
+        if project is not None:
+            plan = _plan_text(project)
+            pictures = picture_list(project)
+        self.app.call_from_thread(self._loaded, project, problems, plan, pictures, refresh)
+
+    @while_open
+    def _loaded(self, project: Project | None, problems: list[Problem], plan: Text | None, pictures: list | None, refresh: bool) -> None:
+        self.project, self.load_problems, self.loaded = project, problems, True
+        self.checked = project
+        if not refresh:
+            box = self.query_one("#form", VerticalScroll)
+            self.query_one("#form-loading").remove()
+            if project is None:
+                box.mount(Static(self._load_problem_text(), id="load-problems"))
+            else:
+                box.mount_all(list(self._form(project)))
+            self.query_one("#project-preview", PreviewPane).retarget()
+        if project is None:
+            self.query_one("#project-status", Static).update(Text(f"{len(problems)} problem(s): not loadable", style="bold red"))
+            return
+        if plan is not None:
+            self.query_one("#plan", Static).update(plan)
+        self.show_images(pictures or [])
+        self.update_status()
 
     # ------------------------------------------------------------------ editing
 
@@ -182,13 +209,12 @@ class ProjectScreen(ActsWhileOpen, Screen):
             self.show_project_problems([])
             return
         self._generation += 1
-        generation = self._generation
-        candidate = self.edited_project()
-        self.run_worker(lambda: self._check(candidate, generation), thread=True, group="check", exit_on_error=False)
+        self._check(self.edited_project(), self._generation)
 
+    @work(thread=True, exclusive=True, group="project-check", exit_on_error=False)
     def _check(self, candidate: Project, generation: int) -> None:
         checked, problems = form.validate(candidate)
-        plan_text = plan_summary(checked) if checked is not None else None
+        plan_text = _plan_text(checked) if checked is not None else None
         self.app.call_from_thread(self._checked, generation, checked, problems, plan_text)
 
     @while_open
@@ -232,42 +258,28 @@ class ProjectScreen(ActsWhileOpen, Screen):
     # ------------------------------------------------------------------ side panel
 
     @while_open
-    def show_plan(self, project: Project) -> None:
-        try:
-            self.query_one("#plan", Static).update(plan_summary(project))
-        except (OSError, ValueError) as exc:
-            self.query_one("#plan", Static).update(Text(f"no plan: {exc}", style="red"))
-
-    @while_open
-    def show_images(self, project: Project) -> None:
-        from engine.project.images import image_files, read_image_info
-
+    def show_images(self, pictures: list[tuple[str, Path | None]]) -> None:
+        """The teacher pictures' captions (read by :func:`picture_list` in the load thread)
+        and, where the terminal draws pictures, the pictures."""
         box = self.query_one("#images", Vertical)
         box.remove_children()
         widgets = [Static("teacher pictures", classes="panel-title")]
-        for side in ("a", "b"):
-            folder = project.side_folder(side)
-            files = image_files(folder) if folder.is_dir() else []
-            if not files:
-                widgets.append(Static(Text(f"{side.upper()}: no picture in {project.side(side).folder}/", style="red")))
+        for caption, path in pictures:
+            if path is None:
+                widgets.append(Static(Text(caption, style="red")))
                 continue
-            for path in files[:2]:
-                try:
-                    info = read_image_info(path, decode=False)
-                    size = f"{info.width}×{info.height}"
-                except ValueError as exc:
-                    size = f"unreadable ({exc})"
-                rel = path.relative_to(project.root) if path.is_relative_to(project.root) else path
-                widgets.append(Static(f"{side.upper()}: {rel}  {size}", classes="image-caption"))
-                picture = teacher_images.image_widget(path, classes="teacher-image")
-                if picture is not None:
-                    widgets.append(picture)
+            widgets.append(Static(caption, classes="image-caption"))
+            picture = teacher_images.image_widget(path, classes="teacher-image")
+            if picture is not None:
+                widgets.append(picture)
         box.mount_all(widgets)
 
     def _preview_target(self):
-        """Any preview of the project (called in the pane's thread)."""
+        """Any preview of the project (called in the pane's thread); None until it is read."""
         from copylora_tui.core.previews import project_target
 
+        if not self.loaded:
+            return None
         if self.project is None:
             return "no preview: copylora.toml does not load"
         return project_target(self.project)
@@ -284,6 +296,9 @@ class ProjectScreen(ActsWhileOpen, Screen):
     # ------------------------------------------------------------------ actions
 
     def action_save(self) -> None:
+        if not self.loaded:
+            self.notify("still reading the project", severity="warning")
+            return
         if self.project is None:
             self.notify("this project cannot be loaded; fix copylora.toml in an editor", severity="error")
             return
@@ -300,9 +315,9 @@ class ProjectScreen(ActsWhileOpen, Screen):
             self.show_project_problems(exc.problems)
             self.notify(f"not saved: {exc.problems[0]}" + (f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""), severity="error")
             return
-        self.project = load_project(self.folder)
+        self.project = self.edited_project()  # what was saved (the reload below replaces it)
         self.show_project_problems([])
-        self.show_plan(self.project)
+        self.load(refresh=True)  # the plan, the pictures, the checked project, in the load thread
         self.query_one("#project-preview", PreviewPane).retarget()  # output_dir may have changed
         self.notify(f"saved {self.folder.name}/copylora.toml")
 
@@ -338,6 +353,37 @@ class ProjectScreen(ActsWhileOpen, Screen):
             self.notify("unsaved changes: ctrl+s saves them, esc again leaves without saving", severity="warning")
             return
         self.app.close_screen(self)
+
+
+def _plan_text(project: Project) -> Text:
+    """The plan, or why there is none (an image vanished between the check and the plan)."""
+    try:
+        return plan_summary(project)
+    except (OSError, ValueError) as exc:
+        return Text(f"no plan: {exc}", style="red")
+
+
+def picture_list(project: Project) -> list[tuple[str, Path | None]]:
+    """(caption, path) of the first two teacher pictures of each side, sizes read from their
+    headers; (problem, None) for a side without pictures. Called in a thread."""
+    from engine.project.images import image_files, read_image_info
+
+    pictures: list[tuple[str, Path | None]] = []
+    for side in ("a", "b"):
+        folder = project.side_folder(side)
+        files = image_files(folder) if folder.is_dir() else []
+        if not files:
+            pictures.append((f"{side.upper()}: no picture in {project.side(side).folder}/", None))
+            continue
+        for path in files[:2]:
+            try:
+                info = read_image_info(path, decode=False)
+                size = f"{info.width}×{info.height}"
+            except ValueError as exc:
+                size = f"unreadable ({exc})"
+            rel = path.relative_to(project.root) if path.is_relative_to(project.root) else path
+            pictures.append((f"{side.upper()}: {rel}  {size}", path))
+    return pictures
 
 
 def plan_summary(project: Project) -> Text:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -126,9 +127,9 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         if select is not None:
             self._select_after_scan = select
         self._generation += 1
-        generation = self._generation
-        self.run_worker(lambda: self._scan(generation), thread=True, group="scan", exit_on_error=False)
+        self._scan(self._generation)
 
+    @work(thread=True, exclusive=True, group="projects-scan", exit_on_error=False)
     def _scan(self, generation: int) -> None:
         summaries = scan_projects(self.app.projects_dir)
         self.app.call_from_thread(self._show_scan, generation, summaries)

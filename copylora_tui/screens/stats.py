@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -53,11 +54,26 @@ class StatsScreen(ActsWhileOpen, Screen):
     def on_mount(self) -> None:
         self.title = "Merge stats"
         self.sub_title = self.stats_path.name
+        self.query_one("#stats-summary", Static).update(Text(f"reading {self.stats_path.name} …", style="dim"))
+        self.load()
+
+    @work(thread=True, exclusive=True, group="stats-load", exit_on_error=False)
+    def load(self) -> None:
+        """Read and check the statistics (an SDXL merge's file holds a thousand modules)."""
         try:
-            self.document = load_stats(self.stats_path)
+            document, problem = load_stats(self.stats_path), None
         except ValidationError as exc:
-            self.show_problem(str(exc.problems[0]))
+            document, problem = None, str(exc.problems[0])
+        except Exception as exc:  # said on the screen, not lost in the thread
+            document, problem = None, f"{self.stats_path}: cannot read it ({type(exc).__name__}: {exc})"
+        self.app.call_from_thread(self._loaded, document, problem)
+
+    @while_open
+    def _loaded(self, document: dict | None, problem: str | None) -> None:
+        if problem is not None:
+            self.show_problem(problem)
             return
+        self.document = document
         try:
             self.show_summary()
             self.show_blocks()

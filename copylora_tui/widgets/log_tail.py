@@ -14,6 +14,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from textual import work
 from textual.message import Message
 from textual.widgets import Log
 from textual.worker import get_current_worker
@@ -43,8 +44,9 @@ class LogTail(Log):
         self._wrapped_at = 0  # the width the shown rows were wrapped to
 
     def on_mount(self) -> None:
-        self.run_worker(self._follow, thread=True, group="log-tail", exit_on_error=False)
+        self._follow()
 
+    @work(thread=True, group="log-tail", exit_on_error=False)
     def _follow(self) -> None:
         worker = get_current_worker()
         follower = LogFollower(self.path)

@@ -105,6 +105,8 @@ class ParamField(Vertical):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
+        if event.value == self.text:
+            return  # an input says "changed" when it mounts with its value: nothing was edited
         self._changed(event.value)
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from rich.text import Text
+from textual import work
 from textual.containers import Vertical
 from textual.geometry import Size
 from textual.message import Message
@@ -93,8 +94,9 @@ class PreviewPane(Vertical):
         if self._scanning:
             return  # a slow disk must not pile up listings
         self._scanning = True
-        self.run_worker(self._scan, thread=True, group="preview", exit_on_error=False)
+        self._scan()
 
+    @work(thread=True, group="preview", exit_on_error=False)
     def _scan(self) -> None:
         try:
             if self._target is None:
