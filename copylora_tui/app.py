@@ -33,10 +33,10 @@ class CopyloraApp(App[int]):
     SUB_TITLE = "copy-machine LoRAs"
     CSS_PATH = "app.tcss"
     BINDINGS = [
-        Binding("1", "show_projects", "Projects"),
-        Binding("2", "show_queue", "Queue"),
-        Binding("3", "show_monitor", "Monitor"),
-        Binding("q", "quit", "Quit", show=False),
+        Binding("1", "show_projects", "Projects", id="app.projects"),
+        Binding("2", "show_queue", "Queue", id="app.queue"),
+        Binding("3", "show_monitor", "Monitor", id="app.monitor"),
+        Binding("q", "quit", "Quit", id="app.quit", show=False),
     ]
 
     snapshot: var[QueueSnapshot] = var(QueueSnapshot)
@@ -65,12 +65,23 @@ class CopyloraApp(App[int]):
         return ProjectsScreen()
 
     def on_mount(self) -> None:
+        self.apply_user_keymap()
         self.set_interval(self.poll_s, self.poll)
         self.poll()
         if not self.is_headless:
             from copylora_tui.hangup import watch_for_hangup
 
             watch_for_hangup(self)
+
+    def apply_user_keymap(self) -> None:
+        """The user's keymap file (copylora_tui.core.keymap), if there is one."""
+        from copylora_tui.core.keymap import load_keymap
+
+        keymap, problems = load_keymap()
+        if keymap:
+            self.set_keymap(keymap)
+        for problem in problems:
+            self.notify(problem, title="keymap", severity="warning", timeout=10)
 
     # ------------------------------------------------------------------ polling
 

@@ -16,6 +16,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
+# The app reads a user keymap from ~/.config; tests use the default keys unless they say otherwise.
+os.environ.setdefault("COPYLORA_KEYMAP", os.path.join(tempfile.gettempdir(), "copylora-tests-no-keymap.toml"))
+
 # The tiny model is built once per test session into a private cache, never into the user's
 # ~/.cache (tests must not depend on, or disturb, what a previous run left there).
 os.environ.setdefault("COPYLORA_CACHE", tempfile.mkdtemp(prefix="copylora-test-cache-"))

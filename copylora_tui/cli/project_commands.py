@@ -31,6 +31,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print the plan as JSON")
     check.set_defaults(func=cmd_check)
 
+    keymap = commands.add_parser(
+        "keymap",
+        help="print the app's key bindings as a keymap file to edit",
+        description="Print every key binding of the app (id, keys, screen) as a keymap.toml to start from; "
+                    "the app reads it from ~/.config/copylora/keymap.toml ($COPYLORA_KEYMAP for another file).",
+    )
+    keymap.set_defaults(func=cmd_keymap)
+
     imp = commands.add_parser(
         "import-kohya",
         help="read kohya_ss / sd-scripts settings into a project's [train]",
@@ -76,6 +84,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print_plan(plan)
         for warning in warnings:  # valid, and it will train; probably not as meant
             print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_keymap(args: argparse.Namespace) -> int:
+    from copylora_tui.core.keymap import default_keymap_text
+
+    print(default_keymap_text(), end="")
     return 0
 
 

@@ -16,9 +16,9 @@ from copylora_tui.screens.guard import ActsWhileOpen, while_open
 
 class ConfirmDeleteScreen(ActsWhileOpen, ModalScreen[str | None]):
     BINDINGS = [
-        Binding("escape,n", "cancel", "Keep it"),
-        Binding("y", "delete", "Delete"),
-        Binding("o", "toggle_outputs", "Also output/"),
+        Binding("escape,n", "cancel", "Keep it", id="delete.keep"),
+        Binding("y", "delete", "Delete", id="delete.delete"),
+        Binding("o", "toggle_outputs", "Also output/", id="delete.outputs"),
     ]
 
     def __init__(self, summary: ProjectSummary) -> None:

@@ -57,15 +57,15 @@ def gpu_of(job: Job | None, gpus: tuple[dict, ...]) -> dict | None:
 
 class MonitorScreen(ActsWhileOpen, Screen):
     BINDINGS = [
-        Binding("escape", "back", "Back"),
-        Binding("c", "cancel", "Cancel"),
-        Binding("p", "pause_resume", "Pause"),
-        Binding("r", "retry", "Retry"),
-        Binding("s", "save_now", "Save"),
-        Binding("v", "sample_now", "Sample"),
-        Binding("o", "open_preview", "Preview"),
+        Binding("escape", "back", "Back", id="monitor.back"),
+        Binding("c", "cancel", "Cancel", id="monitor.cancel"),
+        Binding("p", "pause_resume", "Pause", id="monitor.pause"),
+        Binding("r", "retry", "Retry", id="monitor.retry"),
+        Binding("s", "save_now", "Save", id="monitor.save"),
+        Binding("v", "sample_now", "Sample", id="monitor.sample"),
+        Binding("o", "open_preview", "Preview", id="monitor.preview"),
         # 3 (Monitor) leads to this screen: hidden here so the job's keys fit a 100-column footer
-        Binding("3", "app.show_monitor", "Monitor", show=False),
+        Binding("3", "app.show_monitor", "Monitor", id="app.monitor", show=False),
     ]
     # Below 90 columns the log needs the whole width: the preview pane is hidden (CSS).
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-wide")]

@@ -33,8 +33,8 @@ FIELDS = (
 
 class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
     BINDINGS = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "create", "Create"),
+        Binding("escape", "cancel", "Cancel", id="new.cancel"),
+        Binding("ctrl+s", "create", "Create", id="new.create"),
     ]
 
     def __init__(self, projects_dir: Path) -> None:

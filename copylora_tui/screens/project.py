@@ -39,12 +39,12 @@ LAZY_SECTIONS = ("a", "b", "sample", "reg")
 
 class ProjectScreen(ActsWhileOpen, Screen):
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save"),
-        Binding("ctrl+r", "run", "Run"),
-        Binding("ctrl+t", "stats", "Stats"),
+        Binding("ctrl+s", "save", "Save", id="project.save"),
+        Binding("ctrl+r", "run", "Run", id="project.run"),
+        Binding("ctrl+t", "stats", "Stats", id="project.stats"),
         # ctrl: a plain letter would be typed into the focused field
-        Binding("ctrl+o", "open_preview", "Preview"),
-        Binding("escape", "back", "Back"),
+        Binding("ctrl+o", "open_preview", "Preview", id="project.preview"),
+        Binding("escape", "back", "Back", id="project.back"),
     ]
 
     def __init__(self, folder: Path) -> None:

@@ -68,15 +68,15 @@ ALL_COLUMNS = ("project", "base", "a", "b", "merge", "last", "size")
 class ProjectsScreen(ActsWhileOpen, Screen):
     TITLE = "Projects"
     BINDINGS = [
-        Binding("n", "new_project", "New"),
-        Binding("o", "open_project", "Open"),
-        Binding("r", "run_project", "Run"),
-        Binding("d", "delete_project", "Delete"),
-        Binding("s", "open_stats", "Stats"),
-        Binding("f5", "rescan", "Refresh", show=False),
-        Binding("q", "app.quit", "Quit"),
+        Binding("n", "new_project", "New", id="projects.new"),
+        Binding("o", "open_project", "Open", id="projects.open"),
+        Binding("r", "run_project", "Run", id="projects.run"),
+        Binding("d", "delete_project", "Delete", id="projects.delete"),
+        Binding("s", "open_stats", "Stats", id="projects.stats"),
+        Binding("f5", "rescan", "Refresh", id="projects.rescan", show=False),
+        Binding("q", "app.quit", "Quit", id="app.quit"),
         # 1 (Projects) leads here: hidden so that the footer fits 80 columns
-        Binding("1", "app.show_projects", "Projects", show=False),
+        Binding("1", "app.show_projects", "Projects", id="app.projects", show=False),
     ]
 
     def __init__(self) -> None:

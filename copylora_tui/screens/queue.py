@@ -47,16 +47,16 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
 
 class QueueScreen(ActsWhileOpen, Screen):
     BINDINGS = [
-        Binding("enter,m", "monitor", "Monitor"),
-        Binding("c", "cancel", "Cancel"),
-        Binding("r", "retry", "Retry"),
-        Binding("p", "pause_resume", "Pause"),
-        Binding("K,shift+up", "move('up')", "Move", key_display="K/J"),
-        Binding("J,shift+down", "move('down')", "Down", show=False),
-        Binding("w", "start_worker", "Worker"),
-        Binding("escape", "back", "Back", show=False),
+        Binding("enter,m", "monitor", "Monitor", id="queue.monitor"),
+        Binding("c", "cancel", "Cancel", id="queue.cancel"),
+        Binding("r", "retry", "Retry", id="queue.retry"),
+        Binding("p", "pause_resume", "Pause", id="queue.pause"),
+        Binding("K,shift+up", "move('up')", "Move", id="queue.up", key_display="K/J"),
+        Binding("J,shift+down", "move('down')", "Down", id="queue.down", show=False),
+        Binding("w", "start_worker", "Worker", id="queue.worker"),
+        Binding("escape", "back", "Back", id="queue.back", show=False),
         # 2 (Queue) leads here: hidden so that the keys of this screen fit a 100-column footer
-        Binding("2", "app.show_queue", "Queue", show=False),
+        Binding("2", "app.show_queue", "Queue", id="app.queue", show=False),
     ]
 
     def __init__(self) -> None:

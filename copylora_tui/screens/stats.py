@@ -26,11 +26,11 @@ from engine.errors import ValidationError
 
 class StatsScreen(ActsWhileOpen, Screen):
     BINDINGS = [
-        Binding("escape", "back", "Back"),
-        Binding("s", "cycle_sort", "Sort"),
-        Binding("r", "reverse", "Reverse"),
-        Binding("b", "cycle_block", "Block"),
-        Binding("k", "cycle_kind", "Kind"),
+        Binding("escape", "back", "Back", id="stats.back"),
+        Binding("s", "cycle_sort", "Sort", id="stats.sort"),
+        Binding("r", "reverse", "Reverse", id="stats.reverse"),
+        Binding("b", "cycle_block", "Block", id="stats.block"),
+        Binding("k", "cycle_kind", "Kind", id="stats.kind"),
     ]
 
     def __init__(self, stats_path: Path) -> None:
