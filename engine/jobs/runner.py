@@ -116,7 +116,11 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
             f"{100 * writer.write_seconds / max(result.seconds, 1e-9):.2f} % of the run")
     if result.status == "stopped":
         raise Stopped(f"stopped at step {result.step}")
-    return {"lora": str(result.lora_path), "state": str(result.state_path), "steps": result.step}
+    artifacts = {"lora": str(result.lora_path), "state": str(result.state_path), "steps": result.step,
+                 "seconds": round(result.seconds, 2), "optimizer": result.optimizer}
+    if result.vram_peak_mb is not None:
+        artifacts["vram_peak_mb"] = round(result.vram_peak_mb)
+    return artifacts
 
 
 def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
@@ -143,7 +147,7 @@ def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
     lora, stats = save_merge(result, plan.merged_path, merge.save_precision)
     kept = [s.energy_kept for s in result.stats]
     log(f"wrote {lora} in {result.seconds:.2f} s; energy kept: mean {sum(kept) / len(kept):.4f}, min {min(kept):.4f}")
-    return {"lora": str(lora), "stats": str(stats)}
+    return {"lora": str(lora), "stats": str(stats), "seconds": round(result.seconds, 2), "device": result.device}
 
 
 def _images_progress(queue: Queue, job: Job, stop: dict):
@@ -180,10 +184,12 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
                             dtype=torch.float16 if device.startswith("cuda") else torch.float32, device=device)
     out = plan.samples_dir / f"{plan.merged_path.stem}-grid.png"
     log(f"sampling {plan.merged_path.name} at strengths {settings.strengths}, seed {settings.seed}, {settings.steps} steps")
+    started = time.perf_counter()
     path = sample_lora(model, plan.merged_path, settings, out, model_name=project.info.base_model,
                        progress=_images_progress(queue, job, stop))
-    log(f"wrote {path}")
-    return {"grid": str(path)}
+    seconds = time.perf_counter() - started
+    log(f"wrote {path} in {seconds:.1f} s")
+    return {"grid": str(path), "seconds": round(seconds, 2), "device": device}
 
 
 def run_reg(queue: Queue, job: Job, stop: dict) -> dict:

@@ -38,6 +38,7 @@ class MergeResult:
     notes: list[str] = field(default_factory=list)  # said once to the user: ranks capped, module sets differ
     rank: int = 0  # the ranks actually written (new_rank capped by what the inputs hold)
     conv_rank: int | None = None
+    device: str = "cpu"  # where the arithmetic ran
 
 
 def family_of(lora) -> str:
@@ -200,7 +201,7 @@ def merge_loras(
     seconds = time.perf_counter() - started
     metadata = _metadata(family, inputs, new_rank, conv_rank, alpha_out, precision, clamp_quantile, merged, asked)
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in merged.values())
-    return MergeResult(merged, stats, family, metadata, seconds, inputs, notes, new_rank, conv_rank if has_conv else None)
+    return MergeResult(merged, stats, family, metadata, seconds, inputs, notes, new_rank, conv_rank if has_conv else None, device)
 
 
 def module_set_notes(loras: list, paths: list[Path]) -> list[str]:

@@ -41,6 +41,7 @@ class TrainResult:
     seconds: float
     optimizer: str
     final_loss: float | None
+    vram_peak_mb: float | None = None  # torch's peak allocation during the loop (CUDA only)
 
 
 @dataclass(frozen=True)
@@ -540,7 +541,8 @@ def train(
         state_path, lora_path = _final_save(step, write_state, write_lora, sp.lora_path, log)
         seconds = time.time() - started
         log(f"done: {lora_path} ({step} steps in {seconds:.1f} s)")
-        return TrainResult("done", step, sp.total_steps, lora_path, state_path, seconds, optimizer_used, loss_value)
+        vram_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+        return TrainResult("done", step, sp.total_steps, lora_path, state_path, seconds, optimizer_used, loss_value, vram_peak)
     finally:
         # The base model may be reused (tests, the sampler): leave it as it was found.
         network.remove()

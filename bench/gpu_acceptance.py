@@ -1,0 +1,432 @@
+"""The GPU acceptance run: copylora's real job, end to end, on a CUDA machine, in one command.
+
+It builds a full-size random-weight SD1.5 diffusers folder (or takes ``--base`` for a real
+model), makes a project with 600×900 teacher pictures, fp16 and AdamW8bit, and runs it the way a
+user does: ``copylora run --wait`` through the background worker (train A, train B, merge on
+cuda, preview grid). Then it reads back what the queue recorded and writes
+``gpu_acceptance.json`` and ``gpu_acceptance.md`` to ``--out``: it/s per side (whole loop and
+steady state), peak VRAM, the NVML readings the worker sampled, merge and preview seconds, the
+optimizer actually used, and any failure with its log tail. Each phase is recorded as it ends,
+so a failure late in the run keeps what came before.
+
+A GPU box rented for this may have no package registry. The packages torch does not bring are
+listed in WHEELS; fetch them on a machine with one and carry the folder:
+
+    python bench/gpu_acceptance.py --print-download   # the pip download command
+    python bench/gpu_acceptance.py --wheels .whl --out results/   # on the GPU box
+
+``--cpu-smoke`` runs the same code on the built-in tiny model for a few steps on the CPU (the
+test suite runs it, so the script cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Importable module -> the wheel to carry when it is missing (versions this run was tested with).
+# torch, transformers, safetensors, numpy, pillow, nvidia-ml-py, rich come with a CUDA image.
+WHEELS = {
+    "diffusers": "diffusers==0.42.1",
+    "bitsandbytes": "bitsandbytes==0.50.2",
+    "tomli_w": "tomli_w==1.2.0",
+    "importlib_metadata": "importlib_metadata",  # diffusers' declared dependency
+}
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64"]
+
+
+def download_command(python_version: str = "3.12", dest: str = ".whl") -> str:
+    platforms = " ".join(f"--platform {p}" for p in PLATFORMS)
+    return (f"python3 -m pip download --no-deps --only-binary=:all: --python-version {python_version} --implementation cp "
+            f"{platforms} -d {dest} " + " ".join(WHEELS.values()))
+
+
+def install_wheels(folder: Path, site: Path, log) -> list[str]:
+    """Install the missing packages from carried wheels into ``site`` (no registry needed)."""
+    missing = [module for module in WHEELS if importlib.util.find_spec(module) is None]
+    if not missing:
+        return []
+    wheels = sorted(str(w) for w in folder.glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"missing {', '.join(missing)} and no wheels in {folder}; on a machine with a registry run:\n"
+                         f"  {download_command()}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--no-cache-dir", "--upgrade", "--target", str(site), *wheels], check=True)
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    log(f"installed from {folder}: {', '.join(Path(w).name for w in wheels)}")
+    return [Path(w).name for w in wheels]
+
+
+# --------------------------------------------------------------------------- the record
+
+
+class Record:
+    """The results, written to disk after every phase."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.data: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "phases": {}, "runs": []}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def phase(self, name: str, seconds: float, ok: bool, **facts) -> None:
+        self.data["phases"][name] = {"ok": ok, "seconds": round(seconds, 2), **facts}
+        self.save()
+
+    def save(self) -> None:
+        (self.out / "gpu_acceptance.json").write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        (self.out / "gpu_acceptance.md").write_text(markdown(self.data))
+
+
+def log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def run_phase(record: Record, name: str, work, *args, **kwargs):
+    """Run one phase; a failure is recorded with its traceback and does not end the script."""
+    started = time.perf_counter()
+    log(f"--- {name}")
+    try:
+        facts = work(*args, **kwargs) or {}
+    except Exception as exc:  # noqa: BLE001 - the record says what failed; the next phases still run
+        record.phase(name, time.perf_counter() - started, False, error=f"{type(exc).__name__}: {exc}",
+                     traceback=traceback.format_exc()[-3000:])
+        log(f"{name} FAILED: {type(exc).__name__}: {exc}")
+        return None
+    record.phase(name, time.perf_counter() - started, True, **{k: v for k, v in facts.items() if not k.startswith("_")})
+    return facts
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def environment() -> dict:
+    import torch
+
+    facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+             "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        facts.update(device=torch.cuda.get_device_name(0), cuda=torch.version.cuda, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                     multiprocessors=props.multi_processor_count)
+    for package in ("diffusers", "transformers", "bitsandbytes", "safetensors", "huggingface_hub", "pynvml"):
+        try:
+            facts[package] = __import__(package).__version__
+        except Exception as exc:  # noqa: BLE001 - recorded, not fatal
+            facts[package] = f"unavailable ({type(exc).__name__}: {str(exc)[:200]})"
+    try:
+        from engine.jobs.gpu import sample_gpus
+
+        facts["nvml"] = sample_gpus()
+    except Exception as exc:  # noqa: BLE001
+        facts["nvml"] = f"unavailable ({exc})"
+    try:
+        facts["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                         text=True, timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001 - a copied tree may have no .git
+        facts["commit"] = None
+    return facts
+
+
+def teacher_pictures(folder: Path, width: int, height: int) -> tuple[Path, Path]:
+    """A: a colourful picture with shapes; B: the same picture in exact grayscale (the copy-machine pair)."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    picture = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(picture)
+    for y in range(height):  # a vertical sky-to-ground gradient
+        t = y / max(1, height - 1)
+        draw.line([(0, y), (width, y)], fill=(int(40 + 180 * t), int(90 + 60 * (1 - t)), int(220 - 170 * t)))
+    draw.ellipse([width * 0.15, height * 0.1, width * 0.55, height * 0.37], fill=(230, 40, 40))
+    draw.rectangle([width * 0.5, height * 0.45, width * 0.9, height * 0.75], fill=(40, 200, 70))
+    draw.polygon([(width * 0.2, height * 0.9), (width * 0.45, height * 0.55), (width * 0.7, height * 0.9)], fill=(250, 210, 30))
+    a, b = folder / "a.png", folder / "b.png"
+    picture.save(a)
+    picture.convert("L").convert("RGB").save(b)
+    return a, b
+
+
+def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tuple[int, int], steps: int,
+                 precision: str, optimizer: str, sample_steps: int, device: str) -> Path:
+    from engine.project.folder import load_project, save_project
+    from engine.project.scaffold import create_project
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    project = create_project(dest, pictures[0], pictures[1], base_model=base)
+    project = replace(
+        project,
+        train=replace(project.train, resolution=list(size), mixed_precision=precision, optimizer_type=optimizer,
+                      max_train_steps=steps, max_train_epochs=None, save_every_n_steps=0, sample_every_n_steps=0),
+        merge=replace(project.merge, device=device),
+        sample=replace(project.sample, size=list(size), steps=sample_steps, prompts=[""], strengths=[0.0, 1.0]),
+    )
+    save_project(project)
+    load_project(dest)  # the whole check `copylora check` does, base model header included
+    return dest
+
+
+def copylora(*args: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "copylora_tui", *args]
+    log("$ copylora " + " ".join(args))
+    return subprocess.run(command, env=env, timeout=timeout, text=True, capture_output=True)
+
+
+def steady_rate(points: list[dict], skip_fraction: float = 0.25) -> float | None:
+    """Steps per second over the recorded progress points after the first quarter (warm-up:
+    cuDNN autotuning, allocator growth, the first optimizer step)."""
+    points = [p for p in points if p.get("t") is not None]
+    if len(points) < 3:
+        return None
+    first = points[int(len(points) * skip_fraction)]
+    last = points[-1]
+    if last["t"] <= first["t"]:
+        return None
+    return (last["step"] - first["step"]) / (last["t"] - first["t"])
+
+
+def run_project(project: Path, home: Path, *, timeout: float, mode: str) -> dict:
+    """``copylora run --wait`` through the worker, then what the queue recorded of it."""
+    from engine.jobs.queue import Queue
+
+    env = {**os.environ, "COPYLORA_HOME": str(home), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    started = time.time()
+    done = copylora("run", str(project), "--wait", env=env, timeout=timeout)
+    wall = time.time() - started
+    queue = Queue(home)
+    jobs = []
+    try:
+        for job in sorted(queue.jobs(project=str(project.resolve())), key=lambda j: j.id):
+            entry = {"id": job.id, "kind": job.kind, "side": job.side, "status": str(job.status), "error": job.error,
+                     "seconds": round(job.finished_at - job.started_at, 2) if job.finished_at and job.started_at else None,
+                     "artifacts": job.artifacts}
+            if job.kind == "train":
+                points = queue.points(job.id)
+                loop = job.artifacts.get("seconds")
+                entry.update(steps=job.step, it_per_s_reported=job.it_per_s, it_per_s_steady=steady_rate(points),
+                             vram_peak_mb=job.artifacts.get("vram_peak_mb") or job.vram_mb, optimizer=job.artifacts.get("optimizer"),
+                             train_seconds=loop)
+            if str(job.status) != "done":
+                log_file = queue.log_path(job.id)
+                entry["log_tail"] = log_file.read_text(errors="replace").splitlines()[-40:] if log_file.exists() else []
+            jobs.append(entry)
+        samples = [s for s in queue.gpu_history(0, since_s=wall + 60) if s["t"] >= started]
+    finally:
+        queue.close()
+    nvml = {}
+    if samples:
+        nvml = {"samples": len(samples), "name": samples[-1].get("name"),
+                "max_used_mb": max(s["used_mb"] or 0 for s in samples), "total_mb": samples[-1].get("total_mb"),
+                "max_util": max(s["util"] or 0 for s in samples),
+                "mean_util": round(sum(s["util"] or 0 for s in samples) / len(samples), 1),
+                "max_power_w": max(s["power_w"] or 0 for s in samples), "max_temp": max(s["temp"] or 0 for s in samples)}
+    grid = next((j["artifacts"].get("grid") for j in jobs if j["kind"] == "sample" and j["artifacts"]), None)
+    return {"mode": mode, "project": str(project), "exit_code": done.returncode, "wall_seconds": round(wall, 1),
+            "jobs": jobs, "nvml": nvml, "grid": grid, "stdout_tail": done.stdout.splitlines()[-15:],
+            "stderr_tail": done.stderr.splitlines()[-15:]}
+
+
+def profile_steps(project: Path, steps: int, out: Path) -> dict:
+    """One side trained in this process under torch.profiler: where a step's time goes and how
+    many host-device synchronisations it makes (aten::_local_scalar_dense is a tensor read on the host)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+
+    plan = make_plan(load_project(project), max_steps=steps)
+    wait, warmup = max(1, steps // 3), 2
+    active = max(1, steps - wait - warmup - 1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    marks: list[float] = []
+    with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1)) as prof:
+        def on_progress(p) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+            prof.step()
+
+        result = train(plan, "a", resume=False, on_progress=on_progress, log=lambda line: None)
+    # Steps/s outside the profiled window (the profiler slows the steps it records).
+    clean = marks[1:wait + 1]
+    rate = (len(clean) - 1) / (clean[-1] - clean[0]) if len(clean) > 2 else None
+    averages = prof.key_averages()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = averages.table(sort_by=sort, row_limit=25)
+    (out / "step_profile.txt").write_text(table + "\n")
+    syncs = {e.key: e.count for e in averages if e.key in ("aten::_local_scalar_dense", "aten::item", "cudaStreamSynchronize",
+                                                           "cudaDeviceSynchronize", "cudaMemcpyAsync")}
+    return {"steps": result.step, "profiled_steps": active, "it_per_s_unprofiled": rate,
+            "host_reads_per_step": {k: round(v / active, 2) for k, v in syncs.items()}, "optimizer": result.optimizer}
+
+
+def merge_on_both(project: Path) -> dict:
+    """The project's merge on cuda and on the CPU, in this process: seconds of each and how far
+    the two results are apart (sqrt(Σ‖ΔGPU − ΔCPU‖² / Σ‖ΔCPU‖²) over all modules, in fp64)."""
+    import torch
+
+    from engine.lora.weights import lora_delta
+    from engine.merge.svd import merge_loras
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+
+    plan = make_plan(load_project(project))
+    paths = [plan.side("b").lora_path, plan.side("a").lora_path]
+    merge = plan.project.merge
+    results = {}
+    for device in ("cuda", "cpu") if torch.cuda.is_available() else ("cpu",):
+        merge_loras(paths, list(merge.ratios), new_rank=merge.new_rank, device=device)  # warm-up (CUDA context, kernels)
+        results[device] = merge_loras(paths, list(merge.ratios), new_rank=merge.new_rank, device=device)
+    facts = {f"{device}_seconds": round(r.seconds, 3) for device, r in results.items()}
+    if "cuda" in results:
+        num = den = 0.0
+        for name, w in results["cpu"].modules.items():
+            want = lora_delta(*w).double()
+            got = lora_delta(*results["cuda"].modules[name]).double()
+            num += float((got - want).norm() ** 2)
+            den += float(want.norm() ** 2)
+        facts["cuda_vs_cpu_rel_error"] = (num / den) ** 0.5 if den else None
+    facts["modules"] = len(results["cpu"].modules)
+    return facts
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(data: dict) -> str:
+    env = data.get("phases", {}).get("environment", {})
+    lines = ["# GPU acceptance run", "", f"Started {data.get('started')}; device: {env.get('device', 'no CUDA device')}; "
+             f"torch {env.get('torch')}, CUDA {env.get('cuda')}, diffusers {env.get('diffusers')}, bitsandbytes {env.get('bitsandbytes')}.",
+             "", f"Command: `{data.get('command', '')}`", "", "| phase | ok | seconds | note |", "|---|---|---:|---|"]
+    for name, phase in data.get("phases", {}).items():
+        note = phase.get("error") or ", ".join(f"{k}={v}" for k, v in phase.items()
+                                              if k in ("base", "steps", "size", "it_per_s_unprofiled", "host_reads_per_step", "cuda_seconds",
+                                                        "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device"))
+        lines.append(f"| {name} | {'yes' if phase['ok'] else '**no**'} | {phase['seconds']} | {note} |")
+    for run in data.get("runs", []):
+        lines += ["", f"## {run['mode']}: `copylora run --wait` (exit {run['exit_code']}, {run['wall_seconds']} s wall)", "",
+                  "| job | status | job seconds | steps | it/s (steady) | it/s (trainer) | peak VRAM (torch) | optimizer / device |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for job in run["jobs"]:
+            what = f"{job['kind']} {job['side'] or ''}".strip()
+            rate = f"{job['it_per_s_steady']:.2f}" if job.get("it_per_s_steady") else ""
+            reported = f"{job['it_per_s_reported']:.2f}" if job.get("it_per_s_reported") else ""
+            vram = f"{job['vram_peak_mb'] / 1024:.2f} GiB" if job.get("vram_peak_mb") else ""
+            used = job.get("optimizer") or job["artifacts"].get("device", "") if job.get("artifacts") else ""
+            lines.append(f"| #{job['id']} {what} | {job['status']} | {job['seconds']} | {job.get('steps') or ''} | {rate} | "
+                         f"{reported} | {vram} | {used} |")
+        nvml = run.get("nvml") or {}
+        if nvml:
+            lines += ["", f"NVML, as the worker sampled it ({nvml['samples']} samples): {nvml['name']}, max used "
+                      f"{nvml['max_used_mb']:.0f} of {nvml['total_mb']:.0f} MiB, utilisation max {nvml['max_util']} % "
+                      f"(mean {nvml['mean_util']} %), power max {nvml['max_power_w']:.0f} W, temperature max {nvml['max_temp']} °C."]
+        else:
+            lines += ["", "NVML: no samples recorded."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See the module docstring for carrying wheels.")
+    parser.add_argument("--base", help="a real base model (diffusers folder or .safetensors); default: build a random full-size SD1.5")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per side (default 150)")
+    parser.add_argument("--size", default="600x900", help="training and preview size WxH (default 600x900)")
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--optimizer", default="AdamW8bit")
+    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--profile-steps", type=int, default=30, help="steps of the in-process profiled training (0: skip)")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder)")
+    parser.add_argument("--out", default="gpu-acceptance", help="where the JSON, Markdown, grid and profile go")
+    parser.add_argument("--wheels", default=None, help="folder of carried wheels to install the missing packages from")
+    parser.add_argument("--timeout", type=float, default=420, help="seconds allowed for each `copylora run --wait`")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, a few steps, on the CPU: checks the script itself")
+    parser.add_argument("--print-download", action="store_true", help="print the pip command that fetches the wheels to carry")
+    args = parser.parse_args(argv)
+    if args.print_download:
+        print(download_command())
+        return 0
+
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="copylora-accept-")).resolve()
+    out = Path(args.out).resolve()
+    record = Record(out)
+    record.data["command"] = "python bench/gpu_acceptance.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.cpu_smoke:
+        args.size, args.steps, args.sample_steps, args.precision = "64x96", 3, 2, "no"
+        args.profile_steps = min(args.profile_steps, 6)
+        base = "tiny"
+    if args.wheels:
+        run_phase(record, "wheels", lambda: {"installed": install_wheels(Path(args.wheels), work / "site", log)})
+    facts = run_phase(record, "environment", environment) or {}
+    cuda = bool(facts.get("cuda_available"))
+    if not cuda and not args.cpu_smoke:
+        log("no CUDA device: use --cpu-smoke to check the script on a CPU")
+        return 2
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    if not args.cpu_smoke:
+        if args.base:
+            base = str(Path(args.base).resolve())
+        else:
+            from bench.random_model import build_random_sd15
+
+            target = work / "sd15-random"
+            built = run_phase(record, "build random full-size SD1.5", lambda: {"base": str(build_random_sd15(target, device="cuda", log=log))})
+            if built is None:
+                return 1
+            base = str(target)
+    pictures = teacher_pictures(work / "pictures", width, height)
+    device = "cuda" if cuda else "cpu"
+    made = run_phase(record, "project", lambda: {"base": base, "size": f"{width}x{height}", "steps": args.steps, "_dest": make_project(
+        work / "projects" / "accept", pictures, base, size=(width, height), steps=args.steps, precision=args.precision,
+        optimizer=args.optimizer, sample_steps=args.sample_steps, device=device)})
+    if made is None:
+        return 1
+    project = made["_dest"]
+    home = work / "state"
+    ran = run_phase(record, "copylora run (separate A and B)", lambda: {"_run": run_project(project, home, timeout=args.timeout, mode="separate")})
+    if ran:
+        record.data["runs"].append(ran["_run"])
+        record.save()
+        if ran["_run"]["grid"] and Path(ran["_run"]["grid"]).is_file():
+            shutil.copy(ran["_run"]["grid"], out / "preview-grid.png")
+    env = {**os.environ, "COPYLORA_HOME": str(home)}
+    try:
+        copylora("worker", "stop", env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        log("the worker did not stop within 60 s")
+    if ran and all(job["status"] == "done" for job in ran["_run"]["jobs"] if job["kind"] == "train"):
+        run_phase(record, "merge on cuda vs cpu", merge_on_both, project)
+    if args.profile_steps:
+        run_phase(record, "profiled training steps", profile_steps, project, args.profile_steps, out)
+    record.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    record.save()
+    failed = [name for name, phase in record.data["phases"].items() if not phase["ok"]]
+    failed += [f"{run['mode']} job #{job['id']}" for run in record.data["runs"] for job in run["jobs"] if job["status"] != "done"]
+    log(f"results: {out / 'gpu_acceptance.md'}" + (f"; FAILED: {', '.join(failed)}" if failed else "; all phases passed"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

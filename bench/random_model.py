@@ -1,0 +1,95 @@
+"""A full-size SD1.5 diffusers folder with random weights, built from the shipped configs.
+
+Real checkpoints cannot be downloaded on the machines this project is built on, but the
+full-size *shapes* are what GPU memory, speed and the loading code care about. The folder is
+the layout a user's downloaded diffusers model has (model_index.json, unet/, vae/,
+text_encoder/, tokenizer/, scheduler/), written as fp16 safetensors like the published ones.
+
+The tokenizer is a stand-in with CLIP's vocabulary size (49408 tokens, a valid BPE: bytes,
+bytes+</w>, 48894 two-symbol merges, the two specials), since CLIP's own vocabulary files are
+not on these machines either; with random weights the tokens mean nothing anyway.
+
+    python bench/random_model.py /tmp/sd15-random [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+CLIP_VOCAB_SIZE = 49408
+
+
+def stand_in_merges(count: int) -> list[str]:
+    """``count`` distinct two-symbol merges over CLIP's byte alphabet (each makes a new token)."""
+    from engine.models.tiny import byte_symbols
+
+    symbols = byte_symbols()
+    merges = [f"{a} {b}" for a in symbols for b in symbols]
+    if count > len(merges):
+        raise ValueError(f"at most {len(merges)} two-symbol merges")
+    return merges[:count]
+
+
+def stand_in_tokenizer():
+    from transformers import CLIPTokenizer
+
+    from engine.models.tiny import byte_symbols, clip_vocab
+
+    merges = stand_in_merges(CLIP_VOCAB_SIZE - 2 * len(byte_symbols()) - 2)
+    tokenizer = CLIPTokenizer(vocab=clip_vocab(merges), merges=[tuple(m.split()) for m in merges], model_max_length=77)
+    assert len(tokenizer) == CLIP_VOCAB_SIZE, len(tokenizer)
+    return tokenizer
+
+
+def configs_dir(family: str = "sd1") -> Path:
+    import engine.models
+
+    return Path(engine.models.__file__).parent / "configs" / family
+
+
+def build_random_sd15(dest: str | Path, *, device: str = "cpu", seed: int = 0, log=print) -> Path:
+    """Write a random-weight full-size SD1.5 diffusers folder to ``dest`` (fp16 safetensors).
+
+    ``device="cuda"`` draws the random weights on the GPU (seconds instead of a minute)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    dest = Path(dest)
+    cfg = configs_dir("sd1")
+    started = time.perf_counter()
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        parts = {
+            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet")),
+            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder")),
+        }
+    for name, module in parts.items():
+        module.to(torch.float16).save_pretrained(dest / name, safe_serialization=True)
+        log(f"  {name}: {sum(p.numel() for p in module.parameters()) / 1e6:.0f} M parameters")
+        del module
+    parts.clear()
+    stand_in_tokenizer().save_pretrained(dest / "tokenizer")
+    shutil.copytree(cfg / "scheduler", dest / "scheduler", dirs_exist_ok=True)
+    shutil.copy(cfg / "model_index.json", dest / "model_index.json")
+    log(f"random full-size SD1.5 written to {dest} in {time.perf_counter() - started:.1f} s")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dest")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    build_random_sd15(args.dest, device=args.device, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
