@@ -175,7 +175,8 @@ def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tu
         train=replace(project.train, resolution=list(size), mixed_precision=precision, optimizer_type=optimizer,
                       max_train_steps=steps, max_train_epochs=None, save_every_n_steps=0, sample_every_n_steps=0),
         merge=replace(project.merge, device=device),
-        sample=replace(project.sample, size=list(size), steps=sample_steps, prompts=[""], strengths=[0.0, 1.0]),
+        # Pictures are drawn in 8-pixel cells: 600x900 previews at 600x896.
+        sample=replace(project.sample, size=[v - v % 8 for v in size], steps=sample_steps, prompts=[""], strengths=[0.0, 1.0]),
     )
     save_project(project)
     load_project(dest)  # the whole check `copylora check` does, base model header included
@@ -240,6 +241,38 @@ def run_project(project: Path, home: Path, *, timeout: float, mode: str) -> dict
     return {"mode": mode, "project": str(project), "exit_code": done.returncode, "wall_seconds": round(wall, 1),
             "jobs": jobs, "nvml": nvml, "grid": grid, "stdout_tail": done.stdout.splitlines()[-15:],
             "stderr_tail": done.stderr.splitlines()[-15:]}
+
+
+def step_rates(project: Path, steps: int, optimizers: list[str]) -> dict:
+    """Training steps/s in this process, the base model loaded once, for each optimizer: what a
+    step costs without the worker, the job start-up and the model load (first third skipped)."""
+    import torch
+
+    from engine.models.loading import load_base_model
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.trainer import _precision, pick_device, train
+
+    project_ = load_project(project)
+    device = pick_device(None)
+    weight_dtype = _precision(project_.train.mixed_precision, device, lambda line: None)[0]
+    model = load_base_model(project_.base_model_path(), project_.info.model_family, dtype=weight_dtype, device=device)
+    rates = {}
+    for optimizer in optimizers:
+        plan = make_plan(replace(project_, train=replace(project_.train, optimizer_type=optimizer)), max_steps=steps)
+        marks: list[float] = []
+
+        def on_progress(p) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+
+        result = train(plan, "a", model=model, resume=False, on_progress=on_progress, log=lambda line: None)
+        clean = marks[len(marks) // 3:]
+        rate = (len(clean) - 1) / (clean[-1] - clean[0]) if len(clean) > 2 else None
+        rates[optimizer] = {"it_per_s": round(rate, 2) if rate else None, "used": result.optimizer, "steps": result.step,
+                            "vram_peak_mb": round(result.vram_peak_mb) if result.vram_peak_mb else None}
+    return {"rates": rates}
 
 
 def profile_steps(project: Path, steps: int, out: Path) -> dict:
@@ -319,7 +352,7 @@ def markdown(data: dict) -> str:
     for name, phase in data.get("phases", {}).items():
         note = phase.get("error") or ", ".join(f"{k}={v}" for k, v in phase.items()
                                               if k in ("base", "steps", "size", "it_per_s_unprofiled", "host_reads_per_step", "cuda_seconds",
-                                                        "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device"))
+                                                        "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device", "rates"))
         lines.append(f"| {name} | {'yes' if phase['ok'] else '**no**'} | {phase['seconds']} | {note} |")
     for run in data.get("runs", []):
         lines += ["", f"## {run['mode']}: `copylora run --wait` (exit {run['exit_code']}, {run['wall_seconds']} s wall)", "",
@@ -355,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", default="AdamW8bit")
     parser.add_argument("--precision", default="fp16")
     parser.add_argument("--profile-steps", type=int, default=30, help="steps of the in-process profiled training (0: skip)")
+    parser.add_argument("--rate-steps", type=int, default=60, help="steps per optimizer of the in-process step-rate phase (0: skip)")
+    parser.add_argument("--rate-optimizers", default="AdamW8bit,AdamW", help="optimizers the step-rate phase compares")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder)")
     parser.add_argument("--out", default="gpu-acceptance", help="where the JSON, Markdown, grid and profile go")
     parser.add_argument("--wheels", default=None, help="folder of carried wheels to install the missing packages from")
@@ -375,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_smoke:
         args.size, args.steps, args.sample_steps, args.precision = "64x96", 3, 2, "no"
         args.profile_steps = min(args.profile_steps, 6)
+        args.rate_steps = min(args.rate_steps, 6)
         base = "tiny"
     if args.wheels:
         run_phase(record, "wheels", lambda: {"installed": install_wheels(Path(args.wheels), work / "site", log)})
@@ -418,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         log("the worker did not stop within 60 s")
     if ran and all(job["status"] == "done" for job in ran["_run"]["jobs"] if job["kind"] == "train"):
         run_phase(record, "merge on cuda vs cpu", merge_on_both, project)
+    if args.rate_steps:
+        run_phase(record, "step rates in one process", step_rates, project, args.rate_steps, args.rate_optimizers.split(","))
     if args.profile_steps:
         run_phase(record, "profiled training steps", profile_steps, project, args.profile_steps, out)
     record.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

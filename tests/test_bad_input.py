@@ -62,6 +62,17 @@ def test_nan_inf_and_absurd_values_are_validation_errors(tmp_path, capsys):
     assert "Traceback" not in out and "internal error" not in out
 
 
+def test_sample_size_not_a_multiple_of_8_fails_at_check(tmp_path, capsys):
+    """600x900 passed check and failed the preview after both trainings (GPU acceptance run)."""
+    root = copy_example(tmp_path)
+    set_keys(root, "sample", size="[600, 900]")
+    code, out = check(root, capsys)
+    assert code == EXIT_USAGE, out
+    assert "sample.size: 600x900: both sides must be multiples of 8 (pictures are drawn in 8-pixel cells), e.g. 600x896" in out
+    set_keys(root, "sample", size="[600, 896]")
+    assert check(root, capsys)[0] == 0
+
+
 def test_semantic_numbers_finite_and_bounded(tmp_path, capsys):
     root = copy_example(tmp_path)
     set_keys(root, "sample", strengths="[0.0, nan]")

@@ -59,6 +59,10 @@ class LoRAModule(nn.Module):
         if self.multiplier == 0:
             return output  # strength 0 is exactly the base model, not base + 0*delta
         x = args[0]
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast runs both matmuls in its own precision whatever x's dtype: casting x to the
+            # LoRA's fp32 first (and the result back) only added copies, two per module per step.
+            return output + self(x)
         return output + self(x.to(self.lora_down.weight.dtype)).to(output.dtype)
 
     def apply(self) -> None:

@@ -196,6 +196,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
                 problems.append(Problem(f"sample.{key}[{i}]", f"must be a string, got {show(item)}"))
             elif kind is not str:
                 _check_number(item, f"sample.{key}[{i}]", 10.0, problems)
+    _check_sample_size(project.sample.size, problems)
     for name, params in (("train", project.train), *((side, project.side(side)) for side in SIDES)):
         args = params.optimizer_args if isinstance(params, TrainParams) else params.overrides.get("optimizer_args", {})
         for key, value in args.items():
@@ -214,6 +215,18 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.num_class_images == 0:
             _check_image_folder(project.root, project.reg.folder, "reg.folder", problems, decode_images)
+
+
+def _check_sample_size(size: Any, problems: list[Problem]) -> None:
+    """Pictures are drawn in 8-pixel latent cells: a side that is not a multiple of 8 would fail
+    the preview after both trainings (found on the GPU acceptance run, 600x900)."""
+    sides = [size, size] if isinstance(size, int) else size
+    if not (isinstance(sides, list) and len(sides) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides)):
+        return  # the shape is the generic validation's to report
+    if any(v % 8 for v in sides):
+        near = "x".join(str(max(8, v - v % 8)) for v in sides)
+        problems.append(Problem("sample.size", f"{sides[0]}x{sides[1]}: both sides must be multiples of 8 "
+                                f"(pictures are drawn in 8-pixel cells), e.g. {near}"))
 
 
 def _check_number(value: Any, path: str, limit: float, problems: list[Problem]) -> None:

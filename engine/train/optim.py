@@ -25,13 +25,52 @@ def _kwargs(args: dict[str, Any]) -> dict[str, Any]:
 def _bitsandbytes(name: str):
     import bitsandbytes.optim as bnb_optim
 
-    return {
+    cls = {
         "AdamW8bit": bnb_optim.AdamW8bit,
         "PagedAdamW8bit": bnb_optim.PagedAdamW8bit,
         "Lion8bit": bnb_optim.Lion8bit,
         "PagedLion8bit": bnb_optim.PagedLion8bit,
         "SGDNesterov8bit": bnb_optim.SGD8bit,
     }[name]
+    return without_per_tensor_sync(cls)
+
+
+def _no_sync(_tensor) -> None:
+    return None
+
+
+def without_per_tensor_sync(cls):
+    """``cls`` (a bitsandbytes optimizer) minus its device synchronisation after every tensor.
+
+    bitsandbytes' ``Optimizer8bit.step`` calls ``sync_gpu(p)`` after each parameter's update. A
+    LoRA has hundreds of small tensors (384 for rank-8 SD1.5), so a step waited for the GPU 384
+    times and the GPU idled while the host launched the next kernel: on an H100 at 600x900 fp16,
+    4.5 it/s with the GPU 12 % busy (bench/gpu_acceptance.py, docs/BENCHMARKS.md). The updates of
+    a non-paged optimizer are kernels on one CUDA stream, which run in launch order anyway, so
+    the wait changes no number (tests/test_optim_gpu.py compares the weights bit for bit). Paged
+    optimizers move state between host and device asynchronously and keep the sync.
+    """
+    try:
+        import bitsandbytes.optim.optimizer as bnb_module
+    except ImportError:
+        return cls
+    if not hasattr(bnb_module, "sync_gpu"):
+        return cls  # a bitsandbytes without the per-tensor sync: nothing to remove
+
+    class Unsynced(cls):
+        def step(self, closure=None):
+            if getattr(self, "is_paged", False):
+                return super().step(closure)
+            saved = bnb_module.sync_gpu
+            bnb_module.sync_gpu = _no_sync
+            try:
+                return super().step(closure)
+            finally:
+                bnb_module.sync_gpu = saved
+
+    # What logs, metadata and state dicts name is bitsandbytes' own class.
+    Unsynced.__name__, Unsynced.__qualname__, Unsynced.__module__ = cls.__name__, cls.__qualname__, cls.__module__
+    return Unsynced
 
 
 def build_optimizer(param_groups: list[dict], name: str, lr: float, args: dict[str, Any], device: str, log: Callable[[str], None] = print):
