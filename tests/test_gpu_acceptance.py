@@ -1,0 +1,51 @@
+"""The prepared GPU acceptance run cannot rot: its --cpu-smoke mode runs the same phases on
+the tiny model (a real worker, real jobs, the queue read back), here on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+pytest.importorskip("torch")
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_every_phase_and_writes_the_record(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_CACHE": os.environ.get("COPYLORA_CACHE", str(tmp_path / "cache"))}
+    env.pop("COPYLORA_HOME", None)  # the script gives its run a state folder of its own
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--out", str(out), "--work", str(work)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((out / "gpu_acceptance.json").read_text())
+    phases = record["phases"]
+    assert all(phase["ok"] for phase in phases.values()), phases
+    assert {"environment", "project", "copylora run (separate A and B)", "merge on cuda vs cpu", "step rates in one process",
+            "profiled training steps"} <= set(phases)
+    (run,) = record["runs"]
+    assert run["exit_code"] == 0
+    kinds = [(job["kind"], job["side"], job["status"]) for job in run["jobs"]]
+    assert kinds == [("train", "a", "done"), ("train", "b", "done"), ("merge", None, "done"), ("sample", None, "done")]
+    train = run["jobs"][0]
+    assert train["steps"] == 3 and train["optimizer"] == "AdamW (fallback from AdamW8bit)"  # no CUDA: the fallback is said
+    assert train["artifacts"]["seconds"] > 0
+    assert run["jobs"][2]["artifacts"]["device"] == "cpu" and run["jobs"][3]["artifacts"]["seconds"] > 0
+    assert set(phases["step rates in one process"]["rates"]) == {"AdamW8bit", "AdamW"}
+    assert (out / "step_profile.txt").read_text().strip()
+    assert (out / "preview-grid.png").stat().st_size > 0
+    report = (out / "gpu_acceptance.md").read_text()
+    assert "| #1 train a | done |" in report and "| #4 sample | done |" in report
+
+
+def test_print_download_names_every_wheel_to_carry():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--print-download"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for wheel in ("diffusers==", "bitsandbytes==", "tomli_w==", "--only-binary=:all:", "--python-version 3.12"):
+        assert wheel in done.stdout
