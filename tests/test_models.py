@@ -134,6 +134,78 @@ def test_single_file_without_vocabulary_says_what_to_provide(single_file, monkey
     assert "COPYLORA_CLIP_TOKENIZER" in str(info.value) and "config_dir" in str(info.value)
 
 
+def stand_in_hub(tmp_path, monkeypatch, tokenizer):
+    """A Hugging Face hub that serves ``tokenizer``'s files for CLIP's repository; records each call."""
+    from engine.models import loading
+
+    served = tmp_path / "hub"
+    tokenizer.save_pretrained(served)
+    calls = []
+
+    def download(repo_id, filename):
+        calls.append((repo_id, filename))
+        return str(served / filename)
+
+    monkeypatch.setattr(loading, "hub_download", download)
+    monkeypatch.delenv("COPYLORA_CLIP_TOKENIZER", raising=False)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def test_missing_vocabulary_is_downloaded_from_the_hub(tmp_path, monkeypatch):
+    from engine.models.loading import CLIP_REPO, CLIP_TOKENIZER_FILES, find_clip_tokenizer
+
+    tiny_tok = tiny_model.tiny_tokenizer()
+    calls = stand_in_hub(tmp_path, monkeypatch, tiny_tok)
+    tokenizer = find_clip_tokenizer(tmp_path / "no-configs", vocab_size=len(tiny_tok))
+    assert calls == [(CLIP_REPO, name) for name in CLIP_TOKENIZER_FILES]
+    assert tokenizer("a cat").input_ids == tiny_tok("a cat").input_ids
+    second = find_clip_tokenizer(tmp_path / "no-configs", "tokenizer_2", vocab_size=len(tiny_tok))
+    assert second.pad_token == "!"  # SDXL's second tokenizer: the same vocabulary, padded with "!"
+
+
+def test_a_single_file_loads_with_the_downloaded_vocabulary(single_file, tiny, tmp_path, monkeypatch):
+    """The whole path a user takes: a single-file checkpoint, configs with no vocabulary files."""
+    import shutil
+
+    calls = stand_in_hub(tmp_path, monkeypatch, tiny_model.tiny_tokenizer())
+    configs = tmp_path / "configs"
+    shutil.copytree(tiny_model.tiny_model_dir(), configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        (configs / "tokenizer" / name).unlink(missing_ok=True)
+    model = load_base_model(str(single_file), config_dir=configs)
+    assert len(calls) == 4
+    assert model.tokenizers[0]("a cat").input_ids == tiny.tokenizers[0]("a cat").input_ids
+
+
+def test_offline_says_so_and_never_downloads(tmp_path, monkeypatch):
+    from engine.models.loading import find_clip_tokenizer
+
+    calls = stand_in_hub(tmp_path, monkeypatch, tiny_model.tiny_tokenizer())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError) as info:
+        find_clip_tokenizer(tmp_path / "nothing")
+    assert calls == []
+    assert "no download: HF_HUB_OFFLINE is set" in str(info.value) and "COPYLORA_CLIP_TOKENIZER" in str(info.value)
+
+
+def test_a_failed_download_is_one_clear_error(tmp_path, monkeypatch):
+    from engine.models import loading
+
+    stand_in_hub(tmp_path, monkeypatch, tiny_model.tiny_tokenizer())
+
+    def no_network(repo_id, filename):
+        raise OSError("Connection refused\n(more lines of a long traceback)")
+
+    monkeypatch.setattr(loading, "hub_download", no_network)
+    with pytest.raises(ModelError) as info:
+        loading.find_clip_tokenizer(tmp_path / "nothing")
+    message = str(info.value)
+    assert "a download from the Hugging Face hub (openai/clip-vit-large-patch14: OSError: Connection refused)" in message
+    assert "more lines" not in message and "could not download" in message
+
+
 def test_family_override_must_match(single_file):
     with pytest.raises(ModelError, match="sd1 checkpoint, not sdxl"):
         load_base_model(str(single_file), family="sdxl", config_dir=tiny_model.tiny_model_dir())

@@ -1,10 +1,11 @@
 """Base models: load one (tiny, diffusers folder, single-file checkpoint) and know its family.
 
-Everything here works offline. Single-file checkpoints (A1111 style) are converted by
-diffusers with the JSON configs shipped in ``engine/models/configs/``; the one thing not
-shipped is CLIP's BPE vocabulary, found by :func:`find_clip_tokenizer` or asked for in a
-clear error. The family (SD1 / SD2 / SDXL) is read from the weights' key names and shapes,
-so a user never has to say what a checkpoint is unless it is ambiguous (SD2 v vs epsilon).
+Single-file checkpoints (A1111 style) are converted by diffusers with the JSON configs
+shipped in ``engine/models/configs/``; the one thing not shipped is CLIP's BPE vocabulary,
+found locally or downloaded into the Hugging Face cache by :func:`find_clip_tokenizer` (never
+with ``HF_HUB_OFFLINE=1``), or asked for in a clear error; everything else works offline. The
+family (SD1 / SD2 / SDXL) is read from the weights' key names and shapes, so a user never
+has to say what a checkpoint is unless it is ambiguous (SD2 v vs epsilon).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelError
+from engine.errors import ModelError, first_line
 from engine.formats.model_files import _folder_family, detect_family, folder_configs
 
 log = logging.getLogger(__name__)
@@ -198,12 +199,13 @@ def _refused_pickle(path, exc) -> ModelError:
 def find_clip_tokenizer(
     config_dir: str | os.PathLike | None = None, subfolder: str = "tokenizer", vocab_size: int = 49408
 ):
-    """CLIP's tokenizer from local files only, or a :class:`ModelError` saying what to provide.
+    """CLIP's tokenizer, or a :class:`ModelError` saying what to provide.
 
     Looks in: ``config_dir/<subfolder>``; ``$COPYLORA_CLIP_TOKENIZER`` (a folder with
     ``vocab.json`` + ``merges.txt`` or ``tokenizer.json``, or CLIP's own
-    ``bpe_simple_vocab_16e6.txt.gz``); the Hugging Face cache (offline) for
-    ``openai/clip-vit-large-patch14``. SD1, SD2 and SDXL all use this same vocabulary; SD2 and
+    ``bpe_simple_vocab_16e6.txt.gz``); the Hugging Face cache for
+    ``openai/clip-vit-large-patch14``; and last downloads that repository's tokenizer files into
+    the cache (as kohya and A1111 do), unless ``HF_HUB_OFFLINE=1``. SD1, SD2 and SDXL all use this same vocabulary; SD2 and
     SDXL's second tokenizer pad with ``!`` instead of ``<|endoftext|>``. A candidate must
     have ``vocab_size`` tokens (the text encoder's): transformers 5 quietly builds an empty
     tokenizer from a folder without vocabulary files, which would train on garbage.
@@ -229,21 +231,61 @@ def find_clip_tokenizer(
             return tokenizer
         tried.append(f"{where} ({'no vocabulary files' if tokenizer is None else f'{len(tokenizer)} tokens'})")
     try:
-        tokenizer = CLIPTokenizer.from_pretrained("openai/clip-vit-large-patch14", local_files_only=True, **extra)
+        tokenizer = CLIPTokenizer.from_pretrained(CLIP_REPO, local_files_only=True, **extra)
     except Exception:
         tokenizer = None
     if tokenizer is not None and len(tokenizer) == vocab_size:
         return tokenizer
-    tried.append("the Hugging Face cache (openai/clip-vit-large-patch14: not there)")
+    tried.append(f"the Hugging Face cache ({CLIP_REPO}: not there)")
+    if hub_offline():
+        tried.append("no download: HF_HUB_OFFLINE is set")
+    else:
+        try:
+            folder = download_clip_tokenizer()
+            tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, **extra)
+        except Exception as exc:  # no network, a proxy, a hub error: said in the message below
+            tokenizer = None
+            tried.append(f"a download from the Hugging Face hub ({CLIP_REPO}: {type(exc).__name__}: {first_line(exc)[:200]})")
+        else:
+            if len(tokenizer) == vocab_size:
+                return tokenizer
+            tried.append(f"a download from the Hugging Face hub ({CLIP_REPO}: {len(tokenizer)} tokens)")
     raise ModelError(
         f"this checkpoint needs CLIP's tokenizer vocabulary ({vocab_size} tokens: vocab.json + merges.txt), "
-        "which copylora does not ship and cannot download. Provide it with one of: the config_dir "
+        "which copylora does not ship and could not download. Provide it with one of: the config_dir "
         "argument (a diffusers model folder of the same family whose tokenizer/ folder has the "
         f"vocabulary, e.g. a copy of stable-diffusion-v1-5 without weights); or ${CLIP_TOKENIZER_ENV} "
         "set to a folder with vocab.json and merges.txt (the tokenizer/ folder of any SD1.5, SD2 or "
         "SDXL diffusers model, or of openai/clip-vit-large-patch14), or to CLIP's "
         "bpe_simple_vocab_16e6.txt.gz. Looked in: " + "; ".join(tried)
     )
+
+
+# The vocabulary every SD family's CLIP tokenizers use (SDXL's second pads with "!"), fetched
+# the way kohya's sd-scripts and A1111 fetch it: from this repository, into the hub's own cache.
+CLIP_REPO = "openai/clip-vit-large-patch14"
+CLIP_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to a true value, as huggingface_hub reads it."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_download(repo_id: str, filename: str) -> str:
+    """One file from the hub into its cache (a seam the tests replace with a stand-in hub)."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo_id, filename=filename)
+
+
+def download_clip_tokenizer() -> Path:
+    """CLIP's tokenizer files (about 1.7 MB) into the Hugging Face cache; returns their folder."""
+    log.warning("CLIP's tokenizer vocabulary is not on this machine: downloading it from the Hugging Face hub (%s, about 1.7 MB) "
+                "into its cache; set HF_HUB_OFFLINE=1 to never download", CLIP_REPO)
+    paths = [Path(hub_download(CLIP_REPO, name)) for name in CLIP_TOKENIZER_FILES]
+    return paths[0].parent
 
 
 def clip_tokenizer_from_bpe(path: str | os.PathLike, pad_token: str | None = None):
