@@ -158,3 +158,52 @@ def test_run_queues_class_images_then_trainings_then_merge_then_preview(tmp_path
     reg, a, b, merge, preview = (s.job for s in steps)
     assert a.depends_on == [reg.id] and b.depends_on == [reg.id]
     assert merge.depends_on == [a.id, b.id] and preview.depends_on == [merge.id]
+
+
+# --------------------------------------------------------------------------- previews on a CPU
+
+
+def test_cpu_previews_are_scaled_down_and_said(tmp_path):
+    from engine.project.params import SampleParams
+    from engine.train.sample import CPU_MAX_PIXELS, CPU_MAX_STEPS, preview_settings
+
+    full = SampleParams(size=[600, 896], steps=20)
+    settings, note = preview_settings(full, "cpu")
+    width, height = settings.size
+    assert width * height <= CPU_MAX_PIXELS and width % 8 == 0 and height % 8 == 0
+    assert abs(width / height - 600 / 896) < 0.03 and settings.steps == CPU_MAX_STEPS
+    assert note == ("no CUDA: preview drawn at 312x464, 10 steps instead of 600x896, 20 steps "
+                    "(set [sample] cpu_full_size = true to draw it as set)")
+    assert preview_settings(full, "cuda:0") == (SampleSettings.from_params(full), None)  # a GPU draws it as set
+    assert preview_settings(SampleParams(size=[600, 896], steps=20, cpu_full_size=True), "cpu")[1] is None
+    small = SampleParams(size=[128, 192], steps=8)  # the examples' previews: already small
+    assert preview_settings(small, "cpu") == (SampleSettings.from_params(small), None)
+    few_steps = preview_settings(SampleParams(size=[128, 192], steps=30), "cpu")
+    assert few_steps[0].size == [128, 192] and few_steps[0].steps == CPU_MAX_STEPS and "30 steps" in few_steps[1]
+
+
+def test_the_preview_job_on_a_cpu_draws_the_scaled_grid_and_logs_why(lora_file, tmp_path, monkeypatch, capsys):
+    """The queue's preview job (runner.run_sample), as the worker runs it on a machine without CUDA."""
+    import shutil
+
+    from engine.jobs import runner
+    from engine.jobs.queue import Queue
+    from engine.project.folder import load_project, save_project
+    from engine.project.plan import make_plan
+
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    root = copy_example(tmp_path)
+    project = load_project(root)
+    save_project(replace(project, sample=replace(project.sample, size=[400, 600], steps=12)))
+    plan = make_plan(load_project(root))
+    plan.merged_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(lora_file, plan.merged_path)
+    queue = Queue()
+    job = queue.enqueue("sample", str(root), label="preview")
+    artifacts = runner.run_sample(queue, queue.get(job.id), {"asked": False})
+    queue.close()
+    out = capsys.readouterr().out
+    assert "no CUDA: preview drawn at 312x464, 10 steps instead of 400x600, 12 steps" in out
+    record = read_grid_parameters(artifacts["grid"])
+    assert record["settings"]["size"] == [312, 464] and record["settings"]["steps"] == 10
+    assert artifacts["device"] == "cpu" and artifacts["seconds"] > 0

@@ -173,13 +173,15 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
-    from engine.train.sample import SampleSettings, sample_lora
+    from engine.train.sample import preview_settings, sample_lora
     from engine.train.trainer import pick_device
 
     plan = make_plan(load_project(job.project))
     project = plan.project
-    settings = SampleSettings.from_params(project.sample)
     device = pick_device(None)
+    settings, note = preview_settings(project.sample, device)
+    if note:
+        log(note)
     model = load_base_model(project.base_model_path(), project.info.model_family,
                             dtype=torch.float16 if device.startswith("cuda") else torch.float32, device=device)
     out = plan.samples_dir / f"{plan.merged_path.stem}-grid.png"

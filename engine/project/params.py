@@ -206,6 +206,9 @@ class SampleParams:
     size: list = spec("Image size [width, height].", factory=lambda: [512, 768], fixed_or_pair=True)
     strengths: list = spec("LoRA strengths to compare side by side.", factory=lambda: [0.0, 1.0])
     sampler: str = spec("Sampler.", default="euler_a", choices=SAMPLERS)
+    cpu_full_size: bool = spec(
+        "Without CUDA, previews are drawn smaller (at most 384x384 pixels of area) with at most 10 steps, "
+        "since a full-size model takes minutes per picture on a CPU; true draws them as set.", default=False)
 
 
 @dataclass

@@ -10,8 +10,9 @@ A1111's format so image viewers and web UIs show them).
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,31 @@ class SampleSettings:
     def from_params(cls, params) -> "SampleSettings":
         """From a project's [sample] table (engine.project.params.SampleParams)."""
         return cls(**{k: getattr(params, k) for k in cls.__dataclass_fields__})
+
+
+# A full-size SD1.5 preview as set by default (600x900, 20 steps, two strengths) took 17 minutes
+# on a 2-core CPU, 35x the three training steps before it. Without CUDA, project previews are
+# drawn within this area and step count unless [sample] cpu_full_size = true.
+CPU_MAX_PIXELS = 384 * 384
+CPU_MAX_STEPS = 10
+
+
+def preview_settings(params, device: str) -> tuple[SampleSettings, str | None]:
+    """The settings a project's preview uses on ``device``, and a line for the log when they
+    differ from [sample] (``params``: a SampleParams)."""
+    settings = SampleSettings.from_params(params)
+    if str(device).startswith("cuda") or getattr(params, "cpu_full_size", False):
+        return settings, None
+    width, height = settings.size
+    steps = min(settings.steps, CPU_MAX_STEPS)
+    if width * height > CPU_MAX_PIXELS:
+        factor = math.sqrt(CPU_MAX_PIXELS / (width * height))
+        width, height = (max(64, int(side * factor) // 8 * 8) for side in (width, height))
+    if [width, height] == list(settings.size) and steps == settings.steps:
+        return settings, None
+    note = (f"no CUDA: preview drawn at {width}x{height}, {steps} steps instead of "
+            f"{settings.size[0]}x{settings.size[1]}, {settings.steps} steps (set [sample] cpu_full_size = true to draw it as set)")
+    return replace(settings, size=[width, height], steps=steps), note
 
 
 def make_scheduler(name: str, base_scheduler):

@@ -444,12 +444,18 @@ def train(
         metadata["copylora_steps"] = str(step)
         return save_lora_file(path, network.weights(), metadata, p.save_precision)
 
+    preview_noted: list[bool] = []  # the scaled-preview line is said once per run
+
     def write_preview(step: int) -> Path:
         """The LoRA so far at strength 1.0. Sampling forks the RNG and restores the modes, so the
         training that follows is exactly what it would have been without it (tested)."""
-        from engine.train.sample import SampleSettings, sample_with_network
+        from engine.train.sample import preview_settings, sample_with_network
 
-        settings = replace(SampleSettings.from_params(project.sample), strengths=[1.0])
+        settings, note = preview_settings(project.sample, device)
+        if note and not preview_noted:
+            log(note)
+            preview_noted.append(True)
+        settings = replace(settings, strengths=[1.0])
         out = plan.samples_dir / f"{sp.lora_path.stem}-step{step:06d}.png"
         return sample_with_network(model, network, settings, out, model_name=Path(project.info.base_model).name,
                                    title=f"{sp.lora_path.stem} at step {step}", extra={"step": step, "side": side})
