@@ -352,13 +352,92 @@ def test_missing_files_and_bad_destinations(work, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sdxl_single_file_is_refused_clearly(work, tmp_path):
-    fake = tmp_path / "xl.safetensors"
+@pytest.fixture(scope="module")
+def sdxl_single(tmp_path_factory):
+    """tiny-sdxl as an SDXL single file (A1111/ComfyUI key names), and a LoRA on every
+    U-Net, text-encoder-1 and text-encoder-2 module (q/k/v of the fused OpenCLIP attention too)."""
+    from engine.models.ldm_keys import sdxl_single_file_state_dict
+
+    root = tmp_path_factory.mktemp("sdxl-single")
+    single = root / "tiny_sdxl.safetensors"
+    pipe = tiny_model.tiny_sdxl_pipeline()
+    save_file(sdxl_single_file_state_dict(pipe), str(single), metadata={"modelspec.title": "tiny sdxl"})
+    torch.manual_seed(5)
+    network = LoRANetwork(pipe.unet, [pipe.text_encoder, pipe.text_encoder_2], family="sdxl", rank=4, alpha=2.0,
+                          conv_rank=4, conv_alpha=2.0, text_encoder=True)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape) * 0.05)
+    lora = network.save(root / "XL.safetensors", dtype="float")
+    return {"root": root, "single": single, "lora": lora}
+
+
+def test_sdxl_single_file_layout_is_the_inverse_of_diffusers(sdxl_single):
+    """Our SDXL single-file names, read by diffusers' own converter, give tiny-sdxl back exactly."""
+    model = load_base_model(str(sdxl_single["single"]), config_dir=tiny_model.tiny_sdxl_dir())
+    reference = load_base_model("tiny-sdxl")
+    assert model.family == "sdxl"
+    for got, want in [(model.unet, reference.unet), (model.vae, reference.vae),
+                      (model.text_encoders[0], reference.text_encoders[0]), (model.text_encoders[1], reference.text_encoders[1])]:
+        a, b = got.state_dict(), want.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_bake_into_sdxl_single_file_matches_the_folder_bake_bit_for_bit(sdxl_single, tmp_path):
+    single, lora = sdxl_single["single"], sdxl_single["lora"]
+    out = tmp_path / "baked.safetensors"
+    result = bake_lora(str(single), lora, out)
+    assert result.format == "single-file" and result.family == "sdxl"
+    before, after = load_file(str(single)), load_file(str(out))
+    assert set(after) == set(before) and all(after[k].dtype == before[k].dtype for k in before)
+    touched = {m.key.split("[")[0] for m in result.modules}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == touched  # every other tensor copied through bit for bit
+    fused = [m for m in result.modules if m.key.endswith(("[q]", "[k]", "[v]"))]
+    assert fused and all(m.key.startswith("conditioner.embedders.1.model.transformer.resblocks.") for m in fused)
+    assert len(result.modules) == len(load_lora_file(lora).modules)
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.title"] == "tiny sdxl" and "copylora_bake" in meta
+    # The same LoRA baked into the diffusers folder: every weight equal, bit for bit.
+    folder = bake_lora("tiny-sdxl", lora, tmp_path / "baked-folder")
+    from_single = load_base_model(str(out), config_dir=tiny_model.tiny_sdxl_dir())
+    from_folder = load_base_model(str(folder.path))
+    for got, want in [(from_single.unet, from_folder.unet), (from_single.text_encoders[0], from_folder.text_encoders[0]),
+                      (from_single.text_encoders[1], from_folder.text_encoders[1])]:
+        a, b = got.state_dict(), want.state_dict()
+        assert a.keys() == b.keys()
+        assert [k for k in b if not torch.equal(a[k], b[k])] == []
+
+
+def test_sdxl_fused_qkv_deltas_land_in_their_thirds(sdxl_single, tmp_path):
+    """A LoRA on k_proj alone changes only the middle third of in_proj_weight."""
+    from engine.models.ldm_keys import SDXL_OPENCLIP_PREFIX
+
+    full = load_lora_file(sdxl_single["lora"])
+    name = "lora_te2_text_model_encoder_layers_0_self_attn_k_proj"
+    only_k = save_lora_file(tmp_path / "k.safetensors", {name: full.modules[name]}, {"ss_base_model_version": "sdxl_base_v1-0"}, "float")
+    out = bake_lora(str(sdxl_single["single"]), only_k, tmp_path / "k-baked.safetensors")
+    key = SDXL_OPENCLIP_PREFIX + "transformer.resblocks.0.attn.in_proj_weight"
+    before, after = load_file(str(sdxl_single["single"]))[key], load_file(str(out.path))[key]
+    third = before.shape[0] // 3
+    assert torch.equal(before[:third], after[:third]) and torch.equal(before[2 * third:], after[2 * third:])
+    w = full.modules[name]
+    rank = w.down.shape[0]
+    delta = w.up.double() @ w.down.double() * (w.alpha / rank)  # in float64, rounded once, as bake does
+    assert torch.equal(after[third:2 * third], (before[third:2 * third].double() + delta).to(before.dtype))
+    assert float((after[third:2 * third].double() - before[third:2 * third].double() - lora_delta(*w).double()).abs().max()) < 1e-6
+
+
+def test_sd2_single_file_is_refused_clearly(work, tmp_path):
+    fake = tmp_path / "sd2.safetensors"
     save_file({
         "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
-        "conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.zeros(320, 320),
+        "cond_stage_model.model.ln_final.weight": torch.zeros(4),
+        "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(3072, 1024),
     }, str(fake))
-    with pytest.raises(ModelError, match="single-file sdxl checkpoints are not supported yet") as info:
+    with pytest.raises(ModelError, match="single-file sd2") as info:
         bake_lora(str(fake), work["A"], tmp_path / "out.safetensors")
     assert "diffusers folder" in str(info.value)
     assert not (tmp_path / "out.safetensors").exists()

@@ -21,7 +21,7 @@ PRECISIONS = ("float", "fp16", "bf16")
 BAKE_EPILOG = """\
 The baked model has the base's format: a single-file .safetensors stays single-file with its
 original key names (untouched tensors copied bit for bit), a diffusers folder (or 'tiny')
-becomes a new diffusers folder. Single files: SD1 (SD2/SDXL: bake into their diffusers folder).
+becomes a new diffusers folder. Single files: SD1 and SDXL (SD2: bake into its diffusers folder).
 For method 1 bake into fp32 (--save_precision float): fp16 rounding of W + ΔW loses about
 5e-4·|W| per weight, often more than a copy-machine LoRA's whole delta.
 

@@ -4,9 +4,10 @@ Method 1 of the copy-machine workflow bakes LoRA A and LoRA B into the base and 
 LoRA from the difference of the two checkpoints (:mod:`engine.merge.extract`). The baked model is
 written **in the format it was read in**:
 
-* a single-file ``.safetensors`` checkpoint stays one, under its original key names: every
-  tensor the LoRA does not touch is copied through bit for bit (same dtype), the file's
-  metadata is kept (a ``copylora_bake`` entry is added);
+* a single-file ``.safetensors`` checkpoint (SD1 or SDXL) stays one, under its original key
+  names: every tensor the LoRA does not touch is copied through bit for bit (same dtype), the
+  file's metadata is kept (a ``copylora_bake`` entry is added). SDXL's second text encoder
+  stores q, k and v fused in one tensor: each projection's delta goes to its third of the rows;
 * a diffusers folder stays a folder: it is copied and only the weight files holding changed
   tensors are rewritten (every ``*.safetensors`` of the component that holds the key, so
   shards and ``fp16`` variants stay consistent); ``tiny`` bakes into a diffusers folder.
@@ -80,6 +81,7 @@ class _Change:
     weights: object  # engine.lora.weights.LoRAWeights
     key: str  # key inside the file
     label: str  # key as reported
+    part: int | None = None  # a third of a fused q/k/v tensor's rows (OpenCLIP), else None
 
 
 # --------------------------------------------------------------------------- source
@@ -182,7 +184,7 @@ def _few(items: list[str], n: int = 4) -> str:
 # --------------------------------------------------------------------------- planning
 
 
-def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str, dict[Path, dict[str, _Change]]]:
+def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str, dict[Path, dict[str, list[_Change]]]]:
     from engine.formats.model_files import detect_family
     from engine.lora.names import sgm_layout
     from engine.models.ldm_keys import UnsupportedLayout, single_file_key
@@ -199,22 +201,31 @@ def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str
     layout = sgm_layout(components["unet"])
     targets = _module_keys(components, family)
     _check_names(lora, targets, family, lora_name)
-    changes: dict[str, _Change] = {}
+    changes: dict[str, list[_Change]] = {}
     missing, mismatched = [], []
     for name, weights in lora.modules.items():
         component, key, _ = targets[name]
-        original = single_file_key(family, component, key, layout)
+        try:
+            original, part = single_file_key(family, component, key, layout)
+        except UnsupportedLayout as exc:
+            missing.append(f"{name} ({exc})")
+            continue
+        shape = shapes.get(original)
+        if shape is not None and part is not None:
+            shape = (shape[0] // 3, *shape[1:]) if shape[0] % 3 == 0 else None
         if original not in shapes:
             missing.append(f"{name} -> {original}")
-        elif not _fits(_delta_shape(weights), shapes[original]):
-            mismatched.append(f"{name} ({'x'.join(map(str, _delta_shape(weights)))} vs {'x'.join(map(str, shapes[original]))})")
+        elif shape is None or not _fits(_delta_shape(weights), shape):
+            shown = "x".join(map(str, shape or shapes[original]))
+            mismatched.append(f"{name} ({'x'.join(map(str, _delta_shape(weights)))} vs {shown})")
         else:
-            changes[original] = _Change(name, weights, original, original)
+            label = original if part is None else f"{original}[{'qkv'[part]}]"
+            changes.setdefault(original, []).append(_Change(name, weights, original, label, part))
     _raise_problems(path, lora_name, family, missing, mismatched)
     return family, {path: changes}
 
 
-def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, dict[str, _Change]]]:
+def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, dict[str, list[_Change]]]]:
     from engine.formats.model_files import _folder_family
 
     try:
@@ -229,7 +240,7 @@ def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, di
     _check_names(lora, targets, family, lora_name)
 
     headers: dict[str, dict[Path, dict[str, tuple]]] = {}  # component -> file -> key -> shape
-    plan: dict[Path, dict[str, _Change]] = {}
+    plan: dict[Path, dict[str, list[_Change]]] = {}
     missing, mismatched = [], []
     for name, weights in lora.modules.items():
         component, key, _ = targets[name]
@@ -247,7 +258,7 @@ def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, di
             if not _fits(_delta_shape(weights), shapes[hit]):
                 mismatched.append(f"{name} ({'x'.join(map(str, _delta_shape(weights)))} vs {'x'.join(map(str, shapes[hit]))})")
                 break
-            plan.setdefault(file, {})[hit] = _Change(name, weights, hit, f"{component}/{hit}")
+            plan.setdefault(file, {}).setdefault(hit, []).append(_Change(name, weights, hit, f"{component}/{hit}"))
         if not found:
             missing.append(f"{name} -> {component}/{key}")
     _raise_problems(folder, lora_name, family, missing, mismatched)
@@ -293,32 +304,45 @@ def _raise_problems(base: Path, lora_name: str, family: str, missing: list[str],
 # --------------------------------------------------------------------------- writing
 
 
-def _rewrite(src: Path, dst: Path, changes: dict[str, _Change], ratio: float, cast, note: dict,
+def _rewrite(src: Path, dst: Path, changes: dict[str, list[_Change]], ratio: float, cast, note: dict,
              records: list[BakedModule], tick: Callable[[str], None]) -> None:
-    """Copy ``src`` to ``dst`` with the LoRA deltas added to the tensors in ``changes``."""
+    """Copy ``src`` to ``dst`` with the LoRA deltas added to the tensors in ``changes``.
+
+    A tensor's deltas (several for a fused q/k/v tensor, one per third of its rows) are added
+    in float64 and the sum rounded once, so a fused tensor gets bit for bit the values its
+    three separate projections get in a diffusers folder."""
+    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from engine.models.ldm_keys import rows_of
 
     with safe_open(str(src), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for key, change in changes.items():
-        w = change.weights
+    for key, group in changes.items():
         old = tensors[key]
-        rank = w.down.shape[0]
-        delta = (w.up.reshape(w.up.shape[0], rank).double() @ w.down.reshape(rank, -1).double())
-        delta = (delta * (ratio * w.alpha / rank)).reshape(old.shape)
-        exact = old.double() + delta
+        exact = old.to(torch.float64, copy=True)  # a copy even when the file is float64
+        added = []
+        for change in group:
+            w = change.weights
+            rows = rows_of(change.part, old.shape[0])
+            rank = w.down.shape[0]
+            delta = (w.up.reshape(w.up.shape[0], rank).double() @ w.down.reshape(rank, -1).double())
+            delta = (delta * (ratio * w.alpha / rank)).reshape(old[rows].shape)
+            exact[rows] += delta
+            added.append((change, rows, delta))
         dtype = cast if cast is not None and old.is_floating_point() else old.dtype
         new = exact.to(dtype).contiguous()
-        delta_norm = float(delta.norm())
-        lost = float((new.double() - exact).norm())
-        records.append(
-            BakedModule(change.name, change.label, list(old.shape), float(old.double().norm()), delta_norm,
-                        lost / delta_norm if delta_norm > 0 else 0.0)
-        )
+        for change, rows, delta in added:
+            delta_norm = float(delta.norm())
+            lost = float((new[rows].double() - exact[rows]).norm())
+            records.append(
+                BakedModule(change.name, change.label, list(old[rows].shape), float(old[rows].double().norm()), delta_norm,
+                            lost / delta_norm if delta_norm > 0 else 0.0)
+            )
+            tick(change.name)
         tensors[key] = new
-        tick(change.name)
     if cast is not None:
         for key, value in tensors.items():
             if value.is_floating_point() and value.dtype != cast:
@@ -340,7 +364,7 @@ def bake_lora(
     """Write ``base + ratio·LoRA`` to ``save_to`` in the base's own format.
 
     ``base_spec``: ``"tiny"``, a diffusers folder or a single-file ``.safetensors``
-    (SD1; SD2/SDXL single files are refused, their diffusers folders work).
+    (SD1 or SDXL; SD2 single files are refused, their diffusers folders work).
     ``save_precision``: None keeps every tensor's dtype; ``"float"``/``"fp16"``/``"bf16"``
     casts every floating tensor of the written weight files (a folder then has all of its
     weight files rewritten). ``config_dir``: a diffusers folder whose configs name the modules
@@ -381,7 +405,7 @@ def bake_lora(
         "save_precision": save_precision or "same",
     }
     result = BakeResult(save_to, kind, family, ratio)
-    total, done = sum(len(changes) for changes in plan.values()), [0]
+    total, done = sum(len(group) for changes in plan.values() for group in changes.values()), [0]
 
     def tick(name: str) -> None:
         done[0] += 1
