@@ -187,3 +187,45 @@ def test_optional_paths_train(tmp_path, tiny):
     assert losses[0].lr < losses[2].lr  # warm-up
     names = load_lora_file(result.lora_path).modules
     assert any(n.startswith("lora_te_") for n in names) and any(n.startswith("lora_unet_") for n in names)
+
+
+# --------------------------------------------------------------------------- loss reads batched (the CUDA path)
+
+
+def deferred_reads(monkeypatch, every_s: float) -> None:
+    """Run the CUDA policy on the CPU: losses stay tensors and are read in batches."""
+    import engine.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "_defers_loss_reads", lambda device: True)
+    monkeypatch.setattr(trainer, "LOSS_READ_S", every_s)
+
+
+def test_batched_loss_reads_train_exactly_the_same(tmp_path, tiny, monkeypatch):
+    from safetensors.torch import load_file
+
+    plan = make(tmp_path / "each", 12, save_every_n_steps=5)
+    each: list = []
+    first = train(plan, "a", model=tiny, log=quiet, on_progress=each.append)
+    deferred_reads(monkeypatch, every_s=3600.0)  # only when something is written, and at the end
+    plan_b = make(tmp_path / "batched", 12, save_every_n_steps=5)
+    batched: list = []
+    second = train(plan_b, "a", model=tiny, log=quiet, on_progress=batched.append)
+    assert [p.step for p in each] == list(range(1, 13))
+    assert [p.step for p in batched] == [5, 10, 12]  # the checkpoints at 5 and 10, and the end
+    a, b = load_file(str(first.lora_path)), load_file(str(second.lora_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert second.final_loss == first.final_loss
+    assert batched[-1].smooth_loss == each[-1].smooth_loss  # every step's loss reached the curve
+
+
+def test_batched_loss_reads_still_stop_a_diverged_run_before_it_writes(tmp_path, tiny, monkeypatch):
+    from engine.train.checkpoint import list_states
+
+    deferred_reads(monkeypatch, every_s=3600.0)
+    plan = make(tmp_path, 20, save_every_n_steps=5)
+    diverge_at(monkeypatch, 12)
+    with pytest.raises(TrainingError, match="loss became nan at step 13"):
+        train(plan, "a", model=tiny, log=quiet)
+    sp = plan.side("a")
+    assert not sp.lora_path.exists()  # the step-15 checkpoint read the losses first and stopped
+    assert [s.name for s in list_states(sp.run_dir)] == ["state-00000010.pt", "state-00000005.pt"]

@@ -204,6 +204,29 @@ def _loss_hook(step: int, loss):
     return loss
 
 
+# Reading the loss on the host waits for the GPU to finish the step, so the host cannot queue
+# the next step's kernels meanwhile. On CUDA the losses stay on the device and are read
+# together (one wait) at most this often, and always before anything is written, so a
+# checkpoint or LoRA never holds the weights of a diverged step.
+LOSS_READ_S = 0.25
+
+
+def _defers_loss_reads(device: str) -> bool:
+    """Whether the loop reads losses in batches (CUDA) or every step (CPU: reading is free)."""
+    return str(device).startswith("cuda")
+
+
+def _diverged(at_step: int, value: float, side: str, run_dir: Path) -> TrainingError:
+    states = list_states(run_dir)
+    kept = (f"the last good checkpoint ({states[0].name}, in {run_dir}) is kept" if states
+            else "no checkpoint had been written yet")
+    return TrainingError(
+        f"loss became {value} at step {at_step} of side {side.upper()}: training diverged "
+        f"(try a lower learning_rate or network_alpha, or mixed_precision = \"bf16\"/\"no\"); {kept}, "
+        "and nothing else was written"
+    )
+
+
 @dataclass
 class TrainingData:
     """What one side trains on, cached once: latents (and flipped copies), SDXL's size
@@ -472,8 +495,34 @@ def train(
         state_path = None
         loss_value = None
         step = start
+        defer = _defers_loss_reads(device)
+        pending: list = []  # (step, loss on the device, lr) not read on the host yet
+        last_read = time.monotonic()
+
+        def read_losses() -> float | None:
+            """Read the pending losses in one transfer; feed the meter all but the newest
+            (the caller reports that one); raise if any diverged."""
+            nonlocal last_read
+            values = torch.stack([loss for _, loss, _ in pending]).float().tolist()
+            for (at, _, _), value in zip(pending, values):
+                if not math.isfinite(value):
+                    raise _diverged(at, value, side, run_dir)
+            for (at, _, lr), value in zip(pending[:-1], values[:-1]):
+                meter.update(at, value, lr)
+            pending.clear()
+            last_read = time.monotonic()
+            return values[-1]
+
+        def report() -> None:
+            """The newest step's progress to the listener (its loss has been read)."""
+            if on_progress is not None:
+                vram = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+                on_progress(meter.update(step, loss_value, lr_schedule.get_last_lr()[0], vram))
+
         while step < sp.total_steps:
             if should_stop is not None and should_stop():
+                if pending:
+                    loss_value = read_losses()
                 try:
                     state_path = write_state(step)
                 except OSError as exc:
@@ -505,16 +554,10 @@ def train(
                 loss = loss * min_snr_weights(timesteps, scheduler, p.min_snr_gamma, v_prediction)
             loss = (loss * torch.tensor([s.weight for s in batch], device=loss.device)).mean()
             loss = _loss_hook(step, loss)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                states = list_states(run_dir)
-                kept = (f"the last good checkpoint ({states[0].name}, in {run_dir}) is kept" if states
-                        else "no checkpoint had been written yet")
-                raise TrainingError(
-                    f"loss became {loss_value} at step {step + 1} of side {side.upper()}: training diverged "
-                    f"(try a lower learning_rate or network_alpha, or mixed_precision = \"bf16\"/\"no\"); {kept}, "
-                    "and nothing else was written"
-                )
+            if not defer:
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise _diverged(step + 1, loss_value, side, run_dir)
 
             grad_scaler.scale(loss).backward()
             grad_scaler.unscale_(optimizer)
@@ -526,11 +569,21 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
-            if on_progress is not None:
-                vram = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-                on_progress(meter.update(step, loss_value, lr_schedule.get_last_lr()[0], vram))
+            if defer:
+                pending.append((step, loss.detach(), lr_schedule.get_last_lr()[0]))
+                if step == sp.total_steps or time.monotonic() - last_read >= LOSS_READ_S:
+                    loss_value = read_losses()
+            if not pending:
+                report()
             asked = save_requested is not None and save_requested()
-            if asked or (p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < sp.total_steps):
+            checkpoint_due = asked or (p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < sp.total_steps)
+            preview_due = (sample_requested is not None and sample_requested()) or (
+                p.sample_every_n_steps and step % p.sample_every_n_steps == 0
+            )
+            if pending and (checkpoint_due or preview_due):  # never write the weights of an unread (maybe diverged) step
+                loss_value = read_losses()
+                report()
+            if checkpoint_due:
                 try:
                     state_path = write_state(step)
                 except OSError as exc:  # a full disk must not end hours of training: the end tries again
@@ -538,9 +591,7 @@ def train(
             if asked:  # a snapshot beside the checkpoints; the final LoRA path is only written when done
                 snapshot = write_lora(step, run_dir / f"{sp.lora_path.stem}-step{step:06d}.safetensors")
                 log(f"saved {snapshot.name} at step {step}")
-            if (sample_requested is not None and sample_requested()) or (
-                p.sample_every_n_steps and step % p.sample_every_n_steps == 0
-            ):
+            if preview_due:
                 preview = write_preview(step)
                 log(f"preview {preview.name} at step {step}")
 
