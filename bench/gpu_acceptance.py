@@ -124,10 +124,14 @@ def environment() -> dict:
         props = torch.cuda.get_device_properties(0)
         facts.update(device=torch.cuda.get_device_name(0), cuda=torch.version.cuda, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                      multiprocessors=props.multi_processor_count)
-    for package in ("diffusers", "transformers", "bitsandbytes", "safetensors", "huggingface_hub", "pynvml"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("diffusers", "transformers", "bitsandbytes", "safetensors", "huggingface_hub", "nvidia-ml-py"):
         try:
-            facts[package] = __import__(package).__version__
-        except Exception as exc:  # noqa: BLE001 - recorded, not fatal
+            if package != "nvidia-ml-py":
+                __import__(package)  # importable here, not only installed
+            facts[package] = version(package)
+        except (Exception, PackageNotFoundError) as exc:  # noqa: BLE001 - recorded, not fatal
             facts[package] = f"unavailable ({type(exc).__name__}: {str(exc)[:200]})"
     try:
         from engine.jobs.gpu import sample_gpus
