@@ -330,6 +330,267 @@ def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log) -
     raise TrainingError(f"training finished ({step} steps) but {failure}; " + "; ".join(kept))
 
 
+class SideRun:
+    """One side's training state: its cached data and text, its LoRA, optimizer, schedule,
+    grad scaler and random stream, its checkpoints and outputs. :func:`train` drives one;
+    :func:`engine.train.twin.train_twin` drives A and B as one batch of two. Every random draw
+    comes from the side's own generator in one order (:meth:`draw`), so a side trains the same
+    whichever loop drives it, and their checkpoints are interchangeable."""
+
+    def __init__(self, plan: Plan, side: str, model, *, device: str, weight_dtype, use_scaler: bool, started: float,
+                 log: Log, apply: bool = True) -> None:
+        import torch
+        from diffusers.optimization import get_scheduler
+
+        from engine.lora.network import LoRANetwork
+        from engine.train.conditioning import encode_text
+        from engine.train.optim import build_optimizer
+
+        self.plan, self.side, self.model, self.device = plan, side, model, device
+        self.weight_dtype, self.started, self.log = weight_dtype, started, log
+        self.sp: SidePlan = plan.side(side)
+        self.p = p = self.sp.params
+        self.run_dir = self.sp.run_dir
+        self.fingerprint = training_fingerprint(plan, side)
+        self.preview_noted = False
+
+        # ---- cached latents (once per image) and text embeddings (once per prompt)
+        self.data = training_data(model, plan, side, log)
+        self.train_text = not p.network_train_unet_only
+        self.text_cache = None if self.train_text else [encode_text(model, prompt, p.clip_skip) for prompt in self.data.prompts]
+
+        # ---- the LoRA (initialised from the seed, so A and B start identical)
+        torch.manual_seed(p.seed)
+        self.network = LoRANetwork(
+            model.unet,
+            model.text_encoders,
+            family=model.family,
+            rank=p.network_dim,
+            alpha=p.network_alpha,
+            conv_rank=p.conv_dim,
+            conv_alpha=p.conv_alpha,
+            text_encoder=self.train_text,
+        )
+        self.network.to(device=device, dtype=torch.float32)
+        if apply:
+            self.network.apply_to()
+        self.params = [q for g in self.network.param_groups(1.0) for q in g["params"]]
+        groups = self.network.param_groups(p.unet_lr or p.learning_rate, p.text_encoder_lr or p.learning_rate)
+        self.optimizer, self.optimizer_used = build_optimizer(groups, p.optimizer_type, p.learning_rate, p.optimizer_args, device, log)
+        self.lr_schedule = get_scheduler(
+            p.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=p.lr_warmup_steps,
+            num_training_steps=self.sp.total_steps,
+            num_cycles=p.lr_scheduler_num_cycles,
+            power=p.lr_scheduler_power,
+        )
+        # Set up once, so the step has no precision branches: a disabled scaler passes through.
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.generator = torch.Generator().manual_seed(p.seed)
+
+    # ---- resume
+
+    def resume_or_reset(self, resume: bool) -> int:
+        """The step to start from: the newest valid state's when resuming (else 0, old states dropped)."""
+        if not resume:
+            for old in list_states(self.run_dir):
+                remove_state(old)
+            return 0
+        state = load_latest_state(self.run_dir, self.fingerprint, self.log)
+        if state is None:
+            if list_states(self.run_dir):
+                self.log("no usable training state to resume from: starting from step 0")
+            return 0
+        _restore_lora(self.network, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["rng"]["generator"])
+        if state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        start = int(state["step"])
+        self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
+        return start
+
+    # ---- one step
+
+    def draw(self, step: int, scheduler, v_prediction: bool) -> "Draw":
+        """This step's batch, noise and timesteps, drawn from the side's generator."""
+        import torch
+
+        from engine.train.conditioning import added_conditions, encode_text
+
+        p, data, device = self.p, self.data, self.device
+        batch = batch_for_step(step, data.items, p.train_batch_size, self.sp.steps_per_epoch, p.seed)
+        flips = torch.rand(len(batch), generator=self.generator) < 0.5 if data.flipped is not None else [False] * len(batch)
+        x0 = torch.cat([(data.flipped if flip else data.latents)[s.latent_index] for s, flip in zip(batch, flips)]).to(device)
+        noise = torch.randn(x0.shape, generator=self.generator)
+        if p.noise_offset:
+            noise = noise + p.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=self.generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=self.generator)
+        noise, timesteps = noise.to(device), timesteps.to(device)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
+        if self.train_text:
+            texts = [encode_text(self.model, data.prompts[s.cond_index], p.clip_skip, grad=True) for s in batch]
+        else:
+            texts = [self.text_cache[s.cond_index] for s in batch]
+        cond = torch.cat([t.hidden for t in texts])
+        added = added_conditions(texts, [data.time_ids[s.latent_index] for s in batch], device=device, dtype=self.weight_dtype)
+        weights = torch.tensor([s.weight for s in batch], device=device)
+        return Draw(noisy, timesteps, cond, added, target, weights)
+
+    def loss(self, pred, draw: "Draw", scheduler, v_prediction: bool):
+        """The step's loss from the U-Net's prediction for this side's samples."""
+        import torch
+
+        loss = torch.nn.functional.mse_loss(pred.float(), draw.target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.p.min_snr_gamma:
+            loss = loss * min_snr_weights(draw.timesteps, scheduler, self.p.min_snr_gamma, v_prediction)
+        return (loss * draw.weights.to(loss.device)).mean()
+
+    def optimizer_step(self) -> None:
+        """After backward: unscale, clip, step, schedule (each side its own, as a separate run)."""
+        import torch
+
+        self.grad_scaler.unscale_(self.optimizer)
+        if self.p.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.p.max_grad_norm)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return self.lr_schedule.get_last_lr()[0]
+
+    def diverged(self, at_step: int, value: float) -> TrainingError:
+        return _diverged(at_step, value, self.side, self.run_dir)
+
+    # ---- writing
+
+    def write_state(self, step: int) -> Path:
+        return save_state(
+            self.run_dir,
+            {
+                "step": step,
+                "total": self.sp.total_steps,
+                "fingerprint": self.fingerprint,
+                "lora": _lora_state(self.network),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.lr_schedule.state_dict(),
+                "rng": {"generator": self.generator.get_state()},
+                "grad_scaler": self.grad_scaler.state_dict(),
+            },
+        )
+
+    def write_lora(self, step: int, path: Path) -> Path:
+        from engine.lora.files import save_lora_file
+        from engine.lora.metadata import lora_metadata
+
+        facts = training_facts(self.plan, self.side, self.model, step=step, optimizer=self.optimizer_used, started=self.started,
+                               seed=self.p.seed)
+        metadata = lora_metadata(facts, self.model.family)
+        # What `copylora run` compares to decide that this LoRA is up to date.
+        metadata["copylora_fingerprint"] = self.fingerprint
+        metadata["copylora_steps"] = str(step)
+        return save_lora_file(path, self.network.weights(), metadata, self.p.save_precision)
+
+    def write_snapshot(self, step: int) -> Path:
+        """A LoRA beside the checkpoints (save-now); the final path is only written when done."""
+        return self.write_lora(step, self.run_dir / f"{self.sp.lora_path.stem}-step{step:06d}.safetensors")
+
+    def write_preview(self, step: int) -> Path:
+        """The LoRA so far at strength 1.0. Sampling forks the RNG and restores the modes, so the
+        training that follows is exactly what it would have been without it (tested)."""
+        from engine.train.sample import preview_settings, sample_with_network
+
+        project = self.plan.project
+        settings, note = preview_settings(project.sample, self.device)
+        if note and not self.preview_noted:
+            self.log(note)
+            self.preview_noted = True
+        settings = replace(settings, strengths=[1.0])
+        out = self.plan.samples_dir / f"{self.sp.lora_path.stem}-step{step:06d}.png"
+        return sample_with_network(self.model, self.network, settings, out, model_name=Path(project.info.base_model).name,
+                                   title=f"{self.sp.lora_path.stem} at step {step}", extra={"step": step, "side": self.side})
+
+    def final_save(self, step: int) -> tuple[Path | None, Path]:
+        return _final_save(step, self.write_state, self.write_lora, self.sp.lora_path, self.log)
+
+
+@dataclass
+class Draw:
+    """One step's inputs of one side, on the device."""
+
+    noisy: Any
+    timesteps: Any
+    cond: Any
+    added: dict | None  # SDXL's text_embeds and time_ids
+    target: Any
+    weights: Any
+
+
+class PendingLosses:
+    """Losses kept on the device until read together (one host-device wait for all of them).
+
+    On the CPU (``defer`` False) every step is read at once, as before; on CUDA at most every
+    :data:`LOSS_READ_S`, and whenever the caller forces it (before anything is written)."""
+
+    def __init__(self, defer: bool) -> None:
+        self.defer = defer
+        self.items: list = []  # (step, losses on the device (one per side), lr)
+        self.last_read = time.monotonic()
+
+    def add(self, step: int, losses, lr: float) -> None:
+        self.items.append((step, losses, lr))
+
+    def due(self, force: bool = False) -> bool:
+        return bool(self.items) and (not self.defer or force or time.monotonic() - self.last_read >= LOSS_READ_S)
+
+    def read(self) -> list[tuple[int, list[float], float]]:
+        import torch
+
+        values = torch.stack([losses for _, losses, _ in self.items]).float().tolist()
+        out = [(step, row, lr) for (step, _, lr), row in zip(self.items, values)]
+        self.items.clear()
+        self.last_read = time.monotonic()
+        return out
+
+
+def prepare_model(plan: Plan, side: str, device: str, weight_dtype, log: Log, model=None):
+    """The base model, loaded unless given, frozen, in training mode."""
+    from engine.models.loading import load_base_model
+
+    p, project = plan.side(side).params, plan.project
+    if model is None:
+        log(f"loading base model {project.info.base_model}")
+        model = load_base_model(project.base_model_path(), project.info.model_family, dtype=weight_dtype, device=device)
+    for part in (model.unet, model.vae, *model.text_encoders):
+        part.requires_grad_(False)
+    if p.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.unet.train()
+    return model
+
+
+def free_vae(model, device: str) -> None:
+    """The VAE is not needed once the latents are cached: give its memory to training."""
+    import torch
+
+    model.vae.to("cpu")
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def autocast_for(device: str, autocast_dtype):
+    import torch
+
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=autocast_dtype or torch.float32,
+                          enabled=autocast_dtype is not None)
+
+
 def train(
     plan: Plan,
     side: str,
@@ -352,142 +613,26 @@ def train(
     starting step is known (0, or where a resumed run continues). ``model`` reuses an already
     loaded base model."""
     import torch
-    from diffusers.optimization import get_scheduler
-
-    from engine.lora.files import save_lora_file
-    from engine.lora.metadata import lora_metadata
-    from engine.lora.network import LoRANetwork
-    from engine.models.loading import load_base_model
-    from engine.train.optim import build_optimizer
 
     side = side.lower()
     sp: SidePlan = plan.side(side)
     p = sp.params
-    project = plan.project
     started = time.time()
     device = pick_device(device)
     weight_dtype, autocast_dtype, use_scaler = _precision(p.mixed_precision, device, log)
-    fingerprint = training_fingerprint(plan, side)
-
-    # ---- base model, frozen
-    if model is None:
-        log(f"loading base model {project.info.base_model}")
-        model = load_base_model(project.base_model_path(), project.info.model_family, dtype=weight_dtype, device=device)
-    for part in (model.unet, model.vae, *model.text_encoders):
-        part.requires_grad_(False)
-    if p.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    model.unet.train()
+    model = prepare_model(plan, side, device, weight_dtype, log, model)
     v_prediction = model.prediction_type == "v_prediction"
     scheduler = model.noise_scheduler
-
-    # ---- cached latents (once per image) and text embeddings (once per prompt)
-    from engine.train.conditioning import added_conditions, encode_text
-
-    data = training_data(model, plan, side, log)
-    latents, flipped, time_ids, samples, prompts = data.latents, data.flipped, data.time_ids, data.items, data.prompts
-    train_text = not p.network_train_unet_only
-    text_cache = None if train_text else [encode_text(model, prompt, p.clip_skip) for prompt in prompts]
-    model.vae.to("cpu")  # not needed again: give its memory to training
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-    # ---- the LoRA (initialised from the seed, so A and B start identical)
-    torch.manual_seed(p.seed)
-    network = LoRANetwork(
-        model.unet,
-        model.text_encoders,
-        family=model.family,
-        rank=p.network_dim,
-        alpha=p.network_alpha,
-        conv_rank=p.conv_dim,
-        conv_alpha=p.conv_alpha,
-        text_encoder=train_text,
-    )
-    network.to(device=device, dtype=torch.float32)
-    network.apply_to()
-    params = [q for g in network.param_groups(1.0) for q in g["params"]]
-    groups = network.param_groups(p.unet_lr or p.learning_rate, p.text_encoder_lr or p.learning_rate)
-    optimizer, optimizer_used = build_optimizer(groups, p.optimizer_type, p.learning_rate, p.optimizer_args, device, log)
-    lr_schedule = get_scheduler(
-        p.lr_scheduler,
-        optimizer,
-        num_warmup_steps=p.lr_warmup_steps,
-        num_training_steps=sp.total_steps,
-        num_cycles=p.lr_scheduler_num_cycles,
-        power=p.lr_scheduler_power,
-    )
-    # Set up once, so the step has no precision branches: a disabled scaler and autocast pass through.
-    grad_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=autocast_dtype or torch.float32,
-                         enabled=autocast_dtype is not None)
-    generator = torch.Generator().manual_seed(p.seed)
-
-    # ---- resume
-    start = 0
-    run_dir = sp.run_dir
-    if resume:
-        state = load_latest_state(run_dir, fingerprint, log)
-        if state is not None:
-            _restore_lora(network, state["lora"])
-            optimizer.load_state_dict(state["optimizer"])
-            lr_schedule.load_state_dict(state["scheduler"])
-            generator.set_state(state["rng"]["generator"])
-            if state.get("grad_scaler"):
-                grad_scaler.load_state_dict(state["grad_scaler"])
-            start = int(state["step"])
-            log(f"resuming {side.upper()} from step {start} of {sp.total_steps}")
-        elif list_states(run_dir):
-            log("no usable training state to resume from: starting from step 0")
-    else:
-        for old in list_states(run_dir):
-            remove_state(old)
-
-    def write_state(step: int) -> Path:
-        return save_state(
-            run_dir,
-            {
-                "step": step,
-                "total": sp.total_steps,
-                "fingerprint": fingerprint,
-                "lora": _lora_state(network),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": lr_schedule.state_dict(),
-                "rng": {"generator": generator.get_state()},
-                "grad_scaler": grad_scaler.state_dict(),
-            },
-        )
-
-    def write_lora(step: int, path: Path) -> Path:
-        facts = training_facts(plan, side, model, step=step, optimizer=optimizer_used, started=started, seed=p.seed)
-        metadata = lora_metadata(facts, model.family)
-        # What `copylora run` compares to decide that this LoRA is up to date.
-        metadata["copylora_fingerprint"] = fingerprint
-        metadata["copylora_steps"] = str(step)
-        return save_lora_file(path, network.weights(), metadata, p.save_precision)
-
-    preview_noted: list[bool] = []  # the scaled-preview line is said once per run
-
-    def write_preview(step: int) -> Path:
-        """The LoRA so far at strength 1.0. Sampling forks the RNG and restores the modes, so the
-        training that follows is exactly what it would have been without it (tested)."""
-        from engine.train.sample import preview_settings, sample_with_network
-
-        settings, note = preview_settings(project.sample, device)
-        if note and not preview_noted:
-            log(note)
-            preview_noted.append(True)
-        settings = replace(settings, strengths=[1.0])
-        out = plan.samples_dir / f"{sp.lora_path.stem}-step{step:06d}.png"
-        return sample_with_network(model, network, settings, out, model_name=Path(project.info.base_model).name,
-                                   title=f"{sp.lora_path.stem} at step {step}", extra={"step": step, "side": side})
+    run = SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started, log=log)
+    free_vae(model, device)
+    amp = autocast_for(device, autocast_dtype)
+    start = run.resume_or_reset(resume)
 
     try:
         # ---- the loop
         log(
             f"training {side.upper()}: {sp.total_steps} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
-            f"rank {p.network_dim}, {optimizer_used} lr {p.learning_rate:g}, {device}"
+            f"rank {p.network_dim}, {run.optimizer_used} lr {p.learning_rate:g}, {device}"
         )
         meter = ProgressMeter(sp.total_steps, start_step=start)
         if on_start is not None:
@@ -495,111 +640,81 @@ def train(
         state_path = None
         loss_value = None
         step = start
-        defer = _defers_loss_reads(device)
-        pending: list = []  # (step, loss on the device, lr) not read on the host yet
-        last_read = time.monotonic()
+        pending = PendingLosses(_defers_loss_reads(device))
 
-        def read_losses() -> float | None:
-            """Read the pending losses in one transfer; feed the meter all but the newest
-            (the caller reports that one); raise if any diverged."""
-            nonlocal last_read
-            values = torch.stack([loss for _, loss, _ in pending]).float().tolist()
-            for (at, _, _), value in zip(pending, values):
+        def read_losses() -> None:
+            """Read what is pending; feed the meter all but the newest (:func:`report` takes
+            that one); raise if any diverged."""
+            nonlocal loss_value
+            read = pending.read()
+            for at, (value,), _ in read:
                 if not math.isfinite(value):
-                    raise _diverged(at, value, side, run_dir)
-            for (at, _, lr), value in zip(pending[:-1], values[:-1]):
+                    raise run.diverged(at, value)
+            for at, (value,), lr in read[:-1]:
                 meter.update(at, value, lr)
-            pending.clear()
-            last_read = time.monotonic()
-            return values[-1]
+            loss_value = read[-1][1][0]
 
         def report() -> None:
             """The newest step's progress to the listener (its loss has been read)."""
             if on_progress is not None:
                 vram = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-                on_progress(meter.update(step, loss_value, lr_schedule.get_last_lr()[0], vram))
+                on_progress(meter.update(step, loss_value, run.lr(), vram))
 
         while step < sp.total_steps:
             if should_stop is not None and should_stop():
-                if pending:
-                    loss_value = read_losses()
+                if pending.items:
+                    read_losses()
                 try:
-                    state_path = write_state(step)
+                    state_path = run.write_state(step)
                 except OSError as exc:
-                    raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run_dir} ({exc})") from None
+                    raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run.run_dir} ({exc})") from None
                 log(f"stopped at step {step}; state saved to {state_path.name}")
-                return TrainResult("stopped", step, sp.total_steps, None, state_path, time.time() - started, optimizer_used, loss_value)
+                return TrainResult("stopped", step, sp.total_steps, None, state_path, time.time() - started, run.optimizer_used, loss_value)
 
-            batch = batch_for_step(step, samples, p.train_batch_size, sp.steps_per_epoch, p.seed)
-            flips = torch.rand(len(batch), generator=generator) < 0.5 if flipped is not None else [False] * len(batch)
-            x0 = torch.cat([(flipped if flip else latents)[s.latent_index] for s, flip in zip(batch, flips)]).to(device)
-            noise = torch.randn(x0.shape, generator=generator)
-            if p.noise_offset:
-                noise = noise + p.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=generator)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-            noise, timesteps = noise.to(device), timesteps.to(device)
-            noisy = scheduler.add_noise(x0, noise, timesteps)
-            target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
-            if train_text:
-                texts = [encode_text(model, prompts[s.cond_index], p.clip_skip, grad=True) for s in batch]
-            else:
-                texts = [text_cache[s.cond_index] for s in batch]
-            cond = torch.cat([t.hidden for t in texts])
-            added = added_conditions(texts, [time_ids[s.latent_index] for s in batch], device=device, dtype=weight_dtype)  # SDXL only
-
+            draw = run.draw(step, scheduler, v_prediction)
             with amp:
-                pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype), added_cond_kwargs=added).sample
-            loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-            if p.min_snr_gamma:
-                loss = loss * min_snr_weights(timesteps, scheduler, p.min_snr_gamma, v_prediction)
-            loss = (loss * torch.tensor([s.weight for s in batch], device=loss.device)).mean()
-            loss = _loss_hook(step, loss)
-            if not defer:
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise _diverged(step + 1, loss_value, side, run_dir)
+                pred = model.unet(draw.noisy.to(weight_dtype), draw.timesteps, draw.cond.to(weight_dtype),
+                                  added_cond_kwargs=draw.added).sample
+            loss = _loss_hook(step, run.loss(pred, draw, scheduler, v_prediction))
+            if not pending.defer:  # reading is free here: a diverged step stops before its update
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise run.diverged(step + 1, value)
 
-            grad_scaler.scale(loss).backward()
-            grad_scaler.unscale_(optimizer)
-            if p.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
-            grad_scaler.step(optimizer)
-            grad_scaler.update()
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            run.grad_scaler.scale(loss).backward()
+            run.optimizer_step()
             step += 1
 
-            if defer:
-                pending.append((step, loss.detach(), lr_schedule.get_last_lr()[0]))
-                if step == sp.total_steps or time.monotonic() - last_read >= LOSS_READ_S:
-                    loss_value = read_losses()
-            if not pending:
+            pending.add(step, loss.detach().reshape(1), run.lr())
+            if pending.due(force=step == sp.total_steps):
+                read_losses()
+            if not pending.items:
                 report()
             asked = save_requested is not None and save_requested()
             checkpoint_due = asked or (p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < sp.total_steps)
             preview_due = (sample_requested is not None and sample_requested()) or (
                 p.sample_every_n_steps and step % p.sample_every_n_steps == 0
             )
-            if pending and (checkpoint_due or preview_due):  # never write the weights of an unread (maybe diverged) step
-                loss_value = read_losses()
+            if pending.items and (checkpoint_due or preview_due):  # never write the weights of an unread (maybe diverged) step
+                read_losses()
                 report()
             if checkpoint_due:
                 try:
-                    state_path = write_state(step)
+                    state_path = run.write_state(step)
                 except OSError as exc:  # a full disk must not end hours of training: the end tries again
                     log(f"warning: could not write the checkpoint of step {step} ({exc}); training goes on")
-            if asked:  # a snapshot beside the checkpoints; the final LoRA path is only written when done
-                snapshot = write_lora(step, run_dir / f"{sp.lora_path.stem}-step{step:06d}.safetensors")
+            if asked:
+                snapshot = run.write_snapshot(step)
                 log(f"saved {snapshot.name} at step {step}")
             if preview_due:
-                preview = write_preview(step)
+                preview = run.write_preview(step)
                 log(f"preview {preview.name} at step {step}")
 
-        state_path, lora_path = _final_save(step, write_state, write_lora, sp.lora_path, log)
+        state_path, lora_path = run.final_save(step)
         seconds = time.time() - started
         log(f"done: {lora_path} ({step} steps in {seconds:.1f} s)")
         vram_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-        return TrainResult("done", step, sp.total_steps, lora_path, state_path, seconds, optimizer_used, loss_value, vram_peak)
+        return TrainResult("done", step, sp.total_steps, lora_path, state_path, seconds, run.optimizer_used, loss_value, vram_peak)
     finally:
         # The base model may be reused (tests, the sampler): leave it as it was found.
-        network.remove()
+        run.network.remove()
