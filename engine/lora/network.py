@@ -55,15 +55,18 @@ class LoRAModule(nn.Module):
         """The LoRA's own contribution for input ``x`` (multiplier and scale included)."""
         return self.lora_up(self.lora_down(x)) * (self.multiplier * self.scale)
 
-    def _add_delta(self, module, args, output):
-        if self.multiplier == 0:
-            return output  # strength 0 is exactly the base model, not base + 0*delta
-        x = args[0]
+    def contribution(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """What this LoRA adds to its base module's output for input ``x``, in ``dtype``."""
         if torch.is_autocast_enabled(x.device.type):
             # Autocast runs both matmuls in its own precision whatever x's dtype: casting x to the
             # LoRA's fp32 first (and the result back) only added copies, two per module per step.
-            return output + self(x)
-        return output + self(x.to(self.lora_down.weight.dtype)).to(output.dtype)
+            return self(x)
+        return self(x.to(self.lora_down.weight.dtype)).to(dtype)
+
+    def _add_delta(self, module, args, output):
+        if self.multiplier == 0:
+            return output  # strength 0 is exactly the base model, not base + 0*delta
+        return output + self.contribution(args[0], output.dtype)
 
     def apply(self) -> None:
         if self._hook is None:

@@ -24,6 +24,9 @@ class Progress:
     eta_s: float
     elapsed_s: float
     vram_peak_mb: float | None = None
+    # Twin training (A and B as one batch): ``loss``/``smooth_loss`` are A's, these B's.
+    loss_b: float | None = None
+    smooth_loss_b: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
