@@ -167,7 +167,7 @@ def teacher_pictures(folder: Path, width: int, height: int) -> tuple[Path, Path]
 
 
 def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tuple[int, int], steps: int,
-                 precision: str, optimizer: str, sample_steps: int, device: str) -> Path:
+                 precision: str, optimizer: str, sample_steps: int, device: str, twin: bool = False) -> Path:
     from engine.project.folder import load_project, save_project
     from engine.project.scaffold import create_project
 
@@ -176,6 +176,7 @@ def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tu
     project = create_project(dest, pictures[0], pictures[1], base_model=base)
     project = replace(
         project,
+        info=replace(project.info, twin_training=twin),
         train=replace(project.train, resolution=list(size), mixed_precision=precision, optimizer_type=optimizer,
                       max_train_steps=steps, max_train_epochs=None, save_every_n_steps=0, sample_every_n_steps=0),
         merge=replace(project.merge, device=device),
@@ -370,6 +371,8 @@ def markdown(data: dict) -> str:
             used = job.get("optimizer") or job["artifacts"].get("device", "") if job.get("artifacts") else ""
             lines.append(f"| #{job['id']} {what} | {job['status']} | {job['seconds']} | {job.get('steps') or ''} | {rate} | "
                          f"{reported} | {vram} | {used} |")
+        if any(job.get("side") == "ab" for job in run["jobs"]):
+            lines += ["", "A twin job (`train ab`) trains A and B as one batch of two: its it/s are steps of both sides."]
         nvml = run.get("nvml") or {}
         if nvml:
             lines += ["", f"NVML, as the worker sampled it ({nvml['samples']} samples): {nvml['name']}, max used "
@@ -392,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", default="AdamW8bit")
     parser.add_argument("--precision", default="fp16")
     parser.add_argument("--profile-steps", type=int, default=30, help="steps of the in-process profiled training (0: skip)")
+    parser.add_argument("--modes", default="separate,twin", help="how the queue trains A and B: separate jobs, one twin job, or both")
     parser.add_argument("--rate-steps", type=int, default=60, help="steps per optimizer of the in-process step-rate phase (0: skip)")
     parser.add_argument("--rate-optimizers", default="AdamW8bit,AdamW", help="optimizers the step-rate phase compares")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder)")
@@ -438,25 +442,35 @@ def main(argv: list[str] | None = None) -> int:
             base = str(target)
     pictures = teacher_pictures(work / "pictures", width, height)
     device = "cuda" if cuda else "cpu"
-    made = run_phase(record, "project", lambda: {"base": base, "size": f"{width}x{height}", "steps": args.steps, "_dest": make_project(
-        work / "projects" / "accept", pictures, base, size=(width, height), steps=args.steps, precision=args.precision,
-        optimizer=args.optimizer, sample_steps=args.sample_steps, device=device)})
-    if made is None:
-        return 1
-    project = made["_dest"]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    projects = {}
+    for mode in modes:
+        made = run_phase(record, f"project ({mode})", lambda mode=mode: {
+            "base": base, "size": f"{width}x{height}", "steps": args.steps, "_dest": make_project(
+                work / "projects" / f"accept-{mode}", pictures, base, size=(width, height), steps=args.steps,
+                precision=args.precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device,
+                twin=mode == "twin")})
+        if made is None:
+            return 1
+        projects[mode] = made["_dest"]
     home = work / "state"
-    ran = run_phase(record, "copylora run (separate A and B)", lambda: {"_run": run_project(project, home, timeout=args.timeout, mode="separate")})
-    if ran:
-        record.data["runs"].append(ran["_run"])
-        record.save()
-        if ran["_run"]["grid"] and Path(ran["_run"]["grid"]).is_file():
-            shutil.copy(ran["_run"]["grid"], out / "preview-grid.png")
+    ran = None
+    for mode, project in projects.items():
+        title = {"separate": "copylora run (separate A and B)", "twin": "copylora run (twin A+B)"}.get(mode, f"copylora run ({mode})")
+        ran = run_phase(record, title, lambda project=project, mode=mode: {"_run": run_project(project, home, timeout=args.timeout, mode=mode)})
+        if ran:
+            record.data["runs"].append(ran["_run"])
+            record.save()
+            if ran["_run"]["grid"] and Path(ran["_run"]["grid"]).is_file():
+                shutil.copy(ran["_run"]["grid"], out / f"preview-grid-{mode}.png")
+    project = next(iter(projects.values()))
     env = {**os.environ, "COPYLORA_HOME": str(home)}
     try:
         copylora("worker", "stop", env=env, timeout=60)
     except subprocess.TimeoutExpired:
         log("the worker did not stop within 60 s")
-    if ran and all(job["status"] == "done" for job in ran["_run"]["jobs"] if job["kind"] == "train"):
+    first = record.data["runs"][0] if record.data["runs"] else None
+    if first and all(job["status"] == "done" for job in first["jobs"] if job["kind"] == "train"):
         run_phase(record, "merge on cuda vs cpu", merge_on_both, project)
     if args.rate_steps:
         run_phase(record, "step rates in one process", step_rates, project, args.rate_steps, args.rate_optimizers.split(","))

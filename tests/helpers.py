@@ -23,6 +23,14 @@ def copy_example(tmp_path: Path, name: str = "example-monochrome") -> Path:
     return dest
 
 
+def train_sides_apart(root: Path) -> Path:
+    """Set ``twin_training = false``: the queue trains A and B as two jobs (for tests of the
+    queue's mechanics with two trainings)."""
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("twin_training = true", "twin_training = false"))
+    return root
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes, to prove that nothing was written."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

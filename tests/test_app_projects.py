@@ -97,7 +97,7 @@ async def test_run_queues_a_b_merge_and_starts_the_worker(tmp_path, monkeypatch)
         await pilot.press("r")
         await wait_until(pilot, lambda: str(table(app).get_row_at(0)[2]) == "queued")
         jobs = Queue(env.home).jobs()
-        assert {"merge", "train A", "train B"} <= {j.label for j in jobs}
+        assert {"merge", "train A+B"} <= {j.label for j in jobs}
         assert env.worker_calls, "the app starts the worker when the user runs a project"
         assert str(table(app).get_row_at(0)[2]) == "queued"
         await wait_until(pilot, lambda: "queued" in screen_text(app))

@@ -26,21 +26,24 @@ def test_cpu_smoke_runs_every_phase_and_writes_the_record(tmp_path):
     record = json.loads((out / "gpu_acceptance.json").read_text())
     phases = record["phases"]
     assert all(phase["ok"] for phase in phases.values()), phases
-    assert {"environment", "project", "copylora run (separate A and B)", "merge on cuda vs cpu", "step rates in one process",
-            "profiled training steps"} <= set(phases)
-    (run,) = record["runs"]
-    assert run["exit_code"] == 0
+    assert {"environment", "project (separate)", "project (twin)", "copylora run (separate A and B)", "copylora run (twin A+B)",
+            "merge on cuda vs cpu", "step rates in one process", "profiled training steps"} <= set(phases)
+    run, twin = record["runs"]
+    assert run["exit_code"] == twin["exit_code"] == 0
     kinds = [(job["kind"], job["side"], job["status"]) for job in run["jobs"]]
     assert kinds == [("train", "a", "done"), ("train", "b", "done"), ("merge", None, "done"), ("sample", None, "done")]
+    twin_kinds = [(job["kind"], job["side"], job["status"]) for job in twin["jobs"]]
+    assert twin_kinds == [("train", "ab", "done"), ("merge", None, "done"), ("sample", None, "done")]
+    assert twin["jobs"][0]["steps"] == 3 and set(twin["jobs"][0]["artifacts"]) >= {"lora_a", "lora_b"}
     train = run["jobs"][0]
     assert train["steps"] == 3 and train["optimizer"] == "AdamW (fallback from AdamW8bit)"  # no CUDA: the fallback is said
     assert train["artifacts"]["seconds"] > 0
     assert run["jobs"][2]["artifacts"]["device"] == "cpu" and run["jobs"][3]["artifacts"]["seconds"] > 0
     assert set(phases["step rates in one process"]["rates"]) == {"AdamW8bit", "AdamW"}
     assert (out / "step_profile.txt").read_text().strip()
-    assert (out / "preview-grid.png").stat().st_size > 0
+    assert (out / "preview-grid-separate.png").stat().st_size > 0 and (out / "preview-grid-twin.png").stat().st_size > 0
     report = (out / "gpu_acceptance.md").read_text()
-    assert "| #1 train a | done |" in report and "| #4 sample | done |" in report
+    assert "| #1 train a | done |" in report and "| #4 sample | done |" in report and "| #5 train ab | done |" in report
 
 
 def test_print_download_names_every_wheel_to_carry():

@@ -11,7 +11,7 @@ import pytest
 
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main
 from engine.jobs.queue import Queue
-from tests.helpers import copy_example
+from tests.helpers import copy_example, train_sides_apart
 
 
 @pytest.fixture
@@ -20,8 +20,29 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "state"
 
 
-def test_run_queue_and_steer(tmp_path, home, capsys):
+def test_run_queues_a_and_b_as_one_twin_job_when_they_train_alike(tmp_path, home, capsys):
     root = copy_example(tmp_path)
+    assert main(["run", str(root), "--no-worker", "--max-steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "train A+B queued #1" in out and "merge    queued #2" in out
+    assert main(["queue", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(j["label"], j["side"]) for j in listed["jobs"]] == [("train A+B", "ab"), ("merge", None), ("preview", None)]
+    assert listed["jobs"][1]["depends_on"] == [1]
+    assert main(["run", str(root), "--no-worker"]) == 0
+    assert "train A+B already queued" in capsys.readouterr().out
+    # Sides set differently: two jobs, whatever the switch says.
+    other = copy_example(tmp_path, "other")
+    toml = other / "copylora.toml"
+    toml.write_text(toml.read_text().replace("# Any [train] key set here overrides it for this side only.\n\n[merge]",
+                                              "learning_rate = 0.0005\n\n[merge]"))
+    assert main(["run", str(other), "--no-worker"]) == 0
+    out = capsys.readouterr().out
+    assert "train A  queued" in out and "train B  queued" in out
+
+
+def test_run_queue_and_steer(tmp_path, home, capsys):
+    root = train_sides_apart(copy_example(tmp_path))
     assert main(["run", str(root), "--no-worker", "--max-steps", "5"]) == 0
     out = capsys.readouterr().out
     assert "train A  queued #1" in out and "merge    queued #3" in out

@@ -52,9 +52,9 @@ def test_two_runs_of_one_project_at_once_queue_it_once(tmp_path, monkeypatch):
         thread.join()
     assert errors == []
     jobs = Queue(home).jobs()
-    assert sorted(j.label for j in jobs) == ["merge", "preview", "train A", "train B"]
+    assert sorted(j.label for j in jobs) == ["merge", "preview", "train A+B"]
     actions = sorted(step.action for steps in results for step in steps)
-    assert actions.count("queued") == 4 and actions.count("already queued") == 4
+    assert actions.count("queued") == 3 and actions.count("already queued") == 3
 
 
 def _dead_pid() -> tuple[int, str | None]:

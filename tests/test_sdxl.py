@@ -424,10 +424,12 @@ def test_example_trains_merges_bakes_and_samples(xl, tmp_path):
     root = copy_example(tmp_path)
     queue = Queue(tmp_path / "home")
     steps = enqueue_project(queue, root, max_steps=4)
-    assert [(s.what, s.action) for s in steps][:3] == [("train A", "queued"), ("train B", "queued"), ("merge", "queued")]
+    assert [(s.what, s.action) for s in steps][:2] == [("train A+B", "queued"), ("merge", "queued")]
     plan = make_plan(load_project(root), max_steps=4)
     assert plan.project.info.base_model == "tiny-sdxl" and plan.side("a").buckets == ((128, 192),)
-    results = {side: train(plan, side, model=xl, log=quiet) for side in "ab"}
+    from engine.train.twin import train_twin
+
+    results = train_twin(plan, model=xl, log=quiet)  # as the queue trains them: one batch of two (SDXL's size conditions too)
     for result in results.values():
         meta = load_lora_file(result.lora_path).metadata
         assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_resolution"] == "(128, 192)"

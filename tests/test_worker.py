@@ -84,25 +84,28 @@ def test_kill_9_worker_then_restart_resumes_and_matches_uninterrupted_run(tmp_pa
     killed_at = queue.get(train_a.id).step
     wait_for(lambda: not worker_pid(home), what="the worker to die")
     start_detached(home)
-    wait_for(lambda: queue.get(train_a.id).status == "done", what="train A to finish")
+    wait_for(lambda: queue.get(train_a.id).status == "done", what="train A+B to finish")
     job = queue.get(train_a.id)
     # The newest periodic checkpoint (every 10 steps) before the kill, past the first resume.
     assert first_resume < job.start_step <= killed_at and job.start_step % 10 == 0
     assert job.attempts == 3
 
-    # The interrupted LoRA equals an uninterrupted run of the same plan.
+    # The interrupted LoRAs equal an uninterrupted run of the same plan (both sides: the
+    # default queue trains A and B together, engine.train.twin).
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
-    from engine.train.trainer import train
+    from engine.train.twin import train_twin
 
+    assert job.side == "ab" and job.label == "train A+B"
     reference_root = project(tmp_path, "reference")
     plan = make_plan(load_project(reference_root), max_steps=60)
-    reference = train(plan, "a", log=lambda _line: None)
-    expected, got = lora_tensors(reference.lora_path), lora_tensors(job.artifacts["lora"])
-    assert expected.keys() == got.keys()
-    assert all(torch.equal(expected[n][0], got[n][0]) and torch.equal(expected[n][1], got[n][1]) for n in expected)
+    reference = train_twin(plan, log=lambda _line: None)
+    for side in ("a", "b"):
+        expected, got = lora_tensors(reference[side].lora_path), lora_tensors(job.artifacts[f"lora_{side}"])
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[n][0], got[n][0]) and torch.equal(expected[n][1], got[n][1]) for n in expected)
     log = queue.log_path(train_a.id).read_text()
-    assert "resuming A from step" in log
+    assert "resuming A from step" in log and "resuming B from step" in log
     stop_worker(home)
 
 
@@ -118,15 +121,14 @@ def test_failing_project_does_not_stop_the_queue(tmp_path, home):
     wait_for(lambda: all(queue.get(i).status in ("done", "failed") for i in all_ids), timeout=400, what="the queue to drain")
     status = {name: [queue.get(s.job.id).status for s in steps] for name, steps in jobs.items()}
     errors = {name: [queue.get(s.job.id).error for s in steps] for name, steps in jobs.items()}
-    assert status["one"] == ["done", "done", "done", "done"], errors
-    assert status["three"] == ["done", "done", "done", "done"], errors
-    # Each job re-validates its project when it starts, so both trainings of the broken project
-    # fail with the same readable message (naming the file), and the merge fails as their dependant.
-    assert status["two"] == ["failed", "failed", "failed", "failed"], errors
-    train_a, train_b, merge, preview = (queue.get(s.job.id) for s in jobs["two"])
-    for job in (train_a, train_b):
-        assert "b.folder monochrome.png: corrupt image" in job.error and "Traceback" not in job.error
-    assert merge.error.startswith(f"dependency #{train_a.id} (train A) failed")
+    assert status["one"] == ["done", "done", "done"], errors  # train A+B (one twin job), merge, preview
+    assert status["three"] == ["done", "done", "done"], errors
+    # Each job re-validates its project when it starts, so the training of the broken project
+    # fails with a readable message (naming the file), and the merge fails as its dependant.
+    assert status["two"] == ["failed", "failed", "failed"], errors
+    train_ab, merge, preview = (queue.get(s.job.id) for s in jobs["two"])
+    assert "b.folder monochrome.png: corrupt image" in train_ab.error and "Traceback" not in train_ab.error
+    assert merge.error.startswith(f"dependency #{train_ab.id} (train A+B) failed")
     assert preview.error.startswith(f"dependency #{merge.id} (merge) failed")
     stop_worker(home)
 

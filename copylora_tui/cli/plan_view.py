@@ -47,6 +47,9 @@ def print_plan(plan, console: Console | None = None) -> None:
         if p.repeats_source != "[train].num_repeats":
             console.print(f"  {side.upper()} repeats from {p.repeats_source}")
     merge = project.merge
+    from engine.project.plan import training_order
+
+    console.print(f"training  {training_order(plan)}")
     b_ratio, a_ratio = merge.ratios
     conv = merge.new_conv_rank or merge.new_rank
     console.print(

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from copylora_tui.core.formatting import project_label
+from copylora_tui.core.formatting import job_loss_text, project_label
 from engine.errors import Problem, ValidationError
 from engine.jobs.queue import JobStatus
 
@@ -138,8 +138,8 @@ def _wait(queue, job_ids: list[int]) -> int:
                     if job.status is JobStatus.RUNNING and job.total:
                         eta = format_duration(job.eta_s if job.eta_s is not None else float("inf"))
                         info = f"{job.step}/{job.total} {job.it_per_s or 0:.1f} it/s ETA {eta}"
-                        if job.smooth_loss is not None and job.kind == "train":
-                            info += f" loss {job.smooth_loss:.4f}"
+                        if job_loss_text(job):
+                            info += f" loss {job_loss_text(job)}"
                     elif job.status is JobStatus.FAILED:
                         info = f"[red]failed[/red]: {job.error}"
                     bar.update(task, completed=job.fraction, info=info)

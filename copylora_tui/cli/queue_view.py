@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from copylora_tui.core.formatting import STATUS_STYLE, bar, project_label
+from copylora_tui.core.formatting import STATUS_STYLE, bar, job_loss_text, project_label
 from engine.jobs.queue import JobStatus
 
 
@@ -38,7 +38,7 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         progress = f"{bar(job.fraction, width)} {job.step or 0}/{job.total}" if job.total else ""
         eta = format_duration(job.eta_s) if job.live and job.eta_s is not None else ""
         rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
-        loss = f"{job.smooth_loss:.4f}" if job.smooth_loss is not None and job.kind == "train" else ""
+        loss = job_loss_text(job)
         style = STATUS_STYLE.get(job.shown_status) or "default"
         cells = [f"#{job.id}", project_label(job.project), job.label, f"[{style}]{job.shown_status}[/]", progress]
         cells += [rate, eta] if live else []

@@ -65,6 +65,16 @@ def loss_text(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "—"
 
 
+def job_loss_text(job) -> str:
+    """A training job's smoothed loss for a table cell ("" for other jobs): a twin job (A and
+    B in one batch) shows both, "A 0.1234 B 0.1456"."""
+    if job.kind != "train" or job.smooth_loss is None:
+        return ""
+    if getattr(job, "smooth_loss_b", None) is not None:
+        return f"A {job.smooth_loss:.4f} B {job.smooth_loss_b:.4f}"
+    return f"{job.smooth_loss:.4f}"
+
+
 def mb_text(mb: float | None) -> str:
     if mb is None:
         return "—"

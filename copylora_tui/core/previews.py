@@ -76,8 +76,12 @@ def job_target(job) -> PreviewTarget | str:
         return NO_PREVIEWS
     paths = output_paths(load_project(job.project))
     if job.kind == "train" and job.side:
-        stem = paths[job.side.lower()].stem
-        return PreviewTarget(paths["samples"], f"{glob.escape(stem)}-step*.png", TRAIN_EMPTY)
+        sides = "ab" if job.side == "ab" else job.side.lower()  # a twin job previews both sides
+        stems = [paths[side].stem for side in sides]
+        if len(stems) == 1:
+            return PreviewTarget(paths["samples"], f"{glob.escape(stems[0])}-step*.png", TRAIN_EMPTY)
+        # NAME_A and NAME_B differ in their last letter: one pattern for both
+        return PreviewTarget(paths["samples"], f"{glob.escape(stems[0][:-1])}[{stems[0][-1]}{stems[1][-1]}]-step*.png", TRAIN_EMPTY)
     # merge and preview ("sample") jobs: the merged LoRA's strength grid
     return PreviewTarget(paths["samples"], glob.escape(f"{paths['merged'].stem}-grid.png"))
 

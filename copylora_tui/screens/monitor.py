@@ -186,6 +186,10 @@ class MonitorScreen(ActsWhileOpen, Screen):
         if job.kind != "train":
             return Text(f"{job.kind}: no loss to show", style="dim")
         lr = f"{job.lr:.2e}" if job.lr is not None else "—"
+        if job.smooth_loss_b is not None:  # twin training: A and B in one batch
+            return Text.assemble("loss A ", (loss_text(job.loss), "bold"), " B ", (loss_text(job.loss_b), "bold"),
+                                 "  smoothed A ", (loss_text(job.smooth_loss), "bold cyan"),
+                                 " B ", (loss_text(job.smooth_loss_b), "bold magenta"), f"  lr {lr}")
         return Text.assemble("loss ", (loss_text(job.loss), "bold"), "  smoothed ", (loss_text(job.smooth_loss), "bold cyan"), f"  lr {lr}")
 
     def _gpu_text(self, job: Job, snapshot: QueueSnapshot) -> Text:

@@ -399,6 +399,10 @@ def plan_summary(project: Project) -> Text:
         text.append(f"{side.upper()}: {sp.total_steps} steps", style="bold")
         text.append(f" = {len(sp.images)} img × {sp.repeats} × {sp.epochs} ep\n")
         text.append(f"   bucket {buckets}, rank {sp.params.network_dim}, lr {sp.params.learning_rate:g}\n", style="dim")
+    from engine.project.plan import training_order
+
+    text.append("training: ", style="bold")
+    text.append(f"{training_order(plan)}\n")
     out = project.info.output_dir.rstrip("/")
     text.append("merge: ", style="bold")
     text.append(f"B {project.merge.ratios[0]:+g}, A {project.merge.ratios[1]:+g} → rank {project.merge.new_rank}\n")

@@ -39,7 +39,7 @@ To try the shipped example, copy projects/example-monochrome into {folder}/ and 
 
 def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | None) -> Text:
     """What one output of a project is doing: its live job, else its state on disk."""
-    mine = [j for j in jobs if j.kind == kind and j.side == side]
+    mine = [j for j in jobs if (j.trains(side) if kind == "train" and side else j.kind == kind and j.side == side)]
     active = next((j for j in mine if j.status.active), None)
     if active is not None:
         if active.interrupted:

@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.jobs.queue import ACTIVE, Job, Queue
+from engine.jobs.queue import ACTIVE, TWIN, Job, Queue
 from engine.project.folder import load_project
-from engine.project.plan import Plan, make_plan
+from engine.project.plan import Plan, make_plan, twin_problem
 
 
 @dataclass
@@ -105,7 +105,25 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         job = waiting or queue.enqueue("reg", key, label="class images", total=missing)
         steps.append(Step("class images", f"already {waiting.status}" if waiting else "queued", job, f"{missing} missing"))
         before_training.append(job.id)
-    for side in ("a", "b"):
+    twin = active.get(("train", TWIN))
+    needed = [side for side in ("a", "b") if force or not side_fresh[side][0]]
+    if (twin is None and needed == ["a", "b"] and project.info.twin_training and not active.get(("train", "a"))
+            and not active.get(("train", "b")) and twin_problem(plan) is None):
+        # Both sides, trained the same way: one job, one batch of two (engine.train.twin).
+        reason = "; ".join(side_fresh[side][1] for side in ("a", "b") if side_fresh[side][1])
+        twin = queue.enqueue(
+            "train", key, side=TWIN, label="train A+B",
+            params={"max_steps": max_steps, "restart": force},
+            total=plan.side("a").total_steps, depends_on=before_training,
+        )
+        steps.append(Step("train A+B", "queued", twin, reason))
+        train_ids.append(twin.id)
+        retrained = True
+    elif twin is not None:
+        steps.append(Step("train A+B", f"already {twin.status}", twin))
+        train_ids.append(twin.id)
+        retrained = True
+    for side in ("a", "b") if twin is None else ():
         what = f"train {side.upper()}"
         waiting = active.get(("train", side))
         if waiting is not None:

@@ -93,8 +93,15 @@ MIGRATIONS: list[list[str]] = [
             heartbeat REAL, gpus TEXT, slots INTEGER
         )""",
     ],
+    [  # version 2: twin training (A and B as one job) reports B's loss beside A's
+        "ALTER TABLE jobs ADD COLUMN loss_b REAL",
+        "ALTER TABLE jobs ADD COLUMN smooth_loss_b REAL",
+        "ALTER TABLE points ADD COLUMN loss_b REAL",
+        "ALTER TABLE points ADD COLUMN smooth_loss_b REAL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+TWIN = "ab"  # the side of a job that trains A and B together
 
 
 class QueueError(CopyloraError):
@@ -134,6 +141,8 @@ class Job:
     eta_s: float | None
     vram_mb: float | None
     start_step: int | None
+    loss_b: float | None = None  # twin training: B's loss (``loss`` is A's)
+    smooth_loss_b: float | None = None
     depends_on: list[int] = field(default_factory=list)
     # Not stored: set by mark_interrupted() for a "running" job whose worker and process are
     # gone (reboot, kill -9), until a worker starts and requeues it.
@@ -148,6 +157,10 @@ class Job:
     def shown_status(self) -> str:
         """The status to show people: "interrupted" is a running job nobody runs."""
         return "interrupted" if self.interrupted else self.status.value
+
+    def trains(self, side: str) -> bool:
+        """Whether this is a training of ``side`` ("a" or "b"), alone or as half of a twin job."""
+        return self.kind == "train" and self.side in (side, TWIN)
 
     @property
     def fraction(self) -> float:
@@ -299,7 +312,8 @@ class Queue:
         return [_row_to_job(r, deps.get(r["id"], [])) for r in rows]
 
     def points(self, job_id: int) -> list[dict]:
-        rows = self.db.execute("SELECT step, t, loss, smooth_loss, lr, vram_mb FROM points WHERE job_id = ? ORDER BY step", (job_id,))
+        rows = self.db.execute("SELECT step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b FROM points WHERE job_id = ? ORDER BY step",
+                               (job_id,))
         return [dict(r) for r in rows]
 
     def log_path(self, job_id: int) -> Path:
@@ -353,16 +367,19 @@ class Queue:
         now = time.time()
         eta = p.eta_s if p.eta_s == p.eta_s and p.eta_s != float("inf") else None
         loss = p.loss if p.loss == p.loss else None  # NaN is not stored
+        loss_b = getattr(p, "loss_b", None)
+        smooth_b = getattr(p, "smooth_loss_b", None)
         with self.transaction() as db:
             db.execute(
                 "UPDATE jobs SET step = ?, total = ?, loss = ?, smooth_loss = ?, lr = ?, it_per_s = ?, eta_s = ?,"
-                " vram_mb = ?, updated_at = ? WHERE id = ?",
-                (p.step, p.total, loss, p.smooth_loss, p.lr, p.it_per_s, eta, p.vram_peak_mb, now, job_id),
+                " vram_mb = ?, loss_b = ?, smooth_loss_b = ?, updated_at = ? WHERE id = ?",
+                (p.step, p.total, loss, p.smooth_loss, p.lr, p.it_per_s, eta, p.vram_peak_mb, loss_b, smooth_b, now, job_id),
             )
             if point:
                 db.execute(
-                    "INSERT OR REPLACE INTO points (job_id, step, t, loss, smooth_loss, lr, vram_mb) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb),
+                    "INSERT OR REPLACE INTO points (job_id, step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb, loss_b, smooth_b),
                 )
 
     def set_start_step(self, job_id: int, step: int, total: int) -> None:

@@ -18,7 +18,7 @@ import time
 import traceback
 
 from engine.errors import CopyloraError
-from engine.jobs.queue import MAX_POINTS, Job, JobStatus, Queue, artifacts_text
+from engine.jobs.queue import MAX_POINTS, TWIN, Job, JobStatus, Queue, artifacts_text
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 WRITE_INTERVAL_S = 0.25  # at most 4 progress writes per second, whatever the step rate
@@ -94,15 +94,14 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
     from engine.train.trainer import train
+    from engine.train.twin import TwinNotPossible, train_twin
 
     plan = make_plan(load_project(job.project), max_steps=job.params.get("max_steps"))
-    total = plan.side(job.side).total_steps
+    total = plan.side("a" if job.side == TWIN else job.side).total_steps
     writer = ProgressWriter(queue, job.id, total)
     # A restart was asked for on the first attempt only: a retry or crash recovery resumes.
     fresh = bool(job.params.get("restart")) and job.attempts <= 1
-    result = train(
-        plan,
-        job.side,
+    hooks = dict(
         resume=not fresh,
         on_progress=writer,
         should_stop=lambda: stop["asked"],
@@ -111,15 +110,33 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
         on_start=lambda step, total: queue.set_start_step(job.id, step, total),
         log=log,
     )
+    if job.side == TWIN:
+        try:
+            results = train_twin(plan, **hooks)
+        except TwinNotPossible as exc:  # settings changed since it was queued, or the sides resume at different steps
+            log(f"{exc}; training A, then B")
+            results = {}
+            for side in ("a", "b"):
+                results[side] = train(plan, side, **hooks)
+                if results[side].status == "stopped":
+                    break
+    else:
+        results = {job.side: train(plan, job.side, **hooks)}
+    seconds = max(r.seconds for r in results.values())
     if writer.writes:
         log(f"progress writes: {writer.writes}, {1000 * writer.write_seconds / writer.writes:.2f} ms each, "
-            f"{100 * writer.write_seconds / max(result.seconds, 1e-9):.2f} % of the run")
-    if result.status == "stopped":
-        raise Stopped(f"stopped at step {result.step}")
-    artifacts = {"lora": str(result.lora_path), "state": str(result.state_path), "steps": result.step,
-                 "seconds": round(result.seconds, 2), "optimizer": result.optimizer}
-    if result.vram_peak_mb is not None:
-        artifacts["vram_peak_mb"] = round(result.vram_peak_mb)
+            f"{100 * writer.write_seconds / max(seconds, 1e-9):.2f} % of the run")
+    stopped = next((r for r in results.values() if r.status == "stopped"), None)
+    if stopped is not None:
+        raise Stopped(f"stopped at step {stopped.step}")
+    first = next(iter(results.values()))
+    if job.side == TWIN:
+        artifacts = {"lora_a": str(results["a"].lora_path), "lora_b": str(results["b"].lora_path)}
+    else:
+        artifacts = {"lora": str(first.lora_path), "state": str(first.state_path)}
+    artifacts.update(steps=first.step, seconds=round(seconds, 2), optimizer=first.optimizer)
+    if first.vram_peak_mb is not None:
+        artifacts["vram_peak_mb"] = round(max(r.vram_peak_mb or 0 for r in results.values()))
     return artifacts
 
 

@@ -97,6 +97,9 @@ class ProjectInfo:
         choices=MODEL_FAMILIES,
     )
     output_dir: str = spec("Where LoRAs, checkpoints and previews go (relative to this file).", default="output")
+    twin_training: bool = spec(
+        "Train A and B together as one batch of two when their settings match (faster: training waits on kernel "
+        "launches, which a batch of two pays once); false trains them one after the other.", default=True)
 
 
 @dataclass

@@ -151,3 +151,28 @@ def _with_steps(params: TrainParams, max_steps: int) -> TrainParams:
     from dataclasses import replace
 
     return replace(params, max_train_epochs=None, max_train_steps=max_steps)
+
+
+def twin_problem(plan: Plan) -> str | None:
+    """Why A and B cannot train together, or None when they can."""
+    a, b = plan.side("a"), plan.side("b")
+    if plan.project.reg is not None:
+        return "the project has [reg] class images"
+    if a.params != b.params:
+        differ = sorted(k for k in a.params.__dataclass_fields__ if getattr(a.params, k) != getattr(b.params, k))
+        return f"[a] and [b] set different values ({', '.join(differ)})"
+    if not a.params.network_train_unet_only:
+        return "the text encoder is trained too (network_train_unet_only = false)"
+    if list(a.buckets) != list(b.buckets):
+        return f"the pictures have different training sizes ({a.buckets[0][0]}x{a.buckets[0][1]} vs {b.buckets[0][0]}x{b.buckets[0][1]})"
+    if (a.total_steps, a.steps_per_epoch, a.repeats) != (b.total_steps, b.steps_per_epoch, b.repeats):
+        return f"the sides train different step counts ({a.total_steps} vs {b.total_steps})"
+    return None
+
+
+def training_order(plan: Plan) -> str:
+    """How the queue will train the sides, in words: together (twin) or one after the other, and why."""
+    if not plan.project.info.twin_training:
+        return "A, then B (twin_training = false)"
+    problem = twin_problem(plan)
+    return "A and B together, one batch of two" if problem is None else f"A, then B: {problem}"

@@ -11,7 +11,8 @@ clipping, checkpoints and LoRA file — so a twin run and two separate runs give
 can resume from a twin run's checkpoint alone, or the other way round.
 
 It applies when A and B train the same way (the copy-machine route): the same settings, the
-same picture sizes, the U-Net only, no [reg]. :func:`twin_problem` says why not otherwise.
+same picture sizes, the U-Net only, no [reg]. :func:`engine.project.plan.twin_problem` says why
+not otherwise (it imports no torch: the queue asks it when it plans the jobs).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable, Iterator
 
-from engine.project.plan import Plan
+from engine.project.plan import Plan, twin_problem
 from engine.train.progress import Progress, ProgressMeter
 from engine.train.trainer import (
     Log,
@@ -44,23 +45,6 @@ SIDES = ("a", "b")
 
 class TwinNotPossible(TrainingError):
     """A and B cannot train as one batch (settings or resumable steps differ): train them apart."""
-
-
-def twin_problem(plan: Plan) -> str | None:
-    """Why A and B cannot train together, or None when they can."""
-    a, b = plan.side("a"), plan.side("b")
-    if plan.project.reg is not None:
-        return "the project has [reg] class images"
-    if a.params != b.params:
-        differ = sorted(k for k in a.params.__dataclass_fields__ if getattr(a.params, k) != getattr(b.params, k))
-        return f"[a] and [b] set different values ({', '.join(differ)})"
-    if not a.params.network_train_unet_only:
-        return "the text encoder is trained too (network_train_unet_only = false)"
-    if list(a.buckets) != list(b.buckets):
-        return f"the pictures have different training sizes ({a.buckets[0][0]}x{a.buckets[0][1]} vs {b.buckets[0][0]}x{b.buckets[0][1]})"
-    if (a.total_steps, a.steps_per_epoch, a.repeats) != (b.total_steps, b.steps_per_epoch, b.repeats):
-        return f"the sides train different step counts ({a.total_steps} vs {b.total_steps})"
-    return None
 
 
 class TwinHooks:

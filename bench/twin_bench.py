@@ -1,0 +1,96 @@
+"""Twin training against two separate runs: the time to train both sides N steps.
+
+In one process, the base model loaded once: ``train(plan, "a")`` then ``train(plan, "b")``
+against ``train_twin(plan)`` (one batch of two). Reported: seconds for both sides (model
+load excluded), pair-steps per second, the speed-up. Uses bench/gpu_acceptance.py's pictures
+and project set-up (fp32 on a CPU; ``--precision fp16 --optimizer AdamW8bit`` on a GPU).
+
+    OMP_NUM_THREADS=1 python bench/twin_bench.py --base tiny --size 128x192 --steps 40
+    OMP_NUM_THREADS=1 python bench/twin_bench.py --base /tmp/sd15-random --size 256x384 --steps 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def measure(base: str, size: tuple[int, int], steps: int, precision: str, optimizer: str, repeat: int, work: Path) -> dict:
+    import torch
+
+    from bench.gpu_acceptance import make_project, teacher_pictures
+    from engine.models.loading import load_base_model
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.trainer import _precision, pick_device, train
+    from engine.train.twin import train_twin
+
+    pictures = teacher_pictures(work / "pictures", *size)
+    root = make_project(work / "project", pictures, base, size=size, steps=steps, precision=precision, optimizer=optimizer,
+                        sample_steps=1, device="cpu")
+    project = load_project(root)
+    device = pick_device(None)
+    weight_dtype = _precision(project.train.mixed_precision, device, lambda line: None)[0]
+    model = load_base_model(project.base_model_path(), project.info.model_family, dtype=weight_dtype, device=device)
+    plan = make_plan(project)
+
+    def loop_seconds(run) -> float:
+        """Seconds from the first to the last step (set-up and caching excluded)."""
+        marks: list[float] = []
+
+        def on_progress(_p) -> None:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+
+        run(on_progress)
+        return marks[-1] - marks[0]
+
+    separate, twin = [], []
+    for _ in range(repeat):
+        separate.append(sum(loop_seconds(lambda cb, s=side: train(plan, s, model=model, log=lambda line: None, on_progress=cb))
+                            for side in ("a", "b")))
+        twin.append(loop_seconds(lambda cb: train_twin(plan, model=model, log=lambda line: None, on_progress=cb)))
+    timed = steps - 1  # intervals between the first and the last step
+    best_separate, best_twin = min(separate), min(twin)
+    return {"base": base, "size": f"{size[0]}x{size[1]}", "steps": steps, "precision": precision, "optimizer": optimizer,
+            "device": device, "separate_seconds": [round(s, 3) for s in separate], "twin_seconds": [round(s, 3) for s in twin],
+            "separate_pair_steps_per_s": round(timed / best_separate, 3) if best_separate else None,
+            "twin_pair_steps_per_s": round(timed / best_twin, 3) if best_twin else None,
+            "speedup": round(best_separate / best_twin, 3) if best_twin else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="tiny")
+    parser.add_argument("--size", default="128x192")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--precision", default="no")
+    parser.add_argument("--optimizer", default="AdamW")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--out-json", default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # this project's CPU figures are single-threaded (2 shared cores)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as work:
+        result = measure(args.base, size, args.steps, args.precision, args.optimizer, args.repeat, Path(work))
+    result["torch"] = torch.__version__
+    print(json.dumps(result, indent=1))
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
