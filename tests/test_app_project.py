@@ -24,7 +24,9 @@ def field_error(app, path: str) -> str:
 
 async def open_project(pilot, app, folder):
     app.action_open_project(folder)
-    await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and app.screen.fields)
+    # The sections unfolded on opening ([project] and [train]) are built, and mounted.
+    await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "train.max_train_steps" in app.screen.fields
+                     and app.screen.query("#field-train-max_train_steps #editor"))
 
 
 async def test_invalid_value_is_shown_and_never_saved_then_valid_one_is(tmp_path, monkeypatch):
