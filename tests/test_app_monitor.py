@@ -92,3 +92,31 @@ async def test_failed_job_error_on_the_monitor(tmp_path, monkeypatch):
         await wait_until(pilot, lambda: queue.get(job.id).status == "queued")
         await pilot.press("escape")
         assert not isinstance(app.screen, MonitorScreen)
+
+
+async def test_a_twin_job_shows_both_sides_losses(tmp_path, monkeypatch):
+    """A twin job (A and B as one batch) reports B's loss beside A's; the monitor and the
+    queue's loss cells show both."""
+    from copylora_tui.core.formatting import job_loss_text
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = queue.enqueue("train", str(project), side="ab", label="train A+B", total=200)
+    queue.claim(None)
+    import os
+
+    from engine.jobs.procs import process_start
+
+    queue.set_pid(job.id, os.getpid(), process_start(os.getpid()))
+    queue.report_progress(job.id, Progress(120, 200, 0.61, 0.72, 1e-3, 7.0, 11.0, 17.0, None, loss_b=0.64, smooth_loss_b=0.74),
+                          point=True)
+    assert queue.points(job.id)[-1]["smooth_loss_b"] == 0.74
+    assert job_loss_text(queue.get(job.id)) == "A 0.7200 B 0.7400"
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_monitor(pilot, app, job.id)
+        await wait_until(pilot, lambda: "smoothed A 0.7200 B 0.7400" in screen_text(app))
+        assert "loss A 0.6100 B 0.6400" in screen_text(app)
+        assert app.screen.query_one("#loss-panel").border_subtitle == "curve: A's smoothed loss"
+    queue.close()

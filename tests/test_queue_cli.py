@@ -24,7 +24,7 @@ def test_run_queues_a_and_b_as_one_twin_job_when_they_train_alike(tmp_path, home
     root = copy_example(tmp_path)
     assert main(["run", str(root), "--no-worker", "--max-steps", "5"]) == 0
     out = capsys.readouterr().out
-    assert "train A+B queued #1" in out and "merge    queued #2" in out
+    assert "train A+B queued #1" in out and "merge     queued #2" in out  # the names align
     assert main(["queue", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(j["label"], j["side"]) for j in listed["jobs"]] == [("train A+B", "ab"), ("merge", None), ("preview", None)]

@@ -97,10 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     queue = _queue()
     new_jobs = []
     for path in args.projects:
-        for step in enqueue_project(queue, path, force=args.force, max_steps=args.max_steps):
+        steps = enqueue_project(queue, path, force=args.force, max_steps=args.max_steps)
+        width = max([8, *(len(step.what) for step in steps)])  # "train A+B" is one longer than the rest
+        for step in steps:
             job = f"#{step.job.id}" if step.job else ""
             reason = f" ({step.reason})" if step.reason and step.action != "queued" else ""
-            print(f"{path}: {step.what:<8} {step.action}{reason} {job}".rstrip())
+            print(f"{path}: {step.what:<{width}} {step.action}{reason} {job}".rstrip())
             if step.job is not None:
                 new_jobs.append(step.job.id)
     if not new_jobs:
@@ -127,9 +129,10 @@ def _wait(queue, job_ids: list[int]) -> int:
     try:
         with Progress(*columns, console=console) as bar:
             tasks = {}
-            for job_id in job_ids:
-                job = queue.get(job_id)
-                tasks[job_id] = bar.add_task(f"#{job.id} {job.label:<8} {project_label(job.project)}", total=1.0, info="")
+            jobs = [queue.get(job_id) for job_id in job_ids]
+            width = max([8, *(len(job.label) for job in jobs)])
+            for job in jobs:
+                tasks[job.id] = bar.add_task(f"#{job.id} {job.label:<{width}} {project_label(job.project)}", total=1.0, info="")
             while True:
                 finished = 0
                 for job_id, task in tasks.items():

@@ -163,6 +163,8 @@ class MonitorScreen(ActsWhileOpen, Screen):
         error.update(message or "")
         error.display = message is not None  # no blank line while there is nothing to say
         self.query_one("#loss-line", Static).update(self._loss_line(job))
+        twin = job.smooth_loss_b is not None
+        self.query_one("#loss-panel").border_subtitle = "curve: A's smoothed loss" if twin else "curve: smoothed loss"
         self.query_one("#gpu-line", Static).update(self._gpu_text(job, snapshot))
         if job.step != self._points_step:
             self.read_history()
