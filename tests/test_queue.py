@@ -166,3 +166,28 @@ def test_job_status_is_a_type_with_its_sets(tmp_path):
     assert set(ACTIVE) | set(FINISHED) == set(JobStatus)
     with pytest.raises(QueueError, match="cannot finish a job as 'sleeping'"):
         queue.finish(job.id, "sleeping")
+
+
+def test_a_version_1_queue_is_migrated_with_its_jobs_kept(tmp_path):
+    """A queue written before twin training (schema 1) opens with B's loss columns added."""
+    import sqlite3
+
+    from engine.jobs.queue import MIGRATIONS
+    from engine.jobs.state_home import queue_db
+
+    home = tmp_path / "old"
+    home.mkdir()
+    db = sqlite3.connect(queue_db(home))
+    for statement in MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO jobs (kind, project, side, label, position, created_at, step, total, smooth_loss)"
+               " VALUES ('train', '/p', 'a', 'train A', 1, 0, 200, 200, 0.74)")
+    db.commit()
+    db.close()
+    queue = Queue(home)
+    assert queue.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    (job,) = queue.jobs()
+    assert (job.label, job.smooth_loss, job.smooth_loss_b) == ("train A", 0.74, None)
+    assert queue.points(job.id) == []
+    queue.close()
