@@ -29,6 +29,25 @@ def test_train_then_refuse_silent_restart_then_resume(tmp_path, capsys):
     assert "resuming A from step 4" in capsys.readouterr().err
 
 
+def test_side_ab_trains_both_as_one_batch_and_resumes(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    assert main(["train", str(root), "--side", "ab", "--max-steps", "3"]) == 0
+    out = capsys.readouterr()
+    assert "example-monochrome_A.safetensors" in out.out and "example-monochrome_B.safetensors" in out.out
+    assert "training A and B together" in out.err
+    assert main(["train", str(root), "--side", "ab", "--max-steps", "5"]) == EXIT_USAGE  # checkpoints: decide
+    assert main(["train", str(root), "--side", "ab", "--max-steps", "5", "--resume"]) == 0
+    assert "resuming A from step 3" in capsys.readouterr().err
+    # Sides set differently cannot go together: one line that says why and what to do.
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("# Any [train] key set here overrides it for this side only.\n\n[merge]",
+                                              "learning_rate = 0.0005\n\n[merge]"))
+    assert main(["train", str(root), "--side", "ab", "--restart"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "A and B cannot train as one batch: [a] and [b] set different values (learning_rate)" in err
+    assert "--side a, then --side b" in err
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     root = copy_example(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

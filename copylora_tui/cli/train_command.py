@@ -1,4 +1,4 @@
-"""``copylora train``: one side's LoRA in the foreground, with a Rich progress bar.
+"""``copylora train``: one side's LoRA (or both, ``--side ab``) in the foreground, with a Rich progress bar.
 
 Ctrl-C or SIGTERM does not kill the run: the trainer finishes its step, writes a resumable
 state and stops; ``--resume`` continues it. (Background runs that survive the terminal are the
@@ -15,14 +15,16 @@ import sys
 def register(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser(
         "train",
-        help="train one side's LoRA in the foreground",
+        help="train one side's LoRA (or both) in the foreground",
         description=(
             "Train the LoRA of side A or B of a project in this terminal, writing <output>/<name>_A.safetensors "
-            "(or _B). Checkpoints go to <output>/runs/A every save_every_n_steps; Ctrl-C saves one and stops."
+            "(or _B). Checkpoints go to <output>/runs/A every save_every_n_steps; Ctrl-C saves one and stops. "
+            "--side ab trains both as one batch of two (twin training), when they train alike."
         ),
     )
     cmd.add_argument("project", metavar="PROJECT", help="project folder")
-    cmd.add_argument("--side", required=True, choices=["a", "b", "A", "B"], help="which teacher image to train on")
+    cmd.add_argument("--side", required=True, choices=["a", "b", "ab", "A", "B", "AB"],
+                     help="which teacher image to train on; ab: both, as one batch of two")
     cmd.add_argument("--max-steps", type=int, metavar="N", help="train N steps instead of the planned count")
     group = cmd.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -41,10 +43,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
     side = args.side.lower()
     plan = make_plan(load_project(args.project), max_steps=args.max_steps)
-    sp = plan.side(side)
-    existing = newest_step(sp.run_dir)
-    if existing and not (args.resume or args.restart):
-        raise ValidationError([Problem(str(sp.run_dir), f"holds a checkpoint at step {existing}: add --resume to continue it or --restart to start over")])
+    if side == "ab":
+        from engine.project.plan import twin_problem
+
+        problem = twin_problem(plan)
+        if problem:
+            raise ValidationError([Problem("--side ab", f"A and B cannot train as one batch: {problem}; train --side a, then --side b")])
+    for one in side:
+        sp = plan.side(one)
+        existing = newest_step(sp.run_dir)
+        if existing and not (args.resume or args.restart):
+            raise ValidationError([Problem(str(sp.run_dir), f"holds a checkpoint at step {existing}: add --resume to continue it or --restart to start over")])
 
     stop = {"asked": False}
 
@@ -60,10 +69,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if result.status == "stopped":
-        print(f"stopped at step {result.step}/{result.total}; continue with: copylora train {args.project} --side {side} --resume")
+    results = result if isinstance(result, dict) else {side: result}
+    first = next(iter(results.values()))
+    if first.status == "stopped":
+        print(f"stopped at step {first.step}/{first.total}; continue with: copylora train {args.project} --side {side} --resume")
         return 130
-    print(f"wrote {result.lora_path}  ({result.step} steps, {result.seconds:.1f} s, final loss {result.final_loss:.4f})")
+    for one in results.values():
+        print(f"wrote {one.lora_path}  ({one.step} steps, {one.seconds:.1f} s, final loss {one.final_loss:.4f})")
     return 0
 
 
@@ -74,29 +86,27 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
     from engine.quiet import quiet_libraries
     from engine.train.progress import format_duration
     from engine.train.trainer import train
+    from engine.train.twin import train_twin
 
     quiet_libraries()
 
     console = Console(stderr=True)
     columns = (
-        TextColumn(f"[bold]{side.upper()}[/bold]"),
+        TextColumn(f"[bold]{'A+B' if side == 'ab' else side.upper()}[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} it/s  ETA {task.fields[eta]}  loss {task.fields[loss]}"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("train", total=plan.side(side).total_steps, rate="-", eta="--:--", loss="-")
+        task = bar.add_task("train", total=plan.side(side[0]).total_steps, rate="-", eta="--:--", loss="-")
 
         def on_progress(p) -> None:
             # The trainer's own ETA (windowed it/s), not Rich's: it survives a resume correctly.
-            bar.update(task, completed=p.step, rate=f"{p.it_per_s:.1f}", eta=format_duration(p.eta_s), loss=f"{p.smooth_loss:.4f}")
+            loss = f"{p.smooth_loss:.4f}" if p.smooth_loss_b is None else f"A {p.smooth_loss:.4f} B {p.smooth_loss_b:.4f}"
+            bar.update(task, completed=p.step, rate=f"{p.it_per_s:.1f}", eta=format_duration(p.eta_s), loss=loss)
 
-        return train(
-            plan,
-            side,
-            resume=args.resume,
-            device=args.device,
-            on_progress=on_progress,
-            should_stop=lambda: stop["asked"],
-            log=lambda line: bar.console.print(line, highlight=False, markup=False),
-        )
+        hooks = dict(resume=args.resume, device=args.device, on_progress=on_progress, should_stop=lambda: stop["asked"],
+                     log=lambda line: bar.console.print(line, highlight=False, markup=False))
+        if side == "ab":
+            return train_twin(plan, **hooks)
+        return train(plan, side, **hooks)
