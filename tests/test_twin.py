@@ -124,7 +124,6 @@ def test_when_twin_does_not_apply(tmp_path, tiny):
 
 def test_twin_diverged_side_is_named_and_nothing_is_written(tmp_path, tiny, monkeypatch):
     import engine.train.trainer as trainer
-    import engine.train.twin as twin
 
     plan = make(tmp_path, 10, save_every_n_steps=3)
     calls = {"n": 0}
@@ -133,7 +132,6 @@ def test_twin_diverged_side_is_named_and_nothing_is_written(tmp_path, tiny, monk
         calls["n"] += 1
         return loss * float("nan") if step == 7 and calls["n"] % 2 == 0 else loss  # the second loss of a step is B's
 
-    monkeypatch.setattr(twin, "_loss_hook", nan_on_b)
     monkeypatch.setattr(trainer, "_loss_hook", nan_on_b)
     with pytest.raises(TrainingError, match="loss became nan at step 8 of side B"):
         train_twin(plan, model=tiny, log=quiet)

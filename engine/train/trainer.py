@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -612,86 +613,142 @@ def train(
     ``sample_every_n_steps`` makes them). ``on_start(step, total)`` is called once the
     starting step is known (0, or where a resumed run continues). ``model`` reuses an already
     loaded base model."""
+    side = side.lower()
+    results = train_sides(plan, [side], resume=resume, device=device, on_progress=on_progress, should_stop=should_stop,
+                          save_requested=save_requested, sample_requested=sample_requested, on_start=on_start, log=log,
+                          model=model)
+    return results[side]
+
+
+def train_sides(
+    plan: Plan,
+    sides: list[str],
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    save_requested: Callable[[], bool] | None = None,
+    sample_requested: Callable[[], bool] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    log: Log = print,
+    model=None,
+) -> dict[str, TrainResult]:
+    """The training loop, for one side (:func:`train`) or for A and B as one batch of two
+    (:func:`engine.train.twin.train_twin`, which checks first that they can go together). With
+    two sides, sample i of the batch goes through side i's LoRA (:class:`engine.train.twin.TwinHooks`)
+    and progress carries B's loss in ``loss_b``; everything else is each side's own (:class:`SideRun`)."""
     import torch
 
-    side = side.lower()
-    sp: SidePlan = plan.side(side)
+    twin = len(sides) == 2
+    sp: SidePlan = plan.side(sides[0])
     p = sp.params
+    total = sp.total_steps
     started = time.time()
     device = pick_device(device)
     weight_dtype, autocast_dtype, use_scaler = _precision(p.mixed_precision, device, log)
-    model = prepare_model(plan, side, device, weight_dtype, log, model)
+    model = prepare_model(plan, sides[0], device, weight_dtype, log, model)
     v_prediction = model.prediction_type == "v_prediction"
     scheduler = model.noise_scheduler
-    run = SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started, log=log)
+    runs = [SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started,
+                    log=log, apply=not twin) for side in sides]
     free_vae(model, device)
     amp = autocast_for(device, autocast_dtype)
-    start = run.resume_or_reset(resume)
+    starts = [run.resume_or_reset(resume) for run in runs]
+    if len(set(starts)) > 1:
+        from engine.train.twin import TwinNotPossible
 
+        raise TwinNotPossible(f"A's checkpoint is at step {starts[0]} and B's at step {starts[1]}: they resume apart")
+    hooks = None
+    if twin:
+        from engine.train.twin import TwinHooks
+
+        hooks = TwinHooks(runs[0].network, runs[1].network)
+        hooks.apply()
     try:
-        # ---- the loop
-        log(
-            f"training {side.upper()}: {sp.total_steps} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
-            f"rank {p.network_dim}, {run.optimizer_used} lr {p.learning_rate:g}, {device}"
-        )
-        meter = ProgressMeter(sp.total_steps, start_step=start)
+        who = "A and B together" if twin else sides[0].upper()
+        log(f"training {who}: {total} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
+            f"rank {p.network_dim}, {runs[0].optimizer_used} lr {p.learning_rate:g}, {device}")
+        step = starts[0]
+        meters = [ProgressMeter(total, start_step=step) for _ in runs]
         if on_start is not None:
-            on_start(start, sp.total_steps)
-        state_path = None
-        loss_value = None
-        step = start
+            on_start(step, total)
+        values: list[float | None] = [None] * len(runs)
+        states: list = [(None, None)] * len(runs)  # (checkpoint, LoRA) of each side
         pending = PendingLosses(_defers_loss_reads(device))
 
         def read_losses() -> None:
-            """Read what is pending; feed the meter all but the newest (:func:`report` takes
+            """Read what is pending; feed the meters all but the newest (:func:`report` takes
             that one); raise if any diverged."""
-            nonlocal loss_value
             read = pending.read()
-            for at, (value,), _ in read:
-                if not math.isfinite(value):
-                    raise run.diverged(at, value)
-            for at, (value,), lr in read[:-1]:
-                meter.update(at, value, lr)
-            loss_value = read[-1][1][0]
+            for at, row, _ in read:
+                for run, value in zip(runs, row):
+                    if not math.isfinite(value):
+                        raise run.diverged(at, value)
+            for at, row, lr in read[:-1]:
+                for meter, value in zip(meters, row):
+                    meter.update(at, value, lr)
+            values[:] = read[-1][1]
 
         def report() -> None:
-            """The newest step's progress to the listener (its loss has been read)."""
-            if on_progress is not None:
-                vram = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-                on_progress(meter.update(step, loss_value, run.lr(), vram))
+            """The newest step's progress to the listener (its losses have been read)."""
+            if on_progress is None:
+                return
+            vram = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+            progress = [meter.update(step, value, run.lr(), vram) for meter, value, run in zip(meters, values, runs)]
+            if twin:
+                progress[0] = replace(progress[0], loss_b=progress[1].loss, smooth_loss_b=progress[1].smooth_loss)
+            on_progress(progress[0])
 
-        while step < sp.total_steps:
+        def results(status: str) -> dict[str, TrainResult]:
+            seconds = time.time() - started
+            vram = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") and status == "done" else None
+            return {run.side: TrainResult(status, step, total, lora, state, seconds, run.optimizer_used, value, vram)
+                    for run, (state, lora), value in zip(runs, states, values)}
+
+        while step < total:
             if should_stop is not None and should_stop():
                 if pending.items:
                     read_losses()
-                try:
-                    state_path = run.write_state(step)
-                except OSError as exc:
-                    raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run.run_dir} ({exc})") from None
-                log(f"stopped at step {step}; state saved to {state_path.name}")
-                return TrainResult("stopped", step, sp.total_steps, None, state_path, time.time() - started, run.optimizer_used, loss_value)
+                for i, run in enumerate(runs):
+                    try:
+                        states[i] = (run.write_state(step), None)
+                    except OSError as exc:
+                        raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run.run_dir} ({exc})") from None
+                names = " and ".join(f"{state.name}{f' ({run.side.upper()})' if twin else ''}" for run, (state, _) in zip(runs, states))
+                log(f"stopped at step {step}; state saved to {names}")
+                return results("stopped")
 
-            draw = run.draw(step, scheduler, v_prediction)
+            draws = [run.draw(step, scheduler, v_prediction) for run in runs]
+            half = draws[0].noisy.shape[0]
+            if twin:
+                noisy, timesteps, cond = (torch.cat([getattr(d, k) for d in draws]) for k in ("noisy", "timesteps", "cond"))
+                added = None if draws[0].added is None else {k: torch.cat([d.added[k] for d in draws]) for k in draws[0].added}
+            else:
+                noisy, timesteps, cond, added = draws[0].noisy, draws[0].timesteps, draws[0].cond, draws[0].added
             with amp:
-                pred = model.unet(draw.noisy.to(weight_dtype), draw.timesteps, draw.cond.to(weight_dtype),
-                                  added_cond_kwargs=draw.added).sample
-            loss = _loss_hook(step, run.loss(pred, draw, scheduler, v_prediction))
+                pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype), added_cond_kwargs=added).sample
+            losses = [_loss_hook(step, run.loss(pred[i * half:(i + 1) * half], draw, scheduler, v_prediction))
+                      for i, (run, draw) in enumerate(zip(runs, draws))]
             if not pending.defer:  # reading is free here: a diverged step stops before its update
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise run.diverged(step + 1, value)
-
-            run.grad_scaler.scale(loss).backward()
-            run.optimizer_step()
+                for run, loss in zip(runs, losses):
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise run.diverged(step + 1, value)
+            # One backward for all sides: side i's LoRA only sees sample i's loss (every layer
+            # works per sample). Each side scales its own loss.
+            sum(run.grad_scaler.scale(loss) for run, loss in zip(runs, losses)).backward()
+            for run in runs:
+                run.optimizer_step()
             step += 1
 
-            pending.add(step, loss.detach().reshape(1), run.lr())
-            if pending.due(force=step == sp.total_steps):
+            pending.add(step, torch.stack([loss.detach() for loss in losses]), runs[0].lr())
+            if pending.due(force=step == total):
                 read_losses()
             if not pending.items:
                 report()
             asked = save_requested is not None and save_requested()
-            checkpoint_due = asked or (p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < sp.total_steps)
+            checkpoint_due = asked or (p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < total)
             preview_due = (sample_requested is not None and sample_requested()) or (
                 p.sample_every_n_steps and step % p.sample_every_n_steps == 0
             )
@@ -699,22 +756,35 @@ def train(
                 read_losses()
                 report()
             if checkpoint_due:
-                try:
-                    state_path = run.write_state(step)
-                except OSError as exc:  # a full disk must not end hours of training: the end tries again
-                    log(f"warning: could not write the checkpoint of step {step} ({exc}); training goes on")
+                for i, run in enumerate(runs):
+                    try:
+                        states[i] = (run.write_state(step), None)
+                    except OSError as exc:  # a full disk must not end hours of training: the end tries again
+                        whose = f"{run.side.upper()}'s " if twin else "the "
+                        log(f"warning: could not write {whose}checkpoint of step {step} ({exc}); training goes on")
             if asked:
-                snapshot = run.write_snapshot(step)
-                log(f"saved {snapshot.name} at step {step}")
+                for run in runs:
+                    log(f"saved {run.write_snapshot(step).name} at step {step}")
             if preview_due:
-                preview = run.write_preview(step)
-                log(f"preview {preview.name} at step {step}")
+                with hooks.suspended() if hooks else nullcontext():  # a preview applies one side's own network
+                    for run in runs:
+                        log(f"preview {run.write_preview(step).name} at step {step}")
 
-        state_path, lora_path = run.final_save(step)
-        seconds = time.time() - started
-        log(f"done: {lora_path} ({step} steps in {seconds:.1f} s)")
-        vram_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-        return TrainResult("done", step, sp.total_steps, lora_path, state_path, seconds, run.optimizer_used, loss_value, vram_peak)
+        failures = []
+        for i, run in enumerate(runs):  # every side is saved (or rescued) before a failure is raised
+            try:
+                states[i] = run.final_save(step)
+            except TrainingError as exc:
+                if not twin:
+                    raise
+                failures.append(f"{run.side.upper()}: {exc}")
+        if failures:
+            raise TrainingError("; ".join(failures))
+        log(f"done: {' and '.join(str(lora) for _, lora in states)} ({step} steps in {time.time() - started:.1f} s)")
+        return results("done")
     finally:
         # The base model may be reused (tests, the sampler): leave it as it was found.
-        run.network.remove()
+        if hooks is not None:
+            hooks.remove()
+        for run in runs:
+            run.network.remove()
