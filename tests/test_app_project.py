@@ -88,7 +88,8 @@ async def test_side_override_and_bad_folder(tmp_path, monkeypatch):
         await open_project(pilot, app, folder)
         for side in ("a", "b"):  # folded sections are built when unfolded
             app.screen.query_one(f"#section-{side}").collapsed = False
-        await wait_until(pilot, lambda: "a.network_dim" in app.screen.fields and "b.folder" in app.screen.fields)
+        # In the dict once built, on screen once mounted: the edits below need the latter.
+        await wait_until(pilot, lambda: app.screen.query("#field-a-network_dim #editor") and app.screen.query("#field-b-folder #editor"))
         editor(app, "b.folder").value = "nowhere"
         await wait_until(pilot, lambda: "folder not found" in field_error(app, "b.folder"))
         await pilot.press("ctrl+s")

@@ -149,8 +149,11 @@ async def test_unticked_box_reads_empty(tmp_path, monkeypatch):
     app = CopyloraApp(folder.parent)
     async with app.run_test(size=(100, 30)) as pilot:
         app.action_open_project(folder)
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and app.screen.fields)
-        box = app.screen.query_one("#field-train-gradient_checkpointing TickBox", TickBox)
+        # The fields dict fills while the screen composes, before the widgets are mounted:
+        # wait for the box itself, or the query can run between the two (seen once in CI).
+        selector = "#field-train-gradient_checkpointing TickBox"
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and bool(app.screen.query(selector)))
+        box = app.screen.query_one(selector, TickBox)
         assert box.value is False and str(box._button) == "▐ ▌"
         box.toggle()
         await pilot.pause()

@@ -100,8 +100,9 @@ def test_project_form_with_an_invalid_field(snap_compare, demo):
     async def run_before(pilot):
         await projects_ready(pilot)
         await pilot.press("down", "down", "o")  # example-monochrome, training
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen) and pilot.app.screen.fields)
-        field = pilot.app.screen.query_one("#field-train-network_dim #editor", Input)
+        selector = "#field-train-network_dim #editor"  # mounted, not only built
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen) and pilot.app.screen.query(selector))
+        field = pilot.app.screen.query_one(selector, Input)
         field.focus()
         field.value = "0"
         await wait_until(pilot, lambda: "must be greater than 0" in screen_text(pilot.app) and jobs_shown(pilot)
