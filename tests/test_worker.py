@@ -130,6 +130,10 @@ def test_failing_project_does_not_stop_the_queue(tmp_path, home):
     assert "b.folder monochrome.png: corrupt image" in train_ab.error and "Traceback" not in train_ab.error
     assert merge.error.startswith(f"dependency #{train_ab.id} (train A+B) failed")
     assert preview.error.startswith(f"dependency #{merge.id} (merge) failed")
+    # What finished is up to date, the preview included (it was queued again on every run while
+    # its record held the CPU-scaled settings instead of the project's [sample]).
+    again = enqueue_project(queue, roots[0], max_steps=6)
+    assert [s.action for s in again] == ["up to date"] * 4, [(s.what, s.reason) for s in again]
     stop_worker(home)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.errors import Problem, ValidationError
 from engine.project.folder import Project, parse_project
-from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, TrainParams
+from engine.project.params import BASE_WEIGHTS_KEYS, MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams
 from engine.project.toml_writer import render_project, toml_value
 from engine.project.validate import _base_type, coerce_value
 
@@ -79,6 +79,8 @@ def section_fields(section: str) -> list[FieldSpec]:
     specs = []
     if section in ("a", "b"):
         specs.append(FieldSpec(section, "folder", "str", {"doc": "Folder of this side's teacher image(s), relative to the project."}))
+    if section == "b":  # the differential route's keys: B trains on the base with A applied
+        specs += [FieldSpec(section, f.name, str(f.type), dict(f.metadata)) for f in fields(SideConfig) if f.name in BASE_WEIGHTS_KEYS]
     for f in fields(cls):
         if f.metadata:
             specs.append(FieldSpec(section, f.name, str(f.type), dict(f.metadata), override=section in ("a", "b")))
@@ -88,8 +90,8 @@ def section_fields(section: str) -> list[FieldSpec]:
 def current_value(project: Project, spec: FieldSpec) -> Any:
     if spec.section in ("a", "b"):
         side = project.side(spec.section)
-        if spec.key == "folder":
-            return side.folder
+        if spec.key == "folder" or spec.key in BASE_WEIGHTS_KEYS:
+            return getattr(side, spec.key)
         return side.overrides.get(spec.key, INHERIT)
     table = {"project": project.info, "train": project.train, "merge": project.merge, "sample": project.sample, "reg": project.reg}[spec.section]
     return getattr(table, spec.key)
@@ -140,12 +142,15 @@ def apply_values(project: Project, values: dict[str, Any]) -> Project:
     }
     changes: dict[str, dict[str, Any]] = {}
     sides = {s: (project.side(s).folder, dict(project.side(s).overrides)) for s in ("a", "b")}
+    side_keys: dict[str, dict[str, Any]] = {"a": {}, "b": {}}
     for path, value in values.items():
         section, key = path.split(".", 1)
         if section in sides:
             folder, overrides = sides[section]
             if key == "folder":
                 sides[section] = (value, overrides)
+            elif key in BASE_WEIGHTS_KEYS:
+                side_keys[section][key] = value
             elif value is INHERIT:
                 overrides.pop(key, None)
             else:
@@ -154,7 +159,7 @@ def apply_values(project: Project, values: dict[str, Any]) -> Project:
             changes.setdefault(section, {})[key] = value
     for section, change in changes.items():
         tables[section] = replace(tables[section], **change)
-    new_sides = {s: replace(project.side(s), folder=folder, overrides=overrides) for s, (folder, overrides) in sides.items()}
+    new_sides = {s: replace(project.side(s), folder=folder, overrides=overrides, **side_keys[s]) for s, (folder, overrides) in sides.items()}
     return replace(
         project, info=tables["project"], train=tables["train"], merge=tables["merge"],
         sample=tables["sample"], reg=tables["reg"], a=new_sides["a"], b=new_sides["b"],

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.jobs.queue import ACTIVE, TWIN, Job, Queue
+from engine.merge.project_result import merge_inputs, result_route_matches
 from engine.project.folder import load_project
-from engine.project.plan import Plan, make_plan, twin_problem
+from engine.project.plan import Plan, is_differential, make_plan, twin_problem
 
 
 @dataclass
@@ -64,11 +65,14 @@ def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
     except ValueError:
         return False, "merged file has no provenance"
     merge = plan.project.merge
-    inputs = [plan.side("b").lora_path, plan.side("a").lora_path]
-    expected = [{"file": p.name, "sha256": sha256_file(p) if p.exists() else None, "ratio": r} for p, r in zip(inputs, merge.ratios)]
+    inputs, ratios = merge_inputs(plan)
+    expected = [{"file": p.name, "sha256": sha256_file(p) if p.exists() else None, "ratio": r} for p, r in zip(inputs, ratios)]
     got = [{"file": i.get("file"), "sha256": i.get("sha256"), "ratio": i.get("ratio")} for i in made.get("inputs", [])]
+    route_ok, route_reason = result_route_matches(plan, meta)
+    if not route_ok:
+        return False, route_reason
     if got != expected:
-        return False, "A or B changed since the merge"
+        return False, "B changed since the result was made" if is_differential(plan.project) else "A or B changed since the merge"
     if made.get("new_rank") != merge.new_rank or made.get("new_conv_rank") != (merge.new_conv_rank or merge.new_rank):
         return False, "[merge] ranks changed"
     return True, plan.merged_path.name
@@ -123,6 +127,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         steps.append(Step("train A+B", f"already {twin.status}", twin))
         train_ids.append(twin.id)
         retrained = True
+    differential = is_differential(project)
     for side in ("a", "b") if twin is None else ():
         what = f"train {side.upper()}"
         waiting = active.get(("train", side))
@@ -132,29 +137,35 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
             retrained = True
             continue
         fresh, reason = side_fresh[side]
+        if differential and side == "b" and retrained:
+            fresh, reason = False, "A is being trained, and B trains on it"
         if fresh and not force:
             steps.append(Step(what, "up to date", reason=reason))
             continue
+        # The differential route's B trains on A's finished LoRA: it waits for A's job.
+        depends = before_training + (train_ids if differential and side == "b" else [])
         job = queue.enqueue(
-            "train", key, side=side, label=f"train {side.upper()}",
+            "train", key, side=side, label=f"train {side.upper()}" + (" on A" if differential and side == "b" else ""),
             params={"max_steps": max_steps, "restart": force},
-            total=plan.side(side).total_steps, depends_on=before_training,
+            total=plan.side(side).total_steps, depends_on=depends,
         )
         steps.append(Step(what, "queued", job, reason))
         train_ids.append(job.id)
         retrained = True
     merge_id = None
+    # The differential route's B is the result: this step only re-ranks it and writes its stats.
+    what = "result" if differential else "merge"
     waiting = active.get(("merge", None))
     if waiting is not None:
-        steps.append(Step("merge", f"already {waiting.status}", waiting))
+        steps.append(Step(what, f"already {waiting.status}", waiting))
         merge_id = waiting.id
     else:
         fresh, reason = merge_fresh if not retrained else (False, "A or B is being trained")
         if fresh and not force:
-            steps.append(Step("merge", "up to date", reason=reason))
+            steps.append(Step(what, "up to date", reason=reason))
         else:
-            job = queue.enqueue("merge", key, label="merge", depends_on=train_ids, total=None)
-            steps.append(Step("merge", "queued", job, reason))
+            job = queue.enqueue("merge", key, label=what, depends_on=train_ids, total=None)
+            steps.append(Step(what, "queued", job, reason))
             merge_id = job.id
     waiting = active.get(("sample", None))
     if waiting is not None:
@@ -164,7 +175,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         if fresh and not force:
             steps.append(Step("preview", "up to date", reason=reason))
         else:
-            total = len(project.sample.prompts) * len(project.sample.strengths)
+            total = len(project.sample.prompts) * len(project.sample.strengths) + (CHECK_IMAGES if differential else 0)
             job = queue.enqueue("sample", key, label="preview", depends_on=[merge_id] if merge_id else [], total=total)
             steps.append(Step("preview", "queued", job, reason))
     return steps
@@ -172,6 +183,25 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
 
 def grid_path(plan: Plan) -> Path:
     return plan.samples_dir / f"{plan.merged_path.stem}-grid.png"
+
+
+# The differential route's preview adds one check row (engine.train.sample.route_check): A, then
+# A with the result (which should draw picture B); the third column is picture B itself.
+CHECK_IMAGES = 2
+
+
+def check_path(plan: Plan) -> Path:
+    return plan.samples_dir / f"{plan.merged_path.stem}-check.png"
+
+
+def _png_record(path: Path) -> dict | None:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return json.loads(image.text.get("copylora", "{}"))
+    except (OSError, ValueError):
+        return None
 
 
 def sample_up_to_date(plan: Plan) -> tuple[bool, str]:
@@ -183,15 +213,17 @@ def sample_up_to_date(plan: Plan) -> tuple[bool, str]:
     path = grid_path(plan)
     if not path.is_file() or not plan.merged_path.is_file():
         return False, "no preview yet"
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            record = json.loads(image.text.get("copylora", "{}"))
-    except (OSError, ValueError):
+    record = _png_record(path)
+    if record is None:
         return False, "unreadable preview"
-    if record.get("lora_sha256") != sha256_file(plan.merged_path):
+    merged_sha = sha256_file(plan.merged_path)
+    if record.get("lora_sha256") != merged_sha:
         return False, "the merged LoRA changed"
-    if record.get("settings") != asdict(plan.project.sample):
+    if record.get("project_sample") != asdict(plan.project.sample):  # older grids lack it: drawn again once
         return False, "[sample] changed"
+    if is_differential(plan.project):
+        check = _png_record(check_path(plan)) if check_path(plan).is_file() else None
+        a_path = plan.side("a").lora_path
+        if check is None or check.get("lora_sha256") != merged_sha or check.get("a_sha256") != (sha256_file(a_path) if a_path.is_file() else None):
+            return False, "no check picture of the current A and result"
     return True, path.name

@@ -141,15 +141,14 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
 
 
 def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
-    from engine.merge.svd import merge_loras, save_merge
+    """The project's result: the B − A merge, or the differential route's B re-ranked."""
+    from engine.merge.project_result import describe, make_result
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
     from engine.train.progress import Progress
 
     plan = make_plan(load_project(job.project))
-    merge = plan.project.merge
-    paths = [plan.side("b").lora_path, plan.side("a").lora_path]
-    log(f"merging {merge.ratios[0]:+g}·{paths[0].name} {merge.ratios[1]:+g}·{paths[1].name} → rank {merge.new_rank}")
+    log(describe(plan))
 
     def progress(done: int, total: int, _name: str) -> None:
         if stop["asked"]:
@@ -157,11 +156,9 @@ def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
         if done == total or done % 25 == 0:
             queue.report_progress(job.id, Progress(done, total, float("nan"), float("nan"), 0.0, 0.0, 0.0, 0.0), point=False)
 
-    result = merge_loras(paths, list(merge.ratios), new_rank=merge.new_rank, new_conv_rank=merge.new_conv_rank,
-                         device=merge.device, precision=merge.precision, progress=progress)
+    lora, stats, result = make_result(plan, progress=progress)
     for note in result.notes:
         log(f"note: {note}")
-    lora, stats = save_merge(result, plan.merged_path, merge.save_precision)
     kept = [s.energy_kept for s in result.stats]
     log(f"wrote {lora} in {result.seconds:.2f} s; energy kept: mean {sum(kept) / len(kept):.4f}, min {min(kept):.4f}")
     return {"lora": str(lora), "stats": str(stats), "seconds": round(result.seconds, 2), "device": result.device}
@@ -185,12 +182,15 @@ def _images_progress(queue: Queue, job: Job, stop: dict):
 
 def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     """The strength grid of the project's merged LoRA (what `copylora run` ends with)."""
+    from dataclasses import asdict
+
     import torch
 
+    from engine.jobs.enqueue import CHECK_IMAGES, check_path
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project
-    from engine.project.plan import make_plan
-    from engine.train.sample import preview_settings, sample_lora
+    from engine.project.plan import is_differential, make_plan
+    from engine.train.sample import preview_settings, route_check, sample_lora
     from engine.train.trainer import pick_device
 
     plan = make_plan(load_project(job.project))
@@ -204,11 +204,24 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     out = plan.samples_dir / f"{plan.merged_path.stem}-grid.png"
     log(f"sampling {plan.merged_path.name} at strengths {settings.strengths}, seed {settings.seed}, {settings.steps} steps")
     started = time.perf_counter()
+    progress = _images_progress(queue, job, stop)
+    grid_count = len(settings.prompts) * len(settings.strengths)
+    total = grid_count + (CHECK_IMAGES if is_differential(project) else 0)
+    # What `copylora run` compares to decide that the preview is up to date: the project's own
+    # [sample] (the settings drawn may be scaled down for the CPU).
+    record = {"project_sample": asdict(project.sample)}
     path = sample_lora(model, plan.merged_path, settings, out, model_name=project.info.base_model,
-                       progress=_images_progress(queue, job, stop))
+                       progress=lambda done, _total: progress(done, total), extra=record)
+    artifacts = {"grid": str(path)}
+    if is_differential(project):
+        check = route_check(model, plan.side("a").lora_path, project.b.base_weights_multiplier, plan.merged_path,
+                            plan.side("b").images[0].path, settings, check_path(plan), model_name=project.info.base_model,
+                            progress=lambda done, _total: progress(grid_count + done, total), extra=record)
+        log(f"wrote {check}: A with the result should draw picture B")
+        artifacts["check"] = str(check)
     seconds = time.perf_counter() - started
     log(f"wrote {path} in {seconds:.1f} s")
-    return {"grid": str(path), "seconds": round(seconds, 2), "device": device}
+    return {**artifacts, "seconds": round(seconds, 2), "device": device}
 
 
 def run_reg(queue: Queue, job: Job, stop: dict) -> dict:

@@ -41,6 +41,9 @@ class LoRAModule(nn.Module):
         self.register_buffer("alpha", torch.tensor(0.0))
         self.set_alpha(alpha)
         self.multiplier = multiplier
+        # A frozen LoRA under another one's training (the differential route's A) runs in fp32
+        # even under fp16 autocast, so none of its change is lost to rounding.
+        self.full_precision = False
         # Not an attribute nn.Module would register: the base weights must stay out of
         # this network's parameters and state dict.
         self.__dict__["base"] = base
@@ -57,6 +60,9 @@ class LoRAModule(nn.Module):
 
     def contribution(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """What this LoRA adds to its base module's output for input ``x``, in ``dtype``."""
+        if self.full_precision:
+            with torch.autocast(x.device.type, enabled=False):
+                return self(x.to(self.lora_down.weight.dtype)).to(dtype)
         if torch.is_autocast_enabled(x.device.type):
             # Autocast runs both matmuls in its own precision whatever x's dtype: casting x to the
             # LoRA's fp32 first (and the result back) only added copies, two per module per step.

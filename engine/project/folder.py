@@ -19,7 +19,16 @@ from typing import Any
 from engine.errors import Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
 from engine.project.images import image_files, read_image_info
-from engine.project.params import TRAIN_KEYS, MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams
+from engine.project.params import (
+    BASE_WEIGHTS_KEYS,
+    TRAIN_KEYS,
+    MergeParams,
+    ProjectInfo,
+    RegParams,
+    SampleParams,
+    SideConfig,
+    TrainParams,
+)
 from engine.project.validate import build_section, coerce_value, did_you_mean, show
 
 if sys.version_info >= (3, 11):
@@ -166,19 +175,31 @@ def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
         folder = side
     overrides: dict[str, Any] = {}
     train_fields = {f.name: f for f in fields(TrainParams)}
+    side_fields = {f.name: f for f in fields(SideConfig) if f.name in BASE_WEIGHTS_KEYS}
+    base_weights: dict[str, Any] = {}
     for key, raw in table.items():
         if key == "folder":
             continue
+        if key in side_fields:
+            if side != "b":
+                problems.append(Problem(f"{side}.{key}", "belongs in [b]: the differential route applies A while B trains"))
+                continue
+            f = side_fields[key]
+            before = len(problems)
+            value = coerce_value(raw, f.type, dict(f.metadata), f"{side}.{key}", problems)
+            if len(problems) == before:
+                base_weights[key] = value
+            continue
         f = train_fields.get(key)
         if f is None:
-            known = ["folder", *TRAIN_KEYS]
+            known = ["folder", *TRAIN_KEYS, *(BASE_WEIGHTS_KEYS if side == "b" else ())]
             problems.append(Problem(f"{side}.{key}", f"unknown key{did_you_mean(key, known)}"))
             continue
         before = len(problems)
         value = coerce_value(raw, f.type, dict(f.metadata), f"{side}.{key}", problems)
         if len(problems) == before:
             overrides[key] = value
-    return SideConfig(folder=folder, overrides=overrides)
+    return SideConfig(folder=folder, overrides=overrides, **base_weights)
 
 
 def _check_semantics(project: Project, problems: list[Problem], check_files: bool, decode_images: bool = True) -> None:

@@ -38,6 +38,10 @@ SAVE_PRECISIONS = ("float", "fp16", "bf16")
 MERGE_PRECISIONS = ("float", "fp64")
 MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
 MERGE_DEVICES = ("auto", "cpu", "cuda")
+# The two routes to the copy-machine LoRA (README "Two routes"). svd-merge: A and B each on the
+# base, then +1·B −1·A. differential: B trains on the base with A applied (sd-scripts
+# --base_weights), so B learns only A→B and is itself the result.
+METHODS = ("svd-merge", "differential")
 
 # No layer of an SD1/SD2/SDXL U-Net or text encoder has min(in, out) above 1280, so a larger
 # rank adds nothing anywhere (engine.formats.model_files bounds it by the actual base model).
@@ -97,6 +101,12 @@ class ProjectInfo:
         choices=MODEL_FAMILIES,
     )
     output_dir: str = spec("Where LoRAs, checkpoints and previews go (relative to this file).", default="output")
+    method: str = spec(
+        'How the difference is made: "svd-merge" trains A and B on the base and merges +1·B −1·A; '
+        '"differential" trains B on the base with A applied ([b] base_weights_multiplier), and B is the result.',
+        default="svd-merge",
+        choices=METHODS,
+    )
     twin_training: bool = spec(
         "Train A and B together as one batch of two when their settings match (faster: training waits on kernel "
         "launches, which a batch of two pays once); false trains them one after the other.", default=True)
@@ -183,6 +193,19 @@ class TrainParams:
 class SideConfig:
     folder: str = spec("Folder of this side's teacher image(s), relative to this file.", default="")
     overrides: dict = field(default_factory=dict)
+    # The differential route's keys; [b] only (B is the side trained on base + A).
+    base_weights_multiplier: float = spec(
+        "Differential route: the strength of A applied to the base while B trains (sd-scripts --base_weights_multiplier).",
+        default=1.0, minimum=-10.0, maximum=10.0,
+    )
+    merge_base_weights: bool = spec(
+        "Differential route: merge A into the base weights before training, as sd-scripts does (in the weights' "
+        "precision: fp16 drops small changes), instead of applying A as a frozen fp32 LoRA.",
+        default=False,
+    )
+
+
+BASE_WEIGHTS_KEYS = ("base_weights_multiplier", "merge_base_weights")
 
 
 @dataclass

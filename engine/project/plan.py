@@ -153,9 +153,33 @@ def _with_steps(params: TrainParams, max_steps: int) -> TrainParams:
     return replace(params, max_train_epochs=None, max_train_steps=max_steps)
 
 
+@dataclass(frozen=True)
+class BaseWeights:
+    """What the differential route applies to the base while B trains: A's LoRA at a strength,
+    as a frozen LoRA (exact, fp32) or merged into the weights (sd-scripts' way)."""
+
+    path: Path
+    multiplier: float
+    merge: bool
+
+
+def is_differential(project: Project) -> bool:
+    return project.info.method == "differential"
+
+
+def base_weights_for(plan: Plan, side: str) -> BaseWeights | None:
+    """The LoRA applied under ``side``'s training: A's, for B in the differential route."""
+    if side.lower() != "b" or not is_differential(plan.project):
+        return None
+    b = plan.project.b
+    return BaseWeights(plan.side("a").lora_path, b.base_weights_multiplier, b.merge_base_weights)
+
+
 def twin_problem(plan: Plan) -> str | None:
     """Why A and B cannot train together, or None when they can."""
     a, b = plan.side("a"), plan.side("b")
+    if is_differential(plan.project):
+        return "the differential route trains B on the base with A's finished LoRA applied"
     if plan.project.reg is not None:
         return "the project has [reg] class images"
     if a.params != b.params:
@@ -172,6 +196,8 @@ def twin_problem(plan: Plan) -> str | None:
 
 def training_order(plan: Plan) -> str:
     """How the queue will train the sides, in words: together (twin) or one after the other, and why."""
+    if is_differential(plan.project):
+        return f"A, then B on the base with A applied at {plan.project.b.base_weights_multiplier:g} (differential route)"
     if not plan.project.info.twin_training:
         return "A, then B (twin_training = false)"
     problem = twin_problem(plan)

@@ -14,7 +14,7 @@ from typing import Any
 
 import tomli_w
 
-from engine.project.params import TrainParams
+from engine.project.params import BASE_WEIGHTS_KEYS, TrainParams
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -59,6 +59,10 @@ def _side(project: Any, side: str) -> list[str]:
     config = project.side(side)
     label = "A (the original picture)" if side == "a" else "B (the same picture, changed only in the wanted way)"
     lines = [f"[{side}]", f"# Teacher image folder of {label}.", f"folder = {toml_value(config.folder)}"]
+    if side == "b":  # the differential route's keys, explained where they are used
+        for f in fields(config):
+            if f.name in BASE_WEIGHTS_KEYS:
+                lines += [f"# {f.metadata['doc']}", f"{f.name} = {toml_value(getattr(config, f.name))}"]
     if config.overrides:
         lines.append("# Overrides of [train] for this side only.")
     else:

@@ -143,8 +143,8 @@ def generate(model, settings: SampleSettings, network=None, *, device: str | Non
     return images
 
 
-def grid(images: list[list], settings: SampleSettings, title: str = ""):
-    """A labelled grid: one row per prompt, one column per strength."""
+def grid(images: list[list], settings: SampleSettings, title: str = "", columns: list[str] | None = None):
+    """A labelled grid: one row per prompt, one column per strength (or per ``columns`` label)."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
@@ -155,8 +155,8 @@ def grid(images: list[list], settings: SampleSettings, title: str = ""):
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((4, 2), title, fill="black", font=font)
-    for c, strength in enumerate(settings.strengths):
-        draw.text((left_w + c * width + 4, title_h + 2), f"strength {strength:g}", fill="black", font=font)
+    for c, label in enumerate(columns or [f"strength {strength:g}" for strength in settings.strengths]):
+        draw.text((left_w + c * width + 4, title_h + 2), label, fill="black", font=font)
     for r, prompt in enumerate(settings.prompts):
         top = title_h + label_h + r * (height + label_h)
         draw.text((4, top + 2), f"prompt: {prompt!r}"[:120], fill="black", font=font)
@@ -204,8 +204,9 @@ def sample_with_network(model, network, settings: SampleSettings, out_path: Path
 
 
 def sample_lora(model, lora_path: Path | None, settings: SampleSettings, out_path: Path, *, model_name: str,
-                title: str = "", progress: Callable[[int, int], None] | None = None) -> Path:
-    """Grid of ``lora_path`` on ``model`` at the configured strengths (no LoRA: base only)."""
+                title: str = "", progress: Callable[[int, int], None] | None = None, extra: dict | None = None) -> Path:
+    """Grid of ``lora_path`` on ``model`` at the configured strengths (no LoRA: base only).
+    ``extra``: more keys for the PNG's ``copylora`` record."""
     from engine.lora.network import LoRANetwork
 
     network = None
@@ -216,5 +217,33 @@ def sample_lora(model, lora_path: Path | None, settings: SampleSettings, out_pat
     name = lora_path.name if lora_path is not None else "none"
     from engine.hashing import file_sha256
 
-    extra = {"lora_sha256": file_sha256(lora_path)} if lora_path is not None else {}
+    extra = {**(extra or {}), **({"lora_sha256": file_sha256(lora_path)} if lora_path is not None else {})}
     return save_grid(grid(images, settings, title or name), out_path, settings, model_name=model_name, lora_name=name, extra=extra)
+
+
+def route_check(model, a_path: Path, multiplier: float, result_path: Path, picture_b: Path, settings: SampleSettings,
+                out_path: Path, *, model_name: str, progress: Callable[[int, int], None] | None = None,
+                extra: dict | None = None) -> Path:
+    """The differential route's check picture, caption-free as trained: A at its multiplier,
+    then A with the result at 1 (which should draw picture B), then picture B itself."""
+    from PIL import Image, ImageOps
+
+    from engine.hashing import file_sha256
+    from engine.lora.network import LoRANetwork
+
+    check = replace(settings, prompts=[""], strengths=[0.0, 1.0])
+    a_network = LoRANetwork.from_file(a_path, model.unet, model.text_encoders, model.family, multiplier)
+    a_network.to(device=model.unet.device)
+    result = LoRANetwork.from_file(result_path, model.unet, model.text_encoders, model.family)
+    result.to(device=model.unet.device)
+    a_network.apply_to()
+    try:
+        images = generate(model, check, result, progress=progress)
+    finally:
+        a_network.remove()
+    with Image.open(picture_b) as teacher:
+        images[0].append(ImageOps.fit(teacher.convert("RGB"), tuple(check.size)))
+    columns = [f"A at {multiplier:g}", f"A at {multiplier:g} + result at 1", "picture B"]
+    extra = {**(extra or {}), "lora_sha256": file_sha256(result_path), "a_sha256": file_sha256(a_path), "check": True}
+    title = "check: A + the result should draw picture B"
+    return save_grid(grid(images, check, title, columns), out_path, check, model_name=model_name, lora_name=result_path.name, extra=extra)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.errors import CopyloraError
-from engine.project.plan import Plan, SidePlan
+from engine.project.plan import Plan, SidePlan, base_weights_for
+from engine.train.base_weights import apply_base_weights, base_weights_record
 from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
 from engine.train.progress import Progress, ProgressMeter
 
@@ -76,6 +77,9 @@ def training_fingerprint(plan: Plan, side: str) -> str:
         params.pop(key, None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
     payload = {"params": params, "images": images, "base": plan.project.base_model_path(), "family": plan.project.info.model_family}
+    base_weights = base_weights_for(plan, side)
+    if base_weights is not None:  # the differential route's B is trained on base + A: a new A makes it stale
+        payload["base_weights"] = base_weights_record(base_weights)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -354,6 +358,8 @@ class SideRun:
         self.run_dir = self.sp.run_dir
         self.fingerprint = training_fingerprint(plan, side)
         self.preview_noted = False
+        base_weights = base_weights_for(plan, side)  # the differential route's A, under B
+        self.base_weights = None if base_weights is None else base_weights_record(base_weights)
 
         # ---- cached latents (once per image) and text embeddings (once per prompt)
         self.data = training_data(model, plan, side, log)
@@ -495,6 +501,8 @@ class SideRun:
         # What `copylora run` compares to decide that this LoRA is up to date.
         metadata["copylora_fingerprint"] = self.fingerprint
         metadata["copylora_steps"] = str(step)
+        if self.base_weights is not None:  # trained on base + A: which A, at which strength
+            metadata["copylora_base_weights"] = json.dumps(self.base_weights)
         return save_lora_file(path, self.network.weights(), metadata, self.p.save_precision)
 
     def write_snapshot(self, step: int) -> Path:
@@ -650,22 +658,26 @@ def train_sides(
     model = prepare_model(plan, sides[0], device, weight_dtype, log, model)
     v_prediction = model.prediction_type == "v_prediction"
     scheduler = model.noise_scheduler
-    runs = [SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started,
-                    log=log, apply=not twin) for side in sides]
-    free_vae(model, device)
-    amp = autocast_for(device, autocast_dtype)
-    starts = [run.resume_or_reset(resume) for run in runs]
-    if len(set(starts)) > 1:
-        from engine.train.twin import TwinNotPossible
-
-        raise TwinNotPossible(f"A's checkpoint is at step {starts[0]} and B's at step {starts[1]}: they resume apart")
+    # The differential route's B trains on the base with A applied (before B's text is encoded).
+    base_weights = None if twin else base_weights_for(plan, sides[0])
+    applied = apply_base_weights(model, base_weights, device, log) if base_weights is not None else None
+    runs: list[SideRun] = []
     hooks = None
-    if twin:
-        from engine.train.twin import TwinHooks
-
-        hooks = TwinHooks(runs[0].network, runs[1].network)
-        hooks.apply()
     try:
+        runs = [SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started,
+                        log=log, apply=not twin) for side in sides]
+        free_vae(model, device)
+        amp = autocast_for(device, autocast_dtype)
+        starts = [run.resume_or_reset(resume) for run in runs]
+        if len(set(starts)) > 1:
+            from engine.train.twin import TwinNotPossible
+
+            raise TwinNotPossible(f"A's checkpoint is at step {starts[0]} and B's at step {starts[1]}: they resume apart")
+        if twin:
+            from engine.train.twin import TwinHooks
+
+            hooks = TwinHooks(runs[0].network, runs[1].network)
+            hooks.apply()
         who = "A and B together" if twin else sides[0].upper()
         log(f"training {who}: {total} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
             f"rank {p.network_dim}, {runs[0].optimizer_used} lr {p.learning_rate:g}, {device}")
@@ -788,3 +800,5 @@ def train_sides(
             hooks.remove()
         for run in runs:
             run.network.remove()
+        if applied is not None:
+            applied.remove()
