@@ -98,6 +98,11 @@ MALFORMED = [
     ([1, 2, 3], "JSON list"),
     ({"modules": [], "blocks": [{"block": "in1", "modules": "two"}]}, "blocks[0].modules"),
     ({"modules": [], "inputs": [{"file": 3, "ratio": 1}]}, "inputs[0].file"),
+    # the LoRA Block Weight fields are optional (older files lack them), but checked where present
+    ({"modules": [], "lbw_blocks": [{"block": "IN04"}]}, "lbw_blocks[0].modules is missing"),
+    ({"modules": [{"name": "x", "block": "in1", "kind": "linear", "shape": [4, 4], "input_ranks": [4], "kept_rank": 4, "energy_kept": 1,
+                   "rel_error": 0, "result_norm": 1, "input_norms": [1], "lbw_block": 4}]}, "modules[0].lbw_block is 4"),
+    ({"modules": [], "inputs": [{"file": "B.safetensors", "ratio": 1, "lbw": [1, "x"]}]}, "inputs[0].lbw is not a list of numbers"),
 ]
 
 
@@ -123,7 +128,7 @@ async def test_malformed_stats_is_a_message_in_the_stats_panel(tmp_path, monkeyp
         await pilot.press("s")
         assert isinstance(app.screen, StatsScreen)
         await wait_until(pilot, lambda: "modules[2].kind is missing" in " ".join(screen_text(app).split()))
-        await pilot.press("s", "r", "b", "k", "enter")  # the keys of an unshowable file do nothing
+        await pilot.press("s", "r", "b", "k", "v", "enter")  # the keys of an unshowable file do nothing
         assert app.is_running and app._exception is None
         await pilot.press("escape")
         assert not isinstance(app.screen, StatsScreen)

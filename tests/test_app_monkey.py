@@ -43,7 +43,7 @@ SCREENS = {
     "monitor": ["c", "p", "r", "s", "v", "o"],
     "project": ["ctrl+s", "ctrl+r", "ctrl+t", "ctrl+o", "backspace", "delete", "-", ".", ",", "[", "]", "=", '"',
                 *string.ascii_lowercase.replace("q", ""), *string.digits],
-    "stats": ["s", "r", "b", "k"],
+    "stats": ["s", "r", "b", "k", "v"],
 }
 
 

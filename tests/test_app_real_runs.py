@@ -60,7 +60,7 @@ async def test_every_screen_and_binding_over_real_runs(real_runs, size):
         drive = Driver(pilot)
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen) and app.screen.summaries, timeout=20)
         names = [s.folder.name for s in app.screen.summaries]
-        assert len(names) == 7
+        assert len(names) == 8
 
         # ---- Projects: every row with the keys that depend on the project, the dialogs once
         for index, name in enumerate(names):
@@ -80,7 +80,7 @@ async def test_every_screen_and_binding_over_real_runs(real_runs, size):
         app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("invalid"))
         await drive.press("d", "y")  # delete a project for real
         await wait_until(pilot, lambda: not (real_runs / "invalid").exists())
-        await wait_until(pilot, lambda: len(app.screen.summaries) == 6)
+        await wait_until(pilot, lambda: len(app.screen.summaries) == 7)
         names = [s.folder.name for s in app.screen.summaries]
         app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("mono"))
         await drive.press("r")  # run: queue what is missing (the worker start is recorded, not done)
@@ -159,5 +159,34 @@ async def test_interrupted_and_resumable_states_of_real_runs(real_runs):
         queue_text = ""
         await pilot.press("2")
         await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen))
-        queue_text = screen_text(app)
+        queue_text = rows_text(app)  # every row: more jobs than a 30-line terminal shows
         assert "class images" in queue_text and "cancelled" in queue_text and "paused" in queue_text
+
+
+def rows_text(app) -> str:
+    """The queue table's cells, row by row (rows scrolled out of view included)."""
+    from copylora_tui.widgets.job_table import JobTable
+
+    table = app.screen.query_one(JobTable)
+    return "\n".join(" ".join(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count))
+
+
+async def test_a_differential_project_shows_its_route(real_runs):
+    """The differential route's finished run: the list says "result", the project its route,
+    the queue B's job trained on A and the result job."""
+    app = CopyloraApp(real_runs, poll_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen) and app.screen.summaries, timeout=20)
+        summary = next(s for s in app.screen.summaries if s.folder.name == "differential")
+        assert summary.method == "differential" and summary.merge.state == "done", summary
+        # (the sides trained 4 of the plan's 200 steps: "resumable", as --max-steps leaves them)
+        assert all(state.state == "resumable" for state in summary.sides.values()), summary.sides
+        assert "✓ result" in screen_text(app)
+        names = [s.folder.name for s in app.screen.summaries]
+        app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("differential"))
+        await pilot.press("o")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "route: differential" in screen_text(app))
+        await pilot.press("escape", "2")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and "train B on A" in rows_text(app))
+        assert "result" in rows_text(app)
+        assert app._exception is None

@@ -25,18 +25,28 @@ async def test_stats_of_a_merged_lora_sort_and_filter(tmp_path, monkeypatch):
         assert isinstance(app.screen, StatsScreen)
         text = screen_text(app)
         assert "example-monochrome.safetensors" in text and "6 modules" in text and "Δ1=+1·example-monochrome_B" in text
-        assert app.screen.query_one("#blocks", DataTable).row_count == 4
+        blocks = app.screen.query_one("#blocks", DataTable)
+        assert app.screen.view == "lbw" and blocks.row_count == 5 and str(blocks.get_row_at(0)[0]) == "IN04"
         assert module_names(app)[0] == "up2_res0_conv1"  # lowest energy kept first
         await pilot.press("s")  # the next column: truncation error, largest first
         assert app.screen.sort == "error" and module_names(app)[0] == "up2_res0_conv1"
         app.screen.sort = "norm"
         await pilot.press("r")
         assert module_names(app)[0].startswith("down1_att0_proj_in")  # smallest ‖Δ‖ first when reversed
-        await pilot.press("b")  # first block filter: the "in" group
-        assert app.screen.block == "in" and len(module_names(app)) == 2
+        await pilot.press("b")  # first block filter: the "IN" group
+        assert app.screen.block == "IN" and len(module_names(app)) == 2
         await pilot.press("b", "k")
-        assert app.screen.block == "out" and app.screen.kind == "conv1x1" and module_names(app) == []
+        assert app.screen.block == "OUT" and app.screen.kind == "conv1x1" and module_names(app) == []
         await wait_until(pilot, lambda: "0 of 6" in screen_text(app))
+        await pilot.press("k", "k", "k", "v")  # every kind again; U-Net levels: the shared group stays, in their naming
+        assert app.screen.view == "unet" and app.screen.block == "out" and len(module_names(app)) == 3
+        await wait_until(pilot, lambda: "block (U-Net)" in screen_text(app))
+        assert blocks.row_count == 4 and [str(blocks.get_row_at(i)[0]) for i in range(4)] == ["in1", "mid", "out2", "out3"]
+        await pilot.press("b", "b")  # out -> in1 -> mid
+        assert app.screen.block == "mid" and module_names(app) == ["mid.att0_tb0_attn2_to_k"]
+        await pilot.press("b", "v")  # a single block does not carry over to the other naming
+        assert app.screen.view == "lbw" and app.screen.block is None and len(module_names(app)) == 6
+        await wait_until(pilot, lambda: "block (LBW)" in screen_text(app))
         await pilot.press("escape")
         assert not isinstance(app.screen, StatsScreen)
 

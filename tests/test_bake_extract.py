@@ -1,4 +1,4 @@
-"""Method 1: bake LoRAs into a base model, extract a LoRA from two checkpoints' difference.
+"""Bake-and-extract: bake LoRAs into a base model, extract a LoRA from two checkpoints' difference.
 
 All on the tiny SD1.5-topology model, CPU, fp32. The central check is that the two routes of
 the copy-machine workflow agree: bake A and bake B, extract B−A at rank 16 == the exact SVD
@@ -174,7 +174,7 @@ def _weights_by_name(model):
 
 @pytest.mark.parametrize("svd", ["auto", "randomized"])
 def test_bake_then_extract_equals_svd_merge(work, svd):
-    """Method 1 (bake A, bake B, extract B−A) == method 2 (exact merge +B −A), both at rank 16.
+    """Bake-and-extract (bake A, bake B, extract B−A) == the SVD route (exact merge +B −A), both at rank 16.
 
     Tolerance per module, relative to ‖ΔB − ΔA‖_F: storing W + ΔA and W + ΔB in fp32 rounds
     each element by at most u·|W + Δ| (u = 2⁻²⁴), so the extracted difference is off by a
@@ -457,11 +457,11 @@ def _cli(argv: list[str]) -> int:
     )
     if registered:
         return cli_main.main(argv)
-    from copylora_tui.cli import method1_commands
+    from copylora_tui.cli import bake_commands
 
     own = cli_main.Parser(prog="copylora")
     own.add_argument("--debug", action="store_true")
-    method1_commands.register(own.add_subparsers(dest="command", parser_class=cli_main.Parser))
+    bake_commands.register(own.add_subparsers(dest="command", parser_class=cli_main.Parser))
     args = own.parse_args(argv)
     return cli_main.run_guarded(args.func, args)
 

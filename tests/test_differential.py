@@ -139,3 +139,47 @@ def load_meta(path) -> dict:
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata())
+
+
+@pytest.mark.parametrize("table, line, message", [
+    ("a", "base_weights_multiplier = 1.0", "a.base_weights_multiplier: belongs in [b]"),
+    ("b", "base_weights_multiplier = 50", "b.base_weights_multiplier"),
+    ("b", "base_weights_multiplier = nan", "b.base_weights_multiplier: must be a finite number"),
+    ("b", 'merge_base_weights = "yes"', "b.merge_base_weights: must be true or false"),
+    ("b", "base_weight_multiplier = 1.0", "did you mean 'base_weights_multiplier'"),
+    ("project", 'method = "diff"', "project.method"),
+])
+def test_bad_differential_keys_fail_at_check_with_one_line(tmp_path, table, line, message):
+    from engine.errors import ValidationError
+
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    text = toml.read_text()
+    key = line.split(" =")[0]
+    existing = {"project": 'method = "svd-merge"', "b": f"{key} = {'false' if key == 'merge_base_weights' else '1.0'}"}
+    if table in existing and existing[table] in text:
+        text = text.replace(existing[table], line)
+    else:
+        text = text.replace(f"[{table}]\n", f"[{table}]\n{line}\n", 1)
+    toml.write_text(text)
+    with pytest.raises(ValidationError) as caught:
+        load_project(root)
+    assert message in str(caught.value), str(caught.value)
+
+
+def test_differential_keys_round_trip_and_the_form_edits_them(tmp_path):
+    from copylora_tui.core import form
+
+    plan = make(tmp_path, multiplier=0.5, merge=True)
+    project = load_project(plan.project.root)
+    assert (project.info.method, project.b.base_weights_multiplier, project.b.merge_base_weights) == ("differential", 0.5, True)
+    paths = [spec.path for spec in form.section_fields("b")]
+    assert "b.base_weights_multiplier" in paths and "b.merge_base_weights" in paths
+    assert "a.base_weights_multiplier" not in [spec.path for spec in form.section_fields("a")]
+    spec = next(s for s in form.section_fields("b") if s.key == "base_weights_multiplier")
+    value, problem = form.parse_text("0.25", spec)
+    assert problem is None
+    edited = form.apply_values(project, {"b.base_weights_multiplier": value, "b.merge_base_weights": False})
+    checked, problems = form.validate(edited)
+    assert problems == [] and checked.b.base_weights_multiplier == 0.25 and checked.b.merge_base_weights is False
+    assert form.current_value(checked, spec) == 0.25

@@ -327,3 +327,31 @@ def test_bad_files(tmp_path: Path, name: str, text: str | None, message: str) ->
 def test_import_does_not_load_torch() -> None:
     code = "import sys, engine.project.kohya_import; sys.exit('torch' in sys.modules or 'copylora_tui' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0
+
+
+def test_base_weights_map_to_the_differential_route(tmp_path: Path) -> None:
+    """sd-scripts' differential learning (--base_weights A --base_weights_multiplier M) is the
+    project's differential route; what cannot map is reported, never dropped."""
+    path = tmp_path / "config.toml"
+    path.write_text('network_dim = 8\nbase_weights = ["copier_A.safetensors"]\nbase_weights_multiplier = [0.8]\n', encoding="utf-8")
+    result = import_kohya(path)
+    _check_reports(result, _input_keys(path))
+    assert result.extra == {"project": {"method": "differential"}, "b": {"base_weights_multiplier": 0.8}}
+    assert "not read" in format_report(result) and "copier_A.safetensors" in format_report(result)
+
+    for name, color in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (64, 96), color).save(tmp_path / name)
+    project = create_project(tmp_path / "proj", tmp_path / "a.png", tmp_path / "b.png")
+    save_project(apply_import(project, result))
+    loaded = load_project(tmp_path / "proj")
+    assert loaded.info.method == "differential" and loaded.b.base_weights_multiplier == 0.8
+
+    path.write_text('base_weights = "one.safetensors"\n', encoding="utf-8")  # a plain string, no multiplier
+    assert import_kohya(path).extra == {"project": {"method": "differential"}}
+    path.write_text('base_weights = ["x.safetensors", "y.safetensors"]\nbase_weights_multiplier = [1.0, 0.5]\n', encoding="utf-8")
+    several = import_kohya(path)
+    assert "project" not in several.extra and "several LoRAs" in _entry(several.ignored, "base_weights").note
+    assert "no single" in _entry(several.ignored, "base_weights_multiplier").note
+    path.write_text('base_weights = ["x.safetensors"]\nbase_weights_multiplier = [50]\n', encoding="utf-8")
+    far = import_kohya(path)
+    assert far.extra == {"project": {"method": "differential"}} and "-10 to 10" in _entry(far.ignored, "base_weights_multiplier").note

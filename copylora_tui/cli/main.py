@@ -40,8 +40,8 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from copylora_tui.cli import (
+        bake_commands,
         merge_commands,
-        method1_commands,
         project_commands,
         queue_commands,
         sample_command,
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     project_commands.register(commands)
     train_command.register(commands)
     merge_commands.register(commands)
-    method1_commands.register(commands)
+    bake_commands.register(commands)
     sample_command.register(commands)
     queue_commands.register(commands)
     return parser

@@ -45,6 +45,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--clamp_quantile", type=float, metavar="Q",
         help="reproduce kohya's clamp of the factors at this quantile (kohya uses 0.99); default: exact, no clamp",
     )
+    merge.add_argument(
+        "--lbws", nargs="+", metavar="'[1,0,...]'",
+        help="LoRA Block Weight vector per model, as kohya's --lbws: each model's change is scaled per block before the merge; "
+             "12 or 20 weights (SDXL), 17 or 26 (SD1/SD2), blocks BASE, IN00…, MID, OUT00…; with --project its [merge] lbws",
+    )
     merge.set_defaults(func=cmd_merge)
 
     resize = commands.add_parser(
@@ -66,8 +71,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Show the per-module statistics of a merged LoRA (its <stem>.stats.json) and a per-block summary.",
     )
     stats.add_argument("file", metavar="FILE", help="merged LoRA or its .stats.json")
-    stats.add_argument("--sort", choices=("cos", "energy", "error", "name", "norm"), default="energy", help="energy (lowest first), error, norm, cos, name")
-    stats.add_argument("--block", metavar="B", help="only modules of this block (te, in, mid, out, or e.g. out3)")
+    stats.add_argument("--sort", choices=("block", "cos", "energy", "error", "name", "norm"), default="energy",
+                       help="energy (lowest first), error, norm, cos, name, block (BASE, IN00…, MID, OUT00…)")
+    stats.add_argument("--blocks", choices=("lbw", "unet"), default="lbw",
+                       help="group by LoRA Block Weight blocks (BASE, IN04, MID, OUT03…; default) or by U-Net level (te, in1, mid, out3…)")
+    stats.add_argument("--block", metavar="B", help="only modules of this block or group, in either naming: IN04, OUT, BASE, MID, or te, in1, out3…")
     stats.add_argument("--kind", choices=("linear", "conv1x1", "conv3x3"), help="only this kind of module")
     stats.add_argument("--top", type=int, default=20, metavar="N", help="rows to show (0: all; default 20)")
     stats.add_argument("--json", action="store_true", help="print the selected rows as JSON")
@@ -84,7 +92,8 @@ def _check_inputs(paths: list[str], save_to: str, problems: list[Problem]) -> No
         problems.append(Problem("--save_to", "would overwrite an input"))
 
 
-def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, precision, save_precision, clamp_quantile):
+def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, precision, save_precision, clamp_quantile, lbws=None,
+               route=None):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -99,11 +108,13 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
 
         result = merge_loras(
             paths, ratios, new_rank=new_rank, new_conv_rank=new_conv_rank, device=device,
-            precision=precision, clamp_quantile=clamp_quantile, progress=progress,
+            precision=precision, clamp_quantile=clamp_quantile, progress=progress, lbws=lbws,
         )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    lora_path, stats_path = save_merge(result, save_to, save_precision)
+    if route is not None:  # a project's result (engine.merge.project_result records the same)
+        result.metadata["copylora_route"] = json.dumps(route)
+    lora_path, stats_path = save_merge(result, save_to, save_precision, extra={"route": route} if route else None)
     energies = [s.energy_kept for s in result.stats]
     worst = min(result.stats, key=lambda s: s.energy_kept)
     print(
@@ -117,13 +128,19 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
 
 def _project_defaults(args: argparse.Namespace) -> None:
     """Fill unset flags from a project's plan and [merge] table: B then A, as the recipe merges."""
+    from engine.lbw_vectors import per_model_lbws
+    from engine.merge.project_result import input_lbws, merge_inputs, route_record
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
 
     plan = make_plan(load_project(args.project))
     merge = plan.project.merge
-    args.models = args.models or [str(plan.side("b").lora_path), str(plan.side("a").lora_path)]
-    args.ratios = args.ratios or list(merge.ratios)
+    paths, ratios = merge_inputs(plan)  # [B, A] by the SVD route; [B] alone by the differential one
+    if not args.models:  # the project's own result: recorded with its route, as `copylora run` makes it
+        args.route = route_record(plan)
+        args.lbws = args.lbws or input_lbws(plan)
+    args.models = args.models or [str(p) for p in paths]
+    args.ratios = args.ratios or ratios
     args.save_to = args.save_to or str(plan.merged_path)
     # `is None`, not `or`: an explicit --new_rank 0 is an error to report, not "unset"
     args.new_rank = merge.new_rank if args.new_rank is None else args.new_rank
@@ -131,6 +148,7 @@ def _project_defaults(args: argparse.Namespace) -> None:
     args.device = args.device or merge.device
     args.precision = args.precision or merge.precision
     args.save_precision = args.save_precision or merge.save_precision
+    args.lbws = args.lbws or per_model_lbws(merge.lbws, len(args.models))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -157,6 +175,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         problems.append(Problem("--ratios", f"must be finite numbers, got {' '.join(f'{r:g}' for r in ratios)}"))
     if args.clamp_quantile is not None and not 0 < args.clamp_quantile <= 1:
         problems.append(Problem("--clamp_quantile", f"must be in (0, 1] (kohya uses 0.99), got {args.clamp_quantile:g}"))
+    lbws = _check_lbws(args.lbws, len(args.models), problems)
     _check_inputs(args.models, args.save_to, problems)
     if problems:
         raise ValidationError(problems)
@@ -166,7 +185,25 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return _run_merge(
         args.models, ratios, save_to=args.save_to, new_rank=args.new_rank, new_conv_rank=args.new_conv_rank,
         device=args.device, precision=precision, save_precision=args.save_precision or "float", clamp_quantile=args.clamp_quantile,
+        lbws=lbws, route=getattr(args, "route", None),
     )
+
+
+def _check_lbws(vectors, models: int, problems: list[Problem]) -> list | None:
+    """The --lbws vectors parsed (one per model), or None; what is wrong goes to ``problems``.
+    Whether their length suits the models' family (SD1/SD2 or SDXL) the merge checks."""
+    from engine.lbw_vectors import BlockWeightError, check_lbws
+
+    if not vectors:
+        return None
+    if len(vectors) != models:
+        problems.append(Problem("--lbws", f"{len(vectors)} block-weight vector(s) for {models} model(s): give one per model"))
+        return None
+    try:
+        return check_lbws(vectors, None, "--lbws")
+    except BlockWeightError as exc:
+        problems.append(Problem(exc.where, exc.message))
+        return None
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
@@ -187,11 +224,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from copylora_tui.core.stats_table import load_stats, select_rows
 
     document = load_stats(args.file)
-    rows = select_rows(document, sort=args.sort, block=args.block, kind=args.kind, top=args.top)
+    rows = select_rows(document, sort=args.sort, block=args.block, kind=args.kind, top=args.top, view=args.blocks)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     from copylora_tui.cli.stats_view import print_stats
 
-    print_stats(document, rows)
+    print_stats(document, rows, view=args.blocks)
     return 0

@@ -7,6 +7,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+ROUTES = {
+    "svd-merge": "svd-merge: A and B each trained on the base, then +1·B −1·A merged (exact SVD)",
+    "differential": "differential: B trains on the base with A applied; B is the result",
+}
+
 
 def _rel(path: Path, root: Path) -> str:
     try:
@@ -49,14 +54,21 @@ def print_plan(plan, console: Console | None = None) -> None:
     merge = project.merge
     from engine.project.plan import training_order
 
+    console.print(f"route     {ROUTES[project.info.method]}")
     console.print(f"training  {training_order(plan)}")
-    b_ratio, a_ratio = merge.ratios
     conv = merge.new_conv_rank or merge.new_rank
-    console.print(
-        f"merge  {b_ratio:+g}·B {a_ratio:+g}·A → rank {merge.new_rank} (3x3 conv {conv}), "
-        f"{merge.precision} math, saved {merge.save_precision}"
-    )
+    if project.info.method == "differential":
+        how = "merged into the base weights" if project.b.merge_base_weights else "as a frozen fp32 LoRA"
+        console.print(f"  B trains with A at {project.b.base_weights_multiplier:g} applied {how}")
+        console.print(f"result  B itself, re-ranked to at most {merge.new_rank} (3x3 conv {conv}), saved {merge.save_precision}")
+    else:
+        b_ratio, a_ratio = merge.ratios
+        console.print(
+            f"merge  {b_ratio:+g}·B {a_ratio:+g}·A → rank {merge.new_rank} (3x3 conv {conv}), "
+            f"{merge.precision} math, saved {merge.save_precision}"
+        )
     console.print("outputs")
     a, b = plan.side("a"), plan.side("b")
-    for label, path in (("A", a.lora_path), ("B", b.lora_path), ("merged", plan.merged_path), ("stats", plan.stats_path), ("previews", plan.samples_dir)):
+    result = "result" if project.info.method == "differential" else "merged"
+    for label, path in (("A", a.lora_path), ("B", b.lora_path), (result, plan.merged_path), ("stats", plan.stats_path), ("previews", plan.samples_dir)):
         console.print(f"  {label:<9}{_rel(path, root)}")

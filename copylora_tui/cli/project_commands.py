@@ -20,6 +20,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     new.add_argument("--a", required=True, metavar="IMG", help="teacher image A (the original picture)")
     new.add_argument("--b", required=True, metavar="IMG", help="teacher image B (the same picture, changed)")
     new.add_argument("--base", default="tiny", metavar="MODEL", help='base model: "tiny", a .safetensors checkpoint or a diffusers folder (default: tiny)')
+    new.add_argument("--method", choices=("svd-merge", "differential"), default="svd-merge",
+                     help="svd-merge: train A and B on the base, merge +1·B −1·A (default); "
+                          "differential: train B on the base with A applied, B is the result")
     new.set_defaults(func=cmd_new)
 
     check = commands.add_parser(
@@ -63,9 +66,10 @@ def cmd_new(args: argparse.Namespace) -> int:
 
     dest = project_dest(args.name, args.projects)
     names = {"dest": "NAME", "a_image": "--a", "b_image": "--b", "base_model": "--base"}
-    project = as_flags(lambda: create_project(dest, args.a, args.b, name=Path(args.name).name, base_model=args.base), set(), names)
+    project = as_flags(lambda: create_project(dest, args.a, args.b, name=Path(args.name).name, base_model=args.base,
+                                              method=args.method), set(), names)
     shown = _relative(project.root)
-    print(f"created {shown}/ (A: {args.a}, B: {args.b}, base: {project.info.base_model})")
+    print(f"created {shown}/ (A: {args.a}, B: {args.b}, base: {project.info.base_model}, route: {project.info.method})")
     print(f"edit {shown}/copylora.toml, then: copylora check {shown}")
     return 0
 
@@ -116,6 +120,8 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
 
 
 def plan_as_dict(plan) -> dict:
+    from engine.project.plan import training_order
+
     project = plan.project
     return {
         "name": project.name,
@@ -146,6 +152,10 @@ def plan_as_dict(plan) -> dict:
             "stats": str(plan.stats_path),
         },
         "samples_dir": str(plan.samples_dir),
+        "method": project.info.method,
+        "training": training_order(plan),
+        **({"base_weights": {"lora": str(plan.side("a").lora_path), "multiplier": project.b.base_weights_multiplier,
+                             "merged": project.b.merge_base_weights}} if project.info.method == "differential" else {}),
     }
 
 

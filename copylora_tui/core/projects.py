@@ -40,6 +40,7 @@ class ProjectSummary:
     output_bytes: int = 0
     last_output: float | None = None  # newest mtime of a LoRA it made
     stats_path: Path | None = None
+    method: str = "svd-merge"  # the route: the merge column says "merged" or "result"
 
     @property
     def valid(self) -> bool:
@@ -87,6 +88,7 @@ def summarise(folder: Path) -> ProjectSummary:
         output_bytes=folder_bytes(out),
         last_output=max(times) if times else None,
         stats_path=plan.stats_path if plan.stats_path.is_file() else None,
+        method=project.info.method,
     )
 
 

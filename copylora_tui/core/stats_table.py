@@ -3,21 +3,31 @@ loading, filtering, sorting and short module names, in one place so the two can 
 disagree about which rows match or in which order they come.
 
 The document is the ``<name>.stats.json`` the merge writes (checked by
-:func:`engine.merge.stats.read_stats`).
+:func:`engine.merge.stats.read_stats`, which also gives files from before LBW blocks their
+``lbw_block`` and ``lbw_blocks``). Two views group it: by LoRA Block Weight block (``lbw``:
+BASE, IN04, MID, OUT03…) or by U-Net level (``unet``: te, in1, mid, out3…). A block filter is
+read in the view's naming first, else in the other one (``--block out3`` keeps working in the
+LBW view); the groups in/IN, out/OUT, mid/MID hold the same modules either way.
 """
 
 from __future__ import annotations
 
 import re
 
+from engine.lora.block_weights import block_sort_key
 from engine.merge.stats import read_stats as load_stats
 
-__all__ = ["load_stats", "COLUMNS", "SORT_KEYS", "select_rows", "sorted_rows", "block_filters", "kind_filters", "short_name"]
+__all__ = ["load_stats", "COLUMNS", "SORT_KEYS", "VIEWS", "select_rows", "sorted_rows", "block_filters", "kind_filters", "short_name",
+           "block_summary", "block_of"]
+
+# view -> (its name on screen, the module field, the document's per-block summary)
+VIEWS = {"lbw": ("LBW", "lbw_block", "lbw_blocks"), "unet": ("U-Net", "block", "blocks")}
 
 # column key -> (heading, sort key). Sorting puts the rows worth a look first: lowest energy
 # kept, largest truncation error or change, least similar inputs.
 COLUMNS: dict[str, tuple[str, object]] = {
     "name": ("module", lambda m: m["name"]),
+    "block": ("block", lambda m: (block_sort_key(m["lbw_block"]), m["block"])),  # U-Net order is LBW order
     "kind": ("kind", lambda m: m["kind"]),
     "ranks": ("ranks", lambda m: sum(m["input_ranks"])),
     "kept": ("kept", lambda m: -m["kept_rank"]),
@@ -29,15 +39,18 @@ COLUMNS: dict[str, tuple[str, object]] = {
 
 
 # The sorts `copylora stats --sort` offers: the columns' own keys.
-SORT_KEYS = {name: COLUMNS[name][1] for name in ("energy", "error", "norm", "cos", "name")}
+SORT_KEYS = {name: COLUMNS[name][1] for name in ("energy", "error", "norm", "cos", "name", "block")}
 
 
 def select_rows(document: dict, *, sort: str = "energy", block: str | None = None, kind: str | None = None, top: int = 20,
-                reverse: bool = False) -> list[dict]:
-    """Rows of one block (``out3``) or group (``out``) and kind, sorted, the first ``top`` (0: all)."""
+                reverse: bool = False, view: str = "lbw") -> list[dict]:
+    """Rows of one block (``OUT03``, ``out3``) or group (``OUT``, ``out``) and kind, sorted, the first ``top`` (0: all)."""
     rows = document["modules"]
     if block:
-        rows = [m for m in rows if m["block"] == block or (block.isalpha() and m["block"].rstrip("0123456789") == block)]
+        field = VIEWS[view][1]
+        if not any(_is_in(m[field], block) for m in rows):  # not a name of this view: the other naming's
+            field = VIEWS["unet" if view == "lbw" else "lbw"][1]
+        rows = [m for m in rows if _is_in(m[field], block)]
     if kind:
         rows = [m for m in rows if m["kind"] == kind]
     rows = sorted(rows, key=lambda m: m["name"])  # ties in the sorted column come by name
@@ -45,8 +58,24 @@ def select_rows(document: dict, *, sort: str = "energy", block: str | None = Non
     return rows[:top] if top else rows
 
 
-def sorted_rows(document: dict, *, sort: str = "energy", reverse: bool = False, block: str | None = None, kind: str | None = None) -> list[dict]:
-    return select_rows(document, sort=sort, block=block, kind=kind, top=0, reverse=reverse)
+def _is_in(name: str, block: str) -> bool:
+    """A module's block ``name`` is this block or in this group (``OUT03``/``OUT``, ``out3``/``out``; any case)."""
+    name, want = name.lower(), block.lower()
+    return name == want or (want.isalpha() and name.rstrip("0123456789") == want)
+
+
+def block_of(module: dict, view: str) -> str:
+    return module[VIEWS[view][1]]
+
+
+def block_summary(document: dict, view: str) -> list[dict]:
+    """The per-block rows of a view (old files have no U-Net summary: an empty list)."""
+    return document.get(VIEWS[view][2], [])
+
+
+def sorted_rows(document: dict, *, sort: str = "energy", reverse: bool = False, block: str | None = None, kind: str | None = None,
+                view: str = "lbw") -> list[dict]:
+    return select_rows(document, sort=sort, block=block, kind=kind, top=0, reverse=reverse, view=view)
 
 
 _SHORT = (
@@ -64,9 +93,10 @@ def short_name(name: str) -> str:
     return name
 
 
-def block_filters(document: dict) -> list[str]:
-    """Block filters present in the file: whole groups (in, out, …) then single blocks."""
-    blocks = [b["block"] for b in document.get("blocks", [])] or sorted({m["block"] for m in document["modules"]})
+def block_filters(document: dict, view: str = "lbw") -> list[str]:
+    """Block filters of a view present in the file: whole groups (in, out, …; IN, OUT, …) then single blocks."""
+    field = VIEWS[view][1]
+    blocks = [b["block"] for b in block_summary(document, view)] or sorted({m[field] for m in document["modules"]})
     groups = list(dict.fromkeys(re.sub(r"\d+$", "", b) for b in blocks))
     return [g for g in groups if g not in blocks] + blocks
 

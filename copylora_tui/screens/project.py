@@ -401,11 +401,22 @@ def plan_summary(project: Project) -> Text:
         text.append(f"   bucket {buckets}, rank {sp.params.network_dim}, lr {sp.params.learning_rate:g}\n", style="dim")
     from engine.project.plan import training_order
 
+    out = project.info.output_dir.rstrip("/")
+    differential = project.info.method == "differential"
+    text.append("route: ", style="bold")
+    if differential:
+        how = "merged into the weights" if project.b.merge_base_weights else "frozen fp32 LoRA"
+        text.append(f"differential: B on base + A×{project.b.base_weights_multiplier:g} ({how})\n")
+    else:
+        text.append("svd-merge\n")
     text.append("training: ", style="bold")
     text.append(f"{training_order(plan)}\n")
-    out = project.info.output_dir.rstrip("/")
-    text.append("merge: ", style="bold")
-    text.append(f"B {project.merge.ratios[0]:+g}, A {project.merge.ratios[1]:+g} → rank {project.merge.new_rank}\n")
+    if differential:
+        text.append("result: ", style="bold")
+        text.append(f"B itself, rank ≤ {project.merge.new_rank}\n")
+    else:
+        text.append("merge: ", style="bold")
+        text.append(f"B {project.merge.ratios[0]:+g}, A {project.merge.ratios[1]:+g} → rank {project.merge.new_rank}\n")
     text.append(f"outputs in {out}/:\n", style="bold")
     for path in (plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path):
         text.append(f"   {path.name}\n", style="dim")

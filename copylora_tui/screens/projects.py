@@ -54,7 +54,9 @@ def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | N
     if state is None:
         return Text("")
     if state.state == DONE:
-        return Text("✓ merged" if kind == "merge" else "✓ trained", style="green")
+        if kind != "merge":
+            return Text("✓ trained", style="green")
+        return Text("✓ result" if summary.method == "differential" else "✓ merged", style="green")
     if state.state == STALE:
         return Text("stale", style="yellow")
     if state.state == RESUMABLE:

@@ -1,9 +1,10 @@
 """The per-layer statistics of a merge: which layers carry the A→B change, and how much of
 it the new rank keeps.
 
-Top: one row per block (te, in0…, mid, out0…) with bars for the energy kept and the size of
-the merged change ‖Δ‖ relative to the largest block. Below: every module, sortable by any
-column (s cycles, or click a heading; r reverses) and filtered by block (b) and kind (k).
+Top: one row per block with bars for the energy kept and the size of the merged change ‖Δ‖
+relative to the largest block; the blocks are LoRA Block Weight blocks (BASE, IN01…, MID,
+OUT03…) or U-Net levels (te, in0…, mid, out0…), v switches. Below: every module, sortable by
+any column (s cycles, or click a heading; r reverses) and filtered by block (b) and kind (k).
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from copylora_tui.core.formatting import block_bar
-from copylora_tui.core.stats_table import COLUMNS, block_filters, kind_filters, load_stats, short_name, sorted_rows
+from copylora_tui.core.stats_table import (
+    COLUMNS,
+    VIEWS,
+    block_filters,
+    block_of,
+    block_summary,
+    kind_filters,
+    load_stats,
+    short_name,
+    sorted_rows,
+)
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.app_header import AppHeader
 from engine.errors import ValidationError
@@ -31,6 +42,7 @@ class StatsScreen(ActsWhileOpen, Screen):
         Binding("r", "reverse", "Reverse", id="stats.reverse"),
         Binding("b", "cycle_block", "Block", id="stats.block"),
         Binding("k", "cycle_kind", "Kind", id="stats.kind"),
+        Binding("v", "switch_view", "View", id="stats.view"),  # blocks by LBW name or U-Net level
     ]
 
     def __init__(self, stats_path: Path) -> None:
@@ -41,6 +53,7 @@ class StatsScreen(ActsWhileOpen, Screen):
         self.reverse = False
         self.block: str | None = None
         self.kind: str | None = None
+        self.view = "lbw"  # blocks by LoRA Block Weight name, or "unet" levels
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -102,11 +115,12 @@ class StatsScreen(ActsWhileOpen, Screen):
 
     def show_blocks(self) -> None:
         table = self.query_one("#blocks", DataTable)
-        table.add_column("block", key="block")
+        table.clear(columns=True)
+        table.add_column(f"block ({VIEWS[self.view][0]})", key="block")
         table.add_column("modules", key="modules")
         table.add_column("energy kept", key="energy")
         table.add_column("‖Δ‖ (merged change)", key="norm")
-        blocks = self.document.get("blocks", [])
+        blocks = block_summary(self.document, self.view)
         biggest = max((b["result_norm"] for b in blocks), default=0.0) or 1.0
         for b in blocks:
             table.add_row(
@@ -117,13 +131,14 @@ class StatsScreen(ActsWhileOpen, Screen):
             )
 
     def show_modules(self) -> None:
-        rows = sorted_rows(self.document, sort=self.sort, reverse=self.reverse, block=self.block, kind=self.kind)
+        rows = sorted_rows(self.document, sort=self.sort, reverse=self.reverse, block=self.block, kind=self.kind, view=self.view)
         table = self.query_one("#modules", DataTable)
         table.clear()
         for m in rows:
             cos = "" if m.get("cos_inputs") is None else f"{m['cos_inputs']:+.3f}"
             table.add_row(
                 short_name(m["name"]),
+                block_of(m, self.view),
                 m["kind"].replace("conv", "c").replace("linear", "lin"),
                 "+".join(map(str, m["input_ranks"])),
                 Text(str(m["kept_rank"]), justify="right"),
@@ -178,8 +193,20 @@ class StatsScreen(ActsWhileOpen, Screen):
 
     def action_cycle_block(self) -> None:
         if self.document:
-            self.block = self._cycle(self.block, block_filters(self.document))
+            self.block = self._cycle(self.block, block_filters(self.document, self.view))
             self.show_modules()
+
+    def action_switch_view(self) -> None:
+        """LBW blocks <-> U-Net levels; a block filter is dropped unless it is a group both
+        namings share (in/IN, out/OUT, mid/MID: the same modules)."""
+        if not self.document:
+            return
+        self.view = "unet" if self.view == "lbw" else "lbw"
+        if self.block is not None:
+            shared = self.block.lower() in ("in", "out", "mid")
+            self.block = (self.block.upper() if self.view == "lbw" else self.block.lower()) if shared else None
+        self.show_blocks()
+        self.show_modules()
 
     def action_cycle_kind(self) -> None:
         if self.document:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.jobs.queue import ACTIVE, TWIN, Job, Queue
-from engine.merge.project_result import merge_inputs, result_route_matches
+from engine.lbw_vectors import parse_lbw
+from engine.merge.project_result import input_lbws, merge_inputs, result_route_matches
 from engine.project.folder import load_project
-from engine.project.plan import Plan, is_differential, make_plan, twin_problem
+from engine.project.plan import Plan, base_weights_for, is_differential, make_plan, twin_problem
 
 
 @dataclass
@@ -48,6 +49,16 @@ def side_up_to_date(plan: Plan, side: str) -> tuple[bool, str]:
     if meta is None:
         return False, "no LoRA yet"
     if meta.get("copylora_fingerprint") != training_fingerprint(plan, side):
+        base_weights = base_weights_for(plan, side)
+        if base_weights is not None and meta.get("copylora_base_weights"):
+            from engine.train.base_weights import base_weights_record
+
+            try:
+                trained_on = json.loads(meta["copylora_base_weights"])
+            except ValueError:
+                trained_on = None
+            if trained_on != base_weights_record(base_weights):
+                return False, "A or its multiplier changed since B was trained on it"
         return False, "parameters, images or base model changed"
     if meta.get("copylora_steps") != str(sp.total_steps):
         return False, f"trained {meta.get('copylora_steps', '?')} steps, plan says {sp.total_steps}"
@@ -68,6 +79,9 @@ def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
     inputs, ratios = merge_inputs(plan)
     expected = [{"file": p.name, "sha256": sha256_file(p) if p.exists() else None, "ratio": r} for p, r in zip(inputs, ratios)]
     got = [{"file": i.get("file"), "sha256": i.get("sha256"), "ratio": i.get("ratio")} for i in made.get("inputs", [])]
+    vectors = input_lbws(plan) or [None] * len(inputs)
+    wanted_lbw = [None if v is None else [float(x) for x in parse_lbw(v)] for v in vectors]
+    made_lbw = [i.get("lbw") for i in made.get("inputs", [])]
     route_ok, route_reason = result_route_matches(plan, meta)
     if not route_ok:
         return False, route_reason
@@ -75,6 +89,8 @@ def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
         return False, "B changed since the result was made" if is_differential(plan.project) else "A or B changed since the merge"
     if made.get("new_rank") != merge.new_rank or made.get("new_conv_rank") != (merge.new_conv_rank or merge.new_rank):
         return False, "[merge] ranks changed"
+    if [None if v is None else [float(x) for x in v] for v in made_lbw] != wanted_lbw:
+        return False, "[merge] lbws changed"
     return True, plan.merged_path.name
 
 

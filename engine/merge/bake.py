@@ -1,6 +1,6 @@
 """Bake a LoRA into a base model: ``W += ratio · alpha/r · up @ down`` for every LoRA module.
 
-Method 1 of the copy-machine workflow bakes LoRA A and LoRA B into the base and extracts a
+Bake-and-extract (a third way to the copy-machine LoRA, equal to the SVD route) bakes LoRA A and LoRA B into the base and extracts a
 LoRA from the difference of the two checkpoints (:mod:`engine.merge.extract`). The baked model is
 written **in the format it was read in**:
 

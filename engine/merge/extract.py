@@ -1,6 +1,6 @@
 """Extract a LoRA from the difference of two checkpoints (kohya's ``extract_lora_from_models.py``).
 
-Method 1 of the copy-machine workflow: bake LoRA A and LoRA B into the base
+Bake-and-extract, a third way to the copy-machine LoRA (equal to the SVD route): bake LoRA A and LoRA B into the base
 (:mod:`engine.merge.bake`), then extract ``tuned − org`` = (W+ΔB) − (W+ΔA) here. For every LoRA
 target module (the same modules training targets: transformer blocks and CLIP attention/MLP;
 with ``conv_dim`` also ResNet convs and samplers, as kohya's ``create_network``):
@@ -17,7 +17,7 @@ text-encoder weight differs by more than it (max |diff| over all text-encoder mo
 text encoder is left out entirely. It exists because two separately converted fp16 text
 encoders differ by rounding noise; here it is **off by default** (``None``): the copy-machine
 deltas of a text encoder are small (max |Δ| is often below 0.01) but real, and dropping them
-would make method 1 disagree with the merge. Likewise kohya's 0.99-quantile clamp of the
+would make bake-and-extract disagree with the merge. Likewise kohya's 0.99-quantile clamp of the
 factors is an option (``clamp_quantile``), not the default.
 
 SVD: matrices whose smaller side is at most :data:`DENSE_MAX_DIM` get a dense

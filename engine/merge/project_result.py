@@ -27,6 +27,16 @@ def merge_inputs(plan: Plan) -> tuple[list[Path], list[float]]:
     return [plan.side("b").lora_path, plan.side("a").lora_path], list(plan.project.merge.ratios)
 
 
+def input_lbws(plan: Plan) -> list | None:
+    """``[merge] lbws`` as one block-weight vector per input (None: no weighting). The
+    differential route has one input, B: its vector is the first (B's, as in [B, A])."""
+    from engine.lbw_vectors import per_model_lbws
+
+    paths, _ = merge_inputs(plan)
+    vectors = list(plan.project.merge.lbws)
+    return per_model_lbws(vectors[:1] if len(paths) == 1 else vectors, len(paths))
+
+
 def route_record(plan: Plan) -> dict:
     """The route of the result as recorded in it (A's file by content for the differential one)."""
     from engine.train.base_weights import base_weights_record
@@ -55,7 +65,8 @@ def make_result(plan: Plan, *, progress: Callable[[int, int, str], None] | None 
     paths, ratios = merge_inputs(plan)
     route = route_record(plan)
     result = merge_loras(paths, ratios, new_rank=merge.new_rank, new_conv_rank=merge.new_conv_rank,
-                         device=device or merge.device, precision=merge.precision, progress=progress)
+                         device=device or merge.device, precision=merge.precision, progress=progress,
+                         lbws=input_lbws(plan))
     result.metadata["copylora_route"] = json.dumps(route)
     lora, stats = save_merge(result, plan.merged_path, merge.save_precision, extra={"route": route})
     return lora, stats, result

@@ -5,6 +5,9 @@ that have it (a module present in one input only counts once). Its best rank-k a
 comes from :func:`engine.merge.low_rank.low_rank_svd` — exact, and never building the dense
 matrix. k×k convs are (out, in·k·k) matrices; 1×1 convs keep their 4-D shape on save.
 
+``lbws`` (optional, one LoRA Block Weight vector per input, as sd-scripts' ``--lbws``) scales
+each input's delta per block before the merge: Σ ratio_i · lbw_i(block) · ΔW_i.
+
 The output file has one alpha (= ``new_rank``) for every module; a module kept at a lower
 rank (capped by its shape or its inputs' total rank) has its scale folded into its factors,
 so diffusers, which mis-scales files whose alphas differ, reads it exactly.
@@ -103,7 +106,10 @@ def merge_loras(
     precision: str = "float",
     clamp_quantile: float | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    lbws: list | None = None,
 ) -> MergeResult:
+    """``lbws``: None, or one block-weight vector per path (a JSON list string or a list of
+    12/17/20/26 numbers; None for an input left unscaled), see :mod:`engine.lora.block_weights`."""
     import torch
 
     from engine.lora.files import load_lora_file
@@ -114,6 +120,8 @@ def merge_loras(
     paths = [Path(p) for p in paths]
     if len(paths) != len(ratios):
         raise MergeError(f"{len(paths)} model(s) but {len(ratios)} ratio(s): give one ratio per model")
+    if lbws is not None and len(lbws) != len(paths):
+        raise MergeError(f"{len(paths)} model(s) but {len(lbws)} block-weight vector(s) (lbws): give one per model")
     if not paths:
         raise MergeError("no input LoRAs")
     if new_rank <= 0 or (new_conv_rank is not None and new_conv_rank <= 0):
@@ -131,6 +139,7 @@ def merge_loras(
     loras = [load_lora_file(p) for p in paths]
     check_compatible(loras, paths)
     family = family_of(loras[0])
+    vectors, block_weights = _block_weights(lbws, family, len(loras))
     names = list(dict.fromkeys(name for lora in loras for name in lora.modules))
     notes = module_set_notes(loras, paths)
     new_rank, conv_rank, capped = _capped_ranks(loras, names, new_rank, conv_rank)
@@ -139,7 +148,9 @@ def merge_loras(
     merged: dict[str, LoRAWeights] = {}
     stats: list[ModuleStats] = []
     for index, name in enumerate(names):
-        present = [(lora.modules[name], ratio) for lora, ratio in zip(loras, ratios) if name in lora.modules]
+        # each input's ratio, times its block weight of this module (sd-scripts: scale *= lbw)
+        present = [(lora.modules[name], ratio * weight_of(name)) for lora, ratio, weight_of in zip(loras, ratios, block_weights)
+                   if name in lora.modules]
         first = present[0][0]
         out_f, in_f, kernel = _matrix_shape(first)
         raw_terms = [
@@ -195,13 +206,31 @@ def merge_loras(
             progress(index + 1, len(names), name)
 
     inputs = [
-        {"file": p.name, "sha256": sha256_file(p), "ratio": r, "ranks": sorted({w.rank for w in lora.modules.values()})}
-        for p, r, lora in zip(paths, ratios, loras)
+        {"file": p.name, "sha256": sha256_file(p), "ratio": r, "ranks": sorted({w.rank for w in lora.modules.values()}),
+         "lbw": list(v) if v is not None else None}
+        for p, r, lora, v in zip(paths, ratios, loras, vectors)
     ]
     seconds = time.perf_counter() - started
     metadata = _metadata(family, inputs, new_rank, conv_rank, alpha_out, precision, clamp_quantile, merged, asked)
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in merged.values())
     return MergeResult(merged, stats, family, metadata, seconds, inputs, notes, new_rank, conv_rank if has_conv else None, device)
+
+
+def _block_weights(lbws: list | None, family: str, count: int) -> tuple[list, list[Callable[[str], float]]]:
+    """(the parsed vectors, a module name -> weight function per input) for ``lbws``."""
+    from engine.lora.block_weights import BlockWeightError, check_lbws, expand_lbw, module_weight
+
+    if lbws is None:
+        return [None] * count, [lambda name: 1.0] * count
+    try:
+        vectors = check_lbws(lbws, family)
+    except BlockWeightError as exc:
+        raise MergeError(str(exc)) from None
+    weights = []
+    for vector in vectors:
+        expanded = expand_lbw(vector) if vector is not None else {}
+        weights.append(lambda name, expanded=expanded: module_weight(name, expanded, family))
+    return vectors, weights
 
 
 def module_set_notes(loras: list, paths: list[Path]) -> list[str]:
@@ -272,8 +301,9 @@ def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quant
     return meta
 
 
-def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "fp16") -> tuple[Path, Path]:
-    """Write the LoRA and ``<stem>.stats.json`` beside it (both atomically)."""
+def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "fp16", extra: dict | None = None) -> tuple[Path, Path]:
+    """Write the LoRA and ``<stem>.stats.json`` beside it (both atomically). ``extra``: more
+    top-level keys of the stats document (a project's route, see engine.merge.project_result)."""
     from engine.files import atomic_write
     from engine.lora.files import save_lora_file
 
@@ -289,6 +319,8 @@ def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "
         "seconds": result.seconds,
         "modules": [asdict(s) for s in result.stats],
         "blocks": summarise_blocks(result.stats),
+        "lbw_blocks": summarise_blocks(result.stats, by="lbw_block"),
+        **(extra or {}),
     }
     atomic_write(stats_path, lambda tmp: tmp.write_text(json.dumps(document, indent=1)))
     return path, stats_path

@@ -218,6 +218,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             elif kind is not str:
                 _check_number(item, f"sample.{key}[{i}]", 10.0, problems)
     _check_sample_size(project.sample.size, problems)
+    _check_lbws(project, problems, check_files)
     for name, params in (("train", project.train), *((side, project.side(side)) for side in SIDES)):
         args = params.optimizer_args if isinstance(params, TrainParams) else params.overrides.get("optimizer_args", {})
         for key, value in args.items():
@@ -236,6 +237,25 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.num_class_images == 0:
             _check_image_folder(project.root, project.reg.folder, "reg.folder", problems, decode_images)
+
+
+def _check_lbws(project: Project, problems: list[Problem], check_files: bool) -> None:
+    """[merge] lbws: at most [B, A] block-weight vectors, of one length that suits the base
+    model's family (said now, not by the merge job after both trainings)."""
+    from engine.formats.model_files import peek_family
+    from engine.lbw_vectors import BlockWeightError, check_lbws
+
+    vectors = project.merge.lbws
+    if len(vectors) > 2:
+        problems.append(Problem("merge.lbws", f"at most 2 vectors ([B, A], or one for both), got {len(vectors)}"))
+        return
+    family = project.info.model_family
+    if family == "auto":
+        family = peek_family(project.base_model_path()) if vectors and check_files else None
+    try:
+        check_lbws(vectors, family, "merge.lbws")
+    except BlockWeightError as exc:
+        problems.append(Problem(exc.where, exc.message))
 
 
 def _check_sample_size(size: Any, problems: list[Problem]) -> None:

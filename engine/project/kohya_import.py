@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import shlex
 import sys
 import textwrap
@@ -132,8 +133,7 @@ _GROUPS = {
         "rank_dropout module_dropout stop_text_encoder_training stop_text_encoder_training_pct "
         "loraplus_lr_ratio loraplus_unet_lr_ratio loraplus_text_encoder_lr_ratio lr_scheduler_args "
         "lr_scheduler_type lr_decay_steps lr_scheduler_min_lr_ratio lr_scheduler_timescale "
-        "network_train_text_encoder_only dim_from_weights base_weights base_weights_multiplier "
-        "network_multiplier"
+        "network_train_text_encoder_only dim_from_weights network_multiplier"
     ),
     "copylora's noise_offset is kohya's Original type; Multires noise is not supported": "noise_offset_type",
     "LyCORIS-only option (copylora trains kohya LoRA/LoCon)": (
@@ -175,7 +175,7 @@ _SPECIAL = {
     "max_train_epochs", "max_train_steps", "epoch", "lr_warmup", "lr_warmup_steps",
     "max_resolution", "resolution", "seed", "clip_skip", "min_snr_gamma", "noise_offset",
     "reg_data_dir", "prior_loss_weight", "network_dim", "network_alpha", "conv_dim", "conv_alpha",
-    "save_every_n_steps",
+    "save_every_n_steps", "base_weights", "base_weights_multiplier",
 }
 _KNOWN = set(IGNORED) | _DIRECT | _SPECIAL
 # Only the GUI writes these: they tell GUI settings saved as TOML from an sd-scripts config.
@@ -217,6 +217,8 @@ def apply_import(project: Project, result: KohyaImport) -> Project:
         changes["info"] = replace(project.info, **result.extra["project"])
     if "reg" in result.extra:
         changes["reg"] = replace(project.reg or RegParams(), **result.extra["reg"])
+    if "b" in result.extra:  # the differential route's multiplier (base_weights_multiplier)
+        changes["b"] = replace(project.b, **result.extra["b"])
     return replace(project, **changes)
 
 
@@ -404,6 +406,7 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
     _warmup(args, col, steps)
     _network(args, col)
     _regularisation(args, col)
+    _base_weights(args, col)
 
     for key in ("max_resolution", "resolution"):
         if key in args:
@@ -660,6 +663,38 @@ def _regularisation(args: _Args, col: _Collector) -> None:
             col.use("prior_loss_weight", "reg.prior_loss_weight", weight)
         elif ok:
             col.ignore("prior_loss_weight", weight, "no regularisation images (reg_data_dir is empty)")
+
+
+def _base_weights(args: _Args, col: _Collector) -> None:
+    """sd-scripts' ``--base_weights A --base_weights_multiplier M`` (its differential learning,
+    the copy-machine method's own route) is the project's differential route: B trains on the
+    base with the project's A applied at M. copylora trains that A itself, so the file named
+    is not read; several files cannot map onto one A."""
+    files = args.take("base_weights") if "base_weights" in args else None
+    raw = args.take("base_weights_multiplier") if "base_weights_multiplier" in args else None
+    names = [files] if isinstance(files, str) else list(files) if isinstance(files, (list, tuple)) else []
+    names = [str(n) for n in names if str(n).strip()]
+    multipliers = raw if isinstance(raw, (list, tuple)) else [] if raw in (None, "") else [raw]
+    if files is not None and not names:
+        col.ignore("base_weights", files, "empty: no LoRA merged into the base")
+    if len(names) > 1:
+        col.ignore("base_weights", files, "several LoRAs merged into the base: copylora's differential route applies one, the project's own A")
+    if len(names) != 1:
+        if raw not in (None, "", []):
+            col.ignore("base_weights_multiplier", raw, "no single base_weights LoRA to apply it to")
+        return
+    col.use("base_weights", "project.method", "differential")
+    col.decided("base_weights", names[0], "B trains on the base with the project's own A applied; this file is not read")
+    if not multipliers:
+        return
+    try:
+        multiplier = _num(multipliers[0])
+    except ValueError:
+        multiplier = None
+    if multiplier is None or not math.isfinite(multiplier) or abs(multiplier) > 10 or len(multipliers) > 1:
+        col.ignore("base_weights_multiplier", raw, "not one finite number from -10 to 10: the project's multiplier is kept")
+    else:
+        col.use("base_weights_multiplier", "b.base_weights_multiplier", float(multiplier))
 
 
 # --- sd-scripts dataset config ---------------------------------------------------------------

@@ -66,7 +66,8 @@ def apply_base_defaults(project: Project, base_model: str) -> Project:
     return project
 
 
-def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *, name: str | None = None, base_model: str = "tiny") -> Project:
+def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *, name: str | None = None, base_model: str = "tiny",
+                   method: str = "svd-merge") -> Project:
     dest = Path(dest).resolve()
     a_image, b_image = Path(a_image).expanduser(), Path(b_image).expanduser()
     problems: list[Problem] = []
@@ -88,7 +89,7 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
         for side, image in (("a", a_image), ("b", b_image)):
             (staging / side).mkdir()
             shutil.copy2(image, staging / side / image.name)
-        project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model))
+        project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model, method=method))
         save_project(apply_base_defaults(project, base_model))
         staging.rename(dest)
     except BaseException:

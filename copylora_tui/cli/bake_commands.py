@@ -1,6 +1,9 @@
-"""``copylora bake`` and ``copylora extract``: method 1 of the copy-machine workflow.
+"""``copylora bake`` and ``copylora extract``: baking LoRAs into checkpoints, and extracting a LoRA
+from the difference of two checkpoints.
 
-Bake LoRA A and LoRA B into the base, then extract the difference as a LoRA:
+Bake-and-extract is a third way to the copy-machine LoRA (README "Two routes, and a third
+way"): bake LoRA A and LoRA B into the base, then extract the difference; it equals the
+SVD route (B − A) to fp32 rounding, at far more cost:
 
     copylora bake --base sd15.safetensors --lora A.safetensors --save_to base_A.safetensors --save_precision float
     copylora bake --base sd15.safetensors --lora B.safetensors --save_to base_B.safetensors --save_precision float
@@ -22,7 +25,7 @@ BAKE_EPILOG = """\
 The baked model has the base's format: a single-file .safetensors stays single-file with its
 original key names (untouched tensors copied bit for bit), a diffusers folder (or 'tiny')
 becomes a new diffusers folder. Single files: SD1 and SDXL (SD2: bake into its diffusers folder).
-For method 1 bake into fp32 (--save_precision float): fp16 rounding of W + ΔW loses about
+For bake-and-extract, bake into fp32 (--save_precision float): fp16 rounding of W + ΔW loses about
 5e-4·|W| per weight, often more than a copy-machine LoRA's whole delta.
 
 example:
@@ -34,7 +37,7 @@ Per LoRA target module: diff = W_tuned − W_org, truncated SVD to --dim (--conv
 convs); modules with no difference are left out. Writes <save_to> and <stem>.stats.json
 (per-module energy kept and truncation error; see `copylora stats`).
 
-example (method 1: the change A -> B):
+example (bake-and-extract: the change A -> B):
   copylora extract --model_org sd15_A.safetensors --model_tuned sd15_B.safetensors --dim 16 --save_to AtoB.safetensors
 """
 
