@@ -167,7 +167,8 @@ def teacher_pictures(folder: Path, width: int, height: int) -> tuple[Path, Path]
 
 
 def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tuple[int, int], steps: int,
-                 precision: str, optimizer: str, sample_steps: int, device: str, twin: bool = False) -> Path:
+                 precision: str, optimizer: str, sample_steps: int, device: str, twin: bool = False,
+                 method: str = "svd-merge") -> Path:
     from engine.project.folder import load_project, save_project
     from engine.project.scaffold import create_project
 
@@ -176,7 +177,7 @@ def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tu
     project = create_project(dest, pictures[0], pictures[1], base_model=base)
     project = replace(
         project,
-        info=replace(project.info, twin_training=twin),
+        info=replace(project.info, twin_training=twin, method=method),
         train=replace(project.train, resolution=list(size), mixed_precision=precision, optimizer_type=optimizer,
                       max_train_steps=steps, max_train_epochs=None, save_every_n_steps=0, sample_every_n_steps=0),
         merge=replace(project.merge, device=device),
@@ -395,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", default="AdamW8bit")
     parser.add_argument("--precision", default="fp16")
     parser.add_argument("--profile-steps", type=int, default=30, help="steps of the in-process profiled training (0: skip)")
-    parser.add_argument("--modes", default="separate,twin", help="how the queue trains A and B: separate jobs, one twin job, or both")
+    parser.add_argument("--modes", default="separate,twin,differential",
+                        help="how the queue trains A and B, comma-separated: separate jobs, one twin job, the differential "
+                             "route (B on the base with A applied, fp32 frozen A under fp16 autocast)")
     parser.add_argument("--rate-steps", type=int, default=60, help="steps per optimizer of the in-process step-rate phase (0: skip)")
     parser.add_argument("--rate-optimizers", default="AdamW8bit,AdamW", help="optimizers the step-rate phase compares")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder)")
@@ -449,20 +452,24 @@ def main(argv: list[str] | None = None) -> int:
             "base": base, "size": f"{width}x{height}", "steps": args.steps, "_dest": make_project(
                 work / "projects" / f"accept-{mode}", pictures, base, size=(width, height), steps=args.steps,
                 precision=args.precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device,
-                twin=mode == "twin")})
+                twin=mode == "twin", method="differential" if mode == "differential" else "svd-merge")})
         if made is None:
             return 1
         projects[mode] = made["_dest"]
     home = work / "state"
     ran = None
     for mode, project in projects.items():
-        title = {"separate": "copylora run (separate A and B)", "twin": "copylora run (twin A+B)"}.get(mode, f"copylora run ({mode})")
+        title = {"separate": "copylora run (separate A and B)", "twin": "copylora run (twin A+B)",
+                 "differential": "copylora run (differential: B on A)"}.get(mode, f"copylora run ({mode})")
         ran = run_phase(record, title, lambda project=project, mode=mode: {"_run": run_project(project, home, timeout=args.timeout, mode=mode)})
         if ran:
             record.data["runs"].append(ran["_run"])
             record.save()
             if ran["_run"]["grid"] and Path(ran["_run"]["grid"]).is_file():
                 shutil.copy(ran["_run"]["grid"], out / f"preview-grid-{mode}.png")
+            check = next((j["artifacts"].get("check") for j in ran["_run"]["jobs"] if j["kind"] == "sample" and j["artifacts"]), None)
+            if check and Path(check).is_file():  # the differential route's check picture
+                shutil.copy(check, out / f"preview-check-{mode}.png")
     project = next(iter(projects.values()))
     env = {**os.environ, "COPYLORA_HOME": str(home)}
     try:

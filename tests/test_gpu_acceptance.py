@@ -28,13 +28,16 @@ def test_cpu_smoke_runs_every_phase_and_writes_the_record(tmp_path):
     assert all(phase["ok"] for phase in phases.values()), phases
     assert {"environment", "project (separate)", "project (twin)", "copylora run (separate A and B)", "copylora run (twin A+B)",
             "merge on cuda vs cpu", "step rates in one process", "profiled training steps"} <= set(phases)
-    run, twin = record["runs"]
+    run, twin, differential = record["runs"]
     assert run["exit_code"] == twin["exit_code"] == 0
     kinds = [(job["kind"], job["side"], job["status"]) for job in run["jobs"]]
     assert kinds == [("train", "a", "done"), ("train", "b", "done"), ("merge", None, "done"), ("sample", None, "done")]
     twin_kinds = [(job["kind"], job["side"], job["status"]) for job in twin["jobs"]]
     assert twin_kinds == [("train", "ab", "done"), ("merge", None, "done"), ("sample", None, "done")]
     assert twin["jobs"][0]["steps"] == 3 and set(twin["jobs"][0]["artifacts"]) >= {"lora_a", "lora_b"}
+    differential_kinds = [(job["kind"], job["side"], job["status"]) for job in differential["jobs"]]
+    assert differential_kinds == [("train", "a", "done"), ("train", "b", "done"), ("merge", None, "done"), ("sample", None, "done")]
+    assert "copylora run (differential: B on A)" in phases and (out / "preview-check-differential.png").stat().st_size > 0
     train = run["jobs"][0]
     assert train["steps"] == 3 and train["optimizer"] == "AdamW (fallback from AdamW8bit)"  # no CUDA: the fallback is said
     assert train["artifacts"]["seconds"] > 0
