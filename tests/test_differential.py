@@ -183,3 +183,16 @@ def test_differential_keys_round_trip_and_the_form_edits_them(tmp_path):
     checked, problems = form.validate(edited)
     assert problems == [] and checked.b.base_weights_multiplier == 0.25 and checked.b.merge_base_weights is False
     assert form.current_value(checked, spec) == 0.25
+
+
+def test_the_cli_says_the_route_and_refuses_b_before_a(tmp_path, capsys):
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    root = make(tmp_path).project.root
+    assert main(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "route     differential" in out and "B trains with A at 1 applied as a frozen fp32 LoRA" in out
+    assert main(["train", str(root), "--side", "b", "--max-steps", "2"]) == EXIT_USAGE
+    assert "train --side a first" in capsys.readouterr().err
+    assert main(["train", str(root), "--side", "ab", "--max-steps", "2"]) == EXIT_USAGE
+    assert "differential route" in capsys.readouterr().err

@@ -49,6 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         problem = twin_problem(plan)
         if problem:
             raise ValidationError([Problem("--side ab", f"A and B cannot train as one batch: {problem}; train --side a, then --side b")])
+    if side == "b":
+        from engine.project.plan import base_weights_for
+
+        base_weights = base_weights_for(plan, "b")  # the differential route trains B on A's LoRA
+        if base_weights is not None and not base_weights.path.is_file():
+            raise ValidationError([Problem("--side b", f"the differential route trains B on A's LoRA, and {base_weights.path.name} "
+                                           "does not exist yet: train --side a first")])
     for one in side:
         sp = plan.side(one)
         existing = newest_step(sp.run_dir)

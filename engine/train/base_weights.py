@@ -59,6 +59,13 @@ class AppliedBaseWeights:
         self.backups.clear()
 
 
+def check_base_weights(base_weights: BaseWeights) -> None:
+    """A's LoRA must exist before B trains on it (said before the base model is loaded)."""
+    if not base_weights.path.is_file():
+        raise BaseWeightsError(f"the differential route trains B on the base with A applied, but A's LoRA {base_weights.path} "
+                               "does not exist yet: train A first (`copylora train PROJECT --side a`)")
+
+
 def apply_base_weights(model, base_weights: BaseWeights, device: str, log: Callable[[str], None]) -> AppliedBaseWeights:
     """Apply A to ``model`` (a :class:`engine.models.loading.BaseModel`) for B's training."""
     import torch
@@ -68,9 +75,7 @@ def apply_base_weights(model, base_weights: BaseWeights, device: str, log: Calla
     from engine.lora.weights import lora_delta
 
     path = base_weights.path
-    if not path.is_file():
-        raise BaseWeightsError(f"the differential route trains B on the base with A applied, but A's LoRA {path} "
-                               "does not exist yet: train A first (`copylora train PROJECT --side a`)")
+    check_base_weights(base_weights)
     try:
         network = LoRANetwork.from_file(path, model.unet, model.text_encoders, model.family, base_weights.multiplier)
     except (LoRAFileError, OSError, ValueError) as exc:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from engine.errors import CopyloraError
 from engine.project.plan import Plan, SidePlan, base_weights_for
-from engine.train.base_weights import apply_base_weights, base_weights_record
+from engine.train.base_weights import apply_base_weights, base_weights_record, check_base_weights
 from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
 from engine.train.progress import Progress, ProgressMeter
 
@@ -655,11 +655,13 @@ def train_sides(
     started = time.time()
     device = pick_device(device)
     weight_dtype, autocast_dtype, use_scaler = _precision(p.mixed_precision, device, log)
+    base_weights = None if twin else base_weights_for(plan, sides[0])
+    if base_weights is not None:
+        check_base_weights(base_weights)  # before minutes of loading a model
     model = prepare_model(plan, sides[0], device, weight_dtype, log, model)
     v_prediction = model.prediction_type == "v_prediction"
     scheduler = model.noise_scheduler
     # The differential route's B trains on the base with A applied (before B's text is encoded).
-    base_weights = None if twin else base_weights_for(plan, sides[0])
     applied = apply_base_weights(model, base_weights, device, log) if base_weights is not None else None
     runs: list[SideRun] = []
     hooks = None
