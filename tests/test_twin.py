@@ -105,6 +105,30 @@ def test_twin_resumes_a_twin_run(tmp_path, tiny):
     assert_same_loras([finished["a"].lora_path, finished["b"].lora_path], [r.lora_path for r in reference], 1e-4)
 
 
+def test_killed_between_the_two_checkpoint_writes_resumes_both_from_the_shared_step(tmp_path, tiny):
+    """A kill -9 can land after A's checkpoint is written and before B's (seen in CI under load:
+    the run then fell back to A, then B, and was no longer bit for bit the uninterrupted run).
+    Two checkpoints are kept per side, so both resume from the newest step they share."""
+    from safetensors.torch import load_file
+
+    from engine.train.checkpoint import list_states
+
+    plan = make(tmp_path / "twin", 12, save_every_n_steps=4, **SGD)
+    done: list = []
+    train_twin(plan, model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 9)
+    newest_b = list_states(plan.side("b").run_dir)[0]
+    assert newest_b.name == "state-00000009.pt"
+    newest_b.unlink()  # B's write of step 9 never happened
+    logs: list = []
+    finished = train_twin(plan, model=tiny, log=logs.append, resume=True)
+    assert any("both resume from step 8" in line for line in logs), logs
+    straight = make(tmp_path / "straight", 12, save_every_n_steps=4, **SGD)
+    reference = train_twin(straight, model=tiny, log=quiet)
+    for side in ("a", "b"):
+        got, want = load_file(str(finished[side].lora_path)), load_file(str(reference[side].lora_path))
+        assert all(torch.equal(got[k], want[k]) for k in want), side
+
+
 def test_when_twin_does_not_apply(tmp_path, tiny):
     plan = make(tmp_path / "ok", 4)
     assert twin_problem(plan) is None

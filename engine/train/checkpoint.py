@@ -78,15 +78,19 @@ def list_states(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STATE_RE.match(p.name).group(1)), reverse=True)
 
 
-def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callable[[str], None] = print,
+                      at_most: int | None = None) -> dict[str, Any] | None:
     """The newest loadable state, or None. Unreadable ones are reported and skipped.
 
     With ``fingerprint``, a state made with other training parameters is skipped too: resuming
-    a run whose rank or learning rate changed would silently mix two trainings.
+    a run whose rank or learning rate changed would silently mix two trainings. ``at_most``:
+    the newest at or before that step (twin training resumes both sides from a step they share).
     """
     import torch
 
     for path in list_states(run_dir):
+        if at_most is not None and int(STATE_RE.match(path.name).group(1)) > at_most:
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, corrupt, or not ours

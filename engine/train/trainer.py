@@ -398,13 +398,14 @@ class SideRun:
 
     # ---- resume
 
-    def resume_or_reset(self, resume: bool) -> int:
-        """The step to start from: the newest valid state's when resuming (else 0, old states dropped)."""
+    def resume_or_reset(self, resume: bool, at_most: int | None = None) -> int:
+        """The step to start from: the newest valid state's when resuming (at or before
+        ``at_most`` if given), else 0 with the old states dropped."""
         if not resume:
             for old in list_states(self.run_dir):
                 remove_state(old)
             return 0
-        state = load_latest_state(self.run_dir, self.fingerprint, self.log)
+        state = load_latest_state(self.run_dir, self.fingerprint, self.log, at_most=at_most)
         if state is None:
             if list_states(self.run_dir):
                 self.log("no usable training state to resume from: starting from step 0")
@@ -671,6 +672,14 @@ def train_sides(
         free_vae(model, device)
         amp = autocast_for(device, autocast_dtype)
         starts = [run.resume_or_reset(resume) for run in runs]
+        if twin and resume and len(set(starts)) > 1 and min(starts) > 0:
+            # Killed between A's and B's checkpoint writes: the newer side still holds the
+            # previous checkpoint (two are kept), so both resume from the step they share and
+            # the run stays one twin run (bit for bit the run that was never interrupted).
+            shared = [run.resume_or_reset(True, at_most=min(starts)) for run in runs]
+            if len(set(shared)) == 1 and shared[0] > 0:
+                log(f"A's newest checkpoint is at step {starts[0]} and B's at step {starts[1]}: both resume from step {shared[0]}")
+                starts = shared
         if len(set(starts)) > 1:
             from engine.train.twin import TwinNotPossible
 
