@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import CopyloraError, LoRAFileError, ModelError, Problem, ValidationError
+from engine.formats.model_files import BUILTIN_MODELS
 from engine.hashing import file_sha256
 
 WEIGHT_SUFFIX = ".safetensors"
@@ -400,7 +401,7 @@ def bake_lora(
         "lora": lora_path.name,
         "lora_sha256": file_sha256(lora_path),
         "ratio": ratio,
-        "base": base_spec if base_spec in ("tiny", "tiny-sdxl") else base.name,
+        "base": base_spec if base_spec in BUILTIN_MODELS else base.name,
         "modules": len(lora.modules),
         "save_precision": save_precision or "same",
     }

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import CopyloraError, Problem, ValidationError
+from engine.formats.model_files import BUILTIN_MODELS
 
 DENSE_MAX_DIM = 512  # min(m, n) up to this: dense SVD
 OVERSAMPLE = 10  # extra columns of the randomized range finder (at least; k/2 for large k)
@@ -294,7 +295,7 @@ def extract_lora(
 
 
 def _display(spec: str) -> str:
-    return spec if spec in ("tiny", "tiny-sdxl") else Path(spec).name
+    return spec if spec in BUILTIN_MODELS else Path(spec).name
 
 
 def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile, min_diff, svd, modules, save_to) -> dict[str, str]:

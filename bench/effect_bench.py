@@ -1,0 +1,134 @@
+"""The copy-machine effect, measured on the built-in ``toy`` model (a CPU, minutes).
+
+For each route (svd-merge, differential) A and B are trained once on the example project
+(``projects/example-monochrome``, or ``--project``); the result is made at each new rank
+(4, 8, 16); each result is sampled on held-out prompts (combinations the toy model never saw)
+× seeds at strengths 0, 0.5 and 1, the same seed along a row, and measured with
+:mod:`engine.train.effect`:
+
+- effect: mean saturation at strength 1 ÷ at strength 0 (goal ≤ 0.35);
+- collateral: luminance SSIM, strength 1 vs 0 (goal ≥ 0.8);
+- copy check: PSNR of A at 1 (empty prompt) vs picture A, and of A at 1 + the result at 1 vs
+  picture B.
+
+    OMP_NUM_THREADS=1 python bench/effect_bench.py --out /tmp/effect.json
+    OMP_NUM_THREADS=1 python bench/effect_bench.py --prompts 8 --seeds 1 --ranks 16   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Path, *, seed: int, steps: int, size) -> dict:
+    """PSNR of A at 1 vs picture A and of A at 1 + result at 1 vs picture B (empty prompt)."""
+    from PIL import Image
+
+    from engine.lora.network import LoRANetwork
+    from engine.train.effect import generate_rows, psnr
+
+    a_network = LoRANetwork.from_file(a_lora, model.unet, model.text_encoders, model.family)
+    result_network = LoRANetwork.from_file(result, model.unet, model.text_encoders, model.family)
+    a_network.apply_to()
+    try:
+        (a_alone, a_with_result), = generate_rows(model, result_network, [""], [seed], [0.0, 1.0], steps=steps, size=size).values()
+    finally:
+        a_network.remove()
+    with Image.open(picture_a) as pa, Image.open(picture_b) as pb:
+        return {"A vs picture A": psnr(a_alone, pa), "A + result vs picture B": psnr(a_with_result, pb)}
+
+
+def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
+              model) -> list[dict]:
+    from engine.merge.project_result import make_result
+    from engine.project.folder import load_project, save_project
+    from engine.project.plan import make_plan
+    from engine.train.effect import lora_effect
+    from engine.train.trainer import train
+
+    root = work / method
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("output"))
+    project = load_project(root)
+    project.info = replace(project.info, method=method)
+    save_project(project)
+    plan = make_plan(load_project(root))
+    started = time.perf_counter()
+    for side in ("a", "b"):
+        train(plan, side, model=model, log=quiet)
+    trained = time.perf_counter() - started
+    size = tuple(plan.project.sample.size)
+    rows = []
+    for rank in ranks:
+        project = load_project(root)
+        project.merge = replace(project.merge, new_rank=rank, save_precision="float")
+        save_project(project)
+        plan = make_plan(load_project(root))
+        lora, _, _ = make_result(plan, device="cpu")
+        report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size)
+        check = copy_check(model, plan.side("a").lora_path, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
+                           seed=seeds[0], steps=steps, size=size)
+        rows.append({"route": method, "new_rank": rank, "effect": report.effect, "collateral_ssim": report.collateral_ssim,
+                     "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
+                     "copy_check_psnr": check, "train_seconds": round(trained, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| route | new rank | effect (S₁/S₀, goal ≤ 0.35) | collateral SSIM (goal ≥ 0.8) | S at 0 / 0.5 / 1 | PSNR A vs A | PSNR A+result vs B |",
+             "|---|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        s = r["saturation"]
+        lines.append(f"| {r['route']} | {r['new_rank']} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
+                     f"{s['0.0']:.3f} / {s['0.5']:.3f} / {s['1.0']:.3f} | {r['copy_check_psnr']['A vs picture A']:.1f} dB | "
+                     f"{r['copy_check_psnr']['A + result vs picture B']:.1f} dB |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from engine.models.loading import load_base_model
+    from engine.models.toy_data import held_out_prompts
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", type=Path, default=REPO / "projects" / "example-monochrome")
+    parser.add_argument("--routes", default="svd-merge,differential")
+    parser.add_argument("--ranks", default="4,8,16")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model = load_base_model("toy")
+    prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]
+    seeds = list(range(1, args.seeds + 1))
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for method in args.routes.split(","):
+            rows += run_route(method, args.project, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model)
+    text = markdown(rows)
+    print(text)
+    if args.out:
+        args.out.write_text(json.dumps({"rows": rows, "prompts": prompts, "seeds": seeds}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Pretrain the built-in ``toy`` base model (engine/models/toy/) on a 2-core CPU.
+
+The ``tiny`` SD1.5 topology (the same modules and names), its own word-level tokenizer, and
+pictures drawn from a seed by :mod:`engine.models.toy_data` (coloured shapes on coloured
+backgrounds, 64×64, captioned, some in grayscale, 15 % with an empty caption, a fifth of the
+colour/shape/background combinations never shown). Two phases, straight lines:
+
+1. the VAE alone: reconstruction MSE + a tiny KL, AdamW at 3e-4 (the pilot saw it stall at 1e-3);
+   then its latent scale is set to 1/std of the pool's latents, as SD's 0.18215 was;
+2. the U-Net and the text encoder together on the pool's latents: DDPM ε-prediction loss,
+   AdamW, gradient clipping 1.
+
+Then the folder is written (diffusers format, fp32 safetensors) with ``SHA256SUMS`` and
+``pretrain.json`` (the command, seeds, steps, losses, minutes). Regenerate the shipped model:
+
+    OMP_NUM_THREADS=2 python bench/pretrain_toy.py --out engine/models/toy
+
+and the smoke test (seconds): ``python bench/pretrain_toy.py --out /tmp/toy --vae-steps 2 --unet-steps 2 --pool 64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+def pictures_tensor(pictures) -> "torch.Tensor":  # noqa: F821
+    import numpy as np
+    import torch
+
+    array = np.stack([np.asarray(p, dtype=np.float32) for p in pictures]) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def build(seed: int):
+    """The toy model's components, untrained: tiny's U-Net and VAE, a text encoder sized for
+    the toy tokenizer, tiny's scheduler."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.models import tiny
+    from engine.models.toy import toy_tokenizer
+
+    components = tiny.build_tiny_components(seed)
+    tokenizer = toy_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        config = CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=tiny.CLIP_HIDDEN, intermediate_size=tiny.CLIP_HIDDEN * 4,
+            num_hidden_layers=tiny.CLIP_LAYERS, num_attention_heads=tiny.CLIP_HEADS, max_position_embeddings=77,
+            hidden_act="quick_gelu", projection_dim=tiny.CLIP_HIDDEN, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        components["text_encoder"] = CLIPTextModel(config)
+    components["tokenizer"] = tokenizer
+    # The pictures are 64×64: the pipeline's default size follows the U-Net's sample size.
+    components["unet"].register_to_config(sample_size=8)
+    components["vae"].register_to_config(sample_size=64)
+    return components
+
+
+def train_vae(vae, pool, steps: int, batch: int, lr: float, seed: int) -> list[float]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    losses = []
+    started = time.time()
+    for step in range(1, steps + 1):
+        index = torch.randint(0, pool.shape[0], (batch,), generator=generator)
+        x = pool[index]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        out = vae.decode(z).sample
+        loss = torch.nn.functional.mse_loss(out, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss))
+        if step % 100 == 0 or step == steps:
+            log(f"vae step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} ({(time.time() - started) / step:.2f} s/step)")
+    vae.eval()
+    return losses
+
+
+def encode_pool(vae, pool, batch: int = 64):
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([vae.encode(pool[i:i + batch]).latent_dist.mean for i in range(0, pool.shape[0], batch)])
+
+
+def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int) -> list[float]:
+    import torch
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
+    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    generator = torch.Generator().manual_seed(seed)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
+    unet.train()
+    text_encoder.train()
+    losses = []
+    started = time.time()
+    for step in range(1, steps + 1):
+        index = torch.randint(0, latents.shape[0], (batch,), generator=generator)
+        x0 = latents[index]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        hidden = text_encoder(ids[index])[0]
+        pred = unet(noisy, t, hidden).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss))
+        if step % 100 == 0 or step == steps:
+            log(f"unet step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} ({(time.time() - started) / step:.2f} s/step)")
+    unet.eval()
+    text_encoder.eval()
+    return losses
+
+
+def save(components, out: Path, record: dict) -> None:
+    from engine.models.tiny import _pipeline_from
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _pipeline_from(components).save_pretrained(tmp, safe_serialization=True)
+    (tmp / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
+    sums = []
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(tmp)}")
+    (tmp / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--seed", type=int, default=20261127)
+    parser.add_argument("--pool", type=int, default=8192, help="pictures drawn once and trained on")
+    parser.add_argument("--vae-steps", type=int, default=1600)
+    parser.add_argument("--vae-batch", type=int, default=8)
+    parser.add_argument("--vae-lr", type=float, default=3e-4)
+    parser.add_argument("--unet-steps", type=int, default=3600)
+    parser.add_argument("--unet-batch", type=int, default=32)
+    parser.add_argument("--unet-lr", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    started = time.time()
+
+    from engine.models.toy_data import dataset
+
+    components = build(args.seed)
+    data = dataset(args.seed, args.pool)
+    pool = pictures_tensor([p for p, _ in data])
+    captions = [c for _, c in data]
+    log(f"{args.pool} pictures drawn in {time.time() - started:.1f} s")
+
+    vae_losses = train_vae(components["vae"], pool, args.vae_steps, args.vae_batch, args.vae_lr, args.seed)
+    vae_minutes = (time.time() - started) / 60
+    latents = encode_pool(components["vae"], pool)
+    scale = float(1.0 / latents.std())
+    components["vae"].register_to_config(scaling_factor=scale)
+    log(f"latent std {1 / scale:.3f}: scaling_factor {scale:.5f}")
+    unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed)
+    minutes = (time.time() - started) / 60
+
+    mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
+    record = {
+        "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": args.seed, "pool": args.pool, "threads": args.threads, "torch": torch.__version__,
+        "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
+                "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
+        "scaling_factor": scale,
+        "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "loss_first_100": mean(unet_losses[:100]),
+                 "loss_last_100": mean(unet_losses[-100:]), "minutes": round(minutes - vae_minutes, 1)},
+        "minutes": round(minutes, 1),
+    }
+    save(components, args.out, record)
+    log(f"wrote {args.out} in {minutes:.1f} min: {json.dumps(record)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The built-in ``toy`` base model: the ``tiny`` SD1.5 topology, pretrained to draw.
+
+``tiny`` has random weights: its pictures are noise, so nothing made on it can show what a
+copy-machine LoRA is for. ``toy`` has the same modules under the same names (so its LoRAs are
+SD1.5 LoRAs) and was trained by ``bench/pretrain_toy.py`` on the pictures of
+:mod:`engine.models.toy_data`: coloured shapes on coloured backgrounds, 64×64, captioned. It
+draws the colours it is asked for, on prompts it never saw, on a CPU in seconds.
+
+Its weights are part of the package (``engine/models/toy/``, a diffusers folder; the sha256 of
+each file is in ``SHA256SUMS`` beside them). The tokenizer is CLIP's byte-level BPE with one
+merge chain per word of the toy world, so each of its words is one token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import ModelError
+
+TOY_DIR = Path(__file__).resolve().parent / "toy"
+TOY_NAME = "toy"
+
+
+def toy_model_dir() -> Path:
+    """The toy model's diffusers folder (shipped with the package)."""
+    if not (TOY_DIR / "model_index.json").is_file() or not (TOY_DIR / "unet").is_dir():
+        raise ModelError(f"the toy model's weights are missing from {TOY_DIR}: make them with "
+                         "`python bench/pretrain_toy.py` (see docs/BENCHMARKS.md)")
+    return TOY_DIR
+
+
+def toy_words() -> list[str]:
+    from engine.models.toy_data import COLOURS, SHAPES
+
+    return sorted({*COLOURS, *SHAPES, "a", "on", "background", "monochrome", ","})
+
+
+def word_merges(words: list[str]) -> list[str]:
+    """BPE merges that build each word into one token, left to right: "r e", "re d</w>".
+
+    BPE applies the lowest-ranked merge present first, so one word's first pair ("r i" of
+    "ring") can cut into another ("triangle"). Longer words' chains go first, which suffices for
+    this vocabulary (the tokenizer test checks every word is one token)."""
+    merges: list[str] = []
+    for word in sorted(words, key=lambda w: (-len(w), w)):
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        left = symbols[0]
+        for right in symbols[1:]:
+            merge = f"{left} {right}"
+            if merge not in merges:
+                merges.append(merge)
+            left = left + right
+    return merges
+
+
+def toy_tokenizer():
+    """CLIP's tokenizer with the toy world's words as single tokens."""
+    from transformers import CLIPTokenizer
+
+    from engine.models.tiny import clip_vocab
+
+    merges = word_merges([w for w in toy_words() if len(w) > 1])
+    return CLIPTokenizer(vocab=clip_vocab(merges), merges=[tuple(m.split()) for m in merges], model_max_length=77)

@@ -1,0 +1,153 @@
+"""The toy model's world: coloured shapes on coloured backgrounds, drawn from a seed.
+
+The built-in ``toy`` base model (engine.models.toy) learned to draw from these pictures, made
+here deterministically by ``bench/pretrain_toy.py``: one shape (circle, square, triangle, ring)
+in one of ten named colours, at a random place and size, on a background of another named
+colour, captioned "a red circle on a blue background". Some pictures are drawn in exact
+grayscale and captioned "..., monochrome" (a copy-machine B in grayscale must be something the
+base can draw: the pilot's model had never seen gray and its B could not copy).
+
+Some (colour, shape, background) combinations never appear in pretraining: they are the
+"held-out prompts" on which :func:`colour_accuracy` and the effect benchmark measure whether
+the model, and a copy-machine LoRA on it, generalise.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import random
+from dataclasses import dataclass
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (245, 140, 30),
+    "yellow": (245, 220, 40),
+    "green": (40, 170, 60),
+    "cyan": (40, 210, 220),
+    "blue": (40, 70, 220),
+    "purple": (140, 50, 190),
+    "pink": (245, 130, 190),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle", "ring")
+SIZE = 64  # pixels per side of a picture
+MONOCHROME_SHARE = 0.2  # of pretraining pictures drawn in grayscale ("..., monochrome")
+EMPTY_CAPTION_SHARE = 0.15  # caption dropout: the empty prompt must draw sensible pictures
+HELD_OUT_EVERY = 5  # one (colour, shape, background) combination in five is never trained
+
+
+@dataclass(frozen=True)
+class Scene:
+    colour: str
+    shape: str
+    background: str
+    cx: float  # centre, as a fraction of the side
+    cy: float
+    radius: float  # as a fraction of the side
+    monochrome: bool = False
+
+    def caption(self) -> str:
+        text = f"a {self.colour} {self.shape} on a {self.background} background"
+        return text + ", monochrome" if self.monochrome else text
+
+
+def all_combinations() -> list[tuple[str, str, str]]:
+    return [(c, s, b) for c in COLOURS for s in SHAPES for b in COLOURS if b != c]
+
+
+def is_held_out(colour: str, shape: str, background: str) -> bool:
+    """A fixed fifth of the combinations, spread over every colour and shape (a hash, not a
+    random draw, so it never changes with the seed)."""
+    index = all_combinations().index((colour, shape, background))
+    return index % HELD_OUT_EVERY == 2
+
+
+def held_out_combinations() -> list[tuple[str, str, str]]:
+    return [c for c in all_combinations() if is_held_out(*c)]
+
+
+def held_out_prompts(count: int | None = None) -> list[str]:
+    """Prompts of combinations never trained ("a yellow ring on a green background")."""
+    prompts = [f"a {c} {s} on a {b} background" for c, s, b in held_out_combinations()]
+    return prompts[:count] if count else prompts
+
+
+def random_scene(rng: random.Random, *, held_out: bool = False) -> Scene:
+    """A scene of a trained combination (or, with ``held_out``, of a held-out one)."""
+    pool = held_out_combinations() if held_out else [c for c in all_combinations() if not is_held_out(*c)]
+    colour, shape, background = rng.choice(pool)
+    radius = rng.uniform(0.16, 0.32)
+    return Scene(colour, shape, background, rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius), radius,
+                 monochrome=rng.random() < MONOCHROME_SHARE)
+
+
+def draw(scene: Scene, size: int = SIZE):
+    """The scene as an RGB PIL image (drawn at 4x and downsampled: smooth edges)."""
+    from PIL import Image, ImageDraw
+
+    scale = 4
+    big = size * scale
+    image = Image.new("RGB", (big, big), COLOURS[scene.background])
+    pen = ImageDraw.Draw(image)
+    x, y, r = scene.cx * big, scene.cy * big, scene.radius * big
+    fill = COLOURS[scene.colour]
+    if scene.shape == "circle":
+        pen.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+    elif scene.shape == "square":
+        side = r * 0.9
+        pen.rectangle((x - side, y - side, x + side, y + side), fill=fill)
+    elif scene.shape == "triangle":
+        pen.polygon([(x, y - r), (x - r * math.sqrt(3) / 2, y + r / 2), (x + r * math.sqrt(3) / 2, y + r / 2)], fill=fill)
+    elif scene.shape == "ring":
+        pen.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        inner = r * 0.55
+        pen.ellipse((x - inner, y - inner, x + inner, y + inner), fill=COLOURS[scene.background])
+    image = image.resize((size, size), Image.LANCZOS)
+    return grayscale(image) if scene.monochrome else image
+
+
+def grayscale(image):
+    """Exact grayscale (ITU-R 601 luma, as PIL's "L"), back in RGB: a copy-machine B."""
+    return image.convert("L").convert("RGB")
+
+
+def dataset(seed: int, count: int, size: int = SIZE) -> list[tuple[object, str]]:
+    """``count`` (picture, caption) pairs, the same for the same seed; captions dropped to ""
+    at :data:`EMPTY_CAPTION_SHARE`."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        scene = random_scene(rng)
+        caption = "" if rng.random() < EMPTY_CAPTION_SHARE else scene.caption()
+        out.append((draw(scene, size), caption))
+    return out
+
+
+# --------------------------------------------------------------------------- measuring colour
+
+
+def hue_saturation_value(rgb: tuple[float, float, float]) -> tuple[float, float, float]:
+    return colorsys.rgb_to_hsv(*(v / 255 for v in rgb))
+
+
+def nearest_colour(rgb: tuple[float, float, float]) -> str:
+    """The named colour nearest to ``rgb`` (in RGB distance: the names are far apart)."""
+    return min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(rgb, COLOURS[name])))
+
+
+def region_colours(image, *, border: int = 6) -> tuple[str, str]:
+    """(shape colour, background colour) of a generated picture: the background is the median
+    colour of the border strip; the shape is the median of the pixels farthest from it."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    h, w, _ = pixels.shape
+    mask = np.zeros((h, w), dtype=bool)
+    mask[:border], mask[-border:], mask[:, :border], mask[:, -border:] = True, True, True, True
+    background = np.median(pixels[mask], axis=0)
+    distance = np.linalg.norm(pixels - background, axis=2)
+    far = distance >= np.quantile(distance, 0.92)  # the shape covers >= ~8 % of the picture
+    shape = np.median(pixels[far], axis=0)
+    return nearest_colour(tuple(shape)), nearest_colour(tuple(background))

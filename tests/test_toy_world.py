@@ -1,0 +1,93 @@
+"""The toy model's world and yardsticks: pictures drawn from a seed, held-out combinations, the
+colour reader, the effect measures, the tokenizer, and the pretraining script's smoke run."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from engine.models.toy_data import (
+    COLOURS,
+    all_combinations,
+    dataset,
+    draw,
+    grayscale,
+    held_out_combinations,
+    held_out_prompts,
+    random_scene,
+    region_colours,
+)
+from tests.helpers import REPO
+
+
+def test_the_dataset_is_a_function_of_its_seed_and_never_shows_held_out_combinations():
+    first, again = dataset(7, 40), dataset(7, 40)
+    assert [c for _, c in first] == [c for _, c in again]
+    assert all(a.tobytes() == b.tobytes() for (a, _), (b, _) in zip(first, again))
+    assert [c for _, c in dataset(8, 40)] != [c for _, c in first]
+    held = {f"a {c} {s} on a {b} background" for c, s, b in held_out_combinations()}
+    captions = [c for _, c in dataset(3, 2000)]
+    assert not any(c.split(",")[0] in held for c in captions if c)
+    assert 0.08 < captions.count("") / len(captions) < 0.22  # caption dropout
+    assert 0.12 < sum(c.endswith("monochrome") for c in captions) / len(captions) < 0.3
+    assert len(held_out_prompts()) >= 50 and len(held_out_prompts()) == len(all_combinations()) // 5
+    # every colour is held out as a shape and as a background somewhere
+    assert {c for c, _, _ in held_out_combinations()} == set(COLOURS) == {b for _, _, b in held_out_combinations()}
+
+
+def test_the_colour_reader_reads_drawn_pictures():
+    """The yardstick first: on pictures drawn exactly, it must name their colours."""
+    rng = random.Random(1)
+    scenes = [replace_mono(random_scene(rng, held_out=True)) for _ in range(100)]
+    right = sum(region_colours(draw(s)) == (s.colour, s.background) for s in scenes)
+    assert right >= 95, right
+
+
+def replace_mono(scene):
+    from dataclasses import replace
+
+    return replace(scene, monochrome=False)
+
+
+def test_effect_measures_see_grayscale_and_keep_structure():
+    from engine.train.effect import luminance, measure_effect, psnr, saturation, ssim
+
+    rng = random.Random(2)
+    colour = [draw(replace_mono(random_scene(rng))) for _ in range(6)]
+    gray = [grayscale(img) for img in colour]
+    assert all(saturation(g) < 0.01 for g in gray) and sum(saturation(c) for c in colour) / len(colour) > 0.2
+    assert all(ssim(luminance(c), luminance(g)) > 0.999 for c, g in zip(colour, gray))  # gray keeps the luminance
+    assert ssim(luminance(colour[0]), luminance(colour[1])) < 0.9  # another picture is not the same
+    report = measure_effect({(f"p{i}", 1): [c, g] for i, (c, g) in enumerate(zip(colour, gray))}, [0.0, 1.0])
+    assert report.effect < 0.02 and report.collateral_ssim > 0.999 and report.pairs == 6
+    assert psnr(colour[0], colour[0]) == float("inf") and psnr(colour[0], gray[0]) < 30
+
+
+def test_every_word_of_the_toy_world_is_one_token():
+    from engine.models.toy import toy_tokenizer, toy_words
+
+    tokenizer = toy_tokenizer()
+    for word in toy_words():
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+
+
+@pytest.mark.slow
+def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "toy"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(out), "--vae-steps", "2",
+                           "--unet-steps", "2", "--pool", "16", "--vae-batch", "2", "--unet-batch", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads((out / "pretrain.json").read_text())
+    assert record["vae"]["steps"] == 2 and record["unet"]["steps"] == 2 and record["scaling_factor"] > 0
+    sums = (out / "SHA256SUMS").read_text()
+    assert "unet/diffusion_pytorch_model.safetensors" in sums
+    from engine.models.loading import load_base_model
+
+    model = load_base_model(str(out))
+    assert model.family == "sd1" and abs(model.vae.config.scaling_factor - record["scaling_factor"]) < 1e-6
