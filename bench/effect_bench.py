@@ -1,7 +1,9 @@
-"""The copy-machine effect, measured on the built-in ``toy`` model (a CPU, minutes).
+"""The copy-machine effect, measured on a toy model made by bench/pretrain_toy.py (a CPU, minutes).
 
-For each route (svd-merge, differential) A and B are trained once on the example project
-(``projects/example-monochrome``, or ``--project``); the result is made at each new rank
+For each route (svd-merge, differential) A and B are trained once on a project of the toy
+world (A: a yellow circle on blue, colours whose luminances differ; B: its exact grayscale;
+64×64, 300 steps, lr 1e-3, rank 8; or ``--project``, with ``--epochs``/``--lr`` to try the
+levers); the result is made at each new rank
 (4, 8, 16); each result is sampled on held-out prompts (combinations the toy model never saw)
 × seeds at strengths 0, 0.5 and 1, the same seed along a row, and measured with
 :mod:`engine.train.effect`:
@@ -11,8 +13,8 @@ For each route (svd-merge, differential) A and B are trained once on the example
 - copy check: PSNR of A at 1 (empty prompt) vs picture A, and of A at 1 + the result at 1 vs
   picture B.
 
-    OMP_NUM_THREADS=1 python bench/effect_bench.py --out /tmp/effect.json
-    OMP_NUM_THREADS=1 python bench/effect_bench.py --prompts 8 --seeds 1 --ranks 16   # quick look
+    OMP_NUM_THREADS=1 python bench/effect_bench.py --base /tmp/toy --out /tmp/effect.json
+    OMP_NUM_THREADS=2 python bench/effect_bench.py --base /tmp/toy --threads 2 --prompts 8 --seeds 1 --ranks 16   # quick look
 """
 
 from __future__ import annotations
@@ -51,6 +53,24 @@ def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Pa
         a_network.remove()
     with Image.open(picture_a) as pa, Image.open(picture_b) as pb:
         return {"A vs picture A": psnr(a_alone, pa), "A + result vs picture B": psnr(a_with_result, pb)}
+
+
+def toy_project(dest: Path, base: str, epochs: int, lr: float) -> Path:
+    """The toy world's copy-machine pair as a project (the example a toy model would ship with)."""
+    from engine.models.toy_data import Scene, draw, grayscale
+    from engine.project.folder import load_project, save_project
+    from engine.project.scaffold import create_project
+
+    dest.mkdir(parents=True, exist_ok=True)
+    a = draw(Scene("yellow", "circle", "blue", cx=0.5, cy=0.45, radius=0.27))
+    a.save(dest / "colour.png")
+    grayscale(a).save(dest / "monochrome.png")
+    project = create_project(dest / "toy-monochrome", dest / "colour.png", dest / "monochrome.png", base_model=base)
+    project.train = replace(project.train, resolution=[64, 64], max_train_epochs=epochs, learning_rate=lr, mixed_precision="no",
+                            save_every_n_steps=0)
+    project.sample = replace(project.sample, size=[64, 64])
+    save_project(project)
+    return load_project(project.root).root
 
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
@@ -107,22 +127,27 @@ def main(argv: list[str] | None = None) -> int:
     from engine.models.toy_data import held_out_prompts
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--project", type=Path, default=REPO / "projects" / "example-monochrome")
+    parser.add_argument("--project", type=Path, help="a project to train (default: the toy world's pair, made here)")
+    parser.add_argument("--epochs", type=int, default=60, help="of the default project: 1 image × 5 repeats × epochs steps")
+    parser.add_argument("--lr", type=float, default=1e-3, help="of the default project")
     parser.add_argument("--routes", default="svd-merge,differential")
     parser.add_argument("--ranks", default="4,8,16")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--base", required=True, help="a folder made by bench/pretrain_toy.py (or a built-in model)")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    model = load_base_model("toy")
+    torch.set_num_threads(args.threads)
+    model = load_base_model(args.base)
     prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]
     seeds = list(range(1, args.seeds + 1))
     rows = []
     with tempfile.TemporaryDirectory() as work:
+        source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr)
         for method in args.routes.split(","):
-            rows += run_route(method, args.project, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model)
+            rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model)
     text = markdown(rows)
     print(text)
     if args.out:

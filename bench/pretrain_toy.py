@@ -46,16 +46,31 @@ def pictures_tensor(pictures) -> "torch.Tensor":  # noqa: F821
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-def build(seed: int):
-    """The toy model's components, untrained: tiny's U-Net and VAE, a text encoder sized for
-    the toy tokenizer, tiny's scheduler."""
+def build(seed: int, vae_levels: int = 3):
+    """The toy model's components, untrained: tiny's U-Net (SD1.5's topology), a text encoder
+    sized for the toy tokenizer, tiny's scheduler, and a VAE of ``vae_levels`` levels.
+
+    SD's VAE has 4 levels (8× smaller latents). On 64×64 pictures that leaves an 8×8 latent,
+    which the U-Net's three downsamplings bring to 1×1, and a VAE that must pack a picture into
+    256 numbers; a first run so (30 min) drew washed-out colours (19 % colour accuracy) from a
+    VAE that reconstructed purple as gray. With 3 levels (4× smaller, 16×16 latents) both have
+    room. LoRAs never touch the VAE, so every LoRA name is still SD1.5's."""
     import torch
+    from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from engine.models import tiny
     from engine.models.toy import toy_tokenizer
 
     components = tiny.build_tiny_components(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 2)
+        components["vae"] = AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_levels,
+            up_block_types=("UpDecoderBlock2D",) * vae_levels, block_out_channels=tiny.VAE_CHANNELS[:vae_levels],
+            layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=64, scaling_factor=0.18215,
+            force_upcast=True,
+        )
     tokenizer = toy_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
@@ -68,8 +83,7 @@ def build(seed: int):
         components["text_encoder"] = CLIPTextModel(config)
     components["tokenizer"] = tokenizer
     # The pictures are 64×64: the pipeline's default size follows the U-Net's sample size.
-    components["unet"].register_to_config(sample_size=8)
-    components["vae"].register_to_config(sample_size=64)
+    components["unet"].register_to_config(sample_size=64 // 2 ** (vae_levels - 1))
     return components
 
 
@@ -145,8 +159,14 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
 
 
 def save(components, out: Path, record: dict) -> None:
+    """The diffusers folder, weights stored in fp16 (half the size: the shipped model must
+    stay small; it loads in fp32 like any fp16 checkpoint), with SHA256SUMS."""
+    import torch
+
     from engine.models.tiny import _pipeline_from
 
+    for name in ("unet", "vae", "text_encoder"):
+        components[name].to(torch.float16)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _pipeline_from(components).save_pretrained(tmp, safe_serialization=True)
@@ -157,6 +177,21 @@ def save(components, out: Path, record: dict) -> None:
     (tmp / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def resave(folder: Path, out: Path) -> int:
+    """A trained folder written again by :func:`save` (fp16, sums), its record kept."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    components = {
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet"), "vae": AutoencoderKL.from_pretrained(folder / "vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"), "scheduler": PNDMScheduler.from_pretrained(folder / "scheduler"),
+    }
+    save(components, out, json.loads((folder / "pretrain.json").read_text()))
+    log(f"wrote {out} from {folder}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,15 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=5e-4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vae-levels", type=int, default=3, help="3: 16×16 latents of 64×64 pictures (SD's VAE has 4)")
+    parser.add_argument("--resave", type=Path, help="only write this already trained folder again (in fp16) to --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.resave:
+        return resave(args.resave, args.out)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     started = time.time()
 
     from engine.models.toy_data import dataset
 
-    components = build(args.seed)
+    components = build(args.seed, args.vae_levels)
     data = dataset(args.seed, args.pool)
     pool = pictures_tensor([p for p, _ in data])
     captions = [c for _, c in data]
@@ -199,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     record = {
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "pool": args.pool, "threads": args.threads, "torch": torch.__version__,
+        "seed": args.seed, "pool": args.pool, "threads": args.threads, "torch": torch.__version__, "vae_levels": args.vae_levels,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.train.effect import colour_accuracy, generate_rows, saturation
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="toy", help='"toy" or a diffusers folder made by bench/pretrain_toy.py')
+    parser.add_argument("--base", required=True, help="a folder made by bench/pretrain_toy.py (or a built-in model)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=0, help="first N held-out prompts (0: all)")
     parser.add_argument("--threads", type=int, default=2)

@@ -1,14 +1,14 @@
-"""The built-in ``toy`` base model: the ``tiny`` SD1.5 topology, pretrained to draw.
+"""The ``toy`` base model: the ``tiny`` SD1.5 topology, pretrained to draw (work in progress).
 
 ``tiny`` has random weights: its pictures are noise, so nothing made on it can show what a
-copy-machine LoRA is for. ``toy`` has the same modules under the same names (so its LoRAs are
-SD1.5 LoRAs) and was trained by ``bench/pretrain_toy.py`` on the pictures of
-:mod:`engine.models.toy_data`: coloured shapes on coloured backgrounds, 64×64, captioned. It
-draws the colours it is asked for, on prompts it never saw, on a CPU in seconds.
-
-Its weights are part of the package (``engine/models/toy/``, a diffusers folder; the sha256 of
-each file is in ``SHA256SUMS`` beside them). The tokenizer is CLIP's byte-level BPE with one
-merge chain per word of the toy world, so each of its words is one token.
+copy-machine LoRA is for. ``toy`` keeps the U-Net's and text encoder's modules and names (so its
+LoRAs are SD1.5 LoRAs), with a VAE of 3 levels instead of 4 (16×16 latents for its 64×64
+pictures), and is trained by ``bench/pretrain_toy.py`` on :mod:`engine.models.toy_data`'s
+pictures of coloured shapes. Not shipped yet: the two runs so far draw the shapes but not the
+colours asked for (docs/BENCHMARKS.md, "A pretrained toy model: not there yet"); once one does,
+its folder goes to ``engine/models/toy/`` (fp16 weights, ``SHA256SUMS``) and ``"toy"`` joins
+the built-in models. The tokenizer is CLIP's byte-level BPE with one merge chain per word of
+the toy world, so each of its words is one token.
 """
 
 from __future__ import annotations
