@@ -120,7 +120,8 @@ def encode_pool(vae, pool, batch: int = 64):
         return torch.cat([vae.encode(pool[i:i + batch]).latent_dist.mean for i in range(0, pool.shape[0], batch)])
 
 
-def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int) -> list[float]:
+def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
+               te_lr: float | None = None) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
 
@@ -130,7 +131,8 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
                     return_tensors="pt").input_ids
     generator = torch.Generator().manual_seed(seed)
     params = [*unet.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    groups = [{"params": list(unet.parameters()), "lr": lr}, {"params": list(text_encoder.parameters()), "lr": te_lr or lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
     unet.train()
     text_encoder.train()
@@ -179,17 +181,23 @@ def save(components, out: Path, record: dict) -> None:
     tmp.rename(out)
 
 
-def resave(folder: Path, out: Path) -> int:
-    """A trained folder written again by :func:`save` (fp16, sums), its record kept."""
+def load_components(folder: Path) -> dict:
+    """A folder this script wrote, in fp32, to write again or to train further."""
+    import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    components = {
-        "unet": UNet2DConditionModel.from_pretrained(folder / "unet"), "vae": AutoencoderKL.from_pretrained(folder / "vae"),
-        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder"),
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32),
+        "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
+        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32),
         "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"), "scheduler": PNDMScheduler.from_pretrained(folder / "scheduler"),
     }
-    save(components, out, json.loads((folder / "pretrain.json").read_text()))
+
+
+def resave(folder: Path, out: Path) -> int:
+    """A trained folder written again by :func:`save` (fp16, sums), its record kept."""
+    save(load_components(folder), out, json.loads((folder / "pretrain.json").read_text()))
     log(f"wrote {out} from {folder}")
     return 0
 
@@ -207,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=3600)
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=5e-4)
+    parser.add_argument("--te-lr", type=float, default=None, help="the text encoder's learning rate (default: --unet-lr)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vae-levels", type=int, default=3, help="3: 16×16 latents of 64×64 pictures (SD's VAE has 4)")
     parser.add_argument("--resave", type=Path, help="only write this already trained folder again (in fp16) to --out")
+    parser.add_argument("--start-from", type=Path, help="continue from a folder this script wrote (its VAE kept unless --vae-steps > 0)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.resave:
@@ -220,19 +230,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.models.toy_data import dataset
 
-    components = build(args.seed, args.vae_levels)
+    components = load_components(args.start_from) if args.start_from else build(args.seed, args.vae_levels)
     data = dataset(args.seed, args.pool)
     pool = pictures_tensor([p for p, _ in data])
     captions = [c for _, c in data]
     log(f"{args.pool} pictures drawn in {time.time() - started:.1f} s")
 
-    vae_losses = train_vae(components["vae"], pool, args.vae_steps, args.vae_batch, args.vae_lr, args.seed)
+    vae_losses = train_vae(components["vae"], pool, args.vae_steps, args.vae_batch, args.vae_lr, args.seed) if args.vae_steps else [0.0]
     vae_minutes = (time.time() - started) / 60
     latents = encode_pool(components["vae"], pool)
-    scale = float(1.0 / latents.std())
-    components["vae"].register_to_config(scaling_factor=scale)
+    if args.vae_steps or not args.start_from:  # a kept VAE keeps its latent scale
+        components["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
+    scale = float(components["vae"].config.scaling_factor)
     log(f"latent std {1 / scale:.3f}: scaling_factor {scale:.5f}")
-    unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed)
+    unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed,
+                             te_lr=args.te_lr)
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
@@ -242,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
-        "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "loss_first_100": mean(unet_losses[:100]),
+        "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "te_lr": args.te_lr or args.unet_lr,
+                 "loss_first_100": mean(unet_losses[:100]),
                  "loss_last_100": mean(unet_losses[-100:]), "minutes": round(minutes - vae_minutes, 1)},
         "minutes": round(minutes, 1),
     }
