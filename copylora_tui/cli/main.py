@@ -21,7 +21,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = """\
 Make copy-machine LoRAs (コピー機LoRA) for Stable Diffusion: train one LoRA on picture A and
 one on picture B (the same picture changed only in the wanted way), then merge +1·B −1·A into
-a LoRA that applies just that change. Run with no command to open the terminal app."""
+a LoRA that applies just that change (or, by the differential route, train B on the base with A
+applied: B is the result). Run with no command to open the terminal app."""
 
 EPILOG = """\
 examples:
