@@ -79,3 +79,13 @@ def real_runs(real_runs_tree, tmp_path, monkeypatch):
     projects, state = clone(real_runs_tree, tmp_path / "tree")
     monkeypatch.setenv("COPYLORA_HOME", str(state))
     return projects
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The built-in tiny SD1.5 model, loaded once per test module (trainings leave it as found)."""
+    torch = pytest.importorskip("torch")
+    from engine.models.loading import load_base_model
+
+    torch.set_num_threads(1)
+    return load_base_model("tiny")

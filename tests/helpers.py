@@ -34,3 +34,7 @@ def train_sides_apart(root: Path) -> Path:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes, to prove that nothing was written."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def quiet(_line: str) -> None:
+    """A log that says nothing (trainings in tests)."""

@@ -14,7 +14,7 @@ from engine.project.folder import load_project, save_project  # noqa: E402
 from engine.project.plan import make_plan, training_order, twin_problem  # noqa: E402
 from engine.train.base_weights import BaseWeightsError  # noqa: E402
 from engine.train.trainer import train  # noqa: E402
-from tests.helpers import copy_example  # noqa: E402
+from tests.helpers import copy_example, quiet  # noqa: E402
 
 # Plain SGD in fp32 (the CPU trains in fp32): the comparison sees how A is applied, not an
 # adaptive optimizer's amplification of rounding (tests/test_twin.py measures that).
@@ -22,16 +22,6 @@ SGD = {"optimizer_type": "SGDNesterov", "learning_rate": 0.5, "save_precision": 
 STEPS = 8
 
 
-def quiet(_line: str) -> None:
-    pass
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from engine.models.loading import load_base_model
-
-    torch.set_num_threads(1)
-    return load_base_model("tiny")
 
 
 def make(root, *, method: str = "differential", base_model: str | None = None, multiplier: float = 1.0, merge: bool = False, **train):

@@ -10,19 +10,7 @@ from engine.project.folder import load_project, save_project  # noqa: E402
 from engine.project.plan import make_plan  # noqa: E402
 from engine.train.trainer import TrainingError, train  # noqa: E402
 from engine.train.twin import TwinNotPossible, train_twin, twin_problem  # noqa: E402
-from tests.helpers import copy_example  # noqa: E402
-
-
-def quiet(_line: str) -> None:
-    pass
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from engine.models.loading import load_base_model
-
-    torch.set_num_threads(1)
-    return load_base_model("tiny")
+from tests.helpers import copy_example, quiet  # noqa: E402
 
 
 def make(tmp_path, steps: int, **train_keys):
