@@ -121,7 +121,7 @@ def encode_pool(vae, pool, batch: int = 64):
 
 
 def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
-               te_lr: float | None = None) -> list[float]:
+               te_lr: float | None = None, noise_offset: float = 0.0) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
 
@@ -142,6 +142,8 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
         index = torch.randint(0, latents.shape[0], (batch,), generator=generator)
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=generator)
+        if noise_offset:  # as sd-scripts' noise_offset: see --noise-offset's help
+            noise = noise + noise_offset * torch.randn((batch, x0.shape[1], 1, 1), generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
         noisy = noise_scheduler.add_noise(x0, noise, t)
         hidden = text_encoder(ids[index])[0]
@@ -216,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-batch", type=int, default=32)
     parser.add_argument("--unet-lr", type=float, default=5e-4)
     parser.add_argument("--te-lr", type=float, default=None, help="the text encoder's learning rate (default: --unet-lr)")
+    parser.add_argument("--noise-offset", type=float, default=0.0,
+                        help="add this × one random number per sample and channel to the noise (sd-scripts' noise_offset): "
+                             "SD's schedule leaves a picture's mean colour in the noisiest latents, so without it the model "
+                             "learns to read the background colour from the noise instead of from the caption")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vae-levels", type=int, default=3, help="3: 16×16 latents of 64×64 pictures (SD's VAE has 4)")
     parser.add_argument("--resave", type=Path, help="only write this already trained folder again (in fp16) to --out")
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = float(components["vae"].config.scaling_factor)
     log(f"latent std {1 / scale:.3f}: scaling_factor {scale:.5f}")
     unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed,
-                             te_lr=args.te_lr)
+                             te_lr=args.te_lr, noise_offset=args.noise_offset)
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
-        "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "te_lr": args.te_lr or args.unet_lr,
+        "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "te_lr": args.te_lr or args.unet_lr, "noise_offset": args.noise_offset,
                  "loss_first_100": mean(unet_losses[:100]),
                  "loss_last_100": mean(unet_losses[-100:]), "minutes": round(minutes - vae_minutes, 1)},
         "minutes": round(minutes, 1),

@@ -199,9 +199,17 @@ def test_dataset_inheritance_and_conflicts(tmp_path: Path) -> None:
     )
     result = import_kohya(path)
     assert result.train == {"resolution": [512, 768], "num_repeats": 5, "flip_aug": True, "train_batch_size": 2}
-    assert "differs" in _entry(result.ignored, "datasets[0].subsets[1].num_repeats").note
+    # A class subset makes it the DreamBooth flow (tests/test_concepts.py): the second subset is a concept.
+    assert result.extra["concept[1]"] == {"folder": "b", "num_repeats": 7}
+    assert result.extra["reg"] == {"folder": "reg", "num_repeats": 1}
     assert "overridden" in _entry(result.ignored, "general.num_repeats").note
-    assert "regularisation" in _entry(result.ignored, "datasets[0].subsets[2].num_repeats").note
+    assert _entry(result.used, "general.flip_aug").note == "flip_aug"
+    _check_reports(result, _input_keys(path))
+    # Without class subsets or class_tokens, subsets are the sides' pictures: one num_repeats.
+    path.write_text(path.read_text().split("  [[datasets.subsets]]\n  image_dir = 'reg'")[0], encoding="utf-8")
+    result = import_kohya(path)
+    assert result.train["num_repeats"] == 5 and "concept[1]" not in result.extra and "reg" not in result.extra
+    assert "differs" in _entry(result.ignored, "datasets[0].subsets[1].num_repeats").note
     _check_reports(result, _input_keys(path))
 
 

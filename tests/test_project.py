@@ -211,13 +211,13 @@ def test_create_project_bad_then_good(tmp_path):
 def test_every_key_is_documented():
     from dataclasses import fields
 
-    from engine.project.params import MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams
+    from engine.project.params import ConceptParams, MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams
     from tests.helpers import REPO
 
     doc = (REPO / "docs" / "project-format.md").read_text()
     missing = [
         f"{cls.__name__}.{f.name}"
-        for cls in (ProjectInfo, TrainParams, SideConfig, MergeParams, SampleParams, RegParams)
+        for cls in (ProjectInfo, TrainParams, SideConfig, MergeParams, SampleParams, RegParams, ConceptParams)
         for f in fields(cls)
         if f.metadata and f"`{f.name}`" not in doc
     ]

@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         from copylora_tui.app import run_app
 
         return run_guarded(lambda a: run_app(projects_dir=a.projects), args)
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()  # every command: library chatter (e.g. bitsandbytes' import warning) is not the user's output
     return run_guarded(args.func, args)
 
 

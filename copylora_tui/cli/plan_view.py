@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 ROUTES = {
@@ -26,8 +27,8 @@ def print_plan(plan, console: Console | None = None) -> None:
     root = project.root
     base = project.info.base_model
     base_text = "tiny (built-in, SD1.5 topology, random weights)" if base == "tiny" else base
-    console.print(f"[bold]{project.name}[/bold]  [green]valid[/green]  {project.toml_path}")
-    console.print(f"base model  {base_text}   family: {project.info.model_family}")
+    console.print(f"[bold]{escape(project.name)}[/bold]  [green]valid[/green]  {escape(str(project.toml_path))}")
+    console.print(escape(f"base model  {base_text}   family: {project.info.model_family}"))
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("side", "folder", "images", "bucket", "repeats", "batch", "epochs", "steps"):
@@ -50,12 +51,14 @@ def print_plan(plan, console: Console | None = None) -> None:
         console.print(f"  {' and '.join(sides)}: {line}")
     for side, p in plan.sides.items():
         if p.repeats_source != "[train].num_repeats":
-            console.print(f"  {side.upper()} repeats from {p.repeats_source}")
+            console.print(escape(f"  {side.upper()} repeats from {p.repeats_source}"))
+    if project.reg is not None:
+        _print_concepts(plan, console)
     merge = project.merge
     from engine.project.plan import training_order
 
     console.print(f"route     {ROUTES[project.info.method]}")
-    console.print(f"training  {training_order(plan)}")
+    console.print(f"training  {escape(training_order(plan))}")
     conv = merge.new_conv_rank or merge.new_rank
     if project.info.method == "differential":
         how = "merged into the base weights" if project.b.merge_base_weights else "as a frozen fp32 LoRA"
@@ -72,3 +75,22 @@ def print_plan(plan, console: Console | None = None) -> None:
     result = "result" if project.info.method == "differential" else "merged"
     for label, path in (("A", a.lora_path), ("B", b.lora_path), (result, plan.merged_path), ("stats", plan.stats_path), ("previews", plan.samples_dir)):
         console.print(f"  {label:<9}{_rel(path, root)}")
+
+
+def _print_concepts(plan, console: Console) -> None:
+    """[reg] projects: each concept's pictures, prompt and steps per epoch, then the class folders."""
+    from engine.project.plan import concept_rows
+
+    reg = plan.project.reg
+    root = plan.project.root
+    console.print(escape(f"dreambooth  prior preservation (weight {reg.prior_loss_weight:g}); "
+                         f"captions from {reg.caption_extension} files where a prompt says [filewords]"))
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("concept", "folder", "images", "repeats", "steps/epoch", "prompt"):
+        table.add_column(column, justify="right" if column in ("images", "repeats", "steps/epoch") else "left")
+    for row in concept_rows(plan):
+        images = str(row["images"]) + (f" ({row['to_generate']} to generate)" if row.get("to_generate") else "")
+        steps = "paired" if row.get("is_reg") else str(row["steps_per_epoch"])
+        table.add_row(escape(row["concept"]), escape(_rel(Path(row["folder"]), root) + "/"), images, str(row["repeats"]), steps,
+                      escape(repr(row["prompt"])))
+    console.print(table)

@@ -105,11 +105,17 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_report(result), file=sys.stderr)
     if args.into is None:
+        from engine.project.kohya_import import concept_tables
         from engine.project.toml_writer import toml_value
 
         print("[train]")
         for key, value in result.train.items():
             print(f"{key} = {toml_value(value)}")
+        for table, heading in [(name, name) for name in ("project", "b", "reg") if result.extra.get(name)] + [
+                (name, "[concept]") for name in concept_tables(result.extra)]:
+            print(f"\n[{heading}]")
+            for key, value in result.extra[table].items():
+                print(f"{key} = {toml_value(value)}")
         return 0
     from engine.project.folder import load_project, save_project
 
@@ -120,7 +126,7 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
 
 
 def plan_as_dict(plan) -> dict:
-    from engine.project.plan import training_order
+    from engine.project.plan import concept_rows, training_order
 
     project = plan.project
     return {
@@ -152,6 +158,7 @@ def plan_as_dict(plan) -> dict:
             "stats": str(plan.stats_path),
         },
         "samples_dir": str(plan.samples_dir),
+        **({"concepts": concept_rows(plan)} if project.reg is not None else {}),
         "method": project.info.method,
         "training": training_order(plan),
         **({"base_weights": {"lora": str(plan.side("a").lora_path), "multiplier": project.b.base_weights_multiplier,

@@ -62,6 +62,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if existing and not (args.resume or args.restart):
             raise ValidationError([Problem(str(sp.run_dir), f"holds a checkpoint at step {existing}: add --resume to continue it or --restart to start over")])
 
+    from engine.train.class_images import generate_class_images, missing_class_images
+
+    if missing_class_images(plan.project):  # as the queue's "class images" job does before training
+        from engine.quiet import quiet_libraries
+
+        quiet_libraries()
+        generate_class_images(plan.project, log=lambda line: print(line, file=sys.stderr))
+        plan = make_plan(load_project(args.project), max_steps=args.max_steps)
+
     stop = {"asked": False}
 
     def ask_stop(signum, _frame):

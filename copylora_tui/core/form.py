@@ -8,13 +8,23 @@ Fields are typed as text the way TOML writes values (``1e-4``, ``[600, 900]``,
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from engine.errors import Problem, ValidationError
 from engine.project.folder import Project, parse_project
-from engine.project.params import BASE_WEIGHTS_KEYS, MergeParams, ProjectInfo, RegParams, SampleParams, SideConfig, TrainParams
+from engine.project.params import (
+    BASE_WEIGHTS_KEYS,
+    ConceptParams,
+    MergeParams,
+    ProjectInfo,
+    RegParams,
+    SampleParams,
+    SideConfig,
+    TrainParams,
+)
 from engine.project.toml_writer import render_project, toml_value
 from engine.project.validate import _base_type, coerce_value
 
@@ -58,6 +68,11 @@ class FieldSpec:
         return f"{self.section}.{self.key}"
 
     @property
+    def dom_section(self) -> str:
+        """The section as a widget id allows it: ``concept[2]`` → ``concept-2``."""
+        return self.section.replace("[", "-").replace("]", "")
+
+    @property
     def kind(self) -> type:
         return _base_type(self.annotation)[0]
 
@@ -74,8 +89,19 @@ class FieldSpec:
         return self.meta.get("choices")
 
 
+def concept_section(number: int) -> str:
+    """The form section of ``[[concept]]`` number ``number`` (from 1), named as problems name it."""
+    return f"concept[{number}]"
+
+
+def concept_number(section: str) -> int | None:
+    if section.startswith("concept[") and section.endswith("]") and section[8:-1].isdigit():
+        return int(section[8:-1])
+    return None
+
+
 def section_fields(section: str) -> list[FieldSpec]:
-    cls = next(c for s, c, _ in SECTIONS if s == section)
+    cls = ConceptParams if concept_number(section) else next(c for s, c, _ in SECTIONS if s == section)
     specs = []
     if section in ("a", "b"):
         specs.append(FieldSpec(section, "folder", "str", {"doc": "Folder of this side's teacher image(s), relative to the project."}))
@@ -88,6 +114,11 @@ def section_fields(section: str) -> list[FieldSpec]:
 
 
 def current_value(project: Project, spec: FieldSpec) -> Any:
+    """The saved value of a field (a concept the project does not have yet: its default)."""
+    number = concept_number(spec.section)
+    if number is not None:
+        concept = project.concepts[number - 1] if number <= len(project.concepts) else ConceptParams()
+        return getattr(concept, spec.key)
     if spec.section in ("a", "b"):
         side = project.side(spec.section)
         if spec.key == "folder" or spec.key in BASE_WEIGHTS_KEYS:
@@ -134,8 +165,10 @@ def _example(spec: FieldSpec) -> str:
             list: "a list, e.g. [1.0, -1.0]", dict: "a table, e.g. { weight_decay = 0.01 }"}.get(spec.kind, "text")
 
 
-def apply_values(project: Project, values: dict[str, Any]) -> Project:
-    """A copy of ``project`` with the field values (path -> value) put in."""
+def apply_values(project: Project, values: dict[str, Any], concepts: int | None = None) -> Project:
+    """A copy of ``project`` with the field values (path -> value) put in; ``concepts``: how
+    many ``[[concept]]`` the edit has (concepts added or removed in the form), each from its
+    fields' values where given and its saved value otherwise."""
     tables = {
         "project": project.info, "train": project.train, "merge": project.merge,
         "sample": project.sample, "reg": project.reg,
@@ -143,9 +176,15 @@ def apply_values(project: Project, values: dict[str, Any]) -> Project:
     changes: dict[str, dict[str, Any]] = {}
     sides = {s: (project.side(s).folder, dict(project.side(s).overrides)) for s in ("a", "b")}
     side_keys: dict[str, dict[str, Any]] = {"a": {}, "b": {}}
+    count = len(project.concepts) if concepts is None else concepts
+    concept_values: list[dict[str, Any]] = [{} for _ in range(count)]
     for path, value in values.items():
         section, key = path.split(".", 1)
-        if section in sides:
+        number = concept_number(section)
+        if number is not None:
+            if number <= count:
+                concept_values[number - 1][key] = value
+        elif section in sides:
             folder, overrides = sides[section]
             if key == "folder":
                 sides[section] = (value, overrides)
@@ -160,9 +199,11 @@ def apply_values(project: Project, values: dict[str, Any]) -> Project:
     for section, change in changes.items():
         tables[section] = replace(tables[section], **change)
     new_sides = {s: replace(project.side(s), folder=folder, overrides=overrides, **side_keys[s]) for s, (folder, overrides) in sides.items()}
+    saved = list(project.concepts) + [ConceptParams() for _ in range(count - len(project.concepts))]
+    new_concepts = [replace(saved[n], **change) for n, change in enumerate(concept_values)]
     return replace(
         project, info=tables["project"], train=tables["train"], merge=tables["merge"],
-        sample=tables["sample"], reg=tables["reg"], a=new_sides["a"], b=new_sides["b"],
+        sample=tables["sample"], reg=tables["reg"], a=new_sides["a"], b=new_sides["b"], concepts=new_concepts,
     )
 
 
@@ -177,7 +218,8 @@ def validate(project: Project) -> tuple[Project | None, list[Problem]]:
 
 def field_for_problem(problem: Problem, paths: list[str]) -> str | None:
     """The form field a problem belongs to ("a.folder colour.png" -> "a.folder"), if any."""
-    where = problem.where.split(" ", 1)[0].split("[", 1)[0]
-    if where in paths:
-        return where
+    where = problem.where.split(" ", 1)[0]
+    for candidate in (where, re.sub(r"(\[\d+\])+$", "", where)):  # "concept[2].folder" is a field; "merge.ratios[0]" is merge.ratios
+        if candidate in paths:
+            return candidate
     return None

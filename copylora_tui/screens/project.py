@@ -20,18 +20,19 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Collapsible, Footer, Static
+from textual.widgets import Button, Collapsible, Footer, Static
 
 from copylora_tui import teacher_images
 from copylora_tui.core import form
 from copylora_tui.core.snapshot import QueueSnapshot
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.screens.guard import ActsWhileOpen, still_open, while_open
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
 from engine.errors import Problem, ValidationError
 from engine.project.folder import Project, load_project
+from engine.project.params import ConceptParams
 
 CHECK_DELAY_S = 0.3
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
@@ -62,6 +63,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
         self._check_timer = None
         self._warned_unsaved = False
         self.loaded = False  # the load thread has answered (project or problems)
+        self.concept_count = 0  # [[concept]] tables in the edit (added and removed with the buttons)
 
     # ------------------------------------------------------------------ layout
 
@@ -104,6 +106,84 @@ class ProjectScreen(ActsWhileOpen, Screen):
             else:
                 yield Static(Text(heading), classes="section-title")
                 yield from self._fields(project, specs)
+        if project.reg is not None:  # further concepts belong to the DreamBooth flow ([reg])
+            self.concept_count = len(project.concepts)
+            for number in range(1, self.concept_count + 1):
+                for spec in form.section_fields(form.concept_section(number)):
+                    self.values[spec.path] = form.current_value(project, spec)
+            yield Vertical(*self._concept_widgets(project), id="concepts")
+
+    # ------------------------------------------------------------------ [[concept]] list
+
+    def _concept_widgets(self, project: Project) -> list:
+        """One folded section per concept (its fields, a remove button), then the add button;
+        built from the edit's values, so a rebuild after add/remove keeps what was typed."""
+        widgets = [Static(Text("[[concept]] further concepts (DreamBooth flow)"), classes="section-title")]
+        for number in range(1, self.concept_count + 1):
+            specs = form.section_fields(form.concept_section(number))
+            fields = []
+            for spec in specs:
+                widget = ParamField(spec, self.values.get(spec.path, form.current_value(project, spec)))
+                self.fields[spec.path] = widget
+                fields.append(widget)
+            folder = self.values.get(f"{form.concept_section(number)}.folder") or "no folder yet"
+            remove = Button(f"remove concept {number}", id=f"remove-concept-{number}", classes="concept-remove")
+            title = escape(f"[[concept]] {number}: {folder}")
+            widgets.append(Collapsible(*fields, remove, title=title, collapsed=number <= len(project.concepts),
+                                       id=f"section-concept-{number}"))
+        widgets.append(Button("add concept", id="add-concept"))
+        return widgets
+
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
+        button = event.button.id or ""
+        if button == "add-concept":
+            await self.edit_concepts(add=True)
+        elif button.startswith("remove-concept-"):
+            await self.edit_concepts(remove=int(button.rsplit("-", 1)[1]))
+
+    async def edit_concepts(self, *, add: bool = False, remove: int | None = None) -> None:
+        """Add a concept at the end, or remove one (the later ones move up a number), then
+        rebuild the list from the values and check the project. Awaited, so the old widgets
+        are gone before the new ones (same ids) arrive, and a second press waits for it."""
+        if self.project is None or not self.is_attached or not still_open(self):
+            return
+        values = {path: value for path, value in self.values.items() if form.concept_number(path.split(".", 1)[0]) is None}
+        errors = {path: e for path, e in self.field_errors.items() if form.concept_number(path.split(".", 1)[0]) is None}
+        renumber = {}
+        for number in range(1, self.concept_count + 1):
+            if number == remove:
+                continue
+            renumber[number] = len(renumber) + 1
+        for path, value in self.values.items():
+            section, key = path.split(".", 1)
+            number = form.concept_number(section)
+            if number in renumber:
+                values[f"{form.concept_section(renumber[number])}.{key}"] = value
+        for path, error in self.field_errors.items():
+            section, key = path.split(".", 1)
+            number = form.concept_number(section)
+            if number in renumber:
+                errors[f"{form.concept_section(renumber[number])}.{key}"] = error
+        self.concept_count = len(renumber) + (1 if add else 0)
+        if add:
+            for spec in form.section_fields(form.concept_section(self.concept_count)):
+                values[spec.path] = getattr(ConceptParams(), spec.key)
+        self.values, self.field_errors = values, errors
+        self.fields = {path: f for path, f in self.fields.items() if form.concept_number(path.split(".", 1)[0]) is None}
+        box = self.query_one("#concepts", Vertical)
+        await box.remove_children()
+        await box.mount_all(self._concept_widgets(self.project))
+        if add:
+            self.call_after_refresh(self._focus_new_concept)
+        self._warned_unsaved = False
+        self.update_status()
+        self.check_project()
+
+    @while_open
+    def _focus_new_concept(self) -> None:
+        editors = self.query(f"#field-concept-{self.concept_count}-folder #editor")
+        if editors:
+            editors.first().focus()
 
     def _fields(self, project: Project, specs: list[form.FieldSpec]) -> list[ParamField]:
         widgets = []
@@ -193,6 +273,8 @@ class ProjectScreen(ActsWhileOpen, Screen):
 
     @property
     def dirty(self) -> bool:
+        if self.project is not None and self.project.reg is not None and self.concept_count != len(self.project.concepts):
+            return True
         return self.project is not None and any(
             field.text != form.value_text(form.current_value(self.project, field.spec), field.spec) for field in self.fields.values()
         )
@@ -200,7 +282,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
     def edited_project(self) -> Project | None:
         if self.project is None:
             return None
-        return form.apply_values(self.project, self.values)
+        return form.apply_values(self.project, self.values, self.concept_count if self.project.reg is not None else None)
 
     def check_project(self) -> None:
         """Validate the whole edited project (and plan it) in a thread; late answers for an

@@ -44,7 +44,7 @@ class ParamField(Vertical):
             return self.field
 
     def __init__(self, spec: FieldSpec, value: Any, *, inherited: Any = None) -> None:
-        super().__init__(id=f"field-{spec.section}-{spec.key}", classes="param-field")
+        super().__init__(id=f"field-{spec.dom_section}-{spec.key}", classes="param-field")
         self.spec = spec
         self.text = value_text(value, spec)
         self.inherited = inherited

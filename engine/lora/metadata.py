@@ -90,7 +90,8 @@ def kohya_ss_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
         "ss_resolution": str(tuple(resolution)) if resolution else None,
         "ss_dataset_dirs": json.dumps(_dirs(train)),
         "ss_reg_dataset_dirs": json.dumps(_dirs(reg)),
-        "ss_tag_frequency": json.dumps({_dir_name(d): d.get("tags", {}) for d in train}),
+        "ss_tag_frequency": json.dumps({_dir_name(d): d.get("tags", {}) for d in datasets}),
+        "ss_datasets": json.dumps([_dataset(f, train, reg)]) if datasets else None,
         "ss_sd_model_name": os.path.basename(str(f["model_name"])) if f.get("model_name") else None,
         "ss_sd_model_hash": f.get("model_hash"),
         "ss_new_sd_model_hash": f.get("new_model_hash"),
@@ -107,6 +108,30 @@ def kohya_ss_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
     if f.get("training_finished_at") is not None:
         meta["ss_training_finished_at"] = f["training_finished_at"]
     return {k: str(v) for k, v in meta.items()}
+
+
+def _dataset(f: Mapping[str, Any], train: list, reg: list) -> dict[str, Any]:
+    """kohya's ``ss_datasets`` entry of one DreamBooth dataset whose subsets are the folders
+    (teacher folders and class folders, in training order), as train_network.py writes it."""
+    resolution = f.get("resolution") or [0, 0]
+    subsets = [{
+        "img_count": int(d.get("images", 0)), "num_repeats": int(d.get("repeats", 1)), "color_aug": False,
+        "flip_aug": bool(f.get("flip_aug", False)), "random_crop": bool(f.get("random_crop", False)),
+        "shuffle_caption": False, "keep_tokens": 0, "image_dir": _dir_name(d), "class_tokens": d.get("prompt") or None,
+        "is_reg": bool(d.get("is_reg")),
+    } for d in [*train, *reg]]
+    return {
+        "is_dreambooth": True,
+        "batch_size_per_device": f.get("batch_size", 1),
+        "num_train_images": sum(int(d.get("images", 0)) * int(d.get("repeats", 1)) for d in train),
+        "num_reg_images": sum(int(d.get("images", 0)) for d in reg),
+        "resolution": list(resolution),
+        "enable_bucket": True,
+        "min_bucket_reso": 64,
+        "max_bucket_reso": max(resolution),
+        "tag_frequency": {_dir_name(d): d.get("tags", {}) for d in [*train, *reg]},
+        "subsets": subsets,
+    }
 
 
 def _dir_name(d: Mapping[str, Any]) -> str:

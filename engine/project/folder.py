@@ -22,6 +22,7 @@ from engine.project.images import image_files, read_image_info
 from engine.project.params import (
     BASE_WEIGHTS_KEYS,
     TRAIN_KEYS,
+    ConceptParams,
     MergeParams,
     ProjectInfo,
     RegParams,
@@ -39,7 +40,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 PROJECT_FILE = "copylora.toml"
 SIDES = ("a", "b")
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-TABLES = ("project", "train", "a", "b", "merge", "sample", "reg")
+TABLES = ("project", "train", "a", "b", "merge", "sample", "reg", "concept")
+ARRAY_TABLES = ("concept",)  # [[concept]]: a list of tables
 
 # kohya's DreamBooth-style folder names: "5_" or "5_token" means 5 repeats.
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -55,6 +57,7 @@ class Project:
     merge: MergeParams = field(default_factory=MergeParams)
     sample: SampleParams = field(default_factory=SampleParams)
     reg: RegParams | None = None
+    concepts: list[ConceptParams] = field(default_factory=list)  # [[concept]], with [reg] only
 
     @property
     def name(self) -> str:
@@ -153,6 +156,9 @@ def _build(data: dict, root: Path, problems: list[Problem]) -> Project:
     for key, value in data.items():
         if key not in TABLES:
             problems.append(Problem(key, f"unknown table{did_you_mean(key, TABLES)}"))
+        elif key in ARRAY_TABLES:
+            if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+                problems.append(Problem(key, f"must be a list of tables [[{key}]], got {show(value)}"))
         elif not isinstance(value, dict):
             problems.append(Problem(key, f"must be a table [{key}], got {show(value)}"))
     table = lambda key: data.get(key) if isinstance(data.get(key), dict) else {}  # noqa: E731
@@ -165,7 +171,11 @@ def _build(data: dict, root: Path, problems: list[Problem]) -> Project:
     merge = build_section(MergeParams, table("merge"), "merge", problems)
     sample = build_section(SampleParams, table("sample"), "sample", problems)
     reg = build_section(RegParams, table("reg"), "reg", problems) if "reg" in data else None
-    return Project(root=root, info=info, train=train, a=sides["a"], b=sides["b"], merge=merge, sample=sample, reg=reg)
+    listed = data.get("concept") if isinstance(data.get("concept"), list) else []
+    concepts = [build_section(ConceptParams, item, f"concept[{n}]", problems)
+                for n, item in enumerate(listed, start=1) if isinstance(item, dict)]
+    return Project(root=root, info=info, train=train, a=sides["a"], b=sides["b"], merge=merge, sample=sample, reg=reg,
+                   concepts=concepts)
 
 
 def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
@@ -230,6 +240,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
     if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:
         problems.append(Problem("reg.class_prompt", "needed to generate class images (num_class_images > 0)"))
+    _check_concepts(project, problems)
     _check_output_dir(project, problems)
     if check_files:
         _check_base_model(project, problems)
@@ -237,6 +248,67 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.num_class_images == 0:
             _check_image_folder(project.root, project.reg.folder, "reg.folder", problems, decode_images)
+        for n, concept in enumerate(project.concepts, start=1):
+            if concept.folder:
+                _check_image_folder(project.root, concept.folder, f"concept[{n}].folder", problems, decode_images)
+            if concept.class_folder and concept.num_class_images == 0:
+                _check_image_folder(project.root, concept.class_folder, f"concept[{n}].class_folder", problems, decode_images)
+        _check_captions(project, problems)
+
+
+def _check_concepts(project: Project, problems: list[Problem]) -> None:
+    """[[concept]] and the caption keys: what needs what (said at check, not at the job)."""
+    from engine.project.concepts import FILEWORDS, uses_filewords
+
+    if project.concepts and project.reg is None:
+        problems.append(Problem("concept", "[[concept]] needs a [reg] table: further concepts belong to the DreamBooth flow "
+                                "(add [reg], even empty, for its instance prompt and class pictures)"))
+    reg = project.reg
+    if reg is not None:
+        extension = reg.caption_extension
+        if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
+            problems.append(Problem("reg.caption_extension", f"must be a file extension such as \".txt\", got {show(extension)}"))
+        if uses_filewords(reg.class_prompt):
+            problems.append(Problem("reg.class_prompt", f"{FILEWORDS} is read from the teacher pictures' captions only: "
+                                    "the class prompt is used as written"))
+    folders = {project.a.folder: "a.folder", project.b.folder: "b.folder"}
+    for n, concept in enumerate(project.concepts, start=1):
+        key = f"concept[{n}]"
+        if not concept.folder:
+            problems.append(Problem(f"{key}.folder", "needed: the folder of this concept's teacher pictures"))
+        elif concept.folder in folders:
+            problems.append(Problem(f"{key}.folder", f"{concept.folder!r} is already {folders[concept.folder]}: "
+                                    "each concept needs its own pictures"))
+        else:
+            folders[concept.folder] = f"{key}.folder"
+        if uses_filewords(concept.class_prompt):
+            problems.append(Problem(f"{key}.class_prompt", f"{FILEWORDS} is read from the teacher pictures' captions only"))
+        if not concept.class_folder and (concept.class_prompt or concept.num_class_images):
+            problems.append(Problem(f"{key}.class_folder", "needed for class pictures (class_prompt or num_class_images is set)"))
+        if concept.num_class_images > 0 and not concept.class_prompt:
+            problems.append(Problem(f"{key}.class_prompt", "needed to generate class images (num_class_images > 0)"))
+
+
+def _check_captions(project: Project, problems: list[Problem]) -> None:
+    """Every picture whose instance prompt says [filewords] has a readable, non-empty caption:
+    the error names the picture, before any job is queued."""
+    from engine.project.concepts import CaptionError, read_caption, uses_filewords
+
+    reg = project.reg
+    if reg is None:
+        return
+    folders = []
+    if uses_filewords(reg.instance_prompt):
+        folders += [(project.side_folder(side), "reg.instance_prompt") for side in SIDES]
+    for n, concept in enumerate(project.concepts, start=1):
+        if uses_filewords(concept.instance_prompt) and concept.folder:
+            folders.append((project.root / concept.folder, f"concept[{n}].instance_prompt"))
+    for folder, key in folders:
+        for image in image_files(folder) if folder.is_dir() else []:
+            try:
+                read_caption(image, reg.caption_extension)
+            except CaptionError as exc:
+                problems.append(Problem(key, str(exc)))
 
 
 def _check_lbws(project: Project, problems: list[Problem], check_files: bool) -> None:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from engine.errors import Problem, ValidationError
 from engine.project.folder import Project
-from engine.project.params import OPTIMIZERS, ProjectInfo, RegParams, TrainParams
+from engine.project.params import OPTIMIZERS, ConceptParams, ProjectInfo, RegParams, TrainParams
 from engine.project.toml_writer import toml_value
 from engine.project.validate import build_section
 
@@ -217,9 +217,17 @@ def apply_import(project: Project, result: KohyaImport) -> Project:
         changes["info"] = replace(project.info, **result.extra["project"])
     if "reg" in result.extra:
         changes["reg"] = replace(project.reg or RegParams(), **result.extra["reg"])
+    concepts = [ConceptParams(**result.extra[name]) for name in concept_tables(result.extra)]
+    if concepts:  # the dataset's further subsets replace the project's concepts
+        changes["concepts"] = concepts
     if "b" in result.extra:  # the differential route's multiplier (base_weights_multiplier)
         changes["b"] = replace(project.b, **result.extra["b"])
     return replace(project, **changes)
+
+
+def concept_tables(extra: dict) -> list[str]:
+    """The ``concept[N]`` tables an import filled, in order."""
+    return sorted((name for name in extra if name.startswith("concept[")), key=lambda name: int(name[8:-1]))
 
 
 def format_report(result: KohyaImport) -> str:
@@ -727,7 +735,8 @@ def _convert_dataset(data: dict, col: _Collector) -> None:
             col.ignore(key, value, f"differs from {first_key} = {_show(first_value)}: a project has one {target} "
                        "([a]/[b] can override it per side)")
 
-    reg_subsets: set[str] = set()
+    teachers: list[list[tuple[str, dict]]] = []  # each subset's levels, most specific first
+    classes: list[list[tuple[str, dict]]] = []
     for i, ds in enumerate(datasets):
         if not isinstance(ds, dict):
             continue
@@ -736,26 +745,92 @@ def _convert_dataset(data: dict, col: _Collector) -> None:
             record(target, _lookup(name, levels))
         subsets = ds.get("subsets") if isinstance(ds.get("subsets"), list) else []
         for j, sub in enumerate(subsets):
-            if not isinstance(sub, dict):
-                continue
-            sub_levels = [(f"datasets[{i}].subsets[{j}]", sub), *levels]
-            found = _lookup("is_reg", sub_levels)
-            if found and found[1]:  # regularisation images: not the teacher images
-                reg_subsets.add(sub_levels[0][0])
-                continue
+            if isinstance(sub, dict):
+                sub_levels = [(f"datasets[{i}].subsets[{j}]", sub), *levels]
+                found = _lookup("is_reg", sub_levels)
+                (classes if found and found[1] else teachers).append(sub_levels)
+    dreambooth = bool(classes) or any(_lookup("class_tokens", levels) for levels in teachers)
+    for number, sub_levels in enumerate(teachers):
+        if number == 0 or not dreambooth:  # the sides' settings ([train])
             for name, target in _SUBSET_KEYS.items():
                 record(target, _lookup(name, sub_levels))
+    if dreambooth:  # the DreamBooth flow: [reg], the first subset is the sides', the others [[concept]]s
+        done |= _dreambooth_subsets(teachers, classes, col)
+        concept_subsets = {levels[0][0] for levels in teachers[1:]}
+        class_subsets = {levels[0][0] for levels in classes}
 
     for key, value in _dataset_leaves(data, general, datasets):
         if key in done:
             continue
         name = key.rsplit(".", 1)[-1]
-        if key.rsplit(".", 1)[0] in reg_subsets:
-            col.ignore(key, value, IGNORED["is_reg"])
+        subset = key.rsplit(".", 1)[0]
+        if dreambooth and subset in class_subsets:
+            col.ignore(key, value, "class subsets give [reg] (the first) and the concepts (the next, in order) their folder and "
+                       "class prompt only" if name != "image_dir" else "more class subsets than concepts to pair them with")
+        elif dreambooth and subset in concept_subsets and name in _SUBSET_KEYS:
+            col.ignore(key, value, "a project has one flip_aug and random_crop ([train]): the first subset's")
         elif name in _DATASET_KEYS or name in _SUBSET_KEYS:
             col.ignore(key, value, "overridden for every subset it could apply to")
         else:
             col.leftover(key, value)
+
+
+def _dreambooth_subsets(teachers: list, classes: list, col: _Collector) -> set[str]:
+    """A dataset with class subsets (``is_reg``) or ``class_tokens``, as the DreamBooth flow:
+
+    - the first teacher subset is the sides' pictures: its ``class_tokens`` become
+      ``[reg].instance_prompt`` (``[filewords]`` where ``caption_extension`` is set: kohya then
+      trains on each picture's caption file);
+    - every further teacher subset becomes a ``[[concept]]`` (its ``image_dir`` as the folder,
+      its repeats, its prompt);
+    - the first class subset is ``[reg]``'s folder and class prompt, the next ones the concepts'
+      class folders, in order.
+
+    Returns the keys it reported."""
+    done: set[str] = set()
+
+    def take(levels, name: str, target: str, convert=lambda v: v) -> Any:
+        found = _lookup(name, levels)
+        if found is None:
+            return None
+        key, value = found
+        if key.startswith("datasets[") or key not in done:  # a [general] key: reported once
+            col.use(key, target, convert(value))
+            done.add(key)
+        else:
+            (col.extra.setdefault(target.rpartition(".")[0], {}))[target.rpartition(".")[2]] = convert(value)
+        return value
+
+    col.extra.setdefault("reg", {})
+    for number, levels in enumerate(teachers):
+        table = "reg" if number == 0 else f"concept[{number}]"
+        captions = _lookup("caption_extension", levels)
+        tokens = _lookup("class_tokens", levels)
+        if captions is not None and captions[1]:
+            take(levels, "caption_extension", "reg.caption_extension")
+            col.extra.setdefault(table, {})["instance_prompt"] = "[filewords]"
+            col.decided(captions[0], captions[1], f"{table}.instance_prompt = \"[filewords]\": each picture trains on its caption")
+            if tokens is not None:
+                col.ignore(tokens[0], tokens[1], "kohya uses class_tokens only for pictures without a caption file; copylora "
+                           "trains each picture on its caption ([filewords]) and names any picture that lacks one")
+                done.add(tokens[0])
+        elif tokens is not None:
+            take(levels, "class_tokens", f"{table}.instance_prompt")
+        if number:
+            take(levels, "image_dir", f"{table}.folder")
+            take(levels, "num_repeats", f"{table}.num_repeats")
+    for number, levels in enumerate(classes):
+        if number and number >= len(teachers):
+            continue  # more class subsets than concepts: reported as left over below
+        table = "reg" if number == 0 else f"concept[{number}]"
+        take(levels, "image_dir", f"{table}.{'folder' if number == 0 else 'class_folder'}")
+        take(levels, "class_tokens", f"{table}.class_prompt")
+        if number == 0:
+            take(levels, "num_repeats", "reg.num_repeats")
+        flag = _lookup("is_reg", levels)
+        col.decided(flag[0], flag[1], f"class pictures of {'[reg]' if number == 0 else table}")
+        done.add(flag[0])
+    return done
 
 
 def _lookup(name: str, levels: list[tuple[str, dict]]) -> tuple[str, Any] | None:
@@ -801,6 +876,7 @@ def _validate(col: _Collector) -> None:
     """
     tables = [("train", TrainParams, col.train), ("project", ProjectInfo, col.extra.get("project")),
               ("reg", RegParams, col.extra.get("reg"))]
+    tables += [(name, ConceptParams, col.extra[name]) for name in concept_tables(col.extra)]
     for table, cls, values in tables:
         if values is None:
             continue

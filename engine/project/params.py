@@ -245,11 +245,31 @@ class SampleParams:
 @dataclass
 class RegParams:
     folder: str = spec("Folder of class (regularisation) images.", default="reg")
-    instance_prompt: str = spec('Prompt of the teacher images in this flow (e.g. "sks girl").', default="")
+    instance_prompt: str = spec(
+        'Prompt of the teacher images in this flow (e.g. "sks girl"); [filewords] in it is replaced by each '
+        'picture\'s caption file (e.g. "sks girl, [filewords]").', default="")
     class_prompt: str = spec('Prompt of the class images (e.g. "girl").', default="")
     num_class_images: int = spec("Class images wanted; missing ones are generated.", default=0, minimum=0, maximum=100_000)
     num_repeats: int = spec("Repeats of each class image per epoch.", default=1, positive=True, maximum=100_000)
     prior_loss_weight: float = spec("Weight of the prior-preservation loss.", default=1.0, minimum=0, maximum=1000.0)
+    caption_extension: str = spec(
+        'Extension of the caption file beside each teacher picture (colour.png -> colour.txt), read where an '
+        'instance prompt says [filewords] (kohya\'s caption_extension; e.g. ".caption").', default=".txt")
+
+
+@dataclass
+class ConceptParams:
+    """One more concept of a [reg] project ([[concept]]), trained into each side's LoRA beside the
+    side's own pictures (the DreamBooth extension's concepts 2 and 3)."""
+
+    folder: str = spec("Folder of this concept's teacher pictures, relative to the project.", default="")
+    instance_prompt: str = spec("Prompt of this concept's pictures; [filewords] reads each picture's caption file.", default="")
+    class_prompt: str = spec("Prompt of this concept's class pictures (needed to generate them).", default="")
+    class_folder: str = spec('Folder of this concept\'s class pictures; "" = no prior preservation for it.', default="")
+    num_class_images: int = spec("Class pictures wanted in class_folder; missing ones are generated.", default=0, minimum=0,
+                                 maximum=100_000)
+    num_repeats: int | None = spec('Repeats of each picture per epoch; unset: the folder name\'s number ("5_sks dog": 5), '
+                                   "else 1.", default=None, positive=True, maximum=100_000)
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -44,6 +44,24 @@ def bucket_size(width: int, height: int, resolution: list[int] | tuple[int, int]
 
 
 @dataclass(frozen=True)
+class ConceptPlan:
+    """A further concept ([[concept]] N) as one side trains it: its pictures at the side's
+    buckets, its repeats, its instance prompt (``[filewords]`` unresolved)."""
+
+    number: int
+    folder: Path
+    images: tuple[ImageInfo, ...]
+    buckets: tuple[tuple[int, int], ...]
+    repeats: int
+    repeats_source: str
+    instance_prompt: str
+
+    @property
+    def samples(self) -> int:
+        return len(self.images) * self.repeats
+
+
+@dataclass(frozen=True)
 class SidePlan:
     side: str
     folder: Path
@@ -59,6 +77,12 @@ class SidePlan:
     lora_path: Path
     run_dir: Path
     params: TrainParams
+    concepts: tuple[ConceptPlan, ...] = ()
+
+    @property
+    def teacher_samples(self) -> int:
+        """Teacher pictures shown per epoch: the side's own × repeats, plus each concept's."""
+        return len(self.images) * self.repeats + sum(c.samples for c in self.concepts)
 
 
 @dataclass(frozen=True)
@@ -86,13 +110,15 @@ def output_paths(project: Project) -> dict[str, Path]:
     }
 
 
-def steps_for(num_images: int, params: TrainParams, reg_images: int = 0) -> tuple[int, int, int]:
+def steps_for(num_images: int, params: TrainParams, reg_images: int = 0, extra_samples: int = 0) -> tuple[int, int, int]:
     """(steps_per_epoch, epochs, total_steps) as sd-scripts counts them.
 
-    With regularisation images each epoch also shows as many class images as teacher images
-    (sd-scripts pairs them), which doubles the steps per epoch.
+    ``extra_samples``: the further concepts' pictures × their repeats, which sd-scripts counts
+    as more subsets of the same DreamBooth dataset. With regularisation images each epoch also
+    shows as many class images as teacher images (sd-scripts pools every class subset and
+    repeats it up to the teacher count), which doubles the steps per epoch.
     """
-    samples = num_images * params.num_repeats * (2 if reg_images else 1)
+    samples = (num_images * params.num_repeats + extra_samples) * (2 if reg_images else 1)
     per_epoch = max(1, math.ceil(samples / params.train_batch_size))
     if params.max_train_steps is not None:
         return per_epoch, math.ceil(params.max_train_steps / per_epoch), params.max_train_steps
@@ -103,10 +129,9 @@ def steps_for(num_images: int, params: TrainParams, reg_images: int = 0) -> tupl
 def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
     """The plan for a loaded (valid) project. ``max_steps`` caps both sides (CLI --max-steps)."""
     paths = output_paths(project)
-    reg_images = 0
-    if project.reg is not None:
-        folder = project.root / project.reg.folder
-        reg_images = max(project.reg.num_class_images, len(image_files(folder)) if folder.is_dir() else 0)
+    from engine.project.concepts import class_sets
+
+    reg_images = sum(s.size() for s in class_sets(project))
     sides = {}
     for side in SIDES:
         params = project.side_params(side)
@@ -115,7 +140,8 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
         folder = project.side_folder(side)
         # headers only: load_project has decoded each picture once already
         images = tuple(read_image_info(p, decode=False) for p in image_files(folder))
-        per_epoch, epochs, total = steps_for(len(images), params, reg_images)
+        concepts = _concept_plans(project, params)
+        per_epoch, epochs, total = steps_for(len(images), params, reg_images, sum(c.samples for c in concepts))
         sides[side] = SidePlan(
             side=side,
             folder=folder,
@@ -131,8 +157,51 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
             lora_path=paths[side],
             run_dir=paths["runs"] / side.upper(),
             params=params,
+            concepts=concepts,
         )
     return Plan(project=project, sides=sides, merged_path=paths["merged"], stats_path=paths["stats"], samples_dir=paths["samples"])
+
+
+def concept_rows(plan: Plan) -> list[dict]:
+    """The DreamBooth flow's concepts as ``check`` shows them: each side's own pictures under
+    [reg]'s instance prompt, then each [[concept]] (the same for both sides), with the pictures
+    each adds per epoch and their share of the steps (class pictures double it, as sd-scripts
+    pairs one with each teacher picture)."""
+    from engine.project.concepts import class_sets
+
+    project = plan.project
+    if project.reg is None:
+        return []
+    doubled = 2 if plan.side("a").reg_images else 1
+    rows = []
+    for side, sp in plan.sides.items():
+        rows.append({"concept": f"{side.upper()}'s pictures", "key": "reg", "folder": str(sp.folder), "images": len(sp.images),
+                     "repeats": sp.repeats, "prompt": project.reg.instance_prompt, "samples_per_epoch": len(sp.images) * sp.repeats,
+                     "steps_per_epoch": math.ceil(len(sp.images) * sp.repeats * doubled / sp.batch_size)})
+    a = plan.side("a")
+    for concept in a.concepts:
+        rows.append({"concept": f"concept[{concept.number}]", "key": f"concept[{concept.number}]", "folder": str(concept.folder),
+                     "images": len(concept.images), "repeats": concept.repeats, "prompt": concept.instance_prompt,
+                     "samples_per_epoch": concept.samples,
+                     "steps_per_epoch": math.ceil(concept.samples * doubled / a.batch_size)})
+    for class_set in class_sets(project):
+        rows.append({"concept": f"class ({class_set.key})", "key": class_set.key, "folder": str(class_set.folder),
+                     "images": class_set.size(), "to_generate": class_set.missing(), "repeats": class_set.repeats,
+                     "prompt": class_set.prompt, "is_reg": True})
+    return rows
+
+
+def _concept_plans(project: Project, params: TrainParams) -> tuple[ConceptPlan, ...]:
+    from engine.project.concepts import concept_repeats
+
+    plans = []
+    for number, concept in enumerate(project.concepts, start=1):
+        folder = project.root / concept.folder
+        images = tuple(read_image_info(p, decode=False) for p in image_files(folder)) if folder.is_dir() else ()
+        repeats, source = concept_repeats(concept)
+        plans.append(ConceptPlan(number, folder, images, tuple(bucket_size(i.width, i.height, params.resolution) for i in images),
+                                 repeats, source, concept.instance_prompt))
+    return tuple(plans)
 
 
 def plan_warnings(plan: Plan) -> list[str]:
@@ -144,6 +213,34 @@ def plan_warnings(plan: Plan) -> list[str]:
     for side, sp in plan.sides.items():
         for info, bucket in zip(sp.images, sp.buckets):
             warnings += picture_warnings(info, bucket, f"{side}.folder")
+        for concept in sp.concepts if side == "a" else ():  # the same pictures for both sides: said once
+            for info, bucket in zip(concept.images, concept.buckets):
+                warnings += picture_warnings(info, bucket, f"concept[{concept.number}].folder")
+    return warnings + caption_warnings(plan.project)
+
+
+def caption_warnings(project: Project) -> list[str]:
+    """Caption files that will not be read: beside pictures whose prompt has no ``[filewords]``
+    (every picture of a caption-free copy-machine project). Users coming from kohya put
+    ``.txt`` captions beside their pictures by habit; training without them must be said."""
+    from engine.project.concepts import CAPTION_SUFFIXES, unused_caption_files, uses_filewords
+
+    reg = project.reg
+    extensions = tuple(dict.fromkeys((*CAPTION_SUFFIXES, *((reg.caption_extension,) if reg else ()))))
+    folders = []
+    if reg is None or not uses_filewords(reg.instance_prompt):
+        why = ("this project trains caption-free (the copy-machine route)" if reg is None
+               else "[reg].instance_prompt has no [filewords]")
+        folders += [(f"{side}.folder", project.side_folder(side), why) for side in SIDES]
+    for number, concept in enumerate(project.concepts, start=1):
+        if not uses_filewords(concept.instance_prompt):
+            folders.append((f"concept[{number}].folder", project.root / concept.folder, f"concept[{number}].instance_prompt has no [filewords]"))
+    warnings = []
+    for key, folder, why in folders:
+        found = unused_caption_files(folder, extensions)
+        if found:
+            names = ", ".join(p.name for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            warnings.append(f"{key}: caption files are not used ({names}): {why}")
     return warnings
 
 

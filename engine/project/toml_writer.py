@@ -85,4 +85,7 @@ def render_project(project: Any) -> str:
     ]
     if project.reg is not None:
         blocks.append(["# Regularisation (DreamBooth-style prior preservation); delete this table to turn it off."] + _section("reg", project.reg))
+    for number, concept in enumerate(project.concepts, start=1):
+        heading = ["# Further concepts ([reg] projects): each trained into both sides' LoRAs with its own prompts."] if number == 1 else []
+        blocks.append(heading + ["[[concept]]"] + _section("concept", concept)[1:])
     return "\n\n".join("\n".join(block) for block in blocks) + "\n"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.errors import CopyloraError
+from engine.project.concepts import resolve_prompt
 from engine.project.plan import Plan, SidePlan, base_weights_for
 from engine.train.base_weights import apply_base_weights, base_weights_record, check_base_weights
 from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
@@ -52,7 +53,7 @@ class TrainingItem:
     conditioning. (Not a preview "sample": those are engine.train.sample's.)"""
 
     latent_index: int  # into the latents list
-    cond_index: int  # 0: teacher (instance/empty prompt), 1: class prompt
+    cond_index: int  # into TrainingData.prompts: the picture's instance prompt (or caption), or its class prompt
     weight: float  # loss weight (prior_loss_weight for regularisation images)
     bucket: tuple[int, int]
 
@@ -77,10 +78,31 @@ def training_fingerprint(plan: Plan, side: str) -> str:
         params.pop(key, None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
     payload = {"params": params, "images": images, "base": plan.project.base_model_path(), "family": plan.project.info.model_family}
+    if plan.project.reg is not None:  # the DreamBooth flow: what each picture trains on is part of the run
+        payload["dreambooth"] = dreambooth_record(plan, side)
     base_weights = base_weights_for(plan, side)
     if base_weights is not None:  # the differential route's B is trained on base + A: a new A makes it stale
         payload["base_weights"] = base_weights_record(base_weights)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dreambooth_record(plan: Plan, side: str) -> dict[str, Any]:
+    """A [reg] run's prompts and pictures beyond the side's own: each picture's resolved prompt
+    (a changed caption file makes the checkpoints stale), each concept's pictures and repeats,
+    the class folders and prompts."""
+    from engine.project.concepts import class_sets
+
+    sp = plan.side(side)
+    reg = plan.project.reg
+    extension = reg.caption_extension
+    concepts = [{"images": [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in c.images], "repeats": c.repeats,
+                 "prompts": [resolve_prompt(c.instance_prompt, i.path, extension) for i in c.images]} for c in sp.concepts]
+    return {
+        "prompts": [resolve_prompt(reg.instance_prompt, i.path, extension) for i in sp.images],
+        "concepts": concepts,
+        "classes": [{"folder": str(c.folder), "prompt": c.prompt, "repeats": c.repeats} for c in class_sets(plan.project)],
+        "prior_loss_weight": reg.prior_loss_weight,
+    }
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> list[int]:
@@ -191,9 +213,9 @@ def training_facts(plan: Plan, side: str, model, *, step: int, optimizer: str, s
         "gradient_checkpointing": p.gradient_checkpointing,
         "cache_latents": True,
         "network_train_unet_only": p.network_train_unet_only,
-        "datasets": [
-            {"dir": str(sp.folder), "repeats": sp.repeats, "images": len(sp.images), "is_reg": False, "tags": {}}
-        ],
+        "datasets": training_datasets(plan, side),
+        "flip_aug": p.flip_aug,
+        "random_crop": p.random_crop,
         "model_name": Path(plan.project.info.base_model).name,
         "model_hash": model.model_hash,
         "output_name": sp.lora_path.stem,
@@ -202,6 +224,29 @@ def training_facts(plan: Plan, side: str, model, *, step: int, optimizer: str, s
         "training_finished_at": time.time(),
         "comment": f"copylora side {side.upper()} of project {plan.project.name}",
     }
+
+
+def training_datasets(plan: Plan, side: str) -> list[dict[str, Any]]:
+    """The folders a side trains on, as the metadata lists them (kohya's subsets): the side's
+    own, each concept's, each class folder; ``tags`` is kohya's tag frequency of the prompts
+    the pictures trained on (none for the caption-free route), ``prompt`` its class_tokens."""
+    from engine.project.concepts import class_sets, tag_frequency
+    from engine.project.images import image_files
+
+    sp = plan.side(side)
+    reg = plan.project.reg
+    if reg is None:
+        return [{"dir": str(sp.folder), "repeats": sp.repeats, "images": len(sp.images), "is_reg": False, "tags": {}}]
+    extension = reg.caption_extension
+    sets = [(sp.folder, sp.images, sp.repeats, reg.instance_prompt)] + [(c.folder, c.images, c.repeats, c.instance_prompt) for c in sp.concepts]
+    out = [{"dir": str(folder), "repeats": repeats, "images": len(images), "is_reg": False, "prompt": template,
+            "tags": tag_frequency([resolve_prompt(template, i.path, extension) for i in images])}
+           for folder, images, repeats, template in sets]
+    for class_set in class_sets(plan.project):
+        count = len(image_files(class_set.folder)) if class_set.folder.is_dir() else 0
+        out.append({"dir": str(class_set.folder), "repeats": class_set.repeats, "images": count, "is_reg": True,
+                    "prompt": class_set.prompt, "tags": tag_frequency([class_set.prompt] * count)})
+    return out
 
 
 def _loss_hook(step: int, loss):
@@ -245,27 +290,50 @@ class TrainingData:
 
 
 def training_data(model, plan: Plan, side: str, log: Log) -> TrainingData:
-    """The teacher pictures of ``side`` encoded once (and the [reg] class pictures, if any)."""
+    """What ``side`` trains on, encoded once: its teacher pictures, each under its prompt (empty
+    in the caption-free copy-machine route; [reg]'s instance prompt, its caption read in for
+    ``[filewords]``), each further concept's pictures, and the class pictures, if any."""
     from engine.project.images import picture_warnings
-    from engine.train.teacher import cache_teacher_latents
 
     sp = plan.side(side)
     p = sp.params
+    reg = plan.project.reg
     for info, bucket in zip(sp.images, sp.buckets):
         for warning in picture_warnings(info, bucket, f"{side}.folder"):
             log(f"warning: {warning}")
-    images = [i.path for i in sp.images]
-    cache = cache_teacher_latents(model.vae, images, list(sp.buckets), flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed)
-    data = TrainingData(
-        latents=list(cache.latents),
-        flipped=list(cache.flipped) if cache.flipped is not None else None,
-        time_ids=_size_conditions(cache, sp.buckets),
-        items=[TrainingItem(i, 0, 1.0, sp.buckets[i]) for i in range(len(images)) for _ in range(sp.repeats)],
-        prompts=[""],
-    )
-    if plan.project.reg is not None:
+    data = TrainingData(latents=[], flipped=[] if p.flip_aug else None, time_ids=[], items=[], prompts=[])
+    extension = reg.caption_extension if reg is not None else ""
+    sets = [(sp.images, sp.buckets, sp.repeats, reg.instance_prompt if reg is not None else "", p.seed)]
+    sets += [(c.images, c.buckets, c.repeats, c.instance_prompt, p.seed + 1000 * c.number) for c in sp.concepts]
+    for images, buckets, repeats, template, seed in sets:
+        paths = [i.path for i in images]
+        offset = _add_latents(data, model, paths, list(buckets), p, seed)
+        for i, path in enumerate(paths):
+            cond = _prompt_index(data, resolve_prompt(template, path, extension))
+            data.items += [TrainingItem(offset + i, cond, 1.0, buckets[i])] * repeats
+    if reg is not None:
         _add_class_items(data, model, plan, side)
     return data
+
+
+def _prompt_index(data: TrainingData, prompt: str) -> int:
+    """The index of ``prompt`` in the prompts encoded for this side (each distinct one once)."""
+    if prompt not in data.prompts:
+        data.prompts.append(prompt)
+    return data.prompts.index(prompt)
+
+
+def _add_latents(data: TrainingData, model, paths: list[Path], buckets: list, p, seed: int) -> int:
+    """Pictures encoded (and flipped) into ``data``; the index of the first one."""
+    from engine.train.teacher import cache_teacher_latents
+
+    cache = cache_teacher_latents(model.vae, paths, buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=seed)
+    offset = len(data.latents)
+    data.latents += list(cache.latents)
+    data.time_ids += _size_conditions(cache, buckets)
+    if data.flipped is not None:
+        data.flipped += list(cache.flipped)
+    return offset
 
 
 def _size_conditions(cached, buckets) -> list:
@@ -277,28 +345,27 @@ def _size_conditions(cached, buckets) -> list:
 
 
 def _add_class_items(data: TrainingData, model, plan: Plan, side: str) -> None:
-    """[reg]: the class pictures, encoded, each teacher item paired with one class item per
-    epoch (as sd-scripts pairs them), conditioned on the class prompt."""
+    """[reg]: the class pictures, encoded, each under its folder's class prompt. As sd-scripts
+    does, every class folder is pooled (each picture × [reg].num_repeats) and the pool is cycled
+    up to the number of teacher items, so each epoch pairs every teacher item with one class
+    item, weighted by ``prior_loss_weight``."""
+    from engine.project.concepts import class_sets
     from engine.project.images import image_files, read_image_info
     from engine.project.plan import bucket_size
-    from engine.train.teacher import cache_teacher_latents
 
     project, p = plan.project, plan.side(side).params
-    reg = project.reg
-    data.prompts = [reg.instance_prompt, reg.class_prompt]
-    reg_paths = image_files(project.root / reg.folder)
-    if not reg_paths:
-        raise TrainingError(f"[reg] asks for class images but {project.root / reg.folder} has none")
-    sizes = [read_image_info(path, decode=False) for path in reg_paths]
-    reg_buckets = [bucket_size(info.width, info.height, p.resolution) for info in sizes]
-    reg_cache = cache_teacher_latents(model.vae, reg_paths, reg_buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=p.seed + 10_000)
-    offset = len(data.latents)
-    data.latents += reg_cache.latents
-    data.time_ids += _size_conditions(reg_cache, reg_buckets)
-    if data.flipped is not None:
-        data.flipped += reg_cache.flipped
+    pool: list[tuple[int, int, tuple[int, int]]] = []
+    for number, class_set in enumerate(class_sets(project)):
+        paths = image_files(class_set.folder)
+        if not paths:
+            raise TrainingError(f"[{class_set.key}] asks for class images but {class_set.folder} has none")
+        buckets = [bucket_size(info.width, info.height, p.resolution) for info in (read_image_info(x, decode=False) for x in paths)]
+        offset = _add_latents(data, model, paths, buckets, p, p.seed + 10_000 + 1000 * number)
+        cond = _prompt_index(data, class_set.prompt)
+        pool += [(offset + j, cond, buckets[j]) for j in range(len(paths)) for _ in range(class_set.repeats)]
     teachers = len(data.items)
-    data.items += [TrainingItem(offset + k % len(reg_paths), 1, reg.prior_loss_weight, reg_buckets[k % len(reg_paths)]) for k in range(teachers)]
+    data.items += [TrainingItem(pool[k % len(pool)][0], pool[k % len(pool)][1], project.reg.prior_loss_weight, pool[k % len(pool)][2])
+                   for k in range(teachers)]
 
 
 def rescue_folder() -> Path:

@@ -1,0 +1,389 @@
+"""The DreamBooth flow complete: per-image captions ([filewords]) and several concepts
+([[concept]]) in one LoRA — format, checks, plan arithmetic, what the trainer conditions on,
+the metadata, class pictures per concept, the import of a several-subset dataset TOML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ValidationError
+from engine.project.folder import load_project, save_project
+from engine.project.plan import concept_rows, make_plan, plan_warnings
+from tests.helpers import copy_example, quiet, write_png
+
+REG = '''
+[reg]
+instance_prompt = "sks house, [filewords]"
+class_prompt = "a house"
+num_class_images = 2
+
+[[concept]]
+folder = "3_zwx sun"
+instance_prompt = "zwx sun, [filewords]"
+class_folder = "suns"
+class_prompt = "a sun"
+num_class_images = 1
+'''
+
+
+def dreambooth_project(tmp_path: Path, extra: str = REG) -> Path:
+    """The example pair with captions, [reg] and a second concept of two captioned pictures."""
+    root = copy_example(tmp_path, "db")
+    (root / "a" / "colour.txt").write_text("a house, sunny\n")
+    (root / "b" / "monochrome.txt").write_text("\na house, gray\nsecond line is not read\n")
+    sun = root / "3_zwx sun"
+    write_png(sun / "one.png", (96, 144), (250, 220, 40))
+    write_png(sun / "two.png", (96, 144), (240, 120, 30))
+    (sun / "one.txt").write_text("yellow")
+    (sun / "two.txt").write_text("orange, big")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text() + extra)
+    return root
+
+
+def problems_of(root: Path) -> list[str]:
+    with pytest.raises(ValidationError) as info:
+        load_project(root)
+    return [str(p) for p in info.value.problems]
+
+
+# --------------------------------------------------------------------------- format and checks
+
+
+def test_concepts_load_save_round_trip_and_plan_counts_steps_as_sd_scripts(tmp_path):
+    root = dreambooth_project(tmp_path)
+    project = load_project(root)
+    assert [c.folder for c in project.concepts] == ["3_zwx sun"] and project.reg.caption_extension == ".txt"
+    save_project(project)  # canonical text, re-validated
+    assert "[[concept]]" in (root / "copylora.toml").read_text() and load_project(root).concepts == project.concepts
+    plan = make_plan(project)
+    a = plan.side("a")
+    # sd-scripts: subsets of one DreamBooth dataset: (1 × 5 repeats + 2 × 3 repeats) teacher pictures,
+    # doubled by the class pictures paired with them, batch 1.
+    assert a.concepts[0].repeats == 3 and a.concepts[0].repeats_source == "folder name '3_zwx sun'"
+    assert a.teacher_samples == 11 and a.steps_per_epoch == 22 and a.reg_images == 3
+    rows = {r["concept"]: r for r in concept_rows(plan)}
+    assert rows["A's pictures"]["steps_per_epoch"] == 10 and rows["concept[1]"]["steps_per_epoch"] == 12
+    assert rows["class (concept[1])"]["to_generate"] == 1 and rows["class (reg)"]["to_generate"] == 2
+
+
+def test_concept_rules_are_checked_with_their_key(tmp_path):
+    root = dreambooth_project(tmp_path, REG + '\n[[concept]]\nfolder = "a"\nclass_prompt = "x"\nnum_class_images = 2\n'
+                              '\n[[concept]]\nfolder = "nowhere"\n\n[[concept]]\ninstance_prompt = "x"\n')
+    found = problems_of(root)
+    assert any(p.startswith("concept[2].folder: 'a' is already a.folder") for p in found), found
+    assert any(p.startswith("concept[2].class_folder: needed for class pictures") for p in found), found
+    assert any(p.startswith("concept[3].folder: folder not found") for p in found), found
+    assert any(p.startswith("concept[4].folder: needed: the folder of this concept's teacher pictures") for p in found), found
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text() + "num_repeats = 0\nfolderr = 1\n")
+    found = problems_of(root)
+    assert "concept[4].num_repeats: must be greater than 0, got 0" in found
+    assert any(p.startswith("concept[4].folderr: unknown key (did you mean 'folder'?)") for p in found), found
+    toml.write_text(toml.read_text().split("[reg]")[0] + '[[concept]]\nfolder = "3_zwx sun"\n')
+    assert any(p.startswith("concept: [[concept]] needs a [reg] table") for p in problems_of(root))
+    toml.write_text("concept = 3\n" + toml.read_text().replace('[[concept]]\nfolder = "3_zwx sun"\n', ""))
+    assert any(p.startswith("concept: must be a list of tables [[concept]]") for p in problems_of(root))
+
+
+def test_a_missing_caption_file_names_the_picture(tmp_path):
+    root = dreambooth_project(tmp_path)
+    (root / "3_zwx sun" / "two.txt").unlink()
+    (root / "a" / "colour.txt").write_text("  \n")
+    found = problems_of(root)
+    assert f"concept[1].instance_prompt: {root / '3_zwx sun' / 'two.png'}: no caption file two.txt beside it " \
+           "(its prompt says [filewords])" in found
+    assert any("colour.png: its caption file colour.txt is empty" in p for p in found), found
+
+
+def test_caption_extension_and_filewords_in_a_class_prompt(tmp_path):
+    root = dreambooth_project(tmp_path, REG.replace('class_prompt = "a house"', 'class_prompt = "a [filewords]"'))
+    assert any(p.startswith("reg.class_prompt: [filewords] is read from the teacher pictures' captions only")
+               for p in problems_of(root))
+    root = dreambooth_project(tmp_path / "2", REG.replace("[reg]\n", '[reg]\ncaption_extension = ".caption"\n'))
+    for txt in root.rglob("*.txt"):
+        txt.rename(txt.with_suffix(".caption"))
+    assert load_project(root).reg.caption_extension == ".caption"
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace('caption_extension = ".caption"', 'caption_extension = "caption"'))
+    assert any(p.startswith("reg.caption_extension: must be a file extension") for p in problems_of(root))
+
+
+def test_caption_files_of_a_caption_free_project_are_said_unused(tmp_path):
+    root = copy_example(tmp_path)
+    (root / "a" / "colour.txt").write_text("a house")
+    warnings = plan_warnings(make_plan(load_project(root)))
+    assert warnings == ["a.folder: caption files are not used (colour.txt): this project trains caption-free "
+                        "(the copy-machine route)"]
+    root = dreambooth_project(tmp_path / "2", REG.replace("sks house, [filewords]", "sks house"))
+    warnings = plan_warnings(make_plan(load_project(root)))
+    assert any(w.startswith("b.folder: caption files are not used (monochrome.txt): [reg].instance_prompt has no [filewords]")
+               for w in warnings), warnings
+    assert not any(w.startswith("concept[1]") for w in warnings)  # its prompt reads them
+
+
+# --------------------------------------------------------------------------- what training sees
+
+
+def test_captions_reach_the_text_encoder_and_concepts_their_items(tmp_path, tiny):
+    import torch
+
+    from engine.train.class_images import generate_class_images, missing_class_images
+    from engine.train.conditioning import encode_text
+    from engine.train.trainer import training_data
+
+    root = dreambooth_project(tmp_path)
+    project = load_project(root)
+    project.train.resolution = [64, 96]
+    project.sample.steps = 1
+    assert missing_class_images(project) == 3
+    written = generate_class_images(project, model=tiny, log=quiet)
+    assert sorted(p.relative_to(root).as_posix() for p in written) == [
+        "reg/class-0000.png", "reg/class-0001.png", "suns/class-0000.png"]
+    plan = make_plan(project)
+    for side, caption in (("a", "sks house, a house, sunny"), ("b", "sks house, a house, gray")):
+        data = training_data(tiny, plan, side, quiet)
+        assert data.prompts == [caption, "zwx sun, yellow", "zwx sun, orange, big", "a house", "a sun"]
+        teachers, classes = data.items[:11], data.items[11:]
+        assert [i.cond_index for i in teachers] == [0] * 5 + [1] * 3 + [2] * 3
+        # class items: one per teacher item, cycling the pooled class pictures (reg's two, then the sun's)
+        assert len(classes) == 11 and [i.cond_index for i in classes[:4]] == [3, 3, 4, 3]
+        assert len(data.latents) == 1 + 2 + 3
+    hidden = [encode_text(tiny, prompt).hidden for prompt in data.prompts[:3]]
+    assert not torch.equal(hidden[1], hidden[2])  # two pictures, two captions, two conditionings
+    assert not torch.equal(hidden[0], encode_text(tiny, "sks house, [filewords]").hidden)
+
+
+def test_a_changed_caption_makes_the_checkpoint_stale(tmp_path):
+    from engine.train.trainer import training_fingerprint
+
+    root = dreambooth_project(tmp_path)
+    before = training_fingerprint(make_plan(load_project(root)), "a")
+    (root / "3_zwx sun" / "one.txt").write_text("lemon")
+    assert training_fingerprint(make_plan(load_project(root)), "a") != before
+    # a copy-machine project's fingerprint does not involve captions at all
+    plain = copy_example(tmp_path / "plain")
+    first = training_fingerprint(make_plan(load_project(plain)), "a")
+    (plain / "a" / "colour.txt").write_text("anything")
+    assert training_fingerprint(make_plan(load_project(plain)), "a") == first
+
+
+@pytest.mark.slow
+def test_two_concept_project_trains_through_the_queue_with_kohya_metadata(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from engine.jobs.enqueue import enqueue_project
+    from engine.jobs.queue import Queue
+    from engine.jobs.worker import start_detached, stop_worker
+    from tests.test_worker import wait_for
+
+    home = tmp_path / "state"
+    monkeypatch.setenv("COPYLORA_HOME", str(home))
+    root = dreambooth_project(tmp_path)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("resolution = [128, 192]", "resolution = [64, 96]")
+                    .replace("steps = 8", "steps = 1").replace("size = [128, 192]", "size = [64, 64]"))
+    queue = Queue(home)
+    steps = enqueue_project(queue, root, max_steps=3)
+    assert [s.what for s in steps] == ["class images", "train A", "train B", "merge", "preview"]
+    assert steps[0].job.total == 3
+    try:
+        start_detached(home, per_gpu=1)
+        ids = [s.job.id for s in steps]
+        wait_for(lambda: all(queue.get(i).status in ("done", "failed") for i in ids), timeout=400, what="the queue to drain")
+    finally:
+        stop_worker(home)
+    assert [queue.get(i).status for i in ids] == ["done"] * 5, [queue.get(i).error for i in ids]
+    plan = make_plan(load_project(root))
+    with safe_open(str(plan.side("a").lora_path), framework="pt") as f:
+        meta = f.metadata()
+    dataset = json.loads(meta["ss_datasets"])[0]
+    assert [(s["image_dir"], s["num_repeats"], s["img_count"], s["is_reg"]) for s in dataset["subsets"]] == [
+        ("a", 5, 1, False), ("3_zwx sun", 3, 2, False), ("reg", 1, 2, True), ("suns", 1, 1, True)]
+    assert dataset["num_train_images"] == 11 and dataset["num_reg_images"] == 3
+    tags = json.loads(meta["ss_tag_frequency"])
+    assert tags["a"] == {"sks house": 1, "a house": 1, "sunny": 1}
+    assert tags["3_zwx sun"] == {"zwx sun": 2, "yellow": 1, "orange": 1, "big": 1} and tags["suns"] == {"a sun": 1}
+    assert json.loads(meta["ss_dataset_dirs"]) == {"a": {"n_repeats": 5, "img_count": 1}, "3_zwx sun": {"n_repeats": 3, "img_count": 2}}
+
+
+def test_check_prints_each_concept_and_json_lists_them(tmp_path, capsys, monkeypatch):
+    from copylora_tui.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    root = dreambooth_project(tmp_path)
+    assert main(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "captions from .txt files where a prompt says [filewords]" in out
+    lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if line.startswith(("A's", "concept[1]", "class"))}
+    assert "'sks house, [filewords]'" in lines["A's pictures"] and " 10 " in lines["A's pictures"]
+    assert "3_zwx sun/" in lines["concept[1] 3_zwx"] and " 12 " in lines["concept[1] 3_zwx"]
+    assert "training  A, then B: the project has [reg] class images" in out  # Rich markup no longer eats [reg]
+    assert main(["check", str(root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["concept"] for r in data["concepts"]] == ["A's pictures", "B's pictures", "concept[1]", "class (reg)", "class (concept[1])"]
+
+
+def test_check_with_a_missing_caption_is_one_line_per_problem(tmp_path, capsys):
+    from copylora_tui.cli.main import main
+
+    root = dreambooth_project(tmp_path)
+    (root / "a" / "colour.txt").unlink()
+    assert main(["check", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"reg.instance_prompt: {root / 'a' / 'colour.png'}: no caption file colour.txt beside it" in err
+
+
+# --------------------------------------------------------------------------- import-kohya
+
+
+DATASET = """
+[general]
+resolution = [512, 768]
+caption_extension = ".caption"
+
+[[datasets]]
+batch_size = 1
+  [[datasets.subsets]]
+  image_dir = '/data/10_sks girl'
+  num_repeats = 10
+  class_tokens = 'sks girl'
+  [[datasets.subsets]]
+  image_dir = '/data/dog'
+  num_repeats = 3
+  flip_aug = true
+  [[datasets.subsets]]
+  image_dir = '/data/reg_girl'
+  is_reg = true
+  class_tokens = 'girl'
+  [[datasets.subsets]]
+  image_dir = '/data/reg_dog'
+  is_reg = true
+  class_tokens = 'dog'
+  [[datasets.subsets]]
+  image_dir = '/data/reg_extra'
+  is_reg = true
+"""
+
+
+def test_import_kohya_maps_several_subsets_onto_reg_and_concepts(tmp_path):
+    from engine.project.kohya_import import apply_import, import_kohya
+    from tests.test_kohya_import import _check_reports, _entry, _input_keys
+
+    path = tmp_path / "dataset.toml"
+    path.write_text(DATASET)
+    result = import_kohya(path)
+    assert result.train == {"resolution": [512, 768], "train_batch_size": 1, "num_repeats": 10}
+    assert result.extra["reg"] == {"caption_extension": ".caption", "instance_prompt": "[filewords]", "folder": "/data/reg_girl",
+                                   "class_prompt": "girl"}
+    assert result.extra["concept[1]"] == {"instance_prompt": "[filewords]", "folder": "/data/dog", "num_repeats": 3,
+                                          "class_folder": "/data/reg_dog", "class_prompt": "dog"}
+    assert "caption file" in _entry(result.ignored, "datasets[0].subsets[0].class_tokens").note
+    assert "one flip_aug" in _entry(result.ignored, "datasets[0].subsets[1].flip_aug").note
+    assert "more class subsets than concepts" in _entry(result.ignored, "datasets[0].subsets[4].image_dir").note
+    _check_reports(result, _input_keys(path))
+    project = apply_import(load_project(copy_example(tmp_path)), result)
+    assert project.reg.class_prompt == "girl" and [c.folder for c in project.concepts] == ["/data/dog"]
+    # without captions, class_tokens are the instance prompts
+    path.write_text(DATASET.replace('caption_extension = ".caption"\n', ""))
+    result = import_kohya(path)
+    assert result.extra["reg"]["instance_prompt"] == "sks girl" and "instance_prompt" not in result.extra["concept[1]"]
+
+
+def test_import_kohya_into_a_project_then_check(tmp_path, capsys, monkeypatch):
+    from copylora_tui.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    root = dreambooth_project(tmp_path, "")
+    data = tmp_path / "data"
+    shutil.copytree(root / "3_zwx sun", data / "dog")
+    (data / "reg_girl").mkdir()
+    write_png(data / "reg_girl" / "g.png")
+    (data / "reg_dog").mkdir()
+    write_png(data / "reg_dog" / "d.png")
+    for txt in [*root.glob("[ab]/*.txt"), *(data / "dog").glob("*.txt")]:
+        txt.rename(txt.with_suffix(".caption"))
+    path = tmp_path / "dataset.toml"
+    path.write_text(DATASET.replace("/data", str(data)))
+    assert main(["import-kohya", str(path), "--into", str(root), "--quiet"]) == 0
+    project = load_project(root)
+    assert project.concepts[0].folder == str(data / "dog") and project.concepts[0].num_repeats == 3
+    assert main(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{data / 'dog'}/" in out and f"{data / 'reg_dog'}/" in out and "'[filewords]'" in out
+
+
+# --------------------------------------------------------------------------- the app's form
+
+
+async def test_app_form_adds_edits_and_removes_concepts(tmp_path, monkeypatch):
+    from textual.widgets import Button, Static
+
+    from copylora_tui.app import CopyloraApp
+    from tests.test_app_project import open_project
+    from tests.test_app_support import use_home, wait_until
+
+    use_home(monkeypatch, tmp_path)
+    root = dreambooth_project(tmp_path / "projects")
+    toml = root / "copylora.toml"
+    app = CopyloraApp(root.parent)
+
+    def editor(section: str, key: str):
+        return app.screen.query_one(f"#field-{section}-{key} #editor")
+
+    def error(section: str, key: str) -> str:
+        return str(app.screen.query_one(f"#field-{section}-{key} .param-error", Static).render())
+
+    def status() -> str:
+        return str(app.screen.query_one("#project-status", Static).render())
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, root)
+        await wait_until(pilot, lambda: app.screen.query("#add-concept") and app.screen.query("#field-concept-1-folder #editor"))
+        assert app.screen.concept_count == 1 and editor("concept-1", "folder").value == "3_zwx sun"
+        app.screen.query_one("#add-concept", Button).press()
+        await wait_until(pilot, lambda: app.screen.query("#field-concept-2-folder #editor"))
+        # a new concept has no folder yet: the check says so under its field, and nothing is saved
+        await wait_until(pilot, lambda: "needed: the folder" in error("concept-2", "folder"))
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert toml.read_text().count("[[concept]]") == 1
+        write = root / "dogs"
+        write.mkdir()
+        (write / "x.png").write_bytes((root / "a" / "colour.png").read_bytes())
+        editor("concept-2", "folder").value = "dogs"
+        editor("concept-2", "instance_prompt").value = "zwx dog"
+        await wait_until(pilot, lambda: error("concept-2", "folder") == "" and "unsaved" in status())
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: [c.folder for c in load_project(root).concepts] == ["3_zwx sun", "dogs"])
+        assert load_project(root).concepts[1].instance_prompt == "zwx dog"
+        # removing the first moves the second up, keeping what it holds
+        app.screen.query_one("#remove-concept-1", Button).press()
+        await wait_until(pilot, lambda: "unsaved" in status() and not app.screen.query("#remove-concept-2"))
+        assert app.screen.concept_count == 1 and editor("concept-1", "folder").value == "dogs"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: [c.folder for c in load_project(root).concepts] == ["dogs"])
+        app.screen.query_one("#remove-concept-1", Button).press()
+        await wait_until(pilot, lambda: app.screen.concept_count == 0)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "[[concept]]" not in toml.read_text())
+        assert load_project(root).reg is not None and not load_project(root).concepts
+
+
+async def test_app_form_without_reg_has_no_concept_list(tmp_path, monkeypatch):
+    from copylora_tui.app import CopyloraApp
+    from tests.test_app_project import open_project
+    from tests.test_app_support import make_projects, use_home
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        await pilot.pause()
+        assert not app.screen.query("#add-concept") and app.screen.concept_count == 0
+        assert not app.screen.dirty
