@@ -20,6 +20,24 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def trained_prompts(count: int) -> list[str]:
+    """``count`` prompts of combinations the model was pretrained on, shuffled by a fixed seed."""
+    import random
+
+    from engine.models.toy_data import all_combinations, is_held_out
+
+    prompts = [f"a {c} {s} on a {b} background" for c, s, b in all_combinations() if not is_held_out(c, s, b)]
+    random.Random(0).shuffle(prompts)
+    return prompts[:count]
+
+
+def role_accuracy(details: list[dict]) -> tuple[float, float]:
+    """(shape colour, background colour) accuracy of ``colour_accuracy``'s details."""
+    shape = sum(d["drawn"][0] == d["prompt"].split()[1] for d in details) / len(details)
+    background = sum(d["drawn"][1] == d["prompt"].split()[-2] for d in details) / len(details)
+    return shape, background
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
@@ -33,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=0, help="first N held-out prompts (0: all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trained", action="store_true",
+                        help="also measure as many trained combinations (drawn in pretraining), in a fixed shuffled order: "
+                             "low on both = the model does not follow the caption; low on held-out only = it does not generalise")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet of the first 32 pictures")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -44,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     empty = generate_rows(model, None, [""], seeds, [0.0])
     result["empty_prompt_saturation"] = sum(saturation(row[0]) for row in empty.values()) / len(empty)
     result["prompts"] = len(prompts)
+    result["shape_accuracy"], result["background_accuracy"] = role_accuracy(result["details"])
+    if args.trained:
+        trained = colour_accuracy(model, trained_prompts(len(prompts)), seeds)
+        result["trained"] = {"accuracy": trained["accuracy"], "prompts": len(prompts)}
     print(json.dumps({k: v for k, v in result.items() if k != "details"}, indent=1))
     if args.sheet:
         rows = generate_rows(model, None, prompts[:32], seeds[:1], [0.0])

@@ -80,7 +80,13 @@ def test_concept_rules_are_checked_with_their_key(tmp_path):
     assert any(p.startswith("concept[3].folder: folder not found") for p in found), found
     assert any(p.startswith("concept[4].folder: needed: the folder of this concept's teacher pictures") for p in found), found
     toml = root / "copylora.toml"
-    toml.write_text(toml.read_text() + "num_repeats = 0\nfolderr = 1\n")
+    text = toml.read_text()
+    toml.write_text(text.replace('class_folder = "suns"', 'class_folder = "reg"').replace('num_class_images = 2\n', 'num_class_images = 2\nfolder = "b"\n', 1))
+    found = problems_of(root)
+    assert "reg.folder: 'b' is already b.folder: class pictures need a folder of their own" in found
+    toml.write_text(text.replace('class_folder = "suns"', 'class_folder = "reg"'))
+    assert "concept[1].class_folder: 'reg' is already reg.folder: class pictures need a folder of their own" in problems_of(root)
+    toml.write_text(text + "num_repeats = 0\nfolderr = 1\n")
     found = problems_of(root)
     assert "concept[4].num_repeats: must be greater than 0, got 0" in found
     assert any(p.startswith("concept[4].folderr: unknown key (did you mean 'folder'?)") for p in found), found

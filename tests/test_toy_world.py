@@ -80,14 +80,25 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "toy"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(out), "--vae-steps", "2",
-                           "--unet-steps", "2", "--pool", "16", "--vae-batch", "2", "--unet-batch", "2", "--threads", "1"],
+                           "--unet-steps", "2", "--pool", "16", "--vae-batch", "2", "--unet-batch", "2", "--threads", "1",
+                           "--noise-offset", "0.5"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     record = json.loads((out / "pretrain.json").read_text())
     assert record["vae"]["steps"] == 2 and record["unet"]["steps"] == 2 and record["scaling_factor"] > 0
+    assert record["unet"]["noise_offset"] == 0.5
     sums = (out / "SHA256SUMS").read_text()
     assert "unet/diffusion_pytorch_model.safetensors" in sums
     from engine.models.loading import load_base_model
 
     model = load_base_model(str(out))
     assert model.family == "sd1" and abs(model.vae.config.scaling_factor - record["scaling_factor"]) < 1e-6
+
+    # the colour yardstick runs on it (an untrained model: the figures are near chance)
+    report = tmp_path / "colours.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "toy_colours.py"), "--base", str(out), "--prompts", "2", "--seeds", "1",
+                           "--trained", "--threads", "1", "--out", str(report)],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    measured = json.loads(report.read_text())
+    assert measured["prompts"] == 2 and measured["trained"]["prompts"] == 2 and 0 <= measured["shape_accuracy"] <= 1

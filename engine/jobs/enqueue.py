@@ -59,6 +59,8 @@ def side_up_to_date(plan: Plan, side: str) -> tuple[bool, str]:
                 trained_on = None
             if trained_on != base_weights_record(base_weights):
                 return False, "A or its multiplier changed since B was trained on it"
+        if plan.project.reg is not None:
+            return False, "parameters, images, prompts, captions or base model changed"
         return False, "parameters, images or base model changed"
     if meta.get("copylora_steps") != str(sp.total_steps):
         return False, f"trained {meta.get('copylora_steps', '?')} steps, plan says {sp.total_steps}"

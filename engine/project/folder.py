@@ -287,6 +287,18 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
             problems.append(Problem(f"{key}.class_folder", "needed for class pictures (class_prompt or num_class_images is set)"))
         if concept.num_class_images > 0 and not concept.class_prompt:
             problems.append(Problem(f"{key}.class_prompt", "needed to generate class images (num_class_images > 0)"))
+    # Class pictures are generated into their folder and pooled per folder: one that is also a
+    # teacher folder would mix generated pictures into the teacher's, two keys on one folder
+    # would generate and count it twice.
+    if reg is not None:
+        classes = [("reg.folder", reg.folder)] + [(f"concept[{n}].class_folder", c.class_folder)
+                                                  for n, c in enumerate(project.concepts, start=1) if c.class_folder]
+        seen: dict[str, str] = {}
+        for key, folder in classes:
+            same = folders.get(folder) or seen.get(folder)
+            if same:
+                problems.append(Problem(key, f"{folder!r} is already {same}: class pictures need a folder of their own"))
+            seen.setdefault(folder, key)
 
 
 def _check_captions(project: Project, problems: list[Problem]) -> None:
