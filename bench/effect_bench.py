@@ -37,7 +37,8 @@ def quiet(_line: str) -> None:
     pass
 
 
-def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Path, *, seed: int, steps: int, size) -> dict:
+def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Path, *, seed: int, steps: int, size,
+               guidance: float = 5.0) -> dict:
     """PSNR of A at 1 vs picture A and of A at 1 + result at 1 vs picture B (empty prompt)."""
     from PIL import Image
 
@@ -48,14 +49,15 @@ def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Pa
     result_network = LoRANetwork.from_file(result, model.unet, model.text_encoders, model.family)
     a_network.apply_to()
     try:
-        (a_alone, a_with_result), = generate_rows(model, result_network, [""], [seed], [0.0, 1.0], steps=steps, size=size).values()
+        (a_alone, a_with_result), = generate_rows(model, result_network, [""], [seed], [0.0, 1.0], steps=steps, size=size,
+                                                       guidance=guidance).values()
     finally:
         a_network.remove()
     with Image.open(picture_a) as pa, Image.open(picture_b) as pb:
         return {"A vs picture A": psnr(a_alone, pa), "A + result vs picture B": psnr(a_with_result, pb)}
 
 
-def toy_project(dest: Path, base: str, epochs: int, lr: float) -> Path:
+def toy_project(dest: Path, base: str, epochs: int, lr: float, noise_offset: float = 0.0) -> Path:
     """The toy world's copy-machine pair as a project (the example a toy model would ship with)."""
     from engine.models.toy_data import Scene, draw, grayscale
     from engine.project.folder import load_project, save_project
@@ -67,14 +69,14 @@ def toy_project(dest: Path, base: str, epochs: int, lr: float) -> Path:
     grayscale(a).save(dest / "monochrome.png")
     project = create_project(dest / "toy-monochrome", dest / "colour.png", dest / "monochrome.png", base_model=base)
     project.train = replace(project.train, resolution=[64, 64], max_train_epochs=epochs, learning_rate=lr, mixed_precision="no",
-                            save_every_n_steps=0)
+                            save_every_n_steps=0, noise_offset=noise_offset)
     project.sample = replace(project.sample, size=[64, 64])
     save_project(project)
     return load_project(project.root).root
 
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
-              model) -> list[dict]:
+              model, guidance: float = 5.0) -> list[dict]:
     from engine.merge.project_result import make_result
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan
@@ -99,10 +101,10 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
         save_project(project)
         plan = make_plan(load_project(root))
         lora, _, _ = make_result(plan, device="cpu")
-        report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size)
+        report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=guidance)
         check = copy_check(model, plan.side("a").lora_path, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
-                           seed=seeds[0], steps=steps, size=size)
-        rows.append({"route": method, "new_rank": rank, "effect": report.effect, "collateral_ssim": report.collateral_ssim,
+                           seed=seeds[0], steps=steps, size=size, guidance=guidance)
+        rows.append({"route": method, "new_rank": rank, "guidance": guidance, "effect": report.effect, "collateral_ssim": report.collateral_ssim,
                      "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
                      "copy_check_psnr": check, "train_seconds": round(trained, 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -130,11 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=Path, help="a project to train (default: the toy world's pair, made here)")
     parser.add_argument("--epochs", type=int, default=60, help="of the default project: 1 image × 5 repeats × epochs steps")
     parser.add_argument("--lr", type=float, default=1e-3, help="of the default project")
+    parser.add_argument("--noise-offset", type=float, default=0.0,
+                        help="of the default project ([train] noise_offset): a toy model pretrained with offset noise "
+                             "needs it too, or the LoRA also learns to read the colour from the noise")
     parser.add_argument("--routes", default="svd-merge,differential")
     parser.add_argument("--ranks", default="4,8,16")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--guidance", type=float, default=5.0,
+                        help="CFG scale of every picture (1 = no guidance: a caption-free LoRA acts on the empty prompt, "
+                             "which CFG extrapolates away from)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--base", required=True, help="a folder made by bench/pretrain_toy.py (or a built-in model)")
     parser.add_argument("--threads", type=int, default=1)
@@ -145,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(1, args.seeds + 1))
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr)
+        source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr, args.noise_offset)
         for method in args.routes.split(","):
-            rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model)
+            rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model,
+                              args.guidance)
     text = markdown(rows)
     print(text)
     if args.out:
