@@ -102,3 +102,19 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     measured = json.loads(report.read_text())
     assert measured["prompts"] == 2 and measured["trained"]["prompts"] == 2 and 0 <= measured["shape_accuracy"] <= 1
+
+
+def test_the_effect_benchmark_runs_end_to_end(tmp_path):
+    """bench/effect_bench.py with every option it has, on the built-in tiny model, tiny sizes:
+    the script cannot rot (its figures on a real toy model are in docs/BENCHMARKS.md)."""
+    out = tmp_path / "effect.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--epochs", "1", "--prompts", "1",
+                           "--seeds", "1", "--ranks", "4", "--routes", "svd-merge,differential", "--steps", "2", "--guidance", "1",
+                           "--noise-offset", "0.5", "--lr", "1e-3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COPYLORA_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["route"], r["new_rank"], r["guidance"]) for r in rows] == [("svd-merge", 4, 1.0), ("differential", 4, 1.0)]
+    assert all(set(r["copy_check_psnr"]) == {"A vs picture A", "A + result vs picture B"} for r in rows)
+    assert "| svd-merge | 4 |" in done.stdout
