@@ -313,6 +313,9 @@ def training_data(model, plan: Plan, side: str, log: Log) -> TrainingData:
             data.items += [TrainingItem(offset + i, cond, 1.0, buckets[i])] * repeats
     if reg is not None:
         _add_class_items(data, model, plan, side)
+        concepts = f", {len(sp.concepts)} further concept(s)" if sp.concepts else ""
+        log(f"dreambooth: {len(data.items)} items per epoch ({sp.teacher_samples} teacher{concepts}, "
+            f"{len(data.items) - sp.teacher_samples} class), {len(data.prompts)} distinct prompts")
     return data
 
 
