@@ -148,7 +148,11 @@ def project_with_loras(tmp_path, pair, lbws_line: str):
 
     root = copy_example(tmp_path)
     toml = root / "copylora.toml"
-    toml.write_text(toml.read_text().replace("[merge]\n", f"[merge]\n{lbws_line}\n", 1))
+    text = toml.read_text()
+    if "\nlbws = []\n" in text:  # the example writes the key with its default
+        toml.write_text(text.replace("\nlbws = []\n", f"\n{lbws_line}\n", 1))
+    else:
+        toml.write_text(text.replace("[merge]\n", f"[merge]\n{lbws_line}\n", 1))
     plan = make_plan(load_project(root))
     plan.side("b").lora_path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(pair[0], plan.side("b").lora_path)
