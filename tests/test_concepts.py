@@ -393,3 +393,27 @@ async def test_app_form_without_reg_has_no_concept_list(tmp_path, monkeypatch):
         await pilot.pause()
         assert not app.screen.query("#add-concept") and app.screen.concept_count == 0
         assert not app.screen.dirty
+
+
+def test_removing_a_concept_renumbers_the_later_ones_only():
+    from copylora_tui.core.form import without_concept
+
+    values = {"train.seed": 1, "concept[1].folder": "x", "concept[2].folder": "y", "concept[3].folder": "z",
+              "concept[3].num_repeats": 4}
+    assert without_concept(values, 2) == {"train.seed": 1, "concept[1].folder": "x", "concept[2].folder": "z",
+                                          "concept[2].num_repeats": 4}
+    assert without_concept(values, None) == values and without_concept(values, 9) == values
+
+
+def test_train_command_makes_missing_class_pictures_first(tmp_path, capsys):
+    """`copylora train` on a [reg] project whose class folders are still empty used to end in
+    "internal error: FileNotFoundError"; it now generates them, as the queue's job does."""
+    from copylora_tui.cli.main import main
+
+    root = dreambooth_project(tmp_path)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("resolution = [128, 192]", "resolution = [64, 96]").replace("steps = 8", "steps = 1"))
+    assert main(["train", str(root), "--side", "a", "--max-steps", "2"]) == 0
+    assert len(list((root / "reg").glob("class-*.png"))) == 2 and len(list((root / "suns").glob("class-*.png"))) == 1
+    assert "generating 1 class image(s) of 'a sun'" in capsys.readouterr().err
+    assert make_plan(load_project(root)).side("a").lora_path.is_file()

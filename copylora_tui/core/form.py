@@ -100,6 +100,20 @@ def concept_number(section: str) -> int | None:
     return None
 
 
+def without_concept(mapping: dict[str, Any], remove: int | None) -> dict[str, Any]:
+    """``mapping`` (field path -> value or error) with concept ``remove`` taken out and the later
+    concepts moved up a number ("concept[3].folder" -> "concept[2].folder"); other paths kept."""
+    out = {}
+    for path, item in mapping.items():
+        section, key = path.split(".", 1)
+        number = concept_number(section)
+        if number is None:
+            out[path] = item
+        elif number != remove:
+            out[f"{concept_section(number - 1 if remove is not None and number > remove else number)}.{key}"] = item
+    return out
+
+
 def section_fields(section: str) -> list[FieldSpec]:
     cls = ConceptParams if concept_number(section) else next(c for s, c, _ in SECTIONS if s == section)
     specs = []

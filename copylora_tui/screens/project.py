@@ -147,28 +147,14 @@ class ProjectScreen(ActsWhileOpen, Screen):
         are gone before the new ones (same ids) arrive, and a second press waits for it."""
         if self.project is None or not self.is_attached or not still_open(self):
             return
-        values = {path: value for path, value in self.values.items() if form.concept_number(path.split(".", 1)[0]) is None}
-        errors = {path: e for path, e in self.field_errors.items() if form.concept_number(path.split(".", 1)[0]) is None}
-        renumber = {}
-        for number in range(1, self.concept_count + 1):
-            if number == remove:
-                continue
-            renumber[number] = len(renumber) + 1
-        for path, value in self.values.items():
-            section, key = path.split(".", 1)
-            number = form.concept_number(section)
-            if number in renumber:
-                values[f"{form.concept_section(renumber[number])}.{key}"] = value
-        for path, error in self.field_errors.items():
-            section, key = path.split(".", 1)
-            number = form.concept_number(section)
-            if number in renumber:
-                errors[f"{form.concept_section(renumber[number])}.{key}"] = error
-        self.concept_count = len(renumber) + (1 if add else 0)
+        values = form.without_concept(self.values, remove)
+        self.field_errors = form.without_concept(self.field_errors, remove)
+        self.concept_count -= 1 if remove is not None else 0
         if add:
+            self.concept_count += 1
             for spec in form.section_fields(form.concept_section(self.concept_count)):
                 values[spec.path] = getattr(ConceptParams(), spec.key)
-        self.values, self.field_errors = values, errors
+        self.values = values
         self.fields = {path: f for path, f in self.fields.items() if form.concept_number(path.split(".", 1)[0]) is None}
         box = self.query_one("#concepts", Vertical)
         await box.remove_children()
