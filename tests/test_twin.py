@@ -148,3 +148,16 @@ def test_twin_diverged_side_is_named_and_nothing_is_written(tmp_path, tiny, monk
     with pytest.raises(TrainingError, match="loss became nan at step 8 of side B"):
         train_twin(plan, model=tiny, log=quiet)
     assert not plan.side("a").lora_path.exists() and not plan.side("b").lora_path.exists()
+
+
+def test_a_model_handed_in_decides_the_device(tmp_path, tiny, monkeypatch):
+    """Found on the H100: with a model loaded on the CPU and handed in, "auto" picked cuda and
+    the first step failed (inputs on cuda, weights on the CPU). The model's device wins."""
+    from engine.train.trainer import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(None) == "cuda"  # the stand-in works: without a model, cuda is chosen
+    assert pick_device(None, tiny) == "cpu"
+    assert pick_device("cpu", None) == "cpu"
+    result = train(make(tmp_path, 2, **SGD), "a", model=tiny, log=quiet)
+    assert result.status == "done" and result.step == 2

@@ -40,7 +40,7 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
         log("class images: none missing")
         return []
     sample = project.sample
-    device = pick_device(None)
+    device = pick_device(None, model)
     if model is None:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         model = load_base_model(project.base_model_path(), project.info.model_family, dtype=dtype, device=device)

@@ -58,11 +58,16 @@ class TrainingItem:
     bucket: tuple[int, int]
 
 
-def pick_device(requested: str | None = None) -> str:
+def pick_device(requested: str | None = None, model=None) -> str:
+    """The device to work on: the one asked for, else the given model's (a model loaded on the
+    CPU and handed in stays there: on a CUDA box "auto" must not send its inputs to cuda), else
+    cuda when there is one."""
     import torch
 
     if requested and requested != "auto":
         return requested
+    if model is not None:
+        return str(model.unet.device)
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -724,7 +729,7 @@ def train_sides(
     p = sp.params
     total = sp.total_steps
     started = time.time()
-    device = pick_device(device)
+    device = pick_device(device, model)
     weight_dtype, autocast_dtype, use_scaler = _precision(p.mixed_precision, device, log)
     base_weights = None if twin else base_weights_for(plan, sides[0])
     if base_weights is not None:
