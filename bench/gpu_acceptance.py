@@ -249,9 +249,11 @@ def run_project(project: Path, home: Path, *, timeout: float, mode: str) -> dict
             "stderr_tail": done.stderr.splitlines()[-15:]}
 
 
-def step_rates(project: Path, steps: int, optimizers: list[str]) -> dict:
+def step_rates(project: Path, steps: int, optimizers: list[str], compile_too: bool = False) -> dict:
     """Training steps/s in this process, the base model loaded once, for each optimizer: what a
-    step costs without the worker, the job start-up and the model load (first third skipped)."""
+    step costs without the worker, the job start-up and the model load (first third skipped).
+    ``compile_too``: each optimizer also with ``[train] compile = true`` ("NAME+compile"); the
+    seconds to the first step then include the compiler's."""
     import torch
 
     from engine.models.loading import load_base_model
@@ -264,9 +266,10 @@ def step_rates(project: Path, steps: int, optimizers: list[str]) -> dict:
     weight_dtype = _precision(project_.train.mixed_precision, device, lambda line: None)[0]
     model = load_base_model(project_.base_model_path(), project_.info.model_family, dtype=weight_dtype, device=device)
     rates = {}
-    for optimizer in optimizers:
-        plan = make_plan(replace(project_, train=replace(project_.train, optimizer_type=optimizer)), max_steps=steps)
+    for optimizer, compiled in [(o, c) for o in optimizers for c in ((False, True) if compile_too else (False,))]:
+        plan = make_plan(replace(project_, train=replace(project_.train, optimizer_type=optimizer, compile=compiled)), max_steps=steps)
         marks: list[float] = []
+        began = time.perf_counter()
 
         def on_progress(p) -> None:
             if torch.cuda.is_available():
@@ -276,8 +279,10 @@ def step_rates(project: Path, steps: int, optimizers: list[str]) -> dict:
         result = train(plan, "a", model=model, resume=False, on_progress=on_progress, log=lambda line: None)
         clean = marks[len(marks) // 3:]
         rate = (len(clean) - 1) / (clean[-1] - clean[0]) if len(clean) > 2 else None
-        rates[optimizer] = {"it_per_s": round(rate, 2) if rate else None, "used": result.optimizer, "steps": result.step,
-                            "vram_peak_mb": round(result.vram_peak_mb) if result.vram_peak_mb else None}
+        rates[optimizer + ("+compile" if compiled else "")] = {
+            "it_per_s": round(rate, 2) if rate else None, "used": result.optimizer, "steps": result.step,
+            "first_step_seconds": round(marks[0] - began, 1) if marks else None,
+            "vram_peak_mb": round(result.vram_peak_mb) if result.vram_peak_mb else None}
     return {"rates": rates}
 
 
@@ -358,7 +363,9 @@ def markdown(data: dict) -> str:
     for name, phase in data.get("phases", {}).items():
         note = phase.get("error") or ", ".join(f"{k}={v}" for k, v in phase.items()
                                               if k in ("base", "steps", "size", "it_per_s_unprofiled", "host_reads_per_step", "cuda_seconds",
-                                                        "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device", "rates"))
+                                                        "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device", "rates", "correct",
+                                                        "grads_max_rel_error_eager", "grads_max_rel_error_compiled",
+                                                        "grads_median_rel_error_compiled"))
         lines.append(f"| {name} | {'yes' if phase['ok'] else '**no**'} | {phase['seconds']} | {note} |")
     for run in data.get("runs", []):
         lines += ["", f"## {run['mode']}: `copylora run --wait` (exit {run['exit_code']}, {run['wall_seconds']} s wall)", "",
@@ -401,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                              "route (B on the base with A applied, fp32 frozen A under fp16 autocast)")
     parser.add_argument("--rate-steps", type=int, default=60, help="steps per optimizer of the in-process step-rate phase (0: skip)")
     parser.add_argument("--rate-optimizers", default="AdamW8bit,AdamW", help="optimizers the step-rate phase compares")
+    parser.add_argument("--rate-compile", action="store_true", help="the step-rate phase also runs each optimizer with [train] compile = true")
+    parser.add_argument("--compile-check", action="store_true",
+                        help="first, bench/compile_check.py on the tiny model on this device: are compiled gradients right?")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder)")
     parser.add_argument("--out", default="gpu-acceptance", help="where the JSON, Markdown, grid and profile go")
     parser.add_argument("--wheels", default=None, help="folder of carried wheels to install the missing packages from")
@@ -443,11 +453,15 @@ def main(argv: list[str] | None = None) -> int:
             if built is None:
                 return 1
             base = str(target)
-    pictures = teacher_pictures(work / "pictures", width, height)
     device = "cuda" if cuda else "cpu"
+    if args.compile_check:
+        from bench.compile_check import check
+
+        run_phase(record, "compile check (tiny)", check, "tiny", device, "default")
+    pictures = teacher_pictures(work / "pictures", width, height)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     projects = {}
-    for mode in modes:
+    for mode in modes or ["rates"]:  # no mode: a project for the in-process phases only
         made = run_phase(record, f"project ({mode})", lambda mode=mode: {
             "base": base, "size": f"{width}x{height}", "steps": args.steps, "_dest": make_project(
                 work / "projects" / f"accept-{mode}", pictures, base, size=(width, height), steps=args.steps,
@@ -459,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     home = work / "state"
     ran = None
     for mode, project in projects.items():
+        if mode not in modes:
+            continue
         title = {"separate": "copylora run (separate A and B)", "twin": "copylora run (twin A+B)",
                  "differential": "copylora run (differential: B on A)"}.get(mode, f"copylora run ({mode})")
         ran = run_phase(record, title, lambda project=project, mode=mode: {"_run": run_project(project, home, timeout=args.timeout, mode=mode)})
@@ -480,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     if first and all(job["status"] == "done" for job in first["jobs"] if job["kind"] == "train"):
         run_phase(record, "merge on cuda vs cpu", merge_on_both, project)
     if args.rate_steps:
-        run_phase(record, "step rates in one process", step_rates, project, args.rate_steps, args.rate_optimizers.split(","))
+        run_phase(record, "step rates in one process", step_rates, project, args.rate_steps, args.rate_optimizers.split(","),
+                  args.rate_compile)
     if args.profile_steps:
         run_phase(record, "profiled training steps", profile_steps, project, args.profile_steps, out)
     record.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

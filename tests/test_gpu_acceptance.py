@@ -55,3 +55,20 @@ def test_print_download_names_every_wheel_to_carry():
     assert done.returncode == 0
     for wheel in ("diffusers==", "bitsandbytes==", "tomli_w==", "--only-binary=:all:", "--python-version 3.12"):
         assert wheel in done.stdout
+
+
+def test_rate_phase_compares_compile_on_and_off_without_running_the_queue(tmp_path):
+    """The form the compile measurement takes on a GPU (`--modes "" --rate-compile`): no queue
+    run, one project for the in-process phase, each optimizer with compile off and on."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_CACHE": os.environ.get("COPYLORA_CACHE", str(tmp_path / "cache"))}
+    env.pop("COPYLORA_HOME", None)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--modes", "", "--rate-compile",
+                           "--rate-optimizers", "AdamW", "--profile-steps", "0", "--out", str(out), "--work", str(work)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((out / "gpu_acceptance.json").read_text())
+    assert record["runs"] == [] and "project (rates)" in record["phases"]
+    rates = record["phases"]["step rates in one process"]["rates"]
+    assert set(rates) == {"AdamW", "AdamW+compile"}
+    assert all(r["steps"] == 6 and r["it_per_s"] and r["first_step_seconds"] is not None for r in rates.values())

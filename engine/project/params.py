@@ -172,6 +172,11 @@ class TrainParams:
     min_snr_gamma: float | None = spec("Min-SNR weighting gamma (unset = off; 5 is common).", default=None, positive=True, maximum=1000.0)
     max_grad_norm: float = spec("Gradient clipping norm (0 = off).", default=1.0, minimum=0)
     gradient_checkpointing: bool = spec("Trade compute for memory.", default=False)
+    compile: bool = spec(
+        "CUDA only: run the U-Net through torch.compile (fewer kernel launches per step; the first "
+        "steps wait a minute or more for the compiler). Ignored on the CPU, where it gave wrong gradients.",
+        default=False,
+    )
     network_train_unet_only: bool = spec(
         "Train only the U-Net LoRA (caption-free training gives the text encoder nothing to learn).",
         default=True,

@@ -79,7 +79,8 @@ def training_fingerprint(plan: Plan, side: str) -> str:
     """
     sp = plan.side(side)
     params = asdict(sp.params)
-    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps"):
+    # compile changes how a step runs, not what it computes: a checkpoint resumes either way.
+    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile"):
         params.pop(key, None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
     payload = {"params": params, "images": images, "base": plan.project.base_model_path(), "family": plan.project.info.model_family}
@@ -659,6 +660,23 @@ def prepare_model(plan: Plan, side: str, device: str, weight_dtype, log: Log, mo
     return model
 
 
+def unet_forward(unet, wanted: bool, device: str, log: Log):
+    """The U-Net as the training step calls it: through torch.compile when ``[train] compile``
+    asks for it on CUDA, where a step is bound by launching thousands of small kernels
+    (docs/BENCHMARKS.md), else the module itself. Not on the CPU: inductor's CPU code gave
+    gradients 10 % off on the tiny U-Net, with or without a LoRA (bench/compile_check.py). The
+    LoRA hooks are in place before the first call, so the compiled graph includes them."""
+    if not wanted:
+        return unet
+    if not device.startswith("cuda"):
+        log("compile = true is ignored on the CPU (torch.compile's CPU code gave wrong gradients here); training uncompiled")
+        return unet
+    import torch
+
+    log("compiling the U-Net (torch.compile): the first steps wait for the compiler, a minute or more")
+    return torch.compile(unet)
+
+
 def free_vae(model, device: str) -> None:
     """The VAE is not needed once the latents are cached: give its memory to training."""
     import torch
@@ -767,6 +785,7 @@ def train_sides(
         who = "A and B together" if twin else sides[0].upper()
         log(f"training {who}: {total} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
             f"rank {p.network_dim}, {runs[0].optimizer_used} lr {p.learning_rate:g}, {device}")
+        forward = unet_forward(model.unet, p.compile, device, log)
         step = starts[0]
         meters = [ProgressMeter(total, start_step=step) for _ in runs]
         if on_start is not None:
@@ -825,7 +844,7 @@ def train_sides(
             else:
                 noisy, timesteps, cond, added = draws[0].noisy, draws[0].timesteps, draws[0].cond, draws[0].added
             with amp:
-                pred = model.unet(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype), added_cond_kwargs=added).sample
+                pred = forward(noisy.to(weight_dtype), timesteps, cond.to(weight_dtype), added_cond_kwargs=added).sample
             losses = [_loss_hook(step, run.loss(pred[i * half:(i + 1) * half], draw, scheduler, v_prediction))
                       for i, (run, draw) in enumerate(zip(runs, draws))]
             if not pending.defer:  # reading is free here: a diverged step stops before its update
