@@ -118,3 +118,36 @@ def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     assert [(r["route"], r["new_rank"], r["guidance"]) for r in rows] == [("svd-merge", 4, 1.0), ("differential", 4, 1.0)]
     assert all(set(r["copy_check_psnr"]) == {"A vs picture A", "A + result vs picture B"} for r in rows)
     assert "| svd-merge | 4 |" in done.stdout
+
+
+def test_the_effect_levers_script_runs_end_to_end(tmp_path):
+    """bench/effect_levers.py (the CFG diagnostic) on tiny, tiny sizes: it cannot rot."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "effect_levers.py"), "--base", "tiny", "--work", str(tmp_path / "w"),
+                           "--mode", "mix2", "--epochs", "1", "--prompts", "1", "--steps", "2", "--threads", "1",
+                           "--groups", "all,attn2 k/v only"],
+                          capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COPYLORA_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads((tmp_path / "w" / "mix2" / "levers.json").read_text())
+    assert [(r["group"], r["cfg"]) for r in record["rows"]] == [("all", 5.0), ("all", 1.0), ("attn2 k/v only", 5.0), ("attn2 k/v only", 1.0)]
+    assert record["rows"][2]["modules"] == 32 and record["rows"][0]["modules"] == 192
+
+
+def test_the_effect_levers_change_only_what_the_pair_is_conditioned_on(tmp_path, monkeypatch, tiny):
+    import engine.train.trainer as trainer
+    from bench.effect_levers import CAPTION, condition_on
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from tests.helpers import copy_example
+
+    for name in ("resolve_prompt", "training_data"):  # restored after the test
+        monkeypatch.setattr(trainer, name, getattr(trainer, name))
+    plan = make_plan(load_project(copy_example(tmp_path)), max_steps=2)
+    assert trainer.training_data(tiny, plan, "a", lambda line: None).prompts == [""]
+    condition_on("mix3")
+    data = trainer.training_data(tiny, plan, "a", lambda line: None)
+    repeats = plan.side("a").repeats  # each repeat of the picture draws its own 3 prompts
+    assert data.prompts[0] == "" and 4 <= len(data.prompts) <= 1 + 3 * repeats and len(data.items) == 4 * repeats
+    condition_on("caption")
+    assert trainer.resolve_prompt("", tmp_path / "x.png", ".txt") == CAPTION
+    assert trainer.resolve_prompt("zwx", tmp_path / "x.png", ".txt") == "zwx"  # [reg] prompts are left alone
