@@ -40,19 +40,18 @@ async def test_invalid_value_is_shown_and_never_saved_then_valid_one_is(tmp_path
         dim = editor(app, "train.network_dim")
         dim.focus()
         dim.value = "0"
-        await pilot.pause()
-        assert "must be greater than 0" in field_error(app, "train.network_dim")
+        await wait_until(pilot, lambda: "must be greater than 0" in field_error(app, "train.network_dim"))
         assert "train.network_dim: LoRA rank" in str(app.screen.query_one("#field-help", Static).render())
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert toml.read_text() == original  # refused while invalid
         assert "not saved" in str(app.screen.query_one("#project-status", Static).render())
         dim.value = "eight"
-        await pilot.pause()
-        assert "not a value" in field_error(app, "train.network_dim")
+        # Waited for, not one pause: under a loaded CI machine the form's check can land a frame later.
+        await wait_until(pilot, lambda: "not a value" in field_error(app, "train.network_dim"))
         dim.value = "8"  # back to the saved value: valid, nothing to save
-        await pilot.pause()
-        assert field_error(app, "train.network_dim") == "" and not app.screen.dirty
+        await wait_until(pilot, lambda: field_error(app, "train.network_dim") == "")
+        assert not app.screen.dirty
         dim.value = "4"
         await wait_until(pilot, lambda: "unsaved" in str(app.screen.query_one("#project-status", Static).render()))
         await pilot.press("ctrl+s")
