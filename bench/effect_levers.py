@@ -27,9 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 CAPTION = "a yellow circle on a blue background"  # effect_bench's toy pair
 GROUPS = {
@@ -68,8 +67,8 @@ def condition_on(mode: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from effect_bench import copy_check, toy_project
 
+    from bench.effect_bench import copy_check, toy_project
     from engine.lora.files import load_lora_file, save_lora_file
     from engine.merge.project_result import make_result
     from engine.models.loading import load_base_model

@@ -5,10 +5,11 @@ copy-machine LoRA is for. ``toy`` keeps the U-Net's and text encoder's modules a
 LoRAs are SD1.5 LoRAs), with a VAE of 3 levels instead of 4 (16×16 latents for its 64×64
 pictures), and is trained by ``bench/pretrain_toy.py`` on :mod:`engine.models.toy_data`'s
 pictures of coloured shapes (with ``--noise-offset 0.5``: without it the noisiest 16×16 latents
-leak the picture's colour and the model ignores the colour words). Not shipped yet: the best run
-so far draws 53.5 % of the asked colours on held-out prompts (goal 70 %), and a copy-machine
-LoRA on it takes the colour away only without CFG (docs/BENCHMARKS.md, "A pretrained toy model:
-not there yet"); once both hold, its folder goes to ``engine/models/toy/`` (fp16 weights,
+leak the picture's colour and the model ignores the colour words). Not shipped yet: the best
+model so far (150 CPU minutes of chained runs) draws 57.6 % of the asked colours on held-out
+prompts, one 60-minute run 47.2 % (goal 70 % within 60 minutes), and a caption-free
+copy-machine LoRA on it takes the colour away only without CFG (docs/BENCHMARKS.md, "A
+pretrained toy model: not there yet"); once both hold, its folder goes to ``engine/models/toy/`` (fp16 weights,
 ``SHA256SUMS``) and ``"toy"`` joins the built-in models. The tokenizer is CLIP's byte-level BPE with one merge chain per word of
 the toy world, so each of its words is one token.
 """
