@@ -3,11 +3,11 @@
 Trains the toy world's pair (bench/effect_bench.py's ``toy_project``) once per ``--mode``, merges
 it (SVD, rank 16), and measures :func:`engine.train.effect.lora_effect` at CFG 5 and 1 for the
 whole result and for groups of its modules. The modes change only what A and B are conditioned
-on while they train (the trainer's prompt is replaced in this process; copylora itself trains
-the copy-machine route caption-free):
+on while they train:
 
 - ``empty``: the method as copylora runs it (the empty prompt);
-- ``caption``: both sides under the pair's own caption (the same one, so it cancels in B - A);
+- ``caption``: both sides under the pair's own caption (``[train] caption``; the same one, so it
+  cancels in B - A);
 - ``mixK``: each teacher item also under K random prompts of trained combinations.
 
     OMP_NUM_THREADS=2 python bench/effect_levers.py --base /tmp/toyrun8/toy --work /tmp/levers --mode caption
@@ -38,17 +38,16 @@ GROUPS = {
 }
 
 
-def condition_on(mode: str) -> None:
-    """Replace what the trainer conditions the teacher pictures on (this process only)."""
+def condition_on(mode: str) -> str:
+    """What the teacher pictures train under: ``[train] caption`` (returned) for ``empty`` and
+    ``caption``; for ``mixK`` the trainer's data is extended in this process only."""
     import engine.train.trainer as trainer
     from engine.models.toy_data import all_combinations, is_held_out
 
     if mode == "empty":
-        return
+        return ""
     if mode == "caption":
-        resolve = trainer.resolve_prompt
-        trainer.resolve_prompt = lambda template, path, ext: CAPTION if template == "" else resolve(template, path, ext)
-        return
+        return CAPTION
     if not mode.startswith("mix"):
         raise SystemExit(f"unknown mode {mode!r}: empty, caption or mixK")
     count = int(mode[3:] or 4)
@@ -63,6 +62,7 @@ def condition_on(mode: str) -> None:
         return data
 
     trainer.training_data = mixed
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    condition_on(args.mode)
+    caption = condition_on(args.mode)
     model = load_base_model(args.base)
     work = args.work / args.mode
     shutil.rmtree(work, ignore_errors=True)
-    root = toy_project(work / "source", args.base, args.epochs, args.lr, 0.5)
+    root = toy_project(work / "source", args.base, args.epochs, args.lr, 0.5, caption)
     project = load_project(root)
     project.train = replace(project.train, resolution=[args.size, args.size])
     project.merge = replace(project.merge, new_rank=16, save_precision="float")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ssim": round(report.collateral_ssim, 3), "saturation": {str(k): round(v, 3) for k, v in report.saturation.items()}})
             print(json.dumps(rows[-1]), flush=True)
     check = copy_check(model, plan.side("a").lora_path, result, plan.side("a").images[0].path, plan.side("b").images[0].path,
-                       seed=1, steps=args.steps, size=size)
+                       seed=1, steps=args.steps, size=size, prompt=caption)
     print(json.dumps({"mode": args.mode, "copy_check_psnr": check}), flush=True)
     (work / "levers.json").write_text(json.dumps({"rows": rows, "copy_check_psnr": check, "prompts": prompts}, indent=1) + "\n")
     return 0

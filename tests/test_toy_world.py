@@ -140,7 +140,7 @@ def test_the_effect_levers_change_only_what_the_pair_is_conditioned_on(tmp_path,
     from engine.project.plan import make_plan
     from tests.helpers import copy_example
 
-    for name in ("resolve_prompt", "training_data"):  # restored after the test
+    for name in ("training_data",):  # restored after the test
         monkeypatch.setattr(trainer, name, getattr(trainer, name))
     plan = make_plan(load_project(copy_example(tmp_path)), max_steps=2)
     assert trainer.training_data(tiny, plan, "a", lambda line: None).prompts == [""]
@@ -148,6 +148,4 @@ def test_the_effect_levers_change_only_what_the_pair_is_conditioned_on(tmp_path,
     data = trainer.training_data(tiny, plan, "a", lambda line: None)
     repeats = plan.side("a").repeats  # each repeat of the picture draws its own 3 prompts
     assert data.prompts[0] == "" and 4 <= len(data.prompts) <= 1 + 3 * repeats and len(data.items) == 4 * repeats
-    condition_on("caption")
-    assert trainer.resolve_prompt("", tmp_path / "x.png", ".txt") == CAPTION
-    assert trainer.resolve_prompt("zwx", tmp_path / "x.png", ".txt") == "zwx"  # [reg] prompts are left alone
+    assert condition_on("caption") == CAPTION and condition_on("empty") == ""

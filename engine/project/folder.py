@@ -264,6 +264,15 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
         problems.append(Problem("concept", "[[concept]] needs a [reg] table: further concepts belong to the DreamBooth flow "
                                 "(add [reg], even empty, for its instance prompt and class pictures)"))
     reg = project.reg
+    # [train] caption (the copy-machine pair's one prompt) and [reg] instance_prompt say the same thing
+    captions = {"train": project.train.caption, "a": project.a.overrides.get("caption", ""), "b": project.b.overrides.get("caption", "")}
+    for table, caption in captions.items():
+        if reg is not None and caption:
+            problems.append(Problem(f"{table}.caption", "with [reg] the teacher pictures train under [reg] instance_prompt: "
+                                    "set the prompt there"))
+        elif reg is None and isinstance(caption, str) and uses_filewords(caption):
+            problems.append(Problem(f"{table}.caption", f"{FILEWORDS} needs caption files, which belong to the DreamBooth "
+                                    "flow ([reg] instance_prompt): write the caption out here"))
     if reg is not None:
         extension = reg.caption_extension
         if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):

@@ -91,7 +91,8 @@ def spec(
 class ProjectInfo:
     name: str = spec("Project name; output files are named after it.", default="")
     base_model: str = spec(
-        'Base model: "tiny" or "tiny-sdxl" (built-in test models), a single-file .safetensors '
+        'Base model: "tiny" or "tiny-sdxl" (built-in test models, random weights), "toy" (built-in, '
+        "draws coloured shapes at 64x64), a single-file .safetensors "
         "checkpoint, or a diffusers folder. Relative paths are relative to this file.",
         default="tiny",
     )
@@ -176,6 +177,13 @@ class TrainParams:
         "CUDA only: run the U-Net through torch.compile (fewer kernel launches per step; the first "
         "steps wait a minute or more for the compiler). Ignored on the CPU, where it gave wrong gradients.",
         default=False,
+    )
+    caption: str = spec(
+        'The prompt A\'s and B\'s pictures train under ("" = caption-free, the method as published). '
+        "On a base that takes its colours from the prompt, the same caption on both sides (it cancels in B-A) "
+        "keeps the change alive on other prompts under CFG; \"\" leaves it to the empty prompt (docs/BENCHMARKS.md). "
+        "Not with a reg table, whose instance_prompt is the prompt there.",
+        default="",
     )
     network_train_unet_only: bool = spec(
         "Train only the U-Net LoRA (caption-free training gives the text encoder nothing to learn).",

@@ -20,7 +20,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 HEADER = """\
 # copylora concept project: two teacher images, A and B, that differ only in the wanted way.
-# Training is caption-free (no trigger word). Reference: docs/project-format.md
+# No trigger word: by default both train caption-free ([train] caption). Reference: docs/project-format.md
 """
 
 

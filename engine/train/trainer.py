@@ -82,6 +82,8 @@ def training_fingerprint(plan: Plan, side: str) -> str:
     # compile changes how a step runs, not what it computes: a checkpoint resumes either way.
     for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile"):
         params.pop(key, None)
+    if not params.get("caption"):  # checkpoints made before the key existed trained caption-free: they stay valid
+        params.pop("caption", None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
     payload = {"params": params, "images": images, "base": plan.project.base_model_path(), "family": plan.project.info.model_family}
     if plan.project.reg is not None:  # the DreamBooth flow: what each picture trains on is part of the run
@@ -242,7 +244,10 @@ def training_datasets(plan: Plan, side: str) -> list[dict[str, Any]]:
     sp = plan.side(side)
     reg = plan.project.reg
     if reg is None:
-        return [{"dir": str(sp.folder), "repeats": sp.repeats, "images": len(sp.images), "is_reg": False, "tags": {}}]
+        caption = sp.params.caption
+        subset = {"dir": str(sp.folder), "repeats": sp.repeats, "images": len(sp.images), "is_reg": False,
+                  "tags": tag_frequency([caption] * len(sp.images)) if caption else {}}
+        return [{**subset, "prompt": caption} if caption else subset]
     extension = reg.caption_extension
     sets = [(sp.folder, sp.images, sp.repeats, reg.instance_prompt)] + [(c.folder, c.images, c.repeats, c.instance_prompt) for c in sp.concepts]
     out = [{"dir": str(folder), "repeats": repeats, "images": len(images), "is_reg": False, "prompt": template,
@@ -309,7 +314,7 @@ def training_data(model, plan: Plan, side: str, log: Log) -> TrainingData:
             log(f"warning: {warning}")
     data = TrainingData(latents=[], flipped=[] if p.flip_aug else None, time_ids=[], items=[], prompts=[])
     extension = reg.caption_extension if reg is not None else ""
-    sets = [(sp.images, sp.buckets, sp.repeats, reg.instance_prompt if reg is not None else "", p.seed)]
+    sets = [(sp.images, sp.buckets, sp.repeats, reg.instance_prompt if reg is not None else p.caption, p.seed)]
     sets += [(c.images, c.buckets, c.repeats, c.instance_prompt, p.seed + 1000 * c.number) for c in sp.concepts]
     for images, buckets, repeats, template, seed in sets:
         paths = [i.path for i in images]
