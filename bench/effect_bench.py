@@ -1,16 +1,16 @@
 """The copy-machine effect, measured on a toy model made by bench/pretrain_toy.py (a CPU, minutes).
 
-For each route (svd-merge, differential) A and B are trained once on a project of the toy
-world (A: a yellow circle on blue, colours whose luminances differ; B: its exact grayscale;
-64×64, 300 steps, lr 1e-3, rank 8; or ``--project``, with ``--epochs``/``--lr`` to try the
-levers); the result is made at each new rank
+For each route (svd-merge, differential) A and B are trained once on projects/example-toy
+(A: a yellow circle on blue, colours whose luminances differ; B: its exact grayscale; 64×64,
+under its caption; ``--epochs``/``--lr``/``--noise-offset``/``--caption`` change its settings
+to try the levers; or any ``--project``); the result is made at each new rank
 (4, 8, 16); each result is sampled on held-out prompts (combinations the toy model never saw)
 × seeds at strengths 0, 0.5 and 1, the same seed along a row, and measured with
 :mod:`engine.train.effect`:
 
 - effect: mean saturation at strength 1 ÷ at strength 0 (goal ≤ 0.35);
 - collateral: luminance SSIM, strength 1 vs 0 (goal ≥ 0.8);
-- copy check: PSNR of A at 1 (empty prompt) vs picture A, and of A at 1 + the result at 1 vs
+- copy check: PSNR of A at 1 (on the pair's caption, or the empty prompt) vs picture A, and of A at 1 + the result at 1 vs
   picture B.
 
     OMP_NUM_THREADS=1 python bench/effect_bench.py --base /tmp/toy --out /tmp/effect.json
@@ -38,8 +38,9 @@ def quiet(_line: str) -> None:
 
 
 def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Path, *, seed: int, steps: int, size,
-               guidance: float = 5.0) -> dict:
-    """PSNR of A at 1 vs picture A and of A at 1 + result at 1 vs picture B (empty prompt)."""
+               guidance: float = 5.0, prompt: str = "") -> dict:
+    """PSNR of A at 1 vs picture A and of A at 1 + result at 1 vs picture B, on the prompt the
+    pair trained under (``[train] caption``; the empty prompt when caption-free)."""
     from PIL import Image
 
     from engine.lora.network import LoRANetwork
@@ -49,7 +50,7 @@ def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Pa
     result_network = LoRANetwork.from_file(result, model.unet, model.text_encoders, model.family)
     a_network.apply_to()
     try:
-        (a_alone, a_with_result), = generate_rows(model, result_network, [""], [seed], [0.0, 1.0], steps=steps, size=size,
+        (a_alone, a_with_result), = generate_rows(model, result_network, [prompt], [seed], [0.0, 1.0], steps=steps, size=size,
                                                        guidance=guidance).values()
     finally:
         a_network.remove()
@@ -57,22 +58,23 @@ def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Pa
         return {"A vs picture A": psnr(a_alone, pa), "A + result vs picture B": psnr(a_with_result, pb)}
 
 
-def toy_project(dest: Path, base: str, epochs: int, lr: float, noise_offset: float = 0.0) -> Path:
-    """The toy world's copy-machine pair as a project (the example a toy model would ship with)."""
-    from engine.models.toy_data import Scene, draw, grayscale
-    from engine.project.folder import load_project, save_project
-    from engine.project.scaffold import create_project
+EXAMPLE = REPO / "projects" / "example-toy"
 
-    dest.mkdir(parents=True, exist_ok=True)
-    a = draw(Scene("yellow", "circle", "blue", cx=0.5, cy=0.45, radius=0.27))
-    a.save(dest / "colour.png")
-    grayscale(a).save(dest / "monochrome.png")
-    project = create_project(dest / "toy-monochrome", dest / "colour.png", dest / "monochrome.png", base_model=base)
-    project.train = replace(project.train, resolution=[64, 64], max_train_epochs=epochs, learning_rate=lr, mixed_precision="no",
-                            save_every_n_steps=0, noise_offset=noise_offset)
-    project.sample = replace(project.sample, size=[64, 64])
+
+def toy_project(dest: Path, base: str, epochs: int | None = None, lr: float | None = None, noise_offset: float | None = None,
+                caption: str | None = None) -> Path:
+    """projects/example-toy (the toy world's pair: a yellow circle on blue, and its grayscale)
+    copied into ``dest`` on ``base``, with the settings given here instead of the example's."""
+    from engine.project.folder import load_project, save_project
+
+    root = dest / "toy-monochrome"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("output"))
+    project = load_project(root)
+    changes = {"max_train_epochs": epochs, "learning_rate": lr, "noise_offset": noise_offset, "caption": caption}
+    project.info = replace(project.info, base_model=str(base))
+    project.train = replace(project.train, save_every_n_steps=0, **{k: v for k, v in changes.items() if v is not None})
     save_project(project)
-    return load_project(project.root).root
+    return load_project(root).root
 
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
@@ -103,7 +105,7 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
         lora, _, _ = make_result(plan, device="cpu")
         report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=guidance)
         check = copy_check(model, plan.side("a").lora_path, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
-                           seed=seeds[0], steps=steps, size=size, guidance=guidance)
+                           seed=seeds[0], steps=steps, size=size, guidance=guidance, prompt=plan.side("a").params.caption)
         rows.append({"route": method, "new_rank": rank, "guidance": guidance, "effect": report.effect, "collateral_ssim": report.collateral_ssim,
                      "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
                      "copy_check_psnr": check, "train_seconds": round(trained, 1)})
@@ -130,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, help="a project to train (default: the toy world's pair, made here)")
-    parser.add_argument("--epochs", type=int, default=60, help="of the default project: 1 image × 5 repeats × epochs steps")
-    parser.add_argument("--lr", type=float, default=1e-3, help="of the default project")
-    parser.add_argument("--noise-offset", type=float, default=0.0,
-                        help="of the default project ([train] noise_offset): a toy model pretrained with offset noise "
-                             "needs it too, or the LoRA also learns to read the colour from the noise")
+    parser.add_argument("--epochs", type=int, help="of the default project (projects/example-toy's): 1 image × 5 repeats × epochs steps")
+    parser.add_argument("--lr", type=float, help="of the default project (the example's)")
+    parser.add_argument("--noise-offset", type=float,
+                        help="of the default project ([train] noise_offset, the example's 0.5): a toy model pretrained with offset "
+                             "noise needs it too, or the LoRA also learns to read the colour from the noise")
+    parser.add_argument("--caption", help='of the default project ([train] caption, the example\'s; "" = caption-free)')
     parser.add_argument("--routes", default="svd-merge,differential")
     parser.add_argument("--ranks", default="4,8,16")
     parser.add_argument("--prompts", type=int, default=32)
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(1, args.seeds + 1))
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr, args.noise_offset)
+        source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr, args.noise_offset,
+                                                    args.caption)
         for method in args.routes.split(","):
             rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model,
                               args.guidance)

@@ -17,9 +17,10 @@ def write_png(path: Path, size: tuple[int, int] = (96, 144), colour: tuple[int, 
     return path
 
 
-def copy_example(tmp_path: Path, name: str = "example-monochrome") -> Path:
+def copy_example(tmp_path: Path, name: str = "example-monochrome", source: str = "example-monochrome") -> Path:
+    """``projects/<source>`` (without outputs) copied to ``tmp_path/<name>``."""
     dest = tmp_path / name
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("output"))
+    shutil.copytree(EXAMPLE.parent / source, dest, ignore=shutil.ignore_patterns("output"))
     return dest
 
 

@@ -21,12 +21,19 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+BUILTIN_DESCRIPTIONS = {
+    "tiny": "tiny (built-in, SD1.5 topology, random weights)",
+    "tiny-sdxl": "tiny-sdxl (built-in, SDXL topology, random weights)",
+    "toy": "toy (built-in, SD1.5 topology, pretrained on 64x64 coloured shapes)",
+}
+
+
 def print_plan(plan, console: Console | None = None) -> None:
     console = console or Console()
     project = plan.project
     root = project.root
     base = project.info.base_model
-    base_text = "tiny (built-in, SD1.5 topology, random weights)" if base == "tiny" else base
+    base_text = BUILTIN_DESCRIPTIONS.get(base, base)
     console.print(f"[bold]{escape(project.name)}[/bold]  [green]valid[/green]  {escape(str(project.toml_path))}")
     console.print(escape(f"base model  {base_text}   family: {project.info.model_family}"))
 

@@ -19,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     new.add_argument("name", metavar="NAME", help="project name; created under --projects unless it is a path")
     new.add_argument("--a", required=True, metavar="IMG", help="teacher image A (the original picture)")
     new.add_argument("--b", required=True, metavar="IMG", help="teacher image B (the same picture, changed)")
-    new.add_argument("--base", default="tiny", metavar="MODEL", help='base model: "tiny", a .safetensors checkpoint or a diffusers folder (default: tiny)')
+    new.add_argument("--base", default="tiny", metavar="MODEL", help='base model: "tiny" (random weights), "toy" (draws 64x64 coloured shapes), a .safetensors '
+                     'checkpoint or a diffusers folder (default: tiny)')
     new.add_argument("--method", choices=("svd-merge", "differential"), default="svd-merge",
                      help="svd-merge: train A and B on the base, merge +1·B −1·A (default); "
                           "differential: train B on the base with A applied, B is the result")

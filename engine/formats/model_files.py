@@ -25,14 +25,13 @@ from engine.formats.safetensors_header import HeaderError, read_header, sniff
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
-# The built-in models ("tiny", "tiny-sdxl"; engine.models.tiny builds them): their family, and
-# (widest U-Net layer, widest text-encoder layer), which bound a useful LoRA rank. The widths
-# are the tiny models' max channel counts (a test keeps them equal to engine.models.tiny's).
-# (The pretrained "toy" model joins them once its weights draw what they are asked: see
-# engine.models.toy and docs/BENCHMARKS.md "A pretrained toy model: not there yet".)
-BUILTIN_FAMILIES = {"tiny": "sd1", "tiny-sdxl": "sdxl"}
+# The built-in models ("tiny", "tiny-sdxl": random weights, engine.models.tiny builds them;
+# "toy": tiny's SD1.5 topology pretrained to draw, shipped in engine/models/toy/): their family,
+# and (widest U-Net layer, widest text-encoder layer), which bound a useful LoRA rank. The
+# widths are the tiny models' max channel counts (a test keeps them equal to engine.models.tiny's).
+BUILTIN_FAMILIES = {"tiny": "sd1", "tiny-sdxl": "sdxl", "toy": "sd1"}
 BUILTIN_MODELS = tuple(BUILTIN_FAMILIES)
-BUILTIN_WIDEST = {"tiny": (96, 32), "tiny-sdxl": (96, 64)}
+BUILTIN_WIDEST = {"tiny": (96, 32), "tiny-sdxl": (96, 64), "toy": (96, 32)}
 _UNET = "model.diffusion_model."
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora_unet_", "lora_te_", "lora_te1_", ".hada_", ".lokr_")
 

@@ -321,7 +321,7 @@ def load_base_model(
     device: str = "cpu",
     config_dir: str | os.PathLike | None = None,
 ) -> BaseModel:
-    """Load a base model: ``"tiny"``/``"tiny-sdxl"``, a diffusers folder, or a single-file checkpoint.
+    """Load a base model: ``"tiny"``/``"tiny-sdxl"``/``"toy"``, a diffusers folder, or a single-file checkpoint.
 
     ``family`` is "auto" (read from the model) or one of FAMILIES to override it; for SD2
     single files it is the only sure way to say v-prediction ("sd2-v") or epsilon ("sd2").
@@ -338,14 +338,14 @@ def load_base_model(
         raise ModelError(f"unknown model family {family!r}; use auto or one of {', '.join(FAMILIES)}")
     from engine.models.tiny import BUILTIN_MODEL_DIRS, builtin_model_dir
 
-    if spec in BUILTIN_MODEL_DIRS:  # "tiny" (SD1.5 layout) or "tiny-sdxl"
+    if spec in BUILTIN_MODEL_DIRS:  # "tiny"/"toy" (SD1.5 layout) or "tiny-sdxl"
         model = _load_diffusers_folder(builtin_model_dir(spec), family, dtype)
         model.name, model.source = spec, spec
     else:
         path = Path(spec).expanduser()
         if not path.exists():
             raise ModelError(
-                f"base model not found: {spec} (give 'tiny', 'tiny-sdxl', a diffusers folder or a .safetensors file)"
+                f"base model not found: {spec} (give 'tiny', 'tiny-sdxl', 'toy', a diffusers folder or a .safetensors file)"
             )
         if path.is_dir():
             model = _load_diffusers_folder(path, family, dtype)

@@ -290,11 +290,17 @@ def tiny_sdxl_dir() -> Path:
 
 # Built-in base model specs (``[project].base_model``) -> their cached diffusers folder. Their
 # families and widths are data that needs no model: engine.formats.model_files.
-BUILTIN_MODEL_DIRS = {"tiny": tiny_model_dir, "tiny-sdxl": tiny_sdxl_dir}
+def _toy_model_dir() -> Path:
+    from engine.models.toy import toy_model_dir
+
+    return toy_model_dir()
+
+
+BUILTIN_MODEL_DIRS = {"tiny": tiny_model_dir, "tiny-sdxl": tiny_sdxl_dir, "toy": _toy_model_dir}
 
 
 def builtin_model_dir(spec: str) -> Path:
-    """The diffusers folder of a built-in model spec ("tiny" or "tiny-sdxl")."""
+    """The diffusers folder of a built-in model spec ("tiny", "tiny-sdxl" or "toy")."""
     return BUILTIN_MODEL_DIRS[spec]()
 
 

@@ -85,14 +85,33 @@ def random_scene(rng: random.Random, *, held_out: bool = False) -> Scene:
 
 def draw(scene: Scene, size: int = SIZE):
     """The scene as an RGB PIL image (drawn at 4x and downsampled: smooth edges)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     scale = 4
     big = size * scale
     image = Image.new("RGB", (big, big), COLOURS[scene.background])
+    _paint_shape(image, scene, COLOURS[scene.colour], COLOURS[scene.background])
+    image = image.resize((size, size), Image.LANCZOS)
+    return grayscale(image) if scene.monochrome else image
+
+
+def shape_mask(scene: Scene, size: int = SIZE):
+    """Where the shape is, as a grayscale PIL image (255 inside, soft edges): pretraining can
+    weight the shape's pixels, which cover 8–32 % of a picture."""
+    from PIL import Image
+
+    big = size * 4
+    image = Image.new("RGB", (big, big), (0, 0, 0))
+    _paint_shape(image, scene, (255, 255, 255), (0, 0, 0))
+    return image.resize((size, size), Image.LANCZOS).convert("L")
+
+
+def _paint_shape(image, scene: Scene, fill, background) -> None:
+    from PIL import ImageDraw
+
+    big = image.size[0]
     pen = ImageDraw.Draw(image)
     x, y, r = scene.cx * big, scene.cy * big, scene.radius * big
-    fill = COLOURS[scene.colour]
     if scene.shape == "circle":
         pen.ellipse((x - r, y - r, x + r, y + r), fill=fill)
     elif scene.shape == "square":
@@ -103,9 +122,7 @@ def draw(scene: Scene, size: int = SIZE):
     elif scene.shape == "ring":
         pen.ellipse((x - r, y - r, x + r, y + r), fill=fill)
         inner = r * 0.55
-        pen.ellipse((x - inner, y - inner, x + inner, y + inner), fill=COLOURS[scene.background])
-    image = image.resize((size, size), Image.LANCZOS)
-    return grayscale(image) if scene.monochrome else image
+        pen.ellipse((x - inner, y - inner, x + inner, y + inner), fill=background)
 
 
 def grayscale(image):
@@ -116,12 +133,16 @@ def grayscale(image):
 def dataset(seed: int, count: int, size: int = SIZE) -> list[tuple[object, str]]:
     """``count`` (picture, caption) pairs, the same for the same seed; captions dropped to ""
     at :data:`EMPTY_CAPTION_SHARE`."""
+    return [(draw(scene, size), caption) for scene, caption in dataset_scenes(seed, count)]
+
+
+def dataset_scenes(seed: int, count: int) -> list[tuple[Scene, str]]:
+    """The scenes behind :func:`dataset` (same seed, same scenes) with their captions."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         scene = random_scene(rng)
-        caption = "" if rng.random() < EMPTY_CAPTION_SHARE else scene.caption()
-        out.append((draw(scene, size), caption))
+        out.append((scene, "" if rng.random() < EMPTY_CAPTION_SHARE else scene.caption()))
     return out
 
 

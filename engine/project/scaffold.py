@@ -37,6 +37,9 @@ def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
 # one is scaled to finish (A, B, merge, preview) in about a minute on a CPU: few steps, small
 # buckets and previews, a bigger learning rate (a random tiny model needs it), fp32.
 # projects/make_example.py writes the shipped examples from these same presets.
+# The toy example's training length and rate (measured in docs/BENCHMARKS.md, "The toy example").
+TOY_LR, TOY_EPOCHS = 5e-3, 200
+
 BUILTIN_PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "train": {"learning_rate": 1e-3, "max_train_epochs": 40, "resolution": [128, 192], "mixed_precision": "no", "save_every_n_steps": 100},
@@ -46,6 +49,16 @@ BUILTIN_PRESETS: dict[str, dict[str, dict]] = {
     "tiny-sdxl": {
         "train": {"learning_rate": 1e-3, "max_train_epochs": 8, "resolution": [128, 192], "mixed_precision": "no", "save_every_n_steps": 20},
         "sample": {"steps": 8, "size": [128, 192]},
+    },
+    # The pretrained toy model draws 64×64 coloured shapes (engine.models.toy). Previews: prompts
+    # of combinations it never saw in pretraining, so they show what carries over to new prompts.
+    # (projects/example-toy also sets [train] caption: see there.)
+    "toy": {
+        "train": {"learning_rate": TOY_LR, "max_train_epochs": TOY_EPOCHS, "resolution": [64, 64], "mixed_precision": "no",
+                  "save_every_n_steps": 100, "noise_offset": 0.5},
+        "sample": {"steps": 20, "size": [64, 64], "guidance": 5.0, "strengths": [0.0, 0.5, 1.0],
+                   "prompts": ["a red triangle on a blue background", "a pink ring on a green background",
+                               "a cyan triangle on a purple background"]},
     },
 }
 
