@@ -44,6 +44,14 @@ def test_toy_loads_as_an_sd15_base_whose_lora_names_are_tiny_s(tiny):
     assert names == set(LoRANetwork(tiny.unet, tiny.text_encoders, family="sd1").unet_loras) and len(names) > 100
 
 
+def test_copylora_check_names_the_toy_model(tmp_path, capsys):
+    from copylora_tui.cli.main import main
+
+    root = copy_example(tmp_path, "example-toy", source="example-toy")
+    assert main(["check", str(root)]) == 0
+    assert "toy (built-in, SD1.5 topology, pretrained on 64x64 coloured shapes)" in capsys.readouterr().out
+
+
 def test_copylora_new_on_toy_gets_the_toy_preset(tmp_path):
     from engine.project.scaffold import create_project
 

@@ -81,10 +81,11 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     out = tmp_path / "toy"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(out), "--vae-steps", "2",
                            "--unet-steps", "2", "--pool", "16", "--vae-batch", "2", "--unet-batch", "2", "--threads", "1",
-                           "--noise-offset", "0.5"],
+                           "--noise-offset", "0.5", "--shape-weight", "4", "--min-snr-gamma", "5"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     record = json.loads((out / "pretrain.json").read_text())
+    assert record["unet"]["shape_weight"] == 4 and record["unet"]["min_snr_gamma"] == 5
     assert record["vae"]["steps"] == 2 and record["unet"]["steps"] == 2 and record["scaling_factor"] > 0
     assert record["unet"]["noise_offset"] == 0.5
     sums = (out / "SHA256SUMS").read_text()
@@ -149,3 +150,27 @@ def test_the_effect_levers_change_only_what_the_pair_is_conditioned_on(tmp_path,
     repeats = plan.side("a").repeats  # each repeat of the picture draws its own 3 prompts
     assert data.prompts[0] == "" and 4 <= len(data.prompts) <= 1 + 3 * repeats and len(data.items) == 4 * repeats
     assert condition_on("caption") == CAPTION and condition_on("empty") == ""
+
+
+def test_the_pretraining_loss_weights_the_shape_and_the_noisy_steps():
+    """--shape-weight's weights are 1 off the shape and the weight on it; --min-snr-gamma's are
+    min(SNR, γ)/SNR: 1 at the noisy steps, below 1 where the picture is still clear."""
+    import numpy as np
+    import torch
+    from diffusers import DDPMScheduler
+
+    from bench.pretrain_toy import latent_weights, min_snr_weights, pictures_tensor
+    from engine.models.toy_data import Scene, draw, shape_mask
+
+    scene = Scene("red", "square", "blue", cx=0.3, cy=0.3, radius=0.2)
+    mask = np.asarray(shape_mask(scene))
+    picture = np.asarray(draw(scene), dtype=float)
+    inside = mask > 250
+    assert inside[19, 19] and not inside[50, 50] and 0.05 < inside.mean() < 0.3
+    assert np.allclose(picture[inside].mean(axis=0), (220, 40, 40), atol=3)  # the mask is where the shape is drawn
+    masks = pictures_tensor([shape_mask(scene).convert("RGB")])[:, :1] * 0.5 + 0.5
+    weights = latent_weights(masks, 4.0, 16)
+    assert weights.shape == (1, 1, 16, 16) and float(weights[0, 0, 4, 4]) == pytest.approx(4.0, abs=1e-3)
+    assert float(weights[0, 0, 14, 14]) == pytest.approx(1.0, abs=1e-3)
+    snr = min_snr_weights(DDPMScheduler(beta_schedule="scaled_linear"), torch.tensor([5, 990]), 5.0)
+    assert float(snr[0]) < 0.1 and float(snr[1]) == pytest.approx(1.0)
