@@ -41,7 +41,6 @@ def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Pa
                guidance: float = 5.0, prompt: str = "") -> dict:
     """PSNR of A at 1 vs picture A and of A at 1 + result at 1 vs picture B, on the prompt the
     pair trained under (``[train] caption``; the empty prompt when caption-free)."""
-    from PIL import Image
 
     from engine.lora.network import LoRANetwork
     from engine.train.effect import generate_rows, psnr
@@ -54,8 +53,9 @@ def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Pa
                                                        guidance=guidance).values()
     finally:
         a_network.remove()
-    with Image.open(picture_a) as pa, Image.open(picture_b) as pb:
-        return {"A vs picture A": psnr(a_alone, pa), "A + result vs picture B": psnr(a_with_result, pb)}
+    from engine.project.images import load_picture  # the teachers as training saw them
+
+    return {"A vs picture A": psnr(a_alone, load_picture(picture_a)), "A + result vs picture B": psnr(a_with_result, load_picture(picture_b))}
 
 
 EXAMPLE = REPO / "projects" / "example-toy"

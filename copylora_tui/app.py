@@ -19,6 +19,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
+from textual.notifications import Notify
 from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 
@@ -26,6 +27,7 @@ from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot, read_snapshot
 
 POLL_S = 0.5
+MAX_NOTIFICATIONS = 3  # on screen at once: a held key must not stack toasts over the table
 
 
 class CopyloraApp(App[int]):
@@ -101,6 +103,19 @@ class CopyloraApp(App[int]):
             self._reader.end()
         self.post_message(self.SnapshotRead(snapshot))
 
+    def on_notify(self, event: Notify) -> None:
+        """Before Textual's own handler shows ``event``'s toast: the same message already on
+        screen goes (the new one replaces it, its time starting again), and of the others only
+        the newest ``MAX_NOTIFICATIONS - 1`` stay. Holding a key (c on a done job, ctrl+s)
+        used to stack one toast per repeat over the table."""
+        new = event.notification
+        shown = list(self._notifications)
+        for old in shown:
+            if (old.message, old.title, old.severity) == (new.message, new.title, new.severity):
+                self._unnotify(old, refresh=False)
+        for old in list(self._notifications)[: -(MAX_NOTIFICATIONS - 1) or None]:
+            self._unnotify(old, refresh=False)
+
     def on_copylora_app_snapshot_read(self, message: SnapshotRead) -> None:
         self.snapshot = message.snapshot
 
@@ -134,6 +149,14 @@ class CopyloraApp(App[int]):
 
     def on_unmount(self) -> None:
         self._reader.close()
+
+    async def action_quit(self) -> None:
+        """ctrl+q, q and the palette's Quit: a form with unsaved edits warns first (as its
+        escape does) and the same key again quits; jobs go on in the worker either way."""
+        from copylora_tui.screens.unsaved import may_quit
+
+        if may_quit(self.screen_stack):
+            self.exit()
 
     # ------------------------------------------------------------------ navigation
 

@@ -71,12 +71,23 @@ def preload() -> bool:
     return _image_class is not None
 
 
+# A teacher picture is shown at most this many pixels a side (a terminal cell is ~10 pixels).
+SHOWN_PX = 768
+
+
 def image_widget(picture: Path | object, **kwargs):
-    """A widget drawing ``picture`` (a path, or a Pillow image already decoded), or None (then
-    the caller draws it another way)."""
+    """A widget drawing ``picture`` (a teacher picture's path, or a Pillow image already
+    decoded), or None (then the caller draws it another way). A path is read as training
+    reads it (engine.project.images.load_picture: upright by its EXIF orientation, 16-bit
+    scaled, transparency on white), not as textual-image would read the file."""
     if _image_class is None:
         return None
     try:
-        return _image_class(str(picture) if isinstance(picture, Path) else picture, **kwargs)
+        if isinstance(picture, Path):
+            from engine.project.images import load_picture
+
+            picture = load_picture(picture)
+            picture.thumbnail((SHOWN_PX, SHOWN_PX))
+        return _image_class(picture, **kwargs)
     except Exception:
         return None

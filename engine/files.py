@@ -44,13 +44,15 @@ def writable_folder_problem(folder: Path | str) -> str | None:
     if not existing.is_dir():
         what = "is a file" if existing == resolved else f"lies under the file {existing}"
         return f"{folder} {what}, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{folder}: {existing} is not writable by this user"
+    # The filesystem first: on a read-only mount os.access fails too, and "read-only filesystem"
+    # is the cause the user can act on ("not writable by this user" sends them to chmod).
     try:
         if os.statvfs(existing).f_flag & os.ST_RDONLY:
             return f"{folder}: {existing} is on a read-only filesystem"
-    except (OSError, AttributeError):  # no statvfs (Windows): the access check above stands
+    except (OSError, AttributeError):  # no statvfs (Windows): the access check below stands
         pass
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{folder}: {existing} is not writable by this user"
     return None
 
 

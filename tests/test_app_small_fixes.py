@@ -99,8 +99,8 @@ async def test_footers_fit_and_cancel_names_its_job(tmp_path, monkeypatch):
     app = CopyloraApp(project.parent, poll_s=0.1)
     async with app.run_test(size=(100, 30)) as pilot:
         monkeypatch.setattr(app, "notify", lambda message, **_k: notes.append(message))
-        await pilot.press("2")
-        await wait_until(pilot, lambda: "3 Monitor" in screen_text(app).splitlines()[-1])
+        await pilot.press("2")  # the queue's last key (3 would do what m does: hidden there)
+        await wait_until(pilot, lambda: "1 Projects" in screen_text(app).splitlines()[-1])
         await pilot.press("c")
         await wait_until(pilot, lambda: notes)
         assert notes[-1].startswith("#1 train A of example-monochrome: cancelling")

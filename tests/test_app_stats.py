@@ -11,7 +11,7 @@ from tests.test_app_support import make_projects, screen_text, use_home, wait_un
 
 def module_names(app) -> list[str]:
     table = app.screen.query_one("#modules", DataTable)
-    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+    return [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]  # the name is the last column
 
 
 async def test_stats_of_a_merged_lora_sort_and_filter(tmp_path, monkeypatch):

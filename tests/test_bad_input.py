@@ -351,7 +351,8 @@ def test_small_pictures_warn_in_check_and_json(tmp_path, capsys):
     assert "warning: a.folder tiny.png: 1×1 is enlarged 704.0× to its 704×704 training bucket" in out
     assert main(["check", str(root), "--json"]) == 0
     warnings = json.loads(capsys.readouterr().out)["warnings"]
-    assert len(warnings) == 2 and "b.folder monochrome.png: 128×192 is enlarged" in warnings[1]
+    assert len(warnings) == 3 and "b.folder monochrome.png: 128×192 is enlarged" in warnings[1]
+    assert "a.folder tiny.png is 1×1 but b.folder monochrome.png is 128×192" in warnings[2]  # A and B apart (issue 29)
 
 
 def test_decompression_bomb_limits_are_our_words(tmp_path, capsys, monkeypatch):

@@ -237,6 +237,8 @@ def test_min_diff_drops_the_text_encoder_like_kohya(work):
     result = extract_lora(str(work["baked_a"].path), str(work["baked_b"].path), dim=4, save_to=out, min_diff=10.0)
     assert result.text_encoder_dropped and not any(n.startswith("lora_te_") for n in result.modules)
     assert any(n.startswith("lora_unet_") for n in result.modules)
+    # The metadata says what the file holds (it said False for every extract before).
+    assert load_lora_file(out).metadata["ss_network_train_unet_only"] == "True"
 
 
 def test_clamp_quantile_reproduces_kohyas_clamp(work, tmp_path):
@@ -478,7 +480,7 @@ def test_cli_bake_and_extract(work, tmp_path, capsys):
     # Errors: one line, exit 1 for a failed job, 2 for an input to fix.
     code = _cli(["bake", "--base", "tiny", "--lora", str(tmp_path / "none.safetensors"), "--save_to", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 1 and "LoRA file not found" in err and "Traceback" not in err
+    assert code == 2 and "--lora: no such file" in err and "Traceback" not in err  # a missing input: the input to fix
     code = _cli(["extract", "--model_org", "tiny", "--model_tuned", "tiny", "--dim", "0", "--save_to", str(tmp_path / "y.safetensors")])
     assert code == 2 and "--dim" in capsys.readouterr().err
 

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main  # noqa: E402
+from copylora_tui.cli.main import EXIT_USAGE, main  # noqa: E402
 from engine.errors import LoRAFileError  # noqa: E402
 from engine.lora.files import load_lora_file, save_lora_file  # noqa: E402
 from engine.lora.weights import LoRAWeights
@@ -171,7 +171,7 @@ def test_truncated_input_is_one_clear_error_and_nothing_written(pair, tmp_path):
         merge_loras([pb, broken], [1.0, -1.0], new_rank=4)
     out = tmp_path / "out.safetensors"
     code = main(["merge", "--save_to", str(out), "--models", str(pb), str(broken), "--ratios", "1", "-1", "--new_rank", "4"])
-    assert code == EXIT_FAILED and not out.exists()
+    assert code == EXIT_USAGE and not out.exists()  # a damaged input is the input to fix (found before the merge)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -187,7 +187,7 @@ def test_kohya_command_line_works_unchanged(pair, tmp_path, capsys):
     capsys.readouterr()
     assert main(["stats", str(out), "--sort", "energy", "--block", "in", "--top", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 2 and all(r["block"].startswith("in") for r in rows)
+    assert len(rows) == 2 and all(r["unet_block"].startswith("in") and r["block"].startswith("IN") for r in rows)
     assert rows[0]["energy_kept"] <= rows[1]["energy_kept"]
     assert main(["stats", str(out)]) == 0
     assert "per block" in capsys.readouterr().out

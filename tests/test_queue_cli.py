@@ -66,7 +66,7 @@ def test_run_queue_and_steer(tmp_path, home, capsys):
     assert main(["retry", "2"]) == 0
     assert "worker is not running" in capsys.readouterr().out
     assert Queue(home).get(3).status == "queued"
-    assert main(["cancel", "99"]) == EXIT_FAILED
+    assert main(["cancel", "99"]) == EXIT_USAGE  # no such job: the input to fix
     assert "no job #99" in capsys.readouterr().err
 
 

@@ -63,8 +63,8 @@ def test_grid_layout_labels_and_metadata_round_trip(tiny, lora_file, tmp_path):
     with Image.open(out) as image:
         width, height = image.size
         text = dict(image.text)
-    label, title = 16, 16
-    assert (width, height) == (2 * 64, title + label + 2 * (96 + label))
+    label = 17  # a band of one line of the default font, padded (engine.train.grid_labels)
+    assert (width, height) == (2 * 64, 4 * label + 2 * 96)  # title, strengths, and each prompt above its row
     record = read_grid_parameters(out)
     assert SampleSettings(**record["settings"]) == SETTINGS
     assert record["lora"] == "L.safetensors" and len(record["lora_sha256"]) == 64

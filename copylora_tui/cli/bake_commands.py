@@ -122,9 +122,21 @@ FLAGS = {"base", "lora", "save_to", "ratio", "save_precision", "config_dir", "mo
          "conv_dim", "device", "clamp_quantile", "min_diff", "family"}
 
 
+def _check_files(loras: list[tuple[str, str]], save_to: str) -> None:
+    """The LoRA inputs and the destination, before the model is loaded (exit 2, not an error
+    minutes in). The destination may be a file or a new folder: its parent must take it."""
+    from copylora_tui.cli.inputs import destination_problem, lora_problem
+    from engine.errors import ValidationError
+
+    problems = [lora_problem(flag, path) for flag, path in loras] + [destination_problem("--save_to", save_to, folder=True)]
+    if any(problems):
+        raise ValidationError([p for p in problems if p])
+
+
 def cmd_bake(args: argparse.Namespace) -> int:
     from engine.merge.bake import bake_lora
 
+    _check_files([("--lora", args.lora)], args.save_to)
     result = _as_flags(lambda: bake_lora(
         args.base, args.lora, args.save_to, args.ratio,
         save_precision=args.save_precision, config_dir=args.config_dir, progress=_progress_printer("baking"),
@@ -145,6 +157,7 @@ def cmd_bake(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from engine.merge.extract import extract_lora
 
+    _check_files([], args.save_to)
     result = _as_flags(lambda: extract_lora(
         args.model_org, args.model_tuned, dim=args.dim, conv_dim=args.conv_dim, save_to=args.save_to,
         device=args.device, save_precision=args.save_precision, clamp_quantile=args.clamp_quantile,

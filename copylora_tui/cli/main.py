@@ -14,9 +14,14 @@ import traceback
 from typing import Callable
 
 from engine import __version__
-from engine.errors import CopyloraError, Problem, ValidationError
+from engine.errors import CopyloraError, LoRAFileError, Problem, ValidationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# The commands that do torch work in this process: each sizes torch's thread pool to the cores
+# that are free before torch loads (engine/threads.py). The others (queue, logs, run, check…)
+# never import torch and skip the 0.3 s load sample.
+WORKING_COMMANDS = {"train", "sample", "merge", "resize", "bake", "extract"}
 
 DESCRIPTION = """\
 Make copy-machine LoRAs (コピー機LoRA) for Stable Diffusion: train one LoRA on picture A and
@@ -80,11 +85,26 @@ def as_flags(call, flags: set[str], names: dict[str, str] | None = None):
         raise ValidationError([Problem(names.get(p.where, p.where), p.message) for p in exc.problems], exc.source) from None
 
 
+class UsageError(CopyloraError):
+    """A command line that names something that is not there (``copylora logs 99``): the
+    input to fix, exit 2, said in one line."""
+
+
+def validation_text(exc: ValidationError) -> str:
+    """One problem in one line (``--save_to: …``); several as the engine lists them."""
+    if len(exc.problems) == 1:
+        return f"{exc.source}: {exc.problems[0]}" if exc.source else str(exc.problems[0])
+    return str(exc)
+
+
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return func(args) or EXIT_OK
     except ValidationError as exc:
-        print(f"copylora: {exc}", file=sys.stderr)
+        print(f"copylora: {validation_text(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, LoRAFileError) as exc:  # a file given as a LoRA that is none is the input to fix too
+        print(f"copylora: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CopyloraError as exc:
         print(f"copylora: error: {exc}", file=sys.stderr)
@@ -120,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     from engine.quiet import quiet_libraries
 
     quiet_libraries()  # every command: library chatter (e.g. bitsandbytes' import warning) is not the user's output
+    if args.command in WORKING_COMMANDS:
+        from engine.threads import configure_threads
+
+        choice = configure_threads(log=lambda line: print(f"copylora: {line}", file=sys.stderr))
+        if args.command == "train":  # the long one: say the width, as a job's log does
+            print(f"copylora: {choice.describe()}", file=sys.stderr)
     return run_guarded(args.func, args)
 
 

@@ -78,16 +78,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     stats.add_argument("--block", metavar="B", help="only modules of this block or group, in either naming: IN04, OUT, BASE, MID, or te, in1, out3…")
     stats.add_argument("--kind", choices=("linear", "conv1x1", "conv3x3"), help="only this kind of module")
     stats.add_argument("--top", type=int, default=20, metavar="N", help="rows to show (0: all; default 20)")
-    stats.add_argument("--json", action="store_true", help="print the selected rows as JSON")
+    stats.add_argument("--json", action="store_true",
+                       help="print the selected rows as JSON: block in the --blocks naming, lbw_block and unet_block both")
     stats.set_defaults(func=cmd_stats)
 
 
-def _check_inputs(paths: list[str], save_to: str, problems: list[Problem]) -> None:
-    for path in paths:
-        if not Path(path).is_file():
-            problems.append(Problem("--models", f"no such file: {path}"))
+def _check_inputs(paths: list[str], save_to: str, problems: list[Problem], flag: str = "--models") -> None:
+    from copylora_tui.cli.inputs import destination_problem, lora_problem
+
+    problems += [p for p in (lora_problem(flag, path) for path in paths) if p]
     if not save_to.lower().endswith(".safetensors"):
         problems.append(Problem("--save_to", f"must end in .safetensors, got {save_to}"))
+    elif problem := destination_problem("--save_to", save_to):  # before the work, not when the file is written
+        problems.append(problem)
     if any(Path(save_to).resolve() == Path(p).resolve() for p in paths):
         problems.append(Problem("--save_to", "would overwrite an input"))
 
@@ -211,7 +214,7 @@ def cmd_resize(args: argparse.Namespace) -> int:
     problems: list[Problem] = []
     if args.new_rank <= 0:
         problems.append(Problem("--new_rank", f"must be greater than 0, got {args.new_rank}"))
-    _check_inputs([args.lora], save_to, problems)
+    _check_inputs([args.lora], save_to, problems, flag="LORA")
     if problems:
         raise ValidationError(problems)
     return _run_merge(
@@ -224,11 +227,26 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from copylora_tui.core.stats_table import load_stats, select_rows
 
     document = load_stats(args.file)
+    if args.block and not select_rows(document, block=args.block, top=0, view=args.blocks):
+        from copylora_tui.core.stats_table import VIEWS, block_filters
+
+        # An unknown block used to print an empty table (exit 0), as if the block had no change.
+        names = ", ".join(block_filters(document, args.blocks))
+        raise ValidationError([Problem("--block", f"no module of this file is in {args.block!r}; "
+                                                  f"its blocks ({VIEWS[args.blocks][0]} naming): {names}")])
     rows = select_rows(document, sort=args.sort, block=args.block, kind=args.kind, top=args.top, view=args.blocks)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([_json_row(row, args.blocks) for row in rows], indent=1))
         return 0
     from copylora_tui.cli.stats_view import print_stats
 
     print_stats(document, rows, view=args.blocks)
     return 0
+
+
+def _json_row(row: dict, view: str) -> dict:
+    """A module's row as --json gives it: ``block`` in the naming --blocks chose (the table's),
+    and both namings by name, so a script need not know which was asked for."""
+    from copylora_tui.core.stats_table import block_of
+
+    return {**row, "block": block_of(row, view), "lbw_block": row["lbw_block"], "unet_block": row["block"]}

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from copylora_tui.cli.console import output_console
+
 ROUTES = {
     "svd-merge": "svd-merge: A and B each trained on the base, then +1·B −1·A merged (exact SVD)",
     "differential": "differential: B trains on the base with A applied; B is the result",
@@ -29,7 +31,7 @@ BUILTIN_DESCRIPTIONS = {
 
 
 def print_plan(plan, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     project = plan.project
     root = project.root
     base = project.info.base_model
@@ -59,6 +61,7 @@ def print_plan(plan, console: Console | None = None) -> None:
     for side, p in plan.sides.items():
         if p.repeats_source != "[train].num_repeats":
             console.print(escape(f"  {side.upper()} repeats from {p.repeats_source}"))
+    _print_kohya_options(plan, console)
     if project.reg is not None:
         _print_concepts(plan, console)
     merge = project.merge
@@ -82,6 +85,24 @@ def print_plan(plan, console: Console | None = None) -> None:
     result = "result" if project.info.method == "differential" else "merged"
     for label, path in (("A", a.lora_path), ("B", b.lora_path), (result, plan.merged_path), ("stats", plan.stats_path), ("previews", plan.samples_dir)):
         console.print(f"  {label:<9}{_rel(path, root)}")
+
+
+def _print_kohya_options(plan, console: Console) -> None:
+    """[train] network_weights (the LoRA a side starts from) and TensorBoard logs, per side."""
+    from engine.project.network_weights import network_weights_path
+    from engine.project.training_logs import logs_folder, tensorboard_wanted
+
+    project = plan.project
+    lines: dict[str, list[str]] = {}  # one line for A and B when they say the same
+    for side, p in plan.sides.items():
+        start = network_weights_path(project, side)
+        if start is not None:
+            lines.setdefault(f"starts from {_rel(start, project.root)} (network_weights)", []).append(side.upper())
+    for line, sides in lines.items():
+        console.print(escape(f"  {' and '.join(sides)} {line.replace('starts', 'start') if len(sides) > 1 else line}"))
+    folders = [_rel(logs_folder(project, side), project.root) + "/" for side, p in plan.sides.items() if tensorboard_wanted(p.params)]
+    if folders:
+        console.print(escape(f"logs      loss and lr of each step for TensorBoard: {', '.join(folders)}"))
 
 
 def _print_concepts(plan, console: Console) -> None:

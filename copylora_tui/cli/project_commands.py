@@ -19,8 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     new.add_argument("name", metavar="NAME", help="project name; created under --projects unless it is a path")
     new.add_argument("--a", required=True, metavar="IMG", help="teacher image A (the original picture)")
     new.add_argument("--b", required=True, metavar="IMG", help="teacher image B (the same picture, changed)")
-    new.add_argument("--base", default="tiny", metavar="MODEL", help='base model: "tiny" (random weights), "toy" (draws 64x64 coloured shapes), a .safetensors '
-                     'checkpoint or a diffusers folder (default: tiny)')
+    new.add_argument("--base", default="tiny", metavar="MODEL", help=f"base model: {_builtin_help()}, a .safetensors checkpoint or a diffusers folder "
+                     "(default: tiny)")
     new.add_argument("--method", choices=("svd-merge", "differential"), default="svd-merge",
                      help="svd-merge: train A and B on the base, merge +1·B −1·A (default); "
                           "differential: train B on the base with A applied, B is the result")
@@ -57,20 +57,39 @@ def register(commands: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=cmd_import_kohya)
 
 
+# What each built-in base model is, for `new --help`; the list itself is the engine's, so a
+# model added there is listed even before it gets its words here.
+BUILTIN_WORDS = {
+    "tiny": "random weights, SD1.5 layout",
+    "tiny-sdxl": "random weights, SDXL layout",
+    "toy": "draws 64x64 coloured shapes",
+}
+
+
+def _builtin_help() -> str:
+    from engine.formats.model_files import BUILTIN_MODELS
+
+    return ", ".join(f'"{name}" ({BUILTIN_WORDS[name]})' if name in BUILTIN_WORDS else f'"{name}"' for name in BUILTIN_MODELS)
+
+
 def project_dest(name: str, projects_dir: str) -> Path:
     return Path(name) if ("/" in name or name.startswith(".")) else Path(projects_dir) / name
 
 
 def cmd_new(args: argparse.Namespace) -> int:
     from copylora_tui.cli.main import as_flags
-    from engine.project.scaffold import create_project
+    from engine.models.toy import new_project_caption
+    from engine.project.scaffold import TOY_CAPTION_WHY, create_project
 
     dest = project_dest(args.name, args.projects)
     names = {"dest": "NAME", "a_image": "--a", "b_image": "--b", "base_model": "--base"}
+    caption = new_project_caption(args.base, args.a)
     project = as_flags(lambda: create_project(dest, args.a, args.b, name=Path(args.name).name, base_model=args.base,
-                                              method=args.method), set(), names)
+                                              method=args.method, caption=caption), set(), names)
     shown = _relative(project.root)
     print(f"created {shown}/ (A: {args.a}, B: {args.b}, base: {project.info.base_model}, route: {project.info.method})")
+    if caption:
+        print(f"A and B train under the caption {caption!r} ({TOY_CAPTION_WHY}); [train] caption changes it")
     print(f"edit {shown}/copylora.toml, then: copylora check {shown}")
     return 0
 
@@ -111,12 +130,12 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
 
         print("[train]")
         for key, value in result.train.items():
-            print(f"{key} = {toml_value(value)}")
+            print(_toml_line(key, value, toml_value))
         for table, heading in [(name, name) for name in ("project", "b", "reg") if result.extra.get(name)] + [
                 (name, "[concept]") for name in concept_tables(result.extra)]:
             print(f"\n[{heading}]")
             for key, value in result.extra[table].items():
-                print(f"{key} = {toml_value(value)}")
+                print(_toml_line(key, value, toml_value))
         return 0
     from engine.project.folder import load_project, save_project
 
@@ -126,8 +145,19 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
     return 0
 
 
+def _toml_line(key: str, value, toml_value) -> str:
+    """One key of the printed tables. None is what the import *unsets* (kohya's
+    max_train_epochs chosen, so max_train_steps is cleared): TOML has no null, so it is
+    written as the project file writes an unset key, commented out, and the text still pastes."""
+    if value is None:
+        return f"# {key} =   (unset)"
+    return f"{key} = {toml_value(value)}"
+
+
 def plan_as_dict(plan) -> dict:
+    from engine.project.network_weights import network_weights_path
     from engine.project.plan import concept_rows, training_order
+    from engine.project.training_logs import logs_folder, tensorboard_wanted
 
     project = plan.project
     return {
@@ -148,6 +178,8 @@ def plan_as_dict(plan) -> dict:
                 "total_steps": p.total_steps,
                 "lora": str(p.lora_path),
                 "run_dir": str(p.run_dir),
+                "network_weights": _optional_path(network_weights_path(project, side)),
+                "tensorboard_logs": str(logs_folder(project, side)) if tensorboard_wanted(p.params) else None,
             }
             for side, p in plan.sides.items()
         },
@@ -165,6 +197,10 @@ def plan_as_dict(plan) -> dict:
         **({"base_weights": {"lora": str(plan.side("a").lora_path), "multiplier": project.b.base_weights_multiplier,
                              "merged": project.b.merge_base_weights}} if project.info.method == "differential" else {}),
     }
+
+
+def _optional_path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _relative(path: Path) -> str:

@@ -80,6 +80,18 @@ def _queue():
     return Queue()
 
 
+def _job(queue, job_id: int):
+    """The job a command names; one that does not exist is a usage error (exit 2), as a
+    mistyped file is, not a failure of the work."""
+    from copylora_tui.cli.main import UsageError
+    from engine.jobs.queue import QueueError
+
+    try:
+        return queue.get(job_id)  # its only QueueError: "no job #N (see `copylora queue`)"
+    except QueueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.jobs.enqueue import enqueue_project
     from engine.project.folder import load_project
@@ -118,14 +130,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_WORKER_GRACE_S = 5.0
+
+
 def _wait(queue, job_ids: list[int]) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
+    from copylora_tui.cli.console import output_console
+    from engine.jobs.worker import worker_pid
     from engine.train.progress import format_duration
 
-    console = Console(stderr=True)
+    console = output_console(stderr=True)  # full lines when stderr is a file
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
+    paused: list = []
+    workerless_since: float | None = None
+    no_worker = False
     try:
         with Progress(*columns, console=console) as bar:
             tasks = {}
@@ -147,12 +166,34 @@ def _wait(queue, job_ids: list[int]) -> int:
                         info = f"[red]failed[/red]: {job.error}"
                     bar.update(task, completed=job.fraction, info=info)
                     finished += job.status.finished
-                if finished == len(tasks):
+                    if job.status is JobStatus.PAUSED:
+                        paused.append(job)
+                if finished == len(tasks) or paused:  # a paused job (and what waits for it) stays put until resumed
+                    break
+                # No worker (`run --no-worker --wait`, or it was stopped or died): nothing will
+                # move, so say how to start one instead of waiting forever. A few seconds' grace:
+                # a worker that is starting has not taken its lock yet.
+                if worker_pid(queue.home):
+                    workerless_since = None
+                elif workerless_since is None:
+                    workerless_since = time.monotonic()
+                elif time.monotonic() - workerless_since > NO_WORKER_GRACE_S:
+                    no_worker = True
                     break
                 time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopped watching; the jobs go on in the background (copylora queue)", file=sys.stderr)
         return 130
+    if no_worker:
+        print("no worker is running, so the jobs stay queued: start one with `copylora worker start` "
+              "(then follow them with `copylora queue`)", file=sys.stderr)
+        return 1
+    if paused:
+        for job in paused:
+            print(f"#{job.id} {job.label} of {project_label(job.project)} is paused: resume it with `copylora resume {job.id}`, "
+                  f"then follow it with `copylora logs {job.id} -f` or `copylora queue`", file=sys.stderr)
+        print("stopped waiting; the other jobs go on in the background", file=sys.stderr)
+        return 1  # as for a failed or cancelled job: the outputs asked for are not all made
     failed = [queue.get(j) for j in job_ids if queue.get(j).status is not JobStatus.DONE]
     for job in failed:
         print(f"#{job.id} {job.label} of {project_label(job.project)}: {job.status}: {job.error or ''}", file=sys.stderr)
@@ -179,6 +220,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_job_action(args: argparse.Namespace) -> int:
     queue = _queue()
+    _job(queue, args.job)
     action = {"cancel": queue.cancel, "retry": queue.retry, "pause": queue.pause, "resume": queue.resume}.get(args.action)
     message = action(args.job) if action else queue.request(args.job, args.action)
     print(f"#{args.job}: {message}")
@@ -191,13 +233,15 @@ def cmd_job_action(args: argparse.Namespace) -> int:
 
 
 def cmd_move(args: argparse.Namespace) -> int:
-    print(f"#{args.job}: {_queue().move(args.job, args.where)}")
+    queue = _queue()
+    _job(queue, args.job)
+    print(f"#{args.job}: {queue.move(args.job, args.where)}")
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     queue = _queue()
-    job = queue.get(args.job)
+    job = _job(queue, args.job)
     path = queue.log_path(job.id)
     if not path.exists():
         print(f"#{job.id} has no log yet ({job.status})", file=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from copylora_tui.cli.console import output_console
 from copylora_tui.core.formatting import STATUS_STYLE, bar, job_loss_text, project_label
 from engine.jobs.queue import JobStatus
 
@@ -15,7 +16,7 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
     from copylora_tui.core.formatting import rate_text
     from engine.train.progress import format_duration
 
-    console = console or Console()
+    console = console or output_console()
     state = f"worker running (pid {worker_pid})" if worker_pid else "[yellow]worker not running[/yellow] (copylora worker start)"
     console.print(f"{state}  ·  {home}")
     if not jobs:

@@ -29,7 +29,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--steps", type=int)
     cmd.add_argument("--guidance", type=float)
     cmd.add_argument("--size", metavar="WxH")
-    cmd.add_argument("--sampler", help="euler_a, euler, ddim, dpmsolver++, pndm, lms, heun")
+    cmd.add_argument("--sampler", help="euler_a, euler, ddim, dpmsolver++, dpmpp_2m_karras, dpmpp_sde_karras, pndm, lms, heun "
+                     '(or A1111\'s names, e.g. "DPM++ 2M Karras")')
     cmd.add_argument("--out", metavar="PNG", help="output file (default: the project's output/samples/)")
     cmd.add_argument("--device", default="auto", help="auto, cpu or cuda")
     cmd.set_defaults(func=cmd_sample)
@@ -58,15 +59,19 @@ def _settings(args: argparse.Namespace, base, problems: list[Problem]):
             problems.append(Problem("--size", f"must be WIDTHxHEIGHT, got {args.size!r}"))
     if settings.steps <= 0:
         problems.append(Problem("--steps", f"must be greater than 0, got {settings.steps}"))
-    from engine.train.sample import SAMPLERS
+    from engine.project.params import canonical_sampler, sampler_hint
 
-    if settings.sampler not in SAMPLERS:
-        problems.append(Problem("--sampler", f"unknown sampler {settings.sampler!r}; one of: {', '.join(SAMPLERS)}"))
+    sampler = canonical_sampler(settings.sampler)
+    if sampler is None:
+        problems.append(Problem("--sampler", f"unknown sampler {settings.sampler!r}{sampler_hint(settings.sampler)}"))
+    else:  # A1111's "DPM++ 2M Karras" is recorded as dpmpp_2m_karras
+        settings = replace(settings, sampler=sampler)
     return settings
 
 
 def resolve(args: argparse.Namespace):
     """(base model spec, family, LoRA path or None, settings, output path); every problem at once."""
+    from copylora_tui.cli.inputs import destination_problem, lora_problem
     from engine.train.sample import SampleSettings
 
     problems: list[Problem] = []
@@ -82,6 +87,8 @@ def resolve(args: argparse.Namespace):
         lora = {"merged": plan.merged_path, "a": plan.side("a").lora_path, "b": plan.side("b").lora_path, "none": None}.get(choice, Path(choice))
         if lora is not None and not lora.is_file():
             problems.append(Problem("--lora", f"{lora} does not exist yet (train/merge first: copylora run {args.target})"))
+        elif lora is not None and (problem := lora_problem("--lora", lora)):  # a picture given as the LoRA: exit 2, before the model loads
+            problems.append(problem)
         stem = lora.stem if lora is not None else "base"
         out = Path(args.out) if args.out else plan.samples_dir / f"{stem}-grid.png"
         base, family = args.base or project.base_model_path(), project.info.model_family
@@ -90,10 +97,14 @@ def resolve(args: argparse.Namespace):
         lora = target
         if not lora.is_file():
             problems.append(Problem("PROJECT|LORA", f"no such project folder or LoRA file: {target}"))
+        elif problem := lora_problem("PROJECT|LORA", lora):
+            problems.append(problem)
         if not args.base:
             problems.append(Problem("--base", "a LoRA file needs the base model to sample on (e.g. --base /models/sd15.safetensors)"))
         out = Path(args.out) if args.out else lora.with_name(f"{lora.stem}-grid.png")
         base, family = args.base, "auto"
+    if problem := destination_problem("--out", out):
+        problems.append(problem)
     if problems:
         raise ValidationError(problems)
     return base, family, lora, settings, out
@@ -110,6 +121,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from engine.quiet import quiet_libraries
 
     quiet_libraries()
+    from engine.threads import govern
     from engine.train.sample import sample_lora
     from engine.train.trainer import pick_device
 
@@ -119,6 +131,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=len(settings.prompts) * len(settings.strengths))
         path = sample_lora(model, lora, settings, out, model_name=Path(base).name,
-                           progress=lambda done, total: bar.update(task, completed=done))
+                           progress=lambda done, total: (govern(), bar.update(task, completed=done)))
     print(f"wrote {path} ({len(settings.prompts)} prompt(s) x strengths {', '.join(f'{s:g}' for s in settings.strengths)}, seed {settings.seed})")
     return 0

@@ -6,12 +6,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from copylora_tui.cli.console import output_console
 from copylora_tui.core.formatting import block_bar as bar
 from copylora_tui.core.stats_table import VIEWS, block_of, block_summary, short_name
 
 
 def print_stats(document: dict, rows: list[dict], console: Console | None = None, view: str = "lbw") -> None:
-    console = console or Console()
+    console = console or output_console()
     inputs = document.get("inputs", [])
     described = ", ".join(f"Δ{n}={i['ratio']:+g}·{i['file']}" for n, i in enumerate(inputs, 1))
     console.print(f"[bold]{document.get('file', '')}[/bold]  {document.get('family', '')}  {len(document['modules'])} modules  = {described}")

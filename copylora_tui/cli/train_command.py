@@ -37,7 +37,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.errors import Problem, ValidationError
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
-    from engine.train.checkpoint import newest_step
 
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
@@ -56,11 +55,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if base_weights is not None and not base_weights.path.is_file():
             raise ValidationError([Problem("--side b", f"the differential route trains B on A's LoRA, and {base_weights.path.name} "
                                            "does not exist yet: train --side a first")])
-    for one in side:
-        sp = plan.side(one)
-        existing = newest_step(sp.run_dir)
-        if existing and not (args.resume or args.restart):
-            raise ValidationError([Problem(str(sp.run_dir), f"holds a checkpoint at step {existing}: add --resume to continue it or --restart to start over")])
+    finished = _finished_sides(plan, side, args)
+    if finished and len(finished) == len(side):  # nothing to train, as `copylora run` says "up to date"
+        for one, (step, lora) in finished.items():
+            print(f"{one.upper()} is already trained: {lora} is up to date (step {step} of {step}); --restart trains it again, "
+                  f"or --max-steps N (more than {step}) with --resume trains it on")
+        return 0
+    if finished:  # --side ab with one side done: the twin batch trains both or neither
+        one = next(iter(finished))
+        other = "b" if one == "a" else "a"
+        raise ValidationError([Problem("--side ab", f"{one.upper()} is already trained (its LoRA is up to date): train --side {other} alone, "
+                                                    "or add --restart to train both again")])
 
     from engine.train.class_images import generate_class_images, missing_class_images
 
@@ -95,18 +100,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finished_sides(plan, side: str, args: argparse.Namespace) -> dict[str, tuple[int, str]]:
+    """Of the sides to train, those whose checkpoint is the finished training and whose LoRA
+    is up to date: {side: (step, LoRA path)}. A side with a checkpoint to act on without
+    --resume/--restart is refused here, saying what its checkpoint is."""
+    from copylora_tui.cli.project_commands import _relative
+    from engine.errors import Problem, ValidationError
+    from engine.jobs.enqueue import side_up_to_date
+    from engine.train.checkpoint import newest_step
+
+    finished: dict[str, tuple[int, str]] = {}
+    for one in side:
+        sp = plan.side(one)
+        existing = newest_step(sp.run_dir)
+        if not existing or args.resume or args.restart:
+            continue
+        if existing < sp.total_steps:
+            raise ValidationError([Problem(str(sp.run_dir), f"holds a checkpoint at step {existing} of {sp.total_steps}: "
+                                                            "add --resume to continue it or --restart to start over")])
+        fresh, reason = side_up_to_date(plan, one)
+        if not fresh:  # the finished run's LoRA is missing or was made with other settings
+            raise ValidationError([Problem(str(sp.run_dir), f"holds {one.upper()}'s finished training (step {existing} of {sp.total_steps}) "
+                                                            f"but its LoRA is not up to date ({reason}): add --restart to train it again")])
+        finished[one] = (existing, _relative(sp.lora_path))
+    return finished
+
+
 def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from copylora_tui.cli.console import output_console
     from engine.quiet import quiet_libraries
+    from engine.threads import govern
     from engine.train.progress import format_duration
     from engine.train.trainer import train
     from engine.train.twin import train_twin
 
     quiet_libraries()
 
-    console = Console(stderr=True)
+    console = output_console(stderr=True)  # full lines when stderr is a file
     columns = (
         TextColumn(f"[bold]{'A+B' if side == 'ab' else side.upper()}[/bold]"),
         BarColumn(),
@@ -117,6 +149,7 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
         task = bar.add_task("train", total=plan.side(side[0]).total_steps, rate="-", eta="--:--", loss="-")
 
         def on_progress(p) -> None:
+            govern()  # on the training thread: follows other work starting and stopping (engine/threads.py)
             # The trainer's own ETA (windowed it/s), not Rich's: it survives a resume correctly.
             loss = f"{p.smooth_loss:.4f}" if p.smooth_loss_b is None else f"A {p.smooth_loss:.4f} B {p.smooth_loss_b:.4f}"
             bar.update(task, completed=p.step, rate=f"{p.it_per_s:.1f}", eta=format_duration(p.eta_s), loss=loss)

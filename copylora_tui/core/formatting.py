@@ -75,6 +75,15 @@ def job_loss_text(job) -> str:
     return f"{job.smooth_loss:.4f}"
 
 
+def figure(value: float) -> str:
+    """A measured number in at most 8 characters with 3 significant digits: 0.522, 1.74,
+    0.00123, and powers of ten for the very small or large (4.1e-06, 2.3e+05), where fixed
+    notation would show "0" or run past its column."""
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.3g}"
+    return f"{value:.1e}"
+
+
 def mb_text(mb: float | None) -> str:
     if mb is None:
         return "—"

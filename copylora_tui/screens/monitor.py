@@ -16,12 +16,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
 
 from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text, project_label, rate_text
+from copylora_tui.core.history import newest_attempt
 from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.curve import Curve
 from copylora_tui.widgets.job_table import status_cell
@@ -43,6 +45,9 @@ def interrupted_text(job: Job) -> str:
 
 POLL_S = 0.5
 
+# What a job that does not train counts in its progress rows (a merge has no loss to draw).
+PROGRESS_UNITS = {"merge": "modules merged", "sample": "pictures drawn", "reg": "class images made"}
+
 
 def gpu_of(job: Job | None, gpus: tuple[dict, ...]) -> dict | None:
     """The GPU sample of the job's slot (the worker's CUDA_VISIBLE_DEVICES), else the first."""
@@ -53,6 +58,26 @@ def gpu_of(job: Job | None, gpus: tuple[dict, ...]) -> dict | None:
         if match:
             return match[0]
     return gpus[0]
+
+
+def progress_text(job: Job, width: int = 30) -> Text:
+    """A job without a loss (a merge, a preview grid, class images): what its progress rows
+    count, done of total, and a bar."""
+    unit = PROGRESS_UNITS.get(job.kind, "steps done")
+    total = job.total or 0
+    done = total if job.status is JobStatus.DONE else (job.step or 0)
+    if not total:  # nothing counted yet (or a job from before its kind reported progress)
+        if job.status is JobStatus.DONE:
+            return Text(f"{job.label}: done", style="dim")
+        note = "waits for its turn" if job.status.waiting else "starting"
+        return Text(f"{job.label}: {note} · its progress ({unit}) shows here", style="dim")
+    text = Text.assemble((f"{done}/{total}", "bold"), f" {unit}")
+    if job.live and job.it_per_s:
+        text.append(f"  {rate_text(job.it_per_s)}", style="dim")
+    text.append("\n")
+    text.append(block_bar(done / total, width), style="cyan")
+    text.append(f" {100 * done / total:.0f}%")
+    return text
 
 
 class MonitorScreen(ActsWhileOpen, Screen):
@@ -93,7 +118,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
         with Horizontal(id="bottom"):
             yield LogTail(self.app_log_path(), id="log", classes="panel")
             yield PreviewPane(self._preview_target, interval=POLL_S, id="monitor-preview", classes="panel")
-        yield Footer()
+        yield AppFooter()
 
     def app_log_path(self):
         from engine.jobs.state_home import job_log, state_home
@@ -163,8 +188,12 @@ class MonitorScreen(ActsWhileOpen, Screen):
         error.update(message or "")
         error.display = message is not None  # no blank line while there is nothing to say
         self.query_one("#loss-line", Static).update(self._loss_line(job))
+        panel = self.query_one("#loss-panel")
+        trains = job.kind == "train"
+        self.query_one("#loss-curve", Curve).display = trains  # the other kinds' panel shows their progress
+        panel.border_title = "loss" if trains else "progress"
         twin = job.smooth_loss_b is not None
-        self.query_one("#loss-panel").border_subtitle = "curve: A's smoothed loss" if twin else "curve: smoothed loss"
+        panel.border_subtitle = ("curve: A's smoothed loss" if twin else "curve: smoothed loss") if trains else ""
         self.query_one("#gpu-line", Static).update(self._gpu_text(job, snapshot))
         if job.step != self._points_step:
             self.read_history()
@@ -186,7 +215,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
 
     def _loss_line(self, job: Job) -> Text:
         if job.kind != "train":
-            return Text(f"{job.kind}: no loss to show", style="dim")
+            return progress_text(job)
         lr = f"{job.lr:.2e}" if job.lr is not None else "—"
         if job.smooth_loss_b is not None:  # twin training: A and B in one batch
             return Text.assemble("loss A ", (loss_text(job.loss), "bold"), " B ", (loss_text(job.loss_b), "bold"),
@@ -231,6 +260,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
             return
         finally:
             self._reader.end()
+        points = newest_attempt(points, job.started_at, job.start_step)
         self.app.call_from_thread(self._show_history, job.step, points, history)
 
     @while_open

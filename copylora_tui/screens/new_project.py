@@ -16,6 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
 from engine.errors import Problem, ValidationError
 
 # create_project's problem locations (its parameters) -> our fields
@@ -31,11 +32,16 @@ FIELDS = (
 )
 
 
-class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
+def default(key: str) -> str:
+    return "tiny" if key == "base" else ""
+
+
+class NewProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, ModalScreen[Path | None]):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel", id="new.cancel"),
         Binding("ctrl+s", "create", "Create", id="new.create"),
     ]
+    SAVE_HINT = "ctrl+s creates the project"
 
     def __init__(self, projects_dir: Path) -> None:
         super().__init__()  # no id: the last one may still be closing when the next opens
@@ -47,7 +53,7 @@ class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
             for key, label, hint, _help in FIELDS:
                 with Horizontal(classes="dialog-row"):
                     yield Label(label, classes="dialog-label")
-                    yield Input("tiny" if key == "base" else "", placeholder=hint, id=f"new-{key}", compact=True)
+                    yield Input(default(key), placeholder=hint, id=f"new-{key}", compact=True)
                 yield Static("", id=f"error-{key}", classes="param-error")
             yield Static("", id="new-general", classes="param-error")
             yield Static("", id="new-help", classes="dialog-help")
@@ -65,6 +71,7 @@ class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
     def on_input_changed(self, event: Input.Changed) -> None:
         """An edited field's old error goes: it was about the old text."""
         key = (event.input.id or "").removeprefix("new-")
+        self.edits_changed()
         errors = self.query(f"#error-{key}")
         if errors:
             errors.first(Static).display = False
@@ -84,10 +91,15 @@ class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
     def action_cancel(self) -> None:
         self.app.close_screen(self, None)
 
+    def has_unsaved_edits(self) -> bool:
+        """Something typed that ctrl+q would lose (esc is this dialog's Cancel: it cancels)."""
+        return any(self.value(key) != default(key) for key, _, _, _ in FIELDS if self.query(f"#new-{key}"))
+
     def value(self, key: str) -> str:
         return self.query_one(f"#new-{key}", Input).value.strip()
 
     def action_create(self) -> None:
+        from engine.models.toy import new_project_caption
         from engine.project.scaffold import create_project
 
         if not self.is_active:  # a second ctrl+s while the dialog closes
@@ -104,7 +116,9 @@ class NewProjectScreen(ActsWhileOpen, ModalScreen[Path | None]):
                 problems.append(Problem(flag, "give the path of the picture"))
         if not problems:
             try:
-                create_project(self.projects_dir / name, self.value("a"), self.value("b"), name=name, base_model=self.value("base") or "tiny")
+                base = self.value("base") or "tiny"
+                create_project(self.projects_dir / name, self.value("a"), self.value("b"), name=name, base_model=base,
+                               caption=new_project_caption(base, self.value("a")))  # toy: A's description, as `copylora new` writes
             except ValidationError as exc:
                 problems = exc.problems
             except OSError as exc:

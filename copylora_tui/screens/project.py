@@ -20,12 +20,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Collapsible, Footer, Static
+from textual.widgets import Button, Collapsible, Static
 
 from copylora_tui import teacher_images
 from copylora_tui.core import form
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.guard import ActsWhileOpen, still_open, while_open
+from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
+from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
@@ -38,7 +40,7 @@ CHECK_DELAY_S = 0.3
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
 
 
-class ProjectScreen(ActsWhileOpen, Screen):
+class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", id="project.save"),
         Binding("ctrl+r", "run", "Run", id="project.run"),
@@ -47,6 +49,10 @@ class ProjectScreen(ActsWhileOpen, Screen):
         Binding("ctrl+o", "open_preview", "Preview", id="project.preview"),
         Binding("escape", "back", "Back", id="project.back"),
     ]
+    # Below 100 columns a key and its editor side by side leave the value a few characters
+    # ("example-m", "▐ ▌ fals…"): each key goes above its editor, which then has the form's
+    # whole width, and the side column narrows (CSS).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
     def __init__(self, folder: Path) -> None:
         super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
@@ -61,7 +67,6 @@ class ProjectScreen(ActsWhileOpen, Screen):
         self.checked: Project | None = None  # the last edit state that passed every check
         self._generation = 0
         self._check_timer = None
-        self._warned_unsaved = False
         self.loaded = False  # the load thread has answered (project or problems)
         self.concept_count = 0  # [[concept]] tables in the edit (added and removed with the buttons)
 
@@ -82,7 +87,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
                 yield Static("jobs", classes="panel-title")
                 yield JobTable(("job", "task", "status", "bar"), id="history")
         yield Static("", id="field-help", classes="status-line")
-        yield Footer()
+        yield AppFooter()
 
     def _load_problem_text(self) -> Text:
         lines = [f"{self.folder.name}/copylora.toml cannot be loaded: fix it in an editor, then open it again.", ""]
@@ -161,7 +166,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
         await box.mount_all(self._concept_widgets(self.project))
         if add:
             self.call_after_refresh(self._focus_new_concept)
-        self._warned_unsaved = False
+        self.edits_changed()
         self.update_status()
         self.check_project()
 
@@ -246,7 +251,7 @@ class ProjectScreen(ActsWhileOpen, Screen):
             self.values[path] = event.value
         else:
             self.field_errors[path] = event.error
-        self._warned_unsaved = False
+        self.edits_changed()
         self.update_status()
         if self._check_timer is not None:
             self._check_timer.stop()
@@ -416,11 +421,11 @@ class ProjectScreen(ActsWhileOpen, Screen):
         show_preview_path(self.query_one("#project-preview", PreviewPane))
 
     def action_back(self) -> None:
-        if self.dirty and not self._warned_unsaved:
-            self._warned_unsaved = True
-            self.notify("unsaved changes: ctrl+s saves them, esc again leaves without saving", severity="warning")
-            return
-        self.app.close_screen(self)
+        if self.may_discard_edits("esc", "leaves"):
+            self.app.close_screen(self)
+
+    def has_unsaved_edits(self) -> bool:
+        return self.dirty
 
 
 def _plan_text(project: Project) -> Text:

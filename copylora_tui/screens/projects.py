@@ -16,12 +16,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from engine.jobs.queue import Job, JobStatus
 
@@ -96,7 +97,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         yield Static("", id="empty")
         yield DataTable(id="projects", cursor_type="row")
         yield Static("", id="project-detail", classes="detail")
-        yield Footer()
+        yield AppFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"{self.app.projects_dir}/"

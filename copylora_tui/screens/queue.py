@@ -11,11 +11,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
-from copylora_tui.core.formatting import project_label
+from copylora_tui.core.formatting import project_label, rate_text
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.job_table import JobTable
 from engine.jobs.queue import Job, JobStatus, artifacts_text
@@ -41,7 +42,7 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
         return Text.assemble((head, "bold"), (interrupted_text(job), "yellow"))
     if job.status is JobStatus.RUNNING:
         where = f"GPU {job.gpu}" if job.gpu else "CPU"
-        return Text.assemble((head, "bold"), f"running on {where} · enter opens the monitor")
+        return Text.assemble((head, "bold"), f"running on {where} · {rate_text(job.it_per_s)} · enter opens the monitor")
     return Text.assemble((head, "bold"), ("done", "green"), f"  {artifacts_text(job.artifacts)}")
 
 
@@ -55,8 +56,10 @@ class QueueScreen(ActsWhileOpen, Screen):
         Binding("J,shift+down", "move('down')", "Down", id="queue.down", show=False),
         Binding("w", "start_worker", "Worker", id="queue.worker"),
         Binding("escape", "back", "Back", id="queue.back", show=False),
-        # 2 (Queue) leads here: hidden so that the keys of this screen fit a 100-column footer
+        # 2 (Queue) leads here, and 3 (Monitor) does what m does (the highlighted job's monitor):
+        # hidden so that the keys of this screen fit an 80-column footer
         Binding("2", "app.show_queue", "Queue", id="app.queue", show=False),
+        Binding("3", "app.show_monitor", "Monitor", id="app.monitor", show=False),
     ]
 
     def __init__(self) -> None:
@@ -65,9 +68,11 @@ class QueueScreen(ActsWhileOpen, Screen):
     def compose(self) -> ComposeResult:
         yield AppHeader()
         yield Static("", id="worker-line", classes="status-line")
-        yield JobTable(("job", "project", "task", "status", "progress", "rate", "eta", "loss"), id="jobs")
+        # No speed column: with it a twin job's loss ("A 0.7426 B 0.7420") ran past 100 columns;
+        # the highlighted job's speed is in the line under the table, and in its monitor.
+        yield JobTable(("job", "project", "task", "status", "progress", "eta", "loss"), id="jobs")
         yield Static("", id="job-detail", classes="detail")
-        yield Footer()
+        yield AppFooter()
 
     @while_open
     def on_mount(self) -> None:

@@ -16,9 +16,9 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
-from copylora_tui.core.formatting import block_bar
+from copylora_tui.core.formatting import block_bar, figure
 from copylora_tui.core.stats_table import (
     COLUMNS,
     VIEWS,
@@ -31,8 +31,13 @@ from copylora_tui.core.stats_table import (
     sorted_rows,
 )
 from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from engine.errors import ValidationError
+
+# The modules table's columns, the module's name last: the figures are narrow and all fit in
+# 80 columns, while a name may not (it is cut at the right edge, the table scrolls to it).
+ORDER = ("block", "kind", "ranks", "kept", "energy", "error", "norm", "cos", "name")
 
 
 class StatsScreen(ActsWhileOpen, Screen):
@@ -61,7 +66,7 @@ class StatsScreen(ActsWhileOpen, Screen):
         yield DataTable(id="blocks", cursor_type="row")
         yield Static("", id="stats-filter", classes="status-line")
         yield DataTable(id="modules", cursor_type="row")
-        yield Footer()
+        yield AppFooter()
 
     @while_open
     def on_mount(self) -> None:
@@ -91,8 +96,8 @@ class StatsScreen(ActsWhileOpen, Screen):
             self.show_summary()
             self.show_blocks()
             modules = self.query_one("#modules", DataTable)
-            for key, (heading, _) in COLUMNS.items():
-                modules.add_column(heading, key=key)
+            for key in ORDER:
+                modules.add_column(COLUMNS[key][0], key=key)
             self.show_modules()
         except Exception as exc:  # a document the checks let through but the views cannot show
             self.show_problem(f"{self.stats_path}: cannot show these statistics ({type(exc).__name__}: {exc})")
@@ -126,7 +131,7 @@ class StatsScreen(ActsWhileOpen, Screen):
             table.add_row(
                 b["block"], Text(str(b["modules"]), justify="right"),
                 Text.assemble((block_bar(b["energy_kept"], 10), "green"), f" {b['energy_kept']:.4f}"),
-                Text.assemble((block_bar(b["result_norm"] / biggest, 10), "cyan"), f" {b['result_norm']:.4g}"),
+                Text.assemble((block_bar(b["result_norm"] / biggest, 10), "cyan"), f" {figure(b['result_norm'])}"),
                 key=b["block"],
             )
 
@@ -136,18 +141,18 @@ class StatsScreen(ActsWhileOpen, Screen):
         table.clear()
         for m in rows:
             cos = "" if m.get("cos_inputs") is None else f"{m['cos_inputs']:+.3f}"
-            table.add_row(
-                short_name(m["name"]),
-                block_of(m, self.view),
-                m["kind"].replace("conv", "c").replace("linear", "lin"),
-                "+".join(map(str, m["input_ranks"])),
-                Text(str(m["kept_rank"]), justify="right"),
-                Text(f"{m['energy_kept']:.4f}", justify="right", style="yellow" if m["energy_kept"] < 0.9 else ""),
-                Text(f"{m['rel_error']:.1e}", justify="right"),
-                Text(f"{m['result_norm']:.3g}", justify="right"),
-                Text(cos, justify="right"),
-                key=m["name"],
-            )
+            cells = {
+                "name": short_name(m["name"]),
+                "block": block_of(m, self.view),
+                "kind": m["kind"].replace("conv", "c").replace("linear", "lin"),
+                "ranks": "+".join(map(str, m["input_ranks"])),
+                "kept": Text(str(m["kept_rank"]), justify="right"),
+                "energy": Text(f"{m['energy_kept']:.4f}", justify="right", style="yellow" if m["energy_kept"] < 0.9 else ""),
+                "error": Text(f"{m['rel_error']:.1e}", justify="right"),
+                "norm": Text(figure(m["result_norm"]), justify="right"),
+                "cos": Text(cos, justify="right"),
+            }
+            table.add_row(*(cells[key] for key in ORDER), key=m["name"])
         arrow = "↓" if self.reverse else "↑"
         self.query_one("#stats-filter", Static).update(
             Text.assemble(

@@ -23,7 +23,7 @@ def status_cell(job: Job) -> Text:
     return Text(text, style=STATUS_STYLE.get(job.shown_status, ""))
 
 
-def progress_cell(job: Job, width: int = 14, counts: bool = True) -> Text:
+def progress_cell(job: Job, width: int = 10, counts: bool = True) -> Text:
     if not job.total:
         return Text(bar(1.0 if job.status is JobStatus.DONE else 0.0, width), style="dim")
     done = job.total if job.status is JobStatus.DONE else (job.step or 0)

@@ -19,6 +19,7 @@ import traceback
 
 from engine.errors import CopyloraError
 from engine.jobs.queue import MAX_POINTS, TWIN, Job, JobStatus, Queue, artifacts_text
+from engine.threads import configure_threads, govern
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 WRITE_INTERVAL_S = 0.25  # at most 4 progress writes per second, whatever the step rate
@@ -66,6 +67,7 @@ class ProgressWriter:
         self.write_seconds = 0.0
 
     def __call__(self, p) -> None:
+        govern()
         now = time.monotonic()
         point = p.step - self.last_point >= self.stride or p.step == p.total
         if now - self.last_write < WRITE_INTERVAL_S and p.step != p.total:
@@ -151,6 +153,7 @@ def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
     log(describe(plan))
 
     def progress(done: int, total: int, _name: str) -> None:
+        govern()
         if stop["asked"]:
             raise Stopped("stopped during the merge")
         if done == total or done % 25 == 0:
@@ -170,6 +173,7 @@ def _images_progress(queue: Queue, job: Job, stop: dict):
     meter: dict = {}
 
     def progress(done: int, total: int) -> None:
+        govern()
         if stop["asked"]:
             raise Stopped(f"stopped after {done} of {total} images")
         if "m" not in meter:
@@ -250,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
 
     die_with_parent()
     quiet_libraries()
+    # Before anything imports torch: OpenMP sizes its pool from the environment when it loads.
+    # Every progress callback then calls govern() on the working thread (OpenMP's thread count
+    # belongs to the thread that sets it) to follow other work as it starts and stops.
+    threads = configure_threads(log=log)
     stop = {"asked": False}
 
     def on_term(signum, _frame):
@@ -263,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     job = queue.get(args.job)
     log(f"job #{job.id}: {job.label} of {job.project} (attempt {job.attempts}, pid {os.getpid()}, "
         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    log(threads.describe())
     runner = RUNNERS.get(job.kind)
     try:
         if runner is None:

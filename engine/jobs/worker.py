@@ -25,6 +25,7 @@ from engine.errors import CopyloraError
 from engine.jobs.procs import alive, process_start
 from engine.jobs.queue import JobStatus, Queue
 from engine.jobs.state_home import state_home, worker_lock, worker_log
+from engine.threads import JOBS_VARIABLE
 
 POLL_S = 0.2
 GPU_SAMPLE_S = 1.0
@@ -163,6 +164,9 @@ class Worker:
         env = dict(os.environ)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
+        # Every slot's job shares this machine's cores: each job sizes its torch threads to its
+        # share (engine/threads.py), so two jobs never fight over the same cores.
+        env[JOBS_VARIABLE] = str(len(self.slots))
         log_path = queue.log_path(job.id)
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(

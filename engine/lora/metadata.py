@@ -42,6 +42,28 @@ def lora_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
     return meta
 
 
+def trains_unet_only(module_names) -> bool:
+    """kohya's ``network_train_unet_only`` as a file's modules show it: no text-encoder module
+    (kohya's ``lora_te_``/``lora_te1_``/``lora_te2_`` names) in it."""
+    return not any(str(name).startswith("lora_te") for name in module_names)
+
+
+def trained_resolution(metadatas) -> tuple[int, int] | None:
+    """The resolution some LoRA files were trained at, from their metadata (``modelspec.resolution``
+    "64x64", else kohya's ``ss_resolution`` "(64, 64)"): a merge of them was made for it, not for
+    the family's native one. When they differ, the largest; None when none says."""
+    import re
+
+    found = []
+    for meta in metadatas:
+        for key in ("modelspec.resolution", "ss_resolution"):
+            numbers = [int(n) for n in re.findall(r"\d+", str(meta.get(key) or ""))]
+            if len(numbers) >= 2 and min(numbers[:2]) > 0:
+                found.append((numbers[0], numbers[1]))
+                break
+    return max(found, key=lambda wh: (wh[0] * wh[1], wh)) if found else None
+
+
 def kohya_ss_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
     """The ``ss_*`` keys as kohya's ``train_network.py`` writes them (``str()`` of each value)."""
     from engine.models.loading import KOHYA_VERSION

@@ -299,7 +299,7 @@ def _display(spec: str) -> str:
 
 
 def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile, min_diff, svd, modules, save_to) -> dict[str, str]:
-    from engine.lora.metadata import lora_metadata
+    from engine.lora.metadata import lora_metadata, trains_unet_only
 
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
     facts = {
@@ -311,6 +311,8 @@ def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile
         "title": save_to.stem,
         "description": f"extracted: {tuned_name} − {org_name}",
         "training_finished_at": time.time(),
+        # What the file holds, not a guess: a U-Net-only extract says so, as kohya's loaders expect.
+        "network_train_unet_only": trains_unet_only(modules),
     }
     meta = lora_metadata(facts, family)
     meta["copylora_extract"] = json.dumps(

@@ -211,7 +211,8 @@ def merge_loras(
         for p, r, lora, v in zip(paths, ratios, loras, vectors)
     ]
     seconds = time.perf_counter() - started
-    metadata = _metadata(family, inputs, new_rank, conv_rank, alpha_out, precision, clamp_quantile, merged, asked)
+    metadata = _metadata(family, inputs, new_rank, conv_rank, alpha_out, precision, clamp_quantile, merged, asked,
+                         [lora.metadata for lora in loras])
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in merged.values())
     return MergeResult(merged, stats, family, metadata, seconds, inputs, notes, new_rank, conv_rank if has_conv else None, device)
 
@@ -270,8 +271,8 @@ def _capped_ranks(loras: list, names: list[str], new_rank: int, conv_rank: int) 
     return rank, conv, notes
 
 
-def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quantile, modules, asked) -> dict[str, str]:
-    from engine.lora.metadata import lora_metadata
+def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quantile, modules, asked, input_metadata) -> dict[str, str]:
+    from engine.lora.metadata import lora_metadata, trained_resolution, trains_unet_only
 
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
     facts = {
@@ -279,6 +280,10 @@ def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quant
         "network_alpha": alpha,
         "conv_dim": conv_rank if has_conv else None,
         "conv_alpha": alpha if has_conv else None,
+        # what the file holds and what its inputs were trained at (not the family's defaults:
+        # a 64×64 toy LoRA is not a 512×512 one, and a U-Net-only merge says so)
+        "network_train_unet_only": trains_unet_only(modules),
+        "resolution": trained_resolution(input_metadata),
         "merged_from": ", ".join(i["file"] for i in inputs),
         "title": "copylora merge",
         "training_finished_at": time.time(),

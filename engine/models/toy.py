@@ -31,6 +31,25 @@ def toy_model_dir() -> Path:
     return TOY_DIR
 
 
+def new_project_caption(base_model: str, a_picture: Path | str) -> str:
+    """The ``[train] caption`` a new project on ``base_model`` trains under: on the toy base,
+    picture A's description in the toy world's words (:func:`engine.models.toy_data.describe`),
+    as projects/example-toy does, the recipe measured to show the effect on this base; "" (the
+    published caption-free method) on any other. A picture that cannot be read gets "" here:
+    :func:`engine.project.scaffold.create_project` reports it."""
+    if base_model != TOY_NAME:
+        return ""
+    from PIL import Image
+
+    from engine.models.toy_data import describe
+    from engine.project.images import load_picture
+
+    try:  # read as training reads it (EXIF turned, 16-bit scaled, transparency on white)
+        return describe(load_picture(Path(a_picture).expanduser()))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ""
+
+
 def toy_words() -> list[str]:
     from engine.models.toy_data import COLOURS, SHAPES
 

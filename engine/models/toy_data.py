@@ -172,3 +172,53 @@ def region_colours(image, *, border: int = 6) -> tuple[str, str]:
     far = distance >= np.quantile(distance, 0.92)  # the shape covers >= ~8 % of the picture
     shape = np.median(pixels[far], axis=0)
     return nearest_colour(tuple(shape)), nearest_colour(tuple(background))
+
+
+# --------------------------------------------------------------------------- describing a picture
+
+
+def describe(image) -> str:
+    """The toy world's caption of a picture, ``"a yellow circle on a blue background"``: the
+    inverse of :func:`draw`. A project on the toy base trains A and B under it (``copylora new``
+    writes it): the toy's colours come from the prompt, so a pair trained caption-free changes
+    the prompted branch too little to survive CFG (docs/BENCHMARKS.md). A picture the world did
+    not draw still gets the world's nearest words: the border's colour is the background, the
+    pixels far from it are the shape, whose outline is the one of :data:`SHAPES` that overlaps
+    them best."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float64)
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[:6], mask[-6:], mask[:, :6], mask[:, -6:] = True, True, True, True  # the border strip, as region_colours reads it
+    background = np.median(pixels[mask], axis=0)
+    distance = np.linalg.norm(pixels - background, axis=2)
+    # Half way to the farthest pixel: the shape's soft edge splits evenly (a quantile, as
+    # region_colours uses, takes in background where a small shape covers less than its share).
+    drawn = distance > distance.max() / 2
+    colour = nearest_colour(tuple(np.median(pixels[drawn], axis=0))) if drawn.any() else nearest_colour(tuple(background))
+    return f"a {colour} {nearest_shape(drawn)} on a {nearest_colour(tuple(background))} background"
+
+
+def nearest_shape(drawn) -> str:
+    """Which of :data:`SHAPES` the pixels marked in ``drawn`` (SIZE×SIZE booleans) show: the
+    shape fitted to their bounding box that overlaps them best (intersection over union)."""
+    import numpy as np
+
+    rows, cols = np.nonzero(drawn)
+    if rows.size == 0:  # one flat colour: any shape is as good
+        return SHAPES[0]
+    top, bottom, left, right = rows.min() / SIZE, (rows.max() + 1) / SIZE, cols.min() / SIZE, (cols.max() + 1) / SIZE
+    cx, cy, half = (left + right) / 2, (top + bottom) / 2, max(right - left, bottom - top) / 2
+    fits = {  # (cx, cy, radius) of the Scene that fills this box, as _paint_shape draws each shape
+        "circle": (cx, cy, half),
+        "square": (cx, cy, half / 0.9),
+        "triangle": (cx, top + (bottom - top) / 1.5, (bottom - top) / 1.5),
+        "ring": (cx, cy, half),
+    }
+
+    def overlap(shape: str) -> float:
+        outline = np.asarray(shape_mask(Scene("white", shape, "black", *fits[shape]))) > 127
+        return (outline & drawn).sum() / max((outline | drawn).sum(), 1)
+
+    return max(SHAPES, key=overlap)

@@ -244,6 +244,10 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
     _check_output_dir(project, problems)
     if check_files:
         _check_base_model(project, problems)
+        from engine.project.network_weights import network_weights_problems
+        from engine.project.training_logs import logging_problems
+
+        problems += network_weights_problems(project) + logging_problems(project)  # [train] network_weights, log_with
         for side in SIDES:
             _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.num_class_images == 0:

@@ -3,6 +3,10 @@
 Caption files (``.txt``, ``.caption``) and anything else that is not an image are ignored:
 copy-machine training is caption-free. A file with an image extension that Pillow cannot
 read is an error, reported by path, so a half-copied PNG is caught before a 20-minute run.
+
+Every reader of a teacher picture goes through :func:`load_picture` (and sizes through
+:func:`read_image_info`): upright by its EXIF orientation, 16-bit pictures scaled to 8 bits,
+transparency on white, so the check's buckets, the latents and the app show one picture.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ def read_image_info(path: Path, *, decode: bool = True) -> ImageInfo:
         with quiet_pillow(), Image.open(path) as image:
             if decode:
                 image.load()
-            return ImageInfo(path, image.width, image.height)
+            # the size the picture is trained at: a phone photo's EXIF orientation turns it
+            width, height = (image.height, image.width) if _orientation(image) in _SWAPS_SIDES else (image.width, image.height)
+            return ImageInfo(path, width, height)
     except UnidentifiedImageError:
         raise ValueError("not an image Pillow can read") from None
     except Image.DecompressionBombError as exc:
@@ -66,6 +72,140 @@ def _bomb_size(exc: Exception) -> str:
     return "beyond Pillow's limit"
 
 
+# EXIF orientation (tag 0x0112): 1 is as stored; 5-8 turn the picture by 90° (mirrored or not),
+# which swaps its sides. Phone cameras store portrait photos landscape with 6 or 8.
+_ORIENTATION_TAG = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)
+# Modes with more than 8 bits a channel: 16-bit grayscale PNG/TIFF ("I;16*", older Pillow "I"),
+# 32-bit integer and float TIFF. convert("RGB") clips them (a 16-bit picture turns all white).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation from the header. Pillow's PNG reader decodes the whole picture to
+    look for an eXIf chunk after the pixels, so a PNG whose header has none counts as upright
+    (Pillow and other writers put it before the pixels)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # a broken EXIF block: the picture as stored
+        return 1
+
+
+def load_picture(path: Path):
+    """A teacher picture as training sees it, an 8-bit RGB Pillow image: turned upright by its
+    EXIF orientation, 16-bit and float pictures scaled to 8 bits (not clipped), transparent
+    areas put on white (:func:`picture_warnings` says so). Every reader of teacher pictures
+    uses it (latents, sizes, the app, the check picture), so all see the same picture."""
+    from PIL import Image
+
+    with quiet_pillow(), Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def to_rgb(image):
+    """See :func:`load_picture` (for an image already open)."""
+    from PIL import ImageOps
+
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block: the picture as stored
+        pass
+    if image.mode in _WIDE_MODES:
+        image = _eight_bit(image)
+    if _has_alpha(image):
+        return _on_white(image)
+    return image.convert("RGB")
+
+
+def _eight_bit(image):
+    """A 16-bit (or 32-bit integer, or float) single-channel picture as 8-bit "L", scaled by its
+    bit depth. Mode "I" does not say its depth: values above 255 are taken as 16-bit ones."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if image.mode.startswith("I;16"):
+        scale = 255 / 65535
+    elif image.mode == "F" and peak <= 1.0:
+        scale = 255.0  # float pictures in 0..1
+    else:
+        scale = 255 / 65535 if peak > 255 else 1.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
+def _has_alpha(image) -> bool:
+    return image.mode in _ALPHA_MODES or (image.mode in ("P", "L", "RGB") and "transparency" in image.info)
+
+
+def _on_white(image):
+    from PIL import Image
+
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def has_transparency(path: Path) -> bool:
+    """Whether some pixel is not opaque (decodes only pictures that have an alpha channel)."""
+    from PIL import Image
+
+    try:
+        with quiet_pillow(), Image.open(path) as image:
+            if not _has_alpha(image):
+                return False
+            return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    except Exception:  # unreadable or too large: reported where it is read
+        return False
+
+
+def _pixels(path: Path, cache: dict) -> bytes | None:
+    if path not in cache:
+        try:
+            cache[path] = load_picture(path).tobytes()
+        except Exception:  # unreadable or too large: said where it is read, not compared here
+            cache[path] = None
+    return cache[path]
+
+
+def pair_warnings(a_images, b_images) -> list[str]:
+    """What is doubtful about A against B (lists of :class:`ImageInfo`): B should be A changed
+    only in the wanted way. The same picture on both sides makes B − A zero (a LoRA that does
+    nothing); pictures of different sizes make the LoRA learn the resize as part of the change.
+    Sizes are compared in name order when both sides have as many pictures."""
+    import filecmp
+
+    warnings = []
+    if len(a_images) == len(b_images):
+        for a, b in zip(a_images, b_images):
+            if (a.width, a.height) != (b.width, b.height):
+                warnings.append(
+                    f"a.folder {a.path.name} is {a.width}×{a.height} but b.folder {b.path.name} is {b.width}×{b.height}: "
+                    "B should be A changed only in the wanted way, at the same size (else the LoRA learns the resize too)"
+                )
+    cache: dict = {}
+    for a in a_images:
+        for b in b_images:
+            if (a.width, a.height) != (b.width, b.height):
+                continue
+            try:
+                what = ("the same file" if a.path.resolve() == b.path.resolve()
+                        else "identical files" if filecmp.cmp(a.path, b.path, shallow=False)
+                        else "pixel-identical" if _pixels(a.path, cache) is not None and _pixels(a.path, cache) == _pixels(b.path, cache)
+                        else None)
+            except OSError:
+                continue
+            if what is not None:
+                warnings.append(
+                    f"a.folder {a.path.name} and b.folder {b.path.name} are {what}: B − A is zero there, "
+                    "so the LoRA learns no change from them (B should be A changed in the wanted way)"
+                )
+    return warnings
+
+
 @contextmanager
 def quiet_pillow():
     """Pillow warns (a Python warning, printed to stderr) for pictures above ~89 Mpx; copylora
@@ -83,7 +223,8 @@ UPSCALE_WARN = 2.0  # a picture enlarged more than this to fill its bucket train
 
 
 def picture_warnings(info: ImageInfo, bucket: tuple[int, int], where: str) -> list[str]:
-    """What is doubtful about training ``info`` at ``bucket`` (not errors: it will train)."""
+    """What is doubtful about training ``info`` at ``bucket`` (not errors: it will train):
+    enlarged far, transparent (trained on white), very large."""
     from PIL import Image
 
     warnings = []
@@ -93,6 +234,11 @@ def picture_warnings(info: ImageInfo, bucket: tuple[int, int], where: str) -> li
             f"{where} {info.path.name}: {info.width}×{info.height} is enlarged {scale:.1f}× to its "
             f"{bucket[0]}×{bucket[1]} training bucket: the LoRA learns a blurry copy "
             "(use a larger picture, or a smaller [train].resolution)"
+        )
+    if has_transparency(info.path):
+        warnings.append(
+            f"{where} {info.path.name}: has transparent areas: they train as white "
+            "(flatten the picture onto another background first if white is not meant)"
         )
     pixels = info.width * info.height
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:

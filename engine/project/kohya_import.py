@@ -74,8 +74,8 @@ class KohyaImport:
 # Known kohya keys that do not apply to a copy-machine project, grouped by the reason shown.
 _GROUPS = {
     "paths and names are per project": (
-        "output_dir output_name logging_dir train_data_dir resume resume_from_huggingface "
-        "lora_network_weights network_weights log_tracker_config model_list image_dir "
+        "output_dir output_name train_data_dir resume resume_from_huggingface "
+        "log_tracker_config model_list image_dir "
         "metadata_file conditioning_data_dir cache_info"
     ),
     "import a dataset config file on its own": "dataset_config",
@@ -94,7 +94,9 @@ _GROUPS = {
         "extra_accelerate_launch_args ddp_timeout ddp_gradient_as_bucket_view ddp_static_graph"
     ),
     "free-form extra arguments are not parsed: check them by hand": "additional_parameters",
-    "logging/tracking is not used": "log_with log_prefix log_tracker_name log_config use_wandb wandb_api_key wandb_run_name",
+    "Weights & Biases is not supported (TensorBoard logs are: log_with)": "log_config use_wandb wandb_api_key wandb_run_name",
+    "TensorBoard runs are named by side and start time": "log_prefix log_tracker_name",
+    "the rank comes from network_dim, which must match the network_weights file (check says so if not)": "dim_from_weights",
     "Hugging Face upload is not part of copylora": (
         "huggingface_path_in_repo huggingface_repo_id huggingface_repo_type "
         "huggingface_repo_visibility huggingface_token async_upload save_state_to_huggingface"
@@ -133,7 +135,7 @@ _GROUPS = {
         "rank_dropout module_dropout stop_text_encoder_training stop_text_encoder_training_pct "
         "loraplus_lr_ratio loraplus_unet_lr_ratio loraplus_text_encoder_lr_ratio lr_scheduler_args "
         "lr_scheduler_type lr_decay_steps lr_scheduler_min_lr_ratio lr_scheduler_timescale "
-        "network_train_text_encoder_only dim_from_weights network_multiplier"
+        "network_train_text_encoder_only network_multiplier"
     ),
     "copylora's noise_offset is kohya's Original type; Multires noise is not supported": "noise_offset_type",
     "LyCORIS-only option (copylora trains kohya LoRA/LoCon)": (
@@ -175,7 +177,8 @@ _SPECIAL = {
     "max_train_epochs", "max_train_steps", "epoch", "lr_warmup", "lr_warmup_steps",
     "max_resolution", "resolution", "seed", "clip_skip", "min_snr_gamma", "noise_offset",
     "reg_data_dir", "prior_loss_weight", "network_dim", "network_alpha", "conv_dim", "conv_alpha",
-    "save_every_n_steps", "base_weights", "base_weights_multiplier",
+    "save_every_n_steps", "base_weights", "base_weights_multiplier", "network_weights", "lora_network_weights",
+    "log_with", "logging_dir",
 }
 _KNOWN = set(IGNORED) | _DIRECT | _SPECIAL
 # Only the GUI writes these: they tell GUI settings saved as TOML from an sd-scripts config.
@@ -415,6 +418,8 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
     _network(args, col)
     _regularisation(args, col)
     _base_weights(args, col)
+    _network_weights(args, col)
+    _logging(args, col)
 
     for key in ("max_resolution", "resolution"):
         if key in args:
@@ -703,6 +708,55 @@ def _base_weights(args: _Args, col: _Collector) -> None:
         col.ignore("base_weights_multiplier", raw, "not one finite number from -10 to 10: the project's multiplier is kept")
     else:
         col.use("base_weights_multiplier", "b.base_weights_multiplier", float(multiplier))
+
+
+def _network_weights(args: _Args, col: _Collector) -> None:
+    """sd-scripts' ``network_weights`` (the GUI's ``lora_network_weights``): the LoRA training starts
+    from. kohya's path is relative to where kohya ran; it is imported only if the file is here (as
+    an absolute path, which any project folder can use), else the project could not be saved."""
+    for key in ("network_weights", "lora_network_weights"):
+        if key not in args:
+            continue
+        value = args.take(key)
+        if value in (None, "") or not isinstance(value, str):
+            col.ignore(key, value, "empty: training starts from a fresh LoRA")
+        elif "network_weights" in col.train:
+            col.ignore(key, value, "network_weights is already set from the file")
+        elif not Path(value).expanduser().is_file():
+            col.ignore(key, value, "no such file here: copy the LoRA, then set [train] network_weights to its path")
+        else:
+            col.use(key, "network_weights", str(Path(value).expanduser().resolve()))
+
+
+def _logging(args: _Args, col: _Collector) -> None:
+    """kohya's ``log_with`` and ``logging_dir``: TensorBoard logs (``logging_dir`` alone turns them on,
+    as in sd-scripts). The folder is not kept: the logs go to the project's own OUTPUT/logs."""
+    from engine.project.training_logs import INSTALL, tensorboard_missing
+
+    log_with = args.take("log_with") if "log_with" in args else None
+    folder = args.take("logging_dir") if "logging_dir" in args else None
+    wanted = log_with in ("tensorboard", "all") or (log_with in (None, "") and bool(folder))
+    if log_with not in (None, "", "tensorboard", "all"):
+        col.ignore("log_with", log_with, "only TensorBoard logs are written (log_with = \"tensorboard\")")
+    if wanted and tensorboard_missing():
+        for key, value in (("log_with", log_with), ("logging_dir", folder)):
+            if value:
+                col.ignore(key, value, f"TensorBoard logs need the tensorboard package, not installed here: {INSTALL}")
+        return
+    if log_with in ("tensorboard", "all"):
+        col.use("log_with", "log_with", "tensorboard")
+        if log_with == "all":
+            col.decided("log_with", log_with, "TensorBoard only: Weights & Biases is not supported")
+    elif log_with in ("", None) and log_with is not None:
+        col.ignore("log_with", log_with, "empty: no TensorBoard logs unless logging_dir is set")
+    if folder and not wanted:
+        col.ignore("logging_dir", folder, f"no TensorBoard logs with log_with = {log_with!r}")
+    elif folder:
+        if log_with in (None, ""):
+            col.use("logging_dir", "log_with", "tensorboard")
+        col.decided("logging_dir", folder, "the logs go to the project's output/logs, per side: kohya's folder is not kept")
+    elif folder is not None:
+        col.ignore("logging_dir", folder, "empty")
 
 
 # --- sd-scripts dataset config ---------------------------------------------------------------

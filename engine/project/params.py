@@ -49,7 +49,38 @@ MAX_RANK = 1280
 MAX_STEPS = 10_000_000
 MAX_SIDE = 4096  # pixels per side of a training bucket or a preview
 MAX_SEED = 2**63 - 1
-SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++", "pndm", "lms", "heun")
+# Preview samplers, by the names kohya's --sample_sampler uses, plus the two DPM++ Karras samplers
+# A1111 users pick most ("DPM++ 2M Karras", "DPM++ SDE Karras"; kohya has no Karras spellings).
+SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++", "dpmpp_2m_karras", "dpmpp_sde_karras", "pndm", "lms", "heun")
+# Other spellings of them: kohya's k_ names, A1111's labels, ComfyUI's. Matched after squash_name.
+SAMPLER_ALIASES = {
+    "k_euler_a": "euler_a", "euler a": "euler_a", "euler_ancestral": "euler_a", "k_euler": "euler", "k_lms": "lms",
+    "dpm++ 2m": "dpmsolver++", "dpmpp_2m": "dpmsolver++", "dpm++ 2m karras": "dpmpp_2m_karras", "k_dpmpp_2m_karras": "dpmpp_2m_karras",
+    "dpm++ sde karras": "dpmpp_sde_karras", "k_dpmpp_sde_karras": "dpmpp_sde_karras",
+}
+# What the kohya log_with key may say here: TensorBoard only ("" = no training logs but the queue's own).
+LOG_WITH = ("", "tensorboard")
+
+
+def squash_name(name: str) -> str:
+    """A name with case, spaces, "_" and "-" ignored and "+" read as "p": "DPM++ 2M Karras",
+    "dpmpp_2m_karras" and "DPMPP-2M-Karras" are one name."""
+    return "".join(c for c in name.lower().replace("+", "p") if c not in " _-")
+
+
+def canonical_sampler(name: str) -> str | None:
+    """The sampler ``name`` means (one of SAMPLERS), or None."""
+    known = {squash_name(n): n for n in SAMPLERS} | {squash_name(k): v for k, v in SAMPLER_ALIASES.items()}
+    return known.get(squash_name(name)) if isinstance(name, str) else None
+
+
+def sampler_hint(name: str) -> str:
+    """A did-you-mean for an unknown sampler name (its aliases count), else the list of names."""
+    import difflib
+
+    known = {squash_name(n): n for n in SAMPLERS} | {squash_name(k): v for k, v in SAMPLER_ALIASES.items()}
+    close = difflib.get_close_matches(squash_name(str(name)), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {known[close[0]]!r}?)" if close else f" (one of: {', '.join(SAMPLERS)})"
 
 
 def spec(
@@ -58,6 +89,8 @@ def spec(
     default: Any = None,
     factory: Any = None,
     choices: tuple[str, ...] | None = None,
+    alias: Any = None,
+    hint: Any = None,
     minimum: float | None = None,
     maximum: float | None = None,
     positive: bool = False,
@@ -70,12 +103,15 @@ def spec(
     absurd value, e.g. a rank of 1e11 that would ask for terabytes, from reaching the GPU;
     every number must also be finite: TOML accepts ``nan`` and ``inf``). ``choices``: one of these
     strings (matched case-insensitively, stored in the canonical spelling, as sd-scripts
-    lowercases optimizer names). ``length``: a list of exactly this many items.
+    lowercases optimizer names); ``alias``: a function naming the choice another spelling means (or None),
+    ``hint``: one giving the did-you-mean of a value that is no choice (see :func:`canonical_sampler`). ``length``: a list of exactly this many items.
     ``fixed_or_pair``: an int N means [N, N], a "W,H" string or a [W, H] list is kept.
     """
     meta = {
         "doc": doc,
         "choices": choices,
+        "alias": alias,
+        "hint": hint,
         "minimum": minimum,
         "maximum": maximum,
         "positive": positive,
@@ -199,6 +235,22 @@ class TrainParams:
         minimum=0,
         maximum=MAX_STEPS,
     )
+    network_weights: str = spec(
+        'Start from an existing LoRA file instead of a fresh LoRA (kohya\'s network_weights; relative to this file; "" = fresh). '
+        "Its modules and ranks must be the ones this project trains (network_dim, conv_dim, network_train_unet_only); "
+        "a different alpha is folded into its weights, so training starts from exactly that LoRA.",
+        default="",
+    )
+    log_with: str = spec(
+        '"tensorboard" writes the loss and learning rate of every step as TensorBoard event files (kohya\'s log_with; '
+        'needs the tensorboard package: pip install "copylora[tensorboard]"); "" = only the queue\'s own history.',
+        default="", choices=LOG_WITH,
+    )
+    logging_dir: str = spec(
+        'Folder of the TensorBoard logs, relative to this file ("" = OUTPUT/logs); each side\'s runs go to a SIDE/DATE-TIME '
+        "folder in it. Setting it turns TensorBoard logging on, as kohya does.",
+        default="",
+    )
 
 
 # Keys of [a]/[b] besides per-side overrides of any [train] key.
@@ -249,7 +301,10 @@ class SampleParams:
     guidance: float = spec("Classifier-free guidance scale.", default=7.0, minimum=0, maximum=100.0)
     size: list = spec("Image size [width, height].", factory=lambda: [512, 768], fixed_or_pair=True)
     strengths: list = spec("LoRA strengths to compare side by side.", factory=lambda: [0.0, 1.0])
-    sampler: str = spec("Sampler.", default="euler_a", choices=SAMPLERS)
+    sampler: str = spec(
+        'Sampler: euler_a, euler, ddim, dpmsolver++ (DPM++ 2M), dpmpp_2m_karras, dpmpp_sde_karras, pndm, lms or heun '
+        '(A1111\'s names such as "DPM++ 2M Karras" and kohya\'s "k_euler_a" are read too).',
+        default="euler_a", choices=SAMPLERS, alias=canonical_sampler, hint=sampler_hint)
     cpu_full_size: bool = spec(
         "Without CUDA, previews are drawn smaller (at most 384x384 pixels of area) with at most 10 steps, "
         "since a full-size model takes minutes per picture on a CPU; true draws them as set.", default=False)

@@ -206,8 +206,9 @@ def _concept_plans(project: Project, params: TrainParams) -> tuple[ConceptPlan, 
 
 def plan_warnings(plan: Plan) -> list[str]:
     """What will train but probably not as meant (``check``, the form and the job log say it):
-    pictures far smaller than their bucket, pictures so large they are slow to decode."""
-    from engine.project.images import picture_warnings
+    pictures far smaller than their bucket, transparent, or so large they are slow to decode;
+    A and B the same picture, or of different sizes."""
+    from engine.project.images import pair_warnings, picture_warnings
 
     warnings: list[str] = []
     for side, sp in plan.sides.items():
@@ -216,7 +217,10 @@ def plan_warnings(plan: Plan) -> list[str]:
         for concept in sp.concepts if side == "a" else ():  # the same pictures for both sides: said once
             for info, bucket in zip(concept.images, concept.buckets):
                 warnings += picture_warnings(info, bucket, f"concept[{concept.number}].folder")
-    return warnings + caption_warnings(plan.project)
+    warnings += pair_warnings(plan.side("a").images, plan.side("b").images)
+    from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
+
+    return warnings + caption_warnings(plan.project) + toy_caption_warnings(plan)
 
 
 def caption_warnings(project: Project) -> list[str]:

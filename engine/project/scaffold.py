@@ -53,7 +53,7 @@ BUILTIN_PRESETS: dict[str, dict[str, dict]] = {
     # The pretrained toy model draws 64×64 coloured shapes (engine.models.toy). Previews: prompts
     # of combinations it never saw in pretraining, so they show what carries over to new prompts;
     # drawn as set even on a CPU (20 steps of a 64×64 toy picture take a second).
-    # (projects/example-toy also sets [train] caption: see there.)
+    # Its [train] caption is the pictures' own, given to create_project (below: TOY_CAPTION_WHY).
     "toy": {
         "train": {"learning_rate": TOY_LR, "max_train_epochs": TOY_EPOCHS, "resolution": [64, 64], "mixed_precision": "no",
                   "save_every_n_steps": 100, "noise_offset": 0.5},
@@ -62,6 +62,32 @@ BUILTIN_PRESETS: dict[str, dict[str, dict]] = {
                                "a cyan triangle on a purple background"]},
     },
 }
+
+
+# Why a toy project trains under a caption: the toy takes its colours from the prompt, and a pair
+# trained caption-free (the method as published) only changes the empty prompt's branch, which
+# CFG extrapolates away from: measured in docs/BENCHMARKS.md ("Why nothing survives CFG 5",
+# "The caption lever"), S1/S0 about 0.8-1.0 caption-free against 0.3-0.6 under the caption. The
+# same caption on both sides cancels in B - A. `check` warns when a toy project has none.
+TOY_CAPTION_WHY = "the toy takes its colours from the prompt, so a caption-free pair's change does not survive CFG"
+
+
+def toy_caption_warnings(plan) -> list[str]:
+    """A project on the toy base whose A or B trains caption-free (``check``, the form and the
+    job log say it, through :func:`engine.project.plan.plan_warnings`): valid, and it trains,
+    but its result will show (almost) nothing on the preview grid. Not for a [reg] project,
+    whose pictures train under its instance prompt."""
+    project = plan.project
+    if project.info.base_model != "toy" or project.reg is not None:
+        return []
+    bare = [side for side, sp in plan.sides.items() if not sp.params.caption.strip()]
+    if not bare:
+        return []
+    where, who = ("train.caption", "A and B train") if len(bare) == len(plan.sides) else (f"{bare[0]}.caption", f"{bare[0].upper()} trains")
+    return [f"{where}: {who} caption-free on the toy base: {TOY_CAPTION_WHY} on other prompts (measured: the grid keeps about "
+            '0.8-1.0 of its saturation at strength 1 caption-free, 0.3-0.6 under a caption; docs/BENCHMARKS.md, "The caption lever"); '
+            'set [train] caption to what the pictures show in the toy\'s words, e.g. "a yellow circle on a blue background" '
+            "(`copylora new --base toy` writes picture A's)"]
 
 
 def apply_base_defaults(project: Project, base_model: str) -> Project:
@@ -81,7 +107,11 @@ def apply_base_defaults(project: Project, base_model: str) -> Project:
 
 
 def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *, name: str | None = None, base_model: str = "tiny",
-                   method: str = "svd-merge") -> Project:
+                   method: str = "svd-merge", caption: str = "") -> Project:
+    """A new project folder with the base's defaults. ``caption``: the ``[train] caption`` both
+    sides train under ("" = caption-free, the published method, right for real checkpoints);
+    on the toy base the callers give A's description in the toy world's words
+    (:func:`engine.models.toy_data.describe`, which this layer cannot import)."""
     dest = Path(dest).resolve()
     a_image, b_image = Path(a_image).expanduser(), Path(b_image).expanduser()
     problems: list[Problem] = []
@@ -104,7 +134,9 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
             (staging / side).mkdir()
             shutil.copy2(image, staging / side / image.name)
         project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model, method=method))
-        save_project(apply_base_defaults(project, base_model))
+        project = apply_base_defaults(project, base_model)
+        project.train = replace(project.train, caption=caption)
+        save_project(project)
         staging.rename(dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

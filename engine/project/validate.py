@@ -87,8 +87,12 @@ def coerce_value(value: Any, annotation: str, meta: dict, path: str, problems: l
     choices = meta.get("choices")
     if choices:
         match = {c.lower(): c for c in choices}.get(value.lower())
+        alias = meta.get("alias")  # other spellings of a choice (A1111's sampler names, ...)
+        if match is None and alias is not None:
+            match = alias(value)
         if match is None:
-            hint = did_you_mean(value, choices) or f" (one of: {', '.join(choices)})"
+            listed = ", ".join(c or '""' for c in choices)
+            hint = meta["hint"](value) if meta.get("hint") else did_you_mean(value, choices) or f" (one of: {listed})"
             problems.append(Problem(path, f"unknown value {show(value)}{hint}"))
             return None
         value = match

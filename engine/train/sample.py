@@ -18,14 +18,19 @@ from typing import Callable
 
 from engine.errors import CopyloraError
 
+# name (engine.project.params.SAMPLERS) -> (diffusers scheduler, A1111's label, its settings). The
+# Karras ones are diffusers' documented equivalents of A1111's "DPM++ 2M Karras" and "DPM++ SDE
+# Karras"; the SDE one draws its noise through torchsde's Brownian tree.
 SAMPLERS = {
-    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
-    "euler": ("EulerDiscreteScheduler", "Euler"),
-    "ddim": ("DDIMScheduler", "DDIM"),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
-    "pndm": ("PNDMScheduler", "PNDM"),
-    "lms": ("LMSDiscreteScheduler", "LMS"),
-    "heun": ("HeunDiscreteScheduler", "Heun"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a", {}),
+    "euler": ("EulerDiscreteScheduler", "Euler", {}),
+    "ddim": ("DDIMScheduler", "DDIM", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", "DPM++ 2M", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", "DPM++ 2M Karras", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp_sde_karras": ("DPMSolverSDEScheduler", "DPM++ SDE Karras", {"use_karras_sigmas": True}),
+    "pndm": ("PNDMScheduler", "PNDM", {}),
+    "lms": ("LMSDiscreteScheduler", "LMS", {}),
+    "heun": ("HeunDiscreteScheduler", "Heun", {}),
 }
 
 
@@ -75,13 +80,24 @@ def preview_settings(params, device: str) -> tuple[SampleSettings, str | None]:
     return replace(settings, size=[width, height], steps=steps), note
 
 
-def make_scheduler(name: str, base_scheduler):
+def make_scheduler(name: str, base_scheduler, seed: int = 0):
+    """The diffusers scheduler of sampler ``name`` (any spelling canonical_sampler reads), configured
+    as the base model's. ``seed``: the SDE sampler's Brownian noise, so a grid draws the same twice."""
     import diffusers
 
-    if name not in SAMPLERS:
-        raise SampleError(f"unknown sampler {name!r}; one of: {', '.join(SAMPLERS)}")
-    cls = getattr(diffusers, SAMPLERS[name][0])
-    return cls.from_config(base_scheduler.config)
+    from engine.project.params import canonical_sampler, sampler_hint
+
+    canonical = canonical_sampler(name)
+    if canonical is None:
+        raise SampleError(f"unknown sampler {name!r}{sampler_hint(name)}")
+    class_name, _, settings = SAMPLERS[canonical]
+    if class_name == "DPMSolverSDEScheduler":
+        settings = {**settings, "noise_sampler_seed": seed}
+        try:
+            import torchsde  # noqa: F401
+        except ImportError:
+            raise SampleError(f"sampler {canonical} needs the torchsde package: pip install torchsde") from None
+    return getattr(diffusers, class_name).from_config(base_scheduler.config, **settings)
 
 
 def generate(model, settings: SampleSettings, network=None, *, device: str | None = None,
@@ -99,7 +115,7 @@ def generate(model, settings: SampleSettings, network=None, *, device: str | Non
         raise SampleError(f"sample size {width}x{height}: both sides must be multiples of 8")
     device = device or str(model.unet.device)
     pipe = model.pipeline()
-    pipe.scheduler = make_scheduler(settings.sampler, model.scheduler or model.noise_scheduler)
+    pipe.scheduler = make_scheduler(settings.sampler, model.scheduler or model.noise_scheduler, settings.seed)
     pipe.set_progress_bar_config(disable=True)
     was_training = model.unet.training
     vae_device = model.vae.device
@@ -144,32 +160,35 @@ def generate(model, settings: SampleSettings, network=None, *, device: str | Non
 
 
 def grid(images: list[list], settings: SampleSettings, title: str = "", columns: list[str] | None = None):
-    """A labelled grid: one row per prompt, one column per strength (or per ``columns`` label)."""
-    from PIL import Image, ImageDraw, ImageFont
+    """A labelled grid: one row per prompt, one column per strength (or per ``columns`` label).
+    Labels wrap (or shrink) to fit their cells, whatever the cell size (engine.train.grid_labels)."""
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
-    width, height = images[0][0].size
-    label_h, left_w, title_h = 16, 0, 16 if title else 0
-    rows, cols = len(images), len(images[0])
-    canvas = Image.new("RGB", (left_w + cols * width, title_h + label_h + rows * (height + label_h)), "white")
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((4, 2), title, fill="black", font=font)
-    for c, label in enumerate(columns or [f"strength {strength:g}" for strength in settings.strengths]):
-        draw.text((left_w + c * width + 4, title_h + 2), label, fill="black", font=font)
-    for r, prompt in enumerate(settings.prompts):
-        top = title_h + label_h + r * (height + label_h)
-        draw.text((4, top + 2), f"prompt: {prompt!r}"[:120], fill="black", font=font)
-        for c, image in enumerate(images[r]):
-            canvas.paste(image, (left_w + c * width, top + label_h))
+    from engine.train.grid_labels import draw_labels, grid_layout
+
+    columns = columns or [f"strength {strength:g}" for strength in settings.strengths]
+    layout = grid_layout(images[0][0].size, title, columns, [f"prompt: {prompt!r}" for prompt in settings.prompts])
+    canvas = Image.new("RGB", layout.size, "white")
+    draw_labels(ImageDraw.Draw(canvas), layout)
+    for row, places in zip(images, layout.cells):
+        for image, place in zip(row, places):
+            canvas.paste(image, place)
     return canvas
+
+
+def sampler_label(name: str) -> str:
+    """A1111's name of a sampler ("DPM++ 2M Karras"), as its infotext writes it."""
+    from engine.project.params import canonical_sampler
+
+    canonical = canonical_sampler(name)
+    return SAMPLERS[canonical][1] if canonical else name
 
 
 def a1111_parameters(settings: SampleSettings, prompt: str, model_name: str, lora_name: str) -> str:
     width, height = settings.size
     return (
         f"{prompt}\nNegative prompt: {settings.negative_prompt}\n"
-        f"Steps: {settings.steps}, Sampler: {SAMPLERS[settings.sampler][1]}, CFG scale: {settings.guidance:g}, "
+        f"Steps: {settings.steps}, Sampler: {sampler_label(settings.sampler)}, CFG scale: {settings.guidance:g}, "
         f"Seed: {settings.seed}, Size: {width}x{height}, Model: {model_name}, "
         f"LoRA: {lora_name}, Strengths: {', '.join(f'{s:g}' for s in settings.strengths)}"
     )
@@ -226,7 +245,7 @@ def route_check(model, a_path: Path, multiplier: float, result_path: Path, pictu
                 extra: dict | None = None) -> Path:
     """The differential route's check picture, caption-free as trained: A at its multiplier,
     then A with the result at 1 (which should draw picture B), then picture B itself."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     from engine.hashing import file_sha256
     from engine.lora.network import LoRANetwork
@@ -241,8 +260,9 @@ def route_check(model, a_path: Path, multiplier: float, result_path: Path, pictu
         images = generate(model, check, result, progress=progress)
     finally:
         a_network.remove()
-    with Image.open(picture_b) as teacher:
-        images[0].append(ImageOps.fit(teacher.convert("RGB"), tuple(check.size)))
+    from engine.project.images import load_picture
+
+    images[0].append(ImageOps.fit(load_picture(picture_b), tuple(check.size)))  # as B trained: upright, 8-bit, on white
     columns = [f"A at {multiplier:g}", f"A at {multiplier:g} + result at 1", "picture B"]
     extra = {**(extra or {}), "lora_sha256": file_sha256(result_path), "a_sha256": file_sha256(a_path), "check": True}
     title = "check: A + the result should draw picture B"

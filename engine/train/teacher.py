@@ -37,12 +37,11 @@ def _load_bucketed(path: Path, bucket: tuple[int, int], *, random_crop: bool, se
     import torch
     from PIL import Image
 
-    width, height = bucket
-    from engine.project.images import quiet_pillow
+    from engine.project.images import load_picture
 
+    width, height = bucket
     try:
-        with quiet_pillow(), Image.open(path) as image:
-            image = image.convert("RGB")
+        image = load_picture(path)  # upright, 8-bit, transparency on white: as `check` sized it
     except Exception as exc:
         raise TeacherImageError(f"cannot read teacher image {path}: {exc}") from None
     original = image.size

@@ -22,10 +22,13 @@ from typing import Any, Callable
 
 from engine.errors import CopyloraError
 from engine.project.concepts import resolve_prompt
+from engine.project.network_weights import network_weights_path
 from engine.project.plan import Plan, SidePlan, base_weights_for
 from engine.train.base_weights import apply_base_weights, base_weights_record, check_base_weights
 from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
 from engine.train.progress import Progress, ProgressMeter
+from engine.train.rescue import FolderWatch, removed_message, rescue_folder, rescue_side
+from engine.train.start_weights import load_start_weights, start_weights_record
 
 Log = Callable[[str], None]
 
@@ -80,7 +83,9 @@ def training_fingerprint(plan: Plan, side: str) -> str:
     sp = plan.side(side)
     params = asdict(sp.params)
     # compile changes how a step runs, not what it computes: a checkpoint resumes either way.
-    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile"):
+    # Nor do TensorBoard logs; a start file counts by its content (below), not by its path.
+    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile", "network_weights",
+                "log_with", "logging_dir"):
         params.pop(key, None)
     if not params.get("caption"):  # checkpoints made before the key existed trained caption-free: they stay valid
         params.pop("caption", None)
@@ -91,6 +96,9 @@ def training_fingerprint(plan: Plan, side: str) -> str:
     base_weights = base_weights_for(plan, side)
     if base_weights is not None:  # the differential route's B is trained on base + A: a new A makes it stale
         payload["base_weights"] = base_weights_record(base_weights)
+    start = network_weights_path(plan.project, side)
+    if start is not None:  # [train] network_weights: a changed start file makes the side stale
+        payload["network_weights"] = start_weights_record(start)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -382,13 +390,6 @@ def _add_class_items(data: TrainingData, model, plan: Plan, side: str) -> None:
                    for k in range(teachers)]
 
 
-def rescue_folder() -> Path:
-    """Where a finished training's LoRA goes when its output folder cannot take it."""
-    from engine.models.tiny import cache_root
-
-    return cache_root() / "rescue"
-
-
 def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log) -> tuple[Path | None, Path]:
     """The checkpoint, then the LoRA, of a finished training. If the output folder fails now
     (removed, full, unmounted during the run), the trained weights are still not lost: the
@@ -460,6 +461,10 @@ class SideRun:
             text_encoder=self.train_text,
         )
         self.network.to(device=device, dtype=torch.float32)
+        start = network_weights_path(plan.project, side)  # [train] network_weights: start from that LoRA, not from the seed's
+        self.start_weights = None if start is None else start_weights_record(start)
+        if start is not None:
+            load_start_weights(self.network, start, side, log)
         if apply:
             self.network.apply_to()
         self.params = [q for g in self.network.param_groups(1.0) for q in g["params"]]
@@ -476,6 +481,9 @@ class SideRun:
         # Set up once, so the step has no precision branches: a disabled scaler passes through.
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.generator = torch.Generator().manual_seed(p.seed)
+        from engine.train.tensorboard_log import open_step_log
+
+        self.step_log = open_step_log(plan, side, started, log)  # [train] log_with = "tensorboard"
 
     # ---- resume
 
@@ -558,9 +566,9 @@ class SideRun:
 
     # ---- writing
 
-    def write_state(self, step: int) -> Path:
+    def write_state(self, step: int, folder: Path | None = None) -> Path:
         return save_state(
-            self.run_dir,
+            folder or self.run_dir,
             {
                 "step": step,
                 "total": self.sp.total_steps,
@@ -585,6 +593,8 @@ class SideRun:
         metadata["copylora_steps"] = str(step)
         if self.base_weights is not None:  # trained on base + A: which A, at which strength
             metadata["copylora_base_weights"] = json.dumps(self.base_weights)
+        if self.start_weights is not None:  # started from [train] network_weights (kohya records none)
+            metadata["copylora_network_weights"] = json.dumps(self.start_weights)
         return save_lora_file(path, self.network.weights(), metadata, self.p.save_precision)
 
     def write_snapshot(self, step: int) -> Path:
@@ -608,6 +618,11 @@ class SideRun:
 
     def final_save(self, step: int) -> tuple[Path | None, Path]:
         return _final_save(step, self.write_state, self.write_lora, self.sp.lora_path, self.log)
+
+    def rescue(self, step: int) -> str:
+        """Checkpoint and LoRA to the rescue folder (this side's own folder was removed)."""
+        kept = rescue_side(step, self.write_state, self.write_lora, self.sp.lora_path, self.run_dir, self.plan.project.root)
+        return f"{self.side.upper()}: {kept}"
 
 
 @dataclass
@@ -757,6 +772,10 @@ def train_sides(
     base_weights = None if twin else base_weights_for(plan, sides[0])
     if base_weights is not None:
         check_base_weights(base_weights)  # before minutes of loading a model
+    from engine.project.images import pair_warnings
+
+    for warning in pair_warnings(plan.side("a").images, plan.side("b").images):  # A = B, or sizes apart: said as check says it
+        log(f"warning: {warning}")
     model = prepare_model(plan, sides[0], device, weight_dtype, log, model)
     v_prediction = model.prediction_type == "v_prediction"
     scheduler = model.noise_scheduler
@@ -797,6 +816,13 @@ def train_sides(
             on_start(step, total)
         values: list[float | None] = [None] * len(runs)
         states: list = [(None, None)] * len(runs)  # (checkpoint, LoRA) of each side
+        # A project folder removed during the run is not re-created by the next write: stop, rescue.
+        watch = FolderWatch(plan.project.root, [plan.project.output_dir(), *(run.run_dir for run in runs)])
+
+        def removed(gone: str, finished: bool = False) -> TrainingError:
+            if pending.items:
+                read_losses()  # never rescue the weights of a diverged step
+            return TrainingError(removed_message(gone, step, total, [run.rescue(step) for run in runs], finished))
         pending = PendingLosses(_defers_loss_reads(device))
 
         def read_losses() -> None:
@@ -807,6 +833,10 @@ def train_sides(
                 for run, value in zip(runs, row):
                     if not math.isfinite(value):
                         raise run.diverged(at, value)
+            for at, row, lr in read:  # TensorBoard gets every step, as read
+                for run, value in zip(runs, row):
+                    if run.step_log is not None:
+                        run.step_log.step(at, value, lr)
             for at, row, lr in read[:-1]:
                 for meter, value in zip(meters, row):
                     meter.update(at, value, lr)
@@ -830,6 +860,8 @@ def train_sides(
 
         while step < total:
             if should_stop is not None and should_stop():
+                if (gone := watch.gone(force=True)) is not None:
+                    raise removed(gone)
                 if pending.items:
                     read_losses()
                 for i, run in enumerate(runs):
@@ -877,6 +909,8 @@ def train_sides(
             if pending.items and (checkpoint_due or preview_due):  # never write the weights of an unread (maybe diverged) step
                 read_losses()
                 report()
+            if (gone := watch.gone(force=checkpoint_due or preview_due)) is not None:
+                raise removed(gone)
             if checkpoint_due:
                 for i, run in enumerate(runs):
                     try:
@@ -892,6 +926,8 @@ def train_sides(
                     for run in runs:
                         log(f"preview {run.write_preview(step).name} at step {step}")
 
+        if (gone := watch.gone(force=True)) is not None:
+            raise removed(gone, finished=True)
         failures = []
         for i, run in enumerate(runs):  # every side is saved (or rescued) before a failure is raised
             try:
@@ -910,5 +946,7 @@ def train_sides(
             hooks.remove()
         for run in runs:
             run.network.remove()
+            if run.step_log is not None:
+                run.step_log.close()
         if applied is not None:
             applied.remove()

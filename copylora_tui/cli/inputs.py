@@ -1,0 +1,49 @@
+"""Checks of a command's files before any work: the LoRAs it reads and the place it writes.
+
+A PNG passed as a LoRA, or an output under a file or on a read-only filesystem, used to be
+found when the file was opened or written, seconds or minutes into the work, and reported as
+"the work failed" (exit 1) or an internal error. They are the user's input to fix, so they are
+problems of the command line (exit 2), said before the work starts. Reads headers only: no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import Problem
+
+
+def lora_problem(flag: str, path: str | Path) -> Problem | None:
+    """Why ``path`` cannot be read as a LoRA file, from its first bytes or its safetensors
+    header (as engine.lora.files reads it), or None. Whether its keys make a LoRA the load
+    decides; this catches the common mistakes: a picture, a missing or truncated file."""
+    from engine.formats.safetensors_header import HeaderError, read_header, sniff
+
+    path = Path(path)
+    if not path.exists():
+        return Problem(flag, f"no such file: {path}")
+    if not path.is_file():
+        return Problem(flag, f"{path} is a folder, not a LoRA file")
+    if path.suffix.lower() == ".safetensors":
+        try:
+            read_header(path)
+        except HeaderError as exc:
+            return Problem(flag, f"{path}: {exc}")
+        return None
+    kind = sniff(path)  # a .pt/.ckpt LoRA is a pickle or a zip; anything else is a mistake
+    if kind is None or not ("pickle" in kind or "zip" in kind):
+        return Problem(flag, f"{path}: not a LoRA file ({kind or 'neither safetensors nor a torch checkpoint'})")
+    return None
+
+
+def destination_problem(flag: str, save_to: str | Path, *, folder: bool = False) -> Problem | None:
+    """Why nothing could be written at ``save_to`` (a file, or a folder to create with
+    ``folder``), or None: its parent must be a writable folder or creatable as one (not under
+    a file, not on a read-only or kernel filesystem). Nothing is created."""
+    from engine.files import writable_folder_problem
+
+    path = Path(save_to).expanduser()
+    if not folder and path.is_dir():
+        return Problem(flag, f"{save_to} is a folder; give a file name")
+    problem = writable_folder_problem(path.parent)
+    return Problem(flag, f"cannot write {save_to}: {problem}") if problem else None

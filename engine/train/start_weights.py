@@ -1,0 +1,66 @@
+"""Starting a side's LoRA from a file (``[train] network_weights``, kohya's ``--network_weights``).
+
+The network is built as the project says (rank, alpha, modules), then every module takes the
+file's weights. The module sets must be equal and the shapes too (kohya silently keeps fresh
+modules where the file has none; a LoRA half trained, half new is not what anyone asked for).
+An alpha that differs from the project's is folded into ``up`` (``up * file alpha / alpha``), so
+the network computes exactly the file's LoRA at step 0 and trains on at the project's alpha,
+the update scale kohya trains at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.errors import LoRAFileError
+
+
+class StartWeightsError(LoRAFileError):
+    """The file does not fit the project: an input to fix (the CLI exits 2, as for any unusable LoRA file)."""
+
+
+def start_weights_record(path: Path) -> dict[str, Any]:
+    """What the fingerprint and the LoRA's metadata record of the file: its name and content hash
+    (None when it is missing: the side is then stale, and check says why)."""
+    from engine.hashing import file_sha256
+
+    return {"file": path.name, "sha256": file_sha256(path) if path.is_file() else None}
+
+
+def load_start_weights(network, path: Path, side: str, log: Callable[[str], None]) -> None:
+    """Copy the LoRA file at ``path`` into ``network`` (a LoRANetwork as the project builds it)."""
+    import torch
+
+    from engine.lora.files import load_lora_file
+
+    where = f"side {side.upper()}'s network_weights {path}"
+    try:
+        modules = load_lora_file(path).modules
+    except LoRAFileError as exc:
+        raise StartWeightsError(f"{where}: {exc}") from None
+    mine = {lora.name: lora for lora in network.loras()}
+    missing, extra = sorted(set(mine) - set(modules)), sorted(set(modules) - set(mine))
+    if missing or extra:
+        parts = [f"{len(missing)} module(s) this project trains are not in it ({_some(missing)})" if missing else "",
+                 f"{len(extra)} module(s) in it are not trained by this project ({_some(extra)})" if extra else ""]
+        raise StartWeightsError(f"{where} does not fit the LoRA this project trains: {'; '.join(p for p in parts if p)} "
+                                "(check conv_dim, network_train_unet_only and the base model's family)")
+    folded = set()
+    with torch.no_grad():
+        for name, w in modules.items():
+            lora = mine[name]
+            if w.down.shape != lora.lora_down.weight.shape or w.up.shape != lora.lora_up.weight.shape:
+                raise StartWeightsError(f"{where}: module {name} has rank {w.down.shape[0]}, this project trains it at rank "
+                                        f"{lora.rank} (network_dim / conv_dim)")
+            alpha = float(lora.alpha)
+            lora.lora_down.weight.copy_(w.down.float())
+            lora.lora_up.weight.copy_(w.up.double().mul(w.alpha / alpha).float() if w.alpha != alpha else w.up.float())
+            if w.alpha != alpha:
+                folded.add(f"{w.alpha:g}")
+    note = f"; its alpha {'/'.join(sorted(folded))} is folded into the weights (the project's alpha trains on)" if folded else ""
+    log(f"{side.upper()} starts from {path.name} ({len(modules)} modules){note}")
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
