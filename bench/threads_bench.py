@@ -5,6 +5,7 @@ core, which is what every run had before issue 29).
     OMP_NUM_THREADS= python bench/threads_bench.py                        # the full example, ~5-10 min
     python bench/threads_bench.py --max-steps 60 --modes auto,torch-default --others 0,1
     python bench/threads_bench.py --project projects/example-toy --out docs/threads-bench.json
+    python bench/threads_bench.py --modes auto --others 1 --others-after 30   # load that starts mid-run
 
 Each run copies the project to a temporary folder and runs ``copylora run PROJECT --wait`` with a
 state folder of its own (a fresh worker), exactly as a user would, while ``--others`` busy-loop
@@ -52,13 +53,15 @@ def copylora(*args: str, env: dict[str, str], timeout: float) -> subprocess.Comp
                           timeout=timeout, cwd=ROOT)
 
 
-def one_run(project: Path, mode: str, others: int, max_steps: int | None, timeout: float) -> dict:
+def one_run(project: Path, mode: str, others: int, max_steps: int | None, timeout: float, delay: float = 0.0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="copylora-threads-"))
     copy = work / project.name
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("output"))
     env = mode_env(mode)
     env["COPYLORA_HOME"] = str(work / "state")
-    spinners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(others)]
+    # With a delay the busy processes start while the job trains: the thread governor's case.
+    spinner_code = BUSY_LOOP if delay <= 0 else f"import time\ntime.sleep({delay})\n{BUSY_LOOP}"
+    spinners = [subprocess.Popen([sys.executable, "-c", spinner_code]) for _ in range(others)]
     try:
         args = ["run", str(copy), "--wait"] + (["--max-steps", str(max_steps)] if max_steps else [])
         started = time.perf_counter()
@@ -76,7 +79,7 @@ def one_run(project: Path, mode: str, others: int, max_steps: int | None, timeou
     log_text = (work / "state" / "logs" / f"job-{train['id']}.log").read_text() if train else ""
     threads = re.findall(r"threads: .*", log_text)
     result = {
-        "mode": mode, "others": others, "ok": done.returncode == 0, "wall_s": round(wall, 1),
+        "mode": mode, "others": others, "others_after_s": delay, "ok": done.returncode == 0, "wall_s": round(wall, 1),
         "train_s": (train or {}).get("artifacts", {}).get("seconds"),
         "steps": (train or {}).get("artifacts", {}).get("steps"),
         "threads": threads[0] if threads else None, "thread_changes": threads[1:],
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="auto,torch-default", help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--others", default="0,1", help="comma-separated counts of busy-loop processes beside the run")
     parser.add_argument("--max-steps", type=int, help="train N steps a side instead of the project's count")
+    parser.add_argument("--others-after", type=float, default=0.0, metavar="S",
+                        help="start the busy processes S seconds into the run (default: before it)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before one run is abandoned")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -103,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             print(f"{Path(args.project).name}: {mode}, {others} other busy process(es) ...", file=sys.stderr, flush=True)
             try:
-                result = one_run(Path(args.project), mode, others, args.max_steps, args.timeout)
+                result = one_run(Path(args.project), mode, others, args.max_steps, args.timeout, args.others_after)
             except subprocess.TimeoutExpired:
                 result = {"mode": mode, "others": others, "ok": False, "error": f"over {args.timeout:.0f} s"}
             results.append(result)
             print(json.dumps(result), flush=True)
     print("\n| mode | other busy processes | wall s | training s | it/s | threads |\n|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['mode']} | {r['others']} | {r.get('wall_s', '-')} | {r.get('train_s', '-')} | {r.get('it_per_s', '-')} | "
+        after = f" from {r['others_after_s']:g} s" if r.get("others_after_s") and r["others"] else ""
+        print(f"| {r['mode']} | {r['others']}{after} | {r.get('wall_s', '-')} | {r.get('train_s', '-')} | {r.get('it_per_s', '-')} | "
               f"{(r.get('threads') or '-')}{' then ' + '; '.join(r['thread_changes']) if r.get('thread_changes') else ''} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"project": Path(args.project).name, "cores": len(os.sched_getaffinity(0)),

@@ -27,6 +27,18 @@ def chain(queue, project="p"):
     return a, b, m
 
 
+def test_a_new_attempt_does_not_show_the_last_attempts_speed_eta_or_loss(queue):
+    job = queue.enqueue("train", "p", side="a", label="train A", total=10)
+    assert queue.claim(None).id == job.id
+    queue.report_progress(job.id, Progress(4, 10, 0.5, 0.6, 1e-3, 2.0, 3.0, 2.0), point=True)
+    queue.finish(job.id, "paused")
+    queue.resume(job.id)
+    again = queue.claim(None)
+    assert again.id == job.id and again.attempts == 2
+    assert (again.it_per_s, again.eta_s, again.loss, again.smooth_loss) == (None, None, None, None)
+    assert again.step == 4  # roughly where it resumes, until it says
+
+
 def test_schema_is_versioned(queue, tmp_path):
     assert queue.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert queue.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

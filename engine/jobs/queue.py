@@ -352,8 +352,12 @@ class Queue:
             if row is None:
                 return None
             db.execute(
+                # The last attempt's speed, ETA and loss describe a run that is over: a new attempt
+                # shows none until it reports (its model may take a while to load); the step stays,
+                # as roughly where it resumes.
                 "UPDATE jobs SET status = 'running', gpu = ?, started_at = ?, updated_at = ?, attempts = attempts + 1,"
-                " error = NULL, failed_by = NULL, finished_at = NULL, control = NULL, pid = NULL, pid_start = NULL WHERE id = ?",
+                " error = NULL, failed_by = NULL, finished_at = NULL, control = NULL, pid = NULL, pid_start = NULL,"
+                " it_per_s = NULL, eta_s = NULL, loss = NULL, smooth_loss = NULL, loss_b = NULL, smooth_loss_b = NULL WHERE id = ?",
                 (gpu, now, now, row[0]),
             )
         return self.get(row[0])
