@@ -315,6 +315,7 @@ async def test_a_merge_monitor_shows_its_progress_not_a_loss(demo):
         text = screen_text(demo)
         assert "192/192 modules merged" in text and "100%" in text
         assert "no loss" not in text and "loss curve appears" not in text
+        assert "step " not in text  # a merge has modules, not steps (the numbers line said "step 192/192")
 
 
 # Snapshots of the same (regenerate with --snapshot-update after an intended change).

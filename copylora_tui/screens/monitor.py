@@ -202,7 +202,12 @@ class MonitorScreen(ActsWhileOpen, Screen):
         total = job.total or 0
         step = total if job.status is JobStatus.DONE else (job.step or 0)
         text = Text()
-        text.append(f"step {step}/{total or '?'}", style="bold")
+        if job.kind == "train":
+            text.append(f"step {step}/{total or '?'}", style="bold")
+        elif total:  # a merge counts modules, a preview pictures: not steps
+            text.append(f"{step}/{total} {PROGRESS_UNITS.get(job.kind, 'done')}", style="bold")
+        else:
+            text.append("waiting" if job.status.waiting else "starting", style="bold")
         if job.live:
             text.append(f"   {rate_text(job.it_per_s)}   ETA {eta_text(job.eta_s)}")
         if job.started_at and job.finished_at:
