@@ -20,7 +20,9 @@ from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main
 from engine.jobs.queue import JobStatus, Queue
 from tests.helpers import REPO, copy_example, write_png
 
-REF = Path("/work/shared/reference/kohya_ss_configs")
+# shared/ lies beside the checkout (CI's clone too); /work/shared is the developers' copy.
+REF = next((p for p in (REPO.parent / "shared" / "reference" / "kohya_ss_configs", Path("/work/shared/reference/kohya_ss_configs"))
+            if p.is_dir()), Path("/work/shared/reference/kohya_ss_configs"))
 REF_FILES = sorted(REF.glob("*")) if REF.is_dir() else []
 
 
