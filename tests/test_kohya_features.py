@@ -298,3 +298,25 @@ def test_import_kohya_maps_network_weights_and_tensorboard_logging(tmp_path, tin
     assert main(["import-kohya", str(config), "--into", str(root), "--quiet"]) == 0
     train = load_project(root).train
     assert train.network_weights == str(lora.resolve()) and train.log_with == "tensorboard"
+
+
+def test_import_kohya_maps_sample_sampler_to_the_previews_sampler(tmp_path, capsys):
+    """kohya's sample_sampler (k_ names, A1111 labels) becomes [sample] sampler; a sampler copylora
+    cannot draw with is said with a did-you-mean, and the project's own is kept."""
+    from copylora_tui.cli.main import main
+    from engine.project.kohya_import import import_kohya
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"LoRA_type": "Standard", "optimizer": "AdamW", "sample_sampler": "DPM++ 2M Karras"}))
+    result = import_kohya(config)
+    assert result.extra["sample"] == {"sampler": "dpmpp_2m_karras"} and not result.unknown
+    root = copy_example(tmp_path / "p")
+    assert main(["import-kohya", str(config), "--into", str(root), "--quiet"]) == 0
+    assert load_project(root).sample.sampler == "dpmpp_2m_karras"
+    capsys.readouterr()
+    assert main(["import-kohya", str(config), "--quiet"]) == 0  # print mode shows the table to paste
+    assert '[sample]\nsampler = "dpmpp_2m_karras"' in capsys.readouterr().out
+    config.write_text(json.dumps({"LoRA_type": "Standard", "optimizer": "AdamW", "sample_sampler": "dpm_fastt"}))
+    result = import_kohya(config)
+    assert "sample" not in result.extra
+    assert "[sample] sampler is kept" in {e.key: e.note for e in result.ignored}["sample_sampler"]

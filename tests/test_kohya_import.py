@@ -131,7 +131,7 @@ def test_standard_adamw8bit() -> None:
     # kohya_ss passes noise_offset only with noise_offset_type "Original"; this file uses Multires.
     assert "noise_offset" not in t
     assert "Multires" in _entry(result.ignored, "noise_offset").note
-    assert result.extra == {}  # SD1.5: model_family stays auto
+    assert result.extra == {"sample": {"sampler": "euler_a"}}  # SD1.5: model_family stays auto; its sample_sampler is read
     assert "paths" in _entry(result.ignored, "output_dir").note
 
 
@@ -153,7 +153,7 @@ def test_sd15_edg_string_numbers() -> None:
 @needs_ref
 def test_sdxl_standard() -> None:
     result = import_kohya(REF / "SDXL-Standard-AdamW8bit.json")
-    assert result.extra == {"project": {"model_family": "sdxl"}}
+    assert result.extra == {"project": {"model_family": "sdxl"}, "sample": {"sampler": "euler_a"}}
     t = result.train
     assert t["network_train_unet_only"] is True  # text_encoder_lr 0.0
     assert t["unet_lr"] == 1e-6 and t["noise_offset"] == 0.0357

@@ -131,7 +131,7 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
         print("[train]")
         for key, value in result.train.items():
             print(_toml_line(key, value, toml_value))
-        for table, heading in [(name, name) for name in ("project", "b", "reg") if result.extra.get(name)] + [
+        for table, heading in [(name, name) for name in ("project", "b", "reg", "sample") if result.extra.get(name)] + [
                 (name, "[concept]") for name in concept_tables(result.extra)]:
             print(f"\n[{heading}]")
             for key, value in result.extra[table].items():

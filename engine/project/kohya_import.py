@@ -123,7 +123,7 @@ _GROUPS = {
     ),
     "LoRAs are always saved as .safetensors": "save_model_as",
     "previews are made by `copylora sample` ([sample])": (
-        "sample_every_n_epochs sample_every_n_steps sample_prompts sample_sampler sample_at_first"
+        "sample_every_n_epochs sample_every_n_steps sample_prompts sample_at_first"
     ),
     "copylora does not accumulate gradients (raise train_batch_size instead)": "gradient_accumulation_steps",
     "not supported by copylora's trainer": (
@@ -178,7 +178,7 @@ _SPECIAL = {
     "max_resolution", "resolution", "seed", "clip_skip", "min_snr_gamma", "noise_offset",
     "reg_data_dir", "prior_loss_weight", "network_dim", "network_alpha", "conv_dim", "conv_alpha",
     "save_every_n_steps", "base_weights", "base_weights_multiplier", "network_weights", "lora_network_weights",
-    "log_with", "logging_dir",
+    "log_with", "logging_dir", "sample_sampler",
 }
 _KNOWN = set(IGNORED) | _DIRECT | _SPECIAL
 # Only the GUI writes these: they tell GUI settings saved as TOML from an sd-scripts config.
@@ -225,6 +225,8 @@ def apply_import(project: Project, result: KohyaImport) -> Project:
         changes["concepts"] = concepts
     if "b" in result.extra:  # the differential route's multiplier (base_weights_multiplier)
         changes["b"] = replace(project.b, **result.extra["b"])
+    if "sample" in result.extra:  # the previews' sampler (sample_sampler)
+        changes["sample"] = replace(project.sample, **result.extra["sample"])
     return replace(project, **changes)
 
 
@@ -420,6 +422,7 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
     _base_weights(args, col)
     _network_weights(args, col)
     _logging(args, col)
+    _sample_sampler(args, col)
 
     for key in ("max_resolution", "resolution"):
         if key in args:
@@ -726,6 +729,21 @@ def _network_weights(args: _Args, col: _Collector) -> None:
             col.ignore(key, value, "no such file here: copy the LoRA, then set [train] network_weights to its path")
         else:
             col.use(key, "network_weights", str(Path(value).expanduser().resolve()))
+
+
+def _sample_sampler(args: _Args, col: _Collector) -> None:
+    """sd-scripts' ``sample_sampler`` (the GUI's too): the sampler of the previews, ``[sample] sampler``
+    here. kohya's names (``k_euler_a``, ``dpmsolver++``…) and A1111's are read as their samplers."""
+    from engine.project.params import canonical_sampler, sampler_hint
+
+    if "sample_sampler" not in args:
+        return
+    value = args.take("sample_sampler")
+    name = canonical_sampler(value) if isinstance(value, str) and value.strip() else None
+    if name is None:
+        col.ignore("sample_sampler", value, f"not a sampler copylora draws previews with{sampler_hint(str(value))}: [sample] sampler is kept")
+    else:
+        col.use("sample_sampler", "sample.sampler", name)
 
 
 def _logging(args: _Args, col: _Collector) -> None:
