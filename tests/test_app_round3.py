@@ -225,6 +225,16 @@ async def open_demo_project(pilot):
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen) and pilot.app.screen.query("#field-train-caption #editor"))
 
 
+async def test_an_empty_choice_reads_as_quotes_in_the_hint(demo):
+    """log_with's choices are "" (off) and tensorboard: the hint said " | tensorboard"."""
+    from textual.widgets import Input
+
+    async with demo.run_test(size=WIDE) as pilot:
+        await open_demo_project(pilot)
+        editor = demo.screen.query_one("#field-train-log_with #editor", Input)
+        assert editor.placeholder == '"" | tensorboard'
+
+
 async def open_caption(pilot):
     """example-monochrome's form, scrolled to its caption."""
     await open_demo_project(pilot)

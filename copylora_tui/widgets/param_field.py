@@ -73,8 +73,10 @@ class ParamField(Vertical):
             shown = value_text(self.inherited, spec) if self.inherited is not None else "unset"
             placeholder = f"inherits {shown}"
         if choices:
-            placeholder = f"{placeholder + ' · ' if placeholder else ''}{' | '.join(choices)}"
-        suggester = SuggestFromList(choices, case_sensitive=False) if choices else None
+            # An empty choice ("" = off, as log_with's) reads as "" in the hint, not as a blank before a bar.
+            shown = " | ".join(c if c else '""' for c in choices)
+            placeholder = f"{placeholder + ' · ' if placeholder else ''}{shown}"
+        suggester = SuggestFromList([c for c in choices if c], case_sensitive=False) if choices else None
         return Input(self.text, placeholder=placeholder, suggester=suggester, compact=True, id="editor")
 
     def _changed(self, text: str) -> None:
