@@ -147,6 +147,12 @@ def test_training_starts_from_the_network_weights_file(tmp_path, tiny):
     assert 0 < moved < 0.05  # three small steps from the file, far from a zero-initialised up
     record = json.loads(trained.metadata["copylora_network_weights"])
     assert record["file"] == "start.safetensors" and len(record["sha256"]) == 64
+    # `run` knows A is current, and after the start file changes it says that is why A is stale.
+    from engine.jobs.enqueue import side_up_to_date
+
+    assert side_up_to_date(plan, "a") == (True, done.lora_path.name)
+    start_file(tiny, root / "start.safetensors", seed=6)  # other weights than the seed-5 file it trained from
+    assert side_up_to_date(plan_from(root, 3), "a") == (False, "network_weights (the LoRA it starts from) changed since it was trained")
 
 
 def test_a_different_alpha_is_folded_so_step_zero_is_the_files_lora(tmp_path, tiny):

@@ -17,6 +17,7 @@ from engine.jobs.queue import ACTIVE, TWIN, Job, Queue
 from engine.lbw_vectors import parse_lbw
 from engine.merge.project_result import input_lbws, merge_inputs, result_route_matches
 from engine.project.folder import load_project
+from engine.project.network_weights import network_weights_path
 from engine.project.plan import Plan, base_weights_for, is_differential, make_plan, twin_problem
 
 
@@ -59,6 +60,17 @@ def side_up_to_date(plan: Plan, side: str) -> tuple[bool, str]:
                 trained_on = None
             if trained_on != base_weights_record(base_weights):
                 return False, "A or its multiplier changed since B was trained on it"
+        start = network_weights_path(plan.project, side)
+        recorded = meta.get("copylora_network_weights")
+        if start is not None or recorded:  # [train] network_weights: the file the side starts from
+            from engine.train.start_weights import start_weights_record
+
+            try:
+                started_from = json.loads(recorded) if recorded else None
+            except ValueError:
+                started_from = None
+            if started_from != (start_weights_record(start) if start is not None else None):
+                return False, "network_weights (the LoRA it starts from) changed since it was trained"
         if plan.project.reg is not None:
             return False, "parameters, images, prompts, captions or base model changed"
         return False, "parameters, images or base model changed"
