@@ -784,8 +784,9 @@ def train_sides(
     runs: list[SideRun] = []
     hooks = None
     try:
-        runs = [SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started,
-                        log=log, apply=not twin) for side in sides]
+        for side in sides:  # one by one: if B's set-up fails (its start file), A's is still undone below
+            runs.append(SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started,
+                                log=log, apply=not twin))
         free_vae(model, device)
         amp = autocast_for(device, autocast_dtype)
         starts = [run.resume_or_reset(resume) for run in runs]
