@@ -181,7 +181,9 @@ async def test_a_differential_project_shows_its_route(real_runs):
         assert summary.method == "differential" and summary.merge.state == "done", summary
         # (the sides trained 4 of the plan's 200 steps: "resumable", as --max-steps leaves them)
         assert all(state.state == "resumable" for state in summary.sides.values()), summary.sides
-        assert "✓ result" in screen_text(app)
+        # The summaries are read before the table is drawn from them: wait for the drawing, not
+        # only the data (under load the screen was captured in between; CI saw it fail so).
+        await wait_until(pilot, lambda: "✓ result" in screen_text(app))
         names = [s.folder.name for s in app.screen.summaries]
         app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("differential"))
         await pilot.press("o")
