@@ -15,7 +15,7 @@ from textual.widgets import Input
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.new_project import NewProjectScreen
 from copylora_tui.screens.project import ProjectScreen
-from tests.test_app_support import FIXED_T, build_demo, freeze_times, make_projects, screen_text, use_home, wait_until
+from tests.test_app_support import FIXED_T, build_demo, freeze_times, make_projects, open_stats, screen_text, use_home, wait_until
 
 
 def notices(app) -> list[str]:
@@ -336,14 +336,7 @@ def test_snapshot_project_form_narrow(snap_compare, demo):
 
 
 def test_snapshot_stats_narrow(snap_compare, demo):
-    from copylora_tui.screens.stats import StatsScreen
-
-    async def run_before(pilot):
-        await projects_ready(pilot)
-        await pilot.press("down", "s")
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, StatsScreen) and "6 modules" in screen_text(pilot.app))
-
-    assert snap_compare(demo, terminal_size=NARROW, run_before=run_before)
+    assert snap_compare(demo, terminal_size=NARROW, run_before=lambda pilot: open_stats(pilot, projects_ready))
 
 
 def queue_shown(pilot):

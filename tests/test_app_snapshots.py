@@ -12,9 +12,8 @@ from textual.widgets import Input
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.screens.project import ProjectScreen
-from copylora_tui.screens.stats import StatsScreen
 from copylora_tui.widgets.preview_pane import PreviewPane
-from tests.test_app_support import FIXED_T, build_demo, screen_text, use_home, wait_until, write_preview
+from tests.test_app_support import FIXED_T, build_demo, open_stats, screen_text, use_home, wait_until, write_preview
 
 WIDE, NARROW = (100, 30), (80, 24)
 
@@ -166,9 +165,4 @@ def test_monitor_with_a_preview(snap_compare, previews):
 
 
 def test_stats(snap_compare, demo):
-    async def run_before(pilot):
-        await projects_ready(pilot)
-        await pilot.press("down", "s")
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, StatsScreen) and "6 modules" in screen_text(pilot.app))
-
-    assert snap_compare(demo, terminal_size=WIDE, run_before=run_before)
+    assert snap_compare(demo, terminal_size=WIDE, run_before=lambda pilot: open_stats(pilot, projects_ready))

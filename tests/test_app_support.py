@@ -274,3 +274,12 @@ def write_preview(path: Path, *, strengths=(0.0, 1.0), step: int | None = None, 
 
         os.utime(path, (mtime, mtime))
     return path
+
+
+async def open_stats(pilot, ready) -> None:
+    """From the demo's projects list (once ``ready``), the second project's merge stats, drawn."""
+    from copylora_tui.screens.stats import StatsScreen
+
+    await ready(pilot)
+    await pilot.press("down", "s")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, StatsScreen) and "6 modules" in screen_text(pilot.app))
