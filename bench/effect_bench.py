@@ -78,7 +78,7 @@ def toy_project(dest: Path, base: str, epochs: int | None = None, lr: float | No
 
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
-              model, guidance: float = 5.0) -> list[dict]:
+              model, guidance: tuple[float, ...] = (5.0,)) -> list[dict]:
     from engine.merge.project_result import make_result
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan
@@ -103,24 +103,46 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
         save_project(project)
         plan = make_plan(load_project(root))
         lora, _, _ = make_result(plan, device="cpu")
-        report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=guidance)
-        check = copy_check(model, plan.side("a").lora_path, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
-                           seed=seeds[0], steps=steps, size=size, guidance=guidance, prompt=plan.side("a").params.caption)
-        rows.append({"route": method, "new_rank": rank, "guidance": guidance, "effect": report.effect, "collateral_ssim": report.collateral_ssim,
-                     "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
-                     "copy_check_psnr": check, "train_seconds": round(trained, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+        for cfg in guidance:
+            report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=cfg)
+            check = copy_check(model, plan.side("a").lora_path, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
+                               seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=plan.side("a").params.caption)
+            rows.append({"route": method, "new_rank": rank, "guidance": cfg, "caption": plan.side("a").params.caption,
+                         "effect": report.effect, "collateral_ssim": report.collateral_ssim,
+                         "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
+                         "per_colour": report.per_colour, "copy_check_psnr": check, "train_seconds": round(trained, 1)})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| route | new rank | effect (S₁/S₀, goal ≤ 0.35) | collateral SSIM (goal ≥ 0.8) | S at 0 / 0.5 / 1 | PSNR A vs A | PSNR A+result vs B |",
-             "|---|---:|---:|---:|---|---:|---:|"]
+    lines = ["| route | new rank | CFG | effect (S₁/S₀, goal ≤ 0.35) | collateral SSIM (goal ≥ 0.8) | S at 0 / 0.5 / 1 | PSNR A vs A | PSNR A+result vs B |",
+             "|---|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         s = r["saturation"]
-        lines.append(f"| {r['route']} | {r['new_rank']} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
+        lines.append(f"| {r['route']} | {r['new_rank']} | {r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
                      f"{s['0.0']:.3f} / {s['0.5']:.3f} / {s['1.0']:.3f} | {r['copy_check_psnr']['A vs picture A']:.1f} dB | "
                      f"{r['copy_check_psnr']['A + result vs picture B']:.1f} dB |")
+    return "\n".join(lines) + "\n\n" + colour_markdown(rows)
+
+
+def colour_markdown(rows: list[dict]) -> str:
+    """Per prompt colour, each row's effect (S₁/S₀) over the pictures naming it as the
+    background's colour, then as the shape's: which colours go and which stay."""
+    colours = [c for c in (rows[0].get("per_colour") or {})] if rows else []
+    if not colours:
+        return ""
+    head = "| route | new rank | CFG | " + " | ".join(colours) + " |"
+    lines = ["Per prompt colour, effect S₁/S₀ as background / as shape:", "", head,
+             "|---|---:|---:|" + "---:|" * len(colours)]
+
+    def cell(entry: dict | None) -> str:
+        return "—" if not entry else f"{entry['effect']:.2f}"
+
+    for r in rows:
+        per = r.get("per_colour") or {}
+        cells = [f"{cell(per.get(c, {}).get('background'))} / {cell(per.get(c, {}).get('shape'))}" for c in colours]
+        lines.append(f"| {r['route']} | {r['new_rank']} | {r['guidance']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -143,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
-    parser.add_argument("--guidance", type=float, default=5.0,
-                        help="CFG scale of every picture (1 = no guidance: a caption-free LoRA acts on the empty prompt, "
-                             "which CFG extrapolates away from)")
+    parser.add_argument("--guidance", default="5,7",
+                        help="CFG scales, comma-separated: each result is sampled at each (7 is what SD1.5 users sample at; "
+                             "1 = no guidance: a caption-free LoRA acts on the empty prompt, which CFG extrapolates away from)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--base", required=True, help="a folder made by bench/pretrain_toy.py (or a built-in model)")
     parser.add_argument("--threads", type=int, default=1)
@@ -160,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.caption)
         for method in args.routes.split(","):
             rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model,
-                              args.guidance)
+                              tuple(float(g) for g in args.guidance.split(",")))
     text = markdown(rows)
     print(text)
     if args.out:

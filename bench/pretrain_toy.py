@@ -36,6 +36,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def govern() -> None:
+    """The thread governor's tick (engine/threads.py): with ``--threads 0`` the run narrows when
+    other work starts on the machine instead of thrashing beside it."""
+    from engine.threads import govern as tick
+
+    tick()
+
+
 def log(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
@@ -48,7 +56,8 @@ def pictures_tensor(pictures) -> "torch.Tensor":  # noqa: F821
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-def build(seed: int, vae_levels: int = 3):
+def build(seed: int, vae_levels: int = 3, *, te_width: int = 32, te_layers: int = 12, te_heads: int = 4,
+          unet_channels: tuple[int, ...] = (32, 64, 96, 96), unet_heads: int = 2):
     """The toy model's components, untrained: tiny's U-Net (SD1.5's topology), a text encoder
     sized for the toy tokenizer, tiny's scheduler, and a VAE of ``vae_levels`` levels.
 
@@ -56,7 +65,12 @@ def build(seed: int, vae_levels: int = 3):
     which the U-Net's three downsamplings bring to 1×1, and a VAE that must pack a picture into
     256 numbers; a first run so (30 min) drew washed-out colours (19 % colour accuracy) from a
     VAE that reconstructed purple as gray. With 3 levels (4× smaller, 16×16 latents) both have
-    room. LoRAs never touch the VAE, so every LoRA name is still SD1.5's."""
+    room. LoRAs never touch the VAE, so every LoRA name is still SD1.5's.
+
+    The text conditioning's width (``te_width``: the text encoder's hidden size, which is the
+    U-Net's cross-attention width) and depth, and the U-Net's widths, are levers of issue 24:
+    tiny's are 32 wide and 12 deep (SD1.5's 768 and 12). A text encoder of fewer layers still
+    names its LoRA modules as SD1.5's (``layers_0`` … ``layers_{n-1}``), a subset of them."""
     import torch
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -65,6 +79,14 @@ def build(seed: int, vae_levels: int = 3):
     from engine.models.toy import toy_tokenizer
 
     components = tiny.build_tiny_components(seed)
+    if te_width != tiny.CLIP_HIDDEN or tuple(unet_channels) != tiny.UNET_CHANNELS or unet_heads != 2:
+        from diffusers import UNet2DConditionModel
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            components["unet"] = UNet2DConditionModel.from_config({
+                **components["unet"].config, "block_out_channels": tuple(unet_channels), "cross_attention_dim": te_width,
+                "attention_head_dim": unet_heads})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)
         components["vae"] = AutoencoderKL(
@@ -77,9 +99,9 @@ def build(seed: int, vae_levels: int = 3):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         config = CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=tiny.CLIP_HIDDEN, intermediate_size=tiny.CLIP_HIDDEN * 4,
-            num_hidden_layers=tiny.CLIP_LAYERS, num_attention_heads=tiny.CLIP_HEADS, max_position_embeddings=77,
-            hidden_act="quick_gelu", projection_dim=tiny.CLIP_HIDDEN, bos_token_id=tokenizer.bos_token_id,
+            vocab_size=len(tokenizer), hidden_size=te_width, intermediate_size=te_width * 4,
+            num_hidden_layers=te_layers, num_attention_heads=te_heads, max_position_embeddings=77,
+            hidden_act="quick_gelu", projection_dim=te_width, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )
         components["text_encoder"] = CLIPTextModel(config)
@@ -87,6 +109,22 @@ def build(seed: int, vae_levels: int = 3):
     # The pictures are 64×64: the pipeline's default size follows the U-Net's sample size.
     components["unet"].register_to_config(sample_size=64 // 2 ** (vae_levels - 1))
     return components
+
+
+def swap_cross_attention_inputs(unet, width: int, seed: int) -> None:
+    """Give a trained U-Net a text encoder of another width: every cross-attention's ``to_k``
+    and ``to_v`` (the only layers that read the text) made anew for ``width`` inputs, the rest of
+    what it learned (drawing the world's shapes) kept."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                for part in ("to_k", "to_v"):
+                    old = getattr(module, part)
+                    setattr(module, part, torch.nn.Linear(width, old.out_features, bias=old.bias is not None))
+    unet.register_to_config(cross_attention_dim=width)
 
 
 def train_vae(vae, pool, steps: int, batch: int, lr: float, seed: int) -> list[float]:
@@ -109,6 +147,7 @@ def train_vae(vae, pool, steps: int, batch: int, lr: float, seed: int) -> list[f
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         losses.append(float(loss))
+        govern()
         if step % 100 == 0 or step == steps:
             log(f"vae step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} ({(time.time() - started) / step:.2f} s/step)")
     vae.eval()
@@ -142,8 +181,59 @@ def min_snr_weights(noise_scheduler, t, gamma: float):
     return snr.clamp(max=gamma) / snr
 
 
+def as_base_model(components):
+    """The components being trained, as the BaseModel the sampler and the effect measures take."""
+    from engine.models.loading import BaseModel, training_scheduler
+
+    return BaseModel(family="sd15", prediction_type="epsilon", unet=components["unet"], vae=components["vae"],
+                     text_encoders=[components["text_encoder"]], tokenizers=[components["tokenizer"]],
+                     noise_scheduler=training_scheduler(), scheduler=components["scheduler"], name="toy (pretraining)")
+
+
+def evaluate(components, prompts: list[str], seeds: list[int], guidance: float) -> dict:
+    """What the model draws now on held-out prompts: the share of shapes' colours, backgrounds'
+    colours and shapes drawn as named (read by toy_data's readers), Euler a 20 steps."""
+    import torch
+
+    from engine.models.toy_data import read_scene, region_colours
+    from engine.train.effect import generate_rows, saturation
+
+    unet, text_encoder = components["unet"], components["text_encoder"]
+    unet.eval()
+    text_encoder.eval()
+    started = time.time()
+    grey_prompts = [p + ", monochrome" for p in prompts[::3]]
+    with torch.no_grad():
+        rows = generate_rows(as_base_model(components), None, prompts, seeds, [0.0], guidance=guidance)
+        grey = generate_rows(as_base_model(components), None, grey_prompts, seeds[:1], [0.0], guidance=guidance)
+    unet.train()
+    text_encoder.train()
+    colour = background = shape = 0
+    for (prompt, _seed), (image,) in rows.items():
+        words = prompt.split()  # "a C1 SHAPE on a C2 background"
+        drawn_colour, drawn_background = region_colours(image)
+        colour += drawn_colour == words[1]
+        background += drawn_background == words[-2]
+        shape += read_scene(image)[1] == words[2]
+    n = len(rows)
+    grey_saturation = sum(saturation(image) for (image,) in grey.values()) / max(1, len(grey))
+    return {"shape_colour": round(colour / n, 4), "background": round(background / n, 4), "shape": round(shape / n, 4),
+            "monochrome_saturation": round(grey_saturation, 4), "pictures": n, "cfg": guidance,
+            "seconds": round(time.time() - started, 1)}
+
+
+def debiased_weights(noise_scheduler, t):
+    """1/√SNR per sample (kohya's ``--debiased_estimation_loss``, Yu et al. 2024): the ε loss
+    counts a noisy step's error in x₀ by its SNR, so at the noisiest steps — where a picture's
+    colours and layout are decided, and where the caption is all the model has — it hardly
+    teaches anything; this weight lifts those steps (SNR capped at 1000, as kohya does)."""
+    alphas = noise_scheduler.alphas_cumprod[t]
+    return 1.0 / (alphas / (1 - alphas)).clamp(max=1000).sqrt()
+
+
 def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
-               te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0) -> list[float]:
+               te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
+               eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
 
@@ -160,6 +250,9 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
     text_encoder.train()
     losses = []
     started = time.time()
+    if evaluate_now is not None and eval_every and evals is not None and start_eval:
+        evals.append({"step": 0, "minutes": 0.0, **evaluate_now()})
+        log("eval " + json.dumps(evals[-1]))
     for step in range(1, steps + 1):
         index = torch.randint(0, latents.shape[0], (batch,), generator=generator)
         x0 = latents[index]
@@ -170,12 +263,14 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
         noisy = noise_scheduler.add_noise(x0, noise, t)
         hidden = text_encoder(ids[index])[0]
         pred = unet(noisy, t, hidden).sample
-        if weights is None and not min_snr_gamma:
+        if weights is None and not min_snr_gamma and not debiased:
             loss = torch.nn.functional.mse_loss(pred, noise)  # the shipped model's loss, as it was computed
         else:
             per_sample = (((pred - noise) ** 2) * (weights[index] if weights is not None else 1.0)).mean(dim=(1, 2, 3))
             if min_snr_gamma:
                 per_sample = per_sample * min_snr_weights(noise_scheduler, t, min_snr_gamma)
+            if debiased:
+                per_sample = per_sample * debiased_weights(noise_scheduler, t)
             loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,8 +278,14 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
         optimizer.step()
         schedule.step()
         losses.append(float(loss))
+        govern()
         if step % 100 == 0 or step == steps:
             log(f"unet step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} ({(time.time() - started) / step:.2f} s/step)")
+        if evaluate_now is not None and eval_every and (step % eval_every == 0 or step == steps):
+            figures = {"step": step, "minutes": round((time.time() - started) / 60, 1), **evaluate_now()}
+            log("eval " + json.dumps(figures))
+            if evals is not None:
+                evals.append(figures)
     unet.eval()
     text_encoder.eval()
     return losses
@@ -254,12 +355,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape-weight", type=float, default=1.0,
                         help="weight of the shape's latent pixels in the U-Net's loss (1: a plain mean)")
     parser.add_argument("--min-snr-gamma", type=float, default=0.0, help="Min-SNR loss weighting (0: off; 5 is the paper's)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--debiased", action="store_true",
+                        help="weight the U-Net's loss by 1/√SNR (kohya's debiased_estimation_loss): the noisiest steps, where "
+                             "the caption decides the colours, count more")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: chosen from the free cores and kept right while the run goes, engine/threads.py)")
+    parser.add_argument("--te-width", type=int, default=32, help="the text encoder's hidden size = the U-Net's cross-attention width")
+    parser.add_argument("--te-layers", type=int, default=12, help="the text encoder's layers (SD1.5: 12)")
+    parser.add_argument("--te-heads", type=int, default=4)
+    parser.add_argument("--unet-channels", default="32,64,96,96", help="the U-Net's block widths (tiny's: 32,64,96,96)")
+    parser.add_argument("--unet-heads", type=int, default=2, help="attention heads in the U-Net's transformer blocks")
+    parser.add_argument("--vae-from", type=Path, help="take the VAE (and its latent scale) of this folder instead of training one")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="every N U-Net steps, sample --eval-prompts held-out prompts and log the share of colours and shapes drawn")
+    parser.add_argument("--eval-prompts", type=int, default=24)
+    parser.add_argument("--eval-cfg", type=float, default=7.0, help="CFG of those samples (7: what SD1.5 users sample at)")
     parser.add_argument("--vae-levels", type=int, default=3, help="3: 16×16 latents of 64×64 pictures (SD's VAE has 4)")
     parser.add_argument("--resave", type=Path, help="only write this already trained folder again (in fp16) to --out")
     parser.add_argument("--start-from", type=Path, help="continue from a folder this script wrote (its VAE kept unless --vae-steps > 0)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    else:
+        from engine.threads import configure_threads
+
+        log(f"threads: {configure_threads(log=log).describe()}")
     if args.resave:
         return resave(args.resave, args.out)
     torch.manual_seed(args.seed)
@@ -268,7 +388,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.models.toy_data import dataset_scenes, draw, shape_mask
 
-    components = load_components(args.start_from) if args.start_from else build(args.seed, args.vae_levels)
+    channels = tuple(int(c) for c in args.unet_channels.split(","))
+    components = load_components(args.start_from) if args.start_from else build(
+        args.seed, args.vae_levels, te_width=args.te_width, te_layers=args.te_layers, te_heads=args.te_heads,
+        unet_channels=channels, unet_heads=args.unet_heads)
+    if args.start_from and (args.te_width, args.te_layers) != (components["text_encoder"].config.hidden_size,
+                                                                components["text_encoder"].config.num_hidden_layers):
+        fresh = build(args.seed, args.vae_levels, te_width=args.te_width, te_layers=args.te_layers, te_heads=args.te_heads)
+        components["text_encoder"] = fresh["text_encoder"]
+        swap_cross_attention_inputs(components["unet"], args.te_width, args.seed)
+    if args.vae_from:
+        components["vae"] = load_components(args.vae_from)["vae"]
+        args.vae_steps = 0
     scenes = dataset_scenes(args.seed, args.pool)
     pool = pictures_tensor([draw(scene) for scene, _ in scenes])
     captions = [c for _, c in scenes]
@@ -280,28 +411,42 @@ def main(argv: list[str] | None = None) -> int:
     vae_losses = train_vae(components["vae"], pool, args.vae_steps, args.vae_batch, args.vae_lr, args.seed) if args.vae_steps else [0.0]
     vae_minutes = (time.time() - started) / 60
     latents = encode_pool(components["vae"], pool)
-    if args.vae_steps or not args.start_from:  # a kept VAE keeps its latent scale
+    if args.vae_steps or not (args.start_from or args.vae_from):  # a kept VAE keeps its latent scale
         components["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
     scale = float(components["vae"].config.scaling_factor)
     log(f"latent std {1 / scale:.3f}: scaling_factor {scale:.5f}")
     weights = latent_weights(masks, args.shape_weight, latents.shape[-1]) if masks is not None else None
+    from engine.models.toy_data import held_out_prompts
+
+    every_nth = held_out_prompts()[::max(1, len(held_out_prompts()) // max(1, args.eval_prompts))][:args.eval_prompts]
+    evals: list[dict] = []
     unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed,
-                             te_lr=args.te_lr, noise_offset=args.noise_offset, weights=weights, min_snr_gamma=args.min_snr_gamma)
+                             te_lr=args.te_lr, noise_offset=args.noise_offset, weights=weights, min_snr_gamma=args.min_snr_gamma,
+                             eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from),
+                             evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg))
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     record = {
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "pool": args.pool, "threads": args.threads, "torch": torch.__version__, "vae_levels": args.vae_levels,
+        "seed": args.seed, "pool": args.pool, "threads": args.threads or "auto", "torch": torch.__version__, "vae_levels": args.vae_levels,
+        "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads},
+        "unet_channels": list(channels), "unet_heads": args.unet_heads, "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
         "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "te_lr": args.te_lr or args.unet_lr, "noise_offset": args.noise_offset,
-                 "shape_weight": args.shape_weight, "min_snr_gamma": args.min_snr_gamma,
+                 "shape_weight": args.shape_weight, "min_snr_gamma": args.min_snr_gamma, "debiased": args.debiased,
                  "loss_first_100": mean(unet_losses[:100]),
                  "loss_last_100": mean(unet_losses[-100:]), "minutes": round(minutes - vae_minutes, 1)},
+        "evals": evals,
         "minutes": round(minutes, 1),
     }
+    if args.start_from:  # the run it continued, and so on back to the first: the whole recipe
+        earlier = args.start_from / "pretrain.json"
+        record["from"] = json.loads(earlier.read_text()) if earlier.is_file() else str(args.start_from)
+        record["total_minutes"] = round(minutes + float(record["from"].get("total_minutes", record["from"].get("minutes", 0)))
+                                        if isinstance(record["from"], dict) else minutes, 1)
     save(components, args.out, record)
     log(f"wrote {args.out} in {minutes:.1f} min: {json.dumps(record)}")
     return 0

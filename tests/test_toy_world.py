@@ -47,6 +47,21 @@ def test_the_colour_reader_reads_drawn_pictures():
     assert right >= 95, right
 
 
+def test_the_shape_reader_reads_drawn_pictures():
+    """The shape yardstick (issue 24) is checked before it judges a model: on 200 scenes drawn
+    exactly (every shape, held-out and trained, at the world's sizes and places) it names the
+    shape at least 95 % of the time, and all three words together as often."""
+    from engine.models.toy_data import SHAPES, read_scene
+
+    rng = random.Random(5)
+    scenes = [replace_mono(random_scene(rng, held_out=i % 2 == 0)) for i in range(200)]
+    assert {s.shape for s in scenes} == set(SHAPES)
+    read = [read_scene(draw(s)) for s in scenes]
+    shapes = sum(r[1] == s.shape for r, s in zip(read, scenes))
+    whole = sum(r == (s.colour, s.shape, s.background) for r, s in zip(read, scenes))
+    assert shapes >= 190 and whole >= 190, (shapes, whole)
+
+
 def replace_mono(scene):
     from dataclasses import replace
 
@@ -118,7 +133,30 @@ def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["route"], r["new_rank"], r["guidance"]) for r in rows] == [("svd-merge", 4, 1.0), ("differential", 4, 1.0)]
     assert all(set(r["copy_check_psnr"]) == {"A vs picture A", "A + result vs picture B"} for r in rows)
-    assert "| svd-merge | 4 |" in done.stdout
+    assert "| svd-merge | 4 | 1 |" in done.stdout
+    colour = rows[0]["per_colour"]  # the one prompt names a shape colour and a background colour
+    assert len(colour) == 2 and "Per prompt colour" in done.stdout
+
+
+def test_the_effect_breaks_down_by_prompt_colour():
+    """Which colours lose their colour: per colour named in the prompts, S₁/S₀ over the pictures
+    naming it as background and, separately, as the shape's colour."""
+    from PIL import Image
+
+    from engine.train.effect import colour_breakdown, measure_effect
+
+    red, grey = Image.new("RGB", (16, 16), (220, 40, 40)), Image.new("RGB", (16, 16), (90, 90, 90))
+    half = Image.blend(red, grey, 0.5)
+    images = {("a blue ring on a red background", 1): [red, grey],  # red background: all colour gone
+              ("a red circle on a yellow background", 1): [red, half],  # yellow background: part of it
+              ("not a toy prompt", 1): [red, red]}
+    report = measure_effect(images, [0.0, 1.0])
+    per = report.per_colour
+    assert set(per) == {"red", "blue", "yellow"} and list(per) == ["red", "yellow", "blue"]  # the world's order
+    assert per["red"]["background"]["effect"] < 0.01 and per["red"]["background"]["pictures"] == 1
+    assert 0.2 < per["red"]["shape"]["effect"] < 0.8 and per["yellow"]["background"]["effect"] == per["red"]["shape"]["effect"]
+    assert per["blue"]["background"] is None and per["blue"]["shape"]["effect"] < 0.01
+    assert colour_breakdown([]) == {}
 
 
 def test_the_effect_levers_script_runs_end_to_end(tmp_path):

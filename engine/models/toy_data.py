@@ -185,6 +185,14 @@ def describe(image) -> str:
     not draw still gets the world's nearest words: the border's colour is the background, the
     pixels far from it are the shape, whose outline is the one of :data:`SHAPES` that overlaps
     them best."""
+    colour, shape, background = read_scene(image)
+    return f"a {colour} {shape} on a {background} background"
+
+
+def read_scene(image) -> tuple[str, str, str]:
+    """(shape colour, shape, background colour) of a picture, in the toy world's words: the
+    reader :func:`describe` captions with and pretraining's evaluation judges a model by (its
+    shape reading is checked on drawn scenes first, tests/test_toy_world.py)."""
     import numpy as np
     from PIL import Image
 
@@ -197,7 +205,7 @@ def describe(image) -> str:
     # region_colours uses, takes in background where a small shape covers less than its share).
     drawn = distance > distance.max() / 2
     colour = nearest_colour(tuple(np.median(pixels[drawn], axis=0))) if drawn.any() else nearest_colour(tuple(background))
-    return f"a {colour} {nearest_shape(drawn)} on a {nearest_colour(tuple(background))} background"
+    return colour, nearest_shape(drawn), nearest_colour(tuple(background))
 
 
 def nearest_shape(drawn) -> str:

@@ -74,6 +74,35 @@ class EffectReport:
     collateral_ssim: float  # mean luminance SSIM, top strength vs strength 0
     pairs: int
     per_prompt: list[dict] = field(default_factory=list)
+    per_colour: dict[str, dict] = field(default_factory=dict)  # see colour_breakdown
+
+
+def colour_breakdown(per_prompt: list[dict]) -> dict[str, dict]:
+    """Which prompt colours lose their colour and which do not: for each colour named in the
+    toy world's prompts ("a C1 SHAPE on a C2 background"), the saturation at the top strength ÷
+    at strength 0 over the pictures whose prompt names it as the shape's colour, and over those
+    naming it as the background's (the background is most of a picture, so that column says most
+    about the colour). Prompts of another form are left out; a colour never named is absent."""
+    from engine.models.toy_data import COLOURS
+
+    sums: dict[str, dict[str, list[float]]] = {}
+    for row in per_prompt:
+        words = row["prompt"].split(",")[0].split()
+        if len(words) != 7 or words[0] != "a" or words[-1] != "background":
+            continue
+        for role, colour in (("shape", words[1]), ("background", words[-2])):
+            if colour in COLOURS:
+                pair = sums.setdefault(colour, {}).setdefault(role, [0.0, 0.0, 0])
+                pair[0] += row["saturation"][0]
+                pair[1] += row["saturation"][-1]
+                pair[2] += 1
+    out = {}
+    for colour in (c for c in COLOURS if c in sums):
+        out[colour] = {}
+        for role in ("shape", "background"):
+            s0, s1, n = sums[colour].get(role, [0.0, 0.0, 0])
+            out[colour][role] = {"effect": s1 / s0 if s0 > 0 else float("nan"), "pictures": n} if n else None
+    return out
 
 
 def measure_effect(images: dict[tuple[str, int], list], strengths: list[float]) -> EffectReport:
@@ -90,7 +119,7 @@ def measure_effect(images: dict[tuple[str, int], list], strengths: list[float]) 
         rows.append({"prompt": prompt, "seed": seed, "saturation": values, "ssim": value})
     base = sat[strengths[0]]
     return EffectReport(strengths, sat, sat[strengths[top]] / base if base > 0 else float("nan"), sum(ssims) / len(ssims),
-                        len(images), rows)
+                        len(images), rows, colour_breakdown(rows))
 
 
 def generate_rows(model, network, prompts: list[str], seeds: list[int], strengths: list[float], *, steps: int = 20,
