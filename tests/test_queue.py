@@ -203,3 +203,17 @@ def test_a_version_1_queue_is_migrated_with_its_jobs_kept(tmp_path):
     assert (job.label, job.smooth_loss, job.smooth_loss_b) == ("train A", 0.74, None)
     assert queue.points(job.id) == []
     queue.close()
+
+
+def test_the_queue_takes_only_the_kinds_the_runner_runs(tmp_path):
+    """A job kind without a runner would sit in the queue and fail when its turn came: refused
+    when it is added (bake and extract are commands, not queue jobs)."""
+    from engine.jobs.queue import KINDS
+    from engine.jobs.runner import RUNNERS
+
+    assert set(KINDS) == set(RUNNERS)
+    queue = Queue(tmp_path)
+    for kind in ("bake", "extract", "nonsense"):
+        with pytest.raises(QueueError, match=f"unknown job kind '{kind}'"):
+            queue.enqueue(kind, str(tmp_path))
+    queue.close()

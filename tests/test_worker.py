@@ -169,3 +169,23 @@ def test_one_worker_per_state_folder(home):
     assert second.returncode == 2 and "already running" in second.stderr
     assert stop_worker(home) == pid
     assert worker_pid(home) is None
+
+
+def test_an_optimizer_that_cannot_be_made_fails_the_job_with_one_line(tmp_path, home):
+    """Lion8bit has no torch fallback: on a machine without CUDA the job fails with the
+    optimizer's own message, as a user's error (no traceback in the job's log), not as a bug."""
+    from engine.jobs.runner import EXIT_FAILED
+
+    root = project(tmp_path, "lion")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace('optimizer_type = "AdamW8bit"', 'optimizer_type = "Lion8bit"'))
+    assert 'optimizer_type = "Lion8bit"' in toml.read_text()
+    queue = Queue(home)
+    job = enqueue_project(queue, root)[0].job
+    done = subprocess.run([sys.executable, "-m", "engine.jobs.runner", "--home", str(home), "--job", str(job.id)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
+    failed = queue.get(job.id)
+    assert failed.status == "failed" and failed.error.startswith("optimizer Lion8bit needs bitsandbytes on a CUDA GPU")
+    assert "Traceback" not in done.stdout + done.stderr
+    queue.close()

@@ -60,7 +60,7 @@ STATUSES = tuple(JobStatus)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 WAITING = (JobStatus.QUEUED, JobStatus.PAUSED)
-KINDS = ("train", "merge", "sample", "reg", "bake", "extract")
+KINDS = ("train", "merge", "sample", "reg")  # what the runner runs (engine/jobs/runner.py RUNNERS); bake and extract are CLI-only
 MAX_POINTS = 1000  # progress points kept per job: enough for a smooth curve of any length
 GPU_HISTORY_S = 600
 

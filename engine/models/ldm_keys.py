@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import Callable, NamedTuple
 
+from engine.errors import CopyloraError
 from engine.lora.names import diffusers_to_sgm, sgm_layout
 
 UNET_PREFIX = "model.diffusion_model."
@@ -42,8 +43,9 @@ _UNET_TOP = {
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-class UnsupportedLayout(Exception):
-    """No original-layout key mapping for this family/component (yet)."""
+class UnsupportedLayout(CopyloraError):
+    """No original-layout key mapping for this family/component (yet): a clear line for the
+    user where nothing catches it, not a traceback."""
 
 
 class Slot(NamedTuple):

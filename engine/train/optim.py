@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from engine.errors import CopyloraError
+
 FALLBACKS = {"AdamW8bit": "AdamW", "PagedAdamW8bit": "AdamW", "SGDNesterov8bit": "SGDNesterov"}
 
 
-class OptimizerError(Exception):
-    pass
+class OptimizerError(CopyloraError):
+    """An optimizer that cannot be made here: the job fails with this line, not a traceback."""
 
 
 def _kwargs(args: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def without_per_tensor_sync(cls):
     times and the GPU idled while the host launched the next kernel: on an H100 at 600x900 fp16,
     4.5 it/s with the GPU 12 % busy (bench/gpu_acceptance.py, docs/BENCHMARKS.md). The updates of
     a non-paged optimizer are kernels on one CUDA stream, which run in launch order anyway, so
-    the wait changes no number (tests/test_optim_gpu.py compares the weights bit for bit). Paged
+    the wait changes no number (tests/test_optim_sync.py compares the weights bit for bit on a GPU). Paged
     optimizers move state between host and device asynchronously and keep the sync.
     """
     try:
