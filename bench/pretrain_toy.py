@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape-weight", type=float, default=1.0,
                         help="weight of the shape's latent pixels in the U-Net's loss (1: a plain mean)")
     parser.add_argument("--min-snr-gamma", type=float, default=0.0, help="Min-SNR loss weighting (0: off; 5 is the paper's)")
+    parser.add_argument("--radius", help="MIN,MAX: the shapes' radius range (a fraction of the side; the world's: "
+                        "engine.models.toy_data.RADIUS), to try a world of bigger shapes before changing it")
     parser.add_argument("--debiased", action="store_true",
                         help="weight the U-Net's loss by 1/√SNR (kohya's debiased_estimation_loss): the noisiest steps, where "
                              "the caption decides the colours, count more")
@@ -386,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
     started = time.time()
 
+    from engine.models import toy_data
     from engine.models.toy_data import dataset_scenes, draw, shape_mask
+
+    if args.radius:
+        toy_data.RADIUS = tuple(float(r) for r in args.radius.split(","))
 
     channels = tuple(int(c) for c in args.unet_channels.split(","))
     components = load_components(args.start_from) if args.start_from else build(
@@ -429,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     record = {
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "pool": args.pool, "threads": args.threads or "auto", "torch": torch.__version__, "vae_levels": args.vae_levels,
+        "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS), "threads": args.threads or "auto", "torch": torch.__version__, "vae_levels": args.vae_levels,
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads},
         "unet_channels": list(channels), "unet_heads": args.unet_heads, "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),

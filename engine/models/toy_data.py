@@ -36,6 +36,7 @@ SIZE = 64  # pixels per side of a picture
 MONOCHROME_SHARE = 0.2  # of pretraining pictures drawn in grayscale ("..., monochrome")
 EMPTY_CAPTION_SHARE = 0.15  # caption dropout: the empty prompt must draw sensible pictures
 HELD_OUT_EVERY = 5  # one (colour, shape, background) combination in five is never trained
+RADIUS = (0.16, 0.32)  # a shape's radius, as a fraction of the side, drawn uniformly in this range
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def random_scene(rng: random.Random, *, held_out: bool = False) -> Scene:
     """A scene of a trained combination (or, with ``held_out``, of a held-out one)."""
     pool = held_out_combinations() if held_out else [c for c in all_combinations() if not is_held_out(*c)]
     colour, shape, background = rng.choice(pool)
-    radius = rng.uniform(0.16, 0.32)
+    radius = rng.uniform(*RADIUS)
     return Scene(colour, shape, background, rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius), radius,
                  monochrome=rng.random() < MONOCHROME_SHARE)
 
