@@ -435,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     record = {
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS), "threads": args.threads or "auto", "torch": torch.__version__, "vae_levels": args.vae_levels,
+        "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS), "threads": args.threads or "auto",
+        "torch": torch.__version__, "vae_levels": args.vae_levels,
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads},
         "unet_channels": list(channels), "unet_heads": args.unet_heads, "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),

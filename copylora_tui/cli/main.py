@@ -13,10 +13,9 @@ import sys
 import traceback
 from typing import Callable
 
+from copylora_tui.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401 (tests import them here)
 from engine import __version__
 from engine.errors import CopyloraError, LoRAFileError, Problem, ValidationError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # The commands that do torch work in this process: each sizes torch's thread pool to the cores
 # that are free before torch loads (engine/threads.py). The others (queue, logs, run, check…)
@@ -119,7 +118,7 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("copylora: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: still one line, the traceback on request
         if args.debug:
             traceback.print_exc()

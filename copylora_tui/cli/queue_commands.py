@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+from copylora_tui.cli.exit_codes import EXIT_INTERRUPTED
 from copylora_tui.core.formatting import job_loss_text, project_label
 from engine.errors import Problem, ValidationError
 from engine.jobs.queue import JobStatus
@@ -183,7 +184,7 @@ def _wait(queue, job_ids: list[int]) -> int:
                 time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopped watching; the jobs go on in the background (copylora queue)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if no_worker:
         print("no worker is running, so the jobs stay queued: start one with `copylora worker start` "
               "(then follow them with `copylora queue`)", file=sys.stderr)

@@ -11,6 +11,8 @@ import argparse
 import signal
 import sys
 
+from copylora_tui.cli.exit_codes import EXIT_INTERRUPTED
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser(
@@ -94,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     first = next(iter(results.values()))
     if first.status == "stopped":
         print(f"stopped at step {first.step}/{first.total}; continue with: copylora train {args.project} --side {side} --resume")
-        return 130
+        return EXIT_INTERRUPTED
     for one in results.values():
         print(f"wrote {one.lora_path}  ({one.step} steps, {one.seconds:.1f} s, final loss {one.final_loss:.4f})")
     return 0
