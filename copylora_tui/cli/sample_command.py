@@ -121,11 +121,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from engine.quiet import quiet_libraries
 
     quiet_libraries()
+    from engine.devices import resolve_device
     from engine.threads import govern
     from engine.train.sample import sample_lora
-    from engine.train.trainer import pick_device
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = load_base_model(base, family, dtype=dtype, device=device)
     with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True), transient=True) as bar:

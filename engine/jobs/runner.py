@@ -190,16 +190,16 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
 
     import torch
 
+    from engine.devices import resolve_device
     from engine.jobs.enqueue import CHECK_IMAGES, check_path
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project
     from engine.project.plan import is_differential, make_plan
     from engine.train.sample import preview_settings, route_check, sample_lora
-    from engine.train.trainer import pick_device
 
     plan = make_plan(load_project(job.project))
     project = plan.project
-    device = pick_device(None)
+    device = resolve_device(None)
     settings, note = preview_settings(project.sample, device)
     if note:
         log(note)

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from engine.devices import resolve_device
 from engine.errors import CopyloraError, Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
 
@@ -194,10 +195,7 @@ def extract_lora(
     started = time.perf_counter()
     save_to = Path(save_to).expanduser()
     _validate(dim, conv_dim, save_to, device, save_precision, clamp_quantile, min_diff, svd)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExtractError("device cuda asked for, but torch sees no CUDA GPU (use the cpu)")
+    device = resolve_device(device, error=ExtractError)
 
     org = load_base_model(model_org, family, config_dir=config_dir)
     tuned = load_base_model(model_tuned, family, config_dir=config_dir)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from engine.devices import resolve_device
 from engine.errors import CopyloraError
 from engine.hashing import file_sha256 as sha256_file
 from engine.merge.stats import ModuleStats, block_of, kind_of, summarise_blocks
@@ -128,10 +129,7 @@ def merge_loras(
         raise MergeError("new_rank and new_conv_rank must be greater than 0")
     if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
         raise MergeError(f"clamp_quantile must be in (0, 1], got {clamp_quantile}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MergeError("device cuda asked for, but torch sees no CUDA GPU (use the cpu)")
+    device = resolve_device(device, error=MergeError)
     dtype = torch.float64 if precision in ("fp64", "double") else torch.float32
     conv_rank = new_conv_rank or new_rank
     asked = (new_rank, conv_rank)

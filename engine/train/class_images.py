@@ -28,11 +28,11 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
     all of them."""
     import torch
 
+    from engine.devices import resolve_device
     from engine.files import atomic_write
     from engine.models.loading import load_base_model
     from engine.project.concepts import class_sets
     from engine.train.sample import make_scheduler
-    from engine.train.trainer import pick_device
 
     todo = [(s, s.missing()) for s in class_sets(project) if s.missing()]
     need = sum(n for _, n in todo)
@@ -40,7 +40,7 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
         log("class images: none missing")
         return []
     sample = project.sample
-    device = pick_device(None, model)
+    device = resolve_device(None, model)
     if model is None:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         model = load_base_model(project.base_model_path(), project.info.model_family, dtype=dtype, device=device)

@@ -62,16 +62,10 @@ class TrainingItem:
 
 
 def pick_device(requested: str | None = None, model=None) -> str:
-    """The device to work on: the one asked for, else the given model's (a model loaded on the
-    CPU and handed in stays there: on a CUDA box "auto" must not send its inputs to cuda), else
-    cuda when there is one."""
-    import torch
+    """The device to train on (engine/devices.py's rule)."""
+    from engine.devices import resolve_device
 
-    if requested and requested != "auto":
-        return requested
-    if model is not None:
-        return str(model.unet.device)
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(requested, model)
 
 
 def training_fingerprint(plan: Plan, side: str) -> str:
