@@ -30,7 +30,7 @@ from engine.project.params import (
     SideConfig,
     TrainParams,
 )
-from engine.project.validate import build_section, coerce_value, did_you_mean, show
+from engine.project.validate import BAD, build_section, coerce_key, did_you_mean, show
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -187,28 +187,17 @@ def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
     train_fields = {f.name: f for f in fields(TrainParams)}
     side_fields = {f.name: f for f in fields(SideConfig) if f.name in BASE_WEIGHTS_KEYS}
     base_weights: dict[str, Any] = {}
+    names = ["folder", *TRAIN_KEYS, *(BASE_WEIGHTS_KEYS if side == "b" else ())]  # what a side's table takes
     for key, raw in table.items():
         if key == "folder":
             continue
-        if key in side_fields:
-            if side != "b":
-                problems.append(Problem(f"{side}.{key}", "belongs in [b]: the differential route applies A while B trains"))
-                continue
-            f = side_fields[key]
-            before = len(problems)
-            value = coerce_value(raw, f.type, dict(f.metadata), f"{side}.{key}", problems)
-            if len(problems) == before:
-                base_weights[key] = value
+        if key in side_fields and side != "b":
+            problems.append(Problem(f"{side}.{key}", "belongs in [b]: the differential route applies A while B trains"))
             continue
-        f = train_fields.get(key)
-        if f is None:
-            known = ["folder", *TRAIN_KEYS, *(BASE_WEIGHTS_KEYS if side == "b" else ())]
-            problems.append(Problem(f"{side}.{key}", f"unknown key{did_you_mean(key, known)}"))
-            continue
-        before = len(problems)
-        value = coerce_value(raw, f.type, dict(f.metadata), f"{side}.{key}", problems)
-        if len(problems) == before:
-            overrides[key] = value
+        into = base_weights if key in side_fields else overrides
+        value = coerce_key(key, raw, side_fields if key in side_fields else train_fields, side, problems, names)
+        if value is not BAD:
+            into[key] = value
     return SideConfig(folder=folder, overrides=overrides, **base_weights)
 
 

@@ -152,20 +152,32 @@ def build_section(cls: type, table: Any, path: str, problems: list[Problem], *, 
     if not isinstance(table, dict):
         problems.append(Problem(path, f"must be a table, got {show(table)}"))
         table = {}
-    known = {f.name: f for f in fields(cls)}
+    known = {f.name: f for f in fields(cls) if f.metadata}
     values: dict[str, Any] = {}
     for key, raw in table.items():
         if key in allow_extra:
             continue
-        f = known.get(key)
-        if f is None or not f.metadata:
-            problems.append(Problem(f"{path}.{key}", f"unknown key{did_you_mean(key, [k for k, v in known.items() if v.metadata])}"))
-            continue
-        before = len(problems)
-        value = coerce_value(raw, f.type, dict(f.metadata), f"{path}.{key}", problems)
-        if len(problems) == before:
+        value = coerce_key(key, raw, known, path, problems, list(known))
+        if value is not BAD:
             values[key] = value
     return cls(**values)
+
+
+BAD = object()  # coerce_key's answer for a key it reported
+
+
+def coerce_key(key: str, raw: Any, known: dict[str, Any], path: str, problems: list[Problem], names: list[str]) -> Any:
+    """One TOML entry of a table whose keys are ``known`` (dataclass fields by name): its value
+    coerced to the field's type, or :data:`BAD` with the problem recorded (an unknown key gets
+    a did-you-mean among ``names``, the keys that table takes). Every table's keys, [a]'s and
+    [b]'s included, are read through here."""
+    f = known.get(key)
+    if f is None:
+        problems.append(Problem(f"{path}.{key}", f"unknown key{did_you_mean(key, names)}"))
+        return BAD
+    before = len(problems)
+    value = coerce_value(raw, f.type, dict(f.metadata), f"{path}.{key}", problems)
+    return value if len(problems) == before else BAD
 
 
 def default_of(cls: type, name: str) -> Any:
