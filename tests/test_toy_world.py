@@ -110,6 +110,23 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     model = load_base_model(str(out))
     assert model.family == "sd1" and abs(model.vae.config.scaling_factor - record["scaling_factor"]) < 1e-6
 
+    # issue 24's levers: continued with a wider, shallower text encoder (the U-Net's to_k/to_v
+    # made anew), 1/√SNR weighting, bigger shapes, figures every step; the record keeps the lineage
+    wider = tmp_path / "wider"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(wider), "--start-from", str(out),
+                           "--vae-steps", "0", "--unet-steps", "2", "--pool", "16", "--unet-batch", "2", "--threads", "1",
+                           "--te-width", "64", "--te-layers", "2", "--debiased", "--radius", "0.25,0.4", "--eval-every", "1",
+                           "--eval-prompts", "1"],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    again = json.loads((wider / "pretrain.json").read_text())
+    assert again["from"]["vae"]["steps"] == 2 and again["total_minutes"] >= again["minutes"]
+    assert again["text_encoder"] == {"width": 64, "layers": 2, "heads": 4} and again["radius"] == [0.25, 0.4] and again["unet"]["debiased"]
+    assert [e["step"] for e in again["evals"]] == [0, 1, 2] and {"shape_colour", "background", "shape"} <= set(again["evals"][-1])
+    model = load_base_model(str(wider))
+    assert model.text_encoders[0].config.hidden_size == 64 and model.unet.config.cross_attention_dim == 64
+    assert abs(model.vae.config.scaling_factor - record["scaling_factor"]) < 1e-3  # the VAE and its scale kept
+
     # the colour yardstick runs on it (an untrained model: the figures are near chance)
     report = tmp_path / "colours.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "toy_colours.py"), "--base", str(out), "--prompts", "2", "--seeds", "1",
@@ -118,6 +135,8 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     measured = json.loads(report.read_text())
     assert measured["prompts"] == 2 and measured["trained"]["prompts"] == 2 and 0 <= measured["shape_accuracy"] <= 1
+    assert 0 <= measured["shape_colour_accuracy"] <= 1 and 0 <= measured["trained"]["shape_accuracy"] <= 1
+    assert measured["guidance"] == 5.0 and measured["monochrome_prompt_saturation"] >= 0
 
 
 def test_the_effect_benchmark_runs_end_to_end(tmp_path):

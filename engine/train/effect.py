@@ -149,7 +149,7 @@ def lora_effect(model, lora_path: Path, prompts: list[str], seeds: list[int], st
 def colour_accuracy(model, prompts: list[str], seeds: list[int], **sampling) -> dict:
     """On prompts "a C1 SHAPE on a C2 background": the share of named colours drawn (shape and
     background counted separately), read by :func:`engine.models.toy_data.region_colours`."""
-    from engine.models.toy_data import region_colours
+    from engine.models.toy_data import read_scene, region_colours
 
     rows = generate_rows(model, None, prompts, seeds, [0.0], **sampling)
     hits, total, details = 0, 0, []
@@ -159,5 +159,5 @@ def colour_accuracy(model, prompts: list[str], seeds: list[int], **sampling) -> 
         drawn = region_colours(image)
         hits += (drawn[0] == wanted[0]) + (drawn[1] == wanted[1])
         total += 2
-        details.append({"prompt": prompt, "seed": seed, "drawn": list(drawn)})
+        details.append({"prompt": prompt, "seed": seed, "drawn": list(drawn), "shape": read_scene(image)[1]})
     return {"accuracy": hits / total, "pictures": len(rows), "details": details}
