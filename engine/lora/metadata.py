@@ -42,6 +42,28 @@ def lora_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
     return meta
 
 
+def computed_lora_metadata(modules: Mapping[str, Any], family: str, *, dim: int, conv_dim: int | None, alpha: float,
+                           record_key: str, record: Mapping[str, Any], **facts: Any) -> dict[str, str]:
+    """The metadata of a LoRA computed rather than trained (a merge, an extract): kohya's and
+    modelspec's keys for what the file holds — its rank and alpha, a conv rank only where it has
+    3×3 modules, U-Net-only where it has no text-encoder module, as kohya's loaders expect — with
+    ``facts`` (title, description, …), and copylora's own record of how it was made under
+    ``record_key`` (JSON), so the file can be traced and made again. ``modules``: name → factors
+    with a ``down`` tensor."""
+    has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
+    meta = lora_metadata({
+        "network_dim": dim,
+        "network_alpha": alpha,
+        "conv_dim": conv_dim if has_conv else None,
+        "conv_alpha": alpha if has_conv else None,
+        "network_train_unet_only": trains_unet_only(modules),
+        "training_finished_at": time.time(),
+        **facts,
+    }, family)
+    meta[record_key] = json.dumps(dict(record))
+    return meta
+
+
 def trains_unet_only(module_names) -> bool:
     """kohya's ``network_train_unet_only`` as a file's modules show it: no text-encoder module
     (kohya's ``lora_te_``/``lora_te1_``/``lora_te2_`` names) in it."""

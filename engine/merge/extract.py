@@ -297,35 +297,13 @@ def _display(spec: str) -> str:
 
 
 def _metadata(family, org_name, tuned_name, dim, conv_dim, alpha, clamp_quantile, min_diff, svd, modules, save_to) -> dict[str, str]:
-    from engine.lora.metadata import lora_metadata, trains_unet_only
+    from engine.lora.metadata import computed_lora_metadata
 
-    has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
-    facts = {
-        "network_dim": dim,
-        "network_alpha": alpha,
-        "conv_dim": conv_dim if has_conv else None,
-        "conv_alpha": alpha if has_conv else None,
-        "model_name": org_name,
-        "title": save_to.stem,
-        "description": f"extracted: {tuned_name} − {org_name}",
-        "training_finished_at": time.time(),
-        # What the file holds, not a guess: a U-Net-only extract says so, as kohya's loaders expect.
-        "network_train_unet_only": trains_unet_only(modules),
-    }
-    meta = lora_metadata(facts, family)
-    meta["copylora_extract"] = json.dumps(
-        {
-            "model_org": org_name,
-            "model_tuned": tuned_name,
-            "dim": dim,
-            "conv_dim": conv_dim,
-            "clamp_quantile": clamp_quantile,
-            "min_diff": min_diff,
-            "svd": svd,
-            "method": "truncated SVD of W_tuned − W_org per module (dense, or randomized where certainly accurate)",
-        }
-    )
-    return meta
+    record = {"model_org": org_name, "model_tuned": tuned_name, "dim": dim, "conv_dim": conv_dim, "clamp_quantile": clamp_quantile,
+              "min_diff": min_diff, "svd": svd,
+              "method": "truncated SVD of W_tuned − W_org per module (dense, or randomized where certainly accurate)"}
+    return computed_lora_metadata(modules, family, dim=dim, conv_dim=conv_dim, alpha=alpha, record_key="copylora_extract", record=record,
+                                  model_name=org_name, title=save_to.stem, description=f"extracted: {tuned_name} − {org_name}")
 
 
 def _save_stats(save_to: Path, family, inputs, seconds, stats, methods, skipped, text_dropped, min_diff) -> Path:

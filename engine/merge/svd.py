@@ -270,38 +270,19 @@ def _capped_ranks(loras: list, names: list[str], new_rank: int, conv_rank: int) 
 
 
 def _metadata(family, inputs, new_rank, conv_rank, alpha, precision, clamp_quantile, modules, asked, input_metadata) -> dict[str, str]:
-    from engine.lora.metadata import lora_metadata, trained_resolution, trains_unet_only
+    from engine.lora.metadata import computed_lora_metadata, trained_resolution
 
-    has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in modules.values())
-    facts = {
-        "network_dim": new_rank,
-        "network_alpha": alpha,
-        "conv_dim": conv_rank if has_conv else None,
-        "conv_alpha": alpha if has_conv else None,
-        # what the file holds and what its inputs were trained at (not the family's defaults:
-        # a 64×64 toy LoRA is not a 512×512 one, and a U-Net-only merge says so)
-        "network_train_unet_only": trains_unet_only(modules),
-        "resolution": trained_resolution(input_metadata),
-        "merged_from": ", ".join(i["file"] for i in inputs),
-        "title": "copylora merge",
-        "training_finished_at": time.time(),
+    record = {
+        "inputs": inputs,
+        # as asked (what `copylora run` compares with [merge]), and as written
+        "new_rank": asked[0], "new_conv_rank": asked[1], "written_rank": new_rank, "written_conv_rank": conv_rank,
+        "precision": precision, "clamp_quantile": clamp_quantile,
+        "method": "exact low-rank SVD (QR of stacked factors + SVD of the core)",
     }
-    meta = lora_metadata(facts, family)
-    # Our own provenance: exactly what went in, so a merged file can be traced and re-made.
-    meta["copylora_merge"] = json.dumps(
-        {
-            "inputs": inputs,
-            # as asked (what `copylora run` compares with [merge]), and as written
-            "new_rank": asked[0],
-            "new_conv_rank": asked[1],
-            "written_rank": new_rank,
-            "written_conv_rank": conv_rank,
-            "precision": precision,
-            "clamp_quantile": clamp_quantile,
-            "method": "exact low-rank SVD (QR of stacked factors + SVD of the core)",
-        }
-    )
-    return meta
+    # The resolution its inputs were trained at, not the family's default: a 64×64 toy LoRA is not a 512×512 one.
+    return computed_lora_metadata(modules, family, dim=new_rank, conv_dim=conv_rank, alpha=alpha, record_key="copylora_merge", record=record,
+                                  resolution=trained_resolution(input_metadata), merged_from=", ".join(i["file"] for i in inputs),
+                                  title="copylora merge")
 
 
 def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "fp16", extra: dict | None = None) -> tuple[Path, Path]:
