@@ -111,3 +111,27 @@ def test_import_kohya_bad_file_changes_nothing(tmp_path, capsys):
     assert main(["import-kohya", str(bad), "--into", str(root)]) == EXIT_USAGE
     assert snapshot(root) == before
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_flags_are_spelled_one_way_and_take_the_other_as_a_hidden_alias(capsys):
+    """kohya's underscores everywhere (users' batch files carry --save_to, --max_train_steps):
+    the hyphenated spelling and sample's old --out still work, and only the one name is shown."""
+    from copylora_tui.cli.main import build_parser
+
+    parser = build_parser()
+    for argv in (["run", "p", "--max_steps", "3", "--no_worker"], ["run", "p", "--max-steps", "3", "--no-worker"],
+                 ["run", "p", "--max-steps=3", "--no-worker"]):
+        args = parser.parse_args(argv)
+        assert (args.max_steps, args.no_worker) == (3, True), argv
+    assert parser.parse_args(["worker", "start", "--per-gpu", "2"]).per_gpu == 2
+    assert parser.parse_args(["merge", "--models", "a.safetensors", "--save-to", "x.safetensors", "--new-rank", "8"]).new_rank == 8
+    assert parser.parse_args(["sample", "p", "--out", "g.png"]).save_to == parser.parse_args(["sample", "p", "--save_to", "g.png"]).save_to == "g.png"
+    for command in (["run"], ["train"], ["sample"], ["worker"], ["merge"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--help"])
+        shown = capsys.readouterr().out
+        assert "--max-steps" not in shown and "--no-worker" not in shown and "--per-gpu" not in shown and "--out " not in shown, command
+    with pytest.raises(SystemExit) as refused:  # a flag that is neither spelling is still refused, as argparse does
+        parser.parse_args(["run", "p", "--max_stepz", "3"])
+    assert refused.value.code == EXIT_USAGE
+    assert "unrecognized arguments: --max_stepz" in capsys.readouterr().err

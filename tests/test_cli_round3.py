@@ -173,7 +173,7 @@ def test_sample_out_under_a_file_is_refused_before_the_model_loads(tmp_path, cap
     root = copy_example(tmp_path)
     picture = write_png(tmp_path / "one.png")
     assert main(["sample", str(root), "--lora", "none", "--out", str(picture / "grid.png")]) == EXIT_USAGE
-    assert "--out: cannot write" in one_line(capsys.readouterr().err)
+    assert "--save_to: cannot write" in one_line(capsys.readouterr().err)  # the flag by its one name; --out is its old alias
 
 
 # ---- 3. run --wait on a paused job returns, saying how to resume

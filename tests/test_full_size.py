@@ -57,7 +57,7 @@ def test_random_full_size_sd15_end_to_end(tmp_path, capsys):
     lora = load_lora_file(merged)
     assert len(lora.modules) == 192 and lora.metadata["ss_base_model_version"] == "sd_v1"
     started = time.perf_counter()
-    assert main(["sample", str(root), "--steps", "2", "--out", str(tmp_path / "grid.png")]) == 0
+    assert main(["sample", str(root), "--steps", "2", "--save_to", str(tmp_path / "grid.png")]) == 0
     timings["sample"] = time.perf_counter() - started
     assert (tmp_path / "grid.png").stat().st_size > 0
     started = time.perf_counter()

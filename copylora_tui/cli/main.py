@@ -37,10 +37,37 @@ examples:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that exits with 2 and one line on a usage error (argparse's own convention)."""
+    """argparse that exits with 2 and one line on a usage error (argparse's own convention).
+
+    Flags are spelled one way, kohya's (``--save_to``, ``--max_steps``: what users' batch files
+    carry over from sd-scripts); the other spelling of a flag (``--max-steps``) is taken as a
+    hidden alias, and so are the names in ``hidden_aliases`` (an old flag's new name)."""
+
+    hidden_aliases: dict[str, str]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = {}
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"copylora: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._canonical(a) for a in args], namespace)
+
+    def _canonical(self, arg: str) -> str:
+        """``--max-steps`` (or ``--max-steps=4``) as this parser's ``--max_steps``; anything else as
+        it is (values, flags it knows, and unknown flags, which argparse then reports)."""
+        if not arg.startswith("--") or arg == "--":
+            return arg
+        flag, eq, value = arg.partition("=")
+        if flag in self._option_string_actions:
+            return arg
+        for spelling in (self.hidden_aliases.get(flag), flag.replace("-", "_").replace("__", "--", 1)):
+            if spelling and spelling in self._option_string_actions:
+                return spelling + eq + value
+        return arg
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("projects", nargs="+", metavar="PROJECT")
     run.add_argument("--wait", action="store_true", help="show progress until these jobs finish (Ctrl-C leaves them running)")
     run.add_argument("--force", action="store_true", help="redo every step even if up to date (trainings start over)")
-    run.add_argument("--max-steps", type=int, metavar="N", help="train N steps per side instead of the plan")
-    run.add_argument("--no-worker", action="store_true", help="only queue; do not start the worker")
+    run.add_argument("--max_steps", type=int, metavar="N", help="train N steps per side instead of the plan")
+    run.add_argument("--no_worker", action="store_true", help="only queue; do not start the worker")
     run.set_defaults(func=cmd_run)
 
     queue = commands.add_parser("queue", help="list jobs", description="List the jobs of the queue, running first.")
@@ -70,7 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     worker.add_argument("action", choices=("start", "stop", "status"))
     worker.add_argument("--gpus", metavar="0,1", help="GPUs to use, one job per GPU at once (default: all)")
-    worker.add_argument("--per-gpu", type=int, default=1, metavar="N", help="jobs per GPU at once (default 1)")
+    worker.add_argument("--per_gpu", type=int, default=1, metavar="N", help="jobs per GPU at once (default 1)")
     worker.add_argument("--foreground", action="store_true", help="run in this terminal instead of detached")
     worker.set_defaults(func=cmd_worker)
 
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.project.folder import load_project
 
     if args.max_steps is not None and args.max_steps <= 0:
-        raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
+        raise ValidationError([Problem("--max_steps", f"must be greater than 0, got {args.max_steps}")])
     problems = []
     for path in args.projects:  # validate all first: nothing is queued if one is broken
         try:
@@ -171,7 +171,7 @@ def _wait(queue, job_ids: list[int]) -> int:
                         paused.append(job)
                 if finished == len(tasks) or paused:  # a paused job (and what waits for it) stays put until resumed
                     break
-                # No worker (`run --no-worker --wait`, or it was stopped or died): nothing will
+                # No worker (`run --no_worker --wait`, or it was stopped or died): nothing will
                 # move, so say how to start one instead of waiting forever. A few seconds' grace:
                 # a worker that is starting has not taken its lock yet.
                 if worker_pid(queue.home):

@@ -31,7 +31,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--size", metavar="WxH")
     cmd.add_argument("--sampler", help="euler_a, euler, ddim, dpmsolver++, dpmpp_2m_karras, dpmpp_sde_karras, pndm, lms, heun "
                      '(or A1111\'s names, e.g. "DPM++ 2M Karras")')
-    cmd.add_argument("--out", metavar="PNG", help="output file (default: the project's output/samples/)")
+    cmd.add_argument("--save_to", metavar="PNG", help="output file, as every command names it (default: the project's output/samples/)")
+    cmd.hidden_aliases["--out"] = "--save_to"  # its name before flags were spelled one way
     cmd.add_argument("--device", default="auto", help="auto, cpu or cuda")
     cmd.set_defaults(func=cmd_sample)
 
@@ -90,7 +91,7 @@ def resolve(args: argparse.Namespace):
         elif lora is not None and (problem := lora_problem("--lora", lora)):  # a picture given as the LoRA: exit 2, before the model loads
             problems.append(problem)
         stem = lora.stem if lora is not None else "base"
-        out = Path(args.out) if args.out else plan.samples_dir / f"{stem}-grid.png"
+        out = Path(args.save_to) if args.save_to else plan.samples_dir / f"{stem}-grid.png"
         base, family = args.base or project.base_model_path(), project.info.model_family
     else:
         settings = _settings(args, SampleSettings(), problems)
@@ -101,9 +102,9 @@ def resolve(args: argparse.Namespace):
             problems.append(problem)
         if not args.base:
             problems.append(Problem("--base", "a LoRA file needs the base model to sample on (e.g. --base /models/sd15.safetensors)"))
-        out = Path(args.out) if args.out else lora.with_name(f"{lora.stem}-grid.png")
+        out = Path(args.save_to) if args.save_to else lora.with_name(f"{lora.stem}-grid.png")
         base, family = args.base, "auto"
-    if problem := destination_problem("--out", out):
+    if problem := destination_problem("--save_to", out):
         problems.append(problem)
     if problems:
         raise ValidationError(problems)

@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("project", metavar="PROJECT", help="project folder")
     cmd.add_argument("--side", required=True, choices=["a", "b", "ab", "A", "B", "AB"],
                      help="which teacher image to train on; ab: both, as one batch of two")
-    cmd.add_argument("--max-steps", type=int, metavar="N", help="train N steps instead of the planned count")
+    cmd.add_argument("--max_steps", type=int, metavar="N", help="train N steps instead of the planned count")
     group = cmd.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     group.add_argument("--restart", action="store_true", help="discard existing checkpoints and start from step 0")
@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.project.plan import make_plan
 
     if args.max_steps is not None and args.max_steps <= 0:
-        raise ValidationError([Problem("--max-steps", f"must be greater than 0, got {args.max_steps}")])
+        raise ValidationError([Problem("--max_steps", f"must be greater than 0, got {args.max_steps}")])
     side = args.side.lower()
     plan = make_plan(load_project(args.project), max_steps=args.max_steps)
     if side == "ab":
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if finished and len(finished) == len(side):  # nothing to train, as `copylora run` says "up to date"
         for one, (step, lora) in finished.items():
             print(f"{one.upper()} is already trained: {lora} is up to date (step {step} of {step}); --restart trains it again, "
-                  f"or --max-steps N (more than {step}) with --resume trains it on")
+                  f"or --max_steps N (more than {step}) with --resume trains it on")
         return 0
     if finished:  # --side ab with one side done: the twin batch trains both or neither
         one = next(iter(finished))

@@ -127,7 +127,7 @@ def steps_for(num_images: int, params: TrainParams, reg_images: int = 0, extra_s
 
 
 def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
-    """The plan for a loaded (valid) project. ``max_steps`` caps both sides (CLI --max-steps)."""
+    """The plan for a loaded (valid) project. ``max_steps`` caps both sides (CLI --max_steps)."""
     paths = output_paths(project)
     from engine.project.concepts import class_sets
 
