@@ -16,14 +16,6 @@ from engine.project.plan import make_plan  # noqa: E402
 from tests.helpers import copy_example, quiet  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from engine.models.loading import load_base_model
-
-    torch.set_num_threads(1)
-    return load_base_model("tiny")
-
-
 def set_keys(root, table: str, **values) -> None:
     """Set keys of ``[table]`` in the project file (comments are dropped: tests only)."""
     import tomli_w

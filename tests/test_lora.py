@@ -16,7 +16,7 @@ from engine.lora.files import kohya_hashes, load_lora_file, save_lora_file
 from engine.lora.metadata import lora_metadata
 from engine.lora.network import LoRANetwork, apply_lora_file
 from engine.lora.weights import LoRAWeights, lora_delta
-from engine.models.loading import build_empty, load_base_model
+from engine.models.loading import build_empty
 from engine.models.tiny import tiny_pipeline
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -37,11 +37,6 @@ def key_shapes(network: LoRANetwork) -> dict[str, tuple]:
         out[f"{lora.name}.lora_up.weight"] = tuple(lora.lora_up.weight.shape)
         out[f"{lora.name}.alpha"] = tuple(lora.alpha.shape)
     return out
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_base_model("tiny")
 
 
 @pytest.fixture

@@ -14,12 +14,7 @@ from safetensors.torch import save_file
 from engine.errors import CopyloraError, ModelError
 from engine.formats.model_files import detect_family
 from engine.models import tiny as tiny_model
-from engine.models.loading import BaseModel, _sd2_prediction, build_empty, build_empty_sd15, legacy_model_hash, load_base_model, load_pickled_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny() -> BaseModel:
-    return load_base_model("tiny")
+from engine.models.loading import _sd2_prediction, build_empty, build_empty_sd15, legacy_model_hash, load_base_model, load_pickled_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,6 @@ SETTINGS = SampleSettings(prompts=["", "a red house"], steps=3, size=[64, 96], s
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from engine.models.loading import load_base_model
-
-    torch.set_num_threads(1)
-    return load_base_model("tiny")
-
-
-@pytest.fixture(scope="module")
 def lora_file(tiny, tmp_path_factory):
     from engine.lora.network import LoRANetwork
 

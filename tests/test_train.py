@@ -15,14 +15,6 @@ from engine.train.trainer import TrainingError, evaluation_loss, train  # noqa: 
 from tests.helpers import copy_example  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from engine.models.loading import load_base_model
-
-    torch.set_num_threads(1)
-    return load_base_model("tiny")
-
-
 def make(tmp_path, steps: int, **train):
     root = copy_example(tmp_path)
     project = load_project(root)
