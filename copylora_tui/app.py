@@ -79,7 +79,7 @@ class CopyloraApp(App[int]):
         """The user's keymap file (copylora_tui.core.keymap), if there is one."""
         from copylora_tui.core.keymap import load_keymap
 
-        keymap, problems = load_keymap()
+        keymap, problems = load_keymap(binding_owners())
         if keymap:
             self.set_keymap(keymap)
         for problem in problems:
@@ -252,3 +252,18 @@ def run_app(projects_dir: str | Path = "projects", home: str | Path | None = Non
     app = CopyloraApp(projects_dir, home=home)
     app.run()
     return app.return_code or 0
+
+
+def binding_owners() -> list[tuple[type, str]]:
+    """The app and its screens with where their keys work, in the order ``copylora keymap``
+    lists them: the keymap (copylora_tui.core.keymap) is below the screens and is handed them."""
+    from copylora_tui.screens.confirm_delete import ConfirmDeleteScreen
+    from copylora_tui.screens.monitor import MonitorScreen
+    from copylora_tui.screens.new_project import NewProjectScreen
+    from copylora_tui.screens.project import ProjectScreen
+    from copylora_tui.screens.projects import ProjectsScreen
+    from copylora_tui.screens.queue import QueueScreen
+    from copylora_tui.screens.stats import StatsScreen
+
+    return [(CopyloraApp, "everywhere"), (ProjectsScreen, "Projects"), (ProjectScreen, "Project"), (QueueScreen, "Queue"),
+            (MonitorScreen, "Monitor"), (StatsScreen, "Merge stats"), (NewProjectScreen, "New project"), (ConfirmDeleteScreen, "Delete")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from copylora_tui.app import CopyloraApp
+from copylora_tui.app import CopyloraApp, binding_owners
 from copylora_tui.cli.main import main
 from copylora_tui.core.keymap import app_bindings, load_keymap
 from copylora_tui.screens.queue import QueueScreen
@@ -14,7 +14,7 @@ def test_every_binding_has_an_id_and_the_default_keymap_lists_them(capsys):
     from copylora_tui.screens.queue import QueueScreen as Q
 
     assert all(b.id for b in Q.BINDINGS)
-    ids = [b.id for b in app_bindings()]
+    ids = [b.id for b in app_bindings(binding_owners())]
     assert len(ids) == len(set(ids)) and {"app.queue", "queue.cancel", "monitor.sample", "project.save"} <= set(ids)
     assert main(["keymap"]) == 0
     text = capsys.readouterr().out
@@ -25,12 +25,12 @@ def test_every_binding_has_an_id_and_the_default_keymap_lists_them(capsys):
 def test_keymap_file_problems_are_reported_and_the_rest_applies(tmp_path):
     path = tmp_path / "keymap.toml"
     path.write_text('[keymap]\n"queue.cancel" = "x"\n"queue.cancle" = "y"\n"app.queue" = 3\n')
-    keymap, problems = load_keymap(path)
+    keymap, problems = load_keymap(binding_owners(), path)
     assert keymap == {"queue.cancel": "x"}
     assert any("unknown binding id 'queue.cancle' (did you mean 'queue.cancel'?)" in p for p in problems)
     assert any("app.queue must be keys as a string" in p for p in problems)
     path.write_text("[keymap\n")
-    assert load_keymap(path)[1][0].startswith(f"{path}: not read")
+    assert load_keymap(binding_owners(), path)[1][0].startswith(f"{path}: not read")
 
 
 async def test_rebound_keys_work_in_the_app(tmp_path, monkeypatch):

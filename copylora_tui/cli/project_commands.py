@@ -112,9 +112,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_keymap(args: argparse.Namespace) -> int:
+    from copylora_tui.app import binding_owners
     from copylora_tui.core.keymap import default_keymap_text
 
-    print(default_keymap_text(), end="")
+    print(default_keymap_text(binding_owners()), end="")
     return 0
 
 

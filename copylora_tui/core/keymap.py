@@ -42,20 +42,11 @@ def keymap_path() -> Path:
     return base / "copylora" / "keymap.toml"
 
 
-def app_bindings() -> list[BindingInfo]:
-    """Every binding of the app that has an id, first where it is defined (the app's own
-    navigation keys are repeated, hidden, on some screens under the same id)."""
-    from copylora_tui.app import CopyloraApp
-    from copylora_tui.screens.confirm_delete import ConfirmDeleteScreen
-    from copylora_tui.screens.monitor import MonitorScreen
-    from copylora_tui.screens.new_project import NewProjectScreen
-    from copylora_tui.screens.project import ProjectScreen
-    from copylora_tui.screens.projects import ProjectsScreen
-    from copylora_tui.screens.queue import QueueScreen
-    from copylora_tui.screens.stats import StatsScreen
-
-    owners = [(CopyloraApp, "everywhere"), (ProjectsScreen, "Projects"), (ProjectScreen, "Project"), (QueueScreen, "Queue"),
-              (MonitorScreen, "Monitor"), (StatsScreen, "Merge stats"), (NewProjectScreen, "New project"), (ConfirmDeleteScreen, "Delete")]
+def app_bindings(owners: list[tuple[type, str]]) -> list[BindingInfo]:
+    """Every binding with an id of ``owners`` (``copylora_tui.app.binding_owners()``: the app
+    and its screens, which sit above this module and hand themselves in), first where it is
+    defined (the app's own navigation keys are repeated, hidden, on some screens under the
+    same id)."""
     seen: dict[str, BindingInfo] = {}
     for owner, where in owners:
         for binding in owner.BINDINGS:
@@ -64,8 +55,9 @@ def app_bindings() -> list[BindingInfo]:
     return list(seen.values())
 
 
-def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:
-    """(id -> keys, problems) from the keymap file; ({}, []) when there is none."""
+def load_keymap(owners: list[tuple[type, str]], path: Path | None = None) -> tuple[dict[str, str], list[str]]:
+    """(id -> keys, problems) from the keymap file; ({}, []) when there is none. ``owners``:
+    whose binding ids are known (see :func:`app_bindings`)."""
     path = path or keymap_path()
     if not path.is_file():
         return {}, []
@@ -76,7 +68,7 @@ def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:
     table = data.get("keymap", data)
     if not isinstance(table, dict):
         return {}, [f"{path}: [keymap] must be a table of binding id = \"keys\""]
-    known = {b.id for b in app_bindings()}
+    known = {b.id for b in app_bindings(owners)}
     keymap, problems = {}, []
     for binding_id, keys in table.items():
         if binding_id not in known:
@@ -90,10 +82,10 @@ def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:
     return keymap, problems
 
 
-def default_keymap_text() -> str:
-    """Every binding id with its keys, as a keymap file to start from."""
+def default_keymap_text(owners: list[tuple[type, str]]) -> str:
+    """Every binding id of ``owners`` with its keys, as a keymap file to start from."""
     lines = ["# copylora keymap: binding id = \"keys\" (Textual key names, comma-separated for several).",
              f"# Put this file at {keymap_path()} and change what you like; delete the rest.", "", "[keymap]"]
-    for b in app_bindings():
+    for b in app_bindings(owners):
         lines.append(f'"{b.id}" = "{b.keys}"  # {b.where}: {b.description}')
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from textual.widgets import Button, Static
 
 from copylora_tui.core.formatting import size_text
 from copylora_tui.core.projects import ProjectSummary, delete_project, folder_bytes, output_inside
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 
 
 class ConfirmDeleteScreen(ActsWhileOpen, ModalScreen[str | None]):

@@ -22,10 +22,10 @@ from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text
 from copylora_tui.core.history import newest_attempt
 from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.curve import Curve
+from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path

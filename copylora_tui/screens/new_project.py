@@ -15,8 +15,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
+from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.errors import Problem, ValidationError
 
 # create_project's problem locations (its parameters) -> our fields

@@ -25,10 +25,10 @@ from textual.widgets import Button, Collapsible, Static
 from copylora_tui import teacher_images
 from copylora_tui.core import form
 from copylora_tui.core.snapshot import QueueSnapshot
-from copylora_tui.screens.guard import ActsWhileOpen, still_open, while_open
 from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
+from copylora_tui.widgets.guard import ActsWhileOpen, still_open, while_open
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path

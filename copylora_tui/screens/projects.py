@@ -21,9 +21,9 @@ from textual.widgets import DataTable, Static
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
 from copylora_tui.core.snapshot import QueueSnapshot
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
+from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.jobs.queue import Job, JobStatus
 
 EMPTY_HELP = """\

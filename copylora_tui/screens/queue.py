@@ -15,9 +15,9 @@ from textual.widgets import Static
 
 from copylora_tui.core.formatting import project_label, rate_text
 from copylora_tui.core.snapshot import QueueSnapshot
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
+from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.job_table import JobTable
 from engine.jobs.queue import Job, JobStatus, artifacts_text
 

@@ -30,9 +30,9 @@ from copylora_tui.core.stats_table import (
     short_name,
     sorted_rows,
 )
-from copylora_tui.screens.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
+from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.errors import ValidationError
 
 # The modules table's columns, the module's name last: the figures are narrow and all fit in

@@ -20,7 +20,7 @@ from textual.widgets import Log
 from textual.worker import get_current_worker
 
 from copylora_tui.core.log_follow import LogFollower, wrap_line
-from copylora_tui.screens.guard import while_open
+from copylora_tui.widgets.guard import while_open
 
 FLUSH_S = 0.1
 

@@ -23,7 +23,7 @@ from textual.widgets import Static
 from copylora_tui import teacher_images
 from copylora_tui.core.halfblock import HalfBlock, fit_cells, load_thumbnail
 from copylora_tui.core.previews import Found, PreviewTarget, caption, newest, read_record
-from copylora_tui.screens.guard import while_open
+from copylora_tui.widgets.guard import while_open
 
 # What a screen gives the pane: the target once it is known (None: not yet, ask again at the
 # next poll; a string: why there are no previews). Called in the pane's thread.
