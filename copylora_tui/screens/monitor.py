@@ -15,6 +15,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import ProgressBar, Static
 
@@ -266,9 +267,18 @@ class MonitorScreen(ActsWhileOpen, Screen):
         finally:
             self._reader.end()
         points = newest_attempt(points, job.started_at, job.start_step)
-        self.app.call_from_thread(self._show_history, job.step, points, history)
+        self.post_message(self.HistoryRead(job.step, points, history))
 
-    @while_open
+    class HistoryRead(Message, bubble=False):
+        """The curve and VRAM history, read in a thread; Textual drops it if the screen has closed."""
+
+        def __init__(self, step: int | None, points: list[dict], history: list[dict]) -> None:
+            super().__init__()
+            self.step, self.points, self.history = step, points, history
+
+    def on_monitor_screen_history_read(self, message: HistoryRead) -> None:
+        self._show_history(message.step, message.points, message.history)
+
     def _show_history(self, step: int | None, points: list[dict], history: list[dict]) -> None:
         self._points_step = step
         self.query_one("#loss-curve", Curve).values = [p["smooth_loss"] for p in points if p.get("smooth_loss") is not None]

@@ -19,6 +19,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Collapsible, Static
 
@@ -220,9 +221,18 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         if project is not None:
             plan = _plan_text(project)
             pictures = picture_list(project)
-        self.app.call_from_thread(self._loaded, project, problems, plan, pictures, refresh)
+        self.post_message(self.Loaded(project, problems, plan, pictures, refresh))
 
-    @while_open
+    class Loaded(Message, bubble=False):
+        """The project read, validated and planned in a thread; Textual drops it if the screen has closed."""
+
+        def __init__(self, project: Project | None, problems: list[Problem], plan: Text | None, pictures: list | None, refresh: bool) -> None:
+            super().__init__()
+            self.project, self.problems, self.plan, self.pictures, self.refresh = project, problems, plan, pictures, refresh
+
+    def on_project_screen_loaded(self, message: Loaded) -> None:
+        self._loaded(message.project, message.problems, message.plan, message.pictures, message.refresh)
+
     def _loaded(self, project: Project | None, problems: list[Problem], plan: Text | None, pictures: list | None, refresh: bool) -> None:
         self.project, self.load_problems, self.loaded = project, problems, True
         self.checked = project
@@ -288,9 +298,18 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     def _check(self, candidate: Project, generation: int) -> None:
         checked, problems = form.validate(candidate)
         plan_text = _plan_text(checked) if checked is not None else None
-        self.app.call_from_thread(self._checked, generation, checked, problems, plan_text)
+        self.post_message(self.Checked(generation, checked, problems, plan_text))
 
-    @while_open
+    class Checked(Message, bubble=False):
+        """An edit state validated and planned in a thread (late answers are dropped by generation)."""
+
+        def __init__(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: Text | None) -> None:
+            super().__init__()
+            self.generation, self.checked, self.problems, self.plan_text = generation, checked, problems, plan_text
+
+    def on_project_screen_checked(self, message: Checked) -> None:
+        self._checked(message.generation, message.checked, message.problems, message.plan_text)
+
     def _checked(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: Text | None) -> None:
         if generation != self._generation:
             return

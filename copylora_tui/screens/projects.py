@@ -15,6 +15,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
@@ -135,9 +136,18 @@ class ProjectsScreen(ActsWhileOpen, Screen):
     @work(thread=True, exclusive=True, group="projects-scan", exit_on_error=False)
     def _scan(self, generation: int) -> None:
         summaries = scan_projects(self.app.projects_dir)
-        self.app.call_from_thread(self._show_scan, generation, summaries)
+        self.post_message(self.Scanned(generation, summaries))
 
-    @while_open
+    class Scanned(Message, bubble=False):
+        """The projects folder, scanned in a thread; Textual drops it if the screen has closed."""
+
+        def __init__(self, generation: int, summaries: list[ProjectSummary]) -> None:
+            super().__init__()
+            self.generation, self.summaries = generation, summaries
+
+    def on_projects_screen_scanned(self, message: Scanned) -> None:
+        self._show_scan(message.generation, message.summaries)
+
     def _show_scan(self, generation: int, summaries: list[ProjectSummary]) -> None:
         if generation != self._generation:
             return  # a newer scan is under way (scans overlap when jobs finish in a burst)

@@ -15,6 +15,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
@@ -84,9 +85,18 @@ class StatsScreen(ActsWhileOpen, Screen):
             document, problem = None, str(exc.problems[0])
         except Exception as exc:  # said on the screen, not lost in the thread
             document, problem = None, f"{self.stats_path}: cannot read it ({type(exc).__name__}: {exc})"
-        self.app.call_from_thread(self._loaded, document, problem)
+        self.post_message(self.Loaded(document, problem))
 
-    @while_open
+    class Loaded(Message, bubble=False):
+        """The statistics read in a thread, or why not; Textual drops it if the screen has closed."""
+
+        def __init__(self, document: dict | None, problem: str | None) -> None:
+            super().__init__()
+            self.document, self.problem = document, problem
+
+    def on_stats_screen_loaded(self, message: Loaded) -> None:
+        self._loaded(message.document, message.problem)
+
     def _loaded(self, document: dict | None, problem: str | None) -> None:
         if problem is not None:
             self.show_problem(problem)
