@@ -5,13 +5,15 @@ For each route (svd-merge, differential) A and B are trained once on projects/ex
 under its caption; ``--epochs``/``--lr``/``--noise-offset``/``--caption`` change its settings
 to try the levers; or any ``--project``); the result is made at each new rank
 (4, 8, 16); each result is sampled on held-out prompts (combinations the toy model never saw)
-× seeds at strengths 0, 0.5 and 1, the same seed along a row, and measured with
-:mod:`engine.train.effect`:
+× seeds at strengths 0, 0.5 and 1, the same seed along a row, at each CFG of ``--guidance``
+(5 and 7: 7 is what SD1.5 users sample at), and measured with :mod:`engine.train.effect`:
 
 - effect: mean saturation at strength 1 ÷ at strength 0 (goal ≤ 0.35);
 - collateral: luminance SSIM, strength 1 vs 0 (goal ≥ 0.8);
 - copy check: PSNR of A at 1 (on the pair's caption, or the empty prompt) vs picture A, and of A at 1 + the result at 1 vs
-  picture B.
+  picture B;
+- per prompt colour: the effect over the pictures whose prompt names that colour as the
+  background's, and as the shape's (which colours go and which stay), a second Markdown table.
 
     OMP_NUM_THREADS=1 python bench/effect_bench.py --base /tmp/toy --out /tmp/effect.json
     OMP_NUM_THREADS=2 python bench/effect_bench.py --base /tmp/toy --threads 2 --prompts 8 --seeds 1 --ranks 16   # quick look
