@@ -18,6 +18,15 @@ Then the folder is written (diffusers format, fp16 safetensors) with ``SHA256SUM
     OMP_NUM_THREADS=2 python bench/pretrain_toy.py --out engine/models/toy
 
 and the smoke test (seconds): ``python bench/pretrain_toy.py --out /tmp/toy --vae-steps 2 --unet-steps 2 --pool 64``.
+
+Issue 24's levers (docs/BENCHMARKS.md, "A toy base that draws what it is asked"): the text
+encoder's width and depth (``--te-width``/``--te-layers``; on ``--start-from`` a trained U-Net
+gets the new width by new cross-attention ``to_k``/``to_v``), the U-Net's widths and heads, the
+shapes' size (``--radius``), 1/√SNR weighting (``--debiased``), a VAE taken from another run
+(``--vae-from``), ``--device cuda`` for a lent GPU, and ``--eval-every N``: the share of
+shapes' colours, backgrounds and shapes drawn as asked on held-out prompts at CFG 7, logged and
+kept in ``pretrain.json`` (``evals``) so a run can be stopped at its plateau. A continued run's
+record holds the one it started from (``from``) and the minutes of the whole chain.
 """
 
 from __future__ import annotations
@@ -127,7 +136,7 @@ def swap_cross_attention_inputs(unet, width: int, seed: int) -> None:
     unet.register_to_config(cross_attention_dim=width)
 
 
-def train_vae(vae, pool, steps: int, batch: int, lr: float, seed: int) -> list[float]:
+def train_vae(vae, pool, steps: int, batch: int, lr: float, seed: int, device: str = "cpu") -> list[float]:
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -137,9 +146,10 @@ def train_vae(vae, pool, steps: int, batch: int, lr: float, seed: int) -> list[f
     started = time.time()
     for step in range(1, steps + 1):
         index = torch.randint(0, pool.shape[0], (batch,), generator=generator)
-        x = pool[index]
+        x = pool[index].to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        # drawn on the CPU's generator whatever the device: the same numbers on a GPU
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
         out = vae.decode(z).sample
         loss = torch.nn.functional.mse_loss(out, x) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -154,11 +164,11 @@ def train_vae(vae, pool, steps: int, batch: int, lr: float, seed: int) -> list[f
     return losses
 
 
-def encode_pool(vae, pool, batch: int = 64):
+def encode_pool(vae, pool, batch: int = 64, device: str = "cpu"):
     import torch
 
     with torch.no_grad():
-        return torch.cat([vae.encode(pool[i:i + batch]).latent_dist.mean for i in range(0, pool.shape[0], batch)])
+        return torch.cat([vae.encode(pool[i:i + batch].to(device)).latent_dist.mean.cpu() for i in range(0, pool.shape[0], batch)])
 
 
 def latent_weights(masks, shape_weight: float, latent_size: int):
@@ -233,7 +243,8 @@ def debiased_weights(noise_scheduler, t):
 
 def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
                te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
-               eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False) -> list[float]:
+               eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False,
+               device: str = "cpu") -> list[float]:
     import torch
     from diffusers import DDPMScheduler
 
@@ -260,17 +271,19 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
         if noise_offset:  # as sd-scripts' noise_offset: see --noise-offset's help
             noise = noise + noise_offset * torch.randn((batch, x0.shape[1], 1, 1), generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        # drawn on the CPU (the same numbers on any device), then moved
+        x0, noise, t_cpu, t = x0.to(device), noise.to(device), t, t.to(device)
         noisy = noise_scheduler.add_noise(x0, noise, t)
-        hidden = text_encoder(ids[index])[0]
+        hidden = text_encoder(ids[index].to(device))[0]
         pred = unet(noisy, t, hidden).sample
         if weights is None and not min_snr_gamma and not debiased:
             loss = torch.nn.functional.mse_loss(pred, noise)  # the shipped model's loss, as it was computed
         else:
-            per_sample = (((pred - noise) ** 2) * (weights[index] if weights is not None else 1.0)).mean(dim=(1, 2, 3))
+            per_sample = (((pred - noise) ** 2) * (weights[index].to(device) if weights is not None else 1.0)).mean(dim=(1, 2, 3))
             if min_snr_gamma:
-                per_sample = per_sample * min_snr_weights(noise_scheduler, t, min_snr_gamma)
+                per_sample = per_sample * min_snr_weights(noise_scheduler, t_cpu, min_snr_gamma).to(device)
             if debiased:
-                per_sample = per_sample * debiased_weights(noise_scheduler, t)
+                per_sample = per_sample * debiased_weights(noise_scheduler, t_cpu).to(device)
             loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -299,7 +312,7 @@ def save(components, out: Path, record: dict) -> None:
     from engine.models.tiny import _pipeline_from
 
     for name in ("unet", "vae", "text_encoder"):
-        components[name].to(torch.float16)
+        components[name].to("cpu", torch.float16)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _pipeline_from(components).save_pretrained(tmp, safe_serialization=True)
@@ -360,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debiased", action="store_true",
                         help="weight the U-Net's loss by 1/√SNR (kohya's debiased_estimation_loss): the noisiest steps, where "
                              "the caption decides the colours, count more")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU: the same run in minutes; random numbers are drawn "
+                        "on the CPU either way)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: chosen from the free cores and kept right while the run goes, engine/threads.py)")
     parser.add_argument("--te-width", type=int, default=32, help="the text encoder's hidden size = the U-Net's cross-attention width")
@@ -406,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.vae_from:
         components["vae"] = load_components(args.vae_from)["vae"]
         args.vae_steps = 0
+    if args.device != "cpu":
+        from engine.devices import resolve_device
+
+        args.device = resolve_device(args.device)  # cuda without a GPU: one line, before any work
+        for name in ("unet", "vae", "text_encoder"):
+            components[name].to(args.device)
     scenes = dataset_scenes(args.seed, args.pool)
     pool = pictures_tensor([draw(scene) for scene, _ in scenes])
     captions = [c for _, c in scenes]
@@ -414,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         masks = pictures_tensor([shape_mask(scene).convert("RGB") for scene, _ in scenes])[:, :1] * 0.5 + 0.5
     log(f"{args.pool} pictures drawn in {time.time() - started:.1f} s")
 
-    vae_losses = train_vae(components["vae"], pool, args.vae_steps, args.vae_batch, args.vae_lr, args.seed) if args.vae_steps else [0.0]
+    vae_losses = train_vae(components["vae"], pool, args.vae_steps, args.vae_batch, args.vae_lr, args.seed, args.device) if args.vae_steps else [0.0]
     vae_minutes = (time.time() - started) / 60
-    latents = encode_pool(components["vae"], pool)
+    latents = encode_pool(components["vae"], pool, device=args.device)
     if args.vae_steps or not (args.start_from or args.vae_from):  # a kept VAE keeps its latent scale
         components["vae"].register_to_config(scaling_factor=float(1.0 / latents.std()))
     scale = float(components["vae"].config.scaling_factor)
@@ -428,14 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     evals: list[dict] = []
     unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed,
                              te_lr=args.te_lr, noise_offset=args.noise_offset, weights=weights, min_snr_gamma=args.min_snr_gamma,
-                             eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from),
+                             eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from), device=args.device,
                              evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg))
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     record = {
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS), "threads": args.threads or "auto",
+        "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS), "threads": args.threads or "auto", "device": args.device,
         "torch": torch.__version__, "vae_levels": args.vae_levels,
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads},
         "unet_channels": list(channels), "unet_heads": args.unet_heads, "vae_from": str(args.vae_from) if args.vae_from else None,
@@ -460,4 +481,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from engine.errors import CopyloraError
+
+    try:
+        sys.exit(main())
+    except CopyloraError as exc:  # e.g. --device cuda without a GPU: one line, no traceback
+        print(f"pretrain_toy: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -139,6 +139,19 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     assert measured["guidance"] == 5.0 and measured["monochrome_prompt_saturation"] >= 0
 
 
+def test_pretraining_on_a_gpu_that_is_not_there_says_so_in_one_line(tmp_path):
+    """``--device cuda`` (a lent GPU runs the same pretraining in minutes) on a machine without
+    one: a line and exit 2 before anything is trained or written."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(tmp_path / "toy"), "--vae-steps", "1",
+                           "--unet-steps", "1", "--pool", "4", "--threads", "1", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "pretrain_toy: error: device cuda asked for, but torch sees no CUDA GPU" in done.stderr and not (tmp_path / "toy").exists()
+
+
 def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     """bench/effect_bench.py with every option it has, on the built-in tiny model, tiny sizes:
     the script cannot rot (its figures on a real toy model are in docs/BENCHMARKS.md)."""
