@@ -41,8 +41,9 @@ GROUPS = {
 def condition_on(mode: str) -> str:
     """What the teacher pictures train under: ``[train] caption`` (returned) for ``empty`` and
     ``caption``; for ``mixK`` the trainer's data is extended in this process only."""
-    import engine.train.trainer as trainer
+    import engine.train.side_run as side_run
     from engine.models.toy_data import all_combinations, is_held_out
+    from engine.train.training_data import _prompt_index
 
     if mode == "empty":
         return ""
@@ -52,16 +53,16 @@ def condition_on(mode: str) -> str:
         raise SystemExit(f"unknown mode {mode!r}: empty, caption or mixK")
     count = int(mode[3:] or 4)
     trained = [f"a {c} {s} on a {b} background" for c, s, b in all_combinations() if not is_held_out(c, s, b)]
-    data_for = trainer.training_data
+    data_for = side_run.training_data
 
     def mixed(model, plan, side, log):
         data = data_for(model, plan, side, log)
         rng = random.Random(7)
-        extra = [replace(item, cond_index=trainer._prompt_index(data, prompt)) for item in data.items for prompt in rng.sample(trained, count)]
+        extra = [replace(item, cond_index=_prompt_index(data, prompt)) for item in data.items for prompt in rng.sample(trained, count)]
         data.items += extra
         return data
 
-    trainer.training_data = mixed
+    side_run.training_data = mixed  # what SideRun calls
     return ""
 
 

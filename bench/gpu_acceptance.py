@@ -34,6 +34,8 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
+from engine.train.controls import TrainControls
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -276,7 +278,7 @@ def step_rates(project: Path, steps: int, optimizers: list[str], compile_too: bo
                 torch.cuda.synchronize()
             marks.append(time.perf_counter())
 
-        result = train(plan, "a", model=model, resume=False, on_progress=on_progress, log=lambda line: None)
+        result = train(plan, "a", model=model, resume=False, log=lambda line: None, controls=TrainControls(on_progress=on_progress))
         clean = marks[len(marks) // 3:]
         rate = (len(clean) - 1) / (clean[-1] - clean[0]) if len(clean) > 2 else None
         rates[optimizer + ("+compile" if compiled else "")] = {
@@ -308,7 +310,7 @@ def profile_steps(project: Path, steps: int, out: Path) -> dict:
             marks.append(time.perf_counter())
             prof.step()
 
-        result = train(plan, "a", resume=False, on_progress=on_progress, log=lambda line: None)
+        result = train(plan, "a", resume=False, log=lambda line: None, controls=TrainControls(on_progress=on_progress))
     # Steps/s outside the profiled window (the profiler slows the steps it records).
     clean = marks[1:wait + 1]
     rate = (len(clean) - 1) / (clean[-1] - clean[0]) if len(clean) > 2 else None

@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--te-width", type=int, default=32, help="the text encoder's hidden size = the U-Net's cross-attention width")
     parser.add_argument("--te-layers", type=int, default=12, help="the text encoder's layers (SD1.5: 12)")
     parser.add_argument("--te-heads", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=0,
+                        help="the tokenizer's padded length (0: CLIP's 77). The toy prompts take ~10 tokens: at 77 the padding's "
+                             "copies take ~87 %% of the U-Net's cross-attention and the shape word is lost (docs/BENCHMARKS.md)")
     parser.add_argument("--unet-channels", default="32,64,96,96", help="the U-Net's block widths (tiny's: 32,64,96,96)")
     parser.add_argument("--unet-heads", type=int, default=2, help="attention heads in the U-Net's transformer blocks")
     parser.add_argument("--vae-from", type=Path, help="take the VAE (and its latent scale) of this folder instead of training one")
@@ -418,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         fresh = build(args.seed, args.vae_levels, te_width=args.te_width, te_layers=args.te_layers, te_heads=args.te_heads)
         components["text_encoder"] = fresh["text_encoder"]
         swap_cross_attention_inputs(components["unet"], args.te_width, args.seed)
+    if args.max_length:  # saved with the tokenizer: the engine pads to it when it trains and samples
+        components["tokenizer"].model_max_length = args.max_length
     if args.vae_from:
         components["vae"] = load_components(args.vae_from)["vae"]
         args.vae_steps = 0
@@ -458,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS), "threads": args.threads or "auto", "device": args.device,
         "torch": torch.__version__, "vae_levels": args.vae_levels,
-        "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads},
+        "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads,
+                         "max_length": components["tokenizer"].model_max_length},
         "unet_channels": list(channels), "unet_heads": args.unet_heads, "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},

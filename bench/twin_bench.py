@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.train.controls import TrainControls
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -56,9 +58,9 @@ def measure(base: str, size: tuple[int, int], steps: int, precision: str, optimi
 
     separate, twin = [], []
     for _ in range(repeat):
-        separate.append(sum(loop_seconds(lambda cb, s=side: train(plan, s, model=model, log=lambda line: None, on_progress=cb))
+        separate.append(sum(loop_seconds(lambda cb, s=side: train(plan, s, model=model, log=lambda line: None, controls=TrainControls(on_progress=cb)))
                             for side in ("a", "b")))
-        twin.append(loop_seconds(lambda cb: train_twin(plan, model=model, log=lambda line: None, on_progress=cb)))
+        twin.append(loop_seconds(lambda cb: train_twin(plan, model=model, log=lambda line: None, controls=TrainControls(on_progress=cb))))
     timed = steps - 1  # intervals between the first and the last step
     best_separate, best_twin = min(separate), min(twin)
     return {"base": base, "size": f"{size[0]}x{size[1]}", "steps": steps, "precision": precision, "optimizer": optimizer,

@@ -84,7 +84,7 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)``, fsync the result, give it the umask's mode, rename it onto
     ``path`` and fsync the folder. On any failure the temporary file is removed and the old
     ``path`` (if any) is untouched. Writers that report I/O failures as RuntimeError (torch)

@@ -87,8 +87,8 @@ def _explicit_count(environ: Mapping[str, str]) -> int | None:
 def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
     """A container's CPU quota in cores (docker --cpus, Kubernetes limits, Slurm's cgroups), or None."""
     try:  # cgroup v2: "max 100000" or "150000 100000"
-        quota, period = open(os.path.join(root, "cpu.max")).read().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        limit, interval = open(os.path.join(root, "cpu.max")).read().split()[:2]
+        return None if limit == "max" else int(limit) / int(interval)
     except (OSError, ValueError):
         pass
     try:  # cgroup v1

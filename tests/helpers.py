@@ -39,3 +39,54 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def quiet(_line: str) -> None:
     """A log that says nothing (trainings in tests)."""
+
+
+def evaluation_loss(model, latents, cond, *, count: int = 8, seed: int = 0, added_cond: dict | None = None) -> float:
+    """Mean denoising loss on ``latents`` at fixed noise and evenly spread timesteps.
+
+    A fixed yardstick (unlike the training loss, which jumps with the random timestep): it
+    falls as the LoRA learns to copy the teacher picture. ``added_cond``: SDXL's
+    ``added_cond_kwargs`` (see :func:`engine.train.conditioning.added_conditions`).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = model.noise_scheduler
+    device = model.unet.device
+    total = 0.0
+    with torch.no_grad():
+        for i in range(count):
+            t = torch.tensor([int((i + 0.5) * scheduler.config.num_train_timesteps / count)])
+            noise = torch.randn(latents.shape, generator=generator)
+            noisy = scheduler.add_noise(latents.cpu(), noise, t)
+            target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents.cpu(), noise, t)
+            pred = model.unet(noisy.to(device, model.unet.dtype), t.to(device), cond.to(device, model.unet.dtype),
+                              added_cond_kwargs=added_cond).sample
+            total += float(torch.nn.functional.mse_loss(pred.float().cpu(), target))
+    return total / count
+
+
+def diverge_at(monkeypatch, bad_step: int | None, side: str | None = None) -> None:
+    """Make the trainer's loss NaN at ``bad_step`` (0-based; None: every step), for ``side``
+    only if given: the side's loss is wrapped, as a diverging run would compute it."""
+    from engine.train.side_run import SideRun
+
+    computed = SideRun.loss
+
+    def loss(self, pred, draw, *args):
+        value = computed(self, pred, draw, *args)
+        hit = (bad_step is None or draw.step == bad_step) and (side is None or self.side == side)
+        return value * float("nan") if hit else value
+
+    monkeypatch.setattr(SideRun, "loss", loss)
+
+
+def rendered(renderable) -> str:
+    """A Rich renderable as the text a wide terminal shows."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=400, file=io.StringIO(), record=True)
+    console.print(renderable)
+    return console.export_text()

@@ -9,7 +9,15 @@ from textual.widgets import Input, Static
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.project import ProjectScreen
 from engine.project.folder import load_project
-from tests.test_app_support import make_projects, screen_text, use_home, wait_until
+from tests.test_app_support import make_projects, plan_text, screen_text, use_home, wait_until
+
+
+def plan_steps(app, side: str) -> str:
+    """The steps of ``side`` in the project screen's plan."""
+    import re
+
+    found = re.search(rf"^{side}\s+(\d+) steps", plan_text(app), re.M)
+    return found.group(1) if found else ""
 
 
 def editor(app, path: str) -> Input:
@@ -74,7 +82,7 @@ async def test_cross_key_problem_is_shown_and_blocks_saving(tmp_path, monkeypatc
         await pilot.pause()
         assert toml.read_text() == original
         editor(app, "train.max_train_epochs").value = ""
-        await wait_until(pilot, lambda: "A: 100 steps" in str(app.screen.query_one("#plan", Static).render()))
+        await wait_until(pilot, lambda: plan_steps(app, "A") == "100")
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: "max_train_steps = 100" in toml.read_text())
 

@@ -18,7 +18,7 @@ from copylora_tui.screens.projects import ProjectsScreen
 from copylora_tui.screens.queue import QueueScreen
 from copylora_tui.screens.stats import StatsScreen
 from tests.app_keys import send_keys
-from tests.test_app_support import screen_text, wait_until
+from tests.test_app_support import plan_text, screen_text, wait_until
 
 SIZES = [(100, 30), (80, 24)]
 
@@ -187,7 +187,7 @@ async def test_a_differential_project_shows_its_route(real_runs):
         names = [s.folder.name for s in app.screen.summaries]
         app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("differential"))
         await pilot.press("o")
-        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "route: differential" in screen_text(app))
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "route     differential: B trains" in plan_text(app))
         await pilot.press("escape", "2")
         await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and "train B on A" in rows_text(app))
         assert "result" in rows_text(app)

@@ -106,7 +106,7 @@ def mark_trained(project_dir: Path, sides: tuple[str, ...] = ("a", "b")) -> None
     """Write A/B LoRA files whose fingerprints match the current parameters (as after training)."""
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
-    from engine.train.trainer import training_fingerprint
+    from engine.project.provenance import training_fingerprint
 
     plan = make_plan(load_project(project_dir))
     for side in sides:
@@ -283,3 +283,16 @@ async def open_stats(pilot, ready) -> None:
     await ready(pilot)
     await pilot.press("down", "s")
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, StatsScreen) and "6 modules" in screen_text(pilot.app))
+
+
+def plan_text(app) -> str:
+    """The project screen's plan as text (rendered off screen: it sits below the pictures, often
+    scrolled out of view)."""
+    import io
+
+    from rich.console import Console
+    from textual.widgets import Static
+
+    console = Console(width=140, file=io.StringIO(), record=True)
+    console.print(app.screen.query_one("#plan", Static).content)
+    return console.export_text()

@@ -236,7 +236,8 @@ def test_run_refuses_before_queueing(tmp_path, capsys, monkeypatch):
 def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
     """The output folder breaks during the run (here: a folder where the LoRA goes)."""
     from engine.project.plan import make_plan
-    from engine.train.trainer import TrainingError, rescue_folder, train
+    from engine.train.rescue import rescue_folder
+    from engine.train.trainer import TrainingError, train
 
     root = copy_example(tmp_path)
     plan = make_plan(load_project(root), max_steps=2)
@@ -257,13 +258,13 @@ def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
 
 
 def test_nan_loss_does_not_name_a_checkpoint_that_does_not_exist(tmp_path, monkeypatch):
-    import engine.train.trainer as trainer
     from engine.project.plan import make_plan
     from engine.train.trainer import TrainingError, train
+    from tests.helpers import diverge_at
 
     root = copy_example(tmp_path)
     plan = make_plan(load_project(root), max_steps=3)
-    monkeypatch.setattr(trainer, "_loss_hook", lambda step, loss: loss * float("nan"))
+    diverge_at(monkeypatch, None)
     with pytest.raises(TrainingError) as info:
         train(plan, "a", log=lambda _l: None)
     assert "no checkpoint had been written yet" in str(info.value) and "runs/A is kept" not in str(info.value)
@@ -377,13 +378,14 @@ def test_small_picture_warning_reaches_the_form_and_the_training_log(tmp_path):
     from copylora_tui.screens.project import plan_summary
     from engine.project.plan import make_plan
     from engine.train.trainer import train
+    from tests.helpers import rendered
 
     root = copy_example(tmp_path)
     for old in (root / "a").iterdir():
         old.unlink()
     write_png(root / "a" / "small.png", size=(32, 48))
     project = load_project(root)
-    assert "⚠ a.folder small.png: 32×48 is enlarged 4.0× to its 128×192 training bucket" in str(plan_summary(project))
+    assert "⚠ a.folder small.png: 32×48 is enlarged 4.0× to its 128×192 training bucket" in rendered(plan_summary(project))
     lines: list[str] = []
     train(make_plan(project, max_steps=1), "a", log=lines.append)
     assert any(line.startswith("warning: a.folder small.png: 32×48 is enlarged") for line in lines)

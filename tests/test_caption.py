@@ -12,7 +12,9 @@ import pytest
 from engine.errors import ValidationError
 from engine.project.folder import load_project
 from engine.project.plan import make_plan, twin_problem
-from engine.train.trainer import training_data, training_datasets, training_fingerprint
+from engine.project.provenance import training_fingerprint
+from engine.train.lora_facts import training_datasets
+from engine.train.training_data import training_data
 from tests.helpers import copy_example, quiet
 
 CAPTION = "a yellow circle on a blue background"
@@ -51,7 +53,7 @@ def test_a_side_may_set_its_own_caption_which_ends_twin_training(tmp_path):
 
 
 def test_an_empty_caption_keeps_old_checkpoints_valid_and_a_caption_makes_them_stale(tmp_path, monkeypatch):
-    import engine.train.trainer as trainer
+    import engine.project.provenance as trainer
 
     root = copy_example(tmp_path)
     project = load_project(root)

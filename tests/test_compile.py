@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 
 from engine.project.folder import load_project  # noqa: E402
 from engine.project.plan import make_plan  # noqa: E402
-from engine.train.trainer import train, training_fingerprint, unet_forward  # noqa: E402
+from engine.project.provenance import training_fingerprint  # noqa: E402
+from engine.train.trainer import train, unet_forward  # noqa: E402
 from tests.helpers import copy_example  # noqa: E402
 
 

@@ -140,7 +140,7 @@ def test_captions_reach_the_text_encoder_and_concepts_their_items(tmp_path, tiny
 
     from engine.train.class_images import generate_class_images, missing_class_images
     from engine.train.conditioning import encode_text
-    from engine.train.trainer import training_data
+    from engine.train.training_data import training_data
 
     root = dreambooth_project(tmp_path)
     project = load_project(root)
@@ -165,7 +165,7 @@ def test_captions_reach_the_text_encoder_and_concepts_their_items(tmp_path, tiny
 
 
 def test_a_changed_caption_makes_the_checkpoint_stale(tmp_path):
-    from engine.train.trainer import training_fingerprint
+    from engine.project.provenance import training_fingerprint
 
     root = dreambooth_project(tmp_path)
     before = training_fingerprint(make_plan(load_project(root)), "a")

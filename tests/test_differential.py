@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.jobs.enqueue import side_up_to_date  # noqa: E402
 from engine.project.folder import load_project, save_project  # noqa: E402
+from engine.project.outputs import SideLora  # noqa: E402
 from engine.project.plan import make_plan, training_order, twin_problem  # noqa: E402
 from engine.train.base_weights import BaseWeightsError  # noqa: E402
 from engine.train.trainer import train  # noqa: E402
@@ -102,16 +102,16 @@ def test_a_new_a_makes_b_stale_and_b_without_a_is_refused(tmp_path, tiny, traine
     root, a_path = trained_a
     plan = make(root)
     train(plan, "b", model=tiny, log=quiet)
-    assert side_up_to_date(plan, "b")[0]
+    assert SideLora(plan, "b").status().pair()[0]
     original = a_path.read_bytes()
     try:
         train(make(root, seed=7), "a", model=tiny, log=quiet)  # A retrained differently
         assert a_path.read_bytes() != original
-        fresh, reason = side_up_to_date(make(root, seed=7), "b")
+        fresh, reason = SideLora(make(root, seed=7), "b").status().pair()
         assert not fresh and "changed" in reason
     finally:
         a_path.write_bytes(original)
-    assert not side_up_to_date(make(root, multiplier=0.5), "b")[0]  # the strength is part of B too
+    assert not SideLora(make(root, multiplier=0.5), "b").status().pair()[0]  # the strength is part of B too
 
     lonely = make(tmp_path / "lonely")
     with pytest.raises(BaseWeightsError, match="train A first"):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from engine.jobs.enqueue import check_path, enqueue_project, grid_path
+from engine.jobs.enqueue import enqueue_project
 from engine.jobs.queue import Queue
 from engine.jobs.worker import start_detached, stop_worker
 from engine.project.folder import load_project
@@ -60,8 +60,8 @@ def test_differential_project_runs_through_the_queue(tmp_path, home):  # noqa: F
     made = json.loads(metadata(plan.merged_path)["copylora_merge"])
     assert [i["file"] for i in made["inputs"]] == [plan.side("b").lora_path.name]
     assert json.loads(plan.stats_path.read_text())["route"] == route
-    assert grid_path(plan).is_file() and check_path(plan).is_file()
-    assert queue.get(preview.id).artifacts["check"] == str(check_path(plan))
+    assert plan.outputs.grid.is_file() and plan.outputs.check.is_file()
+    assert queue.get(preview.id).artifacts["check"] == str(plan.outputs.check)
 
     again = enqueue_project(queue, root, max_steps=4)
     assert [s.action for s in again] == ["up to date"] * 4, [(s.what, s.reason) for s in again]

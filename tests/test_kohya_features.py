@@ -4,6 +4,7 @@ the DPM++ Karras preview samplers, and TensorBoard training logs (log_with)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -13,6 +14,7 @@ torch = pytest.importorskip("torch")
 from engine.errors import ValidationError  # noqa: E402
 from engine.project.folder import load_project  # noqa: E402
 from engine.project.plan import make_plan  # noqa: E402
+from engine.train.controls import TrainControls
 from tests.helpers import copy_example, quiet  # noqa: E402
 
 
@@ -115,8 +117,9 @@ def plan_from(root, steps: int, **train):
 
 def test_training_starts_from_the_network_weights_file(tmp_path, tiny):
     from engine.lora.files import load_lora_file
+    from engine.project.provenance import training_fingerprint
     from engine.train.checkpoint import load_latest_state
-    from engine.train.trainer import train, training_fingerprint
+    from engine.train.trainer import train
 
     root = copy_example(tmp_path)
     source = start_file(tiny, root / "start.safetensors")
@@ -124,7 +127,7 @@ def test_training_starts_from_the_network_weights_file(tmp_path, tiny):
     plan = plan_from(root, 3)
     # Step 0: stopped before the first step, the checkpoint holds the file's weights exactly.
     lines: list[str] = []
-    stopped = train(plan, "a", model=tiny, log=lines.append, should_stop=lambda: True)
+    stopped = train(plan, "a", model=tiny, log=lines.append, controls=TrainControls(should_stop=lambda: True))
     assert stopped.status == "stopped" and stopped.step == 0
     state = load_latest_state(plan.side("a").run_dir, training_fingerprint(plan, "a"), quiet)
     expected = load_lora_file(source).modules
@@ -140,24 +143,25 @@ def test_training_starts_from_the_network_weights_file(tmp_path, tiny):
     record = json.loads(trained.metadata["copylora_network_weights"])
     assert record["file"] == "start.safetensors" and len(record["sha256"]) == 64
     # `run` knows A is current, and after the start file changes it says that is why A is stale.
-    from engine.jobs.enqueue import side_up_to_date
+    from engine.project.outputs import SideLora
 
-    assert side_up_to_date(plan, "a") == (True, done.lora_path.name)
+    assert SideLora(plan, "a").status().pair() == (True, done.lora_path.name)
     start_file(tiny, root / "start.safetensors", seed=6)  # other weights than the seed-5 file it trained from
-    assert side_up_to_date(plan_from(root, 3), "a") == (False, "network_weights (the LoRA it starts from) changed since it was trained")
+    assert SideLora(plan_from(root, 3), "a").status().pair() == (False, "network_weights (the LoRA it starts from) changed since it was trained")
 
 
 def test_a_different_alpha_is_folded_so_step_zero_is_the_files_lora(tmp_path, tiny):
     from engine.lora.files import load_lora_file
     from engine.lora.weights import lora_delta
+    from engine.project.provenance import training_fingerprint
     from engine.train.checkpoint import load_latest_state
-    from engine.train.trainer import train, training_fingerprint
+    from engine.train.trainer import train
 
     root = copy_example(tmp_path)
     source = start_file(tiny, root / "start.safetensors", alpha=4.0)  # the project trains at alpha 1
     set_keys(root, "train", network_weights="start.safetensors")
     plan = plan_from(root, 2)
-    train(plan, "a", model=tiny, log=quiet, should_stop=lambda: True)
+    train(plan, "a", model=tiny, log=quiet, controls=TrainControls(should_stop=lambda: True))
     state = load_latest_state(plan.side("a").run_dir, training_fingerprint(plan, "a"), quiet)
     for name, w in load_lora_file(source).modules.items():
         mine = state["lora"][name]
@@ -167,7 +171,7 @@ def test_a_different_alpha_is_folded_so_step_zero_is_the_files_lora(tmp_path, ti
 
 def test_the_start_file_is_part_of_the_fingerprint_and_check_shows_it(tmp_path, tiny, capsys):
     from copylora_tui.cli.main import main
-    from engine.train.trainer import training_fingerprint
+    from engine.project.provenance import training_fingerprint
 
     root = copy_example(tmp_path)
     plan = make_plan(load_project(root))
@@ -181,7 +185,7 @@ def test_the_start_file_is_part_of_the_fingerprint_and_check_shows_it(tmp_path, 
     assert training_fingerprint(make_plan(load_project(root)), "a") not in (first, fresh["a"])
     assert main(["check", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "A starts from" in out and "start.safetensors" in out
+    assert re.search(r"^A +starts from .*start.safetensors", out, re.M)
     assert main(["check", str(root), "--json"]) == 0
     sides = json.loads(capsys.readouterr().out)["sides"]
     assert sides["a"]["network_weights"].endswith("start.safetensors") and sides["b"]["network_weights"] is None
@@ -237,13 +241,13 @@ def scalars(folder, tag: str) -> dict[int, float]:
 
 def test_log_with_tensorboard_writes_each_sides_loss_per_step(tmp_path, tiny):
     pytest.importorskip("tensorboard")
-    from engine.train.trainer import train_sides
+    from engine.train.twin import train_twin
 
     root = copy_example(tmp_path)
     set_keys(root, "train", log_with="tensorboard")
     plan = plan_from(root, 4)
     seen: dict[int, tuple[float, float]] = {}
-    train_sides(plan, ["a", "b"], model=tiny, log=quiet, on_progress=lambda p: seen.__setitem__(p.step, (p.loss, p.loss_b)))
+    train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: seen.__setitem__(p.step, (p.loss, p.loss_b))))
     for index, side in enumerate("AB"):
         runs = list((root / "output" / "logs" / side).iterdir())
         assert len(runs) == 1  # one folder per run, named by its start time

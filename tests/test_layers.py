@@ -60,3 +60,14 @@ def test_ruff_is_clean():
     """pyproject's [tool.ruff]: line length, import order, pyflakes."""
     result = subprocess.run([str(RUFF), "check", "."], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+MYPY = Path(sys.executable).parent / "mypy"
+
+
+@pytest.mark.skipif(not MYPY.exists(), reason="mypy is not installed (pip install -e '.[dev]')")
+def test_the_engine_type_checks():
+    """pyproject's [tool.mypy]: the engine clean at mypy's defaults (about a minute of CPU cold, seconds with
+    its cache, .mypy_cache/)."""
+    result = subprocess.run([str(MYPY)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "Success" in result.stdout, result.stdout + result.stderr

@@ -98,7 +98,7 @@ def test_transparency_is_a_warning_at_check_and_in_the_log(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: b.folder cutout.png: has transparent areas: they train as white" in err
     info = read_image_info(root / "b" / "cutout.png")
-    # the trainer logs picture_warnings per side (engine.train.trainer.training_data)
+    # the trainer logs picture_warnings per side (engine.train.training_data.training_data)
     assert any("transparent" in w for w in picture_warnings(info, (128, 192), "b.folder"))
     opaque = read_image_info(root / "a" / "colour.png")
     assert not any("transparent" in w for w in picture_warnings(opaque, (128, 192), "a.folder"))
@@ -178,10 +178,11 @@ def test_a_and_b_of_different_sizes_are_warned(tmp_path, capsys):
 
 def test_the_form_shows_the_pair_warning(tmp_path):
     from copylora_tui.screens.project import plan_summary
+    from tests.helpers import rendered
 
     root = copy_example(tmp_path)
     replace_picture(root, "b", lambda folder: shutil.copy(root / "a" / "colour.png", folder / "same.png"))
-    text = plan_summary(load_project(root)).plain
+    text = rendered(plan_summary(load_project(root)))
     assert "⚠ a.folder colour.png and b.folder same.png are identical files" in text
 
 

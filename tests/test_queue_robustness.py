@@ -15,6 +15,7 @@ from copylora_tui.cli.main import main
 from copylora_tui.core.projects import RESUMABLE, summarise
 from copylora_tui.screens.queue import QueueScreen
 from engine.jobs.queue import Queue
+from engine.train.controls import TrainControls
 from engine.train.progress import Progress
 from tests.helpers import copy_example
 from tests.test_app_support import make_projects, screen_text, use_home, wait_until
@@ -23,16 +24,17 @@ from tests.test_app_support import make_projects, screen_text, use_home, wait_un
 def test_two_runs_of_one_project_at_once_queue_it_once(tmp_path, monkeypatch):
     """Deciding what is up to date takes time (hashing); both runs decide, then insert."""
     import engine.jobs.enqueue as enqueue
+    from engine.project.outputs import SideLora
 
     root = copy_example(tmp_path)
     home = tmp_path / "state"
-    slow = enqueue.side_up_to_date
+    slow = SideLora.status
 
-    def side_up_to_date(plan, side):
+    def status(self):
         time.sleep(0.3)  # both threads are past their decision before either inserts
-        return slow(plan, side)
+        return slow(self)
 
-    monkeypatch.setattr(enqueue, "side_up_to_date", side_up_to_date)
+    monkeypatch.setattr(SideLora, "status", status)
     results: list = []
     errors: list = []
 
@@ -118,7 +120,7 @@ def test_a_side_with_a_checkpoint_is_resumable_not_missing(tmp_path):
         calls["n"] += 1
         return calls["n"] > 3
 
-    result = train(plan, "a", should_stop=stop_after_three, log=lambda _l: None)
+    result = train(plan, "a", log=lambda _l: None, controls=TrainControls(should_stop=stop_after_three))
     assert result.status == "stopped" and result.step == 3
     summary = summarise(root.resolve())
     assert summary.sides["a"].state == RESUMABLE

@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from engine.train.controls import TrainControls
 from engine.train.sample import SampleSettings, generate, read_grid_parameters, sample_lora  # noqa: E402
 from tests.helpers import copy_example  # noqa: E402
 
@@ -86,7 +87,7 @@ def test_previews_during_training_change_nothing(tmp_path, tiny):
         project.sample = replace(project.sample, steps=2, size=[64, 96])
         plan = make_plan(project, max_steps=10)
         requests = iter([False, False, True] + [False] * 20)  # and one sample-now request at step 3
-        result = train(plan, "a", model=tiny, log=lambda _l: None, sample_requested=lambda: next(requests))
+        result = train(plan, "a", model=tiny, log=lambda _l: None, controls=TrainControls(sample_requested=lambda: next(requests)))
         results[label] = load_lora_file(result.lora_path).modules
         if every:
             names = sorted(p.name for p in plan.samples_dir.iterdir())

@@ -20,6 +20,7 @@ from engine.lora.weights import lora_delta
 from engine.models.loading import load_base_model  # noqa: E402
 from engine.project.folder import load_project  # noqa: E402
 from engine.project.plan import make_plan  # noqa: E402
+from engine.train.controls import TrainControls
 from engine.train.trainer import train  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
@@ -398,7 +399,7 @@ def test_resume_is_bit_identical(xl, tmp_path):
     full = train(straight, "a", model=xl, log=quiet)
     split = example_plan(tmp_path / "split", 8, save_precision="float")
     done = []
-    first = train(split, "a", model=xl, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4)
+    first = train(split, "a", model=xl, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4))
     assert first.status == "stopped" and first.step == 4
     second = train(split, "a", model=xl, resume=True, log=quiet)
     assert second.status == "done" and second.step == 8

@@ -116,14 +116,15 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(wider), "--start-from", str(out),
                            "--vae-steps", "0", "--unet-steps", "2", "--pool", "16", "--unet-batch", "2", "--threads", "1",
                            "--te-width", "64", "--te-layers", "2", "--debiased", "--radius", "0.25,0.4", "--eval-every", "1",
-                           "--eval-prompts", "1"],
+                           "--eval-prompts", "1", "--max-length", "16"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     again = json.loads((wider / "pretrain.json").read_text())
     assert again["from"]["vae"]["steps"] == 2 and again["total_minutes"] >= again["minutes"]
-    assert again["text_encoder"] == {"width": 64, "layers": 2, "heads": 4} and again["radius"] == [0.25, 0.4] and again["unet"]["debiased"]
+    assert again["text_encoder"] == {"width": 64, "layers": 2, "heads": 4, "max_length": 16} and again["radius"] == [0.25, 0.4] and again["unet"]["debiased"]
     assert [e["step"] for e in again["evals"]] == [0, 1, 2] and {"shape_colour", "background", "shape"} <= set(again["evals"][-1])
     model = load_base_model(str(wider))
+    assert model.tokenizers[0].model_max_length == 16  # prompts pad to 16 tokens where this model trains and samples
     assert model.text_encoders[0].config.hidden_size == 64 and model.unet.config.cross_attention_dim == 64
     assert abs(model.vae.config.scaling_factor - record["scaling_factor"]) < 1e-3  # the VAE and its scale kept
 
@@ -205,18 +206,18 @@ def test_the_effect_levers_script_runs_end_to_end(tmp_path):
 
 
 def test_the_effect_levers_change_only_what_the_pair_is_conditioned_on(tmp_path, monkeypatch, tiny):
-    import engine.train.trainer as trainer
+    import engine.train.side_run as side_run
+    import engine.train.training_data as trainer
     from bench.effect_levers import CAPTION, condition_on
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
     from tests.helpers import copy_example
 
-    for name in ("training_data",):  # restored after the test
-        monkeypatch.setattr(trainer, name, getattr(trainer, name))
+    monkeypatch.setattr(side_run, "training_data", side_run.training_data)  # restored after the test
     plan = make_plan(load_project(copy_example(tmp_path)), max_steps=2)
     assert trainer.training_data(tiny, plan, "a", lambda line: None).prompts == [""]
     condition_on("mix3")
-    data = trainer.training_data(tiny, plan, "a", lambda line: None)
+    data = side_run.training_data(tiny, plan, "a", lambda line: None)
     repeats = plan.side("a").repeats  # each repeat of the picture draws its own 3 prompts
     assert data.prompts[0] == "" and 4 <= len(data.prompts) <= 1 + 3 * repeats and len(data.items) == 4 * repeats
     assert condition_on("caption") == CAPTION and condition_on("empty") == ""

@@ -11,8 +11,9 @@ torch = pytest.importorskip("torch")
 from engine.errors import CopyloraError  # noqa: E402
 from engine.project.folder import load_project  # noqa: E402
 from engine.project.plan import make_plan  # noqa: E402
-from engine.train.trainer import TrainingError, evaluation_loss, train  # noqa: E402
-from tests.helpers import copy_example  # noqa: E402
+from engine.train.controls import TrainControls  # noqa: E402
+from engine.train.trainer import TrainingError, train  # noqa: E402
+from tests.helpers import copy_example, diverge_at, evaluation_loss  # noqa: E402
 
 
 def make(tmp_path, steps: int, **train):
@@ -66,7 +67,7 @@ def test_resume_is_bit_identical(tmp_path, tiny):
 
     split = make(tmp_path / "split", 40)
     done = []
-    first = train(split, "a", model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 20)
+    first = train(split, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 20))
     assert first.status == "stopped" and first.step == 20
     assert not split.side("a").lora_path.exists()
     logs = []
@@ -88,7 +89,7 @@ def test_truncated_state_is_skipped(tmp_path, tiny):
 
     plan = make(tmp_path, 20, save_every_n_steps=10)
     done = []
-    train(plan, "a", model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 15)
+    train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 15))
     states = list_states(plan.side("a").run_dir)
     assert [s.name for s in states] == ["state-00000015.pt", "state-00000010.pt"]
     states[0].write_bytes(states[0].read_bytes()[:1000])  # a kill mid-write by a tool that is not atomic
@@ -98,12 +99,6 @@ def test_truncated_state_is_skipped(tmp_path, tiny):
     assert any("resuming A from step 10" in line for line in logs)
     assert result.step == 20
 
-
-def diverge_at(monkeypatch, bad_step: int) -> None:
-    """Make the trainer's loss NaN from ``bad_step`` on (through its loss hook)."""
-    import engine.train.trainer as trainer
-
-    monkeypatch.setattr(trainer, "_loss_hook", lambda step, loss: loss * float("nan") if step == bad_step else loss)
 
 
 def test_nan_loss_is_one_clear_error_and_keeps_last_state(tmp_path, tiny, monkeypatch):
@@ -174,7 +169,7 @@ def test_optional_paths_train(tmp_path, tiny):
     plan = make_plan(project, max_steps=6)
     assert plan.side("a").steps_per_epoch == 10  # class samples double the epoch
     losses = []
-    result = train(plan, "a", model=tiny, log=quiet, on_progress=lambda p: losses.append(p))
+    result = train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: losses.append(p)))
     assert result.status == "done" and all(p.loss == p.loss for p in losses)
     assert losses[0].lr < losses[2].lr  # warm-up
     names = load_lora_file(result.lora_path).modules
@@ -186,10 +181,11 @@ def test_optional_paths_train(tmp_path, tiny):
 
 def deferred_reads(monkeypatch, every_s: float) -> None:
     """Run the CUDA policy on the CPU: losses stay tensors and are read in batches."""
+    import engine.train.loss_reads as loss_reads
     import engine.train.trainer as trainer
 
-    monkeypatch.setattr(trainer, "_defers_loss_reads", lambda device: True)
-    monkeypatch.setattr(trainer, "LOSS_READ_S", every_s)
+    monkeypatch.setattr(trainer, "defers_loss_reads", lambda device: True)
+    monkeypatch.setattr(loss_reads, "LOSS_READ_S", every_s)
 
 
 def test_batched_loss_reads_train_exactly_the_same(tmp_path, tiny, monkeypatch):
@@ -197,11 +193,11 @@ def test_batched_loss_reads_train_exactly_the_same(tmp_path, tiny, monkeypatch):
 
     plan = make(tmp_path / "each", 12, save_every_n_steps=5)
     each: list = []
-    first = train(plan, "a", model=tiny, log=quiet, on_progress=each.append)
+    first = train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=each.append))
     deferred_reads(monkeypatch, every_s=3600.0)  # only when something is written, and at the end
     plan_b = make(tmp_path / "batched", 12, save_every_n_steps=5)
     batched: list = []
-    second = train(plan_b, "a", model=tiny, log=quiet, on_progress=batched.append)
+    second = train(plan_b, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=batched.append))
     assert [p.step for p in each] == list(range(1, 13))
     assert [p.step for p in batched] == [5, 10, 12]  # the checkpoints at 5 and 10, and the end
     a, b = load_file(str(first.lora_path)), load_file(str(second.lora_path))

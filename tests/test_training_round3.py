@@ -12,6 +12,7 @@ import pytest
 from copylora_tui.cli.main import main
 from engine.project.folder import load_project, save_project
 from engine.project.plan import make_plan, plan_warnings
+from engine.train.controls import TrainControls
 from tests.helpers import copy_example, quiet
 
 EXAMPLE_TOY_CAPTION = "a yellow circle on a blue background"  # projects/example-toy's [train] caption
@@ -41,7 +42,7 @@ def remove_at(root, step: int):
 def assert_rescued(side_plan, step: int, message: str) -> None:
     from engine.lora.files import load_lora_file
     from engine.train.checkpoint import load_latest_state
-    from engine.train.trainer import rescue_folder
+    from engine.train.rescue import rescue_folder
 
     lora = rescue_folder() / side_plan.lora_path.name
     state = rescue_folder() / f"{side_plan.lora_path.stem}-run" / f"state-{step:08d}.pt"
@@ -56,7 +57,8 @@ def test_a_project_folder_removed_while_training_is_not_recreated(tmp_path, tiny
     """Found at the next checkpoint (the once-a-second look is put off here, so the step is known)."""
     pytest.importorskip("torch")
     import engine.train.rescue as rescue
-    from engine.train.trainer import TrainingError, rescue_folder, train
+    from engine.train.rescue import rescue_folder
+    from engine.train.trainer import TrainingError, train
 
     monkeypatch.setattr(rescue, "WATCH_EVERY_S", 1e9)
 
@@ -64,7 +66,7 @@ def test_a_project_folder_removed_while_training_is_not_recreated(tmp_path, tiny
     seen: list[int] = []
     listener = remove_at(root, 3)
     with pytest.raises(TrainingError) as info:
-        train(plan, "a", model=tiny, log=quiet, on_progress=lambda p: (seen.append(p.step), listener(p)))
+        train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: (seen.append(p.step), listener(p))))
     message = str(info.value)
     assert not root.exists(), "the next checkpoint re-created the removed project folder"
     assert max(seen) == 4, "training went on after the folder was found gone at the step-4 checkpoint"
@@ -77,12 +79,13 @@ def test_twin_training_rescues_both_sides(tmp_path, tiny, monkeypatch):
     """Found between checkpoints by the periodic look (made every step here)."""
     pytest.importorskip("torch")
     import engine.train.rescue as rescue
-    from engine.train.trainer import TrainingError, train_sides
+    from engine.train.trainer import TrainingError
+    from engine.train.twin import train_twin
 
     monkeypatch.setattr(rescue, "WATCH_EVERY_S", 0.0)
     root, plan = removable_project(tmp_path, "removed-twin", steps=6)
     with pytest.raises(TrainingError) as info:
-        train_sides(plan, ["a", "b"], model=tiny, log=quiet, on_progress=remove_at(root, 1))
+        train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=remove_at(root, 1)))
     assert not root.exists()
     assert "(noticed at step 1 of 6)" in str(info.value)
     for side in ("a", "b"):
@@ -99,7 +102,7 @@ def test_removed_before_the_final_save(tmp_path, tiny, monkeypatch):
 
     root, plan = removable_project(tmp_path, "removed-at-end", steps=3)
     with pytest.raises(TrainingError) as info:
-        train(plan, "a", model=tiny, log=quiet, on_progress=remove_at(root, 3))
+        train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=remove_at(root, 3)))
     assert not root.exists()
     assert str(info.value).startswith(f"training finished (3 steps), but the project folder {root} was removed during the run")
     assert_rescued(plan.side("a"), 3, str(info.value))

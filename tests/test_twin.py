@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 
 from engine.project.folder import load_project, save_project  # noqa: E402
 from engine.project.plan import make_plan  # noqa: E402
+from engine.train.controls import TrainControls
 from engine.train.trainer import TrainingError, train  # noqa: E402
 from engine.train.twin import TwinNotPossible, train_twin, twin_problem  # noqa: E402
 from tests.helpers import copy_example, quiet  # noqa: E402
@@ -47,7 +48,7 @@ def test_twin_gives_the_loras_of_two_separate_runs(tmp_path, tiny):
     results = [train(separate, side, model=tiny, log=quiet) for side in ("a", "b")]
     twin_plan = make(tmp_path / "twin", 20, noise_offset=0.05, min_snr_gamma=5.0, **SGD)
     progress: list = []
-    twin = train_twin(twin_plan, model=tiny, log=quiet, on_progress=progress.append)
+    twin = train_twin(twin_plan, model=tiny, log=quiet, controls=TrainControls(on_progress=progress.append))
     assert [twin[s].status for s in "ab"] == ["done", "done"] and twin["a"].step == 20
     assert_same_loras([twin["a"].lora_path, twin["b"].lora_path], [r.lora_path for r in results], 1e-4)
     assert [p.step for p in progress] == list(range(1, 21))
@@ -73,7 +74,7 @@ def test_twin_stops_and_each_side_resumes_alone(tmp_path, tiny):
     """A twin run's checkpoints are each side's own: stopped at 6, A and B finish separately."""
     plan = make(tmp_path / "twin", 12, **SGD)
     done: list = []
-    stopped = train_twin(plan, model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 6)
+    stopped = train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 6))
     assert stopped["a"].status == stopped["b"].status == "stopped" and stopped["a"].step == 6
     resumed = [train(plan, side, model=tiny, log=quiet, resume=True) for side in ("a", "b")]
     straight = make(tmp_path / "straight", 12, **SGD)
@@ -84,7 +85,7 @@ def test_twin_stops_and_each_side_resumes_alone(tmp_path, tiny):
 def test_twin_resumes_a_twin_run(tmp_path, tiny):
     plan = make(tmp_path / "twin", 10, save_every_n_steps=4, **SGD)
     done: list = []
-    train_twin(plan, model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 5)
+    train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 5))
     logs: list = []
     finished = train_twin(plan, model=tiny, log=logs.append, resume=True)
     assert any("resuming A from step 5" in line for line in logs) and finished["b"].step == 10
@@ -103,7 +104,7 @@ def test_killed_between_the_two_checkpoint_writes_resumes_both_from_the_shared_s
 
     plan = make(tmp_path / "twin", 12, save_every_n_steps=4, **SGD)
     done: list = []
-    train_twin(plan, model=tiny, log=quiet, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 9)
+    train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 9))
     newest_b = list_states(plan.side("b").run_dir)[0]
     assert newest_b.name == "state-00000009.pt"
     newest_b.unlink()  # B's write of step 9 never happened
@@ -135,16 +136,10 @@ def test_when_twin_does_not_apply(tmp_path, tiny):
 
 
 def test_twin_diverged_side_is_named_and_nothing_is_written(tmp_path, tiny, monkeypatch):
-    import engine.train.trainer as trainer
+    from tests.helpers import diverge_at
 
     plan = make(tmp_path, 10, save_every_n_steps=3)
-    calls = {"n": 0}
-
-    def nan_on_b(step, loss):
-        calls["n"] += 1
-        return loss * float("nan") if step == 7 and calls["n"] % 2 == 0 else loss  # the second loss of a step is B's
-
-    monkeypatch.setattr(trainer, "_loss_hook", nan_on_b)
+    diverge_at(monkeypatch, 7, side="b")
     with pytest.raises(TrainingError, match="loss became nan at step 8 of side B"):
         train_twin(plan, model=tiny, log=quiet)
     assert not plan.side("a").lora_path.exists() and not plan.side("b").lora_path.exists()

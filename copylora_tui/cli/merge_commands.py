@@ -115,8 +115,10 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
         )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    if route is not None:  # a project's result (engine.merge.project_result records the same)
-        result.metadata["copylora_route"] = json.dumps(route)
+    if route is not None:  # a project's result, recorded as `copylora run` records it
+        from engine.project.outputs import route_metadata
+
+        result.metadata.update(route_metadata(route))
     lora_path, stats_path = save_merge(result, save_to, save_precision, extra={"route": route} if route else None)
     energies = [s.energy_kept for s in result.stats]
     worst = min(result.stats, key=lambda s: s.energy_kept)
@@ -132,16 +134,17 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
 def _project_defaults(args: argparse.Namespace) -> None:
     """Fill unset flags from a project's plan and [merge] table: B then A, as the recipe merges."""
     from engine.lbw_vectors import per_model_lbws
-    from engine.merge.project_result import input_lbws, merge_inputs, route_record
     from engine.project.folder import load_project
+    from engine.project.outputs import Result
     from engine.project.plan import make_plan
 
     plan = make_plan(load_project(args.project))
     merge = plan.project.merge
-    paths, ratios = merge_inputs(plan)  # [B, A] by the SVD route; [B] alone by the differential one
+    result = Result(plan)
+    paths, ratios = result.inputs()  # [B, A] by the SVD route; [B] alone by the differential one
     if not args.models:  # the project's own result: recorded with its route, as `copylora run` makes it
-        args.route = route_record(plan)
-        args.lbws = args.lbws or input_lbws(plan)
+        args.route = result.route()
+        args.lbws = args.lbws or result.lbws()
     args.models = args.models or [str(p) for p in paths]
     args.ratios = args.ratios or ratios
     args.save_to = args.save_to or str(plan.merged_path)

@@ -95,17 +95,23 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from copylora_tui.core.plan_view import output_statuses
     from engine.project.folder import load_project
+    from engine.project.outputs import artifacts
     from engine.project.plan import make_plan, plan_warnings
 
     plan = make_plan(load_project(args.project))
     warnings = plan_warnings(plan)
+    statuses = output_statuses(plan)  # what `run` would make again, and why
     if args.json:
-        print(json.dumps({**plan_as_dict(plan), "warnings": warnings}, indent=2))
+        outputs = {name: {"path": str(artifact.path), "state": statuses[name].state, "reason": statuses[name].reason}
+                   for name, artifact in artifacts(plan).items()}
+        print(json.dumps({**plan_as_dict(plan), "outputs": outputs, "warnings": warnings}, indent=2))
     else:
-        from copylora_tui.cli.plan_view import print_plan
+        from copylora_tui.cli.console import output_console
+        from copylora_tui.core.plan_view import plan_view
 
-        print_plan(plan)
+        output_console().print(plan_view(plan, statuses))
         for warning in warnings:  # valid, and it will train; probably not as meant
             print(f"warning: {warning}", file=sys.stderr)
     return 0

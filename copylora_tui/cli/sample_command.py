@@ -73,6 +73,7 @@ def _settings(args: argparse.Namespace, base, problems: list[Problem]):
 def resolve(args: argparse.Namespace):
     """(base model spec, family, LoRA path or None, settings, output path); every problem at once."""
     from copylora_tui.cli.inputs import destination_problem, lora_problem
+    from engine.project.outputs import grid_name
     from engine.train.sample import SampleSettings
 
     problems: list[Problem] = []
@@ -90,8 +91,7 @@ def resolve(args: argparse.Namespace):
             problems.append(Problem("--lora", f"{lora} does not exist yet (train/merge first: copylora run {args.target})"))
         elif lora is not None and (problem := lora_problem("--lora", lora)):  # a picture given as the LoRA: exit 2, before the model loads
             problems.append(problem)
-        stem = lora.stem if lora is not None else "base"
-        out = Path(args.save_to) if args.save_to else plan.samples_dir / f"{stem}-grid.png"
+        out = Path(args.save_to) if args.save_to else plan.samples_dir / grid_name(lora if lora is not None else Path("base"))
         base, family = args.base or project.base_model_path(), project.info.model_family
     else:
         settings = _settings(args, SampleSettings(), problems)
@@ -102,7 +102,7 @@ def resolve(args: argparse.Namespace):
             problems.append(problem)
         if not args.base:
             problems.append(Problem("--base", "a LoRA file needs the base model to sample on (e.g. --base /models/sd15.safetensors)"))
-        out = Path(args.save_to) if args.save_to else lora.with_name(f"{lora.stem}-grid.png")
+        out = Path(args.save_to) if args.save_to else lora.with_name(grid_name(lora))
         base, family = args.base, "auto"
     if problem := destination_problem("--save_to", out):
         problems.append(problem)

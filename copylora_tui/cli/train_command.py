@@ -108,7 +108,7 @@ def _finished_sides(plan, side: str, args: argparse.Namespace) -> dict[str, tupl
     --resume/--restart is refused here, saying what its checkpoint is."""
     from copylora_tui.cli.project_commands import _relative
     from engine.errors import Problem, ValidationError
-    from engine.jobs.enqueue import side_up_to_date
+    from engine.project.outputs import SideLora
     from engine.train.checkpoint import newest_step
 
     finished: dict[str, tuple[int, str]] = {}
@@ -120,7 +120,7 @@ def _finished_sides(plan, side: str, args: argparse.Namespace) -> dict[str, tupl
         if existing < sp.total_steps:
             raise ValidationError([Problem(str(sp.run_dir), f"holds a checkpoint at step {existing} of {sp.total_steps}: "
                                                             "add --resume to continue it or --restart to start over")])
-        fresh, reason = side_up_to_date(plan, one)
+        fresh, reason = SideLora(plan, one).status().pair()
         if not fresh:  # the finished run's LoRA is missing or was made with other settings
             raise ValidationError([Problem(str(sp.run_dir), f"holds {one.upper()}'s finished training (step {existing} of {sp.total_steps}) "
                                                             f"but its LoRA is not up to date ({reason}): add --restart to train it again")])
@@ -134,6 +134,7 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
     from copylora_tui.cli.console import output_console
     from engine.quiet import quiet_libraries
     from engine.threads import govern
+    from engine.train.controls import TrainControls
     from engine.train.progress import format_duration
     from engine.train.trainer import train
     from engine.train.twin import train_twin
@@ -156,7 +157,7 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
             loss = f"{p.smooth_loss:.4f}" if p.smooth_loss_b is None else f"A {p.smooth_loss:.4f} B {p.smooth_loss_b:.4f}"
             bar.update(task, completed=p.step, rate=f"{p.it_per_s:.1f}", eta=format_duration(p.eta_s), loss=loss)
 
-        hooks = dict(resume=args.resume, device=args.device, on_progress=on_progress, should_stop=lambda: stop["asked"],
+        hooks = dict(resume=args.resume, device=args.device, controls=TrainControls(on_progress=on_progress, should_stop=lambda: stop["asked"]),
                      log=lambda line: bar.console.print(line, highlight=False, markup=False))
         if side == "ab":
             return train_twin(plan, **hooks)

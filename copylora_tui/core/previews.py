@@ -63,7 +63,7 @@ def project_target(project) -> PreviewTarget:
     """Any preview of a project (engine.project.folder.Project)."""
     from engine.project.plan import output_paths
 
-    return PreviewTarget(output_paths(project)["samples"])
+    return PreviewTarget(output_paths(project).samples)
 
 
 def job_target(job) -> PreviewTarget | str:
@@ -77,13 +77,13 @@ def job_target(job) -> PreviewTarget | str:
     paths = output_paths(load_project(job.project))
     if job.kind == "train" and job.side:
         sides = "ab" if job.side == "ab" else job.side.lower()  # a twin job previews both sides
-        stems = [paths[side].stem for side in sides]
+        stems = [paths.lora(side).stem for side in sides]
         if len(stems) == 1:
-            return PreviewTarget(paths["samples"], f"{glob.escape(stems[0])}-step*.png", TRAIN_EMPTY)
+            return PreviewTarget(paths.samples, f"{glob.escape(stems[0])}-step*.png", TRAIN_EMPTY)
         # NAME_A and NAME_B differ in their last letter: one pattern for both
-        return PreviewTarget(paths["samples"], f"{glob.escape(stems[0][:-1])}[{stems[0][-1]}{stems[1][-1]}]-step*.png", TRAIN_EMPTY)
+        return PreviewTarget(paths.samples, f"{glob.escape(stems[0][:-1])}[{stems[0][-1]}{stems[1][-1]}]-step*.png", TRAIN_EMPTY)
     # merge and preview ("sample") jobs: the merged LoRA's strength grid
-    return PreviewTarget(paths["samples"], glob.escape(f"{paths['merged'].stem}-grid.png"))
+    return PreviewTarget(paths.samples, glob.escape(paths.grid.name))
 
 
 def read_record(path: Path) -> dict:

@@ -1,10 +1,10 @@
 """The projects folder as the Projects screen shows it: one summary per concept project.
 
 A summary says what is on disk (A/B LoRAs trained and current? merged and current? how big is
-output/?). Whether a LoRA is *current* is decided exactly as ``copylora run`` decides it
-(:func:`engine.jobs.enqueue.side_up_to_date`, which compares the file's training fingerprint with
-the current parameters and images), so "stale" here means "run would retrain it". That takes
-hashing the images and the LoRA files, so the app scans in a thread.
+output/?). Whether an output is *current* is its artifact's ``status()``
+(:mod:`engine.project.outputs`), which ``copylora run`` and ``check`` ask too, so "stale" here
+means "run would make it again". That takes hashing the images and the LoRA files, so the app
+scans in a thread.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def project_folders(projects_dir: Path) -> list[Path]:
 
 def summarise(folder: Path) -> ProjectSummary:
     """Everything the Projects screen needs about one folder. Never raises for a bad project."""
-    from engine.jobs.enqueue import merge_up_to_date, side_up_to_date
+    from engine.project.outputs import Result, SideLora
     from engine.project.plan import make_plan
 
     try:
@@ -66,12 +66,10 @@ def summarise(folder: Path) -> ProjectSummary:
         plan = make_plan(project)
         sides = {}
         for side in ("a", "b"):
-            fresh, reason = side_up_to_date(plan, side)
-            sides[side] = _state(plan.side(side).lora_path, fresh, reason)
-            if not fresh:
+            sides[side] = _state(SideLora(plan, side).status())
+            if sides[side].state != DONE:
                 sides[side] = _checkpoint_state(plan, side) or sides[side]
-        fresh, reason = merge_up_to_date(plan)
-        merge = _state(plan.merged_path, fresh, reason)
+        merge = _state(Result(plan).status())
     except (OSError, ValueError) as exc:  # an image vanished between load and plan, …
         return ProjectSummary(folder=folder, name=project.name, base_model=project.info.base_model, problems=(str(exc),))
     loras = [plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path]
@@ -94,8 +92,8 @@ def summarise(folder: Path) -> ProjectSummary:
 
 def _checkpoint_state(plan, side: str) -> OutputState | None:
     """A side with no current LoRA but a checkpoint that ``run`` would continue."""
+    from engine.project.provenance import training_fingerprint
     from engine.train.checkpoint import newest_state_facts
-    from engine.train.trainer import training_fingerprint
 
     facts = newest_state_facts(plan.side(side).run_dir)
     if facts is None:
@@ -107,10 +105,9 @@ def _checkpoint_state(plan, side: str) -> OutputState | None:
     return OutputState(RESUMABLE, f"step {facts.step}/{total}, resumable (r continues it)")
 
 
-def _state(path: Path, fresh: bool, reason: str) -> OutputState:
-    if fresh:
-        return OutputState(DONE, reason)
-    return OutputState(STALE if path.is_file() else MISSING, reason)
+def _state(status) -> OutputState:
+    """An artifact's status (engine.project.outputs.Status) as the Projects screen says it."""
+    return OutputState(DONE if status.current else status.state, status.reason)
 
 
 def scan_projects(projects_dir: Path) -> list[ProjectSummary]:

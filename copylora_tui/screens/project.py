@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.text import Text
 from textual import work
@@ -82,9 +83,10 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
                 yield Static(Text(f"reading {self.folder.name}/copylora.toml …", style="dim"), id="form-loading")
             with VerticalScroll(id="side"):
                 yield Static("", id="project-status")
-                yield Static("", id="plan", classes="panel")
                 yield PreviewPane(self._preview_target, id="project-preview", classes="panel")
                 yield Vertical(id="images", classes="panel")
+                # below the pictures: with each output's state it is taller than a screen at 40 cells
+                yield Static("", id="plan", classes="panel")
                 yield Static("jobs", classes="panel-title")
                 yield JobTable(("job", "task", "status", "bar"), id="history")
         yield Static("", id="field-help", classes="status-line")
@@ -226,14 +228,14 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     class Loaded(Message, bubble=False):
         """The project read, validated and planned in a thread; Textual drops it if the screen has closed."""
 
-        def __init__(self, project: Project | None, problems: list[Problem], plan: Text | None, pictures: list | None, refresh: bool) -> None:
+        def __init__(self, project: Project | None, problems: list[Problem], plan: RenderableType | None, pictures: list | None, refresh: bool) -> None:
             super().__init__()
             self.project, self.problems, self.plan, self.pictures, self.refresh = project, problems, plan, pictures, refresh
 
     def on_project_screen_loaded(self, message: Loaded) -> None:
         self._loaded(message.project, message.problems, message.plan, message.pictures, message.refresh)
 
-    def _loaded(self, project: Project | None, problems: list[Problem], plan: Text | None, pictures: list | None, refresh: bool) -> None:
+    def _loaded(self, project: Project | None, problems: list[Problem], plan: RenderableType | None, pictures: list | None, refresh: bool) -> None:
         self.project, self.load_problems, self.loaded = project, problems, True
         self.checked = project
         if not refresh:
@@ -303,14 +305,14 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     class Checked(Message, bubble=False):
         """An edit state validated and planned in a thread (late answers are dropped by generation)."""
 
-        def __init__(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: Text | None) -> None:
+        def __init__(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: RenderableType | None) -> None:
             super().__init__()
             self.generation, self.checked, self.problems, self.plan_text = generation, checked, problems, plan_text
 
     def on_project_screen_checked(self, message: Checked) -> None:
         self._checked(message.generation, message.checked, message.problems, message.plan_text)
 
-    def _checked(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: Text | None) -> None:
+    def _checked(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: RenderableType | None) -> None:
         if generation != self._generation:
             return
         self.checked = checked
@@ -430,7 +432,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             return
         from engine.project.plan import output_paths
 
-        stats = output_paths(self.project)["stats"]
+        stats = output_paths(self.project).stats
         if not stats.is_file():
             self.notify("no merge statistics yet: run the project and wait for the merge", severity="warning")
             return
@@ -447,7 +449,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         return self.dirty
 
 
-def _plan_text(project: Project) -> Text:
+def _plan_text(project: Project) -> RenderableType:
     """The plan, or why there is none (an image vanished between the check and the plan)."""
     try:
         return plan_summary(project)
@@ -478,42 +480,11 @@ def picture_list(project: Project) -> list[tuple[str, Path | None]]:
     return pictures
 
 
-def plan_summary(project: Project) -> Text:
-    """The derived plan in a few lines: steps and bucket per side, where the outputs go."""
-    from engine.project.plan import make_plan
+def plan_summary(project: Project) -> RenderableType:
+    """The plan as `copylora check` prints it (each output's state included), then its warnings."""
+    from copylora_tui.core.plan_view import output_statuses, plan_view
+    from engine.project.plan import make_plan, plan_warnings
 
     plan = make_plan(project)
-    text = Text()
-    text.append("plan\n", style="bold")
-    for side in ("a", "b"):
-        sp = plan.side(side)
-        buckets = ", ".join(f"{w}×{h}" for w, h in dict.fromkeys(sp.buckets)) or "—"
-        text.append(f"{side.upper()}: {sp.total_steps} steps", style="bold")
-        text.append(f" = {len(sp.images)} img × {sp.repeats} × {sp.epochs} ep\n")
-        text.append(f"   bucket {buckets}, rank {sp.params.network_dim}, lr {sp.params.learning_rate:g}\n", style="dim")
-    from engine.project.plan import training_order
-
-    out = project.info.output_dir.rstrip("/")
-    differential = project.info.method == "differential"
-    text.append("route: ", style="bold")
-    if differential:
-        how = "merged into the weights" if project.b.merge_base_weights else "frozen fp32 LoRA"
-        text.append(f"differential: B on base + A×{project.b.base_weights_multiplier:g} ({how})\n")
-    else:
-        text.append("svd-merge\n")
-    text.append("training: ", style="bold")
-    text.append(f"{training_order(plan)}\n")
-    if differential:
-        text.append("result: ", style="bold")
-        text.append(f"B itself, rank ≤ {project.merge.new_rank}\n")
-    else:
-        text.append("merge: ", style="bold")
-        text.append(f"B {project.merge.ratios[0]:+g}, A {project.merge.ratios[1]:+g} → rank {project.merge.new_rank}\n")
-    text.append(f"outputs in {out}/:\n", style="bold")
-    for path in (plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path):
-        text.append(f"   {path.name}\n", style="dim")
-    from engine.project.plan import plan_warnings
-
-    for warning in plan_warnings(plan):  # it will train, probably not as meant
-        text.append(f"⚠ {warning}\n", style="yellow")
-    return text
+    warnings = [Text(f"⚠ {warning}", style="yellow") for warning in plan_warnings(plan)]  # it will train, probably not as meant
+    return Group(plan_view(plan, output_statuses(plan), header=False), *warnings)

@@ -206,15 +206,15 @@ def _scan_stream(handle) -> tuple[set[tuple[str, str]], set[str]]:
                 found.add((module, attr))
                 pushed.append(None)
             elif name == "STACK_GLOBAL":
-                module, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
-                found.add((module or "?", attr or "?"))
+                named = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
+                found.add((named[0] or "?", named[1] or "?"))
                 pushed.append(None)
             elif name == "MEMOIZE":
                 memo[len(memo)] = pushed[-1] if pushed else None
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = pushed[-1] if pushed else None
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                pushed.append(memo.get(int(arg)))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
+                memo[arg] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
+                pushed.append(memo.get(arg))
             elif isinstance(arg, str) and ("UNICODE" in name or name.endswith("STRING")):
                 strings.add(arg)
                 pushed.append(arg)

@@ -1,24 +1,17 @@
-"""What ``copylora run PROJECT`` puts in the queue: train A, train B, merge — minus what is
-already up to date or already waiting.
-
-A side's LoRA is up to date when its file carries the training fingerprint of the current
-parameters and images and the planned step count. The merge is up to date when its file was
-made from the current A and B files (by sha256) with the current [merge] settings. Anything
-retrained makes the merge stale.
+"""What ``copylora run PROJECT`` puts in the queue: train A, train B, merge, preview — minus
+what is already up to date (each output's ``status()``, :mod:`engine.project.outputs`) or
+already waiting. Anything retrained makes what is made from it stale.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.jobs.queue import ACTIVE, TWIN, Job, Queue
-from engine.lbw_vectors import parse_lbw
-from engine.merge.project_result import input_lbws, merge_inputs, result_route_matches
 from engine.project.folder import load_project
-from engine.project.network_weights import network_weights_path
-from engine.project.plan import Plan, base_weights_for, is_differential, make_plan, twin_problem
+from engine.project.outputs import Check, Result, SideLora, preview_status
+from engine.project.plan import is_differential, make_plan, twin_problem
 
 
 @dataclass
@@ -27,85 +20,6 @@ class Step:
     action: str  # "queued", "up to date", "already queued", "already running"
     job: Job | None = None
     reason: str = ""
-
-
-def _metadata(path: Path) -> dict[str, str] | None:
-    """The safetensors metadata, read from the header only (no torch needed)."""
-    try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 0 < size < 100 * 2**20:
-                return None
-            header = json.loads(handle.read(size))
-        return header.get("__metadata__", {})
-    except (OSError, ValueError):
-        return None
-
-
-def side_up_to_date(plan: Plan, side: str) -> tuple[bool, str]:
-    from engine.train.trainer import training_fingerprint
-
-    sp = plan.side(side)
-    meta = _metadata(sp.lora_path)
-    if meta is None:
-        return False, "no LoRA yet"
-    if meta.get("copylora_fingerprint") != training_fingerprint(plan, side):
-        base_weights = base_weights_for(plan, side)
-        if base_weights is not None and meta.get("copylora_base_weights"):
-            from engine.train.base_weights import base_weights_record
-
-            try:
-                trained_on = json.loads(meta["copylora_base_weights"])
-            except ValueError:
-                trained_on = None
-            if trained_on != base_weights_record(base_weights):
-                return False, "A or its multiplier changed since B was trained on it"
-        start = network_weights_path(plan.project, side)
-        recorded = meta.get("copylora_network_weights")
-        if start is not None or recorded:  # [train] network_weights: the file the side starts from
-            from engine.train.start_weights import start_weights_record
-
-            try:
-                started_from = json.loads(recorded) if recorded else None
-            except ValueError:
-                started_from = None
-            if started_from != (start_weights_record(start) if start is not None else None):
-                return False, "network_weights (the LoRA it starts from) changed since it was trained"
-        if plan.project.reg is not None:
-            return False, "parameters, images, prompts, captions or base model changed"
-        return False, "parameters, images or base model changed"
-    if meta.get("copylora_steps") != str(sp.total_steps):
-        return False, f"trained {meta.get('copylora_steps', '?')} steps, plan says {sp.total_steps}"
-    return True, str(sp.lora_path.name)
-
-
-def merge_up_to_date(plan: Plan) -> tuple[bool, str]:
-    from engine.hashing import file_sha256 as sha256_file
-
-    meta = _metadata(plan.merged_path)
-    if meta is None:
-        return False, "no merged LoRA yet"
-    try:
-        made = json.loads(meta.get("copylora_merge", "{}"))
-    except ValueError:
-        return False, "merged file has no provenance"
-    merge = plan.project.merge
-    inputs, ratios = merge_inputs(plan)
-    expected = [{"file": p.name, "sha256": sha256_file(p) if p.exists() else None, "ratio": r} for p, r in zip(inputs, ratios)]
-    got = [{"file": i.get("file"), "sha256": i.get("sha256"), "ratio": i.get("ratio")} for i in made.get("inputs", [])]
-    vectors = input_lbws(plan) or [None] * len(inputs)
-    wanted_lbw = [None if v is None else [float(x) for x in parse_lbw(v)] for v in vectors]
-    made_lbw = [i.get("lbw") for i in made.get("inputs", [])]
-    route_ok, route_reason = result_route_matches(plan, meta)
-    if not route_ok:
-        return False, route_reason
-    if got != expected:
-        return False, "B changed since the result was made" if is_differential(plan.project) else "A or B changed since the merge"
-    if made.get("new_rank") != merge.new_rank or made.get("new_conv_rank") != (merge.new_conv_rank or merge.new_rank):
-        return False, "[merge] ranks changed"
-    if [None if v is None else [float(x) for x in v] for v in made_lbw] != wanted_lbw:
-        return False, "[merge] lbws changed"
-    return True, plan.merged_path.name
 
 
 def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = False, max_steps: int | None = None) -> list[Step]:
@@ -120,9 +34,9 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
     # jobs are inserted in one transaction, so two `copylora run` of one project at once (two
     # terminals, a script and the app) queue its jobs once.
     missing = missing_class_images(project)
-    side_fresh = {side: side_up_to_date(plan, side) for side in ("a", "b")}
-    merge_fresh = merge_up_to_date(plan)
-    sample_fresh = sample_up_to_date(plan)
+    side_fresh = {side: SideLora(plan, side).status().pair() for side in ("a", "b")}
+    merge_fresh = Result(plan).status().pair()
+    sample_fresh = preview_status(plan).pair()
     with queue.transaction():
         return _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps)
 
@@ -205,55 +119,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         if fresh and not force:
             steps.append(Step("preview", "up to date", reason=reason))
         else:
-            total = len(project.sample.prompts) * len(project.sample.strengths) + (CHECK_IMAGES if differential else 0)
+            total = len(project.sample.prompts) * len(project.sample.strengths) + (Check.IMAGES if differential else 0)
             job = queue.enqueue("sample", key, label="preview", depends_on=[merge_id] if merge_id else [], total=total)
             steps.append(Step("preview", "queued", job, reason))
     return steps
-
-
-def grid_path(plan: Plan) -> Path:
-    return plan.samples_dir / f"{plan.merged_path.stem}-grid.png"
-
-
-# The differential route's preview adds one check row (engine.train.sample.route_check): A, then
-# A with the result (which should draw picture B); the third column is picture B itself.
-CHECK_IMAGES = 2
-
-
-def check_path(plan: Plan) -> Path:
-    return plan.samples_dir / f"{plan.merged_path.stem}-check.png"
-
-
-def _png_record(path: Path) -> dict | None:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return json.loads(image.text.get("copylora", "{}"))
-    except (OSError, ValueError):
-        return None
-
-
-def sample_up_to_date(plan: Plan) -> tuple[bool, str]:
-    """The preview grid is up to date when it shows the current merged file with the current [sample]."""
-    from dataclasses import asdict
-
-    from engine.hashing import file_sha256 as sha256_file
-
-    path = grid_path(plan)
-    if not path.is_file() or not plan.merged_path.is_file():
-        return False, "no preview yet"
-    record = _png_record(path)
-    if record is None:
-        return False, "unreadable preview"
-    merged_sha = sha256_file(plan.merged_path)
-    if record.get("lora_sha256") != merged_sha:
-        return False, "the merged LoRA changed"
-    if record.get("project_sample") != asdict(plan.project.sample):  # older grids lack it: drawn again once
-        return False, "[sample] changed"
-    if is_differential(plan.project):
-        check = _png_record(check_path(plan)) if check_path(plan).is_file() else None
-        a_path = plan.side("a").lora_path
-        if check is None or check.get("lora_sha256") != merged_sha or check.get("a_sha256") != (sha256_file(a_path) if a_path.is_file() else None):
-            return False, "no check picture of the current A and result"
-    return True, path.name

@@ -334,6 +334,7 @@ class Queue:
                 (kind, project, side, label or f"{kind} {side or ''}".strip(), json.dumps(params or {}), position, now, now, total),
             )
             job_id = cursor.lastrowid
+            assert job_id is not None  # an INSERT's row
             for dep in depends_on or []:
                 db.execute("INSERT INTO deps (job_id, depends_on) VALUES (?, ?)", (job_id, dep))
         return self.get(job_id)
@@ -435,7 +436,7 @@ class Queue:
                 db.execute("UPDATE jobs SET save_now = 0, sample_now = 0 WHERE id = ?", (job_id,))
         return {"save_now": bool(row["save_now"]), "sample_now": bool(row["sample_now"]), "control": row["control"]}
 
-    def requeue_at_head(self, job_id: int, reason: str) -> None:
+    def requeue_at_head(self, job_id: int, reason: str | None) -> None:
         """A job whose process vanished (reboot, kill -9): first in line again, to resume."""
         with self.transaction() as db:
             head = db.execute("SELECT COALESCE(MIN(position), 1) FROM jobs").fetchone()[0]

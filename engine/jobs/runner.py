@@ -95,35 +95,35 @@ class ProgressWriter:
 def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
+    from engine.train.controls import TrainControls
     from engine.train.trainer import train
     from engine.train.twin import TwinNotPossible, train_twin
 
     plan = make_plan(load_project(job.project), max_steps=job.params.get("max_steps"))
+    assert job.side is not None, "a training job trains a side (or both: TWIN)"
     total = plan.side("a" if job.side == TWIN else job.side).total_steps
     writer = ProgressWriter(queue, job.id, total)
     # A restart was asked for on the first attempt only: a retry or crash recovery resumes.
     fresh = bool(job.params.get("restart")) and job.attempts <= 1
-    hooks = dict(
-        resume=not fresh,
+    controls = TrainControls(
         on_progress=writer,
         should_stop=lambda: stop["asked"],
         save_requested=writer.take_save,
         sample_requested=writer.take_sample,
         on_start=lambda step, total: queue.set_start_step(job.id, step, total),
-        log=log,
     )
     if job.side == TWIN:
         try:
-            results = train_twin(plan, **hooks)
+            results = train_twin(plan, resume=not fresh, controls=controls, log=log)
         except TwinNotPossible as exc:  # settings changed since it was queued, or the sides resume at different steps
             log(f"{exc}; training A, then B")
             results = {}
             for side in ("a", "b"):
-                results[side] = train(plan, side, **hooks)
+                results[side] = train(plan, side, resume=not fresh, controls=controls, log=log)
                 if results[side].status == "stopped":
                     break
     else:
-        results = {job.side: train(plan, job.side, **hooks)}
+        results = {job.side: train(plan, job.side, resume=not fresh, controls=controls, log=log)}
     seconds = max(r.seconds for r in results.values())
     if writer.writes:
         log(f"progress writes: {writer.writes}, {1000 * writer.write_seconds / writer.writes:.2f} ms each, "
@@ -132,6 +132,7 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     if stopped is not None:
         raise Stopped(f"stopped at step {stopped.step}")
     first = next(iter(results.values()))
+    artifacts: dict[str, str | int | float]
     if job.side == TWIN:
         artifacts = {"lora_a": str(results["a"].lora_path), "lora_b": str(results["b"].lora_path)}
     else:
@@ -186,14 +187,12 @@ def _images_progress(queue: Queue, job: Job, stop: dict):
 
 def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     """The strength grid of the project's merged LoRA (what `copylora run` ends with)."""
-    from dataclasses import asdict
-
     import torch
 
     from engine.devices import resolve_device
-    from engine.jobs.enqueue import CHECK_IMAGES, check_path
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project
+    from engine.project.outputs import Check, Grid
     from engine.project.plan import is_differential, make_plan
     from engine.train.sample import preview_settings, route_check, sample_lora
 
@@ -205,21 +204,19 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
         log(note)
     model = load_base_model(project.base_model_path(), project.info.model_family,
                             dtype=torch.float16 if device.startswith("cuda") else torch.float32, device=device)
-    out = plan.samples_dir / f"{plan.merged_path.stem}-grid.png"
+    grid = Grid(plan)
     log(f"sampling {plan.merged_path.name} at strengths {settings.strengths}, seed {settings.seed}, {settings.steps} steps")
     started = time.perf_counter()
     progress = _images_progress(queue, job, stop)
     grid_count = len(settings.prompts) * len(settings.strengths)
-    total = grid_count + (CHECK_IMAGES if is_differential(project) else 0)
-    # What `copylora run` compares to decide that the preview is up to date: the project's own
-    # [sample] (the settings drawn may be scaled down for the CPU).
-    record = {"project_sample": asdict(project.sample)}
-    path = sample_lora(model, plan.merged_path, settings, out, model_name=project.info.base_model,
+    total = grid_count + (Check.IMAGES if is_differential(project) else 0)
+    record = grid.record()  # what `copylora run` compares to decide that the preview is up to date
+    path = sample_lora(model, plan.merged_path, settings, grid.path, model_name=project.info.base_model,
                        progress=lambda done, _total: progress(done, total), extra=record)
     artifacts = {"grid": str(path)}
     if is_differential(project):
         check = route_check(model, plan.side("a").lora_path, project.b.base_weights_multiplier, plan.merged_path,
-                            plan.side("b").images[0].path, settings, check_path(plan), model_name=project.info.base_model,
+                            plan.side("b").images[0].path, settings, Check(plan).path, model_name=project.info.base_model,
                             progress=lambda done, _total: progress(grid_count + done, total), extra=record)
         log(f"wrote {check}: A with the result should draw picture B")
         artifacts["check"] = str(check)

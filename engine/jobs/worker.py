@@ -138,7 +138,7 @@ class Worker:
     def recover(self, queue: Queue) -> None:
         """Jobs left 'running' by a worker that died: stop any orphan still alive, then requeue."""
         for job in queue.jobs((JobStatus.RUNNING,)):
-            if alive(job.pid, job.pid_start):
+            if job.pid is not None and alive(job.pid, job.pid_start):
                 self.log(f"job #{job.id}: its process {job.pid} outlived the last worker; stopping it")
                 os.kill(job.pid, signal.SIGTERM)
                 deadline = time.monotonic() + STOP_GRACE_S

@@ -141,10 +141,9 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
             raise LoRAFileError(f"{path}: module {name} lacks its lora_down or lora_up weight")
         if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
             raise LoRAFileError(f"{path}: module {name} has inconsistent shapes {tuple(down.shape)} / {tuple(up.shape)}")
-        alpha = parts.get(".alpha")
-        if alpha is None and name.startswith(PEFT_COMPONENTS):
-            alpha = _peft_alpha(name, adapter)
-        alpha = float(alpha) if alpha is not None and float(alpha) != 0 else float(down.shape[0])
+        stored = parts.get(".alpha")
+        given = float(stored) if stored is not None else _peft_alpha(name, adapter) if name.startswith(PEFT_COMPONENTS) else None
+        alpha = given if given is not None and given != 0 else float(down.shape[0])
         if dtype is not None:
             down, up = down.to(dtype), up.to(dtype)
         kohya = names[name]

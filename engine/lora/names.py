@@ -18,6 +18,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch.nn import Conv2d, Linear
 
 UNET_TARGETS = ("Transformer2DModel",)
 UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -32,7 +36,7 @@ class Target:
     """One module to wrap: its kohya name, the module, and which rank it takes."""
 
     name: str
-    module: object  # torch.nn.Linear or torch.nn.Conv2d
+    module: Linear | Conv2d
     is_text: bool
     uses_conv_rank: bool  # k x k convs (k > 1) take the conv rank, everything else the rank
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -13,6 +13,9 @@ from torch import nn
 from engine.errors import LoRAFileError
 from engine.lora.files import load_lora_file, save_lora_file
 from engine.lora.names import find_targets
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
 from engine.lora.weights import LoRAWeights
 
 
@@ -23,13 +26,17 @@ class LoRAModule(nn.Module):
     1 x 1 ``lora_up``; ``lora_up`` starts at zero so a new network changes nothing.
     """
 
-    def __init__(self, name: str, base: nn.Module, rank: int, alpha: float | None, multiplier: float = 1.0):
+    alpha: torch.Tensor  # a buffer (saved with the state dict, as kohya saves it)
+    lora_down: nn.Conv2d | nn.Linear
+    lora_up: nn.Conv2d | nn.Linear
+
+    def __init__(self, name: str, base: nn.Linear | nn.Conv2d, rank: int, alpha: float | None, multiplier: float = 1.0):
         super().__init__()
         self.name = name
         self.rank = rank
         if isinstance(base, nn.Conv2d):
-            self.lora_down = nn.Conv2d(
-                base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
+            self.lora_down = nn.Conv2d(  # the base conv's own geometry (two-int tuples, whatever the hint says)
+                base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False  # type: ignore[arg-type]
             )
             self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
         else:
@@ -47,7 +54,8 @@ class LoRAModule(nn.Module):
         # Not an attribute nn.Module would register: the base weights must stay out of
         # this network's parameters and state dict.
         self.__dict__["base"] = base
-        self._hook = None
+        self.base: nn.Linear | nn.Conv2d
+        self._hook: RemovableHandle | None = None
 
     def set_alpha(self, alpha: float | None) -> None:
         alpha = float(self.rank if alpha is None or float(alpha) == 0 else alpha)  # kohya: 0/None means rank
@@ -74,7 +82,9 @@ class LoRAModule(nn.Module):
             return output  # strength 0 is exactly the base model, not base + 0*delta
         return output + self.contribution(args[0], output.dtype)
 
-    def apply(self) -> None:
+    def attach(self) -> None:
+        """Hook into the base module: its output now includes this LoRA's (``remove`` undoes it).
+        Not ``apply``: that is nn.Module's own method (a function applied to every submodule)."""
         if self._hook is None:
             self._hook = self.base.register_forward_hook(self._add_delta)
 
@@ -144,12 +154,12 @@ class LoRANetwork(nn.Module):
     # ----------------------------------------------------------------- use
 
     def loras(self) -> list[LoRAModule]:
-        return [*self.unet_loras.values(), *self.text_encoder_loras.values()]
+        return cast(list[LoRAModule], [*self.unet_loras.values(), *self.text_encoder_loras.values()])
 
     def apply_to(self) -> LoRANetwork:
         """Hook every LoRA into its module; the model's forward now includes them."""
         for lora in self.loras():
-            lora.apply()
+            lora.attach()
         return self
 
     def remove(self) -> None:

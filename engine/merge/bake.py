@@ -36,11 +36,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from engine.errors import CopyloraError, LoRAFileError, ModelError, Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
 from engine.hashing import file_sha256
+
+if TYPE_CHECKING:
+    from engine.lora.weights import LoRAWeights
 
 WEIGHT_SUFFIX = ".safetensors"
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
@@ -79,7 +82,7 @@ class BakeResult:
 @dataclass
 class _Change:
     name: str
-    weights: object  # engine.lora.weights.LoRAWeights
+    weights: LoRAWeights
     key: str  # key inside the file
     label: str  # key as reported
     part: int | None = None  # a third of a fused q/k/v tensor's rows (OpenCLIP), else None
@@ -154,7 +157,7 @@ def _module_keys(components: dict, family: str) -> dict[str, tuple[str, str, tup
 
     encoders = [components[n] for n in TEXT_COMPONENTS if n in components]
     targets = find_targets(components["unet"], encoders, family, with_conv=True)
-    where = {}
+    where: dict[int, tuple[str, str]] = {}
     for component, root in components.items():
         for path, module in root.named_modules():
             where.setdefault(id(module), (component, path))

@@ -44,11 +44,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from engine.devices import resolve_device
 from engine.errors import CopyloraError, Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 DENSE_MAX_DIM = 512  # min(m, n) up to this: dense SVD
 OVERSAMPLE = 10  # extra columns of the randomized range finder (at least; k/2 for large k)
@@ -64,9 +67,9 @@ class ExtractError(CopyloraError):
 
 @dataclass
 class TruncatedResult:
-    u: object  # (m, k)
-    s: object  # (k,)
-    v: object  # (n, k)
+    u: Tensor  # (m, k)
+    s: Tensor  # (k,)
+    v: Tensor  # (n, k)
     singular_values: list[float]  # all (dense) or the estimates (randomized), descending
     rel_error: float  # ‖diff − U S Vᵀ‖_F / ‖diff‖_F
     energy_kept: float
@@ -249,7 +252,7 @@ def extract_lora(
             if clamp_quantile is None:
                 from engine.merge.low_rank import TruncatedSVD, split_factors
 
-                up, down = split_factors(TruncatedSVD(svd_result.u, svd_result.s, svd_result.v, None), alpha / k)
+                up, down = split_factors(TruncatedSVD(svd_result.u, svd_result.s, svd_result.v, svd_result.s), alpha / k)
             else:  # kohya's factors (S in up), clamped, then our alpha folded into up
                 up, down = _kohya_clamp(svd_result.u * svd_result.s.unsqueeze(0), svd_result.v.T, clamp_quantile)
                 up = up * (k / alpha)

@@ -15,21 +15,25 @@ of m·n. Truncating to the top k singular values is then the best rank-k approxi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass
 class LowRankTerm:
     weight: float  # ratio · alpha / rank
-    up: "object"  # torch.Tensor (m, r)
-    down: "object"  # torch.Tensor (r, n)
+    up: Tensor  # (m, r)
+    down: Tensor  # (r, n)
 
 
 @dataclass
 class TruncatedSVD:
-    u: "object"  # (m, k) orthonormal columns
-    s: "object"  # (k,) kept singular values, descending
-    v: "object"  # (n, k) orthonormal columns
-    all_s: "object"  # (min(R, m, n),) every singular value of ΔW, descending
+    u: Tensor  # (m, k) orthonormal columns
+    s: Tensor  # (k,) kept singular values, descending
+    v: Tensor  # (n, k) orthonormal columns
+    all_s: Tensor  # (min(R, m, n),) every singular value of ΔW, descending
 
 
 def low_rank_svd(terms: list[LowRankTerm], rank: int, dtype=None) -> TruncatedSVD:

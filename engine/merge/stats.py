@@ -115,13 +115,14 @@ def with_lbw_blocks(document: dict) -> dict:
 
 # --------------------------------------------------------------------------- the stats file
 
-_NUMBER = (int, float)
-_MODULE_FIELDS = {
+_Kind = type | tuple[type, ...]
+_NUMBER: _Kind = (int, float)
+_MODULE_FIELDS: dict[str, _Kind] = {
     "name": str, "block": str, "kind": str, "shape": list, "input_ranks": list, "kept_rank": int,
     "energy_kept": _NUMBER, "rel_error": _NUMBER, "result_norm": _NUMBER, "input_norms": list,
 }
-_BLOCK_FIELDS = {"block": str, "modules": int, "energy_kept": _NUMBER, "result_norm": _NUMBER, "input_norms": list}
-_INPUT_FIELDS = {"file": str, "ratio": _NUMBER}
+_BLOCK_FIELDS: dict[str, _Kind] = {"block": str, "modules": int, "energy_kept": _NUMBER, "result_norm": _NUMBER, "input_norms": list}
+_INPUT_FIELDS: dict[str, _Kind] = {"file": str, "ratio": _NUMBER}
 
 
 def stats_path_for(path):

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from engine.devices import resolve_device
 from engine.errors import CopyloraError
@@ -98,7 +98,7 @@ def _clamp(up, down, quantile: float):
 
 
 def merge_loras(
-    paths: list[Path | str],
+    given: Sequence[Path | str],
     ratios: list[float],
     *,
     new_rank: int,
@@ -118,7 +118,7 @@ def merge_loras(
     from engine.merge.low_rank import LowRankTerm, inner, low_rank_svd
 
     started = time.perf_counter()
-    paths = [Path(p) for p in paths]
+    paths = [Path(p) for p in given]
     if len(paths) != len(ratios):
         raise MergeError(f"{len(paths)} model(s) but {len(ratios)} ratio(s): give one ratio per model")
     if lbws is not None and len(lbws) != len(paths):
@@ -225,11 +225,10 @@ def _block_weights(lbws: list | None, family: str, count: int) -> tuple[list, li
         vectors = check_lbws(lbws, family)
     except BlockWeightError as exc:
         raise MergeError(str(exc)) from None
-    weights = []
-    for vector in vectors:
-        expanded = expand_lbw(vector) if vector is not None else {}
-        weights.append(lambda name, expanded=expanded: module_weight(name, expanded, family))
-    return vectors, weights
+    def weight_of(expanded: dict[str, float]) -> Callable[[str], float]:
+        return lambda name: module_weight(name, expanded, family)
+
+    return list(vectors), [weight_of(expand_lbw(vector) if vector is not None else {}) for vector in vectors]
 
 
 def module_set_notes(loras: list, paths: list[Path]) -> list[str]:

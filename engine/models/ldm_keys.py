@@ -19,7 +19,7 @@ message (their diffusers folders work).
 from __future__ import annotations
 
 import re
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from engine.errors import CopyloraError
 from engine.lora.names import diffusers_to_sgm, sgm_layout
@@ -124,12 +124,12 @@ def openclip_slot(key: str, prefix: str = SDXL_OPENCLIP_PREFIX) -> Slot:
     raise UnsupportedLayout(f"no OpenCLIP key for text encoder 2's {key}")
 
 
-def _whole(convert: Callable[[str, tuple], str]) -> Callable[[str, tuple], Slot]:
+def _whole(convert: Callable[[str, Any], str]) -> Callable[[str, Any], Slot]:
     return lambda key, layout: Slot(convert(key, layout))
 
 
 # family -> component -> converter(diffusers key, unet layout) -> slot in the single file
-_SINGLE_FILE_MAPS: dict[str, dict[str, Callable[[str, tuple], Slot]]] = {
+_SINGLE_FILE_MAPS: dict[str, dict[str, Callable[[str, Any], Slot]]] = {
     "sd1": {
         "unet": _whole(unet_key_to_ldm),
         "text_encoder": _whole(lambda key, _layout: clip_key_to_sd1(key)),
@@ -224,7 +224,7 @@ def openclip_to_ldm(text_encoder, prefix: str = SDXL_OPENCLIP_PREFIX) -> dict:
     import torch
 
     out: dict = {}
-    fused: dict[str, dict[int, object]] = {}
+    fused: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in text_encoder.state_dict().items():
         if key.endswith("position_ids"):
             continue  # a buffer, not a weight: single files do not store it

@@ -213,7 +213,7 @@ def find_clip_tokenizer(
     from transformers import CLIPTokenizer
 
     pad = "!" if subfolder == "tokenizer_2" else None
-    extra = {"pad_token": pad} if pad else {}
+    extra: dict[str, Any] = {"pad_token": pad} if pad else {}
     tried = []
     candidates = []
     if config_dir:
@@ -302,9 +302,9 @@ def clip_tokenizer_from_bpe(path: str | os.PathLike, pad_token: str | None = Non
 
     lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
-    extra = {"pad_token": pad_token} if pad_token else {}
+    extra: dict[str, Any] = {"pad_token": pad_token} if pad_token else {}
     return CLIPTokenizer(
-        vocab=clip_vocab(merges), merges=[tuple(m.split()) for m in merges], model_max_length=77, **extra
+        vocab=clip_vocab(merges), merges=[tuple(m.split()) for m in merges], model_max_length=77, **extra  # type: ignore[misc]  # (a, b) pairs, whatever its hint says
     )
 
 
@@ -368,10 +368,7 @@ def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
     info, unet_cfg, sched_cfg = folder_configs(path)
     if family == "auto":
         family = _folder_family(path, info, unet_cfg, sched_cfg)
-    if family == "sdxl":
-        extra = {"add_watermarker": False}
-    else:
-        extra = {"safety_checker": None, "requires_safety_checker": False}
+    extra: dict[str, Any] = {"add_watermarker": False} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
     except Exception as exc:
@@ -462,7 +459,7 @@ def build_empty(family: str):
     root = CONFIG_ROOT / family
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
-        encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(str(root / "text_encoder")))]
+        encoders: list[CLIPTextModel | CLIPTextModelWithProjection] = [CLIPTextModel(CLIPTextConfig.from_pretrained(str(root / "text_encoder")))]
         if family == "sdxl":
             config2 = CLIPTextConfig.from_pretrained(str(root / "text_encoder_2"))
             encoders.append(CLIPTextModelWithProjection(config2))

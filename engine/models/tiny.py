@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TINY_NAME = "tiny-sd15-v1"  # bump the suffix when the architecture or seed changes
 TINY_SEED = 20240607
@@ -87,9 +88,9 @@ def tiny_tokenizer(pad_token: str | None = None):
     """The tiny CLIP tokenizer; ``pad_token="!"`` for SDXL's second tokenizer (as SDXL pads)."""
     from transformers import CLIPTokenizer
 
-    extra = {"pad_token": pad_token} if pad_token else {}
+    extra: dict[str, Any] = {"pad_token": pad_token} if pad_token else {}
     return CLIPTokenizer(
-        vocab=clip_vocab(_TINY_MERGES), merges=[tuple(m.split()) for m in _TINY_MERGES], model_max_length=77, **extra
+        vocab=clip_vocab(_TINY_MERGES), merges=[tuple(m.split()) for m in _TINY_MERGES], model_max_length=77, **extra  # type: ignore[misc]  # (a, b) pairs, whatever its hint says
     )
 
 

@@ -92,7 +92,7 @@ def draw(scene: Scene, size: int = SIZE):
     big = size * scale
     image = Image.new("RGB", (big, big), COLOURS[scene.background])
     _paint_shape(image, scene, COLOURS[scene.colour], COLOURS[scene.background])
-    image = image.resize((size, size), Image.LANCZOS)
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
     return grayscale(image) if scene.monochrome else image
 
 
@@ -104,7 +104,7 @@ def shape_mask(scene: Scene, size: int = SIZE):
     big = size * 4
     image = Image.new("RGB", (big, big), (0, 0, 0))
     _paint_shape(image, scene, (255, 255, 255), (0, 0, 0))
-    return image.resize((size, size), Image.LANCZOS).convert("L")
+    return image.resize((size, size), Image.Resampling.LANCZOS).convert("L")
 
 
 def _paint_shape(image, scene: Scene, fill, background) -> None:
@@ -197,7 +197,7 @@ def read_scene(image) -> tuple[str, str, str]:
     import numpy as np
     from PIL import Image
 
-    pixels = np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float64)
+    pixels = np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS), dtype=np.float64)
     mask = np.zeros((SIZE, SIZE), dtype=bool)
     mask[:6], mask[-6:], mask[:, :6], mask[:, -6:] = True, True, True, True  # the border strip, as region_colours reads it
     background = np.median(pixels[mask], axis=0)

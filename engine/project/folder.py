@@ -161,7 +161,10 @@ def _build(data: dict, root: Path, problems: list[Problem]) -> Project:
                 problems.append(Problem(key, f"must be a list of tables [[{key}]], got {show(value)}"))
         elif not isinstance(value, dict):
             problems.append(Problem(key, f"must be a table [{key}], got {show(value)}"))
-    table = lambda key: data.get(key) if isinstance(data.get(key), dict) else {}  # noqa: E731
+    def table(key: str) -> dict:
+        found = data.get(key)
+        return found if isinstance(found, dict) else {}
+
     info = build_section(ProjectInfo, table("project"), "project", problems)
     train = build_section(TrainParams, table("train"), "train", problems)
     if "max_train_steps" in table("train") and "max_train_epochs" not in table("train"):
@@ -171,7 +174,8 @@ def _build(data: dict, root: Path, problems: list[Problem]) -> Project:
     merge = build_section(MergeParams, table("merge"), "merge", problems)
     sample = build_section(SampleParams, table("sample"), "sample", problems)
     reg = build_section(RegParams, table("reg"), "reg", problems) if "reg" in data else None
-    listed = data.get("concept") if isinstance(data.get("concept"), list) else []
+    found = data.get("concept")
+    listed: list = found if isinstance(found, list) else []
     concepts = [build_section(ConceptParams, item, f"concept[{n}]", problems)
                 for n, item in enumerate(listed, start=1) if isinstance(item, dict)]
     return Project(root=root, info=info, train=train, a=sides["a"], b=sides["b"], merge=merge, sample=sample, reg=reg,
@@ -218,7 +222,8 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
                 _check_number(item, f"sample.{key}[{i}]", 10.0, problems)
     _check_sample_size(project.sample.size, problems)
     _check_lbws(project, problems, check_files)
-    for name, params in (("train", project.train), *((side, project.side(side)) for side in SIDES)):
+    sections: list[tuple[str, TrainParams | SideConfig]] = [("train", project.train), *((side, project.side(side)) for side in SIDES)]
+    for name, params in sections:
         args = params.optimizer_args if isinstance(params, TrainParams) else params.overrides.get("optimizer_args", {})
         for key, value in args.items():
             if not isinstance(value, (int, float, str, bool, list)):
@@ -335,7 +340,7 @@ def _check_lbws(project: Project, problems: list[Problem], check_files: bool) ->
     if len(vectors) > 2:
         problems.append(Problem("merge.lbws", f"at most 2 vectors ([B, A], or one for both), got {len(vectors)}"))
         return
-    family = project.info.model_family
+    family: str | None = project.info.model_family
     if family == "auto":
         family = peek_family(project.base_model_path()) if vectors and check_files else None
     try:

@@ -157,7 +157,8 @@ def has_transparency(path: Path) -> bool:
         with quiet_pillow(), Image.open(path) as image:
             if not _has_alpha(image):
                 return False
-            return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+            lowest = image.convert("RGBA").getchannel("A").getextrema()[0]  # one band: (min, max)
+            return isinstance(lowest, (int, float)) and lowest < 255
     except Exception:  # unreadable or too large: reported where it is read
         return False
 

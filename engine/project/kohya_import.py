@@ -505,7 +505,7 @@ def _optimizer(args: _Args, col: _Collector) -> bool:
                 chosen = (key, implied)
             else:
                 col.ignore(key, on, f"{chosen[0]} is used" if chosen else "off")
-    key, name = chosen or (None, None)
+    key, name = chosen or ("", None)
     canonical = _CANONICAL_OPTIMIZERS.get(str(name).lower())
     if canonical:
         col.use(key, "optimizer_type", canonical)
@@ -605,12 +605,13 @@ def _warmup(args: _Args, col: _Collector, steps: int | None) -> None:
         elif ratio and not steps:
             col.ignore(key, value, f"{ratio:.0%} {unknown_total}")
         else:
-            col.use(key, "lr_warmup_steps", round(ratio * steps) if ratio else int(value))
+            col.use(key, "lr_warmup_steps", round(ratio * steps) if ratio and steps else int(value))
 
 
 def _network(args: _Args, col: _Collector) -> None:
     """Network type and dims; dims of other network types (LoKr...) mean something else."""
-    kind, label = "lora", "networks.lora"  # sd-scripts' default module
+    kind: str | None = "lora"  # None: a network type copylora cannot train
+    label = "networks.lora"  # sd-scripts' default module
     net_args: dict[str, Any] = {}
     raw_net_args = args.take("network_args") if "network_args" in args else None
     if raw_net_args:
@@ -786,8 +787,8 @@ _SUBSET_KEYS = {"num_repeats": "num_repeats", "flip_aug": "flip_aug", "random_cr
 
 
 def _convert_dataset(data: dict, col: _Collector) -> None:
-    general = data.get("general") if isinstance(data.get("general"), dict) else {}
-    datasets = data.get("datasets") if isinstance(data.get("datasets"), list) else []
+    general: dict = data["general"] if isinstance(data.get("general"), dict) else {}
+    datasets: list = data["datasets"] if isinstance(data.get("datasets"), list) else []
     first: dict[str, tuple[str, Any]] = {}  # target -> (key, value) that set it
     done: set[str] = set()
 
@@ -812,10 +813,10 @@ def _convert_dataset(data: dict, col: _Collector) -> None:
     for i, ds in enumerate(datasets):
         if not isinstance(ds, dict):
             continue
-        levels = [(f"datasets[{i}]", ds), ("general", general)]
+        levels: list[tuple[str, dict]] = [(f"datasets[{i}]", ds), ("general", general)]
         for name, target in _DATASET_KEYS.items():
             record(target, _lookup(name, levels))
-        subsets = ds.get("subsets") if isinstance(ds.get("subsets"), list) else []
+        subsets: list = ds["subsets"] if isinstance(ds.get("subsets"), list) else []
         for j, sub in enumerate(subsets):
             if isinstance(sub, dict):
                 sub_levels = [(f"datasets[{i}].subsets[{j}]", sub), *levels]
@@ -900,8 +901,9 @@ def _dreambooth_subsets(teachers: list, classes: list, col: _Collector) -> set[s
         if number == 0:
             take(levels, "num_repeats", "reg.num_repeats")
         flag = _lookup("is_reg", levels)
-        col.decided(flag[0], flag[1], f"class pictures of {'[reg]' if number == 0 else table}")
-        done.add(flag[0])
+        if flag is not None:  # a class subset says is_reg = true: classes holds no other
+            col.decided(flag[0], flag[1], f"class pictures of {'[reg]' if number == 0 else table}")
+            done.add(flag[0])
     return done
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.project.folder import SIDES, Project
 from engine.project.images import ImageInfo, image_files, read_image_info
+from engine.project.outputs import OutputPaths
 from engine.project.params import TrainParams
 
 BUCKET_STEP = 64
@@ -89,25 +90,26 @@ class SidePlan:
 class Plan:
     project: Project
     sides: dict[str, SidePlan]
-    merged_path: Path
-    stats_path: Path
-    samples_dir: Path
+    outputs: OutputPaths  # where every output goes (engine.project.outputs: also whether each is current)
 
     def side(self, side: str) -> SidePlan:
         return self.sides[side.lower()]
 
+    @property
+    def merged_path(self) -> Path:
+        return self.outputs.result
 
-def output_paths(project: Project) -> dict[str, Path]:
-    out = project.output_dir()
-    name = project.name
-    return {
-        "a": out / f"{name}_A.safetensors",
-        "b": out / f"{name}_B.safetensors",
-        "merged": out / f"{name}.safetensors",
-        "stats": out / f"{name}.stats.json",
-        "samples": out / "samples",
-        "runs": out / "runs",
-    }
+    @property
+    def stats_path(self) -> Path:
+        return self.outputs.stats
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.outputs.samples
+
+
+def output_paths(project: Project) -> OutputPaths:
+    return OutputPaths(project.output_dir(), project.name)
 
 
 def steps_for(num_images: int, params: TrainParams, reg_images: int = 0, extra_samples: int = 0) -> tuple[int, int, int]:
@@ -154,12 +156,12 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
             epochs=epochs,
             total_steps=total,
             reg_images=reg_images,
-            lora_path=paths[side],
-            run_dir=paths["runs"] / side.upper(),
+            lora_path=paths.lora(side),
+            run_dir=paths.run_dir(side),
             params=params,
             concepts=concepts,
         )
-    return Plan(project=project, sides=sides, merged_path=paths["merged"], stats_path=paths["stats"], samples_dir=paths["samples"])
+    return Plan(project=project, sides=sides, outputs=paths)
 
 
 def concept_rows(plan: Plan) -> list[dict]:

@@ -185,5 +185,6 @@ def default_of(cls: type, name: str) -> Any:
         if f.name == name:
             if f.default is not MISSING:
                 return f.default
-            return f.default_factory()  # type: ignore[misc]
-    raise KeyError(name)
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+    raise KeyError(name)  # no such field, or one without a default

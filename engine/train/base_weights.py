@@ -28,20 +28,6 @@ class BaseWeightsError(CopyloraError):
     pass
 
 
-def base_weights_record(base_weights: BaseWeights) -> dict[str, Any]:
-    """What B's fingerprint and the result's metadata record of A: which file (by content),
-    at which strength, applied which way. A file not there yet records None (B is then stale)."""
-    from engine.hashing import file_sha256
-
-    path = base_weights.path
-    return {
-        "file": path.name,
-        "sha256": file_sha256(path) if path.is_file() else None,
-        "multiplier": base_weights.multiplier,
-        "merged": base_weights.merge,
-    }
-
-
 @dataclass
 class AppliedBaseWeights:
     network: Any  # A's LoRANetwork (frozen mode; None when merged)

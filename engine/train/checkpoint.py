@@ -24,6 +24,14 @@ REQUIRED_KEYS = ("step", "lora", "optimizer", "scheduler", "rng", "fingerprint")
 KEEP_STATES = 2  # the newest two: if the newest turns out unreadable, the previous one is there
 
 
+def state_step(path: Path) -> int:
+    """The step of a state file (a name :data:`STATE_RE` matches, as :func:`list_states` lists)."""
+    found = STATE_RE.match(path.name)
+    if found is None:
+        raise ValueError(f"{path.name} is not a training state's name")
+    return int(found.group(1))
+
+
 def state_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"state-{step:08d}.pt"
 
@@ -62,7 +70,7 @@ def newest_state_facts(run_dir: Path) -> StateFacts | None:
     states = list_states(run_dir)
     if not states:
         return None
-    step = int(STATE_RE.match(states[0].name).group(1))
+    step = state_step(states[0])
     try:
         facts = json.loads(states[0].with_suffix(".json").read_text())
         return StateFacts(step, facts.get("total"), facts.get("fingerprint"))
@@ -75,7 +83,7 @@ def list_states(run_dir: Path) -> list[Path]:
     if not run_dir.is_dir():
         return []
     found = [p for p in run_dir.iterdir() if STATE_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(STATE_RE.match(p.name).group(1)), reverse=True)
+    return sorted(found, key=state_step, reverse=True)
 
 
 def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callable[[str], None] = print,
@@ -89,7 +97,7 @@ def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callab
     import torch
 
     for path in list_states(run_dir):
-        if at_most is not None and int(STATE_RE.match(path.name).group(1)) > at_most:
+        if at_most is not None and state_step(path) > at_most:
             continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -109,4 +117,4 @@ def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callab
 
 def newest_step(run_dir: Path) -> int:
     states = list_states(run_dir)
-    return int(STATE_RE.match(states[0].name).group(1)) if states else 0
+    return state_step(states[0]) if states else 0

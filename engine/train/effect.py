@@ -96,7 +96,7 @@ def colour_breakdown(per_prompt: list[dict]) -> dict[str, dict]:
                 pair[0] += row["saturation"][0]
                 pair[1] += row["saturation"][-1]
                 pair[2] += 1
-    out = {}
+    out: dict[str, dict] = {}
     for colour in (c for c in COLOURS if c in sums):
         out[colour] = {}
         for role in ("shape", "background"):

@@ -14,14 +14,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from engine.errors import CopyloraError
 
 # name (engine.project.params.SAMPLERS) -> (diffusers scheduler, A1111's label, its settings). The
 # Karras ones are diffusers' documented equivalents of A1111's "DPM++ 2M Karras" and "DPM++ SDE
 # Karras"; the SDE one draws its noise through torchsde's Brownian tree.
-SAMPLERS = {
+SAMPLERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a", {}),
     "euler": ("EulerDiscreteScheduler", "Euler", {}),
     "ddim": ("DDIMScheduler", "DDIM", {}),
@@ -212,7 +212,7 @@ def read_grid_parameters(path: Path) -> dict:
     from PIL import Image
 
     with Image.open(path) as image:
-        return json.loads(image.text["copylora"])
+        return json.loads(image.info["copylora"])  # PNG text chunks, read before the pixels
 
 
 def sample_with_network(model, network, settings: SampleSettings, out_path: Path, *, model_name: str, title: str = "",
@@ -262,7 +262,7 @@ def route_check(model, a_path: Path, multiplier: float, result_path: Path, pictu
         a_network.remove()
     from engine.project.images import load_picture
 
-    images[0].append(ImageOps.fit(load_picture(picture_b), tuple(check.size)))  # as B trained: upright, 8-bit, on white
+    images[0].append(ImageOps.fit(load_picture(picture_b), (check.size[0], check.size[1])))  # as B trained: upright, 8-bit, on white
     columns = [f"A at {multiplier:g}", f"A at {multiplier:g} + result at 1", "picture B"]
     extra = {**(extra or {}), "lora_sha256": file_sha256(result_path), "a_sha256": file_sha256(a_path), "check": True}
     title = "check: A + the result should draw picture B"

@@ -11,21 +11,13 @@ the update scale kohya trains at.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from engine.errors import LoRAFileError
 
 
 class StartWeightsError(LoRAFileError):
     """The file does not fit the project: an input to fix (the CLI exits 2, as for any unusable LoRA file)."""
-
-
-def start_weights_record(path: Path) -> dict[str, Any]:
-    """What the fingerprint and the LoRA's metadata record of the file: its name and content hash
-    (None when it is missing: the side is then stale, and check says why)."""
-    from engine.hashing import file_sha256
-
-    return {"file": path.name, "sha256": file_sha256(path) if path.is_file() else None}
 
 
 def load_start_weights(network, path: Path, side: str, log: Callable[[str], None]) -> None:

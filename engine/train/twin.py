@@ -17,12 +17,20 @@ not otherwise (it imports no torch: the queue asks it when it plans the jobs).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.project.plan import Plan, twin_problem
+from engine.train.controls import NO_CONTROLS, TrainControls
 from engine.train.progress import Progress
-from engine.train.trainer import Log, TrainingError, TrainResult, train_sides
+from engine.train.results import Log, TrainingError, TrainResult
+from engine.train.side_run import Draw, SideRun
+from engine.train.trainer import run_training
+
+if TYPE_CHECKING:
+    from engine.models.loading import BaseModel
 
 SIDES = ("a", "b")
 
@@ -72,25 +80,77 @@ class TwinHooks:
             self.apply()
 
 
-def train_twin(
-    plan: Plan,
-    *,
-    resume: bool = False,
-    device: str | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    save_requested: Callable[[], bool] | None = None,
-    sample_requested: Callable[[], bool] | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    log: Log = print,
-    model=None,
-) -> dict[str, TrainResult]:
+class TwinSides:
+    """A and B as one batch of two: sample 0 through A's LoRA, sample 1 through B's
+    (:class:`TwinHooks`); the loop and the step are :mod:`engine.train.trainer`'s."""
+
+    applies_networks = False  # the hooks route each half of the batch to its side's LoRA
+
+    def __init__(self, runs: list[SideRun], log: Log) -> None:
+        self.runs, self.log = runs, log
+        self.label = "A and B together"
+        self.hooks: TwinHooks | None = None
+
+    def start_step(self, resume: bool) -> int:
+        """The step both sides resume from (they must share it), then the hooks go in."""
+        starts = [run.resume_or_reset(resume) for run in self.runs]
+        if resume and len(set(starts)) > 1 and min(starts) > 0:
+            # Killed between A's and B's checkpoint writes: the newer side still holds the
+            # previous checkpoint (two are kept), so both resume from the step they share and
+            # the run stays one twin run (bit for bit the run that was never interrupted).
+            shared = [run.resume_or_reset(True, at_most=min(starts)) for run in self.runs]
+            if len(set(shared)) == 1 and shared[0] > 0:
+                self.log(f"A's newest checkpoint is at step {starts[0]} and B's at step {starts[1]}: both resume from step {shared[0]}")
+                starts = shared
+        if len(set(starts)) > 1:
+            raise TwinNotPossible(f"A's checkpoint is at step {starts[0]} and B's at step {starts[1]}: they resume apart")
+        self.hooks = TwinHooks(self.runs[0].network, self.runs[1].network)
+        self.hooks.apply()
+        return starts[0]
+
+    def inputs(self, draws: list[Draw]) -> tuple[Any, Any, Any, dict | None]:
+        import torch
+
+        noisy, timesteps, cond = (torch.cat([getattr(d, k) for d in draws]) for k in ("noisy", "timesteps", "cond"))
+        first = draws[0].added
+        added = None if first is None else {k: torch.cat([d.added[k] for d in draws if d.added is not None]) for k in first}
+        return noisy, timesteps, cond, added
+
+    def progress(self, progress: list[Progress]) -> Progress:
+        """A's progress, carrying B's loss."""
+        return replace(progress[0], loss_b=progress[1].loss, smooth_loss_b=progress[1].smooth_loss)
+
+    def previewing(self) -> AbstractContextManager:
+        assert self.hooks is not None
+        return self.hooks.suspended()  # a preview applies one side's own network
+
+    def named(self, run: SideRun, what: str) -> str:
+        return f"{what} ({run.side.upper()})"
+
+    def final_save(self, step: int) -> list[tuple[Path | None, Path]]:
+        """Every side is saved (or rescued) before a failure is raised."""
+        states: list[tuple[Path | None, Path]] = []
+        failures = []
+        for run in self.runs:
+            try:
+                states.append(run.final_save(step))
+            except TrainingError as exc:
+                failures.append(f"{run.side.upper()}: {exc}")
+        if failures:
+            raise TrainingError("; ".join(failures))
+        return states
+
+    def close(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+
+
+def train_twin(plan: Plan, *, resume: bool = False, device: str | None = None, model: BaseModel | None = None,
+               controls: TrainControls = NO_CONTROLS, log: Log = print) -> dict[str, TrainResult]:
     """Train A and B together; the arguments are :func:`engine.train.trainer.train`'s, for the
     pair (progress carries A's loss in ``loss`` and B's in ``loss_b``). Raises
     :class:`TwinNotPossible` before training when they cannot go together."""
     problem = twin_problem(plan)
     if problem:
         raise TwinNotPossible(f"A and B cannot train as one batch: {problem}")
-    return train_sides(plan, list(SIDES), resume=resume, device=device, on_progress=on_progress, should_stop=should_stop,
-                       save_requested=save_requested, sample_requested=sample_requested, on_start=on_start, log=log,
-                       model=model)
+    return run_training(plan, list(SIDES), TwinSides, resume=resume, device=device, model=model, controls=controls, log=log)

@@ -1,0 +1,399 @@
+"""Every file a project makes, one artifact each: where it goes (the one spelling of its name),
+the provenance record it carries, and ``status()``: is the file on disk the one the current
+plan would make, and if not, why.
+
+The data flows one way. The TOML gives the plan (:mod:`engine.project.plan`); the plan gives
+each artifact its path and the record it must carry; the trainer, the merge and the sampler
+write that record into the file they make (safetensors metadata, PNG text); `copylora run`,
+`copylora check`, the queue and the app only ask ``status()``. Torch-free: headers, PNG text
+chunks and file hashes only.
+
+=============  ==========================  ===================================================
+artifact       file                        current when it carries
+=============  ==========================  ===================================================
+A, B           ``NAME_A/B.safetensors``    the side's training fingerprint and planned steps
+result         ``NAME.safetensors``        its inputs' hashes and ratios, [merge], the route
+stats          ``NAME.stats.json``         the current result's inputs
+grid           ``samples/NAME-grid.png``   the current result's hash and the project's [sample]
+check          ``samples/NAME-check.png``  the current result's and A's hashes (differential)
+=============  ==========================  ===================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.formats.safetensors_header import HeaderError, read_header
+from engine.hashing import file_sha256
+
+if TYPE_CHECKING:
+    from engine.project.plan import Plan
+
+CURRENT, STALE, MISSING = "current", "stale", "missing"
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where one output stands: ``current`` (``reason`` is its file name), ``stale`` (made
+    from something else: ``reason`` says what changed) or ``missing`` (not made yet)."""
+
+    state: str
+    reason: str = ""
+
+    @property
+    def current(self) -> bool:
+        return self.state == CURRENT
+
+    def pair(self) -> tuple[bool, str]:
+        """(current, reason): the form the queue's up-to-date steps print."""
+        return self.current, self.reason
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The paths of a project's outputs under its output folder. Every output's name is spelled
+    here and nowhere else."""
+
+    folder: Path
+    name: str
+
+    def lora(self, side: str) -> Path:
+        return self.folder / f"{self.name}_{side.upper()}.safetensors"
+
+    @property
+    def result(self) -> Path:
+        return self.folder / f"{self.name}.safetensors"
+
+    @property
+    def stats(self) -> Path:
+        return stats_path_for(self.result)
+
+    @property
+    def samples(self) -> Path:
+        return self.folder / "samples"
+
+    @property
+    def runs(self) -> Path:
+        return self.folder / "runs"
+
+    def run_dir(self, side: str) -> Path:
+        return self.runs / side.upper()
+
+    @property
+    def grid(self) -> Path:
+        return self.samples / grid_name(self.result)
+
+    @property
+    def check(self) -> Path:
+        return self.samples / f"{self.result.stem}-check.png"
+
+    def step_preview(self, side: str, step: int) -> Path:
+        """A side's preview during training (``sample_every_n_steps``)."""
+        return self.samples / f"{self.lora(side).stem}-step{step:06d}.png"
+
+    def step_snapshot(self, side: str, step: int) -> Path:
+        """A side's LoRA written on request during training, beside its checkpoints."""
+        return self.run_dir(side) / f"{self.lora(side).stem}-step{step:06d}.safetensors"
+
+
+def grid_name(lora: Path) -> str:
+    """The strength grid of a LoRA file: ``NAME-grid.png``."""
+    return f"{lora.stem}-grid.png"
+
+
+def stats_path_for(lora: Path) -> Path:
+    """A merged LoRA's per-layer stats, beside it: ``NAME.stats.json``."""
+    return lora.with_name(lora.stem + ".stats.json")
+
+
+# ---- reading what a file records
+
+
+def file_metadata(path: Path) -> tuple[dict[str, str] | None, str]:
+    """(a safetensors file's metadata, "") or (None, why not): missing, or unreadable/truncated."""
+    if not path.is_file():
+        return None, ""
+    try:
+        return read_header(path).metadata, ""
+    except HeaderError as exc:
+        return None, f"unreadable ({exc})"
+
+
+def png_record(path: Path) -> dict | None:
+    """The ``copylora`` text chunk of a PNG the sampler wrote (None: no file, or no record)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            record = json.loads(image.info.get("copylora", "{}"))
+        return record if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def content_hash(path: Path) -> str | None:
+    """sha256 of a file (None: no file), remembered per (path, mtime, size): one scan asks it of
+    the same result for the result, its stats, its grid and its check."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _HASHES:
+        if len(_HASHES) > 256:
+            _HASHES.clear()
+        _HASHES[key] = file_sha256(path)
+    return _HASHES[key]
+
+
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+# ---- the artifacts
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a side's LoRA records of its training, taken when training starts (a picture edited
+    during the run must not make the finished file look current)."""
+
+    fingerprint: str
+    base_weights: dict | None  # the differential route's A under B
+    start_weights: dict | None  # [train] network_weights
+
+    def metadata(self, step: int) -> dict[str, str]:
+        meta = {"copylora_fingerprint": self.fingerprint, "copylora_steps": str(step)}
+        if self.base_weights is not None:  # trained on base + A: which A, at which strength
+            meta["copylora_base_weights"] = json.dumps(self.base_weights)
+        if self.start_weights is not None:  # started from [train] network_weights (kohya records none)
+            meta["copylora_network_weights"] = json.dumps(self.start_weights)
+        return meta
+
+
+class SideLora:
+    """The LoRA of side A or B (``NAME_A.safetensors``)."""
+
+    def __init__(self, plan: Plan, side: str) -> None:
+        self.plan, self.side = plan, side.lower()
+        self.path = plan.outputs.lora(self.side)
+
+    def record(self) -> TrainingRecord:
+        from engine.project.network_weights import network_weights_path
+        from engine.project.plan import base_weights_for
+        from engine.project.provenance import base_weights_record, start_weights_record, training_fingerprint
+
+        base_weights = base_weights_for(self.plan, self.side)
+        start = network_weights_path(self.plan.project, self.side)
+        return TrainingRecord(training_fingerprint(self.plan, self.side),
+                              None if base_weights is None else base_weights_record(base_weights),
+                              None if start is None else start_weights_record(start))
+
+    def status(self) -> Status:
+        meta, unreadable = file_metadata(self.path)
+        if meta is None:
+            return Status(STALE, unreadable) if unreadable else Status(MISSING, "no LoRA yet")
+        want = self.record()
+        if meta.get("copylora_fingerprint") != want.fingerprint:
+            return Status(STALE, self._why_other_fingerprint(meta, want))
+        sp = self.plan.side(self.side)
+        if meta.get("copylora_steps") != str(sp.total_steps):
+            return Status(STALE, f"trained {meta.get('copylora_steps', '?')} steps, plan says {sp.total_steps}")
+        return Status(CURRENT, self.path.name)
+
+    def _why_other_fingerprint(self, meta: dict[str, str], want: TrainingRecord) -> str:
+        """The fingerprint is a hash: what changed is read from the records kept beside it."""
+        if want.base_weights is not None and meta.get("copylora_base_weights") and _json(meta["copylora_base_weights"]) != want.base_weights:
+            return "A or its multiplier changed since B was trained on it"
+        recorded = meta.get("copylora_network_weights")
+        if (want.start_weights is not None or recorded) and (_json(recorded) if recorded else None) != want.start_weights:
+            return "network_weights (the LoRA it starts from) changed since it was trained"
+        if self.plan.project.reg is not None:
+            return "parameters, images, prompts, captions or base model changed"
+        return "parameters, images or base model changed"
+
+
+class Result:
+    """The project's result (``NAME.safetensors``): the SVD merge +1·B −1·A, or, by the
+    differential route, B re-ranked (:mod:`engine.merge.project_result` makes it)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.path = plan.outputs.result
+
+    @property
+    def differential(self) -> bool:
+        from engine.project.plan import is_differential
+
+        return is_differential(self.plan.project)
+
+    def inputs(self) -> tuple[list[Path], list[float]]:
+        """The LoRA files and their ratios that make the result."""
+        if self.differential:
+            return [self.plan.outputs.lora("b")], [1.0]
+        return [self.plan.outputs.lora("b"), self.plan.outputs.lora("a")], list(self.plan.project.merge.ratios)
+
+    def lbws(self) -> list | None:
+        """``[merge] lbws`` as one block-weight vector per input (None: no weighting). The
+        differential route has one input, B: its vector is the first (B's, as in [B, A])."""
+        from engine.lbw_vectors import per_model_lbws
+
+        paths, _ = self.inputs()
+        vectors = list(self.plan.project.merge.lbws)
+        return per_model_lbws(vectors[:1] if len(paths) == 1 else vectors, len(paths))
+
+    def route(self) -> dict:
+        """The route as the result records it (A's file by content for the differential one)."""
+        from engine.project.plan import base_weights_for
+        from engine.project.provenance import base_weights_record
+
+        record: dict = {"method": self.plan.project.info.method}
+        base_weights = base_weights_for(self.plan, "b")
+        if base_weights is not None:
+            record["base_weights"] = base_weights_record(base_weights)
+        return record
+
+    def record(self, route: dict | None = None) -> dict[str, str]:
+        """The metadata the project's route adds to the merge's own ``copylora_merge`` record
+        (``route``: as read before the merge began, so a file changed meanwhile shows stale)."""
+        return route_metadata(route if route is not None else self.route())
+
+    def status(self) -> Status:
+        meta, unreadable = file_metadata(self.path)
+        if meta is None:
+            return Status(STALE, unreadable) if unreadable else Status(MISSING, "no merged LoRA yet")
+        made = _json(meta.get("copylora_merge", "{}"))
+        if not isinstance(made, dict):
+            return Status(STALE, "merged file has no provenance")
+        route_problem = self._route_problem(meta)
+        if route_problem:
+            return Status(STALE, route_problem)
+        paths, ratios = self.inputs()
+        expected = [{"file": p.name, "sha256": content_hash(p), "ratio": r} for p, r in zip(paths, ratios)]
+        got = [{"file": i.get("file"), "sha256": i.get("sha256"), "ratio": i.get("ratio")} for i in made.get("inputs", [])]
+        if got != expected:
+            return Status(STALE, "B changed since the result was made" if self.differential else "A or B changed since the merge")
+        merge = self.plan.project.merge
+        if made.get("new_rank") != merge.new_rank or made.get("new_conv_rank") != (merge.new_conv_rank or merge.new_rank):
+            return Status(STALE, "[merge] ranks changed")
+        from engine.lbw_vectors import parse_lbw
+
+        wanted_lbw = [None if v is None else [float(x) for x in parse_lbw(v)] for v in (self.lbws() or [None] * len(paths))]
+        made_lbw = [i.get("lbw") for i in made.get("inputs", [])]
+        if [None if v is None else [float(x) for x in v] for v in made_lbw] != wanted_lbw:
+            return Status(STALE, "[merge] lbws changed")
+        return Status(CURRENT, self.path.name)
+
+    def _route_problem(self, meta: dict[str, str]) -> str:
+        made = _json(meta.get("copylora_route") or '{"method": "svd-merge"}')  # older files: the SVD route
+        if not isinstance(made, dict):
+            return "the result has an unreadable route record"
+        want = self.route()
+        if made.get("method") != want["method"]:
+            return f"made by the {made.get('method')} route, the project now uses {want['method']}"
+        if made.get("base_weights") != want.get("base_weights"):
+            return "A or its multiplier changed since B was trained on it"
+        return ""
+
+
+def route_metadata(route: dict) -> dict[str, str]:
+    """A result's route as its metadata records it (``copylora merge --project`` writes it too)."""
+    return {"copylora_route": json.dumps(route)}
+
+
+class Stats:
+    """The result's per-layer stats (``NAME.stats.json``), written with it by the merge."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.path = plan.outputs.stats
+
+    def status(self) -> Status:
+        if not self.path.is_file():
+            return Status(MISSING, "no stats yet")
+        result = Result(self.plan)
+        made = result.status()
+        if not made.current:
+            return Status(STALE if made.state == STALE else MISSING, f"the result is not current ({made.reason})")
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return Status(STALE, "unreadable stats")
+        meta, _ = file_metadata(result.path)
+        record = _json((meta or {}).get("copylora_merge")) or {}
+        if not isinstance(document, dict) or [i.get("sha256") for i in document.get("inputs", [])] != [i.get("sha256") for i in record.get("inputs", [])]:
+            return Status(STALE, "the stats are of another merge")
+        return Status(CURRENT, self.path.name)
+
+
+class Grid:
+    """The result's strength grid (``samples/NAME-grid.png``), drawn by the preview job."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.path = plan.outputs.grid
+
+    def record(self) -> dict[str, Any]:
+        """What the grid records beyond the sampler's own: the project's [sample] (the settings
+        drawn may be scaled down for the CPU)."""
+        return {"project_sample": asdict(self.plan.project.sample)}
+
+    def status(self) -> Status:
+        result = self.plan.outputs.result
+        if not self.path.is_file() or not result.is_file():
+            return Status(MISSING, "no preview yet")
+        record = png_record(self.path)
+        if record is None:
+            return Status(STALE, "unreadable preview")
+        if record.get("lora_sha256") != content_hash(result):
+            return Status(STALE, "the merged LoRA changed")
+        if record.get("project_sample") != self.record()["project_sample"]:  # older grids lack it: drawn again once
+            return Status(STALE, "[sample] changed")
+        return Status(CURRENT, self.path.name)
+
+
+class Check:
+    """The differential route's check picture (``samples/NAME-check.png``): A, then A with the
+    result (which should draw picture B), then picture B itself."""
+
+    IMAGES = 2  # the pictures it samples: the third column is picture B itself
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.path = plan.outputs.check
+
+    def status(self) -> Status:
+        record = png_record(self.path) if self.path.is_file() else None
+        if record is None:
+            return Status(MISSING if not self.path.is_file() else STALE, "no check picture of the current A and result")
+        if record.get("lora_sha256") != content_hash(self.plan.outputs.result) or record.get("a_sha256") != content_hash(self.plan.outputs.lora("a")):
+            return Status(STALE, "no check picture of the current A and result")
+        return Status(CURRENT, self.path.name)
+
+
+def preview_status(plan: Plan) -> Status:
+    """The preview job's outputs together: the grid, and the check picture by the differential route."""
+    grid = Grid(plan).status()
+    if not grid.current or not Result(plan).differential:
+        return grid
+    check = Check(plan).status()
+    return check if not check.current else grid
+
+
+def artifacts(plan: Plan) -> dict[str, SideLora | Result | Stats | Grid | Check]:
+    """Every output of the project by the name `copylora check` shows it under."""
+    found: dict[str, SideLora | Result | Stats | Grid | Check] = {
+        "A": SideLora(plan, "a"), "B": SideLora(plan, "b"), "result": Result(plan), "stats": Stats(plan), "grid": Grid(plan)}
+    if Result(plan).differential:
+        found["check"] = Check(plan)
+    return found

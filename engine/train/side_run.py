@@ -1,0 +1,297 @@
+"""One side's training state and its part of a step (:class:`SideRun`): what the loop in
+:mod:`engine.train.trainer` drives, alone or as one of a twin pair."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from engine.models.loading import BaseModel
+from engine.project.network_weights import network_weights_path
+from engine.project.outputs import SideLora
+from engine.project.plan import Plan, SidePlan
+from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
+from engine.train.lora_facts import training_facts
+from engine.train.rescue import rescue_folder, rescue_side
+from engine.train.results import Log, TrainingError
+from engine.train.start_weights import load_start_weights
+from engine.train.training_data import batch_for_step, training_data
+
+
+def min_snr_weights(timesteps, scheduler, gamma: float, v_prediction: bool):
+    """Min-SNR-γ loss weights (Hang et al. 2023), as sd-scripts applies them."""
+    import torch
+
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if v_prediction else clipped / snr
+
+
+def _lora_state(network) -> dict[str, Any]:
+    return {name: {"down": w.down.clone(), "up": w.up.clone(), "alpha": w.alpha} for name, w in network.weights().items()}
+
+
+def _restore_lora(network, state: dict[str, Any]) -> None:
+    from engine.lora.weights import LoRAWeights
+
+    network.load_weights({n: LoRAWeights(v["down"], v["up"], float(v["alpha"])) for n, v in state.items()})
+
+
+
+def _diverged(at_step: int, value: float, side: str, run_dir: Path) -> TrainingError:
+    states = list_states(run_dir)
+    kept = (f"the last good checkpoint ({states[0].name}, in {run_dir}) is kept" if states
+            else "no checkpoint had been written yet")
+    return TrainingError(
+        f"loss became {value} at step {at_step} of side {side.upper()}: training diverged "
+        f"(try a lower learning_rate or network_alpha, or mixed_precision = \"bf16\"/\"no\"); {kept}, "
+        "and nothing else was written"
+    )
+
+
+
+def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log) -> tuple[Path | None, Path]:
+    """The checkpoint, then the LoRA, of a finished training. If the output folder fails now
+    (removed, full, unmounted during the run), the trained weights are still not lost: the
+    checkpoint is kept where it was written and the LoRA goes to the rescue folder; the error
+    says where both are."""
+    state_path = None
+    try:
+        state_path = write_state(step)
+    except OSError as exc:
+        log(f"warning: could not write the final checkpoint ({exc})")
+    try:
+        return state_path, write_lora(step, lora_path)
+    except OSError as exc:
+        failure = f"could not write {lora_path} ({exc.strerror or exc})"
+    kept = []
+    if state_path is not None:
+        kept.append(f"the trained state is in {state_path} (fix the folder, then `copylora retry` or `train --resume` writes the LoRA)")
+    try:
+        rescued = write_lora(step, rescue_folder() / lora_path.name)
+        kept.append(f"the LoRA was written to {rescued} instead")
+    except OSError:
+        pass
+    if not kept:
+        raise TrainingError(f"training finished ({step} steps) but {failure}, and no other folder took the weights")
+    raise TrainingError(f"training finished ({step} steps) but {failure}; " + "; ".join(kept))
+
+
+class SideRun:
+    """One side's training state: its cached data and text, its LoRA, optimizer, schedule,
+    grad scaler and random stream, its checkpoints and outputs. :func:`train` drives one;
+    :func:`engine.train.twin.train_twin` drives A and B as one batch of two. Every random draw
+    comes from the side's own generator in one order (:meth:`draw`), so a side trains the same
+    whichever loop drives it, and their checkpoints are interchangeable."""
+
+    def __init__(self, plan: Plan, side: str, model: BaseModel, *, device: str, weight_dtype, use_scaler: bool, started: float,
+                 log: Log, apply: bool = True) -> None:
+        import torch
+        from diffusers.optimization import get_scheduler
+
+        from engine.lora.network import LoRANetwork
+        from engine.train.conditioning import encode_text
+        from engine.train.optim import build_optimizer
+
+        self.plan, self.side, self.model, self.device = plan, side, model, device
+        self.weight_dtype, self.started, self.log = weight_dtype, started, log
+        self.sp: SidePlan = plan.side(side)
+        self.p = p = self.sp.params
+        self.run_dir = self.sp.run_dir
+        # What the LoRA will record of this training, taken now: a picture or A edited during the
+        # run leaves the finished file stale, not wrongly current.
+        self.record = SideLora(plan, side).record()
+        self.fingerprint = self.record.fingerprint
+        self.preview_noted = False
+
+        # ---- cached latents (once per image) and text embeddings (once per prompt)
+        self.data = training_data(model, plan, side, log)
+        self.train_text = not p.network_train_unet_only
+        self.text_cache = None if self.train_text else [encode_text(model, prompt, p.clip_skip) for prompt in self.data.prompts]
+
+        # ---- the LoRA (initialised from the seed, so A and B start identical)
+        torch.manual_seed(p.seed)
+        self.network = LoRANetwork(
+            model.unet,
+            model.text_encoders,
+            family=model.family,
+            rank=p.network_dim,
+            alpha=p.network_alpha,
+            conv_rank=p.conv_dim,
+            conv_alpha=p.conv_alpha,
+            text_encoder=self.train_text,
+        )
+        self.network.to(device=device, dtype=torch.float32)
+        start = network_weights_path(plan.project, side)  # [train] network_weights: start from that LoRA, not from the seed's
+        if start is not None:
+            load_start_weights(self.network, start, side, log)
+        if apply:
+            self.network.apply_to()
+        self.params = [q for g in self.network.param_groups(1.0) for q in g["params"]]
+        groups = self.network.param_groups(p.unet_lr or p.learning_rate, p.text_encoder_lr or p.learning_rate)
+        self.optimizer, self.optimizer_used = build_optimizer(groups, p.optimizer_type, p.learning_rate, p.optimizer_args, device, log)
+        self.lr_schedule = get_scheduler(
+            p.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=p.lr_warmup_steps,
+            num_training_steps=self.sp.total_steps,
+            num_cycles=p.lr_scheduler_num_cycles,
+            power=p.lr_scheduler_power,
+        )
+        # Set up once, so the step has no precision branches: a disabled scaler passes through.
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.generator = torch.Generator().manual_seed(p.seed)
+        from engine.train.tensorboard_log import open_step_log
+
+        self.step_log = open_step_log(plan, side, started, log)  # [train] log_with = "tensorboard"
+
+    # ---- resume
+
+    def resume_or_reset(self, resume: bool, at_most: int | None = None) -> int:
+        """The step to start from: the newest valid state's when resuming (at or before
+        ``at_most`` if given), else 0 with the old states dropped."""
+        if not resume:
+            for old in list_states(self.run_dir):
+                remove_state(old)
+            return 0
+        state = load_latest_state(self.run_dir, self.fingerprint, self.log, at_most=at_most)
+        if state is None:
+            if list_states(self.run_dir):
+                self.log("no usable training state to resume from: starting from step 0")
+            return 0
+        _restore_lora(self.network, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["rng"]["generator"])
+        if state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        start = int(state["step"])
+        self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
+        return start
+
+    # ---- one step
+
+    def draw(self, step: int, scheduler, v_prediction: bool) -> "Draw":
+        """This step's batch, noise and timesteps, drawn from the side's generator."""
+        import torch
+
+        from engine.train.conditioning import added_conditions, encode_text
+
+        p, data, device = self.p, self.data, self.device
+        batch = batch_for_step(step, data.items, p.train_batch_size, self.sp.steps_per_epoch, p.seed)
+        flips = torch.rand(len(batch), generator=self.generator) < 0.5 if data.flipped is not None else [False] * len(batch)
+        x0 = torch.cat([(data.flipped if flip and data.flipped is not None else data.latents)[s.latent_index]
+                        for s, flip in zip(batch, flips)]).to(device)
+        noise = torch.randn(x0.shape, generator=self.generator)
+        if p.noise_offset:
+            noise = noise + p.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=self.generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=self.generator)
+        noise, timesteps = noise.to(device), timesteps.to(device)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
+        if self.train_text:
+            texts = [encode_text(self.model, data.prompts[s.cond_index], p.clip_skip, grad=True) for s in batch]
+        else:
+            assert self.text_cache is not None  # encoded once when the text encoder is not trained
+            texts = [self.text_cache[s.cond_index] for s in batch]
+        cond = torch.cat([t.hidden for t in texts])
+        added = added_conditions(texts, [data.time_ids[s.latent_index] for s in batch], device=device, dtype=self.weight_dtype)
+        weights = torch.tensor([s.weight for s in batch], device=device)
+        return Draw(step, noisy, timesteps, cond, added, target, weights)
+
+    def loss(self, pred, draw: "Draw", scheduler, v_prediction: bool):
+        """The step's loss from the U-Net's prediction for this side's samples."""
+        import torch
+
+        loss = torch.nn.functional.mse_loss(pred.float(), draw.target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.p.min_snr_gamma:
+            loss = loss * min_snr_weights(draw.timesteps, scheduler, self.p.min_snr_gamma, v_prediction)
+        return (loss * draw.weights.to(loss.device)).mean()
+
+    def optimizer_step(self) -> None:
+        """After backward: unscale, clip, step, schedule (each side its own, as a separate run)."""
+        import torch
+
+        self.grad_scaler.unscale_(self.optimizer)
+        if self.p.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.p.max_grad_norm)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return float(self.lr_schedule.get_last_lr()[0])
+
+    def diverged(self, at_step: int, value: float) -> TrainingError:
+        return _diverged(at_step, value, self.side, self.run_dir)
+
+    # ---- writing
+
+    def write_state(self, step: int, folder: Path | None = None) -> Path:
+        return save_state(
+            folder or self.run_dir,
+            {
+                "step": step,
+                "total": self.sp.total_steps,
+                "fingerprint": self.fingerprint,
+                "lora": _lora_state(self.network),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.lr_schedule.state_dict(),
+                "rng": {"generator": self.generator.get_state()},
+                "grad_scaler": self.grad_scaler.state_dict(),
+            },
+        )
+
+    def write_lora(self, step: int, path: Path) -> Path:
+        from engine.lora.files import save_lora_file
+        from engine.lora.metadata import lora_metadata
+
+        facts = training_facts(self.plan, self.side, self.model, step=step, optimizer=self.optimizer_used, started=self.started,
+                               seed=self.p.seed)
+        metadata = lora_metadata(facts, self.model.family)
+        metadata.update(self.record.metadata(step))  # what `copylora run` compares to decide that it is up to date
+        return save_lora_file(path, self.network.weights(), metadata, self.p.save_precision)
+
+    def write_snapshot(self, step: int) -> Path:
+        """A LoRA beside the checkpoints (save-now); the final path is only written when done."""
+        return self.write_lora(step, self.plan.outputs.step_snapshot(self.side, step))
+
+    def write_preview(self, step: int) -> Path:
+        """The LoRA so far at strength 1.0. Sampling forks the RNG and restores the modes, so the
+        training that follows is exactly what it would have been without it (tested)."""
+        from engine.train.sample import preview_settings, sample_with_network
+
+        project = self.plan.project
+        settings, note = preview_settings(project.sample, self.device)
+        if note and not self.preview_noted:
+            self.log(note)
+            self.preview_noted = True
+        settings = replace(settings, strengths=[1.0])
+        out = self.plan.outputs.step_preview(self.side, step)
+        return sample_with_network(self.model, self.network, settings, out, model_name=Path(project.info.base_model).name,
+                                   title=f"{self.sp.lora_path.stem} at step {step}", extra={"step": step, "side": self.side})
+
+    def final_save(self, step: int) -> tuple[Path | None, Path]:
+        return _final_save(step, self.write_state, self.write_lora, self.sp.lora_path, self.log)
+
+    def rescue(self, step: int) -> str:
+        """Checkpoint and LoRA to the rescue folder (this side's own folder was removed)."""
+        kept = rescue_side(step, self.write_state, self.write_lora, self.sp.lora_path, self.run_dir, self.plan.project.root)
+        return f"{self.side.upper()}: {kept}"
+
+
+@dataclass
+class Draw:
+    """One step's inputs of one side, on the device."""
+
+    step: int  # the step they are drawn for (0-based)
+    noisy: Any
+    timesteps: Any
+    cond: Any
+    added: dict | None  # SDXL's text_embeds and time_ids
+    target: Any
+    weights: Any
+

@@ -1,0 +1,141 @@
+"""What one side trains on, encoded once: cached latents (and flipped copies), SDXL's size
+conditions, the prompts' indices, and the epoch's items; which items make each step's batch.
+
+The data order is a pure function of (seed, epoch), so resuming needs no state for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.project.concepts import resolve_prompt
+from engine.project.plan import Plan
+from engine.train.results import Log, TrainingError
+
+
+@dataclass(frozen=True)
+class TrainingItem:
+    """One entry of an epoch's list of what is trained on: a cached latent and its
+    conditioning. (Not a preview "sample": those are engine.train.sample's.)"""
+
+    latent_index: int  # into the latents list
+    cond_index: int  # into TrainingData.prompts: the picture's instance prompt (or caption), or its class prompt
+    weight: float  # loss weight (prior_loss_weight for regularisation images)
+    bucket: tuple[int, int]
+
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> list[int]:
+    """The shuffled sample order of one epoch: a pure function, so resuming needs no state."""
+    import numpy as np
+
+    return np.random.default_rng([seed, epoch]).permutation(count).tolist()
+
+
+def batch_for_step(step: int, samples: list[TrainingItem], batch_size: int, steps_per_epoch: int, seed: int) -> list[TrainingItem]:
+    """The items of one step. A batch holds one bucket size only (latents must stack): if a
+    shuffled batch mixes buckets, the items of the first one's bucket are used."""
+    epoch, index = divmod(step, steps_per_epoch)
+    order = epoch_order(seed, epoch, len(samples))
+    chosen = [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+    if not chosen:  # the plan rounds up; wrap around rather than train on nothing
+        chosen = [samples[order[(index * batch_size) % len(samples)]]]
+    return [s for s in chosen if s.bucket == chosen[0].bucket]
+
+
+
+@dataclass
+class TrainingData:
+    """What one side trains on, cached once: latents (and flipped copies), SDXL's size
+    conditions per latent, the epoch's items and the prompts they are conditioned on."""
+
+    latents: list
+    flipped: list | None
+    time_ids: list
+    items: list[TrainingItem]
+    prompts: list[str]
+
+
+def training_data(model, plan: Plan, side: str, log: Log) -> TrainingData:
+    """What ``side`` trains on, encoded once: its teacher pictures, each under its prompt (empty
+    in the caption-free copy-machine route; [reg]'s instance prompt, its caption read in for
+    ``[filewords]``), each further concept's pictures, and the class pictures, if any."""
+    from engine.project.images import picture_warnings
+
+    sp = plan.side(side)
+    p = sp.params
+    reg = plan.project.reg
+    for info, bucket in zip(sp.images, sp.buckets):
+        for warning in picture_warnings(info, bucket, f"{side}.folder"):
+            log(f"warning: {warning}")
+    data = TrainingData(latents=[], flipped=[] if p.flip_aug else None, time_ids=[], items=[], prompts=[])
+    extension = reg.caption_extension if reg is not None else ""
+    sets = [(sp.images, sp.buckets, sp.repeats, reg.instance_prompt if reg is not None else p.caption, p.seed)]
+    sets += [(c.images, c.buckets, c.repeats, c.instance_prompt, p.seed + 1000 * c.number) for c in sp.concepts]
+    for images, buckets, repeats, template, seed in sets:
+        paths = [i.path for i in images]
+        offset = _add_latents(data, model, paths, list(buckets), p, seed)
+        for i, path in enumerate(paths):
+            cond = _prompt_index(data, resolve_prompt(template, path, extension))
+            data.items += [TrainingItem(offset + i, cond, 1.0, buckets[i])] * repeats
+    if reg is not None:
+        _add_class_items(data, model, plan, side)
+        concepts = f", {len(sp.concepts)} further concept(s)" if sp.concepts else ""
+        log(f"dreambooth: {len(data.items)} items per epoch ({sp.teacher_samples} teacher{concepts}, "
+            f"{len(data.items) - sp.teacher_samples} class), {len(data.prompts)} distinct prompts")
+    return data
+
+
+def _prompt_index(data: TrainingData, prompt: str) -> int:
+    """The index of ``prompt`` in the prompts encoded for this side (each distinct one once)."""
+    if prompt not in data.prompts:
+        data.prompts.append(prompt)
+    return data.prompts.index(prompt)
+
+
+def _add_latents(data: TrainingData, model, paths: list[Path], buckets: list, p, seed: int) -> int:
+    """Pictures encoded (and flipped) into ``data``; the index of the first one."""
+    from engine.train.teacher import cache_teacher_latents
+
+    cache = cache_teacher_latents(model.vae, paths, buckets, flip=p.flip_aug, random_crop=p.random_crop, seed=seed)
+    offset = len(data.latents)
+    data.latents += list(cache.latents)
+    data.time_ids += _size_conditions(cache, buckets)
+    if data.flipped is not None and cache.flipped is not None:
+        data.flipped += list(cache.flipped)
+    return offset
+
+
+def _size_conditions(cached, buckets) -> list:
+    """SDXL's time ids per latent: original (h, w), crop (top, left), bucket (h, w); a flipped
+    latent keeps its crop (the default centre crop is symmetric)."""
+    from engine.train.conditioning import sdxl_time_ids
+
+    return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
+
+
+def _add_class_items(data: TrainingData, model, plan: Plan, side: str) -> None:
+    """[reg]: the class pictures, encoded, each under its folder's class prompt. As sd-scripts
+    does, every class folder is pooled (each picture × [reg].num_repeats) and the pool is cycled
+    up to the number of teacher items, so each epoch pairs every teacher item with one class
+    item, weighted by ``prior_loss_weight``."""
+    from engine.project.concepts import class_sets
+    from engine.project.images import image_files, read_image_info
+    from engine.project.plan import bucket_size
+
+    project, p = plan.project, plan.side(side).params
+    assert project.reg is not None, "class pictures come with [reg]"
+    pool: list[tuple[int, int, tuple[int, int]]] = []
+    for number, class_set in enumerate(class_sets(project)):
+        paths = image_files(class_set.folder)
+        if not paths:
+            raise TrainingError(f"[{class_set.key}] asks for class images but {class_set.folder} has none")
+        buckets = [bucket_size(info.width, info.height, p.resolution) for info in (read_image_info(x, decode=False) for x in paths)]
+        offset = _add_latents(data, model, paths, buckets, p, p.seed + 10_000 + 1000 * number)
+        cond = _prompt_index(data, class_set.prompt)
+        pool += [(offset + j, cond, buckets[j]) for j in range(len(paths)) for _ in range(class_set.repeats)]
+    teachers = len(data.items)
+    data.items += [TrainingItem(pool[k % len(pool)][0], pool[k % len(pool)][1], project.reg.prior_loss_weight, pool[k % len(pool)][2])
+                   for k in range(teachers)]
+

@@ -1,0 +1,113 @@
+"""Each output's status (engine.project.outputs), read from the files real runs leave behind:
+current after a run, stale with the reason when what made it changed, missing when not made,
+and the same answer from `copylora check`, the queue and the app's project scan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.project.folder import load_project
+from engine.project.outputs import CURRENT, MISSING, STALE, Check, Grid, Result, SideLora, Stats, artifacts, preview_status
+from engine.project.plan import make_plan
+from tests.real_runs import STEPS
+
+
+def plan_of(folder):
+    return make_plan(load_project(folder), max_steps=STEPS)  # the runs were queued with --max_steps STEPS
+
+
+def states(plan) -> dict[str, tuple[str, str]]:
+    return {name: (artifact.status().state, artifact.status().reason) for name, artifact in artifacts(plan).items()}
+
+
+def test_every_output_of_finished_runs_is_current(real_runs):
+    mono = plan_of(real_runs / "mono")
+    assert states(mono) == {
+        "A": (CURRENT, "mono_A.safetensors"), "B": (CURRENT, "mono_B.safetensors"), "result": (CURRENT, "mono.safetensors"),
+        "stats": (CURRENT, "mono.stats.json"), "grid": (CURRENT, "mono-grid.png")}
+    differential = plan_of(real_runs / "differential")
+    assert {name: state for name, (state, _) in states(differential).items()} == dict.fromkeys(
+        ("A", "B", "result", "stats", "grid", "check"), CURRENT)
+    assert preview_status(differential).current
+
+
+def test_a_changed_parameter_makes_the_sides_stale_and_says_so(real_runs):
+    longer = make_plan(load_project(real_runs / "mono"), max_steps=STEPS + 1)  # more steps than were trained
+    assert SideLora(longer, "a").status().pair() == (False, f"trained {STEPS} steps, plan says {STEPS + 1}")
+    toml = real_runs / "mono" / "copylora.toml"
+    toml.write_text(toml.read_text().replace("learning_rate = 0.001", "learning_rate = 0.002"))
+    plan = plan_of(real_runs / "mono")
+    assert SideLora(plan, "a").status() == SideLora(plan, "b").status()
+    assert (SideLora(plan, "a").status().state, SideLora(plan, "a").status().reason) == (STALE, "parameters, images or base model changed")
+    assert Result(plan).status().current  # made from the A and B files that are there: current until they are retrained
+
+
+def test_damaged_and_missing_files_are_said_as_such(real_runs):
+    mono = real_runs / "mono"
+    plan = plan_of(mono)
+    lora_a = plan.outputs.lora("a")
+    lora_a.write_bytes(lora_a.read_bytes()[:-100])  # a copy cut off
+    a = SideLora(plan, "a").status()
+    assert a.state == STALE and a.reason.startswith("unreadable (truncated")
+    assert Result(plan).status().reason == "A or B changed since the merge"
+    assert Stats(plan).status().state == STALE  # of a result that is not current
+    lora_a.unlink()
+    assert SideLora(plan, "a").status().pair() == (False, "no LoRA yet") and SideLora(plan, "a").status().state == MISSING
+
+    damaged = plan_of(real_runs / "damaged")  # a truncated grid, a stats file that is not one
+    assert Grid(damaged).status().pair() == (False, "unreadable preview")
+    assert Stats(damaged).status().pair() == (False, "the stats are of another merge")
+
+
+def test_the_preview_follows_sample_and_the_check_picture(real_runs):
+    from engine.project.folder import save_project
+
+    project = load_project(real_runs / "mono")
+    project.sample.seed += 1
+    save_project(project)
+    assert Grid(plan_of(real_runs / "mono")).status().pair() == (False, "[sample] changed")
+
+    differential = plan_of(real_runs / "differential")
+    differential.outputs.check.unlink()
+    assert Check(differential).status().state == MISSING
+    assert Grid(differential).status().current and not preview_status(differential).current
+    assert preview_status(differential).reason == "no check picture of the current A and result"
+
+
+def test_check_and_the_queue_and_the_app_ask_the_same_status(real_runs, capsys):
+    from copylora_tui.cli.main import main
+    from copylora_tui.core.projects import summarise
+    from engine.jobs.enqueue import enqueue_project
+    from engine.jobs.queue import Queue
+
+    toml = real_runs / "differential" / "copylora.toml"
+    toml.write_text(toml.read_text().replace("learning_rate = 0.001", "learning_rate = 0.002"))
+    plan = plan_of(real_runs / "differential")
+    assert main(["check", str(real_runs / "differential"), "--json"]) == 0
+    outputs = json.loads(capsys.readouterr().out)["outputs"]
+    # `check` plans without --max_steps: the sides are stale either way; the result is of the files there
+    assert outputs["A"]["state"] == STALE and outputs["result"]["state"] == CURRENT and outputs["check"]["state"] == CURRENT
+    assert outputs["grid"]["path"] == str(plan.outputs.grid)
+    assert main(["check", str(real_runs / "differential")]) == 0
+    text = capsys.readouterr().out
+    assert "differential_A.safetensors" in text and "stale: parameters, images or base model changed" in text
+
+    summary = summarise(real_runs / "differential")  # the Projects screen (planned without --max_steps too)
+    assert summary.sides["a"].state == STALE and summary.merge.state == "done"
+    steps = {s.what: s for s in enqueue_project(Queue(real_runs.parent / "queue-check"), real_runs / "differential", max_steps=STEPS)}
+    assert (steps["train A"].action, steps["train A"].reason) == ("queued", SideLora(plan, "a").status().reason)
+
+
+@pytest.mark.parametrize("name", ["A", "B", "result", "stats", "grid", "check"])
+def test_every_output_name_is_spelled_once(name, tmp_path):
+    """The paths the plan gives are the ones the writers use (engine.project.outputs.OutputPaths)."""
+    from engine.project.outputs import OutputPaths
+
+    paths = OutputPaths(tmp_path / "output", "concept")
+    by_name = {"A": paths.lora("a"), "B": paths.lora("b"), "result": paths.result, "stats": paths.stats, "grid": paths.grid,
+               "check": paths.check}
+    expected = {"A": "concept_A.safetensors", "B": "concept_B.safetensors", "result": "concept.safetensors",
+                "stats": "concept.stats.json", "grid": "samples/concept-grid.png", "check": "samples/concept-check.png"}
+    assert by_name[name].relative_to(tmp_path / "output").as_posix() == expected[name]
