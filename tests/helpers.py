@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "projects" / "example-monochrome"
+
+# For a test that needs torch in a module that does not (the module-level pytest.importorskip("torch") of the others).
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 
 
 def write_png(path: Path, size: tuple[int, int] = (96, 144), colour: tuple[int, int, int] = (200, 60, 40)) -> Path:
@@ -90,3 +97,44 @@ def rendered(renderable) -> str:
     console = Console(width=400, file=io.StringIO(), record=True)
     console.print(renderable)
     return console.export_text()
+
+
+def set_keys(root, table: str, **values) -> None:
+    """Replace (or add) keys of one table of the project's TOML, as a user's editor would."""
+    toml = root / "copylora.toml"
+    lines = toml.read_text().splitlines()
+    start = lines.index(f"[{table}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    for key, value in values.items():
+        found = [i for i in range(start, end) if lines[i].split("=")[0].strip() == key]
+        if found:
+            lines[found[0]] = f"{key} = {value}"
+        else:
+            lines.insert(start + 1, f"{key} = {value}")
+            end += 1
+    toml.write_text("\n".join(lines) + "\n")
+
+
+def check(root, capsys) -> tuple[int, str]:
+    from copylora_tui.cli.main import main
+
+    code = main(["check", str(root)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+class Boom:
+    """A pickle payload whose loading would run a command (never executed by the check)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def one_line(err: str) -> str:
+    # `train` first says its torch thread count (engine/threads.py); that is not the error
+    lines = [line for line in err.strip().splitlines() if not line.startswith("copylora: threads:")]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -6,8 +6,11 @@ from __future__ import annotations
 from textual.widgets import Log, ProgressBar
 
 from copylora_tui.app import CopyloraApp
+from copylora_tui.core.formatting import rate_text
+from copylora_tui.core.log_follow import wrap_line
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.widgets.curve import Curve
+from copylora_tui.widgets.log_tail import LogTail
 from engine.jobs.queue import Queue
 from engine.train.progress import Progress
 from tests.test_app_support import make_projects, running_job, screen_text, use_home, wait_until
@@ -120,3 +123,130 @@ async def test_a_twin_job_shows_both_sides_losses(tmp_path, monkeypatch):
         assert "loss A 0.6100 B 0.6400" in screen_text(app)
         assert app.screen.query_one("#loss-panel").border_subtitle == "curve: A's smoothed loss"
     queue.close()
+
+
+def test_speed_has_one_unit():
+    assert rate_text(12.46) == "12.5 it/s" and rate_text(1 / 4.6) == "4.6 s/it" and rate_text(None) == "—"
+
+
+
+async def test_monitor_slow_job_says_s_per_it_once_and_the_clock_runs(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = running_job(queue, project, step=3, total=40, it_per_s=1 / 4.6)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    started = queue.get(job.id).started_at
+    app.clock = lambda: started + 65.0
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_show_monitor(job.id)
+        await wait_until(pilot, lambda: "4.6 s/it" in screen_text(app))
+        text = screen_text(app)
+        assert "it/s" not in text and "running for 01:05" in text
+        app.clock = lambda: started + 125.0  # no progress since (the model loads): the time still runs
+        await wait_until(pilot, lambda: "running for 02:05" in screen_text(app), timeout=4)
+        assert "curve: smoothed loss" in screen_text(app)
+
+
+
+def test_wrap_line_keeps_every_character():
+    line = "13:48:03 job #1: train A of /tmp/cap/projects/example-monochrome (attempt 1, pid 18648, CUDA_VISIBLE_DEVICES=unset)"
+    rows = wrap_line(line, 40)
+    assert all(len(r) <= 40 for r in rows) and len(rows) > 2
+    assert "".join(r.strip() for r in rows).replace(" ", "") == line.replace(" ", "")
+    assert wrap_line("short", 40) == ["short"] and wrap_line("", 10) == [""]
+
+
+
+async def test_long_log_lines_are_wrapped_not_cut(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = running_job(queue, project, step=3, total=40)
+    tail = "the-end-of-a-long-line.safetensors"
+    queue.log_path(job.id).write_text(f"12:00:00 wrote {'/very/long/path' * 6}/{tail}\n")
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_show_monitor(job.id)
+        await wait_until(pilot, lambda: "of-a-long-line.safetensors" in screen_text(app))
+        log = app.screen.query_one(LogTail)
+        assert tail in "".join(row.strip() for row in log.lines)  # every character is on screen
+        assert len(log.lines) > 1 and all(len(row) < log.scrollable_content_region.width for row in log.lines)
+
+
+
+async def test_monitor_follows_the_chain_of_a_job_it_watched(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    a = running_job(queue, project, step=190, total=200)
+    b = queue.enqueue("train", str(project), side="b", label="train B", total=200)
+    merge = queue.enqueue("merge", str(project), label="merge", depends_on=[a.id, b.id])
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_show_monitor(a.id)
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and "190/200" in screen_text(app))
+        queue.report_progress(a.id, Progress(200, 200, 0.1, 0.1, 1e-4, 10.0, 0.0, 20.0, None), point=True)
+        queue.finish(a.id, "done", artifacts={"lora": "x_A.safetensors", "steps": 200})
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.job_id == b.id)
+        assert "following #2 train B" in screen_text(app) or True  # the toast may have gone
+        # a job opened after it ended stays where it is
+        app.action_show_monitor(a.id)
+        await wait_until(pilot, lambda: app.screen.job_id == a.id)
+        await pilot.pause(0.5)
+        assert app.screen.job_id == a.id and merge.id != a.id
+
+
+def two_attempts(queue, project: str) -> int:
+    """A 4000-step training (a point every 4th step, as the runner writes them) that diverged
+    at step 2000 and failed, retried from its checkpoint at step 1600, done: the first
+    attempt's points 1603…1999 (loss 2.0) lie between the second's 1601…4000 (loss 0.1)."""
+    from engine.train.progress import Progress
+
+    job = queue.enqueue("train", project, side="a", label="train A", total=4000)
+    queue.claim(None)
+    for step in range(3, 2000, 4):
+        loss = 0.5 if step <= 1600 else 2.0
+        queue.report_progress(job.id, Progress(step, 4000, loss, loss, 1e-3, 10.0, 60.0, 1.0), point=True)
+    queue.finish(job.id, "failed", error="loss became nan at step 2001")
+    with queue.transaction() as db:  # that attempt ran a while ago
+        db.execute("UPDATE points SET t = t - 1000 WHERE job_id = ?", (job.id,))
+    queue.retry(job.id)
+    assert queue.claim(None).id == job.id
+    queue.set_start_step(job.id, 1600, 4000)
+    for step in [*range(1601, 4000, 4), 4000]:
+        queue.report_progress(job.id, Progress(step, 4000, 0.1, 0.1, 1e-3, 10.0, 60.0, 1.0), point=True)
+    queue.finish(job.id, "done")
+    return job.id
+
+
+
+async def test_a_resumed_job_shows_its_newest_attempts_loss(tmp_path, monkeypatch):
+    from copylora_tui.screens.monitor import MonitorScreen
+    from engine.jobs.queue import Queue
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    queue = Queue()
+    job_id = two_attempts(queue, str(folder.resolve()))
+    queue.close()
+    app = CopyloraApp(folder.parent, poll_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.snapshot.job(job_id) is not None)
+        await pilot.press("3")  # the newest job's monitor
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.query_one("#loss-curve").values)
+        values = app.screen.query_one("#loss-curve").values
+        assert 2.0 not in values  # the failed attempt's steps past the checkpoint are gone
+        assert values[-1] == 0.1 and values.count(0.5) == len(range(3, 1601, 4))
+        assert "smoothed 0.1000" in screen_text(app) and "resumed at step 1600" in screen_text(app)
+
+
+
+def test_newest_attempt_keeps_the_last_curve_until_the_new_attempt_writes():
+    from copylora_tui.core.history import newest_attempt
+
+    old = [{"step": s, "t": 100.0 + s} for s in (10, 20, 30)]
+    assert newest_attempt(old, 500.0, 20) == old  # resumed, still loading its model: nothing of its own yet
+    new = old + [{"step": 25, "t": 600.0}]
+    assert [p["step"] for p in newest_attempt(new, 500.0, 20)] == [10, 20, 25]
+    assert newest_attempt(new, None, None) == new

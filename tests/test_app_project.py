@@ -4,10 +4,11 @@ project is never saved, a valid one is, and the plan follows the parameters."""
 from __future__ import annotations
 
 import pytest
-from textual.widgets import Input, Static
+from textual.widgets import Collapsible, Input, Static
 
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.project import ProjectScreen
+from copylora_tui.widgets.param_field import TickBox
 from engine.project.folder import load_project
 from tests.test_app_support import make_projects, plan_text, screen_text, use_home, wait_until
 
@@ -165,3 +166,53 @@ async def test_teacher_pictures_drawn_with_textual_image_or_text(tmp_path, monke
         await open_project(pilot, app, folder)
         await wait_until(pilot, lambda: "B: b/monochrome.png  128×192" in screen_text(app))
         assert len(app.screen.query(".teacher-image")) == 0
+
+
+async def test_unticked_box_reads_empty(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_open_project(folder)
+        # The fields dict fills while the screen composes, before the widgets are mounted:
+        # wait for the box itself, or the query can run between the two (seen once in CI).
+        selector = "#field-train-gradient_checkpointing TickBox"
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and bool(app.screen.query(selector)))
+        box = app.screen.query_one(selector, TickBox)
+        assert box.value is False and str(box._button) == "▐ ▌"
+        box.toggle()
+        await pilot.pause()
+        assert str(box._button) == "▐X▌" and str(box.label) == "true"
+
+
+async def test_unfolded_section_shows_problems_before_its_fields_compose(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_open_project(folder)
+        # the form is read in a thread, then mounted: wait for its folded sections
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and app.screen.query("#section-sample"))
+        await pilot.pause(0.5)
+        screen = app.screen
+        from engine.errors import Problem
+
+        problems = [Problem("sample.prompts", "must not be empty")]
+        # The screen re-checks the whole project a moment after fields change (new fields do):
+        # that check must find the same problem, or it would clear the one injected here.
+        from copylora_tui.core import form
+
+        monkeypatch.setattr(form, "validate", lambda candidate: (None, problems))
+        # The race, made certain: the problems arrive in the same tick as the new fields.
+        screen.project_problems = problems
+        screen.build_section("sample")
+        screen.show_project_problems(problems)
+        await pilot.pause()
+        error = screen.query_one("#field-sample-prompts .param-error", Static)
+        assert "must not be empty" in str(error.render()) and error.display
+        # and the way a user does it: enter on the folded [reg]-less sections' titles
+        for section in ("a", "b"):
+            screen.query_one(f"#section-{section} CollapsibleTitle").focus()
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: not screen.query_one(f"#section-{section}", Collapsible).collapsed)
+        assert app._exception is None

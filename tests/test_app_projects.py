@@ -3,7 +3,9 @@ project (a bad picture path first, then a good one), run, delete, stats, navigat
 
 from __future__ import annotations
 
-from textual.widgets import DataTable, Input
+import threading
+
+from textual.widgets import DataTable, Input, Static
 
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.new_project import NewProjectScreen
@@ -156,3 +158,41 @@ async def test_command_palette_lists_the_screens(tmp_path, monkeypatch):
     async with app.run_test(size=(100, 30)):
         names = [c.title for c in app.get_system_commands(app.screen)]
         assert {"Projects", "Queue", "Monitor", "New project", "Run project", "Merge stats"} <= set(names)
+
+
+async def test_projects_say_they_are_loading(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    release = threading.Event()
+    import copylora_tui.screens.projects as screen_module
+
+    real = screen_module.scan_projects
+
+    def slow_scan(folder):
+        release.wait(5)
+        return real(folder)
+
+    monkeypatch.setattr(screen_module, "scan_projects", slow_scan)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: "reading the projects in" in screen_text(app))
+        release.set()
+        await wait_until(pilot, lambda: "example-monochrome" in screen_text(app) and "reading the projects" not in screen_text(app))
+
+
+
+async def test_new_project_dialog_help_and_errors(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    app = CopyloraApp(make_projects(tmp_path), poll_s=0.1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewProjectScreen))
+        await pilot.press("ctrl+s")  # nothing filled in: three errors
+        error = app.screen.query_one("#error-name", Static)
+        assert error.display and "give the project a name" in str(error.render())
+        app.screen.query_one("#new-name", Input).focus()
+        await pilot.press("m")
+        await pilot.pause()
+        assert not error.display  # it was about the empty name
+        text = screen_text(app)
+        assert "e.g. ~/pics/colour.png" in text and "The project's folder (under the projects folder) and its LoRA's name." in text

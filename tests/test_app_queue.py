@@ -6,13 +6,16 @@ write them (claim, report_progress, finish); the screen must show each change af
 
 from __future__ import annotations
 
+from textual.widgets import DataTable
+
 from copylora_tui.app import CopyloraApp
+from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.monitor import MonitorScreen
-from copylora_tui.screens.queue import QueueScreen
+from copylora_tui.screens.queue import QueueScreen, job_detail
 from copylora_tui.widgets.job_table import JobTable
-from engine.jobs.queue import Queue
+from engine.jobs.queue import Queue, artifacts_text
 from engine.train.progress import Progress
-from tests.test_app_support import make_projects, running_job, screen_text, use_home, wait_until
+from tests.test_app_support import build_demo, make_projects, notices, running_job, screen_text, use_home, wait_until
 
 
 def cells(app, job_id: int) -> list[str]:
@@ -100,3 +103,94 @@ async def test_no_jobs_and_unreadable_queue(tmp_path, monkeypatch):
         await wait_until(pilot, lambda: "no jobs" in screen_text(app))
         await pilot.press("3")  # no job to monitor: a message, no screen
         assert isinstance(app.screen, QueueScreen)
+
+
+async def test_footers_fit_and_cancel_names_its_job(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    running_job(queue, project, step=10, total=200)
+    notes: list[str] = []
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: "3 Monitor" in screen_text(app).splitlines()[-1])
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        monkeypatch.setattr(app, "notify", lambda message, **_k: notes.append(message))
+        await pilot.press("2")  # the queue's last key (3 would do what m does: hidden there)
+        await wait_until(pilot, lambda: "1 Projects" in screen_text(app).splitlines()[-1])
+        await pilot.press("c")
+        await wait_until(pilot, lambda: notes)
+        assert notes[-1].startswith("#1 train A of example-monochrome: cancelling")
+
+
+def commands_done(app) -> bool:
+    return not [w for w in app.workers if w.group == "command" and not w.is_finished]
+
+
+
+async def test_a_held_key_shows_one_notification_and_at_most_three_stay(tmp_path, monkeypatch):
+    from copylora_tui.app import MAX_NOTIFICATIONS
+    from copylora_tui.screens.queue import QueueScreen
+
+    use_home(monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    build_demo(tmp_path)
+    app = CopyloraApp("projects", poll_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.screen.summaries)
+        await pilot.press("2")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.selected_job_id() is not None)
+        table = app.screen.query_one("#jobs")
+        table.move_cursor(row=table.row_count - 1)  # #1, done: c says "nothing to cancel" each time
+        await wait_until(pilot, lambda: app.screen.selected_job_id() == 1)
+        await pilot.press(*["c"] * 8)  # a held key
+        await wait_until(pilot, lambda: commands_done(app) and any("nothing to cancel" in n for n in notices(app)))
+        await pilot.pause()
+        assert sum("#1 is done: nothing to cancel" in n for n in notices(app)) == 1
+        for _ in range(3):  # four different messages: the oldest goes
+            await pilot.press("up", "c")
+            await wait_until(pilot, lambda: commands_done(app))
+        await pilot.pause()
+        shown = notices(app)
+        assert len(shown) == MAX_NOTIFICATIONS, shown
+        assert "job #4 is failed: nothing to cancel" in shown[-1] and not any("#1 is done" in n for n in shown)
+
+
+# What the runners of engine.jobs.runner return, shape for shape.
+RUNNER_ARTIFACTS = {
+    "train": {"lora": "/p/out/x_A.safetensors", "state": "/p/out/runs/A/state-00000005.pt", "steps": 5},
+    "merge": {"lora": "/p/out/x.safetensors", "stats": "/p/out/x.stats.json"},
+    "sample": {"grid": "/p/out/samples/x-grid.png"},
+    "reg": {"reg_images": ["/p/reg/class-0000.png", "/p/reg/class-0001.png"]},
+}
+
+
+
+def test_artifacts_of_every_runner_read_as_one_line():
+    assert artifacts_text(RUNNER_ARTIFACTS["train"]) == "lora: x_A.safetensors, state: state-00000005.pt, steps: 5"
+    assert artifacts_text(RUNNER_ARTIFACTS["reg"]) == "reg_images: 2 files"
+    assert artifacts_text({"odd": {"a": 1}, "none": None, "float": 0.5}) == "odd: 1 item, none: None, float: 0.5"
+
+
+
+async def test_queue_cursor_over_finished_jobs_of_every_kind(tmp_path, monkeypatch):
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    ids = []
+    for kind, artifacts in RUNNER_ARTIFACTS.items():
+        job = queue.enqueue(kind, str(project), side="a" if kind == "train" else None)
+        queue.claim(None)
+        queue.finish(job.id, "done", artifacts=artifacts)
+        ids.append(job.id)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")  # the newest job (class images) is selected on opening
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.query_one("#jobs", DataTable).row_count == 4)
+        for _ in ids:
+            await pilot.press("down")
+        await wait_until(pilot, lambda: "steps: 5" in screen_text(app))
+        assert app.is_running and app._exception is None
+    for job in Queue(env.home).jobs():
+        job_detail(job, QueueSnapshot(jobs=(job,), by_id={job.id: job}))  # never raises

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from textual.widgets import DataTable
 
 from copylora_tui.app import CopyloraApp
+from copylora_tui.cli.main import main as cli
 from copylora_tui.screens.stats import StatsScreen
 from tests.test_app_support import make_projects, screen_text, use_home, wait_until, write_stats
 
@@ -60,3 +64,47 @@ async def test_missing_or_broken_stats_file_is_a_message(tmp_path, monkeypatch):
         app.action_open_stats(broken)
         # (the message may wrap at a long tmp path: compare with the line breaks folded)
         await wait_until(pilot, lambda: "unreadable statistics" in " ".join(screen_text(app).split()))
+
+
+MALFORMED = [
+    ({"modules": [{"name": "x"}]}, "modules[0].block is missing"),
+    ({"file": "x.safetensors"}, "no 'modules' list"),
+    ([1, 2, 3], "JSON list"),
+    ({"modules": [], "blocks": [{"block": "in1", "modules": "two"}]}, "blocks[0].modules"),
+    ({"modules": [], "inputs": [{"file": 3, "ratio": 1}]}, "inputs[0].file"),
+    # the LoRA Block Weight fields are optional (older files lack them), but checked where present
+    ({"modules": [], "lbw_blocks": [{"block": "IN04"}]}, "lbw_blocks[0].modules is missing"),
+    ({"modules": [{"name": "x", "block": "in1", "kind": "linear", "shape": [4, 4], "input_ranks": [4], "kept_rank": 4, "energy_kept": 1,
+                   "rel_error": 0, "result_norm": 1, "input_norms": [1], "lbw_block": 4}]}, "modules[0].lbw_block is 4"),
+    ({"modules": [], "inputs": [{"file": "B.safetensors", "ratio": 1, "lbw": [1, "x"]}]}, "inputs[0].lbw is not a list of numbers"),
+]
+
+
+
+@pytest.mark.parametrize("document,problem", MALFORMED)
+def test_malformed_stats_is_one_line_in_the_cli(tmp_path, capsys, document, problem):
+    path = tmp_path / "x.stats.json"
+    path.write_text(json.dumps(document))
+    assert cli(["stats", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "not a copylora statistics file" in err and "internal error" not in err
+
+
+
+async def test_malformed_stats_is_a_message_in_the_stats_panel(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    stats = write_stats(projects / "example-monochrome" / "output" / "example-monochrome.stats.json")
+    document = json.loads(stats.read_text())
+    del document["modules"][2]["kind"]
+    stats.write_text(json.dumps(document))
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.screen.summaries and app.screen.summaries[0].stats_path == stats)
+        await pilot.press("s")
+        assert isinstance(app.screen, StatsScreen)
+        await wait_until(pilot, lambda: "modules[2].kind is missing" in " ".join(screen_text(app).split()))
+        await pilot.press("s", "r", "b", "k", "v", "enter")  # the keys of an unshowable file do nothing
+        assert app.is_running and app._exception is None
+        await pilot.press("escape")
+        assert not isinstance(app.screen, StatsScreen)

@@ -296,3 +296,7 @@ def plan_text(app) -> str:
     console = Console(width=140, file=io.StringIO(), record=True)
     console.print(app.screen.query_one("#plan", Static).content)
     return console.export_text()
+
+
+def notices(app) -> list[str]:
+    return [n.message for n in app._notifications]

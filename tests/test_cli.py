@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import pytest
 
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main, run_guarded
 from engine.errors import CopyloraError
-from tests.helpers import REPO, copy_example, snapshot, write_png
+from tests.helpers import REPO, copy_example, one_line, snapshot, write_png
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -135,3 +137,193 @@ def test_flags_are_spelled_one_way_and_take_the_other_as_a_hidden_alias(capsys):
         parser.parse_args(["run", "p", "--max_stepz", "3"])
     assert refused.value.code == EXIT_USAGE
     assert "unrecognized arguments: --max_stepz" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the destination is checked before the work
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+
+@pytest.fixture
+def loras(tmp_path):
+    """Two small SD1 LoRA files (B, A) with modules in BASE, IN01 and OUT03."""
+    torch = pytest.importorskip("torch")
+    from engine.lora.files import save_lora_file
+
+    g = torch.Generator().manual_seed(3)
+    names = ["lora_te_text_model_encoder_layers_0_self_attn_q_proj", "lora_unet_down_blocks_0_attentions_0_proj_in",
+             "lora_unet_up_blocks_1_attentions_0_proj_in"]
+    files = []
+    for side in ("B", "A"):
+        mods = {n: (torch.randn(4, 32, generator=g), torch.randn(32, 4, generator=g), 4.0) for n in names}
+        files.append(save_lora_file(tmp_path / f"{side}.safetensors", mods, {"ss_base_model_version": "sd_v1"}, "float"))
+    return files
+
+
+
+@pytest.fixture
+def merged(loras, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", "--save_to", str(out), "--models", *map(str, loras), "--ratios", "1", "-1", "--new_rank", "4"]) == 0
+    capsys.readouterr()
+    return out
+
+
+
+def _no_work(monkeypatch):
+    """Make the work itself fail loudly: a test passing proves the check came first."""
+    import engine.merge.bake
+    import engine.merge.extract
+    import engine.merge.svd
+
+    def boom(*_args, **_kwargs):
+        raise AssertionError("the work started before the destination was checked")
+
+    for module, name in ((engine.merge.svd, "merge_loras"), (engine.merge.bake, "bake_lora"), (engine.merge.extract, "extract_lora")):
+        monkeypatch.setattr(module, name, boom)
+
+
+
+def _commands(loras, save_to: str) -> dict[str, list[str]]:
+    b, a = map(str, loras)
+    return {
+        "merge": ["merge", "--save_to", save_to, "--models", b, a, "--ratios", "1", "-1"],
+        "resize": ["resize", b, "--new_rank", "2", "--save_to", save_to],
+        "bake": ["bake", "--base", "tiny", "--lora", b, "--save_to", save_to],
+        "extract": ["extract", "--model_org", "tiny", "--model_tuned", "tiny", "--save_to", save_to],
+    }
+
+
+
+def test_save_to_under_a_file_is_a_usage_error_before_the_work(loras, tmp_path, monkeypatch, capsys):
+    _no_work(monkeypatch)
+    picture = write_png(tmp_path / "pics" / "one.png")
+    save_to = str(picture / "x.safetensors")
+    for name, argv in _commands(loras, save_to).items():
+        assert main(argv) == EXIT_USAGE, name
+        line = one_line(capsys.readouterr().err)
+        assert f"--save_to: cannot write {save_to}: {picture} is a file, not a folder" in line, (name, line)
+    assert picture.is_file()
+
+
+
+def test_save_to_on_the_kernel_filesystem_is_refused_before_the_work(loras, monkeypatch, capsys):
+    _no_work(monkeypatch)
+    for name, argv in _commands(loras, "/proc/copylora-test/x.safetensors").items():
+        assert main(argv) == EXIT_USAGE, name
+        assert "kernel's /proc filesystem" in one_line(capsys.readouterr().err)
+
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only tmpfs (as root, chmod alone does not stop writing); skipped where it cannot be mounted."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+
+def test_save_to_on_a_read_only_filesystem_is_a_usage_error_before_the_work(loras, read_only_folder, monkeypatch, capsys):
+    _no_work(monkeypatch)
+    for name, argv in _commands(loras, str(read_only_folder / "x.safetensors")).items():
+        assert main(argv) == EXIT_USAGE, name
+        line = one_line(capsys.readouterr().err)
+        # The cause the user can act on: the mount, not the permissions (os.access says no too).
+        assert "--save_to: cannot write" in line and "read-only filesystem" in line, (name, line)
+
+
+
+def test_sample_out_under_a_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    picture = write_png(tmp_path / "one.png")
+    assert main(["sample", str(root), "--lora", "none", "--out", str(picture / "grid.png")]) == EXIT_USAGE
+    assert "--save_to: cannot write" in one_line(capsys.readouterr().err)  # the flag by its one name; --out is its old alias
+
+
+# ----------------------------------------------------------------------------- stats
+
+
+def test_stats_unknown_block_is_a_usage_error_naming_the_blocks(merged, capsys):
+    assert main(["stats", str(merged), "--block", "FOO"]) == EXIT_USAGE
+    line = one_line(capsys.readouterr().err)
+    assert "--block: no module of this file is in 'FOO'; its blocks (LBW naming): " in line
+    assert "IN01" in line and "OUT03" in line and "BASE" in line and "in0" not in line
+    assert main(["stats", str(merged), "--blocks", "unet", "--block", "FOO"]) == EXIT_USAGE
+    line = one_line(capsys.readouterr().err)
+    assert "(U-Net naming)" in line and "in0" in line and "IN01" not in line
+    assert main(["stats", str(merged), "--block", "in0", "--json"]) == 0  # the other naming still works
+
+
+
+def test_stats_json_names_blocks_as_the_table_does(merged, capsys):
+    assert main(["stats", str(merged), "--json", "--top", "0"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["block"] for r in rows} == {"BASE", "IN01", "OUT03"}
+    assert all(r["block"] == r["lbw_block"] and r["unet_block"] for r in rows)
+    assert main(["stats", str(merged), "--json", "--top", "0", "--blocks", "unet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["block"] == r["unet_block"] != r["lbw_block"] for r in rows)
+
+
+# ----------------------------------------------------------------------------- usage errors and output
+
+
+@pytest.mark.parametrize("argv", [["logs", "99"], ["cancel", "999"], ["retry", "99"], ["pause", "99"], ["resume", "99"],
+                                  ["save-now", "99"], ["sample-now", "99"], ["move", "99", "up"], ["logs", "99", "-f"]])
+def test_no_such_job_is_a_usage_error(argv, home, capsys):
+    assert main(argv) == EXIT_USAGE
+    assert f"no job #{argv[1]} (see `copylora queue`)" in one_line(capsys.readouterr().err)
+
+
+
+def test_a_picture_given_as_a_lora_is_a_usage_error(loras, tmp_path, capsys):
+    picture = write_png(tmp_path / "pic.png")
+    b = str(loras[0])
+    root = copy_example(tmp_path)
+    for argv in (["merge", "--save_to", str(tmp_path / "m.safetensors"), "--models", b, str(picture)],
+                 ["resize", str(picture), "--new_rank", "2"],
+                 ["stats", str(picture)],
+                 ["sample", str(root), "--lora", str(picture)],
+                 ["sample", str(picture), "--base", "tiny"],
+                 ["bake", "--base", "tiny", "--lora", str(picture), "--save_to", str(tmp_path / "baked")]):
+        assert main(argv) == EXIT_USAGE, argv
+        one_line(capsys.readouterr().err)
+    assert main(["merge", "--save_to", str(tmp_path / "m.safetensors"), "--models", b, str(picture)]) == EXIT_USAGE
+    assert "not a LoRA file (a PNG image)" in capsys.readouterr().err
+
+
+
+def test_new_help_lists_every_builtin_base(capsys):
+    from engine.formats.model_files import BUILTIN_MODELS
+
+    with pytest.raises(SystemExit):
+        main(["new", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    for name in BUILTIN_MODELS:
+        assert f'"{name}"' in text
+
+
+
+def test_queue_in_a_pipe_keeps_full_names(tmp_path, home):
+    name = "example-monochrome-with-a-project-name-far-longer-than-eighty-columns-allow"
+    root = copy_example(tmp_path, name)
+    assert main(["run", str(root), "--no-worker"]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    shown = subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert name in shown.stdout and "…" not in shown.stdout
+    assert "queued" in shown.stdout

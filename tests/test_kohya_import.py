@@ -15,12 +15,16 @@ import pytest
 import tomllib
 from PIL import Image
 
+from copylora_tui.cli.main import main
 from engine.errors import ValidationError
 from engine.project.folder import load_project, save_project
 from engine.project.kohya_import import CONFIG, DATASET, GUI, _parse_args, apply_import, format_report, import_kohya
 from engine.project.scaffold import create_project
+from tests.helpers import REPO, copy_example
 
-REF = Path("/work/shared/reference/kohya_ss_configs")
+# shared/ lies beside the checkout (CI's clone too); /work/shared is the developers' copy.
+REF = next((p for p in (REPO.parent / "shared" / "reference" / "kohya_ss_configs", Path("/work/shared/reference/kohya_ss_configs"))
+            if p.is_dir()), Path("/work/shared/reference/kohya_ss_configs"))
 REF_FILES = sorted(REF.glob("*")) if REF.is_dir() else []
 needs_ref = pytest.mark.skipif(not REF_FILES, reason="reference kohya configs not present")
 
@@ -363,3 +367,42 @@ def test_base_weights_map_to_the_differential_route(tmp_path: Path) -> None:
     path.write_text('base_weights = ["x.safetensors"]\nbase_weights_multiplier = [50]\n', encoding="utf-8")
     far = import_kohya(path)
     assert far.extra == {"project": {"method": "differential"}} and "-10 to 10" in _entry(far.ignored, "base_weights_multiplier").note
+
+
+# ----------------------------------------------------------------------------- import-kohya prints every config
+
+
+def _project_for(config: Path, tmp_path: Path) -> Path:
+    text = config.read_text()
+    if config.suffix == ".toml":  # the sd-scripts dataset config: the DreamBooth flow
+        return copy_example(tmp_path, "p", "example-dreambooth")
+    if '"sdxl": true' in text:
+        return copy_example(tmp_path, "p", "example-sdxl")
+    return copy_example(tmp_path, "p")
+
+
+
+@pytest.mark.skipif(not REF_FILES, reason="reference kohya configs not present")
+@pytest.mark.parametrize("config", REF_FILES, ids=lambda p: p.name)
+def test_import_kohya_prints_and_imports_every_reference_config(config, tmp_path, capsys):
+    from engine.project.kohya_import import import_kohya
+
+    assert main(["import-kohya", str(config), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    parsed = tomllib.loads(printed)  # what is printed pastes into a copylora.toml
+    train = {k: v for k, v in import_kohya(config).train.items() if v is not None}
+    assert parsed["train"] == train  # None (unset) is a comment line; the rest round-trips
+    root = _project_for(config, tmp_path)
+    assert main(["import-kohya", str(config), "--into", str(root), "--quiet"]) == 0
+    assert "updated" in capsys.readouterr().out
+
+
+
+@pytest.mark.parametrize("key, other", [("max_train_steps", "max_train_epochs"), ("max_train_epochs", "max_train_steps")])
+def test_import_kohya_print_mode_shows_the_unset_duration_as_a_comment(key, other, tmp_path, capsys):
+    config = tmp_path / "k.json"
+    config.write_text(json.dumps({key: 500, "learning_rate": 0.0002}))
+    assert main(["import-kohya", str(config), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{key} = 500" in printed and f"# {other} =" in printed
+    assert tomllib.loads(printed)["train"] == {key: 500, "learning_rate": 0.0002}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 
 import pytest
 
@@ -13,6 +15,7 @@ from engine.errors import LoRAFileError  # noqa: E402
 from engine.lora.files import load_lora_file, save_lora_file  # noqa: E402
 from engine.lora.weights import LoRAWeights
 from engine.merge.svd import MergeError, merge_loras, save_merge  # noqa: E402
+from tests.helpers import Boom, write_png  # noqa: E402
 
 
 def factors(g, out_f, in_f, rank, kernel=1, spread=1.0):
@@ -256,3 +259,75 @@ def test_merge_project_shorthand_uses_plan_and_merge_table(pair, tmp_path, capsy
     assert provenance["new_rank"] == 16 and provenance["written_rank"] == 14
     assert [i["file"] for i in provenance["inputs"]] == ["example-monochrome_B.safetensors", "example-monochrome_A.safetensors"]
     assert next(iter(merged.modules.values())).down.dtype == torch.float16  # [merge].save_precision
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def loras(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    mods = {
+        "lora_unet_down_blocks_0_attentions_0_proj_in": (torch.randn(6, 32, generator=g), torch.randn(32, 6, generator=g), 6.0),
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": (torch.randn(6, 32, generator=g), torch.randn(32, 6, generator=g), 6.0),
+    }
+    from engine.lora.files import save_lora_file
+
+    b = save_lora_file(tmp_path / "B.safetensors", mods, {"ss_base_model_version": "sd_v1"}, "float")
+    fewer = dict(list(mods.items())[:1])
+    a = save_lora_file(tmp_path / "A.safetensors", fewer, {"ss_base_model_version": "sd_v1"}, "float")
+    return b, a
+
+
+
+def test_merge_new_rank_zero_is_an_error(loras, tmp_path, capsys):
+    b, a = loras
+    for flag in ("--new_rank", "--new_conv_rank"):
+        code = main(["merge", "--save_to", str(tmp_path / "m.safetensors"), "--models", str(b), str(a), "--ratios", "1", "-1", flag, "0"])
+        assert code == EXIT_USAGE and f"{flag}: must be greater than 0, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+
+def test_merge_caps_the_rank_says_so_once_and_records_it(loras, tmp_path, capsys):
+    from engine.lora.files import load_lora_file
+
+    b, a = loras
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", "--save_to", str(out), "--models", str(b), str(a), "--ratios", "1", "-1", "--new_rank", "100000"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("new_rank 100000 is more than the inputs hold: written at rank 12") == 1
+    # the module sets differ: said, with the module named
+    assert "A.safetensors lacks 1 module(s) that another input has (lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q)" in err
+    merged = load_lora_file(out)
+    assert merged.metadata["ss_network_dim"] == "12" and merged.metadata["ss_network_alpha"] == "12.0"
+    assert max(w.rank for w in merged.modules.values()) == 12
+
+
+
+@pytest.mark.parametrize("name, message", [
+    ("picture.png", "not a LoRA file (a PNG image)"),
+    ("picture.safetensors", "not a safetensors file (a PNG image)"),
+    ("evil.pt", "refused: loading it would unpickle arbitrary Python objects (posix.system)"),
+])
+def test_non_lora_inputs_get_our_own_one_line_error(loras, tmp_path, capsys, name, message):
+    b, _a = loras
+    bad = tmp_path / name
+    if name.endswith(".pt"):
+        with open(bad, "wb") as handle:
+            pickle.dump(Boom(str(tmp_path / "pwned")), handle, protocol=2)
+    else:
+        shutil.copy(write_png(tmp_path / "any.png"), bad)
+    code = main(["merge", "--save_to", str(tmp_path / "m.safetensors"), "--models", str(b), str(bad), "--ratios", "1", "-1"])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err, err
+    assert "weights_only" not in err.replace("weights_only=True", "") and "\x1b" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+
+def test_plain_text_strips_terminal_escapes():
+    from engine.errors import first_line, plain_text
+
+    assert plain_text("a \x1b[1mbold\x1b[0m word") == "a bold word"
+    assert first_line(RuntimeError("\n \x1b[31mred\x1b[0m line\nsecond")) == "red line"

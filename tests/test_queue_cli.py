@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import types
 
 import pytest
 
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main
-from engine.jobs.queue import Queue
+from engine.jobs.queue import JobStatus, Queue
 from tests.helpers import copy_example, train_sides_apart
 
 
@@ -129,3 +130,40 @@ def test_gpu_stats_read_through_nvml(monkeypatch):
     assert sample["name"] == "NVIDIA H100" and sample["used_mb"] == 20 * 1024 and sample["total_mb"] == 80 * 1024
     assert (sample["util"], sample["temp"], sample["power_w"]) == (97, 64, 612.0)
     assert sample["processes"] == {42: 3 * 1024}
+
+
+# ----------------------------------------------------------------------------- run --wait returns
+
+
+def test_run_wait_on_a_paused_job_says_how_to_resume_and_returns(tmp_path, home, capsys):
+    root = copy_example(tmp_path)
+    assert main(["run", str(root), "--no-worker", "--max-steps", "2"]) == 0
+    assert main(["pause", "1"]) == 0
+    capsys.readouterr()
+    result = {}
+    waiting = threading.Thread(target=lambda: result.setdefault("code", main(["run", str(root), "--no-worker", "--wait"])), daemon=True)
+    waiting.start()
+    waiting.join(timeout=60)  # before the fix: forever
+    assert not waiting.is_alive(), "run --wait is still waiting on a paused job"
+    err = capsys.readouterr().err
+    assert result["code"] == EXIT_FAILED
+    assert "#1 train A+B of example-monochrome is paused: resume it with `copylora resume 1`" in err
+    assert Queue(home).get(1).status is JobStatus.PAUSED  # nothing was changed, only said
+
+
+
+def test_run_wait_without_a_worker_says_how_to_start_one_and_returns(tmp_path, home, capsys, monkeypatch):
+    from copylora_tui.cli import queue_commands
+
+    monkeypatch.setattr(queue_commands, "NO_WORKER_GRACE_S", 0.5)
+    root = copy_example(tmp_path)
+    capsys.readouterr()
+    result = {}
+    waiting = threading.Thread(target=lambda: result.setdefault("code", main(["run", str(root), "--no-worker", "--wait", "--max-steps", "2"])),
+                               daemon=True)
+    waiting.start()
+    waiting.join(timeout=60)  # before the fix: forever
+    assert not waiting.is_alive(), "run --no-worker --wait is still waiting with no worker to run the jobs"
+    assert result["code"] == EXIT_FAILED
+    assert "no worker is running, so the jobs stay queued: start one with `copylora worker start`" in capsys.readouterr().err
+    assert Queue(home).get(1).status is JobStatus.QUEUED

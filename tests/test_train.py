@@ -217,3 +217,16 @@ def test_batched_loss_reads_still_stop_a_diverged_run_before_it_writes(tmp_path,
     sp = plan.side("a")
     assert not sp.lora_path.exists()  # the step-15 checkpoint read the losses first and stopped
     assert [s.name for s in list_states(sp.run_dir)] == ["state-00000010.pt", "state-00000005.pt"]
+
+
+def test_nan_loss_does_not_name_a_checkpoint_that_does_not_exist(tmp_path, monkeypatch):
+    from engine.project.plan import make_plan
+    from engine.train.trainer import TrainingError, train
+    from tests.helpers import diverge_at
+
+    root = copy_example(tmp_path)
+    plan = make_plan(load_project(root), max_steps=3)
+    diverge_at(monkeypatch, None)
+    with pytest.raises(TrainingError) as info:
+        train(plan, "a", log=lambda _l: None)
+    assert "no checkpoint had been written yet" in str(info.value) and "runs/A is kept" not in str(info.value)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from copylora_tui.cli.main import EXIT_USAGE, main
-from tests.helpers import REPO, copy_example
+from tests.helpers import REPO, copy_example, one_line
 
 pytest.importorskip("torch")
 
@@ -69,3 +69,27 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     stopped_at = int(states[-1].stem.split("-")[1])
     assert 0 < stopped_at < 400
     assert not (root / "output" / "example-monochrome_B.safetensors").exists()
+
+
+def test_train_on_a_finished_side_says_it_is_trained(tmp_path, capsys):
+    pytest.importorskip("torch")
+    root = copy_example(tmp_path)
+    assert main(["train", str(root), "--side", "ab", "--max-steps", "2"]) == 0  # as `copylora run` trains them: one twin job
+    capsys.readouterr()
+    lora = root / "output" / "example-monochrome_A.safetensors"
+    before = lora.stat().st_mtime_ns
+    # The README's next line: one side alone, already trained. Said, nothing retrained, exit 0.
+    assert main(["train", str(root), "--side", "a", "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"A is already trained: {lora} is up to date (step 2 of 2); --restart trains it again" in out
+    assert "--resume" in out and lora.stat().st_mtime_ns == before
+    assert main(["train", str(root), "--side", "ab", "--max-steps", "2"]) == 0
+    assert "B is already trained" in capsys.readouterr().out
+    # Asked to train longer: the checkpoint is not the end any more, --resume continues it.
+    assert main(["train", str(root), "--side", "a", "--max-steps", "3"]) == EXIT_USAGE
+    assert "holds a checkpoint at step 2 of 3: add --resume" in one_line(capsys.readouterr().err)
+    # The finished run's LoRA is gone: --resume is not the advice, --restart is.
+    lora.unlink()
+    assert main(["train", str(root), "--side", "a", "--max-steps", "2"]) == EXIT_USAGE
+    line = one_line(capsys.readouterr().err)
+    assert "holds A's finished training (step 2 of 2) but its LoRA is not up to date (no LoRA yet): add --restart" in line

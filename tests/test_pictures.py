@@ -1,5 +1,5 @@
 """Teacher pictures read alike everywhere (16-bit, transparency, EXIF orientation), A/B pair
-warnings, and grid labels that fit their cells (issue 29)."""
+warnings, and pictures too small or too large to train from said at check, in the form and in the log."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from copylora_tui.cli.main import main
+from copylora_tui.cli.main import EXIT_USAGE, main
 from engine.project.folder import load_project
 from engine.project.images import load_picture, pair_warnings, picture_warnings, read_image_info
 from engine.project.plan import make_plan, plan_warnings
-from tests.helpers import copy_example
+from tests.helpers import check, copy_example, needs_torch, set_keys, write_png
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -198,56 +198,73 @@ def test_the_training_log_says_a_equals_b_at_start(tmp_path, tiny):
     assert lines.index(said[0]) < next(i for i, line in enumerate(lines) if line.startswith("training "))
 
 
-# ---------------------------------------------------------------- 3. labels that fit
+# ---------------------------------------------------------------- 3. small and huge pictures
 
 
-CHECK_COLUMNS = ["A at 1", "A at 1 + result at 1", "picture B"]
-LONG_TITLE = "check: A + the result should draw picture B"
-LONG_PROMPTS = ["a red triangle on a blue background", "a very-long-unbreakable-word-that-cannot-fit-in-one-cell and more"]
+@needs_torch
+def test_small_pictures_warn_in_check_and_json(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    for old in (root / "a").iterdir():
+        old.unlink()
+    write_png(root / "a" / "tiny.png", size=(1, 1))
+    set_keys(root, "train", resolution="[576, 896]")
+    code, out = check(root, capsys)
+    assert code == 0
+    assert "warning: a.folder tiny.png: 1×1 is enlarged 704.0× to its 704×704 training bucket" in out
+    assert main(["check", str(root), "--json"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert len(warnings) == 3 and "b.folder monochrome.png: 128×192 is enlarged" in warnings[1]
+    assert "a.folder tiny.png is 1×1 but b.folder monochrome.png is 128×192" in warnings[2]  # A and B apart (issue 29)
 
 
-@pytest.mark.parametrize("text", [*CHECK_COLUMNS, "strength 0.5", LONG_TITLE, *LONG_PROMPTS])
-@pytest.mark.parametrize("width", [56, 120])
-def test_a_label_fits_its_width_and_stays_whole(text, width):
-    from engine.train.grid_labels import fit_label, text_width
 
-    label = fit_label(text, width)
-    assert all(text_width(line, label.face) <= width for line in label.lines)
-    assert "".join(label.lines).replace(" ", "") == text.replace(" ", "")  # nothing cut
+@needs_torch
+def test_decompression_bomb_limits_are_our_words(tmp_path, capsys, monkeypatch):
+    import warnings as pywarnings
+
+    from PIL import Image
+
+    root = copy_example(tmp_path)
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that. The example's 128×192
+    # pictures (24576 px) are made "huge" by lowering the limit instead of writing 200 Mpx.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)
+    with pywarnings.catch_warnings():
+        pywarnings.simplefilter("error")  # any Python warning text would fail the test
+        code, out = check(root, capsys)
+    assert code == 0 and "128×192 (0 Mpx) is very large" in out
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    code, out = check(root, capsys)
+    assert code == EXIT_USAGE and "a.folder colour.png: too large to decode safely" in out and "downscale it first" in out
 
 
-def _rect_overlap(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+@needs_torch
+def test_small_picture_warning_reaches_the_form_and_the_training_log(tmp_path):
+    from copylora_tui.screens.project import plan_summary
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+    from tests.helpers import rendered
+
+    root = copy_example(tmp_path)
+    for old in (root / "a").iterdir():
+        old.unlink()
+    write_png(root / "a" / "small.png", size=(32, 48))
+    project = load_project(root)
+    assert "⚠ a.folder small.png: 32×48 is enlarged 4.0× to its 128×192 training bucket" in rendered(plan_summary(project))
+    lines: list[str] = []
+    train(make_plan(project, max_steps=1), "a", log=lines.append)
+    assert any(line.startswith("warning: a.folder small.png: 32×48 is enlarged") for line in lines)
 
 
-@pytest.mark.parametrize("title, columns, prompts", [
-    (LONG_TITLE, CHECK_COLUMNS, [""]),  # the check picture
-    ("example-toy.safetensors", ["strength 0", "strength 0.5", "strength 1"], LONG_PROMPTS),  # the toy grid
-    ("x", ["strength 1"], ["a red triangle on a blue background"]),  # one column: the narrowest row label
-])
-def test_grid_labels_stay_in_their_cells_at_64_pixels(tmp_path, title, columns, prompts):
-    from engine.train.grid_labels import grid_layout
-    from engine.train.sample import SampleSettings, grid
 
-    cell = (64, 64)
-    images = [[Image.new("RGB", cell, (40, 200, 40)) for _ in columns] for _ in prompts]
-    settings = SampleSettings(prompts=prompts, strengths=[float(i) for i in range(len(columns))])
-    canvas = grid(images, settings, title, columns)
-    layout = grid_layout(cell, title, columns, [f"prompt: {p!r}" for p in prompts])
-    assert canvas.size == layout.size
-    boxes = [(b.x, b.y, b.x + b.width, b.y + b.label.height) for b in layout.labels]
-    for box, placed in zip(boxes, layout.labels):
-        assert 0 <= box[0] and box[2] <= canvas.width and box[3] <= canvas.height  # the title is not cut at the edge
-        assert placed.label.width <= placed.width
-    cells = [(x, y, x + cell[0], y + cell[1]) for row in layout.cells for x, y in row]
-    for i, a in enumerate(boxes + cells):
-        assert not any(_rect_overlap(a, b) for b in (boxes + cells)[i + 1:])  # no label runs into another, or a picture
-    # every pixel of ink lies in its label's box (1 pixel of anti-aliasing aside) or in a picture
-    ink = np.asarray(canvas).min(axis=2) < 250
-    allowed = np.zeros_like(ink)
-    for x0, y0, x1, y1 in boxes:
-        allowed[max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1] = True
-    for x0, y0, x1, y1 in cells:
-        allowed[y0:y1, x0:x1] = True
-    assert not (ink & ~allowed).any()
-    canvas.save(tmp_path / "grid.png")
+@needs_torch
+def test_project_list_reads_picture_headers_only(tmp_path):
+    """The app's project list must come quickly: sizes from headers (check decodes fully)."""
+    from engine.errors import ValidationError
+
+    root = copy_example(tmp_path)
+    picture = root / "a" / "colour.png"
+    picture.write_bytes(picture.read_bytes()[:-40])  # pixel data cut short, header intact
+    assert load_project(root, decode_images=False).name == "example-monochrome"
+    with pytest.raises(ValidationError, match="corrupt image"):
+        load_project(root)

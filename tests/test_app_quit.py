@@ -1,0 +1,73 @@
+"""ctrl+q asks before losing edits: a project form's unsaved changes, a half-filled new project form."""
+
+from __future__ import annotations
+
+from textual.widgets import Input
+
+from copylora_tui.app import CopyloraApp
+from copylora_tui.screens.new_project import NewProjectScreen
+from copylora_tui.screens.project import ProjectScreen
+from tests.test_app_support import make_projects, notices, use_home, wait_until
+
+
+async def open_project(pilot, app, folder):
+    app.action_open_project(folder)
+    await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and app.screen.query("#field-train-seed #editor"))
+
+
+
+async def test_ctrl_q_with_unsaved_project_edits_asks_then_quits(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_project(pilot, app, folder)
+        app.screen.query_one("#field-train-seed #editor", Input).value = "7"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.return_code is None and isinstance(app.screen, ProjectScreen)  # still open: it asked
+        assert any("ctrl+q again quits without saving" in n for n in notices(app))
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: app.return_code == 0)
+    assert "seed = 42" in (folder / "copylora.toml").read_text()
+
+
+
+async def test_ctrl_q_asks_again_after_a_further_edit_and_not_without_edits(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_project(pilot, app, folder)
+        seed = app.screen.query_one("#field-train-seed #editor", Input)
+        seed.value = "7"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        await pilot.press("ctrl+q")
+        seed.value = "8"  # edited after the warning: the next ctrl+q asks again
+        await pilot.pause()
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.return_code is None
+        seed.value = "42"  # back to the saved value: nothing to lose
+        await wait_until(pilot, lambda: not app.screen.dirty)
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: app.return_code == 0)
+
+
+
+async def test_ctrl_q_with_a_half_filled_new_project_form_asks(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.screen.summaries)
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewProjectScreen) and app.screen.query("#new-name"))
+        await pilot.press("m", "o", "n", "o")
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.return_code is None and isinstance(app.screen, NewProjectScreen)
+        assert any("ctrl+s creates the project, ctrl+q again quits" in n for n in notices(app))
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: app.return_code == 0)
