@@ -8,10 +8,15 @@ class with one line, not a CUDA traceback later.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engine.errors import CopyloraError
 
+if TYPE_CHECKING:
+    from engine.models.loading import BaseModel
 
-def resolve_device(requested: str | None = None, model=None, *, error: type[CopyloraError] = CopyloraError) -> str:
+
+def resolve_device(requested: str | None = None, model: BaseModel | None = None, *, error: type[CopyloraError] = CopyloraError) -> str:
     import torch
 
     if requested and requested != "auto":

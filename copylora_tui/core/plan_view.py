@@ -121,9 +121,11 @@ def _outputs(plan, statuses: dict | None) -> list:
              ("stats", "stats", outputs.stats), ("grid", "grid", outputs.grid)]
     if project.info.method == "differential":
         shown.append(("check", "check", outputs.check))
+    states = {key: _state_text(statuses[key]) for _, key, _ in shown if statuses and key in statuses}
+    width = max((len(state) for state in states.values()), default=0)
     for label, key, path in shown:
-        status = (statuses or {}).get(key)
-        value = Text() if status is None else _state_text(status) + Text("  ")
+        state = states.get(key)
+        value = Text() if state is None else state + Text(" " * (width - len(state) + 2))  # the files in one column
         rows.add_text(label, value + Text(_rel(path, outputs.folder), style="dim"))
     return [Text(f"outputs in {_rel(outputs.folder, project.root)}/", style="bold"), rows.table]
 

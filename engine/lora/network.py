@@ -16,6 +16,8 @@ from engine.lora.names import find_targets
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
+
+    from engine.models.loading import BaseModel
 from engine.lora.weights import LoRAWeights
 
 
@@ -236,7 +238,7 @@ class LoRANetwork(nn.Module):
         return network
 
 
-def apply_lora_file(path, model, multiplier: float = 1.0) -> LoRANetwork:
+def apply_lora_file(path, model: BaseModel, multiplier: float = 1.0) -> LoRANetwork:
     """Apply a LoRA file to a :class:`engine.models.loading.BaseModel` at a strength; undo with ``.remove()``."""
     network = LoRANetwork.from_file(path, model.unet, model.text_encoders, model.family, multiplier)
     return network.apply_to()

@@ -18,10 +18,13 @@ Either way the base model is left as it was found when :meth:`AppliedBaseWeights
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from engine.errors import CopyloraError
 from engine.project.plan import BaseWeights
+
+if TYPE_CHECKING:
+    from engine.models.loading import BaseModel
 
 
 class BaseWeightsError(CopyloraError):
@@ -52,7 +55,7 @@ def check_base_weights(base_weights: BaseWeights) -> None:
                                "does not exist yet: train A first (`copylora train PROJECT --side a`)")
 
 
-def apply_base_weights(model, base_weights: BaseWeights, device: str, log: Callable[[str], None]) -> AppliedBaseWeights:
+def apply_base_weights(model: BaseModel, base_weights: BaseWeights, device: str, log: Callable[[str], None]) -> AppliedBaseWeights:
     """Apply A to ``model`` (a :class:`engine.models.loading.BaseModel`) for B's training."""
     import torch
 

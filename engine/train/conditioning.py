@@ -19,7 +19,10 @@ original size (h, w), crop top-left (top, left) and target size (h, w), see :fun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.models.loading import BaseModel
 
 
 @dataclass
@@ -41,7 +44,7 @@ def tokenize(tokenizer, prompt: str):
     ).input_ids
 
 
-def encode_text(model, prompt: str, clip_skip: int = 1, *, grad: bool = False) -> TextEmbedding:
+def encode_text(model: BaseModel, prompt: str, clip_skip: int = 1, *, grad: bool = False) -> TextEmbedding:
     """The conditioning of ``prompt`` for ``model`` (any family), see the module doc."""
     import torch
 
@@ -63,7 +66,7 @@ def encode_text(model, prompt: str, clip_skip: int = 1, *, grad: bool = False) -
         return TextEmbedding(torch.cat(hidden, dim=-1), pooled)
 
 
-def encode_prompt(model, prompt: str, clip_skip: int = 1, *, grad: bool = False):
+def encode_prompt(model: BaseModel, prompt: str, clip_skip: int = 1, *, grad: bool = False):
     """``(1, 77, dim)`` hidden states of ``prompt`` (SDXL: both encoders', concatenated)."""
     return encode_text(model, prompt, clip_skip, grad=grad).hidden
 

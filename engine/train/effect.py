@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.models.loading import BaseModel
 
 
 def saturation(image) -> float:
@@ -122,7 +126,7 @@ def measure_effect(images: dict[tuple[str, int], list], strengths: list[float]) 
                         len(images), rows, colour_breakdown(rows))
 
 
-def generate_rows(model, network, prompts: list[str], seeds: list[int], strengths: list[float], *, steps: int = 20,
+def generate_rows(model: BaseModel, network, prompts: list[str], seeds: list[int], strengths: list[float], *, steps: int = 20,
                   guidance: float = 5.0, size: tuple[int, int] = (64, 64), sampler: str = "euler_a") -> dict:
     """Pictures of ``network`` (a LoRANetwork on ``model``, or None) for every (prompt, seed) at
     every strength, the same seed along a row."""
@@ -137,7 +141,7 @@ def generate_rows(model, network, prompts: list[str], seeds: list[int], strength
     return out
 
 
-def lora_effect(model, lora_path: Path, prompts: list[str], seeds: list[int], strengths: list[float], **sampling) -> EffectReport:
+def lora_effect(model: BaseModel, lora_path: Path, prompts: list[str], seeds: list[int], strengths: list[float], **sampling) -> EffectReport:
     """The effect and collateral of a LoRA file on ``model`` (a BaseModel)."""
     from engine.lora.network import LoRANetwork
 
@@ -146,7 +150,7 @@ def lora_effect(model, lora_path: Path, prompts: list[str], seeds: list[int], st
     return measure_effect(generate_rows(model, network, prompts, seeds, strengths, **sampling), strengths)
 
 
-def colour_accuracy(model, prompts: list[str], seeds: list[int], **sampling) -> dict:
+def colour_accuracy(model: BaseModel, prompts: list[str], seeds: list[int], **sampling) -> dict:
     """On prompts "a C1 SHAPE on a C2 background": the share of named colours drawn (shape and
     background counted separately), read by :func:`engine.models.toy_data.region_colours`."""
     from engine.models.toy_data import read_scene, region_colours

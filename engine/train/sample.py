@@ -14,9 +14,12 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from engine.errors import CopyloraError
+
+if TYPE_CHECKING:
+    from engine.models.loading import BaseModel
 
 # name (engine.project.params.SAMPLERS) -> (diffusers scheduler, A1111's label, its settings). The
 # Karras ones are diffusers' documented equivalents of A1111's "DPM++ 2M Karras" and "DPM++ SDE
@@ -100,7 +103,7 @@ def make_scheduler(name: str, base_scheduler, seed: int = 0):
     return getattr(diffusers, class_name).from_config(base_scheduler.config, **settings)
 
 
-def generate(model, settings: SampleSettings, network=None, *, device: str | None = None,
+def generate(model: BaseModel, settings: SampleSettings, network=None, *, device: str | None = None,
              progress: Callable[[int, int], None] | None = None) -> list[list]:
     """Images[prompt][strength]. ``network`` (a LoRANetwork on ``model``) is applied at each
     strength and left as it was found (applied or not, at its old multiplier).
@@ -215,14 +218,14 @@ def read_grid_parameters(path: Path) -> dict:
         return json.loads(image.info["copylora"])  # PNG text chunks, read before the pixels
 
 
-def sample_with_network(model, network, settings: SampleSettings, out_path: Path, *, model_name: str, title: str = "",
+def sample_with_network(model: BaseModel, network, settings: SampleSettings, out_path: Path, *, model_name: str, title: str = "",
                         extra: dict | None = None) -> Path:
     """Grid of a LoRA network that is being trained (used by the trainer's previews)."""
     images = generate(model, settings, network)
     return save_grid(grid(images, settings, title), out_path, settings, model_name=model_name, lora_name=title, extra=extra)
 
 
-def sample_lora(model, lora_path: Path | None, settings: SampleSettings, out_path: Path, *, model_name: str,
+def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettings, out_path: Path, *, model_name: str,
                 title: str = "", progress: Callable[[int, int], None] | None = None, extra: dict | None = None) -> Path:
     """Grid of ``lora_path`` on ``model`` at the configured strengths (no LoRA: base only).
     ``extra``: more keys for the PNG's ``copylora`` record."""
@@ -240,7 +243,7 @@ def sample_lora(model, lora_path: Path | None, settings: SampleSettings, out_pat
     return save_grid(grid(images, settings, title or name), out_path, settings, model_name=model_name, lora_name=name, extra=extra)
 
 
-def route_check(model, a_path: Path, multiplier: float, result_path: Path, picture_b: Path, settings: SampleSettings,
+def route_check(model: BaseModel, a_path: Path, multiplier: float, result_path: Path, picture_b: Path, settings: SampleSettings,
                 out_path: Path, *, model_name: str, progress: Callable[[int, int], None] | None = None,
                 extra: dict | None = None) -> Path:
     """The differential route's check picture, caption-free as trained: A at its multiplier,

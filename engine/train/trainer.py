@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Log", "TrainingError", "TrainResult", "TrainControls", "train", "run_training", "pick_device"]
 
 
-def pick_device(requested: str | None = None, model=None) -> str:
+def pick_device(requested: str | None = None, model: BaseModel | None = None) -> str:
     """The device to train on (engine/devices.py's rule)."""
     from engine.devices import resolve_device
 
@@ -59,7 +59,7 @@ def _precision(requested: str, device: str, log: Log):
 
 
 
-def prepare_model(plan: Plan, side: str, device: str, weight_dtype, log: Log, model=None):
+def prepare_model(plan: Plan, side: str, device: str, weight_dtype, log: Log, model: BaseModel | None = None) -> BaseModel:
     """The base model, loaded unless given, frozen, in training mode."""
     from engine.models.loading import load_base_model
 
@@ -92,7 +92,7 @@ def unet_forward(unet, wanted: bool, device: str, log: Log):
     return torch.compile(unet)
 
 
-def free_vae(model, device: str) -> None:
+def free_vae(model: BaseModel, device: str) -> None:
     """The VAE is not needed once the latents are cached: give its memory to training."""
     import torch
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.project.concepts import resolve_prompt
 from engine.project.plan import Plan
 from engine.train.results import Log, TrainingError
+
+if TYPE_CHECKING:
+    from engine.models.loading import BaseModel
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class TrainingData:
     prompts: list[str]
 
 
-def training_data(model, plan: Plan, side: str, log: Log) -> TrainingData:
+def training_data(model: BaseModel, plan: Plan, side: str, log: Log) -> TrainingData:
     """What ``side`` trains on, encoded once: its teacher pictures, each under its prompt (empty
     in the caption-free copy-machine route; [reg]'s instance prompt, its caption read in for
     ``[filewords]``), each further concept's pictures, and the class pictures, if any."""
@@ -94,7 +98,7 @@ def _prompt_index(data: TrainingData, prompt: str) -> int:
     return data.prompts.index(prompt)
 
 
-def _add_latents(data: TrainingData, model, paths: list[Path], buckets: list, p, seed: int) -> int:
+def _add_latents(data: TrainingData, model: BaseModel, paths: list[Path], buckets: list, p, seed: int) -> int:
     """Pictures encoded (and flipped) into ``data``; the index of the first one."""
     from engine.train.teacher import cache_teacher_latents
 
@@ -115,7 +119,7 @@ def _size_conditions(cached, buckets) -> list:
     return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
 
 
-def _add_class_items(data: TrainingData, model, plan: Plan, side: str) -> None:
+def _add_class_items(data: TrainingData, model: BaseModel, plan: Plan, side: str) -> None:
     """[reg]: the class pictures, encoded, each under its folder's class prompt. As sd-scripts
     does, every class folder is pooled (each picture × [reg].num_repeats) and the pool is cycled
     up to the number of teacher items, so each epoch pairs every teacher item with one class
