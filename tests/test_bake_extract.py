@@ -505,3 +505,23 @@ def test_builtin_bases_resolve_to_their_folders():
 
     assert _resolve_base("tiny") == ("diffusers", tiny_model_dir())
     assert _resolve_base("tiny-sdxl") == ("diffusers", tiny_sdxl_dir())
+
+
+def test_a_cut_off_checkpoint_is_named_as_such_before_any_weight_is_read(tmp_path):
+    """Shapes and metadata come from the header alone (engine.formats.read_header): a copy cut
+    off by a full disk is refused with what is missing, for the bake's inputs and for a base
+    model's family detection alike."""
+    from safetensors.torch import save_file
+
+    from engine.errors import ModelError
+    from engine.merge.bake import _read_header
+    from engine.models.loading import _checkpoint_shapes
+
+    whole = tmp_path / "whole.safetensors"
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 320, 3, 3)}, str(whole), metadata={"k": "v"})
+    assert _read_header(whole) == ({"model.diffusion_model.out.2.weight": (4, 320, 3, 3)}, {"k": "v"})
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:-1000])
+    for read in (_read_header, _checkpoint_shapes):
+        with pytest.raises(ModelError, match="cannot read as safetensors: truncated: .* bytes, the header describes"):
+            read(cut)

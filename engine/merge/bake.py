@@ -115,14 +115,14 @@ def _resolve_base(base_spec: str) -> tuple[str, Path]:
 
 
 def _read_header(path: Path) -> tuple[dict[str, tuple], dict[str, str]]:
-    """Key -> shape and the metadata of a safetensors file, without reading tensors."""
-    from safetensors import safe_open
+    """Key -> shape and the metadata of a safetensors file, from its header alone (no torch)."""
+    from engine.formats.safetensors_header import HeaderError, read_header
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
-    except Exception as exc:  # SafetensorError, OSError...: one message for a damaged file
-        raise ModelError(f"{path}: cannot read as safetensors, truncated or damaged? ({exc})") from exc
+        header = read_header(path)
+    except HeaderError as exc:  # says which: not safetensors, truncated, bad JSON, unreadable
+        raise ModelError(f"{path}: cannot read as safetensors: {exc}") from None
+    return header.shapes(), header.metadata
 
 
 def _meta_components(config_root: Path, family: str) -> dict:

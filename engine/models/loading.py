@@ -124,13 +124,12 @@ def legacy_model_hash(path: str | os.PathLike) -> str:
 def _checkpoint_shapes(path: Path) -> dict[str, tuple]:
     """Key -> shape of a single-file checkpoint, reading as little as the format allows."""
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+        from engine.formats.safetensors_header import HeaderError, read_header
 
         try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for a damaged header
-            raise ModelError(f"{path}: cannot read as safetensors ({exc})") from exc
+            return read_header(path).shapes()
+        except HeaderError as exc:  # says which: not safetensors, truncated, bad JSON, unreadable
+            raise ModelError(f"{path}: cannot read as safetensors: {exc}") from None
     return {k: tuple(v.shape) for k, v in load_pickled_checkpoint(path).items() if hasattr(v, "shape")}
 
 
