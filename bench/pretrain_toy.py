@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--te-width", type=int, default=32, help="the text encoder's hidden size = the U-Net's cross-attention width")
     parser.add_argument("--te-layers", type=int, default=12, help="the text encoder's layers (SD1.5: 12)")
     parser.add_argument("--te-heads", type=int, default=4)
+    parser.add_argument("--centred", action="store_true",
+                        help="draw every training shape at the picture's centre (issue 24: does the U-Net learn the shape word "
+                             "when the caption alone decides the picture?)")
     parser.add_argument("--max-length", type=int, default=0,
                         help="the tokenizer's padded length (0: CLIP's 77). The toy prompts take ~10 tokens: at 77 the padding's "
                              "copies take ~87 %% of the U-Net's cross-attention and the shape word is lost (docs/BENCHMARKS.md)")
@@ -433,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("unet", "vae", "text_encoder"):
             components[name].to(args.device)
     scenes = dataset_scenes(args.seed, args.pool)
+    if args.centred:  # every shape at the centre: which shape it is then depends on the word alone
+        from dataclasses import replace as replaced
+
+        scenes = [(replaced(scene, cx=0.5, cy=0.5), caption) for scene, caption in scenes]
     pool = pictures_tensor([draw(scene) for scene, _ in scenes])
     captions = [c for _, c in scenes]
     masks = None
@@ -465,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "vae_levels": args.vae_levels,
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads,
                          "max_length": components["tokenizer"].model_max_length},
-        "unet_channels": list(channels), "unet_heads": args.unet_heads, "vae_from": str(args.vae_from) if args.vae_from else None,
+        "unet_channels": list(channels), "unet_heads": args.unet_heads, "centred": args.centred, "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
