@@ -9,7 +9,7 @@ step also checks, so the failure names the key that caused it).
 from __future__ import annotations
 
 import pytest
-from textual.widgets import Collapsible, DataTable
+from textual.widgets import Collapsible, DataTable, Static
 
 from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.monitor import MonitorScreen
@@ -188,6 +188,9 @@ async def test_a_differential_project_shows_its_route(real_runs):
         app.screen.query_one("#projects", DataTable).move_cursor(row=names.index("differential"))
         await pilot.press("o")
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "route     differential: B trains" in plan_text(app))
+        # each output's state above the pictures, as `copylora check` says it (the sides short of the plan)
+        assert str(app.screen.query_one("#project-outputs", Static).content) == "outputs: A↻ B↻ result✓ stats✓ grid✓ check✓"
+        assert "stale: trained 4 steps, plan says 200" in plan_text(app)
         await pilot.press("escape", "2")
         await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and "train B on A" in rows_text(app))
         assert "result" in rows_text(app)

@@ -44,6 +44,19 @@ def output_statuses(plan) -> dict:
     return {name: artifact.status() for name, artifact in artifacts(plan).items()}
 
 
+SYMBOLS = {"current": "✓", "stale": "↻", "missing": "·"}
+
+
+def outputs_line(plan, statuses: dict) -> Text:
+    """The outputs' states in one line (the app's status, above the pictures): ``A✓ B✓ merged↻ …``
+    (✓ current, ↻ stale: run makes it again, · missing)."""
+    result = "result" if plan.project.info.method == "differential" else "merged"
+    line = Text("outputs:", style="bold")
+    for key, status in statuses.items():  # fits the app's 40-cell side column
+        line.append(f" {result if key == 'result' else key}{SYMBOLS.get(status.state, '?')}", style=STATE_STYLES.get(status.state, ""))
+    return line
+
+
 def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Group:
     """The plan: base, each side's steps, settings, route, merge, outputs (with their status when
     ``statuses`` is given, see :func:`output_statuses`). Label/value rows whose values wrap in

@@ -38,6 +38,8 @@ from engine.errors import Problem, ValidationError
 from engine.project.folder import Project, load_project
 from engine.project.params import ConceptParams
 
+PlanText = tuple[RenderableType, Text]  # the plan, and the outputs' states in one line
+
 CHECK_DELAY_S = 0.3
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
 
@@ -83,6 +85,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
                 yield Static(Text(f"reading {self.folder.name}/copylora.toml …", style="dim"), id="form-loading")
             with VerticalScroll(id="side"):
                 yield Static("", id="project-status")
+                yield Static("", id="project-outputs")  # each output's state in a line; the plan below says why
                 yield PreviewPane(self._preview_target, id="project-preview", classes="panel")
                 yield Vertical(id="images", classes="panel")
                 # below the pictures: with each output's state it is taller than a screen at 40 cells
@@ -228,14 +231,14 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     class Loaded(Message, bubble=False):
         """The project read, validated and planned in a thread; Textual drops it if the screen has closed."""
 
-        def __init__(self, project: Project | None, problems: list[Problem], plan: RenderableType | None, pictures: list | None, refresh: bool) -> None:
+        def __init__(self, project: Project | None, problems: list[Problem], plan: PlanText | None, pictures: list | None, refresh: bool) -> None:
             super().__init__()
             self.project, self.problems, self.plan, self.pictures, self.refresh = project, problems, plan, pictures, refresh
 
     def on_project_screen_loaded(self, message: Loaded) -> None:
         self._loaded(message.project, message.problems, message.plan, message.pictures, message.refresh)
 
-    def _loaded(self, project: Project | None, problems: list[Problem], plan: RenderableType | None, pictures: list | None, refresh: bool) -> None:
+    def _loaded(self, project: Project | None, problems: list[Problem], plan: PlanText | None, pictures: list | None, refresh: bool) -> None:
         self.project, self.load_problems, self.loaded = project, problems, True
         self.checked = project
         if not refresh:
@@ -250,7 +253,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             self.query_one("#project-status", Static).update(Text(f"{len(problems)} problem(s): not loadable", style="bold red"))
             return
         if plan is not None:
-            self.query_one("#plan", Static).update(plan)
+            self._show_plan(plan)
         self.show_images(pictures or [])
         self.update_status()
 
@@ -305,21 +308,26 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     class Checked(Message, bubble=False):
         """An edit state validated and planned in a thread (late answers are dropped by generation)."""
 
-        def __init__(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: RenderableType | None) -> None:
+        def __init__(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: PlanText | None) -> None:
             super().__init__()
             self.generation, self.checked, self.problems, self.plan_text = generation, checked, problems, plan_text
 
     def on_project_screen_checked(self, message: Checked) -> None:
         self._checked(message.generation, message.checked, message.problems, message.plan_text)
 
-    def _checked(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: RenderableType | None) -> None:
+    def _checked(self, generation: int, checked: Project | None, problems: list[Problem], plan_text: PlanText | None) -> None:
         if generation != self._generation:
             return
         self.checked = checked
         self.show_project_problems(problems)
         if plan_text is not None:
-            self.query_one("#plan", Static).update(plan_text)
+            self._show_plan(plan_text)
         self.update_status()
+
+    def _show_plan(self, plan: PlanText) -> None:
+        renderable, outputs = plan
+        self.query_one("#plan", Static).update(renderable)
+        self.query_one("#project-outputs", Static).update(outputs)
 
     @while_open
     def show_project_problems(self, problems: list[Problem]) -> None:
@@ -449,12 +457,13 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         return self.dirty
 
 
-def _plan_text(project: Project) -> RenderableType:
-    """The plan, or why there is none (an image vanished between the check and the plan)."""
+def _plan_text(project: Project) -> tuple[RenderableType, Text]:
+    """The plan and the outputs' one-line state, or why there is none (an image vanished
+    between the check and the plan, a file could not be read)."""
     try:
-        return plan_summary(project)
+        return _plan_and_outputs(project)
     except (OSError, ValueError) as exc:
-        return Text(f"no plan: {exc}", style="red")
+        return Text(f"no plan: {exc}", style="red"), Text("")
 
 
 def picture_list(project: Project) -> list[tuple[str, Path | None]]:
@@ -482,9 +491,14 @@ def picture_list(project: Project) -> list[tuple[str, Path | None]]:
 
 def plan_summary(project: Project) -> RenderableType:
     """The plan as `copylora check` prints it (each output's state included), then its warnings."""
-    from copylora_tui.core.plan_view import output_statuses, plan_view
+    return _plan_and_outputs(project)[0]
+
+
+def _plan_and_outputs(project: Project) -> tuple[RenderableType, Text]:
+    from copylora_tui.core.plan_view import output_statuses, outputs_line, plan_view
     from engine.project.plan import make_plan, plan_warnings
 
     plan = make_plan(project)
+    statuses = output_statuses(plan)  # hashes files: this runs in a thread
     warnings = [Text(f"⚠ {warning}", style="yellow") for warning in plan_warnings(plan)]  # it will train, probably not as meant
-    return Group(plan_view(plan, output_statuses(plan), header=False), *warnings)
+    return Group(plan_view(plan, statuses, header=False), *warnings), outputs_line(plan, statuses)
