@@ -111,3 +111,17 @@ def test_every_output_name_is_spelled_once(name, tmp_path):
     expected = {"A": "concept_A.safetensors", "B": "concept_B.safetensors", "result": "concept.safetensors",
                 "stats": "concept.stats.json", "grid": "samples/concept-grid.png", "check": "samples/concept-check.png"}
     assert by_name[name].relative_to(tmp_path / "output").as_posix() == expected[name]
+
+
+def test_a_folder_where_an_input_file_belongs_makes_the_result_stale_not_a_crash(real_runs):
+    """A LoRA path taken by a folder (a bad copy, a mistaken mkdir): the side is missing, the
+    result made from it stale, and `check` still prints the plan."""
+    from copylora_tui.cli.main import main
+
+    plan = plan_of(real_runs / "mono")
+    lora_b = plan.outputs.lora("b")
+    lora_b.unlink()
+    lora_b.mkdir()
+    assert SideLora(plan, "b").status().state == MISSING
+    assert Result(plan).status().pair() == (False, "A or B changed since the merge")
+    assert main(["check", str(real_runs / "mono")]) == 0

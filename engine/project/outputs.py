@@ -139,17 +139,17 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def content_hash(path: Path) -> str | None:
-    """sha256 of a file (None: no file), remembered per (path, mtime, size): one scan asks it of
+    """sha256 of a file (None: no readable file), remembered per (path, mtime, size): one scan asks it of
     the same result for the result, its stats, its grid and its check."""
     try:
         stat = os.stat(path)
-    except OSError:
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in _HASHES:
+            if len(_HASHES) > 256:
+                _HASHES.clear()
+            _HASHES[key] = file_sha256(path)
+    except OSError:  # not there, a folder where a file belongs, unreadable: no hash, so never "current"
         return None
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    if key not in _HASHES:
-        if len(_HASHES) > 256:
-            _HASHES.clear()
-        _HASHES[key] = file_sha256(path)
     return _HASHES[key]
 
 
