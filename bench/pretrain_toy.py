@@ -244,7 +244,7 @@ def debiased_weights(noise_scheduler, t):
 def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
                te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
                eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False,
-               device: str = "cpu") -> list[float]:
+               device: str = "cpu", attn_lr_mult: float = 1.0) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
 
@@ -254,7 +254,14 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
                     return_tensors="pt").input_ids
     generator = torch.Generator().manual_seed(seed)
     params = [*unet.parameters(), *text_encoder.parameters()]
-    groups = [{"params": list(unet.parameters()), "lr": lr}, {"params": list(text_encoder.parameters()), "lr": te_lr or lr}]
+    # cross-attention's query and key decide where each pixel looks in the caption; a U-Net whose
+    # attention stayed flat averages the shape word away, so they may learn faster (--attn-lr-mult)
+    sharp = [p for name, p in unet.named_parameters() if ".attn2.to_q." in name or ".attn2.to_k." in name]
+    sharp_ids = {id(p) for p in sharp}
+    rest = [p for p in unet.parameters() if id(p) not in sharp_ids]
+    groups = [{"params": rest, "lr": lr}, {"params": list(text_encoder.parameters()), "lr": te_lr or lr}]
+    if sharp:
+        groups.append({"params": sharp, "lr": lr * attn_lr_mult})
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
     unet.train()
@@ -380,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--te-width", type=int, default=32, help="the text encoder's hidden size = the U-Net's cross-attention width")
     parser.add_argument("--te-layers", type=int, default=12, help="the text encoder's layers (SD1.5: 12)")
     parser.add_argument("--te-heads", type=int, default=4)
+    parser.add_argument("--attn-lr-mult", type=float, default=1.0,
+                        help="learning-rate multiplier for the U-Net's cross-attention to_q/to_k (sharper attention on the caption)")
     parser.add_argument("--centred", action="store_true",
                         help="draw every training shape at the picture's centre (issue 24: does the U-Net learn the shape word "
                              "when the caption alone decides the picture?)")
@@ -460,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     every_nth = held_out_prompts()[::max(1, len(held_out_prompts()) // max(1, args.eval_prompts))][:args.eval_prompts]
     evals: list[dict] = []
     unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed,
-                             te_lr=args.te_lr, noise_offset=args.noise_offset, weights=weights, min_snr_gamma=args.min_snr_gamma,
+                             attn_lr_mult=args.attn_lr_mult, te_lr=args.te_lr, noise_offset=args.noise_offset, weights=weights,
+                             min_snr_gamma=args.min_snr_gamma,
                              eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from), device=args.device,
                              evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg))
     minutes = (time.time() - started) / 60
@@ -472,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "vae_levels": args.vae_levels,
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads,
                          "max_length": components["tokenizer"].model_max_length},
-        "unet_channels": list(channels), "unet_heads": args.unet_heads, "centred": args.centred, "vae_from": str(args.vae_from) if args.vae_from else None,
+        "unet_channels": list(channels), "unet_heads": args.unet_heads, "centred": args.centred,
+        "attn_lr_mult": args.attn_lr_mult, "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,

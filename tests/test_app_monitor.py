@@ -250,3 +250,21 @@ def test_newest_attempt_keeps_the_last_curve_until_the_new_attempt_writes():
     new = old + [{"step": 25, "t": 600.0}]
     assert [p["step"] for p in newest_attempt(new, 500.0, 20)] == [10, 20, 25]
     assert newest_attempt(new, None, None) == new
+
+
+async def test_copy_figures_and_their_trend_under_the_loss(tmp_path, monkeypatch):
+    """A twin job's copy checks: each side's newest figure in dB, and which way it went since the
+    check before (read from the stored history); the queue screen's line on the job says the same."""
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = running_job(queue, project, step=10, total=400)
+    for step, a, b in ((100, 20.0, 18.0), (200, 21.5, 17.5), (300, 21.55, 17.0)):
+        queue.report_progress(job.id, Progress(step, 400, 0.1, 0.1, 1e-4, 5.0, 20.0, 30.0, None, 0.2, 0.2,
+                                               copy_db=a, copy_db_b=b, copy_step=step), point=True)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: "copy A 21.6 B 17.0 dB" in screen_text(app))  # the queue's line on the selected job
+        await open_monitor(pilot, app, job.id)
+        await wait_until(pilot, lambda: "copy A 21.6 dB →  B 17.0 dB ↓" in screen_text(app))

@@ -119,12 +119,12 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(wider), "--start-from", str(out),
                            "--vae-steps", "0", "--unet-steps", "2", "--pool", "16", "--unet-batch", "2", "--threads", "1",
                            "--te-width", "64", "--te-layers", "2", "--debiased", "--radius", "0.25,0.4", "--eval-every", "1",
-                           "--eval-prompts", "1", "--max-length", "16", "--centred"],
+                           "--eval-prompts", "1", "--max-length", "16", "--centred", "--attn-lr-mult", "10"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     again = json.loads((wider / "pretrain.json").read_text())
     assert again["from"]["vae"]["steps"] == 2 and again["total_minutes"] >= again["minutes"]
-    assert again["text_encoder"] == {"width": 64, "layers": 2, "heads": 4, "max_length": 16} and again["centred"]
+    assert again["text_encoder"] == {"width": 64, "layers": 2, "heads": 4, "max_length": 16} and again["centred"] and again["attn_lr_mult"] == 10.0
     assert again["radius"] == [0.25, 0.4] and again["unet"]["debiased"]
     assert [e["step"] for e in again["evals"]] == [0, 1, 2] and {"shape_colour", "background", "shape"} <= set(again["evals"][-1])
     model = load_base_model(str(wider))

@@ -104,7 +104,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings = plan_warnings(plan)
     statuses = output_statuses(plan)  # what `run` would make again, and why
     if args.json:
-        outputs = {name: {"path": str(artifact.path), "state": statuses[name].state, "reason": statuses[name].reason}
+        outputs = {name: {"path": str(artifact.path), "state": statuses[name].state, "reason": statuses[name].reason,
+                          **({"note": statuses[name].note} if statuses[name].note else {})}
                    for name, artifact in artifacts(plan).items()}
         print(json.dumps({**plan_as_dict(plan), "outputs": outputs, "warnings": warnings}, indent=2))
     else:
@@ -162,6 +163,7 @@ def _toml_line(key: str, value, toml_value) -> str:
 
 
 def plan_as_dict(plan) -> dict:
+    from engine.project.copy_rule import stop_rule
     from engine.project.network_weights import network_weights_path
     from engine.project.plan import concept_rows, training_order
     from engine.project.training_logs import logs_folder, tensorboard_wanted
@@ -187,6 +189,8 @@ def plan_as_dict(plan) -> dict:
                 "run_dir": str(p.run_dir),
                 "network_weights": _optional_path(network_weights_path(project, side)),
                 "tensorboard_logs": str(logs_folder(project, side)) if tensorboard_wanted(p.params) else None,
+                "copy_check_every_n_steps": p.params.copy_check_every_n_steps,
+                "stop_when_copied": stop_rule(p.params).text(),
             }
             for side, p in plan.sides.items()
         },

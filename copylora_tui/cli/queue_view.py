@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from copylora_tui.cli.console import output_console
-from copylora_tui.core.formatting import STATUS_STYLE, bar, job_loss_text, project_label
+from copylora_tui.core.formatting import STATUS_STYLE, bar, job_copy_text, job_loss_text, project_label
 from engine.jobs.queue import JobStatus
 
 
@@ -30,6 +30,8 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
     columns = [("job", "right"), ("project", "left"), ("task", "left"), ("status", "left"), ("progress", "left")]
     columns += [("speed", "right"), ("ETA", "right")] if live else []
     columns += [("loss", "right")]
+    copies = any(job_copy_text(job) for job in jobs)  # how well each LoRA copies its teacher (engine.train.copy_check)
+    columns += [("copy", "right")] if copies else []
     for column, justify in columns:
         if column == "project":
             table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
@@ -43,7 +45,7 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         style = STATUS_STYLE.get(job.shown_status) or "default"
         cells = [f"#{job.id}", project_label(job.project), job.label, f"[{style}]{job.shown_status}[/]", progress]
         cells += [rate, eta] if live else []
-        table.add_row(*cells, loss)
+        table.add_row(*cells, loss, *([job_copy_text(job)] if copies else []))
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status is JobStatus.FAILED and job.error:

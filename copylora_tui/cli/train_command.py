@@ -155,6 +155,8 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
             govern()  # on the training thread: follows other work starting and stopping (engine/threads.py)
             # The trainer's own ETA (windowed it/s), not Rich's: it survives a resume correctly.
             loss = f"{p.smooth_loss:.4f}" if p.smooth_loss_b is None else f"A {p.smooth_loss:.4f} B {p.smooth_loss_b:.4f}"
+            if p.copy_db is not None:  # the newest copy check (engine.train.copy_check)
+                loss += f"  copy {p.copy_db:.1f} dB" if p.copy_db_b is None else f"  copy A {p.copy_db:.1f} B {p.copy_db_b:.1f} dB"
             bar.update(task, completed=p.step, rate=f"{p.it_per_s:.1f}", eta=format_duration(p.eta_s), loss=loss)
 
         hooks = dict(resume=args.resume, device=args.device, controls=TrainControls(on_progress=on_progress, should_stop=lambda: stop["asked"]),

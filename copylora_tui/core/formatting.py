@@ -75,6 +75,30 @@ def job_loss_text(job) -> str:
     return f"{job.smooth_loss:.4f}"
 
 
+def job_copy_text(job) -> str:
+    """A training job's newest copy check for a table cell ("" before the first or for other
+    jobs): "27.4 dB", or a twin job's "A 27.4 B 26.9"."""
+    if job.kind != "train" or getattr(job, "copy_db", None) is None:
+        return ""
+    if getattr(job, "copy_db_b", None) is not None:
+        return f"A {job.copy_db:.1f} B {job.copy_db_b:.1f}"
+    return f"{job.copy_db:.1f} dB"
+
+
+def copy_trend(points: list[dict], key: str = "copy_db", within: float = 0.1) -> str:
+    """↑, ↓ or → from the last two copy checks in a job's history points (each point carries
+    the newest figure, so a new check is a new value); "" with fewer than two checks."""
+    checks: list[float] = []
+    for point in points:
+        value = point.get(key)
+        if value is not None and (not checks or value != checks[-1]):
+            checks.append(value)
+    if len(checks) < 2:
+        return ""
+    change = checks[-1] - checks[-2]
+    return "↑" if change > within else "↓" if change < -within else "→"
+
+
 def figure(value: float) -> str:
     """A measured number in at most 8 characters with 3 significant digits: 0.522, 1.74,
     0.00123, and powers of ten for the very small or large (4.1e-06, 2.3e+05), where fixed

@@ -57,6 +57,18 @@ def outputs_line(plan, statuses: dict) -> Text:
     return line
 
 
+def _copy_text(params) -> str:
+    """The copy checks and the stop rule of one side, in words."""
+    from engine.project.copy_rule import stop_rule
+
+    if not params.copy_check_every_n_steps:
+        return "not checked (copy_check_every_n_steps = 0); runs the full length"
+    rule = stop_rule(params)
+    if not rule.active:
+        return f"checked every {params.copy_check_every_n_steps} steps; runs the full length (stop_when_copied off)"
+    return f"stops when copied: {rule.text()}"
+
+
 def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Group:
     """The plan: base, each side's steps, settings, route, merge, outputs (with their status when
     ``statuses`` is given, see :func:`output_statuses`). Label/value rows whose values wrap in
@@ -90,6 +102,11 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
         settings.setdefault(line, []).append(side.upper())
     for line, sides in settings.items():  # one row when A and B train alike (the usual case)
         rows.add(" and ".join(sides), line)
+    copies: dict[str, list[str]] = {}
+    for side, p in plan.sides.items():
+        copies.setdefault(_copy_text(p.params), []).append(side.upper())
+    for line, sides in copies.items():
+        rows.add("copy", line if len(copies) == 1 else f"{' and '.join(sides)}: {line}")
     _kohya_options(plan, rows)
     merge = project.merge
     rows.add("route", ROUTES[project.info.method])
@@ -145,6 +162,8 @@ def _outputs(plan, statuses: dict | None) -> list:
 
 def _state_text(status) -> Text:
     why = f": {status.reason}" if status.state == "stale" and status.reason else ""  # "missing" says it all
+    if status.state == "current" and getattr(status, "note", ""):
+        why = f": {status.note}"
     return Text(f"{status.state}{why}", style=STATE_STYLES.get(status.state, ""))
 
 

@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import ProgressBar, Static
 
-from copylora_tui.core.formatting import block_bar, eta_text, loss_text, mb_text, project_label, rate_text
+from copylora_tui.core.formatting import block_bar, copy_trend, eta_text, loss_text, mb_text, project_label, rate_text
 from copylora_tui.core.history import newest_attempt
 from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot
@@ -101,6 +101,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
         self.job_id = job_id
         self._reader = None  # this screen's connection (a QueueReader), used from its worker thread only
         self._points_step: int | None = None
+        self._copy_trends: tuple[str, str] = ("", "")  # ↑/↓/→ of A's (or the one side's) and B's copy checks
         self._saw_it_run = False  # watched while running: when it is done, follow its chain
 
     def compose(self) -> ComposeResult:
@@ -224,10 +225,20 @@ class MonitorScreen(ActsWhileOpen, Screen):
             return progress_text(job)
         lr = f"{job.lr:.2e}" if job.lr is not None else "—"
         if job.smooth_loss_b is not None:  # twin training: A and B in one batch
-            return Text.assemble("loss A ", (loss_text(job.loss), "bold"), " B ", (loss_text(job.loss_b), "bold"),
+            line = Text.assemble("loss A ", (loss_text(job.loss), "bold"), " B ", (loss_text(job.loss_b), "bold"),
                                  "  smoothed A ", (loss_text(job.smooth_loss), "bold cyan"),
                                  " B ", (loss_text(job.smooth_loss_b), "bold magenta"), f"  lr {lr}")
-        return Text.assemble("loss ", (loss_text(job.loss), "bold"), "  smoothed ", (loss_text(job.smooth_loss), "bold cyan"), f"  lr {lr}")
+        else:
+            line = Text.assemble("loss ", (loss_text(job.loss), "bold"), "  smoothed ", (loss_text(job.smooth_loss), "bold cyan"),
+                                 f"  lr {lr}")
+        if job.copy_db is not None:  # how well the LoRA copies its teacher (engine.train.copy_check)
+            line.append("\ncopy ")
+            if job.copy_db_b is not None:
+                line.append_text(Text.assemble("A ", (f"{job.copy_db:.1f} dB", "bold"), " ", self._copy_trends[0],
+                                               "  B ", (f"{job.copy_db_b:.1f} dB", "bold"), " ", self._copy_trends[1]))
+            else:
+                line.append_text(Text.assemble((f"{job.copy_db:.1f} dB", "bold"), " ", self._copy_trends[0]))
+        return line
 
     def _gpu_text(self, job: Job, snapshot: QueueSnapshot) -> Text:
         gpu = gpu_of(job, snapshot.gpus)
@@ -281,6 +292,12 @@ class MonitorScreen(ActsWhileOpen, Screen):
 
     def _show_history(self, step: int | None, points: list[dict], history: list[dict]) -> None:
         self._points_step = step
+        trends = (copy_trend(points, "copy_db"), copy_trend(points, "copy_db_b"))
+        if trends != self._copy_trends:
+            self._copy_trends = trends
+            job = self.app.snapshot.job(self.job_id)
+            if job is not None:  # the line was drawn before the history came: draw it again with the arrows
+                self.query_one("#loss-line", Static).update(self._loss_line(job))
         self.query_one("#loss-curve", Curve).values = [p["smooth_loss"] for p in points if p.get("smooth_loss") is not None]
         vram = self.query_one("#vram-curve", Curve)
         if history:

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Static
 
-from copylora_tui.core.formatting import project_label, rate_text
+from copylora_tui.core.formatting import job_copy_text, project_label, rate_text
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
@@ -42,7 +42,9 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
         return Text.assemble((head, "bold"), (interrupted_text(job), "yellow"))
     if job.status is JobStatus.RUNNING:
         where = f"GPU {job.gpu}" if job.gpu else "CPU"
-        return Text.assemble((head, "bold"), f"running on {where} · {rate_text(job.it_per_s)} · enter opens the monitor")
+        copy = job_copy_text(job)  # the table has no room for it at 100 columns: said here
+        copy = f" · copy {copy}{'' if copy.endswith('dB') else ' dB'}" if copy else ""
+        return Text.assemble((head, "bold"), f"running on {where} · {rate_text(job.it_per_s)}{copy} · enter opens the monitor")
     return Text.assemble((head, "bold"), ("done", "green"), f"  {artifacts_text(job.artifacts)}")
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 from rich.text import Text
 from textual.widgets import DataTable
 
-from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, job_loss_text, project_label, rate_text, when_text
+from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, job_copy_text, job_loss_text, project_label, rate_text, when_text
 from engine.jobs.queue import Job, JobStatus
 
 
@@ -41,6 +41,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "rate": ("speed", lambda j: Text(rate_text(j.it_per_s) if j.live else "", justify="right")),
     "eta": ("ETA", lambda j: Text(eta_text(j.eta_s) if j.live else "", justify="right")),
     "loss": ("loss", lambda j: Text(job_loss_text(j), justify="right")),
+    "copy": ("copy", lambda j: Text(job_copy_text(j), justify="right")),
     "finished": ("finished", lambda j: when_text(j.finished_at) if j.finished_at else ""),
 }
 

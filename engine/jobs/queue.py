@@ -99,6 +99,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE points ADD COLUMN loss_b REAL",
         "ALTER TABLE points ADD COLUMN smooth_loss_b REAL",
     ],
+    [  # version 3: copy fidelity, live (engine.train.copy_check): each side's newest figure in dB
+        "ALTER TABLE jobs ADD COLUMN copy_db REAL",
+        "ALTER TABLE jobs ADD COLUMN copy_db_b REAL",
+        "ALTER TABLE points ADD COLUMN copy_db REAL",
+        "ALTER TABLE points ADD COLUMN copy_db_b REAL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TWIN = "ab"  # the side of a job that trains A and B together
@@ -143,6 +149,8 @@ class Job:
     start_step: int | None
     loss_b: float | None = None  # twin training: B's loss (``loss`` is A's)
     smooth_loss_b: float | None = None
+    copy_db: float | None = None  # how well the LoRA copies its teacher, dB (twin: A's; B's in copy_db_b)
+    copy_db_b: float | None = None
     depends_on: list[int] = field(default_factory=list)
     # Not stored: set by mark_interrupted() for a "running" job whose worker and process are
     # gone (reboot, kill -9), until a worker starts and requeues it.
@@ -312,8 +320,8 @@ class Queue:
         return [_row_to_job(r, deps.get(r["id"], [])) for r in rows]
 
     def points(self, job_id: int) -> list[dict]:
-        rows = self.db.execute("SELECT step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b FROM points WHERE job_id = ? ORDER BY step",
-                               (job_id,))
+        rows = self.db.execute("SELECT step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b, copy_db, copy_db_b FROM points"
+                               " WHERE job_id = ? ORDER BY step", (job_id,))
         return [dict(r) for r in rows]
 
     def log_path(self, job_id: int) -> Path:
@@ -358,7 +366,8 @@ class Queue:
                 # as roughly where it resumes.
                 "UPDATE jobs SET status = 'running', gpu = ?, started_at = ?, updated_at = ?, attempts = attempts + 1,"
                 " error = NULL, failed_by = NULL, finished_at = NULL, control = NULL, pid = NULL, pid_start = NULL,"
-                " it_per_s = NULL, eta_s = NULL, loss = NULL, smooth_loss = NULL, loss_b = NULL, smooth_loss_b = NULL WHERE id = ?",
+                " it_per_s = NULL, eta_s = NULL, loss = NULL, smooth_loss = NULL, loss_b = NULL, smooth_loss_b = NULL,"
+                " copy_db = NULL, copy_db_b = NULL WHERE id = ?",
                 (gpu, now, now, row[0]),
             )
         return self.get(row[0])
@@ -374,17 +383,19 @@ class Queue:
         loss = p.loss if p.loss == p.loss else None  # NaN is not stored
         loss_b = getattr(p, "loss_b", None)
         smooth_b = getattr(p, "smooth_loss_b", None)
+        copy_a, copy_b = getattr(p, "copy_db", None), getattr(p, "copy_db_b", None)
         with self.transaction() as db:
             db.execute(
                 "UPDATE jobs SET step = ?, total = ?, loss = ?, smooth_loss = ?, lr = ?, it_per_s = ?, eta_s = ?,"
-                " vram_mb = ?, loss_b = ?, smooth_loss_b = ?, updated_at = ? WHERE id = ?",
-                (p.step, p.total, loss, p.smooth_loss, p.lr, p.it_per_s, eta, p.vram_peak_mb, loss_b, smooth_b, now, job_id),
+                " vram_mb = ?, loss_b = ?, smooth_loss_b = ?, copy_db = ?, copy_db_b = ?, updated_at = ? WHERE id = ?",
+                (p.step, p.total, loss, p.smooth_loss, p.lr, p.it_per_s, eta, p.vram_peak_mb, loss_b, smooth_b, copy_a, copy_b, now,
+                 job_id),
             )
             if point:
                 db.execute(
-                    "INSERT OR REPLACE INTO points (job_id, step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb, loss_b, smooth_b),
+                    "INSERT OR REPLACE INTO points (job_id, step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b, copy_db,"
+                    " copy_db_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb, loss_b, smooth_b, copy_a, copy_b),
                 )
 
     def set_start_step(self, job_id: int, step: int, total: int) -> None:

@@ -69,8 +69,9 @@ class ProgressWriter:
     def __call__(self, p) -> None:
         govern()
         now = time.monotonic()
-        point = p.step - self.last_point >= self.stride or p.step == p.total
-        if now - self.last_write < WRITE_INTERVAL_S and p.step != p.total:
+        checked = getattr(p, "copy_step", None) == p.step  # a copy check just now: its figure is kept as a point
+        point = p.step - self.last_point >= self.stride or p.step == p.total or checked
+        if now - self.last_write < WRITE_INTERVAL_S and p.step != p.total and not checked:
             return
         started = time.perf_counter()
         self.queue.report_progress(self.job_id, p, point=point)

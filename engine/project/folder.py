@@ -210,6 +210,13 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
     for name, table in (("train", asdict_shallow(project.train)), *((side, project.side(side).overrides) for side in SIDES)):
         if table.get("max_train_epochs") is not None and table.get("max_train_steps") is not None:
             problems.append(Problem(name, "set max_train_epochs or max_train_steps, not both"))
+    for side in SIDES:  # a stop rule with nothing to judge it on would silently never stop
+        effective = project.side_params(side)
+        if effective.stop_when_copied != "" and effective.copy_check_every_n_steps == 0:
+            where = "train" if "stop_when_copied" not in project.side(side).overrides else side
+            problem = Problem(f"{where}.stop_when_copied", "needs copy_check_every_n_steps > 0 (the checks it judges)")
+            if problem not in problems:
+                problems.append(problem)
     for i, ratio in enumerate(project.merge.ratios):
         _check_number(ratio, f"merge.ratios[{i}]", 100.0, problems)
     for key, items, kind in (("prompts", project.sample.prompts, str), ("strengths", project.sample.strengths, (int, float))):

@@ -43,6 +43,7 @@ class Status:
 
     state: str
     reason: str = ""
+    note: str = ""  # what else a user should know of a current output ("copied at step 1200 of 4000")
 
     @property
     def current(self) -> bool:
@@ -208,8 +209,30 @@ class SideLora:
             return Status(STALE, self._why_other_fingerprint(meta, want))
         sp = self.plan.side(self.side)
         if meta.get("copylora_steps") != str(sp.total_steps):
+            stopped = self._stopped_early(meta, sp)
+            if stopped is not None:
+                return stopped
             return Status(STALE, f"trained {meta.get('copylora_steps', '?')} steps, plan says {sp.total_steps}")
         return Status(CURRENT, self.path.name)
+
+    def _stopped_early(self, meta: dict[str, str], sp) -> Status | None:
+        """A LoRA its copy rule ended early (engine.train.copy_check) is current while the rule is
+        the one it stopped by and the plan would have trained at least as far; a changed rule
+        makes it stale, saying so."""
+        from engine.project.copy_rule import stop_rule
+
+        if not meta.get("copylora_stopped"):
+            return None
+        try:
+            steps = int(meta.get("copylora_steps", ""))
+        except ValueError:
+            return None
+        if steps > sp.total_steps:
+            return None
+        rule = stop_rule(sp.params)
+        if meta.get("copylora_stop_rule") != rule.text():
+            return Status(STALE, f"stopped at step {steps} by another stop_when_copied rule ({meta.get('copylora_stop_rule')})")
+        return Status(CURRENT, self.path.name, note=f"copied at step {steps} of {sp.total_steps}")
 
     def _why_other_fingerprint(self, meta: dict[str, str], want: TrainingRecord) -> str:
         """The fingerprint is a hash: what changed is read from the records kept beside it."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from engine.project.copy_rule import parse_stop_when_copied
+
 OPTIMIZERS = (
     "AdamW8bit",
     "AdamW",
@@ -96,6 +98,7 @@ def spec(
     positive: bool = False,
     length: int | None = None,
     fixed_or_pair: bool = False,
+    parse: Any = None,
 ) -> Any:
     """A dataclass field with documentation and constraints.
 
@@ -106,6 +109,8 @@ def spec(
     lowercases optimizer names); ``alias``: a function naming the choice another spelling means (or None),
     ``hint``: one giving the did-you-mean of a value that is no choice (see :func:`canonical_sampler`). ``length``: a list of exactly this many items.
     ``fixed_or_pair``: an int N means [N, N], a "W,H" string or a [W, H] list is kept.
+    ``parse``: a function that reads a value of more than one type (``stop_when_copied``: a
+    number or a word) into the kept one, raising ValueError with the message a user reads.
     """
     meta = {
         "doc": doc,
@@ -117,6 +122,7 @@ def spec(
         "positive": positive,
         "length": length,
         "fixed_or_pair": fixed_or_pair,
+        "parse": parse,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -235,6 +241,20 @@ class TrainParams:
         minimum=0,
         maximum=MAX_STEPS,
     )
+    copy_check_every_n_steps: int = spec(
+        "Measure every N steps how well the LoRA copies its teacher (its predicted picture against the teacher's, in dB, "
+        "at fixed noise and timesteps; no sampling): shown live, logged and stored in the LoRA (0 = off).",
+        default=100, minimum=0, maximum=MAX_STEPS,
+    )
+    stop_when_copied: str | float = spec(
+        'End a side early once it copies its teacher: a dB target (e.g. 30), "plateau" (no gain above '
+        'copy_plateau_gain_db over copy_plateau_checks checks), or "" (never: the recipe\'s fixed length).',
+        default="", parse=parse_stop_when_copied,
+    )
+    copy_plateau_gain_db: float = spec("stop_when_copied = \"plateau\": the gain in dB that still counts as progress.",
+                                       default=0.2, minimum=0, maximum=100.0)
+    copy_plateau_checks: int = spec("stop_when_copied = \"plateau\": how many checks without that gain end the side.",
+                                    default=5, positive=True, maximum=10_000)
     network_weights: str = spec(
         'Start from an existing LoRA file instead of a fresh LoRA (kohya\'s network_weights; relative to this file; "" = fresh). '
         "Its modules and ranks must be the ones this project trains (network_dim, conv_dim, network_train_unet_only); "

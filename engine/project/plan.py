@@ -285,8 +285,10 @@ def twin_problem(plan: Plan) -> str | None:
         return "the differential route trains B on the base with A's finished LoRA applied"
     if plan.project.reg is not None:
         return "the project has [reg] class images"
-    if a.params != b.params:
-        differ = sorted(k for k in a.params.__dataclass_fields__ if getattr(a.params, k) != getattr(b.params, k))
+    from engine.project.copy_rule import COPY_KEYS  # each side of a twin run judges its own copy
+
+    differ = sorted(k for k in a.params.__dataclass_fields__ if getattr(a.params, k) != getattr(b.params, k) and k not in COPY_KEYS)
+    if differ:
         return f"[a] and [b] set different values ({', '.join(differ)})"
     if not a.params.network_train_unet_only:
         return "the text encoder is trained too (network_train_unet_only = false)"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.hashing import file_sha256
 from engine.project.concepts import resolve_prompt
+from engine.project.copy_rule import COPY_KEYS
 from engine.project.network_weights import network_weights_path
 
 if TYPE_CHECKING:
@@ -26,9 +27,10 @@ if TYPE_CHECKING:
 
 # Keys of [train] that change how a run goes, not what it computes, so a checkpoint resumes
 # across them: the total length (``max_train_steps`` may grow to train longer), bookkeeping
-# intervals, compile, TensorBoard logs; a start file counts by its content (below), not its path.
+# intervals, compile, TensorBoard logs, the copy checks and their stop rule (they only end a run
+# sooner: a stopped LoRA records its rule, engine.project.outputs); a start file counts by its content (below), not its path.
 NOT_IN_FINGERPRINT = ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile",
-                      "network_weights", "log_with", "logging_dir")
+                      "network_weights", "log_with", "logging_dir", *COPY_KEYS)
 
 
 def training_fingerprint(plan: Plan, side: str) -> str:

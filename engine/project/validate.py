@@ -46,6 +46,12 @@ def coerce_value(value: Any, annotation: str, meta: dict, path: str, problems: l
     def fail(message: str) -> None:
         problems.append(Problem(path, f"{message}, got {show(value)}"))
 
+    if meta.get("parse") is not None and value is not None:  # a value of several types (a number or a word)
+        try:
+            return meta["parse"](value)
+        except ValueError as exc:
+            fail(str(exc))
+            return None
     if value is None:
         if not optional:
             problems.append(Problem(path, f"required: {_TYPE_NAMES[kind]}"))

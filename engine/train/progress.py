@@ -27,6 +27,11 @@ class Progress:
     # Twin training (A and B as one batch): ``loss``/``smooth_loss`` are A's, these B's.
     loss_b: float | None = None
     smooth_loss_b: float | None = None
+    # Copy fidelity (engine.train.copy_check): each side's newest figure in dB (A's, or the one
+    # side's, in copy_db), and the step it was measured at (None before the first check).
+    copy_db: float | None = None
+    copy_db_b: float | None = None
+    copy_step: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -105,6 +105,11 @@ class SideRun:
         self.record = SideLora(plan, side).record()
         self.fingerprint = self.record.fingerprint
         self.preview_noted = False
+        # Copy checks (engine.train.copy_check): (step, dB) of each, and (step, why) once the
+        # side's stop_when_copied rule is reached (its LoRA is final from that step on).
+        self.copy_history: list[tuple[int, float]] = []
+        self.stopped: tuple[int, str] | None = None
+        self.final: tuple[Path | None, Path] | None = None  # written when it stopped, before the run ends
 
         # ---- cached latents (once per image) and text embeddings (once per prompt)
         self.data = training_data(model, plan, side, log)
@@ -152,6 +157,7 @@ class SideRun:
     def resume_or_reset(self, resume: bool, at_most: int | None = None) -> int:
         """The step to start from: the newest valid state's when resuming (at or before
         ``at_most`` if given), else 0 with the old states dropped."""
+        self.copy_history, self.stopped, self.final = [], None, None
         if not resume:
             for old in list_states(self.run_dir):
                 remove_state(old)
@@ -169,7 +175,21 @@ class SideRun:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         start = int(state["step"])
         self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
+        self._resume_copy(state.get("copy") or {}, start)
         return start
+
+    def _resume_copy(self, saved: dict, start: int) -> None:
+        """The copy checks so far, and the stop rule judged again over them (it may have changed
+        since the checkpoint: a side stopped by the old rule trains on if the new one is not
+        reached; its weights stay those of the step it stopped at)."""
+        from engine.project.copy_rule import stop_rule
+
+        self.copy_history = [(int(step), float(db)) for step, db in saved.get("history", [])]
+        frozen = saved.get("stopped")
+        reason = stop_rule(self.p).first_reached(self.copy_history)
+        if reason is not None:
+            self.stopped = (int(frozen[0]) if frozen else start, reason)
+            self.log(f"{self.side.upper()} was already copied ({reason}): its LoRA is final")
 
     # ---- one step
 
@@ -242,6 +262,7 @@ class SideRun:
                 "scheduler": self.lr_schedule.state_dict(),
                 "rng": {"generator": self.generator.get_state()},
                 "grad_scaler": self.grad_scaler.state_dict(),
+                "copy": {"history": self.copy_history, "stopped": self.stopped},
             },
         )
 
@@ -253,7 +274,22 @@ class SideRun:
                                seed=self.p.seed)
         metadata = lora_metadata(facts, self.model.family)
         metadata.update(self.record.metadata(step))  # what `copylora run` compares to decide that it is up to date
+        metadata.update(self.copy_metadata(step))
         return save_lora_file(path, self.network.weights(), metadata, self.p.save_precision)
+
+    def copy_metadata(self, step: int) -> dict[str, str]:
+        """The newest copy check at or before ``step``; the stop rule and why, if it ended the side."""
+        from engine.project.copy_rule import stop_rule
+
+        meta = {}
+        checks = [(at, db) for at, db in self.copy_history if at <= step]
+        if checks:
+            meta["copylora_copy_psnr"] = f"{checks[-1][1]:.2f}"
+            meta["copylora_copy_step"] = str(checks[-1][0])
+        if self.stopped is not None:
+            meta["copylora_stopped"] = self.stopped[1]
+            meta["copylora_stop_rule"] = stop_rule(self.p).text()
+        return meta
 
     def write_snapshot(self, step: int) -> Path:
         """A LoRA beside the checkpoints (save-now); the final path is only written when done."""
@@ -275,11 +311,24 @@ class SideRun:
                                    title=f"{self.sp.lora_path.stem} at step {step}", extra={"step": step, "side": self.side})
 
     def final_save(self, step: int) -> tuple[Path | None, Path]:
-        return _final_save(step, self.write_state, self.write_lora, self.sp.lora_path, self.log)
+        """State and LoRA at the end (a side stopped by its copy rule: its LoRA as of that step,
+        and the state where the run is, which carries the stop)."""
+        if self.final is not None:  # stopped earlier in a twin run: its LoRA is written; its state joins the other side's step
+            try:
+                self.final = (self.write_state(step), self.final[1])
+            except OSError as exc:
+                self.log(f"warning: could not write the final checkpoint of {self.side.upper()} ({exc})")
+            return self.final
+        lora_step = self.stopped[0] if self.stopped is not None else step
+        self.final = _final_save(step, self.write_state, lambda _step, path: self.write_lora(lora_step, path), self.sp.lora_path,
+                                 self.log)
+        return self.final
 
     def rescue(self, step: int) -> str:
         """Checkpoint and LoRA to the rescue folder (this side's own folder was removed)."""
-        kept = rescue_side(step, self.write_state, self.write_lora, self.sp.lora_path, self.run_dir, self.plan.project.root)
+        lora_step = self.stopped[0] if self.stopped is not None else step
+        kept = rescue_side(step, self.write_state, lambda _step, path: self.write_lora(lora_step, path), self.sp.lora_path,
+                           self.run_dir, self.plan.project.root)
         return f"{self.side.upper()}: {kept}"
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 import time
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from engine.project.plan import Plan, SidePlan, base_weights_for
 from engine.train.base_weights import apply_base_weights, check_base_weights
 from engine.train.controls import NO_CONTROLS, TrainControls
+from engine.train.copy_check import CopyWatch
 from engine.train.loss_reads import PendingLosses, defers_loss_reads
 from engine.train.progress import Progress, ProgressMeter
 from engine.train.rescue import FolderWatch, removed_message
@@ -199,9 +201,11 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
         step = driver.start_step(resume)
         log(f"training {driver.label}: {sp.total_steps} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
             f"rank {p.network_dim}, {runs[0].optimizer_used} lr {p.learning_rate:g}, {device}")
-        step_fn = StepFunction(driver, model, unet_forward(model.unet, p.compile, device, log), autocast_for(device, autocast_dtype),
-                               weight_dtype, defer=defers_loss_reads(device))
-        return _loop(plan, driver, step_fn, step, sp.total_steps, started, device, controls, log)
+        amp = autocast_for(device, autocast_dtype)
+        step_fn = StepFunction(driver, model, unet_forward(model.unet, p.compile, device, log), amp, weight_dtype,
+                               defer=defers_loss_reads(device))
+        copies = CopyWatch(driver, model, amp, weight_dtype, log)
+        return _loop(plan, driver, step_fn, copies, step, sp.total_steps, started, device, controls, log)
     finally:
         # The base model may be reused (tests, the sampler): leave it as it was found.
         if driver is not None:
@@ -240,9 +244,11 @@ class StepFunction:
                 if not math.isfinite(value):
                     raise run.diverged(step + 1, value)
         # One backward for all sides: side i's LoRA only sees sample i's loss (every layer
-        # works per sample). Each side scales its own loss.
-        sum(run.grad_scaler.scale(loss) for run, loss in zip(self.runs, losses)).backward()
-        for run in self.runs:
+        # works per sample). Each side scales its own loss. A twin side that its copy rule
+        # stopped is frozen: no loss of it in the backward, no optimizer step.
+        training = [(run, loss) for run, loss in zip(self.runs, losses) if run.stopped is None]
+        sum(run.grad_scaler.scale(loss) for run, loss in training).backward()
+        for run, _ in training:
             run.optimizer_step()
         return torch.stack([loss.detach() for loss in losses])
 
@@ -253,8 +259,8 @@ class LossBook:
     progress meters and TensorBoard, and reported to the caller."""
 
     def __init__(self, driver: SidesDriver, step: int, total: int, device: str, on_progress: Callable[[Progress], None] | None,
-                 *, defer: bool) -> None:
-        self.driver, self.runs, self.device, self.on_progress = driver, driver.runs, device, on_progress
+                 copies: CopyWatch, *, defer: bool) -> None:
+        self.driver, self.runs, self.device, self.on_progress, self.copies = driver, driver.runs, device, on_progress, copies
         self.pending = PendingLosses(defer)
         self.meters = [ProgressMeter(total, start_step=step) for _ in self.runs]
         self.values: list[float | None] = [None] * len(self.runs)  # the newest read loss of each side
@@ -288,7 +294,10 @@ class LossBook:
         vram = _vram_peak_mb(self.device)
         progress = [meter.update(step, math.nan if value is None else value, run.lr(), vram)  # read before any report
                     for meter, value, run in zip(self.meters, self.values, self.runs)]
-        self.on_progress(self.driver.progress(progress))
+        copy = self.copies.latest()
+        checked = [run.copy_history[-1][0] for run in self.runs if run.copy_history]
+        self.on_progress(replace(self.driver.progress(progress), copy_db=copy[0], copy_db_b=copy[1] if len(copy) > 1 else None,
+                                 copy_step=max(checked) if checked else None))
 
 
 def _vram_peak_mb(device: str) -> float | None:
@@ -297,13 +306,30 @@ def _vram_peak_mb(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
 
 
-def _loop(plan: Plan, driver: SidesDriver, train_step: StepFunction, step: int, total: int, started: float, device: str,
-          controls: TrainControls, log: Log) -> dict[str, TrainResult]:
+def _stop_copied(copies: CopyWatch, losses: LossBook, driver: SidesDriver, step: int, total: int, log: Log) -> bool:
+    """Stop the sides whose copy rule the newest check reached; True when none trains on.
+    A twin side that stops writes its LoRA now and stays frozen while the other trains."""
+    losses.read_all()  # never finish on the weights of an unread (maybe diverged) step
+    copied = copies.newly_copied()
+    for run, reason in copied:
+        run.stopped = (step, reason)
+        log(f"{run.side.upper()} is copied: {reason} (stop_when_copied), {total - step} of {total} steps "
+            "left untrained; its LoRA is final")
+    if all(run.stopped for run in driver.runs):
+        return True
+    for run, _ in copied:
+        _, lora = run.final_save(step)
+        log(f"{run.side.upper()}: {lora} written; the other side trains on")
+    return False
+
+
+def _loop(plan: Plan, driver: SidesDriver, train_step: StepFunction, copies: CopyWatch, step: int, total: int, started: float,
+          device: str, controls: TrainControls, log: Log) -> dict[str, TrainResult]:
     runs = driver.runs
     p = runs[0].p
     if controls.on_start is not None:
         controls.on_start(step, total)
-    losses = LossBook(driver, step, total, device, controls.on_progress, defer=train_step.defer)
+    losses = LossBook(driver, step, total, device, controls.on_progress, copies, defer=train_step.defer)
     states: list[tuple[Path | None, Path | None]] = [(None, None)] * len(runs)  # (checkpoint, LoRA) of each side
     # A project folder removed during the run is not re-created by the next write: stop, rescue.
     watch = FolderWatch(plan.project.root, [plan.project.output_dir(), *(run.run_dir for run in runs)])
@@ -317,7 +343,9 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: StepFunction, step: int, 
         return {run.side: TrainResult(status, step, total, lora, state, time.time() - started, run.optimizer_used, value, vram)
                 for run, (state, lora), value in zip(runs, states, losses.values)}
 
-    while step < total:
+    if step == 0 and copies.every:
+        copies.check(0)  # the base's own figure: what training gains is read against it
+    while step < total and not all(run.stopped for run in runs):  # a resumed side may be copied already
         if controls.stop_asked():
             if (gone := watch.gone(force=True)) is not None:
                 raise removed(gone)
@@ -335,8 +363,14 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: StepFunction, step: int, 
         step += 1
         if losses.pending.due(force=step == total):
             losses.read()
+        copied = False
+        if copies.due(step, total):
+            copies.check(step)
+            copied = bool(copies.newly_copied()) and _stop_copied(copies, losses, driver, step, total, log)
         if not losses.pending.items:
-            losses.report(step)
+            losses.report(step)  # with a check's new figure (the queue keeps a check's step as a point)
+        if copied:
+            break
         asked = controls.save_asked()
         checkpoint_due = asked or bool(p.save_every_n_steps and step % p.save_every_n_steps == 0 and step < total)
         preview_due = controls.sample_asked() or bool(p.sample_every_n_steps and step % p.sample_every_n_steps == 0)
