@@ -236,3 +236,27 @@ def test_a_queue_of_the_previous_version_gains_the_columns(tmp_path, monkeypatch
     queue.report_progress(1, Progress(2, 10, 0.1, 0.1, 1e-3, 2.0, 3.0, 2.0, copy_db=18.0, copy_step=2), point=True)
     assert queue.get(1).copy_db == 18.0
     assert sqlite3.connect(queue_db(home)).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+
+
+def test_the_form_takes_the_rule_as_typed_and_saves_it_as_toml(tmp_path):
+    from copylora_tui.core.form import apply_values, parse_text, section_fields, validate, value_text
+    from engine.project.folder import load_project, save_project
+
+    spec = next(f for f in section_fields("train") if f.key == "stop_when_copied")
+    assert parse_text("30", spec) == (30.0, None) and parse_text("plateau", spec) == ("plateau", None)
+    assert parse_text("", spec) == ("", None)  # emptied: off
+    caption = next(f for f in section_fields("train") if f.key == "caption")
+    assert parse_text("", caption) == ("", None)  # emptied: caption-free (this said "required: a string")
+    value, error = parse_text("-1", spec)
+    assert value is None and "above 0" in error
+    side = next(f for f in section_fields("b") if f.key == "stop_when_copied")
+    assert parse_text("28.5 dB", side) == (28.5, None)
+    root = copy_example(tmp_path)
+    project = apply_values(load_project(root), {"train.stop_when_copied": 30.0, "b.stop_when_copied": "plateau"})
+    checked, problems = validate(project)
+    assert problems == [] and checked is not None
+    save_project(checked)
+    again = load_project(root)
+    assert again.train.stop_when_copied == 30.0 and again.side_params("b").stop_when_copied == "plateau"
+    assert "stop_when_copied = 30.0" in (root / "copylora.toml").read_text()
+    assert value_text(again.train.stop_when_copied, spec) == "30.0"

@@ -157,7 +157,9 @@ def parse_text(text: str, spec: FieldSpec) -> tuple[Any, str | None]:
     if not stripped:
         if spec.override:
             return INHERIT, None
-        raw: Any = None
+        # An emptied text field is the empty string where a key takes one (caption "" = caption-free,
+        # stop_when_copied "" = off), not "unset" (which such keys refuse as "required").
+        raw: Any = "" if spec.kind is str and not spec.optional else None
     elif spec.kind is str:
         raw = text
     else:
