@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="toy")
+    parser.add_argument("--epochs", type=int, help="of projects/example-toy (1 image × 5 repeats × epochs steps; the example's: 200)")
+    parser.add_argument("--caption", help='of projects/example-toy ([train] caption; "" = caption-free, the published method)')
+    parser.add_argument("--keep", type=Path, help="keep the trained project (its snapshots) in this folder")
     parser.add_argument("--every", type=int, default=50, help="copy checks and snapshots every N steps")
     parser.add_argument("--effect-every", type=int, default=100, help="the effect of A and B merged every N steps")
     parser.add_argument("--seeds", type=int, default=8, help="seeds of the sampled copy check")
@@ -120,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     model = load_base_model(args.base)
     prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as work:
-        root = toy_project(Path(work), args.base)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.keep or Path(temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        root = toy_project(Path(work), args.base, args.epochs, caption=args.caption)
         live, seconds = train_with_snapshots(root, args.every, model)
         plan = make_plan(load_project(root))
         size = tuple(plan.project.sample.size)
@@ -150,8 +155,16 @@ def main(argv: list[str] | None = None) -> int:
                 row["effect"], row["collateral_ssim"] = report.effect, report.collateral_ssim
             rows.append(row)
             print(json.dumps(row), flush=True)
-    summary = summarise(rows, args.every)
-    summary.update({"train_seconds": round(seconds, 1), "guidance": args.guidance,
+        summary = summarise(rows, args.every)
+        for rule in summary["rules"]:  # the pair a run under the rule ends with: each side's snapshot at its own stop
+            stops = rule["stops"]
+            merged = merge_loras([plan.outputs.step_snapshot("b", stops["b"]), plan.outputs.step_snapshot("a", stops["a"])],
+                                 list(plan.project.merge.ratios), new_rank=plan.project.merge.new_rank, device="cpu")
+            result, _ = save_merge(merged, Path(work) / f"result-{stops['a']}-{stops['b']}.safetensors", "float")
+            report = lora_effect(model, result, prompts, [1, 2], [0.0, 0.5, 1.0], size=size, guidance=args.guidance)
+            rule["effect"], rule["collateral_ssim"] = report.effect, report.collateral_ssim
+            print(json.dumps(rule), flush=True)
+    summary.update({"train_seconds": round(seconds, 1), "guidance": args.guidance, "caption": args.caption, "epochs": args.epochs,
                     "seeds": args.seeds, "prompts": len(prompts), "base": args.base})
     print(markdown(rows, summary))
     if args.out:
@@ -191,7 +204,8 @@ def markdown(rows: list[dict], summary: dict) -> str:
     lines.append("")
     lines.append(f"Spearman (live vs sampled, trained checkpoints): A {summary['spearman']['a']:.2f}, B {summary['spearman']['b']:.2f}")
     for rule in summary["rules"]:
-        lines.append(f"rule {rule['rule']}: stops A at {rule['stops']['a']}, B at {rule['stops']['b']}")
+        lines.append(f"rule {rule['rule']}: stops A at {rule['stops']['a']}, B at {rule['stops']['b']}: "
+                     f"effect {rule.get('effect', float('nan')):.3f}, SSIM {rule.get('collateral_ssim', float('nan')):.3f}")
     return "\n".join(lines)
 
 

@@ -260,3 +260,27 @@ def test_the_form_takes_the_rule_as_typed_and_saves_it_as_toml(tmp_path):
     assert again.train.stop_when_copied == 30.0 and again.side_params("b").stop_when_copied == "plateau"
     assert "stop_when_copied = 30.0" in (root / "copylora.toml").read_text()
     assert value_text(again.train.stop_when_copied, spec) == "30.0"
+
+
+def test_the_validation_bench_runs_end_to_end(tmp_path):
+    """bench/copy_fidelity_bench.py on the tiny model, 10 steps: live and sampled figures per
+    checkpoint, the rank correlation, and each stop rule's pair measured (the figures are noise
+    here; docs/BENCHMARKS.md has the toy model's)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    pytest.importorskip("torch")
+    out = tmp_path / "copy.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "copy_fidelity_bench.py"), "--base", "tiny", "--epochs", "2",
+                           "--every", "5", "--effect-every", "10", "--prompts", "1", "--seeds", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert [row["step"] for row in record["rows"]] == [0, 5, 10]
+    assert set(record["rows"][1]["sampled"]) == {"a", "b"} and "effect" in record["rows"][2]
+    assert set(record["summary"]["spearman"]) == {"a", "b"}
+    assert all("effect" in rule and set(rule["stops"]) == {"a", "b"} for rule in record["summary"]["rules"])
+    assert "Spearman (live vs sampled" in done.stdout
