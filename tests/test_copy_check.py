@@ -40,6 +40,9 @@ def test_a_plateau_is_no_gain_over_a_window_of_checks():
     flat = rising + [(60, 22.6), (70, 22.55), (80, 22.7)]  # best before 22.5, best since 22.7: +0.2
     assert "plateau at step 80" in rule.reached(flat)
     assert rule.reached(flat[:3]) is None  # never before a full window past the first check
+    # Flat from the start is not copied: the figure must first rise 1 dB above the first check.
+    assert rule.reached([(i * 10, 22.0 + 0.01 * i) for i in range(8)]) is None
+    assert rule.reached([(0, 22.0)] + [(i * 10, 23.0) for i in range(1, 8)]) is not None
     # Judged check by check as training would: the first check that reaches it.
     assert "step 80" in rule.first_reached(flat + [(90, 22.7), (100, 22.7)])
 
@@ -120,11 +123,17 @@ def torch_equal(a, b) -> bool:
 
 
 # A plateau rule that any second check reaches: the tiny model's random weights copy nothing, so
-# a dB target is never reached there; "no gain above 100 dB over one check" always is.
+# a dB target is never reached there; "no gain above 100 dB over one check" always is, once the
+# rise a plateau needs first (MIN_RISE_DB) is waived (the ``any_plateau`` fixture).
 ALWAYS = {"stop_when_copied": "plateau", "copy_plateau_gain_db": 100.0, "copy_plateau_checks": 1, "copy_check_every_n_steps": 2}
 
 
-def test_a_side_stops_when_copied_and_its_lora_stays_current_until_the_rule_changes(tmp_path, tiny, capsys):
+@pytest.fixture
+def any_plateau(monkeypatch):
+    monkeypatch.setattr("engine.project.copy_rule.MIN_RISE_DB", -1000.0)
+
+
+def test_a_side_stops_when_copied_and_its_lora_stays_current_until_the_rule_changes(tmp_path, tiny, capsys, any_plateau):
     from engine.project.folder import load_project, save_project
     from engine.project.outputs import SideLora
     from engine.project.plan import make_plan
@@ -159,7 +168,7 @@ def test_a_side_stops_when_copied_and_its_lora_stays_current_until_the_rule_chan
     assert SideLora(plan, "a").status().state == "current"
 
 
-def test_one_side_of_a_twin_run_stops_and_the_other_trains_on(tmp_path, tiny):
+def test_one_side_of_a_twin_run_stops_and_the_other_trains_on(tmp_path, tiny, any_plateau):
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan, twin_problem
     from engine.train.twin import train_twin
