@@ -154,8 +154,14 @@ def test_time_ids_are_original_crop_and_bucket(xl, tmp_path):
     finally:
         hook.remove()
     # 150x200 scaled by 128/150 to cover 128x128 -> 128x171, centre crop from top 21.
-    assert seen[0]["time_ids"].tolist() == [[200.0, 150.0, 21.0, 0.0, 128.0, 128.0]]
-    assert seen[0]["text_embeds"].shape == (1, 64)
+    # The training step's batch of one; the copy checks (step 0 and the end) draw two seeds
+    # under the same size conditions.
+    steps = [s for s in seen if s["time_ids"].shape[0] == 1]
+    checks = [s for s in seen if s["time_ids"].shape[0] == 2]
+    assert steps[0]["time_ids"].tolist() == [[200.0, 150.0, 21.0, 0.0, 128.0, 128.0]]
+    assert steps[0]["text_embeds"].shape == (1, 64)
+    assert len(checks) == 2 * 4  # 4 DDIM steps at step 0 and at the end
+    assert all(c["time_ids"].tolist() == [[200.0, 150.0, 21.0, 0.0, 128.0, 128.0]] * 2 for c in checks)
 
 
 def test_latents_are_encoded_in_fp32_whatever_the_vae_dtype(xl, tmp_path):
