@@ -293,3 +293,30 @@ def test_the_validation_bench_runs_end_to_end(tmp_path):
     assert set(record["summary"]["spearman"]) == {"a", "b"}
     assert all("effect" in rule and set(rule["stops"]) == {"a", "b"} for rule in record["summary"]["rules"])
     assert "Spearman (live vs sampled" in done.stdout
+
+
+def test_a_twin_side_frozen_by_an_old_rule_trains_on_from_its_stop(tmp_path, tiny, any_plateau):
+    """A stopped at step 2 of a twin run whose checkpoints went on to step 8 (frozen); with the
+    rule off, A alone resumes from its own step 2, not from the later checkpoint's 8."""
+    from engine.project.folder import load_project, save_project
+    from engine.project.outputs import SideLora
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+    from engine.train.twin import train_twin
+
+    plan = make(tmp_path, 8, copy_check_every_n_steps=2)
+    project = load_project(plan.project.root)
+    project.a.overrides.update({k: v for k, v in ALWAYS.items() if k != "copy_check_every_n_steps"})
+    save_project(project)
+    train_twin(make_plan(load_project(plan.project.root)), model=tiny, log=lambda _line: None)
+    project = load_project(plan.project.root)
+    project.a.overrides.pop("stop_when_copied")
+    save_project(project)
+    plan = make_plan(load_project(plan.project.root))
+    assert SideLora(plan, "a").status().state == "stale"
+    lines: list[str] = []
+    result = train(plan, "a", model=tiny, log=lines.append, resume=True)
+    assert any("stopped at step 2 under the earlier stop_when_copied rule" in line and "trains on from step 2" in line for line in lines)
+    assert result.step == 8 and meta(result.lora_path)["copylora_steps"] == "8"
+    assert [line.split(":")[0] for line in lines if line.startswith("copy check")] == [f"copy check at step {s}" for s in (4, 6, 8)]
+    assert SideLora(plan, "a").status().state == "current"

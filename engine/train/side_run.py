@@ -173,23 +173,30 @@ class SideRun:
         self.generator.set_state(state["rng"]["generator"])
         if state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
-        start = int(state["step"])
+        start = self._resume_copy(state.get("copy") or {}, int(state["step"]))
         self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
-        self._resume_copy(state.get("copy") or {}, start)
         return start
 
-    def _resume_copy(self, saved: dict, start: int) -> None:
+    def _resume_copy(self, saved: dict, start: int) -> int:
         """The copy checks so far, and the stop rule judged again over them (it may have changed
-        since the checkpoint: a side stopped by the old rule trains on if the new one is not
-        reached; its weights stay those of the step it stopped at)."""
+        since the checkpoint); the step to go on from. A twin side that its rule froze at step
+        s while the other trained on holds the weights, optimizer and schedule of step s in a
+        later checkpoint: if the rule now says it is not copied, it trains on from s (its
+        random stream is the later one's, so not bit for bit the run the new rule would have made)."""
         from engine.project.copy_rule import stop_rule
 
         self.copy_history = [(int(step), float(db)) for step, db in saved.get("history", [])]
-        frozen = saved.get("stopped")
+        frozen = int(saved["stopped"][0]) if saved.get("stopped") else None
         reason = stop_rule(self.p).first_reached(self.copy_history)
         if reason is not None:
-            self.stopped = (int(frozen[0]) if frozen else start, reason)
+            self.stopped = (frozen if frozen is not None else start, reason)
             self.log(f"{self.side.upper()} was already copied ({reason}): its LoRA is final")
+            return start
+        if frozen is not None and frozen < start:
+            self.log(f"{self.side.upper()} stopped at step {frozen} under the earlier stop_when_copied rule, which the "
+                     f"current one has not reached: it trains on from step {frozen}")
+            return frozen
+        return start
 
     # ---- one step
 
