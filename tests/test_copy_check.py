@@ -142,7 +142,7 @@ def test_a_side_stops_when_copied_and_its_lora_stays_current_until_the_rule_chan
     plan = make(tmp_path, 10, **ALWAYS)
     lines: list[str] = []
     result = train(plan, "a", model=tiny, log=lines.append)
-    assert result.status == "done" and result.step == 2 and result.total == 10
+    assert result.status == "done" and result.step == 2 and result.total == 10 and result.copied_at == 2
     assert any("A is copied: copy plateau at step 2" in line and "8 of 10 steps left untrained" in line for line in lines)
     recorded = meta(result.lora_path)
     assert recorded["copylora_steps"] == "2" and "plateau" in recorded["copylora_stopped"]
@@ -181,7 +181,7 @@ def test_one_side_of_a_twin_run_stops_and_the_other_trains_on(tmp_path, tiny, an
     assert twin_problem(plan) is None  # each side its own rule, still one batch
     lines: list[str] = []
     results = train_twin(plan, model=tiny, log=lines.append)
-    assert results["b"].step == 8
+    assert results["b"].step == 8 and (results["a"].copied_at, results["b"].copied_at) == (2, None)
     assert meta(results["a"].lora_path)["copylora_steps"] == "2"
     assert meta(results["b"].lora_path)["copylora_steps"] == "8" and "copylora_stopped" not in meta(results["b"].lora_path)
     assert any(line.startswith("A: ") and "the other side trains on" in line for line in lines)
@@ -320,3 +320,25 @@ def test_a_twin_side_frozen_by_an_old_rule_trains_on_from_its_stop(tmp_path, tin
     assert result.step == 8 and meta(result.lora_path)["copylora_steps"] == "8"
     assert [line.split(":")[0] for line in lines if line.startswith("copy check")] == [f"copy check at step {s}" for s in (4, 6, 8)]
     assert SideLora(plan, "a").status().state == "current"
+
+
+def test_a_queued_twin_job_reports_the_figure_and_which_side_was_copied(tmp_path, monkeypatch, any_plateau):
+    """The job runner's path: the queue row carries the newest figures while it trains, and the
+    finished job's record says which side its rule ended and where."""
+    from engine.jobs.queue import TWIN, Queue
+    from engine.jobs.runner import run_train
+    from engine.project.folder import load_project, save_project
+
+    plan = make(tmp_path, 6, copy_check_every_n_steps=2)
+    project = load_project(plan.project.root)
+    project.a.overrides.update({k: v for k, v in ALWAYS.items() if k != "copy_check_every_n_steps"})
+    save_project(project)
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    queue = Queue()
+    job = queue.enqueue("train", str(plan.project.root), side=TWIN, total=6)
+    job = queue.claim(None)
+    artifacts = run_train(queue, job, {"asked": False})
+    assert artifacts["copied"] == "A at step 2" and artifacts["steps"] == 6
+    row = queue.get(job.id)
+    assert row.copy_db is not None and row.copy_db_b is not None
+    assert [p["step"] for p in queue.points(job.id) if p["copy_db"] is not None][:1] == [1]  # the base's figure from the start

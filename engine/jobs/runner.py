@@ -139,6 +139,9 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     else:
         artifacts = {"lora": str(first.lora_path), "state": str(first.state_path)}
     artifacts.update(steps=first.step, seconds=round(seconds, 2), optimizer=first.optimizer)
+    copied = [f"{side.upper()} at step {r.copied_at}" for side, r in results.items() if r.copied_at is not None]
+    if copied:  # stop_when_copied ended these sides early: their LoRAs are of that step
+        artifacts["copied"] = ", ".join(copied)
     if first.vram_peak_mb is not None:
         artifacts["vram_peak_mb"] = round(max(r.vram_peak_mb or 0 for r in results.values()))
     return artifacts

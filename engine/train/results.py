@@ -26,4 +26,5 @@ class TrainResult:
     optimizer: str
     final_loss: float | None
     vram_peak_mb: float | None = None  # torch's peak allocation during the loop (CUDA only)
+    copied_at: int | None = None  # the step its stop_when_copied rule ended it at (its LoRA is of that step)
 

@@ -340,7 +340,8 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: StepFunction, copies: Cop
 
     def results(status: str) -> dict[str, TrainResult]:
         vram = _vram_peak_mb(device) if status == "done" else None
-        return {run.side: TrainResult(status, step, total, lora, state, time.time() - started, run.optimizer_used, value, vram)
+        return {run.side: TrainResult(status, step, total, lora, state, time.time() - started, run.optimizer_used, value, vram,
+                                      run.stopped[0] if run.stopped else None)
                 for run, (state, lora), value in zip(runs, states, losses.values)}
 
     if step == 0 and copies.every:
