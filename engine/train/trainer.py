@@ -309,8 +309,10 @@ def _vram_peak_mb(device: str) -> float | None:
 def _stop_copied(copies: CopyWatch, losses: LossBook, driver: SidesDriver, step: int, total: int, log: Log) -> bool:
     """Stop the sides whose copy rule the newest check reached; True when none trains on.
     A twin side that stops writes its LoRA now and stays frozen while the other trains."""
-    losses.read_all()  # never finish on the weights of an unread (maybe diverged) step
     copied = copies.newly_copied()
+    if not copied:
+        return False
+    losses.read_all()  # never finish on the weights of an unread (maybe diverged) step
     for run, reason in copied:
         run.stopped = (step, reason)
         log(f"{run.side.upper()} is copied: {reason} (stop_when_copied), {total - step} of {total} steps "
@@ -367,7 +369,7 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: StepFunction, copies: Cop
         copied = False
         if copies.due(step, total):
             copies.check(step)
-            copied = bool(copies.newly_copied()) and _stop_copied(copies, losses, driver, step, total, log)
+            copied = _stop_copied(copies, losses, driver, step, total, log)
         if not losses.pending.items:
             losses.report(step)  # with a check's new figure (the queue keeps a check's step as a point)
         if copied:
