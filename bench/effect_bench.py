@@ -39,22 +39,25 @@ def quiet(_line: str) -> None:
     pass
 
 
-def copy_check(model, a_lora: Path, result: Path, picture_a: Path, picture_b: Path, *, seed: int, steps: int, size,
+def copy_check(model, a_lora: Path | None, result: Path, picture_a: Path, picture_b: Path, *, seed: int, steps: int, size,
                guidance: float = 5.0, prompt: str = "") -> dict:
     """PSNR of A at 1 vs picture A and of A at 1 + result at 1 vs picture B, on the prompt the
-    pair trained under (``[train] caption``; the empty prompt when caption-free)."""
+    pair trained under (``[train] caption``; the empty prompt when caption-free). The one-LoRA
+    routes train no A (``a_lora`` None): the base stands in for it."""
 
     from engine.lora.network import LoRANetwork
     from engine.train.effect import generate_rows, psnr
 
-    a_network = LoRANetwork.from_file(a_lora, model.unet, model.text_encoders, model.family)
+    a_network = LoRANetwork.from_file(a_lora, model.unet, model.text_encoders, model.family) if a_lora is not None else None
     result_network = LoRANetwork.from_file(result, model.unet, model.text_encoders, model.family)
-    a_network.apply_to()
+    if a_network is not None:
+        a_network.apply_to()
     try:
         (a_alone, a_with_result), = generate_rows(model, result_network, [prompt], [seed], [0.0, 1.0], steps=steps, size=size,
                                                        guidance=guidance).values()
     finally:
-        a_network.remove()
+        if a_network is not None:
+            a_network.remove()
     from engine.project.images import load_picture  # the teachers as training saw them
 
     return {"A vs picture A": psnr(a_alone, load_picture(picture_a)), "A + result vs picture B": psnr(a_with_result, load_picture(picture_b))}
@@ -80,7 +83,9 @@ def toy_project(dest: Path, base: str, epochs: int | None = None, lr: float | No
 
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
-              model, guidance: tuple[float, ...] = (5.0,)) -> list[dict]:
+              model, guidance: tuple[float, ...] = (5.0,), settings: dict | None = None) -> list[dict]:
+    """Train ``method`` on ``source`` (with ``settings``, [train] keys, instead of its own), make
+    the result at each rank, measure it at each CFG."""
     from engine.merge.project_result import make_result
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan
@@ -91,11 +96,19 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
     shutil.copytree(source, root, ignore=shutil.ignore_patterns("output"))
     project = load_project(root)
     project.info = replace(project.info, method=method)
+    if settings:
+        project.train = replace(project.train, **settings)
     save_project(project)
     plan = make_plan(load_project(root))
     started = time.perf_counter()
-    for side in ("a", "b"):
-        train(plan, side, model=model, log=quiet)
+    steps_trained = 0
+    if plan.trained == ("pair",):
+        from engine.train.pair_training import train_pair
+
+        steps_trained = train_pair(plan, model=model, log=quiet).step
+    else:
+        for side in ("a", "b"):
+            steps_trained += train(plan, side, model=model, log=quiet).step
     trained = time.perf_counter() - started
     size = tuple(plan.project.sample.size)
     rows = []
@@ -107,9 +120,11 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
         lora, _, _ = make_result(plan, device="cpu")
         for cfg in guidance:
             report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=cfg)
-            check = copy_check(model, plan.side("a").lora_path, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
+            a_lora = None if plan.trained == ("pair",) else plan.side("a").lora_path
+            check = copy_check(model, a_lora, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
                                seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=plan.side("a").params.caption)
-            rows.append({"route": method, "new_rank": rank, "guidance": cfg, "caption": plan.side("a").params.caption,
+            rows.append({"route": method, "settings": settings or {}, "steps_trained": steps_trained, "new_rank": rank, "guidance": cfg,
+                         "caption": plan.side("a").params.caption,
                          "effect": report.effect, "collateral_ssim": report.collateral_ssim,
                          "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
                          "per_colour": report.per_colour, "copy_check_psnr": check, "train_seconds": round(trained, 1)})
@@ -118,11 +133,14 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| route | new rank | CFG | effect (S₁/S₀, goal ≤ 0.35) | collateral SSIM (goal ≥ 0.8) | S at 0 / 0.5 / 1 | PSNR A vs A | PSNR A+result vs B |",
-             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| route | setting | steps | train s | new rank | CFG | effect (S₁/S₀, goal ≤ 0.35) | collateral SSIM (goal ≥ 0.8) | "
+             "S at 0 / 0.5 / 1 | PSNR A vs A | PSNR A+result vs B |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         s = r["saturation"]
-        lines.append(f"| {r['route']} | {r['new_rank']} | {r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
+        setting = ", ".join(f"{k} {v}" for k, v in r.get("settings", {}).items() if k != "max_train_epochs") or "the example's"
+        lines.append(f"| {r['route']} | {setting} | {r.get('steps_trained', '?')} | {r.get('train_seconds', '?')} | {r['new_rank']} | "
+                     f"{r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
                      f"{s['0.0']:.3f} / {s['0.5']:.3f} / {s['1.0']:.3f} | {r['copy_check_psnr']['A vs picture A']:.1f} dB | "
                      f"{r['copy_check_psnr']['A + result vs picture B']:.1f} dB |")
     return "\n".join(lines) + "\n\n" + colour_markdown(rows)
@@ -148,6 +166,22 @@ def colour_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as [train] values (TOML-typed: 200, 1e-3, "plateau"; a bare word is a string)."""
+    import tomllib
+
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            settings[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            settings[key.strip()] = value
+    if "max_train_steps" in settings:
+        settings.setdefault("max_train_epochs", None)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -162,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="of the default project ([train] noise_offset, the example's 0.5): a toy model pretrained with offset "
                              "noise needs it too, or the LoRA also learns to read the colour from the noise")
     parser.add_argument("--caption", help='of the default project ([train] caption, the example\'s; "" = caption-free)')
-    parser.add_argument("--routes", default="svd-merge,differential")
+    parser.add_argument("--routes", default="svd-merge,differential", help="svd-merge, differential, addift, slider (comma-separated)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [train] key for every route trained here (a TOML value: --set max_train_steps=200 --set "
+                             "min_timestep=500); repeatable")
     parser.add_argument("--ranks", default="4,8,16")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=2)
@@ -182,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr, args.noise_offset,
                                                     args.caption)
+        settings = parse_settings(args.set)
         for method in args.routes.split(","):
             rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model,
-                              tuple(float(g) for g in args.guidance.split(",")))
+                              tuple(float(g) for g in args.guidance.split(",")), settings)
     text = markdown(rows)
     print(text)
     if args.out:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import Problem, ValidationError
+from engine.project.params import METHODS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,9 +22,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     new.add_argument("--b", required=True, metavar="IMG", help="teacher image B (the same picture, changed)")
     new.add_argument("--base", default="tiny", metavar="MODEL", help=f"base model: {_builtin_help()}, a .safetensors checkpoint or a diffusers folder "
                      "(default: tiny)")
-    new.add_argument("--method", choices=("svd-merge", "differential"), default="svd-merge",
+    new.add_argument("--method", choices=METHODS, default="svd-merge",
                      help="svd-merge: train A and B on the base, merge +1·B −1·A (default); "
-                          "differential: train B on the base with A applied, B is the result")
+                          "differential: train B on the base with A applied, B is the result; "
+                          "addift, slider: one LoRA trained on the pair (ADDifT, Concept Sliders' image pairs), in far fewer steps")
     new.set_defaults(func=cmd_new)
 
     check = commands.add_parser(

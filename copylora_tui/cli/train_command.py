@@ -21,12 +21,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=(
             "Train the LoRA of side A or B of a project in this terminal, writing <output>/<name>_A.safetensors "
             "(or _B). Checkpoints go to <output>/runs/A every save_every_n_steps; Ctrl-C saves one and stops. "
-            "--side ab trains both as one batch of two (twin training), when they train alike."
+            "--side ab trains both as one batch of two (twin training), when they train alike. The addift and slider "
+            "routes train one LoRA on the pair: --side pair (<name>_PAIR.safetensors)."
         ),
     )
     cmd.add_argument("project", metavar="PROJECT", help="project folder")
-    cmd.add_argument("--side", required=True, choices=["a", "b", "ab", "A", "B", "AB"],
-                     help="which teacher image to train on; ab: both, as one batch of two")
+    cmd.add_argument("--side", required=True, choices=["a", "b", "ab", "pair", "A", "B", "AB", "PAIR"],
+                     help="which teacher image to train on; ab: both, as one batch of two; pair: the addift/slider route's one LoRA")
     cmd.add_argument("--max_steps", type=int, metavar="N", help="train N steps instead of the planned count")
     group = cmd.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -44,6 +45,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValidationError([Problem("--max_steps", f"must be greater than 0, got {args.max_steps}")])
     side = args.side.lower()
     plan = make_plan(load_project(args.project), max_steps=args.max_steps)
+    method = plan.project.info.method
+    if (side == "pair") != (plan.trained == ("pair",)):
+        raise ValidationError([Problem("--side", f"the {method} route trains one LoRA on the pair: use --side pair" if side != "pair"
+                                       else f"--side pair is the addift and slider routes' one LoRA; the {method} route trains a and b")])
     if side == "ab":
         from engine.project.plan import twin_problem
 
@@ -58,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValidationError([Problem("--side b", f"the differential route trains B on A's LoRA, and {base_weights.path.name} "
                                            "does not exist yet: train --side a first")])
     finished = _finished_sides(plan, side, args)
-    if finished and len(finished) == len(side):  # nothing to train, as `copylora run` says "up to date"
+    if finished and len(finished) == len(_sides(side)):  # nothing to train, as `copylora run` says "up to date"
         for one, (step, lora) in finished.items():
             print(f"{one.upper()} is already trained: {lora} is up to date (step {step} of {step}); --restart trains it again, "
                   f"or --max_steps N (more than {step}) with --resume trains it on")
@@ -102,6 +107,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sides(side: str) -> list[str]:
+    """The LoRAs ``--side`` trains: a, b, both, or the one-LoRA routes' pair."""
+    return ["pair"] if side == "pair" else list(side)
+
+
 def _finished_sides(plan, side: str, args: argparse.Namespace) -> dict[str, tuple[int, str]]:
     """Of the sides to train, those whose checkpoint is the finished training and whose LoRA
     is up to date: {side: (step, LoRA path)}. A side with a checkpoint to act on without
@@ -112,7 +122,7 @@ def _finished_sides(plan, side: str, args: argparse.Namespace) -> dict[str, tupl
     from engine.train.checkpoint import newest_step
 
     finished: dict[str, tuple[int, str]] = {}
-    for one in side:
+    for one in _sides(side):
         sp = plan.side(one)
         existing = newest_step(sp.run_dir)
         if not existing or args.resume or args.restart:
@@ -143,13 +153,13 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
 
     console = output_console(stderr=True)  # full lines when stderr is a file
     columns = (
-        TextColumn(f"[bold]{'A+B' if side == 'ab' else side.upper()}[/bold]"),
+        TextColumn(f"[bold]{'A+B' if side == 'ab' else 'A→B' if side == 'pair' else side.upper()}[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} it/s  ETA {task.fields[eta]}  loss {task.fields[loss]}"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("train", total=plan.side(side[0]).total_steps, rate="-", eta="--:--", loss="-")
+        task = bar.add_task("train", total=plan.side(_sides(side)[0]).total_steps, rate="-", eta="--:--", loss="-")
 
         def on_progress(p) -> None:
             govern()  # on the training thread: follows other work starting and stopping (engine/threads.py)
@@ -163,4 +173,8 @@ def _run_with_progress(plan, side: str, args: argparse.Namespace, stop: dict):
                      log=lambda line: bar.console.print(line, highlight=False, markup=False))
         if side == "ab":
             return train_twin(plan, **hooks)
+        if side == "pair":
+            from engine.train.pair_training import train_pair
+
+            return train_pair(plan, **hooks)
         return train(plan, side, **hooks)

@@ -16,7 +16,15 @@ from rich.text import Text
 ROUTES = {
     "svd-merge": "svd-merge: A and B each trained on the base, then +1·B −1·A merged (exact SVD)",
     "differential": "differential: B trains on the base with A applied; B is the result",
+    "addift": "addift (ADDifT): one LoRA learns the change from the pair, A and B under one noise; it is the result",
+    "slider": "slider (Concept Sliders' image pairs): one LoRA denoises B at +m and A at -m; it is the result",
 }
+ONE_LORA = ("addift", "slider")  # engine.project.pair_route.PAIR_METHODS (not imported: the app starts without engine.project)
+
+
+def result_label(method: str) -> str:
+    """What the outputs call the result: "merged" when A and B are merged, else "result"."""
+    return "merged" if method == "svd-merge" else "result"
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -50,7 +58,7 @@ SYMBOLS = {"current": "✓", "stale": "↻", "missing": "·"}
 def outputs_line(plan, statuses: dict) -> Text:
     """The outputs' states in one line (the app's status, above the pictures): ``A✓ B✓ merged↻ …``
     (✓ current, ↻ stale: run makes it again, · missing)."""
-    result = "result" if plan.project.info.method == "differential" else "merged"
+    result = result_label(plan.project.info.method)
     line = Text("outputs:", style="bold")
     for key, status in statuses.items():  # fits the app's 40-cell side column
         line.append(f" {result if key == 'result' else key}{SYMBOLS.get(status.state, '?')}", style=STATE_STYLES.get(status.state, ""))
@@ -85,15 +93,21 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
     base = project.info.base_model
     rows.add("base", f"{BUILTIN_DESCRIPTIONS.get(base, base)}, family {project.info.model_family}")
     for side, p in plan.sides.items():
+        if side == "pair":  # the one-LoRA routes' LoRA, shown with its steps below A's and B's pictures
+            rows.add("A→B", f"{p.total_steps} steps: one LoRA on the pair (its steps count pairs), batch {p.batch_size}", bold=True)
+            continue
         buckets = ", ".join(f"{w}x{h}" for w, h in sorted(set(p.buckets))) or "no picture"
         images = f"{len(p.images)} image{'' if len(p.images) == 1 else 's'}"
+        if side not in plan.trained:  # a one-LoRA route's A and B: pictures of the pair, trained together
+            rows.add(side.upper(), f"{images}, bucket {buckets}, {_rel(p.folder, root)}/", bold=True)
+            continue
         rows.add(side.upper(), f"{p.total_steps} steps ({p.epochs} epochs of {p.steps_per_epoch}): {images} × {p.repeats} repeats, "
                  f"batch {p.batch_size}, bucket {buckets}, {_rel(p.folder, root)}/", bold=True)
         if p.repeats_source != "[train].num_repeats":
             rows.add("", f"repeats from {p.repeats_source}")
     settings: dict[str, list[str]] = {}
-    for side, p in plan.sides.items():
-        params = p.params
+    for side in plan.trained:
+        params = plan.side(side).params
         rank = f"rank {params.network_dim} alpha {params.network_alpha:g}"
         if params.conv_dim:
             rank += f", conv {params.conv_dim} alpha {params.conv_alpha:g}"
@@ -103,8 +117,8 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
     for line, sides in settings.items():  # one row when A and B train alike (the usual case)
         rows.add(" and ".join(sides), line)
     copies: dict[str, list[str]] = {}
-    for side, p in plan.sides.items():
-        copies.setdefault(_copy_text(p.params), []).append(side.upper())
+    for side in plan.trained if project.info.method not in ONE_LORA else ():
+        copies.setdefault(_copy_text(plan.side(side).params), []).append(side.upper())
     for line, sides in copies.items():
         rows.add("copy", line if len(copies) == 1 else f"{' and '.join(sides)}: {line}")
     _kohya_options(plan, rows)
@@ -112,7 +126,13 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
     rows.add("route", ROUTES[project.info.method])
     rows.add("training", training_order(plan))
     conv = merge.new_conv_rank or merge.new_rank
-    if project.info.method == "differential":
+    if project.info.method in ONE_LORA:
+        p = plan.side("pair").params
+        rows.add("", f"trains at ±{p.pair_multiplier:g} (pair_multiplier), timesteps {p.min_timestep}–{p.max_timestep}"
+                 + (" swept" if project.info.method == "addift" else ""))
+        rows.add("result", f"the LoRA at {p.pair_multiplier:g}, so strength 1 applies the change once; re-ranked to at most "
+                 f"{merge.new_rank} (3x3 conv {conv}), saved {merge.save_precision}")
+    elif project.info.method == "differential":
         how = "merged into the base weights" if project.b.merge_base_weights else "as a frozen fp32 LoRA"
         rows.add("", f"B trains with A at {project.b.base_weights_multiplier:g} applied {how}")
         rows.add("result", f"B itself, re-ranked to at most {merge.new_rank} (3x3 conv {conv}), saved {merge.save_precision}")
@@ -146,8 +166,9 @@ def _outputs(plan, statuses: dict | None) -> list:
     """Each output: its name, its state (why, when stale) and its file under the output folder."""
     project, outputs = plan.project, plan.outputs
     rows = _Rows()
-    result = "result" if project.info.method == "differential" else "merged"
-    shown = [("A", "A", outputs.lora("a")), ("B", "B", outputs.lora("b")), (result, "result", outputs.result),
+    result = result_label(project.info.method)
+    shown = [(side.upper(), side.upper(), outputs.lora(side)) for side in plan.trained]
+    shown += [(result, "result", outputs.result),
              ("stats", "stats", outputs.stats), ("grid", "grid", outputs.grid)]
     if project.info.method == "differential":
         shown.append(("check", "check", outputs.check))

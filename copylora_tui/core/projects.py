@@ -65,14 +65,16 @@ def summarise(folder: Path) -> ProjectSummary:
     try:
         plan = make_plan(project)
         sides = {}
-        for side in ("a", "b"):
+        for side in plan.trained:
             sides[side] = _state(SideLora(plan, side).status())
             if sides[side].state != DONE:
                 sides[side] = _checkpoint_state(plan, side) or sides[side]
+        if "pair" in sides:  # a one-LoRA route (addift, slider): its LoRA is both columns' state
+            sides["a"] = sides["b"] = sides["pair"]
         merge = _state(Result(plan).status())
     except (OSError, ValueError) as exc:  # an image vanished between load and plan, …
         return ProjectSummary(folder=folder, name=project.name, base_model=project.info.base_model, problems=(str(exc),))
-    loras = [plan.side("a").lora_path, plan.side("b").lora_path, plan.merged_path]
+    loras = [plan.side(side).lora_path for side in plan.trained] + [plan.merged_path]
     times = [p.stat().st_mtime for p in loras if p.is_file()]
     out = project.output_dir()
     return ProjectSummary(
@@ -81,7 +83,7 @@ def summarise(folder: Path) -> ProjectSummary:
         base_model=project.info.base_model,
         sides=sides,
         merge=merge,
-        steps={side: plan.side(side).total_steps for side in ("a", "b")},
+        steps={side: plan.side(plan.trained[0] if plan.trained == ("pair",) else side).total_steps for side in ("a", "b")},
         output_dir=out,
         output_bytes=folder_bytes(out),
         last_output=max(times) if times else None,

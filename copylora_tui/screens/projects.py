@@ -58,7 +58,7 @@ def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | N
     if state.state == DONE:
         if kind != "merge":
             return Text("✓ trained", style="green")
-        return Text("✓ result" if summary.method == "differential" else "✓ merged", style="green")
+        return Text("✓ merged" if summary.method == "svd-merge" else "✓ result", style="green")
     if state.state == STALE:
         return Text("stale", style="yellow")
     if state.state == RESUMABLE:

@@ -11,7 +11,8 @@ from pathlib import Path
 from engine.jobs.queue import ACTIVE, TWIN, Job, Queue
 from engine.project.folder import load_project
 from engine.project.outputs import Check, Result, SideLora, preview_status
-from engine.project.plan import is_differential, make_plan, twin_problem
+from engine.project.pair_route import PAIR
+from engine.project.plan import Plan, is_differential, make_plan, twin_problem
 
 
 @dataclass
@@ -34,7 +35,7 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
     # jobs are inserted in one transaction, so two `copylora run` of one project at once (two
     # terminals, a script and the app) queue its jobs once.
     missing = missing_class_images(project)
-    side_fresh = {side: SideLora(plan, side).status().pair() for side in ("a", "b")}
+    side_fresh = {side: SideLora(plan, side).status().pair() for side in plan.trained}
     merge_fresh = Result(plan).status().pair()
     sample_fresh = preview_status(plan).pair()
     with queue.transaction():
@@ -53,9 +54,13 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         job = waiting or queue.enqueue("reg", key, label="class images", total=missing)
         steps.append(Step("class images", f"already {waiting.status}" if waiting else "queued", job, f"{missing} missing"))
         before_training.append(job.id)
-    twin = active.get(("train", TWIN))
-    needed = [side for side in ("a", "b") if force or not side_fresh[side][0]]
-    if (twin is None and needed == ["a", "b"] and project.info.twin_training and not active.get(("train", "a"))
+    if plan.trained == (PAIR,):
+        train_ids, retrained = _enqueue_pair(queue, plan, key, active, side_fresh[PAIR], before_training, force, max_steps, steps)
+        twin = None
+    else:
+        twin = active.get(("train", TWIN))
+    needed = [side for side in plan.trained if force or not side_fresh[side][0]]
+    if (plan.trained != (PAIR,) and twin is None and needed == ["a", "b"] and project.info.twin_training and not active.get(("train", "a"))
             and not active.get(("train", "b")) and twin_problem(plan) is None):
         # Both sides, trained the same way: one job, one batch of two (engine.train.twin).
         reason = "; ".join(side_fresh[side][1] for side in ("a", "b") if side_fresh[side][1])
@@ -72,7 +77,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         train_ids.append(twin.id)
         retrained = True
     differential = is_differential(project)
-    for side in ("a", "b") if twin is None else ():
+    for side in ("a", "b") if twin is None and plan.trained != (PAIR,) else ():
         what = f"train {side.upper()}"
         waiting = active.get(("train", side))
         if waiting is not None:
@@ -97,14 +102,14 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         train_ids.append(job.id)
         retrained = True
     merge_id = None
-    # The differential route's B is the result: this step only re-ranks it and writes its stats.
-    what = "result" if differential else "merge"
+    # The differential route's B (a one-LoRA route's LoRA) is the result: this step only re-ranks it and writes its stats.
+    what = "result" if differential or plan.trained == (PAIR,) else "merge"
     waiting = active.get(("merge", None))
     if waiting is not None:
         steps.append(Step(what, f"already {waiting.status}", waiting))
         merge_id = waiting.id
     else:
-        fresh, reason = merge_fresh if not retrained else (False, "A or B is being trained")
+        fresh, reason = merge_fresh if not retrained else (False, "its LoRAs are being trained")
         if fresh and not force:
             steps.append(Step(what, "up to date", reason=reason))
         else:
@@ -123,3 +128,20 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
             job = queue.enqueue("sample", key, label="preview", depends_on=[merge_id] if merge_id else [], total=total)
             steps.append(Step("preview", "queued", job, reason))
     return steps
+
+
+def _enqueue_pair(queue: Queue, plan: Plan, key: str, active: dict, fresh: tuple[bool, str], before: list[int], force: bool,
+                  max_steps: int | None, steps: list[Step]) -> tuple[list[int], bool]:
+    """The one-LoRA routes' one training job (side ``pair``); (its id to wait for, whether it trains)."""
+    what = f"train A→B ({plan.project.info.method})"
+    waiting = active.get(("train", PAIR))
+    if waiting is not None:
+        steps.append(Step(what, f"already {waiting.status}", waiting))
+        return [waiting.id], True
+    if fresh[0] and not force:
+        steps.append(Step(what, "up to date", reason=fresh[1]))
+        return [], False
+    job = queue.enqueue("train", key, side=PAIR, label=what, params={"max_steps": max_steps, "restart": force},
+                        total=plan.side(PAIR).total_steps, depends_on=before)
+    steps.append(Step(what, "queued", job, fresh[1]))
+    return [job.id], True

@@ -167,8 +167,9 @@ class Job:
         return "interrupted" if self.interrupted else self.status.value
 
     def trains(self, side: str) -> bool:
-        """Whether this is a training of ``side`` ("a" or "b"), alone or as half of a twin job."""
-        return self.kind == "train" and self.side in (side, TWIN)
+        """Whether this is a training of ``side`` ("a" or "b"), alone, as half of a twin job, or in a
+        one-LoRA route's job (side "pair": both pictures at once)."""
+        return self.kind == "train" and self.side in (side, TWIN, "pair")
 
     @property
     def fraction(self) -> float:

@@ -95,6 +95,7 @@ class ProgressWriter:
 
 def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     from engine.project.folder import load_project
+    from engine.project.pair_route import PAIR
     from engine.project.plan import make_plan
     from engine.train.controls import TrainControls
     from engine.train.trainer import train
@@ -123,6 +124,10 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
                 results[side] = train(plan, side, resume=not fresh, controls=controls, log=log)
                 if results[side].status == "stopped":
                     break
+    elif job.side == PAIR:  # the one-LoRA routes (addift, slider)
+        from engine.train.pair_training import train_pair
+
+        results = {PAIR: train_pair(plan, resume=not fresh, controls=controls, log=log)}
     else:
         results = {job.side: train(plan, job.side, resume=not fresh, controls=controls, log=log)}
     seconds = max(r.seconds for r in results.values())
@@ -148,7 +153,7 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
 
 
 def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
-    """The project's result: the B − A merge, or the differential route's B re-ranked."""
+    """The project's result: the B − A merge, or the differential route's B (a one-LoRA route's LoRA) re-ranked."""
     from engine.merge.project_result import describe, make_result
     from engine.project.folder import load_project
     from engine.project.plan import make_plan

@@ -1,6 +1,8 @@
 """A project's result, ``output/NAME.safetensors``, by the project's route.
 
 - **svd-merge**: the exact low-rank merge of ``ratios`` · [B, A] (+1·B −1·A), at ``[merge] new_rank``.
+- **addift**, **slider**: their one LoRA at ratio ``pair_multiplier`` (the +m it trained at), re-ranked
+  the same way (engine.project.pair_route).
 - **differential**: B was trained on the base with A applied, so B alone is the result; it is
   written through the same exact SVD with one input at ratio 1 (a re-rank to ``new_rank``,
   exact when B's rank fits, as it does by default: rank 8 < 16), so both routes give the same
@@ -25,6 +27,8 @@ def describe(plan: Plan) -> str:
     paths, ratios = Result(plan).inputs()
     if Result(plan).differential:
         return f"result = {paths[0].name} (B trained on base + A), rank ≤ {merge.new_rank}"
+    if Result(plan).one_lora:
+        return f"result = {paths[0].name} at {ratios[0]:g} (the {plan.project.info.method} route's LoRA at its training multiplier), rank ≤ {merge.new_rank}"
     return f"merging {ratios[0]:+g}·{paths[0].name} {ratios[1]:+g}·{paths[1].name} → rank {merge.new_rank}"
 
 

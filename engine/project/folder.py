@@ -85,8 +85,9 @@ class Project:
         return str(path if path.is_absolute() else self.root / path)
 
     def side_params(self, side: str) -> TrainParams:
-        """Effective [train] for one side: [train], then the folder-name repeats, then [a]/[b]."""
-        config = self.side(side)
+        """Effective [train] for one side: [train], then the folder-name repeats, then [a]/[b].
+        The one-LoRA routes' LoRA (side "pair") trains with A's, which must be B's (pair_route)."""
+        config = self.side("a" if side.lower() == "pair" else side)
         params = self.train
         repeats = folder_repeats(config.folder)
         if repeats is not None:
@@ -217,6 +218,16 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             problem = Problem(f"{where}.stop_when_copied", "needs copy_check_every_n_steps > 0 (the checks it judges)")
             if problem not in problems:
                 problems.append(problem)
+    for name, table in (("train", asdict_shallow(project.train)), *((side, project.side(side).overrides) for side in SIDES)):
+        if "min_timestep" in table or "max_timestep" in table:
+            effective = project.side_params(name if name in SIDES else "a")
+            if effective.min_timestep >= effective.max_timestep:
+                problem = Problem(f"{name}.min_timestep", f"must be below max_timestep ({effective.min_timestep} >= {effective.max_timestep})")
+                if problem not in problems:
+                    problems.append(problem)
+    from engine.project.pair_route import pair_problems
+
+    problems += pair_problems(project, check_files)
     for i, ratio in enumerate(project.merge.ratios):
         _check_number(ratio, f"merge.ratios[{i}]", 100.0, problems)
     for key, items, kind in (("prompts", project.sample.prompts, str), ("strengths", project.sample.strengths, (int, float))):

@@ -130,7 +130,7 @@ _GROUPS = {
         "multires_noise_iterations multires_noise_discount adaptive_noise_scale "
         "noise_offset_random_strength ip_noise_gamma ip_noise_gamma_random_strength "
         "debiased_estimation_loss scale_v_pred_loss_like_noise_pred v_pred_like_loss loss_type "
-        "huber_c huber_schedule huber_scale masked_loss alpha_mask min_timestep max_timestep "
+        "huber_c huber_schedule huber_scale masked_loss alpha_mask "
         "zero_terminal_snr color_aug face_crop_aug_range scale_weight_norms network_dropout "
         "rank_dropout module_dropout stop_text_encoder_training stop_text_encoder_training_pct "
         "loraplus_lr_ratio loraplus_unet_lr_ratio loraplus_text_encoder_lr_ratio lr_scheduler_args "
@@ -167,6 +167,7 @@ IGNORED = {key: reason for reason, keys in _GROUPS.items() for key in keys.split
 _DIRECT = {
     "train_batch_size", "gradient_checkpointing", "mixed_precision", "save_precision", "flip_aug",
     "random_crop", "max_grad_norm", "lr_scheduler", "lr_scheduler_power", "lr_scheduler_num_cycles",
+    "min_timestep", "max_timestep",
 }
 _TEXT = {"mixed_precision", "save_precision", "lr_scheduler"}  # never parsed as numbers
 # Keys with their own conversion below.

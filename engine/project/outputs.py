@@ -12,6 +12,7 @@ chunks and file hashes only.
 artifact       file                        current when it carries
 =============  ==========================  ===================================================
 A, B           ``NAME_A/B.safetensors``    the side's training fingerprint and planned steps
+pair           ``NAME_PAIR.safetensors``   the same, of the one-LoRA routes' LoRA (addift, slider)
 result         ``NAME.safetensors``        its inputs' hashes and ratios, [merge], the route
 stats          ``NAME.stats.json``         the current result's inputs
 grid           ``samples/NAME-grid.png``   the current result's hash and the project's [sample]
@@ -183,7 +184,7 @@ class TrainingRecord:
 
 
 class SideLora:
-    """The LoRA of side A or B (``NAME_A.safetensors``)."""
+    """The LoRA of side A or B (``NAME_A.safetensors``), or the one-LoRA routes' (``NAME_PAIR``)."""
 
     def __init__(self, plan: Plan, side: str) -> None:
         self.plan, self.side = plan, side.lower()
@@ -260,8 +261,20 @@ class Result:
 
         return is_differential(self.plan.project)
 
+    @property
+    def one_lora(self) -> bool:
+        """The addift or slider route: the result is their one LoRA, written at its multiplier."""
+        from engine.project.pair_route import is_pair_route
+
+        return is_pair_route(self.plan.project)
+
     def inputs(self) -> tuple[list[Path], list[float]]:
-        """The LoRA files and their ratios that make the result."""
+        """The LoRA files and their ratios that make the result. A one-LoRA route's at its
+        training multiplier: strength 1 is then the +m state it was trained in."""
+        if self.one_lora:
+            from engine.project.pair_route import PAIR
+
+            return [self.plan.outputs.lora(PAIR)], [float(self.plan.side(PAIR).params.pair_multiplier)]
         if self.differential:
             return [self.plan.outputs.lora("b")], [1.0]
         return [self.plan.outputs.lora("b"), self.plan.outputs.lora("a")], list(self.plan.project.merge.ratios)
@@ -305,7 +318,9 @@ class Result:
         expected = [{"file": p.name, "sha256": content_hash(p), "ratio": r} for p, r in zip(paths, ratios)]
         got = [{"file": i.get("file"), "sha256": i.get("sha256"), "ratio": i.get("ratio")} for i in made.get("inputs", [])]
         if got != expected:
-            return Status(STALE, "B changed since the result was made" if self.differential else "A or B changed since the merge")
+            return Status(STALE, "B changed since the result was made" if self.differential
+                          else "the pair's LoRA or pair_multiplier changed since the result was made" if self.one_lora
+                          else "A or B changed since the merge")
         merge = self.plan.project.merge
         if made.get("new_rank") != merge.new_rank or made.get("new_conv_rank") != (merge.new_conv_rank or merge.new_rank):
             return Status(STALE, "[merge] ranks changed")
@@ -416,7 +431,8 @@ def preview_status(plan: Plan) -> Status:
 def artifacts(plan: Plan) -> dict[str, SideLora | Result | Stats | Grid | Check]:
     """Every output of the project by the name `copylora check` shows it under."""
     found: dict[str, SideLora | Result | Stats | Grid | Check] = {
-        "A": SideLora(plan, "a"), "B": SideLora(plan, "b"), "result": Result(plan), "stats": Stats(plan), "grid": Grid(plan)}
+        side.upper(): SideLora(plan, side) for side in plan.trained}  # A and B, or the one-LoRA routes' PAIR
+    found.update({"result": Result(plan), "stats": Stats(plan), "grid": Grid(plan)})
     if Result(plan).differential:
         found["check"] = Check(plan)
     return found

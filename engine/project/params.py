@@ -42,8 +42,10 @@ MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
 MERGE_DEVICES = ("auto", "cpu", "cuda")
 # The two routes to the copy-machine LoRA (README "Two routes"). svd-merge: A and B each on the
 # base, then +1·B −1·A. differential: B trains on the base with A applied (sd-scripts
-# --base_weights), so B learns only A→B and is itself the result.
-METHODS = ("svd-merge", "differential")
+# --base_weights), so B learns only A→B and is itself the result. addift and slider train one
+# LoRA on the pair (engine.project.pair_route): ADDifT (hako-mikan's TrainTrain) and the Concept
+# Sliders image-pair objective.
+METHODS = ("svd-merge", "differential", "addift", "slider")
 
 # No layer of an SD1/SD2/SDXL U-Net or text encoder has min(in, out) above 1280, so a larger
 # rank adds nothing anywhere (engine.formats.model_files bounds it by the actual base model).
@@ -146,7 +148,8 @@ class ProjectInfo:
     output_dir: str = spec("Where LoRAs, checkpoints and previews go (relative to this file).", default="output")
     method: str = spec(
         'How the difference is made: "svd-merge" trains A and B on the base and merges +1·B −1·A; '
-        '"differential" trains B on the base with A applied ([b] base_weights_multiplier), and B is the result.',
+        '"differential" trains B on the base with A applied ([b] base_weights_multiplier), and B is the result; '
+        '"addift" (ADDifT) and "slider" (Concept Sliders, image pairs) train one LoRA on the pair in a few hundred steps.',
         default="svd-merge",
         choices=METHODS,
     )
@@ -241,6 +244,13 @@ class TrainParams:
         minimum=0,
         maximum=MAX_STEPS,
     )
+    min_timestep: int = spec("Timesteps are drawn from [min_timestep, max_timestep) (kohya's keys; the addift route sweeps "
+                             "this range instead of drawing).", default=0, minimum=0, maximum=999)
+    max_timestep: int = spec("See min_timestep (1000: the whole schedule).", default=1000, positive=True, maximum=1000)
+    pair_multiplier: float = spec(
+        "addift and slider routes: the LoRA trains at +m on B and at -m on A, and the result is written at m, so strength 1 "
+        "applies the change it learned once (ADDifT's 0.25; TrainTrain saves the LoRA unscaled, to be used at weight 0.25).",
+        default=0.25, positive=True, maximum=10.0)
     copy_check_every_n_steps: int = spec(
         "Measure every N steps how well the LoRA copies its teacher (its predicted picture against the teacher's, in dB, "
         "at fixed noise and timesteps; no sampling): shown live, logged and stored in the LoRA (0 = off).",

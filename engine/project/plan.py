@@ -96,6 +96,14 @@ class Plan:
         return self.sides[side.lower()]
 
     @property
+    def trained(self) -> tuple[str, ...]:
+        """The LoRAs the route trains: A and B, or the one-LoRA routes' ``pair``
+        (engine.project.pair_route); ``sides`` also holds A and B there, for their pictures."""
+        from engine.project.pair_route import PAIR
+
+        return (PAIR,) if PAIR in self.sides else ("a", "b")
+
+    @property
     def merged_path(self) -> Path:
         return self.outputs.result
 
@@ -161,6 +169,12 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
             params=params,
             concepts=concepts,
         )
+    from engine.project.pair_route import PAIR, is_pair_route
+
+    if is_pair_route(project):  # one LoRA on the pair: A's pictures, buckets and settings (B's must match: check says so)
+        from dataclasses import replace
+
+        sides[PAIR] = replace(sides["a"], side=PAIR, lora_path=paths.lora(PAIR), run_dir=paths.run_dir(PAIR))
     return Plan(project=project, sides=sides, outputs=paths)
 
 
@@ -283,6 +297,10 @@ def twin_problem(plan: Plan) -> str | None:
     a, b = plan.side("a"), plan.side("b")
     if is_differential(plan.project):
         return "the differential route trains B on the base with A's finished LoRA applied"
+    from engine.project.pair_route import is_pair_route
+
+    if is_pair_route(plan.project):
+        return f"the {plan.project.info.method} route trains one LoRA on the pair"
     if plan.project.reg is not None:
         return "the project has [reg] class images"
     from engine.project.copy_rule import COPY_KEYS  # each side of a twin run judges its own copy
@@ -303,6 +321,11 @@ def training_order(plan: Plan) -> str:
     """How the queue will train the sides, in words: together (twin) or one after the other, and why."""
     if is_differential(plan.project):
         return f"A, then B on the base with A applied at {plan.project.b.base_weights_multiplier:g} (differential route)"
+    from engine.project.pair_route import ROUTE_NAMES, is_pair_route
+
+    if is_pair_route(plan.project):
+        method = plan.project.info.method
+        return f"one LoRA on A and B together ({ROUTE_NAMES[method]}, the {method} route)"
     if not plan.project.info.twin_training:
         return "A, then B (twin_training = false)"
     problem = twin_problem(plan)

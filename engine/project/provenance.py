@@ -45,9 +45,19 @@ def training_fingerprint(plan: Plan, side: str) -> str:
         params.pop(key, None)
     if not params.get("caption"):  # checkpoints made before the key existed trained caption-free: they stay valid
         params.pop("caption", None)
+    for key, default in (("min_timestep", 0), ("max_timestep", 1000)):  # likewise: the whole schedule, as before
+        if params.get(key) == default:
+            params.pop(key, None)
+    from engine.project.pair_route import PAIR
+
+    if side.lower() != PAIR:  # only the one-LoRA routes train at it
+        params.pop("pair_multiplier", None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
     payload: dict[str, Any] = {"params": params, "images": images, "base": plan.project.base_model_path(),
                                "family": plan.project.info.model_family}
+    if side.lower() == PAIR:  # one LoRA of both pictures, by its route
+        payload["route"] = plan.project.info.method
+        payload["b_images"] = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in plan.side("b").images]
     if plan.project.reg is not None:  # the DreamBooth flow: what each picture trains on is part of the run
         payload["dreambooth"] = dreambooth_record(plan, side)
     base_weights = base_weights_for(plan, side)

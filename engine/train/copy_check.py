@@ -130,6 +130,8 @@ class CopyWatch:
         self.rules: list[StopRule] = [stop_rule(run.p) for run in self.runs]
         # One interval for the run: the shortest a side asks for (a twin's sides may differ in it).
         self.every = min((rule.every for rule in self.rules if rule.every), default=0)
+        if not getattr(driver, "copy_checks", True):  # the one-LoRA routes have no copier to score
+            self.every = 0
         self.probes = [side_probes(run) for run in self.runs] if self.every else []
 
     def due(self, step: int, total: int) -> bool:

@@ -202,22 +202,42 @@ class SideRun:
 
     def draw(self, step: int, scheduler, v_prediction: bool) -> "Draw":
         """This step's batch, noise and timesteps, drawn from the side's generator."""
+        batch, (x0,), noise = self.draw_latents(step, [self.data])
+        timesteps = self.draw_timesteps(x0.shape[0], scheduler)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
+        cond, added, weights = self.conditioning(batch)
+        return Draw(step, noisy, timesteps, cond, added, target, weights)
+
+    def draw_latents(self, step: int, datas: list) -> tuple[list, list, Any]:
+        """(the step's items, their latents from each of ``datas``, one noise for them all).
+        The one-LoRA routes pass A's and B's data: the same items, flips and noise for both."""
+        import torch
+
+        p, data, device = self.p, self.data, self.device
+        batch = batch_for_step(step, data.items, p.train_batch_size, self.sp.steps_per_epoch, p.seed)
+        flips = torch.rand(len(batch), generator=self.generator) < 0.5 if data.flipped is not None else [False] * len(batch)
+        x0s = [torch.cat([(d.flipped if flip and d.flipped is not None else d.latents)[s.latent_index] for s, flip in zip(batch, flips)]).to(device)
+               for d in datas]
+        noise = torch.randn(x0s[0].shape, generator=self.generator)
+        if p.noise_offset:
+            noise = noise + p.noise_offset * torch.randn((x0s[0].shape[0], x0s[0].shape[1], 1, 1), generator=self.generator)
+        return batch, x0s, noise.to(device)
+
+    def draw_timesteps(self, count: int, scheduler):
+        """``count`` timesteps from [min_timestep, max_timestep) (kohya's keys; the whole schedule by default)."""
+        import torch
+
+        high = min(self.p.max_timestep, scheduler.config.num_train_timesteps)
+        return torch.randint(min(self.p.min_timestep, high - 1), high, (count,), generator=self.generator).to(self.device)
+
+    def conditioning(self, batch: list) -> tuple[Any, dict | None, Any]:
+        """(text conditioning, SDXL's added conditions, loss weights) of the step's items."""
         import torch
 
         from engine.train.conditioning import added_conditions, encode_text
 
         p, data, device = self.p, self.data, self.device
-        batch = batch_for_step(step, data.items, p.train_batch_size, self.sp.steps_per_epoch, p.seed)
-        flips = torch.rand(len(batch), generator=self.generator) < 0.5 if data.flipped is not None else [False] * len(batch)
-        x0 = torch.cat([(data.flipped if flip and data.flipped is not None else data.latents)[s.latent_index]
-                        for s, flip in zip(batch, flips)]).to(device)
-        noise = torch.randn(x0.shape, generator=self.generator)
-        if p.noise_offset:
-            noise = noise + p.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=self.generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=self.generator)
-        noise, timesteps = noise.to(device), timesteps.to(device)
-        noisy = scheduler.add_noise(x0, noise, timesteps)
-        target = scheduler.get_velocity(x0, noise, timesteps) if v_prediction else noise
         if self.train_text:
             texts = [encode_text(self.model, data.prompts[s.cond_index], p.clip_skip, grad=True) for s in batch]
         else:
@@ -225,17 +245,20 @@ class SideRun:
             texts = [self.text_cache[s.cond_index] for s in batch]
         cond = torch.cat([t.hidden for t in texts])
         added = added_conditions(texts, [data.time_ids[s.latent_index] for s in batch], device=device, dtype=self.weight_dtype)
-        weights = torch.tensor([s.weight for s in batch], device=device)
-        return Draw(step, noisy, timesteps, cond, added, target, weights)
+        return cond, added, torch.tensor([s.weight for s in batch], device=device)
 
     def loss(self, pred, draw: "Draw", scheduler, v_prediction: bool):
         """The step's loss from the U-Net's prediction for this side's samples."""
+        return self.loss_of(pred, draw.target, draw.timesteps, draw.weights, scheduler, v_prediction)
+
+    def loss_of(self, pred, target, timesteps, weights, scheduler, v_prediction: bool):
+        """MSE per sample (Min-SNR weighted if asked), weighted, averaged."""
         import torch
 
-        loss = torch.nn.functional.mse_loss(pred.float(), draw.target.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if self.p.min_snr_gamma:
-            loss = loss * min_snr_weights(draw.timesteps, scheduler, self.p.min_snr_gamma, v_prediction)
-        return (loss * draw.weights.to(loss.device)).mean()
+            loss = loss * min_snr_weights(timesteps, scheduler, self.p.min_snr_gamma, v_prediction)
+        return (loss * weights.to(loss.device)).mean()
 
     def optimizer_step(self) -> None:
         """After backward: unscale, clip, step, schedule (each side its own, as a separate run)."""
@@ -282,6 +305,13 @@ class SideRun:
         metadata = lora_metadata(facts, self.model.family)
         metadata.update(self.record.metadata(step))  # what `copylora run` compares to decide that it is up to date
         metadata.update(self.copy_metadata(step))
+        from engine.project.pair_route import PAIR
+
+        if self.side == PAIR:  # the one-LoRA routes' file: which route, and the multiplier its +/- states were trained at
+            import json
+
+            metadata["copylora_route"] = json.dumps({"method": self.plan.project.info.method, "multiplier": self.p.pair_multiplier,
+                                                     "timesteps": [self.p.min_timestep, self.p.max_timestep]})
         return save_lora_file(path, self.network.weights(), metadata, self.p.save_precision)
 
     def copy_metadata(self, step: int) -> dict[str, str]:
@@ -312,7 +342,10 @@ class SideRun:
         if note and not self.preview_noted:
             self.log(note)
             self.preview_noted = True
-        settings = replace(settings, strengths=[1.0])
+        from engine.project.pair_route import PAIR
+
+        # the one-LoRA routes' LoRA trains at ±pair_multiplier: its preview is the +m state (what the result's 1 is)
+        settings = replace(settings, strengths=[self.p.pair_multiplier if self.side == PAIR else 1.0])
         out = self.plan.outputs.step_preview(self.side, step)
         return sample_with_network(self.model, self.network, settings, out, model_name=Path(project.info.base_model).name,
                                    title=f"{self.sp.lora_path.stem} at step {step}", extra={"step": step, "side": self.side})

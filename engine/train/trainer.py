@@ -173,8 +173,11 @@ def train(plan: Plan, side: str, *, resume: bool = False, device: str | None = N
 
 
 def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *, resume: bool,
-                 device: str | None, model: BaseModel | None, controls: TrainControls, log: Log) -> dict[str, TrainResult]:
-    """Set up ``sides`` (one, or A and B for a twin driver), then run the loop."""
+                 device: str | None, model: BaseModel | None, controls: TrainControls, log: Log,
+                 step_type: type | None = None) -> dict[str, TrainResult]:
+    """Set up ``sides`` (one, or A and B for a twin driver), then run the loop. ``step_type``:
+    the step of another objective (the one-LoRA routes' :mod:`engine.train.addift_step`,
+    :mod:`engine.train.slider_step`), called like :class:`StepFunction`."""
     sp: SidePlan = plan.side(sides[0])
     p = sp.params
     started = time.time()
@@ -202,8 +205,8 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
         log(f"training {driver.label}: {sp.total_steps} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
             f"rank {p.network_dim}, {runs[0].optimizer_used} lr {p.learning_rate:g}, {device}")
         amp = autocast_for(device, autocast_dtype)
-        step_fn = StepFunction(driver, model, unet_forward(model.unet, p.compile, device, log), amp, weight_dtype,
-                               defer=defers_loss_reads(device))
+        step_fn = (step_type or StepFunction)(driver, model, unet_forward(model.unet, p.compile, device, log), amp, weight_dtype,
+                                              defer=defers_loss_reads(device))
         copies = CopyWatch(driver, model, amp, weight_dtype, log)
         return _loop(plan, driver, step_fn, copies, step, sp.total_steps, started, device, controls, log)
     finally:
@@ -325,7 +328,7 @@ def _stop_copied(copies: CopyWatch, losses: LossBook, driver: SidesDriver, step:
     return False
 
 
-def _loop(plan: Plan, driver: SidesDriver, train_step: StepFunction, copies: CopyWatch, step: int, total: int, started: float,
+def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, step: int, total: int, started: float,
           device: str, controls: TrainControls, log: Log) -> dict[str, TrainResult]:
     runs = driver.runs
     p = runs[0].p
