@@ -282,3 +282,28 @@ def test_a_pair_route_runs_through_the_queue_killed_and_resumed(tmp_path, monkey
     got = tensors(plan.side(PAIR).lora_path)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert enqueue_project(queue, root, max_steps=60)[0].action == "up to date"
+
+
+def test_import_kohya_maps_the_timestep_range(tmp_path):
+    from engine.project.kohya_import import import_kohya
+
+    path = tmp_path / "config.toml"
+    path.write_text('learning_rate = 1e-4\nmin_timestep = 200\nmax_timestep = 400\n', encoding="utf-8")
+    result = import_kohya(path)
+    assert result.train["min_timestep"] == 200 and result.train["max_timestep"] == 400
+    assert {e.key for e in result.used} >= {"min_timestep", "max_timestep"}
+
+
+def test_stats_of_a_pair_project_name_the_route(tmp_path, tiny, capsys):
+    from copylora_tui.cli.main import main
+    from engine.merge.project_result import describe, make_result
+    from engine.train.pair_training import train_pair
+
+    plan = make(tmp_path, "slider", max_train_steps=2)
+    train_pair(plan, model=tiny, log=quiet)
+    assert describe(plan).startswith("result = example-monochrome_PAIR.safetensors at 0.25")
+    make_result(plan, device="cpu")
+    capsys.readouterr()
+    assert main(["stats", str(plan.project.root), "--top", "1"]) == 0  # a project folder stands for its result
+    out = capsys.readouterr().out
+    assert "Δ1=+0.25·example-monochrome_PAIR.safetensors" in out and "route: slider (one LoRA trained on the pair" in out

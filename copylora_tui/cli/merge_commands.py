@@ -70,7 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="per-layer table of a merge: energy kept, error, norms, cos(ΔA, ΔB)",
         description="Show the per-module statistics of a merged LoRA (its <stem>.stats.json) and a per-block summary.",
     )
-    stats.add_argument("file", metavar="FILE", help="merged LoRA or its .stats.json")
+    stats.add_argument("file", metavar="FILE", help="merged LoRA, its .stats.json, or a project folder (its result)")
     stats.add_argument("--sort", choices=("block", "cos", "energy", "error", "name", "norm"), default="energy",
                        help="energy (lowest first), error, norm, cos, name, block (BASE, IN00…, MID, OUT00…)")
     stats.add_argument("--blocks", choices=("lbw", "unet"), default="lbw",
@@ -226,10 +226,25 @@ def cmd_resize(args: argparse.Namespace) -> int:
     )
 
 
+def _project_stats(path: str) -> str:
+    """A project folder stands for its result's stats (``copylora stats projects/mono``)."""
+    from pathlib import Path
+
+    from engine.project.folder import PROJECT_FILE
+
+    folder = Path(path)
+    if not (folder / PROJECT_FILE).is_file():
+        return path
+    from engine.project.folder import load_project
+    from engine.project.plan import output_paths
+
+    return str(output_paths(load_project(folder, check_files=False)).stats)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from copylora_tui.core.stats_table import load_stats, select_rows
 
-    document = load_stats(args.file)
+    document = load_stats(_project_stats(args.file))
     if args.block and not select_rows(document, block=args.block, top=0, view=args.blocks):
         from copylora_tui.core.stats_table import VIEWS, block_filters
 

@@ -20,6 +20,9 @@ def print_stats(document: dict, rows: list[dict], console: Console | None = None
     if isinstance(route, dict) and route.get("method") == "differential" and isinstance(route.get("base_weights"), dict):
         base = route["base_weights"]  # Δ1 is B, trained on the base with A applied: no subtraction
         console.print(f"route: differential (B trained on the base + {base.get('file')} at {base.get('multiplier')})", highlight=False)
+    elif isinstance(route, dict) and route.get("method") in ("addift", "slider") and inputs:  # one LoRA on the pair, at its multiplier
+        console.print(f"route: {route['method']} (one LoRA trained on the pair, written at its training multiplier "
+                      f"{inputs[0].get('ratio')}: strength 1 is the change once)", highlight=False)
     for n, i in enumerate(inputs, 1):
         if isinstance(i.get("lbw"), list):  # merged with block weights (copylora merge --lbws)
             console.print(f"Δ{n} block weights ({len(i['lbw'])}): " + ",".join(f"{w:g}" for w in i["lbw"]), highlight=False)

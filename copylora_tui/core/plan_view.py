@@ -113,7 +113,7 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
             rank += f", conv {params.conv_dim} alpha {params.conv_alpha:g}"
         precision = "fp32" if params.mixed_precision == "no" else params.mixed_precision
         line = f"{params.optimizer_type} lr {params.learning_rate:g} {params.lr_scheduler}, {rank}, {precision}, seed {params.seed}"
-        settings.setdefault(line, []).append(side.upper())
+        settings.setdefault(line, []).append("A→B" if side == "pair" else side.upper())
     for line, sides in settings.items():  # one row when A and B train alike (the usual case)
         rows.add(" and ".join(sides), line)
     copies: dict[str, list[str]] = {}
