@@ -307,3 +307,18 @@ def test_stats_of_a_pair_project_name_the_route(tmp_path, tiny, capsys):
     assert main(["stats", str(plan.project.root), "--top", "1"]) == 0  # a project folder stands for its result
     out = capsys.readouterr().out
     assert "Δ1=+0.25·example-monochrome_PAIR.safetensors" in out and "route: slider (one LoRA trained on the pair" in out
+
+
+def test_new_writes_the_routes_defaults_and_check_warns_of_a_copier_length(tmp_path):
+    from engine.project.plan import plan_warnings
+    from engine.project.scaffold import create_project
+
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(120, 120, 120))
+    made = create_project(tmp_path / "p", a, b, base_model="tiny", method="addift")
+    assert made.train.max_train_steps == 40 and made.train.max_train_epochs is None
+    plan = make_plan(made)
+    assert plan.side(PAIR).total_steps == 40 and not [w for w in plan_warnings(plan) if "route" in w]
+    made.train.max_train_steps = 4000
+    save_project(made)
+    (warning,) = [w for w in plan_warnings(make_plan(load_project(made.root))) if "addift route" in w]
+    assert warning.startswith("train.max_train_steps") and "4000 steps" in warning and "30–100" in warning

@@ -67,6 +67,24 @@ def pair_problems(project: Project, check_files: bool) -> list[Problem]:
     return problems
 
 
+# Beyond this many steps a one-LoRA route has left its published range far behind (ADDifT:
+# 30-100; sliders: 1000): most likely a copier project switched routes with the recipe's 4000.
+MANY_STEPS = {"addift": 1000, "slider": 2000}
+
+
+def route_warnings(plan) -> list[str]:
+    """What will train but probably not as meant: a one-LoRA route at a copier's length."""
+    project = plan.project
+    if not is_pair_route(project):
+        return []
+    method, steps = project.info.method, plan.side(PAIR).total_steps
+    if steps <= MANY_STEPS[method]:
+        return []
+    usual = "30–100 (ADDifT's author)" if method == "addift" else "about 1000 (Concept Sliders' config)"
+    return [f"train.max_train_steps: the {method} route is set to {steps} steps, where {usual} is usual: "
+            "set max_train_steps (copylora new --method writes its defaults)"]
+
+
 def _picture_problems(project: Project) -> list[Problem]:
     """A's and B's pictures pair up by name order, and each pair must be one size (one noise)."""
     from engine.project.images import image_files, read_image_info

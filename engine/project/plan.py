@@ -236,7 +236,9 @@ def plan_warnings(plan: Plan) -> list[str]:
     warnings += pair_warnings(plan.side("a").images, plan.side("b").images)
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
-    return warnings + caption_warnings(plan.project) + toy_caption_warnings(plan)
+    from engine.project.pair_route import route_warnings
+
+    return warnings + caption_warnings(plan.project) + toy_caption_warnings(plan) + route_warnings(plan)
 
 
 def caption_warnings(project: Project) -> list[str]:

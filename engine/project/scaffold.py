@@ -90,6 +90,30 @@ def toy_caption_warnings(plan) -> list[str]:
             "(`copylora new --base toy` writes picture A's)"]
 
 
+# The one-LoRA routes (engine.project.pair_route) train far fewer steps than the copier recipe.
+# On a real checkpoint: their authors' published settings (ADDifT's SD1.5 "Action" preset: 30
+# iterations with CAME, the README's 30-100, rank 4 alpha 1, lr 1e-4, timesteps 500-1000; the
+# Concept Sliders image config: 1000 iterations, rank 4 alpha 1, lr 2e-4), as copylora trains
+# them (AdamW8bit, not CAME: 100 steps). On the built-in bases: the steps measured on the toy
+# (docs/BENCHMARKS.md, "Routes per GPU-second"), at the base's own learning rate.
+ROUTE_PRESETS: dict[str, dict[str, dict]] = {
+    "addift": {"checkpoint": {"max_train_steps": 100, "network_dim": 4, "network_alpha": 1.0, "learning_rate": 1e-4, "min_timestep": 500},
+               "tiny": {"max_train_steps": 40}, "tiny-sdxl": {"max_train_steps": 20}, "toy": {"max_train_steps": 500}},
+    "slider": {"checkpoint": {"max_train_steps": 1000, "network_dim": 4, "network_alpha": 1.0, "learning_rate": 2e-4},
+               "tiny": {"max_train_steps": 40}, "tiny-sdxl": {"max_train_steps": 20}, "toy": {"max_train_steps": 200, "learning_rate": 1e-2}},
+}
+
+
+def apply_route_defaults(project: Project, base_model: str) -> Project:
+    """A one-LoRA route's training length and settings (ROUTE_PRESETS) over the base's defaults."""
+    presets = ROUTE_PRESETS.get(project.info.method)
+    if presets is None:
+        return project
+    preset = presets.get(base_model, presets["checkpoint"])
+    project.train = replace(project.train, max_train_epochs=None, **preset)
+    return project
+
+
 def apply_base_defaults(project: Project, base_model: str) -> Project:
     """The project with the defaults that fit its base model (see BUILTIN_PRESETS; SDXL
     checkpoints get SDXL-sized buckets and previews)."""
@@ -134,7 +158,7 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
             (staging / side).mkdir()
             shutil.copy2(image, staging / side / image.name)
         project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model, method=method))
-        project = apply_base_defaults(project, base_model)
+        project = apply_route_defaults(apply_base_defaults(project, base_model), base_model)
         project.train = replace(project.train, caption=caption)
         save_project(project)
         staging.rename(dest)
