@@ -138,7 +138,9 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         s = r["saturation"]
-        setting = ", ".join(f"{k} {v}" for k, v in r.get("settings", {}).items() if k != "max_train_epochs") or "the example's"
+        shown = [f"{k} {v}" for k, v in r.get("settings", {}).items() if k != "max_train_epochs"]
+        shown += ["caption-free"] if r.get("caption") == "" else []
+        setting = ", ".join(shown) or "the example's"
         lines.append(f"| {r['route']} | {setting} | {r.get('steps_trained', '?')} | {r.get('train_seconds', '?')} | {r['new_rank']} | "
                      f"{r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
                      f"{s['0.0']:.3f} / {s['0.5']:.3f} / {s['1.0']:.3f} | {r['copy_check_psnr']['A vs picture A']:.1f} dB | "
@@ -208,9 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="CFG scales, comma-separated: each result is sampled at each (7 is what SD1.5 users sample at; "
                              "1 = no guidance: a caption-free LoRA acts on the empty prompt, which CFG extrapolates away from)")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--base", required=True, help="a folder made by bench/pretrain_toy.py (or a built-in model)")
+    parser.add_argument("--tables", type=Path, nargs="+", metavar="JSON",
+                        help="print the Markdown tables of earlier --out files together (one table: every route and setting) and exit")
+    parser.add_argument("--base", help="a folder made by bench/pretrain_toy.py (or a built-in model)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.tables:
+        rows = [row for path in args.tables for row in json.loads(path.read_text())["rows"]]
+        print(markdown(rows) + "\n\n" + colour_markdown(rows))
+        return 0
+    if not args.base:
+        parser.error("--base is needed to measure (or --tables to print earlier results)")
     torch.set_num_threads(args.threads)
     model = load_base_model(args.base)
     prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]

@@ -162,15 +162,19 @@ def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     the script cannot rot (its figures on a real toy model are in docs/BENCHMARKS.md)."""
     out = tmp_path / "effect.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--epochs", "1", "--prompts", "1",
-                           "--seeds", "1", "--ranks", "4", "--routes", "svd-merge,differential", "--steps", "2", "--guidance", "1",
-                           "--noise-offset", "0.5", "--lr", "1e-3", "--out", str(out)],
+                           "--seeds", "1", "--ranks", "4", "--routes", "svd-merge,differential,addift,slider", "--steps", "2", "--guidance", "1",
+                           "--noise-offset", "0.5", "--lr", "1e-3", "--set", "max_train_steps=3", "--out", str(out)],
                           capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COPYLORA_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["route"], r["new_rank"], r["guidance"]) for r in rows] == [("svd-merge", 4, 1.0), ("differential", 4, 1.0)]
+    assert [(r["route"], r["new_rank"], r["guidance"]) for r in rows] == [(route, 4, 1.0) for route in ("svd-merge", "differential", "addift", "slider")]
     assert all(set(r["copy_check_psnr"]) == {"A vs picture A", "A + result vs picture B"} for r in rows)
-    assert "| svd-merge | 4 | 1 |" in done.stdout
+    assert [r["steps_trained"] for r in rows] == [6, 6, 3, 3]  # A and B 3 steps each; one LoRA 3 steps
+    assert "| svd-merge | max_train_steps 3 | 6 |" in done.stdout and "| addift | max_train_steps 3 | 3 |" in done.stdout
+    tables = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--tables", str(out), str(out)],
+                            capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert tables.returncode == 0 and tables.stdout.count("| slider | max_train_steps 3 |") == 2, tables.stderr[-2000:]
     colour = rows[0]["per_colour"]  # the one prompt names a shape colour and a background colour
     assert len(colour) == 2 and "Per prompt colour" in done.stdout
 
