@@ -196,3 +196,26 @@ async def test_new_project_dialog_help_and_errors(tmp_path, monkeypatch):
         assert not error.display  # it was about the empty name
         text = screen_text(app)
         assert "e.g. ~/pics/colour.png" in text and "The project's folder (under the projects folder) and its LoRA's name." in text
+
+
+async def test_a_one_lora_route_project_in_the_list_and_on_its_screen(tmp_path, monkeypatch):
+    """An addift project: its one LoRA stands in both the A and B columns, its job is one
+    training ("train A→B (addift)"), and its screen shows the pair's steps and its PAIR file."""
+    env = use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    root = projects / "example-monochrome"
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace('method = "svd-merge"', 'method = "addift"'))
+    mark_trained(root, ("pair",))
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        row = table(app).get_row_at(0)
+        assert str(row[2]) == "✓ trained" and str(row[3]) == "✓ trained" and str(row[4]) == "—"
+        await pilot.press("r")
+        await wait_until(pilot, lambda: len(Queue(env.home).jobs()) == 2)
+        assert [j.label for j in Queue(env.home).jobs()] == ["result", "preview"]  # the LoRA is up to date: not trained again
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "PAIR" in screen_text(app))
+        text = screen_text(app)
+        assert "outputs: PAIR✓ result·" in text and "A→B       200 steps: one LoRA on" in text
