@@ -74,6 +74,10 @@ def test_job_targets(tmp_path, monkeypatch):
     assert target.folder == project / "output" / "samples" and target.pattern == "example-monochrome_B-step*.png"
     assert job_target(merge).pattern == job_target(preview).pattern == "example-monochrome-grid.png"
     assert job_target(reg) == previews.NO_PREVIEWS
+    twin = queue.enqueue("train", str(project), side="ab", label="train A+B", total=10)
+    pair = queue.enqueue("train", str(project), side="pair", label="train A→B (addift)", total=10)
+    assert job_target(twin).pattern == "example-monochrome_[AB]-step*.png"
+    assert job_target(pair).pattern == "example-monochrome_PAIR-step*.png"  # one LoRA's previews, not one per letter of "pair"
     queue.close()
 
 

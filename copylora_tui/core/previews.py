@@ -76,7 +76,7 @@ def job_target(job) -> PreviewTarget | str:
         return NO_PREVIEWS
     paths = output_paths(load_project(job.project))
     if job.kind == "train" and job.side:
-        sides = "ab" if job.side == "ab" else job.side.lower()  # a twin job previews both sides
+        sides = ["a", "b"] if job.side == "ab" else [job.side.lower()]  # a twin job previews both sides; "pair": one LoRA
         stems = [paths.lora(side).stem for side in sides]
         if len(stems) == 1:
             return PreviewTarget(paths.samples, f"{glob.escape(stems[0])}-step*.png", TRAIN_EMPTY)
