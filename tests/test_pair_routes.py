@@ -322,3 +322,23 @@ def test_new_writes_the_routes_defaults_and_check_warns_of_a_copier_length(tmp_p
     save_project(made)
     (warning,) = [w for w in plan_warnings(make_plan(load_project(made.root))) if "addift route" in w]
     assert warning.startswith("train.max_train_steps") and "4000 steps" in warning and "30–100" in warning
+
+
+def test_a_training_job_of_the_other_kind_fails_with_one_line(tmp_path, monkeypatch):
+    """A pair job whose project went back to svd-merge (or the other way round) fails saying
+    what to do, instead of training what the project no longer makes."""
+    from engine.jobs.queue import Queue, TWIN
+    from engine.jobs.runner import run_train
+    from engine.train.results import TrainingError
+
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    plan = make(tmp_path, "svd-merge")
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", str(plan.project.root), side=PAIR, label="train A→B (addift)", total=STEPS)
+    with pytest.raises(TrainingError, match="route is now svd-merge, which trains A and B.*copylora run"):
+        run_train(queue, queue.get(job.id), {"asked": False})
+    make(plan.project.root, "slider")
+    twin = queue.enqueue("train", str(plan.project.root), side=TWIN, label="train A+B", total=STEPS)
+    with pytest.raises(TrainingError, match="route is now slider, which trains one LoRA on the pair"):
+        run_train(queue, queue.get(twin.id), {"asked": False})
+    queue.close()

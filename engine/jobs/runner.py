@@ -103,6 +103,12 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
 
     plan = make_plan(load_project(job.project), max_steps=job.params.get("max_steps"))
     assert job.side is not None, "a training job trains a side (or both: TWIN)"
+    if (job.side == PAIR) != (plan.trained == (PAIR,)):  # the route changed since the job was queued
+        from engine.train.results import TrainingError
+
+        raise TrainingError(f"the project's route is now {plan.project.info.method}, which trains "
+                            f"{'one LoRA on the pair' if plan.trained == (PAIR,) else 'A and B'}: this job was queued for the "
+                            "other kind; run the project again (copylora run) to queue its own")
     total = plan.side("a" if job.side == TWIN else job.side).total_steps
     writer = ProgressWriter(queue, job.id, total)
     # A restart was asked for on the first attempt only: a retry or crash recovery resumes.
