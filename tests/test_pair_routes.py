@@ -327,7 +327,7 @@ def test_new_writes_the_routes_defaults_and_check_warns_of_a_copier_length(tmp_p
 def test_a_training_job_of_the_other_kind_fails_with_one_line(tmp_path, monkeypatch):
     """A pair job whose project went back to svd-merge (or the other way round) fails saying
     what to do, instead of training what the project no longer makes."""
-    from engine.jobs.queue import Queue, TWIN
+    from engine.jobs.queue import TWIN, Queue
     from engine.jobs.runner import run_train
     from engine.train.results import TrainingError
 
