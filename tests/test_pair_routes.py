@@ -342,3 +342,17 @@ def test_a_training_job_of_the_other_kind_fails_with_one_line(tmp_path, monkeypa
     with pytest.raises(TrainingError, match="route is now slider, which trains one LoRA on the pair"):
         run_train(queue, queue.get(twin.id), {"asked": False})
     queue.close()
+
+
+def test_new_on_the_toy_writes_each_routes_measured_settings(tmp_path):
+    from engine.project.scaffold import create_project
+
+    a, b = write_png(tmp_path / "a.png", size=(64, 64)), write_png(tmp_path / "b.png", size=(64, 64), colour=(120, 120, 120))
+    caption = "a red circle on a blue background"
+    addift = create_project(tmp_path / "addift", a, b, base_model="toy", method="addift", caption=caption)
+    assert (addift.train.max_train_steps, addift.train.caption, addift.train.learning_rate) == (500, "", 2e-3)
+    slider = create_project(tmp_path / "slider", a, b, base_model="toy", method="slider", caption=caption)
+    assert (slider.train.max_train_steps, slider.train.caption, slider.train.learning_rate) == (200, caption, 1e-2)
+    from engine.project.plan import plan_warnings
+
+    assert not [w for w in plan_warnings(make_plan(addift)) if "caption-free" in w]  # ADDifT is meant caption-free

@@ -78,12 +78,12 @@ def toy_caption_warnings(plan) -> list[str]:
     but its result will show (almost) nothing on the preview grid. Not for a [reg] project,
     whose pictures train under its instance prompt."""
     project = plan.project
-    if project.info.base_model != "toy" or project.reg is not None:
-        return []
-    bare = [side for side, sp in plan.sides.items() if not sp.params.caption.strip()]
+    if project.info.base_model != "toy" or project.reg is not None or project.info.method == "addift":
+        return []  # ADDifT learns the pictures' difference, not the pictures: caption-free measured better (ROUTE_PRESETS)
+    bare = [side for side in plan.trained if not plan.side(side).params.caption.strip()]
     if not bare:
         return []
-    where, who = ("train.caption", "A and B train") if len(bare) == len(plan.sides) else (f"{bare[0]}.caption", f"{bare[0].upper()} trains")
+    where, who = ("train.caption", "A and B train") if len(bare) == len(plan.trained) else (f"{bare[0]}.caption", f"{bare[0].upper()} trains")
     return [f"{where}: {who} caption-free on the toy base: {TOY_CAPTION_WHY} on other prompts (measured: the grid keeps about "
             '0.8-1.0 of its saturation at strength 1 caption-free, 0.3-0.6 under a caption; docs/BENCHMARKS.md, "The caption lever"); '
             'set [train] caption to what the pictures show in the toy\'s words, e.g. "a yellow circle on a blue background" '
@@ -94,11 +94,12 @@ def toy_caption_warnings(plan) -> list[str]:
 # On a real checkpoint: their authors' published settings (ADDifT's SD1.5 "Action" preset: 30
 # iterations with CAME, the README's 30-100, rank 4 alpha 1, lr 1e-4, timesteps 500-1000; the
 # Concept Sliders image config: 1000 iterations, rank 4 alpha 1, lr 2e-4), as copylora trains
-# them (AdamW8bit, not CAME: 100 steps). On the built-in bases: the steps measured on the toy
-# (docs/BENCHMARKS.md, "Routes per GPU-second"), at the base's own learning rate.
+# them (AdamW8bit, not CAME: 100 steps). On the built-in bases: the settings measured on the toy
+# (docs/BENCHMARKS.md, "Routes per CPU-second": ADDifT caption-free at a quarter of the example's
+# steps; the slider under the caption, 200 steps at lr 1e-2).
 ROUTE_PRESETS: dict[str, dict[str, dict]] = {
     "addift": {"checkpoint": {"max_train_steps": 100, "network_dim": 4, "network_alpha": 1.0, "learning_rate": 1e-4, "min_timestep": 500},
-               "tiny": {"max_train_steps": 40}, "tiny-sdxl": {"max_train_steps": 20}, "toy": {"max_train_steps": 500}},
+               "tiny": {"max_train_steps": 40}, "tiny-sdxl": {"max_train_steps": 20}, "toy": {"max_train_steps": 500, "caption": ""}},
     "slider": {"checkpoint": {"max_train_steps": 1000, "network_dim": 4, "network_alpha": 1.0, "learning_rate": 2e-4},
                "tiny": {"max_train_steps": 40}, "tiny-sdxl": {"max_train_steps": 20}, "toy": {"max_train_steps": 200, "learning_rate": 1e-2}},
 }
@@ -158,8 +159,9 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
             (staging / side).mkdir()
             shutil.copy2(image, staging / side / image.name)
         project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model, method=method))
-        project = apply_route_defaults(apply_base_defaults(project, base_model), base_model)
+        project = apply_base_defaults(project, base_model)
         project.train = replace(project.train, caption=caption)
+        project = apply_route_defaults(project, base_model)  # after the caption: on the toy, addift trains caption-free
         save_project(project)
         staging.rename(dest)
     except BaseException:
