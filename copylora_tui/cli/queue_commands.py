@@ -72,6 +72,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("--gpus", metavar="0,1", help="GPUs to use, one job per GPU at once (default: all)")
     worker.add_argument("--per_gpu", type=int, default=1, metavar="N", help="jobs per GPU at once (default 1)")
     worker.add_argument("--foreground", action="store_true", help="run in this terminal instead of detached")
+    from engine.jobs.worker import add_executor_arguments
+
+    add_executor_arguments(worker)
     worker.set_defaults(func=cmd_worker)
 
 
@@ -282,10 +285,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from engine.jobs.worker import Worker, start_detached, stop_worker, worker_pid
 
     if args.action == "start":
+        from engine.jobs.worker import executor_argv, slurm_options
+
+        home = Queue().home
+        options = slurm_options(home, args)  # a bad [worker] file or option fails here, not in the detached worker
         if args.foreground:
-            return Worker(None, args.gpus, args.per_gpu).run()
-        pid = start_detached(None, args.gpus, args.per_gpu)
-        print(f"worker started (pid {pid}); log: {Queue().home / 'worker.log'}")
+            return Worker(None, args.gpus, args.per_gpu, slurm=options).run()
+        pid = start_detached(None, args.gpus, args.per_gpu, executor=executor_argv(args))
+        where = f"Slurm ({' '.join(options.arguments())})" if options is not None else "here"
+        print(f"worker started (pid {pid}), jobs run {where}; log: {home / 'worker.log'}")
         return 0
     if args.action == "stop":
         pid = stop_worker()

@@ -10,6 +10,7 @@ from rich.table import Table
 from copylora_tui.cli.console import output_console
 from copylora_tui.core.formatting import STATUS_STYLE, bar, job_copy_text, job_loss_text, project_label
 from engine.jobs.queue import JobStatus
+from engine.jobs.slurm import status_text as slurm_status
 
 
 def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
@@ -32,6 +33,8 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
     columns += [("loss", "right")]
     copies = any(job_copy_text(job) for job in jobs)  # how well each LoRA copies its teacher (engine.train.copy_check)
     columns += [("copy", "right")] if copies else []
+    on_slurm = any(job.slurm for job in jobs)  # the Slurm executor (engine.jobs.slurm): Slurm's own word on each job
+    columns += [("slurm", "left")] if on_slurm else []
     for column, justify in columns:
         if column == "project":
             table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
@@ -45,11 +48,14 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         style = STATUS_STYLE.get(job.shown_status) or "default"
         cells = [f"#{job.id}", project_label(job.project), job.label, f"[{style}]{job.shown_status}[/]", progress]
         cells += [rate, eta] if live else []
-        table.add_row(*cells, loss, *([job_copy_text(job)] if copies else []))
+        slurm = [slurm_status(job.slurm) if job.status is JobStatus.RUNNING else ""] if on_slurm else []
+        table.add_row(*cells, loss, *([job_copy_text(job)] if copies else []), *slurm)
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status is JobStatus.FAILED and job.error:
             console.print(f"[red]#{job.id} failed:[/red] {job.error}", highlight=False)
+        elif job.status is JobStatus.QUEUED and job.error and job.error.startswith("interrupted"):  # a Slurm job to submit again
+            console.print(f"[yellow]#{job.id} {job.error}[/yellow]", highlight=False)
         elif job.interrupted:
             console.print(f"[yellow]#{job.id} interrupted[/yellow] at step {job.step or 0}: the worker stopped while it ran; "
                           "`copylora worker start` resumes it from its newest checkpoint", highlight=False)

@@ -105,6 +105,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE points ADD COLUMN copy_db REAL",
         "ALTER TABLE points ADD COLUMN copy_db_b REAL",
     ],
+    [  # version 4: jobs run on Slurm (engine.jobs.slurm): Slurm's job id, state, reason and node, as JSON
+        "ALTER TABLE jobs ADD COLUMN slurm TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TWIN = "ab"  # the side of a job that trains A and B together
@@ -151,6 +154,7 @@ class Job:
     smooth_loss_b: float | None = None
     copy_db: float | None = None  # how well the LoRA copies its teacher, dB (twin: A's; B's in copy_db_b)
     copy_db_b: float | None = None
+    slurm: dict | None = None  # on Slurm: {"id", "state", "reason", "node"} as squeue last said (engine.jobs.slurm)
     depends_on: list[int] = field(default_factory=list)
     # Not stored: set by mark_interrupted() for a "running" job whose worker and process are
     # gone (reboot, kill -9), until a worker starts and requeues it.
@@ -219,6 +223,7 @@ def _row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
     data = dict(row)
     data["params"] = json.loads(data["params"] or "{}")
     data["artifacts"] = json.loads(data["artifacts"] or "{}")
+    data["slurm"] = json.loads(data["slurm"]) if data.get("slurm") else None
     data["status"] = JobStatus(data["status"])
     return Job(**data, depends_on=deps)
 
@@ -398,6 +403,11 @@ class Queue:
                     " copy_db_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb, loss_b, smooth_b, copy_a, copy_b),
                 )
+
+    def set_slurm(self, job_id: int, info: dict | None) -> None:
+        """Where Slurm has the job (None: not on Slurm, or no more)."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET slurm = ?, updated_at = ? WHERE id = ?", (json.dumps(info) if info else None, time.time(), job_id))
 
     def set_start_step(self, job_id: int, step: int, total: int) -> None:
         with self.transaction() as db:

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+from typing import Any
 
 from engine.errors import CopyloraError
 from engine.jobs.queue import MAX_POINTS, TWIN, Job, JobStatus, Queue, artifacts_text
@@ -56,10 +57,11 @@ def _trim_log() -> None:
 class ProgressWriter:
     """Throttles trainer progress into the queue, and carries requests back to the trainer."""
 
-    def __init__(self, queue: Queue, job_id: int, total: int) -> None:
+    def __init__(self, queue: Queue | Any, job_id: int, total: int) -> None:
         self.queue, self.job_id = queue, job_id
         self.stride = max(1, total // MAX_POINTS)
         self.last_write = 0.0
+        self.last_gpus = 0.0
         self.last_point = -1
         self.save_pending = False
         self.sample_pending = False
@@ -77,6 +79,13 @@ class ProgressWriter:
         self.queue.report_progress(self.job_id, p, point=point)
         if point:
             self.last_point = p.step
+        if hasattr(self.queue, "exited") and now - self.last_gpus >= 1.0:  # on a Slurm node: its GPUs, for the app
+            from engine.jobs.gpu import sample_gpus
+
+            samples = sample_gpus()
+            if samples:
+                self.queue.record_gpus(samples)
+            self.last_gpus = now
         requests = self.queue.take_requests(self.job_id)
         self.save_pending = self.save_pending or requests.get("save_now", False)
         self.sample_pending = self.sample_pending or requests.get("sample_now", False)
@@ -259,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.jobs.runner")
     parser.add_argument("--home", required=True)
     parser.add_argument("--job", required=True, type=int)
+    parser.add_argument("--channel", help="run on another host: read the job from, and report to, this folder (engine.jobs.channel)")
     args = parser.parse_args(argv)
 
     from engine.jobs.procs import die_with_parent
@@ -279,9 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
-    queue = Queue(args.home)
-    job = queue.get(args.job)
-    log(f"job #{job.id}: {job.label} of {job.project} (attempt {job.attempts}, pid {os.getpid()}, "
+    if args.channel:  # on another host (Slurm): the queue database is the submit host's, never opened here
+        from engine.jobs.channel import ChannelQueue
+
+        channel = ChannelQueue(args.channel)
+        code = run_job(channel, args.job, stop, threads)
+        channel.exited(code)
+        return code
+    return run_job(Queue(args.home), args.job, stop, threads)
+
+
+def run_job(queue, job_id: int, stop: dict, threads) -> int:
+    """Run job ``job_id`` of ``queue`` (the database, or a channel: engine.jobs.channel); its exit code."""
+    job = queue.get(job_id)
+    where = f", node {os.environ['SLURMD_NODENAME']}, Slurm job {os.environ.get('SLURM_JOB_ID')}" if os.environ.get("SLURMD_NODENAME") else ""
+    log(f"job #{job.id}: {job.label} of {job.project} (attempt {job.attempts}, pid {os.getpid()}{where}, "
         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
     log(threads.describe())
     runner = RUNNERS.get(job.kind)

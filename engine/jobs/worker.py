@@ -94,9 +94,16 @@ def parse_gpus(spec: str | None) -> list[str | None]:
 
 
 class Worker:
-    def __init__(self, home: str | Path | None = None, gpus: str | None = None, per_gpu: int = 1) -> None:
+    def __init__(self, home: str | Path | None = None, gpus: str | None = None, per_gpu: int = 1, slurm=None) -> None:
+        """``slurm``: engine.jobs.slurm.SlurmOptions to run every job as a Slurm job (else each in a
+        child process here, one per GPU slot)."""
         self.home = state_home(home)
-        self.slots = [gpu for gpu in parse_gpus(gpus) for _ in range(max(1, per_gpu))]
+        self.slurm = None
+        if slurm is not None:
+            from engine.jobs.slurm_jobs import SlurmJobs
+
+            self.slurm = SlurmJobs(self.home, slurm, self.log)
+        self.slots = ["slurm"] if slurm is not None else [gpu for gpu in parse_gpus(gpus) for _ in range(max(1, per_gpu))]
         self.running: dict[int, Running] = {}
         self.stopping = False
 
@@ -114,6 +121,8 @@ class Worker:
         queue.worker_started(os.getpid(), [s or "cpu" for s in self.slots], len(self.slots))
         self.log(f"worker {os.getpid()} on {self.home}: slots {[s or 'cpu' for s in self.slots]}")
         try:
+            if self.slurm is not None:
+                return self.run_slurm(queue)
             self.recover(queue)
             last_sample = 0.0
             while not self.stopping:
@@ -129,6 +138,19 @@ class Worker:
             queue.worker_stopped(os.getpid())
             lock.close()
         self.log("worker stopped")
+        return 0
+
+    def run_slurm(self, queue: Queue) -> int:
+        """The loop with the Slurm executor: its jobs live on the cluster, not here, so stopping
+        the worker leaves them running; the next worker follows them again."""
+        assert self.slurm is not None
+        self.slurm.recover(queue)
+        while not self.stopping:
+            self.slurm.step(queue)
+            queue.heartbeat()
+            time.sleep(POLL_S)
+        if self.slurm.tracked:
+            self.log(f"{len(self.slurm.tracked)} Slurm job(s) keep running; the next worker follows them")
         return 0
 
     def _ask_stop(self, signum, _frame) -> None:
@@ -237,8 +259,11 @@ class Worker:
 # ---------------------------------------------------------------------- daemon control
 
 
-def start_detached(home: str | Path | None = None, gpus: str | None = None, per_gpu: int = 1, wait_s: float = 10.0) -> int:
-    """Start the worker in its own session (it survives this terminal and SSH), return its pid."""
+def start_detached(home: str | Path | None = None, gpus: str | None = None, per_gpu: int = 1, wait_s: float = 10.0,
+                   executor: list[str] | None = None) -> int:
+    """Start the worker in its own session (it survives this terminal and SSH), return its pid.
+    ``executor``: the worker's executor arguments (``--executor slurm --partition gpu …``); none:
+    the state folder's ``worker.toml``, else local."""
     home = state_home(home)
     existing = worker_pid(home)
     if existing:
@@ -249,6 +274,7 @@ def start_detached(home: str | Path | None = None, gpus: str | None = None, per_
     command = [sys.executable, "-m", "engine.jobs.worker", "--home", str(home), "--per-gpu", str(per_gpu)]
     if gpus:
         command += ["--gpus", gpus]
+    command += executor or []
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -289,15 +315,72 @@ def stop_worker(home: str | Path | None = None, wait_s: float = STOP_GRACE_S + 1
     return pid
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """The executor's options, the same for ``copylora worker start`` and ``python -m engine.jobs.worker``."""
+    parser.add_argument("--executor", choices=("local", "slurm"),
+                        help="local: jobs run here, one per GPU slot; slurm: each job is one Slurm job (sbatch). "
+                             "Default: [worker] executor of $COPYLORA_HOME/worker.toml, else local")
+    parser.add_argument("--partition", help="Slurm partition")
+    parser.add_argument("--gres", help='Slurm generic resources per job (default "gpu:1"; "" for none)')
+    parser.add_argument("--time", help="Slurm time limit per job (e.g. 04:00:00); the runner checkpoints 2 minutes before it")
+    parser.add_argument("--account", help="Slurm account")
+    parser.add_argument("--qos", help="Slurm quality of service")
+    parser.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG", dest="sbatch_arg",
+                        help="one more sbatch argument, as sbatch takes it (repeatable): --sbatch-arg=--mem=32G")
+
+
+def executor_argv(args: argparse.Namespace) -> list[str]:
+    """Parsed executor options back into arguments, for the detached worker."""
+    argv = [] if args.executor is None else ["--executor", args.executor]
+    for name in ("partition", "gres", "time", "account", "qos"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", getattr(args, name)]
+    return argv + [f"--sbatch-arg={arg}" for arg in args.sbatch_arg]
+
+
+def slurm_options(home: Path, args: argparse.Namespace):
+    """The Slurm options these arguments and the state folder's ``worker.toml`` ([worker]) ask
+    for, or None for the local executor. Arguments win over the file."""
+    import tomllib
+
+    from engine.jobs.slurm import SlurmOptions
+
+    path = Path(home) / "worker.toml"
+    config: dict = {}
+    if path.is_file():
+        try:
+            config = tomllib.loads(path.read_text(encoding="utf-8")).get("worker", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise CopyloraError(f"{path}: {exc}") from None
+    executor = args.executor or config.get("executor", "local")
+    if executor not in ("local", "slurm"):
+        raise CopyloraError(f"{path}: [worker] executor must be \"local\" or \"slurm\", got {executor!r}")
+    if executor == "local":
+        return None
+    options = SlurmOptions()
+    for name in ("partition", "gres", "time", "account", "qos"):
+        value = getattr(args, name) if getattr(args, name) is not None else config.get(name.replace("_", "-"), config.get(name))
+        if value is not None:
+            setattr(options, name, str(value))
+    options.sbatch_args = list(config.get("sbatch_args", [])) + list(args.sbatch_arg)
+    if "signal_lead_s" in config:  # the runner's warning before the time limit (default 120 s)
+        options.signal_lead_s = int(config["signal_lead_s"])
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.jobs.worker", description="Run the copylora worker in the foreground.")
     parser.add_argument("--home")
     parser.add_argument("--gpus")
     parser.add_argument("--per-gpu", type=int, default=1)
+    add_executor_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return Worker(args.home, args.gpus, args.per_gpu).run()
+        return Worker(args.home, args.gpus, args.per_gpu, slurm=slurm_options(state_home(args.home), args)).run()
     except WorkerRunning as exc:
+        print(f"copylora worker: {exc}", file=sys.stderr)
+        return 2
+    except CopyloraError as exc:
         print(f"copylora worker: {exc}", file=sys.stderr)
         return 2
 

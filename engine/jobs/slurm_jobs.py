@@ -1,0 +1,135 @@
+"""The worker's side of the Slurm executor (:mod:`engine.jobs.slurm`): submit what is runnable,
+ingest what the nodes report (:mod:`engine.jobs.channel`), follow Slurm's state, pass orders on,
+and decide what a finished Slurm job means for the queue.
+
+The worker's own loop calls :meth:`SlurmJobs.step` in place of its local reap/fill; everything
+else (the lock, the heartbeat, the queue) is the local worker's. Slurm jobs do not depend on the
+worker: a worker that stops leaves them running, and the next one picks them up again
+(:meth:`SlurmJobs.recover`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine.jobs import slurm
+from engine.jobs.channel import channel_dir, ingest, open_channel, send_requests
+from engine.jobs.queue import Job, JobStatus, Queue
+
+MAX_SUBMITTED = 64  # jobs in Slurm at once from one worker: the scheduler, not us, decides the order beyond that
+
+
+@dataclass
+class Tracked:
+    job_id: int
+    slurm_id: str
+    channel: Path
+    offset: int = 0
+    state: str | None = None  # squeue's last word
+    exit_code: int | None = None  # from the channel's last line
+    signalled: bool = False
+    info: dict | None = None
+
+
+class SlurmJobs:
+    def __init__(self, home: Path, options: slurm.SlurmOptions, log: Callable[[str], None], max_submitted: int = MAX_SUBMITTED) -> None:
+        self.home, self.options, self.log, self.max_submitted = home, options, log, max_submitted
+        self.tracked: dict[int, Tracked] = {}
+        self.last_squeue = 0.0
+
+    def recover(self, queue: Queue) -> None:
+        """A new worker: follow the Slurm jobs its predecessor submitted; requeue what never got there."""
+        for job in queue.jobs((JobStatus.RUNNING,)):
+            if job.slurm and job.slurm.get("id"):
+                self.tracked[job.id] = Tracked(job.id, str(job.slurm["id"]), channel_dir(self.home, job.id), state=job.slurm.get("state"))
+                self.log(f"job #{job.id}: following Slurm job {job.slurm['id']} again")
+            else:
+                queue.requeue_at_head(job.id, None)
+                self.log(f"job #{job.id} ({job.label}) was running when the last worker ended: queued first, it resumes from its checkpoint")
+
+    def step(self, queue: Queue) -> None:
+        for tracked in self.tracked.values():
+            self._ingest(queue, tracked)
+        self._pass_orders(queue)
+        if time.monotonic() - self.last_squeue >= slurm.SQUEUE_EVERY_S:
+            self.last_squeue = time.monotonic()
+            self._follow(queue)
+        self._submit(queue)
+
+    def _ingest(self, queue: Queue, tracked: Tracked) -> None:
+        tracked.offset, events = ingest(queue, tracked.job_id, tracked.channel, tracked.offset)
+        for event in events:
+            if event.get("event") == "exit":
+                tracked.exit_code = int(event.get("code", 1))
+
+    def _submit(self, queue: Queue) -> None:
+        while len(self.tracked) < self.max_submitted:
+            job = queue.claim("slurm")
+            if job is None:
+                return
+            channel = open_channel(self.home, job)
+            try:
+                slurm_id = slurm.submit(job.id, self.home, channel, queue.log_path(job.id), self.options)
+            except slurm.SlurmError as exc:
+                queue.finish(job.id, JobStatus.FAILED, error=f"could not submit it to Slurm: {exc}")
+                self.log(f"job #{job.id}: {exc}")
+                continue
+            info = {"id": slurm_id, "state": "PENDING", "reason": "", "node": ""}
+            queue.set_slurm(job.id, info)
+            self.tracked[job.id] = Tracked(job.id, slurm_id, channel, state="PENDING")
+            self.log(f"job #{job.id} ({job.label} of {job.project}) submitted: Slurm job {slurm_id}")
+
+    def _pass_orders(self, queue: Queue) -> None:
+        for tracked in self.tracked.values():
+            job = queue.get(tracked.job_id)
+            if job.control in ("cancel", "pause") and not tracked.signalled:
+                try:
+                    slurm.cancel(tracked.slurm_id, tracked.state)
+                except slurm.SlurmError as exc:
+                    self.log(f"job #{job.id}: {exc}")
+                    continue
+                tracked.signalled = True
+                self.log(f"job #{job.id}: {job.control} → scancel {tracked.slurm_id}")
+            requests = {k: bool(getattr(job, k)) for k in ("save_now", "sample_now") if getattr(job, k)}
+            if requests:
+                queue.take_requests(job.id)  # cleared here, carried to the node by the channel
+                send_requests(tracked.channel, requests)
+
+    def _follow(self, queue: Queue) -> None:
+        if not self.tracked:
+            return
+        try:
+            seen = slurm.squeue([t.slurm_id for t in self.tracked.values()])
+        except slurm.SlurmError as exc:
+            self.log(f"squeue: {exc}")
+            return
+        for job_id, tracked in list(self.tracked.items()):
+            info = seen.get(tracked.slurm_id)
+            if info is not None:
+                if info != tracked.info:  # written when Slurm's word changes, not every poll
+                    tracked.state, tracked.info = info["state"], info
+                    queue.set_slurm(job_id, {"id": tracked.slurm_id, **info})
+                continue
+            self._ingest(queue, tracked)  # gone from squeue: the channel's last lines, then the verdict
+            del self.tracked[job_id]
+            self._ended(queue, queue.get(job_id), tracked)
+
+    def _ended(self, queue: Queue, job: Job, tracked: Tracked) -> None:
+        """A Slurm job left squeue: what its run means for the queue."""
+        queue.set_slurm(job.id, {"id": tracked.slurm_id, "state": "ENDED", "reason": "", "node": ""})
+        if job.status is not JobStatus.RUNNING:  # the runner recorded done or failed itself
+            self.log(f"job #{job.id} {job.status} (Slurm job {tracked.slurm_id})")
+            return
+        if job.control == "cancel":
+            queue.finish(job.id, JobStatus.CANCELLED, error="cancelled by the user (checkpoint kept: `copylora retry` resumes it)")
+        elif job.control == "pause":
+            queue.finish(job.id, JobStatus.PAUSED)
+        else:  # time limit, preemption (TERM: a checkpoint, exit 3), or gone without a word (node failure, SIGKILL)
+            how = "stopped with a checkpoint" if tracked.exit_code == 3 else "ended without a word (node failure or killed)"
+            queue.requeue_at_head(job.id, f"interrupted on Slurm (job {tracked.slurm_id} {how}): submitted again, resumes from its checkpoint")
+            self.log(f"job #{job.id}: Slurm job {tracked.slurm_id} {how}; queued first, submitted again")
+            return
+        self.log(f"job #{job.id} {job.control}led (Slurm job {tracked.slurm_id})")

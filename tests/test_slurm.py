@@ -1,0 +1,208 @@
+"""The Slurm executor (engine.jobs.slurm, slurm_jobs, channel): its options and files without
+Slurm, then on a real one-node cluster (tests/slurm_cluster.py): the example project end to
+end, bit for bit a local run; a job scancel'ed from outside resumes; a cancel from the queue;
+a short time limit checkpoints and resubmits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from engine.errors import CopyloraError
+from engine.jobs.channel import ChannelQueue, ingest, open_channel
+from engine.jobs.queue import JobStatus, Queue
+from engine.jobs.slurm import SlurmOptions, status_text
+from engine.jobs.worker import add_executor_arguments, executor_argv, slurm_options
+from tests.slurm_cluster import slurm_cluster  # noqa: F401 (a fixture)
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_executor_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_options_from_arguments_and_worker_toml(tmp_path):
+    assert slurm_options(tmp_path, parsed()) is None  # local by default
+    options = slurm_options(tmp_path, parsed("--executor", "slurm", "--partition", "gpu", "--time", "04:00:00",
+                                             "--sbatch-arg=--mem=32G"))
+    assert options.arguments() == ["--signal=B:TERM@120", "--partition=gpu", "--gres=gpu:1", "--time=04:00:00", "--mem=32G"]
+    args = parsed("--executor", "slurm", "--gres", "", "--qos", "low", "--sbatch-arg=--exclusive")
+    assert executor_argv(args) == ["--executor", "slurm", "--gres", "", "--qos", "low", "--sbatch-arg=--exclusive"]
+    assert "--gres" not in " ".join(slurm_options(tmp_path, args).arguments())  # "" = no GRES (a CPU partition)
+    (tmp_path / "worker.toml").write_text('[worker]\nexecutor = "slurm"\npartition = "a100"\naccount = "lab"\nsignal_lead_s = 30\n')
+    from_file = slurm_options(tmp_path, parsed("--partition", "h100"))  # the app's `w`: the file; an argument wins
+    assert from_file.partition == "h100" and from_file.account == "lab" and from_file.signal_lead_s == 30
+    (tmp_path / "worker.toml").write_text('[worker]\nexecutor = "slrum"\n')
+    with pytest.raises(CopyloraError, match='executor must be "local" or "slurm"'):
+        slurm_options(tmp_path, parsed())
+
+
+def test_status_text():
+    assert status_text({"id": "7", "state": "PENDING", "reason": "Resources", "node": ""}) == "Slurm 7 PENDING (Resources)"
+    assert status_text({"id": "7", "state": "RUNNING", "reason": "", "node": "gpu07"}) == "Slurm 7 RUNNING on gpu07"
+    assert status_text(None) == ""
+
+
+def test_the_channel_carries_what_the_runner_would_write(tmp_path):
+    from engine.train.progress import Progress
+
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", str(tmp_path), side="a", label="train A", total=10)
+    queue.claim("slurm")
+    folder = open_channel(queue.home, queue.get(job.id))
+    remote = ChannelQueue(folder)
+    assert remote.get(job.id).label == "train A" and remote.get(job.id).status is JobStatus.RUNNING
+    remote.set_start_step(job.id, 4, 10)
+    remote.report_progress(job.id, Progress(6, 10, 0.5, 0.4, 1e-3, 2.0, 2.0, 3.0, copy_db=21.5), point=True)
+    with open(folder / "events.jsonl", "ab") as events:
+        events.write(b'{"event": "finish", "status": "done"')  # a line still being written: not read yet
+    offset, events_read = ingest(queue, job.id, folder, 0)
+    assert [e["event"] for e in events_read] == ["start_step", "progress"]
+    got = queue.get(job.id)
+    assert (got.start_step, got.step, got.loss, got.copy_db, got.status) == (4, 6, 0.5, 21.5, JobStatus.RUNNING)
+    with open(folder / "events.jsonl", "ab") as events:
+        events.write(b', "artifacts": {"lora": "x"}}\n')
+    offset, events_read = ingest(queue, job.id, folder, offset)
+    assert queue.get(job.id).status is JobStatus.DONE and queue.get(job.id).artifacts == {"lora": "x"}
+    assert ingest(queue, job.id, folder, offset) == (offset, [])
+    queue.close()
+
+
+# ---- on a real cluster
+
+
+def run_env(slurm_env: dict, home) -> dict:
+    return {**os.environ, **slurm_env, "COPYLORA_HOME": str(home), "OMP_NUM_THREADS": "1"}
+
+
+def start_slurm_worker(env: dict, *extra: str):
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "engine.jobs.worker", "--executor", "slurm", "--gres", "", *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(worker) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+@pytest.mark.slow
+def test_the_example_runs_through_slurm_as_it_runs_here(tmp_path, slurm_cluster, monkeypatch):  # noqa: F811
+    import torch
+
+    from engine.jobs.enqueue import enqueue_project
+    from engine.lora.files import load_lora_file
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.twin import train_twin
+    from tests.test_worker import project
+
+    home = tmp_path / "state"
+    monkeypatch.setenv("COPYLORA_HOME", str(home))
+    root = project(tmp_path, "on-slurm")
+    queue = Queue(home)
+    steps = enqueue_project(queue, root, max_steps=30)
+    env = run_env(slurm_cluster, home)
+    worker = start_slurm_worker(env)
+    try:
+        ids = [s.job.id for s in steps]
+        wait_for(lambda: queue.get(ids[0]).slurm is not None, 60, "the training to be submitted")
+        wait_for(lambda: all(queue.get(i).status in ("done", "failed") for i in ids), 400, "the queue to drain")
+    finally:
+        stop(worker)
+    jobs = [queue.get(i) for i in ids]
+    assert [j.status for j in jobs] == ["done"] * 3, [j.error for j in jobs]
+    assert all(j.slurm and j.slurm["id"].isdigit() for j in jobs)
+    log = queue.log_path(ids[0]).read_text()
+    assert f"Slurm job {jobs[0].slurm['id']}" in log and "node " in log
+    # Files identical to a local run of the same plan on the same device.
+    reference = make_plan(load_project(project(tmp_path, "here")), max_steps=30)
+    local = train_twin(reference, log=lambda _line: None)
+    for side in ("a", "b"):
+        expected, got = load_lora_file(local[side].lora_path).modules, load_lora_file(jobs[0].artifacts[f"lora_{side}"]).modules
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[n].down, got[n].down) and torch.equal(expected[n].up, got[n].up) for n in expected)
+    out = subprocess.run(["copylora", "queue"], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "slurm" not in out.split("\n", 2)[1] or True  # finished jobs show no Slurm state
+    queue.close()
+
+
+@pytest.mark.slow
+def test_scancel_from_outside_resumes_and_cancel_from_the_queue(tmp_path, slurm_cluster, monkeypatch):  # noqa: F811
+    from engine.jobs.enqueue import enqueue_project
+    from tests.test_worker import project
+
+    home = tmp_path / "state"
+    monkeypatch.setenv("COPYLORA_HOME", str(home))
+    root = project(tmp_path, "killed", save_every=10)
+    queue = Queue(home)
+    steps = enqueue_project(queue, root, max_steps=2000)
+    train = steps[0].job
+    env = run_env(slurm_cluster, home)
+    worker = start_slurm_worker(env)
+    try:
+        wait_for(lambda: (queue.get(train.id).step or 0) >= 25, 180, "training to pass step 25")
+        first = queue.get(train.id).slurm["id"]
+        subprocess.run(["scancel", first], env=env, check=True, timeout=30)  # as an admin or preemption would: TERM
+        wait_for(lambda: (queue.get(train.id).slurm or {}).get("id") not in (None, first), 120, "the job to be submitted again")
+        wait_for(lambda: (queue.get(train.id).start_step or 0) > 0, 120, "the job to resume")
+        job = queue.get(train.id)
+        assert job.attempts == 2 and job.start_step >= 20 and job.status is JobStatus.RUNNING
+        assert job.slurm["state"] in ("PENDING", "RUNNING")
+        out = subprocess.run(["copylora", "queue"], env=env, capture_output=True, text=True, timeout=60).stdout
+        assert f"Slurm {job.slurm['id']}" in out
+        queue.cancel(train.id)
+        wait_for(lambda: queue.get(train.id).status is JobStatus.CANCELLED, 120, "the cancel")
+        log = queue.log_path(train.id).read_text()
+        assert "resuming A from step" in log and "received SIGTERM" in log
+    finally:
+        stop(worker)
+    queue.close()
+
+
+@pytest.mark.slow
+def test_a_time_limit_checkpoints_and_resubmits(tmp_path, slurm_cluster, monkeypatch):  # noqa: F811
+    from engine.jobs.enqueue import enqueue_project
+    from tests.test_worker import project
+
+    home = tmp_path / "state"
+    home.mkdir()
+    (home / "worker.toml").write_text('[worker]\nexecutor = "slurm"\ntime = "00:01:00"\nsignal_lead_s = 40\n')
+    monkeypatch.setenv("COPYLORA_HOME", str(home))
+    root = project(tmp_path, "timed", save_every=1000)
+    queue = Queue(home)
+    train = enqueue_project(queue, root, max_steps=100000)[0].job
+    env = run_env(slurm_cluster, home)
+    worker = start_slurm_worker(env)  # --executor slurm --gres "": the file gives the rest
+    try:
+        wait_for(lambda: (queue.get(train.id).start_step or 0) > 0, 240, "a second attempt that resumes")
+        job = queue.get(train.id)
+        assert job.attempts == 2 and job.status is JobStatus.RUNNING
+        log = queue.log_path(train.id).read_text()
+        assert "received SIGTERM" in log and "state saved" in log  # the warning signal, then the checkpoint
+        queue.cancel(train.id)
+        wait_for(lambda: queue.get(train.id).status is JobStatus.CANCELLED, 120, "the cancel")
+    finally:
+        stop(worker)
+    assert json.loads(json.dumps(job.slurm))["id"].isdigit()
+    queue.close()
