@@ -19,6 +19,7 @@ from engine.jobs import slurm
 from engine.jobs.channel import channel_dir, ingest, open_channel, send_requests
 from engine.jobs.queue import Job, JobStatus, Queue
 
+INGEST_EVERY_S = 0.5  # the channels read, the orders passed on: live enough for a progress bar
 MAX_SUBMITTED = 64  # jobs in Slurm at once from one worker: the scheduler, not us, decides the order beyond that
 
 
@@ -38,7 +39,7 @@ class SlurmJobs:
     def __init__(self, home: Path, options: slurm.SlurmOptions, log: Callable[[str], None], max_submitted: int = MAX_SUBMITTED) -> None:
         self.home, self.options, self.log, self.max_submitted = home, options, log, max_submitted
         self.tracked: dict[int, Tracked] = {}
-        self.last_squeue = 0.0
+        self.last_squeue = self.last_ingest = 0.0
 
     def recover(self, queue: Queue) -> None:
         """A new worker: follow the Slurm jobs its predecessor submitted; requeue what never got there."""
@@ -51,9 +52,13 @@ class SlurmJobs:
                 self.log(f"job #{job.id} ({job.label}) was running when the last worker ended: queued first, it resumes from its checkpoint")
 
     def step(self, queue: Queue) -> None:
-        for tracked in self.tracked.values():
-            self._ingest(queue, tracked)
-        self._pass_orders(queue)
+        """One turn of the worker's loop: the channels and the orders twice a second, squeue every
+        few seconds for all jobs at once, then what became runnable is submitted."""
+        if time.monotonic() - self.last_ingest >= INGEST_EVERY_S:
+            self.last_ingest = time.monotonic()
+            for tracked in self.tracked.values():
+                self._ingest(queue, tracked)
+            self._pass_orders(queue)
         if time.monotonic() - self.last_squeue >= slurm.SQUEUE_EVERY_S:
             self.last_squeue = time.monotonic()
             self._follow(queue)
@@ -83,8 +88,11 @@ class SlurmJobs:
             self.log(f"job #{job.id} ({job.label} of {job.project}) submitted: Slurm job {slurm_id}")
 
     def _pass_orders(self, queue: Queue) -> None:
+        running = {job.id: job for job in queue.jobs((JobStatus.RUNNING,))}  # one read for all (50 jobs: not 50 reads)
         for tracked in self.tracked.values():
-            job = queue.get(tracked.job_id)
+            job = running.get(tracked.job_id)
+            if job is None:
+                continue
             if job.control in ("cancel", "pause") and not tracked.signalled:
                 try:
                     slurm.cancel(tracked.slurm_id, tracked.state)
