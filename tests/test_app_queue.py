@@ -194,3 +194,23 @@ async def test_queue_cursor_over_finished_jobs_of_every_kind(tmp_path, monkeypat
         assert app.is_running and app._exception is None
     for job in Queue(env.home).jobs():
         job_detail(job, QueueSnapshot(jobs=(job,), by_id={job.id: job}))  # never raises
+
+
+async def test_a_slurm_job_shows_what_slurm_says(tmp_path, monkeypatch):
+    """The Slurm executor's jobs: "pending" while Slurm holds them, with Slurm's reason on the
+    line under the table; its node once it runs; "interrupted on Slurm" when cut short."""
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = queue.enqueue("train", str(project), side="ab", label="train A+B", total=4000)
+    queue.claim("slurm")
+    queue.set_slurm(job.id, {"id": "4711", "state": "PENDING", "reason": "Resources", "node": ""})
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_queue(pilot, app)
+        assert cells(app, job.id)[3] == "pending"
+        await wait_until(pilot, lambda: "Slurm 4711 PENDING (Resources)" in screen_text(app))
+        queue.set_slurm(job.id, {"id": "4711", "state": "RUNNING", "reason": "", "node": "gpu07"})
+        await wait_until(pilot, lambda: cells(app, job.id)[3] == "running" and "Slurm 4711 RUNNING on gpu07" in screen_text(app))
+        queue.requeue_at_head(job.id, "interrupted on Slurm (job 4711 stopped with a checkpoint): submitted again, resumes from its checkpoint")
+        await wait_until(pilot, lambda: "interrupted on Slurm (job 4711" in screen_text(app))

@@ -33,6 +33,8 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
     if job.status.waiting:
         waits = [d for d in job.depends_on if (dep := snapshot.job(d)) is not None and dep.status is not JobStatus.DONE]
         reason = f"waits for {', '.join(f'#{d}' for d in waits)}" if waits else ("paused (p resumes)" if job.status is JobStatus.PAUSED else "next free slot")
+        if job.status is JobStatus.QUEUED and job.error and job.error.startswith("interrupted"):
+            reason = job.error  # a Slurm job cut short (time limit, preemption, node failure), to be submitted again
         if job.status is JobStatus.QUEUED and not snapshot.worker_running:
             reason += " · the worker is not running: w starts it"
         return Text.assemble((head, "bold"), reason)
@@ -40,6 +42,12 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
         from copylora_tui.screens.monitor import interrupted_text
 
         return Text.assemble((head, "bold"), (interrupted_text(job), "yellow"))
+    if job.status is JobStatus.RUNNING and job.slurm:  # the Slurm executor: Slurm's own word (engine.jobs.slurm)
+        from engine.jobs.slurm import status_text
+
+        state = status_text(job.slurm)
+        speed = f" · {rate_text(job.it_per_s)}" if job.it_per_s and job.slurm.get("state") == "RUNNING" else ""
+        return Text.assemble((head, "bold"), f"{state}{speed} · enter opens the monitor")
     if job.status is JobStatus.RUNNING:
         where = f"GPU {job.gpu}" if job.gpu else "CPU"
         copy = job_copy_text(job)  # the table has no room for it at 100 columns: said here

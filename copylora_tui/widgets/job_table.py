@@ -18,6 +18,8 @@ from engine.jobs.queue import Job, JobStatus
 
 def status_cell(job: Job) -> Text:
     text = job.shown_status
+    if job.live and job.slurm and job.slurm.get("state") == "PENDING":
+        text = "pending"  # submitted to Slurm, waiting for a node (the status line says why)
     if job.live and job.control:
         text = f"{job.control}…"  # cancelling/pausing: the job is writing its checkpoint
     return Text(text, style=STATUS_STYLE.get(job.shown_status, ""))

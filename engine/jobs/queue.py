@@ -196,7 +196,8 @@ def mark_interrupted(jobs: list[Job], worker_alive: bool) -> list[Job]:
     from engine.jobs.procs import alive
 
     for job in jobs:
-        if job.status is JobStatus.RUNNING and not alive(job.pid, job.pid_start):
+        # A Slurm job runs on the cluster whatever happens to the worker (the next one follows it).
+        if job.status is JobStatus.RUNNING and not job.slurm and not alive(job.pid, job.pid_start):
             job.interrupted = True
     return jobs
 
