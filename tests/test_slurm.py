@@ -161,14 +161,27 @@ def test_scancel_from_outside_resumes_and_cancel_from_the_queue(tmp_path, slurm_
     try:
         wait_for(lambda: (queue.get(train.id).step or 0) >= 25, 180, "training to pass step 25")
         first = queue.get(train.id).slurm["id"]
+        stopped_at = queue.get(train.id).step
         subprocess.run(["scancel", first], env=env, check=True, timeout=30)  # as an admin or preemption would: TERM
         wait_for(lambda: (queue.get(train.id).slurm or {}).get("id") not in (None, first), 120, "the job to be submitted again")
         wait_for(lambda: (queue.get(train.id).start_step or 0) > 0, 120, "the job to resume")
         job = queue.get(train.id)
-        assert job.attempts == 2 and job.start_step >= 20 and job.status is JobStatus.RUNNING
+        assert job.attempts == 2 and job.start_step >= stopped_at and job.status is JobStatus.RUNNING  # TERM: a checkpoint, nothing lost
         assert job.slurm["state"] in ("PENDING", "RUNNING")
         out = subprocess.run(["copylora", "queue"], env=env, capture_output=True, text=True, timeout=60).stdout
         assert f"Slurm {job.slurm['id']}" in out
+
+        # A node failure: the job's processes die without a word; the periodic checkpoint is the way back.
+        second, resumed = job.slurm["id"], job.start_step
+        wait_for(lambda: (queue.get(train.id).step or 0) >= resumed + 15, 180, "more steps")
+        killed_at = queue.get(train.id).step
+        subprocess.run(["scancel", "--signal=KILL", second], env=env, check=True, timeout=30)
+        wait_for(lambda: (queue.get(train.id).slurm or {}).get("id") not in (None, second) and queue.get(train.id).attempts == 3,
+                 120, "the killed job to be submitted again")
+        wait_for(lambda: (queue.get(train.id).start_step or 0) > resumed, 120, "the job to resume again")
+        job = queue.get(train.id)
+        assert job.start_step % 10 == 0 and killed_at - 10 <= job.start_step <= killed_at + 10  # at most save_every_n_steps lost
+        assert job.status is JobStatus.RUNNING  # never failed
         queue.cancel(train.id)
         wait_for(lambda: queue.get(train.id).status is JobStatus.CANCELLED, 120, "the cancel")
         log = queue.log_path(train.id).read_text()
