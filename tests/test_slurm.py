@@ -211,6 +211,14 @@ def test_a_time_limit_checkpoints_and_resubmits(tmp_path, slurm_cluster, monkeyp
         assert job.attempts == 2 and job.status is JobStatus.RUNNING
         log = queue.log_path(train.id).read_text()
         assert "received SIGTERM" in log and "state saved" in log  # the warning signal, then the checkpoint
+        # pause: the runner checkpoints and the Slurm job ends; resume: submitted again, resumed
+        wait_for(lambda: queue.get(train.id).slurm.get("state") == "RUNNING", 120, "the second attempt to run")
+        queue.pause(train.id)
+        wait_for(lambda: queue.get(train.id).status is JobStatus.PAUSED, 120, "the pause")
+        paused_at = queue.get(train.id).step
+        queue.resume(train.id)
+        wait_for(lambda: queue.get(train.id).attempts == 3 and (queue.get(train.id).start_step or 0) >= paused_at, 180,
+                 "the resumed job to start from its checkpoint")
         queue.cancel(train.id)
         wait_for(lambda: queue.get(train.id).status is JobStatus.CANCELLED, 120, "the cancel")
     finally:
