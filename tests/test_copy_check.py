@@ -244,7 +244,7 @@ def test_a_queue_of_the_previous_version_gains_the_columns(tmp_path, monkeypatch
     assert job.label == "train A" and job.copy_db is None
     queue.report_progress(1, Progress(2, 10, 0.1, 0.1, 1e-3, 2.0, 3.0, 2.0, copy_db=18.0, copy_step=2), point=True)
     assert queue.get(1).copy_db == 18.0
-    assert sqlite3.connect(queue_db(home)).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+    assert sqlite3.connect(queue_db(home)).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
 
 
 def test_the_form_takes_the_rule_as_typed_and_saves_it_as_toml(tmp_path):

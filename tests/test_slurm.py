@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -82,8 +83,6 @@ def run_env(slurm_env: dict, home) -> dict:
 
 
 def start_slurm_worker(env: dict, *extra: str):
-    import sys
-
     return subprocess.Popen([sys.executable, "-m", "engine.jobs.worker", "--executor", "slurm", "--gres", "", *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -168,7 +167,7 @@ def test_scancel_from_outside_resumes_and_cancel_from_the_queue(tmp_path, slurm_
         job = queue.get(train.id)
         assert job.attempts == 2 and job.start_step >= stopped_at and job.status is JobStatus.RUNNING  # TERM: a checkpoint, nothing lost
         assert job.slurm["state"] in ("PENDING", "RUNNING")
-        out = subprocess.run(["copylora", "queue"], env=env, capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], env=env, capture_output=True, text=True, timeout=60).stdout
         assert f"Slurm {job.slurm['id']}" in out
 
         # A node failure: the job's processes die without a word; the periodic checkpoint is the way back.
@@ -231,8 +230,6 @@ def test_fifty_jobs_are_submitted_and_followed_at_a_bounded_cost(tmp_path):
     """50 jobs of several projects, on a stand-in Slurm (sbatch answers ids, squeue says
     PENDING and counts its calls): all are submitted, squeue runs once per 5 s for all of them,
     and the worker idles under 3 % of a core."""
-    import sys
-
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "squeue.calls"
