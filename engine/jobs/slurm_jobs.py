@@ -140,4 +140,4 @@ class SlurmJobs:
             queue.requeue_at_head(job.id, f"interrupted on Slurm (job {tracked.slurm_id} {how}): submitted again, resumes from its checkpoint")
             self.log(f"job #{job.id}: Slurm job {tracked.slurm_id} {how}; queued first, submitted again")
             return
-        self.log(f"job #{job.id} {job.control}led (Slurm job {tracked.slurm_id})")
+        self.log(f"job #{job.id} {'cancelled' if job.control == 'cancel' else 'paused'} (Slurm job {tracked.slurm_id})")
