@@ -20,6 +20,7 @@ from engine.jobs.queue import JobStatus, Queue
 from engine.jobs.slurm import status_text
 from engine.jobs.worker import add_executor_arguments, executor_argv, slurm_options
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 (a fixture)
+from tests.test_worker import wait_for
 
 
 def parsed(*argv: str) -> argparse.Namespace:
@@ -85,16 +86,6 @@ def run_env(slurm_env: dict, home) -> dict:
 def start_slurm_worker(env: dict, *extra: str):
     return subprocess.Popen([sys.executable, "-m", "engine.jobs.worker", "--executor", "slurm", "--gres", "", *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stop(worker) -> None:
