@@ -161,11 +161,16 @@ def test_scancel_from_outside_resumes_and_cancel_from_the_queue(tmp_path, slurm_
         out = subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], env=env, capture_output=True, text=True, timeout=60).stdout
         assert f"Slurm {job.slurm['id']}" in out
 
-        # A node failure: the job's processes die without a word; the periodic checkpoint is the way back.
+        # A node failure: the job's process dies without a word; the periodic checkpoint is the way back.
+        # (Killed here by its pid: `scancel --signal=KILL` makes this Slurm end the job the polite
+        # way, TERM first, which writes a checkpoint.)
         second, resumed = job.slurm["id"], job.start_step
         wait_for(lambda: (queue.get(train.id).step or 0) >= resumed + 15, 180, "more steps")
+        import re
+
+        pid = int(re.findall(r"attempt 2, pid (\d+)", queue.log_path(train.id).read_text())[-1])
         killed_at = queue.get(train.id).step
-        subprocess.run(["scancel", "--signal=KILL", second], env=env, check=True, timeout=30)
+        os.kill(pid, 9)
         wait_for(lambda: (queue.get(train.id).slurm or {}).get("id") not in (None, second) and queue.get(train.id).attempts == 3,
                  120, "the killed job to be submitted again")
         wait_for(lambda: (queue.get(train.id).start_step or 0) > resumed, 120, "the job to resume again")
@@ -196,18 +201,19 @@ def test_a_time_limit_checkpoints_and_resubmits(tmp_path, slurm_cluster, monkeyp
     env = run_env(slurm_cluster, home)
     worker = start_slurm_worker(env)  # --executor slurm --gres "": the file gives the rest
     try:
-        wait_for(lambda: (queue.get(train.id).start_step or 0) > 0, 240, "a second attempt that resumes")
+        wait_for(lambda: (queue.get(train.id).start_step or 0) > 0, 240, "a later attempt that resumes")
         job = queue.get(train.id)
-        assert job.attempts == 2 and job.status is JobStatus.RUNNING
+        # Attempt 2, or 3 on a loaded machine (a limit that came while the model loaded: nothing to save yet)
+        assert job.attempts >= 2 and job.status is JobStatus.RUNNING
         log = queue.log_path(train.id).read_text()
         assert "received SIGTERM" in log and "state saved" in log  # the warning signal, then the checkpoint
         # pause: the runner checkpoints and the Slurm job ends; resume: submitted again, resumed
         wait_for(lambda: queue.get(train.id).slurm.get("state") == "RUNNING", 120, "the second attempt to run")
         queue.pause(train.id)
         wait_for(lambda: queue.get(train.id).status is JobStatus.PAUSED, 120, "the pause")
-        paused_at = queue.get(train.id).step
+        paused_at, attempts = queue.get(train.id).step, queue.get(train.id).attempts
         queue.resume(train.id)
-        wait_for(lambda: queue.get(train.id).attempts == 3 and (queue.get(train.id).start_step or 0) >= paused_at, 180,
+        wait_for(lambda: queue.get(train.id).attempts == attempts + 1 and (queue.get(train.id).start_step or 0) >= paused_at, 180,
                  "the resumed job to start from its checkpoint")
         queue.cancel(train.id)
         wait_for(lambda: queue.get(train.id).status is JobStatus.CANCELLED, 120, "the cancel")
