@@ -9,6 +9,7 @@ from rich.table import Table
 from copylora_tui.cli.console import output_console
 from copylora_tui.core.formatting import block_bar as bar
 from copylora_tui.core.stats_table import VIEWS, block_of, block_summary, short_name
+from engine.project.pair_route import PAIR_METHODS
 
 
 def print_stats(document: dict, rows: list[dict], console: Console | None = None, view: str = "lbw") -> None:
@@ -20,7 +21,7 @@ def print_stats(document: dict, rows: list[dict], console: Console | None = None
     if isinstance(route, dict) and route.get("method") == "differential" and isinstance(route.get("base_weights"), dict):
         base = route["base_weights"]  # Δ1 is B, trained on the base with A applied: no subtraction
         console.print(f"route: differential (B trained on the base + {base.get('file')} at {base.get('multiplier')})", highlight=False)
-    elif isinstance(route, dict) and route.get("method") in ("addift", "slider") and inputs:  # one LoRA on the pair, at its multiplier
+    elif isinstance(route, dict) and route.get("method") in PAIR_METHODS and inputs:  # one LoRA on the pair, at its multiplier
         console.print(f"route: {route['method']} (one LoRA trained on the pair, written at its training multiplier "
                       f"{inputs[0].get('ratio')}: strength 1 is the change once)", highlight=False)
     for n, i in enumerate(inputs, 1):

@@ -19,7 +19,6 @@ ROUTES = {
     "addift": "addift (ADDifT): one LoRA learns the change from the pair, A and B under one noise; it is the result",
     "slider": "slider (Concept Sliders' image pairs): one LoRA denoises B at +m and A at -m; it is the result",
 }
-ONE_LORA = ("addift", "slider")  # engine.project.pair_route.PAIR_METHODS (not imported: the app starts without engine.project)
 
 
 def result_label(method: str) -> str:
@@ -117,7 +116,8 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
     for line, sides in settings.items():  # one row when A and B train alike (the usual case)
         rows.add(" and ".join(sides), line)
     copies: dict[str, list[str]] = {}
-    for side in plan.trained if project.info.method not in ONE_LORA else ():
+    one_lora = plan.trained == ("pair",)  # addift, slider: no copier LoRA, so no copy checks
+    for side in plan.trained if not one_lora else ():
         copies.setdefault(_copy_text(plan.side(side).params), []).append(side.upper())
     for line, sides in copies.items():
         rows.add("copy", line if len(copies) == 1 else f"{' and '.join(sides)}: {line}")
@@ -126,7 +126,7 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
     rows.add("route", ROUTES[project.info.method])
     rows.add("training", training_order(plan))
     conv = merge.new_conv_rank or merge.new_rank
-    if project.info.method in ONE_LORA:
+    if one_lora:
         p = plan.side("pair").params
         rows.add("", f"trains at ±{p.pair_multiplier:g} (pair_multiplier), timesteps {p.min_timestep}–{p.max_timestep}"
                  + (" swept" if project.info.method == "addift" else ""))

@@ -53,6 +53,8 @@ def send_requests(folder: Path, requests: dict[str, bool]) -> None:
 class ChannelQueue:
     """What the runner calls on the queue, written to its job's channel instead."""
 
+    remote = True  # the runner samples its node's GPUs into the channel (the worker's NVML sees another host)
+
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 

@@ -79,7 +79,7 @@ class ProgressWriter:
         self.queue.report_progress(self.job_id, p, point=point)
         if point:
             self.last_point = p.step
-        if hasattr(self.queue, "exited") and now - self.last_gpus >= 1.0:  # on a Slurm node: its GPUs, for the app
+        if getattr(self.queue, "remote", False) and now - self.last_gpus >= 1.0:  # on a Slurm node: its GPUs, for the app
             from engine.jobs.gpu import sample_gpus
 
             samples = sample_gpus()

@@ -88,6 +88,8 @@ class SlurmJobs:
             self.log(f"job #{job.id} ({job.label} of {job.project}) submitted: Slurm job {slurm_id}")
 
     def _pass_orders(self, queue: Queue) -> None:
+        if not self.tracked:
+            return
         running = {job.id: job for job in queue.jobs((JobStatus.RUNNING,))}  # one read for all (50 jobs: not 50 reads)
         for tracked in self.tracked.values():
             job = running.get(tracked.job_id)

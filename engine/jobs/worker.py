@@ -359,7 +359,7 @@ def slurm_options(home: Path, args: argparse.Namespace):
         return None
     options = SlurmOptions()
     for name in ("partition", "gres", "time", "account", "qos"):
-        value = getattr(args, name) if getattr(args, name) is not None else config.get(name.replace("_", "-"), config.get(name))
+        value = getattr(args, name) if getattr(args, name) is not None else config.get(name)
         if value is not None:
             setattr(options, name, str(value))
     options.sbatch_args = list(config.get("sbatch_args", [])) + list(args.sbatch_arg)
