@@ -367,7 +367,8 @@ def markdown(data: dict) -> str:
                                               if k in ("base", "steps", "size", "it_per_s_unprofiled", "host_reads_per_step", "cuda_seconds",
                                                         "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device", "rates", "correct",
                                                         "grads_max_rel_error_eager", "grads_max_rel_error_compiled",
-                                                        "grads_median_rel_error_compiled"))
+                                                        "grads_median_rel_error_compiled", "graphs_speedup", "graph_log",
+                                                        "plain", "checkpointing", "family"))
         lines.append(f"| {name} | {'yes' if phase['ok'] else '**no**'} | {phase['seconds']} | {note} |")
     for run in data.get("runs", []):
         lines += ["", f"## {run['mode']}: `copylora run --wait` (exit {run['exit_code']}, {run['wall_seconds']} s wall)", "",
@@ -396,6 +397,44 @@ def markdown(data: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def sdxl_phases(record: Record, args, work: Path, home: Path, out: Path, device: str, log) -> None:
+    """SDXL (issue 26): built at full size (tiny-sdxl in the smoke), trained at each size with
+    gradient checkpointing off and on, then its project run with checkpointing on."""
+    from bench.acceptance_speed import build_sdxl, sdxl_rates
+    from engine.project.folder import load_project, save_project
+
+    built = run_phase(record, "SDXL: build random full-size", lambda: {"base": "tiny-sdxl" if args.cpu_smoke else build_sdxl(work, device, log)})
+    if built is None:
+        return
+    precision = "no" if args.cpu_smoke else "bf16"
+    first = None
+    for size in [s.strip() for s in args.sdxl.split(",") if s.strip()]:
+        width, height = (int(v) for v in size.lower().split("x"))
+        pictures = teacher_pictures(work / f"pictures-{size}", width, height)
+        made = run_phase(record, f"SDXL project {size}", lambda: {"_dest": make_project(
+            work / "projects" / f"sdxl-{size}", pictures, built["base"], size=(width, height), steps=args.sdxl_steps,
+            precision=precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device)})
+        if made is None:
+            continue
+        first = first or (pictures, (width, height))
+        run_phase(record, f"SDXL training {size}, checkpointing off and on", sdxl_rates, made["_dest"], max(args.sdxl_steps, 6), log)
+    if first is None:
+        return
+    # A user's run, fresh, at the first size, with the setting that fits a 24 GB card (the README's advice).
+    run_dir = make_project(work / "projects" / "sdxl-run", first[0], built["base"], size=first[1], steps=args.sdxl_steps,
+                           precision=precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device)
+    project = load_project(run_dir)
+    project.train = replace(project.train, gradient_checkpointing=True)
+    save_project(project)
+    ran = run_phase(record, "copylora run (SDXL, checkpointing on)",
+                    lambda: {"_run": run_project(run_dir, home, timeout=args.timeout, mode="sdxl")})
+    if ran:
+        record.data["runs"].append(ran["_run"])
+        record.save()
+        if ran["_run"]["grid"] and Path(ran["_run"]["grid"]).is_file():
+            shutil.copy(ran["_run"]["grid"], out / "preview-grid-sdxl.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See the module docstring for carrying wheels.")
     parser.add_argument("--base", help="a real base model (diffusers folder or .safetensors); default: build a random full-size SD1.5")
@@ -411,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-steps", type=int, default=60, help="steps per optimizer of the in-process step-rate phase (0: skip)")
     parser.add_argument("--rate-optimizers", default="AdamW8bit,AdamW", help="optimizers the step-rate phase compares")
     parser.add_argument("--rate-compile", action="store_true", help="the step-rate phase also runs each optimizer with [train] compile = true")
+    parser.add_argument("--rate-graphs", action="store_true",
+                        help="steps/s with [train] cuda_graphs off and on: one side, a twin pair, the differential route's B")
+    parser.add_argument("--sdxl", default="", help="sizes WxH,... to train a random full-size SDXL at in bf16, gradient checkpointing "
+                        "off and on (e.g. 1024x1024,832x1216), then run its project with checkpointing on; default: skip")
+    parser.add_argument("--sdxl-steps", type=int, default=20, help="steps of each SDXL measurement and of its project run")
     parser.add_argument("--compile-check", action="store_true",
                         help="first, bench/compile_check.py on the tiny model on this device: are compiled gradients right?")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder)")
@@ -434,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.steps, args.sample_steps, args.precision = "64x96", 3, 2, "no"
         args.profile_steps = min(args.profile_steps, 6)
         args.rate_steps = min(args.rate_steps, 6)
+        args.sdxl_steps = min(args.sdxl_steps, 3)
+        args.sdxl = args.sdxl and "64x64"
         base = "tiny"
     if args.wheels:
         run_phase(record, "wheels", lambda: {"installed": install_wheels(Path(args.wheels), work / "site", log)})
@@ -488,13 +534,15 @@ def main(argv: list[str] | None = None) -> int:
             check = next((j["artifacts"].get("check") for j in ran["_run"]["jobs"] if j["kind"] == "sample" and j["artifacts"]), None)
             if check and Path(check).is_file():  # the differential route's check picture
                 shutil.copy(check, out / f"preview-check-{mode}.png")
+    if args.sdxl:  # before the worker stops: its project runs through the queue too
+        sdxl_phases(record, args, work, home, out, device, log)
     project = next(iter(projects.values()))
     env = {**os.environ, "COPYLORA_HOME": str(home)}
     try:
         copylora("worker", "stop", env=env, timeout=60)
     except subprocess.TimeoutExpired:
         log("the worker did not stop within 60 s")
-    first = record.data["runs"][0] if record.data["runs"] else None
+    first = next((run for run in record.data["runs"] if run["mode"] in modes), None)  # not the SDXL run
     if first and all(job["status"] == "done" for job in first["jobs"] if job["kind"] == "train"):
         run_phase(record, "merge on cuda vs cpu", merge_on_both, project)
     if args.rate_steps:
@@ -502,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
                   args.rate_compile)
     if args.profile_steps:
         run_phase(record, "profiled training steps", profile_steps, project, args.profile_steps, out)
+    if args.rate_graphs and args.rate_steps:
+        from bench.acceptance_speed import graph_rates
+
+        run_phase(record, "cuda graphs off and on", graph_rates, project, max(args.rate_steps, 3 * 4), log)
     record.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     record.save()
     failed = [name for name, phase in record.data["phases"].items() if not phase["ok"]]

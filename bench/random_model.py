@@ -1,4 +1,4 @@
-"""A full-size SD1.5 diffusers folder with random weights, built from the shipped configs.
+"""A full-size SD1.5 (or SDXL) diffusers folder with random weights, built from the shipped configs.
 
 Real checkpoints cannot be downloaded on the machines this project is built on, but the
 full-size *shapes* are what GPU memory, speed and the loading code care about. The folder is
@@ -9,7 +9,7 @@ The tokenizer is a stand-in with CLIP's vocabulary size (49408 tokens, a valid B
 bytes+</w>, 48894 two-symbol merges, the two specials), since CLIP's own vocabulary files are
 not on these machines either; with random weights the tokens mean nothing anyway.
 
-    python bench/random_model.py /tmp/sd15-random [--device cuda]
+    python bench/random_model.py /tmp/sd15-random [--device cuda] [--family sdxl]
 """
 
 from __future__ import annotations
@@ -54,30 +54,42 @@ def build_random_sd15(dest: str | Path, *, device: str = "cpu", seed: int = 0, l
     """Write a random-weight full-size SD1.5 diffusers folder to ``dest`` (fp16 safetensors).
 
     ``device="cuda"`` draws the random weights on the GPU (seconds instead of a minute)."""
+    return build_random(dest, "sd1", device=device, seed=seed, log=log)
+
+
+def build_random(dest: str | Path, family: str = "sd1", *, device: str = "cpu", seed: int = 0, log=print) -> Path:
+    """A random-weight full-size diffusers folder of ``family`` ("sd1" or "sdxl": SDXL's two text
+    encoders and tokenizers) from the shipped configs, as fp16 safetensors."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     dest = Path(dest)
-    cfg = configs_dir("sd1")
+    cfg = configs_dir(family)
     started = time.perf_counter()
     dest.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    with torch.device(device):
-        parts = {
-            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet")),
-            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae")),
-            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder")),
-        }
-    for name, module in parts.items():
+    builders = {
+        "unet": lambda: UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet")),
+        "vae": lambda: AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae")),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder")),
+    }
+    if family == "sdxl":
+        builders["text_encoder_2"] = lambda: CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2"))
+    for name, build in builders.items():  # one at a time: SDXL's U-Net alone is 2.6 G parameters
+        with torch.device(device):
+            module = build()
         module.to(torch.float16).save_pretrained(dest / name, safe_serialization=True)
         log(f"  {name}: {sum(p.numel() for p in module.parameters()) / 1e6:.0f} M parameters")
         del module
-    parts.clear()
-    stand_in_tokenizer().save_pretrained(dest / "tokenizer")
+    tokenizer = stand_in_tokenizer()
+    tokenizer.save_pretrained(dest / "tokenizer")
+    if family == "sdxl":
+        tokenizer.pad_token = "!"  # SDXL's second tokenizer pads with "!" (its shipped config)
+        tokenizer.save_pretrained(dest / "tokenizer_2")
     shutil.copytree(cfg / "scheduler", dest / "scheduler", dirs_exist_ok=True)
     shutil.copy(cfg / "model_index.json", dest / "model_index.json")
-    log(f"random full-size SD1.5 written to {dest} in {time.perf_counter() - started:.1f} s")
+    log(f"random full-size {family} written to {dest} in {time.perf_counter() - started:.1f} s")
     return dest
 
 
@@ -86,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", default="sd1", choices=("sd1", "sdxl"))
     args = parser.parse_args(argv)
-    build_random_sd15(args.dest, device=args.device, seed=args.seed)
+    build_random(args.dest, args.family, device=args.device, seed=args.seed)
     return 0
 
 

@@ -72,3 +72,31 @@ def test_rate_phase_compares_compile_on_and_off_without_running_the_queue(tmp_pa
     rates = record["phases"]["step rates in one process"]["rates"]
     assert set(rates) == {"AdamW", "AdamW+compile"}
     assert all(r["steps"] == 6 and r["it_per_s"] and r["first_step_seconds"] is not None for r in rates.values())
+
+
+def test_graph_and_sdxl_phases_run_on_the_cpu(tmp_path):
+    """Issue 26's phases in the smoke (`--rate-graphs --sdxl ...`): the graphs phase measures
+    one side, a twin pair and the differential route's B with cuda_graphs off and on (on the CPU
+    the graph falls back to eager, and the record says why); the SDXL phase trains tiny-sdxl with
+    gradient checkpointing off and on, then runs its project (train, merge, preview) through the queue."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_CACHE": os.environ.get("COPYLORA_CACHE", str(tmp_path / "cache"))}
+    env.pop("COPYLORA_HOME", None)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--modes", "", "--rate-graphs",
+                           "--sdxl", "1024x1024", "--rate-optimizers", "AdamW", "--profile-steps", "0", "--out", str(out),
+                           "--work", str(work)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    phases = json.loads((out / "gpu_acceptance.json").read_text())["phases"]
+    graphs = phases["cuda graphs off and on"]
+    for mode in ("eager", "graphs"):
+        rates = graphs["rates"][mode]
+        assert rates["one_side_it_per_s"] and rates["twin_pair_steps_per_s"] and rates["differential_b_it_per_s"], rates
+        assert rates["twin_vs_two_separate"] and rates["differential_b_vs_side"]
+    assert graphs["graph_log"] == ["cuda_graphs = true: training eagerly: there is no CUDA device (training on the CPU)"]
+    sdxl = phases["SDXL training 64x64, checkpointing off and on"]  # the smoke's size, whatever was asked
+    assert sdxl["family"] == "sdxl" and sdxl["plain"]["it_per_s"] and sdxl["checkpointing"]["it_per_s"]
+    run = json.loads((out / "gpu_acceptance.json").read_text())["runs"][0]
+    assert run["mode"] == "sdxl" and [(j["kind"], j["status"]) for j in run["jobs"]] == [
+        ("train", "done"), ("train", "done"), ("merge", "done"), ("sample", "done")]
+    assert (out / "preview-grid-sdxl.png").stat().st_size > 0
+    assert "merge on cuda vs cpu" not in phases  # the SDXL run is not the SD1.5 project's

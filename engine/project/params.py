@@ -223,6 +223,12 @@ class TrainParams:
         "steps wait a minute or more for the compiler). Ignored on the CPU, where it gave wrong gradients.",
         default=False,
     )
+    cuda_graphs: bool = spec(
+        "CUDA only: capture the step's forward and backward as one CUDA graph after a few eager steps, "
+        "and replay it (one launch instead of thousands). Falls back to eager, saying why in the log, "
+        "where the step's shapes or work change (several buckets, a trained text encoder, the addift/slider routes).",
+        default=False,
+    )
     caption: str = spec(
         'The prompt A\'s and B\'s pictures train under ("" = caption-free, the method as published). '
         "On a base that takes its colours from the prompt, the same caption on both sides (it cancels in B-A) "

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
 # Keys of [train] that change how a run goes, not what it computes, so a checkpoint resumes
 # across them: the total length (``max_train_steps`` may grow to train longer), bookkeeping
-# intervals, compile, TensorBoard logs, the copy checks and their stop rule (they only end a run
+# intervals, compile and CUDA graphs, TensorBoard logs, the copy checks and their stop rule (they only end a run
 # sooner: a stopped LoRA records its rule, engine.project.outputs); a start file counts by its content (below), not its path.
-NOT_IN_FINGERPRINT = ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile",
+NOT_IN_FINGERPRINT = ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile", "cuda_graphs",
                       "network_weights", "log_with", "logging_dir", *COPY_KEYS)
 
 

@@ -169,6 +169,12 @@ def train(plan: Plan, side: str, *, resume: bool = False, device: str | None = N
     and hears its progress (:class:`engine.train.controls.TrainControls`). ``model`` reuses an
     already loaded base model (left as it was found)."""
     side = side.lower()
+    from engine.project.pair_route import PAIR
+
+    if side == PAIR:  # the one-LoRA routes' side trains by its route's step, never as a copier
+        from engine.train.pair_training import train_pair
+
+        return train_pair(plan, resume=resume, device=device, model=model, controls=controls, log=log)
     return run_training(plan, [side], OneSide, resume=resume, device=device, model=model, controls=controls, log=log)[side]
 
 
@@ -207,6 +213,11 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
         amp = autocast_for(device, autocast_dtype)
         step_fn = (step_type or StepFunction)(driver, model, unet_forward(model.unet, p.compile, device, log), amp, weight_dtype,
                                               defer=defers_loss_reads(device))
+        from engine.train.cuda_graph import graph_problem, graphed
+
+        buckets = {*sp.buckets, *(bucket for concept in sp.concepts for bucket in concept.buckets)}
+        problem = graph_problem(p, len(buckets), plan.project.info.method if step_type is not None else None)
+        step_fn = graphed(step_fn, p.cuda_graphs, device, problem, log)
         copies = CopyWatch(driver, model, amp, weight_dtype, log)
         return _loop(plan, driver, step_fn, copies, step, sp.total_steps, started, device, controls, log)
     finally:
@@ -222,7 +233,13 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
 
 
 class StepFunction:
-    """One training step of every side: draw → U-Net → loss → backward → optimizer step."""
+    """One training step of every side: draw → U-Net → loss → backward → optimizer step.
+
+    In three parts, so that :class:`engine.train.cuda_graph.GraphedStep` can capture the middle
+    one: :meth:`prepare` draws on the CPU (the random streams) and moves the inputs to the device,
+    :meth:`compute` is the device's work (forward, losses, backward), :meth:`update` the
+    optimizer steps (eager: the fp16 grad scaler's inf check and bitsandbytes' 8-bit step are not
+    capturable)."""
 
     def __init__(self, driver: SidesDriver, model: BaseModel, forward, amp, weight_dtype, *, defer: bool) -> None:
         self.driver, self.runs, self.forward, self.amp, self.weight_dtype = driver, driver.runs, forward, amp, weight_dtype
@@ -232,28 +249,46 @@ class StepFunction:
 
     def __call__(self, step: int):
         """Train ``step`` (0-based); the sides' losses, on the device."""
+        losses = self.compute(self.prepare(step), self.training())
+        self.check(step, losses)
+        self.update()
+        return losses
+
+    def prepare(self, step: int) -> list[Draw]:
+        return [run.draw(step, self.scheduler, self.v_prediction) for run in self.runs]
+
+    def training(self) -> tuple[bool, ...]:
+        """Which sides train this step: a twin side that its copy rule stopped is frozen (no loss
+        of it in the backward, no optimizer step)."""
+        return tuple(run.stopped is None for run in self.runs)
+
+    def compute(self, draws: list[Draw], training: tuple[bool, ...]):
+        """Forward, losses, one backward for all training sides; the losses, stacked, on the
+        device. Side i's LoRA only sees sample i's loss (every layer works per sample); each
+        side scales its own loss."""
         import torch
 
-        draws = [run.draw(step, self.scheduler, self.v_prediction) for run in self.runs]
         half = draws[0].noisy.shape[0]
         noisy, timesteps, cond, added = self.driver.inputs(draws)
         with self.amp:
             pred = self.forward(noisy.to(self.weight_dtype), timesteps, cond.to(self.weight_dtype), added_cond_kwargs=added).sample
         losses = [run.loss(pred[i * half:(i + 1) * half], draw, self.scheduler, self.v_prediction)
                   for i, (run, draw) in enumerate(zip(self.runs, draws))]
-        if not self.defer:  # reading is free here: a diverged step stops before its update
-            for run, loss in zip(self.runs, losses):
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise run.diverged(step + 1, value)
-        # One backward for all sides: side i's LoRA only sees sample i's loss (every layer
-        # works per sample). Each side scales its own loss. A twin side that its copy rule
-        # stopped is frozen: no loss of it in the backward, no optimizer step.
-        training = [(run, loss) for run, loss in zip(self.runs, losses) if run.stopped is None]
-        sum(run.grad_scaler.scale(loss) for run, loss in training).backward()
-        for run, _ in training:
-            run.optimizer_step()
+        sum(run.grad_scaler.scale(loss) for run, loss, on in zip(self.runs, losses, training) if on).backward()
         return torch.stack([loss.detach() for loss in losses])
+
+    def check(self, step: int, losses) -> None:
+        """CPU: reading is free, so a diverged step stops before its update."""
+        if self.defer:
+            return
+        for run, value in zip(self.runs, losses.tolist()):
+            if not math.isfinite(value):
+                raise run.diverged(step + 1, value)
+
+    def update(self) -> None:
+        for run in self.runs:
+            if run.stopped is None:
+                run.optimizer_step()
 
 
 class LossBook:

@@ -1,0 +1,131 @@
+"""The GPU acceptance run's speed phases (issue 26), called by ``bench/gpu_acceptance.py``:
+
+- ``graph rates``: steps/s with ``[train] cuda_graphs`` off and on, for one side, a twin pair
+  (pair-steps/s) and the differential route's B, the base loaded once, in this process;
+- ``SDXL``: a random-weight full-size SDXL built from the shipped configs, trained in bf16 at
+  each asked size with gradient checkpointing off and on (steps/s, peak VRAM, whether that fits a
+  24 GB and a 12 GB card), then the project run the way a user runs it (train A and B, merge,
+  preview) with the settings that fit a 24 GB card.
+
+``--cpu-smoke`` runs both on the tiny models on the CPU (the graphs fall back to eager there,
+saying so), so the code cannot rot between GPU sessions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from engine.train.controls import TrainControls
+
+# A card's memory as nvidia-smi gives it, less what the CUDA context and the allocator's
+# fragmentation take beyond torch's reserved peak (~0.5–1 GiB measured on an H100, run 2).
+CARDS_MIB = {"24 GB": 24576, "12 GB": 12288}
+CONTEXT_MIB = 1024
+
+
+def timed(train_with: Callable[[TrainControls], object]) -> tuple[float | None, object, float | None]:
+    """(steps/s after the first third, the training's result, seconds to the first step)."""
+    import torch
+
+    marks: list[float] = []
+
+    def on_progress(_progress) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # a step is done when the GPU is, not when its kernels are queued
+        marks.append(time.perf_counter())
+
+    began = time.perf_counter()
+    result = train_with(TrainControls(on_progress=on_progress))
+    clean = marks[len(marks) // 3:]
+    rate = (len(clean) - 1) / (clean[-1] - clean[0]) if len(clean) > 2 and clean[-1] > clean[0] else None
+    return rate, result, (marks[0] - began if marks else None)
+
+
+def _load(project: Path):
+    from engine.models.loading import load_base_model
+    from engine.project.folder import load_project
+    from engine.train.trainer import _precision, pick_device
+
+    project_ = load_project(project)
+    device = pick_device(None)
+    weight_dtype = _precision(project_.train.mixed_precision, device, lambda line: None)[0]
+    return project_, load_base_model(project_.base_model_path(), project_.info.model_family, dtype=weight_dtype, device=device)
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return round(value, digits) if value else None
+
+
+def graph_rates(project: Path, steps: int, log=print) -> dict:
+    """Steps/s of one side, a twin pair and the differential route's B, with cuda_graphs off
+    and on; and the ratios the issue's goals are stated in."""
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+    from engine.train.twin import train_twin
+
+    project_, model = _load(project)
+    rates: dict = {}
+    logs: list[str] = []
+    for graphs in (False, True):
+        base = replace(project_, train=replace(project_.train, cuda_graphs=graphs))
+        key = "graphs" if graphs else "eager"
+        one, result, first = timed(lambda c: train(make_plan(base, max_steps=steps), "a", model=model, log=logs.append, controls=c))
+        twin, _, _ = timed(lambda c: train_twin(make_plan(replace(base, info=replace(base.info, twin_training=True)), max_steps=steps),
+                                                model=model, log=logs.append, controls=c))
+        differential = replace(base, info=replace(base.info, method="differential"))
+        train(make_plan(differential, max_steps=steps), "a", model=model, log=logs.append)  # B trains on this A
+        b, _, _ = timed(lambda c: train(make_plan(differential, max_steps=steps), "b", model=model, log=logs.append, controls=c))
+        rates[key] = {"one_side_it_per_s": _round(one), "twin_pair_steps_per_s": _round(twin), "differential_b_it_per_s": _round(b),
+                      "first_step_seconds": _round(first, 1), "optimizer": getattr(result, "optimizer", None),
+                      "twin_vs_two_separate": _round(twin / (one / 2) if one and twin else None),
+                      "differential_b_vs_side": _round(b / one if one and b else None)}
+        log(f"  {key}: {rates[key]}")
+    eager, graphed = rates["eager"]["one_side_it_per_s"], rates["graphs"]["one_side_it_per_s"]
+    said = sorted({line for line in logs if line.startswith("cuda_graphs")})  # captured, or why not
+    return {"rates": rates, "graphs_speedup": _round(graphed / eager if eager and graphed else None), "graph_log": said}
+
+
+def build_sdxl(work: Path, device: str, log=print) -> str:
+    from bench.random_model import build_random
+
+    target = work / "sdxl-random"
+    if not (target / "model_index.json").exists():
+        build_random(target, "sdxl", device=device, log=log)
+    return str(target)
+
+
+def sdxl_rates(project: Path, steps: int, log=print) -> dict:
+    """One side at the project's size, bf16, gradient checkpointing off and on: steps/s, peak
+    VRAM (allocated and reserved) and whether the reserved peak fits a 24 GB and a 12 GB card."""
+    import torch
+
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+
+    project_, model = _load(project)
+    cuda = torch.cuda.is_available()
+    out: dict = {"size": "x".join(str(v) for v in project_.train.resolution), "family": model.family}
+    for checkpointing in (False, True):
+        plan = make_plan(replace(project_, train=replace(project_.train, gradient_checkpointing=checkpointing)), max_steps=steps)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            rate, result, first = timed(lambda c: train(plan, "a", model=model, log=lambda line: None, controls=c))
+        except torch.cuda.OutOfMemoryError as exc:  # a figure too: it does not fit this card either
+            out["checkpointing" if checkpointing else "plain"] = {"error": f"out of memory: {str(exc)[:160]}"}
+            continue
+        finally:
+            model.unet.disable_gradient_checkpointing()  # the model is shared by the next variant
+        facts: dict = {"it_per_s": _round(rate), "first_step_seconds": _round(first, 1), "optimizer": getattr(result, "optimizer", None)}
+        if cuda:
+            reserved = torch.cuda.max_memory_reserved() / 2**20
+            facts.update(vram_peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20),
+                         vram_peak_reserved_mib=round(reserved),
+                         **{f"fits_{card.replace(' ', '')}": reserved + CONTEXT_MIB <= mib for card, mib in CARDS_MIB.items()})
+        out["checkpointing" if checkpointing else "plain"] = facts
+        log(f"  {out['size']} checkpointing={checkpointing}: {facts}")
+    return out
