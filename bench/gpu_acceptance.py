@@ -48,14 +48,20 @@ WHEELS = {
     "tomli_w": "tomli_w==1.2.0",
     "importlib_metadata": "importlib_metadata",  # diffusers' declared dependency
 }
+# sd-scripts' packages for the kohya side-by-side (--kohya-wheels), installed apart from ours: it
+# pins older diffusers and transformers. torch, safetensors, numpy, pillow, pyyaml, psutil come
+# with a CUDA image; bitsandbytes is ours; cv2 and torchvision stand-ins are used where missing.
+KOHYA_WHEELS = ["accelerate==1.6.0", "diffusers==0.32.1", "transformers==4.54.1", "tokenizers==0.21.4", "huggingface-hub==0.34.3",
+                "ftfy==6.3.1", "wcwidth==0.9.4", "einops==0.7.0", "toml==0.10.2", "voluptuous==0.15.2", "imagesize==1.4.1",
+                "regex==2026.11.19", "hf-xet==1.8.0"]  # the versions its CPU run here used (docs/BENCHMARKS.md)
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64"]
 
 
-def download_command(python_version: str = "3.12", dest: str = ".whl") -> str:
+def download_command(python_version: str = "3.12", dest: str = ".whl", wheels: list[str] | None = None) -> str:
     platforms = " ".join(f"--platform {p}" for p in PLATFORMS)
     return (f"python3 -m pip download --no-deps --only-binary=:all: --python-version {python_version} --implementation cp "
-            f"{platforms} -d {dest} " + " ".join(WHEELS.values()))
+            f"{platforms} -d {dest} " + " ".join(wheels if wheels is not None else WHEELS.values()))
 
 
 def install_wheels(folder: Path, site: Path, log) -> list[str]:
@@ -368,7 +374,8 @@ def markdown(data: dict) -> str:
                                                         "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device", "rates", "correct",
                                                         "grads_max_rel_error_eager", "grads_max_rel_error_compiled",
                                                         "grads_median_rel_error_compiled", "graphs_speedup", "graph_log",
-                                                        "plain", "checkpointing", "family"))
+                                                        "plain", "checkpointing", "family", "it_per_s_last",
+                                                        "it_per_s_average", "ours_it_per_s", "ours_vs_kohya", "stand_ins"))
         lines.append(f"| {name} | {'yes' if phase['ok'] else '**no**'} | {phase['seconds']} | {note} |")
     for run in data.get("runs", []):
         lines += ["", f"## {run['mode']}: `copylora run --wait` (exit {run['exit_code']}, {run['wall_seconds']} s wall)", "",
@@ -395,6 +402,25 @@ def markdown(data: dict) -> str:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def kohya_phase(args, work: Path, project: Path, base: str, picture: Path, size: tuple[int, int], record: Record) -> dict:
+    """sd-scripts on the same base, picture, size and settings; its it/s beside ours (the step-rate
+    phase's figure for the same optimizer, when it ran)."""
+    from bench.kohya_side_by_side import run_kohya
+
+    site = None
+    if args.kohya_wheels:
+        site = work / "kohya-site"
+        wheels = sorted(str(w) for w in Path(args.kohya_wheels).glob("*.whl"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
+                        "--target", str(site), *wheels], check=True)
+    facts = run_kohya(Path(args.kohya), base, picture, work, size=size, steps=args.kohya_steps, precision=args.precision,
+                      optimizer=args.optimizer, timeout=args.timeout, site=site, log=log)
+    ours = record.data["phases"].get("step rates in one process", {}).get("rates", {}).get(args.optimizer, {}).get("it_per_s")
+    kohya = facts.get("it_per_s_last")
+    facts.update(ours_it_per_s=ours, ours_vs_kohya=round(ours / kohya, 2) if ours and kohya else None)
+    return facts
 
 
 def sdxl_phases(record: Record, args, work: Path, home: Path, out: Path, device: str, log) -> None:
@@ -455,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdxl", default="", help="sizes WxH,... to train a random full-size SDXL at in bf16, gradient checkpointing "
                         "off and on (e.g. 1024x1024,832x1216), then run its project with checkpointing on; default: skip")
     parser.add_argument("--sdxl-steps", type=int, default=20, help="steps of each SDXL measurement and of its project run")
+    parser.add_argument("--kohya", default=None, help="a checkout of kohya-ss/sd-scripts: train A with its train_network.py at "
+                        "the same settings and put its it/s beside ours (bench/kohya_side_by_side.py)")
+    parser.add_argument("--kohya-wheels", default=None, help="folder of wheels for sd-scripts' packages, installed apart from ours "
+                        "(it pins other diffusers/transformers): see --print-download")
+    parser.add_argument("--kohya-steps", type=int, default=60, help="steps of the sd-scripts run")
     parser.add_argument("--compile-check", action="store_true",
                         help="first, bench/compile_check.py on the tiny model on this device: are compiled gradients right?")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary folder)")
@@ -466,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.print_download:
         print(download_command())
+        print("# for --kohya (sd-scripts' own packages, in a folder of their own):")
+        print(download_command(dest=".whl-kohya", wheels=KOHYA_WHEELS))
         return 0
 
     import tempfile
@@ -550,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
                   args.rate_compile)
     if args.profile_steps:
         run_phase(record, "profiled training steps", profile_steps, project, args.profile_steps, out)
+    if args.kohya:
+        run_phase(record, "kohya train_network.py side by side", kohya_phase, args, work, project, base, pictures[0], (width, height),
+                  record)
     if args.rate_graphs and args.rate_steps:
         from bench.acceptance_speed import graph_rates
 

@@ -74,17 +74,22 @@ def test_rate_phase_compares_compile_on_and_off_without_running_the_queue(tmp_pa
     assert all(r["steps"] == 6 and r["it_per_s"] and r["first_step_seconds"] is not None for r in rates.values())
 
 
-def test_graph_and_sdxl_phases_run_on_the_cpu(tmp_path):
+def test_graph_sdxl_and_kohya_phases_run_on_the_cpu(tmp_path):
     """Issue 26's phases in the smoke (`--rate-graphs --sdxl ...`): the graphs phase measures
     one side, a twin pair and the differential route's B with cuda_graphs off and on (on the CPU
     the graph falls back to eager, and the record says why); the SDXL phase trains tiny-sdxl with
     gradient checkpointing off and on, then runs its project (train, merge, preview) through the queue."""
+    from tests.test_kohya_side_by_side import FAKE
+
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_CACHE": os.environ.get("COPYLORA_CACHE", str(tmp_path / "cache"))}
     env.pop("COPYLORA_HOME", None)
+    sd_scripts = tmp_path / "sd-scripts"  # a stand-in train_network.py: the phase's wiring, not sd-scripts itself
+    sd_scripts.mkdir()
+    (sd_scripts / "train_network.py").write_text(FAKE)
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--modes", "", "--rate-graphs",
-                           "--sdxl", "1024x1024", "--rate-optimizers", "AdamW", "--profile-steps", "0", "--out", str(out),
-                           "--work", str(work)], env=env, capture_output=True, text=True, timeout=300)
+                           "--kohya", str(sd_scripts), "--kohya-steps", "5", "--sdxl", "1024x1024", "--rate-optimizers", "AdamW8bit",
+                           "--profile-steps", "0", "--out", str(out), "--work", str(work)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     phases = json.loads((out / "gpu_acceptance.json").read_text())["phases"]
     graphs = phases["cuda graphs off and on"]
@@ -100,3 +105,7 @@ def test_graph_and_sdxl_phases_run_on_the_cpu(tmp_path):
         ("train", "done"), ("train", "done"), ("merge", "done"), ("sample", "done")]
     assert (out / "preview-grid-sdxl.png").stat().st_size > 0
     assert "merge on cuda vs cpu" not in phases  # the SDXL run is not the SD1.5 project's
+    kohya = phases["kohya train_network.py side by side"]
+    assert kohya["exit_code"] == 0 and kohya["steps_seen"] == 5 and kohya["it_per_s_last"] == 2.5 and kohya["lora_written"]
+    ours = phases["step rates in one process"]["rates"]["AdamW8bit"]["it_per_s"]  # the run's --optimizer, as sd-scripts gets it
+    assert kohya["ours_it_per_s"] == ours and kohya["ours_vs_kohya"] == round(ours / 2.5, 2)
