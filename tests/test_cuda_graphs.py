@@ -226,3 +226,18 @@ def test_the_cuda_graph_trains_as_eager_does_on_a_gpu(tmp_path):
     worst = max(float((got[k].double() - want[k].double()).norm() / want[k].double().norm())
                 for k in want if "alpha" not in k and float(want[k].norm()) > 0)
     assert worst < 1e-4, worst
+
+
+def test_check_warns_before_the_run_when_the_step_cannot_be_captured(tmp_path):
+    """`copylora check` (plan_warnings) says it before minutes of loading: the same reason the trainer logs."""
+    from engine.project.plan import plan_warnings
+
+    assert not [w for w in plan_warnings(make(tmp_path / "fine", cuda_graphs=True)) if "cuda_graphs" in w]
+    assert not [w for w in plan_warnings(make(tmp_path / "off", network_train_unet_only=False)) if "cuda_graphs" in w]
+    warned = [w for w in plan_warnings(make(tmp_path / "te", cuda_graphs=True, network_train_unet_only=False)) if "cuda_graphs" in w]
+    assert warned == ["train.cuda_graphs: A will train eagerly: the text encoder is trained (network_train_unet_only = false), "
+                      "outside the captured step",
+                      "train.cuda_graphs: B will train eagerly: the text encoder is trained (network_train_unet_only = false), "
+                      "outside the captured step"]
+    pair = [w for w in plan_warnings(make(tmp_path / "addift", 50, method="addift", cuda_graphs=True)) if "cuda_graphs" in w]
+    assert pair == ["train.cuda_graphs: PAIR will train eagerly: the addift route's step runs the U-Net at two LoRA multipliers"]

@@ -234,10 +234,11 @@ def plan_warnings(plan: Plan) -> list[str]:
             for info, bucket in zip(concept.images, concept.buckets):
                 warnings += picture_warnings(info, bucket, f"concept[{concept.number}].folder")
     warnings += pair_warnings(plan.side("a").images, plan.side("b").images)
+    from engine.project.graph_rule import graph_warnings
     from engine.project.pair_route import route_warnings
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
-    return warnings + caption_warnings(plan.project) + toy_caption_warnings(plan) + route_warnings(plan)
+    return warnings + caption_warnings(plan.project) + toy_caption_warnings(plan) + route_warnings(plan) + graph_warnings(plan)
 
 
 def caption_warnings(project: Project) -> list[str]:

@@ -29,8 +29,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Protocol
 
-from engine.project.params import TrainParams
+from engine.project.graph_rule import graph_problem
 from engine.train.results import Log
+
+__all__ = ["WARMUP_STEPS", "CudaGraph", "EagerReplay", "GraphedStep", "graph_problem", "graph_type", "graphed"]
 
 # Eager steps before the capture: cuDNN/cuBLAS pick their kernels and the allocator settles
 # (PyTorch's CUDA-graph notes warm up for a few iterations on a side stream). They are real
@@ -110,19 +112,6 @@ def graph_type(device: str) -> tuple[type | None, str]:
     if not str(device).startswith("cuda"):
         return None, "there is no CUDA device (training on the CPU)"
     return CudaGraph, ""
-
-
-def graph_problem(p: TrainParams, buckets: int, method: str | None) -> str:
-    """Why this run's step cannot be captured ("" when it can), decided before the first step."""
-    if method is not None:
-        return f"the {method} route's step runs the U-Net at two LoRA multipliers"
-    if not p.network_train_unet_only:
-        return "the text encoder is trained (network_train_unet_only = false), outside the captured step"
-    if p.compile:
-        return "compile = true is asked for too (two ways to the same end: set one)"
-    if buckets > 1:
-        return f"{buckets} buckets: the step's shapes change"
-    return ""
 
 
 def graphed(step, wanted: bool, device: str, problem: str, log: Log):

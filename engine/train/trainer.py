@@ -216,7 +216,7 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
         from engine.train.cuda_graph import graph_problem, graphed
 
         buckets = {*sp.buckets, *(bucket for concept in sp.concepts for bucket in concept.buckets)}
-        problem = graph_problem(p, len(buckets), plan.project.info.method if step_type is not None else None)
+        problem = graph_problem(p, len(buckets), plan.project.info.method if step_type is not None else None)  # check warns of it too
         step_fn = graphed(step_fn, p.cuda_graphs, device, problem, log)
         copies = CopyWatch(driver, model, amp, weight_dtype, log)
         return _loop(plan, driver, step_fn, copies, step, sp.total_steps, started, device, controls, log)
