@@ -208,24 +208,30 @@ def test_steps_of_another_shape_run_eagerly_and_the_graph_resumes_after():
 
 
 @pytest.mark.gpu
-def test_the_cuda_graph_trains_as_eager_does_on_a_gpu(tmp_path):
-    """The real capture on the tiny model, fp32 without TF32 (the same kernels, replayed): every
-    LoRA tensor after 12 AdamW steps within 1e-4 of eager's, relative to the tensor's norm.
-    Bitwise equality is not promised: cuBLAS may choose other algorithms on the capture's stream."""
-    from engine.models.tiny import tiny_model
+@pytest.mark.parametrize(("precision", "optimizer", "tolerance"), [("no", "AdamW", 1e-4), ("fp16", "SGDNesterov", 1e-2)])
+def test_the_cuda_graph_trains_as_eager_does_on_a_gpu(tmp_path, precision, optimizer, tolerance):
+    """The real capture on the tiny model against eager, every LoRA tensor after 12 steps, relative
+    to its norm. A replay runs the kernels the capture recorded, the same ones eager launches, so
+    the two may differ only where cuBLAS picks another algorithm on the capture's stream (a
+    different summation order). fp32 without TF32, AdamW: rounding at 1e-7 per op, which Adam's
+    1/sqrt(v) may amplify on near-zero gradients: 1e-4. fp16 autocast with the grad scaler, plain
+    SGD (no such amplification): fp16 rounds at 5e-4 per op: 1e-2. The measured figure is in the
+    assertion message either way, for docs/BENCHMARKS.md."""
+    from engine.models.loading import load_base_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    model = tiny_model("sd15")
-    eager = train(make(tmp_path / "eager", 12, mixed_precision="no"), "a", model=model, log=quiet, device="cuda")
+    keys = {"mixed_precision": precision, "optimizer_type": optimizer, "learning_rate": 1e-3 if optimizer == "AdamW" else 0.5}
+    model = load_base_model("tiny", device="cuda")
+    eager = train(make(tmp_path / "eager", 12, **keys), "a", model=model, log=quiet, device="cuda")
     logs: list[str] = []
-    graphed = train(make(tmp_path / "graphed", 12, mixed_precision="no", cuda_graphs=True), "a", model=model, log=logs.append,
-                    device="cuda")
+    graphed = train(make(tmp_path / "graphed", 12, cuda_graphs=True, **keys), "a", model=model, log=logs.append, device="cuda")
     assert any("captured after" in line for line in logs), logs
     got, want = lora(graphed.lora_path), lora(eager.lora_path)
     worst = max(float((got[k].double() - want[k].double()).norm() / want[k].double().norm())
                 for k in want if "alpha" not in k and float(want[k].norm()) > 0)
-    assert worst < 1e-4, worst
+    assert worst < tolerance, f"worst relative difference {worst:.3g}"
+    print(f"cuda_graphs vs eager ({precision}, {optimizer}): worst relative difference {worst:.3g}")
 
 
 def test_check_warns_before_the_run_when_the_step_cannot_be_captured(tmp_path):
