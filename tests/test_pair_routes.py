@@ -155,7 +155,7 @@ def test_the_copier_routes_keep_their_fingerprints(tmp_path):
     plan = make(tmp_path, "svd-merge")
     sp = plan.side("a")
     params = asdict(sp.params)
-    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile", "network_weights",
+    for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile", "cuda_graphs", "network_weights",
                 "log_with", "logging_dir", "copy_check_every_n_steps", "stop_when_copied", "copy_plateau_gain_db",
                 "copy_plateau_checks", "caption", "min_timestep", "max_timestep", "pair_multiplier"):
         params.pop(key, None)
