@@ -7,6 +7,7 @@
 # Carried (ignored paths, `carry` of the device tool): .whl (our wheels: python bench/gpu_acceptance.py
 # --print-download), and for the sd15 call .whl-kohya (its second command) and .kohya (sd-scripts'
 # train_network.py, library/, networks/ from a fetched snapshot). Results go to $OUT (or gpu-out/).
+# The gpu tests need pytest: where the box lacks it, put its wheels (pytest, pluggy, iniconfig) in .whl too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out}
@@ -18,6 +19,7 @@ export PYTHONPATH="$site:$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 case "$what" in
   sd15)
+    python3 -c "import pytest" 2>/dev/null || echo "pytest is missing: carry pytest, pluggy and iniconfig wheels in .whl" | tee "$out/gpu-tests.txt"
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py -m gpu 2>&1 | tail -5 | tee "$out/gpu-tests.txt"
     kohya=()
     [ -d .kohya ] && kohya=(--kohya .kohya --kohya-wheels .whl-kohya --kohya-steps 60)
