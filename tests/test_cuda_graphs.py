@@ -12,11 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.project.folder import load_project, save_project  # noqa: E402
+from engine.project.graph_rule import graph_problem  # noqa: E402
 from engine.project.plan import make_plan  # noqa: E402
 from engine.project.provenance import training_fingerprint  # noqa: E402
 from engine.train import cuda_graph  # noqa: E402
 from engine.train.controls import TrainControls  # noqa: E402
-from engine.train.cuda_graph import WARMUP_STEPS, EagerReplay, GraphedStep, graph_problem  # noqa: E402
+from engine.train.cuda_graph import WARMUP_STEPS, EagerReplay, GraphedStep  # noqa: E402
 from engine.train.side_run import Draw  # noqa: E402
 from engine.train.trainer import train  # noqa: E402
 from engine.train.twin import train_twin  # noqa: E402

@@ -20,18 +20,23 @@ def graph_problem(p: TrainParams, buckets: int, method: str | None) -> str:
     return ""
 
 
-def graph_warnings(plan) -> list[str]:
-    """``check``'s warning when cuda_graphs is asked for and a trained side's step cannot be captured."""
+def side_graph_problem(plan, side: str) -> str:
+    """:func:`graph_problem` for one trained side of ``plan``: its settings, its buckets (with
+    its further concepts'), and the one-LoRA route if the project has one."""
     from engine.project.pair_route import is_pair_route
 
-    method = plan.project.info.method if is_pair_route(plan.project) else None
+    sp = plan.side(side)
+    buckets = {*sp.buckets, *(bucket for concept in sp.concepts for bucket in concept.buckets)}
+    return graph_problem(sp.params, len(buckets), plan.project.info.method if is_pair_route(plan.project) else None)
+
+
+def graph_warnings(plan) -> list[str]:
+    """``check``'s warning when cuda_graphs is asked for and a trained side's step cannot be captured."""
     warnings = []
     for side in plan.trained:
-        sp = plan.side(side)
-        if not sp.params.cuda_graphs:
+        if not plan.side(side).params.cuda_graphs:
             continue
-        buckets = {*sp.buckets, *(bucket for concept in sp.concepts for bucket in concept.buckets)}
-        why = graph_problem(sp.params, len(buckets), method)
+        why = side_graph_problem(plan, side)
         line = f"train.cuda_graphs: {side.upper()} will train eagerly: {why}"
         if why and line not in warnings:
             warnings.append(line)

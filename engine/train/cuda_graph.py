@@ -29,10 +29,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Protocol
 
-from engine.project.graph_rule import graph_problem
 from engine.train.results import Log
-
-__all__ = ["WARMUP_STEPS", "CudaGraph", "EagerReplay", "GraphedStep", "graph_problem", "graph_type", "graphed"]
 
 # Eager steps before the capture: cuDNN/cuBLAS pick their kernels and the allocator settles
 # (PyTorch's CUDA-graph notes warm up for a few iterations on a side stream). They are real
@@ -155,7 +152,6 @@ class GraphedStep:
         self.out: Any = None  # the losses the graph writes
         self.off = False  # capture failed: eager from here on
         self.said_shapes = False
-        self.replays = 0
         step.amp = _uncached(step.amp)  # autocast's weight cache must be off while capturing
 
     def __call__(self, step: int):
@@ -215,7 +211,6 @@ class GraphedStep:
             for static, new in zip(_tensors(self.static), _tensors(draws)):
                 static.copy_(new)
         self.graph.replay()
-        self.replays += 1
         for q, grad in self.grads:  # the optimizer step set them to None: hand the graph's back
             if q.grad is None:
                 q.grad = grad

@@ -213,11 +213,10 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
         amp = autocast_for(device, autocast_dtype)
         step_fn = (step_type or StepFunction)(driver, model, unet_forward(model.unet, p.compile, device, log), amp, weight_dtype,
                                               defer=defers_loss_reads(device))
-        from engine.train.cuda_graph import graph_problem, graphed
+        from engine.project.graph_rule import side_graph_problem
+        from engine.train.cuda_graph import graphed
 
-        buckets = {*sp.buckets, *(bucket for concept in sp.concepts for bucket in concept.buckets)}
-        problem = graph_problem(p, len(buckets), plan.project.info.method if step_type is not None else None)  # check warns of it too
-        step_fn = graphed(step_fn, p.cuda_graphs, device, problem, log)
+        step_fn = graphed(step_fn, p.cuda_graphs, device, side_graph_problem(plan, sides[0]), log)  # check warns of it too
         copies = CopyWatch(driver, model, amp, weight_dtype, log)
         return _loop(plan, driver, step_fn, copies, step, sp.total_steps, started, device, controls, log)
     finally:
