@@ -241,10 +241,94 @@ def debiased_weights(noise_scheduler, t):
     return 1.0 / (alphas / (1 - alphas)).clamp(max=1000).sqrt()
 
 
+def caption_labels(captions: list[str]):
+    """(shape colour, shape, background, monochrome) class indices of each caption, the last
+    class of each word meaning "not named" (the empty caption)."""
+    import torch
+
+    from engine.models.toy_data import COLOURS, SHAPES
+
+    colours, shapes = list(COLOURS), list(SHAPES)
+    rows = []
+    for caption in captions:
+        words = caption.replace(",", " ").split()  # "a C1 SHAPE on a C2 background [monochrome]"
+        if not words:
+            rows.append((len(colours), len(shapes), len(colours), 0))
+            continue
+        rows.append((colours.index(words[1]), shapes.index(words[2]), colours.index(words[5]), int("monochrome" in words)))
+    return torch.tensor(rows)
+
+
+class CaptionProbe:
+    """Issue 24's text-encoder probe: cross-entropy of the caption's words read back from the
+    text encoder's output *averaged over every position*, through fixed-temperature cosine
+    classifiers (not saved: the shipped text encoder is plain CLIP).
+
+    Why the average: the U-Net's cross-attention starts flat, so what it hands each pixel is
+    about that average; run 17's text encoder had let "circle" and "square" collapse there
+    (0.4 % apart, against 99–141 % for a colour word), and a word the average does not carry
+    cannot be drawn. Why cosine at a fixed temperature: a free linear head could read a
+    tiny difference by growing its weights; this one needs the averages to point apart."""
+
+    TEMPERATURE = 10.0
+
+    def __init__(self, width: int, seed: int, device: str = "cpu"):
+        import torch
+
+        from engine.models.toy_data import COLOURS, SHAPES
+
+        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, len(COLOURS) + 1, 2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 5)
+            self.weight = torch.nn.Parameter(torch.randn(sum(self.sizes), width).to(device))
+
+    def parameters(self):
+        return [self.weight]
+
+    def loss(self, hidden, labels):
+        """Mean cross-entropy of the four words; ``hidden`` is (batch, positions, width)."""
+        import torch
+
+        pooled = torch.nn.functional.normalize(hidden.mean(dim=1), dim=-1)
+        logits = self.TEMPERATURE * pooled @ torch.nn.functional.normalize(self.weight, dim=-1).T
+        total, start = 0.0, 0
+        for word, size in enumerate(self.sizes):
+            total = total + torch.nn.functional.cross_entropy(logits[:, start:start + size], labels[:, word])
+            start += size
+        return total / len(self.sizes)
+
+
+def pretrain_text_encoder(components, captions: list[str], steps: int, batch: int, lr: float, seed: int,
+                          probe: "CaptionProbe", device: str = "cpu") -> list[float]:
+    """The text encoder alone on the probe (seconds): like SD's CLIP, it comes to the U-Net
+    already telling every word apart in its averaged output."""
+    import torch
+
+    text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    labels = caption_labels(captions)
+    generator = torch.Generator().manual_seed(seed + 6)
+    optimizer = torch.optim.AdamW([*text_encoder.parameters(), *probe.parameters()], lr=lr, weight_decay=1e-2)
+    text_encoder.train()
+    losses = []
+    for step in range(1, steps + 1):
+        index = torch.randint(0, len(captions), (batch,), generator=generator)
+        loss = probe.loss(text_encoder(ids[index].to(device))[0], labels[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        if step % 100 == 0 or step == steps:
+            log(f"text encoder step {step}/{steps} probe loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
+    return losses
+
+
 def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
                te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
                eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False,
-               device: str = "cpu", attn_lr_mult: float = 1.0) -> list[float]:
+               device: str = "cpu", attn_lr_mult: float = 1.0, probe: "CaptionProbe | None" = None,
+               probe_weight: float = 0.0) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
 
@@ -262,6 +346,9 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
     groups = [{"params": rest, "lr": lr}, {"params": list(text_encoder.parameters()), "lr": te_lr or lr}]
     if sharp:
         groups.append({"params": sharp, "lr": lr * attn_lr_mult})
+    labels = caption_labels(captions) if probe is not None and probe_weight else None
+    if labels is not None:
+        groups.append({"params": probe.parameters(), "lr": te_lr or lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
     unet.train()
@@ -292,6 +379,8 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
             if debiased:
                 per_sample = per_sample * debiased_weights(noise_scheduler, t_cpu).to(device)
             loss = per_sample.mean()
+        if labels is not None:  # keeps every word in the averaged text (--te-probe)
+            loss = loss + probe_weight * probe.loss(hidden, labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -392,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--centred", action="store_true",
                         help="draw every training shape at the picture's centre (issue 24: does the U-Net learn the shape word "
                              "when the caption alone decides the picture?)")
+    parser.add_argument("--te-probe", type=float, default=0.0,
+                        help="weight of the text-encoder probe loss beside the U-Net's (0: off): every caption word read back from the "
+                             "text encoder's position-averaged output (CaptionProbe)")
+    parser.add_argument("--te-probe-steps", type=int, default=0,
+                        help="text-encoder-only steps on the probe before the U-Net phase (needs --te-probe or trains it alone)")
     parser.add_argument("--max-length", type=int, default=0,
                         help="the tokenizer's padded length (0: CLIP's 77). The toy prompts take ~10 tokens: at 77 the padding's "
                              "copies take ~87 %% of the U-Net's cross-attention and the shape word is lost (docs/BENCHMARKS.md)")
@@ -468,11 +562,15 @@ def main(argv: list[str] | None = None) -> int:
 
     every_nth = held_out_prompts()[::max(1, len(held_out_prompts()) // max(1, args.eval_prompts))][:args.eval_prompts]
     evals: list[dict] = []
+    probe = CaptionProbe(components["text_encoder"].config.hidden_size, args.seed, args.device) if args.te_probe or args.te_probe_steps else None
+    probe_losses = pretrain_text_encoder(components, captions, args.te_probe_steps, 64, args.te_lr, args.seed, probe, args.device) \
+        if args.te_probe_steps else []
     unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed,
                              attn_lr_mult=args.attn_lr_mult, te_lr=args.te_lr, noise_offset=args.noise_offset, weights=weights,
                              min_snr_gamma=args.min_snr_gamma,
                              eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from), device=args.device,
-                             evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg))
+                             evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg),
+                             probe=probe, probe_weight=args.te_probe)
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
@@ -483,7 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads,
                          "max_length": components["tokenizer"].model_max_length},
         "unet_channels": list(channels), "unet_heads": args.unet_heads, "centred": args.centred,
-        "attn_lr_mult": args.attn_lr_mult, "vae_from": str(args.vae_from) if args.vae_from else None,
+        "attn_lr_mult": args.attn_lr_mult,
+        "te_probe": {"weight": args.te_probe, "steps": args.te_probe_steps,
+                     "loss_last_100": sum(probe_losses[-100:]) / max(1, len(probe_losses[-100:]))},
+        "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
