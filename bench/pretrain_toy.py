@@ -23,7 +23,9 @@ Issue 24's levers (docs/BENCHMARKS.md, "A toy base that draws what it is asked")
 encoder's width and depth (``--te-width``/``--te-layers``; on ``--start-from`` a trained U-Net
 gets the new width by new cross-attention ``to_k``/``to_v``), the U-Net's widths and heads, the
 shapes' size (``--radius``), 1/√SNR weighting (``--debiased``), a VAE taken from another run
-(``--vae-from``), ``--device cuda`` for a lent GPU, and ``--eval-every N``: the share of
+(``--vae-from``), ``--device cuda`` for a lent GPU, ``--te-probe``/``--te-probe-steps`` (a probe that keeps every
+caption word in the text encoder's position-averaged output: run 17's had let "circle" and
+"square" collapse there), and ``--eval-every N``: the share of
 shapes' colours, backgrounds and shapes drawn as asked on held-out prompts at CFG 7, logged and
 kept in ``pretrain.json`` (``evals``) so a run can be stopped at its plateau. A continued run's
 record holds the one it started from (``from``) and the minutes of the whole chain.
@@ -324,11 +326,32 @@ def pretrain_text_encoder(components, captions: list[str], steps: int, batch: in
     return losses
 
 
+def fit_probe_head(text_encoder, probe: "CaptionProbe", ids, labels, lr: float, seed: int, device: str = "cpu", steps: int = 200) -> float:
+    """The probe's fresh head fitted to the text encoder as it is (the text encoder untouched),
+    so that the probe's first gradients in the joint phase do not pull a text encoder that
+    already tells the words apart toward a random head. Returns the last probe loss."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 7)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.0)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        index = torch.randint(0, ids.shape[0], (64,), generator=generator)
+        with torch.no_grad():
+            hidden = text_encoder(ids[index].to(device))[0]
+        loss = probe.loss(hidden, labels[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    log(f"probe head fitted to the text encoder: loss {float(loss.detach()):.4f}")
+    return float(loss.detach())
+
+
 def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
                te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
                eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False,
                device: str = "cpu", attn_lr_mult: float = 1.0, probe: "CaptionProbe | None" = None,
-               probe_weight: float = 0.0) -> list[float]:
+               probe_weight: float = 0.0, fit_head: bool = True) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
 
@@ -349,6 +372,8 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
     labels = caption_labels(captions) if probe is not None and probe_weight else None
     if labels is not None:
         groups.append({"params": probe.parameters(), "lr": te_lr or lr})
+        if fit_head:  # a head the --te-probe-steps phase just trained is fitted already
+            fit_probe_head(text_encoder, probe, ids, labels, te_lr or lr, seed, device)
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
     unet.train()
@@ -570,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
                              min_snr_gamma=args.min_snr_gamma,
                              eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from), device=args.device,
                              evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg),
-                             probe=probe, probe_weight=args.te_probe)
+                             probe=probe, probe_weight=args.te_probe, fit_head=not args.te_probe_steps)
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
