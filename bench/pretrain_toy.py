@@ -525,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resave", type=Path, help="only write this already trained folder again (in fp16) to --out")
     parser.add_argument("--start-from", type=Path, help="continue from a folder this script wrote (its VAE kept unless --vae-steps > 0)")
     args = parser.parse_args(argv)
+    if args.te_probe < 0 or args.te_probe_steps < 0:  # a negative weight would teach the text encoder to blur the words
+        parser.error("--te-probe and --te-probe-steps must be 0 or more")
     if args.threads:
         torch.set_num_threads(args.threads)
     else:
@@ -608,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "unet_channels": list(channels), "unet_heads": args.unet_heads, "centred": args.centred,
         "attn_lr_mult": args.attn_lr_mult,
         "te_probe": {"weight": args.te_probe, "steps": args.te_probe_steps,
-                     "loss_last_100": sum(probe_losses[-100:]) / max(1, len(probe_losses[-100:]))},
+                     "loss_last_100": mean(probe_losses[-100:])},
         "vae_from": str(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},

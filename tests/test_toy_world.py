@@ -298,6 +298,40 @@ def test_the_text_encoder_probe_makes_the_averaged_text_tell_the_shapes_apart():
         assert apart(base, other) > 0.2, other
 
 
+def test_a_continued_run_fits_the_probe_head_without_moving_the_text_encoder():
+    """fit_probe_head: a continued --te-probe run first fits its fresh head to the trained text
+    encoder (its loss falls) and leaves every text-encoder weight as it was."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from bench.pretrain_toy import CaptionProbe, caption_labels, fit_probe_head
+    from engine.models.toy import toy_tokenizer
+    from engine.models.toy_data import dataset_scenes
+
+    torch.manual_seed(0)
+    tokenizer = toy_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    before = {name: value.clone() for name, value in text_encoder.state_dict().items()}
+    captions = [caption for _, caption in dataset_scenes(2, 256)]
+    ids = tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids
+    labels = caption_labels(captions)
+    probe = CaptionProbe(32, seed=0)
+    with torch.no_grad():
+        start = float(probe.loss(text_encoder(ids[:64])[0], labels[:64]))
+    fitted = fit_probe_head(text_encoder, probe, ids, labels, 3e-2, 0, steps=60)
+    assert fitted < 0.8 * start
+    assert all(torch.equal(before[name], value) for name, value in text_encoder.state_dict().items())
+
+
+def test_the_pretraining_script_refuses_a_negative_probe(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(tmp_path / "toy"), "--te-probe", "-1"],
+                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "--te-probe and --te-probe-steps must be 0 or more" in done.stderr
+    assert not (tmp_path / "toy").exists()
+
+
 # ----------------------------------------------------------------------------- `new --base toy`
 
 
