@@ -228,7 +228,7 @@ def test_check_prints_each_concept_and_json_lists_them(tmp_path, capsys, monkeyp
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if line.startswith(("A's", "concept[1]", "class"))}
     assert "'sks house, [filewords]'" in lines["A's pictures"] and " 10 " in lines["A's pictures"]
     assert "3_zwx sun/" in lines["concept[1] 3_zwx"] and " 12 " in lines["concept[1] 3_zwx"]
-    assert "training  A, then B: the project has [reg] class images" in out  # Rich markup no longer eats [reg]
+    assert "training  A, then B: the project has [reg] (the DreamBooth flow trains each side apart)" in out  # Rich markup no longer eats [reg]
     assert main(["check", str(root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["concept"] for r in data["concepts"]] == ["A's pictures", "B's pictures", "concept[1]", "class (reg)", "class (concept[1])"]
@@ -417,3 +417,45 @@ def test_train_command_makes_missing_class_pictures_first(tmp_path, capsys):
     assert len(list((root / "reg").glob("class-*.png"))) == 2 and len(list((root / "suns").glob("class-*.png"))) == 1
     assert "generating 1 class image(s) of 'a sun'" in capsys.readouterr().err
     assert make_plan(load_project(root)).side("a").lora_path.is_file()
+
+
+def test_reg_without_class_pictures_trains_each_picture_under_its_own_caption(tmp_path, tiny):
+    """[reg] folder = "": captions per picture ([filewords]) with no class pictures — what several
+    copy-machine pairs of different pictures need; the steps are not doubled and nothing is
+    generated. Asking for class pictures without a folder is refused with its key."""
+    from engine.train.class_images import missing_class_images
+    from engine.train.training_data import training_data
+
+    root = copy_example(tmp_path, "pairs")
+    for side, name in (("a", "colour"), ("b", "monochrome")):
+        write_png(root / side / "second.png", *((128, 192), (40, 170, 60)) if side == "a" else ((128, 192), (110, 110, 110)))
+        (root / side / f"{name}.txt").write_text("a yellow circle on a blue background\n")
+        (root / side / "second.txt").write_text("a green field\n")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text() + '\n[reg]\nfolder = ""\ninstance_prompt = "[filewords]"\n')
+    project = load_project(root)
+    assert missing_class_images(project) == 0
+    plan = make_plan(project)
+    side = plan.side("a")
+    assert side.reg_images == 0 and side.steps_per_epoch == 2 * project.train.num_repeats
+    project.train.resolution = [64, 96]
+    data = training_data(tiny, make_plan(project), "b", quiet)
+    assert sorted(data.prompts) == ["a green field", "a yellow circle on a blue background"]
+    assert len(data.items) == 2 * project.train.num_repeats and {i.weight for i in data.items} == {1.0}
+
+    toml.write_text(toml.read_text().replace('folder = ""\n', 'folder = ""\nclass_prompt = "a shape"\nnum_class_images = 2\n'))
+    assert any(p.startswith("reg.folder") and "num_class_images" in p for p in problems_of(root))
+
+
+def test_check_says_a_reg_without_class_pictures_has_none(tmp_path, capsys):
+    from copylora_tui.cli.main import main
+
+    root = copy_example(tmp_path, "pairs")
+    (root / "a" / "colour.txt").write_text("a colourful picture\n")
+    (root / "b" / "monochrome.txt").write_text("a colourful picture\n")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text() + '\n[reg]\nfolder = ""\ninstance_prompt = "[filewords]"\n')
+    assert main(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert 'dreambooth  no class pictures (reg.folder = ""); captions from .txt files' in out
+    assert "prior preservation" not in out

@@ -212,7 +212,8 @@ def _concepts(plan) -> list:
 
     reg = plan.project.reg
     root = plan.project.root
-    heading = Text(f"dreambooth  prior preservation (weight {reg.prior_loss_weight:g}); "
+    prior = f"prior preservation (weight {reg.prior_loss_weight:g})" if reg.folder else 'no class pictures (reg.folder = "")'
+    heading = Text(f"dreambooth  {prior}; "
                    f"captions from {reg.caption_extension} files where a prompt says [filewords]")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("concept", "folder", "images", "repeats", "steps/epoch", "prompt"):

@@ -103,7 +103,9 @@ def class_sets(project) -> list[ClassSet]:
     reg = project.reg
     if reg is None:
         return []
-    sets = [ClassSet("reg", project.root / reg.folder, reg.class_prompt, reg.num_class_images, reg.num_repeats)]
+    # folder "" is a [reg] without class pictures: the flow for its prompts alone (per-picture
+    # captions through [filewords]), as a concept's class_folder "" is.
+    sets = [ClassSet("reg", project.root / reg.folder, reg.class_prompt, reg.num_class_images, reg.num_repeats)] if reg.folder else []
     for number, concept in enumerate(project.concepts, start=1):
         if concept.class_folder:
             sets.append(ClassSet(f"concept[{number}]", project.root / concept.class_folder, concept.class_prompt,

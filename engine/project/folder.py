@@ -252,6 +252,8 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
     if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:
         problems.append(Problem("reg.class_prompt", "needed to generate class images (num_class_images > 0)"))
+    if project.reg is not None and not project.reg.folder and project.reg.num_class_images > 0:
+        problems.append(Problem("reg.folder", '"" trains without class pictures, but num_class_images asks for some: name their folder'))
     _check_concepts(project, problems)
     _check_output_dir(project, problems)
     if check_files:
@@ -262,7 +264,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         problems += network_weights_problems(project) + logging_problems(project)  # [train] network_weights, log_with
         for side in SIDES:
             _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
-        if project.reg is not None and project.reg.num_class_images == 0:
+        if project.reg is not None and project.reg.folder and project.reg.num_class_images == 0:
             _check_image_folder(project.root, project.reg.folder, "reg.folder", problems, decode_images)
         for n, concept in enumerate(project.concepts, start=1):
             if concept.folder:
@@ -278,7 +280,7 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
 
     if project.concepts and project.reg is None:
         problems.append(Problem("concept", "[[concept]] needs a [reg] table: further concepts belong to the DreamBooth flow "
-                                "(add [reg], even empty, for its instance prompt and class pictures)"))
+                                "(add [reg] for its instance prompt and class pictures; folder = \"\" there trains without class pictures)"))
     reg = project.reg
     # [train] caption (the copy-machine pair's one prompt) and [reg] instance_prompt say the same thing
     captions = {"train": project.train.caption, "a": project.a.overrides.get("caption", ""), "b": project.b.overrides.get("caption", "")}
@@ -316,7 +318,7 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
     # teacher folder would mix generated pictures into the teacher's, two keys on one folder
     # would generate and count it twice.
     if reg is not None:
-        classes = [("reg.folder", reg.folder)] + [(f"concept[{n}].class_folder", c.class_folder)
+        classes = [("reg.folder", reg.folder)] * bool(reg.folder) + [(f"concept[{n}].class_folder", c.class_folder)
                                                   for n, c in enumerate(project.concepts, start=1) if c.class_folder]
         seen: dict[str, str] = {}
         for key, folder in classes:

@@ -348,7 +348,8 @@ class SampleParams:
 
 @dataclass
 class RegParams:
-    folder: str = spec("Folder of class (regularisation) images.", default="reg")
+    folder: str = spec('Folder of class (regularisation) images; "" = none: the teacher pictures train under instance_prompt '
+                       '(e.g. "[filewords]", a caption per picture) without prior preservation.', default="reg")
     instance_prompt: str = spec(
         'Prompt of the teacher images in this flow (e.g. "sks girl"); [filewords] in it is replaced by each '
         'picture\'s caption file (e.g. "sks girl, [filewords]").', default="")

@@ -139,6 +139,8 @@ def _add_class_items(data: TrainingData, model: BaseModel, plan: Plan, side: str
         offset = _add_latents(data, model, paths, buckets, p, p.seed + 10_000 + 1000 * number)
         cond = _prompt_index(data, class_set.prompt)
         pool += [(offset + j, cond, buckets[j]) for j in range(len(paths)) for _ in range(class_set.repeats)]
+    if not pool:  # [reg] folder "": captions without prior preservation
+        return
     teachers = len(data.items)
     data.items += [TrainingItem(pool[k % len(pool)][0], pool[k % len(pool)][1], project.reg.prior_loss_weight, pool[k % len(pool)][2])
                    for k in range(teachers)]
