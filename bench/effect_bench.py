@@ -122,14 +122,25 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
             report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=cfg)
             a_lora = None if plan.trained == ("pair",) else plan.side("a").lora_path
             check = copy_check(model, a_lora, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
-                               seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=plan.side("a").params.caption)
+                               seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=first_prompt(plan))
             rows.append({"route": method, "settings": settings or {}, "steps_trained": steps_trained, "new_rank": rank, "guidance": cfg,
-                         "caption": plan.side("a").params.caption,
+                         "caption": first_prompt(plan), "pictures": len(plan.side("a").images),
                          "effect": report.effect, "collateral_ssim": report.collateral_ssim,
                          "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
                          "per_colour": report.per_colour, "copy_check_psnr": check, "train_seconds": round(trained, 1)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def first_prompt(plan) -> str:
+    """The prompt A's first picture trained under: [train] caption, or with [reg] its instance
+    prompt with that picture's caption in place of [filewords] (several captioned pairs)."""
+    from engine.project.concepts import resolve_prompt
+
+    reg = plan.project.reg
+    if reg is None:
+        return plan.side("a").params.caption
+    return resolve_prompt(reg.instance_prompt, plan.side("a").images[0].path, reg.caption_extension)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -140,6 +151,7 @@ def markdown(rows: list[dict]) -> str:
         s = r["saturation"]
         shown = [f"{k} {v}" for k, v in r.get("settings", {}).items() if k != "max_train_epochs"]
         shown += ["caption-free"] if r.get("caption") == "" else []
+        shown += [f"{r['pictures']} pairs"] if r.get("pictures", 1) > 1 else []
         setting = ", ".join(shown) or "the example's"
         lines.append(f"| {r['route']} | {setting} | {r.get('steps_trained', '?')} | {r.get('train_seconds', '?')} | {r['new_rank']} | "
                      f"{r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "

@@ -13,6 +13,7 @@ import pytest
 from copylora_tui.cli.main import main
 from engine.models.toy_data import (
     COLOURS,
+    Scene,
     all_combinations,
     dataset,
     draw,
@@ -179,6 +180,37 @@ def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     assert tables.returncode == 0 and tables.stdout.count("| slider | max_train_steps 3 |") == 2, tables.stderr[-2000:]
     colour = rows[0]["per_colour"]  # the one prompt names a shape colour and a background colour
     assert len(colour) == 2 and "Per prompt colour" in done.stdout
+
+
+def test_the_effect_benchmark_measures_several_captioned_pairs(tmp_path):
+    """--project with several pairs, each under its own caption ([reg] folder "" and
+    [filewords]): the copy check draws A's first picture under that picture's caption, and the
+    table says how many pairs trained."""
+    from engine.project.params import RegParams
+    from tests.helpers import copy_example
+
+    root = copy_example(tmp_path, "pairs", source="example-toy")
+    for side in ("a", "b"):
+        for old in (root / side).glob("*.png"):
+            old.unlink()
+    for i, scene in enumerate([Scene("yellow", "circle", "blue", 0.5, 0.5, 0.3), Scene("red", "square", "green", 0.5, 0.5, 0.3)]):
+        picture = draw(scene)
+        for side, drawn in (("a", picture), ("b", grayscale(picture))):
+            drawn.save(root / side / f"{i}.png")
+            (root / side / f"{i}.txt").write_text(scene.caption())
+    project = load_project(root)
+    project.info.base_model, project.train.caption, project.reg = "tiny", "", RegParams(folder="", instance_prompt="[filewords]")
+    save_project(project)
+    out = tmp_path / "effect.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--project", str(root), "--prompts", "1",
+                           "--seeds", "1", "--ranks", "4", "--routes", "svd-merge", "--steps", "2", "--guidance", "1",
+                           "--set", "max_train_steps=2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COPYLORA_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["caption"] == "a yellow circle on a blue background" and row["pictures"] == 2
+    assert "| svd-merge | max_train_steps 2, 2 pairs | 4 |" in done.stdout
 
 
 def test_the_effect_breaks_down_by_prompt_colour():
