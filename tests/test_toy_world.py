@@ -466,3 +466,22 @@ async def test_the_apps_new_dialog_writes_the_toy_caption_too(tmp_path, monkeypa
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: (projects / "toyish" / "copylora.toml").is_file())
     assert load_project(projects / "toyish").train.caption == EXAMPLE_TOY_CAPTION
+
+
+def test_toy_pairs_writes_valid_projects_of_several_pairs(tmp_path):
+    """bench/toy_pairs.py: pairs4 with captions is four checked pairs each under its own caption;
+    the collage is one pair; an existing folder is refused."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from toy_pairs import write_project
+
+    from engine.project.concepts import resolve_prompt
+
+    root = write_project("pairs4", tmp_path / "four", "tiny", True)
+    plan = make_plan(load_project(root))
+    pictures = plan.side("b").images
+    assert len(pictures) == 4 and plan.side("a").reg_images == 0 and not plan_warnings(plan)
+    assert resolve_prompt(plan.project.reg.instance_prompt, pictures[3].path, ".txt") == "a orange ring on a purple background"
+    collage = make_plan(load_project(write_project("collage", tmp_path / "one", "tiny", False)))
+    assert len(collage.side("a").images) == 1 and collage.project.reg is None and collage.project.train.caption == ""
+    with pytest.raises(SystemExit):
+        write_project("pairs3", tmp_path / "four", "tiny", True)

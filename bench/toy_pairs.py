@@ -1,0 +1,83 @@
+"""Toy-world projects of several copy-machine pairs (issue 24): does the effect reach colours
+that no pair showed?
+
+On a toy base that binds its colour words (run 22), the example's one pair teaches "this
+picture's yellow and blue turn gray", not "colours turn gray" (docs/BENCHMARKS.md). These
+projects ask what several pairs do:
+
+- ``pairs3``: three pairs (yellow circle on blue, red square on green, pink triangle on cyan);
+  orange and purple are in none, so the per-colour table shows whether the change reaches them;
+- ``pairs4``: those and an orange ring on purple: every chromatic colour of the world;
+- ``collage``: one pair, the four scenes of ``pairs4``'s colours (a white ring on black in place
+  of the orange one) in the quadrants of one picture.
+
+With ``--captions`` each picture trains under its own caption ([reg] folder = "", instance
+prompt "[filewords]", a .txt beside each picture); else caption-free, the method as published.
+
+    python bench/toy_pairs.py pairs4 /tmp/pairs4 --base /tmp/toy --captions
+    OMP_NUM_THREADS=1 python bench/effect_bench.py --base /tmp/toy --project /tmp/pairs4 --routes svd-merge --ranks 8 --guidance 1,7
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PAIRS = [("yellow", "circle", "blue"), ("red", "square", "green"), ("pink", "triangle", "cyan"), ("orange", "ring", "purple")]
+QUADRANTS = PAIRS[:3] + [("white", "ring", "black")]
+
+
+def write_project(kind: str, dest: Path, base: str, captions: bool) -> Path:
+    from PIL import Image
+
+    from engine.models.toy_data import Scene, draw, grayscale
+    from engine.project.folder import load_project, save_project
+    from engine.project.params import RegParams
+
+    if dest.exists():
+        raise SystemExit(f"toy_pairs: {dest} exists; give a new folder")
+    shutil.copytree(REPO / "projects" / "example-toy", dest, ignore=shutil.ignore_patterns("output", "*.png"))
+    if kind == "collage":
+        picture = Image.new("RGB", (64, 64))
+        for i, (colour, shape, background) in enumerate(QUADRANTS):
+            picture.paste(draw(Scene(colour, shape, background, cx=0.5, cy=0.5, radius=0.3), size=32), ((i % 2) * 32, (i // 2) * 32))
+        scenes = [("collage", picture, "four coloured shapes")]
+    else:
+        chosen = PAIRS[:3] if kind == "pairs3" else PAIRS
+        scenes = []
+        for i, (colour, shape, background) in enumerate(chosen):
+            scene = Scene(colour, shape, background, cx=0.5, cy=0.48, radius=0.27)
+            scenes.append((str(i), draw(scene), scene.caption()))
+    for name, picture, caption in scenes:
+        for side, drawn in (("a", picture), ("b", grayscale(picture))):
+            drawn.save(dest / side / f"{name}.png")
+            if captions:
+                (dest / side / f"{name}.txt").write_text(caption + "\n")
+    project = load_project(dest)
+    project.info = replace(project.info, base_model=base, name=dest.name)
+    project.train = replace(project.train, caption="", save_every_n_steps=0)
+    if captions:
+        project.reg = RegParams(folder="", instance_prompt="[filewords]")
+    save_project(project)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["pairs3", "pairs4", "collage"])
+    parser.add_argument("dest", type=Path, help="a new folder for the project")
+    parser.add_argument("--base", default="toy", help="the base model (a folder made by bench/pretrain_toy.py, or a built-in)")
+    parser.add_argument("--captions", action="store_true", help="each picture under its own caption ([reg] folder \"\", [filewords])")
+    args = parser.parse_args(argv)
+    print(write_project(args.kind, args.dest, args.base, args.captions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
