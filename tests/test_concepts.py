@@ -443,8 +443,10 @@ def test_reg_without_class_pictures_trains_each_picture_under_its_own_caption(tm
     assert sorted(data.prompts) == ["a green field", "a yellow circle on a blue background"]
     assert len(data.items) == 2 * project.train.num_repeats and {i.weight for i in data.items} == {1.0}
 
-    toml.write_text(toml.read_text().replace('folder = ""\n', 'folder = ""\nclass_prompt = "a shape"\nnum_class_images = 2\n'))
-    assert any(p.startswith("reg.folder") and "num_class_images" in p for p in problems_of(root))
+    for asks in ('class_prompt = "a shape"\n', "num_class_images = 2\n"):  # either one alone asks for class pictures
+        (root / "copylora.toml").write_text(toml.read_text().replace('folder = ""\n', 'folder = ""\n' + asks))
+        assert any(p.startswith("reg.folder") and "asks for some" in p for p in problems_of(root)), asks
+
 
 
 def test_check_says_a_reg_without_class_pictures_has_none(tmp_path, capsys):

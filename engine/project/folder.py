@@ -252,8 +252,10 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
     if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:
         problems.append(Problem("reg.class_prompt", "needed to generate class images (num_class_images > 0)"))
-    if project.reg is not None and not project.reg.folder and project.reg.num_class_images > 0:
-        problems.append(Problem("reg.folder", '"" trains without class pictures, but num_class_images asks for some: name their folder'))
+    if project.reg is not None and not project.reg.folder and (project.reg.num_class_images > 0 or project.reg.class_prompt):
+        # as a concept's class_folder: "" means no class pictures, so what asks for them is a mistake, not ignored
+        problems.append(Problem("reg.folder", '"" trains without class pictures, but class_prompt or num_class_images asks for some: '
+                                "name their folder"))
     _check_concepts(project, problems)
     _check_output_dir(project, problems)
     if check_files:
@@ -318,8 +320,8 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
     # teacher folder would mix generated pictures into the teacher's, two keys on one folder
     # would generate and count it twice.
     if reg is not None:
-        classes = [("reg.folder", reg.folder)] * bool(reg.folder) + [(f"concept[{n}].class_folder", c.class_folder)
-                                                  for n, c in enumerate(project.concepts, start=1) if c.class_folder]
+        classes = ([("reg.folder", reg.folder)] if reg.folder else []) + [(f"concept[{n}].class_folder", c.class_folder)
+                                                                          for n, c in enumerate(project.concepts, start=1) if c.class_folder]
         seen: dict[str, str] = {}
         for key, folder in classes:
             same = folders.get(folder) or seen.get(folder)
