@@ -491,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-snr-gamma", type=float, default=0.0, help="Min-SNR loss weighting (0: off; 5 is the paper's)")
     parser.add_argument("--radius", help="MIN,MAX: the shapes' radius range (a fraction of the side; the world's: "
                         "engine.models.toy_data.RADIUS), to try a world of bigger shapes before changing it")
+    parser.add_argument("--colour-jitter", type=int, default=0,
+                        help="move each drawn colour's RGB channels by up to ± this (0–255; the world's: 0): colours vary around their names")
+    parser.add_argument("--saturation-jitter", type=float, default=0.0,
+                        help="blend each drawn colour toward its gray by up to this (0–1; the world's: 0): a continuous saturation axis")
     parser.add_argument("--debiased", action="store_true",
                         help="weight the U-Net's loss by 1/√SNR (kohya's debiased_estimation_loss): the noisiest steps, where "
                              "the caption decides the colours, count more")
@@ -525,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resave", type=Path, help="only write this already trained folder again (in fp16) to --out")
     parser.add_argument("--start-from", type=Path, help="continue from a folder this script wrote (its VAE kept unless --vae-steps > 0)")
     args = parser.parse_args(argv)
+    if not 0 <= args.colour_jitter <= 255 or not 0 <= args.saturation_jitter <= 1:
+        parser.error("--colour-jitter must be in 0–255 and --saturation-jitter in 0–1")
     if args.te_probe < 0 or args.te_probe_steps < 0:  # a negative weight would teach the text encoder to blur the words
         parser.error("--te-probe and --te-probe-steps must be 0 or more")
     if args.threads:
@@ -544,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.radius:
         toy_data.RADIUS = tuple(float(r) for r in args.radius.split(","))
+    toy_data.COLOUR_JITTER, toy_data.SATURATION_JITTER = args.colour_jitter, args.saturation_jitter
 
     channels = tuple(int(c) for c in args.unet_channels.split(","))
     components = load_components(args.start_from) if args.start_from else build(
@@ -603,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     record = {
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS), "threads": args.threads or "auto", "device": args.device,
+        "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS),
+        "colour_jitter": args.colour_jitter, "saturation_jitter": args.saturation_jitter, "threads": args.threads or "auto", "device": args.device,
         "torch": torch.__version__, "vae_levels": args.vae_levels,
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads,
                          "max_length": components["tokenizer"].model_max_length},

@@ -66,6 +66,34 @@ def test_the_shape_reader_reads_drawn_pictures():
     assert shapes >= 190 and whole >= 190, (shapes, whole)
 
 
+def test_a_world_of_varied_colours_draws_around_the_names_and_the_readers_still_read_it(monkeypatch):
+    """``--colour-jitter``/``--saturation-jitter`` (issue 24): each drawn colour moves around its
+    name (toward its gray, and each channel). The readers must stay exact on such pictures before
+    a base trained on them is judged by them; a world without jitter keeps its exact colours."""
+    from engine.models import toy_data
+    from engine.models.toy_data import read_scene, varied_colour
+
+    plain = random_scene(random.Random(9))
+    assert plain.fill is None and plain.ground is None
+    monkeypatch.setattr(toy_data, "COLOUR_JITTER", 25)
+    monkeypatch.setattr(toy_data, "SATURATION_JITTER", 0.4)
+    monkeypatch.setattr(toy_data, "RADIUS", (0.24, 0.38))
+    varied = random_scene(random.Random(9))
+    assert (varied.colour, varied.shape, varied.background) == (plain.colour, plain.shape, plain.background)
+    rng = random.Random(3)
+    draws = [varied_colour(rng, "yellow") for _ in range(200)]
+    assert len(set(draws)) > 150 and all(0 <= v <= 255 for rgb in draws for v in rgb)
+    yellow, gray = COLOURS["yellow"], 0.299 * 245 + 0.587 * 220 + 0.114 * 40
+    assert min(d[2] for d in draws) < yellow[2] - 15 and max(d[2] for d in draws) <= yellow[2] + 25 + 0.4 * (gray - yellow[2]) + 1
+    rng = random.Random(5)
+    scenes = [replace_mono(random_scene(rng, held_out=i % 2 == 0)) for i in range(200)]
+    picture = draw(scenes[0])
+    assert picture.getpixel((1, 1)) == scenes[0].ground  # the background drawn in its varied colour
+    read = [read_scene(draw(s)) for s in scenes]
+    whole = sum(r == (s.colour, s.shape, s.background) for r, s in zip(read, scenes))
+    assert whole >= 190, whole
+
+
 def replace_mono(scene):
     from dataclasses import replace
 
@@ -121,13 +149,14 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
                            "--vae-steps", "0", "--unet-steps", "2", "--pool", "16", "--unet-batch", "2", "--threads", "1",
                            "--te-width", "64", "--te-layers", "2", "--debiased", "--radius", "0.25,0.4", "--eval-every", "1",
                            "--eval-prompts", "1", "--max-length", "16", "--centred", "--attn-lr-mult", "10", "--te-probe", "0.1",
-                           "--te-probe-steps", "3"],
+                           "--te-probe-steps", "3", "--colour-jitter", "20", "--saturation-jitter", "0.3"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     again = json.loads((wider / "pretrain.json").read_text())
     assert again["from"]["vae"]["steps"] == 2 and again["total_minutes"] >= again["minutes"]
     assert again["text_encoder"] == {"width": 64, "layers": 2, "heads": 4, "max_length": 16} and again["centred"] and again["attn_lr_mult"] == 10.0
     assert again["radius"] == [0.25, 0.4] and again["unet"]["debiased"]
+    assert (again["colour_jitter"], again["saturation_jitter"], record["colour_jitter"]) == (20, 0.3, 0)
     assert again["te_probe"]["weight"] == 0.1 and again["te_probe"]["steps"] == 3 and again["te_probe"]["loss_last_100"] > 0
     assert [e["step"] for e in again["evals"]] == [0, 1, 2] and {"shape_colour", "background", "shape"} <= set(again["evals"][-1])
     model = load_base_model(str(wider))
@@ -362,6 +391,9 @@ def test_the_pretraining_script_refuses_a_negative_probe(tmp_path):
                           capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "--te-probe and --te-probe-steps must be 0 or more" in done.stderr
     assert not (tmp_path / "toy").exists()
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(tmp_path / "toy"), "--saturation-jitter", "1.5"],
+                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "--saturation-jitter in 0–1" in done.stderr and not (tmp_path / "toy").exists()
 
 
 # ----------------------------------------------------------------------------- `new --base toy`

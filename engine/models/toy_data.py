@@ -17,7 +17,7 @@ from __future__ import annotations
 import colorsys
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -37,6 +37,13 @@ MONOCHROME_SHARE = 0.2  # of pretraining pictures drawn in grayscale ("..., mono
 EMPTY_CAPTION_SHARE = 0.15  # caption dropout: the empty prompt must draw sensible pictures
 HELD_OUT_EVERY = 5  # one (colour, shape, background) combination in five is never trained
 RADIUS = (0.16, 0.32)  # a shape's radius, as a fraction of the side, drawn uniformly in this range
+# A world whose colours vary around their names (0: each name is one exact colour). With them the
+# base must learn colour as a continuous code, in which "less saturated" is a direction a LoRA can
+# take everywhere, not ten categories (issue 24: on a categorical base the copy-machine change
+# stays with the pair's own colours). Set by bench/pretrain_toy.py's --colour-jitter and
+# --saturation-jitter; the shipped world keeps 0.
+COLOUR_JITTER = 0  # each RGB channel moved by a uniform draw in ±this (0–255 units)
+SATURATION_JITTER = 0.0  # each colour blended toward its own gray (luma) by a uniform draw in [0, this]
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class Scene:
     cy: float
     radius: float  # as a fraction of the side
     monochrome: bool = False
+    fill: tuple[int, int, int] | None = None  # the shape's drawn RGB where the world varies its colours (None: the name's)
+    ground: tuple[int, int, int] | None = None  # the background's, likewise
 
     def caption(self) -> str:
         text = f"a {self.colour} {self.shape} on a {self.background} background"
@@ -80,8 +89,20 @@ def random_scene(rng: random.Random, *, held_out: bool = False) -> Scene:
     pool = held_out_combinations() if held_out else [c for c in all_combinations() if not is_held_out(*c)]
     colour, shape, background = rng.choice(pool)
     radius = rng.uniform(*RADIUS)
-    return Scene(colour, shape, background, rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius), radius,
-                 monochrome=rng.random() < MONOCHROME_SHARE)
+    scene = Scene(colour, shape, background, rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius), radius,
+                  monochrome=rng.random() < MONOCHROME_SHARE)
+    if COLOUR_JITTER or SATURATION_JITTER:  # drawn after the rest, so a world without jitter keeps its scenes
+        scene = replace(scene, fill=varied_colour(rng, colour), ground=varied_colour(rng, background))
+    return scene
+
+
+def varied_colour(rng: random.Random, name: str) -> tuple[int, int, int]:
+    """``name``'s colour moved as the world's jitter says: toward its gray, then each channel."""
+    rgb = COLOURS[name]
+    gray = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    toward_gray = rng.uniform(0.0, SATURATION_JITTER)
+    return tuple(int(round(min(255.0, max(0.0, v + (gray - v) * toward_gray + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER)))))
+                 for v in rgb)  # type: ignore[return-value]
 
 
 def draw(scene: Scene, size: int = SIZE):
@@ -90,8 +111,9 @@ def draw(scene: Scene, size: int = SIZE):
 
     scale = 4
     big = size * scale
-    image = Image.new("RGB", (big, big), COLOURS[scene.background])
-    _paint_shape(image, scene, COLOURS[scene.colour], COLOURS[scene.background])
+    fill, ground = scene.fill or COLOURS[scene.colour], scene.ground or COLOURS[scene.background]
+    image = Image.new("RGB", (big, big), ground)
+    _paint_shape(image, scene, fill, ground)
     image = image.resize((size, size), Image.Resampling.LANCZOS)
     return grayscale(image) if scene.monochrome else image
 
