@@ -83,9 +83,11 @@ def toy_project(dest: Path, base: str, epochs: int | None = None, lr: float | No
 
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
-              model, guidance: tuple[float, ...] = (5.0,), settings: dict | None = None) -> list[dict]:
+              model, guidance: tuple[float, ...] = (5.0,), settings: dict | None = None,
+              block_weights: dict[str, list] | None = None) -> list[dict]:
     """Train ``method`` on ``source`` (with ``settings``, [train] keys, instead of its own), make
-    the result at each rank, measure it at each CFG."""
+    the result at each rank (and with each of ``block_weights``, named LBW vectors applied to
+    both LoRAs: which blocks carry the change that reaches other prompts), measure it at each CFG."""
     from engine.merge.project_result import make_result
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan
@@ -112,9 +114,10 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
     trained = time.perf_counter() - started
     size = tuple(plan.project.sample.size)
     rows = []
-    for rank in ranks:
+    variants = [(rank, name, vector) for rank in ranks for name, vector in ({"": []} | (block_weights or {})).items()]
+    for rank, blocks, vector in variants:
         project = load_project(root)
-        project.merge = replace(project.merge, new_rank=rank, save_precision="float")
+        project.merge = replace(project.merge, new_rank=rank, save_precision="float", lbws=[vector] if vector else [])
         save_project(project)
         plan = make_plan(load_project(root))
         lora, _, _ = make_result(plan, device="cpu")
@@ -124,6 +127,7 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
             check = copy_check(model, a_lora, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
                                seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=first_prompt(plan))
             rows.append({"route": method, "settings": settings or {}, "steps_trained": steps_trained, "new_rank": rank, "guidance": cfg,
+                         "blocks": blocks,
                          "caption": first_prompt(plan), "pictures": len(plan.side("a").images),
                          "effect": report.effect, "collateral_ssim": report.collateral_ssim,
                          "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
@@ -152,6 +156,7 @@ def markdown(rows: list[dict]) -> str:
         shown = [f"{k} {v}" for k, v in r.get("settings", {}).items() if k != "max_train_epochs"]
         shown += ["caption-free"] if r.get("caption") == "" else []
         shown += [f"{r['pictures']} pairs"] if r.get("pictures", 1) > 1 else []
+        shown += [f"blocks {r['blocks']}"] if r.get("blocks") else []
         setting = ", ".join(shown) or "the example's"
         lines.append(f"| {r['route']} | {setting} | {r.get('steps_trained', '?')} | {r.get('train_seconds', '?')} | {r['new_rank']} | "
                      f"{r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
@@ -176,7 +181,8 @@ def colour_markdown(rows: list[dict]) -> str:
     for r in rows:
         per = r.get("per_colour") or {}
         cells = [f"{cell(per.get(c, {}).get('background'))} / {cell(per.get(c, {}).get('shape'))}" for c in colours]
-        lines.append(f"| {r['route']} | {r['new_rank']} | {r['guidance']:g} | " + " | ".join(cells) + " |")
+        blocks = f" ({r['blocks']})" if r.get("blocks") else ""
+        lines.append(f"| {r['route']}{blocks} | {r['new_rank']} | {r['guidance']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -194,6 +200,22 @@ def parse_settings(pairs: list[str]) -> dict:
     if "max_train_steps" in settings:
         settings.setdefault("max_train_epochs", None)
     return settings
+
+
+def parse_block_weights(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, list]:
+    """``NAME=VECTOR`` pairs as named LBW vectors (checked here, before any training: a bad one is one line)."""
+    from engine.lbw_vectors import BlockWeightError, parse_lbw
+
+    vectors = {}
+    for index, pair in enumerate(pairs):
+        name, _, vector = pair.partition("=")
+        if not name.strip() or not vector.strip():
+            parser.error(f"--lbws {pair!r}: give NAME=VECTOR, e.g. out=[0,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1]")
+        try:
+            vectors[name.strip()] = list(parse_lbw(vector, f"--lbws[{index}]"))
+        except BlockWeightError as exc:
+            parser.error(str(exc))
+    return vectors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a [train] key for every route trained here (a TOML value: --set max_train_steps=200 --set "
                              "min_timestep=500); repeatable")
+    parser.add_argument("--lbws", action="append", default=[], metavar="NAME=VECTOR",
+                        help="also make each result with this LoRA Block Weight vector on both LoRAs ([merge] lbws; 17 or 26 "
+                             "weights, e.g. out=[0,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1]): which blocks' change reaches other "
+                             "prompts; repeatable, named in the tables")
     parser.add_argument("--ranks", default="4,8,16")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=2)
@@ -229,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tables:
         rows = [row for path in args.tables for row in json.loads(path.read_text())["rows"]]
-        print(markdown(rows) + "\n\n" + colour_markdown(rows))
+        print(markdown(rows))  # the per-colour table is in it
         return 0
     if not args.base:
         parser.error("--base is needed to measure (or --tables to print earlier results)")
+    block_weights = parse_block_weights(args.lbws, parser)
     torch.set_num_threads(args.threads)
     model = load_base_model(args.base)
     prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]
@@ -244,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = parse_settings(args.set)
         for method in args.routes.split(","):
             rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model,
-                              tuple(float(g) for g in args.guidance.split(",")), settings)
+                              tuple(float(g) for g in args.guidance.split(",")), settings, block_weights)
     text = markdown(rows)
     print(text)
     if args.out:

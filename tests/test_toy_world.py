@@ -233,13 +233,20 @@ def test_the_effect_benchmark_measures_several_captioned_pairs(tmp_path):
     out = tmp_path / "effect.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--project", str(root), "--prompts", "1",
                            "--seeds", "1", "--ranks", "4", "--routes", "svd-merge", "--steps", "2", "--guidance", "1",
-                           "--set", "max_train_steps=2", "--out", str(out)],
+                           "--set", "max_train_steps=2", "--lbws", f"none={[0] * 17}", "--out", str(out)],
                           capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COPYLORA_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    row = json.loads(out.read_text())["rows"][0]
+    row, weighted = json.loads(out.read_text())["rows"]
     assert row["caption"] == "a yellow circle on a blue background" and row["pictures"] == 2
     assert "| svd-merge | max_train_steps 2, 2 pairs | 4 |" in done.stdout
+    # --lbws: the same two LoRAs merged again with every block weighted 0 change nothing
+    assert (row["blocks"], weighted["blocks"]) == ("", "none") and "| svd-merge | max_train_steps 2, 2 pairs, blocks none | 4 |" in done.stdout
+    assert weighted["saturation"]["1.0"] == weighted["saturation"]["0.0"] and weighted["collateral_ssim"] > 0.999999
+    assert row["saturation"]["1.0"] != row["saturation"]["0.0"]
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--lbws", "out=[1,0]"],
+                         capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 2 and "--lbws[0]: 2 weights" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_the_effect_breaks_down_by_prompt_colour():
