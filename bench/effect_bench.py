@@ -211,6 +211,8 @@ def parse_block_weights(pairs: list[str], parser: argparse.ArgumentParser) -> di
         name, _, vector = pair.partition("=")
         if not name.strip() or not vector.strip():
             parser.error(f"--lbws {pair!r}: give NAME=VECTOR, e.g. out=[0,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1]")
+        if name.strip() in vectors:  # a second vector of one name would silently replace the first row
+            parser.error(f"--lbws {pair!r}: the name {name.strip()!r} is given twice")
         try:
             vectors[name.strip()] = list(parse_lbw(vector, f"--lbws[{index}]"))
         except BlockWeightError as exc:

@@ -207,6 +207,7 @@ def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     tables = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--tables", str(out), str(out)],
                             capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert tables.returncode == 0 and tables.stdout.count("| slider | max_train_steps 3 |") == 2, tables.stderr[-2000:]
+    assert tables.stdout.count("Per prompt colour") == 1  # one per-colour table for all the files
     colour = rows[0]["per_colour"]  # the one prompt names a shape colour and a background colour
     assert len(colour) == 2 and "Per prompt colour" in done.stdout
 
@@ -247,6 +248,9 @@ def test_the_effect_benchmark_measures_several_captioned_pairs(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--lbws", "out=[1,0]"],
                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 2 and "--lbws[0]: 2 weights" in bad.stderr and "Traceback" not in bad.stderr
+    twice = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--lbws", f"a={[1] * 17}",
+                            "--lbws", f"a={[0] * 17}"], capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert twice.returncode == 2 and "the name 'a' is given twice" in twice.stderr
 
 
 def test_the_effect_breaks_down_by_prompt_colour():
