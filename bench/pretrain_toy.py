@@ -25,7 +25,8 @@ gets the new width by new cross-attention ``to_k``/``to_v``), the U-Net's widths
 shapes' size (``--radius``), 1/√SNR weighting (``--debiased``), a VAE taken from another run
 (``--vae-from``), ``--device cuda`` for a lent GPU, ``--te-probe``/``--te-probe-steps`` (a probe that keeps every
 caption word in the text encoder's position-averaged output: run 17's had let "circle" and
-"square" collapse there), and ``--eval-every N``: the share of
+"square" collapse there), ``--ema DECAY`` (a moving average of the weights, written instead of the
+last step's), and ``--eval-every N``: the share of
 shapes' colours, backgrounds and shapes drawn as asked on held-out prompts at CFG 7, logged and
 kept in ``pretrain.json`` (``evals``) so a run can be stopped at its plateau. A continued run's
 record holds the one it started from (``from``) and the minutes of the whole chain.
@@ -351,9 +352,10 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
                te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
                eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False,
                device: str = "cpu", attn_lr_mult: float = 1.0, probe: "CaptionProbe | None" = None,
-               probe_weight: float = 0.0, fit_head: bool = True) -> list[float]:
+               probe_weight: float = 0.0, fit_head: bool = True, ema_decay: float = 0.0) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
@@ -376,6 +378,25 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
             fit_probe_head(text_encoder, probe, ids, labels, te_lr or lr, seed, device)
     optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
+    # --ema: a moving average of the weights (what diffusion models ship; a small model's last
+    # steps wander around the minimum). Each eval measures both; the average is what is written.
+    averages = [AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) for model in (unet, text_encoder)] \
+        if ema_decay else []
+
+    def with_average(measure):
+        raw = [{k: v.clone() for k, v in model.state_dict().items()} for model in (unet, text_encoder)]
+        for model, average in zip((unet, text_encoder), averages):
+            model.load_state_dict(average.module.state_dict())
+        try:
+            return measure()
+        finally:
+            for model, state in zip((unet, text_encoder), raw):
+                model.load_state_dict(state)
+
+    def measured() -> dict:
+        figures = evaluate_now()
+        return {**figures, "ema": with_average(evaluate_now)} if averages else figures
+
     unet.train()
     text_encoder.train()
     losses = []
@@ -411,15 +432,19 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        for average in averages:
+            average.update_parameters(unet if average is averages[0] else text_encoder)
+        losses.append(float(loss.detach()))
         govern()
         if step % 100 == 0 or step == steps:
             log(f"unet step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} ({(time.time() - started) / step:.2f} s/step)")
         if evaluate_now is not None and eval_every and (step % eval_every == 0 or step == steps):
-            figures = {"step": step, "minutes": round((time.time() - started) / 60, 1), **evaluate_now()}
+            figures = {"step": step, "minutes": round((time.time() - started) / 60, 1), **measured()}
             log("eval " + json.dumps(figures))
             if evals is not None:
                 evals.append(figures)
+    for model, average in zip((unet, text_encoder), averages):
+        model.load_state_dict(average.module.state_dict())
     unet.eval()
     text_encoder.eval()
     return losses
@@ -505,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--te-width", type=int, default=32, help="the text encoder's hidden size = the U-Net's cross-attention width")
     parser.add_argument("--te-layers", type=int, default=12, help="the text encoder's layers (SD1.5: 12)")
     parser.add_argument("--te-heads", type=int, default=4)
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="keep a moving average of the U-Net's and text encoder's weights with this decay (0: off; "
+                        "0.999 ≈ the last 1000 steps) and write it instead of the last step's; evals measure both")
     parser.add_argument("--attn-lr-mult", type=float, default=1.0,
                         help="learning-rate multiplier for the U-Net's cross-attention to_q/to_k (sharper attention on the caption)")
     parser.add_argument("--centred", action="store_true",
@@ -533,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--colour-jitter must be in 0–255 and --saturation-jitter in 0–1")
     if args.te_probe < 0 or args.te_probe_steps < 0:  # a negative weight would teach the text encoder to blur the words
         parser.error("--te-probe and --te-probe-steps must be 0 or more")
+    if not 0 <= args.ema < 1:
+        parser.error("--ema must be in [0, 1) (0: off)")
     if args.threads:
         torch.set_num_threads(args.threads)
     else:
@@ -604,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                              min_snr_gamma=args.min_snr_gamma,
                              eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from), device=args.device,
                              evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg),
-                             probe=probe, probe_weight=args.te_probe, fit_head=not args.te_probe_steps)
+                             probe=probe, probe_weight=args.te_probe, fit_head=not args.te_probe_steps, ema_decay=args.ema)
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
@@ -624,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
         "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "te_lr": args.te_lr or args.unet_lr, "noise_offset": args.noise_offset,
-                 "shape_weight": args.shape_weight, "min_snr_gamma": args.min_snr_gamma, "debiased": args.debiased,
+                 "shape_weight": args.shape_weight, "ema": args.ema, "min_snr_gamma": args.min_snr_gamma, "debiased": args.debiased,
                  "loss_first_100": mean(unet_losses[:100]),
                  "loss_last_100": mean(unet_losses[-100:]), "minutes": round(minutes - vae_minutes, 1)},
         "evals": evals,

@@ -66,6 +66,41 @@ def test_the_shape_reader_reads_drawn_pictures():
     assert shapes >= 190 and whole >= 190, (shapes, whole)
 
 
+def test_the_shape_reader_reads_a_shape_of_the_wrong_aspect_and_ignores_a_stray_speck():
+    """What the toy bases draw (run 24's held-out squares, docs/BENCHMARKS.md): squares 36 pixels
+    wide and 48 high, and a stray speck of the shape's colour near a corner. The reader fitted
+    shapes of the box's longer side to the pixels, so such a square read as a circle (17 of 36);
+    it must read each shape stretched to either aspect as itself, and a speck must not move it."""
+    from PIL import Image, ImageDraw
+
+    from engine.models.toy_data import RING_HOLE, SHAPES, read_scene
+
+    def picture(shape: str, width: int, height: int, speck: str) -> Image.Image:
+        image = Image.new("RGB", (256, 256), COLOURS["cyan"])
+        pen = ImageDraw.Draw(image)
+        box = (128 - width * 2, 128 - height * 2, 128 + width * 2, 128 + height * 2)  # drawn at 4× like draw()
+        red = COLOURS["red"]
+        if shape == "square":
+            pen.rectangle(box, fill=red)
+        elif shape == "triangle":
+            pen.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=red)
+        else:
+            pen.ellipse(box, fill=red)
+            if shape == "ring":
+                cx, cy, rx, ry = 128, 128, width * 2 * RING_HOLE, height * 2 * RING_HOLE
+                pen.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=COLOURS["cyan"])
+        if speck == "corner":  # beside the shape's top right corner, as the bases draw it
+            pen.ellipse((box[2] + 6, box[1] - 14, box[2] + 14, box[1] - 6), fill=red)
+        elif speck == "far":  # alone in the picture's corner: the shape's box must not reach it
+            pen.ellipse((228 - 12, 228 - 12, 228, 228), fill=red)
+        return image.resize((64, 64), Image.Resampling.LANCZOS)
+
+    for shape in SHAPES:
+        for width, height in ((36, 48), (48, 36), (40, 40), (24, 30)):
+            for speck in ("none", "corner", "far"):
+                assert read_scene(picture(shape, width, height, speck)) == ("red", shape, "cyan"), (shape, width, height, speck)
+
+
 def test_a_world_of_varied_colours_draws_around_the_names_and_the_readers_still_read_it(monkeypatch):
     """``--colour-jitter``/``--saturation-jitter`` (issue 24): each drawn colour moves around its
     name (toward its gray, and each channel). The readers must stay exact on such pictures before
@@ -149,7 +184,7 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
                            "--vae-steps", "0", "--unet-steps", "2", "--pool", "16", "--unet-batch", "2", "--threads", "1",
                            "--te-width", "64", "--te-layers", "2", "--debiased", "--radius", "0.25,0.4", "--eval-every", "1",
                            "--eval-prompts", "1", "--max-length", "16", "--centred", "--attn-lr-mult", "10", "--te-probe", "0.1",
-                           "--te-probe-steps", "3", "--colour-jitter", "20", "--saturation-jitter", "0.3"],
+                           "--te-probe-steps", "3", "--colour-jitter", "20", "--saturation-jitter", "0.3", "--ema", "0.9"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     again = json.loads((wider / "pretrain.json").read_text())
@@ -159,6 +194,7 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     assert (again["colour_jitter"], again["saturation_jitter"], record["colour_jitter"]) == (20, 0.3, 0)
     assert again["te_probe"]["weight"] == 0.1 and again["te_probe"]["steps"] == 3 and again["te_probe"]["loss_last_100"] > 0
     assert [e["step"] for e in again["evals"]] == [0, 1, 2] and {"shape_colour", "background", "shape"} <= set(again["evals"][-1])
+    assert again["unet"]["ema"] == 0.9 and {"shape_colour", "background", "shape"} <= set(again["evals"][-1]["ema"])
     model = load_base_model(str(wider))
     assert model.tokenizers[0].model_max_length == 16  # prompts pad to 16 tokens where this model trains and samples
     assert model.text_encoders[0].config.hidden_size == 64 and model.unet.config.cross_attention_dim == 64
@@ -397,6 +433,41 @@ def test_a_continued_run_fits_the_probe_head_without_moving_the_text_encoder():
     assert all(torch.equal(before[name], value) for name, value in text_encoder.state_dict().items())
 
 
+def test_ema_writes_the_average_and_leaves_training_and_its_evals_on_the_right_weights():
+    """--ema (issue 24): the weights written are the moving average, each eval measures the
+    last step's weights and then the average's, and swapping the average in for an eval puts the
+    training weights back (the same losses as a run without it, step for step)."""
+    import torch
+
+    from bench.pretrain_toy import build, train_unet
+    from engine.models.toy_data import dataset_scenes
+
+    captions = [caption for _, caption in dataset_scenes(4, 8)]
+    latents = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def run(ema_decay: float):
+        torch.manual_seed(0)
+        components = build(0, te_layers=2)
+        seen: list[float] = []
+
+        def evaluate_now():  # what an eval sees: one of the U-Net's weights
+            seen.append(float(components["unet"].conv_in.weight.sum()))
+            return {"shape": 0.0}
+
+        evals: list[dict] = []
+        losses = train_unet(components, latents, captions, 4, 2, 1e-2, 0, eval_every=2, evaluate_now=evaluate_now, evals=evals,
+                            ema_decay=ema_decay)
+        return losses, seen, evals, components["unet"].conv_in.weight.detach().clone()
+
+    plain_losses, plain_seen, plain_evals, plain_weight = run(0.0)
+    losses, seen, evals, weight = run(0.5)
+    assert losses == plain_losses  # training itself never ran on the average
+    assert seen[0::2] == plain_seen and seen[1::2] != plain_seen  # each eval: the step's weights, then the average's
+    assert [set(e) for e in evals] == [{"step", "minutes", "shape", "ema"}] * 2 and "ema" not in plain_evals[0]
+    assert not torch.equal(weight, plain_weight)  # what is written is the average
+    assert abs(float(weight.sum()) - seen[-1]) < 1e-4  # ... the one the last eval measured
+
+
 def test_the_pretraining_script_refuses_a_negative_probe(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(tmp_path / "toy"), "--te-probe", "-1"],
                           capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
@@ -405,6 +476,9 @@ def test_the_pretraining_script_refuses_a_negative_probe(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(tmp_path / "toy"), "--saturation-jitter", "1.5"],
                           capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "--saturation-jitter in 0–1" in done.stderr and not (tmp_path / "toy").exists()
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(tmp_path / "toy"), "--ema", "1"],
+                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "--ema must be in [0, 1)" in done.stderr and not (tmp_path / "toy").exists()
 
 
 # ----------------------------------------------------------------------------- `new --base toy`

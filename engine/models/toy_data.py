@@ -33,6 +33,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "ring")
 SIZE = 64  # pixels per side of a picture
+RING_HOLE = 0.55  # a ring's hole, as a fraction of its radius
 MONOCHROME_SHARE = 0.2  # of pretraining pictures drawn in grayscale ("..., monochrome")
 EMPTY_CAPTION_SHARE = 0.15  # caption dropout: the empty prompt must draw sensible pictures
 HELD_OUT_EVERY = 5  # one (colour, shape, background) combination in five is never trained
@@ -144,7 +145,7 @@ def _paint_shape(image, scene: Scene, fill, background) -> None:
         pen.polygon([(x, y - r), (x - r * math.sqrt(3) / 2, y + r / 2), (x + r * math.sqrt(3) / 2, y + r / 2)], fill=fill)
     elif scene.shape == "ring":
         pen.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-        inner = r * 0.55
+        inner = r * RING_HOLE
         pen.ellipse((x - inner, y - inner, x + inner, y + inner), fill=background)
 
 
@@ -233,23 +234,52 @@ def read_scene(image) -> tuple[str, str, str]:
 
 def nearest_shape(drawn) -> str:
     """Which of :data:`SHAPES` the pixels marked in ``drawn`` (SIZE×SIZE booleans) show: the
-    shape fitted to their bounding box that overlaps them best (intersection over union)."""
+    largest connected region (a model's stray speck beside the shape would widen its box) fitted
+    to its own bounding box, stretched to a square, against each shape stretched the same way;
+    the best overlap (intersection over union) wins. Stretched, because a model that draws a
+    square 36 pixels wide and 48 high has drawn a square with the wrong aspect, not a circle:
+    fitting shapes of the box's longer side read it as one (run 24's squares, docs/BENCHMARKS.md)."""
     import numpy as np
+    from PIL import Image
 
-    rows, cols = np.nonzero(drawn)
+    region = largest_region(drawn)
+    rows, cols = np.nonzero(region)
     if rows.size == 0:  # one flat colour: any shape is as good
         return SHAPES[0]
-    top, bottom, left, right = rows.min() / SIZE, (rows.max() + 1) / SIZE, cols.min() / SIZE, (cols.max() + 1) / SIZE
-    cx, cy, half = (left + right) / 2, (top + bottom) / 2, max(right - left, bottom - top) / 2
-    fits = {  # (cx, cy, radius) of the Scene that fills this box, as _paint_shape draws each shape
-        "circle": (cx, cy, half),
-        "square": (cx, cy, half / 0.9),
-        "triangle": (cx, top + (bottom - top) / 1.5, (bottom - top) / 1.5),
-        "ring": (cx, cy, half),
+    box = region[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    side = 32
+    seen = np.asarray(Image.fromarray(box.astype(np.uint8) * 255).resize((side, side), Image.Resampling.BILINEAR)) > 127
+    v, u = (np.mgrid[0:side, 0:side] + 0.5) / side  # pixel centres in the unit box, v downward
+    round_ = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    templates = {
+        "circle": round_,
+        "square": np.ones((side, side), dtype=bool),
+        "triangle": np.abs(u - 0.5) <= v / 2,  # apex up, base along the bottom, as drawn
+        "ring": round_ & ((u - 0.5) ** 2 + (v - 0.5) ** 2 >= (0.5 * RING_HOLE) ** 2),
     }
+    return max(SHAPES, key=lambda shape: (templates[shape] & seen).sum() / max((templates[shape] | seen).sum(), 1))
 
-    def overlap(shape: str) -> float:
-        outline = np.asarray(shape_mask(Scene("white", shape, "black", *fits[shape]))) > 127
-        return (outline & drawn).sum() / max((outline | drawn).sum(), 1)
 
-    return max(SHAPES, key=overlap)
+def largest_region(drawn):
+    """The largest 4-connected region of ``drawn`` (a boolean array), as a boolean array."""
+    import numpy as np
+
+    height, width = drawn.shape
+    label = np.zeros((height, width), dtype=np.int32)
+    best, best_size, count = 0, 0, 0
+    for y0, x0 in zip(*np.nonzero(drawn)):
+        if label[y0, x0]:
+            continue
+        count += 1
+        label[y0, x0] = count
+        stack, size = [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for yy, xx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= yy < height and 0 <= xx < width and drawn[yy, xx] and not label[yy, xx]:
+                    label[yy, xx] = count
+                    stack.append((yy, xx))
+        if size > best_size:
+            best, best_size = count, size
+    return label == best if best else np.zeros_like(drawn, dtype=bool)
