@@ -450,6 +450,20 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
     return losses
 
 
+def vae_origin(folder: Path) -> dict:
+    """Where a ``--vae-from`` VAE was trained: the folder, and the run of its lineage that trained
+    it (its steps and minutes), so that a model's record counts the VAE's minutes in its budget."""
+    record = json.loads((folder / "pretrain.json").read_text()) if (folder / "pretrain.json").is_file() else None
+    while isinstance(record, dict) and not record.get("vae", {}).get("steps"):
+        borrowed = record.get("vae_from")  # older records name the folder only
+        if isinstance(borrowed, str):
+            borrowed = {"run": json.loads((Path(borrowed) / "pretrain.json").read_text())} if (Path(borrowed) / "pretrain.json").is_file() else None
+        record = record.get("from") if isinstance(record.get("from"), dict) else (borrowed or {}).get("run")
+    if not isinstance(record, dict):
+        return {"path": str(folder), "steps": None, "minutes": 0.0}
+    return {"path": str(folder), "steps": record["vae"]["steps"], "minutes": record["vae"]["minutes"], "run": record}
+
+
 def save(components, out: Path, record: dict) -> None:
     """The diffusers folder, weights stored in fp16 (half the size: the shipped model must
     stay small; it loads in fp32 like any fp16 checkpoint), with SHA256SUMS."""
@@ -649,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         "attn_lr_mult": args.attn_lr_mult,
         "te_probe": {"weight": args.te_probe, "steps": args.te_probe_steps,
                      "loss_last_100": mean(probe_losses[-100:])},
-        "vae_from": str(args.vae_from) if args.vae_from else None,
+        "vae_from": vae_origin(args.vae_from) if args.vae_from else None,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
@@ -665,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
         record["from"] = json.loads(earlier.read_text()) if earlier.is_file() else str(args.start_from)
         record["total_minutes"] = round(minutes + float(record["from"].get("total_minutes", record["from"].get("minutes", 0)))
                                         if isinstance(record["from"], dict) else minutes, 1)
+    if args.vae_from and not args.start_from:  # the borrowed VAE's training is part of this model's cost
+        record["total_minutes"] = round(minutes + record["vae_from"]["minutes"], 1)
     save(components, args.out, record)
     log(f"wrote {args.out} in {minutes:.1f} min: {json.dumps(record)}")
     return 0

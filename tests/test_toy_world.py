@@ -200,6 +200,16 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     assert model.text_encoders[0].config.hidden_size == 64 and model.unet.config.cross_attention_dim == 64
     assert abs(model.vae.config.scaling_factor - record["scaling_factor"]) < 1e-3  # the VAE and its scale kept
 
+    # a VAE borrowed from another run (--vae-from): its training minutes count in this model's budget
+    borrowed = tmp_path / "borrowed"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(borrowed), "--vae-from", str(wider),
+                           "--vae-steps", "0", "--unet-steps", "1", "--pool", "16", "--unet-batch", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    third = json.loads((borrowed / "pretrain.json").read_text())
+    assert third["vae_from"]["path"] == str(wider) and third["vae_from"]["steps"] == 2  # trained by the first run, two links back
+    assert third["vae_from"]["minutes"] == record["vae"]["minutes"] and third["total_minutes"] >= third["minutes"]
+
     # the colour yardstick runs on it (an untrained model: the figures are near chance)
     report = tmp_path / "colours.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "toy_colours.py"), "--base", str(out), "--prompts", "2", "--seeds", "1",
