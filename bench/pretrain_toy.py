@@ -321,7 +321,7 @@ def pretrain_text_encoder(components, captions: list[str], steps: int, batch: in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 100 == 0 or step == steps:
             log(f"text encoder step {step}/{steps} probe loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
     return losses
