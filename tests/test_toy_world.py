@@ -461,7 +461,7 @@ def test_ema_writes_the_average_and_leaves_training_and_its_evals_on_the_right_w
         seen: list[float] = []
 
         def evaluate_now():  # what an eval sees: one of the U-Net's weights
-            seen.append(float(components["unet"].conv_in.weight.sum()))
+            seen.append(float(components["unet"].conv_in.weight.detach().sum()))
             return {"shape": 0.0}
 
         evals: list[dict] = []
