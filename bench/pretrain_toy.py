@@ -432,8 +432,8 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        for average in averages:
-            average.update_parameters(unet if average is averages[0] else text_encoder)
+        for model, average in zip((unet, text_encoder), averages):
+            average.update_parameters(model)
         losses.append(float(loss.detach()))
         govern()
         if step % 100 == 0 or step == steps:
@@ -453,11 +453,17 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
 def vae_origin(folder: Path) -> dict:
     """Where a ``--vae-from`` VAE was trained: the folder, and the run of its lineage that trained
     it (its steps and minutes), so that a model's record counts the VAE's minutes in its budget."""
-    record = json.loads((folder / "pretrain.json").read_text()) if (folder / "pretrain.json").is_file() else None
+    def read(where: Path):  # a record that is missing or unreadable only leaves the minutes unknown
+        try:
+            return json.loads((where / "pretrain.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    record = read(folder)
     while isinstance(record, dict) and not record.get("vae", {}).get("steps"):
         borrowed = record.get("vae_from")  # older records name the folder only
         if isinstance(borrowed, str):
-            borrowed = {"run": json.loads((Path(borrowed) / "pretrain.json").read_text())} if (Path(borrowed) / "pretrain.json").is_file() else None
+            borrowed = {"run": read(Path(borrowed))}
         record = record.get("from") if isinstance(record.get("from"), dict) else (borrowed or {}).get("run")
     if not isinstance(record, dict):
         return {"path": str(folder), "steps": None, "minutes": 0.0}
@@ -607,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         swap_cross_attention_inputs(components["unet"], args.te_width, args.seed)
     if args.max_length:  # saved with the tokenizer: the engine pads to it when it trains and samples
         components["tokenizer"].model_max_length = args.max_length
+    origin = vae_origin(args.vae_from) if args.vae_from else None  # read before hours of training, not after
     if args.vae_from:
         components["vae"] = load_components(args.vae_from)["vae"]
         args.vae_steps = 0
@@ -663,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         "attn_lr_mult": args.attn_lr_mult,
         "te_probe": {"weight": args.te_probe, "steps": args.te_probe_steps,
                      "loss_last_100": mean(probe_losses[-100:])},
-        "vae_from": vae_origin(args.vae_from) if args.vae_from else None,
+        "vae_from": origin,
         "vae": {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "loss_first_100": mean(vae_losses[:100]),
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
@@ -680,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         record["total_minutes"] = round(minutes + float(record["from"].get("total_minutes", record["from"].get("minutes", 0)))
                                         if isinstance(record["from"], dict) else minutes, 1)
     if args.vae_from and not args.start_from:  # the borrowed VAE's training is part of this model's cost
-        record["total_minutes"] = round(minutes + record["vae_from"]["minutes"], 1)
+        record["total_minutes"] = round(minutes + origin["minutes"], 1)
     save(components, args.out, record)
     log(f"wrote {args.out} in {minutes:.1f} min: {json.dumps(record)}")
     return 0
