@@ -26,22 +26,37 @@ CARDS_MIB = {"24 GB": 24576, "12 GB": 12288}
 CONTEXT_MIB = 1024
 
 
+def rate_of(marks: list[tuple[int, float]]) -> float | None:
+    """Steps/s from (step, time) marks, the first third skipped (start-up, cuDNN's choices, a
+    graph's capture). Counted in steps, not in marks: on CUDA the trainer reports at most every
+    ``LOSS_READ_S`` (engine.train.loss_reads), several steps per report once a step is faster than
+    that. Counting reports capped every rate at ~3.3/s on the H200 (2026-12-04), graphs or not."""
+    clean = marks[len(marks) // 3:]
+    if len(clean) < 2 or clean[-1][1] <= clean[0][1] or clean[-1][0] <= clean[0][0]:
+        return None
+    return (clean[-1][0] - clean[0][0]) / (clean[-1][1] - clean[0][1])
+
+
 def timed(train_with: Callable[[TrainControls], object]) -> tuple[float | None, object, float | None]:
-    """(steps/s after the first third, the training's result, seconds to the first step)."""
+    """(steps/s after the first third, the training's result, seconds to the first report)."""
     import torch
 
-    marks: list[float] = []
+    marks: list[tuple[int, float]] = []
 
-    def on_progress(_progress) -> None:
+    def on_progress(progress) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # a step is done when the GPU is, not when its kernels are queued
-        marks.append(time.perf_counter())
+        marks.append((progress.step, time.perf_counter()))
 
     began = time.perf_counter()
     result = train_with(TrainControls(on_progress=on_progress))
-    clean = marks[len(marks) // 3:]
-    rate = (len(clean) - 1) / (clean[-1] - clean[0]) if len(clean) > 2 and clean[-1] > clean[0] else None
-    return rate, result, (marks[0] - began if marks else None)
+    return rate_of(marks), result, (marks[0][1] - began if marks else None)
+
+
+def without_copy_checks(project):
+    """The rate phases time training steps: the copy check (a few U-Net forwards every
+    ``copy_check_every_n_steps`` and at the last step) would land in the last timed interval."""
+    return replace(project, train=replace(project.train, copy_check_every_n_steps=0))
 
 
 def _load(project: Path):
@@ -67,6 +82,7 @@ def graph_rates(project: Path, steps: int, log=print) -> dict:
     from engine.train.twin import train_twin
 
     project_, model = _load(project)
+    project_ = without_copy_checks(project_)
     rates: dict = {}
     logs: list[str] = []
     for graphs in (False, True):

@@ -209,15 +209,20 @@ def test_steps_of_another_shape_run_eagerly_and_the_graph_resumes_after():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("precision", "optimizer", "tolerance"), [("no", "AdamW", 1e-4), ("fp16", "SGDNesterov", 1e-2)])
+@pytest.mark.parametrize(("precision", "optimizer", "tolerance"), [("no", "AdamW", 1e-3), ("fp16", "SGDNesterov", 5e-2)])
 def test_the_cuda_graph_trains_as_eager_does_on_a_gpu(tmp_path, precision, optimizer, tolerance):
     """The real capture on the tiny model against eager, every LoRA tensor after 12 steps, relative
     to its norm. A replay runs the kernels the capture recorded, the same ones eager launches, so
     the two may differ only where cuBLAS picks another algorithm on the capture's stream (a
     different summation order). fp32 without TF32, AdamW: rounding at 1e-7 per op, which Adam's
     1/sqrt(v) may amplify on near-zero gradients: 1e-4. fp16 autocast with the grad scaler, plain
-    SGD (no such amplification): fp16 rounds at 5e-4 per op: 1e-2. The measured figure is in the
-    assertion message either way, for docs/BENCHMARKS.md."""
+    SGD (no such amplification): fp16 rounds at 5e-4 per op: 1e-2. Those were estimates; the first
+    GPU run (H200, 2026-12-04) measured 2.2e-4 and 1.22e-2 (docs/BENCHMARKS.md): Adam's amplification
+    is larger than guessed (a fresh LoRA's A gets zero gradients until B moves, and Adam turns the
+    rounding of near-zero gradients into whole-sized steps), and lr 0.5 carries fp16's rounding
+    through twelve steps. The bounds are ~4x the measured figures, still under what a graph that
+    dropped or repeated one of the twelve steps would do to the B weights (which start at zero:
+    about a twelfth of their norm, 8 %)."""
     from engine.models.loading import load_base_model
 
     torch.backends.cuda.matmul.allow_tf32 = False

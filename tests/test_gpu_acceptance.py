@@ -109,3 +109,38 @@ def test_graph_sdxl_and_kohya_phases_run_on_the_cpu(tmp_path):
     assert kohya["exit_code"] == 0 and kohya["steps_seen"] == 5 and kohya["it_per_s_last"] == 2.5 and kohya["lora_written"]
     ours = phases["step rates in one process"]["rates"]["AdamW8bit"]["it_per_s"]  # the run's --optimizer, as sd-scripts gets it
     assert kohya["ours_it_per_s"] == ours and kohya["ours_vs_kohya"] == round(ours / 2.5, 2)
+
+
+def test_the_rate_counts_steps_not_reports(monkeypatch):
+    """On CUDA the trainer reports every LOSS_READ_S, several steps per report once steps are fast:
+    a rate that counted reports read ~3.3/s on the H200 whatever the step cost (2026-12-04)."""
+    from types import SimpleNamespace
+
+    from bench import acceptance_speed
+
+    clock = iter([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # began, then one per report
+    monkeypatch.setattr(acceptance_speed.time, "perf_counter", lambda: next(clock))
+
+    def train_with(controls):
+        for step in (4, 8, 12, 16, 20, 24):  # four steps between reports, one second apart
+            controls.on_progress(SimpleNamespace(step=step))
+        return "result"
+
+    rate, result, first = acceptance_speed.timed(train_with)
+    assert (rate, result, first) == (4.0, "result", 1.0)
+    assert acceptance_speed.rate_of([(1, 0.0)]) is None and acceptance_speed.rate_of([]) is None  # one mark: no interval
+    assert acceptance_speed.rate_of([(3, 0.0), (6, 1.0), (9, 2.0)]) == 3.0
+
+
+def test_host_profile_times_the_steps_parts_on_the_cpu(tmp_path):
+    """bench/host_profile.py's smoke: eager, graphs asked (the CPU says why not) and cProfile, each
+    step's parts timed."""
+    out = tmp_path / "host.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_CACHE": os.environ.get("COPYLORA_CACHE", str(tmp_path / "cache"))}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "host_profile.py"), "--cpu-smoke", "--work", str(tmp_path / "w"),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = out.read_text()
+    assert report.count("== cuda_graphs=") == 3 and "under cProfile" in report
+    assert report.count("whole step (eager)") == 3 and report.count("optimizer step") == 3
+    assert "training eagerly: there is no CUDA device" in report and "run_backward" in report
