@@ -64,6 +64,24 @@ def download_command(python_version: str = "3.12", dest: str = ".whl", wheels: l
             f"{platforms} -d {dest} " + " ".join(wheels if wheels is not None else WHEELS.values()))
 
 
+def trim_wheel(wheel: Path, keep: str) -> int:
+    """Drop from ``wheel`` every shared library whose name lacks ``keep`` (rewritten in place);
+    the bytes saved. bitsandbytes' wheel holds a library per CUDA and ROCm version (43 MB);
+    the device machine's torch is CUDA 13.0, and the carry is 64 MiB: `keep="cuda130"` leaves
+    9 MB. pip installs it as it is (it does not check RECORD's hashes)."""
+    import zipfile
+
+    before = wheel.stat().st_size
+    trimmed = wheel.with_suffix(".trimming")
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(trimmed, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            if item.filename.endswith(".so") and keep not in item.filename and "_cpu" not in item.filename:
+                continue
+            target.writestr(item, source.read(item.filename))
+    trimmed.replace(wheel)
+    return before - wheel.stat().st_size
+
+
 def install_wheels(folder: Path, site: Path, log) -> list[str]:
     """Install the missing packages from carried wheels into ``site`` (no registry needed)."""
     missing = [module for module in WHEELS if importlib.util.find_spec(module) is None]
@@ -485,7 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=420, help="seconds allowed for each `copylora run --wait`")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, a few steps, on the CPU: checks the script itself")
     parser.add_argument("--print-download", action="store_true", help="print the pip command that fetches the wheels to carry")
+    parser.add_argument("--trim-wheel", nargs=2, metavar=("WHEEL", "KEEP"),
+                        help="drop the shared libraries whose name lacks KEEP from WHEEL (bitsandbytes: KEEP=cuda130 for the device's CUDA 13.0)")
     args = parser.parse_args(argv)
+    if args.trim_wheel:
+        wheel, keep = args.trim_wheel
+        print(f"{wheel}: {trim_wheel(Path(wheel), keep) / 2**20:.1f} MiB less")
+        return 0
     if args.print_download:
         print(download_command())
         print("# for --kohya (sd-scripts' own packages, in a folder of their own):")

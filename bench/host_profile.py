@@ -7,7 +7,7 @@ Why: on the H200 (2026-12-04) a 600×900 SD1.5 step took ~330 ms eager and ~300 
 forward and backward replayed as one graph, while the GPU worked ~63 ms of it: the host's time is
 outside what the graph holds, and this says where.
 
-    python bench/host_profile.py --base /tmp/sd15-random --steps 40          # on the GPU
+    python bench/host_profile.py --base /tmp/sd15-random --steps 40 --optimizers AdamW8bit,AdamW --channels-last   # on the GPU
     python bench/host_profile.py --cpu-smoke                                 # tiny, CPU: checks the script
 """
 
@@ -68,7 +68,7 @@ class PartTimer:
         return {name: {"ms_per_step": round(1000 * s / steps, 2), "calls": self.calls[name]} for name, s in self.seconds.items()}
 
 
-def run(project_dir: Path, steps: int, graphs: bool, profile: bool) -> dict:
+def run(project_dir: Path, steps: int, graphs: bool, profile: bool, optimizer: str | None = None, channels_last: bool = False) -> dict:
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project
     from engine.project.plan import make_plan
@@ -79,7 +79,12 @@ def run(project_dir: Path, steps: int, graphs: bool, profile: bool) -> dict:
     device = pick_device(None)
     dtype = _precision(project.train.mixed_precision, device, lambda line: None)[0]
     model = load_base_model(project.base_model_path(), project.info.model_family, dtype=dtype, device=device)
-    project = replace(project, train=replace(project.train, cuda_graphs=graphs, copy_check_every_n_steps=0))
+    if channels_last:  # a trial: the eager profile spent 13.5 % of the GPU's time converting NCHW to NHWC for cuDNN
+        import torch
+
+        model.unet.to(memory_format=torch.channels_last)
+    train_keys = {"cuda_graphs": graphs, "copy_check_every_n_steps": 0, **({"optimizer_type": optimizer} if optimizer else {})}
+    project = replace(project, train=replace(project.train, **train_keys))
     plan = make_plan(project, max_steps=steps)
     logs: list[str] = []
     timer = PartTimer()
@@ -105,7 +110,8 @@ def run(project_dir: Path, steps: int, graphs: bool, profile: bool) -> dict:
         timer.restore()
     _sync()
     total = time.perf_counter() - began
-    out = {"graphs": graphs, "steps": steps, "wall_ms_per_step": round(1000 * total / steps, 1), "parts": timer.table(steps),
+    out = {"graphs": graphs, "optimizer": optimizer or project.train.optimizer_type, "channels_last": channels_last, "steps": steps,
+           "wall_ms_per_step": round(1000 * total / steps, 1), "parts": timer.table(steps),
            "graph_log": [line for line in logs if line.startswith("cuda_graphs")]}
     if profile:
         text = io.StringIO()
@@ -122,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", help="a base model folder (default: build a random full-size SD1.5 under --work)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--size", default="600x900")
-    parser.add_argument("--optimizer", default="AdamW8bit")
+    parser.add_argument("--optimizers", default="AdamW8bit", help="comma-separated: each is timed eager and graphed (default AdamW8bit)")
+    parser.add_argument("--channels-last", action="store_true", help="also the first optimizer graphed with the U-Net in channels-last")
     parser.add_argument("--precision", default="fp16")
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=None, help="a text file for the report (also printed)")
@@ -143,17 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     pictures = teacher_pictures(work / "pictures", width, height)
     project = make_project(work / "project", pictures, base, size=(width, height), steps=args.steps, precision=args.precision,
-                           optimizer=args.optimizer, sample_steps=2, device="cpu" if args.cpu_smoke else "cuda")
+                           optimizer=args.optimizers.split(",")[0].strip(), sample_steps=2, device="cpu" if args.cpu_smoke else "cuda")
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    # (optimizer, graphs, channels_last, cProfile): each optimizer eager and graphed, then the
+    # first one graphed in channels-last (if asked) and graphed under cProfile.
+    variants = [(o, g, False, False) for o in optimizers for g in (False, True)]
+    variants += [(optimizers[0], True, True, False)] if args.channels_last else []
+    variants += [(optimizers[0], True, False, True)]
     lines = []
-    for graphs, profile in ((False, False), (True, False), (True, True)):
-        result = run(project, args.steps, graphs, profile)
-        head = f"== cuda_graphs={graphs}{' under cProfile' if profile else ''}: {result['wall_ms_per_step']} ms/step"
-        lines.append(head)
-        lines += [f"   {name:28s} {part['ms_per_step']:8.2f} ms/step ({part['calls']} calls)" for name, part in result["parts"].items()]
-        lines += [f"   {line}" for line in result["graph_log"]]
+    for optimizer, graphs, channels_last, profile in variants:
+        result = run(project, args.steps, graphs, profile, optimizer, channels_last)
+        head = (f"== {optimizer}, cuda_graphs={graphs}{', channels-last' if channels_last else ''}"
+                f"{' under cProfile' if profile else ''}: {result['wall_ms_per_step']} ms/step")
+        part_lines = [f"   {name:28s} {part['ms_per_step']:8.2f} ms/step ({part['calls']} calls)" for name, part in result["parts"].items()]
+        said = [f"   {line}" for line in result["graph_log"]]
+        print("\n".join([head, *part_lines, *said]), flush=True)
+        lines += [head, *part_lines, *said]
         if profile:
             lines += [result["cprofile_tottime"], result["cprofile_cumulative"]]
-        print("\n".join(lines[-(len(result['parts']) + 1):]) if not profile else "\n".join(lines[-3:]), flush=True)
     report = "\n".join(lines)
     if args.out:
         Path(args.out).write_text(report + "\n")

@@ -133,14 +133,35 @@ def test_the_rate_counts_steps_not_reports(monkeypatch):
 
 
 def test_host_profile_times_the_steps_parts_on_the_cpu(tmp_path):
-    """bench/host_profile.py's smoke: eager, graphs asked (the CPU says why not) and cProfile, each
-    step's parts timed."""
+    """bench/host_profile.py's smoke: eager, graphs asked (the CPU says why not), channels-last and
+    cProfile, each step's parts timed."""
     out = tmp_path / "host.txt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_CACHE": os.environ.get("COPYLORA_CACHE", str(tmp_path / "cache"))}
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "host_profile.py"), "--cpu-smoke", "--work", str(tmp_path / "w"),
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "host_profile.py"), "--cpu-smoke", "--optimizers", "AdamW",
+                           "--channels-last", "--work", str(tmp_path / "w"), "--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = out.read_text()
-    assert report.count("== cuda_graphs=") == 3 and "under cProfile" in report
-    assert report.count("whole step (eager)") == 3 and report.count("optimizer step") == 3
+    heads = [line for line in report.splitlines() if line.startswith("== ")]
+    assert [h.split(":")[0] for h in heads] == ["== AdamW, cuda_graphs=False", "== AdamW, cuda_graphs=True",
+                                                 "== AdamW, cuda_graphs=True, channels-last", "== AdamW, cuda_graphs=True under cProfile"]
+    assert report.count("whole step (eager)") == 4 and report.count("optimizer step") == 4
     assert "training eagerly: there is no CUDA device" in report and "run_backward" in report
+
+
+def test_trim_wheel_keeps_the_named_library_and_everything_else(tmp_path):
+    """The carry is 64 MiB and bitsandbytes' wheel 43 MB of libraries for every CUDA/ROCm."""
+    import zipfile
+
+    wheel = tmp_path / "bitsandbytes-0-py3-none-any.whl"
+    names = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so", "bitsandbytes/libbitsandbytes_cuda130.so",
+             "bitsandbytes/libbitsandbytes_cuda128.so", "bitsandbytes/libbitsandbytes_rocm72.so", "bitsandbytes-0.dist-info/RECORD"]
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name in names:
+            z.writestr(name, name * 1000)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--trim-wheel", str(wheel), "cuda130"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == sorted(n for n in names if "cuda128" not in n and "rocm" not in n)
+        assert z.read("bitsandbytes/libbitsandbytes_cuda130.so") == b"bitsandbytes/libbitsandbytes_cuda130.so" * 1000
