@@ -39,8 +39,7 @@ class PartTimer:
     under a name; the loop's own time is the step's less its parts."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
+        self.times: dict[str, list[float]] = defaultdict(list)  # each call's seconds, in order
         self.undo: list = []
 
     def wrap(self, owner, attribute: str, name: str) -> None:
@@ -53,8 +52,7 @@ class PartTimer:
                 return original(*args, **kwargs)
             finally:
                 _sync()
-                self.seconds[name] += time.perf_counter() - began
-                self.calls[name] += 1
+                self.times[name].append(time.perf_counter() - began)
 
         setattr(owner, attribute, timed)
         self.undo.append((owner, attribute, original))
@@ -65,7 +63,18 @@ class PartTimer:
         self.undo.clear()
 
     def table(self, steps: int) -> dict:
-        return {name: {"ms_per_step": round(1000 * s / steps, 2), "calls": self.calls[name]} for name, s in self.seconds.items()}
+        """Per part: its share of a step (all calls over all steps: the warm-up steps and a
+        capture included), its mean per call, and its median over the last two thirds of the
+        calls (the steady state: what a 4000-step run is made of)."""
+        return {name: {"ms_per_step": round(1000 * sum(times) / steps, 2), "calls": len(times),
+                       "ms_per_call": round(1000 * sum(times) / len(times), 2), "steady_ms": round(1000 * steady_median(times), 2)}
+                for name, times in self.times.items()}
+
+
+def steady_median(times: list[float]) -> float:
+    """The median of the last two thirds (the first third: cuDNN's choices, the graph's warm-up and capture)."""
+    tail = sorted(times[len(times) // 3:])
+    return tail[len(tail) // 2] if tail else 0.0
 
 
 def run(project_dir: Path, steps: int, graphs: bool, profile: bool, optimizer: str | None = None, channels_last: bool = False) -> dict:
@@ -162,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run(project, args.steps, graphs, profile, optimizer, channels_last)
         head = (f"== {optimizer}, cuda_graphs={graphs}{', channels-last' if channels_last else ''}"
                 f"{' under cProfile' if profile else ''}: {result['wall_ms_per_step']} ms/step")
-        part_lines = [f"   {name:28s} {part['ms_per_step']:8.2f} ms/step ({part['calls']} calls)" for name, part in result["parts"].items()]
+        part_lines = [f"   {name:28s} {part['ms_per_step']:8.2f} ms/step, {part['ms_per_call']:8.2f} ms/call, steady {part['steady_ms']:8.2f} ms "
+                      f"({part['calls']} calls)" for name, part in result["parts"].items()]
         said = [f"   {line}" for line in result["graph_log"]]
         print("\n".join([head, *part_lines, *said]), flush=True)
         lines += [head, *part_lines, *said]
