@@ -25,8 +25,8 @@ gets the new width by new cross-attention ``to_k``/``to_v``), the U-Net's widths
 shapes' size (``--radius``), 1/√SNR weighting (``--debiased``), a VAE taken from another run
 (``--vae-from``), ``--device cuda`` for a lent GPU, ``--te-probe``/``--te-probe-steps`` (a probe that keeps every
 caption word in the text encoder's position-averaged output: run 17's had let "circle" and
-"square" collapse there), ``--ema DECAY`` (a moving average of the weights, written instead of the
-last step's), and ``--eval-every N``: the share of
+"square" collapse there), ``--ema DECAY`` (a moving average of the weights, written to ``--out``;
+the last step's go beside it, in ``OUT-last``), and ``--eval-every N``: the share of
 shapes' colours, backgrounds and shapes drawn as asked on held-out prompts at CFG 7, logged and
 kept in ``pretrain.json`` (``evals``) so a run can be stopped at its plateau. A continued run's
 record holds the one it started from (``from``) and the minutes of the whole chain.
@@ -352,7 +352,7 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
                te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
                eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False,
                device: str = "cpu", attn_lr_mult: float = 1.0, probe: "CaptionProbe | None" = None,
-               probe_weight: float = 0.0, fit_head: bool = True, ema_decay: float = 0.0) -> list[float]:
+               probe_weight: float = 0.0, fit_head: bool = True, ema_decay: float = 0.0, last: dict | None = None) -> list[float]:
     import torch
     from diffusers import DDPMScheduler
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -443,6 +443,9 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
             log("eval " + json.dumps(figures))
             if evals is not None:
                 evals.append(figures)
+    if averages and last is not None:  # --ema: the last step's weights too, to be written and scored beside the average
+        last.update({name: {k: v.detach().clone() for k, v in model.state_dict().items()}
+                     for name, model in (("unet", unet), ("text_encoder", text_encoder))})
     for model, average in zip((unet, text_encoder), averages):
         model.load_state_dict(average.module.state_dict())
     unet.eval()
@@ -468,6 +471,11 @@ def vae_origin(folder: Path) -> dict:
     if not isinstance(record, dict):
         return {"path": str(folder), "steps": None, "minutes": 0.0}
     return {"path": str(folder), "steps": record["vae"]["steps"], "minutes": record["vae"]["minutes"], "run": record}
+
+
+def last_step_folder(out: Path) -> Path:
+    """Where an --ema run writes its last step's weights, beside the average: ``OUT-last``."""
+    return out.with_name(out.name + "-last")
 
 
 def save(components, out: Path, record: dict) -> None:
@@ -552,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--te-heads", type=int, default=4)
     parser.add_argument("--ema", type=float, default=0.0,
                         help="keep a moving average of the U-Net's and text encoder's weights with this decay (0: off; "
-                        "0.999 ≈ the last 1000 steps) and write it instead of the last step's; evals measure both")
+                        "0.999 ≈ the last 1000 steps) and write it to --out, the last step's weights to OUT-last; evals measure both")
     parser.add_argument("--attn-lr-mult", type=float, default=1.0,
                         help="learning-rate multiplier for the U-Net's cross-attention to_q/to_k (sharper attention on the caption)")
     parser.add_argument("--centred", action="store_true",
@@ -650,12 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     probe = CaptionProbe(components["text_encoder"].config.hidden_size, args.seed, args.device) if args.te_probe or args.te_probe_steps else None
     probe_losses = pretrain_text_encoder(components, captions, args.te_probe_steps, 64, args.te_lr, args.seed, probe, args.device) \
         if args.te_probe_steps else []
+    last: dict = {}  # --ema: the last step's weights (the average is what --out gets)
     unet_losses = train_unet(components, latents * scale, captions, args.unet_steps, args.unet_batch, args.unet_lr, args.seed,
                              attn_lr_mult=args.attn_lr_mult, te_lr=args.te_lr, noise_offset=args.noise_offset, weights=weights,
                              min_snr_gamma=args.min_snr_gamma,
                              eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from), device=args.device,
                              evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg),
-                             probe=probe, probe_weight=args.te_probe, fit_head=not args.te_probe_steps, ema_decay=args.ema)
+                             probe=probe, probe_weight=args.te_probe, fit_head=not args.te_probe_steps, ema_decay=args.ema, last=last)
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
@@ -688,6 +697,15 @@ def main(argv: list[str] | None = None) -> int:
                                         if isinstance(record["from"], dict) else minutes, 1)
     if args.vae_from and not args.start_from:  # the borrowed VAE's training is part of this model's cost
         record["total_minutes"] = round(minutes + origin["minutes"], 1)
+    if last:  # written first: save() casts the components to fp16 on the CPU
+        averaged = {name: {k: v.clone() for k, v in components[name].state_dict().items()} for name in last}
+        for name, state in last.items():
+            components[name].load_state_dict(state)
+        save(components, last_step_folder(args.out), {**record, "weights": f"the last step's (the --ema {args.ema} average is in {args.out})"})
+        for name, state in averaged.items():
+            components[name].to(torch.float32).load_state_dict(state)
+        components["vae"].to(torch.float32)
+        record["last_step_weights"] = str(last_step_folder(args.out))
     save(components, args.out, record)
     log(f"wrote {args.out} in {minutes:.1f} min: {json.dumps(record)}")
     return 0

@@ -159,7 +159,7 @@ def test_every_word_of_the_toy_world_is_one_token():
 
 @pytest.mark.slow
 def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     out = tmp_path / "toy"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(out), "--vae-steps", "2",
                            "--unet-steps", "2", "--pool", "16", "--vae-batch", "2", "--unet-batch", "2", "--threads", "1",
@@ -195,6 +195,12 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     assert again["te_probe"]["weight"] == 0.1 and again["te_probe"]["steps"] == 3 and again["te_probe"]["loss_last_100"] > 0
     assert [e["step"] for e in again["evals"]] == [0, 1, 2] and {"shape_colour", "background", "shape"} <= set(again["evals"][-1])
     assert again["unet"]["ema"] == 0.9 and {"shape_colour", "background", "shape"} <= set(again["evals"][-1]["ema"])
+    # --ema writes the last step's weights beside the average (OUT-last), each loadable, told apart
+    last = tmp_path / "wider-last"
+    assert again["last_step_weights"] == str(last) and "the last step's" in json.loads((last / "pretrain.json").read_text())["weights"]
+    averaged, stepped = load_base_model(str(wider)), load_base_model(str(last))
+    assert not torch.equal(averaged.unet.conv_in.weight, stepped.unet.conv_in.weight)
+    assert torch.equal(averaged.vae.decoder.conv_out.weight, stepped.vae.decoder.conv_out.weight)  # one VAE, not averaged
     model = load_base_model(str(wider))
     assert model.tokenizers[0].model_max_length == 16  # prompts pad to 16 tokens where this model trains and samples
     assert model.text_encoders[0].config.hidden_size == 64 and model.unet.config.cross_attention_dim == 64
