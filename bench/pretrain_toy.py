@@ -348,11 +348,62 @@ def fit_probe_head(text_encoder, probe: "CaptionProbe", ids, labels, lr: float, 
     return float(loss.detach())
 
 
+def cuda_graph(device: str):
+    """The U-Net phase's graph (--cuda-graph), its side stream on ``device``."""
+    import torch
+
+    from engine.train.cuda_graph import CudaGraph
+
+    with torch.cuda.device(device):
+        return CudaGraph()
+
+
+GRAPH_WARMUP = 3  # eager steps before the capture: AdamW makes its state, cuDNN picks its kernels
+
+
+class GraphedTrainStep:
+    """``body(inputs)`` run eagerly :data:`GRAPH_WARMUP` times, then captured once on copies of
+    its inputs and replayed: each later call copies its inputs into those and replays."""
+
+    def __init__(self, body, graph, warmup: int = GRAPH_WARMUP) -> None:
+        self.body, self.graph, self.warmup = body, graph, warmup
+        self.static: dict | None = None  # the tensors the graph reads
+        self.out = None  # the loss the graph writes
+
+    def __call__(self, inputs: dict):
+        if self.warmup:
+            self.warmup -= 1
+            with self.graph.warming():
+                return self.body(inputs)
+        if self.static is None:
+            self.static = {name: value.clone() for name, value in inputs.items()}
+
+            def captured() -> None:
+                assert self.static is not None
+                self.out = self.body(self.static)
+
+            self.graph.capture(captured)
+            log(f"cuda graph: the training step captured after {GRAPH_WARMUP} eager steps; replayed from here on")
+        else:
+            for name, value in inputs.items():
+                self.static[name].copy_(value)
+        self.graph.replay()  # the capture ran nothing: its step is the first replay
+        return self.out.clone()
+
+
 def train_unet(components, latents, captions: list[str], steps: int, batch: int, lr: float, seed: int,
                te_lr: float | None = None, noise_offset: float = 0.0, weights=None, min_snr_gamma: float = 0.0,
                eval_every: int = 0, evaluate_now=None, evals: list | None = None, debiased: bool = False, start_eval: bool = False,
                device: str = "cpu", attn_lr_mult: float = 1.0, probe: "CaptionProbe | None" = None,
-               probe_weight: float = 0.0, fit_head: bool = True, ema_decay: float = 0.0, last: dict | None = None) -> list[float]:
+               probe_weight: float = 0.0, fit_head: bool = True, ema_decay: float = 0.0, last: dict | None = None,
+               graph=None, max_minutes: float = 0.0) -> list[float]:
+    """The U-Net and text encoder trained together. ``graph`` (--cuda-graph: an
+    :class:`engine.train.cuda_graph.CudaGraph`; the tests pass its CPU stand-in): after
+    :data:`GRAPH_WARMUP` eager steps the whole step (forward, loss, backward, clipping, AdamW) is
+    captured once and replayed, each step's draws copied into its inputs. The toy's kernels are
+    tiny, so an eager step on a GPU is all launch overhead. ``max_minutes`` (> 0): stop after the step
+    that passes that many minutes (a lent GPU's call has a limit); the steps done are the
+    losses' length."""
     import torch
     from diffusers import DDPMScheduler
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -376,7 +427,15 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
         groups.append({"params": probe.parameters(), "lr": te_lr or lr})
         if fit_head:  # a head the --te-probe-steps phase just trained is fitted already
             fit_probe_head(text_encoder, probe, ids, labels, te_lr or lr, seed, device)
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+    if graph is not None and str(device).startswith("cuda"):
+        # A captured optimizer step reads its learning rates and step counts from the device:
+        # capturable AdamW, and each group's rate a tensor that the schedule fills in place
+        # (torch.optim.lr_scheduler's _update_param_group_val) so the replays see it change.
+        for group in groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, capturable=True, foreach=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 200) * max(0.1, 1 - s / steps))
     # --ema: a moving average of the weights (what diffusion models ship; a small model's last
     # steps wander around the minimum). Each eval measures both; the average is what is written.
@@ -404,45 +463,70 @@ def train_unet(components, latents, captions: list[str], steps: int, batch: int,
     if evaluate_now is not None and eval_every and evals is not None and start_eval:
         evals.append({"step": 0, "minutes": 0.0, **evaluate_now()})
         log("eval " + json.dumps(evals[-1]))
-    for step in range(1, steps + 1):
+
+    def draw() -> dict:
+        """The step's batch, noise and timesteps, drawn on the CPU from the run's generator (the
+        same numbers on any device, graphed or not), with what the loss needs of them, moved."""
         index = torch.randint(0, latents.shape[0], (batch,), generator=generator)
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=generator)
         if noise_offset:  # as sd-scripts' noise_offset: see --noise-offset's help
             noise = noise + noise_offset * torch.randn((batch, x0.shape[1], 1, 1), generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        # drawn on the CPU (the same numbers on any device), then moved
-        x0, noise, t_cpu, t = x0.to(device), noise.to(device), t, t.to(device)
-        noisy = noise_scheduler.add_noise(x0, noise, t)
-        hidden = text_encoder(ids[index].to(device))[0]
-        pred = unet(noisy, t, hidden).sample
+        inputs = {"x0": x0, "noise": noise, "t": t, "ids": ids[index]}
+        if weights is not None:
+            inputs["weights"] = weights[index]
+        if min_snr_gamma:
+            inputs["snr"] = min_snr_weights(noise_scheduler, t, min_snr_gamma)
+        if debiased:
+            inputs["debiased"] = debiased_weights(noise_scheduler, t)
+        if labels is not None:
+            inputs["labels"] = labels[index]
+        return {name: value.to(device) for name, value in inputs.items()}
+
+    def train_step(inputs: dict):
+        """Forward, loss, backward, clipping and the optimizer's step: the device's work, all of
+        it capturable (--cuda-graph). The loss, detached."""
+        noisy = noise_scheduler.add_noise(inputs["x0"], inputs["noise"], inputs["t"])
+        hidden = text_encoder(inputs["ids"])[0]
+        pred = unet(noisy, inputs["t"], hidden).sample
         if weights is None and not min_snr_gamma and not debiased:
-            loss = torch.nn.functional.mse_loss(pred, noise)  # the shipped model's loss, as it was computed
+            loss = torch.nn.functional.mse_loss(pred, inputs["noise"])  # the shipped model's loss, as it was computed
         else:
-            per_sample = (((pred - noise) ** 2) * (weights[index].to(device) if weights is not None else 1.0)).mean(dim=(1, 2, 3))
+            per_sample = (((pred - inputs["noise"]) ** 2) * (inputs["weights"] if weights is not None else 1.0)).mean(dim=(1, 2, 3))
             if min_snr_gamma:
-                per_sample = per_sample * min_snr_weights(noise_scheduler, t_cpu, min_snr_gamma).to(device)
+                per_sample = per_sample * inputs["snr"]
             if debiased:
-                per_sample = per_sample * debiased_weights(noise_scheduler, t_cpu).to(device)
+                per_sample = per_sample * inputs["debiased"]
             loss = per_sample.mean()
         if labels is not None:  # keeps every word in the averaged text (--te-probe)
-            loss = loss + probe_weight * probe.loss(hidden, labels[index].to(device))
+            loss = loss + probe_weight * probe.loss(hidden, inputs["labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        schedule.step()
+        return loss.detach()
+
+    step_fn = GraphedTrainStep(train_step, graph) if graph is not None else train_step
+    for step in range(1, steps + 1):
+        loss = step_fn(draw())
+        schedule.step()  # outside a graph: it writes the groups' learning rates (tensors when graphed) in place
         for model, average in zip((unet, text_encoder), averages):
             average.update_parameters(model)
         losses.append(float(loss.detach()))
         govern()
         if step % 100 == 0 or step == steps:
             log(f"unet step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} ({(time.time() - started) / step:.2f} s/step)")
-        if evaluate_now is not None and eval_every and (step % eval_every == 0 or step == steps):
+        out_of_time = bool(max_minutes) and time.time() - started >= 60 * max_minutes and step < steps
+        if out_of_time:
+            log(f"unet: {max_minutes:g} minutes reached at step {step} of {steps} (--max-unet-minutes): stopping here")
+        if evaluate_now is not None and eval_every and (step % eval_every == 0 or step == steps or out_of_time):
             figures = {"step": step, "minutes": round((time.time() - started) / 60, 1), **measured()}
             log("eval " + json.dumps(figures))
             if evals is not None:
                 evals.append(figures)
+        if out_of_time:
+            break
     if averages and last is not None:  # --ema: the last step's weights too, to be written and scored beside the average
         last.update({name: {k: v.detach().clone() for k, v in model.state_dict().items()}
                      for name, model in (("unet", unet), ("text_encoder", text_encoder))})
@@ -553,6 +637,11 @@ def main(argv: list[str] | None = None) -> int:
                              "the caption decides the colours, count more")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU: the same run in minutes; random numbers are drawn "
                         "on the CPU either way)")
+    parser.add_argument("--max-unet-minutes", type=float, default=0.0,
+                        help="stop the U-Net phase after this many minutes (0: run every step); pretrain.json says where it stopped")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="with --device cuda: capture the U-Net phase's whole step as a CUDA graph after 3 eager steps and replay "
+                        "it (the toy's kernels are tiny: an eager step on a GPU is all launch overhead); the same draws")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: chosen from the free cores and kept right while the run goes, engine/threads.py)")
     parser.add_argument("--te-width", type=int, default=32, help="the text encoder's hidden size = the U-Net's cross-attention width")
@@ -591,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--te-probe and --te-probe-steps must be 0 or more")
     if not 0 <= args.ema < 1:
         parser.error("--ema must be in [0, 1) (0: off)")
+    if args.max_unet_minutes < 0:
+        parser.error("--max-unet-minutes must be 0 (off) or more")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        parser.error("--cuda-graph needs --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     else:
@@ -664,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
                              min_snr_gamma=args.min_snr_gamma,
                              eval_every=args.eval_every, evals=evals, debiased=args.debiased, start_eval=bool(args.start_from), device=args.device,
                              evaluate_now=lambda: evaluate(components, every_nth, [1], args.eval_cfg),
-                             probe=probe, probe_weight=args.te_probe, fit_head=not args.te_probe_steps, ema_decay=args.ema, last=last)
+                             probe=probe, probe_weight=args.te_probe, fit_head=not args.te_probe_steps, ema_decay=args.ema, last=last,
+                             graph=cuda_graph(args.device) if args.cuda_graph else None, max_minutes=args.max_unet_minutes)
     minutes = (time.time() - started) / 60
 
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
@@ -672,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/pretrain_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed, "pool": args.pool, "radius": list(toy_data.RADIUS),
         "colour_jitter": args.colour_jitter, "saturation_jitter": args.saturation_jitter, "threads": args.threads or "auto", "device": args.device,
+        "cuda_graph": args.cuda_graph,
         "torch": torch.__version__, "vae_levels": args.vae_levels,
         "text_encoder": {"width": args.te_width, "layers": args.te_layers, "heads": args.te_heads,
                          "max_length": components["tokenizer"].model_max_length},
@@ -684,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loss_last_100": mean(vae_losses[-100:]), "minutes": round(vae_minutes, 1)},
         "scaling_factor": scale,
         "unet": {"steps": args.unet_steps, "batch": args.unet_batch, "lr": args.unet_lr, "te_lr": args.te_lr or args.unet_lr, "noise_offset": args.noise_offset,
+                 "steps_done": len(unet_losses), "max_minutes": args.max_unet_minutes,
                  "shape_weight": args.shape_weight, "ema": args.ema, "min_snr_gamma": args.min_snr_gamma, "debiased": args.debiased,
                  "loss_first_100": mean(unet_losses[:100]),
                  "loss_last_100": mean(unet_losses[-100:]), "minutes": round(minutes - vae_minutes, 1)},

@@ -169,6 +169,7 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     record = json.loads((out / "pretrain.json").read_text())
     assert record["unet"]["shape_weight"] == 4 and record["unet"]["min_snr_gamma"] == 5
     assert record["vae"]["steps"] == 2 and record["unet"]["steps"] == 2 and record["scaling_factor"] > 0
+    assert record["unet"]["steps_done"] == 2 and record["unet"]["max_minutes"] == 0 and record["cuda_graph"] is False
     assert record["unet"]["noise_offset"] == 0.5
     sums = (out / "SHA256SUMS").read_text()
     assert "unet/diffusion_pytorch_model.safetensors" in sums
@@ -618,3 +619,103 @@ def test_toy_pairs_writes_valid_projects_of_several_pairs(tmp_path):
     assert len(collage.side("a").images) == 1 and collage.project.reg is None and collage.project.train.caption == ""
     with pytest.raises(SystemExit):
         write_project("pairs3", tmp_path / "four", "tiny", True)
+
+
+def test_the_graphed_pretraining_step_trains_as_the_eager_one():
+    """--cuda-graph (issue 24: a lent GPU pretrains the toy in minutes only if its tiny kernels are
+    not launched one by one): the U-Net phase's whole step captured after 3 eager steps and
+    replayed, each step's draws copied into the graph's inputs. On the CPU, with the engine's
+    stand-in for a CUDA graph (capture records, replay re-runs on the same input tensors), every
+    loss and every weight must be the eager run's, with every input the loss reads in play."""
+    import torch
+
+    from bench.pretrain_toy import GRAPH_WARMUP, CaptionProbe, build, train_unet
+    from engine.models.toy_data import dataset_scenes
+    from engine.train.cuda_graph import EagerReplay
+
+    captions = [caption for _, caption in dataset_scenes(4, 8)]
+    latents = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    weights = 1 + 3 * torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    class Counting(EagerReplay):
+        captures = replays = 0
+
+        def capture(self, body) -> None:
+            Counting.captures += 1
+            super().capture(body)
+
+        def replay(self) -> None:
+            Counting.replays += 1
+            super().replay()
+
+    def run(graph):
+        torch.manual_seed(0)
+        components = build(0, te_layers=2)
+        probe = CaptionProbe(components["text_encoder"].config.hidden_size, 0, "cpu")
+        losses = train_unet(components, latents, captions, 7, 2, 1e-2, 0, noise_offset=0.1, weights=weights, min_snr_gamma=5.0,
+                            debiased=True, probe=probe, probe_weight=0.1, ema_decay=0.5, graph=graph)
+        return losses, {k: v.clone() for k, v in components["unet"].state_dict().items()}
+
+    eager_losses, eager_weights = run(None)
+    losses, weights_after = run(Counting())
+    assert (Counting.captures, Counting.replays) == (1, 7 - GRAPH_WARMUP)
+    assert losses == eager_losses and len(set(losses)) == 7  # each step its own draw, as eager
+    assert all(torch.equal(weights_after[k], eager_weights[k]) for k in eager_weights)
+
+
+@pytest.mark.gpu
+def test_the_graphed_pretraining_step_trains_as_the_eager_one_on_a_gpu():
+    """The real capture (--device cuda --cuda-graph) against eager on the GPU: the same draws, so
+    the losses may differ only by rounding (a captured cuBLAS call may pick another algorithm; the
+    graphed run's AdamW is the capturable one, which computes its bias corrections on the device).
+    fp32 without TF32, ten steps: each loss within 1e-3 of eager's, relative."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from bench.pretrain_toy import build, cuda_graph, train_unet
+    from engine.models.toy_data import dataset_scenes
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    captions = [caption for _, caption in dataset_scenes(4, 8)]
+    latents = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0)).cuda()
+
+    def run(graphed: bool):
+        torch.manual_seed(0)
+        components = build(0, te_layers=2)
+        for name in ("unet", "text_encoder"):
+            components[name].to("cuda")
+        return train_unet(components, latents, captions, 10, 4, 1e-3, 0, noise_offset=0.1, device="cuda",
+                          graph=cuda_graph("cuda") if graphed else None)
+
+    eager, graphed = run(False), run(True)
+    worst = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(graphed, eager))
+    print(f"graphed vs eager pretraining losses: worst relative difference {worst:.3g}")
+    assert worst < 1e-3, (worst, graphed, eager)
+
+
+def test_the_unet_phase_stops_at_its_time_limit_with_a_last_eval():
+    """--max-unet-minutes (a lent GPU's call has a limit): the phase stops after the step that
+    passes it, measured once more there; the losses say how many steps were done."""
+    import torch
+
+    from bench.pretrain_toy import build, train_unet
+    from engine.models.toy_data import dataset_scenes
+
+    captions = [caption for _, caption in dataset_scenes(4, 8)]
+    latents = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    components = build(0, te_layers=2)
+    evals: list[dict] = []
+    losses = train_unet(components, latents, captions, 50, 2, 1e-2, 0, eval_every=1000, evaluate_now=lambda: {"shape": 0.5},
+                        evals=evals, max_minutes=1e-9)
+    assert len(losses) == 1 and [e["step"] for e in evals] == [1] and evals[0]["shape"] == 0.5
+
+
+@pytest.mark.parametrize(("flags", "said"), [(["--max-unet-minutes", "-1"], "--max-unet-minutes must be 0 (off) or more"),
+                                              (["--cuda-graph"], "--cuda-graph needs --device cuda")])
+def test_the_pretraining_script_refuses_a_time_limit_or_graph_it_cannot_keep(tmp_path, flags, said):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(tmp_path / "toy"), *flags],
+                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and said in done.stderr and not (tmp_path / "toy").exists()
