@@ -132,9 +132,13 @@ def test_a_route_trains_resumes_bit_for_bit_and_makes_its_result(tmp_path, tiny,
     from engine.lora.weights import lora_delta
 
     trained, result = load_lora_file(once.lora_path).modules, load_lora_file(lora).modules
+    # The result is saved in fp16 (save_precision): each factor rounds at 2^-11 ≈ 4.9e-4 relative,
+    # so their product is off by up to about twice that of the delta's largest entry. The bound was
+    # 1e-4, under fp16's own rounding: the commit that passed on 2026-12-03 failed on 2026-12-04
+    # (fresh install, transformers 5.25.0) with 1.3e-4. A wrong multiplier or merge is off by tens of percent.
     for name in list(trained)[:3]:
         full = lora_delta(*trained[name]).float()
-        assert torch.allclose(lora_delta(*result[name]).float(), 0.25 * full, atol=1e-4 * float(full.abs().max()) + 1e-8)
+        assert torch.allclose(lora_delta(*result[name]).float(), 0.25 * full, atol=2e-3 * float(full.abs().max()) + 1e-8)
 
     # a new multiplier retrains (it is in the fingerprint) and makes the result stale
     project = load_project(plan.project.root)
