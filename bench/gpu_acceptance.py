@@ -68,17 +68,27 @@ def trim_wheel(wheel: Path, keep: str) -> int:
     """Drop from ``wheel`` every shared library whose name lacks ``keep`` (rewritten in place);
     the bytes saved. bitsandbytes' wheel holds a library per CUDA and ROCm version (43 MB);
     the device machine's torch is CUDA 13.0, and the carry is 64 MiB: `keep="cuda130"` leaves
-    9 MB. pip installs it as it is (it does not check RECORD's hashes)."""
+    9 MB. pip installs it as it is (it does not check RECORD's hashes). A wheel with no library
+    named ``keep`` is refused and left as it was (trimmed, it would hold no GPU library at all)."""
     import zipfile
 
+    if not zipfile.is_zipfile(wheel):
+        raise SystemExit(f"--trim-wheel: {wheel} is not a wheel (no such file, or not a zip archive)")
+    with zipfile.ZipFile(wheel) as source:
+        libraries = [n for n in source.namelist() if n.endswith(".so")]
+    if not any(keep in name for name in libraries):
+        raise SystemExit(f"--trim-wheel: no library in {wheel} is named {keep!r} (it has {len(libraries)}); nothing changed")
     before = wheel.stat().st_size
     trimmed = wheel.with_suffix(".trimming")
-    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(trimmed, "w", zipfile.ZIP_DEFLATED) as target:
-        for item in source.infolist():
-            if item.filename.endswith(".so") and keep not in item.filename and "_cpu" not in item.filename:
-                continue
-            target.writestr(item, source.read(item.filename))
-    trimmed.replace(wheel)
+    try:
+        with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(trimmed, "w", zipfile.ZIP_DEFLATED) as target:
+            for item in source.infolist():
+                if item.filename.endswith(".so") and keep not in item.filename and "_cpu" not in item.filename:
+                    continue
+                target.writestr(item, source.read(item.filename))
+        trimmed.replace(wheel)
+    finally:
+        trimmed.unlink(missing_ok=True)  # only there if writing it failed
     return before - wheel.stat().st_size
 
 

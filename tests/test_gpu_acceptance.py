@@ -166,6 +166,14 @@ def test_trim_wheel_keeps_the_named_library_and_everything_else(tmp_path):
         assert sorted(z.namelist()) == sorted(n for n in names if "cuda128" not in n and "rocm" not in n)
         assert z.read("bitsandbytes/libbitsandbytes_cuda130.so") == b"bitsandbytes/libbitsandbytes_cuda130.so" * 1000
 
+    # a KEEP that names no library, or a file that is no wheel: one line, the file untouched
+    kept = wheel.read_bytes()
+    for args, said in (([str(wheel), "cuda999"], "no library in"), ([str(tmp_path / "missing.whl"), "cuda130"], "is not a wheel")):
+        done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--trim-wheel", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert wheel.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == [wheel.name]
+
 
 def test_host_profile_reports_the_steady_step_apart_from_warm_up_and_capture():
     """A graphed run's first steps are eager and one captures: the steady figure is the median of
