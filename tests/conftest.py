@@ -13,6 +13,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# pytest-xdist's worker processes get COLUMNS=80 and LINES=24 in their environment; a serial run
+# gets none. The CLI's tables read them, so a table a test reads from a command's output was cut
+# to 80 columns only in a parallel run. Tests that need a width set it themselves.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -40,7 +46,19 @@ def _one_torch_thread():
     yield
 
 
+# Fixtures whose state is one per test session and must stay one per session when pytest-xdist
+# runs the suite in several processes (README: `pytest -n auto --dist loadgroup`): a second Slurm
+# cluster on this node, or a second build of the real-runs tree (~2.5 min here), would cost
+# more than the parallelism gains. Each test that uses one is sent to the same process.
+ONE_PER_SESSION = ("slurm_cluster", "real_runs_tree")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [name for name in ONE_PER_SESSION if name in getattr(item, "fixturenames", ())]
+        if shared and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return

@@ -32,7 +32,9 @@ from tests.test_app_support import wait_until
 
 KEYS = int(os.environ.get("MONKEY_KEYS", "1000"))
 SEED = int(os.environ.get("MONKEY_SEED", "20261127"))
-TIME_LIMIT_S = 45.0  # per screen; the test also asserts that most of the keys were sent
+# Per screen, a ceiling only: 1000 keys take ~30 s with the machine to themselves and up to ~90 s
+# beside a second test process (`pytest -n 2`); the test asserts that all of them were sent.
+TIME_LIMIT_S = 150.0
 BURST = 50
 
 MOVE = ["up", "down", "left", "right", "home", "end", "pageup", "pagedown", "tab", "shift+tab", "enter", "escape", "space"]
