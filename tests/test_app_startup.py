@@ -131,6 +131,31 @@ def test_vanished_terminal_without_sighup_exits(tmp_path):
     assert process.returncode == HANGUP_EXIT
 
 
+def test_sigcont_on_a_dead_terminal_ends_the_app_at_once(tmp_path):
+    """What a hangup sends a session leader, SIGHUP aside: SIGCONT. Before the guard, Textual
+    resumed application mode onto the dead terminal and the exit then blocked (until the exit
+    deadline, 10 s, ended it; without that, for good). Now it leaves within a moment."""
+    from copylora_tui.hangup import EXIT_GRACE_S
+
+    process, master = spawn(tmp_path, controlling=False)  # no SIGHUP when the terminal goes
+    try:
+        read_until(master, b"example-monochrome", timeout=20)
+        process.send_signal(signal.SIGCONT)  # `fg` onto a live terminal: the app goes on
+        time.sleep(1.0)
+        assert process.poll() is None, "SIGCONT on a live terminal ended the app"
+    finally:
+        os.close(master)
+    started = time.monotonic()
+    process.send_signal(signal.SIGCONT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the app kept running on a dead terminal")
+    took = time.monotonic() - started
+    assert process.returncode == HANGUP_EXIT and took < EXIT_GRACE_S / 2, f"left after {took:.1f} s"
+
+
 def test_terminal_alive_sees_a_hangup():
     master, slave = os.openpty()
     assert terminal_alive(slave)
@@ -138,6 +163,42 @@ def test_terminal_alive_sees_a_hangup():
     assert not terminal_alive(slave)
     os.close(slave)
     assert not terminal_alive(slave)
+
+
+def test_sigcont_resumes_only_onto_a_live_terminal():
+    """The kernel follows a hangup's SIGHUP with SIGCONT, and Textual's SIGCONT handler (for `fg`
+    after Ctrl-Z) started application mode again on the dead terminal: a second output thread
+    that died on its first write, whose full queue then blocked the exit for good (an app left
+    running for minutes after its tmux session was killed, 2026-12-04)."""
+    from copylora_tui.hangup import guard_resume
+
+    resumed, left = [], []
+    original = signal.signal(signal.SIGCONT, lambda *_: resumed.append(True))  # the driver's handler
+    master, slave = os.openpty()
+    try:
+        guard_resume(slave, lambda: left.append(True))
+        os.kill(os.getpid(), signal.SIGCONT)  # `fg`: the terminal answers
+        assert (resumed, left) == ([True], [])
+        os.close(master)  # the terminal goes away
+        os.kill(os.getpid(), signal.SIGCONT)
+        assert (resumed, left) == ([True], [True])
+    finally:
+        signal.signal(signal.SIGCONT, original)
+        os.close(slave)
+
+
+def test_an_exit_that_blocks_after_a_hangup_is_ended_after_its_grace():
+    from copylora_tui.hangup import ExitDeadline
+
+    ended = []
+    deadline = ExitDeadline(0.2, end=ended.append)
+    started = time.monotonic()
+    deadline.start()
+    deadline.start()  # SIGHUP, SIGCONT and the terminal check may all ask: one deadline
+    while not ended and time.monotonic() - started < 5:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert ended == [HANGUP_EXIT] and time.monotonic() - started >= 0.2
 
 
 def test_pictures_are_loaded_only_where_wanted():
