@@ -34,7 +34,11 @@ def test_the_dataset_is_a_function_of_its_seed_and_never_shows_held_out_combinat
     assert all(a.tobytes() == b.tobytes() for (a, _), (b, _) in zip(first, again))
     assert [c for _, c in dataset(8, 40)] != [c for _, c in first]
     held = {f"a {c} {s} on a {b} background" for c, s, b in held_out_combinations()}
-    captions = [c for _, c in dataset(3, 2000)]
+    # the captions of 2000 pictures without drawing them: dataset() draws exactly these scenes
+    from engine.models.toy_data import dataset_scenes
+
+    assert [c for _, c in dataset_scenes(7, 40)] == [c for _, c in first]
+    captions = [c for _, c in dataset_scenes(3, 2000)]
     assert not any(c.split(",")[0] in held for c in captions if c)
     assert 0.08 < captions.count("") / len(captions) < 0.22  # caption dropout
     assert 0.12 < sum(c.endswith("monochrome") for c in captions) / len(captions) < 0.3
