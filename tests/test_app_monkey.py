@@ -32,8 +32,8 @@ from tests.test_app_support import wait_until
 
 KEYS = int(os.environ.get("MONKEY_KEYS", "1000"))
 SEED = int(os.environ.get("MONKEY_SEED", "20261127"))
-# Per screen, a ceiling only: 1000 keys take ~30 s with the machine to themselves and up to ~90 s
-# beside a second test process (`pytest -n 2`); the test asserts that all of them were sent.
+# Per screen, a ceiling only: 1000 keys take ~30 s with the machine to themselves; beside a second
+# test process (`pytest -n 2`) 500 to 950 of them went in the old 45 s. All of them must be sent.
 TIME_LIMIT_S = 150.0
 BURST = 50
 

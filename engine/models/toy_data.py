@@ -71,7 +71,10 @@ def all_combinations() -> list[tuple[str, str, str]]:
 def is_held_out(colour: str, shape: str, background: str) -> bool:
     """A fixed fifth of the combinations, spread over every colour and shape (a hash, not a
     random draw, so it never changes with the seed)."""
-    index = all_combinations().index((colour, shape, background))
+    return _held_out_at(all_combinations().index((colour, shape, background)))
+
+
+def _held_out_at(index: int) -> bool:
     return index % HELD_OUT_EVERY == 2
 
 
@@ -83,7 +86,7 @@ def _split_combinations(*, held_out: bool) -> list[tuple[str, str, str]]:
     """The held-out fifth (or the rest), by :func:`is_held_out`'s rule in one pass: asking
     is_held_out for each combination rebuilt the list each time, 17 ms a scene (20 s for a
     2000-picture pool)."""
-    return [c for index, c in enumerate(all_combinations()) if (index % HELD_OUT_EVERY == 2) == held_out]
+    return [c for index, c in enumerate(all_combinations()) if _held_out_at(index) == held_out]
 
 
 def held_out_prompts(count: int | None = None) -> list[str]:
