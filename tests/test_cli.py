@@ -68,6 +68,39 @@ def test_new_bad_image_then_good(tmp_path, capsys):
     assert main(["check", str(projects / "mono")]) == 0
 
 
+def test_a_project_is_found_by_the_name_new_gave_it(tmp_path, monkeypatch, home, capsys):
+    """`copylora new mono` makes projects/mono; every command that takes a project then takes
+    `mono` (it said "mono: no such project folder"). A path, or a name that is here, is itself."""
+    monkeypatch.chdir(tmp_path)
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
+    projects = tmp_path / "many"
+    assert main(["--projects", str(projects), "new", "mono", "--a", str(a), "--b", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["--projects", str(projects), "check", "mono", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "mono"
+    assert main(["--projects", str(projects), "run", "mono", "--no_worker"]) == 0  # run's PROJECT… too
+    assert f"{projects / 'mono'}: train" in capsys.readouterr().out
+    assert main(["--projects", str(projects), "stats", "mono"]) == EXIT_USAGE  # found; its result is not made yet
+    assert f"{projects / 'mono' / 'output' / 'mono.stats.json'}: no merge statistics" in capsys.readouterr().err
+    # Without --projects the name is looked for under ./projects, as `new` would have made it.
+    assert main(["check", "mono"]) == EXIT_USAGE
+    assert "mono: no such project folder" in capsys.readouterr().err
+    # A folder of that name here wins: the name means what it meant before.
+    shutil.copytree(projects / "mono", tmp_path / "mono")
+    assert main(["--projects", str(projects), "run", "mono", "--no_worker", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "mono: train" in out and str(projects) not in out
+
+
+def test_new_refuses_a_name_that_cannot_name_files(tmp_path, capsys):
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
+    for name, says in (("two\nlines", "no '\\n'"), ("a:b", "no ':'"), (".hidden", "must not start with '.'")):
+        assert main(["--projects", str(tmp_path / "p"), "new", name, "--a", str(a), "--b", str(b)]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith("copylora: NAME: ") and says in err, err
+    assert not (tmp_path / "p").exists()
+
+
 def test_runtime_failure_is_exit_1_without_traceback(capsys):
     class Args:
         debug = False

@@ -208,6 +208,55 @@ def test_create_project_bad_then_good(tmp_path):
         create_project(tmp_path / "p", a, b)
 
 
+@pytest.mark.parametrize("name, says", [
+    ("../../outside", "no '/'"),  # wrote output/../../outside_A.safetensors: outside the project
+    ("sub/name", "no '/'"),  # a folder nobody made: found only when the first LoRA was saved
+    ("back\\slash", "no '\\\\'"),
+    ("two\nlines", "no '\\n'"),
+    ("a:b", "no ':'"),  # Windows refuses it, and the LoRA is made to be copied to A1111/ComfyUI
+    ("..", "must not start with '.'"),
+    (".hidden", "must not start with '.'"),
+    (" padded", "space"),
+    ("x" * 181, "too long"),
+    (42, "must be a string"),
+])
+def test_a_project_name_that_cannot_name_files_is_refused(tmp_path, name, says):
+    """[project] name is the stem of every output file: one that is no file name is a problem
+    found when the project loads, not after the training, and nothing is written."""
+    root = copy_example(tmp_path)
+    text = (root / "copylora.toml").read_text()
+    shown = f'"{name}"'.replace("\\", "\\\\").replace("\n", "\\n") if isinstance(name, str) else str(name)
+    (root / "copylora.toml").write_text(text.replace('name = "example-monochrome"', f"name = {shown}"), encoding="utf-8")
+    with pytest.raises(ValidationError) as excinfo:
+        load_project(root)
+    assert says in problems_of(excinfo)["project.name"]
+    assert not (root / "output").exists() and not (tmp_path / "outside_A.safetensors").exists()
+
+
+def test_a_good_project_name_and_the_folder_standing_in_for_none(tmp_path):
+    root = copy_example(tmp_path)
+    text = (root / "copylora.toml").read_text()
+    (root / "copylora.toml").write_text(text.replace('name = "example-monochrome"', 'name = "mono é 2"'), encoding="utf-8")
+    assert make_plan(load_project(root)).merged_path.name == "mono é 2.safetensors"
+    # Unset, the folder's name names the outputs, so it is judged as the name would be.
+    (root / "copylora.toml").write_text(text.replace('name = "example-monochrome"', 'name = ""'), encoding="utf-8")
+    bad = root.rename(tmp_path / "two\nlines")
+    with pytest.raises(ValidationError) as excinfo:
+        load_project(bad)
+    assert "set [project] name or rename the folder" in problems_of(excinfo)["project.name"]
+
+
+def test_new_refuses_a_name_that_cannot_name_files(tmp_path):
+    a = write_png(tmp_path / "in" / "a.png")
+    b = write_png(tmp_path / "in" / "b.png", colour=(90, 90, 90))
+    with pytest.raises(ValidationError) as excinfo:
+        create_project(tmp_path / "p" / "x:y", a, b)
+    assert "no ':'" in problems_of(excinfo)["dest"]
+    with pytest.raises(ValidationError):
+        create_project(tmp_path / "p" / "ok", a, b, name="two\nlines")
+    assert not (tmp_path / "p").exists()  # nothing made
+
+
 def test_every_key_is_documented():
     from dataclasses import fields
 

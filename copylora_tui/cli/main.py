@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         choice = configure_threads(log=lambda line: print(f"copylora: {line}", file=sys.stderr))
         if args.command == "train":  # the long one: say the width, as a job's log does
             print(f"copylora: {choice.describe()}", file=sys.stderr)
+    from copylora_tui.cli.project_args import resolve_project_arguments
+
+    resolve_project_arguments(args)  # `copylora check mono` after `copylora new mono`: projects/mono
     return run_guarded(args.func, args)
 
 

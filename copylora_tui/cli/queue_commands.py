@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "terminal or SSH closes; watch them with `copylora queue`, `copylora logs JOB -f` or the app."
         ),
     )
-    run.add_argument("projects", nargs="+", metavar="PROJECT")
+    run.add_argument("paths", nargs="+", metavar="PROJECT", help="project folder, or the NAME of one under --projects")
     run.add_argument("--wait", action="store_true", help="show progress until these jobs finish (Ctrl-C leaves them running)")
     run.add_argument("--force", action="store_true", help="redo every step even if up to date (trainings start over)")
     run.add_argument("--max_steps", type=int, metavar="N", help="train N steps per side instead of the plan")
@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps <= 0:
         raise ValidationError([Problem("--max_steps", f"must be greater than 0, got {args.max_steps}")])
     problems = []
-    for path in args.projects:  # validate all first: nothing is queued if one is broken
+    for path in args.paths:  # validate all first: nothing is queued if one is broken
         try:
             load_project(path)
         except ValidationError as exc:
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValidationError(problems)
     queue = _queue()
     new_jobs = []
-    for path in args.projects:
+    for path in args.paths:
         steps = enqueue_project(queue, path, force=args.force, max_steps=args.max_steps)
         width = max([8, *(len(step.what) for step in steps)])  # "train A+B" is one longer than the rest
         for step in steps:

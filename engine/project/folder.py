@@ -19,6 +19,7 @@ from typing import Any
 from engine.errors import Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
 from engine.project.images import image_files, read_image_info
+from engine.project.names import name_problem
 from engine.project.params import (
     BASE_WEIGHTS_KEYS,
     TRAIN_KEYS,
@@ -208,6 +209,9 @@ def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
 
 def _check_semantics(project: Project, problems: list[Problem], check_files: bool, decode_images: bool = True) -> None:
     """Checks that need more than one key, or the file system."""
+    if not project.info.name and (why := name_problem(project.root.name)):  # the folder's name names the outputs
+        problems.append(Problem("project.name", f"unset, so the outputs are named after the folder {project.root.name!r}, "
+                                f"which {why}: set [project] name or rename the folder"))
     for name, table in (("train", asdict_shallow(project.train)), *((side, project.side(side).overrides) for side in SIDES)):
         if table.get("max_train_epochs") is not None and table.get("max_train_steps") is not None:
             problems.append(Problem(name, "set max_train_epochs or max_train_steps, not both"))

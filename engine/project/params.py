@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.project.copy_rule import parse_stop_when_copied
+from engine.project.names import parse_project_name
 
 OPTIMIZERS = (
     "AdamW8bit",
@@ -133,7 +134,7 @@ def spec(
 
 @dataclass
 class ProjectInfo:
-    name: str = spec("Project name; output files are named after it.", default="")
+    name: str = spec("Project name; output files are named after it.", default="", parse=parse_project_name)
     base_model: str = spec(
         'Base model: "tiny" or "tiny-sdxl" (built-in test models, random weights), "toy" (built-in, '
         "draws coloured shapes at 64x64), a single-file .safetensors "

@@ -16,6 +16,7 @@ from engine.errors import Problem, ValidationError
 from engine.formats.model_files import peek_family
 from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
 from engine.project.images import IMAGE_EXTENSIONS, read_image_info
+from engine.project.names import name_problem
 from engine.project.params import ProjectInfo
 from engine.project.plan import default_resolution
 
@@ -142,6 +143,8 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     problems: list[Problem] = []
     if dest.exists():
         problems.append(Problem("dest", f"{dest} already exists"))
+    elif problem := name_problem(name or dest.name):
+        problems.append(Problem("dest", f"{name or dest.name!r} {problem}"))
     _check_image(a_image, "a_image", problems)
     _check_image(b_image, "b_image", problems)
     if base_model not in BUILTIN_MODELS:

@@ -1,0 +1,46 @@
+"""What a project's name may be: the stem of every file it writes.
+
+The outputs are ``output/NAME_A.safetensors``, ``NAME.stats.json``, ``samples/NAME-grid.png``
+and checkpoints ``NAME_A-step001000…``. A name with a ``/`` or ``..`` wrote outside the outputs
+folder (``[project] name = "../../x"``) or into a folder nobody made, found only when the first
+LoRA was saved after the training; a newline or a control character breaks every table and log
+line that shows it. Characters Windows refuses in file names are refused too: these LoRAs are
+made to be copied to A1111 and ComfyUI, which often run there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Windows' reserved characters, beside the path separators both systems have.
+FORBIDDEN = '/\\<>:"|?*'
+# Room for the longest suffix written after the stem (a checkpoint's "_A-step0001000.safetensors",
+# a grid's "-grid-12.png") inside the 255 bytes a file name may have.
+MAX_BYTES = 180
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a project's name (None: it can). "" is not judged here: it means
+    "the folder's name", which is judged as that."""
+    bad = sorted({c for c in name if c in FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return f"must be a file name: no {shown} (outputs are named after it)"
+    if name in (".", "..") or name.startswith("."):
+        return "must not start with '.' (outputs are named after it; they would be hidden files)"
+    if name != name.strip():
+        return "must not start or end with a space"
+    if len(name.encode("utf-8")) > MAX_BYTES:
+        return f"is too long for a file name ({len(name.encode('utf-8'))} bytes; at most {MAX_BYTES})"
+    return None
+
+
+def parse_project_name(value: Any) -> str:
+    """``[project] name`` as kept: a string that :func:`name_problem` accepts, or "" (the folder's
+    name). Raises ValueError with the line a user reads."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    problem = name_problem(value) if value else None
+    if problem:
+        raise ValueError(problem)
+    return value
