@@ -115,6 +115,31 @@ def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, c
     assert "--base" in err and "--strengths" in err and "--sampler" in err
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--size", "0x0"], "--size: each side must be at least 64 pixels"),
+    (["--size", "100x100"], "--size: 100x100: both sides must be multiples of 8"),
+    (["--size", "9000x64"], "--size: each side must be at most"),
+    (["--guidance", "nan"], "--guidance: must be a finite number"),
+    (["--guidance", "-3"], "--guidance: must be at least 0"),
+    (["--strengths", ""], "--strengths: must not be empty"),
+    (["--strengths", "0,inf"], "--strengths: must be a finite number"),
+    (["--strengths", "0,50"], "--strengths: must be between -10 and 10"),
+    (["--seed", "-1"], "--seed: must be at least 0"),
+    (["--seed", str(2**70)], "--seed: must be at most"),
+    (["--steps", "5000"], "--steps: must be at most"),
+    (["--prompt", "x", "--sampler", "DPM++ 2M Karas"], "--sampler: unknown value 'DPM++ 2M Karas' (did you mean 'dpmpp_2m_karras'?)"),
+])
+def test_sample_flags_obey_the_rules_of_a_projects_sample_table(lora_file, flags, says, capsys):
+    """The flags went around [sample]'s checks: `--size 0x0` or `--guidance nan` reached the
+    model, an empty --strengths drew nothing. Now each is the problem the TOML gives, named by
+    its flag, said before the model loads (no base is even given here: that is said beside it)."""
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    assert main(["sample", str(lora_file), *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert says in err and "--base: a LoRA file needs the base model" in err, err
+
+
 def test_class_images_are_generated_once(tmp_path, tiny):
     from engine.project.folder import load_project, save_project
     from engine.project.params import RegParams

@@ -38,36 +38,42 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace, base, problems: list[Problem]):
-    """Flags over [sample] (or over the defaults for a bare LoRA file)."""
-    settings = base
+    """Flags over [sample] (or over the defaults for a bare LoRA file), checked by the rules a
+    project's [sample] obeys: `--size 0x0`, `--guidance nan` or an empty `--strengths` reached the
+    model (or drew nothing) where the same values in the TOML were refused."""
+    from engine.project.folder import sample_table_problems
+
+    table = {name: getattr(base, name) for name in SAMPLE_FLAGS}
     if args.prompt:
-        settings = replace(settings, prompts=list(args.prompt))
+        table["prompts"] = list(args.prompt)
     if args.negative is not None:
-        settings = replace(settings, negative_prompt=args.negative)
-    if args.strengths:
+        table["negative_prompt"] = args.negative
+    if args.strengths is not None:
         try:
-            settings = replace(settings, strengths=[float(s) for s in args.strengths.split(",") if s.strip()])
+            table["strengths"] = [float(s) for s in args.strengths.split(",") if s.strip()]
         except ValueError:
             problems.append(Problem("--strengths", f"must be numbers separated by commas, got {args.strengths!r}"))
     for name in ("seed", "steps", "guidance", "sampler"):
         if getattr(args, name) is not None:
-            settings = replace(settings, **{name: getattr(args, name)})
+            table[name] = getattr(args, name)
     if args.size:
         try:
             width, height = (int(v) for v in args.size.lower().split("x"))
-            settings = replace(settings, size=[width, height])
+            table["size"] = [width, height]
         except ValueError:
             problems.append(Problem("--size", f"must be WIDTHxHEIGHT, got {args.size!r}"))
-    if settings.steps <= 0:
-        problems.append(Problem("--steps", f"must be greater than 0, got {settings.steps}"))
-    from engine.project.params import canonical_sampler, sampler_hint
+    params, found = sample_table_problems(table)
+    for problem in found:  # sample.strengths[1] -> --strengths: what the user typed (a bad format kept [sample]'s value)
+        key = problem.where.removeprefix("sample.").split("[")[0]
+        problems.append(Problem(SAMPLE_FLAGS.get(key, key), problem.message))
+    if params is None:
+        return base
+    return replace(base, **{name: getattr(params, name) for name in SAMPLE_FLAGS})
 
-    sampler = canonical_sampler(settings.sampler)
-    if sampler is None:
-        problems.append(Problem("--sampler", f"unknown sampler {settings.sampler!r}{sampler_hint(settings.sampler)}"))
-    else:  # A1111's "DPM++ 2M Karras" is recorded as dpmpp_2m_karras
-        settings = replace(settings, sampler=sampler)
-    return settings
+
+# SampleSettings' fields and the flags that set them.
+SAMPLE_FLAGS = {"prompts": "--prompt", "negative_prompt": "--negative", "seed": "--seed", "steps": "--steps",
+                "guidance": "--guidance", "size": "--size", "strengths": "--strengths", "sampler": "--sampler"}
 
 
 def resolve(args: argparse.Namespace):

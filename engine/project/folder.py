@@ -234,15 +234,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
     problems += pair_problems(project, check_files)
     for i, ratio in enumerate(project.merge.ratios):
         _check_number(ratio, f"merge.ratios[{i}]", 100.0, problems)
-    for key, items, kind in (("prompts", project.sample.prompts, str), ("strengths", project.sample.strengths, (int, float))):
-        if not items:
-            problems.append(Problem(f"sample.{key}", "must not be empty"))
-        for i, item in enumerate(items):
-            if kind is str and not isinstance(item, str):
-                problems.append(Problem(f"sample.{key}[{i}]", f"must be a string, got {show(item)}"))
-            elif kind is not str:
-                _check_number(item, f"sample.{key}[{i}]", 10.0, problems)
-    _check_sample_size(project.sample.size, problems)
+    problems += sample_problems(project.sample)
     _check_lbws(project, problems, check_files)
     sections: list[tuple[str, TrainParams | SideConfig]] = [("train", project.train), *((side, project.side(side)) for side in SIDES)]
     for name, params in sections:
@@ -373,6 +365,32 @@ def _check_lbws(project: Project, problems: list[Problem], check_files: bool) ->
         check_lbws(vectors, family, "merge.lbws")
     except BlockWeightError as exc:
         problems.append(Problem(exc.where, exc.message))
+
+
+def sample_table_problems(table: dict[str, Any]) -> tuple[SampleParams | None, list[Problem]]:
+    """A [sample] table as the TOML would give it (``copylora sample``'s flags over a project's
+    table, or over the defaults): the SampleParams it makes and every problem, named
+    ``sample.KEY``, by the rules a project's own [sample] obeys."""
+    problems: list[Problem] = []
+    params = build_section(SampleParams, table, "sample", problems)  # a bad key's default stands in: the rest is still checked
+    problems += sample_problems(params)
+    return (None if problems else params), problems
+
+
+def sample_problems(sample: SampleParams) -> list[Problem]:
+    """What [sample] needs beyond each key's type and range: lists of the right items, a size
+    drawn in whole latent cells."""
+    problems: list[Problem] = []
+    for key, items, kind in (("prompts", sample.prompts, str), ("strengths", sample.strengths, (int, float))):
+        if not items:
+            problems.append(Problem(f"sample.{key}", "must not be empty"))
+        for i, item in enumerate(items):
+            if kind is str and not isinstance(item, str):
+                problems.append(Problem(f"sample.{key}[{i}]", f"must be a string, got {show(item)}"))
+            elif kind is not str:
+                _check_number(item, f"sample.{key}[{i}]", 10.0, problems)
+    _check_sample_size(sample.size, problems)
+    return problems
 
 
 def _check_sample_size(size: Any, problems: list[Problem]) -> None:
