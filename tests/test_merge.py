@@ -142,6 +142,30 @@ def test_stats_describe_the_merge(pair, tmp_path):
     assert "B.safetensors" in meta["modelspec.merged_from"]
 
 
+def test_a_lora_minus_itself_is_zero_and_said_not_noise(pair, tmp_path, capsys):
+    """+1·B −1·B is zero in exact arithmetic; in float it came out as rounding noise of ~1e-7 of
+    the inputs, written as a rank-k LoRA with "energy kept 0.97" of that noise. Now such a
+    module is zeros, its stats say nothing was lost, and the user is told why."""
+    pb, pa = pair
+    result = merge_loras([pb, pb], [1.0, -1.0], new_rank=4)
+    assert all(float(w.up.abs().max()) == 0.0 for w in result.modules.values())
+    assert all(s.energy_kept == 1.0 and s.result_norm == 0.0 for s in result.stats)
+    assert any("cancel in every module" in note for note in result.notes)
+    assert main(["merge", "--models", str(pb), str(pb), "--ratios", "1", "-1", "--save_to", str(tmp_path / "zero.safetensors")]) == 0
+    assert "note: the inputs cancel in every module" in capsys.readouterr().err
+    # A real difference, however small against the inputs (1e-3), is merged, not taken for rounding.
+    lora = load_lora_file(pb)
+    changed = {name: (w.down, w.up * (1.001 if i == 0 else 1.0), w.alpha) for i, (name, w) in enumerate(lora.modules.items())}
+    near = save_lora_file(tmp_path / "near.safetensors", changed, {"ss_base_model_version": "sd_v1"}, "float")
+    result = merge_loras([near, pb], [1.0, -1.0], new_rank=4)
+    first, *rest = result.stats
+    # B's first module scaled by 1.001: its change is 1e-3 of it (the part of it rank 4 keeps)
+    assert first.result_norm == pytest.approx(1e-3 * first.input_norms[1] * first.energy_kept ** 0.5, rel=1e-2)
+    assert all(s.result_norm == 0.0 for s in rest)
+    assert result.notes == [f"{len(rest)} of {len(result.stats)} modules cancel (zero up to rounding), written as zeros: "
+                            + ", ".join(s.name for s in rest[:3]) + (", …" if len(rest) > 3 else "")]
+
+
 def test_kohya_clamp_is_optional_and_changes_the_result(pair):
     pb, pa = pair
     exact = merge_loras([pb, pa], [1.0, -1.0], new_rank=16)

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 from engine.devices import resolve_device
 from engine.errors import CopyloraError
 from engine.hashing import file_sha256 as sha256_file
+from engine.merge.low_rank import TruncatedSVD
 from engine.merge.stats import ModuleStats, block_of, kind_of, summarise_blocks
 
 
@@ -145,6 +146,7 @@ def merge_loras(
     alpha_out = float(new_rank)
     merged: dict[str, LoRAWeights] = {}
     stats: list[ModuleStats] = []
+    cancelled: list[str] = []
     for index, name in enumerate(names):
         # each input's ratio, times its block weight of this module (sd-scripts: scale *= lbw)
         present = [(lora.modules[name], ratio * weight_of(name)) for lora, ratio, weight_of in zip(loras, ratios, block_weights)
@@ -158,6 +160,10 @@ def merge_loras(
         terms = [LowRankTerm(t.weight * ratio, t.up, t.down) for t, (_, ratio) in zip(raw_terms, present)]
         rank = conv_rank if kernel > 1 else new_rank
         svd = low_rank_svd(terms, rank, dtype)
+        norms = [max(inner([t], [t]), 0.0) ** 0.5 for t in raw_terms]
+        if cancels(svd, [abs(ratio) * n for (_, ratio), n in zip(present, norms)], dtype):
+            svd = TruncatedSVD(svd.u, torch.zeros_like(svd.s), svd.v, torch.zeros_like(svd.all_s))
+            cancelled.append(name)
         k = svd.s.numel()
         if clamp_quantile is None:
             from engine.merge.low_rank import split_factors
@@ -176,7 +182,6 @@ def merge_loras(
 
         energy_all = float((svd.all_s.double() ** 2).sum())
         energy_kept = float((svd.s.double() ** 2).sum())
-        norms = [max(inner([t], [t]), 0.0) ** 0.5 for t in raw_terms]
         cos = None
         if len(raw_terms) == 2 and norms[0] > 0 and norms[1] > 0:
             cos = inner([raw_terms[0]], [raw_terms[1]]) / (norms[0] * norms[1])
@@ -203,6 +208,7 @@ def merge_loras(
         if progress is not None:
             progress(index + 1, len(names), name)
 
+    notes += cancel_notes(cancelled, len(names))
     inputs = [
         {"file": p.name, "sha256": sha256_file(p), "ratio": r, "ranks": sorted({w.rank for w in lora.modules.values()}),
          "lbw": list(v) if v is not None else None}
@@ -213,6 +219,31 @@ def merge_loras(
                          [lora.metadata for lora in loras])
     has_conv = any(w.down.dim() == 4 and w.down.shape[-1] > 1 for w in merged.values())
     return MergeResult(merged, stats, family, metadata, seconds, inputs, notes, new_rank, conv_rank if has_conv else None, device)
+
+
+# A module's merged change is zero when its largest singular value is at the arithmetic's
+# rounding of its inputs: +1·B −1·A of one LoRA given twice came out as noise of ~1e-7 of the
+# inputs, written as a rank-k LoRA with "energy kept 0.97" of that noise.
+CANCEL_EPS_MULTIPLE = 64
+
+
+def cancels(svd: TruncatedSVD, weighted_norms: list[float], dtype) -> bool:
+    """Whether Σ ratio·ΔW is zero up to rounding: σ₁ ≤ 64 ε Σ‖ratio·ΔW_i‖ (ε of ``dtype``)."""
+    import torch
+
+    scale = sum(weighted_norms)
+    top = float(svd.all_s[0]) if svd.all_s.numel() else 0.0
+    return scale > 0 and top <= CANCEL_EPS_MULTIPLE * torch.finfo(dtype).eps * scale
+
+
+def cancel_notes(cancelled: list[str], total: int) -> list[str]:
+    if not cancelled:
+        return []
+    if len(cancelled) == total:
+        return ["the inputs cancel in every module (their weighted sum is zero up to rounding): the merged LoRA changes "
+                "nothing. The same LoRA given twice, or A and B trained on the same picture?"]
+    shown = ", ".join(cancelled[:3]) + (", …" if len(cancelled) > 3 else "")
+    return [f"{len(cancelled)} of {total} modules cancel (zero up to rounding), written as zeros: {shown}"]
 
 
 def _block_weights(lbws: list | None, family: str, count: int) -> tuple[list, list[Callable[[str], float]]]:
