@@ -84,10 +84,11 @@ def toy_project(dest: Path, base: str, epochs: int | None = None, lr: float | No
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
               model, guidance: tuple[float, ...] = (5.0,), settings: dict | None = None,
-              block_weights: dict[str, list] | None = None) -> list[dict]:
+              block_weights: dict[str, list] | None = None, base_pictures: dict | None = None) -> list[dict]:
     """Train ``method`` on ``source`` (with ``settings``, [train] keys, instead of its own), make
     the result at each rank (and with each of ``block_weights``, named LBW vectors applied to
-    both LoRAs: which blocks carry the change that reaches other prompts), measure it at each CFG."""
+    both LoRAs: which blocks carry the change that reaches other prompts), measure it at each CFG.
+    ``base_pictures`` (a dict kept across calls on one model): the strength-0 pictures, drawn once."""
     from engine.merge.project_result import make_result
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan
@@ -122,7 +123,8 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
         plan = make_plan(load_project(root))
         lora, _, _ = make_result(plan, device="cpu")
         for cfg in guidance:
-            report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=cfg)
+            base = base_pictures.setdefault((steps, size, cfg), {}) if base_pictures is not None else None
+            report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=cfg, base_pictures=base)
             a_lora = None if plan.trained == ("pair",) else plan.side("a").lora_path
             check = copy_check(model, a_lora, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
                                seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=first_prompt(plan))
@@ -266,14 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     model = load_base_model(args.base)
     prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]
     seeds = list(range(1, args.seeds + 1))
-    rows = []
+    rows: list[dict] = []
+    base_pictures: dict = {}  # the base's pictures (strength 0), drawn once for every route and rank
     with tempfile.TemporaryDirectory() as work:
         source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr, args.noise_offset,
                                                     args.caption)
         settings = parse_settings(args.set)
         for method in args.routes.split(","):
             rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model,
-                              tuple(float(g) for g in args.guidance.split(",")), settings, block_weights)
+                              tuple(float(g) for g in args.guidance.split(",")), settings, block_weights, base_pictures)
     text = markdown(rows)
     print(text)
     if args.out:

@@ -49,6 +49,56 @@ def test_strength_zero_is_the_base_pipeline_bit_for_bit(tiny, lora_file):
     assert all(lora._hook is None for lora in network.loras())
 
 
+def test_prompts_drawn_in_one_batch_are_the_pictures_drawn_one_at_a_time(tiny, lora_file):
+    """Batched prompts (engine.train.sample.sample_batch) share the U-Net calls, yet each picture
+    keeps its own seed's noise: the same picture as drawn alone, but for float rounding."""
+    import numpy as np
+
+    from engine.lora.network import LoRANetwork
+    from engine.train.sample import sample_batch
+
+    settings = replace(SETTINGS, prompts=["", "a red house", "a blue car"], strengths=[0.0, 0.5, 1.0])
+    assert sample_batch(settings) == 1024 * 1024 // (64 * 96)  # a toy-sized preview: one call for many prompts
+    assert sample_batch(replace(settings, size=[832, 1216])) == 1  # SDXL's size: one picture at a time, as before
+    assert sample_batch(replace(settings, sampler="DPM++ SDE Karras")) == 1  # its Brownian noise spans the batch
+    network = LoRANetwork.from_file(lora_file, tiny.unet, tiny.text_encoders, tiny.family)
+    calls = []
+    together = generate(tiny, settings, network, progress=lambda done, total: calls.append((done, total)))
+    alone = generate(tiny, settings, network, batch=1)
+    assert calls == [(3, 9), (6, 9), (9, 9)]  # one call per strength, every prompt in it
+    for row_together, row_alone in zip(together, alone, strict=True):
+        for a, b in zip(row_together, row_alone, strict=True):
+            difference = np.abs(pixels(a).astype(int) - pixels(b).astype(int))
+            assert difference.mean() < 1 and difference.max() <= 16  # rounding, grown by a random model (another seed: ~45)
+    assert not np.array_equal(pixels(together[1][0]), pixels(together[2][0]))  # and the prompts are not mixed up
+    assert not np.array_equal(pixels(together[1][0]), pixels(together[1][2]))  # nor the strengths
+
+
+def test_base_pictures_are_drawn_once_for_every_lora_measured(tiny, lora_file, monkeypatch):
+    """Strength 0 is the base: a benchmark measuring many LoRAs draws its pictures once."""
+    import numpy as np
+
+    import engine.train.sample as sample
+    from engine.lora.network import LoRANetwork
+    from engine.train.effect import generate_rows
+
+    drawn = []
+    real = sample.generate
+    monkeypatch.setattr(sample, "generate", lambda model, settings, network, **kw: drawn.append(list(settings.strengths)) or
+                        real(model, settings, network, **kw))
+    network = LoRANetwork.from_file(lora_file, tiny.unet, tiny.text_encoders, tiny.family)
+    kept: dict = {}
+    sampling = {"steps": 3, "size": (64, 64), "guidance": 7.0}
+    first = generate_rows(tiny, network, ["", "a red house"], [1, 2], [0.0, 1.0], base_pictures=kept, **sampling)
+    again = generate_rows(tiny, network, ["", "a red house"], [1, 2], [0.0, 1.0], base_pictures=kept, **sampling)
+    fresh = generate_rows(tiny, network, ["", "a red house"], [1, 2], [0.0, 1.0], **sampling)
+    assert drawn == [[0.0, 1.0], [0.0, 1.0], [1.0], [1.0], [0.0, 1.0], [0.0, 1.0]]  # per seed; the second time without 0
+    assert set(kept) == set(first) and len(kept) == 4
+    for key in first:
+        assert again[key][0] is first[key][0] and np.array_equal(pixels(again[key][0]), pixels(fresh[key][0]))
+        assert np.array_equal(pixels(again[key][1]), pixels(fresh[key][1]))
+
+
 def test_grid_layout_labels_and_metadata_round_trip(tiny, lora_file, tmp_path):
     out = sample_lora(tiny, lora_file, SETTINGS, tmp_path / "grid.png", model_name="tiny")
     from PIL import Image

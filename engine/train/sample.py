@@ -103,13 +103,35 @@ def make_scheduler(name: str, base_scheduler, seed: int = 0):
     return getattr(diffusers, class_name).from_config(base_scheduler.config, **settings)
 
 
+# Prompts drawn at once share each U-Net call (one picture at a time leaves a small model
+# waiting on per-call overhead: the toy's 64×64 effect benchmark drew ~15× faster in batches).
+# Bounded by pixels so a full-size SD1.5/SDXL preview still draws one picture at a time (its
+# memory, not the call overhead, is what counts there).
+BATCH_PIXELS = 1024 * 1024
+
+
+def sample_batch(settings: SampleSettings) -> int:
+    """How many prompts ``generate`` draws in one call: as many as fit BATCH_PIXELS; one with
+    the SDE sampler, whose Brownian noise is drawn for the whole batch (a prompt's picture would
+    then depend on the prompts beside it)."""
+    from engine.project.params import canonical_sampler
+
+    if canonical_sampler(settings.sampler) == "dpmpp_sde_karras":
+        return 1
+    width, height = settings.size
+    return max(1, BATCH_PIXELS // max(1, width * height))
+
+
 def generate(model: BaseModel, settings: SampleSettings, network=None, *, device: str | None = None,
-             progress: Callable[[int, int], None] | None = None) -> list[list]:
+             progress: Callable[[int, int], None] | None = None, batch: int | None = None) -> list[list]:
     """Images[prompt][strength]. ``network`` (a LoRANetwork on ``model``) is applied at each
     strength and left as it was found (applied or not, at its old multiplier).
 
     The caller's random state is untouched: every image has its own generator from the seed,
     and the global RNG is forked, so sampling in the middle of training changes nothing there.
+    Prompts are drawn ``batch`` at a time (default :func:`sample_batch`); each picture still
+    draws its noise from its own generator, so it is the picture drawn alone, up to the float
+    rounding of a batched matmul.
     """
     import torch
 
@@ -117,6 +139,7 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
     if width % 8 or height % 8:
         raise SampleError(f"sample size {width}x{height}: both sides must be multiples of 8")
     device = device or str(model.unet.device)
+    batch = max(1, batch or sample_batch(settings))
     pipe = model.pipeline()
     pipe.scheduler = make_scheduler(settings.sampler, model.scheduler or model.noise_scheduler, settings.seed)
     pipe.set_progress_bar_config(disable=True)
@@ -126,32 +149,32 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
     model.unet.eval()
     hooked = network is not None and any(lora._hook is not None for lora in network.loras())
     old_multiplier = network.multiplier if network is not None else None
-    images: list[list] = []
-    total = len(settings.prompts) * len(settings.strengths)
+    images: list[list] = [[None] * len(settings.strengths) for _ in settings.prompts]
+    total, done = len(settings.prompts) * len(settings.strengths), 0
     try:
         if network is not None and not hooked:
             network.apply_to()
         with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []), torch.no_grad():
-            for prompt in settings.prompts:
-                row = []
-                for strength in settings.strengths:
+            for first in range(0, len(settings.prompts), batch):
+                chunk = settings.prompts[first:first + batch]
+                for column, strength in enumerate(settings.strengths):
                     if network is not None:
                         network.set_multiplier(float(strength))
-                    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
                     result = pipe(
-                        prompt=prompt,
-                        negative_prompt=settings.negative_prompt or None,
+                        prompt=list(chunk),
+                        negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
                         num_inference_steps=settings.steps,
                         guidance_scale=settings.guidance,
                         width=width,
                         height=height,
-                        generator=generator,
+                        generator=[torch.Generator(device="cpu").manual_seed(settings.seed) for _ in chunk],
                         output_type="pil",
                     )
-                    row.append(result.images[0])
+                    for offset, image in enumerate(result.images):
+                        images[first + offset][column] = image
+                    done += len(chunk)
                     if progress is not None:
-                        progress(len(images) * len(settings.strengths) + len(row), total)
-                images.append(row)
+                        progress(done, total)
     finally:
         if network is not None:
             network.set_multiplier(old_multiplier)
