@@ -1,6 +1,7 @@
 """Does the live copy figure tell when a side is copied? Validated over the checkpoints of one run.
 
-projects/example-toy (its settings: 1000 steps a side, under its caption) is trained once as
+The toy world's one pair (bench/effect_bench.py's ``toy_project``: projects/example-toy's first
+pair, 1000 steps a side, under its caption) is trained once as
 the queue trains it (A and B as one batch), with copy checks every ``--every`` steps (the live
 figure, :mod:`engine.train.copy_check`) and a LoRA snapshot of each side at each check. Then,
 for every snapshot:
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="toy")
-    parser.add_argument("--epochs", type=int, help="of projects/example-toy (1 image × 5 repeats × epochs steps; the example's: 200)")
-    parser.add_argument("--caption", help='of projects/example-toy ([train] caption; "" = caption-free, the published method)')
+    parser.add_argument("--epochs", type=int, help="of the one pair (1 image × 5 repeats × epochs steps; its default: 200)")
+    parser.add_argument("--caption", help='of the one pair ([train] caption; "" = caption-free, the published method)')
     parser.add_argument("--keep", type=Path, help="keep the trained project (its snapshots) in this folder")
     parser.add_argument("--every", type=int, default=50, help="copy checks and snapshots every N steps")
     parser.add_argument("--effect-every", type=int, default=100, help="the effect of A and B merged every N steps")

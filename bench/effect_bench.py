@@ -1,8 +1,9 @@
 """The copy-machine effect, measured on a toy model made by bench/pretrain_toy.py (a CPU, minutes).
 
-For each route (svd-merge, differential) A and B are trained once on projects/example-toy
+For each route (svd-merge, differential) A and B are trained once on the toy world's one pair
 (A: a yellow circle on blue, colours whose luminances differ; B: its exact grayscale; 64×64,
-under its caption; ``--epochs``/``--lr``/``--noise-offset``/``--caption`` change its settings
+under its caption, as `copylora new --base toy` makes it; ``--project projects/example-toy`` for
+the example's four pairs; ``--epochs``/``--lr``/``--noise-offset``/``--caption`` change its settings
 to try the levers; or any ``--project``); the result is made at each new rank
 (4, 8, 16); each result is sampled on held-out prompts (combinations the toy model never saw)
 × seeds at strengths 0, 0.5 and 1, the same seed along a row, at each CFG of ``--guidance``
@@ -68,15 +69,19 @@ EXAMPLE = REPO / "projects" / "example-toy"
 
 def toy_project(dest: Path, base: str, epochs: int | None = None, lr: float | None = None, noise_offset: float | None = None,
                 caption: str | None = None) -> Path:
-    """projects/example-toy (the toy world's pair: a yellow circle on blue, and its grayscale)
-    copied into ``dest`` on ``base``, with the settings given here instead of the example's."""
+    """The toy world's one pair (projects/example-toy's first: a yellow circle on blue, and its
+    grayscale) as `copylora new --base toy` makes it (under its caption, 1000 steps a side at
+    lr 2e-3: the example of runs 9–28 in docs/BENCHMARKS.md), in ``dest`` on ``base``, with the
+    settings given here instead. The example itself (four pairs) is ``--project projects/example-toy``."""
     from engine.project.folder import load_project, save_project
+    from engine.project.scaffold import create_project
 
     root = dest / "toy-monochrome"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("output"))
-    project = load_project(root)
+    project = create_project(root, EXAMPLE / "a" / "colour.png", EXAMPLE / "b" / "monochrome.png", base_model="toy",
+                             caption="a yellow circle on a blue background")
     changes = {"max_train_epochs": epochs, "learning_rate": lr, "noise_offset": noise_offset, "caption": caption}
     project.info = replace(project.info, base_model=str(base))
+    project.merge = replace(project.merge, new_rank=16)  # the example's, when it was this pair
     project.train = replace(project.train, save_every_n_steps=0, **{k: v for k, v in changes.items() if v is not None})
     save_project(project)
     return load_project(root).root
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, help="a project to train (default: the toy world's pair, made here)")
-    parser.add_argument("--epochs", type=int, help="of the default project (projects/example-toy's): 1 image × 5 repeats × epochs steps")
+    parser.add_argument("--epochs", type=int, help="of the default project (the one pair): 1 image × 5 repeats × epochs steps (200)")
     parser.add_argument("--lr", type=float, help="of the default project (the example's)")
     parser.add_argument("--noise-offset", type=float,
                         help="of the default project ([train] noise_offset, the example's 0.5): a toy model pretrained with offset "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +43,12 @@ def write_project(kind: str, dest: Path, base: str, captions: bool) -> Path:
 
     if dest.exists():
         raise SystemExit(f"toy_pairs: {dest} exists; give a new folder")
-    shutil.copytree(REPO / "projects" / "example-toy", dest, ignore=shutil.ignore_patterns("output", "*.png"))
+    from bench.effect_bench import toy_project
+
+    with tempfile.TemporaryDirectory() as work:  # the one-pair project's settings (1000 steps a picture, lr 2e-3)
+        shutil.copytree(toy_project(Path(work), base), dest, ignore=shutil.ignore_patterns("output", "a", "b"))
+    for side in ("a", "b"):
+        (dest / side).mkdir()
     if kind == "collage":
         picture = Image.new("RGB", (64, 64))
         for i, (colour, shape, background) in enumerate(QUADRANTS):

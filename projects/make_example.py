@@ -96,26 +96,47 @@ def write_dreambooth_project(root: Path = HERE_DREAMBOOTH) -> None:
     save_project(project)
 
 
+# The toy example's pairs (A's picture name, shape colour, shape, background): together they show
+# every chromatic colour of the toy world, as a shape's or a background's. On a base that binds
+# its colour words (run 28) one pair's change stays on its own colours; four pairs carry it to
+# combinations no pair showed (docs/BENCHMARKS.md, "The copy-machine effect on run 28").
+TOY_PAIRS = [("colour", "yellow", "circle", "blue"), ("red-square", "red", "square", "green"),
+             ("pink-triangle", "pink", "triangle", "cyan"), ("orange-ring", "orange", "ring", "purple")]
+
+
 def write_toy_project(root: Path = HERE_TOY) -> None:
-    """The toy world's pair, on the ``toy`` base with its preset (engine.project.scaffold)."""
+    """The toy world's pairs, each under its own caption, on the ``toy`` base with its preset
+    (engine.project.scaffold)."""
     import sys
 
     sys.path.insert(0, str(HERE.parent.parent))
     from engine.models.toy_data import Scene, draw, grayscale
     from engine.project.folder import Project, save_project
-    from engine.project.params import MergeParams, ProjectInfo
+    from engine.project.params import MergeParams, ProjectInfo, RegParams
     from engine.project.scaffold import apply_base_defaults
 
-    a = draw(Scene("yellow", "circle", "blue", cx=0.5, cy=0.45, radius=0.27))
-    for name, picture in (("a/colour", a), ("b/monochrome", grayscale(a))):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        picture.save(root / f"{name}.png", optimize=True)
+    for name, colour, shape, background in TOY_PAIRS:
+        scene = Scene(colour, shape, background, cx=0.5, cy=0.45, radius=0.27)
+        a = draw(scene)
+        b_name = "monochrome" if name == "colour" else name
+        for side, file, picture in (("a", name, a), ("b", b_name, grayscale(a))):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            picture.save(root / side / f"{file}.png", optimize=True)
+            (root / side / f"{file}.txt").write_text(scene.caption() + "\n")
     project = apply_base_defaults(Project(root=root, info=ProjectInfo(name=root.name, base_model="toy"), merge=MergeParams(new_rank=16)), "toy")
-    # Both sides train under the picture's own caption (it cancels in B - A): on a model whose
-    # colours come from the prompt, a caption-free pair's change is undone by CFG on every other
-    # prompt (docs/BENCHMARKS.md, "Why nothing survives CFG 5").
-    project.train.caption = "a yellow circle on a blue background"
+    # Each picture trains under its own caption (the same on A's and B's, so it cancels in B - A):
+    # on a model whose colours come from the prompt, a caption-free pair's change is undone by CFG
+    # on every other prompt (docs/BENCHMARKS.md, "Why nothing survives CFG 5"). A caption per
+    # picture is the DreamBooth flow's [filewords], without class pictures.
+    project.reg = RegParams(folder="", instance_prompt="[filewords]")
+    project.train.max_train_epochs, project.train.learning_rate = TOY_EPOCHS_FOUR_PAIRS, TOY_LR_FOUR_PAIRS
     save_project(project)
+
+
+# 4 pictures × 5 repeats × 50 = 1000 steps a side, the one-pair example's length; at lr 5e-3 both
+# copies are made (A 19.7 dB, A + result vs B 21.0) and the effect is 0.49 / 0.53 at CFG 5 / 7, against
+# 0.54 / 0.56 and B at 14.4 dB at the one-pair example's 2e-3 (docs/BENCHMARKS.md, run 28).
+TOY_EPOCHS_FOUR_PAIRS, TOY_LR_FOUR_PAIRS = 50, 5e-3
 
 
 def main() -> None:

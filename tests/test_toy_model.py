@@ -2,9 +2,9 @@
 
 The toy model draws coloured shapes (engine.models.toy_data's world); these tests check the
 shipped files, that it loads as the SD1.5 base it is, and, end to end on a CPU, that the
-example's copy-machine LoRA takes the colour away on prompts neither A, B nor the toy model's
-pretraining ever showed, and leaves the picture's structure: a test that fails if the merge's
-sign, the shared noise, the LoRA's scale or the sampler were wrong."""
+example's copy-machine LoRA takes the colour away on prompts neither its pairs nor the toy
+model's pretraining ever showed, and leaves the picture's structure: a test that fails if the
+merge's sign, the LoRA's scale or the sampler were wrong."""
 
 from __future__ import annotations
 
@@ -63,53 +63,57 @@ def test_copylora_new_on_toy_gets_the_toy_preset(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_result(tmp_path_factory):
-    """The example trained briefly (twin), merged: (model, plan, result path)."""
+    """The example (four pairs, each under its caption) trained briefly, merged: (model, plan, result path)."""
     from engine.merge.project_result import make_result
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan
-    from engine.train.twin import train_twin
+    from engine.train.trainer import train
 
     root = copy_example(tmp_path_factory.mktemp("toy"), "example-toy", source="example-toy")
     project = load_project(root)
-    # The example trains 1000 steps at lr 2e-3; 120 at 5e-3 show the direction in a fraction of the time.
-    project.train = replace(project.train, max_train_epochs=TEST_EPOCHS, learning_rate=5e-3, save_every_n_steps=0)
+    # The example trains 1000 steps a side; 480 at its lr show the direction in half the time.
+    project.train = replace(project.train, max_train_epochs=TEST_EPOCHS, save_every_n_steps=0)
     save_project(project)
     plan = make_plan(load_project(root))
     model = load_base_model("toy")
-    train_twin(plan, model=model, log=quiet)
+    for side in ("a", "b"):  # a [reg] project trains its sides apart
+        train(plan, side, model=model, log=quiet)
     result, _, _ = make_result(plan, device="cpu")
     return model, plan, result
 
 
-TEST_EPOCHS = 24  # 120 steps a side
+TEST_EPOCHS = 24  # 4 pictures × 5 repeats × 24 = 480 steps a side
 
 
 def test_the_copy_machine_lora_takes_the_colour_away_on_new_prompts_and_keeps_the_picture(toy_result):
     from engine.train.effect import lora_effect
 
     model, _plan, result = toy_result
-    report = lora_effect(model, result, PROMPTS, [1], [0.0, 1.0], steps=12, size=(64, 64), guidance=5.0)
+    report = lora_effect(model, result, PROMPTS, [1], [0.0, 1.0], steps=12, size=(64, 64), guidance=7.0)
     assert report.saturation[0.0] > 0.3  # the base draws in colour
-    assert report.effect < MAX_EFFECT, report  # the colour goes (a wrong sign raises it; no scale leaves it at 1)
+    assert report.effect < MAX_EFFECT, report  # the colour goes (no scale leaves it at 1; a wrong sign keeps more)
     assert report.collateral_ssim > MIN_SSIM, report  # the shapes stay where they were
 
 
-# Measured 2026-11-28 with this test's settings: effect 0.463, SSIM 0.735; with the merge's sign
-# flipped: 1.150; with B on another seed (no shared noise): 0.738. Both pictures are on prompts
-# the toy model never saw, 12 sampling steps, CFG 5, seed 1.
-MAX_EFFECT, MIN_SSIM = 0.65, 0.5
+# Measured on run 28 (2026-12-05), the example at lr 5e-3, these two held-out prompts, seed 1, 12
+# sampling steps, CFG 7: 480 steps a side: effect 0.55, SSIM 0.644; 240 steps: 0.713, SSIM 0.684;
+# 240 steps with the merge's sign flipped: 0.845, SSIM 0.214 (what SSIM catches). B on another seed
+# (no shared noise) measured 0.679 at 240 steps: on this base and length the shared noise does not
+# show in the effect, so this test no longer claims to catch its loss.
+MAX_EFFECT, MIN_SSIM = 0.68, 0.45
 
 
 def test_a_copies_picture_a_and_the_result_on_top_of_it_copies_b(toy_result):
-    """On the prompt the pair trained under: A at 1 draws picture A; A at 1 + the result at 1, picture B."""
-    from bench.effect_bench import copy_check
+    """On the caption A's first picture trained under: A at 1 draws picture A; A at 1 + the result at 1, picture B."""
+    from bench.effect_bench import copy_check, first_prompt
 
     model, plan, result = toy_result
     check = copy_check(model, plan.side("a").lora_path, result, plan.side("a").images[0].path, plan.side("b").images[0].path,
-                       seed=1, steps=12, size=(64, 64), prompt=plan.side("a").params.caption)
-    assert check["A vs picture A"] > MIN_COPY_DB and check["A + result vs picture B"] > MIN_COPY_DB, check
+                       seed=1, steps=12, size=(64, 64), prompt=first_prompt(plan))
+    assert check["A vs picture A"] > MIN_A_DB and check["A + result vs picture B"] > MIN_B_DB, check
 
 
-# Measured: A 16.1 dB, A + result 16.8 dB; sign flipped: 8.8 dB; B on another seed: 11.8 dB.
-MIN_COPY_DB = 14.0
+# Measured as above: 480 steps: A 13.9 dB, A + result 15.2 dB; 240 steps: 13.8 and 14.8 dB, sign
+# flipped 8.4 dB, B on another seed 13.8 dB.
+MIN_A_DB, MIN_B_DB = 12.5, 11.5

@@ -27,7 +27,7 @@ from engine.models.toy_data import (
 )
 from engine.project.folder import load_project, save_project
 from engine.project.plan import make_plan, plan_warnings
-from tests.helpers import REPO, copy_example
+from tests.helpers import REPO
 
 
 def test_the_dataset_is_a_function_of_its_seed_and_never_shows_held_out_combinations():
@@ -285,7 +285,7 @@ def test_the_effect_benchmark_measures_several_captioned_pairs(tmp_path):
 
     root = copy_example(tmp_path, "pairs", source="example-toy")
     for side in ("a", "b"):
-        for old in (root / side).glob("*.png"):
+        for old in [*(root / side).glob("*.png"), *(root / side).glob("*.txt")]:
             old.unlink()
     for i, scene in enumerate([Scene("yellow", "circle", "blue", 0.5, 0.5, 0.3), Scene("red", "square", "green", 0.5, 0.5, 0.3)]):
         picture = draw(scene)
@@ -512,7 +512,17 @@ def test_the_pretraining_script_refuses_a_negative_probe(tmp_path):
 # ----------------------------------------------------------------------------- `new --base toy`
 
 
-EXAMPLE_TOY_CAPTION = "a yellow circle on a blue background"  # projects/example-toy's [train] caption
+EXAMPLE_TOY_CAPTION = "a yellow circle on a blue background"  # projects/example-toy's first pair's caption
+
+
+def one_pair_toy(tmp_path, name: str):
+    """A one-pair toy project as `copylora new --base toy` makes it, from example-toy's first pair."""
+    from engine.project.scaffold import create_project
+    from tests.helpers import REPO
+
+    example = REPO / "projects/example-toy"
+    return create_project(tmp_path / name, example / "a/colour.png", example / "b/monochrome.png", base_model="toy",
+                          caption=EXAMPLE_TOY_CAPTION).root
 
 
 
@@ -533,18 +543,23 @@ def test_describe_reads_the_toy_worlds_pictures():
 
 
 def test_new_on_toy_writes_the_measured_recipe(tmp_path, capsys):
+    from engine.project.scaffold import BUILTIN_PRESETS
     from tests.helpers import REPO
 
     example = REPO / "projects/example-toy"
     dest = tmp_path / "mine"
     assert main(["new", str(dest), "--a", str(example / "a/colour.png"), "--b", str(example / "b/monochrome.png"), "--base", "toy"]) == 0
     assert EXAMPLE_TOY_CAPTION in capsys.readouterr().out
-    made, measured = load_project(dest), load_project(example)
-    assert made.train.caption == EXAMPLE_TOY_CAPTION
-    # every [train] and [sample] setting is example-toy's (the run measured in docs/BENCHMARKS.md)
-    assert made.train == measured.train and made.sample == measured.sample
+    made, example_project = load_project(dest), load_project(example)
+    assert made.train.caption == EXAMPLE_TOY_CAPTION and made.reg is None  # one pair, under its picture's caption
+    for key, value in BUILTIN_PRESETS["toy"]["train"].items():  # the toy preset (docs/BENCHMARKS.md)
+        assert getattr(made.train, key) == value, key
+    # example-toy is four such pairs, each under its own caption file: the same [sample] and
+    # [train] settings but for the caption (there per picture) and its measured length and rate
+    differ = {"caption", "max_train_epochs", "learning_rate"}
+    assert {k: v for k, v in vars(made.train).items() if k not in differ} == {k: v for k, v in vars(example_project.train).items() if k not in differ}
+    assert made.sample == example_project.sample and example_project.reg is not None
     assert plan_warnings(make_plan(made)) == []
-
 
 
 def test_new_keeps_real_checkpoints_and_tiny_caption_free(tmp_path):
@@ -561,7 +576,7 @@ def test_new_keeps_real_checkpoints_and_tiny_caption_free(tmp_path):
 
 
 def test_check_warns_on_a_caption_free_toy_project(tmp_path, capsys):
-    root = copy_example(tmp_path, "toy-bare", "example-toy")
+    root = one_pair_toy(tmp_path, "toy-bare")
     project = load_project(root)
     project.train.caption = ""
     save_project(project)
@@ -574,7 +589,7 @@ def test_check_warns_on_a_caption_free_toy_project(tmp_path, capsys):
 
 
 def test_check_names_the_one_side_left_caption_free(tmp_path):
-    root = copy_example(tmp_path, "toy-half", "example-toy")
+    root = one_pair_toy(tmp_path, "toy-half")
     toml = root / "copylora.toml"
     toml.write_text(toml.read_text().replace('folder = "b"\n', 'folder = "b"\ncaption = ""\n'))
     warnings = plan_warnings(make_plan(load_project(root)))

@@ -31,7 +31,7 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # widths are the tiny models' max channel counts (a test keeps them equal to engine.models.tiny's).
 BUILTIN_FAMILIES = {"tiny": "sd1", "tiny-sdxl": "sdxl", "toy": "sd1"}
 BUILTIN_MODELS = tuple(BUILTIN_FAMILIES)
-BUILTIN_WIDEST = {"tiny": (96, 32), "tiny-sdxl": (96, 64), "toy": (96, 32)}
+BUILTIN_WIDEST = {"tiny": (96, 32), "tiny-sdxl": (96, 64), "toy": (96, 64)}
 _UNET = "model.diffusion_model."
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora_unet_", "lora_te_", "lora_te1_", ".hada_", ".lokr_")
 
