@@ -134,7 +134,7 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
             check = copy_check(model, a_lora, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
                                seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=first_prompt(plan))
             rows.append({"route": method, "settings": settings or {}, "steps_trained": steps_trained, "new_rank": rank, "guidance": cfg,
-                         "blocks": blocks,
+                         "blocks": blocks, "block_weights": vector,
                          "caption": first_prompt(plan), "pictures": len(plan.side("a").images),
                          "effect": report.effect, "collateral_ssim": report.collateral_ssim,
                          "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,

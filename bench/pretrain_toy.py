@@ -11,13 +11,20 @@ colour/shape/background combinations never shown). Two phases, straight lines:
    AdamW, gradient clipping 1.
 
 Then the folder is written (diffusers format, fp16 safetensors) with ``SHA256SUMS`` and
-``pretrain.json`` (the command, seeds, steps, losses, minutes). Regenerate the shipped model
-(60.1 minutes on the 2-core CPU it was made on; the defaults are its settings, which it ran as
-``--out /tmp/toyrun9/toy --vae-steps 2000 --unet-steps 10000 --unet-batch 16 --te-lr 2e-3 --noise-offset 0.5``):
+``pretrain.json`` (the command, seeds, steps, losses, minutes, evals). The shipped model is
+run 28 (docs/BENCHMARKS.md; 154.2 minutes on the 2-core CPU it was made on, 9 of them its
+evals); its command, in ``engine/models/toy/pretrain.json``, regenerates it (the U-Net phase
+stops on the clock, ``--max-unet-minutes 120``, so a faster machine trains more steps):
 
-    OMP_NUM_THREADS=2 python bench/pretrain_toy.py --out engine/models/toy
+    python bench/pretrain_toy.py --out /tmp/toy --vae-steps 2500 --unet-steps 13000 --unet-batch 16 \
+        --unet-lr 1e-3 --te-lr 2e-3 --noise-offset 0.5 --radius 0.24,0.38 --max-length 16 --te-width 64 \
+        --te-layers 4 --unet-heads 4 --shape-weight 4 --te-probe 0.1 --te-probe-steps 600 \
+        --colour-jitter 25 --saturation-jitter 0.4 --ema 0.999 --eval-every 4000 --eval-prompts 48 \
+        --max-unet-minutes 120 --threads 0
 
-and the smoke test (seconds): ``python bench/pretrain_toy.py --out /tmp/toy --vae-steps 2 --unet-steps 2 --pool 64``.
+The flags' defaults are still run 9's, the first shipped toy (60.1 minutes), so that every
+lever below is named on the command line of the run that used it. The smoke test (seconds):
+``python bench/pretrain_toy.py --out /tmp/toy --vae-steps 2 --unet-steps 2 --pool 64``.
 
 Issue 24's levers (docs/BENCHMARKS.md, "A toy base that draws what it is asked"): the text
 encoder's width and depth (``--te-width``/``--te-layers``; on ``--start-from`` a trained U-Net
@@ -611,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--pool", type=int, default=8192, help="pictures drawn once and trained on")
-    # The defaults are the shipped model's run (run 9 in docs/BENCHMARKS.md).
+    # The defaults are run 9's, the first shipped toy; the shipped one (run 28) ran with the command in its pretrain.json.
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=8)
     parser.add_argument("--vae-lr", type=float, default=3e-4)

@@ -228,7 +228,8 @@ def test_check_prints_each_concept_and_json_lists_them(tmp_path, capsys, monkeyp
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if line.startswith(("A's", "concept[1]", "class"))}
     assert "'sks house, [filewords]'" in lines["A's pictures"] and " 10 " in lines["A's pictures"]
     assert "3_zwx sun/" in lines["concept[1] 3_zwx"] and " 12 " in lines["concept[1] 3_zwx"]
-    assert "training  A, then B: the project has [reg] (the DreamBooth flow trains each side apart)" in out  # Rich markup no longer eats [reg]
+    said = "training  A, then B: the project has [reg] class pictures or a [[concept]] (the DreamBooth flow trains each side apart)"
+    assert said in out  # Rich markup no longer eats [reg]
     assert main(["check", str(root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["concept"] for r in data["concepts"]] == ["A's pictures", "B's pictures", "concept[1]", "class (reg)", "class (concept[1])"]

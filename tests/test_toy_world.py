@@ -306,7 +306,8 @@ def test_the_effect_benchmark_measures_several_captioned_pairs(tmp_path):
     assert row["caption"] == "a yellow circle on a blue background" and row["pictures"] == 2
     assert "| svd-merge | max_train_steps 2, 2 pairs | 4 |" in done.stdout
     # --lbws: the same two LoRAs merged again with every block weighted 0 change nothing
-    assert (row["blocks"], weighted["blocks"]) == ("", "none") and "| svd-merge | max_train_steps 2, 2 pairs, blocks none | 4 |" in done.stdout
+    assert (row["blocks"], weighted["blocks"], weighted["block_weights"]) == ("", "none", [0.0] * 17)
+    assert "| svd-merge | max_train_steps 2, 2 pairs, blocks none | 4 |" in done.stdout
     assert weighted["saturation"]["1.0"] == weighted["saturation"]["0.0"] and weighted["collateral_ssim"] > 0.999999
     assert row["saturation"]["1.0"] != row["saturation"]["0.0"]
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--lbws", "out=[1,0]"],
@@ -641,6 +642,13 @@ def test_toy_pairs_writes_valid_projects_of_several_pairs(tmp_path):
     pictures = plan.side("b").images
     assert len(pictures) == 4 and plan.side("a").reg_images == 0 and not plan_warnings(plan)
     assert resolve_prompt(plan.project.reg.instance_prompt, pictures[3].path, ".txt") == "a orange ring on a purple background"
+    # roles8: every chromatic colour once as a shape and once as a background, never on a held-out combination
+    roles = make_plan(load_project(write_project("roles8", tmp_path / "roles", "tiny", True)))
+    scenes = [resolve_prompt("[filewords]", image.path, ".txt").split() for image in roles.side("a").images]
+    shapes, backgrounds = [(words[1], words[2], words[5]) for words in scenes], {words[5] for words in scenes}
+    chromatic = set(COLOURS) - {"white", "black"}
+    assert len(scenes) == 8 and {c for c, _, _ in shapes} == backgrounds == chromatic and not plan_warnings(roles)
+    assert not any(is_held_out(*scene) for scene in shapes) and ("blue", "square", "yellow") in shapes  # blue circle on yellow is held out
     collage = make_plan(load_project(write_project("collage", tmp_path / "one", "tiny", False)))
     assert len(collage.side("a").images) == 1 and collage.project.reg is None and collage.project.train.caption == ""
     with pytest.raises(SystemExit):

@@ -304,7 +304,12 @@ def twin_problem(plan: Plan) -> str | None:
     if is_pair_route(plan.project):
         return f"the {plan.project.info.method} route trains one LoRA on the pair"
     if plan.project.reg is not None:
-        return "the project has [reg] (the DreamBooth flow trains each side apart)"
+        from engine.project.concepts import class_sets
+
+        # [reg] folder "" with no further concept is per-picture captions alone: each side's
+        # data is its pictures under their captions, as without [reg], so it trains as a twin.
+        if class_sets(plan.project) or plan.project.concepts:
+            return "the project has [reg] class pictures or a [[concept]] (the DreamBooth flow trains each side apart)"
     from engine.project.copy_rule import COPY_KEYS  # each side of a twin run judges its own copy
 
     differ = sorted(k for k in a.params.__dataclass_fields__ if getattr(a.params, k) != getattr(b.params, k) and k not in COPY_KEYS)

@@ -11,7 +11,8 @@ clipping, checkpoints and LoRA file — so a twin run and two separate runs give
 can resume from a twin run's checkpoint alone, or the other way round.
 
 It applies when A and B train the same way (the copy-machine route): the same settings, the
-same picture sizes, the U-Net only, no [reg]. :func:`engine.project.plan.twin_problem` says why
+same picture sizes, the U-Net only, no class pictures or further concepts ([reg] folder "" —
+each picture under its own caption — is fine). :func:`engine.project.plan.twin_problem` says why
 not otherwise (it imports no torch: the queue asks it when it plans the jobs).
 """
 
