@@ -16,6 +16,11 @@ to try the levers; or any ``--project``); the result is made at each new rank
 - per prompt colour: the effect over the pictures whose prompt names that colour as the
   background's, and as the shape's (which colours go and which stay), a second Markdown table.
 
+``--prompt-reference ", monochrome"`` adds the yardstick: the base asked for the change in words
+(each prompt + the suffix, same seed) measured as if it were a LoRA at strength 1 — the
+collateral of a base that knows the change (on the toy: SSIM 0.57 at CFG 7, about a LoRA's).
+``--sampler`` draws every picture with another sampler (Euler a, the default, is ancestral).
+
     OMP_NUM_THREADS=1 python bench/effect_bench.py --base /tmp/toy --out /tmp/effect.json
     OMP_NUM_THREADS=2 python bench/effect_bench.py --base /tmp/toy --threads 2 --prompts 8 --seeds 1 --ranks 16   # quick look
 """
@@ -41,7 +46,7 @@ def quiet(_line: str) -> None:
 
 
 def copy_check(model, a_lora: Path | None, result: Path, picture_a: Path, picture_b: Path, *, seed: int, steps: int, size,
-               guidance: float = 5.0, prompt: str = "") -> dict:
+               guidance: float = 5.0, prompt: str = "", sampler: str = "euler_a") -> dict:
     """PSNR of A at 1 vs picture A and of A at 1 + result at 1 vs picture B, on the prompt the
     pair trained under (``[train] caption``; the empty prompt when caption-free). The one-LoRA
     routes train no A (``a_lora`` None): the base stands in for it."""
@@ -55,7 +60,7 @@ def copy_check(model, a_lora: Path | None, result: Path, picture_a: Path, pictur
         a_network.apply_to()
     try:
         (a_alone, a_with_result), = generate_rows(model, result_network, [prompt], [seed], [0.0, 1.0], steps=steps, size=size,
-                                                       guidance=guidance).values()
+                                                       guidance=guidance, sampler=sampler).values()
     finally:
         if a_network is not None:
             a_network.remove()
@@ -89,7 +94,7 @@ def toy_project(dest: Path, base: str, epochs: int | None = None, lr: float | No
 
 def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: list[str], seeds: list[int], steps: int,
               model, guidance: tuple[float, ...] = (5.0,), settings: dict | None = None,
-              block_weights: dict[str, list] | None = None, base_pictures: dict | None = None) -> list[dict]:
+              block_weights: dict[str, list] | None = None, base_pictures: dict | None = None, sampler: str = "euler_a") -> list[dict]:
     """Train ``method`` on ``source`` (with ``settings``, [train] keys, instead of its own), make
     the result at each rank (and with each of ``block_weights``, named LBW vectors applied to
     both LoRAs: which blocks carry the change that reaches other prompts), measure it at each CFG.
@@ -128,18 +133,41 @@ def run_route(method: str, source: Path, work: Path, ranks: list[int], prompts: 
         plan = make_plan(load_project(root))
         lora, _, _ = make_result(plan, device="cpu")
         for cfg in guidance:
-            base = base_pictures.setdefault((steps, size, cfg), {}) if base_pictures is not None else None
-            report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=cfg, base_pictures=base)
+            base = base_pictures.setdefault((steps, size, cfg, sampler), {}) if base_pictures is not None else None
+            report = lora_effect(model, lora, prompts, seeds, [0.0, 0.5, 1.0], steps=steps, size=size, guidance=cfg, base_pictures=base,
+                                 sampler=sampler)
             a_lora = None if plan.trained == ("pair",) else plan.side("a").lora_path
             check = copy_check(model, a_lora, lora, plan.side("a").images[0].path, plan.side("b").images[0].path,
-                               seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=first_prompt(plan))
+                               seed=seeds[0], steps=steps, size=size, guidance=cfg, prompt=first_prompt(plan), sampler=sampler)
             rows.append({"route": method, "settings": settings or {}, "steps_trained": steps_trained, "new_rank": rank, "guidance": cfg,
-                         "blocks": blocks, "block_weights": vector,
+                         "blocks": blocks, "block_weights": vector, "sampler": sampler,
                          "caption": first_prompt(plan), "pictures": len(plan.side("a").images),
                          "effect": report.effect, "collateral_ssim": report.collateral_ssim,
                          "saturation": {str(k): v for k, v in report.saturation.items()}, "pairs": report.pairs,
                          "per_colour": report.per_colour, "copy_check_psnr": check, "train_seconds": round(trained, 1)})
             print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def prompt_reference(model, suffix: str, prompts: list[str], seeds: list[int], steps: int, guidance: tuple[float, ...],
+                     base_pictures: dict, sampler: str = "euler_a", size: tuple[int, int] = (64, 64)) -> list[dict]:
+    """The base asked for the change in words (each prompt + ``suffix``, e.g. ", monochrome",
+    on the same seed) measured as a LoRA at strength 1 is: what a base that knows the change does
+    to its pictures, the yardstick for a LoRA's collateral on this base."""
+    from engine.train.effect import generate_rows, measure_effect
+
+    rows = []
+    for cfg in guidance:
+        sampling = {"steps": steps, "size": size, "guidance": cfg, "sampler": sampler}
+        plain = generate_rows(model, None, prompts, seeds, [0.0], base_pictures=base_pictures.setdefault((steps, size, cfg, sampler), {}),
+                              **sampling)
+        asked = generate_rows(model, None, [p + suffix for p in prompts], seeds, [0.0], **sampling)
+        report = measure_effect({(p, seed): [plain[(p, seed)][0], asked[(p + suffix, seed)][0]] for p, seed in plain}, [0.0, 1.0])
+        rows.append({"route": "base", "settings": {}, "steps_trained": 0, "new_rank": "—", "guidance": cfg, "blocks": "", "block_weights": [],
+                     "sampler": sampler, "prompt_suffix": suffix, "pictures": 0, "effect": report.effect,
+                     "collateral_ssim": report.collateral_ssim, "saturation": {str(k): v for k, v in report.saturation.items()},
+                     "pairs": report.pairs, "per_colour": report.per_colour, "copy_check_psnr": {}, "train_seconds": 0})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -158,18 +186,27 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| route | setting | steps | train s | new rank | CFG | effect (S₁/S₀, goal ≤ 0.35) | collateral SSIM (goal ≥ 0.8) | "
              "S at 0 / 0.5 / 1 | PSNR A vs A | PSNR A+result vs B |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    def number(value, form: str) -> str:
+        return "—" if value is None else format(value, form)
+
     for r in rows:
-        s = r["saturation"]
-        shown = [f"{k} {v}" for k, v in r.get("settings", {}).items() if k != "max_train_epochs"]
-        shown += ["caption-free"] if r.get("caption") == "" else []
-        shown += [f"{r['pictures']} pairs"] if r.get("pictures", 1) > 1 else []
-        shown += [f"blocks {r['blocks']}"] if r.get("blocks") else []
-        setting = ", ".join(shown) or "the example's"
-        lines.append(f"| {r['route']} | {setting} | {r.get('steps_trained', '?')} | {r.get('train_seconds', '?')} | {r['new_rank']} | "
-                     f"{r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | "
-                     f"{s['0.0']:.3f} / {s['0.5']:.3f} / {s['1.0']:.3f} | {r['copy_check_psnr']['A vs picture A']:.1f} dB | "
-                     f"{r['copy_check_psnr']['A + result vs picture B']:.1f} dB |")
+        s, check = r["saturation"], r.get("copy_check_psnr") or {}
+        saturations = " / ".join(number(s.get(k), ".3f") for k in ("0.0", "0.5", "1.0"))
+        lines.append(f"| {r['route']} | {setting_label(r)} | {r.get('steps_trained', '?')} | {r.get('train_seconds', '?')} | {r['new_rank']} | "
+                     f"{r['guidance']:g} | {r['effect']:.3f} | {r['collateral_ssim']:.3f} | {saturations} | "
+                     f"{number(check.get('A vs picture A'), '.1f')} dB | {number(check.get('A + result vs picture B'), '.1f')} dB |")
     return "\n".join(lines) + "\n\n" + colour_markdown(rows)
+
+
+def setting_label(r: dict) -> str:
+    """What a row changed from the project as given, in a few words (both tables name rows by it)."""
+    shown = [f"{k} {v}" for k, v in r.get("settings", {}).items() if k != "max_train_epochs"]
+    shown += ["caption-free"] if r.get("caption") == "" else []
+    shown += [f"{r['pictures']} pairs"] if r.get("pictures", 1) > 1 else []
+    shown += [f"blocks {r['blocks']}"] if r.get("blocks") else []
+    shown += [f"sampler {r['sampler']}"] if r.get("sampler", "euler_a") != "euler_a" else []
+    shown += [f"prompt + {r['prompt_suffix']!r} as strength 1"] if r.get("prompt_suffix") else []
+    return ", ".join(shown) or "the example's"
 
 
 def colour_markdown(rows: list[dict]) -> str:
@@ -178,9 +215,9 @@ def colour_markdown(rows: list[dict]) -> str:
     colours = [c for c in (rows[0].get("per_colour") or {})] if rows else []
     if not colours:
         return ""
-    head = "| route | new rank | CFG | " + " | ".join(colours) + " |"
+    head = "| route | setting | new rank | CFG | " + " | ".join(colours) + " |"
     lines = ["Per prompt colour, effect S₁/S₀ as background / as shape:", "", head,
-             "|---|---:|---:|" + "---:|" * len(colours)]
+             "|---|---|---:|---:|" + "---:|" * len(colours)]
 
     def cell(entry: dict | None) -> str:
         return "—" if not entry else f"{entry['effect']:.2f}"
@@ -188,8 +225,7 @@ def colour_markdown(rows: list[dict]) -> str:
     for r in rows:
         per = r.get("per_colour") or {}
         cells = [f"{cell(per.get(c, {}).get('background'))} / {cell(per.get(c, {}).get('shape'))}" for c in colours]
-        blocks = f" ({r['blocks']})" if r.get("blocks") else ""
-        lines.append(f"| {r['route']}{blocks} | {r['new_rank']} | {r['guidance']:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['route']} | {setting_label(r)} | {r['new_rank']} | {r['guidance']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -256,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", default="5,7",
                         help="CFG scales, comma-separated: each result is sampled at each (7 is what SD1.5 users sample at; "
                              "1 = no guidance: a caption-free LoRA acts on the empty prompt, which CFG extrapolates away from)")
+    parser.add_argument("--sampler", default="euler_a",
+                        help="the sampler of every picture ([sample] sampler's names; euler_a, the default, is ancestral: a "
+                             "deterministic one such as dpmpp_2m_karras shows how much of the collateral is the sampler's)")
+    parser.add_argument("--prompt-reference", metavar="SUFFIX",
+                        help='also measure the base asked for the change in words (each prompt + SUFFIX, e.g. ", monochrome", as '
+                             "strength 1): the collateral of a base that knows the change, the yardstick for a LoRA's")
+    parser.add_argument("--routes-off", action="store_true", help="train nothing (with --prompt-reference: the reference alone)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--tables", type=Path, nargs="+", metavar="JSON",
                         help="print the Markdown tables of earlier --out files together (one table: every route and setting) and exit")
@@ -269,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.base:
         parser.error("--base is needed to measure (or --tables to print earlier results)")
     block_weights = parse_block_weights(args.lbws, parser)
+    from engine.project.params import canonical_sampler, sampler_hint
+
+    sampler = canonical_sampler(args.sampler)
+    if sampler is None:
+        parser.error(f"--sampler {args.sampler!r}: unknown{sampler_hint(args.sampler)}")
     torch.set_num_threads(args.threads)
     model = load_base_model(args.base)
     prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]
@@ -279,9 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         source = args.project or toy_project(Path(work) / "source", args.base, args.epochs, args.lr, args.noise_offset,
                                                     args.caption)
         settings = parse_settings(args.set)
-        for method in args.routes.split(","):
+        if args.prompt_reference:
+            from engine.project.folder import load_project
+
+            rows += prompt_reference(model, args.prompt_reference, prompts, seeds, args.steps, tuple(float(g) for g in args.guidance.split(",")),
+                                     base_pictures, sampler, tuple(load_project(source).sample.size))
+        for method in ([] if args.routes_off else args.routes.split(",")):
             rows += run_route(method, source, Path(work), [int(r) for r in args.ranks.split(",")], prompts, seeds, args.steps, model,
-                              tuple(float(g) for g in args.guidance.split(",")), settings, block_weights, base_pictures)
+                              tuple(float(g) for g in args.guidance.split(",")), settings, block_weights, base_pictures, sampler)
     text = markdown(rows)
     print(text)
     if args.out:

@@ -96,12 +96,16 @@ def write_dreambooth_project(root: Path = HERE_DREAMBOOTH) -> None:
     save_project(project)
 
 
-# The toy example's pairs (A's picture name, shape colour, shape, background): together they show
-# every chromatic colour of the toy world, as a shape's or a background's. On a base that binds
-# its colour words (run 28) one pair's change stays on its own colours; four pairs carry it to
-# combinations no pair showed (docs/BENCHMARKS.md, "The copy-machine effect on run 28").
+# The toy example's pairs (A's picture name, shape colour, shape, background): every chromatic
+# colour of the toy world once as a shape and once as a background (the first four pairs, then
+# their colours in the other roles, each on a combination the base was trained on). On a base that
+# binds its colour words (run 28) one pair's change stays on its own colours, and a colour that a
+# pair shows only as a shape keeps more of its colour as a background; these eight carry the
+# change furthest of the sets measured (docs/BENCHMARKS.md, "The copy-machine effect on run 28").
 TOY_PAIRS = [("colour", "yellow", "circle", "blue"), ("red-square", "red", "square", "green"),
-             ("pink-triangle", "pink", "triangle", "cyan"), ("orange-ring", "orange", "ring", "purple")]
+             ("pink-triangle", "pink", "triangle", "cyan"), ("orange-ring", "orange", "ring", "purple"),
+             ("blue-square", "blue", "square", "yellow"), ("green-circle", "green", "circle", "red"),
+             ("cyan-triangle", "cyan", "triangle", "pink"), ("purple-ring", "purple", "ring", "orange")]
 
 
 def write_toy_project(root: Path = HERE_TOY) -> None:
@@ -127,16 +131,18 @@ def write_toy_project(root: Path = HERE_TOY) -> None:
     # Each picture trains under its own caption (the same on A's and B's, so it cancels in B - A):
     # on a model whose colours come from the prompt, a caption-free pair's change is undone by CFG
     # on every other prompt (docs/BENCHMARKS.md, "Why nothing survives CFG 5"). A caption per
-    # picture is the DreamBooth flow's [filewords], without class pictures.
+    # picture is the DreamBooth flow's [filewords], without class pictures (so A and B still
+    # train as one twin batch).
     project.reg = RegParams(folder="", instance_prompt="[filewords]")
-    project.train.max_train_epochs, project.train.learning_rate = TOY_EPOCHS_FOUR_PAIRS, TOY_LR_FOUR_PAIRS
+    project.train.max_train_epochs, project.train.learning_rate = TOY_EPOCHS, TOY_LR
     save_project(project)
 
 
-# 4 pictures × 5 repeats × 50 = 1000 steps a side, the one-pair example's length; at lr 5e-3 both
-# copies are made (A 19.7 dB, A + result vs B 21.0) and the effect is 0.49 / 0.53 at CFG 5 / 7, against
-# 0.54 / 0.56 and B at 14.4 dB at the one-pair example's 2e-3 (docs/BENCHMARKS.md, run 28).
-TOY_EPOCHS_FOUR_PAIRS, TOY_LR_FOUR_PAIRS = 50, 5e-3
+# 8 pictures × 5 repeats × 25 = 1000 steps a side, the one-pair example's length, at lr 5e-3
+# (at 2e-3 four pairs' B was not copied yet after 1000 steps: 14.4 dB): 0.32 / 0.35 of the
+# saturation kept at CFG 5 / 7 where four pairs kept 0.47 / 0.50; 2000 steps a side took 0.03-0.04
+# more for twice the wait (docs/BENCHMARKS.md, "Run 28, the levers left").
+TOY_EPOCHS, TOY_LR = 25, 5e-3
 
 
 def main() -> None:

@@ -63,12 +63,12 @@ def test_copylora_new_on_toy_gets_the_toy_preset(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_result(tmp_path_factory):
-    """The example (four pairs, each under its caption) trained briefly, merged: (model, plan, result path)."""
+    """The example (eight pairs, each under its caption) trained briefly, merged: (model, plan, result path)."""
     from engine.merge.project_result import make_result
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project, save_project
     from engine.project.plan import make_plan
-    from engine.train.trainer import train
+    from engine.train.twin import train_twin
 
     root = copy_example(tmp_path_factory.mktemp("toy"), "example-toy", source="example-toy")
     project = load_project(root)
@@ -77,13 +77,12 @@ def toy_result(tmp_path_factory):
     save_project(project)
     plan = make_plan(load_project(root))
     model = load_base_model("toy")
-    for side in ("a", "b"):  # a [reg] project trains its sides apart
-        train(plan, side, model=model, log=quiet)
+    train_twin(plan, model=model, log=quiet)  # as the queue trains it: A and B as one batch of two
     result, _, _ = make_result(plan, device="cpu")
     return model, plan, result
 
 
-TEST_EPOCHS = 24  # 4 pictures × 5 repeats × 24 = 480 steps a side
+TEST_EPOCHS = 12  # 8 pictures × 5 repeats × 12 = 480 steps a side
 
 
 def test_the_copy_machine_lora_takes_the_colour_away_on_new_prompts_and_keeps_the_picture(toy_result):
@@ -96,12 +95,14 @@ def test_the_copy_machine_lora_takes_the_colour_away_on_new_prompts_and_keeps_th
     assert report.collateral_ssim > MIN_SSIM, report  # the shapes stay where they were
 
 
-# Measured on run 28 (2026-12-05), the example at lr 5e-3, these two held-out prompts, seed 1, 12
-# sampling steps, CFG 7: 480 steps a side: effect 0.55, SSIM 0.644; 240 steps: 0.713, SSIM 0.684;
-# 240 steps with the merge's sign flipped: 0.845, SSIM 0.214 (what SSIM catches). B on another seed
-# (no shared noise) measured 0.679 at 240 steps: on this base and length the shared noise does not
-# show in the effect, so this test no longer claims to catch its loss.
-MAX_EFFECT, MIN_SSIM = 0.68, 0.45
+# Measured on run 28 (2026-12-05, the example's eight pairs at lr 5e-3, trained as a twin), these
+# two held-out prompts, seed 1, 12 sampling steps, CFG 7: 480 steps a side: effect 0.40, SSIM 0.660;
+# 240 steps: 0.33, SSIM 0.639; 240 steps with the merge's sign flipped: 0.91, SSIM 0.33 (both
+# catch it). (The four-pair example measured 0.55 / 0.644 at 480 steps.) Two prompts are a noisy
+# measure (0.33 at 240 steps, 0.40 at 480): the margins are wide on purpose. The shared noise's
+# loss is not claimed: on this base and length it did not show in the effect (B on another seed:
+# 0.679 against 0.713, four pairs at 240 steps).
+MAX_EFFECT, MIN_SSIM = 0.65, 0.45
 
 
 def test_a_copies_picture_a_and_the_result_on_top_of_it_copies_b(toy_result):
@@ -114,6 +115,6 @@ def test_a_copies_picture_a_and_the_result_on_top_of_it_copies_b(toy_result):
     assert check["A vs picture A"] > MIN_A_DB and check["A + result vs picture B"] > MIN_B_DB, check
 
 
-# Measured as above: 480 steps: A 13.9 dB, A + result 15.2 dB; 240 steps: 13.8 and 14.8 dB, sign
-# flipped 8.4 dB, B on another seed 13.8 dB.
-MIN_A_DB, MIN_B_DB = 12.5, 11.5
+# Measured as above: 480 steps: A 20.5 dB, A + result 14.4 dB; 240 steps: 15.1 and 12.3 dB, sign
+# flipped 7.7 dB (the base alone drew picture A at ~10 dB on run 9).
+MIN_A_DB, MIN_B_DB = 15.0, 11.5

@@ -259,7 +259,7 @@ def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "effect.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--epochs", "1", "--prompts", "1",
                            "--seeds", "1", "--ranks", "4", "--routes", "svd-merge,differential,addift,slider", "--steps", "2", "--guidance", "1",
-                           "--noise-offset", "0.5", "--lr", "1e-3", "--set", "max_train_steps=3", "--out", str(out)],
+                           "--noise-offset", "0.5", "--lr", "1e-3", "--set", "max_train_steps=3", "--sampler", "k_euler", "--out", str(out)],
                           capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "COPYLORA_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -267,13 +267,18 @@ def test_the_effect_benchmark_runs_end_to_end(tmp_path):
     assert [(r["route"], r["new_rank"], r["guidance"]) for r in rows] == [(route, 4, 1.0) for route in ("svd-merge", "differential", "addift", "slider")]
     assert all(set(r["copy_check_psnr"]) == {"A vs picture A", "A + result vs picture B"} for r in rows)
     assert [r["steps_trained"] for r in rows] == [6, 6, 3, 3]  # A and B 3 steps each; one LoRA 3 steps
-    assert "| svd-merge | max_train_steps 3 | 6 |" in done.stdout and "| addift | max_train_steps 3 | 3 |" in done.stdout
+    assert {r["sampler"] for r in rows} == {"euler"}  # kohya's name read, the canonical one kept
+    assert "| svd-merge | max_train_steps 3, sampler euler | 6 |" in done.stdout and "| addift | max_train_steps 3, sampler euler | 3 |" in done.stdout
     tables = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--tables", str(out), str(out)],
                             capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert tables.returncode == 0 and tables.stdout.count("| slider | max_train_steps 3 |") == 2, tables.stderr[-2000:]
+    # each row in both tables (the per-colour one names its rows the same way)
+    assert tables.returncode == 0 and tables.stdout.count("| slider | max_train_steps 3, sampler euler |") == 4, tables.stderr[-2000:]
     assert tables.stdout.count("Per prompt colour") == 1  # one per-colour table for all the files
     colour = rows[0]["per_colour"]  # the one prompt names a shape colour and a background colour
     assert len(colour) == 2 and "Per prompt colour" in done.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--sampler", "dpm++ 2m karas"],
+                         capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 2 and "did you mean 'dpmpp_2m_karras'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_the_effect_benchmark_measures_several_captioned_pairs(tmp_path):
@@ -316,6 +321,20 @@ def test_the_effect_benchmark_measures_several_captioned_pairs(tmp_path):
     twice = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "tiny", "--lbws", f"a={[1] * 17}",
                             "--lbws", f"a={[0] * 17}"], capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert twice.returncode == 2 and "the name 'a' is given twice" in twice.stderr
+
+
+def test_the_effect_benchmark_measures_the_base_asked_for_the_change_in_words(tmp_path):
+    """--prompt-reference ", monochrome": the toy base on each prompt + the suffix, measured as a
+    LoRA at strength 1 (the yardstick for a LoRA's collateral); --routes-off trains nothing."""
+    out = tmp_path / "reference.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "effect_bench.py"), "--base", "toy", "--prompts", "2", "--seeds", "1",
+                           "--steps", "6", "--guidance", "7", "--prompt-reference", ", monochrome", "--routes-off", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["route"] == "base" and row["prompt_suffix"] == ", monochrome" and row["pairs"] == 2
+    assert row["effect"] < 0.8  # the toy base draws "…, monochrome" in gray (measured 0.69 here)
+    assert "| base | prompt + ', monochrome' as strength 1 | 0 | 0 | — | 7 |" in done.stdout and "— dB" in done.stdout
 
 
 def test_the_effect_breaks_down_by_prompt_colour():

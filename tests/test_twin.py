@@ -64,7 +64,7 @@ def test_twin_gives_the_loras_of_two_separate_runs(tmp_path, tiny):
 
 def test_pairs_under_their_own_captions_train_as_a_twin(tmp_path, tiny):
     """[reg] folder "" (each picture under its caption, no class pictures: projects/example-toy,
-    four pairs) is the data of a plain project, so it trains as one batch of two and gives the
+    eight pairs) is the data of a plain project, so it trains as one batch of two and gives the
     LoRAs of two separate runs; class pictures still train each side apart."""
     from engine.project.params import RegParams
 
@@ -78,7 +78,7 @@ def test_pairs_under_their_own_captions_train_as_a_twin(tmp_path, tiny):
         return make_plan(load_project(root))
 
     separate = captioned(tmp_path / "separate")
-    assert separate.project.reg == RegParams(folder="", instance_prompt="[filewords]") and len(separate.side("a").images) == 4
+    assert separate.project.reg == RegParams(folder="", instance_prompt="[filewords]") and len(separate.side("a").images) == 8
     assert twin_problem(separate) is None
     lines: list[str] = []
     results = [train(separate, side, model=tiny, log=quiet) for side in ("a", "b")]
@@ -87,7 +87,7 @@ def test_pairs_under_their_own_captions_train_as_a_twin(tmp_path, tiny):
     # at 64×64 the tiny U-Net's middle is one token, so its self-attention's q and k learn only
     # rounding noise (norm ~1e-11): those are held to the floor, every other tensor to 1e-4
     assert_same_loras([twin["a"].lora_path, twin["b"].lora_path], [r.lora_path for r in results], 1e-4, floor=1e-8)
-    assert sum("dreambooth: 20 items per epoch" in line and "4 distinct prompts" in line for line in lines) == 2  # each side its captions
+    assert sum("dreambooth: 40 items per epoch" in line and "8 distinct prompts" in line for line in lines) == 2  # each side its captions
     project = load_project(separate.project.root)
     project.reg = RegParams(folder="b", instance_prompt="[filewords]", class_prompt="a picture")
     assert "class pictures" in twin_problem(make_plan(project))

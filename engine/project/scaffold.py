@@ -39,7 +39,7 @@ def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
 # buckets and previews, a bigger learning rate (a random tiny model needs it), fp32.
 # projects/make_example.py writes the shipped examples from these same presets.
 # A one-pair toy project's training length and rate (measured on run 9, docs/BENCHMARKS.md, "The toy
-# example"; example-toy's four pairs train 1000 steps a side at 5e-3: projects/make_example.py).
+# example"; example-toy's eight pairs train 1000 steps a side at 5e-3: projects/make_example.py).
 TOY_LR, TOY_EPOCHS = 2e-3, 200
 
 BUILTIN_PRESETS: dict[str, dict[str, dict]] = {
@@ -70,8 +70,9 @@ BUILTIN_PRESETS: dict[str, dict[str, dict]] = {
 # trained caption-free (the method as published) only changes the empty prompt's branch, which
 # CFG extrapolates away from: measured in docs/BENCHMARKS.md ("Why nothing survives CFG 5",
 # "The caption lever" on run 9; "The copy-machine effect on run 28" on today's toy: S1/S0 1.04
-# caption-free against 0.83 under the caption for one pair, 0.49 for four captioned pairs). The
-# same caption on both sides cancels in B - A. `check` warns when a toy project has none.
+# caption-free against 0.83 under the caption for one pair, 0.49 for four captioned pairs, 0.32
+# for the example's eight). The same caption on both sides cancels in B - A. `check` warns when a
+# toy project has none.
 TOY_CAPTION_WHY = "the toy takes its colours from the prompt, so a caption-free pair's change does not survive CFG"
 
 
@@ -88,8 +89,8 @@ def toy_caption_warnings(plan) -> list[str]:
         return []
     where, who = ("train.caption", "A and B train") if len(bare) == len(plan.trained) else (f"{bare[0]}.caption", f"{bare[0].upper()} trains")
     return [f"{where}: {who} caption-free on the toy base: {TOY_CAPTION_WHY} on other prompts (measured on held-out prompts at "
-            'CFG 5: one pair keeps 1.04 of its saturation at strength 1 caption-free, 0.83 under its caption, and example-toy\'s four '
-            'captioned pairs 0.49; docs/BENCHMARKS.md, "The copy-machine effect on run 28"); '
+            'CFG 5: one pair keeps 1.04 of its saturation at strength 1 caption-free, 0.83 under its caption, and example-toy\'s eight '
+            'captioned pairs 0.32; docs/BENCHMARKS.md, "The copy-machine effect on run 28"); '
             'set [train] caption to what the pictures show in the toy\'s words, e.g. "a yellow circle on a blue background" '
             "(`copylora new --base toy` writes picture A's)"]
 
