@@ -206,7 +206,8 @@ def test_what_a_one_lora_route_cannot_train_fails_at_check_with_one_line_each(tm
 
     toml.write_text(text.replace('method = "svd-merge"', 'method = "addift"')
                     .replace("[b]\n", "[b]\nlearning_rate = 0.01\n")
-                    .replace("[train]\n", "[train]\nmin_timestep = 800\nmax_timestep = 500\nstop_when_copied = 30\n", 1))
+                    .replace("min_timestep = 0\n", "min_timestep = 800\n").replace("max_timestep = 1000\n", "max_timestep = 500\n")
+                    .replace('stop_when_copied = ""\n', "stop_when_copied = 30\n"))
     found = problems_of(root)
     assert any(p.startswith("b.learning_rate") and "one set of settings" in p for p in found), found
     assert any(p.startswith("train.stop_when_copied") for p in found), found
