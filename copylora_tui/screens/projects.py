@@ -24,6 +24,7 @@ from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, s
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
+from copylora_tui.widgets.fitted_table import FittedTable
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.jobs.queue import Job, JobStatus
 
@@ -96,7 +97,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         yield AppHeader()
         yield Static("", id="worker-line", classes="status-line")
         yield Static("", id="empty")
-        yield DataTable(id="projects", cursor_type="row")
+        yield FittedTable(id="projects", cursor_type="row")
         yield Static("", id="project-detail", classes="detail")
         yield AppFooter()
 
@@ -176,7 +177,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
 
     @while_open
     def refresh_table(self) -> None:
-        table = self.query_one("#projects", DataTable)
+        table = self.query_one("#projects", FittedTable)
         empty = self.query_one("#empty", Static)
         if not self.summaries:
             table.display = False
@@ -197,13 +198,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         if rows == self._rows and requested is None:
             return  # nothing changed since the last poll: leave the table and its cursor alone
         self._rows = rows
-        if [str(c.key.value) for c in table.columns.values()] != keys:
-            table.clear(columns=True)
-            for key, label, width in columns:
-                table.add_column(label, key=key, width=width)
-        table.clear()
-        for summary, cells in zip(self.summaries, rows):
-            table.add_row(*cells, key=str(summary.folder))
+        table.show(columns, [(str(s.folder), cells) for s, cells in zip(self.summaries, rows)])
         if keep is not None:
             folders = [s.folder for s in self.summaries]
             if keep in folders:

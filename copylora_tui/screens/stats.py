@@ -33,6 +33,7 @@ from copylora_tui.core.stats_table import (
 )
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
+from copylora_tui.widgets.fitted_table import FittedTable
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.errors import ValidationError
 
@@ -64,9 +65,9 @@ class StatsScreen(ActsWhileOpen, Screen):
     def compose(self) -> ComposeResult:
         yield AppHeader()
         yield Static("", id="stats-summary", classes="status-line")
-        yield DataTable(id="blocks", cursor_type="row")
+        yield FittedTable(id="blocks", cursor_type="row")
         yield Static("", id="stats-filter", classes="status-line")
-        yield DataTable(id="modules", cursor_type="row")
+        yield FittedTable(id="modules", cursor_type="row")
         yield AppFooter()
 
     @while_open
@@ -105,14 +106,11 @@ class StatsScreen(ActsWhileOpen, Screen):
         try:
             self.show_summary()
             self.show_blocks()
-            modules = self.query_one("#modules", DataTable)
-            for key in ORDER:
-                modules.add_column(COLUMNS[key][0], key=key)
             self.show_modules()
         except Exception as exc:  # a document the checks let through but the views cannot show
             self.show_problem(f"{self.stats_path}: cannot show these statistics ({type(exc).__name__}: {exc})")
             return
-        modules.focus()
+        self.query_one("#modules", FittedTable).focus()
 
     def show_problem(self, message: str) -> None:
         """The file cannot be shown: say why in the summary line; the keys do nothing."""
@@ -129,26 +127,20 @@ class StatsScreen(ActsWhileOpen, Screen):
         )
 
     def show_blocks(self) -> None:
-        table = self.query_one("#blocks", DataTable)
-        table.clear(columns=True)
-        table.add_column(f"block ({VIEWS[self.view][0]})", key="block")
-        table.add_column("modules", key="modules")
-        table.add_column("energy kept", key="energy")
-        table.add_column("‖Δ‖ (merged change)", key="norm")
         blocks = block_summary(self.document, self.view)
         biggest = max((b["result_norm"] for b in blocks), default=0.0) or 1.0
-        for b in blocks:
-            table.add_row(
-                b["block"], Text(str(b["modules"]), justify="right"),
-                Text.assemble((block_bar(b["energy_kept"], 10), "green"), f" {b['energy_kept']:.4f}"),
-                Text.assemble((block_bar(b["result_norm"] / biggest, 10), "cyan"), f" {figure(b['result_norm'])}"),
-                key=b["block"],
-            )
+        columns = [("block", f"block ({VIEWS[self.view][0]})", None), ("modules", "modules", None), ("energy", "energy kept", None),
+                   ("norm", "‖Δ‖ (merged change)", None)]
+        rows = [(b["block"], [
+            b["block"], Text(str(b["modules"]), justify="right"),
+            Text.assemble((block_bar(b["energy_kept"], 10), "green"), f" {b['energy_kept']:.4f}"),
+            Text.assemble((block_bar(b["result_norm"] / biggest, 10), "cyan"), f" {figure(b['result_norm'])}"),
+        ]) for b in blocks]
+        self.query_one("#blocks", FittedTable).show(columns, rows)
 
     def show_modules(self) -> None:
         rows = sorted_rows(self.document, sort=self.sort, reverse=self.reverse, block=self.block, kind=self.kind, view=self.view)
-        table = self.query_one("#modules", DataTable)
-        table.clear()
+        cells_of = []
         for m in rows:
             cos = "" if m.get("cos_inputs") is None else f"{m['cos_inputs']:+.3f}"
             cells = {
@@ -162,7 +154,8 @@ class StatsScreen(ActsWhileOpen, Screen):
                 "norm": Text(figure(m["result_norm"]), justify="right"),
                 "cos": Text(cos, justify="right"),
             }
-            table.add_row(*(cells[key] for key in ORDER), key=m["name"])
+            cells_of.append((m["name"], [cells[key] for key in ORDER]))
+        self.query_one("#modules", FittedTable).show([(key, COLUMNS[key][0], None) for key in ORDER], cells_of)
         arrow = "↓" if self.reverse else "↑"
         self.query_one("#stats-filter", Static).update(
             Text.assemble(

@@ -2,7 +2,9 @@
 
 Rows are keyed by job id and only changed cells are rewritten, so the cursor stays on the
 same job while progress moves twice a second; the rows are rebuilt only when the set or the
-order of jobs changes. Progress bars are text (``━━━╌╌``) so they need no colour to read.
+order of jobs changes, or a column's width (see fitted_table: widths are set with the cells,
+never left to the table's idle). Progress bars are text (``━━━╌╌``) so they need no colour
+to read.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, job_copy_text, job_loss_text, project_label, rate_text, when_text
+from copylora_tui.widgets.fitted_table import FittedTable, fitted_widths
 from engine.jobs.queue import Job, JobStatus
 
 
@@ -48,7 +50,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
 }
 
 
-class JobTable(DataTable):
+class JobTable(FittedTable):
     def __init__(self, columns: tuple[str, ...], **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
         self.column_names = columns
@@ -56,8 +58,10 @@ class JobTable(DataTable):
         self._cells: dict[int, list] = {}
 
     def on_mount(self) -> None:
-        for name in self.column_names:
-            self.add_column(COLUMNS[name][0], key=name)
+        self.show(self.specs(), [])
+
+    def specs(self) -> list[tuple[str, str, int | None]]:
+        return [(name, COLUMNS[name][0], None) for name in self.column_names]
 
     def selected_job_id(self) -> int | None:
         if not self._order or self.cursor_row < 0 or self.cursor_row >= len(self._order):
@@ -66,22 +70,18 @@ class JobTable(DataTable):
 
     def show_jobs(self, jobs: list[Job]) -> None:
         order = [j.id for j in jobs]
-        if order != self._order:
+        cells = {job.id: [COLUMNS[name][1](job) for name in self.column_names] for job in jobs}
+        widths = fitted_widths(self.specs(), list(cells.values()))
+        if order != self._order or widths != list(self.column_widths().values()):
             keep = self.selected_job_id()
-            self.clear()
-            self._cells = {}
-            for job in jobs:
-                cells = [COLUMNS[name][1](job) for name in self.column_names]
-                self._cells[job.id] = cells
-                self.add_row(*cells, key=str(job.id))
-            self._order = order
+            self.show(self.specs(), [(str(job_id), cells[job_id]) for job_id in order])
+            self._cells, self._order = cells, order
             if keep in order:
                 self.move_cursor(row=order.index(keep), animate=False)
             return
-        for job in jobs:
-            cells = [COLUMNS[name][1](job) for name in self.column_names]
-            old = self._cells.get(job.id)
-            for name, new, before in zip(self.column_names, cells, old or [None] * len(cells)):
+        for job_id in order:
+            old = self._cells.get(job_id) or [None] * len(self.column_names)
+            for name, new, before in zip(self.column_names, cells[job_id], old):
                 if new != before:
-                    self.update_cell(str(job.id), name, new, update_width=True)
-            self._cells[job.id] = cells
+                    self.update_cell(str(job_id), name, new)  # the width is already right
+        self._cells = cells

@@ -1,0 +1,66 @@
+"""A DataTable whose columns are sized when its rows are set, not later on idle.
+
+Why not Textual's auto-width columns: DataTable measures new cells only in its ``_on_idle``,
+and it caches rendered cells under a counter that this measuring does not advance. A repaint
+that lands between ``add_row`` and the table's idle (the app repaints on its own timer, and
+under load it often comes first) caches the cells cut to the old widths, and they stay cut
+until something else changes the table: the Projects table showed ``q  q  queue`` for
+"queued", the job table "interrup" for a job that changes no more (Textual 8.2). Widths
+computed here, before the rows go in, make the first paint right, and let columns shrink
+again when their widest cell goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.cells import cell_len
+from rich.text import Text
+from textual.widgets import DataTable
+
+# (key, label, width): a width of None fits the column to its label and cells.
+ColumnSpec = tuple[str, str, "int | None"]
+
+
+def cell_width(value: object) -> int:
+    """Terminal cells one line of a cell takes (the tables here hold one-line cells)."""
+    if isinstance(value, Text):
+        return value.cell_len
+    return max((cell_len(line) for line in str(value).splitlines()), default=0)
+
+
+def fitted_widths(columns: Sequence[ColumnSpec], rows: Sequence[Sequence[object]]) -> list[int]:
+    """Each column's width: its fixed width, else the widest of its label and its cells."""
+    widths = []
+    for index, (_key, label, width) in enumerate(columns):
+        if width is not None:
+            widths.append(width)
+            continue
+        widths.append(max([cell_width(label), *(cell_width(row[index]) for row in rows)]))
+    return widths
+
+
+class FittedTable(DataTable):
+    """``show`` replaces every row; the columns are rebuilt only when a width or label moves."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._shown_columns: list[tuple[str, str, int]] = []
+
+    def show(self, columns: Sequence[ColumnSpec], rows: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Show ``rows`` (row key, cells in the columns' order) under ``columns``. The cursor
+        goes back to the top: callers that keep a selection move it after."""
+        widths = fitted_widths(columns, [cells for _key, cells in rows])
+        wanted = [(key, label, width) for (key, label, _fixed), width in zip(columns, widths)]
+        if wanted != self._shown_columns:
+            self.clear(columns=True)
+            for key, label, width in wanted:
+                self.add_column(label, key=key, width=width)
+            self._shown_columns = wanted
+        else:
+            self.clear()
+        for key, cells in rows:
+            self.add_row(*cells, key=key)
+
+    def column_widths(self) -> dict[str, int]:
+        return {key: width for key, _label, width in self._shown_columns}
