@@ -15,6 +15,7 @@ app's form, ``run``) and again when a job starts, without creating anything.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -70,6 +71,18 @@ def current_umask() -> int:
     return mask
 
 
+def staging_folder(final: Path, suffix: str = "") -> Path:
+    """A new hidden folder beside ``final`` to build it in and rename into place (same
+    filesystem, so the rename is atomic), with the permissions ``mkdir`` would give ``final``:
+    mkdtemp makes it 0700, which the rename would keep (a project or baked model nobody
+    else on the box could read)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (where the platform lets a folder be fsynced)."""
     try:
@@ -85,11 +98,19 @@ def fsync_folder(folder: Path) -> None:
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp_path)``, fsync the result, give it the umask's mode, rename it onto
-    ``path`` and fsync the folder. On any failure the temporary file is removed and the old
+    """Call ``write(tmp_path)``, fsync the result, give it the umask's mode (or the mode of the
+    file it replaces, which must not be read-only), rename it onto ``path`` and fsync the folder. On any failure the temporary file is removed and the old
     ``path`` (if any) is untouched. Writers that report I/O failures as RuntimeError (torch)
     are turned into OSError, which callers handle as "could not write"."""
     path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~current_umask()
+    except OSError:
+        mode = 0o666 & ~current_umask()
+    if path.is_file() and not mode & 0o222:
+        # The rename would replace it all the same (the folder is writable, and root ignores
+        # modes): a file made read-only is one its owner wants left alone.
+        raise PermissionError(f"{path} is read-only (mode {mode:04o}); make it writable to change it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -105,7 +126,7 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
             raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, mode)  # a new file: the umask's mode; a rewritten one keeps its own
         os.replace(tmp, path)
         fsync_folder(path.parent)
     except BaseException:

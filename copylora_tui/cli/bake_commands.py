@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from copylora_tui.cli.inputs import device_name
+
 PRECISIONS = ("float", "fp16", "bf16")
 
 BAKE_EPILOG = """\
@@ -77,7 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     extract.add_argument("--dim", type=int, default=4, metavar="N", help="rank of the LoRA (default: 4, as kohya)")
     extract.add_argument("--conv_dim", type=int, default=None, metavar="N",
                          help="also extract ResNet/sampler convs, 3x3 ones at this rank (default: off, as kohya)")
-    extract.add_argument("--device", default="cpu", help="where the SVDs run: cpu, cuda, cuda:N or auto (default: cpu)")
+    extract.add_argument("--device", type=device_name, default="cpu", help="where the SVDs run: cpu, cuda, cuda:N or auto (default: cpu)")
     extract.add_argument("--save_precision", choices=PRECISIONS, default="fp16", help="precision of the saved LoRA (default: fp16)")
     extract.add_argument(
         "--clamp_quantile", type=float, default=None, metavar="Q",
@@ -122,13 +124,15 @@ FLAGS = {"base", "lora", "save_to", "ratio", "save_precision", "config_dir", "mo
          "conv_dim", "device", "clamp_quantile", "min_diff", "family"}
 
 
-def _check_files(loras: list[tuple[str, str]], save_to: str) -> None:
+def _check_files(loras: list[tuple[str, str]], save_to: str, models: tuple[str, ...]) -> None:
     """The LoRA inputs and the destination, before the model is loaded (exit 2, not an error
-    minutes in). The destination may be a file or a new folder: its parent must take it."""
+    minutes in). The destination may be a file or a new folder: its parent must take it, and
+    it must be none of the inputs (LoRAs and ``models``)."""
     from copylora_tui.cli.inputs import destination_problem, lora_problem
     from engine.errors import ValidationError
 
-    problems = [lora_problem(flag, path) for flag, path in loras] + [destination_problem("--save_to", save_to, folder=True)]
+    inputs = (*(path for _flag, path in loras), *models)
+    problems = [lora_problem(flag, path) for flag, path in loras] + [destination_problem("--save_to", save_to, folder=True, inputs=inputs)]
     if any(problems):
         raise ValidationError([p for p in problems if p])
 
@@ -136,7 +140,7 @@ def _check_files(loras: list[tuple[str, str]], save_to: str) -> None:
 def cmd_bake(args: argparse.Namespace) -> int:
     from engine.merge.bake import bake_lora
 
-    _check_files([("--lora", args.lora)], args.save_to)
+    _check_files([("--lora", args.lora)], args.save_to, (args.base,))
     result = _as_flags(lambda: bake_lora(
         args.base, args.lora, args.save_to, args.ratio,
         save_precision=args.save_precision, config_dir=args.config_dir, progress=_progress_printer("baking"),
@@ -146,18 +150,27 @@ def cmd_bake(args: argparse.Namespace) -> int:
         f"ratio {result.ratio:g}, {result.seconds:.1f} s)"
     )
     if result.max_rounding > 0.01:
-        print(
-            f"warning: the storage precision lost up to {result.max_rounding:.1%} of a module's ΔW "
-            "(rounding of W + ΔW); bake with --save_precision float to keep the delta exact",
-            file=sys.stderr,
-        )
+        print(f"warning: the storage precision lost up to {result.max_rounding:.1%} of a module's ΔW (rounding of W + ΔW); "
+              + _rounding_advice(args.save_precision), file=sys.stderr)
     return 0
+
+
+def _rounding_advice(save_precision: str | None) -> str:
+    """What to do about the rounding: store in float32, unless it already is (then a change
+    that small is below float32's resolution of those weights: nothing stores it better)."""
+    import torch
+
+    from engine.lora.weights import to_dtype
+
+    if save_precision not in (None, "", "same") and to_dtype(save_precision) == torch.float32:
+        return "already float32: that module's change is below the resolution of its weights (a LoRA barely trained?)"
+    return "bake with --save_precision float to keep the delta exact"
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from engine.merge.extract import extract_lora
 
-    _check_files([], args.save_to)
+    _check_files([], args.save_to, (args.model_org, args.model_tuned))
     result = _as_flags(lambda: extract_lora(
         args.model_org, args.model_tuned, dim=args.dim, conv_dim=args.conv_dim, save_to=args.save_to,
         device=args.device, save_precision=args.save_precision, clamp_quantile=args.clamp_quantile,

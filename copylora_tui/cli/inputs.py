@@ -8,9 +8,20 @@ problems of the command line (exit 2), said before the work starts. Reads header
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
 
 from engine.errors import Problem
+
+
+def device_name(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N, said at the command line (exit 2) rather than
+    by torch's "Expected one of cpu, cuda, …" once the model has loaded."""
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, got {text!r}")
 
 
 def lora_problem(flag: str, path: str | Path) -> Problem | None:
@@ -36,13 +47,25 @@ def lora_problem(flag: str, path: str | Path) -> Problem | None:
     return None
 
 
-def destination_problem(flag: str, save_to: str | Path, *, folder: bool = False) -> Problem | None:
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one existing file (links and hard links included)."""
+    try:
+        return Path(a).expanduser().samefile(Path(b).expanduser())
+    except OSError:  # either does not exist (a built-in model name such as "tiny")
+        return False
+
+
+def destination_problem(flag: str, save_to: str | Path, *, folder: bool = False, inputs: tuple[str | Path | None, ...] = ()) -> Problem | None:
     """Why nothing could be written at ``save_to`` (a file, or a folder to create with
     ``folder``), or None: its parent must be a writable folder or creatable as one (not under
-    a file, not on a read-only or kernel filesystem). Nothing is created."""
+    a file, not on a read-only or kernel filesystem), and it must not be one of the command's
+    ``inputs`` (writing the result over the LoRA or model it is made from loses that file).
+    Nothing is created."""
     from engine.files import writable_folder_problem
 
     path = Path(save_to).expanduser()
+    if overwritten := next((source for source in inputs if source and same_file(path, source)), None):
+        return Problem(flag, f"{save_to} is this command's input {overwritten}: writing there would lose it; give another file name")
     if not folder and path.is_dir():
         return Problem(flag, f"{save_to} is a folder; give a file name")
     problem = writable_folder_problem(path.parent)

@@ -123,6 +123,20 @@ def validation_text(exc: ValidationError) -> str:
     return str(exc)
 
 
+def os_error_text(exc: OSError) -> str:
+    """``/x/y: Permission denied`` rather than ``[Errno 13] Permission denied: '/x/y'``; a
+    hidden staging file or folder (``.name.abc123.tmp``, made to be renamed into place) is
+    said as the folder it was to be written in, the one the user can do something about."""
+    from pathlib import Path
+
+    if not exc.filename:
+        return str(exc)
+    where = Path(str(exc.filename))
+    if where.name.startswith("."):
+        return f"cannot write in {where.parent}: {exc.strerror or exc}"
+    return f"{where}: {exc.strerror or exc}"
+
+
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return func(args) or EXIT_OK
@@ -146,6 +160,11 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except KeyboardInterrupt:
         print("copylora: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the system said no: a read-only folder, a full disk, a name too long
+        if args.debug:
+            traceback.print_exc()
+        print(f"copylora: error: {os_error_text(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, the traceback on request
         if args.debug:
             traceback.print_exc()

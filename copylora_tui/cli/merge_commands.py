@@ -15,6 +15,7 @@ import math
 import sys
 from pathlib import Path
 
+from copylora_tui.cli.inputs import device_name
 from engine.errors import Problem, ValidationError
 
 KOHYA_PRECISIONS = ("float", "fp16", "bf16", "fp64")
@@ -35,7 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge.add_argument("--ratios", nargs="+", type=float, metavar="R", help="one ratio per model (default: 1 each)")
     merge.add_argument("--new_rank", type=int, metavar="N", help="rank of the merged LoRA (default: 4, as kohya; with --project its new_rank)")
     merge.add_argument("--new_conv_rank", type=int, metavar="N", help="rank of 3x3 conv modules (default: new_rank)")
-    merge.add_argument("--device", help="cpu, cuda or auto (default: cpu, as kohya; with --project its device)")
+    merge.add_argument("--device", type=device_name, help="cpu, cuda or auto (default: cpu, as kohya; with --project its device)")
     merge.add_argument(
         "--precision", choices=KOHYA_PRECISIONS,
         help="arithmetic precision; fp16/bf16 are accepted for kohya batch files but computed in fp32 (exactness)",
@@ -61,7 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     resize.add_argument("--new_rank", type=int, required=True, metavar="N")
     resize.add_argument("--new_conv_rank", type=int, metavar="N")
     resize.add_argument("--save_to", metavar="OUT", help="default: <lora stem>_r<N>.safetensors beside the input")
-    resize.add_argument("--device", default="cpu")
+    resize.add_argument("--device", type=device_name, default="cpu")
     resize.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="fp16")
     resize.set_defaults(func=cmd_resize)
 

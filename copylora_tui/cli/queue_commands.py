@@ -48,17 +48,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         ("sample-now", "ask a running training for a preview grid (strength 1.0) at its next step"),
     ):
         cmd = commands.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        cmd.add_argument("job", type=int, metavar="JOB")
+        cmd.add_argument("job", type=job_number, metavar="JOB")
         cmd.set_defaults(func=cmd_job_action, action=name)
 
     move = commands.add_parser("move", help="reorder a waiting job", description="Move a queued or paused job among the waiting ones.")
-    move.add_argument("job", type=int, metavar="JOB")
+    move.add_argument("job", type=job_number, metavar="JOB")
     move.add_argument("where", choices=("up", "down", "top", "bottom"))
     move.set_defaults(func=cmd_move)
 
     logs = commands.add_parser("logs", help="print a job's log (-f to follow)",
                                description="Print a job's log file; -f follows it like tail -f until the job ends.")
-    logs.add_argument("job", type=int, metavar="JOB")
+    logs.add_argument("job", type=job_number, metavar="JOB")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("-n", "--lines", type=int, default=0, metavar="N", help="only the last N lines")
     logs.set_defaults(func=cmd_logs)
@@ -76,6 +76,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     add_executor_arguments(worker)
     worker.set_defaults(func=cmd_worker)
+
+
+def job_number(text: str) -> int:
+    """A job as the queue shows it: ``4`` or ``#4`` (a number SQLite can hold)."""
+    value = text.strip().removeprefix("#")
+    if not value.isdigit() or not 0 < int(value) < 2**63:
+        raise argparse.ArgumentTypeError(f"not a job number: {text!r}")
+    return int(value)
 
 
 def _queue():
@@ -261,6 +269,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
         position = path.stat().st_size
     if not args.follow:
         return 0
+    from engine.jobs.worker import worker_pid
+
+    if job.status.waiting and worker_pid(queue.home) is None and not job.slurm:
+        # -f would wait for a job that nothing runs: say so once, and keep following
+        print(f"#{job.id} is {job.status} and no worker is running: it waits until `copylora worker start`", file=sys.stderr)
     try:
         while True:
             if path.exists():
@@ -285,7 +298,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from engine.jobs.worker import Worker, start_detached, stop_worker, worker_pid
 
     if args.action == "start":
-        from engine.jobs.worker import executor_argv, slurm_options
+        from engine.errors import Problem, ValidationError
+        from engine.jobs.worker import executor_argv, gpus_problem, slurm_options
+
+        problems = [Problem("--gpus", why)] if (why := gpus_problem(args.gpus)) else []
+        if args.per_gpu < 1:
+            problems.append(Problem("--per_gpu", f"must be 1 or more, got {args.per_gpu}"))
+        if problems:
+            raise ValidationError(problems)
 
         home = Queue().home
         options = slurm_options(home, args)  # a bad [worker] file or option fails here, not in the detached worker

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from copylora_tui.cli.inputs import device_name
 from engine.errors import Problem, ValidationError
 
 
@@ -33,7 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                      '(or A1111\'s names, e.g. "DPM++ 2M Karras")')
     cmd.add_argument("--save_to", metavar="PNG", help="output file, as every command names it (default: the project's output/samples/)")
     cmd.hidden_aliases["--out"] = "--save_to"  # its name before flags were spelled one way
-    cmd.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    cmd.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     cmd.set_defaults(func=cmd_sample)
 
 
@@ -83,6 +84,7 @@ def resolve(args: argparse.Namespace):
     from engine.train.sample import SampleSettings
 
     problems: list[Problem] = []
+    inputs: tuple[Path | str, ...] = ()
     target = Path(args.target)
     if target.is_dir() or target.name == "copylora.toml":
         from engine.project.folder import load_project
@@ -99,6 +101,9 @@ def resolve(args: argparse.Namespace):
             problems.append(problem)
         out = Path(args.save_to) if args.save_to else plan.samples_dir / grid_name(lora if lora is not None else Path("base"))
         base, family = args.base or project.base_model_path(), project.info.model_family
+        # the project's teacher pictures are PNGs too: a grid written over one would replace it
+        sides = plan.sides.values()
+        inputs += tuple(info.path for sp in sides for info in (*sp.images, *(i for c in sp.concepts for i in c.images)))
     else:
         settings = _settings(args, SampleSettings(), problems)
         lora = target
@@ -110,7 +115,9 @@ def resolve(args: argparse.Namespace):
             problems.append(Problem("--base", "a LoRA file needs the base model to sample on (e.g. --base /models/sd15.safetensors)"))
         out = Path(args.save_to) if args.save_to else lora.with_name(grid_name(lora))
         base, family = args.base, "auto"
-    if problem := destination_problem("--save_to", out):
+    if args.save_to and out.suffix.lower() != ".png":
+        problems.append(Problem("--save_to", f"the grid is a PNG: give a .png file name, got {args.save_to}"))
+    elif problem := destination_problem("--save_to", out, inputs=(*inputs, *([lora] if lora else []), base)):
         problems.append(problem)
     if problems:
         raise ValidationError(problems)

@@ -12,6 +12,7 @@ import signal
 import sys
 
 from copylora_tui.cli.exit_codes import EXIT_INTERRUPTED
+from copylora_tui.cli.inputs import device_name
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     group = cmd.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     group.add_argument("--restart", action="store_true", help="discard existing checkpoints and start from step 0")
-    cmd.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    cmd.add_argument("--device", type=device_name, default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     cmd.set_defaults(func=cmd_train)
 
 
@@ -103,7 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"stopped at step {first.step}/{first.total}; continue with: copylora train {args.project} --side {side} --resume")
         return EXIT_INTERRUPTED
     for one in results.values():
-        print(f"wrote {one.lora_path}  ({one.step} steps, {one.seconds:.1f} s, final loss {one.final_loss:.4f})")
+        # A resume from a finished checkpoint trains no step: it has no loss of its own to show.
+        loss = f"final loss {one.final_loss:.4f}" if one.final_loss is not None else "written from its finished checkpoint"
+        print(f"wrote {one.lora_path}  ({one.step} steps, {one.seconds:.1f} s, {loss})")
     return 0
 
 
@@ -133,7 +136,8 @@ def _finished_sides(plan, side: str, args: argparse.Namespace) -> dict[str, tupl
         fresh, reason = SideLora(plan, one).status().pair()
         if not fresh:  # the finished run's LoRA is missing or was made with other settings
             raise ValidationError([Problem(str(sp.run_dir), f"holds {one.upper()}'s finished training (step {existing} of {sp.total_steps}) "
-                                                            f"but its LoRA is not up to date ({reason}): add --restart to train it again")])
+                                                            f"but its LoRA is not up to date ({reason}): add --resume to write it from that checkpoint "
+                                                            "(no training when the settings are the checkpoint's), or --restart to train it again")])
         finished[one] = (existing, _relative(sp.lora_path))
     return finished
 

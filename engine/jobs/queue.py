@@ -235,11 +235,19 @@ class Queue:
     def __init__(self, home: str | Path | None = None) -> None:
         self.home = state_home(home)
         self.path = queue_db(self.home)
-        self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self._depth = 0  # open transaction() blocks on this connection
-        self._open()
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self._depth = 0  # open transaction() blocks on this connection
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise
+            # A damaged or foreign file where the queue should be: say which file and what to do,
+            # rather than SQLite's "file is not a database" with no path.
+            raise QueueError(f"cannot open the job queue {self.path}: {exc}. Move it aside (the queue starts empty; "
+                             f"the projects and their outputs are not in it), or point COPYLORA_HOME elsewhere") from exc
 
     def _open(self) -> None:
         """WAL mode and the schema. Switching a new database to WAL takes a lock that SQLite

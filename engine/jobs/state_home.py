@@ -20,7 +20,14 @@ def state_home(override: str | os.PathLike | None = None) -> Path:
         base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         home = base / "copylora"
     home = home.expanduser()
-    (home / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, a read-only disk, another user's folder
+        from engine.errors import CopyloraError
+
+        where = "COPYLORA_HOME" if not override and os.environ.get("COPYLORA_HOME") else "the state folder"
+        raise CopyloraError(f"cannot use {home} ({where}) for the job queue and logs: {exc.strerror or exc}"
+                            + ("; set COPYLORA_HOME to a writable folder" if where != "COPYLORA_HOME" else "")) from exc
     return home
 
 

@@ -93,6 +93,32 @@ def parse_gpus(spec: str | None) -> list[str | None]:
     return [str(g["index"]) for g in gpus] or [None]
 
 
+def gpus_problem(spec: str | None) -> str | None:
+    """Why ``--gpus`` names no GPU a job could run on, or None. Each entry becomes a job's
+    CUDA_VISIBLE_DEVICES: an index NVML counts, or a GPU-/MIG- UUID. A GPU that is not there
+    used to be accepted, and its jobs trained on the CPU without a word."""
+    if spec is None:
+        return None
+    entries = [g.strip() for g in spec.split(",")]
+    if not any(entries):
+        return "give GPU indices such as 0 or 0,1 (or leave out --gpus to use every GPU)"
+    from engine.jobs.gpu import sample_gpus
+
+    count = len(sample_gpus())
+    for entry in entries:
+        if entry.startswith(("GPU-", "MIG-")):
+            continue
+        if not entry.isdigit():
+            return f"{entry!r} is not a GPU index (0, 1, …) or a GPU-/MIG- UUID"
+        if count == 0:
+            return "no NVIDIA GPU is visible here (NVML found none): leave out --gpus, and jobs run on the CPU"
+        if int(entry) >= count:
+            return f"there is no GPU {entry}: NVML sees {count} (0–{count - 1})"
+    if len(set(entries)) != len(entries):
+        return f"a GPU is named twice in {spec!r}: use --per_gpu for several jobs on one GPU"
+    return None
+
+
 class Worker:
     def __init__(self, home: str | Path | None = None, gpus: str | None = None, per_gpu: int = 1, slurm=None) -> None:
         """``slurm``: engine.jobs.slurm.SlurmOptions to run every job as a Slurm job (else each in a

@@ -30,15 +30,16 @@ fp32 (``save_precision="float"``) when the baked models are only a step towards 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from engine.errors import CopyloraError, LoRAFileError, ModelError, Problem, ValidationError
+from engine.files import staging_folder
 from engine.formats.model_files import BUILTIN_MODELS
 from engine.hashing import file_sha256
 
@@ -385,6 +386,8 @@ def bake_lora(
         ratio = float(ratio)
     except (TypeError, ValueError):
         raise ValidationError([Problem("ratio", f"must be a number, got {ratio!r}")]) from None
+    if not math.isfinite(ratio):  # nan or inf would write a model of NaN weights
+        raise ValidationError([Problem("ratio", f"must be a finite number, got {ratio}")])
     cast = None
     if save_precision not in (None, "", "same"):
         try:
@@ -463,7 +466,7 @@ def _write_folder(base: Path, save_to: Path, plan: dict, ratio: float, cast, not
         return {n for n in names if n == _TINY_MARK or (here / n).resolve() in skip}
 
     save_to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_to.name}.", suffix=".tmp", dir=save_to.parent))
+    tmp = staging_folder(save_to, suffix=".tmp")
     try:
         shutil.copytree(base, tmp, ignore=ignore, dirs_exist_ok=True)
         for src, changes in sorted(rewrite.items()):

@@ -242,6 +242,9 @@ def extract_lora(
             if not bool(diff.any()):
                 skipped.append(target.name)
                 continue
+            if not bool(torch.isfinite(diff).all()):  # the SVD would fail with LAPACK's words, naming nothing
+                raise ExtractError(f"{target.name}: the weights of model_org or model_tuned hold NaN or infinite values there; "
+                                   "nothing can be extracted from a broken model")
             out_f = diff.shape[0]
             kernel = diff.shape[-1] if diff.dim() == 4 else 1
             in_f = diff.shape[1]

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 from engine.devices import resolve_device
 from engine.errors import CopyloraError
 from engine.hashing import file_sha256 as sha256_file
-from engine.merge.low_rank import TruncatedSVD
+from engine.merge.low_rank import LowRankTerm, TruncatedSVD
 from engine.merge.stats import ModuleStats, block_of, kind_of, summarise_blocks
 
 
@@ -98,6 +98,22 @@ def _clamp(up, down, quantile: float):
     return up.clamp(-limit, limit), down.clamp(-limit, limit)
 
 
+def _check_finite(name: str, terms: list[LowRankTerm], paths: list[Path]) -> None:
+    """A module whose factors hold NaN or ±inf (a training that diverged, a damaged file) or
+    whose ratio overflows float32 stops the merge naming the file and the module; the SVD
+    would fail with LAPACK's "failed to converge" and neither."""
+    import torch
+
+    for term, path in zip(terms, paths):
+        if not (torch.isfinite(term.up).all() and torch.isfinite(term.down).all()):
+            raise MergeError(f"{path.name}: module {name} holds NaN or infinite values (a training that diverged?); "
+                             "it cannot be merged")
+        scaled = term.up.double() * term.weight
+        if not torch.isfinite(scaled).all() or float(scaled.abs().max()) > torch.finfo(torch.float32).max:
+            raise MergeError(f"{path.name}: module {name} times its ratio and alpha/rank ({term.weight:g}) overflows float32; "
+                             "use a smaller ratio")
+
+
 def merge_loras(
     given: Sequence[Path | str],
     ratios: list[float],
@@ -116,7 +132,7 @@ def merge_loras(
 
     from engine.lora.files import load_lora_file
     from engine.lora.weights import LoRAWeights
-    from engine.merge.low_rank import LowRankTerm, inner, low_rank_svd
+    from engine.merge.low_rank import inner, low_rank_svd
 
     started = time.perf_counter()
     paths = [Path(p) for p in given]
@@ -159,6 +175,7 @@ def merge_loras(
         ]
         terms = [LowRankTerm(t.weight * ratio, t.up, t.down) for t, (_, ratio) in zip(raw_terms, present)]
         rank = conv_rank if kernel > 1 else new_rank
+        _check_finite(name, terms, [p for p, lora in zip(paths, loras) if name in lora.modules])
         svd = low_rank_svd(terms, rank, dtype)
         norms = [max(inner([t], [t]), 0.0) ** 0.5 for t in raw_terms]
         if cancels(svd, [abs(ratio) * n for (_, ratio), n in zip(present, norms)], dtype):

@@ -365,8 +365,13 @@ def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
     from diffusers import DiffusionPipeline
 
     info, unet_cfg, sched_cfg = folder_configs(path)
+    found = _folder_family(path, info, unet_cfg, sched_cfg)
     if family == "auto":
-        family = _folder_family(path, info, unet_cfg, sched_cfg)
+        family = found
+    elif (family == "sdxl") != (found == "sdxl"):
+        # A folder's components decide what it is (SD1/SD2 have one text encoder, SDXL two):
+        # an override can pick SD2's prediction, not another architecture.
+        raise ModelError(f"{path}: this folder holds an {found} model, not {family}; leave the family at auto")
     extra: dict[str, Any] = {"add_watermarker": False} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -257,12 +256,14 @@ def _sdxl_pipeline_from(components: dict):
 
 def _cached_model_dir(name: str, build) -> Path:
     """``cache_root()/name``, built by ``build()`` (a pipeline) and cached on first use."""
+    from engine.files import staging_folder
+
     final = cache_root() / name
     if (final / _COMPLETE_MARK).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     # Same filesystem as the final folder, so the rename below is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
+    tmp = staging_folder(final)
     try:
         build().save_pretrained(tmp, safe_serialization=True)
         (tmp / _COMPLETE_MARK).write_text("ok\n")

@@ -571,8 +571,14 @@ def _duration(args: _Args, col: _Collector) -> int | None:
     for key in ("max_train_epochs", "max_train_steps", "epoch"):
         if key in args:
             ok, value = args.number(key)
-            if ok:
-                found[key] = value
+            if not ok:
+                continue
+            if value and not _whole_positive(value):
+                # Dropped here, before it could pick the duration: a -5 or 1.5 used to clear the
+                # project's other duration key and then be refused, leaving neither.
+                col.ignore(key, value, "not a positive whole number")
+                continue
+            found[key] = int(value) if value else value
     pick = next((key for key, value in found.items() if value), None)
     for key, value in found.items():
         if key == pick:
@@ -587,6 +593,10 @@ def _duration(args: _Args, col: _Collector) -> int | None:
         else:
             col.ignore(key, value, "kohya_ss uses epoch only when max_train_steps is empty")
     return found["max_train_steps"] if pick == "max_train_steps" else None
+
+
+def _whole_positive(value: int | float) -> bool:
+    return math.isfinite(value) and value >= 1 and value == int(value)
 
 
 def _warmup(args: _Args, col: _Collector, steps: int | None) -> None:

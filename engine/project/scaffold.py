@@ -8,11 +8,11 @@ leaves nothing behind.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import Problem, ValidationError
+from engine.files import staging_folder
 from engine.formats.model_files import peek_family
 from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
 from engine.project.images import IMAGE_EXTENSIONS, read_image_info
@@ -160,7 +160,7 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
         raise ValidationError(problems)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    staging = staging_folder(dest)
     try:
         for side, image in (("a", a_image), ("b", b_image)):
             (staging / side).mkdir()

@@ -76,7 +76,20 @@ def without_per_tensor_sync(cls):
 
 
 def build_optimizer(param_groups: list[dict], name: str, lr: float, args: dict[str, Any], device: str, log: Callable[[str], None] = print):
-    """Return ``(optimizer, name_actually_used)``."""
+    """Return ``(optimizer, name_actually_used)``. An ``optimizer_args`` key the optimizer does
+    not take, or a value it refuses, fails here in one line naming the project's key (the
+    optimizer's own TypeError named neither; ``check`` reads settings without torch and cannot
+    ask the optimizer)."""
+    try:
+        return _build(param_groups, name, lr, args, device, log)
+    except (TypeError, ValueError) as exc:
+        if not args:
+            raise  # nothing of the user's in the call: a bug, with its traceback
+        given = ", ".join(f"{k} = {v!r}" for k, v in args.items())
+        raise OptimizerError(f"[train] optimizer_args ({given}) do not fit {name}: {exc}") from exc
+
+
+def _build(param_groups: list[dict], name: str, lr: float, args: dict[str, Any], device: str, log: Callable[[str], None]):
     import torch
 
     kwargs = _kwargs(args)

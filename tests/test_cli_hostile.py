@@ -1,0 +1,212 @@
+"""Hostile input at the command line, as an audit of every command found it (2026-12-05):
+commands that wrote over their own inputs, a rejected value that still changed a project,
+and errors that reached the user as "internal error" with no file or key named."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from copylora_tui.cli import main as cli_main
+from copylora_tui.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from tests.helpers import REPO, copy_example, one_line
+from tests.test_cli import _no_work, home, loras  # noqa: F401  (fixtures)
+
+
+def digest(path) -> bytes:
+    return path.read_bytes()
+
+
+def test_no_command_writes_its_result_over_its_own_input(loras, tmp_path, monkeypatch, capsys):  # noqa: F811
+    _no_work(monkeypatch)
+    b, a = loras
+    before = digest(b)
+    for argv in (["bake", "--base", "tiny", "--lora", str(b), "--save_to", str(b)],
+                 ["extract", "--model_org", str(a), "--model_tuned", str(b), "--save_to", str(b)],
+                 ["extract", "--model_org", str(a), "--model_tuned", str(b), "--save_to", str(tmp_path / "." / "A.safetensors")]):
+        assert main(argv) == EXIT_USAGE, argv
+        assert "is this command's input" in one_line(capsys.readouterr().err), argv
+    assert digest(b) == before
+
+
+def test_sample_writes_a_png_and_never_over_a_teacher_picture_or_the_lora(loras, tmp_path, capsys):  # noqa: F811
+    root = copy_example(tmp_path)
+    teacher = next((root / "a").iterdir())
+    before = digest(teacher)
+    b = str(loras[0])
+    cases = {
+        ("sample", str(root), "--lora", "none", "--save_to", str(teacher)): "is this command's input",
+        ("sample", str(root), "--lora", "none", "--save_to", str(root / "copylora.toml")): "the grid is a PNG",
+        ("sample", b, "--base", "tiny", "--save_to", b): "the grid is a PNG",
+        ("sample", b, "--base", "tiny", "--save_to", str(tmp_path / "grid.jpg")): "the grid is a PNG",
+    }
+    for argv, said in cases.items():
+        assert main(list(argv)) == EXIT_USAGE, argv  # refused before the model loads
+        assert said in one_line(capsys.readouterr().err), argv
+    assert digest(teacher) == before
+
+
+def test_bake_refuses_a_ratio_that_is_not_finite(loras, tmp_path, capsys):  # noqa: F811
+    for ratio in ("nan", "inf"):
+        assert main(["bake", "--base", "tiny", "--lora", str(loras[0]), "--ratio", ratio, "--save_to", str(tmp_path / "x.safetensors")]) == EXIT_USAGE
+        assert "--ratio: must be a finite number" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_rejected_kohya_duration_leaves_the_projects_own(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    for bad in ("-5", "1.5", '"1e999"'):
+        (tmp_path / "k.json").write_text(f'{{"max_train_steps": {bad}}}')
+        assert main(["import-kohya", str(tmp_path / "k.json"), "--into", str(root)]) == EXIT_OK
+        assert "not a positive whole number" in capsys.readouterr().err
+        lines = toml.read_text().splitlines()
+        assert "max_train_epochs = 40" in lines, bad  # was commented out, leaving the default 4000 steps
+        assert not any(line.startswith("max_train_steps") for line in lines), bad
+
+
+def test_rewrites_keep_a_files_mode_and_refuse_a_read_only_one(tmp_path):
+    from engine.files import write_text_atomic
+
+    path = tmp_path / "copylora.toml"
+    path.write_text("one")
+    path.chmod(0o640)
+    write_text_atomic(path, "two")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text() == "two"
+    path.chmod(0o444)
+    with pytest.raises(PermissionError, match="read-only"):  # also as root, whom modes do not stop
+        write_text_atomic(path, "three")
+    assert path.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["copylora.toml"]
+
+
+def test_import_kohya_into_a_read_only_project_file_changes_nothing(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    before = toml.read_text()
+    toml.chmod(0o444)
+    (tmp_path / "k.json").write_text('{"learning_rate": 0.001}')
+    assert main(["import-kohya", str(tmp_path / "k.json"), "--into", str(root)]) == EXIT_FAILED
+    assert "read-only" in capsys.readouterr().err
+    assert toml.read_text() == before and stat.S_IMODE(toml.stat().st_mode) == 0o444
+
+
+def test_new_folders_get_the_umask_mode_not_mkdtemps(tmp_path, capsys):
+    from engine.files import current_umask, staging_folder
+
+    root = copy_example(tmp_path)
+    pictures = [next((root / side).iterdir()) for side in ("a", "b")]
+    assert main(["--projects", str(tmp_path / "projects"), "new", "mine", "--a", str(pictures[0]), "--b", str(pictures[1])]) == EXIT_OK
+    want = 0o777 & ~current_umask()
+    assert stat.S_IMODE((tmp_path / "projects" / "mine").stat().st_mode) == want
+    assert stat.S_IMODE(staging_folder(tmp_path / "baked").stat().st_mode) == want
+
+
+def test_resuming_a_finished_side_rewrites_its_lora_and_says_so(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    assert main(["train", str(root), "--side", "a", "--max_steps", "2", "--device", "cpu"]) == EXIT_OK
+    lora = next((root / "output").glob("*_A.safetensors"))
+    lora.unlink()
+    capsys.readouterr()
+    assert main(["train", str(root), "--side", "a", "--max_steps", "2"]) == EXIT_USAGE
+    assert "add --resume to write it from that checkpoint" in capsys.readouterr().err
+    assert main(["train", str(root), "--side", "a", "--max_steps", "2", "--resume"]) == EXIT_OK  # crashed on its None loss
+    assert "written from its finished checkpoint" in capsys.readouterr().out
+    assert lora.is_file()
+
+
+def test_optimizer_args_the_optimizer_does_not_take_name_the_key():
+    torch = pytest.importorskip("torch")
+    from engine.train.optim import OptimizerError, build_optimizer
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    for args, said in (({"bogus": 1}, "unexpected keyword argument 'bogus'"), ({"weight_decay": "lots"}, "weight_decay = 'lots'")):
+        with pytest.raises(OptimizerError, match=r"\[train\] optimizer_args") as caught:
+            build_optimizer(groups, "AdamW8bit", 1e-3, args, "cpu", log=lambda _line: None)
+        assert said in str(caught.value)
+
+
+@pytest.mark.parametrize("argv", [["train", "P", "--device", "tpu"], ["sample", "P", "--device", "mps"],
+                                  ["merge", "--device", "tpu"], ["extract", "--device", "xla"]])
+def test_an_unknown_device_is_a_usage_error_before_any_work(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == EXIT_USAGE
+    assert "use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_worker_start_refuses_gpus_that_are_not_there(home, capsys):  # noqa: F811
+    assert main(["worker", "start", "--gpus", "abc", "--per_gpu", "0"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--gpus: 'abc' is not a GPU index" in err and "--per_gpu: must be 1 or more, got 0" in err
+    assert main(["worker", "start", "--gpus", "99"]) == EXIT_USAGE
+    assert ("there is no GPU 99" in (err := capsys.readouterr().err)) or "no NVIDIA GPU is visible here" in err
+    assert not (home / "worker.lock").exists() or main(["worker", "status"]) == EXIT_OK
+
+
+def test_job_numbers_as_the_queue_prints_them(home, capsys):  # noqa: F811
+    assert main(["cancel", "#4"]) == EXIT_USAGE
+    assert "no job #4" in one_line(capsys.readouterr().err)
+    for text in ("99999999999999999999999", "x1", "0"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["logs", text])
+        assert stopped.value.code == EXIT_USAGE
+        assert "not a job number" in capsys.readouterr().err
+
+
+def test_a_state_folder_that_cannot_be_used_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("")
+    assert main(["queue"]) == EXIT_FAILED
+    line = one_line(capsys.readouterr().err)
+    assert "cannot use" in line and "COPYLORA_HOME" in line and "internal error" not in line
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "queue.db").write_bytes(b"garbage" * 500)
+    assert main(["queue"]) == EXIT_FAILED
+    line = one_line(capsys.readouterr().err)
+    assert str(tmp_path / "state" / "queue.db") in line and "Move it aside" in line
+
+
+def test_following_a_job_nothing_runs_says_so(home):  # noqa: F811
+    from engine.jobs.queue import Queue
+
+    job = Queue(home).enqueue("merge", "demo")
+    env = {**os.environ, "COPYLORA_HOME": str(home)}
+    with pytest.raises(subprocess.TimeoutExpired) as waited:
+        subprocess.run([sys.executable, "-m", "copylora_tui", "logs", str(job.id), "-f"], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=8)
+    said = waited.value.stderr or b""
+    assert b"no worker is running" in (said if isinstance(said, bytes) else said.encode())
+
+
+def test_merge_names_the_file_and_module_that_hold_nan(loras, tmp_path, capsys):  # noqa: F811
+    torch = pytest.importorskip("torch")
+    from engine.lora.files import load_lora_file, save_lora_file
+
+    b, a = loras
+    broken = load_lora_file(b)
+    name = next(iter(broken.modules))
+    mods = {n: (w.down, w.up, w.alpha) for n, w in broken.modules.items()}
+    down, up, alpha = mods[name]
+    mods[name] = (down, torch.full_like(up, float("nan")), alpha)
+    nan_file = save_lora_file(tmp_path / "nan.safetensors", mods, {"ss_base_model_version": "sd_v1"}, "float")
+    out = str(tmp_path / "m.safetensors")
+    assert main(["merge", "--save_to", out, "--models", str(nan_file), str(a), "--ratios", "1", "-1"]) == EXIT_FAILED
+    assert f"nan.safetensors: module {name} holds NaN" in one_line(capsys.readouterr().err)
+    assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1e308", "1e308"]) == EXIT_FAILED
+    assert "overflows float32" in one_line(capsys.readouterr().err)
+
+
+def test_a_family_override_cannot_change_a_folders_architecture(tmp_path, capsys):
+    assert main(["extract", "--model_org", "tiny", "--model_tuned", "tiny", "--family", "sdxl",
+                 "--save_to", str(tmp_path / "x.safetensors")]) == EXIT_FAILED
+    assert "holds an sd1 model, not sdxl" in one_line(capsys.readouterr().err)
+
+
+def test_system_errors_name_the_place_not_a_staging_file():
+    assert cli_main.os_error_text(PermissionError(13, "Permission denied", "/p/.mine.x1y2")) == "cannot write in /p: Permission denied"
+    assert cli_main.os_error_text(OSError(36, "File name too long", "/p/long")) == "/p/long: File name too long"
