@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
@@ -63,3 +64,15 @@ class ModelError(CopyloraError):
 
 class LoRAFileError(CopyloraError):
     """A LoRA file that cannot be read (missing, truncated, not safetensors, bad keys)."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """``/x/y: Permission denied`` rather than ``[Errno 13] Permission denied: '/x/y'``; a
+    hidden staging file or folder (``.name.abc123.tmp``, made to be renamed into place) is
+    said as the folder it was to be written in, the one the user can do something about."""
+    if not exc.filename:
+        return str(exc)
+    where = Path(str(exc.filename))
+    if where.name.startswith("."):
+        return f"cannot write in {where.parent}: {exc.strerror or exc}"
+    return f"{where}: {exc.strerror or exc}"

@@ -216,3 +216,22 @@ async def test_unfolded_section_shows_problems_before_its_fields_compose(tmp_pat
             await pilot.press("enter")
             await wait_until(pilot, lambda: not screen.query_one(f"#section-{section}", Collapsible).collapsed)
         assert app._exception is None
+
+
+async def test_saving_over_a_read_only_project_file_keeps_the_edits_and_the_app(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    original = toml.read_text()
+    toml.chmod(0o444)
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        dim = editor(app, "train.network_dim")
+        dim.focus()
+        dim.value = "4"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        await pilot.press("ctrl+s")  # a PermissionError here used to end the app, edits and all
+        await wait_until(pilot, lambda: any("not saved" in str(n.message) and "read-only" in str(n.message) for n in app._notifications))
+        assert app.is_running and app.screen.dirty and dim.value == "4"
+        assert toml.read_text() == original

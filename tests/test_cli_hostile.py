@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from copylora_tui.cli import main as cli_main
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from engine.errors import os_error_text
 from tests.helpers import REPO, copy_example, one_line
 from tests.test_cli import _no_work, home, loras  # noqa: F401  (fixtures)
 
@@ -208,5 +208,17 @@ def test_a_family_override_cannot_change_a_folders_architecture(tmp_path, capsys
 
 
 def test_system_errors_name_the_place_not_a_staging_file():
-    assert cli_main.os_error_text(PermissionError(13, "Permission denied", "/p/.mine.x1y2")) == "cannot write in /p: Permission denied"
-    assert cli_main.os_error_text(OSError(36, "File name too long", "/p/long")) == "/p/long: File name too long"
+    assert os_error_text(PermissionError(13, "Permission denied", "/p/.mine.x1y2")) == "cannot write in /p: Permission denied"
+    assert os_error_text(OSError(36, "File name too long", "/p/long")) == "/p/long: File name too long"
+
+
+def test_new_with_a_broken_base_names_the_flag_not_a_staging_folder(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    pictures = [next((root / side).iterdir()) for side in ("a", "b")]
+    (tmp_path / "g.safetensors").write_text("garbage")
+    projects = tmp_path / "projects"
+    assert main(["--projects", str(projects), "new", "zz", "--a", str(pictures[0]), "--b", str(pictures[1]),
+                 "--base", str(tmp_path / "g.safetensors")]) == EXIT_USAGE
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("copylora: --base: ") and ".zz." not in line, line
+    assert list(projects.iterdir()) == []  # nothing half-made left behind

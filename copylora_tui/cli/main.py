@@ -15,7 +15,7 @@ from typing import Callable
 
 from copylora_tui.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401 (tests import them here)
 from engine import __version__
-from engine.errors import CopyloraError, LoRAFileError, Problem, ValidationError
+from engine.errors import CopyloraError, LoRAFileError, Problem, ValidationError, os_error_text
 
 # The commands that do torch work in this process: each sizes torch's thread pool to the cores
 # that are free before torch loads (engine/threads.py). The others (queue, logs, run, check…)
@@ -121,20 +121,6 @@ def validation_text(exc: ValidationError) -> str:
     if len(exc.problems) == 1:
         return f"{exc.source}: {exc.problems[0]}" if exc.source else str(exc.problems[0])
     return str(exc)
-
-
-def os_error_text(exc: OSError) -> str:
-    """``/x/y: Permission denied`` rather than ``[Errno 13] Permission denied: '/x/y'``; a
-    hidden staging file or folder (``.name.abc123.tmp``, made to be renamed into place) is
-    said as the folder it was to be written in, the one the user can do something about."""
-    from pathlib import Path
-
-    if not exc.filename:
-        return str(exc)
-    where = Path(str(exc.filename))
-    if where.name.startswith("."):
-        return f"cannot write in {where.parent}: {exc.strerror or exc}"
-    return f"{where}: {exc.strerror or exc}"
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -417,6 +417,11 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             self.show_project_problems(exc.problems)
             self.notify(f"not saved: {exc.problems[0]}" + (f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""), severity="error")
             return
+        except OSError as exc:  # a read-only copylora.toml or folder, a full disk: the edits stay on the screen
+            from engine.errors import os_error_text
+
+            self.notify(f"not saved: {os_error_text(exc)}", severity="error", timeout=10)
+            return
         self.project = self.edited_project()  # what was saved (the reload below replaces it)
         self.show_project_problems([])
         self.load(refresh=True)  # the plan, the pictures, the checked project, in the load thread

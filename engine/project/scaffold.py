@@ -171,6 +171,12 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
         project = apply_route_defaults(project, base_model)  # after the caption: on the toy, addift trains caption-free
         save_project(project)
         staging.rename(dest)
+    except ValidationError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # Found while writing the staging copy: its path is gone with it, and project.base_model
+        # is this function's base_model (the caller's --base or field), so say them that way.
+        where = {"project.base_model": "base_model"}
+        raise ValidationError([Problem(where.get(p.where, p.where), p.message) for p in exc.problems]) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
