@@ -222,3 +222,18 @@ def test_new_with_a_broken_base_names_the_flag_not_a_staging_folder(tmp_path, ca
     line = one_line(capsys.readouterr().err)
     assert line.startswith("copylora: --base: ") and ".zz." not in line, line
     assert list(projects.iterdir()) == []  # nothing half-made left behind
+
+
+def test_check_json_says_invalid_on_stdout_with_every_problem(tmp_path, capsys):
+    import json
+
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("network_dim = 8", "network_dim = -1").replace("new_rank = 16", "new_rank = 0"))
+    assert main(["check", str(root), "--json"]) == EXIT_USAGE
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["valid"] is False
+    assert {p["where"] for p in verdict["problems"]} == {"train.network_dim", "merge.new_rank"}
+    toml.write_text(toml.read_text().replace("network_dim = -1", "network_dim = 8").replace("new_rank = 0", "new_rank = 16"))
+    assert main(["check", str(root), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["valid"] is True

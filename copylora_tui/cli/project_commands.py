@@ -102,14 +102,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     from engine.project.outputs import artifacts
     from engine.project.plan import make_plan, plan_warnings
 
-    plan = make_plan(load_project(args.project))
+    try:
+        plan = make_plan(load_project(args.project))
+    except ValidationError as exc:
+        if args.json:  # a script reading stdout gets the verdict there too, with every problem
+            print(json.dumps({"valid": False, "source": exc.source,
+                              "problems": [{"where": p.where, "message": p.message} for p in exc.problems]}, indent=2))
+        raise
     warnings = plan_warnings(plan)
     statuses = output_statuses(plan)  # what `run` would make again, and why
     if args.json:
         outputs = {name: {"path": str(artifact.path), "state": statuses[name].state, "reason": statuses[name].reason,
                           **({"note": statuses[name].note} if statuses[name].note else {})}
                    for name, artifact in artifacts(plan).items()}
-        print(json.dumps({**plan_as_dict(plan), "outputs": outputs, "warnings": warnings}, indent=2))
+        print(json.dumps({"valid": True, **plan_as_dict(plan), "outputs": outputs, "warnings": warnings}, indent=2))
     else:
         from copylora_tui.cli.console import output_console
         from copylora_tui.core.plan_view import plan_view
