@@ -237,3 +237,14 @@ def test_check_json_says_invalid_on_stdout_with_every_problem(tmp_path, capsys):
     toml.write_text(toml.read_text().replace("network_dim = -1", "network_dim = 8").replace("new_rank = 0", "new_rank = 16"))
     assert main(["check", str(root), "--json"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["valid"] is True
+
+
+def test_a_request_the_jobs_state_refuses_is_a_usage_error(home, capsys):  # noqa: F811
+    from engine.jobs.queue import Queue
+
+    job = Queue(home).enqueue("merge", "demo")
+    assert main(["pause", str(job.id)]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["pause", str(job.id)]) == EXIT_USAGE  # already paused: the command line to change, not a failure
+    assert main(["save-now", str(job.id)]) == EXIT_USAGE
+    assert "Traceback" not in capsys.readouterr().err

@@ -62,7 +62,7 @@ def test_run_queue_and_steer(tmp_path, home, capsys):
     assert main(["cancel", "2"]) == 0
     assert Queue(home).get(3).status == "failed"  # the merge depended on it
     capsys.readouterr()
-    assert main(["retry", "3"]) == EXIT_FAILED  # a dependant comes back with its dependency, not alone
+    assert main(["retry", "3"]) == EXIT_USAGE  # refused: a dependant comes back with its dependency, not alone
     assert "waits for #2, which is cancelled: retry #2" in capsys.readouterr().err
     assert main(["retry", "2"]) == 0
     assert "worker is not running" in capsys.readouterr().out

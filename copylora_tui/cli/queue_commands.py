@@ -104,6 +104,18 @@ def _job(queue, job_id: int):
         raise UsageError(str(exc)) from None
 
 
+def _as_usage(call):
+    """A request the job's state refuses (pause a paused job, retry a running one) is the
+    command line to change, exit 2 like a job that does not exist; the queue says why."""
+    from copylora_tui.cli.main import UsageError
+    from engine.jobs.queue import QueueError
+
+    try:
+        return call()
+    except QueueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.jobs.enqueue import enqueue_project
     from engine.project.folder import load_project
@@ -234,7 +246,7 @@ def cmd_job_action(args: argparse.Namespace) -> int:
     queue = _queue()
     _job(queue, args.job)
     action = {"cancel": queue.cancel, "retry": queue.retry, "pause": queue.pause, "resume": queue.resume}.get(args.action)
-    message = action(args.job) if action else queue.request(args.job, args.action)
+    message = _as_usage(lambda: action(args.job) if action else queue.request(args.job, args.action))
     print(f"#{args.job}: {message}")
     if args.action in ("retry", "resume"):
         from engine.jobs.worker import worker_pid
@@ -247,7 +259,7 @@ def cmd_job_action(args: argparse.Namespace) -> int:
 def cmd_move(args: argparse.Namespace) -> int:
     queue = _queue()
     _job(queue, args.job)
-    print(f"#{args.job}: {queue.move(args.job, args.where)}")
+    print(f"#{args.job}: {_as_usage(lambda: queue.move(args.job, args.where))}")
     return 0
 
 
