@@ -248,3 +248,9 @@ def test_a_request_the_jobs_state_refuses_is_a_usage_error(home, capsys):  # noq
     assert main(["pause", str(job.id)]) == EXIT_USAGE  # already paused: the command line to change, not a failure
     assert main(["save-now", str(job.id)]) == EXIT_USAGE
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_max_steps_beyond_what_a_project_may_ask_is_refused(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    assert main(["train", str(root), "--side", "a", "--max_steps", "99999999999999999999"]) == EXIT_USAGE
+    assert "--max_steps: must be between 1 and 10,000,000" in one_line(capsys.readouterr().err)

@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import Problem, ValidationError
 from engine.project.folder import SIDES, Project
 from engine.project.images import ImageInfo, image_files, read_image_info
 from engine.project.outputs import OutputPaths
-from engine.project.params import TrainParams
+from engine.project.params import MAX_STEPS, TrainParams
 
 BUCKET_STEP = 64
 # Default [train].resolution of a new project (``copylora new``) by base-model family. SD1/SD2:
@@ -137,7 +138,10 @@ def steps_for(num_images: int, params: TrainParams, reg_images: int = 0, extra_s
 
 
 def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
-    """The plan for a loaded (valid) project. ``max_steps`` caps both sides (CLI --max_steps)."""
+    """The plan for a loaded (valid) project. ``max_steps`` caps both sides (CLI --max_steps),
+    within the range [train] max_train_steps allows."""
+    if max_steps is not None and not 1 <= max_steps <= MAX_STEPS:
+        raise ValidationError([Problem("--max_steps", f"must be between 1 and {MAX_STEPS:,}, got {max_steps}")])
     paths = output_paths(project)
     from engine.project.concepts import class_sets
 

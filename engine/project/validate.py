@@ -136,7 +136,7 @@ def _pair(value: Any, path: str, problems: list[Problem]) -> list[int] | None:
     else:
         pair = []
     if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
-        problems.append(Problem(path, f"must be [width, height] or one number, got {show(value)}"))
+        problems.append(Problem(path, f"must be [width, height] in whole pixels or one whole number, got {show(value)}"))
         return None
     if min(pair) < 64:
         problems.append(Problem(path, f"each side must be at least 64 pixels, got {show(value)}"))
