@@ -174,21 +174,29 @@ class CopyloraApp(App[int]):
     def _in_dialog(self) -> bool:
         return isinstance(self.screen, ModalScreen)
 
-    def _to_base(self) -> None:
+    def _to_base(self, key: str) -> bool:
+        """Back to the Projects screen, unless a screen on the way holds unsaved edits: it warns
+        and stays, and ``key`` again leaves (as escape does on the form); False when it stayed."""
+        from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
+
+        for screen in reversed(self.screen_stack[1:]):
+            if isinstance(screen, AsksBeforeLosingEdits) and not screen.may_discard_edits(key, "leaves"):
+                return False
         while len(self.screen_stack) > 1:
             self.pop_screen()
+        return True
 
     def action_show_projects(self) -> None:
         if not self._in_dialog():
-            self._to_base()
+            self._to_base("1")
 
     def action_show_queue(self) -> None:
         from copylora_tui.screens.queue import QueueScreen
 
         if self._in_dialog() or isinstance(self.screen, QueueScreen):
             return
-        self._to_base()
-        self.push_screen(QueueScreen())
+        if self._to_base("2"):
+            self.push_screen(QueueScreen())
 
     def action_show_monitor(self, job_id: int | None = None) -> None:
         """The monitor of ``job_id``; without one: the job highlighted on this screen, else
@@ -216,8 +224,8 @@ class CopyloraApp(App[int]):
     def action_open_project(self, folder: Path) -> None:
         from copylora_tui.screens.project import ProjectScreen
 
-        self._to_base()
-        self.push_screen(ProjectScreen(folder))
+        if self._to_base("o"):
+            self.push_screen(ProjectScreen(folder))
 
     def action_open_stats(self, stats_path: Path) -> None:
         from copylora_tui.screens.stats import StatsScreen

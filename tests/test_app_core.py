@@ -51,6 +51,8 @@ def test_field_text_is_parsed_like_toml(path, text, value):
         ("train.optimizer_type", "adamw9bit", "did you mean 'AdamW8bit'"),
         ("train.resolution", "[10, 10]", "at least 64"),
         ("merge.ratios", "[1, -1, 0.5]", "list of 2 items"),
+        ("train.network_dim", "9" * 5000, "not a value"),  # a paste: tomllib's int limit raised ValueError, ending the app
+        ("train.optimizer_args", "[" * 1000, "not a value"),  # RecursionError, likewise
     ],
 )
 def test_field_errors_are_the_validators(path, text, message):

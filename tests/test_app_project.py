@@ -235,3 +235,18 @@ async def test_saving_over_a_read_only_project_file_keeps_the_edits_and_the_app(
         await wait_until(pilot, lambda: any("not saved" in str(n.message) and "read-only" in str(n.message) for n in app._notifications))
         assert app.is_running and app.screen.dirty and dim.value == "4"
         assert toml.read_text() == original
+
+
+async def test_a_plan_that_fails_unforeseen_is_said_and_the_form_still_opens(tmp_path, monkeypatch):
+    import copylora_tui.screens.project as project_screen
+
+    def odd_metadata(_project):  # as a merged LoRA whose copylora_merge inputs are not tables did
+        raise AttributeError("'int' object has no attribute 'get'")
+
+    monkeypatch.setattr(project_screen, "_plan_and_outputs", odd_metadata)
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)  # stayed on "reading copylora.toml …" for good
+        await wait_until(pilot, lambda: "no plan: AttributeError" in plan_text(app))

@@ -71,3 +71,27 @@ async def test_ctrl_q_with_a_half_filled_new_project_form_asks(tmp_path, monkeyp
         assert any("ctrl+s creates the project, ctrl+q again quits" in n for n in notices(app))
         await pilot.press("ctrl+q")
         await wait_until(pilot, lambda: app.return_code == 0)
+
+
+async def test_the_screen_keys_ask_before_leaving_unsaved_edits_too(tmp_path, monkeypatch):
+    """1 and 2 pop the form like escape does; with a tick box focused (not a text field, which
+    takes the digit) they left with the edits lost and no word."""
+    from copylora_tui.screens.projects import ProjectsScreen
+    from copylora_tui.screens.queue import QueueScreen
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key, lands_on in (("1", ProjectsScreen), ("2", QueueScreen)):
+            await open_project(pilot, app, folder)
+            app.screen.query_one("#field-train-seed #editor", Input).value = "7"
+            await wait_until(pilot, lambda: app.screen.dirty)
+            app.screen.set_focus(None)  # keys go to the screen and the app, as from a tick box
+            await pilot.press(key)
+            await pilot.pause()
+            assert isinstance(app.screen, ProjectScreen) and app.screen.query_one("#field-train-seed #editor", Input).value == "7"
+            assert any(f"{key} again leaves without saving" in n for n in notices(app))
+            await pilot.press(key)
+            await wait_until(pilot, lambda: isinstance(app.screen, lands_on))
+    assert "seed = 42" in (folder / "copylora.toml").read_text()

@@ -139,12 +139,17 @@ def test_an_unknown_device_is_a_usage_error_before_any_work(argv, tmp_path, caps
 
 
 def test_worker_start_refuses_gpus_that_are_not_there(home, capsys):  # noqa: F811
-    assert main(["worker", "start", "--gpus", "abc", "--per_gpu", "0"]) == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert "--gpus: 'abc' is not a GPU index" in err and "--per_gpu: must be 1 or more, got 0" in err
-    assert main(["worker", "start", "--gpus", "99"]) == EXIT_USAGE
-    assert ("there is no GPU 99" in (err := capsys.readouterr().err)) or "no NVIDIA GPU is visible here" in err
-    assert not (home / "worker.lock").exists() or main(["worker", "status"]) == EXIT_OK
+    from engine.jobs.worker import stop_worker, worker_pid
+
+    try:
+        assert main(["worker", "start", "--gpus", "abc", "--per_gpu", "0"]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "--gpus: 'abc' is not a GPU index" in err and "--per_gpu: must be 1 or more, got 0" in err
+        assert main(["worker", "start", "--gpus", "99"]) == EXIT_USAGE
+        assert ("there is no GPU 99" in (err := capsys.readouterr().err)) or "no NVIDIA GPU is visible here" in err
+        assert worker_pid(home) is None  # refused before anything started
+    finally:
+        stop_worker(home)  # one started all the same must not outlive the test
 
 
 def test_job_numbers_as_the_queue_prints_them(home, capsys):  # noqa: F811
@@ -254,3 +259,12 @@ def test_max_steps_beyond_what_a_project_may_ask_is_refused(tmp_path, capsys):
     root = copy_example(tmp_path)
     assert main(["train", str(root), "--side", "a", "--max_steps", "99999999999999999999"]) == EXIT_USAGE
     assert "--max_steps: must be between 1 and 10,000,000" in one_line(capsys.readouterr().err)
+
+
+def test_a_home_folder_that_does_not_exist_is_the_inputs_problem(tmp_path, capsys):
+    root = copy_example(tmp_path)
+    b = next((root / "b").iterdir())
+    assert main(["--projects", str(tmp_path / "p"), "new", "x", "--a", "~nosuchuser-copylora/a.png", "--b", str(b),
+                 "--base", "~nosuchuser-copylora/m.safetensors"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--a: ~nosuchuser-copylora/a.png: no such user's home folder" in err and "--base: ~nosuchuser-copylora" in err

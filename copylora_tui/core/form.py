@@ -165,7 +165,7 @@ def parse_text(text: str, spec: FieldSpec) -> tuple[Any, str | None]:
     else:
         try:
             raw = tomllib.loads(f"v = {stripped}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError):  # a 4300-digit paste, a thousand "["
             if not spec.meta.get("fixed_or_pair"):
                 return None, f"not a value ({_example(spec)})"
             raw = stripped  # "600,900" and "600x900" are pairs too

@@ -113,13 +113,35 @@ def _state(status) -> OutputState:
 
 
 def scan_projects(projects_dir: Path) -> list[ProjectSummary]:
-    return [summarise(folder) for folder in project_folders(projects_dir)]
+    return [_summarise_anything(folder) for folder in project_folders(projects_dir)]
+
+
+def _summarise_anything(folder: Path) -> ProjectSummary:
+    """:func:`summarise`, and for what it did not foresee (a TOML whose integer has 5000 digits,
+    a merged LoRA with odd metadata) the folder listed as invalid with the error: one broken
+    project must not keep the list, and every other project, from showing."""
+    try:
+        return summarise(folder)
+    except Exception as exc:
+        return ProjectSummary(folder=folder, name=folder.name, problems=(f"cannot read it: {type(exc).__name__}: {exc}",))
 
 
 def folder_bytes(folder: Path | None) -> int:
-    if folder is None or not folder.is_dir():
+    """The bytes under ``folder``; what cannot be read (another user's files, a file that
+    vanishes while counting) counts as nothing: a size is shown, never an error."""
+    try:
+        if folder is None or not folder.is_dir():
+            return 0
+    except OSError:
         return 0
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def output_inside(summary: ProjectSummary) -> Path | None:

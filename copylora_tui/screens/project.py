@@ -225,7 +225,10 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         plan = pictures = None
         if project is not None:
             plan = _plan_text(project)
-            pictures = picture_list(project)
+            try:
+                pictures = picture_list(project)
+            except Exception:  # the list is a help, not the form: without it the form still opens
+                pictures = []
         self.post_message(self.Loaded(project, problems, plan, pictures, refresh))
 
     class Loaded(Message, bubble=False):
@@ -469,6 +472,8 @@ def _plan_text(project: Project) -> tuple[RenderableType, Text]:
         return _plan_and_outputs(project)
     except (OSError, ValueError) as exc:
         return Text(f"no plan: {exc}", style="red"), Text("")
+    except Exception as exc:  # odd metadata in an output, a bug: said here, or the screen waits for good
+        return Text(f"no plan: {type(exc).__name__}: {exc}", style="red"), Text("")
 
 
 def picture_list(project: Project) -> list[tuple[str, Path | None]]:

@@ -48,7 +48,7 @@ def new_project_caption(base_model: str, a_picture: Path | str) -> str:
 
     try:  # read as training reads it (EXIF turned, 16-bit scaled, transparency on white)
         return describe(load_picture(Path(a_picture).expanduser()))
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, RuntimeError, Image.DecompressionBombError):  # RuntimeError: ~user with no home
         return ""
 
 

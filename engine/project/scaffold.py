@@ -136,6 +136,16 @@ def apply_base_defaults(project: Project, base_model: str) -> Project:
     return project
 
 
+def _expanded(path: str | Path, where: str, problems: list[Problem]) -> Path:
+    """``~/x`` and ``~user/x`` as the shell would; a ``~user`` with no home (a typo) is a
+    problem of ``where`` (Path.expanduser raises RuntimeError for it)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        problems.append(Problem(where, f"{path}: no such user's home folder ({str(path).split('/')[0]})"))
+        return Path(path)
+
+
 def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *, name: str | None = None, base_model: str = "tiny",
                    method: str = "svd-merge", caption: str = "") -> Project:
     """A new project folder with the base's defaults. ``caption``: the ``[train] caption`` both
@@ -143,8 +153,8 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     on the toy base the callers give A's description in the toy world's words
     (:func:`engine.models.toy_data.describe`, which this layer cannot import)."""
     dest = Path(dest).resolve()
-    a_image, b_image = Path(a_image).expanduser(), Path(b_image).expanduser()
     problems: list[Problem] = []
+    a_image, b_image = _expanded(a_image, "a_image", problems), _expanded(b_image, "b_image", problems)
     if dest.exists():
         problems.append(Problem("dest", f"{dest} already exists"))
     elif problem := name_problem(name or dest.name):
@@ -152,8 +162,8 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     _check_image(a_image, "a_image", problems)
     _check_image(b_image, "b_image", problems)
     if base_model not in BUILTIN_MODELS:
-        base_path = Path(base_model).expanduser()
-        if not base_path.exists():
+        base_path = _expanded(base_model, "base_model", problems)
+        if not base_path.exists() and not any(p.where == "base_model" for p in problems):
             problems.append(Problem("base_model", f"no such file or folder: {base_path}"))
         base_model = str(base_path.resolve())
     if problems:
