@@ -31,6 +31,15 @@ def test_keymap_file_problems_are_reported_and_the_rest_applies(tmp_path):
     assert any("app.queue must be keys as a string" in p for p in problems)
     path.write_text("[keymap\n")
     assert load_keymap(binding_owners(), path)[1][0].startswith(f"{path}: not read")
+    path.write_text('[keymap]\n"queue.cancel" = ' + "9" * 5000 + "\n")  # tomllib's int limit: ValueError, at the app's start
+    assert load_keymap(binding_owners(), path)[1][0].startswith(f"{path}: not read")
+
+
+def test_a_keymap_path_under_a_home_that_does_not_exist_is_no_keymap(monkeypatch):
+    from copylora_tui.core.keymap import KEYMAP_ENV, keymap_path
+
+    monkeypatch.setenv(KEYMAP_ENV, "~nosuchuser-copylora/keymap.toml")  # expanduser: RuntimeError, at the app's start
+    assert load_keymap(binding_owners(), keymap_path()) == ({}, [])
 
 
 async def test_rebound_keys_work_in_the_app(tmp_path, monkeypatch):

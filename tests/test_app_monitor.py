@@ -268,3 +268,24 @@ async def test_copy_figures_and_their_trend_under_the_loss(tmp_path, monkeypatch
         await wait_until(pilot, lambda: "copy A 21.6 B 17.0 dB" in screen_text(app))  # the queue's line on the selected job
         await open_monitor(pilot, app, job.id)
         await wait_until(pilot, lambda: "copy A 21.6 dB →  B 17.0 dB ↓" in screen_text(app))
+
+
+async def test_the_monitor_opens_when_the_logs_folder_cannot_be_made(tmp_path, monkeypatch):
+    import shutil
+
+    from tests.test_app_support import make_projects, running_job, use_home, wait_until
+
+    env = use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    queue = Queue(env.home)
+    running_job(queue, projects / "example-monochrome", step=50, total=200, points=30)
+    queue.close()
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.snapshot.jobs)
+        shutil.rmtree(env.home / "logs")
+        (env.home / "logs").write_text("a file where the folder was")  # as a full or broken disk leaves it
+        await pilot.press("3")  # compose made the folder, and its CopyloraError ended the app
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        await pilot.pause(0.5)
+        assert app.is_running and app._exception is None

@@ -108,3 +108,21 @@ async def test_malformed_stats_is_a_message_in_the_stats_panel(tmp_path, monkeyp
         assert app.is_running and app._exception is None
         await pilot.press("escape")
         assert not isinstance(app.screen, StatsScreen)
+
+
+async def test_a_value_only_another_view_cannot_show_is_a_message_not_the_end(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    stats = write_stats(projects / "example-monochrome" / "output" / "example-monochrome.stats.json")
+    document = json.loads(stats.read_text())
+    document["blocks"][0]["energy_kept"] = 10**400  # in the U-Net levels' summary only: the first view draws
+    stats.write_text(json.dumps(document))
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.screen.summaries and app.screen.summaries[0].stats_path == stats)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: isinstance(app.screen, StatsScreen) and app.screen.document is not None)
+        await pilot.press("v")  # OverflowError from the switched view's redraw ended the app
+        await wait_until(pilot, lambda: "cannot show these statistics" in " ".join(screen_text(app).split()))
+        await pilot.press("s", "r", "v")
+        assert app.is_running and app._exception is None

@@ -37,7 +37,10 @@ class BindingInfo:
 
 def keymap_path() -> Path:
     if os.environ.get(KEYMAP_ENV):
-        return Path(os.environ[KEYMAP_ENV]).expanduser()
+        try:
+            return Path(os.environ[KEYMAP_ENV]).expanduser()
+        except RuntimeError:  # ~user with no home: no such file, so no keymap (as for any missing file)
+            return Path(os.environ[KEYMAP_ENV])
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return base / "copylora" / "keymap.toml"
 
@@ -63,7 +66,7 @@ def load_keymap(owners: list[tuple[type, str]], path: Path | None = None) -> tup
         return {}, []
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit number
         return {}, [f"{path}: not read ({exc})"]
     table = data.get("keymap", data)
     if not isinstance(table, dict):

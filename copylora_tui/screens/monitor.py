@@ -123,9 +123,11 @@ class MonitorScreen(ActsWhileOpen, Screen):
         yield AppFooter()
 
     def app_log_path(self):
-        from engine.jobs.state_home import job_log, state_home
+        """The job's log, read only: its folder is not made here (a full disk or a file where
+        logs/ should be must not stop the screen from opening; the tail then says no log)."""
+        from engine.jobs.state_home import job_log, state_folder
 
-        return job_log(state_home(self.app.home), self.job_id)
+        return job_log(state_folder(self.app.home), self.job_id)
 
     def _preview_target(self):
         """The job's own previews, once the first snapshot has it (called in the pane's thread)."""

@@ -112,6 +112,17 @@ class StatsScreen(ActsWhileOpen, Screen):
             return
         self.query_one("#modules", FittedTable).focus()
 
+    def redraw(self, blocks: bool = False) -> None:
+        """The tables again after a key (sort, filter, view). A value the checks let through
+        but a view cannot show (an integer too large for a float) is said like the first
+        draw's, not raised out of the key's action (which ends the app)."""
+        try:
+            if blocks:
+                self.show_blocks()
+            self.show_modules()
+        except Exception as exc:
+            self.show_problem(f"{self.stats_path}: cannot show these statistics ({type(exc).__name__}: {exc})")
+
     def show_problem(self, message: str) -> None:
         """The file cannot be shown: say why in the summary line; the keys do nothing."""
         self.document = None
@@ -173,13 +184,13 @@ class StatsScreen(ActsWhileOpen, Screen):
         key = str(event.column_key.value)
         self.reverse = not self.reverse if key == self.sort else False
         self.sort = key
-        self.show_modules()
+        self.redraw()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "blocks" and self.document:  # enter on a block: show its modules
             block = str(event.row_key.value)
             self.block = None if self.block == block else block
-            self.show_modules()
+            self.redraw()
 
     def action_cycle_sort(self) -> None:
         if not self.document:
@@ -187,13 +198,13 @@ class StatsScreen(ActsWhileOpen, Screen):
         keys = list(COLUMNS)
         self.sort = keys[(keys.index(self.sort) + 1) % len(keys)]
         self.reverse = False
-        self.show_modules()
+        self.redraw()
 
     def action_reverse(self) -> None:
         if not self.document:
             return
         self.reverse = not self.reverse
-        self.show_modules()
+        self.redraw()
 
     def _cycle(self, current: str | None, options: list[str]) -> str | None:
         cycle = [None, *options]
@@ -202,7 +213,7 @@ class StatsScreen(ActsWhileOpen, Screen):
     def action_cycle_block(self) -> None:
         if self.document:
             self.block = self._cycle(self.block, block_filters(self.document, self.view))
-            self.show_modules()
+            self.redraw()
 
     def action_switch_view(self) -> None:
         """LBW blocks <-> U-Net levels; a block filter is dropped unless it is a group both
@@ -213,13 +224,12 @@ class StatsScreen(ActsWhileOpen, Screen):
         if self.block is not None:
             shared = self.block.lower() in ("in", "out", "mid")
             self.block = (self.block.upper() if self.view == "lbw" else self.block.lower()) if shared else None
-        self.show_blocks()
-        self.show_modules()
+        self.redraw(blocks=True)
 
     def action_cycle_kind(self) -> None:
         if self.document:
             self.kind = self._cycle(self.kind, kind_filters(self.document))
-            self.show_modules()
+            self.redraw()
 
     def action_back(self) -> None:
         self.app.close_screen(self)

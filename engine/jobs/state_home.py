@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 
-def state_home(override: str | os.PathLike | None = None) -> Path:
+def state_folder(override: str | os.PathLike | None = None) -> Path:
+    """Where the state folder is, without making it (for readers such as a log tail)."""
     if override:
         home = Path(override)
     elif os.environ.get("COPYLORA_HOME"):
@@ -19,7 +20,11 @@ def state_home(override: str | os.PathLike | None = None) -> Path:
     else:
         base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         home = base / "copylora"
-    home = home.expanduser()
+    return home.expanduser()
+
+
+def state_home(override: str | os.PathLike | None = None) -> Path:
+    home = state_folder(override)
     try:
         (home / "logs").mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file there, a read-only disk, another user's folder
