@@ -268,3 +268,27 @@ async def test_textual_image_draws_the_preview_where_the_terminal_has_pictures(t
         step = write_preview(samples(folder) / "example-monochrome_A-step000100.png", strengths=(1.0,), step=100, side="a", mtime=FIXED_T + 60)
         await wait_until(pilot, lambda: pane.shown == step)
         assert pane.query_one(".preview-image") is picture and picture.image.size == (96, 144)  # redrawn in place
+
+
+async def test_a_pane_whose_target_failed_once_looks_again(tmp_path):
+    from textual.app import App
+
+    folder = tmp_path / "samples"
+    calls = []
+
+    def resolve():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("the project folder is being copied")  # gone by the next poll
+        return PreviewTarget(folder)
+
+    class One(App):
+        def compose(self):
+            yield PreviewPane(resolve, interval=0.05, id="pane")
+
+    app = One()
+    async with app.run_test(size=(60, 20)) as pilot:
+        pane = app.query_one(PreviewPane)
+        await wait_until(pilot, lambda: len(calls) >= 1)
+        write_preview(folder / "x-grid.png", mtime=FIXED_T)
+        await wait_until(pilot, lambda: pane.shown is not None and pane.shown.name == "x-grid.png")  # stayed on "no preview: …"

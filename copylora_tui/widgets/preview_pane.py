@@ -123,9 +123,10 @@ class PreviewPane(Vertical):
                 return
             self._said = None
             self.post_message(self.Loaded(found, text, picture))
-        except Exception as exc:  # the project does not load, the folder vanished: say so
-            self._target = f"no preview: {exc}"
-            self._say(self._target)
+        except Exception as exc:  # the project does not load, the folder vanished: say so,
+            # and ask again at the next poll (kept, the message stayed after the cause was gone)
+            self._target, self._found = None, _UNSEEN
+            self._say(f"no preview: {exc}")
         finally:
             self._scanning = False
 
