@@ -88,8 +88,10 @@ def test_train_on_a_finished_side_says_it_is_trained(tmp_path, capsys):
     # Asked to train longer: the checkpoint is not the end any more, --resume continues it.
     assert main(["train", str(root), "--side", "a", "--max-steps", "3"]) == EXIT_USAGE
     assert "holds a checkpoint at step 2 of 3: add --resume" in one_line(capsys.readouterr().err)
-    # The finished run's LoRA is gone: --resume is not the advice, --restart is.
+    # The finished run's LoRA is gone: --resume writes it from the finished checkpoint (no
+    # training), --restart trains it again; both are offered, nothing is done unasked.
     lora.unlink()
     assert main(["train", str(root), "--side", "a", "--max-steps", "2"]) == EXIT_USAGE
     line = one_line(capsys.readouterr().err)
-    assert "holds A's finished training (step 2 of 2) but its LoRA is not up to date (no LoRA yet): add --restart" in line
+    assert "holds A's finished training (step 2 of 2) but its LoRA is not up to date (no LoRA yet): add --resume to write it" in line
+    assert "or --restart to train it again" in line and not lora.exists()
