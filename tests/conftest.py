@@ -46,11 +46,13 @@ def _one_torch_thread():
     yield
 
 
-# Fixtures whose state is one per test session and must stay one per session when pytest-xdist
-# runs the suite in several processes (README: `pytest -n auto --dist loadgroup`): a second Slurm
-# cluster on this node, or a second build of the real-runs tree (~2.5 min here), would cost
-# more than the parallelism gains. Each test that uses one is sent to the same process.
-ONE_PER_SESSION = ("slurm_cluster", "real_runs_tree")
+# Fixtures built once (per session, or per module for toy_result) that must stay built once when
+# pytest-xdist runs the suite in several processes (README: `pytest -n auto --dist loadgroup`): a
+# second Slurm cluster on this node, a second build of the real-runs tree (~1.5 min here) or a
+# second toy training (toy_result, ~1.5 min: xdist's load scheduling put its two tests in two
+# processes in a 3-process run) would cost more than the parallelism gains. Each test that uses
+# one is sent to the same process.
+ONE_PER_SESSION = ("slurm_cluster", "real_runs_tree", "toy_result")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
