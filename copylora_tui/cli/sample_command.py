@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -142,9 +143,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = load_base_model(base, family, dtype=dtype, device=device)
+    notes: list[str] = []  # said after the progress bar, which would draw over them
     with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=len(settings.prompts) * len(settings.strengths))
         path = sample_lora(model, lora, settings, out, model_name=Path(base).name,
-                           progress=lambda done, total: (govern(), bar.update(task, completed=done)))
+                           progress=lambda done, total: (govern(), bar.update(task, completed=done)), log=notes.append)
+    for note in notes:
+        print(f"copylora: {note}", file=sys.stderr)
     print(f"wrote {path} ({len(settings.prompts)} prompt(s) x strengths {', '.join(f'{s:g}' for s in settings.strengths)}, seed {settings.seed})")
     return 0

@@ -236,12 +236,12 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     total = grid_count + (Check.IMAGES if is_differential(project) else 0)
     record = grid.record()  # what `copylora run` compares to decide that the preview is up to date
     path = sample_lora(model, plan.merged_path, settings, grid.path, model_name=project.info.base_model,
-                       progress=lambda done, _total: progress(done, total), extra=record)
+                       progress=lambda done, _total: progress(done, total), extra=record, log=log)
     artifacts = {"grid": str(path)}
     if is_differential(project):
         check = route_check(model, plan.side("a").lora_path, project.b.base_weights_multiplier, plan.merged_path,
                             plan.side("b").images[0].path, settings, Check(plan).path, model_name=project.info.base_model,
-                            progress=lambda done, _total: progress(grid_count + done, total), extra=record)
+                            progress=lambda done, _total: progress(grid_count + done, total), extra=record, log=log)
         log(f"wrote {check}: A with the result should draw picture B")
         artifacts["check"] = str(check)
     seconds = time.perf_counter() - started

@@ -6,7 +6,8 @@ off the picture (the title) or was cut ("backgrou"). Here each label is wrapped 
 boundaries within its cell, in a smaller font when a word or the number of lines does not fit
 at the default size, and broken inside words only as a last resort; the bands that hold the
 labels grow to their height, so every label is whole. Measured with the font itself
-(``getbbox``), so the layout is what Pillow draws.
+(``getbbox``), so the layout is what Pillow draws. Each label's font is the built-in one unless
+its text has characters that font lacks (engine.train.label_fonts).
 """
 
 from __future__ import annotations
@@ -17,14 +18,6 @@ from functools import lru_cache
 PAD = 4  # pixels between a label and its cell's edges, so neighbouring labels never touch
 FONT_SIZES = (10, 8, 7)  # Pillow's default font at these sizes: the first that fits is used
 MOST_LINES = 12  # beyond this (a very long prompt) the label ends in "…"; the PNG's text has it whole
-
-
-@lru_cache(maxsize=None)
-def font(size: int):
-    """Pillow's built-in font at ``size`` (its bitmap font, one size, where FreeType is missing)."""
-    from PIL import ImageFont
-
-    return ImageFont.load_default(size=size)
 
 
 def text_width(text: str, face) -> int:
@@ -87,19 +80,22 @@ def fit_label(text: str, width: int, most_lines: int = 3) -> Label:
     """``text`` as lines that each fit ``width`` pixels: whole words at the largest of
     :data:`FONT_SIZES` that needs at most ``most_lines`` lines, else whole words at the smallest
     size (any number of lines), else broken inside words."""
+    from engine.train.label_fonts import draws, face_for
+
     width = max(1, width)
     for size in FONT_SIZES:
-        face = font(size)
+        face = face_for(text, size)
         lines = _wrap_words(text, face, width)
         if lines is not None and len(lines) <= most_lines:
             return Label(tuple(lines), face, line_height(face))
-    face = font(FONT_SIZES[-1])
+    face = face_for(text, FONT_SIZES[-1])
     lines = _wrap_words(text, face, width) or _wrap_chars(text, face, width)
     if len(lines) > MOST_LINES:
+        ellipsis = "…" if draws(face, "…") else "..."  # the built-in font has "…"; a user's font may not
         last = lines[MOST_LINES - 1]
-        while last and text_width(last + "…", face) > width:
+        while last and text_width(last + ellipsis, face) > width:
             last = last[:-1]
-        lines = [*lines[:MOST_LINES - 1], last + "…"]
+        lines = [*lines[:MOST_LINES - 1], last + ellipsis]
     return Label(tuple(lines), face, line_height(face))
 
 

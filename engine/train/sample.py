@@ -185,15 +185,23 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
     return images
 
 
-def grid(images: list[list], settings: SampleSettings, title: str = "", columns: list[str] | None = None):
+def grid(images: list[list], settings: SampleSettings, title: str = "", columns: list[str] | None = None,
+         log: Callable[[str], None] | None = None):
     """A labelled grid: one row per prompt, one column per strength (or per ``columns`` label).
-    Labels wrap (or shrink) to fit their cells, whatever the cell size (engine.train.grid_labels)."""
+    Labels wrap (or shrink) to fit their cells, whatever the cell size (engine.train.grid_labels);
+    ``log`` is told when some of their characters no font here draws (engine.train.label_fonts)."""
     from PIL import Image, ImageDraw
 
-    from engine.train.grid_labels import draw_labels, grid_layout
+    from engine.train.grid_labels import FONT_SIZES, draw_labels, grid_layout
+    from engine.train.label_fonts import undrawable_note
 
     columns = columns or [f"strength {strength:g}" for strength in settings.strengths]
-    layout = grid_layout(images[0][0].size, title, columns, [f"prompt: {prompt!r}" for prompt in settings.prompts])
+    rows = [f"prompt: {prompt!r}" for prompt in settings.prompts]
+    layout = grid_layout(images[0][0].size, title, columns, rows)
+    if log is not None:
+        note = undrawable_note([title, *columns, *rows], FONT_SIZES[0])
+        if note:
+            log(note)
     canvas = Image.new("RGB", layout.size, "white")
     draw_labels(ImageDraw.Draw(canvas), layout)
     for row, places in zip(images, layout.cells):
@@ -242,16 +250,17 @@ def read_grid_parameters(path: Path) -> dict:
 
 
 def sample_with_network(model: BaseModel, network, settings: SampleSettings, out_path: Path, *, model_name: str, title: str = "",
-                        extra: dict | None = None) -> Path:
+                        extra: dict | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Grid of a LoRA network that is being trained (used by the trainer's previews)."""
     images = generate(model, settings, network)
-    return save_grid(grid(images, settings, title), out_path, settings, model_name=model_name, lora_name=title, extra=extra)
+    return save_grid(grid(images, settings, title, log=log), out_path, settings, model_name=model_name, lora_name=title, extra=extra)
 
 
 def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettings, out_path: Path, *, model_name: str,
-                title: str = "", progress: Callable[[int, int], None] | None = None, extra: dict | None = None) -> Path:
+                title: str = "", progress: Callable[[int, int], None] | None = None, extra: dict | None = None,
+                log: Callable[[str], None] | None = None) -> Path:
     """Grid of ``lora_path`` on ``model`` at the configured strengths (no LoRA: base only).
-    ``extra``: more keys for the PNG's ``copylora`` record."""
+    ``extra``: more keys for the PNG's ``copylora`` record; ``log``: notes on its labels."""
     from engine.lora.network import LoRANetwork
 
     network = None
@@ -263,12 +272,12 @@ def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettin
     from engine.hashing import file_sha256
 
     extra = {**(extra or {}), **({"lora_sha256": file_sha256(lora_path)} if lora_path is not None else {})}
-    return save_grid(grid(images, settings, title or name), out_path, settings, model_name=model_name, lora_name=name, extra=extra)
+    return save_grid(grid(images, settings, title or name, log=log), out_path, settings, model_name=model_name, lora_name=name, extra=extra)
 
 
 def route_check(model: BaseModel, a_path: Path, multiplier: float, result_path: Path, picture_b: Path, settings: SampleSettings,
                 out_path: Path, *, model_name: str, progress: Callable[[int, int], None] | None = None,
-                extra: dict | None = None) -> Path:
+                extra: dict | None = None, log: Callable[[str], None] | None = None) -> Path:
     """The differential route's check picture, caption-free as trained: A at its multiplier,
     then A with the result at 1 (which should draw picture B), then picture B itself."""
     from PIL import ImageOps
@@ -292,4 +301,4 @@ def route_check(model: BaseModel, a_path: Path, multiplier: float, result_path: 
     columns = [f"A at {multiplier:g}", f"A at {multiplier:g} + result at 1", "picture B"]
     extra = {**(extra or {}), "lora_sha256": file_sha256(result_path), "a_sha256": file_sha256(a_path), "check": True}
     title = "check: A + the result should draw picture B"
-    return save_grid(grid(images, check, title, columns), out_path, check, model_name=model_name, lora_name=result_path.name, extra=extra)
+    return save_grid(grid(images, check, title, columns, log=log), out_path, check, model_name=model_name, lora_name=result_path.name, extra=extra)

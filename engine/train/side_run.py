@@ -105,6 +105,7 @@ class SideRun:
         self.record = SideLora(plan, side).record()
         self.fingerprint = self.record.fingerprint
         self.preview_noted = False
+        self.labels_noted = False  # a label font note is said at the first preview, not at every one
         # Copy checks (engine.train.copy_check): (step, dB) of each, and (step, why) once the
         # side's stop_when_copied rule is reached (its LoRA is final from that step on).
         self.copy_history: list[tuple[int, float]] = []
@@ -348,7 +349,12 @@ class SideRun:
         settings = replace(settings, strengths=[self.p.pair_multiplier if self.side == PAIR else 1.0])
         out = self.plan.outputs.step_preview(self.side, step)
         return sample_with_network(self.model, self.network, settings, out, model_name=Path(project.info.base_model).name,
-                                   title=f"{self.sp.lora_path.stem} at step {step}", extra={"step": step, "side": self.side})
+                                   title=f"{self.sp.lora_path.stem} at step {step}", extra={"step": step, "side": self.side},
+                                   log=None if self.labels_noted else self._note_labels)
+
+    def _note_labels(self, note: str) -> None:
+        self.log(note)
+        self.labels_noted = True
 
     def final_save(self, step: int) -> tuple[Path | None, Path]:
         """State and LoRA at the end (a side stopped by its copy rule: its LoRA as of that step,
