@@ -406,3 +406,23 @@ def test_import_kohya_print_mode_shows_the_unset_duration_as_a_comment(key, othe
     printed = capsys.readouterr().out
     assert f"{key} = 500" in printed and f"# {other} =" in printed
     assert tomllib.loads(printed)["train"] == {key: 500, "learning_rate": 0.0002}
+
+
+def test_a_shift_jis_config_from_japanese_windows_is_read(tmp_path: Path) -> None:
+    """sd-scripts opens its config in the locale's encoding: on Japanese Windows a config with a
+    Japanese name or path is cp932 (Shift-JIS). It failed here as 'not UTF-8'; now it is read,
+    and the report says how."""
+    text = 'output_name = "白黒コピー"\ntrain_data_dir = "C:/Users/太郎/学習"\nnetwork_dim = 16\nlearning_rate = 1e-4\n'
+    path = tmp_path / "設定.toml"
+    path.write_bytes(text.encode("cp932"))
+    with pytest.raises(UnicodeDecodeError):
+        path.read_bytes().decode("utf-8")
+    result = import_kohya(path)
+    assert result.kind == CONFIG and result.encoding == "cp932"
+    assert result.train["network_dim"] == 16 and result.train["learning_rate"] == 1e-4
+    report = format_report(result)
+    assert report.splitlines()[0] == f"{CONFIG}: {path} (read as cp932: not UTF-8)"
+    assert "白黒コピー" in report  # the ignored output_name, shown as written
+    utf8 = tmp_path / "utf8.toml"
+    utf8.write_text(text, encoding="utf-8")
+    assert import_kohya(utf8).encoding == "utf-8" and "read as" not in format_report(import_kohya(utf8))

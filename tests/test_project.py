@@ -134,6 +134,28 @@ def test_invalid_toml_syntax(tmp_path):
         load_project(root)
 
 
+@pytest.mark.parametrize("shift_jis", [True, False])
+def test_a_project_file_not_in_utf8_names_its_line_and_the_fix(tmp_path, shift_jis):
+    """A copylora.toml saved by a Japanese Windows editor (Shift-JIS): the line, the byte, what it
+    reads as, and what to do; it was Python's 'utf-8 codec can't decode byte 0x94 in position 268'."""
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    lines = toml.read_text(encoding="utf-8").splitlines(keepends=True)
+    line = next(i for i, one in enumerate(lines, 1) if one.startswith("name = "))
+    if shift_jis:
+        lines[line - 1] = 'name = "白黒"\n'
+        raw = "".join(lines).encode("cp932", errors="replace")
+    else:  # 0x81 then a space: neither UTF-8 nor Shift-JIS
+        raw = "".join(lines[:line]).encode() + b"# \x81 \n" + "".join(lines[line:]).encode()
+        line += 1
+    toml.write_bytes(raw)
+    with pytest.raises(ValidationError) as info:
+        load_project(root)
+    message = str(info.value)
+    assert f"not UTF-8 at line {line} (byte 0x" in message and "save it as UTF-8" in message
+    assert ("reads as Shift-JIS/cp932" in message) == shift_jis, message
+
+
 def test_kohya_folder_name_sets_repeats(tmp_path):
     root = copy_example(tmp_path)
     (root / "a").rename(root / "5_")

@@ -133,10 +133,27 @@ def load_project(path: Path | str, *, check_files: bool = True, decode_images: b
             raise ValidationError([Problem(str(path), "no such project folder")])
         raise ValidationError([Problem(str(toml_path), "no project file here (create a project with `copylora new`)")])
     try:
-        text = toml_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = toml_path.read_bytes()
+    except OSError as exc:
         raise ValidationError([Problem(str(toml_path), f"cannot read: {exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError([Problem(str(toml_path), not_utf8(raw, exc))]) from None
     return parse_project(text, toml_path.parent, source=str(toml_path), check_files=check_files, decode_images=decode_images)
+
+
+def not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    """Why a project file that is not UTF-8 cannot be read, and how to fix it (TOML is UTF-8 by
+    its specification; a Japanese Windows editor may save Shift-JIS)."""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    hint = ""
+    try:
+        raw.decode("cp932")
+        hint = " (it reads as Shift-JIS/cp932, as a Japanese Windows editor saves it)"
+    except UnicodeDecodeError:
+        pass
+    return f"not UTF-8 at line {line} (byte 0x{raw[exc.start]:02x}){hint}: TOML files are UTF-8; save it as UTF-8 in your editor"
 
 
 def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_files: bool = True, decode_images: bool = True) -> Project:

@@ -69,6 +69,7 @@ class KohyaImport:
     unknown: list[Entry] = field(default_factory=list)
     kind: str = ""  # GUI, CONFIG or DATASET
     source: str = ""  # the file read
+    encoding: str = "utf-8"  # how it was read: "cp932" for a Shift-JIS file (Japanese Windows)
 
 
 # Known kohya keys that do not apply to a copy-machine project, grouped by the reason shown.
@@ -194,7 +195,7 @@ _ADAPTIVE = ("prodigy", "dadapt")  # optimizers whose "learning rate" is a multi
 def import_kohya(path: Path | str) -> KohyaImport:
     """Read a kohya file and convert it; raises ValidationError if it is not one."""
     path = Path(path)
-    data = _load(path)
+    data, encoding = _load(path)
     col = _Collector()
     if isinstance(data.get("datasets"), list) or (isinstance(data.get("general"), dict) and set(data) <= {"general", "datasets"}):
         kind = DATASET
@@ -208,7 +209,7 @@ def import_kohya(path: Path | str) -> KohyaImport:
             col.ignore(key, value, "set again later in the file (sd-scripts keeps the last one)")
         _convert_args(_Args(flat, col), col, gui=kind == GUI)
     _validate(col)
-    return KohyaImport(col.train, col.extra, col.used, col.ignored, col.unknown, kind, str(path))
+    return KohyaImport(col.train, col.extra, col.used, col.ignored, col.unknown, kind, str(path), encoding)
 
 
 def apply_import(project: Project, result: KohyaImport) -> Project:
@@ -238,7 +239,7 @@ def concept_tables(extra: dict) -> list[str]:
 
 def format_report(result: KohyaImport) -> str:
     """Plain-text report; ignored keys that share a reason share a line."""
-    lines = [f"{result.kind}: {result.source}"]
+    lines = [f"{result.kind}: {result.source}" + (f" (read as {result.encoding}: not UTF-8)" if result.encoding != "utf-8" else "")]
     for e in result.used:
         if e.note.startswith("("):
             lines.append(f"  used     {e.key} = {_show(e.value)} {e.note}")
@@ -268,16 +269,28 @@ def _wrap(line: str) -> str:
 # --- Reading ---------------------------------------------------------------------------------
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path) -> tuple[dict, str]:
+    """The file's settings, and the encoding it was read in."""
+
     def fail(message: str) -> ValidationError:
         return ValidationError([Problem(str(path), message)])
 
     if not path.is_file():
         raise fail("no such file")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # Windows editors may add a BOM
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise fail(f"cannot read: {exc}") from None
+    encoding = "utf-8"
+    try:
+        text = raw.decode("utf-8-sig")  # Windows editors may add a BOM
+    except UnicodeDecodeError as exc:
+        # sd-scripts opens its configs in the locale's encoding: on Japanese Windows that is
+        # cp932 (Shift-JIS), so a config with a Japanese path or name that works there is cp932.
+        try:
+            text, encoding = raw.decode("cp932"), "cp932"
+        except UnicodeDecodeError:
+            raise fail(f"cannot read: not UTF-8 ({exc}) nor Shift-JIS (cp932)") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -287,7 +300,7 @@ def _load(path: Path) -> dict:
             raise fail(f"neither JSON nor TOML ({exc})") from None
     if not isinstance(data, dict) or not data:
         raise fail("not a kohya_ss or sd-scripts config: expected a table of settings")
-    return data
+    return data, encoding
 
 
 def _flatten(data: dict) -> tuple[dict, list[tuple[str, Any]]]:
