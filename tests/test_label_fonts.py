@@ -8,6 +8,7 @@ installed: the system's own candidates (fc-match, known paths) are switched off 
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,6 +129,10 @@ def test_a_copylora_font_that_is_no_font_is_passed_over(fonts, monkeypatch, tmp_
     assert fonts.face_for("白", 8) is fonts.default_face(8)
     monkeypatch.setenv(fonts.FONT_ENV, str(tmp_path))  # a folder
     assert fonts.undrawable(["白"], 7) == "白"
+    fifo = tmp_path / "fifo.ttf"
+    os.mkfifo(fifo)  # reading it would wait for a writer for ever
+    monkeypatch.setenv(fonts.FONT_ENV, str(fifo))
+    assert fonts.face_for("白", 9) is fonts.default_face(9)
 
 
 def test_a_cut_label_ends_in_an_ellipsis_its_font_can_draw(fonts, monkeypatch, tmp_path):

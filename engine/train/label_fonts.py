@@ -98,9 +98,12 @@ def default_face(size: int):
 
 @lru_cache(maxsize=None)
 def file_face(path: str, size: int):
-    """The font in ``path`` at ``size``; None when Pillow cannot read it (not a font, no FreeType)."""
+    """The font in ``path`` at ``size``; None when Pillow cannot read it (not a font, no FreeType)
+    or it is not a regular file (a folder; a FIFO would block the job for good)."""
     from PIL import ImageFont
 
+    if not os.path.isfile(path):
+        return None
     try:
         return ImageFont.truetype(path, size)
     except (OSError, ValueError, ImportError):
