@@ -3,6 +3,8 @@ re-attach, GPU memory (or a clear 'no GPU'), the followed log, and a failed job'
 
 from __future__ import annotations
 
+import pytest
+
 from textual.widgets import Log, ProgressBar
 
 from copylora_tui.app import CopyloraApp
@@ -155,6 +157,20 @@ def test_wrap_line_keeps_every_character():
     assert all(len(r) <= 40 for r in rows) and len(rows) > 2
     assert "".join(r.strip() for r in rows).replace(" ", "") == line.replace(" ", "")
     assert wrap_line("short", 40) == ["short"] and wrap_line("", 10) == [""]
+
+
+@pytest.mark.parametrize("width", [1, 3, 12, 40, 77])
+def test_wrap_line_counts_cells_not_characters(width):
+    """A Japanese project's log line: its characters are two cells wide. Rows counted in
+    characters were up to twice the panel's width, and the panel cut their ends off (the Monitor
+    showed 'wrote …/白黒 コピー-gri' and lost 'd.png in')."""
+    from rich.cells import cell_len
+
+    line = "22:06:10 wrote /tmp/jp/projects/白黒 コピー/output/samples/白黒 コピー-grid.png in 1.2 s; job #3 done: device: cpu"
+    rows = wrap_line(line, width)
+    assert all(cell_len(row) <= max(width, 2) for row in rows), rows
+    assert "".join(row.strip() for row in rows).replace(" ", "") == line.replace(" ", "")
+    assert wrap_line("白黒 コピー", 11) == ["白黒 コピー"]
 
 
 

@@ -13,15 +13,45 @@ from pathlib import Path
 
 
 def wrap_line(line: str, width: int, indent: str = "    ") -> list[str]:
-    """A log line as rows of at most ``width`` columns, continuation rows indented, so a long
-    line (a path, an error) is read whole instead of cut at the panel's edge."""
-    import textwrap
+    """A log line as rows of at most ``width`` terminal cells, continuation rows indented, so a
+    long line (a path, an error) is read whole instead of cut at the panel's edge. Measured in
+    cells, not characters: a Japanese path is two cells a character (textwrap counted one, and
+    the panel cut the rows' ends off)."""
+    from rich.cells import cell_len, chop_cells
 
-    if len(line) <= width:
+    if cell_len(line) <= width:
         return [line]
-    rows = textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=True, break_on_hyphens=False,
-                         replace_whitespace=False, drop_whitespace=True)
-    return rows or [line[:width]]
+    width = max(width, 2)  # a wide character needs two cells
+    if cell_len(indent) > width // 2:
+        indent = ""
+    rows: list[str] = []
+    current = ""
+
+    def room() -> int:
+        return width - (cell_len(indent) if rows else 0)
+
+    for word in line.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if cell_len(candidate) <= room():
+            current = candidate
+            continue
+        if cell_len(word) > width - cell_len(indent):
+            # Wider than any row: it starts on this row, after what is there (as textwrap does).
+            start = f"{current} " if current else ""
+            pieces = chop_cells(word, room() - cell_len(start)) if room() > cell_len(start) else [""]
+            if pieces[0]:
+                current, word = start + pieces[0], word[len(pieces[0]):]
+        if current.strip():
+            rows.append(current.rstrip())
+        current = ""
+        while cell_len(word) > room():  # a word wider than a row: broken at a cell boundary
+            piece = chop_cells(word, room())[0] or word[0]
+            rows.append(piece)
+            word = word[len(piece):]
+        current = word
+    if current.strip() or not rows:
+        rows.append(current)
+    return [rows[0], *(indent + row for row in rows[1:])]
 
 
 def collapse_cr(line: str) -> str:
