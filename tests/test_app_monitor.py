@@ -4,7 +4,6 @@ re-attach, GPU memory (or a clear 'no GPU'), the followed log, and a failed job'
 from __future__ import annotations
 
 import pytest
-
 from textual.widgets import Log, ProgressBar
 
 from copylora_tui.app import CopyloraApp
