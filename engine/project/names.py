@@ -14,6 +14,9 @@ from typing import Any
 
 # Windows' reserved characters, beside the path separators both systems have.
 FORBIDDEN = '/\\<>:"|?*'
+# Names Windows keeps for devices, whatever follows their first dot ("CON.safetensors" cannot be
+# made or copied there), in any case; the superscript digits count as digits there.
+RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{port}{digit}" for port in ("COM", "LPT") for digit in "123456789¹²³")}
 # Room for the longest suffix written after the stem (a checkpoint's "_A-step0001000.safetensors",
 # a grid's "-grid-12.png") inside the 255 bytes a file name may have.
 MAX_BYTES = 180
@@ -30,6 +33,9 @@ def name_problem(name: str) -> str | None:
         return "must not start with '.' (outputs are named after it; they would be hidden files)"
     if name != name.strip():
         return "must not start or end with a space"
+    if name.split(".", 1)[0].rstrip(" ").upper() in RESERVED:
+        return (f"is a name Windows keeps for a device ({name.split('.', 1)[0]}): {name}.safetensors could not be copied to "
+                "A1111 or ComfyUI there")
     if len(name.encode("utf-8")) > MAX_BYTES:
         return f"is too long for a file name ({len(name.encode('utf-8'))} bytes; at most {MAX_BYTES})"
     return None
