@@ -28,6 +28,24 @@ def test_help_lists_commands():
         assert command in result.stdout
 
 
+def test_every_environment_variable_read_is_in_help_and_readme():
+    """The variables the code reads (COPYLORA_*, found in the source) are listed by `copylora
+    --help` and named in the README; the two the worker sets for its jobs are internal."""
+    import re
+
+    internal = {"COPYLORA_THREADS_AUTO", "COPYLORA_JOBS_AT_ONCE"}
+    read = set()
+    for path in [*(REPO / "engine").rglob("*.py"), *(REPO / "copylora_tui").rglob("*.py")]:
+        read |= set(re.findall(r"\bCOPYLORA_[A-Z_]+\b", path.read_text(encoding="utf-8")))
+    read -= internal
+    assert {"COPYLORA_HOME", "COPYLORA_FONT", "COPYLORA_THREADS"} <= read
+    help_text = run_cli("--help").stdout.split("environment:", 1)[1]
+    listed = set(re.findall(r"^  (COPYLORA_[A-Z_]+) ", help_text, flags=re.M))
+    assert listed == read, (sorted(read - listed), sorted(listed - read))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert all(name in readme for name in read), sorted(name for name in read if name not in readme)
+
+
 def test_check_valid_project_prints_plan(capsys, tmp_path):
     root = copy_example(tmp_path)
     assert main(["check", str(root)]) == 0

@@ -33,6 +33,15 @@ examples:
   copylora new mono --a colour.png --b gray.png        make projects/mono
   copylora check projects/example-monochrome           validate and show the plan
   copylora import-kohya my_kohya.json --into projects/mono
+
+environment:
+  COPYLORA_HOME            the queue, worker and job logs (default ~/.local/state/copylora)
+  COPYLORA_CACHE           the built-in models' cache (default ~/.cache/copylora)
+  COPYLORA_THREADS         torch threads per job (default: the free cores / jobs at once)
+  COPYLORA_CLIP_TOKENIZER  a tokenizer/ folder for single-file checkpoints on an offline box
+  COPYLORA_FONT            a .ttf/.otf/.ttc for preview labels the built-in font cannot draw
+  COPYLORA_KEYMAP          the app's key bindings file (default ~/.config/copylora/keymap.toml)
+  COPYLORA_IMAGES          1 or 0: draw pictures in the app's terminal, or not (default: auto)
 """
 
 
