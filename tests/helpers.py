@@ -138,3 +138,30 @@ def one_line(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if not line.startswith("copylora: threads:")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def run_preview_job(tmp_path: Path, monkeypatch, lora_file: Path, **changes) -> dict:
+    """The queue's preview job (runner.run_sample), as the worker runs it, on a copy of the
+    example whose merged LoRA is ``lora_file``; ``changes``: tables of the project to replace
+    (``sample={"size": [64, 64]}``). Returns the job's artifacts; its log goes to stdout."""
+    import shutil
+    from dataclasses import replace
+
+    from engine.jobs import runner
+    from engine.jobs.queue import Queue
+    from engine.project.folder import load_project, save_project
+    from engine.project.plan import make_plan
+
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    root = copy_example(tmp_path)
+    project = load_project(root)
+    save_project(replace(project, **{table: replace(getattr(project, table), **values) for table, values in changes.items()}))
+    plan = make_plan(load_project(root))
+    plan.merged_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(lora_file, plan.merged_path)
+    queue = Queue()
+    try:
+        job = queue.enqueue("sample", str(root), label="preview")
+        return runner.run_sample(queue, queue.get(job.id), {"asked": False})
+    finally:
+        queue.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import copy_example
+from tests.helpers import copy_example, run_preview_job
 
 ASCII = "".join(chr(code) for code in range(0x21, 0x7F))
 
@@ -148,26 +148,9 @@ def test_a_cut_label_ends_in_an_ellipsis_its_font_can_draw(fonts, monkeypatch, t
 
 def test_the_preview_job_of_a_japanese_project_says_what_it_cannot_draw(lora_file, fonts, tmp_path, monkeypatch, capsys):
     """The queue's preview job (runner.run_sample) on a project named in Japanese, no font here
-    that draws it: the grid is written, and the job's log says which characters and what to do."""
-    import shutil
-
-    from engine.jobs import runner
-    from engine.jobs.queue import Queue
-    from engine.project.folder import load_project, save_project
-    from engine.project.plan import make_plan
-
-    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
-    root = copy_example(tmp_path)
-    project = load_project(root)
-    save_project(replace(project, info=replace(project.info, name="白黒"), sample=replace(project.sample, size=[64, 64], steps=2)))
-    plan = make_plan(load_project(root))
-    assert plan.merged_path.name == "白黒.safetensors"
-    plan.merged_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(lora_file, plan.merged_path)
-    queue = Queue()
-    job = queue.enqueue("sample", str(root), label="preview")
-    artifacts = runner.run_sample(queue, queue.get(job.id), {"asked": False})
-    queue.close()
+    that draws it: the grid (白黒-grid.png) is written, and the job's log says which characters and what to do."""
+    artifacts = run_preview_job(tmp_path, monkeypatch, lora_file, info={"name": "白黒"}, sample={"size": [64, 64], "steps": 2})
+    assert Path(artifacts["grid"]).name == "白黒-grid.png"
     out = capsys.readouterr().out
     assert "grid labels: no font here draws 白, 黒: they show as boxes; set COPYLORA_FONT" in out
     assert Path(artifacts["grid"]).stat().st_size > 0

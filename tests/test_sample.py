@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from engine.train.controls import TrainControls
 from engine.train.sample import SampleSettings, generate, read_grid_parameters, sample_lora  # noqa: E402
-from tests.helpers import copy_example  # noqa: E402
+from tests.helpers import copy_example, run_preview_job  # noqa: E402
 
 SETTINGS = SampleSettings(prompts=["", "a red house"], steps=3, size=[64, 96], strengths=[0.0, 1.0], seed=7)
 
@@ -252,24 +252,7 @@ def test_cpu_previews_are_scaled_down_and_said(tmp_path):
 
 def test_the_preview_job_on_a_cpu_draws_the_scaled_grid_and_logs_why(lora_file, tmp_path, monkeypatch, capsys):
     """The queue's preview job (runner.run_sample), as the worker runs it on a machine without CUDA."""
-    import shutil
-
-    from engine.jobs import runner
-    from engine.jobs.queue import Queue
-    from engine.project.folder import load_project, save_project
-    from engine.project.plan import make_plan
-
-    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
-    root = copy_example(tmp_path)
-    project = load_project(root)
-    save_project(replace(project, sample=replace(project.sample, size=[400, 600], steps=12)))
-    plan = make_plan(load_project(root))
-    plan.merged_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(lora_file, plan.merged_path)
-    queue = Queue()
-    job = queue.enqueue("sample", str(root), label="preview")
-    artifacts = runner.run_sample(queue, queue.get(job.id), {"asked": False})
-    queue.close()
+    artifacts = run_preview_job(tmp_path, monkeypatch, lora_file, sample={"size": [400, 600], "steps": 12})
     out = capsys.readouterr().out
     assert "no CUDA: preview drawn at 312x464, 10 steps instead of 400x600, 12 steps" in out
     record = read_grid_parameters(artifacts["grid"])

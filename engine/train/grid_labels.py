@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from engine.train.label_fonts import draws, face_for
+
 PAD = 4  # pixels between a label and its cell's edges, so neighbouring labels never touch
 FONT_SIZES = (10, 8, 7)  # Pillow's default font at these sizes: the first that fits is used
 MOST_LINES = 12  # beyond this (a very long prompt) the label ends in "…"; the PNG's text has it whole
@@ -80,8 +82,6 @@ def fit_label(text: str, width: int, most_lines: int = 3) -> Label:
     """``text`` as lines that each fit ``width`` pixels: whole words at the largest of
     :data:`FONT_SIZES` that needs at most ``most_lines`` lines, else whole words at the smallest
     size (any number of lines), else broken inside words."""
-    from engine.train.label_fonts import draws, face_for
-
     width = max(1, width)
     for size in FONT_SIZES:
         face = face_for(text, size)
