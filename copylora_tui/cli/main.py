@@ -42,6 +42,7 @@ environment:
   COPYLORA_FONT            a .ttf/.otf/.ttc for preview labels the built-in font cannot draw
   COPYLORA_KEYMAP          the app's key bindings file (default ~/.config/copylora/keymap.toml)
   COPYLORA_IMAGES          1 or 0: draw pictures in the app's terminal, or not (default: auto)
+  COPYLORA_WARM_START      0: the worker starts each job cold, importing torch itself (default: 1)
 """
 
 

@@ -52,3 +52,64 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def become_subreaper() -> bool:
+    """Linux: make this process the *child subreaper* of its descendants, so that an orphan among
+    them (a job forked by the warm-start process, whose middle process exits at once) becomes
+    this process' child rather than init's: it can then wait for it and read its exit code.
+    False where that is not possible (not Linux, a kernel before 3.4)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_CHILD_SUBREAPER = 36
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def stray_children(known: set[int]) -> list[int]:
+    """Zombie children of this process that it did not start (a job's own child, orphaned when the
+    job ended, reaches a subreaper): Linux only, else none."""
+    strays = []
+    for pid in _children():
+        if pid not in known and _state(pid) == b"Z":
+            strays.append(pid)
+    return strays
+
+
+def _children() -> list[int]:
+    """This process' children: the kernel's list of each of its threads' children where the kernel
+    keeps one (CONFIG_PROC_CHILDREN), else every process whose parent it is."""
+    try:
+        found: list[int] = []
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", "rb") as handle:
+                found += [int(pid) for pid in handle.read().split()]
+        return found
+    except (OSError, ValueError):
+        pass
+    me, found = str(os.getpid()).encode(), []
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                if handle.read().rsplit(b")", 1)[1].split()[1] == me:
+                    found.append(int(entry))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def _state(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

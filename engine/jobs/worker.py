@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CopyloraError
-from engine.jobs.procs import alive, process_start
+from engine.jobs.procs import alive, process_start, stray_children
 from engine.jobs.queue import JobStatus, Queue
 from engine.jobs.state_home import state_home, worker_lock, worker_log
+from engine.jobs.warm_client import ForkedJob, WarmStarter
 from engine.threads import JOBS_VARIABLE
 
 POLL_S = 0.2
 GPU_SAMPLE_S = 1.0
+STRAYS_S = 10.0  # how often to look for a job's orphaned children that ended (zombies) to reap
 STOP_GRACE_S = 120.0  # a stopping child gets this long to write its checkpoint
 
 
@@ -40,7 +42,7 @@ class WorkerRunning(CopyloraError):
 class Running:
     job_id: int
     slot: str | None
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedJob
     signalled: bool = False
 
 
@@ -132,6 +134,7 @@ class Worker:
         self.slots = ["slurm"] if slurm is not None else [gpu for gpu in parse_gpus(gpus) for _ in range(max(1, per_gpu))]
         self.running: dict[int, Running] = {}
         self.stopping = False
+        self.warm: WarmStarter | None = None
 
     def log(self, line: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
@@ -150,7 +153,8 @@ class Worker:
             if self.slurm is not None:
                 return self.run_slurm(queue)
             self.recover(queue)
-            last_sample = 0.0
+            self.warm = WarmStarter(self.log)
+            last_sample = last_strays = 0.0
             while not self.stopping:
                 self.reap(queue)
                 self.pass_orders(queue)
@@ -158,9 +162,14 @@ class Worker:
                 if time.monotonic() - last_sample >= GPU_SAMPLE_S:
                     self.sample(queue)
                     last_sample = time.monotonic()
+                if self.warm.subreaper and time.monotonic() - last_strays >= STRAYS_S:
+                    self.reap_strays()
+                    last_strays = time.monotonic()
                 time.sleep(POLL_S)
             self.shutdown(queue)
         finally:
+            if self.warm is not None:
+                self.warm.close()
             queue.worker_stopped(os.getpid())
             lock.close()
         self.log("worker stopped")
@@ -198,6 +207,8 @@ class Worker:
             self.log(f"job #{job.id} ({job.label}) was running when the last worker ended: queued first, it resumes from its checkpoint")
 
     def fill_slots(self, queue: Queue) -> None:
+        if self.warm is not None and self.warm.waiting():  # its imports are the job's own: worth waiting for
+            return
         busy = [r.slot for r in self.running.values()]
         for slot in self.slots:
             if slot in busy:
@@ -216,15 +227,34 @@ class Worker:
         # share (engine/threads.py), so two jobs never fight over the same cores.
         env[JOBS_VARIABLE] = str(len(self.slots))
         log_path = queue.log_path(job.id)
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "engine.jobs.runner", "--home", str(self.home), "--job", str(job.id)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                cwd=os.getcwd(),
-            )
+        argv = ["--home", str(self.home), "--job", str(job.id)]
+        process: subprocess.Popen | ForkedJob | None = None
+        if self.warm is not None:
+            process = self.warm.start(argv, env, log_path, os.getcwd())
+        how = "warm" if process is not None else "cold"
+        if process is None:
+            with open(log_path, "ab") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "engine.jobs.runner", *argv],
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                    cwd=os.getcwd(),
+                )
         queue.set_pid(job.id, process.pid, process_start(process.pid))
         self.running[job.id] = Running(job.id, slot, process)
-        self.log(f"job #{job.id} ({job.label} of {job.project}) started: pid {process.pid}, slot {slot or 'cpu'}")
+        self.log(f"job #{job.id} ({job.label} of {job.project}) started: pid {process.pid}, slot {slot or 'cpu'}, {how}")
+
+    def reap_strays(self) -> None:
+        """Reap the zombies that reach the worker as subreaper: children of a job that ended
+        before them (the jobs themselves and the preloaded process are reaped where they are held)."""
+        known = {run.process.pid for run in self.running.values()}
+        preloaded = self.warm.pid() if self.warm is not None else None
+        if preloaded is not None:
+            known.add(preloaded)
+        for pid in stray_children(known):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
     def reap(self, queue: Queue) -> None:
         for job_id, run in list(self.running.items()):

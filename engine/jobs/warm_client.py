@@ -1,0 +1,179 @@
+"""The worker's side of warm job starts (engine/jobs/warm_start.py): start the preloaded process,
+ask it for jobs, and hold the jobs it forks like the worker's own children.
+
+Everything here degrades to the cold start the worker always had: warm starts switched off
+(``COPYLORA_WARM_START=0``), no subreaper (not Linux), the preloaded process unable to load, slow
+to load, or gone, a request it cannot serve. Each is said once in the worker's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as queues
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+from engine.jobs.procs import alive, become_subreaper
+
+SWITCH = "COPYLORA_WARM_START"
+# A job waits this long for the preloaded process to finish importing before it starts cold:
+# about what its own imports would take on a slow machine, so waiting is never much worse.
+LOAD_WAIT_S = 60.0
+REPLY_WAIT_S = 10.0
+
+
+def wanted(environ=None) -> bool:
+    value = (os.environ if environ is None else environ).get(SWITCH, "").strip().lower()
+    return value not in ("0", "off", "no", "false")
+
+
+class ForkedJob:
+    """A job forked by the preloaded process and handed to the worker by the kernel (subreaper):
+    what the worker does with a ``subprocess.Popen`` (``pid``, ``poll``, ``send_signal``,
+    ``kill``), through the pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not handed to us (cannot happen with a subreaper): judge by life
+                if not alive(self.pid):
+                    self.returncode = 1
+                return self.returncode
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class WarmStarter:
+    """The preloaded process, seen from the worker. ``state``: "loading", "ready" or "off"."""
+
+    def __init__(self, log: Callable[[str], None], *, also: tuple[str, ...] = ()) -> None:
+        self.log = log
+        self.state, self.why = "off", ""
+        self.process: subprocess.Popen | None = None
+        self.lines: queues.Queue = queues.Queue()
+        self.started = time.monotonic()
+        self.subreaper = False  # orphans of our descendants come to us: the worker reaps them
+        if not wanted():
+            self.why = f"switched off by {SWITCH}={os.environ.get(SWITCH)}"
+            self.log(f"warm start off ({self.why}): jobs start cold")
+            return
+        self.subreaper = become_subreaper()
+        if not self.subreaper:
+            self._off("this system cannot hand forked jobs to the worker (no child subreaper)")
+            return
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "engine.jobs.warm_start", *[f"--also={name}" for name in also]],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, cwd=os.getcwd(),
+            )
+        except OSError as exc:
+            self._off(f"the preloaded process could not start ({exc})")
+            return
+        self.state = "loading"
+        threading.Thread(target=self._read, args=(self.process.stdout,), name="warm-start-replies", daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line)
+        self.lines.put(None)  # gone
+
+    def _off(self, why: str) -> None:
+        if self.state != "off" or not self.why:
+            self.log(f"warm start off: {why}; jobs start cold (each imports torch and the libraries itself)")
+        self.state, self.why = "off", why
+        self.close()
+
+    def _next(self, timeout: float | None) -> dict | None:
+        """The next reply, or None when the process is gone or says nothing in ``timeout``."""
+        try:
+            line = self.lines.get(timeout=timeout) if timeout else self.lines.get_nowait()
+        except queues.Empty:
+            return {}
+        if line is None:
+            return None
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {"error": f"not a reply: {line[:200]!r}"}
+
+    def waiting(self) -> bool:
+        """True while a job should wait for the preloaded process (it is loading, and not for
+        too long); reads its ready line when there is one."""
+        if self.state != "loading":
+            return False
+        reply = self._next(None)
+        if reply is None:
+            self._off("the preloaded process ended while importing (see the lines above)")
+            return False
+        if reply.get("ready"):
+            self.state = "ready"
+            self.log(f"warm start: {', '.join(reply.get('modules', []))} preloaded in {reply.get('seconds')} s "
+                     f"({reply.get('tier')} tier); jobs start from it")
+            return False
+        if "ready" in reply:
+            self._off(str(reply.get("why")))
+            return False
+        if time.monotonic() - self.started > LOAD_WAIT_S:
+            self._off(f"the preloaded process took over {LOAD_WAIT_S:.0f} s to import")
+            return False
+        return True
+
+    def start(self, argv: list[str], env: dict[str, str], log_path, cwd: str) -> ForkedJob | None:
+        """Fork a job from the preloaded process; None if it cannot (then the caller starts it cold)."""
+        if self.state != "ready" or self.process is None or self.process.stdin is None:
+            return None
+        request = {"argv": argv, "env": env, "log": str(log_path), "cwd": cwd, "reaper": os.getpid()}
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except OSError as exc:
+            self._off(f"the preloaded process is gone ({exc})")
+            return None
+        reply = self._next(REPLY_WAIT_S)
+        if reply is None:
+            self._off("the preloaded process is gone")
+            return None
+        if not reply.get("pid"):
+            self._off(f"the preloaded process could not fork a job ({reply.get('error') or 'no reply in time'})")
+            return None
+        return ForkedJob(int(reply["pid"]))
+
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def close(self) -> None:
+        """Ask the preloaded process to end (end of its input), then make sure it has."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            if process.stdin is not None:
+                process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,244 @@
+"""Warm job starts (engine/jobs/warm_start.py, warm_client.py): jobs forked from a process that
+has torch and the libraries loaded, held by the worker as its own children.
+
+The worker-level tests run the real worker; the others drive the preloaded process and the
+worker's client from a small script of their own (it must be a child subreaper, which a pytest
+process should not become)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.jobs.enqueue import enqueue_project
+from engine.jobs.queue import Queue
+from engine.jobs.worker import start_detached, stop_worker, worker_pid
+from tests.helpers import copy_example
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    path = tmp_path / "state"
+    monkeypatch.setenv("COPYLORA_HOME", str(path))
+    monkeypatch.delenv("COPYLORA_WARM_START", raising=False)
+    yield path
+    pid = worker_pid(path)
+    if pid and pid > 0:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def small_project(tmp_path, name: str) -> Path:
+    root = copy_example(tmp_path, name)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("steps = 8", "steps = 1").replace("size = [128, 192]", "size = [64, 64]"))
+    return root
+
+
+def worker_log(home: Path) -> str:
+    return (home / "worker.log").read_text()
+
+
+def test_warm_jobs_give_the_cold_jobs_results_bit_for_bit(tmp_path, home, monkeypatch):
+    """A project's jobs (train A+B, merge, preview) forked from the preloaded process write the
+    same LoRAs as the same jobs started cold; the worker's log says which way each started."""
+    import torch
+
+    from engine.lora.files import load_lora_file
+
+    results = {}
+    for how in ("warm", "cold"):
+        if how == "cold":
+            monkeypatch.setenv("COPYLORA_WARM_START", "0")
+        root = small_project(tmp_path, how)
+        queue = Queue(home)
+        steps = enqueue_project(queue, root, max_steps=6)
+        start_detached(home)
+        wait_for(lambda: all(queue.get(s.job.id).status == "done" for s in steps), what=f"the {how} jobs")
+        stop_worker(home)
+        train, merge = queue.get(steps[0].job.id).artifacts, queue.get(steps[1].job.id).artifacts
+        files = {"A": train["lora_a"], "B": train["lora_b"], "merge": merge["lora"]}
+        results[how] = {kind: load_lora_file(path).modules for kind, path in files.items()}
+        for step in steps:
+            log = queue.log_path(step.job.id).read_text()
+            assert "Traceback" not in log and "threads: " in log
+        assert list((root / "output" / "samples").glob("*-grid.png"))
+    text = worker_log(home)
+    assert text.count(", warm\n") == 3 and text.count(", cold\n") == 3
+    assert "warm start: torch" in text and "(full tier); jobs start from it" in text
+    assert "warm start off (switched off by COPYLORA_WARM_START=0)" in text
+    for kind in ("A", "B", "merge"):
+        warm, cold = results["warm"][kind], results["cold"][kind]
+        assert warm.keys() == cold.keys()
+        assert all(torch.equal(warm[n].down, cold[n].down) and torch.equal(warm[n].up, cold[n].up) for n in warm)
+
+
+def test_a_lost_preloaded_process_leaves_jobs_to_start_cold(tmp_path, home):
+    """The preloaded process killed (OOM killer, a stray kill): the next jobs start cold and the
+    worker says why, once. (The jobs are merges of a project without LoRAs: they fail at once, in
+    their own logs, which is all this needs of them.)"""
+    root = small_project(tmp_path, "lost")
+    queue = Queue(home)
+    start_detached(home)
+    wait_for(lambda: "jobs start from it" in worker_log(home), what="the preloaded process")
+    preloaded = [int(line.split()[0]) for line in _children_of(worker_pid(home)) if "warm_start" in line]
+    assert len(preloaded) == 1
+    os.kill(preloaded[0], signal.SIGKILL)
+    jobs = [queue.enqueue("merge", str(root)) for _ in range(2)]
+    wait_for(lambda: all(queue.get(j.id).status == "failed" for j in jobs), what="the jobs")
+    assert all("job #" in queue.log_path(j.id).read_text() for j in jobs)
+    text = worker_log(home)
+    assert text.count("warm start off: the preloaded process is gone") == 1 and text.count(", cold\n") == 2
+    stop_worker(home)
+
+
+def _children_of(pid: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------- the parts, from a script
+
+CLIENT = textwrap.dedent("""
+    import json, os, sys, time
+    from engine.jobs.queue import Queue
+    from engine.jobs.warm_client import WarmStarter
+    from engine.jobs.procs import stray_children
+
+    home, project, env_extra, also = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:]
+    said = []
+    warm = WarmStarter(said.append, also=tuple(also))
+    deadline = time.monotonic() + 120
+    while warm.waiting() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = {"state": warm.state, "said": said}
+    if warm.state == "ready":
+        queue = Queue(home)
+        job = queue.enqueue("merge", project)
+        env = dict(os.environ, **env_extra)
+        process = warm.start(["--home", home, "--job", str(job.id)], env, queue.log_path(job.id), os.getcwd())
+        result["pid_is_child"] = open(f"/proc/{process.pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid())
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result["code"] = process.returncode
+        result["status"] = queue.get(job.id).status
+        result["log"] = queue.log_path(job.id).read_text()
+    warm.close()
+    result["strays"] = stray_children(set())
+    print(json.dumps(result))
+""")
+
+
+def client(tmp_path, *also: str, env: dict | None = None) -> dict:
+    """Start the preloaded process from a script (a subreaper), fork one merge job of a project
+    without LoRAs (it fails at once, by design: what matters is how it ran) and report."""
+    root = small_project(tmp_path, "parts")
+    run_env = dict(os.environ, COPYLORA_HOME=str(tmp_path / "state"), OMP_NUM_THREADS="1")
+    run_env.pop("COPYLORA_WARM_START", None)
+    done = subprocess.run([sys.executable, "-c", CLIENT, str(tmp_path / "state"), str(root), json.dumps(env or {}), *also],
+                          capture_output=True, text=True, cwd=REPO, env=run_env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_forked_job_is_the_workers_child_and_reports_its_exit_code(tmp_path):
+    result = client(tmp_path)
+    assert result["state"] == "ready" and result["pid_is_child"]
+    assert result["code"] == 1 and result["status"] == "failed"  # no LoRAs to merge: refused in the job's own log
+    assert "job #1: merge of" in result["log"] and "FAILED:" in result["log"]
+    assert result["strays"] == []  # the middle process was reaped by the preloaded one
+
+
+def test_when_diffusers_touches_cuda_the_base_tier_is_preloaded(tmp_path):
+    """On a GPU box diffusers imports bitsandbytes, which queries the GPU: the probe child sees a bad
+    fork and the process starts again without diffusers."""
+    result = client(tmp_path, "tests.fake_cuda_fork")
+    assert result["state"] == "ready", result["said"]
+    assert any("(base tier)" in line for line in result["said"]), result["said"]
+    assert "diffusers" not in " ".join(result["said"])
+    assert result["code"] == 1 and "job #1: merge of" in result["log"]
+
+
+def test_a_job_forked_after_cuda_was_touched_replaces_itself_with_a_cold_start(tmp_path):
+    result = client(tmp_path, "tests.fake_cuda_fork", env={"FAKE_BAD_FORK": "1"})
+    log = result["log"]
+    assert "this job starts cold" in log
+    assert log.index("this job starts cold") < log.index("job #1: merge of")  # the exec'd runner did the job
+    assert result["code"] == 1 and result["status"] == "failed"
+
+
+def test_a_library_thread_in_the_preloaded_process_turns_warm_starts_off(tmp_path):
+    result = client(tmp_path, "tests.fake_thread")
+    assert result["state"] == "off"
+    assert any("threads were running after the imports" in line for line in result["said"]), result["said"]
+
+
+def test_a_zombie_orphan_is_found_and_only_it(tmp_path):
+    """What reaches the worker as subreaper when a job's own child outlives it: found as a stray,
+    never one of the worker's known children."""
+    script = textwrap.dedent("""
+        import json, os, subprocess, sys, time
+        from engine.jobs.procs import become_subreaper, stray_children
+        assert become_subreaper()
+        known = subprocess.Popen([sys.executable, "-c", "pass"])
+        middle = os.fork()
+        if middle == 0:
+            if os.fork() == 0:
+                time.sleep(0.3)
+                os._exit(0)
+            os._exit(0)
+        os.waitpid(middle, 0)
+        time.sleep(1.0)  # both have ended by now, neither is reaped: two zombies, one of them known
+        strays = stray_children({known.pid})
+        for pid in strays:
+            os.waitpid(pid, 0)
+        print(json.dumps({"strays": len(strays), "after": stray_children({known.pid}), "known": known.poll()}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == {"strays": 1, "after": [], "known": 0}
+
+
+def test_forked_job_handle_without_a_child():
+    from engine.jobs.warm_client import ForkedJob
+
+    parent = ForkedJob(os.getppid())  # alive, but not ours to wait for
+    assert parent.poll() is None
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    handle = ForkedJob(gone.pid)  # already reaped: judged by life
+    assert handle.poll() == 1
+    handle.send_signal(signal.SIGTERM)  # nothing left to signal: no error
+
+
+def test_the_switch_reads_like_a_setting():
+    from engine.jobs.warm_client import wanted
+
+    assert wanted({}) and wanted({"COPYLORA_WARM_START": "1"}) and wanted({"COPYLORA_WARM_START": " yes "})
+    assert not any(wanted({"COPYLORA_WARM_START": v}) for v in ("0", "off", "OFF", "no", "false"))
