@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -280,9 +281,24 @@ def run_project(project: Path, home: Path, *, timeout: float, mode: str) -> dict
                 "mean_util": round(sum(s["util"] or 0 for s in samples) / len(samples), 1),
                 "max_power_w": max(s["power_w"] or 0 for s in samples), "max_temp": max(s["temp"] or 0 for s in samples)}
     grid = next((j["artifacts"].get("grid") for j in jobs if j["kind"] == "sample" and j["artifacts"]), None)
+    starts, warm_lines = job_starts(home)
+    for job in jobs:
+        job["start"] = starts.get(job["id"])
     return {"mode": mode, "project": str(project), "exit_code": done.returncode, "wall_seconds": round(wall, 1),
-            "jobs": jobs, "nvml": nvml, "grid": grid, "stdout_tail": done.stdout.splitlines()[-15:],
+            "jobs": jobs, "nvml": nvml, "grid": grid, "warm_start": warm_lines, "stdout_tail": done.stdout.splitlines()[-15:],
             "stderr_tail": done.stderr.splitlines()[-15:]}
+
+
+def job_starts(home: Path) -> tuple[dict[int, str], list[str]]:
+    """From the worker's log: how each job started ("warm": forked from the preloaded process,
+    "cold"), and what the worker said of warm starts (which modules, or why they are off)."""
+    try:
+        text = (home / "worker.log").read_text(errors="replace")
+    except OSError:
+        return {}, []
+    starts = {int(m.group(1)): m.group(2) for m in re.finditer(r"job #(\d+) \(.*\) started: .*, (warm|cold)$", text, flags=re.M)}
+    said = [line.split(" ", 2)[-1] for line in text.splitlines() if "warm start" in line or "this job starts cold" in line]
+    return starts, said
 
 
 def step_rates(project: Path, steps: int, optimizers: list[str], compile_too: bool = False) -> dict:
@@ -408,6 +424,9 @@ def markdown(data: dict) -> str:
             used = job.get("optimizer") or job["artifacts"].get("device", "") if job.get("artifacts") else ""
             lines.append(f"| #{job['id']} {what} | {job['status']} | {job['seconds']} | {job.get('steps') or ''} | {rate} | "
                          f"{reported} | {vram} | {used} |")
+        starts = [job.get("start") for job in run["jobs"] if job.get("start")]
+        lines += ["", f"Job starts: {starts.count('warm')} warm, {starts.count('cold')} cold; the worker said: "
+                  + ("; ".join(f"`{line}`" for line in dict.fromkeys(run.get("warm_start") or [])) or "nothing of warm starts")]
         if any(job.get("side") == "ab" for job in run["jobs"]):
             lines += ["", "A twin job (`train ab`) trains A and B as one batch of two: its it/s are steps of both sides."]
         nvml = run.get("nvml") or {}

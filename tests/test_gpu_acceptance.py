@@ -47,6 +47,9 @@ def test_cpu_smoke_runs_every_phase_and_writes_the_record(tmp_path):
     assert (out / "preview-grid-separate.png").stat().st_size > 0 and (out / "preview-grid-twin.png").stat().st_size > 0
     report = (out / "gpu_acceptance.md").read_text()
     assert "| #1 train a | done |" in report and "| #4 sample | done |" in report and "| #5 train ab | done |" in report
+    # Every job forked from the preloaded process, and the report says so (on a GPU box: which tier).
+    assert [job["start"] for job in run["jobs"] + twin["jobs"]] == ["warm"] * 7
+    assert "Job starts: 4 warm, 0 cold; the worker said: `warm start: torch, transformers, diffusers" in report
 
 
 def test_print_download_names_every_wheel_to_carry():

@@ -198,6 +198,30 @@ def test_a_library_thread_in_the_preloaded_process_turns_warm_starts_off(tmp_pat
     assert any("threads were running after the imports" in line for line in result["said"]), result["said"]
 
 
+def test_a_preloaded_process_too_slow_to_import_is_not_waited_for(tmp_path):
+    """Imports that hang (a dead network file system, a swapping box): past LOAD_WAIT_S jobs start
+    cold, and the worker's stop does not wait for the imports to end."""
+    script = textwrap.dedent("""
+        import json, time
+        import engine.jobs.warm_client as client
+        client.LOAD_WAIT_S = 1.0
+        said = []
+        warm = client.WarmStarter(said.append, also=("tests.slow_import",))
+        while warm.waiting():
+            time.sleep(0.05)
+        began = time.monotonic()
+        warm.close()
+        print(json.dumps({"state": warm.state, "said": said, "close_s": time.monotonic() - began}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["state"] == "off" and result["close_s"] < 3
+    assert result["said"] == ["warm start off: the preloaded process took over 1 s to import; jobs start cold (each imports torch "
+                              "and the libraries itself)"]
+
+
 def test_a_zombie_orphan_is_found_and_only_it(tmp_path):
     """What reaches the worker as subreaper when a job's own child outlives it: found as a stray,
     never one of the worker's known children."""

@@ -163,7 +163,8 @@ class WarmStarter:
         return self.process.pid if self.process is not None else None
 
     def close(self) -> None:
-        """Ask the preloaded process to end (end of its input), then make sure it has."""
+        """End the preloaded process. It holds nothing worth a graceful end (the jobs it forked
+        are the worker's, not its own), and while importing it would not read a polite request."""
         process, self.process = self.process, None
         if process is None:
             return
@@ -172,6 +173,7 @@ class WarmStarter:
                 process.stdin.close()
         except OSError:
             pass
+        process.terminate()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     from engine.quiet import quiet_libraries
 
     quiet_libraries()
+    # torch.cuda.is_available(), which libraries call when they load, then asks NVML instead of
+    # the CUDA driver, and so leaves CUDA untouched (the jobs get their own environment).
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     started = time.monotonic()
     loaded = preload(TIERS[args.tier] + tuple(args.also), say)
     loaded += preload(OWN, say)
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(proto_out, 1)
             os.execv(sys.executable, [sys.executable, "-m", "engine.jobs.warm_start", "--tier", following,
                                       *[f"--also={name}" for name in args.also]])
-        why = "importing torch touched CUDA"
+        why = f"importing the {args.tier} tier touched CUDA"
     if why:
         server.send({"ready": False, "why": why})
         return 0
