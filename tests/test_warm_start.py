@@ -266,3 +266,20 @@ def test_the_switch_reads_like_a_setting():
 
     assert wanted({}) and wanted({"COPYLORA_WARM_START": "1"}) and wanted({"COPYLORA_WARM_START": " yes "})
     assert not any(wanted({"COPYLORA_WARM_START": v}) for v in ("0", "off", "OFF", "no", "false"))
+
+
+@pytest.mark.gpu
+def test_warm_jobs_train_on_cuda(tmp_path, home):
+    """On a GPU box: the preloaded process (whichever tier its probe allowed) forks jobs that train,
+    merge and preview on CUDA, with the slot's CUDA_VISIBLE_DEVICES set after the fork."""
+    root = small_project(tmp_path, "cuda")
+    queue = Queue(home)
+    steps = enqueue_project(queue, root, max_steps=6)
+    start_detached(home, gpus="0")
+    wait_for(lambda: all(queue.get(s.job.id).status in ("done", "failed") for s in steps), what="the jobs")
+    stop_worker(home)
+    text = worker_log(home)
+    logs = "\n".join(queue.log_path(s.job.id).read_text() for s in steps)
+    assert [queue.get(s.job.id).status for s in steps] == ["done"] * len(steps), text + logs[-3000:]
+    assert text.count(", warm\n") == len(steps), text
+    assert "CUDA_VISIBLE_DEVICES=0" in logs and "device: cuda" in logs, logs[-3000:]
