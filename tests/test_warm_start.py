@@ -198,6 +198,51 @@ def test_a_library_thread_in_the_preloaded_process_turns_warm_starts_off(tmp_pat
     assert any("threads were running after the imports" in line for line in result["said"]), result["said"]
 
 
+LATE = textwrap.dedent("""
+    import json, os, subprocess, sys, time
+    import engine.jobs.warm_client as client
+    from engine.jobs.queue import Queue
+
+    client.REPLY_WAIT_S = 1.0
+    home, project = sys.argv[1], sys.argv[2]
+    said = []
+    warm = client.WarmStarter(said.append, also=("tests.slow_fork",))
+    while warm.waiting():
+        time.sleep(0.05)
+    queue = Queue(home)
+    job = queue.enqueue("merge", project)
+    argv = ["--home", home, "--job", str(job.id)]
+    process = warm.start(argv, dict(os.environ), queue.log_path(job.id), os.getcwd())
+    how = "warm" if process is not None else "cold"
+    if process is None:  # what the worker does
+        with open(queue.log_path(job.id), "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "engine.jobs.runner", *argv], stdout=log, stderr=subprocess.STDOUT)
+    while process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(4)  # a late fork has come and gone by now
+    left = sorted(p.name for p in queue.log_path(job.id).parent.iterdir() if ".ticket" in p.name)
+    print(json.dumps({"how": how, "code": process.returncode, "said": said, "log": queue.log_path(job.id).read_text(), "left": left}))
+""")
+
+
+@pytest.mark.parametrize("when, how", [("before", "cold"), ("after", "warm")])
+def test_a_fork_that_comes_too_late_never_runs_the_job_twice(tmp_path, when, how):
+    """No reply in time: the worker cancels the job's ticket and starts it cold; a fork that comes
+    after that finds no ticket and exits without running (``before``). If the forked job took its
+    ticket first (``after``: only the reply was late), it is the job: the worker finds it among its
+    children and holds it. Either way the job runs once."""
+    root = small_project(tmp_path, "late")
+    env = dict(os.environ, COPYLORA_HOME=str(tmp_path / "state"), OMP_NUM_THREADS="1", SLOW_FORK=when)
+    done = subprocess.run([sys.executable, "-c", LATE, str(tmp_path / "state"), str(root)], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["how"] == how and result["code"] == 1
+    assert result["log"].count("job #1: merge of") == 1, result["log"]
+    assert result["left"] == []  # no ticket files left behind
+    assert any("no reply in 1 s" in line for line in result["said"]), result["said"]
+
+
 def test_a_preloaded_process_too_slow_to_import_is_not_waited_for(tmp_path):
     """Imports that hang (a dead network file system, a swapping box): past LOAD_WAIT_S jobs start
     cold, and the worker's stop does not wait for the imports to end."""

@@ -75,13 +75,13 @@ def stray_children(known: set[int]) -> list[int]:
     """Zombie children of this process that it did not start (a job's own child, orphaned when the
     job ended, reaches a subreaper): Linux only, else none."""
     strays = []
-    for pid in _children():
-        if pid not in known and _state(pid) == b"Z":
+    for pid in children():
+        if pid not in known and process_state(pid) == b"Z":
             strays.append(pid)
     return strays
 
 
-def _children() -> list[int]:
+def children() -> list[int]:
     """This process' children: the kernel's list of each of its threads' children where the kernel
     keeps one (CONFIG_PROC_CHILDREN), else every process whose parent it is."""
     try:
@@ -107,7 +107,7 @@ def _children() -> list[int]:
     return found
 
 
-def _state(pid: int) -> bytes | None:
+def process_state(pid: int) -> bytes | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             return handle.read().rsplit(b")", 1)[1].split()[0]

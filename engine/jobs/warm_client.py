@@ -16,15 +16,38 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
-from engine.jobs.procs import alive, become_subreaper
+from engine.jobs.procs import alive, become_subreaper, children, process_state
 
 SWITCH = "COPYLORA_WARM_START"
 # A job waits this long for the preloaded process to finish importing before it starts cold:
 # about what its own imports would take on a slow machine, so waiting is never much worse.
 LOAD_WAIT_S = 60.0
-REPLY_WAIT_S = 10.0
+REPLY_WAIT_S = 30.0  # a fork takes milliseconds; this is a machine swapping hard
+
+
+def _cancel(ticket: Path) -> bool:
+    """Take a job's ticket back: True if the job had not taken it (it never will now)."""
+    try:
+        os.rename(ticket, f"{ticket}.cancelled")
+    except FileNotFoundError:
+        return False
+    Path(f"{ticket}.cancelled").unlink(missing_ok=True)
+    return True
+
+
+def _unknown_child(known, wait_s: float = 2.0) -> int | None:
+    """The job that took its ticket before its pid was written there (the narrowest of races): the
+    child of ours that is not a job we hold, the running one first (it may have ended already)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        found = [pid for pid in children() if pid not in known]
+        if found:
+            return sorted(found, key=lambda pid: process_state(pid) == b"Z")[0]
+        time.sleep(0.05)
+    return None
 
 
 def wanted(environ=None) -> bool:
@@ -139,25 +162,39 @@ class WarmStarter:
             return False
         return True
 
-    def start(self, argv: list[str], env: dict[str, str], log_path, cwd: str) -> ForkedJob | None:
-        """Fork a job from the preloaded process; None if it cannot (then the caller starts it cold)."""
+    def start(self, argv: list[str], env: dict[str, str], log_path, cwd: str, known: set[int] | frozenset = frozenset()) -> ForkedJob | None:
+        """Fork a job from the preloaded process; None if it cannot (then the caller starts it cold).
+
+        The job runs only if it can take its *ticket* (a file it renames away): when no reply comes
+        in time the worker cancels the ticket before starting the job cold, so a fork that comes
+        late can never run the job a second time beside the cold one. ``known``: the pids of the
+        jobs the worker holds already."""
         if self.state != "ready" or self.process is None or self.process.stdin is None:
             return None
-        request = {"argv": argv, "env": env, "log": str(log_path), "cwd": cwd, "reaper": os.getpid()}
+        ticket = Path(f"{log_path}.ticket")
+        ticket.write_bytes(b"")
+        request = {"argv": argv, "env": env, "log": str(log_path), "cwd": cwd, "reaper": os.getpid(), "ticket": str(ticket)}
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
-        except OSError as exc:
-            self._off(f"the preloaded process is gone ({exc})")
-            return None
-        reply = self._next(REPLY_WAIT_S)
-        if reply is None:
-            self._off("the preloaded process is gone")
-            return None
-        if not reply.get("pid"):
-            self._off(f"the preloaded process could not fork a job ({reply.get('error') or 'no reply in time'})")
-            return None
-        return ForkedJob(int(reply["pid"]))
+            reply = self._next(REPLY_WAIT_S)
+        except OSError:
+            reply = None
+        if reply and reply.get("pid"):
+            return ForkedJob(int(reply["pid"]))
+        why = "the preloaded process is gone" if reply is None else \
+            f"the preloaded process could not fork a job ({reply.get('error') or f'no reply in {REPLY_WAIT_S:.0f} s'})"
+        try:
+            marked = ticket.read_text().strip()  # the job's pid, written before the job can take it
+        except OSError:
+            marked = ""
+        taken = not _cancel(ticket)
+        self._off(why)
+        if taken:  # too late to cancel: the job runs, forked; it is one of our children by now
+            pid = int(marked) if marked.isdigit() else _unknown_child(known)
+            if pid is not None:
+                return ForkedJob(pid)
+        return None
 
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None

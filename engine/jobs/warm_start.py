@@ -27,6 +27,12 @@ What must not happen before the fork, and how it is checked:
 The protocol is JSON lines on the process's stdin/stdout: first ``{"ready": true, ...}`` or
 ``{"ready": false, "why": ...}``, then one ``{"pid": N}`` or ``{"error": ...}`` per request.
 Anything the libraries print goes to stderr (the worker's log), never into the protocol.
+
+A job runs only if it takes its *ticket*, a file the worker made for it (renamed away: only one
+taker). When a reply is late the worker cancels the ticket and starts the job cold, so a fork that
+comes after that exits without running it; if the job took its ticket first, the worker reads
+the job's pid from it (the middle process writes it there before the job can take it) and holds
+the forked job instead. A job never runs twice.
 """
 
 from __future__ import annotations
@@ -132,6 +138,7 @@ class Server:
                 if job == 0:
                     os.close(write_end)
                     become_job(request, self, os.getppid())  # never returns
+                _mark(request["ticket"], job)
                 os.write(write_end, str(job).encode())
             finally:
                 os._exit(0)  # the job is now an orphan: the kernel hands it to the worker
@@ -152,8 +159,8 @@ def become_job(request: dict, server: Server, middle: int) -> None:
         time.sleep(0.001)
     code = 1
     try:
-        if os.getppid() != request["reaper"]:
-            os._exit(EXIT_ORPHANED)
+        if os.getppid() != request["reaper"] or not _take(request["ticket"]):
+            os._exit(EXIT_ORPHANED)  # the worker is gone, or gave up on this fork and started the job cold
         os.close(server.proto_out)
         server.reader.close()
         null = os.open(os.devnull, os.O_RDONLY)
@@ -187,6 +194,31 @@ def become_job(request: dict, server: Server, middle: int) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _mark(ticket: str, pid: int) -> None:
+    """Write the job's pid into its ticket, before the job can take it (it waits for this process
+    to end): if the reply comes too late, the worker reads the pid there. A ticket the worker has
+    cancelled is not made again."""
+    try:
+        fd = os.open(ticket, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.write(fd, str(pid).encode())
+    finally:
+        os.close(fd)
+
+
+def _take(ticket: str) -> bool:
+    """Take this job's ticket (engine.jobs.warm_client: the worker cancels it when a fork comes too
+    late to be waited for): False if it is gone."""
+    try:
+        os.rename(ticket, f"{ticket}.taken")
+    except FileNotFoundError:
+        return False
+    os.unlink(f"{ticket}.taken")
+    return True
 
 
 def _fresh_randomness() -> None:

@@ -230,7 +230,7 @@ class Worker:
         argv = ["--home", str(self.home), "--job", str(job.id)]
         process: subprocess.Popen | ForkedJob | None = None
         if self.warm is not None:
-            process = self.warm.start(argv, env, log_path, os.getcwd())
+            process = self.warm.start(argv, env, log_path, os.getcwd(), known={run.process.pid for run in self.running.values()})
         how = "warm" if process is not None else "cold"
         if process is None:
             with open(log_path, "ab") as log_file:

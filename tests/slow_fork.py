@@ -1,0 +1,24 @@
+"""Preloaded by tests/test_warm_start.py into the warm-start process (``--also``): its replies come
+late, as on a machine swapping hard. ``SLOW_FORK=before``: the fork itself comes after the worker
+gave up waiting; ``after``: the job is forked (and takes its ticket) but the reply comes late."""
+
+import os
+import sys
+import time
+
+warm_start = sys.modules["__main__"]  # the process runs engine.jobs.warm_start as its main module
+
+_fork_job = warm_start.Server.fork_job
+_when = os.environ.get("SLOW_FORK", "")
+
+
+def _slow_fork_job(self, request):
+    if _when == "before":
+        time.sleep(3)
+    pid = _fork_job(self, request)
+    if _when == "after":
+        time.sleep(3)
+    return pid
+
+
+warm_start.Server.fork_job = _slow_fork_job
