@@ -108,13 +108,21 @@ def test_a_lost_preloaded_process_leaves_jobs_to_start_cold(tmp_path, home):
     wait_for(lambda: "jobs start from it" in worker_log(home), what="the preloaded process")
     preloaded = [int(line.split()[0]) for line in _children_of(worker_pid(home)) if "warm_start" in line]
     assert len(preloaded) == 1
+    assert "  warm start: torch, transformers, diffusers" in _status()
     os.kill(preloaded[0], signal.SIGKILL)
     jobs = [queue.enqueue("merge", str(root)) for _ in range(2)]
     wait_for(lambda: all(queue.get(j.id).status == "failed" for j in jobs), what="the jobs")
     assert all("job #" in queue.log_path(j.id).read_text() for j in jobs)
     text = worker_log(home)
     assert text.count("warm start off: the preloaded process is gone") == 1 and text.count(", cold\n") == 2
+    assert "  warm start off: the preloaded process is gone; jobs start cold" in _status()
     stop_worker(home)
+
+
+def _status() -> str:
+    done = subprocess.run([sys.executable, "-m", "copylora_tui.cli.main", "worker", "status"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _children_of(pid: int) -> list[str]:
@@ -328,3 +336,20 @@ def test_warm_jobs_train_on_cuda(tmp_path, home):
     assert [queue.get(s.job.id).status for s in steps] == ["done"] * len(steps), text + logs[-3000:]
     assert text.count(", warm\n") == len(steps), text
     assert "CUDA_VISIBLE_DEVICES=0" in logs and "device: cuda" in logs, logs[-3000:]
+
+
+def test_status_reads_what_this_worker_said_of_warm_starts(tmp_path):
+    from engine.jobs.warm_client import last_said
+
+    log = tmp_path / "worker.log"
+    log.write_text("2026-12-05 10:00:00 worker 11 on /s: slots ['cpu']\n"
+                   "2026-12-05 10:00:06 warm start: torch, transformers preloaded in 5.4 s (full tier); jobs start from it\n"
+                   "2026-12-05 11:00:00 worker 12 on /s: slots ['cpu']\n"
+                   "2026-12-05 11:00:01 job #3 (merge of /p) started: pid 40, slot cpu, cold\n")
+    assert last_said(log, 12) is None  # the new worker has said nothing yet: not the old one's line
+    assert last_said(log, 11) == "warm start: torch, transformers preloaded in 5.4 s (full tier); jobs start from it"
+    with log.open("a") as handle:
+        handle.write("2026-12-05 11:00:05 warm start: torch preloaded in 3.9 s (base tier); jobs start from it\n"
+                     "2026-12-05 11:09:00 warm start off: the preloaded process is gone; jobs start cold (...)\n")
+    assert last_said(log, 12) == "warm start off: the preloaded process is gone; jobs start cold (...)"
+    assert last_said(tmp_path / "missing.log", 12) is None

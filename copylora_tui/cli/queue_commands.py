@@ -340,6 +340,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     running = queue.jobs((JobStatus.RUNNING,))
     beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None
     print(f"worker: running, pid {pid}, slots {row.get('gpus', '?')}, heartbeat {beat:.1f} s ago" if beat is not None else f"worker: running, pid {pid}")
+    from engine.jobs.state_home import worker_log
+    from engine.jobs.warm_client import last_said
+
+    warm = last_said(worker_log(queue.home), pid)
+    if warm:
+        print(f"  {warm}")
     for job in running:
         print(f"  #{job.id} {job.label} of {project_label(job.project)}: step {job.step}/{job.total}")
     for gpu in queue.latest_gpus():

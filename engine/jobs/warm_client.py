@@ -216,3 +216,20 @@ class WarmStarter:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def last_said(log_path, pid: int, tail_bytes: int = 256 * 1024) -> str | None:
+    """What the worker ``pid`` last said of warm starts in its log (``worker.log``), without the
+    time stamp: for ``copylora worker status``. None if it said nothing (yet)."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - tail_bytes))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    began = max((i for i, line in enumerate(lines) if f" worker {pid} on " in line), default=None)
+    if began is None:
+        return None
+    said = [line.split(" ", 2)[-1] for line in lines[began:] if " warm start" in line]
+    return said[-1] if said else None
+
