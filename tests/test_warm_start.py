@@ -353,3 +353,34 @@ def test_status_reads_what_this_worker_said_of_warm_starts(tmp_path):
                      "2026-12-05 11:09:00 warm start off: the preloaded process is gone; jobs start cold (...)\n")
     assert last_said(log, 12) == "warm start off: the preloaded process is gone; jobs start cold (...)"
     assert last_said(tmp_path / "missing.log", 12) is None
+
+
+def test_ctrl_c_on_a_foreground_worker_stops_it_and_its_warm_job_cleanly(tmp_path, home):
+    """`copylora worker start --foreground`, Ctrl-C in its terminal: the signal reaches the worker,
+    the preloaded process and the job (one process group). The job checkpoints and goes back to the
+    queue, the worker stops, nobody prints a traceback."""
+    root = small_project(tmp_path, "fg")
+    queue = Queue(home)
+    steps = enqueue_project(queue, root, max_steps=400)
+    train = steps[0].job
+    worker = subprocess.Popen([sys.executable, "-m", "copylora_tui.cli.main", "worker", "start", "--foreground"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: (queue.get(train.id).step or 0) >= 3, what="the training to pass step 3")
+        job_pid = queue.get(train.id).pid  # a forked job's command line is the preloaded process' too
+        preloaded = [int(line.split()[0]) for line in _children_of(worker.pid) if "warm_start" in line and int(line.split()[0]) != job_pid]
+        assert len(preloaded) == 1
+        os.killpg(worker.pid, signal.SIGINT)
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert worker.returncode == 0 and "Traceback" not in out, out
+    assert ", warm\n" in out and "worker stopped" in out
+    job = queue.get(train.id)
+    assert job.status == "queued", (job.status, out)
+    log = queue.log_path(train.id).read_text()
+    assert "received SIGINT: stopping at the next step with a checkpoint" in log and "Traceback" not in log
+    from engine.jobs.procs import alive
+
+    assert not alive(preloaded[0])

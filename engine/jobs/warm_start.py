@@ -42,6 +42,7 @@ import atexit
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -161,6 +162,7 @@ def become_job(request: dict, server: Server, middle: int) -> None:
     try:
         if os.getppid() != request["reaper"] or not _take(request["ticket"]):
             os._exit(EXIT_ORPHANED)  # the worker is gone, or gave up on this fork and started the job cold
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in any fresh Python process
         os.close(server.proto_out)
         server.reader.close()
         null = os.open(os.devnull, os.O_RDONLY)
@@ -239,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also", action="append", default=[], help="one more module to preload (the tests use it)")
     args = parser.parse_args(argv)
 
+    # Ctrl-C in the terminal of `worker start --foreground` reaches this whole process group: the
+    # worker ends this process itself (and a job restores Python's handler, below).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol keeps its own descriptors; fd 1 becomes stderr, so whatever a library prints
     # lands in the worker's log and never in a reply.
     proto_in, proto_out = os.dup(0), os.dup(1)
