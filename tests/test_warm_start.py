@@ -251,6 +251,37 @@ def test_a_fork_that_comes_too_late_never_runs_the_job_twice(tmp_path, when, how
     assert any("no reply in 1 s" in line for line in result["said"]), result["said"]
 
 
+def test_forked_jobs_get_their_own_randomness_environment_folder_and_stdio(tmp_path):
+    """What a fresh process would have: Python's and numpy's generators seeded anew (two jobs never
+    share a stream), the job's environment and folder, stdin at /dev/null, output in its log; its
+    exit code reaches the worker."""
+    script = textwrap.dedent("""
+        import json, os, sys, time
+        from engine.jobs.warm_client import WarmStarter
+        folder = sys.argv[1]
+        warm = WarmStarter(lambda line: None, also=("tests.fake_runner",))
+        while warm.waiting():
+            time.sleep(0.05)
+        out = []
+        for n in (1, 2):
+            log = os.path.join(folder, f"job-{n}.log")
+            job = warm.start(["--job", str(n)], dict(os.environ, JOB_MARKER=f"m{n}"), log, folder)
+            while job.poll() is None:
+                time.sleep(0.05)
+            out.append({"code": job.returncode, "said": json.loads(open(log).read())})
+        warm.close()
+        print(json.dumps(out))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert first["code"] == second["code"] == 7
+    assert first["said"]["random"] != second["said"]["random"] and first["said"]["numpy"] != second["said"]["numpy"]
+    assert [first["said"]["marker"], second["said"]["marker"]] == ["m1", "m2"]
+    assert first["said"]["argv"] == ["--job", "1"] and first["said"]["cwd"] == str(tmp_path) and first["said"]["stdin"] == ""
+
+
 def test_a_preloaded_process_too_slow_to_import_is_not_waited_for(tmp_path):
     """Imports that hang (a dead network file system, a swapping box): past LOAD_WAIT_S jobs start
     cold, and the worker's stop does not wait for the imports to end."""
