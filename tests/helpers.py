@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,15 @@ def run_preview_job(tmp_path: Path, monkeypatch, lora_file: Path, **changes) -> 
         return runner.run_sample(queue, queue.get(job.id), {"asked": False})
     finally:
         queue.close()
+
+
+def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
+    """``condition()``'s first true value, polled every 0.1 s (a worker's jobs, a process' end)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+

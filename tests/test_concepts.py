@@ -185,7 +185,7 @@ def test_two_concept_project_trains_through_the_queue_with_kohya_metadata(tmp_pa
     from engine.jobs.enqueue import enqueue_project
     from engine.jobs.queue import Queue
     from engine.jobs.worker import start_detached, stop_worker
-    from tests.test_worker import wait_for
+    from tests.helpers import wait_for
 
     home = tmp_path / "state"
     monkeypatch.setenv("COPYLORA_HOME", str(home))

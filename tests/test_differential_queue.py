@@ -12,7 +12,8 @@ from engine.jobs.queue import Queue
 from engine.jobs.worker import start_detached, stop_worker
 from engine.project.folder import load_project
 from engine.project.plan import make_plan
-from tests.test_worker import home, project, wait_for  # noqa: F401 (home is a fixture)
+from tests.helpers import wait_for
+from tests.test_worker import home, project  # noqa: F401 (home is a fixture)
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow

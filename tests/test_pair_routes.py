@@ -244,7 +244,8 @@ def test_a_pair_route_runs_through_the_queue_killed_and_resumed(tmp_path, monkey
     from engine.jobs.queue import Queue
     from engine.jobs.worker import start_detached, stop_worker, worker_pid
     from engine.train.pair_training import train_pair
-    from tests.test_worker import project, wait_for
+    from tests.helpers import wait_for
+    from tests.test_worker import project
 
     home = tmp_path / "state"
     monkeypatch.setenv("COPYLORA_HOME", str(home))

@@ -19,8 +19,8 @@ from engine.jobs.channel import ChannelQueue, ingest, open_channel
 from engine.jobs.queue import JobStatus, Queue
 from engine.jobs.slurm import status_text
 from engine.jobs.worker import add_executor_arguments, executor_argv, slurm_options
+from tests.helpers import wait_for
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 (a fixture)
-from tests.test_worker import wait_for
 
 
 def parsed(*argv: str) -> argparse.Namespace:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from engine.jobs.enqueue import enqueue_project
 from engine.jobs.queue import Queue
 from engine.jobs.worker import start_detached, stop_worker, worker_pid
-from tests.helpers import copy_example
+from tests.helpers import copy_example, wait_for
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -41,16 +40,6 @@ def home(tmp_path, monkeypatch):
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def small_project(tmp_path, name: str) -> Path:

@@ -14,7 +14,7 @@ import pytest
 from engine.jobs.enqueue import enqueue_project
 from engine.jobs.queue import Queue
 from engine.jobs.worker import WorkerRunning, start_detached, stop_worker, worker_pid
-from tests.helpers import copy_example
+from tests.helpers import copy_example, wait_for
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -41,16 +41,6 @@ def project(tmp_path, name: str, save_every: int = 10):
     text = text.replace("steps = 8", "steps = 1").replace("size = [128, 192]", "size = [64, 64]")
     toml.write_text(text)
     return root
-
-
-def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lora_tensors(path):
