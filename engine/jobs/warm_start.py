@@ -204,10 +204,12 @@ def _mark(ticket: str, pid: int) -> None:
     cancelled is not made again."""
     try:
         fd = os.open(ticket, os.O_WRONLY)
-    except FileNotFoundError:
+    except OSError:  # cancelled (or unwritable: then the worker looks for the job among its children)
         return
     try:
         os.write(fd, str(pid).encode())
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
