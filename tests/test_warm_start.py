@@ -95,7 +95,7 @@ def test_a_lost_preloaded_process_leaves_jobs_to_start_cold(tmp_path, home):
     queue = Queue(home)
     start_detached(home)
     wait_for(lambda: "jobs start from it" in worker_log(home), what="the preloaded process")
-    preloaded = [int(line.split()[0]) for line in _children_of(worker_pid(home)) if "warm_start" in line]
+    preloaded = [child for child, command in _children_of(worker_pid(home)).items() if "warm_start" in command]
     assert len(preloaded) == 1
     assert "  warm start: torch, transformers, diffusers" in _status()
     os.kill(preloaded[0], signal.SIGKILL)
@@ -114,9 +114,18 @@ def _status() -> str:
     return done.stdout
 
 
-def _children_of(pid: int) -> list[str]:
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.strip()]
+def _children_of(pid: int) -> dict[int, str]:
+    """{child pid: its command line} of ``pid``, from /proc (no ``ps`` on a bare machine)."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
+            found[int(entry)] = command
+    return found
 
 
 # ---------------------------------------------------------------------- the parts, from a script
@@ -388,7 +397,7 @@ def test_ctrl_c_on_a_foreground_worker_stops_it_and_its_warm_job_cleanly(tmp_pat
     try:
         wait_for(lambda: (queue.get(train.id).step or 0) >= 3, what="the training to pass step 3")
         job_pid = queue.get(train.id).pid  # a forked job's command line is the preloaded process' too
-        preloaded = [int(line.split()[0]) for line in _children_of(worker.pid) if "warm_start" in line and int(line.split()[0]) != job_pid]
+        preloaded = [child for child, command in _children_of(worker.pid).items() if "warm_start" in command and child != job_pid]
         assert len(preloaded) == 1
         os.killpg(worker.pid, signal.SIGINT)
         out, _ = worker.communicate(timeout=120)
