@@ -280,6 +280,51 @@ def test_forked_jobs_get_their_own_randomness_environment_folder_and_stdio(tmp_p
     assert first["said"]["argv"] == ["--job", "1"] and first["said"]["cwd"] == str(tmp_path) and first["said"]["stdin"] == ""
 
 
+def test_code_changed_on_disk_is_preloaded_again_before_the_next_fork(tmp_path):
+    """An update under a running worker (`git pull`, `pip install -U`): a forked job would run the
+    code loaded before it, a cold one the new code. The preloaded process sees a loaded file
+    changed, that job starts cold, the process loads again, and the jobs after it fork from the
+    new code."""
+    module = tmp_path / "lib" / "updated_library.py"
+    module.parent.mkdir()
+    module.write_text("VERSION = 1\n")
+    script = textwrap.dedent("""
+        import json, os, sys, time
+        from engine.jobs.warm_client import WarmStarter
+        folder, module = sys.argv[1], sys.argv[2]
+        said = []
+        warm = WarmStarter(said.append, also=("tests.fake_runner", "updated_library"))
+        def ready():
+            while warm.waiting():
+                time.sleep(0.05)
+            return warm.state
+        def job(n):
+            process = warm.start(["--job", str(n)], dict(os.environ), os.path.join(folder, f"job-{n}.log"), folder)
+            if process is None:
+                return "cold"
+            while process.poll() is None:
+                time.sleep(0.05)
+            return "warm"
+        out = {"first": (ready(), job(1))}
+        with open(module, "w") as handle:
+            handle.write("VERSION = 2\\n")
+        os.utime(module, ns=(time.time_ns(), time.time_ns() + 10**9))
+        out["after the update"] = job(2)
+        out["then"] = (ready(), job(3))
+        out["said"] = said
+        warm.close()
+        print(json.dumps(out))
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(module.parent), str(REPO)]))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(module)], capture_output=True, text=True, cwd=REPO,
+                          timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["first"] == ["ready", "warm"] and result["after the update"] == "cold" and result["then"] == ["ready", "warm"]
+    assert f"warm start: {module} changed since it was preloaded; preloading again (this job starts cold)" in result["said"]
+    assert not list(tmp_path.glob("*.ticket*"))
+
+
 def test_a_preloaded_process_too_slow_to_import_is_not_waited_for(tmp_path):
     """Imports that hang (a dead network file system, a swapping box): past LOAD_WAIT_S jobs start
     cold, and the worker's stop does not wait for the imports to end."""

@@ -96,6 +96,7 @@ class WarmStarter:
         self.process: subprocess.Popen | None = None
         self.lines: queues.Queue = queues.Queue()
         self.started = time.monotonic()
+        self.also = also
         self.subreaper = False  # orphans of our descendants come to us: the worker reaps them
         if not wanted():
             self.why = f"switched off by {SWITCH}={os.environ.get(SWITCH)}"
@@ -105,21 +106,26 @@ class WarmStarter:
         if not self.subreaper:
             self._off("this system cannot hand forked jobs to the worker (no child subreaper)")
             return
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start the preloaded process; its replies are read by a thread of their own."""
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.jobs.warm_start", *[f"--also={name}" for name in also]],
+                [sys.executable, "-m", "engine.jobs.warm_start", *[f"--also={name}" for name in self.also]],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, cwd=os.getcwd(),
             )
         except OSError as exc:
             self._off(f"the preloaded process could not start ({exc})")
             return
-        self.state = "loading"
-        threading.Thread(target=self._read, args=(self.process.stdout,), name="warm-start-replies", daemon=True).start()
+        self.state, self.started, self.lines = "loading", time.monotonic(), queues.Queue()
+        threading.Thread(target=self._read, args=(self.process.stdout, self.lines), name="warm-start-replies", daemon=True).start()
 
-    def _read(self, stream) -> None:
+    @staticmethod
+    def _read(stream, lines: queues.Queue) -> None:
         for line in stream:
-            self.lines.put(line)
-        self.lines.put(None)  # gone
+            lines.put(line)
+        lines.put(None)  # gone
 
     def _off(self, why: str) -> None:
         if self.state != "off" or not self.why:
@@ -182,6 +188,12 @@ class WarmStarter:
             reply = None
         if reply and reply.get("pid"):
             return ForkedJob(int(reply["pid"]))
+        if reply and reply.get("stale"):  # code changed under it (an update): load it again, this job cold
+            _cancel(ticket)
+            self.log(f"warm start: {reply['stale']} changed since it was preloaded; preloading again (this job starts cold)")
+            self.close()
+            self._launch()
+            return None
         why = "the preloaded process is gone" if reply is None else \
             f"the preloaded process could not fork a job ({reply.get('error') or f'no reply in {REPLY_WAIT_S:.0f} s'})"
         try:

@@ -28,6 +28,11 @@ The protocol is JSON lines on the process's stdin/stdout: first ``{"ready": true
 ``{"ready": false, "why": ...}``, then one ``{"pid": N}`` or ``{"error": ...}`` per request.
 Anything the libraries print goes to stderr (the worker's log), never into the protocol.
 
+Code updated under a running worker (``git pull``, ``pip install -U``) would not reach a forked job,
+which runs what was loaded: before each fork every loaded module's file is compared with its
+modification time at loading (~4 000 files, ~13 ms); if one changed, the worker starts that job
+cold and this process again.
+
 A job runs only if it takes its *ticket*, a file the worker made for it (renamed away: only one
 taker). When a reply is late the worker cancels the ticket and starts the job cold, so a fork that
 comes after that exits without running it; if the job took its ticket first, the worker reads
@@ -99,6 +104,32 @@ def preload(names: tuple[str, ...], say) -> list[str]:
     return loaded
 
 
+def module_files() -> dict[str, int]:
+    """Every loaded module's file and its modification time (ns): ~4 000 files after the full tier,
+    read in ~13 ms."""
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and os.path.isabs(path):
+            try:
+                files[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                pass
+    return files
+
+
+def first_change(files: dict[str, int]) -> str | None:
+    """The first of ``files`` changed or gone since it was loaded (``git pull``, ``pip install -U``):
+    a forked job would run the old code, where a cold one runs the new."""
+    for path, mtime in files.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return path
+        except OSError:
+            return path
+    return None
+
+
 def probe_poisoned() -> bool:
     """Fork a child that reports whether it may use CUDA."""
     pid = os.fork()
@@ -114,6 +145,7 @@ class Server:
     def __init__(self, proto_in: int, proto_out: int) -> None:
         self.reader = os.fdopen(proto_in, "r", encoding="utf-8")
         self.proto_out = proto_out
+        self.files: dict[str, int] = {}  # what was loaded, as it was on disk (module_files)
 
     def send(self, message: dict) -> None:
         os.write(self.proto_out, (json.dumps(message) + "\n").encode())
@@ -122,6 +154,10 @@ class Server:
         for line in self.reader:  # ends when the worker closes the pipe (it stopped or died)
             try:
                 request = json.loads(line)
+                changed = first_change(self.files)
+                if changed is not None:  # a job must run the code on disk, as a cold start would
+                    self.send({"stale": changed})
+                    continue
                 self.send({"pid": self.fork_job(request)})
             except Exception as exc:  # noqa: BLE001 - say it; the worker starts this job cold
                 self.send({"error": f"{type(exc).__name__}: {exc}"})
@@ -286,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         server.send({"ready": False, "why": why})
         return 0
+    server.files = module_files()
     modules = list(dict.fromkeys(spec.split(":")[0].split(".")[0] for spec in loaded))
     server.send({"ready": True, "tier": args.tier, "seconds": round(seconds, 2), "modules": modules})
     return server.serve()
