@@ -178,7 +178,10 @@ class WarmStarter:
         if self.state != "ready" or self.process is None or self.process.stdin is None:
             return None
         ticket = Path(f"{log_path}.ticket")
-        ticket.write_bytes(b"")
+        try:
+            ticket.write_bytes(b"")
+        except OSError:  # the logs folder is not writable: the cold start meets (and says) the same
+            return None
         request = {"argv": argv, "env": env, "log": str(log_path), "cwd": cwd, "reaper": os.getpid(), "ticket": str(ticket)}
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
