@@ -347,7 +347,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if warm:
         print(f"  {warm}")
     for job in running:
-        print(f"  #{job.id} {job.label} of {project_label(job.project)}: step {job.step}/{job.total}")
+        print(f"  #{job.id} {job.label} of {project_label(job.project)}: step {job.step}/{job.total}, pid {job.pid}")
     for gpu in queue.latest_gpus():
         print(f"  GPU {gpu['gpu']} {gpu['name']}: {gpu['used_mb']:.0f}/{gpu['total_mb']:.0f} MiB, {gpu['util'] or 0:.0f} %, {gpu['temp'] or 0:.0f} °C")
     return 0

@@ -271,10 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel", help="run on another host: read the job from, and report to, this folder (engine.jobs.channel)")
     args = parser.parse_args(argv)
 
-    from engine.jobs.procs import die_with_parent
+    from engine.jobs.procs import die_with_parent, name_process
     from engine.quiet import quiet_libraries
 
     die_with_parent()
+    name_process(f"copylora #{args.job}")
     quiet_libraries()
     # Before anything imports torch: OpenMP sizes its pool from the environment when it loads.
     # Every progress callback then calls govern() on the working thread (OpenMP's thread count
