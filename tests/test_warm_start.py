@@ -349,6 +349,33 @@ def test_a_preloaded_process_too_slow_to_import_is_not_waited_for(tmp_path):
                               "and the libraries itself)"]
 
 
+def test_a_hung_preloaded_process_costs_one_wait_then_jobs_start_cold(tmp_path):
+    """Stopped (SIGSTOP, a debugger) or hung: the job waits REPLY_WAIT_S, then starts cold, and the
+    process is ended at once (it would never heed SIGTERM while stopped)."""
+    script = textwrap.dedent("""
+        import json, os, signal, time
+        import engine.jobs.warm_client as client
+        client.REPLY_WAIT_S = 1.0
+        said = []
+        warm = client.WarmStarter(said.append)
+        while warm.waiting():
+            time.sleep(0.05)
+        preloaded = warm.pid()
+        os.kill(preloaded, signal.SIGSTOP)
+        began = time.monotonic()
+        job = warm.start(["--job", "1"], dict(os.environ), os.path.join(os.environ["FOLDER"], "job-1.log"), os.getcwd())
+        gone = not os.path.exists(f"/proc/{preloaded}")
+        print(json.dumps({"job": job is None, "seconds": time.monotonic() - began, "gone": gone, "said": said[-1], "state": warm.state}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", FOLDER=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["job"] and result["gone"] and result["state"] == "off" and result["seconds"] < 3
+    assert result["said"].startswith("warm start off: the preloaded process could not fork a job (no reply in 1 s)")
+    assert not list(tmp_path.glob("*.ticket*"))
+
+
 def test_a_zombie_orphan_is_found_and_only_it(tmp_path):
     """What reaches the worker as subreaper when a job's own child outlives it: found as a stray,
     never one of the worker's known children."""

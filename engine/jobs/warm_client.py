@@ -216,7 +216,7 @@ class WarmStarter:
 
     def close(self) -> None:
         """End the preloaded process. It holds nothing worth a graceful end (the jobs it forked
-        are the worker's, not its own), and while importing it would not read a polite request."""
+        are the worker's, not its own), and importing, hung or stopped it would not heed a polite one."""
         process, self.process = self.process, None
         if process is None:
             return
@@ -225,12 +225,8 @@ class WarmStarter:
                 process.stdin.close()
         except OSError:
             pass
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.kill()  # SIGKILL: a hung or stopped process ends too, at once
+        process.wait()
 
 
 def last_said(log_path, pid: int, tail_bytes: int = 256 * 1024) -> str | None:
