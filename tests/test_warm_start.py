@@ -469,7 +469,7 @@ def test_ctrl_c_on_a_foreground_worker_stops_it_and_its_warm_job_cleanly(tmp_pat
     try:
         wait_for(lambda: (queue.get(train.id).step or 0) >= 3, what="the training to pass step 3")
         job_pid = queue.get(train.id).pid  # a forked job's command line is the preloaded process' too
-        assert Path(f"/proc/{job_pid}/comm").read_text().strip() == f"copylora #{train.id}"  # what top shows
+        assert Path(f"/proc/{job_pid}/comm").read_text().strip() == f"copylora-{train.id}"  # what top shows
         assert f"#{train.id} train A+B of fg: step " in _status() and f", pid {job_pid}" in _status()
         preloaded = [child for child, command in _children_of(worker.pid).items() if "warm_start" in command and child != job_pid]
         assert len(preloaded) == 1

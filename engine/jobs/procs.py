@@ -56,7 +56,8 @@ def die_with_parent() -> None:
 
 def name_process(name: str) -> None:
     """Linux: the name ``top``, ``ps -o comm`` and ``pgrep`` show for this process (15 bytes at
-    most), e.g. ``copylora #12`` for job 12: every job is a ``python`` process otherwise (and a
+    most; no spaces: Slurm's proctrack/linuxproc reads /proc/PID/stat with scanf and lost a job named
+    "copylora #12"), e.g. ``copylora-12`` for job 12, as its Slurm job is named: every job is a ``python`` process otherwise (and a
     warm-started one shows the preloaded process' command line). Elsewhere: no-op."""
     if not sys.platform.startswith("linux"):
         return
@@ -65,7 +66,7 @@ def name_process(name: str) -> None:
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_NAME = 15
-        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        libc.prctl(PR_SET_NAME, "-".join(name.split()).encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass
 

@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.quiet import quiet_libraries
 
     die_with_parent()
-    name_process(f"copylora #{args.job}")
+    name_process(f"copylora-{args.job}")
     quiet_libraries()
     # Before anything imports torch: OpenMP sizes its pool from the environment when it loads.
     # Every progress callback then calls govern() on the working thread (OpenMP's thread count
