@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ def measure(base: str, size: tuple[int, int], steps: int, precision: str, optimi
         run(on_progress)
         return marks[-1] - marks[0]
 
+    ops = count_ops(plan, model, device)
     separate, twin = [], []
     for _ in range(repeat):
         separate.append(sum(loop_seconds(lambda cb, s=side: train(plan, s, model=model, log=lambda line: None, controls=TrainControls(on_progress=cb)))
@@ -67,7 +69,42 @@ def measure(base: str, size: tuple[int, int], steps: int, precision: str, optimi
             "device": device, "separate_seconds": [round(s, 3) for s in separate], "twin_seconds": [round(s, 3) for s in twin],
             "separate_pair_steps_per_s": round(timed / best_separate, 3) if best_separate else None,
             "twin_pair_steps_per_s": round(timed / best_twin, 3) if best_twin else None,
-            "speedup": round(best_separate / best_twin, 3) if best_twin else None}
+            "speedup": round(best_separate / best_twin, 3) if best_twin else None, **ops}
+
+
+def count_ops(plan, model, device: str, steps: int = 6) -> dict:
+    """ATen operators dispatched per training step (forward, backward and optimizer step): one side
+    alone and the twin pair. On a GPU each is at least one kernel launch, so this is the host's
+    launching work, measured where no GPU is (CPU only: on CUDA the backward runs on another thread,
+    which the counting mode does not see, so the figures are left out there)."""
+    if not device.startswith("cpu"):
+        return {}
+    from dataclasses import replace
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from engine.train.trainer import train
+    from engine.train.twin import train_twin
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    short = replace(plan, sides={k: replace(v, total_steps=steps) for k, v in plan.sides.items()})
+
+    def per_step(run) -> float:
+        """The median step's count (a step that also checks the copy or saves counts more)."""
+        marks: list[int] = []
+        with Counter():
+            run(TrainControls(on_progress=lambda _p: marks.append(Counter.count)))
+        return statistics.median(b - a for a, b in zip(marks, marks[1:]))
+
+    one = per_step(lambda c: train(short, "a", model=model, log=lambda line: None, controls=c))
+    pair = per_step(lambda c: train_twin(short, model=model, log=lambda line: None, controls=c))
+    return {"ops_per_step_one_side": round(one), "ops_per_step_twin": round(pair), "twin_ops_vs_two_sides": round(pair / (2 * one), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,3 +190,74 @@ def test_a_model_handed_in_decides_the_device(tmp_path, tiny, monkeypatch):
     assert pick_device("cpu", None) == "cpu"
     result = train(make(tmp_path, 2, **SGD), "a", model=tiny, log=quiet)
     assert result.status == "done" and result.step == 2
+
+
+def _pair(in_features: int = 16, out_features: int = 24, rank: int = 4):
+    """Two LoRAs (A's, B's) on one Linear, their up weights non-zero, as after some training."""
+    from engine.lora.network import LoRAModule
+
+    gen = torch.Generator().manual_seed(3)
+    base = torch.nn.Linear(in_features, out_features)
+    loras = [LoRAModule(name, base, rank, 1.0) for name in ("a", "b")]
+    for lora in loras:
+        with torch.no_grad():
+            lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=gen) * 0.1)
+    return base, loras
+
+
+def _by_halves(loras, x, output):
+    half = x.shape[0] // 2
+    return output + torch.cat([loras[0].contribution(x[:half], output.dtype), loras[1].contribution(x[half:], output.dtype)])
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 16), (2, 16)])
+def test_the_batched_pair_adds_what_each_sides_module_adds_and_trains_the_same(shape):
+    """Twin training's one-kernel-pair way (bmm + baddbmm over the stacked weights) against each
+    side's module on its half of the batch: the output and every LoRA gradient, fp32."""
+    from engine.train.twin import batched_pair
+
+    base, loras = _pair()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    results = []
+    for add in (lambda out: batched_pair(loras[0], loras[1], x, out), lambda out: _by_halves(loras, x, out)):
+        for lora in loras:
+            lora.zero_grad(set_to_none=True)
+        out = add(base(x))
+        out.square().sum().backward()
+        grads = [p.grad.clone() for lora in loras for p in (lora.lora_down.weight, lora.lora_up.weight)]
+        results.append((out.detach(), grads))
+    (got, got_grads), (want, want_grads) = results
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert all(g.shape == w.shape and torch.allclose(g, w, rtol=1e-4, atol=1e-6) for g, w in zip(got_grads, want_grads))
+    assert all(float(w.norm()) > 0 for w in want_grads)  # every weight learns: the comparison sees them all
+
+
+def test_the_batched_pair_under_autocast_and_where_it_steps_aside():
+    from engine.train.twin import batched_pair
+
+    base, loras = _pair()
+    x = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = base(x)
+        got, want = batched_pair(loras[0], loras[1], x, out), _by_halves(loras, x, out)
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.allclose(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    out = base(x)
+    loras[1].multiplier = 0.5  # the sides scale differently: each side's module on its half
+    assert batched_pair(loras[0], loras[1], x, out) is None
+    loras[1].multiplier = 1.0
+    loras[0].full_precision = True  # a frozen LoRA kept in fp32 (the differential route's A)
+    assert batched_pair(loras[0], loras[1], x, out) is None
+    loras[0].full_precision = False
+    assert batched_pair(loras[0], loras[1], x, out.double()) is None  # a base of another precision, no autocast
+    assert batched_pair(loras[0], loras[1], x, out) is not None
+
+
+def test_a_twin_step_dispatches_far_fewer_operators_than_two_sides(tmp_path, tiny):
+    """What twin training is for: a batch of two pays the U-Net's operators once, and the LoRAs'
+    (most of a step's) as one batched pair. Counted on the CPU (bench/twin_bench.py): 8 334
+    operators a step for one side, 14 513 for the twin pair with each side's modules on its half
+    (0.87 of two sides), 10 033 with the pair batched (0.60)."""
+    from bench.twin_bench import count_ops
+
+    ops = count_ops(make(tmp_path, 4, resolution=[64, 64], **SGD), tiny, "cpu", steps=4)
+    assert ops["twin_ops_vs_two_sides"] < 0.7, ops

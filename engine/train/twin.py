@@ -57,11 +57,17 @@ class TwinHooks:
     def _hook(lora_a, lora_b):
         import torch
 
+        batched = isinstance(lora_a.lora_down, torch.nn.Linear) and isinstance(lora_b.lora_down, torch.nn.Linear)
+
         def add_both(module, args, output):
             x = args[0]
             half = x.shape[0] // 2
             if 2 * half != x.shape[0]:
                 raise TrainingError(f"twin training needs an even batch at {lora_a.name}, got {x.shape[0]}")
+            if batched:
+                added = batched_pair(lora_a, lora_b, x, output)
+                if added is not None:
+                    return added
             return output + torch.cat([lora_a.contribution(x[:half], output.dtype), lora_b.contribution(x[half:], output.dtype)])
 
         return add_both
@@ -79,6 +85,36 @@ class TwinHooks:
             yield
         finally:
             self.apply()
+
+
+def batched_pair(lora_a, lora_b, x, output):
+    """``output`` plus A's Linear LoRA on the first half of the batch and B's on the second, as two
+    batched matmuls over the stacked weights; None where that does not apply (the caller then runs
+    each side's module on its half).
+
+    Why: per LoRA target the module-per-half way is ~10 operators forward (two slices, four
+    matmuls, two scalings, a concatenation, the sum) and more backward (the slices' gradients are
+    zero-filled and copied back); here it is two stacks, a ``bmm`` and a ``baddbmm`` (which scales
+    and adds in the matmul). A LoRA's operators are most of a step's (docs/BENCHMARKS.md, "Twin
+    training"), and on a GPU each is a kernel launch. The arithmetic is the same up to rounding
+    (the scaling and the sum happen inside the matmul), within the twin/separate tolerance the
+    tests hold."""
+    import torch
+
+    if lora_a.full_precision or lora_b.full_precision or lora_a.multiplier == 0 or lora_b.multiplier == 0:
+        return None
+    scale = lora_a.multiplier * lora_a.scale
+    if scale != lora_b.multiplier * lora_b.scale:
+        return None
+    down = torch.stack((lora_a.lora_down.weight, lora_b.lora_down.weight))  # (2, rank, in)
+    up = torch.stack((lora_a.lora_up.weight, lora_b.lora_up.weight))  # (2, out, rank)
+    if not torch.is_autocast_enabled(x.device.type):
+        if output.dtype != down.dtype:
+            return None  # a base in another precision than the LoRA, without autocast: each side casts
+        x = x.to(down.dtype)
+    pairs = x.reshape(2, -1, x.shape[-1])  # the batch's halves: A's samples, then B's
+    inner = torch.bmm(pairs, down.transpose(1, 2))
+    return torch.baddbmm(output.reshape(2, -1, output.shape[-1]), inner, up.transpose(1, 2), alpha=scale).reshape(output.shape)
 
 
 class TwinSides:
