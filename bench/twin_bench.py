@@ -72,11 +72,16 @@ def measure(base: str, size: tuple[int, int], steps: int, precision: str, optimi
             "speedup": round(best_separate / best_twin, 3) if best_twin else None, **ops}
 
 
+# Operators that only describe memory (views, allocations): no kernel on a GPU.
+NO_KERNEL = {"_unsafe_view", "new_empty_strided", "new_empty", "empty", "empty_strided", "empty_like", "lift_fresh"}
+
+
 def count_ops(plan, model, device: str, steps: int = 6) -> dict:
-    """ATen operators dispatched per training step (forward, backward and optimizer step): one side
-    alone and the twin pair. On a GPU each is at least one kernel launch, so this is the host's
-    launching work, measured where no GPU is (CPU only: on CUDA the backward runs on another thread,
-    which the counting mode does not see, so the figures are left out there)."""
+    """ATen operators dispatched per training step (forward, backward and optimizer step), one side
+    alone and the twin pair: all of them (the host's dispatching work), and those that compute
+    (views and allocations left out: on a GPU each of these is a kernel launch). Measured where no
+    GPU is (CPU only: on CUDA the backward runs on another thread, which the counting mode does not
+    see, so the figures are left out there)."""
     if not device.startswith("cpu"):
         return {}
     from dataclasses import replace
@@ -87,24 +92,29 @@ def count_ops(plan, model, device: str, steps: int = 6) -> dict:
     from engine.train.twin import train_twin
 
     class Counter(TorchDispatchMode):
-        count = 0
+        ops = kernels = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Counter.count += 1
+            Counter.ops += 1
+            if not (func.is_view or func.overloadpacket.__name__ in NO_KERNEL):
+                Counter.kernels += 1
             return func(*args, **(kwargs or {}))
 
     short = replace(plan, sides={k: replace(v, total_steps=steps) for k, v in plan.sides.items()})
 
-    def per_step(run) -> float:
-        """The median step's count (a step that also checks the copy or saves counts more)."""
-        marks: list[int] = []
+    def per_step(run) -> tuple[float, float]:
+        """The median step's counts (a step that also checks the copy or saves counts more)."""
+        marks: list[tuple[int, int]] = []
         with Counter():
-            run(TrainControls(on_progress=lambda _p: marks.append(Counter.count)))
-        return statistics.median(b - a for a, b in zip(marks, marks[1:]))
+            run(TrainControls(on_progress=lambda _p: marks.append((Counter.ops, Counter.kernels))))
+        return (statistics.median(b[0] - a[0] for a, b in zip(marks, marks[1:])),
+                statistics.median(b[1] - a[1] for a, b in zip(marks, marks[1:])))
 
     one = per_step(lambda c: train(short, "a", model=model, log=lambda line: None, controls=c))
     pair = per_step(lambda c: train_twin(short, model=model, log=lambda line: None, controls=c))
-    return {"ops_per_step_one_side": round(one), "ops_per_step_twin": round(pair), "twin_ops_vs_two_sides": round(pair / (2 * one), 3)}
+    return {"ops_per_step_one_side": round(one[0]), "ops_per_step_twin": round(pair[0]), "twin_ops_vs_two_sides": round(pair[0] / (2 * one[0]), 3),
+            "kernels_per_step_one_side": round(one[1]), "kernels_per_step_twin": round(pair[1]),
+            "twin_kernels_vs_two_sides": round(pair[1] / (2 * one[1]), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@
 Training is bound by launching kernels, not by the GPU's arithmetic: on an H100 at 600×900 a
 step kept the GPU busy ~48 ms of ~220 (docs/BENCHMARKS.md). Two separate runs pay every
 launch twice; a batch of two pays it once. Sample 0 (A's picture) goes through A's LoRA and
-sample 1 (B's) through B's: one forward hook per LoRA target splits the batch
-(:class:`TwinHooks`). Each side keeps everything else of its own — its random stream (so the
+sample 1 (B's) through B's: one forward hook per LoRA target, which runs both LoRAs as one
+batched pair of matmuls over their stacked weights (:func:`batched_pair`; 0.62 of two sides'
+kernels a step) or each side's module on its half (:class:`TwinHooks`). Each side keeps everything else of its own — its random stream (so the
 noise and timesteps are those of a separate run), optimizer, schedule, grad scaler, gradient
 clipping, checkpoints and LoRA file — so a twin run and two separate runs give the same LoRAs
 (to float rounding: a batch of two is summed in another order; tested within 1e-4), and a side
@@ -57,7 +58,7 @@ class TwinHooks:
     def _hook(lora_a, lora_b):
         import torch
 
-        batched = isinstance(lora_a.lora_down, torch.nn.Linear) and isinstance(lora_b.lora_down, torch.nn.Linear)
+        batched = batchable(lora_a) and batchable(lora_b)
 
         def add_both(module, args, output):
             x = args[0]
@@ -87,10 +88,22 @@ class TwinHooks:
             self.apply()
 
 
+def batchable(lora) -> bool:
+    """Whether :func:`batched_pair` can take this LoRA: a Linear target, or a 1×1 convolution
+    (SD1.5's ``proj_in`` / ``proj_out``), which is a matmul over the channels."""
+    from torch import nn
+
+    down = lora.lora_down
+    if isinstance(down, nn.Linear):
+        return True
+    return (isinstance(down, nn.Conv2d) and down.kernel_size == (1, 1) and down.stride == (1, 1) and down.padding == (0, 0)
+            and down.dilation == (1, 1) and down.groups == 1)
+
+
 def batched_pair(lora_a, lora_b, x, output):
-    """``output`` plus A's Linear LoRA on the first half of the batch and B's on the second, as two
+    """``output`` plus A's LoRA on the first half of the batch and B's on the second, as two
     batched matmuls over the stacked weights; None where that does not apply (the caller then runs
-    each side's module on its half).
+    each side's module on its half). Both LoRAs must be :func:`batchable`.
 
     Why: per LoRA target the module-per-half way is ~10 operators forward (two slices, four
     matmuls, two scalings, a concatenation, the sum) and more backward (the slices' gradients are
@@ -104,17 +117,27 @@ def batched_pair(lora_a, lora_b, x, output):
     if lora_a.full_precision or lora_b.full_precision or lora_a.multiplier == 0 or lora_b.multiplier == 0:
         return None
     scale = lora_a.multiplier * lora_a.scale
-    if scale != lora_b.multiplier * lora_b.scale:
-        return None
-    down = torch.stack((lora_a.lora_down.weight, lora_b.lora_down.weight))  # (2, rank, in)
-    up = torch.stack((lora_a.lora_up.weight, lora_b.lora_up.weight))  # (2, out, rank)
+    conv = not isinstance(lora_a.lora_down, torch.nn.Linear)  # a 1×1 convolution on (2, channels, height, width)
+    if scale != lora_b.multiplier * lora_b.scale or (conv and (x.dim() != 4 or x.shape[0] != 2)):
+        return None  # sides scaled apart, or several pictures a side (their channels are no one matrix without a copy)
+    # (2, rank, in) and (2, out, rank); a 1×1 convolution's (rank, in, 1, 1) weights as matrices
+    down = torch.stack((lora_a.lora_down.weight.flatten(1), lora_b.lora_down.weight.flatten(1)))
+    up = torch.stack((lora_a.lora_up.weight.flatten(1), lora_b.lora_up.weight.flatten(1)))
     if not torch.is_autocast_enabled(x.device.type):
         if output.dtype != down.dtype:
             return None  # a base in another precision than the LoRA, without autocast: each side casts
         x = x.to(down.dtype)
-    pairs = x.reshape(2, -1, x.shape[-1])  # the batch's halves: A's samples, then B's
-    inner = torch.bmm(pairs, down.transpose(1, 2))
-    return torch.baddbmm(output.reshape(2, -1, output.shape[-1]), inner, up.transpose(1, 2), alpha=scale).reshape(output.shape)
+    # Each side's features as a matrix of (channels, positions), so that the weights are the
+    # first operand of both matmuls: their gradients then come out in the parameters' own layout
+    # (features first, they came out transposed and were copied into it: four copies per target
+    # and step). A Linear's (..., features) halves are transposed views; its result is copied
+    # back to the output's layout once.
+    if conv:
+        pairs, outputs = x.reshape(2, x.shape[1], -1), output.reshape(2, output.shape[1], -1)
+    else:
+        pairs, outputs = x.reshape(2, -1, x.shape[-1]).transpose(1, 2), output.reshape(2, -1, output.shape[-1]).transpose(1, 2)
+    added = torch.baddbmm(outputs, up, torch.bmm(down, pairs), alpha=scale)  # (2, out, positions)
+    return (added if conv else added.transpose(1, 2)).reshape(output.shape)
 
 
 class TwinSides:
