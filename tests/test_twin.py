@@ -253,6 +253,9 @@ def test_the_batched_pair_under_autocast_and_where_it_steps_aside():
     loras[0].full_precision = False
     assert batched_pair(loras[0], loras[1], x, out.double()) is None  # a base of another precision, no autocast
     assert batched_pair(loras[0], loras[1], x, out) is not None
+    from engine.lora.network import LoRAModule
+
+    assert batched_pair(loras[0], LoRAModule("b", base, 8, 2.0), x, out) is None  # ranks apart (the same scale): no one stack
     conv, conv_loras = _pair(torch.nn.Conv2d(16, 24, 1))
     four = torch.randn(4, 16, 3, 3)  # two pictures a side: not one matrix per side
     assert batched_pair(conv_loras[0], conv_loras[1], four, conv(four)) is None

@@ -116,6 +116,8 @@ def batched_pair(lora_a, lora_b, x, output):
 
     if lora_a.full_precision or lora_b.full_precision or lora_a.multiplier == 0 or lora_b.multiplier == 0:
         return None
+    if lora_a.lora_down.weight.shape != lora_b.lora_down.weight.shape or lora_a.lora_down.weight.dtype != lora_b.lora_down.weight.dtype:
+        return None  # ranks or precisions apart (e.g. started from files of their own): no one stack
     scale = lora_a.multiplier * lora_a.scale
     conv = not isinstance(lora_a.lora_down, torch.nn.Linear)  # a 1×1 convolution on (2, channels, height, width)
     if scale != lora_b.multiplier * lora_b.scale or (conv and (x.dim() != 4 or x.shape[0] != 2)):
