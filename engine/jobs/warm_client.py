@@ -243,4 +243,3 @@ def last_said(log_path, pid: int, tail_bytes: int = 256 * 1024) -> str | None:
         return None
     said = [line.split(" ", 2)[-1] for line in lines[began:] if " warm start" in line]
     return said[-1] if said else None
-

@@ -5,9 +5,10 @@ step kept the GPU busy ~48 ms of ~220 (docs/BENCHMARKS.md). Two separate runs pa
 launch twice; a batch of two pays it once. Sample 0 (A's picture) goes through A's LoRA and
 sample 1 (B's) through B's: one forward hook per LoRA target, which runs both LoRAs as one
 batched pair of matmuls over their stacked weights (:func:`batched_pair`; 0.62 of two sides'
-kernels a step) or each side's module on its half (:class:`TwinHooks`). Each side keeps everything else of its own — its random stream (so the
-noise and timesteps are those of a separate run), optimizer, schedule, grad scaler, gradient
-clipping, checkpoints and LoRA file — so a twin run and two separate runs give the same LoRAs
+kernels a step) or each side's module on its half (:class:`TwinHooks`). Each side keeps
+everything else of its own — its random stream (so the noise and timesteps are those of a
+separate run), optimizer, schedule, grad scaler, gradient clipping, checkpoints and LoRA
+file — so a twin run and two separate runs give the same LoRAs
 (to float rounding: a batch of two is summed in another order; tested within 1e-4), and a side
 can resume from a twin run's checkpoint alone, or the other way round.
 
