@@ -1,10 +1,11 @@
 """The differential route measured: how exactly B on base + A matches B on a base with A baked
 in, and what applying A costs per step.
 
-In one process, the base loaded once: train A; then B three ways (A as a frozen fp32 LoRA, A
+In one process, the base loaded once: train A; then B three ways (A as a frozen LoRA, A
 merged into the weights, and on a base with A baked in by ``bake_lora(save_precision="float")``)
 and, for the step cost, B on the plain base (the SVD route's B). Reported: the worst relative
-difference of any LoRA tensor between the ways, and seconds per step of each.
+difference of any LoRA tensor between the ways, seconds per step of each and, on a CPU, the
+operators and kernels a step of each dispatches (bench/op_count.py).
 
     OMP_NUM_THREADS=1 python bench/differential_bench.py --steps 20
     OMP_NUM_THREADS=1 python bench/differential_bench.py --optimizer AdamW --steps 20
@@ -46,10 +47,17 @@ def measure(size: tuple[int, int], steps: int, optimizer: str, lr: float, work: 
     root = make_project(work / "project", pictures, "tiny", size=size, steps=steps, precision="no", optimizer=optimizer,
                         sample_steps=1, device="cpu", method="differential")
 
+    original = (root / "copylora.toml").read_bytes()
+
     def plan_with(**changes):
+        """The project as made, with ``changes`` (each plan starts from the original settings)."""
+        (root / "copylora.toml").write_bytes(original)
         project = load_project(root)
-        project.train = replace(project.train, learning_rate=lr, save_precision="float")
+        trained = {k.removeprefix("train__"): v for k, v in changes.items() if k.startswith("train__")}
+        project.train = replace(project.train, learning_rate=lr, save_precision="float", **trained)
         for key, value in changes.items():
+            if key.startswith("train__"):
+                continue
             target, _, name = key.partition("__")
             setattr(getattr(project, target), name, value)
         save_project(project)
@@ -65,6 +73,18 @@ def measure(size: tuple[int, int], steps: int, optimizer: str, lr: float, work: 
         result = train(plan_with(**changes), "b", model=model, log=quiet)
         runs[name] = (time.perf_counter() - started) / steps
         loras[name] = load_file(str(result.lora_path))
+    kernels = {}
+    if not torch.cuda.is_available():  # counted where no GPU is (bench/op_count.py)
+        from bench.op_count import ops_per_step
+
+        for name, changes in {"frozen A": {}, "merged A": {"b__merge_base_weights": True},
+                              "plain base (SVD route's B)": {"info__method": "svd-merge"}}.items():
+            short = plan_with(train__max_train_steps=6, **changes)
+            ops, launched = ops_per_step(lambda c, p=short: train(p, "b", model=model, log=quiet, controls=c))
+            kernels[name] = {"ops": round(ops), "kernels": round(launched)}
+        plain = kernels["plain base (SVD route's B)"]["kernels"]
+        for counted in kernels.values():
+            counted["kernels_vs_plain"] = round(counted["kernels"] / plain, 3)
     baked = work / "tiny_plus_A"
     bake_lora("tiny", a_path, baked, save_precision="float")
     on_baked = load_base_model(str(baked))
@@ -78,6 +98,7 @@ def measure(size: tuple[int, int], steps: int, optimizer: str, lr: float, work: 
             "frozen vs plain base": worst_relative(loras["frozen A"], loras["plain base (SVD route's B)"]),
         },
         "seconds_per_step": {k: round(v, 4) for k, v in runs.items()},
+        "per_step_counts": kernels,
     }
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -72,10 +71,6 @@ def measure(base: str, size: tuple[int, int], steps: int, precision: str, optimi
             "speedup": round(best_separate / best_twin, 3) if best_twin else None, **ops}
 
 
-# Operators that only describe memory (views, allocations): no kernel on a GPU.
-NO_KERNEL = {"_unsafe_view", "new_empty_strided", "new_empty", "empty", "empty_strided", "empty_like", "lift_fresh"}
-
-
 def count_ops(plan, model, device: str, steps: int = 6) -> dict:
     """ATen operators dispatched per training step (forward, backward and optimizer step), one side
     alone and the twin pair: all of them (the host's dispatching work), and those that compute
@@ -86,32 +81,14 @@ def count_ops(plan, model, device: str, steps: int = 6) -> dict:
         return {}
     from dataclasses import replace
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
+    from bench.op_count import ops_per_step
     from engine.train.trainer import train
     from engine.train.twin import train_twin
 
-    class Counter(TorchDispatchMode):
-        ops = kernels = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Counter.ops += 1
-            if not (func.is_view or func.overloadpacket.__name__ in NO_KERNEL):
-                Counter.kernels += 1
-            return func(*args, **(kwargs or {}))
-
     short = replace(plan, sides={k: replace(v, total_steps=steps) for k, v in plan.sides.items()})
 
-    def per_step(run) -> tuple[float, float]:
-        """The median step's counts (a step that also checks the copy or saves counts more)."""
-        marks: list[tuple[int, int]] = []
-        with Counter():
-            run(TrainControls(on_progress=lambda _p: marks.append((Counter.ops, Counter.kernels))))
-        return (statistics.median(b[0] - a[0] for a, b in zip(marks, marks[1:])),
-                statistics.median(b[1] - a[1] for a, b in zip(marks, marks[1:])))
-
-    one = per_step(lambda c: train(short, "a", model=model, log=lambda line: None, controls=c))
-    pair = per_step(lambda c: train_twin(short, model=model, log=lambda line: None, controls=c))
+    one = ops_per_step(lambda c: train(short, "a", model=model, log=lambda line: None, controls=c))
+    pair = ops_per_step(lambda c: train_twin(short, model=model, log=lambda line: None, controls=c))
     return {"ops_per_step_one_side": round(one[0]), "ops_per_step_twin": round(pair[0]), "twin_ops_vs_two_sides": round(pair[0] / (2 * one[0]), 3),
             "kernels_per_step_one_side": round(one[1]), "kernels_per_step_twin": round(pair[1]),
             "twin_kernels_vs_two_sides": round(pair[1] / (2 * one[1]), 3)}

@@ -69,7 +69,8 @@ def test_frozen_a_equals_a_baked_into_the_base(tmp_path, tiny, trained_a):
     plan = make(root)
     lines: list[str] = []
     differential = train(plan, "b", model=tiny, log=lines.append)
-    assert any("applying A" in line and "frozen fp32 LoRA" in line for line in lines)
+    assert any("applying A" in line and "as a frozen LoRA" in line for line in lines)
+    assert any("A's rows carried in B's matmuls at 192 of A's 192 modules" in line for line in lines), lines
     meta = json.loads(load_meta(differential.lora_path)["copylora_base_weights"])
     assert meta["file"] == a_path.name and meta["multiplier"] == 1.0 and meta["merged"] is False and len(meta["sha256"]) == 64
     assert all(not m._forward_hooks for m in tiny.unet.modules())  # A unhooked afterwards
@@ -181,7 +182,7 @@ def test_the_cli_says_the_route_and_refuses_b_before_a(tmp_path, capsys):
     root = make(tmp_path).project.root
     assert main(["check", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "route     differential" in out and "B trains with A at 1 applied as a frozen fp32 LoRA" in out
+    assert "route     differential" in out and "B trains with A at 1 applied as a frozen LoRA" in out
     assert main(["train", str(root), "--side", "b", "--max-steps", "2"]) == EXIT_USAGE
     assert "train --side a first" in capsys.readouterr().err
     assert main(["train", str(root), "--side", "ab", "--max-steps", "2"]) == EXIT_USAGE

@@ -133,7 +133,7 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
         rows.add("result", f"the LoRA at {p.pair_multiplier:g}, so strength 1 applies the change once; re-ranked to at most "
                  f"{merge.new_rank} (3x3 conv {conv}), saved {merge.save_precision}")
     elif project.info.method == "differential":
-        how = "merged into the base weights" if project.b.merge_base_weights else "as a frozen fp32 LoRA"
+        how = "merged into the base weights" if project.b.merge_base_weights else "as a frozen LoRA"
         rows.add("", f"B trains with A at {project.b.base_weights_multiplier:g} applied {how}")
         rows.add("result", f"B itself, re-ranked to at most {merge.new_rank} (3x3 conv {conv}), saved {merge.save_precision}")
     else:

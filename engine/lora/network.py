@@ -53,6 +53,10 @@ class LoRAModule(nn.Module):
         # A frozen LoRA under another one's training (the differential route's A) runs in fp32
         # even under fp16 autocast, so none of its change is lost to rounding.
         self.full_precision = False
+        # A frozen LoRA at the same module whose rows this one's matmuls carry (the differential
+        # route's A beside B: engine.lora.folded), and the other way round; set by fold().
+        self.folded: LoRAModule | None = None
+        self.folded_into: LoRAModule | None = None
         # Not an attribute nn.Module would register: the base weights must stay out of
         # this network's parameters and state dict.
         self.__dict__["base"] = base
@@ -80,9 +84,39 @@ class LoRAModule(nn.Module):
         return self(x.to(self.lora_down.weight.dtype)).to(dtype)
 
     def _add_delta(self, module, args, output):
+        if self.folded_into is not None and self.folded_into.carries(self):
+            return output  # the trained LoRA's hook adds this one's change with its own
         if self.multiplier == 0:
             return output  # strength 0 is exactly the base model, not base + 0*delta
-        return output + self.contribution(args[0], output.dtype)
+        x, scale = args[0], self.multiplier * self.scale
+        if self.folded is not None and self.carries(self.folded):
+            from engine.lora.folded import folded_contribution
+
+            return output.add(folded_contribution(self, self.folded, x, output.dtype), alpha=scale)
+        weights = self.lora_down.weight.dtype
+        if not self.full_precision and (torch.is_autocast_enabled(x.device.type) or output.dtype == x.dtype == weights):
+            # The scale applied in the sum (one kernel, and one backward) instead of by a multiply
+            # of its own: a LoRA's operators are most of a training step's, each a launch on a GPU.
+            added = self.lora_up(self.lora_down(x))
+            return output.add(added if added.dtype == output.dtype else added.to(output.dtype), alpha=scale)
+        return output + self.contribution(x, output.dtype)
+
+    def fold(self, frozen: LoRAModule) -> None:
+        """Carry the frozen LoRA ``frozen`` (at the same module) in this one's matmuls while both
+        are hooked in and neither is at strength 0; each adds its own change otherwise."""
+        # Through __dict__: as attributes nn.Module would register each as the other's submodule
+        # (its weights in this one's parameters, state dict and file).
+        self.__dict__["folded"], frozen.__dict__["folded_into"] = frozen, self
+
+    def unfold(self) -> None:
+        if self.folded is not None:
+            self.folded.__dict__["folded_into"] = None
+            self.__dict__["folded"] = None
+
+    def carries(self, frozen: LoRAModule) -> bool:
+        """Whether this LoRA's hook adds ``frozen``'s change (its own hook then adds nothing)."""
+        return (self.folded is frozen and self._hook is not None and frozen._hook is not None and self.multiplier != 0
+                and frozen.multiplier != 0)
 
     def attach(self) -> None:
         """Hook into the base module: its output now includes this LoRA's (``remove`` undoes it).

@@ -302,7 +302,7 @@ class SideConfig:
     )
     merge_base_weights: bool = spec(
         "Differential route: merge A into the base weights before training, as sd-scripts does (in the weights' "
-        "precision: fp16 drops small changes), instead of applying A as a frozen fp32 LoRA.",
+        "precision: fp16 drops small changes), instead of applying A as a frozen LoRA beside B.",
         default=False,
     )
 

@@ -279,7 +279,7 @@ def _with_steps(params: TrainParams, max_steps: int) -> TrainParams:
 @dataclass(frozen=True)
 class BaseWeights:
     """What the differential route applies to the base while B trains: A's LoRA at a strength,
-    as a frozen LoRA (exact, fp32) or merged into the weights (sd-scripts' way)."""
+    as a frozen LoRA (exact to the training precision) or merged into the weights (sd-scripts' way)."""
 
     path: Path
     multiplier: float

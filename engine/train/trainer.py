@@ -205,6 +205,8 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
         for side in sides:  # one by one: if B's set-up fails (its start file), A's is still undone below
             runs.append(SideRun(plan, side, model, device=device, weight_dtype=weight_dtype, use_scaler=use_scaler, started=started,
                                 log=log, apply=driver_type.applies_networks))
+        if applied is not None and driver_type.applies_networks:
+            applied.fold_into(runs[0].network, log)  # A's rows in B's matmuls: one LoRA's kernels a step
         free_vae(model, device)
         driver = driver_type(runs, log)
         step = driver.start_step(resume)
