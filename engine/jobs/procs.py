@@ -7,14 +7,20 @@ import os
 import sys
 
 
-def process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot) on Linux, else None."""
+def stat_fields(pid: int | str) -> list[bytes] | None:
+    """``/proc/PID/stat`` from field 3 (the state) on, or None (no such process, not Linux). The
+    command name (field 2) is cut off at its last ")": it may hold spaces and parentheses."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()  # field 22 of stat; the command name (field 2) is cut off above
+            return handle.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot) on Linux, else None."""
+    fields = stat_fields(pid)
+    return fields[19].decode() if fields is not None and len(fields) > 19 else None  # field 22 of stat
 
 
 def alive(pid: int | None, start: str | None = None) -> bool:
@@ -30,28 +36,30 @@ def alive(pid: int | None, start: str | None = None) -> bool:
         now = process_start(pid)
         if now is None or now != start:
             return False
-        try:  # a zombie (exited, not yet reaped) is not alive for our purposes
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-        except OSError:
-            return False
+        state = process_state(pid)
+        return state is not None and state != b"Z"  # a zombie (exited, not yet reaped) is not alive for our purposes
     return True
+
+
+def _prctl(option: int, *args) -> bool:
+    """Linux's prctl(2); False where it fails or there is none (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, *args) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def die_with_parent() -> None:
     """Linux: get SIGTERM when the parent (the worker) dies, even by kill -9, so a training
     checkpoints and exits instead of running on unsupervised. Elsewhere: no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        import signal
+    import signal
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    PR_SET_PDEATHSIG = 1
+    _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def name_process(name: str) -> None:
@@ -59,16 +67,8 @@ def name_process(name: str) -> None:
     most; no spaces: Slurm's proctrack/linuxproc reads /proc/PID/stat with scanf and lost a job named
     "copylora #12"), e.g. ``copylora-12`` for job 12, as its Slurm job is named: every job is a ``python`` process otherwise (and a
     warm-started one shows the preloaded process' command line). Elsewhere: no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_NAME = 15
-        libc.prctl(PR_SET_NAME, "-".join(name.split()).encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    PR_SET_NAME = 15
+    _prctl(PR_SET_NAME, "-".join(name.split()).encode()[:15], 0, 0, 0)
 
 
 def become_subreaper() -> bool:
@@ -76,16 +76,8 @@ def become_subreaper() -> bool:
     them (a job forked by the warm-start process, whose middle process exits at once) becomes
     this process' child rather than init's: it can then wait for it and read its exit code.
     False where that is not possible (not Linux, a kernel before 3.4)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_CHILD_SUBREAPER = 36
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    PR_SET_CHILD_SUBREAPER = 36
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def stray_children(known: set[int]) -> list[int]:
@@ -115,18 +107,13 @@ def children() -> list[int]:
     except OSError:
         return []
     for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                if handle.read().rsplit(b")", 1)[1].split()[1] == me:
-                    found.append(int(entry))
-        except (OSError, IndexError):
-            continue
+        fields = stat_fields(entry)
+        if fields is not None and len(fields) > 1 and fields[1] == me:
+            found.append(int(entry))
     return found
 
 
 def process_state(pid: int) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    """The state letter of ``pid`` (b"R", b"S", b"Z" for a zombie …) on Linux, else None."""
+    fields = stat_fields(pid)
+    return fields[0] if fields else None
