@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU checks of issue 26, in two calls of the device tool (each ≤ 8 min on an H200):
 #
-#   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA), where a step's time goes (optimizers, graphs, channels-last),
+#   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA; the folded differential A), where a step's time goes (optimizers, graphs, channels-last),
 #                                    # graph rates of one side / twin / differential B, kohya side by side
 #   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
 #
@@ -27,7 +27,7 @@ export PYTHONPATH="$site:$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 case "$what" in
   sd15)
-    timeout 160 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_warm_start.py -m gpu 2>&1 | grep -E "^E |passed|failed" | tee "$out/gpu-tests.txt"
+    timeout 160 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_warm_start.py tests/test_lora_folded.py -m gpu 2>&1 | grep -E "^E |passed|failed" | tee "$out/gpu-tests.txt"
     timeout 150 python3 bench/host_profile.py --steps 40 --optimizers AdamW8bit,AdamW --channels-last --work /tmp/host26 \
         --out "$work/host_profile.txt" 2>&1 | grep -E "^==|^   " | tee "$out/host-summary.txt"
     kohya=()
