@@ -98,6 +98,14 @@ def graph_rates(project: Path, steps: int, log=print) -> dict:
                       "first_step_seconds": _round(first, 1), "optimizer": getattr(result, "optimizer", None),
                       "twin_vs_two_separate": _round(twin / (one / 2) if one and twin else None),
                       "differential_b_vs_side": _round(b / one if one and b else None)}
+        if not graphs:  # the same B with A's modules beside B's, as before engine/lora/folded.py: the fold's gain, same machine
+            from unittest import mock
+
+            from engine.train.base_weights import AppliedBaseWeights
+
+            with mock.patch.object(AppliedBaseWeights, "fold_into", lambda self, trained, log: None):
+                beside, _, _ = timed(lambda c: train(make_plan(differential, max_steps=steps), "b", model=model, log=logs.append, controls=c))
+            rates[key].update(differential_b_a_beside_it_per_s=_round(beside), folded_vs_beside=_round(b / beside if b and beside else None))
         log(f"  {key}: {rates[key]}")
     eager, graphed = rates["eager"]["one_side_it_per_s"], rates["graphs"]["one_side_it_per_s"]
     said = sorted({line for line in logs if line.startswith("cuda_graphs")})  # captured, or why not
