@@ -115,20 +115,14 @@ def batched_pair(lora_a, lora_b, x, output):
     tests hold."""
     import torch
 
-    if lora_a.full_precision or lora_b.full_precision or lora_a.multiplier == 0 or lora_b.multiplier == 0:
+    if not pair_batches(lora_a, lora_b, x, output):
         return None
-    if lora_a.lora_down.weight.shape != lora_b.lora_down.weight.shape or lora_a.lora_down.weight.dtype != lora_b.lora_down.weight.dtype:
-        return None  # ranks or precisions apart (e.g. started from files of their own): no one stack
     scale = lora_a.multiplier * lora_a.scale
     conv = not isinstance(lora_a.lora_down, torch.nn.Linear)  # a 1×1 convolution on (2, channels, height, width)
-    if scale != lora_b.multiplier * lora_b.scale or (conv and (x.dim() != 4 or x.shape[0] != 2)):
-        return None  # sides scaled apart, or several pictures a side (their channels are no one matrix without a copy)
     # (2, rank, in) and (2, out, rank); a 1×1 convolution's (rank, in, 1, 1) weights as matrices
     down = torch.stack((lora_a.lora_down.weight.flatten(1), lora_b.lora_down.weight.flatten(1)))
     up = torch.stack((lora_a.lora_up.weight.flatten(1), lora_b.lora_up.weight.flatten(1)))
     if not torch.is_autocast_enabled(x.device.type):
-        if output.dtype != down.dtype:
-            return None  # a base in another precision than the LoRA, without autocast: each side casts
         x = x.to(down.dtype)
     # Each side's features as a matrix of (channels, positions), so that the weights are the
     # first operand of both matmuls: their gradients then come out in the parameters' own layout
@@ -141,6 +135,22 @@ def batched_pair(lora_a, lora_b, x, output):
         pairs, outputs = x.reshape(2, -1, x.shape[-1]).transpose(1, 2), output.reshape(2, -1, output.shape[-1]).transpose(1, 2)
     added = torch.baddbmm(outputs, up, torch.bmm(down, pairs), alpha=scale)  # (2, out, positions)
     return (added if conv else added.transpose(1, 2)).reshape(output.shape)
+
+
+def pair_batches(lora_a, lora_b, x, output) -> bool:
+    """Whether :func:`batched_pair` applies to these two (:func:`batchable`) LoRAs at this call."""
+    import torch
+
+    if lora_a.full_precision or lora_b.full_precision or lora_a.multiplier == 0 or lora_b.multiplier == 0:
+        return False
+    down_a, down_b = lora_a.lora_down.weight, lora_b.lora_down.weight
+    if down_a.shape != down_b.shape or down_a.dtype != down_b.dtype:
+        return False  # ranks or precisions apart (e.g. started from files of their own): no one stack
+    conv = not isinstance(lora_a.lora_down, torch.nn.Linear)
+    if lora_a.multiplier * lora_a.scale != lora_b.multiplier * lora_b.scale or (conv and (x.dim() != 4 or x.shape[0] != 2)):
+        return False  # sides scaled apart, or several pictures a side (their channels are no one matrix without a copy)
+    # A base in another precision than the LoRA, without autocast: each side casts.
+    return torch.is_autocast_enabled(x.device.type) or output.dtype == down_a.dtype
 
 
 class TwinSides:
