@@ -131,17 +131,13 @@ def test_a_scaled_up_is_updated_in_place():
         assert torch.allclose(half, plain + a.contribution(x, x.dtype) + 0.5 * b.contribution(x, x.dtype), atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_under_autocast_the_unet_is_as_close_to_fp64_as_with_a_in_fp32(tiny, dtype):
-    """What folding gives up: A's rows multiplied at the autocast precision instead of fp32. Its
-    input is already in that precision and its change is rounded to it in the output, so the
-    U-Net's output is as close to an fp64 run either way (measured: bf16 1.35e-2 with A in fp32,
-    1.31e-2 folded; fp16 1.68e-3 and 1.66e-3; A's change itself 18 % of the output)."""
+def _trained_looking_a_and_b(model):
+    """The differential route's two networks on ``model``'s U-Net, rank 8, their up weights
+    non-zero (A's change ~18 % of tiny's output): A frozen and in fp32, as applied for B's training."""
     from engine.lora.network import LoRANetwork
 
-    unet = tiny.unet.requires_grad_(False)
     torch.manual_seed(0)
-    a, b = (LoRANetwork(unet, tiny.text_encoders, family="sd1", rank=8, alpha=1.0, text_encoder=False) for _ in range(2))
+    a, b = (LoRANetwork(model.unet, model.text_encoders, family="sd1", rank=8, alpha=1.0, text_encoder=False) for _ in range(2))
     with torch.no_grad():
         for network, spread in ((a, 0.3), (b, 0.1)):
             for lora in network.loras():
@@ -149,6 +145,17 @@ def test_under_autocast_the_unet_is_as_close_to_fp64_as_with_a_in_fp32(tiny, dty
     a.requires_grad_(False)
     for lora in a.loras():
         lora.full_precision = True
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_autocast_the_unet_is_as_close_to_fp64_as_with_a_in_fp32(tiny, dtype):
+    """What folding gives up: A's rows multiplied at the autocast precision instead of fp32. Its
+    input is already in that precision and its change is rounded to it in the output, so the
+    U-Net's output is as close to an fp64 run either way (measured: bf16 1.35e-2 with A in fp32,
+    1.31e-2 folded; fp16 1.68e-3 and 1.66e-3; A's change itself 18 % of the output)."""
+    unet = tiny.unet.requires_grad_(False)
+    a, b = _trained_looking_a_and_b(tiny)
     x, t = torch.randn(1, 4, 16, 24), torch.tensor([500])
     cond = torch.randn(1, 77, unet.config.cross_attention_dim)
 
@@ -222,21 +229,12 @@ def test_the_differential_step_launches_few_more_kernels_than_a_plain_one(tmp_pa
 def test_on_a_gpu_the_folded_a_under_fp16_is_as_close_to_fp64_as_a_in_fp32():
     """The precision test above where it matters: CUDA, the base in fp16 under fp16 autocast (as
     `mixed_precision = "fp16"` trains), against the same U-Net in fp64 with A and B applied."""
-    from engine.lora.network import LoRANetwork
     from engine.models.loading import load_base_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     model = load_base_model("tiny", device="cuda")
     unet = model.unet.requires_grad_(False)
-    torch.manual_seed(0)
-    a, b = (LoRANetwork(unet, model.text_encoders, family="sd1", rank=8, alpha=1.0, text_encoder=False) for _ in range(2))
-    with torch.no_grad():
-        for network, spread in ((a, 0.3), (b, 0.1)):
-            for lora in network.loras():
-                lora.lora_up.weight.normal_(0, spread)
-    a.requires_grad_(False)
-    for lora in a.loras():
-        lora.full_precision = True
+    a, b = _trained_looking_a_and_b(model)
     x, t = torch.randn(1, 4, 16, 24, device="cuda"), torch.tensor([500], device="cuda")
     cond = torch.randn(1, 77, unet.config.cross_attention_dim, device="cuda")
     a.apply_to()
