@@ -308,3 +308,28 @@ def test_on_a_gpu_the_differential_b_trains_through_the_cuda_graph_as_eager(tmp_
                 for k in want if "alpha" not in k and float(want[k].norm()) > 0)
     print(f"differential B, cuda_graphs vs eager (fp16, SGD): worst relative difference {worst:.3g}")
     assert worst < 5e-2, worst
+
+
+def test_a_modules_b_lacks_run_on_their_own_and_remove_unlinks(tiny):
+    """A trained with conv LoRAs (LoCon), B without: A's conv modules keep their own hooks; the log
+    says how many ride in B's matmuls; removing A unlinks every one."""
+    from engine.lora.network import LoRANetwork
+    from engine.train.base_weights import AppliedBaseWeights
+
+    a = LoRANetwork(tiny.unet, tiny.text_encoders, family="sd1", rank=8, conv_rank=4, text_encoder=False).requires_grad_(False)
+    b = LoRANetwork(tiny.unet, tiny.text_encoders, family="sd1", rank=8, text_encoder=False)
+    a.apply_to()
+    b.apply_to()
+    applied, lines = AppliedBaseWeights(a), []
+    try:
+        applied.fold_into(b, lines.append)
+        carried = [lora for lora in a.loras() if lora.folded_into is not None]
+        assert len(carried) == len(b.loras()) == 192 < len(a.loras())
+        assert lines == [f"differential route: A's rows carried in B's matmuls at 192 of A's {len(a.loras())} modules "
+                         "(the others run beside B on their own)"]
+        assert all(lora.folded_into is None for lora in a.loras() if lora.name not in b.unet_loras)
+    finally:
+        b.remove()
+        applied.remove()
+    assert all(lora.folded_into is None for lora in a.loras()) and all(lora.folded is None for lora in b.loras())
+    assert all(not m._forward_hooks for m in tiny.unet.modules())
