@@ -51,7 +51,8 @@ class LoRAModule(nn.Module):
         self.set_alpha(alpha)
         self.multiplier = multiplier
         # A frozen LoRA under another one's training (the differential route's A) runs in fp32
-        # even under fp16 autocast, so none of its change is lost to rounding.
+        # even under fp16 autocast when it runs on its own (carried in the trained LoRA's matmuls,
+        # it runs at their precision: engine.lora.folded says why that loses nothing that shows).
         self.full_precision = False
         # A frozen LoRA at the same module whose rows this one's matmuls carry (the differential
         # route's A beside B: engine.lora.folded), and the other way round; set by fold().
