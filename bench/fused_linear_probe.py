@@ -8,8 +8,9 @@ sum backward). One function that replaces the Linear's forward (as sd-scripts re
 ``forward``) can put the scale and the sums inside ``addmm``: 3 kernels forward, 5 backward, one
 autograd node. This script swaps that in for every Linear target (convolution targets keep their
 hooks), trains one side as the trainer does, and reports the operators and kernels a step
-(bench/op_count.py), the steps/s of a run without counting (after its first third), and how far
-the LoRA ends from the hooked one's (plain SGD, fp32: rounding only).
+(bench/op_count.py), the steps/s of two runs of each without counting (after their first third,
+in the order hooked, fused, fused, hooked), and how far the LoRA ends from the hooked one's
+(plain SGD, fp32: rounding only).
 
     OMP_NUM_THREADS=1 python bench/fused_linear_probe.py --steps 8
 """
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"size": args.size, "steps": args.steps}
     with tempfile.TemporaryDirectory() as work:
         pictures = teacher_pictures(Path(work) / "pictures", width, height)
-        loras = {}
+        loras, plans = {}, {}
         for name, fused in (("hooked", False), ("fused", True)):
             root = make_project(Path(work) / name, pictures, "tiny", size=(width, height), steps=args.steps, precision="no",
                                 optimizer="SGDNesterov", sample_steps=1, device="cpu")
@@ -123,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             project.train.learning_rate, project.train.save_precision, project.train.copy_check_every_n_steps = 0.5, "float", 0
             save_project(project)
             plan = make_plan(load_project(root))
+            plans[name] = plan
             with fused_linears() if fused else _nothing():
                 ops, kernels = ops_per_step(lambda c, p=plan: train(p, "a", model=model, log=lambda line: None, controls=c))
-                rate, result, _ = timed(lambda c, p=plan: train(p, "a", model=model, log=lambda line: None, controls=c))
-                loras[name] = load_file(str(result.lora_path))
-            report[name] = {"ops_per_step": round(ops), "kernels_per_step": round(kernels), "it_per_s": round(rate, 2) if rate else None}
+            report[name] = {"ops_per_step": round(ops), "kernels_per_step": round(kernels), "it_per_s": []}
+        for name in ("hooked", "fused", "fused", "hooked"):  # timed in ABBA order: neither always runs first
+            with fused_linears() if name == "fused" else _nothing():
+                rate, result, _ = timed(lambda c, p=plans[name]: train(p, "a", model=model, log=lambda line: None, controls=c))
+            report[name]["it_per_s"].append(round(rate, 2) if rate else None)
+            loras[name] = load_file(str(result.lora_path))
             assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in model.unet.modules())
         want, got = loras["hooked"], loras["fused"]
         # Tensors at rounding level are left out: at 64×64 the mid block's self-attention sees one
