@@ -26,6 +26,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+# B's ways: A as a frozen LoRA (the default), A merged into the weights, and no A (the SVD route's B).
+WAYS = {"frozen A": {}, "merged A": {"b__merge_base_weights": True}, "plain base (SVD route's B)": {"info__method": "svd-merge"}}
+
+
 def worst_relative(got: dict, want: dict) -> float:
     return max(float((got[k].double() - want[k].double()).norm() / want[k].double().norm())
                for k in want if "alpha" not in k and float(want[k].norm()) > 0)
@@ -67,8 +71,7 @@ def measure(size: tuple[int, int], steps: int, optimizer: str, lr: float, work: 
     model = load_base_model("tiny")
     a_path = train(plan_with(), "a", model=model, log=quiet).lora_path
     runs, loras = {}, {}
-    for name, changes in {"frozen A": {}, "merged A": {"b__merge_base_weights": True},
-                          "plain base (SVD route's B)": {"info__method": "svd-merge"}}.items():
+    for name, changes in WAYS.items():
         started = time.perf_counter()
         result = train(plan_with(**changes), "b", model=model, log=quiet)
         runs[name] = (time.perf_counter() - started) / steps
@@ -77,8 +80,7 @@ def measure(size: tuple[int, int], steps: int, optimizer: str, lr: float, work: 
     if not torch.cuda.is_available():  # counted where no GPU is (bench/op_count.py)
         from bench.op_count import ops_per_step
 
-        for name, changes in {"frozen A": {}, "merged A": {"b__merge_base_weights": True},
-                              "plain base (SVD route's B)": {"info__method": "svd-merge"}}.items():
+        for name, changes in WAYS.items():
             short = plan_with(train__max_train_steps=6, **changes)
             ops, launched = ops_per_step(lambda c, p=short: train(p, "b", model=model, log=quiet, controls=c))
             kernels[name] = {"ops": round(ops), "kernels": round(launched)}

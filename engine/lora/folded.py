@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+if TYPE_CHECKING:
     from engine.lora.network import LoRAModule
 
 
@@ -37,8 +39,6 @@ def foldable(trained: LoRAModule, frozen: LoRAModule) -> bool:
         return False
     if frozen.lora_down.weight.requires_grad or frozen.lora_up.weight.requires_grad:
         return False  # only a frozen LoRA: its rows get no gradient of their own here
-    from torch import nn
-
     if isinstance(down_t, nn.Conv2d):
         assert isinstance(down_f, nn.Conv2d)
         return (down_t.stride, down_t.padding, down_t.dilation) == (down_f.stride, down_f.padding, down_f.dilation)
@@ -48,9 +48,6 @@ def foldable(trained: LoRAModule, frozen: LoRAModule) -> bool:
 def folded_contribution(trained: LoRAModule, frozen: LoRAModule, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """What ``trained`` and ``frozen`` together add to their module's output for input ``x``, in
     ``dtype``: one ``down`` and one ``up`` over their concatenated ranks, at ``trained``'s scale."""
-    import torch
-    import torch.nn.functional as F
-
     scale = trained.multiplier * trained.scale
     down = torch.cat((frozen.lora_down.weight, trained.lora_down.weight))
     up = torch.cat((scaled_up(frozen, frozen.multiplier * frozen.scale / scale), trained.lora_up.weight), dim=1)
@@ -58,7 +55,7 @@ def folded_contribution(trained: LoRAModule, frozen: LoRAModule, x: torch.Tensor
     if not autocast:
         x = x.to(down.dtype)
     conv = trained.lora_down
-    if isinstance(conv, torch.nn.Conv2d):
+    if isinstance(conv, nn.Conv2d):
         added = F.conv2d(F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation, conv.groups), up)
     else:
         added = F.linear(F.linear(x, down), up)
@@ -69,8 +66,6 @@ def scaled_up(frozen: LoRAModule, ratio: float) -> torch.Tensor:
     """``frozen``'s ``up`` times ``ratio`` (1 when both LoRAs have the same scale, the usual case:
     then the weight itself). Kept and updated in place when the ratio changes (a preview's
     strengths), so that a captured CUDA graph, which reads it by its address, stays valid."""
-    import torch
-
     up = frozen.lora_up.weight
     if ratio == 1:
         return up

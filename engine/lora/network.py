@@ -12,6 +12,7 @@ from torch import nn
 
 from engine.errors import LoRAFileError
 from engine.lora.files import load_lora_file, save_lora_file
+from engine.lora.folded import folded_contribution
 from engine.lora.names import find_targets
 
 if TYPE_CHECKING:
@@ -91,8 +92,6 @@ class LoRAModule(nn.Module):
             return output  # strength 0 is exactly the base model, not base + 0*delta
         x, scale = args[0], self.multiplier * self.scale
         if self.folded is not None and self.carries(self.folded):
-            from engine.lora.folded import folded_contribution
-
             return output.add(folded_contribution(self, self.folded, x, output.dtype), alpha=scale)
         weights = self.lora_down.weight.dtype
         if not self.full_precision and (torch.is_autocast_enabled(x.device.type) or output.dtype == x.dtype == weights):

@@ -4,7 +4,7 @@ Training is bound by launching kernels, not by the GPU's arithmetic: on an H100 
 step kept the GPU busy ~48 ms of ~220 (docs/BENCHMARKS.md). Two separate runs pay every
 launch twice; a batch of two pays it once. Sample 0 (A's picture) goes through A's LoRA and
 sample 1 (B's) through B's: one forward hook per LoRA target, which runs both LoRAs as one
-batched pair of matmuls over their stacked weights (:func:`batched_pair`; 0.62 of two sides'
+batched pair of matmuls over their stacked weights (:func:`batched_pair`; 0.66 of two sides'
 kernels a step) or each side's module on its half (:class:`TwinHooks`). Each side keeps
 everything else of its own — its random stream (so the noise and timesteps are those of a
 separate run), optimizer, schedule, grad scaler, gradient clipping, checkpoints and LoRA
