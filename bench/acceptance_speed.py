@@ -76,29 +76,6 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return round(value, digits) if value else None
 
 
-def features_first_pair(lora_a, lora_b, x, output):
-    """The twin's batched pair as first built (2026-12-06), for the GPU to time against
-    :func:`engine.train.twin.batched_pair`: the features as (positions, channels), the weights the
-    second operand, Linear targets only (1×1 convolutions per half). On the CPU it counted 10 033
-    operators and 4 412 kernels a twin step against the shipped 11 168 and 3 966: fewer in all,
-    more that compute (its weight gradients come out transposed and are copied). Which costs the
-    host less depends on whether a graph replays the step (only kernels then) or not."""
-    import torch
-
-    from engine.train.twin import pair_batches
-
-    if not isinstance(lora_a.lora_down, torch.nn.Linear) or not pair_batches(lora_a, lora_b, x, output):
-        return None
-    scale = lora_a.multiplier * lora_a.scale
-    down = torch.stack((lora_a.lora_down.weight, lora_b.lora_down.weight))  # (2, rank, in)
-    up = torch.stack((lora_a.lora_up.weight, lora_b.lora_up.weight))  # (2, out, rank)
-    if not torch.is_autocast_enabled(x.device.type):
-        x = x.to(down.dtype)
-    pairs = x.reshape(2, -1, x.shape[-1])
-    hidden = torch.bmm(pairs, down.transpose(1, 2))
-    return torch.baddbmm(output.reshape(2, -1, output.shape[-1]), hidden, up.transpose(1, 2), alpha=scale).reshape(output.shape)
-
-
 def graph_rates(project: Path, steps: int, log=print) -> dict:
     """Steps/s of one side, a twin pair and the differential route's B, with cuda_graphs off
     and on; and the ratios the issue's goals are stated in."""
@@ -119,11 +96,7 @@ def graph_rates(project: Path, steps: int, log=print) -> dict:
         differential = replace(base, info=replace(base.info, method="differential"))
         train(make_plan(differential, max_steps=steps), "a", model=model, log=logs.append)  # B trains on this A
         b, _, _ = timed(lambda c: train(make_plan(differential, max_steps=steps), "b", model=model, log=logs.append, controls=c))
-        with mock.patch("engine.train.twin.batched_pair", features_first_pair):  # the twin's other layout, same machine
-            twin_ff, _, _ = timed(lambda c: train_twin(make_plan(replace(base, info=replace(base.info, twin_training=True)), max_steps=steps),
-                                                       model=model, log=logs.append, controls=c))
         rates[key] = {"one_side_it_per_s": _round(one), "twin_pair_steps_per_s": _round(twin), "differential_b_it_per_s": _round(b),
-                      "twin_features_first_pair_steps_per_s": _round(twin_ff),
                       "first_step_seconds": _round(first, 1), "optimizer": getattr(result, "optimizer", None),
                       "twin_vs_two_separate": _round(twin / (one / 2) if one and twin else None),
                       "differential_b_vs_side": _round(b / one if one and b else None)}
@@ -133,6 +106,16 @@ def graph_rates(project: Path, steps: int, log=print) -> dict:
             with mock.patch.object(AppliedBaseWeights, "fold_into", lambda self, trained, log: None):
                 beside, _, _ = timed(lambda c: train(make_plan(differential, max_steps=steps), "b", model=model, log=logs.append, controls=c))
             rates[key].update(differential_b_a_beside_it_per_s=_round(beside), folded_vs_beside=_round(b / beside if b and beside else None))
+            # Every LoRA as a forward hook, as before engine/lora/fused.py: the fused function's gain, same machine.
+            from bench.fused_bench import hooks_only
+
+            with hooks_only():
+                hooked, _, _ = timed(lambda c: train(make_plan(base, max_steps=steps), "a", model=model, log=logs.append, controls=c))
+                twin_hooked, _, _ = timed(lambda c: train_twin(make_plan(replace(base, info=replace(base.info, twin_training=True)),
+                                                                         max_steps=steps), model=model, log=logs.append, controls=c))
+            rates[key].update(one_side_hooked_it_per_s=_round(hooked), fused_vs_hooked=_round(one / hooked if one and hooked else None),
+                              twin_pair_hooked_steps_per_s=_round(twin_hooked),
+                              twin_fused_vs_hooked=_round(twin / twin_hooked if twin and twin_hooked else None))
         log(f"  {key}: {rates[key]}")
     eager, graphed = rates["eager"]["one_side_it_per_s"], rates["graphs"]["one_side_it_per_s"]
     said = sorted({line for line in logs if line.startswith("cuda_graphs")})  # captured, or why not

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU checks of issue 26, in two calls of the device tool (each ≤ 8 min on an H200):
 #
-#   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA; the folded differential A), where a step's time goes (optimizers, graphs, channels-last),
+#   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA; the folded differential A; the fused LoRA), where a step's time goes (optimizers, graphs, channels-last),
 #                                    # graph rates of one side / twin / differential B, kohya side by side
 #   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
 #
@@ -13,8 +13,9 @@
 # folders travel as one tar and the summaries beside it.
 # Measured 2026-12-04 on an H200: sd15 ~5 min (tests 40 s, host profile ~2 min, graph rates ~2 min,
 # kohya 75 s); sdxl: the rate phases 95 s, the project run longer than the 190 s it was given.
-# Since 2026-12-06 the graph rates also time the twin batched features first and the differential
-# B unfolded (~40 s more, estimated): sd15 ~6 min. With 15 device-minutes and a machine's start
+# Since 2026-12-06 the graph rates also time the differential B unfolded and, eager, one side and
+# the twin pair with every LoRA as a hook (the fused function's gain, engine/lora/fused.py; they
+# replaced the twin batched features first): ~60 s more, estimated: sd15 ~6 min. With 15 device-minutes and a machine's start
 # counted, sd15 is the call to make first; sdxl if time is left.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ export PYTHONPATH="$site:$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 case "$what" in
   sd15)
-    timeout 160 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_warm_start.py tests/test_lora_folded.py -m gpu 2>&1 | grep -E "^E |passed|failed" | tee "$out/gpu-tests.txt"
+    timeout 160 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_warm_start.py tests/test_lora_folded.py tests/test_lora_fused.py -m gpu 2>&1 | grep -E "^E |passed|failed" | tee "$out/gpu-tests.txt"
     # The issue's goals first (rates, kohya), then where a step's time goes: a call cut off at its
     # limit still brings back what is under $OUT.
     kohya=()

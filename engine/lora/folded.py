@@ -48,9 +48,7 @@ def foldable(trained: LoRAModule, frozen: LoRAModule) -> bool:
 def folded_contribution(trained: LoRAModule, frozen: LoRAModule, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """What ``trained`` and ``frozen`` together add to their module's output for input ``x``, in
     ``dtype``: one ``down`` and one ``up`` over their concatenated ranks, at ``trained``'s scale."""
-    scale = trained.multiplier * trained.scale
-    down = torch.cat((frozen.lora_down.weight, trained.lora_down.weight))
-    up = torch.cat((scaled_up(frozen, frozen.multiplier * frozen.scale / scale), trained.lora_up.weight), dim=1)
+    down, up, _ = folded_weights(trained, frozen)
     autocast = torch.is_autocast_enabled(x.device.type)
     if not autocast:
         x = x.to(down.dtype)
@@ -60,6 +58,15 @@ def folded_contribution(trained: LoRAModule, frozen: LoRAModule, x: torch.Tensor
     else:
         added = F.linear(F.linear(x, down), up)
     return added if autocast else added.to(dtype)
+
+
+def folded_weights(trained: LoRAModule, frozen: LoRAModule) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The one ``down`` and ``up`` of ``frozen``'s rows, then ``trained``'s, and the scale they
+    are added at (``trained``'s)."""
+    scale = trained.multiplier * trained.scale
+    down = torch.cat((frozen.lora_down.weight, trained.lora_down.weight))
+    up = torch.cat((scaled_up(frozen, frozen.multiplier * frozen.scale / scale), trained.lora_up.weight), dim=1)
+    return down, up, scale
 
 
 def scaled_up(frozen: LoRAModule, ratio: float) -> torch.Tensor:

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from engine.errors import LoRAFileError
+from engine.lora import fused
 from engine.lora.files import load_lora_file, save_lora_file
-from engine.lora.folded import folded_contribution
+from engine.lora.folded import folded_contribution, folded_weights
+from engine.lora.fused import ForwardReplaced, linear_with_loras, plain_linear
 from engine.lora.names import find_targets
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ class LoRAModule(nn.Module):
         # this network's parameters and state dict.
         self.__dict__["base"] = base
         self.base: nn.Linear | nn.Conv2d
-        self._hook: RemovableHandle | None = None
+        self._hook: RemovableHandle | ForwardReplaced | None = None
 
     def set_alpha(self, alpha: float | None) -> None:
         alpha = float(self.rank if alpha is None or float(alpha) == 0 else alpha)  # kohya: 0/None means rank
@@ -120,9 +122,31 @@ class LoRAModule(nn.Module):
 
     def attach(self) -> None:
         """Hook into the base module: its output now includes this LoRA's (``remove`` undoes it).
-        Not ``apply``: that is nn.Module's own method (a function applied to every submodule)."""
+        Not ``apply``: that is nn.Module's own method (a function applied to every submodule).
+
+        On a plain frozen Linear (most targets), the Linear's forward is replaced by one function
+        of the base and this LoRA (:mod:`engine.lora.fused`: ~a third fewer operators a step);
+        elsewhere, and for a second LoRA on the same module, a forward hook adds it."""
         if self._hook is None:
-            self._hook = self.base.register_forward_hook(self._add_delta)
+            if not self.full_precision and isinstance(self.lora_down, nn.Linear) and fused.fusable(self.base):
+                self._hook = ForwardReplaced(self.base, self._fused_forward)
+            else:
+                self._hook = self.base.register_forward_hook(self._add_delta)
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base Linear's forward with this LoRA (and a frozen one it carries) inside it."""
+        base = self.base
+        assert isinstance(base, nn.Linear)
+        if self.multiplier == 0 or (self.folded_into is not None and self.folded_into.carries(self)):
+            return plain_linear(base, x)  # strength 0, or the trained LoRA at this module adds this one's change
+        if self.folded is not None and self.carries(self.folded):
+            down, up, scale = folded_weights(self, self.folded)
+        else:
+            down, up, scale = self.lora_down.weight, self.lora_up.weight, self.multiplier * self.scale
+        output = linear_with_loras(base, x, down, up, scale)
+        if output is None:  # precisions apart without autocast: the hook's way
+            output = self._add_delta(base, (x,), plain_linear(base, x))
+        return output
 
     def remove(self) -> None:
         if self._hook is not None:

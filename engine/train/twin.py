@@ -52,8 +52,37 @@ class TwinHooks:
         self.handles: list = []
 
     def apply(self) -> None:
+        from torch import nn
+
+        from engine.lora import fused
+
         for lora_a, lora_b in self.pairs:
-            self.handles.append(lora_a.base.register_forward_hook(self._hook(lora_a, lora_b)))
+            add_both = self._hook(lora_a, lora_b)
+            if isinstance(lora_a.lora_down, nn.Linear) and fused.fusable(lora_a.base):
+                self.handles.append(fused.ForwardReplaced(lora_a.base, self._fused(lora_a, lora_b, add_both)))
+            else:
+                self.handles.append(lora_a.base.register_forward_hook(add_both))
+
+    @staticmethod
+    def _fused(lora_a, lora_b, add_both):
+        """The Linear's forward with both LoRAs inside it, A's on the first half of the batch and
+        B's on the second (:mod:`engine.lora.fused`); ``add_both``'s way where that cannot run."""
+        import torch
+
+        from engine.lora.fused import linear_with_loras, plain_linear
+
+        base = lora_a.base
+
+        def forward(x):
+            if same_pair(lora_a, lora_b, x):
+                down = torch.stack((lora_a.lora_down.weight, lora_b.lora_down.weight))
+                up = torch.stack((lora_a.lora_up.weight, lora_b.lora_up.weight))
+                output = linear_with_loras(base, x, down, up, lora_a.multiplier * lora_a.scale)
+                if output is not None:
+                    return output
+            return add_both(base, (x,), plain_linear(base, x))
+
+        return forward
 
     @staticmethod
     def _hook(lora_a, lora_b):
@@ -141,6 +170,16 @@ def pair_batches(lora_a, lora_b, x, output) -> bool:
     """Whether :func:`batched_pair` applies to these two (:func:`batchable`) LoRAs at this call."""
     import torch
 
+    # A base in another precision than the LoRA, without autocast: each side casts.
+    dtype_ok = torch.is_autocast_enabled(x.device.type) or output.dtype == lora_a.lora_down.weight.dtype
+    return dtype_ok and same_pair(lora_a, lora_b, x)
+
+
+def same_pair(lora_a, lora_b, x) -> bool:
+    """Whether the two LoRAs can run as one stack on this input (precisions aside): both on, at one
+    scale, of one shape and precision."""
+    import torch
+
     if lora_a.full_precision or lora_b.full_precision or lora_a.multiplier == 0 or lora_b.multiplier == 0:
         return False
     down_a, down_b = lora_a.lora_down.weight, lora_b.lora_down.weight
@@ -149,8 +188,7 @@ def pair_batches(lora_a, lora_b, x, output) -> bool:
     conv = not isinstance(lora_a.lora_down, torch.nn.Linear)
     if lora_a.multiplier * lora_a.scale != lora_b.multiplier * lora_b.scale or (conv and (x.dim() != 4 or x.shape[0] != 2)):
         return False  # sides scaled apart, or several pictures a side (their channels are no one matrix without a copy)
-    # A base in another precision than the LoRA, without autocast: each side casts.
-    return torch.is_autocast_enabled(x.device.type) or output.dtype == down_a.dtype
+    return True
 
 
 class TwinSides:
