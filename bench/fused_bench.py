@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 results = list(result.values()) if isinstance(result, dict) else [result]
                 loras[way] = {f"{i}.{k}": v for i, r in enumerate(results) for k, v in load_file(str(r.lora_path)).items()}
                 assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in model.unet.modules())
-            row["worst_relative_difference"] = worst_relative(loras["fused"], loras["hooked"])
+            # Plain SGD steps carry rounding as rounding; Adam divides each gradient by its own size, so the
+            # rounding-level gradients of untrained tensors become full steps: no comparison then.
+            row["worst_relative_difference"] = worst_relative(loras["fused"], loras["hooked"]) if args.optimizer.startswith("SGD") else None
             row["ops_fused_vs_hooked"] = round(row["fused"]["ops_per_step"] / row["hooked"]["ops_per_step"], 3)
             row["kernels_fused_vs_hooked"] = round(row["fused"]["kernels_per_step"] / row["hooked"]["kernels_per_step"], 3)
             report[training] = row
