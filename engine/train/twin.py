@@ -3,9 +3,10 @@
 Training is bound by launching kernels, not by the GPU's arithmetic: on an H100 at 600×900 a
 step kept the GPU busy ~48 ms of ~220 (docs/BENCHMARKS.md). Two separate runs pay every
 launch twice; a batch of two pays it once. Sample 0 (A's picture) goes through A's LoRA and
-sample 1 (B's) through B's: one forward hook per LoRA target, which runs both LoRAs as one
-batched pair of matmuls over their stacked weights (:func:`batched_pair`; 0.66 of two sides'
-kernels a step) or each side's module on its half (:class:`TwinHooks`). Each side keeps
+sample 1 (B's) through B's: per LoRA target, both LoRAs as one batched pair of matmuls over
+their stacked weights — inside the Linear's own function (:mod:`engine.lora.fused`) or, for a
+1×1 convolution, in a forward hook (:func:`batched_pair`); 0.60 of two sides' kernels a step on
+tiny — or each side's module on its half (:class:`TwinHooks`). Each side keeps
 everything else of its own — its random stream (so the noise and timesteps are those of a
 separate run), optimizer, schedule, grad scaler, gradient clipping, checkpoints and LoRA
 file — so a twin run and two separate runs give the same LoRAs
@@ -43,8 +44,9 @@ class TwinNotPossible(TrainingError):
 
 
 class TwinHooks:
-    """Per LoRA target, one forward hook: the first half of the batch through A's module, the
-    second half through B's."""
+    """Per LoRA target, the first half of the batch through A's LoRA, the second half through
+    B's: a Linear's forward replaced by one function of the base and both LoRAs, a forward hook
+    elsewhere."""
 
     def __init__(self, network_a, network_b) -> None:
         by_name = {lora.name: lora for lora in network_b.loras()}
