@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU checks of issue 26, in two calls of the device tool (each ≤ 8 min on an H200):
 #
-#   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA; the folded differential A; the fused LoRA), where a step's time goes (optimizers, graphs, channels-last),
+#   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA; the folded differential A; the fused LoRA; the flat 8-bit optimizer),
+#                                    # bitsandbytes per tensor against flat (ms a step), where a step's time goes (optimizers, graphs, channels-last),
 #                                    # graph rates of one side / twin / differential B, kohya side by side
 #   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
 #
@@ -31,7 +32,8 @@ export PYTHONPATH="$site:$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 case "$what" in
   sd15)
-    timeout 160 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_warm_start.py tests/test_lora_folded.py tests/test_lora_fused.py -m gpu 2>&1 | grep -E "^E |passed|failed" | tee "$out/gpu-tests.txt"
+    timeout 160 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_warm_start.py tests/test_lora_folded.py tests/test_lora_fused.py tests/test_flat_optim.py -m gpu 2>&1 | grep -E "^E |passed|failed" | tee "$out/gpu-tests.txt"
+    timeout 60 python3 bench/flat_optim_bench.py --device cuda --steps 20 2>&1 | grep -v kernels-community | tr -d ' \n' | tee "$out/flat-optim.json"; echo
     # The issue's goals first (rates, kohya), then where a step's time goes: a call cut off at its
     # limit still brings back what is under $OUT.
     kohya=()

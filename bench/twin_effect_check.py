@@ -1,9 +1,10 @@
-"""The toy CI test's measurement (tests/test_toy_model.py) with the twin pair batched or not: the
+"""The toy CI test's measurement (tests/test_toy_model.py) with the twin pair's three ways: the
 example trained 480 steps a side as a twin, merged; its effect on two held-out prompts and the
 copy check. bench/effect_bench.py trains each side apart, so it cannot see the twin's path.
 
-    OMP_NUM_THREADS=1 python bench/twin_effect_check.py batched
-    OMP_NUM_THREADS=1 python bench/twin_effect_check.py per-half
+    OMP_NUM_THREADS=1 python bench/twin_effect_check.py batched    # as shipped: the pair inside each Linear's function
+    OMP_NUM_THREADS=1 python bench/twin_effect_check.py hooked     # the batched pair in forward hooks (before engine/lora/fused.py)
+    OMP_NUM_THREADS=1 python bench/twin_effect_check.py per-half   # each side's module on its half, in hooks (before the pair was batched)
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ if str(REPO) not in sys.path:
 
 
 def main(argv: list[str]) -> int:
-    if argv not in (["batched"], ["per-half"]):
-        print("usage: twin_effect_check.py batched|per-half", file=sys.stderr)
+    if argv not in (["batched"], ["hooked"], ["per-half"]):
+        print("usage: twin_effect_check.py batched|hooked|per-half", file=sys.stderr)
         return 2
     import torch
 
@@ -36,6 +37,10 @@ def main(argv: list[str]) -> int:
     from tests.test_toy_model import PROMPTS, TEST_EPOCHS
 
     torch.set_num_threads(1)
+    if argv != ["batched"]:
+        import engine.lora.fused as fused
+
+        fused.fusable = lambda base: False  # every LoRA target as a forward hook
     if argv == ["per-half"]:
         twin.batchable = lambda lora: False  # each side's module on its half, as before 2026-12-06
     root = copy_example(Path(tempfile.mkdtemp()), "example-toy", source="example-toy")

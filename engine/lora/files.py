@@ -59,8 +59,10 @@ def save_lora_file(
         normalised[name] = LoRAWeights(down.detach().float().cpu(), up.detach().float().cpu(), alpha)
     tensors = {}
     for name, w in uniform_alpha(normalised).items():
-        tensors[f"{name}.lora_down.weight"] = w.down.to(target).contiguous()
-        tensors[f"{name}.lora_up.weight"] = w.up.to(target).contiguous()
+        # Copies: a training LoRA's weights are views into one buffer (engine/train/flat_optim.py),
+        # and safetensors refuses tensors that share memory.
+        tensors[f"{name}.lora_down.weight"] = w.down.to(target, copy=True).contiguous()
+        tensors[f"{name}.lora_up.weight"] = w.up.to(target, copy=True).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(w.alpha).to(target)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(tensors, meta)

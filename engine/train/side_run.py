@@ -169,7 +169,10 @@ class SideRun:
                 self.log("no usable training state to resume from: starting from step 0")
             return 0
         _restore_lora(self.network, state["lora"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:  # e.g. written by torch's AdamW (a CPU run) and resumed with bitsandbytes'
+            self.log(f"the checkpoint's optimizer state does not fit {self.optimizer_used} ({exc}): its moments start afresh")
         self.lr_schedule.load_state_dict(state["scheduler"])
         self.generator.set_state(state["rng"]["generator"])
         if state.get("grad_scaler"):
