@@ -89,6 +89,19 @@ def test_the_graphed_step_trains_bit_for_bit_as_eager(tmp_path, tiny, stand_in):
     assert graphed.final_loss == plain.final_loss
 
 
+def test_the_flat_8bit_optimizer_steps_the_graphs_gradients(tmp_path, tiny, stand_in, monkeypatch):
+    """AdamW8bit as on a GPU (engine/train/flat_optim.py, bitsandbytes' CPU code here): it gathers
+    the gradients the graph hands back to the parameters after each replay."""
+    import engine.train.optim as optim
+
+    monkeypatch.setattr(optim, "bitsandbytes_device", lambda device: True)
+    keys = {"optimizer_type": "AdamW8bit", "learning_rate": 1e-3}
+    plain = train(make(tmp_path / "plain", **keys), "a", model=tiny, log=quiet)
+    graphed = train(make(tmp_path / "graphed", cuda_graphs=True, **keys), "a", model=tiny, log=quiet)
+    assert [g.replays for g in stand_in] == [STEPS - WARMUP_STEPS] and graphed.optimizer == "AdamW8bit"
+    assert_identical(graphed.lora_path, plain.lora_path)
+
+
 def test_twin_and_resume_through_the_graph(tmp_path, tiny, stand_in):
     """A twin pair (both LoRAs in one captured step), stopped mid-run and resumed (a new
     capture), ends bit for bit where the eager twin run does."""
