@@ -247,22 +247,30 @@ def test_the_differential_b_carries_a_in_the_fused_function():
     assert torch.allclose(base(x), plain + a(x), atol=1e-5)
 
 
+class _Block(torch.nn.Module):
+    """Two Linear targets (with and without bias) around a GELU."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.gelu(self.a(x)))
+
+
+def _block_with_loras(width: int, device: str):
+    torch.manual_seed(0)
+    block = _Block(width).to(device)
+    loras = [_lora(block.a, seed=1).to(device), _lora(block.b, rank=2, seed=2).to(device)]
+    for lora in loras:
+        lora.attach()
+    return block, loras
+
+
 def test_torch_compile_traces_the_fused_forward_and_follows_the_strength():
     """Dynamo's tracing of the replaced forward and the autograd function (``aot_eager``: no
     inductor code, whose CPU backward is what compile is off for on the CPU)."""
-    class Block(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16, bias=False)
-
-        def forward(self, x):
-            return self.b(torch.nn.functional.gelu(self.a(x)))
-
-    torch.manual_seed(0)
-    block = Block()
-    loras = [_lora(block.a, seed=1), _lora(block.b, rank=2, seed=2)]
-    for lora in loras:
-        lora.attach()
+    block, loras = _block_with_loras(16, "cpu")
     x = _input(2, 7, 16)
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     assert _close(_step(compiled, loras, x), _step(block, loras, x))
@@ -369,20 +377,7 @@ def test_on_a_gpu_torch_compile_of_the_fused_forward_trains_as_eager():
     """`[train] compile` on CUDA (inductor): the compiled block's output and gradients, fused LoRAs
     at two strengths, as eager's (fp32; TF32 off)."""
     torch.backends.cuda.matmul.allow_tf32 = False
-
-    class Block(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = torch.nn.Linear(64, 128), torch.nn.Linear(128, 64, bias=False)
-
-        def forward(self, x):
-            return self.b(torch.nn.functional.gelu(self.a(x)))
-
-    torch.manual_seed(0)
-    block = Block().to(DEVICE)
-    loras = [_lora(block.a, seed=1).to(DEVICE), _lora(block.b, rank=2, seed=2).to(DEVICE)]
-    for lora in loras:
-        lora.attach()
+    block, loras = _block_with_loras(64, DEVICE)
     x = _input(2, 7, 64).detach().to(DEVICE).requires_grad_()
     compiled = torch.compile(block)
     assert _close(_step(compiled, loras, x), _step(block, loras, x), 1e-4)
