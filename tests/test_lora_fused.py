@@ -58,6 +58,8 @@ def test_fused_computes_what_the_hook_does(bias, shape):
     assert isinstance(lora._hook, ForwardReplaced) and "forward" in base.__dict__
     got = _step(base, [lora], x)
     assert _close(got, want) and len(got) == 4 and all(float(g.norm()) > 0 for g in got)
+    with torch.no_grad():  # a preview's way: the same kernels without the autograd function
+        assert torch.equal(base(x), got[0])
     lora.remove()
     assert "forward" not in base.__dict__ and not base._forward_hooks
     assert torch.equal(base(x), torch.nn.functional.linear(x, base.weight, base.bias))  # the Linear's own forward again
@@ -216,6 +218,8 @@ def test_the_twin_pair_runs_each_half_through_its_own_lora_in_one_function():
     assert isinstance(hooks.handles[0], ForwardReplaced)
     got = _step(base, [a, b], x)
     assert _close(got, want) and len(got) == 6
+    with torch.no_grad():
+        assert torch.equal(base(x), got[0])
     one = torch.nn.functional.linear(x, base.weight, base.bias)
     assert torch.allclose(got[0][:1], (one + a(x))[:1], atol=1e-5) and torch.allclose(got[0][1:], (one + b(x))[1:], atol=1e-5)
     with pytest.raises(TrainingError, match="even batch"):

@@ -35,19 +35,10 @@ class _LinearWithLoRAs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, down, up, scale):
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat.mm(weight.t())
-        if down.dim() == 2:
-            inputs = flat
-            hidden = flat.mm(down.t())  # (rows, rank)
-            out.addmm_(hidden, up.t(), alpha=scale)
-        else:
-            inputs = flat.reshape(down.shape[0], -1, flat.shape[-1])  # (G, rows, in)
-            hidden = torch.bmm(inputs, down.transpose(1, 2))  # (G, rows, rank)
-            out.view(down.shape[0], -1, out.shape[-1]).baddbmm_(hidden, up.transpose(1, 2), alpha=scale)
+        out, inputs, hidden = _computed(x, weight, bias, down, up, scale)
         ctx.save_for_backward(inputs, weight, down, up, hidden)
         ctx.scale, ctx.shape = scale, x.shape
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -76,6 +67,27 @@ class _LinearWithLoRAs(torch.autograd.Function):
         return grad_x, None, None, grad_down, grad_up, None
 
 
+def _computed(x, weight, bias, down, up, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward's three kernels: (the output, the input as the backward reads it, the rank-sized hidden)."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat.mm(weight.t())
+    if down.dim() == 2:
+        inputs = flat
+        hidden = flat.mm(down.t())  # (rows, rank)
+        out.addmm_(hidden, up.t(), alpha=scale)
+    else:
+        inputs = flat.reshape(down.shape[0], -1, flat.shape[-1])  # (G, rows, in)
+        hidden = torch.bmm(inputs, down.transpose(1, 2))  # (G, rows, rank)
+        out.view(down.shape[0], -1, out.shape[-1]).baddbmm_(hidden, up.transpose(1, 2), alpha=scale)
+    return out.view(*x.shape[:-1], out.shape[-1]), inputs, hidden
+
+
+def _apply(x, weight, bias, down, up, scale) -> torch.Tensor:
+    if not torch.is_grad_enabled():  # a preview, a copy check: the same kernels without the autograd function's overhead
+        return _computed(x, weight, bias, down, up, scale)[0]
+    return _LinearWithLoRAs.apply(x, weight, bias, down, up, scale)
+
+
 def fusable(base: nn.Module) -> bool:
     """Whether ``base``'s forward can be replaced: a plain ``nn.Linear`` (no subclass with a
     forward of its own, e.g. a quantized one) that nothing else has patched."""
@@ -101,10 +113,10 @@ def linear_with_loras(base: nn.Linear, x: torch.Tensor, down: torch.Tensor, up: 
         x, weight, down, up = x.to(dtype), weight.to(dtype), down.to(dtype), up.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         with torch.autocast(device, enabled=False):
-            return _LinearWithLoRAs.apply(x, weight, bias, down, up, scale)
+            return _apply(x, weight, bias, down, up, scale)
     if not (x.dtype == weight.dtype == down.dtype == up.dtype) or (bias is not None and bias.dtype != x.dtype):
         return None
-    return _LinearWithLoRAs.apply(x, weight, bias, down, up, scale)
+    return _apply(x, weight, bias, down, up, scale)
 
 
 class ForwardReplaced:
