@@ -262,3 +262,40 @@ def test_on_a_gpu_flat_steps_equal_per_tensor_steps_bit_for_bit():
             o.zero_grad(set_to_none=True)
     assert all(torch.equal(a, b) for a, b in zip(per, flat))
     assert _gap_moments_are_zero(optimizer) and _gaps_are_zero(optimizer)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_a_run_through_the_flat_optimizer_equals_one_per_tensor(tmp_path):
+    """`copylora train` as users run it (CUDA, fp16 autocast with the grad scaler, AdamW8bit,
+    gradient clipping) through the flat buffers and through bitsandbytes per tensor: the same
+    LoRA file bit for bit (the steps' kernels are the same; only the optimizer's calls differ)."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    import engine.train.flat_optim as flat_optim
+    from engine.models.loading import load_base_model
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+    from tests.helpers import copy_example
+
+    model = load_base_model("tiny", device="cuda")
+
+    def run(name: str):
+        project = load_project(copy_example(tmp_path / name))
+        project.train = replace(project.train, save_precision="float", resolution=[128, 192], optimizer_type="AdamW8bit",
+                                mixed_precision="fp16", max_grad_norm=1.0)
+        return train(make_plan(project, max_steps=12), "a", model=model, log=lambda line: None, device="cuda")
+
+    flat = run("flat")
+    original = flat_optim.FlatOptimizer
+    try:
+        flat_optim.FlatOptimizer = lambda groups, cls, lr, **kwargs: cls(groups, lr=lr, **kwargs)
+        per_tensor = run("per-tensor")
+    finally:
+        flat_optim.FlatOptimizer = original
+    want, got = load_file(str(per_tensor.lora_path)), load_file(str(flat.lora_path))
+    assert flat.optimizer == per_tensor.optimizer == "AdamW8bit"
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
