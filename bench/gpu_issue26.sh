@@ -16,7 +16,8 @@
 # kohya 75 s); sdxl: the rate phases 95 s, the project run longer than the 190 s it was given.
 # Since 2026-12-06 the graph rates also time the differential B unfolded and, eager, one side and
 # the twin pair with every LoRA as a hook (the fused function's gain, engine/lora/fused.py; they
-# replaced the twin batched features first): ~60 s more, estimated: sd15 ~6 min. With 15 device-minutes and a machine's start
+# replaced the twin batched features first), and bitsandbytes per tensor against flat with two
+# more gpu tests: ~90 s more, estimated: sd15 ~6.5 min. With 15 device-minutes and a machine's start
 # counted, sd15 is the call to make first; sdxl if time is left.
 set -uo pipefail
 cd "$(dirname "$0")/.."
