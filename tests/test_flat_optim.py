@@ -217,7 +217,7 @@ def test_a_run_through_the_flat_optimizer_equals_one_through_bitsandbytes_per_te
 
 def test_a_checkpoint_of_another_optimizer_resumes_with_fresh_moments(tmp_path, tiny, monkeypatch):
     """Started where AdamW8bit fell back to torch's AdamW (no CUDA), resumed where bitsandbytes
-    runs: the weights and schedule resume, the moments start afresh, and the log says so."""
+    runs, and back: the weights and schedule resume, the moments start afresh, and the log says so."""
     from dataclasses import replace
 
     import engine.train.optim as optim
@@ -237,6 +237,14 @@ def test_a_checkpoint_of_another_optimizer_resumes_with_fresh_moments(tmp_path, 
     said = [line for line in logs if "optimizer state does not fit AdamW8bit" in line]
     assert said and "another optimizer's" in said[0], logs
     assert result.optimizer == "AdamW8bit" and result.lora_path.is_file()
+
+    # And back: the flat buffers' state (a GPU run's) resumed where AdamW8bit falls back to torch's AdamW.
+    monkeypatch.setattr(optim, "bitsandbytes_device", lambda device: False)
+    logs.clear()
+    back = train(make_plan(project, max_steps=6), "a", model=tiny, log=logs.append, resume=True)
+    assert any("resuming A from step 4" in line for line in logs), logs
+    assert any("optimizer state does not fit AdamW (fallback from AdamW8bit)" in line for line in logs), logs
+    assert back.step == 6 and back.lora_path.is_file()
 
 
 @pytest.mark.gpu
