@@ -395,3 +395,21 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_the_training_log_says_how_the_loras_run(tmp_path, tiny):
+    """One line per run: a GPU run that did not get faster says here whether its LoRAs were fused."""
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+    from tests.helpers import copy_example
+
+    plan = make_plan(load_project(copy_example(tmp_path)), max_steps=2)
+    said: dict[str, list[str]] = {}
+    for way in ("fused", "hooked"):
+        logs: list[str] = []
+        with hooks_only() if way == "hooked" else _nothing():
+            train(plan, "a", model=tiny, log=logs.append)
+        said[way] = [line for line in logs if line.startswith("LoRA targets:")]
+    assert said["fused"] == ["LoRA targets: 160 of 192 computed inside their Linear's function, 32 by forward hooks (convolutions, other layers)"]
+    assert said["hooked"] == ["LoRA targets: 0 of 192 computed inside their Linear's function, 192 by forward hooks (convolutions, other layers)"]

@@ -135,3 +135,8 @@ class ForwardReplaced:
 def plain_linear(base: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """What the Linear's own forward computes."""
     return F.linear(x, base.weight, base.bias)
+
+
+def fused_count(*models: nn.Module) -> int:
+    """How many of ``models``' modules run a replaced forward (a LoRA inside its Linear's function)."""
+    return sum(1 for model in models for module in model.modules() if "forward" in module.__dict__)

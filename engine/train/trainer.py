@@ -210,6 +210,12 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
         free_vae(model, device)
         driver = driver_type(runs, log)
         step = driver.start_step(resume)
+        from engine.lora.fused import fused_count
+
+        inside, targets = fused_count(model.unet, *model.text_encoders), len(runs[0].network.loras())
+        # One line that shows which way the LoRAs run (a GPU run that did not get faster says why here).
+        log(f"LoRA targets: {inside} of {targets} computed inside their Linear's function, "
+            f"{targets - inside} by forward hooks (convolutions, other layers)")
         log(f"training {driver.label}: {sp.total_steps} steps, bucket {sp.buckets[0][0]}x{sp.buckets[0][1]}, "
             f"rank {p.network_dim}, {runs[0].optimizer_used} lr {p.learning_rate:g}, {device}")
         amp = autocast_for(device, autocast_dtype)
