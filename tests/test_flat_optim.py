@@ -274,10 +274,13 @@ def test_on_a_gpu_flat_steps_equal_per_tensor_steps_bit_for_bit():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_a_gpu_a_run_through_the_flat_optimizer_equals_one_per_tensor(tmp_path):
+def test_on_a_gpu_a_run_through_the_flat_optimizer_trains_as_one_per_tensor(tmp_path):
     """`copylora train` as users run it (CUDA, fp16 autocast with the grad scaler, AdamW8bit,
-    gradient clipping) through the flat buffers and through bitsandbytes per tensor: the same
-    LoRA file bit for bit (the steps' kernels are the same; only the optimizer's calls differ)."""
+    gradient clipping) through the flat buffers and through bitsandbytes per tensor. Two runs of
+    one way already differ on a GPU (the first H100 run of this test compared for bit equality and
+    failed: some backward kernels sum in no fixed order), so per tensor runs twice for the noise
+    floor, and the flat run must sit within it (the optimizer's own update is bit for bit:
+    test_on_a_gpu_flat_steps_equal_per_tensor_steps_bit_for_bit)."""
     from dataclasses import replace
 
     from safetensors.torch import load_file
@@ -295,15 +298,23 @@ def test_on_a_gpu_a_run_through_the_flat_optimizer_equals_one_per_tensor(tmp_pat
         project = load_project(copy_example(tmp_path / name))
         project.train = replace(project.train, save_precision="float", resolution=[128, 192], optimizer_type="AdamW8bit",
                                 mixed_precision="fp16", max_grad_norm=1.0)
-        return train(make_plan(project, max_steps=12), "a", model=model, log=lambda line: None, device="cuda")
+        result = train(make_plan(project, max_steps=12), "a", model=model, log=lambda line: None, device="cuda")
+        assert result.optimizer == "AdamW8bit"
+        return load_file(str(result.lora_path))
 
     flat = run("flat")
     original = flat_optim.FlatOptimizer
     try:
         flat_optim.FlatOptimizer = lambda groups, cls, lr, **kwargs: cls(groups, lr=lr, **kwargs)
-        per_tensor = run("per-tensor")
+        first, second = run("per-tensor"), run("per-tensor-again")
     finally:
         flat_optim.FlatOptimizer = original
-    want, got = load_file(str(per_tensor.lora_path)), load_file(str(flat.lora_path))
-    assert flat.optimizer == per_tensor.optimizer == "AdamW8bit"
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+    def worst(got, want) -> float:
+        return max(float((got[k].double() - want[k].double()).norm() / want[k].double().norm())
+                   for k in want if "alpha" not in k and float(want[k].norm()) > 0)
+
+    floor, apart = worst(second, first), worst(flat, first)
+    print(f"flat vs per tensor {apart:.3g}; per tensor twice {floor:.3g}")
+    assert flat.keys() == first.keys()
+    assert apart <= 4 * floor + 1e-7, (apart, floor)
