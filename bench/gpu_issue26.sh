@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The prepared GPU checks of issue 26, in two calls of the device tool (each ≤ 8 min on an H200):
+# The prepared GPU checks of issue 26, one call of the device tool each (each ≤ 8 min):
 #
 #   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA; the folded differential A; the fused LoRA; the flat 8-bit optimizer),
 #                                    # bitsandbytes per tensor against flat (ms a step), where a step's time goes (optimizers, graphs, channels-last),
 #                                    # graph rates of one side / twin / differential B, kohya side by side
 #   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
+#   bash bench/gpu_issue26.sh check  # ~5 min: one side and twin, fused vs hooked in ABBA order (bench/fused_abba.py), and
+#                                    # the two gpu tests that failed on the H100 on 2026-12-06 (carry .whl only)
 #
 # Carried (ignored paths, `carry` of the device tool): .whl (our wheels: python bench/gpu_acceptance.py
 # --print-download; then --trim-wheel .whl/bitsandbytes-*.whl cuda130, or the 64 MiB carry overflows),
@@ -17,8 +19,8 @@
 # Since 2026-12-06 the graph rates also time the differential B unfolded and, eager, one side and
 # the twin pair with every LoRA as a hook (the fused function's gain, engine/lora/fused.py; they
 # replaced the twin batched features first), and bitsandbytes per tensor against flat with two
-# more gpu tests: ~90 s more, estimated: sd15 ~6.5 min. With 15 device-minutes and a machine's start
-# counted, sd15 is the call to make first; sdxl if time is left.
+# more gpu tests: measured on an H100 2026-12-06, sd15 took 430 s (tests 2 min, acceptance 4 min,
+# host profile 1 min). Next time: check (the open questions of that run, ~5 min), then sdxl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -52,7 +54,14 @@ case "$what" in
     tail -25 "$work/sdxl.log"
     cp "$work/sdxl/gpu_acceptance.md" "$out/sdxl.md" 2>/dev/null
     ;;
-  *) echo "usage: $0 sd15|sdxl" >&2; exit 2 ;;
+  check)
+    # After the H100 run of 2026-12-06: the one-side eager question (fused vs hooked in ABBA order,
+    # one side and the twin) and the two gpu tests that failed there, verbose.
+    timeout 200 python3 bench/fused_abba.py --size 600x900 --steps 45 --work /tmp/abba 2>&1 | grep -v kernels-community | tee "$out/abba.txt" | tail -3
+    timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/test_flat_optim.py tests/test_warm_start.py -m gpu 2>&1 \
+        | grep -E "^E |passed|failed|per tensor|warm start|threads" | tee "$out/check-tests.txt"
+    ;;
+  *) echo "usage: $0 sd15|sdxl|check" >&2; exit 2 ;;
 esac
 tar czf "$out/$what.tgz" -C "$work" . 2>/dev/null
 ls -la "$out"
