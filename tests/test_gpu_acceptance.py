@@ -103,6 +103,7 @@ def test_graph_sdxl_and_kohya_phases_run_on_the_cpu(tmp_path):
     eager = graphs["rates"]["eager"]  # and B with A's modules beside it (not folded), for the fold's gain on the same machine
     assert eager["differential_b_a_beside_it_per_s"] and eager["folded_vs_beside"], eager
     assert eager["one_side_hooked_it_per_s"] and eager["fused_vs_hooked"] and eager["twin_fused_vs_hooked"], eager  # the fused function's gain
+    assert eager["one_side_fused_again_it_per_s"] and eager["twin_pair_fused_again_steps_per_s"], eager  # fused on both sides of hooked
     assert graphs["graph_log"] == ["cuda_graphs = true: training eagerly: there is no CUDA device (training on the CPU)"]
     sdxl = phases["SDXL training 64x64, checkpointing off and on"]  # the smoke's size, whatever was asked
     assert sdxl["family"] == "sdxl" and sdxl["plain"]["it_per_s"] and sdxl["checkpointing"]["it_per_s"]
