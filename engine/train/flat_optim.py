@@ -57,6 +57,7 @@ class _Pool:
         # The padding after each tensor whose size is not a multiple of the block (none for the
         # usual ranks: rank × a multiple of 64 is one, for ranks divisible by 4).
         self.gaps = (~covered).nonzero().flatten().to(first.device) if not covered.all() else None
+        self.zero_codes: dict[str, int] = {}  # per quantization map: the code of 0 (neutral_gaps)
 
     def neutral_gaps(self, state: dict) -> None:
         """Set the padding's 8-bit moments to the codes of 0. bitsandbytes' quantizer may store a 0
@@ -67,7 +68,9 @@ class _Pool:
         for key, qmap in (("state1", "qmap1"), ("state2", "qmap2")):
             codes = state.get(key)
             if codes is not None and codes.dtype == torch.uint8:
-                codes.index_fill_(0, self.gaps, int(state[qmap].abs().argmin()))
+                if qmap not in self.zero_codes:  # once: reading it back is a device sync, and the map never changes
+                    self.zero_codes[qmap] = int(state[qmap].abs().argmin())
+                codes.index_fill_(0, self.gaps, self.zero_codes[qmap])
         self.flat.data.index_fill_(0, self.gaps, 0)
 
     def gather(self) -> None:
