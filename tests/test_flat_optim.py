@@ -242,7 +242,7 @@ def test_a_checkpoint_of_another_optimizer_resumes_with_fresh_moments(tmp_path, 
     result = train(make_plan(project, max_steps=4), "a", model=tiny, log=logs.append, resume=True)
     assert any("resuming A from step 2" in line for line in logs), logs
     said = [line for line in logs if "optimizer state does not fit AdamW8bit" in line]
-    assert said and "another optimizer's" in said[0], logs
+    assert said and "written by torch.optim.adamw.AdamW, this run steps with bitsandbytes.optim.adamw.AdamW8bit" in said[0], logs
     assert result.optimizer == "AdamW8bit" and result.lora_path.is_file()
 
     # And back: the flat buffers' state (a GPU run's) resumed where AdamW8bit falls back to torch's AdamW.
@@ -252,6 +252,60 @@ def test_a_checkpoint_of_another_optimizer_resumes_with_fresh_moments(tmp_path, 
     assert any("resuming A from step 4" in line for line in logs), logs
     assert any("optimizer state does not fit AdamW (fallback from AdamW8bit)" in line for line in logs), logs
     assert back.step == 6 and back.lora_path.is_file()
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["identity-recorded", "older-checkpoint"])
+def test_bitsandbytes_per_tensor_moments_resumed_where_torch_adamw_steps(tmp_path, tiny, monkeypatch, recorded):
+    """A checkpoint of bitsandbytes stepping each tensor (before the flat buffers existed), resumed
+    where AdamW8bit falls back to torch's AdamW: torch loaded its ``state1``/``state2`` without a
+    word and failed at the first step with ``KeyError: 'exp_avg'``. Now the moments start afresh,
+    whether the checkpoint records which optimizer wrote it or (an older one) not."""
+    from dataclasses import replace
+
+    import engine.train.flat_optim as flat_optim
+    import engine.train.optim as optim
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.trainer import train
+    from tests.helpers import copy_example
+
+    project = load_project(copy_example(tmp_path))
+    project.train = replace(project.train, save_precision="float", resolution=[64, 64], optimizer_type="AdamW8bit", save_every_n_steps=2)
+    with monkeypatch.context() as patched:
+        patched.setattr(optim, "bitsandbytes_device", lambda device: True)
+        patched.setattr(flat_optim, "FlatOptimizer", lambda groups, cls, lr, **kwargs: cls(groups, lr=lr, min_8bit_size=16, **kwargs))
+        if not recorded:
+            patched.setattr(optim, "optimizer_identity", lambda optimizer: None)
+        train(make_plan(project, max_steps=2), "a", model=tiny, log=lambda line: None)
+    logs: list[str] = []
+    result = train(make_plan(project, max_steps=4), "a", model=tiny, log=logs.append, resume=True)
+    assert any("resuming A from step 2" in line for line in logs), logs
+    said = [line for line in logs if "optimizer state does not fit AdamW (fallback from AdamW8bit)" in line]
+    assert said and ("bitsandbytes" in said[0]) and "moments start afresh" in said[0], logs
+    assert result.step == 4 and result.lora_path.is_file()
+
+
+def test_a_refused_optimizer_arg_is_one_error_not_a_fallback_first(monkeypatch):
+    """AdamW8bit where bitsandbytes runs, with a key it does not take: one error naming the key. It
+    used to log "AdamW8bit unavailable (bitsandbytes failed: TypeError ...); using torch AdamW" and
+    then fail on torch's refusal of the same key."""
+    import engine.train.optim as optim
+
+    monkeypatch.setattr(optim, "bitsandbytes_device", lambda device: True)
+    logs: list[str] = []
+    with pytest.raises(optim.OptimizerError, match=r"optimizer_args \(bogus = 1\) do not fit AdamW8bit.*bogus") as caught:
+        optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"bogus": 1}, "cuda", log=logs.append)
+    assert logs == [] and isinstance(caught.value.__cause__, TypeError)
+    optimizer, used = optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"weight_decay": 0.1}, "cuda", log=logs.append)
+    assert used == "AdamW8bit" and isinstance(optimizer, FlatOptimizer) and logs == []
+
+    def broken(name):  # bitsandbytes that fails whatever the arguments: the fallback, as before
+        raise RuntimeError("CUDA Setup failed")
+
+    monkeypatch.setattr(optim, "_bitsandbytes", broken)
+    optimizer, used = optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"weight_decay": 0.1}, "cuda", log=logs.append)
+    assert used == "AdamW (fallback from AdamW8bit)" and isinstance(optimizer, torch.optim.AdamW)
+    assert logs and "bitsandbytes failed: RuntimeError: CUDA Setup failed" in logs[0]
 
 
 @pytest.mark.gpu

@@ -88,6 +88,20 @@ def thread_count() -> int:
         return 1
 
 
+def thread_names() -> str:
+    """The other native threads' names (Linux), for the line that says warm starts are off: which
+    library started them is the first thing anyone asks."""
+    names = []
+    try:
+        for task in sorted(os.listdir("/proc/self/task")):
+            if int(task) != os.getpid():
+                with open(f"/proc/self/task/{task}/comm", encoding="utf-8", errors="replace") as handle:
+                    names.append(handle.read().strip())
+    except (OSError, ValueError):
+        pass
+    return ", ".join(names) or "unnamed"
+
+
 def preload(names: tuple[str, ...], say) -> list[str]:
     """Import ``names``; the ones that could not be imported are said and passed over (the job
     imports them itself, and meets the same error there, in its own log)."""
@@ -305,10 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - started
     server = Server(proto_in, proto_out)
     why = ""
+    # CUDA before threads: the driver starts threads of its own when a library touches it, and
+    # the answer to that is the next tier (an H100 said "3 threads were running" and warm starts
+    # went off, where the base tier would have run).
     if "torch" not in loaded:
         why = "torch could not be imported"
-    elif thread_count() > 1:
-        why = f"{thread_count()} threads were running after the imports (a fork keeps only one)"
     elif probe_poisoned():
         following = NEXT_TIER.get(args.tier)
         if following is not None:
@@ -319,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             os.execv(sys.executable, [sys.executable, "-m", "engine.jobs.warm_start", "--tier", following,
                                       *[f"--also={name}" for name in args.also]])
         why = f"importing the {args.tier} tier touched CUDA"
+    elif thread_count() > 1:
+        why = f"{thread_count()} threads were running after the imports ({thread_names()}; a fork keeps only one)"
     if why:
         server.send({"ready": False, "why": why})
         return 0

@@ -92,6 +92,7 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def __init__(self, param_groups: list[dict], cls: type, lr: float, **kwargs: Any) -> None:
         super().__init__(param_groups, {"lr": lr})
+        self.cls = cls  # what its state is (engine.train.optim.optimizer_identity)
         # (bitsandbytes' 8-bit classes fix optim_bits at 8 whatever is passed: only the size decides.)
         small_below = MIN_8BIT_SIZE if kwargs.get("min_8bit_size") is None else int(kwargs["min_8bit_size"])
         # kinds: "8bit" pools (block-aligned) go to one inner optimizer, "32bit" pools to another

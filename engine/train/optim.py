@@ -75,6 +75,63 @@ def without_per_tensor_sync(cls):
     return Unsynced
 
 
+class _UserArgsRefused(Exception):
+    """The optimizer refused the project's ``optimizer_args`` (it takes the call without them)."""
+
+    def __init__(self, error: TypeError | ValueError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _check_user_args(cls, lr: float, kwargs: dict[str, Any], args: dict[str, Any]) -> None:
+    """Raise :class:`_UserArgsRefused` when ``cls`` refuses ``kwargs`` because of the user's keys.
+
+    Asked on a one-element stand-in (bitsandbytes makes no state before the first step), so a
+    refused key is told apart from a broken bitsandbytes: without it, the refusal read as
+    "AdamW8bit unavailable (bitsandbytes failed: TypeError ...); using torch AdamW instead" and then
+    torch refused the same key, two lines for one typo and the first one wrong.
+    """
+    import torch
+
+    if not args:
+        return
+    try:
+        cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **kwargs)
+    except (TypeError, ValueError) as exc:
+        defaults = {k: v for k, v in kwargs.items() if k not in args}
+        cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **defaults)  # raises too: bitsandbytes itself is at fault
+        raise _UserArgsRefused(exc) from exc
+
+
+def optimizer_identity(optimizer) -> str:
+    """Which implementation's state ``optimizer.state_dict()`` holds: a checkpoint records it, and a
+    resume with another one (a GPU run's bitsandbytes moments on a machine that falls back to
+    torch's AdamW) starts the moments afresh instead of failing at its first step."""
+    cls = getattr(optimizer, "cls", None) or type(optimizer)  # FlatOptimizer: the bitsandbytes class it steps with
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def foreign_state(optimizer, state_dict: dict[str, Any], saved_identity: str | None) -> str | None:
+    """Why ``state_dict`` cannot be ``optimizer``'s (None where it may be).
+
+    ``saved_identity`` is what the checkpoint recorded (:func:`optimizer_identity`); checkpoints
+    written before it was recorded are judged by their per-tensor keys: bitsandbytes' ``state1``
+    in torch's optimizer loaded without complaint and failed at the first step with
+    ``KeyError: 'exp_avg'``.
+    """
+    mine = optimizer_identity(optimizer)
+    if saved_identity is not None:
+        return None if saved_identity == mine else f"written by {saved_identity}, this run steps with {mine}"
+    if getattr(optimizer, "cls", None) is not None:
+        return None  # FlatOptimizer checks (and converts) what it is given itself
+    for state in (state_dict.get("state") or {}).values():
+        # bitsandbytes' state_dict wraps its tensors in one dict per parameter (its key differs by version)
+        keys = set(state) | {k for v in state.values() if isinstance(v, dict) for k in v} if isinstance(state, dict) else set()
+        if "state1" in keys:
+            return f"bitsandbytes' moments, this run steps with {mine}"
+    return None
+
+
 def bitsandbytes_device(device: str) -> bool:
     """Where copylora uses bitsandbytes' optimizers: CUDA (its CPU code is not what users train on)."""
     return str(device).startswith("cuda")
@@ -110,9 +167,12 @@ def _build(param_groups: list[dict], name: str, lr: float, args: dict[str, Any],
                 cls = _bitsandbytes(name)
                 if name == "SGDNesterov8bit":
                     kwargs = {"momentum": 0.9, "nesterov": True, **kwargs}
+                _check_user_args(cls, lr, kwargs, args)
                 # The same update over a few flat buffers instead of one call per LoRA tensor
                 # (engine/train/flat_optim.py: its per-tensor Python was a third of a graphed step).
                 return FlatOptimizer(param_groups, cls, lr, **kwargs), name
+            except _UserArgsRefused as refused:
+                raise refused.error from None  # build_optimizer names the project's keys; no fallback line
             except Exception as exc:  # bitsandbytes missing or built without this GPU
                 reason = f"bitsandbytes failed: {type(exc).__name__}: {exc}"
         if name not in FALLBACKS:

@@ -169,10 +169,7 @@ class SideRun:
                 self.log("no usable training state to resume from: starting from step 0")
             return 0
         _restore_lora(self.network, state["lora"])
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:  # e.g. written by torch's AdamW (a CPU run) and resumed with bitsandbytes'
-            self.log(f"the checkpoint's optimizer state does not fit {self.optimizer_used} ({exc}): its moments start afresh")
+        self._restore_optimizer(state["optimizer"], state.get("optimizer_identity"))
         self.lr_schedule.load_state_dict(state["scheduler"])
         self.generator.set_state(state["rng"]["generator"])
         if state.get("grad_scaler"):
@@ -180,6 +177,21 @@ class SideRun:
         start = self._resume_copy(state.get("copy") or {}, int(state["step"]))
         self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
         return start
+
+    def _restore_optimizer(self, saved: dict, identity: str | None) -> None:
+        """The checkpoint's moments, where they are this optimizer's; otherwise (a run begun with
+        bitsandbytes on a GPU and resumed where it falls back to torch's AdamW, or the reverse) the
+        moments start afresh with a line saying so, and the weights and schedule resume as saved."""
+        from engine.train.optim import foreign_state
+
+        why = foreign_state(self.optimizer, saved, identity)
+        if why is None:
+            try:
+                self.optimizer.load_state_dict(saved)
+                return
+            except (ValueError, KeyError) as exc:  # e.g. other parameters, or a layout of another LoRA
+                why = str(exc)
+        self.log(f"the checkpoint's optimizer state does not fit {self.optimizer_used} ({why}): its moments start afresh")
 
     def _resume_copy(self, saved: dict, start: int) -> int:
         """The copy checks so far, and the stop rule judged again over them (it may have changed
@@ -285,6 +297,8 @@ class SideRun:
     # ---- writing
 
     def write_state(self, step: int, folder: Path | None = None) -> Path:
+        from engine.train.optim import optimizer_identity
+
         return save_state(
             folder or self.run_dir,
             {
@@ -293,6 +307,7 @@ class SideRun:
                 "fingerprint": self.fingerprint,
                 "lora": _lora_state(self.network),
                 "optimizer": self.optimizer.state_dict(),
+                "optimizer_identity": optimizer_identity(self.optimizer),
                 "scheduler": self.lr_schedule.state_dict(),
                 "rng": {"generator": self.generator.get_state()},
                 "grad_scaler": self.grad_scaler.state_dict(),
