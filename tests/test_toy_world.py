@@ -173,7 +173,7 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     torch = pytest.importorskip("torch")
     out = tmp_path / "toy"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(out), "--vae-steps", "2",
-                           "--unet-steps", "2", "--pool", "16", "--vae-batch", "2", "--unet-batch", "2", "--threads", "1",
+                           "--unet-steps", "2", "--pool", "4", "--vae-batch", "2", "--unet-batch", "2", "--threads", "1",
                            "--noise-offset", "0.5", "--shape-weight", "4", "--min-snr-gamma", "5"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -193,7 +193,7 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     # made anew), 1/√SNR weighting, bigger shapes, figures every step; the record keeps the lineage
     wider = tmp_path / "wider"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(wider), "--start-from", str(out),
-                           "--vae-steps", "0", "--unet-steps", "2", "--pool", "16", "--unet-batch", "2", "--threads", "1",
+                           "--vae-steps", "0", "--unet-steps", "2", "--pool", "4", "--unet-batch", "2", "--threads", "1",
                            "--te-width", "64", "--te-layers", "2", "--debiased", "--radius", "0.25,0.4", "--eval-every", "1",
                            "--eval-prompts", "1", "--max-length", "16", "--centred", "--attn-lr-mult", "10", "--te-probe", "0.1",
                            "--te-probe-steps", "3", "--colour-jitter", "20", "--saturation-jitter", "0.3", "--ema", "0.9"],
@@ -221,7 +221,7 @@ def test_the_pretraining_script_runs_and_writes_a_loadable_model(tmp_path):
     # a VAE borrowed from another run (--vae-from): its training minutes count in this model's budget
     borrowed = tmp_path / "borrowed"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_toy.py"), "--out", str(borrowed), "--vae-from", str(wider),
-                           "--vae-steps", "0", "--unet-steps", "1", "--pool", "16", "--unet-batch", "2", "--threads", "1"],
+                           "--vae-steps", "0", "--unet-steps", "1", "--pool", "4", "--unet-batch", "2", "--threads", "1"],
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     third = json.loads((borrowed / "pretrain.json").read_text())
