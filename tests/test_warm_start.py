@@ -180,13 +180,26 @@ def test_a_forked_job_is_the_workers_child_and_reports_its_exit_code(tmp_path):
     assert result["strays"] == []  # the middle process was reaped by the preloaded one
 
 
-def test_when_diffusers_touches_cuda_the_base_tier_is_preloaded(tmp_path):
-    """On a GPU box diffusers imports bitsandbytes, which queries the GPU: the probe child sees a bad
-    fork and the process starts again without diffusers."""
-    result = client(tmp_path, "tests.fake_cuda_fork")
+def test_when_the_full_tier_touches_cuda_the_base_tier_is_preloaded(tmp_path):
+    """A library of the full tier that touches CUDA (bitsandbytes queries the GPU when it loads; the
+    driver starts threads): the probe child sees a bad fork and the process starts again without
+    diffusers, whatever threads the driver started."""
+    pytest.importorskip("bitsandbytes")
+    result = client(tmp_path, "tests.fake_full_tier_imports_bnb", "tests.fake_cuda_fork")
     assert result["state"] == "ready", result["said"]
     assert any("(base tier)" in line for line in result["said"]), result["said"]
     assert "diffusers" not in " ".join(result["said"])
+    assert result["code"] == 1 and "job #1: merge of" in result["log"]
+
+
+def test_diffusers_is_preloaded_without_bitsandbytes(tmp_path):
+    """diffusers imports bitsandbytes (which touches CUDA on a GPU box) unless told not to: the
+    preloaded process tells it (engine.lean_imports), so the full tier, diffusers included, stays
+    where bitsandbytes is installed."""
+    pytest.importorskip("bitsandbytes")
+    result = client(tmp_path, "tests.fake_cuda_fork")
+    assert result["state"] == "ready", result["said"]
+    assert any("(full tier)" in line for line in result["said"]), result["said"]
     assert result["code"] == 1 and "job #1: merge of" in result["log"]
 
 

@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     # Every progress callback then calls govern() on the working thread (OpenMP's thread count
     # belongs to the thread that sets it) to follow other work as it starts and stops.
     threads = configure_threads(log=log)
+    from engine.lean_imports import skip_unused_diffusers_integrations
+
+    skip_unused_diffusers_integrations()  # ~1.2 s of a cold start that loads diffusers' models
     stop = {"asked": False}
 
     def on_term(signum, _frame):

@@ -16,13 +16,15 @@ is set only once the worker is its parent, so a worker killed with -9 still stop
 What must not happen before the fork, and how it is checked:
 - CUDA: a process that has touched CUDA cannot hand a working CUDA to a forked child. torch
   marks a child forked after that (``torch.cuda._is_in_bad_fork``). After importing, a probe
-  child is forked: if it is in a bad fork (bitsandbytes, which diffusers imports, queries the
-  GPU when it loads), this process starts again with the ``base`` tier (torch and
-  transformers, no diffusers). Each job checks it too and, if so, replaces itself with a cold
-  start (``exec``: same pid, the worker sees nothing). Nothing here touches CUDA itself.
+  child is forked: if it is in a bad fork (bitsandbytes queries the GPU when it loads, and
+  diffusers imports it unless told not to: engine.lean_imports tells it), this process starts
+  again with the ``base`` tier (torch and transformers, no diffusers). Each job checks it too
+  and, if so, replaces itself with a cold start (``exec``: same pid, the worker sees nothing).
+  Nothing here touches CUDA itself.
 - Threads: fork copies only the calling thread. OpenMP's pool, or any library's thread, would
   be lost mid-work (and a lock it held, held forever). After importing, the process must have one
-  thread; otherwise warm starts are off and the worker says why.
+  thread; otherwise warm starts are off and the worker says why, naming the threads. (CUDA is
+  judged first: the driver starts threads of its own, and its answer is the next tier.)
 
 The protocol is JSON lines on the process's stdin/stdout: first ``{"ready": true, ...}`` or
 ``{"ready": false, "why": ...}``, then one ``{"pid": N}`` or ``{"error": ...}`` per request.
@@ -60,7 +62,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "diffusers:UNet2DConditionModel", "diffusers:AutoencoderKL", "diffusers:EulerAncestralDiscreteScheduler",
         "diffusers:DDPMScheduler", "safetensors.torch", "PIL.Image",
     ),
-    # Without diffusers: on a GPU box it imports bitsandbytes, which initialises CUDA when it loads.
+    # Without diffusers: for a diffusers that imports a CUDA-touching library all the same.
     "base": ("torch", "torch._dynamo", "transformers:CLIPTextModel", "transformers:CLIPTokenizer", "safetensors.torch", "PIL.Image"),
 }
 # Our own modules: cheap, but each job would import them too.
@@ -314,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     # the CUDA driver, and so leaves CUDA untouched (the jobs get their own environment).
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     started = time.monotonic()
+    from engine.lean_imports import skip_unused_diffusers_integrations
+
+    # diffusers without bitsandbytes: its import touches CUDA on a GPU box, which kept diffusers
+    # out of the preloaded libraries there (the base tier); the jobs import it when they need it.
+    skip_unused_diffusers_integrations()
     loaded = preload(TIERS[args.tier] + tuple(args.also), say)
     loaded += preload(OWN, say)
     seconds = time.monotonic() - started

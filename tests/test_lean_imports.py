@@ -1,0 +1,69 @@
+"""Job processes load diffusers' models without bitsandbytes and PEFT (engine.lean_imports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = textwrap.dedent("""
+    import json, sys
+    turned = None
+    if sys.argv[1] == "lean":
+        from engine.lean_imports import skip_unused_diffusers_integrations
+        turned = skip_unused_diffusers_integrations()
+        assert "diffusers" not in sys.modules  # nothing imported until a job's code imports diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+    from engine.lean_imports import skip_unused_diffusers_integrations
+    late = skip_unused_diffusers_integrations()  # the models are loaded: too late, so nothing
+    print(json.dumps({"turned": turned, "late": late, "bitsandbytes": "bitsandbytes" in sys.modules, "peft": "peft" in sys.modules}))
+""")
+
+
+def _probe(mode: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_diffusers_models_load_without_bitsandbytes_and_peft():
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("peft")
+    plain, lean = _probe("plain"), _probe("lean")
+    assert plain["bitsandbytes"] and plain["peft"], plain  # what diffusers does by itself: the check can fail
+    assert lean == {"turned": "when diffusers loads", "late": "too late", "bitsandbytes": False, "peft": False}, lean
+
+
+def test_a_job_process_loads_the_models_lean(tmp_path):
+    """The runner turns them off before any job's code imports diffusers: a merge job of the example
+    (it fails at once: no LoRAs yet) in a process of its own, then what it had loaded."""
+    pytest.importorskip("bitsandbytes")
+    script = textwrap.dedent("""
+        import sys, json
+        import engine.jobs.runner as runner
+        code = None
+        try:
+            code = runner.main(sys.argv[1:])
+        finally:
+            print(json.dumps({"code": code, "bitsandbytes": "bitsandbytes" in sys.modules,
+                              "diffusers": "diffusers.models.modeling_utils" in sys.modules}))
+    """)
+    from engine.jobs.queue import Queue
+    from tests.helpers import copy_example
+
+    home = tmp_path / "state"
+    queue = Queue(home)
+    job = queue.enqueue("sample", str(copy_example(tmp_path / "p")))
+    done = subprocess.run([sys.executable, "-c", script, "--home", str(home), "--job", str(job.id)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_HOME": str(home)})
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["diffusers"] and not seen["bitsandbytes"], (seen, done.stderr[-2000:], queue.log_path(job.id).read_text()[-2000:])
