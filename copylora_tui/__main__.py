@@ -1,5 +1,5 @@
 import sys
 
-from copylora_tui.cli.main import main
+from copylora_tui.cli.main import console
 
-sys.exit(main())
+sys.exit(console())

@@ -67,3 +67,20 @@ def test_a_job_process_loads_the_models_lean(tmp_path):
                           cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_HOME": str(home)})
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["diffusers"] and not seen["bitsandbytes"], (seen, done.stderr[-2000:], queue.log_path(job.id).read_text()[-2000:])
+
+
+def test_the_copylora_command_is_lean_and_main_is_not():
+    """`copylora` (console) turns the integrations off for its own process; ``main()``, which tests
+    and users' scripts call in their own process, leaves diffusers as it is."""
+    script = textwrap.dedent("""
+        import sys
+        import copylora_tui.cli.main as cli
+        from engine.lean_imports import _WhenLoaded
+        cli.main = lambda: 0
+        before = any(isinstance(f, _WhenLoaded) for f in sys.meta_path)
+        cli.console()
+        print(before, any(isinstance(f, _WhenLoaded) for f in sys.meta_path))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
+    assert "copylora_tui.cli.main:console" in (REPO / "pyproject.toml").read_text()
