@@ -84,3 +84,28 @@ def test_the_copylora_command_is_lean_and_main_is_not():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
     assert "copylora_tui.cli.main:console" in (REPO / "pyproject.toml").read_text()
+
+
+def test_a_lean_process_loads_checkpoints_as_any_other(tmp_path):
+    """A single-file SD1 checkpoint (through diffusers' from_single_file) and a diffusers folder load
+    in a lean process to the same weights, bit for bit, and without bitsandbytes or PEFT."""
+    script = textwrap.dedent("""
+        import sys
+        from engine.lean_imports import skip_unused_diffusers_integrations
+        skip_unused_diffusers_integrations()
+        import torch
+        from safetensors.torch import save_file
+        from engine.models.ldm_keys import sd1_single_file_state_dict
+        from engine.models import tiny as tiny_model
+        from engine.models.loading import load_base_model
+        path = sys.argv[1]
+        save_file(sd1_single_file_state_dict(tiny_model.tiny_pipeline()), path)
+        single = load_base_model(path, config_dir=tiny_model.tiny_model_dir())
+        folder = load_base_model("tiny")
+        same = all(torch.equal(a, b) for x, y in [(single.unet, folder.unet), (single.vae, folder.vae),
+                   (single.text_encoders[0], folder.text_encoders[0])] for a, b in zip(x.state_dict().values(), y.state_dict().values()))
+        print(same, "bitsandbytes" in sys.modules, "peft" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "tiny_sd1.safetensors")], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout.split()[-3:] == ["True", "False", "False"], done.stdout[-1000:] + done.stderr[-3000:]
