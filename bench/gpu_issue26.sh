@@ -5,8 +5,9 @@
 #                                    # bitsandbytes per tensor against flat (ms a step), where a step's time goes (optimizers, graphs, channels-last),
 #                                    # graph rates of one side / twin / differential B, kohya side by side
 #   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
-#   bash bench/gpu_issue26.sh check  # ~5 min: one side and twin, fused vs hooked in ABBA order (bench/fused_abba.py), and
-#                                    # the two gpu tests that failed on the H100 on 2026-12-06 (carry .whl only)
+#   bash bench/gpu_issue26.sh check  # ~5 min: one side and twin, fused vs hooked in ABBA order (bench/fused_abba.py),
+#                                    # the two gpu tests that failed on the H100 on 2026-12-06 (carry .whl only), and
+#                                    # whether diffusers' models touch CUDA when they load, plain and lean
 #
 # Carried (ignored paths, `carry` of the device tool): .whl (our wheels: python bench/gpu_acceptance.py
 # --print-download; then --trim-wheel .whl/bitsandbytes-*.whl cuda130, or the 64 MiB carry overflows),
@@ -60,6 +61,16 @@ case "$what" in
     timeout 200 python3 bench/fused_abba.py --size 600x900 --steps 45 --work /tmp/abba 2>&1 | grep -v kernels-community | tee "$out/abba.txt" | tail -3
     timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/test_flat_optim.py tests/test_warm_start.py -m gpu 2>&1 \
         | grep -E "^E |passed|failed|per tensor|warm start|threads" | tee "$out/check-tests.txt"
+    # Whether loading diffusers' models touches CUDA, as diffusers configures itself and lean
+    # (engine/lean_imports.py: without bitsandbytes and PEFT; the warm start's full tier needs it untouched).
+    for mode in plain lean; do
+      timeout 60 python3 -c "import sys
+if sys.argv[1] == 'lean':
+    from engine.lean_imports import skip_unused_diffusers_integrations; skip_unused_diffusers_integrations()
+import os, torch
+from diffusers import UNet2DConditionModel, AutoencoderKL
+print(sys.argv[1], 'cuda initialised:', torch.cuda.is_initialized(), 'bitsandbytes:', 'bitsandbytes' in sys.modules, 'threads:', len(os.listdir('/proc/self/task')))" $mode 2>&1 | tail -1 | tee -a "$out/check-tests.txt"
+    done
     ;;
   *) echo "usage: $0 sd15|sdxl|check" >&2; exit 2 ;;
 esac
