@@ -7,7 +7,9 @@
 #   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
 #   bash bench/gpu_issue26.sh check  # ~5 min: one side and twin, fused vs hooked in ABBA order (bench/fused_abba.py),
 #                                    # the two gpu tests that failed on the H100 on 2026-12-06 (carry .whl only), and
-#                                    # whether diffusers' models touch CUDA when they load, plain and lean
+#                                    # whether diffusers' models touch CUDA when they load, plain and lean, and the
+#                                    # graphed step's levers (bench/graph_levers.py: half-precision norms, channels-last;
+#                                    # the twin's kernels by GPU time): ≤ 9.5 min with every part at its limit
 #
 # Carried (ignored paths, `carry` of the device tool): .whl (our wheels: python bench/gpu_acceptance.py
 # --print-download; then --trim-wheel .whl/bitsandbytes-*.whl cuda130, or the 64 MiB carry overflows),
@@ -58,19 +60,23 @@ case "$what" in
   check)
     # After the H100 run of 2026-12-06: the one-side eager question (fused vs hooked in ABBA order,
     # one side and the twin) and the two gpu tests that failed there, verbose.
-    timeout 200 python3 bench/fused_abba.py --size 600x900 --steps 45 --work /tmp/abba 2>&1 | grep -v kernels-community | tee "$out/abba.txt" | tail -3
-    timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/test_flat_optim.py tests/test_warm_start.py -m gpu 2>&1 \
+    timeout 180 python3 bench/fused_abba.py --size 600x900 --steps 45 --work /tmp/abba 2>&1 | grep -v kernels-community | tee "$out/abba.txt" | tail -3
+    timeout 120 python3 -m pytest -q -s -p no:cacheprovider tests/test_flat_optim.py tests/test_warm_start.py -m gpu 2>&1 \
         | grep -E "^E |passed|failed|per tensor|warm start|threads" | tee "$out/check-tests.txt"
     # Whether loading diffusers' models touches CUDA, as diffusers configures itself and lean
     # (engine/lean_imports.py: without bitsandbytes and PEFT; the warm start's full tier needs it untouched).
     for mode in plain lean; do
-      timeout 60 python3 -c "import sys
+      timeout 40 python3 -c "import sys
 if sys.argv[1] == 'lean':
     from engine.lean_imports import skip_unused_diffusers_integrations; skip_unused_diffusers_integrations()
 import os, torch
 from diffusers import UNet2DConditionModel, AutoencoderKL
 print(sys.argv[1], 'cuda initialised:', torch.cuda.is_initialized(), 'bitsandbytes:', 'bitsandbytes' in sys.modules, 'threads:', len(os.listdir('/proc/self/task')))" $mode 2>&1 | tail -1 | tee -a "$out/check-tests.txt"
     done
+    # The twin goal's levers on the graphed step (half-precision norms, channels-last) and where the
+    # twin's graphed step spends the GPU's time (bench/graph_levers.py).
+    timeout 180 python3 bench/graph_levers.py --size 600x900 --steps 45 --profile --work /tmp/levers 2>&1 \
+        | grep -v kernels-community | tee "$out/levers.txt" | tail -2 | cut -c1-600
     ;;
   *) echo "usage: $0 sd15|sdxl|check" >&2; exit 2 ;;
 esac
