@@ -61,6 +61,40 @@ def without_copy_checks(project):
     return replace(project, train=replace(project.train, copy_check_every_n_steps=0))
 
 
+def timing_arguments(parser) -> None:
+    """The options of the timing benches (fused_abba, graph_levers), for :func:`timing_project`."""
+    parser.add_argument("--base", default=None, help="a model (default: a random full-size SD1.5 built here)")
+    parser.add_argument("--size", default="600x900")
+    parser.add_argument("--steps", type=int, default=45)
+    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--optimizer", default="AdamW8bit")
+    parser.add_argument("--work", default=None)
+
+
+def timing_project(work: Path, base: str | None, size: str, steps: int, precision: str, optimizer: str):
+    """(project, model, device) for the timing benches (fused_abba, graph_levers): ``base``, or a
+    random full-size SD1.5 built on the device, and a project at ``size`` ("WxH") without copy checks.
+    On a CPU torch gets one thread (the tests' machine has two cores, shared)."""
+    import torch
+
+    from bench.gpu_acceptance import make_project, teacher_pictures
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        torch.set_num_threads(1)
+    device = "cuda" if cuda else "cpu"
+    width, height = (int(v) for v in size.split("x"))
+    if base is None:
+        from bench.random_model import build_random
+
+        base = str(build_random(work / "sd15-random", "sd1", device=device, log=lambda line: None))
+    pictures = teacher_pictures(work / "pictures", width, height)
+    root = make_project(work / "project", pictures, base, size=(width, height), steps=steps, precision=precision,
+                        optimizer=optimizer, sample_steps=1, device=device)
+    project, model = _load(root)
+    return without_copy_checks(project), model, device
+
+
 def _load(project: Path):
     from engine.models.loading import load_base_model
     from engine.project.folder import load_project

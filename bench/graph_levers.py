@@ -129,15 +129,12 @@ def kernel_profile(run, steps: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.acceptance_speed import timing_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default=None, help="a model (default: a random full-size SD1.5 built here)")
-    parser.add_argument("--size", default="600x900")
-    parser.add_argument("--steps", type=int, default=45)
-    parser.add_argument("--precision", default="fp16")
-    parser.add_argument("--optimizer", default="AdamW8bit")
+    timing_arguments(parser)
     parser.add_argument("--levers", default="half-norms,channels-last")
     parser.add_argument("--profile", action="store_true", help="also the twin's kernels, top 20 by GPU time (CUDA)")
-    parser.add_argument("--work", default=None)
     args = parser.parse_args(argv)
     chosen = [name for name in args.levers.split(",") if name]
     unknown = [name for name in chosen if name not in LEVERS]
@@ -145,28 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown lever(s) {', '.join(unknown)}: choose from {', '.join(LEVERS)}")
     import torch
 
-    from bench.acceptance_speed import _load, timed
-    from bench.gpu_acceptance import make_project, teacher_pictures
+    from bench.acceptance_speed import timed, timing_project
     from engine.project.plan import make_plan
     from engine.train.trainer import train
     from engine.train.twin import train_twin
 
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        torch.set_num_threads(1)
-    device = "cuda" if cuda else "cpu"
-    work = Path(args.work or tempfile.mkdtemp())
-    width, height = (int(v) for v in args.size.split("x"))
-    base = args.base
-    if base is None:
-        from bench.random_model import build_random
-
-        base = str(build_random(work / "sd15-random", "sd1", device=device, log=lambda line: None))
-    pictures = teacher_pictures(work / "pictures", width, height)
-    root = make_project(work / "project", pictures, base, size=(width, height), steps=args.steps, precision=args.precision,
-                        optimizer=args.optimizer, sample_steps=1, device=device)
-    project, model = _load(root)
-    project = replace(project, train=replace(project.train, copy_check_every_n_steps=0, cuda_graphs=True))
+    project, model, device = timing_project(Path(args.work or tempfile.mkdtemp()), args.base, args.size, args.steps, args.precision,
+                                            args.optimizer)
+    cuda = device == "cuda"
+    project = replace(project, train=replace(project.train, cuda_graphs=True))
     twin = replace(project, info=replace(project.info, twin_training=True))
     said: list[str] = []
     runs = {"one side": lambda c: train(make_plan(project, max_steps=args.steps), "a", model=model, log=said.append, controls=c),
