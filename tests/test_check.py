@@ -64,6 +64,19 @@ def test_semantic_numbers_finite_and_bounded(tmp_path, capsys):
     assert "train.optimizer_args.weight_decay: must be a finite number" in out
 
 
+def test_optimizer_args_that_no_optimizer_takes_fail_at_check(tmp_path, capsys):
+    """betas = [0.9] passed check and bitsandbytes' AdamW8bit, and failed at its first step (an
+    IndexError); lr = ... is [train] learning_rate. Both refused before a job starts."""
+    root = copy_example(tmp_path)
+    set_keys(root, "train", optimizer_args="{ betas = [0.9], lr = 0.1, weight_decay = 0.1 }")
+    code, out = check(root, capsys)
+    assert code == EXIT_USAGE
+    assert "train.optimizer_args.betas: betas are two numbers in [0, 1), e.g. [0.9, 0.999], got [0.9]" in out
+    assert "train.optimizer_args.lr: lr is [train] learning_rate" in out and "weight_decay" not in out
+    set_keys(root, "train", optimizer_args="{ betas = [0.9, 0.99], weight_decay = 0.1 }")
+    assert check(root, capsys)[0] == 0
+
+
 
 def test_rank_bounded_by_the_base_models_layers(tmp_path, capsys):
     root = copy_example(tmp_path)

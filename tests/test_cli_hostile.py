@@ -123,7 +123,9 @@ def test_optimizer_args_the_optimizer_does_not_take_name_the_key():
     from engine.train.optim import OptimizerError, build_optimizer
 
     groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
-    for args, said in (({"bogus": 1}, "unexpected keyword argument 'bogus'"), ({"weight_decay": "lots"}, "weight_decay = 'lots'")):
+    for args, said in (({"bogus": 1}, "unexpected keyword argument 'bogus'"), ({"weight_decay": "lots"}, "weight_decay = 'lots'"),
+                       ({"betas": [0.9]}, "betas = [0.9]"),  # an IndexError inside the optimizer: it was a traceback
+                       ({"lr": 0.1}, "lr is [train] learning_rate"), ({"betas": [0.9, True]}, "two numbers in [0, 1)")):
         with pytest.raises(OptimizerError, match=r"\[train\] optimizer_args") as caught:
             build_optimizer(groups, "AdamW8bit", 1e-3, args, "cpu", log=lambda _line: None)
         assert said in str(caught.value)

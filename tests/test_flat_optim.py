@@ -296,6 +296,9 @@ def test_a_refused_optimizer_arg_is_one_error_not_a_fallback_first(monkeypatch):
     with pytest.raises(optim.OptimizerError, match=r"optimizer_args \(bogus = 1\) do not fit AdamW8bit.*bogus") as caught:
         optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"bogus": 1}, "cuda", log=logs.append)
     assert logs == [] and isinstance(caught.value.__cause__, TypeError)
+    with pytest.raises(optim.OptimizerError, match=r"betas = \[0.9\]"):  # bitsandbytes reads betas[1]: an IndexError
+        optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"betas": [0.9]}, "cuda", log=logs.append)
+    assert logs == []
     optimizer, used = optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"weight_decay": 0.1}, "cuda", log=logs.append)
     assert used == "AdamW8bit" and isinstance(optimizer, FlatOptimizer) and logs == []
 

@@ -20,6 +20,7 @@ from engine.errors import Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
 from engine.project.images import image_files, read_image_info
 from engine.project.names import name_problem
+from engine.project.optimizer_args import optimizer_arg_problem
 from engine.project.params import (
     BASE_WEIGHTS_KEYS,
     TRAIN_KEYS,
@@ -261,6 +262,8 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
                 problems.append(Problem(f"{name}.optimizer_args.{key}", f"must be a number, string, boolean or list, got {show(value)}"))
             elif isinstance(value, float) and not math.isfinite(value):
                 problems.append(Problem(f"{name}.optimizer_args.{key}", f"must be a finite number, got {show(value)}"))
+            elif (why := optimizer_arg_problem(key, value)) is not None:
+                problems.append(Problem(f"{name}.optimizer_args.{key}", why))
     if project.a.folder == project.b.folder:
         problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
     if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:

@@ -15,6 +15,11 @@ from engine.errors import CopyloraError
 FALLBACKS = {"AdamW8bit": "AdamW", "PagedAdamW8bit": "AdamW", "SGDNesterov8bit": "SGDNesterov"}
 
 
+# How an optimizer's constructor refuses arguments: a key it does not take (TypeError), a value out
+# of range (ValueError), a sequence too short (IndexError: betas = [0.9] reads betas[1]).
+REFUSALS = (TypeError, ValueError, IndexError)
+
+
 class OptimizerError(CopyloraError):
     """An optimizer that cannot be made here: the job fails with this line, not a traceback."""
 
@@ -78,7 +83,7 @@ def without_per_tensor_sync(cls):
 class _UserArgsRefused(Exception):
     """The optimizer refused the project's ``optimizer_args`` (it takes the call without them)."""
 
-    def __init__(self, error: TypeError | ValueError) -> None:
+    def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -97,7 +102,7 @@ def _check_user_args(cls, lr: float, kwargs: dict[str, Any], args: dict[str, Any
         return
     try:
         cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except REFUSALS as exc:
         defaults = {k: v for k, v in kwargs.items() if k not in args}
         cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **defaults)  # raises too: bitsandbytes itself is at fault
         raise _UserArgsRefused(exc) from exc
@@ -142,9 +147,15 @@ def build_optimizer(param_groups: list[dict], name: str, lr: float, args: dict[s
     not take, or a value it refuses, fails here in one line naming the project's key (the
     optimizer's own TypeError named neither; ``check`` reads settings without torch and cannot
     ask the optimizer)."""
+    from engine.project.optimizer_args import optimizer_arg_problem
+
+    for key, value in args.items():
+        problem = optimizer_arg_problem(key, value)
+        if problem:
+            raise OptimizerError(f"[train] optimizer_args ({key} = {value!r}) do not fit {name}: {problem}")
     try:
         return _build(param_groups, name, lr, args, device, log)
-    except (TypeError, ValueError) as exc:
+    except REFUSALS as exc:
         if not args:
             raise  # nothing of the user's in the call: a bug, with its traceback
         given = ", ".join(f"{k} = {v!r}" for k, v in args.items())
