@@ -48,14 +48,17 @@ def test_lora_difference_reads_the_worst_tensor():
 def test_the_script_times_each_lever_against_the_step_as_shipped(tmp_path, capsys):
     from bench.graph_levers import main
 
-    assert main(["--base", "tiny", "--size", "64x64", "--steps", "3", "--precision", "no", "--optimizer", "AdamW",
-                 "--levers", "half-norms", "--work", str(tmp_path)]) == 0
+    assert main(["--base", "tiny", "--size", "64x64", "--steps", "4", "--precision", "no", "--optimizer", "AdamW",
+                 "--levers", "half-norms", "--profile", "--work", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for name in ("one side", "twin pair"):
         entry = report["levers"]["half-norms"][name]
         assert len(entry["shipped"]) == len(entry["half-norms"]) == 2 and entry["lever_vs_shipped"], entry
         assert entry["shipped_vs_itself"] == 0.0 and entry["lora_vs_shipped"] == 0.0  # fp32 here: the lever changes nothing
         assert all(entry["final_loss"]["shipped"]) and entry["final_loss"]["shipped"] == entry["final_loss"]["half-norms"]
+    profiled = report["twin_kernels"]  # the window after the first third (step 2 to 3 of 4), operators by CPU time here
+    assert profiled and all(row["steps"] == 1 and row["ms_per_step"] > 0 for row in profiled), profiled
+    assert any("addmm" in row["kernel"] or "bmm" in row["kernel"] for row in profiled), profiled
     assert report["graph_log"] == ["cuda_graphs = true: training eagerly: there is no CUDA device (training on the CPU)"]
     with pytest.raises(SystemExit):
         main(["--levers", "nonsense", "--base", "tiny", "--size", "64x64", "--steps", "1", "--work", str(tmp_path / "x")])
