@@ -285,6 +285,47 @@ def test_bitsandbytes_per_tensor_moments_resumed_where_torch_adamw_steps(tmp_pat
     assert result.step == 4 and result.lora_path.is_file()
 
 
+def test_fresh_moments_resume_at_the_schedules_learning_rate(tmp_path, tiny, monkeypatch):
+    """Moments that start afresh (another optimizer's checkpoint) still resume the schedule where it
+    was: the new optimizer's first step takes the saved step's learning rate, not the schedule's
+    first (a linear decay over 4 steps, resumed at step 2: half of it, not all of it)."""
+    from dataclasses import replace
+
+    import engine.train.optim as optim
+    from engine.project.folder import load_project
+    from engine.project.plan import make_plan
+    from engine.train.controls import TrainControls
+    from engine.train.trainer import train
+    from tests.helpers import copy_example
+
+    project = load_project(copy_example(tmp_path))
+    project.train = replace(project.train, save_precision="float", resolution=[64, 64], optimizer_type="AdamW8bit", save_every_n_steps=2,
+                            lr_scheduler="linear", learning_rate=1e-3)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_three(progress) -> None:
+        if progress.step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):  # torch's AdamW (no CUDA): a state at step 2
+        train(make_plan(project, max_steps=4), "a", model=tiny, log=lambda line: None, controls=TrainControls(on_progress=stop_at_three))
+    monkeypatch.setattr(optim, "bitsandbytes_device", lambda device: True)
+    rates: list[float] = []
+    real_step = FlatOptimizer.step
+
+    def spy(self, closure=None):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, closure)
+
+    monkeypatch.setattr(FlatOptimizer, "step", spy)
+    logs: list[str] = []
+    train(make_plan(project, max_steps=4), "a", model=tiny, log=logs.append, resume=True)
+    assert any("resuming A from step 2" in line for line in logs) and any("moments start afresh" in line for line in logs), logs
+    assert rates == pytest.approx([5e-4, 2.5e-4]), rates
+
+
 def test_a_refused_optimizer_arg_is_one_error_not_a_fallback_first(monkeypatch):
     """AdamW8bit where bitsandbytes runs, with a key it does not take: one error naming the key. It
     used to log "AdamW8bit unavailable (bitsandbytes failed: TypeError ...); using torch AdamW" and

@@ -169,8 +169,11 @@ class SideRun:
                 self.log("no usable training state to resume from: starting from step 0")
             return 0
         _restore_lora(self.network, state["lora"])
-        self._restore_optimizer(state["optimizer"], state.get("optimizer_identity"))
+        restored = self._restore_optimizer(state["optimizer"], state.get("optimizer_identity"))
         self.lr_schedule.load_state_dict(state["scheduler"])
+        if not restored:  # the fresh optimizer's groups hold the schedule's first rate: give them the saved step's
+            for group, rate in zip(self.optimizer.param_groups, self.lr_schedule.get_last_lr()):
+                group["lr"] = rate
         self.generator.set_state(state["rng"]["generator"])
         if state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
@@ -178,7 +181,7 @@ class SideRun:
         self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
         return start
 
-    def _restore_optimizer(self, saved: dict, identity: str | None) -> None:
+    def _restore_optimizer(self, saved: dict, identity: str | None) -> bool:
         """The checkpoint's moments, where they are this optimizer's; otherwise (a run begun with
         bitsandbytes on a GPU and resumed where it falls back to torch's AdamW, or the reverse) the
         moments start afresh with a line saying so, and the weights and schedule resume as saved."""
@@ -188,10 +191,11 @@ class SideRun:
         if why is None:
             try:
                 self.optimizer.load_state_dict(saved)
-                return
+                return True
             except (ValueError, KeyError) as exc:  # e.g. other parameters, or a layout of another LoRA
                 why = str(exc)
         self.log(f"the checkpoint's optimizer state does not fit {self.optimizer_used} ({why}): its moments start afresh")
+        return False
 
     def _resume_copy(self, saved: dict, start: int) -> int:
         """The copy checks so far, and the stop rule judged again over them (it may have changed
