@@ -73,5 +73,9 @@ class _ThenTurnOff(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
+        # The module keeps the real loader (tracebacks, importlib.resources and reloads ask it).
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
         self.loader.exec_module(module)
         _turn_off(module)

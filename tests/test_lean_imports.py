@@ -25,6 +25,8 @@ PROBE = textwrap.dedent("""
     from engine.lean_imports import skip_unused_diffusers_integrations
     late = skip_unused_diffusers_integrations()  # the models are loaded: too late, so nothing
     seen = {"turned": turned, "late": late, "bitsandbytes": "bitsandbytes" in sys.modules, "peft": "peft" in sys.modules}
+    flags = sys.modules["diffusers.utils.import_utils"]
+    assert type(flags.__loader__).__name__ == type(flags.__spec__.loader).__name__ == "SourceFileLoader"  # the real loader kept
     if sys.argv[1] == "lean":  # checkpoints load as anywhere: a single file (diffusers' from_single_file) and a folder
         import torch
         from safetensors.torch import save_file
