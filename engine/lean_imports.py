@@ -12,8 +12,9 @@ What the two imports cost a job that never uses them:
   process (engine.jobs.warm_start) then cannot fork jobs with diffusers preloaded and drops to its
   base tier (on the H100, 2026-12-06: "3 threads were running after the imports").
 
-Only processes that copylora starts for itself call this (the job runner, the warm-start process):
-a user's own script, or the test process, keeps diffusers as diffusers configures itself.
+Only processes that copylora starts for itself call this (the job runner, the warm-start process,
+the ``copylora`` command): a user's own script, or the test process, keeps diffusers as diffusers
+configures itself.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ UNUSED = ("_bitsandbytes_available", "_peft_available")
 
 def skip_unused_diffusers_integrations() -> str:
     """Turn diffusers' bitsandbytes and PEFT integrations off in this process, before its models
-    load, without importing diffusers (a merge job never does): the flags are turned when diffusers
-    sets them. Returns what it did: "now", "when diffusers loads", or "too late" where diffusers'
+    load, without importing diffusers (a process that never loads it pays nothing): the flags are
+    turned when diffusers sets them. Returns what it did: "now", "when diffusers loads", or "too late" where diffusers'
     models are already loaded."""
     if "diffusers.models.modeling_utils" in sys.modules:
         return "too late"

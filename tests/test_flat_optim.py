@@ -343,7 +343,16 @@ def test_a_refused_optimizer_arg_is_one_error_not_a_fallback_first(monkeypatch):
     optimizer, used = optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"weight_decay": 0.1}, "cuda", log=logs.append)
     assert used == "AdamW8bit" and isinstance(optimizer, FlatOptimizer) and logs == []
 
-    def broken(name):  # bitsandbytes that fails whatever the arguments: the fallback, as before
+    class Refuses:  # a bitsandbytes whose constructor fails with or without the user's keys: its own fault
+        def __init__(self, *args, **kwargs):
+            raise TypeError("built for another GPU")
+
+    monkeypatch.setattr(optim, "_bitsandbytes", lambda name: Refuses)
+    optimizer, used = optim.build_optimizer(_groups(_params()), "AdamW8bit", 1e-3, {"weight_decay": 0.1}, "cuda", log=logs.append)
+    assert used == "AdamW (fallback from AdamW8bit)" and "bitsandbytes failed: TypeError: built for another GPU" in logs[-1]
+    logs.clear()
+
+    def broken(name):  # bitsandbytes that fails to load: the fallback, as before
         raise RuntimeError("CUDA Setup failed")
 
     monkeypatch.setattr(optim, "_bitsandbytes", broken)

@@ -80,16 +80,9 @@ def without_per_tensor_sync(cls):
     return Unsynced
 
 
-class _UserArgsRefused(Exception):
-    """The optimizer refused the project's ``optimizer_args`` (it takes the call without them)."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _check_user_args(cls, lr: float, kwargs: dict[str, Any], args: dict[str, Any]) -> None:
-    """Raise :class:`_UserArgsRefused` when ``cls`` refuses ``kwargs`` because of the user's keys.
+def _refusal_of_user_args(cls, lr: float, kwargs: dict[str, Any], args: dict[str, Any]) -> Exception | None:
+    """What ``cls`` raises for the project's ``optimizer_args`` (None where it takes them); where it
+    refuses even the call without them, that error propagates: bitsandbytes itself is at fault.
 
     Asked on a one-element stand-in (bitsandbytes makes no state before the first step), so a
     refused key is told apart from a broken bitsandbytes: without it, the refusal read as
@@ -99,13 +92,14 @@ def _check_user_args(cls, lr: float, kwargs: dict[str, Any], args: dict[str, Any
     import torch
 
     if not args:
-        return
+        return None
     try:
         cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **kwargs)
     except REFUSALS as exc:
         defaults = {k: v for k, v in kwargs.items() if k not in args}
         cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **defaults)  # raises too: bitsandbytes itself is at fault
-        raise _UserArgsRefused(exc) from exc
+        return exc
+    return None
 
 
 def optimizer_identity(optimizer) -> str:
@@ -130,9 +124,11 @@ def foreign_state(optimizer, state_dict: dict[str, Any], saved_identity: str | N
     if getattr(optimizer, "cls", None) is not None:
         return None  # FlatOptimizer checks (and converts) what it is given itself
     for state in (state_dict.get("state") or {}).values():
+        if not isinstance(state, dict):
+            continue
         # bitsandbytes' state_dict wraps its tensors in one dict per parameter (its key differs by version)
-        keys = set(state) | {k for v in state.values() if isinstance(v, dict) for k in v} if isinstance(state, dict) else set()
-        if "state1" in keys:
+        wrapped = [v for v in state.values() if isinstance(v, dict)]
+        if "state1" in state or any("state1" in inner for inner in wrapped):
             return f"bitsandbytes' moments, this run steps with {mine}"
     return None
 
@@ -178,14 +174,15 @@ def _build(param_groups: list[dict], name: str, lr: float, args: dict[str, Any],
                 cls = _bitsandbytes(name)
                 if name == "SGDNesterov8bit":
                     kwargs = {"momentum": 0.9, "nesterov": True, **kwargs}
-                _check_user_args(cls, lr, kwargs, args)
-                # The same update over a few flat buffers instead of one call per LoRA tensor
-                # (engine/train/flat_optim.py: its per-tensor Python was a third of a graphed step).
-                return FlatOptimizer(param_groups, cls, lr, **kwargs), name
-            except _UserArgsRefused as refused:
-                raise refused.error from None  # build_optimizer names the project's keys; no fallback line
+                refused = _refusal_of_user_args(cls, lr, kwargs, args)
+                if refused is None:
+                    # The same update over a few flat buffers instead of one call per LoRA tensor
+                    # (engine/train/flat_optim.py: its per-tensor Python was a third of a graphed step).
+                    return FlatOptimizer(param_groups, cls, lr, **kwargs), name
             except Exception as exc:  # bitsandbytes missing or built without this GPU
                 reason = f"bitsandbytes failed: {type(exc).__name__}: {exc}"
+            else:
+                raise refused  # the project's keys: build_optimizer names them, and nothing falls back
         if name not in FALLBACKS:
             raise OptimizerError(f"optimizer {name} needs bitsandbytes on a CUDA GPU ({reason}); use AdamW or Adafactor here")
         used = FALLBACKS[name]
