@@ -612,8 +612,6 @@ def resave(folder: Path, out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=20261127)
@@ -691,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-unet-minutes must be 0 (off) or more")
     if args.cuda_graph and not args.device.startswith("cuda"):
         parser.error("--cuda-graph needs --device cuda")
+    import torch  # after the arguments: a refused one costs no torch import
+
     if args.threads:
         torch.set_num_threads(args.threads)
     else:
@@ -815,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from engine.lean_imports import skip_unused_diffusers_integrations
+
+    skip_unused_diffusers_integrations()  # our own process: diffusers without the integrations nothing here uses
     from engine.errors import CopyloraError
 
     try:

@@ -60,4 +60,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from engine.lean_imports import skip_unused_diffusers_integrations
+
+    skip_unused_diffusers_integrations()  # our own process: diffusers without the integrations nothing here uses
     raise SystemExit(main(sys.argv[1:]))

@@ -103,3 +103,22 @@ def test_the_copylora_command_is_lean_and_main_is_not():
     assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
     assert "copylora_tui.cli.main:console" in (REPO / "pyproject.toml").read_text()
 
+
+
+# Bench scripts that never load diffusers' models (a plain torch measure, sd-scripts in its own
+# process), or are modules other scripts import.
+NO_MODELS = {"split_precision.py", "threads_bench.py", "kohya_side_by_side.py", "acceptance_speed.py", "merge_reference.py", "op_count.py"}
+
+
+def test_every_bench_script_that_loads_models_is_lean():
+    """The benches are processes of our own too (the suite starts ~40 of them: ~1.2 s each)."""
+    import ast
+
+    for script in sorted((REPO / "bench").glob("*.py")):
+        if script.name in NO_MODELS:
+            continue
+        tree = ast.parse(script.read_text())
+        mains = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+        assert mains, f"{script.name}: no __main__ block (a script, or add it to NO_MODELS)"
+        called = [node.func.id for node in ast.walk(mains[0]) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+        assert called[:1] == ["skip_unused_diffusers_integrations"], f"{script.name}: its __main__ block does not go lean first"
