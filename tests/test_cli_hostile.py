@@ -270,3 +270,28 @@ def test_a_home_folder_that_does_not_exist_is_the_inputs_problem(tmp_path, capsy
                  "--base", "~nosuchuser-copylora/m.safetensors"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--a: ~nosuchuser-copylora/a.png: no such user's home folder" in err and "--base: ~nosuchuser-copylora" in err
+
+
+HOSTILE_PATHS = ["", "/", ".", "..", "/dev/null", "-", "nan", "99999999999999999999", "１"]
+
+
+def test_hostile_paths_and_numbers_in_every_file_and_job_argument_are_one_line(loras, home, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """A fuzz of the path and job arguments (2026-12-06: `copylora stats /` and `copylora resize
+    --new_rank 2 ""` were "internal error: PosixPath('/') has an empty name"): each answer is
+    the work done (a rank beyond the inputs' is capped, with a note) or a usage or input error in
+    one line, never an internal one."""
+    monkeypatch.chdir(tmp_path)
+    lora = str(loras[0])
+    for value in HOSTILE_PATHS:
+        for argv in (["stats", value], ["resize", "--new_rank", "2", value], ["resize", "--new_rank", value, lora],
+                     ["merge", "--save_to", value, "--models", lora, "--ratios", "1", "--new_rank", "2"],
+                     ["merge", "--save_to", str(tmp_path / "m.safetensors"), "--models", lora, value, "--ratios", "1", "-1"],
+                     ["bake", "--base", "tiny", "--lora", value, "--save_to", str(tmp_path / "baked")],
+                     ["check", value], ["import-kohya", value, "--into", str(tmp_path)], ["logs", value], ["move", value, "up"],
+                     ["cancel", value], ["retry", value], ["pause", value], ["resume", value], ["save-now", value]):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse's refusal: a usage error
+                code = exc.code
+            err = capsys.readouterr().err
+            assert code in (EXIT_OK, EXIT_USAGE, EXIT_FAILED) and "internal error" not in err and "Traceback" not in err, (argv, err)

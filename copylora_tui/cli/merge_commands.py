@@ -214,8 +214,12 @@ def _check_lbws(vectors, models: int, problems: list[Problem]) -> list | None:
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
-    save_to = args.save_to or str(Path(args.lora).with_name(f"{Path(args.lora).stem}_r{args.new_rank}.safetensors"))
     problems: list[Problem] = []
+    if not args.save_to and not Path(args.lora).name:  # "" or "/": nothing to name the output after
+        from copylora_tui.cli.inputs import lora_problem
+
+        raise ValidationError([lora_problem("LORA", args.lora) or Problem("LORA", "not a LoRA file")])
+    save_to = args.save_to or str(Path(args.lora).with_name(f"{Path(args.lora).stem}_r{args.new_rank}.safetensors"))
     if args.new_rank <= 0:
         problems.append(Problem("--new_rank", f"must be greater than 0, got {args.new_rank}"))
     _check_inputs([args.lora], save_to, problems, flag="LORA")

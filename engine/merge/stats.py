@@ -138,9 +138,12 @@ def read_stats(path) -> dict:
     index it without guarding each access. Raises :class:`engine.errors.ValidationError`
     with one line saying what is wrong (a hand-edited, truncated or foreign JSON file)."""
     import json
+    from pathlib import Path
 
     from engine.errors import Problem, ValidationError
 
+    if not Path(path).name:  # "" or "/": no file name to look beside (with_name would raise)
+        raise ValidationError([Problem(str(path) or "FILE", "not a merged LoRA, its .stats.json or a project folder")])
     stats_path = stats_path_for(path)
     if not stats_path.is_file():
         raise ValidationError([Problem(str(path), f"no merge statistics found ({stats_path.name}); stats are written by copylora merge/resize/extract")])

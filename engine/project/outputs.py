@@ -72,6 +72,8 @@ class OutputPaths:
 
     @property
     def stats(self) -> Path:
+        from engine.merge.stats import stats_path_for
+
         return stats_path_for(self.result)
 
     @property
@@ -105,11 +107,6 @@ class OutputPaths:
 def grid_name(lora: Path) -> str:
     """The strength grid of a LoRA file: ``NAME-grid.png``."""
     return f"{lora.stem}-grid.png"
-
-
-def stats_path_for(lora: Path) -> Path:
-    """A merged LoRA's per-layer stats, beside it: ``NAME.stats.json``."""
-    return lora.with_name(lora.stem + ".stats.json")
 
 
 # ---- reading what a file records
