@@ -205,7 +205,7 @@ def teacher_pictures(folder: Path, width: int, height: int) -> tuple[Path, Path]
 
 def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tuple[int, int], steps: int,
                  precision: str, optimizer: str, sample_steps: int, device: str, twin: bool = False,
-                 method: str = "svd-merge") -> Path:
+                 method: str = "svd-merge", graphs: bool = False) -> Path:
     from engine.project.folder import load_project, save_project
     from engine.project.scaffold import create_project
 
@@ -216,7 +216,7 @@ def make_project(dest: Path, pictures: tuple[Path, Path], base: str, *, size: tu
         project,
         info=replace(project.info, twin_training=twin, method=method),
         train=replace(project.train, resolution=list(size), mixed_precision=precision, optimizer_type=optimizer,
-                      max_train_steps=steps, max_train_epochs=None, save_every_n_steps=0, sample_every_n_steps=0),
+                      max_train_steps=steps, max_train_epochs=None, save_every_n_steps=0, sample_every_n_steps=0, cuda_graphs=graphs),
         merge=replace(project.merge, device=device),
         # Pictures are drawn in 8-pixel cells: 600x900 previews at 600x896.
         sample=replace(project.sample, size=[v - v % 8 for v in size], steps=sample_steps, prompts=[""], strengths=[0.0, 1.0]),
@@ -266,9 +266,12 @@ def run_project(project: Path, home: Path, *, timeout: float, mode: str) -> dict
                 entry.update(steps=job.step, it_per_s_reported=job.it_per_s, it_per_s_steady=steady_rate(points),
                              vram_peak_mb=job.artifacts.get("vram_peak_mb") or job.vram_mb, optimizer=job.artifacts.get("optimizer"),
                              train_seconds=loop)
+            log_file = queue.log_path(job.id)
+            lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+            if job.kind == "train":  # captured, and after how many steps, or why it trained eagerly
+                entry["graph_log"] = [line.split(" ", 1)[-1] for line in lines if "cuda_graphs" in line]  # without the time
             if str(job.status) != "done":
-                log_file = queue.log_path(job.id)
-                entry["log_tail"] = log_file.read_text(errors="replace").splitlines()[-40:] if log_file.exists() else []
+                entry["log_tail"] = lines[-40:]
             jobs.append(entry)
         samples = [s for s in queue.gpu_history(0, since_s=wall + 60) if s["t"] >= started]
     finally:
@@ -427,6 +430,9 @@ def markdown(data: dict) -> str:
         starts = [job.get("start") for job in run["jobs"] if job.get("start")]
         lines += ["", f"Job starts: {starts.count('warm')} warm, {starts.count('cold')} cold; the worker said: "
                   + ("; ".join(f"`{line}`" for line in dict.fromkeys(run.get("warm_start") or [])) or "nothing of warm starts")]
+        said = sorted({line for job in run["jobs"] for line in job.get("graph_log") or []})
+        if said:  # cuda_graphs on: captured, or why not
+            lines += ["", "CUDA graphs: " + "; ".join(f"`{line}`" for line in said)]
         if any(job.get("side") == "ab" for job in run["jobs"]):
             lines += ["", "A twin job (`train ab`) trains A and B as one batch of two: its it/s are steps of both sides."]
         nvml = run.get("nvml") or {}
@@ -516,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-compile", action="store_true", help="the step-rate phase also runs each optimizer with [train] compile = true")
     parser.add_argument("--rate-graphs", action="store_true",
                         help="steps/s with [train] cuda_graphs off and on: one side, a twin pair, the differential route's B")
+    parser.add_argument("--graphs", action="store_true",
+                        help="the run modes' projects train with [train] cuda_graphs = true: the graphed step through the queue end to "
+                        "end (copy checks between replays, merge, preview); each train job's record says whether it was captured")
     parser.add_argument("--sdxl", default="", help="sizes WxH,... to train a random full-size SDXL at in bf16, gradient checkpointing "
                         "off and on (e.g. 1024x1024,832x1216), then run its project with checkpointing on; default: skip")
     parser.add_argument("--sdxl-steps", type=int, default=20, help="steps of each SDXL measurement and of its project run")
@@ -591,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             "base": base, "size": f"{width}x{height}", "steps": args.steps, "_dest": make_project(
                 work / "projects" / f"accept-{mode}", pictures, base, size=(width, height), steps=args.steps,
                 precision=args.precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device,
-                twin=mode == "twin", method="differential" if mode == "differential" else "svd-merge")})
+                twin=mode == "twin", method="differential" if mode == "differential" else "svd-merge", graphs=args.graphs)})
         if made is None:
             return 1
         projects[mode] = made["_dest"]
@@ -613,7 +622,10 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy(check, out / f"preview-check-{mode}.png")
     if args.sdxl:  # before the worker stops: its project runs through the queue too
         sdxl_phases(record, args, work, home, out, device, log)
-    project = next(iter(projects.values()))
+    project = trained = next(iter(projects.values()))
+    if args.graphs:  # the in-process phases time what they name (eager unless they say graphs): a project of their own
+        project = make_project(work / "projects" / "accept-rates", pictures, base, size=(width, height), steps=args.steps,
+                               precision=args.precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device)
     env = {**os.environ, "COPYLORA_HOME": str(home)}
     try:
         copylora("worker", "stop", env=env, timeout=60)
@@ -621,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         log("the worker did not stop within 60 s")
     first = next((run for run in record.data["runs"] if run["mode"] in modes), None)  # not the SDXL run
     if first and all(job["status"] == "done" for job in first["jobs"] if job["kind"] == "train"):
-        run_phase(record, "merge on cuda vs cpu", merge_on_both, project)
+        run_phase(record, "merge on cuda vs cpu", merge_on_both, trained)
     if args.rate_steps:
         run_phase(record, "step rates in one process", step_rates, project, args.rate_steps, args.rate_optimizers.split(","),
                   args.rate_compile)

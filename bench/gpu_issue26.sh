@@ -5,6 +5,7 @@
 #                                    # bitsandbytes per tensor against flat (ms a step), where a step's time goes (optimizers, graphs, channels-last),
 #                                    # graph rates of one side / twin / differential B, kohya side by side
 #   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
+#   bash bench/gpu_issue26.sh queue  # ~4 min: cuda_graphs = true through the queue (separate, twin): the default's evidence
 #   bash bench/gpu_issue26.sh check  # ~5 min: one side and twin, fused vs hooked in ABBA order (bench/fused_abba.py),
 #                                    # the two gpu tests that failed on the H100 on 2026-12-06 (carry .whl only), and
 #                                    # whether diffusers' models touch CUDA when they load, plain and lean, and the
@@ -23,7 +24,7 @@
 # the twin pair with every LoRA as a hook (the fused function's gain, engine/lora/fused.py; they
 # replaced the twin batched features first), and bitsandbytes per tensor against flat with two
 # more gpu tests: measured on an H100 2026-12-06, sd15 took 430 s (tests 2 min, acceptance 4 min,
-# host profile 1 min). Next time: check (the open questions of that run, ~5 min), then sdxl.
+# host profile 1 min). Next time: check (the open questions of that run, ~6 min), then queue (~4 min), then sdxl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -78,7 +79,16 @@ print(sys.argv[1], 'cuda initialised:', torch.cuda.is_initialized(), 'bitsandbyt
     timeout 180 python3 bench/graph_levers.py --size 600x900 --steps 45 --profile --work /tmp/levers 2>&1 \
         | grep -v kernels-community | tee "$out/levers.txt" | tail -2 | cut -c1-600
     ;;
-  *) echo "usage: $0 sd15|sdxl|check" >&2; exit 2 ;;
+  queue)
+    # [train] cuda_graphs = true through the queue end to end (separate sides, then a twin; copy
+    # checks between replays, merge, preview): whether graphs can become the default on CUDA.
+    # Each train job's record says whether it was captured; compare its it/s with the eager runs above.
+    timeout 400 python3 bench/gpu_acceptance.py --modes separate,twin --graphs --steps 300 --rate-steps 0 --profile-steps 0 \
+        --timeout 170 --out "$work/queue" --work /tmp/acc26q > "$work/queue.log" 2>&1
+    tail -25 "$work/queue.log"
+    cp "$work/queue/gpu_acceptance.md" "$out/queue.md" 2>/dev/null
+    ;;
+  *) echo "usage: $0 sd15|sdxl|check|queue" >&2; exit 2 ;;
 esac
 tar czf "$out/$what.tgz" -C "$work" . 2>/dev/null
 ls -la "$out"

@@ -20,12 +20,20 @@ def test_cpu_smoke_runs_every_phase_and_writes_the_record(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COPYLORA_CACHE": os.environ.get("COPYLORA_CACHE", str(tmp_path / "cache"))}
     env.pop("COPYLORA_HOME", None)  # the script gives its run a state folder of its own
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--out", str(out), "--work", str(work)],
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--graphs", "--out", str(out), "--work", str(work)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads((out / "gpu_acceptance.json").read_text())
     phases = record["phases"]
     assert all(phase["ok"] for phase in phases.values()), phases
+    # --graphs: the queue's jobs train with cuda_graphs on (on the CPU each says why it trains
+    # eagerly); the in-process phases time a project of their own with it off
+    graph_logs = [job["graph_log"] for run in record["runs"] for job in run["jobs"] if job["kind"] == "train"]
+    assert len(graph_logs) == 5 and all(said == ["cuda_graphs = true: training eagerly: there is no CUDA device (training on the CPU)"]
+                                        for said in graph_logs), graph_logs
+    assert "CUDA graphs: `cuda_graphs = true: training eagerly: there is no CUDA device" in (out / "gpu_acceptance.md").read_text()
+    assert "cuda_graphs = true" in (work / "projects" / "accept-twin" / "copylora.toml").read_text()
+    assert "cuda_graphs = false" in (work / "projects" / "accept-rates" / "copylora.toml").read_text()
     assert {"environment", "project (separate)", "project (twin)", "copylora run (separate A and B)", "copylora run (twin A+B)",
             "merge on cuda vs cpu", "step rates in one process", "profiled training steps"} <= set(phases)
     run, twin, differential = record["runs"]
