@@ -152,6 +152,27 @@ def test_a_one_lora_route_says_why_it_is_not_captured(tmp_path, tiny, stand_in):
     assert stand_in == []
 
 
+HINT = "cuda_graphs = false: this step could be captured as one CUDA graph and replayed"
+
+
+def test_off_on_cuda_the_log_says_a_capturable_step_could_be_graphed(tmp_path, tiny, stand_in):
+    """Graphs are off by default: on CUDA (the stand-in) a run whose step could be captured says
+    so once, one that could not (a one-LoRA route) and a CPU run say nothing of it."""
+    logs: list[str] = []
+    train(make(tmp_path / "off", 2), "a", model=tiny, log=logs.append)
+    assert sum(line.startswith(HINT) for line in logs) == 1, logs
+    assert stand_in == []  # nothing captured: it was only said
+    route: list[str] = []
+    train(make(tmp_path / "addift", 2, method="addift"), "pair", model=tiny, log=route.append)
+    assert not any(line.startswith("cuda_graphs") for line in route)
+
+
+def test_off_on_the_cpu_says_nothing_of_graphs(tmp_path, tiny):
+    logs: list[str] = []
+    train(make(tmp_path / "off", 2), "a", model=tiny, log=logs.append, device="cpu")
+    assert not any("cuda_graphs" in line for line in logs)
+
+
 @pytest.mark.parametrize(("keys", "buckets", "why"), [
     ({}, 1, ""),
     ({"network_train_unet_only": False}, 1, "the text encoder is trained (network_train_unet_only = false), outside the captured step"),

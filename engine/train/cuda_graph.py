@@ -114,9 +114,12 @@ def graph_type(device: str) -> tuple[type | None, str]:
 def graphed(step, wanted: bool, device: str, problem: str, log: Log):
     """``step`` itself, or a :class:`GraphedStep` around it when ``[train] cuda_graphs`` is on
     and nothing stands in the way (else one log line says why it trains eagerly)."""
-    if not wanted:
-        return step
     kind, why = graph_type(device)
+    if not wanted:
+        if kind is not None and not (why or problem):  # the default, off: say what it leaves on the table, once
+            log("cuda_graphs = false: this step could be captured as one CUDA graph and replayed ([train] cuda_graphs = true; "
+                "SD1.5 600x900 on an H100: 21.8 it/s graphed, 6.6 eager)")
+        return step
     why = why or problem
     if kind is None or why:
         log(f"cuda_graphs = true: training eagerly: {why}")
