@@ -180,9 +180,11 @@ def build_sdxl(work: Path, device: str, log=print) -> str:
     return str(target)
 
 
-def sdxl_rates(project: Path, steps: int, log=print) -> dict:
-    """One side at the project's size, bf16, gradient checkpointing off and on: steps/s, peak
-    VRAM (allocated and reserved) and whether the reserved peak fits a 24 GB and a 12 GB card."""
+def sdxl_rates(project: Path, steps: int, log=print, graphs: bool = False) -> dict:
+    """One side at the project's size, bf16, gradient checkpointing off and on (and with
+    ``graphs`` both again with ``cuda_graphs`` on: a graph's memory pool is its own, so whether
+    the graphed step still fits the card is the question): steps/s, peak VRAM (allocated and
+    reserved) and whether the reserved peak fits a 24 GB and a 12 GB card."""
     import torch
 
     from engine.project.plan import make_plan
@@ -191,24 +193,30 @@ def sdxl_rates(project: Path, steps: int, log=print) -> dict:
     project_, model = _load(project)
     cuda = torch.cuda.is_available()
     out: dict = {"size": "x".join(str(v) for v in project_.train.resolution), "family": model.family}
-    for checkpointing in (False, True):
-        plan = make_plan(replace(project_, train=replace(project_.train, gradient_checkpointing=checkpointing)), max_steps=steps)
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            rate, result, first = timed(lambda c: train(plan, "a", model=model, log=lambda line: None, controls=c))
-        except torch.cuda.OutOfMemoryError as exc:  # a figure too: it does not fit this card either
-            out["checkpointing" if checkpointing else "plain"] = {"error": f"out of memory: {str(exc)[:160]}"}
-            continue
-        finally:
-            model.unet.disable_gradient_checkpointing()  # the model is shared by the next variant
-        facts: dict = {"it_per_s": _round(rate), "first_step_seconds": _round(first, 1), "optimizer": getattr(result, "optimizer", None)}
-        if cuda:
-            reserved = torch.cuda.max_memory_reserved() / 2**20
-            facts.update(vram_peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20),
-                         vram_peak_reserved_mib=round(reserved),
-                         **{f"fits_{card.replace(' ', '')}": reserved + CONTEXT_MIB <= mib for card, mib in CARDS_MIB.items()})
-        out["checkpointing" if checkpointing else "plain"] = facts
-        log(f"  {out['size']} checkpointing={checkpointing}: {facts}")
+    for graphed in (False, True) if graphs else (False,):
+        for checkpointing in (False, True):
+            key = ("checkpointing" if checkpointing else "plain") + ("+graphs" if graphed else "")
+            plan = make_plan(replace(project_, train=replace(project_.train, gradient_checkpointing=checkpointing, cuda_graphs=graphed)),
+                             max_steps=steps)
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            said: list[str] = []
+            try:
+                rate, result, first = timed(lambda c: train(plan, "a", model=model, log=said.append, controls=c))
+            except torch.cuda.OutOfMemoryError as exc:  # a figure too: it does not fit this card either
+                out[key] = {"error": f"out of memory: {str(exc)[:160]}"}
+                continue
+            finally:
+                model.unet.disable_gradient_checkpointing()  # the model is shared by the next variant
+            facts: dict = {"it_per_s": _round(rate), "first_step_seconds": _round(first, 1), "optimizer": getattr(result, "optimizer", None)}
+            if graphed:
+                facts["graph_log"] = [line for line in said if line.startswith("cuda_graphs")]
+            if cuda:
+                reserved = torch.cuda.max_memory_reserved() / 2**20
+                facts.update(vram_peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20),
+                             vram_peak_reserved_mib=round(reserved),
+                             **{f"fits_{card.replace(' ', '')}": reserved + CONTEXT_MIB <= mib for card, mib in CARDS_MIB.items()})
+            out[key] = facts
+            log(f"  {out['size']} {key}: {facts}")
     return out

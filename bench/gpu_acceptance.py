@@ -412,7 +412,7 @@ def markdown(data: dict) -> str:
                                                         "cpu_seconds", "cuda_vs_cpu_rel_error", "modules", "device", "rates", "correct",
                                                         "grads_max_rel_error_eager", "grads_max_rel_error_compiled",
                                                         "grads_median_rel_error_compiled", "graphs_speedup", "graph_log",
-                                                        "plain", "checkpointing", "family", "it_per_s_last",
+                                                        "plain", "checkpointing", "plain+graphs", "checkpointing+graphs", "family", "it_per_s_last",
                                                         "it_per_s_average", "ours_it_per_s", "ours_vs_kohya", "stand_ins"))
         lines.append(f"| {name} | {'yes' if phase['ok'] else '**no**'} | {phase['seconds']} | {note} |")
     for run in data.get("runs", []):
@@ -487,7 +487,8 @@ def sdxl_phases(record: Record, args, work: Path, home: Path, out: Path, device:
         if made is None:
             continue
         first = first or (pictures, (width, height))
-        run_phase(record, f"SDXL training {size}, checkpointing off and on", sdxl_rates, made["_dest"], max(args.sdxl_steps, 6), log)
+        run_phase(record, f"SDXL training {size}, checkpointing off and on" + (", graphs off and on" if args.graphs else ""), sdxl_rates,
+                  made["_dest"], max(args.sdxl_steps, 6), log, args.graphs)
     if first is None:
         return
     # A user's run, fresh, at the first size, with the setting that fits a 24 GB card (the README's advice).
@@ -524,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps/s with [train] cuda_graphs off and on: one side, a twin pair, the differential route's B")
     parser.add_argument("--graphs", action="store_true",
                         help="the run modes' projects train with [train] cuda_graphs = true: the graphed step through the queue end to "
-                        "end (copy checks between replays, merge, preview); each train job's record says whether it was captured")
+                        "end (copy checks between replays, merge, preview); each train job's record says whether it was captured; "
+                        "the SDXL phase also trains graphed (its peak VRAM: a graph keeps a memory pool of its own)")
     parser.add_argument("--sdxl", default="", help="sizes WxH,... to train a random full-size SDXL at in bf16, gradient checkpointing "
                         "off and on (e.g. 1024x1024,832x1216), then run its project with checkpointing on; default: skip")
     parser.add_argument("--sdxl-steps", type=int, default=20, help="steps of each SDXL measurement and of its project run")
@@ -600,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
             "base": base, "size": f"{width}x{height}", "steps": args.steps, "_dest": make_project(
                 work / "projects" / f"accept-{mode}", pictures, base, size=(width, height), steps=args.steps,
                 precision=args.precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device,
-                twin=mode == "twin", method="differential" if mode == "differential" else "svd-merge", graphs=args.graphs)})
+                twin=mode == "twin", method="differential" if mode == "differential" else "svd-merge",
+                graphs=args.graphs and mode in modes)})
         if made is None:
             return 1
         projects[mode] = made["_dest"]
@@ -623,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sdxl:  # before the worker stops: its project runs through the queue too
         sdxl_phases(record, args, work, home, out, device, log)
     project = trained = next(iter(projects.values()))
-    if args.graphs:  # the in-process phases time what they name (eager unless they say graphs): a project of their own
+    if args.graphs and modes:  # the in-process phases time what they name (eager unless they say graphs): a project of their own
         project = make_project(work / "projects" / "accept-rates", pictures, base, size=(width, height), steps=args.steps,
                                precision=args.precision, optimizer=args.optimizer, sample_steps=args.sample_steps, device=device)
     env = {**os.environ, "COPYLORA_HOME": str(home)}

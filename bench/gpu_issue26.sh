@@ -4,7 +4,7 @@
 #   bash bench/gpu_issue26.sh sd15   # the gpu tests (graphs; warm job starts on CUDA; the folded differential A; the fused LoRA; the flat 8-bit optimizer),
 #                                    # bitsandbytes per tensor against flat (ms a step), where a step's time goes (optimizers, graphs, channels-last),
 #                                    # graph rates of one side / twin / differential B, kohya side by side
-#   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, a project run
+#   bash bench/gpu_issue26.sh sdxl   # random full-size SDXL at 1024² and 832×1216, checkpointing off/on, graphs off/on, a project run
 #   bash bench/gpu_issue26.sh queue  # ~4 min: cuda_graphs = true through the queue (separate, twin): the default's evidence
 #   bash bench/gpu_issue26.sh check  # ~5 min: one side and twin, fused vs hooked in ABBA order (bench/fused_abba.py),
 #                                    # the two gpu tests that failed on the H100 on 2026-12-06 (carry .whl only), and
@@ -53,7 +53,8 @@ case "$what" in
         --out "$work/host_profile.txt" 2>&1 | grep -E "^==|^   " | tee "$out/host-summary.txt"
     ;;
   sdxl)
-    timeout 450 python3 bench/gpu_acceptance.py --modes "" --rate-steps 0 --profile-steps 0 --sdxl 1024x1024,832x1216 \
+    # --graphs: each size also graphed, checkpointing off and on (a graph keeps its own memory pool: does it still fit 24 GB?)
+    timeout 450 python3 bench/gpu_acceptance.py --modes "" --graphs --rate-steps 0 --profile-steps 0 --sdxl 1024x1024,832x1216 \
         --sdxl-steps 15 --sample-steps 12 --timeout 300 --out "$work/sdxl" --work /tmp/acc26x > "$work/sdxl.log" 2>&1
     tail -25 "$work/sdxl.log"
     cp "$work/sdxl/gpu_acceptance.md" "$out/sdxl.md" 2>/dev/null

@@ -98,7 +98,7 @@ def test_graph_sdxl_and_kohya_phases_run_on_the_cpu(tmp_path):
     sd_scripts = tmp_path / "sd-scripts"  # a stand-in train_network.py: the phase's wiring, not sd-scripts itself
     sd_scripts.mkdir()
     (sd_scripts / "train_network.py").write_text(FAKE)
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--modes", "", "--rate-graphs",
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--cpu-smoke", "--modes", "", "--rate-graphs", "--graphs",
                            "--kohya", str(sd_scripts), "--kohya-steps", "5", "--sdxl", "1024x1024", "--rate-optimizers", "AdamW8bit",
                            "--profile-steps", "0", "--out", str(out), "--work", str(work)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -113,8 +113,10 @@ def test_graph_sdxl_and_kohya_phases_run_on_the_cpu(tmp_path):
     assert eager["one_side_hooked_it_per_s"] and eager["fused_vs_hooked"] and eager["twin_fused_vs_hooked"], eager  # the fused function's gain
     assert eager["one_side_fused_again_it_per_s"] and eager["twin_pair_fused_again_steps_per_s"], eager  # fused on both sides of hooked
     assert graphs["graph_log"] == ["cuda_graphs = true: training eagerly: there is no CUDA device (training on the CPU)"]
-    sdxl = phases["SDXL training 64x64, checkpointing off and on"]  # the smoke's size, whatever was asked
+    sdxl = phases["SDXL training 64x64, checkpointing off and on, graphs off and on"]  # the smoke's size, whatever was asked
     assert sdxl["family"] == "sdxl" and sdxl["plain"]["it_per_s"] and sdxl["checkpointing"]["it_per_s"]
+    assert sdxl["plain+graphs"]["it_per_s"] and sdxl["checkpointing+graphs"]["graph_log"] == [
+        "cuda_graphs = true: training eagerly: there is no CUDA device (training on the CPU)"]  # --graphs: both again, graphed
     run = json.loads((out / "gpu_acceptance.json").read_text())["runs"][0]
     assert run["mode"] == "sdxl" and [(j["kind"], j["status"]) for j in run["jobs"]] == [
         ("train", "done"), ("train", "done"), ("merge", "done"), ("sample", "done")]
