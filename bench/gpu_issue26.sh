@@ -61,9 +61,11 @@ case "$what" in
     ;;
   check)
     # After the H100 run of 2026-12-06: the one-side eager question (fused vs hooked in ABBA order,
-    # one side and the twin) and the two gpu tests that failed there, verbose.
+    # one side and the twin), the two gpu tests that failed there, verbose, and the LoRA casts made
+    # once a forward (engine/lora/step_weights.py, since) against per target, eager and graphed.
     timeout 180 python3 bench/fused_abba.py --size 600x900 --steps 45 --work /tmp/abba 2>&1 | grep -v kernels-community | tee "$out/abba.txt" | tail -3
-    timeout 120 python3 -m pytest -q -s -p no:cacheprovider tests/test_flat_optim.py tests/test_warm_start.py -m gpu 2>&1 \
+    timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/test_flat_optim.py tests/test_warm_start.py tests/test_step_weights.py \
+        tests/test_cuda_graphs.py -m gpu 2>&1 \
         | grep -E "^E |passed|failed|per tensor|warm start|threads" | tee "$out/check-tests.txt"
     # Whether loading diffusers' models touches CUDA, as diffusers configures itself and lean
     # (engine/lean_imports.py: without bitsandbytes and PEFT; the warm start's full tier needs it untouched).
@@ -75,9 +77,10 @@ import os, torch
 from diffusers import UNet2DConditionModel, AutoencoderKL
 print(sys.argv[1], 'cuda initialised:', torch.cuda.is_initialized(), 'bitsandbytes:', 'bitsandbytes' in sys.modules, 'threads:', len(os.listdir('/proc/self/task')))" $mode 2>&1 | tail -1 | tee -a "$out/check-tests.txt"
     done
-    # The twin goal's levers on the graphed step (half-precision norms, channels-last) and where the
+    # The twin goal's levers on the graphed step (half-precision norms, channels-last; and the LoRA
+    # casts per target, the way before engine/lora/step_weights.py) and where the
     # twin's graphed step spends the GPU's time (bench/graph_levers.py).
-    timeout 180 python3 bench/graph_levers.py --size 600x900 --steps 45 --profile --work /tmp/levers 2>&1 \
+    timeout 230 python3 bench/graph_levers.py --size 600x900 --steps 45 --profile --work /tmp/levers 2>&1 \
         | grep -v kernels-community | tee "$out/levers.txt" | tail -2 | cut -c1-600
     ;;
   queue)

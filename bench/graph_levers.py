@@ -14,6 +14,10 @@ Levers, each timed in the order shipped, lever, lever, shipped (warm-up and cloc
   autocast off around them: torch's CUDA norm kernels accumulate in fp32 whatever the input, so
   this rounds only the output; no casts around the ~110 norms of SD1.5, forward and backward.
 - ``channels-last``: the U-Net's weights and activations in NHWC (cuDNN's own layout for fp16).
+- ``per-target-casts``: the other way round, the way before the shipped one: each target casts
+  its LoRA's weights (and the twin stacks A's and B's) itself, ~4 kernels a target, where the
+  shipped step casts them all once (engine.lora.step_weights; on the CPU 636 kernels fewer a
+  bf16 step of one side, 956 of a twin pair). A ratio below 1 is the shipped way's gain.
 
 Also: each run's final loss, each lever's LoRA against the shipped one's after the same steps
 (the same seeds), beside the shipped one against itself run twice (the run-to-run floor of a
@@ -42,7 +46,20 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-LEVERS = ("half-norms", "channels-last")
+LEVERS = ("half-norms", "channels-last", "per-target-casts")
+
+
+@contextmanager
+def per_target_casts() -> Iterator[None]:
+    """The LoRAs' weights cast (and the twin's stacked) at every target, as before
+    engine.lora.step_weights made them once per forward: the shipped way's own measure."""
+    from engine.lora import step_weights
+
+    step_weights.ENABLED = False
+    try:
+        yield
+    finally:
+        step_weights.ENABLED = True
 
 
 @contextmanager
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     timing_arguments(parser)
-    parser.add_argument("--levers", default="half-norms,channels-last")
+    parser.add_argument("--levers", default=",".join(LEVERS))
     parser.add_argument("--profile", action="store_true", help="also the twin's kernels, top 20 by GPU time (on a CPU: operators by CPU time)")
     args = parser.parse_args(argv)
     chosen = [name for name in args.levers.split(",") if name]
@@ -180,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     said: list[str] = []
     runs = {"one side": lambda c: train(make_plan(project, max_steps=args.steps), "a", model=model, log=said.append, controls=c),
             "twin pair": lambda c: train_twin(make_plan(twin, max_steps=args.steps), model=model, log=said.append, controls=c)}
-    levers = {"half-norms": lambda: half_norms(), "channels-last": lambda: channels_last(model)}
+    levers = {"half-norms": lambda: half_norms(), "channels-last": lambda: channels_last(model), "per-target-casts": per_target_casts}
     report: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "size": args.size, "steps": args.steps,
                     "precision": args.precision, "optimizer": args.optimizer, "levers": {}}
     for lever in chosen:

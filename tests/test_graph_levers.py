@@ -62,3 +62,16 @@ def test_the_script_times_each_lever_against_the_step_as_shipped(tmp_path, capsy
     assert report["graph_log"] == ["cuda_graphs = true: training eagerly: there is no CUDA device (training on the CPU)"]
     with pytest.raises(SystemExit):
         main(["--levers", "nonsense", "--base", "tiny", "--size", "64x64", "--steps", "1", "--work", str(tmp_path / "x")])
+
+
+def test_the_per_target_casts_lever_trains_the_same_loras_and_restores_the_shipped_way(tmp_path, capsys):
+    from bench.graph_levers import main
+    from engine.lora import step_weights
+
+    assert main(["--base", "tiny", "--size", "64x64", "--steps", "3", "--precision", "bf16", "--optimizer", "AdamW",
+                 "--levers", "per-target-casts", "--work", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("one side", "twin pair"):  # bf16 autocast: the casts the shipped step makes once, bit for bit
+        entry = report["levers"]["per-target-casts"][name]
+        assert entry["lora_vs_shipped"] == 0.0 and entry["final_loss"]["shipped"] == entry["final_loss"]["per-target-casts"], entry
+    assert step_weights.ENABLED

@@ -16,6 +16,7 @@ from engine.lora.files import load_lora_file, save_lora_file
 from engine.lora.folded import folded_contribution, folded_weights
 from engine.lora.fused import ForwardReplaced, linear_with_loras, plain_linear
 from engine.lora.names import find_targets
+from engine.lora.step_weights import KEY as STEP_WEIGHTS
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -141,8 +142,9 @@ class LoRAModule(nn.Module):
             return plain_linear(base, x)  # strength 0, or the trained LoRA at this module adds this one's change
         if self.folded is not None and self.carries(self.folded):
             down, up, scale = folded_weights(self, self.folded)
-        else:
-            down, up, scale = self.lora_down.weight, self.lora_up.weight, self.multiplier * self.scale
+        else:  # cast once for the whole forward where the step prepared them (engine.lora.step_weights)
+            down, up = self.__dict__.get(STEP_WEIGHTS) or (self.lora_down.weight, self.lora_up.weight)
+            scale = self.multiplier * self.scale
         output = linear_with_loras(base, x, down, up, scale)
         if output is None:  # precisions apart without autocast: the hook's way
             output = self._add_delta(base, (x,), plain_linear(base, x))

@@ -124,6 +124,7 @@ class SidesDriver(Protocol):
     def inputs(self, draws: list[Draw]) -> tuple[Any, Any, Any, dict | None]: ...
     def progress(self, progress: list[Progress]) -> Progress: ...
     def previewing(self) -> AbstractContextManager: ...
+    def weights_once(self, device_type: str) -> AbstractContextManager: ...
     def named(self, run: SideRun, what: str) -> str: ...
     def final_save(self, step: int) -> list[tuple[Path | None, Path]]: ...
     def close(self) -> None: ...
@@ -144,6 +145,12 @@ class OneSide:
     def inputs(self, draws: list[Draw]) -> tuple[Any, Any, Any, dict | None]:
         (draw,) = draws
         return draw.noisy, draw.timesteps, draw.cond, draw.added
+
+    def weights_once(self, device_type: str) -> AbstractContextManager:
+        """The LoRA's weights cast to the step's precision once for the forward (engine.lora.step_weights)."""
+        from engine.lora.step_weights import prepared
+
+        return prepared(device_type, singles=self.run.network.loras())
 
     def progress(self, progress: list[Progress]) -> Progress:
         return progress[0]
@@ -277,7 +284,7 @@ class StepFunction:
 
         half = draws[0].noisy.shape[0]
         noisy, timesteps, cond, added = self.driver.inputs(draws)
-        with self.amp:
+        with self.amp, self.driver.weights_once(noisy.device.type):
             pred = self.forward(noisy.to(self.weight_dtype), timesteps, cond.to(self.weight_dtype), added_cond_kwargs=added).sample
         losses = [run.loss(pred[i * half:(i + 1) * half], draw, self.scheduler, self.v_prediction)
                   for i, (run, draw) in enumerate(zip(self.runs, draws))]

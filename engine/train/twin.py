@@ -72,13 +72,15 @@ class TwinHooks:
         import torch
 
         from engine.lora.fused import linear_with_loras, plain_linear
+        from engine.lora.step_weights import KEY
 
         base = lora_a.base
 
         def forward(x):
             if same_pair(lora_a, lora_b, x):
-                down = torch.stack((lora_a.lora_down.weight, lora_b.lora_down.weight))
-                up = torch.stack((lora_a.lora_up.weight, lora_b.lora_up.weight))
+                # Stacked once for the whole forward where the step prepared them (engine.lora.step_weights)
+                down, up = lora_a.__dict__.get(KEY) or (torch.stack((lora_a.lora_down.weight, lora_b.lora_down.weight)),
+                                                        torch.stack((lora_a.lora_up.weight, lora_b.lora_up.weight)))
                 output = linear_with_loras(base, x, down, up, lora_a.multiplier * lora_a.scale)
                 if output is not None:
                     return output
@@ -104,6 +106,12 @@ class TwinHooks:
             return output + torch.cat([lora_a.contribution(x[:half], output.dtype), lora_b.contribution(x[half:], output.dtype)])
 
         return add_both
+
+    def fused_pairs(self) -> list:
+        """The pairs whose Linear runs the twin's fused function (the others are hooks)."""
+        from engine.lora.fused import ForwardReplaced
+
+        return [pair for pair, handle in zip(self.pairs, self.handles) if isinstance(handle, ForwardReplaced)]
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -228,6 +236,12 @@ class TwinSides:
         first = draws[0].added
         added = None if first is None else {k: torch.cat([d.added[k] for d in draws if d.added is not None]) for k in first}
         return noisy, timesteps, cond, added
+
+    def weights_once(self, device_type: str) -> AbstractContextManager:
+        """The pairs' stacks (cast to the step's precision) made once for the forward."""
+        from engine.lora.step_weights import prepared
+
+        return prepared(device_type, pairs=self.hooks.fused_pairs() if self.hooks is not None else ())
 
     def progress(self, progress: list[Progress]) -> Progress:
         """A's progress, carrying B's loss."""
