@@ -48,6 +48,22 @@ def test_the_twins_stacks_are_made_once_and_train_the_same_loras(tmp_path, tiny,
     assert fused_count(tiny.unet) == 0  # the hooks are gone afterwards
 
 
+def test_with_gradient_checkpointing_the_recomputed_forward_gives_the_same_loras(tmp_path, tiny, monkeypatch):
+    """The blocks' forward runs again in the backward, after the prepared weights are gone: it
+    casts per target then, and the gradients are the same."""
+    plan = make(tmp_path / "p", 3, mixed_precision="bf16", gradient_checkpointing=True)
+    runs = {}
+    try:
+        for enabled in (False, True):
+            monkeypatch.setattr(step_weights, "ENABLED", enabled)
+            runs[enabled] = train_twin(plan, model=tiny, log=quiet, device="cpu")
+        assert tiny.unet.is_gradient_checkpointing  # the runs turned it on (and leave it: the model is shared here)
+    finally:
+        tiny.unet.disable_gradient_checkpointing()
+    for side in ("a", "b"):
+        assert_identical(runs[True][side].lora_path, runs[False][side].lora_path)
+
+
 def test_a_view_no_target_used_gets_a_zero_gradient_and_frozen_weights_none():
     down, up = torch.randn(2, 3, requires_grad=True), torch.randn(4, 2, requires_grad=True)
     frozen = torch.randn(2, 3)
