@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from bench.op_count import ops_per_step  # noqa: E402
 from engine.lora import step_weights  # noqa: E402
 from engine.lora.fused import fused_count  # noqa: E402
+from engine.train.controls import TrainControls  # noqa: E402
 from engine.train.trainer import train  # noqa: E402
 from engine.train.twin import train_twin  # noqa: E402
 from tests.helpers import quiet  # noqa: E402
@@ -52,14 +53,12 @@ def test_with_gradient_checkpointing_the_recomputed_forward_gives_the_same_loras
     """The blocks' forward runs again in the backward, after the prepared weights are gone: it
     casts per target then, and the gradients are the same."""
     plan = make(tmp_path / "p", 3, mixed_precision="bf16", gradient_checkpointing=True)
-    runs = {}
-    try:
-        for enabled in (False, True):
-            monkeypatch.setattr(step_weights, "ENABLED", enabled)
-            runs[enabled] = train_twin(plan, model=tiny, log=quiet, device="cpu")
-        assert tiny.unet.is_gradient_checkpointing  # the runs turned it on (and leave it: the model is shared here)
-    finally:
-        tiny.unet.disable_gradient_checkpointing()
+    runs, used = {}, []
+    for enabled in (False, True):
+        monkeypatch.setattr(step_weights, "ENABLED", enabled)
+        controls = TrainControls(on_progress=lambda _p: used.append(tiny.unet.is_gradient_checkpointing))
+        runs[enabled] = train_twin(plan, model=tiny, log=quiet, device="cpu", controls=controls)
+    assert used and all(used) and not tiny.unet.is_gradient_checkpointing  # on while it trained, off again after (a shared model)
     for side in ("a", "b"):
         assert_identical(runs[True][side].lora_path, runs[False][side].lora_path)
 

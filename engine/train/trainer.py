@@ -203,6 +203,7 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
 
     for warning in pair_warnings(plan.side("a").images, plan.side("b").images):  # A = B, or sizes apart: said as check says it
         log(f"warning: {warning}")
+    checkpointing = model is not None and model.unet.is_gradient_checkpointing  # as it was found (a shared model)
     model = prepare_model(plan, sides[0], device, weight_dtype, log, model)
     # The differential route's B trains on the base with A applied (before B's text is encoded).
     applied = apply_base_weights(model, base_weights, device, log) if base_weights is not None else None
@@ -244,6 +245,8 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
                 run.step_log.close()
         if applied is not None:
             applied.remove()
+        if p.gradient_checkpointing and not checkpointing:
+            model.unet.disable_gradient_checkpointing()
 
 
 class StepFunction:
