@@ -93,3 +93,24 @@ def test_on_a_gpu_the_casts_made_once_train_as_the_casts_per_target(tmp_path, mo
         for key, w in want.items():
             if "lora_up" in key and float(w.float().norm()) > 0:
                 assert float((have[key].double() - w.double()).norm() / w.double().norm()) < 1e-2, key
+
+
+def test_through_torch_compile_the_weights_stay_per_target(tiny):
+    """A compiled U-Net (what torch.compile returns keeps the module as ``_orig_mod``) was checked
+    on a GPU with the per-target casts: the step leaves it so."""
+    from contextlib import nullcontext
+
+    from engine.train.trainer import StepFunction
+
+    class Driver:
+        runs: list = []
+
+        def weights_once(self, device_type):
+            raise AssertionError("prepared under torch.compile")
+
+    class Compiled:
+        _orig_mod = tiny.unet
+
+    assert StepFunction(Driver(), tiny, Compiled(), nullcontext(), torch.float32, defer=False).weights_once is nullcontext
+    plain = StepFunction(Driver(), tiny, tiny.unet, nullcontext(), torch.float32, defer=False)
+    assert plain.weights_once.__func__ is Driver.weights_once

@@ -103,8 +103,8 @@ def pair_own(lora_a, lora_b) -> bool:
 def prepared(device_type: str, singles: Sequence = (), pairs: Sequence[tuple[Any, Any]] = ()) -> Iterator[None]:
     """Inside (a forward under the step's autocast, if any): each LoRA of ``singles`` that runs
     fused with its own weights finds them prepared, and each twin pair of ``pairs`` (pairs whose
-    Linear runs the twin's fused function; owned by its A) its stacks. Singles are prepared only under autocast (without a cast there is nothing
-    to save); pairs always (their stacks)."""
+    Linear runs the twin's fused function; owned by its A) its stacks. Singles are prepared only
+    under autocast (without a cast there is nothing to save); pairs always (their stacks)."""
     autocast = torch.is_autocast_enabled(device_type)
     singles = [lora for lora in singles if fused_own(lora)] if autocast else []
     pairs = [(a, b) for a, b in pairs if pair_own(a, b)]

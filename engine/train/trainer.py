@@ -263,6 +263,10 @@ class StepFunction:
         self.scheduler = model.noise_scheduler
         self.v_prediction = model.prediction_type == "v_prediction"
         self.defer = defer  # CUDA: the losses stay on the device (engine.train.loss_reads)
+        # The LoRAs' weights cast once a forward (engine.lora.step_weights), except through
+        # torch.compile: its graph was checked on the H100 with the per-target casts, and each
+        # step's prepared weights would be new inputs to its guards.
+        self.weights_once = nullcontext if hasattr(forward, "_orig_mod") else driver.weights_once
 
     def __call__(self, step: int):
         """Train ``step`` (0-based); the sides' losses, on the device."""
@@ -287,7 +291,7 @@ class StepFunction:
 
         half = draws[0].noisy.shape[0]
         noisy, timesteps, cond, added = self.driver.inputs(draws)
-        with self.amp, self.driver.weights_once(noisy.device.type):
+        with self.amp, self.weights_once(noisy.device.type):
             pred = self.forward(noisy.to(self.weight_dtype), timesteps, cond.to(self.weight_dtype), added_cond_kwargs=added).sample
         losses = [run.loss(pred[i * half:(i + 1) * half], draw, self.scheduler, self.v_prediction)
                   for i, (run, draw) in enumerate(zip(self.runs, draws))]
