@@ -125,14 +125,6 @@ _BLOCK_FIELDS: dict[str, _Kind] = {"block": str, "modules": int, "energy_kept": 
 _INPUT_FIELDS: dict[str, _Kind] = {"file": str, "ratio": _NUMBER}
 
 
-def stats_path_for(path):
-    """``X.stats.json`` (a Path) for ``X.safetensors`` (a stats file names itself)."""
-    from pathlib import Path
-
-    path = Path(path)
-    return path if path.name.endswith(".stats.json") else path.with_name(path.stem + ".stats.json")
-
-
 def read_stats(path) -> dict:
     """The ``<stem>.stats.json`` a merge wrote, checked field by field, so that every view can
     index it without guarding each access. Raises :class:`engine.errors.ValidationError`
@@ -141,6 +133,7 @@ def read_stats(path) -> dict:
     from pathlib import Path
 
     from engine.errors import Problem, ValidationError
+    from engine.project.outputs import stats_path_for
 
     if not Path(path).name:  # "" or "/": no file name to look beside (with_name would raise)
         raise ValidationError([Problem(str(path) or "FILE", "not a merged LoRA, its .stats.json or a project folder")])

@@ -72,8 +72,6 @@ class OutputPaths:
 
     @property
     def stats(self) -> Path:
-        from engine.merge.stats import stats_path_for
-
         return stats_path_for(self.result)
 
     @property
@@ -107,6 +105,13 @@ class OutputPaths:
 def grid_name(lora: Path) -> str:
     """The strength grid of a LoRA file: ``NAME-grid.png``."""
     return f"{lora.stem}-grid.png"
+
+
+def stats_path_for(path: str | os.PathLike) -> Path:
+    """A merged LoRA's per-layer stats, beside it: ``NAME.stats.json`` for ``NAME.safetensors``
+    (a stats file names itself)."""
+    path = Path(path)
+    return path if path.name.endswith(".stats.json") else path.with_name(path.stem + ".stats.json")
 
 
 # ---- reading what a file records
