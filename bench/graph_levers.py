@@ -49,17 +49,14 @@ if str(REPO) not in sys.path:
 LEVERS = ("half-norms", "channels-last", "per-target-casts")
 
 
-@contextmanager
-def per_target_casts() -> Iterator[None]:
+def per_target_casts():
     """The LoRAs' weights cast (and the twin's stacked) at every target, as before
     engine.lora.step_weights made them once per forward: the shipped way's own measure."""
+    from unittest import mock
+
     from engine.lora import step_weights
 
-    step_weights.ENABLED = False
-    try:
-        yield
-    finally:
-        step_weights.ENABLED = True
+    return mock.patch.object(step_weights, "ENABLED", False)
 
 
 @contextmanager

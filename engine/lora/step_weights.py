@@ -23,6 +23,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
+
+from engine.lora.fused import ForwardReplaced
 
 ENABLED = True  # the benches' switch (bench/graph_levers.py times the per-target casts against it)
 KEY = "step_weights"  # where a target finds its prepared (down, up): its owner's __dict__ (no submodule, no parameter)
@@ -79,11 +82,8 @@ def _cuts(shapes: Sequence[Sequence[int]]) -> Iterator[tuple[int, Sequence[int]]
 
 
 def fused_own(lora) -> bool:
-    """Whether ``lora`` runs the fused function with its own weights (what can be prepared)."""
-    from torch import nn
-
-    from engine.lora.fused import ForwardReplaced
-
+    """Whether ``lora`` runs the fused function with its own weights (what can be prepared).
+    Called for every LoRA at every step: its imports are the module's."""
     return (isinstance(lora._hook, ForwardReplaced) and isinstance(lora.lora_down, nn.Linear) and not lora.full_precision
             and lora.multiplier != 0 and lora.folded is None and lora.folded_into is None and lora.lora_down.weight.requires_grad)
 
