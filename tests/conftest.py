@@ -26,8 +26,24 @@ import tempfile  # noqa: E402
 os.environ.setdefault("COPYLORA_KEYMAP", os.path.join(tempfile.gettempdir(), "copylora-tests-no-keymap.toml"))
 
 # The tiny model is built once per test session into a private cache, never into the user's
-# ~/.cache (tests must not depend on, or disturb, what a previous run left there).
-os.environ.setdefault("COPYLORA_CACHE", tempfile.mkdtemp(prefix="copylora-test-cache-"))
+# ~/.cache (tests must not depend on, or disturb, what a previous run left there). The process
+# that made the folder removes it when it exits: left behind, each run's ~110 MB filled the CI
+# machine's disk after a few hundred runs (it failed with "No space left on device"). xdist's
+# worker processes inherit the variable, so they share the controller's folder and leave it be.
+if "COPYLORA_CACHE" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+
+    os.environ["COPYLORA_CACHE"] = _test_cache = tempfile.mkdtemp(prefix="copylora-test-cache-")
+    _maker = os.getpid()
+
+    def _remove_test_cache() -> None:
+        # A process forked from this one (the warm-start tests fork job processes) inherits the
+        # handler; only the maker removes the folder, after every test that reads it has ended.
+        if os.getpid() == _maker:
+            shutil.rmtree(_test_cache, ignore_errors=True)
+
+    atexit.register(_remove_test_cache)
 
 import pytest  # noqa: E402
 

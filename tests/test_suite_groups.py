@@ -38,3 +38,33 @@ def test_each_test_of_a_shared_fixture_is_sent_to_its_fixtures_process(tmp_path)
     assert groups["tests/test_toy_model.py::test_the_shipped_toy_model_matches_its_checksums_and_stays_small"] == "-"
     for prefix, group in (("tests/test_slurm.py", "slurm_cluster"), ("tests/test_app_real_runs.py", "real_runs_tree")):
         assert any(node.startswith(prefix) and g == group for node, g in groups.items()), (prefix, groups)
+
+
+# A plugin that says, at the end of the session, which test cache the run used and that it exists.
+CACHE_PROBE = '''
+import os
+
+def pytest_sessionfinish(session):
+    folder = os.environ["COPYLORA_CACHE"]
+    print("CACHE", folder, os.path.isdir(folder))
+'''
+
+
+def test_a_run_leaves_no_test_cache_and_no_folders_of_passed_tests_behind(tmp_path):
+    """Each run's private model cache (~110 MB) and the folders of passed tests (~3 GB a run,
+    three runs kept) once stayed in the temporary folder until the CI machine's disk was full."""
+    (tmp_path / "cache_probe.py").write_text(CACHE_PROBE)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "COPYLORA_CACHE"}
+    env.update(TMPDIR=str(scratch), PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    test = "tests/test_cli_hostile.py::test_new_folders_get_the_umask_mode_not_mkdtemps"  # passes, uses tmp_path
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "cache_probe", "-p", "no:cacheprovider", test],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cache = [line.split("CACHE ", 1)[1].split() for line in done.stdout.splitlines() if "CACHE " in line]
+    assert len(cache) == 1 and cache[0][1] == "True", done.stdout[-2000:]
+    assert Path(cache[0][0]).parent == scratch
+    assert not Path(cache[0][0]).exists()
+    left = sorted(str(path.relative_to(scratch)) for path in scratch.rglob("*") if "test_new_folders" in path.name)
+    assert left == [], left
