@@ -168,3 +168,61 @@ def test_queue_reader_closes_after_the_running_read(tmp_path):
     with pytest.raises(Exception):
         queue.jobs()  # closed by end()
     assert not reader.begin()  # and no read starts after closing
+
+
+# What a user can type or paste into any field of the form: empty, the float specials, numbers
+# past every limit, a full-width digit, a NUL, a name far longer than a filesystem allows, broken
+# TOML, paths that climb out or name the root, and a word in Japanese.
+HOSTILE = ["", " ", "nan", "-inf", "-1", "1e400", "9" * 30, "１２", "\x00", "a" * 300, "[", '"', "{a = {b = 1}}", "../../..", "/", "白黒"]
+
+
+@pytest.mark.parametrize("example", ["example-dreambooth", "example-monochrome"])
+def test_every_field_takes_every_hostile_value_as_a_problem_or_a_project_that_saves_and_loads(tmp_path, example):
+    """The form's whole path, without a terminal, for every field of every section (the
+    DreamBooth example has [reg] and a [[concept]]): parse, apply, validate, plan, save, load.
+    A 300-character folder name once ended the form's check thread with the OS's "File name
+    too long" (and `copylora check` with a bare OS error), and a caption_extension of "/" with
+    a ValueError of pathlib's: each is now a problem of its key."""
+    import shutil
+
+    from copylora_tui.screens.project import _plan_text
+    from engine.project.folder import save_project
+    from tests.helpers import REPO
+
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "projects" / example, source, ignore=shutil.ignore_patterns("output"))
+    project = load_project(source)
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    sections = ["project", "train", "merge", "sample", "a", "b", "reg", *(form.concept_section(n + 1) for n in range(len(project.concepts)))]
+    concepts = len(project.concepts) if project.reg is not None else None
+    outcomes = {"refused": 0, "problem": 0, "saved": 0}
+    for field in (spec for section in sections for spec in form.section_fields(section)):
+        for text in HOSTILE:
+            value, error = form.parse_text(text, field)
+            if error is not None:
+                outcomes["refused"] += 1
+                continue
+            checked, problems = form.validate(form.apply_values(project, {field.path: value}, concepts))
+            if checked is None:
+                assert problems, (field.path, text)
+                outcomes["problem"] += 1
+                continue
+            _plan_text(checked)
+            save_project(checked, copy)
+            load_project(copy)
+            outcomes["saved"] += 1
+    assert min(outcomes.values()) > 50, outcomes
+
+
+def test_a_path_the_filesystem_cannot_answer_for_is_a_problem_of_its_key(tmp_path):
+    """A name longer than the filesystem allows (NAME_MAX, 255 bytes on Linux) in each key that
+    names a path: each key says so; nothing raises the OS's error past validation."""
+    project = load_project(make_projects(tmp_path) / "example-monochrome")
+    long = "x" * 300
+    keys = ["project.base_model", "project.output_dir", "train.network_weights", "a.folder", "b.network_weights"]
+    _, problems = form.validate(form.apply_values(project, {key: long for key in keys}))
+    said = {p.where: p.message for p in problems}
+    for key in keys:
+        assert key in said and ("too long" in said[key] or "no such" in said[key]), (key, said)
+    assert "File name too long" in said["a.folder"] and "File name too long" in said["project.output_dir"]

@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.errors import Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
@@ -273,23 +273,42 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         problems.append(Problem("reg.folder", '"" trains without class pictures, but class_prompt or num_class_images asks for some: '
                                 "name their folder"))
     _check_concepts(project, problems)
-    _check_output_dir(project, problems)
+    _on_disk("project.output_dir", problems, _check_output_dir, project, problems)
     if check_files:
-        _check_base_model(project, problems)
+        _on_disk("project.base_model", problems, _check_base_model, project, problems)
         from engine.project.network_weights import network_weights_problems
         from engine.project.training_logs import logging_problems
 
         problems += network_weights_problems(project) + logging_problems(project)  # [train] network_weights, log_with
         for side in SIDES:
-            _check_image_folder(project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
+            _on_disk(f"{side}.folder", problems, _check_image_folder, project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.folder and project.reg.num_class_images == 0:
-            _check_image_folder(project.root, project.reg.folder, "reg.folder", problems, decode_images)
+            _on_disk("reg.folder", problems, _check_image_folder, project.root, project.reg.folder, "reg.folder", problems, decode_images)
         for n, concept in enumerate(project.concepts, start=1):
             if concept.folder:
-                _check_image_folder(project.root, concept.folder, f"concept[{n}].folder", problems, decode_images)
+                _on_disk(f"concept[{n}].folder", problems, _check_image_folder, project.root, concept.folder, f"concept[{n}].folder", problems,
+                         decode_images)
             if concept.class_folder and concept.num_class_images == 0:
-                _check_image_folder(project.root, concept.class_folder, f"concept[{n}].class_folder", problems, decode_images)
+                _on_disk(f"concept[{n}].class_folder", problems, _check_image_folder, project.root, concept.class_folder,
+                         f"concept[{n}].class_folder", problems, decode_images)
         _check_captions(project, problems)
+
+
+CAPTION_EXTENSION = re.compile(r"\.[A-Za-z0-9_.-]+")  # ".txt", ".caption": a name's ending, never a path
+
+
+def _on_disk(key: str, problems: list[Problem], check: Callable[..., object], *args: Any) -> None:
+    """Run one check that asks the filesystem about a path the project names. What the OS
+    refuses to answer (a name longer than the filesystem allows — a paste gone wrong — a folder
+    this user may not list, a dead network mount) is a problem of that key, said like the
+    others; it once ended `copylora check` with the OS's bare message and, in the app, left the
+    form's check silently unfinished."""
+    from engine.errors import os_error_text
+
+    try:
+        check(*args)
+    except OSError as exc:
+        problems.append(Problem(key, os_error_text(exc)))
 
 
 def _check_concepts(project: Project, problems: list[Problem]) -> None:
@@ -311,7 +330,7 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
                                     "flow ([reg] instance_prompt): write the caption out here"))
     if reg is not None:
         extension = reg.caption_extension
-        if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
+        if not CAPTION_EXTENSION.fullmatch(extension):
             problems.append(Problem("reg.caption_extension", f"must be a file extension such as \".txt\", got {show(extension)}"))
         if uses_filewords(reg.class_prompt):
             problems.append(Problem("reg.class_prompt", f"{FILEWORDS} is read from the teacher pictures' captions only: "
@@ -352,8 +371,8 @@ def _check_captions(project: Project, problems: list[Problem]) -> None:
     from engine.project.concepts import CaptionError, read_caption, uses_filewords
 
     reg = project.reg
-    if reg is None:
-        return
+    if reg is None or not CAPTION_EXTENSION.fullmatch(reg.caption_extension):
+        return  # no captions to read, or an extension already said to be wrong ("/" would name a folder)
     folders = []
     if uses_filewords(reg.instance_prompt):
         folders += [(project.side_folder(side), "reg.instance_prompt") for side in SIDES]
@@ -361,7 +380,11 @@ def _check_captions(project: Project, problems: list[Problem]) -> None:
         if uses_filewords(concept.instance_prompt) and concept.folder:
             folders.append((project.root / concept.folder, f"concept[{n}].instance_prompt"))
     for folder, key in folders:
-        for image in image_files(folder) if folder.is_dir() else []:
+        try:
+            images = image_files(folder) if folder.is_dir() else []
+        except OSError:  # the folder's own key says why (_on_disk)
+            continue
+        for image in images:
             try:
                 read_caption(image, reg.caption_extension)
             except CaptionError as exc:

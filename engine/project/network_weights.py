@@ -45,8 +45,13 @@ def network_weights_problems(project) -> list[Problem]:
 def _file_problems(path: Path, params) -> list[str]:
     from engine.formats.safetensors_header import HeaderError, read_header
 
-    if not path.is_file():
-        return [f"no such LoRA file: {path}"]
+    try:
+        if not path.is_file():
+            return [f"no such LoRA file: {path}"]
+    except OSError as exc:  # a name longer than the filesystem allows, a folder this user cannot list
+        from engine.errors import os_error_text
+
+        return [os_error_text(exc)]
     if path.suffix.lower() != ".safetensors":
         return []  # a plain-tensor .pt/.ckpt is read (and checked) when training starts
     try:
