@@ -250,3 +250,23 @@ async def test_a_plan_that_fails_unforeseen_is_said_and_the_form_still_opens(tmp
     async with app.run_test(size=(100, 30)) as pilot:
         await open_project(pilot, app, folder)  # stayed on "reading copylora.toml …" for good
         await wait_until(pilot, lambda: "no plan: AttributeError" in plan_text(app))
+
+
+async def test_a_check_that_fails_unforeseen_is_said_in_the_status(tmp_path, monkeypatch):
+    """The form checks each edit in a thread; an error no validator foresaw (an OS error, a bug)
+    ended that thread silently, and the form waited for a check that never came."""
+    from copylora_tui.core import form
+
+    def unforeseen(_project):
+        raise OSError(13, "Permission denied", "/mnt/dead/models")
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        monkeypatch.setattr(form, "validate", unforeseen)
+        editor(app, "train.network_dim").value = "4"
+        status = lambda: str(app.screen.query_one("#project-status", Static).render())  # noqa: E731
+        await wait_until(pilot, lambda: "could not check the project: /mnt/dead/models: Permission denied" in status())
+        assert isinstance(app.screen, ProjectScreen)

@@ -304,7 +304,13 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
 
     @work(thread=True, exclusive=True, group="project-check", exit_on_error=False)
     def _check(self, candidate: Project, generation: int) -> None:
-        checked, problems = form.validate(candidate)
+        try:
+            checked, problems = form.validate(candidate)
+        except Exception as exc:  # an OS error no check foresaw, a bug: said in the status, or the form waits for good
+            from engine.errors import os_error_text
+
+            why = os_error_text(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            checked, problems = None, [Problem("", f"could not check the project: {why}")]
         plan_text = _plan_text(checked) if checked is not None else None
         self.post_message(self.Checked(generation, checked, problems, plan_text))
 
