@@ -90,6 +90,31 @@ async def test_new_project_rejects_a_name_taken_or_with_a_slash(tmp_path, monkey
         assert not isinstance(app.screen, NewProjectScreen)
 
 
+async def test_new_project_says_a_pasted_nul_or_an_overlong_name_under_its_field(tmp_path, monkeypatch):
+    """A NUL pasted into the name or the base model ended the app (os.path's ValueError); a
+    name or picture path longer than the filesystem allows was "could not write the project"
+    with the OS's message, under no field. Each is now its field's problem, nothing written."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    a = write_png(tmp_path / "a.png")
+    before = snapshot(projects)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("n")
+        dialog = app.screen
+        cases = (("name", "p\x00q", "NUL character"), ("name", "n" * 300, "too long for a file name"),
+                 ("a", str(tmp_path / ("x" * 300 + ".png")), "File name too long"), ("base", "tiny\x00", "NUL character"))
+        for field, value, message in cases:
+            values = {"name": "fine", "a": str(a), "b": str(a), "base": "tiny", field: value}
+            for key, text in values.items():
+                dialog.query_one(f"#new-{key}", Input).value = text
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert isinstance(app.screen, NewProjectScreen)
+            assert message in str(dialog.query_one(f"#error-{field}").render()), (field, str(dialog.query_one(f"#error-{field}").render()))
+        assert snapshot(projects) == before
+
+
 async def test_run_queues_a_b_merge_and_starts_the_worker(tmp_path, monkeypatch):
     env = use_home(monkeypatch, tmp_path)
     projects = make_projects(tmp_path)

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from engine.errors import Problem, ValidationError
+from engine.errors import Problem, ValidationError, os_error_text
 from engine.files import staging_folder
 from engine.formats.model_files import peek_family
 from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
@@ -22,7 +22,12 @@ from engine.project.plan import default_resolution
 
 
 def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # a name longer than the filesystem allows, a folder this user cannot list
+        problems.append(Problem(key, os_error_text(exc)))
+        return
+    if not found:
         problems.append(Problem(key, f"no such file: {path}"))
     elif path.suffix.lower() not in IMAGE_EXTENSIONS:
         problems.append(Problem(key, f"{path.name}: not an image file ({', '.join(IMAGE_EXTENSIONS)})"))
@@ -152,19 +157,25 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     sides train under ("" = caption-free, the published method, right for real checkpoints);
     on the toy base the callers give A's description in the toy world's words
     (:func:`engine.models.toy_data.describe`, which this layer cannot import)."""
+    given = (("dest", dest), ("a_image", a_image), ("b_image", b_image), ("base_model", base_model))
+    if nul := [Problem(where, "contains a NUL character (\\x00): no file can be named so") for where, value in given if "\x00" in str(value)]:
+        raise ValidationError(nul)  # a paste into the app's dialog; os.path would raise ValueError, ending it
     dest = Path(dest).resolve()
     problems: list[Problem] = []
     a_image, b_image = _expanded(a_image, "a_image", problems), _expanded(b_image, "b_image", problems)
-    if dest.exists():
-        problems.append(Problem("dest", f"{dest} already exists"))
-    elif problem := name_problem(name or dest.name):
+    if problem := name_problem(name or dest.name):  # first: a name too long for a file makes exists() raise
         problems.append(Problem("dest", f"{name or dest.name!r} {problem}"))
+    elif dest.exists():
+        problems.append(Problem("dest", f"{dest} already exists"))
     _check_image(a_image, "a_image", problems)
     _check_image(b_image, "b_image", problems)
     if base_model not in BUILTIN_MODELS:
         base_path = _expanded(base_model, "base_model", problems)
-        if not base_path.exists() and not any(p.where == "base_model" for p in problems):
-            problems.append(Problem("base_model", f"no such file or folder: {base_path}"))
+        try:
+            if not base_path.exists() and not any(p.where == "base_model" for p in problems):
+                problems.append(Problem("base_model", f"no such file or folder: {base_path}"))
+        except OSError as exc:
+            problems.append(Problem("base_model", os_error_text(exc)))
         base_model = str(base_path.resolve())
     if problems:
         raise ValidationError(problems)
