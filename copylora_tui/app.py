@@ -19,7 +19,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
-from textual.notifications import Notify
+from textual.notifications import Notify, SeverityLevel
 from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 
@@ -102,6 +102,14 @@ class CopyloraApp(App[int]):
         finally:
             self._reader.end()
         self.post_message(self.SnapshotRead(snapshot))
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Every toast is plain text, whatever the caller asked (screens pass markup=True, their
+        default): toasts carry project names, paths and error messages, and in markup
+        "[train] caption" lost its "[train]", a picture named "[Pony] x.png" its brackets, and a
+        "[/]" in a path ended the app with a MarkupError."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_notify(self, event: Notify) -> None:
         """Before Textual's own handler shows ``event``'s toast: the same message already on

@@ -244,3 +244,45 @@ async def test_a_one_lora_route_project_in_the_list_and_on_its_screen(tmp_path, 
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "PAIR" in screen_text(app))
         text = screen_text(app)
         assert "outputs: PAIR✓ result·" in text and "A→B       200 steps: one LoRA on" in text
+
+
+async def test_names_paths_and_messages_with_brackets_are_shown_as_written(tmp_path, monkeypatch):
+    """What the user named is text, never Textual markup: a project folder "[bold]x" showed as
+    "x", "[@click=app.quit]q" as a "q" that quit the app when clicked; the delete dialog's ticked
+    "[x] ALSO DELETE output/" lost its "[x]"; a picture path "a[/]b.png" in the New dialog, and
+    the same in a toast, ended the app with a MarkupError."""
+    from copylora_tui.screens.confirm_delete import ConfirmDeleteScreen
+
+    use_home(monkeypatch, tmp_path)
+    names = ("[bold]x", "[@click=app.quit]q")
+    projects = make_projects(tmp_path, names)
+    (projects / names[0] / "output").mkdir()
+    (projects / names[0] / "output" / "x_A.safetensors").write_bytes(b"0" * 10)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 2)
+        shown = screen_text(app)
+        assert all(name in shown for name in names), shown
+        table(app).move_cursor(row=[s.folder.name for s in app.screen.summaries].index(names[0]))
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDeleteScreen))
+        await pilot.press("o")
+        await pilot.pause()
+        shown = screen_text(app)
+        assert "Delete project [bold]x?" in shown and "[x] ALSO DELETE output/" in shown, shown
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmDeleteScreen))
+        await pilot.press("n")
+        dialog = app.screen
+        assert isinstance(dialog, NewProjectScreen)
+        for key, value in {"name": "fine", "a": str(tmp_path / "a[/]b.png"), "b": str(tmp_path / "a[/]b.png")}.items():
+            dialog.query_one(f"#new-{key}", Input).value = value
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert "a[/]b.png" in str(dialog.query_one("#error-a").render())
+        dialog.notify("could not read a[/]b.png: set [train] caption")  # as the screens call it (markup=True)
+        await wait_until(pilot, lambda: len(app._notifications) > 0)
+        from textual.widgets._toast import Toast  # the widget a toast is drawn by (not in a headless screenshot)
+
+        assert Toast(list(app._notifications)[-1]).render().plain == "could not read a[/]b.png: set [train] caption"
+    assert app.return_code in (None, 0)

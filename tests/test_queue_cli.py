@@ -167,3 +167,20 @@ def test_run_wait_without_a_worker_says_how_to_start_one_and_returns(tmp_path, h
     assert result["code"] == EXIT_FAILED
     assert "no worker is running, so the jobs stay queued: start one with `copylora worker start`" in capsys.readouterr().err
     assert Queue(home).get(1).status is JobStatus.QUEUED
+
+
+def test_names_and_errors_with_brackets_print_as_written(tmp_path, home, capsys, monkeypatch):
+    """Project folders, labels and job errors are printed, never read as Rich markup: an
+    error's "[train] caption" lost its "[train]", and a "[/]" (a path, a paste) ended
+    `copylora queue` with a MarkupError."""
+    monkeypatch.setenv("COLUMNS", "200")
+    root = copy_example(tmp_path, "[Pony] style")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace('name = "example-monochrome"', 'name = "pony-style"'))
+    assert main(["run", str(root), "--no-worker", "--max-steps", "5"]) == 0
+    capsys.readouterr()
+    error = "set [train] caption = \"\"; /data/[old]/a[/]b.png cannot be read [/red]"
+    Queue(home).finish(1, JobStatus.FAILED, error=error)
+    assert main(["queue"]) == 0
+    out = capsys.readouterr().out
+    assert "[Pony] style" in out and f"#1 failed: {error}" in out, out

@@ -99,6 +99,7 @@ def _check_inputs(paths: list[str], save_to: str, problems: list[Problem], flag:
 def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, precision, save_precision, clamp_quantile, lbws=None,
                route=None):
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from engine.merge.svd import merge_loras, save_merge
@@ -108,7 +109,7 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
         task = bar.add_task("", total=None)
 
         def progress(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=name[-48:])
+            bar.update(task, completed=done, total=total, description=escape(name[-48:]))  # a module's name, from the file
 
         result = merge_loras(
             paths, ratios, new_rank=new_rank, new_conv_rank=new_conv_rank, device=device,

@@ -158,6 +158,7 @@ NO_WORKER_GRACE_S = 5.0
 
 
 def _wait(queue, job_ids: list[int]) -> int:
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn
 
     from copylora_tui.cli.console import output_console
@@ -175,7 +176,8 @@ def _wait(queue, job_ids: list[int]) -> int:
             jobs = [queue.get(job_id) for job_id in job_ids]
             width = max([8, *(len(job.label) for job in jobs)])
             for job in jobs:
-                tasks[job.id] = bar.add_task(f"#{job.id} {job.label:<{width}} {project_label(job.project)}", total=1.0, info="")
+                # escaped: Progress reads descriptions as markup, and names and errors are the user's
+                tasks[job.id] = bar.add_task(escape(f"#{job.id} {job.label:<{width}} {project_label(job.project)}"), total=1.0, info="")
             while True:
                 finished = 0
                 for job_id, task in tasks.items():
@@ -187,7 +189,7 @@ def _wait(queue, job_ids: list[int]) -> int:
                         if job_loss_text(job):
                             info += f" loss {job_loss_text(job)}"
                     elif job.status is JobStatus.FAILED:
-                        info = f"[red]failed[/red]: {job.error}"
+                        info = f"[red]failed[/red]: {escape(job.error or '')}"
                     bar.update(task, completed=job.fraction, info=info)
                     finished += job.status.finished
                     if job.status is JobStatus.PAUSED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from copylora_tui.cli.console import output_console
@@ -19,7 +20,9 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
 
     console = console or output_console()
     state = f"worker running (pid {worker_pid})" if worker_pid else "[yellow]worker not running[/yellow] (copylora worker start)"
-    console.print(f"{state}  ·  {home}")
+    # What the user named (projects, folders) and what jobs said (errors) is escaped: printed as
+    # markup, "[train] caption" lost its "[train]" and a "[/]" in a path ended the command.
+    console.print(f"{state}  ·  {escape(str(home))}")
     if not jobs:
         console.print("no jobs; queue a project with: copylora run projects/NAME")
         return
@@ -46,16 +49,16 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
         loss = job_loss_text(job)
         style = STATUS_STYLE.get(job.shown_status) or "default"
-        cells = [f"#{job.id}", project_label(job.project), job.label, f"[{style}]{job.shown_status}[/]", progress]
+        cells = [f"#{job.id}", escape(project_label(job.project)), escape(job.label), f"[{style}]{job.shown_status}[/]", progress]
         cells += [rate, eta] if live else []
-        slurm = [slurm_status(job.slurm) if job.status is JobStatus.RUNNING else ""] if on_slurm else []
+        slurm = [escape(slurm_status(job.slurm)) if job.status is JobStatus.RUNNING else ""] if on_slurm else []
         table.add_row(*cells, loss, *([job_copy_text(job)] if copies else []), *slurm)
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status is JobStatus.FAILED and job.error:
-            console.print(f"[red]#{job.id} failed:[/red] {job.error}", highlight=False)
+            console.print(f"[red]#{job.id} failed:[/red] {escape(job.error)}", highlight=False)
         elif job.status is JobStatus.QUEUED and job.error and job.error.startswith("interrupted"):  # a Slurm job to submit again
-            console.print(f"[yellow]#{job.id} {job.error}[/yellow]", highlight=False)
+            console.print(f"[yellow]#{job.id} {escape(job.error)}[/yellow]", highlight=False)
         elif job.interrupted:
             console.print(f"[yellow]#{job.id} interrupted[/yellow] at step {job.step or 0}: the worker stopped while it ran; "
                           "`copylora worker start` resumes it from its newest checkpoint", highlight=False)

@@ -4,6 +4,7 @@ then the selected modules."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from copylora_tui.cli.console import output_console
@@ -16,13 +17,15 @@ def print_stats(document: dict, rows: list[dict], console: Console | None = None
     console = console or output_console()
     inputs = document.get("inputs", [])
     described = ", ".join(f"Δ{n}={i['ratio']:+g}·{i['file']}" for n, i in enumerate(inputs, 1))
-    console.print(f"[bold]{document.get('file', '')}[/bold]  {document.get('family', '')}  {len(document['modules'])} modules  = {described}")
+    # File and module names come from the files (anyone's LoRA): escaped, never read as markup.
+    console.print(f"[bold]{escape(str(document.get('file', '')))}[/bold]  {escape(str(document.get('family', '')))}  "
+                  f"{len(document['modules'])} modules  = {escape(described)}")
     route = document.get("route")
     if isinstance(route, dict) and route.get("method") == "differential" and isinstance(route.get("base_weights"), dict):
         base = route["base_weights"]  # Δ1 is B, trained on the base with A applied: no subtraction
-        console.print(f"route: differential (B trained on the base + {base.get('file')} at {base.get('multiplier')})", highlight=False)
+        console.print(f"route: differential (B trained on the base + {escape(str(base.get('file')))} at {base.get('multiplier')})", highlight=False)
     elif isinstance(route, dict) and route.get("method") in PAIR_METHODS and inputs:  # one LoRA on the pair, at its multiplier
-        console.print(f"route: {route['method']} (one LoRA trained on the pair, written at its training multiplier "
+        console.print(f"route: {escape(str(route['method']))} (one LoRA trained on the pair, written at its training multiplier "
                       f"{inputs[0].get('ratio')}: strength 1 is the change once)", highlight=False)
     for n, i in enumerate(inputs, 1):
         if isinstance(i.get("lbw"), list):  # merged with block weights (copylora merge --lbws)
@@ -53,7 +56,7 @@ def print_stats(document: dict, rows: list[dict], console: Console | None = None
                          no_wrap=column != "module", min_width=24 if column == "module" else None)
     for m in rows:
         cos = "" if m.get("cos_inputs") is None else f"{m['cos_inputs']:+.3f}"
-        cells = [short_name(m["name"]), block_of(m, view), m["kind"].replace("conv", "c").replace("linear", "lin")]
+        cells = [escape(short_name(m["name"])), block_of(m, view), m["kind"].replace("conv", "c").replace("linear", "lin")]
         if wide:
             cells.append("x".join(map(str, m["shape"])))
         cells += ["+".join(map(str, m["input_ranks"])), str(m["kept_rank"]), f"{m['energy_kept']:.4f}",

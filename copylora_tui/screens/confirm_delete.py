@@ -3,6 +3,7 @@ makes a second, explicit choice for it; the default action never deletes an outp
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -31,13 +32,14 @@ class ConfirmDeleteScreen(ActsWhileOpen, ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         name = self.summary.name
         with Vertical(id="dialog", classes="dialog"):
-            yield Static(f"[b]Delete project {name}?[/b]", classes="dialog-title")
-            yield Static(f"Its settings and teacher pictures are removed (folder {self.summary.folder.name}/).")
+            # Text, not markup: the name and folders are the user's ("[Pony] style" is a fine name)
+            yield Static(Text(f"Delete project {name}?", style="bold"), classes="dialog-title")
+            yield Static(Text(f"Its settings and teacher pictures are removed (folder {self.summary.folder.name}/)."))
             if self.output is not None and self.output.exists():
                 yield Static(f"Its output folder ({size_text(self.output_bytes)}: LoRAs, checkpoints) is kept unless you choose:")
                 yield Static(self._toggle_text(), id="also-outputs", classes="toggle")
             elif self.summary.output_dir is not None and self.output is None:
-                yield Static(f"Its output folder {self.summary.output_dir} lies outside the project and is not touched.")
+                yield Static(Text(f"Its output folder {self.summary.output_dir} lies outside the project and is not touched."))
             yield Static("y: delete  ·  o: also output/  ·  n or esc: keep it", classes="dim")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Keep it", id="cancel", compact=True)
@@ -50,11 +52,12 @@ class ConfirmDeleteScreen(ActsWhileOpen, ModalScreen[str | None]):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_delete() if event.button.id == "delete" else self.action_cancel()
 
-    def _toggle_text(self) -> str:
+    def _toggle_text(self) -> Text:
         # Spelled out rather than a checkbox glyph: on a 256-colour terminal a ticked and an
-        # unticked checkbox can look alike, and this is the choice that deletes LoRAs.
+        # unticked checkbox can look alike, and this is the choice that deletes LoRAs. Text, not
+        # markup: as markup "[x]" was a tag, and the ticked line lost its tick.
         name = self.output.name if self.output is not None else "output"
-        return f"[x] ALSO DELETE {name}/" if self.also_outputs else f"[ ] also delete {name}/ (o)"
+        return Text(f"[x] ALSO DELETE {name}/" if self.also_outputs else f"[ ] also delete {name}/ (o)")
 
     @while_open
     def action_toggle_outputs(self) -> None:

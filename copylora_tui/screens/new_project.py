@@ -54,9 +54,10 @@ class NewProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, ModalScreen[Path | 
                 with Horizontal(classes="dialog-row"):
                     yield Label(label, classes="dialog-label")
                     yield Input(default(key), placeholder=hint, id=f"new-{key}", compact=True)
-                yield Static("", id=f"error-{key}", classes="param-error")
-            yield Static("", id="new-general", classes="param-error")
-            yield Static("", id="new-help", classes="dialog-help")
+                # plain text: a problem repeats the path typed, and "a[/]b.png" as markup ended the app
+                yield Static("", id=f"error-{key}", classes="param-error", markup=False)
+            yield Static("", id="new-general", classes="param-error", markup=False)
+            yield Static("", id="new-help", classes="dialog-help", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Create", id="create", variant="primary", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)

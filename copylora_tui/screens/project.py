@@ -379,7 +379,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             if path is None:
                 widgets.append(Static(Text(caption, style="red")))
                 continue
-            widgets.append(Static(caption, classes="image-caption"))
+            widgets.append(Static(Text(caption), classes="image-caption"))  # a picture may be named "[Pony] x.png"
             picture = teacher_images.image_widget(path, classes="teacher-image")
             if picture is not None:
                 widgets.append(picture)

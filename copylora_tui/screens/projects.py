@@ -15,6 +15,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.markup import escape
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
@@ -182,7 +183,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         if not self.summaries:
             table.display = False
             empty.display = True
-            empty.update(EMPTY_HELP.format(folder=self.app.projects_dir))
+            empty.update(EMPTY_HELP.format(folder=escape(str(self.app.projects_dir))))  # a folder may hold "[" too
             self._rows = []
             self.query_one("#project-detail", Static).update("")
             return

@@ -22,6 +22,13 @@ from textual.widgets import DataTable
 ColumnSpec = tuple[str, str, "int | None"]
 
 
+def plain(value: object) -> object:
+    """A cell as DataTable should draw it: a str as plain text. DataTable reads a str cell as
+    markup, so a project folder named "[bold]x" showed as "x", and one named "[@click=app.quit]q"
+    as a "q" that quit the app when clicked."""
+    return Text(value) if isinstance(value, str) else value
+
+
 def cell_width(value: object) -> int:
     """Terminal cells one line of a cell takes (the tables here hold one-line cells)."""
     if isinstance(value, Text):
@@ -60,7 +67,7 @@ class FittedTable(DataTable):
         else:
             self.clear()
         for key, cells in rows:
-            self.add_row(*cells, key=key)
+            self.add_row(*map(plain, cells), key=key)
 
     def column_widths(self) -> dict[str, int]:
         return {key: width for key, _label, width in self._shown_columns}

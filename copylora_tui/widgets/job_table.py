@@ -14,7 +14,7 @@ from typing import Callable
 from rich.text import Text
 
 from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, job_copy_text, job_loss_text, project_label, rate_text, when_text
-from copylora_tui.widgets.fitted_table import FittedTable, fitted_widths
+from copylora_tui.widgets.fitted_table import FittedTable, fitted_widths, plain
 from engine.jobs.queue import Job, JobStatus
 
 
@@ -83,5 +83,5 @@ class JobTable(FittedTable):
             old = self._cells.get(job_id) or [None] * len(self.column_names)
             for name, new, before in zip(self.column_names, cells[job_id], old):
                 if new != before:
-                    self.update_cell(str(job_id), name, new)  # the width is already right
+                    self.update_cell(str(job_id), name, plain(new))  # the width is already right
         self._cells = cells
