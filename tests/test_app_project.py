@@ -270,3 +270,19 @@ async def test_a_check_that_fails_unforeseen_is_said_in_the_status(tmp_path, mon
         status = lambda: str(app.screen.query_one("#project-status", Static).render())  # noqa: E731
         await wait_until(pilot, lambda: "could not check the project: /mnt/dead/models: Permission denied" in status())
         assert isinstance(app.screen, ProjectScreen)
+
+
+async def test_a_value_with_brackets_is_repeated_in_its_error_as_typed(tmp_path, monkeypatch):
+    """A problem repeats the value (a folder "x[/]y" is "folder not found: …/x[/]y"); as markup
+    its "[/]" ended the app with a MarkupError, two keys from the form."""
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        app.screen.query_one("#section-a").collapsed = False
+        await wait_until(pilot, lambda: app.screen.query("#field-a-folder #editor"))
+        editor(app, "a.folder").value = "x[/]y [train]"
+        await wait_until(pilot, lambda: "x[/]y [train]" in field_error(app, "a.folder"))
+        await pilot.pause()
+        assert "folder not found" in field_error(app, "a.folder")

@@ -58,7 +58,7 @@ class ParamField(Vertical):
         # container less per field is felt when a screen of forty fields opens.
         yield Label(spec.key, classes="param-key")
         yield self._editor()
-        yield Static("", classes="param-error")
+        yield Static("", classes="param-error", markup=False)  # a problem repeats the value typed: "[/]" is text
 
     def _editor(self):
         """A checkbox for a true/false key, else a one-line input (keys with fixed choices get
