@@ -378,3 +378,21 @@ def test_queue_in_a_pipe_keeps_full_names(tmp_path, home):
     assert shown.returncode == 0, shown.stderr
     assert name in shown.stdout and "…" not in shown.stdout
     assert "queued" in shown.stdout
+
+
+def test_stats_of_files_named_with_brackets_print_as_written(tmp_path, capsys, monkeypatch):
+    """File and module names come from anyone's LoRA ("[Pony] style.safetensors"): printed as
+    Rich markup they lost their brackets, and a "[/]" ended `copylora stats` with a MarkupError."""
+    import json
+
+    from tests.test_app_support import write_stats
+
+    monkeypatch.setenv("COLUMNS", "240")
+    path = write_stats(tmp_path / "[Pony] style.stats.json")
+    document = json.loads(path.read_text())
+    document["inputs"][0]["file"] = "b[/]c.safetensors"
+    document["modules"][0]["name"] = "lora_unet_[/]odd"
+    path.write_text(json.dumps(document))
+    assert main(["stats", str(path), "--top", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "[Pony] style.safetensors" in out and "b[/]c.safetensors" in out and "[/]odd" in out, out
