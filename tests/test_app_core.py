@@ -173,7 +173,7 @@ def test_queue_reader_closes_after_the_running_read(tmp_path):
 # What a user can type or paste into any field of the form: empty, the float specials, numbers
 # past every limit, a full-width digit, a NUL, a name far longer than a filesystem allows, broken
 # TOML, paths that climb out or name the root, and a word in Japanese.
-HOSTILE = ["", " ", "nan", "-inf", "-1", "1e400", "9" * 30, "１２", "\x00", "a" * 300, "[", '"', "{a = {b = 1}}", "../../..", "/", "白黒"]
+HOSTILE = ["", " ", "nan", "-inf", "-1", "1e400", "9" * 30, "１２", "\x00", "a" * 300, "[", '"', "{a = {b = 1}}", "../../..", "/", "白黒", "x[/]y", "[bold]z"]
 
 
 @pytest.mark.parametrize("example", ["example-dreambooth", "example-monochrome"])
