@@ -43,7 +43,7 @@ SCREENS = {
     "projects": ["n", "o", "r", "d", "s", "f5", "y", "o"],
     "queue": ["m", "c", "r", "p", "K", "J", "w", "shift+up", "shift+down"],
     "monitor": ["c", "p", "r", "s", "v", "o"],
-    "project": ["ctrl+s", "ctrl+r", "ctrl+t", "ctrl+o", "backspace", "delete", "-", ".", ",", "[", "]", "=", '"',
+    "project": ["ctrl+s", "ctrl+r", "ctrl+t", "ctrl+o", "backspace", "delete", "-", ".", ",", "[", "]", "/", "=", '"',
                 *string.ascii_lowercase.replace("q", ""), *string.digits],
     "stats": ["s", "r", "b", "k", "v"],
 }
