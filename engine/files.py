@@ -35,13 +35,13 @@ def writable_folder_problem(folder: Path | str) -> str | None:
     for root in PSEUDO_ROOTS:
         if resolved == root or root in resolved.parents:
             return f"{folder} is on the kernel's {root} filesystem: outputs cannot be kept there"
-    existing = resolved
+    existing = resolved  # absolute, not resolved: a link on the way is what to look at
     while not existing.exists():
+        if existing.is_symlink():  # dangling, or a loop: exists() is False and mkdir would fail there
+            return f"{existing} is a broken symlink (it points to {os.readlink(existing)})"
         if existing.parent == existing:
             break
         existing = existing.parent
-    if existing.is_symlink() and not existing.exists():
-        return f"{existing} is a broken symlink"
     if not existing.is_dir():
         what = "is a file" if existing == resolved else f"lies under the file {existing}"
         return f"{folder} {what}, not a folder"

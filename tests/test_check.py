@@ -201,6 +201,18 @@ def test_output_dir_must_be_writable(tmp_path, capsys, output_dir, message):
 
 
 
+@pytest.mark.parametrize("target", ["loop", "elsewhere"])
+def test_an_output_folder_that_is_a_broken_symlink_is_refused_by_check(tmp_path, capsys, target):
+    """A link left dangling (its disk unmounted) or pointing at itself: `check` walked past it
+    to its parent and said yes, and the first write failed (mkdir cannot make a folder where
+    the link's name is)."""
+    root = copy_example(tmp_path)
+    link = root / "output"
+    link.symlink_to(link if target == "loop" else tmp_path / "unmounted" / "out")
+    code, out = check(root, capsys)
+    assert code == EXIT_USAGE and "project.output_dir: " in out and "is a broken symlink (it points to" in out, out
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: mode bits do not bind it")
 def test_output_dir_without_write_permission(tmp_path, capsys):
     root = copy_example(tmp_path)
