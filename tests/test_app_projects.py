@@ -286,3 +286,17 @@ async def test_names_paths_and_messages_with_brackets_are_shown_as_written(tmp_p
 
         assert Toast(list(app._notifications)[-1]).render().plain == "could not read a[/]b.png: set [train] caption"
     assert app.return_code in (None, 0)
+
+
+async def test_a_very_long_project_name_is_cut_in_the_table_and_whole_below_it(tmp_path, monkeypatch):
+    """A 200-character name widened the name column until the other columns had scrolled off."""
+    use_home(monkeypatch, tmp_path)
+    long = "very-long-" * 20
+    projects = make_projects(tmp_path, (long,))
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        shown = screen_text(app)
+        assert "base model" in shown and "merge" in shown and "…" in shown, shown
+        assert table(app).ordered_columns[0].width <= 40
+        assert long in screen_text(app).replace("\n", "").replace(" ", "")  # the line under the table, wrapped

@@ -41,6 +41,17 @@ Press [b]n[/b] to make one here, or run:
 To try the shipped example, copy projects/example-monochrome into {folder}/ and press [b]r[/b] on it."""
 
 
+NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
+
+
+def name_cell(name: str) -> Text:
+    """A project's name for its row, cut with "…" past NAME_CELLS: a 200-character name widened
+    the column until every other column had scrolled off the screen."""
+    text = Text(name)
+    text.truncate(NAME_CELLS, overflow="ellipsis")
+    return text
+
+
 def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | None) -> Text:
     """What one output of a project is doing: its live job, else its state on disk."""
     mine = [j for j in jobs if (j.trains(side) if kind == "train" and side else j.kind == kind and j.side == side)]
@@ -207,12 +218,13 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         self.show_detail()
 
     def _cells(self, summary: ProjectSummary, jobs: list[Job]) -> list:
+        name = name_cell(summary.name)
         if not summary.valid:
-            return [summary.name, "", Text("✗ invalid", style="bold red"), "", "", "", ""]
+            return [name, "", Text("✗ invalid", style="bold red"), "", "", "", ""]
         finished = [j.finished_at for j in jobs if j.finished_at and j.status is JobStatus.DONE]
         last = max([t for t in [summary.last_output, *finished] if t], default=None)
         return [
-            summary.name,
+            name,
             Text(project_label(summary.base_model), overflow="ellipsis"),
             side_cell(summary, jobs, "train", "a"),
             side_cell(summary, jobs, "train", "b"),
