@@ -184,3 +184,23 @@ def test_names_and_errors_with_brackets_print_as_written(tmp_path, home, capsys,
     assert main(["queue"]) == 0
     out = capsys.readouterr().out
     assert "[Pony] style" in out and f"#1 failed: {error}" in out, out
+
+
+def test_run_wait_shows_names_and_errors_with_brackets_as_written(tmp_path, home, capsys, monkeypatch):
+    """`run --wait`'s progress lines are Rich markup templates: a project folder "[Pony] a[b]c"
+    lost its brackets there, and a failed job's "[/]" ended the command with a MarkupError."""
+    from copylora_tui.cli import queue_commands
+
+    monkeypatch.setenv("COLUMNS", "240")
+    monkeypatch.setattr(queue_commands, "NO_WORKER_GRACE_S", 0.5)
+    root = copy_example(tmp_path, "[Pony] a[b]c")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace('name = "example-monochrome"', 'name = "pony"'))
+    assert main(["run", str(root), "--no-worker", "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    queue = Queue(home)
+    queue.finish(1, JobStatus.FAILED, error="a[/]b.png: set [train] caption")
+    ids = [job.id for job in queue.jobs()]
+    assert queue_commands._wait(queue, ids) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "[Pony] a[b]c" in err and "failed: a[/]b.png: set [train] caption" in err, err
