@@ -18,6 +18,7 @@ precision. A view no target used gets a zero gradient, as its weights would have
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -50,7 +51,7 @@ class _Gathered(torch.autograd.Function):
         like = next((g for g in grads if g is not None), None)
         if like is None:
             return (None, None, *([None] * len(ctx.param_shapes)))
-        flat = torch.cat([grad.reshape(-1) if grad is not None else like.new_zeros(_numel(shape)) for grad, shape in zip(grads, ctx.shapes)])
+        flat = torch.cat([grad.reshape(-1) if grad is not None else like.new_zeros(math.prod(shape)) for grad, shape in zip(grads, ctx.shapes)])
         if flat.dtype != ctx.param_dtype:
             flat = flat.to(ctx.param_dtype)
         needed = ctx.needs_input_grad[2:]
@@ -67,18 +68,11 @@ def _cut(flat: torch.Tensor, start: int, shape: Sequence[int]) -> torch.Tensor:
     return flat.as_strided(tuple(shape), tuple(reversed(strides)), flat.storage_offset() + start)
 
 
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _cuts(shapes: Sequence[Sequence[int]]) -> Iterator[tuple[int, Sequence[int]]]:
     start = 0
     for shape in shapes:
         yield start, shape
-        start += _numel(shape)
+        start += math.prod(shape)
 
 
 def fused_own(lora) -> bool:
