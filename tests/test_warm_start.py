@@ -231,6 +231,20 @@ LATE = textwrap.dedent("""
     queue = Queue(home)
     job = queue.enqueue("merge", project)
     argv = ["--home", home, "--job", str(job.id)]
+    if os.environ["SLOW_FORK"] == "after":
+        # The case's premise: the job took its ticket, only the reply is late. On a loaded machine
+        # the two forks can take longer than the 1 s wait, so the wait starts once the ticket is
+        # taken (the original test failed 'cold' under a full parallel suite).
+        ticket = queue.log_path(job.id).with_name(queue.log_path(job.id).name + ".ticket")
+        reply_after = warm._next
+
+        def _next_once_taken(timeout):
+            deadline = time.monotonic() + 60
+            while (ticket.exists() or not ticket.parent.exists()) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return reply_after(timeout)
+
+        warm._next = _next_once_taken
     process = warm.start(argv, dict(os.environ), queue.log_path(job.id), os.getcwd())
     how = "warm" if process is not None else "cold"
     if process is None:  # what the worker does
