@@ -24,6 +24,31 @@ from typing import Callable
 PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
+# atomic_write's temporary file beside its target is ".<name>.<8 random characters>.tmp".
+TEMP_NAME_EXTRA = 14
+
+
+def long_name_problem(path: Path | str, extra: int = 0) -> str | None:
+    """A name in ``path`` longer than the filesystem allows (the last one with ``extra`` bytes
+    to spare, for the temporary file written beside it), or None. Said before any work: the
+    OS's "File name too long" came when the result was written, after the work (or, from a
+    ``stat`` on the way, as an internal error)."""
+    parts = Path(os.path.abspath(Path(path).expanduser())).parts[1:]
+    try:
+        limit = os.pathconf("/", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        room = limit - (extra if last else 0)
+        size = len(os.fsencode(part))
+        if size > room:
+            what = "the file name" if last else "a folder name in it"
+            why = f"names of {limit}, less {extra} for the temporary name written beside it" if last and extra else f"names of {limit}"
+            return f"{path}: {what} is {size} bytes long; at most {room} fit (the filesystem allows {why})"
+    return None
+
+
 def writable_folder_problem(folder: Path | str) -> str | None:
     """Why files could not be written into ``folder`` (created if missing), or None.
 
@@ -31,6 +56,8 @@ def writable_folder_problem(folder: Path | str) -> str | None:
     where it would be created): that must be a folder, writable, on a writable filesystem,
     and not a kernel pseudo-filesystem. Nothing is created."""
     folder = Path(folder).expanduser()
+    if problem := long_name_problem(folder):
+        return problem
     resolved = Path(os.path.abspath(folder))
     for root in PSEUDO_ROOTS:
         if resolved == root or root in resolved.parents:
@@ -112,7 +139,7 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
         # modes): a file made read-only is one its owner wants left alone.
         raise PermissionError(f"{path} is read-only (mode {mode:04o}); make it writable to change it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # TEMP_NAME_EXTRA
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -9,6 +9,8 @@ problems of the command line (exit 2), said before the work starts. Reads header
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 from pathlib import Path
 
@@ -31,10 +33,18 @@ def lora_problem(flag: str, path: str | Path) -> Problem | None:
     from engine.formats.safetensors_header import HeaderError, read_header, sniff
 
     path = Path(path)
-    if not path.exists():
+    try:
+        path.stat()
+    except OSError as exc:  # a link to nothing or to itself, a name too long: what the OS says
+        if exc.errno != errno.ENOENT:
+            return Problem(flag, f"{path}: {exc.strerror or exc}")
+        if path.is_symlink():
+            return Problem(flag, f"{path} is a link to {os.readlink(path)}, which does not exist")
         return Problem(flag, f"no such file: {path}")
-    if not path.is_file():
+    if path.is_dir():
         return Problem(flag, f"{path} is a folder, not a LoRA file")
+    if not path.is_file():  # a FIFO would block the read for good; a device is no file either
+        return Problem(flag, f"{path} is not a regular file (a pipe or a device?)")
     if path.suffix.lower() == ".safetensors":
         try:
             read_header(path)
@@ -61,9 +71,11 @@ def destination_problem(flag: str, save_to: str | Path, *, folder: bool = False,
     a file, not on a read-only or kernel filesystem), and it must not be one of the command's
     ``inputs`` (writing the result over the LoRA or model it is made from loses that file).
     Nothing is created."""
-    from engine.files import writable_folder_problem
+    from engine.files import TEMP_NAME_EXTRA, long_name_problem, writable_folder_problem
 
     path = Path(save_to).expanduser()
+    if problem := long_name_problem(path, TEMP_NAME_EXTRA):  # the file, or the folder staged beside it
+        return Problem(flag, problem)
     if overwritten := next((source for source in inputs if source and same_file(path, source)), None):
         return Problem(flag, f"{save_to} is this command's input {overwritten}: writing there would lose it; give another file name")
     if not folder and path.is_dir():

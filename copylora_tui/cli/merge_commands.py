@@ -90,10 +90,8 @@ def _check_inputs(paths: list[str], save_to: str, problems: list[Problem], flag:
     problems += [p for p in (lora_problem(flag, path) for path in paths) if p]
     if not save_to.lower().endswith(".safetensors"):
         problems.append(Problem("--save_to", f"must end in .safetensors, got {save_to}"))
-    elif problem := destination_problem("--save_to", save_to):  # before the work, not when the file is written
+    elif problem := destination_problem("--save_to", save_to, inputs=tuple(paths)):  # before the work, not when the file is written
         problems.append(problem)
-    if any(Path(save_to).resolve() == Path(p).resolve() for p in paths):
-        problems.append(Problem("--save_to", "would overwrite an input"))
 
 
 def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, precision, save_precision, clamp_quantile, lbws=None,

@@ -108,9 +108,9 @@ def resolve(args: argparse.Namespace):
     else:
         settings = _settings(args, SampleSettings(), problems)
         lora = target
-        if not lora.is_file():
+        if not lora.is_file() and not lora.is_symlink() and not lora.exists():
             problems.append(Problem("PROJECT|LORA", f"no such project folder or LoRA file: {target}"))
-        elif problem := lora_problem("PROJECT|LORA", lora):
+        elif problem := lora_problem("PROJECT|LORA", lora):  # a picture, a link to nothing, a pipe: said as what it is
             problems.append(problem)
         if not args.base:
             problems.append(Problem("--base", "a LoRA file needs the base model to sample on (e.g. --base /models/sd15.safetensors)"))

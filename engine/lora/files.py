@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -143,9 +144,15 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
             raise LoRAFileError(f"{path}: module {name} lacks its lora_down or lora_up weight")
         if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
             raise LoRAFileError(f"{path}: module {name} has inconsistent shapes {tuple(down.shape)} / {tuple(up.shape)}")
+        if down.shape[0] == 0:  # alpha/rank would divide by zero in every use of it
+            raise LoRAFileError(f"{path}: module {name} has rank 0 (its lora_down and lora_up hold no weights)")
+        down, up = _floating(path, name, "lora_down", down), _floating(path, name, "lora_up", up)
         stored = parts.get(".alpha")
-        given = float(stored) if stored is not None else _peft_alpha(name, adapter) if name.startswith(PEFT_COMPONENTS) else None
-        alpha = given if given is not None and given != 0 else float(down.shape[0])
+        try:
+            given = _alpha(name, stored) if stored is not None else _peft_alpha(name, adapter) if name.startswith(PEFT_COMPONENTS) else None
+        except LoRAFileError as exc:
+            raise LoRAFileError(f"{path}: {exc}") from None
+        alpha = given if given is not None and given != 0 else float(down.shape[0])  # 0 or none: alpha = rank, as kohya and A1111 read it
         if dtype is not None:
             down, up = down.to(dtype), up.to(dtype)
         kohya = names[name]
@@ -154,6 +161,42 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
             raise LoRAFileError(f"{path}: modules {twin} and {name} are the same module ({kohya}) under two names")
         modules[kohya] = LoRAWeights(down, up, alpha)
     return LoRAFile(modules, metadata)
+
+
+# float8 LoRAs exist (saved to halve a file again); every value of both float8 kinds is exact in
+# float32, which the merge's SVD and the finite checks need (torch has no isfinite for float8).
+_FLOAT8 = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, name))
+
+
+def _floating(path: Path, name: str, factor: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A factor as a LoRA holds it: floating point (float8 read as float32). Integers, booleans
+    and complex numbers were read as if they were weights (a complex LoRA merged as its real
+    part, silently): no LoRA format stores them so, so the file is refused, naming the tensor."""
+    if tensor.dtype in _FLOAT8:
+        return tensor.float()
+    if not tensor.is_floating_point():
+        raise LoRAFileError(f"{path}: module {name}'s {factor} holds {str(tensor.dtype).removeprefix('torch.')} values; "
+                            "a LoRA's weights are floating point (fp32, fp16, bf16 or fp8)")
+    return tensor
+
+
+def _alpha(name: str, stored: torch.Tensor) -> float:
+    """A module's stored alpha: one finite number (kohya writes a 0-d tensor; a 1-element one is read too)."""
+    if stored.numel() != 1 or stored.is_complex():
+        raise LoRAFileError(f"module {name}'s alpha has shape {tuple(stored.shape)}; an alpha is one number")
+    value = float(stored.float() if stored.dtype in _FLOAT8 else stored)
+    if not math.isfinite(value):
+        raise LoRAFileError(f"module {name}'s alpha is {value}; an alpha is a finite number")
+    return value
+
+
+def require_finite(path: str | os.PathLike, modules: Mapping[str, LoRAWeights], use: str) -> None:
+    """Refuse a LoRA holding NaN or ±inf (a training that diverged, a damaged file) before it is
+    ``use``d ("applied", "baked"…): applied, it drew black or noise pictures with no word why;
+    baked, it wrote a model that draws nothing. The merge says the same in its own words."""
+    for name, w in modules.items():
+        if not (torch.isfinite(w.down).all() and torch.isfinite(w.up).all()):
+            raise LoRAFileError(f"{path}: module {name} holds NaN or infinite values (a training that diverged?); it cannot be {use}")
 
 
 def _peft_adapter_metadata(metadata: Mapping[str, str]) -> dict:
@@ -171,11 +214,25 @@ def _peft_alpha(name: str, adapter: Mapping[str, Any]) -> float | None:
     import re
 
     component, _, module = name.partition(".")
-    for pattern, value in (adapter.get(f"{component}.alpha_pattern") or {}).items():
-        if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
-            return float(value)
+    patterns = adapter.get(f"{component}.alpha_pattern") or {}
+    try:
+        for pattern, value in (patterns.items() if isinstance(patterns, dict) else ()):
+            if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
+                return _metadata_alpha(name, value)
+    except re.error as exc:
+        raise LoRAFileError(f"module {name}: lora_adapter_metadata's alpha_pattern {pattern!r} is not a pattern ({exc})") from None
     value = adapter.get(f"{component}.lora_alpha")
-    return float(value) if value is not None else None
+    return _metadata_alpha(name, value) if value is not None else None
+
+
+def _metadata_alpha(name: str, value: Any) -> float:
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        alpha = math.nan
+    if not math.isfinite(alpha):
+        raise LoRAFileError(f"module {name}: lora_adapter_metadata gives alpha {value!r}; an alpha is a finite number")
+    return alpha
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

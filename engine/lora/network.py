@@ -12,7 +12,7 @@ from torch import nn
 
 from engine.errors import LoRAFileError
 from engine.lora import fused
-from engine.lora.files import load_lora_file, save_lora_file
+from engine.lora.files import load_lora_file, require_finite, save_lora_file
 from engine.lora.folded import folded_contribution, folded_weights
 from engine.lora.fused import ForwardReplaced, linear_with_loras, plain_linear
 from engine.lora.names import find_targets
@@ -292,6 +292,7 @@ class LoRANetwork(nn.Module):
     def from_file(cls, path, unet, text_encoders, family: str = "sd1", multiplier: float = 1.0) -> LoRANetwork:
         """A network shaped like a LoRA file (any ranks) holding its weights; not yet applied."""
         lora = load_lora_file(path)
+        require_finite(path, lora.modules, "applied")
         specs = {name: (w.rank, w.alpha) for name, w in lora.modules.items()}
         network = cls(unet, text_encoders, family=family, multiplier=multiplier, modules=specs)
         network.load_weights(lora.modules)

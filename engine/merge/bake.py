@@ -377,7 +377,7 @@ def bake_lora(
     is called per module. Raises :class:`ModelError`, :class:`LoRAFileError` or
     :class:`ValidationError` before anything is written.
     """
-    from engine.lora.files import load_lora_file
+    from engine.lora.files import load_lora_file, require_finite
     from engine.lora.weights import to_dtype
 
     started = time.perf_counter()
@@ -396,6 +396,7 @@ def bake_lora(
             raise ValidationError([Problem("save_precision", str(exc))]) from None
     kind, base = _resolve_base(base_spec)
     lora = load_lora_file(lora_path)
+    require_finite(lora_path, lora.modules, "baked")
     _check_destination(kind, base, save_to)
 
     if kind == "single-file":
@@ -431,6 +432,12 @@ def bake_lora(
     return result
 
 
+def _real(path: Path) -> Path:
+    """``path`` with its links followed; a link loop stays as it is (``Path.resolve`` raised
+    RuntimeError on one: an internal error for a ``--save_to`` that was a looping link)."""
+    return Path(os.path.realpath(path))
+
+
 def _check_destination(kind: str, base: Path, save_to: Path) -> None:
     problems = []
     if kind == "single-file":
@@ -439,14 +446,16 @@ def _check_destination(kind: str, base: Path, save_to: Path) -> None:
                                     f"give a .safetensors path, got {save_to.name}"))
         elif save_to.is_dir():
             problems.append(Problem("save_to", f"{save_to} is a folder"))
-        elif save_to.exists() and save_to.resolve() == base.resolve():
+        elif save_to.exists() and _real(save_to) == _real(base):
             problems.append(Problem("save_to", "is the base model itself; bake into a new file"))
     else:
-        resolved, base_resolved = save_to.resolve(), base.resolve()
+        resolved, base_resolved = _real(save_to), _real(base)
         if save_to.suffix.lower() in (WEIGHT_SUFFIX, ".ckpt"):
             problems.append(Problem("save_to", f"the base is a diffusers folder, so the baked model is a folder too: give a folder path, got {save_to.name}"))
         elif save_to.exists():
             problems.append(Problem("save_to", f"{save_to} already exists; remove it or choose a new folder name"))
+        elif save_to.is_symlink():  # to nothing or to itself: the finished folder could not be renamed over it
+            problems.append(Problem("save_to", f"{save_to} is a broken link (to {os.readlink(save_to)}); remove it or choose a new folder name"))
         elif resolved == base_resolved or base_resolved in resolved.parents:
             problems.append(Problem("save_to", "must not be inside the base model folder"))
     if problems:
@@ -459,11 +468,11 @@ def _write_folder(base: Path, save_to: Path, plan: dict, ratio: float, cast, not
     if cast is not None:  # a new precision: every weight file is rewritten (most with no delta)
         for file in base.rglob(f"*{WEIGHT_SUFFIX}"):
             rewrite.setdefault(file, {})
-    skip = {p.resolve() for p in rewrite}
+    skip = {_real(p) for p in rewrite}
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         here = Path(directory)
-        return {n for n in names if n == _TINY_MARK or (here / n).resolve() in skip}
+        return {n for n in names if n == _TINY_MARK or _real(here / n) in skip}
 
     save_to.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_folder(save_to, suffix=".tmp")

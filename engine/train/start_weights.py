@@ -24,11 +24,12 @@ def load_start_weights(network, path: Path, side: str, log: Callable[[str], None
     """Copy the LoRA file at ``path`` into ``network`` (a LoRANetwork as the project builds it)."""
     import torch
 
-    from engine.lora.files import load_lora_file
+    from engine.lora.files import load_lora_file, require_finite
 
     where = f"side {side.upper()}'s network_weights {path}"
     try:
         modules = load_lora_file(path).modules
+        require_finite(path, modules, "trained on from")
     except LoRAFileError as exc:
         raise StartWeightsError(f"{where}: {exc}") from None
     mine = {lora.name: lora for lora in network.loras()}
