@@ -107,6 +107,7 @@ def sd1_tensors() -> dict:
         "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
         "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(8, 768),
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(4, 8),
+        "first_stage_model.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3),
     }
 
 
@@ -127,7 +128,7 @@ def make_bases(folder):
         pickle.dump({"state_dict": {"model.diffusion_model.x": 1}, "payload": Boom(str(folder / "pwned"))}, handle, protocol=2)
     torch.save({"state_dict": sd1_tensors(), "callbacks": Boom(str(folder / "pwned"))}, folder / "evil_zip.ckpt")
     torch.save({"something": torch.zeros(2)}, folder / "not_sd.ckpt")
-    (folder / "vae_only.safetensors").write_bytes(b"")
+    save_file({k: v for k, v in sd1_tensors().items() if not k.startswith("first_stage_model.")}, str(folder / "no_vae.safetensors"))
     save_file({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, str(folder / "vae_only.safetensors"))
     diffusers = folder / "diffusers"
     (diffusers / "unet").mkdir(parents=True)
@@ -142,6 +143,7 @@ def make_bases(folder):
     ("random.safetensors", "not a safetensors file"),
     ("a_lora.safetensors", "a_lora.safetensors is a LoRA (2 LoRA tensors"),
     ("renamed.safetensors", "not a safetensors file (a PNG image)"),
+    ("no_vae.safetensors", "no_vae.safetensors: it has no VAE weights (first_stage_model.*): a checkpoint saved without its VAE"),
     ("evil.ckpt", "refused: loading this .ckpt would unpickle arbitrary Python objects (posix.system)"),
     ("evil_zip.ckpt", "refused: loading this .ckpt would unpickle arbitrary Python objects"),
     ("not_sd.ckpt", "no U-Net weights"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_models import sd1_single_file_state_dict
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from engine.errors import CopyloraError, ModelError
 from engine.formats.model_files import detect_family
@@ -127,6 +127,17 @@ def test_single_file_without_vocabulary_says_what_to_provide(single_file, monkey
     with pytest.raises(ModelError, match="vocab.json") as info:
         load_base_model(str(single_file))  # shipped sd1 configs, which carry no vocabulary
     assert "COPYLORA_CLIP_TOKENIZER" in str(info.value) and "config_dir" in str(info.value)
+
+
+def test_a_single_file_without_its_vae_is_refused_in_our_words(single_file, tmp_path):
+    """diffusers' own words were advice for its API ("Please load the component before passing
+    it in as an argument to `from_single_file`"), four lines long."""
+    no_vae = tmp_path / "no_vae.safetensors"
+    save_file({k: v for k, v in load_file(str(single_file)).items() if not k.startswith("first_stage_model.")}, str(no_vae))
+    with pytest.raises(ModelError) as info:
+        load_base_model(str(no_vae), config_dir=tiny_model.tiny_model_dir())
+    assert str(info.value) == (f"{no_vae}: it has no VAE weights (first_stage_model.*): a checkpoint saved without its VAE; "
+                               "copylora reads the VAE from the checkpoint itself, so give one with its VAE baked in")
 
 
 def stand_in_hub(tmp_path, monkeypatch, tokenizer):
@@ -281,6 +292,7 @@ def test_detect_family_from_keys_and_shapes():
         (_sd_keys(768, {})  | {_U + "input_blocks.0.0.weight": (320, 9, 3, 3)}, "9 input channels"),
         (_sd_keys(1280, {"conditioner.embedders.0.model.token_embedding.weight": (49408, 1280)}), "refiner"),
         ({_U + "out.2.weight": (4, 320, 3, 3)}, "no CLIP text encoder"),
+        (_sd_keys(768, {}) | {_U + "input_blocks.0.0.weight": (11520,)}, r"damaged checkpoint: .*input_blocks.0.0.weight\) has shape \(11520,\)"),
     ],
 )
 def test_detect_family_rejects_non_sd(keys, message):

@@ -480,7 +480,7 @@ def test_new_sdxl_project_gets_sdxl_sized_buckets(tmp_path):
 
     # Real checkpoints' headers (the family is read from them; the built-in models have their
     # own CPU-sized presets, see test_new_project_on_a_builtin_model_gets_cpu_sized_defaults).
-    unet = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}
+    unet = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3), "first_stage_model.decoder.conv_out.weight": torch.zeros(3, 8, 3, 3)}
     save_file({**unet, "conditioner.embedders.1.model.ln_final.weight": torch.zeros(8)}, str(tmp_path / "xl.safetensors"))
     save_file({**unet, "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(8)}, str(tmp_path / "sd.safetensors"))
     a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(90, 90, 90))

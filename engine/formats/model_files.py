@@ -79,9 +79,19 @@ def _inspect_safetensors(path: Path) -> ModelFacts:
             "base_model takes the checkpoint the LoRA is trained on (an SD1.5/SD2/SDXL .safetensors or a diffusers folder)"
         )
     family = detect_family(shapes)  # ModelError for a VAE, a text encoder, an inpainting model, ...
+    require_vae(path.name, shapes)
     unet = _widest(shape for key, shape in shapes.items() if key.startswith(_UNET))
     text = _widest(shape for key, shape in shapes.items() if key.startswith(("cond_stage_model.", "conditioner.")))
     return ModelFacts(family, unet, text)
+
+
+def require_vae(name: str | Path, keys) -> None:
+    """A project needs the checkpoint's VAE (the teacher pictures are encoded with it, previews
+    decoded). Without one, diffusers said "Failed to load AutoencoderKL … Please load the
+    component before passing it in as an argument to `from_single_file`", advice for its API."""
+    if not any(key.startswith("first_stage_model.") for key in keys):
+        raise ModelError(f"{name}: it has no VAE weights (first_stage_model.*): a checkpoint saved without its VAE; "
+                         "copylora reads the VAE from the checkpoint itself, so give one with its VAE baked in")
 
 
 def _widest(shapes) -> int | None:
@@ -269,6 +279,9 @@ def detect_family(shapes: Mapping[str, Any]) -> str:
             + (f"; its keys start like {keys[0]!r}" if keys else "; it holds no tensors")
         )
     in_conv = shapes.get(_UNET + "input_blocks.0.0.weight")
+    if in_conv is not None and len(_shape(in_conv)) != 4:  # a damaged file (an IndexError here once)
+        raise ModelError(f"damaged checkpoint: its U-Net's first convolution ({_UNET}input_blocks.0.0.weight) has shape "
+                         f"{_shape(in_conv)}; a convolution's weight has 4 dimensions")
     if in_conv is not None and _shape(in_conv)[1] != 4:
         raise ModelError(
             f"unsupported checkpoint: its U-Net takes {_shape(in_conv)[1]} input channels "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelError, first_line
-from engine.formats.model_files import _folder_family, detect_family, folder_configs
+from engine.formats.model_files import _folder_family, detect_family, folder_configs, require_vae
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,9 @@ def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
 def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    detected = detect_family(_checkpoint_shapes(path))
+    shapes = _checkpoint_shapes(path)
+    detected = detect_family(shapes)
+    require_vae(path, shapes)
     if family == "auto":
         family = _sd2_prediction(path) if detected == "sd2" else detected
     elif family.split("-")[0] != detected:
@@ -402,7 +404,7 @@ def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
     try:
         pipe = cls.from_single_file(str(path), config=str(configs), local_files_only=True, dtype=dtype, **kwargs)
     except Exception as exc:
-        raise ModelError(f"{path}: cannot load this {family} checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(f"{path}: cannot load this {family} checkpoint ({type(exc).__name__}: {first_line(exc)})") from exc
     return _from_pipeline(pipe, family, name=path.stem, model_hash=legacy_model_hash(path))
 
 
