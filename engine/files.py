@@ -14,6 +14,7 @@ app's form, ``run``) and again when a job starts, without creating anything.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -22,6 +23,26 @@ from typing import Callable
 
 # Kernel pseudo-filesystems: a path there "exists" but nothing can be kept in it.
 PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def input_file_problem(path: Path | str) -> str | None:
+    """Why ``path`` cannot be read as an input file, in a user's words, or None: missing, a link
+    to nothing or to itself, a folder, a pipe or a device (a read of a FIFO blocks for good), or
+    what the OS says (a name too long, a folder this user cannot enter)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            return f"{path}: {exc.strerror or exc}"
+        if path.is_symlink():
+            return f"{path} is a link to {os.readlink(path)}, which does not exist"
+        return f"no such file: {path}"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a pipe or a device?)"
+    return None
 
 
 # atomic_write's temporary file beside its target is ".<name>.<8 random characters>.tmp".

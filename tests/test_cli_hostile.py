@@ -295,3 +295,21 @@ def test_hostile_paths_and_numbers_in_every_file_and_job_argument_are_one_line(l
                 code = exc.code
             err = capsys.readouterr().err
             assert code in (EXIT_OK, EXIT_USAGE, EXIT_FAILED) and "internal error" not in err and "Traceback" not in err, (argv, err)
+
+
+def test_new_says_what_a_teacher_path_is_when_it_is_no_picture_file(tmp_path, capsys):
+    """A folder, a pipe, a link to itself or to nothing were all "no such file" (they exist)."""
+    from tests.helpers import write_png
+
+    good = write_png(tmp_path / "good.png")
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    os.symlink("loop.png", tmp_path / "loop.png")
+    os.symlink("/nowhere/b.png", tmp_path / "dangling.png")
+    cases = {"folder.png": "folder.png is a folder, not a file", "pipe.png": "pipe.png is not a regular file (a pipe or a device?)",
+             "loop.png": "loop.png: Too many levels of symbolic links", "dangling.png": "dangling.png is a link to /nowhere/b.png, which does not exist"}
+    for name, said in cases.items():
+        argv = ["--projects", str(tmp_path / "projects"), "new", "p", "--a", str(tmp_path / name), "--b", str(good), "--base", "tiny"]
+        assert main(argv) == EXIT_USAGE, name
+        assert one_line(capsys.readouterr().err) == f"copylora: --a: {tmp_path}/{said}", name
+    assert not (tmp_path / "projects" / "p").exists()

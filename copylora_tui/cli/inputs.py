@@ -9,8 +9,6 @@ problems of the command line (exit 2), said before the work starts. Reads header
 from __future__ import annotations
 
 import argparse
-import errno
-import os
 import re
 from pathlib import Path
 
@@ -30,21 +28,14 @@ def lora_problem(flag: str, path: str | Path) -> Problem | None:
     """Why ``path`` cannot be read as a LoRA file, from its first bytes or its safetensors
     header (as engine.lora.files reads it), or None. Whether its keys make a LoRA the load
     decides; this catches the common mistakes: a picture, a missing or truncated file."""
+    from engine.files import input_file_problem
     from engine.formats.safetensors_header import HeaderError, read_header, sniff
 
     path = Path(path)
-    try:
-        path.stat()
-    except OSError as exc:  # a link to nothing or to itself, a name too long: what the OS says
-        if exc.errno != errno.ENOENT:
-            return Problem(flag, f"{path}: {exc.strerror or exc}")
-        if path.is_symlink():
-            return Problem(flag, f"{path} is a link to {os.readlink(path)}, which does not exist")
-        return Problem(flag, f"no such file: {path}")
-    if path.is_dir():
+    if Path(path).is_dir():
         return Problem(flag, f"{path} is a folder, not a LoRA file")
-    if not path.is_file():  # a FIFO would block the read for good; a device is no file either
-        return Problem(flag, f"{path} is not a regular file (a pipe or a device?)")
+    if problem := input_file_problem(path):  # missing, a link to nothing or to itself, a pipe
+        return Problem(flag, problem)
     if path.suffix.lower() == ".safetensors":
         try:
             read_header(path)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import Problem, ValidationError, os_error_text
-from engine.files import staging_folder
+from engine.files import input_file_problem, staging_folder
 from engine.formats.model_files import peek_family
 from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
 from engine.project.images import IMAGE_EXTENSIONS, read_image_info
@@ -22,13 +22,8 @@ from engine.project.plan import default_resolution
 
 
 def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
-    try:
-        found = path.is_file()
-    except OSError as exc:  # a name longer than the filesystem allows, a folder this user cannot list
-        problems.append(Problem(key, os_error_text(exc)))
-        return
-    if not found:
-        problems.append(Problem(key, f"no such file: {path}"))
+    if problem := input_file_problem(path):  # missing, a folder, a link to nothing or to itself, a pipe, a name too long
+        problems.append(Problem(key, problem))
     elif path.suffix.lower() not in IMAGE_EXTENSIONS:
         problems.append(Problem(key, f"{path.name}: not an image file ({', '.join(IMAGE_EXTENSIONS)})"))
     else:
