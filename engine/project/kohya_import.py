@@ -394,7 +394,7 @@ def _pair(value: Any) -> Any:
     if isinstance(value, str):
         try:
             parts = [int(float(p)) for p in value.split(",")]
-        except ValueError:
+        except (ValueError, OverflowError):  # "512,abc"; "inf" or "1e400" (float() reads them, int() cannot)
             return value
         return parts * 2 if len(parts) == 1 else parts
     return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
@@ -406,6 +406,8 @@ def _parse_args(value: Any) -> dict[str, Any]:
     Values are read as sd-scripts reads them (ast.literal_eval, else the plain string);
     tuples become lists so that they can be written to TOML.
     """
+    if not isinstance(value, (str, list, tuple)):  # a number or true where the arguments go
+        raise ValueError(f"{value!r} is not a list of key=value arguments")
     tokens = shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
     args: dict[str, Any] = {}
     for token in tokens:
@@ -619,7 +621,9 @@ def _warmup(args: _Args, col: _Collector, steps: int | None) -> None:
     for key in ("lr_warmup_steps", "lr_warmup"):
         if key in args:
             ok, value = args.number(key)
-            if ok:
+            if ok and value is not None and not math.isfinite(value):  # "inf", "nan", 1e400: no number of steps
+                col.ignore(key, value, "not a finite number")
+            elif ok:
                 found[key] = value or 0
     pick = next((key for key, value in found.items() if value), None)
     for key, value in found.items():
@@ -628,8 +632,10 @@ def _warmup(args: _Args, col: _Collector, steps: int | None) -> None:
             col.ignore(key, value, f"{pick} is used")
         elif ratio and not steps:
             col.ignore(key, value, f"{ratio:.0%} {unknown_total}")
+        elif not math.isfinite(warm := ratio * steps if ratio and steps else value):  # 1e308 % of the steps
+            col.ignore(key, value, "too large for a number of steps")
         else:
-            col.use(key, "lr_warmup_steps", round(ratio * steps) if ratio and steps else int(value))
+            col.use(key, "lr_warmup_steps", round(warm) if ratio and steps else int(warm))
 
 
 def _network(args: _Args, col: _Collector) -> None:
