@@ -64,9 +64,9 @@ def long_name_problem(path: Path | str, extra: int = 0) -> str | None:
         room = limit - (extra if last else 0)
         size = len(os.fsencode(part))
         if size > room:
-            what = "the file name" if last else "a folder name in it"
+            what = "its name" if last else "a folder name in it"
             why = f"names of {limit}, less {extra} for the temporary name written beside it" if last and extra else f"names of {limit}"
-            return f"{path}: {what} is {size} bytes long; at most {room} fit (the filesystem allows {why})"
+            return f"{path}: {what} is too long: {size} bytes; at most {room} fit (the filesystem allows {why})"
     return None
 
 

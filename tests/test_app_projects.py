@@ -300,3 +300,26 @@ async def test_a_very_long_project_name_is_cut_in_the_table_and_whole_below_it(t
         assert "base model" in shown and "merge" in shown and "…" in shown, shown
         assert table(app).ordered_columns[0].width <= 40
         assert long in screen_text(app).replace("\n", "").replace(" ", "")  # the line under the table, wrapped
+
+
+async def test_delete_a_project_whose_output_is_a_link_to_nothing_or_to_itself(tmp_path, monkeypatch):
+    """`d` on such a project ended the app (pathlib's "Symlink loop" from resolving output/): a
+    disk unmounted under a link, a link made by mistake. The link is the project's own entry: it
+    goes with the project, the place it points to is never touched."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, ("loop", "dangling"))
+    elsewhere = tmp_path / "elsewhere"
+    (projects / "loop" / "output").symlink_to("output")
+    (projects / "dangling" / "output").symlink_to(elsewhere / "gone")
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 2)
+        await pilot.press("d")
+        assert "Delete project dangling?" in screen_text(app)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("d")
+        assert "Delete project loop?" in screen_text(app)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not table(app).display)
+    assert not (projects / "loop").exists() and not (projects / "dangling").exists()

@@ -313,3 +313,8 @@ def test_new_says_what_a_teacher_path_is_when_it_is_no_picture_file(tmp_path, ca
         assert main(argv) == EXIT_USAGE, name
         assert one_line(capsys.readouterr().err) == f"copylora: --a: {tmp_path}/{said}", name
     assert not (tmp_path / "projects" / "p").exists()
+    # the project's own name a link to itself: "internal error: Symlink loop" (Path.resolve)
+    (tmp_path / "projects").mkdir()
+    os.symlink("p", tmp_path / "projects" / "p")
+    assert main(["--projects", str(tmp_path / "projects"), "new", "p", "--a", str(good), "--b", str(good), "--base", "tiny"]) == EXIT_USAGE
+    assert one_line(capsys.readouterr().err) == f"copylora: NAME: {tmp_path}/projects/p is a link to p; remove it or choose another name"

@@ -164,6 +164,6 @@ def test_links_pipes_and_long_names_as_inputs_and_outputs_are_said_as_what_they_
     long = tmp_path / ("x" * 250 + ".safetensors")
     for argv in (["resize", b, "--new_rank", "2", "--save_to", str(long)], ["merge", "--models", b, a, "--save_to", str(long)]):
         assert main(argv) == EXIT_USAGE, argv
-        assert "the file name is 262 bytes long; at most 241 fit" in one_line(capsys.readouterr().err)
+        assert "its name is too long: 262 bytes; at most 241 fit" in one_line(capsys.readouterr().err)
     capsys.readouterr()
     assert not any(p.name.startswith(("x", ".x")) for p in tmp_path.iterdir())

@@ -9,6 +9,7 @@ scans in a thread.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,8 +148,8 @@ def folder_bytes(folder: Path | None) -> int:
 def output_inside(summary: ProjectSummary) -> Path | None:
     """The project's output folder when it lies inside the project folder (else None)."""
     out = summary.output_dir or summary.folder / "output"
-    try:
-        out.resolve().relative_to(summary.folder.resolve())
+    try:  # realpath, not Path.resolve: an output/ that links to itself made resolve raise, and `d` end the app
+        Path(os.path.realpath(out)).relative_to(os.path.realpath(summary.folder))
     except ValueError:
         return None
     return out
@@ -168,7 +169,7 @@ def delete_project(summary: ProjectSummary, *, also_outputs: bool) -> list[Path]
         return [folder]
     removed = []
     for child in sorted(folder.iterdir()):
-        if child.resolve() == keep.resolve():
+        if os.path.realpath(child) == os.path.realpath(keep):
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import shlex
 import sys
 import textwrap
@@ -759,7 +760,7 @@ def _network_weights(args: _Args, col: _Collector) -> None:
         elif not Path(value).expanduser().is_file():
             col.ignore(key, value, "no such file here: copy the LoRA, then set [train] network_weights to its path")
         else:
-            col.use(key, "network_weights", str(Path(value).expanduser().resolve()))
+            col.use(key, "network_weights", os.path.realpath(Path(value).expanduser()))  # realpath: Path.resolve raised on a link loop
 
 
 def _sample_sampler(args: _Args, col: _Collector) -> None:

@@ -7,6 +7,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -155,13 +156,15 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     given = (("dest", dest), ("a_image", a_image), ("b_image", b_image), ("base_model", base_model))
     if nul := [Problem(where, "contains a NUL character (\\x00): no file can be named so") for where, value in given if "\x00" in str(value)]:
         raise ValidationError(nul)  # a paste into the app's dialog; os.path would raise ValueError, ending it
-    dest = Path(dest).resolve()
+    dest = Path(os.path.realpath(dest))  # not Path.resolve: it raised RuntimeError for a link to itself
     problems: list[Problem] = []
     a_image, b_image = _expanded(a_image, "a_image", problems), _expanded(b_image, "b_image", problems)
     if problem := name_problem(name or dest.name):  # first: a name too long for a file makes exists() raise
         problems.append(Problem("dest", f"{name or dest.name!r} {problem}"))
     elif dest.exists():
         problems.append(Problem("dest", f"{dest} already exists"))
+    elif dest.is_symlink():  # a link to itself (realpath leaves it be): nothing can be made there
+        problems.append(Problem("dest", f"{dest} is a link to {os.readlink(dest)}; remove it or choose another name"))
     _check_image(a_image, "a_image", problems)
     _check_image(b_image, "b_image", problems)
     if base_model not in BUILTIN_MODELS:
@@ -171,7 +174,7 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
                 problems.append(Problem("base_model", f"no such file or folder: {base_path}"))
         except OSError as exc:
             problems.append(Problem("base_model", os_error_text(exc)))
-        base_model = str(base_path.resolve())
+        base_model = os.path.realpath(base_path)
     if problems:
         raise ValidationError(problems)
 
