@@ -45,6 +45,32 @@ def test_options_from_arguments_and_worker_toml(tmp_path):
         slurm_options(tmp_path, parsed())
 
 
+@pytest.mark.parametrize("text, said", [
+    ('[worker]\nexecutor = "slurm"\npartiton = "gpu"\n', "unknown key(s) partiton (known: executor, partition, gres"),
+    ('[worker]\nexecutor = "slurm"\nsbatch_args = "--mem=32G"\n', 'sbatch_args must be a list of strings (e.g. ["--mem=32G"]), got \'--mem=32G\''),
+    ('[worker]\nexecutor = "slurm"\nsbatch_args = [5]\n', "sbatch_args must be a list of strings"),
+    ('[worker]\nexecutor = "slurm"\npartition = ["a"]\n', "partition must be a string, got ['a']"),
+    ('[worker]\nexecutor = "slurm"\ntime = 1.5\n', "time must be a string (or whole minutes), got 1.5"),
+    ('[worker]\nexecutor = "slurm"\nsignal_lead_s = "abc"\n', "signal_lead_s must be whole seconds, 0 or more, got 'abc'"),
+    ('[worker]\nexecutor = "slurm"\nsignal_lead_s = -5\n', "signal_lead_s must be whole seconds, 0 or more, got -5"),
+    ('[worker]\nexecutor = ["slurm"]\n', "executor must be a string, got ['slurm']"),
+    ("worker = 5\n", "[worker] must be a table of settings, got 5"),
+])
+def test_a_worker_toml_the_worker_cannot_use_is_refused_naming_the_key(tmp_path, text, said):
+    """A typo was ignored without a word, a string of sbatch arguments became one per character,
+    and a word where a number goes stopped the worker with a traceback in its log."""
+    (tmp_path / "worker.toml").write_text(text)
+    with pytest.raises(CopyloraError) as caught:
+        slurm_options(tmp_path, parsed())
+    assert str(caught.value).startswith(f"{tmp_path / 'worker.toml'}: ") and said in str(caught.value), caught.value
+
+
+def test_a_worker_toml_time_in_whole_minutes_is_taken(tmp_path):
+    (tmp_path / "worker.toml").write_text('[worker]\nexecutor = "slurm"\ntime = 240\nsbatch_args = ["--mem=32G"]\n')
+    options = slurm_options(tmp_path, parsed())
+    assert options.time == "240" and options.arguments()[-2:] == ["--time=240", "--mem=32G"]
+
+
 def test_status_text():
     assert status_text({"id": "7", "state": "PENDING", "reason": "Resources", "node": ""}) == "Slurm 7 PENDING (Resources)"
     assert status_text({"id": "7", "state": "RUNNING", "reason": "", "node": "gpu07"}) == "Slurm 7 RUNNING on gpu07"

@@ -406,8 +406,9 @@ def slurm_options(home: Path, args: argparse.Namespace):
     if path.is_file():
         try:
             config = tomllib.loads(path.read_text(encoding="utf-8")).get("worker", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise CopyloraError(f"{path}: {exc}") from None
+        _check_worker_toml(path, config)
     executor = args.executor or config.get("executor", "local")
     if executor not in ("local", "slurm"):
         raise CopyloraError(f"{path}: [worker] executor must be \"local\" or \"slurm\", got {executor!r}")
@@ -422,6 +423,37 @@ def slurm_options(home: Path, args: argparse.Namespace):
     if "signal_lead_s" in config:  # the runner's warning before the time limit (default 120 s)
         options.signal_lead_s = int(config["signal_lead_s"])
     return options
+
+
+_WORKER_KEYS = ("executor", "partition", "gres", "time", "account", "qos", "sbatch_args", "signal_lead_s")
+
+
+def _check_worker_toml(path: Path, config) -> None:
+    """``[worker]`` as the README documents it, or one error naming every key at fault. A typo
+    (``partiton``) was ignored without a word, a string as ``sbatch_args`` became one argument per
+    character, and a number where a name goes reached sbatch as ``--partition=['a']``; a table
+    or a word where a number goes stopped the worker with a traceback in its log."""
+    if not isinstance(config, dict):
+        raise CopyloraError(f"{path}: [worker] must be a table of settings, got {config!r}")
+    problems = []
+    if unknown := sorted(set(config) - set(_WORKER_KEYS)):
+        problems.append(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(_WORKER_KEYS)})")
+    for name in ("executor", "partition", "gres", "time", "account", "qos"):
+        value = config.get(name)
+        if value is not None and not isinstance(value, str) and not (name == "time" and _whole(value)):
+            problems.append(f"{name} must be a string{' (or whole minutes)' if name == 'time' else ''}, got {value!r}")
+    arguments = config.get("sbatch_args", [])
+    if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
+        problems.append(f'sbatch_args must be a list of strings (e.g. ["--mem=32G"]), got {arguments!r}')
+    lead = config.get("signal_lead_s", 0)
+    if not _whole(lead) and lead != 0:
+        problems.append(f"signal_lead_s must be whole seconds, 0 or more, got {lead!r}")
+    if problems:
+        raise CopyloraError(f"{path}: [worker] " + "; ".join(problems))
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**7
 
 
 def main(argv: list[str] | None = None) -> int:
