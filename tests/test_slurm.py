@@ -55,6 +55,7 @@ def test_options_from_arguments_and_worker_toml(tmp_path):
     ('[worker]\nexecutor = "slurm"\nsignal_lead_s = -5\n', "signal_lead_s must be whole seconds, 0 or more, got -5"),
     ('[worker]\nexecutor = ["slurm"]\n', "executor must be a string, got ['slurm']"),
     ("worker = 5\n", "[worker] must be a table of settings, got 5"),
+    ("[worker]\nsignal_lead_s = " + "9" * 5000 + "\n", "Exceeds the limit (4300 digits)"),
 ])
 def test_a_worker_toml_the_worker_cannot_use_is_refused_naming_the_key(tmp_path, text, said):
     """A typo was ignored without a word, a string of sbatch arguments became one per character,

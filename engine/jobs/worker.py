@@ -406,7 +406,7 @@ def slurm_options(home: Path, args: argparse.Namespace):
     if path.is_file():
         try:
             config = tomllib.loads(path.read_text(encoding="utf-8")).get("worker", {})
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit number
             raise CopyloraError(f"{path}: {exc}") from None
         _check_worker_toml(path, config)
     executor = args.executor or config.get("executor", "local")
