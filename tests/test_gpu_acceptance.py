@@ -68,6 +68,17 @@ def test_print_download_names_every_wheel_to_carry():
         assert wheel in done.stdout
 
 
+def test_the_prepare_script_finds_both_download_lines_it_runs():
+    """bench/gpu_prepare.sh runs the --print-download lines that write into .whl and .whl-kohya
+    (it is not run here: it downloads from PyPI). Its syntax, and the two lines it looks for."""
+    assert subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_prepare.sh")], capture_output=True).returncode == 0
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_acceptance.py"), "--print-download"],
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    for folder in (".whl", ".whl-kohya"):
+        assert len([line for line in lines if f" -d {folder} " in line and line.startswith("python3 -m pip download")]) == 1, folder
+
+
 def test_rate_phase_compares_compile_on_and_off_without_running_the_queue(tmp_path):
     """The form the compile measurement takes on a GPU (`--modes "" --rate-compile`): no queue
     run, one project for the in-process phase, each optimizer with compile off and on."""
