@@ -13,7 +13,7 @@
 #                                    # the twin's kernels by GPU time): ≤ 9.5 min with every part at its limit
 #
 # Carried (ignored paths, `carry` of the device tool; `bash bench/gpu_prepare.sh SD_SCRIPTS_GIT_DIR` builds all
-# three in seconds on a fresh checkout): .whl (our wheels: python bench/gpu_acceptance.py
+# three on a fresh checkout, 3 s here with pip's cache warm): .whl (our wheels: python bench/gpu_acceptance.py
 # --print-download; then --trim-wheel .whl/bitsandbytes-*.whl cuda130, or the 64 MiB carry overflows),
 # and for the sd15 call .whl-kohya (its second command; hf_xet, regex and einops are on the image
 # already) and .kohya (sd-scripts' train_network.py, library/, networks/ from a fetched snapshot).
