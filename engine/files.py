@@ -55,7 +55,7 @@ def long_name_problem(path: Path | str, extra: int = 0) -> str | None:
     OS's "File name too long" came when the result was written, after the work (or, from a
     ``stat`` on the way, as an internal error)."""
     parts = Path(os.path.abspath(Path(path).expanduser())).parts[1:]
-    try:
+    try:  # the root's limit: 255 bytes on every Linux filesystem we write to (ext4, xfs, btrfs, NFS)
         limit = os.pathconf("/", "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
         limit = 255
@@ -160,7 +160,7 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
         # modes): a file made read-only is one its owner wants left alone.
         raise PermissionError(f"{path} is read-only (mode {mode:04o}); make it writable to change it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # TEMP_NAME_EXTRA
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # its length: TEMP_NAME_EXTRA
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -32,7 +32,7 @@ def lora_problem(flag: str, path: str | Path) -> Problem | None:
     from engine.formats.safetensors_header import HeaderError, read_header, sniff
 
     path = Path(path)
-    if Path(path).is_dir():
+    if path.is_dir():
         return Problem(flag, f"{path} is a folder, not a LoRA file")
     if problem := input_file_problem(path):  # missing, a link to nothing or to itself, a pipe
         return Problem(flag, problem)

@@ -108,7 +108,7 @@ def resolve(args: argparse.Namespace):
     else:
         settings = _settings(args, SampleSettings(), problems)
         lora = target
-        if not lora.is_file() and not lora.is_symlink() and not lora.exists():
+        if not lora.exists() and not lora.is_symlink():  # a broken link is said as one, below
             problems.append(Problem("PROJECT|LORA", f"no such project folder or LoRA file: {target}"))
         elif problem := lora_problem("PROJECT|LORA", lora):  # a picture, a link to nothing, a pipe: said as what it is
             problems.append(problem)

@@ -633,10 +633,10 @@ def _warmup(args: _Args, col: _Collector, steps: int | None) -> None:
             col.ignore(key, value, f"{pick} is used")
         elif ratio and not steps:
             col.ignore(key, value, f"{ratio:.0%} {unknown_total}")
-        elif not math.isfinite(warm := ratio * steps if ratio and steps else value):  # 1e308 % of the steps
+        elif ratio and steps and not math.isfinite(ratio * steps):  # 1e308 % of the steps
             col.ignore(key, value, "too large for a number of steps")
         else:
-            col.use(key, "lr_warmup_steps", round(warm) if ratio and steps else int(warm))
+            col.use(key, "lr_warmup_steps", round(ratio * steps) if ratio and steps else int(value))
 
 
 def _network(args: _Args, col: _Collector) -> None:
