@@ -1,7 +1,8 @@
 """Error types shared by the engine and its front ends.
 
-The CLI maps them to exit codes: a :class:`ValidationError` (bad input the user can fix) is
-exit 2, any other :class:`CopyloraError` (the work itself failed) is exit 1. Each carries a
+The CLI maps them to exit codes: an :class:`InputError` (an input the user can fix: a value, a
+picture, a LoRA file, a base model) is exit 2, any other :class:`CopyloraError` (the work itself
+failed, or the machine said no) is exit 1. Each carries a
 message meant to be shown as-is, one line per problem, with no traceback.
 """
 
@@ -34,6 +35,12 @@ class CopyloraError(Exception):
     """A failure the user should see as a clear message, not a traceback."""
 
 
+class InputError(CopyloraError):
+    """Something the user gave that cannot be used as it is (a value, a picture, a LoRA file, a
+    base model, a merge's inputs): fixing the input, not retrying, is what helps. The CLI's exit 2,
+    as a script reads it; a failure of the work itself (exit 1) may go away when run again."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with an input: where (a TOML key path or file) and what."""
@@ -45,7 +52,7 @@ class Problem:
         return f"{self.where}: {self.message}" if self.where else self.message
 
 
-class ValidationError(CopyloraError):
+class ValidationError(InputError):
     """Input that fails validation. Holds *every* problem found, not just the first."""
 
     def __init__(self, problems: list[Problem], source: str = "") -> None:
@@ -58,11 +65,11 @@ class ValidationError(CopyloraError):
         super().__init__("\n".join(lines))
 
 
-class ModelError(CopyloraError):
+class ModelError(InputError):
     """A base model that cannot be found, read or recognised."""
 
 
-class LoRAFileError(CopyloraError):
+class LoRAFileError(InputError):
     """A LoRA file that cannot be read (missing, truncated, not safetensors, bad keys)."""
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 
-from engine.errors import CopyloraError
+from engine.errors import InputError
 
 
-class BlockWeightError(CopyloraError):
+class BlockWeightError(InputError):
     """A bad block-weight vector; ``where`` names it (``--lbws[1]``, ``merge.lbws[0]``), so a
     caller can make it a :class:`engine.errors.Problem` of its own key or flag."""
 

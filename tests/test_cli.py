@@ -119,6 +119,35 @@ def test_new_refuses_a_name_that_cannot_name_files(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
+def test_every_input_error_is_exit_2_and_only_those(capsys):
+    """README's contract for scripts: exit 2 means fix the input, 1 that the work failed. Every
+    engine error about an input (a picture, a LoRA, a base model, a merge's inputs, a device
+    asked for) is an InputError; failures of the work are not."""
+    from engine.errors import InputError, LoRAFileError, ModelError
+    from engine.jobs.queue import QueueError
+    from engine.lbw_vectors import BlockWeightError
+    from engine.merge.bake import BakeError
+    from engine.merge.extract import ExtractError
+    from engine.merge.svd import MergeError
+    from engine.train.optim import OptimizerError
+    from engine.train.results import TrainingError
+    from engine.train.sample import SampleError
+    from engine.train.teacher import TeacherImageError
+
+    class Args:
+        debug = False
+
+    for kind in (LoRAFileError, ModelError, MergeError, ExtractError, SampleError, TeacherImageError, OptimizerError):
+        def given(_args, kind=kind):
+            raise kind(f"{kind.__name__} said this")
+
+        assert run_guarded(given, Args()) == EXIT_USAGE, kind
+        assert capsys.readouterr().err.strip() == f"copylora: error: {kind.__name__} said this"
+    assert issubclass(BlockWeightError, InputError)
+    for kind in (TrainingError, BakeError, QueueError):
+        assert not issubclass(kind, InputError), kind
+
+
 def test_runtime_failure_is_exit_1_without_traceback(capsys):
     class Args:
         debug = False

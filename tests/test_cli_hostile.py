@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -202,16 +203,37 @@ def test_merge_names_the_file_and_module_that_hold_nan(loras, tmp_path, capsys):
     mods[name] = (down, torch.full_like(up, float("nan")), alpha)
     nan_file = save_lora_file(tmp_path / "nan.safetensors", mods, {"ss_base_model_version": "sd_v1"}, "float")
     out = str(tmp_path / "m.safetensors")
-    assert main(["merge", "--save_to", out, "--models", str(nan_file), str(a), "--ratios", "1", "-1"]) == EXIT_FAILED
-    assert f"nan.safetensors: module {name} holds NaN" in one_line(capsys.readouterr().err)
-    assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1e308", "1e308"]) == EXIT_FAILED
-    assert "overflows float32" in one_line(capsys.readouterr().err)
+    # both are inputs to fix (exit 2, README's contract), found before the first SVD: no file written
+    assert main(["merge", "--save_to", out, "--models", str(nan_file), str(a), "--ratios", "1", "-1"]) == EXIT_USAGE
+    assert f"nan.safetensors: module {name} holds NaN or infinite values (a training that diverged?); it cannot be merged" \
+        in one_line(capsys.readouterr().err)
+    assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1e308", "1e308"]) == EXIT_USAGE
+    said = one_line(capsys.readouterr().err)
+    assert said.startswith("copylora: --ratios: B.safetensors: module ") and "overflows float32; use a smaller ratio" in said
+    assert not Path(out).exists()
 
 
 def test_a_family_override_cannot_change_a_folders_architecture(tmp_path, capsys):
     assert main(["extract", "--model_org", "tiny", "--model_tuned", "tiny", "--family", "sdxl",
-                 "--save_to", str(tmp_path / "x.safetensors")]) == EXIT_FAILED
+                 "--save_to", str(tmp_path / "x.safetensors")]) == EXIT_USAGE
     assert "holds an sd1 model, not sdxl" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", ["sample", "bake", "extract"])
+def test_a_base_model_that_cannot_be_used_is_an_input_to_fix(loras, tmp_path, capsys, command):  # noqa: F811
+    """README: exit 2 for a missing or damaged input, found before any work; a picture given as
+    the base model is one (it was exit 1, "the work failed", while a bad LoRA was 2)."""
+    b, _ = loras
+    picture = tmp_path / "photo.safetensors"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    out = str(tmp_path / ("out.png" if command == "sample" else "out.safetensors"))
+    argv = {"sample": ["sample", str(b), "--base", str(picture), "--save_to", out],
+            "bake": ["bake", "--base", str(picture), "--lora", str(b), "--save_to", out],
+            "extract": ["extract", "--model_org", str(picture), "--model_tuned", "tiny", "--dim", "4", "--save_to", out]}[command]
+    assert main(argv) == EXIT_USAGE
+    said = one_line(capsys.readouterr().err)
+    assert said.startswith("copylora: error: ") and "photo.safetensors" in said and "internal error" not in said
+    assert not Path(out).exists()
 
 
 def test_system_errors_name_the_place_not_a_staging_file():

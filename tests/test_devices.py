@@ -41,8 +41,9 @@ def test_cuda_without_a_gpu_is_the_callers_error_in_one_line():
 
 @needs_no_gpu
 def test_the_sample_command_on_cuda_without_a_gpu_says_so(tmp_path, lora_file, capsys):
-    from copylora_tui.cli.main import EXIT_FAILED, main
+    from copylora_tui.cli.main import EXIT_USAGE, main
 
-    assert main(["sample", str(lora_file), "--base", "tiny", "--device", "cuda", "--steps", "1", "--save_to", str(tmp_path / "g.png")]) == EXIT_FAILED
+    # the flag is what to change (exit 2), as for merge's and extract's --device
+    assert main(["sample", str(lora_file), "--base", "tiny", "--device", "cuda", "--steps", "1", "--save_to", str(tmp_path / "g.png")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "device cuda asked for, but torch sees no CUDA GPU" in err and "Traceback" not in err

@@ -15,7 +15,7 @@ from typing import Callable
 
 from copylora_tui.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401 (tests import them here)
 from engine import __version__
-from engine.errors import CopyloraError, LoRAFileError, Problem, ValidationError, os_error_text
+from engine.errors import CopyloraError, InputError, Problem, ValidationError, os_error_text
 
 # The commands that do torch work in this process: each sizes torch's thread pool to the cores
 # that are free before torch loads (engine/threads.py). The others (queue, logs, run, check…)
@@ -121,7 +121,7 @@ def as_flags(call, flags: set[str], names: dict[str, str] | None = None):
         raise ValidationError([Problem(names.get(p.where, p.where), p.message) for p in exc.problems], exc.source) from None
 
 
-class UsageError(CopyloraError):
+class UsageError(InputError):
     """A command line that names something that is not there (``copylora logs 99``): the
     input to fix, exit 2, said in one line."""
 
@@ -139,7 +139,7 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except ValidationError as exc:
         print(f"copylora: {validation_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, LoRAFileError) as exc:  # a file given as a LoRA that is none is the input to fix too
+    except InputError as exc:  # a flag, picture, LoRA or base model that cannot be used: the input to fix
         print(f"copylora: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CopyloraError as exc:

@@ -100,6 +100,7 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from copylora_tui.cli.main import as_flags  # here: main imports this module
     from engine.merge.svd import merge_loras, save_merge
 
     console = Console(stderr=True)
@@ -109,10 +110,10 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
         def progress(done: int, total: int, name: str) -> None:
             bar.update(task, completed=done, total=total, description=escape(name[-48:]))  # a module's name, from the file
 
-        result = merge_loras(
+        result = as_flags(lambda: merge_loras(
             paths, ratios, new_rank=new_rank, new_conv_rank=new_conv_rank, device=device,
             precision=precision, clamp_quantile=clamp_quantile, progress=progress, lbws=lbws,
-        )
+        ), {"ratios"})
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if route is not None:  # a project's result, recorded as `copylora run` records it

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from engine.devices import resolve_device
-from engine.errors import CopyloraError, Problem, ValidationError
+from engine.errors import InputError, Problem, ValidationError
 from engine.formats.model_files import BUILTIN_MODELS
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ CERTAIN_DECAY = 0.1  # ... or when σ_q / σ_k (estimated) is below this
 SVD_METHODS = ("auto", "dense", "randomized")
 
 
-class ExtractError(CopyloraError):
+class ExtractError(InputError):
     """The extraction could not be done (models that do not match, nothing to extract...)."""
 
 

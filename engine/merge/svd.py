@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from engine.devices import resolve_device
-from engine.errors import CopyloraError
+from engine.errors import InputError, Problem, ValidationError
 from engine.hashing import file_sha256 as sha256_file
 from engine.merge.low_rank import LowRankTerm, TruncatedSVD
 from engine.merge.stats import ModuleStats, block_of, kind_of, summarise_blocks
 
 
-class MergeError(CopyloraError):
+class MergeError(InputError):
     pass
 
 
@@ -98,20 +98,23 @@ def _clamp(up, down, quantile: float):
     return up.clamp(-limit, limit), down.clamp(-limit, limit)
 
 
-def _check_finite(name: str, terms: list[LowRankTerm], paths: list[Path]) -> None:
-    """A module whose factors hold NaN or ±inf (a training that diverged, a damaged file) or
-    whose ratio overflows float32 stops the merge naming the file and the module; the SVD
-    would fail with LAPACK's "failed to converge" and neither."""
+def _check_scales(names: list[str], loras: list, paths: list[Path], ratios: list[float], block_weights: list) -> None:
+    """Every module's up factor times its ratio (with its block weight) and alpha/rank must stay
+    within float32, where the merged factors are kept; checked for all modules before the first
+    SVD, so a ratio too large is an input to fix (exit 2), found before any work."""
     import torch
 
-    for term, path in zip(terms, paths):
-        if not (torch.isfinite(term.up).all() and torch.isfinite(term.down).all()):
-            raise MergeError(f"{path.name}: module {name} holds NaN or infinite values (a training that diverged?); "
-                             "it cannot be merged")
-        scaled = term.up.double() * term.weight
-        if not torch.isfinite(scaled).all() or float(scaled.abs().max()) > torch.finfo(torch.float32).max:
-            raise MergeError(f"{path.name}: module {name} times its ratio and alpha/rank ({term.weight:g}) overflows float32; "
-                             "use a smaller ratio")
+    limit = float(torch.finfo(torch.float32).max)
+    for name in names:
+        for path, lora, ratio, weight_of in zip(paths, loras, ratios, block_weights):
+            if name not in lora.modules:
+                continue
+            w = lora.modules[name]
+            scale = w.alpha / w.rank * ratio * weight_of(name)
+            peak = float(w.up.double().abs().max()) * abs(scale)
+            if not peak <= limit:  # also catches inf and NaN
+                raise ValidationError([Problem("ratios", f"{path.name}: module {name} times its ratio and alpha/rank "
+                                                         f"({scale:g}) overflows float32; use a smaller ratio")])
 
 
 def merge_loras(
@@ -130,7 +133,7 @@ def merge_loras(
     12/17/20/26 numbers; None for an input left unscaled), see :mod:`engine.lora.block_weights`."""
     import torch
 
-    from engine.lora.files import load_lora_file
+    from engine.lora.files import load_lora_file, require_finite
     from engine.lora.weights import LoRAWeights
     from engine.merge.low_rank import inner, low_rank_svd
 
@@ -152,10 +155,13 @@ def merge_loras(
     asked = (new_rank, conv_rank)
 
     loras = [load_lora_file(p) for p in paths]
+    for path, lora in zip(paths, loras):  # LoRAFileError, as sample and bake say it: the input to fix
+        require_finite(path, lora.modules, "merged")
     check_compatible(loras, paths)
     family = family_of(loras[0])
     vectors, block_weights = _block_weights(lbws, family, len(loras))
     names = list(dict.fromkeys(name for lora in loras for name in lora.modules))
+    _check_scales(names, loras, paths, ratios, block_weights)
     notes = module_set_notes(loras, paths)
     new_rank, conv_rank, capped = _capped_ranks(loras, names, new_rank, conv_rank)
     notes += capped
@@ -175,7 +181,6 @@ def merge_loras(
         ]
         terms = [LowRankTerm(t.weight * ratio, t.up, t.down) for t, (_, ratio) in zip(raw_terms, present)]
         rank = conv_rank if kernel > 1 else new_rank
-        _check_finite(name, terms, [p for p, lora in zip(paths, loras) if name in lora.modules])
         svd = low_rank_svd(terms, rank, dtype)
         norms = [max(inner([t], [t]), 0.0) ** 0.5 for t in raw_terms]
         if cancels(svd, [abs(ratio) * n for (_, ratio), n in zip(present, norms)], dtype):

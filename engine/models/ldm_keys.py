@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, NamedTuple
 
-from engine.errors import CopyloraError
+from engine.errors import InputError
 from engine.lora.names import diffusers_to_sgm, sgm_layout
 
 UNET_PREFIX = "model.diffusion_model."
@@ -43,7 +43,7 @@ _UNET_TOP = {
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-class UnsupportedLayout(CopyloraError):
+class UnsupportedLayout(InputError):
     """No original-layout key mapping for this family/component (yet): a clear line for the
     user where nothing catches it, not a traceback."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import CopyloraError
+from engine.errors import InputError
 from engine.project.images import image_files
 
 FILEWORDS = "[filewords]"
@@ -29,7 +29,7 @@ FILEWORDS = "[filewords]"
 CAPTION_SUFFIXES = (".txt", ".caption")
 
 
-class CaptionError(CopyloraError):
+class CaptionError(InputError):
     """A picture whose prompt reads a caption file that is missing, unreadable or empty."""
 
 

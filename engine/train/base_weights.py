@@ -22,14 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from engine.errors import CopyloraError
+from engine.errors import InputError
 from engine.project.plan import BaseWeights
 
 if TYPE_CHECKING:
     from engine.models.loading import BaseModel
 
 
-class BaseWeightsError(CopyloraError):
+class BaseWeightsError(InputError):
     pass
 
 

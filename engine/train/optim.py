@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from engine.errors import CopyloraError
+from engine.errors import InputError
 
 FALLBACKS = {"AdamW8bit": "AdamW", "PagedAdamW8bit": "AdamW", "SGDNesterov8bit": "SGDNesterov"}
 
@@ -20,7 +20,7 @@ FALLBACKS = {"AdamW8bit": "AdamW", "PagedAdamW8bit": "AdamW", "SGDNesterov8bit":
 REFUSALS = (TypeError, ValueError, IndexError)
 
 
-class OptimizerError(CopyloraError):
+class OptimizerError(InputError):
     """An optimizer that cannot be made here: the job fails with this line, not a traceback."""
 
 

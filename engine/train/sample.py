@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from engine.errors import CopyloraError
+from engine.errors import InputError
 
 if TYPE_CHECKING:
     from engine.models.loading import BaseModel
@@ -37,7 +37,7 @@ SAMPLERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-class SampleError(CopyloraError):
+class SampleError(InputError):
     pass
 
 

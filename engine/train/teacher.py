@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import CopyloraError
+from engine.errors import InputError
 
 
-class TeacherImageError(CopyloraError):
+class TeacherImageError(InputError):
     pass
 
 
