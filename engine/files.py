@@ -33,6 +33,8 @@ def input_file_problem(path: Path | str) -> str | None:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the OS says "Too many levels of symbolic links"
+            return f"{path} is a link that leads back to itself (a loop of links)"
         if exc.errno != errno.ENOENT:
             return f"{path}: {exc.strerror or exc}"
         if path.is_symlink():

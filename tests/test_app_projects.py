@@ -14,7 +14,7 @@ from copylora_tui.screens.queue import QueueScreen
 from copylora_tui.screens.stats import StatsScreen
 from engine.jobs.queue import Queue
 from tests.helpers import snapshot, write_png
-from tests.test_app_support import make_projects, mark_trained, screen_text, use_home, wait_until, write_stats
+from tests.test_app_support import make_projects, mark_trained, notices, screen_text, use_home, wait_until, write_stats
 
 
 def table(app) -> DataTable:
@@ -323,3 +323,28 @@ async def test_delete_a_project_whose_output_is_a_link_to_nothing_or_to_itself(t
         await pilot.press("y")
         await wait_until(pilot, lambda: not table(app).display)
     assert not (projects / "loop").exists() and not (projects / "dangling").exists()
+
+
+async def test_a_project_whose_file_is_a_link_to_nothing_is_listed_and_says_so(tmp_path, monkeypatch):
+    """Its copylora.toml linked to a shared file that moved: the project had left the list
+    without a word. Now it is a row; r and s say what is wrong; d deletes the link, never the
+    place it pointed to."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, ())
+    shared = tmp_path / "shared.toml"
+    (projects / "moved").mkdir(parents=True)
+    (projects / "moved" / "copylora.toml").symlink_to(shared)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        said = f"copylora.toml is a link to {shared}, which does not exist"
+        for key in ("r", "s"):
+            await pilot.press(key)
+            await wait_until(pilot, lambda: any(said in n for n in notices(app)))
+            assert "moved has problems" in notices(app)[-1] or "and it has problems" in notices(app)[-1]
+            app.clear_notifications()
+        await pilot.press("d")
+        assert "Delete project moved?" in screen_text(app)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not table(app).display)
+    assert not (projects / "moved").exists() and projects.is_dir()

@@ -329,7 +329,8 @@ def test_new_says_what_a_teacher_path_is_when_it_is_no_picture_file(tmp_path, ca
     os.symlink("loop.png", tmp_path / "loop.png")
     os.symlink("/nowhere/b.png", tmp_path / "dangling.png")
     cases = {"folder.png": "folder.png is a folder, not a file", "pipe.png": "pipe.png is not a regular file (a pipe or a device?)",
-             "loop.png": "loop.png: Too many levels of symbolic links", "dangling.png": "dangling.png is a link to /nowhere/b.png, which does not exist"}
+             "loop.png": "loop.png is a link that leads back to itself (a loop of links)",
+             "dangling.png": "dangling.png is a link to /nowhere/b.png, which does not exist"}
     for name, said in cases.items():
         argv = ["--projects", str(tmp_path / "projects"), "new", "p", "--a", str(tmp_path / name), "--b", str(good), "--base", "tiny"]
         assert main(argv) == EXIT_USAGE, name

@@ -18,6 +18,26 @@ def test_a_project_the_reader_did_not_foresee_is_listed_as_invalid_beside_the_re
     assert not summaries["huge"].valid and "ValueError" in summaries["huge"].problems[0]
 
 
+def test_a_project_file_that_is_a_broken_link_is_listed_saying_what_it_is(tmp_path):
+    """A copylora.toml linked to a shared file that moved, or to itself: glob skipped it and the
+    project left the list without a word. Folders without a project file stay out."""
+    projects = make_projects(tmp_path, ("good",))
+    for name, target in (("moved", "/nowhere/copylora.toml"), ("loop", "copylora.toml")):
+        (projects / name).mkdir()
+        (projects / name / "copylora.toml").symlink_to(target)
+    (projects / "folder").mkdir()
+    (projects / "folder" / "copylora.toml").mkdir()
+    (projects / "notes").mkdir()
+    (projects / "linked").symlink_to(projects / "good")  # a link to a project is that project
+    scanned = scan_projects(projects)
+    summaries = {s.folder.name: s for s in scanned}
+    assert sorted(summaries) == ["folder", "good", "loop", "moved"] and len(scanned) == 4
+    assert summaries["good"].valid
+    assert summaries["moved"].problems == (f"{projects / 'moved' / 'copylora.toml'} is a link to /nowhere/copylora.toml, which does not exist",)
+    assert summaries["loop"].problems == (f"{projects / 'loop' / 'copylora.toml'} is a link that leads back to itself (a loop of links)",)
+    assert summaries["folder"].problems == (f"{projects / 'folder' / 'copylora.toml'} is a folder, not a file",)
+
+
 def test_folder_sizes_count_what_can_be_read(tmp_path, monkeypatch):
     (tmp_path / "out" / "runs").mkdir(parents=True)
     (tmp_path / "out" / "a.bin").write_bytes(b"x" * 10)

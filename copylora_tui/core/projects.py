@@ -49,9 +49,21 @@ class ProjectSummary:
 
 
 def project_folders(projects_dir: Path) -> list[Path]:
-    if not projects_dir.is_dir():
+    """The folders in ``projects_dir`` that hold a project file, even one that cannot be read: a
+    copylora.toml that is a link to nothing or to itself is listed (invalid, saying so) rather
+    than left out, which glob does, and the project vanished from the list without a word."""
+    try:
+        children = list(projects_dir.iterdir()) if projects_dir.is_dir() else []
+    except OSError:  # a projects folder this user cannot read: nothing to list
         return []
-    return sorted(p.parent.resolve() for p in projects_dir.glob(f"*/{PROJECT_FILE}"))
+    found = []
+    for child in children:
+        try:
+            if child.is_dir() and os.path.lexists(child / PROJECT_FILE):
+                found.append(Path(os.path.realpath(child)))
+        except OSError:  # a name too long, a folder that cannot be entered
+            continue
+    return sorted(set(found))  # a link to a project folder beside it is that project, listed once
 
 
 def summarise(folder: Path) -> ProjectSummary:

@@ -316,6 +316,10 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         if summary is None:
             return
         if summary.stats_path is None:
+            if not summary.valid:  # "run it (r)" would only say it has problems: say them now
+                self.notify(f"{summary.name} has no merge statistics, and it has problems; open it (enter) to fix them:\n"
+                            + "\n".join(summary.problems[:5]), severity="error", timeout=8)
+                return
             self.notify(f"{summary.name} has no merge statistics yet: run it (r) and wait for the merge", severity="warning")
             return
         self.app.action_open_stats(summary.stats_path)

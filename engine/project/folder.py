@@ -10,6 +10,7 @@ exact text, and only then replaces the file atomically. The layout of the TOML i
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.errors import Problem, ValidationError
+from engine.files import input_file_problem
 from engine.formats.model_files import BUILTIN_MODELS
 from engine.project.images import image_files, read_image_info
 from engine.project.names import name_problem
@@ -132,6 +134,8 @@ def load_project(path: Path | str, *, check_files: bool = True, decode_images: b
     if not toml_path.is_file():
         if not Path(path).exists():
             raise ValidationError([Problem(str(path), "no such project folder")])
+        if os.path.lexists(toml_path):  # there, but a link to nothing or to itself, a folder, a pipe: say which
+            raise ValidationError([Problem("", input_file_problem(toml_path) or f"{toml_path}: cannot be read")])
         raise ValidationError([Problem(str(toml_path), "no project file here (create a project with `copylora new`)")])
     try:
         raw = toml_path.read_bytes()
