@@ -187,3 +187,14 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
 
 def write_text_atomic(path: Path | str, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def file_version(path: Path | str) -> tuple[int, int, int] | None:
+    """What tells one version of a file from the next (its inode, modification time in ns and
+    size; an atomic write makes a new inode), or None when it cannot be read. A form that saves
+    a file compares it with what it read, so it does not overwrite another program's edit."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -10,7 +10,7 @@ from copylora_tui.app import CopyloraApp
 from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.widgets.param_field import TickBox
 from engine.project.folder import load_project
-from tests.test_app_support import make_projects, plan_text, screen_text, use_home, wait_until
+from tests.test_app_support import make_projects, notices, plan_text, screen_text, use_home, wait_until
 
 
 def plan_steps(app, side: str) -> str:
@@ -67,6 +67,36 @@ async def test_invalid_value_is_shown_and_never_saved_then_valid_one_is(tmp_path
         await wait_until(pilot, lambda: "network_dim = 4" in toml.read_text())
         assert load_project(folder).train.network_dim == 4
         await wait_until(pilot, lambda: "saved, valid" in str(app.screen.query_one("#project-status", Static).render()))
+
+
+async def test_saving_over_a_file_another_program_changed_asks_first(tmp_path, monkeypatch):
+    """copylora.toml edited in vim (or by `import-kohya --into`) while the form is open: ctrl+s
+    wrote the form over it, that edit lost without a word. Now the first ctrl+s only warns and
+    the second overwrites; a save of the app's own writing never asks."""
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        outside = toml.read_text().replace("seed = 42", "seed = 7")
+        assert outside != toml.read_text()
+        toml.write_text(outside)  # another program, after the form was read
+        editor(app, "train.network_dim").value = "4"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: any("changed on disk since it was read here" in n for n in notices(app)))
+        assert toml.read_text() == outside  # not overwritten
+        await pilot.press("ctrl+s")  # asked, answered: the form wins
+        await wait_until(pilot, lambda: "network_dim = 4" in toml.read_text())
+        assert "seed = 42" in toml.read_text()
+        await wait_until(pilot, lambda: "saved, valid" in str(app.screen.query_one("#project-status", Static).render()))
+        app.clear_notifications()
+        editor(app, "train.network_dim").value = "8"  # the app's own file: saved at once, nothing asked
+        await wait_until(pilot, lambda: app.screen.dirty)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "network_dim = 8" in toml.read_text())
+        assert not any("changed on disk" in n for n in notices(app))
 
 
 async def test_cross_key_problem_is_shown_and_blocks_saving(tmp_path, monkeypatch):

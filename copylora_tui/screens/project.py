@@ -72,6 +72,8 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self._generation = 0
         self._check_timer = None
         self.loaded = False  # the load thread has answered (project or problems)
+        self.on_disk: tuple | None = None  # copylora.toml's version when last read or saved here (engine.files.file_version)
+        self._overwrite_asked: tuple | None = None  # the version on disk ctrl+s warned about: ctrl+s again overwrites it
         self.concept_count = 0  # [[concept]] tables in the edit (added and removed with the buttons)
 
     # ------------------------------------------------------------------ layout
@@ -216,6 +218,10 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     def load(self, refresh: bool = False) -> None:
         """Read, validate and plan the project, and read its pictures' sizes, off the UI thread;
         ``refresh``: after a save, keep the form and update the rest."""
+        from engine.files import file_version
+        from engine.project.folder import find_project_file
+
+        on_disk = file_version(find_project_file(self.folder))  # before reading: a write meanwhile shows as a change
         try:
             project, problems = load_project(self.folder), []
         except ValidationError as exc:
@@ -229,16 +235,20 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
                 pictures = picture_list(project)
             except Exception:  # the list is a help, not the form: without it the form still opens
                 pictures = []
-        self.post_message(self.Loaded(project, problems, plan, pictures, refresh))
+        self.post_message(self.Loaded(project, problems, plan, pictures, refresh, on_disk))
 
     class Loaded(Message, bubble=False):
         """The project read, validated and planned in a thread; Textual drops it if the screen has closed."""
 
-        def __init__(self, project: Project | None, problems: list[Problem], plan: PlanText | None, pictures: list | None, refresh: bool) -> None:
+        def __init__(self, project: Project | None, problems: list[Problem], plan: PlanText | None, pictures: list | None, refresh: bool,
+                     on_disk: tuple | None = None) -> None:
             super().__init__()
             self.project, self.problems, self.plan, self.pictures, self.refresh = project, problems, plan, pictures, refresh
+            self.on_disk = on_disk
 
     def on_project_screen_loaded(self, message: Loaded) -> None:
+        if not message.refresh:  # a refresh after a save: the save recorded what it wrote
+            self.on_disk = message.on_disk
         self._loaded(message.project, message.problems, message.plan, message.pictures, message.refresh)
 
     def _loaded(self, project: Project | None, problems: list[Problem], plan: PlanText | None, pictures: list | None, refresh: bool) -> None:
@@ -418,8 +428,18 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             self.notify(f"not saved: {len(self.field_errors)} invalid field(s), first {first}: {self.field_errors[first]}", severity="error")
             self.fields[first].query_one("#editor").focus()
             return
+        from engine.files import file_version
         from engine.project.folder import save_project
 
+        now = file_version(self.project.toml_path)
+        if now != self.on_disk and now != self._overwrite_asked:
+            # Another editor, `copylora import-kohya --into`, another copylora app wrote it since it was read here:
+            # saving the form would silently undo that. Asked once per version; ctrl+s again overwrites.
+            self._overwrite_asked = now
+            self.notify("copylora.toml changed on disk since it was read here (another editor? import-kohya?): "
+                        "ctrl+s again overwrites it with this form; leaving (esc) and opening it again (o) shows the file as it is now",
+                        severity="warning", timeout=12)
+            return
         try:
             save_project(self.edited_project())
         except ValidationError as exc:
@@ -431,6 +451,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
 
             self.notify(f"not saved: {os_error_text(exc)}", severity="error", timeout=10)
             return
+        self.on_disk, self._overwrite_asked = file_version(self.project.toml_path), None
         self.project = self.edited_project()  # what was saved (the reload below replaces it)
         self.show_project_problems([])
         self.load(refresh=True)  # the plan, the pictures, the checked project, in the load thread
