@@ -51,16 +51,29 @@ def input_file_problem(path: Path | str) -> str | None:
 TEMP_NAME_EXTRA = 14
 
 
+def _name_max(absolute: str) -> int:
+    """The longest name, in bytes, on the filesystem where ``absolute`` is or would be made: asked
+    of its nearest existing folder (255 on ext4, xfs, btrfs and NFS; 143 on eCryptfs; FUSE and
+    network filesystems vary), else 255."""
+    here = absolute
+    while True:
+        try:
+            return os.pathconf(here, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # not there yet, a name too long on the way, no pathconf
+            parent = os.path.dirname(here)
+            if parent == here:
+                return 255
+            here = parent
+
+
 def long_name_problem(path: Path | str, extra: int = 0) -> str | None:
     """A name in ``path`` longer than the filesystem allows (the last one with ``extra`` bytes
     to spare, for the temporary file written beside it), or None. Said before any work: the
     OS's "File name too long" came when the result was written, after the work (or, from a
     ``stat`` on the way, as an internal error)."""
-    parts = Path(os.path.abspath(Path(path).expanduser())).parts[1:]
-    try:  # the root's limit: 255 bytes on every Linux filesystem we write to (ext4, xfs, btrfs, NFS)
-        limit = os.pathconf("/", "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        limit = 255
+    absolute = os.path.abspath(Path(path).expanduser())
+    parts = Path(absolute).parts[1:]
+    limit = _name_max(absolute)
     for index, part in enumerate(parts):
         last = index == len(parts) - 1
         room = limit - (extra if last else 0)

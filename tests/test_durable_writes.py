@@ -82,3 +82,24 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, broken)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_the_name_limit_is_the_destinations_filesystems(tmp_path, monkeypatch):
+    """A name's limit is asked of the folder the file goes into (its nearest existing one), not of
+    `/`: eCryptfs allows 143 bytes where ext4 allows 255, and a 200-byte name there failed only
+    when the result was written, after the work. Stand-in: a pathconf that says 143 under small/."""
+    from engine.files import long_name_problem
+
+    small = tmp_path / "small"
+    small.mkdir()
+    real = os.pathconf
+
+    def pathconf(path, name):
+        return 143 if name == "PC_NAME_MAX" and str(path).startswith(str(small)) else real(path, name)
+
+    monkeypatch.setattr(os, "pathconf", pathconf)
+    name = "x" * 200 + ".safetensors"
+    assert long_name_problem(tmp_path / name) is None
+    for where in (small / name, small / "not-made-yet" / name):  # the nearest existing folder answers
+        assert long_name_problem(where) == f"{where}: its name is too long: 212 bytes; at most 143 fit (the filesystem allows names of 143)"
+    assert "a folder name in it is too long: 300 bytes; at most 143 fit" in long_name_problem(small / ("d" * 300) / "x.png")
