@@ -409,6 +409,22 @@ def test_queue_in_a_pipe_keeps_full_names(tmp_path, home):
     assert "queued" in shown.stdout
 
 
+@pytest.mark.parametrize("columns", ["0", "-5", "abc", ""])
+def test_a_columns_that_is_no_width_is_ignored(tmp_path, home, columns):
+    """COLUMNS=0 (a broken shell profile, a CI runner) made Rich print nothing at all, exit 0:
+    `copylora queue` showed no jobs and `copylora run --wait` said nothing. Now it is ignored."""
+    name = "example-monochrome-" + "long" * 20
+    root = copy_example(tmp_path, name)
+    assert main(["run", str(root), "--no-worker"]) == 0
+    env = {**{k: v for k, v in os.environ.items() if k != "LINES"}, "COLUMNS": columns}
+    shown = subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert name in shown.stdout and "queued" in shown.stdout and "…" not in shown.stdout, shown.stdout
+    env["COLUMNS"] = "60"  # a width is still a width
+    shown = subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 60
+
+
 def test_stats_of_files_named_with_brackets_print_as_written(tmp_path, capsys, monkeypatch):
     """File and module names come from anyone's LoRA ("[Pony] style.safetensors"): printed as
     Rich markup they lost their brackets, and a "[/]" ended `copylora stats` with a MarkupError."""

@@ -3,7 +3,9 @@
 On a terminal Rich fits the output to its width. Written to a pipe or a file there is no
 width to fit, and Rich then assumes 80 columns: `copylora queue > jobs.txt` or `| grep`
 used to get `example-monochr…  runni…`. There the lines are as long as their content
-instead (``$COLUMNS``, when set, still wins, as Rich reads it).
+instead (``$COLUMNS``, when set, still wins, as Rich reads it). A ``$COLUMNS`` that is no width
+(0, negative, not a number) is ignored: Rich took ``COLUMNS=0`` as a width of nothing and every
+command printed nothing at all, with exit 0.
 """
 
 from __future__ import annotations
@@ -17,12 +19,26 @@ from rich.console import Console
 UNBOUNDED = 10_000
 
 
+def columns() -> int | None:
+    """``$COLUMNS`` when it is a width (a whole number above 0), else None."""
+    value = os.environ.get("COLUMNS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def output_console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     try:
         terminal = stream.isatty()
     except (AttributeError, ValueError):  # a closed or replaced stream
         terminal = False
-    if terminal or os.environ.get("COLUMNS"):
-        return Console(stderr=stderr)
+    if width := columns():
+        return Console(stderr=stderr, width=width)
+    if terminal and os.environ.get("COLUMNS") is None:
+        return Console(stderr=stderr)  # Rich asks the terminal
+    if terminal:  # a $COLUMNS that is no width: the terminal's own, as if it were unset
+        try:
+            width = os.get_terminal_size(stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            width = 0
+        return Console(stderr=stderr, width=width if width > 0 else 80)
     return Console(stderr=stderr, width=UNBOUNDED)

@@ -96,14 +96,14 @@ def _check_inputs(paths: list[str], save_to: str, problems: list[Problem], flag:
 
 def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, precision, save_precision, clamp_quantile, lbws=None,
                route=None):
-    from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from copylora_tui.cli.console import output_console
     from copylora_tui.cli.main import as_flags  # here: main imports this module
     from engine.merge.svd import merge_loras, save_merge
 
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     with Progress(TextColumn("merge"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("", total=None)
 

@@ -126,8 +126,9 @@ def resolve(args: argparse.Namespace):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from copylora_tui.cli.console import output_console
 
     base, family, lora, settings, out = resolve(args)
     import torch
@@ -144,7 +145,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = load_base_model(base, family, dtype=dtype, device=device)
     notes: list[str] = []  # said after the progress bar, which would draw over them
-    with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True), transient=True) as bar:
+    with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=output_console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=len(settings.prompts) * len(settings.strengths))
         path = sample_lora(model, lora, settings, out, model_name=Path(base).name,
                            progress=lambda done, total: (govern(), bar.update(task, completed=done)), log=notes.append)
