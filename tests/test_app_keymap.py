@@ -42,6 +42,17 @@ def test_a_keymap_path_under_a_home_that_does_not_exist_is_no_keymap(monkeypatch
     assert load_keymap(binding_owners(), keymap_path()) == ({}, [])
 
 
+def test_a_relative_xdg_config_home_is_ignored(tmp_path, monkeypatch):
+    from copylora_tui.core.keymap import KEYMAP_ENV, keymap_path
+
+    monkeypatch.delenv(KEYMAP_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", "conf")  # invalid by the XDG spec: not ./conf of wherever the app starts
+    assert keymap_path() == tmp_path / ".config" / "copylora" / "keymap.toml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "conf"))
+    assert keymap_path() == tmp_path / "conf" / "copylora" / "keymap.toml"
+
+
 async def test_rebound_keys_work_in_the_app(tmp_path, monkeypatch):
     env = use_home(monkeypatch, tmp_path)
     keymap = tmp_path / "keymap.toml"

@@ -179,6 +179,22 @@ def test_a_state_folder_that_cannot_be_used_is_named(tmp_path, monkeypatch, caps
     assert str(tmp_path / "state" / "queue.db") in line and "Move it aside" in line
 
 
+def test_a_relative_state_folder_is_made_absolute_and_a_relative_xdg_one_ignored(tmp_path, monkeypatch):
+    """COPYLORA_HOME=state from one folder: the worker and its jobs (which may run in another
+    folder) must name one place. XDG_STATE_HOME=relative is invalid by the XDG spec: ignored."""
+    from engine.jobs.state_home import state_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COPYLORA_HOME", "state")
+    assert state_folder() == tmp_path / "state"
+    monkeypatch.delenv("COPYLORA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", "relative")
+    assert state_folder() == tmp_path / "home" / ".local" / "state" / "copylora"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert state_folder() == tmp_path / "xdg" / "copylora"
+
+
 def test_following_a_job_nothing_runs_says_so(home):  # noqa: F811
     from engine.jobs.queue import Queue
 

@@ -41,7 +41,8 @@ def keymap_path() -> Path:
             return Path(os.environ[KEYMAP_ENV]).expanduser()
         except RuntimeError:  # ~user with no home: no such file, so no keymap (as for any missing file)
             return Path(os.environ[KEYMAP_ENV])
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".config"  # a relative one is ignored (XDG spec)
     return base / "copylora" / "keymap.toml"
 
 

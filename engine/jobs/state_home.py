@@ -12,15 +12,19 @@ from pathlib import Path
 
 
 def state_folder(override: str | os.PathLike | None = None) -> Path:
-    """Where the state folder is, without making it (for readers such as a log tail)."""
+    """Where the state folder is, without making it (for readers such as a log tail). Always
+    absolute: a relative COPYLORA_HOME is taken from the current folder once, here, so the
+    worker, its jobs (which may run in another folder) and the messages all name one place.
+    A relative XDG_STATE_HOME is ignored, as the XDG spec says."""
     if override:
         home = Path(override)
     elif os.environ.get("COPYLORA_HOME"):
         home = Path(os.environ["COPYLORA_HOME"])
     else:
-        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        xdg = os.environ.get("XDG_STATE_HOME", "")
+        base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
         home = base / "copylora"
-    return home.expanduser()
+    return Path(os.path.abspath(home.expanduser()))
 
 
 def state_home(override: str | os.PathLike | None = None) -> Path:
