@@ -110,6 +110,23 @@ def test_a_project_is_found_by_the_name_new_gave_it(tmp_path, monkeypatch, home,
     assert "mono: train" in out and str(projects) not in out
 
 
+def test_the_command_new_suggests_runs_as_pasted_into_a_shell(tmp_path, monkeypatch, home, capsys):
+    """A project called "my style" is a name users give: the suggested `copylora check projects/my
+    style` ran `check` on "projects/my" and "style". Printed quoted, pasted as printed, it runs."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
+    assert main(["new", "my style", "--a", str(a), "--b", str(b)]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == "edit 'projects/my style/copylora.toml', then: copylora check 'projects/my style'"
+    pasted = shlex.split(said.split("then: ")[1])
+    assert pasted[0] == "copylora" and main(pasted[1:]) == 0
+    capsys.readouterr()
+    assert main(["new", "plain", "--a", str(a), "--b", str(b)]) == 0  # nothing to quote: printed as before
+    assert capsys.readouterr().out.splitlines()[-1] == "edit projects/plain/copylora.toml, then: copylora check projects/plain"
+
+
 def test_new_refuses_a_name_that_cannot_name_files(tmp_path, capsys):
     a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
     for name, says in (("two\nlines", "no '\\n'"), ("a:b", "no ':'"), (".hidden", "must not start with '.'")):
@@ -441,3 +458,14 @@ def test_stats_of_files_named_with_brackets_print_as_written(tmp_path, capsys, m
     assert main(["stats", str(path), "--top", "50"]) == 0
     out = capsys.readouterr().out
     assert "[Pony] style.safetensors" in out and "b[/]c.safetensors" in out and "[/]odd" in out, out
+
+
+def test_merge_suggests_its_stats_command_as_pasted_into_a_shell(loras, tmp_path, capsys):
+    import shlex
+
+    b, a = loras
+    out = tmp_path / "my merge.safetensors"
+    assert main(["merge", "--save_to", str(out), "--models", str(b), str(a), "--ratios", "1", "-1"]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    pasted = shlex.split(said.split("(", 1)[1].rstrip(")"))
+    assert pasted == ["copylora", "stats", str(out)] and main(pasted[1:]) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
         f"{f', conv {result.conv_rank}' if result.conv_rank else ''}, {save_precision}) in {result.seconds:.2f} s; "
         f"energy kept: mean {sum(energies) / len(energies):.4f}, min {worst.energy_kept:.4f} ({worst.name})"
     )
-    print(f"stats: {stats_path}  (copylora stats {lora_path})")
+    print(f"stats: {stats_path}  (copylora stats {shlex.quote(str(lora_path))})")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     print(f"created {shown}/ (A: {args.a}, B: {args.b}, base: {project.info.base_model}, route: {project.info.method})")
     if caption:
         print(f"A and B train under the caption {caption!r} ({TOY_CAPTION_WHY}); [train] caption changes it")
-    print(f"edit {shown}/copylora.toml, then: copylora check {shown}")
+    print(f"edit {shlex.quote(f'{shown}/copylora.toml')}, then: copylora check {shlex.quote(str(shown))}")  # pasted into a shell as shown
     return 0
 
 

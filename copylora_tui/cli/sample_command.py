@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -97,7 +98,7 @@ def resolve(args: argparse.Namespace):
         choice = args.lora or "merged"
         lora = {"merged": plan.merged_path, "a": plan.side("a").lora_path, "b": plan.side("b").lora_path, "none": None}.get(choice, Path(choice))
         if lora is not None and not lora.is_file():
-            problems.append(Problem("--lora", f"{lora} does not exist yet (train/merge first: copylora run {args.target})"))
+            problems.append(Problem("--lora", f"{lora} does not exist yet (train/merge first: copylora run {shlex.quote(str(args.target))})"))
         elif lora is not None and (problem := lora_problem("--lora", lora)):  # a picture given as the LoRA: exit 2, before the model loads
             problems.append(problem)
         out = Path(args.save_to) if args.save_to else plan.samples_dir / grid_name(lora if lora is not None else Path("base"))

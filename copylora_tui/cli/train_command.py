@@ -8,6 +8,7 @@ queue's job: ``copylora run``.)
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 
@@ -101,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     results = result if isinstance(result, dict) else {side: result}
     first = next(iter(results.values()))
     if first.status == "stopped":
-        print(f"stopped at step {first.step}/{first.total}; continue with: copylora train {args.project} --side {side} --resume")
+        print(f"stopped at step {first.step}/{first.total}; continue with: copylora train {shlex.quote(str(args.project))} --side {side} --resume")
         return EXIT_INTERRUPTED
     for one in results.values():
         # A resume from a finished checkpoint trains no step: it has no loss of its own to show.
