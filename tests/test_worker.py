@@ -179,3 +179,38 @@ def test_an_optimizer_that_cannot_be_made_fails_the_job_with_one_line(tmp_path, 
     assert failed.status == "failed" and failed.error.startswith("optimizer Lion8bit needs bitsandbytes on a CUDA GPU")
     assert "Traceback" not in done.stdout + done.stderr
     queue.close()
+
+
+def test_the_folder_the_worker_started_in_may_be_removed(tmp_path, home, monkeypatch):
+    """`cd projects/mono && copylora run .`, then the project deleted: the worker's folder was gone
+    and os.getcwd() stopped the worker at its next job (every running job then "interrupted").
+    Now jobs start in the state folder from then on, and `worker start` from a removed folder works."""
+    queue = Queue(home)
+    root = project(tmp_path, "mono")
+    started_in = tmp_path / "started-in"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
+    start_detached(home)
+    monkeypatch.chdir(tmp_path)
+    started_in.rmdir()
+    steps = enqueue_project(queue, root, max_steps=2)
+
+    def finished(steps) -> bool:
+        assert worker_pid(home), "the worker stopped: " + " | ".join((home / "worker.log").read_text().splitlines()[-2:])
+        return all(queue.get(s.job.id).status.finished for s in steps)
+
+    wait_for(lambda: finished(steps), timeout=300, what="the jobs to finish")
+    assert [queue.get(s.job.id).status for s in steps] == ["done"] * len(steps), [queue.get(s.job.id).error for s in steps]
+    assert worker_pid(home)  # still running
+    assert f"the folder this process was started in was removed; jobs start in {home} from now on" in (home / "worker.log").read_text()
+    stop_worker(home)
+    wait_for(lambda: not worker_pid(home), timeout=30, what="the worker to stop")
+    gone = tmp_path / "gone"  # `copylora worker start` typed in a folder removed since: it said "[Errno 2] No such file or directory"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    start_detached(home)
+    again = enqueue_project(queue, root, max_steps=2, force=True)
+    wait_for(lambda: finished(again), timeout=300, what="the jobs to finish")
+    assert [queue.get(s.job.id).status for s in again] == ["done"] * len(again), [queue.get(s.job.id).error for s in again]
+    stop_worker(home)

@@ -22,7 +22,6 @@ re-submitted one). Steering:
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import CopyloraError
+from engine.jobs.state_home import working_folder
 
 SQUEUE_EVERY_S = 5.0
 SIGNAL_LEAD_S = 120  # the runner's warning before Slurm's time limit: time to write a checkpoint
@@ -81,7 +81,7 @@ def submit(job_id: int, home: Path, channel: Path, log_path: Path, options: Slur
     script = channel / "run.sh"
     runner = [sys.executable, "-m", "engine.jobs.runner", "--home", str(home), "--job", str(job_id), "--channel", str(channel)]
     # exec: the runner is the batch shell itself, so --signal=B:TERM and scancel --batch reach it
-    script.write_text(f"#!/bin/sh\ncd {shlex.quote(os.getcwd())}\nexec {shlex.join(runner)}\n", encoding="utf-8")
+    script.write_text(f"#!/bin/sh\ncd {shlex.quote(working_folder(home))}\nexec {shlex.join(runner)}\n", encoding="utf-8")
     command = ["sbatch", "--parsable", f"--job-name=copylora-{job_id}", f"--output={log_path}", "--open-mode=append",
                *options.arguments(), str(script)]
     out = _run(command).strip()

@@ -40,6 +40,21 @@ def state_home(override: str | os.PathLike | None = None) -> Path:
     return home
 
 
+def working_folder(home: Path, log=None) -> str:
+    """The folder jobs start in: the current one (where the worker was started, so a relative
+    path a user set in the environment means what it meant there), or, once that folder has been
+    removed (a project folder the worker was started in, deleted since), the state folder, moved
+    into for good: ``os.getcwd()`` raised FileNotFoundError there and the worker stopped at its
+    next job, every running job marked interrupted. ``log`` hears of the move."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        os.chdir(home)
+        if log is not None:
+            log(f"the folder this process was started in was removed; jobs start in {home} from now on")
+        return str(home)
+
+
 def queue_db(home: Path) -> Path:
     return home / "queue.db"
 

@@ -113,7 +113,7 @@ class WarmStarter:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "engine.jobs.warm_start", *[f"--also={name}" for name in self.also]],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, cwd=os.getcwd(),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,  # in the worker's folder (a removed one too)
             )
         except OSError as exc:
             self._off(f"the preloaded process could not start ({exc})")

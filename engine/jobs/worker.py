@@ -24,7 +24,7 @@ from pathlib import Path
 from engine.errors import CopyloraError
 from engine.jobs.procs import alive, process_start, stray_children
 from engine.jobs.queue import JobStatus, Queue
-from engine.jobs.state_home import state_home, worker_lock, worker_log
+from engine.jobs.state_home import state_home, worker_lock, worker_log, working_folder
 from engine.jobs.warm_client import ForkedJob, WarmStarter
 from engine.threads import JOBS_VARIABLE
 
@@ -229,15 +229,15 @@ class Worker:
         log_path = queue.log_path(job.id)
         argv = ["--home", str(self.home), "--job", str(job.id)]
         process: subprocess.Popen | ForkedJob | None = None
+        cwd = working_folder(self.home, self.log)
         if self.warm is not None:
-            process = self.warm.start(argv, env, log_path, os.getcwd(), known={run.process.pid for run in self.running.values()})
+            process = self.warm.start(argv, env, log_path, cwd, known={run.process.pid for run in self.running.values()})
         how = "warm" if process is not None else "cold"
         if process is None:
             with open(log_path, "ab") as log_file:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "engine.jobs.runner", *argv],
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                    cwd=os.getcwd(),
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                 )
         queue.set_pid(job.id, process.pid, process_start(process.pid))
         self.running[job.id] = Running(job.id, slot, process)
@@ -334,7 +334,7 @@ def start_detached(home: str | Path | None = None, gpus: str | None = None, per_
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd=os.getcwd(),
+            start_new_session=True, close_fds=True, cwd=working_folder(home),  # started from a removed folder: the state folder
         )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
