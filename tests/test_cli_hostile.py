@@ -195,6 +195,24 @@ def test_a_relative_state_folder_is_made_absolute_and_a_relative_xdg_one_ignored
     assert state_folder() == tmp_path / "xdg" / "copylora"
 
 
+def test_commands_typed_in_a_folder_removed_since(tmp_path, monkeypatch, capsys):
+    """A shell still in a folder that was deleted: `new` with absolute paths made the project,
+    then said "[Errno 2] No such file or directory" (exit 1) while showing where it was; a relative
+    name said only that."""
+    from tests.helpers import write_png
+
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert main(["new", str(tmp_path / "made"), "--a", str(a), "--b", str(b)]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"then: copylora check {tmp_path / 'made'}")
+    assert main(["new", "relative", "--a", str(a), "--b", str(b)]) == EXIT_FAILED
+    assert one_line(capsys.readouterr().err) == ("copylora: error: the current folder was removed after this shell entered it: "
+                                                 "cd to a folder that exists (or give absolute paths)")
+
+
 def test_following_a_job_nothing_runs_says_so(home):  # noqa: F811
     from engine.jobs.queue import Queue
 

@@ -133,6 +133,20 @@ def validation_text(exc: ValidationError) -> str:
     return str(exc)
 
 
+def _removed_folder_text(exc: OSError) -> str | None:
+    """What a bare "No such file or directory" (no file named) meant, when it was that the
+    shell's current folder was removed after it entered it and a relative path was asked for."""
+    if not isinstance(exc, FileNotFoundError) or exc.filename:
+        return None
+    import os
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return "the current folder was removed after this shell entered it: cd to a folder that exists (or give absolute paths)"
+    return None
+
+
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return func(args) or EXIT_OK
@@ -159,7 +173,7 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except OSError as exc:  # the system said no: a read-only folder, a full disk, a name too long
         if args.debug:
             traceback.print_exc()
-        print(f"copylora: error: {os_error_text(exc)}", file=sys.stderr)
+        print(f"copylora: error: {_removed_folder_text(exc) or os_error_text(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # a bug: still one line, the traceback on request
         if args.debug:

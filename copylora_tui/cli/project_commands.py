@@ -226,7 +226,7 @@ def _optional_path(path: Path | None) -> str | None:
 def _relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError):  # elsewhere; or the current folder was removed: the path as it is
         return str(path)
 
 
