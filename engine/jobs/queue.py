@@ -13,6 +13,7 @@ dependants fail with the reason, and ``retry`` of the dependency brings them bac
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from engine.errors import CopyloraError
 from engine.jobs.state_home import job_log, queue_db, state_home
@@ -115,6 +116,46 @@ TWIN = "ab"  # the side of a job that trains A and B together
 
 class QueueError(CopyloraError):
     pass
+
+
+class QueueWriteError(QueueError):
+    """The queue's file cannot be written now (its disk is full, an I/O error, a read-only
+    filesystem). Nothing about the queue is wrong: freeing space and trying again helps. The
+    worker waits it out and running jobs train on; the CLI and the app say it."""
+
+
+# SQLite's primary result codes for a write the disk refused (sqlite3.OperationalError.sqlite_errorcode)
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL = 8, 10, 13
+
+
+def _write_problem(path: Path, exc: sqlite3.Error) -> QueueWriteError | None:
+    """``exc`` said as what to do, when the disk under the queue refused a write; else None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _SQLITE_FULL or "disk is full" in str(exc):
+        return QueueWriteError(f"cannot write the job queue {path}: its disk is full; free space there (df -h {path.parent}) and try again")
+    if primary == _SQLITE_IOERR:
+        return QueueWriteError(f"cannot write the job queue {path}: the disk reported an I/O error ({exc}); check the disk")
+    if primary == _SQLITE_READONLY:
+        return QueueWriteError(f"cannot write the job queue {path}: {exc} (a read-only disk or file?)")
+    return None
+
+
+def advisory(default: Any = None):
+    """A write the work does not need (live progress, GPU samples, the heartbeat, save-now
+    requests): when the disk refuses it, ``default`` instead, and the queue's
+    ``on_skipped_write`` hears of it once a minute at most. A full disk must not stop a training
+    that writes its outputs elsewhere; what decides a job (claim, finish) still raises."""
+    def wrap(method):
+        @functools.wraps(method)
+        def write(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except QueueWriteError as exc:
+                self._skipped(exc)
+                return default
+        return write
+    return wrap
 
 
 @dataclass
@@ -240,10 +281,15 @@ class Queue:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA busy_timeout = 30000")
             self._depth = 0  # open transaction() blocks on this connection
+            # told of a progress write the disk refused (@advisory: the work goes on without it)
+            self.on_skipped_write: Callable[[str], None] | None = None
+            self._skipped_said = -60.0
             self._open()
         except sqlite3.DatabaseError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise
+            if problem := _write_problem(self.path, exc):  # a full disk: not a damaged queue to move aside
+                raise problem from exc
             # A damaged or foreign file where the queue should be: say which file and what to do,
             # rather than SQLite's "file is not a database" with no path.
             raise QueueError(f"cannot open the job queue {self.path}: {exc}. Move it aside (the queue starts empty; "
@@ -294,17 +340,31 @@ class Queue:
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if problem := _write_problem(self.path, exc):
+                raise problem from exc
+            raise
         self._depth = 1
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
             self.db.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.OperationalError:  # SQLite rolled back itself (a COMMIT the full disk refused)
+                pass
+            if isinstance(exc, sqlite3.OperationalError) and (problem := _write_problem(self.path, exc)):
+                raise problem from exc
+            raise
         finally:
             self._depth = 0
+
+    def _skipped(self, exc: QueueWriteError) -> None:
+        if self.on_skipped_write is not None and time.monotonic() - self._skipped_said >= 60.0:
+            self._skipped_said = time.monotonic()
+            self.on_skipped_write(f"progress not recorded: {exc} (the work goes on)")
 
     # ------------------------------------------------------------------ reading
 
@@ -391,6 +451,7 @@ class Queue:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET pid = ?, pid_start = ?, updated_at = ? WHERE id = ?", (pid, pid_start, time.time(), job_id))
 
+    @advisory()
     def report_progress(self, job_id: int, p: Any, *, point: bool) -> None:
         """Live progress of a running job; ``point`` also stores it in the curve history."""
         now = time.time()
@@ -418,6 +479,7 @@ class Queue:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET slurm = ?, updated_at = ? WHERE id = ?", (json.dumps(info) if info else None, time.time(), job_id))
 
+    @advisory()
     def set_start_step(self, job_id: int, step: int, total: int) -> None:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET start_step = ?, step = ?, total = ?, updated_at = ? WHERE id = ?", (step, step, total, time.time(), job_id))
@@ -457,6 +519,7 @@ class Queue:
             )
             self._fail_dependants(db, dependant, JobStatus.FAILED.value)
 
+    @advisory(default={})
     def take_requests(self, job_id: int) -> dict[str, bool]:
         """Read and clear save-now/sample-now requests, and see any cancel/pause order."""
         with self.transaction() as db:
@@ -568,6 +631,7 @@ class Queue:
                 (pid, now, now, json.dumps(gpus), slots),
             )
 
+    @advisory()
     def heartbeat(self) -> None:
         with self.transaction() as db:
             db.execute("UPDATE worker SET heartbeat = ? WHERE id = 1", (time.time(),))
@@ -580,6 +644,7 @@ class Queue:
         row = self.db.execute("SELECT * FROM worker WHERE id = 1").fetchone()
         return dict(row) if row else None
 
+    @advisory()
     def record_gpus(self, samples: list[dict]) -> None:
         now = time.time()
         with self.transaction() as db:

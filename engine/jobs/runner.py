@@ -19,12 +19,13 @@ import traceback
 from typing import Any
 
 from engine.errors import CopyloraError
-from engine.jobs.queue import MAX_POINTS, TWIN, Job, JobStatus, Queue, artifacts_text
+from engine.jobs.queue import MAX_POINTS, TWIN, Job, JobStatus, Queue, QueueWriteError, artifacts_text
 from engine.threads import configure_threads, govern
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 WRITE_INTERVAL_S = 0.25  # at most 4 progress writes per second, whatever the step rate
 LOG_LIMIT = 8 * 2**20  # a job log is trimmed to its newest half beyond this
+RECORD_RETRY_S = 10.0  # a result the queue's full disk refused: tried again this often
 
 
 class Stopped(Exception):
@@ -300,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         code = run_job(channel, args.job, stop, threads)
         channel.exited(code)
         return code
-    return run_job(Queue(args.home), args.job, stop, threads)
+    queue = Queue(args.home)
+    queue.on_skipped_write = log  # progress the full disk refused: said in the job log, the work goes on
+    return run_job(queue, args.job, stop, threads)
 
 
 def run_job(queue, job_id: int, stop: dict, threads) -> int:
@@ -320,7 +323,7 @@ def run_job(queue, job_id: int, stop: dict, threads) -> int:
         return EXIT_STOPPED
     except CopyloraError as exc:
         log(f"FAILED: {exc}")
-        queue.finish(job.id, JobStatus.FAILED, error=str(exc))
+        record(queue, job.id, stop, JobStatus.FAILED, error=str(exc))
         return EXIT_FAILED
     except Exception as exc:  # a bug or an environment problem (CUDA OOM...): keep the traceback in the log
         traceback.print_exc()
@@ -328,11 +331,31 @@ def run_job(queue, job_id: int, stop: dict, threads) -> int:
         if "out of memory" in message.lower():
             message += " (the GPU ran out of memory: try gradient_checkpointing = true or a smaller resolution)"
         log(f"FAILED: {message}")
-        queue.finish(job.id, JobStatus.FAILED, error=message[:2000])
+        record(queue, job.id, stop, JobStatus.FAILED, error=message[:2000])
         return EXIT_FAILED
-    queue.finish(job.id, JobStatus.DONE, artifacts=artifacts)
+    record(queue, job.id, stop, JobStatus.DONE, artifacts=artifacts)
     log(f"job #{job.id} done: {artifacts_text(artifacts)}")
     return EXIT_DONE
+
+
+def record(queue, job_id: int, stop: dict, status: JobStatus, **facts) -> None:
+    """``queue.finish``, waited for while the queue's disk is full: the work is done (its files
+    are written), only its record is missing, so the job holds on and tries again until the
+    user frees space, or until it is asked to stop (then it gives up: the job log says why)."""
+    said = False
+    while True:
+        try:
+            queue.finish(job_id, status, **facts)
+            if said:
+                log("the result is recorded")
+            return
+        except QueueWriteError as exc:
+            if stop["asked"]:
+                raise
+            if not said:
+                log(f"cannot record the result ({status}): {exc}; trying again every {RECORD_RETRY_S:g} s")
+                said = True
+            time.sleep(RECORD_RETRY_S)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from engine.errors import CopyloraError
 from engine.jobs.procs import alive, process_start, stray_children
-from engine.jobs.queue import JobStatus, Queue
+from engine.jobs.queue import JobStatus, Queue, QueueWriteError
 from engine.jobs.state_home import state_home, worker_lock, worker_log, working_folder
 from engine.jobs.warm_client import ForkedJob, WarmStarter
 from engine.threads import JOBS_VARIABLE
@@ -31,6 +31,7 @@ from engine.threads import JOBS_VARIABLE
 POLL_S = 0.2
 GPU_SAMPLE_S = 1.0
 STRAYS_S = 10.0  # how often to look for a job's orphaned children that ended (zombies) to reap
+DISK_WAIT_S = 5.0  # while the queue's disk is full: how often to try again
 STOP_GRACE_S = 120.0  # a stopping child gets this long to write its checkpoint
 
 
@@ -135,6 +136,7 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.stopping = False
         self.warm: WarmStarter | None = None
+        self._disk_said = -60.0  # when the last "queue disk full" line was logged (once a minute at most)
 
     def log(self, line: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
@@ -144,6 +146,7 @@ class Worker:
     def run(self) -> int:
         lock = lock_worker(self.home)
         queue = Queue(self.home)
+        queue.on_skipped_write = self.log
         signal.signal(signal.SIGTERM, self._ask_stop)
         signal.signal(signal.SIGINT, self._ask_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not take the daemon with it
@@ -156,9 +159,13 @@ class Worker:
             self.warm = WarmStarter(self.log)
             last_sample = last_strays = 0.0
             while not self.stopping:
-                self.reap(queue)
-                self.pass_orders(queue)
-                self.fill_slots(queue)
+                try:
+                    self.reap(queue)
+                    self.pass_orders(queue)
+                    self.fill_slots(queue)
+                except QueueWriteError as exc:  # a full disk under the queue: running jobs go on; wait for space
+                    self.wait_for_disk(exc)
+                    continue
                 if time.monotonic() - last_sample >= GPU_SAMPLE_S:
                     self.sample(queue)
                     last_sample = time.monotonic()
@@ -170,7 +177,10 @@ class Worker:
         finally:
             if self.warm is not None:
                 self.warm.close()
-            queue.worker_stopped(os.getpid())
+            try:
+                queue.worker_stopped(os.getpid())
+            except QueueWriteError as exc:  # the next `worker status` sees this pid gone all the same
+                self.log(str(exc))
             lock.close()
         self.log("worker stopped")
         return 0
@@ -181,12 +191,26 @@ class Worker:
         assert self.slurm is not None
         self.slurm.recover(queue)
         while not self.stopping:
-            self.slurm.step(queue)
+            try:
+                self.slurm.step(queue)
+            except QueueWriteError as exc:  # as in run(): the cluster's jobs go on; what they said is read again later
+                self.wait_for_disk(exc)
+                continue
             queue.heartbeat()
             time.sleep(POLL_S)
         if self.slurm.tracked:
             self.log(f"{len(self.slurm.tracked)} Slurm job(s) keep running; the next worker follows them")
         return 0
+
+    def wait_for_disk(self, exc: QueueWriteError) -> None:
+        """Said once a minute at most; nothing is lost meanwhile: a job that ended is recorded on
+        a later pass (it stays held until then), a queued one starts once its claim can be written."""
+        if time.monotonic() - self._disk_said >= 60.0:
+            self._disk_said = time.monotonic()
+            self.log(f"{exc}; waiting for space (running jobs go on)")
+        deadline = time.monotonic() + DISK_WAIT_S
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(POLL_S)
 
     def _ask_stop(self, signum, _frame) -> None:
         self.log(f"{signal.Signals(signum).name}: stopping; running jobs checkpoint and go back to the queue")
@@ -239,8 +263,8 @@ class Worker:
                     [sys.executable, "-m", "engine.jobs.runner", *argv],
                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                 )
+        self.running[job.id] = Running(job.id, slot, process)  # held before any write: a full disk must not lose it
         queue.set_pid(job.id, process.pid, process_start(process.pid))
-        self.running[job.id] = Running(job.id, slot, process)
         self.log(f"job #{job.id} ({job.label} of {job.project}) started: pid {process.pid}, slot {slot or 'cpu'}, {how}")
 
     def reap_strays(self) -> None:
@@ -261,26 +285,30 @@ class Worker:
             code = run.process.poll()
             if code is None:
                 continue
+            self.record_exit(queue, job_id, code)  # a QueueWriteError leaves the job held: recorded on a later pass
             del self.running[job_id]
-            job = queue.get(job_id)
-            if job.status is not JobStatus.RUNNING:  # the child recorded done/failed itself
-                self.log(f"job #{job_id} {job.status}")
-                continue
-            if code == 3:  # stopped on request: the order decides where it goes
-                order = job.control
-                if order == "cancel":
-                    queue.finish(job_id, JobStatus.CANCELLED, error="cancelled by the user (checkpoint kept: `copylora retry` resumes it)")
-                elif order == "pause":
-                    queue.finish(job_id, JobStatus.PAUSED)
-                else:
-                    queue.requeue_at_head(job_id, None)
-                self.log(f"job #{job_id} stopped ({order or 'worker shutdown'})")
-                continue
-            reason = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
-            if code == -signal.SIGKILL:
-                reason += " (out of memory? see the job log)"
-            queue.finish(job_id, JobStatus.FAILED, error=f"the job process died ({reason}); last lines in {queue.log_path(job_id)}")
-            self.log(f"job #{job_id} died: {reason}")
+
+    def record_exit(self, queue: Queue, job_id: int, code: int) -> None:
+        """What a job that exited with ``code`` becomes, unless it recorded that itself."""
+        job = queue.get(job_id)
+        if job.status is not JobStatus.RUNNING:  # the child recorded done/failed itself
+            self.log(f"job #{job_id} {job.status}")
+            return
+        if code == 3:  # stopped on request: the order decides where it goes
+            order = job.control
+            if order == "cancel":
+                queue.finish(job_id, JobStatus.CANCELLED, error="cancelled by the user (checkpoint kept: `copylora retry` resumes it)")
+            elif order == "pause":
+                queue.finish(job_id, JobStatus.PAUSED)
+            else:
+                queue.requeue_at_head(job_id, None)
+            self.log(f"job #{job_id} stopped ({order or 'worker shutdown'})")
+            return
+        reason = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        if code == -signal.SIGKILL:
+            reason += " (out of memory? see the job log)"
+        queue.finish(job_id, JobStatus.FAILED, error=f"the job process died ({reason}); last lines in {queue.log_path(job_id)}")
+        self.log(f"job #{job_id} died: {reason}")
 
     def pass_orders(self, queue: Queue) -> None:
         for job_id, run in self.running.items():
@@ -305,11 +333,20 @@ class Worker:
             run.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         while self.running and time.monotonic() < deadline:
-            self.reap(queue)
+            self._reap_if_possible(queue)
             time.sleep(POLL_S)
         for run in self.running.values():  # past the grace period
             run.process.kill()
-        self.reap(queue)
+        self._reap_if_possible(queue)
+
+    def _reap_if_possible(self, queue: Queue) -> None:
+        """At shutdown the disk may still be full: what is not recorded stays "running" in the
+        queue, and the next worker puts it back at the head (recover())."""
+        try:
+            self.reap(queue)
+        except QueueWriteError as exc:
+            self.log(f"{exc}; unrecorded jobs go back to the queue when a worker starts again")
+            self.running = {job_id: run for job_id, run in self.running.items() if run.process.poll() is None}  # the ended ones: let go
 
 
 # ---------------------------------------------------------------------- daemon control

@@ -1,0 +1,210 @@
+"""The queue's disk fills up (checkpoints, caches and pip on one rented disk): the worker stopped
+with sqlite3's "database or disk is full" (every running job then "interrupted"), `copylora run`
+said "internal error: OperationalError", and opening the queue advised moving it aside.
+
+A full disk is made here with SQLite's own page limit (``PRAGMA max_page_count``): the same
+SQLITE_FULL a full filesystem gives, on any machine. The last test fills a real tmpfs where
+this machine lets it mount one."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+import engine.jobs.queue as queue_module
+from copylora_tui.cli.main import EXIT_FAILED, main
+from engine.jobs.queue import JobStatus, Queue, QueueWriteError
+from engine.train.progress import Progress
+from tests.helpers import REPO, copy_example, one_line, wait_for
+
+FULL = "its disk is full; free space there"
+
+
+def fill(queue: Queue) -> None:
+    """No page left for this connection's database: writes that need one fail with SQLITE_FULL."""
+    pages = queue.db.execute("PRAGMA page_count").fetchone()[0]
+    queue.db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(QueueWriteError):
+        for _ in range(2000):
+            queue.enqueue("merge", "/p", label="x" * 2000)
+
+
+def free(queue: Queue) -> None:
+    queue.db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_a_full_disk_is_said_skipped_for_progress_and_the_queue_works_once_freed(tmp_path):
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("merge", "/p", label="merge")
+    fill(queue)
+    with pytest.raises(QueueWriteError) as caught:
+        queue.enqueue("merge", "/p", label="y" * 2000)
+    assert str(caught.value) == (f"cannot write the job queue {queue.path}: {FULL} (df -h {queue.path.parent}) and try again")
+    # progress is advisory: skipped, said once (a minute apart at most), never raised
+    said: list[str] = []
+    queue.on_skipped_write = said.append
+    for step in range(2000):
+        assert queue.report_progress(job.id, Progress(step, 2000, 1.0, 1.0, 1e-4, 1.0, 1.0, 1.0), point=True) is None
+    assert len(said) == 1 and said[0].startswith("progress not recorded: cannot write the job queue") and said[0].endswith("(the work goes on)")
+    free(queue)
+    # the refused transactions were rolled back: the connection takes new ones
+    assert queue.enqueue("merge", "/p", label="after").label == "after"
+    queue.finish(job.id, JobStatus.DONE)
+    assert queue.get(job.id).status is JobStatus.DONE
+
+
+def test_opening_a_queue_on_a_full_disk_does_not_advise_moving_it_aside(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    real = sqlite3.connect
+
+    def on_a_full_disk(*args, **kwargs):
+        db = real(*args, **kwargs)
+        db.execute("PRAGMA max_page_count = 1")  # a fresh queue needs several pages for its tables
+        return db
+
+    monkeypatch.setattr(queue_module.sqlite3, "connect", on_a_full_disk)
+    assert main(["queue"]) == EXIT_FAILED
+    said = one_line(capsys.readouterr().err)
+    assert FULL in said and "Move it aside" not in said and "internal error" not in said
+
+
+def test_the_worker_holds_an_ended_job_until_its_end_can_be_recorded(tmp_path, monkeypatch):
+    """A job whose process ended while the disk was full stays the worker's: recorded on a later
+    pass, not left "running" with a dead process for good."""
+    from engine.jobs.worker import Running, Worker
+
+    worker = Worker(tmp_path / "state")
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("merge", "/p", label="merge")
+    assert queue.claim(None).id == job.id
+
+    class Ended:
+        pid = 999_999
+
+        def poll(self):
+            return 1
+
+    worker.running[job.id] = Running(job.id, None, Ended())
+    real_finish = queue.finish
+
+    def full_disk(*args, **kwargs):
+        raise QueueWriteError(f"cannot write the job queue {queue.path}: {FULL}")
+
+    monkeypatch.setattr(queue, "finish", full_disk)
+    with pytest.raises(QueueWriteError):
+        worker.reap(queue)
+    assert job.id in worker.running and queue.get(job.id).status is JobStatus.RUNNING
+    monkeypatch.setattr(queue, "finish", real_finish)
+    worker.reap(queue)
+    assert not worker.running
+    assert queue.get(job.id).status is JobStatus.FAILED and "the job process died (exit code 1)" in queue.get(job.id).error
+
+
+def test_the_worker_waits_for_space_and_then_starts_the_queued_job(tmp_path, monkeypatch, capsys):
+    """Its loop met the full disk (claiming a job is a write) and stopped; now it says so once,
+    waits, and takes the job when the write goes through."""
+    import threading
+
+    import engine.jobs.worker as worker_module
+    from engine.jobs.worker import Worker
+
+    monkeypatch.setenv("COPYLORA_WARM_START", "0")
+    monkeypatch.setattr(worker_module, "DISK_WAIT_S", 0.2)
+    home = tmp_path / "state"
+    job = Queue(home).enqueue("merge", str(tmp_path / "no-such-project"), label="merge")
+    real_claim, refused = Queue.claim, []
+
+    def claim(self, gpu):
+        if len(refused) < 3:
+            refused.append(gpu)
+            raise QueueWriteError(f"cannot write the job queue {self.path}: {FULL}")
+        return real_claim(self, gpu)
+
+    monkeypatch.setattr(Queue, "claim", claim)
+    worker = Worker(home)
+    queue = Queue(home)
+
+    def stop_when_done():
+        wait_for(lambda: queue.get(job.id).status.finished, timeout=120, what="the job to end")
+        worker.stopping = True
+
+    watcher = threading.Thread(target=stop_when_done)
+    watcher.start()
+    assert worker.run() == 0
+    watcher.join()
+    assert len(refused) == 3 and queue.get(job.id).status is JobStatus.FAILED  # it ran: its project is not there
+    out = capsys.readouterr().out
+    assert out.count(f"{FULL}") == 1 and "waiting for space (running jobs go on)" in out
+
+
+def test_a_job_records_its_result_once_the_disk_has_room(monkeypatch, capsys):
+    import engine.jobs.runner as runner
+
+    monkeypatch.setattr(runner, "RECORD_RETRY_S", 0.0)
+    calls = []
+
+    class Filling:
+        def finish(self, job_id, status, **facts):
+            calls.append((job_id, status, facts))
+            if len(calls) < 3:
+                raise QueueWriteError("cannot write the job queue /s/queue.db: its disk is full")
+
+    runner.record(Filling(), 7, {"asked": False}, JobStatus.DONE, artifacts={"lora": "x"})
+    assert [c[0] for c in calls] == [7, 7, 7] and calls[-1][2] == {"artifacts": {"lora": "x"}}
+    out = capsys.readouterr().out
+    assert out.count("cannot record the result (done)") == 1 and "the result is recorded" in out
+    calls.clear()
+    with pytest.raises(QueueWriteError):  # asked to stop meanwhile: it gives up, the log says why
+        runner.record(Filling(), 7, {"asked": True}, JobStatus.DONE)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB filesystem (tmpfs), where this machine lets the tests mount one."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(where)],
+                                            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_the_worker_lives_through_a_real_full_disk(tmp_path, small_disk, monkeypatch):
+    from engine.jobs.worker import start_detached, stop_worker, worker_pid
+
+    home = small_disk / "state"
+    monkeypatch.setenv("COPYLORA_HOME", str(home))
+    root = copy_example(tmp_path, "mono")
+    start_detached(home)
+    try:
+        filler = small_disk / "filler"
+        with open(filler, "wb") as handle:  # every byte left
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        env = {**os.environ, "COPYLORA_HOME": str(home)}
+        refused = subprocess.run([sys.executable, "-m", "copylora_tui", "run", str(root), "--max_steps", "2"],
+                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == EXIT_FAILED and FULL in refused.stderr and "internal error" not in refused.stderr
+        time.sleep(3)  # the worker's heartbeat and polls meet the full disk
+        assert worker_pid(home), (home / "worker.log").read_text()[-2000:]
+        filler.unlink()
+        queue = Queue(home)
+        done = subprocess.run([sys.executable, "-m", "copylora_tui", "run", str(root), "--max_steps", "2", "--wait"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert all(job.status is JobStatus.DONE for job in queue.jobs())
+        assert "progress not recorded: cannot write the job queue" in (home / "worker.log").read_text()
+    finally:
+        stop_worker(home)
+        wait_for(lambda: not worker_pid(home), timeout=30, what="the worker to stop")
