@@ -208,3 +208,16 @@ def test_the_worker_lives_through_a_real_full_disk(tmp_path, small_disk, monkeyp
     finally:
         stop_worker(home)
         wait_for(lambda: not worker_pid(home), timeout=30, what="the worker to stop")
+
+
+@pytest.mark.parametrize("who", ["runner", "worker"])
+def test_a_log_on_a_full_disk_costs_lines_not_the_process(tmp_path, who):
+    """stdout on /dev/full (every write: "No space left on device"): print raised in the worker's
+    log() (the worker stopped) and in a job's (its training stopped), and a print that failed left
+    Python's exit with status 120."""
+    code = {"runner": "from engine.jobs.runner import log\nfor i in range(3): log(f'line {i}')",
+            "worker": "from engine.jobs.worker import Worker\nw = Worker(sys.argv[1])\nfor i in range(3): w.log(f'line {i}')"}[who]
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-c", f"import sys\n{code}\nprint('still here', file=sys.stderr)", str(tmp_path / "state")],
+                              cwd=REPO, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr.strip() == "still here", done.stderr

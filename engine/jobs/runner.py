@@ -19,6 +19,7 @@ import traceback
 from typing import Any
 
 from engine.errors import CopyloraError
+from engine.jobs.log_line import log_line
 from engine.jobs.queue import MAX_POINTS, TWIN, Job, JobStatus, Queue, QueueWriteError, artifacts_text
 from engine.threads import configure_threads, govern
 
@@ -34,7 +35,7 @@ class Stopped(Exception):
 
 def log(line: str) -> None:
     stamp = time.strftime("%H:%M:%S")
-    print(f"{stamp} {line}", flush=True)
+    log_line(f"{stamp} {line}")
     _trim_log()
 
 

@@ -229,7 +229,9 @@ def become_job(request: dict, server: Server, middle: int) -> None:
         os.environ.update(request["env"])
         argv = list(request["argv"])
         if cuda_poisoned():  # a library touched CUDA after the probe: start this job cold
-            print("warm start: CUDA was touched in the preloaded process; this job starts cold", flush=True)
+            from engine.jobs.log_line import log_line
+
+            log_line("warm start: CUDA was touched in the preloaded process; this job starts cold")
             os.execv(sys.executable, [sys.executable, "-m", "engine.jobs.runner", *argv])
         _fresh_randomness()
         sys.argv = ["engine.jobs.runner", *argv]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CopyloraError
+from engine.jobs.log_line import log_line
 from engine.jobs.procs import alive, process_start, stray_children
 from engine.jobs.queue import JobStatus, Queue, QueueWriteError
 from engine.jobs.state_home import state_home, worker_lock, worker_log, working_folder
@@ -139,7 +140,7 @@ class Worker:
         self._disk_said = -60.0  # when the last "queue disk full" line was logged (once a minute at most)
 
     def log(self, line: str) -> None:
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
+        log_line(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}")  # a full disk costs the line, not the worker
 
     # ------------------------------------------------------------------ main loop
 
