@@ -214,3 +214,23 @@ async def test_a_slurm_job_shows_what_slurm_says(tmp_path, monkeypatch):
         await wait_until(pilot, lambda: cells(app, job.id)[3] == "running" and "Slurm 4711 RUNNING on gpu07" in screen_text(app))
         queue.requeue_at_head(job.id, "interrupted on Slurm (job 4711 stopped with a checkpoint): submitted again, resumes from its checkpoint")
         await wait_until(pilot, lambda: "interrupted on Slurm (job 4711" in screen_text(app))
+
+
+async def test_the_app_follows_a_state_folder_removed_and_made_anew(tmp_path, monkeypatch):
+    """`rm -rf ~/.local/state/copylora` while the app is open: it kept showing the removed queue
+    (its reading connection held the deleted file) while its own commands went to the new one."""
+    import shutil
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    old = running_job(Queue(env.home), project, step=10, total=200)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_queue(pilot, app)
+        assert cells(app, old.id)[3] == "running"
+        shutil.rmtree(env.home)
+        fresh = Queue(env.home)
+        first = fresh.enqueue("merge", str(project), label="merge")
+        second = fresh.enqueue("sample", str(project), label="preview")
+        await wait_until(pilot, lambda: app.screen.query_one("#jobs", JobTable).row_count == 2 and "preview" in screen_text(app))
+        assert [cells(app, job.id)[3] for job in (first, second)] == ["queued", "queued"]

@@ -214,3 +214,29 @@ def test_the_folder_the_worker_started_in_may_be_removed(tmp_path, home, monkeyp
     wait_for(lambda: finished(again), timeout=300, what="the jobs to finish")
     assert [queue.get(s.job.id).status for s in again] == ["done"] * len(again), [queue.get(s.job.id).error for s in again]
     stop_worker(home)
+
+
+def test_a_worker_whose_state_folder_is_removed_stops(tmp_path, home):
+    """`rm -rf ~/.local/state/copylora` to start afresh: the worker went on with the removed queue
+    (unseen by `worker status`, its preloaded process held for good) and the next `copylora run`
+    started a second one. Now it stops within seconds, its running job with it."""
+    import shutil
+
+    queue = Queue(home)
+    root = project(tmp_path, "mono")
+    enqueue_project(queue, root, max_steps=2000)  # long enough to be running when the folder goes
+    pid = start_detached(home)
+    wait_for(lambda: any(job.status.value == "running" and job.step > 0 for job in queue.jobs()), timeout=120, what="the training to run")
+    job_pid = next(job.pid for job in queue.jobs() if job.status.value == "running")
+    shutil.rmtree(home)
+
+    def gone(pid: int) -> bool:
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == pid  # our child: reaped here
+        except ChildProcessError:
+            return not os.path.exists(f"/proc/{pid}")
+
+    wait_for(lambda: gone(pid), timeout=60, what="the worker to stop")
+    wait_for(lambda: not os.path.exists(f"/proc/{job_pid}") or open(f"/proc/{job_pid}/stat").read().split()[2] == "Z",
+             timeout=60, what="its job to stop")
+    assert worker_pid(home) is None

@@ -16,6 +16,7 @@ class QueueReader:
     def __init__(self, home: str | Path | None) -> None:
         self.home = home
         self._queue = None
+        self._opened: tuple | None = None  # the queue file's (inode) when opened
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
@@ -29,11 +30,19 @@ class QueueReader:
             return True
 
     def queue(self):
-        """The connection, opened on first use (in the reading thread, between begin and end)."""
+        """The connection, opened on first use (in the reading thread, between begin and end),
+        and opened again when the queue file is no longer the one it reads: the state folder
+        removed to start afresh (`rm -rf ~/.local/state/copylora`) left the app showing the old
+        queue for good, while its own commands (a fresh connection each) went to the new one."""
+        from engine.files import file_version
+
+        if self._queue is not None and _identity(file_version(self._queue.path)) != self._opened:
+            self._close_now()
         if self._queue is None:
             from engine.jobs.queue import Queue
 
             self._queue = Queue(self.home)
+            self._opened = _identity(file_version(self._queue.path))
         return self._queue
 
     def end(self) -> None:
@@ -54,3 +63,8 @@ class QueueReader:
         queue, self._queue = self._queue, None
         if queue is not None:
             queue.close()
+
+
+def _identity(version: tuple | None) -> tuple | None:
+    """The file itself (its inode), not its contents' version: SQLite writes change the rest."""
+    return None if version is None else version[:1]

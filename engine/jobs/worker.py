@@ -33,6 +33,7 @@ POLL_S = 0.2
 GPU_SAMPLE_S = 1.0
 STRAYS_S = 10.0  # how often to look for a job's orphaned children that ended (zombies) to reap
 DISK_WAIT_S = 5.0  # while the queue's disk is full: how often to try again
+HOME_CHECK_S = 2.0  # how often to check that the state folder is still this worker's (still_home)
 STOP_GRACE_S = 120.0  # a stopping child gets this long to write its checkpoint
 
 
@@ -155,11 +156,14 @@ class Worker:
         self.log(f"worker {os.getpid()} on {self.home}: slots {[s or 'cpu' for s in self.slots]}")
         try:
             if self.slurm is not None:
-                return self.run_slurm(queue)
+                return self.run_slurm(queue, lock)
             self.recover(queue)
             self.warm = WarmStarter(self.log)
-            last_sample = last_strays = 0.0
+            last_sample = last_strays = last_home = 0.0
             while not self.stopping:
+                if time.monotonic() - last_home >= HOME_CHECK_S:
+                    self.check_home(lock)
+                    last_home = time.monotonic()
                 try:
                     self.reap(queue)
                     self.pass_orders(queue)
@@ -186,12 +190,13 @@ class Worker:
         self.log("worker stopped")
         return 0
 
-    def run_slurm(self, queue: Queue) -> int:
+    def run_slurm(self, queue: Queue, lock) -> int:
         """The loop with the Slurm executor: its jobs live on the cluster, not here, so stopping
         the worker leaves them running; the next worker follows them again."""
         assert self.slurm is not None
         self.slurm.recover(queue)
         while not self.stopping:
+            self.check_home(lock)
             try:
                 self.slurm.step(queue)
             except QueueWriteError as exc:  # as in run(): the cluster's jobs go on; what they said is read again later
@@ -202,6 +207,22 @@ class Worker:
         if self.slurm.tracked:
             self.log(f"{len(self.slurm.tracked)} Slurm job(s) keep running; the next worker follows them")
         return 0
+
+    def check_home(self, lock) -> None:
+        """Stop when the state folder is no longer this worker's: its lock file removed or
+        replaced (`rm -rf ~/.local/state/copylora` to start afresh). Such a worker went on with
+        the removed queue, unseen by `worker status`, holding its preloaded process, while
+        `copylora run` started a second worker for the new one."""
+        try:
+            here = os.stat(worker_lock(self.home))
+            held = os.fstat(lock.fileno())
+            ours = (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+        except OSError:
+            ours = False
+        if not ours:
+            self.log(f"the state folder {self.home} was removed or replaced: this worker stops (its running jobs checkpoint); "
+                     "`copylora worker start` starts one for the new folder")
+            self.stopping = True
 
     def wait_for_disk(self, exc: QueueWriteError) -> None:
         """Said once a minute at most; nothing is lost meanwhile: a job that ended is recorded on
