@@ -164,3 +164,23 @@ def test_many_clients_opening_a_fresh_queue_at_once(tmp_path):
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_a_job_whose_project_was_moved_since_it_was_queued_says_so(tmp_path, capsys):
+    """It said "1 problem: /x/mono: no such project folder", as if the path had been mistyped."""
+    import shutil
+    from types import SimpleNamespace
+
+    from engine.jobs.enqueue import enqueue_project
+    from engine.jobs.runner import EXIT_FAILED, run_job
+
+    root = copy_example(tmp_path, "mono")
+    queue = Queue(tmp_path / "state")
+    steps = enqueue_project(queue, root, max_steps=2)
+    shutil.move(root, tmp_path / "mono-renamed")
+    first = steps[0].job
+    assert queue.claim(None).id == first.id
+    assert run_job(queue, first.id, {"asked": False}, SimpleNamespace(describe=lambda: "threads: 1")) == EXIT_FAILED
+    assert queue.get(first.id).error == (f"the project folder {root} is gone (moved or removed since this job was queued): "
+                                         "`copylora run` the project where it is now")
+    assert all(queue.get(s.job.id).status.value == "failed" for s in steps)  # its dependants with it

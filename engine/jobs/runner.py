@@ -104,15 +104,25 @@ class ProgressWriter:
         return pending
 
 
-def run_train(queue: Queue, job: Job, stop: dict) -> dict:
+def job_project(job: Job, **options):
+    """The job's project, loaded (and checked) as it is now. A folder moved or removed since the
+    job was queued said only "no such project folder", as if the path had been mistyped."""
     from engine.project.folder import load_project
+
+    if not os.path.isdir(job.project):
+        raise CopyloraError(f"the project folder {job.project} is gone (moved or removed since this job was queued): "
+                            "`copylora run` the project where it is now")
+    return load_project(job.project, **options)
+
+
+def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     from engine.project.pair_route import PAIR
     from engine.project.plan import make_plan
     from engine.train.controls import TrainControls
     from engine.train.trainer import train
     from engine.train.twin import TwinNotPossible, train_twin
 
-    plan = make_plan(load_project(job.project), max_steps=job.params.get("max_steps"))
+    plan = make_plan(job_project(job), max_steps=job.params.get("max_steps"))
     assert job.side is not None, "a training job trains a side (or both: TWIN)"
     if (job.side == PAIR) != (plan.trained == (PAIR,)):  # the route changed since the job was queued
         from engine.train.results import TrainingError
@@ -172,11 +182,10 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
 def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
     """The project's result: the B − A merge, or the differential route's B (a one-LoRA route's LoRA) re-ranked."""
     from engine.merge.project_result import describe, make_result
-    from engine.project.folder import load_project
     from engine.project.plan import make_plan
     from engine.train.progress import Progress
 
-    plan = make_plan(load_project(job.project))
+    plan = make_plan(job_project(job))
     log(describe(plan))
 
     def progress(done: int, total: int, _name: str) -> None:
@@ -217,12 +226,11 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
 
     from engine.devices import resolve_device
     from engine.models.loading import load_base_model
-    from engine.project.folder import load_project
     from engine.project.outputs import Check, Grid
     from engine.project.plan import is_differential, make_plan
     from engine.train.sample import preview_settings, route_check, sample_lora
 
-    plan = make_plan(load_project(job.project))
+    plan = make_plan(job_project(job))
     project = plan.project
     device = resolve_device(None)
     settings, note = preview_settings(project.sample, device)
@@ -253,11 +261,10 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
 
 def run_reg(queue: Queue, job: Job, stop: dict) -> dict:
     """Generate the class images a project's [reg] asks for and its folder lacks."""
-    from engine.project.folder import load_project
     from engine.project.plan import make_plan
     from engine.train.class_images import generate_class_images
 
-    project = load_project(job.project, check_files=False)
+    project = job_project(job, check_files=False)
     written = generate_class_images(project, progress=_images_progress(queue, job, stop), log=log)
     make_plan(project)
     return {"reg_images": [str(p) for p in written]}
