@@ -230,3 +230,29 @@ def test_nan_loss_does_not_name_a_checkpoint_that_does_not_exist(tmp_path, monke
     with pytest.raises(TrainingError) as info:
         train(plan, "a", log=lambda _l: None)
     assert "no checkpoint had been written yet" in str(info.value) and "runs/A is kept" not in str(info.value)
+
+
+def test_a_side_another_process_trains_is_refused_before_anything_is_touched(tmp_path, monkeypatch):
+    """`copylora train mono --side a --restart` typed while the worker's job trained A: both ran,
+    wrote over each other's checkpoints and LoRA (and --restart dropped the job's checkpoints)."""
+    import sys
+
+    from engine.train.side_lock import _holder, side_locks
+    from engine.train.twin import train_twin
+
+    plan = make_plan(load_project(copy_example(tmp_path)), max_steps=2)
+    kept = plan.side("a").run_dir / "state-00000001.pt"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"the job's checkpoint")
+    monkeypatch.setattr(sys, "argv", ["engine.jobs.runner", "--home", "/h", "--job", "7"])
+    with side_locks(plan, ["a"]):  # held as a queue job holds it (flock: a second open conflicts, this process too)
+        with pytest.raises(TrainingError, match=r"side A of example-monochrome is being trained right now by queue job #7 \(pid \d+\)"):
+            train(plan, "a")
+        with pytest.raises(TrainingError, match="side A of example-monochrome is being trained right now"):
+            train_twin(plan)
+        assert kept.read_bytes() == b"the job's checkpoint"  # --restart's drop comes after the lock
+        result = train(plan, "b")  # the other side is free
+        assert result.lora_path.is_file()
+    assert train(plan, "a").lora_path.is_file()  # released with its holder
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/copylora", "train", "mono", "--side", "a"])
+    assert _holder().startswith("`copylora train mono --side a` (pid ")

@@ -191,6 +191,16 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
     """Set up ``sides`` (one, or A and B for a twin driver), then run the loop. ``step_type``:
     the step of another objective (the one-LoRA routes' :mod:`engine.train.addift_step`,
     :mod:`engine.train.slider_step`), called like :class:`StepFunction`."""
+    from engine.train.side_lock import side_locks
+
+    with side_locks(plan, sides):  # before minutes of loading: a side another process trains is said at once
+        return _run_training(plan, sides, driver_type, resume=resume, device=device, model=model, controls=controls, log=log,
+                             step_type=step_type)
+
+
+def _run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *, resume: bool,
+                  device: str | None, model: BaseModel | None, controls: TrainControls, log: Log,
+                  step_type: type | None) -> dict[str, TrainResult]:
     sp: SidePlan = plan.side(sides[0])
     p = sp.params
     started = time.time()
