@@ -211,3 +211,25 @@ def file_version(path: Path | str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def take_lock(path: Path | str, holder: str):
+    """An exclusive flock on ``path`` (made if missing), not waited for: (the open file, which
+    holds the lock until it is closed or its process ends however it ends, None), with
+    ``holder`` written in it for the next one to read; or (None, what the holder wrote) when
+    another holds it."""
+    import fcntl
+
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        held_by = handle.read().strip()
+        handle.close()
+        return None, held_by
+    handle.seek(0)
+    handle.truncate()
+    handle.write(holder)
+    handle.flush()
+    return handle, None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CopyloraError
+from engine.files import take_lock
 from engine.jobs.log_line import log_line
 from engine.jobs.procs import alive, process_start, stray_children
 from engine.jobs.queue import JobStatus, Queue, QueueWriteError
@@ -52,18 +53,9 @@ class Running:
 def lock_worker(home: Path):
     """The exclusive lock that makes this the only worker of ``home`` (released when the
     process dies, however it dies)."""
-    handle = open(worker_lock(home), "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
-        raise WorkerRunning(f"a worker is already running on {home} (pid {pid}); `copylora worker status` shows it") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    handle, held_by = take_lock(worker_lock(home), str(os.getpid()))
+    if handle is None:
+        raise WorkerRunning(f"a worker is already running on {home} (pid {held_by or '?'}); `copylora worker status` shows it")
     return handle
 
 

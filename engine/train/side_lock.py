@@ -7,12 +7,12 @@ mixture. The lock is an flock, so it goes with the process however the process e
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 from contextlib import contextmanager
 from typing import IO, Iterator
 
+from engine.files import take_lock
 from engine.train.results import TrainingError
 
 LOCK_NAME = "training.lock"
@@ -35,22 +35,13 @@ def side_locks(plan, sides: list[str]) -> Iterator[None]:
             run_dir = plan.side(side).run_dir
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                handle = open(run_dir / LOCK_NAME, "a+", encoding="utf-8")
+                handle, who = take_lock(run_dir / LOCK_NAME, _holder() + "\n")
             except OSError:  # an output folder that cannot be written: the training says so where it writes
                 continue
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                who = handle.read().strip() or "another process"
-                handle.close()
-                raise TrainingError(f"side {side.upper()} of {plan.project.name} is being trained right now by {who}; two trainings of "
-                                    "one side would write over each other's checkpoints and LoRA: wait for it, or stop it first "
-                                    "(`copylora cancel JOB` for a queue job, Ctrl-C where `copylora train` runs)") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(_holder() + "\n")
-            handle.flush()
+            if handle is None:
+                raise TrainingError(f"side {side.upper()} of {plan.project.name} is being trained right now by {who or 'another process'}; "
+                                    "two trainings of one side would write over each other's checkpoints and LoRA: wait for it, or "
+                                    "stop it first (`copylora cancel JOB` for a queue job, Ctrl-C where `copylora train` runs)")
             held.append(handle)
         yield
     finally:
