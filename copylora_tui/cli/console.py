@@ -31,14 +31,12 @@ def output_console(stderr: bool = False) -> Console:
         terminal = stream.isatty()
     except (AttributeError, ValueError):  # a closed or replaced stream
         terminal = False
-    if width := columns():
-        return Console(stderr=stderr, width=width)
-    if terminal and os.environ.get("COLUMNS") is None:
-        return Console(stderr=stderr)  # Rich asks the terminal
-    if terminal:  # a $COLUMNS that is no width: the terminal's own, as if it were unset
+    width = columns()
+    if width is None and terminal and "COLUMNS" in os.environ:  # a $COLUMNS that is no width: the terminal's own
         try:
-            width = os.get_terminal_size(stream.fileno()).columns
+            width = os.get_terminal_size(stream.fileno()).columns or 80
         except (OSError, ValueError, AttributeError):
-            width = 0
-        return Console(stderr=stderr, width=width if width > 0 else 80)
-    return Console(stderr=stderr, width=UNBOUNDED)
+            width = 80
+    if width is not None:
+        return Console(stderr=stderr, width=width)
+    return Console(stderr=stderr) if terminal else Console(stderr=stderr, width=UNBOUNDED)  # on a terminal Rich asks it

@@ -8,6 +8,7 @@ unmounts whenever it likes; so :meth:`close` during a read leaves the closing to
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ class QueueReader:
     def __init__(self, home: str | Path | None) -> None:
         self.home = home
         self._queue = None
-        self._opened: tuple | None = None  # the queue file's (inode) when opened
+        self._opened: int | None = None  # the queue file's inode when opened
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
@@ -34,15 +35,13 @@ class QueueReader:
         and opened again when the queue file is no longer the one it reads: the state folder
         removed to start afresh (`rm -rf ~/.local/state/copylora`) left the app showing the old
         queue for good, while its own commands (a fresh connection each) went to the new one."""
-        from engine.files import file_version
-
-        if self._queue is not None and _identity(file_version(self._queue.path)) != self._opened:
+        if self._queue is not None and _inode(self._queue.path) != self._opened:
             self._close_now()
         if self._queue is None:
             from engine.jobs.queue import Queue
 
             self._queue = Queue(self.home)
-            self._opened = _identity(file_version(self._queue.path))
+            self._opened = _inode(self._queue.path)
         return self._queue
 
     def end(self) -> None:
@@ -65,6 +64,9 @@ class QueueReader:
             queue.close()
 
 
-def _identity(version: tuple | None) -> tuple | None:
-    """The file itself (its inode), not its contents' version: SQLite writes change the rest."""
-    return None if version is None else version[:1]
+def _inode(path) -> int | None:
+    """The file itself, not its contents' version (SQLite's writes change mtime and size)."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None

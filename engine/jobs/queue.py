@@ -141,9 +141,9 @@ def _write_problem(path: Path, exc: sqlite3.Error) -> QueueWriteError | None:
     return None
 
 
-def advisory(default: Any = None):
+def advisory(default: Callable[[], Any] = lambda: None):
     """A write the work does not need (live progress, GPU samples, the heartbeat, save-now
-    requests): when the disk refuses it, ``default`` instead, and the queue's
+    requests): when the disk refuses it, ``default()`` instead, and the queue's
     ``on_skipped_write`` hears of it once a minute at most. A full disk must not stop a training
     that writes its outputs elsewhere; what decides a job (claim, finish) still raises."""
     def wrap(method):
@@ -153,7 +153,7 @@ def advisory(default: Any = None):
                 return method(self, *args, **kwargs)
             except QueueWriteError as exc:
                 self._skipped(exc)
-                return default
+                return default()
         return write
     return wrap
 
@@ -519,7 +519,7 @@ class Queue:
             )
             self._fail_dependants(db, dependant, JobStatus.FAILED.value)
 
-    @advisory(default={})
+    @advisory(default=dict)
     def take_requests(self, job_id: int) -> dict[str, bool]:
         """Read and clear save-now/sample-now requests, and see any cancel/pause order."""
         with self.transaction() as db:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 def state_folder(override: str | os.PathLike | None = None) -> Path:
     """Where the state folder is, without making it (for readers such as a log tail). Always
-    absolute: a relative COPYLORA_HOME is taken from the current folder once, here, so the
-    worker, its jobs (which may run in another folder) and the messages all name one place.
+    absolute: a relative COPYLORA_HOME is read against the current folder here, so the worker
+    (given this path), its jobs (which may run in another folder) and the messages all name one place.
     A relative XDG_STATE_HOME is ignored, as the XDG spec says."""
     if override:
         home = Path(override)
@@ -40,18 +40,20 @@ def state_home(override: str | os.PathLike | None = None) -> Path:
     return home
 
 
-def working_folder(home: Path, log=None) -> str:
+def working_folder(home: Path, log=None, *, move: bool = True) -> str:
     """The folder jobs start in: the current one (where the worker was started, so a relative
     path a user set in the environment means what it meant there), or, once that folder has been
-    removed (a project folder the worker was started in, deleted since), the state folder, moved
-    into for good: ``os.getcwd()`` raised FileNotFoundError there and the worker stopped at its
-    next job, every running job marked interrupted. ``log`` hears of the move."""
+    removed (a project folder the worker was started in, deleted since), the state folder:
+    ``os.getcwd()`` raised FileNotFoundError there and the worker stopped at its next job, every
+    running job marked interrupted. ``move``: go there for good (the worker; a client that only
+    starts one stays where it is). ``log`` hears of the move."""
     try:
         return os.getcwd()
     except FileNotFoundError:
-        os.chdir(home)
-        if log is not None:
-            log(f"the folder this process was started in was removed; jobs start in {home} from now on")
+        if move:
+            os.chdir(home)
+            if log is not None:
+                log(f"the folder this process was started in was removed; jobs start in {home} from now on")
         return str(home)
 
 

@@ -34,7 +34,7 @@ POLL_S = 0.2
 GPU_SAMPLE_S = 1.0
 STRAYS_S = 10.0  # how often to look for a job's orphaned children that ended (zombies) to reap
 DISK_WAIT_S = 5.0  # while the queue's disk is full: how often to try again
-HOME_CHECK_S = 2.0  # how often to check that the state folder is still this worker's (still_home)
+HOME_CHECK_S = 2.0  # how often to check that the state folder is still this worker's (check_home)
 STOP_GRACE_S = 120.0  # a stopping child gets this long to write its checkpoint
 
 
@@ -385,7 +385,7 @@ def start_detached(home: str | Path | None = None, gpus: str | None = None, per_
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd=working_folder(home),  # started from a removed folder: the state folder
+            start_new_session=True, close_fds=True, cwd=working_folder(home, move=False),  # typed in a removed folder: the state folder
         )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
