@@ -96,7 +96,7 @@ class CopyloraApp(App[int]):
     @work(thread=True, group="poll", exit_on_error=False)
     def _read_queue(self) -> None:
         try:
-            snapshot = read_snapshot(self._reader.queue())
+            snapshot = read_snapshot(self._reader.queue(), self._reader.jobs)
         except Exception as exc:  # the state folder cannot be created or opened
             snapshot = QueueSnapshot(error=str(exc))
         finally:

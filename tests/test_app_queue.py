@@ -193,7 +193,7 @@ async def test_queue_cursor_over_finished_jobs_of_every_kind(tmp_path, monkeypat
         await wait_until(pilot, lambda: "steps: 5" in screen_text(app))
         assert app.is_running and app._exception is None
     for job in Queue(env.home).jobs():
-        job_detail(job, QueueSnapshot(jobs=(job,), by_id={job.id: job}))  # never raises
+        job_detail(job, QueueSnapshot(jobs=(job,)))  # never raises
 
 
 async def test_a_slurm_job_shows_what_slurm_says(tmp_path, monkeypatch):
@@ -234,3 +234,30 @@ async def test_the_app_follows_a_state_folder_removed_and_made_anew(tmp_path, mo
         second = fresh.enqueue("sample", str(project), label="preview")
         await wait_until(pilot, lambda: app.screen.query_one("#jobs", JobTable).row_count == 2 and "preview" in screen_text(app))
         assert [cells(app, job.id)[3] for job in (first, second)] == ["queued", "queued"]
+
+
+async def test_a_long_history_shows_the_newest_finished_jobs_and_says_how_many_more(tmp_path, monkeypatch):
+    """A queue of months: every running and waiting job, the newest FINISHED_SHOWN finished
+    ones, and a line saying how many older ones `copylora queue --all` lists."""
+    import copylora_tui.screens.queue as queue_screen
+
+    monkeypatch.setattr(queue_screen, "FINISHED_SHOWN", 3)
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    finished = []
+    for n in range(5):
+        job = queue.enqueue("merge", str(project), label="merge")
+        queue.claim(None)
+        queue.finish(job.id, "failed" if n == 0 else "done", error="boom" if n == 0 else None)
+        finished.append(job.id)
+    waiting = queue.enqueue("merge", str(project), label="merge")
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_queue(pilot, app)
+        table = app.screen.query_one("#jobs", JobTable)
+        assert table._order == [waiting.id, *finished[::-1][:3]]
+        assert "2 older finished jobs not shown: copylora queue --all" in screen_text(app)
+        queue.retry(finished[0])  # an old one back in the queue: shown, and one fewer left out
+        await wait_until(pilot, lambda: finished[0] in table._order)
+        assert "1 older finished job not shown" in screen_text(app)

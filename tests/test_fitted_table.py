@@ -73,3 +73,29 @@ async def test_the_job_table_paints_a_status_that_grows_whole(tmp_path):
         assert table.selected_job_id() == job.id  # the rebuild for the width kept the cursor on the job
         table.show_jobs([dataclasses.replace(running, step=20)])  # same widths: cells change in place
         assert "20/100" in painted(table, 1)[1]
+
+
+async def test_the_job_table_formats_again_only_the_jobs_that_changed(tmp_path, monkeypatch):
+    """The queue's reads hand back the same Job while its row is unchanged (engine.jobs.job_cache):
+    the table then neither formats nor rewrites that row; a new Job object is formatted and
+    written even when only one number moved."""
+    import copylora_tui.widgets.job_table as job_table
+
+    queue = Queue(tmp_path / "home")
+    for side in "ab":
+        queue.enqueue("train", "demo", side=side, total=100)
+    first, second = queue.jobs()
+    made = []
+    real = job_table.COLUMNS["progress"]
+    monkeypatch.setitem(job_table.COLUMNS, "progress", (real[0], lambda j: made.append(j.id) or real[1](j)))
+    table = JobTable(("job", "task", "status", "progress"))
+    async with OneTable(table).run_test(size=(100, 10)) as pilot:
+        table.show_jobs([first, second])
+        await pilot.pause(0.1)
+        assert made == [first.id, second.id]
+        written = []
+        monkeypatch.setattr(table, "update_cell", lambda *args, **kwargs: written.append(args[0]))
+        table.show_jobs([first, second])
+        assert made == [first.id, second.id] and written == []
+        table.show_jobs([first, dataclasses.replace(second, step=7)])
+        assert made[2:] == [second.id] and written == [str(second.id)]

@@ -204,3 +204,24 @@ def test_run_wait_shows_names_and_errors_with_brackets_as_written(tmp_path, home
     assert queue_commands._wait(queue, ids) == EXIT_FAILED
     err = capsys.readouterr().err
     assert "[Pony] a[b]c" in err and "failed: a[/]b.png: set [train] caption" in err, err
+
+
+def test_queue_lists_the_waiting_jobs_and_the_newest_finished_ones_of_a_long_history(home, capsys):
+    """Months of use: 6 000 finished jobs. `copylora queue` shows the active jobs and the 20
+    newest finished ones, at once (it compared every job with every finished one: 44 s for
+    9 300 jobs); --all shows every one."""
+    import time
+
+    queue = Queue(home)
+    waiting = queue.enqueue("merge", "/p", label="merge")
+    now = time.time()
+    queue.db.executemany("INSERT INTO jobs (kind, project, label, status, position, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [("merge", f"/p{n}", "merge", "done", n, now, now - 3000 + n) for n in range(6000)])
+    started = time.monotonic()
+    assert main(["queue", "--json"]) == 0
+    took = time.monotonic() - started
+    listed = json.loads(capsys.readouterr().out)["jobs"]
+    assert [j["id"] for j in listed] == [waiting.id] + list(range(6001, 5981, -1))  # newest finished first
+    assert took < 5.0, took
+    assert main(["queue", "--json", "--all"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["jobs"]) == 6001

@@ -233,8 +233,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
     queue = _queue()
     jobs = mark_interrupted(queue.jobs(), bool(worker_pid(queue.home)))
     if not args.all:
+        # By status, not `j not in finished`: Job equality compares every field, and a
+        # queue of months (9 300 jobs) took 44 s to list that way.
         finished = [j for j in jobs if j.status.finished]
-        jobs = [j for j in jobs if j not in finished] + finished[:20]
+        jobs = [j for j in jobs if not j.status.finished] + finished[:20]
     if args.json:
         print(json.dumps({"worker_pid": worker_pid(queue.home), "jobs": [j.as_dict() for j in jobs]}, indent=1, default=str))
         return 0

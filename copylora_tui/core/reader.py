@@ -12,6 +12,8 @@ import os
 import threading
 from pathlib import Path
 
+from engine.jobs.job_cache import JobCache
+
 
 class QueueReader:
     def __init__(self, home: str | Path | None) -> None:
@@ -21,6 +23,7 @@ class QueueReader:
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
+        self.jobs = JobCache()  # this connection's jobs, made again only where they changed
 
     def begin(self) -> bool:
         """True when a read may start now (none running, not closed); then call :meth:`end`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.jobs.job_cache import JobCache
 from engine.jobs.queue import Job, JobStatus, Queue, mark_interrupted
 from engine.jobs.worker import worker_pid
 
@@ -21,14 +22,23 @@ class QueueSnapshot:
     home: Path | None = None
     gpus: tuple[dict, ...] = ()
     error: str | None = None  # the database could not be read (shown, not raised)
-    by_id: dict[int, Job] = field(default_factory=dict, compare=False)
+    # Indexes made once per read: the Projects screen asked for_project of each project, each a
+    # scan of every job (100 projects × 9 300 jobs on every change).
+    by_id: dict[int, Job] = field(init=False, compare=False, repr=False)
+    by_project: dict[str, list[Job]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_project: dict[str, list[Job]] = {}
+        for job in self.jobs:
+            by_project.setdefault(job.project, []).append(job)
+        object.__setattr__(self, "by_id", {j.id: j for j in self.jobs})
+        object.__setattr__(self, "by_project", by_project)
 
     def job(self, job_id: int) -> Job | None:
         return self.by_id.get(job_id)
 
     def for_project(self, root: Path | str) -> list[Job]:
-        key = str(root)
-        return [j for j in self.jobs if j.project == key]
+        return list(self.by_project.get(str(root), ()))
 
     @property
     def worker_running(self) -> bool:
@@ -43,11 +53,13 @@ class QueueSnapshot:
         return f"worker not running{f' — {waiting} job(s) wait for it' if waiting else ''}"
 
 
-def read_snapshot(queue: Queue) -> QueueSnapshot:
+def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
+    """``cache``: the reading connection's JobCache (engine.jobs.job_cache), so that a read of
+    an unchanged queue costs next to nothing."""
     try:
         pid = worker_pid(queue.home)
-        jobs = tuple(mark_interrupted(queue.jobs(), bool(pid)))
+        jobs = tuple(mark_interrupted(cache.jobs(queue) if cache is not None else queue.jobs(), bool(pid)))
         gpus = tuple(queue.latest_gpus())
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
-    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, by_id={j.id: j for j in jobs})
+    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus)

@@ -14,7 +14,7 @@ from typing import Callable
 from rich.text import Text
 
 from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, job_copy_text, job_loss_text, project_label, rate_text, when_text
-from copylora_tui.widgets.fitted_table import FittedTable, fitted_widths, plain
+from copylora_tui.widgets.fitted_table import FittedTable, cell_width, plain
 from engine.jobs.queue import Job, JobStatus
 
 
@@ -56,6 +56,10 @@ class JobTable(FittedTable):
         self.column_names = columns
         self._order: list[int] = []
         self._cells: dict[int, list] = {}
+        # job id: (the Job the cells were made of, its cells, their widths). The queue's reads
+        # hand back the same Job while its row is unchanged (engine.jobs.job_cache), so only
+        # the jobs that moved are formatted again: a queue of months is thousands of rows.
+        self._made: dict[int, tuple[Job, list, list[int]]] = {}
 
     def on_mount(self) -> None:
         self.show(self.specs(), [])
@@ -68,10 +72,19 @@ class JobTable(FittedTable):
             return None
         return self._order[self.cursor_row]
 
+    def _row(self, job: Job) -> tuple[Job, list, list[int]]:
+        made = self._made.get(job.id)
+        if made is None or made[0] is not job:
+            cells = [COLUMNS[name][1](job) for name in self.column_names]
+            made = (job, cells, [cell_width(cell) for cell in cells])
+        return made
+
     def show_jobs(self, jobs: list[Job]) -> None:
         order = [j.id for j in jobs]
-        cells = {job.id: [COLUMNS[name][1](job) for name in self.column_names] for job in jobs}
-        widths = fitted_widths(self.specs(), list(cells.values()))
+        self._made = {job.id: self._row(job) for job in jobs}
+        cells = {job_id: made[1] for job_id, made in self._made.items()}
+        widths = [max([cell_width(label), *(made[2][index] for made in self._made.values())])
+                  for index, (_key, label, _width) in enumerate(self.specs())]  # fitted_widths, from the rows' own
         if order != self._order or widths != list(self.column_widths().values()):
             keep = self.selected_job_id()
             self.show(self.specs(), [(str(job_id), cells[job_id]) for job_id in order])
@@ -81,6 +94,8 @@ class JobTable(FittedTable):
             return
         for job_id in order:
             old = self._cells.get(job_id) or [None] * len(self.column_names)
+            if old is cells[job_id]:
+                continue  # the same Job: nothing in its row moved
             for name, new, before in zip(self.column_names, cells[job_id], old):
                 if new != before:
                     self.update_cell(str(job_id), name, plain(new))  # the width is already right

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -236,11 +236,11 @@ def mark_interrupted(jobs: list[Job], worker_alive: bool) -> list[Job]:
         return jobs
     from engine.jobs.procs import alive
 
-    for job in jobs:
-        # A Slurm job runs on the cluster whatever happens to the worker (the next one follows it).
-        if job.status is JobStatus.RUNNING and not job.slurm and not alive(job.pid, job.pid_start):
-            job.interrupted = True
-    return jobs
+    # A copy, never the job itself: engine.jobs.job_cache hands the same Job to the next read
+    # while its row is unchanged, and that read may find the worker back.
+    # A Slurm job runs on the cluster whatever happens to the worker (the next one follows it).
+    return [replace(job, interrupted=True) if job.status is JobStatus.RUNNING and not job.slurm and not alive(job.pid, job.pid_start)
+            else job for job in jobs]
 
 
 def artifacts_text(artifacts: dict) -> str:
@@ -261,7 +261,7 @@ def artifacts_text(artifacts: dict) -> str:
     return ", ".join(parts)
 
 
-def _row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
+def row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
     data = dict(row)
     data["params"] = json.loads(data["params"] or "{}")
     data["artifacts"] = json.loads(data["artifacts"] or "{}")
@@ -373,26 +373,36 @@ class Queue:
         if row is None:
             raise QueueError(f"no job #{job_id} (see `copylora queue`)")
         deps = [r[0] for r in self.db.execute("SELECT depends_on FROM deps WHERE job_id = ? ORDER BY depends_on", (job_id,))]
-        return _row_to_job(row, deps)
+        return row_to_job(row, deps)
 
     def jobs(self, statuses: tuple[str, ...] | None = None, project: str | None = None) -> list[Job]:
-        sql, args = "SELECT * FROM jobs", []
-        where = []
+        rows, deps = self.job_rows(statuses, project)
+        return [row_to_job(r, deps.get(r["id"], [])) for r in rows]
+
+    def job_rows(self, statuses: tuple[str, ...] | None = None, project: str | None = None) -> tuple[list[sqlite3.Row], dict[int, list[int]]]:
+        """The rows :meth:`jobs` makes its jobs of (running first, then waiting in order, then
+        finished newest first), and the dependencies of those jobs."""
+        where, args = [], []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += [JobStatus(s).value for s in statuses]
         if project:
             where.append("project = ?")
             args.append(project)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'queued' THEN 1 WHEN 'paused' THEN 1 ELSE 2 END, " \
-               "CASE WHEN status IN ('done','failed','cancelled') THEN -COALESCE(finished_at, 0) ELSE position END, id"
-        rows = self.db.execute(sql, args).fetchall()
+        chosen = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(
+            f"SELECT * FROM jobs{chosen} ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'queued' THEN 1 WHEN 'paused' THEN 1 ELSE 2 END, "
+            "CASE WHEN status IN ('done','failed','cancelled') THEN -COALESCE(finished_at, 0) ELSE position END, id", args).fetchall()
         deps: dict[int, list[int]] = {}
-        for job_id, dep in self.db.execute("SELECT job_id, depends_on FROM deps ORDER BY depends_on"):
+        for job_id, dep in self.db.execute(f"SELECT job_id, depends_on FROM deps WHERE job_id IN (SELECT id FROM jobs{chosen}) "
+                                           "ORDER BY depends_on", args):
             deps.setdefault(job_id, []).append(dep)
-        return [_row_to_job(r, deps.get(r["id"], [])) for r in rows]
+        return rows, deps
+
+    def version(self) -> tuple[int, int]:
+        """Changes since this connection opened: another connection's commits move SQLite's
+        data_version, this connection's own its total_changes."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0], self.db.total_changes
 
     def points(self, job_id: int) -> list[dict]:
         rows = self.db.execute("SELECT step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b, copy_db, copy_db_b FROM points"
