@@ -13,7 +13,7 @@ from engine.project.folder import load_project, save_project  # noqa: E402
 from engine.project.outputs import SideLora  # noqa: E402
 from engine.project.plan import make_plan, training_order, twin_problem  # noqa: E402
 from engine.train.base_weights import BaseWeightsError  # noqa: E402
-from engine.train.trainer import train  # noqa: E402
+from engine.train.trainer import TrainingError, train  # noqa: E402
 from tests.helpers import copy_example, quiet  # noqa: E402
 
 # Plain SGD in fp32 (the CPU trains in fp32): the comparison sees how A is applied, not an
@@ -117,6 +117,26 @@ def test_a_new_a_makes_b_stale_and_b_without_a_is_refused(tmp_path, tiny, traine
     lonely = make(tmp_path / "lonely")
     with pytest.raises(BaseWeightsError, match="train A first"):
         train(lonely, "b", model=tiny, log=quiet)
+
+
+def test_a_is_not_trained_again_while_b_learns_on_it(tmp_path, tiny, trained_a, monkeypatch):
+    """`copylora train mono --side a --restart` while the queue's job trained B on A: B learned
+    on one A and was left beside another. Each is refused while the other runs, saying why."""
+    import sys
+
+    from engine.train.side_lock import side_locks
+
+    root, a_path = trained_a
+    plan = make(root)
+    before = a_path.read_bytes()
+    monkeypatch.setattr(sys, "argv", ["engine.jobs.runner", "--home", "/h", "--job", "9"])
+    with side_locks(plan, ["b"], learns_on="a"):  # as the job training B holds them
+        with pytest.raises(TrainingError, match=r"side A of .* is in use right now: queue job #9 \(pid \d+\) trains B on A's LoRA"):
+            train(plan, "a", model=tiny, log=quiet)
+    assert a_path.read_bytes() == before
+    with side_locks(plan, ["a"]):  # A being trained: B would learn on an A about to change
+        with pytest.raises(TrainingError, match=r"side A of .* is being trained right now by queue job #9 .*B trains on A's finished LoRA"):
+            train(plan, "b", model=tiny, log=quiet)
 
 
 def test_the_plan_says_the_route(tmp_path):

@@ -193,7 +193,8 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
     :mod:`engine.train.slider_step`), called like :class:`StepFunction`."""
     from engine.train.side_lock import side_locks
 
-    with side_locks(plan, sides):  # before minutes of loading: a side another process trains is said at once
+    learns_on = "a" if base_weights_for(plan, sides[0]) is not None else None  # the differential route's B: A stays as B learns on it
+    with side_locks(plan, sides, learns_on):  # before minutes of loading: a side another process trains is said at once
         return _run_training(plan, sides, driver_type, resume=resume, device=device, model=model, controls=controls, log=log,
                              step_type=step_type)
 
