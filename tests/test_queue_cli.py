@@ -225,3 +225,62 @@ def test_queue_lists_the_waiting_jobs_and_the_newest_finished_ones_of_a_long_his
     assert took < 5.0, took
     assert main(["queue", "--json", "--all"]) == 0
     assert len(json.loads(capsys.readouterr().out)["jobs"]) == 6001
+
+
+def test_logs_on_a_terminal_does_not_obey_the_logs_control_sequences(tmp_path, home, capsys, monkeypatch):
+    """A log prints what a training printed: a picture's name from a shared project may carry
+    an escape sequence (the window title, OSC 52 clipboard writes, cursor moves). On a terminal
+    those are dropped and colours kept; into a pipe the bytes go as they are."""
+    root = copy_example(tmp_path)
+    main(["run", str(root), "--no-worker"])
+    log = Queue(home).log_path(1)
+    hostile = "title\x1b]0;owned\x07 clip\x1b]52;c;ZXZpbA==\x1b\\ up\x1b[2A bell\x07 \x1b[31mred\x1b[0m 50%\r100% é\n"
+    log.write_bytes(hostile.encode())
+    capsys.readouterr()
+    assert main(["logs", "1"]) == 0
+    assert capsys.readouterr().out == hostile  # a pipe: unchanged
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["logs", "1"]) == 0
+    assert capsys.readouterr().out == "title clip up bell\ufffd \x1b[31mred\x1b[0m 50%\r100% é\n"
+    assert main(["logs", "1", "-n", "-1"]) == 2
+
+
+def test_logs_reads_the_last_lines_from_the_end_and_keeps_characters_whole(tmp_path):
+    import io
+
+    from copylora_tui.cli.log_output import CHUNK, LogWriter, copy_range, last_lines_start
+
+    path = tmp_path / "job.log"
+    lines = [f"step {n} 日本語".encode() for n in range(40_000)]  # several chunks
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with open(path, "rb") as handle:
+        size = path.stat().st_size
+        for count in (1, 3, 7_000, 40_000, 50_000):
+            handle.seek(0)
+            assert handle.read()[last_lines_start(handle, size, count):] == b"".join(line + b"\n" for line in lines[-count:])
+        out = io.StringIO()
+        writer = LogWriter(out)
+        for start in range(0, size, CHUNK - 1):  # reads that cut the three-byte characters apart
+            copy_range(handle, start, min(size, start + CHUNK - 1), writer)
+        writer.write(b"", final=True)
+    assert out.getvalue() == path.read_text() and "\ufffd" not in out.getvalue()
+    path.write_bytes(b"no newline at the end")
+    with open(path, "rb") as handle:
+        assert last_lines_start(handle, path.stat().st_size, 1) == 0
+
+
+def test_an_escape_sequence_cut_between_two_reads_of_a_followed_log_is_still_dropped():
+    import io
+
+    from copylora_tui.cli.log_output import LogWriter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    writer = LogWriter(out)
+    for piece in (b"a\x1b]0;ow", b"ned\x07b \x1b[3", b"1mc\x1b", b"[0m\n"):
+        writer.write(piece)
+    writer.write(b"", final=True)
+    assert out.getvalue() == "ab \x1b[31mc\x1b[0m\n"

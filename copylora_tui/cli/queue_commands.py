@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -268,6 +269,8 @@ def cmd_move(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        raise ValidationError([Problem("--lines", f"must be 0 (the whole log) or more, got {args.lines}")])
     queue = _queue()
     job = _job(queue, args.job)
     path = queue.log_path(job.id)
@@ -275,15 +278,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"#{job.id} has no log yet ({job.status})", file=sys.stderr)
         if not args.follow:
             return 0
+    from copylora_tui.cli.log_output import LogWriter, copy_range, last_lines_start
+
+    out = LogWriter(sys.stdout)  # on a terminal, a log's escape sequences are not obeyed
     position = 0
     if path.exists():
-        text = path.read_bytes()
-        if args.lines:
-            text = b"\n".join(text.rstrip(b"\n").split(b"\n")[-args.lines :]) + b"\n"
-        sys.stdout.write(text.decode(errors="replace"))
-        sys.stdout.flush()
-        position = path.stat().st_size
+        with open(path, "rb") as handle:
+            position = os.fstat(handle.fileno()).st_size
+            copy_range(handle, last_lines_start(handle, position, args.lines) if args.lines else 0, position, out)
     if not args.follow:
+        out.write(b"", final=True)
         return 0
     from engine.jobs.worker import worker_pid
 
@@ -298,11 +302,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     position = 0
                 if size > position:
                     with open(path, "rb") as handle:
-                        handle.seek(position)
-                        sys.stdout.write(handle.read().decode(errors="replace"))
-                        sys.stdout.flush()
+                        copy_range(handle, position, size, out)
                     position = size
             if queue.get(job.id).status not in (JobStatus.QUEUED, JobStatus.RUNNING) and (not path.exists() or path.stat().st_size == position):
+                out.write(b"", final=True)
                 return 0
             time.sleep(0.25)
     except KeyboardInterrupt:

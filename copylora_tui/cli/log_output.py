@@ -1,0 +1,98 @@
+"""A job's log written to the user's stdout: from its end without reading it whole, in UTF-8
+that a chunk boundary cannot break, and, on a terminal, without the control sequences that
+would drive that terminal.
+
+A log carries what a training printed: file names from a project someone shared (a picture
+named with an escape sequence sets the window title, writes the clipboard through OSC 52, or
+moves the cursor over what was printed), a library's cursor-moving progress bar. `cat` passes
+them through; on a terminal these are dropped here, colours (SGR) and ``\\r`` kept, other
+control characters shown as ``�``. Into a pipe or file the bytes go as they are, for scripts.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import IO
+
+CHUNK = 1 << 16
+
+# One escape sequence, whole: CSI (ESC [ … final byte), OSC / DCS / APC / PM / SOS strings up to BEL or
+# ST, a two-character escape; or a lone control character (C0 but \t \n \r, DEL, C1).
+_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\|$)|\x1b[ -~]?|\x9b[0-?]*[ -/]*[@-~]"
+                       r"|[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f]")
+_COLOUR = re.compile(r"\x1b\[[0-9;:]*m")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with its colours kept and every other control sequence or character made harmless."""
+    def one(match: re.Match) -> str:
+        found = match.group(0)
+        if _COLOUR.fullmatch(found):
+            return found
+        return "" if found[0] in "\x1b\x9b" else "\ufffd"
+    return _SEQUENCE.sub(one, text)
+
+
+class LogWriter:
+    """Bytes of a log in, text out to ``stream``. A multi-byte character split between two
+    reads (``logs -f`` reads whatever was appended) waits for its other half instead of becoming
+    two ``�``; an escape sequence split between reads waits too, on a terminal."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.terminal = _is_terminal(stream)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""  # the start of an escape sequence whose end has not been read yet
+
+    def write(self, data: bytes, final: bool = False) -> None:
+        text = self._decoder.decode(data, final)
+        if self.terminal:
+            text = self._held + text
+            cut = text.rfind("\x1b")
+            self._held, text = ("", text) if final or cut < 0 or cut < len(text) - 256 else (text[cut:], text[:cut])
+            text = terminal_safe(text)
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def last_lines_start(handle: IO[bytes], size: int, lines: int) -> int:
+    """Where the last ``lines`` lines of a file of ``size`` bytes start, read back from its end
+    a chunk at a time (`logs -n 50` of a day-long run's log read it whole before)."""
+    if lines <= 0:
+        return size
+    end = size
+    handle.seek(max(0, end - 1))
+    if end and handle.read(1) == b"\n":
+        end -= 1  # the newline that ends the last line does not start another
+    found, position = 0, end
+    while position > 0:
+        start = max(0, position - CHUNK)
+        handle.seek(start)
+        block = handle.read(position - start)
+        at = len(block)
+        while (at := block.rfind(b"\n", 0, at)) >= 0:
+            found += 1
+            if found == lines:
+                return start + at + 1
+        position = start
+    return 0
+
+
+def copy_range(handle: IO[bytes], start: int, end: int, out: LogWriter) -> None:
+    """Bytes ``start``..``end`` of ``handle`` to ``out``, a chunk at a time."""
+    handle.seek(start)
+    while start < end:
+        block = handle.read(min(CHUNK, end - start))
+        if not block:
+            break
+        out.write(block)
+        start += len(block)
+
