@@ -56,6 +56,9 @@ class CopyloraApp(App[int]):
 
     def __init__(self, projects_dir: str | Path = "projects", *, home: str | Path | None = None, poll_s: float = POLL_S) -> None:
         super().__init__()
+        from copylora_tui.control_codes import guard_displayed_text
+
+        guard_displayed_text()  # a shared project's folder named with an escape sequence cannot drive the terminal
         self.projects_dir = Path(projects_dir)
         self.home = home  # None: COPYLORA_HOME or ~/.local/state/copylora, as the CLI
         self.poll_s = poll_s

@@ -261,3 +261,34 @@ async def test_a_long_history_shows_the_newest_finished_jobs_and_says_how_many_m
         queue.retry(finished[0])  # an old one back in the queue: shown, and one fewer left out
         await wait_until(pilot, lambda: finished[0] in table._order)
         assert "1 older finished job not shown" in screen_text(app)
+
+
+def drawn(app) -> str:
+    """What the screen sends to the terminal, as a full redraw would."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, force_terminal=True, width=app.size.width, legacy_windows=False).print(app.screen._compositor.render_update(full=True), end="")
+    return out.getvalue()
+
+
+async def test_a_folder_named_with_escape_sequences_does_not_reach_the_terminal(tmp_path, monkeypatch):
+    """A shared project's folder named with escape sequences (window title, clipboard through
+    OSC 52, clear screen): the Queue screen sent them to the terminal as they were."""
+    import shutil
+
+    env = use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    evil = projects / "evil\x1b]0;OWNED\x07name\x1b]52;c;ZXZpbA==\x1b\\\x1b[2J\x9b2J"
+    shutil.move(projects / "example-monochrome", evil)
+    Queue(env.home).enqueue("train", str(evil.resolve()), side="a", label="train A", total=10)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_queue(pilot, app)
+        app.notify(f"queued {evil.name}")
+        await pilot.pause(0.3)
+        shown = drawn(app)
+        assert shown.count("evil") == 2 and "OWNED" in shown  # the name is there, its sequences harmless
+        assert not any(bad in shown for bad in ("\x1b]0;", "\x1b]52", "\x1b[2J", "\x9b")), repr(shown)

@@ -114,3 +114,25 @@ def test_marking_interrupted_jobs_leaves_the_shared_jobs_as_they_were(tmp_path):
     marked = mark_interrupted(shared, worker_alive=False)
     assert marked[0].interrupted and not shared[0].interrupted
     assert not cache.jobs(queue)[0].interrupted  # the next read, when the worker is back, is not marked
+
+
+def test_a_job_that_finishes_between_the_two_reads_is_seen_once(tmp_path, monkeypatch):
+    """The active and the finished jobs are two queries: a job finishing between them was in
+    both (the Queue screen's table then ended the app: a row key twice)."""
+    writer, reader = Queue(tmp_path), Queue(tmp_path)
+    first = writer.enqueue("merge", "/p", label="merge")
+    writer.claim(None)
+    cache = JobCache(Clock())
+    real = reader.job_rows
+
+    def finishing_between(statuses=None, project=None):
+        rows = real(statuses, project)
+        if "running" in statuses:
+            writer.finish(first.id, "done")  # the worker, right between the two reads
+        return rows
+
+    monkeypatch.setattr(reader, "job_rows", finishing_between)
+    ids = [j.id for j in cache.jobs(reader)]
+    assert ids == [first.id]
+    monkeypatch.setattr(reader, "job_rows", real)
+    assert [(j.id, j.status) for j in cache.jobs(reader)] == [(first.id, JobStatus.DONE)]

@@ -248,7 +248,7 @@ def test_logs_on_a_terminal_does_not_obey_the_logs_control_sequences(tmp_path, h
 def test_logs_reads_the_last_lines_from_the_end_and_keeps_characters_whole(tmp_path):
     import io
 
-    from copylora_tui.cli.log_output import CHUNK, LogWriter, copy_range, last_lines_start
+    from copylora_tui.cli.terminal_text import CHUNK, LogWriter, copy_range, last_lines_start
 
     path = tmp_path / "job.log"
     lines = [f"step {n} 日本語".encode() for n in range(40_000)]  # several chunks
@@ -272,7 +272,7 @@ def test_logs_reads_the_last_lines_from_the_end_and_keeps_characters_whole(tmp_p
 def test_an_escape_sequence_cut_between_two_reads_of_a_followed_log_is_still_dropped():
     import io
 
-    from copylora_tui.cli.log_output import LogWriter
+    from copylora_tui.cli.terminal_text import LogWriter
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -284,3 +284,52 @@ def test_an_escape_sequence_cut_between_two_reads_of_a_followed_log_is_still_dro
         writer.write(piece)
     writer.write(b"", final=True)
     assert out.getvalue() == "ab \x1b[31mc\x1b[0m\n"
+
+
+def test_on_a_terminal_names_from_a_shared_project_cannot_drive_it(tmp_path, home, capsys, monkeypatch):
+    """A project folder named with escape sequences (window title, clipboard, clear screen):
+    every command printed it as it was. On a terminal they are dropped; in a pipe kept."""
+    import shutil
+
+    name = "evil\x1b]0;OWNED\x07name\x1b]52;c;ZXZpbA==\x1b\\\x1b[2J\x1bc"
+    root = tmp_path / name
+    shutil.copytree(copy_example(tmp_path), root)
+    capsys.readouterr()
+    assert main(["check", str(root) + "x"]) == 2
+    assert "\x1b]0;OWNED" in capsys.readouterr().err  # a pipe: as it is, for scripts
+    for stream in (sys.stdout, sys.stderr):
+        monkeypatch.setattr(stream, "isatty", lambda: True)
+    for argv, code in ((["check", str(root)], 0), (["run", str(root), "--no-worker"], 0), (["queue"], 0),
+                       (["check", str(root) + "x"], 2), (["queue", name], 2)):  # argparse: "unrecognized arguments: …" as typed
+        try:
+            assert main(argv) == code
+        except SystemExit as exit:  # argparse's own error (it echoes the value)
+            assert exit.code == code
+        captured = capsys.readouterr()
+        shown = captured.out + captured.err
+        assert "evil" in shown and not any(bad in shown for bad in ("\x1b]", "\x07", "\x1b[2J", "\x1bc")), (argv, shown)
+    assert sys.stdout.isatty() and type(sys.stdout).__name__ != "_GuardedStream"  # put back after the command
+
+
+def test_rich_drawing_passes_the_terminal_guard_unchanged():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from copylora_tui.cli.terminal_text import _GuardedStream
+
+    outputs = []
+    for guarded in (False, True):
+        raw = io.StringIO()
+        console = Console(file=_GuardedStream(raw) if guarded else raw, force_terminal=True, width=60, color_system="256",
+                          _environ={})
+        with Progress(console=console, auto_refresh=False) as progress:
+            task = progress.add_task("[bold]merging[/] [red]A[/]", total=3)
+            for _ in range(3):
+                progress.advance(task)
+                progress.refresh()
+        console.print("[green]done[/]")
+        outputs.append(raw.getvalue())
+    assert "\x1b[2K" in outputs[0] and "\x1b[?25l" in outputs[0]  # what the guard must keep
+    assert outputs[1] == outputs[0]

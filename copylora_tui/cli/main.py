@@ -183,8 +183,11 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
 
 
 def main(argv: list[str] | None = None) -> int:
+    from copylora_tui.cli.terminal_text import guarded_output
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    with guarded_output():  # argparse echoes what was typed: a pasted escape sequence too
+        args = parser.parse_args(argv)
     if args.command is None:
         from copylora_tui.teacher_images import start_preload
 
@@ -192,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         from copylora_tui.app import run_app
 
         return run_guarded(lambda a: run_app(projects_dir=a.projects), args)
+    with guarded_output():  # on a terminal, a name from a shared project cannot drive it (terminal_text)
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     from engine.quiet import quiet_libraries
 
     quiet_libraries()  # every command: library chatter (e.g. bitsandbytes' import warning) is not the user's output

@@ -278,7 +278,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"#{job.id} has no log yet ({job.status})", file=sys.stderr)
         if not args.follow:
             return 0
-    from copylora_tui.cli.log_output import LogWriter, copy_range, last_lines_start
+    from copylora_tui.cli.terminal_text import LogWriter, copy_range, last_lines_start
 
     out = LogWriter(sys.stdout)  # on a terminal, a log's escape sequences are not obeyed
     position = 0

@@ -41,6 +41,10 @@ class JobCache:
         """``queue.jobs()`` (the same jobs, in its order), made only where a row changed."""
         if queue is not self._queue:  # another connection (the file was replaced): start over
             self._queue, self._version, self._active_ids, self._finished_version, self._made = queue, None, None, None, {}
+        with queue.reading():  # the active and the finished jobs of one moment: a job finishing between is in one of them
+            return self._read(queue)
+
+    def _read(self, queue: Queue) -> list[Job]:
         version = queue.version()
         due = self._finished_version != version and self.clock() - self._finished_read >= FINISHED_EVERY_S
         if version == self._version and not due:

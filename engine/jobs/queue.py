@@ -399,6 +399,19 @@ class Queue:
             deps.setdefault(job_id, []).append(dep)
         return rows, deps
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Several reads as one view of the queue (a read transaction: WAL keeps its version for
+        it), so that a job that finishes between two of them is not seen in both."""
+        if self._depth:  # inside a write transaction: already one view
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
     def version(self) -> tuple[int, int]:
         """Changes since this connection opened: another connection's commits move SQLite's
         data_version, this connection's own its total_changes."""

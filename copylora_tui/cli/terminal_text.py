@@ -1,19 +1,24 @@
-"""A job's log written to the user's stdout: from its end without reading it whole, in UTF-8
-that a chunk boundary cannot break, and, on a terminal, without the control sequences that
-would drive that terminal.
+"""Text from outside (logs, file and folder names, error messages) written to the user's
+terminal without the control sequences that would drive that terminal.
 
-A log carries what a training printed: file names from a project someone shared (a picture
-named with an escape sequence sets the window title, writes the clipboard through OSC 52, or
-moves the cursor over what was printed), a library's cursor-moving progress bar. `cat` passes
-them through; on a terminal these are dropped here, colours (SGR) and ``\\r`` kept, other
-control characters shown as ``�``. Into a pipe or file the bytes go as they are, for scripts.
+A project someone shared can name a folder or a picture with an escape sequence: one that sets
+the window title, writes the clipboard (OSC 52), asks the terminal to answer into the shell's
+input, or clears the screen. Every command printed such names as they were (`copylora check`,
+`queue`, the errors). On a terminal, :func:`guarded_output` passes each command's output through
+:func:`terminal_control_safe`: colours and the cursor moves Rich's progress bars use are kept,
+the rest dropped, and other control characters shown as ``�``. A job's log (`copylora logs`)
+keeps colours only (:func:`terminal_safe`); it is also read from its end without reading it
+whole, in UTF-8 that a chunk boundary cannot break. Into a pipe or a file everything goes as it
+is, for scripts.
 """
 
 from __future__ import annotations
 
 import codecs
 import re
-from typing import IO
+import sys
+from contextlib import contextmanager
+from typing import IO, Iterator
 
 CHUNK = 1 << 16
 
@@ -22,16 +27,25 @@ CHUNK = 1 << 16
 _SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\|$)|\x1b[ -~]?|\x9b[0-?]*[ -/]*[@-~]"
                        r"|[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f]")
 _COLOUR = re.compile(r"\x1b\[[0-9;:]*m")
+# What Rich itself writes on a terminal: colours, cursor moves within the output, erasing a line,
+# hiding and showing the cursor (its progress bars and live tables). Nothing here reports back
+# or changes a mode that outlives the command (mouse reporting, bracketed paste, the alternate screen).
+_DRAWING = re.compile(r"\x1b\[[0-9;:]*[ABCDGKm]|\x1b\[\?25[hl]")
+
+
+def terminal_control_safe(text: str) -> str:
+    """``text`` with the sequences Rich draws with kept, and every other control sequence or
+    character made harmless."""
+    return _SEQUENCE.sub(lambda m: m.group(0) if _DRAWING.fullmatch(m.group(0)) else _dropped(m.group(0)), text)
+
+
+def _dropped(found: str) -> str:
+    return "" if found[0] in "\x1b\x9b" else "\ufffd"
 
 
 def terminal_safe(text: str) -> str:
     """``text`` with its colours kept and every other control sequence or character made harmless."""
-    def one(match: re.Match) -> str:
-        found = match.group(0)
-        if _COLOUR.fullmatch(found):
-            return found
-        return "" if found[0] in "\x1b\x9b" else "\ufffd"
-    return _SEQUENCE.sub(one, text)
+    return _SEQUENCE.sub(lambda m: m.group(0) if _COLOUR.fullmatch(m.group(0)) else _dropped(m.group(0)), text)
 
 
 class LogWriter:
@@ -96,3 +110,35 @@ def copy_range(handle: IO[bytes], start: int, end: int, out: LogWriter) -> None:
         out.write(block)
         start += len(block)
 
+
+
+class _GuardedStream:
+    """A text stream whose writes pass :func:`terminal_control_safe`; all else is the stream's."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(terminal_control_safe(text))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def guarded_output() -> Iterator[None]:
+    """sys.stdout and sys.stderr guarded while a command runs, each where it is a terminal."""
+    saved = sys.stdout, sys.stderr
+    if _is_terminal(sys.stdout):
+        sys.stdout = _GuardedStream(sys.stdout)  # type: ignore[assignment]
+    if _is_terminal(sys.stderr):
+        sys.stderr = _GuardedStream(sys.stderr)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
