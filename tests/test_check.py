@@ -130,6 +130,7 @@ def make_bases(folder):
     torch.save({"something": torch.zeros(2)}, folder / "not_sd.ckpt")
     save_file({k: v for k, v in sd1_tensors().items() if not k.startswith("first_stage_model.")}, str(folder / "no_vae.safetensors"))
     save_file({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, str(folder / "vae_only.safetensors"))
+    save_file({k: v.to(torch.int8) if k.startswith("model.") else v for k, v in sd1_tensors().items()}, str(folder / "int8.safetensors"))
     diffusers = folder / "diffusers"
     (diffusers / "unet").mkdir(parents=True)
     (diffusers / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
@@ -148,6 +149,8 @@ def make_bases(folder):
     ("evil_zip.ckpt", "refused: loading this .ckpt would unpickle arbitrary Python objects"),
     ("not_sd.ckpt", "no U-Net weights"),
     ("vae_only.safetensors", "not a Stable Diffusion checkpoint"),
+    ("int8.safetensors", "int8.safetensors: 2 of its weights are stored as I8 (e.g. model.diffusion_model.input_blocks.0.0.weight): "
+                         "a quantized checkpoint"),
     ("diffusers", "unet/ has no weights file"),
     ("picture.png", "expected a .safetensors checkpoint or a diffusers folder; this is a PNG image"),
 ])

@@ -140,6 +140,27 @@ def test_a_single_file_without_its_vae_is_refused_in_our_words(single_file, tmp_
                                "copylora reads the VAE from the checkpoint itself, so give one with its VAE baked in")
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_quantized_checkpoint_is_refused_and_an_fp8_one_loads(single_file, tmp_path, suffix):
+    """int8 weights read as plain numbers made a model of noise that trained without a word
+    (the tiny model's int8 copy loaded with weights 100× too large); fp8 is floating point."""
+    weights = load_file(str(single_file))
+    int8 = tmp_path / f"int8{suffix}"
+    quantized = {k: (v * 100).round().clamp(-127, 127).to(torch.int8) if k.startswith("model.diffusion_model") and v.ndim >= 2 else v
+                 for k, v in weights.items()}
+    if suffix == ".ckpt":
+        torch.save({"state_dict": quantized}, int8)
+    else:
+        save_file(quantized, str(int8))
+    with pytest.raises(ModelError, match=r"of its weights are stored as I(NT)?8 .*a quantized checkpoint.*give the checkpoint it was quantized from"):
+        load_base_model(str(int8), config_dir=tiny_model.tiny_model_dir())
+    fp8 = tmp_path / "fp8.safetensors"
+    save_file({k: v.to(torch.float8_e4m3fn) if k.startswith("model.diffusion_model") and v.ndim >= 2 else v for k, v in weights.items()}, str(fp8))
+    model = load_base_model(str(fp8), config_dir=tiny_model.tiny_model_dir())
+    want = weights["model.diffusion_model.input_blocks.0.0.weight"].to(torch.float8_e4m3fn).float()
+    assert torch.equal(model.unet.conv_in.weight.detach(), want)
+
+
 def stand_in_hub(tmp_path, monkeypatch, tokenizer):
     """A Hugging Face hub that serves ``tokenizer``'s files for CLIP's repository; records each call."""
     from engine.models import loading

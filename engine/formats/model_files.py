@@ -80,6 +80,7 @@ def _inspect_safetensors(path: Path) -> ModelFacts:
         )
     family = detect_family(shapes)  # ModelError for a VAE, a text encoder, an inpainting model, ...
     require_vae(path.name, shapes)
+    require_float_weights(path.name, {key: str(info.get("dtype")) for key, info in header.tensors.items()})
     unet = _widest(shape for key, shape in shapes.items() if key.startswith(_UNET))
     text = _widest(shape for key, shape in shapes.items() if key.startswith(("cond_stage_model.", "conditioner.")))
     return ModelFacts(family, unet, text)
@@ -92,6 +93,22 @@ def require_vae(name: str | Path, keys) -> None:
     if not any(key.startswith("first_stage_model.") for key in keys):
         raise ModelError(f"{name}: it has no VAE weights (first_stage_model.*): a checkpoint saved without its VAE; "
                          "copylora reads the VAE from the checkpoint itself, so give one with its VAE baked in")
+
+
+def require_float_weights(name: str | Path, dtypes: Mapping[str, str]) -> None:
+    """Refuse a quantized checkpoint: weights stored as integers (int8, uint8, packed 4-bit)
+    mean something only with the scales their quantizer kept beside them. Read as plain numbers
+    they made a model of noise that loaded, trained and drew without a word (measured: an int8
+    copy of the tiny model loaded with weights 100× too large). fp8 weights are floating point
+    and load (each is widened to the training's precision). ``dtypes``: key -> safetensors' dtype
+    name (``F16``, ``I8``, …)."""
+    quantized = [(key, dtype) for key, dtype in dtypes.items()
+                 if key.endswith((".weight", ".bias")) and dtype.upper().startswith(("I", "U", "BOOL"))]
+    if quantized:
+        key, dtype = quantized[0]
+        raise ModelError(f"{name}: {len(quantized)} of its weights are stored as {dtype} (e.g. {key}): a quantized checkpoint, "
+                         "whose numbers mean something only with its quantizer's scales; copylora needs the weights as floating "
+                         "point (fp32, fp16, bf16 or fp8): give the checkpoint it was quantized from")
 
 
 def _widest(shapes) -> int | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelError, first_line
-from engine.formats.model_files import _folder_family, detect_family, folder_configs, require_vae
+from engine.formats.model_files import _folder_family, detect_family, folder_configs, require_float_weights, require_vae
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +121,20 @@ def legacy_model_hash(path: str | os.PathLike) -> str:
 
 
 
-def _checkpoint_shapes(path: Path) -> dict[str, tuple]:
-    """Key -> shape of a single-file checkpoint, reading as little as the format allows."""
+def _checkpoint_tensors(path: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Key -> shape, and key -> dtype (safetensors' names: F16, I8, …) of a single-file
+    checkpoint, reading as little as the format allows."""
     if path.suffix.lower() == ".safetensors":
         from engine.formats.safetensors_header import HeaderError, read_header
 
         try:
-            return read_header(path).shapes()
+            header = read_header(path)
         except HeaderError as exc:  # says which: not safetensors, truncated, bad JSON, unreadable
             raise ModelError(f"{path}: cannot read as safetensors: {exc}") from None
-    return {k: tuple(v.shape) for k, v in load_pickled_checkpoint(path).items() if hasattr(v, "shape")}
+        return header.shapes(), {key: str(info.get("dtype")) for key, info in header.tensors.items()}
+    tensors = {k: v for k, v in load_pickled_checkpoint(path).items() if hasattr(v, "shape")}
+    return ({k: tuple(v.shape) for k, v in tensors.items()},
+            {k: "F" if v.is_floating_point() else str(v.dtype).removeprefix("torch.").upper() for k, v in tensors.items()})
 
 
 def load_pickled_checkpoint(path: str | os.PathLike) -> dict:
@@ -385,9 +389,10 @@ def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
 def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    shapes = _checkpoint_shapes(path)
+    shapes, dtypes = _checkpoint_tensors(path)
     detected = detect_family(shapes)
     require_vae(path, shapes)
+    require_float_weights(path, dtypes)
     if family == "auto":
         family = _sd2_prediction(path) if detected == "sd2" else detected
     elif family.split("-")[0] != detected:
