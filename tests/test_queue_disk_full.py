@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -159,8 +160,36 @@ def test_a_job_records_its_result_once_the_disk_has_room(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("cannot record the result (done)") == 1 and "the result is recorded" in out
     calls.clear()
-    with pytest.raises(QueueWriteError):  # asked to stop meanwhile: it gives up, the log says why
-        runner.record(Filling(), 7, {"asked": True}, JobStatus.DONE)
+
+
+def test_a_job_asked_to_stop_while_its_result_waits_goes_back_to_the_queue(tmp_path, monkeypatch, capsys):
+    """The worker stopping while a finished job waited for room to record its result: the job
+    ended with a QueueWriteError traceback and the worker recorded "the job process died". Now
+    it exits as stopped, and the worker, once it can write, puts it back at the head of the queue."""
+    import engine.jobs.runner as runner
+    from engine.jobs.worker import Worker
+
+    queue = Queue(tmp_path)
+    job = queue.enqueue("merge", "/p", label="merge")
+    queue.claim(None)
+    stop = {"asked": False}
+
+    def merged(_queue, _job, _stop):
+        stop["asked"] = True  # SIGTERM from the worker stopping, while the disk is full
+        return {"lora": "x.safetensors"}
+
+    class Full:
+        def __getattr__(self, name):
+            return getattr(queue, name)
+
+        def finish(self, *args, **kwargs):
+            raise QueueWriteError(FULL)
+
+    monkeypatch.setitem(runner.RUNNERS, "merge", merged)
+    assert runner.run_job(Full(), job.id, stop, types.SimpleNamespace(describe=lambda: "threads: 1")) == runner.EXIT_STOPPED
+    assert "asked to stop while the result (done) waited to be recorded" in capsys.readouterr().out
+    Worker.record_exit(types.SimpleNamespace(log=lambda _line: None), queue, job.id, runner.EXIT_STOPPED)
+    assert queue.get(job.id).status is JobStatus.QUEUED  # to run again: its outputs are written
 
 
 @pytest.fixture

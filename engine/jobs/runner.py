@@ -331,35 +331,38 @@ def run_job(queue, job_id: int, stop: dict, threads) -> int:
         return EXIT_STOPPED
     except CopyloraError as exc:
         log(f"FAILED: {exc}")
-        record(queue, job.id, stop, JobStatus.FAILED, error=str(exc))
-        return EXIT_FAILED
+        return EXIT_FAILED if record(queue, job.id, stop, JobStatus.FAILED, error=str(exc)) else EXIT_STOPPED
     except Exception as exc:  # a bug or an environment problem (CUDA OOM...): keep the traceback in the log
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}".strip()
         if "out of memory" in message.lower():
             message += " (the GPU ran out of memory: try gradient_checkpointing = true or a smaller resolution)"
         log(f"FAILED: {message}")
-        record(queue, job.id, stop, JobStatus.FAILED, error=message[:2000])
-        return EXIT_FAILED
-    record(queue, job.id, stop, JobStatus.DONE, artifacts=artifacts)
+        return EXIT_FAILED if record(queue, job.id, stop, JobStatus.FAILED, error=message[:2000]) else EXIT_STOPPED
+    if not record(queue, job.id, stop, JobStatus.DONE, artifacts=artifacts):
+        return EXIT_STOPPED
     log(f"job #{job.id} done: {artifacts_text(artifacts)}")
     return EXIT_DONE
 
 
-def record(queue, job_id: int, stop: dict, status: JobStatus, **facts) -> None:
+def record(queue, job_id: int, stop: dict, status: JobStatus, **facts) -> bool:
     """``queue.finish``, waited for while the queue's disk is full: the work is done (its files
     are written), only its record is missing, so the job holds on and tries again until the
-    user frees space, or until it is asked to stop (then it gives up: the job log says why)."""
+    user frees space. Asked to stop meanwhile (the worker stopping), it gives up and says so:
+    False, and the job exits as stopped, so the worker puts it back in the queue (a traceback
+    and "the job process died" before)."""
     said = False
     while True:
         try:
             queue.finish(job_id, status, **facts)
             if said:
                 log("the result is recorded")
-            return
+            return True
         except QueueWriteError as exc:
             if stop["asked"]:
-                raise
+                log(f"asked to stop while the result ({status}) waited to be recorded ({exc}): the job goes back to the "
+                    "queue; its outputs are written, and running it again resumes from its newest checkpoint")
+                return False
             if not said:
                 log(f"cannot record the result ({status}): {exc}; trying again every {RECORD_RETRY_S:g} s")
                 said = True
