@@ -22,7 +22,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="train one side's LoRA (or both) in the foreground",
         description=(
             "Train the LoRA of side A or B of a project in this terminal, writing <output>/<name>_A.safetensors "
-            "(or _B). Checkpoints go to <output>/runs/A every save_every_n_steps; Ctrl-C saves one and stops. "
+            "(or _B). Checkpoints go to <output>/runs/A (runs/<name>/A in an output folder outside the project) every "
+            "save_every_n_steps; Ctrl-C saves one and stops. "
             "--side ab trains both as one batch of two (twin training), when they train alike. The addift and slider "
             "routes train one LoRA on the pair: --side pair (<name>_PAIR.safetensors)."
         ),

@@ -503,6 +503,12 @@ def _check_output_dir(project: Project, problems: list[Problem]) -> None:
     from engine.files import writable_folder_problem
 
     problem = writable_folder_problem(project.output_dir())
+    if problem is None:
+        from engine.project.output_owner import owner_problem
+        from engine.project.plan import output_paths
+
+        paths = output_paths(project)
+        problem = owner_problem(project.root, project.name, paths.runs) if paths.shared else None
     if problem is not None:
         problems.append(Problem("project.output_dir", problem))
 

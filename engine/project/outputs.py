@@ -62,6 +62,7 @@ class OutputPaths:
 
     folder: Path
     name: str
+    shared: bool = False  # the folder is outside the project's own: run folders go under runs/NAME (engine.project.output_owner)
 
     def lora(self, side: str) -> Path:
         return self.folder / f"{self.name}_{side.upper()}.safetensors"
@@ -80,7 +81,7 @@ class OutputPaths:
 
     @property
     def runs(self) -> Path:
-        return self.folder / "runs"
+        return self.folder / "runs" / self.name if self.shared else self.folder / "runs"
 
     def run_dir(self, side: str) -> Path:
         return self.runs / side.upper()

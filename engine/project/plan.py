@@ -118,7 +118,9 @@ class Plan:
 
 
 def output_paths(project: Project) -> OutputPaths:
-    return OutputPaths(project.output_dir(), project.name)
+    from engine.project.output_owner import shared_output
+
+    return OutputPaths(project.output_dir(), project.name, shared_output(project.root, project.output_dir()))
 
 
 def steps_for(num_images: int, params: TrainParams, reg_images: int = 0, extra_samples: int = 0) -> tuple[int, int, int]:

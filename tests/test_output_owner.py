@@ -1,0 +1,53 @@
+"""engine.project.output_owner: projects sharing one output folder (all LoRAs in one place)
+keep their checkpoints apart, and a second project of one name is refused there."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from copylora_tui.cli.main import EXIT_USAGE, main
+from engine.project.folder import load_project
+from engine.project.plan import make_plan
+from engine.train.trainer import TrainingError, train
+from tests.helpers import copy_example, quiet, set_keys
+
+
+def project(tmp_path, folder: str, name: str, output) -> object:
+    root = copy_example(tmp_path / "projects", folder)
+    set_keys(root, "project", name=json.dumps(name), output_dir=json.dumps(str(output)))
+    return root
+
+
+def test_projects_sharing_an_output_folder_keep_their_checkpoints_apart(tmp_path, tiny, capsys):
+    shared = tmp_path / "loras"
+    one, two = project(tmp_path, "one", "mono", shared), project(tmp_path, "two", "style", shared)
+    own = copy_example(tmp_path / "projects", "own")  # output_dir "output", in its own folder: as before
+    plans = [make_plan(load_project(root), max_steps=2) for root in (one, two, own)]
+    copy = tmp_path / "projects" / "copy"  # a copy of project one (the same [project] name and output folder)
+    shutil.copytree(one, copy)
+    copied = make_plan(load_project(copy), max_steps=2)  # checked before one trained: its training must still refuse
+    assert [p.side("a").run_dir for p in plans] == [shared / "runs" / "mono" / "A", shared / "runs" / "style" / "A",
+                                                   own / "output" / "runs" / "A"]
+    first = train(plans[0], "a", model=tiny, log=quiet)
+    kept = sorted(plans[0].side("a").run_dir.glob("state-*.pt"))
+    train(plans[1], "a", model=tiny, log=quiet)  # a fresh start drops old states: its own, not mono's
+    assert kept and sorted(plans[0].side("a").run_dir.glob("state-*.pt")) == kept
+    assert first.lora_path == shared / "mono_A.safetensors" and (shared / "style_A.safetensors").is_file()
+    assert (shared / "runs" / "mono" / "project").read_text().strip() == str(one.resolve())
+
+    # The copy: refused at check and at training, before anything of mono's is touched; once
+    # project one is gone (moved away), it takes over.
+    assert main(["check", str(copy)]) == EXIT_USAGE
+    out = capsys.readouterr()
+    assert f"project.output_dir: {shared} already holds the outputs of another project named 'mono' ({one.resolve()})" in out.out + out.err
+    before = first.lora_path.read_bytes()
+    with pytest.raises(TrainingError, match="another project named 'mono'"):
+        train(copied, "a", model=tiny, log=quiet)
+    assert first.lora_path.read_bytes() == before and sorted(plans[0].side("a").run_dir.glob("state-*.pt")) == kept
+    shutil.rmtree(one)
+    assert main(["check", str(copy)]) == 0
+    train(make_plan(load_project(copy), max_steps=2), "a", model=tiny, log=quiet)
+    assert (shared / "runs" / "mono" / "project").read_text().strip() == str(copy.resolve())
