@@ -333,3 +333,36 @@ def test_rich_drawing_passes_the_terminal_guard_unchanged():
         outputs.append(raw.getvalue())
     assert "\x1b[2K" in outputs[0] and "\x1b[?25l" in outputs[0]  # what the guard must keep
     assert outputs[1] == outputs[0]
+
+
+def test_clean_removes_finished_jobs_with_their_logs_and_keeps_what_waiting_jobs_need(home, capsys):
+    import time
+
+    queue = Queue(home)
+    old = queue.enqueue("merge", "/p", label="merge")  # done long ago
+    queue.claim(None)
+    queue.report_progress(old.id, types.SimpleNamespace(step=1, total=1, loss=0.1, smooth_loss=0.1, lr=1e-4, it_per_s=1.0, eta_s=0.0,
+                                                        vram_peak_mb=None, loss_b=None, smooth_loss_b=None, copy_db=None,
+                                                        copy_db_b=None), point=True)
+    queue.finish(old.id, "done")
+    queue.db.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time() - 10 * 86400, old.id))
+    failed = queue.enqueue("merge", "/q", label="merge")
+    queue.claim(None)
+    queue.finish(failed.id, "failed", error="boom")
+    needed = queue.enqueue("train", "/r", side="a", label="train A", total=10)  # done, and a waiting merge needs it
+    queue.claim(None)
+    queue.finish(needed.id, "done")
+    waiting = queue.enqueue("merge", "/r", label="merge", depends_on=[needed.id])
+    for job in (old, failed, needed):
+        queue.log_path(job.id).parent.mkdir(parents=True, exist_ok=True)
+        queue.log_path(job.id).write_text("log\n")
+    assert main(["clean", "--older-than", "5"]) == 0
+    assert capsys.readouterr().out == "removed 1 finished job that finished more than 5 days ago, with their logs\n"
+    assert not queue.log_path(old.id).exists() and queue.points(old.id) == []
+    assert main(["clean", "--done_only"]) == 0
+    assert capsys.readouterr().out == "no done jobs to remove; kept 1 that waiting jobs depend on\n"
+    assert main(["clean"]) == 0
+    assert capsys.readouterr().out == "removed 1 finished job, with their logs; kept 1 that waiting jobs depend on\n"
+    assert [j.id for j in queue.jobs()] == [waiting.id, needed.id] and queue.log_path(needed.id).exists()
+    assert not queue.log_path(failed.id).exists()
+    assert main(["clean", "--older_than", "-1"]) == EXIT_USAGE

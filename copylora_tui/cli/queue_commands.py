@@ -15,7 +15,7 @@ import time
 from copylora_tui.cli.exit_codes import EXIT_INTERRUPTED
 from copylora_tui.core.formatting import job_loss_text, project_label
 from engine.errors import Problem, ValidationError
-from engine.jobs.queue import JobStatus
+from engine.jobs.queue import FINISHED, JobStatus
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -56,6 +56,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     move.add_argument("job", type=job_number, metavar="JOB")
     move.add_argument("where", choices=("up", "down", "top", "bottom"))
     move.set_defaults(func=cmd_move)
+
+    clean = commands.add_parser(
+        "clean", help="remove finished jobs (and their logs) from the queue",
+        description=("Remove finished jobs (done, failed, cancelled) from the queue, with their logs and progress curves: "
+                     "a queue used for months holds thousands. Their outputs (LoRAs, grids) stay in the projects. A job "
+                     "that a waiting job depends on stays."))
+    clean.add_argument("--older_than", type=float, metavar="DAYS", help="only jobs that finished more than DAYS days ago")
+    clean.add_argument("--done_only", action="store_true", help="only jobs that finished done (failed and cancelled ones stay, to retry)")
+    clean.set_defaults(func=cmd_clean)
 
     logs = commands.add_parser("logs", help="print a job's log (-f to follow)",
                                description="Print a job's log file; -f follows it like tail -f until the job ends.")
@@ -244,6 +253,22 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from copylora_tui.cli.queue_view import print_queue
 
     print_queue(jobs, worker_pid(queue.home), queue.home)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    import math
+
+    if args.older_than is not None and not (math.isfinite(args.older_than) and args.older_than >= 0):
+        raise ValidationError([Problem("--older_than", f"must be a number of days, 0 or more, got {args.older_than:g}")])
+    queue = _queue()
+    before = time.time() - args.older_than * 86400 if args.older_than is not None else None
+    removed, kept = queue.clean(finished_before=before, statuses=(JobStatus.DONE,) if args.done_only else FINISHED)
+    which = "finished" if not args.done_only else "done"
+    age = f" that finished more than {args.older_than:g} day{'s' * (args.older_than != 1)} ago" if args.older_than is not None else ""
+    done = (f"removed {len(removed)} {which} job{'s' * (len(removed) != 1)}{age}, with their logs" if removed
+            else f"no {which} jobs{age} to remove")
+    print(done + (f"; kept {kept} that waiting jobs depend on" if kept else ""))
     return 0
 
 

@@ -23,7 +23,7 @@ from engine.jobs.queue import Job, JobStatus, artifacts_text
 
 # The newest finished jobs the table shows (every running and waiting one is shown). A queue of
 # months held 9 000 finished jobs, and a table of all of them took 4 s of CPU to open each time
-# the screen was; `copylora queue --all` lists every one.
+# the screen was; `copylora queue --all` lists every one, `copylora clean` removes them.
 FINISHED_SHOWN = 200
 
 
@@ -105,7 +105,8 @@ class QueueScreen(ActsWhileOpen, Screen):
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         line = self.query_one("#worker-line", Static)
         jobs, left_out = shown_jobs(snapshot.jobs)
-        older = (f"  ·  {left_out} older finished job{'s' * (left_out != 1)} not shown: copylora queue --all", "dim") if left_out else ""
+        older = (f"  ·  {left_out} older finished job{'s' * (left_out != 1)} not shown: copylora queue --all "
+                 "(copylora clean removes them)", "dim") if left_out else ""
         if snapshot.worker_running:
             line.update(Text.assemble(("● ", "green"), snapshot.worker_text(), older))
         else:
