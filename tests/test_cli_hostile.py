@@ -375,3 +375,18 @@ def test_new_says_what_a_teacher_path_is_when_it_is_no_picture_file(tmp_path, ca
     os.symlink("p", tmp_path / "projects" / "p")
     assert main(["--projects", str(tmp_path / "projects"), "new", "p", "--a", str(good), "--b", str(good), "--base", "tiny"]) == EXIT_USAGE
     assert one_line(capsys.readouterr().err) == f"copylora: NAME: {tmp_path}/projects/p is a link to p; remove it or choose another name"
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1", "euc-jp"])
+def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_crash(tmp_path, encoding):
+    """A legacy locale (ja_JP.eucJP, en_US.ISO-8859-1) or PYTHONIOENCODING=ascii: every command,
+    --help included, ended with a UnicodeEncodeError at its first "·", "━" or "コピー機"."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "COPYLORA_HOME": str(tmp_path / "state")}
+    for argv in (["--help"], ["queue"]):
+        done = subprocess.run([sys.executable, "-m", "copylora_tui.cli.main", *argv], capture_output=True, env=env, timeout=120)
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+        assert done.stdout.decode(encoding)  # what it wrote is that encoding's, whole

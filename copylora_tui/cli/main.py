@@ -222,7 +222,22 @@ def console() -> int:
     from engine.lean_imports import skip_unused_diffusers_integrations
 
     skip_unused_diffusers_integrations()
+    _tolerate_narrow_encodings()
     return main()
+
+
+def _tolerate_narrow_encodings() -> None:
+    """On a terminal or pipe whose encoding is not UTF-8 (a legacy locale such as ja_JP.eucJP or
+    en_US.ISO-8859-1, PYTHONIOENCODING=ascii), a character it cannot hold is written as "?"
+    instead of ending the command: every command, `--help` included, stopped with a
+    UnicodeEncodeError at the first "·", "━" or "コピー機"."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):  # a closed or detached stream: nothing to write to anyway
+                pass
 
 
 if __name__ == "__main__":
