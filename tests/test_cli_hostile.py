@@ -390,3 +390,19 @@ def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_crash(tmp_path, e
         done = subprocess.run([sys.executable, "-m", "copylora_tui.cli.main", *argv], capture_output=True, env=env, timeout=120)
         assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
         assert done.stdout.decode(encoding)  # what it wrote is that encoding's, whole
+
+
+def test_the_app_without_a_terminal_says_so_instead_of_drawing_into_a_pipe(tmp_path, capsys):
+    """`ssh box copylora` without -t, cron, a Slurm batch script: the app drew itself into the
+    pipe or file and waited for keys until killed."""
+    import os
+    import subprocess
+    import sys
+
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    assert main(["--projects", str(tmp_path)]) == EXIT_USAGE  # pytest's captured streams are no terminal
+    assert "the app needs a terminal, and this input and output is not one; over SSH: `ssh -t HOST copylora`" in capsys.readouterr().err
+    env = {**os.environ, "COPYLORA_HOME": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "copylora_tui.cli.main"], stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=60)
+    assert done.returncode == EXIT_USAGE and done.stdout == b"" and b"needs a terminal" in done.stderr

@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     with guarded_output():  # argparse echoes what was typed: a pasted escape sequence too
         args = parser.parse_args(argv)
     if args.command is None:
+        if problem := _no_terminal():
+            print(problem, file=sys.stderr)
+            return EXIT_USAGE
         from copylora_tui.teacher_images import start_preload
 
         start_preload()  # asks the terminal about pictures while Textual is imported
@@ -197,6 +200,23 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(lambda a: run_app(projects_dir=a.projects), args)
     with guarded_output():  # on a terminal, a name from a shared project cannot drive it (terminal_text)
         return _command(args)
+
+
+def _no_terminal() -> str | None:
+    """Why the app cannot open here, or None. `ssh box copylora` (no -t), a cron job or a Slurm
+    batch script that ran `copylora` drew the app into a pipe or a file and waited for keys from
+    nowhere until it was killed."""
+    missing = []
+    for name, stream in (("input", sys.stdin), ("output", sys.stdout)):
+        try:
+            if stream is None or not stream.isatty():
+                missing.append(name)
+        except (ValueError, OSError):  # closed
+            missing.append(name)
+    if not missing:
+        return None
+    return (f"copylora: the app needs a terminal, and this {' and '.join(missing)} is not one; over SSH: `ssh -t HOST copylora`; "
+            "in a script, use the commands (`copylora --help`: run, queue, logs, …)")
 
 
 def _command(args: argparse.Namespace) -> int:
