@@ -18,10 +18,16 @@ CONTROLS = [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]  # all b
 
 
 def guard_displayed_text() -> None:
-    """Extend Rich's and Textual's control-code tables (once; idempotent)."""
-    import rich.control
-    import textual.content
+    """Extend Rich's and Textual's control-code tables (idempotent). A version without one (the
+    pyproject allows Textual 1.x, which draws through Rich's Text) is passed over: the app must
+    start; tests/test_app_queue.py checks the effect on the versions installed."""
+    import importlib
 
-    for table in (rich.control._CONTROL_STRIP_TRANSLATE, textual.content._CONTROL_STRIP_TRANSLATE):
-        for code in CONTROLS:
-            table.setdefault(code, SHOWN_AS)  # the ones they already drop stay dropped
+    for module in ("rich.control", "textual.content"):
+        try:
+            table = getattr(importlib.import_module(module), "_CONTROL_STRIP_TRANSLATE", None)
+        except ImportError:
+            table = None
+        if isinstance(table, dict):
+            for code in CONTROLS:
+                table.setdefault(code, SHOWN_AS)  # the ones they already drop stay dropped

@@ -91,6 +91,8 @@ def writable_folder_problem(folder: Path | str) -> str | None:
     Looks at the folder, or at its nearest existing parent when it does not exist yet (that is
     where it would be created): that must be a folder, writable, on a writable filesystem,
     and not a kernel pseudo-filesystem. Nothing is created."""
+    if "\0" in str(folder):  # pathlib's exists() says False for it, and the folder check passed on the parent
+        return f"{str(folder)!r} holds a NUL character (\\0), which no file name can"
     folder = Path(folder).expanduser()
     if problem := long_name_problem(folder):
         return problem

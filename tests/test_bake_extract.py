@@ -515,13 +515,13 @@ def test_a_cut_off_checkpoint_is_named_as_such_before_any_weight_is_read(tmp_pat
 
     from engine.errors import ModelError
     from engine.merge.bake import _read_header
-    from engine.models.loading import _checkpoint_shapes
+    from engine.models.loading import _checkpoint_tensors
 
     whole = tmp_path / "whole.safetensors"
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 320, 3, 3)}, str(whole), metadata={"k": "v"})
     assert _read_header(whole) == ({"model.diffusion_model.out.2.weight": (4, 320, 3, 3)}, {"k": "v"})
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(whole.read_bytes()[:-1000])
-    for read in (_read_header, _checkpoint_shapes):
+    for read in (_read_header, _checkpoint_tensors):
         with pytest.raises(ModelError, match="cannot read as safetensors: truncated: .* bytes, the header describes"):
             read(cut)

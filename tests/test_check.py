@@ -197,6 +197,7 @@ def test_check_of_a_single_file_base_imports_no_torch(tmp_path):
     ("copylora.toml", "is a file, not a folder"),
     ("/proc/copylora-out", "kernel's /proc filesystem"),
     ("/sys/out", "kernel's /sys filesystem"),
+    ("out\u0000put", "holds a NUL character (\\0), which no file name can"),  # was taken as valid: pathlib says such a path does not exist
 ])
 def test_output_dir_must_be_writable(tmp_path, capsys, output_dir, message):
     root = copy_example(tmp_path)

@@ -26,7 +26,7 @@ def shared_output(root: Path, output: Path) -> bool:
     """Whether ``output`` is outside the project folder ``root`` (so other projects may use it)."""
     try:
         return not output.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # a loop of links: the folder check says what is wrong with it
+    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL: the folder check says what is wrong with it
         return False
 
 
@@ -40,7 +40,7 @@ def owner_problem(root: Path, name: str, runs: Path) -> str | None:
         mine = root.resolve()
         if not owner.is_absolute() or owner == mine or not (owner / "copylora.toml").is_file():
             return None  # not written by us, this project, or a project that is gone (moved): this one takes over
-    except OSError:
+    except (OSError, ValueError):
         return None
     return (f"{runs.parent.parent} already holds the outputs of another project named {name!r} ({owner}): both would write "
             f"{name}_A.safetensors and its checkpoints; give this project another [project] name, or its own output_dir")
