@@ -136,3 +136,16 @@ def test_a_job_that_finishes_between_the_two_reads_is_seen_once(tmp_path, monkey
     assert ids == [first.id]
     monkeypatch.setattr(reader, "job_rows", real)
     assert [(j.id, j.status) for j in cache.jobs(reader)] == [(first.id, JobStatus.DONE)]
+
+
+def test_finished_jobs_cleaned_away_leave_the_next_read(tmp_path):
+    writer, reader = Queue(tmp_path), Queue(tmp_path)
+    cache = JobCache(Clock())
+    for n in range(3):
+        job = writer.enqueue("merge", f"/p{n}", label="merge")
+        writer.claim(None)
+        writer.finish(job.id, "done")
+    waiting = writer.enqueue("merge", "/q", label="merge")
+    assert len(cache.jobs(reader)) == 4
+    writer.clean()  # `copylora clean` in another terminal: the active jobs do not move
+    assert [j.id for j in cache.jobs(reader)] == [waiting.id]

@@ -6,8 +6,9 @@ app idling on the Queue screen used 60 % of a CPU that the training it watches n
 
 - a read that finds the database unchanged (SQLite's data_version) returns the last list;
 - the finished jobs are read again only when the running and waiting ones changed (a job that
-  finishes, is retried or fails with its dependency leaves or joins them) or every
-  FINISHED_EVERY_S; a running job's progress, many writes a second, reads only the few active;
+  finishes, is retried or fails with its dependency leaves or joins them), when their number
+  changed (`copylora clean`), or every FINISHED_EVERY_S; a running job's progress, many writes
+  a second, reads only the few active;
 - a row that is unchanged gives back the same Job object, so the screens skip it by identity.
 
 Jobs handed out are shared between reads: treat them as read-only (mark_interrupted copies).
@@ -35,6 +36,7 @@ class JobCache:
         self._finished: list[Job] = []
         self._finished_read = float("-inf")
         self._finished_version: tuple[int, int] | None = None  # the version the finished jobs were read at
+        self._finished_count = -1
         self._made: Made = {}
 
     def jobs(self, queue: Queue) -> list[Job]:
@@ -52,9 +54,13 @@ class JobCache:
         made: Made = {}
         active = self._make(*queue.job_rows(tuple(ACTIVE)), made)
         active_ids = tuple(j.id for j in active)
-        if active_ids != self._active_ids or due:
+        # How many finished jobs there are (an index count, no rows): `copylora clean` removes
+        # finished jobs without moving the active ones.
+        finished_count = queue.db.execute(f"SELECT COUNT(*) FROM jobs WHERE status IN ({','.join('?' * len(FINISHED))})",
+                                          [s.value for s in FINISHED]).fetchone()[0]
+        if active_ids != self._active_ids or finished_count != self._finished_count or due:
             self._finished = self._make(*queue.job_rows(tuple(FINISHED)), made)
-            self._finished_read, self._finished_version = self.clock(), version
+            self._finished_read, self._finished_version, self._finished_count = self.clock(), version, len(self._finished)
         else:
             made.update((j.id, self._made[j.id]) for j in self._finished)
         self._jobs, self._active_ids, self._made, self._version = active + self._finished, active_ids, made, version
