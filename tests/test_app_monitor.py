@@ -305,3 +305,18 @@ async def test_the_monitor_opens_when_the_logs_folder_cannot_be_made(tmp_path, m
         await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen))
         await pilot.pause(0.5)
         assert app.is_running and app._exception is None
+
+
+async def test_a_job_cleaned_away_under_its_monitor_says_so(tmp_path, monkeypatch):
+    """`copylora clean` in another terminal removed the finished job the monitor showed, and the
+    queue was empty after: the monitor went on showing the job as it was."""
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = running_job(queue, project, step=5, total=10)
+    queue.finish(job.id, "done")
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_monitor(pilot, app, job.id)
+        assert queue.clean()[0] == [job.id]
+        await wait_until(pilot, lambda: f"job #{job.id} is not in the queue (removed by `copylora clean`" in screen_text(app))

@@ -165,8 +165,9 @@ class MonitorScreen(ActsWhileOpen, Screen):
         job = snapshot.job(self.job_id)
         title = self.query_one("#job-title", Static)
         if job is None:
-            if snapshot.jobs or snapshot.error:
-                title.update(Text(f"job #{self.job_id} is not in the queue", style="red"))
+            if snapshot.home is not None or snapshot.error:  # read (not the empty one before the first read)
+                title.update(Text(f"job #{self.job_id} is not in the queue (removed by `copylora clean`, or another state folder)",
+                                  style="red"))
             return
         if job.live:
             self._saw_it_run = True
