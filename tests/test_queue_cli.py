@@ -353,12 +353,16 @@ def test_clean_removes_finished_jobs_with_their_logs_and_keeps_what_waiting_jobs
     queue.claim(None)
     queue.finish(needed.id, "done")
     waiting = queue.enqueue("merge", "/r", label="merge", depends_on=[needed.id])
+    from engine.jobs.state_home import channel_dir
+
     for job in (old, failed, needed):
         queue.log_path(job.id).parent.mkdir(parents=True, exist_ok=True)
         queue.log_path(job.id).write_text("log\n")
+    channel_dir(home, old.id).mkdir(parents=True)  # it ran on Slurm: its channel's files
+    (channel_dir(home, old.id) / "events.jsonl").write_text("{}\n")
     assert main(["clean", "--older-than", "5"]) == 0
     assert capsys.readouterr().out == "removed 1 finished job that finished more than 5 days ago, with their logs\n"
-    assert not queue.log_path(old.id).exists() and queue.points(old.id) == []
+    assert not queue.log_path(old.id).exists() and queue.points(old.id) == [] and not channel_dir(home, old.id).exists()
     assert main(["clean", "--done_only"]) == 0
     assert capsys.readouterr().out == "no done jobs to remove; kept 1 that waiting jobs depend on\n"
     assert main(["clean"]) == 0

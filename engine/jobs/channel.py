@@ -22,12 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs.queue import Job, JobStatus, Queue
+from engine.jobs.state_home import channel_dir
 
 EVENTS, JOB, REQUESTS = "events.jsonl", "job.json", "requests.json"
-
-
-def channel_dir(home: Path, job_id: int) -> Path:
-    return Path(home) / "channels" / str(job_id)
 
 
 def open_channel(home: Path, job: Job) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.errors import CopyloraError
-from engine.jobs.state_home import job_log, queue_db, state_home
+from engine.jobs.state_home import channel_dir, job_log, queue_db, state_home
 
 
 class JobStatus(str, Enum):
@@ -442,13 +442,14 @@ class Queue:
                 db.execute(f"DELETE FROM points WHERE job_id IN ({marks})", some)
                 db.execute(f"DELETE FROM deps WHERE job_id IN ({marks})", some)
                 db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", some)
+        import shutil
+
         for job_id in ids:  # after the commit: a log left by a failed removal is harmless, a row without its log is not
             try:
                 self.log_path(job_id).unlink()
-            except FileNotFoundError:
+            except OSError:  # already gone, or not ours to remove
                 pass
-            except OSError:
-                pass
+            shutil.rmtree(channel_dir(self.home, job_id), ignore_errors=True)  # a Slurm job's files (engine.jobs.channel)
         return ids, kept
 
     def log_path(self, job_id: int) -> Path:

@@ -65,6 +65,11 @@ def job_log(home: Path, job_id: int) -> Path:
     return home / "logs" / f"job-{job_id}.log"
 
 
+def channel_dir(home: Path, job_id: int) -> Path:
+    """Where a job run on another host and its worker trade files (engine.jobs.channel)."""
+    return Path(home) / "channels" / str(job_id)
+
+
 def worker_log(home: Path) -> Path:
     return home / "worker.log"
 
