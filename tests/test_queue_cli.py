@@ -361,12 +361,37 @@ def test_clean_removes_finished_jobs_with_their_logs_and_keeps_what_waiting_jobs
     channel_dir(home, old.id).mkdir(parents=True)  # it ran on Slurm: its channel's files
     (channel_dir(home, old.id) / "events.jsonl").write_text("{}\n")
     assert main(["clean", "--older-than", "5"]) == 0
-    assert capsys.readouterr().out == "removed 1 finished job that finished more than 5 days ago, with their logs\n"
+    assert capsys.readouterr().out.splitlines()[0] == "removed 1 finished job that finished more than 5 days ago, with their logs"
     assert not queue.log_path(old.id).exists() and queue.points(old.id) == [] and not channel_dir(home, old.id).exists()
     assert main(["clean", "--done_only"]) == 0
     assert capsys.readouterr().out == "no done jobs to remove; kept 1 that waiting jobs depend on\n"
     assert main(["clean"]) == 0
-    assert capsys.readouterr().out == "removed 1 finished job, with their logs; kept 1 that waiting jobs depend on\n"
+    assert capsys.readouterr().out.splitlines()[0] == "removed 1 finished job, with their logs; kept 1 that waiting jobs depend on"
     assert [j.id for j in queue.jobs()] == [waiting.id, needed.id] and queue.log_path(needed.id).exists()
     assert not queue.log_path(failed.id).exists()
     assert main(["clean", "--older_than", "-1"]) == EXIT_USAGE
+
+
+def test_clean_gives_the_space_back_unless_the_queue_is_busy(home, capsys):
+    import sqlite3
+    import time
+
+    queue = Queue(home)
+    now = time.time()
+    queue.db.executemany("INSERT INTO jobs (kind, project, label, status, position, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [("merge", "/p", "merge", "done", n, now, now) for n in range(200)])
+    queue.db.executemany("INSERT INTO points (job_id, step, t, loss) VALUES (?, ?, ?, ?)",
+                         [(1 + n // 1000, n % 1000, now, 0.5) for n in range(100_000)])
+    big = queue.path.stat().st_size
+    reader = sqlite3.connect(queue.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM jobs").fetchone()  # the app in the middle of a read
+    assert main(["clean", "--older_than", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("removed 200 finished jobs") and "the queue file" not in out  # busy: not waited for
+    reader.rollback()
+    queue.db.executemany("INSERT INTO jobs (kind, project, label, status, position, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [("merge", "/p", "merge", "done", 0, now, now)])
+    assert main(["clean"]) == 0
+    assert "the queue file " in capsys.readouterr().out and queue.path.stat().st_size < big / 4
+    assert [j.id for j in Queue(home).jobs()] == []

@@ -269,7 +269,24 @@ def cmd_clean(args: argparse.Namespace) -> int:
     done = (f"removed {len(removed)} {which} job{'s' * (len(removed) != 1)}{age}, with their logs" if removed
             else f"no {which} jobs{age} to remove")
     print(done + (f"; kept {kept} that waiting jobs depend on" if kept else ""))
+    if removed:
+        from copylora_tui.core.formatting import size_text
+
+        size = _file_size(queue.path)
+        if queue.compact():
+            print(f"the queue file {queue.path} is {size_text(_file_size(queue.path))} now (was {size_text(size)})")
     return 0
+
+
+def _file_size(path) -> int:
+    """The queue file's size with its write-ahead log (where SQLite's newest pages are)."""
+    total = 0
+    for name in (str(path), f"{path}-wal"):
+        try:
+            total += os.path.getsize(name)
+        except OSError:
+            pass
+    return total
 
 
 def cmd_job_action(args: argparse.Namespace) -> int:
