@@ -375,13 +375,14 @@ class Queue:
         deps = [r[0] for r in self.db.execute("SELECT depends_on FROM deps WHERE job_id = ? ORDER BY depends_on", (job_id,))]
         return row_to_job(row, deps)
 
-    def jobs(self, statuses: tuple[str, ...] | None = None, project: str | None = None) -> list[Job]:
-        rows, deps = self.job_rows(statuses, project)
+    def jobs(self, statuses: tuple[str, ...] | None = None, project: str | None = None, limit: int | None = None) -> list[Job]:
+        rows, deps = self.job_rows(statuses, project, limit)
         return [row_to_job(r, deps.get(r["id"], [])) for r in rows]
 
-    def job_rows(self, statuses: tuple[str, ...] | None = None, project: str | None = None) -> tuple[list[sqlite3.Row], dict[int, list[int]]]:
+    def job_rows(self, statuses: tuple[str, ...] | None = None, project: str | None = None,
+                 limit: int | None = None) -> tuple[list[sqlite3.Row], dict[int, list[int]]]:
         """The rows :meth:`jobs` makes its jobs of (running first, then waiting in order, then
-        finished newest first), and the dependencies of those jobs."""
+        finished newest first; the first ``limit``), and the dependencies of those jobs."""
         where, args = [], []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -392,7 +393,8 @@ class Queue:
         chosen = f" WHERE {' AND '.join(where)}" if where else ""
         rows = self.db.execute(
             f"SELECT * FROM jobs{chosen} ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'queued' THEN 1 WHEN 'paused' THEN 1 ELSE 2 END, "
-            "CASE WHEN status IN ('done','failed','cancelled') THEN -COALESCE(finished_at, 0) ELSE position END, id", args).fetchall()
+            "CASE WHEN status IN ('done','failed','cancelled') THEN -COALESCE(finished_at, 0) ELSE position END, id"
+            + (f" LIMIT {int(limit)}" if limit is not None else ""), args).fetchall()
         deps: dict[int, list[int]] = {}
         for job_id, dep in self.db.execute(f"SELECT job_id, depends_on FROM deps WHERE job_id IN (SELECT id FROM jobs{chosen}) "
                                            "ORDER BY depends_on", args):
