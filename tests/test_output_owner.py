@@ -51,3 +51,23 @@ def test_projects_sharing_an_output_folder_keep_their_checkpoints_apart(tmp_path
     assert main(["check", str(copy)]) == 0
     train(make_plan(load_project(copy), max_steps=2), "a", model=tiny, log=quiet)
     assert (shared / "runs" / "mono" / "project").read_text().strip() == str(copy.resolve())
+
+
+def test_checkpoints_of_the_earlier_layout_are_pointed_at(tmp_path, capsys):
+    """An earlier copylora kept a shared output folder's checkpoints in runs/A: check says where
+    they are and how to move them, so a resume can find them; once moved, it says no more."""
+    import shlex
+    import subprocess
+
+    from engine.project.plan import plan_warnings
+
+    shared = tmp_path / "my loras"
+    root = project(tmp_path, "one", "mono", shared)
+    (shared / "runs" / "A").mkdir(parents=True)
+    (shared / "runs" / "A" / "state-00000004.pt").write_bytes(b"x")
+    plan = make_plan(load_project(root))
+    [warning] = [w for w in plan_warnings(plan) if "earlier copylora" in w]
+    assert f"{shared / 'runs'} holds checkpoints of side A" in warning
+    subprocess.run(warning.rsplit("(", 1)[1].rstrip(")"), shell=True, check=True)  # the command as printed
+    assert plan.side("a").run_dir.joinpath("state-00000004.pt").is_file() and " " in shlex.quote(str(shared))
+    assert not [w for w in plan_warnings(make_plan(load_project(root))) if "earlier copylora" in w]

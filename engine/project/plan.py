@@ -244,7 +244,32 @@ def plan_warnings(plan: Plan) -> list[str]:
     from engine.project.pair_route import route_warnings
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
-    return warnings + caption_warnings(plan.project) + toy_caption_warnings(plan) + route_warnings(plan) + graph_warnings(plan)
+    return (warnings + caption_warnings(plan.project) + toy_caption_warnings(plan) + route_warnings(plan) + graph_warnings(plan)
+            + earlier_run_warnings(plan))
+
+
+def earlier_run_warnings(plan: Plan) -> list[str]:
+    """Checkpoints an earlier copylora left in a shared output folder's ``runs/A``: run folders
+    there are ``runs/NAME/A`` now (engine.project.output_owner), so a resume would not find them."""
+    if not plan.outputs.shared:
+        return []
+    old_runs = plan.outputs.folder / "runs"
+    found = []
+    for side in sorted(plan.sides):
+        try:
+            if any((old_runs / side.upper()).glob("state-*.pt")) and not any(plan.side(side).run_dir.glob("state-*.pt")):
+                found.append(side.upper())
+        except OSError:
+            continue
+    if not found:
+        return []
+    import shlex
+
+    moves = f"mkdir -p {shlex.quote(str(plan.outputs.runs))} && " + " && ".join(
+        f"mv {shlex.quote(str(old_runs / s))} {shlex.quote(str(plan.outputs.runs / s))}" for s in found)
+    return [f"project.output_dir: {old_runs} holds checkpoints of side {' and '.join(found)} in the layout of an earlier copylora "
+            f"(one project per output folder); this folder's run folders are now per project name: if they are this "
+            f"project's, move them to resume them ({moves})"]
 
 
 def caption_warnings(project: Project) -> list[str]:
