@@ -56,12 +56,11 @@ def test_projects_sharing_an_output_folder_keep_their_checkpoints_apart(tmp_path
 def test_checkpoints_of_the_earlier_layout_are_pointed_at(tmp_path, capsys):
     """An earlier copylora kept a shared output folder's checkpoints in runs/A: check says where
     they are and how to move them, so a resume can find them; once moved, it says no more."""
-    import shlex
     import subprocess
 
     from engine.project.plan import plan_warnings
 
-    shared = tmp_path / "my loras"
+    shared = tmp_path / "my loras"  # a space: the printed command must be quoted for the shell
     root = project(tmp_path, "one", "mono", shared)
     (shared / "runs" / "A").mkdir(parents=True)
     (shared / "runs" / "A" / "state-00000004.pt").write_bytes(b"x")
@@ -69,5 +68,5 @@ def test_checkpoints_of_the_earlier_layout_are_pointed_at(tmp_path, capsys):
     [warning] = [w for w in plan_warnings(plan) if "earlier copylora" in w]
     assert f"{shared / 'runs'} holds checkpoints of side A" in warning
     subprocess.run(warning.rsplit("(", 1)[1].rstrip(")"), shell=True, check=True)  # the command as printed
-    assert plan.side("a").run_dir.joinpath("state-00000004.pt").is_file() and " " in shlex.quote(str(shared))
+    assert plan.side("a").run_dir.joinpath("state-00000004.pt").is_file()
     assert not [w for w in plan_warnings(make_plan(load_project(root))) if "earlier copylora" in w]
