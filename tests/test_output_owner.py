@@ -70,3 +70,27 @@ def test_checkpoints_of_the_earlier_layout_are_pointed_at(tmp_path, capsys):
     subprocess.run(warning.rsplit("(", 1)[1].rstrip(")"), shell=True, check=True)  # the command as printed
     assert plan.side("a").run_dir.joinpath("state-00000004.pt").is_file()
     assert not [w for w in plan_warnings(make_plan(load_project(root))) if "earlier copylora" in w]
+
+
+def test_the_look_and_the_claim_are_one_step(tmp_path):
+    """Two projects of one name starting at once: the second waits for the first's claim and
+    then sees it (the look and the write under one flock)."""
+    import fcntl
+    import threading
+
+    from engine.project.output_owner import claim
+
+    runs = tmp_path / "loras" / "runs" / "mono"
+    first, second = (copy_example(tmp_path / "projects", name) for name in ("one", "two"))
+    runs.mkdir(parents=True)
+    with open(runs / ".project.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first project, between its look and its write
+        result = []
+        racer = threading.Thread(target=lambda: result.append(claim(second, "mono", runs)))
+        racer.start()
+        racer.join(0.3)
+        assert racer.is_alive()  # waits for the lock
+        (runs / "project").write_text(f"{first.resolve()}\n")  # the first one's write
+    racer.join(10)
+    assert result and "another project named 'mono'" in result[0]
+    assert claim(first, "mono", runs) is None

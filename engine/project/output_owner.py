@@ -46,10 +46,18 @@ def owner_problem(root: Path, name: str, runs: Path) -> str | None:
             f"{name}_A.safetensors and its checkpoints; give this project another [project] name, or its own output_dir")
 
 
-def claim(root: Path, runs: Path) -> None:
-    """Record this project as the one whose outputs ``runs`` holds (atomically: a reader sees
-    the old name or the new one)."""
+def claim(root: Path, name: str, runs: Path) -> str | None:
+    """Record this project as the one whose outputs ``runs`` holds, unless another project of
+    its name holds them (then why, and nothing is written). The look and the write are one step
+    under an flock: two projects of one name starting their trainings at once cannot both pass."""
+    import fcntl
+
     runs.mkdir(parents=True, exist_ok=True)
-    temporary = runs / f".{OWNER_FILE}.{os.getpid()}"
-    temporary.write_text(f"{root.resolve()}\n", encoding="utf-8")
-    os.replace(temporary, runs / OWNER_FILE)
+    with open(runs / f".{OWNER_FILE}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a rename: never long
+        if problem := owner_problem(root, name, runs):
+            return problem
+        temporary = runs / f".{OWNER_FILE}.{os.getpid()}"
+        temporary.write_text(f"{root.resolve()}\n", encoding="utf-8")
+        os.replace(temporary, runs / OWNER_FILE)  # a reader sees the old name or the new one
+    return None

@@ -194,11 +194,10 @@ def run_training(plan: Plan, sides: list[str], driver_type: type[SidesDriver], *
     from engine.train.side_lock import side_locks
 
     if plan.outputs.shared:  # an output folder other projects may use: not one of another project of this name
-        from engine.project.output_owner import claim, owner_problem
+        from engine.project.output_owner import claim
 
-        if problem := owner_problem(plan.project.root, plan.project.name, plan.outputs.runs):
+        if problem := claim(plan.project.root, plan.project.name, plan.outputs.runs):
             raise TrainingError(problem)
-        claim(plan.project.root, plan.outputs.runs)
     learns_on = "a" if base_weights_for(plan, sides[0]) is not None else None  # the differential route's B: A stays as B learns on it
     with side_locks(plan, sides, learns_on):  # before minutes of loading: a side another process trains is said at once
         return _run_training(plan, sides, driver_type, resume=resume, device=device, model=model, controls=controls, log=log,
