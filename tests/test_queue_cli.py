@@ -395,3 +395,19 @@ def test_clean_gives_the_space_back_unless_the_queue_is_busy(home, capsys):
     assert main(["clean"]) == 0
     assert "the queue file " in capsys.readouterr().out and queue.path.stat().st_size < big / 4
     assert [j.id for j in Queue(home).jobs()] == []
+
+
+def test_a_followed_log_line_ending_in_a_colour_is_shown_whole_at_once():
+    """The last sequence of a read held back even when it had ended: a line ending in a colour
+    reset lost its newline until the job wrote more."""
+    import io
+
+    from copylora_tui.cli.terminal_text import LogWriter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    LogWriter(out).write(b"\x1b[33mwarning\x1b[0m\n")
+    assert out.getvalue() == "\x1b[33mwarning\x1b[0m\n"

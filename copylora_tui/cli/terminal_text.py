@@ -27,6 +27,8 @@ CHUNK = 1 << 16
 _SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\|$)|\x1b[ -~]?|\x9b[0-?]*[ -/]*[@-~]"
                        r"|[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f]")
 _COLOUR = re.compile(r"\x1b\[[0-9;:]*m")
+# An escape sequence that has ended (the last one of a read: one that has not waits for the next read).
+_WHOLE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[^\[\]PX^_]")
 # What Rich itself writes on a terminal: colours, cursor moves within the output, erasing a line,
 # hiding and showing the cursor (its progress bars and live tables). Nothing here reports back
 # or changes a mode that outlives the command (mouse reporting, bracketed paste, the alternate screen).
@@ -64,7 +66,8 @@ class LogWriter:
         if self.terminal:
             text = self._held + text
             cut = text.rfind("\x1b")
-            self._held, text = ("", text) if final or cut < 0 or cut < len(text) - 256 else (text[cut:], text[:cut])
+            whole = cut < 0 or len(text) - cut > 256 or _WHOLE.match(text, cut) is not None
+            self._held, text = ("", text) if final or whole else (text[cut:], text[:cut])
             text = terminal_safe(text)
         self.stream.write(text)
         self.stream.flush()
