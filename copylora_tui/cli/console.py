@@ -26,11 +26,10 @@ def columns() -> int | None:
 
 
 def output_console(stderr: bool = False) -> Console:
+    from copylora_tui.cli.terminal_text import is_terminal
+
     stream = sys.stderr if stderr else sys.stdout
-    try:
-        terminal = stream.isatty()
-    except (AttributeError, ValueError):  # a closed or replaced stream
-        terminal = False
+    terminal = is_terminal(stream)
     width = columns()
     if width is None and terminal and "COLUMNS" in os.environ:  # a $COLUMNS that is no width: the terminal's own
         try:

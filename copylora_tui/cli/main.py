@@ -206,13 +206,9 @@ def _no_terminal() -> str | None:
     """Why the app cannot open here, or None. `ssh box copylora` (no -t), a cron job or a Slurm
     batch script that ran `copylora` drew the app into a pipe or a file and waited for keys from
     nowhere until it was killed."""
-    missing = []
-    for name, stream in (("input", sys.stdin), ("output", sys.stdout)):
-        try:
-            if stream is None or not stream.isatty():
-                missing.append(name)
-        except (ValueError, OSError):  # closed
-            missing.append(name)
+    from copylora_tui.cli.terminal_text import is_terminal
+
+    missing = [name for name, stream in (("input", sys.stdin), ("output", sys.stdout)) if not is_terminal(stream)]
     if not missing:
         return None
     return (f"copylora: the app needs a terminal, and this {' and '.join(missing)} is not one; over SSH: `ssh -t HOST copylora`; "

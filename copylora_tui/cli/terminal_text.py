@@ -57,7 +57,7 @@ class LogWriter:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
-        self.terminal = _is_terminal(stream)
+        self.terminal = is_terminal(stream)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""  # the start of an escape sequence whose end has not been read yet
 
@@ -73,9 +73,10 @@ class LogWriter:
         self.stream.flush()
 
 
-def _is_terminal(stream: IO[str]) -> bool:
+def is_terminal(stream: IO[str] | None) -> bool:
+    """Whether ``stream`` is a terminal; a missing, closed or replaced stream is not."""
     try:
-        return stream.isatty()
+        return stream is not None and stream.isatty()
     except (AttributeError, ValueError, OSError):
         return False
 
@@ -137,9 +138,9 @@ class _GuardedStream:
 def guarded_output() -> Iterator[None]:
     """sys.stdout and sys.stderr guarded while a command runs, each where it is a terminal."""
     saved = sys.stdout, sys.stderr
-    if _is_terminal(sys.stdout):
+    if is_terminal(sys.stdout):
         sys.stdout = _GuardedStream(sys.stdout)  # type: ignore[assignment]
-    if _is_terminal(sys.stderr):
+    if is_terminal(sys.stderr):
         sys.stderr = _GuardedStream(sys.stderr)  # type: ignore[assignment]
     try:
         yield

@@ -32,13 +32,15 @@ def shared_output(root: Path, output: Path) -> bool:
 
 def owner_problem(root: Path, name: str, runs: Path) -> str | None:
     """Why the outputs named ``name`` under ``runs``' folder belong to another project, or None."""
+    from engine.project.folder import PROJECT_FILE
+
     try:
         owner = Path((runs / OWNER_FILE).read_text(encoding="utf-8").strip())
     except (OSError, UnicodeDecodeError):
         return None
     try:
         mine = root.resolve()
-        if not owner.is_absolute() or owner == mine or not (owner / "copylora.toml").is_file():
+        if not owner.is_absolute() or owner == mine or not (owner / PROJECT_FILE).is_file():
             return None  # not written by us, this project, or a project that is gone (moved): this one takes over
     except (OSError, ValueError):
         return None

@@ -256,7 +256,7 @@ def earlier_run_warnings(plan: Plan) -> list[str]:
     old_runs = plan.outputs.folder / "runs"
     found = []
     for side in sorted(plan.sides):
-        try:
+        try:  # engine.train.checkpoint's state files (the layers keep this module from importing it)
             if any((old_runs / side.upper()).glob("state-*.pt")) and not any(plan.side(side).run_dir.glob("state-*.pt")):
                 found.append(side.upper())
         except OSError:
