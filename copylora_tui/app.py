@@ -11,6 +11,7 @@ torch.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -63,6 +64,7 @@ class CopyloraApp(App[int]):
         self.home = home  # None: COPYLORA_HOME or ~/.local/state/copylora, as the CLI
         self.poll_s = poll_s
         self._reader = QueueReader(home)  # the poll thread's own connection
+        self._opened_projects: set[Path] = set()  # opened on the Project screen since the Projects screen last asked
 
     def get_default_screen(self) -> Screen:
         from copylora_tui.screens.projects import ProjectsScreen
@@ -236,7 +238,14 @@ class CopyloraApp(App[int]):
         from copylora_tui.screens.project import ProjectScreen
 
         if self._to_base("o"):
+            self._opened_projects.add(Path(os.path.realpath(folder)))
             self.push_screen(ProjectScreen(folder))
+
+    def take_opened_projects(self) -> set[Path]:
+        """The projects opened (and so perhaps edited) since the last call: the Projects screen
+        reads these again when it comes back, whatever else it leaves for later."""
+        opened, self._opened_projects = self._opened_projects, set()
+        return opened
 
     def action_open_stats(self, stats_path: Path) -> None:
         from copylora_tui.screens.stats import StatsScreen

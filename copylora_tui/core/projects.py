@@ -56,14 +56,16 @@ def project_folders(projects_dir: Path) -> list[Path]:
         children = list(projects_dir.iterdir()) if projects_dir.is_dir() else []
     except OSError:  # a projects folder this user cannot read: nothing to list
         return []
-    found = []
-    for child in children:
-        try:
-            if child.is_dir() and os.path.lexists(child / PROJECT_FILE):
-                found.append(Path(os.path.realpath(child)))
-        except OSError:  # a name too long, a folder that cannot be entered
-            continue
+    found = [Path(os.path.realpath(child)) for child in children if is_project_folder(child)]
     return sorted(set(found))  # a link to a project folder beside it is that project, listed once
+
+
+def is_project_folder(folder: Path) -> bool:
+    """A folder holding a project file, even one that cannot be read (see :func:`project_folders`)."""
+    try:
+        return folder.is_dir() and os.path.lexists(folder / PROJECT_FILE)
+    except OSError:  # a name too long, a folder that cannot be entered
+        return False
 
 
 def summarise(folder: Path) -> ProjectSummary:
@@ -126,10 +128,10 @@ def _state(status) -> OutputState:
 
 
 def scan_projects(projects_dir: Path) -> list[ProjectSummary]:
-    return [_summarise_anything(folder) for folder in project_folders(projects_dir)]
+    return [summarise_project(folder) for folder in project_folders(projects_dir)]
 
 
-def _summarise_anything(folder: Path) -> ProjectSummary:
+def summarise_project(folder: Path) -> ProjectSummary:
     """:func:`summarise`, and for what it did not foresee (a TOML whose integer has 5000 digits,
     a merged LoRA with odd metadata) the folder listed as invalid with the error: one broken
     project must not keep the list, and every other project, from showing."""

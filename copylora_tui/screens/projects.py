@@ -9,7 +9,10 @@ the app's queue snapshot live.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+from typing import Iterable
 
 from rich.text import Text
 from textual import work
@@ -21,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
-from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, scan_projects
+from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, is_project_folder, scan_projects, summarise_project
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
@@ -40,6 +43,8 @@ Press [b]n[/b] to make one here, or run:
 
 To try the shipped example, copy projects/example-monochrome into {folder}/ and press [b]r[/b] on it."""
 
+
+FULL_RESCAN_AFTER_S = 5.0  # back on this screen sooner than this after a whole scan: only the projects opened meanwhile are read
 
 NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
 
@@ -100,10 +105,13 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
         self.summaries: list[ProjectSummary] = []
         self._scanned = False
-        self._done_jobs: set[int] | None = None
         self._select_after_scan: Path | None = None
         self._rows: list[list] = []
-        self._generation = 0
+        self._generation = 0  # of the newest scan asked for, whole or of some projects
+        self._full_generation = 0  # of the newest scan of the whole folder asked for
+        self._full_scan_at = float("-inf")  # when it was asked for (time.monotonic)
+        self._shown_generation: dict[Path, int] = {}  # per project: the scan its shown summary came from
+        self._finished_jobs: set[int] | None = None
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -135,46 +143,88 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             self.refresh_table()
 
     def on_screen_resume(self) -> None:
-        if self._scanned:
-            self.rescan()  # back from a project: its parameters (and so its state) may have changed
+        """Back from another screen: the projects opened there are read again (their parameters,
+        and so their state, may have changed), and the whole folder when its last scan is older
+        than FULL_RESCAN_AFTER_S (another program may have changed any project). Every return
+        read every project: with hundreds of them, keys 1 2 1 2 ran a scan of seconds each."""
+        opened = self.app.take_opened_projects()
+        if not self._scanned:
+            return  # the first scan is still under way: it reads them all
+        if time.monotonic() - self._full_scan_at >= FULL_RESCAN_AFTER_S:
+            self.rescan()
+        elif opened:
+            self.rescan_projects(opened)
 
     # ------------------------------------------------------------------ data
 
     def rescan(self, select: Path | None = None) -> None:
+        """Read the whole projects folder again (in a thread): new and removed projects too."""
         if select is not None:
             self._select_after_scan = select
         self._generation += 1
-        self._scan(self._generation)
+        self._full_generation = self._generation
+        self._full_scan_at = time.monotonic()
+        self._scan(self._generation, None)
 
-    @work(thread=True, exclusive=True, group="projects-scan", exit_on_error=False)
-    def _scan(self, generation: int) -> None:
-        summaries = scan_projects(self.app.projects_dir)
-        self.post_message(self.Scanned(generation, summaries))
+    def rescan_projects(self, folders: Iterable[Path]) -> None:
+        """Read these listed projects again (in a thread), and no other."""
+        self._generation += 1
+        self._scan(self._generation, tuple(sorted(folders)))
+
+    @work(thread=True, group="projects-scan", exit_on_error=False)
+    def _scan(self, generation: int, folders: tuple[Path, ...] | None) -> None:
+        if folders is None:
+            summaries = scan_projects(self.app.projects_dir)
+        else:  # one that is no project any more (deleted meanwhile) waits for a whole scan to go
+            summaries = [summarise_project(folder) for folder in folders if is_project_folder(folder)]
+        self.post_message(self.Scanned(generation, summaries, folders))
 
     class Scanned(Message, bubble=False):
-        """The projects folder, scanned in a thread; Textual drops it if the screen has closed."""
+        """Projects scanned in a thread (``folders`` None: the whole folder); Textual drops it
+        if the screen has closed."""
 
-        def __init__(self, generation: int, summaries: list[ProjectSummary]) -> None:
+        def __init__(self, generation: int, summaries: list[ProjectSummary], folders: tuple[Path, ...] | None) -> None:
             super().__init__()
-            self.generation, self.summaries = generation, summaries
+            self.generation, self.summaries, self.folders = generation, summaries, folders
 
     def on_projects_screen_scanned(self, message: Scanned) -> None:
-        self._show_scan(message.generation, message.summaries)
+        self._show_scan(message.generation, message.summaries, message.folders)
 
-    def _show_scan(self, generation: int, summaries: list[ProjectSummary]) -> None:
-        if generation != self._generation:
-            return  # a newer scan is under way (scans overlap when jobs finish in a burst)
-        self.summaries = summaries
-        self._scanned = True
+    def _show_scan(self, generation: int, summaries: list[ProjectSummary], folders: tuple[Path, ...] | None) -> None:
+        """Scans overlap (jobs finish in a burst, keys come faster than scans): a whole scan is
+        shown only if it is the newest one asked for, and no project's summary is replaced by one
+        read before it (a whole scan that began before a project's own scan and ended after)."""
+        shown = self._shown_generation
+        if folders is None:
+            if generation != self._full_generation:
+                return  # a newer whole scan is under way
+            current = {s.folder: s for s in self.summaries}
+            merged = []
+            for summary in summaries:
+                if shown.get(summary.folder, -1) > generation and summary.folder in current:
+                    merged.append(current[summary.folder])  # read again since this scan began
+                else:
+                    merged.append(summary)
+                    shown[summary.folder] = generation
+            self.summaries = merged
+            self._scanned = True
+        else:
+            fresh = {s.folder: s for s in summaries if shown.get(s.folder, -1) < generation}
+            if not fresh:
+                return
+            # only projects listed already: a new one is listed by the whole scan that finds it
+            self.summaries = [fresh.get(s.folder, s) for s in self.summaries]
+            shown.update({folder: generation for folder in fresh})
         self.refresh_table()
 
     @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
         self.query_one("#worker-line", Static).update(self._worker_text(snapshot))
-        done = {j.id for j in snapshot.jobs if j.status is JobStatus.DONE}
-        if self._done_jobs is not None and done - self._done_jobs:
-            self.rescan()  # a job finished: a LoRA appeared on disk
-        self._done_jobs = done
+        finished = {j.id: j for j in snapshot.jobs if j.status.finished}
+        if self._finished_jobs is not None and (ended := finished.keys() - self._finished_jobs):
+            # a job ended: its LoRA (or a cancelled one's checkpoint) is on disk: read its project again
+            self.rescan_projects({Path(os.path.realpath(finished[i].project)) for i in ended})
+        self._finished_jobs = set(finished)
         if self._scanned:
             self.refresh_table()
 
@@ -292,7 +342,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             return
         from copylora_tui.core.actions import run_project
 
-        self.app.queue_command(lambda queue: run_project(queue, summary.folder), done=lambda _m: self.rescan())
+        self.app.queue_command(lambda queue: run_project(queue, summary.folder), done=lambda _m: self.rescan_projects([summary.folder]))
 
     def action_delete_project(self) -> None:
         summary = self.selected()
