@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="seeds of the sampled copy check")
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts of the effect (× 2 seeds)")
     parser.add_argument("--guidance", type=float, default=7.0)
+    parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps of every picture drawn (the tests draw with few)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 if network is not None:
                     network.apply_to()
                 try:
-                    drawn = generate_rows(model, None, [caption], seeds, [0.0], size=size, guidance=args.guidance)
+                    drawn = generate_rows(model, None, [caption], seeds, [0.0], size=size, guidance=args.guidance, steps=args.sample_steps)
                 finally:
                     if network is not None:
                         network.remove()
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 merged = merge_loras([snaps["b"], snaps["a"]], list(plan.project.merge.ratios), new_rank=plan.project.merge.new_rank,
                                      device="cpu")
                 result, _ = save_merge(merged, Path(work) / f"result-{step}.safetensors", "float")
-                report = lora_effect(model, result, prompts, [1, 2], [0.0, 0.5, 1.0], size=size, guidance=args.guidance)
+                report = lora_effect(model, result, prompts, [1, 2], [0.0, 0.5, 1.0], size=size, guidance=args.guidance, steps=args.sample_steps)
                 row["effect"], row["collateral_ssim"] = report.effect, report.collateral_ssim
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -162,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             merged = merge_loras([plan.outputs.step_snapshot("b", stops["b"]), plan.outputs.step_snapshot("a", stops["a"])],
                                  list(plan.project.merge.ratios), new_rank=plan.project.merge.new_rank, device="cpu")
             result, _ = save_merge(merged, Path(work) / f"result-{stops['a']}-{stops['b']}.safetensors", "float")
-            report = lora_effect(model, result, prompts, [1, 2], [0.0, 0.5, 1.0], size=size, guidance=args.guidance)
+            report = lora_effect(model, result, prompts, [1, 2], [0.0, 0.5, 1.0], size=size, guidance=args.guidance, steps=args.sample_steps)
             rule["effect"], rule["collateral_ssim"] = report.effect, report.collateral_ssim
             print(json.dumps(rule), flush=True)
-    summary.update({"train_seconds": round(seconds, 1), "guidance": args.guidance, "caption": args.caption, "epochs": args.epochs,
+    summary.update({"train_seconds": round(seconds, 1), "guidance": args.guidance, "sample_steps": args.sample_steps, "caption": args.caption, "epochs": args.epochs,
                     "seeds": args.seeds, "prompts": len(prompts), "base": args.base})
     print(markdown(rows, summary))
     if args.out:

@@ -284,7 +284,8 @@ def test_the_validation_bench_runs_end_to_end(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "copy.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "copy_fidelity_bench.py"), "--base", "tiny", "--epochs", "2",
-                           "--every", "5", "--effect-every", "10", "--prompts", "1", "--seeds", "1", "--out", str(out)],
+                           "--every", "5", "--effect-every", "10", "--prompts", "1", "--seeds", "1", "--sample-steps", "3",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     record = json.loads(out.read_text())
@@ -292,7 +293,7 @@ def test_the_validation_bench_runs_end_to_end(tmp_path):
     assert set(record["rows"][1]["sampled"]) == {"a", "b"} and "effect" in record["rows"][2]
     assert set(record["summary"]["spearman"]) == {"a", "b"}
     assert all("effect" in rule and set(rule["stops"]) == {"a", "b"} for rule in record["summary"]["rules"])
-    assert "Spearman (live vs sampled" in done.stdout
+    assert "Spearman (live vs sampled" in done.stdout and record["summary"]["sample_steps"] == 3
 
 
 def test_a_twin_side_frozen_by_an_old_rule_trains_on_from_its_stop(tmp_path, tiny, any_plateau):
