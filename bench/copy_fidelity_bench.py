@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             report = lora_effect(model, result, prompts, [1, 2], [0.0, 0.5, 1.0], size=size, guidance=args.guidance, steps=args.sample_steps)
             rule["effect"], rule["collateral_ssim"] = report.effect, report.collateral_ssim
             print(json.dumps(rule), flush=True)
-    summary.update({"train_seconds": round(seconds, 1), "guidance": args.guidance, "sample_steps": args.sample_steps, "caption": args.caption, "epochs": args.epochs,
+    summary.update({"train_seconds": round(seconds, 1), "guidance": args.guidance, "sample_steps": args.sample_steps,
+                    "caption": args.caption, "epochs": args.epochs,
                     "seeds": args.seeds, "prompts": len(prompts), "base": args.base})
     print(markdown(rows, summary))
     if args.out:
