@@ -193,9 +193,9 @@ async def test_projects_say_they_are_loading(tmp_path, monkeypatch):
 
     real = screen_module.scan_projects
 
-    def slow_scan(folder):
+    def slow_scan(folder, *more):
         release.wait(5)
-        return real(folder)
+        return real(folder, *more)
 
     monkeypatch.setattr(screen_module, "scan_projects", slow_scan)
     app = CopyloraApp(projects, poll_s=0.1)

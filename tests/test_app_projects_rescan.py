@@ -9,6 +9,7 @@ project read again. Scans overlap, and none may put back what a newer one read.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from textual.widgets import DataTable
@@ -19,7 +20,7 @@ from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.screens.projects import ProjectsScreen
 from copylora_tui.screens.queue import QueueScreen
 from engine.jobs.queue import JobStatus, Queue
-from tests.test_app_support import make_projects, mark_trained, use_home, wait_until
+from tests.test_app_support import make_projects, mark_trained, screen_text, use_home, wait_until
 
 NAMES = ("alpha", "beta", "gamma")
 
@@ -34,9 +35,9 @@ def count_scans(monkeypatch) -> dict[str, list]:
     seen: dict[str, list] = {"whole": [], "one": []}
     whole, one = screen_module.scan_projects, screen_module.summarise_project
 
-    def scan_projects(folder):
+    def scan_projects(folder, *more):
         seen["whole"].append(folder)
-        return whole(folder)
+        return whole(folder, *more)
 
     def summarise_project(folder):
         seen["one"].append(folder.name)
@@ -53,6 +54,7 @@ def break_project(folder) -> None:
 
 async def test_back_from_a_project_reads_that_project_and_no_other(tmp_path, monkeypatch):
     use_home(monkeypatch, tmp_path)
+    monkeypatch.setattr(screen_module, "DISK_CHECK_S", 1000.0)  # the disk check (tested below) would find gamma too
     projects = make_projects(tmp_path, NAMES)
     seen = count_scans(monkeypatch)
     app = CopyloraApp(projects, poll_s=0.1)
@@ -74,6 +76,7 @@ async def test_back_from_a_project_reads_that_project_and_no_other(tmp_path, mon
 
 async def test_keys_between_screens_read_everything_only_once_the_scan_is_old(tmp_path, monkeypatch):
     use_home(monkeypatch, tmp_path)
+    monkeypatch.setattr(screen_module, "DISK_CHECK_S", 1000.0)
     projects = make_projects(tmp_path, NAMES)
     seen = count_scans(monkeypatch)
     app = CopyloraApp(projects, poll_s=0.1)
@@ -126,8 +129,8 @@ async def test_a_whole_scan_read_before_a_projects_own_scan_does_not_put_back_th
         read, release = threading.Event(), threading.Event()
         whole = screen_module.scan_projects
 
-        def slow_scan(folder):
-            summaries = whole(folder)
+        def slow_scan(folder, *more):
+            summaries = whole(folder, *more)
             read.set()
             release.wait(10)
             return summaries
@@ -144,3 +147,108 @@ async def test_a_whole_scan_read_before_a_projects_own_scan_does_not_put_back_th
         await wait_until(pilot, lambda: "✗ invalid" in cells(app)["alpha"])
         await pilot.pause()
         assert "✗ invalid" in cells(app)["beta"]
+
+
+async def test_the_list_follows_projects_made_changed_and_removed_beside_the_app(tmp_path, monkeypatch):
+    """`copylora new` or an editor in a pane beside the app: while the list is shown, a stat per
+    project every DISK_CHECK_S finds it; unchanged, nothing is read again; on another screen,
+    nothing is checked."""
+    import shutil
+
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, NAMES)
+    monkeypatch.setattr(screen_module, "DISK_CHECK_S", 0.1)
+    seen = count_scans(monkeypatch)
+    one = screen_module.summarise_project
+
+    def slow_summarise(folder):  # a project that takes several checks to read is asked for once
+        time.sleep(0.4)
+        return one(folder)
+
+    monkeypatch.setattr(screen_module, "summarise_project", slow_summarise)
+    checked: list[list[str]] = []
+    stamps = screen_module.project_stamps
+
+    def project_stamps(folders):
+        checked.append(sorted(f.name for f in folders))
+        return stamps(folders)
+
+    monkeypatch.setattr(screen_module, "project_stamps", project_stamps)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: len(cells(app)) == 3)
+        await pilot.pause(0.5)  # five checks: nothing changed, nothing read
+        assert len(seen["whole"]) == 1 and seen["one"] == []
+
+        made = tmp_path / "delta"  # made beside the app (`copylora new`), moved in whole
+        shutil.copytree(projects / "alpha", made)
+        (made / "copylora.toml").write_text((made / "copylora.toml").read_text().replace('name = "alpha"', 'name = "delta"'))
+        made.rename(projects / "delta")
+        await wait_until(pilot, lambda: "delta" in cells(app))
+        assert len(seen["whole"]) == 2
+
+        toml = projects / "beta" / "copylora.toml"
+        toml.write_text(toml.read_text().replace('base_model = "tiny"', 'base_model = "tiny-sdxl"'))  # edited in place
+        await wait_until(pilot, lambda: cells(app)["beta"][1] == "tiny-sdxl")
+        assert seen["one"] == ["beta"] and len(seen["whole"]) == 2
+
+        shutil.rmtree(projects / "gamma")
+        await wait_until(pilot, lambda: "gamma" not in cells(app))
+        await pilot.pause(0.5)
+        assert seen["one"] == ["beta"] and len(seen["whole"]) == 3
+        assert checked[-1] == ["alpha", "beta", "delta"]  # the removed one is checked no more
+
+        await pilot.press("2")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen))
+        break_project(projects / "alpha")
+        checks = len(checked)
+        await pilot.pause(0.5)
+        assert seen["one"] == ["beta"] and len(seen["whole"]) == 3  # not shown: not read
+        assert len(checked) <= checks + 1  # nor checked (but for one under way when the key came)
+        await pilot.press("1")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen) and "✗ invalid" in cells(app)["alpha"])
+
+
+async def test_a_disk_check_that_fails_is_said_nowhere_and_the_next_one_runs(tmp_path, monkeypatch):
+    """A stat that raises what no one foresaw: the app goes on, and later checks still run."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, NAMES)
+    monkeypatch.setattr(screen_module, "DISK_CHECK_S", 0.1)
+    calls = []
+    real = screen_module.project_stamps
+
+    def failing_once(folders):
+        calls.append(len(folders))
+        if len(calls) == 1:
+            raise RuntimeError("a network disk went away")
+        return real(folders)
+
+    monkeypatch.setattr(screen_module, "project_stamps", failing_once)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: len(cells(app)) == 3)
+        await wait_until(pilot, lambda: len(calls) >= 3)
+        break_project(projects / "beta")
+        await wait_until(pilot, lambda: "✗ invalid" in cells(app)["beta"])
+    assert app.return_code in (0, None)
+
+
+async def test_a_scan_that_fails_says_so_instead_of_reading_for_ever(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, NAMES)
+    real = screen_module.scan_projects
+    failures = [RuntimeError("the projects folder's disk went away")]
+
+    def scan(folder, *more):
+        if failures:
+            raise failures.pop()
+        return real(folder, *more)
+
+    monkeypatch.setattr(screen_module, "scan_projects", scan)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: "cannot read the projects in" in screen_text(app))
+        shown = " ".join(screen_text(app).split())  # the line wraps where the folder's name ends
+        assert "RuntimeError: the projects folder's disk went away (f5 tries again)" in shown and "reading the projects" not in shown
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: len(cells(app)) == 3)

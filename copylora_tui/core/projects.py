@@ -48,6 +48,24 @@ class ProjectSummary:
         return not self.problems
 
 
+Stamp = tuple[int, int, int] | None  # a file's (mtime_ns, size, inode); None where it cannot be read
+
+
+def stamp(path: Path) -> Stamp:
+    """What changes when ``path`` is written, whatever the writer (an editor's rename, a write in
+    place, a copy over it): one stat, so that the list can follow the disk every few seconds."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def project_stamps(folders: list[Path]) -> dict[Path, Stamp]:
+    """Each project's file's stamp (:func:`stamp`): a project file changed shows as a new stamp."""
+    return {folder: stamp(folder / PROJECT_FILE) for folder in folders}
+
+
 def project_folders(projects_dir: Path) -> list[Path]:
     """The folders in ``projects_dir`` that hold a project file, even one that cannot be read: a
     copylora.toml that is a link to nothing or to itself is listed (invalid, saying so) rather
@@ -127,8 +145,14 @@ def _state(status) -> OutputState:
     return OutputState(DONE if status.current else status.state, status.reason)
 
 
-def scan_projects(projects_dir: Path) -> list[ProjectSummary]:
-    return [summarise_project(folder) for folder in project_folders(projects_dir)]
+def scan_projects(projects_dir: Path, stamps: dict[Path, Stamp] | None = None) -> list[ProjectSummary]:
+    """Every project's summary; ``stamps`` gets each project file's stamp, taken before it is read."""
+    summaries = []
+    for folder in project_folders(projects_dir):
+        if stamps is not None:
+            stamps[folder] = stamp(folder / PROJECT_FILE)
+        summaries.append(summarise_project(folder))
+    return summaries
 
 
 def summarise_project(folder: Path) -> ProjectSummary:

@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
-from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, is_project_folder, scan_projects, summarise_project
+from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, Stamp, is_project_folder, project_stamps, scan_projects, stamp, summarise_project
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
@@ -45,6 +45,8 @@ To try the shipped example, copy projects/example-monochrome into {folder}/ and 
 
 
 FULL_RESCAN_AFTER_S = 5.0  # back on this screen sooner than this after a whole scan: only the projects opened meanwhile are read
+DISK_CHECK_S = 2.0  # while shown: a project made, removed or whose file changed (in a shell beside the app) shows within this
+CHECK_GIVEN_UP_S = 30.0  # a check that has not answered by then (a hung network disk) no longer holds the next one back
 
 NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
 
@@ -112,6 +114,9 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         self._full_scan_at = float("-inf")  # when it was asked for (time.monotonic)
         self._shown_generation: dict[Path, int] = {}  # per project: the scan its shown summary came from
         self._finished_jobs: set[int] | None = None
+        self._stamps: dict[Path, Stamp] = {}  # per project: its file's stamp when last read, or asked to be
+        self._folder_stamp: Stamp = None  # the projects folder's, likewise (a project made or removed changes it)
+        self._checking_since = float("-inf")  # when the disk check under way began (time.monotonic)
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -130,6 +135,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         table.display = False
         self.rescan()
         self.watch(self.app, "snapshot", self.show_snapshot)
+        self.set_interval(DISK_CHECK_S, self.check_disk)
 
     def columns(self) -> list[tuple[str, str, int | None]]:
         """No "jobs" column: the A/B/merge cells already say queued or running. Below 92
@@ -173,31 +179,104 @@ class ProjectsScreen(ActsWhileOpen, Screen):
 
     @work(thread=True, group="projects-scan", exit_on_error=False)
     def _scan(self, generation: int, folders: tuple[Path, ...] | None) -> None:
-        if folders is None:
-            summaries = scan_projects(self.app.projects_dir)
-        else:  # one that is no project any more (deleted meanwhile) waits for a whole scan to go
-            summaries = [summarise_project(folder) for folder in folders if is_project_folder(folder)]
-        self.post_message(self.Scanned(generation, summaries, folders))
+        # the stamps first: a change made while the projects are read shows at the next check
+        try:
+            folder_stamp = stamp(self.app.projects_dir) if folders is None else None
+            if folders is None:
+                stamps: dict[Path, Stamp] = {}
+                summaries = scan_projects(self.app.projects_dir, stamps)
+            else:  # one that is no project any more (deleted meanwhile) waits for a whole scan to go
+                folders = tuple(folder for folder in folders if is_project_folder(folder))
+                stamps = project_stamps(list(folders))
+                summaries = [summarise_project(folder) for folder in folders]
+        except Exception as exc:  # each project's own errors are its summary's: this is the folder's, or a bug
+            self.post_message(self.ScanFailed(f"{type(exc).__name__}: {exc}"))
+            raise
+        self.post_message(self.Scanned(generation, summaries, folders, stamps, folder_stamp))
+
+    class ScanFailed(Message, bubble=False):
+        """A scan ended with an error of its own: said, rather than "reading the projects …" for ever."""
+
+        def __init__(self, error: str) -> None:
+            super().__init__()
+            self.error = error
+
+    @while_open
+    def on_projects_screen_scan_failed(self, message: ScanFailed) -> None:
+        text = f"cannot read the projects in {self.app.projects_dir}/: {message.error} (f5 tries again)"
+        if not self._scanned:
+            self.query_one("#empty", Static).update(Text(text, style="red"))
+        else:
+            self.notify(text, severity="error", timeout=8)
 
     class Scanned(Message, bubble=False):
-        """Projects scanned in a thread (``folders`` None: the whole folder); Textual drops it
-        if the screen has closed."""
+        """Projects scanned in a thread (``folders`` None: the whole folder), with the stamps of
+        their files taken before; Textual drops it if the screen has closed."""
 
-        def __init__(self, generation: int, summaries: list[ProjectSummary], folders: tuple[Path, ...] | None) -> None:
+        def __init__(self, generation: int, summaries: list[ProjectSummary], folders: tuple[Path, ...] | None,
+                     stamps: dict[Path, Stamp], folder_stamp: Stamp) -> None:
             super().__init__()
             self.generation, self.summaries, self.folders = generation, summaries, folders
+            self.stamps, self.folder_stamp = stamps, folder_stamp
 
     def on_projects_screen_scanned(self, message: Scanned) -> None:
-        self._show_scan(message.generation, message.summaries, message.folders)
+        if not self._show_scan(message.generation, message.summaries, message.folders):
+            return
+        mine = {folder: s for folder, s in message.stamps.items() if self._shown_generation.get(folder) == message.generation}
+        if message.folders is None:  # the listed projects only: a removed one is no longer checked
+            self._stamps = {s.folder: mine.get(s.folder, self._stamps.get(s.folder)) for s in self.summaries}
+            self._folder_stamp = message.folder_stamp
+        else:
+            self._stamps.update(mine)
 
-    def _show_scan(self, generation: int, summaries: list[ProjectSummary], folders: tuple[Path, ...] | None) -> None:
+    @while_open
+    def check_disk(self) -> None:
+        """Every DISK_CHECK_S while this screen is shown: has a project been made or removed, or
+        a project file changed (`copylora new` or an editor in a pane beside the app)? A stat
+        each, in a thread: a projects folder on a network disk must not stall the keys."""
+        if time.monotonic() - self._checking_since < CHECK_GIVEN_UP_S or not self._scanned or not self.is_active:
+            return
+        self._checking_since = time.monotonic()
+        self._check_disk(dict(self._stamps), self._folder_stamp)
+
+    @work(thread=True, group="projects-disk-check", exit_on_error=False)
+    def _check_disk(self, known: dict[Path, Stamp], folder_stamp: Stamp) -> None:
+        try:
+            now = stamp(self.app.projects_dir)
+            changed = project_stamps(list(known)) if now == folder_stamp else {}
+            changed = {folder: s for folder, s in changed.items() if s != known[folder]}
+            self.post_message(self.DiskChanged(now if now != folder_stamp else None, changed))
+        except BaseException:
+            self.post_message(self.DiskChanged(None, {}))
+            raise
+
+    class DiskChanged(Message, bubble=False):
+        """What a disk check found: the projects folder's new stamp (None: unchanged), the projects
+        whose file changed with their new stamps."""
+
+        def __init__(self, folder_stamp: Stamp, changed: dict[Path, Stamp]) -> None:
+            super().__init__()
+            self.folder_stamp, self.changed = folder_stamp, changed
+
+    def on_projects_screen_disk_changed(self, message: DiskChanged) -> None:
+        self._checking_since = float("-inf")
+        if not self.is_active:  # (is_current holds under a screen that is not modal too)
+            return  # another screen came up while it ran: the first check once back here finds it again
+        if message.folder_stamp is not None:  # asked once: the check does not ask again while the scan runs
+            self._folder_stamp = message.folder_stamp
+            self.rescan()
+        elif message.changed:
+            self._stamps.update(message.changed)
+            self.rescan_projects(message.changed)
+
+    def _show_scan(self, generation: int, summaries: list[ProjectSummary], folders: tuple[Path, ...] | None) -> bool:
         """Scans overlap (jobs finish in a burst, keys come faster than scans): a whole scan is
         shown only if it is the newest one asked for, and no project's summary is replaced by one
         read before it (a whole scan that began before a project's own scan and ended after)."""
         shown = self._shown_generation
         if folders is None:
             if generation != self._full_generation:
-                return  # a newer whole scan is under way
+                return False  # a newer whole scan is under way
             current = {s.folder: s for s in self.summaries}
             merged = []
             for summary in summaries:
@@ -211,11 +290,12 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         else:
             fresh = {s.folder: s for s in summaries if shown.get(s.folder, -1) < generation}
             if not fresh:
-                return
+                return False
             # only projects listed already: a new one is listed by the whole scan that finds it
             self.summaries = [fresh.get(s.folder, s) for s in self.summaries]
             shown.update({folder: generation for folder in fresh})
         self.refresh_table()
+        return True
 
     @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:
