@@ -86,6 +86,26 @@ def test_new_bad_image_then_good(tmp_path, capsys):
     assert main(["check", str(projects / "mono")]) == 0
 
 
+def test_the_global_options_after_the_command_too(tmp_path, monkeypatch, capsys):
+    """`copylora new --projects DIR mono …` said "unrecognized arguments: --projects mono"; after
+    the command it is taken, and one not given there leaves the one before the command alone."""
+    from copylora_tui.cli.main import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
+    projects = tmp_path / "many"
+    assert main(["new", "--projects", str(projects), "mono", "--a", str(a), "--b", str(b)]) == 0
+    assert (projects / "mono" / "copylora.toml").is_file() and not (tmp_path / "projects").exists()
+    capsys.readouterr()
+    assert main(["check", "mono", "--json", "--projects", str(projects)]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "mono"
+    parse = build_parser().parse_args
+    assert (parse(["--projects", "x", "--debug", "queue"]).projects, parse(["--projects", "x", "--debug", "queue"]).debug) == ("x", True)
+    assert (parse(["queue", "--debug"]).projects, parse(["queue", "--debug"]).debug) == ("projects", True)
+    assert parse(["--projects", "x", "check", "m", "--projects", "y"]).projects == "y"
+    assert parse(["check", "m"]).debug is False
+
+
 def test_a_project_is_found_by_the_name_new_gave_it(tmp_path, monkeypatch, home, capsys):
     """`copylora new mono` makes projects/mono; every command that takes a project then takes
     `mono` (it said "mono: no such project folder"). A path, or a name that is here, is itself."""

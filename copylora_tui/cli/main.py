@@ -108,7 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     bake_commands.register(commands)
     sample_command.register(commands)
     queue_commands.register(commands)
+    for command in commands.choices.values():
+        _take_global_options(command)
     return parser
+
+
+def _take_global_options(command: argparse.ArgumentParser) -> None:
+    """``--projects`` and ``--debug`` after the command too: `copylora new --projects ~/loras mono`
+    said "unrecognized arguments: --projects mono". Unset there (SUPPRESS), they leave the value
+    given before the command, or its default, as it is."""
+    group = command.add_argument_group("global options (also before the command)")
+    group.add_argument("--projects", metavar="DIR", default=argparse.SUPPRESS, help="folder of concept projects (default: ./projects)")
+    group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
 
 
 def as_flags(call, flags: set[str], names: dict[str, str] | None = None):
