@@ -149,8 +149,9 @@ def test_the_command_new_suggests_runs_as_pasted_into_a_shell(tmp_path, monkeypa
 
 def test_new_refuses_a_name_that_cannot_name_files(tmp_path, capsys):
     a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
-    for name, says in (("two\nlines", "no '\\n'"), ("a:b", "no ':'"), (".hidden", "must not start with '.'")):
-        assert main(["--projects", str(tmp_path / "p"), "new", name, "--a", str(a), "--b", str(b)]) == EXIT_USAGE
+    for name, says in (("two\nlines", "no '\\n'"), ("a:b", "no ':'"), (".hidden", "must not start with '.'"),
+                       ("-x", "must not start with '-': every command would read it as an option (`copylora check -x`)")):
+        assert main(["--projects", str(tmp_path / "p"), "new", "--a", str(a), "--b", str(b), "--", name]) == EXIT_USAGE
         err = capsys.readouterr().err
         assert err.startswith("copylora: NAME: ") and says in err, err
     assert not (tmp_path / "p").exists()

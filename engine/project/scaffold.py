@@ -161,6 +161,9 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     a_image, b_image = _expanded(a_image, "a_image", problems), _expanded(b_image, "b_image", problems)
     if problem := name_problem(name or dest.name):  # first: a name too long for a file makes exists() raise
         problems.append(Problem("dest", f"{name or dest.name!r} {problem}"))
+    elif dest.name.startswith("-"):  # a new one only: a project named so already stays valid
+        problems.append(Problem("dest", f"{dest.name!r} must not start with '-': every command would read it as an option "
+                                        f"(`copylora check {dest.name}`), and so would rm and ls"))
     elif dest.exists():
         problems.append(Problem("dest", f"{dest} already exists"))
     elif dest.is_symlink():  # a link to itself (realpath leaves it be): nothing can be made there
