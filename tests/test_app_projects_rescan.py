@@ -252,3 +252,28 @@ async def test_a_scan_that_fails_says_so_instead_of_reading_for_ever(tmp_path, m
         assert "RuntimeError: the projects folder's disk went away (f5 tries again)" in shown and "reading the projects" not in shown
         await pilot.press("f5")
         await wait_until(pilot, lambda: len(cells(app)) == 3)
+
+
+async def test_the_first_scan_says_how_far_it_has_got(tmp_path, monkeypatch):
+    """Hundreds of projects take seconds to read the first time (on a network disk, more): the
+    screen counts them rather than show a bare "reading …"."""
+    import copylora_tui.core.projects as core
+
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, NAMES)
+    monkeypatch.setattr(screen_module, "SCAN_PROGRESS_S", 0.0)
+    release = threading.Event()
+    one = core.summarise_project
+
+    def slow(folder):
+        if folder.name == "gamma":
+            release.wait(10)
+        return one(folder)
+
+    monkeypatch.setattr(core, "summarise_project", slow)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: "/ … 2 of 3" in " ".join(screen_text(app).split()))  # the line wraps with the folder's name
+        release.set()
+        await wait_until(pilot, lambda: len(cells(app)) == 3)
+        assert "reading the projects" not in screen_text(app)

@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from engine.errors import ValidationError
 from engine.project.folder import PROJECT_FILE, load_project
@@ -145,13 +146,18 @@ def _state(status) -> OutputState:
     return OutputState(DONE if status.current else status.state, status.reason)
 
 
-def scan_projects(projects_dir: Path, stamps: dict[Path, Stamp] | None = None) -> list[ProjectSummary]:
-    """Every project's summary; ``stamps`` gets each project file's stamp, taken before it is read."""
-    summaries = []
-    for folder in project_folders(projects_dir):
+def scan_projects(projects_dir: Path, stamps: dict[Path, Stamp] | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> list[ProjectSummary]:
+    """Every project's summary; ``stamps`` gets each project file's stamp, taken before it is
+    read; ``on_progress(done, total)`` is called after each project."""
+    summaries: list[ProjectSummary] = []
+    folders = project_folders(projects_dir)
+    for folder in folders:
         if stamps is not None:
             stamps[folder] = stamp(folder / PROJECT_FILE)
         summaries.append(summarise_project(folder))
+        if on_progress is not None:
+            on_progress(len(summaries), len(folders))
     return summaries
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rich.text import Text
 from textual import work
@@ -46,6 +46,7 @@ To try the shipped example, copy projects/example-monochrome into {folder}/ and 
 
 FULL_RESCAN_AFTER_S = 5.0  # back on this screen sooner than this after a whole scan: only the projects opened meanwhile are read
 DISK_CHECK_S = 2.0  # while shown: a project made, removed or whose file changed (in a shell beside the app) shows within this
+SCAN_PROGRESS_S = 0.5  # the first scan of hundreds of projects says how far it has got this often
 CHECK_GIVEN_UP_S = 30.0  # a check that has not answered by then (a hung network disk) no longer holds the next one back
 
 NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
@@ -184,7 +185,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             folder_stamp = stamp(self.app.projects_dir) if folders is None else None
             if folders is None:
                 stamps: dict[Path, Stamp] = {}
-                summaries = scan_projects(self.app.projects_dir, stamps)
+                summaries = scan_projects(self.app.projects_dir, stamps, self._progress_poster(generation))
             else:  # one that is no project any more (deleted meanwhile) waits for a whole scan to go
                 folders = tuple(folder for folder in folders if is_project_folder(folder))
                 stamps = project_stamps(list(folders))
@@ -193,6 +194,30 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             self.post_message(self.ScanFailed(f"{type(exc).__name__}: {exc}"))
             raise
         self.post_message(self.Scanned(generation, summaries, folders, stamps, folder_stamp))
+
+    def _progress_poster(self, generation: int) -> Callable[[int, int], None]:
+        """How far a whole scan has got, posted from its thread at most every SCAN_PROGRESS_S."""
+        last = [time.monotonic()]
+
+        def post(done: int, total: int) -> None:
+            if done < total and time.monotonic() - last[0] >= SCAN_PROGRESS_S:
+                last[0] = time.monotonic()
+                self.post_message(self.ScanProgress(generation, done, total))
+
+        return post
+
+    class ScanProgress(Message, bubble=False):
+        """A whole scan under way has read ``done`` of ``total`` projects."""
+
+        def __init__(self, generation: int, done: int, total: int) -> None:
+            super().__init__()
+            self.generation, self.done, self.total = generation, done, total
+
+    @while_open
+    def on_projects_screen_scan_progress(self, message: ScanProgress) -> None:
+        if not self._scanned and message.generation == self._full_generation:  # the first list: hundreds of projects take seconds
+            self.query_one("#empty", Static).update(
+                Text(f"reading the projects in {self.app.projects_dir}/ … {message.done} of {message.total}", style="dim"))
 
     class ScanFailed(Message, bubble=False):
         """A scan ended with an error of its own: said, rather than "reading the projects …" for ever."""
