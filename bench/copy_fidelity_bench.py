@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.sample_steps < 1:
+        parser.error(f"--sample-steps must be 1 or more, got {args.sample_steps}")
     torch.set_num_threads(args.threads)
     model = load_base_model(args.base)
     prompts = held_out_prompts()[:: max(1, len(held_out_prompts()) // args.prompts)][: args.prompts]

@@ -33,18 +33,18 @@ def cells(app) -> dict[str, list[str]]:
 def count_scans(monkeypatch) -> dict[str, list]:
     """Every whole scan, and every project read on its own, as they happen."""
     seen: dict[str, list] = {"whole": [], "one": []}
-    whole, one = screen_module.scan_projects, screen_module.summarise_project
+    whole, some = screen_module.scan_projects, screen_module.read_projects
 
     def scan_projects(folder, *more):
         seen["whole"].append(folder)
         return whole(folder, *more)
 
-    def summarise_project(folder):
-        seen["one"].append(folder.name)
-        return one(folder)
+    def read_projects(folders, *more):
+        seen["one"].extend(folder.name for folder in folders)
+        return some(folders, *more)
 
     monkeypatch.setattr(screen_module, "scan_projects", scan_projects)
-    monkeypatch.setattr(screen_module, "summarise_project", summarise_project)
+    monkeypatch.setattr(screen_module, "read_projects", read_projects)
     return seen
 
 
@@ -159,13 +159,13 @@ async def test_the_list_follows_projects_made_changed_and_removed_beside_the_app
     projects = make_projects(tmp_path, NAMES)
     monkeypatch.setattr(screen_module, "DISK_CHECK_S", 0.1)
     seen = count_scans(monkeypatch)
-    one = screen_module.summarise_project
+    some = screen_module.read_projects
 
-    def slow_summarise(folder):  # a project that takes several checks to read is asked for once
+    def slow_read(folders, *more):  # a project that takes several checks to read is asked for once
         time.sleep(0.4)
-        return one(folder)
+        return some(folders, *more)
 
-    monkeypatch.setattr(screen_module, "summarise_project", slow_summarise)
+    monkeypatch.setattr(screen_module, "read_projects", slow_read)
     checked: list[list[str]] = []
     stamps = screen_module.project_stamps
 

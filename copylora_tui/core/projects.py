@@ -148,10 +148,16 @@ def _state(status) -> OutputState:
 
 def scan_projects(projects_dir: Path, stamps: dict[Path, Stamp] | None = None,
                   on_progress: Callable[[int, int], None] | None = None) -> list[ProjectSummary]:
-    """Every project's summary; ``stamps`` gets each project file's stamp, taken before it is
-    read; ``on_progress(done, total)`` is called after each project."""
+    """Every project's summary (see :func:`read_projects`)."""
+    return read_projects(project_folders(projects_dir), stamps, on_progress)
+
+
+def read_projects(folders: list[Path], stamps: dict[Path, Stamp] | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> list[ProjectSummary]:
+    """These projects' summaries; ``stamps`` gets each project file's stamp, taken before it is
+    read (a change made while it is read shows at the next look); ``on_progress(done, total)`` is
+    called after each project."""
     summaries: list[ProjectSummary] = []
-    folders = project_folders(projects_dir)
     for folder in folders:
         if stamps is not None:
             stamps[folder] = stamp(folder / PROJECT_FILE)

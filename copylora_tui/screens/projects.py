@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
-from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, Stamp, is_project_folder, project_stamps, scan_projects, stamp, summarise_project
+from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, Stamp, is_project_folder, project_stamps, read_projects, scan_projects, stamp
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
@@ -180,16 +180,14 @@ class ProjectsScreen(ActsWhileOpen, Screen):
 
     @work(thread=True, group="projects-scan", exit_on_error=False)
     def _scan(self, generation: int, folders: tuple[Path, ...] | None) -> None:
-        # the stamps first: a change made while the projects are read shows at the next check
+        stamps: dict[Path, Stamp] = {}  # each taken before its project is read
         try:
             folder_stamp = stamp(self.app.projects_dir) if folders is None else None
             if folders is None:
-                stamps: dict[Path, Stamp] = {}
                 summaries = scan_projects(self.app.projects_dir, stamps, self._progress_poster(generation))
             else:  # one that is no project any more (deleted meanwhile) waits for a whole scan to go
                 folders = tuple(folder for folder in folders if is_project_folder(folder))
-                stamps = project_stamps(list(folders))
-                summaries = [summarise_project(folder) for folder in folders]
+                summaries = read_projects(list(folders), stamps)
         except Exception as exc:  # each project's own errors are its summary's: this is the folder's, or a bug
             self.post_message(self.ScanFailed(f"{type(exc).__name__}: {exc}"))
             raise
@@ -313,10 +311,11 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             self.summaries = merged
             self._scanned = True
         else:
-            fresh = {s.folder: s for s in summaries if shown.get(s.folder, -1) < generation}
+            listed = {s.folder for s in self.summaries}
+            # only projects listed already: a new one is listed by the whole scan that finds it
+            fresh = {s.folder: s for s in summaries if s.folder in listed and shown.get(s.folder, -1) < generation}
             if not fresh:
                 return False
-            # only projects listed already: a new one is listed by the whole scan that finds it
             self.summaries = [fresh.get(s.folder, s) for s in self.summaries]
             shown.update({folder: generation for folder in fresh})
         self.refresh_table()
