@@ -20,7 +20,7 @@ from copylora_tui.screens.project import ProjectScreen
 from copylora_tui.screens.projects import ProjectsScreen
 from copylora_tui.screens.queue import QueueScreen
 from engine.jobs.queue import JobStatus, Queue
-from tests.test_app_support import make_projects, mark_trained, screen_text, use_home, wait_until
+from tests.test_app_support import make_projects, mark_trained, notices, screen_text, use_home, wait_until
 
 NAMES = ("alpha", "beta", "gamma")
 
@@ -231,6 +231,40 @@ async def test_a_disk_check_that_fails_is_said_nowhere_and_the_next_one_runs(tmp
         break_project(projects / "beta")
         await wait_until(pilot, lambda: "✗ invalid" in cells(app)["beta"])
     assert app.return_code in (0, None)
+
+
+async def test_a_disk_check_that_hangs_is_the_only_one_and_is_said(tmp_path, monkeypatch):
+    """A stat on a hung network disk blocks until the disk answers: no second check starts meanwhile
+    (each would be one more stuck thread), the user is told once, and checks go on once it answers."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, NAMES)
+    monkeypatch.setattr(screen_module, "DISK_CHECK_S", 0.05)
+    monkeypatch.setattr(screen_module, "CHECK_SLOW_S", 0.3)
+    disk_back = threading.Event()
+    started = []
+    real = screen_module.project_stamps
+
+    def hanging(folders):
+        started.append(threading.get_ident())
+        disk_back.wait(timeout=30)
+        return real(folders)
+
+    monkeypatch.setattr(screen_module, "project_stamps", hanging)
+    app = CopyloraApp(projects, poll_s=0.1)
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: len(cells(app)) == 3 and started)
+            await wait_until(pilot, lambda: any("has not answered for 0 s (a network disk?)" in n for n in notices(app)))
+            await pilot.pause(0.6)  # twelve check intervals, two of the slow limit
+            assert len(started) == 1
+            assert sum("has not answered" in n for n in notices(app)) == 1  # said once
+            disk_back.set()
+            await wait_until(pilot, lambda: any("answers again" in n for n in notices(app)))
+            await wait_until(pilot, lambda: len(started) >= 3)  # checks run again
+            break_project(projects / "beta")
+            await wait_until(pilot, lambda: "✗ invalid" in cells(app)["beta"])
+    finally:
+        disk_back.set()
 
 
 async def test_a_scan_that_fails_says_so_instead_of_reading_for_ever(tmp_path, monkeypatch):

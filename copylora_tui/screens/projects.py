@@ -47,7 +47,7 @@ To try the shipped example, copy projects/example-monochrome into {folder}/ and 
 FULL_RESCAN_AFTER_S = 5.0  # back on this screen sooner than this after a whole scan: only the projects opened meanwhile are read
 DISK_CHECK_S = 2.0  # while shown: a project made, removed or whose file changed (in a shell beside the app) shows within this
 SCAN_PROGRESS_S = 0.5  # the first scan of hundreds of projects says how far it has got this often
-CHECK_GIVEN_UP_S = 30.0  # a check that has not answered by then (a hung network disk) no longer holds the next one back
+CHECK_SLOW_S = 30.0  # a check that has not answered by then (a hung network disk) is said, once
 
 NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
 
@@ -117,7 +117,8 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         self._finished_jobs: set[int] | None = None
         self._stamps: dict[Path, Stamp] = {}  # per project: its file's stamp when last read, or asked to be
         self._folder_stamp: Stamp = None  # the projects folder's, likewise (a project made or removed changes it)
-        self._checking_since = float("-inf")  # when the disk check under way began (time.monotonic)
+        self._checking_since: float | None = None  # when the disk check under way began (time.monotonic); None: none is
+        self._said_slow = False  # that the one under way has not answered for CHECK_SLOW_S
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -257,7 +258,16 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         """Every DISK_CHECK_S while this screen is shown: has a project been made or removed, or
         a project file changed (`copylora new` or an editor in a pane beside the app)? A stat
         each, in a thread: a projects folder on a network disk must not stall the keys."""
-        if time.monotonic() - self._checking_since < CHECK_GIVEN_UP_S or not self._scanned or not self.is_active:
+        if not self._scanned or not self.is_active:
+            return
+        if self._checking_since is not None:
+            # One check at a time, however long it takes: a stat on a hung network disk blocks its
+            # thread until the disk answers, and a new check every CHECK_SLOW_S piled up a stuck
+            # thread each time. The list stays as last read; the user is told why it may be stale.
+            if not self._said_slow and time.monotonic() - self._checking_since >= CHECK_SLOW_S:
+                self._said_slow = True
+                self.notify(f"{self.app.projects_dir}/ has not answered for {CHECK_SLOW_S:.0f} s (a network disk?): "
+                            "the list shows the projects as last read", severity="warning", timeout=10)
             return
         self._checking_since = time.monotonic()
         self._check_disk(dict(self._stamps), self._folder_stamp)
@@ -282,7 +292,10 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             self.folder_stamp, self.changed = folder_stamp, changed
 
     def on_projects_screen_disk_changed(self, message: DiskChanged) -> None:
-        self._checking_since = float("-inf")
+        self._checking_since = None
+        if self._said_slow:
+            self._said_slow = False
+            self.notify(f"{self.app.projects_dir}/ answers again", timeout=5)
         if not self.is_active:  # (is_current holds under a screen that is not modal too)
             return  # another screen came up while it ran: the first check once back here finds it again
         if message.folder_stamp is not None:  # asked once: the check does not ask again while the scan runs
