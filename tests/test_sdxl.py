@@ -113,7 +113,9 @@ def test_diffusers_sgm_map_is_one_table():
     assert len(set(table.values())) == len(table)
     assert table["down_blocks.1.attentions.0"] == "input_blocks.4.1" and table["up_blocks.0.upsamplers.0"] == "output_blocks.2.2"
     assert diffusers_to_sgm("down_blocks.2.resnets.0.conv_shortcut.weight", *SDXL_LAYOUT) == "input_blocks.7.0.skip_connection.weight"
-    assert diffusers_to_sgm("conv_in", *SDXL_LAYOUT) == "conv_in"
+    assert diffusers_to_sgm("conv_in", *SDXL_LAYOUT) == "input_blocks.0.0"  # outside the numbered blocks too
+    assert diffusers_to_sgm("add_embedding.linear_2.weight", *SDXL_LAYOUT) == "label_emb.0.2.weight"
+    assert diffusers_to_sgm("some.other.path", *SDXL_LAYOUT) == "some.other.path"
     names = ["lora_unet_down_blocks_0_downsamplers_0_conv", "lora_unet_mid_block_resnets_1_time_emb_proj",
              "lora_unet_up_blocks_1_attentions_2_transformer_blocks_1_ff_net_0_proj", "lora_te_text_model_encoder_layers_0_mlp_fc1"]
     assert list(kohya_module_names(names, {}).values()) == [

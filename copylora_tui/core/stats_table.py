@@ -61,6 +61,7 @@ def select_rows(document: dict, *, sort: str = "energy", block: str | None = Non
 def _is_in(name: str, block: str) -> bool:
     """A module's block ``name`` is this block or in this group (``OUT03``/``OUT``, ``out3``/``out``; any case)."""
     name, want = name.lower(), block.lower()
+    want = "mid" if want == "m00" else want  # the LoRA Block Weight extension's other name for the middle block
     return name == want or (want.isalpha() and name.rstrip("0123456789") == want)
 
 

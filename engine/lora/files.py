@@ -152,6 +152,8 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
             given = _alpha(name, stored) if stored is not None else _peft_alpha(name, adapter) if name.startswith(PEFT_COMPONENTS) else None
         except LoRAFileError as exc:
             raise LoRAFileError(f"{path}: {exc}") from None
+        if given and stored is None and name.startswith(PEFT_COMPONENTS) and _peft_rslora(name, adapter):
+            given *= math.sqrt(down.shape[0])  # rsLoRA scales by alpha/√rank; kohya's alpha/rank then needs alpha·√rank
         alpha = given if given is not None and given != 0 else float(down.shape[0])  # 0 or none: alpha = rank, as kohya and A1111 read it
         if dtype is not None:
             down, up = down.to(dtype), up.to(dtype)
@@ -223,6 +225,11 @@ def _peft_alpha(name: str, adapter: Mapping[str, Any]) -> float | None:
         raise LoRAFileError(f"module {name}: lora_adapter_metadata's alpha_pattern {pattern!r} is not a pattern ({exc})") from None
     value = adapter.get(f"{component}.lora_alpha")
     return _metadata_alpha(name, value) if value is not None else None
+
+
+def _peft_rslora(name: str, adapter: Mapping[str, Any]) -> bool:
+    """Whether the PEFT component of ``name`` was trained with rank-stabilised LoRA (``use_rslora``)."""
+    return adapter.get(f"{name.partition('.')[0]}.use_rslora") is True
 
 
 def _metadata_alpha(name: str, value: Any) -> float:

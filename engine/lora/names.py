@@ -16,6 +16,7 @@ so we pick exactly the modules its ``networks/lora.py`` picks and name them as i
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -41,8 +42,13 @@ class Target:
     uses_conv_rank: bool  # k x k convs (k > 1) take the conv rank, everything else the rank
 
 
-def find_targets(unet, text_encoders, family: str, with_conv: bool) -> list[Target]:
-    """All LoRA targets of a model, U-Net first, in module order (as kohya lists them)."""
+def find_targets(unet, text_encoders, family: str, with_conv: bool, also: Collection[str] = ()) -> list[Target]:
+    """All LoRA targets of a model, U-Net first, in module order (as kohya lists them).
+
+    ``also``: names of a file's modules; those that are no kohya target but name a Linear or
+    Conv2d of the model (LyCORIS' full preset and ComfyUI's extracted LoRAs adapt conv_in,
+    conv_out and the time embedding; A1111 and ComfyUI apply any layer a name finds) are
+    targets too, after kohya's."""
     import torch
 
     targets: list[Target] = []
@@ -65,10 +71,22 @@ def find_targets(unet, text_encoders, family: str, with_conv: bool) -> list[Targ
 
     unet_classes = UNET_TARGETS + (UNET_CONV_TARGETS if with_conv else ())
     layout = sgm_layout(unet) if family == "sdxl" else None
-    collect(unet, unet_classes, False, lambda p: unet_lora_name(p, layout))
-    for index, encoder in enumerate(text_encoders):
-        prefix = text_prefix(index, len(text_encoders))
-        collect(encoder, TEXT_TARGETS, True, lambda p, prefix=prefix: prefix + _text_path(p).replace(".", "_"))
+    unet_name = lambda p: unet_lora_name(p, layout)  # noqa: E731
+    collect(unet, unet_classes, False, unet_name)
+    text_names = [lambda p, prefix=text_prefix(i, len(text_encoders)): prefix + _text_path(p).replace(".", "_")
+                  for i in range(len(text_encoders))]
+    for encoder, text_name in zip(text_encoders, text_names):
+        collect(encoder, TEXT_TARGETS, True, text_name)
+    wanted = set(also) - {t.name for t in targets}
+    for root, name_of, is_text in [(unet, unet_name, False), *((e, n, True) for e, n in zip(text_encoders, text_names))]:
+        if not wanted:
+            break
+        for path, module in root.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and id(module) not in seen and name_of(path) in wanted:
+                seen.add(id(module))
+                wanted.discard(name_of(path))
+                is_kxk = isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
+                targets.append(Target(name_of(path), module, is_text, is_kxk))
     return targets
 
 
@@ -112,8 +130,21 @@ _RESNET_PARTS = {
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
 }
+# U-Net modules outside the numbered blocks: never kohya LoRA targets, but LyCORIS' full preset
+# and ComfyUI's extracted LoRAs name them, and a single file stores them under these names.
+UNET_TOP = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's size/crop conditioning
+    "add_embedding.linear_2": "label_emb.0.2",
+}
 # SDXL base's layout (and tiny-sdxl's): 2 layers per block, up blocks 0 and 1 have attention.
 SDXL_LAYOUT = (2, (True, True, False))
+# SD1's and SD2's: 2 layers per block, every up block but the first has attention.
+SD1_LAYOUT = (2, (False, True, True, True))
 
 
 @lru_cache(maxsize=16)
@@ -141,25 +172,36 @@ def sgm_block_map(layers_per_block: int, up_has_attention: tuple[bool, ...]) -> 
             table[f"up_blocks.{i}.upsamplers.0"] = f"output_blocks.{n * i + n - 1}.{2 if up_has_attention[i] else 1}"
     table.update({"mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
                   "mid_block.resnets.1": "middle_block.2"})
+    table.update(UNET_TOP)
     return table
 
 
 def diffusers_to_sgm(path: str, layers_per_block: int, up_has_attention) -> str:
     """A diffusers U-Net module (or parameter) path in the original SGM/LDM layout (as kohya's
-    SDXL U-Net names it), by :func:`sgm_block_map`. Paths outside the numbered blocks are returned as given."""
+    SDXL U-Net names it), by :func:`sgm_block_map`. Paths the map does not know are returned as given."""
     return _to_sgm(path, ".", sgm_block_map(layers_per_block, tuple(up_has_attention)))
 
 
-def _to_sgm(path: str, sep: str, table: dict[str, str]) -> str:
+def sgm_to_diffusers(path: str, layers_per_block: int, up_has_attention, sep: str = ".") -> str:
+    """The other way: an SGM/LDM U-Net module path (at ``sep``) in the diffusers layout."""
+    return _to_sgm(path, sep, _diffusers_block_map(layers_per_block, tuple(up_has_attention)), to_diffusers=True)
+
+
+@lru_cache(maxsize=16)
+def _diffusers_block_map(layers_per_block: int, up_has_attention: tuple[bool, ...]) -> dict[str, str]:
+    return {sgm: diffusers for diffusers, sgm in sgm_block_map(layers_per_block, up_has_attention).items()}
+
+
+def _to_sgm(path: str, sep: str, table: dict[str, str], to_diffusers: bool = False) -> str:
     if sep != ".":
         table = _underscored(table)
     parts = path.split(sep)
-    for k in range(min(len(parts), 6), 2, -1):  # longest prefix first (they have 3-5 parts at ".", 4-6 at "_")
+    for k in range(min(len(parts), 6), 0, -1):  # longest prefix first (1-5 parts at ".", 2-6 at "_")
         prefix = sep.join(parts[:k])
         if prefix in table:
             rest = sep.join(parts[k:])
-            if "resnets" in prefix:
-                rest = _resnet_part(rest, sep)
+            if "resnets" in (table[prefix] if to_diffusers else prefix):
+                rest = _resnet_part(rest, sep, to_diffusers)
             return table[prefix] + (sep + rest if rest else "")
     return path
 
@@ -173,8 +215,10 @@ def _underscored(table: dict[str, str]) -> dict[str, str]:
     return _underscored_cached(tuple(table.items()))
 
 
-def _resnet_part(rest: str, sep: str = ".") -> str:
+def _resnet_part(rest: str, sep: str = ".", to_diffusers: bool = False) -> str:
     for head, sgm in _RESNET_PARTS.items():
+        if to_diffusers:
+            head, sgm = sgm, head
         head = head.replace(".", sep)
         if rest == head or rest.startswith(head + sep):
             return sgm.replace(".", sep) + rest[len(head):]
@@ -186,40 +230,71 @@ def _resnet_part(rest: str, sep: str = ".") -> str:
 # PEFT/diffusers LoRA keys (``pipe.save_lora_weights``): component prefix and factor suffixes.
 PEFT_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")
 PEFT_FACTORS = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
-_DIFFUSERS_UNET = re.compile(r"^lora_unet_(down_blocks|mid_block|up_blocks)_")
+# ComfyUI's LoraSave writes the U-Net's own state-dict keys (``diffusion_model.input_blocks.1.1.proj_in``).
+COMFY_UNET_PREFIXES = ("diffusion_model.", "model.diffusion_model.")
+# kohya names of U-Net modules in the diffusers layout, and in the SGM/LDM one.
+_DIFFUSERS_UNET = re.compile(r"^lora_unet_(down_blocks_|mid_block_|up_blocks_|conv_in$|conv_out$|time_embedding_|add_embedding_)")
+_SGM_UNET = re.compile(r"^lora_unet_(input_blocks_|middle_block_|output_blocks_|time_embed_|label_emb_|out_)")
 # Module names that exist in SDXL's diffusers layout and in no SD1/SD2 U-Net: SD1/SD2 have one
 # transformer block per attention, and their up block 0 has none.
-_ONLY_SDXL = re.compile(r"_transformer_blocks_[1-9]|^lora_unet_up_blocks_0_attentions_")
+_ONLY_SDXL = re.compile(r"_transformer_blocks_[1-9]|^lora_unet_up_blocks_0_attentions_|^lora_unet_label_emb_")
+# Names only an SD1/SD2 U-Net has, in either layout: 4 levels (SDXL: 3), attention in the first
+# level, 12 input and output slots (SDXL: 9).
+_ONLY_SD1 = re.compile(r"^lora_unet_(input_blocks_(9|10|11)_|output_blocks_(9|10|11)_|input_blocks_[12]_1_"
+                       r"|down_blocks_0_attentions_|(down|up)_blocks_3_)")
 
 
 def is_sdxl_file(names, metadata) -> bool:
-    """Whether kohya-style module names (+ the file's metadata) are an SDXL LoRA's."""
+    """Whether kohya-style module names (+ the file's metadata) are an SDXL LoRA's. Names only
+    one family's U-Net has decide first, then the text encoders' prefixes: kohya writes
+    ``lora_te1_``/``lora_te2_`` for SDXL's two and ``lora_te_`` for SD1/SD2's one, but diffusers'
+    kohya conversion writes ``lora_te1_`` for SD1's too, and SGM-layout U-Net names, SDXL's in
+    kohya's files, are SD1's in ComfyUI's and older converters'."""
     version = metadata.get("ss_base_model_version", "")
     if version.startswith("sdxl") or "stable-diffusion-xl" in metadata.get("modelspec.architecture", ""):
         return True
-    return any(n.startswith(("lora_te1_", "lora_te2_")) or "_input_blocks_" in n or "_output_blocks_" in n
-               or "_middle_block_" in n or _ONLY_SDXL.search(n) for n in names)
+    names = list(names)
+    if any(_ONLY_SDXL.search(n) for n in names):
+        return True
+    if any(_ONLY_SD1.match(n) for n in names):
+        return False
+    if any(n.startswith("lora_te2_") for n in names):
+        return True
+    if any(n.startswith("lora_te_") for n in names) or version.startswith(("sd_v1", "sd_v2")) or metadata.get("ss_v2") == "True":
+        return False
+    return any(n.startswith("lora_te1_") or _SGM_UNET.match(n) for n in names)
 
 
 def kohya_module_names(names, metadata) -> dict[str, str]:
     """{name in the file: kohya name} for the LoRA module names of a file.
 
     Reads, besides kohya's own names: PEFT/diffusers module paths (``unet.down_blocks.1...``,
-    ``text_encoder.``, ``text_encoder_2.``: see :func:`peft_module_name`), and SDXL files
-    whose U-Net modules have kohya names built from diffusers paths
+    ``text_encoder.``, ``text_encoder_2.``: see :func:`peft_module_name`); ComfyUI's
+    (``diffusion_model.input_blocks.1.1.proj_in``: the U-Net's SGM paths); SDXL files whose
+    U-Net modules have kohya names built from diffusers paths
     (``lora_unet_down_blocks_1_attentions_0_...``), which become the SGM names kohya's SDXL
-    code writes (``lora_unet_input_blocks_4_1_...``). SD1/SD2 names are kept.
+    code writes (``lora_unet_input_blocks_4_1_...``); and SD1/SD2 files with SGM names, which
+    become the diffusers-path names kohya writes for those models.
     """
     peft = [n for n in names if n.startswith(PEFT_COMPONENTS)]
-    renamed = {n: n for n in names}
-    sdxl = is_sdxl_file([n for n in names if n not in peft], metadata) or any(n.startswith("text_encoder_2.") for n in peft)
+    plain = {n: next(("lora_unet_" + n[len(p):].replace(".", "_") for p in COMFY_UNET_PREFIXES if n.startswith(p)), n)
+             for n in names if n not in peft}
+    sdxl = is_sdxl_file(plain.values(), metadata) or any(n.startswith("text_encoder_2.") for n in peft)
     if peft and not sdxl:  # a PEFT SDXL file may only hold U-Net modules: look at their names too
         sdxl = is_sdxl_file(["lora_unet_" + n[len("unet."):].replace(".", "_") for n in peft if n.startswith("unet.")], {})
+    renamed = {}
     for name in names:
         if name in peft:
             renamed[name] = peft_module_name(name, sdxl)
-        elif sdxl and _DIFFUSERS_UNET.match(name):
-            renamed[name] = "lora_unet_" + _to_sgm(name[len("lora_unet_"):], "_", sgm_block_map(*SDXL_LAYOUT))
+            continue
+        kohya = plain[name]
+        if sdxl and _DIFFUSERS_UNET.match(kohya):
+            kohya = "lora_unet_" + _to_sgm(kohya[len("lora_unet_"):], "_", sgm_block_map(*SDXL_LAYOUT))
+        elif not sdxl and _SGM_UNET.match(kohya):
+            kohya = "lora_unet_" + sgm_to_diffusers(kohya[len("lora_unet_"):], *SD1_LAYOUT, sep="_")
+        elif not sdxl and kohya.startswith("lora_te1_"):  # diffusers' conversion of an SD1 LoRA
+            kohya = "lora_te_" + kohya[len("lora_te1_"):]
+        renamed[name] = kohya
     return renamed
 
 

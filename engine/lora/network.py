@@ -159,6 +159,19 @@ class LoRAModule(nn.Module):
         return LoRAWeights(self.lora_down.weight.detach(), self.lora_up.weight.detach(), float(self.alpha))
 
 
+def _fitted(factor: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A file's factor in the shape of the module it goes to: the same, or the same but for
+    trailing 1x1 dims (Linear factors on a 1x1 conv, as SD2-trained LoRAs have on SD1's proj_in,
+    and the other way round: A1111 and ComfyUI reshape them so too). None: it does not fit."""
+    def squeezed(s) -> tuple:
+        s = tuple(s)
+        return s[:2] if len(s) == 4 and s[2:] == (1, 1) else s
+
+    if factor.shape == shape:
+        return factor
+    return factor.reshape(shape) if squeezed(factor.shape) == squeezed(shape) else None
+
+
 class LoRANetwork(nn.Module):
     """All LoRA modules of one model (U-Net + text encoders), kohya-named.
 
@@ -187,16 +200,19 @@ class LoRANetwork(nn.Module):
         self.multiplier = multiplier
         encoders = list(text_encoders) if text_encoder else []
         with_conv = conv_rank > 0 or modules is not None
-        targets = find_targets(unet, encoders, family, with_conv)
+        targets = find_targets(unet, encoders, family, with_conv, also=modules or ())
         self.unet_loras = nn.ModuleDict()
         self.text_encoder_loras = nn.ModuleDict()
         if modules is not None:
             known = {t.name for t in targets}
             unknown = sorted(set(modules) - known)
             if unknown:
+                # The family is the likely cause only when nothing fits: a file with a few names
+                # no layer has (an embedding, a norm, a text encoder this model lacks) is of this family.
+                why = "(wrong base model family?)" if len(unknown) == len(modules) else f"(of {len(modules)}; no layer of it has these names)"
                 raise LoRAFileError(
                     f"{len(unknown)} LoRA module(s) match nothing in this {family} model "
-                    f"(wrong base model family?): {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+                    f"{why}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
                 )
         for target in targets:
             if modules is not None:
@@ -275,13 +291,14 @@ class LoRANetwork(nn.Module):
                 lora = mine.get(name)
                 if lora is None:
                     continue
-                if w.down.shape != lora.lora_down.weight.shape or w.up.shape != lora.lora_up.weight.shape:
+                down, up = _fitted(w.down, lora.lora_down.weight.shape), _fitted(w.up, lora.lora_up.weight.shape)
+                if down is None or up is None:
                     raise LoRAFileError(
                         f"{name}: shapes {tuple(w.down.shape)}/{tuple(w.up.shape)} do not fit "
                         f"{tuple(lora.lora_down.weight.shape)}/{tuple(lora.lora_up.weight.shape)}"
                     )
-                lora.lora_down.weight.copy_(w.down)
-                lora.lora_up.weight.copy_(w.up)
+                lora.lora_down.weight.copy_(down)
+                lora.lora_up.weight.copy_(up)
                 lora.set_alpha(w.alpha)
 
     def save(self, path: str | os.PathLike, dtype: str | torch.dtype = "fp16", metadata: Mapping[str, Any] | None = None):

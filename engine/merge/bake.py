@@ -152,12 +152,13 @@ def _meta_components(config_root: Path, family: str) -> dict:
     return components
 
 
-def _module_keys(components: dict, family: str) -> dict[str, tuple[str, str, tuple]]:
-    """kohya name -> (component, state-dict key of the weight, shape per the configs)."""
+def _module_keys(components: dict, family: str, lora_names=()) -> dict[str, tuple[str, str, tuple]]:
+    """kohya name -> (component, state-dict key of the weight, shape per the configs), for
+    kohya's targets and any other layer one of ``lora_names`` names (names.find_targets)."""
     from engine.lora.names import find_targets
 
     encoders = [components[n] for n in TEXT_COMPONENTS if n in components]
-    targets = find_targets(components["unet"], encoders, family, with_conv=True)
+    targets = find_targets(components["unet"], encoders, family, with_conv=True, also=lora_names)
     where: dict[int, tuple[str, str]] = {}
     for component, root in components.items():
         for path, module in root.named_modules():
@@ -204,7 +205,7 @@ def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str
         raise ModelError(f"{path}: cannot bake into this checkpoint: {exc}. Bake into the same model as a diffusers folder instead") from None
     components = _meta_components(configs, family)
     layout = sgm_layout(components["unet"])
-    targets = _module_keys(components, family)
+    targets = _module_keys(components, family, lora.modules)
     _check_names(lora, targets, family, lora_name)
     changes: dict[str, list[_Change]] = {}
     missing, mismatched = [], []
@@ -241,7 +242,7 @@ def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, di
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: unreadable diffusers config ({exc})") from exc
     family = _folder_family(folder, info, unet_cfg, sched_cfg)
-    targets = _module_keys(_meta_components(folder, family), family)
+    targets = _module_keys(_meta_components(folder, family), family, lora.modules)
     _check_names(lora, targets, family, lora_name)
 
     headers: dict[str, dict[Path, dict[str, tuple]]] = {}  # component -> file -> key -> shape

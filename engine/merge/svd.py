@@ -55,10 +55,11 @@ def family_of(lora) -> str:
         return "sd2-v" if version.endswith("_v") else "sd2"
     if version.startswith("sd_v1"):
         return "sd1"
-    names = lora.modules.keys()
-    if any(n.startswith(("lora_te1_", "lora_te2_")) or "_input_blocks_" in n or "_output_blocks_" in n for n in names):
-        return "sdxl"
-    return "sd1"
+    if lora.metadata.get("ss_v2") == "True":  # kohya's files before ss_base_model_version (kohya's merge keeps it so)
+        return "sd2-v" if lora.metadata.get("modelspec.prediction_type") == "v" else "sd2"
+    from engine.lora.names import is_sdxl_file
+
+    return "sdxl" if is_sdxl_file(lora.modules.keys(), lora.metadata) else "sd1"
 
 
 def _matrix_shape(w) -> tuple[int, int, int]:
@@ -162,7 +163,7 @@ def merge_loras(
     vectors, block_weights = _block_weights(lbws, family, len(loras))
     names = list(dict.fromkeys(name for lora in loras for name in lora.modules))
     _check_scales(names, loras, paths, ratios, block_weights)
-    notes = module_set_notes(loras, paths)
+    notes = module_set_notes(loras, paths) + unlisted_block_notes(vectors, loras, paths, family)
     new_rank, conv_rank, capped = _capped_ranks(loras, names, new_rank, conv_rank)
     notes += capped
     alpha_out = float(new_rank)
@@ -282,6 +283,28 @@ def _block_weights(lbws: list | None, family: str, count: int) -> tuple[list, li
         return lambda name: module_weight(name, expanded, family)
 
     return list(vectors), [weight_of(expand_lbw(vector) if vector is not None else {}) for vector in vectors]
+
+
+def unlisted_block_notes(vectors: list, loras: list, paths: list[Path], family: str) -> list[str]:
+    """A line per input whose short block-weight vector (12, 17, 20 values) leaves blocks its
+    modules are in at weight 1, as sd-scripts' svd_merge_lora does. The LoRA Block Weight
+    extension, where most presets are copied from, gives those blocks 0: the same preset on a
+    LoRA with conv layers (blocks of resnets only) would merge differently without a word."""
+    from engine.lora.block_weights import BLOCK_LISTS, LENGTHS, block_sort_key, lbw_block, lbw_family
+
+    notes = []
+    longest = max(LENGTHS.get(lbw_family(family) or "sd", (26,)))
+    for vector, lora, path in zip(vectors, loras, paths):
+        if vector is None:
+            continue
+        blocks = {lbw_block(name, lbw_family(family)) for name in lora.modules}
+        left = {block for block in blocks if block is not None} - set(BLOCK_LISTS[len(vector)])
+        if left:
+            shown = ", ".join(sorted(left, key=block_sort_key))
+            advice = f"; give all {longest} values to set them" if len(vector) < longest else ""
+            notes.append(f"{path.name}: its {len(vector)}-value block weights leave {shown} at 1, as sd-scripts does "
+                         f"(the LoRA Block Weight extension gives them 0){advice}")
+    return notes
 
 
 def module_set_notes(loras: list, paths: list[Path]) -> list[str]:

@@ -22,7 +22,7 @@ import re
 from typing import Any, Callable, NamedTuple
 
 from engine.errors import InputError
-from engine.lora.names import diffusers_to_sgm, sgm_layout
+from engine.lora.names import UNET_TOP, diffusers_to_sgm, sgm_layout
 
 UNET_PREFIX = "model.diffusion_model."
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
@@ -30,16 +30,6 @@ SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
 VAE_PREFIX = "first_stage_model."
 
-# U-Net modules outside the numbered blocks (never LoRA targets, but part of a full conversion).
-_UNET_TOP = {
-    "conv_in": "input_blocks.0.0",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's size/crop conditioning
-    "add_embedding.linear_2": "label_emb.0.2",
-}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -74,7 +64,7 @@ def unet_key_to_ldm(key: str, layout: tuple[int, list[bool]]) -> str:
     up blocks have attention).
     """
     module, _, param = key.rpartition(".")
-    module = _UNET_TOP.get(module) or diffusers_to_sgm(module, *layout)
+    module = UNET_TOP.get(module) or diffusers_to_sgm(module, *layout)  # (no layout needed outside the numbered blocks)
     return f"{UNET_PREFIX}{module}.{param}"
 
 
