@@ -223,3 +223,29 @@ def test_stats_takes_the_extensions_name_for_the_middle_block():
     from copylora_tui.core.stats_table import _is_in
 
     assert _is_in("MID", "M00") and _is_in("MID", "m00") and not _is_in("IN00", "M00")
+
+
+def test_the_metadata_gives_the_alphas_the_file_stores(tmp_path):
+    """Files keep one alpha (diffusers mis-scales a second one), so a conv_alpha apart from
+    network_alpha is folded into the conv modules' lora_up; kohya's --network_weights scales by
+    the alphas it is told, and the metadata is where a user reads them."""
+    from safetensors import safe_open
+
+    from engine.lora.metadata import kohya_ss_metadata
+
+    mods = {"lora_unet_up_blocks_1_attentions_0_proj_in": (torch.randn(4, 32), torch.randn(32, 4), 2.0),
+            "lora_unet_up_blocks_1_attentions_0_proj_out": (torch.randn(4, 32), torch.randn(32, 4), 2.0),
+            "lora_unet_up_blocks_0_resnets_1_conv1": (torch.randn(2, 32, 3, 3), torch.randn(32, 2, 1, 1), 1.0)}
+    facts = {"network_dim": 4, "network_alpha": 2.0, "conv_dim": 2, "conv_alpha": 1.0}
+    for conv_alpha, said in ((1.0, "2.0"), (2.0, "2")):  # folded: the stored alpha; not folded: as given
+        mods["lora_unet_up_blocks_0_resnets_1_conv1"] = (*mods["lora_unet_up_blocks_0_resnets_1_conv1"][:2], conv_alpha)
+        meta = kohya_ss_metadata({**facts, "conv_alpha": conv_alpha if conv_alpha != 2.0 else 2}, "sd1")
+        path = save_lora_file(tmp_path / "m.safetensors", mods, meta, "float")
+        with safe_open(str(path), "pt") as f:
+            stored = f.metadata()
+            alphas = {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")}
+        assert alphas == {2.0}
+        assert json.loads(stored["ss_network_args"])["conv_alpha"] == said and float(stored["ss_network_alpha"]) == 2.0
+        w = load_lora_file(path).modules["lora_unet_up_blocks_0_resnets_1_conv1"]
+        assert torch.allclose(delta(w), delta(type(w)(*[torch.as_tensor(x) for x in mods["lora_unet_up_blocks_0_resnets_1_conv1"][:2]],
+                                                      conv_alpha)), atol=1e-5)

@@ -59,13 +59,15 @@ def save_lora_file(
         alpha = float(rank if alpha is None or float(alpha) == 0 else alpha)
         normalised[name] = LoRAWeights(down.detach().float().cpu(), up.detach().float().cpu(), alpha)
     tensors = {}
-    for name, w in uniform_alpha(normalised).items():
+    uniform = uniform_alpha(normalised)
+    for name, w in uniform.items():
         # Copies: a training LoRA's weights are views into one buffer (engine/train/flat_optim.py),
         # and safetensors refuses tensors that share memory.
         tensors[f"{name}.lora_down.weight"] = w.down.to(target, copy=True).contiguous()
         tensors[f"{name}.lora_up.weight"] = w.up.to(target, copy=True).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(w.alpha).to(target)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    _stored_alphas(meta, uniform, normalised)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(tensors, meta)
     path = Path(path)
 
@@ -82,6 +84,31 @@ def save_lora_file(
     from engine.files import atomic_write
 
     return atomic_write(path, write)  # fsynced, renamed into place, the umask's mode
+
+
+def _stored_alphas(meta: dict[str, str], stored: Mapping[str, LoRAWeights], given: Mapping[str, LoRAWeights]) -> None:
+    """The metadata's alphas as the file stores them, where :func:`uniform_alpha` changed some
+    (a conv_alpha apart from network_alpha): kohya's ``--network_weights`` scales each module by
+    the alphas it is told, and a user tells it what the metadata says."""
+    if not stored or all(stored[name].alpha == w.alpha for name, w in given.items()):
+        return
+    alpha = next(iter(stored.values())).alpha
+
+    def differs(value: Any) -> bool:
+        try:
+            return float(value) != alpha
+        except (TypeError, ValueError):
+            return True
+
+    if "ss_network_alpha" in meta and differs(meta["ss_network_alpha"]):
+        meta["ss_network_alpha"] = str(alpha)
+    try:
+        args = json.loads(meta.get("ss_network_args") or "null")
+    except ValueError:
+        return
+    if isinstance(args, dict) and "conv_alpha" in args and differs(args["conv_alpha"]):
+        args["conv_alpha"] = str(alpha)
+        meta["ss_network_args"] = json.dumps(args)
 
 
 def kohya_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
