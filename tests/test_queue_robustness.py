@@ -130,6 +130,10 @@ def test_a_side_with_a_checkpoint_is_resumable_not_missing(tmp_path):
     toml = root / "copylora.toml"
     toml.write_text(toml.read_text().replace("network_dim = 8", "network_dim = 4"))
     assert "made with other settings" in summarise(root.resolve()).sides["a"].reason
+    # a plan shortened past the checkpoint: it is never resumed (SideRun.resume_or_reset), so not shown as resumable
+    toml.write_text(toml.read_text().replace("network_dim = 4", "network_dim = 8").replace("max_train_epochs = 40\n", "")
+                    .replace("# max_train_steps =", "max_train_steps = 2"))
+    assert summarise(root.resolve()).sides["a"].reason == "no LoRA yet"
 
 
 def test_worker_status_exit_code_is_documented():

@@ -95,3 +95,40 @@ def test_train_on_a_finished_side_says_it_is_trained(tmp_path, capsys):
     line = one_line(capsys.readouterr().err)
     assert "holds A's finished training (step 2 of 2) but its LoRA is not up to date (no LoRA yet): add --resume to write it" in line
     assert "or --restart to train it again" in line and not lora.exists()
+
+
+def test_a_checkpoint_past_the_plan_is_not_resumed_and_goes_at_the_next_save(tmp_path, capsys):
+    """A longer training's checkpoint (a --max_steps run, a plan shortened since) was resumed as
+    if it were the plan's: "resuming A from step 6 of 3", no step trained, and a LoRA of 6 steps
+    written over the current one; `copylora run` then queued the side again at every run."""
+    from safetensors.torch import load_file
+
+    from engine.train.checkpoint import list_states, state_step
+
+    root = copy_example(tmp_path)
+    assert main(["train", str(root), "--side", "a", "--max_steps", "3"]) == 0
+    lora = root / "output" / "example-monochrome_A.safetensors"
+    three = load_file(str(lora))
+    kept = lora.read_bytes()
+    assert main(["train", str(root), "--side", "a", "--max_steps", "6", "--resume"]) == 0
+    lora.write_bytes(kept)  # the 3-step LoRA, current for a 3-step plan; checkpoints at 3 and 6
+    run_dir = next(p.parent for p in (root / "output").rglob("state-*.pt"))
+    assert [state_step(p) for p in list_states(run_dir)] == [6, 3]
+    capsys.readouterr()
+
+    assert main(["train", str(root), "--side", "a", "--max_steps", "3"]) == 0
+    assert "example-monochrome_A.safetensors is up to date (step 3 of 3)" in capsys.readouterr().out
+    assert lora.read_bytes() == kept
+
+    assert main(["train", str(root), "--side", "a", "--max_steps", "3", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "the checkpoint at step 6 is past this plan's 3 steps: not resumed" in err and "resuming A from step 3 of 3" in err
+    written = load_file(str(lora))
+    assert all(torch_equal(written[k], three[k]) for k in three)  # the 3-step weights, not the 6-step ones
+    assert [state_step(p) for p in list_states(run_dir)] == [3]  # the longer training's went at this save
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

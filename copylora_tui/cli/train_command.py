@@ -103,7 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     results = result if isinstance(result, dict) else {side: result}
     first = next(iter(results.values()))
     if first.status == "stopped":
-        print(f"stopped at step {first.step}/{first.total}; continue with: copylora train {shlex.quote(str(args.project))} --side {side} --resume")
+        steps = f" --max_steps {args.max_steps}" if args.max_steps is not None else ""  # without it, on to the plan's count
+        print(f"stopped at step {first.step}/{first.total}; continue with: copylora train {shlex.quote(str(args.project))} --side {side}{steps} --resume")
         return EXIT_INTERRUPTED
     for one in results.values():
         # A resume from a finished checkpoint trains no step: it has no loss of its own to show.
@@ -129,7 +130,7 @@ def _finished_sides(plan, side: str, args: argparse.Namespace) -> dict[str, tupl
     finished: dict[str, tuple[int, str]] = {}
     for one in _sides(side):
         sp = plan.side(one)
-        existing = newest_step(sp.run_dir)
+        existing = newest_step(sp.run_dir, at_most=sp.total_steps)  # one past the plan is never resumed (SideRun.resume_or_reset)
         if not existing or args.resume or args.restart:
             continue
         if existing < sp.total_steps:

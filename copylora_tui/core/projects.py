@@ -131,10 +131,10 @@ def _checkpoint_state(plan, side: str) -> OutputState | None:
     from engine.project.provenance import training_fingerprint
     from engine.train.checkpoint import newest_state_facts
 
-    facts = newest_state_facts(plan.side(side).run_dir)
+    total = plan.side(side).total_steps
+    facts = newest_state_facts(plan.side(side).run_dir, at_most=total)  # one past the plan is never resumed
     if facts is None:
         return None
-    total = plan.side(side).total_steps
     if facts.fingerprint is not None and facts.fingerprint != training_fingerprint(plan, side):
         return OutputState(STALE if plan.side(side).lora_path.is_file() else MISSING,
                            f"its checkpoint (step {facts.step}) was made with other settings: run starts over")

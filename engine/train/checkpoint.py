@@ -47,6 +47,13 @@ def save_state(run_dir: Path, state: dict[str, Any]) -> Path:
     # What the app and `copylora run` show of a checkpoint, readable without torch.
     facts = {"step": int(state["step"]), "total": state.get("total"), "fingerprint": state["fingerprint"]}
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(facts)))
+    step = int(state["step"])
+    # A run writes increasing steps: a state past this one is another training's (a longer
+    # plan's, or one with other settings), and kept by step it would outlive this run's own
+    # states, pruned as the older ones (a crash would then find nothing of this run to resume).
+    for old in list_states(run_dir):
+        if state_step(old) > step:
+            remove_state(old)
     for old in list_states(run_dir)[KEEP_STATES:]:
         remove_state(old)
     return path
@@ -64,10 +71,10 @@ class StateFacts:
     fingerprint: str | None  # None: a state written before the facts file existed
 
 
-def newest_state_facts(run_dir: Path) -> StateFacts | None:
-    """Step, total and fingerprint of the newest checkpoint, from its ``.json`` beside it
-    (no torch, no unpickling); None when there is none."""
-    states = list_states(run_dir)
+def newest_state_facts(run_dir: Path, at_most: int | None = None) -> StateFacts | None:
+    """Step, total and fingerprint of the newest checkpoint (at or before step ``at_most`` if
+    given), from its ``.json`` beside it (no torch, no unpickling); None when there is none."""
+    states = [p for p in list_states(run_dir) if at_most is None or state_step(p) <= at_most]
     if not states:
         return None
     step = state_step(states[0])
@@ -115,6 +122,7 @@ def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callab
     return None
 
 
-def newest_step(run_dir: Path) -> int:
-    states = list_states(run_dir)
-    return state_step(states[0]) if states else 0
+def newest_step(run_dir: Path, at_most: int | None = None) -> int:
+    """The newest state's step (at or before ``at_most`` if given), 0 when there is none."""
+    steps = [state_step(p) for p in list_states(run_dir)]
+    return next((s for s in steps if at_most is None or s <= at_most), 0)

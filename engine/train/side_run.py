@@ -11,7 +11,7 @@ from engine.models.loading import BaseModel
 from engine.project.network_weights import network_weights_path
 from engine.project.outputs import SideLora
 from engine.project.plan import Plan, SidePlan
-from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state
+from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state, state_step
 from engine.train.lora_facts import training_facts
 from engine.train.rescue import rescue_folder, rescue_side
 from engine.train.results import Log, TrainingError
@@ -157,13 +157,20 @@ class SideRun:
 
     def resume_or_reset(self, resume: bool, at_most: int | None = None) -> int:
         """The step to start from: the newest valid state's when resuming (at or before
-        ``at_most`` if given), else 0 with the old states dropped."""
+        ``at_most`` if given, and never past the plan's steps), else 0 with the old states dropped."""
         self.copy_history, self.stopped, self.final = [], None, None
         if not resume:
             for old in list_states(self.run_dir):
                 remove_state(old)
             return 0
-        state = load_latest_state(self.run_dir, self.fingerprint, self.log, at_most=at_most)
+        total = self.sp.total_steps
+        past = [state_step(p) for p in list_states(self.run_dir) if state_step(p) > total]
+        if past:
+            # A longer training's (a --max_steps run, a plan shortened since): resumed, it ran no
+            # step and wrote a LoRA of more steps than the plan's, never current, so `copylora run`
+            # queued it again and again; and `train --resume` replaced a current LoRA with it.
+            self.log(f"the checkpoint at step {past[0]} is past this plan's {total} steps: not resumed")
+        state = load_latest_state(self.run_dir, self.fingerprint, self.log, at_most=total if at_most is None else min(at_most, total))
         if state is None:
             if list_states(self.run_dir):
                 self.log("no usable training state to resume from: starting from step 0")
