@@ -244,7 +244,22 @@ def test_merge_names_the_file_and_module_that_hold_nan(loras, tmp_path, capsys):
     assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1e308", "1e308"]) == EXIT_USAGE
     said = one_line(capsys.readouterr().err)
     assert said.startswith("copylora: --ratios: B.safetensors: module ") and "overflows float32; use a smaller ratio" in said
+    # factors that fit float32 at this ratio, but whose change does not: it failed inside the SVD ("internal error")
+    assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1", "3e37"]) == EXIT_USAGE
+    assert "A.safetensors: module" in (said := one_line(capsys.readouterr().err)) and "overflows float32; use a smaller ratio" in said
+    # a merge whose factors fit float32 but not the fp16 it is saved in: it wrote a file of inf
+    assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1", "1e12", "--save_precision", "fp16"]) == EXIT_USAGE
+    assert "does not fit float16 (fp16's largest is 65504: save as float or bf16); nothing was written" in one_line(capsys.readouterr().err)
     assert not Path(out).exists()
+
+
+def test_merge_and_resize_leave_no_blank_line_where_their_bar_was(loras, tmp_path, capsys):  # noqa: F811
+    """Off a terminal (a log file, a pipe), the transient progress bar printed an empty line first."""
+    b, a = loras
+    assert main(["merge", "--save_to", str(tmp_path / "m.safetensors"), "--models", str(b), str(a), "--ratios", "1", "-1"]) == 0
+    assert main(["resize", str(tmp_path / "m.safetensors"), "--new_rank", "2", "--save_to", str(tmp_path / "r.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "" not in [line.strip() for line in err.splitlines()], repr(err)
 
 
 def test_a_family_override_cannot_change_a_folders_architecture(tmp_path, capsys):

@@ -105,7 +105,8 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
     from engine.merge.svd import merge_loras, save_merge
 
     console = output_console(stderr=True)
-    with Progress(TextColumn("merge"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+    with Progress(TextColumn("merge"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:  # a bar that goes leaves a blank line where nothing redraws it
         task = bar.add_task("", total=None)
 
         def progress(done: int, total: int, name: str) -> None:

@@ -146,7 +146,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = load_base_model(base, family, dtype=dtype, device=device)
     notes: list[str] = []  # said after the progress bar, which would draw over them
-    with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=output_console(stderr=True), transient=True) as bar:
+    console = output_console(stderr=True)
+    with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:  # a bar that goes leaves a blank line where nothing redraws it
         task = bar.add_task("", total=len(settings.prompts) * len(settings.strengths))
         path = sample_lora(model, lora, settings, out, model_name=Path(base).name,
                            progress=lambda done, total: (govern(), bar.update(task, completed=done)), log=notes.append)

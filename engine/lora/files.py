@@ -66,6 +66,13 @@ def save_lora_file(
         tensors[f"{name}.lora_down.weight"] = w.down.to(target, copy=True).contiguous()
         tensors[f"{name}.lora_up.weight"] = w.up.to(target, copy=True).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(w.alpha).to(target)
+        for factor, given in ((f"{name}.lora_down.weight", w.down), (f"{name}.lora_up.weight", w.up)):
+            # Finite weights that overflow the precision they are saved in (a merge at a large ratio,
+            # in fp16) became inf: a LoRA that draws nothing, and that every reader refuses.
+            if not torch.isfinite(tensors[factor]).all() and torch.isfinite(given).all():
+                bound = " (fp16's largest is 65504: save as float or bf16)" if target == torch.float16 else ""
+                raise LoRAFileError(f"{path}: module {name}'s {factor.rsplit('.', 2)[1]} does not fit "
+                                    f"{str(target).removeprefix('torch.')}{bound}; nothing was written")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     _stored_alphas(meta, uniform, normalised)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(tensors, meta)

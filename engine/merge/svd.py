@@ -101,8 +101,10 @@ def _clamp(up, down, quantile: float):
 
 def _check_scales(names: list[str], loras: list, paths: list[Path], ratios: list[float], block_weights: list) -> None:
     """Every module's up factor times its ratio (with its block weight) and alpha/rank must stay
-    within float32, where the merged factors are kept; checked for all modules before the first
-    SVD, so a ratio too large is an input to fix (exit 2), found before any work."""
+    within float32, where the merged factors are kept, and so must its change (scale·up@down,
+    bounded by scale·‖up‖·‖down‖: the SVD's products; ratio 1e39 on factors of 0.05 passed the
+    first test and failed inside the SVD as an internal error); checked for all modules before
+    the first SVD, so a ratio too large is an input to fix (exit 2), found before any work."""
     import torch
 
     limit = float(torch.finfo(torch.float32).max)
@@ -112,8 +114,10 @@ def _check_scales(names: list[str], loras: list, paths: list[Path], ratios: list
                 continue
             w = lora.modules[name]
             scale = w.alpha / w.rank * ratio * weight_of(name)
-            peak = float(w.up.double().abs().max()) * abs(scale)
-            if not peak <= limit:  # also catches inf and NaN
+            up, down = w.up.double(), w.down.double()
+            peak = float(up.abs().max()) * abs(scale)
+            change = float(torch.linalg.vector_norm(up)) * float(torch.linalg.vector_norm(down)) * abs(scale)
+            if not (peak <= limit and change <= limit):  # also catches inf and NaN
                 raise ValidationError([Problem("ratios", f"{path.name}: module {name} times its ratio and alpha/rank "
                                                          f"({scale:g}) overflows float32; use a smaller ratio")])
 
