@@ -250,3 +250,24 @@ def test_a_log_on_a_full_disk_costs_lines_not_the_process(tmp_path, who):
         done = subprocess.run([sys.executable, "-c", f"import sys\n{code}\nprint('still here', file=sys.stderr)", str(tmp_path / "state")],
                               cwd=REPO, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr.strip() == "still here", done.stderr
+
+
+def test_a_queue_opened_on_a_real_full_disk_says_the_disk_is_full(small_disk):
+    """With no process on the queue, opening it makes its WAL index: on a full disk SQLite calls
+    that an I/O error (SQLITE_IOERR_SHMSIZE), and every command said "check the disk"."""
+    env = {**os.environ, "COPYLORA_HOME": str(small_disk / "state")}
+
+    def queue_command() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], env=env, capture_output=True, text=True, timeout=120)
+
+    assert queue_command().returncode == 0  # the queue's file, made while there was room
+    with open(small_disk / "filler", "wb") as handle:  # every byte left
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    done = queue_command()
+    said = one_line(done.stderr)
+    assert done.returncode == EXIT_FAILED and FULL in said and "I/O error" not in said, said

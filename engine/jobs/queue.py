@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -132,13 +133,24 @@ def _write_problem(path: Path, exc: sqlite3.Error) -> QueueWriteError | None:
     """``exc`` said as what to do, when the disk under the queue refused a write; else None."""
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
-    if primary == _SQLITE_FULL or "disk is full" in str(exc):
+    # Opening the queue with no other process on it makes its WAL index file (-shm): on a full disk
+    # that fails as an I/O error (SQLITE_IOERR_SHMSIZE), not as SQLITE_FULL. Ask the disk.
+    if primary == _SQLITE_FULL or "disk is full" in str(exc) or (primary == _SQLITE_IOERR and _nearly_full(path.parent)):
         return QueueWriteError(f"cannot write the job queue {path}: its disk is full; free space there (df -h {path.parent}) and try again")
     if primary == _SQLITE_IOERR:
         return QueueWriteError(f"cannot write the job queue {path}: the disk reported an I/O error ({exc}); check the disk")
     if primary == _SQLITE_READONLY:
         return QueueWriteError(f"cannot write the job queue {path}: {exc} (a read-only disk or file?)")
     return None
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether the disk under ``folder`` has less room than a queue write needs (SQLite's WAL
+    index alone takes 32 KiB)."""
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def advisory(default: Callable[[], Any] = lambda: None):
