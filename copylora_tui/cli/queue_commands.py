@@ -199,7 +199,8 @@ def _wait(queue, job_ids: list[int]) -> int:
                         if job_loss_text(job):
                             info += f" loss {job_loss_text(job)}"
                     elif job.status is JobStatus.FAILED:
-                        info = f"[red]failed[/red]: {escape(job.error or '')}"
+                        # one line in a bar's row ("1 problem:" then the problem, below, showed only the first)
+                        info = f"[red]failed[/red]: {escape(' '.join((job.error or '').split()))}"
                     bar.update(task, completed=job.fraction, info=info)
                     finished += job.status.finished
                     if job.status is JobStatus.PAUSED:
