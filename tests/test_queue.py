@@ -4,6 +4,7 @@ and concurrent readers while a writer writes."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 import time
 
@@ -85,6 +86,9 @@ def test_cancel_pause_resume_move(queue):
     queue.resume(b.id)
     queue.move(m.id, "top")
     assert [j.id for j in queue.jobs(("queued",))] == [m.id, b.id]
+    from engine.jobs.procs import process_start
+
+    queue.set_pid(a.id, os.getpid(), process_start(os.getpid()))  # a live process runs it (else it is interrupted)
     assert "cancelling" in queue.cancel(a.id)  # running: an order for the worker
     assert queue.get(a.id).control == "cancel"
     assert queue.cancel(b.id) == "cancelled"

@@ -14,7 +14,7 @@ from copylora_tui.app import CopyloraApp
 from copylora_tui.cli.main import main
 from copylora_tui.core.projects import RESUMABLE, summarise
 from copylora_tui.screens.queue import QueueScreen
-from engine.jobs.queue import Queue
+from engine.jobs.queue import JobStatus, Queue
 from engine.train.controls import TrainControls
 from engine.train.progress import Progress
 from tests.helpers import copy_example
@@ -105,6 +105,42 @@ def test_queue_cli_says_interrupted(tmp_path, monkeypatch, capsys):
     assert main(["queue", "--json"]) == 0
     job = json.loads(capsys.readouterr().out)["jobs"][0]
     assert job["id"] == job_id and job["status"] == "running" and job["interrupted"] is True
+
+
+def test_cancel_and_pause_take_an_interrupted_job_at_once(tmp_path, monkeypatch, capsys):
+    """An order left for a job nobody runs was wiped when the next worker queued it again: a
+    cancelled interrupted job trained on at `worker start`."""
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    root = copy_example(tmp_path)
+    queue = Queue(tmp_path / "state")
+    cancelled = _interrupted_job(queue, root)
+    merge = queue.enqueue("merge", str(root), label="merge", depends_on=[cancelled])
+    assert main(["cancel", str(cancelled)]) == 0
+    assert "cancelled (it was interrupted: its checkpoint is kept, `copylora retry` resumes it)" in capsys.readouterr().out
+    job = queue.get(cancelled)
+    assert job.status is JobStatus.CANCELLED and job.control is None and job.pid is None
+    assert queue.get(merge.id).status is JobStatus.FAILED  # as for a job cancelled while waiting
+    assert queue.retry(cancelled) == "queued again" and queue.get(merge.id).status is JobStatus.QUEUED
+
+    queue.claim(None)
+    paused = cancelled
+    queue.set_pid(paused, *_dead_pid())
+    assert main(["pause", str(paused)]) == 0
+    assert queue.get(paused).status is JobStatus.PAUSED
+    assert queue.resume(paused).startswith("queued")
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a process that runs it: the order waits for it
+    try:
+        from engine.jobs.procs import process_start
+
+        queue.claim(None)
+        queue.set_pid(paused, live.pid, process_start(live.pid))
+        assert main(["cancel", str(paused)]) == 0
+        job = queue.get(paused)
+        assert job.status is JobStatus.RUNNING and job.control == "cancel"
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_a_side_with_a_checkpoint_is_resumable_not_missing(tmp_path):

@@ -630,6 +630,9 @@ class Queue:
             self.finish(job_id, JobStatus.CANCELLED, error="cancelled by the user")
             return "cancelled"
         if job.status is JobStatus.RUNNING:
+            if self._end_interrupted(job, "status = 'cancelled', error = 'cancelled by the user (checkpoint kept: "
+                                          "`copylora retry` resumes it)', finished_at = ?", (time.time(),)):
+                return "cancelled (it was interrupted: its checkpoint is kept, `copylora retry` resumes it)"
             self._control(job_id, "cancel")
             return "cancelling (the job saves a checkpoint and stops)"
         raise QueueError(f"job #{job_id} is {job.status}: nothing to cancel")
@@ -641,6 +644,8 @@ class Queue:
                 db.execute("UPDATE jobs SET status = 'paused', updated_at = ? WHERE id = ?", (time.time(), job_id))
             return "paused"
         if job.status is JobStatus.RUNNING:
+            if self._end_interrupted(job, "status = 'paused'", ()):
+                return "paused (it was interrupted: `copylora resume` queues it again, from its checkpoint)"
             self._control(job_id, "pause")
             return "pausing (the job saves a checkpoint and stops)"
         raise QueueError(f"job #{job_id} is {job.status}: only queued or running jobs can be paused")
@@ -698,6 +703,25 @@ class Queue:
         with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {column} = 1 WHERE id = ?", (job_id,))
         return f"asked job #{job_id} to {what.replace('-now', '')} at its next step"
+
+    def _end_interrupted(self, job: Job, assignments: str, values: tuple) -> bool:
+        """Set ``assignments`` on a "running" job that nothing runs (no worker, its process gone:
+        :func:`mark_interrupted`), as for a waiting one, and True. An order left for it in the
+        control column was wiped when the next worker queued it again, and it trained on. False
+        (the order is left for the process) when something runs it, or a worker took it meanwhile."""
+        from engine.jobs.worker import worker_pid
+
+        if not mark_interrupted([job], worker_pid(self.home) is not None)[0].interrupted:
+            return False
+        with self.transaction() as db:
+            changed = db.execute(
+                f"UPDATE jobs SET {assignments}, pid = NULL, pid_start = NULL, control = NULL, updated_at = ?"
+                " WHERE id = ? AND status = 'running' AND pid IS ? AND pid_start IS ?",
+                (*values, time.time(), job.id, job.pid, job.pid_start),
+            ).rowcount
+            if changed and "'cancelled'" in assignments:
+                self._fail_dependants(db, job.id, JobStatus.CANCELLED)
+        return bool(changed)
 
     def _control(self, job_id: int, order: str) -> None:
         with self.transaction() as db:
