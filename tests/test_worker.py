@@ -157,8 +157,12 @@ def test_one_worker_per_state_folder(home):
         start_detached(home)
     second = subprocess.run([sys.executable, "-m", "engine.jobs.worker", "--home", str(home)], capture_output=True, text=True, timeout=60)
     assert second.returncode == 2 and "already running" in second.stderr
+    said = subprocess.run([sys.executable, "-m", "copylora_tui", "worker", "start"], capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and f"a worker is already running on {home} (pid {pid})" in said.stdout  # as asked: one runs
     assert stop_worker(home) == pid
     assert worker_pid(home) is None
+    # reaped by the process that started it (the app lives on after the worker it started stops)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10, what="the stopped worker to be reaped, not left a zombie")
 
 
 def test_an_optimizer_that_cannot_be_made_fails_the_job_with_one_line(tmp_path, home):

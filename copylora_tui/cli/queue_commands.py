@@ -373,7 +373,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         options = slurm_options(home, args)  # a bad [worker] file or option fails here, not in the detached worker
         if args.foreground:
             return Worker(None, args.gpus, args.per_gpu, slurm=options).run()
-        pid = start_detached(None, args.gpus, args.per_gpu, executor=executor_argv(args))
+        from engine.jobs.worker import WorkerRunning
+
+        try:
+            pid = start_detached(None, args.gpus, args.per_gpu, executor=executor_argv(args))
+        except WorkerRunning:  # what was asked holds: a worker runs (`&&` after it goes on)
+            print(f"a worker is already running on {home} (pid {worker_pid(home)}); it keeps its own settings "
+                  "(`copylora worker stop` first to start one with others)")
+            return 0
         where = f"Slurm ({' '.join(options.arguments())})" if options is not None else "here"
         print(f"worker started (pid {pid}), jobs run {where}; log: {home / 'worker.log'}")
         return 0

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,8 +391,14 @@ def start_detached(home: str | Path | None = None, gpus: str | None = None, per_
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if worker_pid(home) == process.pid:
+            # Reaped when it ends: a long-lived starter (the app) kept every worker it started and
+            # that stopped since as a zombie until it exited.
+            threading.Thread(target=process.wait, name="worker-reaper", daemon=True).start()
             return process.pid
         if process.poll() is not None:
+            other = worker_pid(home)
+            if other:  # another client's worker took the lock first: one runs, as asked
+                raise WorkerRunning(f"a worker is already running on {home} (pid {other})")
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             raise CopyloraError(f"the worker exited at start (code {process.returncode}): {' | '.join(tail)}")
         time.sleep(0.05)
