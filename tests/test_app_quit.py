@@ -94,4 +94,16 @@ async def test_the_screen_keys_ask_before_leaving_unsaved_edits_too(tmp_path, mo
             assert any(f"{key} again leaves without saving" in n for n in notices(app))
             await pilot.press(key)
             await wait_until(pilot, lambda: isinstance(app.screen, lands_on))
+        # from the palette with a text field focused, where the key would type into the field
+        await open_project(pilot, app, folder)
+        field = app.screen.query_one("#field-train-seed #editor", Input)
+        field.value = "7"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        field.focus()
+        await pilot.pause()
+        app.action_show_queue()
+        await pilot.pause()
+        assert any("esc leaves without saving (2 would type into the field)" in n for n in notices(app))
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen))
     assert "seed = 42" in (folder / "copylora.toml").read_text()

@@ -14,23 +14,35 @@ class AsksBeforeLosingEdits:
     (:meth:`has_unsaved_edits`) and calls :meth:`edits_changed` on each edit."""
 
     SAVE_HINT = "ctrl+s saves them"  # how to keep the edits, said in the warning
-    _warned_for: str | None = None  # the key the last warning was about (None: none since the last edit)
+    _warned_for: frozenset[str] = frozenset()  # the keys that leave after the last warning (none since the last edit)
 
     def has_unsaved_edits(self) -> bool:
         raise NotImplementedError
 
     def edits_changed(self) -> None:
-        self._warned_for = None
+        self._warned_for = frozenset()
 
     def may_discard_edits(self, key: str, leaves: str) -> bool:
         """True when the screen may go (no edits, or ``key`` was pressed again after its
         warning); else warn once: "unsaved changes: ctrl+s saves them, ``key`` again
-        ``leaves`` without saving"."""
-        if not self.has_unsaved_edits() or self._warned_for == key:
+        ``leaves`` without saving". A key that a focused text field would take (``2``, reached
+        from the palette) cannot be pressed again: the warning names escape instead."""
+        if not self.has_unsaved_edits() or key in self._warned_for:
             return True
-        self._warned_for = key
-        self.notify(f"unsaved changes: {self.SAVE_HINT}, {key} again {leaves} without saving", severity="warning")  # type: ignore[attr-defined]
+        if len(key) == 1 and _takes_text(self.focused):  # type: ignore[attr-defined]
+            self._warned_for = frozenset({key, "esc"})
+            said = f"esc {leaves} without saving ({key} would type into the field)"
+        else:
+            self._warned_for = frozenset({key})
+            said = f"{key} again {leaves} without saving"
+        self.notify(f"unsaved changes: {self.SAVE_HINT}, {said}", severity="warning")  # type: ignore[attr-defined]
         return False
+
+
+def _takes_text(widget) -> bool:
+    from textual.widgets import Input, TextArea
+
+    return isinstance(widget, (Input, TextArea))
 
 
 def may_quit(screens) -> bool:
