@@ -20,6 +20,10 @@ def test_every_binding_has_an_id_and_the_default_keymap_lists_them(capsys):
     text = capsys.readouterr().out
     assert '"queue.cancel" = "c"  # Queue: Cancel' in text
     assert len([line for line in text.splitlines() if line.startswith('"')]) == len(ids)
+    from copylora_tui.core.keymap import is_key_name
+
+    # the file `copylora keymap` prints loads back as it is: every default key passes the check
+    assert all(is_key_name(key) for b in app_bindings(binding_owners()) for key in b.keys.replace(" ", "").split(","))
 
 
 def test_keymap_file_problems_are_reported_and_the_rest_applies(tmp_path):
@@ -29,6 +33,13 @@ def test_keymap_file_problems_are_reported_and_the_rest_applies(tmp_path):
     assert keymap == {"queue.cancel": "x"}
     assert any("unknown binding id 'queue.cancle' (did you mean 'queue.cancel'?)" in p for p in problems)
     assert any("app.queue must be keys as a string" in p for p in problems)
+    path.write_text('[keymap]\n"queue.cancel" = "ctrl+x, question_mark,f5,pageup,shift+tab"\n"monitor.pause" = "not a key!!"\n'
+                    '"queue.retry" = "ctrl+shift+alt+banana"\n"queue.pause" = "x,hyperdrive+x"\n')
+    keymap, problems = load_keymap(binding_owners(), path)
+    assert keymap == {"queue.cancel": "ctrl+x,question_mark,f5,pageup,shift+tab"}
+    assert [p.split(": ", 1)[1].split(" is no key name")[0] for p in problems] == [
+        "monitor.pause = 'not a key!!': 'notakey!!'", "queue.retry = 'ctrl+shift+alt+banana': 'ctrl+shift+alt+banana'",
+        "queue.pause = 'x,hyperdrive+x': 'hyperdrive+x'"]
     path.write_text("[keymap\n")
     assert load_keymap(binding_owners(), path)[1][0].startswith(f"{path}: not read")
     path.write_text('[keymap]\n"queue.cancel" = ' + "9" * 5000 + "\n")  # tomllib's int limit: ValueError, at the app's start

@@ -81,9 +81,30 @@ def load_keymap(owners: list[tuple[type, str]], path: Path | None = None) -> tup
             problems.append(f"{path}: unknown binding id {binding_id!r}{did_you_mean(binding_id, sorted(known))} (copylora keymap lists them)")
         elif not isinstance(keys, str) or not keys.strip():
             problems.append(f"{path}: {binding_id} must be keys as a string, e.g. \"x\" or \"x,ctrl+x\"")
+        elif bad := [key for key in keys.replace(" ", "").split(",") if not is_key_name(key)]:
+            # Textual binds any string: "not a key!!" showed in the footer and no key did the action
+            problems.append(f"{path}: {binding_id} = {keys!r}: {', '.join(map(repr, bad))} is no key name "
+                            "(Textual's: a character, escape, enter, tab, space, f1…f24, up, pageup…, with ctrl+, shift+ or alt+)")
         else:
             keymap[binding_id] = keys.replace(" ", "")
     return keymap, problems
+
+
+MODIFIERS = ("ctrl", "shift", "alt", "meta", "super", "hyper")
+
+
+def is_key_name(key: str) -> bool:
+    """A key as Textual names it: modifiers, then one character, a named key (``escape``,
+    ``pageup``, ``f5``) or a character's name (``question_mark``, ``full_stop``)."""
+    from textual.keys import Keys, key_to_character
+
+    *modifiers, name = key.split("+")
+    if not name or any(m not in MODIFIERS for m in modifiers):
+        return False
+    if len(name) == 1 or name in {k.value for k in Keys}:
+        return True
+    character = key_to_character(name)  # any Unicode name ("banana" is 🍌): only what a keyboard has
+    return character is not None and len(character) == 1 and character.isascii() and character.isprintable()
 
 
 def default_keymap_text(owners: list[tuple[type, str]]) -> str:
