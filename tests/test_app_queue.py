@@ -292,3 +292,34 @@ async def test_a_folder_named_with_escape_sequences_does_not_reach_the_terminal(
         shown = drawn(app)
         assert shown.count("evil") == 2 and "OWNED" in shown  # the name is there, its sequences harmless
         assert not any(bad in shown for bad in ("\x1b]0;", "\x1b]52", "\x1b[2J", "\x9b")), repr(shown)
+
+
+async def test_the_lines_under_the_tables_say_what_the_jobs_do_now(tmp_path, monkeypatch):
+    """Projects: the line under the table said a training's checkpoint as read when its project
+    was ("A: step 100/200, resumable (r continues it)") while the job was at step 270 of 3000, and
+    "r continues it" for a paused job, where r does nothing. Queue: "r retries" on a job that
+    failed because the one it waits for did, where r is refused ("retry #N")."""
+    from copylora_tui.screens.projects import ProjectsScreen
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = running_job(queue, project, step=270, total=3000)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen) and f"A: job #{job.id} running, step 270/3000" in screen_text(app))
+        queue.report_progress(job.id, Progress(271, 3000, 0.1, 0.1, 1e-4, 12.5, 90.0, 20.0, None), point=False)
+        await wait_until(pilot, lambda: "step 271/3000" in screen_text(app))  # each step, not only when the cell's percent moves
+        with queue.transaction() as db:  # as the job leaves it once paused: the worker marks it so
+            db.execute("UPDATE jobs SET status = 'paused', pid = NULL WHERE id = ?", (job.id,))
+        await wait_until(pilot, lambda: f"A: job #{job.id} paused at step 271/3000 (the Queue resumes it: 2, then p)" in screen_text(app))
+
+    first = queue.enqueue("train", str(project), side="b", label="train B", total=10)
+    merge = queue.enqueue("merge", str(project), label="merge", depends_on=[first.id])
+    preview = queue.enqueue("sample", str(project), label="preview", depends_on=[merge.id])
+    queue.claim(None)
+    queue.finish(first.id, "failed", error="the picture is gone")
+    snapshot = QueueSnapshot(jobs=tuple(queue.jobs()))
+    assert job_detail(snapshot.job(first.id), snapshot).plain.endswith("(r retries)")
+    for waiting in (merge, preview):
+        assert job_detail(snapshot.job(waiting.id), snapshot).plain.endswith(f"(r on #{first.id} retries it, and this one with it)")

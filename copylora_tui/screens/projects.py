@@ -60,9 +60,30 @@ def name_cell(name: str) -> Text:
     return text
 
 
+def _jobs_of(jobs: list[Job], kind: str, side: str | None) -> list[Job]:
+    return [j for j in jobs if (j.trains(side) if kind == "train" and side else j.kind == kind and j.side == side)]
+
+
+def job_note(jobs: list[Job], kind: str, side: str | None) -> str | None:
+    """The job at work on one output, for the line under the table (None: no job is). The
+    output's state on disk, read when the project was, says a training's checkpoint as it was
+    then ("step 100/200, resumable") while the job is far past it, or paused where `r` does nothing."""
+    active = next((j for j in _jobs_of(jobs, kind, side) if j.status.active), None)
+    if active is None:
+        return None
+    at = f" at step {active.step or 0}/{active.total}" if active.total else ""
+    if active.interrupted:
+        return f"job #{active.id} interrupted{at} (the worker resumes it: w in the Queue)"
+    if active.status is JobStatus.RUNNING:
+        return f"job #{active.id} running" + (f", step {active.step or 0}/{active.total}" if active.total else "")
+    if active.status is JobStatus.PAUSED:
+        return f"job #{active.id} paused{at} (the Queue resumes it: 2, then p)"
+    return f"job #{active.id} queued"
+
+
 def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | None) -> Text:
     """What one output of a project is doing: its live job, else its state on disk."""
-    mine = [j for j in jobs if (j.trains(side) if kind == "train" and side else j.kind == kind and j.side == side)]
+    mine = _jobs_of(jobs, kind, side)
     active = next((j for j in mine if j.status.active), None)
     if active is not None:
         if active.interrupted:
@@ -375,6 +396,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         keys = [key for key, _, _ in columns]
         rows = [[c for key, c in zip(ALL_COLUMNS, self._cells(s, snapshot.for_project(s.folder))) if key in keys] for s in self.summaries]
         if rows == self._rows and requested is None:
+            self.show_detail()  # a job's step, under the table, moves within a cell's percent
             return  # nothing changed since the last poll: leave the table and its cursor alone
         self._rows = rows
         table.show(columns, [(str(s.folder), cells) for s, cells in zip(self.summaries, rows)])
@@ -424,9 +446,13 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             head = f"{summary.name}: {count} problem{'s' * (count != 1)} (o opens it):\n"
             detail.update(Text(head + "\n".join(summary.problems[:3]), style="red"))
         else:
-            notes = [f"{side.upper()}: {summary.sides[side].reason}" for side in ("a", "b") if summary.sides[side].state != DONE]
-            if summary.merge.state != DONE:
-                notes.append(f"merge: {summary.merge.reason}")
+            jobs = self.app.snapshot.for_project(summary.folder)
+            notes = []
+            for label, kind, side, state in (("A", "train", "a", summary.sides["a"]), ("B", "train", "b", summary.sides["b"]),
+                                             ("merge", "merge", None, summary.merge)):
+                note = job_note(jobs, kind, side) or (state.reason if state.state != DONE else None)
+                if note:
+                    notes.append(f"{label}: {note}")
             steps = f"base {project_label(summary.base_model)}, steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"
             detail.update(Text(f"{summary.name}: {steps}" + (f"  ·  {'; '.join(notes)}" if notes else "  ·  all outputs current"), style="dim"))
 

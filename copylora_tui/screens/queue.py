@@ -34,12 +34,23 @@ def shown_jobs(jobs: tuple[Job, ...]) -> tuple[list[Job], int]:
     return [j for j in jobs if not j.status.finished] + finished[:FINISHED_SHOWN], left_out
 
 
+def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:
+    """How to run a failed job again: r on it, or, when it failed because a job it waits for did
+    (r on it is refused: "retry #N"), r on the job that failed first, which brings it back."""
+    first = job
+    seen = {job.id}
+    while first.failed_by is not None and (cause := snapshot.job(first.failed_by)) is not None and cause.id not in seen:
+        seen.add(cause.id)
+        first = cause
+    return "r retries" if first is job else f"r on #{first.id} retries it, and this one with it"
+
+
 def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
     if job is None:
         return Text("no jobs: run a project from the Projects screen (1, then r)", style="dim")
     head = f"#{job.id} {job.label} of {project_label(job.project)}: "
     if job.status is JobStatus.FAILED:
-        return Text.assemble((head, "bold"), (f"failed: {job.error or 'no reason recorded'}", "red"), "  (r retries)")
+        return Text.assemble((head, "bold"), (f"failed: {job.error or 'no reason recorded'}", "red"), f"  ({retry_hint(job, snapshot)})")
     if job.status is JobStatus.CANCELLED:
         return Text.assemble((head, "bold"), (job.error or "cancelled", "dim"), "  (r retries; it resumes from its checkpoint)")
     if job.status.waiting:
