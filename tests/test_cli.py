@@ -395,6 +395,10 @@ def test_stats_json_names_blocks_as_the_table_does(merged, capsys):
     assert main(["stats", str(merged), "--json", "--top", "0", "--blocks", "unet"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(r["block"] == r["unet_block"] != r["lbw_block"] for r in rows)
+    for top in ("-1", "x"):  # -1 dropped the last row (Python's slicing)
+        with pytest.raises(SystemExit) as caught:
+            main(["stats", str(merged), "--top", top])
+        assert caught.value.code == 2 and "--top" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- usage errors and output

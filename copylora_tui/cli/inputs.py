@@ -24,6 +24,17 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, got {text!r}")
 
 
+def count(text: str) -> int:
+    """A count of rows or items: 0 or more (``--top -5`` dropped the last five rows, Python's slicing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def lora_problem(flag: str, path: str | Path) -> Problem | None:
     """Why ``path`` cannot be read as a LoRA file, from its first bytes or its safetensors
     header (as engine.lora.files reads it), or None. Whether its keys make a LoRA the load

@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from copylora_tui.cli.inputs import device_name
+from copylora_tui.cli.inputs import count, device_name
 from engine.errors import Problem, ValidationError
 
 KOHYA_PRECISIONS = ("float", "fp16", "bf16", "fp64")
@@ -79,7 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="group by LoRA Block Weight blocks (BASE, IN04, MID, OUT03…; default) or by U-Net level (te, in1, mid, out3…)")
     stats.add_argument("--block", metavar="B", help="only modules of this block or group, in either naming: IN04, OUT, BASE, MID, or te, in1, out3…")
     stats.add_argument("--kind", choices=("linear", "conv1x1", "conv3x3"), help="only this kind of module")
-    stats.add_argument("--top", type=int, default=20, metavar="N", help="rows to show (0: all; default 20)")
+    stats.add_argument("--top", type=count, default=20, metavar="N", help="rows to show (0: all; default 20)")
     stats.add_argument("--json", action="store_true",
                        help="print the selected rows as JSON: block in the --blocks naming, lbw_block and unet_block both")
     stats.set_defaults(func=cmd_stats)
