@@ -155,6 +155,17 @@ def test_new_refuses_a_name_that_cannot_name_files(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("copylora: NAME: ") and says in err, err
     assert not (tmp_path / "p").exists()
+    # "" named the projects folder itself ("... already exists"), and --base "" the current folder
+    for argv, says in ((["new", "", "--a", str(a), "--b", str(b)], "copylora: NAME: is empty"),
+                       (["new", "q", "--a", str(a), "--b", str(b), "--base", " "], "copylora: --base: is empty")):
+        assert main(["--projects", str(tmp_path / "p"), *argv]) == EXIT_USAGE
+        assert capsys.readouterr().err.strip() == says
+    # a projects folder that cannot take it is the input to fix (exit 2), said as what it is
+    (tmp_path / "afile").write_text("")
+    assert main(["--projects", str(tmp_path / "afile"), "new", "q", "--a", str(a), "--b", str(b)]) == EXIT_USAGE
+    assert capsys.readouterr().err.strip() == f"copylora: NAME: {tmp_path / 'afile'} is a file, not a folder"
+    assert main(["--projects", "/proc", "new", "q", "--a", str(a), "--b", str(b)]) == EXIT_USAGE
+    assert "cannot write in /proc" in capsys.readouterr().err
 
 
 def test_every_input_error_is_exit_2_and_only_those(capsys):

@@ -84,6 +84,9 @@ def cmd_new(args: argparse.Namespace) -> int:
     from engine.models.toy import new_project_caption
     from engine.project.scaffold import TOY_CAPTION_WHY, create_project
 
+    empty = [Problem(flag, "is empty") for flag, value in (("NAME", args.name), ("--base", args.base)) if not str(value).strip()]
+    if empty:  # "" named the projects folder itself ("already exists") and the current folder as a base
+        raise ValidationError(empty)
     dest = project_dest(args.name, args.projects)
     names = {"dest": "NAME", "a_image": "--a", "b_image": "--b", "base_model": "--base"}
     caption = new_project_caption(args.base, args.a)

@@ -181,8 +181,12 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     if problems:
         raise ValidationError(problems)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_folder(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_folder(dest)
+    except OSError as exc:  # the place to write in: the user's input to fix (exit 2), not a failed work
+        said = f"{dest.parent} is a file, not a folder" if dest.parent.exists() and not dest.parent.is_dir() else os_error_text(exc)
+        raise ValidationError([Problem("dest", said)]) from None
     try:
         for side, image in (("a", a_image), ("b", b_image)):
             (staging / side).mkdir()
