@@ -421,3 +421,28 @@ def test_the_app_without_a_terminal_says_so_instead_of_drawing_into_a_pipe(tmp_p
     env = {**os.environ, "COPYLORA_HOME": str(tmp_path / "state")}
     done = subprocess.run([sys.executable, "-m", "copylora_tui.cli.main"], stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=60)
     assert done.returncode == EXIT_USAGE and done.stdout == b"" and b"needs a terminal" in done.stderr
+
+
+def test_misplaced_inputs_are_said_as_what_they_are(tmp_path, capsys, monkeypatch):
+    """An audit of 2026-12-07: a folder or /dev/null given as a kohya config was "no such file";
+    a file where a project's picture folder goes "folder not found"; `run nosuch` said the name
+    twice; `merge --project` before training blamed --models, which was never given."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "img").mkdir()
+    for given, says in (("img", "copylora: img: is a folder, not a file"),
+                        ("/dev/null", "copylora: /dev/null: is not a regular file (a pipe or a device?)")):
+        assert main(["import-kohya", given, "--into", "x"]) == EXIT_USAGE
+        assert capsys.readouterr().err.strip() == says
+    assert main(["run", "nosuch", "--no_worker"]) == EXIT_USAGE
+    assert capsys.readouterr().err.strip() == "copylora: nosuch: no such project folder"
+    root = copy_example(tmp_path)
+    assert main(["merge", "--project", str(root)]) == EXIT_USAGE
+    assert one_line(capsys.readouterr().err) == (f"copylora: --project: not trained yet: no example-monochrome_B.safetensors, "
+                                                 f"example-monochrome_A.safetensors in {root / 'output'}; `copylora run {root}` trains and merges")
+    a = next((root / "a").iterdir())
+    moved = tmp_path / "a.png"
+    a.rename(moved)
+    (root / "a").rmdir()
+    moved.rename(root / "a")  # the picture where its folder goes
+    assert main(["check", str(root)]) == EXIT_USAGE
+    assert f"a.folder: {root / 'a'} is a file, not a folder" in capsys.readouterr().err

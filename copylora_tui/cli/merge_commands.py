@@ -146,6 +146,10 @@ def _project_defaults(args: argparse.Namespace) -> None:
     result = Result(plan)
     paths, ratios = result.inputs()  # [B, A] by the SVD route; [B] alone by the differential one
     if not args.models:  # the project's own result: recorded with its route, as `copylora run` makes it
+        if missing := [p for p in paths if not p.exists()]:  # said as the project's state, not as a --models never given
+            names = ", ".join(p.name for p in missing)
+            raise ValidationError([Problem("--project", f"not trained yet: no {names} in {missing[0].parent}; "
+                                                        f"`copylora run {args.project}` trains and merges")])
         args.route = result.route()
         args.lbws = args.lbws or result.lbws()
     args.models = args.models or [str(p) for p in paths]

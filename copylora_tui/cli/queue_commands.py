@@ -137,7 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             load_project(path)
         except ValidationError as exc:
-            problems += [Problem(f"{path}: {p.where}" if p.where else path, p.message) for p in exc.problems]
+            # (a problem already placed at the path itself, "no such project folder", is not placed there twice)
+            problems += [Problem(f"{path}: {p.where}" if p.where and p.where != path else path, p.message) for p in exc.problems]
     if problems:
         raise ValidationError(problems)
     queue = _queue()

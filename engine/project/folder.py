@@ -516,7 +516,7 @@ def _check_output_dir(project: Project, problems: list[Problem]) -> None:
 def _check_image_folder(root: Path, folder: str, key: str, problems: list[Problem], decode: bool = True) -> None:
     path = root / folder
     if not path.is_dir():
-        problems.append(Problem(key, f"folder not found: {path}"))
+        problems.append(Problem(key, f"{path} is a file, not a folder" if path.exists() else f"folder not found: {path}"))
         return
     images = image_files(path)
     if not images:

@@ -276,8 +276,11 @@ def _load(path: Path) -> tuple[dict, str]:
     def fail(message: str) -> ValidationError:
         return ValidationError([Problem(str(path), message)])
 
-    if not path.is_file():
-        raise fail("no such file")
+    if not path.is_file():  # a folder, a pipe, /dev/null: said as what it is ("no such file" for all)
+        from engine.files import input_file_problem
+
+        problem = input_file_problem(path) or "no such file"
+        raise fail("no such file" if problem.startswith("no such file") else problem.removeprefix(f"{path}: ").removeprefix(f"{path} "))
     try:
         raw = path.read_bytes()
     except OSError as exc:
