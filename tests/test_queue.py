@@ -221,3 +221,20 @@ def test_the_queue_takes_only_the_kinds_the_runner_runs(tmp_path):
         with pytest.raises(QueueError, match=f"unknown job kind '{kind}'"):
             queue.enqueue(kind, str(tmp_path))
     queue.close()
+
+
+def test_a_picture_jobs_speed_is_timed_from_its_first_picture_done(queue):
+    """A preview or class-image job's progress: at 1 of 2 it showed 56 420 it/s (one picture
+    over the microseconds since the meter was made), with an ETA of 0."""
+    from engine.jobs.runner import _images_progress
+
+    job = queue.enqueue("sample", "p", label="preview")
+    queue.claim(None)
+    progress = _images_progress(queue, job, {"asked": False})
+    progress(1, 3)
+    first = queue.get(job.id)
+    assert first.step == 1 and not first.it_per_s and (first.eta_s is None or first.eta_s == float("inf"))  # not known yet
+    time.sleep(0.05)
+    progress(2, 3)
+    second = queue.get(job.id)
+    assert 0 < second.it_per_s < 40 and 0 < second.eta_s < 1  # one picture in ≥ 50 ms

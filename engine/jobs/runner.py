@@ -212,8 +212,8 @@ def _images_progress(queue: Queue, job: Job, stop: dict):
         govern()
         if stop["asked"]:
             raise Stopped(f"stopped after {done} of {total} images")
-        if "m" not in meter:
-            meter["m"] = ProgressMeter(total)
+        if "m" not in meter:  # from the first picture done: timed from its own start it read 56 420 it/s at 1 of 2
+            meter["m"] = ProgressMeter(total, start_step=done)
         p = meter["m"].update(done, float("nan"), 0.0)
         queue.report_progress(job.id, Progress(done, total, float("nan"), float("nan"), 0.0, p.it_per_s, p.eta_s, p.elapsed_s), point=False)
 
