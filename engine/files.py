@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -162,6 +163,15 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _disk_full(folder: Path) -> bool:
+    """Whether the disk under ``folder`` has (next to) no room left: a writer's failure is then
+    the full disk, whatever words it used."""
+    try:
+        return shutil.disk_usage(folder).free < 16 << 20
+    except OSError:
+        return False
+
+
 def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)``, fsync the result, give it the umask's mode (or the mode of the
     file it replaces, which must not be read-only), rename it onto ``path`` and fsync the folder. On any failure the temporary file is removed and the old
@@ -188,6 +198,8 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
         except RuntimeError as exc:
             from engine.errors import first_line
 
+            if _disk_full(path.parent):  # torch says a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos …"
+                raise OSError(f"cannot write {path}: no space left on its disk (df -h {path.parent})") from exc
             raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())

@@ -271,3 +271,25 @@ def test_a_queue_opened_on_a_real_full_disk_says_the_disk_is_full(small_disk):
     done = queue_command()
     said = one_line(done.stderr)
     assert done.returncode == EXIT_FAILED and FULL in said and "I/O error" not in said, said
+
+
+def test_a_checkpoint_on_a_full_disk_says_the_disk_is_full(small_disk):
+    """torch.save on a full disk raises "[enforce fail at inline_container.cc:672] . unexpected
+    pos 2813120 vs 2813008": the job failed with that line."""
+    import torch
+
+    from engine.files import atomic_write
+
+    with open(small_disk / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    (small_disk / "filler").write_bytes(b"\0" * ((small_disk / "filler").stat().st_size - 200_000))  # room for a bit, not for all
+    state = {"weights": torch.zeros(1_000_000)}  # 4 MB
+    with pytest.raises(OSError) as caught:
+        atomic_write(small_disk / "state-00000010.pt", lambda tmp: torch.save(state, tmp))
+    assert str(caught.value) == f"cannot write {small_disk / 'state-00000010.pt'}: no space left on its disk (df -h {small_disk})"
+    assert not list(small_disk.glob(".state-*"))  # its temporary file went
