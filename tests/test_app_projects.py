@@ -36,6 +36,18 @@ async def test_lists_projects_with_their_state(tmp_path, monkeypatch):
         assert "worker not running" in text and "r Run" in text and "d Delete" in text
 
 
+async def test_home_and_end_go_to_the_first_and_last_project(tmp_path, monkeypatch):
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, ("alpha", "beta", "gamma"))
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 3)
+        await pilot.press("end")
+        await wait_until(pilot, lambda: table(app).cursor_row == 2 and "gamma: base" in screen_text(app))
+        await pilot.press("home")
+        await wait_until(pilot, lambda: table(app).cursor_row == 0 and "alpha: base" in screen_text(app))
+
+
 async def test_empty_folder_says_how_to_make_a_project(tmp_path, monkeypatch):
     use_home(monkeypatch, tmp_path)
     app = CopyloraApp(tmp_path / "none")

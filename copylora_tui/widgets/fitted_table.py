@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 
 # (key, label, width): a width of None fits the column to its label and cells.
@@ -49,6 +50,25 @@ def fitted_widths(columns: Sequence[ColumnSpec], rows: Sequence[Sequence[object]
 
 class FittedTable(DataTable):
     """``show`` replaces every row; the columns are rebuilt only when a width or label moves."""
+
+    # DataTable's home and end scroll sideways, which a table of rows that fit does not need:
+    # with 150 projects they did nothing, where a list's first and last row are what is looked for.
+    BINDINGS = [
+        Binding("home", "first_row", "First", show=False),
+        Binding("end", "last_row", "Last", show=False),
+    ]
+
+    def action_first_row(self) -> None:
+        if self.cursor_type == "row" and self.row_count:
+            self.move_cursor(row=0)
+        else:
+            self.action_scroll_home()
+
+    def action_last_row(self) -> None:
+        if self.cursor_type == "row" and self.row_count:
+            self.move_cursor(row=self.row_count - 1)
+        else:
+            self.action_scroll_end()
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
