@@ -238,3 +238,58 @@ def test_a_picture_jobs_speed_is_timed_from_its_first_picture_done(queue):
     progress(2, 3)
     second = queue.get(job.id)
     assert 0 < second.it_per_s < 40 and 0 < second.eta_s < 1  # one picture in ≥ 50 ms
+
+
+def test_the_progress_writer_writes_what_it_held_back_when_asked():
+    """A training stopped at step 86 showed 85 in the queue (the last step the throttle let by)."""
+    from engine.jobs.runner import ProgressWriter
+
+    written = []
+
+    class Queue:
+        def report_progress(self, job_id, p, *, point):
+            written.append(p.step)
+
+        def take_requests(self, job_id):
+            return {}
+
+    writer = ProgressWriter(Queue(), 1, 1000)
+    for step in (85, 86):
+        writer(Progress(step, 1000, 0.1, 0.1, 1e-4, 10.0, 91.4, 8.6))
+    assert written == [85]  # 86 came within the write interval
+    writer.flush()
+    writer.flush()
+    assert written == [85, 86]
+
+
+def test_a_twin_job_trained_side_after_side_counts_on_over_both(tmp_path, monkeypatch):
+    """A twin job whose sides cannot train together trains A, then B: B's steps showed as the
+    job's (the bar went back to 0, the ETA said 00:00 at A's end with all of B left)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from engine.jobs.queue import TWIN
+    from engine.jobs.runner import run_train
+    from tests.helpers import copy_example
+
+    torch.set_num_threads(1)
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("# Any [train] key set here overrides it for this side only.\n\n[merge]",
+                                              "learning_rate = 0.0005\n\n[merge]"))  # [b] apart from [a]: no twin batch
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", str(root), side=TWIN, label="train A+B", total=3, params={"max_steps": 3})
+    queue.claim(None)
+    seen = []
+    real = queue.report_progress
+
+    def report(job_id, p, *, point):
+        seen.append((p.step, p.total))
+        return real(job_id, p, point=point)
+
+    monkeypatch.setattr(queue, "report_progress", report)
+    run_train(queue, queue.get(job.id), {"asked": False})
+    assert [total for _, total in seen] == [6] * len(seen)
+    steps = [step for step, _ in seen]
+    assert steps == sorted(steps) and steps[-1] == 6 and 3 in steps  # on from A's 3 steps, never back
+    assert queue.get(job.id).step == 6

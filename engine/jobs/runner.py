@@ -16,7 +16,8 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable
 
 from engine.errors import CopyloraError
 from engine.jobs.log_line import log_line
@@ -69,6 +70,7 @@ class ProgressWriter:
         self.sample_pending = False
         self.writes = 0
         self.write_seconds = 0.0
+        self.unwritten = None  # the newest progress the throttle held back
 
     def __call__(self, p) -> None:
         govern()
@@ -76,7 +78,9 @@ class ProgressWriter:
         checked = getattr(p, "copy_step", None) == p.step  # a copy check just now: its figure is kept as a point
         point = p.step - self.last_point >= self.stride or p.step == p.total or checked
         if now - self.last_write < WRITE_INTERVAL_S and p.step != p.total and not checked:
+            self.unwritten = p
             return
+        self.unwritten = None
         started = time.perf_counter()
         self.queue.report_progress(self.job_id, p, point=point)
         if point:
@@ -94,6 +98,13 @@ class ProgressWriter:
         self.last_write = now
         self.writes += 1
         self.write_seconds += time.perf_counter() - started
+
+    def flush(self) -> None:
+        """Write the progress the throttle held back: a training stopped (paused, cancelled) at
+        step 86 showed 85 in the queue, the last step written, while its checkpoint was 86's."""
+        if self.unwritten is not None:
+            p, self.unwritten = self.unwritten, None
+            self.queue.report_progress(self.job_id, p, point=True)
 
     def take_save(self) -> bool:
         pending, self.save_pending = self.save_pending, False
@@ -113,6 +124,25 @@ def job_project(job: Job, **options):
         raise CopyloraError(f"the project folder {job.project} is gone (moved or removed since this job was queued): "
                             "`copylora run` the project where it is now")
     return load_project(job.project, **options)
+
+
+def _steps_after(writer: ProgressWriter, offset: int, total: int):
+    """Progress of a side trained after ``offset`` steps of another, as the job's: its steps
+    counted on from them, out of ``total``, and the ETA of what is left of both."""
+    import math
+
+    def on_progress(p) -> None:
+        step = offset + p.step
+        eta = (total - step) / p.it_per_s if p.it_per_s > 0 else math.inf
+        copy_step = None if p.copy_step is None else offset + p.copy_step
+        writer(replace(p, step=step, total=total, eta_s=eta, copy_step=copy_step))
+
+    return on_progress
+
+
+def _start_after(queue: Queue, job_id: int, offset: int, total: int) -> Callable[[int, int], None]:
+    """Where a side trained after ``offset`` steps of another starts, as the job's step."""
+    return lambda step, _side_total: queue.set_start_step(job_id, offset + step, total)
 
 
 def run_train(queue: Queue, job: Job, stop: dict) -> dict:
@@ -147,8 +177,13 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
         except TwinNotPossible as exc:  # settings changed since it was queued, or the sides resume at different steps
             log(f"{exc}; training A, then B")
             results = {}
-            for side in ("a", "b"):
-                results[side] = train(plan, side, resume=not fresh, controls=controls, log=log)
+            both = plan.side("a").total_steps + plan.side("b").total_steps
+            for side, offset in (("a", 0), ("b", plan.side("a").total_steps)):
+                # One bar over both sides: each side's own steps showed as the job's, so the bar
+                # went back to 0 at B, and the ETA read 00:00 at A's end with all of B to train.
+                on_side = replace(controls, on_progress=_steps_after(writer, offset, both), on_start=_start_after(queue, job.id, offset, both))
+                results[side] = train(plan, side, resume=not fresh, controls=on_side, log=log)
+                writer.flush()
                 if results[side].status == "stopped":
                     break
     elif job.side == PAIR:  # the one-LoRA routes (addift, slider)
@@ -157,6 +192,7 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
         results = {PAIR: train_pair(plan, resume=not fresh, controls=controls, log=log)}
     else:
         results = {job.side: train(plan, job.side, resume=not fresh, controls=controls, log=log)}
+    writer.flush()
     seconds = max(r.seconds for r in results.values())
     if writer.writes:
         log(f"progress writes: {writer.writes}, {1000 * writer.write_seconds / writer.writes:.2f} ms each, "
