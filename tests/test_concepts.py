@@ -352,8 +352,14 @@ async def test_app_form_adds_edits_and_removes_concepts(tmp_path, monkeypatch):
         await open_project(pilot, app, root)
         await wait_until(pilot, lambda: app.screen.query("#add-concept") and app.screen.query("#field-concept-1-folder #editor"))
         assert app.screen.concept_count == 1 and editor("concept-1", "folder").value == "3_zwx sun"
+
+        def title(number: int) -> str:
+            return str(app.screen.query_one(f"#section-concept-{number}").title)
+
+        assert title(1) == "[[concept]] 1: 3_zwx sun"  # as written (it showed "[\[concept]]": rich's escape, read as Textual's markup)
         app.screen.query_one("#add-concept", Button).press()
         await wait_until(pilot, lambda: app.screen.query("#field-concept-2-folder #editor"))
+        assert title(2) == "[[concept]] 2: no folder yet"
         # a new concept has no folder yet: the check says so under its field, and nothing is saved
         await wait_until(pilot, lambda: "needed: the folder" in error("concept-2", "folder"))
         await pilot.press("ctrl+s")
@@ -365,6 +371,7 @@ async def test_app_form_adds_edits_and_removes_concepts(tmp_path, monkeypatch):
         editor("concept-2", "folder").value = "dogs"
         editor("concept-2", "instance_prompt").value = "zwx dog"
         await wait_until(pilot, lambda: error("concept-2", "folder") == "" and "unsaved" in status())
+        assert title(2) == "[[concept]] 2: dogs"  # its title follows its folder
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: [c.folder for c in load_project(root).concepts] == ["3_zwx sun", "dogs"])
         assert load_project(root).concepts[1].instance_prompt == "zwx dog"

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Collapsible, Static
@@ -115,7 +115,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
                 overrides = len(project.side(section).overrides) if section in ("a", "b") else 0
                 title = heading + (f"  ({overrides} set)" if overrides else "")
                 self.unbuilt[section] = specs
-                yield Collapsible(title=escape(title), collapsed=True, id=f"section-{section}")
+                yield Collapsible(title=Content(title), collapsed=True, id=f"section-{section}")  # Content: plain, never markup
             else:
                 yield Static(Text(heading), classes="section-title")
                 yield from self._fields(project, specs)
@@ -139,9 +139,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
                 widget = ParamField(spec, self.values.get(spec.path, form.current_value(project, spec)))
                 self.fields[spec.path] = widget
                 fields.append(widget)
-            folder = self.values.get(f"{form.concept_section(number)}.folder") or "no folder yet"
             remove = Button(f"remove concept {number}", id=f"remove-concept-{number}", classes="concept-remove")
-            title = escape(f"[[concept]] {number}: {folder}")
+            # Content, not a str: a str title is Textual markup, where rich's escape of "[[concept]]" showed as "[\[concept]]"
+            title = Content(self._concept_title(number))
             widgets.append(Collapsible(*fields, remove, title=title, collapsed=number <= len(project.concepts),
                                        id=f"section-concept-{number}"))
         widgets.append(Button("add concept", id="add-concept"))
@@ -272,6 +272,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
 
     # ------------------------------------------------------------------ editing
 
+    def _concept_title(self, number: int) -> str:
+        return f"[[concept]] {number}: {self.values.get(f'{form.concept_section(number)}.folder') or 'no folder yet'}"
+
     def on_param_field_changed(self, event: ParamField.Changed) -> None:
         path = event.field.spec.path
         if event.error is None:
@@ -279,6 +282,10 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             self.values[path] = event.value
         else:
             self.field_errors[path] = event.error
+        section, _, key = path.partition(".")
+        if key == "folder" and (number := form.concept_number(section)) is not None:  # its title names its folder
+            for box in self.query(f"#section-concept-{number}").results(Collapsible):
+                box.title = Content(self._concept_title(number))
         self.edits_changed()
         self.update_status()
         if self._check_timer is not None:
