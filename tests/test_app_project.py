@@ -69,6 +69,10 @@ async def test_invalid_value_is_shown_and_never_saved_then_valid_one_is(tmp_path
         await wait_until(pilot, lambda: "saved, valid" in str(app.screen.query_one("#project-status", Static).render()))
 
 
+def status(app) -> str:
+    return str(app.screen.query_one("#project-status", Static).render())
+
+
 async def test_saving_over_a_file_another_program_changed_asks_first(tmp_path, monkeypatch):
     """copylora.toml edited in vim (or by `import-kohya --into`) while the form is open: ctrl+s
     wrote the form over it, that edit lost without a word. Now the first ctrl+s only warns and
@@ -82,6 +86,8 @@ async def test_saving_over_a_file_another_program_changed_asks_first(tmp_path, m
         outside = toml.read_text().replace("seed = 42", "seed = 7")
         assert outside != toml.read_text()
         toml.write_text(outside)  # another program, after the form was read
+        # said where the form says its state, within a disk check (it said "✓ saved, valid" until ctrl+s)
+        await wait_until(pilot, lambda: "copylora.toml changed on disk since it was read here" in status(app))
         editor(app, "train.network_dim").value = "4"
         await wait_until(pilot, lambda: app.screen.dirty)
         await pilot.press("ctrl+s")
@@ -90,7 +96,9 @@ async def test_saving_over_a_file_another_program_changed_asks_first(tmp_path, m
         await pilot.press("ctrl+s")  # asked, answered: the form wins
         await wait_until(pilot, lambda: "network_dim = 4" in toml.read_text())
         assert "seed = 42" in toml.read_text()
-        await wait_until(pilot, lambda: "saved, valid" in str(app.screen.query_one("#project-status", Static).render()))
+        await wait_until(pilot, lambda: "saved, valid" in status(app))
+        await pilot.pause(2.5)  # a disk check after the save: the file is the form's own now
+        assert "saved, valid" in status(app)
         app.clear_notifications()
         editor(app, "train.network_dim").value = "8"  # the app's own file: saved at once, nothing asked
         await wait_until(pilot, lambda: app.screen.dirty)

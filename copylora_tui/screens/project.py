@@ -41,6 +41,7 @@ from engine.project.params import ConceptParams
 PlanText = tuple[RenderableType, Text]  # the plan, and the outputs' states in one line
 
 CHECK_DELAY_S = 0.3
+DISK_CHECK_S = 2.0  # while shown: copylora.toml written by another program shows within this
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
 
 
@@ -73,6 +74,8 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self._check_timer = None
         self.loaded = False  # the load thread has answered (project or problems)
         self.on_disk: tuple | None = None  # copylora.toml's version when last read or saved here (engine.files.file_version)
+        self.changed_on_disk = False  # another program has written it since (the last disk check says)
+        self._checking_disk = False
         self._overwrite_asked: tuple | None = None  # the version on disk ctrl+s warned about: ctrl+s again overwrites it
         self.concept_count = 0  # [[concept]] tables in the edit (added and removed with the buttons)
 
@@ -213,6 +216,39 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self.title = "Project"
         self.watch(self.app, "snapshot", self.show_snapshot)
         self.load()
+        self.set_interval(DISK_CHECK_S, self.check_disk)
+
+    # The form said "✓ saved, valid" while another editor (or import-kohya) had changed the file
+    # under it: found only at ctrl+s. A stat every DISK_CHECK_S while shown, in a thread.
+    @while_open
+    def check_disk(self) -> None:
+        if self.loaded and self.project is not None and self.is_active and not self._checking_disk:
+            self._checking_disk = True
+            self._check_disk(self.project.toml_path)
+
+    @work(thread=True, exclusive=True, group="project-disk-check", exit_on_error=False)
+    def _check_disk(self, path: Path) -> None:
+        from engine.files import file_version
+
+        try:
+            version = file_version(path)
+        except OSError:
+            version = None
+        self.post_message(self.DiskVersion(version))
+
+    class DiskVersion(Message, bubble=False):
+        """copylora.toml's version on disk now (engine.files.file_version)."""
+
+        def __init__(self, version: tuple | None) -> None:
+            super().__init__()
+            self.version = version
+
+    def on_project_screen_disk_version(self, message: DiskVersion) -> None:
+        self._checking_disk = False
+        changed = self.on_disk is not None and message.version != self.on_disk
+        if changed != self.changed_on_disk:
+            self.changed_on_disk = changed
+            self.update_status()
 
     @work(thread=True, exclusive=True, group="project-load", exit_on_error=False)
     def load(self, refresh: bool = False) -> None:
@@ -378,10 +414,12 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             lines += [f"  {path}: {error}" for path, error in list(self.field_errors.items())[:3]]
             lines += [f"  {p}" for p in self.project_problems[:3] if form.field_for_problem(p, list(self.fields)) is None]
             status.update(Text("\n".join(lines), style="bold red"))
-        elif self.dirty:
-            status.update(Text("● unsaved changes (ctrl+s saves)", style="yellow"))
         else:
-            status.update(Text("✓ saved, valid", style="green"))
+            text = Text("● unsaved changes (ctrl+s saves)", style="yellow") if self.dirty else Text("✓ saved, valid", style="green")
+            if self.changed_on_disk:
+                text = Text.assemble(("⚠ copylora.toml changed on disk since it was read here: esc, then o, shows it as it is "
+                                      "now (ctrl+s asks before writing this form over it)\n", "bold yellow"), text)
+            status.update(text)
 
     # ------------------------------------------------------------------ side panel
 
@@ -459,6 +497,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             self.notify(f"not saved: {os_error_text(exc)}", severity="error", timeout=10)
             return
         self.on_disk, self._overwrite_asked = file_version(self.project.toml_path), None
+        self.changed_on_disk = False
         self.project = self.edited_project()  # what was saved (the reload below replaces it)
         self.show_project_problems([])
         self.load(refresh=True)  # the plan, the pictures, the checked project, in the load thread
