@@ -154,7 +154,7 @@ async def test_delete_asks_and_keeps_output_unless_ticked(tmp_path, monkeypatch)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: table(app).row_count == 2)
         await pilot.press("d")
-        assert "Delete project one?" in screen_text(app)
+        assert "Delete project one?" in screen_text(app) and "o: also output/" in screen_text(app)
         await pilot.press("n")  # keep it
         assert (projects / "one" / "copylora.toml").is_file()
         await pilot.press("d", "y")  # delete, keep output/
@@ -164,6 +164,13 @@ async def test_delete_asks_and_keeps_output_unless_ticked(tmp_path, monkeypatch)
         await pilot.press("d", "o", "y")  # delete with output/: a second explicit choice
         await wait_until(pilot, lambda: not table(app).display)
         assert not (projects / "two").exists()
+    bare = make_projects(tmp_path / "bare", ("three",))  # no output folder: o is not offered (it did nothing)
+    app = CopyloraApp(bare)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("d")
+        await wait_until(pilot, lambda: "Delete project three?" in screen_text(app))
+        assert "y: delete  ·  n or esc: keep it" in screen_text(app) and "o: also" not in screen_text(app)
 
 
 async def test_open_project_stats_and_navigation_keys(tmp_path, monkeypatch):

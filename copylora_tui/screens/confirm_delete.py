@@ -35,12 +35,14 @@ class ConfirmDeleteScreen(ActsWhileOpen, ModalScreen[str | None]):
             # Text, not markup: the name and folders are the user's ("[Pony] style" is a fine name)
             yield Static(Text(f"Delete project {name}?", style="bold"), classes="dialog-title")
             yield Static(Text(f"Its settings and teacher pictures are removed (folder {self.summary.folder.name}/)."))
-            if self.output is not None and self.output.exists():
+            has_output = self.output is not None and self.output.exists()
+            if has_output:
                 yield Static(f"Its output folder ({size_text(self.output_bytes)}: LoRAs, checkpoints) is kept unless you choose:")
                 yield Static(self._toggle_text(), id="also-outputs", classes="toggle")
             elif self.summary.output_dir is not None and self.output is None:
                 yield Static(Text(f"Its output folder {self.summary.output_dir} lies outside the project and is not touched."))
-            yield Static("y: delete  ·  o: also output/  ·  n or esc: keep it", classes="dim")
+            # o only where there is an output folder it would delete (offered without one, it did nothing)
+            yield Static("y: delete  ·  " + ("o: also output/  ·  " if has_output else "") + "n or esc: keep it", classes="dim")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Keep it", id="cancel", compact=True)
                 yield Button("Delete", id="delete", variant="error", compact=True)
