@@ -224,3 +224,13 @@ def test_a_job_whose_project_was_moved_since_it_was_queued_says_so(tmp_path, cap
     assert queue.get(first.id).error == (f"the project folder {root} is gone (moved or removed since this job was queued): "
                                          "`copylora run` the project where it is now")
     assert all(queue.get(s.job.id).status.value == "failed" for s in steps)  # its dependants with it
+
+
+def test_the_worker_line_counts_an_interrupted_job_among_those_that_wait_for_it(tmp_path):
+    from copylora_tui.core.snapshot import read_snapshot
+
+    root = copy_example(tmp_path)
+    queue = Queue(tmp_path / "state")
+    _interrupted_job(queue, root)
+    queue.enqueue("merge", str(root), label="merge")
+    assert read_snapshot(queue).worker_text() == "worker not running — 2 job(s) wait for it"

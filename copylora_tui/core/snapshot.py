@@ -49,7 +49,7 @@ class QueueSnapshot:
             return f"queue unreadable: {self.error}"
         if self.worker_pid:
             return f"worker running (pid {self.worker_pid})"
-        waiting = sum(1 for j in self.jobs if j.status is JobStatus.QUEUED)
+        waiting = sum(1 for j in self.jobs if j.status is JobStatus.QUEUED or j.interrupted)  # an interrupted one resumes first
         return f"worker not running{f' — {waiting} job(s) wait for it' if waiting else ''}"
 
 
