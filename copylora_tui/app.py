@@ -40,6 +40,9 @@ class CopyloraApp(App[int]):
         Binding("2", "show_queue", "Queue", id="app.queue"),
         Binding("3", "show_monitor", "Monitor", id="app.monitor"),
         Binding("q", "quit", "Quit", id="app.quit", show=False),
+        # The palette's "Keys" panel stayed open (and came back with its screen): escape closes
+        # it where the screen has no escape of its own.
+        Binding("escape", "hide_keys", "Hide keys", id="app.hide_keys", show=False),
     ]
 
     snapshot: var[QueueSnapshot] = var(QueueSnapshot)
@@ -183,6 +186,10 @@ class CopyloraApp(App[int]):
             screen.dismiss(result)
         else:
             self.pop_screen()
+
+    def action_hide_keys(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
 
     def _in_dialog(self) -> bool:
         return isinstance(self.screen, ModalScreen)

@@ -86,3 +86,21 @@ async def test_rebound_keys_work_in_the_app(tmp_path, monkeypatch):
         await pilot.press("x")
         await wait_until(pilot, lambda: queue.get(job.id).control == "cancel")
         assert "x Cancel" in screen_text(app)  # the footer shows the new key
+
+
+async def test_escape_closes_the_keys_panel(tmp_path, monkeypatch):
+    """The palette's Keys panel did not close on escape, and came back with its screen."""
+    from copylora_tui.app import CopyloraApp
+    from tests.test_app_support import make_projects, use_home, wait_until
+
+    use_home(monkeypatch, tmp_path)
+    app = CopyloraApp(make_projects(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.screen.query("#projects"))
+        app.action_show_help_panel()
+        await wait_until(pilot, lambda: app.screen.query("HelpPanel"))
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.screen.query("HelpPanel"))
+        await pilot.press("escape")  # nothing to close: nothing happens
+        await pilot.pause()
+        assert app.is_running
