@@ -73,10 +73,12 @@ async def test_gpu_panel_with_and_without_a_gpu(tmp_path, monkeypatch):
     app = CopyloraApp(project.parent, poll_s=0.1)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_monitor(pilot, app, job.id)
-        await wait_until(pilot, lambda: "no GPU: this machine has no NVIDIA GPU" in screen_text(app))
+        await wait_until(pilot, lambda: "no GPU: this machine has" in screen_text(app))
+        assert app.screen.query_one("#gpu-panel").outer_size.width == 30  # a note: the loss gets the room
         for used in (1000.0, 4000.0, 6144.0):
             queue.record_gpus([{"index": 0, "name": "NVIDIA L4", "used_mb": used, "total_mb": 24576.0, "util": 97, "temp": 71, "power_w": 70.5}])
         await wait_until(pilot, lambda: "NVIDIA L4" in screen_text(app))
+        await wait_until(pilot, lambda: app.screen.query_one("#gpu-panel").outer_size.width == 46)
         text = screen_text(app)
         assert "6.0 GB/24.0 GB" in text and "util 97%" in text and "71°C" in text
         await wait_until(pilot, lambda: len(app.screen.query_one("#vram-curve", Curve).values) == 3)

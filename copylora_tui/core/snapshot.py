@@ -63,3 +63,14 @@ def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
     return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus)
+
+
+def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:
+    """How to run a failed job again: r on it, or, when it failed because a job it waits for did
+    (r on it is refused: "retry #N"), r on the job that failed first, which brings it back."""
+    first = job
+    seen = {job.id}
+    while first.failed_by is not None and (cause := snapshot.job(first.failed_by)) is not None and cause.id not in seen:
+        seen.add(cause.id)
+        first = cause
+    return "r retries" if first is job else f"r on #{first.id} retries it, and this one with it"

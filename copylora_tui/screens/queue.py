@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from copylora_tui.core.formatting import job_copy_text, project_label, rate_text
-from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.core.snapshot import QueueSnapshot, retry_hint
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
@@ -32,17 +32,6 @@ def shown_jobs(jobs: tuple[Job, ...]) -> tuple[list[Job], int]:
     finished = [j for j in jobs if j.status.finished]
     left_out = max(0, len(finished) - FINISHED_SHOWN)
     return [j for j in jobs if not j.status.finished] + finished[:FINISHED_SHOWN], left_out
-
-
-def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:
-    """How to run a failed job again: r on it, or, when it failed because a job it waits for did
-    (r on it is refused: "retry #N"), r on the job that failed first, which brings it back."""
-    first = job
-    seen = {job.id}
-    while first.failed_by is not None and (cause := snapshot.job(first.failed_by)) is not None and cause.id not in seen:
-        seen.add(cause.id)
-        first = cause
-    return "r retries" if first is job else f"r on #{first.id} retries it, and this one with it"
 
 
 def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
