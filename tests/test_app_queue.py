@@ -323,3 +323,29 @@ async def test_the_lines_under_the_tables_say_what_the_jobs_do_now(tmp_path, mon
     assert job_detail(snapshot.job(first.id), snapshot).plain.endswith("(r retries)")
     for waiting in (merge, preview):
         assert job_detail(snapshot.job(waiting.id), snapshot).plain.endswith(f"(r on #{first.id} retries it, and this one with it)")
+
+
+async def test_the_job_table_fits_80_columns_by_cutting_the_project_name(tmp_path, monkeypatch):
+    """At 80 columns a twin job's loss ("A 0.1100 B 0.1250") ran off the right edge, behind a
+    sideways scroll bar: the project's name is cut instead (the line under the table has it whole)."""
+    import os
+
+    from engine.jobs.procs import process_start
+    from engine.jobs.queue import TWIN
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    twin = queue.enqueue("train", str(project), side=TWIN, label="train A+B", total=4000)
+    queue.claim(None)
+    queue.set_pid(twin.id, os.getpid(), process_start(os.getpid()))
+    queue.report_progress(twin.id, Progress(300, 4000, 0.12, 0.11, 1e-4, 5.0, 700.0, 60.0, None, loss_b=0.13, smooth_loss_b=0.125),
+                          point=True)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_queue(pilot, app)
+        table = app.screen.query_one("#jobs", JobTable)
+        await wait_until(pilot, lambda: "A 0.1100 B 0.1250" in screen_text(app))
+        assert table.virtual_size.width <= table.size.width and "examp…" in screen_text(app)
+        await pilot.resize_terminal(120, 24)  # room again: the whole name
+        await wait_until(pilot, lambda: "example-monochrome  train A+B" in screen_text(app))

@@ -37,7 +37,7 @@ def progress_cell(job: Job, width: int = 10, counts: bool = True) -> Text:
 
 COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "job": ("job", lambda j: Text(f"#{j.id}", justify="right")),
-    "project": ("project", lambda j: project_label(j.project)),
+    "project": ("project", lambda j: Text(project_label(j.project), no_wrap=True, overflow="ellipsis")),  # cut first when narrow
     "task": ("task", lambda j: j.label),
     "status": ("status", status_cell),
     "progress": ("progress", progress_cell),
@@ -79,15 +79,35 @@ class JobTable(FittedTable):
             made = (job, cells, [cell_width(cell) for cell in cells])
         return made
 
+    def _fitted(self, widths: list[int]) -> list[int]:
+        """The columns' widths, the project's cut (to 6 at the least: the line under the table
+        names it whole) where they are wider than the table: at 80 columns a twin job's loss ran
+        off the right edge ("los", "A 0"), behind a sideways scroll bar."""
+        if "project" not in self.column_names or not self.size.width:
+            return widths
+        scrollbar = self.styles.scrollbar_size_vertical if len(self._made) > self.size.height - 1 else 0
+        room = self.size.width - 2 * self.cell_padding * len(widths) - scrollbar
+        index = self.column_names.index("project")
+        excess = sum(widths) - room
+        if excess > 0:
+            widths = list(widths)
+            widths[index] = max(6, widths[index] - excess)
+        return widths
+
+    def on_resize(self) -> None:
+        if self._order:  # the widths follow the table's (rebuilt, the cursor kept, where one moves)
+            self.show_jobs([self._made[job_id][0] for job_id in self._order])
+
     def show_jobs(self, jobs: list[Job]) -> None:
         order = [j.id for j in jobs]
         self._made = {job.id: self._row(job) for job in jobs}
         cells = {job_id: made[1] for job_id, made in self._made.items()}
-        widths = [max([cell_width(label), *(made[2][index] for made in self._made.values())])
-                  for index, (_key, label, _width) in enumerate(self.specs())]  # fitted_widths, from the rows' own
+        widths = self._fitted([max([cell_width(label), *(made[2][index] for made in self._made.values())])
+                               for index, (_key, label, _width) in enumerate(self.specs())])  # fitted_widths, from the rows' own
         if order != self._order or widths != list(self.column_widths().values()):
             keep = self.selected_job_id()
-            self.show(self.specs(), [(str(job_id), cells[job_id]) for job_id in order])
+            specs = [(key, label, width) for (key, label, _none), width in zip(self.specs(), widths)]
+            self.show(specs, [(str(job_id), cells[job_id]) for job_id in order])
             self._cells, self._order = cells, order
             if keep in order:
                 self.move_cursor(row=order.index(keep), animate=False)
