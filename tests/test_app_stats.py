@@ -126,3 +126,26 @@ async def test_a_value_only_another_view_cannot_show_is_a_message_not_the_end(tm
         await wait_until(pilot, lambda: "cannot show these statistics" in " ".join(screen_text(app).split()))
         await pilot.press("s", "r", "v")
         assert app.is_running and app._exception is None
+
+
+async def test_module_names_keep_their_tails_in_80_columns(tmp_path, monkeypatch):
+    """At 80 columns the names were cut at the right edge ("down0_att0_tb0_at" on row after row,
+    the layer that tells them apart gone): cut at their start instead, the table within the screen."""
+    from copylora_tui.core.stats_table import short_name
+
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    stats = write_stats(projects / "example-monochrome" / "output" / "example-monochrome.stats.json")
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.screen.summaries and app.screen.summaries[0].stats_path == stats)
+        await pilot.press("s")
+        await wait_until(pilot, lambda: isinstance(app.screen, StatsScreen) and module_names(app))
+        names = module_names(app)
+        table = app.screen.query_one("#modules", DataTable)
+        assert table.virtual_size.width <= table.size.width
+        full = {short_name(m["name"]) for m in json.loads(stats.read_text())["modules"]}
+        assert len(set(names)) == len(names) and any(n.startswith("…") for n in names)
+        assert all(any(f.endswith(n.lstrip("…")) for f in full) for n in names)
+        await pilot.resize_terminal(160, 24)  # room: whole names again
+        await wait_until(pilot, lambda: set(module_names(app)) == full)

@@ -33,13 +33,18 @@ from copylora_tui.core.stats_table import (
 )
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
-from copylora_tui.widgets.fitted_table import FittedTable
+from copylora_tui.widgets.fitted_table import FittedTable, fitted_widths
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.errors import ValidationError
 
 # The modules table's columns, the module's name last: the figures are narrow and all fit in
 # 80 columns, while a name may not (it is cut at the right edge, the table scrolls to it).
 ORDER = ("block", "kind", "ranks", "kept", "energy", "error", "norm", "cos", "name")
+
+
+def left_cut(name: str, width: int) -> str:
+    """``name`` in ``width`` cells, cut at its start ("…tb0_attn1_to_q")."""
+    return name if len(name) <= width else "…" + name[len(name) - width + 1:]
 
 
 class StatsScreen(ActsWhileOpen, Screen):
@@ -166,7 +171,12 @@ class StatsScreen(ActsWhileOpen, Screen):
                 "cos": Text(cos, justify="right"),
             }
             cells_of.append((m["name"], [cells[key] for key in ORDER]))
-        self.query_one("#modules", FittedTable).show([(key, COLUMNS[key][0], None) for key in ORDER], cells_of)
+        table = self.query_one("#modules", FittedTable)
+        specs = [(key, COLUMNS[key][0], None) for key in ORDER]
+        room = self._name_room(table, specs, cells_of)
+        if room is not None:  # the names' heads say the block, which has its column: their tails tell modules apart
+            cells_of = [(key, [*cells[:-1], left_cut(cells[-1], room)]) for key, cells in cells_of]
+        table.show(specs, cells_of)
         arrow = "↓" if self.reverse else "↑"
         self.query_one("#stats-filter", Static).update(
             Text.assemble(
@@ -175,6 +185,22 @@ class StatsScreen(ActsWhileOpen, Screen):
                 ("   energy = Σ kept σ²/Σ σ², error = ‖ΔW−kept‖/‖ΔW‖, cos = cos(Δ1, Δ2)", "dim"),
             )
         )
+
+    @staticmethod
+    def _name_room(table: FittedTable, specs: list, rows: list) -> int | None:
+        """The columns the module names have beside the figures, where the table is narrower
+        than all of it (None: the names fit, or the table is not laid out yet). At 80 columns
+        the names were cut at the right edge, "down0_att0_tb0_at" on row after row."""
+        if not table.size.width or not rows:
+            return None
+        widths = fitted_widths(specs, [cells for _key, cells in rows])
+        scrollbar = table.styles.scrollbar_size_vertical if len(rows) > table.size.height - 1 else 0
+        room = table.size.width - 2 * table.cell_padding * len(specs) - scrollbar - sum(widths[:-1])
+        return max(room, 12) if widths[-1] > room else None
+
+    def on_resize(self) -> None:
+        if self.document:
+            self.show_modules()
 
     # ------------------------------------------------------------------ actions
 
