@@ -1,5 +1,5 @@
 import sys
 
-from copylora_tui.cli.main import console
+from copylora_tui.cli.entry import console
 
 sys.exit(console())

@@ -93,15 +93,33 @@ def test_the_copylora_command_is_lean_and_main_is_not():
     script = textwrap.dedent("""
         import sys
         import copylora_tui.cli.main as cli
+        from copylora_tui.cli import entry
         from engine.lean_imports import _WhenLoaded
         cli.main = lambda: 0
         before = any(isinstance(f, _WhenLoaded) for f in sys.meta_path)
-        cli.console()
+        entry.console()
         print(before, any(isinstance(f, _WhenLoaded) for f in sys.meta_path))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
-    assert "copylora_tui.cli.main:console" in (REPO / "pyproject.toml").read_text()
+    assert 'copylora = "copylora_tui.cli.entry:console"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_ctrl_c_while_the_command_line_imports_is_said_in_one_line():
+    """A Ctrl-C in a command's first tenth of a second printed Python's KeyboardInterrupt
+    traceback: the imports ran before anything handled it."""
+    script = textwrap.dedent("""
+        import sys
+        class Interrupt:
+            def find_spec(self, name, path=None, target=None):
+                if name == "copylora_tui.cli.main":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Interrupt())
+        from copylora_tui.cli import entry
+        sys.exit(entry.console())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 130 and done.stderr == "copylora: interrupted\n", done.stderr[-2000:]
 
 
 
