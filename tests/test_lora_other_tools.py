@@ -249,3 +249,17 @@ def test_the_metadata_gives_the_alphas_the_file_stores(tmp_path):
         w = load_lora_file(path).modules["lora_unet_up_blocks_0_resnets_1_conv1"]
         assert torch.allclose(delta(w), delta(type(w)(*[torch.as_tensor(x) for x in mods["lora_unet_up_blocks_0_resnets_1_conv1"][:2]],
                                                       conv_alpha)), atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a",
+                                 "lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale"])
+def test_loha_and_dora_files_are_refused_naming_what_they_are(tmp_path, key):
+    from safetensors.torch import save_file
+
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{name}.lora_down.weight": torch.zeros(4, 32), f"{name}.lora_up.weight": torch.zeros(32, 4), key: torch.zeros(4, 32)},
+              str(tmp_path / "x.safetensors"))
+    with pytest.raises(LoRAFileError) as caught:
+        load_lora_file(tmp_path / "x.safetensors")
+    assert f"1 unsupported key(s) such as {key!r} (LyCORIS' LoHa/LoKr, DoRA and diffusers' old attention-processor formats are " \
+           "not supported; LyCORIS' LoRA and LoCon are)" in str(caught.value)

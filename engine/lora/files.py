@@ -164,8 +164,8 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
     if strange:
         raise LoRAFileError(
             f"{path}: not a standard LoRA file (kohya lora_down/lora_up/alpha or PEFT lora_A/lora_B): "
-            f"{len(strange)} unsupported key(s) such as {strange[0]!r} (LyCORIS/LoHa/DoRA files and diffusers' "
-            "old attention-processor format are not supported)"
+            f"{len(strange)} unsupported key(s) such as {strange[0]!r} (LyCORIS' LoHa/LoKr, DoRA and diffusers' "
+            "old attention-processor formats are not supported; LyCORIS' LoRA and LoCon are)"
         )
     if not groups:
         raise LoRAFileError(f"{path}: holds no LoRA modules")
