@@ -204,6 +204,17 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+def fill_disk(filler) -> None:
+    """Write ``filler`` until its disk has no byte left."""
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+
+
 @pytest.mark.slow
 def test_the_worker_lives_through_a_real_full_disk(tmp_path, small_disk, monkeypatch):
     from engine.jobs.worker import start_detached, stop_worker, worker_pid
@@ -214,13 +225,7 @@ def test_the_worker_lives_through_a_real_full_disk(tmp_path, small_disk, monkeyp
     start_detached(home)
     try:
         filler = small_disk / "filler"
-        with open(filler, "wb") as handle:  # every byte left
-            try:
-                while True:
-                    handle.write(b"\0" * 65536)
-                    handle.flush()
-            except OSError:
-                pass
+        fill_disk(filler)  # every byte left
         env = {**os.environ, "COPYLORA_HOME": str(home)}
         refused = subprocess.run([sys.executable, "-m", "copylora_tui", "run", str(root), "--max_steps", "2"],
                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -261,13 +266,7 @@ def test_a_queue_opened_on_a_real_full_disk_says_the_disk_is_full(small_disk):
         return subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], env=env, capture_output=True, text=True, timeout=120)
 
     assert queue_command().returncode == 0  # the queue's file, made while there was room
-    with open(small_disk / "filler", "wb") as handle:  # every byte left
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+    fill_disk(small_disk / "filler")  # every byte left
     done = queue_command()
     said = one_line(done.stderr)
     assert done.returncode == EXIT_FAILED and FULL in said and "I/O error" not in said, said
@@ -280,13 +279,7 @@ def test_a_checkpoint_on_a_full_disk_says_the_disk_is_full(small_disk):
 
     from engine.files import atomic_write
 
-    with open(small_disk / "filler", "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+    fill_disk(small_disk / "filler")
     (small_disk / "filler").write_bytes(b"\0" * ((small_disk / "filler").stat().st_size - 200_000))  # room for a bit, not for all
     state = {"weights": torch.zeros(1_000_000)}  # 4 MB
     with pytest.raises(OSError) as caught:
