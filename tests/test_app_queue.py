@@ -349,3 +349,31 @@ async def test_the_job_table_fits_80_columns_by_cutting_the_project_name(tmp_pat
         assert table.virtual_size.width <= table.size.width and "examp…" in screen_text(app)
         await pilot.resize_terminal(120, 24)  # room again: the whole name
         await wait_until(pilot, lambda: "example-monochrome  train A+B" in screen_text(app))
+
+
+async def test_a_twin_job_trained_side_after_side_shows_each_side_in_its_cell(tmp_path, monkeypatch):
+    """Trained A, then B, a twin job showed one percent ("▶ 40%") under A and B alike, with A done."""
+    import os
+
+    from copylora_tui.screens.projects import ProjectsScreen
+    from engine.jobs.procs import process_start
+    from engine.jobs.queue import TWIN
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = queue.enqueue("train", str(project), side=TWIN, label="train A+B", total=400)  # A's 200 and B's 200, one after the other
+    queue.claim(None)
+    queue.set_pid(job.id, os.getpid(), process_start(os.getpid()))
+    queue.report_progress(job.id, Progress(100, 400, 0.12, 0.11, 1e-4, 5.0, 60.0, 20.0, None), point=False)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+
+    def cells() -> list[str]:
+        table = app.screen.query_one("#projects", DataTable)
+        return [str(c) for c in table.get_row_at(0)]
+
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen) and "▶ 50%" in cells())
+        assert cells()[2:4] == ["▶ 50%", "next"]
+        queue.report_progress(job.id, Progress(300, 400, 0.12, 0.11, 1e-4, 5.0, 20.0, 60.0, None), point=False)
+        await wait_until(pilot, lambda: cells()[2:4] == ["✓ trained", "▶ 50%"])

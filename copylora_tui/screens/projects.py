@@ -30,7 +30,7 @@ from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.fitted_table import FittedTable
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
-from engine.jobs.queue import Job, JobStatus
+from engine.jobs.queue import TWIN, Job, JobStatus
 
 EMPTY_HELP = """\
 [b]No projects in {folder}/ yet.[/b]
@@ -81,6 +81,19 @@ def job_note(jobs: list[Job], kind: str, side: str | None) -> str | None:
     return f"job #{active.id} queued"
 
 
+def _side_after_side(job: Job, summary: ProjectSummary, side: str | None) -> Text | None:
+    """A twin job that trains A, then B (they could not go as one batch) counts its steps over
+    both (engine.jobs.runner): side by side its one percent showed "▶ 40%" under A and B alike,
+    with A already trained. None where the job is not that (a twin batch's total is one side's)."""
+    a, b = summary.steps.get("a"), summary.steps.get("b")
+    if job.side != TWIN or side not in ("a", "b") or not a or not b or job.total != a + b or job.smooth_loss_b is not None:
+        return None
+    step = job.step or 0
+    if side == "a":
+        return Text("✓ trained", style="green") if step >= a else Text(f"▶ {int(100 * step / a)}%", style="bold cyan")
+    return Text("next", style="dim") if step < a else Text(f"▶ {int(100 * (step - a) / b)}%", style="bold cyan")
+
+
 def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | None) -> Text:
     """What one output of a project is doing: its live job, else its state on disk."""
     mine = _jobs_of(jobs, kind, side)
@@ -89,6 +102,8 @@ def side_cell(summary: ProjectSummary, jobs: list[Job], kind: str, side: str | N
         if active.interrupted:
             return Text("interrupted", style="bold yellow")
         if active.status is JobStatus.RUNNING:
+            if (one := _side_after_side(active, summary, side)) is not None:
+                return one
             return Text(f"▶ {int(active.fraction * 100)}%", style="bold cyan")
         return Text(str(active.status), style=STATUS_STYLE.get(active.shown_status, ""))
     state = summary.merge if kind == "merge" else summary.sides.get(side or "")
