@@ -34,9 +34,10 @@ def test_keymap_file_problems_are_reported_and_the_rest_applies(tmp_path):
     assert any("unknown binding id 'queue.cancle' (did you mean 'queue.cancel'?)" in p for p in problems)
     assert any("app.queue must be keys as a string" in p for p in problems)
     path.write_text('[keymap]\n"queue.cancel" = "ctrl+x, question_mark,f5,pageup,shift+tab"\n"monitor.pause" = "not a key!!"\n'
-                    '"queue.retry" = "ctrl+shift+alt+banana"\n"queue.pause" = "x,hyperdrive+x"\n')
+                    '"queue.retry" = "ctrl+shift+alt+banana"\n"queue.pause" = "x,hyperdrive+x"\n'
+                    '"app.queue" = "slash,minus,ctrl+backslash,underscore,plus,at,full_stop"\n')  # Textual's own names of those keys
     keymap, problems = load_keymap(binding_owners(), path)
-    assert keymap == {"queue.cancel": "ctrl+x,question_mark,f5,pageup,shift+tab"}
+    assert keymap == {"queue.cancel": "ctrl+x,question_mark,f5,pageup,shift+tab", "app.queue": "slash,minus,ctrl+backslash,underscore,plus,at,full_stop"}
     assert [p.split(": ", 1)[1].split(" is no key name")[0] for p in problems] == [
         "monitor.pause = 'not a key!!': 'notakey!!'", "queue.retry = 'ctrl+shift+alt+banana': 'ctrl+shift+alt+banana'",
         "queue.pause = 'x,hyperdrive+x': 'hyperdrive+x'"]

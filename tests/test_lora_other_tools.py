@@ -42,9 +42,10 @@ def random_network(tiny) -> LoRANetwork:
     return network
 
 
-def comfy_file(tiny, network, path, extras):
+def comfy_file(tiny, network, path, extras, text=None):
     """The file ComfyUI's LoraSave writes for these modules: ``diffusion_model.`` + the LDM path,
-    no alphas (the scale folded into lora_up), fp16. ``extras``: {LDM path: (down, up)} more."""
+    no alphas (the scale folded into lora_up), fp16. ``extras``: {LDM path: (down, up)} more;
+    ``text``: {key without its factor suffix: (down, up)} of the text encoder."""
     where = {id(m): p for p, m in tiny.unet.named_modules()}
     layout = sgm_layout(tiny.unet)
     mine = network.weights()
@@ -58,6 +59,8 @@ def comfy_file(tiny, network, path, extras):
         tensors[f"{key}.lora_up.weight"] = (w.up * (w.alpha / w.rank)).half()
     for key, (down, up) in extras.items():
         tensors[f"diffusion_model.{key}.lora_down.weight"], tensors[f"diffusion_model.{key}.lora_up.weight"] = down.half(), up.half()
+    for key, (down, up) in (text or {}).items():
+        tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down.half(), up.half()
     from safetensors.torch import save_file
 
     save_file(tensors, str(path))
@@ -76,11 +79,14 @@ def test_a_comfyui_extracted_lora_reads_under_our_names_and_applies_its_other_la
         "out.2": (torch.randn(2, unet.conv_out.in_channels, 3, 3, generator=g) * 0.1,
                   torch.randn(unet.conv_out.out_channels, 2, 1, 1, generator=g) * 0.1),
     }
-    path = comfy_file(tiny, network, tmp_path / "ComfyUI_extracted_lora_00001_.safetensors", extras)
+    fc1 = next(m for name, m in tiny.text_encoders[0].named_modules() if name.endswith("layers.0.mlp.fc1"))  # (transformers 4 and 5)
+    text = {"text_encoders.clip_l.transformer.text_model.encoder.layers.0.mlp.fc1":  # its text encoder, under ComfyUI's name
+            (torch.randn(2, fc1.in_features, generator=g) * 0.1, torch.randn(fc1.out_features, 2, generator=g) * 0.1)}
+    path = comfy_file(tiny, network, tmp_path / "ComfyUI_extracted_lora_00001_.safetensors", extras, text)
 
     read = load_lora_file(path)
     ours = network.weights()
-    extra_names = {"lora_unet_conv_in", "lora_unet_time_embedding_linear_1", "lora_unet_conv_out"}
+    extra_names = {"lora_unet_conv_in", "lora_unet_time_embedding_linear_1", "lora_unet_conv_out", "lora_te_text_model_encoder_layers_0_mlp_fc1"}
     assert set(read.modules) == set(ours) | extra_names
     assert family_of(read) == "sd1"
     for name, w in ours.items():
@@ -112,6 +118,19 @@ def test_a_comfyui_extracted_lora_reads_under_our_names_and_applies_its_other_la
                                "lora_unet_down_blocks_0_attentions_0_proj_in")):
         change = delta(read.modules[name]).float().reshape(module.weight.shape)
         assert torch.allclose(baked[key] - module.weight.float(), change, atol=1e-4), key
+
+
+def test_a_comfyui_file_with_bias_differences_is_refused_saying_so(tmp_path):
+    """ComfyUI's extraction writes full differences of norm weights (.diff) and biases (.diff_b)
+    with bias_diff on (its default): no LoRA holds them, and they were "LoHa/DoRA" to us."""
+    from safetensors.torch import save_file
+
+    key = "diffusion_model.input_blocks.1.1.proj_in"
+    save_file({f"{key}.lora_down.weight": torch.zeros(2, 32), f"{key}.lora_up.weight": torch.zeros(32, 2),
+               f"{key}.diff_b": torch.zeros(32), "diffusion_model.input_blocks.1.1.norm.diff": torch.zeros(32)}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(LoRAFileError) as caught:
+        load_lora_file(tmp_path / "c.safetensors")
+    assert "holds 2 full weight or bias difference(s) such as" in str(caught.value) and "with bias_diff off" in str(caught.value)
 
 
 def test_linear_factors_on_a_1x1_conv_apply_as_the_conv(tiny, tmp_path):

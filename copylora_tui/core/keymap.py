@@ -14,6 +14,7 @@ TOML, an unknown id, a value that is not a string) is reported and the rest appl
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -96,15 +97,23 @@ MODIFIERS = ("ctrl", "shift", "alt", "meta", "super", "hyper")
 def is_key_name(key: str) -> bool:
     """A key as Textual names it: modifiers, then one character, a named key (``escape``,
     ``pageup``, ``f5``) or a character's name (``question_mark``, ``full_stop``)."""
-    from textual.keys import Keys, key_to_character
-
     *modifiers, name = key.split("+")
     if not name or any(m not in MODIFIERS for m in modifiers):
         return False
-    if len(name) == 1 or name in {k.value for k in Keys}:
-        return True
-    character = key_to_character(name)  # any Unicode name ("banana" is 🍌): only what a keyboard has
-    return character is not None and len(character) == 1 and character.isascii() and character.isprintable()
+    names = _key_names()
+    return len(name) == 1 or name in names or not names  # (none known: a Textual without the table, so not judged)
+
+
+@functools.cache
+def _key_names() -> frozenset[str]:
+    """Textual's names of the named keys and of every character a keyboard types (``slash``,
+    ``minus``, ``question_mark``: its own table, not Unicode's, so not ``key_to_character``,
+    which reads "banana" as 🍌 and does not know "slash")."""
+    try:
+        from textual.keys import Keys, _character_to_key  # private: a later Textual may move it
+    except ImportError:
+        return frozenset()
+    return frozenset({k.value for k in Keys} | {_character_to_key(chr(code)) for code in range(32, 127)})
 
 
 def default_keymap_text(owners: list[tuple[type, str]]) -> str:

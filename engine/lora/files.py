@@ -161,6 +161,11 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
             strange.append(key)
             continue
         groups.setdefault(key[: -len(suffix)], {})[PEFT_FACTORS.get(suffix, suffix)] = value
+    if full := [key for key in strange if key.endswith((".diff", ".diff_b"))]:
+        raise LoRAFileError(
+            f"{path}: holds {len(full)} full weight or bias difference(s) such as {full[0]!r}, as ComfyUI's LoRA extraction "
+            "writes with bias_diff on: copylora's LoRAs hold low-rank layers only; extract it again with bias_diff off"
+        )
     if strange:
         raise LoRAFileError(
             f"{path}: not a standard LoRA file (kohya lora_down/lora_up/alpha or PEFT lora_A/lora_B): "

@@ -230,8 +230,23 @@ def _resnet_part(rest: str, sep: str = ".", to_diffusers: bool = False) -> str:
 # PEFT/diffusers LoRA keys (``pipe.save_lora_weights``): component prefix and factor suffixes.
 PEFT_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")
 PEFT_FACTORS = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
-# ComfyUI's LoraSave writes the U-Net's own state-dict keys (``diffusion_model.input_blocks.1.1.proj_in``).
+# ComfyUI's LoraSave writes the U-Net's own state-dict keys (``diffusion_model.input_blocks.1.1.proj_in``),
+# and its text encoders' under ``text_encoders.`` (``clip_l.transformer.text_model.encoder…``; SDXL's
+# second is ``clip_g``, in the same layout).
 COMFY_UNET_PREFIXES = ("diffusion_model.", "model.diffusion_model.")
+COMFY_TEXT_PREFIXES = {"text_encoders.clip_l.transformer.": "lora_te1_", "text_encoders.clip_g.transformer.": "lora_te2_"}
+
+
+def _comfy_name(name: str) -> str:
+    """kohya's name for a module of a ComfyUI-saved LoRA (SD1's one text encoder comes out as
+    ``lora_te1_``, renamed once the file's family is known); other names as they are."""
+    for prefix in COMFY_UNET_PREFIXES:
+        if name.startswith(prefix):
+            return "lora_unet_" + name[len(prefix):].replace(".", "_")
+    for prefix, kohya in COMFY_TEXT_PREFIXES.items():
+        if name.startswith(prefix):
+            return kohya + _text_path(name[len(prefix):]).replace(".", "_")
+    return name
 # kohya names of U-Net modules in the diffusers layout, and in the SGM/LDM one.
 _DIFFUSERS_UNET = re.compile(r"^lora_unet_(down_blocks_|mid_block_|up_blocks_|conv_in$|conv_out$|time_embedding_|add_embedding_)")
 _SGM_UNET = re.compile(r"^lora_unet_(input_blocks_|middle_block_|output_blocks_|time_embed_|label_emb_|out_)")
@@ -277,8 +292,7 @@ def kohya_module_names(names, metadata) -> dict[str, str]:
     become the diffusers-path names kohya writes for those models.
     """
     peft = [n for n in names if n.startswith(PEFT_COMPONENTS)]
-    plain = {n: next(("lora_unet_" + n[len(p):].replace(".", "_") for p in COMFY_UNET_PREFIXES if n.startswith(p)), n)
-             for n in names if n not in peft}
+    plain = {n: _comfy_name(n) for n in names if n not in peft}
     sdxl = is_sdxl_file(plain.values(), metadata) or any(n.startswith("text_encoder_2.") for n in peft)
     if peft and not sdxl:  # a PEFT SDXL file may only hold U-Net modules: look at their names too
         sdxl = is_sdxl_file(["lora_unet_" + n[len("unet."):].replace(".", "_") for n in peft if n.startswith("unet.")], {})
