@@ -234,3 +234,29 @@ def test_the_worker_line_counts_an_interrupted_job_among_those_that_wait_for_it(
     _interrupted_job(queue, root)
     queue.enqueue("merge", str(root), label="merge")
     assert read_snapshot(queue).worker_text() == "worker not running — 2 job(s) wait for it"
+
+
+def test_cancel_of_an_interrupted_job_that_a_worker_takes_meanwhile(tmp_path, monkeypatch):
+    """Between reading a job as interrupted and ending it, a worker starting may queue it again
+    (the order then went on a queued row, wiped at its claim) or claim it (then it runs: the order
+    is for its process, not an end written over a job that is starting)."""
+    import engine.jobs.worker as worker_module
+
+    root = copy_example(tmp_path)
+    queue = Queue(tmp_path / "state")
+    for then, status, control in (("queued", JobStatus.CANCELLED, None), ("claimed", JobStatus.RUNNING, "cancel")):
+        job_id = _interrupted_job(queue, root)
+
+        def worker_takes_it(home, job_id=job_id, then=then):
+            queue.requeue_at_head(job_id, "interrupted")
+            if then == "claimed":
+                assert queue.claim(None).id == job_id
+            return None
+
+        monkeypatch.setattr(worker_module, "worker_pid", worker_takes_it)
+        queue.cancel(job_id)
+        monkeypatch.undo()
+        job = queue.get(job_id)
+        assert (job.status, job.control) == (status, control), then
+        if job.status is JobStatus.RUNNING:
+            queue.finish(job_id, JobStatus.CANCELLED)

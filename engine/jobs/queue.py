@@ -633,6 +633,8 @@ class Queue:
             if self._end_interrupted(job, "status = 'cancelled', error = 'cancelled by the user (checkpoint kept: "
                                           "`copylora retry` resumes it)', finished_at = ?", (time.time(),)):
                 return "cancelled (it was interrupted: its checkpoint is kept, `copylora retry` resumes it)"
+            if self.get(job_id).status.waiting:  # a worker queued it again meanwhile: an order would be wiped at its claim
+                return self.cancel(job_id)
             self._control(job_id, "cancel")
             return "cancelling (the job saves a checkpoint and stops)"
         raise QueueError(f"job #{job_id} is {job.status}: nothing to cancel")
@@ -646,6 +648,8 @@ class Queue:
         if job.status is JobStatus.RUNNING:
             if self._end_interrupted(job, "status = 'paused'", ()):
                 return "paused (it was interrupted: `copylora resume` queues it again, from its checkpoint)"
+            if self.get(job_id).status is JobStatus.QUEUED:  # a worker queued it again meanwhile (as for cancel)
+                return self.pause(job_id)
             self._control(job_id, "pause")
             return "pausing (the job saves a checkpoint and stops)"
         raise QueueError(f"job #{job_id} is {job.status}: only queued or running jobs can be paused")
@@ -716,8 +720,9 @@ class Queue:
         with self.transaction() as db:
             changed = db.execute(
                 f"UPDATE jobs SET {assignments}, pid = NULL, pid_start = NULL, control = NULL, updated_at = ?"
-                " WHERE id = ? AND status = 'running' AND pid IS ? AND pid_start IS ?",
-                (*values, time.time(), job.id, job.pid, job.pid_start),
+                # the row as it was read: a worker that took it since has claimed it again (attempts)
+                " WHERE id = ? AND status = 'running' AND pid IS ? AND pid_start IS ? AND attempts = ?",
+                (*values, time.time(), job.id, job.pid, job.pid_start, job.attempts),
             ).rowcount
             if changed and "'cancelled'" in assignments:
                 self._fail_dependants(db, job.id, JobStatus.CANCELLED)
