@@ -372,8 +372,13 @@ async def test_a_twin_job_trained_side_after_side_shows_each_side_in_its_cell(tm
         table = app.screen.query_one("#projects", DataTable)
         return [str(c) for c in table.get_row_at(0)]
 
+    def flat() -> str:  # the line under the table wraps
+        return " ".join(screen_text(app).split())
+
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen) and "▶ 50%" in cells())
         assert cells()[2:4] == ["▶ 50%", "next"]
+        await wait_until(pilot, lambda: f"A: job #{job.id} running, step 100/200; B: next, after A (job #{job.id})" in flat())
         queue.report_progress(job.id, Progress(300, 400, 0.12, 0.11, 1e-4, 5.0, 20.0, 60.0, None), point=False)
         await wait_until(pilot, lambda: cells()[2:4] == ["✓ trained", "▶ 50%"])
+        await wait_until(pilot, lambda: f"A: trained by job #{job.id}, which trains B now; B: job #{job.id} running, step 100/200" in flat())

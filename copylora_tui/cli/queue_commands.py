@@ -378,9 +378,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         try:
             pid = start_detached(None, args.gpus, args.per_gpu, executor=executor_argv(args))
-        except WorkerRunning:  # what was asked holds: a worker runs (`&&` after it goes on)
-            print(f"a worker is already running on {home} (pid {worker_pid(home)}); it keeps its own settings "
-                  "(`copylora worker stop` first to start one with others)")
+        except WorkerRunning as running:  # what was asked holds: a worker runs (`&&` after it goes on)
+            print(f"{running}; it keeps its own settings (`copylora worker stop` first to start one with others)")
             return 0
         where = f"Slurm ({' '.join(options.arguments())})" if options is not None else "here"
         print(f"worker started (pid {pid}), jobs run {where}; log: {home / 'worker.log'}")

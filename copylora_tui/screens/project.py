@@ -76,6 +76,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self.on_disk: tuple | None = None  # copylora.toml's version when last read or saved here (engine.files.file_version)
         self.changed_on_disk = False  # another program has written it since (the last disk check says)
         self._checking_disk = False
+        self._saves = 0  # saves made here: a disk check begun before one is not believed
         self._overwrite_asked: tuple | None = None  # the version on disk ctrl+s warned about: ctrl+s again overwrites it
         self.concept_count = 0  # [[concept]] tables in the edit (added and removed with the buttons)
 
@@ -224,27 +225,29 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     def check_disk(self) -> None:
         if self.loaded and self.project is not None and self.is_active and not self._checking_disk:
             self._checking_disk = True
-            self._check_disk(self.project.toml_path)
+            self._check_disk(self.project.toml_path, self._saves)
 
     @work(thread=True, exclusive=True, group="project-disk-check", exit_on_error=False)
-    def _check_disk(self, path: Path) -> None:
+    def _check_disk(self, path: Path, saves: int) -> None:
         from engine.files import file_version
 
         try:
             version = file_version(path)
         except OSError:
             version = None
-        self.post_message(self.DiskVersion(version))
+        self.post_message(self.DiskVersion(version, saves))
 
     class DiskVersion(Message, bubble=False):
-        """copylora.toml's version on disk now (engine.files.file_version)."""
+        """copylora.toml's version on disk now (engine.files.file_version), read after ``saves`` saves here."""
 
-        def __init__(self, version: tuple | None) -> None:
+        def __init__(self, version: tuple | None, saves: int) -> None:
             super().__init__()
-            self.version = version
+            self.version, self.saves = version, saves
 
     def on_project_screen_disk_version(self, message: DiskVersion) -> None:
         self._checking_disk = False
+        if message.saves != self._saves:  # read before a save here: the file it saw is gone, not another program's
+            return
         changed = self.on_disk is not None and message.version != self.on_disk
         if changed != self.changed_on_disk:
             self.changed_on_disk = changed
@@ -498,6 +501,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             return
         self.on_disk, self._overwrite_asked = file_version(self.project.toml_path), None
         self.changed_on_disk = False
+        self._saves += 1
         self.project = self.edited_project()  # what was saved (the reload below replaces it)
         self.show_project_problems([])
         self.load(refresh=True)  # the plan, the pictures, the checked project, in the load thread

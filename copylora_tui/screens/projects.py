@@ -64,7 +64,7 @@ def _jobs_of(jobs: list[Job], kind: str, side: str | None) -> list[Job]:
     return [j for j in jobs if (j.trains(side) if kind == "train" and side else j.kind == kind and j.side == side)]
 
 
-def job_note(jobs: list[Job], kind: str, side: str | None) -> str | None:
+def job_note(jobs: list[Job], kind: str, side: str | None, summary: ProjectSummary | None = None) -> str | None:
     """The job at work on one output, for the line under the table (None: no job is). The
     output's state on disk, read when the project was, says a training's checkpoint as it was
     then ("step 100/200, resumable") while the job is far past it, or paused where `r` does nothing."""
@@ -75,19 +75,34 @@ def job_note(jobs: list[Job], kind: str, side: str | None) -> str | None:
     if active.interrupted:
         return f"job #{active.id} interrupted{at} (the worker resumes it: w in the Queue)"
     if active.status is JobStatus.RUNNING:
+        if summary is not None and (steps := _sides_apart(active, summary)) is not None and side in ("a", "b"):
+            a, b = steps
+            step = active.step or 0
+            if side == "a":
+                return f"job #{active.id} running, step {step}/{a}" if step < a else f"trained by job #{active.id}, which trains B now"
+            return f"next, after A (job #{active.id})" if step < a else f"job #{active.id} running, step {step - a}/{b}"
         return f"job #{active.id} running" + (f", step {active.step or 0}/{active.total}" if active.total else "")
     if active.status is JobStatus.PAUSED:
         return f"job #{active.id} paused{at} (the Queue resumes it: 2, then p)"
     return f"job #{active.id} queued"
 
 
+def _sides_apart(job: Job, summary: ProjectSummary) -> tuple[int, int] | None:
+    """(A's steps, B's) of a twin job that trains A, then B; None where the job is not that."""
+    a, b = summary.steps.get("a"), summary.steps.get("b")
+    if job.side != TWIN or not a or not b or job.total != a + b or job.smooth_loss_b is not None:
+        return None
+    return a, b
+
+
 def _side_after_side(job: Job, summary: ProjectSummary, side: str | None) -> Text | None:
     """A twin job that trains A, then B (they could not go as one batch) counts its steps over
     both (engine.jobs.runner): side by side its one percent showed "▶ 40%" under A and B alike,
     with A already trained. None where the job is not that (a twin batch's total is one side's)."""
-    a, b = summary.steps.get("a"), summary.steps.get("b")
-    if job.side != TWIN or side not in ("a", "b") or not a or not b or job.total != a + b or job.smooth_loss_b is not None:
+    steps = _sides_apart(job, summary)
+    if steps is None or side not in ("a", "b"):
         return None
+    a, b = steps
     step = job.step or 0
     if side == "a":
         return Text("✓ trained", style="green") if step >= a else Text(f"▶ {int(100 * step / a)}%", style="bold cyan")
@@ -465,7 +480,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             notes = []
             for label, kind, side, state in (("A", "train", "a", summary.sides["a"]), ("B", "train", "b", summary.sides["b"]),
                                              ("merge", "merge", None, summary.merge)):
-                note = job_note(jobs, kind, side) or (state.reason if state.state != DONE else None)
+                note = job_note(jobs, kind, side, summary) or (state.reason if state.state != DONE else None)
                 if note:
                     notes.append(f"{label}: {note}")
             steps = f"base {project_label(summary.base_model)}, steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"

@@ -178,6 +178,7 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
             log(f"{exc}; training A, then B")
             results = {}
             both = plan.side("a").total_steps + plan.side("b").total_steps
+            writer.stride = max(1, both // MAX_POINTS)  # the curve's points over both sides' steps, as many as one side's
             for side, offset in (("a", 0), ("b", plan.side("a").total_steps)):
                 # One bar over both sides: each side's own steps showed as the job's, so the bar
                 # went back to 0 at B, and the ETA read 00:00 at A's end with all of B to train.

@@ -169,7 +169,8 @@ class SideRun:
             # A longer training's (a --max_steps run, a plan shortened since): resumed, it ran no
             # step and wrote a LoRA of more steps than the plan's, never current, so `copylora run`
             # queued it again and again; and `train --resume` replaced a current LoRA with it.
-            self.log(f"the checkpoint at step {past[0]} is past this plan's {total} steps: not resumed")
+            self.log(f"the checkpoint at step {past[0]} is past this plan's {total} steps: not resumed, and removed at this run's "
+                     "first checkpoint (`train --max_steps N --resume` continues it before that)")
         state = load_latest_state(self.run_dir, self.fingerprint, self.log, at_most=total if at_most is None else min(at_most, total))
         if state is None:
             if list_states(self.run_dir):
