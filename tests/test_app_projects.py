@@ -54,6 +54,11 @@ async def test_empty_folder_says_how_to_make_a_project(tmp_path, monkeypatch):
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: "copylora new" in screen_text(app))
         assert "press n" in screen_text(app).lower() or "Press n" in screen_text(app)
+    odd = tmp_path / "[[x]] [b]y"  # shown as named (Textual's escape read "[[" as "[\[")
+    app = CopyloraApp(odd)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await wait_until(pilot, lambda: "copylora new" in screen_text(app))
+        assert f"No projects in {odd}/ yet." in screen_text(app)
 
 
 async def test_new_project_bad_path_writes_nothing_then_good_one_is_created(tmp_path, monkeypatch):

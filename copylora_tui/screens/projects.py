@@ -18,7 +18,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.markup import escape
+from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
@@ -33,7 +33,7 @@ from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.jobs.queue import TWIN, Job, JobStatus
 
 EMPTY_HELP = """\
-[b]No projects in {folder}/ yet.[/b]
+[b]No projects in $folder/ yet.[/b]
 
 A project is two teacher pictures: A, and B = the same picture changed only in the way you want (colour → monochrome, day → night).
 
@@ -41,7 +41,7 @@ Press [b]n[/b] to make one here, or run:
 
     copylora new NAME --a A.png --b B.png
 
-To try the shipped example, copy projects/example-monochrome into {folder}/ and press [b]r[/b] on it."""
+To try the shipped example, copy projects/example-monochrome into $folder/ and press [b]r[/b] on it."""
 
 
 FULL_RESCAN_AFTER_S = 5.0  # back on this screen sooner than this after a whole scan: only the projects opened meanwhile are read
@@ -412,7 +412,8 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         if not self.summaries:
             table.display = False
             empty.display = True
-            empty.update(EMPTY_HELP.format(folder=escape(str(self.app.projects_dir))))  # a folder may hold "[" too
+            # A variable, not escaped text: a folder may hold "[" too, and Textual's escape read "[[" wrong
+            empty.update(Content.from_markup(EMPTY_HELP, folder=str(self.app.projects_dir)))
             self._rows = []
             self.query_one("#project-detail", Static).update("")
             return
