@@ -150,6 +150,34 @@ def test_training_starts_from_the_network_weights_file(tmp_path, tiny):
     assert SideLora(plan_from(root, 3), "a").status().pair() == (False, "network_weights (the LoRA it starts from) changed since it was trained")
 
 
+def test_linear_factors_on_a_1x1_conv_start_training_as_the_conv_ones(tmp_path, tiny):
+    """A start file storing SD1's 1x1 proj_in/proj_out as Linear factors (as other tools, and a
+    merge listing such a file first, write them) was refused: "has rank 8, this project trains
+    it at rank 8"; sample and bake took it."""
+    from safetensors.torch import load_file, save_file
+
+    from engine.project.provenance import training_fingerprint
+    from engine.train.checkpoint import load_latest_state
+    from engine.train.trainer import train
+
+    root = copy_example(tmp_path)
+    source = start_file(tiny, root / "start.safetensors")
+    tensors = load_file(str(source))
+    flat = {k: (v.reshape(v.shape[0], v.shape[1]) if v.dim() == 4 and v.shape[2:] == (1, 1) else v) for k, v in tensors.items()}
+    assert sum(v.dim() == 4 for v in tensors.values()) > 0 and all(v.dim() < 4 for v in flat.values())
+    save_file(flat, str(root / "flat.safetensors"))
+    set_keys(root, "train", network_weights="flat.safetensors")
+    plan = plan_from(root, 3)
+    stopped = train(plan, "a", model=tiny, log=quiet, controls=TrainControls(should_stop=lambda: True))
+    assert stopped.status == "stopped" and stopped.step == 0
+    state = load_latest_state(plan.side("a").run_dir, training_fingerprint(plan, "a"), quiet)
+    for key, value in tensors.items():
+        if key.endswith(".alpha"):
+            continue
+        name, _, factor = key.partition(".")
+        assert torch.equal(state["lora"][name]["down" if factor.startswith("lora_down") else "up"], value), key
+
+
 def test_a_different_alpha_is_folded_so_step_zero_is_the_files_lora(tmp_path, tiny):
     from engine.lora.files import load_lora_file
     from engine.lora.weights import lora_delta

@@ -282,3 +282,48 @@ def test_loha_and_dora_files_are_refused_naming_what_they_are(tmp_path, key):
         load_lora_file(tmp_path / "x.safetensors")
     assert f"1 unsupported key(s) such as {key!r} (LyCORIS' LoHa/LoKr, DoRA and diffusers' old attention-processor formats are " \
            "not supported; LyCORIS' LoRA and LoCon are)" in str(caught.value)
+
+
+def test_names_either_family_could_have_are_read_as_the_models_family(tiny, tmp_path):
+    """A ComfyUI SD1 file of conv_in, the time embedding and conv_out alone, or diffusers' SD1
+    conversion of a text-encoder LoRA (lora_te1_ only), holds no name only SD1 has: read as
+    SDXL's, they matched nothing in SD1.5 ("wrong base model family?"). Applied, baked or trained
+    on, the model's family decides."""
+    from safetensors.torch import save_file
+
+    from engine.merge.bake import bake_lora
+
+    unet = tiny.unet
+    fc1 = next(m for name, m in tiny.text_encoders[0].named_modules() if name.endswith("layers.0.mlp.fc1"))
+    g = torch.Generator().manual_seed(8)
+
+    def factors(module, rank=2):
+        shape = module.weight.shape
+        down = torch.randn(rank, *shape[1:], generator=g) * 0.1
+        return down, torch.randn(shape[0], rank, *([1, 1] if len(shape) == 4 else []), generator=g) * 0.1
+
+    files = {
+        "comfy_extras": ({"diffusion_model.input_blocks.0.0": unet.conv_in, "diffusion_model.time_embed.0": unet.time_embedding.linear_1,
+                          "diffusion_model.out.2": unet.conv_out}, {"lora_unet_conv_in", "lora_unet_time_embedding_linear_1", "lora_unet_conv_out"}),
+        "te1_only": ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": fc1}, {"lora_te_text_model_encoder_layers_0_mlp_fc1"}),
+        "comfy_clip_h": ({"text_encoders.clip_h.transformer.text_model.encoder.layers.0.mlp.fc1": fc1},
+                         {"lora_te_text_model_encoder_layers_0_mlp_fc1"}),
+    }
+    for stem, (modules, kohya) in files.items():
+        tensors = {}
+        for key, module in modules.items():
+            down, up = factors(module)
+            tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
+        path = tmp_path / f"{stem}.safetensors"
+        save_file(tensors, str(path))
+        applied = LoRANetwork.from_file(path, tiny.unet, tiny.text_encoders, "sd1")
+        assert set(applied.weights()) == kohya, stem
+        bake_lora("tiny", path, tmp_path / f"baked-{stem}")
+    # where nothing says the family, a file is read as before: SGM names as SDXL's
+    assert set(load_lora_file(tmp_path / "comfy_extras.safetensors").modules) == {
+        "lora_unet_input_blocks_0_0", "lora_unet_time_embed_0", "lora_unet_out_2"}
+    save_file({"diffusion_model.input_blocks.12.1.proj_in.lora_down.weight": torch.zeros(2, 32),
+               "diffusion_model.input_blocks.12.1.proj_in.lora_up.weight": torch.zeros(32, 2)}, str(tmp_path / "nowhere.safetensors"))
+    with pytest.raises(LoRAFileError) as caught:  # a file that fits nothing names itself (sample said no file)
+        LoRANetwork.from_file(tmp_path / "nowhere.safetensors", tiny.unet, tiny.text_encoders, "sd1")
+    assert str(caught.value).startswith(f"{tmp_path / 'nowhere.safetensors'}: 1 LoRA module(s) match nothing in this sd1 model")

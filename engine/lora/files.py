@@ -136,7 +136,7 @@ def kohya_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str
     return model_hash, legacy_hash
 
 
-def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) -> LoRAFile:
+def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None, family: str | None = None) -> LoRAFile:
     """Read a kohya-format LoRA (any tool's): ``LoRAFile(modules, metadata)``.
 
     Accepts any rank/alpha per module, conv modules, a missing alpha (= rank, as kohya),
@@ -145,7 +145,7 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
     ``lora_adapter_metadata``, else alpha = rank) and SDXL files with diffusers-layout U-Net
     names are renamed (see :func:`engine.lora.names.kohya_module_names`). Anything unreadable
     raises :class:`LoRAFileError` saying why. ``dtype``: convert the tensors (default: keep
-    the file's dtype).
+    the file's dtype). ``family``: the model it is for, where known (see kohya_module_names).
     """
     from engine.lora.names import PEFT_COMPONENTS, PEFT_FACTORS, kohya_module_names
 
@@ -174,7 +174,7 @@ def load_lora_file(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
         )
     if not groups:
         raise LoRAFileError(f"{path}: holds no LoRA modules")
-    names = kohya_module_names(list(groups), metadata)
+    names = kohya_module_names(list(groups), metadata, family)
     adapter = _peft_adapter_metadata(metadata)
     modules = {}
     for name, parts in groups.items():

@@ -234,7 +234,8 @@ PEFT_FACTORS = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_
 # and its text encoders' under ``text_encoders.`` (``clip_l.transformer.text_model.encoder…``; SDXL's
 # second is ``clip_g``, in the same layout).
 COMFY_UNET_PREFIXES = ("diffusion_model.", "model.diffusion_model.")
-COMFY_TEXT_PREFIXES = {"text_encoders.clip_l.transformer.": "lora_te1_", "text_encoders.clip_g.transformer.": "lora_te2_"}
+COMFY_TEXT_PREFIXES = {"text_encoders.clip_l.transformer.": "lora_te1_", "text_encoders.clip_g.transformer.": "lora_te2_",
+                       "text_encoders.clip_h.transformer.": "lora_te1_"}  # clip_h: SD2's one (OpenCLIP-H)
 
 
 def _comfy_name(name: str) -> str:
@@ -260,11 +261,22 @@ _ONLY_SD1 = re.compile(r"^lora_unet_(input_blocks_(9|10|11)_|output_blocks_(9|10
 
 
 def is_sdxl_file(names, metadata) -> bool:
-    """Whether kohya-style module names (+ the file's metadata) are an SDXL LoRA's. Names only
-    one family's U-Net has decide first, then the text encoders' prefixes: kohya writes
-    ``lora_te1_``/``lora_te2_`` for SDXL's two and ``lora_te_`` for SD1/SD2's one, but diffusers'
-    kohya conversion writes ``lora_te1_`` for SD1's too, and SGM-layout U-Net names, SDXL's in
-    kohya's files, are SD1's in ComfyUI's and older converters'."""
+    """Whether kohya-style module names (+ the file's metadata) are an SDXL LoRA's: what
+    :func:`sdxl_evidence` says, else the likelier reading of names either family may have
+    (``lora_te1_`` alone, SGM-layout U-Net names alone: kohya's SDXL files have them)."""
+    names = list(names)
+    evidence = sdxl_evidence(names, metadata)
+    if evidence is not None:
+        return evidence
+    return any(n.startswith("lora_te1_") or _SGM_UNET.match(n) for n in names)
+
+
+def sdxl_evidence(names, metadata) -> bool | None:
+    """True or False where a file says its family (its metadata, or names only one family has:
+    those decide first, then the text encoders' prefixes, kohya writing ``lora_te1_``/``lora_te2_``
+    for SDXL's two and ``lora_te_`` for SD1/SD2's one); None where either could hold its names
+    (diffusers' kohya conversion writes ``lora_te1_`` for SD1's encoder too, and SGM-layout U-Net
+    names, SDXL's in kohya's files, are SD1's in ComfyUI's and older converters')."""
     version = metadata.get("ss_base_model_version", "")
     if version.startswith("sdxl") or "stable-diffusion-xl" in metadata.get("modelspec.architecture", ""):
         return True
@@ -277,10 +289,10 @@ def is_sdxl_file(names, metadata) -> bool:
         return True
     if any(n.startswith("lora_te_") for n in names) or version.startswith(("sd_v1", "sd_v2")) or metadata.get("ss_v2") == "True":
         return False
-    return any(n.startswith("lora_te1_") or _SGM_UNET.match(n) for n in names)
+    return None
 
 
-def kohya_module_names(names, metadata) -> dict[str, str]:
+def kohya_module_names(names, metadata, family: str | None = None) -> dict[str, str]:
     """{name in the file: kohya name} for the LoRA module names of a file.
 
     Reads, besides kohya's own names: PEFT/diffusers module paths (``unet.down_blocks.1...``,
@@ -289,11 +301,17 @@ def kohya_module_names(names, metadata) -> dict[str, str]:
     U-Net modules have kohya names built from diffusers paths
     (``lora_unet_down_blocks_1_attentions_0_...``), which become the SGM names kohya's SDXL
     code writes (``lora_unet_input_blocks_4_1_...``); and SD1/SD2 files with SGM names, which
-    become the diffusers-path names kohya writes for those models.
+    become the diffusers-path names kohya writes for those models. ``family``: the model's it
+    is for, where known (applied, baked, trained on): names either family could have are read
+    as that family's (a ComfyUI SD1 file of conv_in alone read as SDXL's, and matched nothing).
     """
     peft = [n for n in names if n.startswith(PEFT_COMPONENTS)]
     plain = {n: _comfy_name(n) for n in names if n not in peft}
-    sdxl = is_sdxl_file(plain.values(), metadata) or any(n.startswith("text_encoder_2.") for n in peft)
+    evidence = sdxl_evidence(plain.values(), metadata)
+    if evidence is None and family is not None and not peft:
+        sdxl = family == "sdxl"
+    else:
+        sdxl = is_sdxl_file(plain.values(), metadata) or any(n.startswith("text_encoder_2.") for n in peft)
     if peft and not sdxl:  # a PEFT SDXL file may only hold U-Net modules: look at their names too
         sdxl = is_sdxl_file(["lora_unet_" + n[len("unet."):].replace(".", "_") for n in peft if n.startswith("unet.")], {})
     renamed = {}

@@ -159,7 +159,7 @@ class LoRAModule(nn.Module):
         return LoRAWeights(self.lora_down.weight.detach(), self.lora_up.weight.detach(), float(self.alpha))
 
 
-def _fitted(factor: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+def fitted_factor(factor: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
     """A file's factor in the shape of the module it goes to: the same, or the same but for
     trailing 1x1 dims (Linear factors on a 1x1 conv, as SD2-trained LoRAs have on SD1's proj_in,
     and the other way round: A1111 and ComfyUI reshape them so too). None: it does not fit."""
@@ -291,11 +291,11 @@ class LoRANetwork(nn.Module):
                 lora = mine.get(name)
                 if lora is None:
                     continue
-                down, up = _fitted(w.down, lora.lora_down.weight.shape), _fitted(w.up, lora.lora_up.weight.shape)
+                down, up = fitted_factor(w.down, lora.lora_down.weight.shape), fitted_factor(w.up, lora.lora_up.weight.shape)
                 if down is None or up is None:
                     raise LoRAFileError(
                         f"{name}: shapes {tuple(w.down.shape)}/{tuple(w.up.shape)} do not fit "
-                        f"{tuple(lora.lora_down.weight.shape)}/{tuple(lora.lora_up.weight.shape)}"
+                        f"{tuple(lora.lora_down.weight.shape)}/{tuple(lora.lora_up.weight.shape)} (a LoRA for another model?)"
                     )
                 lora.lora_down.weight.copy_(down)
                 lora.lora_up.weight.copy_(up)
@@ -308,11 +308,14 @@ class LoRANetwork(nn.Module):
     @classmethod
     def from_file(cls, path, unet, text_encoders, family: str = "sd1", multiplier: float = 1.0) -> LoRANetwork:
         """A network shaped like a LoRA file (any ranks) holding its weights; not yet applied."""
-        lora = load_lora_file(path)
+        lora = load_lora_file(path, family=family)
         require_finite(path, lora.modules, "applied")
         specs = {name: (w.rank, w.alpha) for name, w in lora.modules.items()}
-        network = cls(unet, text_encoders, family=family, multiplier=multiplier, modules=specs)
-        network.load_weights(lora.modules)
+        try:
+            network = cls(unet, text_encoders, family=family, multiplier=multiplier, modules=specs)
+            network.load_weights(lora.modules)
+        except LoRAFileError as exc:  # which file: a preview may apply two (A and the result)
+            raise LoRAFileError(f"{path}: {exc}") from None
         return network
 
 

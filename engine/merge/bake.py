@@ -232,6 +232,24 @@ def _plan_single_file(path: Path, lora, config_dir, lora_name: str) -> tuple[str
 
 
 def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, dict[str, list[_Change]]]]:
+    family = _folder_family_of(folder)
+    return family, _plan_folder_of(folder, family, lora, lora_name)
+
+
+def _base_family(kind: str, base: Path) -> str | None:
+    """The base's family, for reading the LoRA's names that either family could have (None:
+    not told here; the plan says what is wrong with the base)."""
+    try:
+        if kind == "single-file":
+            from engine.formats.model_files import detect_family
+
+            return detect_family(_read_header(base)[0])
+        return _folder_family_of(base)
+    except Exception:
+        return None
+
+
+def _folder_family_of(folder: Path) -> str:
     from engine.formats.model_files import _folder_family
 
     try:
@@ -241,7 +259,10 @@ def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, di
         sched_cfg = json.loads(sched_path.read_text()) if sched_path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: unreadable diffusers config ({exc})") from exc
-    family = _folder_family(folder, info, unet_cfg, sched_cfg)
+    return _folder_family(folder, info, unet_cfg, sched_cfg)
+
+
+def _plan_folder_of(folder: Path, family: str, lora, lora_name: str) -> dict[Path, dict[str, list[_Change]]]:
     targets = _module_keys(_meta_components(folder, family), family, lora.modules)
     _check_names(lora, targets, family, lora_name)
 
@@ -268,7 +289,7 @@ def _plan_folder(folder: Path, lora, lora_name: str) -> tuple[str, dict[Path, di
         if not found:
             missing.append(f"{name} -> {component}/{key}")
     _raise_problems(folder, lora_name, family, missing, mismatched)
-    return family, plan
+    return plan
 
 
 def _component_files(folder: Path) -> dict[Path, dict[str, tuple]]:
@@ -396,7 +417,7 @@ def bake_lora(
         except ValueError as exc:
             raise ValidationError([Problem("save_precision", str(exc))]) from None
     kind, base = _resolve_base(base_spec)
-    lora = load_lora_file(lora_path)
+    lora = load_lora_file(lora_path, family=_base_family(kind, base))
     require_finite(lora_path, lora.modules, "baked")
     _check_destination(kind, base, save_to)
 

@@ -28,7 +28,7 @@ def load_start_weights(network, path: Path, side: str, log: Callable[[str], None
 
     where = f"side {side.upper()}'s network_weights {path}"
     try:
-        modules = load_lora_file(path).modules
+        modules = load_lora_file(path, family=getattr(network, "family", None)).modules
         require_finite(path, modules, "trained on from")
     except LoRAFileError as exc:
         raise StartWeightsError(f"{where}: {exc}") from None
@@ -39,16 +39,24 @@ def load_start_weights(network, path: Path, side: str, log: Callable[[str], None
                  f"{len(extra)} module(s) in it are not trained by this project ({_some(extra)})" if extra else ""]
         raise StartWeightsError(f"{where} does not fit the LoRA this project trains: {'; '.join(p for p in parts if p)} "
                                 "(check conv_dim, network_train_unet_only and the base model's family)")
+    from engine.lora.network import fitted_factor
+
     folded = set()
     with torch.no_grad():
         for name, w in modules.items():
             lora = mine[name]
-            if w.down.shape != lora.lora_down.weight.shape or w.up.shape != lora.lora_up.weight.shape:
-                raise StartWeightsError(f"{where}: module {name} has rank {w.down.shape[0]}, this project trains it at rank "
-                                        f"{lora.rank} (network_dim / conv_dim)")
+            # Linear factors on a 1x1 conv (and the other way) fit, as sample and bake take them
+            down, up = fitted_factor(w.down, lora.lora_down.weight.shape), fitted_factor(w.up, lora.lora_up.weight.shape)
+            if down is None or up is None:
+                if w.down.shape[0] != lora.rank:
+                    raise StartWeightsError(f"{where}: module {name} has rank {w.down.shape[0]}, this project trains it at rank "
+                                            f"{lora.rank} (network_dim / conv_dim)")
+                raise StartWeightsError(f"{where}: module {name} has shapes {tuple(w.down.shape)}/{tuple(w.up.shape)}, which do not "
+                                        f"fit this model's {tuple(lora.lora_down.weight.shape)}/{tuple(lora.lora_up.weight.shape)} "
+                                        "(a LoRA for another model?)")
             alpha = float(lora.alpha)
-            lora.lora_down.weight.copy_(w.down.float())
-            lora.lora_up.weight.copy_(w.up.double().mul(w.alpha / alpha).float() if w.alpha != alpha else w.up.float())
+            lora.lora_down.weight.copy_(down.float())
+            lora.lora_up.weight.copy_(up.double().mul(w.alpha / alpha).float() if w.alpha != alpha else up.float())
             if w.alpha != alpha:
                 folded.add(f"{w.alpha:g}")
     note = f"; its alpha {'/'.join(sorted(folded))} is folded into the weights (the project's alpha trains on)" if folded else ""
