@@ -332,7 +332,7 @@ async def test_app_form_adds_edits_and_removes_concepts(tmp_path, monkeypatch):
 
     from copylora_tui.app import CopyloraApp
     from tests.test_app_project import open_project
-    from tests.test_app_support import use_home, wait_until
+    from tests.test_app_support import screen_text, use_home, wait_until
 
     use_home(monkeypatch, tmp_path)
     root = dreambooth_project(tmp_path / "projects")
@@ -357,6 +357,9 @@ async def test_app_form_adds_edits_and_removes_concepts(tmp_path, monkeypatch):
             return str(app.screen.query_one(f"#section-concept-{number}").title)
 
         assert title(1) == "[[concept]] 1: 3_zwx sun"  # as written (it showed "[\[concept]]": rich's escape, read as Textual's markup)
+        # shown, not only there to Tab into: the list's box had no height inside the scrolling form
+        app.screen.query_one("#add-concept", Button).scroll_visible(animate=False)
+        await wait_until(pilot, lambda: "add concept" in screen_text(app) and "[[concept]] 1: 3_zwx sun" in screen_text(app))
         app.screen.query_one("#add-concept", Button).press()
         await wait_until(pilot, lambda: app.screen.query("#field-concept-2-folder #editor"))
         assert title(2) == "[[concept]] 2: no folder yet"
