@@ -13,7 +13,7 @@ from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.screens.monitor import MonitorScreen
 from copylora_tui.screens.queue import QueueScreen, job_detail
 from copylora_tui.widgets.job_table import JobTable
-from engine.jobs.queue import Queue, artifacts_text
+from engine.jobs.queue import JobStatus, Queue, artifacts_text
 from engine.train.progress import Progress
 from tests.test_app_support import build_demo, make_projects, notices, running_job, screen_text, use_home, wait_until
 
@@ -370,7 +370,7 @@ async def test_a_twin_job_trained_side_after_side_shows_each_side_in_its_cell(tm
 
     def cells() -> list[str]:
         table = app.screen.query_one("#projects", DataTable)
-        return [str(c) for c in table.get_row_at(0)]
+        return [str(c) for c in table.get_row_at(0)] if table.row_count else []
 
     def flat() -> str:  # the line under the table wraps
         return " ".join(screen_text(app).split())
@@ -382,3 +382,13 @@ async def test_a_twin_job_trained_side_after_side_shows_each_side_in_its_cell(tm
         queue.report_progress(job.id, Progress(300, 400, 0.12, 0.11, 1e-4, 5.0, 20.0, 60.0, None), point=False)
         await wait_until(pilot, lambda: cells()[2:4] == ["✓ trained", "▶ 50%"])
         await wait_until(pilot, lambda: f"A: trained by job #{job.id}, which trains B now; B: job #{job.id} running, step 100/200" in flat())
+    # queued with --max_steps 150 (the way the README's quick runs queue): 150 a side, not the plan's 200
+    asked = queue.enqueue("train", str(project), side=TWIN, label="train A+B", total=300, params={"max_steps": 150})
+    queue.finish(job.id, JobStatus.DONE)
+    queue.claim(None)
+    queue.set_pid(asked.id, os.getpid(), process_start(os.getpid()))
+    queue.report_progress(asked.id, Progress(175, 300, 0.12, 0.11, 1e-4, 5.0, 20.0, 60.0, None), point=False)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen) and cells()[2:4] == ["✓ trained", "▶ 16%"])
+        await wait_until(pilot, lambda: f"B: job #{asked.id} running, step 25/150" in flat())

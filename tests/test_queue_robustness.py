@@ -116,7 +116,7 @@ def test_cancel_and_pause_take_an_interrupted_job_at_once(tmp_path, monkeypatch,
     cancelled = _interrupted_job(queue, root)
     merge = queue.enqueue("merge", str(root), label="merge", depends_on=[cancelled])
     assert main(["cancel", str(cancelled)]) == 0
-    assert "cancelled (it was interrupted: its checkpoint is kept, `copylora retry` resumes it)" in capsys.readouterr().out
+    assert "cancelled (it was interrupted: `copylora retry` resumes it from its newest checkpoint, if it wrote one)" in capsys.readouterr().out
     job = queue.get(cancelled)
     assert job.status is JobStatus.CANCELLED and job.control is None and job.pid is None
     assert queue.get(merge.id).status is JobStatus.FAILED  # as for a job cancelled while waiting

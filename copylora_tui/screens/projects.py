@@ -90,6 +90,8 @@ def job_note(jobs: list[Job], kind: str, side: str | None, summary: ProjectSumma
 def _sides_apart(job: Job, summary: ProjectSummary) -> tuple[int, int] | None:
     """(A's steps, B's) of a twin job that trains A, then B; None where the job is not that."""
     a, b = summary.steps.get("a"), summary.steps.get("b")
+    if (asked := (job.params or {}).get("max_steps")) is not None:  # `run --max_steps N`: N a side, the plan aside
+        a = b = asked
     if job.side != TWIN or not a or not b or job.total != a + b or job.smooth_loss_b is not None:
         return None
     return a, b

@@ -44,7 +44,7 @@ COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "bar": ("progress", lambda j: progress_cell(j, 10, counts=False)),  # for narrow panels
     "rate": ("speed", lambda j: Text(rate_text(j.it_per_s) if j.live else "", justify="right")),
     "eta": ("ETA", lambda j: Text(eta_text(j.eta_s) if j.live else "", justify="right")),
-    "loss": ("loss", lambda j: Text(job_loss_text(j), justify="right")),
+    "loss": ("loss", lambda j: Text(job_loss_text(j), justify="right", no_wrap=True, overflow="ellipsis")),  # cut: visibly
     "copy": ("copy", lambda j: Text(job_copy_text(j), justify="right")),
     "finished": ("finished", lambda j: when_text(j.finished_at) if j.finished_at else ""),
 }

@@ -630,9 +630,10 @@ class Queue:
             self.finish(job_id, JobStatus.CANCELLED, error="cancelled by the user")
             return "cancelled"
         if job.status is JobStatus.RUNNING:
-            if self._end_interrupted(job, "status = 'cancelled', error = 'cancelled by the user (checkpoint kept: "
-                                          "`copylora retry` resumes it)', finished_at = ?", (time.time(),)):
-                return "cancelled (it was interrupted: its checkpoint is kept, `copylora retry` resumes it)"
+            # (whether it wrote a checkpoint before it was cut off, the queue cannot tell: "if any")
+            if self._end_interrupted(job, "status = 'cancelled', error = 'cancelled by the user (`copylora retry` resumes it "
+                                          "from its newest checkpoint, if it wrote one)', finished_at = ?", (time.time(),)):
+                return "cancelled (it was interrupted: `copylora retry` resumes it from its newest checkpoint, if it wrote one)"
             if self.get(job_id).status.waiting:  # a worker queued it again meanwhile: an order would be wiped at its claim
                 return self.cancel(job_id)
             self._control(job_id, "cancel")

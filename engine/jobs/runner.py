@@ -141,8 +141,14 @@ def _steps_after(writer: ProgressWriter, offset: int, total: int):
 
 
 def _start_after(queue: Queue, job_id: int, offset: int, total: int) -> Callable[[int, int], None]:
-    """Where a side trained after ``offset`` steps of another starts, as the job's step."""
-    return lambda step, _side_total: queue.set_start_step(job_id, offset + step, total)
+    """Where a side trained after ``offset`` steps of another starts, as the job's step: only
+    where it resumes (B from its first step said "resumed at step 200", A's steps)."""
+
+    def on_start(step: int, _side_total: int) -> None:
+        if step or not offset:
+            queue.set_start_step(job_id, offset + step, total)
+
+    return on_start
 
 
 def run_train(queue: Queue, job: Job, stop: dict) -> dict:
