@@ -390,7 +390,7 @@ def test_sd15_lora_and_sdxl_lora_do_not_merge(xl, tmp_path):
     other = LoRANetwork(xl.unet, xl.text_encoders, family="sdxl", rank=4)
     randomise(other)
     b = other.save(tmp_path / "sdxl.safetensors", metadata=lora_metadata({}, "sdxl"))
-    with pytest.raises(MergeError, match=r"different model families \(sd1, sdxl\)"):
+    with pytest.raises(MergeError, match=r"different model families \(sdxl.safetensors: sdxl, sd15.safetensors: sd1\)"):  # which is which
         merge_loras([b, a], [1.0, -1.0], new_rank=8)
     assert not list(tmp_path.glob("*merged*"))
 

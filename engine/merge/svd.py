@@ -84,7 +84,8 @@ def check_compatible(loras: list, paths: list[Path]) -> None:
         )
     families = {family_of(lora) for lora in loras}
     if len(families) > 1:
-        raise MergeError(f"the inputs are LoRAs for different model families ({', '.join(sorted(families))})")
+        which = ", ".join(f"{path.name}: {family_of(lora)}" for path, lora in zip(paths, loras))
+        raise MergeError(f"the inputs are LoRAs for different model families ({which})")
 
 
 def _clamp(up, down, quantile: float):
