@@ -232,6 +232,20 @@ def test_a_start_file_that_does_not_fit_is_a_validation_error(tmp_path, tiny):
         with pytest.raises(ValidationError) as caught:
             load_project(root)
         assert {p.where: p.message for p in caught.value.problems}[where] == f"start.safetensors {message}", caught.value
+    # conv_in is a 3x3 conv no training adapts: "set conv_dim = 8" led to the next refusal, at training
+    from engine.lora.files import load_lora_file, save_lora_file
+
+    root = copy_example(tmp_path / "extra")
+    modules = dict(load_lora_file(start_file(tiny, tmp_path / "plain.safetensors")).modules)
+    conv_in = tiny.unet.conv_in.weight.shape
+    modules["lora_unet_conv_in"] = (torch.zeros(8, *conv_in[1:]), torch.zeros(conv_in[0], 8, 1, 1), 8.0)
+    save_lora_file(root / "start.safetensors", modules, {}, "float")
+    set_keys(root, "train", network_weights="start.safetensors")
+    with pytest.raises(ValidationError) as caught:
+        load_project(root)
+    assert [p.message for p in caught.value.problems] == [
+        "start.safetensors adapts layers no training here adapts (lora_unet_conv_in: LyCORIS' full preset, ComfyUI's extraction): "
+        "a project cannot start from it (merges, previews and bakes take it)"]
     root = copy_example(tmp_path / "missing")
     set_keys(root, "b", network_weights="nowhere.safetensors")
     with pytest.raises(ValidationError, match=r"b\.network_weights: no such LoRA file: .*nowhere\.safetensors"):

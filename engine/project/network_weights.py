@@ -11,6 +11,7 @@ into the weights so that training starts from exactly the file's LoRA (engine.tr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from engine.errors import Problem
@@ -61,6 +62,11 @@ def _file_problems(path: Path, params) -> list[str]:
     downs = {key: shape for key, shape in shapes.items() if key.endswith(_DOWN)}
     if not downs:
         return [f"{path}: holds no LoRA modules (lora_down/lora_up weights)"]
+    extra = _untrainable(downs)
+    if extra:  # conv_in is 3x3, but no conv_dim makes a training adapt it: "set conv_dim" led to the next refusal
+        shown = ", ".join(sorted(extra)[:3]) + (" ..." if len(extra) > 3 else "")
+        return [f"{path.name} adapts layers no training here adapts ({shown}: LyCORIS' full preset, ComfyUI's extraction): "
+                "a project cannot start from it (merges, previews and bakes take it)"]
     linear = {shape[0] for shape in downs.values() if len(shape) != 4 or shape[2:] == (1, 1)}
     conv = {shape[0] for shape in downs.values() if len(shape) == 4 and shape[2:] != (1, 1)}
     text = any(key.startswith(_TEXT) for key in downs)
@@ -79,6 +85,17 @@ def _file_problems(path: Path, params) -> list[str]:
     elif not text and not params.network_train_unet_only:
         out.append(f"{name} has no text-encoder modules, but network_train_unet_only = false: set it to true")
     return out
+
+
+# Layers kohya's trainer (and so copylora's) never adapts, in either layout's kohya names.
+_UNTRAINABLE = re.compile(r"^lora_unet_(conv_in$|conv_out$|time_embedding_|add_embedding_|input_blocks_0_0$|time_embed_|label_emb_|out_\d)")
+
+
+def _untrainable(downs: dict) -> set[str]:
+    from engine.lora.names import kohya_module_names
+
+    modules = [next(key[: -len(suffix)] for suffix in _DOWN if key.endswith(suffix)) for key in downs]
+    return {name for name in kohya_module_names(modules, {}).values() if _UNTRAINABLE.match(name)}
 
 
 def _ranks(ranks: set[int]) -> str:
