@@ -87,15 +87,16 @@ def _file_problems(path: Path, params) -> list[str]:
     return out
 
 
-# Layers kohya's trainer (and so copylora's) never adapts, in either layout's kohya names.
-_UNTRAINABLE = re.compile(r"^lora_unet_(conv_in$|conv_out$|time_embedding_|add_embedding_|input_blocks_0_0$|time_embed_|label_emb_|out_\d)")
+# Layers kohya's trainer (and so copylora's) never adapts, in every layout a file may name them
+# (kohya's diffusers or SGM names, ComfyUI's and PEFT's keys). Read here from the names alone:
+# engine.project sits below engine.lora, which renames them.
+_UNTRAINABLE = re.compile(r"^(lora_unet_|diffusion_model\.|model\.diffusion_model\.|unet\.)"
+                          r"(conv_in$|conv_out$|time_embedding[._]|add_embedding[._]|input_blocks[._]0[._]0$|time_embed[._]|label_emb[._]|out[._]\d)")
 
 
 def _untrainable(downs: dict) -> set[str]:
-    from engine.lora.names import kohya_module_names
-
     modules = [next(key[: -len(suffix)] for suffix in _DOWN if key.endswith(suffix)) for key in downs]
-    return {name for name in kohya_module_names(modules, {}).values() if _UNTRAINABLE.match(name)}
+    return {name for name in modules if _UNTRAINABLE.match(name)}
 
 
 def _ranks(ranks: set[int]) -> str:
