@@ -191,11 +191,11 @@ class StatsScreen(ActsWhileOpen, Screen):
         """The columns the module names have beside the figures, where the table is narrower
         than all of it (None: the names fit, or the table is not laid out yet). At 80 columns
         the names were cut at the right edge, "down0_att0_tb0_at" on row after row."""
-        if not table.size.width or not rows:
+        room = table.content_room(len(specs), len(rows))
+        if room is None or not rows:
             return None
         widths = fitted_widths(specs, [cells for _key, cells in rows])
-        scrollbar = table.styles.scrollbar_size_vertical if len(rows) > table.size.height - 1 else 0
-        room = table.size.width - 2 * table.cell_padding * len(specs) - scrollbar - sum(widths[:-1])
+        room -= sum(widths[:-1])
         return max(room, 12) if widths[-1] > room else None
 
     def on_resize(self) -> None:

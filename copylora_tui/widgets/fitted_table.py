@@ -89,5 +89,14 @@ class FittedTable(DataTable):
         for key, cells in rows:
             self.add_row(*map(plain, cells), key=key)
 
+    def content_room(self, columns: int, rows: int) -> int | None:
+        """The cells ``columns`` columns' contents share across this table with ``rows`` rows
+        (each column's padding, and a scroll bar where the rows overflow, taken off); None before
+        the table is laid out. Where the contents are wider, a caller cuts a column to fit."""
+        if not self.size.width:
+            return None
+        scrollbar = self.styles.scrollbar_size_vertical if rows > self.size.height - 1 else 0
+        return self.size.width - 2 * self.cell_padding * columns - scrollbar
+
     def column_widths(self) -> dict[str, int]:
         return {key: width for key, _label, width in self._shown_columns}

@@ -83,10 +83,9 @@ class JobTable(FittedTable):
         """The columns' widths, the project's cut (to 6 at the least: the line under the table
         names it whole) where they are wider than the table: at 80 columns a twin job's loss ran
         off the right edge ("los", "A 0"), behind a sideways scroll bar."""
-        if "project" not in self.column_names or not self.size.width:
+        room = self.content_room(len(widths), len(self._made))
+        if "project" not in self.column_names or room is None:
             return widths
-        scrollbar = self.styles.scrollbar_size_vertical if len(self._made) > self.size.height - 1 else 0
-        room = self.size.width - 2 * self.cell_padding * len(widths) - scrollbar
         index = self.column_names.index("project")
         excess = sum(widths) - room
         if excess > 0:
