@@ -96,6 +96,29 @@ def test_concept_rules_are_checked_with_their_key(tmp_path):
     assert any(p.startswith("concept: must be a list of tables [[concept]]") for p in problems_of(root))
 
 
+def test_one_folder_spelled_two_ways_is_one_folder(tmp_path):
+    """ "b", "./b/" and an absolute path name one folder: each rule about two keys on one folder
+    holds however each key spells it (they were compared as strings: "./a/" as B trained B on A's
+    pictures, class pictures were generated into "./b" among B's teacher pictures)."""
+    root = dreambooth_project(tmp_path)
+    toml = root / "copylora.toml"
+    text = toml.read_text()
+    toml.write_text(text.replace('folder = "b"', 'folder = "./a/"', 1))
+    assert "b.folder: A and B use the same folder ('a' and './a/' are one folder): B must hold the changed picture" in problems_of(root)
+    toml.write_text(text.replace('class_folder = "suns"', f'class_folder = "{root / "b"}/"'))
+    assert f"concept[1].class_folder: '{root / 'b'}/' is already b.folder: class pictures need a folder of their own" in problems_of(root)
+    (root / "link-to-sun").symlink_to(root / "3_zwx sun")
+    toml.write_text(text + '\n[[concept]]\nfolder = "link-to-sun"\n')
+    assert any(p.startswith("concept[2].folder: 'link-to-sun' is already concept[1].folder") for p in problems_of(root))
+    # previews and grids go to OUTPUT/samples: a teacher folder there would take them in
+    (root / "b").rename(root / "samples")
+    toml.write_text(text.replace('folder = "b"', 'folder = "samples"', 1).replace('output_dir = "output"', 'output_dir = "."'))
+    assert ("project.output_dir: previews go to 'samples', which is b.folder: they would train as teacher pictures; "
+            "choose another output_dir") in problems_of(root)
+    toml.write_text(text.replace('folder = "b"', 'folder = "samples"', 1).replace('output_dir = "output"', 'output_dir = "out"'))
+    load_project(root)  # samples/ of another output folder is no teacher folder of this one
+
+
 def test_a_missing_caption_file_names_the_picture(tmp_path):
     root = dreambooth_project(tmp_path)
     (root / "3_zwx sun" / "two.txt").unlink()

@@ -268,8 +268,9 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
                 problems.append(Problem(f"{name}.optimizer_args.{key}", f"must be a finite number, got {show(value)}"))
             elif (why := optimizer_arg_problem(key, value)) is not None:
                 problems.append(Problem(f"{name}.optimizer_args.{key}", why))
-    if project.a.folder == project.b.folder:
-        problems.append(Problem("b.folder", f"A and B use the same folder {project.a.folder!r}: B must hold the changed picture"))
+    if _folder_key(project.root, project.a.folder) == _folder_key(project.root, project.b.folder):
+        same = repr(project.a.folder) if project.a.folder == project.b.folder else f"{project.a.folder!r} and {project.b.folder!r} are one folder"
+        problems.append(Problem("b.folder", f"A and B use the same folder ({same}): B must hold the changed picture"))
     if project.reg is not None and project.reg.num_class_images > 0 and not project.reg.class_prompt:
         problems.append(Problem("reg.class_prompt", "needed to generate class images (num_class_images > 0)"))
     if project.reg is not None and not project.reg.folder and (project.reg.num_class_images > 0 or project.reg.class_prompt):
@@ -339,16 +340,17 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
         if uses_filewords(reg.class_prompt):
             problems.append(Problem("reg.class_prompt", f"{FILEWORDS} is read from the teacher pictures' captions only: "
                                     "the class prompt is used as written"))
-    folders = {project.a.folder: "a.folder", project.b.folder: "b.folder"}
+    root = project.root
+    folders = {_folder_key(root, project.a.folder): "a.folder", _folder_key(root, project.b.folder): "b.folder"}
     for n, concept in enumerate(project.concepts, start=1):
         key = f"concept[{n}]"
         if not concept.folder:
             problems.append(Problem(f"{key}.folder", "needed: the folder of this concept's teacher pictures"))
-        elif concept.folder in folders:
-            problems.append(Problem(f"{key}.folder", f"{concept.folder!r} is already {folders[concept.folder]}: "
+        elif (where := _folder_key(root, concept.folder)) in folders:
+            problems.append(Problem(f"{key}.folder", f"{concept.folder!r} is already {folders[where]}: "
                                     "each concept needs its own pictures"))
         else:
-            folders[concept.folder] = f"{key}.folder"
+            folders[where] = f"{key}.folder"
         if uses_filewords(concept.class_prompt):
             problems.append(Problem(f"{key}.class_prompt", f"{FILEWORDS} is read from the teacher pictures' captions only"))
         if not concept.class_folder and (concept.class_prompt or concept.num_class_images):
@@ -363,10 +365,27 @@ def _check_concepts(project: Project, problems: list[Problem]) -> None:
                                                                           for n, c in enumerate(project.concepts, start=1) if c.class_folder]
         seen: dict[str, str] = {}
         for key, folder in classes:
-            same = folders.get(folder) or seen.get(folder)
+            where = _folder_key(root, folder)
+            same = folders.get(where) or seen.get(where)
             if same:
                 problems.append(Problem(key, f"{folder!r} is already {same}: class pictures need a folder of their own"))
-            seen.setdefault(folder, key)
+            seen.setdefault(where, key)
+    # Previews and grids are written into the output's samples/ folder: a teacher folder there
+    # would take them as teacher pictures at the next run.
+    samples = _folder_key(root, str(Path(project.info.output_dir) / "samples"))
+    if samples in folders:
+        problems.append(Problem("project.output_dir", f"previews go to {str(Path(project.info.output_dir) / 'samples')!r}, which "
+                                f"is {folders[samples]}: they would train as teacher pictures; choose another output_dir"))
+
+
+def _folder_key(root: Path, folder: str) -> str:
+    """One spelling of a folder the project names ("a", "./a/", "/abs/proj/a" and a link to it
+    are one folder), so two keys naming one folder are caught however each is written."""
+    path = root / folder
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL: the folder's own check says what is wrong
+        return os.path.normpath(path)
 
 
 def _check_captions(project: Project, problems: list[Problem]) -> None:
