@@ -24,7 +24,7 @@ from engine.errors import LoRAFileError  # noqa: E402
 from engine.lora.files import load_lora_file, save_lora_file  # noqa: E402
 from engine.lora.names import UNET_TOP, diffusers_to_sgm, find_targets, kohya_module_names, sgm_layout  # noqa: E402
 from engine.lora.network import LoRANetwork  # noqa: E402
-from engine.merge.svd import family_of, merge_loras  # noqa: E402
+from engine.merge.svd import MergeError, family_of, merge_loras  # noqa: E402
 
 
 def delta(w) -> torch.Tensor:
@@ -207,6 +207,29 @@ def test_an_old_kohya_sd2_file_stays_sd2_through_a_merge(tmp_path):
     result = merge_loras(paths, [1.0, -0.5], new_rank=4)
     assert result.family == "sd2"
     assert result.metadata["ss_v2"] == "True" and result.metadata["ss_base_model_version"].startswith("sd_v2")
+
+
+@pytest.mark.parametrize("width, family", [(1024, "sd2"), (768, "sd1")])
+def test_a_peft_file_without_metadata_is_told_sd2_from_sd1_by_its_widths(tmp_path, width, family):
+    """SD1 and SD2 LoRAs have the same names; a PEFT file says no family: it read as SD1, so a
+    merge with the user's own SD2 LoRA was refused as "LoRAs for different model families"."""
+    from safetensors.torch import save_file
+
+    key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    text = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    tensors = {f"{key}.lora_A.weight": torch.randn(4, width), f"{key}.lora_B.weight": torch.randn(320, 4) * 0.01,
+               f"{text}.lora_A.weight": torch.randn(4, width), f"{text}.lora_B.weight": torch.randn(width, 4) * 0.01}
+    save_file(tensors, str(tmp_path / "peft.safetensors"))
+    peft = load_lora_file(tmp_path / "peft.safetensors")
+    assert family_of(peft) == family
+    kohya = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (torch.randn(4, width), torch.randn(320, 4), 4.0)}
+    mine = save_lora_file(tmp_path / "mine.safetensors", kohya, {"ss_base_model_version": "sd_v2_v"}, "float")
+    if family == "sd2":  # an SD2 768-v LoRA of the user's and the PEFT file: one architecture, the result says 768-v
+        result = merge_loras([tmp_path / "peft.safetensors", mine], [1.0, -1.0], new_rank=4)
+        assert result.family == "sd2-v" and result.metadata["ss_base_model_version"] == "sd_v2_v"
+    else:
+        with pytest.raises(MergeError, match=r"different model families \(peft.safetensors: sd1, mine.safetensors: sd2-v\)"):
+            merge_loras([tmp_path / "peft.safetensors", mine], [1.0, -1.0], new_rank=4)
 
 
 def test_a_peft_rslora_file_reads_at_its_strength(tmp_path):

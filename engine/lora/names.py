@@ -292,6 +292,19 @@ def sdxl_evidence(names, metadata) -> bool | None:
     return None
 
 
+# SD2's text encoder (OpenCLIP ViT-H) and the U-Net's cross-attention keys and values read
+# 1024 features; SD1's (CLIP ViT-L) 768. Names are the same in both: only widths tell a file
+# without metadata (PEFT's, ComfyUI's) apart.
+_SD2_WIDE = re.compile(r"(attn2_to_[kv]|^lora_te1?_text_model_encoder_layers_\d+_(self_attn_[qkv]_proj|mlp_fc1))$")
+
+
+def sd2_evidence(shapes) -> bool:
+    """Whether an SD1/SD2 LoRA's modules ({kohya name: lora_down's shape}) are SD2's: the input
+    width of its cross-attention keys/values or its text encoder's first layers is 1024."""
+    widths = {shape[1] for name, shape in shapes.items() if len(shape) >= 2 and _SD2_WIDE.search(name)}
+    return 1024 in widths
+
+
 def kohya_module_names(names, metadata, family: str | None = None) -> dict[str, str]:
     """{name in the file: kohya name} for the LoRA module names of a file.
 

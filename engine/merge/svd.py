@@ -57,9 +57,21 @@ def family_of(lora) -> str:
         return "sd1"
     if lora.metadata.get("ss_v2") == "True":  # kohya's files before ss_base_model_version (kohya's merge keeps it so)
         return "sd2-v" if lora.metadata.get("modelspec.prediction_type") == "v" else "sd2"
-    from engine.lora.names import is_sdxl_file
+    from engine.lora.names import is_sdxl_file, sd2_evidence
 
-    return "sdxl" if is_sdxl_file(lora.modules.keys(), lora.metadata) else "sd1"
+    if is_sdxl_file(lora.modules.keys(), lora.metadata):
+        return "sdxl"
+    return "sd2" if sd2_evidence({name: w.down.shape for name, w in lora.modules.items()}) else "sd1"
+
+
+def _says_family(metadata) -> bool:
+    return bool(metadata.get("ss_base_model_version") or metadata.get("ss_v2") == "True")
+
+
+def same_architecture(families) -> bool:
+    """Whether these families' LoRAs fit one model: SD2's v-prediction and epsilon models share
+    their layers (a file without metadata can only say "sd2", its widths)."""
+    return len({family.split("-")[0] for family in families}) <= 1
 
 
 def _matrix_shape(w) -> tuple[int, int, int]:
@@ -82,8 +94,7 @@ def check_compatible(loras: list, paths: list[Path]) -> None:
         raise MergeError(
             f"the inputs are LoRAs for different base models: {len(conflicts)} module(s) differ in shape, e.g. {shown}"
         )
-    families = {family_of(lora) for lora in loras}
-    if len(families) > 1:
+    if not same_architecture(family_of(lora) for lora in loras):
         which = ", ".join(f"{path.name}: {family_of(lora)}" for path, lora in zip(paths, loras))
         raise MergeError(f"the inputs are LoRAs for different model families ({which})")
 
@@ -164,7 +175,8 @@ def merge_loras(
     for path, lora in zip(paths, loras):  # LoRAFileError, as sample and bake say it: the input to fix
         require_finite(path, lora.modules, "merged")
     check_compatible(loras, paths)
-    family = family_of(loras[0])
+    said = [family_of(lora) for lora in loras if _says_family(lora.metadata)]
+    family = said[0] if said else family_of(loras[0])  # an input that says "sd2-v" over one whose widths say "sd2"
     vectors, block_weights = _block_weights(lbws, family, len(loras))
     names = list(dict.fromkeys(name for lora in loras for name in lora.modules))
     _check_scales(names, loras, paths, ratios, block_weights)
