@@ -351,6 +351,40 @@ async def test_the_job_table_fits_80_columns_by_cutting_the_project_name(tmp_pat
         await wait_until(pilot, lambda: "example-monochrome  train A+B" in screen_text(app))
 
 
+async def test_the_job_table_cuts_an_empty_eta_and_long_tasks_before_the_loss(tmp_path, monkeypatch):
+    """With the project cut to its least, an interrupted twin job beside a merge and class
+    images still ran its loss off the edge at 80 columns ("A 0.1100 B"): the ETA column, empty
+    without a live job, and then long task names give way first."""
+    import subprocess
+
+    from engine.jobs.queue import TWIN
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    reg = queue.enqueue("reg", str(project), label="class images", total=40)
+    twin = queue.enqueue("train", str(project), side=TWIN, label="train A+B", total=4000, depends_on=[reg.id])
+    queue.claim(None)
+    queue.finish(reg.id, "done")
+    queue.claim(None)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    queue.set_pid(twin.id, gone.pid, "gone")  # its process ended, no worker: interrupted
+    queue.report_progress(twin.id, Progress(300, 4000, 0.12, 0.11, 1e-4, 5.0, 700.0, 60.0, None, loss_b=0.13, smooth_loss_b=0.125),
+                          point=True)
+    queue.enqueue("merge", str(project), label="merge +1·B −1·A", depends_on=[twin.id], total=None)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_queue(pilot, app)
+        table = app.screen.query_one("#jobs", JobTable)
+        await wait_until(pilot, lambda: "interrupted" in screen_text(app))
+        text = screen_text(app)
+        assert "A 0.1100 B 0.1250" in text and table.virtual_size.width <= table.size.width, text
+        assert "merge +1·…" in text and "ETA" not in text
+        await pilot.resize_terminal(120, 24)  # room again: every column whole
+        await wait_until(pilot, lambda: "merge +1·B −1·A" in screen_text(app) and " ETA " in screen_text(app))
+
+
 async def test_a_twin_job_trained_side_after_side_shows_each_side_in_its_cell(tmp_path, monkeypatch):
     """Trained A, then B, a twin job showed one percent ("▶ 40%") under A and B alike, with A done."""
     import os

@@ -38,7 +38,7 @@ def progress_cell(job: Job, width: int = 10, counts: bool = True) -> Text:
 COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "job": ("job", lambda j: Text(f"#{j.id}", justify="right")),
     "project": ("project", lambda j: Text(project_label(j.project), no_wrap=True, overflow="ellipsis")),  # cut first when narrow
-    "task": ("task", lambda j: j.label),
+    "task": ("task", lambda j: Text(j.label, no_wrap=True, overflow="ellipsis")),
     "status": ("status", status_cell),
     "progress": ("progress", progress_cell),
     "bar": ("progress", lambda j: progress_cell(j, 10, counts=False)),  # for narrow panels
@@ -48,6 +48,11 @@ COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "copy": ("copy", lambda j: Text(job_copy_text(j), justify="right")),
     "finished": ("finished", lambda j: when_text(j.finished_at) if j.finished_at else ""),
 }
+
+
+# Columns cut, in this order, where the table is narrower than its contents: (name, least
+# width; None: cut away only where no row fills it).
+CUTS: tuple[tuple[str, int | None], ...] = (("project", 6), ("eta", None), ("task", 9))
 
 
 class JobTable(FittedTable):
@@ -80,17 +85,26 @@ class JobTable(FittedTable):
         return made
 
     def _fitted(self, widths: list[int]) -> list[int]:
-        """The columns' widths, the project's cut (to 6 at the least: the line under the table
-        names it whole) where they are wider than the table: at 80 columns a twin job's loss ran
-        off the right edge ("los", "A 0"), behind a sideways scroll bar."""
+        """The columns' widths, cut where they are wider than the table (at 80 columns a twin
+        job's loss ran off the right edge, "los", "A 0", behind a sideways scroll bar): the
+        project's first, to 6 at the least (the line under the table names it whole), then an
+        ETA column no job fills (its header alone), then the task's, to 9 at the least."""
         room = self.content_room(len(widths), len(self._made))
-        if "project" not in self.column_names or room is None:
+        if room is None:
             return widths
-        index = self.column_names.index("project")
-        excess = sum(widths) - room
-        if excess > 0:
-            widths = list(widths)
-            widths[index] = max(6, widths[index] - excess)
+        widths = list(widths)
+        for name, least in CUTS:
+            excess = sum(widths) - room
+            if excess <= 0:
+                break
+            if name not in self.column_names:
+                continue
+            index = self.column_names.index(name)
+            if least is None:  # only where empty in every row
+                if any(made[2][index] for made in self._made.values()):
+                    continue
+                least = 0
+            widths[index] = max(least, widths[index] - excess)
         return widths
 
     def on_resize(self) -> None:
