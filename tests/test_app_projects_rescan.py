@@ -267,6 +267,43 @@ async def test_a_disk_check_that_hangs_is_the_only_one_and_is_said(tmp_path, mon
         disk_back.set()
 
 
+async def test_f5_on_a_hung_scan_starts_no_second_one_and_reads_once_more_after_it(tmp_path, monkeypatch):
+    """Each f5 started a whole scan in a thread: on a hung network disk, one more stuck thread
+    per press. Now presses during a scan fold into one scan after it, and a long one is said."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, NAMES)
+    monkeypatch.setattr(screen_module, "SCAN_BUSY_SAY_S", 0.0)
+    real = screen_module.scan_projects
+    disk_back = threading.Event()
+    scans = []
+
+    def scan(folder, *more):
+        scans.append(folder)
+        if len(scans) == 2:
+            disk_back.wait(timeout=30)
+        return real(folder, *more)
+
+    monkeypatch.setattr(screen_module, "scan_projects", scan)
+    app = CopyloraApp(projects, poll_s=0.1)
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: len(cells(app)) == 3)
+            await pilot.press("f5")  # the second scan: it hangs
+            await wait_until(pilot, lambda: len(scans) == 2)
+            break_project(projects / "beta")
+            for _ in range(5):
+                await pilot.press("f5")
+            await pilot.pause(0.3)
+            assert len(scans) == 2
+            assert any("still reading" in n and "it is read again when that answers" in n for n in notices(app))
+            disk_back.set()
+            await wait_until(pilot, lambda: "✗ invalid" in cells(app)["beta"])  # the one scan after it
+            await pilot.pause(0.3)
+            assert len(scans) == 3
+    finally:
+        disk_back.set()
+
+
 async def test_a_scan_that_fails_says_so_instead_of_reading_for_ever(tmp_path, monkeypatch):
     use_home(monkeypatch, tmp_path)
     projects = make_projects(tmp_path, NAMES)

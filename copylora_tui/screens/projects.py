@@ -22,6 +22,7 @@ from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
+from textual.worker import Worker
 
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
 from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, Stamp, is_project_folder, project_stamps, read_projects, scan_projects, stamp
@@ -47,6 +48,7 @@ To try the shipped example, copy projects/example-monochrome into $folder/ and p
 FULL_RESCAN_AFTER_S = 5.0  # back on this screen sooner than this after a whole scan: only the projects opened meanwhile are read
 DISK_CHECK_S = 2.0  # while shown: a project made, removed or whose file changed (in a shell beside the app) shows within this
 SCAN_PROGRESS_S = 0.5  # the first scan of hundreds of projects says how far it has got this often
+SCAN_BUSY_SAY_S = 2.0  # f5 while a whole scan has run this long is answered (a quicker one just folds in)
 CHECK_SLOW_S = 30.0  # a check that has not answered by then (a hung network disk) is said, once
 
 NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
@@ -172,6 +174,8 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         self._folder_stamp: Stamp = None  # the projects folder's, likewise (a project made or removed changes it)
         self._checking_since: float | None = None  # when the disk check under way began (time.monotonic); None: none is
         self._said_slow = False  # that the one under way has not answered for CHECK_SLOW_S
+        self._full_scan: Worker | None = None  # the whole scan under way, if one is
+        self._scan_again = False  # a whole scan was asked for while one was under way: one more when it ends
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -218,14 +222,26 @@ class ProjectsScreen(ActsWhileOpen, Screen):
 
     # ------------------------------------------------------------------ data
 
-    def rescan(self, select: Path | None = None) -> None:
-        """Read the whole projects folder again (in a thread): new and removed projects too."""
+    def rescan(self, select: Path | None = None) -> bool:
+        """Read the whole projects folder again (in a thread): new and removed projects too.
+        One whole scan at a time: asked for while one is under way, one more follows it (False
+        is returned), however often it was asked (f5 pressed on a hung network disk started a
+        thread each time, each blocked until the disk answered)."""
         if select is not None:
             self._select_after_scan = select
+        if self._full_scan is not None and not self._full_scan.is_finished:
+            self._scan_again = True
+            return False
         self._generation += 1
         self._full_generation = self._generation
         self._full_scan_at = time.monotonic()
-        self._scan(self._generation, None)
+        self._full_scan = self._scan(self._generation, None)
+        return True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is self._full_scan and event.worker.is_finished and self._scan_again:
+            self._scan_again = False
+            self.rescan()
 
     def rescan_projects(self, folders: Iterable[Path]) -> None:
         """Read these listed projects again (in a thread), and no other."""
@@ -492,7 +508,9 @@ class ProjectsScreen(ActsWhileOpen, Screen):
     # ------------------------------------------------------------------ actions
 
     def action_rescan(self) -> None:
-        self.rescan()
+        if not self.rescan() and time.monotonic() - self._full_scan_at >= SCAN_BUSY_SAY_S:
+            self.notify(f"still reading {self.app.projects_dir}/ (for {time.monotonic() - self._full_scan_at:.0f} s; a network "
+                        "disk?): it is read again when that answers", severity="warning", timeout=6)
 
     def action_new_project(self) -> None:
         from copylora_tui.screens.new_project import NewProjectScreen
