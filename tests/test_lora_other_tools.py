@@ -232,6 +232,26 @@ def test_a_peft_file_without_metadata_is_told_sd2_from_sd1_by_its_widths(tmp_pat
             merge_loras([tmp_path / "peft.safetensors", mine], [1.0, -1.0], new_rank=4)
 
 
+@pytest.mark.parametrize("version, name, conv", [
+    ("sd_v1", "lora_unet_down_blocks_0_attentions_0_proj_in", True),  # SD1's proj_in is a 1x1 conv
+    ("sdxl_base_v1-0", "lora_unet_input_blocks_4_1_proj_in", False),  # SDXL's a Linear
+    ("sdxl_base_v1-0", "lora_unet_input_blocks_4_0_skip_connection", True),  # a conv_shortcut everywhere
+])
+def test_a_merge_of_linear_and_conv_factors_on_one_module_writes_kohyas_layout(tmp_path, version, name, conv):
+    """Linear factors on a 1x1 conv (as some converters write them) put first made the merged
+    module Linear-factored whatever the model's module is: kohya's loader refuses the shape."""
+    g = torch.Generator().manual_seed(3)
+    down, up = torch.randn(4, 32, generator=g), torch.randn(32, 4, generator=g)
+    flat = save_lora_file(tmp_path / "flat.safetensors", {name: (down, up, 4.0)}, {"ss_base_model_version": version}, "float")
+    square = save_lora_file(tmp_path / "square.safetensors", {name: (down[:, :, None, None] * 2, up[:, :, None, None], 4.0)},
+                            {"ss_base_model_version": version}, "float")
+    wanted = 3 * (up.double() @ down.double())  # x + 2x: the two layouts read as one
+    for order in ([flat, square], [square, flat]):
+        w = merge_loras(order, [1.0, 1.0], new_rank=4).modules[name]
+        assert (w.down.dim(), w.up.dim()) == ((4, 4) if conv else (2, 2))
+        assert torch.allclose(delta(w), wanted, atol=1e-3)
+
+
 def test_a_peft_rslora_file_reads_at_its_strength(tmp_path):
     """rsLoRA scales by alpha/√rank: r 4, alpha 8 is a scale of 4 (kohya's alpha/rank: alpha 16)."""
     from safetensors.torch import save_file

@@ -99,6 +99,20 @@ def check_compatible(loras: list, paths: list[Path]) -> None:
         raise MergeError(f"the inputs are LoRAs for different model families ({which})")
 
 
+def _as_conv(name: str, weights: list, family: str) -> bool:
+    """Whether a kernel-1 module's merged factors are written 4-D (a 1x1 conv's layout). Where
+    the inputs agree, as they are; where one file has Linear factors on it (A1111 and ComfyUI
+    reshape them, and so do we on reading) and another conv factors, as kohya's own module is,
+    since its loader takes no other shape: SD1's transformer proj_in/proj_out are 1x1 convs,
+    SD2's and SDXL's Linear; every other kernel-1 module with conv factors is a conv (a
+    ResNet's conv_shortcut). It was the first input's: put first, a Linear-factored file made
+    a merge kohya could not load."""
+    layouts = {w.down.dim() == 4 for w in weights}
+    if len(layouts) == 1:
+        return layouts.pop()
+    return family == "sd1" or not name.endswith(("_proj_in", "_proj_out"))
+
+
 def _clamp(up, down, quantile: float):
     """kohya's svd_merge_lora clamp, reproduced as it is: the q-quantile of the *signed* values
     of both factors (S folded into up) becomes the limit of both ends, ±limit."""
@@ -215,7 +229,7 @@ def merge_loras(
         if kernel > 1:
             down = down.reshape(k, in_f, kernel, kernel)
             up = up.reshape(out_f, k, 1, 1)
-        elif first.down.dim() == 4:  # 1x1 conv: keep the 4-D layout tools expect
+        elif _as_conv(name, [w for w, _ in present], family):  # 1x1 conv: keep the 4-D layout tools expect
             down = down.reshape(k, in_f, 1, 1)
             up = up.reshape(out_f, k, 1, 1)
         merged[name] = LoRAWeights(down.float().cpu().contiguous(), up.float().cpu().contiguous(), alpha_out)
