@@ -74,6 +74,17 @@ class CopyloraApp(App[int]):
 
         return ProjectsScreen()
 
+    def project_summary(self, project: str):
+        """The Projects screen's summary of the project at ``project`` (a job's), as last read;
+        None where it has not read it. Other screens ask it what a job alone does not say (how
+        many steps each side of a twin job has), rather than read the project on the UI thread."""
+        from copylora_tui.screens.projects import ProjectsScreen
+
+        home = self.screen_stack[0] if self.screen_stack else None
+        if not isinstance(home, ProjectsScreen):
+            return None
+        return next((s for s in home.summaries if str(s.folder) == project), None)
+
     def on_mount(self) -> None:
         self.apply_user_keymap()
         self.set_interval(self.poll_s, self.poll)

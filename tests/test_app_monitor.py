@@ -128,6 +128,31 @@ async def test_a_twin_job_shows_both_sides_losses(tmp_path, monkeypatch):
     queue.close()
 
 
+async def test_a_twin_job_trained_side_after_side_names_the_side_its_loss_is(tmp_path, monkeypatch):
+    """A twin job that trains A, then B showed "loss 0.61" with no side: at step 250 of 400 it
+    is B's (A's 200 steps are done)."""
+    import os
+
+    from engine.jobs.procs import process_start
+
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()  # 200 steps a side
+    queue = Queue(env.home)
+    job = queue.enqueue("train", str(project), side="ab", label="train A+B", total=400)
+    queue.claim(None)
+    queue.set_pid(job.id, os.getpid(), process_start(os.getpid()))
+    queue.report_progress(job.id, Progress(150, 400, 0.61, 0.72, 1e-3, 7.0, 11.0, 17.0, None), point=True)
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.project_summary(str(project)) is not None)  # the Projects screen has read it
+        await open_monitor(pilot, app, job.id)
+        await wait_until(pilot, lambda: "loss A 0.6100  smoothed A 0.7200" in screen_text(app))
+        assert app.screen.query_one("#loss-panel").border_subtitle == "curve: A's, then B's smoothed loss"
+        queue.report_progress(job.id, Progress(250, 400, 0.51, 0.62, 1e-3, 7.0, 11.0, 17.0, None), point=True)
+        await wait_until(pilot, lambda: "loss B 0.5100  smoothed B 0.6200" in screen_text(app))
+    queue.close()
+
+
 def test_speed_has_one_unit():
     assert rate_text(12.46) == "12.5 it/s" and rate_text(1 / 4.6) == "4.6 s/it" and rate_text(None) == "—"
 

@@ -227,3 +227,16 @@ def delete_project(summary: ProjectSummary, *, also_outputs: bool) -> list[Path]
             child.unlink()
         removed.append(child)
     return removed
+
+
+def sides_apart(job, summary: ProjectSummary) -> tuple[int, int] | None:
+    """(A's steps, B's) of a twin job that trains A, then B (the sides could not go as one
+    batch: engine.jobs.runner counts its steps over both); None where the job is not that."""
+    from engine.jobs.queue import TWIN
+
+    a, b = summary.steps.get("a"), summary.steps.get("b")
+    if (asked := (job.params or {}).get("max_steps")) is not None:  # `run --max_steps N`: N a side, the plan aside
+        a = b = asked
+    if job.side != TWIN or not a or not b or job.total != a + b or job.smooth_loss_b is not None:
+        return None
+    return a, b

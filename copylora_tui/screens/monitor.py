@@ -21,6 +21,7 @@ from textual.widgets import ProgressBar, Static
 
 from copylora_tui.core.formatting import block_bar, copy_trend, eta_text, loss_text, mb_text, project_label, rate_text
 from copylora_tui.core.history import newest_attempt
+from copylora_tui.core.projects import sides_apart
 from copylora_tui.core.reader import QueueReader
 from copylora_tui.core.snapshot import QueueSnapshot, retry_hint
 from copylora_tui.widgets.app_footer import AppFooter
@@ -198,7 +199,8 @@ class MonitorScreen(ActsWhileOpen, Screen):
         self.query_one("#loss-curve", Curve).display = trains  # the other kinds' panel shows their progress
         panel.border_title = "loss" if trains else "progress"
         twin = job.smooth_loss_b is not None
-        panel.border_subtitle = ("curve: A's smoothed loss" if twin else "curve: smoothed loss") if trains else ""
+        curve = "curve: A's smoothed loss" if twin else "curve: A's, then B's smoothed loss" if self._side_now(job) else "curve: smoothed loss"
+        panel.border_subtitle = curve if trains else ""
         self.query_one("#gpu-line", Static).update(self._gpu_text(job, snapshot))
         # Without GPU readings the panel says one note: at 80 columns its 46 left the loss 34, and
         # "lr 1.00e-03" wrapped onto a line of its own.
@@ -235,7 +237,8 @@ class MonitorScreen(ActsWhileOpen, Screen):
                                  "  smoothed A ", (loss_text(job.smooth_loss), "bold cyan"),
                                  " B ", (loss_text(job.smooth_loss_b), "bold magenta"), f"  lr {lr}")
         else:
-            line = Text.assemble("loss ", (loss_text(job.loss), "bold"), "  smoothed ", (loss_text(job.smooth_loss), "bold cyan"),
+            side = f"{side} " if (side := self._side_now(job)) else ""  # A's, then B's: say whose
+            line = Text.assemble(f"loss {side}", (loss_text(job.loss), "bold"), f"  smoothed {side}", (loss_text(job.smooth_loss), "bold cyan"),
                                  f"  lr {lr}")
         if job.copy_db is not None:  # how well the LoRA copies its teacher (engine.train.copy_check)
             line.append("\ncopy ")
@@ -245,6 +248,15 @@ class MonitorScreen(ActsWhileOpen, Screen):
             else:
                 line.append_text(Text.assemble((f"{job.copy_db:.1f} dB", "bold"), " ", self._copy_trends[0]))
         return line
+
+    def _side_now(self, job: Job) -> str | None:
+        """"A" or "B": the side a twin job that trains A, then B, is at; None for other jobs
+        (or before the Projects screen has read the project: how many steps A has)."""
+        summary = self.app.project_summary(job.project)
+        steps = sides_apart(job, summary) if summary is not None else None
+        if steps is None:
+            return None
+        return "A" if (job.step or 0) < steps[0] else "B"
 
     def _gpu_text(self, job: Job, snapshot: QueueSnapshot) -> Text:
         gpu = gpu_of(job, snapshot.gpus)

@@ -25,13 +25,25 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker
 
 from copylora_tui.core.formatting import STATUS_STYLE, project_label, size_text, when_text
-from copylora_tui.core.projects import DONE, RESUMABLE, STALE, ProjectSummary, Stamp, is_project_folder, project_stamps, read_projects, scan_projects, stamp
+from copylora_tui.core.projects import (
+    DONE,
+    RESUMABLE,
+    STALE,
+    ProjectSummary,
+    Stamp,
+    is_project_folder,
+    project_stamps,
+    read_projects,
+    scan_projects,
+    sides_apart,
+    stamp,
+)
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.fitted_table import FittedTable
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
-from engine.jobs.queue import TWIN, Job, JobStatus
+from engine.jobs.queue import Job, JobStatus
 
 EMPTY_HELP = """\
 [b]No projects in $folder/ yet.[/b]
@@ -77,7 +89,7 @@ def job_note(jobs: list[Job], kind: str, side: str | None, summary: ProjectSumma
     if active.interrupted:
         return f"job #{active.id} interrupted{at} (the worker resumes it: w in the Queue)"
     if active.status is JobStatus.RUNNING:
-        if summary is not None and (steps := _sides_apart(active, summary)) is not None and side in ("a", "b"):
+        if summary is not None and (steps := sides_apart(active, summary)) is not None and side in ("a", "b"):
             a, b = steps
             step = active.step or 0
             if side == "a":
@@ -89,21 +101,11 @@ def job_note(jobs: list[Job], kind: str, side: str | None, summary: ProjectSumma
     return f"job #{active.id} queued"
 
 
-def _sides_apart(job: Job, summary: ProjectSummary) -> tuple[int, int] | None:
-    """(A's steps, B's) of a twin job that trains A, then B; None where the job is not that."""
-    a, b = summary.steps.get("a"), summary.steps.get("b")
-    if (asked := (job.params or {}).get("max_steps")) is not None:  # `run --max_steps N`: N a side, the plan aside
-        a = b = asked
-    if job.side != TWIN or not a or not b or job.total != a + b or job.smooth_loss_b is not None:
-        return None
-    return a, b
-
-
 def _side_after_side(job: Job, summary: ProjectSummary, side: str | None) -> Text | None:
     """A twin job that trains A, then B (they could not go as one batch) counts its steps over
     both (engine.jobs.runner): side by side its one percent showed "▶ 40%" under A and B alike,
     with A already trained. None where the job is not that (a twin batch's total is one side's)."""
-    steps = _sides_apart(job, summary)
+    steps = sides_apart(job, summary)
     if steps is None or side not in ("a", "b"):
         return None
     a, b = steps
