@@ -101,6 +101,18 @@ async def test_the_project_form_reads_in_full_at_80_columns(demo):
         assert "▐ ▌ false" in text  # network_train_unet_only's neighbours: ticks with their words
 
 
+async def test_a_wide_terminal_gives_the_side_column_its_room(demo):
+    """At 200 columns the form's rows filled 40 and left 120 blank, while the side column
+    stayed 41 wide: the plan wrapped every line and the preview stayed small."""
+    async with demo.run_test(size=(200, 50)) as pilot:
+        await open_demo_project(pilot)
+        side = pilot.app.screen.query_one("#side")
+        await wait_until(pilot, lambda: side.outer_size.width == 80)
+        assert "tiny (built-in, SD1.5 topology, random weights), family auto" in screen_text(demo)  # one line
+        await pilot.resize_terminal(120, 30)
+        await wait_until(pilot, lambda: side.outer_size.width == 41)
+
+
 async def test_the_stats_figures_and_cos_fit_80_columns(tmp_path, monkeypatch):
     from copylora_tui.screens.stats import StatsScreen
     from tests.test_app_support import write_stats

@@ -57,7 +57,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     # Below 100 columns a key and its editor side by side leave the value a few characters
     # ("example-m", "▐ ▌ fals…"): each key goes above its editor, which then has the form's
     # whole width, and the side column narrows (CSS).
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    # -huge: a wide terminal gives the side column (preview, pictures, plan) its room, which
+    # the form's key/value rows cannot use (at 200 columns they filled 40 and left 120 blank).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide"), (150, "-huge")]
 
     def __init__(self, folder: Path) -> None:
         super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
