@@ -99,6 +99,12 @@ async def test_saving_over_a_file_another_program_changed_asks_first(tmp_path, m
         await wait_until(pilot, lambda: "saved, valid" in status(app))
         await pilot.pause(2.5)  # a disk check after the save: the file is the form's own now
         assert "saved, valid" in status(app)
+        # a check that read the file before that save answers after it: the version it saw is
+        # the one the save replaced, not another program's
+        screen = app.screen
+        screen.post_message(screen.DiskVersion(("before the save",), screen._saves - 1))
+        await pilot.pause(0.3)
+        assert "saved, valid" in status(app) and not screen.changed_on_disk
         app.clear_notifications()
         editor(app, "train.network_dim").value = "8"  # the app's own file: saved at once, nothing asked
         await wait_until(pilot, lambda: app.screen.dirty)

@@ -288,7 +288,9 @@ def test_a_twin_job_trained_side_after_side_counts_on_over_both(tmp_path, monkey
         return real(job_id, p, point=point)
 
     monkeypatch.setattr(queue, "report_progress", report)
+    monkeypatch.setattr("engine.jobs.runner.MAX_POINTS", 2)  # the curve's points: as many over both sides as over one
     run_train(queue, queue.get(job.id), {"asked": False})
+    assert len(queue.points(job.id)) <= 3, queue.points(job.id)  # a stride of 6 // 2 (one side's 3 // 2 stored all 6)
     assert [total for _, total in seen] == [6] * len(seen)
     steps = [step for step, _ in seen]
     assert steps == sorted(steps) and steps[-1] == 6 and 3 in steps  # on from A's 3 steps, never back

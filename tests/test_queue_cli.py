@@ -199,11 +199,12 @@ def test_run_wait_shows_names_and_errors_with_brackets_as_written(tmp_path, home
     assert main(["run", str(root), "--no-worker", "--max-steps", "2"]) == 0
     capsys.readouterr()
     queue = Queue(home)
-    queue.finish(1, JobStatus.FAILED, error="a[/]b.png: set [train] caption")
+    queue.finish(1, JobStatus.FAILED, error="1 problem:\n  a[/]b.png: set [train] caption")  # as a check's problems read
     ids = [job.id for job in queue.jobs()]
     assert queue_commands._wait(queue, ids) == EXIT_FAILED
     err = capsys.readouterr().err
-    assert "[Pony] a[b]c" in err and "failed: a[/]b.png: set [train] caption" in err, err
+    # one line in the bar's row: "1 problem:" alone showed, the problem below it was cut
+    assert "[Pony] a[b]c" in err and "failed: 1 problem: a[/]b.png: set [train] caption" in err, err
 
 
 def test_queue_lists_the_waiting_jobs_and_the_newest_finished_ones_of_a_long_history(home, capsys):
