@@ -8,6 +8,7 @@ this machine lets it mount one."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -262,14 +263,45 @@ def test_a_queue_opened_on_a_real_full_disk_says_the_disk_is_full(small_disk):
     that an I/O error (SQLITE_IOERR_SHMSIZE), and every command said "check the disk"."""
     env = {**os.environ, "COPYLORA_HOME": str(small_disk / "state")}
 
-    def queue_command() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "copylora_tui", "queue"], env=env, capture_output=True, text=True, timeout=120)
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "copylora_tui", *args], env=env, capture_output=True, text=True, timeout=120)
 
-    assert queue_command().returncode == 0  # the queue's file, made while there was room
+    open_queue = Queue(small_disk / "state")  # as a worker or the app holds it
+    open_queue.enqueue("merge", "/p/night-sky", label="merge")  # made while there was room
     fill_disk(small_disk / "filler")  # every byte left
-    done = queue_command()
+    # a write says the disk is full, with the queue open elsewhere (exit 2 said: "fix the command") ...
+    done = command("cancel", "1")
     said = one_line(done.stderr)
     assert done.returncode == EXIT_FAILED and FULL in said and "I/O error" not in said, said
+    open_queue.close()
+    (small_disk / "filler").unlink()
+    Queue(small_disk / "state").close()  # the last connection, with room: the WAL merged, its files gone
+    assert not (small_disk / "state" / "queue.db-shm").exists()
+    fill_disk(small_disk / "filler")
+    # with no process on it (its WAL index cannot be made), `copylora queue` shows the jobs as
+    # last written, and says why (it showed nothing) ...
+    done = command("queue")
+    assert done.returncode == 0 and "night-sky" in done.stdout and "merge" in done.stdout, done
+    said = one_line(done.stderr)
+    assert FULL in said and said.endswith("the queue as last written:"), said
+    done = command("cancel", "1")  # ... and a write says the disk is full
+    said = one_line(done.stderr)
+    assert done.returncode == EXIT_FAILED and FULL in said and "I/O error" not in said, said
+    listed = json.loads(command("queue", "--json").stdout)["jobs"]
+    assert [(j["id"], j["status"]) for j in listed] == [(1, "queued")]
+    # the app's reader: the same view, said on the worker line, and opened again once there is room
+    from copylora_tui.core.reader import QueueReader
+    from copylora_tui.core.snapshot import read_snapshot
+
+    reader = QueueReader(small_disk / "state")
+    snapshot = read_snapshot(reader.queue(), reader.jobs)
+    assert [j.id for j in snapshot.jobs] == [1] and snapshot.worker_text().startswith("queue shown as last written: cannot write")
+    with pytest.raises(QueueWriteError, match=FULL):  # a write on it says why, not "a read-only file?"
+        reader.queue().cancel(1)
+    (small_disk / "filler").unlink()
+    reader._opened_at -= 60  # READ_ONLY_RETRY_S later
+    assert reader.queue().read_only is None and read_snapshot(reader.queue(), reader.jobs).worker_text().startswith("worker not running")
+    reader.close()
 
 
 def test_a_checkpoint_on_a_full_disk_says_the_disk_is_full(small_disk):

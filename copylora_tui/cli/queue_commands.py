@@ -118,10 +118,12 @@ def _as_usage(call):
     """A request the job's state refuses (pause a paused job, retry a running one) is the
     command line to change, exit 2 like a job that does not exist; the queue says why."""
     from copylora_tui.cli.main import UsageError
-    from engine.jobs.queue import QueueError
+    from engine.jobs.queue import QueueError, QueueWriteError
 
     try:
         return call()
+    except QueueWriteError:  # the disk refused the write (full): nothing in the command line to change
+        raise
     except QueueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -239,10 +241,12 @@ def _wait(queue, job_ids: list[int]) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from engine.jobs.queue import mark_interrupted
+    from engine.jobs.queue import Queue, mark_interrupted
     from engine.jobs.worker import worker_pid
 
-    queue = _queue()
+    queue = Queue(reading=True)
+    if queue.read_only:  # a full disk: the jobs as last written, said so
+        print(f"copylora: {queue.read_only}; the queue as last written:", file=sys.stderr)
     # The running and waiting jobs, and the newest 20 finished ones unless --all: read as that
     # (a queue of months holds thousands of finished jobs; comparing each job with every
     # finished one took 44 s for 9 300).

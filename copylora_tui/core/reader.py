@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from engine.jobs.job_cache import JobCache
+
+READ_ONLY_RETRY_S = 5.0
 
 
 class QueueReader:
@@ -20,6 +23,7 @@ class QueueReader:
         self.home = home
         self._queue = None
         self._opened: int | None = None  # the queue file's inode when opened
+        self._opened_at = 0.0  # when (time.monotonic)
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
@@ -38,13 +42,16 @@ class QueueReader:
         and opened again when the queue file is no longer the one it reads: the state folder
         removed to start afresh (`rm -rf ~/.local/state/copylora`) left the app showing the old
         queue for good, while its own commands (a fresh connection each) went to the new one."""
-        if self._queue is not None and _inode(self._queue.path) != self._opened:
+        stale = self._queue is not None and self._queue.read_only and time.monotonic() - self._opened_at >= READ_ONLY_RETRY_S
+        if self._queue is not None and (_inode(self._queue.path) != self._opened or stale):
             self._close_now()
         if self._queue is None:
             from engine.jobs.queue import Queue
 
-            self._queue = Queue(self.home)
-            self._opened = _inode(self._queue.path)
+            # reading: on a full disk, the queue as last written (its read_only says why), opened
+            # again every READ_ONLY_RETRY_S until the disk has room (a read-only view sees no change)
+            self._queue = Queue(self.home, reading=True)
+            self._opened, self._opened_at = _inode(self._queue.path), time.monotonic()
         return self._queue
 
     def end(self) -> None:

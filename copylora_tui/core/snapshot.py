@@ -22,6 +22,7 @@ class QueueSnapshot:
     home: Path | None = None
     gpus: tuple[dict, ...] = ()
     error: str | None = None  # the database could not be read (shown, not raised)
+    read_only: str | None = None  # read as last written: why it cannot be written (a full disk)
     # Indexes made once per read: the Projects screen asked for_project of each project, each a
     # scan of every job (100 projects × 9 300 jobs on every change).
     by_id: dict[int, Job] = field(init=False, compare=False, repr=False)
@@ -47,6 +48,8 @@ class QueueSnapshot:
     def worker_text(self) -> str:
         if self.error:
             return f"queue unreadable: {self.error}"
+        if self.read_only:
+            return f"queue shown as last written: {self.read_only}"
         if self.worker_pid:
             return f"worker running (pid {self.worker_pid})"
         waiting = sum(1 for j in self.jobs if j.status is JobStatus.QUEUED or j.interrupted)  # an interrupted one resumes first
@@ -62,7 +65,7 @@ def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
         gpus = tuple(queue.latest_gpus())
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
-    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus)
+    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only)
 
 
 def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:

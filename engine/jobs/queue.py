@@ -285,9 +285,13 @@ def row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
 class Queue:
     """A handle on the queue database. Cheap to create; each process makes its own."""
 
-    def __init__(self, home: str | Path | None = None) -> None:
+    def __init__(self, home: str | Path | None = None, *, reading: bool = False) -> None:
+        """``reading``: where the disk refuses the writes that opening needs (full, read-only),
+        open the queue as it was last written, for reads alone (``read_only`` says why; a
+        write raises that): `copylora queue` and the app showed no job at all on a full disk."""
         self.home = state_home(home)
         self.path = queue_db(self.home)
+        self.read_only: str | None = None
         try:
             self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
@@ -301,6 +305,8 @@ class Queue:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise
             if problem := _write_problem(self.path, exc):  # a full disk: not a damaged queue to move aside
+                if reading and self._open_read_only(problem):
+                    return
                 raise problem from exc
             # A damaged or foreign file where the queue should be: say which file and what to do,
             # rather than SQLite's "file is not a database" with no path.
@@ -324,6 +330,27 @@ class Queue:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
+
+    def _open_read_only(self, problem: QueueWriteError) -> bool:
+        """The queue file as last written (immutable: no WAL index to make, nothing locked; a
+        write-ahead log a crash left unmerged is not read), if it is one this copylora reads."""
+        from urllib.parse import quote
+
+        if not self.path.is_file():
+            return False
+        try:
+            db = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                 check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                db.close()
+                return False
+        except sqlite3.DatabaseError:
+            return False
+        if hasattr(self, "db"):
+            self.db.close()
+        self.db, self.read_only = db, str(problem)
+        return True
 
     def close(self) -> None:
         self.db.close()
@@ -352,6 +379,8 @@ class Queue:
             finally:
                 self._depth -= 1
             return
+        if self.read_only is not None:
+            raise QueueWriteError(self.read_only)
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
