@@ -68,6 +68,14 @@ def test_check_invalid_project_exit_2_one_line_per_problem(tmp_path):
     assert "2 problems" in result.stderr
 
 
+@pytest.mark.parametrize("given", ["-1,0,1", "-0.5, 0, 0.5", "-1e-1,1"])
+def test_a_list_of_numbers_starting_negative_is_a_value_not_a_flag(given):
+    """`sample --strengths -1,0,1` said "expected one argument": argparse took the list for a flag."""
+    from copylora_tui.cli.main import build_parser
+
+    assert build_parser().parse_args(["sample", "proj", "--strengths", given]).strengths == given
+
+
 def test_usage_error_exit_2():
     result = run_cli("frobnicate")
     assert result.returncode == EXIT_USAGE

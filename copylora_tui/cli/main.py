@@ -9,6 +9,7 @@ imports torch: commands that need it import their engine module when they run, s
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from typing import Callable
@@ -46,6 +47,10 @@ environment:
 """
 
 
+_NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+NUMBERS = re.compile(rf"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(\s*,\s*{_NUMBER})*,?$")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that exits with 2 and one line on a usage error (argparse's own convention).
 
@@ -58,6 +63,11 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.hidden_aliases = {}
+        # A value that starts with a minus is an option to argparse unless it is one number:
+        # `sample --strengths -1,0,1` (the way to look at a slider or a difference LoRA) said
+        # "expected one argument". A list of numbers is a value too (no flag looks like one).
+        self._negative_number_matcher = NUMBERS
+
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"copylora: error: {message} (see `{self.prog} --help`)\n")
