@@ -108,6 +108,19 @@ def test_file_system_problems(tmp_path):
     assert "no such file" in found["project.base_model"]
 
 
+@pytest.mark.parametrize("name, says", [("samples", "previews"), ("runs", "checkpoints")])
+def test_a_file_where_the_output_keeps_a_folder_is_said_at_check(tmp_path, name, says):
+    """output/samples a file: check said valid, A and B trained and merged, and the preview job
+    failed with "FileExistsError: [Errno 17] File exists"."""
+    root = copy_example(tmp_path)
+    (root / "output").mkdir()
+    (root / "output" / name).write_text("not a folder")
+    with pytest.raises(ValidationError) as excinfo:
+        load_project(root)
+    assert problems_of(excinfo)["project.output_dir"] == (f"{root / 'output' / name} is a file: {says} go into a folder of that name; "
+                                                          "move it away")
+
+
 def test_epochs_and_steps_both_or_neither(tmp_path):
     root = copy_example(tmp_path)
     toml = root / "copylora.toml"

@@ -522,6 +522,14 @@ def _check_output_dir(project: Project, problems: list[Problem]) -> None:
     from engine.files import writable_folder_problem
 
     problem = writable_folder_problem(project.output_dir())
+    if problem is None:  # the folders made in it: a file of one's name failed the job that writes there, late
+        from engine.project.plan import output_paths
+
+        paths = output_paths(project)
+        for folder in (paths.samples, paths.folder / "runs", paths.runs):
+            if folder.exists() and not folder.is_dir():
+                problem = f"{folder} is a file: {'previews' if folder == paths.samples else 'checkpoints'} go into a folder of that name; move it away"
+                break
     if problem is None:
         from engine.project.output_owner import owner_problem
         from engine.project.plan import output_paths
