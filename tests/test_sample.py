@@ -156,10 +156,23 @@ def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, c
     assert "does not exist yet" in capsys.readouterr().err
     (root / "output").mkdir()
     shutil.copy(lora_file, root / "output" / "example-monochrome.safetensors")
-    assert main(["sample", str(root), "--strengths", "0,0.5,1", "--steps", "2", "--size", "64x64", "--prompt", "x", "--seed", "5"]) == 0
-    grid_png = root / "output" / "samples" / "example-monochrome-grid.png"
-    record = read_grid_parameters(grid_png)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("steps = 8", "steps = 2").replace("size = [128, 192]", "size = [64, 64]"))
+    samples = root / "output" / "samples"
+    grid_png = samples / "example-monochrome-grid.png"
+    # other settings than [sample]: a grid of its own; it wrote over the project's preview (then stale, drawn again by run)
+    assert main(["sample", str(root), "--strengths", "0,0.5,1", "--prompt", "x", "--seed", "5"]) == 0
+    [own] = samples.glob("example-monochrome-sample-*.png")
+    assert not grid_png.exists() and f"wrote {own} " in capsys.readouterr().out
+    record = read_grid_parameters(own)
     assert record["settings"]["strengths"] == [0.0, 0.5, 1.0] and record["settings"]["seed"] == 5
+    # [sample]'s settings: the project's preview, drawn now, and current (it was "stale: [sample] changed")
+    from engine.project.folder import load_project
+    from engine.project.outputs import CURRENT, Grid
+    from engine.project.plan import make_plan
+
+    assert main(["sample", str(root)]) == 0
+    assert Grid(make_plan(load_project(root))).status().state == CURRENT
     assert main(["sample", str(lora_file), "--strengths", "a,b", "--sampler", "nope"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--base" in err and "--strengths" in err and "--sampler" in err

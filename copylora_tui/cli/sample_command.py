@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def resolve(args: argparse.Namespace):
 
     problems: list[Problem] = []
     inputs: tuple[Path | str, ...] = ()
+    extra: dict | None = None  # what the grid records beyond its settings (the project's preview: engine.project.outputs.Grid)
     target = Path(args.target)
     if target.is_dir() or target.name == "copylora.toml":
         from engine.project.folder import load_project
+        from engine.project.outputs import Grid
         from engine.project.plan import make_plan
 
         plan = make_plan(load_project(target))
@@ -102,6 +105,14 @@ def resolve(args: argparse.Namespace):
         elif lora is not None and (problem := lora_problem("--lora", lora)):  # a picture given as the LoRA: exit 2, before the model loads
             problems.append(problem)
         out = Path(args.save_to) if args.save_to else plan.samples_dir / grid_name(lora if lora is not None else Path("base"))
+        managed = Grid(plan)
+        if _same_file(out, managed.path):
+            if settings == SampleSettings.from_params(project.sample):  # the project's own preview: drawn now, current
+                extra = managed.record()
+            elif not args.save_to:
+                # Other settings than [sample]: a grid of its own. Written over the project's, it
+                # replaced that grid (and `run` then called it stale and drew it over this one).
+                out = plan.samples_dir / f"{lora.stem if lora else 'base'}-sample-{time.strftime('%Y%m%d-%H%M%S')}.png"
         base, family = args.base or project.base_model_path(), project.info.model_family
         # the project's teacher pictures are PNGs too: a grid written over one would replace it
         sides = plan.sides.values()
@@ -123,7 +134,14 @@ def resolve(args: argparse.Namespace):
         problems.append(problem)
     if problems:
         raise ValidationError(problems)
-    return base, family, lora, settings, out
+    return base, family, lora, settings, out, extra
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return one.resolve() == other.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -131,7 +149,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from copylora_tui.cli.console import output_console
 
-    base, family, lora, settings, out = resolve(args)
+    base, family, lora, settings, out, extra = resolve(args)
     import torch
 
     from engine.models.loading import load_base_model
@@ -150,7 +168,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with Progress(TextColumn("sample"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
                   disable=not console.is_terminal) as bar:  # a bar that goes leaves a blank line where nothing redraws it
         task = bar.add_task("", total=len(settings.prompts) * len(settings.strengths))
-        path = sample_lora(model, lora, settings, out, model_name=Path(base).name,
+        path = sample_lora(model, lora, settings, out, model_name=Path(base).name, extra=extra,
                            progress=lambda done, total: (govern(), bar.update(task, completed=done)), log=notes.append)
     for note in notes:
         print(f"copylora: {note}", file=sys.stderr)
