@@ -69,6 +69,14 @@ def test_the_preview_follows_sample_and_the_check_picture(real_runs):
     save_project(project)
     assert Grid(plan_of(real_runs / "mono")).status().pair() == (False, "[sample] changed")
 
+    mono = plan_of(real_runs / "mono")
+    grid = mono.outputs.grid
+    whole = grid.read_bytes()
+    record = whole.index(b"copylora")
+    grid.write_bytes(whole[:record + 2000])  # cut after its record (before the pixels end): it read as current
+    assert Grid(mono).status().pair() == (False, "unreadable preview")
+    grid.write_bytes(whole)
+
     differential = plan_of(real_runs / "differential")
     differential.outputs.check.unlink()
     assert Check(differential).status().state == MISSING

@@ -128,11 +128,20 @@ def file_metadata(path: Path) -> tuple[dict[str, str] | None, str]:
         return None, f"unreadable ({exc})"
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk, always these 12 bytes
+
+
 def png_record(path: Path) -> dict | None:
-    """The ``copylora`` text chunk of a PNG the sampler wrote (None: no file, or no record)."""
+    """The ``copylora`` text chunk of a PNG the sampler wrote (None: no file, or no record, or
+    a file cut short: the chunk comes before the pixels, so a grid cut at 3 kB read as current
+    and `run` never drew it again, while the app said it cannot be read)."""
     try:
         from PIL import Image
 
+        with open(path, "rb") as handle:
+            handle.seek(-len(_PNG_END), os.SEEK_END)
+            if handle.read() != _PNG_END:
+                return None
         with Image.open(path) as image:
             record = json.loads(image.info.get("copylora", "{}"))
         return record if isinstance(record, dict) else None
