@@ -28,6 +28,22 @@ def test_help_lists_commands():
         assert command in result.stdout
 
 
+def test_every_help_fits_80_columns(capsys, monkeypatch):
+    """`copylora --help` was 98 columns wide, bake's 117, extract's 174: raw text as written."""
+    from rich.cells import cell_len
+
+    from copylora_tui.cli.main import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+    for command in ["", *commands]:
+        with pytest.raises(SystemExit):
+            main([command, "--help"] if command else ["--help"])
+        wide = [line for line in capsys.readouterr().out.splitlines() if cell_len(line) > 80]
+        assert not wide, (command, wide)
+
+
 def test_every_environment_variable_read_is_in_help_and_readme():
     """The variables the code reads (COPYLORA_*, found in the source) are listed by `copylora
     --help` and named in the README; the two the worker sets for its jobs are internal."""

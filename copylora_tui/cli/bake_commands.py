@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from copylora_tui.cli.help_format import ParagraphHelpFormatter
 from copylora_tui.cli.inputs import device_name
 
 PRECISIONS = ("float", "fp16", "bf16")
@@ -31,7 +32,8 @@ For bake-and-extract, bake into fp32 (--save_precision float): fp16 rounding of 
 5e-4·|W| per weight, often more than a copy-machine LoRA's whole delta.
 
 example:
-  copylora bake --base sd15.safetensors --lora A.safetensors --save_to sd15_A.safetensors --save_precision float
+  copylora bake --base sd15.safetensors --lora A.safetensors \\
+    --save_to sd15_A.safetensors --save_precision float
 """
 
 EXTRACT_EPILOG = """\
@@ -40,7 +42,8 @@ convs); modules with no difference are left out. Writes <save_to> and <stem>.sta
 (per-module energy kept and truncation error; see `copylora stats`).
 
 example (bake-and-extract: the change A -> B):
-  copylora extract --model_org sd15_A.safetensors --model_tuned sd15_B.safetensors --dim 16 --save_to AtoB.safetensors
+  copylora extract --model_org sd15_A.safetensors \\
+    --model_tuned sd15_B.safetensors --dim 16 --save_to AtoB.safetensors
 """
 
 
@@ -50,7 +53,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="bake a LoRA into a base model (writes a new checkpoint)",
         description="Write BASE + RATIO·LORA as a new model: every LoRA module's ΔW = ratio·alpha/rank·up@down is added to its weight.",
         epilog=BAKE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphHelpFormatter,
     )
     bake.add_argument("--base", required=True, metavar="MODEL", help="'tiny', a diffusers folder or a single-file .safetensors")
     bake.add_argument("--lora", required=True, metavar="LORA", help="kohya-format LoRA .safetensors")
@@ -71,7 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "extract_lora_from_models.py; models may be 'tiny', diffusers folders or single files."
         ),
         epilog=EXTRACT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphHelpFormatter,
     )
     extract.add_argument("--model_org", required=True, metavar="MODEL", help="original model (the LoRA is the change from this one)")
     extract.add_argument("--model_tuned", required=True, metavar="MODEL", help="tuned model (the LoRA is the change to this one)")

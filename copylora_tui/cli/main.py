@@ -15,6 +15,7 @@ import traceback
 from typing import Callable
 
 from copylora_tui.cli.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401 (tests import them here)
+from copylora_tui.cli.help_format import ParagraphHelpFormatter
 from engine import __version__
 from engine.errors import CopyloraError, InputError, Problem, ValidationError, os_error_text
 
@@ -31,19 +32,19 @@ applied: B is the result). Run with no command to open the terminal app."""
 
 EPILOG = """\
 examples:
-  copylora new mono --a colour.png --b gray.png        make projects/mono
-  copylora check projects/example-monochrome           validate and show the plan
+  copylora new mono --a colour.png --b gray.png   make projects/mono
+  copylora check mono                             validate, show the plan
   copylora import-kohya my_kohya.json --into projects/mono
 
 environment:
-  COPYLORA_HOME            the queue, worker and job logs (default ~/.local/state/copylora)
-  COPYLORA_CACHE           the built-in models' cache (default ~/.cache/copylora)
-  COPYLORA_THREADS         torch threads per job (default: the free cores / jobs at once)
-  COPYLORA_CLIP_TOKENIZER  a tokenizer/ folder for single-file checkpoints on an offline box
-  COPYLORA_FONT            a .ttf/.otf/.ttc for preview labels the built-in font cannot draw
-  COPYLORA_KEYMAP          the app's key bindings file (default ~/.config/copylora/keymap.toml)
-  COPYLORA_IMAGES          1 or 0: draw pictures in the app's terminal, or not (default: auto)
-  COPYLORA_WARM_START      0: the worker starts each job cold, importing torch itself (default: 1)
+  COPYLORA_HOME            queue, worker, job logs (~/.local/state/copylora)
+  COPYLORA_CACHE           the built-in models' cache (~/.cache/copylora)
+  COPYLORA_THREADS         torch threads a job (default: free cores / jobs)
+  COPYLORA_CLIP_TOKENIZER  tokenizer/ folder for single files, offline
+  COPYLORA_FONT            .ttf/.otf/.ttc for labels the built-in font lacks
+  COPYLORA_KEYMAP          the app's keys (~/.config/copylora/keymap.toml)
+  COPYLORA_IMAGES          1 or 0: pictures in the terminal, or not (auto)
+  COPYLORA_WARM_START      0: each job starts cold, importing torch (1)
 """
 
 
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="copylora",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"copylora {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
