@@ -412,3 +412,32 @@ def test_a_followed_log_line_ending_in_a_colour_is_shown_whole_at_once():
     out = Terminal()
     LogWriter(out).write(b"\x1b[33mwarning\x1b[0m\n")
     assert out.getvalue() == "\x1b[33mwarning\x1b[0m\n"
+
+
+def test_queue_fits_its_terminal_by_leaving_out_the_least_before_cutting(tmp_path, monkeypatch):
+    """At 80 columns Rich squeezed every column: "192/1…", "train A…", a copy header "c"; at 60
+    the job number, which cancel, retry and logs need, was gone."""
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from copylora_tui.cli.queue_view import print_queue
+    from engine.train.progress import Progress
+
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    queue = Queue()
+    for name in ("mono", "example-monochrome"):
+        job = queue.enqueue("train", f"/p/{name}", side="ab", label="train A+B", total=200)
+        queue.claim(None)
+        queue.report_progress(job.id, Progress(200, 200, 0.7, 0.74, 1e-3, 6.0, 0.0, 30.0, None, 0.7, 0.742, copy_db=-17.3, copy_db_b=-17.8,
+                                               copy_step=200), point=True)
+        queue.finish(job.id, "done")
+        queue.enqueue("merge", f"/p/{name}", label="merge", total=192)
+    for width, whole in ((140, ["A -17.3 B -17.8", "━━━━━━━━━━━━ 200/200"]), (80, ["A 0.7400 B 0.7420", "train A+B", "200/200"]),
+                         (60, ["#1", "#4"])):
+        console = Console(width=width, record=True)
+        print_queue(queue.jobs(), None, tmp_path, console)
+        lines = console.export_text().splitlines()
+        assert all(cell_len(line) <= width for line in lines)
+        for cell in whole:
+            assert any(cell in line for line in lines), (width, cell, lines)
+

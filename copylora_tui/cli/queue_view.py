@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from copylora_tui.cli.console import output_console
@@ -14,10 +15,35 @@ from engine.jobs.queue import JobStatus
 from engine.jobs.slurm import status_text as slurm_status
 
 
-def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
+def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm: bool) -> Table:
     from copylora_tui.core.formatting import rate_text
     from engine.train.progress import format_duration
 
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    columns = [("job", "right"), ("project", "left"), ("task", "left"), ("status", "left"), ("progress", "left")]
+    columns += ([("speed", "right")] if speed else []) + ([("ETA", "right")] if live else [])
+    columns += [("loss", "right")]
+    columns += [("copy", "right")] if copies else []
+    columns += [("slurm", "left")] if on_slurm else []
+    for column, justify in columns:
+        if column == "project":
+            table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+        else:
+            table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
+    for job in jobs:
+        progress = f"{bar(job.fraction, width)} {job.step or 0}/{job.total}".strip() if job.total else ""
+        eta = format_duration(job.eta_s) if job.live and job.eta_s is not None else ""
+        rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
+        style = STATUS_STYLE.get(job.shown_status) or "default"
+        cells = [f"#{job.id}", escape(project_label(job.project)), escape(job.label), f"[{style}]{job.shown_status}[/]", progress]
+        cells += ([rate] if speed else []) + ([eta] if live else [])
+        cells += [job_loss_text(job)] + ([job_copy_text(job)] if copies else [])
+        cells += [escape(slurm_status(job.slurm)) if job.status is JobStatus.RUNNING else ""] if on_slurm else []
+        table.add_row(*cells)
+    return table
+
+
+def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
     console = console or output_console()
     state = f"worker running (pid {worker_pid})" if worker_pid else "[yellow]worker not running[/yellow] (copylora worker start)"
     # What the user named (projects, folders) and what jobs said (errors) is escaped: printed as
@@ -27,32 +53,19 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         console.print("no jobs; queue a project with: copylora run projects/NAME")
         return
     # Every column but the project's keeps its width (a job id or a loss cut to "#…"/"0.74…"
-    # says nothing); speed and ETA only while something runs; a shorter bar below 100 columns.
+    # says nothing); speed and ETA only while something runs. Where the whole does not fit the
+    # terminal, a shorter bar, then no copy column, then no speed (Rich squeezed every column
+    # instead: at 80 columns "192/1…", "train A…", a copy header "c"; at 60 no job number, the
+    # one thing cancel, retry and logs need).
     live = any(job.live for job in jobs)
-    width = 12 if console.width >= 100 else 8
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    columns = [("job", "right"), ("project", "left"), ("task", "left"), ("status", "left"), ("progress", "left")]
-    columns += [("speed", "right"), ("ETA", "right")] if live else []
-    columns += [("loss", "right")]
     copies = any(job_copy_text(job) for job in jobs)  # how well each LoRA copies its teacher (engine.train.copy_check)
-    columns += [("copy", "right")] if copies else []
     on_slurm = any(job.slurm for job in jobs)  # the Slurm executor (engine.jobs.slurm): Slurm's own word on each job
-    columns += [("slurm", "left")] if on_slurm else []
-    for column, justify in columns:
-        if column == "project":
-            table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
-        else:
-            table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
-    for job in jobs:
-        progress = f"{bar(job.fraction, width)} {job.step or 0}/{job.total}" if job.total else ""
-        eta = format_duration(job.eta_s) if job.live and job.eta_s is not None else ""
-        rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
-        loss = job_loss_text(job)
-        style = STATUS_STYLE.get(job.shown_status) or "default"
-        cells = [f"#{job.id}", escape(project_label(job.project)), escape(job.label), f"[{style}]{job.shown_status}[/]", progress]
-        cells += [rate, eta] if live else []
-        slurm = [escape(slurm_status(job.slurm)) if job.status is JobStatus.RUNNING else ""] if on_slurm else []
-        table.add_row(*cells, loss, *([job_copy_text(job)] if copies else []), *slurm)
+    fits = [dict(width=12, copies=copies, speed=live), dict(width=8, copies=copies, speed=live), dict(width=8, copies=False, speed=live),
+            dict(width=8, copies=False, speed=False), dict(width=5, copies=False, speed=False), dict(width=0, copies=False, speed=False)]
+    for shape in fits:
+        table = _table(jobs, live=live, on_slurm=on_slurm, **shape)
+        if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:  # its natural width
+            break
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status is JobStatus.FAILED and job.error:
