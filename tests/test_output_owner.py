@@ -72,6 +72,20 @@ def test_checkpoints_of_the_earlier_layout_are_pointed_at(tmp_path, capsys):
     assert not [w for w in plan_warnings(make_plan(load_project(root))) if "earlier copylora" in w]
 
 
+def test_an_output_folder_inside_another_project_is_refused(tmp_path, capsys):
+    """A copy of a project whose output_dir points at the original's own output/: valid, all its
+    outputs "current" (the original's), and check advised moving the original's runs/A into
+    runs/NAME/A for it to take over."""
+    original = copy_example(tmp_path / "projects", "original")
+    (original / "output" / "runs" / "A").mkdir(parents=True)
+    copy = project(tmp_path, "copy", "example-monochrome", original / "output")
+    assert main(["check", str(copy)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"project.output_dir: {original / 'output'} is inside another project's folder ({original})" in err, err
+    set_keys(copy, "project", output_dir=json.dumps(str(tmp_path / "loras")))  # a folder of its own, outside both: fine
+    assert main(["check", str(copy)]) == 0
+
+
 def test_the_look_and_the_claim_are_one_step(tmp_path):
     """Two projects of one name starting at once: the second waits for the first's claim and
     then sees it (the look and the write under one flock)."""

@@ -531,11 +531,14 @@ def _check_output_dir(project: Project, problems: list[Problem]) -> None:
                 problem = f"{folder} is a file: {'previews' if folder == paths.samples else 'checkpoints'} go into a folder of that name; move it away"
                 break
     if problem is None:
-        from engine.project.output_owner import owner_problem
+        from engine.project.output_owner import other_project_around, owner_problem
         from engine.project.plan import output_paths
 
         paths = output_paths(project)
         problem = owner_problem(project.root, project.name, paths.runs) if paths.shared else None
+        if problem is None and paths.shared and (other := other_project_around(project.root, paths.folder)) is not None:
+            problem = (f"{paths.folder} is inside another project's folder ({other}): what is there is that project's (its "
+                       "LoRAs read as this one's, its checkpoints offered to this one); give this project an output_dir of its own")
     if problem is not None:
         problems.append(Problem("project.output_dir", problem))
 

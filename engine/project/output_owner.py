@@ -30,6 +30,22 @@ def shared_output(root: Path, output: Path) -> bool:
         return False
 
 
+def other_project_around(root: Path, output: Path) -> Path | None:
+    """The folder of another project that ``output`` is in (or is), if any: a copy of a project
+    whose output_dir points at the original's own output/ (that folder keeps no owner record:
+    it is not shared) read the original's LoRAs as its own, all "current"."""
+    from engine.project.folder import PROJECT_FILE
+
+    try:
+        mine, folder = root.resolve(), output.resolve()
+        for place in (folder, *folder.parents):
+            if place != mine and (place / PROJECT_FILE).is_file():
+                return place
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return None
+
+
 def owner_problem(root: Path, name: str, runs: Path) -> str | None:
     """Why the outputs named ``name`` under ``runs``' folder belong to another project, or None."""
     from engine.project.folder import PROJECT_FILE
