@@ -65,3 +65,21 @@ def test_grid_labels_stay_in_their_cells_at_64_pixels(tmp_path, title, columns, 
         allowed[y0:y1, x0:x1] = True
     assert not (ink & ~allowed).any()
     canvas.save(tmp_path / "grid.png")
+
+
+def test_words_are_drawn_apart_in_the_built_in_font():
+    """The built-in font's space is 2 pixels at every size: at 10 "A at 0.5 + result at 1" read
+    "Aat0.5 + resultat 1". Its spaces are drawn doubled; the drawn gap between words is at
+    least a third of the height of a letter."""
+    from PIL import ImageDraw
+
+    from engine.train.grid_labels import LabelBox, draw_labels, fit_label
+    from engine.train.label_fonts import default_face
+
+    label = fit_label("A at", 200)
+    assert label.face is default_face(10)
+    image = Image.new("L", (60, 20), 255)
+    draw_labels(ImageDraw.Draw(image), type("Layout", (), {"labels": [LabelBox(0, 0, 60, label)]})())
+    inked = np.flatnonzero((np.asarray(image) < 128).any(axis=0))
+    gaps = np.diff(inked) - 1
+    assert gaps.max() >= 3, inked  # the space between "A" and "at": 2 pixels drew as 1

@@ -22,9 +22,17 @@ FONT_SIZES = (10, 8, 7)  # Pillow's default font at these sizes: the first that 
 MOST_LINES = 12  # beyond this (a very long prompt) the label ends in "…"; the PNG's text has it whole
 
 
+def shown(text: str, face) -> str:
+    """``text`` as drawn: the built-in font's space is 2 pixels at every size, so at 10 a label
+    read "Aat0.5 + resultat 1"; its spaces are drawn doubled (a user's font keeps its own)."""
+    from engine.train.label_fonts import default_face
+
+    return text.replace(" ", "  ") if face is default_face(getattr(face, "size", 0)) else text
+
+
 def text_width(text: str, face) -> int:
     """The right edge of ``text`` drawn at x = 0: what it covers."""
-    return int(face.getbbox(text)[2]) if text else 0
+    return int(face.getbbox(shown(text, face))[2]) if text else 0
 
 
 @lru_cache(maxsize=None)
@@ -147,4 +155,4 @@ def grid_layout(cell: tuple[int, int], title: str, columns: list[str], rows: lis
 def draw_labels(draw, layout: GridLayout, fill: str = "black") -> None:
     for box in layout.labels:
         for i, line in enumerate(box.label.lines):
-            draw.text((box.x, box.y + i * box.label.line_height), line, fill=fill, font=box.label.face)
+            draw.text((box.x, box.y + i * box.label.line_height), shown(line, box.label.face), fill=fill, font=box.label.face)

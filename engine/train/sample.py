@@ -196,7 +196,7 @@ def grid(images: list[list], settings: SampleSettings, title: str = "", columns:
     from engine.train.label_fonts import undrawable_note
 
     columns = columns or [f"strength {strength:g}" for strength in settings.strengths]
-    rows = [f"prompt: {prompt!r}" for prompt in settings.prompts]
+    rows = [f"prompt: {prompt!r}" if prompt else "prompt: (empty)" for prompt in settings.prompts]  # '' read as one "
     layout = grid_layout(images[0][0].size, title, columns, rows)
     if log is not None:
         note = undrawable_note([title, *columns, *rows], FONT_SIZES[0])
