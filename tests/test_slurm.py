@@ -258,9 +258,11 @@ def test_fifty_jobs_are_submitted_and_followed_at_a_bounded_cost(tmp_path):
     bin_dir.mkdir()
     calls = tmp_path / "squeue.calls"
     calls.touch()
-    (bin_dir / "sbatch").write_text('#!/bin/sh\nn=$(cat "$0.n" 2>/dev/null || echo 1000); echo $((n+1)) > "$0.n"; echo "$((n+1));cluster"\n')
+    ids = tmp_path / "submitted"  # squeue lists all of this user's jobs (engine.jobs.slurm.squeue): the ones sbatch took
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nn=$(cat "$0.n" 2>/dev/null || echo 1000); echo $((n+1)) > "$0.n"; '
+                                    f'echo $((n+1)) >> {ids}; echo "$((n+1));cluster"\n')
     (bin_dir / "squeue").write_text(f'#!/bin/sh\necho x >> {calls}\n'
-                                    'for id in $(echo "$3" | tr , " "); do echo "$id|PENDING|Resources|"; done\n')
+                                    f'for id in $(cat {ids}); do echo "$id|PENDING|Resources|"; done\n')
     for name in ("sbatch", "squeue"):
         (bin_dir / name).chmod(0o755)
     home = tmp_path / "state"

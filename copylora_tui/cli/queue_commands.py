@@ -389,8 +389,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker started (pid {pid}), jobs run {where}; log: {home / 'worker.log'}")
         return 0
     if args.action == "stop":
+        on_slurm = "slurm" in str((Queue().worker_row() or {}).get("gpus", ""))  # its slots: ["slurm"] with that executor
         pid = stop_worker()
-        print("no worker was running" if pid is None else f"worker {pid} stopped; running jobs checkpointed and queued first")
+        after = ("its Slurm jobs keep running; the next worker follows them" if on_slurm
+                 else "running jobs checkpointed and queued first")
+        print("no worker was running" if pid is None else f"worker {pid} stopped; {after}")
         return 0
     queue = Queue()
     pid = worker_pid(queue.home)
@@ -401,6 +404,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     running = queue.jobs((JobStatus.RUNNING,))
     beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None
     print(f"worker: running, pid {pid}, slots {row.get('gpus', '?')}, heartbeat {beat:.1f} s ago" if beat is not None else f"worker: running, pid {pid}")
+    from engine.jobs.slurm import status_text as slurm_status
     from engine.jobs.state_home import worker_log
     from engine.jobs.warm_client import last_said
 
@@ -408,7 +412,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if warm:
         print(f"  {warm}")
     for job in running:
-        print(f"  #{job.id} {job.label} of {project_label(job.project)}: step {job.step}/{job.total}, pid {job.pid}")
+        where = slurm_status(job.slurm) if job.slurm else f"pid {job.pid}"  # "Slurm 32 RUNNING on gpu07" ("pid None" it said)
+        print(f"  #{job.id} {job.label} of {project_label(job.project)}: step {job.step}/{job.total}, {where}")
     for gpu in queue.latest_gpus():
         print(f"  GPU {gpu['gpu']} {gpu['name']}: {gpu['used_mb']:.0f}/{gpu['total_mb']:.0f} MiB, {gpu['util'] or 0:.0f} %, {gpu['temp'] or 0:.0f} °C")
     return 0

@@ -32,10 +32,12 @@ def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm:
             table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
     for job in jobs:
         progress = f"{bar(job.fraction, width)} {job.step or 0}/{job.total}".strip() if job.total else ""
-        eta = format_duration(job.eta_s) if job.live and job.eta_s is not None else ""
-        rate = rate_text(job.it_per_s) if job.live and job.it_per_s else ""
+        pending = bool(job.live and job.slurm and job.slurm.get("state") == "PENDING")  # submitted, waiting for a node
+        eta = format_duration(job.eta_s) if job.live and not pending and job.eta_s is not None else ""
+        rate = rate_text(job.it_per_s) if job.live and not pending and job.it_per_s else ""  # an earlier run's: not now
         style = STATUS_STYLE.get(job.shown_status) or "default"
-        cells = [f"#{job.id}", escape(project_label(job.project)), escape(job.label), f"[{style}]{job.shown_status}[/]", progress]
+        status = "pending" if pending else job.shown_status  # as the app says it
+        cells = [f"#{job.id}", escape(project_label(job.project)), escape(job.label), f"[{style}]{status}[/]", progress]
         cells += ([rate] if speed else []) + ([eta] if live else [])
         cells += [job_loss_text(job)] + ([job_copy_text(job)] if copies else [])
         cells += [escape(slurm_status(job.slurm)) if job.status is JobStatus.RUNNING else ""] if on_slurm else []
@@ -59,7 +61,9 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
     # one thing cancel, retry and logs need).
     live = any(job.live for job in jobs)
     copies = any(job_copy_text(job) for job in jobs)  # how well each LoRA copies its teacher (engine.train.copy_check)
-    on_slurm = any(job.slurm for job in jobs)  # the Slurm executor (engine.jobs.slurm): Slurm's own word on each job
+    # the Slurm executor (engine.jobs.slurm): Slurm's own word on each running job (a finished
+    # one keeps its last, "ENDED": the column stayed for good)
+    on_slurm = any(job.slurm and job.status is JobStatus.RUNNING for job in jobs)
     fits = [dict(width=12, copies=copies, speed=live), dict(width=8, copies=copies, speed=live), dict(width=8, copies=False, speed=live),
             dict(width=8, copies=False, speed=False), dict(width=5, copies=False, speed=False), dict(width=0, copies=False, speed=False)]
     for shape in fits:

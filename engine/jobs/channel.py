@@ -111,17 +111,24 @@ def ingest(queue: Queue, job_id: int, folder: Path, offset: int) -> tuple[int, l
     for line in data[:end].splitlines():
         try:
             event = json.loads(line)
-        except ValueError:
+            if not isinstance(event, dict):
+                raise ValueError("not an event")
+            kind = event.get("event")
+            if kind == "progress":
+                fields = Progress.__dataclass_fields__
+                progress = Progress(**{k: v for k, v in event["progress"].items() if k in fields})
+                queue.report_progress(job_id, progress, point=bool(event.get("point")))
+            elif kind == "start_step":
+                queue.set_start_step(job_id, int(event["step"]), int(event["total"]))
+            elif kind == "finish":
+                queue.finish(job_id, JobStatus(event["status"]), error=event.get("error"), artifacts=event.get("artifacts"))
+            elif kind == "gpus" and event.get("samples"):
+                queue.record_gpus(event["samples"])
+            elif kind == "exit":
+                event["code"] = int(event.get("code", 1))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # A line of another shape (a damaged disk, a hand's edit, another version's runner):
+            # skipped. It ended the worker, and every worker after it, reading it again.
             continue
         events.append(event)
-        kind = event.get("event")
-        if kind == "progress":
-            fields = Progress.__dataclass_fields__
-            queue.report_progress(job_id, Progress(**{k: v for k, v in event["progress"].items() if k in fields}), point=bool(event.get("point")))
-        elif kind == "start_step":
-            queue.set_start_step(job_id, int(event["step"]), int(event["total"]))
-        elif kind == "finish":
-            queue.finish(job_id, event["status"], error=event.get("error"), artifacts=event.get("artifacts"))
-        elif kind == "gpus" and event.get("samples"):
-            queue.record_gpus(event["samples"])
     return offset + end, events

@@ -22,6 +22,9 @@ re-submitted one). Steering:
 
 from __future__ import annotations
 
+import getpass
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -34,10 +37,7 @@ from engine.jobs.state_home import working_folder
 SQUEUE_EVERY_S = 5.0
 SIGNAL_LEAD_S = 120  # the runner's warning before Slurm's time limit: time to write a checkpoint
 COMMAND_TIMEOUT_S = 60
-
-
-class SlurmError(CopyloraError):
-    pass
+SQUEUE_TIMEOUT_S = 20  # a hung squeue held the worker's loop (progress, heartbeat, stop) for the whole minute
 
 
 @dataclass
@@ -64,13 +64,40 @@ class SlurmOptions:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _run(command: list[str]) -> str:
+# What Slurm says when it cannot answer now (the controller restarting, a busy one, our own
+# timeout): the request may be tried again. Anything else (a partition that does not exist, an
+# option sbatch refuses) is the settings' to fix.
+_TEMPORARY = re.compile(r"Unable to contact|temporarily|timed out|did not answer|Connection refused|Zero Bytes|try again|"
+                        r"Resource temporarily unavailable|Socket", re.I)
+_NO_SUCH_JOB = re.compile(r"Invalid job id", re.I)
+# squeue's states of a job that is over (with --states=all a finished job stays listed for
+# Slurm's MinJobAge, 300 s by default); every other state (PENDING, RUNNING, COMPLETING,
+# REQUEUED, SUSPENDED, …) is a job Slurm still has.
+ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY",
+                "REVOKED"}
+
+
+class SlurmError(CopyloraError):
+    @property
+    def temporary(self) -> bool:
+        """Whether Slurm could not answer now (worth asking again), rather than said no."""
+        return bool(_TEMPORARY.search(str(self)))
+
+    @property
+    def no_such_job(self) -> bool:
+        return bool(_NO_SUCH_JOB.search(str(self)))
+
+
+def _run(command: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str:
+    # The user's SQUEUE_* settings (SQUEUE_STATES=RUNNING, a partition filter) hid our pending
+    # jobs from squeue, which read as "ended without a word": each was submitted again, and again.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SQUEUE_")}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
         raise SlurmError(f"{command[0]} not found: the Slurm executor needs Slurm's commands on this host") from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{command[0]} did not answer within {COMMAND_TIMEOUT_S} s") from None
+        raise SlurmError(f"{command[0]} did not answer within {timeout:.0f} s") from None
     if done.returncode != 0:
         raise SlurmError(f"{shlex.join(command)} failed: {(done.stderr or done.stdout).strip()[:500]}")
     return done.stdout
@@ -92,10 +119,13 @@ def submit(job_id: int, home: Path, channel: Path, log_path: Path, options: Slur
 
 
 def squeue(slurm_ids: list[str]) -> dict[str, dict]:
-    """Slurm's view of these jobs: {id: {"state", "reason", "node"}}; a finished job is absent."""
+    """Slurm's view of these jobs: {id: {"state", "reason", "node"}}; a job Slurm no longer
+    lists (finished longer ago than its MinJobAge) is absent. Asked of all this user's jobs in
+    every state, not by id: one id Slurm has forgotten made ``squeue -j`` fail for all of them
+    ("Invalid job id specified"), every poll, for good."""
     if not slurm_ids:
         return {}
-    out = _run(["squeue", "-h", "-j", ",".join(slurm_ids), "-o", "%i|%T|%r|%N"])
+    out = _run(["squeue", "-h", "--states=all", "-u", getpass.getuser(), "-o", "%i|%T|%r|%N"], timeout=SQUEUE_TIMEOUT_S)
     found = {}
     for line in out.splitlines():
         parts = line.strip().split("|")
@@ -103,6 +133,15 @@ def squeue(slurm_ids: list[str]) -> dict[str, dict]:
             state, reason, node = parts[1], parts[2], parts[3]
             found[parts[0]] = {"state": state, "reason": "" if reason in ("None", "(null)") else reason, "node": node}
     return found
+
+
+def find_by_name(job_id: int) -> str | None:
+    """The Slurm id of this queue job's Slurm job, if Slurm has one (an sbatch that timed out
+    may have submitted it all the same)."""
+    out = _run(["squeue", "-h", "--states=all", "-u", getpass.getuser(), "-n", f"copylora-{job_id}", "-o", "%i|%T"],
+               timeout=SQUEUE_TIMEOUT_S)
+    alive = [line.split("|")[0].strip() for line in out.splitlines() if "|" in line and line.split("|")[1].strip() not in ENDED_STATES]
+    return alive[-1] if alive else None
 
 
 def cancel(slurm_id: str, state: str | None) -> None:

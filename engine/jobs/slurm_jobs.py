@@ -20,6 +20,10 @@ from engine.jobs.channel import channel_dir, ingest, open_channel, send_requests
 from engine.jobs.queue import Job, JobStatus, Queue
 
 INGEST_EVERY_S = 0.5  # the channels read, the orders passed on: live enough for a progress bar
+GONE_AFTER_POLLS = 3  # squeue answers in a row that a job is over (or not listed) before it is taken as ended
+SILENT_ENDS = 3  # Slurm jobs in a row that end without a word and without a step trained: the job fails, said why
+RETRY_S = 30.0  # after Slurm could not take a submission (its controller away): submissions wait this long
+ORDER_RETRY_S = 10.0  # after an scancel that failed: the order is passed on again this much later
 MAX_SUBMITTED = 64  # jobs in Slurm at once from one worker: the scheduler, not us, decides the order beyond that
 
 
@@ -33,6 +37,8 @@ class Tracked:
     exit_code: int | None = None  # from the channel's last line
     signalled: bool = False
     info: dict | None = None
+    gone: int = 0  # squeue answers in a row that said it is over, or did not list it
+    order_after: float = 0.0  # an scancel that failed is tried again from then (time.monotonic)
 
 
 class SlurmJobs:
@@ -40,6 +46,8 @@ class SlurmJobs:
         self.home, self.options, self.log, self.max_submitted = home, options, log, max_submitted
         self.tracked: dict[int, Tracked] = {}
         self.last_squeue = self.last_ingest = 0.0
+        self.submit_after = 0.0  # Slurm could not take the last submission: none before then (time.monotonic)
+        self.silent: dict[int, tuple[int, int]] = {}  # job id: (Slurm jobs in a row that ended without a word, at step)
 
     def recover(self, queue: Queue) -> None:
         """A new worker: follow the Slurm jobs its predecessor submitted; requeue what never got there."""
@@ -68,10 +76,10 @@ class SlurmJobs:
         tracked.offset, events = ingest(queue, tracked.job_id, tracked.channel, tracked.offset)
         for event in events:
             if event.get("event") == "exit":
-                tracked.exit_code = int(event.get("code", 1))
+                tracked.exit_code = event["code"]  # an int: ingest checked it
 
     def _submit(self, queue: Queue) -> None:
-        while len(self.tracked) < self.max_submitted:
+        while len(self.tracked) < self.max_submitted and time.monotonic() >= self.submit_after:
             job = queue.claim("slurm")
             if job is None:
                 return
@@ -79,13 +87,29 @@ class SlurmJobs:
             try:
                 slurm_id = slurm.submit(job.id, self.home, channel, queue.log_path(job.id), self.options)
             except slurm.SlurmError as exc:
-                queue.finish(job.id, JobStatus.FAILED, error=f"could not submit it to Slurm: {exc}")
-                self.log(f"job #{job.id}: {exc}")
-                continue
+                if not exc.temporary:  # Slurm said no (a partition it has not, an option it refuses): the settings to fix
+                    queue.finish(job.id, JobStatus.FAILED, error=f"could not submit it to Slurm: {exc}")
+                    self.log(f"job #{job.id}: {exc}")
+                    continue
+                # Slurm could not answer (its controller restarting, an sbatch past our timeout, which
+                # may have submitted it all the same): such a job failed, and every job after it, in a second.
+                found = self._submitted_anyway(job.id)
+                if found is None:
+                    queue.requeue_at_head(job.id, f"not submitted yet: {exc}; tried again in {RETRY_S:.0f} s")
+                    self.submit_after = time.monotonic() + RETRY_S
+                    self.log(f"job #{job.id}: {exc}; submissions wait {RETRY_S:.0f} s")
+                    return
+                slurm_id = found
             info = {"id": slurm_id, "state": "PENDING", "reason": "", "node": ""}
             queue.set_slurm(job.id, info)
             self.tracked[job.id] = Tracked(job.id, slurm_id, channel, state="PENDING")
             self.log(f"job #{job.id} ({job.label} of {job.project}) submitted: Slurm job {slurm_id}")
+
+    def _submitted_anyway(self, job_id: int) -> str | None:
+        try:
+            return slurm.find_by_name(job_id)
+        except slurm.SlurmError:
+            return None
 
     def _pass_orders(self, queue: Queue) -> None:
         if not self.tracked:
@@ -95,12 +119,15 @@ class SlurmJobs:
             job = running.get(tracked.job_id)
             if job is None:
                 continue
-            if job.control in ("cancel", "pause") and not tracked.signalled:
+            if job.control in ("cancel", "pause") and not tracked.signalled and time.monotonic() >= tracked.order_after:
                 try:
                     slurm.cancel(tracked.slurm_id, tracked.state)
                 except slurm.SlurmError as exc:
-                    self.log(f"job #{job.id}: {exc}")
-                    continue
+                    if not exc.no_such_job:  # (a job Slurm has forgotten has nothing left to stop: squeue ends it)
+                        # tried again later, not twice a second for good
+                        tracked.order_after = time.monotonic() + ORDER_RETRY_S
+                        self.log(f"job #{job.id}: {exc}; tried again in {ORDER_RETRY_S:.0f} s")
+                        continue
                 tracked.signalled = True
                 self.log(f"job #{job.id}: {job.control} → scancel {tracked.slurm_id}")
             requests = {k: bool(getattr(job, k)) for k in ("save_now", "sample_now") if getattr(job, k)}
@@ -118,12 +145,19 @@ class SlurmJobs:
             return
         for job_id, tracked in list(self.tracked.items()):
             info = seen.get(tracked.slurm_id)
-            if info is not None:
+            if info is not None and info["state"] not in slurm.ENDED_STATES:
+                tracked.gone = 0
                 if info != tracked.info:  # written when Slurm's word changes, not every poll
                     tracked.state, tracked.info = info["state"], info
                     queue.set_slurm(job_id, {"id": tracked.slurm_id, **info})
                 continue
-            self._ingest(queue, tracked)  # gone from squeue: the channel's last lines, then the verdict
+            # Over, or not listed: the channel's last lines, then the verdict, once sure. One
+            # answer was taken at its word: a squeue that listed nothing for a moment had a
+            # running job submitted again beside itself.
+            self._ingest(queue, tracked)
+            tracked.gone += 1
+            if tracked.exit_code is None and tracked.gone < GONE_AFTER_POLLS:
+                continue
             del self.tracked[job_id]
             self._ended(queue, queue.get(job_id), tracked)
 
@@ -134,12 +168,32 @@ class SlurmJobs:
             self.log(f"job #{job.id} {job.status} (Slurm job {tracked.slurm_id})")
             return
         if job.control == "cancel":
-            queue.finish(job.id, JobStatus.CANCELLED, error="cancelled by the user (checkpoint kept: `copylora retry` resumes it)")
+            kept = "checkpoint kept: `copylora retry` resumes it" if job.step else "before it started on Slurm"
+            queue.finish(job.id, JobStatus.CANCELLED, error=f"cancelled by the user ({kept})")
         elif job.control == "pause":
             queue.finish(job.id, JobStatus.PAUSED)
         else:  # time limit, preemption (TERM: a checkpoint, exit 3), or gone without a word (node failure, SIGKILL)
+            if tracked.exit_code is None and self._silent_again(queue, job):
+                return
             how = "stopped with a checkpoint" if tracked.exit_code == 3 else "ended without a word (node failure or killed)"
             queue.requeue_at_head(job.id, f"interrupted on Slurm (job {tracked.slurm_id} {how}): submitted again, resumes from its checkpoint")
             self.log(f"job #{job.id}: Slurm job {tracked.slurm_id} {how}; queued first, submitted again")
             return
         self.log(f"job #{job.id} {'cancelled' if job.control == 'cancel' else 'paused'} (Slurm job {tracked.slurm_id})")
+
+    def _silent_again(self, queue: Queue, job: Job) -> bool:
+        """Whether this job's Slurm jobs have ended without a word SILENT_ENDS times in a row with
+        no step trained between (the runner never started on the node: its Python environment or
+        the state folder not there); then the job fails, said why (it was submitted nine times in
+        40 s, its cause only in its log)."""
+        count, step = self.silent.get(job.id, (0, -1))
+        count = count + 1 if (job.step or 0) == step else 1
+        self.silent[job.id] = (count, job.step or 0)
+        if count < SILENT_ENDS:
+            return False
+        del self.silent[job.id]
+        queue.finish(job.id, JobStatus.FAILED, error=(
+            f"its Slurm jobs ended {count} times in a row without a word and without a step trained: the node's output is in "
+            f"`copylora logs {job.id}` (this Python environment, the projects or the state folder not found there?)"))
+        self.log(f"job #{job.id}: {count} Slurm jobs in a row ended without a word: failed")
+        return True

@@ -234,6 +234,12 @@ class Worker:
     def recover(self, queue: Queue) -> None:
         """Jobs left 'running' by a worker that died: stop any orphan still alive, then requeue."""
         for job in queue.jobs((JobStatus.RUNNING,)):
+            if job.slurm and job.slurm.get("id") and job.slurm.get("state") != "ENDED":
+                # On the cluster, whatever this worker is: requeued here it ran twice (here it
+                # failed on the side's lock, and its dependants with it; on Slurm it trained on untracked).
+                self.log(f"job #{job.id} ({job.label}) runs as Slurm job {job.slurm['id']}: left to it; a worker with "
+                         "--executor slurm follows it")
+                continue
             if job.pid is not None and alive(job.pid, job.pid_start):
                 self.log(f"job #{job.id}: its process {job.pid} outlived the last worker; stopping it")
                 os.kill(job.pid, signal.SIGTERM)

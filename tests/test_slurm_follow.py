@@ -1,0 +1,199 @@
+"""How the worker's Slurm executor (engine.jobs.slurm_jobs) reads what Slurm and the nodes say
+when they say it badly: an audit on a one-node cluster (2026-12-07) found each of these losing
+or duplicating work. Slurm's commands are stood in for here (the functions of engine.jobs.slurm
+the executor calls), so each case is exact and takes no cluster; the cluster tests
+(tests/test_slurm.py) run the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engine.jobs import slurm
+from engine.jobs.channel import ingest, open_channel
+from engine.jobs.queue import JobStatus, Queue
+from engine.jobs.slurm_jobs import GONE_AFTER_POLLS, SILENT_ENDS, SlurmJobs
+
+
+class StandIn:
+    """sbatch, squeue, scancel and a name lookup, answering as told."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.next_id = 100
+        self.listed: dict[str, str] = {}  # Slurm id: state squeue lists
+        self.submit_error: str | None = None
+        self.cancel_error: str | None = None
+        self.by_name: dict[int, str] = {}
+        self.submits: list[int] = []
+        self.cancels = 0
+        monkeypatch.setattr(slurm, "submit", self.submit)
+        monkeypatch.setattr(slurm, "squeue", self.squeue)
+        monkeypatch.setattr(slurm, "cancel", self.cancel)
+        monkeypatch.setattr(slurm, "find_by_name", lambda job_id: self.by_name.get(job_id))
+
+    def submit(self, job_id, *_args) -> str:
+        if self.submit_error:
+            raise slurm.SlurmError(self.submit_error)
+        self.submits.append(job_id)
+        self.next_id += 1
+        self.listed[str(self.next_id)] = "PENDING"
+        return str(self.next_id)
+
+    def squeue(self, ids) -> dict:
+        return {i: {"state": s, "reason": "", "node": ""} for i, s in self.listed.items() if i in ids}
+
+    def cancel(self, slurm_id, state) -> None:
+        self.cancels += 1
+        if self.cancel_error:
+            raise slurm.SlurmError(self.cancel_error)
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    stand_in = StandIn(monkeypatch)
+    queue = Queue(tmp_path / "state")
+    said: list[str] = []
+    jobs = SlurmJobs(queue.home, slurm.SlurmOptions(), said.append)
+    yield stand_in, queue, jobs, said
+    queue.close()
+
+
+def test_a_job_squeue_does_not_list_once_is_not_submitted_again(cluster):
+    """An empty squeue answer (a hiccup, SQUEUE_STATES=RUNNING) read as "ended without a word":
+    the running job was submitted again beside itself, failed on its own side's lock, and took
+    its merge and preview with it."""
+    stand_in, queue, jobs, said = cluster
+    job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
+    jobs._submit(queue)
+    [slurm_id] = stand_in.listed
+    stand_in.listed[slurm_id] = "RUNNING"
+    del stand_in.listed[slurm_id]  # not listed, for GONE_AFTER_POLLS - 1 answers
+    for _ in range(GONE_AFTER_POLLS - 1):
+        jobs._follow(queue)
+    stand_in.listed[slurm_id] = "RUNNING"  # there after all
+    jobs._follow(queue)
+    jobs._submit(queue)
+    assert stand_in.submits == [job.id] and queue.get(job.id).status is JobStatus.RUNNING
+    del stand_in.listed[slurm_id]  # gone for good (a node failure): submitted again, once sure
+    for _ in range(GONE_AFTER_POLLS):
+        jobs._follow(queue)
+    jobs._submit(queue)
+    assert stand_in.submits == [job.id, job.id] and any("ended without a word" in line for line in said)
+
+
+def test_a_job_slurm_calls_over_ends_when_its_runner_said_so(cluster):
+    """squeue --states=all lists a finished job as COMPLETED: with the runner's exit in its
+    channel, that is the end at once."""
+    stand_in, queue, jobs, _said = cluster
+    job = queue.enqueue("merge", "/p", label="merge")
+    jobs._submit(queue)
+    [slurm_id] = stand_in.listed
+    channel = jobs.tracked[job.id].channel
+    with open(channel / "events.jsonl", "a") as events:
+        events.write(json.dumps({"event": "finish", "status": "done"}) + "\n" + json.dumps({"event": "exit", "code": 0}) + "\n")
+    stand_in.listed[slurm_id] = "COMPLETED"
+    jobs._follow(queue)
+    assert not jobs.tracked and queue.get(job.id).status is JobStatus.DONE
+
+
+@pytest.mark.parametrize("line", [b'{"event": "start_step"}', b'[1]', b'"x"', b'{"event": "progress", "progress": 5}',
+                                  b'{"event": "exit", "code": "one"}', b'{"event": "finish", "status": "sideways"}'])
+def test_a_channel_line_of_another_shape_is_skipped(tmp_path, line):
+    """Valid JSON of the wrong shape in events.jsonl ended the worker (KeyError: 'step'), and
+    every worker started after it, reading the line again."""
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", str(tmp_path), side="a", label="train A", total=10)
+    queue.claim("slurm")
+    folder = open_channel(queue.home, queue.get(job.id))
+    with open(folder / "events.jsonl", "ab") as events:
+        events.write(line + b"\n" + json.dumps({"event": "start_step", "step": 4, "total": 10}).encode() + b"\n")
+    offset, events_read = ingest(queue, job.id, folder, 0)
+    assert [e["event"] for e in events_read] == ["start_step"] and offset == os.path.getsize(folder / "events.jsonl")
+    assert queue.get(job.id).start_step == 4
+    queue.close()
+
+
+def test_a_cancel_slurm_cannot_pass_on_is_tried_again_later_and_one_it_forgot_is_over(cluster, monkeypatch):
+    """scancel of a job Slurm had forgotten ("Invalid job id") was tried twice a second for good."""
+    stand_in, queue, jobs, said = cluster
+    job = queue.enqueue("merge", "/p", label="merge")
+    jobs._submit(queue)
+    queue.cancel(job.id)
+    stand_in.cancel_error = "scancel: error: Unable to contact slurm controller (connect failure)"
+    for _ in range(5):
+        jobs._pass_orders(queue)
+    assert stand_in.cancels == 1 and not jobs.tracked[job.id].signalled
+    jobs.tracked[job.id].order_after = 0.0  # ORDER_RETRY_S later
+    stand_in.cancel_error = "scancel: error: Kill job error on job id 101: Invalid job id specified"
+    jobs._pass_orders(queue)
+    assert stand_in.cancels == 2 and jobs.tracked[job.id].signalled
+    stand_in.listed.clear()  # Slurm lists it no more: cancelled, once sure
+    for _ in range(GONE_AFTER_POLLS):
+        jobs._follow(queue)
+    assert queue.get(job.id).status is JobStatus.CANCELLED
+
+
+def test_a_submission_slurm_could_not_take_waits_and_one_it_refused_fails(cluster):
+    """The controller away for seconds failed the job at once, and every job after it within a
+    second; an sbatch past our timeout that had submitted the job left it training untracked."""
+    stand_in, queue, jobs, _said = cluster
+    first = queue.enqueue("merge", "/p1", label="merge")
+    second = queue.enqueue("merge", "/p2", label="merge")
+    stand_in.submit_error = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
+    jobs._submit(queue)
+    assert [queue.get(j.id).status for j in (first, second)] == [JobStatus.QUEUED, JobStatus.QUEUED]
+    assert "tried again in 30 s" in queue.get(first.id).error and jobs.submit_after > 0
+    jobs._submit(queue)  # within RETRY_S: nothing tried
+    assert not stand_in.submits and queue.get(first.id).status is JobStatus.QUEUED
+    jobs.submit_after = 0.0
+    stand_in.submit_error = "sbatch did not answer within 60 s"
+    stand_in.by_name[first.id] = "777"  # it had been submitted all the same: followed, not submitted twice
+    jobs._submit(queue)
+    assert jobs.tracked[first.id].slurm_id == "777" and queue.get(first.id).slurm["id"] == "777"
+    stand_in.submit_error = "sbatch: error: Batch job submission failed: Invalid partition name specified"
+    jobs.submit_after = 0.0
+    jobs._submit(queue)
+    assert queue.get(second.id).status is JobStatus.FAILED and "Invalid partition" in queue.get(second.id).error
+
+
+def test_a_job_that_never_starts_on_its_node_fails_after_a_few_tries(cluster):
+    """A node without this Python environment: each Slurm job ended at once without a word, and
+    the job was submitted nine times in 40 s, the cause only in its log."""
+    stand_in, queue, jobs, _said = cluster
+    job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
+    for attempt in range(SILENT_ENDS):
+        jobs._submit(queue)
+        stand_in.listed.clear()
+        for _ in range(GONE_AFTER_POLLS):
+            jobs._follow(queue)
+        if attempt < SILENT_ENDS - 1:
+            assert queue.get(job.id).status is JobStatus.QUEUED
+    failed = queue.get(job.id)
+    assert failed.status is JobStatus.FAILED and f"copylora logs {job.id}" in failed.error and len(stand_in.submits) == SILENT_ENDS
+
+
+def test_a_local_worker_leaves_a_job_running_on_slurm_alone(tmp_path):
+    """A plain `copylora run` started a local worker, which took the Slurm job for its own: it ran
+    here too, failed on the side's lock, and its dependants failed with it."""
+    from engine.jobs.worker import Worker
+
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
+    queue.claim("slurm")
+    queue.set_slurm(job.id, {"id": "42", "state": "RUNNING", "reason": "", "node": "gpu07"})
+    said: list[str] = []
+    worker = Worker(tmp_path / "state")
+    worker.log = said.append
+    worker.recover(queue)
+    assert queue.get(job.id).status is JobStatus.RUNNING and "runs as Slurm job 42: left to it" in said[0]
+    queue.close()
+
+
+def test_slurm_commands_run_without_the_users_squeue_settings(monkeypatch):
+    monkeypatch.setenv("SQUEUE_STATES", "RUNNING")
+    monkeypatch.setenv("SQUEUE_PARTITION", "other")
+    seen = slurm._run(["env"])
+    assert "SQUEUE_" not in seen and "PATH=" in seen
