@@ -197,3 +197,25 @@ def test_slurm_commands_run_without_the_users_squeue_settings(monkeypatch):
     monkeypatch.setenv("SQUEUE_PARTITION", "other")
     seen = slurm._run(["env"])
     assert "SQUEUE_" not in seen and "PATH=" in seen
+
+
+def test_worker_start_asks_slurm_about_its_settings_first(tmp_path, monkeypatch, capsys):
+    """`worker start --executor slurm --partition nope` said "started"; then every queued job
+    failed, one by one. sbatch --test-only asks Slurm first (nothing is submitted)."""
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$@" >> "$0.args"\n'
+                                    'case "$*" in *--partition=nope*) echo "sbatch: error: Batch job submission failed: '
+                                    'Invalid partition name specified" >&2; exit 1;; esac\necho "sbatch: Job 5 to start at now"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    assert main(["worker", "start", "--executor", "slurm", "--partition", "nope"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "Slurm refuses these settings" in err and "Invalid partition name specified" in err
+    assert "--test-only" in (bin_dir / "sbatch.args").read_text()
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no Slurm here at all
+    assert main(["worker", "start", "--executor", "slurm"]) == EXIT_USAGE
+    assert "sbatch not found" in capsys.readouterr().err

@@ -376,6 +376,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         home = Queue().home
         options = slurm_options(home, args)  # a bad [worker] file or option fails here, not in the detached worker
+        if options is not None:
+            from engine.jobs.slurm import SlurmError, test_options
+
+            try:  # sbatch --test-only: a partition Slurm has not failed every queued job, one by one, after a "started"
+                test_options(options)
+            except SlurmError as exc:
+                if not exc.temporary:
+                    raise ValidationError([Problem("--executor slurm", f"Slurm refuses these settings: {exc}")]) from None
+                print(f"copylora: could not ask Slurm about these settings now ({exc}); starting all the same", file=sys.stderr)
         if args.foreground:
             return Worker(None, args.gpus, args.per_gpu, slurm=options).run()
         from engine.jobs.worker import WorkerRunning

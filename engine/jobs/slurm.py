@@ -118,6 +118,12 @@ def submit(job_id: int, home: Path, channel: Path, log_path: Path, options: Slur
     return slurm_id
 
 
+def test_options(options: SlurmOptions) -> None:
+    """Ask Slurm whether it would take a job of these settings (``sbatch --test-only``: nothing
+    is submitted); SlurmError where it would not, or cannot answer."""
+    _run(["sbatch", "--test-only", "--job-name=copylora-test", *options.arguments(), "--wrap=true"], timeout=SQUEUE_TIMEOUT_S)
+
+
 def squeue(slurm_ids: list[str]) -> dict[str, dict]:
     """Slurm's view of these jobs: {id: {"state", "reason", "node"}}; a job Slurm no longer
     lists (finished longer ago than its MinJobAge) is absent. Asked of all this user's jobs in
