@@ -161,8 +161,9 @@ def project_with_loras(tmp_path, pair, lbws_line: str):
     return root, plan
 
 
-def test_project_lbws_one_vector_weights_both(loras, tmp_path):
-    root, plan = project_with_loras(tmp_path, loras, f"lbws = [{vector({'MID': 0.5})}]")
+@pytest.mark.parametrize("written", ["[{}]", "{}"])  # [[…]], or one vector written flat: refused as "at most 2 vectors, got 17"
+def test_project_lbws_one_vector_weights_both(loras, tmp_path, written):
+    root, plan = project_with_loras(tmp_path, loras, "lbws = " + written.format(vector({"MID": 0.5})))
     assert plan.project.merge.lbws == [vector({"MID": 0.5})]
     assert main(["merge", "--project", str(root)]) == 0
     provenance = json.loads(load_lora_file(plan.merged_path).metadata["copylora_merge"])
@@ -174,7 +175,8 @@ def test_project_lbws_one_vector_weights_both(loras, tmp_path):
     (f"lbws = [{[1] * 20}]", "merge.lbws: 20 weights are SDXL blocks; an SD1/SD2 LoRA takes 17 or 26"),  # tiny is an SD1 model
     (f"lbws = [{[1] * 17}, {[1] * 17}, {[1] * 17}]", "merge.lbws: at most 2 vectors ([B, A], or one for both), got 3"),
     ('lbws = [[1, "x", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]', "merge.lbws[0]: weight 2 (IN01) is 'x', not a number"),
-    ("lbws = [1, 0]", "merge.lbws[0]: must be a list of numbers like [1,0,1,...], got 1"),
+    ("lbws = [1, 0]", "merge.lbws[0]: 2 weights; a block-weight vector has 12 or 20 (SDXL), or 17 or 26 (SD1/SD2)"),
+    ('lbws = [1, "x"]', "merge.lbws[0]: must be a list of numbers like [1,0,1,...], got 1"),
     ('lbws = "[1, 0]"', "merge.lbws: must be a list"),
 ])
 def test_project_lbws_problems(loras, tmp_path, line, problem):

@@ -196,6 +196,10 @@ def _build(data: dict, root: Path, problems: list[Problem]) -> Project:
         train = replace(train, max_train_epochs=None)
     sides = {side: _build_side(side, table(side), problems) for side in SIDES}
     merge = build_section(MergeParams, table("merge"), "merge", problems)
+    if merge.lbws and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in merge.lbws):
+        # one vector written flat ("one vector: both alike", as its comment says): it was refused
+        # as "at most 2 vectors, got 17"
+        merge = replace(merge, lbws=[list(merge.lbws)])
     sample = build_section(SampleParams, table("sample"), "sample", problems)
     reg = build_section(RegParams, table("reg"), "reg", problems) if "reg" in data else None
     found = data.get("concept")
