@@ -460,7 +460,22 @@ def sample_problems(sample: SampleParams) -> list[Problem]:
             elif kind is not str:
                 _check_number(item, f"sample.{key}[{i}]", 10.0, problems)
     _check_sample_size(sample.size, problems)
+    sides = [sample.size, sample.size] if isinstance(sample.size, int) else sample.size
+    if not problems and isinstance(sides, list) and len(sides) == 2:
+        pictures = len(sample.prompts) * len(sample.strengths)
+        pixels = pictures * sides[0] * sides[1]
+        if pictures > MOST_GRID_PICTURES or pixels > MOST_GRID_PIXELS:
+            # 5000 strengths were taken and drawn for minutes; a grid past Pillow's limit
+            # (its "decompression bomb") was written and then could not be opened, in the app either
+            problems.append(Problem("sample.strengths", f"{len(sample.prompts)} prompt(s) x {len(sample.strengths)} strength(s) = "
+                                    f"{pictures} pictures of {sides[0]}x{sides[1]} in one grid ({pixels / 1e6:.0f} megapixels): at "
+                                    f"most {MOST_GRID_PICTURES} pictures and {MOST_GRID_PIXELS // 1_000_000} megapixels; "
+                                    "draw several grids"))
     return problems
+
+
+MOST_GRID_PICTURES = 256
+MOST_GRID_PIXELS = 80_000_000  # under Pillow's decompression-bomb warning (89 MP): every viewer opens it
 
 
 def _check_sample_size(size: Any, problems: list[Problem]) -> None:
