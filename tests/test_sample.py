@@ -273,3 +273,15 @@ def test_the_preview_job_on_a_cpu_draws_the_scaled_grid_and_logs_why(lora_file, 
     record = read_grid_parameters(artifacts["grid"])
     assert record["settings"]["size"] == [312, 464] and record["settings"]["steps"] == 10
     assert artifacts["device"] == "cpu" and artifacts["seconds"] > 0
+
+
+def test_what_of_a_prompt_is_not_read_as_a1111_reads_it_is_said(tiny):
+    """A 1000-token prompt was cut to 77 tokens silently; "(monochrome:1.3)" and "<lora:x:1>",
+    pasted from A1111, reached the text encoder as plain words without a word."""
+    from engine.train.sample import prompt_notes
+
+    long = "a red circle on a blue background, " * 30
+    notes = prompt_notes(tiny, ["", "a red circle", long, "(monochrome:1.3), 1girl", "x <lora:other:1>", "a (red) circle"])
+    assert len(notes) == 3, notes
+    assert notes[0].startswith("prompt 'a red circle on a blue background, a ...' is ") and notes[0].endswith("only its first 75 are read")
+    assert all("A1111 syntax" in note for note in notes[1:])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -256,6 +257,29 @@ def sample_with_network(model: BaseModel, network, settings: SampleSettings, out
     return save_grid(grid(images, settings, title, log=log), out_path, settings, model_name=model_name, lora_name=title, extra=extra)
 
 
+_A1111_SYNTAX = re.compile(r"\([^()]*:\s*-?[\d.]+\s*\)|<(lora|lyco|hypernet):[^>]*>|\[[^\[\]]*:[^\[\]]*:[^\[\]]*\]")
+
+
+def prompt_notes(model: BaseModel, prompts: list[str]) -> list[str]:
+    """What of each prompt the model will not read as a user of A1111 expects: past the text
+    encoder's 75 tokens (A1111 reads longer prompts in chunks; diffusers, and so we, cut them),
+    and A1111's syntax ((word:1.3), <lora:…>, [a:b:0.5]), read here as the words it is made of.
+    Said, not refused: the grid is drawn all the same (a 1000-token prompt was cut to 77 silently)."""
+    notes = []
+    tokenizer = model.tokenizers[0] if model.tokenizers else None
+    for prompt in dict.fromkeys(prompts):
+        shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+        if tokenizer is not None:
+            count = len(tokenizer(prompt, truncation=False).input_ids) - 2  # less its start and end tokens
+            room = tokenizer.model_max_length - 2
+            if count > room:
+                notes.append(f"prompt {shown!r} is {count} tokens: only its first {room} are read")
+        if _A1111_SYNTAX.search(prompt):
+            notes.append(f"prompt {shown!r} has A1111 syntax ((word:1.3), <lora:…>, [a:b:n]): read as plain words here, "
+                         "no weighting, no other LoRA")
+    return notes
+
+
 def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettings, out_path: Path, *, model_name: str,
                 title: str = "", progress: Callable[[int, int], None] | None = None, extra: dict | None = None,
                 log: Callable[[str], None] | None = None) -> Path:
@@ -267,6 +291,9 @@ def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettin
     if lora_path is not None:
         network = LoRANetwork.from_file(lora_path, model.unet, model.text_encoders, model.family)
         network.to(device=model.unet.device)
+    for note in prompt_notes(model, settings.prompts + ([settings.negative_prompt] if settings.negative_prompt else [])):
+        if log is not None:
+            log(note)
     images = generate(model, settings, network, progress=progress)
     name = lora_path.name if lora_path is not None else "none"
     from engine.hashing import file_sha256
