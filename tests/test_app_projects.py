@@ -372,3 +372,17 @@ async def test_a_project_whose_file_is_a_link_to_nothing_is_listed_and_says_so(t
         await pilot.press("y")
         await wait_until(pilot, lambda: not table(app).display)
     assert not (projects / "moved").exists() and projects.is_dir()
+
+
+async def test_a_one_lora_route_is_one_output_under_the_table(tmp_path, monkeypatch):
+    """An addift project read "steps A 200, B 200 · A: step 4/200, resumable; B: step 4/200,
+    resumable", though it trains one LoRA on the pair."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    toml = projects / "example-monochrome" / "copylora.toml"
+    toml.write_text(toml.read_text().replace('method = "svd-merge"', 'method = "addift"'))
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: "one LoRA on the pair" in screen_text(app))
+        flat = " ".join(screen_text(app).split())
+        assert "addift: one LoRA on the pair, 200 steps · A→B: no LoRA yet" in flat and "steps A" not in flat and "; B:" not in flat, flat

@@ -362,3 +362,15 @@ def test_new_on_the_toy_writes_each_routes_measured_settings(tmp_path):
     from engine.project.plan import plan_warnings
 
     assert not [w for w in plan_warnings(make_plan(addift)) if "caption-free" in w]  # ADDifT is meant caption-free
+
+
+def test_sample_names_the_one_lora_of_a_pair_route(tmp_path, capsys):
+    """`sample --lora a` on an addift project said "does not exist yet (train/merge first)",
+    though the route never makes an A LoRA; its one LoRA could not be named (--lora pair)."""
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    root = make(tmp_path, "addift").project.root
+    assert main(["sample", str(root), "--lora", "a"]) == EXIT_USAGE
+    assert "this project's route (addift) trains one LoRA on the pair: --lora pair, or merged (its result)" in capsys.readouterr().err
+    assert main(["sample", str(root), "--lora", "pair"]) == EXIT_USAGE
+    assert "_PAIR.safetensors does not exist yet" in capsys.readouterr().err

@@ -24,7 +24,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         ),
     )
     cmd.add_argument("target", metavar="PROJECT|LORA")
-    cmd.add_argument("--lora", metavar="merged|a|b|none|FILE", help="with a project: which LoRA (default merged)")
+    cmd.add_argument("--lora", metavar="merged|a|b|pair|none|FILE",
+                     help="with a project: which LoRA (default merged; pair: the one LoRA of the addift and slider routes)")
     cmd.add_argument("--base", metavar="MODEL", help="base model for a LoRA file (tiny, .safetensors or diffusers folder)")
     cmd.add_argument("--prompt", action="append", metavar="P", help="prompt (repeat for several rows)")
     cmd.add_argument("--negative", metavar="N", help="negative prompt")
@@ -99,8 +100,13 @@ def resolve(args: argparse.Namespace):
         project = plan.project
         settings = _settings(args, SampleSettings.from_params(project.sample), problems)
         choice = args.lora or "merged"
-        lora = {"merged": plan.merged_path, "a": plan.side("a").lora_path, "b": plan.side("b").lora_path, "none": None}.get(choice, Path(choice))
-        if lora is not None and not lora.is_file():
+        trained = {side: plan.side(side).lora_path for side in plan.trained}  # a, b; or pair (addift, slider: one LoRA)
+        lora = {"merged": plan.merged_path, **trained, "none": None}.get(choice, Path(choice))
+        if choice in ("a", "b", "pair") and choice not in trained:
+            problems.append(Problem("--lora", f"this project's route ({project.info.method}) trains "
+                                    + ("one LoRA on the pair: --lora pair, or merged (its result)" if "pair" in trained
+                                       else "A and B: --lora a, b or merged")))
+        elif lora is not None and not lora.is_file():
             problems.append(Problem("--lora", f"{lora} does not exist yet (train/merge first: copylora run {shlex.quote(str(args.target))})"))
         elif lora is not None and (problem := lora_problem("--lora", lora)):  # a picture given as the LoRA: exit 2, before the model loads
             problems.append(problem)

@@ -44,6 +44,7 @@ from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.fitted_table import FittedTable
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.jobs.queue import Job, JobStatus
+from engine.project.pair_route import PAIR_METHODS
 
 EMPTY_HELP = """\
 [b]No projects in $folder/ yet.[/b]
@@ -499,12 +500,16 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         else:
             jobs = self.app.snapshot.for_project(summary.folder)
             notes = []
-            for label, kind, side, state in (("A", "train", "a", summary.sides["a"]), ("B", "train", "b", summary.sides["b"]),
-                                             ("merge", "merge", None, summary.merge)):
+            one_lora = summary.method in PAIR_METHODS  # addift, slider: one LoRA on the pair, shown under A and B alike
+            outputs = ([("A→B", "train", "a", summary.sides["a"])] if one_lora else
+                       [("A", "train", "a", summary.sides["a"]), ("B", "train", "b", summary.sides["b"])])
+            for label, kind, side, state in (*outputs, ("merge", "merge", None, summary.merge)):
                 note = job_note(jobs, kind, side, summary) or (state.reason if state.state != DONE else None)
                 if note:
-                    notes.append(f"{label}: {note}")
-            steps = f"base {project_label(summary.base_model)}, steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"
+                    notes.append(f"{label}: {note}")  # once for the pair's LoRA: "A: step 4/200 … B: step 4/200" it said
+            steps = (f"base {project_label(summary.base_model)}, "
+                     + (f"{summary.method}: one LoRA on the pair, {summary.steps.get('a', '?')} steps" if one_lora else
+                        f"steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"))
             detail.update(Text(f"{summary.name}: {steps}" + (f"  ·  {'; '.join(notes)}" if notes else "  ·  all outputs current"), style="dim"))
 
     # ------------------------------------------------------------------ actions
