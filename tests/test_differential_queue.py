@@ -63,6 +63,10 @@ def test_differential_project_runs_through_the_queue(tmp_path, home):  # noqa: F
     assert json.loads(plan.stats_path.read_text())["route"] == route
     assert plan.outputs.grid.is_file() and plan.outputs.check.is_file()
     assert queue.get(preview.id).artifacts["check"] == str(plan.outputs.check)
+    from PIL import Image
+
+    with Image.open(plan.outputs.check) as check:  # its text says what it shows: the result over A at its multiplier
+        assert f"LoRA: {plan.merged_path.name} over {plan.side('a').lora_path.name} at 1, Strengths: 0, 1" in check.info["parameters"]
 
     again = enqueue_project(queue, root, max_steps=4)
     assert [s.action for s in again] == ["up to date"] * 4, [(s.what, s.reason) for s in again]

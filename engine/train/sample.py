@@ -328,4 +328,6 @@ def route_check(model: BaseModel, a_path: Path, multiplier: float, result_path: 
     columns = [f"A at {multiplier:g}", f"A at {multiplier:g} + result at 1", "picture B"]
     extra = {**(extra or {}), "lora_sha256": file_sha256(result_path), "a_sha256": file_sha256(a_path), "check": True}
     title = "check: A + the result should draw picture B"
-    return save_grid(grid(images, check, title, columns, log=log), out_path, check, model_name=model_name, lora_name=result_path.name, extra=extra)
+    # its text says what the columns are (it said "LoRA: result, Strengths: 0, 1", with A's file and multiplier missing)
+    lora_name = f"{result_path.name} over {a_path.name} at {multiplier:g}"
+    return save_grid(grid(images, check, title, columns, log=log), out_path, check, model_name=model_name, lora_name=lora_name, extra=extra)
