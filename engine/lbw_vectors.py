@@ -27,10 +27,10 @@ class BlockWeightError(InputError):
 
 
 def _blocks(ins, outs) -> tuple[str, ...]:
-    return ("BASE", *(f"IN{i:02d}" for i in ins), "MID", *(f"OUT{i:02d}" for i in outs))
+    return ("BASE", *(f"IN{i:02d}" for i in ins), "M00", *(f"OUT{i:02d}" for i in outs))
 
 
-# The full list sd-scripts (and LBW) index by: BASE (text encoder), IN00–IN11, MID, OUT00–OUT11.
+# The full list sd-scripts (and LBW) index by: BASE (text encoder), IN00–IN11, M00, OUT00–OUT11.
 FULL_BLOCKS = _blocks(range(12), range(12))
 # Each length's blocks in vector order: SD1's blocks with attention (17) or all (26); SDXL's
 # blocks with attention (12) or all it has (20: input/output blocks 0–8).

@@ -135,10 +135,10 @@ def test_stats_rows_sort_and_filter(tmp_path):
 def test_stats_rows_by_lbw_block_in_a_file_from_before_lbw(tmp_path):
     """write_stats writes the old format (no lbw_block): the blocks come from the module names."""
     document = load_stats(write_stats(tmp_path / "x.stats.json"))
-    assert [m["lbw_block"] for m in document["modules"]] == ["IN04", "IN04", "MID", "OUT07", "OUT06", "OUT11"]
-    assert [b["block"] for b in document["lbw_blocks"]] == ["IN04", "MID", "OUT06", "OUT07", "OUT11"]
+    assert [m["lbw_block"] for m in document["modules"]] == ["IN04", "IN04", "M00", "OUT07", "OUT06", "OUT11"]
+    assert [b["block"] for b in document["lbw_blocks"]] == ["IN04", "M00", "OUT06", "OUT07", "OUT11"]
     assert [b["modules"] for b in document["lbw_blocks"]] == [2, 1, 1, 1, 1]
-    assert block_filters(document) == ["IN", "OUT", "IN04", "MID", "OUT06", "OUT07", "OUT11"]
+    assert block_filters(document) == ["IN", "OUT", "IN04", "M00", "OUT06", "OUT07", "OUT11"]
     assert {r["lbw_block"] for r in sorted_rows(document, block="OUT")} == {"OUT06", "OUT07", "OUT11"}
     assert [r["lbw_block"] for r in sorted_rows(document, block="out06")] == ["OUT06"]  # any case
     # A U-Net name still filters in the LBW view, and an LBW name in the U-Net view.
@@ -146,7 +146,7 @@ def test_stats_rows_by_lbw_block_in_a_file_from_before_lbw(tmp_path):
     assert {r["lbw_block"] for r in sorted_rows(document, block="OUT11", view="unet")} == {"OUT11"}
     assert sorted_rows(document, block="IN05") == []
     by_block = [r["lbw_block"] for r in sorted_rows(document, sort="block")]
-    assert by_block == ["IN04", "IN04", "MID", "OUT06", "OUT07", "OUT11"]
+    assert by_block == ["IN04", "IN04", "M00", "OUT06", "OUT07", "OUT11"]
 
 
 def test_curve_draws_top_and_bottom_labels():

@@ -33,7 +33,8 @@ FAMILIES = {"sd15": ("sd1", "sd"), "sdxl": ("sdxl", "sdxl")}
 def expected(table: str) -> tuple[list[str], list[list[str]]]:
     lines = [line for line in (DATA / table).read_text().splitlines() if line]
     header = next(line for line in lines if line.startswith("# module\t"))[2:].split("\t")
-    return header, [line.split("\t") for line in lines if not line.startswith("#")]
+    # sd-scripts calls the middle block MID; we (and the LoRA Block Weight extension) M00
+    return header, [["M00" if cell == "MID" else cell for cell in line.split("\t")] for line in lines if not line.startswith("#")]
 
 
 @pytest.mark.parametrize("table", ["sd15", "sdxl"])
@@ -82,13 +83,13 @@ def test_edge_names_map_as_sd_scripts_maps_them():
 
 
 def test_block_lists_are_sd_scripts_lists():
-    assert len(FULL_BLOCKS) == 26 and FULL_BLOCKS[:3] == ("BASE", "IN00", "IN01") and FULL_BLOCKS[13] == "MID"
-    assert BLOCK_LISTS[17] == ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID",
+    assert len(FULL_BLOCKS) == 26 and FULL_BLOCKS[:3] == ("BASE", "IN00", "IN01") and FULL_BLOCKS[13] == "M00"
+    assert BLOCK_LISTS[17] == ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
                                *(f"OUT{i:02d}" for i in range(3, 12)))
-    assert BLOCK_LISTS[12] == ("BASE", "IN04", "IN05", "IN07", "IN08", "MID", *(f"OUT{i:02d}" for i in range(6)))
-    assert BLOCK_LISTS[20] == ("BASE", *(f"IN{i:02d}" for i in range(9)), "MID", *(f"OUT{i:02d}" for i in range(9)))
+    assert BLOCK_LISTS[12] == ("BASE", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6)))
+    assert BLOCK_LISTS[20] == ("BASE", *(f"IN{i:02d}" for i in range(9)), "M00", *(f"OUT{i:02d}" for i in range(9)))
     assert all(len(blocks) == n for n, blocks in BLOCK_LISTS.items())
-    assert sorted(["OUT00", "other", "MID", "BASE", "IN11"], key=block_sort_key) == ["BASE", "IN11", "MID", "OUT00", "other"]
+    assert sorted(["OUT00", "other", "M00", "BASE", "IN11"], key=block_sort_key) == ["BASE", "IN11", "M00", "OUT00", "other"]
 
 
 def test_short_vectors_expand_with_one_elsewhere():

@@ -418,6 +418,8 @@ def test_stats_unknown_block_is_a_usage_error_naming_the_blocks(merged, capsys):
     assert main(["stats", str(merged), "--blocks", "unet", "--block", "FOO"]) == EXIT_USAGE
     line = one_line(capsys.readouterr().err)
     assert "(U-Net naming)" in line and "in0" in line and "IN01" not in line
+    assert main(["stats", str(merged), "--block", ""]) == EXIT_USAGE  # an empty one showed every block
+    assert "--block: no module of this file is in ''" in one_line(capsys.readouterr().err)
     assert main(["stats", str(merged), "--block", "in0", "--json"]) == 0  # the other naming still works
 
 

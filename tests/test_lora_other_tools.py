@@ -284,7 +284,7 @@ def test_a_short_block_weight_vector_says_which_blocks_it_leaves_at_1(tmp_path):
 def test_stats_takes_the_extensions_name_for_the_middle_block():
     from copylora_tui.core.stats_table import _is_in
 
-    assert _is_in("MID", "M00") and _is_in("MID", "m00") and not _is_in("IN00", "M00")
+    assert _is_in("MID", "M00") and _is_in("MID", "m00") and _is_in("M00", "MID") and _is_in("M00", "mid") and not _is_in("IN00", "M00")
 
 
 def test_the_metadata_gives_the_alphas_the_file_stores(tmp_path):

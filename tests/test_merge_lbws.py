@@ -17,9 +17,9 @@ from engine.lora.files import load_lora_file, save_lora_file  # noqa: E402
 from engine.merge.svd import MergeError, merge_loras, save_merge  # noqa: E402
 from tests.test_merge import dense, factors  # noqa: E402
 
-# The modules' blocks: te q_proj BASE, down_blocks_0 (attn, proj_in, resnet) IN01, mid_block MID,
+# The modules' blocks: te q_proj BASE, down_blocks_0 (attn, proj_in, resnet) IN01, mid_block M00,
 # up_blocks_1_attentions_0 OUT03.
-BLOCKS = {"lora_te_": "BASE", "lora_unet_down_blocks_0_": "IN01", "lora_unet_mid_block_": "MID", "lora_unet_up_blocks_1_": "OUT03"}
+BLOCKS = {"lora_te_": "BASE", "lora_unet_down_blocks_0_": "IN01", "lora_unet_mid_block_": "M00", "lora_unet_up_blocks_1_": "OUT03"}
 
 
 # (out, in, kernel) of the modules both inputs have; B alone has a text-encoder module, A alone one of OUT03.
@@ -35,7 +35,7 @@ ONLY_A = {"lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k": 
 
 @pytest.fixture
 def loras(tmp_path):
-    """B and A LoRA files (SD1 names) with modules in BASE, IN01 (linear, 1x1 and 3x3 conv), MID and OUT03."""
+    """B and A LoRA files (SD1 names) with modules in BASE, IN01 (linear, 1x1 and 3x3 conv), M00 and OUT03."""
     g = torch.Generator().manual_seed(0)
 
     def lora(shapes: dict, alpha: float) -> dict:
@@ -62,8 +62,8 @@ def block_of(name: str) -> str:
 
 def test_each_input_is_scaled_per_block_before_the_merge(loras, tmp_path):
     pb, pa = loras
-    wb = {"BASE": 0.5, "IN01": 2.0, "MID": 0.0, "OUT03": 3.0}
-    wa = {"BASE": -1.0, "IN01": 0.25, "MID": 0.0}  # OUT03 left at 1
+    wb = {"BASE": 0.5, "IN01": 2.0, "M00": 0.0, "OUT03": 3.0}
+    wa = {"BASE": -1.0, "IN01": 0.25, "M00": 0.0}  # OUT03 left at 1
     lbws = [vector(wb), json.dumps(vector(wa))]  # a list, and a JSON string as sd-scripts takes it
     result = merge_loras([pb, pa], [1.0, -1.0], new_rank=32, new_conv_rank=32, lbws=lbws)
     b, a = load_lora_file(pb).modules, load_lora_file(pa).modules
@@ -86,7 +86,7 @@ def test_each_input_is_scaled_per_block_before_the_merge(loras, tmp_path):
     document = json.loads(stats_path.read_text())
     assert [i["lbw"] for i in document["inputs"]] == [vector(wb), vector(wa)]
     assert {m["name"]: m["lbw_block"] for m in document["modules"]} == {n: block_of(n) for n in result.modules}
-    assert [(r["block"], r["modules"]) for r in document["lbw_blocks"]] == [("BASE", 1), ("IN01", 3), ("MID", 1), ("OUT03", 1)]
+    assert [(r["block"], r["modules"]) for r in document["lbw_blocks"]] == [("BASE", 1), ("IN01", 3), ("M00", 1), ("OUT03", 1)]
     assert {r["block"] for r in document["blocks"]} == {"te", "in0", "mid", "out1"}  # the U-Net view, as before
 
 
@@ -134,7 +134,7 @@ def test_cli_lbws_and_stats_views(loras, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "per block (LBW)" in text and "IN01" in text and "OUT03" in text and "Δ1 block weights (17): 1,0,1,1" in text
     assert main(["stats", str(out), "--sort", "block", "--json", "--top", "0"]) == 0
-    assert [r["lbw_block"] for r in json.loads(capsys.readouterr().out)] == ["BASE", "IN01", "IN01", "IN01", "MID", "OUT03"]
+    assert [r["lbw_block"] for r in json.loads(capsys.readouterr().out)] == ["BASE", "IN01", "IN01", "IN01", "M00", "OUT03"]
     assert main(["stats", str(out), "--blocks", "unet", "--block", "in0", "--json"]) == 0
     assert {r["block"] for r in json.loads(capsys.readouterr().out)} == {"in0"}
     assert main(["stats", str(out), "--blocks", "unet"]) == 0
@@ -163,11 +163,11 @@ def project_with_loras(tmp_path, pair, lbws_line: str):
 
 @pytest.mark.parametrize("written", ["[{}]", "{}"])  # [[…]], or one vector written flat: refused as "at most 2 vectors, got 17"
 def test_project_lbws_one_vector_weights_both(loras, tmp_path, written):
-    root, plan = project_with_loras(tmp_path, loras, "lbws = " + written.format(vector({"MID": 0.5})))
-    assert plan.project.merge.lbws == [vector({"MID": 0.5})]
+    root, plan = project_with_loras(tmp_path, loras, "lbws = " + written.format(vector({"M00": 0.5})))
+    assert plan.project.merge.lbws == [vector({"M00": 0.5})]
     assert main(["merge", "--project", str(root)]) == 0
     provenance = json.loads(load_lora_file(plan.merged_path).metadata["copylora_merge"])
-    assert [i["lbw"] for i in provenance["inputs"]] == [vector({"MID": 0.5})] * 2
+    assert [i["lbw"] for i in provenance["inputs"]] == [vector({"M00": 0.5})] * 2
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -195,10 +195,10 @@ def test_sdxl_names_take_sdxl_vectors(tmp_path):
     g = torch.Generator().manual_seed(1)
     shapes = {"lora_te1_text_model_encoder_layers_0_mlp_fc1": ("BASE", 32, 16), "lora_te2_text_model_encoder_layers_0_mlp_fc1": ("BASE", 32, 16),
               "lora_unet_input_blocks_1_0_emb_layers_1": ("IN01", 16, 24), "lora_unet_input_blocks_4_1_proj_in": ("IN04", 24, 24),
-              "lora_unet_middle_block_1_proj_out": ("MID", 32, 32), "lora_unet_output_blocks_2_1_proj_in": ("OUT02", 24, 24)}
+              "lora_unet_middle_block_1_proj_out": ("M00", 32, 32), "lora_unet_output_blocks_2_1_proj_in": ("OUT02", 24, 24)}
     modules = {name: (*factors(g, out_f, in_f, 4), 1.0) for name, (_, out_f, in_f) in shapes.items()}
     path = save_lora_file(tmp_path / "x.safetensors", modules, {"ss_base_model_version": "sdxl_base_v1-0"}, "float")
-    weights = {"BASE": 2.0, "IN04": 3.0, "MID": 4.0, "OUT02": 5.0}
+    weights = {"BASE": 2.0, "IN04": 3.0, "M00": 4.0, "OUT02": 5.0}
     result = merge_loras([path], [1.0], new_rank=8, lbws=[vector(weights, 12)])
     source = load_lora_file(path).modules
     for name, (block, _, _) in shapes.items():

@@ -50,7 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     merge.add_argument(
         "--lbws", nargs="+", metavar="'[1,0,...]'",
         help="LoRA Block Weight vector per model, as kohya's --lbws: each model's change is scaled per block before the merge; "
-             "12 or 20 weights (SDXL), 17 or 26 (SD1/SD2), blocks BASE, IN00…, MID, OUT00…; with --project its [merge] lbws",
+             "12 or 20 weights (SDXL), 17 or 26 (SD1/SD2), blocks BASE, IN00…, M00, OUT00…; with --project its [merge] lbws",
     )
     merge.set_defaults(func=cmd_merge)
 
@@ -74,10 +74,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     stats.add_argument("file", metavar="FILE", help="merged LoRA, its .stats.json, or a project folder (its result)")
     stats.add_argument("--sort", choices=("block", "cos", "energy", "error", "name", "norm"), default="energy",
-                       help="energy (lowest first), error, norm, cos, name, block (BASE, IN00…, MID, OUT00…)")
+                       help="energy (lowest first), error, norm, cos, name, block (BASE, IN00…, M00, OUT00…)")
     stats.add_argument("--blocks", choices=("lbw", "unet"), default="lbw",
-                       help="group by LoRA Block Weight blocks (BASE, IN04, MID, OUT03…; default) or by U-Net level (te, in1, mid, out3…)")
-    stats.add_argument("--block", metavar="B", help="only modules of this block or group, in either naming: IN04, OUT, BASE, MID, or te, in1, out3…")
+                       help="group by LoRA Block Weight blocks (BASE, IN04, M00, OUT03…; default) or by U-Net level (te, in1, mid, out3…)")
+    stats.add_argument("--block", metavar="B", help="only modules of this block or group, in either naming: IN04, OUT, BASE, M00, or te, in1, out3…")
     stats.add_argument("--kind", choices=("linear", "conv1x1", "conv3x3"), help="only this kind of module")
     stats.add_argument("--top", type=count, default=20, metavar="N", help="rows to show (0: all; default 20)")
     stats.add_argument("--json", action="store_true",
@@ -256,7 +256,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from copylora_tui.core.stats_table import load_stats, select_rows
 
     document = load_stats(_project_stats(args.file))
-    if args.block and not select_rows(document, block=args.block, top=0, view=args.blocks):
+    if args.block is not None and (not args.block.strip() or not select_rows(document, block=args.block, top=0, view=args.blocks)):
         from copylora_tui.core.stats_table import VIEWS, block_filters
 
         # An unknown block used to print an empty table (exit 0), as if the block had no change.

@@ -5,9 +5,9 @@ disagree about which rows match or in which order they come.
 The document is the ``<name>.stats.json`` the merge writes (checked by
 :func:`engine.merge.stats.read_stats`, which also gives files from before LBW blocks their
 ``lbw_block`` and ``lbw_blocks``). Two views group it: by LoRA Block Weight block (``lbw``:
-BASE, IN04, MID, OUT03…) or by U-Net level (``unet``: te, in1, mid, out3…). A block filter is
+BASE, IN04, M00, OUT03…) or by U-Net level (``unet``: te, in1, mid, out3…). A block filter is
 read in the view's naming first, else in the other one (``--block out3`` keeps working in the
-LBW view); the groups in/IN, out/OUT, mid/MID hold the same modules either way.
+LBW view); the groups in/IN, out/OUT, mid/M00 hold the same modules either way.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def select_rows(document: dict, *, sort: str = "energy", block: str | None = Non
 
 def _is_in(name: str, block: str) -> bool:
     """A module's block ``name`` is this block or in this group (``OUT03``/``OUT``, ``out3``/``out``; any case)."""
-    name, want = name.lower(), block.lower()
-    want = "mid" if want == "m00" else want  # the LoRA Block Weight extension's other name for the middle block
+    # the middle block: M00 (the LoRA Block Weight extension's name), MID (stats files written before
+    # 2026-12-07, and sd-scripts' word), mid (the U-Net level)
+    name, want = ("mid" if n in ("m00", "mid") else n for n in (name.lower(), block.lower()))
     return name == want or (want.isalpha() and name.rstrip("0123456789") == want)
 
 
@@ -98,7 +99,7 @@ def block_filters(document: dict, view: str = "lbw") -> list[str]:
     """Block filters of a view present in the file: whole groups (in, out, …; IN, OUT, …) then single blocks."""
     field = VIEWS[view][1]
     blocks = [b["block"] for b in block_summary(document, view)] or sorted({m[field] for m in document["modules"]})
-    groups = list(dict.fromkeys(re.sub(r"\d+$", "", b) for b in blocks))
+    groups = list(dict.fromkeys(re.sub(r"\d+$", "", b) for b in blocks if b != "M00"))  # M00 is one block, no group "M"
     return [g for g in groups if g not in blocks] + blocks
 
 

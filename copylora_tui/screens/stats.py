@@ -2,7 +2,7 @@
 it the new rank keeps.
 
 Top: one row per block with bars for the energy kept and the size of the merged change ‖Δ‖
-relative to the largest block; the blocks are LoRA Block Weight blocks (BASE, IN01…, MID,
+relative to the largest block; the blocks are LoRA Block Weight blocks (BASE, IN01…, M00,
 OUT03…) or U-Net levels (te, in0…, mid, out0…), v switches. Below: every module, sortable by
 any column (s cycles, or click a heading; r reverses) and filtered by block (b) and kind (k).
 """
@@ -243,7 +243,7 @@ class StatsScreen(ActsWhileOpen, Screen):
 
     def action_switch_view(self) -> None:
         """LBW blocks <-> U-Net levels; a block filter is dropped unless it is a group both
-        namings share (in/IN, out/OUT, mid/MID: the same modules)."""
+        namings share (in/IN, out/OUT, mid/M00: the same modules)."""
         if not self.document:
             return
         self.view = "unet" if self.view == "lbw" else "lbw"

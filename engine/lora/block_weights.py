@@ -1,7 +1,7 @@
 """LoRA Block Weight (LBW) blocks: the per-layer vocabulary users know, and weights per block.
 
 hako-mikan's sd-webui-lora-block-weight names the U-Net by the original (SGM/LDM) block
-numbering: ``BASE`` (the text encoder), ``IN00``–``IN11``, ``MID``, ``OUT00``–``OUT11``. A
+numbering: ``BASE`` (the text encoder), ``IN00``–``IN11``, ``M00``, ``OUT00``–``OUT11``. A
 weight vector lists one weight per block of a fixed list: 26 or 17 blocks for SD1/SD2, 20 or
 12 for SDXL. kohya-ss sd-scripts' ``networks/svd_merge_lora.py --lbws`` takes the same vectors
 (one per model, as a JSON list string) and scales each model's delta per block before the
@@ -53,7 +53,7 @@ _SDXL_UNET = re.compile(r"^lora_unet_(input_blocks|output_blocks)_(\d+)_")
 
 
 def lbw_block(name: str, family: str | None = None) -> str | None:
-    """The LBW block of a kohya module name (``IN04``, ``MID``, ``BASE``), None for a module
+    """The LBW block of a kohya module name (``IN04``, ``M00``, ``BASE``), None for a module
     of no block. ``family`` (``sd``/``sdxl``) restricts the U-Net naming read, as sd-scripts'
     ``is_sdxl`` does; None reads either (the two namings share no module name)."""
     if "text_model_encoder_" in name:
@@ -78,7 +78,7 @@ def _sd_block(name: str) -> str | None:
         if side == "up" and part == "upsamplers":
             return _numbered("OUT", 3 * i + 2)
         return None  # an up block's downsampler: no such module
-    return "MID" if "mid_block_" in name else None
+    return "M00" if "mid_block_" in name else None
 
 
 def _sdxl_block(name: str) -> str | None:
@@ -91,7 +91,7 @@ def _sdxl_block(name: str) -> str | None:
     if rest.startswith(("time_embed_", "label_emb_")):
         return "IN00"
     if rest.startswith("middle_block_"):
-        return "MID"
+        return "M00"
     if rest.startswith("out_"):
         return "OUT09"
     return None
@@ -119,5 +119,5 @@ def module_weight(name: str, expanded: dict[str, float], family: str | None = No
 
 
 def block_sort_key(block: str) -> tuple[int, str]:
-    """LBW blocks in list order (BASE, IN00…, MID, OUT00…, other), then anything else by name."""
+    """LBW blocks in list order (BASE, IN00…, M00, OUT00…, other), then anything else by name."""
     return (BLOCK_ORDER.get(block, len(BLOCK_ORDER)), block)

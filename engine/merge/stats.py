@@ -3,7 +3,7 @@
 Each module has two blocks, for two views:
 
 * ``lbw_block``: the LoRA Block Weight block users know from sd-webui-lora-block-weight and
-  sd-scripts' ``--lbws`` (``BASE``, ``IN04``, ``MID``, ``OUT03``; see
+  sd-scripts' ``--lbws`` (``BASE``, ``IN04``, ``M00``, ``OUT03``; see
   :mod:`engine.lora.block_weights`), ``other`` for a module of none;
 * ``block``: the U-Net level as the file names it: ``te`` (text encoder, ``te1``/``te2`` for
   SDXL), ``in`` (down blocks / input_blocks), ``mid`` and ``out`` (up blocks / output_blocks),

@@ -324,7 +324,7 @@ class MergeParams:
     save_precision: str = spec("Precision of the merged file.", default="fp16", choices=SAVE_PRECISIONS)
     lbws: list = spec(
         "LoRA Block Weight vectors of [B, A] (one vector: both alike), as sd-scripts' --lbws: each scales its LoRA's change per "
-        "block before the merge; 17 or 26 weights for SD1/SD2 (BASE, IN00-IN11, MID, OUT00-OUT11), 12 or 20 for SDXL; [] = none.",
+        "block before the merge; 17 or 26 weights for SD1/SD2 (BASE, IN00-IN11, M00, OUT00-OUT11), 12 or 20 for SDXL; [] = none.",
         factory=list,
     )
 
