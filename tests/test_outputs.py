@@ -65,6 +65,11 @@ def test_the_preview_follows_sample_and_the_check_picture(real_runs):
     from engine.project.folder import save_project
 
     project = load_project(real_runs / "mono")
+    project.merge.new_rank += 1  # the result is made again: so is its grid (it read "current" beside "merged: stale")
+    save_project(project)
+    assert Result(plan_of(real_runs / "mono")).status().state == STALE
+    assert Grid(plan_of(real_runs / "mono")).status().pair() == (False, "of a result that is made again")
+    project.merge.new_rank -= 1
     project.sample.seed += 1
     save_project(project)
     assert Grid(plan_of(real_runs / "mono")).status().pair() == (False, "[sample] changed")
@@ -76,6 +81,12 @@ def test_the_preview_follows_sample_and_the_check_picture(real_runs):
     grid.write_bytes(whole[:record + 2000])  # cut after its record (before the pixels end): it read as current
     assert Grid(mono).status().pair() == (False, "unreadable preview")
     grid.write_bytes(whole)
+
+    toml = real_runs / "differential" / "copylora.toml"
+    text = toml.read_text()
+    toml.write_text(text.replace("base_weights_multiplier = 1.0", "base_weights_multiplier = 0.5"))  # the check shows A at 1
+    assert Check(plan_of(real_runs / "differential")).status().pair() == (False, "of a result that is made again")
+    toml.write_text(text)
 
     differential = plan_of(real_runs / "differential")
     differential.outputs.check.unlink()

@@ -409,6 +409,8 @@ class Grid:
             return Status(STALE, "the merged LoRA changed")
         if record.get("project_sample") != self.record()["project_sample"]:  # older grids lack it: drawn again once
             return Status(STALE, "[sample] changed")
+        if not Result(self.plan).status().current:  # it read "current" beside "merged: stale" (new_rank changed)
+            return Status(STALE, "of a result that is made again")
         return Status(CURRENT, self.path.name)
 
 
@@ -428,6 +430,8 @@ class Check:
             return Status(MISSING if not self.path.is_file() else STALE, "no check picture of the current A and result")
         if record.get("lora_sha256") != content_hash(self.plan.outputs.result) or record.get("a_sha256") != content_hash(self.plan.outputs.lora("a")):
             return Status(STALE, "no check picture of the current A and result")
+        if not Result(self.plan).status().current:  # base_weights_multiplier changed: "result stale", the check "current"
+            return Status(STALE, "of a result that is made again")
         return Status(CURRENT, self.path.name)
 
 
