@@ -425,7 +425,7 @@ def test_queue_fits_its_terminal_by_leaving_out_the_least_before_cutting(tmp_pat
 
     monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
     queue = Queue()
-    for name in ("mono", "example-monochrome"):
+    for name in ("mono", "example-monochrome-with-a-very-long-name-of-sixty-four-characters-in-it"):
         job = queue.enqueue("train", f"/p/{name}", side="ab", label="train A+B", total=200)
         queue.claim(None)
         queue.report_progress(job.id, Progress(200, 200, 0.7, 0.74, 1e-3, 6.0, 0.0, 30.0, None, 0.7, 0.742, copy_db=-17.3, copy_db_b=-17.8,

@@ -304,6 +304,25 @@ def test_a_queue_opened_on_a_real_full_disk_says_the_disk_is_full(small_disk):
     reader.close()
 
 
+def test_a_queue_read_on_a_full_disk_says_what_it_cannot_show(small_disk):
+    """Read as last written (immutable: its WAL index cannot be made), changes still in its
+    write-ahead log are not shown: said, not passed off as the whole queue."""
+    home = small_disk / "state"
+    first = Queue(home)
+    first.enqueue("merge", "/p/one", label="merge")
+    first.close()
+    subprocess.run([sys.executable, "-c", "import os; from engine.jobs.queue import Queue; q = Queue(os.environ['H']); "
+                    "q.db.execute('PRAGMA wal_autocheckpoint = 0'); q.enqueue('merge', '/p/two', label='merge'); os._exit(0)"],
+                   env={**os.environ, "H": str(home)}, check=True)  # a process that ended without merging its log
+    (home / "queue.db-shm").unlink()
+    fill_disk(small_disk / "filler")
+    queue = Queue(home, reading=True)
+    assert queue.read_only is not None and FULL in queue.read_only
+    shown = [job.project for job in queue.jobs()]
+    assert shown == ["/p/one"] and queue.read_only.endswith("its newest changes (in queue.db-wal) are not shown"), (shown, queue.read_only)
+    queue.close()
+
+
 def test_a_checkpoint_on_a_full_disk_says_the_disk_is_full(small_disk):
     """torch.save on a full disk raises "[enforce fail at inline_container.cc:672] . unexpected
     pos 2813120 vs 2813008": the job failed with that line."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,15 +33,21 @@ class StandIn:
         monkeypatch.setattr(slurm, "submit", self.submit)
         monkeypatch.setattr(slurm, "squeue", self.squeue)
         monkeypatch.setattr(slurm, "cancel", self.cancel)
-        monkeypatch.setattr(slurm, "find_by_name", lambda job_id: self.by_name.get(job_id))
+        self.lookup_error: str | None = None
+        monkeypatch.setattr(slurm, "find_by_name", self.find_by_name)
 
     def submit(self, job_id, *_args) -> str:
         if self.submit_error:
-            raise slurm.SlurmError(self.submit_error)
+            raise slurm.SlurmError(f"sbatch ... failed: {self.submit_error}", said=self.submit_error)
         self.submits.append(job_id)
         self.next_id += 1
         self.listed[str(self.next_id)] = "PENDING"
         return str(self.next_id)
+
+    def find_by_name(self, home, job_id) -> str | None:
+        if self.lookup_error:
+            raise slurm.SlurmError(self.lookup_error, said=self.lookup_error)
+        return self.by_name.get(job_id)
 
     def squeue(self, ids) -> dict:
         return {i: {"state": s, "reason": "", "node": ""} for i, s in self.listed.items() if i in ids}
@@ -48,7 +55,7 @@ class StandIn:
     def cancel(self, slurm_id, state) -> None:
         self.cancels += 1
         if self.cancel_error:
-            raise slurm.SlurmError(self.cancel_error)
+            raise slurm.SlurmError(f"scancel ... failed: {self.cancel_error}", said=self.cancel_error)
 
 
 @pytest.fixture
@@ -100,7 +107,10 @@ def test_a_job_slurm_calls_over_ends_when_its_runner_said_so(cluster):
 
 
 @pytest.mark.parametrize("line", [b'{"event": "start_step"}', b'[1]', b'"x"', b'{"event": "progress", "progress": 5}',
-                                  b'{"event": "exit", "code": "one"}', b'{"event": "finish", "status": "sideways"}'])
+                                  b'{"event": "exit", "code": "one"}', b'{"event": "finish", "status": "sideways"}',
+                                  b'{"event": "finish", "status": "running"}', b'{"event": "start_step", "step": 1e999, "total": 9}',
+                                  b'{"event": "start_step", "step": 100000000000000000000000, "total": 9}',
+                                  b'{"event": "exit", "code": 1e999}'])
 def test_a_channel_line_of_another_shape_is_skipped(tmp_path, line):
     """Valid JSON of the wrong shape in events.jsonl ended the worker (KeyError: 'step'), and
     every worker started after it, reading the line again."""
@@ -157,6 +167,36 @@ def test_a_submission_slurm_could_not_take_waits_and_one_it_refused_fails(cluste
     jobs.submit_after = 0.0
     jobs._submit(queue)
     assert queue.get(second.id).status is JobStatus.FAILED and "Invalid partition" in queue.get(second.id).error
+
+
+def test_a_job_an_sbatch_may_have_submitted_is_never_submitted_again_before_slurm_says(cluster):
+    """sbatch past our timeout (it had submitted the job) and Slurm too slow to look it up: 30 s
+    later the job was submitted again, its live channel emptied first."""
+    stand_in, queue, jobs, _said = cluster
+    job = queue.enqueue("merge", "/p", label="merge")
+    stand_in.submit_error = "did not answer"
+    stand_in.lookup_error = "squeue: error: Socket timed out on send/recv operation"
+    jobs._submit(queue)
+    assert queue.get(job.id).status is JobStatus.QUEUED and job.id in jobs.maybe_submitted
+    stand_in.submit_error = None
+    jobs.submit_after = 0.0
+    jobs._submit(queue)  # Slurm still cannot say: no sbatch
+    assert not stand_in.submits and queue.get(job.id).status is JobStatus.QUEUED
+    stand_in.lookup_error = None
+    stand_in.by_name[job.id] = "555"  # it has it: followed, its channel as the node writes it
+    channel = jobs.home / "channels" / str(job.id) / "events.jsonl"
+    channel.write_text('{"event": "start_step", "step": 3, "total": 9}\n')
+    jobs.submit_after = 0.0
+    jobs._submit(queue)
+    assert not stand_in.submits and jobs.tracked[job.id].slurm_id == "555" and channel.read_text()
+
+
+def test_slurm_errors_are_told_apart_by_what_slurm_said_not_the_command_line():
+    refused = slurm.SlurmError("sbatch --partition=socket-gpu x.sh failed: sbatch: error: Invalid partition name specified",
+                               said="sbatch: error: Invalid partition name specified")
+    assert not refused.temporary  # "socket" in the partition's name read as a socket time-out: retried for good
+    assert slurm.SlurmError("x", said="sbatch: error: QOSMaxSubmitJobPerUserLimit").temporary  # a QOS's limit: wait
+    assert slurm.job_name(Path("/a"), 1) != slurm.job_name(Path("/b"), 1)  # job #1 of another state folder is another job
 
 
 def test_a_job_that_never_starts_on_its_node_fails_after_a_few_tries(cluster):

@@ -15,7 +15,11 @@ from engine.jobs.queue import JobStatus
 from engine.jobs.slurm import status_text as slurm_status
 
 
-def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm: bool) -> Table:
+PROJECT_LEAST = 8  # the project column's least width: the names are cut before any other column goes
+
+
+def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm: bool, project_cut: int | None = None,
+           project_room: int | None = None) -> Table:
     from copylora_tui.core.formatting import rate_text
     from engine.train.progress import format_duration
 
@@ -27,7 +31,7 @@ def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm:
     columns += [("slurm", "left")] if on_slurm else []
     for column, justify in columns:
         if column == "project":
-            table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+            table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", min_width=PROJECT_LEAST, max_width=project_room)
         else:
             table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
     for job in jobs:
@@ -37,7 +41,7 @@ def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm:
         rate = rate_text(job.it_per_s) if job.live and not pending and job.it_per_s else ""  # an earlier run's: not now
         style = STATUS_STYLE.get(job.shown_status) or "default"
         status = "pending" if pending else job.shown_status  # as the app says it
-        cells = [f"#{job.id}", escape(project_label(job.project)), escape(job.label), f"[{style}]{status}[/]", progress]
+        cells = [f"#{job.id}", escape(project_label(job.project)[:project_cut]), escape(job.label), f"[{style}]{status}[/]", progress]
         cells += ([rate] if speed else []) + ([eta] if live else [])
         cells += [job_loss_text(job)] + ([job_copy_text(job)] if copies else [])
         cells += [escape(slurm_status(job.slurm)) if job.status is JobStatus.RUNNING else ""] if on_slurm else []
@@ -67,9 +71,14 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
     fits = [dict(width=12, copies=copies, speed=live), dict(width=8, copies=copies, speed=live), dict(width=8, copies=False, speed=live),
             dict(width=8, copies=False, speed=False), dict(width=5, copies=False, speed=False), dict(width=0, copies=False, speed=False)]
     for shape in fits:
-        table = _table(jobs, live=live, on_slurm=on_slurm, **shape)
-        if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:  # its natural width
+        # measured with the project cut to its least (it shrinks, ending in "…"): a long name
+        # measured whole made every shape "too wide", and the job number went again
+        measured = _table(jobs, live=live, on_slurm=on_slurm, project_cut=PROJECT_LEAST, **shape)
+        natural = Measurement.get(console, console.options.update_width(10_000), measured).maximum  # its width, uncut
+        if natural <= console.width:
             break
+    # the project's column takes what the others leave (Rich, left to itself, cut every column)
+    table = _table(jobs, live=live, on_slurm=on_slurm, project_room=max(PROJECT_LEAST, console.width - natural + PROJECT_LEAST), **shape)
     console.print(table)
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status is JobStatus.FAILED and job.error:

@@ -21,7 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from engine.jobs.queue import Job, JobStatus, Queue
+from engine.errors import CopyloraError
+from engine.jobs.queue import Job, JobStatus, Queue, QueueWriteError
 from engine.jobs.state_home import channel_dir
 
 EVENTS, JOB, REQUESTS = "events.jsonl", "job.json", "requests.json"
@@ -126,9 +127,12 @@ def ingest(queue: Queue, job_id: int, folder: Path, offset: int) -> tuple[int, l
                 queue.record_gpus(event["samples"])
             elif kind == "exit":
                 event["code"] = int(event.get("code", 1))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            # A line of another shape (a damaged disk, a hand's edit, another version's runner):
-            # skipped. It ended the worker, and every worker after it, reading it again.
+        except QueueWriteError:  # the queue's disk is full: the worker waits, and reads these lines again
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, CopyloraError):
+            # A line of another shape (a damaged disk, a hand's edit, another version's runner;
+            # a step of 1e999, a finish "running" the queue refuses): skipped. It ended the
+            # worker, and every worker after it, reading it again.
             continue
         events.append(event)
     return offset + end, events

@@ -144,6 +144,13 @@ def _write_problem(path: Path, exc: sqlite3.Error) -> QueueWriteError | None:
     return None
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _nearly_full(folder: Path) -> bool:
     """Whether the disk under ``folder`` has less room than a queue write needs (SQLite's WAL
     index alone takes 32 KiB)."""
@@ -332,24 +339,33 @@ class Queue:
                 delay = min(delay * 2, 0.2)
 
     def _open_read_only(self, problem: QueueWriteError) -> bool:
-        """The queue file as last written (immutable: no WAL index to make, nothing locked; a
-        write-ahead log a crash left unmerged is not read), if it is one this copylora reads."""
+        """The queue read-only, if it is one this copylora reads: with its write-ahead log where
+        SQLite can read it so, else the file alone (immutable: no WAL index to make, nothing
+        locked; changes still in the log, which a process on it or a crash leaves, are not
+        shown, and the reason says so)."""
         from urllib.parse import quote
 
         if not self.path.is_file():
             return False
-        try:
-            db = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro&immutable=1", uri=True, isolation_level=None,
-                                 check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                db.close()
-                return False
-        except sqlite3.DatabaseError:
+        reason = str(problem)
+        for how in ("mode=ro", "mode=ro&immutable=1"):  # read-only, WAL and all, where its index can be had; else the file alone
+            try:
+                db = sqlite3.connect(f"file:{quote(str(self.path))}?{how}", uri=True, isolation_level=None, check_same_thread=False)
+                db.row_factory = sqlite3.Row
+                if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    db.close()
+                    return False
+                db.execute("SELECT count(*) FROM jobs").fetchone()
+                break
+            except sqlite3.DatabaseError:
+                continue
+        else:
             return False
+        if "immutable" in how and _file_size(Path(f"{self.path}-wal")):
+            reason += "; its newest changes (in queue.db-wal) are not shown"
         if hasattr(self, "db"):
             self.db.close()
-        self.db, self.read_only = db, str(problem)
+        self.db, self.read_only = db, reason
         return True
 
     def close(self) -> None:

@@ -22,7 +22,6 @@ re-submitted one). Steering:
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import shlex
@@ -68,7 +67,7 @@ class SlurmOptions:
 # timeout): the request may be tried again. Anything else (a partition that does not exist, an
 # option sbatch refuses) is the settings' to fix.
 _TEMPORARY = re.compile(r"Unable to contact|temporarily|timed out|did not answer|Connection refused|Zero Bytes|try again|"
-                        r"Resource temporarily unavailable|Socket", re.I)
+                        r"Resource temporarily unavailable|Socket|submit limit|MaxSubmit", re.I)  # (a QOS's job limit: wait)
 _NO_SUCH_JOB = re.compile(r"Invalid job id", re.I)
 # squeue's states of a job that is over (with --states=all a finished job stays listed for
 # Slurm's MinJobAge, 300 s by default); every other state (PENDING, RUNNING, COMPLETING,
@@ -78,14 +77,19 @@ ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PRE
 
 
 class SlurmError(CopyloraError):
+    def __init__(self, message: str, said: str = "") -> None:
+        super().__init__(message)
+        self.said = said  # what the command itself said (its stderr), apart from our words and its command line
+
     @property
     def temporary(self) -> bool:
-        """Whether Slurm could not answer now (worth asking again), rather than said no."""
-        return bool(_TEMPORARY.search(str(self)))
+        """Whether Slurm could not answer now (worth asking again), rather than said no. Read in
+        what Slurm said only: a partition named "socket-gpu" in the command line read as "Socket"."""
+        return bool(_TEMPORARY.search(self.said))
 
     @property
     def no_such_job(self) -> bool:
-        return bool(_NO_SUCH_JOB.search(str(self)))
+        return bool(_NO_SUCH_JOB.search(self.said))
 
 
 def _run(command: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str:
@@ -95,11 +99,12 @@ def _run(command: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
-        raise SlurmError(f"{command[0]} not found: the Slurm executor needs Slurm's commands on this host") from None
+        raise SlurmError(f"{command[0]} not found: the Slurm executor needs Slurm's commands on this host", said="not found") from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{command[0]} did not answer within {timeout:.0f} s") from None
+        raise SlurmError(f"{command[0]} did not answer within {timeout:.0f} s", said="did not answer") from None
     if done.returncode != 0:
-        raise SlurmError(f"{shlex.join(command)} failed: {(done.stderr or done.stdout).strip()[:500]}")
+        said = (done.stderr or done.stdout).strip()[:500]
+        raise SlurmError(f"{shlex.join(command)} failed: {said}", said=said)
     return done.stdout
 
 
@@ -109,7 +114,7 @@ def submit(job_id: int, home: Path, channel: Path, log_path: Path, options: Slur
     runner = [sys.executable, "-m", "engine.jobs.runner", "--home", str(home), "--job", str(job_id), "--channel", str(channel)]
     # exec: the runner is the batch shell itself, so --signal=B:TERM and scancel --batch reach it
     script.write_text(f"#!/bin/sh\ncd {shlex.quote(working_folder(home))}\nexec {shlex.join(runner)}\n", encoding="utf-8")
-    command = ["sbatch", "--parsable", f"--job-name=copylora-{job_id}", f"--output={log_path}", "--open-mode=append",
+    command = ["sbatch", "--parsable", f"--job-name={job_name(home, job_id)}", f"--output={log_path}", "--open-mode=append",
                *options.arguments(), str(script)]
     out = _run(command).strip()
     slurm_id = out.split(";")[0].strip()
@@ -131,7 +136,7 @@ def squeue(slurm_ids: list[str]) -> dict[str, dict]:
     ("Invalid job id specified"), every poll, for good."""
     if not slurm_ids:
         return {}
-    out = _run(["squeue", "-h", "--states=all", "-u", getpass.getuser(), "-o", "%i|%T|%r|%N"], timeout=SQUEUE_TIMEOUT_S)
+    out = _run(["squeue", "-h", "--states=all", "-u", str(os.getuid()), "-o", "%i|%T|%r|%N"], timeout=SQUEUE_TIMEOUT_S)
     found = {}
     for line in out.splitlines():
         parts = line.strip().split("|")
@@ -141,10 +146,18 @@ def squeue(slurm_ids: list[str]) -> dict[str, dict]:
     return found
 
 
-def find_by_name(job_id: int) -> str | None:
+def job_name(home: Path, job_id: int) -> str:
+    """The Slurm job name of queue job ``job_id`` of the state folder ``home``: job #1 of
+    another state folder of the same user is another job."""
+    import hashlib
+
+    return f"copylora-{job_id}-{hashlib.sha256(str(home).encode()).hexdigest()[:6]}"
+
+
+def find_by_name(home: Path, job_id: int) -> str | None:
     """The Slurm id of this queue job's Slurm job, if Slurm has one (an sbatch that timed out
-    may have submitted it all the same)."""
-    out = _run(["squeue", "-h", "--states=all", "-u", getpass.getuser(), "-n", f"copylora-{job_id}", "-o", "%i|%T"],
+    may have submitted it all the same). Asked by user id (``$USER`` may name someone else)."""
+    out = _run(["squeue", "-h", "--states=all", "-u", str(os.getuid()), "-n", job_name(home, job_id), "-o", "%i|%T"],
                timeout=SQUEUE_TIMEOUT_S)
     alive = [line.split("|")[0].strip() for line in out.splitlines() if "|" in line and line.split("|")[1].strip() not in ENDED_STATES]
     return alive[-1] if alive else None

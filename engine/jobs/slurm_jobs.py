@@ -48,6 +48,7 @@ class SlurmJobs:
         self.last_squeue = self.last_ingest = 0.0
         self.submit_after = 0.0  # Slurm could not take the last submission: none before then (time.monotonic)
         self.silent: dict[int, tuple[int, int]] = {}  # job id: (Slurm jobs in a row that ended without a word, at step)
+        self.maybe_submitted: set[int] = set()  # jobs an sbatch that failed may have submitted, Slurm not asked yet
 
     def recover(self, queue: Queue) -> None:
         """A new worker: follow the Slurm jobs its predecessor submitted; requeue what never got there."""
@@ -83,6 +84,16 @@ class SlurmJobs:
             job = queue.claim("slurm")
             if job is None:
                 return
+            if job.id in self.maybe_submitted:  # an sbatch that may have submitted it: Slurm is asked first
+                try:
+                    found = slurm.find_by_name(self.home, job.id)
+                except slurm.SlurmError as exc:
+                    self._wait(queue, job, exc)
+                    return
+                self.maybe_submitted.discard(job.id)
+                if found is not None:  # its channel is the live job's: not opened afresh (that removes its events)
+                    self._follow_new(queue, job, found, channel_dir(self.home, job.id))
+                    continue
             channel = open_channel(self.home, job)
             try:
                 slurm_id = slurm.submit(job.id, self.home, channel, queue.log_path(job.id), self.options)
@@ -93,23 +104,26 @@ class SlurmJobs:
                     continue
                 # Slurm could not answer (its controller restarting, an sbatch past our timeout, which
                 # may have submitted it all the same): such a job failed, and every job after it, in a second.
-                found = self._submitted_anyway(job.id)
+                try:
+                    found = slurm.find_by_name(self.home, job.id)
+                except slurm.SlurmError:
+                    self.maybe_submitted.add(job.id)  # not known: never submitted again before Slurm says it has it not
+                    found = None
                 if found is None:
-                    queue.requeue_at_head(job.id, f"not submitted yet: {exc}; tried again in {RETRY_S:.0f} s")
-                    self.submit_after = time.monotonic() + RETRY_S
-                    self.log(f"job #{job.id}: {exc}; submissions wait {RETRY_S:.0f} s")
+                    self._wait(queue, job, exc)
                     return
                 slurm_id = found
-            info = {"id": slurm_id, "state": "PENDING", "reason": "", "node": ""}
-            queue.set_slurm(job.id, info)
-            self.tracked[job.id] = Tracked(job.id, slurm_id, channel, state="PENDING")
-            self.log(f"job #{job.id} ({job.label} of {job.project}) submitted: Slurm job {slurm_id}")
+            self._follow_new(queue, job, slurm_id, channel)
 
-    def _submitted_anyway(self, job_id: int) -> str | None:
-        try:
-            return slurm.find_by_name(job_id)
-        except slurm.SlurmError:
-            return None
+    def _follow_new(self, queue: Queue, job: Job, slurm_id: str, channel: Path) -> None:
+        queue.set_slurm(job.id, {"id": slurm_id, "state": "PENDING", "reason": "", "node": ""})
+        self.tracked[job.id] = Tracked(job.id, slurm_id, channel, state="PENDING")
+        self.log(f"job #{job.id} ({job.label} of {job.project}) submitted: Slurm job {slurm_id}")
+
+    def _wait(self, queue: Queue, job: Job, exc: slurm.SlurmError) -> None:
+        queue.requeue_at_head(job.id, f"not submitted yet: {exc}; tried again in {RETRY_S:.0f} s")
+        self.submit_after = time.monotonic() + RETRY_S
+        self.log(f"job #{job.id}: {exc}; submissions wait {RETRY_S:.0f} s")
 
     def _pass_orders(self, queue: Queue) -> None:
         if not self.tracked:
