@@ -14,7 +14,6 @@ from copylora_tui.core.formatting import STATUS_STYLE, bar, job_copy_text, job_l
 from engine.jobs.queue import JobStatus
 from engine.jobs.slurm import status_text as slurm_status
 
-
 PROJECT_LEAST = 8  # the project column's least width: the names are cut before any other column goes
 
 
