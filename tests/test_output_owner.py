@@ -84,6 +84,8 @@ def test_an_output_folder_inside_another_project_is_refused(tmp_path, capsys):
     assert f"project.output_dir: {original / 'output'} is inside another project's folder ({original})" in err, err
     set_keys(copy, "project", output_dir=json.dumps(str(tmp_path / "loras")))  # a folder of its own, outside both: fine
     assert main(["check", str(copy)]) == 0
+    (tmp_path / "copylora.toml").write_text("stray")  # a project file above the projects folder is no project they are in
+    assert main(["check", str(copy)]) == 0
 
 
 def test_the_look_and_the_claim_are_one_step(tmp_path):

@@ -191,7 +191,7 @@ def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, c
     (["--seed", str(2**70)], "--seed: must be at most"),
     (["--steps", "5000"], "--steps: must be at most"),
     (["--strengths", ",".join(["1"] * 300)], "--strengths: 1 prompt(s) x 300 strength(s) = 300 pictures of"),  # drawn for minutes
-    (["--size", "4096x4096", "--strengths", "0,0.5,1,1.5,2,2.5"], "(101 megapixels): at most 256 pictures and 80 megapixels"),
+    (["--size", "4096x4096", "--strengths", ",".join(["1"] * 11)], "(185 megapixels): at most 256 pictures and 178 megapixels"),
     (["--prompt", "x", "--sampler", "DPM++ 2M Karas"], "--sampler: unknown value 'DPM++ 2M Karas' (did you mean 'dpmpp_2m_karras'?)"),
 ])
 def test_sample_flags_obey_the_rules_of_a_projects_sample_table(lora_file, flags, says, capsys):

@@ -14,7 +14,7 @@ import time
 
 from copylora_tui.cli.exit_codes import EXIT_INTERRUPTED
 from copylora_tui.core.formatting import job_loss_text, project_label
-from engine.errors import Problem, ValidationError
+from engine.errors import CopyloraError, Problem, ValidationError
 from engine.jobs.queue import ACTIVE, FINISHED, JobStatus
 
 
@@ -398,7 +398,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker started (pid {pid}), jobs run {where}; log: {home / 'worker.log'}")
         return 0
     if args.action == "stop":
-        on_slurm = "slurm" in str((Queue().worker_row() or {}).get("gpus", ""))  # its slots: ["slurm"] with that executor
+        try:  # its slots: ["slurm"] with that executor (read only: a full disk must not keep a worker from stopping)
+            on_slurm = "slurm" in str((Queue(reading=True).worker_row() or {}).get("gpus", ""))
+        except CopyloraError:
+            on_slurm = False
         pid = stop_worker()
         after = ("its Slurm jobs keep running; the next worker follows them" if on_slurm
                  else "running jobs checkpointed and queued first")

@@ -305,10 +305,10 @@ def _check_names(lora, targets: dict, family: str, lora_name: str) -> None:
     unknown = sorted(set(lora.modules) - set(targets))
     if not unknown:
         return
-    from engine.merge.svd import family_of
+    from engine.merge.svd import family_of, same_architecture
 
     lora_family = family_of(lora)
-    hint = f" (it looks like an {lora_family} LoRA)" if lora_family != family.split("-")[0] else ""
+    hint = f" (it looks like an {lora_family} LoRA)" if not same_architecture((lora_family, family)) else ""
     raise LoRAFileError(
         f"{lora_name}: {len(unknown)} of {len(lora.modules)} LoRA module(s) match nothing in this {family} "
         f"base model{hint}: {_few(unknown)}"

@@ -38,8 +38,13 @@ def other_project_around(root: Path, output: Path) -> Path | None:
 
     try:
         mine, folder = root.resolve(), output.resolve()
+        # up to the folder the two share, not beyond: a stray copylora.toml above the projects
+        # folder made every project with an output outside its own folder "inside" it
+        shared = Path(os.path.commonpath([mine, folder]))
         for place in (folder, *folder.parents):
-            if place != mine and (place / PROJECT_FILE).is_file():
+            if place == shared or place in shared.parents:
+                return None
+            if (place / PROJECT_FILE).is_file():
                 return place
     except (OSError, RuntimeError, ValueError):
         return None
