@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="validate a project and show its plan",
         description="Validate a project (every problem at once) and print the derived plan: steps, buckets, outputs.",
     )
-    check.add_argument("project", metavar="PROJECT", help="project folder or its copylora.toml")
+    check.add_argument("project", metavar="PROJECT", help="project folder (or its copylora.toml), or the NAME of one under --projects")
     check.add_argument("--json", action="store_true", help="print the plan as JSON")
     check.set_defaults(func=cmd_check)
 

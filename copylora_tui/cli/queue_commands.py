@@ -21,9 +21,9 @@ from engine.jobs.queue import ACTIVE, FINISHED, JobStatus
 def register(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser(
         "run",
-        help="queue train A, train B and merge for projects (background worker)",
+        help="queue what projects need (train A and B, merge, preview) in the background worker",
         description=(
-            "Queue the missing steps of each project (train A, train B, merge), skipping outputs that are up to date "
+            "Queue the missing steps of each project (class images, train A and B, merge, preview), skipping outputs that are up to date "
             "with the parameters, and start the background worker if it is not running. Jobs keep running when this "
             "terminal or SSH closes; watch them with `copylora queue`, `copylora logs JOB -f` or the app."
         ),

@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "routes train one LoRA on the pair: --side pair (<name>_PAIR.safetensors)."
         ),
     )
-    cmd.add_argument("project", metavar="PROJECT", help="project folder")
+    cmd.add_argument("project", metavar="PROJECT", help="project folder, or the NAME of one under --projects")
     cmd.add_argument("--side", required=True, choices=["a", "b", "ab", "pair", "A", "B", "AB", "PAIR"],
                      help="which teacher image to train on; ab: both, as one batch of two; pair: the addift/slider route's one LoRA")
     cmd.add_argument("--max_steps", type=int, metavar="N", help="train N steps instead of the planned count")
