@@ -32,11 +32,14 @@ async def test_stats_of_a_merged_lora_sort_and_filter(tmp_path, monkeypatch):
         blocks = app.screen.query_one("#blocks", DataTable)
         assert app.screen.view == "lbw" and blocks.row_count == 5 and str(blocks.get_row_at(0)[0]) == "IN04"
         assert module_names(app)[0] == "up2_res0_conv1"  # lowest energy kept first
+        assert "sort energy ↑" in screen_text(app)
         await pilot.press("s")  # the next column: truncation error, largest first
         assert app.screen.sort == "error" and module_names(app)[0] == "up2_res0_conv1"
+        await wait_until(pilot, lambda: "sort error ↓" in screen_text(app))  # the values go down the rows ("↑" it said)
         app.screen.sort = "norm"
         await pilot.press("r")
         assert module_names(app)[0].startswith("down1_att0_proj_in")  # smallest ‖Δ‖ first when reversed
+        await wait_until(pilot, lambda: "sort ‖Δ‖ ↑" in screen_text(app))
         await pilot.press("b")  # first block filter: the "IN" group
         assert app.screen.block == "IN" and len(module_names(app)) == 2
         await pilot.press("b", "k")

@@ -47,6 +47,9 @@ def left_cut(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[len(name) - width + 1:]
 
 
+LARGEST_FIRST = {"error", "norm", "kept"}  # sorts whose rows start at the largest value (engine: stats_table.COLUMNS)
+
+
 class StatsScreen(ActsWhileOpen, Screen):
     BINDINGS = [
         Binding("escape", "back", "Back", id="stats.back"),
@@ -177,12 +180,15 @@ class StatsScreen(ActsWhileOpen, Screen):
         if room is not None:  # the names' heads say the block, which has its column: their tails tell modules apart
             cells_of = [(key, [*cells[:-1], left_cut(cells[-1], room)]) for key, cells in cells_of]
         table.show(specs, cells_of)
-        arrow = "↓" if self.reverse else "↑"
+        # the order of the values shown: error, ‖Δ‖ and kept sort largest first (their keys are
+        # negated), so "↑" beside ‖Δ‖ read as the opposite of the rows
+        arrow = "↓" if (self.sort in LARGEST_FIRST) != self.reverse else "↑"
         self.query_one("#stats-filter", Static).update(
             Text.assemble(
                 ("modules ", "bold"), f"{len(rows)} of {len(self.document['modules'])}",
                 f"  ·  sort {COLUMNS[self.sort][0]} {arrow}  ·  block {self.block or 'all'}  ·  kind {self.kind or 'all'}",
-                ("   energy = Σ kept σ²/Σ σ², error = ‖ΔW−kept‖/‖ΔW‖, cos = cos(Δ1, Δ2)", "dim"),
+                ("   energy = Σ kept σ²/Σ σ², error = ‖ΔW−kept‖/‖ΔW‖"
+                 + (", cos = cos(Δ1, Δ2)" if len(self.document.get("inputs") or []) > 1 else ""), "dim"),  # one input: no cos
             )
         )
 
