@@ -175,6 +175,10 @@ async def test_project_pane_shows_the_newest_preview_and_follows_new_ones(tmp_pa
         assert decoded == ["example-monochrome_A-step000100.png", "example-monochrome-grid.png"]
         await pilot.press("ctrl+o")
         assert notes[-1][0].startswith(str(grid)) and app.clipboard == str(grid)
+        grid.write_bytes(grid.read_bytes()[:300])  # damaged: the pane says so, and ctrl+o where it is ("no preview shown yet")
+        await wait_until(pilot, lambda: pane.shown is None)
+        await pilot.press("ctrl+o")
+        assert notes[-1] == (f"{grid} cannot be read (see the pane)", "warning")
 
 
 # ---------------------------------------------------------------------- the Monitor screen

@@ -73,6 +73,7 @@ class PreviewPane(Vertical):
         self._said: str | None = None  # the last message posted (not repeated every poll)
         self._scanning = False
         self.shown: Path | None = None  # the PNG on screen (what the open key reports)
+        self.unreadable: Path | None = None  # a preview found but not readable: the open key says its path
         self._name = ""  # its file name, in the bottom border
 
     def compose(self):
@@ -139,6 +140,7 @@ class PreviewPane(Vertical):
     def on_preview_pane_loaded(self, message: Loaded) -> None:
         message.stop()
         self.shown = message.found.path if message.found and message.picture is not None else None
+        self.unreadable = message.found.path if message.found and message.picture is None else None
         self._name = message.found.path.name if message.found else ""
         self._show_name()
         style = "" if message.picture is not None else "dim"
@@ -172,7 +174,9 @@ def show_preview_path(pane: PreviewPane) -> None:
     """The open-preview key: the shown PNG's full path in a notification and on the clipboard
     (OSC 52, which many terminals honour over SSH), to scp it or open it locally."""
     if pane.shown is None:
-        pane.notify("no preview shown yet", severity="warning")
+        # a preview that cannot be read (cut short, damaged) still has a path to look at or remove
+        bad = pane.unreadable
+        pane.notify(f"{bad.resolve()} cannot be read (see the pane)" if bad is not None else "no preview shown yet", severity="warning")
         return
     path = str(pane.shown.resolve())
     pane.app.copy_to_clipboard(path)
