@@ -189,8 +189,9 @@ async def test_a_differential_project_shows_its_route(real_runs):
         await pilot.press("o")
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectScreen) and "route     differential: B trains" in plan_text(app))
         # each output's state above the pictures, as `copylora check` says it (the sides short of the plan)
-        assert str(app.screen.query_one("#project-outputs", Static).content) == "outputs: A↻ B↻ result✓ stats✓ grid✓ check✓"
-        assert "stale: trained 4 steps, plan says 200" in plan_text(app)
+        # (their checkpoints continue them: "resumable", as the Projects list says; it said A↻ B↻ "stale")
+        assert str(app.screen.query_one("#project-outputs", Static).content) == "outputs: A◐ B◐ result✓ stats✓ grid✓ check✓"
+        assert "resumable: step 4/200 trained, run continues it" in plan_text(app)
         await pilot.press("escape", "2")
         await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and "train B on A" in rows_text(app))
         assert "result" in rows_text(app)

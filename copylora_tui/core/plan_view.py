@@ -41,22 +41,29 @@ BUILTIN_DESCRIPTIONS = {
 
 
 # each output's state, in its colour
-STATE_STYLES = {"current": "green", "stale": "yellow", "missing": "dim"}
+STATE_STYLES = {"current": "green", "stale": "yellow", "missing": "dim", "resumable": "cyan"}
 
 
 def output_statuses(plan) -> dict:
-    """Each output's status (engine.project.outputs), by the name the plan shows it under."""
-    from engine.project.outputs import artifacts
+    """Each output's status (engine.project.outputs), by the name the plan shows it under; a
+    side with no current LoRA but a checkpoint `run` continues is "resumable" (the Projects
+    list said so while this screen said B· missing)."""
+    from copylora_tui.core.projects import RESUMABLE, checkpoint_state
+    from engine.project.outputs import Status, artifacts
 
-    return {name: artifact.status() for name, artifact in artifacts(plan).items()}
+    statuses = {name: artifact.status() for name, artifact in artifacts(plan).items()}
+    for side in plan.trained:
+        if not statuses[side.upper()].current and (found := checkpoint_state(plan, side)) is not None and found.state == RESUMABLE:
+            statuses[side.upper()] = Status(RESUMABLE, found.reason.split(", resumable")[0] + " trained, run continues it")
+    return statuses
 
 
-SYMBOLS = {"current": "✓", "stale": "↻", "missing": "·"}
+SYMBOLS = {"current": "✓", "stale": "↻", "missing": "·", "resumable": "◐"}
 
 
 def outputs_line(plan, statuses: dict) -> Text:
     """The outputs' states in one line (the app's status, above the pictures): ``A✓ B✓ merged↻ …``
-    (✓ current, ↻ stale: run makes it again, · missing)."""
+    (✓ current, ↻ stale: run makes it again, · missing, ◐ a checkpoint run continues)."""
     result = result_label(plan.project.info.method)
     line = Text("outputs:", style="bold")
     for key, status in statuses.items():  # fits the app's 40-cell side column
@@ -182,7 +189,7 @@ def _outputs(plan, statuses: dict | None) -> list:
 
 
 def _state_text(status) -> Text:
-    why = f": {status.reason}" if status.state == "stale" and status.reason else ""  # "missing" says it all
+    why = f": {status.reason}" if status.state in ("stale", "resumable") and status.reason else ""  # "missing" says it all
     if status.state == "current" and getattr(status, "note", ""):
         why = f": {status.note}"
     return Text(f"{status.state}{why}", style=STATE_STYLES.get(status.state, ""))

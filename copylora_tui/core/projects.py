@@ -102,7 +102,7 @@ def summarise(folder: Path) -> ProjectSummary:
         for side in plan.trained:
             sides[side] = _state(SideLora(plan, side).status())
             if sides[side].state != DONE:
-                sides[side] = _checkpoint_state(plan, side) or sides[side]
+                sides[side] = checkpoint_state(plan, side) or sides[side]
         if "pair" in sides:  # a one-LoRA route (addift, slider): its LoRA is both columns' state
             sides["a"] = sides["b"] = sides["pair"]
         merge = _state(Result(plan).status())
@@ -126,7 +126,7 @@ def summarise(folder: Path) -> ProjectSummary:
     )
 
 
-def _checkpoint_state(plan, side: str) -> OutputState | None:
+def checkpoint_state(plan, side: str) -> OutputState | None:
     """A side with no current LoRA but a checkpoint that ``run`` would continue."""
     from engine.project.provenance import training_fingerprint
     from engine.train.checkpoint import newest_state_facts
