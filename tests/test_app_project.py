@@ -330,3 +330,24 @@ async def test_a_value_with_brackets_is_repeated_in_its_error_as_typed(tmp_path,
         await wait_until(pilot, lambda: "x[/]y [train]" in field_error(app, "a.folder"))
         await pilot.pause()
         assert "folder not found" in field_error(app, "a.folder")
+
+
+async def test_outputs_changed_by_another_program_are_read_again(tmp_path, monkeypatch):
+    """The outputs line kept "merged✓" for a merged LoRA removed from outside (`rm`, a job, `copylora
+    sample`), until the project was opened again: a change in the output folders is read again."""
+    import copylora_tui.screens.project as screen_module
+    from tests.test_app_support import mark_trained, write_merged
+
+    use_home(monkeypatch, tmp_path)
+    monkeypatch.setattr(screen_module, "DISK_CHECK_S", 0.1)
+    monkeypatch.setattr(screen_module, "OUTPUTS_RECHECK_S", 0.0)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    mark_trained(folder)
+    write_merged(folder)
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        outputs = app.screen.query_one("#project-outputs", Static)
+        await wait_until(pilot, lambda: "merged✓" in str(outputs.content))
+        (folder / "output" / "example-monochrome.safetensors").unlink()
+        await wait_until(pilot, lambda: "merged·" in str(outputs.content))

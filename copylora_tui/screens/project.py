@@ -10,6 +10,7 @@ that passes every check: an invalid project is never saved.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ PlanText = tuple[RenderableType, Text]  # the plan, and the outputs' states in o
 
 CHECK_DELAY_S = 0.3
 DISK_CHECK_S = 2.0  # while shown: copylora.toml written by another program shows within this
+OUTPUTS_RECHECK_S = 10.0  # an output folder changed by another program: the plan read again at most this often
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
 
 
@@ -78,6 +80,8 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self.on_disk: tuple | None = None  # copylora.toml's version when last read or saved here (engine.files.file_version)
         self.changed_on_disk = False  # another program has written it since (the last disk check says)
         self._checking_disk = False
+        self._outputs_seen: tuple | None = None  # the output folders' version the plan shown was read at
+        self._outputs_checked_at = float("-inf")  # when a change there was last read (time.monotonic)
         self._saves = 0  # saves made here: a disk check begun before one is not believed
         self._overwrite_asked: tuple | None = None  # the version on disk ctrl+s warned about: ctrl+s again overwrites it
         self.concept_count = 0  # [[concept]] tables in the edit (added and removed with the buttons)
@@ -227,27 +231,37 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     def check_disk(self) -> None:
         if self.loaded and self.project is not None and self.is_active and not self._checking_disk:
             self._checking_disk = True
-            self._check_disk(self.project.toml_path, self._saves)
+            self._check_disk(self.project, self._saves)
 
     @work(thread=True, exclusive=True, group="project-disk-check", exit_on_error=False)
-    def _check_disk(self, path: Path, saves: int) -> None:
+    def _check_disk(self, project: Project, saves: int) -> None:
         from engine.files import file_version
 
         try:
-            version = file_version(path)
+            version = file_version(project.toml_path)
         except OSError:
             version = None
-        self.post_message(self.DiskVersion(version, saves))
+        self.post_message(self.DiskVersion(version, saves, outputs_version(project)))
 
     class DiskVersion(Message, bubble=False):
-        """copylora.toml's version on disk now (engine.files.file_version), read after ``saves`` saves here."""
+        """copylora.toml's version on disk now (engine.files.file_version), read after ``saves``
+        saves here, and the output folders' (:func:`outputs_version`)."""
 
-        def __init__(self, version: tuple | None, saves: int) -> None:
+        def __init__(self, version: tuple | None, saves: int, outputs: tuple = ()) -> None:
             super().__init__()
-            self.version, self.saves = version, saves
+            self.version, self.saves, self.outputs = version, saves, outputs
 
     def on_project_screen_disk_version(self, message: DiskVersion) -> None:
         self._checking_disk = False
+        # An output made, replaced or removed by another program (`copylora sample`, a job, rm):
+        # the outputs line and the plan said "grid✓" for a grid that was gone, until reopened.
+        # Read again at most every OUTPUTS_RECHECK_S (a training writes checkpoints every few
+        # seconds; the check decodes the pictures): a change seen sooner waits for a later disk check.
+        if self._outputs_seen is None:
+            self._outputs_seen = message.outputs
+        elif message.outputs != self._outputs_seen and time.monotonic() - self._outputs_checked_at >= OUTPUTS_RECHECK_S:
+            self._outputs_seen, self._outputs_checked_at = message.outputs, time.monotonic()
+            self.check_project()
         if message.saves != self._saves:  # read before a save here: the file it saw is gone, not another program's
             return
         changed = self.on_disk is not None and message.version != self.on_disk
@@ -542,6 +556,21 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
 
     def has_unsaved_edits(self) -> bool:
         return self.dirty
+
+
+def outputs_version(project: Project) -> tuple:
+    """The output folder, its samples/ and each side's run folder, as their mtimes: a file made,
+    replaced (our writes rename a new file over the old) or removed there changes its folder's."""
+    from engine.project.plan import output_paths
+
+    paths = output_paths(project)
+    version = []
+    for folder in (paths.folder, paths.samples, *(paths.run_dir(side) for side in ("a", "b", "pair"))):
+        try:
+            version.append(folder.stat().st_mtime_ns)
+        except OSError:
+            version.append(None)
+    return tuple(version)
 
 
 def _plan_text(project: Project) -> tuple[RenderableType, Text]:
