@@ -60,6 +60,7 @@ class StandIn:
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.jobs.slurm_jobs.GONE_AFTER_S", 0.0)  # the polls alone decide, unless a test says otherwise
     stand_in = StandIn(monkeypatch)
     queue = Queue(tmp_path / "state")
     said: list[str] = []
@@ -91,6 +92,57 @@ def test_a_job_squeue_does_not_list_once_is_not_submitted_again(cluster):
     assert stand_in.submits == [job.id, job.id] and any("ended without a word" in line for line in said)
 
 
+def test_a_job_is_gone_only_after_a_quiet_minute_and_a_requeue_is_no_end(cluster, monkeypatch):
+    """Empty squeue answers for 12 s (three polls) still had a running job submitted twice; a job
+    Slurm requeued (its runner had said "exit 3") was resubmitted by us too on one missing answer."""
+    import engine.jobs.slurm_jobs as slurm_jobs
+
+    stand_in, queue, jobs, _said = cluster
+    monkeypatch.setattr(slurm_jobs, "GONE_AFTER_S", 60.0)
+    clock = [1000.0]
+    monkeypatch.setattr(slurm_jobs.time, "monotonic", lambda: clock[0])
+    job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
+    jobs._submit(queue)
+    [slurm_id] = stand_in.listed
+    events = jobs.tracked[job.id].channel / "events.jsonl"
+    del stand_in.listed[slurm_id]
+    for _ in range(6):  # six empty answers in 30 s: not a minute
+        clock[0] += 5
+        jobs._follow(queue)
+    assert job.id in jobs.tracked
+    for _ in range(10):  # its node still writes: alive, whatever squeue says
+        clock[0] += 5
+        with open(events, "a") as handle:
+            handle.write(json.dumps({"event": "start_step", "step": 1, "total": 300}) + "\n")
+        jobs._follow(queue)
+    assert job.id in jobs.tracked and stand_in.submits == [job.id]
+    with open(events, "a") as handle:  # TERM (preemption): a checkpoint, exit 3; then Slurm lists it PENDING again
+        handle.write(json.dumps({"event": "exit", "code": 3}) + "\n")
+    jobs._ingest(queue, jobs.tracked[job.id])
+    stand_in.listed[slurm_id] = "PENDING"
+    jobs._follow(queue)
+    del stand_in.listed[slurm_id]  # one empty answer: its earlier exit is not this run's end
+    clock[0] += 5
+    jobs._follow(queue)
+    assert job.id in jobs.tracked and stand_in.submits == [job.id]
+    for _ in range(13):  # gone, and quiet, for a minute: ended, submitted again
+        clock[0] += 5
+        jobs._follow(queue)
+    jobs._submit(queue)
+    assert stand_in.submits == [job.id, job.id]
+
+
+def test_a_job_claimed_when_the_last_worker_died_is_looked_for_before_it_is_submitted(cluster):
+    """A worker killed during a slow sbatch: the next one submitted the job again, and both ran."""
+    stand_in, queue, jobs, _said = cluster
+    job = queue.enqueue("merge", "/p", label="merge")
+    queue.claim("slurm")  # claimed, its sbatch under way, no Slurm id recorded: the worker died
+    stand_in.by_name[job.id] = "900"
+    jobs.recover(queue)
+    jobs._submit(queue)
+    assert not stand_in.submits and jobs.tracked[job.id].slurm_id == "900"
+
+
 def test_a_job_slurm_calls_over_ends_when_its_runner_said_so(cluster):
     """squeue --states=all lists a finished job as COMPLETED: with the runner's exit in its
     channel, that is the end at once."""
@@ -110,7 +162,7 @@ def test_a_job_slurm_calls_over_ends_when_its_runner_said_so(cluster):
                                   b'{"event": "exit", "code": "one"}', b'{"event": "finish", "status": "sideways"}',
                                   b'{"event": "finish", "status": "running"}', b'{"event": "start_step", "step": 1e999, "total": 9}',
                                   b'{"event": "start_step", "step": 100000000000000000000000, "total": 9}',
-                                  b'{"event": "exit", "code": 1e999}'])
+                                  b'{"event": "exit", "code": 1e999}', b'{"event": "finish", "status": "done", "error": {"a": 1}}'])
 def test_a_channel_line_of_another_shape_is_skipped(tmp_path, line):
     """Valid JSON of the wrong shape in events.jsonl ended the worker (KeyError: 'step'), and
     every worker started after it, reading the line again."""
@@ -259,3 +311,28 @@ def test_worker_start_asks_slurm_about_its_settings_first(tmp_path, monkeypatch,
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no Slurm here at all
     assert main(["worker", "start", "--executor", "slurm"]) == EXIT_USAGE
     assert "sbatch not found" in capsys.readouterr().err
+
+
+def test_run_asks_slurm_about_worker_toml_before_it_starts_a_worker(tmp_path, monkeypatch, capsys):
+    """worker.toml with a partition Slurm has not: `copylora run` said "worker started", then
+    every job failed, one by one (only `worker start` asked Slurm first)."""
+    from copylora_tui.cli.main import EXIT_USAGE, main
+    from tests.helpers import copy_example
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2\n'
+                                    "exit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    home = tmp_path / "state"
+    home.mkdir()
+    monkeypatch.setenv("COPYLORA_HOME", str(home))
+    (home / "worker.toml").write_text('[worker]\nexecutor = "slurm"\npartition = "nosuch"\ngres = ""\n')
+    root = copy_example(tmp_path)
+    assert main(["run", str(root), "--max_steps", "2"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "the worker was not started: Slurm refuses the settings of" in err and "Invalid partition name specified" in err
+    from engine.jobs.worker import worker_pid
+
+    assert not worker_pid(home)

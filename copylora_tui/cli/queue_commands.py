@@ -424,7 +424,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if warm:
         print(f"  {warm}")
     for job in running:
-        where = slurm_status(job.slurm) if job.slurm else f"pid {job.pid}"  # "Slurm 32 RUNNING on gpu07" ("pid None" it said)
+        where = slurm_status(job.slurm) if job.slurm else f"pid {job.pid}" if job.pid else "starting"  # "Slurm 32 RUNNING on gpu07" ("pid None" it said)
         print(f"  #{job.id} {job.label} of {project_label(job.project)}: step {job.step}/{job.total}, {where}")
     for gpu in queue.latest_gpus():
         print(f"  GPU {gpu['gpu']} {gpu['name']}: {gpu['used_mb']:.0f}/{gpu['total_mb']:.0f} MiB, {gpu['util'] or 0:.0f} %, {gpu['temp'] or 0:.0f} °C")

@@ -82,7 +82,7 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
     for job in jobs:  # errors below the table, whole: they are the part worth reading
         if job.status is JobStatus.FAILED and job.error:
             console.print(f"[red]#{job.id} failed:[/red] {escape(job.error)}", highlight=False)
-        elif job.status is JobStatus.QUEUED and job.error and job.error.startswith("interrupted"):  # a Slurm job to submit again
+        elif job.status is JobStatus.QUEUED and job.error and job.error.startswith(("interrupted", "not submitted yet")):  # Slurm: again, or waiting for it
             console.print(f"[yellow]#{job.id} {escape(job.error)}[/yellow]", highlight=False)
         elif job.interrupted:
             console.print(f"[yellow]#{job.id} interrupted[/yellow] at step {job.step or 0}: the worker stopped while it ran; "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -129,7 +130,8 @@ def ingest(queue: Queue, job_id: int, folder: Path, offset: int) -> tuple[int, l
                 event["code"] = int(event.get("code", 1))
         except QueueWriteError:  # the queue's disk is full: the worker waits, and reads these lines again
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, CopyloraError):
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, CopyloraError, sqlite3.InterfaceError,
+                sqlite3.ProgrammingError):
             # A line of another shape (a damaged disk, a hand's edit, another version's runner;
             # a step of 1e999, a finish "running" the queue refuses): skipped. It ended the
             # worker, and every worker after it, reading it again.

@@ -114,7 +114,9 @@ def submit(job_id: int, home: Path, channel: Path, log_path: Path, options: Slur
     runner = [sys.executable, "-m", "engine.jobs.runner", "--home", str(home), "--job", str(job_id), "--channel", str(channel)]
     # exec: the runner is the batch shell itself, so --signal=B:TERM and scancel --batch reach it
     script.write_text(f"#!/bin/sh\ncd {shlex.quote(working_folder(home))}\nexec {shlex.join(runner)}\n", encoding="utf-8")
-    command = ["sbatch", "--parsable", f"--job-name={job_name(home, job_id)}", f"--output={log_path}", "--open-mode=append",
+    # --no-requeue: a job Slurm itself put back (a node failure) ran beside the one we submitted
+    # again; we resubmit, from its checkpoint, what ends before its time
+    command = ["sbatch", "--parsable", "--no-requeue", f"--job-name={job_name(home, job_id)}", f"--output={log_path}", "--open-mode=append",
                *options.arguments(), str(script)]
     out = _run(command).strip()
     slurm_id = out.split(";")[0].strip()

@@ -20,7 +20,8 @@ from engine.jobs.channel import channel_dir, ingest, open_channel, send_requests
 from engine.jobs.queue import Job, JobStatus, Queue
 
 INGEST_EVERY_S = 0.5  # the channels read, the orders passed on: live enough for a progress bar
-GONE_AFTER_POLLS = 3  # squeue answers in a row that a job is over (or not listed) before it is taken as ended
+GONE_AFTER_POLLS = 3  # squeue answers in a row that a job is over (or not listed) before it is taken as ended,
+GONE_AFTER_S = 60.0  # over this long at the least, its channel quiet meanwhile (unless its runner said it ended)
 SILENT_ENDS = 3  # Slurm jobs in a row that end without a word and without a step trained: the job fails, said why
 RETRY_S = 30.0  # after Slurm could not take a submission (its controller away): submissions wait this long
 ORDER_RETRY_S = 10.0  # after an scancel that failed: the order is passed on again this much later
@@ -38,6 +39,8 @@ class Tracked:
     signalled: bool = False
     info: dict | None = None
     gone: int = 0  # squeue answers in a row that said it is over, or did not list it
+    gone_since: float | None = None  # since when (time.monotonic); its channel's offset then in gone_offset
+    gone_offset: int = 0
     order_after: float = 0.0  # an scancel that failed is tried again from then (time.monotonic)
 
 
@@ -56,7 +59,8 @@ class SlurmJobs:
             if job.slurm and job.slurm.get("id"):
                 self.tracked[job.id] = Tracked(job.id, str(job.slurm["id"]), channel_dir(self.home, job.id), state=job.slurm.get("state"))
                 self.log(f"job #{job.id}: following Slurm job {job.slurm['id']} again")
-            else:
+            else:  # claimed, no Slurm id recorded: an sbatch under way when the last worker died may have submitted it
+                self.maybe_submitted.add(job.id)
                 queue.requeue_at_head(job.id, None)
                 self.log(f"job #{job.id} ({job.label}) was running when the last worker ended: queued first, it resumes from its checkpoint")
 
@@ -160,7 +164,9 @@ class SlurmJobs:
         for job_id, tracked in list(self.tracked.items()):
             info = seen.get(tracked.slurm_id)
             if info is not None and info["state"] not in slurm.ENDED_STATES:
-                tracked.gone = 0
+                tracked.gone, tracked.gone_since = 0, None
+                if info["state"] == "PENDING":  # (again: requeued) an exit its last run said is not this run's end
+                    tracked.exit_code = None
                 if info != tracked.info:  # written when Slurm's word changes, not every poll
                     tracked.state, tracked.info = info["state"], info
                     queue.set_slurm(job_id, {"id": tracked.slurm_id, **info})
@@ -168,9 +174,14 @@ class SlurmJobs:
             # Over, or not listed: the channel's last lines, then the verdict, once sure. One
             # answer was taken at its word: a squeue that listed nothing for a moment had a
             # running job submitted again beside itself.
+            # Twelve seconds of empty answers still had one submitted twice: it takes a minute as
+            # well, with nothing new from its node meanwhile (a runner that still writes is alive).
             self._ingest(queue, tracked)
+            now = time.monotonic()
+            if tracked.gone_since is None or tracked.offset != tracked.gone_offset:
+                tracked.gone, tracked.gone_since, tracked.gone_offset = 0, now, tracked.offset
             tracked.gone += 1
-            if tracked.exit_code is None and tracked.gone < GONE_AFTER_POLLS:
+            if tracked.exit_code is None and (tracked.gone < GONE_AFTER_POLLS or now - tracked.gone_since < GONE_AFTER_S):
                 continue
             del self.tracked[job_id]
             self._ended(queue, queue.get(job_id), tracked)

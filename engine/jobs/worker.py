@@ -416,10 +416,30 @@ def ensure_running(home: str | Path | None = None) -> tuple[int, bool]:
     pid = worker_pid(state_home(home))
     if pid:
         return pid, False
+    _check_slurm_settings(state_home(home))
     try:
         return start_detached(home), True
     except WorkerRunning:  # another client started it a moment ago
         return worker_pid(state_home(home)) or -1, False
+
+
+def _check_slurm_settings(home: Path) -> None:
+    """worker.toml's Slurm settings, asked of Slurm before a worker starts on them (sbatch
+    --test-only): `copylora run` with a partition Slurm has not said "worker started", then
+    every job failed, one by one. Where Slurm cannot answer now, the worker starts all the same."""
+    parser = argparse.ArgumentParser()
+    add_executor_arguments(parser)
+    options = slurm_options(home, parser.parse_args([]))
+    if options is None:
+        return
+    from engine.errors import InputError
+    from engine.jobs.slurm import SlurmError, test_options
+
+    try:
+        test_options(options)
+    except SlurmError as exc:
+        if not exc.temporary:
+            raise InputError(f"the worker was not started: Slurm refuses the settings of {home / 'worker.toml'}: {exc}") from None
 
 
 def stop_worker(home: str | Path | None = None, wait_s: float = STOP_GRACE_S + 10) -> int | None:
