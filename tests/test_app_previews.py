@@ -212,6 +212,26 @@ async def test_monitor_pane_shows_the_jobs_own_previews_and_o_reports_the_path(t
     queue.close()
 
 
+def test_a_jobs_previews_are_those_written_while_it_ran(tmp_path):
+    """The Monitor of a job cancelled at step 35 showed a step-40 preview another run wrote later."""
+    import os
+    import time
+
+    from copylora_tui.core.previews import job_target
+
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", str(project), side="b", label="train B", total=400)
+    queue.claim(None)
+    queue.finish(job.id, "cancelled")
+    job = queue.get(job.id)
+    own = write_preview(samples(project) / "example-monochrome_B-step000030.png", strengths=(1.0,), step=30, side="b")
+    later = write_preview(samples(project) / "example-monochrome_B-step000040.png", strengths=(1.0,), step=40, side="b")
+    os.utime(later, (time.time() + 60, time.time() + 60))  # written a minute after the job ended
+    assert newest(job_target(job)).path == own
+    queue.close()
+
+
 async def test_v_asks_a_running_training_for_a_preview_and_explains_otherwise(tmp_path, monkeypatch):
     env = use_home(monkeypatch, tmp_path)
     project = (make_projects(tmp_path) / "example-monochrome").resolve()

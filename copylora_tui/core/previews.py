@@ -20,6 +20,7 @@ from pathlib import Path
 EMPTY = "no preview yet — previews appear after the merge (copylora run) or every sample_every_n_steps during training"
 TRAIN_EMPTY = EMPTY + " (v samples now)"
 NO_PREVIEWS = "class-image jobs make no previews"
+JOB_END_SLACK_S = 10.0  # a preview written as its job ended is still the job's (the end is recorded after)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class PreviewTarget:
     folder: Path
     pattern: str = "*.png"
     empty: str = EMPTY  # what the pane says while there is none
+    # written within these times (epoch seconds; None: any): a job's own previews, not one a later
+    # run of the side (or a hand) left there with a step this job never reached
+    after: float | None = None
+    before: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ def newest(target: PreviewTarget) -> Found | None:
             stat = entry.stat()
         except OSError:
             continue  # replaced or removed while listing
+        if (target.after is not None and stat.st_mtime < target.after) or (target.before is not None and stat.st_mtime > target.before):
+            continue
         found = Found(Path(entry.path), stat.st_mtime_ns, stat.st_size)
         if best is None or (found.mtime_ns, found.path.name) > (best.mtime_ns, best.path.name):
             best = found
@@ -78,10 +85,11 @@ def job_target(job) -> PreviewTarget | str:
     if job.kind == "train" and job.side:
         sides = ["a", "b"] if job.side == "ab" else [job.side.lower()]  # a twin job previews both sides; "pair": one LoRA
         stems = [paths.lora(side).stem for side in sides]
+        when = {"after": job.created_at, "before": job.finished_at + JOB_END_SLACK_S if job.finished_at else None}
         if len(stems) == 1:
-            return PreviewTarget(paths.samples, f"{glob.escape(stems[0])}-step*.png", TRAIN_EMPTY)
+            return PreviewTarget(paths.samples, f"{glob.escape(stems[0])}-step*.png", TRAIN_EMPTY, **when)
         # NAME_A and NAME_B differ in their last letter: one pattern for both
-        return PreviewTarget(paths.samples, f"{glob.escape(stems[0][:-1])}[{stems[0][-1]}{stems[1][-1]}]-step*.png", TRAIN_EMPTY)
+        return PreviewTarget(paths.samples, f"{glob.escape(stems[0][:-1])}[{stems[0][-1]}{stems[1][-1]}]-step*.png", TRAIN_EMPTY, **when)
     # merge and preview ("sample") jobs: the merged LoRA's strength grid
     return PreviewTarget(paths.samples, glob.escape(paths.grid.name))
 
