@@ -336,3 +336,35 @@ def test_run_asks_slurm_about_worker_toml_before_it_starts_a_worker(tmp_path, mo
     from engine.jobs.worker import worker_pid
 
     assert not worker_pid(home)
+
+
+def test_a_squeue_that_hangs_does_not_hold_the_worker(cluster, monkeypatch):
+    """squeue waiting on a busy controller held the worker's loop for its whole time-out: no
+    progress read, a heartbeat 30 s old, `worker stop` slow. It is asked in a thread now."""
+    import threading
+    import time
+
+    stand_in, queue, jobs, _said = cluster
+    job = queue.enqueue("merge", "/p", label="merge")
+    jobs._submit(queue)
+    [slurm_id] = stand_in.listed
+    stand_in.listed[slurm_id] = "RUNNING"
+    answer = threading.Event()
+    real = stand_in.squeue
+
+    def hanging(ids):
+        answer.wait(timeout=30)
+        return real(ids)
+
+    monkeypatch.setattr(slurm, "squeue", hanging)
+    jobs.last_squeue = 0.0
+    started = time.monotonic()
+    for _ in range(5):
+        jobs.step(queue)
+    assert time.monotonic() - started < 2.0 and jobs.asking is not None
+    answer.set()
+    deadline = time.monotonic() + 10
+    while queue.get(job.id).slurm.get("state") != "RUNNING" and time.monotonic() < deadline:
+        jobs.step(queue)
+        time.sleep(0.05)
+    assert queue.get(job.id).slurm["state"] == "RUNNING"

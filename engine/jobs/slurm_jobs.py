@@ -11,6 +11,7 @@ worker: a worker that stops leaves them running, and the next one picks them up 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,6 +53,8 @@ class SlurmJobs:
         self.submit_after = 0.0  # Slurm could not take the last submission: none before then (time.monotonic)
         self.silent: dict[int, tuple[int, int]] = {}  # job id: (Slurm jobs in a row that ended without a word, at step)
         self.maybe_submitted: set[int] = set()  # jobs an sbatch that failed may have submitted, Slurm not asked yet
+        self._asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squeue")
+        self.asking: tuple[list[str], Future] | None = None  # the squeue under way: the ids asked, its answer
 
     def recover(self, queue: Queue) -> None:
         """A new worker: follow the Slurm jobs its predecessor submitted; requeue what never got there."""
@@ -72,9 +75,18 @@ class SlurmJobs:
             for tracked in self.tracked.values():
                 self._ingest(queue, tracked)
             self._pass_orders(queue)
-        if time.monotonic() - self.last_squeue >= slurm.SQUEUE_EVERY_S:
+        if self.asking is None and self.tracked and time.monotonic() - self.last_squeue >= slurm.SQUEUE_EVERY_S:
+            # asked in a thread: a squeue that hangs (a busy controller) held this loop, and with it
+            # every job's progress, the heartbeat and `worker stop`, for its whole time-out
             self.last_squeue = time.monotonic()
-            self._follow(queue)
+            ids = [t.slurm_id for t in self.tracked.values()]
+            self.asking = (ids, self._asker.submit(slurm.squeue, ids))
+        if self.asking is not None and self.asking[1].done():
+            (ids, answer), self.asking = self.asking, None
+            try:
+                self._follow(queue, answer.result(), set(ids))
+            except slurm.SlurmError as exc:
+                self.log(f"squeue: {exc}")
         self._submit(queue)
 
     def _ingest(self, queue: Queue, tracked: Tracked) -> None:
@@ -153,15 +165,19 @@ class SlurmJobs:
                 queue.take_requests(job.id)  # cleared here, carried to the node by the channel
                 send_requests(tracked.channel, requests)
 
-    def _follow(self, queue: Queue) -> None:
+    def _follow(self, queue: Queue, seen: dict | None = None, asked: set[str] | None = None) -> None:
+        """What squeue said of the tracked jobs (``seen``, asked about ``asked``; None: ask now)."""
         if not self.tracked:
             return
-        try:
-            seen = slurm.squeue([t.slurm_id for t in self.tracked.values()])
-        except slurm.SlurmError as exc:
-            self.log(f"squeue: {exc}")
-            return
+        if seen is None:
+            try:
+                seen = slurm.squeue([t.slurm_id for t in self.tracked.values()])
+            except slurm.SlurmError as exc:
+                self.log(f"squeue: {exc}")
+                return
         for job_id, tracked in list(self.tracked.items()):
+            if asked is not None and tracked.slurm_id not in asked:
+                continue  # submitted after the question: not in its answer
             info = seen.get(tracked.slurm_id)
             if info is not None and info["state"] not in slurm.ENDED_STATES:
                 tracked.gone, tracked.gone_since = 0, None
