@@ -347,3 +347,21 @@ async def test_a_job_cleaned_away_under_its_monitor_says_so(tmp_path, monkeypatc
         await open_monitor(pilot, app, job.id)
         assert queue.clean()[0] == [job.id]
         await wait_until(pilot, lambda: f"job #{job.id} is not in the queue (removed by `copylora clean`" in screen_text(app))
+
+
+async def test_a_job_waiting_for_a_slurm_node_says_so_not_running(tmp_path, monkeypatch):
+    """A job submitted to Slurm and pending showed "6.3 it/s ETA 07:14 running for 00:19": an
+    earlier run's speed, and a run that was not."""
+    env = use_home(monkeypatch, tmp_path)
+    project = (make_projects(tmp_path) / "example-monochrome").resolve()
+    queue = Queue(env.home)
+    job = queue.enqueue("train", str(project), side="a", label="train A", total=400)
+    queue.claim("slurm")
+    queue.report_progress(job.id, Progress(150, 400, 0.61, 0.72, 1e-3, 6.3, 434.0, 17.0, None), point=True)
+    queue.set_slurm(job.id, {"id": "77", "state": "PENDING", "reason": "Resources", "node": ""})
+    app = CopyloraApp(project.parent, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_monitor(pilot, app, job.id)
+        await wait_until(pilot, lambda: "waiting for a Slurm node (Resources) for" in screen_text(app))
+        assert "it/s" not in screen_text(app) and "running for" not in screen_text(app)
+    queue.close()

@@ -218,10 +218,15 @@ class MonitorScreen(ActsWhileOpen, Screen):
             text.append(f"{step}/{total} {PROGRESS_UNITS.get(job.kind, 'done')}", style="bold")
         else:
             text.append("waiting" if job.status.waiting else "starting", style="bold")
-        if job.live:
+        pending = bool(job.live and job.slurm and job.slurm.get("state") == "PENDING")  # on Slurm, no node yet
+        if job.live and not pending:  # (a pending job's speed is an earlier run's)
             text.append(f"   {rate_text(job.it_per_s)}   ETA {eta_text(job.eta_s)}")
         if job.started_at and job.finished_at:
             text.append(f"   ran {format_duration(job.finished_at - job.started_at)}", style="dim")
+        elif job.started_at and pending:
+            # submitted, no node yet: it "ran for 00:19" with nothing running
+            reason = f" ({job.slurm['reason']})" if job.slurm.get("reason") else ""
+            text.append(f"   waiting for a Slurm node{reason} for {format_duration(max(0.0, self.app.clock() - job.started_at))}", style="dim")
         elif job.started_at and job.live:
             text.append(f"   running for {format_duration(max(0.0, self.app.clock() - job.started_at))}", style="dim")
         if job.start_step:
