@@ -18,9 +18,14 @@ from copylora_tui.widgets.fitted_table import FittedTable, cell_width, plain
 from engine.jobs.queue import Job, JobStatus
 
 
+def slurm_pending(job: Job) -> bool:
+    """Submitted to Slurm, waiting for a node: its speed and ETA are an earlier run's."""
+    return bool(job.live and job.slurm and job.slurm.get("state") == "PENDING")
+
+
 def status_cell(job: Job) -> Text:
     text = job.shown_status
-    if job.live and job.slurm and job.slurm.get("state") == "PENDING":
+    if slurm_pending(job):
         text = "pending"  # submitted to Slurm, waiting for a node (the status line says why)
     if job.live and job.control:
         text = f"{job.control}…"  # cancelling/pausing: the job is writing its checkpoint
@@ -42,8 +47,8 @@ COLUMNS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "status": ("status", status_cell),
     "progress": ("progress", progress_cell),
     "bar": ("progress", lambda j: progress_cell(j, 10, counts=False)),  # for narrow panels
-    "rate": ("speed", lambda j: Text(rate_text(j.it_per_s) if j.live else "", justify="right")),
-    "eta": ("ETA", lambda j: Text(eta_text(j.eta_s) if j.live else "", justify="right")),
+    "rate": ("speed", lambda j: Text(rate_text(j.it_per_s) if j.live and not slurm_pending(j) else "", justify="right")),
+    "eta": ("ETA", lambda j: Text(eta_text(j.eta_s) if j.live and not slurm_pending(j) else "", justify="right")),
     "loss": ("loss", lambda j: Text(job_loss_text(j), justify="right", no_wrap=True, overflow="ellipsis")),  # cut: visibly
     "copy": ("copy", lambda j: Text(job_copy_text(j), justify="right")),
     "finished": ("finished", lambda j: when_text(j.finished_at) if j.finished_at else ""),
