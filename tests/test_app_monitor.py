@@ -364,4 +364,7 @@ async def test_a_job_waiting_for_a_slurm_node_says_so_not_running(tmp_path, monk
         await open_monitor(pilot, app, job.id)
         await wait_until(pilot, lambda: "waiting for a Slurm node (Resources) for" in screen_text(app))
         assert "it/s" not in screen_text(app) and "running for" not in screen_text(app)
+        await pilot.press("2")  # the Queue table likewise
+        await wait_until(pilot, lambda: "pending" in screen_text(app))
+        assert "6.3 it/s" not in screen_text(app) and "07:14" not in screen_text(app)
     queue.close()
