@@ -295,4 +295,5 @@ def test_a_twin_job_trained_side_after_side_counts_on_over_both(tmp_path, monkey
     steps = [step for step, _ in seen]
     assert steps == sorted(steps) and steps[-1] == 6 and 3 in steps  # on from A's 3 steps, never back
     assert queue.get(job.id).step == 6
+    assert set(queue.get(job.id).params["fingerprints"]) == {"a", "b"}  # the settings it trained with, for `run` to compare
     assert not queue.get(job.id).start_step  # B's first step is no resume ("resumed at step 3" it said)

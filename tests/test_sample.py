@@ -168,11 +168,15 @@ def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, c
     assert record["settings"]["strengths"] == [0.0, 0.5, 1.0] and record["settings"]["seed"] == 5
     # [sample]'s settings: the project's preview, drawn now, and current (it was "stale: [sample] changed")
     from engine.project.folder import load_project
-    from engine.project.outputs import CURRENT, Grid
+    from engine.project.outputs import Grid, png_record
     from engine.project.plan import make_plan
 
     assert main(["sample", str(root)]) == 0
-    assert Grid(make_plan(load_project(root))).status().state == CURRENT
+    # it records the project's [sample], as the preview job does: current (here the "result" is a
+    # bare copy of a LoRA, no merge of this project's, so its grid is of a result `run` makes again)
+    grid = Grid(make_plan(load_project(root)))
+    assert png_record(grid.path)["project_sample"] == grid.record()["project_sample"]
+    assert grid.status().reason == "of a result that is made again"
     assert main(["sample", str(lora_file), "--strengths", "a,b", "--sampler", "nope"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--base" in err and "--strengths" in err and "--sampler" in err

@@ -88,11 +88,13 @@ def test_the_channel_carries_what_the_runner_would_write(tmp_path):
     remote = ChannelQueue(folder)
     assert remote.get(job.id).label == "train A" and remote.get(job.id).status is JobStatus.RUNNING
     remote.set_start_step(job.id, 4, 10)
+    remote.note_params(job.id, fingerprints={"a": "f00"})
     remote.report_progress(job.id, Progress(6, 10, 0.5, 0.4, 1e-3, 2.0, 2.0, 3.0, copy_db=21.5), point=True)
     with open(folder / "events.jsonl", "ab") as events:
         events.write(b'{"event": "finish", "status": "done"')  # a line still being written: not read yet
     offset, events_read = ingest(queue, job.id, folder, 0)
-    assert [e["event"] for e in events_read] == ["start_step", "progress"]
+    assert [e["event"] for e in events_read] == ["start_step", "params", "progress"]
+    assert queue.get(job.id).params["fingerprints"] == {"a": "f00"}
     got = queue.get(job.id)
     assert (got.start_step, got.step, got.loss, got.copy_db, got.status) == (4, 6, 0.5, 21.5, JobStatus.RUNNING)
     with open(folder / "events.jsonl", "ab") as events:
@@ -251,7 +253,7 @@ def test_a_time_limit_checkpoints_and_resubmits(tmp_path, slurm_cluster, monkeyp
 
 
 def test_fifty_jobs_are_submitted_and_followed_at_a_bounded_cost(tmp_path):
-    """50 jobs of several projects, on a stand-in Slurm (sbatch answers ids, squeue says
+    """50 jobs of 50 projects, on a stand-in Slurm (sbatch answers ids, squeue says
     PENDING and counts its calls): all are submitted, squeue runs once per 5 s for all of them,
     and the worker idles under 3 % of a core."""
     bin_dir = tmp_path / "bin"
@@ -268,7 +270,7 @@ def test_fifty_jobs_are_submitted_and_followed_at_a_bounded_cost(tmp_path):
     home = tmp_path / "state"
     queue = Queue(home)
     for n in range(50):
-        queue.enqueue("merge", str(tmp_path / f"project-{n % 7}"), label="merge")
+        queue.enqueue("merge", str(tmp_path / f"project-{n}"), label="merge")  # (of one project, one at a time: engine.jobs.queue.claim)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "COPYLORA_HOME": str(home)}
     worker = subprocess.Popen([sys.executable, "-m", "engine.jobs.worker", "--executor", "slurm"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)

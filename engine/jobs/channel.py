@@ -86,6 +86,9 @@ class ChannelQueue:
     def set_start_step(self, job_id: int, step: int, total: int) -> None:
         self._append({"event": "start_step", "step": step, "total": total})
 
+    def note_params(self, job_id: int, **more: Any) -> None:
+        self._append({"event": "params", "params": more})
+
     def finish(self, job_id: int, status: JobStatus | str, *, error: str | None = None, artifacts: dict | None = None) -> None:
         self._append({"event": "finish", "status": JobStatus(status).value, "error": error, "artifacts": artifacts})
 
@@ -124,6 +127,8 @@ def ingest(queue: Queue, job_id: int, folder: Path, offset: int) -> tuple[int, l
                 queue.set_start_step(job_id, int(event["step"]), int(event["total"]))
             elif kind == "finish":
                 queue.finish(job_id, JobStatus(event["status"]), error=event.get("error"), artifacts=event.get("artifacts"))
+            elif kind == "params" and isinstance(event.get("params"), dict):
+                queue.note_params(job_id, **event["params"])
             elif kind == "gpus" and event.get("samples"):
                 queue.record_gpus(event["samples"])
             elif kind == "exit":

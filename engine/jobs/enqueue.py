@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.jobs.queue import ACTIVE, TWIN, Job, Queue
+from engine.jobs.queue import ACTIVE, TWIN, Job, JobStatus, Queue
 from engine.project.folder import load_project
 from engine.project.outputs import Check, Result, SideLora, preview_status
 from engine.project.pair_route import PAIR
@@ -38,16 +38,33 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
     side_fresh = {side: SideLora(plan, side).status().pair() for side in plan.trained}
     merge_fresh = Result(plan).status().pair()
     sample_fresh = preview_status(plan).pair()
+    from engine.project.provenance import training_fingerprint
+
+    fingerprints = {side: training_fingerprint(plan, side) for side in plan.trained}
     with queue.transaction():
-        return _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps)
+        return _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps, fingerprints)
 
 
-def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps) -> list[Step]:
+def _outdated(job: Job, fingerprints: dict[str, str]) -> bool:
+    """Whether a running training trains other settings than the project's now (its runner
+    noted its fingerprints at its start; a job queued, not started, reads the project then)."""
+    noted = (job.params or {}).get("fingerprints")
+    return (job.kind == "train" and job.status is JobStatus.RUNNING and isinstance(noted, dict)
+            and any(side in fingerprints and print_ != fingerprints[side] for side, print_ in noted.items()))
+
+
+def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps, fingerprints) -> list[Step]:
     project = plan.project
-    active = {(j.kind, j.side): j for j in queue.jobs(ACTIVE, project=key)}
+    jobs = queue.jobs(ACTIVE, project=key)
+    # A training that runs settings changed since it started is no training of them: queued again
+    # (it waits for the old one: the worker runs one job of an output at a time). It was reused,
+    # its LoRAs came out stale, and `run --wait` said all was done.
+    outdated = {(j.kind, j.side): j for j in jobs if _outdated(j, fingerprints)}
+    active = {(j.kind, j.side): j for j in jobs if (j.kind, j.side) not in outdated}
     steps: list[Step] = []
     train_ids: list[int] = []
     retrained = False
+    trained_anew = False  # a training queued by this call: a merge or preview already waiting is of the LoRAs before it
     before_training: list[int] = []
     if missing:
         waiting = active.get(("reg", None))
@@ -56,6 +73,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         before_training.append(job.id)
     if plan.trained == (PAIR,):
         train_ids, retrained = _enqueue_pair(queue, plan, key, active, side_fresh[PAIR], before_training, force, max_steps, steps)
+        trained_anew = bool(train_ids) and not active.get(("train", PAIR))
         twin = None
     else:
         twin = active.get(("train", TWIN))
@@ -69,7 +87,8 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
             params={"max_steps": max_steps, "restart": force},
             total=plan.side("a").total_steps, depends_on=before_training,
         )
-        steps.append(Step("train A+B", "queued", twin, reason))
+        steps.append(Step("train A+B", "queued", twin, _after_outdated(outdated, reason)))
+        trained_anew = True
         train_ids.append(twin.id)
         retrained = True
     elif twin is not None:
@@ -98,13 +117,14 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
             params={"max_steps": max_steps, "restart": force},
             total=plan.side(side).total_steps, depends_on=depends,
         )
-        steps.append(Step(what, "queued", job, reason))
+        steps.append(Step(what, "queued", job, _after_outdated(outdated, reason)))
+        trained_anew = True
         train_ids.append(job.id)
         retrained = True
     merge_id = None
     # The differential route's B (a one-LoRA route's LoRA) is the result: this step only re-ranks it and writes its stats.
     what = "result" if differential or plan.trained == (PAIR,) else "merge"
-    waiting = active.get(("merge", None))
+    waiting = None if trained_anew else active.get(("merge", None))
     if waiting is not None:
         steps.append(Step(what, f"already {waiting.status}", waiting))
         merge_id = waiting.id
@@ -116,7 +136,10 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
             job = queue.enqueue("merge", key, label=what, depends_on=train_ids, total=None)
             steps.append(Step(what, "queued", job, reason))
             merge_id = job.id
+    # a preview of the result before this call's merge, or one started before the result on disk was written, is of another result
     waiting = active.get(("sample", None))
+    if waiting is not None and ((merge_id is not None and waiting.id < merge_id) or _began_before(waiting, plan.outputs.result)):
+        waiting = None
     if waiting is not None:
         steps.append(Step("preview", f"already {waiting.status}", waiting))
     else:
@@ -145,3 +168,20 @@ def _enqueue_pair(queue: Queue, plan: Plan, key: str, active: dict, fresh: tuple
                         total=plan.side(PAIR).total_steps, depends_on=before)
     steps.append(Step(what, "queued", job, fresh[1]))
     return [job.id], True
+
+
+def _after_outdated(outdated: dict, reason: str) -> str:
+    old = next(iter(outdated.values()), None)
+    if old is None:
+        return reason
+    return f"#{old.id} trains the settings from before your change: this one trains again after it (cancel #{old.id} to stop it now)"
+
+
+def _began_before(job: Job, made: Path) -> bool:
+    """Whether a running job started before ``made`` was last written (it read the one before)."""
+    if job.status is not JobStatus.RUNNING or not job.started_at:
+        return False
+    try:
+        return made.stat().st_mtime > job.started_at
+    except OSError:
+        return False

@@ -558,6 +558,10 @@ class Queue:
             row = db.execute(
                 "SELECT id FROM jobs j WHERE status = 'queued' AND NOT EXISTS ("
                 " SELECT 1 FROM deps d JOIN jobs p ON p.id = d.depends_on WHERE d.job_id = j.id AND p.status != 'done')"
+                # Never two of one output at once (a second training of a side failed on its lock):
+                # a job queued again by `copylora run` while an outdated one of its kind runs waits for it.
+                " AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.status = 'running' AND r.project = j.project AND r.kind = j.kind"
+                "  AND (r.side IS j.side OR r.side = 'ab' OR j.side = 'ab'))"
                 " ORDER BY position, id LIMIT 1"
             ).fetchone()
             if row is None:
@@ -605,6 +609,17 @@ class Queue:
         """Where Slurm has the job (None: not on Slurm, or no more)."""
         with self.transaction() as db:
             db.execute("UPDATE jobs SET slurm = ?, updated_at = ? WHERE id = ?", (json.dumps(info) if info else None, time.time(), job_id))
+
+    @advisory()
+    def note_params(self, job_id: int, **more: Any) -> None:
+        """Add to a job's params what its run found at its start (a training's fingerprints:
+        the settings it trains with, which `copylora run` compares with the project's now)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return
+            params = {**json.loads(row[0] or "{}"), **more}
+            db.execute("UPDATE jobs SET params = ?, updated_at = ? WHERE id = ?", (json.dumps(params), time.time(), job_id))
 
     @advisory()
     def set_start_step(self, job_id: int, step: int, total: int) -> None:

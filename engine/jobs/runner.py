@@ -167,6 +167,11 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
                             f"{'one LoRA on the pair' if plan.trained == (PAIR,) else 'A and B'}: this job was queued for the "
                             "other kind; run the project again (copylora run) to queue its own")
     total = plan.side("a" if job.side == TWIN else job.side).total_steps
+    # The settings this run trains with, for `copylora run` to tell a run of settings changed
+    # since (it reused such a job: its LoRAs came out stale, and `run --wait` said done).
+    from engine.project.provenance import training_fingerprint
+
+    queue.note_params(job.id, fingerprints={side: training_fingerprint(plan, side) for side in (("a", "b") if job.side == TWIN else (job.side,))})
     writer = ProgressWriter(queue, job.id, total)
     # A restart was asked for on the first attempt only: a retry or crash recovery resumes.
     fresh = bool(job.params.get("restart")) and job.attempts <= 1
