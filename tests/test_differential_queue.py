@@ -38,6 +38,9 @@ def test_differential_project_runs_through_the_queue(tmp_path, home):  # noqa: F
 
     queue = Queue(home)
     root = differential(tmp_path)
+    toml = root / "copylora.toml"  # trained under a caption: the check picture is drawn under it too (it drew an empty prompt)
+    toml.write_text(toml.read_text().replace('caption = ""', 'caption = "a grey house"', 1))
+    assert load_project(root).train.caption == "a grey house"
     steps = enqueue_project(queue, root, max_steps=4)
     assert [(s.what, s.action) for s in steps] == [("train A", "queued"), ("train B", "queued"), ("result", "queued"),
                                                   ("preview", "queued")]
@@ -67,6 +70,7 @@ def test_differential_project_runs_through_the_queue(tmp_path, home):  # noqa: F
 
     with Image.open(plan.outputs.check) as check:  # its text says what it shows: the result over A at its multiplier
         assert f"LoRA: {plan.merged_path.name} over {plan.side('a').lora_path.name} at 1, Strengths: 0, 1" in check.info["parameters"]
+        assert check.info["parameters"].startswith("a grey house\n")
 
     again = enqueue_project(queue, root, max_steps=4)
     assert [s.action for s in again] == ["up to date"] * 4, [(s.what, s.reason) for s in again]

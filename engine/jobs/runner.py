@@ -297,9 +297,11 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
                        progress=lambda done, _total: progress(done, total), extra=record, log=log)
     artifacts = {"grid": str(path)}
     if is_differential(project):
+        caption = plan.side("b").params.caption if isinstance(plan.side("b").params.caption, str) else ""
         check = route_check(model, plan.side("a").lora_path, project.b.base_weights_multiplier, plan.merged_path,
                             plan.side("b").images[0].path, settings, Check(plan).path, model_name=project.info.base_model,
-                            progress=lambda done, _total: progress(grid_count + done, total), extra=record, log=log)
+                            progress=lambda done, _total: progress(grid_count + done, total), extra=record, log=log,
+                            caption=caption if "[filewords]" not in caption else "")
         log(f"wrote {check}: A with the result should draw picture B")
         artifacts["check"] = str(check)
     seconds = time.perf_counter() - started

@@ -304,15 +304,17 @@ def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettin
 
 def route_check(model: BaseModel, a_path: Path, multiplier: float, result_path: Path, picture_b: Path, settings: SampleSettings,
                 out_path: Path, *, model_name: str, progress: Callable[[int, int], None] | None = None,
-                extra: dict | None = None, log: Callable[[str], None] | None = None) -> Path:
-    """The differential route's check picture, caption-free as trained: A at its multiplier,
-    then A with the result at 1 (which should draw picture B), then picture B itself."""
+                extra: dict | None = None, log: Callable[[str], None] | None = None, caption: str = "") -> Path:
+    """The differential route's check picture, under the caption B trained with ("" by the
+    method, caption-free: a toy project's caption drew A's LoRA from an empty prompt, nothing
+    like picture A): A at its multiplier, then A with the result at 1 (which should draw picture
+    B), then picture B itself."""
     from PIL import ImageOps
 
     from engine.hashing import file_sha256
     from engine.lora.network import LoRANetwork
 
-    check = replace(settings, prompts=[""], strengths=[0.0, 1.0])
+    check = replace(settings, prompts=[caption], strengths=[0.0, 1.0])
     a_network = LoRANetwork.from_file(a_path, model.unet, model.text_encoders, model.family, multiplier)
     a_network.to(device=model.unet.device)
     result = LoRANetwork.from_file(result_path, model.unet, model.text_encoders, model.family)
