@@ -594,6 +594,20 @@ def test_new_keeps_real_checkpoints_and_tiny_caption_free(tmp_path):
     assert load_project(dest).train.caption == ""
 
 
+def test_new_says_the_caption_the_project_holds(tmp_path, capsys):
+    """`new --method addift --base toy` said "A and B train under the caption …", and wrote
+    caption = "" (the route's preset trains caption-free)."""
+    from tests.helpers import REPO
+
+    example = REPO / "projects/example-toy"
+    dest = tmp_path / "diff"
+    assert main(["new", str(dest), "--a", str(example / "a/colour.png"), "--b", str(example / "b/monochrome.png"), "--base", "toy",
+                 "--method", "addift"]) == 0
+    said = capsys.readouterr().out
+    assert load_project(dest).train.caption == "" and "train under the caption" not in said
+    assert "A and B train caption-free, as the addift route's preset for this base has it" in said
+
+
 
 def test_check_warns_on_a_caption_free_toy_project(tmp_path, capsys):
     root = one_pair_toy(tmp_path, "toy-bare")

@@ -94,8 +94,10 @@ def cmd_new(args: argparse.Namespace) -> int:
                                               method=args.method, caption=caption), set(), names)
     shown = _relative(project.root)
     print(f"created {shown}/ (A: {args.a}, B: {args.b}, base: {project.info.base_model}, route: {project.info.method})")
-    if caption:
-        print(f"A and B train under the caption {caption!r} ({TOY_CAPTION_WHY}); [train] caption changes it")
+    if project.train.caption:  # what the project holds (a route's preset may leave it caption-free: addift on the toy)
+        print(f"A and B train under the caption {project.train.caption!r} ({TOY_CAPTION_WHY}); [train] caption changes it")
+    elif caption:
+        print(f"A and B train caption-free, as the {project.info.method} route's preset for this base has it; [train] caption changes it")
     print(f"edit {shlex.quote(f'{shown}/copylora.toml')}, then: copylora check {shlex.quote(str(shown))}")  # pasted into a shell as shown
     return 0
 
