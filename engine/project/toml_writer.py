@@ -20,7 +20,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 HEADER = """\
 # copylora concept project: two teacher images, A and B, that differ only in the wanted way.
-# No trigger word: by default both train caption-free ([train] caption). Reference: docs/project-format.md
+# No trigger word: on a real checkpoint both train caption-free, as the method was published ([train] caption). Reference: docs/project-format.md
 """
 
 
