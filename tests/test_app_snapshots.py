@@ -38,9 +38,11 @@ def demo(tmp_path, monkeypatch):
 def previews(demo, tmp_path):
     """The demo with example-monochrome's previews: A at steps 100 and 200, then the grid."""
     folder = tmp_path / "projects" / "example-monochrome" / "output" / "samples"
+    # written while the demo's training runs (its job made at FIXED_T + id·600: engine.core.previews
+    # shows a job only what was written while it ran)
     for step in (100, 200):
-        write_preview(folder / f"example-monochrome_A-step{step:06d}.png", strengths=(1.0,), step=step, side="a", mtime=FIXED_T + step)
-    write_preview(folder / "example-monochrome-grid.png", mtime=FIXED_T + 300)
+        write_preview(folder / f"example-monochrome_A-step{step:06d}.png", strengths=(1.0,), step=step, side="a", mtime=FIXED_T + 9000 + step)
+    write_preview(folder / "example-monochrome-grid.png", mtime=FIXED_T + 9300)
     return demo
 
 

@@ -64,4 +64,4 @@ def print_stats(document: dict, rows: list[dict], console: Console | None = None
         table.add_row(*cells)
     console.print(table)
     if rows:
-        console.print("energy = Σ kept σ² / Σ σ²; error = ‖ΔW − kept‖/‖ΔW‖; cos = cos(Δ1, Δ2)", style="dim")
+        console.print("energy = Σ kept σ² / Σ σ²; error = ‖ΔW − kept‖/‖ΔW‖; cos = cos(Δ1, Δ2) of the files as trained, before their ratios", style="dim")

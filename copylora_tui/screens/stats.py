@@ -188,7 +188,7 @@ class StatsScreen(ActsWhileOpen, Screen):
                 ("modules ", "bold"), f"{len(rows)} of {len(self.document['modules'])}",
                 f"  ·  sort {COLUMNS[self.sort][0]} {arrow}  ·  block {self.block or 'all'}  ·  kind {self.kind or 'all'}",
                 ("   energy = Σ kept σ²/Σ σ², error = ‖ΔW−kept‖/‖ΔW‖"
-                 + (", cos = cos(Δ1, Δ2)" if len(self.document.get("inputs") or []) > 1 else ""), "dim"),  # one input: no cos
+                 + (", cos = cos(Δ1, Δ2) before ratios" if len(self.document.get("inputs") or []) > 1 else ""), "dim"),  # one input: no cos
             )
         )
 
