@@ -386,3 +386,28 @@ async def test_a_one_lora_route_is_one_output_under_the_table(tmp_path, monkeypa
         await wait_until(pilot, lambda: "one LoRA on the pair" in screen_text(app))
         flat = " ".join(screen_text(app).split())
         assert "addift: one LoRA on the pair, 200 steps · A→B: no LoRA yet" in flat and "steps A" not in flat and "; B:" not in flat, flat
+
+
+async def test_the_worker_line_counts_jobs_one_way(tmp_path, monkeypatch):
+    """"3 job(s) wait for it · 0 running, 2 waiting": the interrupted job was in the first count
+    and in neither of the others."""
+    import subprocess
+
+    env = use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    queue = Queue(env.home)
+    project = str((projects / "example-monochrome").resolve())
+    gone = queue.enqueue("train", project, side="a", label="train A", total=10)
+    for label in ("merge", "preview", "extra"):
+        queue.enqueue("merge" if label == "merge" else "sample", project, label=label)
+    queue.claim(None)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    queue.set_pid(gone.id, ended.pid, "gone")  # its process ended, no worker: interrupted
+    queue.pause(queue.jobs(("queued",))[-1].id)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: "interrupted" in screen_text(app) and "waiting" in screen_text(app))
+        flat = " ".join(screen_text(app).split())
+        assert "worker not running — 3 job(s) wait for it · 0 running, 1 interrupted, 2 waiting, 1 paused" in flat, flat
+    queue.close()

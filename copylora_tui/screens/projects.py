@@ -418,12 +418,16 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             self.refresh_table()
 
     def _worker_text(self, snapshot: QueueSnapshot) -> Text:
-        running = sum(j.live for j in snapshot.jobs)
-        waiting = sum(j.status.waiting for j in snapshot.jobs)
+        # counted as the worker line counts them ("3 job(s) wait for it · 0 running, 2 waiting" it
+        # read, an interrupted job in the first count and in neither of the others)
+        counts = {"running": sum(j.live for j in snapshot.jobs), "interrupted": sum(j.interrupted for j in snapshot.jobs),
+                  "waiting": sum(j.status is JobStatus.QUEUED for j in snapshot.jobs),
+                  "paused": sum(j.status is JobStatus.PAUSED for j in snapshot.jobs)}
         style = "green" if snapshot.worker_running else "yellow"
         text = Text.assemble(("● " if snapshot.worker_running else "○ ", style), snapshot.worker_text())
         if snapshot.jobs:
-            text.append(f"  ·  {running} running, {waiting} waiting  ·  2 shows the queue", style="dim")
+            shown = ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("running", "waiting"))
+            text.append(f"  ·  {shown}  ·  2 shows the queue", style="dim")
         return text
 
     @while_open
