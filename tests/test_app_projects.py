@@ -409,5 +409,5 @@ async def test_the_worker_line_counts_jobs_one_way(tmp_path, monkeypatch):
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_until(pilot, lambda: "interrupted" in screen_text(app) and "waiting" in screen_text(app))
         flat = " ".join(screen_text(app).split())
-        assert "worker not running — 3 job(s) wait for it · 0 running, 1 interrupted, 2 waiting, 1 paused" in flat, flat
+        assert "worker not running — 3 job(s) wait for it · 0 running, 1 interrupted, 2 waiting, 1 paused (2 shows them)" in flat, flat
     queue.close()

@@ -132,20 +132,22 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
     merge = project.merge
     rows.add("route", ROUTES[project.info.method])
     rows.add("training", training_order(plan))
-    conv = merge.new_conv_rank or merge.new_rank
+    # the 3x3 conv rank only where a side trains 3x3 convs (conv_dim): "(3x3 conv 16)" beside conv_dim = 0 read as if it did
+    convs = any(plan.side(side).params.conv_dim for side in plan.trained)
+    conv = f" (3x3 conv {merge.new_conv_rank or merge.new_rank})" if convs else ""
     if one_lora:
         p = plan.side("pair").params
         rows.add("", f"trains at ±{p.pair_multiplier:g} (pair_multiplier), timesteps {p.min_timestep}–{p.max_timestep}"
                  + (" swept" if project.info.method == "addift" else ""))
         rows.add("result", f"the LoRA at {p.pair_multiplier:g}, so strength 1 applies the change once; re-ranked to at most "
-                 f"{merge.new_rank} (3x3 conv {conv}), saved {merge.save_precision}")
+                 f"{merge.new_rank}{conv}, saved {merge.save_precision}")
     elif project.info.method == "differential":
         how = "merged into the base weights" if project.b.merge_base_weights else "as a frozen LoRA"
         rows.add("", f"B trains with A at {project.b.base_weights_multiplier:g} applied {how}")
-        rows.add("result", f"B itself, re-ranked to at most {merge.new_rank} (3x3 conv {conv}), saved {merge.save_precision}")
+        rows.add("result", f"B itself, re-ranked to at most {merge.new_rank}{conv}, saved {merge.save_precision}")
     else:
         b_ratio, a_ratio = merge.ratios
-        rows.add("merge", f"{b_ratio:+g}·B {a_ratio:+g}·A → rank {merge.new_rank} (3x3 conv {conv}), {merge.precision} math, "
+        rows.add("merge", f"{b_ratio:+g}·B {a_ratio:+g}·A → rank {merge.new_rank}{conv}, {merge.precision} math, "
                  f"saved {merge.save_precision}")
     parts.append(rows.table)
     if project.reg is not None:

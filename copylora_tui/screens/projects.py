@@ -427,7 +427,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         text = Text.assemble(("● " if snapshot.worker_running else "○ ", style), snapshot.worker_text())
         if snapshot.jobs:
             shown = ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("running", "waiting"))
-            text.append(f"  ·  {shown}  ·  2 shows the queue", style="dim")
+            text.append(f"  ·  {shown} (2 shows them)", style="dim")
         return text
 
     @while_open
