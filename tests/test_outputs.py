@@ -81,6 +81,10 @@ def test_the_preview_follows_sample_and_the_check_picture(real_runs):
     grid.write_bytes(whole[:record + 2000])  # cut after its record (before the pixels end): it read as current
     assert Grid(mono).status().pair() == (False, "unreadable preview")
     grid.write_bytes(whole)
+    result = mono.outputs.result
+    result.rename(result.with_suffix(".away"))  # the grid there, its LoRA gone: it said "missing: no preview yet"
+    assert Grid(mono).status().pair() == (False, "its merged LoRA is gone") and Grid(mono).status().state == STALE
+    result.with_suffix(".away").rename(result)
 
     toml = real_runs / "differential" / "copylora.toml"
     text = toml.read_text()

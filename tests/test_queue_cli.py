@@ -100,6 +100,18 @@ def test_worker_status_when_stopped(home, capsys):
     assert "not running" in capsys.readouterr().out
 
 
+def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
+    """It said "running jobs checkpointed and queued first" with no job running."""
+    monkeypatch.setattr("engine.jobs.worker.stop_worker", lambda: 4242)  # a worker that stops at once
+    assert main(["worker", "stop"]) == 0
+    assert capsys.readouterr().out.strip() == "worker 4242 stopped; no job was running"
+    queue = Queue(home)
+    queue.enqueue("merge", "/p", label="merge")
+    queue.claim(None)
+    assert main(["worker", "stop"]) == 0
+    assert capsys.readouterr().out.strip() == "worker 4242 stopped; running jobs checkpointed and queued first"
+
+
 def test_gpu_stats_absent_without_nvml(monkeypatch):
     import engine.jobs.gpu as gpu
 
@@ -441,3 +453,17 @@ def test_queue_fits_its_terminal_by_leaving_out_the_least_before_cutting(tmp_pat
         for cell in whole:
             assert any(cell in line for line in lines), (width, cell, lines)
 
+
+
+def test_run_wait_keeps_its_columns_past_job_9(home, capsys, monkeypatch):
+    from copylora_tui.cli import queue_commands
+
+    monkeypatch.setenv("COLUMNS", "120")
+    queue = Queue(home)
+    for n in range(10):
+        job = queue.enqueue("merge", f"/p/project-{n}", label="merge")
+        queue.claim(None)
+        queue.finish(job.id, JobStatus.DONE)
+    assert queue_commands._wait(queue, [9, 10]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("#")]
+    assert [line.index("merge") for line in lines] == [4, 4], lines  # "#9  merge", "#10 merge"

@@ -188,9 +188,11 @@ def _wait(queue, job_ids: list[int]) -> int:
             tasks = {}
             jobs = [queue.get(job_id) for job_id in job_ids]
             width = max([8, *(len(job.label) for job in jobs)])
+            ids = max(len(f"#{job.id}") for job in jobs)  # #9 beside #10: the labels in one column
             for job in jobs:
                 # escaped: Progress reads descriptions as markup, and names and errors are the user's
-                tasks[job.id] = bar.add_task(escape(f"#{job.id} {job.label:<{width}} {project_label(job.project)}"), total=1.0, info="")
+                tasks[job.id] = bar.add_task(escape(f"{f'#{job.id}':<{ids}} {job.label:<{width}} {project_label(job.project)}"), total=1.0,
+                                             info="")
             while True:
                 finished = 0
                 for job_id, task in tasks.items():
@@ -399,12 +401,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 0
     if args.action == "stop":
         try:  # its slots: ["slurm"] with that executor (read only: a full disk must not keep a worker from stopping)
-            on_slurm = "slurm" in str((Queue(reading=True).worker_row() or {}).get("gpus", ""))
+            reader = Queue(reading=True)
+            on_slurm = "slurm" in str((reader.worker_row() or {}).get("gpus", ""))
+            running = len(reader.jobs((JobStatus.RUNNING,)))
         except CopyloraError:
-            on_slurm = False
+            on_slurm, running = False, 1
         pid = stop_worker()
         after = ("its Slurm jobs keep running; the next worker follows them" if on_slurm
-                 else "running jobs checkpointed and queued first")
+                 else "running jobs checkpointed and queued first" if running else "no job was running")
         print("no worker was running" if pid is None else f"worker {pid} stopped; {after}")
         return 0
     queue = Queue()

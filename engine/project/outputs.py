@@ -400,8 +400,10 @@ class Grid:
 
     def status(self) -> Status:
         result = self.plan.outputs.result
-        if not self.path.is_file() or not result.is_file():
+        if not self.path.is_file():
             return Status(MISSING, "no preview yet")
+        if not result.is_file():  # the grid is there: "missing: no preview yet" it said
+            return Status(STALE, "its merged LoRA is gone")
         record = png_record(self.path)
         if record is None:
             return Status(STALE, "unreadable preview")
