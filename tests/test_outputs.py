@@ -40,7 +40,8 @@ def test_a_changed_parameter_makes_the_sides_stale_and_says_so(real_runs):
     toml.write_text(toml.read_text().replace("learning_rate = 0.001", "learning_rate = 0.002"))
     plan = plan_of(real_runs / "mono")
     assert SideLora(plan, "a").status() == SideLora(plan, "b").status()
-    assert (SideLora(plan, "a").status().state, SideLora(plan, "a").status().reason) == (STALE, "parameters, images or base model changed")
+    # what changed, by name and value (it said "parameters, images or base model changed")
+    assert (SideLora(plan, "a").status().state, SideLora(plan, "a").status().reason) == (STALE, "learning_rate 0.001 → 0.002")
     assert Result(plan).status().current  # made from the A and B files that are there: current until they are retrained
 
 
@@ -115,7 +116,7 @@ def test_check_and_the_queue_and_the_app_ask_the_same_status(real_runs, capsys):
     assert outputs["grid"]["path"] == str(plan.outputs.grid)
     assert main(["check", str(real_runs / "differential")]) == 0
     text = capsys.readouterr().out
-    assert "differential_A.safetensors" in text and "stale: parameters, images or base model changed" in text
+    assert "differential_A.safetensors" in text and "stale: learning_rate 0.001 → 0.002" in text
 
     summary = summarise(real_runs / "differential")  # the Projects screen (planned without --max_steps too)
     assert summary.sides["a"].state == STALE and summary.merge.state == "done"

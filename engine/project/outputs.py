@@ -254,9 +254,33 @@ class SideLora:
         recorded = meta.get("copylora_network_weights")
         if (want.start_weights is not None or recorded) and (_json(recorded) if recorded else None) != want.start_weights:
             return "network_weights (the LoRA it starts from) changed since it was trained"
+        if changed := self._changed_settings(meta):
+            return changed
         if self.plan.project.reg is not None:
             return "parameters, images, prompts, captions or base model changed"
         return "parameters, images or base model changed"
+
+    def _changed_settings(self, meta: dict[str, str]) -> str | None:
+        """The [train] keys whose values differ from those the LoRA's kohya metadata records
+        ("learning_rate 0.001 → 0.003"): a user changed the rate and read only "parameters,
+        images or base model changed". None where none of those differ (pictures, caption, …)."""
+        sp = self.plan.side(self.side)
+        p = sp.params
+        bucket = list(sp.buckets[0]) if sp.buckets else p.resolution
+        now = {  # as engine.train.lora_facts gives them to the metadata, str() of each
+            "learning_rate": ("ss_learning_rate", p.learning_rate), **({"unet_lr": ("ss_unet_lr", p.unet_lr)} if p.unet_lr else {}),
+            "network_dim": ("ss_network_dim", p.network_dim), "network_alpha": ("ss_network_alpha", p.network_alpha),
+            "lr_scheduler": ("ss_lr_scheduler", p.lr_scheduler), "lr_warmup_steps": ("ss_lr_warmup_steps", p.lr_warmup_steps),
+            "seed": ("ss_seed", p.seed), "mixed_precision": ("ss_mixed_precision", p.mixed_precision),
+            "clip_skip": ("ss_clip_skip", p.clip_skip), "noise_offset": ("ss_noise_offset", p.noise_offset or None),
+            "min_snr_gamma": ("ss_min_snr_gamma", p.min_snr_gamma), "max_grad_norm": ("ss_max_grad_norm", p.max_grad_norm),
+            "network_train_unet_only": ("ss_network_train_unet_only", p.network_train_unet_only),
+            "resolution": ("ss_resolution", tuple(bucket)),
+        }
+        changed = [f"{name} {meta[key]} → {value}" for name, (key, value) in now.items() if key in meta and meta[key] != str(value)]
+        if not changed:
+            return None
+        return ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
 
 
 class Result:
