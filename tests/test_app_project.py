@@ -121,13 +121,18 @@ async def test_cross_key_problem_is_shown_and_blocks_saving(tmp_path, monkeypatc
     app = CopyloraApp(folder.parent)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_project(pilot, app, folder)
-        editor(app, "train.max_train_steps").value = "100"  # epochs are set too: not both
-        await wait_until(pilot, lambda: "not both" in screen_text(app))
+        app.screen.query_one("#section-b").collapsed = False  # folded sections are built when unfolded
+        await wait_until(pilot, lambda: app.screen.query("#field-b-folder #editor"))
+        editor(app, "b.folder").value = "a"  # B's pictures A's: a problem of two keys
+        await wait_until(pilot, lambda: "A and B use the same folder" in field_error(app, "b.folder"))
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert toml.read_text() == original
-        editor(app, "train.max_train_epochs").value = ""
-        await wait_until(pilot, lambda: plan_steps(app, "A") == "100")
+        editor(app, "b.folder").value = "b"
+        # steps typed while epochs are set: the epochs go ("not both" it said, to clear by hand)
+        editor(app, "train.max_train_steps").value = "100"
+        await wait_until(pilot, lambda: plan_steps(app, "A") == "100" and editor(app, "train.max_train_epochs").value == "")
+        assert any("max_train_epochs cleared" in n for n in notices(app)) and "not both" not in screen_text(app)
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: "max_train_steps = 100" in toml.read_text())
 

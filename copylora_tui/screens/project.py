@@ -23,7 +23,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Collapsible, Static
+from textual.widgets import Button, Collapsible, Input, Static
 
 from copylora_tui import teacher_images
 from copylora_tui.core import form
@@ -338,6 +338,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         else:
             self.field_errors[path] = event.error
         section, _, key = path.partition(".")
+        self._one_length(section, key, event)
         if key == "folder" and (number := form.concept_number(section)) is not None:  # its title names its folder
             for box in self.query(f"#section-concept-{number}").results(Collapsible):
                 box.title = Content(self._concept_title(number))
@@ -346,6 +347,18 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         if self._check_timer is not None:
             self._check_timer.stop()
         self._check_timer = self.set_timer(CHECK_DELAY_S, self.check_project)
+
+    def _one_length(self, section: str, key: str, event: ParamField.Changed) -> None:
+        """[train] counts its length in steps or in epochs: a value typed into one clears the
+        other (it said "set max_train_epochs or max_train_steps, not both", to be cleared by hand)."""
+        other = {"max_train_steps": "max_train_epochs", "max_train_epochs": "max_train_steps"}.get(key)
+        if section != "train" or other is None or event.error is not None or event.value is None:
+            return
+        field = self.fields.get(f"train.{other}")
+        if field is None or not field.text.strip():
+            return
+        field.query_one("#editor", Input).value = ""
+        self.notify(f"{other} cleared: the length is in steps or in epochs, not both", timeout=4)
 
     def on_descendant_focus(self, event) -> None:
         field = next((n for n in event.widget.ancestors_with_self if isinstance(n, ParamField)), None)
