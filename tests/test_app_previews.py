@@ -215,7 +215,6 @@ async def test_monitor_pane_shows_the_jobs_own_previews_and_o_reports_the_path(t
 def test_a_jobs_previews_are_those_written_while_it_ran(tmp_path):
     """The Monitor of a job cancelled at step 35 showed a step-40 preview another run wrote later."""
     import os
-    import time
 
     from copylora_tui.core.previews import job_target
 
@@ -225,9 +224,10 @@ def test_a_jobs_previews_are_those_written_while_it_ran(tmp_path):
     queue.claim(None)
     queue.finish(job.id, "cancelled")
     job = queue.get(job.id)
-    own = write_preview(samples(project) / "example-monochrome_B-step000030.png", strengths=(1.0,), step=30, side="b")
+    own = write_preview(samples(project) / "example-monochrome_B-step000030.png", strengths=(1.0,), step=30, side="b",
+                        mtime=job.created_at)  # as the job began (a file's clock may read a few ms behind time.time())
     later = write_preview(samples(project) / "example-monochrome_B-step000040.png", strengths=(1.0,), step=40, side="b")
-    os.utime(later, (time.time() + 60, time.time() + 60))  # written a minute after the job ended
+    os.utime(later, (job.finished_at + 60, job.finished_at + 60))  # written a minute after the job ended
     assert newest(job_target(job)).path == own
     queue.close()
 

@@ -85,7 +85,8 @@ def job_target(job) -> PreviewTarget | str:
     if job.kind == "train" and job.side:
         sides = ["a", "b"] if job.side == "ab" else [job.side.lower()]  # a twin job previews both sides; "pair": one LoRA
         stems = [paths.lora(side).stem for side in sides]
-        when = {"after": job.created_at, "before": job.finished_at + JOB_END_SLACK_S if job.finished_at else None}
+        # (a second's slack before: a file's mtime is the kernel's coarse clock, behind time.time() by some ms)
+        when = {"after": job.created_at - 1.0, "before": job.finished_at + JOB_END_SLACK_S if job.finished_at else None}
         if len(stems) == 1:
             return PreviewTarget(paths.samples, f"{glob.escape(stems[0])}-step*.png", TRAIN_EMPTY, **when)
         # NAME_A and NAME_B differ in their last letter: one pattern for both
