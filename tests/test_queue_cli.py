@@ -467,3 +467,21 @@ def test_run_wait_keeps_its_columns_past_job_9(home, capsys, monkeypatch):
     assert queue_commands._wait(queue, [9, 10]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("#")]
     assert [line.index("merge") for line in lines] == [4, 4], lines  # "#9  merge", "#10 merge"
+
+
+def test_queue_shows_a_job_waiting_for_a_slurm_node_as_pending(home, monkeypatch):
+    """`copylora queue` said "running 5.1 it/s ETA 00:34" of a job Slurm had not started."""
+    from rich.console import Console
+
+    from copylora_tui.cli.queue_view import print_queue
+    from engine.train.progress import Progress
+
+    queue = Queue(home)
+    job = queue.enqueue("train", "/p/mono", side="a", label="train A", total=400)
+    queue.claim("slurm")
+    queue.report_progress(job.id, Progress(150, 400, 0.6, 0.7, 1e-3, 5.1, 34.0, 17.0, None), point=True)
+    queue.set_slurm(job.id, {"id": "77", "state": "PENDING", "reason": "Resources", "node": ""})
+    console = Console(width=140, record=True)
+    print_queue(queue.jobs(), 4242, home, console)
+    row = next(line for line in console.export_text().splitlines() if line.lstrip().startswith("#1"))
+    assert "pending" in row and "5.1 it/s" not in row and "00:34" not in row and "Slurm 77 PENDING (Resources)" in row, row

@@ -10,7 +10,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from copylora_tui.cli.console import output_console
-from copylora_tui.core.formatting import STATUS_STYLE, bar, job_copy_text, job_loss_text, project_label
+from copylora_tui.core.formatting import STATUS_STYLE, bar, job_copy_text, job_loss_text, project_label, slurm_pending
 from engine.jobs.queue import JobStatus
 from engine.jobs.slurm import status_text as slurm_status
 
@@ -35,7 +35,7 @@ def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm:
             table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
     for job in jobs:
         progress = f"{bar(job.fraction, width)} {job.step or 0}/{job.total}".strip() if job.total else ""
-        pending = bool(job.live and job.slurm and job.slurm.get("state") == "PENDING")  # submitted, waiting for a node
+        pending = slurm_pending(job)
         eta = format_duration(job.eta_s) if job.live and not pending and job.eta_s is not None else ""
         rate = rate_text(job.it_per_s) if job.live and not pending and job.it_per_s else ""  # an earlier run's: not now
         style = STATUS_STYLE.get(job.shown_status) or "default"

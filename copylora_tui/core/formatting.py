@@ -117,3 +117,9 @@ def mb_text(mb: float | None) -> str:
 def project_label(project_path: str) -> str:
     """A job's project as its folder name: absolute tmp paths never reach the screen."""
     return project_path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def slurm_pending(job) -> bool:
+    """Submitted to Slurm, waiting for a node: its speed, ETA and running time are an earlier
+    run's, or none (the Queue table, the Monitor and `copylora queue` say "pending")."""
+    return bool(job.live and job.slurm and job.slurm.get("state") == "PENDING")

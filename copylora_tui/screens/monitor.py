@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import ProgressBar, Static
 
-from copylora_tui.core.formatting import block_bar, copy_trend, eta_text, loss_text, mb_text, project_label, rate_text
+from copylora_tui.core.formatting import block_bar, copy_trend, eta_text, loss_text, mb_text, project_label, rate_text, slurm_pending
 from copylora_tui.core.history import newest_attempt
 from copylora_tui.core.projects import sides_apart
 from copylora_tui.core.reader import QueueReader
@@ -218,7 +218,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
             text.append(f"{step}/{total} {PROGRESS_UNITS.get(job.kind, 'done')}", style="bold")
         else:
             text.append("waiting" if job.status.waiting else "starting", style="bold")
-        pending = bool(job.live and job.slurm and job.slurm.get("state") == "PENDING")  # on Slurm, no node yet
+        pending = slurm_pending(job)
         if job.live and not pending:  # (a pending job's speed is an earlier run's)
             text.append(f"   {rate_text(job.it_per_s)}   ETA {eta_text(job.eta_s)}")
         if job.started_at and job.finished_at:

@@ -13,14 +13,9 @@ from typing import Callable
 
 from rich.text import Text
 
-from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, job_copy_text, job_loss_text, project_label, rate_text, when_text
+from copylora_tui.core.formatting import STATUS_STYLE, bar, eta_text, job_copy_text, job_loss_text, project_label, rate_text, slurm_pending, when_text
 from copylora_tui.widgets.fitted_table import FittedTable, cell_width, plain
 from engine.jobs.queue import Job, JobStatus
-
-
-def slurm_pending(job: Job) -> bool:
-    """Submitted to Slurm, waiting for a node: its speed and ETA are an earlier run's."""
-    return bool(job.live and job.slurm and job.slurm.get("state") == "PENDING")
 
 
 def status_cell(job: Job) -> Text:
