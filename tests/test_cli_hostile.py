@@ -247,6 +247,11 @@ def test_merge_names_the_file_and_module_that_hold_nan(loras, tmp_path, capsys):
     # factors that fit float32 at this ratio, but whose change does not: it failed inside the SVD ("internal error")
     assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1", "3e37"]) == EXIT_USAGE
     assert "A.safetensors: module" in (said := one_line(capsys.readouterr().err)) and "overflows float32; use a smaller ratio" in said
+    # a block weight past float32 is the input to fix, not the ratio: it was said under --ratios
+    big = "[" + ",".join(["1e300"] * 17) + "]"
+    assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1", "-1", "--lbws", big, big]) == EXIT_USAGE
+    said = one_line(capsys.readouterr().err)
+    assert said.startswith("copylora: --lbws: B.safetensors: module ") and "use a smaller block weight" in said
     # a merge whose factors fit float32 but not the fp16 it is saved in: it wrote a file of inf
     assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1", "1e12", "--save_precision", "fp16"]) == EXIT_USAGE
     assert "does not fit float16 (fp16's largest is 65504: save as float or bf16); nothing was written" in one_line(capsys.readouterr().err)

@@ -170,6 +170,26 @@ def test_project_lbws_one_vector_weights_both(loras, tmp_path, written):
     assert [i["lbw"] for i in provenance["inputs"]] == [vector({"M00": 0.5})] * 2
 
 
+def test_all_ones_lbws_leaves_the_result_current(loras, tmp_path):
+    """A vector of ones scales nothing: the merge made without lbws is the one it would make, so
+    setting one after the merge must not call the result stale (and a real weighting must)."""
+    from engine.project.folder import load_project
+    from engine.project.outputs import CURRENT, STALE, Result
+    from engine.project.plan import make_plan
+
+    root, plan = project_with_loras(tmp_path, loras, "")
+    assert main(["merge", "--project", str(root)]) == 0
+    assert Result(plan).status().state == CURRENT
+    toml = root / "copylora.toml"
+    base = toml.read_text()
+    for line, state in ((f"lbws = [{[1] * 17}]", CURRENT), (f"lbws = [{[1.0] * 17}, {[1] * 17}]", CURRENT),
+                        (f"lbws = [{vector({'M00': 0.5})}]", STALE)):
+        toml.write_text(base.replace("\nlbws = []\n", f"\n{line}\n", 1) if "\nlbws = []\n" in base
+                        else base.replace("[merge]\n", f"[merge]\n{line}\n", 1))
+        status = Result(make_plan(load_project(root))).status()
+        assert status.state == state, (line, status)
+
+
 @pytest.mark.parametrize("line, problem", [
     ("lbws = [[1, 1, 1]]", "merge.lbws[0]: 3 weights; a block-weight vector has 12 or 20 (SDXL), or 17 or 26 (SD1/SD2)"),
     (f"lbws = [{[1] * 20}]", "merge.lbws: 20 weights are SDXL blocks; an SD1/SD2 LoRA takes 17 or 26"),  # tiny is an SD1 model

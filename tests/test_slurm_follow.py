@@ -58,6 +58,14 @@ class StandIn:
             raise slurm.SlurmError(f"scancel ... failed: {self.cancel_error}", said=self.cancel_error)
 
 
+def submit(jobs: SlurmJobs, queue: Queue) -> None:
+    """The loop's turns until no sbatch is under way (each runs in the executor's submitter thread)."""
+    jobs._submit(queue)
+    while jobs.submitting is not None:
+        jobs.submitting.outcome.result(timeout=10)
+        jobs._submit(queue)
+
+
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     monkeypatch.setattr("engine.jobs.slurm_jobs.GONE_AFTER_S", 0.0)  # the polls alone decide, unless a test says otherwise
@@ -75,7 +83,7 @@ def test_a_job_squeue_does_not_list_once_is_not_submitted_again(cluster):
     its merge and preview with it."""
     stand_in, queue, jobs, said = cluster
     job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
-    jobs._submit(queue)
+    submit(jobs, queue)
     [slurm_id] = stand_in.listed
     stand_in.listed[slurm_id] = "RUNNING"
     del stand_in.listed[slurm_id]  # not listed, for GONE_AFTER_POLLS - 1 answers
@@ -83,12 +91,12 @@ def test_a_job_squeue_does_not_list_once_is_not_submitted_again(cluster):
         jobs._follow(queue)
     stand_in.listed[slurm_id] = "RUNNING"  # there after all
     jobs._follow(queue)
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert stand_in.submits == [job.id] and queue.get(job.id).status is JobStatus.RUNNING
     del stand_in.listed[slurm_id]  # gone for good (a node failure): submitted again, once sure
     for _ in range(GONE_AFTER_POLLS):
         jobs._follow(queue)
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert stand_in.submits == [job.id, job.id] and any("ended without a word" in line for line in said)
 
 
@@ -102,7 +110,7 @@ def test_a_job_is_gone_only_after_a_quiet_minute_and_a_requeue_is_no_end(cluster
     clock = [1000.0]
     monkeypatch.setattr(slurm_jobs.time, "monotonic", lambda: clock[0])
     job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
-    jobs._submit(queue)
+    submit(jobs, queue)
     [slurm_id] = stand_in.listed
     events = jobs.tracked[job.id].channel / "events.jsonl"
     del stand_in.listed[slurm_id]
@@ -128,7 +136,7 @@ def test_a_job_is_gone_only_after_a_quiet_minute_and_a_requeue_is_no_end(cluster
     for _ in range(13):  # gone, and quiet, for a minute: ended, submitted again
         clock[0] += 5
         jobs._follow(queue)
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert stand_in.submits == [job.id, job.id]
 
 
@@ -139,7 +147,7 @@ def test_a_job_claimed_when_the_last_worker_died_is_looked_for_before_it_is_subm
     queue.claim("slurm")  # claimed, its sbatch under way, no Slurm id recorded: the worker died
     stand_in.by_name[job.id] = "900"
     jobs.recover(queue)
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert not stand_in.submits and jobs.tracked[job.id].slurm_id == "900"
 
 
@@ -148,7 +156,7 @@ def test_a_job_slurm_calls_over_ends_when_its_runner_said_so(cluster):
     channel, that is the end at once."""
     stand_in, queue, jobs, _said = cluster
     job = queue.enqueue("merge", "/p", label="merge")
-    jobs._submit(queue)
+    submit(jobs, queue)
     [slurm_id] = stand_in.listed
     channel = jobs.tracked[job.id].channel
     with open(channel / "events.jsonl", "a") as events:
@@ -182,7 +190,7 @@ def test_a_cancel_slurm_cannot_pass_on_is_tried_again_later_and_one_it_forgot_is
     """scancel of a job Slurm had forgotten ("Invalid job id") was tried twice a second for good."""
     stand_in, queue, jobs, said = cluster
     job = queue.enqueue("merge", "/p", label="merge")
-    jobs._submit(queue)
+    submit(jobs, queue)
     queue.cancel(job.id)
     stand_in.cancel_error = "scancel: error: Unable to contact slurm controller (connect failure)"
     for _ in range(5):
@@ -205,19 +213,19 @@ def test_a_submission_slurm_could_not_take_waits_and_one_it_refused_fails(cluste
     first = queue.enqueue("merge", "/p1", label="merge")
     second = queue.enqueue("merge", "/p2", label="merge")
     stand_in.submit_error = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert [queue.get(j.id).status for j in (first, second)] == [JobStatus.QUEUED, JobStatus.QUEUED]
     assert "tried again in 30 s" in queue.get(first.id).error and jobs.submit_after > 0
-    jobs._submit(queue)  # within RETRY_S: nothing tried
+    submit(jobs, queue)  # within RETRY_S: nothing tried
     assert not stand_in.submits and queue.get(first.id).status is JobStatus.QUEUED
     jobs.submit_after = 0.0
     stand_in.submit_error = "sbatch did not answer within 60 s"
     stand_in.by_name[first.id] = "777"  # it had been submitted all the same: followed, not submitted twice
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert jobs.tracked[first.id].slurm_id == "777" and queue.get(first.id).slurm["id"] == "777"
     stand_in.submit_error = "sbatch: error: Batch job submission failed: Invalid partition name specified"
     jobs.submit_after = 0.0
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert queue.get(second.id).status is JobStatus.FAILED and "Invalid partition" in queue.get(second.id).error
 
 
@@ -228,18 +236,18 @@ def test_a_job_an_sbatch_may_have_submitted_is_never_submitted_again_before_slur
     job = queue.enqueue("merge", "/p", label="merge")
     stand_in.submit_error = "did not answer"
     stand_in.lookup_error = "squeue: error: Socket timed out on send/recv operation"
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert queue.get(job.id).status is JobStatus.QUEUED and job.id in jobs.maybe_submitted
     stand_in.submit_error = None
     jobs.submit_after = 0.0
-    jobs._submit(queue)  # Slurm still cannot say: no sbatch
+    submit(jobs, queue)  # Slurm still cannot say: no sbatch
     assert not stand_in.submits and queue.get(job.id).status is JobStatus.QUEUED
     stand_in.lookup_error = None
     stand_in.by_name[job.id] = "555"  # it has it: followed, its channel as the node writes it
     channel = jobs.home / "channels" / str(job.id) / "events.jsonl"
     channel.write_text('{"event": "start_step", "step": 3, "total": 9}\n')
     jobs.submit_after = 0.0
-    jobs._submit(queue)
+    submit(jobs, queue)
     assert not stand_in.submits and jobs.tracked[job.id].slurm_id == "555" and channel.read_text()
 
 
@@ -257,7 +265,7 @@ def test_a_job_that_never_starts_on_its_node_fails_after_a_few_tries(cluster):
     stand_in, queue, jobs, _said = cluster
     job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
     for attempt in range(SILENT_ENDS):
-        jobs._submit(queue)
+        submit(jobs, queue)
         stand_in.listed.clear()
         for _ in range(GONE_AFTER_POLLS):
             jobs._follow(queue)
@@ -346,7 +354,7 @@ def test_a_squeue_that_hangs_does_not_hold_the_worker(cluster, monkeypatch):
 
     stand_in, queue, jobs, _said = cluster
     job = queue.enqueue("merge", "/p", label="merge")
-    jobs._submit(queue)
+    submit(jobs, queue)
     [slurm_id] = stand_in.listed
     stand_in.listed[slurm_id] = "RUNNING"
     answer = threading.Event()
@@ -368,3 +376,40 @@ def test_a_squeue_that_hangs_does_not_hold_the_worker(cluster, monkeypatch):
         jobs.step(queue)
         time.sleep(0.05)
     assert queue.get(job.id).slurm["state"] == "RUNNING"
+
+
+def test_an_sbatch_that_hangs_does_not_hold_the_worker(cluster, monkeypatch):
+    """sbatch waiting on a busy controller held the worker's loop for up to its minute's
+    time-out (no progress read, no heartbeat, `worker stop` slow). It runs in a thread now, one
+    at a time; its job is followed once it answers, and a worker told to stop meanwhile waits
+    for that answer, so the job's Slurm id is recorded for the next worker."""
+    import threading
+    import time
+
+    stand_in, queue, jobs, said = cluster
+    first = queue.enqueue("merge", "/p", label="merge")
+    second = queue.enqueue("merge", "/q", label="merge")
+    answer = threading.Event()
+    real = stand_in.submit
+
+    def hanging(job_id, *args):
+        answer.wait(timeout=30)
+        return real(job_id, *args)
+
+    monkeypatch.setattr(slurm, "submit", hanging)
+    started = time.monotonic()
+    for _ in range(5):
+        jobs.step(queue)
+    assert time.monotonic() - started < 2.0
+    assert jobs.submitting is not None and jobs.submitting.job.id == first.id
+    assert queue.get(second.id).status is JobStatus.QUEUED  # one sbatch at a time
+    answer.set()
+    deadline = time.monotonic() + 10
+    while len(stand_in.submits) < 2 and time.monotonic() < deadline:
+        jobs.step(queue)
+        time.sleep(0.01)
+    assert stand_in.submits == [first.id, second.id]
+    jobs.stop(queue)  # the second's sbatch may still be settling: stop waits for it
+    assert jobs.submitting is None
+    assert {queue.get(j.id).slurm["id"] for j in (first, second)} == set(stand_in.listed)
+    assert set(jobs.tracked) == {first.id, second.id}

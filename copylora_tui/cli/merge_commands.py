@@ -115,7 +115,7 @@ def _run_merge(paths, ratios, *, save_to, new_rank, new_conv_rank, device, preci
         result = as_flags(lambda: merge_loras(
             paths, ratios, new_rank=new_rank, new_conv_rank=new_conv_rank, device=device,
             precision=precision, clamp_quantile=clamp_quantile, progress=progress, lbws=lbws,
-        ), {"ratios"})
+        ), {"ratios", "lbws"})
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if route is not None:  # a project's result, recorded as `copylora run` records it

@@ -45,6 +45,23 @@ class Tracked:
     order_after: float = 0.0  # an scancel that failed is tried again from then (time.monotonic)
 
 
+@dataclass
+class Outcome:
+    """What one submission came to: the Slurm job (and its channel), or Slurm's error."""
+
+    slurm_id: str | None = None
+    channel: Path | None = None
+    error: slurm.SlurmError | None = None
+    refused: bool = False  # Slurm said no: the job fails
+    unknown: bool = False  # it may have been submitted, and Slurm could not say: looked up before any sbatch
+
+
+@dataclass
+class Submission:
+    job: Job
+    outcome: Future  # of an Outcome
+
+
 class SlurmJobs:
     def __init__(self, home: Path, options: slurm.SlurmOptions, log: Callable[[str], None], max_submitted: int = MAX_SUBMITTED) -> None:
         self.home, self.options, self.log, self.max_submitted = home, options, log, max_submitted
@@ -55,6 +72,8 @@ class SlurmJobs:
         self.maybe_submitted: set[int] = set()  # jobs an sbatch that failed may have submitted, Slurm not asked yet
         self._asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squeue")
         self.asking: tuple[list[str], Future] | None = None  # the squeue under way: the ids asked, its answer
+        self._submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbatch")
+        self.submitting: Submission | None = None  # the job being submitted, and what that came to
 
     def recover(self, queue: Queue) -> None:
         """A new worker: follow the Slurm jobs its predecessor submitted; requeue what never got there."""
@@ -96,40 +115,73 @@ class SlurmJobs:
                 tracked.exit_code = event["code"]  # an int: ingest checked it
 
     def _submit(self, queue: Queue) -> None:
-        while len(self.tracked) < self.max_submitted and time.monotonic() >= self.submit_after:
-            job = queue.claim("slurm")
-            if job is None:
+        """Take what the submission under way came to, then start the next one. ``sbatch`` (and
+        the name lookups around it) run in a thread, one at a time: a controller slow to answer
+        held this loop for up to a minute (sbatch's time-out), and with it every job's progress,
+        the heartbeat and `worker stop`."""
+        if self.submitting is not None:
+            if not self.submitting.outcome.done():
                 return
-            if job.id in self.maybe_submitted:  # an sbatch that may have submitted it: Slurm is asked first
-                try:
-                    found = slurm.find_by_name(self.home, job.id)
-                except slurm.SlurmError as exc:
-                    self._wait(queue, job, exc)
-                    return
-                self.maybe_submitted.discard(job.id)
-                if found is not None:  # its channel is the live job's: not opened afresh (that removes its events)
-                    self._follow_new(queue, job, found, channel_dir(self.home, job.id))
-                    continue
-            channel = open_channel(self.home, job)
+            # settled before it is let go: a queue write that fails (a full disk) has it settled again next turn
+            go_on = self._settle(queue, self.submitting.job, self.submitting.outcome.result())
+            self.submitting = None
+            if not go_on:
+                return
+        if len(self.tracked) >= self.max_submitted or time.monotonic() < self.submit_after:
+            return
+        job = queue.claim("slurm")
+        if job is None:
+            return
+        maybe = job.id in self.maybe_submitted
+        self.submitting = Submission(job, self._submitter.submit(self._submission, job, maybe, queue.log_path(job.id)))
+
+    def stop(self, queue: Queue) -> None:
+        """The worker is stopping: the sbatch under way is waited for (it ends within its time-out)
+        and its job followed by the queue, so the next worker finds its Slurm id recorded."""
+        if self.submitting is not None:
+            self.log(f"job #{self.submitting.job.id}: waiting for its sbatch to answer before stopping")
+            self._settle(queue, self.submitting.job, self.submitting.outcome.result())
+            self.submitting = None
+
+    def _submission(self, job: Job, maybe: bool, log_path: Path) -> Outcome:
+        """In the submitter thread (Slurm's commands and the channel's files; the queue is the loop's)."""
+        if maybe:  # an sbatch that may have submitted it: Slurm is asked first
             try:
-                slurm_id = slurm.submit(job.id, self.home, channel, queue.log_path(job.id), self.options)
+                found = slurm.find_by_name(self.home, job.id)
             except slurm.SlurmError as exc:
-                if not exc.temporary:  # Slurm said no (a partition it has not, an option it refuses): the settings to fix
-                    queue.finish(job.id, JobStatus.FAILED, error=f"could not submit it to Slurm: {exc}")
-                    self.log(f"job #{job.id}: {exc}")
-                    continue
-                # Slurm could not answer (its controller restarting, an sbatch past our timeout, which
-                # may have submitted it all the same): such a job failed, and every job after it, in a second.
-                try:
-                    found = slurm.find_by_name(self.home, job.id)
-                except slurm.SlurmError:
-                    self.maybe_submitted.add(job.id)  # not known: never submitted again before Slurm says it has it not
-                    found = None
-                if found is None:
-                    self._wait(queue, job, exc)
-                    return
-                slurm_id = found
-            self._follow_new(queue, job, slurm_id, channel)
+                return Outcome(error=exc, unknown=True)
+            if found is not None:  # its channel is the live job's: not opened afresh (that removes its events)
+                return Outcome(found, channel_dir(self.home, job.id))
+        channel = open_channel(self.home, job)
+        try:
+            return Outcome(slurm.submit(job.id, self.home, channel, log_path, self.options), channel)
+        except slurm.SlurmError as exc:
+            if not exc.temporary:  # Slurm said no (a partition it has not, an option it refuses): the settings to fix
+                return Outcome(error=exc, refused=True)
+            # Slurm could not answer (its controller restarting, an sbatch past our timeout, which
+            # may have submitted it all the same): such a job failed, and every job after it, in a second.
+            try:
+                found = slurm.find_by_name(self.home, job.id)
+            except slurm.SlurmError:  # not known: never submitted again before Slurm says it has it not
+                return Outcome(error=exc, unknown=True)
+            return Outcome(found, channel) if found is not None else Outcome(error=exc)
+
+    def _settle(self, queue: Queue, job: Job, outcome: Outcome) -> bool:
+        """What a submission came to, for the queue; whether the next may be submitted now."""
+        if outcome.unknown:
+            self.maybe_submitted.add(job.id)
+        else:
+            self.maybe_submitted.discard(job.id)
+        if outcome.slurm_id is not None and outcome.channel is not None:
+            self._follow_new(queue, job, outcome.slurm_id, outcome.channel)
+            return True
+        assert outcome.error is not None
+        if outcome.refused:
+            queue.finish(job.id, JobStatus.FAILED, error=f"could not submit it to Slurm: {outcome.error}")
+            self.log(f"job #{job.id}: {outcome.error}")
+            return True
+        self._wait(queue, job, outcome.error)
+        return False
 
     def _follow_new(self, queue: Queue, job: Job, slurm_id: str, channel: Path) -> None:
         queue.set_slurm(job.id, {"id": slurm_id, "state": "PENDING", "reason": "", "node": ""})

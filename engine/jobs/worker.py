@@ -197,6 +197,10 @@ class Worker:
                 continue
             queue.heartbeat()
             time.sleep(POLL_S)
+        try:
+            self.slurm.stop(queue)
+        except QueueWriteError as exc:  # its Slurm id not recorded: the next worker looks the job up by its name
+            self.log(f"stopping: {exc}")
         if self.slurm.tracked:
             self.log(f"{len(self.slurm.tracked)} Slurm job(s) keep running; the next worker follows them")
         return 0

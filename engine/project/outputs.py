@@ -362,9 +362,14 @@ class Result:
             return Status(STALE, "[merge] ranks changed")
         from engine.lbw_vectors import parse_lbw
 
-        wanted_lbw = [None if v is None else [float(x) for x in parse_lbw(v)] for v in (self.lbws() or [None] * len(paths))]
+        def weighting(vector) -> list[float] | None:
+            # all ones scales nothing: the file made without lbws is the one it would make
+            weights = None if vector is None else [float(x) for x in vector]
+            return None if weights is None or all(w == 1.0 for w in weights) else weights
+
+        wanted_lbw = [weighting(None if v is None else parse_lbw(v)) for v in (self.lbws() or [None] * len(paths))]
         made_lbw = [i.get("lbw") for i in made.get("inputs", [])]
-        if [None if v is None else [float(x) for x in v] for v in made_lbw] != wanted_lbw:
+        if [weighting(v) for v in made_lbw] != wanted_lbw:
             return Status(STALE, "[merge] lbws changed")
         return Status(CURRENT, self.path.name)
 
