@@ -235,6 +235,15 @@ def test_sd_scripts_config_file(config_toml: Path) -> None:
     assert "always cached" in _entry(result.ignored, "cache_latents").note
 
 
+def test_sdxl_clip_skip_is_not_imported(tmp_path: Path) -> None:
+    """sdxl_train_network ignores clip_skip (always the penultimate layers); copylora applies it
+    to SDXL as A1111 does, so importing 2 would train on another layer than kohya did."""
+    result = import_kohya(_gui(tmp_path, sdxl=True, clip_skip=2))
+    assert "clip_skip" not in result.train and "penultimate" in _entry(result.ignored, "clip_skip").note
+    assert import_kohya(_gui(tmp_path, clip_skip=2)).train["clip_skip"] == 2  # SD1.5: kohya applies it
+    assert import_kohya(_gui(tmp_path, sdxl=True, clip_skip=1)).train["clip_skip"] == 1
+
+
 def test_parse_optimizer_args() -> None:
     assert _parse_args('"d0=1e-5" "weight_decay=0.4" "decouple=True"') == {"d0": 1e-5, "weight_decay": 0.4, "decouple": True}
     assert _parse_args("weight_decay=0.01 betas=0.9,0.99") == {"weight_decay": 0.01, "betas": [0.9, 0.99]}
@@ -250,8 +259,13 @@ def _gui(tmp_path: Path, **settings) -> Path:
 
 
 def test_gui_steps_epochs_and_warmup_percent(tmp_path: Path) -> None:
-    result = import_kohya(_gui(tmp_path, epoch=10, max_train_steps="1000", lr_warmup=10))
+    result = import_kohya(_gui(tmp_path, epoch=10, max_train_steps="1000", lr_warmup=10, lr_scheduler="cosine"))
     assert result.train["max_train_steps"] == 1000 and result.train["lr_warmup_steps"] == 100
+    # the constant schedule (sd-scripts' default) has no warm-up: sd-scripts refuses the pair
+    for scheduler in ({"lr_scheduler": "constant"}, {}):
+        result = import_kohya(_gui(tmp_path, max_train_steps="1000", lr_warmup=10, **scheduler))
+        assert "lr_warmup_steps" not in result.train and "constant_with_warmup" in _entry(result.ignored, "lr_warmup").note
+        _check_reports(result, {"LoRA_type", "optimizer", "max_train_steps", "lr_warmup", *scheduler})
     # sd-scripts trains max_train_epochs when it is set, whatever max_train_steps says.
     result = import_kohya(_gui(tmp_path, max_train_epochs="5", max_train_steps="1000", lr_warmup=10))
     assert result.train["max_train_epochs"] == 5 and result.train["max_train_steps"] is None

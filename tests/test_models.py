@@ -361,3 +361,22 @@ def test_builtin_widths_are_the_tiny_models_own():
     assert BUILTIN_WIDEST["tiny"] == (max(tiny_model.UNET_CHANNELS), tiny_model.CLIP_HIDDEN)
     assert BUILTIN_WIDEST["tiny-sdxl"] == (max(tiny_model.SDXL_UNET_CHANNELS), max(tiny_model.SDXL_CLIP_HIDDEN))
     assert set(BUILTIN_FAMILIES) == set(tiny_model.BUILTIN_MODEL_DIRS)
+
+
+@pytest.mark.parametrize("family, pad", [("sd1", "<|endoftext|>"), ("sd2", "!"), ("sd2-v", "!")])
+def test_single_file_tokenizers_pad_as_the_family_was_trained(tmp_path, monkeypatch, family, pad):
+    """SD2's prompts are padded with "!" (id 0), as its own tokenizer, kohya and A1111 pad them;
+    a single-file SD2 padded with <|endoftext|>, so every prompt (the empty training one too)
+    was conditioned on 75 other token embeddings. SDXL's second tokenizer pads with "!" too."""
+    from engine.models.loading import CONFIG_ROOT, single_file_tokenizers
+
+    tiny_tok = tiny_model.tiny_tokenizer()
+    stand_in_hub(tmp_path, monkeypatch, tiny_tok)
+    configs = tmp_path / "configs"
+    (configs / "text_encoder").mkdir(parents=True)
+    (configs / "text_encoder" / "config.json").write_text(json.dumps({"vocab_size": len(tiny_tok)}))
+    tokenizer = single_file_tokenizers(family, None, configs)["tokenizer"]
+    assert tokenizer.pad_token == pad
+    ids = tokenizer("", padding="max_length", max_length=8).input_ids
+    assert ids[2:] == [tokenizer.convert_tokens_to_ids(pad)] * 6
+    assert (CONFIG_ROOT / family / "text_encoder" / "config.json").is_file()  # the shipped configs it reads by default

@@ -140,6 +140,26 @@ def test_epochs_and_steps_both_or_neither(tmp_path):
     assert load_project(root) == project
 
 
+def test_warmup_steps_with_the_constant_schedule_are_refused(tmp_path):
+    """diffusers' constant schedule dropped the warm-up without a word (the rate was full from
+    step 0); sd-scripts refuses the pair. Said at the key that set the steps, train's or a side's."""
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    text = toml.read_text()
+    assert 'lr_scheduler = "constant"\n' in text and "lr_warmup_steps = 0\n" in text
+    toml.write_text(text.replace("lr_warmup_steps = 0\n", "lr_warmup_steps = 50\n"))
+    with pytest.raises(ValidationError) as caught:
+        load_project(root)
+    assert problems_of(caught)["train.lr_warmup_steps"].startswith('50 warm-up steps, but lr_scheduler "constant" has none')
+    toml.write_text(text.replace("lr_warmup_steps = 0\n", "lr_warmup_steps = 50\n")
+                    .replace('lr_scheduler = "constant"\n', 'lr_scheduler = "constant_with_warmup"\n'))
+    assert load_project(root).train.lr_warmup_steps == 50
+    toml.write_text(text.replace("[b]\n", "[b]\nlr_warmup_steps = 20\n", 1))
+    with pytest.raises(ValidationError) as caught:
+        load_project(root)
+    assert set(problems_of(caught)) == {"b.lr_warmup_steps"}
+
+
 def test_invalid_toml_syntax(tmp_path):
     root = copy_example(tmp_path)
     (root / "copylora.toml").write_text("[train\nnetwork_dim = 8")
@@ -185,6 +205,37 @@ def test_kohya_folder_name_sets_repeats(tmp_path):
     project.b.overrides = {"num_repeats": 2}
     assert project.side_params("b").num_repeats == 2
     assert project.repeats_source("b") == "[b].num_repeats"
+    # sd-scripts trains "12_sks girl"'s pictures on the caption "sks girl"; copylora on [train]
+    # caption: said (once, for B: "5_" has no words), and quiet once the caption matches
+    from engine.project.plan import plan_warnings
+
+    said = [w for w in plan_warnings(make_plan(project)) if "kohya trains" in w]
+    assert said == ["b.folder: kohya trains the pictures of '12_sks girl' on the caption 'sks girl' (the words of its folder name); "
+                    "copylora trains them on [train] caption (''): set caption = 'sks girl' to train as kohya did, or rename the folder"]
+    project.b.overrides = {"caption": "sks girl"}
+    assert not [w for w in plan_warnings(make_plan(project)) if "kohya trains" in w]
+
+
+def test_a_bucket_far_below_resolutions_area_is_said_with_the_resolution_of_its_shape(tmp_path):
+    """kohya's `resolution = 512,512` lets a 2:3 picture's long side reach max_bucket_reso at
+    that area (384×640 there); copylora's caps it at 512 (320×512, 62 % of the pixels): said,
+    with the resolution that keeps the area at the picture's own shape."""
+    from engine.project.plan import plan_warnings
+
+    root = copy_example(tmp_path)
+    write_png(root / "a" / "colour.png", size=(600, 900))
+    write_png(root / "b" / "monochrome.png", size=(600, 900), colour=(90, 90, 90))
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("resolution = [128, 192]", "resolution = [512, 512]"))
+    plan = make_plan(load_project(root))
+    assert plan.side("a").buckets == ((320, 512),)
+    said = [w for w in plan_warnings(plan) if "of resolution's" in w]
+    assert said == [f"{side}.folder {name}: its 600×900 trains at 320×512, 62% of resolution's 512×512 area (the longest side is "
+                    "capped at 512); resolution = [418, 627] (its own shape at that area) trains it at 384×576"
+                    for side, name in (("a", "colour.png"), ("b", "monochrome.png"))]
+    toml.write_text(toml.read_text().replace("resolution = [512, 512]", "resolution = [418, 627]"))
+    plan = make_plan(load_project(root))
+    assert plan.side("a").buckets == ((384, 576),) and not [w for w in plan_warnings(plan) if "of resolution's" in w]
 
 
 def test_save_refuses_invalid_and_keeps_file(tmp_path):

@@ -256,3 +256,33 @@ def test_a_side_another_process_trains_is_refused_before_anything_is_touched(tmp
     assert train(plan, "a").lora_path.is_file()  # released with its holder
     monkeypatch.setattr(sys, "argv", ["/usr/bin/copylora", "train", "mono", "--side", "a"])
     assert _holder().startswith("`copylora train mono --side a` (pid ")
+
+
+def test_a_step_the_fp16_scaler_skips_is_no_step_of_the_schedule(tmp_path, tiny):
+    """fp16: the grad scaler skips a step whose gradients overflow (and lowers its scale); the
+    learning-rate schedule stepped all the same, so a warm-up or a cosine ran ahead by every
+    skipped step. accelerate's scheduler (sd-scripts') does not step then; nor does ours."""
+    import time
+
+    from engine.train.side_run import SideRun
+
+    plan = make(tmp_path, 10, lr_scheduler="linear", lr_warmup_steps=4)
+    run = SideRun(plan, "a", tiny, device="cpu", weight_dtype=torch.float32, use_scaler=False, started=time.time(), log=quiet,
+                  apply=False)
+    run.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # the CUDA one's logic, on the CPU
+
+    def step_with(value: float) -> None:
+        run.grad_scaler.scale(torch.ones(()))  # as backward's loss is scaled first
+        for param in run.params:
+            param.grad = torch.full_like(param, value)
+        run.optimizer_step()
+
+    before = [p.detach().clone() for p in run.params]
+    step_with(float("inf"))
+    assert run.lr_schedule.last_epoch == 0 and run.grad_scaler.get_scale() == 2.0**9  # skipped: no step, scale halved
+    assert all(torch.equal(p, q) for p, q in zip(run.params, before))
+    step_with(1e-3)
+    assert run.lr_schedule.last_epoch == 1 and run.lr() == pytest.approx(plan.side("a").params.learning_rate / 4)
+    run.grad_scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32/bf16: every step is one
+    step_with(float("nan"))
+    assert run.lr_schedule.last_epoch == 2

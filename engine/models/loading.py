@@ -200,7 +200,8 @@ def _refused_pickle(path, exc) -> ModelError:
 
 
 def find_clip_tokenizer(
-    config_dir: str | os.PathLike | None = None, subfolder: str = "tokenizer", vocab_size: int = 49408
+    config_dir: str | os.PathLike | None = None, subfolder: str = "tokenizer", vocab_size: int = 49408,
+    pad: str | None = None,
 ):
     """CLIP's tokenizer, or a :class:`ModelError` saying what to provide.
 
@@ -209,13 +210,15 @@ def find_clip_tokenizer(
     ``bpe_simple_vocab_16e6.txt.gz``); the Hugging Face cache for
     ``openai/clip-vit-large-patch14``; and last downloads that repository's tokenizer files into
     the cache (as kohya and A1111 do), unless ``HF_HUB_OFFLINE=1``. SD1, SD2 and SDXL all use this same vocabulary; SD2 and
-    SDXL's second tokenizer pad with ``!`` instead of ``<|endoftext|>``. A candidate must
+    SDXL's second tokenizer pad with ``!`` instead of ``<|endoftext|>`` (``pad``; by default
+    ``!`` for ``tokenizer_2`` alone: the caller says SD2's). A folder's own
+    ``tokenizer_config.json`` says its own padding. A candidate must
     have ``vocab_size`` tokens (the text encoder's): transformers 5 quietly builds an empty
     tokenizer from a folder without vocabulary files, which would train on garbage.
     """
     from transformers import CLIPTokenizer
 
-    pad = "!" if subfolder == "tokenizer_2" else None
+    pad = pad or ("!" if subfolder == "tokenizer_2" else None)
     extra: dict[str, Any] = {"pad_token": pad} if pad else {}
     tried = []
     candidates = []
@@ -384,6 +387,16 @@ def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
     return _from_pipeline(pipe, family, name=path.name, model_hash=None)
 
 
+def single_file_tokenizers(family: str, config_dir, configs: Path) -> dict[str, Any]:
+    """The tokenizers a single-file checkpoint of ``family`` is loaded with. SD2's OpenCLIP was
+    trained on prompts padded with "!" (id 0), as its diffusers tokenizer, kohya and A1111 pad
+    them: <|endoftext|> padding conditioned every prompt, the empty training one too, on 75
+    other token embeddings."""
+    pad = "!" if family.startswith("sd2") else None
+    tokenizers = {"tokenizer": find_clip_tokenizer(config_dir, "tokenizer", _vocab_size(configs / "text_encoder"), pad=pad)}
+    if family == "sdxl":
+        tokenizers["tokenizer_2"] = find_clip_tokenizer(config_dir, "tokenizer_2", _vocab_size(configs / "text_encoder_2"))
+    return tokenizers
 
 
 def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
@@ -398,10 +411,8 @@ def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
     elif family.split("-")[0] != detected:
         raise ModelError(f"{path}: this is an {detected} checkpoint, not {family} as asked")
     configs = Path(config_dir) if config_dir else CONFIG_ROOT / family
-    vocab = _vocab_size(configs / "text_encoder")
-    kwargs: dict[str, Any] = {"tokenizer": find_clip_tokenizer(config_dir, "tokenizer", vocab)}
+    kwargs: dict[str, Any] = single_file_tokenizers(family, config_dir, configs)
     if family == "sdxl":
-        kwargs["tokenizer_2"] = find_clip_tokenizer(config_dir, "tokenizer_2", _vocab_size(configs / "text_encoder_2"))
         kwargs["add_watermarker"] = False
     else:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -120,6 +120,13 @@ def folder_repeats(folder: str) -> int | None:
     return None
 
 
+def kohya_folder_words(folder: str) -> str:
+    """The words of a kohya folder name after its repeats (``5_sks girl``: "sks girl"), which
+    sd-scripts trains as the caption of pictures without a caption file; "" when none."""
+    match = _KOHYA_FOLDER.match(Path(folder).name)
+    return match.group(2).strip() if match and int(match.group(1)) > 0 else ""
+
+
 def find_project_file(path: Path | str) -> Path:
     path = Path(path)
     return path / PROJECT_FILE if path.is_dir() or path.suffix != ".toml" else path
@@ -246,6 +253,14 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         if effective.stop_when_copied != "" and effective.copy_check_every_n_steps == 0:
             where = "train" if "stop_when_copied" not in project.side(side).overrides else side
             problem = Problem(f"{where}.stop_when_copied", "needs copy_check_every_n_steps > 0 (the checks it judges)")
+            if problem not in problems:
+                problems.append(problem)
+    for side in SIDES:  # diffusers' constant schedule drops warm-up steps without a word; sd-scripts refuses the pair
+        effective = project.side_params(side)
+        if effective.lr_scheduler == "constant" and effective.lr_warmup_steps > 0:
+            where = side if "lr_warmup_steps" in project.side(side).overrides else "train"
+            problem = Problem(f"{where}.lr_warmup_steps", f'{effective.lr_warmup_steps} warm-up steps, but lr_scheduler "constant" '
+                                                          'has none: use "constant_with_warmup" (or another schedule), or set 0')
             if problem not in problems:
                 problems.append(problem)
     for name, table in (("train", asdict_shallow(project.train)), *((side, project.side(side).overrides) for side in SIDES)):

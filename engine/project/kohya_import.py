@@ -457,7 +457,12 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
             col.use("seed", "seed", seed)
     if "clip_skip" in args:
         ok, skip = args.number("clip_skip")
-        if ok:  # unset or 0 is kohya's default: the last layer
+        if ok and skip and skip > 1 and col.extra.get("project", {}).get("model_family") == "sdxl":
+            # sdxl_train_network warns and always takes the penultimate layers; copylora applies
+            # clip_skip to SDXL as A1111 does, so importing it would train on another layer
+            col.ignore("clip_skip", skip, "ignored by kohya's SDXL training (always the penultimate layers): "
+                                          "the project's clip_skip (1, the same layers) is kept")
+        elif ok:  # unset or 0 is kohya's default: the last layer
             col.use("clip_skip", "clip_skip", skip or 1)
     if "min_snr_gamma" in args:
         ok, gamma = args.number("min_snr_gamma")
@@ -490,6 +495,20 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
 
     for key, value in args.rest.items():
         col.leftover(key, value)
+    _constant_has_no_warmup(col)
+
+
+def _constant_has_no_warmup(col: _Collector) -> None:
+    """sd-scripts refuses warm-up steps with the constant schedule (its default); diffusers'
+    schedule would drop them without a word. The steps are not imported, said why."""
+    warmup = col.train.get("lr_warmup_steps")
+    if not warmup or col.train.get("lr_scheduler", "constant") != "constant":
+        return
+    for entry in [e for e in col.used if e.note == "lr_warmup_steps"]:
+        col.used.remove(entry)
+        col.ignore(entry.key, entry.value, 'lr_scheduler "constant" has no warm-up (sd-scripts refuses the pair): '
+                                           "use constant_with_warmup to have one")
+    del col.train["lr_warmup_steps"]
 
 
 def _model_family(args: _Args, col: _Collector) -> None:

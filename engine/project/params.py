@@ -173,7 +173,7 @@ class TrainParams:
         "Text-encoder learning rate (unset: learning_rate).", default=None, positive=True, maximum=10.0
     )
     lr_scheduler: str = spec("Learning-rate schedule.", default="constant", choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = spec("Warm-up steps of the schedule.", default=0, minimum=0, maximum=MAX_STEPS)
+    lr_warmup_steps: int = spec("Warm-up steps of the schedule (not with \"constant\": use constant_with_warmup).", default=0, minimum=0, maximum=MAX_STEPS)
     lr_scheduler_num_cycles: int = spec("Cycles of cosine_with_restarts.", default=1, positive=True, maximum=100_000)
     lr_scheduler_power: float = spec("Power of the polynomial schedule.", default=1.0, positive=True, maximum=100.0)
     optimizer_type: str = spec(

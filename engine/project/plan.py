@@ -240,12 +240,13 @@ def plan_warnings(plan: Plan) -> list[str]:
             for info, bucket in zip(concept.images, concept.buckets):
                 warnings += picture_warnings(info, bucket, f"concept[{concept.number}].folder")
     warnings += pair_warnings(plan.side("a").images, plan.side("b").images)
+    warnings += area_warnings(plan)
     from engine.project.graph_rule import graph_warnings
     from engine.project.pair_route import route_warnings
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
-    return (warnings + caption_warnings(plan.project) + toy_caption_warnings(plan) + route_warnings(plan) + graph_warnings(plan)
-            + earlier_run_warnings(plan))
+    return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + toy_caption_warnings(plan)
+            + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan))
 
 
 def earlier_run_warnings(plan: Plan) -> list[str]:
@@ -270,6 +271,55 @@ def earlier_run_warnings(plan: Plan) -> list[str]:
     return [f"project.output_dir: {old_runs} holds checkpoints of side {' and '.join(found)} in the layout of an earlier copylora "
             f"(one project per output folder); this folder's run folders are now per project name: if they are this "
             f"project's, move them to resume them ({moves})"]
+
+
+AREA_WARN = 0.75  # a bucket of less than this share of resolution's area is said (the longest side's cap bit)
+
+
+def area_warnings(plan: Plan) -> list[str]:
+    """A picture whose bucket is far below ``resolution``'s area: its longest side met the cap of
+    max(W, H) (a 2:3 picture at [1024, 1024] trains at 640×1024, 62 % of the pixels). kohya's
+    buckets, from a ``resolution = 1024,1024`` a user imports, let a side reach
+    max_bucket_reso (1024, or the 2048 of kohya_ss' presets) at that area: said, with the
+    resolution of the picture's own shape at that area, and the bucket it gives."""
+    warnings = []
+    for side, sp in plan.sides.items():
+        width, height = sp.params.resolution
+        area = width * height
+        for info, bucket in zip(sp.images, sp.buckets):
+            share = bucket[0] * bucket[1] / area
+            if share >= AREA_WARN:
+                continue
+            scale = math.sqrt(area / (info.width * info.height))
+            shaped = [max(1, round(info.width * scale)), max(1, round(info.height * scale))]
+            better = bucket_size(info.width, info.height, shaped)
+            if better[0] * better[1] <= bucket[0] * bucket[1]:
+                continue  # (a shape of its own gains nothing: a picture as long as a strip)
+            warnings.append(f"{side}.folder {info.path.name}: its {info.width}×{info.height} trains at {bucket[0]}×{bucket[1]}, "
+                            f"{share:.0%} of resolution's {width}×{height} area (the longest side is capped at {max(width, height)}); "
+                            f"resolution = {shaped} (its own shape at that area) trains it at {better[0]}×{better[1]}")
+    return warnings
+
+
+def folder_token_warnings(project: Project) -> list[str]:
+    """A kohya folder name's words (``5_sks girl``): sd-scripts trains the folder's pictures on
+    them as their caption when no caption file is beside them; copylora takes the repeats from
+    the name and trains on ``[train] caption``. A kohya user's copier was conditioned on those
+    words, this one would not be: said, with the key that matches it."""
+    from engine.project.folder import kohya_folder_words
+
+    if project.reg is not None:  # the DreamBooth flow's prompts are its own keys
+        return []
+    warnings = []
+    for side in SIDES:
+        words = kohya_folder_words(project.side(side).folder)
+        caption = project.side_params(side).caption
+        if words and words != caption:
+            where = f"[{side}] caption" if "caption" in project.side(side).overrides else "[train] caption"
+            warnings.append(f"{side}.folder: kohya trains the pictures of {Path(project.side(side).folder).name!r} on the caption "
+                            f"{words!r} (the words of its folder name); copylora trains them on {where} ({caption!r}): "
+                            f"set caption = {words!r} to train as kohya did, or rename the folder")
+    return warnings
 
 
 def caption_warnings(project: Project) -> list[str]:

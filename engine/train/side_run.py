@@ -295,9 +295,14 @@ class SideRun:
         self.grad_scaler.unscale_(self.optimizer)
         if self.p.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.p.max_grad_norm)
+        scale = self.grad_scaler.get_scale() if self.grad_scaler.is_enabled() else None
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
-        self.lr_schedule.step()
+        # fp16: a step the scaler skipped (inf gradients; it lowers its scale) is no step of the
+        # schedule either, as accelerate's scheduler (so sd-scripts') has it; the rate of a
+        # warm-up or a cosine ran ahead by every skipped step. (step() has read the device already.)
+        if scale is None or self.grad_scaler.get_scale() >= scale:
+            self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def lr(self) -> float:
