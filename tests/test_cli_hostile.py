@@ -252,6 +252,10 @@ def test_merge_names_the_file_and_module_that_hold_nan(loras, tmp_path, capsys):
     assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1", "-1", "--lbws", big, big]) == EXIT_USAGE
     said = one_line(capsys.readouterr().err)
     assert said.startswith("copylora: --lbws: B.safetensors: module ") and "use a smaller block weight" in said
+    # a ratio past float32 under a block weight of 2 (≥ the ratio) is still the ratio's to fix
+    two = "[" + ",".join(["2"] * 17) + "]"
+    assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1e308", "1", "--lbws", two, two]) == EXIT_USAGE
+    assert one_line(capsys.readouterr().err).startswith("copylora: --ratios: B.safetensors: module ")
     # a merge whose factors fit float32 but not the fp16 it is saved in: it wrote a file of inf
     assert main(["merge", "--save_to", out, "--models", str(b), str(a), "--ratios", "1", "1e12", "--save_precision", "fp16"]) == EXIT_USAGE
     assert "does not fit float16 (fp16's largest is 65504: save as float or bf16); nothing was written" in one_line(capsys.readouterr().err)

@@ -244,6 +244,21 @@ def test_sdxl_clip_skip_is_not_imported(tmp_path: Path) -> None:
     assert import_kohya(_gui(tmp_path, sdxl=True, clip_skip=1)).train["clip_skip"] == 1
 
 
+def test_sdxl_clip_skip_of_a_config_without_the_sdxl_key_is_not_imported_into_an_sdxl_project(tmp_path: Path, capsys) -> None:
+    """An sd-scripts config for sdxl_train_network.py has no `sdxl` key: the project's family says it."""
+    from copylora_tui.cli.main import main
+
+    config = tmp_path / "sdxl.toml"
+    config.write_text("clip_skip = 2\nlearning_rate = 2e-4\n", encoding="utf-8")
+    sdxl = copy_example(tmp_path, "sdxl", "example-sdxl")
+    assert main(["import-kohya", str(config), "--into", str(sdxl)]) == 0
+    assert "penultimate" in capsys.readouterr().err
+    assert load_project(sdxl).train.clip_skip == 1
+    sd = copy_example(tmp_path, "sd")
+    assert main(["import-kohya", str(config), "--into", str(sd), "--quiet"]) == 0
+    assert load_project(sd).train.clip_skip == 2  # SD1.5: kohya applies it
+
+
 def test_parse_optimizer_args() -> None:
     assert _parse_args('"d0=1e-5" "weight_decay=0.4" "decouple=True"') == {"d0": 1e-5, "weight_decay": 0.4, "decouple": True}
     assert _parse_args("weight_decay=0.01 betas=0.9,0.99") == {"weight_decay": 0.01, "betas": [0.9, 0.99]}

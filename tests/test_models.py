@@ -380,3 +380,9 @@ def test_single_file_tokenizers_pad_as_the_family_was_trained(tmp_path, monkeypa
     ids = tokenizer("", padding="max_length", max_length=8).input_ids
     assert ids[2:] == [tokenizer.convert_tokens_to_ids(pad)] * 6
     assert (CONFIG_ROOT / family / "text_encoder" / "config.json").is_file()  # the shipped configs it reads by default
+    # a tokenizer folder of its own config (SD1.5's, openai's: the docs allow any), named by $COPYLORA_CLIP_TOKENIZER
+    folder = tmp_path / "sd15-tokenizer"
+    tiny_tok.save_pretrained(folder)
+    assert (folder / "tokenizer_config.json").is_file() and tiny_tok.pad_token == "<|endoftext|>"
+    monkeypatch.setenv("COPYLORA_CLIP_TOKENIZER", str(folder))
+    assert single_file_tokenizers(family, None, configs)["tokenizer"].pad_token == pad

@@ -140,24 +140,31 @@ def test_epochs_and_steps_both_or_neither(tmp_path):
     assert load_project(root) == project
 
 
-def test_warmup_steps_with_the_constant_schedule_are_refused(tmp_path):
-    """diffusers' constant schedule dropped the warm-up without a word (the rate was full from
-    step 0); sd-scripts refuses the pair. Said at the key that set the steps, train's or a side's."""
+def test_warmup_steps_with_the_constant_schedule_are_said(tmp_path):
+    """diffusers' constant schedule drops the warm-up without a word (the rate is full from step
+    0); sd-scripts refuses the pair. Said at check, naming the tables of both keys (a [b]
+    schedule of "constant" under [train]'s warm-up is [b]'s to change); not refused: a project
+    saved so has trained so, and its LoRAs stay its own."""
+    from engine.project.plan import plan_warnings
+
     root = copy_example(tmp_path)
     toml = root / "copylora.toml"
     text = toml.read_text()
     assert 'lr_scheduler = "constant"\n' in text and "lr_warmup_steps = 0\n" in text
-    toml.write_text(text.replace("lr_warmup_steps = 0\n", "lr_warmup_steps = 50\n"))
-    with pytest.raises(ValidationError) as caught:
-        load_project(root)
-    assert problems_of(caught)["train.lr_warmup_steps"].startswith('50 warm-up steps, but lr_scheduler "constant" has none')
-    toml.write_text(text.replace("lr_warmup_steps = 0\n", "lr_warmup_steps = 50\n")
-                    .replace('lr_scheduler = "constant"\n', 'lr_scheduler = "constant_with_warmup"\n'))
-    assert load_project(root).train.lr_warmup_steps == 50
-    toml.write_text(text.replace("[b]\n", "[b]\nlr_warmup_steps = 20\n", 1))
-    with pytest.raises(ValidationError) as caught:
-        load_project(root)
-    assert set(problems_of(caught)) == {"b.lr_warmup_steps"}
+
+    def said(new_text: str) -> list[str]:
+        toml.write_text(new_text)
+        return [w for w in plan_warnings(make_plan(load_project(root))) if "warm-up steps do nothing" in w]
+
+    assert said(text.replace("lr_warmup_steps = 0\n", "lr_warmup_steps = 50\n")) == [
+        'train.lr_warmup_steps: 50 warm-up steps do nothing with train.lr_scheduler "constant" (A and B train at the full rate '
+        'from the first step; sd-scripts refuses the pair): "constant_with_warmup" warms up']
+    cosine = text.replace('lr_scheduler = "constant"\n', 'lr_scheduler = "cosine"\n').replace("lr_warmup_steps = 0\n", "lr_warmup_steps = 50\n")
+    assert said(cosine) == []
+    assert said(cosine.replace("[b]\n", '[b]\nlr_scheduler = "constant"\n', 1)) == [
+        'train.lr_warmup_steps: 50 warm-up steps do nothing with b.lr_scheduler "constant" (B trains at the full rate from the '
+        'first step; sd-scripts refuses the pair): "constant_with_warmup" warms up']
+    assert said(text.replace("[b]\n", "[b]\nlr_warmup_steps = 20\n", 1))[0].startswith("b.lr_warmup_steps: 20 warm-up steps")
 
 
 def test_invalid_toml_syntax(tmp_path):
@@ -209,11 +216,17 @@ def test_kohya_folder_name_sets_repeats(tmp_path):
     # caption: said (once, for B: "5_" has no words), and quiet once the caption matches
     from engine.project.plan import plan_warnings
 
-    said = [w for w in plan_warnings(make_plan(project)) if "kohya trains" in w]
-    assert said == ["b.folder: kohya trains the pictures of '12_sks girl' on the caption 'sks girl' (the words of its folder name); "
-                    "copylora trains them on [train] caption (''): set caption = 'sks girl' to train as kohya did, or rename the folder"]
+    def said() -> list[str]:
+        return [w for w in plan_warnings(make_plan(project)) if "kohya trains" in w]
+
+    assert said() == ["b.folder: kohya trains the pictures of '12_sks girl' on the caption 'sks girl' (the words of its folder name); "
+                      "copylora trains them on b.caption (''): set [b] caption = 'sks girl' to train as kohya did, or rename the "
+                      "folder 12_ (the same repeats, no words)"]
+    (root / "12_sks girl" / "monochrome.txt").write_text("a photo")  # kohya reads that caption, not the folder's words
+    assert said() == []
+    (root / "12_sks girl" / "monochrome.txt").unlink()
     project.b.overrides = {"caption": "sks girl"}
-    assert not [w for w in plan_warnings(make_plan(project)) if "kohya trains" in w]
+    assert said() == []
 
 
 def test_a_bucket_far_below_resolutions_area_is_said_with_the_resolution_of_its_shape(tmp_path):
@@ -230,12 +243,18 @@ def test_a_bucket_far_below_resolutions_area_is_said_with_the_resolution_of_its_
     plan = make_plan(load_project(root))
     assert plan.side("a").buckets == ((320, 512),)
     said = [w for w in plan_warnings(plan) if "of resolution's" in w]
-    assert said == [f"{side}.folder {name}: its 600×900 trains at 320×512, 62% of resolution's 512×512 area (the longest side is "
-                    "capped at 512); resolution = [418, 627] (its own shape at that area) trains it at 384×576"
-                    for side, name in (("a", "colour.png"), ("b", "monochrome.png"))]
+    assert said == ["a.folder colour.png, b.folder monochrome.png: their 600×900 trains at 320×512, 62% of resolution's 512×512 "
+                    "area (the longest side is capped at 512); resolution = [418, 627] (the picture's own shape at that area) "
+                    "trains it at 384×576"]  # A and B of one size: once
     toml.write_text(toml.read_text().replace("resolution = [512, 512]", "resolution = [418, 627]"))
     plan = make_plan(load_project(root))
     assert plan.side("a").buckets == ((384, 576),) and not [w for w in plan_warnings(plan) if "of resolution's" in w]
+    # a picture smaller than the area: its bucket is small by its size, and a larger resolution would only enlarge it
+    for picture in (root / "a" / "colour.png", root / "b" / "monochrome.png"):
+        write_png(picture, size=(240, 160))
+    toml.write_text(toml.read_text().replace("resolution = [418, 627]", "resolution = [1024, 1024]"))
+    plan = make_plan(load_project(root))
+    assert plan.side("a").buckets == ((1024, 640),) and not [w for w in plan_warnings(plan) if "of resolution's" in w]
 
 
 def test_save_refuses_invalid_and_keeps_file(tmp_path):

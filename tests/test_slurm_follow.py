@@ -413,3 +413,38 @@ def test_an_sbatch_that_hangs_does_not_hold_the_worker(cluster, monkeypatch):
     assert jobs.submitting is None
     assert {queue.get(j.id).slurm["id"] for j in (first, second)} == set(stand_in.listed)
     assert set(jobs.tracked) == {first.id, second.id}
+
+
+@pytest.mark.parametrize("order", ["cancel", "pause"])
+def test_a_cancel_or_pause_while_its_sbatch_is_under_way_is_kept(cluster, monkeypatch, order):
+    """A cancel given while the job's sbatch was under way, an sbatch Slurm could not take (its
+    controller away): the requeue wiped the order, and the job was submitted 30 s later."""
+    import os
+
+    stand_in, queue, jobs, said = cluster
+    monkeypatch.setattr("engine.jobs.worker.worker_pid", lambda home: os.getpid())  # a worker holds the queue
+    job = queue.enqueue("merge", "/p", label="merge")
+    stand_in.submit_error = "Socket timed out on send/recv operation"
+    jobs._submit(queue)  # claimed, its sbatch under way
+    assert jobs.submitting is not None
+    answer = getattr(queue, order)(job.id)
+    assert answer.startswith("cancelling" if order == "cancel" else "pausing"), answer
+    jobs.submitting.outcome.result(timeout=10)
+    submit(jobs, queue)
+    assert queue.get(job.id).status is (JobStatus.CANCELLED if order == "cancel" else JobStatus.PAUSED)
+    assert stand_in.submits == [] and not jobs.tracked
+
+
+def test_a_channel_that_cannot_be_written_waits_as_slurm_away_does(cluster, monkeypatch):
+    """A full disk under the state folder: open_channel's OSError ended the worker's loop."""
+    stand_in, queue, jobs, said = cluster
+    job = queue.enqueue("merge", "/p", label="merge")
+
+    def full(home, job):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("engine.jobs.slurm_jobs.open_channel", full)
+    submit(jobs, queue)
+    again = queue.get(job.id)
+    assert again.status is JobStatus.QUEUED and "No space left on device" in again.error and stand_in.submits == []
+    assert jobs.submit_after > 0

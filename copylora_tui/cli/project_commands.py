@@ -143,7 +143,15 @@ def cmd_keymap(args: argparse.Namespace) -> int:
 def cmd_import_kohya(args: argparse.Namespace) -> int:
     from engine.project.kohya_import import apply_import, format_report, import_kohya
 
-    result = import_kohya(args.config)
+    result = import_kohya(args.config)  # the file's problems first, then the project's
+    into = None
+    if args.into is not None:  # read again with the project's family, where the file does not say it (an sdxl_train_network config)
+        from engine.formats.model_files import peek_family
+        from engine.project.folder import load_project
+
+        into = load_project(args.into)
+        family = into.info.model_family if into.info.model_family != "auto" else peek_family(into.base_model_path())
+        result = import_kohya(args.config, family)
     if not args.quiet:
         print(format_report(result), file=sys.stderr)
     if args.into is None:
@@ -159,10 +167,10 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
             for key, value in result.extra[table].items():
                 print(_toml_line(key, value, toml_value))
         return 0
-    from engine.project.folder import load_project, save_project
+    from engine.project.folder import save_project
 
-    project = load_project(args.into)
-    path = save_project(apply_import(project, result))
+    assert into is not None
+    path = save_project(apply_import(into, result))
     print(f"updated {_relative(path)} ({len(result.train)} [train] keys)")
     return 0
 

@@ -139,7 +139,8 @@ class SlurmJobs:
         """The worker is stopping: the sbatch under way is waited for (it ends within its time-out)
         and its job followed by the queue, so the next worker finds its Slurm id recorded."""
         if self.submitting is not None:
-            self.log(f"job #{self.submitting.job.id}: waiting for its sbatch to answer before stopping")
+            if not self.submitting.outcome.done():
+                self.log(f"job #{self.submitting.job.id}: waiting for its sbatch to answer before stopping")
             self._settle(queue, self.submitting.job, self.submitting.outcome.result())
             self.submitting = None
 
@@ -152,7 +153,10 @@ class SlurmJobs:
                 return Outcome(error=exc, unknown=True)
             if found is not None:  # its channel is the live job's: not opened afresh (that removes its events)
                 return Outcome(found, channel_dir(self.home, job.id))
-        channel = open_channel(self.home, job)
+        try:
+            channel = open_channel(self.home, job)
+        except OSError as exc:  # a full disk under the state folder: waited out, as Slurm's being away is
+            return Outcome(error=slurm.SlurmError(f"cannot write its channel in {channel_dir(self.home, job.id)}: {exc}"))
         try:
             return Outcome(slurm.submit(job.id, self.home, channel, log_path, self.options), channel)
         except slurm.SlurmError as exc:
@@ -176,6 +180,18 @@ class SlurmJobs:
             self._follow_new(queue, job, outcome.slurm_id, outcome.channel)
             return True
         assert outcome.error is not None
+        control = queue.get(job.id).control
+        if control in ("cancel", "pause") and not outcome.unknown:
+            # cancelled or paused while its sbatch was under way, which did not submit it: what
+            # the user asked, not a requeue (that wiped the order: it was submitted 30 s later)
+            if control == "cancel":
+                queue.finish(job.id, JobStatus.CANCELLED, error="cancelled by the user (before it started on Slurm)")
+            else:
+                queue.finish(job.id, JobStatus.PAUSED)
+            self.log(f"job #{job.id} {'cancelled' if control == 'cancel' else 'paused'} before Slurm took it ({outcome.error})")
+            if not outcome.refused:  # Slurm away: the next submission waits as after any such answer
+                self.submit_after = time.monotonic() + RETRY_S
+            return outcome.refused
         if outcome.refused:
             queue.finish(job.id, JobStatus.FAILED, error=f"could not submit it to Slurm: {outcome.error}")
             self.log(f"job #{job.id}: {outcome.error}")

@@ -139,22 +139,17 @@ def _check_scales(names: list[str], loras: list, paths: list[Path], ratios: list
             if name not in lora.modules:
                 continue
             w = lora.modules[name]
-            scale = w.alpha / w.rank * ratio * weight_of(name)
             up, down = w.up.double(), w.down.double()
-            peak = float(up.abs().max()) * abs(scale)
-            change = float(torch.linalg.vector_norm(up)) * float(torch.linalg.vector_norm(down)) * abs(scale)
-            if not (peak <= limit and change <= limit):  # also catches inf and NaN
-                raise ValidationError([_overflow_problem(path, name, scale, ratio, weight_of(name))])
-
-
-def _overflow_problem(path: Path, name: str, scale: float, ratio: float, block_weight: float) -> Problem:
-    """Name the input to fix: the block weight when it is the factor that went past float32 (a
-    weight of 1e300 was said as "use a smaller ratio" under --ratios), else the ratio."""
-    if abs(block_weight) > 1 and abs(block_weight) >= abs(ratio):
-        return Problem("lbws", f"{path.name}: module {name} times its block weight ({block_weight:g}), ratio and "
-                               f"alpha/rank ({scale:g}) overflows float32; use a smaller block weight")
-    return Problem("ratios", f"{path.name}: module {name} times its ratio and alpha/rank "
-                             f"({scale:g}) overflows float32; use a smaller ratio")
+            peak = float(up.abs().max())
+            change = float(torch.linalg.vector_norm(up)) * float(torch.linalg.vector_norm(down))
+            scale = w.alpha / w.rank * ratio
+            if not (peak * abs(scale) <= limit and change * abs(scale) <= limit):  # also catches inf and NaN
+                raise ValidationError([Problem("ratios", f"{path.name}: module {name} times its ratio and alpha/rank "
+                                                         f"({scale:g}) overflows float32; use a smaller ratio")])
+            weighted = scale * weight_of(name)
+            if not (peak * abs(weighted) <= limit and change * abs(weighted) <= limit):  # the block weight went past it
+                raise ValidationError([Problem("lbws", f"{path.name}: module {name} times its block weight ({weight_of(name):g}), "
+                                                       f"ratio and alpha/rank ({weighted:g}) overflows float32; use a smaller block weight")])
 
 
 def merge_loras(

@@ -218,6 +218,7 @@ def find_clip_tokenizer(
     """
     from transformers import CLIPTokenizer
 
+    asked = pad is not None
     pad = pad or ("!" if subfolder == "tokenizer_2" else None)
     extra: dict[str, Any] = {"pad_token": pad} if pad else {}
     tried = []
@@ -232,7 +233,9 @@ def find_clip_tokenizer(
             tokenizer = clip_tokenizer_from_bpe(where, pad_token=pad)
         elif (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file():
             own_config = (where / "tokenizer_config.json").is_file()
-            tokenizer = CLIPTokenizer.from_pretrained(str(where), local_files_only=True, **({} if own_config else extra))
+            # a folder's own config says its padding, unless the caller knows the family's (an SD2 checkpoint
+            # given SD1.5's or openai's tokenizer folder, as the docs allow: the vocabulary is the same)
+            tokenizer = CLIPTokenizer.from_pretrained(str(where), local_files_only=True, **({} if own_config and not asked else extra))
         if tokenizer is not None and len(tokenizer) == vocab_size:
             return tokenizer
         tried.append(f"{where} ({'no vocabulary files' if tokenizer is None else f'{len(tokenizer)} tokens'})")

@@ -255,14 +255,6 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             problem = Problem(f"{where}.stop_when_copied", "needs copy_check_every_n_steps > 0 (the checks it judges)")
             if problem not in problems:
                 problems.append(problem)
-    for side in SIDES:  # diffusers' constant schedule drops warm-up steps without a word; sd-scripts refuses the pair
-        effective = project.side_params(side)
-        if effective.lr_scheduler == "constant" and effective.lr_warmup_steps > 0:
-            where = side if "lr_warmup_steps" in project.side(side).overrides else "train"
-            problem = Problem(f"{where}.lr_warmup_steps", f'{effective.lr_warmup_steps} warm-up steps, but lr_scheduler "constant" '
-                                                          'has none: use "constant_with_warmup" (or another schedule), or set 0')
-            if problem not in problems:
-                problems.append(problem)
     for name, table in (("train", asdict_shallow(project.train)), *((side, project.side(side).overrides) for side in SIDES)):
         if "min_timestep" in table or "max_timestep" in table:
             effective = project.side_params(name if name in SIDES else "a")

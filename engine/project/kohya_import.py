@@ -193,11 +193,14 @@ _CANONICAL_OPTIMIZERS = {name.lower(): name for name in OPTIMIZERS}
 _ADAPTIVE = ("prodigy", "dadapt")  # optimizers whose "learning rate" is a multiplier near 1.0
 
 
-def import_kohya(path: Path | str) -> KohyaImport:
-    """Read a kohya file and convert it; raises ValidationError if it is not one."""
+def import_kohya(path: Path | str, family: str | None = None) -> KohyaImport:
+    """Read a kohya file and convert it; raises ValidationError if it is not one. ``family``:
+    the model family of the project it goes into, where the file does not say it (an
+    sd-scripts config for sdxl_train_network has no ``sdxl`` key)."""
     path = Path(path)
     data, encoding = _load(path)
     col = _Collector()
+    col.family = family
     if isinstance(data.get("datasets"), list) or (isinstance(data.get("general"), dict) and set(data) <= {"general", "datasets"}):
         kind = DATASET
         _convert_dataset(data, col)
@@ -334,6 +337,7 @@ class _Collector:
         self.used: list[Entry] = []
         self.ignored: list[Entry] = []
         self.unknown: list[Entry] = []
+        self.family: str | None = None  # the project's model family, where the file does not say it
 
     def use(self, key: str, target: str, value: Any) -> None:
         """Write ``value`` to ``target``: a [train] key, or ``table.key`` of another table."""
@@ -457,7 +461,7 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
             col.use("seed", "seed", seed)
     if "clip_skip" in args:
         ok, skip = args.number("clip_skip")
-        if ok and skip and skip > 1 and col.extra.get("project", {}).get("model_family") == "sdxl":
+        if ok and skip and skip > 1 and col.extra.get("project", {}).get("model_family", col.family) == "sdxl":
             # sdxl_train_network warns and always takes the penultimate layers; copylora applies
             # clip_skip to SDXL as A1111 does, so importing it would train on another layer
             col.ignore("clip_skip", skip, "ignored by kohya's SDXL training (always the penultimate layers): "

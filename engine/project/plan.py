@@ -245,7 +245,8 @@ def plan_warnings(plan: Plan) -> list[str]:
     from engine.project.pair_route import route_warnings
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
-    return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + toy_caption_warnings(plan)
+    return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + schedule_warnings(plan.project)
+            + toy_caption_warnings(plan)
             + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan))
 
 
@@ -273,7 +274,27 @@ def earlier_run_warnings(plan: Plan) -> list[str]:
             f"project's, move them to resume them ({moves})"]
 
 
-AREA_WARN = 0.75  # a bucket of less than this share of resolution's area is said (the longest side's cap bit)
+def schedule_warnings(project: Project) -> list[str]:
+    """Warm-up steps with the constant schedule: it has none (diffusers drops them without a word;
+    sd-scripts refuses the pair). A warning, not a refusal: projects saved so have trained as
+    if they were 0, and their LoRAs and checkpoints stay theirs (the steps are in the fingerprint)."""
+    said: dict[tuple[str, str], list[str]] = {}
+    for side in SIDES:
+        effective = project.side_params(side)
+        if effective.lr_scheduler == "constant" and effective.lr_warmup_steps > 0:
+            overrides = project.side(side).overrides
+            sources = (side if "lr_warmup_steps" in overrides else "train", side if "lr_scheduler" in overrides else "train")
+            said.setdefault(sources, []).append(side.upper())
+    warnings = []
+    for (warmup, scheduler), sides in said.items():
+        steps = project.side_params(sides[0].lower()).lr_warmup_steps
+        warnings.append(f"{warmup}.lr_warmup_steps: {steps} warm-up steps do nothing with {scheduler}.lr_scheduler \"constant\" "
+                        f"({' and '.join(sides)} train{'' if len(sides) > 1 else 's'} at the full rate from the first step; sd-scripts refuses the pair): "
+                        f"\"constant_with_warmup\" warms up")
+    return warnings
+
+
+AREA_WARN = 0.70  # a bucket of less than this share of resolution's area is said (the longest side's cap bit)
 
 
 def area_warnings(plan: Plan) -> list[str]:
@@ -281,46 +302,60 @@ def area_warnings(plan: Plan) -> list[str]:
     max(W, H) (a 2:3 picture at [1024, 1024] trains at 640×1024, 62 % of the pixels). kohya's
     buckets, from a ``resolution = 1024,1024`` a user imports, let a side reach
     max_bucket_reso (1024, or the 2048 of kohya_ss' presets) at that area: said, with the
-    resolution of the picture's own shape at that area, and the bucket it gives."""
-    warnings = []
-    for side, sp in plan.sides.items():
+    resolution of the picture's own shape at that area (never past its own size: a small
+    picture's bucket is small by its size, not by the cap), and the bucket it gives. A and B of
+    one size are said once."""
+    found: dict[tuple, list[str]] = {}
+    for side in SIDES:  # (the one-LoRA routes' "pair" trains these same pictures)
+        sp = plan.side(side)
         width, height = sp.params.resolution
         area = width * height
         for info, bucket in zip(sp.images, sp.buckets):
             share = bucket[0] * bucket[1] / area
             if share >= AREA_WARN:
                 continue
-            scale = math.sqrt(area / (info.width * info.height))
+            scale = min(math.sqrt(area / (info.width * info.height)), 1.0)
             shaped = [max(1, round(info.width * scale)), max(1, round(info.height * scale))]
             better = bucket_size(info.width, info.height, shaped)
-            if better[0] * better[1] <= bucket[0] * bucket[1]:
-                continue  # (a shape of its own gains nothing: a picture as long as a strip)
-            warnings.append(f"{side}.folder {info.path.name}: its {info.width}×{info.height} trains at {bucket[0]}×{bucket[1]}, "
-                            f"{share:.0%} of resolution's {width}×{height} area (the longest side is capped at {max(width, height)}); "
-                            f"resolution = {shaped} (its own shape at that area) trains it at {better[0]}×{better[1]}")
+            if better[0] * better[1] < 1.2 * bucket[0] * bucket[1]:
+                continue  # nothing much to gain: the picture itself is not much larger than its bucket
+            key = (info.width, info.height, width, height, bucket, tuple(shaped), better, share)
+            found.setdefault(key, []).append(f"{side}.folder {info.path.name}")
+    warnings = []
+    for (w, h, width, height, bucket, shaped, better, share), where in found.items():
+        warnings.append(f"{', '.join(where)}: {'their' if len(where) > 1 else 'its'} {w}×{h} trains at {bucket[0]}×{bucket[1]}, "
+                        f"{share:.0%} of resolution's {width}×{height} area (the longest side is capped at {max(width, height)}); "
+                        f"resolution = {list(shaped)} (the picture's own shape at that area) trains it at {better[0]}×{better[1]}")
     return warnings
 
-
 def folder_token_warnings(project: Project) -> list[str]:
-    """A kohya folder name's words (``5_sks girl``): sd-scripts trains the folder's pictures on
-    them as their caption when no caption file is beside them; copylora takes the repeats from
-    the name and trains on ``[train] caption``. A kohya user's copier was conditioned on those
-    words, this one would not be: said, with the key that matches it."""
-    from engine.project.folder import kohya_folder_words
+    """A kohya folder name's words (``5_sks girl``): sd-scripts trains the folder's pictures that
+    have no caption file beside them on those words; copylora takes the repeats from the name
+    and trains on ``[train] caption``. A kohya user's copier was conditioned on those words,
+    this one would not be: said, with the key that matches it (pictures with caption files are
+    :func:`caption_warnings`')."""
+    from engine.project.concepts import CAPTION_SUFFIXES, caption_path
+    from engine.project.folder import folder_repeats, kohya_folder_words
 
     if project.reg is not None:  # the DreamBooth flow's prompts are its own keys
         return []
+    words = {side: kohya_folder_words(project.side(side).folder) for side in SIDES}
     warnings = []
     for side in SIDES:
-        words = kohya_folder_words(project.side(side).folder)
         caption = project.side_params(side).caption
-        if words and words != caption:
-            where = f"[{side}] caption" if "caption" in project.side(side).overrides else "[train] caption"
-            warnings.append(f"{side}.folder: kohya trains the pictures of {Path(project.side(side).folder).name!r} on the caption "
-                            f"{words!r} (the words of its folder name); copylora trains them on {where} ({caption!r}): "
-                            f"set caption = {words!r} to train as kohya did, or rename the folder")
+        if not words[side] or words[side] == caption:
+            continue
+        folder = project.side_folder(side)
+        uncaptioned = [p for p in (image_files(folder) if folder.is_dir() else [])
+                       if not any(caption_path(p, suffix).is_file() for suffix in CAPTION_SUFFIXES)]
+        if not uncaptioned:
+            continue
+        key = "train" if "caption" not in project.side(side).overrides and len(set(words.values())) == 1 else side
+        warnings.append(f"{side}.folder: kohya trains the pictures of {Path(project.side(side).folder).name!r} on the caption "
+                        f"{words[side]!r} (the words of its folder name); copylora trains them on {key}.caption ({caption!r}): "
+                        f"set [{key}] caption = {words[side]!r} to train as kohya did, or rename the folder "
+                        f"{folder_repeats(project.side(side).folder)}_ (the same repeats, no words)")
     return warnings
-
 
 def caption_warnings(project: Project) -> list[str]:
     """Caption files that will not be read: beside pictures whose prompt has no ``[filewords]``
