@@ -257,6 +257,30 @@ def test_a_bucket_far_below_resolutions_area_is_said_with_the_resolution_of_its_
     assert plan.side("a").buckets == ((1024, 640),) and not [w for w in plan_warnings(plan) if "of resolution's" in w]
 
 
+def test_a_batch_over_pictures_of_several_buckets_is_said(tmp_path):
+    """A batch holds one bucket: over pictures of two shapes, batch 2 leaves pictures out of
+    steps (sd-scripts batches within a bucket). Said; batch 1, or one shape, is quiet."""
+    from engine.project.plan import plan_warnings
+
+    root = copy_example(tmp_path)
+    write_png(root / "a" / "second.png", size=(192, 128))
+    write_png(root / "b" / "second.png", size=(192, 128))
+    toml = root / "copylora.toml"
+    text = toml.read_text()
+    assert "train_batch_size = 1\n" in text
+
+    def said(batch: int) -> list[str]:
+        toml.write_text(text.replace("train_batch_size = 1\n", f"train_batch_size = {batch}\n"))
+        return [w for w in plan_warnings(make_plan(load_project(root))) if "a batch holds one bucket" in w]
+
+    assert [w.split(":")[0] for w in said(2)] == ["a.folder", "b.folder"]
+    assert "train_batch_size 2 over pictures of 2 buckets (128×192, 192×128)" in said(2)[0]
+    assert said(1) == []
+    (root / "a" / "second.png").unlink()
+    (root / "b" / "second.png").unlink()
+    assert said(2) == []
+
+
 def test_save_refuses_invalid_and_keeps_file(tmp_path):
     root = copy_example(tmp_path)
     project = load_project(root)

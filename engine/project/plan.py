@@ -240,7 +240,7 @@ def plan_warnings(plan: Plan) -> list[str]:
             for info, bucket in zip(concept.images, concept.buckets):
                 warnings += picture_warnings(info, bucket, f"concept[{concept.number}].folder")
     warnings += pair_warnings(plan.side("a").images, plan.side("b").images)
-    warnings += area_warnings(plan)
+    warnings += area_warnings(plan) + mixed_batch_warnings(plan)
     from engine.project.graph_rule import graph_warnings
     from engine.project.pair_route import route_warnings
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
@@ -272,6 +272,24 @@ def earlier_run_warnings(plan: Plan) -> list[str]:
     return [f"project.output_dir: {old_runs} holds checkpoints of side {' and '.join(found)} in the layout of an earlier copylora "
             f"(one project per output folder); this folder's run folders are now per project name: if they are this "
             f"project's, move them to resume them ({moves})"]
+
+
+def mixed_batch_warnings(plan: Plan) -> list[str]:
+    """Batches of more than one picture over pictures of several buckets: a batch holds one
+    bucket (the latents stack), and a shuffled batch that mixes them trains only the first
+    item's (engine.train.training_data.batch_for_step); sd-scripts batches within a bucket and
+    counts more steps. Said until this batches as it does."""
+    warnings = []
+    for side in SIDES:
+        sp = plan.side(side)
+        buckets = set(sp.buckets) | {b for concept in sp.concepts for b in concept.buckets}
+        if sp.batch_size > 1 and len(buckets) > 1:
+            shapes = ", ".join(f"{w}×{h}" for w, h in sorted(buckets))
+            warnings.append(f"{side}.folder: train_batch_size {sp.batch_size} over pictures of {len(buckets)} buckets ({shapes}): a "
+                            "batch holds one bucket, so a shuffled batch that mixes them leaves the other bucket's pictures out of "
+                            "that step (sd-scripts batches within a bucket): train_batch_size = 1, or pictures of one shape, "
+                            "trains every picture every epoch")
+    return warnings
 
 
 def schedule_warnings(project: Project) -> list[str]:
