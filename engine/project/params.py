@@ -243,7 +243,8 @@ class TrainParams:
     )
     clip_skip: int = spec("Use the output of the N-th last CLIP layer (SD1: 1; anime models often 2).", default=1, positive=True, maximum=12)
     flip_aug: bool = spec("Random horizontal flips (off: a copy machine copies the exact picture).", default=False)
-    random_crop: bool = spec("Random instead of center crop into the bucket.", default=False)
+    random_crop: bool = spec("Random instead of center crop into the bucket, drawn once per picture (latents are cached; "
+                             "sd-scripts refuses it with cached latents).", default=False)
     save_every_n_steps: int = spec("Write a resumable checkpoint every N steps (0 = only at the end/stop).", default=500, minimum=0, maximum=MAX_STEPS)
     sample_every_n_steps: int = spec(
         "Write a preview of the LoRA in training (strength 1.0, [sample] prompts) every N steps (0 = off).",
