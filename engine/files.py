@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -210,6 +211,42 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def stale_temps(folder: Path, target: str | None = None, older_than_s: float = 0.0) -> list[Path]:
+    """atomic_write's temporary files in ``folder`` (of ``target``'s name alone, if given) that a
+    process killed mid-write left behind (a checkpoint-sized one each time, on SDXL), at least
+    ``older_than_s`` old. Only the caller knows no live writer is making them: it holds the
+    lock of what is written there, or they are older than any write takes."""
+    import re
+
+    name = re.escape(target) if target is not None else r".+"
+    pattern = re.compile(rf"^\.{name}\.[A-Za-z0-9_]{{8}}\.tmp$")
+    found = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= older_than_s:
+                found.append(Path(entry.path))
+        except OSError:
+            continue
+    return found
+
+
+def remove_stale_temps(folder: Path, target: str | None = None, older_than_s: float = 0.0) -> int:
+    """Remove :func:`stale_temps`; how many went (one that cannot be removed is left)."""
+    removed = 0
+    for path in stale_temps(folder, target, older_than_s):
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:

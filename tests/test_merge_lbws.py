@@ -227,3 +227,25 @@ def test_sdxl_names_take_sdxl_vectors(tmp_path):
     assert {s.name: s.lbw_block for s in result.stats} == {name: block for name, (block, _, _) in shapes.items()}
     with pytest.raises(MergeError, match="26 weights are SD1/SD2 blocks; an SDXL LoRA takes 12 or 20"):
         merge_loras([path], [1.0], new_rank=8, lbws=[[1] * 26])
+
+
+def test_the_merge_job_removes_what_a_killed_merge_left(loras, tmp_path):
+    """A merge killed midway left `.NAME.safetensors.xxxxxxxx.tmp` in the user's output folder for
+    good. The next merge job removes its own result's, once old enough to be no live writer's."""
+    import os
+
+    from engine.jobs.queue import Queue
+    from engine.jobs.runner import run_merge
+
+    root, plan = project_with_loras(tmp_path, loras, "")
+    merged = plan.merged_path
+    old, young = merged.parent / f".{merged.name}.rqbgua01.tmp", merged.parent / f".{merged.name}.abcdefgh.tmp"
+    for path in (old, young):
+        path.write_bytes(b"partial")
+    os.utime(old, (old.stat().st_atime - 3600, old.stat().st_mtime - 3600))
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("merge", str(root), label="merge")
+    queue.claim(None)
+    run_merge(queue, queue.get(job.id), {"asked": False})
+    assert merged.is_file() and not old.exists() and young.exists()
+    queue.close()

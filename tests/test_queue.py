@@ -297,3 +297,48 @@ def test_a_twin_job_trained_side_after_side_counts_on_over_both(tmp_path, monkey
     assert queue.get(job.id).step == 6
     assert set(queue.get(job.id).params["fingerprints"]) == {"a", "b"}  # the settings it trained with, for `run` to compare
     assert not queue.get(job.id).start_step  # B's first step is no resume ("resumed at step 3" it said)
+
+
+def test_a_restart_holds_until_the_side_has_started_afresh(tmp_path, monkeypatch):
+    """`copylora run --force`, its worker killed while the base model loaded (before the old
+    checkpoints were dropped): the second attempt resumed the old checkpoint at its last step,
+    said done, and nothing was trained afresh. The restart now holds until the side starts."""
+    pytest.importorskip("torch")
+    import torch
+
+    from engine.jobs.queue import JobStatus
+    from engine.jobs.runner import run_train
+    from tests.helpers import copy_example
+
+    torch.set_num_threads(1)
+    root = copy_example(tmp_path)
+    queue = Queue(tmp_path / "state")
+    first = queue.enqueue("train", str(root), side="a", label="train A", total=3, params={"max_steps": 3})
+    queue.claim(None)
+    run_train(queue, queue.get(first.id), {"asked": False})  # a trained side: its checkpoint at step 3 of 3
+    queue.finish(first.id, JobStatus.DONE)
+
+    again = queue.enqueue("train", str(root), side="a", label="train A", total=3, params={"max_steps": 3, "restart": True})
+    queue.claim(None)
+    import engine.train.trainer as trainer
+
+    real = trainer.prepare_model
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("the worker was killed while the model loaded")
+
+    monkeypatch.setattr(trainer, "prepare_model", killed)
+    with pytest.raises(RuntimeError):
+        run_train(queue, queue.get(again.id), {"asked": False})
+    assert "restarted" not in queue.get(again.id).params
+    monkeypatch.setattr(trainer, "prepare_model", real)
+    queue.requeue_at_head(again.id, None)  # what the next worker's recovery does
+    queue.claim(None)
+    assert queue.get(again.id).attempts == 2
+    run_train(queue, queue.get(again.id), {"asked": False})
+    assert queue.get(again.id).start_step == 0  # afresh, not "resumed at step 3"
+    assert queue.get(again.id).params["restarted"] == ["a"]
+    queue.requeue_at_head(again.id, None)  # killed after it started afresh: a third attempt resumes what it trained
+    queue.claim(None)
+    run_train(queue, queue.get(again.id), {"asked": False})
+    assert queue.get(again.id).start_step == 3

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from copylora_tui.app import CopyloraApp
 from copylora_tui.cli.main import main
 from copylora_tui.core.projects import RESUMABLE, summarise
@@ -260,3 +262,33 @@ def test_cancel_of_an_interrupted_job_that_a_worker_takes_meanwhile(tmp_path, mo
         assert (job.status, job.control) == (status, control), then
         if job.status is JobStatus.RUNNING:
             queue.finish(job_id, JobStatus.CANCELLED)
+
+
+@pytest.mark.parametrize("order, ends", [("cancel", "cancelled"), ("pause", "paused"), (None, "queued")])
+def test_an_order_given_just_before_the_worker_died_is_kept(tmp_path, monkeypatch, order, ends):
+    """A cancel (or pause) the last worker had not passed on, or whose stop checkpoint was being
+    written, when it was killed: the next worker's recovery requeued the job, wiping the order,
+    and it trained to its end. Now the order is what the job comes to; without one it is requeued."""
+    import os
+
+    from engine.jobs.worker import Worker
+
+    home = tmp_path / "state"
+    queue = Queue(home)
+    job = queue.enqueue("train", "/p", side="a", label="train A", total=300)
+    dependant = queue.enqueue("merge", "/p", label="merge", depends_on=[job.id])
+    queue.claim(None)
+    monkeypatch.setattr("engine.jobs.worker.worker_pid", lambda home: os.getpid())  # the order is given while a worker lives
+    if order:
+        getattr(queue, order)(job.id)
+        assert queue.get(job.id).control == order
+    worker = Worker(home)
+    said: list[str] = []
+    worker.log = said.append
+    worker.recover(queue)
+    assert queue.get(job.id).status is JobStatus(ends)
+    if order == "cancel":
+        assert "`copylora retry` resumes it" in queue.get(job.id).error and queue.get(dependant.id).status.finished  # its merge with it
+    if order:
+        assert f"with a {order} order" in said[-1]
+    queue.close()

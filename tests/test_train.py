@@ -286,3 +286,30 @@ def test_a_step_the_fp16_scaler_skips_is_no_step_of_the_schedule(tmp_path, tiny)
     run.grad_scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32/bf16: every step is one
     step_with(float("nan"))
     assert run.lr_schedule.last_epoch == 2
+
+
+def test_partial_files_a_killed_write_left_are_removed_when_the_side_trains_again(tmp_path, tiny):
+    """A kill in the middle of a checkpoint or LoRA write left its hidden temporary file for good
+    (a checkpoint-sized one each crash on SDXL). The side's next training removes its own, under
+    its lock; another side's (or project's, in a shared output folder) stay."""
+    import os
+
+    from engine.files import stale_temps
+
+    plan = make(tmp_path, 2)
+    sp = plan.side("a")
+    sp.run_dir.mkdir(parents=True, exist_ok=True)
+    left = [sp.run_dir / ".state-00000099.pt.5zmgrxdj.tmp", sp.lora_path.parent / f".{sp.lora_path.name}.yt_iha7f.tmp"]
+    others = [plan.side("b").lora_path.parent / f".{plan.side('b').lora_path.name}.qs0o8tm3.tmp",
+              sp.lora_path.parent / f".{sp.lora_path.name}.notes.txt"]  # not atomic_write's name
+    for path in left + others:
+        path.write_bytes(b"partial")
+    said: list[str] = []
+    train(plan, "a", model=tiny, log=said.append)
+    assert not any(p.exists() for p in left) and all(p.exists() for p in others)
+    assert any("removed 2 partial file(s)" in line for line in said)
+    # by age, where no lock tells a killed writer from a live one (the merge's)
+    young = others[0]
+    assert stale_temps(young.parent, young.name[1:].rsplit(".", 2)[0], older_than_s=600) == []
+    os.utime(young, (young.stat().st_atime - 700, young.stat().st_mtime - 700))
+    assert stale_temps(young.parent, young.name[1:].rsplit(".", 2)[0], older_than_s=600) == [young]

@@ -152,6 +152,31 @@ def test_killed_between_the_two_checkpoint_writes_resumes_both_from_the_shared_s
         assert all(torch.equal(got[k], want[k]) for k in want), side
 
 
+def test_killed_between_the_first_two_checkpoint_writes_starts_both_again_as_one_twin_run(tmp_path, tiny):
+    """A's first checkpoint written, B's not: there was no shared step, so the run fell back to
+    A, then B (half again as long, and no longer the uninterrupted run), and said "no usable
+    training state" of a side that then resumed. Both start again from 0 as one twin run."""
+    from safetensors.torch import load_file
+
+    from engine.train.checkpoint import list_states
+
+    plan = make(tmp_path / "twin", 8, save_every_n_steps=4, **SGD)
+    done: list = []
+    train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4))
+    for state in list_states(plan.side("b").run_dir):
+        state.unlink()  # B's first write never happened
+    assert [p.name for p in list_states(plan.side("a").run_dir)] == ["state-00000004.pt"]
+    logs: list = []
+    finished = train_twin(plan, model=tiny, log=logs.append, resume=True)
+    assert any("both start again from step 0, as one twin run" in line for line in logs), logs
+    assert not any("no usable training state" in line for line in logs), logs
+    straight = make(tmp_path / "straight", 8, save_every_n_steps=4, **SGD)
+    reference = train_twin(straight, model=tiny, log=quiet)
+    for side in ("a", "b"):
+        got, want = load_file(str(finished[side].lora_path)), load_file(str(reference[side].lora_path))
+        assert all(torch.equal(got[k], want[k]) for k in want), side
+
+
 def test_when_twin_does_not_apply(tmp_path, tiny):
     plan = make(tmp_path / "ok", 4)
     assert twin_problem(plan) is None

@@ -514,3 +514,19 @@ def test_ctrl_c_on_a_foreground_worker_stops_it_and_its_warm_job_cleanly(tmp_pat
     from engine.jobs.procs import alive
 
     assert not alive(preloaded[0])
+
+
+def test_a_worker_killed_while_its_preloaded_process_imports_leaves_no_traceback(tmp_path):
+    """kill -9 of the worker while its preloaded process still imported: that process died on a
+    BrokenPipeError traceback in the worker's log when it said it was ready."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "engine.jobs.warm_start", "--tier", "base"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert process.stdout is not None and process.stdin is not None
+    process.stdout.close()  # the worker's end of the replies, gone
+    process.stdin.close()
+    assert process.stderr is not None
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 0 and b"Traceback" not in err, err.decode()[-2000:]

@@ -173,18 +173,35 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
 
     queue.note_params(job.id, fingerprints={side: training_fingerprint(plan, side) for side in (("a", "b") if job.side == TWIN else (job.side,))})
     writer = ProgressWriter(queue, job.id, total)
-    # A restart was asked for on the first attempt only: a retry or crash recovery resumes.
-    fresh = bool(job.params.get("restart")) and job.attempts <= 1
+    # A restart (`run --force`) holds until a side's old checkpoints are gone, which is when its
+    # training starts (noted per side then): a retry or crash recovery after that resumes. Held
+    # by the first attempt alone, a worker killed while the base model loaded had the second
+    # resume the old checkpoints: the job said done, and nothing was trained afresh.
+    restarted = set(job.params.get("restarted") or ())
+
+    def fresh(*sides: str) -> bool:
+        return bool(job.params.get("restart")) and not set(sides) <= restarted
+
+    def reset(sides: tuple[str, ...], then: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        def on_start(step: int, side_total: int) -> None:
+            then(step, side_total)
+            if job.params.get("restart") and not set(sides) <= restarted:
+                restarted.update(sides)
+                queue.note_params(job.id, restarted=sorted(restarted))
+
+        return on_start
+
+    sides = ("a", "b") if job.side == TWIN else (job.side,)
     controls = TrainControls(
         on_progress=writer,
         should_stop=lambda: stop["asked"],
         save_requested=writer.take_save,
         sample_requested=writer.take_sample,
-        on_start=lambda step, total: queue.set_start_step(job.id, step, total),
+        on_start=reset(sides, lambda step, total: queue.set_start_step(job.id, step, total)),
     )
     if job.side == TWIN:
         try:
-            results = train_twin(plan, resume=not fresh, controls=controls, log=log)
+            results = train_twin(plan, resume=not fresh("a", "b"), controls=controls, log=log)
         except TwinNotPossible as exc:  # settings changed since it was queued, or the sides resume at different steps
             log(f"{exc}; training A, then B")
             results = {}
@@ -193,17 +210,18 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
             for side, offset in (("a", 0), ("b", plan.side("a").total_steps)):
                 # One bar over both sides: each side's own steps showed as the job's, so the bar
                 # went back to 0 at B, and the ETA read 00:00 at A's end with all of B to train.
-                on_side = replace(controls, on_progress=_steps_after(writer, offset, both), on_start=_start_after(queue, job.id, offset, both))
-                results[side] = train(plan, side, resume=not fresh, controls=on_side, log=log)
+                on_side = replace(controls, on_progress=_steps_after(writer, offset, both),
+                                  on_start=reset((side,), _start_after(queue, job.id, offset, both)))
+                results[side] = train(plan, side, resume=not fresh(side), controls=on_side, log=log)
                 writer.flush()
                 if results[side].status == "stopped":
                     break
     elif job.side == PAIR:  # the one-LoRA routes (addift, slider)
         from engine.train.pair_training import train_pair
 
-        results = {PAIR: train_pair(plan, resume=not fresh, controls=controls, log=log)}
+        results = {PAIR: train_pair(plan, resume=not fresh(PAIR), controls=controls, log=log)}
     else:
-        results = {job.side: train(plan, job.side, resume=not fresh, controls=controls, log=log)}
+        results = {job.side: train(plan, job.side, resume=not fresh(job.side), controls=controls, log=log)}
     writer.flush()
     seconds = max(r.seconds for r in results.values())
     if writer.writes:
@@ -227,6 +245,9 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     return artifacts
 
 
+STALE_TEMP_S = 600.0  # a merge's temporary file this old is a killed merge's, not one being written
+
+
 def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
     """The project's result: the B − A merge, or the differential route's B (a one-LoRA route's LoRA) re-ranked."""
     from engine.merge.project_result import describe, make_result
@@ -235,6 +256,13 @@ def run_merge(queue: Queue, job: Job, stop: dict) -> dict:
 
     plan = make_plan(job_project(job))
     log(describe(plan))
+    # what a merge killed midway left beside the result: old enough to be no live writer's
+    # (a `copylora merge --project` typed meanwhile holds no lock the job could ask)
+    from engine.files import remove_stale_temps
+
+    merged = plan.merged_path
+    for name in (merged.name, merged.with_suffix(".stats.json").name):
+        remove_stale_temps(merged.parent, name, older_than_s=STALE_TEMP_S)
 
     def progress(done: int, total: int, _name: str) -> None:
         govern()

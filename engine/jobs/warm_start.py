@@ -355,4 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the worker went (killed while this imported): nobody to serve, nothing to say
+        sys.exit(0)

@@ -100,6 +100,13 @@ class SideRun:
         self.sp: SidePlan = plan.side(side)
         self.p = p = self.sp.params
         self.run_dir = self.sp.run_dir
+        # What a write killed midway left (a partial checkpoint, a LoRA's temporary file): under
+        # this side's lock (engine.train.side_lock) no live writer makes them. Left, each crash
+        # kept a checkpoint-sized hidden file for good.
+        from engine.files import remove_stale_temps
+
+        if gone := remove_stale_temps(self.run_dir) + remove_stale_temps(self.sp.lora_path.parent, self.sp.lora_path.name):
+            log(f"removed {gone} partial file(s) that interrupted writes left in {self.run_dir} or beside {self.sp.lora_path.name}")
         # What the LoRA will record of this training, taken now: a picture or A edited during the
         # run leaves the finished file stale, not wrongly current.
         self.record = SideLora(plan, side).record()
@@ -173,7 +180,7 @@ class SideRun:
                      "first checkpoint (`train --max_steps N --resume` continues it before that)")
         state = load_latest_state(self.run_dir, self.fingerprint, self.log, at_most=total if at_most is None else min(at_most, total))
         if state is None:
-            if list_states(self.run_dir):
+            if list_states(self.run_dir) and at_most is None:  # (a twin's probe for a shared step says its own)
                 self.log("no usable training state to resume from: starting from step 0")
             return 0
         _restore_lora(self.network, state["lora"])
