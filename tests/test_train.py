@@ -63,7 +63,8 @@ def _lora_tensors(state_or_path):
 
 def test_resume_is_bit_identical(tmp_path, tiny):
     straight = make(tmp_path / "straight", 40)
-    full = train(straight, "a", model=tiny, log=quiet)
+    curve: dict[int, float] = {}
+    full = train(straight, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: curve.update({p.step: p.smooth_loss})))
 
     split = make(tmp_path / "split", 40)
     done = []
@@ -71,9 +72,13 @@ def test_resume_is_bit_identical(tmp_path, tiny):
     assert first.status == "stopped" and first.step == 20
     assert not split.side("a").lora_path.exists()
     logs = []
-    second = train(split, "a", model=tiny, resume=True, log=logs.append)
+    resumed: dict[int, float] = {}
+    second = train(split, "a", model=tiny, resume=True, log=logs.append,
+                   controls=TrainControls(on_progress=lambda p: resumed.update({p.step: p.smooth_loss})))
     assert second.status == "done" and second.step == 40
     assert any("resuming A from step 20" in line for line in logs)
+    # the smoothed curve goes on from the checkpoint's (it restarted from one raw loss)
+    assert resumed[21] == pytest.approx(curve[21], rel=1e-9) and resumed[40] == pytest.approx(curve[40], rel=1e-9)
 
     expected, got = _lora_tensors(full.lora_path), _lora_tensors(second.lora_path)
     assert expected.keys() == got.keys()

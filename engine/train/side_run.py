@@ -118,6 +118,9 @@ class SideRun:
         self.copy_history: list[tuple[int, float]] = []
         self.stopped: tuple[int, str] | None = None
         self.final: tuple[Path | None, Path] | None = None  # written when it stopped, before the run ends
+        # The progress meter's smoothed loss (engine.train.progress), kept in the checkpoint: a
+        # resumed run's curve restarted from one raw loss, unlike the run never interrupted.
+        self.smooth_loss: float | None = None
 
         # ---- cached latents (once per image) and text embeddings (once per prompt)
         self.data = training_data(model, plan, side, log)
@@ -166,6 +169,7 @@ class SideRun:
         """The step to start from: the newest valid state's when resuming (at or before
         ``at_most`` if given, and never past the plan's steps), else 0 with the old states dropped."""
         self.copy_history, self.stopped, self.final = [], None, None
+        self.smooth_loss = None
         if not resume:
             for old in list_states(self.run_dir):
                 remove_state(old)
@@ -192,6 +196,7 @@ class SideRun:
         self.generator.set_state(state["rng"]["generator"])
         if state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.smooth_loss = state.get("smooth_loss")  # the curve goes on where it was (older checkpoints: from the next loss)
         start = self._resume_copy(state.get("copy") or {}, int(state["step"]))
         self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
         return start
@@ -336,6 +341,7 @@ class SideRun:
                 "rng": {"generator": self.generator.get_state()},
                 "grad_scaler": self.grad_scaler.state_dict(),
                 "copy": {"history": self.copy_history, "stopped": self.stopped},
+                "smooth_loss": self.smooth_loss,
             },
         )
 

@@ -338,6 +338,8 @@ class LossBook:
         self.driver, self.runs, self.device, self.on_progress, self.copies = driver, driver.runs, device, on_progress, copies
         self.pending = PendingLosses(defer)
         self.meters = [ProgressMeter(total, start_step=step) for _ in self.runs]
+        for meter, run in zip(self.meters, self.runs):  # a resumed run's curve goes on from its checkpoint's
+            meter.smooth = run.smooth_loss
         self.values: list[float | None] = [None] * len(self.runs)  # the newest read loss of each side
 
     def read(self) -> None:
@@ -355,12 +357,17 @@ class LossBook:
         for at, row, lr in read[:-1]:
             for meter, value in zip(self.meters, row):
                 meter.update(at, value, lr)
+        self._keep_smooth()
         self.values[:] = read[-1][1]
 
     def read_all(self) -> None:
         """Before anything is written: never the weights of an unread (maybe diverged) step."""
         if self.pending.items:
             self.read()
+
+    def _keep_smooth(self) -> None:
+        for meter, run in zip(self.meters, self.runs):  # what the next checkpoint keeps
+            run.smooth_loss = meter.smooth
 
     def report(self, step: int) -> None:
         """The newest step's progress to the listener (its losses have been read)."""
@@ -369,6 +376,7 @@ class LossBook:
         vram = _vram_peak_mb(self.device)
         progress = [meter.update(step, math.nan if value is None else value, run.lr(), vram)  # read before any report
                     for meter, value, run in zip(self.meters, self.values, self.runs)]
+        self._keep_smooth()
         copy = self.copies.latest()
         checked = [run.copy_history[-1][0] for run in self.runs if run.copy_history]
         self.on_progress(replace(self.driver.progress(progress), copy_db=copy[0], copy_db_b=copy[1] if len(copy) > 1 else None,
