@@ -318,3 +318,25 @@ def test_partial_files_a_killed_write_left_are_removed_when_the_side_trains_agai
     assert stale_temps(young.parent, young.name[1:].rsplit(".", 2)[0], older_than_s=600) == []
     os.utime(young, (young.stat().st_atime - 700, young.stat().st_mtime - 700))
     assert stale_temps(young.parent, young.name[1:].rsplit(".", 2)[0], older_than_s=600) == [young]
+
+
+def test_a_kill_at_a_checkpoint_step_never_loses_that_steps_preview(tmp_path, tiny, monkeypatch):
+    """The checkpoint was written before the step's preview: a kill between them resumed after
+    that step, and its preview was never drawn. The preview comes first now: a kill at the
+    checkpoint resumes from the one before, and the step's preview exists (or is made again)."""
+    from engine.train.side_run import SideRun
+
+    plan = make(tmp_path, 8, save_every_n_steps=4, sample_every_n_steps=4)
+    plan.project.sample = replace(plan.project.sample, steps=1, size=[64, 64])
+    real = SideRun.write_state
+
+    def killed_at_four(self, step, folder=None):
+        if step == 4:
+            raise KeyboardInterrupt("the power went at step 4's checkpoint")
+        return real(self, step, folder)
+
+    monkeypatch.setattr(SideRun, "write_state", killed_at_four)
+    with pytest.raises(KeyboardInterrupt):
+        train(plan, "a", model=tiny, log=quiet)
+    previews = sorted(p.name for p in plan.side("a").lora_path.parent.rglob("*step000004*.png"))
+    assert previews, "step 4's preview was lost with its checkpoint"

@@ -465,12 +465,9 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, s
             losses.report(step)
         if (gone := watch.gone(force=checkpoint_due or preview_due)) is not None:
             raise removed(gone)
-        if checkpoint_due:
-            for i, run in enumerate(runs):
-                try:
-                    states[i] = (run.write_state(step), None)
-                except OSError as exc:  # a full disk must not end hours of training: the end tries again
-                    log(f"warning: could not write {driver.named(run, 'the checkpoint')} of step {step} ({exc}); training goes on")
+        # The snapshot and the preview before the checkpoint: a kill between them lost them for
+        # good (the run resumed after their step); this way a kill before the checkpoint resumes
+        # from the one before, and its step, with them, is made again.
         if asked:
             for run in runs:
                 log(f"saved {run.write_snapshot(step).name} at step {step}")
@@ -478,6 +475,12 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, s
             with driver.previewing():  # a preview applies one side's own network
                 for run in runs:
                     log(f"preview {run.write_preview(step).name} at step {step}")
+        if checkpoint_due:
+            for i, run in enumerate(runs):
+                try:
+                    states[i] = (run.write_state(step), None)
+                except OSError as exc:  # a full disk must not end hours of training: the end tries again
+                    log(f"warning: could not write {driver.named(run, 'the checkpoint')} of step {step} ({exc}); training goes on")
 
     if (gone := watch.gone(force=True)) is not None:
         raise removed(gone, finished=True)
