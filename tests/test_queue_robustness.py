@@ -292,3 +292,36 @@ def test_an_order_given_just_before_the_worker_died_is_kept(tmp_path, monkeypatc
     if order:
         assert f"with a {order} order" in said[-1]
     queue.close()
+
+
+def test_recovery_leaves_a_job_that_recorded_its_own_end_as_it_stopped(tmp_path):
+    """A job in its final save when its worker died goes on and records done; the next worker's
+    recovery (its SIGTERM, a wait) then wrote cancelled (or queued) over it: a finished LoRA shown
+    as cancelled, its merge failed. The job is read again after it stopped."""
+    import os
+
+    from engine.jobs.procs import process_start
+    from engine.jobs.worker import Worker
+
+    home = tmp_path / "state"
+    queue = Queue(home)
+    job = queue.enqueue("train", "/p", side="a", label="train A", total=3)
+    queue.claim(None)
+    queue._control(job.id, "cancel")  # ordered just before the last worker died
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        "from engine.jobs.queue import Queue\n"
+        "def done(*_):\n"
+        f"    Queue({str(home)!r}).finish({job.id}, 'done', artifacts={{'lora': 'x.safetensors'}}); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, done)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+    queue.set_pid(job.id, child.pid, process_start(child.pid))
+    worker = Worker(home)
+    said: list[str] = []
+    worker.log = said.append
+    worker.recover(queue)
+    child.wait(timeout=30)
+    assert queue.get(job.id).status is JobStatus.DONE and "ended done as it stopped" in said[-1], said
+    queue.close()

@@ -448,3 +448,27 @@ def test_a_channel_that_cannot_be_written_waits_as_slurm_away_does(cluster, monk
     again = queue.get(job.id)
     assert again.status is JobStatus.QUEUED and "No space left on device" in again.error and stand_in.submits == []
     assert jobs.submit_after > 0
+
+
+@pytest.mark.parametrize("on_slurm", [False, True])
+def test_an_order_the_last_worker_left_a_job_it_had_not_submitted_is_carried_out(cluster, monkeypatch, on_slurm):
+    """A cancel given while the dying worker's sbatch was under way: its recovery requeued the
+    job (the requeue wipes the order), which was then submitted, or followed, and trained on."""
+    import os
+
+    stand_in, queue, jobs, said = cluster
+    monkeypatch.setattr("engine.jobs.worker.worker_pid", lambda home: os.getpid())  # the order lands while a worker lives
+    job = queue.enqueue("merge", "/p", label="merge")
+    queue.claim("slurm")
+    assert queue.cancel(job.id).startswith("cancelling")
+    if on_slurm:  # its sbatch had got there
+        stand_in.by_name[job.id] = "77"
+        stand_in.listed["77"] = "RUNNING"
+    jobs.recover(queue)
+    submit(jobs, queue)
+    assert stand_in.submits == []
+    if on_slurm:
+        jobs._pass_orders(queue)
+        assert stand_in.cancels == 1 and queue.get(job.id).slurm["id"] == "77"
+    else:
+        assert queue.get(job.id).status is JobStatus.CANCELLED and "cancel order" in said[-1]

@@ -340,3 +340,24 @@ def test_a_kill_at_a_checkpoint_step_never_loses_that_steps_preview(tmp_path, ti
         train(plan, "a", model=tiny, log=quiet)
     previews = sorted(p.name for p in plan.side("a").lora_path.parent.rglob("*step000004*.png"))
     assert previews, "step 4's preview was lost with its checkpoint"
+
+
+def test_a_stopped_run_keeps_its_newest_smoothed_loss_with_deferred_reads_and_no_listener(tmp_path, tiny, monkeypatch):
+    """On CUDA the losses are read in batches: the stop checkpoint kept a smoothed loss without
+    the newest step's, so the resumed curve was off (1.14742 against 1.14588); and with nobody
+    listening (an API caller) no checkpoint kept one at all."""
+    from engine.train.checkpoint import load_latest_state
+
+    curve: dict[int, float] = {}
+    train(make(tmp_path / "straight", 12), "a", model=tiny, log=quiet,
+          controls=TrainControls(on_progress=lambda p: curve.update({p.step: p.smooth_loss})))
+    deferred_reads(monkeypatch, every_s=3600.0)  # read only when something is written, and at the end
+    split = make(tmp_path / "split", 12)
+    asked: list = []
+    first = train(split, "a", model=tiny, log=quiet, controls=TrainControls(should_stop=lambda: asked.append(1) or len(asked) > 5))
+    assert first.status == "stopped" and first.step == 5
+    state = load_latest_state(split.side("a").run_dir, log=quiet)
+    assert state is not None and state["step"] == 5 and state["smooth_loss"] == pytest.approx(curve[5], rel=1e-9)
+    resumed: dict[int, float] = {}
+    train(split, "a", model=tiny, log=quiet, resume=True, controls=TrainControls(on_progress=lambda p: resumed.update({p.step: p.smooth_loss})))
+    assert resumed[12] == pytest.approx(curve[12], rel=1e-9)

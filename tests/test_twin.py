@@ -177,6 +177,20 @@ def test_killed_between_the_first_two_checkpoint_writes_starts_both_again_as_one
         assert all(torch.equal(got[k], want[k]) for k in want), side
 
 
+def test_a_side_stopped_alone_keeps_its_checkpoint_when_the_twin_resumes(tmp_path, tiny):
+    """A side trained or paused alone before (at a step that is no periodic first checkpoint)
+    is not a kill between the twin's first writes: its checkpoint stays, and they resume apart."""
+    from engine.train.checkpoint import list_states
+
+    plan = make(tmp_path / "twin", 12, save_every_n_steps=10, **SGD)
+    done: list = []
+    train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 7))
+    assert [p.name for p in list_states(plan.side("a").run_dir)] == ["state-00000007.pt"]
+    with pytest.raises(TwinNotPossible, match="resume apart"):
+        train_twin(plan, model=tiny, log=quiet, resume=True)
+    assert [p.name for p in list_states(plan.side("a").run_dir)] == ["state-00000007.pt"]
+
+
 def test_when_twin_does_not_apply(tmp_path, tiny):
     plan = make(tmp_path / "ok", 4)
     assert twin_problem(plan) is None

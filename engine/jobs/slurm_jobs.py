@@ -54,12 +54,14 @@ class Outcome:
     error: slurm.SlurmError | None = None
     refused: bool = False  # Slurm said no: the job fails
     unknown: bool = False  # it may have been submitted, and Slurm could not say: looked up before any sbatch
+    held: bool = False  # not submitted: the last worker left it a cancel or pause order, and Slurm has it not
 
 
 @dataclass
 class Submission:
     job: Job
     outcome: Future  # of an Outcome
+    order: str | None = None  # a cancel or pause the last worker left it
 
 
 class SlurmJobs:
@@ -74,6 +76,7 @@ class SlurmJobs:
         self.asking: tuple[list[str], Future] | None = None  # the squeue under way: the ids asked, its answer
         self._submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbatch")
         self.submitting: Submission | None = None  # the job being submitted, and what that came to
+        self.orders: dict[int, str] = {}  # cancel/pause given to a job the last worker left unsubmitted (recover)
 
     def recover(self, queue: Queue) -> None:
         """A new worker: follow the Slurm jobs its predecessor submitted; requeue what never got there."""
@@ -83,6 +86,8 @@ class SlurmJobs:
                 self.log(f"job #{job.id}: following Slurm job {job.slurm['id']} again")
             else:  # claimed, no Slurm id recorded: an sbatch under way when the last worker died may have submitted it
                 self.maybe_submitted.add(job.id)
+                if job.control in ("cancel", "pause"):  # the requeue wipes it: kept here, carried out once Slurm says
+                    self.orders[job.id] = job.control
                 queue.requeue_at_head(job.id, None)
                 self.log(f"job #{job.id} ({job.label}) was running when the last worker ended: queued first, it resumes from its checkpoint")
 
@@ -123,7 +128,7 @@ class SlurmJobs:
             if not self.submitting.outcome.done():
                 return
             # settled before it is let go: a queue write that fails (a full disk) has it settled again next turn
-            go_on = self._settle(queue, self.submitting.job, self.submitting.outcome.result())
+            go_on = self._settle(queue, self.submitting.job, self.submitting.outcome.result(), self.submitting.order)
             self.submitting = None
             if not go_on:
                 return
@@ -132,8 +137,8 @@ class SlurmJobs:
         job = queue.claim("slurm")
         if job is None:
             return
-        maybe = job.id in self.maybe_submitted
-        self.submitting = Submission(job, self._submitter.submit(self._submission, job, maybe, queue.log_path(job.id)))
+        maybe, order = job.id in self.maybe_submitted, self.orders.pop(job.id, None)
+        self.submitting = Submission(job, self._submitter.submit(self._submission, job, maybe, queue.log_path(job.id), order), order)
 
     def stop(self, queue: Queue) -> None:
         """The worker is stopping: the sbatch under way is waited for (it ends within its time-out)
@@ -141,10 +146,10 @@ class SlurmJobs:
         if self.submitting is not None:
             if not self.submitting.outcome.done():
                 self.log(f"job #{self.submitting.job.id}: waiting for its sbatch to answer before stopping")
-            self._settle(queue, self.submitting.job, self.submitting.outcome.result())
+            self._settle(queue, self.submitting.job, self.submitting.outcome.result(), self.submitting.order)
             self.submitting = None
 
-    def _submission(self, job: Job, maybe: bool, log_path: Path) -> Outcome:
+    def _submission(self, job: Job, maybe: bool, log_path: Path, order: str | None = None) -> Outcome:
         """In the submitter thread (Slurm's commands and the channel's files; the queue is the loop's)."""
         if maybe:  # an sbatch that may have submitted it: Slurm is asked first
             try:
@@ -153,6 +158,8 @@ class SlurmJobs:
                 return Outcome(error=exc, unknown=True)
             if found is not None:  # its channel is the live job's: not opened afresh (that removes its events)
                 return Outcome(found, channel_dir(self.home, job.id))
+        if order is not None:  # cancelled or paused, and not on Slurm: nothing to submit
+            return Outcome(held=True)
         try:
             channel = open_channel(self.home, job)
         except OSError as exc:  # a full disk under the state folder: waited out, as Slurm's being away is
@@ -170,14 +177,29 @@ class SlurmJobs:
                 return Outcome(error=exc, unknown=True)
             return Outcome(found, channel) if found is not None else Outcome(error=exc)
 
-    def _settle(self, queue: Queue, job: Job, outcome: Outcome) -> bool:
-        """What a submission came to, for the queue; whether the next may be submitted now."""
+    def _settle(self, queue: Queue, job: Job, outcome: Outcome, order: str | None = None) -> bool:
+        """What a submission came to, for the queue; whether the next may be submitted now.
+        ``order``: a cancel or pause the last worker left (recover), carried out now."""
         if outcome.unknown:
             self.maybe_submitted.add(job.id)
+            if order is not None:
+                self.orders[job.id] = order  # still to carry out, once Slurm can say
         else:
             self.maybe_submitted.discard(job.id)
         if outcome.slurm_id is not None and outcome.channel is not None:
             self._follow_new(queue, job, outcome.slurm_id, outcome.channel)
+            if order is not None:  # on Slurm after all: scancel'd by the next pass of the orders
+                getattr(queue, order)(job.id)
+            return True
+        if outcome.held:
+            assert order is not None
+            if order == "cancel":
+                queue.finish(job.id, JobStatus.CANCELLED, error="cancelled by the user (`copylora retry` resumes it from its "
+                                                                 "newest checkpoint, if it wrote one)")
+            else:
+                queue.finish(job.id, JobStatus.PAUSED)
+            self.log(f"job #{job.id} ({job.label}) was left by the last worker with a {order} order and is not on Slurm: "
+                     f"{'cancelled' if order == 'cancel' else 'paused'}")
             return True
         assert outcome.error is not None
         control = queue.get(job.id).control

@@ -252,6 +252,10 @@ class Worker:
                     time.sleep(0.2)
                 if alive(job.pid, job.pid_start):
                     os.kill(job.pid, signal.SIGKILL)
+                job = queue.get(job.id)  # it may have recorded its own end meanwhile (done in its final save)
+                if job.status is not JobStatus.RUNNING:
+                    self.log(f"job #{job.id} ({job.label}) ended {job.status} as it stopped")
+                    continue
             if job.control in ("cancel", "pause"):
                 # ordered just before the last worker died (before it passed the order on, or
                 # while the job wrote its stop checkpoint): the requeue wiped it, and the job trained to its end

@@ -371,12 +371,12 @@ class LossBook:
 
     def report(self, step: int) -> None:
         """The newest step's progress to the listener (its losses have been read)."""
-        if self.on_progress is None:
-            return
-        vram = _vram_peak_mb(self.device)
+        vram = _vram_peak_mb(self.device) if self.on_progress is not None else None
         progress = [meter.update(step, math.nan if value is None else value, run.lr(), vram)  # read before any report
                     for meter, value, run in zip(self.meters, self.values, self.runs)]
-        self._keep_smooth()
+        self._keep_smooth()  # (with no listener too: the checkpoints keep it)
+        if self.on_progress is None:
+            return
         copy = self.copies.latest()
         checked = [run.copy_history[-1][0] for run in self.runs if run.copy_history]
         self.on_progress(replace(self.driver.progress(progress), copy_db=copy[0], copy_db_b=copy[1] if len(copy) > 1 else None,
@@ -435,7 +435,9 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, s
         if controls.stop_asked():
             if (gone := watch.gone(force=True)) is not None:
                 raise removed(gone)
-            losses.read_all()
+            if losses.pending.items:  # the newest step's loss too: its smoothed curve goes into the checkpoint
+                losses.read()
+                losses.report(step)
             for i, run in enumerate(runs):
                 try:
                     states[i] = (run.write_state(step), None)

@@ -217,11 +217,13 @@ class TwinSides:
         from engine.train.checkpoint import list_states, state_step
 
         newest = [max((state_step(p) for p in list_states(run.run_dir)), default=0) for run in self.runs]
-        if resume and min(newest) == 0 < max(newest) <= self.runs[0].p.save_every_n_steps:
-            # Killed between the two sides' first checkpoint writes: one side's first checkpoint
-            # is all there is, and no step is shared. Trained apart from there, the run took half
-            # again as long and was no longer the uninterrupted one; both start again as one twin
-            # run, which it is (decided before anything is loaded: a side restored is not reset).
+        if resume and min(newest) == 0 < max(newest) == self.runs[0].p.save_every_n_steps:
+            # Killed between the two sides' first checkpoint writes: one side's first periodic
+            # checkpoint is all there is, and no step is shared. Trained apart from there, the
+            # run took half again as long and was no longer the uninterrupted one; both start
+            # again as one twin run, which it is (decided before anything is loaded: a side
+            # restored is not reset). A side trained or stopped alone before, at another step,
+            # keeps its checkpoint: it resumes apart, as it did.
             has, none = ("A", "B") if newest[0] else ("B", "A")
             self.log(f"{has} has its first checkpoint (step {max(newest)}) and {none} none: both start again from step 0, "
                      "as one twin run")
