@@ -495,3 +495,35 @@ def test_check_says_a_reg_without_class_pictures_has_none(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'dreambooth  no class pictures (reg.folder = ""); captions from .txt files' in out
     assert "prior preservation" not in out
+
+
+def test_a_caption_with_a_bom_or_in_shift_jis_is_read_or_said(tmp_path):
+    """Notepad's "UTF-8 with BOM" put U+FEFF at the head of the prompt (and into
+    ss_tag_frequency); a Shift-JIS caption was Python's bare codec error."""
+    from engine.project.concepts import CaptionError, read_caption
+
+    picture = write_png(tmp_path / "girl.png")
+    (tmp_path / "girl.txt").write_bytes("\ufeffsks girl, smile\n".encode("utf-8"))
+    assert read_caption(picture, ".txt") == "sks girl, smile"
+    (tmp_path / "girl.txt").write_bytes("笑顔の少女".encode("cp932"))
+    with pytest.raises(CaptionError) as caught:
+        read_caption(picture, ".txt")
+    assert "girl.txt is not UTF-8 (it reads as Shift-JIS/cp932, as a Japanese Windows editor saves it): save it as UTF-8" in str(caught.value)
+
+
+def test_folders_as_kohya_users_give_them_are_said_with_the_way_out(tmp_path):
+    """A kohya config's Windows path named a folder of that literal name in the project (class
+    pictures were generated into `C:\\kohya\\reg\\1_boy`); kohya's reg/ of subfolders was "no
+    images", and an empty class folder said nothing of generating them."""
+    root = dreambooth_project(tmp_path, REG.replace('[reg]\n', '[reg]\nfolder = "C:\\\\kohya\\\\reg\\\\1_boy"\n'))
+    found = problems_of(root)
+    assert "reg.folder: 'C:\\\\kohya\\\\reg\\\\1_boy' is a Windows path: give the folder as it is on this machine (relative to the " \
+           "project, or absolute, with /)" in found, found
+    assert not (root / "C:\\kohya\\reg\\1_boy").exists()
+    write_png(root / "reg" / "1_girl" / "one.png")
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace('folder = "C:\\\\kohya\\\\reg\\\\1_boy"\n', 'folder = "reg"\n')
+                    .replace("num_class_images = 2\n", "num_class_images = 0\n", 1))
+    said = [p for p in problems_of(root) if p.startswith("reg.folder")]
+    assert said and "its subfolders 1_girl hold some (kohya's layout: name one of them)" in said[0], said
+    assert "(or set num_class_images to have class pictures generated there)" in said[0]

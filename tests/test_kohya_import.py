@@ -471,3 +471,51 @@ def test_a_shift_jis_config_from_japanese_windows_is_read(tmp_path: Path) -> Non
     utf8 = tmp_path / "utf8.toml"
     utf8.write_text(text, encoding="utf-8")
     assert import_kohya(utf8).encoding == "utf-8" and "read as" not in format_report(import_kohya(utf8))
+
+
+def test_a_dataset_of_class_tokens_without_class_subsets_trains_no_class_pictures(tmp_path: Path, capsys) -> None:
+    """sd-scripts' own example dataset (class_tokens, no is_reg subset) trains no class pictures:
+    the import made a [reg] whose default folder "reg" was asked for (refused in a new project;
+    in one with a reg/ folder, trained with class pictures kohya never used)."""
+    from copylora_tui.cli.main import main
+
+    config = tmp_path / "dataset.toml"
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'img/10_sks person'\nnum_repeats = 10\n"
+                      "class_tokens = 'sks person'\ncaption_extension = '.txt'\n", encoding="utf-8")
+    root = copy_example(tmp_path, "p")
+    (root / "a" / "colour.txt").write_text("a photo")
+    (root / "b" / "monochrome.txt").write_text("a photo, monochrome")
+    assert main(["import-kohya", str(config), "--into", str(root), "--quiet"]) == 0
+    reg = load_project(root).reg
+    assert reg is not None and (reg.folder, reg.class_prompt, reg.num_class_images) == ("", "", 0)
+    assert reg.instance_prompt == "[filewords]" and reg.caption_extension == ".txt"
+    said = capsys.readouterr().out
+    assert "[reg] folder, class_prompt, num_class_images, caption_extension, instance_prompt)" in said, said
+
+
+def test_a_second_import_says_it_replaces_the_projects_concepts(tmp_path: Path, capsys) -> None:
+    """The second `import-kohya --into` replaced concepts added in the app since, and said only
+    "(4 [train] keys)"."""
+    from copylora_tui.cli.main import main
+
+    root = copy_example(tmp_path, "p", "example-dreambooth")
+    config = tmp_path / "dataset.toml"
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nclass_tokens = 'sks house'\n"
+                      "[[datasets.subsets]]\nimage_dir = '3_zwx sun'\nclass_tokens = 'zwx sun'\n"
+                      "[[datasets.subsets]]\nimage_dir = 'reg'\nis_reg = true\nclass_tokens = 'a house'\n", encoding="utf-8")
+    before = len(load_project(root).concepts)
+    assert before and main(["import-kohya", str(config), "--into", str(root), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert f"1 [[concept]] table, replacing the project's {before}" in said, said
+
+
+def test_subsets_of_other_caption_extensions_are_said_not_taken_as_the_first(tmp_path: Path) -> None:
+    """A project reads one caption extension: the last subset's won, reported as the first's."""
+    config = tmp_path / "dataset.toml"
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nclass_tokens = 'sks'\ncaption_extension = '.txt'\n"
+                      "[[datasets.subsets]]\nimage_dir = 'c'\nclass_tokens = 'zwx'\ncaption_extension = '.caption'\n", encoding="utf-8")
+    result = import_kohya(config)
+    assert result.extra["reg"]["caption_extension"] == ".txt"
+    note = _entry(result.ignored, "datasets[0].subsets[1].caption_extension").note
+    assert "'.txt', the first subset's, for every subset" in note
+    _check_reports(result, _input_keys(config))

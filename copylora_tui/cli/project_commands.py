@@ -171,8 +171,22 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
 
     assert into is not None
     path = save_project(apply_import(into, result))
-    print(f"updated {_relative(path)} ({len(result.train)} [train] keys)")
+    print(f"updated {_relative(path)} ({import_summary(into, result)})")
     return 0
+
+
+def import_summary(before, result) -> str:
+    """What an import changed, table by table: a second import replaced the concepts added in the
+    app since, and said only "4 [train] keys"."""
+    from engine.project.kohya_import import concept_tables
+
+    parts = [f"{len(result.train)} [train] key{'s' * (len(result.train) != 1)}"]
+    parts += [f"[{name}] {', '.join(result.extra[name])}" for name in ("project", "b", "reg", "sample") if result.extra.get(name)]
+    concepts = concept_tables(result.extra)
+    if concepts:
+        replaced = f", replacing the project's {len(before.concepts)}" if before.concepts else ""
+        parts.append(f"{len(concepts)} [[concept]] table{'s' * (len(concepts) != 1)}{replaced}")
+    return "; ".join(parts)
 
 
 def _toml_line(key: str, value, toml_value) -> str:

@@ -46,11 +46,20 @@ def read_caption(image: Path, extension: str) -> str:
     reads one), stripped."""
     path = caption_path(image, extension)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise CaptionError(f"{image}: no caption file {path.name} beside it (its prompt says {FILEWORDS})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise CaptionError(f"{image}: cannot read its caption file {path.name} ({exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM (Notepad's "UTF-8 with BOM") is no part of the prompt
+    except UnicodeDecodeError as exc:
+        try:
+            raw.decode("cp932")
+            how = "it reads as Shift-JIS/cp932, as a Japanese Windows editor saves it"
+        except UnicodeDecodeError:
+            how = f"byte 0x{raw[exc.start]:02x} at {exc.start}"
+        raise CaptionError(f"{image}: its caption file {path.name} is not UTF-8 ({how}): save it as UTF-8") from None
     for line in text.splitlines():
         if line.strip():
             return line.strip()

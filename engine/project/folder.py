@@ -289,6 +289,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         problems.append(Problem("reg.folder", '"" trains without class pictures, but class_prompt or num_class_images asks for some: '
                                 "name their folder"))
     _check_concepts(project, problems)
+    _check_windows_paths(project, problems)
     _on_disk("project.output_dir", problems, _check_output_dir, project, problems)
     if check_files:
         _on_disk("project.base_model", problems, _check_base_model, project, problems)
@@ -571,14 +572,38 @@ def _check_output_dir(project: Project, problems: list[Problem]) -> None:
         problems.append(Problem("project.output_dir", problem))
 
 
+def windows_path(folder: str) -> bool:
+    """A kohya config's Windows folder (``D:\\data\\img``, ``..\\reg``): on this machine it named a
+    folder of that literal name inside the project (class pictures were generated into one)."""
+    return "\\" in folder or bool(re.match(r"^[A-Za-z]:[\\/]", folder))
+
+
+def _check_windows_paths(project: Project, problems: list[Problem]) -> None:
+    folders = [("a.folder", project.a.folder), ("b.folder", project.b.folder)]
+    if project.reg is not None:
+        folders.append(("reg.folder", project.reg.folder))
+    for n, concept in enumerate(project.concepts, start=1):
+        folders += [(f"concept[{n}].folder", concept.folder), (f"concept[{n}].class_folder", concept.class_folder)]
+    for key, folder in folders:
+        if folder and windows_path(folder) and not (project.root / folder).exists():
+            problems.append(Problem(key, f"{folder!r} is a Windows path: give the folder as it is on this machine "
+                                         "(relative to the project, or absolute, with /)"))
+
+
 def _check_image_folder(root: Path, folder: str, key: str, problems: list[Problem], decode: bool = True) -> None:
     path = root / folder
+    classes = key == "reg.folder" or key.endswith(".class_folder")
+    generate = ' (or set num_class_images to have class pictures generated there)' if classes else ""
     if not path.is_dir():
-        problems.append(Problem(key, f"{path} is a file, not a folder" if path.exists() else f"folder not found: {path}"))
+        if windows_path(folder):
+            return  # said once, by _check_windows_paths
+        problems.append(Problem(key, f"{path} is a file, not a folder" if path.exists() else f"folder not found: {path}{generate}"))
         return
     images = image_files(path)
     if not images:
-        problems.append(Problem(key, f"no images in {path} (png, jpg, webp, bmp, tif)"))
+        sub = [p.name for p in sorted(path.iterdir()) if p.is_dir() and image_files(p)][:3] if path.is_dir() else []
+        inside = f"; its subfolders {', '.join(sub)} hold some (kohya's layout: name one of them)" if sub else ""
+        problems.append(Problem(key, f"no images in {path} (png, jpg, webp, bmp, tif){inside}{generate}"))
     for image in images:
         try:
             read_image_info(image, decode=decode)

@@ -83,7 +83,8 @@ _GROUPS = {
     "import a dataset config file on its own": "dataset_config",
     "set the base model with `copylora new --base` (kohya's path may not exist here)": "pretrained_model_name_or_path",
     "a separate VAE is not supported (the base model's VAE is used)": "vae",
-    "captions are not used: copy-machine training is caption-free": (
+    "caption options are not supported: the copy-machine route is caption-free, and the DreamBooth flow (a dataset "
+    "config) reads each caption whole, as [filewords], within 75 tokens": (
         "caption_extension caption_extention shuffle_caption keep_tokens keep_tokens_separator "
         "secondary_separator caption_dropout_rate caption_dropout_every_n_epochs "
         "caption_tag_dropout_rate caption_prefix caption_suffix weighted_captions "
@@ -932,14 +933,24 @@ def _dreambooth_subsets(teachers: list, classes: list, col: _Collector) -> set[s
         return value
 
     col.extra.setdefault("reg", {})
+    if not classes:  # class_tokens without is_reg subsets: kohya trains no class pictures (the default folder "reg" asked for some)
+        col.extra["reg"].update(folder="", class_prompt="", num_class_images=0)
+    extension: str | None = None  # the caption extension the project reads for every subset: the first one's
     for number, levels in enumerate(teachers):
         table = "reg" if number == 0 else f"concept[{number}]"
         captions = _lookup("caption_extension", levels)
         tokens = _lookup("class_tokens", levels)
         if captions is not None and captions[1]:
-            take(levels, "caption_extension", "reg.caption_extension")
+            other = extension is not None and captions[1] != extension
+            if extension is None:
+                extension = take(levels, "caption_extension", "reg.caption_extension")
+            elif other and captions[0] not in done:  # the last one won, said as the first's
+                col.ignore(captions[0], captions[1], f"a project reads one caption extension ([reg] caption_extension): "
+                                                     f"{extension!r}, the first subset's, for every subset")
+            done.add(captions[0])
             col.extra.setdefault(table, {})["instance_prompt"] = "[filewords]"
-            col.decided(captions[0], captions[1], f"{table}.instance_prompt = \"[filewords]\": each picture trains on its caption")
+            if not other:
+                col.decided(captions[0], captions[1], f"{table}.instance_prompt = \"[filewords]\": each picture trains on its caption")
             if tokens is not None:
                 col.ignore(tokens[0], tokens[1], "kohya uses class_tokens only for pictures without a caption file; copylora "
                            "trains each picture on its caption ([filewords]) and names any picture that lacks one")
