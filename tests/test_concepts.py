@@ -527,3 +527,14 @@ def test_folders_as_kohya_users_give_them_are_said_with_the_way_out(tmp_path):
     said = [p for p in problems_of(root) if p.startswith("reg.folder")]
     assert said and "its subfolders 1_girl hold some (kohya's layout: name one of them)" in said[0], said
     assert "(or set num_class_images to have class pictures generated there)" in said[0]
+
+
+def test_filewords_in_a_preview_prompt_is_said(tmp_path):
+    """A preview has no caption to read: "[filewords]" was drawn, labelled and recorded as text."""
+    root = dreambooth_project(tmp_path)
+    toml = root / "copylora.toml"
+    text = toml.read_text()
+    assert "\nprompts = " in text
+    toml.write_text(text.replace("\nprompts = [", '\nprompts = ["sks house, [filewords]", ', 1))
+    said = [w for w in plan_warnings(make_plan(load_project(root))) if "[filewords]" in w and w.startswith("sample.prompts")]
+    assert said and said[0].startswith("sample.prompts[0]: 'sks house, [filewords]' has [filewords]"), said

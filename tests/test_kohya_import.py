@@ -519,3 +519,12 @@ def test_subsets_of_other_caption_extensions_are_said_not_taken_as_the_first(tmp
     note = _entry(result.ignored, "datasets[0].subsets[1].caption_extension").note
     assert "'.txt', the first subset's, for every subset" in note
     _check_reports(result, _input_keys(config))
+
+
+def test_prior_loss_weight_of_a_config_with_a_dataset_config_says_where_it_goes(tmp_path: Path) -> None:
+    """sd-scripts' class pictures come from the dataset config's is_reg subsets too: "no
+    regularisation images (reg_data_dir is empty)" was wrong there."""
+    config = tmp_path / "config.toml"
+    config.write_text('dataset_config = "dataset.toml"\nprior_loss_weight = 0.7\n', encoding="utf-8")
+    note = _entry(import_kohya(config).ignored, "prior_loss_weight").note
+    assert "is_reg subsets of its dataset_config" in note and "[reg] prior_loss_weight = 0.7" in note

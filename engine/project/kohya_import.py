@@ -736,6 +736,9 @@ def _regularisation(args: _Args, col: _Collector) -> None:
         ok, weight = args.number("prior_loss_weight")
         if ok and folder and weight is not None:
             col.use("prior_loss_weight", "reg.prior_loss_weight", weight)
+        elif ok and "dataset_config" in args.rest:  # its class pictures are that file's is_reg subsets
+            col.ignore("prior_loss_weight", weight, "weights the is_reg subsets of its dataset_config: import that file "
+                                                    f"too, then set [reg] prior_loss_weight = {weight}")
         elif ok:
             col.ignore("prior_loss_weight", weight, "no regularisation images (reg_data_dir is empty)")
 

@@ -246,6 +246,7 @@ def plan_warnings(plan: Plan) -> list[str]:
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
     return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + schedule_warnings(plan.project)
+            + sample_prompt_warnings(plan.project)
             + toy_caption_warnings(plan)
             + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan))
 
@@ -290,6 +291,16 @@ def mixed_batch_warnings(plan: Plan) -> list[str]:
                             "that step (sd-scripts batches within a bucket): train_batch_size = 1, or pictures of one shape, "
                             "trains every picture every epoch")
     return warnings
+
+
+def sample_prompt_warnings(project: Project) -> list[str]:
+    """``[filewords]`` in a preview prompt: a preview has no picture to read a caption of, so it
+    was drawn (and labelled, and recorded) as the literal text."""
+    from engine.project.concepts import uses_filewords
+
+    return [f"sample.prompts[{i}]: {prompt!r} has [filewords], which only a training picture's caption fills: the preview "
+            "draws it as written; give the words a caption would hold" for i, prompt in enumerate(project.sample.prompts)
+            if uses_filewords(prompt)]
 
 
 def schedule_warnings(project: Project) -> list[str]:
