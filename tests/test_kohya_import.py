@@ -528,3 +528,14 @@ def test_prior_loss_weight_of_a_config_with_a_dataset_config_says_where_it_goes(
     config.write_text('dataset_config = "dataset.toml"\nprior_loss_weight = 0.7\n', encoding="utf-8")
     note = _entry(import_kohya(config).ignored, "prior_loss_weight").note
     assert "is_reg subsets of its dataset_config" in note and "[reg] prior_loss_weight = 0.7" in note
+
+
+def test_a_concept_subset_without_num_repeats_repeats_once_as_in_kohya(tmp_path: Path) -> None:
+    """In a dataset config kohya repeats a subset once unless it says otherwise, whatever its
+    folder's "3_" prefix; the project took the prefix's 3."""
+    config = tmp_path / "dataset.toml"
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nclass_tokens = 'sks'\nnum_repeats = 5\n"
+                      "[[datasets.subsets]]\nimage_dir = '3_zwx sun'\nclass_tokens = 'zwx'\n", encoding="utf-8")
+    result = import_kohya(config)
+    assert result.extra["concept[1]"]["num_repeats"] == 1 and result.extra["concept[1]"]["folder"] == "3_zwx sun"
+    _check_reports(result, _input_keys(config))

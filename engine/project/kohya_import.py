@@ -961,8 +961,12 @@ def _dreambooth_subsets(teachers: list, classes: list, col: _Collector) -> set[s
         elif tokens is not None:
             take(levels, "class_tokens", f"{table}.instance_prompt")
         if number:
-            take(levels, "image_dir", f"{table}.folder")
-            take(levels, "num_repeats", f"{table}.num_repeats")
+            folder = take(levels, "image_dir", f"{table}.folder")
+            if take(levels, "num_repeats", f"{table}.num_repeats") is None and folder is not None:
+                # a dataset config's subset repeats once unless it says otherwise: kohya reads no "3_" prefix there
+                col.extra.setdefault(table, {})["num_repeats"] = 1
+                col.decided(f"{levels[0][0]}.image_dir", folder, f"{table}.num_repeats = 1: kohya's default in a dataset "
+                                                                 "config, which reads no repeats from the folder's name")
     for number, levels in enumerate(classes):
         if number and number >= len(teachers):
             continue  # more class subsets than concepts: reported as left over below
