@@ -539,3 +539,15 @@ def test_a_concept_subset_without_num_repeats_repeats_once_as_in_kohya(tmp_path:
     result = import_kohya(config)
     assert result.extra["concept[1]"]["num_repeats"] == 1 and result.extra["concept[1]"]["folder"] == "3_zwx sun"
     _check_reports(result, _input_keys(config))
+
+
+def test_a_first_subsets_flip_aug_that_flips_every_subset_here_is_said(tmp_path: Path) -> None:
+    """kohya flips only the subset that says flip_aug; a project has one, for all its pictures."""
+    config = tmp_path / "dataset.toml"
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nclass_tokens = 'sks'\nflip_aug = true\n"
+                      "[[datasets.subsets]]\nimage_dir = 'reg'\nis_reg = true\nclass_tokens = 'girl'\n", encoding="utf-8")
+    result = import_kohya(config)
+    assert result.train["flip_aug"] is True
+    notes = [e.note for e in result.used if e.key == "datasets[0].subsets[0].flip_aug"]
+    assert any("kohya flips this subset alone, not datasets[0].subsets[1]" in n for n in notes), notes
+    _check_reports(result, _input_keys(config))

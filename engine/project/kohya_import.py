@@ -889,6 +889,11 @@ def _convert_dataset(data: dict, col: _Collector) -> None:
             for name, target in _SUBSET_KEYS.items():
                 record(target, _lookup(name, sub_levels))
     if dreambooth:  # the DreamBooth flow: [reg], the first subset is the sides', the others [[concept]]s
+        flip = _lookup("flip_aug", teachers[0]) if teachers else None
+        unset = [levels for levels in teachers[1:] + classes if "flip_aug" not in levels[0][1]]
+        if flip is not None and flip[1] is True and ".subsets[" in flip[0] and unset:  # said: kohya flips that subset alone
+            col.decided(flip[0], flip[1], "flips every subset here, class pictures too (a project has one flip_aug); kohya "
+                                          f"flips this subset alone, not {', '.join(levels[0][0] for levels in unset[:3])}")
         done |= _dreambooth_subsets(teachers, classes, col)
         concept_subsets = {levels[0][0] for levels in teachers[1:]}
         class_subsets = {levels[0][0] for levels in classes}
