@@ -538,3 +538,15 @@ def test_filewords_in_a_preview_prompt_is_said(tmp_path):
     toml.write_text(text.replace("\nprompts = [", '\nprompts = ["sks house, [filewords]", ', 1))
     said = [w for w in plan_warnings(make_plan(load_project(root))) if "[filewords]" in w and w.startswith("sample.prompts")]
     assert said and said[0].startswith("sample.prompts[0]: 'sks house, [filewords]' has [filewords]"), said
+
+
+def test_class_pictures_under_the_teachers_own_prompt_are_said(tmp_path):
+    """A kohya_ss reg_data_dir imports with both prompts empty (kohya took them from its folder
+    names): prior preservation on the teachers' own prompt pulls the LoRA to the class pictures."""
+    root = dreambooth_project(tmp_path)
+    toml = root / "copylora.toml"
+    text = toml.read_text()
+    assert not [w for w in plan_warnings(make_plan(load_project(root))) if "prior preservation then pulls" in w]
+    toml.write_text(text.replace('instance_prompt = "sks house, [filewords]"', 'instance_prompt = "a house"', 1))
+    said = [w for w in plan_warnings(make_plan(load_project(root))) if "prior preservation then pulls" in w]
+    assert len(said) == 1 and said[0].startswith("reg.class_prompt: the class pictures train under 'a house'"), said

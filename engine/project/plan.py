@@ -246,7 +246,7 @@ def plan_warnings(plan: Plan) -> list[str]:
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
     return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + schedule_warnings(plan.project)
-            + sample_prompt_warnings(plan.project)
+            + sample_prompt_warnings(plan.project) + prior_prompt_warnings(plan.project)
             + toy_caption_warnings(plan)
             + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan))
 
@@ -291,6 +291,27 @@ def mixed_batch_warnings(plan: Plan) -> list[str]:
                             "that step (sd-scripts batches within a bucket): train_batch_size = 1, or pictures of one shape, "
                             "trains every picture every epoch")
     return warnings
+
+
+def prior_prompt_warnings(project: Project) -> list[str]:
+    """Class pictures under the very prompt of the teacher pictures: prior preservation then
+    trains the LoRA toward the class pictures on the prompt it should learn the teachers on (a
+    kohya_ss config's reg_data_dir imports with both prompts empty: kohya took them from its
+    folders' names, "5_sks girl" and "1_girl")."""
+    from engine.project.concepts import class_sets
+
+    reg = project.reg
+    if reg is None:
+        return []
+    said = []
+    for instance, owner in [(reg.instance_prompt, "reg"), *((c.instance_prompt, f"concept[{n}]") for n, c in enumerate(project.concepts, 1))]:
+        for class_set in class_sets(project):
+            if class_set.key == owner and class_set.prompt.strip() == instance.strip():
+                said.append(f"{owner}.class_prompt: the class pictures train under {class_set.prompt!r}, the prompt of the teacher "
+                            f"pictures ({owner}.instance_prompt): prior preservation then pulls the LoRA back to the class "
+                            "pictures on the prompt it learns the teachers on; give the teachers a prompt of their own "
+                            '(e.g. "sks girl" against "girl")')
+    return said
 
 
 def sample_prompt_warnings(project: Project) -> list[str]:
