@@ -356,3 +356,22 @@ async def test_outputs_changed_by_another_program_are_read_again(tmp_path, monke
         await wait_until(pilot, lambda: "merged✓" in str(outputs.content))
         (folder / "output" / "example-monochrome.safetensors").unlink()
         await wait_until(pilot, lambda: "merged·" in str(outputs.content))
+
+
+async def test_warm_up_steps_with_the_constant_schedule_are_warned_of_and_saved(tmp_path, monkeypatch):
+    """Warm-up steps under the constant schedule do nothing: the form says so as you type (in
+    the plan's warnings) and saves them all the same (a refusal broke projects saved so)."""
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_project(pilot, app, folder)
+        warmup = editor(app, "train.lr_warmup_steps")
+        warmup.focus()
+        warmup.value = "50"
+        await wait_until(pilot, lambda: "warm-up steps do nothing" in plan_text(app))
+        assert field_error(app, "train.lr_warmup_steps") == ""
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "lr_warmup_steps = 50" in toml.read_text())
+        assert load_project(folder).train.lr_warmup_steps == 50

@@ -128,41 +128,49 @@ def test_twin_resumes_a_twin_run(tmp_path, tiny):
     assert_same_loras([finished["a"].lora_path, finished["b"].lora_path], [r.lora_path for r in reference], 1e-4)
 
 
+def stop_twin_at(plan, tiny, step: int) -> None:
+    """A twin run of ``plan`` stopped after ``step`` steps (its checkpoints written)."""
+    done: list = []
+    train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= step))
+
+
+def assert_as_if_never_interrupted(finished, tmp_path, tiny, steps: int) -> None:
+    """The resumed twin run's LoRAs are bit for bit those of one never interrupted."""
+    from safetensors.torch import load_file
+
+    reference = train_twin(make(tmp_path / "straight", steps, save_every_n_steps=4, **SGD), model=tiny, log=quiet)
+    for side in ("a", "b"):
+        got, want = load_file(str(finished[side].lora_path)), load_file(str(reference[side].lora_path))
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), side
+
+
 def test_killed_between_the_two_checkpoint_writes_resumes_both_from_the_shared_step(tmp_path, tiny):
     """A kill -9 can land after A's checkpoint is written and before B's (seen in CI under load:
     the run then fell back to A, then B, and was no longer bit for bit the uninterrupted run).
     Two checkpoints are kept per side, so both resume from the newest step they share."""
-    from safetensors.torch import load_file
 
     from engine.train.checkpoint import list_states
 
     plan = make(tmp_path / "twin", 12, save_every_n_steps=4, **SGD)
-    done: list = []
-    train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 9))
+    stop_twin_at(plan, tiny, 9)
     newest_b = list_states(plan.side("b").run_dir)[0]
     assert newest_b.name == "state-00000009.pt"
     newest_b.unlink()  # B's write of step 9 never happened
     logs: list = []
     finished = train_twin(plan, model=tiny, log=logs.append, resume=True)
     assert any("both resume from step 8" in line for line in logs), logs
-    straight = make(tmp_path / "straight", 12, save_every_n_steps=4, **SGD)
-    reference = train_twin(straight, model=tiny, log=quiet)
-    for side in ("a", "b"):
-        got, want = load_file(str(finished[side].lora_path)), load_file(str(reference[side].lora_path))
-        assert all(torch.equal(got[k], want[k]) for k in want), side
+    assert_as_if_never_interrupted(finished, tmp_path, tiny, 12)
 
 
 def test_killed_between_the_first_two_checkpoint_writes_starts_both_again_as_one_twin_run(tmp_path, tiny):
     """A's first checkpoint written, B's not: there was no shared step, so the run fell back to
     A, then B (half again as long, and no longer the uninterrupted run), and said "no usable
     training state" of a side that then resumed. Both start again from 0 as one twin run."""
-    from safetensors.torch import load_file
 
     from engine.train.checkpoint import list_states
 
     plan = make(tmp_path / "twin", 8, save_every_n_steps=4, **SGD)
-    done: list = []
-    train_twin(plan, model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4))
+    stop_twin_at(plan, tiny, 4)
     for state in list_states(plan.side("b").run_dir):
         state.unlink()  # B's first write never happened
     assert [p.name for p in list_states(plan.side("a").run_dir)] == ["state-00000004.pt"]
@@ -170,11 +178,7 @@ def test_killed_between_the_first_two_checkpoint_writes_starts_both_again_as_one
     finished = train_twin(plan, model=tiny, log=logs.append, resume=True)
     assert any("both start again from step 0, as one twin run" in line for line in logs), logs
     assert not any("no usable training state" in line for line in logs), logs
-    straight = make(tmp_path / "straight", 8, save_every_n_steps=4, **SGD)
-    reference = train_twin(straight, model=tiny, log=quiet)
-    for side in ("a", "b"):
-        got, want = load_file(str(finished[side].lora_path)), load_file(str(reference[side].lora_path))
-        assert all(torch.equal(got[k], want[k]) for k in want), side
+    assert_as_if_never_interrupted(finished, tmp_path, tiny, 8)
 
 
 def test_a_side_stopped_alone_keeps_its_checkpoint_when_the_twin_resumes(tmp_path, tiny):

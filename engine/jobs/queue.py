@@ -247,6 +247,9 @@ class Job:
         return data
 
 
+CANCELLED_RESUMABLE = "cancelled by the user (`copylora retry` resumes it from its newest checkpoint, if it wrote one)"
+
+
 def mark_interrupted(jobs: list[Job], worker_alive: bool) -> list[Job]:
     """Flag the "running" jobs that nothing runs any more: no worker, and their process is
     gone. (With a live worker, a job between its claim and its process start has no pid yet;
@@ -626,6 +629,16 @@ class Queue:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET start_step = ?, step = ?, total = ?, updated_at = ? WHERE id = ?", (step, step, total, time.time(), job_id))
 
+    def end_as_ordered(self, job_id: int, order: str, why: str = CANCELLED_RESUMABLE) -> str:
+        """End a running job as its pending order said, where no process is left to carry it
+        out (a worker that died before it did, an sbatch that never submitted it): "cancelled"
+        (``why``: the error it shows) or "paused"; what it came to."""
+        if order == "cancel":
+            self.finish(job_id, JobStatus.CANCELLED, error=why)
+            return "cancelled"
+        self.finish(job_id, JobStatus.PAUSED)
+        return "paused"
+
     def finish(self, job_id: int, status: JobStatus | str, *, error: str | None = None, artifacts: dict | None = None) -> None:
         """End a running job. A failed or cancelled job takes its waiting dependants with it."""
         try:
@@ -691,8 +704,7 @@ class Queue:
             return "cancelled"
         if job.status is JobStatus.RUNNING:
             # (whether it wrote a checkpoint before it was cut off, the queue cannot tell: "if any")
-            if self._end_interrupted(job, "status = 'cancelled', error = 'cancelled by the user (`copylora retry` resumes it "
-                                          "from its newest checkpoint, if it wrote one)', finished_at = ?", (time.time(),)):
+            if self._end_interrupted(job, "status = 'cancelled', error = ?, finished_at = ?", (CANCELLED_RESUMABLE, time.time())):
                 return "cancelled (it was interrupted: `copylora retry` resumes it from its newest checkpoint, if it wrote one)"
             if self.get(job_id).status.waiting:  # a worker queued it again meanwhile: an order would be wiped at its claim
                 return self.cancel(job_id)

@@ -193,24 +193,16 @@ class SlurmJobs:
             return True
         if outcome.held:
             assert order is not None
-            if order == "cancel":
-                queue.finish(job.id, JobStatus.CANCELLED, error="cancelled by the user (`copylora retry` resumes it from its "
-                                                                 "newest checkpoint, if it wrote one)")
-            else:
-                queue.finish(job.id, JobStatus.PAUSED)
-            self.log(f"job #{job.id} ({job.label}) was left by the last worker with a {order} order and is not on Slurm: "
-                     f"{'cancelled' if order == 'cancel' else 'paused'}")
+            ended = queue.end_as_ordered(job.id, order)
+            self.log(f"job #{job.id} ({job.label}) was left by the last worker with a {order} order and is not on Slurm: {ended}")
             return True
         assert outcome.error is not None
         control = queue.get(job.id).control
         if control in ("cancel", "pause") and not outcome.unknown:
             # cancelled or paused while its sbatch was under way, which did not submit it: what
             # the user asked, not a requeue (that wiped the order: it was submitted 30 s later)
-            if control == "cancel":
-                queue.finish(job.id, JobStatus.CANCELLED, error="cancelled by the user (before it started on Slurm)")
-            else:
-                queue.finish(job.id, JobStatus.PAUSED)
-            self.log(f"job #{job.id} {'cancelled' if control == 'cancel' else 'paused'} before Slurm took it ({outcome.error})")
+            ended = queue.end_as_ordered(job.id, control, "cancelled by the user (before it started on Slurm)")
+            self.log(f"job #{job.id} {ended} before Slurm took it ({outcome.error})")
             if not outcome.refused:  # Slurm away: the next submission waits as after any such answer
                 self.submit_after = time.monotonic() + RETRY_S
             return outcome.refused

@@ -259,13 +259,8 @@ class Worker:
             if job.control in ("cancel", "pause"):
                 # ordered just before the last worker died (before it passed the order on, or
                 # while the job wrote its stop checkpoint): the requeue wiped it, and the job trained to its end
-                if job.control == "cancel":
-                    queue.finish(job.id, JobStatus.CANCELLED, error="cancelled by the user (`copylora retry` resumes it from its "
-                                                                     "newest checkpoint, if it wrote one)")
-                else:
-                    queue.finish(job.id, JobStatus.PAUSED)
-                self.log(f"job #{job.id} ({job.label}) was running when the last worker ended, with a {job.control} order: "
-                         f"{'cancelled' if job.control == 'cancel' else 'paused'}")
+                ended = queue.end_as_ordered(job.id, job.control)
+                self.log(f"job #{job.id} ({job.label}) was running when the last worker ended, with a {job.control} order: {ended}")
                 continue
             queue.requeue_at_head(job.id, None)
             self.log(f"job #{job.id} ({job.label}) was running when the last worker ended: queued first, it resumes from its checkpoint")
