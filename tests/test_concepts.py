@@ -187,6 +187,38 @@ def test_captions_reach_the_text_encoder_and_concepts_their_items(tmp_path, tiny
     assert not torch.equal(hidden[0], encode_text(tiny, "sks house, [filewords]").hidden)
 
 
+def test_class_pictures_join_their_buckets_batches_and_the_plan_counts_them_before_they_are_drawn(tmp_path, tiny):
+    """Batch 3 over teacher pictures of two shapes and class pictures of both (one landscape
+    picture the user put in reg/, the others still to generate at the portrait resolution): the
+    plan counts each bucket's batches before the pictures are drawn, at the names and size
+    generation gives them, and training's epoch is exactly those batches, every item once."""
+    from collections import Counter
+
+    from engine.train.class_images import generate_class_images
+    from engine.train.training_data import epoch_batches, training_data
+
+    root = dreambooth_project(tmp_path)
+    for name in ("one", "two"):  # the concept's two pictures landscape: the teachers span two buckets
+        write_png(root / "3_zwx sun" / f"{name}.png", (144, 96), (250, 220, 40))
+    write_png(root / "reg" / "zz-own.png", (144, 96), (90, 90, 90))  # after class-0000 by name
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("train_batch_size = 1\n", "train_batch_size = 3\n").replace("steps = 8", "steps = 1"))
+    project = load_project(root)
+    before = make_plan(project).side("a")
+    # teachers: A 5 × 128×192, suns 6 × 192×128; class pool: reg/class-0000 (drawn 128×192),
+    # reg/zz-own (192×128), suns/class-0000 (128×192), cycled to 11: 7 + 4.
+    assert before.epoch_buckets == (((128, 192), 12), ((192, 128), 10)) and before.reg_images == 3
+    assert before.steps_per_epoch == 4 + 4
+    assert [p.name for p in generate_class_images(project, model=tiny, log=quiet)] == ["class-0000.png", "class-0000.png"]
+    plan = make_plan(load_project(root))
+    assert plan.side("a").steps_per_epoch == before.steps_per_epoch
+    data = training_data(tiny, plan, "a", quiet)
+    assert Counter(i.bucket for i in data.items) == {(128, 192): 12, (192, 128): 10}
+    batches = epoch_batches(data.items, 3, plan.side("a").params.seed, 0)
+    assert len(batches) == plan.side("a").steps_per_epoch and all(len({i.bucket for i in b}) == 1 for b in batches)
+    assert Counter(i for b in batches for i in b) == Counter(data.items)
+
+
 def test_a_changed_caption_makes_the_checkpoint_stale(tmp_path):
     from engine.project.provenance import training_fingerprint
 

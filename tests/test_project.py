@@ -257,28 +257,47 @@ def test_a_bucket_far_below_resolutions_area_is_said_with_the_resolution_of_its_
     assert plan.side("a").buckets == ((1024, 640),) and not [w for w in plan_warnings(plan) if "of resolution's" in w]
 
 
-def test_a_batch_over_pictures_of_several_buckets_is_said(tmp_path):
-    """A batch holds one bucket: over pictures of two shapes, batch 2 leaves pictures out of
-    steps (sd-scripts batches within a bucket). Said; batch 1, or one shape, is quiet."""
+def test_a_batch_holds_one_bucket_and_the_epoch_counts_each_buckets_batches(tmp_path):
+    """Over pictures of two shapes, batch 2: sd-scripts batches within a bucket, so an epoch of
+    5 + 5 items is 3 + 3 batches (not ceil(10 / 2) = 5), and every item is in one of them (a
+    batch that mixed buckets used to leave the second bucket's items out of that step)."""
+    from collections import Counter
+
     from engine.project.plan import plan_warnings
+    from engine.train.training_data import TrainingItem, batch_for_step, epoch_batches, epoch_order
 
     root = copy_example(tmp_path)
     write_png(root / "a" / "second.png", size=(192, 128))
     write_png(root / "b" / "second.png", size=(192, 128))
     toml = root / "copylora.toml"
     text = toml.read_text()
-    assert "train_batch_size = 1\n" in text
+    assert "train_batch_size = 1\n" in text and "num_repeats = 5\n" in text
 
-    def said(batch: int) -> list[str]:
+    def plan_of(batch: int):
         toml.write_text(text.replace("train_batch_size = 1\n", f"train_batch_size = {batch}\n"))
-        return [w for w in plan_warnings(make_plan(load_project(root))) if "a batch holds one bucket" in w]
+        return make_plan(load_project(root))
 
-    assert [w.split(":")[0] for w in said(2)] == ["a.folder", "b.folder"]
-    assert "train_batch_size 2 over pictures of 2 buckets (128×192, 192×128)" in said(2)[0]
-    assert said(1) == []
-    (root / "a" / "second.png").unlink()
-    (root / "b" / "second.png").unlink()
-    assert said(2) == []
+    a = plan_of(2).side("a")
+    assert sorted(a.buckets) == [(128, 192), (192, 128)] and a.steps_per_epoch == 6
+    assert plan_of(1).side("a").steps_per_epoch == 10 and plan_of(4).side("a").steps_per_epoch == 4
+    assert not [w for w in plan_warnings(plan_of(2)) if "bucket" in w and "batch" in w]
+    from rich.console import Console
+
+    from copylora_tui.core.plan_view import plan_view
+
+    console = Console(width=200, record=True)
+    console.print(plan_view(plan_of(2)))
+    assert "a batch holds one bucket: an epoch's 5 at 128x192, 5 at 192x128 make 6 batches" in console.export_text()
+    items = [TrainingItem(i, 0, 1.0, bucket) for i, bucket in enumerate(a.buckets) for _ in range(a.repeats)]
+    for epoch in range(3):
+        batches = [batch_for_step(epoch * 6 + index, items, 2, 6, seed=7) for index in range(6)]
+        assert batches == epoch_batches(items, 2, 7, epoch) and all(len({i.bucket for i in b}) == 1 for b in batches)
+        assert Counter(i for b in batches for i in b) == Counter(items)  # every item, once
+    assert [len(b) for b in batches] != [2] * 6 and sorted(len(b) for b in batches) == [1, 1, 2, 2, 2, 2]
+    # one bucket, or a batch of one: the shuffled items in order, as every run before had them
+    one = items[:5]
+    assert [i for b in epoch_batches(one, 2, 7, 0) for i in b] == [one[i] for i in epoch_order(7, 0, 5)]
+    assert epoch_batches(items, 1, 7, 0) == [[items[i]] for i in epoch_order(7, 0, 10)]
 
 
 def test_save_refuses_invalid_and_keeps_file(tmp_path):
@@ -314,10 +333,10 @@ def test_steps_arithmetic_matches_sd_scripts():
     from engine.project.params import TrainParams
 
     recipe = TrainParams()  # 1 image x 5 repeats x 800 epochs, batch 1
-    assert steps_for(1, recipe) == (5, 800, 4000)
-    assert steps_for(3, replace(recipe, train_batch_size=2, max_train_epochs=10)) == (8, 10, 80)
-    assert steps_for(1, replace(recipe, max_train_epochs=None, max_train_steps=12)) == (5, 3, 12)
-    assert steps_for(1, replace(recipe, max_train_epochs=2), reg_images=1) == (10, 2, 20)
+    assert steps_for({(576, 896): 5}, recipe) == (5, 800, 4000)
+    assert steps_for({(576, 896): 15}, replace(recipe, train_batch_size=2, max_train_epochs=10)) == (8, 10, 80)
+    assert steps_for({(576, 896): 5}, replace(recipe, max_train_epochs=None, max_train_steps=12)) == (5, 3, 12)
+    assert steps_for({(576, 896): 3, (640, 832): 4}, replace(recipe, train_batch_size=2, max_train_epochs=2)) == (4, 2, 8)
 
 
 def test_create_project_bad_then_good(tmp_path):

@@ -111,6 +111,9 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
                  f"batch {p.batch_size}, bucket {buckets}, {_rel(p.folder, root)}/", bold=True)
         if p.repeats_source != "[train].num_repeats":
             rows.add("", f"repeats from {p.repeats_source}")
+        if p.batch_size > 1 and len(p.epoch_buckets) > 1:  # why the epoch is more steps than items / batch
+            counts = ", ".join(f"{n} at {w}x{h}" for (w, h), n in p.epoch_buckets)
+            rows.add("", f"a batch holds one bucket: an epoch's {counts} make {p.steps_per_epoch} batches")
     settings: dict[str, list[str]] = {}
     for side in plan.trained:
         params = plan.side(side).params

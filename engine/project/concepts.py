@@ -17,6 +17,7 @@ Pure functions of the project and the file system; nothing here loads a model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,10 @@ def tag_frequency(prompts: list[str]) -> dict[str, int]:
     return counts
 
 
+# The name a generated class picture gets (engine.train.class_images writes them).
+GENERATED_CLASS_NAME = re.compile(r"^class-(\d+)\.png$")
+
+
 @dataclass(frozen=True)
 class ClassSet:
     """One folder of class pictures: where, from which prompt, how many wanted, and which key
@@ -104,6 +109,20 @@ class ClassSet:
     def size(self) -> int:
         """Class pictures it will hold when training starts (missing ones are generated first)."""
         return max(self.wanted, self.count())
+
+    def generated_paths(self) -> list[Path]:
+        """Where its missing pictures will be written (engine.train.class_images): numbered on
+        from the folder's highest ``class-NNNN.png``, so a rerun never overwrites one."""
+        numbers = [int(m.group(1)) for p in self.folder.iterdir() if (m := GENERATED_CLASS_NAME.match(p.name))] if self.folder.is_dir() else []
+        first = max(numbers, default=-1) + 1
+        return [self.folder / f"class-{number:04d}.png" for number in range(first, first + self.missing())]
+
+
+def class_picture_size(project) -> tuple[int, int]:
+    """(width, height) generated class pictures are drawn at: ``[train] resolution``, each side
+    down to a multiple of 8 (the VAE's)."""
+    width, height = project.train.resolution
+    return width // 8 * 8, height // 8 * 8
 
 
 def class_sets(project) -> list[ClassSet]:

@@ -8,10 +8,13 @@ bucket each teacher image is trained at, and where every output file goes.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import Problem, ValidationError
+from engine.project.epoch_buckets import batches_per_epoch, class_pool, teacher_buckets, with_class_items
 from engine.project.folder import SIDES, Project
 from engine.project.images import ImageInfo, image_files, read_image_info
 from engine.project.outputs import OutputPaths
@@ -80,6 +83,8 @@ class SidePlan:
     run_dir: Path
     params: TrainParams
     concepts: tuple[ConceptPlan, ...] = ()
+    # The items one epoch shows, by bucket (class pictures included): (bucket, count), largest first.
+    epoch_buckets: tuple[tuple[tuple[int, int], int], ...] = ()
 
     @property
     def teacher_samples(self) -> int:
@@ -123,20 +128,27 @@ def output_paths(project: Project) -> OutputPaths:
     return OutputPaths(project.output_dir(), project.name, shared_output(project.root, project.output_dir()))
 
 
-def steps_for(num_images: int, params: TrainParams, reg_images: int = 0, extra_samples: int = 0) -> tuple[int, int, int]:
-    """(steps_per_epoch, epochs, total_steps) as sd-scripts counts them.
-
-    ``extra_samples``: the further concepts' pictures × their repeats, which sd-scripts counts
-    as more subsets of the same DreamBooth dataset. With regularisation images each epoch also
-    shows as many class images as teacher images (sd-scripts pools every class subset and
-    repeats it up to the teacher count), which doubles the steps per epoch.
-    """
-    samples = (num_images * params.num_repeats + extra_samples) * (2 if reg_images else 1)
-    per_epoch = max(1, math.ceil(samples / params.train_batch_size))
+def steps_for(items_per_bucket: Mapping[tuple[int, int], int], params: TrainParams) -> tuple[int, int, int]:
+    """(steps_per_epoch, epochs, total_steps) as sd-scripts counts them, from the items one
+    epoch shows by bucket (engine.project.epoch_buckets): each bucket's in batches of its own."""
+    per_epoch = batches_per_epoch(items_per_bucket, params.train_batch_size)
     if params.max_train_steps is not None:
         return per_epoch, math.ceil(params.max_train_steps / per_epoch), params.max_train_steps
     epochs = params.max_train_epochs or 1
     return per_epoch, epochs, per_epoch * epochs
+
+
+def epoch_items(project: Project, params: TrainParams, buckets: tuple, concepts: tuple[ConceptPlan, ...], reg_images: int) -> Counter:
+    """The items one epoch shows a side, by bucket: its teacher pictures × repeats, each further
+    concept's, and as many class pictures (sd-scripts pools every class subset and repeats it up
+    to the teacher count, which doubles the epoch). The class pictures' buckets matter only to
+    batches of more than one (their headers are read only then)."""
+    teachers = teacher_buckets(buckets, params.num_repeats, ((c.buckets, c.repeats) for c in concepts))
+    if not reg_images:
+        return teachers
+    if params.train_batch_size == 1:  # one item a step: the count alone matters
+        return Counter({bucket: 2 * n for bucket, n in teachers.items()})
+    return with_class_items(teachers, class_pool(project, params.resolution))
 
 
 def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
@@ -157,12 +169,14 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
         # headers only: load_project has decoded each picture once already
         images = tuple(read_image_info(p, decode=False) for p in image_files(folder))
         concepts = _concept_plans(project, params)
-        per_epoch, epochs, total = steps_for(len(images), params, reg_images, sum(c.samples for c in concepts))
+        buckets = tuple(bucket_size(i.width, i.height, params.resolution) for i in images)
+        items = epoch_items(project, params, buckets, concepts, reg_images)
+        per_epoch, epochs, total = steps_for(items, params)
         sides[side] = SidePlan(
             side=side,
             folder=folder,
             images=images,
-            buckets=tuple(bucket_size(i.width, i.height, params.resolution) for i in images),
+            buckets=buckets,
             repeats=params.num_repeats,
             repeats_source=project.repeats_source(side),
             batch_size=params.train_batch_size,
@@ -174,6 +188,7 @@ def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:
             run_dir=paths.run_dir(side),
             params=params,
             concepts=concepts,
+            epoch_buckets=tuple(items.most_common()),
         )
     from engine.project.pair_route import PAIR, is_pair_route
 
@@ -240,7 +255,7 @@ def plan_warnings(plan: Plan) -> list[str]:
             for info, bucket in zip(concept.images, concept.buckets):
                 warnings += picture_warnings(info, bucket, f"concept[{concept.number}].folder")
     warnings += pair_warnings(plan.side("a").images, plan.side("b").images)
-    warnings += area_warnings(plan) + mixed_batch_warnings(plan)
+    warnings += area_warnings(plan)
     from engine.project.graph_rule import graph_warnings
     from engine.project.pair_route import route_warnings
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
@@ -273,24 +288,6 @@ def earlier_run_warnings(plan: Plan) -> list[str]:
     return [f"project.output_dir: {old_runs} holds checkpoints of side {' and '.join(found)} in the layout of an earlier copylora "
             f"(one project per output folder); this folder's run folders are now per project name: if they are this "
             f"project's, move them to resume them ({moves})"]
-
-
-def mixed_batch_warnings(plan: Plan) -> list[str]:
-    """Batches of more than one picture over pictures of several buckets: a batch holds one
-    bucket (the latents stack), and a shuffled batch that mixes them trains only the first
-    item's (engine.train.training_data.batch_for_step); sd-scripts batches within a bucket and
-    counts more steps. Said until this batches as it does."""
-    warnings = []
-    for side in SIDES:
-        sp = plan.side(side)
-        buckets = set(sp.buckets) | {b for concept in sp.concepts for b in concept.buckets}
-        if sp.batch_size > 1 and len(buckets) > 1:
-            shapes = ", ".join(f"{w}×{h}" for w, h in sorted(buckets))
-            warnings.append(f"{side}.folder: train_batch_size {sp.batch_size} over pictures of {len(buckets)} buckets ({shapes}): a "
-                            "batch holds one bucket, so a shuffled batch that mixes them leaves the other bucket's pictures out of "
-                            "that step (sd-scripts batches within a bucket): train_batch_size = 1, or pictures of one shape, "
-                            "trains every picture every epoch")
-    return warnings
 
 
 def prior_prompt_warnings(project: Project) -> list[str]:

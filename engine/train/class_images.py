@@ -8,11 +8,8 @@ makes what is still missing.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable
-
-_NAME = re.compile(r"^class-(\d+)\.png$")
 
 
 def missing_class_images(project) -> int:
@@ -31,7 +28,7 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
     from engine.devices import resolve_device
     from engine.files import atomic_write
     from engine.models.loading import load_base_model
-    from engine.project.concepts import class_sets
+    from engine.project.concepts import class_picture_size, class_sets
     from engine.train.sample import make_scheduler
 
     todo = [(s, s.missing()) for s in class_sets(project) if s.missing()]
@@ -47,21 +44,18 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
     pipe = model.pipeline()
     pipe.scheduler = make_scheduler(sample.sampler, model.scheduler or model.noise_scheduler)
     pipe.set_progress_bar_config(disable=True)
-    width, height = (side // 8 * 8 for side in project.train.resolution)
+    width, height = class_picture_size(project)
     written: list[Path] = []
     for class_set, count in todo:
         folder = class_set.folder
         folder.mkdir(parents=True, exist_ok=True)
-        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-        first = max(numbers, default=-1) + 1
         log(f"generating {count} class image(s) of {class_set.prompt!r} at {width}x{height} into {folder} ({class_set.key})")
-        for i in range(count):
-            number = first + i
+        for path in class_set.generated_paths():  # the names the plan counted the epoch's batches with
+            number = int(path.stem.split("-")[1])
             generator = torch.Generator(device="cpu").manual_seed(sample.seed + number)
             with torch.no_grad():
                 image = pipe(prompt=class_set.prompt, negative_prompt=sample.negative_prompt or None, width=width, height=height,
                              num_inference_steps=sample.steps, guidance_scale=sample.guidance, generator=generator).images[0]
-            path = folder / f"class-{number:04d}.png"
             atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
             written.append(path)
             if progress is not None:

@@ -1,5 +1,5 @@
 """What one side trains on, encoded once: cached latents (and flipped copies), SDXL's size
-conditions, the prompts' indices, and the epoch's items; which items make each step's batch.
+conditions, the prompts' indices, and the epoch's items; which items make each step's batch (one bucket each).
 
 The data order is a pure function of (seed, epoch), so resuming needs no state for it.
 """
@@ -37,16 +37,32 @@ def epoch_order(seed: int, epoch: int, count: int) -> list[int]:
     return np.random.default_rng([seed, epoch]).permutation(count).tolist()
 
 
-def batch_for_step(step: int, samples: list[TrainingItem], batch_size: int, steps_per_epoch: int, seed: int) -> list[TrainingItem]:
-    """The items of one step. A batch holds one bucket size only (latents must stack): if a
-    shuffled batch mixes buckets, the items of the first one's bucket are used."""
-    epoch, index = divmod(step, steps_per_epoch)
+def epoch_batches(samples: list[TrainingItem], batch_size: int, seed: int, epoch: int) -> list[list[TrainingItem]]:
+    """One epoch's batches, as sd-scripts makes them: a batch holds items of one bucket (their
+    latents stack), so the shuffled items are split by bucket, each bucket's into batches (the
+    last one short), and the batches shuffled. Their number is the plan's steps per epoch
+    (engine.project.epoch_buckets counts them). With one bucket, or a batch of one, the batches
+    are the shuffled items in order: the order every run had before bucket batching."""
     order = epoch_order(seed, epoch, len(samples))
-    chosen = [samples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
-    if not chosen:  # the plan rounds up; wrap around rather than train on nothing
-        chosen = [samples[order[(index * batch_size) % len(samples)]]]
-    return [s for s in chosen if s.bucket == chosen[0].bucket]
+    shuffled = [samples[i] for i in order]
+    if batch_size == 1 or len({s.bucket for s in samples}) <= 1:
+        return [shuffled[i : i + batch_size] for i in range(0, len(shuffled), batch_size)]
+    by_bucket: dict[tuple[int, int], list[TrainingItem]] = {}
+    for item in shuffled:
+        by_bucket.setdefault(item.bucket, []).append(item)
+    batches = [items[i : i + batch_size] for items in by_bucket.values() for i in range(0, len(items), batch_size)]
+    import numpy as np
 
+    return [batches[i] for i in np.random.default_rng([seed, epoch, 1]).permutation(len(batches)).tolist()]
+
+
+def batch_for_step(step: int, samples: list[TrainingItem], batch_size: int, steps_per_epoch: int, seed: int) -> list[TrainingItem]:
+    """The items of one step: batch ``index`` of its epoch (engine.train.training_data.epoch_batches).
+    Should the pictures have changed since the plan counted the epoch's batches, the batches
+    wrap around rather than train on nothing."""
+    epoch, index = divmod(step, steps_per_epoch)
+    batches = epoch_batches(samples, batch_size, seed, epoch)
+    return batches[index % len(batches)]
 
 
 @dataclass
