@@ -17,7 +17,7 @@ def lora_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
     ``network_dim, network_alpha, conv_dim, conv_alpha, learning_rate, unet_lr,
     text_encoder_lr, optimizer, lr_scheduler, lr_warmup_steps, steps, epoch, num_epochs,
     max_train_steps, batch_size, gradient_accumulation_steps, resolution (w, h), seed,
-    mixed_precision, clip_skip, noise_offset, min_snr_gamma, prior_loss_weight,
+    mixed_precision, clip_skip, max_token_length, noise_offset, min_snr_gamma, prior_loss_weight,
     max_grad_norm, gradient_checkpointing, cache_latents, network_train_unet_only,
     datasets (list of {dir, repeats, images, is_reg, tags}), num_batches_per_epoch,
     model_name, model_hash, new_model_hash, vae_name, output_name, title, comment,
@@ -121,6 +121,7 @@ def kohya_ss_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
         "ss_v2": family.startswith("sd2"),
         "ss_base_model_version": KOHYA_VERSION[family],
         "ss_clip_skip": f.get("clip_skip"),
+        "ss_max_token_length": f.get("max_token_length"),  # None: 75, as sd-scripts writes it
         "ss_cache_latents": bool(f.get("cache_latents", False)),
         "ss_seed": f.get("seed"),
         "ss_noise_offset": f.get("noise_offset"),

@@ -84,11 +84,11 @@ _GROUPS = {
     "set the base model with `copylora new --base` (kohya's path may not exist here)": "pretrained_model_name_or_path",
     "a separate VAE is not supported (the base model's VAE is used)": "vae",
     "caption options are not supported: the copy-machine route is caption-free, and the DreamBooth flow (a dataset "
-    "config) reads each caption whole, as [filewords], within 75 tokens": (
+    "config) reads each caption whole, as [filewords], within max_token_length": (
         "caption_extension caption_extention shuffle_caption keep_tokens keep_tokens_separator "
         "secondary_separator caption_dropout_rate caption_dropout_every_n_epochs "
         "caption_tag_dropout_rate caption_prefix caption_suffix weighted_captions "
-        "max_token_length no_token_padding class_tokens enable_wildcard token_warmup_min "
+        "no_token_padding class_tokens enable_wildcard token_warmup_min "
         "token_warmup_step"
     ),
     "launcher setting: copylora runs one process on one device": (
@@ -179,7 +179,7 @@ _SPECIAL = {
     "optimizer", "optimizer_type", "optimizer_args", "use_8bit_adam", "use_lion_optimizer",
     "learning_rate", "unet_lr", "text_encoder_lr", "network_train_unet_only",
     "max_train_epochs", "max_train_steps", "epoch", "lr_warmup", "lr_warmup_steps",
-    "max_resolution", "resolution", "seed", "clip_skip", "min_snr_gamma", "noise_offset",
+    "max_resolution", "resolution", "seed", "clip_skip", "max_token_length", "min_snr_gamma", "noise_offset",
     "reg_data_dir", "prior_loss_weight", "network_dim", "network_alpha", "conv_dim", "conv_alpha",
     "save_every_n_steps", "base_weights", "base_weights_multiplier", "network_weights", "lora_network_weights",
     "log_with", "logging_dir", "sample_sampler",
@@ -469,6 +469,12 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
                                           "the project's clip_skip (1, the same layers) is kept")
         elif ok:  # unset or 0 is kohya's default: the last layer
             col.use("clip_skip", "clip_skip", skip or 1)
+    if "max_token_length" in args:
+        ok, tokens = args.number("max_token_length")
+        if ok and tokens in (None, 0, 75, 150, 225):  # unset (the GUI's 0 or "75" too): 75
+            col.use("max_token_length", "max_token_length", int(tokens or 75))
+        elif ok:
+            col.ignore("max_token_length", tokens, "sd-scripts takes 75, 150 or 225: the project's 75 is kept")
     if "min_snr_gamma" in args:
         ok, gamma = args.number("min_snr_gamma")
         if ok:  # 0 or unset: off

@@ -88,6 +88,21 @@ def sampler_hint(name: str) -> str:
     return f" (did you mean {known[close[0]]!r}?)" if close else f" (one of: {', '.join(SAMPLERS)})"
 
 
+MAX_TOKEN_LENGTHS = (75, 150, 225)
+
+
+def parse_max_token_length(value: Any) -> int:
+    """``[train] max_token_length`` as kept: 75, 150 or 225 (sd-scripts' choices; its default,
+    none, is 75). Raises ValueError with the line a user reads."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or value not in MAX_TOKEN_LENGTHS:
+        raise ValueError("must be 75, 150 or 225 (tokens: chunks of 75)")
+    return int(value)
+
+
 def spec(
     doc: str,
     *,
@@ -242,6 +257,11 @@ class TrainParams:
         default=True,
     )
     clip_skip: int = spec("Use the output of the N-th last CLIP layer (SD1: 1; anime models often 2).", default=1, positive=True, maximum=12)
+    max_token_length: int = spec(
+        "Caption tokens the text encoder reads: 75, or 150 / 225 (kohya's max_token_length: a longer caption in chunks "
+        "of 75, joined as sd-scripts joins them). Only captions ([filewords], caption) use more than 75.",
+        default=75, parse=parse_max_token_length,
+    )
     flip_aug: bool = spec("Random horizontal flips (off: a copy machine copies the exact picture).", default=False)
     random_crop: bool = spec("Random instead of center crop into the bucket, drawn once per picture (latents are cached; "
                              "sd-scripts refuses it with cached latents).", default=False)

@@ -45,7 +45,7 @@ def training_fingerprint(plan: Plan, side: str) -> str:
         params.pop(key, None)
     if not params.get("caption"):  # checkpoints made before the key existed trained caption-free: they stay valid
         params.pop("caption", None)
-    for key, default in (("min_timestep", 0), ("max_timestep", 1000)):  # likewise: the whole schedule, as before
+    for key, default in (("min_timestep", 0), ("max_timestep", 1000), ("max_token_length", 75)):  # likewise: as before the keys
         if params.get(key) == default:
             params.pop(key, None)
     from engine.project.pair_route import PAIR

@@ -86,7 +86,7 @@ def side_probes(run: SideRun) -> list[Probe]:
         cond_index = prompt_of.get(index, 0)
         with torch.no_grad():
             text = run.text_cache[cond_index] if run.text_cache is not None else encode_text(run.model, data.prompts[cond_index],
-                                                                                             run.p.clip_skip)
+                                                                                             run.p.clip_skip, max_tokens=run.p.max_token_length)
         probes.append(probe(data.latents[index], text, data.time_ids[index], seed=run.p.seed, device=run.device, dtype=run.weight_dtype))
     return probes
 

@@ -38,6 +38,7 @@ def training_facts(plan: Plan, side: str, model: BaseModel, *, step: int, optimi
         "seed": seed,
         "mixed_precision": p.mixed_precision,
         "clip_skip": p.clip_skip,
+        "max_token_length": p.max_token_length if p.max_token_length > 75 else None,
         "noise_offset": p.noise_offset or None,
         "min_snr_gamma": p.min_snr_gamma,
         "max_grad_norm": p.max_grad_norm,

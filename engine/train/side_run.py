@@ -125,7 +125,8 @@ class SideRun:
         # ---- cached latents (once per image) and text embeddings (once per prompt)
         self.data = training_data(model, plan, side, log)
         self.train_text = not p.network_train_unet_only
-        self.text_cache = None if self.train_text else [encode_text(model, prompt, p.clip_skip) for prompt in self.data.prompts]
+        self.text_cache = None if self.train_text else [encode_text(model, prompt, p.clip_skip, max_tokens=p.max_token_length)
+                                                          for prompt in self.data.prompts]
 
         # ---- the LoRA (initialised from the seed, so A and B start identical)
         torch.manual_seed(p.seed)
@@ -279,7 +280,7 @@ class SideRun:
 
         p, data, device = self.p, self.data, self.device
         if self.train_text:
-            texts = [encode_text(self.model, data.prompts[s.cond_index], p.clip_skip, grad=True) for s in batch]
+            texts = [encode_text(self.model, data.prompts[s.cond_index], p.clip_skip, grad=True, max_tokens=p.max_token_length) for s in batch]
         else:
             assert self.text_cache is not None  # encoded once when the text encoder is not trained
             texts = [self.text_cache[s.cond_index] for s in batch]

@@ -101,10 +101,28 @@ def training_data(model: BaseModel, plan: Plan, side: str, log: Log) -> Training
             data.items += [TrainingItem(offset + i, cond, 1.0, buckets[i])] * repeats
     if reg is not None:
         _add_class_items(data, model, plan, side)
+    for warning in long_prompt_warnings(model.tokenizers[0], data.prompts, p.max_token_length):
+        log(f"warning: {warning}")
         concepts = f", {len(sp.concepts)} further concept(s)" if sp.concepts else ""
         log(f"dreambooth: {len(data.items)} items per epoch ({sp.teacher_samples} teacher{concepts}, "
             f"{len(data.items) - sp.teacher_samples} class), {len(data.prompts)} distinct prompts")
     return data
+
+
+def long_prompt_warnings(tokenizer, prompts: list[str], max_tokens: int) -> list[str]:
+    """Prompts (captions) longer than the text encoder reads at ``[train] max_token_length``: the
+    rest of each is cut, as sd-scripts cuts it, but a user who wrote it should know."""
+    from engine.train.conditioning import CHUNK_TOKENS, prompt_tokens
+
+    reads = max(1, max_tokens // CHUNK_TOKENS) * (tokenizer.model_max_length - 2)
+    long = [(prompt, tokens) for prompt in prompts if (tokens := prompt_tokens(tokenizer, prompt)) > reads]
+    if not long:
+        return []
+    prompt, tokens = max(long, key=lambda pair: pair[1])
+    more = "" if max_tokens >= 225 else " (max_token_length = 150 or 225 reads more, in chunks of 75)"
+    shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+    return [f"{len(long)} prompt(s) are longer than the {reads} tokens the text encoder reads at [train] max_token_length = "
+            f"{max_tokens}; the rest of each is cut{more}: the longest, {tokens} tokens, {shown!r}"]
 
 
 def _prompt_index(data: TrainingData, prompt: str) -> int:
