@@ -55,6 +55,32 @@ def test_each_sampler_draws_and_the_png_records_it(tiny, tmp_path, sampler, labe
     assert np.array_equal(np.asarray(again), np.asarray(first))
 
 
+# sd-scripts' sample_sampler choices (train_util.add_training_arguments), every one a sampler here
+KOHYA_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
+                  "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
+
+
+def test_every_kohya_sample_sampler_is_imported_and_draws(tiny, tmp_path):
+    """A kohya config's sample_sampler = "k_dpm_2" was offered "dpmsolver++" and kept the project's:
+    every name sd-scripts takes is now its own sampler, each drawing a picture."""
+    import numpy as np
+
+    from engine.project.kohya_import import import_kohya
+    from engine.train.sample import SAMPLERS, SampleSettings, generate
+
+    drawn = {}
+    for name in KOHYA_SAMPLERS:
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'sample_sampler = "{name}"\n')
+        sampler = import_kohya(config).extra["sample"]["sampler"]
+        assert sampler in SAMPLERS and sampler == name.removeprefix("k_"), name
+        if sampler not in drawn:
+            settings = SampleSettings(prompts=[""], steps=3, size=[64, 64], strengths=[0.0], seed=3, sampler=sampler)
+            drawn[sampler] = np.asarray(generate(tiny, settings, None)[0][0])
+            assert drawn[sampler].std() > 0, name
+    assert not np.array_equal(drawn["dpm_2"], drawn["dpm_2_a"]) and not np.array_equal(drawn["dpmsolver"], drawn["dpmsolver++"])
+
+
 def test_karras_samplers_are_not_their_plain_versions(tiny):
     import numpy as np
 

@@ -288,6 +288,10 @@ def test_gui_steps_epochs_and_warmup_percent(tmp_path: Path) -> None:
     # With epochs the total steps depend on the project's images: the percent is reported.
     assert "by hand" in _entry(result.ignored, "lr_warmup").note
     assert "lr_warmup_steps" not in result.train
+    # a GUI file of both at 0: one warm-up of 0 steps, reported once (it said lr_warmup_steps twice)
+    result = import_kohya(_gui(tmp_path, max_train_steps="1000", lr_warmup=0, lr_warmup_steps=0, lr_scheduler="cosine"))
+    assert [e.key for e in result.used if e.note == "lr_warmup_steps"] == ["lr_warmup_steps"] and result.train["lr_warmup_steps"] == 0
+    assert "lr_warmup_steps is used" in _entry(result.ignored, "lr_warmup").note
 
 
 def test_gui_learning_rate_rules(tmp_path: Path) -> None:
@@ -539,6 +543,30 @@ def test_a_concept_subset_without_num_repeats_repeats_once_as_in_kohya(tmp_path:
     result = import_kohya(config)
     assert result.extra["concept[1]"]["num_repeats"] == 1 and result.extra["concept[1]"]["folder"] == "3_zwx sun"
     _check_reports(result, _input_keys(config))
+
+
+def test_an_is_reg_that_is_no_boolean_is_said_not_taken(tmp_path: Path) -> None:
+    """is_reg = "false" (a string) made the subset a class subset: truthy. sd-scripts refuses it."""
+    config = tmp_path / "dataset.toml"
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nnum_repeats = 5\n"
+                      "[[datasets.subsets]]\nimage_dir = 'b'\nis_reg = 'false'\nnum_repeats = 5\n", encoding="utf-8")
+    result = import_kohya(config)
+    assert "must be true or false" in _entry(result.ignored, "datasets[0].subsets[1].is_reg").note
+    assert "reg" not in result.extra and result.train["num_repeats"] == 5
+    _check_reports(result, _input_keys(config))
+
+
+def test_a_first_subset_without_num_repeats_repeats_once_as_in_kohya(tmp_path: Path) -> None:
+    """The sides' subset likewise: kohya repeats it once; the project kept its own 5 (the key
+    was simply absent from the import). Set anywhere above the subset, that value is taken."""
+    config = tmp_path / "dataset.toml"
+    config.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\n", encoding="utf-8")
+    result = import_kohya(config)
+    assert result.train["num_repeats"] == 1
+    assert "kohya's default in a dataset config" in _entry(result.used, "datasets[0].subsets[0].num_repeats").note
+    _check_reports(result, _input_keys(config))
+    config.write_text("[general]\nnum_repeats = 4\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\n", encoding="utf-8")
+    assert import_kohya(config).train["num_repeats"] == 4
 
 
 def test_a_first_subsets_flip_aug_that_flips_every_subset_here_is_said(tmp_path: Path) -> None:

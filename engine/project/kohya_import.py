@@ -659,7 +659,8 @@ def _warmup(args: _Args, col: _Collector, steps: int | None) -> None:
                 col.ignore(key, value, "not a finite number")
             elif ok:
                 found[key] = value or 0
-    pick = next((key for key, value in found.items() if value), None)
+    # the one that sets warm-up steps; both 0 (a GUI file): the first, the other said as unused (not used twice)
+    pick = next((key for key, value in found.items() if value), next(iter(found), None))
     for key, value in found.items():
         ratio = value / 100 if key == "lr_warmup" else value if isinstance(value, float) and value < 1 else None
         if pick and key != pick:
@@ -888,12 +889,22 @@ def _convert_dataset(data: dict, col: _Collector) -> None:
             if isinstance(sub, dict):
                 sub_levels = [(f"datasets[{i}].subsets[{j}]", sub), *levels]
                 found = _lookup("is_reg", sub_levels)
-                (classes if found and found[1] else teachers).append(sub_levels)
+                if found is not None and not isinstance(found[1], bool) and found[0] not in done:
+                    # sd-scripts' schema refuses it; "false" would have been read as true
+                    col.ignore(found[0], found[1], "is_reg must be true or false (sd-scripts refuses the file): read as false, "
+                                                   "a subset of the sides' pictures")
+                    done.add(found[0])
+                (classes if found and found[1] is True else teachers).append(sub_levels)
     dreambooth = bool(classes) or any(_lookup("class_tokens", levels) for levels in teachers)
     for number, sub_levels in enumerate(teachers):
         if number == 0 or not dreambooth:  # the sides' settings ([train])
             for name, target in _SUBSET_KEYS.items():
                 record(target, _lookup(name, sub_levels))
+    if teachers and _lookup("num_repeats", teachers[0]) is None:  # kohya's default in a dataset config: once
+        col.train["num_repeats"] = 1
+        col.decided(f"{teachers[0][0][0]}.num_repeats", "(unset)", "num_repeats = 1: kohya's default in a dataset config, which "
+                    "reads no repeats from a folder's name (a side folder named like \"5_a\" still gives its 5 here: "
+                    "[a]/[b] num_repeats = 1 to match)")
     if dreambooth:  # the DreamBooth flow: [reg], the first subset is the sides', the others [[concept]]s
         flip = _lookup("flip_aug", teachers[0]) if teachers else None
         unset = [levels for levels in teachers[1:] + classes if "flip_aug" not in levels[0][1]]

@@ -56,12 +56,14 @@ MAX_SIDE = 4096  # pixels per side of a training bucket or a preview
 MAX_SEED = 2**63 - 1
 # Preview samplers, by the names kohya's --sample_sampler uses, plus the two DPM++ Karras samplers
 # A1111 users pick most ("DPM++ 2M Karras", "DPM++ SDE Karras"; kohya has no Karras spellings).
-SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++", "dpmpp_2m_karras", "dpmpp_sde_karras", "pndm", "lms", "heun")
+SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++", "dpmpp_2m_karras", "dpmpp_sde_karras", "pndm", "lms", "heun",
+            "dpmsolver", "dpmsingle", "dpm_2", "dpm_2_a")
 # Other spellings of them: kohya's k_ names, A1111's labels, ComfyUI's. Matched after squash_name.
 SAMPLER_ALIASES = {
     "k_euler_a": "euler_a", "euler a": "euler_a", "euler_ancestral": "euler_a", "k_euler": "euler", "k_lms": "lms",
     "dpm++ 2m": "dpmsolver++", "dpmpp_2m": "dpmsolver++", "dpm++ 2m karras": "dpmpp_2m_karras", "k_dpmpp_2m_karras": "dpmpp_2m_karras",
     "dpm++ sde karras": "dpmpp_sde_karras", "k_dpmpp_sde_karras": "dpmpp_sde_karras",
+    "k_dpm_2": "dpm_2", "k_dpm_2_a": "dpm_2_a", "dpm2": "dpm_2", "dpm2 a": "dpm_2_a",
 }
 # What the kohya log_with key may say here: TensorBoard only ("" = no training logs but the queue's own).
 LOG_WITH = ("", "tensorboard")

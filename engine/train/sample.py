@@ -35,6 +35,11 @@ SAMPLERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "pndm": ("PNDMScheduler", "PNDM", {}),
     "lms": ("LMSDiscreteScheduler", "LMS", {}),
     "heun": ("HeunDiscreteScheduler", "Heun", {}),
+    # the rest of sd-scripts' sample_sampler names, as it configures them
+    "dpmsolver": ("DPMSolverMultistepScheduler", "DPM 2M", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),  # diffusers: "zero" is for ++
+    "dpmsingle": ("DPMSolverSinglestepScheduler", "DPM++ single", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", "DPM2", {}),
+    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", "DPM2 a", {}),
 }
 
 
