@@ -219,6 +219,30 @@ def test_class_pictures_join_their_buckets_batches_and_the_plan_counts_them_befo
     assert Counter(i for b in batches for i in b) == Counter(data.items)
 
 
+def test_a_broken_class_picture_is_refused_where_more_are_to_be_generated(tmp_path, tiny):
+    """reg/ with num_class_images = 2 and one file that is no picture: check said "valid" (a
+    folder whose pictures are generated was not read), the broken file counted as a class picture,
+    and training stopped on a bare "not an image Pillow can read". Check names it now; one put
+    there after check stops training with its name."""
+    from engine.train.results import TrainingError
+    from engine.train.training_data import training_data
+
+    root = dreambooth_project(tmp_path)
+    (root / "reg").mkdir()
+    (root / "reg" / "broken.png").write_bytes(b"not a picture at all")
+    assert any(p.startswith("reg.folder broken.png:") for p in problems_of(root))
+    (root / "reg" / "broken.png").unlink()
+    project = load_project(root)
+    for folder in ("reg", "suns"):
+        (root / folder).mkdir(exist_ok=True)
+        write_png(root / folder / "class-0000.png", (128, 192), (90, 90, 90))
+    write_png(root / "reg" / "class-0001.png", (128, 192), (90, 90, 90))
+    plan = make_plan(project)
+    (root / "reg" / "class-0001.png").write_bytes(b"garbage")
+    with pytest.raises(TrainingError, match=r"class picture .*class-0001\.png: "):
+        training_data(tiny, plan, "a", quiet)
+
+
 def test_a_changed_caption_makes_the_checkpoint_stale(tmp_path):
     from engine.project.provenance import training_fingerprint
 

@@ -3,9 +3,9 @@ sd-scripts does: a batch holds pictures of one bucket (their latents stack), so 
 per bucket, its pictures split into batches (engine.train.training_data.epoch_batches makes
 them; the two must agree).
 
-Only a batch of more than one picture over several buckets needs the class pictures' buckets:
-their pool is cycled up to the teacher count, so which class pictures an epoch shows, and so
-their buckets, depends on their names and sizes (and on the ones still to be generated).
+The class pictures' pool is cycled up to the teacher count, so which class pictures an epoch
+shows, and so their buckets, depends on their names and sizes (and on the ones still to be
+generated).
 """
 
 from __future__ import annotations
@@ -39,27 +39,56 @@ def class_pool(project, resolution) -> list[Bucket]:
     """The class pictures' buckets in the order training cycles their pool
     (engine.train.training_data._add_class_items): each class folder's pictures by name, each ×
     [reg].num_repeats, the ones still to generate at their future names and the size they are
-    drawn at. A picture whose header cannot be read is left out (training says what it is)."""
+    drawn at. A picture whose header cannot be read is left out (check refuses it, training names it)."""
     from engine.project.concepts import class_picture_size, class_sets
-    from engine.project.images import image_files, read_image_info
     from engine.project.plan import bucket_size
 
     drawn = bucket_size(*class_picture_size(project), resolution)
     pool: list[Bucket] = []
     for class_set in class_sets(project):
         sizes: dict[Path, Bucket | None] = {path: drawn for path in class_set.generated_paths()}
-        for path in image_files(class_set.folder) if class_set.folder.is_dir() else []:
-            try:
-                info = read_image_info(path, decode=False)
-            except ValueError:
-                sizes[path] = None
-                continue
-            sizes[path] = bucket_size(info.width, info.height, resolution)
+        sizes.update(_folder_buckets(class_set.folder, tuple(resolution)))
         for path in sorted(sizes):
             bucket = sizes[path]
             if bucket is not None:
                 pool += [bucket] * class_set.repeats
     return pool
+
+
+# A folder's buckets by (folder, its modification time, resolution): the app plans a project
+# often (its list, its form), and a class folder may hold a thousand pictures (0.3 ms a header).
+# Adding, removing or renaming a picture changes the folder's time; so do copylora's own writes
+# (atomic: a rename).
+_FOLDER_BUCKETS: dict[tuple[str, int, tuple], dict[Path, Bucket | None]] = {}
+
+
+def _folder_buckets(folder: Path, resolution: tuple) -> dict[Path, Bucket | None]:
+    """Each picture of ``folder`` and its bucket (None: its header cannot be read)."""
+    from engine.project.images import image_files, read_image_info
+    from engine.project.plan import bucket_size
+
+    try:
+        key = (str(folder), folder.stat().st_mtime_ns, resolution)
+    except OSError:  # no folder (yet): nothing but what will be generated
+        return {}
+    if key in _FOLDER_BUCKETS:
+        return _FOLDER_BUCKETS[key]
+    sizes: dict[Path, Bucket | None] = {}
+    try:
+        paths = image_files(folder)
+    except OSError:  # a file where the folder should be, or unreadable: training says so
+        return {}
+    for path in paths:
+        try:
+            info = read_image_info(path, decode=False)
+        except ValueError:
+            sizes[path] = None
+            continue
+        sizes[path] = bucket_size(info.width, info.height, resolution)
+    if len(_FOLDER_BUCKETS) > 64:
+        _FOLDER_BUCKETS.clear()
+    _FOLDER_BUCKETS[key] = sizes
+    return sizes
 
 
 def with_class_items(teachers: Counter, pool: list[Bucket]) -> Counter:

@@ -301,12 +301,17 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             _on_disk(f"{side}.folder", problems, _check_image_folder, project.root, project.side(side).folder, f"{side}.folder", problems, decode_images)
         if project.reg is not None and project.reg.folder and project.reg.num_class_images == 0:
             _on_disk("reg.folder", problems, _check_image_folder, project.root, project.reg.folder, "reg.folder", problems, decode_images)
+        elif project.reg is not None and project.reg.folder:  # the missing ones are generated: those there must read
+            _on_disk("reg.folder", problems, _check_pictures_there, project.root / project.reg.folder, "reg.folder", problems, decode_images)
         for n, concept in enumerate(project.concepts, start=1):
             if concept.folder:
                 _on_disk(f"concept[{n}].folder", problems, _check_image_folder, project.root, concept.folder, f"concept[{n}].folder", problems,
                          decode_images)
             if concept.class_folder and concept.num_class_images == 0:
                 _on_disk(f"concept[{n}].class_folder", problems, _check_image_folder, project.root, concept.class_folder,
+                         f"concept[{n}].class_folder", problems, decode_images)
+            elif concept.class_folder:
+                _on_disk(f"concept[{n}].class_folder", problems, _check_pictures_there, project.root / concept.class_folder,
                          f"concept[{n}].class_folder", problems, decode_images)
         _check_captions(project, problems)
 
@@ -604,7 +609,14 @@ def _check_image_folder(root: Path, folder: str, key: str, problems: list[Proble
         sub = [p.name for p in sorted(path.iterdir()) if p.is_dir() and image_files(p)][:3] if path.is_dir() else []
         inside = f"; its subfolders {', '.join(sub)} hold some (kohya's layout: name one of them)" if sub else ""
         problems.append(Problem(key, f"no images in {path} (png, jpg, webp, bmp, tif){inside}{generate}"))
-    for image in images:
+    _check_pictures_there(path, key, problems, decode)
+
+
+def _check_pictures_there(path: Path, key: str, problems: list[Problem], decode: bool = True) -> None:
+    """Each picture of ``path`` (if it is a folder) reads: a class folder whose missing pictures
+    will be generated must still hold no broken one (it counted as a class picture, and training
+    stopped on it)."""
+    for image in image_files(path) if path.is_dir() else []:
         try:
             read_image_info(image, decode=decode)
         except ValueError as exc:

@@ -22,11 +22,12 @@ def graph_problem(p: TrainParams, buckets: int, method: str | None) -> str:
 
 def side_graph_problem(plan, side: str) -> str:
     """:func:`graph_problem` for one trained side of ``plan``: its settings, its buckets (with
-    its further concepts'), and the one-LoRA route if the project has one."""
+    its further concepts' and its class pictures'), and the one-LoRA route if the project has one."""
     from engine.project.pair_route import is_pair_route
 
     sp = plan.side(side)
-    buckets = {*sp.buckets, *(bucket for concept in sp.concepts for bucket in concept.buckets)}
+    # every item an epoch shows, class pictures included (a plan made by hand may lack the count)
+    buckets = {bucket for bucket, _ in sp.epoch_buckets} or {*sp.buckets, *(bucket for concept in sp.concepts for bucket in concept.buckets)}
     return graph_problem(sp.params, len(buckets), plan.project.info.method if is_pair_route(plan.project) else None)
 
 

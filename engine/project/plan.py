@@ -141,14 +141,9 @@ def steps_for(items_per_bucket: Mapping[tuple[int, int], int], params: TrainPara
 def epoch_items(project: Project, params: TrainParams, buckets: tuple, concepts: tuple[ConceptPlan, ...], reg_images: int) -> Counter:
     """The items one epoch shows a side, by bucket: its teacher pictures × repeats, each further
     concept's, and as many class pictures (sd-scripts pools every class subset and repeats it up
-    to the teacher count, which doubles the epoch). The class pictures' buckets matter only to
-    batches of more than one (their headers are read only then)."""
+    to the teacher count, which doubles the epoch)."""
     teachers = teacher_buckets(buckets, params.num_repeats, ((c.buckets, c.repeats) for c in concepts))
-    if not reg_images:
-        return teachers
-    if params.train_batch_size == 1:  # one item a step: the count alone matters
-        return Counter({bucket: 2 * n for bucket, n in teachers.items()})
-    return with_class_items(teachers, class_pool(project, params.resolution))
+    return with_class_items(teachers, class_pool(project, params.resolution)) if reg_images else teachers
 
 
 def make_plan(project: Project, *, max_steps: int | None = None) -> Plan:

@@ -101,11 +101,11 @@ def training_data(model: BaseModel, plan: Plan, side: str, log: Log) -> Training
             data.items += [TrainingItem(offset + i, cond, 1.0, buckets[i])] * repeats
     if reg is not None:
         _add_class_items(data, model, plan, side)
-    for warning in long_prompt_warnings(model.tokenizers[0], data.prompts, p.max_token_length):
-        log(f"warning: {warning}")
         concepts = f", {len(sp.concepts)} further concept(s)" if sp.concepts else ""
         log(f"dreambooth: {len(data.items)} items per epoch ({sp.teacher_samples} teacher{concepts}, "
             f"{len(data.items) - sp.teacher_samples} class), {len(data.prompts)} distinct prompts")
+    for warning in long_prompt_warnings(model.tokenizers[0], data.prompts, p.max_token_length):
+        log(f"warning: {warning}")
     return data
 
 
@@ -153,13 +153,24 @@ def _size_conditions(cached, buckets) -> list:
     return [sdxl_time_ids(size[::-1], crop[::-1], bucket[::-1]) for size, crop, bucket in zip(cached.sizes, cached.crops, buckets)]
 
 
+def _class_picture_info(path: Path):
+    """A class picture's header, or the TrainingError that names it (check says so before a run;
+    this is a picture put there since)."""
+    from engine.project.images import read_image_info
+
+    try:
+        return read_image_info(path, decode=False)
+    except ValueError as exc:
+        raise TrainingError(f"class picture {path}: {exc}") from None
+
+
 def _add_class_items(data: TrainingData, model: BaseModel, plan: Plan, side: str) -> None:
     """[reg]: the class pictures, encoded, each under its folder's class prompt. As sd-scripts
     does, every class folder is pooled (each picture × [reg].num_repeats) and the pool is cycled
     up to the number of teacher items, so each epoch pairs every teacher item with one class
     item, weighted by ``prior_loss_weight``."""
     from engine.project.concepts import class_sets
-    from engine.project.images import image_files, read_image_info
+    from engine.project.images import image_files
     from engine.project.plan import bucket_size
 
     project, p = plan.project, plan.side(side).params
@@ -169,7 +180,7 @@ def _add_class_items(data: TrainingData, model: BaseModel, plan: Plan, side: str
         paths = image_files(class_set.folder)
         if not paths:
             raise TrainingError(f"[{class_set.key}] asks for class images but {class_set.folder} has none")
-        buckets = [bucket_size(info.width, info.height, p.resolution) for info in (read_image_info(x, decode=False) for x in paths)]
+        buckets = [bucket_size(info.width, info.height, p.resolution) for info in (_class_picture_info(x) for x in paths)]
         offset = _add_latents(data, model, paths, buckets, p, p.seed + 10_000 + 1000 * number)
         cond = _prompt_index(data, class_set.prompt)
         pool += [(offset + j, cond, buckets[j]) for j in range(len(paths)) for _ in range(class_set.repeats)]
