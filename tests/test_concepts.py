@@ -243,6 +243,20 @@ def test_a_broken_class_picture_is_refused_where_more_are_to_be_generated(tmp_pa
         training_data(tiny, plan, "a", quiet)
 
 
+def test_class_pictures_of_another_bucket_are_in_the_cuda_graphs_warning(tmp_path):
+    """cuda_graphs over teachers of one shape and class pictures of another: the step's shapes
+    change (the trainer runs those steps eagerly); check counted the teachers' buckets alone."""
+    from engine.project.plan import plan_warnings
+
+    root = dreambooth_project(tmp_path, '\n[reg]\ninstance_prompt = "sks house"\nclass_prompt = "a house"\n')
+    (root / "reg").mkdir()
+    write_png(root / "reg" / "wide.png", (192, 128), (90, 90, 90))
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("cuda_graphs = false\n", "cuda_graphs = true\n", 1))
+    warned = [w for w in plan_warnings(make_plan(load_project(root))) if "cuda_graphs" in w]
+    assert warned and "2 buckets" in warned[0]
+
+
 def test_a_changed_caption_makes_the_checkpoint_stale(tmp_path):
     from engine.project.provenance import training_fingerprint
 
