@@ -318,7 +318,11 @@ def test_a_restart_holds_until_the_side_has_started_afresh(tmp_path, monkeypatch
     run_train(queue, queue.get(first.id), {"asked": False})  # a trained side: its checkpoint at step 3 of 3
     queue.finish(first.id, JobStatus.DONE)
 
-    again = queue.enqueue("train", str(root), side="a", label="train A", total=3, params={"max_steps": 3, "restart": True})
+    from engine.jobs.enqueue import enqueue_project
+
+    (step,) = [s for s in enqueue_project(queue, root, force=True, max_steps=3) if s.what.startswith("train")]
+    again = step.job
+    assert again.params["restart"] is True and again.params["restarted"] == []  # a restart of this copylora's
     queue.claim(None)
     import engine.train.trainer as trainer
 
@@ -330,15 +334,42 @@ def test_a_restart_holds_until_the_side_has_started_afresh(tmp_path, monkeypatch
     monkeypatch.setattr(trainer, "prepare_model", killed)
     with pytest.raises(RuntimeError):
         run_train(queue, queue.get(again.id), {"asked": False})
-    assert "restarted" not in queue.get(again.id).params
+    assert queue.get(again.id).params["restarted"] == []
     monkeypatch.setattr(trainer, "prepare_model", real)
     queue.requeue_at_head(again.id, None)  # what the next worker's recovery does
     queue.claim(None)
     assert queue.get(again.id).attempts == 2
     run_train(queue, queue.get(again.id), {"asked": False})
     assert queue.get(again.id).start_step == 0  # afresh, not "resumed at step 3"
-    assert queue.get(again.id).params["restarted"] == ["a"]
+    assert queue.get(again.id).params["restarted"] == ["a", "b"]  # a twin job: A and B as one
     queue.requeue_at_head(again.id, None)  # killed after it started afresh: a third attempt resumes what it trained
     queue.claim(None)
     run_train(queue, queue.get(again.id), {"asked": False})
     assert queue.get(again.id).start_step == 3
+
+
+def test_a_restart_queued_by_an_earlier_copylora_keeps_its_rule_after_an_update(tmp_path):
+    """A paused `run --force` job of a copylora before "restarted" existed (the first attempt
+    alone restarted), resumed after the update: it started again from 0 and dropped the
+    checkpoints `check` and `resume` said it would continue from."""
+    pytest.importorskip("torch")
+    import torch
+
+    from engine.jobs.queue import JobStatus
+    from engine.jobs.runner import run_train
+    from tests.helpers import copy_example
+
+    torch.set_num_threads(1)
+    root = copy_example(tmp_path)
+    queue = Queue(tmp_path / "state")
+    old = queue.enqueue("train", str(root), side="a", label="train A", total=3, params={"max_steps": 3, "restart": True})
+    queue.claim(None)
+    run_train(queue, queue.get(old.id), {"asked": False})  # its first attempt: afresh, to step 3
+    # what the earlier copylora's first attempt left: the params it was queued with, nothing more
+    queue.db.execute("UPDATE jobs SET params = ? WHERE id = ?", ('{"max_steps": 3, "restart": true}', old.id))
+    queue.finish(old.id, JobStatus.PAUSED)
+    queue.resume(old.id)
+    queue.claim(None)
+    assert queue.get(old.id).attempts == 2
+    run_train(queue, queue.get(old.id), {"asked": False})
+    assert queue.get(old.id).start_step == 3  # continued, as the rule it was queued under said

@@ -84,7 +84,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         reason = "; ".join(side_fresh[side][1] for side in ("a", "b") if side_fresh[side][1])
         twin = queue.enqueue(
             "train", key, side=TWIN, label="train A+B",
-            params={"max_steps": max_steps, "restart": force},
+            params={"max_steps": max_steps, "restart": force, **({"restarted": []} if force else {})},
             total=plan.side("a").total_steps, depends_on=before_training,
         )
         steps.append(Step("train A+B", "queued", twin, _after_outdated(outdated, reason)))
@@ -114,7 +114,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         depends = before_training + (train_ids if differential and side == "b" else [])
         job = queue.enqueue(
             "train", key, side=side, label=f"train {side.upper()}" + (" on A" if differential and side == "b" else ""),
-            params={"max_steps": max_steps, "restart": force},
+            params={"max_steps": max_steps, "restart": force, **({"restarted": []} if force else {})},
             total=plan.side(side).total_steps, depends_on=depends,
         )
         steps.append(Step(what, "queued", job, _after_outdated(outdated, reason)))
@@ -164,7 +164,7 @@ def _enqueue_pair(queue: Queue, plan: Plan, key: str, active: dict, fresh: tuple
     if fresh[0] and not force:
         steps.append(Step(what, "up to date", reason=fresh[1]))
         return [], False
-    job = queue.enqueue("train", key, side=PAIR, label=what, params={"max_steps": max_steps, "restart": force},
+    job = queue.enqueue("train", key, side=PAIR, label=what, params={"max_steps": max_steps, "restart": force, **({"restarted": []} if force else {})},
                         total=plan.side(PAIR).total_steps, depends_on=before)
     steps.append(Step(what, "queued", job, fresh[1]))
     return [job.id], True
