@@ -298,8 +298,17 @@ def _file_size(path) -> int:
 
 
 def cmd_job_action(args: argparse.Namespace) -> int:
+    from engine.jobs.queue import JobStatus
+
     queue = _queue()
-    _job(queue, args.job)
+    job = _job(queue, args.job)
+    if args.action in ("retry", "resume") and job.status is JobStatus.RUNNING:
+        from copylora_tui.cli.main import UsageError
+        from engine.jobs.worker import worker_pid
+
+        if not worker_pid(queue.home):  # `queue` shows it "interrupted": "is running" read as a contradiction
+            raise UsageError(f"job #{args.job} was interrupted (no worker runs): `copylora worker start` continues it from its "
+                             "checkpoint")
     action = {"cancel": queue.cancel, "retry": queue.retry, "pause": queue.pause, "resume": queue.resume}.get(args.action)
     message = _as_usage(lambda: action(args.job) if action else queue.request(args.job, args.action))
     print(f"#{args.job}: {message}")
@@ -364,7 +373,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from engine.jobs.queue import Queue
-    from engine.jobs.worker import Worker, start_detached, stop_worker, worker_pid
+    from engine.jobs.worker import Worker, last_worker_error, start_detached, stop_worker, worker_pid
 
     if args.action == "start":
         from engine.errors import Problem, ValidationError
@@ -416,6 +425,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     row = queue.worker_row() or {}
     if not pid:
         print(f"worker: not running (state: {queue.home}); start it with `copylora worker start`")
+        if error := last_worker_error(queue.home):
+            print(f"the last worker stopped on an error: {error} (see {queue.home / 'worker.log'})")
         return 3  # like `systemctl status`: scripts can test it
     running = queue.jobs((JobStatus.RUNNING,))
     beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None

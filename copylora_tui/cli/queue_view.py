@@ -51,6 +51,10 @@ def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm:
 def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
     console = console or output_console()
     state = f"worker running (pid {worker_pid})" if worker_pid else "[yellow]worker not running[/yellow] (copylora worker start)"
+    from engine.jobs.worker import last_worker_error
+
+    if not worker_pid and (error := last_worker_error(home)):
+        state += f"; it stopped on an error: {escape(error)} (worker.log)"
     # What the user named (projects, folders) and what jobs said (errors) is escaped: printed as
     # markup, "[train] caption" lost its "[train]" and a "[/]" in a path ended the command.
     console.print(f"{state}  ·  {escape(str(home))}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.jobs.job_cache import JobCache
 from engine.jobs.queue import Job, JobStatus, Queue, mark_interrupted
-from engine.jobs.worker import worker_pid
+from engine.jobs.worker import last_worker_error, worker_pid
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class QueueSnapshot:
     gpus: tuple[dict, ...] = ()
     error: str | None = None  # the database could not be read (shown, not raised)
     read_only: str | None = None  # read as last written: why it cannot be written (a full disk)
+    worker_error: str | None = None  # no worker runs, and the last one stopped on this error (its log's)
     # Indexes made once per read: the Projects screen asked for_project of each project, each a
     # scan of every job (100 projects × 9 300 jobs on every change).
     by_id: dict[int, Job] = field(init=False, compare=False, repr=False)
@@ -53,7 +54,8 @@ class QueueSnapshot:
         if self.worker_pid:
             return f"worker running (pid {self.worker_pid})"
         waiting = sum(1 for j in self.jobs if j.status is JobStatus.QUEUED or j.interrupted)  # an interrupted one resumes first
-        return f"worker not running{f' — {waiting} job(s) wait for it' if waiting else ''}"
+        died = f" (it stopped on an error: {self.worker_error}; worker.log)" if self.worker_error else ""
+        return f"worker not running{died}{f' — {waiting} job(s) wait for it' if waiting else ''}"
 
 
 def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
@@ -65,7 +67,8 @@ def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
         gpus = tuple(queue.latest_gpus())
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
-    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only)
+    error = None if pid else last_worker_error(queue.home)
+    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only, worker_error=error)
 
 
 def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:

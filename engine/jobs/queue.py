@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -284,12 +284,17 @@ def artifacts_text(artifacts: dict) -> str:
 
 
 def row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
-    data = dict(row)
+    """A job of a row; columns a later copylora added are left out (a newer copylora that
+    updated the queue under this one's worker crashed it: "unexpected keyword argument")."""
+    data = {key: value for key, value in dict(row).items() if key in _JOB_FIELDS}
     data["params"] = json.loads(data["params"] or "{}")
     data["artifacts"] = json.loads(data["artifacts"] or "{}")
     data["slurm"] = json.loads(data["slurm"]) if data.get("slurm") else None
     data["status"] = JobStatus(data["status"])
     return Job(**data, depends_on=deps)
+
+
+_JOB_FIELDS = {f.name for f in fields(Job)} - {"depends_on"}
 
 
 class Queue:

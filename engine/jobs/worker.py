@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,35 @@ def worker_pid(home: Path) -> int | None:
             return int(text) if text.isdigit() else -1
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
+
+
+def last_worker_error(home: Path) -> str | None:
+    """The error the last worker stopped on, from the end of its log: the last line of a
+    traceback written after its last "worker stopped" or start line; None when it stopped as
+    asked (or its log says nothing). `worker status` and the app said only "not running" of a
+    worker that had died (an earlier copylora's, on a queue this one had updated), the reason in
+    worker.log alone."""
+    from engine.jobs.state_home import worker_log
+
+    try:
+        with open(worker_log(home), "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 16384))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    lines = [line for line in lines if line.strip()]
+    ends = [i for i, line in enumerate(lines) if line.endswith("worker stopped") or _WORKER_START.search(line)]
+    after = lines[ends[-1] + 1:] if ends else lines
+    starts = [i for i, line in enumerate(after) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return None
+    # the exception's own line: the first after the traceback's indented frames
+    last = next((line.strip() for line in after[starts[-1] + 1:] if not line.startswith((" ", "\t"))), "")
+    return (last if len(last) <= 300 else last[:297] + "...") or None
+
+
+_WORKER_START = re.compile(r"^\S+ \S+ worker \d+ on ")
 
 
 def parse_gpus(spec: str | None) -> list[str | None]:
