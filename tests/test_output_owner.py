@@ -72,6 +72,29 @@ def test_checkpoints_of_the_earlier_layout_are_pointed_at(tmp_path, capsys):
     assert not [w for w in plan_warnings(make_plan(load_project(root))) if "earlier copylora" in w]
 
 
+def test_a_training_takes_its_own_checkpoints_from_the_earlier_layout(tmp_path, tiny):
+    """A job paused before an update, its checkpoints in the shared folder's runs/A, resumed
+    after it: it started again from 0 (check alone said where they were). This training's are
+    moved into its run folder and resumed; another training's (another fingerprint) stay."""
+    from engine.train.controls import TrainControls
+
+    shared = tmp_path / "loras"
+    root = project(tmp_path, "one", "mono", shared)
+    plan = make_plan(load_project(root), max_steps=2)
+    train(plan, "a", model=tiny, log=quiet)  # checkpoints at step 2, then laid out as an earlier copylora kept them
+    old = shared / "runs" / "A"
+    plan.side("a").run_dir.rename(old)
+    other = old / "state-00000009.pt"  # another project's (an earlier copylora kept one project per folder)
+    other.write_bytes(b"x")
+    other.with_suffix(".json").write_text(json.dumps({"step": 9, "total": 9, "fingerprint": "someone else"}))
+    started, logged = [], []
+    longer = make_plan(load_project(root), max_steps=4)
+    train(longer, "a", resume=True, model=tiny, log=logged.append, controls=TrainControls(on_start=lambda step, total: started.append(step)))
+    assert started == [2]  # continued from the moved checkpoint, not from 0
+    assert [line for line in logged if line.startswith("moved 1 checkpoint(s) of this training from")]
+    assert other.is_file() and not list(old.glob("state-00000002.*"))
+
+
 def test_an_output_folder_inside_another_project_is_refused(tmp_path, capsys):
     """A copy of a project whose output_dir points at the original's own output/: valid, all its
     outputs "current" (the original's), and check advised moving the original's runs/A into

@@ -85,6 +85,33 @@ def newest_state_facts(run_dir: Path, at_most: int | None = None) -> StateFacts 
         return StateFacts(step, None, None)
 
 
+def adopt_earlier_layout(old_dir: Path, run_dir: Path, fingerprint: str, log: Callable[[str], None]) -> int:
+    """Checkpoints of this training (its fingerprint, in their ``.json``) that an earlier
+    copylora wrote to ``old_dir`` — a shared output folder's ``runs/A``, before run folders
+    there were per project (``runs/NAME/A``) — moved into ``run_dir`` when it holds none. A job
+    paused before the update and resumed after it started again from 0; ``check`` alone said
+    where the checkpoints were. Another project's (another fingerprint) are left where they are."""
+    import os
+
+    if list_states(run_dir) or old_dir.resolve() == run_dir.resolve():
+        return 0
+    mine = []
+    for path in list_states(old_dir):
+        try:
+            if json.loads(path.with_suffix(".json").read_text()).get("fingerprint") == fingerprint:
+                mine.append(path)
+        except (OSError, ValueError, AttributeError):
+            continue  # no facts file: whose it is cannot be told without loading it
+    if not mine:
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path in reversed(mine):  # the oldest first: a kill midway leaves the newest where it was, found again next time
+        os.replace(path.with_suffix(".json"), run_dir / path.with_suffix(".json").name)
+        os.replace(path, run_dir / path.name)
+    log(f"moved {len(mine)} checkpoint(s) of this training from {old_dir} (where an earlier copylora kept them) to {run_dir}")
+    return len(mine)
+
+
 def list_states(run_dir: Path) -> list[Path]:
     """State files, newest step first."""
     if not run_dir.is_dir():

@@ -111,6 +111,10 @@ class SideRun:
         # run leaves the finished file stale, not wrongly current.
         self.record = SideLora(plan, side).record()
         self.fingerprint = self.record.fingerprint
+        if plan.outputs.shared:  # checkpoints an earlier copylora kept in the shared folder's runs/A: this training's are moved here
+            from engine.train.checkpoint import adopt_earlier_layout
+
+            adopt_earlier_layout(plan.outputs.folder / "runs" / side.upper(), self.run_dir, self.fingerprint, log)
         self.preview_noted = False
         self.labels_noted = False  # a label font note is said at the first preview, not at every one
         # Copy checks (engine.train.copy_check): (step, dB) of each, and (step, why) once the
