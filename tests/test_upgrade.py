@@ -74,3 +74,33 @@ def test_retry_or_resume_of_an_interrupted_job_points_at_the_worker(home, capsys
     for action in ("retry", "resume"):
         assert main([action, str(job.id)]) == EXIT_USAGE
         assert "was interrupted (no worker runs): `copylora worker start` continues it" in capsys.readouterr().err
+
+
+def test_a_worker_running_the_code_of_before_an_update_is_said(home, tmp_path, capsys, monkeypatch):
+    """After a `git pull` under a running worker, `worker status`, `queue` and the app said only
+    "worker running": its loop ran the old code until restarted."""
+    import json
+    import os
+
+    import engine.jobs.worker as worker
+    from copylora_tui.core.snapshot import read_snapshot
+
+    queue = Queue(home)
+    worker.note_worker_code(home)  # as a worker notes its own files at start
+    me = os.getpid()
+    noted = json.loads((home / "worker-code.json").read_text())
+    assert noted["pid"] == me and noted["files"][worker.__file__] == os.stat(worker.__file__).st_mtime_ns
+    assert not [path for path in noted["files"] if "site-packages" in path]
+    monkeypatch.setattr(worker, "worker_pid", lambda home: me)
+    monkeypatch.setattr("copylora_tui.core.snapshot.worker_pid", lambda home: me)
+    assert worker.worker_code_change(home, me) is None
+    assert main(["worker", "status"]) == 0 and "has changed since" not in capsys.readouterr().out
+    # a file of its code rewritten by an update (a stand-in: the suite's own files stay as they are)
+    source = tmp_path / "queue.py"
+    source.write_text("old")
+    (home / "worker-code.json").write_text(json.dumps({"pid": me, "files": {str(source): os.stat(source).st_mtime_ns - 1}}))
+    assert worker.worker_code_change(home, me) == str(source)
+    assert worker.worker_code_change(home, me + 1) is None  # another worker's note says nothing of this one
+    assert main(["worker", "status"]) == 0
+    assert f"{source} has changed since (an update?)" in capsys.readouterr().out
+    assert f"on the code of before an update ({source} changed)" in read_snapshot(queue).worker_text()

@@ -159,6 +159,11 @@ def test_one_worker_per_state_folder(home):
     assert second.returncode == 2 and "already running" in second.stderr
     said = subprocess.run([sys.executable, "-m", "copylora_tui", "worker", "start"], capture_output=True, text=True, timeout=60)
     assert said.returncode == 0 and f"a worker is already running on {home} (pid {pid})" in said.stdout  # as asked: one runs
+    # the worker noted its own code as it started (for `worker status` to tell an update under it)
+    from engine.jobs.worker import worker_code_change
+
+    wait_for(lambda: (home / "worker-code.json").is_file(), timeout=30, what="the worker's note of its code")
+    assert f'"pid": {pid}' in (home / "worker-code.json").read_text() and worker_code_change(home, pid) is None
     assert stop_worker(home) == pid
     assert worker_pid(home) is None
     # reaped by the process that started it (the app lives on after the worker it started stops)

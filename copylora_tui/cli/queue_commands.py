@@ -431,6 +431,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     running = queue.jobs((JobStatus.RUNNING,))
     beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None
     print(f"worker: running, pid {pid}, slots {row.get('gpus', '?')}, heartbeat {beat:.1f} s ago" if beat is not None else f"worker: running, pid {pid}")
+    from engine.jobs.worker import RESTART_HINT, worker_code_change
+
+    if changed := worker_code_change(queue.home, pid):
+        print(f"  it runs copylora's code as it was when it started: {changed} has changed since (an update?); {RESTART_HINT}")
     from engine.jobs.slurm import status_text as slurm_status
     from engine.jobs.state_home import worker_log
     from engine.jobs.warm_client import last_said

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.jobs.job_cache import JobCache
 from engine.jobs.queue import Job, JobStatus, Queue, mark_interrupted
-from engine.jobs.worker import last_worker_error, worker_pid
+from engine.jobs.worker import last_worker_error, worker_code_change, worker_pid
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class QueueSnapshot:
     error: str | None = None  # the database could not be read (shown, not raised)
     read_only: str | None = None  # read as last written: why it cannot be written (a full disk)
     worker_error: str | None = None  # no worker runs, and the last one stopped on this error (its log's)
+    worker_outdated: str | None = None  # the running worker's own file changed since it started (an update)
     # Indexes made once per read: the Projects screen asked for_project of each project, each a
     # scan of every job (100 projects × 9 300 jobs on every change).
     by_id: dict[int, Job] = field(init=False, compare=False, repr=False)
@@ -51,6 +52,9 @@ class QueueSnapshot:
             return f"queue unreadable: {self.error}"
         if self.read_only:
             return f"queue shown as last written: {self.read_only}"
+        if self.worker_pid and self.worker_outdated:
+            return (f"worker running (pid {self.worker_pid}) on the code of before an update ({self.worker_outdated} changed): "
+                    "restart it (copylora worker stop, then w)")
         if self.worker_pid:
             return f"worker running (pid {self.worker_pid})"
         waiting = sum(1 for j in self.jobs if j.status is JobStatus.QUEUED or j.interrupted)  # an interrupted one resumes first
@@ -68,7 +72,8 @@ def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
     error = None if pid else last_worker_error(queue.home)
-    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only, worker_error=error)
+    return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only, worker_error=error,
+                         worker_outdated=worker_code_change(queue.home, pid))
 
 
 def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:

@@ -106,6 +106,55 @@ def last_worker_error(home: Path) -> str | None:
 _WORKER_START = re.compile(r"^\S+ \S+ worker \d+ on ")
 
 
+def _code_note(home: Path) -> Path:
+    return home / "worker-code.json"
+
+
+def note_worker_code(home: Path) -> None:
+    """This worker's own code as it started: each copylora module it loaded and its modification
+    time, for :func:`worker_code_change` (advisory: a disk that refuses it costs only that)."""
+    import json
+
+    from engine.files import write_text_atomic
+    from engine.jobs.warm_start import module_files
+
+    package = str(Path(__file__).resolve().parents[2]) + os.sep
+    files = {path: mtime for path, mtime in module_files().items() if path.startswith(package) and "site-packages" not in path}
+    try:
+        write_text_atomic(_code_note(home), json.dumps({"pid": os.getpid(), "files": files}))
+    except OSError:
+        pass
+
+
+def worker_code_change(home: Path, pid: int | None) -> str | None:
+    """The first of the running worker's own files changed since it started (a ``git pull`` or
+    ``pip install -U`` under it), or None: the worker loop then runs the code of before the update
+    (its jobs start with the new), so `worker status` and the app say to restart it."""
+    import json
+
+    from engine.jobs.warm_start import first_change
+
+    if not pid:
+        return None
+    try:
+        note = json.loads(_code_note(home).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict) or note.get("pid") != pid or not isinstance(note.get("files"), dict):
+        return None
+    changed = first_change(note["files"])
+    if changed is None:
+        return None
+    package = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(changed).relative_to(package))
+    except ValueError:
+        return changed
+
+
+RESTART_HINT = "`copylora worker stop && copylora worker start` runs the new (running jobs checkpoint and continue)"
+
+
 def parse_gpus(spec: str | None) -> list[str | None]:
     """``--gpus 0,1`` → ["0", "1"]; none given → all GPUs torch would see, else one CPU slot.
 
@@ -177,6 +226,7 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not take the daemon with it
         queue.worker_started(os.getpid(), [s or "cpu" for s in self.slots], len(self.slots))
         self.log(f"worker {os.getpid()} on {self.home}: slots {[s or 'cpu' for s in self.slots]}")
+        note_worker_code(self.home)
         try:
             if self.slurm is not None:
                 return self.run_slurm(queue, lock)
