@@ -257,6 +257,42 @@ def test_class_pictures_of_another_bucket_are_in_the_cuda_graphs_warning(tmp_pat
     assert warned and "2 buckets" in warned[0]
 
 
+def test_class_pictures_are_drawn_as_sd_scripts_registers_them():
+    """Each class picture its [reg] num_repeats in a first pass (the last may pass the teacher
+    count: 10 teachers, 4 pictures × 3 give 12), then one more per picture in turn (14 teachers,
+    3 × 3: 5, 5, 4, where cycling the repeated pool gave 6, 5, 3); one repeat each: the pool
+    cycled, the order runs had before."""
+    from collections import Counter
+
+    from engine.project.epoch_buckets import class_draws
+
+    assert class_draws([3, 3, 3, 3], 10) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert sorted(Counter(class_draws([3, 3, 3], 14)).items()) == [(0, 5), (1, 5), (2, 4)]
+    assert class_draws([1, 1, 1], 7) == [0, 1, 2, 0, 1, 2, 0]
+    assert class_draws([], 5) == [] and class_draws([2], 0) == []
+
+
+def test_class_repeats_count_in_the_plan_as_in_training(tmp_path, tiny):
+    from collections import Counter
+
+    from engine.train.class_images import generate_class_images
+    from engine.train.training_data import training_data
+
+    root = dreambooth_project(tmp_path)
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("num_class_images = 2\n", "num_class_images = 2\nnum_repeats = 4\n", 1)
+                    .replace("steps = 8", "steps = 1"))
+    project = load_project(root)
+    assert project.reg.num_repeats == 4
+    before = make_plan(project).side("a")
+    assert before.steps_per_epoch == 11 + 12  # 11 teacher items; 3 class pictures × 4 pass them in the first pass
+    generate_class_images(project, model=tiny, log=quiet)
+    plan = make_plan(load_project(root))
+    data = training_data(tiny, plan, "a", quiet)
+    assert len(data.items) == plan.side("a").steps_per_epoch == before.steps_per_epoch
+    assert sorted(Counter(i.latent_index for i in data.items[11:]).values()) == [4, 4, 4]
+
+
 def test_a_changed_caption_makes_the_checkpoint_stale(tmp_path):
     from engine.project.provenance import training_fingerprint
 

@@ -35,23 +35,40 @@ def teacher_buckets(own: Iterable[Bucket], repeats: int, concepts: Iterable[tupl
     return counts
 
 
-def class_pool(project, resolution) -> list[Bucket]:
-    """The class pictures' buckets in the order training cycles their pool
-    (engine.train.training_data._add_class_items): each class folder's pictures by name, each ×
-    [reg].num_repeats, the ones still to generate at their future names and the size they are
-    drawn at. A picture whose header cannot be read is left out (check refuses it, training names it)."""
+def class_draws(repeats: list[int], teachers: int) -> list[int]:
+    """Which class picture each class item of an epoch is (indices into ``repeats``, one entry per
+    picture, in pool order), as sd-scripts' DreamBoothDataset registers them: a first pass gives
+    each picture its repeats until the items reach the teacher count (the last may pass it), then
+    passes add one item per picture, in turn, until they do. With one repeat each, the pool
+    cycled to the teacher count."""
+    draws: list[int] = []
+    first = True
+    while repeats and len(draws) < teachers:
+        for index, count in enumerate(repeats):
+            draws += [index] * (count if first else 1)
+            if len(draws) >= teachers:
+                break
+        first = False
+    return draws
+
+
+def class_pool(project, resolution) -> list[tuple[Bucket, int]]:
+    """The class pictures' buckets and repeats in pool order (engine.train.training_data.
+    _add_class_items): each class folder's pictures by name, the ones still to generate at their
+    future names and the size they are drawn at. A picture whose header cannot be read is left
+    out (check refuses it, training names it)."""
     from engine.project.concepts import class_picture_size, class_sets
     from engine.project.plan import bucket_size
 
     drawn = bucket_size(*class_picture_size(project), resolution)
-    pool: list[Bucket] = []
+    pool: list[tuple[Bucket, int]] = []
     for class_set in class_sets(project):
         sizes: dict[Path, Bucket | None] = {path: drawn for path in class_set.generated_paths()}
         sizes.update(_folder_buckets(class_set.folder, tuple(resolution)))
         for path in sorted(sizes):
             bucket = sizes[path]
             if bucket is not None:
-                pool += [bucket] * class_set.repeats
+                pool.append((bucket, class_set.repeats))
     return pool
 
 
@@ -91,10 +108,9 @@ def _folder_buckets(folder: Path, resolution: tuple) -> dict[Path, Bucket | None
     return sizes
 
 
-def with_class_items(teachers: Counter, pool: list[Bucket]) -> Counter:
-    """``teachers`` and the class items paired with them: the pool cycled up to the teacher count."""
+def with_class_items(teachers: Counter, pool: list[tuple[Bucket, int]]) -> Counter:
+    """``teachers`` and the class items paired with them (:func:`class_draws`)."""
     counts = Counter(teachers)
-    total = sum(teachers.values())
-    for k in range(total if pool else 0):
-        counts[pool[k % len(pool)]] += 1
+    for index in class_draws([repeats for _, repeats in pool], sum(teachers.values())):
+        counts[pool[index][0]] += 1
     return counts

@@ -166,16 +166,17 @@ def _class_picture_info(path: Path):
 
 def _add_class_items(data: TrainingData, model: BaseModel, plan: Plan, side: str) -> None:
     """[reg]: the class pictures, encoded, each under its folder's class prompt. As sd-scripts
-    does, every class folder is pooled (each picture × [reg].num_repeats) and the pool is cycled
-    up to the number of teacher items, so each epoch pairs every teacher item with one class
-    item, weighted by ``prior_loss_weight``."""
+    does, every class folder is pooled and drawn up to the number of teacher items (each picture
+    its [reg].num_repeats first: engine.project.epoch_buckets.class_draws), so each epoch pairs
+    every teacher item with a class item, weighted by ``prior_loss_weight``."""
     from engine.project.concepts import class_sets
+    from engine.project.epoch_buckets import class_draws
     from engine.project.images import image_files
     from engine.project.plan import bucket_size
 
     project, p = plan.project, plan.side(side).params
     assert project.reg is not None, "class pictures come with [reg]"
-    pool: list[tuple[int, int, tuple[int, int]]] = []
+    pool: list[tuple[int, int, tuple[int, int], int]] = []  # (latent, prompt, bucket, repeats) per picture
     for number, class_set in enumerate(class_sets(project)):
         paths = image_files(class_set.folder)
         if not paths:
@@ -183,10 +184,6 @@ def _add_class_items(data: TrainingData, model: BaseModel, plan: Plan, side: str
         buckets = [bucket_size(info.width, info.height, p.resolution) for info in (_class_picture_info(x) for x in paths)]
         offset = _add_latents(data, model, paths, buckets, p, p.seed + 10_000 + 1000 * number)
         cond = _prompt_index(data, class_set.prompt)
-        pool += [(offset + j, cond, buckets[j]) for j in range(len(paths)) for _ in range(class_set.repeats)]
-    if not pool:  # [reg] folder "": captions without prior preservation
-        return
-    teachers = len(data.items)
-    data.items += [TrainingItem(pool[k % len(pool)][0], pool[k % len(pool)][1], project.reg.prior_loss_weight, pool[k % len(pool)][2])
-                   for k in range(teachers)]
-
+        pool += [(offset + j, cond, buckets[j], class_set.repeats) for j in range(len(paths))]
+    weight = project.reg.prior_loss_weight
+    data.items += [TrainingItem(pool[i][0], pool[i][1], weight, pool[i][2]) for i in class_draws([r for *_, r in pool], len(data.items))]
