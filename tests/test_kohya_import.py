@@ -354,6 +354,34 @@ def test_apply_import_round_trip(tmp_path: Path) -> None:
     assert loaded.info.model_family == "sdxl" and loaded.reg.prior_loss_weight == 0.8
 
 
+def test_a_kohya_ss_gui_dreambooth_layout_becomes_the_projects_reg(tmp_path: Path) -> None:
+    """kohya_ss's own layout, img/5_sks girl and reg/1_girl: the import said "put the class images
+    in the project's reg folder" and left both prompts empty (check then warned that class
+    pictures train under the teachers' prompt). The first class folder is [reg]'s now, its name
+    read as kohya reads it, and the training folder's words are the instance prompt."""
+    for name, color in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (64, 96), color).save(tmp_path / name)
+    for folder in ("img/5_sks girl", "reg/2_girl", "reg/3_woman", "reg/no prefix"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (64, 96), "gray").save(tmp_path / folder / "x.png")
+    path = _gui(tmp_path, reg_data_dir=str(tmp_path / "reg"), train_data_dir=str(tmp_path / "img"), prior_loss_weight=0.5)
+    result = import_kohya(path)
+    assert result.extra["reg"] == {"folder": str((tmp_path / "reg" / "2_girl").resolve()), "class_prompt": "girl",
+                                   "num_repeats": 2, "num_class_images": 0, "instance_prompt": "sks girl", "prior_loss_weight": 0.5}
+    note = _entry(result.used, "reg_data_dir").note
+    assert "3_woman not used" in note and "no prefix" not in note
+    assert "instance_prompt = 'sks girl'" in _entry(result.used, "train_data_dir").note
+    _check_reports(result, {"reg_data_dir", "train_data_dir", "prior_loss_weight", "LoRA_type", "optimizer"})
+    project = create_project(tmp_path / "proj", tmp_path / "a.png", tmp_path / "b.png", base_model="tiny")
+    save_project(apply_import(project, result))
+    reg = load_project(tmp_path / "proj").reg
+    assert (reg.class_prompt, reg.instance_prompt, reg.num_repeats) == ("girl", "sks girl", 2)
+    # not here (another machine's path), or no kohya subfolder: as before
+    for missing in ("/data/reg", str(tmp_path / "img" / "5_sks girl")):
+        result = import_kohya(_gui(tmp_path, reg_data_dir=missing, train_data_dir=str(tmp_path / "img")))
+        assert result.extra["reg"] == {} and "put the class images" in _entry(result.used, "reg_data_dir").note
+
+
 @needs_ref
 def test_format_report() -> None:
     text = format_report(import_kohya(REF / "Standard-AdamW8bit.json"))

@@ -731,10 +731,46 @@ def _network(args: _Args, col: _Collector) -> None:
             col.ignore(key, value, IGNORED.get(name, "network argument not supported"))
 
 
+def _kohya_subfolders(folder: Any) -> list[Path]:
+    """The ``N_words`` subfolders holding pictures of a kohya_ss image folder that exists here
+    (kohya reads only those: repeats N, the words the caption of a picture without a caption
+    file), by name; [] when there is none or the folder is not here."""
+    from engine.project.folder import folder_repeats
+    from engine.project.images import image_files
+
+    try:
+        path = Path(str(folder)).expanduser()
+        return [sub for sub in sorted(path.iterdir()) if sub.is_dir() and folder_repeats(sub.name) and image_files(sub)] if path.is_dir() else []
+    except OSError:
+        return []
+
+
 def _regularisation(args: _Args, col: _Collector) -> None:
-    """Prior preservation applies only when kohya had class images (reg_data_dir)."""
+    """Prior preservation applies only when kohya had class images (reg_data_dir). Where the
+    folder is here in kohya_ss's layout (``reg/1_girl``), its first class folder is [reg]'s, its
+    name giving the class prompt and repeats as kohya reads it; and the training folder's first
+    ``5_sks girl`` gives [reg]'s instance prompt (kohya's caption of its pictures)."""
+    from engine.project.folder import folder_repeats, kohya_folder_words
+
     folder = args.take("reg_data_dir") if "reg_data_dir" in args else None
-    if folder:
+    classes = _kohya_subfolders(folder) if folder else []
+    if classes:
+        first, more = classes[0], classes[1:]
+        reg = col.extra.setdefault("reg", {})
+        reg.update(folder=os.path.realpath(first), class_prompt=kohya_folder_words(first.name), num_repeats=folder_repeats(first.name),
+                   num_class_images=0)
+        unused = f"; {', '.join(c.name for c in more[:3])}{' …' if len(more) > 3 else ''} not used (a project's [reg] has one class folder: " \
+                 "a [[concept]]'s class_folder takes another)" if more else ""
+        col.decided("reg_data_dir", folder, f"[reg] folder = {first} (class prompt {reg['class_prompt']!r}, num_repeats "
+                                            f"{reg['num_repeats']}: its name, as kohya reads it){unused}")
+        teachers = _kohya_subfolders(args.rest.get("train_data_dir")) if "train_data_dir" in args else []
+        if teachers and kohya_folder_words(teachers[0].name):
+            path = args.take("train_data_dir")
+            reg["instance_prompt"] = kohya_folder_words(teachers[0].name)
+            col.decided("train_data_dir", path, f"[reg] instance_prompt = {reg['instance_prompt']!r} (its {teachers[0].name}'s words, "
+                                                "kohya's caption of pictures without a caption file); its pictures are not imported: "
+                                                "the project's A and B are the teachers")
+    elif folder:
         col.extra.setdefault("reg", {})
         col.decided("reg_data_dir", folder, "turns on [reg]: put the class images in the project's reg folder")
     elif folder is not None:
