@@ -269,6 +269,11 @@ def test_cpu_previews_are_scaled_down_and_said(tmp_path):
     assert few_steps[0].size == [128, 192] and few_steps[0].steps == CPU_MAX_STEPS and "30 steps" in few_steps[1]
 
 
+def test_the_preview_job_draws_at_the_trainings_clip_skip(lora_file, tmp_path, monkeypatch):
+    artifacts = run_preview_job(tmp_path, monkeypatch, lora_file, sample={"size": [64, 64], "steps": 1}, train={"clip_skip": 2})
+    assert read_grid_parameters(artifacts["grid"])["settings"]["clip_skip"] == 2
+
+
 def test_the_preview_job_on_a_cpu_draws_the_scaled_grid_and_logs_why(lora_file, tmp_path, monkeypatch, capsys):
     """The queue's preview job (runner.run_sample), as the worker runs it on a machine without CUDA."""
     artifacts = run_preview_job(tmp_path, monkeypatch, lora_file, sample={"size": [400, 600], "steps": 12})
@@ -287,5 +292,59 @@ def test_what_of_a_prompt_is_not_read_as_a1111_reads_it_is_said(tiny):
     long = "a red circle on a blue background, " * 30
     notes = prompt_notes(tiny, ["", "a red circle", long, "(monochrome:1.3), 1girl", "x <lora:other:1>", "a (red) circle"])
     assert len(notes) == 3, notes
-    assert notes[0].startswith("prompt 'a red circle on a blue background, a ...' is ") and notes[0].endswith("only its first 75 are read")
+    assert notes[0].startswith("prompt 'a red circle on a blue background, a ...' is ") and notes[0].endswith("only its first 225 are read")
     assert all("A1111 syntax" in note for note in notes[1:])
+
+
+@pytest.mark.parametrize("base", ["tiny", "tiny-sdxl"])
+def test_prompts_encoded_here_draw_what_the_pipeline_draws(base, monkeypatch):
+    """The previews' own encoding (clip skip, long prompts) against the pipeline's, where both
+    apply (clip skip 1, a short prompt, with and without a negative prompt): the same picture."""
+    import numpy as np
+    import torch
+
+    import engine.train.sample as sample
+    from engine.models.loading import load_base_model
+
+    torch.set_num_threads(1)
+    model = load_base_model(base)
+    for negative in ("", "blurry"):
+        settings = sample.SampleSettings(prompts=["a red circle", ""], negative_prompt=negative, steps=2, size=[64, 64],
+                                         strengths=[0.0], seed=5)
+        theirs = [np.asarray(row[0], dtype=np.int16) for row in sample.generate(model, settings)]
+        real = sample._own_encoding
+        monkeypatch.setattr(sample, "_own_encoding", lambda model, pipe, settings: real(model, pipe, settings, force=True))
+        ours = [np.asarray(row[0], dtype=np.int16) for row in sample.generate(model, settings)]
+        monkeypatch.setattr(sample, "_own_encoding", real)
+        for a, b in zip(theirs, ours):
+            assert np.abs(a - b).max() <= 1, (base, negative)
+
+
+def test_previews_read_the_trainings_clip_skip_and_long_prompts(tiny, tmp_path, capsys):
+    """Previews ignored [train] clip_skip (an anime base trained at 2 was previewed at 1) and cut
+    prompts at 75 tokens (kohya's samples read 225)."""
+    import numpy as np
+
+    from copylora_tui.cli.main import main
+    from engine.train.sample import SampleSettings, generate, read_grid_parameters
+    from tests.helpers import copy_example, set_keys
+
+    def drawn(**keys):
+        settings = SampleSettings(**{"prompts": ["a red circle"], "steps": 2, "size": [64, 64], "strengths": [0.0], "seed": 5, **keys})
+        return np.asarray(generate(tiny, settings)[0][0])
+
+    assert not np.array_equal(drawn(), drawn(clip_skip=2))
+    words = "a red circle on a blue background, " * 3  # 81 tokens in the tiny vocabulary: past 75
+    assert not np.array_equal(drawn(prompts=[words + "green"]), drawn(prompts=[words + "yellow"]))
+    root = copy_example(tmp_path)
+    set_keys(root, "train", clip_skip=2)
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(root), "--lora", "none", "--steps", "1", "--size", "64x64", "--save_to", str(out)]) == 0
+    from PIL import Image
+
+    assert read_grid_parameters(out)["settings"]["clip_skip"] == 2
+    with Image.open(out) as image:
+        assert "Clip skip: 2" in image.info["parameters"]  # A1111's infotext
+    capsys.readouterr()
+    assert main(["sample", str(root), "--lora", "none", "--clip_skip", "13"]) == 2
+    assert "--clip_skip: must be between 1 and 12, got 13" in capsys.readouterr().err

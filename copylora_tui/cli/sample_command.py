@@ -34,8 +34,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--steps", type=int)
     cmd.add_argument("--guidance", type=float)
     cmd.add_argument("--size", metavar="WxH")
-    cmd.add_argument("--sampler", help="euler_a, euler, ddim, dpmsolver++, dpmpp_2m_karras, dpmpp_sde_karras, pndm, lms, heun "
-                     '(or A1111\'s names, e.g. "DPM++ 2M Karras")')
+    cmd.add_argument("--sampler", help="euler_a, euler, ddim, dpmsolver++, dpmpp_2m_karras, dpmpp_sde_karras, pndm, lms, heun, "
+                     'dpm_2, dpm_2_a, dpmsolver, dpmsingle (or A1111\'s and kohya\'s names, e.g. "DPM++ 2M Karras", k_euler_a)')
+    cmd.add_argument("--clip_skip", type=int, metavar="N",
+                     help="the CLIP layer prompts are read from, A1111's clip skip (default: the project's [train] clip_skip, as it "
+                          "trained; 1 for a LoRA file)")
     cmd.add_argument("--save_to", metavar="PNG", help="output file, as every command names it (default: the project's output/samples/)")
     cmd.hidden_aliases["--out"] = "--save_to"  # its name before flags were spelled one way
     cmd.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
@@ -67,6 +70,10 @@ def _settings(args: argparse.Namespace, base, problems: list[Problem]):
             table["size"] = [width, height]
         except ValueError:
             problems.append(Problem("--size", f"must be WIDTHxHEIGHT, got {args.size!r}"))
+    if args.clip_skip is not None and not 1 <= args.clip_skip <= 12:
+        problems.append(Problem("--clip_skip", f"must be between 1 and 12, got {args.clip_skip}"))
+    elif args.clip_skip is not None:
+        base = replace(base, clip_skip=args.clip_skip)
     params, found = sample_table_problems(table)
     for problem in found:  # sample.strengths[1] -> --strengths: what the user typed (a bad format kept [sample]'s value)
         key = problem.where.removeprefix("sample.").split("[")[0]
@@ -98,7 +105,8 @@ def resolve(args: argparse.Namespace):
 
         plan = make_plan(load_project(target))
         project = plan.project
-        settings = _settings(args, SampleSettings.from_params(project.sample), problems)
+        own = SampleSettings.from_params(project.sample, plan.side(plan.trained[0]).params.clip_skip)  # the training's clip skip
+        settings = _settings(args, own, problems)
         choice = args.lora or "merged"
         trained = {side: plan.side(side).lora_path for side in plan.trained}  # a, b; or pair (addift, slider: one LoRA)
         lora = {"merged": plan.merged_path, **trained, "none": None}.get(choice, Path(choice))
@@ -113,7 +121,7 @@ def resolve(args: argparse.Namespace):
         out = Path(args.save_to) if args.save_to else plan.samples_dir / grid_name(lora if lora is not None else Path("base"))
         managed = Grid(plan)
         if _same_file(out, managed.path):
-            if settings == SampleSettings.from_params(project.sample):  # the project's own preview: drawn now, current
+            if settings == own:  # the project's own preview: drawn now, current
                 extra = managed.record()
             elif not args.save_to:
                 # Other settings than [sample]: a grid of its own. Written over the project's, it

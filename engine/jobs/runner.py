@@ -315,7 +315,7 @@ def run_sample(queue: Queue, job: Job, stop: dict) -> dict:
     plan = make_plan(job_project(job))
     project = plan.project
     device = resolve_device(None)
-    settings, note = preview_settings(project.sample, device)
+    settings, note = preview_settings(project.sample, device, plan.side(plan.trained[0]).params.clip_skip)
     if note:
         log(note)
     model = load_base_model(project.base_model_path(), project.info.model_family,

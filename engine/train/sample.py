@@ -57,11 +57,14 @@ class SampleSettings:
     size: list[int] = field(default_factory=lambda: [512, 768])
     strengths: list[float] = field(default_factory=lambda: [0.0, 1.0])
     sampler: str = "euler_a"
+    # The CLIP layer prompts are read from, as the LoRA trained ([train] clip_skip): previews of an
+    # anime base trained at clip skip 2 were drawn at 1, unlike kohya's samples and A1111.
+    clip_skip: int = 1
 
     @classmethod
-    def from_params(cls, params) -> "SampleSettings":
-        """From a project's [sample] table (engine.project.params.SampleParams)."""
-        return cls(**{k: getattr(params, k) for k in cls.__dataclass_fields__})
+    def from_params(cls, params, clip_skip: int = 1) -> "SampleSettings":
+        """From a project's [sample] table (engine.project.params.SampleParams) and [train] clip_skip."""
+        return cls(**{k: getattr(params, k) for k in cls.__dataclass_fields__ if hasattr(params, k)}, clip_skip=clip_skip)
 
 
 # A full-size SD1.5 preview as set by default (600x900, 20 steps, two strengths) took 17 minutes
@@ -71,10 +74,10 @@ CPU_MAX_PIXELS = 384 * 384
 CPU_MAX_STEPS = 10
 
 
-def preview_settings(params, device: str) -> tuple[SampleSettings, str | None]:
+def preview_settings(params, device: str, clip_skip: int = 1) -> tuple[SampleSettings, str | None]:
     """The settings a project's preview uses on ``device``, and a line for the log when they
-    differ from [sample] (``params``: a SampleParams)."""
-    settings = SampleSettings.from_params(params)
+    differ from [sample] (``params``: a SampleParams; ``clip_skip``: the training's)."""
+    settings = SampleSettings.from_params(params, clip_skip)
     if str(device).startswith("cuda") or getattr(params, "cpu_full_size", False):
         return settings, None
     width, height = settings.size
@@ -157,6 +160,7 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
     old_multiplier = network.multiplier if network is not None else None
     images: list[list] = [[None] * len(settings.strengths) for _ in settings.prompts]
     total, done = len(settings.prompts) * len(settings.strengths), 0
+    embedded, negative = _own_encoding(model, pipe, settings)
     try:
         if network is not None and not hooked:
             network.apply_to()
@@ -166,9 +170,11 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
                 for column, strength in enumerate(settings.strengths):
                     if network is not None:
                         network.set_multiplier(float(strength))
+                    texts = embedded[first:first + len(chunk)] if embedded else None
                     result = pipe(
-                        prompt=list(chunk),
-                        negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
+                        **(_prompt_arguments(texts, negative) if texts else
+                           {"prompt": list(chunk),
+                            "negative_prompt": [settings.negative_prompt] * len(chunk) if settings.negative_prompt else None}),
                         num_inference_steps=settings.steps,
                         guidance_scale=settings.guidance,
                         width=width,
@@ -189,6 +195,50 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
         model.vae.to(vae_device)
         model.unet.train(was_training)
     return images
+
+
+# Tokens of a preview prompt read at most: kohya's samples read three chunks of 75 (its LPW
+# pipeline); A1111 reads on, in chunks.
+PREVIEW_MAX_TOKENS = 225
+
+
+def _own_encoding(model: BaseModel, pipe, settings: SampleSettings, force: bool = False) -> tuple[list | None, Any]:
+    """The prompts' (and negative prompt's) conditioning when the pipeline's own would differ from
+    how the LoRA trained and A1111 draws: clip skip past 1, or a prompt past 75 tokens (read in
+    chunks, up to PREVIEW_MAX_TOKENS, as engine.train.conditioning joins them). (None, None): the
+    pipeline encodes them itself, as it always has."""
+    import torch
+
+    from engine.train.conditioning import CHUNK_TOKENS, encode_text, prompt_tokens
+
+    tokenizer = model.tokenizers[0] if model.tokenizers else None
+    texts = [*settings.prompts, settings.negative_prompt]
+    longest = max((prompt_tokens(tokenizer, text) for text in texts), default=0) if tokenizer is not None else 0
+    room = (tokenizer.model_max_length - 2) if tokenizer is not None else CHUNK_TOKENS
+    if settings.clip_skip <= 1 and longest <= room and not force:
+        return None, None
+    chunks = min(PREVIEW_MAX_TOKENS // CHUNK_TOKENS, max(1, -(-longest // room)))
+    tokens = chunks * CHUNK_TOKENS
+    with torch.no_grad():
+        embedded = [encode_text(model, prompt, settings.clip_skip, max_tokens=tokens) for prompt in settings.prompts]
+        if model.is_sdxl and not settings.negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            first = embedded[0]  # SDXL's pipeline leaves an empty negative prompt as zeros: so does this
+            negative = type(first)(torch.zeros_like(first.hidden), torch.zeros_like(first.pooled))
+        else:
+            negative = encode_text(model, settings.negative_prompt, settings.clip_skip, max_tokens=tokens)
+    return embedded, negative
+
+
+def _prompt_arguments(texts: list, negative) -> dict[str, Any]:
+    """The pipeline's keyword arguments for prompts encoded here (a batch of them)."""
+    import torch
+
+    arguments = {"prompt_embeds": torch.cat([t.hidden for t in texts]),
+                 "negative_prompt_embeds": torch.cat([negative.hidden] * len(texts))}
+    if texts[0].pooled is not None:  # SDXL
+        arguments["pooled_prompt_embeds"] = torch.cat([t.pooled for t in texts])
+        arguments["negative_pooled_prompt_embeds"] = torch.cat([negative.pooled] * len(texts))
+    return arguments
 
 
 def grid(images: list[list], settings: SampleSettings, title: str = "", columns: list[str] | None = None,
@@ -231,6 +281,7 @@ def a1111_parameters(settings: SampleSettings, prompt: str, model_name: str, lor
         f"Steps: {settings.steps}, Sampler: {sampler_label(settings.sampler)}, CFG scale: {settings.guidance:g}, "
         f"Seed: {settings.seed}, Size: {width}x{height}, Model: {model_name}, "
         f"LoRA: {lora_name}, Strengths: {', '.join(f'{s:g}' for s in settings.strengths)}"
+        + (f", Clip skip: {settings.clip_skip}" if settings.clip_skip > 1 else "")
     )
 
 
@@ -266,17 +317,19 @@ _A1111_SYNTAX = re.compile(r"\([^()]*:\s*-?[\d.]+\s*\)|<(lora|lyco|hypernet):[^>
 
 
 def prompt_notes(model: BaseModel, prompts: list[str]) -> list[str]:
-    """What of each prompt the model will not read as a user of A1111 expects: past the text
-    encoder's 75 tokens (A1111 reads longer prompts in chunks; diffusers, and so we, cut them),
-    and A1111's syntax ((word:1.3), <lora:…>, [a:b:0.5]), read here as the words it is made of.
+    """What of each prompt the model will not read as a user of A1111 expects: past
+    PREVIEW_MAX_TOKENS (read in chunks of 75 up to there, as kohya's samples; A1111 reads on), and
+    A1111's syntax ((word:1.3), <lora:…>, [a:b:0.5]), read here as the words it is made of.
     Said, not refused: the grid is drawn all the same (a 1000-token prompt was cut to 77 silently)."""
+    from engine.train.conditioning import CHUNK_TOKENS, prompt_tokens
+
     notes = []
     tokenizer = model.tokenizers[0] if model.tokenizers else None
     for prompt in dict.fromkeys(prompts):
         shown = prompt if len(prompt) <= 40 else prompt[:37] + "..."
         if tokenizer is not None:
-            count = len(tokenizer(prompt, truncation=False).input_ids) - 2  # less its start and end tokens
-            room = tokenizer.model_max_length - 2
+            count = prompt_tokens(tokenizer, prompt)  # less its start and end tokens
+            room = (tokenizer.model_max_length - 2) * (PREVIEW_MAX_TOKENS // CHUNK_TOKENS)
             if count > room:
                 notes.append(f"prompt {shown!r} is {count} tokens: only its first {room} are read")
         if _A1111_SYNTAX.search(prompt):

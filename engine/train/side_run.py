@@ -392,7 +392,7 @@ class SideRun:
         from engine.train.sample import preview_settings, sample_with_network
 
         project = self.plan.project
-        settings, note = preview_settings(project.sample, self.device)
+        settings, note = preview_settings(project.sample, self.device, self.p.clip_skip)
         if note and not self.preview_noted:
             self.log(note)
             self.preview_noted = True
