@@ -376,6 +376,12 @@ def test_a_kohya_ss_gui_dreambooth_layout_becomes_the_projects_reg(tmp_path: Pat
     save_project(apply_import(project, result))
     reg = load_project(tmp_path / "proj").reg
     assert (reg.class_prompt, reg.instance_prompt, reg.num_repeats) == ("girl", "sks girl", 2)
+    # a class folder whose name is no UTF-8 (made on another system) is passed over: the TOML could not hold it
+    import os
+
+    os.mkdir(os.fsencode(tmp_path / "reg") + b"/1_caf\xe9")
+    Image.new("RGB", (64, 96), "gray").save(os.fsdecode(os.fsencode(tmp_path / "reg") + b"/1_caf\xe9/x.png"))
+    assert import_kohya(path).extra["reg"]["folder"].endswith("2_girl")
     # not here (another machine's path), or no kohya subfolder: as before
     for missing in ("/data/reg", str(tmp_path / "img" / "5_sks girl")):
         result = import_kohya(_gui(tmp_path, reg_data_dir=missing, train_data_dir=str(tmp_path / "img")))

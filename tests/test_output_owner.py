@@ -95,6 +95,40 @@ def test_a_training_takes_its_own_checkpoints_from_the_earlier_layout(tmp_path, 
     assert other.is_file() and not list(old.glob("state-00000002.*"))
 
 
+def test_moving_the_earlier_layouts_checkpoints_survives_a_kill_a_refusal_and_an_earlier_trainer(tmp_path, monkeypatch):
+    """Newest first, so a kill midway has moved the one a resume needs (the rest follow next
+    time); a move the system refuses is said, not a crash of the training; an earlier copylora
+    training in the old folder (its lock) keeps its checkpoints."""
+    import os
+
+    from engine.files import take_lock
+    from engine.train.checkpoint import adopt_earlier_layout, list_states
+
+    old, new = tmp_path / "runs" / "A", tmp_path / "runs" / "mono" / "A"
+    old.mkdir(parents=True)
+    for step in (400, 500):
+        (old / f"state-{step:08d}.pt").write_bytes(b"x")
+        (old / f"state-{step:08d}.json").write_text(json.dumps({"step": step, "fingerprint": "this"}))
+    held, _ = take_lock(old / "training.lock", "an earlier copylora's trainer\n")
+    logged: list[str] = []
+    assert adopt_earlier_layout(old, new, "this", logged.append) == 0 and "holds it" in logged[-1]
+    held.close()
+    real, calls = os.replace, []
+
+    def killed(source, target):
+        calls.append(source)
+        if len(calls) == 3:
+            raise OSError(18, "Invalid cross-device link")
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", killed)
+    assert adopt_earlier_layout(old, new, "this", logged.append) == 1 and "could not move" in logged[-2]
+    assert [p.name for p in list_states(new)] == ["state-00000500.pt"]  # the newest, the one a resume takes
+    monkeypatch.setattr(os, "replace", real)
+    assert adopt_earlier_layout(old, new, "this", logged.append) == 1
+    assert [p.name for p in list_states(new)] == ["state-00000500.pt", "state-00000400.pt"] and not list_states(old)
+
+
 def test_an_output_folder_inside_another_project_is_refused(tmp_path, capsys):
     """A copy of a project whose output_dir points at the original's own output/: valid, all its
     outputs "current" (the original's), and check advised moving the original's runs/A into

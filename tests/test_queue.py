@@ -372,4 +372,13 @@ def test_a_restart_queued_by_an_earlier_copylora_keeps_its_rule_after_an_update(
     queue.claim(None)
     assert queue.get(old.id).attempts == 2
     run_train(queue, queue.get(old.id), {"asked": False})
-    assert queue.get(old.id).start_step == 3  # continued, as the rule it was queued under said
+    assert queue.get(old.id).start_step == 3  # continued: its training had started
+    queue.finish(old.id, JobStatus.DONE)
+    # one killed while its model loaded, before training started (no start_step): it restarts
+    killed = queue.enqueue("train", str(root), side="a", label="train A", total=3, params={"max_steps": 3, "restart": True})
+    queue.claim(None)
+    queue.requeue_at_head(killed.id, None)
+    queue.claim(None)
+    assert queue.get(killed.id).attempts == 2 and queue.get(killed.id).start_step is None
+    run_train(queue, queue.get(killed.id), {"asked": False})
+    assert queue.get(killed.id).start_step == 0

@@ -17,7 +17,6 @@ Traceback (most recent call last):
     return Job(**data, depends_on=deps)
            ^^^^^^^^^^^^^^^^^^^^^^^^^^^^
 TypeError: Job.__init__() got an unexpected keyword argument 'slurm'
-2026-12-07 15:26:01 job #1 stopped at step 57
 """
 
 
@@ -61,6 +60,13 @@ def test_a_worker_that_died_on_an_error_says_it_where_not_running_is_said(home, 
     assert last_worker_error(home) is None and "error" not in read_snapshot(queue).worker_text()
     log.write_text(log.read_text() + f"2026-12-07 16:10:00 worker 1000 on {home}: slots ['cpu']\n")  # killed -9: no traceback
     assert last_worker_error(home) is None
+    # a traceback the worker lived on after (a preloaded process's), then a kill -9: not what it died of
+    log.write_text(log.read_text() + "Traceback (most recent call last):\n  File \"x\"\nModuleNotFoundError: no module named y\n"
+                   "2026-12-07 16:11:00 warm start off: jobs start cold\n")
+    assert last_worker_error(home) is None
+    log.write_text(TRACEBACK.format(home=home))
+    assert last_worker_error(home, started_at=log.stat().st_mtime - 10) == error
+    assert last_worker_error(home, started_at=log.stat().st_mtime + 10) is None  # a worker since (in the foreground): an older log
 
 
 def test_retry_or_resume_of_an_interrupted_job_points_at_the_worker(home, capsys):
@@ -104,3 +110,16 @@ def test_a_worker_running_the_code_of_before_an_update_is_said(home, tmp_path, c
     assert main(["worker", "status"]) == 0
     assert f"{source} has changed since (an update?)" in capsys.readouterr().out
     assert f"on the code of before an update ({source} changed)" in read_snapshot(queue).worker_text()
+
+
+def test_retry_of_a_job_that_runs_on_without_its_worker_says_it_runs(home, capsys):
+    """A job on Slurm runs on with no worker here: it is not "interrupted"."""
+    from copylora_tui.cli.main import EXIT_USAGE
+
+    queue = Queue(home)
+    job = queue.enqueue("merge", "/p", label="merge")
+    queue.claim(None)
+    queue.db.execute("UPDATE jobs SET slurm = ? WHERE id = ?", ('{"id": "77", "state": "RUNNING"}', job.id))
+    assert main(["retry", str(job.id)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is running" in err and "interrupted" not in err

@@ -304,9 +304,12 @@ def cmd_job_action(args: argparse.Namespace) -> int:
     job = _job(queue, args.job)
     if args.action in ("retry", "resume") and job.status is JobStatus.RUNNING:
         from copylora_tui.cli.main import UsageError
+        from engine.jobs.queue import mark_interrupted
         from engine.jobs.worker import worker_pid
 
-        if not worker_pid(queue.home):  # `queue` shows it "interrupted": "is running" read as a contradiction
+        # as `queue` shows it "interrupted" ("is running" read as a contradiction); a job on Slurm, or
+        # whose process outlived its worker, runs on
+        if mark_interrupted([job], bool(worker_pid(queue.home)))[0].interrupted:
             raise UsageError(f"job #{args.job} was interrupted (no worker runs): `copylora worker start` continues it from its "
                              "checkpoint")
     action = {"cancel": queue.cancel, "retry": queue.retry, "pause": queue.pause, "resume": queue.resume}.get(args.action)
@@ -425,7 +428,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     row = queue.worker_row() or {}
     if not pid:
         print(f"worker: not running (state: {queue.home}); start it with `copylora worker start`")
-        if error := last_worker_error(queue.home):
+        if error := last_worker_error(queue.home, row.get("started_at")):
             print(f"the last worker stopped on an error: {error} (see {queue.home / 'worker.log'})")
         return 3  # like `systemctl status`: scripts can test it
     running = queue.jobs((JobStatus.RUNNING,))

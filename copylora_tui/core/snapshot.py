@@ -71,7 +71,7 @@ def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
         gpus = tuple(queue.latest_gpus())
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
-    error = None if pid else last_worker_error(queue.home)
+    error = None if pid else last_worker_error(queue.home, (queue.worker_row() or {}).get("started_at"))
     return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only, worker_error=error,
                          worker_outdated=worker_code_change(queue.home, pid))
 

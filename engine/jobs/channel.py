@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,8 @@ class ChannelQueue:
     def get(self, job_id: int) -> Job:
         data = json.loads((self.folder / JOB).read_text(encoding="utf-8"))
         data["status"] = JobStatus(data["status"])
-        data.pop("interrupted", None)
-        return Job(**data)
+        known = {f.name for f in fields(Job)} - {"interrupted"}  # a key a later copylora wrote is left out
+        return Job(**{key: value for key, value in data.items() if key in known})
 
     def report_progress(self, job_id: int, p: Any, *, point: bool) -> None:
         self._append({"event": "progress", "point": point, "progress": asdict(p)})

@@ -294,7 +294,7 @@ def row_to_job(row: sqlite3.Row, deps: list[int]) -> Job:
     return Job(**data, depends_on=deps)
 
 
-_JOB_FIELDS = {f.name for f in fields(Job)} - {"depends_on"}
+_JOB_FIELDS = {f.name for f in fields(Job)} - {"depends_on", "interrupted"}  # the stored ones
 
 
 class Queue:

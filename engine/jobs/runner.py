@@ -178,14 +178,14 @@ def run_train(queue: Queue, job: Job, stop: dict) -> dict:
     # by the first attempt alone, a worker killed while the base model loaded had the second
     # resume the old checkpoints: the job said done, and nothing was trained afresh.
     restarted = set(job.params.get("restarted") or ())
-    # A job an earlier copylora queued has no "restarted" (enqueue notes [] now): it kept the
-    # rule it was queued under, the first attempt alone restarts. Read as none restarted, a
-    # paused `run --force` job resumed after an update threw its checkpoints away.
+    # A job an earlier copylora queued has no "restarted" (enqueue notes [] now): it restarts
+    # until its training has started (start_step is noted then, by every copylora). Read as none
+    # restarted, a paused `run --force` job resumed after an update threw its checkpoints away.
     queued_before = "restarted" not in job.params
 
     def fresh(*sides: str) -> bool:
         if queued_before:
-            return bool(job.params.get("restart")) and job.attempts <= 1
+            return bool(job.params.get("restart")) and job.start_step is None
         return bool(job.params.get("restart")) and not set(sides) <= restarted
 
     def reset(sides: tuple[str, ...], then: Callable[[int, int], None]) -> Callable[[int, int], None]:

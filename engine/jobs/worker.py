@@ -77,37 +77,41 @@ def worker_pid(home: Path) -> int | None:
     return None
 
 
-def last_worker_error(home: Path) -> str | None:
-    """The error the last worker stopped on, from the end of its log: the last line of a
-    traceback written after its last "worker stopped" or start line; None when it stopped as
-    asked (or its log says nothing). `worker status` and the app said only "not running" of a
-    worker that had died (an earlier copylora's, on a queue this one had updated), the reason in
-    worker.log alone."""
+def last_worker_error(home: Path, started_at: float | None = None) -> str | None:
+    """The error the last worker died of, from the end of its log: a traceback with no line of
+    the worker's (they are timestamped) after it; None when it stopped as asked, lived on after a
+    traceback (a thread's, a preloaded process's), or its log says nothing. ``started_at``: when
+    the last worker started (the queue's worker row): a log not written since is an older one's (a
+    worker in the foreground logs to its terminal). `worker status` and the app said only "not
+    running" of a worker that had died, the reason in worker.log alone."""
     from engine.jobs.state_home import worker_log
 
     try:
         with open(worker_log(home), "rb") as handle:
+            if started_at is not None and os.fstat(handle.fileno()).st_mtime < started_at - 1:
+                return None
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 16384))
+            handle.seek(max(0, handle.tell() - 65536))
             lines = handle.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return None
     lines = [line for line in lines if line.strip()]
-    ends = [i for i, line in enumerate(lines) if line.endswith("worker stopped") or _WORKER_START.search(line)]
-    after = lines[ends[-1] + 1:] if ends else lines
-    starts = [i for i, line in enumerate(after) if line.startswith("Traceback (most recent call last)")]
-    if not starts:
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts or any(_LOGGED.match(line) for line in lines[starts[-1]:]):
         return None
     # the exception's own line: the first after the traceback's indented frames
-    last = next((line.strip() for line in after[starts[-1] + 1:] if not line.startswith((" ", "\t"))), "")
+    last = next((line.strip() for line in lines[starts[-1] + 1:] if not line.startswith((" ", "\t"))), "")
     return (last if len(last) <= 300 else last[:297] + "...") or None
 
 
-_WORKER_START = re.compile(r"^\S+ \S+ worker \d+ on ")
+_LOGGED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")  # a line of the worker's own (Worker.log)
 
 
 def _code_note(home: Path) -> Path:
     return home / "worker-code.json"
+
+
+OWN_PACKAGES = ("engine", "copylora_tui")
 
 
 def note_worker_code(home: Path) -> None:
@@ -118,8 +122,8 @@ def note_worker_code(home: Path) -> None:
     from engine.files import write_text_atomic
     from engine.jobs.warm_start import module_files
 
-    package = str(Path(__file__).resolve().parents[2]) + os.sep
-    files = {path: mtime for path, mtime in module_files().items() if path.startswith(package) and "site-packages" not in path}
+    mine = {getattr(module, "__file__", None) for name, module in list(sys.modules.items()) if name.split(".")[0] in OWN_PACKAGES}
+    files = {path: mtime for path, mtime in module_files().items() if path in mine}  # an editable clone or site-packages alike
     try:
         write_text_atomic(_code_note(home), json.dumps({"pid": os.getpid(), "files": files}))
     except OSError:
@@ -145,11 +149,9 @@ def worker_code_change(home: Path, pid: int | None) -> str | None:
     changed = first_change(note["files"])
     if changed is None:
         return None
-    package = Path(__file__).resolve().parents[2]
-    try:
-        return str(Path(changed).relative_to(package))
-    except ValueError:
-        return changed
+    parts = Path(changed).parts  # shown from its package on: engine/jobs/queue.py
+    starts = [i for i, part in enumerate(parts) if part in OWN_PACKAGES]
+    return str(Path(*parts[starts[-1]:])) if starts else changed
 
 
 RESTART_HINT = "`copylora worker stop && copylora worker start` runs the new (running jobs checkpoint and continue)"

@@ -3,9 +3,9 @@ sd-scripts does: a batch holds pictures of one bucket (their latents stack), so 
 per bucket, its pictures split into batches (engine.train.training_data.epoch_batches makes
 them; the two must agree).
 
-The class pictures' pool is cycled up to the teacher count, so which class pictures an epoch
-shows, and so their buckets, depends on their names and sizes (and on the ones still to be
-generated).
+The class pictures' pool is drawn up to the teacher count (:func:`class_draws`), so which class
+pictures an epoch shows, and so their buckets, depends on their names, sizes and repeats (and on
+the ones still to be generated).
 """
 
 from __future__ import annotations

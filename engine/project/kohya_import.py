@@ -740,9 +740,19 @@ def _kohya_subfolders(folder: Any) -> list[Path]:
 
     try:
         path = Path(str(folder)).expanduser()
-        return [sub for sub in sorted(path.iterdir()) if sub.is_dir() and folder_repeats(sub.name) and image_files(sub)] if path.is_dir() else []
+        subs = sorted(path.iterdir()) if path.is_dir() else []
+        # a name that is no UTF-8 (another system's encoding) cannot be written to the project's TOML
+        return [sub for sub in subs if _utf8(str(sub)) and sub.is_dir() and folder_repeats(sub.name) and image_files(sub)]
     except OSError:
         return []
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _regularisation(args: _Args, col: _Collector) -> None:

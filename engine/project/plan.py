@@ -140,8 +140,8 @@ def steps_for(items_per_bucket: Mapping[tuple[int, int], int], params: TrainPara
 
 def epoch_items(project: Project, params: TrainParams, buckets: tuple, concepts: tuple[ConceptPlan, ...], reg_images: int) -> Counter:
     """The items one epoch shows a side, by bucket: its teacher pictures × repeats, each further
-    concept's, and as many class pictures (sd-scripts pools every class subset and repeats it up
-    to the teacher count, which doubles the epoch)."""
+    concept's, and about as many class pictures (sd-scripts pools every class subset and draws it
+    up to the teacher count, engine.project.epoch_buckets.class_draws: about twice the items)."""
     teachers = teacher_buckets(buckets, params.num_repeats, ((c.buckets, c.repeats) for c in concepts))
     return with_class_items(teachers, class_pool(project, params.resolution)) if reg_images else teachers
 

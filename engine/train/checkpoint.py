@@ -88,12 +88,20 @@ def newest_state_facts(run_dir: Path, at_most: int | None = None) -> StateFacts 
 def adopt_earlier_layout(old_dir: Path, run_dir: Path, fingerprint: str, log: Callable[[str], None]) -> int:
     """Checkpoints of this training (its fingerprint, in their ``.json``) that an earlier
     copylora wrote to ``old_dir`` — a shared output folder's ``runs/A``, before run folders
-    there were per project (``runs/NAME/A``) — moved into ``run_dir`` when it holds none. A job
-    paused before the update and resumed after it started again from 0; ``check`` alone said
-    where the checkpoints were. Another project's (another fingerprint) are left where they are."""
+    there were per project (``runs/NAME/A``) — moved into ``run_dir``. A job paused before the
+    update and resumed after it started again from 0; ``check`` alone said where the checkpoints
+    were. Another project's (another fingerprint) stay; so does all of it while an earlier
+    copylora trains there (its lock). Newest first, each ``.pt`` before its ``.json``: a kill
+    midway leaves the newest moved, the rest found next time. A move the system refuses (another
+    disk) is said, and the training goes on without it."""
     import os
 
-    if list_states(run_dir) or old_dir.resolve() == run_dir.resolve():
+    from engine.files import take_lock
+
+    try:
+        if not old_dir.is_dir() or old_dir.resolve() == run_dir.resolve():
+            return 0
+    except OSError:
         return 0
     mine = []
     for path in list_states(old_dir):
@@ -104,12 +112,32 @@ def adopt_earlier_layout(old_dir: Path, run_dir: Path, fingerprint: str, log: Ca
             continue  # no facts file: whose it is cannot be told without loading it
     if not mine:
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for path in reversed(mine):  # the oldest first: a kill midway leaves the newest where it was, found again next time
-        os.replace(path.with_suffix(".json"), run_dir / path.with_suffix(".json").name)
-        os.replace(path, run_dir / path.name)
-    log(f"moved {len(mine)} checkpoint(s) of this training from {old_dir} (where an earlier copylora kept them) to {run_dir}")
-    return len(mine)
+    try:
+        lock, holder = take_lock(old_dir / "training.lock", "moving this run's checkpoints to its own run folder\n")
+    except OSError:
+        lock, holder = None, "a folder that cannot be written"
+    if lock is None:
+        log(f"checkpoints of this training are in {old_dir}, where an earlier copylora kept them; not moved: {holder.strip()} holds it")
+        return 0
+    moved = 0
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for path in mine:
+            if (run_dir / path.name).exists():
+                continue
+            os.replace(path, run_dir / path.name)
+            facts = path.with_suffix(".json")
+            if facts.exists():
+                os.replace(facts, run_dir / facts.name)
+            moved += 1
+    except OSError as exc:
+        log(f"could not move the checkpoints of this training from {old_dir} (where an earlier copylora kept them) to {run_dir}: "
+            f"{exc.strerror or exc}; move them by hand to resume from them")
+    finally:
+        lock.close()
+    if moved:
+        log(f"moved {moved} checkpoint(s) of this training from {old_dir} (where an earlier copylora kept them) to {run_dir}")
+    return moved
 
 
 def list_states(run_dir: Path) -> list[Path]:
