@@ -111,7 +111,7 @@ def test_moving_the_earlier_layouts_checkpoints_survives_a_kill_a_refusal_and_an
         (old / f"state-{step:08d}.json").write_text(json.dumps({"step": step, "fingerprint": "this"}))
     held, _ = take_lock(old / "training.lock", "an earlier copylora's trainer\n")
     logged: list[str] = []
-    assert adopt_earlier_layout(old, new, "this", logged.append) == 0 and "holds it" in logged[-1]
+    assert adopt_earlier_layout(old, new, {"this"}, logged.append) == 0 and "holds it" in logged[-1]
     held.close()
     real, calls = os.replace, []
 
@@ -122,10 +122,10 @@ def test_moving_the_earlier_layouts_checkpoints_survives_a_kill_a_refusal_and_an
         real(source, target)
 
     monkeypatch.setattr(os, "replace", killed)
-    assert adopt_earlier_layout(old, new, "this", logged.append) == 1 and "could not move" in logged[-2]
+    assert adopt_earlier_layout(old, new, {"this"}, logged.append) == 1 and "could not move" in logged[-2]
     assert [p.name for p in list_states(new)] == ["state-00000500.pt"]  # the newest, the one a resume takes
     monkeypatch.setattr(os, "replace", real)
-    assert adopt_earlier_layout(old, new, "this", logged.append) == 1
+    assert adopt_earlier_layout(old, new, {"this"}, logged.append) == 1
     assert [p.name for p in list_states(new)] == ["state-00000500.pt", "state-00000400.pt"] and not list_states(old)
 
 

@@ -38,19 +38,19 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
     side_fresh = {side: SideLora(plan, side).status().pair() for side in plan.trained}
     merge_fresh = Result(plan).status().pair()
     sample_fresh = preview_status(plan).pair()
-    from engine.project.provenance import training_fingerprint
+    from engine.project.provenance import accepted_fingerprints
 
-    fingerprints = {side: training_fingerprint(plan, side) for side in plan.trained}
+    fingerprints = {side: accepted_fingerprints(plan, side) for side in plan.trained}
     with queue.transaction():
         return _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps, fingerprints)
 
 
-def _outdated(job: Job, fingerprints: dict[str, str]) -> bool:
+def _outdated(job: Job, fingerprints: dict[str, frozenset[str]]) -> bool:
     """Whether a running training trains other settings than the project's now (its runner
     noted its fingerprints at its start; a job queued, not started, reads the project then)."""
     noted = (job.params or {}).get("fingerprints")
     return (job.kind == "train" and job.status is JobStatus.RUNNING and isinstance(noted, dict)
-            and any(side in fingerprints and print_ != fingerprints[side] for side, print_ in noted.items()))
+            and any(side in fingerprints and print_ not in fingerprints[side] for side, print_ in noted.items()))
 
 
 def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps, fingerprints) -> list[Step]:

@@ -185,6 +185,8 @@ class TrainingRecord:
     fingerprint: str
     base_weights: dict | None  # the differential route's A under B
     start_weights: dict | None  # [train] network_weights
+    # the fingerprints a file of this training may carry (its own, and the one an earlier copylora wrote)
+    accepted: frozenset[str] = frozenset()
 
     def metadata(self, step: int) -> dict[str, str]:
         meta = {"copylora_fingerprint": self.fingerprint, "copylora_steps": str(step)}
@@ -205,20 +207,22 @@ class SideLora:
     def record(self) -> TrainingRecord:
         from engine.project.network_weights import network_weights_path
         from engine.project.plan import base_weights_for
-        from engine.project.provenance import base_weights_record, start_weights_record, training_fingerprint
+        from engine.project.provenance import base_weights_record, run_fingerprints, start_weights_record
 
         base_weights = base_weights_for(self.plan, self.side)
         start = network_weights_path(self.plan.project, self.side)
-        return TrainingRecord(training_fingerprint(self.plan, self.side),
+        fingerprints = run_fingerprints(self.plan, self.side)
+        return TrainingRecord(fingerprints[0],
                               None if base_weights is None else base_weights_record(base_weights),
-                              None if start is None else start_weights_record(start))
+                              None if start is None else start_weights_record(start),
+                              frozenset(fingerprints))
 
     def status(self) -> Status:
         meta, unreadable = file_metadata(self.path)
         if meta is None:
             return Status(STALE, unreadable) if unreadable else Status(MISSING, "no LoRA yet")
         want = self.record()
-        if meta.get("copylora_fingerprint") != want.fingerprint:
+        if meta.get("copylora_fingerprint") not in want.accepted | {want.fingerprint}:
             return Status(STALE, self._why_other_fingerprint(meta, want))
         sp = self.plan.side(self.side)
         if meta.get("copylora_steps") != str(sp.total_steps):

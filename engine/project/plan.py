@@ -258,7 +258,21 @@ def plan_warnings(plan: Plan) -> list[str]:
     return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + schedule_warnings(plan.project)
             + sample_prompt_warnings(plan.project) + prior_prompt_warnings(plan.project)
             + toy_caption_warnings(plan)
-            + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan))
+            + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan) + missing_output_warnings(plan))
+
+
+def missing_output_warnings(plan: Plan) -> list[str]:
+    """An output folder outside the project that is not there: a project copied from another
+    machine whose output_dir names that machine's folder showed every output "missing", and `run`
+    would make the folder anew and train everything again."""
+    folder = plan.outputs.folder
+    try:
+        if not plan.outputs.shared or folder.exists():
+            return []
+    except OSError:
+        return []
+    return [f"project.output_dir: {folder} does not exist yet (made when training starts): if this project was moved from another "
+            "machine or folder, point output_dir at where its LoRAs and checkpoints are now, or they are trained again"]
 
 
 def earlier_run_warnings(plan: Plan) -> list[str]:

@@ -36,7 +36,21 @@ NOT_IN_FINGERPRINT = ("max_train_epochs", "max_train_steps", "save_every_n_steps
 def training_fingerprint(plan: Plan, side: str) -> str:
     """Identity of a training run: what must match for a checkpoint to be resumed, and for a
     side's LoRA to be current. Everything that changes the result except the total length and
-    bookkeeping (:data:`NOT_IN_FINGERPRINT`)."""
+    bookkeeping (:data:`NOT_IN_FINGERPRINT`). The base model counts by its content, class folders
+    by their place in the project: a project copied to another machine, where the same base sits
+    at another path, resumes and stays current."""
+    return run_fingerprints(plan, side)[0]
+
+
+def accepted_fingerprints(plan: Plan, side: str) -> frozenset[str]:
+    """The fingerprints a checkpoint or LoRA of this training may carry: this copylora's, and
+    the one copylora wrote before the base model counted by its content (its path then, class
+    folders by their absolute path), so an update leaves nothing stale."""
+    return frozenset(run_fingerprints(plan, side))
+
+
+def run_fingerprints(plan: Plan, side: str) -> tuple[str, str]:
+    """(this copylora's fingerprint, the earlier one of the same run)."""
     from engine.project.plan import base_weights_for
 
     sp = plan.side(side)
@@ -53,8 +67,8 @@ def training_fingerprint(plan: Plan, side: str) -> str:
     if side.lower() != PAIR:  # only the one-LoRA routes train at it
         params.pop("pair_multiplier", None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
-    payload: dict[str, Any] = {"params": params, "images": images, "base": plan.project.base_model_path(),
-                               "family": plan.project.info.model_family}
+    base = plan.project.base_model_path()
+    payload: dict[str, Any] = {"params": params, "images": images, "base": base, "family": plan.project.info.model_family}
     if side.lower() == PAIR:  # one LoRA of both pictures, by its route
         payload["route"] = plan.project.info.method
         payload["b_images"] = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in plan.side("b").images]
@@ -66,7 +80,32 @@ def training_fingerprint(plan: Plan, side: str) -> str:
     start = network_weights_path(plan.project, side)
     if start is not None:  # [train] network_weights: a changed start file makes the side stale
         payload["network_weights"] = start_weights_record(start)
+    earlier = _hash(payload)
+    payload["base"] = base_identity(base)
+    if "dreambooth" in payload:
+        payload["dreambooth"] = {**payload["dreambooth"], "classes": [{**c, "folder": _in_project(c["folder"], plan.project.root)}
+                                                                      for c in payload["dreambooth"]["classes"]]}
+    return _hash(payload), earlier
+
+
+def _hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _in_project(folder: str, root: Path) -> str:
+    """A folder as the project names it: relative to the project where it is inside it."""
+    try:
+        return Path(folder).relative_to(root).as_posix()
+    except ValueError:
+        return folder
+
+
+def base_identity(spec: str) -> str:
+    """The base model by its content (engine.project.model_identity), or ``spec`` itself where
+    it is no file or folder here (a built-in model's name, a path not on this machine)."""
+    from engine.project.model_identity import model_identity
+
+    return model_identity(spec) or spec
 
 
 def dreambooth_record(plan: Plan, side: str) -> dict[str, Any]:

@@ -177,7 +177,9 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
                 problems.append(Problem("base_model", f"no such file or folder: {base_path}"))
         except OSError as exc:
             problems.append(Problem("base_model", os_error_text(exc)))
-        base_model = os.path.realpath(base_path)
+        # absolute, links kept: a stable link (/models → this box's disk) is what makes a project
+        # portable between machines; resolved, the next box had no such disk path
+        base_model = os.path.abspath(base_path)
     if problems:
         raise ValidationError(problems)
 

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from engine.files import atomic_write
 
@@ -85,7 +85,7 @@ def newest_state_facts(run_dir: Path, at_most: int | None = None) -> StateFacts 
         return StateFacts(step, None, None)
 
 
-def adopt_earlier_layout(old_dir: Path, run_dir: Path, fingerprint: str, log: Callable[[str], None]) -> int:
+def adopt_earlier_layout(old_dir: Path, run_dir: Path, fingerprints: Collection[str], log: Callable[[str], None]) -> int:
     """Checkpoints of this training (its fingerprint, in their ``.json``) that an earlier
     copylora wrote to ``old_dir`` — a shared output folder's ``runs/A``, before run folders
     there were per project (``runs/NAME/A``) — moved into ``run_dir``. A job paused before the
@@ -106,7 +106,7 @@ def adopt_earlier_layout(old_dir: Path, run_dir: Path, fingerprint: str, log: Ca
     mine = []
     for path in list_states(old_dir):
         try:
-            if json.loads(path.with_suffix(".json").read_text()).get("fingerprint") == fingerprint:
+            if json.loads(path.with_suffix(".json").read_text()).get("fingerprint") in fingerprints:
                 mine.append(path)
         except (OSError, ValueError, AttributeError):
             continue  # no facts file: whose it is cannot be told without loading it
@@ -148,11 +148,12 @@ def list_states(run_dir: Path) -> list[Path]:
     return sorted(found, key=state_step, reverse=True)
 
 
-def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callable[[str], None] = print,
+def load_latest_state(run_dir: Path, fingerprint: str | Collection[str] | None = None, log: Callable[[str], None] = print,
                       at_most: int | None = None) -> dict[str, Any] | None:
     """The newest loadable state, or None. Unreadable ones are reported and skipped.
 
-    With ``fingerprint``, a state made with other training parameters is skipped too: resuming
+    With ``fingerprint`` (or the fingerprints a state of this run may carry), a state made with
+    other training parameters is skipped too: resuming
     a run whose rank or learning rate changed would silently mix two trainings. ``at_most``:
     the newest at or before that step (twin training resumes both sides from a step they share).
     """
@@ -170,7 +171,7 @@ def load_latest_state(run_dir: Path, fingerprint: str | None = None, log: Callab
         if missing:
             log(f"skipping incomplete training state {path.name} (missing {', '.join(missing)})")
             continue
-        if fingerprint is not None and state["fingerprint"] != fingerprint:
+        if fingerprint is not None and state["fingerprint"] not in ({fingerprint} if isinstance(fingerprint, str) else fingerprint):
             log(f"skipping training state {path.name}: made with other parameters")
             continue
         return state

@@ -114,7 +114,7 @@ class SideRun:
         if plan.outputs.shared:  # checkpoints an earlier copylora kept in the shared folder's runs/A: this training's are moved here
             from engine.train.checkpoint import adopt_earlier_layout
 
-            adopt_earlier_layout(plan.outputs.folder / "runs" / side.upper(), self.run_dir, self.fingerprint, log)
+            adopt_earlier_layout(plan.outputs.folder / "runs" / side.upper(), self.run_dir, self.record.accepted, log)
         self.preview_noted = False
         self.labels_noted = False  # a label font note is said at the first preview, not at every one
         # Copy checks (engine.train.copy_check): (step, dB) of each, and (step, why) once the
@@ -187,7 +187,8 @@ class SideRun:
             # queued it again and again; and `train --resume` replaced a current LoRA with it.
             self.log(f"the checkpoint at step {past[0]} is past this plan's {total} steps: not resumed, and removed at this run's "
                      "first checkpoint (`train --max_steps N --resume` continues it before that)")
-        state = load_latest_state(self.run_dir, self.fingerprint, self.log, at_most=total if at_most is None else min(at_most, total))
+        state = load_latest_state(self.run_dir, self.record.accepted | {self.fingerprint}, self.log,
+                                  at_most=total if at_most is None else min(at_most, total))
         if state is None:
             if list_states(self.run_dir) and at_most is None:  # (a twin's probe for a shared step says its own)
                 self.log("no usable training state to resume from: starting from step 0")
