@@ -270,8 +270,27 @@ def test_cpu_previews_are_scaled_down_and_said(tmp_path):
 
 
 def test_the_preview_job_draws_at_the_trainings_clip_skip(lora_file, tmp_path, monkeypatch):
+    import json
+
+    from engine.project.folder import load_project
+    from engine.project.outputs import Grid
+    from engine.project.plan import make_plan
+
     artifacts = run_preview_job(tmp_path, monkeypatch, lora_file, sample={"size": [64, 64], "steps": 1}, train={"clip_skip": 2})
     assert read_grid_parameters(artifacts["grid"])["settings"]["clip_skip"] == 2
+    root = tmp_path / "example-monochrome"
+    assert "clip skip" not in Grid(make_plan(load_project(root))).status().reason  # (its merged LoRA is a stand-in: stale for that)
+    # a grid drawn before previews read the clip skip (its record has none): drawn again
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(artifacts["grid"]) as image:
+        record = json.loads(image.info["copylora"])
+        record.pop("clip_skip")
+        info = PngInfo()
+        info.add_text("copylora", json.dumps(record))
+        image.save(artifacts["grid"], pnginfo=info)
+    assert Grid(make_plan(load_project(root))).status().reason == "drawn at another clip skip than the LoRA trained at"
 
 
 def test_the_preview_job_on_a_cpu_draws_the_scaled_grid_and_logs_why(lora_file, tmp_path, monkeypatch, capsys):

@@ -430,8 +430,10 @@ class Grid:
 
     def record(self) -> dict[str, Any]:
         """What the grid records beyond the sampler's own: the project's [sample] (the settings
-        drawn may be scaled down for the CPU)."""
-        return {"project_sample": asdict(self.plan.project.sample)}
+        drawn may be scaled down for the CPU), and the clip skip past 1 it was drawn at (the
+        training's: grids drawn before previews read it were drawn at 1, and are drawn again)."""
+        clip_skip = self.plan.side(self.plan.trained[0]).params.clip_skip
+        return {"project_sample": asdict(self.plan.project.sample), **({"clip_skip": clip_skip} if clip_skip > 1 else {})}
 
     def status(self) -> Status:
         result = self.plan.outputs.result
@@ -446,6 +448,8 @@ class Grid:
             return Status(STALE, "the merged LoRA changed")
         if record.get("project_sample") != self.record()["project_sample"]:  # older grids lack it: drawn again once
             return Status(STALE, "[sample] changed")
+        if record.get("clip_skip", 1) != self.record().get("clip_skip", 1):
+            return Status(STALE, "drawn at another clip skip than the LoRA trained at")
         if not Result(self.plan).status().current:  # it read "current" beside "merged: stale" (new_rank changed)
             return Status(STALE, "of a result that is made again")
         return Status(CURRENT, self.path.name)
