@@ -127,3 +127,74 @@ def test_new_keeps_the_link_the_base_is_named_through(tmp_path, base_folder):
     project = create_project(tmp_path / "p", EXAMPLE.parent / "example-monochrome" / "a" / "colour.png",
                              EXAMPLE.parent / "example-monochrome" / "b" / "monochrome.png", base_model=str(link / "sd15"))
     assert project.info.base_model == str(link / "sd15")
+
+
+def test_check_says_a_checkpoint_of_other_settings_will_be_set_aside(tmp_path, tiny):
+    """`check` said only "stale" of a side whose checkpoint `run` then drops (other settings: a
+    base moved before the base counted by content, a changed rate); the app said it, check not."""
+    from copylora_tui.core.plan_view import output_statuses
+    from engine.train.trainer import train
+
+    root = copy_example(tmp_path)
+    set_keys(root, "train", save_every_n_steps=1)
+    plan = make_plan(load_project(root), max_steps=2)
+    train(plan, "a", model=tiny, log=quiet)
+    (plan.side("a").lora_path).unlink()  # a half-trained side: its checkpoint alone
+    assert output_statuses(make_plan(load_project(root)))["A"].state == "resumable"
+    set_keys(root, "train", learning_rate=0.002)
+    status = output_statuses(make_plan(load_project(root)))["A"]
+    assert status.state == "missing" and "its checkpoint (step 2) was made with other settings: run starts over" in status.reason
+
+
+def test_a_linked_folder_of_the_base_counts(tmp_path, base_folder):
+    """A diffusers folder whose vae/ or unet/ is a link (a fixed VAE, a U-Net shared between
+    models): pathlib's rglob does not enter it, so another linked U-Net was the same base."""
+    from engine.project.model_identity import clear_cache, model_identity
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for part in base_folder.iterdir():
+        (model / part.name).symlink_to(part) if part.name == "unet" else (shutil.copytree(part, model / part.name) if part.is_dir()
+                                                                           else shutil.copy(part, model / part.name))
+    before = model_identity(str(model))
+    other = tmp_path / "other-unet"
+    shutil.copytree(base_folder / "unet", other)
+    weights = next(other.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = bytes(4096)
+    weights.write_bytes(bytes(data))
+    (model / "unet").unlink()
+    (model / "unet").symlink_to(other)
+    clear_cache()
+    assert model_identity(str(model)) != before
+    (other / "loop").symlink_to(other)  # a link back up: walked once
+    assert model_identity(str(model))
+
+
+def test_an_earlier_copyloras_lora_is_stale_once_another_checkpoint_sits_at_its_base_path(tmp_path, tiny, monkeypatch):
+    """Accepted by its path-based fingerprint, it would stay current over any file at that path:
+    its kohya model hash (ss_sd_model_hash) tells the checkpoint it trained on."""
+    import engine.project.provenance as provenance
+    from engine.hashing import legacy_model_hash
+    from engine.train.trainer import train
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "sd15.safetensors"
+    base.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: what the hash reads
+    root = copy_example(tmp_path / "p")
+    set_keys(root, "project", base_model=json.dumps(str(base)))
+    plan = make_plan(load_project(root, check_files=False), max_steps=2)
+    with monkeypatch.context() as earlier:  # trained by an earlier copylora, on the checkpoint at that path
+        earlier.setattr(provenance, "base_identity", lambda spec: spec)
+        lora = train(plan, "a", model=tiny, log=quiet).lora_path
+    tensors = load_file(str(lora))
+    from safetensors import safe_open
+
+    with safe_open(str(lora), "pt") as f:
+        meta = dict(f.metadata())
+    meta["ss_sd_model_hash"] = legacy_model_hash(base)
+    save_file(tensors, str(lora), metadata=meta)
+    assert SideLora(make_plan(load_project(root, check_files=False), max_steps=2), "a").status().state == "current"
+    base.write_bytes(bytes(reversed(range(256))) * 8192)  # another checkpoint, the same path
+    status = SideLora(make_plan(load_project(root, check_files=False), max_steps=2), "a").status()
+    assert status.state == "stale" and "another checkpoint than the one it was trained on" in status.reason

@@ -367,3 +367,41 @@ def test_previews_read_the_trainings_clip_skip_and_long_prompts(tiny, tmp_path, 
     capsys.readouterr()
     assert main(["sample", str(root), "--lora", "none", "--clip_skip", "13"]) == 2
     assert "--clip_skip: must be between 1 and 12, got 13" in capsys.readouterr().err
+
+
+def test_a_text_encoder_lora_is_read_at_each_strength_when_prompts_are_encoded_here(tiny):
+    """Encoded once before the LoRA was applied, a clip-skip-2 preview left the text encoder's
+    LoRA out (and a network hooked in training gave strength 0 its multiplier)."""
+    import numpy as np
+    import torch
+
+    from engine.lora.network import LoRANetwork
+
+    network = LoRANetwork(tiny.unet, tiny.text_encoders, rank=4, alpha=4.0)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    text = [p for name, p in network.named_parameters() if name.startswith("text_encoder_loras")]
+    assert text
+
+    def draw(strength, net):
+        settings = SampleSettings(prompts=["a red circle"], steps=2, size=[64, 64], strengths=[strength], seed=5, clip_skip=2)
+        return np.asarray(generate(tiny, settings, net)[0][0], dtype=np.int16)
+
+    with_text = draw(1.0, network)
+    saved = [p.detach().clone() for p in text]
+    with torch.no_grad():
+        for parameter in text:
+            parameter.zero_()
+    assert np.abs(with_text - draw(1.0, network)).max() > 0  # the text encoder's LoRA is in the picture
+    with torch.no_grad():
+        for parameter, value in zip(text, saved):
+            parameter.copy_(value)
+    base = draw(0.0, None)
+    network.apply_to()  # hooked, at 1.0, as a network in training
+    network.set_multiplier(1.0)
+    try:
+        assert np.array_equal(draw(0.0, network), base)  # strength 0: the base picture
+    finally:
+        network.remove()

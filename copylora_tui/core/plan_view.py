@@ -53,8 +53,13 @@ def output_statuses(plan) -> dict:
 
     statuses = {name: artifact.status() for name, artifact in artifacts(plan).items()}
     for side in plan.trained:
-        if not statuses[side.upper()].current and (found := checkpoint_state(plan, side)) is not None and found.state == RESUMABLE:
+        now = statuses[side.upper()]
+        if now.current or (found := checkpoint_state(plan, side)) is None:
+            continue
+        if found.state == RESUMABLE:
             statuses[side.upper()] = Status(RESUMABLE, found.reason.split(", resumable")[0] + " trained, run continues it")
+        else:  # a checkpoint of other settings (run starts over and drops it): said before, not found gone after
+            statuses[side.upper()] = Status(now.state, f"{now.reason}; {found.reason}")
     return statuses
 
 

@@ -10,7 +10,6 @@ has to say what a checkpoint is unless it is ambiguous (SD2 v vs epsilon).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 from engine.errors import ModelError, first_line
 from engine.formats.model_files import _folder_family, detect_family, folder_configs, require_float_weights, require_vae
+from engine.hashing import legacy_model_hash  # kohya's ss_sd_model_hash (provenance reads it too)
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,6 @@ def training_scheduler(prediction_type: str = "epsilon"):
 # --------------------------------------------------------------------------- hashes
 
 
-def legacy_model_hash(path: str | os.PathLike) -> str:
-    """kohya's ``ss_sd_model_hash`` (A1111's old hash): sha256 of 64 KiB at offset 1 MiB, 8 hex."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(0x100000)
-        sha.update(f.read(0x10000))
-    return sha.hexdigest()[:8]
 
 
 # --------------------------------------------------------------------------- family detection

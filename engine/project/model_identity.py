@@ -58,12 +58,30 @@ def _file_identity(path: Path) -> str:
     return _KNOWN[key]
 
 
+def _files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, linked folders followed (a ``vae`` linked to a fixed VAE
+    is part of the model; pathlib's rglob does not enter it), each real folder once; hidden
+    ones (.cache/, .git/) left out."""
+    import os
+
+    found, seen = [], set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up: walked already
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(top) / name for name in names if not name.startswith(".")]
+    return sorted(found)
+
+
 def _folder_identity(folder: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
+    for path in _files(folder):
         relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue  # .cache/, .git/: not the model
+        if not path.is_file():
+            continue
         suffix = path.suffix.lower()
         if suffix in WEIGHTS:
             digest.update(f"{relative.as_posix()}\0{_file_identity(path)}\n".encode())

@@ -224,6 +224,8 @@ class SideLora:
         want = self.record()
         if meta.get("copylora_fingerprint") not in want.accepted | {want.fingerprint}:
             return Status(STALE, self._why_other_fingerprint(meta, want))
+        if meta.get("copylora_fingerprint") != want.fingerprint and (changed := self._other_base_at_its_path(meta)):
+            return Status(STALE, changed)
         sp = self.plan.side(self.side)
         if meta.get("copylora_steps") != str(sp.total_steps):
             stopped = self._stopped_early(meta, sp)
@@ -231,6 +233,21 @@ class SideLora:
                 return stopped
             return Status(STALE, f"trained {meta.get('copylora_steps', '?')} steps, plan says {sp.total_steps}")
         return Status(CURRENT, self.path.name)
+
+    def _other_base_at_its_path(self, meta: dict[str, str]) -> str | None:
+        """A LoRA an earlier copylora trained (its fingerprint held the base's path, not its
+        content) whose base file is now another checkpoint at that path, as its kohya model hash
+        tells (single files: 64 KiB read); None where it is the same, or cannot be told."""
+        from engine.hashing import legacy_model_hash
+
+        recorded = meta.get("ss_sd_model_hash") or ""
+        base = Path(self.plan.project.base_model_path())
+        try:
+            if len(recorded) != 8 or not base.is_file() or legacy_model_hash(base) == recorded:
+                return None
+        except OSError:
+            return None
+        return f"the base model at {base} is another checkpoint than the one it was trained on (model hash {recorded})"
 
     def _stopped_early(self, meta: dict[str, str], sp) -> Status | None:
         """A LoRA its copy rule ended early (engine.train.copy_check) is current while the rule is

@@ -160,7 +160,9 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
     old_multiplier = network.multiplier if network is not None else None
     images: list[list] = [[None] * len(settings.strengths) for _ in settings.prompts]
     total, done = len(settings.prompts) * len(settings.strengths), 0
-    embedded, negative = _own_encoding(model, pipe, settings)
+    # a LoRA of the text encoder changes the conditioning at each strength: encoded there (below)
+    on_text = network is not None and len(network.text_encoder_loras) > 0
+    embedded, negative = (None, None) if on_text else _own_encoding(model, pipe, settings)
     try:
         if network is not None and not hooked:
             network.apply_to()
@@ -170,6 +172,8 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
                 for column, strength in enumerate(settings.strengths):
                     if network is not None:
                         network.set_multiplier(float(strength))
+                    if on_text:
+                        embedded, negative = _own_encoding(model, pipe, settings)
                     texts = embedded[first:first + len(chunk)] if embedded else None
                     result = pipe(
                         **(_prompt_arguments(texts, negative) if texts else
@@ -211,6 +215,8 @@ def _own_encoding(model: BaseModel, pipe, settings: SampleSettings, force: bool 
 
     from engine.train.conditioning import CHUNK_TOKENS, encode_text, prompt_tokens
 
+    if not settings.prompts:
+        return None, None
     tokenizer = model.tokenizers[0] if model.tokenizers else None
     texts = [*settings.prompts, settings.negative_prompt]
     longest = max((prompt_tokens(tokenizer, text) for text in texts), default=0) if tokenizer is not None else 0
