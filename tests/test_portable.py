@@ -198,3 +198,23 @@ def test_an_earlier_copyloras_lora_is_stale_once_another_checkpoint_sits_at_its_
     base.write_bytes(bytes(reversed(range(256))) * 8192)  # another checkpoint, the same path
     status = SideLora(make_plan(load_project(root, check_files=False), max_steps=2), "a").status()
     assert status.state == "stale" and "another checkpoint than the one it was trained on" in status.reason
+
+
+def test_a_weight_file_diffusers_does_not_load_is_no_part_of_the_base(tmp_path, base_folder):
+    """Deleting a folder's fp16 variant (or its .bin beside the .safetensors) to save space left
+    every LoRA stale; an SD2 file's .yaml (v-prediction or not) counts."""
+    from engine.project.model_identity import clear_cache, model_identity
+
+    model = tmp_path / "model"
+    shutil.copytree(base_folder, model)
+    plain = next((model / "unet").glob("*.safetensors"))
+    before = model_identity(str(model))
+    shutil.copy(plain, plain.with_name(plain.name.replace(".safetensors", ".fp16.safetensors")))
+    shutil.copy(plain, plain.with_name(plain.name.replace(".safetensors", ".bin")))
+    clear_cache()
+    assert model_identity(str(model)) == before
+    single = tmp_path / "sd2.safetensors"
+    single.write_bytes(b"x" * 4096)
+    alone = model_identity(str(single))
+    single.with_suffix(".yaml").write_text("parameterization: v\n")
+    assert model_identity(str(single)) != alone

@@ -32,8 +32,9 @@ def model_identity(spec: str) -> str | None:
     where there is none (a built-in model's name, a path not here, one that cannot be read)."""
     path = Path(spec)
     try:
-        if path.is_file():
-            return f"file:{_file_identity(path)}"
+        if path.is_file():  # an SD2 file's .yaml beside it says v-prediction or not (engine.models.loading)
+            yaml = path.with_suffix(".yaml")
+            return f"file:{_file_identity(path)}" + (f"+{_file_identity(yaml)}" if yaml.is_file() else "")
         if path.is_dir():
             return f"folder:{_folder_identity(path)}"
     except OSError:
@@ -76,6 +77,18 @@ def _files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def _unread_copy(path: Path) -> bool:
+    """Another form of weights the folder also holds plainly (``x.fp16.safetensors`` beside
+    ``x.safetensors``, ``x.bin`` beside ``x.safetensors``): diffusers loads the plain
+    safetensors, so deleting the other (to save space) must not change the base."""
+    parts = path.name.split(".")
+    plain = ".".join(parts[:-2] + parts[-1:]) if len(parts) >= 3 else path.name
+    if plain != path.name and (path.parent / plain).is_file():
+        return True
+    stem = plain.rsplit(".", 1)[0]
+    return not path.name.endswith(".safetensors") and (path.parent / f"{stem}.safetensors").is_file()
+
+
 def _folder_identity(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in _files(folder):
@@ -83,6 +96,8 @@ def _folder_identity(folder: Path) -> str:
         if not path.is_file():
             continue
         suffix = path.suffix.lower()
+        if suffix in WEIGHTS and _unread_copy(path):
+            continue
         if suffix in WEIGHTS:
             digest.update(f"{relative.as_posix()}\0{_file_identity(path)}\n".encode())
         elif suffix in CONFIGS:
