@@ -174,10 +174,11 @@ def test_a_linked_folder_of_the_base_counts(tmp_path, base_folder):
 def test_an_earlier_copyloras_lora_is_stale_once_another_checkpoint_sits_at_its_base_path(tmp_path, tiny, monkeypatch):
     """Accepted by its path-based fingerprint, it would stay current over any file at that path:
     its kohya model hash (ss_sd_model_hash) tells the checkpoint it trained on."""
+    from safetensors.torch import load_file, save_file
+
     import engine.project.provenance as provenance
     from engine.hashing import legacy_model_hash
     from engine.train.trainer import train
-    from safetensors.torch import load_file, save_file
 
     base = tmp_path / "sd15.safetensors"
     base.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: what the hash reads
