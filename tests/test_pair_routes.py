@@ -161,7 +161,7 @@ def test_the_copier_routes_keep_their_fingerprints(tmp_path):
     params = asdict(sp.params)
     for key in ("max_train_epochs", "max_train_steps", "save_every_n_steps", "sample_every_n_steps", "compile", "cuda_graphs", "network_weights",
                 "log_with", "logging_dir", "copy_check_every_n_steps", "stop_when_copied", "copy_plateau_gain_db",
-                "copy_plateau_checks", "caption", "min_timestep", "max_timestep", "pair_multiplier"):
+                "copy_plateau_checks", "caption", "min_timestep", "max_timestep", "pair_multiplier", "max_token_length"):
         params.pop(key, None)
     images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
     payload = {"params": params, "images": images, "base": plan.project.base_model_path(), "family": plan.project.info.model_family}
