@@ -354,6 +354,14 @@ def test_apply_import_round_trip(tmp_path: Path) -> None:
     assert loaded.info.model_family == "sdxl" and loaded.reg.prior_loss_weight == 0.8
 
 
+def test_folder_names_are_read_as_sd_scripts_reads_them() -> None:
+    from engine.project.kohya_import import kohya_name
+
+    assert kohya_name("5_sks girl") == (5, "sks girl") and kohya_name("5_sks_girl") == (5, "sks_girl")
+    assert kohya_name("10") == (10, "") and kohya_name("+5_x") == (5, "x") and kohya_name("05_x") == (5, "x")
+    assert kohya_name("0_x") is None and kohya_name("no prefix") is None and kohya_name("x_5") is None
+
+
 def test_a_kohya_ss_gui_dreambooth_layout_becomes_the_projects_reg(tmp_path: Path) -> None:
     """kohya_ss's own layout, img/5_sks girl and reg/1_girl: the import said "put the class images
     in the project's reg folder" and left both prompts empty (check then warned that class

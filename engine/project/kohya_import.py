@@ -731,18 +731,28 @@ def _network(args: _Args, col: _Collector) -> None:
             col.ignore(key, value, IGNORED.get(name, "network argument not supported"))
 
 
+def kohya_name(name: str) -> tuple[int, str] | None:
+    """(repeats, words) of a kohya_ss image folder's name as sd-scripts reads it
+    (config_util.extract_dreambooth_params): the number before the first "_" ("10", "+5_x" and
+    "05_x" too), the rest the caption; None where kohya skips the folder (no number, or under 1)."""
+    head, _, words = name.partition("_")
+    try:
+        repeats = int(head)
+    except ValueError:
+        return None
+    return (repeats, words) if repeats >= 1 else None
+
+
 def _kohya_subfolders(folder: Any) -> list[Path]:
-    """The ``N_words`` subfolders holding pictures of a kohya_ss image folder that exists here
-    (kohya reads only those: repeats N, the words the caption of a picture without a caption
-    file), by name; [] when there is none or the folder is not here."""
-    from engine.project.folder import folder_repeats
+    """The subfolders kohya reads (:func:`kohya_name`) holding pictures, of a kohya_ss image
+    folder that exists here, by name; [] when there is none or the folder is not here."""
     from engine.project.images import image_files
 
     try:
         path = Path(str(folder)).expanduser()
         subs = sorted(path.iterdir()) if path.is_dir() else []
         # a name that is no UTF-8 (another system's encoding) cannot be written to the project's TOML
-        return [sub for sub in subs if _utf8(str(sub)) and sub.is_dir() and folder_repeats(sub.name) and image_files(sub)]
+        return [sub for sub in subs if _utf8(str(sub)) and sub.is_dir() and kohya_name(sub.name) and image_files(sub)]
     except OSError:
         return []
 
@@ -760,23 +770,21 @@ def _regularisation(args: _Args, col: _Collector) -> None:
     folder is here in kohya_ss's layout (``reg/1_girl``), its first class folder is [reg]'s, its
     name giving the class prompt and repeats as kohya reads it; and the training folder's first
     ``5_sks girl`` gives [reg]'s instance prompt (kohya's caption of its pictures)."""
-    from engine.project.folder import folder_repeats, kohya_folder_words
-
     folder = args.take("reg_data_dir") if "reg_data_dir" in args else None
     classes = _kohya_subfolders(folder) if folder else []
     if classes:
         first, more = classes[0], classes[1:]
         reg = col.extra.setdefault("reg", {})
-        reg.update(folder=os.path.realpath(first), class_prompt=kohya_folder_words(first.name), num_repeats=folder_repeats(first.name),
-                   num_class_images=0)
+        repeats, words = kohya_name(first.name) or (1, "")
+        reg.update(folder=os.path.realpath(first), class_prompt=words, num_repeats=repeats, num_class_images=0)
         unused = f"; {', '.join(c.name for c in more[:3])}{' …' if len(more) > 3 else ''} not used (a project's [reg] has one class folder: " \
                  "a [[concept]]'s class_folder takes another)" if more else ""
         col.decided("reg_data_dir", folder, f"[reg] folder = {first} (class prompt {reg['class_prompt']!r}, num_repeats "
                                             f"{reg['num_repeats']}: its name, as kohya reads it){unused}")
         teachers = _kohya_subfolders(args.rest.get("train_data_dir")) if "train_data_dir" in args else []
-        if teachers and kohya_folder_words(teachers[0].name):
+        if teachers and (teacher_words := (kohya_name(teachers[0].name) or (1, ""))[1]):
             path = args.take("train_data_dir")
-            reg["instance_prompt"] = kohya_folder_words(teachers[0].name)
+            reg["instance_prompt"] = teacher_words
             col.decided("train_data_dir", path, f"[reg] instance_prompt = {reg['instance_prompt']!r} (its {teachers[0].name}'s words, "
                                                 "kohya's caption of pictures without a caption file); its pictures are not imported: "
                                                 "the project's A and B are the teachers")
