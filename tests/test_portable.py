@@ -197,8 +197,18 @@ def test_an_earlier_copyloras_lora_is_stale_once_another_checkpoint_sits_at_its_
     save_file(tensors, str(lora), metadata=meta)
     assert SideLora(make_plan(load_project(root, check_files=False), max_steps=2), "a").status().state == "current"
     base.write_bytes(bytes(reversed(range(256))) * 8192)  # another checkpoint, the same path
-    status = SideLora(make_plan(load_project(root, check_files=False), max_steps=2), "a").status()
+    plan = make_plan(load_project(root, check_files=False), max_steps=2)
+    status = SideLora(plan, "a").status()
     assert status.state == "stale" and "another checkpoint than the one it was trained on" in status.reason
+    # nor is its checkpoint resumed, or offered (it trained on that other checkpoint too)
+    from copylora_tui.core.plan_view import output_statuses
+    from engine.train.controls import TrainControls
+
+    assert list(plan.side("a").run_dir.glob("state-*.pt"))
+    assert output_statuses(plan)["A"].state == "stale"
+    started = []
+    train(plan, "a", resume=True, model=tiny, log=quiet, controls=TrainControls(on_start=lambda step, total: started.append(step)))
+    assert started == [0]
 
 
 def test_a_weight_file_diffusers_does_not_load_is_no_part_of_the_base(tmp_path, base_folder):
@@ -212,8 +222,16 @@ def test_a_weight_file_diffusers_does_not_load_is_no_part_of_the_base(tmp_path, 
     before = model_identity(str(model))
     shutil.copy(plain, plain.with_name(plain.name.replace(".safetensors", ".fp16.safetensors")))
     shutil.copy(plain, plain.with_name(plain.name.replace(".safetensors", ".bin")))
+    text = next((model / "text_encoder").glob("*.safetensors"))  # transformers' names: model.safetensors
+    shutil.copy(text, text.with_name("pytorch_model.bin"))
+    shutil.copy(plain, model / "v1-5-pruned-emaonly.safetensors")  # a single file at the top, as HF repositories hold
     clear_cache()
     assert model_identity(str(model)) == before
+    with open(text, "r+b") as handle:  # but the text encoder's own weights count
+        handle.seek(-4096, 2)
+        handle.write(bytes(4096))
+    clear_cache()
+    assert model_identity(str(model)) != before
     single = tmp_path / "sd2.safetensors"
     single.write_bytes(b"x" * 4096)
     alone = model_identity(str(single))

@@ -128,14 +128,14 @@ def summarise(folder: Path) -> ProjectSummary:
 
 def checkpoint_state(plan, side: str) -> OutputState | None:
     """A side with no current LoRA but a checkpoint that ``run`` would continue."""
-    from engine.project.provenance import accepted_fingerprints
+    from engine.project.outputs import SideLora
     from engine.train.checkpoint import newest_state_facts
 
     total = plan.side(side).total_steps
     facts = newest_state_facts(plan.side(side).run_dir, at_most=total)  # one past the plan is never resumed
     if facts is None:
         return None
-    if facts.fingerprint is not None and facts.fingerprint not in accepted_fingerprints(plan, side):
+    if facts.fingerprint is not None and facts.fingerprint not in SideLora(plan, side).record().accepted:
         return OutputState(STALE if plan.side(side).lora_path.is_file() else MISSING,
                            f"its checkpoint (step {facts.step}) was made with other settings: run starts over")
     return OutputState(RESUMABLE, f"step {facts.step}/{total}, resumable (r continues it)")

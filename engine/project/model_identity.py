@@ -15,6 +15,8 @@ are kept per (path, size, modification time) for the life of the process.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 
 HEAD = 1 << 20
@@ -77,27 +79,54 @@ def _files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _unread_copy(path: Path) -> bool:
-    """Another form of weights the folder also holds plainly (``x.fp16.safetensors`` beside
-    ``x.safetensors``, ``x.bin`` beside ``x.safetensors``): diffusers loads the plain
-    safetensors, so deleting the other (to save space) must not change the base."""
-    parts = path.name.split(".")
-    plain = ".".join(parts[:-2] + parts[-1:]) if len(parts) >= 3 else path.name
-    if plain != path.name and (path.parent / plain).is_file():
-        return True
-    stem = plain.rsplit(".", 1)[0]
-    return not path.name.endswith(".safetensors") and (path.parent / f"{stem}.safetensors").is_file()
+# The weight files diffusers (and transformers, for the text encoders) load from a component
+# folder, sharded or not: the plain safetensors, else the plain .bin.
+_PLAIN_SAFETENSORS = re.compile(r"^(diffusion_pytorch_model|model)(-\d{5}-of-\d{5})?\.safetensors$")
+_PLAIN_BIN = re.compile(r"^(diffusion_pytorch_model|pytorch_model)(-\d{5}-of-\d{5})?\.bin$")
+_VARIANT_INDEX = re.compile(r"\.index\.[^.]+\.json$")  # diffusion_pytorch_model.safetensors.index.fp16.json
+
+
+def _components(folder: Path) -> set[str] | None:
+    """The component folders a diffusers folder's ``model_index.json`` names (unet, vae,
+    text_encoder, …); None where it has none (then every file counts)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {name for name, value in index.items() if isinstance(value, list) and value and value[0]} if isinstance(index, dict) else None
+
+
+def _loaded(files: list[Path], folder: Path) -> list[Path]:
+    """Of a diffusers folder's files, those that make the model as the loader reads it: the
+    model index, and in each component folder it names the configs and the weights diffusers
+    picks (the plain safetensors, else the plain .bin, else what there is). An fp16 variant, a
+    .bin beside the .safetensors, a single-file checkpoint at the folder's top (as Hugging Face
+    repositories hold one): not read, so deleting one (to save space) leaves the base the same."""
+    components = _components(folder)
+    if components is None:
+        return files
+    kept: list[Path] = []
+    by_component: dict[str, list[Path]] = {}
+    for path in files:
+        parts = path.relative_to(folder).parts
+        if parts == ("model_index.json",):
+            kept.append(path)
+        elif len(parts) > 1 and parts[0] in components:
+            by_component.setdefault(parts[0], []).append(path)
+    for paths in by_component.values():
+        weights = [p for p in paths if p.suffix.lower() in WEIGHTS]
+        plain = [p for p in weights if _PLAIN_SAFETENSORS.match(p.name)] or [p for p in weights if _PLAIN_BIN.match(p.name)] or weights
+        kept += plain + [p for p in paths if p.suffix.lower() in CONFIGS and not _VARIANT_INDEX.search(p.name)]
+    return sorted(kept)
 
 
 def _folder_identity(folder: Path) -> str:
     digest = hashlib.sha256()
-    for path in _files(folder):
+    for path in _loaded(_files(folder), folder):
         relative = path.relative_to(folder)
         if not path.is_file():
             continue
         suffix = path.suffix.lower()
-        if suffix in WEIGHTS and _unread_copy(path):
-            continue
         if suffix in WEIGHTS:
             digest.update(f"{relative.as_posix()}\0{_file_identity(path)}\n".encode())
         elif suffix in CONFIGS:

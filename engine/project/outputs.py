@@ -212,20 +212,24 @@ class SideLora:
         base_weights = base_weights_for(self.plan, self.side)
         start = network_weights_path(self.plan.project, self.side)
         fingerprints = run_fingerprints(self.plan, self.side)
+        accepted = frozenset(fingerprints)
+        meta, _unreadable = file_metadata(self.path)
+        if meta and meta.get("copylora_fingerprint") == fingerprints[1] != fingerprints[0] and self._other_base_at_its_path(meta):
+            accepted = frozenset(fingerprints[:1])  # its checkpoints were trained on that other checkpoint too: not resumed
         return TrainingRecord(fingerprints[0],
                               None if base_weights is None else base_weights_record(base_weights),
                               None if start is None else start_weights_record(start),
-                              frozenset(fingerprints))
+                              accepted)
 
     def status(self) -> Status:
         meta, unreadable = file_metadata(self.path)
         if meta is None:
             return Status(STALE, unreadable) if unreadable else Status(MISSING, "no LoRA yet")
         want = self.record()
-        if meta.get("copylora_fingerprint") not in want.accepted | {want.fingerprint}:
-            return Status(STALE, self._why_other_fingerprint(meta, want))
         if meta.get("copylora_fingerprint") != want.fingerprint and (changed := self._other_base_at_its_path(meta)):
             return Status(STALE, changed)
+        if meta.get("copylora_fingerprint") not in want.accepted | {want.fingerprint}:
+            return Status(STALE, self._why_other_fingerprint(meta, want))
         sp = self.plan.side(self.side)
         if meta.get("copylora_steps") != str(sp.total_steps):
             stopped = self._stopped_early(meta, sp)

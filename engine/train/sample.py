@@ -163,6 +163,7 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
     # a LoRA of the text encoder changes the conditioning at each strength: encoded there (below)
     on_text = network is not None and len(network.text_encoder_loras) > 0
     embedded, negative = (None, None) if on_text else _own_encoding(model, pipe, settings)
+    by_strength: dict[float, tuple] = {}  # with a text encoder LoRA: each strength's encoding, made once
     try:
         if network is not None and not hooked:
             network.apply_to()
@@ -173,7 +174,9 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
                     if network is not None:
                         network.set_multiplier(float(strength))
                     if on_text:
-                        embedded, negative = _own_encoding(model, pipe, settings)
+                        if strength not in by_strength:
+                            by_strength[strength] = _own_encoding(model, pipe, settings)
+                        embedded, negative = by_strength[strength]
                     texts = embedded[first:first + len(chunk)] if embedded else None
                     result = pipe(
                         **(_prompt_arguments(texts, negative) if texts else
