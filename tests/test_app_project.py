@@ -375,3 +375,27 @@ async def test_warm_up_steps_with_the_constant_schedule_are_warned_of_and_saved(
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: "lr_warmup_steps = 50" in toml.read_text())
         assert load_project(folder).train.lr_warmup_steps == 50
+
+
+async def test_max_token_length_in_the_form_refuses_other_values_and_saves_kohyas(tmp_path, monkeypatch):
+    """The new [train] key as a user types it: 300 is refused at the field (nothing written),
+    225 is saved."""
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    before = toml.read_text()
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_project(pilot, app, folder)
+        field = editor(app, "train.max_token_length")
+        field.focus()
+        field.value = "300"
+        await wait_until(pilot, lambda: "must be 75, 150 or 225" in field_error(app, "train.max_token_length"))
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert toml.read_text() == before
+        field.value = "225"
+        await wait_until(pilot, lambda: field_error(app, "train.max_token_length") == "")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "max_token_length = 225" in toml.read_text())
+    assert load_project(folder).train.max_token_length == 225
