@@ -219,6 +219,40 @@ def test_class_pictures_join_their_buckets_batches_and_the_plan_counts_them_befo
     assert Counter(i for b in batches for i in b) == Counter(data.items)
 
 
+def test_a_class_picture_rewritten_in_place_at_another_size_moves_to_its_bucket_in_the_plan(tmp_path):
+    """The plan's class-picture buckets were cached by the folder's modification time: a picture
+    overwritten in place (no rename) at another shape kept its old bucket in check's count while
+    training saw the new one. Each picture counts by its own size and time now."""
+    import os
+
+    root = dreambooth_project(tmp_path, '\n[reg]\ninstance_prompt = "sks house"\nclass_prompt = "a house"\n')
+    (root / "reg").mkdir()
+    picture = root / "reg" / "own.png"
+    write_png(picture, (128, 192), (90, 90, 90))
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("train_batch_size = 1\n", "train_batch_size = 2\n"))
+    assert dict(make_plan(load_project(root)).side("a").epoch_buckets) == {(128, 192): 10}
+    folder_time = (root / "reg").stat().st_mtime_ns
+    write_png(picture, (192, 128), (90, 90, 90))  # in place, then the folder's time as it was
+    os.utime(picture, ns=(folder_time + 10**9, folder_time + 10**9))
+    os.utime(root / "reg", ns=(folder_time, folder_time))
+    side = make_plan(load_project(root)).side("a")
+    assert dict(side.epoch_buckets) == {(128, 192): 5, (192, 128): 5} and side.steps_per_epoch == 6
+
+
+def test_check_shares_steps_by_bucket_as_batches_hold_one(tmp_path):
+    """A concept of two shapes at batch 4 takes batches bucket by bucket, not one per four items
+    of any shape: its share of the steps is counted so (check showed 3 for the suns' 12 items,
+    where their two buckets of 6 make 2 batches each)."""
+    root = dreambooth_project(tmp_path)
+    write_png(root / "3_zwx sun" / "one.png", (144, 96), (250, 220, 40))  # one landscape, one portrait
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("train_batch_size = 1\n", "train_batch_size = 4\n"))
+    rows = {r["concept"]: r for r in concept_rows(make_plan(load_project(root)))}
+    # A: 5 items × 2 (class pictures) in one bucket: 3 batches; the suns: 3 + 3 items doubled, two buckets: 2 + 2.
+    assert rows["A's pictures"]["steps_per_epoch"] == 3 and rows["concept[1]"]["steps_per_epoch"] == 4
+
+
 def test_a_broken_class_picture_is_refused_where_more_are_to_be_generated(tmp_path, tiny):
     """reg/ with num_class_images = 2 and one file that is no picture: check said "valid" (a
     folder whose pictures are generated was not read), the broken file counted as a class picture,

@@ -72,40 +72,43 @@ def class_pool(project, resolution) -> list[tuple[Bucket, int]]:
     return pool
 
 
-# A folder's buckets by (folder, its modification time, resolution): the app plans a project
-# often (its list, its form), and a class folder may hold a thousand pictures (0.3 ms a header).
-# Adding, removing or renaming a picture changes the folder's time; so do copylora's own writes
-# (atomic: a rename).
-_FOLDER_BUCKETS: dict[tuple[str, int, tuple], dict[Path, Bucket | None]] = {}
+# Each class picture's bucket by (path, size, modification time, resolution): the app plans a
+# project often (its list, its form), and a class folder may hold a thousand pictures (0.3 ms a
+# header, a stat is ~100 times cheaper). Keyed per picture, not by the folder's time: a picture
+# rewritten in place at another size leaves the folder's time as it was.
+_PICTURE_BUCKETS: dict[tuple[str, int, int, tuple], Bucket | None] = {}
 
 
 def _folder_buckets(folder: Path, resolution: tuple) -> dict[Path, Bucket | None]:
     """Each picture of ``folder`` and its bucket (None: its header cannot be read)."""
-    from engine.project.images import image_files, read_image_info
+    from engine.project.images import image_files
+
+    try:
+        paths = image_files(folder)
+    except OSError:  # no folder (yet), a file where it should be, or unreadable: training says so
+        return {}
+    if len(_PICTURE_BUCKETS) > 20_000:
+        _PICTURE_BUCKETS.clear()
+    return {path: _picture_bucket(path, resolution) for path in paths}
+
+
+def _picture_bucket(path: Path, resolution: tuple) -> Bucket | None:
+    from engine.project.images import read_image_info
     from engine.project.plan import bucket_size
 
     try:
-        key = (str(folder), folder.stat().st_mtime_ns, resolution)
-    except OSError:  # no folder (yet): nothing but what will be generated
-        return {}
-    if key in _FOLDER_BUCKETS:
-        return _FOLDER_BUCKETS[key]
-    sizes: dict[Path, Bucket | None] = {}
-    try:
-        paths = image_files(folder)
-    except OSError:  # a file where the folder should be, or unreadable: training says so
-        return {}
-    for path in paths:
+        stat = path.stat()
+    except OSError:  # gone since the listing
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns, resolution)
+    if key not in _PICTURE_BUCKETS:
         try:
             info = read_image_info(path, decode=False)
         except ValueError:
-            sizes[path] = None
-            continue
-        sizes[path] = bucket_size(info.width, info.height, resolution)
-    if len(_FOLDER_BUCKETS) > 64:
-        _FOLDER_BUCKETS.clear()
-    _FOLDER_BUCKETS[key] = sizes
-    return sizes
+            _PICTURE_BUCKETS[key] = None
+        else:
+            _PICTURE_BUCKETS[key] = bucket_size(info.width, info.height, resolution)
+    return _PICTURE_BUCKETS[key]
 
 
 def with_class_items(teachers: Counter, pool: list[tuple[Bucket, int]]) -> Counter:

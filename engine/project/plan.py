@@ -198,24 +198,32 @@ def concept_rows(plan: Plan) -> list[dict]:
     """The DreamBooth flow's concepts as ``check`` shows them: each side's own pictures under
     [reg]'s instance prompt, then each [[concept]] (the same for both sides), with the pictures
     each adds per epoch and their share of the steps (class pictures double it, as sd-scripts
-    pairs one with each teacher picture)."""
+    pairs one with each teacher picture).
+
+    A share is the batches the concept's own items make, bucket by bucket (a batch holds one
+    bucket); with several buckets and batches over 1, batches of one bucket may mix concepts,
+    so the shares can add up to more than the side's steps per epoch (the plan's count)."""
     from engine.project.concepts import class_sets
 
     project = plan.project
     if project.reg is None:
         return []
     doubled = 2 if plan.side("a").reg_images else 1
+
+    def share(buckets, repeats: int, batch: int) -> int:
+        return sum(math.ceil(n * doubled / batch) for n in teacher_buckets(buckets, repeats, ()).values())
+
     rows = []
     for side, sp in plan.sides.items():
         rows.append({"concept": f"{side.upper()}'s pictures", "key": "reg", "folder": str(sp.folder), "images": len(sp.images),
                      "repeats": sp.repeats, "prompt": project.reg.instance_prompt, "samples_per_epoch": len(sp.images) * sp.repeats,
-                     "steps_per_epoch": math.ceil(len(sp.images) * sp.repeats * doubled / sp.batch_size)})
+                     "steps_per_epoch": share(sp.buckets, sp.repeats, sp.batch_size)})
     a = plan.side("a")
     for concept in a.concepts:
         rows.append({"concept": f"concept[{concept.number}]", "key": f"concept[{concept.number}]", "folder": str(concept.folder),
                      "images": len(concept.images), "repeats": concept.repeats, "prompt": concept.instance_prompt,
                      "samples_per_epoch": concept.samples,
-                     "steps_per_epoch": math.ceil(concept.samples * doubled / a.batch_size)})
+                     "steps_per_epoch": share(concept.buckets, concept.repeats, a.batch_size)})
     for class_set in class_sets(project):
         rows.append({"concept": f"class ({class_set.key})", "key": class_set.key, "folder": str(class_set.folder),
                      "images": class_set.size(), "to_generate": class_set.missing(), "repeats": class_set.repeats,
