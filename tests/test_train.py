@@ -89,6 +89,31 @@ def test_resume_is_bit_identical(tmp_path, tiny):
     assert any(float(up.abs().max()) > 0 for _, up in got.values())
 
 
+def test_a_checkpoint_of_another_epoch_count_resumes_saying_so(tmp_path, tiny):
+    """A checkpoint notes its epoch's length: one a copylora of another batching made (the
+    picture order changes from there on, the settings do not) resumes with a line saying so;
+    one of this count, or of before the note, resumes without it."""
+    from engine.train.checkpoint import list_states
+
+    plan = make(tmp_path, 12, save_every_n_steps=4)
+    done = []
+    train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 8))
+    newest = list_states(plan.side("a").run_dir)[0]
+    state = torch.load(newest, weights_only=True)
+    assert state["steps_per_epoch"] == plan.side("a").steps_per_epoch
+    for epoch, said in ((plan.side("a").steps_per_epoch, False), (None, False), (99, True)):
+        if epoch is None:
+            state.pop("steps_per_epoch")
+        else:
+            state["steps_per_epoch"] = epoch
+        torch.save(state, newest)
+        logs: list[str] = []
+        result = train(plan, "a", model=tiny, resume=True, log=logs.append,
+                       controls=TrainControls(on_progress=lambda p: None, should_stop=lambda: True))
+        assert result.step == 8 and any("resuming A from step 8" in line for line in logs), logs
+        assert any("the checkpoint's epoch was 99 steps" in line for line in logs) == said, (epoch, logs)
+
+
 def test_truncated_state_is_skipped(tmp_path, tiny):
     from engine.train.checkpoint import list_states
 

@@ -205,6 +205,11 @@ class SideRun:
         self.smooth_loss = state.get("smooth_loss")  # the curve goes on where it was (older checkpoints: from the next loss)
         start = self._resume_copy(state.get("copy") or {}, int(state["step"]))
         self.log(f"resuming {self.side.upper()} from step {start} of {self.sp.total_steps}")
+        epoch = state.get("steps_per_epoch")
+        if epoch is not None and int(epoch) != self.sp.steps_per_epoch:
+            self.log(f"the checkpoint's epoch was {int(epoch)} steps, this copylora counts {self.sp.steps_per_epoch} "
+                     "(it batches or draws class pictures otherwise): the pictures' order from here follows the new count, "
+                     "the steps and the LoRA's settings are unchanged")
         return start
 
     def _restore_optimizer(self, saved: dict, identity: str | None) -> bool:
@@ -339,6 +344,9 @@ class SideRun:
             {
                 "step": step,
                 "total": self.sp.total_steps,
+                # the epoch's length the picture order followed: one that counts epochs otherwise
+                # (a later copylora's batching, class draws) resumes saying so (resume_or_reset)
+                "steps_per_epoch": self.sp.steps_per_epoch,
                 "fingerprint": self.fingerprint,
                 "lora": _lora_state(self.network),
                 "optimizer": self.optimizer.state_dict(),
