@@ -326,6 +326,32 @@ async def test_a_very_long_project_name_is_cut_in_the_table_and_whole_below_it(t
         assert long in screen_text(app).replace("\n", "").replace(" ", "")  # the line under the table, wrapped
 
 
+async def test_a_copied_project_that_kept_its_name_shows_its_folder(tmp_path, monkeypatch):
+    """`cp -r mono night` keeps [project] name: both rows read "mono", with no way to tell them
+    apart (the queue and the CLI name them by folder). Rows of a shared name say their folder
+    and the line under the table says why; a long name is cut, the folder kept; a project
+    whose name no other has is shown as before."""
+    import shutil
+
+    use_home(monkeypatch, tmp_path)
+    long = "very-long-" * 15
+    projects = make_projects(tmp_path, ("mono", "solo", long))
+    shutil.copytree(projects / "mono", projects / "night")
+    shutil.copytree(projects / long, projects / "long-copy")
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 5)
+        names = [str(table(app).get_row_at(i)[0]) for i in range(5)]
+        assert names[0].endswith("… (long-copy/)") and len(names[0]) <= 40, names
+        assert names[1:4] == ["mono (mono/)", "mono (night/)", "solo"], names
+        assert names[4] == "very-long-very-… (very-long-very-long…/)", names
+        await pilot.press("down", "down")
+        await wait_until(pilot, lambda: "night/ has the [project] name of another project here" in screen_text(app).replace("\n", " "))
+        await pilot.press("down")
+        await wait_until(pilot, lambda: "solo: base" in screen_text(app))
+        assert "[project] name of another" not in screen_text(app) and "all outputs current" not in screen_text(app)
+
+
 async def test_delete_a_project_whose_output_is_a_link_to_nothing_or_to_itself(tmp_path, monkeypatch):
     """`d` on such a project ended the app (pathlib's "Symlink loop" from resolving output/): a
     disk unmounted under a link, a link made by mistake. The link is the project's own entry: it

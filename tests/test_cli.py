@@ -72,6 +72,30 @@ def test_check_valid_project_prints_plan(capsys, tmp_path):
     assert plan["sides"]["a"]["total_steps"] == 200
 
 
+def test_check_says_a_copied_project_kept_the_name_of_one_beside_it(capsys, tmp_path):
+    """`cp -r mono night` keeps [project] name: both write mono_A.safetensors, mono.safetensors.
+    check says so, naming the other folder (one named by its folder counts under that name,
+    an unreadable one is passed over); a project whose name is its own says nothing."""
+    root = copy_example(tmp_path)  # tmp_path/example-monochrome, name "example-monochrome"
+    shutil.copytree(root, tmp_path / "night")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "copylora.toml").write_text("[project\nname = ")
+    assert main(["check", str(tmp_path / "night")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "also the name of" in line]
+    assert warned == [f"warning: project.name: 'example-monochrome' is also the name of example-monochrome/ beside it (a copied "
+                      f"project keeps its [project] name): their LoRAs and grids have the same file names "
+                      f"(example-monochrome_A.safetensors …); set [project] name in {tmp_path / 'night' / 'copylora.toml'}"]
+    toml = tmp_path / "night" / "copylora.toml"
+    toml.write_text(toml.read_text().replace('name = "example-monochrome"', 'name = ""'))  # named by its folder: night
+    assert main(["check", str(tmp_path / "night")]) == 0 and "also the name of" not in capsys.readouterr().err
+    shutil.copytree(tmp_path / "night", tmp_path / "day")
+    (tmp_path / "day" / "copylora.toml").write_text(toml.read_text().replace('name = ""', 'name = "night"'))
+    assert main(["check", str(tmp_path / "night")]) == 0 and "is also the name of day/" in capsys.readouterr().err
+    (tmp_path / "day" / "copylora.toml").write_text(toml.read_text())  # day, named by its folder: the name night/ takes now
+    toml.write_text(toml.read_text().replace('name = ""', 'name = "day"'))
+    assert main(["check", str(tmp_path / "night")]) == 0 and "'day' is also the name of day/" in capsys.readouterr().err
+
+
 def test_check_invalid_project_exit_2_one_line_per_problem(tmp_path):
     root = copy_example(tmp_path)
     toml = root / "copylora.toml"

@@ -116,6 +116,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                               "problems": [{"where": p.where, "message": p.message} for p in exc.problems]}, indent=2))
         raise
     warnings = plan_warnings(plan)
+    from engine.project.names import namesakes
+
+    same = namesakes(plan.project.root, plan.project.name)
+    if same:  # beside it only: the app's form and the job log need not read every other project
+        warnings.append(f"project.name: {plan.project.name!r} is also the name of {', '.join(f'{f.name}/' for f in same[:3])} "
+                        f"beside it (a copied project keeps its [project] name): their LoRAs and grids have the same file names "
+                        f"({plan.project.name}_A.safetensors …); set [project] name in {plan.project.toml_path}")
     statuses = output_statuses(plan)  # what `run` would make again, and why
     if args.json:
         outputs = {name: {"path": str(artifact.path), "state": statuses[name].state, "reason": statuses[name].reason,

@@ -67,12 +67,26 @@ CHECK_SLOW_S = 30.0  # a check that has not answered by then (a hung network dis
 NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
 
 
-def name_cell(name: str) -> Text:
+def name_cell(name: str, folder: str | None = None) -> Text:
     """A project's name for its row, cut with "…" past NAME_CELLS: a 200-character name widened
-    the column until every other column had scrolled off the screen."""
+    the column until every other column had scrolled off the screen. ``folder``: the folder
+    after it (see :func:`shared_names`), kept whole where the name is cut."""
+    if folder is not None and len(folder) > NAME_CELLS // 2:
+        folder = folder[:NAME_CELLS // 2 - 1] + "…"
+    tail = f" ({folder}/)" if folder is not None else ""
     text = Text(name)
-    text.truncate(NAME_CELLS, overflow="ellipsis")
-    return text
+    text.truncate(max(8, NAME_CELLS - len(tail)), overflow="ellipsis")
+    return text + tail if tail else text
+
+
+def shared_names(summaries: list[ProjectSummary]) -> set[Path]:
+    """The folders whose project's name another listed project has too: a project folder copied
+    to start another concept (`cp -r mono night`) keeps [project] name, and both rows read
+    "mono" while the queue and the CLI name them by folder. Their rows say the folder as well."""
+    from collections import Counter
+
+    counts = Counter(s.name for s in summaries)
+    return {s.folder for s in summaries if counts[s.name] > 1}
 
 
 def _jobs_of(jobs: list[Job], kind: str, side: str | None) -> list[Job]:
@@ -450,7 +464,9 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         snapshot: QueueSnapshot = self.app.snapshot
         columns = self.columns()
         keys = [key for key, _, _ in columns]
-        rows = [[c for key, c in zip(ALL_COLUMNS, self._cells(s, snapshot.for_project(s.folder))) if key in keys] for s in self.summaries]
+        shared = shared_names(self.summaries)
+        rows = [[c for key, c in zip(ALL_COLUMNS, self._cells(s, snapshot.for_project(s.folder), s.folder in shared)) if key in keys]
+                for s in self.summaries]
         if rows == self._rows and requested is None:
             self.show_detail()  # a job's step, under the table, moves within a cell's percent
             return  # nothing changed since the last poll: leave the table and its cursor alone
@@ -462,8 +478,8 @@ class ProjectsScreen(ActsWhileOpen, Screen):
                 table.move_cursor(row=folders.index(keep), animate=False)
         self.show_detail()
 
-    def _cells(self, summary: ProjectSummary, jobs: list[Job]) -> list:
-        name = name_cell(summary.name)
+    def _cells(self, summary: ProjectSummary, jobs: list[Job], name_shared: bool = False) -> list:
+        name = name_cell(summary.name, summary.folder.name if name_shared else None)
         if not summary.valid:
             return [name, "", Text("✗ invalid", style="bold red"), "", "", "", ""]
         finished = [j.finished_at for j in jobs if j.finished_at and j.status is JobStatus.DONE]
@@ -514,7 +530,12 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             steps = (f"base {project_label(summary.base_model)}, "
                      + (f"{summary.method}: one LoRA on the pair, {summary.steps.get('a', '?')} steps" if one_lora else
                         f"steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"))
-            detail.update(Text(f"{summary.name}: {steps}" + (f"  ·  {'; '.join(notes)}" if notes else "  ·  all outputs current"), style="dim"))
+            if not notes:
+                notes.append("all outputs current")
+            if summary.folder in shared_names(self.summaries):
+                notes.insert(0, f"{summary.folder.name}/ has the [project] name of another project here, and its outputs the "
+                                "same file names: set its own name (enter opens it)")
+            detail.update(Text(f"{summary.name}: {steps}  ·  {'; '.join(notes)}", style="dim"))
 
     # ------------------------------------------------------------------ actions
 

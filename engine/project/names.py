@@ -50,3 +50,35 @@ def parse_project_name(value: Any) -> str:
     if problem:
         raise ValueError(problem)
     return value
+
+
+def namesakes(root, name: str, limit: int = 1000) -> list:
+    """The other project folders beside ``root`` (its projects folder) whose project has the name
+    ``name``: a folder copied to start another concept (``cp -r mono night``) keeps
+    ``[project] name``, so both write ``mono_A.safetensors`` and ``mono.safetensors``, and the app
+    listed both as "mono" while the queue and the CLI name them by folder. Unreadable ones are
+    passed over (their own check says why); at most ``limit`` folders are looked at."""
+    import os
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(root)
+    found = []
+    try:
+        children = sorted(os.scandir(root.parent), key=lambda e: e.name)[:limit]
+    except OSError:
+        return []
+    for entry in children:
+        folder = Path(entry.path)
+        try:
+            if folder.resolve() == root.resolve() or not (folder / "copylora.toml").is_file():
+                continue
+            with open(folder / "copylora.toml", "rb") as file:
+                table = tomllib.load(file).get("project", {})
+        except (OSError, ValueError, RecursionError):
+            continue
+        other = table.get("name") if isinstance(table, dict) else None
+        if (other if isinstance(other, str) and other else folder.name) == name:
+            found.append(folder)
+    return found
