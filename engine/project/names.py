@@ -72,9 +72,11 @@ def namesakes(root, name: str, limit: int = 1000) -> list:
     for entry in children:
         folder = Path(entry.path)
         try:
-            if folder.resolve() == root.resolve() or not (folder / "copylora.toml").is_file():
+            toml = folder / "copylora.toml"
+            # a regular file of a project's size only: a FIFO would block the open, a huge file the parse
+            if folder.resolve() == root.resolve() or not toml.is_file() or toml.stat().st_size > 1 << 20:
                 continue
-            with open(folder / "copylora.toml", "rb") as file:
+            with open(toml, "rb") as file:
                 table = tomllib.load(file).get("project", {})
         except (OSError, ValueError, RecursionError):
             continue
