@@ -42,6 +42,28 @@ def test_run_queues_a_and_b_as_one_twin_job_when_they_train_alike(tmp_path, home
     assert "train A  queued" in out and "train B  queued" in out
 
 
+def test_run_json_says_each_step_and_its_job_for_scripts(tmp_path, home, capsys):
+    """A script queuing many concepts parsed `run`'s text for the job numbers to follow. --json
+    gives each step (action, reason, job), the jobs, and the worker (none here: --no_worker);
+    a twin's reason is said once where A's and B's are the same, each side's where they differ."""
+    root = copy_example(tmp_path)
+    assert main(["run", str(root), "--no_worker", "--max_steps", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(s["what"], s["action"], s["job"]) for s in out["steps"]] == [("train A+B", "queued", 1), ("merge", "queued", 2),
+                                                                           ("preview", "queued", 3)]
+    assert out["jobs"] == [1, 2, 3] and out["worker"] is None
+    assert out["steps"][0]["project_folder"] == str(root) and out["steps"][0]["reason"] == "no LoRA yet"
+    assert main(["run", str(root), "--no_worker", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [(s["action"], s["job"]) for s in again["steps"]] == [("already queued", 1), ("already queued", 2), ("already queued", 3)]
+    Queue(home).cancel(1)
+    (root / "output").mkdir(exist_ok=True)
+    (root / "output" / "example-monochrome_B.safetensors").write_bytes(b"not a LoRA")
+    assert main(["run", str(root), "--no_worker", "--json"]) == 0
+    reason = json.loads(capsys.readouterr().out)["steps"][0]["reason"]
+    assert reason.startswith("A: no LoRA yet; B: ") and "no LoRA yet" not in reason[len("A: no LoRA yet"):], reason
+
+
 def test_run_queue_and_steer(tmp_path, home, capsys):
     root = train_sides_apart(copy_example(tmp_path))
     assert main(["run", str(root), "--no-worker", "--max-steps", "5"]) == 0

@@ -33,6 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--force", action="store_true", help="redo every step even if up to date (trainings start over)")
     run.add_argument("--max_steps", type=int, metavar="N", help="train N steps per side instead of the plan")
     run.add_argument("--no_worker", action="store_true", help="only queue; do not start the worker")
+    run.add_argument("--json", action="store_true",
+                     help="print what was queued as JSON (each step's action and job number; the worker's pid) on stdout; "
+                          "with --wait, before waiting (the progress goes to stderr)")
     run.set_defaults(func=cmd_run)
 
     queue = commands.add_parser("queue", help="list jobs", description="List the jobs of the queue, running first.")
@@ -145,24 +148,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValidationError(problems)
     queue = _queue()
     new_jobs = []
+    shown = []  # --json: every step as data
     for path in args.paths:
         steps = enqueue_project(queue, path, force=args.force, max_steps=args.max_steps)
+        folder = str(load_project(path, decode_images=False).root) if args.json else ""  # as jobs name it
         width = max([8, *(len(step.what) for step in steps)])  # "train A+B" is one longer than the rest
         for step in steps:
             job = f"#{step.job.id}" if step.job else ""
             reason = f" ({step.reason})" if step.reason and step.action != "queued" else ""
-            print(f"{path}: {step.what:<{width}} {step.action}{reason} {job}".rstrip())
+            if args.json:
+                shown.append({"project": path, "project_folder": folder,
+                              "what": step.what, "action": step.action, "reason": step.reason or None,
+                              "job": step.job.id if step.job else None})
+            else:
+                print(f"{path}: {step.what:<{width}} {step.action}{reason} {job}".rstrip())
             if step.job is not None:
                 new_jobs.append(step.job.id)
-    if not new_jobs:
-        print("nothing to do: every output is up to date (--force redoes them)")
-        return 0
-    if not args.no_worker:
+    worker = None
+    if new_jobs and not args.no_worker:
         from engine.jobs.worker import ensure_running
 
         pid, started = ensure_running()
-        print(f"worker {'started' if started else 'running'} (pid {pid}); follow with: copylora queue, copylora logs JOB -f, or copylora")
-    if args.wait:
+        worker = {"pid": pid, "started": started}
+    if args.json:  # the jobs to follow (`copylora queue --json`, `logs N`) and whether a worker will run them
+        from engine.jobs.worker import worker_pid
+
+        if worker is None and (pid := worker_pid(queue.home)):
+            worker = {"pid": pid, "started": False}
+        print(json.dumps({"steps": shown, "jobs": new_jobs, "worker": worker}, indent=1), flush=True)
+    elif not new_jobs:
+        print("nothing to do: every output is up to date (--force redoes them)")
+    elif worker is not None:
+        print(f"worker {'started' if worker['started'] else 'running'} (pid {worker['pid']}); follow with: copylora queue, "
+              "copylora logs JOB -f, or copylora")
+    if args.wait and new_jobs:
         return _wait(queue, new_jobs)
     return 0
 

@@ -81,7 +81,10 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
     if (plan.trained != (PAIR,) and twin is None and needed == ["a", "b"] and project.info.twin_training and not active.get(("train", "a"))
             and not active.get(("train", "b")) and twin_problem(plan) is None):
         # Both sides, trained the same way: one job, one batch of two (engine.train.twin).
-        reason = "; ".join(side_fresh[side][1] for side in ("a", "b") if side_fresh[side][1])
+        reasons = {side: side_fresh[side][1] for side in ("a", "b") if side_fresh[side][1]}
+        # each side's own words ("A: …; B: …"), once where both have the same ("no LoRA yet")
+        reason = (next(iter(reasons.values())) if len(set(reasons.values())) == 1
+                  else "; ".join(f"{side.upper()}: {why}" for side, why in reasons.items()))
         twin = queue.enqueue(
             "train", key, side=TWIN, label="train A+B",
             params={"max_steps": max_steps, "restart": force, **({"restarted": []} if force else {})},
