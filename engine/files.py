@@ -173,6 +173,53 @@ def _disk_full(folder: Path) -> bool:
         return False
 
 
+FULL_DISK_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "no space left on its disk")
+
+
+def disk_full_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a full disk or an exhausted quota: its
+    errno, or the words writers that wrap it use (safetensors' "os error 28", our own)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(w in str(seen) for w in FULL_DISK_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def free_text(folder: Path | str) -> str:
+    """The room left under ``folder`` as a user reads it ("12.5 MB free"), or "" unknown."""
+    try:
+        free = shutil.disk_usage(nearest_folder(Path(folder))).free
+    except OSError:
+        return ""
+    return f"{free / 1e9:.1f} GB free" if free >= 1e9 else f"{free / 1e6:.1f} MB free"
+
+
+def nearest_folder(path: Path) -> Path:
+    """``path`` or the nearest of its parents that exists."""
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """A writer's OSError that names no file (a full disk says "[Errno 28] No space left on
+    device" and nothing else) as one naming the file and, for a full disk, what to run."""
+    if exc.filename is not None or str(path) in str(exc):
+        return exc
+    if disk_full_error(exc):
+        said = f"cannot write {path}: no space left on its disk ({free_text(path.parent) or 'full'}; df -h {nearest_folder(path.parent)})"
+    else:
+        said = f"cannot write {path}: {exc.strerror or exc}"
+    error = type(exc)(said)  # the same kind (PermissionError stays one), saying more
+    error.errno = exc.errno
+    return error
+
+
 def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)``, fsync the result, give it the umask's mode (or the mode of the
     file it replaces, which must not be read-only), rename it onto ``path`` and fsync the folder. On any failure the temporary file is removed and the old
@@ -194,18 +241,20 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
     try:
         try:
             write(tmp)
-        except OSError:
-            raise
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, mode)  # a new file: the umask's mode; a rewritten one keeps its own
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
         except RuntimeError as exc:
             from engine.errors import first_line
 
-            if _disk_full(path.parent):  # torch says a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos …"
-                raise OSError(f"cannot write {path}: no space left on its disk (df -h {path.parent})") from exc
+            if _disk_full(path.parent) or disk_full_error(exc):  # torch says a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos …"
+                error = OSError(f"cannot write {path}: no space left on its disk ({free_text(path.parent) or 'full'}; df -h {path.parent})")
+                error.errno = errno.ENOSPC
+                raise error from exc
             raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # a new file: the umask's mode; a rewritten one keeps its own
-        os.replace(tmp, path)
         fsync_folder(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)

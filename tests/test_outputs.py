@@ -42,7 +42,11 @@ def test_a_changed_parameter_makes_the_sides_stale_and_says_so(real_runs):
     assert SideLora(plan, "a").status() == SideLora(plan, "b").status()
     # what changed, by name and value (it said "parameters, images or base model changed")
     assert (SideLora(plan, "a").status().state, SideLora(plan, "a").status().reason) == (STALE, "learning_rate 0.001 → 0.002")
-    assert Result(plan).status().current  # made from the A and B files that are there: current until they are retrained
+    # Made from the A and B files that are there, but those are stale: so is what is made from
+    # them (it read "current", and the app "✓ merged" beside "A stale B stale").
+    assert Result(plan).status().pair() == (False, "made from A's LoRA, not current: learning_rate 0.001 → 0.002")
+    assert Stats(plan).status().state == STALE and not preview_status(plan).current
+    assert Result(longer).status().reason == f"made from A's LoRA, not current: trained {STEPS} steps, plan says {STEPS + 1}"
 
 
 def test_damaged_and_missing_files_are_said_as_such(real_runs):
@@ -111,15 +115,16 @@ def test_check_and_the_queue_and_the_app_ask_the_same_status(real_runs, capsys):
     plan = plan_of(real_runs / "differential")
     assert main(["check", str(real_runs / "differential"), "--json"]) == 0
     outputs = json.loads(capsys.readouterr().out)["outputs"]
-    # `check` plans without --max_steps: the sides are stale either way; the result is of the files there
-    assert outputs["A"]["state"] == STALE and outputs["result"]["state"] == CURRENT and outputs["check"]["state"] == CURRENT
+    # `check` plans without --max_steps: the sides are stale either way, and so what is made of them
+    assert outputs["A"]["state"] == STALE and outputs["result"]["state"] == STALE and outputs["check"]["state"] == STALE
+    assert outputs["result"]["reason"] == "made from A's LoRA, not current: learning_rate 0.001 → 0.002"
     assert outputs["grid"]["path"] == str(plan.outputs.grid)
     assert main(["check", str(real_runs / "differential")]) == 0
     text = capsys.readouterr().out
     assert "differential_A.safetensors" in text and "stale: learning_rate 0.001 → 0.002" in text
 
     summary = summarise(real_runs / "differential")  # the Projects screen (planned without --max_steps too)
-    assert summary.sides["a"].state == STALE and summary.merge.state == "done"
+    assert summary.sides["a"].state == STALE and summary.merge.state == STALE
     steps = {s.what: s for s in enqueue_project(Queue(real_runs.parent / "queue-check"), real_runs / "differential", max_steps=STEPS)}
     assert (steps["train A"].action, steps["train A"].reason) == ("queued", SideLora(plan, "a").status().reason)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -335,5 +336,7 @@ def test_a_checkpoint_on_a_full_disk_says_the_disk_is_full(small_disk):
     state = {"weights": torch.zeros(1_000_000)}  # 4 MB
     with pytest.raises(OSError) as caught:
         atomic_write(small_disk / "state-00000010.pt", lambda tmp: torch.save(state, tmp))
-    assert str(caught.value) == f"cannot write {small_disk / 'state-00000010.pt'}: no space left on its disk (df -h {small_disk})"
+    said = str(caught.value)  # with the room left, as a user reads it
+    assert re.fullmatch(rf"cannot write {re.escape(str(small_disk / 'state-00000010.pt'))}: no space left on its disk "
+                        rf"\(\d+\.\d MB free; df -h {re.escape(str(small_disk))}\)", said), said
     assert not list(small_disk.glob(".state-*"))  # its temporary file went

@@ -398,6 +398,14 @@ class Result:
         made_lbw = [i.get("lbw") for i in made.get("inputs", [])]
         if [weighting(v) for v in made_lbw] != wanted_lbw:
             return Status(STALE, "[merge] lbws changed")
+        # Made from these very files, but a file that is itself stale (a picture or a setting
+        # changed while it trained, or since) makes a result of what the project no longer
+        # says: the file a user ships read "current" while its A was trained on the old picture.
+        for side in self.plan.trained:
+            made_from = SideLora(self.plan, side).status()
+            if not made_from.current:
+                name = "the pair's LoRA" if side not in ("a", "b") else f"{side.upper()}'s LoRA"
+                return Status(STALE, f"made from {name}, not current: {made_from.reason}")
         return Status(CURRENT, self.path.name)
 
     def _route_problem(self, meta: dict[str, str]) -> str:

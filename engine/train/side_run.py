@@ -52,18 +52,22 @@ def _diverged(at_step: int, value: float, side: str, run_dir: Path) -> TrainingE
 
 
 
-def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log) -> tuple[Path | None, Path]:
-    """The checkpoint, then the LoRA, of a finished training. If the output folder fails now
-    (removed, full, unmounted during the run), the trained weights are still not lost: the
-    checkpoint is kept where it was written and the LoRA goes to the rescue folder; the error
-    says where both are."""
+def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log, run_dir: Path | None = None) -> tuple[Path | None, Path]:
+    """The checkpoint, then the LoRA, of a finished training. A full disk is waited on
+    (engine.train.room: the weights are in memory only). If the output folder fails now
+    (removed, full past the wait, unmounted during the run), the trained weights are still not
+    lost: the checkpoint is kept where it was written and the LoRA goes to the rescue folder;
+    the error says where both are."""
+    from engine.train.room import write_with_room
+
     state_path = None
+    folder = run_dir or lora_path.parent
     try:
-        state_path = write_state(step)
+        state_path = write_with_room(lambda: write_state(step), "the final checkpoint", folder, log, size_hint=_newest_state_size(run_dir))
     except OSError as exc:
         log(f"warning: could not write the final checkpoint ({exc})")
     try:
-        return state_path, write_lora(step, lora_path)
+        return state_path, write_with_room(lambda: write_lora(step, lora_path), f"the LoRA {lora_path.name}", lora_path.parent, log)
     except OSError as exc:
         failure = f"could not write {lora_path} ({exc.strerror or exc})"
     kept = []
@@ -77,6 +81,15 @@ def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log) -
     if not kept:
         raise TrainingError(f"training finished ({step} steps) but {failure}, and no other folder took the weights")
     raise TrainingError(f"training finished ({step} steps) but {failure}; " + "; ".join(kept))
+
+
+def _newest_state_size(run_dir: Path | None) -> int | None:
+    """The bytes the newest checkpoint in ``run_dir`` takes (what the next one will, about)."""
+    try:
+        states = list_states(run_dir) if run_dir is not None else []
+        return states[0].stat().st_size if states else None
+    except OSError:
+        return None
 
 
 class SideRun:
@@ -429,7 +442,7 @@ class SideRun:
             return self.final
         lora_step = self.stopped[0] if self.stopped is not None else step
         self.final = _final_save(step, self.write_state, lambda _step, path: self.write_lora(lora_step, path), self.sp.lora_path,
-                                 self.log)
+                                 self.log, self.run_dir)
         return self.final
 
     def rescue(self, step: int) -> str:

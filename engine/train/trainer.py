@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from engine.project.plan import Plan, SidePlan, base_weights_for
 from engine.train.base_weights import apply_base_weights, check_base_weights
+from engine.train.checkpoint import list_states, state_step
 from engine.train.controls import NO_CONTROLS, TrainControls
 from engine.train.copy_check import CopyWatch
 from engine.train.loss_reads import PendingLosses, defers_loss_reads
 from engine.train.progress import Progress, ProgressMeter
 from engine.train.rescue import FolderWatch, removed_message
 from engine.train.results import Log, TrainingError, TrainResult
+from engine.train.room import write_with_room
 from engine.train.side_run import Draw, SideRun
 
 if TYPE_CHECKING:
@@ -439,10 +441,15 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, s
                 losses.read()
                 losses.report(step)
             for i, run in enumerate(runs):
-                try:
-                    states[i] = (run.write_state(step), None)
+                try:  # the steps since the last checkpoint are in memory only: a full disk is waited on
+                    states[i] = (write_with_room(lambda: run.write_state(step), driver.named(run, "the checkpoint to stop on"),
+                                                 run.run_dir, log), None)
                 except OSError as exc:
-                    raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run.run_dir} ({exc})") from None
+                    older = list_states(run.run_dir)
+                    back = (f"`copylora retry` resumes from the checkpoint of step {state_step(older[0])}" if older
+                            else "no earlier checkpoint was written: `copylora retry` starts it again")
+                    raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run.run_dir} ({exc}); "
+                                        f"{back}") from None
             names = " and ".join(driver.named(run, state.name) for run, (state, _) in zip(runs, states) if state is not None)
             log(f"stopped at step {step}; state saved to {names}")
             return results("stopped")
@@ -470,13 +477,22 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, s
         # The snapshot and the preview before the checkpoint: a kill between them lost them for
         # good (the run resumed after their step); this way a kill before the checkpoint resumes
         # from the one before, and its step, with them, is made again.
+        # A snapshot or a preview that cannot be written (a full disk) is said and passed over:
+        # it ended the training, steps since the last checkpoint lost, where a checkpoint's
+        # failure let it go on.
         if asked:
             for run in runs:
-                log(f"saved {run.write_snapshot(step).name} at step {step}")
+                try:
+                    log(f"saved {run.write_snapshot(step).name} at step {step}")
+                except OSError as exc:
+                    log(f"warning: could not write {driver.named(run, 'the snapshot')} of step {step} ({exc}); training goes on")
         if preview_due:
             with driver.previewing():  # a preview applies one side's own network
                 for run in runs:
-                    log(f"preview {run.write_preview(step).name} at step {step}")
+                    try:
+                        log(f"preview {run.write_preview(step).name} at step {step}")
+                    except OSError as exc:
+                        log(f"warning: could not write {driver.named(run, 'the preview')} of step {step} ({exc}); training goes on")
         if checkpoint_due:
             for i, run in enumerate(runs):
                 try:

@@ -1,0 +1,196 @@
+"""A disk that fills during a training (one disk for projects, cache and rescue folder, as a
+rented box has): what the training holds in memory is waited on, not thrown away, and the
+writes that can be done again later (a preview, a snapshot) are said and passed over."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.files import atomic_write, disk_full_error  # noqa: E402
+from engine.project.folder import load_project  # noqa: E402
+from engine.project.plan import make_plan  # noqa: E402
+from engine.train import room  # noqa: E402
+from engine.train.controls import TrainControls  # noqa: E402
+from engine.train.side_run import SideRun  # noqa: E402
+from engine.train.trainer import TrainingError, train  # noqa: E402
+from tests.helpers import copy_example  # noqa: E402
+
+
+def full_disk(path=None) -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def failing(monkeypatch, name: str, times: int, error=full_disk):
+    """SideRun.<name> fails ``times`` times with ``error()``, then writes as it does."""
+    real = getattr(SideRun, name)
+    calls = {"n": 0}
+
+    def method(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise error()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SideRun, name, method)
+    return calls
+
+
+@pytest.fixture
+def quick_room(monkeypatch):
+    monkeypatch.setattr(room, "RETRY_S", 0.01)
+    monkeypatch.setattr(room, "WAIT_S", 5.0)
+    monkeypatch.setattr(room.time, "sleep", lambda s: None)
+
+
+def plan_of(tmp_path, steps: int, **train):
+    project = load_project(copy_example(tmp_path))
+    project.train = replace(project.train, **train)
+    return make_plan(project, max_steps=steps)
+
+
+def test_a_full_disk_at_the_end_waits_for_room_and_writes_the_lora(tmp_path, tiny, monkeypatch, quick_room):
+    """The disk full when the finished LoRA is written (and the rescue folder, on the same disk,
+    full too): the LoRA was lost with the process. It is written once there is room, said once."""
+    plan = plan_of(tmp_path, 3)
+    calls = failing(monkeypatch, "write_lora", 3)
+    logs: list[str] = []
+    result = train(plan, "a", model=tiny, log=logs.append)
+    assert result.status == "done" and result.lora_path == plan.side("a").lora_path and result.lora_path.is_file()
+    assert calls["n"] == 4
+    warned = [line for line in logs if "no space left on the disk" in line]
+    assert len(warned) == 1 and str(plan.side("a").lora_path.parent) in warned[0] and "tries again every" in warned[0], logs
+    assert any(line.startswith("the LoRA example-monochrome_A.safetensors written after waiting") for line in logs), logs
+
+
+def test_a_disk_still_full_after_the_wait_rescues_as_before(tmp_path, tiny, monkeypatch, quick_room):
+    """Past the wait the training ends, its checkpoint kept and the error saying where."""
+    plan = plan_of(tmp_path, 3)
+    failing(monkeypatch, "write_lora", 10_000)
+    with pytest.raises(TrainingError, match=r"training finished \(3 steps\) but could not write .*the trained state is in"):
+        train(plan, "a", model=tiny, log=lambda line: None)
+
+
+def test_another_failure_is_not_waited_on(tmp_path, tiny, monkeypatch, quick_room):
+    plan = plan_of(tmp_path, 3)
+    calls = failing(monkeypatch, "write_lora", 10_000, lambda: PermissionError(errno.EACCES, "Permission denied"))
+    logs: list[str] = []
+    with pytest.raises(TrainingError):
+        train(plan, "a", model=tiny, log=logs.append)
+    assert calls["n"] == 2 and not any("no space left" in line for line in logs)  # the LoRA, then its rescue copy
+
+
+def test_a_preview_or_a_snapshot_that_cannot_be_written_is_said_and_training_goes_on(tmp_path, tiny, monkeypatch):
+    """A preview (sample_every_n_steps) or a save-now snapshot on a full disk ended the training,
+    the steps since its last checkpoint lost, where a checkpoint's failure let it go on."""
+    plan = plan_of(tmp_path, 4, sample_every_n_steps=2, save_every_n_steps=0)
+    failing(monkeypatch, "write_preview", 1)
+    failing(monkeypatch, "write_snapshot", 1)
+    asked = iter([True, False, False, False, False])
+    logs: list[str] = []
+    result = train(plan, "a", model=tiny, log=logs.append, controls=TrainControls(save_requested=lambda: next(asked, False)))
+    assert result.status == "done" and result.step == 4
+    assert any(line.startswith("warning: could not write the snapshot of step 1 (") and "training goes on" in line for line in logs), logs
+    assert any(line.startswith("warning: could not write the preview of step 2 (") for line in logs), logs
+    assert any(line.startswith("preview ") and "at step 4" in line for line in logs), logs  # the next one is written
+
+
+def test_a_pause_on_a_full_disk_waits_to_write_the_checkpoint_it_stops_on(tmp_path, tiny, monkeypatch, quick_room):
+    """pause/cancel on a full disk failed the job ("its checkpoint could not be written"), the steps
+    since the last checkpoint lost, and `resume` refused a failed job. It waits for room now."""
+    from engine.train.checkpoint import list_states, state_step
+
+    plan = plan_of(tmp_path, 10, save_every_n_steps=0)
+    done: list[int] = []
+    failing(monkeypatch, "write_state", 2)
+    logs: list[str] = []
+    result = train(plan, "a", model=tiny, log=logs.append,
+                   controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 6))
+    assert result.status == "stopped" and result.step == 6
+    assert [state_step(p) for p in list_states(plan.side("a").run_dir)] == [6]
+    assert any("for the checkpoint to stop on" in line for line in logs), logs
+
+
+def test_a_stop_whose_checkpoint_cannot_be_written_says_what_retry_resumes_from(tmp_path, tiny, monkeypatch, quick_room):
+    plan = plan_of(tmp_path, 10, save_every_n_steps=3)
+    done: list[int] = []
+    real = SideRun.write_state
+
+    def write_state(self, step, folder=None):
+        if step == 5:
+            raise PermissionError(errno.EROFS, "Read-only file system")
+        return real(self, step, folder)
+
+    monkeypatch.setattr(SideRun, "write_state", write_state)
+    with pytest.raises(TrainingError, match=r"stopped at step 5, but .*`copylora retry` resumes from the checkpoint of step 3"):
+        train(plan, "a", model=tiny, log=lambda line: None,
+              controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 5))
+
+
+def test_a_writer_error_that_names_no_file_is_said_with_the_file_and_the_disk(tmp_path):
+    """"[Errno 28] No space left on device" and nothing else (a PNG, an import, a bake): which
+    file, which disk, how to see it."""
+    target = tmp_path / "out" / "grid.png"
+
+    def write(_tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, write)
+    said = str(info.value)
+    assert said.startswith(f"cannot write {target}: no space left on its disk (") and f"df -h {target.parent})" in said, said
+    assert info.value.errno == errno.ENOSPC and disk_full_error(info.value) and not list(target.parent.iterdir())
+
+    def refused(_tmp):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError, match=rf"cannot write {target}: Permission denied"):
+        atomic_write(target, refused)
+    assert not disk_full_error(PermissionError(errno.EACCES, "Permission denied"))
+    assert disk_full_error(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A real 40 MiB filesystem (tmpfs), where this machine lets the tests mount one."""
+    import os
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(where)],
+                                            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_a_real_full_disk_at_the_end_is_waited_on_until_space_is_freed(tmp_path, tiny, disk, monkeypatch, quick_room):
+    """On a real filesystem full when the training ends (its output, the cache and the rescue
+    folder all on it): safetensors' and torch's own words for it are read as a full disk, the
+    training waits, and the user's freeing space lets the checkpoint and the LoRA be written."""
+    from tests.test_queue_disk_full import fill_disk
+
+    monkeypatch.setenv("COPYLORA_CACHE", str(disk / "cache"))
+    project = load_project(copy_example(tmp_path))
+    project.info = replace(project.info, output_dir=str(disk / "output"))
+    project.train = replace(project.train, save_every_n_steps=0)
+    plan = make_plan(project, max_steps=3)
+    filler = disk / "filler"
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if line.startswith("training A") or line.startswith("resuming"):
+            fill_disk(filler)  # full from the first step on
+        if "no space left on the disk" in line and filler.exists():
+            filler.unlink()  # the user frees it on reading the warning
+
+    result = train(plan, "a", model=tiny, log=log)
+    assert result.status == "done" and plan.side("a").lora_path.is_file() and result.state_path is not None
+    assert sum("no space left on the disk" in line for line in logs) == 1, logs
+
