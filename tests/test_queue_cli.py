@@ -128,10 +128,24 @@ def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
     assert main(["worker", "stop"]) == 0
     assert capsys.readouterr().out.strip() == "worker 4242 stopped; no job was running"
     queue = Queue(home)
-    queue.enqueue("merge", "/p", label="merge")
-    queue.claim(None)
+    for project in ("/p/one", "/p/two", "/p/three"):
+        queue.enqueue("train", project, side="a", total=10)
+    for _ in range(3):
+        queue.claim(None)
+
+    def stop() -> int:  # one checkpointed and queued first, one whose checkpoint a full disk refused, one still writing
+        queue.requeue_at_head(1, "the worker stopped")
+        queue.finish(2, "failed", error="stopped at step 5, but its checkpoint could not be written")
+        return 4242
+
+    monkeypatch.setattr("engine.jobs.worker.stop_worker", stop)
     assert main(["worker", "stop"]) == 0
-    assert capsys.readouterr().out.strip() == "worker 4242 stopped; running jobs checkpointed and queued first"
+    # It said "running jobs checkpointed and queued first" of a job the full disk had failed.
+    assert capsys.readouterr().out.splitlines() == [
+        "worker 4242 stopped",
+        "  #1 train a of one: checkpointed at step 0, queued first (the next worker resumes it)",
+        "  #2 train a of two: failed: stopped at step 5, but its checkpoint could not be written",
+        "  #3 train a of three: still stopping (its checkpoint is being written); `copylora queue` shows when it is queued"]
 
 
 def test_gpu_stats_absent_without_nvml(monkeypatch):

@@ -431,17 +431,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker started (pid {pid}), jobs run {where}; log: {home / 'worker.log'}")
         return 0
     if args.action == "stop":
+        reader = None
         try:  # its slots: ["slurm"] with that executor (read only: a full disk must not keep a worker from stopping)
             reader = Queue(reading=True)
             on_slurm = "slurm" in str((reader.worker_row() or {}).get("gpus", ""))
-            running = len(reader.jobs((JobStatus.RUNNING,)))
+            running = [job.id for job in reader.jobs((JobStatus.RUNNING,))]
         except CopyloraError:
-            on_slurm, running = False, 1
+            on_slurm, running = False, []
         pid = stop_worker()
-        after = ("its Slurm jobs keep running; the next worker follows them" if on_slurm
-                 else "running jobs checkpointed and queued first" if running else "no job was running")
-        print("no worker was running" if pid is None else f"worker {pid} stopped; {after}")
-        return 0
+        if pid is None:
+            print("no worker was running")
+            return 0
+        if on_slurm or not running or reader is None:
+            after = ("its Slurm jobs keep running; the next worker follows them" if on_slurm else
+                     "no job was running" if reader is not None else "running jobs checkpointed and queued first")
+            print(f"worker {pid} stopped; {after}")
+            return 0
+        print(f"worker {pid} stopped")
+        for job_id in running:  # what became of each: a checkpoint a full disk refused failed its job ("queued" it said)
+            try:
+                job = reader.get(job_id)
+            except CopyloraError:
+                continue
+            label = f"#{job.id} {job.label} of {project_label(job.project)}"
+            if job.status is JobStatus.QUEUED:
+                print(f"  {label}: checkpointed at step {job.step}, queued first (the next worker resumes it)")
+            elif job.status is JobStatus.RUNNING:
+                print(f"  {label}: still stopping (its checkpoint is being written); `copylora queue` shows when it is queued")
+            else:
+                print(f"  {label}: {job.status}" + (f": {job.error}" if job.error else ""))
+        return 0  # the worker stopped, as asked; what became of each job is said above
     queue = Queue()
     pid = worker_pid(queue.home)
     row = queue.worker_row() or {}
