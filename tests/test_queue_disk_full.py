@@ -58,7 +58,9 @@ def test_a_full_disk_is_said_skipped_for_progress_and_the_queue_works_once_freed
     # the refused transactions were rolled back: the connection takes new ones
     assert queue.enqueue("merge", "/p", label="after").label == "after"
     queue.finish(job.id, JobStatus.DONE)
-    assert queue.get(job.id).status is JobStatus.DONE
+    # ended at its last step, not at the last one the disk took (it showed "done 77/300")
+    assert queue.get(job.id).status is JobStatus.DONE and queue.get(job.id).step == 1999
+    assert max(point["step"] for point in queue.points(job.id)) == 1999
 
 
 def test_opening_a_queue_on_a_full_disk_does_not_advise_moving_it_aside(tmp_path, monkeypatch, capsys):
@@ -340,3 +342,33 @@ def test_a_checkpoint_on_a_full_disk_says_the_disk_is_full(small_disk):
     assert re.fullmatch(rf"cannot write {re.escape(str(small_disk / 'state-00000010.pt'))}: no space left on its disk "
                         rf"\(\d+\.\d MB free; df -h {re.escape(str(small_disk))}\)", said), said
     assert not list(small_disk.glob(".state-*"))  # its temporary file went
+
+
+def test_queue_worker_status_and_the_app_say_progress_stopped_with_the_full_disk(tmp_path, monkeypatch, capsys):
+    """The state folder's disk full while a job trains: `queue` showed "running 77/300 4.6 it/s"
+    and `worker status` a heartbeat 49 s old for minutes, with no word of why. They say it now,
+    with the time the progress shown is of; so does the app's worker line."""
+    from copylora_tui.cli.main import main
+    from copylora_tui.core.snapshot import read_snapshot
+
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", "/p/one", side="a", total=300)
+    queue.claim(None)
+    queue.report_progress(job.id, Progress(77, 300, 1.0, 1.0, 1e-4, 4.6, 48.0, 16.0), point=True)
+    assert queue.full_disk_note() is None
+    monkeypatch.setattr(queue_module, "_nearly_full", lambda folder: True)
+    since = time.strftime("%H:%M:%S", time.localtime(queue.get(job.id).updated_at))
+    said = (f"the disk of the state folder {queue.home} is full (df -h {queue.home}): running jobs train on, their progress "
+            f"shown is as of {since}, recorded again once there is room")
+    assert main(["queue"]) == 0
+    assert capsys.readouterr().err.strip() == f"copylora: {said}"
+    monkeypatch.setattr("engine.jobs.worker.worker_pid", lambda home: os.getpid())  # a worker runs (this process)
+    assert main(["worker", "status"]) == 0
+    assert f"  {said}" in capsys.readouterr().out.splitlines()
+    monkeypatch.undo()
+    monkeypatch.setattr(queue_module, "_nearly_full", lambda folder: True)
+    snapshot = read_snapshot(queue)
+    assert snapshot.disk_full == said and snapshot.worker_text().startswith(said + " · worker not running")
+    queue.finish(job.id, JobStatus.DONE)
+    assert queue.full_disk_note().endswith("is full (df -h " + str(queue.home) + "): nothing can be queued or started until there is room")

@@ -280,6 +280,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from copylora_tui.cli.queue_view import print_queue
 
     print_queue(jobs, worker_pid(queue.home), queue.home)
+    if note := queue.full_disk_note(jobs):
+        print(f"copylora: {note}", file=sys.stderr)
     return 0
 
 
@@ -472,6 +474,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     running = queue.jobs((JobStatus.RUNNING,))
     beat = time.time() - row["heartbeat"] if row.get("heartbeat") else None
     print(f"worker: running, pid {pid}, slots {row.get('gpus', '?')}, heartbeat {beat:.1f} s ago" if beat is not None else f"worker: running, pid {pid}")
+    if note := queue.full_disk_note(running):  # the heartbeat and the steps below stopped with the disk
+        print(f"  {note}")
     from engine.jobs.worker import RESTART_HINT, worker_code_change
 
     if changed := worker_code_change(queue.home, pid):

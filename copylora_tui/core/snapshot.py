@@ -25,6 +25,7 @@ class QueueSnapshot:
     read_only: str | None = None  # read as last written: why it cannot be written (a full disk)
     worker_error: str | None = None  # no worker runs, and the last one stopped on this error (its log's)
     worker_outdated: str | None = None  # the running worker's own file changed since it started (an update)
+    disk_full: str | None = None  # the state folder's disk is full: progress shown is as of then (Queue.full_disk_note)
     # Indexes made once per read: the Projects screen asked for_project of each project, each a
     # scan of every job (100 projects × 9 300 jobs on every change).
     by_id: dict[int, Job] = field(init=False, compare=False, repr=False)
@@ -52,6 +53,11 @@ class QueueSnapshot:
             return f"queue unreadable: {self.error}"
         if self.read_only:
             return f"queue shown as last written: {self.read_only}"
+        if self.disk_full:
+            return f"{self.disk_full} · {self._worker_text()}"
+        return self._worker_text()
+
+    def _worker_text(self) -> str:
         if self.worker_pid and self.worker_outdated:
             return (f"worker running (pid {self.worker_pid}) on the code of before an update ({self.worker_outdated} changed): "
                     "restart it (copylora worker stop, then w)")
@@ -73,7 +79,7 @@ def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
         return QueueSnapshot(home=queue.home, error=str(exc))
     error = None if pid else last_worker_error(queue.home, (queue.worker_row() or {}).get("started_at"))
     return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only, worker_error=error,
-                         worker_outdated=worker_code_change(queue.home, pid))
+                         worker_outdated=worker_code_change(queue.home, pid), disk_full=queue.full_disk_note(list(jobs)))
 
 
 def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:

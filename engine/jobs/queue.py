@@ -307,6 +307,7 @@ class Queue:
         self.home = state_home(home)
         self.path = queue_db(self.home)
         self.read_only: str | None = None
+        self._unrecorded: dict[int, tuple[Any, bool]] = {}  # job → the newest progress a full disk refused
         try:
             self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
@@ -590,28 +591,48 @@ class Queue:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET pid = ?, pid_start = ?, updated_at = ? WHERE id = ?", (pid, pid_start, time.time(), job_id))
 
+    def full_disk_note(self, jobs: list[Job] | None = None) -> str | None:
+        """What to say where the state folder's disk is full but the queue still reads: its
+        jobs train on, and the progress shown stopped when the disk filled (`queue` and
+        `worker status` showed a running 77/300 for minutes, and a heartbeat minutes old)."""
+        if self.read_only or not _nearly_full(self.home):
+            return None
+        running = [j for j in (jobs if jobs is not None else self.jobs((JobStatus.RUNNING,))) if j.status is JobStatus.RUNNING]
+        where = f"the disk of the state folder {self.home} is full (df -h {self.home})"
+        if not running:
+            return f"{where}: nothing can be queued or started until there is room"
+        since = time.strftime("%H:%M:%S", time.localtime(min(j.updated_at for j in running)))
+        return f"{where}: running jobs train on, their progress shown is as of {since}, recorded again once there is room"
+
     @advisory()
     def report_progress(self, job_id: int, p: Any, *, point: bool) -> None:
-        """Live progress of a running job; ``point`` also stores it in the curve history."""
+        """Live progress of a running job; ``point`` also stores it in the curve history. One a
+        full disk refused is kept, and written with the job's end (:meth:`finish`): a job that
+        trained on under a full state folder ended "done" at the step last recorded (77/300)."""
+        self._unrecorded[job_id] = (p, point)
+        with self.transaction() as db:
+            self._write_progress(db, job_id, p, point)
+        self._unrecorded.pop(job_id, None)
+
+    def _write_progress(self, db: sqlite3.Connection, job_id: int, p: Any, point: bool) -> None:
         now = time.time()
         eta = p.eta_s if p.eta_s == p.eta_s and p.eta_s != float("inf") else None
         loss = p.loss if p.loss == p.loss else None  # NaN is not stored
         loss_b = getattr(p, "loss_b", None)
         smooth_b = getattr(p, "smooth_loss_b", None)
         copy_a, copy_b = getattr(p, "copy_db", None), getattr(p, "copy_db_b", None)
-        with self.transaction() as db:
+        db.execute(
+            "UPDATE jobs SET step = ?, total = ?, loss = ?, smooth_loss = ?, lr = ?, it_per_s = ?, eta_s = ?,"
+            " vram_mb = ?, loss_b = ?, smooth_loss_b = ?, copy_db = ?, copy_db_b = ?, updated_at = ? WHERE id = ?",
+            (p.step, p.total, loss, p.smooth_loss, p.lr, p.it_per_s, eta, p.vram_peak_mb, loss_b, smooth_b, copy_a, copy_b, now,
+             job_id),
+        )
+        if point:
             db.execute(
-                "UPDATE jobs SET step = ?, total = ?, loss = ?, smooth_loss = ?, lr = ?, it_per_s = ?, eta_s = ?,"
-                " vram_mb = ?, loss_b = ?, smooth_loss_b = ?, copy_db = ?, copy_db_b = ?, updated_at = ? WHERE id = ?",
-                (p.step, p.total, loss, p.smooth_loss, p.lr, p.it_per_s, eta, p.vram_peak_mb, loss_b, smooth_b, copy_a, copy_b, now,
-                 job_id),
+                "INSERT OR REPLACE INTO points (job_id, step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b, copy_db,"
+                " copy_db_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb, loss_b, smooth_b, copy_a, copy_b),
             )
-            if point:
-                db.execute(
-                    "INSERT OR REPLACE INTO points (job_id, step, t, loss, smooth_loss, lr, vram_mb, loss_b, smooth_loss_b, copy_db,"
-                    " copy_db_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, p.step, now, loss, p.smooth_loss, p.lr, p.vram_peak_mb, loss_b, smooth_b, copy_a, copy_b),
-                )
 
     def set_slurm(self, job_id: int, info: dict | None) -> None:
         """Where Slurm has the job (None: not on Slurm, or no more)."""
@@ -654,6 +675,8 @@ class Queue:
             raise QueueError(f"cannot finish a job as {status}")
         now = time.time()
         with self.transaction() as db:
+            if job_id in self._unrecorded:  # the progress a full disk kept out, recorded with the end
+                self._write_progress(db, job_id, *self._unrecorded[job_id])
             row = db.execute("SELECT artifacts FROM jobs WHERE id = ?", (job_id,)).fetchone()
             merged = {**json.loads(row[0] if row else "{}"), **(artifacts or {})}
             ended = now if status.finished else None
@@ -664,6 +687,7 @@ class Queue:
             )
             if status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 self._fail_dependants(db, job_id, status)
+        self._unrecorded.pop(job_id, None)
 
     def _fail_dependants(self, db: sqlite3.Connection, job_id: int, why: str) -> None:
         now = time.time()
