@@ -601,7 +601,7 @@ class Queue:
         where = f"the disk of the state folder {self.home} is full (df -h {self.home})"
         if not running:
             return f"{where}: nothing can be queued or started until there is room"
-        since = time.strftime("%H:%M:%S", time.localtime(min(j.updated_at for j in running)))
+        since = time.strftime("%H:%M:%S", time.localtime(min(j.updated_at or time.time() for j in running)))
         return f"{where}: running jobs train on, their progress shown is as of {since}, recorded again once there is room"
 
     @advisory()
