@@ -372,3 +372,26 @@ def test_queue_worker_status_and_the_app_say_progress_stopped_with_the_full_disk
     assert snapshot.disk_full == said and snapshot.worker_text().startswith(said + " · worker not running")
     queue.finish(job.id, JobStatus.DONE)
     assert queue.full_disk_note().endswith("is full (df -h " + str(queue.home) + "): nothing can be queued or started until there is room")
+
+
+def test_clean_frees_space_on_a_full_disk_it_could_not_write(small_disk, capsys, monkeypatch):
+    """`clean`, the command that frees space in the state folder, answered "its disk is full;
+    free space there" on a full disk: SQLite writes its log before it deletes. The logs of the
+    jobs it removes go first now, making the room."""
+    from copylora_tui.cli.main import main
+
+    monkeypatch.setenv("COPYLORA_HOME", str(small_disk))
+    queue = Queue(small_disk)
+    for n in range(4):
+        job = queue.enqueue("merge", f"/p/{n}", label="merge")
+        queue.claim(None)
+        queue.finish(job.id, JobStatus.DONE)
+        queue.log_path(job.id).write_bytes(b"a log line\n" * 20_000)  # 220 KB each
+    waiting = queue.enqueue("merge", "/p/waiting", label="merge")
+    queue.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    fill_disk(small_disk / "filler")
+    queue.close()
+    assert main(["clean"]) == 0
+    assert "removed 4 finished jobs, with their logs" in capsys.readouterr().out
+    assert [j.id for j in Queue(small_disk, reading=True).jobs()] == [waiting.id]
+    assert not any(Queue(small_disk, reading=True).log_path(n).exists() for n in range(1, 5))

@@ -501,24 +501,48 @@ class Queue:
         chosen = f"status IN ({','.join('?' * len(wanted))})" + (" AND COALESCE(finished_at, created_at) < ?" if finished_before is not None else "")
         args: list[Any] = [*wanted, *([finished_before] if finished_before is not None else [])]
         needed = "SELECT d.depends_on FROM deps d JOIN jobs w ON w.id = d.job_id WHERE w.status IN ('queued', 'running', 'paused')"
-        with self.transaction() as db:
-            ids = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE {chosen} AND id NOT IN ({needed}) ORDER BY id", args)]
-            kept = db.execute(f"SELECT COUNT(*) FROM jobs WHERE {chosen} AND id IN ({needed})", args).fetchone()[0]
-            for start in range(0, len(ids), 500):  # SQLite's limit on the number of ? in one statement
-                some = ids[start:start + 500]
-                marks = ",".join("?" * len(some))
-                db.execute(f"DELETE FROM points WHERE job_id IN ({marks})", some)
-                db.execute(f"DELETE FROM deps WHERE job_id IN ({marks})", some)
-                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", some)
+
+        def remove() -> tuple[list[int], int]:
+            with self.transaction() as db:
+                ids = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE {chosen} AND id NOT IN ({needed}) ORDER BY id", args)]
+                kept = db.execute(f"SELECT COUNT(*) FROM jobs WHERE {chosen} AND id IN ({needed})", args).fetchone()[0]
+                for start in range(0, len(ids), 500):  # SQLite's limit on the number of ? in one statement
+                    some = ids[start:start + 500]
+                    marks = ",".join("?" * len(some))
+                    db.execute(f"DELETE FROM points WHERE job_id IN ({marks})", some)
+                    db.execute(f"DELETE FROM deps WHERE job_id IN ({marks})", some)
+                    db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", some)
+            return ids, kept
+
+        try:
+            ids, kept = remove()
+        except QueueWriteError as exc:
+            if not _nearly_full(self.home):
+                raise
+            # A full disk refuses even the deletion (SQLite writes its log first): `clean`, the
+            # command that frees space, said "free space there". The logs of the jobs it removes
+            # go first, making the room; a row whose log is gone just shows no log.
+            with self.reading():
+                doomed = [r[0] for r in self.db.execute(f"SELECT id FROM jobs WHERE {chosen} AND id NOT IN ({needed})", args)]
+            self._remove_files(doomed)
+            try:
+                ids, kept = remove()
+            except QueueWriteError:
+                raise QueueWriteError(f"{exc} (the logs of the {len(doomed)} finished jobs were removed to make room, and that "
+                                      "was not enough)") from None
+        self._remove_files(ids)  # after the commit: a log left by a failed removal is harmless, a row without its log is not
+        return ids, kept
+
+    def _remove_files(self, ids: list[int]) -> None:
+        """The logs and Slurm channel folders of these jobs."""
         import shutil
 
-        for job_id in ids:  # after the commit: a log left by a failed removal is harmless, a row without its log is not
+        for job_id in ids:
             try:
                 self.log_path(job_id).unlink()
             except OSError:  # already gone, or not ours to remove
                 pass
             shutil.rmtree(channel_dir(self.home, job_id), ignore_errors=True)  # a Slurm job's files (engine.jobs.channel)
-        return ids, kept
 
     def compact(self) -> bool:
         """Give the space of removed rows back to the disk (SQLite keeps a file's size otherwise:
