@@ -302,7 +302,8 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
         if project.reg is not None and project.reg.folder and project.reg.num_class_images == 0:
             _on_disk("reg.folder", problems, _check_image_folder, project.root, project.reg.folder, "reg.folder", problems, decode_images)
         elif project.reg is not None and project.reg.folder:  # the missing ones are generated: those there must read
-            _on_disk("reg.folder", problems, _check_pictures_there, project.root / project.reg.folder, "reg.folder", problems, decode_images)
+            _on_disk("reg.folder", problems, _check_pictures_there, project.root / project.reg.folder, "reg.folder", problems, decode_images,
+                     project.reg.num_class_images)
         for n, concept in enumerate(project.concepts, start=1):
             if concept.folder:
                 _on_disk(f"concept[{n}].folder", problems, _check_image_folder, project.root, concept.folder, f"concept[{n}].folder", problems,
@@ -312,7 +313,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
                          f"concept[{n}].class_folder", problems, decode_images)
             elif concept.class_folder:
                 _on_disk(f"concept[{n}].class_folder", problems, _check_pictures_there, project.root / concept.class_folder,
-                         f"concept[{n}].class_folder", problems, decode_images)
+                         f"concept[{n}].class_folder", problems, decode_images, concept.num_class_images)
         _check_captions(project, problems)
 
 
@@ -612,15 +613,22 @@ def _check_image_folder(root: Path, folder: str, key: str, problems: list[Proble
     _check_pictures_there(path, key, problems, decode)
 
 
-def _check_pictures_there(path: Path, key: str, problems: list[Problem], decode: bool = True) -> None:
+def _check_pictures_there(path: Path, key: str, problems: list[Problem], decode: bool = True, wanted: int = 0) -> None:
     """Each picture of ``path`` (if it is a folder) reads: a class folder whose missing pictures
     will be generated must still hold no broken one (it counted as a class picture, and training
-    stopped on it)."""
-    for image in image_files(path) if path.is_dir() else []:
+    stopped on it). And the pictures still missing can be written there (on a read-only mount
+    the class-images job failed on "Read-only file system" after `check` said valid)."""
+    images = image_files(path) if path.is_dir() else []
+    for image in images:
         try:
             read_image_info(image, decode=decode)
         except ValueError as exc:
             problems.append(Problem(f"{key} {image.name}", str(exc)))
+    if len(images) < wanted:
+        from engine.files import writable_folder_problem
+
+        if why := writable_folder_problem(path):
+            problems.append(Problem(key, f"{wanted - len(images)} class picture(s) are to be generated into it, but {why}"))
 
 
 def save_project(project: Project, path: Path | str | None = None) -> Path:
