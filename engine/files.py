@@ -206,18 +206,30 @@ def nearest_folder(path: Path) -> Path:
     return path
 
 
-def _write_error(path: Path, exc: OSError) -> OSError:
-    """A writer's OSError that names no file (a full disk says "[Errno 28] No space left on
-    device" and nothing else) as one naming the file and, for a full disk, what to run."""
-    if exc.filename is not None or str(path) in str(exc):
+def full_disk_text(path: Path | str) -> str:
+    """"cannot write PATH: no space left on its disk (12.0 MB free; df -h FOLDER)"."""
+    folder = nearest_folder(Path(path).parent)
+    return f"cannot write {path}: no space left on its disk ({free_text(folder) or 'full'}; df -h {folder})"
+
+
+def write_failure(path: Path | str, exc: BaseException) -> OSError:
+    """A writer's failure as the OSError callers handle as "could not write": one naming the
+    file (a full disk said "[Errno 28] No space left on device" and nothing else, safetensors
+    "Error while serializing: I/O error: …") and, for a full disk, the room left and what to run.
+    An OSError that already names its file is kept as it is."""
+    from engine.errors import first_line
+
+    if isinstance(exc, OSError) and (exc.filename is not None or str(path) in str(exc)):
         return exc
     if disk_full_error(exc):
-        said = f"cannot write {path}: no space left on its disk ({free_text(path.parent) or 'full'}; df -h {nearest_folder(path.parent)})"
-    else:
-        said = f"cannot write {path}: {exc.strerror or exc}"
-    error = type(exc)(said)  # the same kind (PermissionError stays one), saying more
-    error.errno = exc.errno
-    return error
+        error = OSError(full_disk_text(path))
+        error.errno = errno.ENOSPC
+        return error
+    if isinstance(exc, OSError):
+        error = type(exc)(f"cannot write {path}: {exc.strerror or exc}")  # the same kind (PermissionError stays one), saying more
+        error.errno = exc.errno
+        return error
+    return OSError(f"cannot write {path}: {first_line(exc)}")
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
@@ -246,15 +258,13 @@ def atomic_write(path: Path | str, write: Callable[[Path], object]) -> Path:
             os.chmod(tmp, mode)  # a new file: the umask's mode; a rewritten one keeps its own
             os.replace(tmp, path)
         except OSError as exc:
-            raise _write_error(path, exc) from exc
+            raise write_failure(path, exc) from exc
         except RuntimeError as exc:
-            from engine.errors import first_line
-
-            if _disk_full(path.parent) or disk_full_error(exc):  # torch says a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos …"
-                error = OSError(f"cannot write {path}: no space left on its disk ({free_text(path.parent) or 'full'}; df -h {path.parent})")
+            if _disk_full(path.parent):  # torch says a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos …"
+                error = OSError(full_disk_text(path))
                 error.errno = errno.ENOSPC
                 raise error from exc
-            raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
+            raise write_failure(path, exc) from exc
         fsync_folder(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)

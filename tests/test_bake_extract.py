@@ -525,3 +525,34 @@ def test_a_cut_off_checkpoint_is_named_as_such_before_any_weight_is_read(tmp_pat
     for read in (_read_header, _checkpoint_tensors):
         with pytest.raises(ModelError, match="cannot read as safetensors: truncated: .* bytes, the header describes"):
             read(cut)
+
+
+def test_a_bake_that_cannot_fit_on_its_disk_is_refused_before_the_work(work, monkeypatch):
+    """A bake writes a checkpoint as large as the base; a full disk failed it at the end, as an
+    "internal error: SafetensorError" naming no file. Too little room is refused first now, and
+    a disk that fills meanwhile is said with the file and the disk."""
+    import shutil
+
+    out = work["root"] / "roomless.safetensors"
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000))
+    with pytest.raises(ValidationError, match=r"save_to: the baked checkpoint takes about \d+\.\d GB, and its disk has 0\.0 GB free"):
+        bake_lora(str(work["single"]), work["A"], out)
+    assert not out.exists()
+
+
+def test_a_full_disk_during_a_bake_is_said_with_its_file(work, monkeypatch, capsys):
+    import safetensors.torch
+
+    from copylora_tui.cli.main import main
+
+    out = work["root"] / "full.safetensors"
+
+    def full(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert main(["bake", "--base", str(work["single"]), "--lora", str(work["A"]), "--save_to", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: no space left on its disk (" in err and "internal error" not in err, err
+    assert not out.exists() and not list(work["root"].glob(".full*"))  # nothing half-written left

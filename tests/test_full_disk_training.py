@@ -194,3 +194,43 @@ def test_a_real_full_disk_at_the_end_is_waited_on_until_space_is_freed(tmp_path,
     assert result.status == "done" and plan.side("a").lora_path.is_file() and result.state_path is not None
     assert sum("no space left on the disk" in line for line in logs) == 1, logs
 
+
+
+def test_a_lora_written_to_a_full_disk_says_the_file_and_the_room(tmp_path, monkeypatch):
+    """safetensors says a full disk as "Error while serializing: I/O error: No space left on
+    device (os error 28)": the LoRA's file and its disk are said, and it reads as a full disk
+    (so a training waits for room rather than failing)."""
+    import safetensors.torch
+
+    from engine.lora.files import save_lora_file
+    from engine.lora.weights import LoRAWeights
+
+    def full(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    target = tmp_path / "out" / "mono_A.safetensors"
+    weights = {"lora_unet_x": LoRAWeights(torch.ones(2, 4), torch.ones(4, 2), 1.0)}
+    with pytest.raises(OSError) as info:
+        save_lora_file(target, weights, {})
+    assert str(info.value).startswith(f"cannot write {target}: no space left on its disk (") and disk_full_error(info.value)
+
+
+def test_new_into_a_full_disk_names_the_destination_not_the_picture(tmp_path, monkeypatch):
+    import shutil
+
+    from engine.errors import ValidationError
+    from engine.project.scaffold import create_project
+    from tests.helpers import write_png
+
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(90, 90, 90))
+
+    def full(src, dst, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(shutil, "copy2", full)
+    with pytest.raises(ValidationError) as info:
+        create_project(tmp_path / "projects" / "mono", a, b)
+    assert [(p.where, p.message.split(" (")[0]) for p in info.value.problems] == [
+        ("dest", f"no space left on the disk of {tmp_path / 'projects'} for the pictures")]
+    assert not (tmp_path / "projects" / "mono").exists()

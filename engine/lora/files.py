@@ -83,10 +83,10 @@ def save_lora_file(
             save_file(tensors, str(tmp), metadata=meta)
         except OSError:
             raise
-        except Exception as exc:  # safetensors reports I/O failures as SafetensorError
-            from engine.errors import first_line
+        except Exception as exc:  # safetensors reports I/O failures as SafetensorError ("… (os error 28)" for a full disk)
+            from engine.files import write_failure
 
-            raise OSError(f"cannot write {path}: {first_line(exc)}") from exc
+            raise write_failure(path, exc) from exc
 
     from engine.files import atomic_write
 

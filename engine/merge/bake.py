@@ -375,7 +375,13 @@ def _rewrite(src: Path, dst: Path, changes: dict[str, list[_Change]], ratio: flo
             if value.is_floating_point() and value.dtype != cast:
                 tensors[key] = value.to(cast)
     metadata["copylora_bake"] = json.dumps(note)
-    save_file(tensors, str(dst), metadata=metadata)
+    try:
+        save_file(tensors, str(dst), metadata=metadata)
+    except Exception as exc:  # safetensors' SafetensorError ("Error while serializing: I/O error: … (os error 28)"): "internal error" it read
+        from engine.files import write_failure
+
+        dst.unlink(missing_ok=True)  # a partial checkpoint of gigabytes: gone, not left to load as a broken model
+        raise write_failure(dst, exc) from exc
 
 
 def bake_lora(
@@ -420,6 +426,7 @@ def bake_lora(
     lora = load_lora_file(lora_path, family=_base_family(kind, base))
     require_finite(lora_path, lora.modules, "baked")
     _check_destination(kind, base, save_to)
+    _check_room(base, save_to, cast)
 
     if kind == "single-file":
         family, plan = _plan_single_file(base, lora, config_dir, lora_path.name)
@@ -452,6 +459,29 @@ def bake_lora(
         _write_folder(base, save_to, plan, ratio, cast, note, result, tick)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_room(base: Path, save_to: Path, cast) -> None:
+    """Refuse, before minutes of work, a bake whose checkpoint cannot fit on its disk: it is
+    as large as the base (twice, cast from 16 bits to float). A full disk failed it at the end."""
+    import shutil
+
+    from engine.files import nearest_folder
+
+    if not isinstance(base, Path) or not base.exists():  # the built-in tiny model: a few MB
+        return
+    try:
+        size = base.stat().st_size if base.is_file() else sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
+        free = shutil.disk_usage(nearest_folder(save_to.parent)).free
+    except OSError:
+        return
+    import torch
+
+    needed = size * (2 if cast is torch.float32 else 1)
+    if free < needed:
+        folder = nearest_folder(save_to.parent)
+        raise ValidationError([Problem("save_to", f"the baked checkpoint takes about {needed / 1e9:.1f} GB, and its disk has "
+                                                  f"{free / 1e9:.1f} GB free (df -h {folder})")])
 
 
 def _real(path: Path) -> Path:

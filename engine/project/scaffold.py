@@ -192,7 +192,15 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
     try:
         for side, image in (("a", a_image), ("b", b_image)):
             (staging / side).mkdir()
-            shutil.copy2(image, staging / side / image.name)
+            try:
+                shutil.copy2(image, staging / side / image.name)
+            except OSError as exc:  # a full disk named the source picture ("a.png: No space left on device")
+                from engine.files import disk_full_error, free_text
+
+                if not disk_full_error(exc):
+                    raise
+                raise ValidationError([Problem("dest", f"no space left on the disk of {dest.parent} for the pictures "
+                                                       f"({free_text(dest.parent) or 'full'}; df -h {dest.parent})")]) from None
         project = Project(root=staging, info=ProjectInfo(name=name or dest.name, base_model=base_model, method=method))
         project = apply_base_defaults(project, base_model)
         project.train = replace(project.train, caption=caption)
