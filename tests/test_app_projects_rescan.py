@@ -348,3 +348,39 @@ async def test_the_first_scan_says_how_far_it_has_got(tmp_path, monkeypatch):
         release.set()
         await wait_until(pilot, lambda: len(cells(app)) == 3)
         assert "reading the projects" not in screen_text(app)
+
+
+async def test_a_teacher_picture_or_a_lora_changed_beside_the_app_shows_in_its_row(tmp_path, monkeypatch):
+    """A picture replaced in place from a shell left "✓ trained" and "all outputs current" on
+    the list (only copylora.toml was watched) while `check` said B stale; a LoRA removed by hand
+    still read "✓ trained". Both show within a disk check now, by that project's read alone."""
+    from tests.helpers import write_png
+
+    use_home(monkeypatch, tmp_path)
+    monkeypatch.setattr(screen_module, "DISK_CHECK_S", 0.1)
+    projects = make_projects(tmp_path, NAMES)
+    mark_trained(projects / "beta")
+    seen = count_scans(monkeypatch)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: len(cells(app)) == 3 and cells(app)["beta"][3] == "✓ trained")
+        await pilot.pause(0.5)
+        assert seen["one"] == []  # nothing changed: nothing read
+        picture = next((projects / "beta" / "b").glob("*.png"))
+        with open(picture, "r+b") as handle:  # in place, as an editor that does not rename writes it
+            handle.write(write_png(tmp_path / "other.png", (128, 192), (10, 200, 10)).read_bytes())
+        await wait_until(pilot, lambda: cells(app)["beta"][3] == "stale")
+        assert cells(app)["beta"][2] == "✓ trained" and set(seen["one"]) == {"beta"}
+        next((projects / "beta" / "output").glob("*_A.safetensors")).unlink()
+        await wait_until(pilot, lambda: cells(app)["beta"][2] == "—")
+        assert set(seen["one"]) == {"beta"} and len(seen["whole"]) == 1
+
+
+def test_a_project_watches_its_output_folder_where_it_lies_outside(tmp_path):
+    from copylora_tui.core.projects import summarise
+
+    projects = make_projects(tmp_path, ("alpha",))
+    toml = projects / "alpha" / "copylora.toml"
+    toml.write_text(toml.read_text().replace('output_dir = "output"', 'output_dir = "../../shared-out"'))
+    inputs = summarise(projects / "alpha").inputs
+    assert (tmp_path / "shared-out").resolve() in {p.resolve() for p in inputs} and projects / "alpha" / "a" in inputs

@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from engine.errors import ValidationError
 from engine.project.folder import PROJECT_FILE, load_project
@@ -43,6 +43,7 @@ class ProjectSummary:
     last_output: float | None = None  # newest mtime of a LoRA it made
     stats_path: Path | None = None
     method: str = "svd-merge"  # the route: the merge column says "merged" or "result"
+    inputs: tuple[Path, ...] | None = None  # the folders its stamp watches (project_stamp); None: its own subfolders
 
     @property
     def valid(self) -> bool:
@@ -62,9 +63,46 @@ def stamp(path: Path) -> Stamp:
     return info.st_mtime_ns, info.st_size, info.st_ino
 
 
-def project_stamps(folders: list[Path]) -> dict[Path, Stamp]:
-    """Each project's file's stamp (:func:`stamp`): a project file changed shows as a new stamp."""
-    return {folder: stamp(folder / PROJECT_FILE) for folder in folders}
+def project_stamps(folders: Mapping[Path, tuple[Path, ...]] | list[Path]) -> dict[Path, tuple]:
+    """Each project's stamp (:func:`project_stamp`), of its file and of the folders its summary
+    named (``folders`` a mapping; a list: its own subfolders)."""
+    watched = folders if isinstance(folders, Mapping) else {}
+    return {folder: project_stamp(folder, watched.get(folder)) for folder in folders}
+
+
+def project_stamp(folder: Path, inputs: tuple[Path, ...] | None = None) -> tuple:
+    """What changes when a project's file, a teacher picture or one of its outputs is written,
+    replaced or removed beside the app: its file's :func:`stamp` and the files of ``inputs``
+    (default: the project folder's own subfolders: a/, b/, output/…), each (name, mtime, size,
+    inode). A picture replaced from a shell left "✓ trained" and "all outputs current" on
+    the list, where `check` said stale."""
+    return stamp(folder / PROJECT_FILE), folder_files_stamp(inputs if inputs is not None else subfolders(folder))
+
+
+def subfolders(folder: Path) -> tuple[Path, ...]:
+    try:
+        with os.scandir(folder) as entries:
+            return tuple(sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=True)))
+    except OSError:
+        return ()
+
+
+def folder_files_stamp(folders: tuple[Path, ...]) -> tuple:
+    """The files directly in each folder, as (name, mtime_ns, size, inode); None for one that
+    cannot be read. One stat per file: a class folder of a thousand pictures takes ~2 ms."""
+    found: list = []
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                files = []
+                for entry in entries:
+                    if entry.is_file():
+                        info = entry.stat()
+                        files.append((entry.name, info.st_mtime_ns, info.st_size, info.st_ino))
+            found.append((str(folder), tuple(sorted(files))))
+        except OSError:
+            found.append((str(folder), None))
+    return tuple(found)
 
 
 def project_folders(projects_dir: Path) -> list[Path]:
@@ -123,7 +161,18 @@ def summarise(folder: Path) -> ProjectSummary:
         last_output=max(times) if times else None,
         stats_path=plan.stats_path if plan.stats_path.is_file() else None,
         method=project.info.method,
+        inputs=watched_folders(project),
     )
+
+
+def watched_folders(project) -> tuple[Path, ...]:
+    """The folders whose files decide a project's row: its teacher folders (A, B, further
+    concepts, class pictures: every subfolder of the project) and its output folder (its LoRAs
+    and stats; not runs/, whose checkpoints change every few steps)."""
+    folders = set(subfolders(project.root))
+    folders.add(project.output_dir())
+    folders |= {project.side_folder(side) for side in ("a", "b")}  # a teacher folder outside the project
+    return tuple(sorted(folders))
 
 
 def checkpoint_state(plan, side: str) -> OutputState | None:
@@ -160,8 +209,10 @@ def read_projects(folders: list[Path], stamps: dict[Path, Stamp] | None = None,
     summaries: list[ProjectSummary] = []
     for folder in folders:
         if stamps is not None:
-            stamps[folder] = stamp(folder / PROJECT_FILE)
+            stamps[folder] = project_stamp(folder)
         summaries.append(summarise_project(folder))
+        if stamps is not None and summaries[-1].inputs is not None:  # an output folder elsewhere: watched too
+            stamps[folder] = (stamps[folder][0], folder_files_stamp(summaries[-1].inputs))
         if on_progress is not None:
             on_progress(len(summaries), len(folders))
     return summaries

@@ -362,7 +362,8 @@ class ProjectsScreen(ActsWhileOpen, Screen):
     def _check_disk(self, known: dict[Path, Stamp], folder_stamp: Stamp) -> None:
         try:
             now = stamp(self.app.projects_dir)
-            changed = project_stamps(list(known)) if now == folder_stamp else {}
+            watched = {s.folder: s.inputs for s in self.summaries if s.inputs is not None}  # (a list read once: the UI thread replaces it)
+            changed = project_stamps({folder: watched.get(folder) for folder in known}) if now == folder_stamp else {}
             changed = {folder: s for folder, s in changed.items() if s != known[folder]}
             self.post_message(self.DiskChanged(now if now != folder_stamp else None, changed))
         except BaseException:
