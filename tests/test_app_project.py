@@ -177,6 +177,64 @@ async def test_unsaved_changes_need_a_second_escape_and_run_needs_a_save(tmp_pat
         assert "seed = 42" in (folder / "copylora.toml").read_text()
 
 
+async def test_run_refuses_a_file_changed_on_disk_since_it_was_read(tmp_path, monkeypatch):
+    """The form said network_dim 8 (and "copylora.toml changed on disk"), the file 4: ctrl+r
+    queued the file's rank 4 and said only "queued". It refuses, saying why; nothing is queued."""
+    from engine.jobs.queue import Queue
+
+    env = use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        edited = folder / "copylora.toml.new"  # as vim writes it: a new file renamed over
+        edited.write_text(toml.read_text().replace("network_dim = 8", "network_dim = 4"))
+        edited.rename(toml)
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: any("changed on disk since it was read here: run queues what the file says" in n
+                                            for n in notices(app)))
+        await pilot.pause(0.3)
+        assert env.worker_calls == [] and Queue(env.home).jobs() == []
+
+
+async def test_a_save_while_the_projects_training_runs_says_it_trains_the_old_settings(tmp_path, monkeypatch):
+    """The app's save during a training said only "saved": the running job went on with the
+    settings it started with, and the merge queued after it was made of them. It says so now
+    (as `copylora run` does), for a training of this project only."""
+    from engine.jobs.queue import Queue
+
+    env = use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path, ("example-monochrome", "other"))
+    folder = projects / "example-monochrome"
+    queue = Queue(env.home)
+    for where in (folder, projects / "other"):
+        job = queue.enqueue("train", str(where), side="ab", label="train A+B", total=200)
+        queue.claim(None)
+        queue.note_params(job.id, fingerprints={"a": "as it started", "b": "as it started"})
+    from engine.project.plan import make_plan
+    from engine.project.provenance import training_fingerprint
+
+    edited = folder / "copylora.toml"
+    saved = edited.read_text()
+    edited.write_text(saved.replace("seed = 42", "seed = 7"))  # what the save below will make: a training of it is current
+    current = training_fingerprint(make_plan(load_project(folder)), "a")
+    edited.write_text(saved)
+    job = queue.enqueue("train", str(folder), side="a", label="train A", total=200)
+    queue.claim(None)
+    queue.note_params(job.id, fingerprints={"a": current})
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        await wait_until(pilot, lambda: len(app.snapshot.jobs) == 3)
+        editor(app, "train.seed").value = "7"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: any("#1 train A+B trains the settings from before this save" in n for n in notices(app)))
+        await pilot.pause(0.5)
+        assert not any(n.startswith(("#2 ", "#3 ")) for n in notices(app)), notices(app)
+
+
 async def test_a_project_that_does_not_load_shows_its_problems(tmp_path, monkeypatch):
     use_home(monkeypatch, tmp_path)
     folder = make_projects(tmp_path) / "example-monochrome"

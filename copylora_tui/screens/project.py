@@ -536,6 +536,24 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self.load(refresh=True)  # the plan, the pictures, the checked project, in the load thread
         self.query_one("#project-preview", PreviewPane).retarget()  # output_dir may have changed
         self.notify(f"saved {self.folder.name}/copylora.toml")
+        self.say_outdated_trainings(self.project, self.app.snapshot.for_project(self.project.root))
+
+    @work(thread=True, group="project-outdated", exit_on_error=False)
+    def say_outdated_trainings(self, project: Project, jobs: list) -> None:
+        """A save while the project's training runs: it goes on with the settings it started with
+        (`copylora run` says so; the app's save said only "saved"), and the merge and preview
+        queued after it are made of those."""
+        from engine.jobs.enqueue import outdated_trainings
+        from engine.project.plan import make_plan
+
+        try:
+            old = outdated_trainings(make_plan(project), jobs)
+        except Exception:  # a plan that cannot be made now: the load after the save says why
+            return
+        for job in old:
+            self.app.call_from_thread(
+                self.notify, f"#{job.id} {job.label} trains the settings from before this save, and what is made of it will be "
+                             "stale: ctrl+r queues the new ones to train after it", severity="warning", timeout=12)
 
     def action_run(self) -> None:
         if self.project is None or self.field_errors or self.project_problems:
@@ -543,6 +561,14 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             return
         if self.dirty:
             self.notify("save first (ctrl+s): the worker runs what copylora.toml says", severity="warning")
+            return
+        from engine.files import file_version
+
+        if file_version(self.project.toml_path) != self.on_disk:
+            # Another editor wrote it since it was read here: run would train the file's settings,
+            # not the ones on this screen (a rank of 4 trained where the form said 8, without a word).
+            self.notify("copylora.toml changed on disk since it was read here: run queues what the file says, not what this "
+                        "screen shows; esc, then o, shows the file as it is now", severity="warning", timeout=12)
             return
         from copylora_tui.core.actions import run_project
 

@@ -45,6 +45,17 @@ def enqueue_project(queue: Queue, project_dir: str | Path, *, force: bool = Fals
         return _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_fresh, force, max_steps, fingerprints)
 
 
+def outdated_trainings(plan: Plan, jobs: list[Job]) -> list[Job]:
+    """The running trainings among ``jobs`` that train other settings than ``plan``'s (a save in
+    the app while it trains: it goes on training what it started with)."""
+    from engine.project.provenance import accepted_fingerprints
+
+    if not any(j.kind == "train" and j.status is JobStatus.RUNNING for j in jobs):
+        return []
+    fingerprints = {side: accepted_fingerprints(plan, side) for side in plan.trained}
+    return [j for j in jobs if _outdated(j, fingerprints)]
+
+
 def _outdated(job: Job, fingerprints: dict[str, frozenset[str]]) -> bool:
     """Whether a running training trains other settings than the project's now (its runner
     noted its fingerprints at its start; a job queued, not started, reads the project then)."""
