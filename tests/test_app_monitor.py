@@ -368,3 +368,45 @@ async def test_a_job_waiting_for_a_slurm_node_says_so_not_running(tmp_path, monk
         await wait_until(pilot, lambda: "pending" in screen_text(app))
         assert "6.3 it/s" not in screen_text(app) and "07:14" not in screen_text(app)
     queue.close()
+
+
+async def test_the_log_keeps_following_when_its_pane_gets_shorter_and_stops_where_the_user_scrolled_up(tmp_path):
+    """A cancel and a retry from the CLI under the Monitor: the pane got shorter, the end moved
+    below the view, and Log (which follows only while the view is at its end) left the retried
+    job's lines out of sight. The pane follows until the user scrolls up, and again once they
+    scroll back to the end."""
+    from textual.app import App
+
+    from copylora_tui.widgets import log_tail
+
+    path = tmp_path / "job.log"
+    path.write_text("".join(f"line {n}\n" for n in range(60)))
+
+    class Holder(App):
+        CSS = "LogTail { height: 20; }"
+
+        def compose(self):
+            yield log_tail.LogTail(path)
+
+    app = Holder()
+    async with app.run_test(size=(80, 30)) as pilot:
+        log = app.query_one(log_tail.LogTail)
+        await wait_until(pilot, lambda: log.line_count >= 60 and log.is_vertical_scroll_end)
+        log.styles.height = 8  # the Monitor's layout changed under it
+        await pilot.pause(0.2)
+        with open(path, "a") as handle:
+            handle.write("attempt 2: resuming A from step 122\n")
+        await wait_until(pilot, lambda: "attempt 2" in log.lines[-1])
+        await wait_until(pilot, lambda: log.is_vertical_scroll_end)  # its line is on screen
+        log.scroll_to(y=0, animate=False, immediate=True)  # the user reads the start
+        await pilot.pause(0.1)
+        with open(path, "a") as handle:
+            handle.write("a later line\n")
+        await wait_until(pilot, lambda: "a later line" in log.lines[-1])
+        await pilot.pause(0.2)
+        assert log.scroll_offset.y == 0 and not log.following  # left where the user is
+        log.scroll_end(animate=False, immediate=True)
+        await pilot.pause(0.1)
+        with open(path, "a") as handle:
+            handle.write("the last line\n")
+        await wait_until(pilot, lambda: "the last line" in log.lines[-1] and log.is_vertical_scroll_end)

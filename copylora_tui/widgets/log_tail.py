@@ -42,6 +42,11 @@ class LogTail(Log):
         self.path = Path(path)
         self.raw_lines: deque[str] = deque(maxlen=max_lines)
         self._wrapped_at = 0  # the width the shown rows were wrapped to
+        # Whether the view follows the end: true until the user scrolls up, true again when they
+        # scroll back down. Log alone follows only while the view is at the end *now*: a pane made
+        # shorter (the Monitor's layout after a cancel) moved the end below the view, and the
+        # retried job's lines arrived out of sight.
+        self.following = True
 
     def on_mount(self) -> None:
         self._follow()
@@ -56,17 +61,31 @@ class LogTail(Log):
                 self.post_message(self.Lines(lines))
             time.sleep(FLUSH_S)
 
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        # Up from the end (the user): stay there; back at the end: follow. A pane made taller
+        # pulls the view up to its new end, which keeps it following.
+        self.following = new_value >= self.max_scroll_y
+
+    def _to_end(self) -> None:
+        if self.following and not self.is_vertical_scrollbar_grabbed:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+
     @while_open
     def on_log_tail_lines(self, message: Lines) -> None:
         message.stop()
         self.raw_lines.extend(message.lines)
-        self.write_lines(self._wrap(message.lines))
+        self.write_lines(self._wrap(message.lines), scroll_end=False)
+        self._to_end()
 
     @while_open
     def on_resize(self) -> None:
+        following = self.following
         if self._wrap_width() != self._wrapped_at:
             self.clear()
-            self.write_lines(self._wrap(self.raw_lines))
+            self.write_lines(self._wrap(self.raw_lines), scroll_end=False)
+        self.following = following  # a clear moves the view, not the user
+        self._to_end()  # a shorter pane put the end below the view
 
     def _wrap_width(self) -> int:
         return max(20, self.scrollable_content_region.width - 1)  # 1: the vertical scrollbar
