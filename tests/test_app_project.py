@@ -235,6 +235,33 @@ async def test_a_save_while_the_projects_training_runs_says_it_trains_the_old_se
         assert not any(n.startswith(("#2 ", "#3 ")) for n in notices(app)), notices(app)
 
 
+async def test_a_project_folder_moved_away_while_open_is_said_and_nothing_is_written(tmp_path, monkeypatch):
+    """`mv p1 p1-renamed` with p1 open: the status said "✗ 2 problems: not saved / a.folder:
+    folder not found" (nothing was unsaved) and the outputs line kept its ✓s; a save would have
+    made a new p1/ holding copylora.toml alone. It says the folder is gone, refuses save and run,
+    keeps the edits, and comes back when the folder does."""
+    env = use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        editor(app, "train.seed").value = "7"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        moved = folder.with_name("renamed")
+        folder.rename(moved)
+        await wait_until(pilot, lambda: "the project folder" in status(app) and "is gone" in status(app))
+        assert "edits are kept" in status(app)
+        assert "not known" in str(app.screen.query_one("#project-outputs", Static).content)
+        for key in ("ctrl+s", "ctrl+r"):
+            app.clear_notifications()
+            await pilot.press(key)
+            await wait_until(pilot, lambda: any("is gone (moved, renamed or removed?)" in n for n in notices(app)))
+        assert not folder.exists() and env.worker_calls == []
+        moved.rename(folder)
+        await wait_until(pilot, lambda: "is gone" not in status(app) and "unsaved changes" in status(app))
+        assert editor(app, "train.seed").value == "7"
+
+
 async def test_a_project_that_does_not_load_shows_its_problems(tmp_path, monkeypatch):
     use_home(monkeypatch, tmp_path)
     folder = make_projects(tmp_path) / "example-monochrome"

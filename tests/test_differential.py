@@ -131,7 +131,7 @@ def test_a_is_not_trained_again_while_b_learns_on_it(tmp_path, tiny, trained_a, 
     before = a_path.read_bytes()
     monkeypatch.setattr(sys, "argv", ["engine.jobs.runner", "--home", "/h", "--job", "9"])
     with side_locks(plan, ["b"], learns_on="a"):  # as the job training B holds them
-        with pytest.raises(TrainingError, match=r"side A of .* is in use right now: queue job #9 \(pid \d+\) trains B on A's LoRA"):
+        with pytest.raises(TrainingError, match=r"side A of .* is in use right now: queue job #9 of the queue in /h \(pid \d+\) trains B on A's LoRA"):
             train(plan, "a", model=tiny, log=quiet)
     assert a_path.read_bytes() == before
     with side_locks(plan, ["a"]):  # A being trained: B would learn on an A about to change

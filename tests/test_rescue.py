@@ -64,7 +64,7 @@ def test_a_project_folder_removed_while_training_is_not_recreated(tmp_path, tiny
     message = str(info.value)
     assert not root.exists(), "the next checkpoint re-created the removed project folder"
     assert max(seen) == 4, "training went on after the folder was found gone at the step-4 checkpoint"
-    assert f"the project folder {root} was removed while training (noticed at step 4 of 8)" in message
+    assert f"the project folder {root} was removed or moved while training (noticed at step 4 of 8)" in message
     assert str(rescue_folder()) in message and "runs/A" in message  # where to put the checkpoint back
     assert_rescued(plan.side("a"), 4, message)
 
@@ -98,7 +98,7 @@ def test_removed_before_the_final_save(tmp_path, tiny, monkeypatch):
     with pytest.raises(TrainingError) as info:
         train(plan, "a", model=tiny, log=quiet, controls=TrainControls(on_progress=remove_at(root, 3)))
     assert not root.exists()
-    assert str(info.value).startswith(f"training finished (3 steps), but the project folder {root} was removed during the run")
+    assert str(info.value).startswith(f"training finished (3 steps), but the project folder {root} was removed or moved during the run")
     assert_rescued(plan.side("a"), 3, str(info.value))
 
 

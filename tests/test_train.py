@@ -276,7 +276,7 @@ def test_a_side_another_process_trains_is_refused_before_anything_is_touched(tmp
     kept.write_bytes(b"the job's checkpoint")
     monkeypatch.setattr(sys, "argv", ["engine.jobs.runner", "--home", "/h", "--job", "7"])
     with side_locks(plan, ["a"]):  # held as a queue job holds it (flock: a second open conflicts, this process too)
-        with pytest.raises(TrainingError, match=r"side A of example-monochrome is being trained right now by queue job #7 \(pid \d+\)"):
+        with pytest.raises(TrainingError, match=r"side A of example-monochrome is being trained right now by queue job #7 of the queue in /h \(pid \d+\)"):
             train(plan, "a")
         with pytest.raises(TrainingError, match="side A of example-monochrome is being trained right now"):
             train_twin(plan)

@@ -79,6 +79,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self.loaded = False  # the load thread has answered (project or problems)
         self.on_disk: tuple | None = None  # copylora.toml's version when last read or saved here (engine.files.file_version)
         self.changed_on_disk = False  # another program has written it since (the last disk check says)
+        self.folder_gone = False  # the project folder is no more (moved, renamed, removed: the last disk check says)
         self._checking_disk = False
         self._outputs_seen: tuple | None = None  # the output folders' version the plan shown was read at
         self._outputs_checked_at = float("-inf")  # when a change there was last read (time.monotonic)
@@ -241,18 +242,28 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             version = file_version(project.toml_path)
         except OSError:
             version = None
-        self.post_message(self.DiskVersion(version, saves, outputs_version(project)))
+        self.post_message(self.DiskVersion(version, saves, outputs_version(project), project.root.is_dir()))
 
     class DiskVersion(Message, bubble=False):
         """copylora.toml's version on disk now (engine.files.file_version), read after ``saves``
-        saves here, and the output folders' (:func:`outputs_version`)."""
+        saves here, the output folders' (:func:`outputs_version`), and whether the project
+        folder is there at all."""
 
-        def __init__(self, version: tuple | None, saves: int, outputs: tuple = ()) -> None:
+        def __init__(self, version: tuple | None, saves: int, outputs: tuple = (), folder_there: bool = True) -> None:
             super().__init__()
-            self.version, self.saves, self.outputs = version, saves, outputs
+            self.version, self.saves, self.outputs, self.folder_there = version, saves, outputs, folder_there
 
     def on_project_screen_disk_version(self, message: DiskVersion) -> None:
         self._checking_disk = False
+        if self.folder_gone != (not message.folder_there):
+            # Moved or renamed (mv p1 p1-renamed) while open: the status said "✗ 2 problems: not
+            # saved / a.folder: folder not found", and the outputs line kept "A✓ B✓ merged✓".
+            self.folder_gone = not message.folder_there
+            self.update_status()
+            if self.folder_gone:
+                self.query_one("#project-outputs", Static).update(Text("outputs: not known (the project folder is gone)", style="dim"))
+                return
+            self.check_project()  # back where it was: check it again
         # An output made, replaced or removed by another program (`copylora sample`, a job, rm):
         # the outputs line and the plan said "grid✓" for a grid that was gone, until reopened.
         # Read again at most every OUTPUTS_RECHECK_S (a training writes checkpoints every few
@@ -440,6 +451,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         status = self.query_one("#project-status", Static)
         if self.project is None:
             return
+        if self.folder_gone:
+            status.update(Text(self.gone_text() + ("\n(your edits are kept on this screen)" if self.dirty else ""), style="bold yellow"))
+            return
         if self.field_errors or self.project_problems:
             count = len(self.field_errors) + len(self.project_problems)
             lines = [f"✗ {count} problem{'s' * (count != 1)}: not saved"]
@@ -493,9 +507,16 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
 
     # ------------------------------------------------------------------ actions
 
+    def gone_text(self) -> str:
+        return (f"⚠ the project folder {self.folder} is gone (moved, renamed or removed?): nothing here can be saved or run; "
+                "esc goes back to the list, which shows where projects are now")
+
     def action_save(self) -> None:
         if not self.loaded:
             self.notify("still reading the project", severity="warning")
+            return
+        if self.folder_gone:  # a save would make a new folder of that name holding only copylora.toml
+            self.notify(self.gone_text(), severity="error", timeout=10)
             return
         if self.project is None:
             self.notify("this project cannot be loaded; fix copylora.toml in an editor", severity="error")
@@ -556,6 +577,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
                              "stale: ctrl+r queues the new ones to train after it", severity="warning", timeout=12)
 
     def action_run(self) -> None:
+        if self.folder_gone:
+            self.notify(self.gone_text(), severity="error", timeout=10)
+            return
         if self.project is None or self.field_errors or self.project_problems:
             self.notify("fix the problems first: only a valid, saved project runs", severity="error")
             return

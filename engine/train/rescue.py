@@ -83,6 +83,6 @@ def rescue_side(step: int, write_state: Callable[[int, Path], Path], write_lora:
 
 def removed_message(gone: str, step: int, total: int, kept: list[str], finished: bool) -> str:
     """The error of a training stopped because its folder was removed."""
-    when = f"training finished ({step} steps), but {gone} was removed during the run" if finished else (
-        f"{gone} was removed while training (noticed at step {step} of {total}): training stopped")
+    when = f"training finished ({step} steps), but {gone} was removed or moved during the run" if finished else (
+        f"{gone} was removed or moved while training (noticed at step {step} of {total}): training stopped")
     return f"{when}; nothing was written there (it is not re-created): " + "; ".join(kept)

@@ -22,7 +22,9 @@ def _holder() -> str:
     """This process as the message to another trainer names it."""
     args = sys.argv[1:]
     if "--job" in args[:-1]:  # the queue's runner: engine.jobs.runner --home H --job N
-        return f"queue job #{args[args.index('--job') + 1]} (pid {os.getpid()})"
+        # which queue: another state folder's worker (COPYLORA_HOME) is not in `copylora queue` here
+        home = f" of the queue in {args[args.index('--home') + 1]}" if "--home" in args[:-1] else ""
+        return f"queue job #{args[args.index('--job') + 1]}{home} (pid {os.getpid()})"
     return f"`copylora {' '.join(args)}` (pid {os.getpid()})"[:300]
 
 
