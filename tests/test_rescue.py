@@ -38,8 +38,8 @@ def assert_rescued(side_plan, step: int, message: str) -> None:
     from engine.train.checkpoint import load_latest_state
     from engine.train.rescue import rescue_folder
 
-    lora = rescue_folder() / side_plan.lora_path.name
-    state = rescue_folder() / f"{side_plan.lora_path.stem}-run" / f"state-{step:08d}.pt"
+    lora = rescue_folder(side_plan.folder.parent) / side_plan.lora_path.name
+    state = rescue_folder(side_plan.folder.parent) / f"{side_plan.lora_path.stem}-run" / f"state-{step:08d}.pt"
     assert str(lora) in message and str(state) in message, message
     assert load_lora_file(lora).metadata["copylora_steps"] == str(step)
     assert load_latest_state(state.parent, log=quiet)["step"] == step  # a whole, resumable checkpoint
@@ -65,7 +65,7 @@ def test_a_project_folder_removed_while_training_is_not_recreated(tmp_path, tiny
     assert not root.exists(), "the next checkpoint re-created the removed project folder"
     assert max(seen) == 4, "training went on after the folder was found gone at the step-4 checkpoint"
     assert f"the project folder {root} was removed or moved while training (noticed at step 4 of 8)" in message
-    assert str(rescue_folder()) in message and "runs/A" in message  # where to put the checkpoint back
+    assert str(rescue_folder(root)) in message and "runs/A" in message  # where to put the checkpoint back
     assert_rescued(plan.side("a"), 4, message)
 
 
@@ -136,7 +136,7 @@ def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
         train(plan, "a", log=lines.append)
     message = str(info.value)
     state = plan.side("a").run_dir / "state-00000002.pt"
-    rescued = rescue_folder() / plan.side("a").lora_path.name
+    rescued = rescue_folder(root) / plan.side("a").lora_path.name
     assert "training finished (2 steps) but could not write" in message
     assert str(state) in message and state.is_file()
     assert str(rescued) in message and rescued.is_file()
@@ -144,3 +144,24 @@ def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
 
     assert load_lora_file(rescued).metadata["copylora_steps"] == "2"
     rescued.unlink()
+
+
+def test_two_projects_of_one_name_rescue_apart_and_check_says_what_is_kept(tmp_path, monkeypatch, capsys):
+    """The rescue folder held every project's files by LoRA name: a copied project (same
+    [project] name) wrote over the other's rescued LoRA and pruned its checkpoint. One folder per
+    project now, and `check` names it while it holds files (said once, in a job's error, before)."""
+    from copylora_tui.cli.main import main
+    from engine.train.rescue import rescue_folder, rescued_files
+
+    monkeypatch.setenv("COPYLORA_CACHE", str(tmp_path / "cache"))
+    one = copy_example(tmp_path / "one")
+    two = copy_example(tmp_path / "two")  # the same name, another folder
+    assert rescue_folder(one) != rescue_folder(two) and rescue_folder(one).parent == rescue_folder(two).parent == rescue_folder()
+    assert rescue_folder(one) == rescue_folder(one / "a" / "..")  # the same folder however it is spelled
+    assert rescued_files(one) == [] and main(["check", str(one)]) == 0 and "rescue" not in capsys.readouterr().err
+    rescue_folder(one).mkdir(parents=True)
+    (rescue_folder(one) / "example-monochrome_A.safetensors").write_bytes(b"weights")
+    assert main(["check", str(one)]) == 0
+    err = capsys.readouterr().err
+    assert f"left 1 file(s) in {rescue_folder(one)} (example-monochrome_A.safetensors)" in err, err
+    assert main(["check", str(two)]) == 0 and "rescue" not in capsys.readouterr().err

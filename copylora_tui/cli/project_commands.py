@@ -123,6 +123,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings.append(f"project.name: {plan.project.name!r} is also the name of {', '.join(f'{f.name}/' for f in same[:3])} "
                         f"beside it (a copied project keeps its [project] name): their LoRAs and grids have the same file names "
                         f"({plan.project.name}_A.safetensors …); set [project] name in {plan.project.toml_path}")
+    from engine.train.rescue import rescue_folder, rescued_files
+
+    if rescued := rescued_files(plan.project.root):  # said once in a failed job's error; never cleaned by copylora
+        warnings.append(f"a training of this project whose folder failed left {len(rescued)} file(s) in {rescue_folder(plan.project.root)} "
+                        f"({', '.join(p.name for p in rescued[:3])}{' …' if len(rescued) > 3 else ''}): its weights, to put back "
+                        "(README, Troubleshooting) or delete")
     statuses = output_statuses(plan)  # what `run` would make again, and why
     if args.json:
         outputs = {name: {"path": str(artifact.path), "state": statuses[name].state, "reason": statuses[name].reason,

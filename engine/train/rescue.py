@@ -18,11 +18,31 @@ from typing import Callable, Iterable
 WATCH_EVERY_S = 1.0  # a stat per watched folder: nothing next to a training step, yet prompt
 
 
-def rescue_folder() -> Path:
-    """Where a training's weights go when their own folder cannot take them."""
+def rescue_folder(project_root: Path | None = None) -> Path:
+    """Where a training's weights go when their own folder cannot take them: one folder per
+    project (its name and where it was), so two projects of one name (a copied folder) do not
+    write over each other's rescued LoRA, nor prune each other's checkpoints. ``None``: the
+    folder that holds them all."""
+    import hashlib
+    import os
+
     from engine.models.tiny import cache_root
 
-    return cache_root() / "rescue"
+    top = cache_root() / "rescue"
+    if project_root is None:
+        return top
+    where = os.path.abspath(project_root)
+    return top / f"{Path(where).name}-{hashlib.sha256(where.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def rescued_files(project_root: Path) -> list[Path]:
+    """What a failed training of this project left in its rescue folder (check says so: it
+    was said once, in the job's error, and the folder is never cleaned by copylora)."""
+    folder = rescue_folder(project_root)
+    try:
+        return sorted(folder.iterdir())
+    except OSError:
+        return []
 
 
 def nearest_existing(path: Path) -> Path:
@@ -62,7 +82,7 @@ def rescue_side(step: int, write_state: Callable[[int, Path], Path], write_lora:
                 run_dir: Path, project_root: Path) -> str:
     """Write one side's checkpoint and LoRA of ``step`` to the rescue folder; what was kept
     (or not), as one phrase for the error."""
-    folder = rescue_folder()
+    folder = rescue_folder(project_root)
     kept = []
     try:
         kept.append(f"the LoRA of step {step} was written to {write_lora(step, folder / lora_path.name)}")

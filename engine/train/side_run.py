@@ -52,7 +52,8 @@ def _diverged(at_step: int, value: float, side: str, run_dir: Path) -> TrainingE
 
 
 
-def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log, run_dir: Path | None = None) -> tuple[Path | None, Path]:
+def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log, run_dir: Path | None = None,
+                project_root: Path | None = None) -> tuple[Path | None, Path]:
     """The checkpoint, then the LoRA, of a finished training. A full disk is waited on
     (engine.train.room: the weights are in memory only). If the output folder fails now
     (removed, full past the wait, unmounted during the run), the trained weights are still not
@@ -74,7 +75,7 @@ def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log, r
     if state_path is not None:
         kept.append(f"the trained state is in {state_path} (fix the folder, then `copylora retry` or `train --resume` writes the LoRA)")
     try:
-        rescued = write_lora(step, rescue_folder() / lora_path.name)
+        rescued = write_lora(step, rescue_folder(project_root) / lora_path.name)
         kept.append(f"the LoRA was written to {rescued} instead")
     except OSError:
         pass
@@ -442,7 +443,7 @@ class SideRun:
             return self.final
         lora_step = self.stopped[0] if self.stopped is not None else step
         self.final = _final_save(step, self.write_state, lambda _step, path: self.write_lora(lora_step, path), self.sp.lora_path,
-                                 self.log, self.run_dir)
+                                 self.log, self.run_dir, self.plan.project.root)
         return self.final
 
     def rescue(self, step: int) -> str:
