@@ -234,3 +234,26 @@ def test_new_into_a_full_disk_names_the_destination_not_the_picture(tmp_path, mo
     assert [(p.where, p.message.split(" (")[0]) for p in info.value.problems] == [
         ("dest", f"no space left on the disk of {tmp_path / 'projects'} for the pictures")]
     assert not (tmp_path / "projects" / "mono").exists()
+
+
+def test_check_warns_of_a_disk_without_room_for_the_training(tmp_path, monkeypatch):
+    """`check` said valid and `run` queued on a disk with nothing free. It warns, from the sizes
+    of the checkpoints this project wrote before where there are some, else a guess by base."""
+    import shutil
+
+    from engine.project.plan import plan_warnings, room_warnings
+
+    root = copy_example(tmp_path)
+    plan = make_plan(load_project(root))
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=5_000_000))
+    warned = room_warnings(plan)
+    assert len(warned) == 1 and warned[0].startswith("project.output_dir: the disk of ") and "has 5.0 MB free" in warned[0]
+    assert "writes about 42 MB" in warned[0] and warned[0] in plan_warnings(plan)  # 20 MiB a side on a built-in base
+    for side in ("a", "b"):  # an earlier run's checkpoints: 10 MB each
+        plan.side(side).run_dir.mkdir(parents=True)
+        with open(plan.side(side).run_dir / "state-00000010.pt", "wb") as handle:
+            handle.truncate(10_000_000)
+    assert "writes about 60 MB" in room_warnings(plan)[0]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10**12))
+    assert room_warnings(plan) == []

@@ -266,7 +266,47 @@ def plan_warnings(plan: Plan) -> list[str]:
     return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + schedule_warnings(plan.project)
             + sample_prompt_warnings(plan.project) + prior_prompt_warnings(plan.project)
             + toy_caption_warnings(plan)
-            + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan) + missing_output_warnings(plan))
+            + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan) + missing_output_warnings(plan)
+            + room_warnings(plan))
+
+
+# What a side's training writes, where nothing of it is on disk yet to measure: two checkpoints
+# kept, the LoRA, a few previews. A real SD1.5 rank-8 side with AdamW8bit: ~40 MB a checkpoint.
+ROOM_GUESS = {"builtin": 20 << 20, "checkpoint": 256 << 20}
+
+
+def room_warnings(plan: Plan) -> list[str]:
+    """Too little room on the output folder's disk for what the training writes: `check` said
+    valid and `run` queued on a disk with nothing free, and the training ended at its first
+    checkpoint (or, before copylora waited for room, lost its LoRA at the end). Measured from
+    the checkpoints and LoRAs this project has written before, where there are some."""
+    import shutil
+
+    from engine.files import free_text, nearest_folder
+
+    folder = nearest_folder(plan.outputs.folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return []
+    sizes = []
+    for side in plan.trained:
+        try:
+            states = [p.stat().st_size for p in plan.side(side).run_dir.glob("state-*.pt")]
+            lora = plan.side(side).lora_path.stat().st_size if plan.side(side).lora_path.is_file() else 0
+        except OSError:
+            states, lora = [], 0
+        if states or lora:
+            sizes.append(3 * max(states, default=2 * lora) + 2 * lora)  # the kept two and the one written beside them; LoRA and snapshot
+        else:
+            builtin = plan.project.info.base_model in ("tiny", "tiny-sdxl", "toy")
+            sizes.append(ROOM_GUESS["builtin" if builtin else "checkpoint"])
+    needed = sum(sizes)
+    if free >= needed:
+        return []
+    return [f"project.output_dir: the disk of {folder} has {free_text(folder)}, and a training of this project writes about "
+            f"{needed / 1e6:.0f} MB (checkpoints, LoRAs, previews): free some first (df -h {folder}); a training that finds "
+            "the disk full waits for room before it writes its LoRA"]
 
 
 def missing_output_warnings(plan: Plan) -> list[str]:
