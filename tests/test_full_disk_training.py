@@ -257,3 +257,9 @@ def test_check_warns_of_a_disk_without_room_for_the_training(tmp_path, monkeypat
     assert "writes about 60 MB" in room_warnings(plan)[0]
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10**12))
     assert room_warnings(plan) == []
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("60", 60.0), ("0", 0.0), ("abc", 1800.0), ("-5", 1800.0), ("inf", 1800.0), ("nan", 1800.0)])
+def test_the_wait_is_set_by_the_environment_and_a_bad_value_is_the_default(monkeypatch, given, seconds):
+    monkeypatch.setenv("COPYLORA_ROOM_WAIT_S", given)
+    assert room._wait_s() == seconds

@@ -23,7 +23,15 @@ T = TypeVar("T")
 RETRY_S = 10.0
 # How long a training waits for room: long enough to notice (the log, the Monitor) and free
 # some; bounded, so a job nobody watches still ends (rescuing what it can) and frees its GPU.
-WAIT_S = float(os.environ.get("COPYLORA_ROOM_WAIT_S", 30 * 60))
+def _wait_s(default: float = 30 * 60) -> float:
+    try:  # a value that is no number of seconds is the default, not a job that fails to start
+        value = float(os.environ.get("COPYLORA_ROOM_WAIT_S", default))
+    except ValueError:
+        return default
+    return value if 0 <= value < float("inf") else default
+
+
+WAIT_S = _wait_s()
 
 
 def write_with_room(write: Callable[[], T], what: str, folder: Path, log: Callable[[str], None], *,
