@@ -45,7 +45,7 @@ environment:
   COPYLORA_KEYMAP          the app's keys (~/.config/copylora/keymap.toml)
   COPYLORA_IMAGES          1 or 0: pictures in the terminal, or not (auto)
   COPYLORA_WARM_START      0: each job starts cold, importing torch (1)
-  COPYLORA_ROOM_WAIT_S     seconds a training waits for room on a full disk (1800)
+  COPYLORA_ROOM_WAIT_S     seconds to wait for room on a full disk (1800)
 """
 
 
