@@ -92,6 +92,8 @@ async def test_saving_over_a_file_another_program_changed_asks_first(tmp_path, m
         await wait_until(pilot, lambda: app.screen.dirty)
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: any("changed on disk since it was read here" in n for n in notices(app)))
+        # which keys the overwrite would put back (a seed changed in vim went back to 42 unsaid)
+        assert any("(train.seed 42 → 7): ctrl+s again overwrites it" in n for n in notices(app)), notices(app)
         assert toml.read_text() == outside  # not overwritten
         await pilot.press("ctrl+s")  # asked, answered: the form wins
         await wait_until(pilot, lambda: "network_dim = 4" in toml.read_text())

@@ -239,3 +239,31 @@ def field_for_problem(problem: Problem, paths: list[str]) -> str | None:
         if candidate in paths:
             return candidate
     return None
+
+
+def changed_on_disk(read: Project, path) -> list[str]:
+    """The keys whose value in the file at ``path`` is not the one the form read (``read``):
+    what a save of the form would put back ("train.seed 43 → 42"). Keys the file does not set
+    are not compared; a file that does not parse says so."""
+    import tomllib
+
+    def flat(table: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in table.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    try:
+        with open(path, "rb") as handle:
+            disk = flat(tomllib.load(handle))
+    except (OSError, ValueError) as exc:
+        return [f"the file does not read as TOML now ({exc})"]
+    try:
+        mine = flat(tomllib.loads(render_project(read)))
+    except ValueError:
+        return []
+    return [f"{key} {toml_value(mine[key]) if key in mine else '(unset)'} → {toml_value(value)}"
+            for key, value in disk.items() if mine.get(key, object()) != value]

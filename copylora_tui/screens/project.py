@@ -534,7 +534,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             # Another editor, `copylora import-kohya --into`, another copylora app wrote it since it was read here:
             # saving the form would silently undo that. Asked once per version; ctrl+s again overwrites.
             self._overwrite_asked = now
-            self.notify("copylora.toml changed on disk since it was read here (another editor? import-kohya?): "
+            changed = form.changed_on_disk(self.project, self.project.toml_path)  # what the overwrite would put back
+            said = f" ({'; '.join(changed[:4])}{' …' if len(changed) > 4 else ''})" if changed else ""
+            self.notify(f"copylora.toml changed on disk since it was read here (another editor? import-kohya?){said}: "
                         "ctrl+s again overwrites it with this form; leaving (esc) and opening it again (o) shows the file as it is now",
                         severity="warning", timeout=12)
             return
