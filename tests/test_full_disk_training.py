@@ -42,9 +42,16 @@ def failing(monkeypatch, name: str, times: int, error=full_disk):
 
 @pytest.fixture
 def quick_room(monkeypatch):
-    monkeypatch.setattr(room, "RETRY_S", 0.01)
-    monkeypatch.setattr(room, "WAIT_S", 5.0)
-    monkeypatch.setattr(room.time, "sleep", lambda s: None)
+    """Waits of 1 s a try, 30 s in all, 9 s for a stop's checkpoint, and no real sleeping:
+    the seconds waited are counted in ``slept``."""
+    slept: list[float] = []
+    monkeypatch.setattr(room, "RETRY_S", 1.0)
+    monkeypatch.setattr(room, "WAIT_S", 30.0)
+    monkeypatch.setattr(room, "STOP_WAIT_S", 9.0)
+    monkeypatch.setattr("engine.train.trainer.STOP_WAIT_S", 9.0)
+    monkeypatch.setattr(room, "_waited", [0.0])
+    monkeypatch.setattr(room.time, "sleep", slept.append)
+    return slept
 
 
 def plan_of(tmp_path, steps: int, **train):
@@ -73,6 +80,57 @@ def test_a_disk_still_full_after_the_wait_rescues_as_before(tmp_path, tiny, monk
     failing(monkeypatch, "write_lora", 10_000)
     with pytest.raises(TrainingError, match=r"training finished \(3 steps\) but could not write .*the trained state is in"):
         train(plan, "a", model=tiny, log=lambda line: None)
+
+
+def test_the_waits_of_a_twin_share_one_budget_and_a_stop_ends_them(tmp_path, tiny, monkeypatch, quick_room):
+    """Each write waited its own 30 minutes: a twin whose four final writes all met a full disk
+    held the GPU two hours, and a cancel did nothing. Their waits share one budget now, and a
+    stop asked meanwhile ends the wait (the weights then go to the rescue folder)."""
+    from engine.train.twin import train_twin
+
+    plan = plan_of(tmp_path, 3)
+    failing(monkeypatch, "write_lora", 10_000)
+    failing(monkeypatch, "write_state", 10_000)
+    logs: list[str] = []
+    with pytest.raises(TrainingError):
+        train_twin(plan, model=tiny, log=logs.append)
+    assert sum(quick_room) == 30.0, sum(quick_room)
+    assert sum("no space left on the disk" in line for line in logs) == 1  # the later writes found the budget spent
+
+    monkeypatch.setattr(room, "_waited", [0.0])
+    quick_room.clear()
+    asked = {"stop": False}
+    monkeypatch.setattr(room.time, "sleep", lambda s: (quick_room.append(s), asked.update(stop=len(quick_room) >= 3)))
+    done: list[int] = []
+    logs.clear()
+    with pytest.raises(TrainingError):
+        train(plan_of(tmp_path / "again", 3), "a", model=tiny, log=logs.append,
+              controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: asked["stop"] and len(done) >= 3))
+    assert sum(quick_room) == 3.0 and any("stopped waiting for room for the final checkpoint" in line for line in logs), logs
+
+
+def test_a_stops_checkpoint_waits_within_the_workers_grace_then_rescues(tmp_path, tiny, monkeypatch, quick_room):
+    """The worker kills a stopping job 120 s after its SIGTERM, and nothing was rescued: the
+    stop's checkpoint waits at most STOP_WAIT_S, then goes to the rescue folder."""
+    from engine.train.rescue import rescue_folder
+
+    monkeypatch.setenv("COPYLORA_CACHE", str(tmp_path / "cache"))
+    plan = plan_of(tmp_path, 10, save_every_n_steps=0)
+    real = SideRun.write_state
+
+    def write_state(self, step, folder=None):
+        if folder is None:  # its own run folder: full
+            raise full_disk()
+        return real(self, step, folder)
+
+    monkeypatch.setattr(SideRun, "write_state", write_state)
+    done: list[int] = []
+    with pytest.raises(TrainingError) as info:
+        train(plan, "a", model=tiny, log=lambda line: None,
+              controls=TrainControls(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4))
+    assert sum(quick_room) == 9.0
+    assert "stopped at step 4, but its checkpoint could not be written" in str(info.value)
+    assert f"its checkpoint to {rescue_folder(plan.project.root)}" in str(info.value), str(info.value)
 
 
 def test_another_failure_is_not_waited_on(tmp_path, tiny, monkeypatch, quick_room):

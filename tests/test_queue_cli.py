@@ -4,6 +4,7 @@ types to inspect and steer the queue."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import types
@@ -128,10 +129,14 @@ def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
     assert main(["worker", "stop"]) == 0
     assert capsys.readouterr().out.strip() == "worker 4242 stopped; no job was running"
     queue = Queue(home)
-    for project in ("/p/one", "/p/two", "/p/three"):
+    for project in ("/p/one", "/p/two", "/p/three", "/p/four"):
         queue.enqueue("train", project, side="a", total=10)
-    for _ in range(3):
+    for _ in range(4):
         queue.claim(None)
+    from engine.jobs.procs import process_start
+
+    queue.set_pid(3, os.getpid(), process_start(os.getpid()))  # alive: still writing its checkpoint
+    queue.set_pid(4, os.getpid(), "not its start")  # its process is gone: the worker killed it past the grace
 
     def stop() -> int:  # one checkpointed and queued first, one whose checkpoint a full disk refused, one still writing
         queue.requeue_at_head(1, "the worker stopped")
@@ -145,7 +150,8 @@ def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
         "worker 4242 stopped",
         "  #1 train a of one: checkpointed at step 0, queued first (the next worker resumes it)",
         "  #2 train a of two: failed: stopped at step 5, but its checkpoint could not be written",
-        "  #3 train a of three: still stopping (its checkpoint is being written); `copylora queue` shows when it is queued"]
+        "  #3 train a of three: still stopping (its checkpoint is being written); `copylora queue` shows when it is queued",
+        "  #4 train a of four: interrupted (it did not stop in time); the next worker resumes it from its last checkpoint"]
 
 
 def test_gpu_stats_absent_without_nvml(monkeypatch):

@@ -450,6 +450,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             print(f"worker {pid} stopped; {after}")
             return 0
         print(f"worker {pid} stopped")
+        from engine.jobs.procs import alive
+
         for job_id in running:  # what became of each: a checkpoint a full disk refused failed its job ("queued" it said)
             try:
                 job = reader.get(job_id)
@@ -458,8 +460,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             label = f"#{job.id} {job.label} of {project_label(job.project)}"
             if job.status is JobStatus.QUEUED:
                 print(f"  {label}: checkpointed at step {job.step}, queued first (the next worker resumes it)")
-            elif job.status is JobStatus.RUNNING:
+            elif job.status is JobStatus.RUNNING and job.pid is not None and alive(job.pid, job.pid_start):
                 print(f"  {label}: still stopping (its checkpoint is being written); `copylora queue` shows when it is queued")
+            elif job.status is JobStatus.RUNNING:  # the worker ended it past its grace, before it could record its end
+                print(f"  {label}: interrupted (it did not stop in time); the next worker resumes it from its last checkpoint")
             else:
                 print(f"  {label}: {job.status}" + (f": {job.error}" if job.error else ""))
         return 0  # the worker stopped, as asked; what became of each job is said above

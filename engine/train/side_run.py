@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.models.loading import BaseModel
 from engine.project.network_weights import network_weights_path
@@ -53,7 +53,7 @@ def _diverged(at_step: int, value: float, side: str, run_dir: Path) -> TrainingE
 
 
 def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log, run_dir: Path | None = None,
-                project_root: Path | None = None) -> tuple[Path | None, Path]:
+                project_root: Path | None = None, give_up: Callable[[], bool] | None = None) -> tuple[Path | None, Path]:
     """The checkpoint, then the LoRA, of a finished training. A full disk is waited on
     (engine.train.room: the weights are in memory only). If the output folder fails now
     (removed, full past the wait, unmounted during the run), the trained weights are still not
@@ -64,11 +64,13 @@ def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log, r
     state_path = None
     folder = run_dir or lora_path.parent
     try:
-        state_path = write_with_room(lambda: write_state(step), "the final checkpoint", folder, log, size_hint=_newest_state_size(run_dir))
+        state_path = write_with_room(lambda: write_state(step), "the final checkpoint", folder, log, size_hint=_newest_state_size(run_dir),
+                                     give_up=give_up)
     except OSError as exc:
         log(f"warning: could not write the final checkpoint ({exc})")
     try:
-        return state_path, write_with_room(lambda: write_lora(step, lora_path), f"the LoRA {lora_path.name}", lora_path.parent, log)
+        return state_path, write_with_room(lambda: write_lora(step, lora_path), f"the LoRA {lora_path.name}", lora_path.parent, log,
+                                           give_up=give_up)
     except OSError as exc:
         failure = f"could not write {lora_path} ({exc.strerror or exc})"
     kept = []
@@ -111,6 +113,7 @@ class SideRun:
 
         self.plan, self.side, self.model, self.device = plan, side, model, device
         self.weight_dtype, self.started, self.log = weight_dtype, started, log
+        self.stop_asked: Callable[[], bool] = lambda: False  # the loop's controls (a wait for disk room ends on a stop)
         self.sp: SidePlan = plan.side(side)
         self.p = p = self.sp.params
         self.run_dir = self.sp.run_dir
@@ -443,7 +446,7 @@ class SideRun:
             return self.final
         lora_step = self.stopped[0] if self.stopped is not None else step
         self.final = _final_save(step, self.write_state, lambda _step, path: self.write_lora(lora_step, path), self.sp.lora_path,
-                                 self.log, self.run_dir, self.plan.project.root)
+                                 self.log, self.run_dir, self.plan.project.root, self.stop_asked)
         return self.final
 
     def rescue(self, step: int) -> str:

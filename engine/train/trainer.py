@@ -31,7 +31,7 @@ from engine.train.loss_reads import PendingLosses, defers_loss_reads
 from engine.train.progress import Progress, ProgressMeter
 from engine.train.rescue import FolderWatch, removed_message
 from engine.train.results import Log, TrainingError, TrainResult
-from engine.train.room import write_with_room
+from engine.train.room import STOP_WAIT_S, write_with_room
 from engine.train.side_run import Draw, SideRun
 
 if TYPE_CHECKING:
@@ -417,6 +417,8 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, s
     if controls.on_start is not None:
         controls.on_start(step, total)
     losses = LossBook(driver, step, total, device, controls.on_progress, copies, defer=train_step.defer)
+    for run in runs:  # a final save waiting for room on a full disk stops waiting on a cancel (engine.train.room)
+        run.stop_asked = controls.stop_asked
     states: list[tuple[Path | None, Path | None]] = [(None, None)] * len(runs)  # (checkpoint, LoRA) of each side
     # A project folder removed during the run is not re-created by the next write: stop, rescue.
     watch = FolderWatch(plan.project.root, [plan.project.output_dir(), *(run.run_dir for run in runs)])
@@ -441,15 +443,16 @@ def _loop(plan: Plan, driver: SidesDriver, train_step: Any, copies: CopyWatch, s
                 losses.read()
                 losses.report(step)
             for i, run in enumerate(runs):
-                try:  # the steps since the last checkpoint are in memory only: a full disk is waited on
+                try:  # the steps since the last checkpoint are in memory only: a full disk is waited on (within the worker's grace)
                     states[i] = (write_with_room(lambda: run.write_state(step), driver.named(run, "the checkpoint to stop on"),
-                                                 run.run_dir, log), None)
+                                                 run.run_dir, log, limit_s=STOP_WAIT_S), None)
                 except OSError as exc:
                     older = list_states(run.run_dir)
                     back = (f"`copylora retry` resumes from the checkpoint of step {state_step(older[0])}" if older
                             else "no earlier checkpoint was written: `copylora retry` starts it again")
+                    kept = "; ".join(r.rescue(step) for r in runs)  # the rescue folder may be on a disk with room
                     raise TrainingError(f"stopped at step {step}, but its checkpoint could not be written to {run.run_dir} ({exc}); "
-                                        f"{back}") from None
+                                        f"{back}; {kept}") from None
             names = " and ".join(driver.named(run, state.name) for run, (state, _) in zip(runs, states) if state is not None)
             log(f"stopped at step {step}; state saved to {names}")
             return results("stopped")
