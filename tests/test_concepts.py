@@ -240,6 +240,24 @@ def test_a_class_picture_rewritten_in_place_at_another_size_moves_to_its_bucket_
     assert dict(side.epoch_buckets) == {(128, 192): 5, (192, 128): 5} and side.steps_per_epoch == 6
 
 
+def test_a_class_folder_larger_than_the_bucket_cache_is_read_once(tmp_path, monkeypatch):
+    """The cache was emptied before each folder it could not hold whole: a class folder of
+    21 000 pictures read every header on every plan (the app plans often)."""
+    from engine.project import epoch_buckets, images
+
+    folder = tmp_path / "reg"
+    for n in range(12):
+        write_png(folder / f"{n:02d}.png", (128, 192), (90, 90, 90))
+    monkeypatch.setattr(epoch_buckets, "PICTURE_CACHE_MAX", 10)
+    monkeypatch.setattr(epoch_buckets, "_PICTURE_BUCKETS", {})
+    reads: list[str] = []
+    real = images.read_image_info
+    monkeypatch.setattr(images, "read_image_info", lambda path, **kw: (reads.append(path.name), real(path, **kw))[1])
+    first = epoch_buckets._folder_buckets(folder, (600, 900))
+    assert len(reads) == 12
+    assert epoch_buckets._folder_buckets(folder, (600, 900)) == first and len(reads) == 12  # no header read again
+
+
 def test_check_shares_steps_by_bucket_as_batches_hold_one(tmp_path):
     """A concept of two shapes at batch 4 takes batches bucket by bucket, not one per four items
     of any shape: its share of the steps is counted so (check showed 3 for the suns' 12 items,

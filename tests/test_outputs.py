@@ -154,3 +154,24 @@ def test_a_folder_where_an_input_file_belongs_makes_the_result_stale_not_a_crash
     assert SideLora(plan, "b").status().state == MISSING
     assert Result(plan).status().pair() == (False, "A or B changed since the merge")
     assert main(["check", str(real_runs / "mono")]) == 0
+
+
+def test_each_file_is_hashed_once_however_many_statuses_ask(real_runs, monkeypatch):
+    """What is made from a side asks the side's status (its fingerprint: the pictures, and for
+    the differential route A's LoRA by content), and the result, its stats, its grid and its
+    check each ask the result's: A's LoRA was read whole 15 times for one `check`. Each file is
+    read once now, until it changes."""
+    import engine.hashing as hashing
+    from copylora_tui.core.plan_view import output_statuses
+
+    plan = plan_of(real_runs / "differential")
+    monkeypatch.setattr(hashing, "_REMEMBERED", {})
+    read: list[str] = []
+    real = hashing.file_sha256
+    monkeypatch.setattr(hashing, "file_sha256", lambda path: (read.append(str(path)), real(path))[1])
+    first = output_statuses(plan)
+    output_statuses(plan)
+    assert read and len(read) == len(set(read)), sorted(read)
+    lora_a = plan.outputs.lora("a")
+    lora_a.write_bytes(lora_a.read_bytes())  # written anew: read again
+    assert output_statuses(plan) == first and read.count(str(lora_a)) == 2

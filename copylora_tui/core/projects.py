@@ -72,11 +72,18 @@ def project_stamps(folders: Mapping[Path, tuple[Path, ...]] | list[Path]) -> dic
 
 def project_stamp(folder: Path, inputs: tuple[Path, ...] | None = None) -> tuple:
     """What changes when a project's file, a teacher picture or one of its outputs is written,
-    replaced or removed beside the app: its file's :func:`stamp` and the files of ``inputs``
-    (default: the project folder's own subfolders: a/, b/, output/…), each (name, mtime, size,
-    inode). A picture replaced from a shell left "✓ trained" and "all outputs current" on
-    the list, where `check` said stale."""
-    return stamp(folder / PROJECT_FILE), folder_files_stamp(inputs if inputs is not None else subfolders(folder))
+    replaced or removed beside the app: its file's :func:`stamp`, the files of ``inputs`` (its
+    teacher folders and output folder, :func:`watched_folders`; default a/ and b/), each (name,
+    mtime, size, inode), and every subfolder's own stamp (a picture added to or removed from a
+    class folder of thousands: one stat, not thousands every DISK_CHECK_S). A picture replaced
+    from a shell left "✓ trained" and "all outputs current" on the list, where `check` said stale."""
+    files = tuple(sorted(inputs if inputs is not None else default_inputs(folder)))
+    return stamp(folder / PROJECT_FILE), folder_files_stamp(files), tuple(stamp(sub) for sub in subfolders(folder))
+
+
+def default_inputs(folder: Path) -> tuple[Path, ...]:
+    """A project's folders as `copylora new` lays them out (before it is read)."""
+    return folder / "a", folder / "b", folder / "output"
 
 
 def subfolders(folder: Path) -> tuple[Path, ...]:
@@ -166,12 +173,12 @@ def summarise(folder: Path) -> ProjectSummary:
 
 
 def watched_folders(project) -> tuple[Path, ...]:
-    """The folders whose files decide a project's row: its teacher folders (A, B, further
-    concepts, class pictures: every subfolder of the project) and its output folder (its LoRAs
-    and stats; not runs/, whose checkpoints change every few steps)."""
-    folders = set(subfolders(project.root))
-    folders.add(project.output_dir())
-    folders |= {project.side_folder(side) for side in ("a", "b")}  # a teacher folder outside the project
+    """The folders whose every file a project's row follows: its teacher folders (A, B, further
+    concepts: a picture rewritten in place changes no folder's time) and its output folder (its
+    LoRAs and stats; not runs/, whose checkpoints change every few steps). Class folders, often
+    thousands of pictures, count by their own stamp (project_stamp)."""
+    folders = {project.output_dir(), *(project.side_folder(side) for side in ("a", "b"))}
+    folders |= {project.root / concept.folder for concept in project.concepts if concept.folder}
     return tuple(sorted(folders))
 
 
@@ -211,8 +218,11 @@ def read_projects(folders: list[Path], stamps: dict[Path, Stamp] | None = None,
         if stamps is not None:
             stamps[folder] = project_stamp(folder)
         summaries.append(summarise_project(folder))
-        if stamps is not None and summaries[-1].inputs is not None:  # an output folder elsewhere: watched too
-            stamps[folder] = (stamps[folder][0], folder_files_stamp(summaries[-1].inputs))
+        inputs = summaries[-1].inputs
+        if stamps is not None and inputs is not None and set(inputs) != set(default_inputs(folder)):
+            # folders of its own (an output folder elsewhere): stamped now, as read (the usual
+            # layout's were stamped before, so a change while it was read shows at the next look)
+            stamps[folder] = (stamps[folder][0], folder_files_stamp(tuple(sorted(inputs))), stamps[folder][2])
         if on_progress is not None:
             on_progress(len(summaries), len(folders))
     return summaries

@@ -77,6 +77,7 @@ def class_pool(project, resolution) -> list[tuple[Bucket, int]]:
 # header, a stat is ~100 times cheaper). Keyed per picture, not by the folder's time: a picture
 # rewritten in place at another size leaves the folder's time as it was.
 _PICTURE_BUCKETS: dict[tuple[str, int, int, tuple], Bucket | None] = {}
+PICTURE_CACHE_MAX = 20_000
 
 
 def _folder_buckets(folder: Path, resolution: tuple) -> dict[Path, Bucket | None]:
@@ -87,7 +88,7 @@ def _folder_buckets(folder: Path, resolution: tuple) -> dict[Path, Bucket | None
         paths = image_files(folder)
     except OSError:  # no folder (yet), a file where it should be, or unreadable: training says so
         return {}
-    if len(_PICTURE_BUCKETS) > 20_000:
+    if len(_PICTURE_BUCKETS) + len(paths) > max(PICTURE_CACHE_MAX, 2 * len(paths)):  # room for this folder's at least: a bigger one emptied it every call
         _PICTURE_BUCKETS.clear()
     return {path: _picture_bucket(path, resolution) for path in paths}
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.formats.safetensors_header import HeaderError, read_header
-from engine.hashing import file_sha256
 
 if TYPE_CHECKING:
     from engine.project.plan import Plan
@@ -149,22 +148,16 @@ def png_record(path: Path) -> dict | None:
         return None
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def content_hash(path: Path) -> str | None:
-    """sha256 of a file (None: no readable file), remembered per (path, mtime, size): one scan asks it of
-    the same result for the result, its stats, its grid and its check."""
+    """sha256 of a file (None: no readable file), remembered per (path, mtime, size, inode)
+    (engine.hashing.remembered_sha256): one scan asks it of the same result for the result, its
+    stats, its grid and its check."""
+    from engine.hashing import remembered_sha256
+
     try:
-        stat = os.stat(path)
-        key = (str(path), stat.st_mtime_ns, stat.st_size)
-        if key not in _HASHES:
-            if len(_HASHES) > 256:
-                _HASHES.clear()
-            _HASHES[key] = file_sha256(path)
-    except OSError:  # not there, a folder where a file belongs, unreadable: no hash, so never "current"
+        return remembered_sha256(path)
+    except (OSError, ValueError):  # not there, a folder where a file belongs, unreadable: no hash, so never "current"
         return None
-    return _HASHES[key]
 
 
 def _json(text: str | None) -> Any:

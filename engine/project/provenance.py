@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.hashing import file_sha256
+from engine.hashing import remembered_sha256
 from engine.project.concepts import resolve_prompt
 from engine.project.copy_rule import COPY_KEYS
 from engine.project.network_weights import network_weights_path
@@ -66,12 +66,12 @@ def run_fingerprints(plan: Plan, side: str) -> tuple[str, str]:
 
     if side.lower() != PAIR:  # only the one-LoRA routes train at it
         params.pop("pair_multiplier", None)
-    images = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in sp.images]
+    images = [remembered_sha256(i.path) for i in sp.images]
     base = plan.project.base_model_path()
     payload: dict[str, Any] = {"params": params, "images": images, "base": base, "family": plan.project.info.model_family}
     if side.lower() == PAIR:  # one LoRA of both pictures, by its route
         payload["route"] = plan.project.info.method
-        payload["b_images"] = [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in plan.side("b").images]
+        payload["b_images"] = [remembered_sha256(i.path) for i in plan.side("b").images]
     if plan.project.reg is not None:  # the DreamBooth flow: what each picture trains on is part of the run
         payload["dreambooth"] = dreambooth_record(plan, side)
     base_weights = base_weights_for(plan, side)
@@ -118,7 +118,7 @@ def dreambooth_record(plan: Plan, side: str) -> dict[str, Any]:
     reg = plan.project.reg
     assert reg is not None, "only a [reg] project has a DreamBooth record"
     extension = reg.caption_extension
-    concepts = [{"images": [hashlib.sha256(i.path.read_bytes()).hexdigest() for i in c.images], "repeats": c.repeats,
+    concepts = [{"images": [remembered_sha256(i.path) for i in c.images], "repeats": c.repeats,
                  "prompts": [resolve_prompt(c.instance_prompt, i.path, extension) for i in c.images]} for c in sp.concepts]
     return {
         "prompts": [resolve_prompt(reg.instance_prompt, i.path, extension) for i in sp.images],
@@ -134,7 +134,7 @@ def base_weights_record(base_weights: BaseWeights) -> dict[str, Any]:
     path = base_weights.path
     return {
         "file": path.name,
-        "sha256": file_sha256(path) if path.is_file() else None,
+        "sha256": remembered_sha256(path) if path.is_file() else None,
         "multiplier": base_weights.multiplier,
         "merged": base_weights.merge,
     }
@@ -143,4 +143,4 @@ def base_weights_record(base_weights: BaseWeights) -> dict[str, Any]:
 def start_weights_record(path: Path) -> dict[str, Any]:
     """What the fingerprint and the LoRA's metadata record of a start file: its name and content
     hash (None when it is missing: the side is then stale, and check says why)."""
-    return {"file": path.name, "sha256": file_sha256(path) if path.is_file() else None}
+    return {"file": path.name, "sha256": remembered_sha256(path) if path.is_file() else None}
