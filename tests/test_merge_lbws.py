@@ -178,6 +178,14 @@ def test_all_ones_lbws_leaves_the_result_current(loras, tmp_path):
     from engine.project.plan import make_plan
 
     root, plan = project_with_loras(tmp_path, loras, "")
+    from engine.lora.files import load_lora_file, save_lora_file
+    from engine.project.provenance import training_fingerprint
+
+    for side in ("a", "b"):  # the project's own training, as far as its status can tell: what is merged of it is current
+        path = plan.side(side).lora_path
+        lora = load_lora_file(path)
+        save_lora_file(path, lora.modules, {**lora.metadata, "copylora_fingerprint": training_fingerprint(plan, side),
+                                            "copylora_steps": str(plan.side(side).total_steps)}, "float")
     assert main(["merge", "--project", str(root)]) == 0
     assert Result(plan).status().state == CURRENT
     toml = root / "copylora.toml"
