@@ -124,6 +124,21 @@ def writable_folder_problem(folder: Path | str) -> str | None:
     return None
 
 
+def unwritable_folder(folder: Path | str) -> bool:
+    """Whether ``folder`` (or, not made yet, its nearest existing parent) is a folder that only
+    cannot be written: a read-only mount, another user's. A project there can be looked at
+    (its plan, outputs, grid), not trained (engine.project.folder.load_project's ``writing``)."""
+    existing = nearest_folder(Path(folder))
+    if not existing.is_dir():
+        return False
+    try:
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return True
+    except (OSError, AttributeError):
+        pass
+    return not os.access(existing, os.W_OK | os.X_OK)
+
+
 def current_umask() -> int:
     """The process's umask (read from /proc where it can be, so nothing is changed)."""
     try:

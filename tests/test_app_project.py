@@ -393,7 +393,7 @@ async def test_a_check_that_fails_unforeseen_is_said_in_the_status(tmp_path, mon
     ended that thread silently, and the form waited for a check that never came."""
     from copylora_tui.core import form
 
-    def unforeseen(_project):
+    def unforeseen(_project, **_options):
         raise OSError(13, "Permission denied", "/mnt/dead/models")
 
     use_home(monkeypatch, tmp_path)

@@ -249,7 +249,7 @@ def _project_stats(path: str) -> str:
     from engine.project.folder import load_project
     from engine.project.plan import output_paths
 
-    return str(output_paths(load_project(folder, check_files=False)).stats)
+    return str(output_paths(load_project(folder, check_files=False, writing=False)).stats)  # read: a read-only project's too
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -103,7 +103,8 @@ def resolve(args: argparse.Namespace):
         from engine.project.outputs import Grid
         from engine.project.plan import make_plan
 
-        plan = make_plan(load_project(target))
+        # --save_to elsewhere writes nothing into the project: a read-only one (a mount, another user's) samples too
+        plan = make_plan(load_project(target, writing=args.save_to is None))
         project = plan.project
         own = SampleSettings.from_params(project.sample, plan.side(plan.trained[0]).params.clip_skip)  # the training's clip skip
         settings = _settings(args, own, problems)

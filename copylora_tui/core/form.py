@@ -223,11 +223,12 @@ def apply_values(project: Project, values: dict[str, Any], concepts: int | None 
     )
 
 
-def validate(project: Project) -> tuple[Project | None, list[Problem]]:
+def validate(project: Project, *, writing: bool = True) -> tuple[Project | None, list[Problem]]:
     """The whole-project check ``save_project`` makes (cross-key rules, files): the checked
-    project as it would load from disk, or the problems."""
+    project as it would load from disk, or the problems. ``writing=False``: an output folder
+    that only cannot be written is no problem (engine.project.folder.load_project)."""
     try:
-        return parse_project(render_project(project), project.root), []
+        return parse_project(render_project(project), project.root, writing=writing), []
     except ValidationError as exc:
         return None, exc.problems
 

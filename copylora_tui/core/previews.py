@@ -81,7 +81,7 @@ def job_target(job) -> PreviewTarget | str:
 
     if job.kind == "reg":
         return NO_PREVIEWS
-    paths = output_paths(load_project(job.project))
+    paths = output_paths(load_project(job.project, writing=False))  # previews are read
     if job.kind == "train" and job.side:
         sides = ["a", "b"] if job.side == "ab" else [job.side.lower()]  # a twin job previews both sides; "pair": one LoRA
         stems = [paths.lora(side).stem for side in sides]

@@ -44,6 +44,7 @@ class ProjectSummary:
     stats_path: Path | None = None
     method: str = "svd-merge"  # the route: the merge column says "merged" or "result"
     inputs: tuple[Path, ...] | None = None  # the folders its stamp watches (project_stamp); None: its own subfolders
+    view_only: str | None = None  # why it can be looked at but not trained (its output folder cannot be written)
 
     @property
     def valid(self) -> bool:
@@ -138,7 +139,7 @@ def summarise(folder: Path) -> ProjectSummary:
     from engine.project.plan import make_plan
 
     try:
-        project = load_project(folder, decode_images=False)  # headers only: the list must come quickly
+        project = load_project(folder, decode_images=False, writing=False)  # headers only: the list must come quickly
     except ValidationError as exc:
         return ProjectSummary(folder=folder, name=folder.name, problems=tuple(str(p) for p in exc.problems))
     try:
@@ -169,7 +170,17 @@ def summarise(folder: Path) -> ProjectSummary:
         stats_path=plan.stats_path if plan.stats_path.is_file() else None,
         method=project.info.method,
         inputs=watched_folders(project),
+        view_only=view_only_reason(project),
     )
+
+
+def view_only_reason(project) -> str | None:
+    """Why a project loaded to be looked at (``writing=False``) cannot be trained: its output
+    folder cannot be written (a read-only mount, another user's project). None: it can."""
+    from engine.files import writable_folder_problem
+
+    problem = writable_folder_problem(project.output_dir())
+    return f"view only: {problem} (copy the project where you can write, or point output_dir there)" if problem else None
 
 
 def watched_folders(project) -> tuple[Path, ...]:

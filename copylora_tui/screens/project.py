@@ -80,6 +80,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         self.on_disk: tuple | None = None  # copylora.toml's version when last read or saved here (engine.files.file_version)
         self.changed_on_disk = False  # another program has written it since (the last disk check says)
         self.folder_gone = False  # the project folder is no more (moved, renamed, removed: the last disk check says)
+        self.view_only: str | None = None  # why it can be looked at, not trained (its output folder cannot be written)
         self._checking_disk = False
         self._outputs_seen: tuple | None = None  # the output folders' version the plan shown was read at
         self._outputs_checked_at = float("-inf")  # when a change there was last read (time.monotonic)
@@ -289,13 +290,16 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
 
         on_disk = file_version(find_project_file(self.folder))  # before reading: a write meanwhile shows as a change
         try:
-            project, problems = load_project(self.folder), []
+            project, problems = load_project(self.folder, writing=False), []  # a read-only project opens, to look at
         except ValidationError as exc:
             project, problems = None, exc.problems
         except Exception as exc:  # an unreadable folder, a bug: said on the screen, not lost in the thread
             project, problems = None, [Problem(str(self.folder), f"cannot read it ({type(exc).__name__}: {exc})")]
         plan = pictures = None
         if project is not None:
+            from copylora_tui.core.projects import view_only_reason
+
+            self.view_only = view_only_reason(project)  # (read in update_status, after the Loaded message below)
             plan = _plan_text(project)
             try:
                 pictures = picture_list(project)
@@ -401,7 +405,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     @work(thread=True, exclusive=True, group="project-check", exit_on_error=False)
     def _check(self, candidate: Project, generation: int) -> None:
         try:
-            checked, problems = form.validate(candidate)
+            checked, problems = form.validate(candidate, writing=False)  # a read-only project is looked at; run and save say why not
         except Exception as exc:  # an OS error no check foresaw, a bug: said in the status, or the form waits for good
             from engine.errors import os_error_text
 
@@ -462,6 +466,8 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             status.update(Text("\n".join(lines), style="bold red"))
         else:
             text = Text("● unsaved changes (ctrl+s saves)", style="yellow") if self.dirty else Text("✓ saved, valid", style="green")
+            if self.view_only:
+                text = Text.assemble((f"⚠ {self.view_only}\n", "bold yellow"), text)
             if self.changed_on_disk:
                 text = Text.assemble(("⚠ copylora.toml changed on disk since it was read here: esc, then o, shows it as it is "
                                       "now (ctrl+s asks before writing this form over it)\n", "bold yellow"), text)
@@ -584,6 +590,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
             return
         if self.project is None or self.field_errors or self.project_problems:
             self.notify("fix the problems first: only a valid, saved project runs", severity="error")
+            return
+        if self.view_only:
+            self.notify(self.view_only, severity="error", timeout=10)
             return
         if self.dirty:
             self.notify("save first (ctrl+s): the worker runs what copylora.toml says", severity="warning")

@@ -533,6 +533,8 @@ class ProjectsScreen(ActsWhileOpen, Screen):
                         f"steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"))
             if not notes:
                 notes.append("all outputs current")
+            if summary.view_only:
+                notes.insert(0, summary.view_only)
             if summary.folder in shared_names(self.summaries):
                 notes.insert(0, f"{summary.folder.name}/ has the [project] name of another project here, and its outputs the "
                                 "same file names: set its own name (enter opens it)")
@@ -566,6 +568,9 @@ class ProjectsScreen(ActsWhileOpen, Screen):
             return
         if not summary.valid:
             self.notify(f"{summary.name} has problems; open it (enter) to fix them:\n" + "\n".join(summary.problems[:5]), severity="error", timeout=8)
+            return
+        if summary.view_only:
+            self.notify(f"{summary.name}: {summary.view_only}", severity="error", timeout=10)
             return
         from copylora_tui.core.actions import run_project
 

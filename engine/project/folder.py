@@ -132,11 +132,14 @@ def find_project_file(path: Path | str) -> Path:
     return path / PROJECT_FILE if path.is_dir() or path.suffix != ".toml" else path
 
 
-def load_project(path: Path | str, *, check_files: bool = True, decode_images: bool = True) -> Project:
+def load_project(path: Path | str, *, check_files: bool = True, decode_images: bool = True, writing: bool = True) -> Project:
     """Load and validate a project folder (or its ``copylora.toml``). Never writes anything.
 
     ``decode_images=False`` reads only the pictures' headers (the app's project list: a
-    truncated picture is then found by ``check``/``run``, not there)."""
+    truncated picture is then found by ``check``/``run``, not there). ``writing=False``: to look
+    at it (the app's list and form, a preview saved elsewhere, stats), an output or class folder
+    that only cannot be written (a read-only mount, another user's) is no problem; one that
+    cannot be a folder at all still is. ``check``, ``run`` and training load it to write."""
     toml_path = find_project_file(path)
     if not toml_path.is_file():
         if not Path(path).exists():
@@ -152,7 +155,8 @@ def load_project(path: Path | str, *, check_files: bool = True, decode_images: b
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValidationError([Problem(str(toml_path), not_utf8(raw, exc))]) from None
-    return parse_project(text, toml_path.parent, source=str(toml_path), check_files=check_files, decode_images=decode_images)
+    return parse_project(text, toml_path.parent, source=str(toml_path), check_files=check_files, decode_images=decode_images,
+                         writing=writing)
 
 
 def not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
@@ -168,7 +172,8 @@ def not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
     return f"not UTF-8 at line {line} (byte 0x{raw[exc.start]:02x}){hint}: TOML files are UTF-8; save it as UTF-8 in your editor"
 
 
-def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_files: bool = True, decode_images: bool = True) -> Project:
+def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_files: bool = True, decode_images: bool = True,
+                  writing: bool = True) -> Project:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -176,7 +181,7 @@ def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_fi
     problems: list[Problem] = []
     project = _build(data, Path(root).resolve(), problems)
     if not problems:
-        _check_semantics(project, problems, check_files, decode_images)
+        _check_semantics(project, problems, check_files, decode_images, writing)
     if problems:
         # Both sides share [train], so one bad key there can be found once per side.
         raise ValidationError(list(dict.fromkeys(problems)), source)
@@ -240,7 +245,7 @@ def _build_side(side: str, table: dict, problems: list[Problem]) -> SideConfig:
     return SideConfig(folder=folder, overrides=overrides, **base_weights)
 
 
-def _check_semantics(project: Project, problems: list[Problem], check_files: bool, decode_images: bool = True) -> None:
+def _check_semantics(project: Project, problems: list[Problem], check_files: bool, decode_images: bool = True, writing: bool = True) -> None:
     """Checks that need more than one key, or the file system."""
     if not project.info.name and (why := name_problem(project.root.name)):  # the folder's name names the outputs
         problems.append(Problem("project.name", f"unset, so the outputs are named after the folder {project.root.name!r}, "
@@ -290,7 +295,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
                                 "name their folder"))
     _check_concepts(project, problems)
     _check_windows_paths(project, problems)
-    _on_disk("project.output_dir", problems, _check_output_dir, project, problems)
+    _on_disk("project.output_dir", problems, _check_output_dir, project, problems, writing)
     if check_files:
         _on_disk("project.base_model", problems, _check_base_model, project, problems)
         from engine.project.network_weights import network_weights_problems
@@ -303,7 +308,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
             _on_disk("reg.folder", problems, _check_image_folder, project.root, project.reg.folder, "reg.folder", problems, decode_images)
         elif project.reg is not None and project.reg.folder:  # the missing ones are generated: those there must read
             _on_disk("reg.folder", problems, _check_pictures_there, project.root / project.reg.folder, "reg.folder", problems, decode_images,
-                     project.reg.num_class_images)
+                     project.reg.num_class_images if writing else 0)
         for n, concept in enumerate(project.concepts, start=1):
             if concept.folder:
                 _on_disk(f"concept[{n}].folder", problems, _check_image_folder, project.root, concept.folder, f"concept[{n}].folder", problems,
@@ -313,7 +318,7 @@ def _check_semantics(project: Project, problems: list[Problem], check_files: boo
                          f"concept[{n}].class_folder", problems, decode_images)
             elif concept.class_folder:
                 _on_disk(f"concept[{n}].class_folder", problems, _check_pictures_there, project.root / concept.class_folder,
-                         f"concept[{n}].class_folder", problems, decode_images, concept.num_class_images)
+                         f"concept[{n}].class_folder", problems, decode_images, concept.num_class_images if writing else 0)
         _check_captions(project, problems)
 
 
@@ -553,10 +558,12 @@ def _check_base_model(project: Project, problems: list[Problem]) -> None:
             problems.append(Problem(f"{where}.conv_dim", f"{params.conv_dim} is more than this base model's convolutions can use; at most {facts.widest_unet}"))
 
 
-def _check_output_dir(project: Project, problems: list[Problem]) -> None:
-    from engine.files import writable_folder_problem
+def _check_output_dir(project: Project, problems: list[Problem], writing: bool = True) -> None:
+    from engine.files import unwritable_folder, writable_folder_problem
 
     problem = writable_folder_problem(project.output_dir())
+    if problem is not None and not writing and unwritable_folder(project.output_dir()):
+        problem = None  # looked at, not written: its outputs are read where they are
     if problem is None:  # the folders made in it: a file of one's name failed the job that writes there, late
         from engine.project.plan import output_paths
 
