@@ -178,3 +178,26 @@ def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
+
+
+def mount_tmpfs(where: Path, size: str = "2M", options: str = ""):
+    """A real small filesystem (tmpfs) at ``where`` (made if missing), for a full or read-only
+    disk as users meet them; the test is skipped where this machine lets no test mount one.
+    A generator for a fixture: ``yield from mount_tmpfs(path, "40M")``; unmounted after."""
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options}size={size}", "tmpfs", str(where)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def remount_read_only(where: Path) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)

@@ -12,7 +12,7 @@ import pytest
 
 from copylora_tui.cli.main import EXIT_FAILED, EXIT_USAGE, main, run_guarded
 from engine.errors import CopyloraError
-from tests.helpers import REPO, copy_example, one_line, snapshot, write_png
+from tests.helpers import REPO, copy_example, mount_tmpfs, one_line, snapshot, write_png
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -400,17 +400,9 @@ def test_save_to_on_the_kernel_filesystem_is_refused_before_the_work(loras, monk
 @pytest.fixture
 def read_only_folder(tmp_path):
     """A read-only tmpfs (as root, chmod alone does not stop writing); skipped where it cannot be mounted."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+    yield from mount_tmpfs(tmp_path / "ro", "64k", "ro,")
 
 
 

@@ -18,7 +18,7 @@ from engine.train import room  # noqa: E402
 from engine.train.controls import TrainControls  # noqa: E402
 from engine.train.side_run import SideRun  # noqa: E402
 from engine.train.trainer import TrainingError, train  # noqa: E402
-from tests.helpers import copy_example  # noqa: E402
+from tests.helpers import copy_example, mount_tmpfs  # noqa: E402
 
 
 def full_disk(path=None) -> OSError:
@@ -215,16 +215,7 @@ def test_a_writer_error_that_names_no_file_is_said_with_the_file_and_the_disk(tm
 @pytest.fixture
 def disk(tmp_path):
     """A real 40 MiB filesystem (tmpfs), where this machine lets the tests mount one."""
-    import os
-    import subprocess
-
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(where)],
-                                            capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    yield from mount_tmpfs(tmp_path / "disk", "40M")
 
 
 def test_a_real_full_disk_at_the_end_is_waited_on_until_space_is_freed(tmp_path, tiny, disk, monkeypatch, quick_room):

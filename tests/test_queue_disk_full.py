@@ -23,7 +23,7 @@ import engine.jobs.queue as queue_module
 from copylora_tui.cli.main import EXIT_FAILED, main
 from engine.jobs.queue import JobStatus, Queue, QueueWriteError
 from engine.train.progress import Progress
-from tests.helpers import REPO, copy_example, one_line, wait_for
+from tests.helpers import REPO, copy_example, mount_tmpfs, one_line, wait_for
 
 FULL = "its disk is full; free space there"
 
@@ -199,13 +199,7 @@ def test_a_job_asked_to_stop_while_its_result_waits_goes_back_to_the_queue(tmp_p
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 2 MiB filesystem (tmpfs), where this machine lets the tests mount one."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(where)],
-                                            capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    yield from mount_tmpfs(tmp_path / "disk", "2M")
 
 
 def fill_disk(filler) -> None:

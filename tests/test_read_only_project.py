@@ -5,32 +5,23 @@ It opens now, says why it cannot be trained, and `check`/`run` still refuse it."
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from copylora_tui.app import CopyloraApp
 from copylora_tui.cli.main import EXIT_USAGE, main
-from tests.helpers import EXAMPLE
+from tests.helpers import EXAMPLE, mount_tmpfs, remount_read_only
 from tests.test_app_support import notices, use_home, wait_until
 
 
 @pytest.fixture
 def read_only_projects(tmp_path):
     """projects/mono, a finished-looking example, on a tmpfs mounted read-only."""
-    where = tmp_path / "projects"
-    where.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20M", "tmpfs", str(where)],
-                                            capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    for where in mount_tmpfs(tmp_path / "projects", "20M"):
         shutil.copytree(EXAMPLE, where / "mono", ignore=shutil.ignore_patterns("output"))
-        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        remount_read_only(where)
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def test_a_read_only_project_is_listed_valid_to_look_at_and_check_still_refuses_it(read_only_projects, capsys):
