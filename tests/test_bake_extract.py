@@ -536,7 +536,7 @@ def test_a_bake_that_cannot_fit_on_its_disk_is_refused_before_the_work(work, mon
     out = work["root"] / "roomless.safetensors"
     real_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000))
-    with pytest.raises(ValidationError, match=r"save_to: the baked checkpoint takes about \d+\.\d GB, and its disk has 0\.0 GB free"):
+    with pytest.raises(ValidationError, match=r"save_to: the baked checkpoint takes about \d+\.\d MB, and its disk has 0\.0 MB free"):
         bake_lora(str(work["single"]), work["A"], out)
     assert not out.exists()
 

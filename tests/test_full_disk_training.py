@@ -312,3 +312,34 @@ def test_check_warns_of_a_disk_without_room_for_the_training(tmp_path, monkeypat
 def test_the_wait_is_set_by_the_environment_and_a_bad_value_is_the_default(monkeypatch, given, seconds):
     monkeypatch.setenv("COPYLORA_ROOM_WAIT_S", given)
     assert room._wait_s() == seconds
+
+
+def test_a_later_attempts_rescue_keeps_an_earlier_one_and_the_checkpoint_is_rescued_too(tmp_path, tiny, monkeypatch, quick_room):
+    """A finished training rescued its LoRA on a disk still full after the wait; the next
+    attempt's partial weights replaced it in the rescue folder, the only copy lost. Each attempt
+    has its own folder now, and the checkpoint goes there too (only the LoRA did: retry started over)."""
+    from engine.train import rescue
+    from engine.train.checkpoint import list_states
+
+    monkeypatch.setenv("COPYLORA_CACHE", str(tmp_path / "cache"))
+    plan = plan_of(tmp_path, 3)
+    real_state = SideRun.write_state
+
+    def write_state(self, step, folder=None):  # the run folder's disk is full; the rescue folder's is not
+        if folder is None:
+            raise full_disk()
+        return real_state(self, step, folder)
+
+    monkeypatch.setattr(SideRun, "write_state", write_state)
+    failing(monkeypatch, "write_lora", 1)  # the LoRA where it belongs: full (the budget spent: no wait)
+    attempts = []
+    for attempt in ("20261207-100000-1", "20261207-110000-2"):
+        monkeypatch.setattr(rescue, "_ATTEMPT", [attempt])
+        monkeypatch.setattr(room, "_waited", [room.WAIT_S])  # the budget spent: no wait
+        with pytest.raises(TrainingError) as info:
+            train(plan, "a", model=tiny, log=lambda line: None)
+        attempts.append(rescue.rescue_folder(plan.project.root) / attempt)
+        assert f"its checkpoint to {attempts[-1]}" in str(info.value), str(info.value)
+        failing(monkeypatch, "write_lora", 1)
+    for folder in attempts:
+        assert (folder / "example-monochrome_A.safetensors").is_file() and list_states(folder / "example-monochrome_A-run")

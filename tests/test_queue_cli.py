@@ -147,6 +147,7 @@ def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
     assert main(["worker", "stop"]) == 0
     # It said "running jobs checkpointed and queued first" of a job the full disk had failed.
     assert capsys.readouterr().out.splitlines() == [
+        "stopping the worker: 4 running job(s) write their checkpoint first (up to 2 minutes)…",
         "worker 4242 stopped",
         "  #1 train a of one: checkpointed at step 0, queued first (the next worker resumes it)",
         "  #2 train a of two: failed: stopped at step 5, but its checkpoint could not be written",

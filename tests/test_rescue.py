@@ -36,10 +36,10 @@ def remove_at(root, step: int):
 def assert_rescued(side_plan, step: int, message: str) -> None:
     from engine.lora.files import load_lora_file
     from engine.train.checkpoint import load_latest_state
-    from engine.train.rescue import rescue_folder
+    from engine.train.rescue import rescue_target
 
-    lora = rescue_folder(side_plan.folder.parent) / side_plan.lora_path.name
-    state = rescue_folder(side_plan.folder.parent) / f"{side_plan.lora_path.stem}-run" / f"state-{step:08d}.pt"
+    lora = rescue_target(side_plan.folder.parent) / side_plan.lora_path.name
+    state = rescue_target(side_plan.folder.parent) / f"{side_plan.lora_path.stem}-run" / f"state-{step:08d}.pt"
     assert str(lora) in message and str(state) in message, message
     assert load_lora_file(lora).metadata["copylora_steps"] == str(step)
     assert load_latest_state(state.parent, log=quiet)["step"] == step  # a whole, resumable checkpoint
@@ -125,7 +125,7 @@ def test_a_folder_the_run_creates_is_not_mistaken_for_a_removed_one(tmp_path):
 def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
     """The output folder breaks during the run (here: a folder where the LoRA goes)."""
     from engine.project.plan import make_plan
-    from engine.train.rescue import rescue_folder
+    from engine.train.rescue import rescue_target
     from engine.train.trainer import TrainingError, train
 
     root = copy_example(tmp_path)
@@ -136,7 +136,7 @@ def test_final_save_failure_keeps_the_trained_weights(tmp_path, monkeypatch):
         train(plan, "a", log=lines.append)
     message = str(info.value)
     state = plan.side("a").run_dir / "state-00000002.pt"
-    rescued = rescue_folder(root) / plan.side("a").lora_path.name
+    rescued = rescue_target(root) / plan.side("a").lora_path.name
     assert "training finished (2 steps) but could not write" in message
     assert str(state) in message and state.is_file()
     assert str(rescued) in message and rescued.is_file()
@@ -159,9 +159,9 @@ def test_two_projects_of_one_name_rescue_apart_and_check_says_what_is_kept(tmp_p
     assert rescue_folder(one) != rescue_folder(two) and rescue_folder(one).parent == rescue_folder(two).parent == rescue_folder()
     assert rescue_folder(one) == rescue_folder(one / "a" / "..")  # the same folder however it is spelled
     assert rescued_files(one) == [] and main(["check", str(one)]) == 0 and "rescue" not in capsys.readouterr().err
-    rescue_folder(one).mkdir(parents=True)
-    (rescue_folder(one) / "example-monochrome_A.safetensors").write_bytes(b"weights")
+    (rescue_folder(one) / "20261207-190301-42").mkdir(parents=True)
+    (rescue_folder(one) / "20261207-190301-42" / "example-monochrome_A.safetensors").write_bytes(b"weights")
     assert main(["check", str(one)]) == 0
     err = capsys.readouterr().err
-    assert f"left 1 file(s) in {rescue_folder(one)} (example-monochrome_A.safetensors)" in err, err
+    assert f"left their weights in {rescue_folder(one)} (20261207-190301-42/: one folder per attempt)" in err, err
     assert main(["check", str(two)]) == 0 and "rescue" not in capsys.readouterr().err

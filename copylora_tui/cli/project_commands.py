@@ -126,9 +126,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from engine.train.rescue import rescue_folder, rescued_files
 
     if rescued := rescued_files(plan.project.root):  # said once in a failed job's error; never cleaned by copylora
-        warnings.append(f"a training of this project whose folder failed left {len(rescued)} file(s) in {rescue_folder(plan.project.root)} "
-                        f"({', '.join(p.name for p in rescued[:3])}{' …' if len(rescued) > 3 else ''}): its weights, to put back "
-                        "(README, Troubleshooting) or delete")
+        warnings.append(f"trainings of this project whose folder failed left their weights in {rescue_folder(plan.project.root)} "
+                        f"({', '.join(p.name + '/' for p in rescued[:3])}{' …' if len(rescued) > 3 else ''}: one folder per attempt): "
+                        "put them back (README, Troubleshooting) or delete them")
     statuses = output_statuses(plan)  # what `run` would make again, and why
     if args.json:
         outputs = {name: {"path": str(artifact.path), "state": statuses[name].state, "reason": statuses[name].reason,

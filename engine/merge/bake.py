@@ -479,9 +479,12 @@ def _check_room(base: Path, save_to: Path, cast) -> None:
 
     needed = size * (2 if cast is torch.float32 else 1)
     if free < needed:
+        from engine.files import free_text
+
         folder = nearest_folder(save_to.parent)
-        raise ValidationError([Problem("save_to", f"the baked checkpoint takes about {needed / 1e9:.1f} GB, and its disk has "
-                                                  f"{free / 1e9:.1f} GB free (df -h {folder})")])
+        took = f"{needed / 1e9:.1f} GB" if needed >= 1e9 else f"{needed / 1e6:.1f} MB"
+        raise ValidationError([Problem("save_to", f"the baked checkpoint takes about {took}, and its disk has "
+                                                  f"{free_text(folder)} (df -h {folder})")])
 
 
 def _real(path: Path) -> Path:

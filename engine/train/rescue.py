@@ -35,6 +35,21 @@ def rescue_folder(project_root: Path | None = None) -> Path:
     return top / f"{Path(where).name}-{hashlib.sha256(where.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
+_ATTEMPT: list[str] = []
+
+
+def rescue_target(project_root: Path) -> Path:
+    """This process's folder in the project's rescue folder: one per training attempt, named by
+    when it began rescuing, so a later attempt's partial weights never replace an earlier
+    finished training's rescued LoRA, nor mix their checkpoints."""
+    import os
+    import time
+
+    if not _ATTEMPT:
+        _ATTEMPT.append(f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    return rescue_folder(project_root) / _ATTEMPT[0]
+
+
 def rescued_files(project_root: Path) -> list[Path]:
     """What a failed training of this project left in its rescue folder (check says so: it
     was said once, in the job's error, and the folder is never cleaned by copylora)."""
@@ -82,7 +97,7 @@ def rescue_side(step: int, write_state: Callable[[int, Path], Path], write_lora:
                 run_dir: Path, project_root: Path) -> str:
     """Write one side's checkpoint and LoRA of ``step`` to the rescue folder; what was kept
     (or not), as one phrase for the error."""
-    folder = rescue_folder(project_root)
+    folder = rescue_target(project_root)
     kept = []
     try:
         kept.append(f"the LoRA of step {step} was written to {write_lora(step, folder / lora_path.name)}")
@@ -94,8 +109,8 @@ def rescue_side(step: int, write_state: Callable[[int, Path], Path], write_lora:
             home = run_dir.relative_to(project_root)
         except ValueError:
             home = run_dir
-        kept.append(f"its checkpoint to {state} (to go on: put the project back, copy {state.name} into {home}, "
-                    "then `copylora train --resume` or `copylora retry`)")
+        kept.append(f"its checkpoint to {state} (to go on: with the project where it belongs and room on its disk, copy "
+                    f"{state.name} into {home}, then `copylora retry` or `copylora train --resume`)")
     except OSError as exc:
         kept.append(f"its checkpoint could not be written to {folder} either ({exc})")
     return ", ".join(kept)

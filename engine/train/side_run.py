@@ -13,7 +13,7 @@ from engine.project.outputs import SideLora
 from engine.project.plan import Plan, SidePlan
 from engine.train.checkpoint import list_states, load_latest_state, remove_state, save_state, state_step
 from engine.train.lora_facts import training_facts
-from engine.train.rescue import rescue_folder, rescue_side
+from engine.train.rescue import rescue_folder, rescue_side, rescue_target
 from engine.train.results import Log, TrainingError
 from engine.train.start_weights import load_start_weights
 from engine.train.training_data import batch_for_step, training_data
@@ -76,11 +76,18 @@ def _final_save(step: int, write_state, write_lora, lora_path: Path, log: Log, r
     kept = []
     if state_path is not None:
         kept.append(f"the trained state is in {state_path} (fix the folder, then `copylora retry` or `train --resume` writes the LoRA)")
+    target = rescue_target(project_root) if project_root is not None else rescue_folder()
     try:
-        rescued = write_lora(step, rescue_folder(project_root) / lora_path.name)
+        rescued = write_lora(step, target / lora_path.name)
         kept.append(f"the LoRA was written to {rescued} instead")
     except OSError:
         pass
+    if state_path is None:  # the checkpoint too, or `retry` trains it all again
+        try:
+            rescued_state = write_state(step, target / f"{lora_path.stem}-run")
+            kept.append(f"its checkpoint to {rescued_state} (copy it into {run_dir or 'the side’s run folder'}, then `copylora retry`)")
+        except (OSError, TypeError):  # (a writer that takes no folder)
+            pass
     if not kept:
         raise TrainingError(f"training finished ({step} steps) but {failure}, and no other folder took the weights")
     raise TrainingError(f"training finished ({step} steps) but {failure}; " + "; ".join(kept))
