@@ -389,3 +389,48 @@ def test_clean_frees_space_on_a_full_disk_it_could_not_write(small_disk, capsys,
     assert "removed 4 finished jobs, with their logs" in capsys.readouterr().out
     assert [j.id for j in Queue(small_disk, reading=True).jobs()] == [waiting.id]
     assert not any(Queue(small_disk, reading=True).log_path(n).exists() for n in range(1, 5))
+
+
+def test_a_job_waiting_for_disk_room_is_said_by_queue_and_the_app(tmp_path, monkeypatch, capsys):
+    """A training waiting for room kept "running 100/100 ETA 00:00" in `queue` and the app for up
+    to half an hour; only its log said why. Both read the log's newest lines: said while it
+    waits, not once the write went through."""
+    from copylora_tui.cli.main import main
+    from copylora_tui.core.snapshot import read_snapshot
+    from copylora_tui.screens.queue import job_detail
+    from engine.jobs.room_wait import room_wait
+    from engine.train import room
+
+    monkeypatch.setenv("COPYLORA_HOME", str(tmp_path / "state"))
+    queue = Queue(tmp_path / "state")
+    job = queue.enqueue("train", "/p/one", side="a", total=100)
+    queue.claim(None)
+    queue.set_pid(job.id, os.getpid(), None)
+    log = queue.log_path(job.id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full = tmp_path / "out" / "runs" / "A"
+    tries = iter([OSError(28, "No space left on device"), None])
+
+    def write():
+        failure = next(tries)
+        if failure is not None:
+            raise failure
+        return "written"
+
+    def logged(line: str) -> None:
+        with open(log, "a") as handle:
+            handle.write(f"12:00:00 {line}\n")
+        if line.startswith("warning: no space left"):  # as the job waits: what the user sees
+            assert room_wait(log) == str(tmp_path)  # (the nearest folder there is)
+            assert main(["queue"]) == 0
+            out = capsys.readouterr().out
+            assert f"#{job.id} waiting for room on the disk of {tmp_path}: free some space there" in " ".join(out.split()), out
+            snapshot = read_snapshot(queue)
+            assert "waiting for room on the disk of" in str(job_detail(snapshot.job(job.id), snapshot))
+
+    monkeypatch.setattr(room, "_waited", [0.0])
+    monkeypatch.setattr(room.time, "sleep", lambda s: None)
+    assert room.write_with_room(write, "the final checkpoint", full, logged) == "written"
+    assert room_wait(log) is None and "waiting for room" not in capsys.readouterr().out
+    main(["queue"])
+    assert "waiting for room" not in capsys.readouterr().out

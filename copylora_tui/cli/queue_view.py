@@ -49,6 +49,9 @@ def _table(jobs, *, width: int, copies: bool, speed: bool, live: bool, on_slurm:
 
 
 def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | None = None) -> None:
+    from engine.jobs.room_wait import room_wait, room_wait_text
+    from engine.jobs.state_home import job_log
+
     console = console or output_console()
     state = f"worker running (pid {worker_pid})" if worker_pid else "[yellow]worker not running[/yellow] (copylora worker start)"
     from engine.jobs.worker import last_worker_error
@@ -91,3 +94,5 @@ def print_queue(jobs, worker_pid: int | None, home: Path, console: Console | Non
         elif job.interrupted:
             console.print(f"[yellow]#{job.id} interrupted[/yellow] at step {job.step or 0}: the worker stopped while it ran; "
                           "`copylora worker start` resumes it from its newest checkpoint", highlight=False)
+        elif job.status is JobStatus.RUNNING and not job.slurm and (folder := room_wait(job_log(home, job.id))):
+            console.print(f"[yellow]#{job.id} {escape(room_wait_text(folder))}[/yellow]", highlight=False)

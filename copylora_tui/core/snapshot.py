@@ -26,6 +26,7 @@ class QueueSnapshot:
     worker_error: str | None = None  # no worker runs, and the last one stopped on this error (its log's)
     worker_outdated: str | None = None  # the running worker's own file changed since it started (an update)
     disk_full: str | None = None  # the state folder's disk is full: progress shown is as of then (Queue.full_disk_note)
+    room_waits: dict = field(default_factory=dict, compare=False)  # running job → the folder whose disk it waits on (engine.jobs.room_wait)
     # Indexes made once per read: the Projects screen asked for_project of each project, each a
     # scan of every job (100 projects × 9 300 jobs on every change).
     by_id: dict[int, Job] = field(init=False, compare=False, repr=False)
@@ -78,8 +79,13 @@ def read_snapshot(queue: Queue, cache: JobCache | None = None) -> QueueSnapshot:
     except Exception as exc:  # locked beyond the timeout, disk gone: say so on screen
         return QueueSnapshot(home=queue.home, error=str(exc))
     error = None if pid else last_worker_error(queue.home, (queue.worker_row() or {}).get("started_at"))
+    from engine.jobs.room_wait import room_wait
+
+    waits = {job.id: folder for job in jobs if job.status is JobStatus.RUNNING and not job.slurm and not job.interrupted
+             and (folder := room_wait(queue.log_path(job.id)))}  # a few KB of each running job's log
     return QueueSnapshot(jobs=jobs, worker_pid=pid, home=queue.home, gpus=gpus, read_only=queue.read_only, worker_error=error,
-                         worker_outdated=worker_code_change(queue.home, pid), disk_full=queue.full_disk_note(list(jobs)))
+                         worker_outdated=worker_code_change(queue.home, pid), disk_full=queue.full_disk_note(list(jobs)),
+                         room_waits=waits)
 
 
 def retry_hint(job: Job, snapshot: QueueSnapshot) -> str:

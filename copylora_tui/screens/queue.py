@@ -50,6 +50,10 @@ def job_detail(job: Job | None, snapshot: QueueSnapshot) -> Text:
         if job.status is JobStatus.QUEUED and not snapshot.worker_running:
             reason += " · the worker is not running: w starts it"
         return Text.assemble((head, "bold"), reason)
+    if job.id in snapshot.room_waits:  # its progress stands still meanwhile: say why
+        from engine.jobs.room_wait import room_wait_text
+
+        return Text.assemble((head, "bold"), (room_wait_text(snapshot.room_waits[job.id]), "bold yellow"))
     if job.interrupted:
         from copylora_tui.screens.monitor import interrupted_text
 
