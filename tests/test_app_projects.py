@@ -352,6 +352,28 @@ async def test_a_copied_project_that_kept_its_name_shows_its_folder(tmp_path, mo
         assert "[project] name of another" not in screen_text(app) and "all outputs current" not in screen_text(app)
 
 
+async def test_a_projects_job_waiting_for_disk_room_is_said_under_the_list(tmp_path, monkeypatch):
+    """A training waiting for room on a full disk stood still at its last step in the list's
+    cells; the line under the table says what it waits for (its log's newest lines say it)."""
+    import os
+
+    env = use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    queue = Queue(env.home)
+    job = queue.enqueue("train", str((projects / "example-monochrome").resolve()), side="ab", label="train A+B", total=200)
+    queue.claim(None)
+    queue.set_pid(job.id, os.getpid(), None)
+    log = queue.log_path(job.id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("12:00:00 warning: no space left on the disk of /data for the final checkpoint (A) (0.0 MB free; df -h /data): …\n")
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: "#1 waiting for room on the disk of /data: free some space there" in screen_text(app).replace("\n", " "))
+        with open(log, "a") as handle:
+            handle.write("12:00:20 the final checkpoint (A) written after waiting 20 s for room on the disk\n")
+        await wait_until(pilot, lambda: "waiting for room" not in screen_text(app))
+
+
 async def test_delete_a_project_whose_output_is_a_link_to_nothing_or_to_itself(tmp_path, monkeypatch):
     """`d` on such a project ended the app (pathlib's "Symlink loop" from resolving output/): a
     disk unmounted under a link, a link made by mistake. The link is the project's own entry: it

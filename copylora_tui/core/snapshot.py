@@ -26,7 +26,7 @@ class QueueSnapshot:
     worker_error: str | None = None  # no worker runs, and the last one stopped on this error (its log's)
     worker_outdated: str | None = None  # the running worker's own file changed since it started (an update)
     disk_full: str | None = None  # the state folder's disk is full: progress shown is as of then (Queue.full_disk_note)
-    room_waits: dict = field(default_factory=dict, compare=False)  # running job → the folder whose disk it waits on (engine.jobs.room_wait)
+    room_waits: dict = field(default_factory=dict)  # running job → the folder whose disk it waits on (engine.jobs.room_wait)
     # Indexes made once per read: the Projects screen asked for_project of each project, each a
     # scan of every job (100 projects × 9 300 jobs on every change).
     by_id: dict[int, Job] = field(init=False, compare=False, repr=False)

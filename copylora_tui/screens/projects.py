@@ -533,6 +533,12 @@ class ProjectsScreen(ActsWhileOpen, Screen):
                         f"steps A {summary.steps.get('a', '?')}, B {summary.steps.get('b', '?')}"))
             if not notes:
                 notes.append("all outputs current")
+            waits = self.app.snapshot.room_waits
+            for job in jobs:
+                if job.id in waits:  # its cell stands still at its last step meanwhile
+                    from engine.jobs.room_wait import room_wait_text
+
+                    notes.insert(0, f"#{job.id} {room_wait_text(waits[job.id])}")
             if summary.view_only:
                 notes.insert(0, summary.view_only)
             if summary.folder in shared_names(self.summaries):
