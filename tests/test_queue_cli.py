@@ -128,6 +128,7 @@ def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
     monkeypatch.setattr("engine.jobs.worker.stop_worker", lambda: 4242)  # a worker that stops at once
     assert main(["worker", "stop"]) == 0
     assert capsys.readouterr().out.strip() == "worker 4242 stopped; no job was running"
+
     queue = Queue(home)
     for project in ("/p/one", "/p/two", "/p/three", "/p/four"):
         queue.enqueue("train", project, side="a", total=10)
@@ -144,6 +145,7 @@ def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
         return 4242
 
     monkeypatch.setattr("engine.jobs.worker.stop_worker", stop)
+    monkeypatch.setattr("engine.jobs.worker.worker_pid", lambda home=None: 4242)  # one runs, and waits for its jobs
     assert main(["worker", "stop"]) == 0
     # It said "running jobs checkpointed and queued first" of a job the full disk had failed.
     assert capsys.readouterr().out.splitlines() == [
@@ -153,6 +155,11 @@ def test_worker_stop_says_what_it_stopped(home, capsys, monkeypatch):
         "  #2 train a of two: failed: stopped at step 5, but its checkpoint could not be written",
         "  #3 train a of three: still stopping (its checkpoint is being written); `copylora queue` shows when it is queued",
         "  #4 train a of four: interrupted (it did not stop in time); the next worker resumes it from its last checkpoint"]
+    # jobs left "running" by a worker that died: nothing to wait for, and nothing said of waiting
+    monkeypatch.setattr("engine.jobs.worker.stop_worker", lambda: None)
+    monkeypatch.setattr("engine.jobs.worker.worker_pid", lambda home=None: None)
+    assert main(["worker", "stop"]) == 0
+    assert capsys.readouterr().out.strip() == "no worker was running"
 
 
 def test_gpu_stats_absent_without_nvml(monkeypatch):

@@ -440,7 +440,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             running = [job.id for job in reader.jobs((JobStatus.RUNNING,))]
         except CopyloraError:
             on_slurm, running = False, []
-        if running and not on_slurm:  # the wait below is up to two minutes (a checkpoint on a full disk waits for room)
+        # the wait below is up to two minutes (a checkpoint on a full disk waits for room); no worker: no wait
+        if running and not on_slurm and worker_pid(reader.home if reader is not None else None):
             print(f"stopping the worker: {len(running)} running job(s) write their checkpoint first (up to 2 minutes)…", flush=True)
         pid = stop_worker()
         if pid is None:
