@@ -43,6 +43,7 @@ class CopyloraApp(App[int]):
         # The palette's "Keys" panel stayed open (and came back with its screen): escape closes
         # it where the screen has no escape of its own.
         Binding("escape", "hide_keys", "Hide keys", id="app.hide_keys", show=False),
+        Binding("ctrl+z", "suspend", "Suspend", id="app.suspend", show=False),
     ]
 
     snapshot: var[QueueSnapshot] = var(QueueSnapshot)
@@ -93,6 +94,13 @@ class CopyloraApp(App[int]):
             from copylora_tui.hangup import watch_for_hangup
 
             watch_for_hangup(self)
+        self.app_resume_signal.subscribe(self, self._repaint_after_resume)
+
+    def _repaint_after_resume(self, _app: App) -> None:
+        """Back from ctrl+z (fg): the terminal's screen was the shell's, and Textual repaints
+        only what changes, so the Projects screen came back blank but for its detail line."""
+        self.screen.refresh(repaint=True, layout=True)
+        self.refresh(repaint=True, layout=True)
 
     def apply_user_keymap(self) -> None:
         """The user's keymap file (copylora_tui.core.keymap), if there is one."""
@@ -129,6 +137,24 @@ class CopyloraApp(App[int]):
         "[train] caption" lost its "[train]", a picture named "[Pony] x.png" its brackets, and a
         "[/]" in a path ended the app with a MarkupError."""
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
+    def action_help_quit(self) -> None:
+        """ctrl+c says how to quit, in plain text (Textual's own says it in markup, and toasts
+        here are plain: it showed "Press [b]q[/b] to quit the app")."""
+        keys = [key for key, active in self.active_bindings.items() if active.binding.action in ("quit", "app.quit")]
+        if keys:
+            self.notify(f"Press {self.get_key_display(self.active_bindings[keys[0]].binding)} to quit the app",
+                        title="Do you want to quit?")
+
+    def action_suspend(self) -> None:
+        """ctrl+z stops the app where a shell can bring it back with fg (copylora_tui/suspend.py);
+        elsewhere it says why not, instead of leaving the screen for good."""
+        from copylora_tui.suspend import NO_SHELL, shell_can_resume
+
+        if shell_can_resume():
+            self.action_suspend_process()
+        else:
+            self.notify(NO_SHELL, timeout=6)
 
     def on_notify(self, event: Notify) -> None:
         """Before Textual's own handler shows ``event``'s toast: the same message already on

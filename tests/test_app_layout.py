@@ -113,6 +113,27 @@ async def test_a_wide_terminal_gives_the_side_column_its_room(demo):
         await wait_until(pilot, lambda: side.outer_size.width == 41)
 
 
+async def test_below_80_columns_the_form_keeps_the_width_and_the_field_typed_into_stays_in_sight(demo):
+    """At 60 columns the side column's 41 cells left the form 18 (at 40: none, and typing still
+    changed fields no one could see); a resize left the field being typed into out of sight."""
+    from textual.widgets import Input
+
+    async with demo.run_test(size=WIDE) as pilot:
+        await open_demo_project(pilot)
+        screen = pilot.app.screen
+        seed = screen.query_one("#field-train-seed #editor", Input)
+        seed.focus()
+        await pilot.pause()
+        for size in ((60, 20), (40, 12), WIDE, (40, 12)):
+            await pilot.resize_terminal(*size)
+            form = screen.query_one("#form")
+            wide_enough = size[0] - 2 if size[0] < 80 else 40
+            await wait_until(pilot, lambda: form.size.width >= wide_enough and form.region.contains_region(seed.region))
+            assert "✓ saved" in screen_text(demo) or "unsaved" in screen_text(demo) or size == WIDE  # the status, below
+        await pilot.press("9")
+        await wait_until(pilot, lambda: seed.value.endswith("9") and form.region.contains_region(seed.region))
+
+
 async def test_the_stats_figures_and_cos_fit_80_columns(tmp_path, monkeypatch):
     from copylora_tui.screens.stats import StatsScreen
     from tests.test_app_support import write_stats

@@ -486,3 +486,49 @@ async def test_max_token_length_in_the_form_refuses_other_values_and_saves_kohya
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: "max_token_length = 225" in toml.read_text())
     assert load_project(folder).train.max_token_length == 225
+
+
+async def test_a_value_written_another_way_is_saved_once_not_unsaved_for_good(tmp_path, monkeypatch):
+    """"1e-4" for the learning rate, "2.0" for a rank: the file writes 0.0001 and 2, and the form
+    compared its text with those, so it said "unsaved changes" after the save, and esc asked again."""
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        editor(app, "train.learning_rate").value = "3e-4"
+        editor(app, "train.network_dim").value = "4.0"
+        await wait_until(pilot, lambda: "unsaved" in status(app))
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "network_dim = 4" in toml.read_text() and "0.0003" in toml.read_text())
+        await wait_until(pilot, lambda: "saved, valid" in status(app))
+        assert not app.screen.dirty
+        assert editor(app, "train.learning_rate").value == "3e-4"  # left as typed
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ProjectScreen))
+
+
+async def test_keys_typed_ahead_of_a_tab_go_to_the_next_field(tmp_path, monkeypatch):
+    """Over SSH a lag spike delivers "tab Q" at once: Q went into the field being left (the name)."""
+    from tests.test_app_support import burst
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        name = editor(app, "project.name")
+        name.focus()
+        await pilot.pause()
+        burst(app, "\tQ")
+        await wait_until(pilot, lambda: "Q" in editor(app, "project.base_model").value)
+        assert name.value == "example-monochrome"
+        burst(app, "\tR")
+        # shift+tab back, then typed: still in order
+        from textual import events
+
+        app.post_message(events.Key("shift+tab", None))
+        app.post_message(events.Key("S", "S"))
+        await wait_until(pilot, lambda: "S" in editor(app, "project.base_model").value)
+        assert name.value == "example-monochrome"

@@ -14,7 +14,7 @@ from copylora_tui.screens.queue import QueueScreen
 from copylora_tui.screens.stats import StatsScreen
 from engine.jobs.queue import Queue
 from tests.helpers import snapshot, write_png
-from tests.test_app_support import make_projects, mark_trained, notices, screen_text, use_home, wait_until, write_stats
+from tests.test_app_support import burst, make_projects, mark_trained, notices, screen_text, use_home, wait_until, write_stats
 
 
 def table(app) -> DataTable:
@@ -86,6 +86,25 @@ async def test_new_project_bad_path_writes_nothing_then_good_one_is_created(tmp_
         await wait_until(pilot, lambda: table(app).row_count == 2)
         assert (projects / "mono" / "copylora.toml").is_file() and (projects / "mono" / "a" / "a.png").is_file()
         assert str(table(app).get_row_at(table(app).cursor_row)[0]) == "mono"  # the new one is selected
+
+
+async def test_keys_typed_ahead_of_enter_or_tab_go_to_the_next_field(tmp_path, monkeypatch):
+    """A burst of keys (a lag spike over SSH, a paste): "abc⏎def⏎ghi" gave name "abcdef" and
+    picture B "ghi", focus moving after the keys behind it had gone to the old field."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("n")
+        dialog = app.screen
+        burst(app, "abc\rdef\tghi\r")
+        await wait_until(pilot, lambda: dialog.query_one("#new-b", Input).value == "ghi")
+        assert [dialog.query_one(f"#new-{key}", Input).value for key in ("name", "a", "b")] == ["abc", "def", "ghi"]
+        assert app.focused is dialog.query_one("#new-base", Input)
+        burst(app, "\t\r")  # to the Create button, which enter presses: the pictures do not exist
+        await wait_until(pilot, lambda: "no such file" in str(dialog.query_one("#error-a").render()))
+        assert isinstance(app.screen, NewProjectScreen)
 
 
 async def test_new_project_rejects_a_name_taken_or_with_a_slash(tmp_path, monkeypatch):

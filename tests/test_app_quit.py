@@ -107,3 +107,28 @@ async def test_the_screen_keys_ask_before_leaving_unsaved_edits_too(tmp_path, mo
         await pilot.press("escape")
         await wait_until(pilot, lambda: isinstance(app.screen, ProjectsScreen))
     assert "seed = 42" in (folder / "copylora.toml").read_text()
+
+
+async def test_ctrl_c_says_how_to_quit_in_plain_text_and_ctrl_z_says_why_it_stays(tmp_path, monkeypatch):
+    """Textual's ctrl+c hint is markup, and every toast here is plain: it read "Press [b]q[/b] to
+    quit the app". ctrl+z stops the app only where a shell can bring it back (copylora_tui/suspend.py)."""
+    import copylora_tui.suspend as suspend
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    stops = []
+    monkeypatch.setattr(app, "action_suspend_process", lambda: stops.append(1))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+c")
+        await wait_until(pilot, lambda: "Press q to quit the app" in notices(app))
+        await pilot.press("2")  # the Queue screen: q is a plain key there too
+        await pilot.press("ctrl+c")
+        assert not [n for n in notices(app) if "[" in n]
+        monkeypatch.setattr(suspend, "shell_can_resume", lambda: False)
+        await pilot.press("ctrl+z")
+        await wait_until(pilot, lambda: suspend.NO_SHELL in notices(app))
+        assert stops == []
+        monkeypatch.setattr(suspend, "shell_can_resume", lambda: True)
+        await pilot.press("ctrl+z")
+        await wait_until(pilot, lambda: stops == [1])

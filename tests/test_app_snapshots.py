@@ -104,6 +104,7 @@ def test_project_form_with_an_invalid_field(snap_compare, demo):
         selector = "#field-train-network_dim #editor"  # mounted, not only built
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, ProjectScreen) and pilot.app.screen.query(selector))
         field = pilot.app.screen.query_one(selector, Input)
+        field.cursor_blink = False  # its cursor shown for good: a loaded machine took the picture mid-blink
         field.focus()
         field.value = "0"
         await wait_until(pilot, lambda: "must be greater than 0" in screen_text(pilot.app) and jobs_shown(pilot)

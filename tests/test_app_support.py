@@ -300,3 +300,14 @@ def plan_text(app) -> str:
 
 def notices(app) -> list[str]:
     return [n.message for n in app._notifications]
+
+
+def burst(app, keys: str) -> None:
+    """Keys arriving at once, as a lag spike over SSH or a paste delivers them: posted to the app
+    without waiting between them (``pilot.press`` waits for each key's handling, which hid
+    keys landing in the field focus was leaving). ``keys``: characters, "\\t" tab, "\\r" enter."""
+    from textual import events
+
+    names = {"\t": "tab", "\r": "enter"}
+    for char in keys:
+        app.post_message(events.Key(names.get(char, char), char))

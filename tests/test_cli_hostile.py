@@ -455,3 +455,15 @@ def test_misplaced_inputs_are_said_as_what_they_are(tmp_path, capsys, monkeypatc
     moved.rename(root / "a")  # the picture where its folder goes
     assert main(["check", str(root)]) == EXIT_USAGE
     assert f"a.folder: {root / 'a'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_the_app_on_a_dumb_terminal_says_so_instead_of_drawing_escapes_into_it(tmp_path, capsys, monkeypatch):
+    """TERM=dumb (Emacs' shell-mode, an IDE's console) is a terminal that cannot draw: the app
+    sent it full-screen 24-bit colour escapes, shown as text."""
+    import copylora_tui.cli.terminal_text as terminal_text
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    monkeypatch.setattr(terminal_text, "is_terminal", lambda stream: True)
+    monkeypatch.setenv("TERM", "dumb")
+    assert main(["--projects", str(tmp_path)]) == EXIT_USAGE
+    assert "the app needs a terminal that draws (TERM=dumb here" in capsys.readouterr().err

@@ -95,3 +95,39 @@ def test_sighup_in_tmux_exits(session):
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(pid)
+
+
+def test_ctrl_z_without_a_shell_to_come_back_to_says_so(session):
+    """The app as the pane's own command (exec): a stop would be discarded by the kernel (an
+    orphaned process group) after the app left the screen; it says why it stays instead."""
+    name, _pidfile = session
+    wait_for(name, "example-monochrome")
+    tmux("send-keys", "-t", name, "C-z")
+    shown = wait_for(name, "no shell to stop to")
+    assert "example-monochrome" in shown
+
+
+def test_ctrl_z_stops_the_app_and_fg_brings_it_back(tmp_path):
+    """Started from an interactive shell, ctrl+z stops the app as it stops any terminal
+    program, the shell's prompt comes back, and fg redraws the app where it was."""
+    name = f"copylora-test-{uuid.uuid4().hex[:8]}"
+    make_projects(tmp_path)
+    env = {"COPYLORA_HOME": str(tmp_path / "state"), "PYTHONPATH": str(REPO), "TERM": "xterm-256color",
+           "OMP_NUM_THREADS": "1", "COPYLORA_IMAGES": "0", "PS1": "shell$ "}
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    tmux("new-session", "-d", "-s", name, "-x", "100", "-y", "30", f"env {exports} bash --norc --noprofile -i")
+    try:
+        wait_for(name, "shell$")
+        tmux("send-keys", "-t", name, f"cd {shlex.quote(str(tmp_path))} && {shlex.quote(sys.executable)} -m copylora_tui", "Enter")
+        wait_for(name, "example-monochrome")
+        tmux("send-keys", "-t", name, "C-z")
+        shown = wait_for(name, "Stopped")
+        assert "n New" not in shown
+        tmux("send-keys", "-t", name, "fg", "Enter")
+        wait_for(name, "n New")
+        tmux("send-keys", "-t", name, "2")
+        wait_for(name, "w Worker")  # it answers keys again
+        tmux("send-keys", "-t", name, "q")
+        wait_for(name, "shell$")
+    finally:
+        tmux("kill-server", check=False)

@@ -9,6 +9,7 @@ imports torch: commands that need it import their engine module when they run, s
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import traceback
@@ -233,6 +234,10 @@ def _no_terminal() -> str | None:
 
     missing = [name for name, stream in (("input", sys.stdin), ("output", sys.stdout)) if not is_terminal(stream)]
     if not missing:
+        # TERM=dumb: Emacs' shell-mode, an IDE's console; the app drew full-screen colour escapes into it as text
+        if os.environ.get("TERM") == "dumb":
+            return ("copylora: the app needs a terminal that draws (TERM=dumb here, e.g. Emacs' shell or an IDE's console); "
+                    "run it in a terminal (in Emacs: vterm or ansi-term), or use the commands (`copylora --help`: run, queue, logs, …)")
         return None
     return (f"copylora: the app needs a terminal, and this {' and '.join(missing)} is not one; over SSH: `ssh -t HOST copylora`; "
             "in a script, use the commands (`copylora --help`: run, queue, logs, …)")

@@ -150,6 +150,16 @@ def value_text(value: Any, spec: FieldSpec) -> str:
     return toml_value(value)
 
 
+def same_as_saved(text: str, saved: Any, spec: FieldSpec) -> bool:
+    """Whether a field's text stands for its saved value: as the file writes it, or another way
+    of writing the same value ("1e-4" for 0.0001, "2.0" for 2), which a save leaves in the field
+    as typed (it said "unsaved changes" after the save that wrote it, for good)."""
+    if text == value_text(saved, spec):
+        return True
+    value, error = parse_text(text, spec)
+    return error is None and type(value) is type(saved) and value == saved
+
+
 def parse_text(text: str, spec: FieldSpec) -> tuple[Any, str | None]:
     """(value, None) for a valid entry, (None, message) for an invalid one."""
     problems: list[Problem] = []

@@ -15,6 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from copylora_tui.screens.focus_at_once import FOCUS_AT_ONCE, MovesFocusAtOnce
 from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.errors import Problem, ValidationError
@@ -36,10 +37,13 @@ def default(key: str) -> str:
     return "tiny" if key == "base" else ""
 
 
-class NewProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, ModalScreen[Path | None]):
+class NewProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, ModalScreen[Path | None]):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel", id="new.cancel"),
         Binding("ctrl+s", "create", "Create", id="new.create"),
+        # enter moves on at once too (focus_at_once.py): the next field, Create after the last
+        Binding("enter", "enter_now", "Next field", show=False, priority=True),
+        *FOCUS_AT_ONCE,
     ]
     SAVE_HINT = "ctrl+s creates the project"
 
@@ -78,13 +82,18 @@ class NewProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, ModalScreen[Path | 
             errors.first(Static).display = False
 
     @while_open
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        keys = [k for k, _, _, _ in FIELDS]
-        index = keys.index(event.input.id.removeprefix("new-"))
-        if index + 1 < len(keys):
-            self.query_one(f"#new-{keys[index + 1]}", Input).focus()
-        else:
-            self.action_create()
+    def action_enter_now(self) -> None:
+        """enter: the next field, or after the last one, create; on a button, press it."""
+        focused = self.focused
+        if isinstance(focused, Button):
+            focused.press()
+        elif isinstance(focused, Input):
+            keys = [k for k, _, _, _ in FIELDS]
+            index = keys.index((focused.id or "").removeprefix("new-"))
+            if index + 1 < len(keys):
+                self.set_focus(self.query_one(f"#new-{keys[index + 1]}", Input))
+            else:
+                self.action_create()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_create() if event.button.id == "create" else self.action_cancel()

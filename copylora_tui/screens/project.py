@@ -28,6 +28,7 @@ from textual.widgets import Button, Collapsible, Input, Static
 from copylora_tui import teacher_images
 from copylora_tui.core import form
 from copylora_tui.core.snapshot import QueueSnapshot
+from copylora_tui.screens.focus_at_once import FOCUS_AT_ONCE, MovesFocusAtOnce
 from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
@@ -47,8 +48,20 @@ OUTPUTS_RECHECK_S = 10.0  # an output folder changed by another program: the pla
 LAZY_SECTIONS = ("a", "b", "sample", "reg")
 
 
-class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
+class FormScroll(VerticalScroll):
+    """The form's scrolling column. A new size can change its layout (a resize: keys above their
+    editors, the side column below): the scroll stayed where it was and the field being typed
+    into went out of sight, still taking the keys."""
+
+    def on_resize(self) -> None:
+        focused = self.screen.focused
+        if focused is not None and self in focused.ancestors:
+            self.call_after_refresh(self.scroll_to_widget, focused, animate=False)
+
+
+class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     BINDINGS = [
+        *FOCUS_AT_ONCE,  # keys typed ahead of a tab go to the next field (focus_at_once.py)
         Binding("ctrl+s", "save", "Save", id="project.save"),
         Binding("ctrl+r", "run", "Run", id="project.run"),
         Binding("ctrl+t", "stats", "Stats", id="project.stats"),
@@ -61,7 +74,9 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     # whole width, and the side column narrows (CSS).
     # -huge: a wide terminal gives the side column (preview, pictures, plan) its room, which
     # the form's key/value rows cannot use (at 200 columns they filled 40 and left 120 blank).
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide"), (150, "-huge")]
+    # -tiny (below 80): the side column's 41 cells left the form 18 at 60 columns and none at 40,
+    # where typing still changed fields no one could see: the side goes below the form.
+    HORIZONTAL_BREAKPOINTS = [(0, "-tiny"), (80, "-narrow"), (100, "-wide"), (150, "-huge")]
 
     def __init__(self, folder: Path) -> None:
         super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
@@ -93,7 +108,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
     def compose(self) -> ComposeResult:
         yield AppHeader()
         with Horizontal(id="project-body"):
-            with VerticalScroll(id="form"):
+            with FormScroll(id="form"):
                 # The project is read in a thread (load): validation decodes every picture and
                 # opens the base model's header, which takes seconds on big files.
                 yield Static(Text(f"reading {self.folder.name}/copylora.toml …", style="dim"), id="form-loading")
@@ -385,7 +400,7 @@ class ProjectScreen(ActsWhileOpen, AsksBeforeLosingEdits, Screen):
         if self.project is not None and self.project.reg is not None and self.concept_count != len(self.project.concepts):
             return True
         return self.project is not None and any(
-            field.text != form.value_text(form.current_value(self.project, field.spec), field.spec) for field in self.fields.values()
+            not form.same_as_saved(field.text, form.current_value(self.project, field.spec), field.spec) for field in self.fields.values()
         )
 
     def edited_project(self) -> Project | None:
