@@ -345,6 +345,36 @@ async def test_a_very_long_project_name_is_cut_in_the_table_and_whole_below_it(t
         assert long in screen_text(app).replace("\n", "").replace(" ", "")  # the line under the table, wrapped
 
 
+async def test_a_long_name_is_cut_to_leave_every_column_on_the_screen(tmp_path, monkeypatch):
+    """At 80 columns a 40-cell name left "last output" as "Dec 0" and the output's size off the
+    screen (at 100 too, once the base model column came back)."""
+    use_home(monkeypatch, tmp_path)
+    long = "夜景-テスト-" + "very-long-" * 6
+    projects = make_projects(tmp_path, (long,))
+    mark_trained(projects / long)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        for size in ((80, 24), (100, 30), (60, 20)):
+            await pilot.resize_terminal(*size)
+            grid = table(app)
+            await wait_until(pilot, lambda: sum(c.get_render_width(grid) for c in grid.ordered_columns) <= grid.size.width
+                             or size[0] < 80)
+            assert "output" in screen_text(app).splitlines()[2] or size[0] < 80, screen_text(app)
+        assert table(app).ordered_columns[0].width >= 12  # never cut to nothing
+        # at 60 columns the table scrolls sideways; a running job's new step (rows rebuilt) snapped it back
+        grid = table(app)
+        await wait_until(pilot, lambda: grid.max_scroll_x > 0)
+        grid.scroll_to(x=grid.max_scroll_x, animate=False)
+        await wait_until(pilot, lambda: grid.scroll_x == grid.max_scroll_x)
+        app.screen._rows = []  # as after a poll with new cells
+        app.screen.refresh_table()
+        await pilot.pause(0.3)
+        assert grid.scroll_x == grid.max_scroll_x > 0
+        await pilot.resize_terminal(200, 30)
+        await wait_until(pilot, lambda: table(app).ordered_columns[0].width == 40)
+
+
 async def test_a_copied_project_that_kept_its_name_shows_its_folder(tmp_path, monkeypatch):
     """`cp -r mono night` keeps [project] name: both rows read "mono", with no way to tell them
     apart (the queue and the CLI name them by folder). Rows of a shared name say their folder

@@ -440,6 +440,19 @@ def test_stats_unknown_block_is_a_usage_error_naming_the_blocks(merged, capsys):
 
 
 
+def test_stats_at_80_columns_keeps_every_column_readable(merged, capsys, monkeypatch):
+    """At 80 columns the cos column got one cell: each row ended in a bare "+"."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["stats", str(merged)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("module"))
+    assert header.split() == ["module", "block", "kind", "ranks", "kept", "energy", "error", "‖result‖", "cos"]
+    rows = [line for line in lines if re.match(r"(te|down|up|mid)\S*\s+(BASE|IN|OUT|M)", line)]
+    assert len(rows) == 3 and all(len(line) <= 80 and re.search(r" [+-]\d\.\d{3}$", line) for line in rows), rows
+
+
 def test_stats_json_names_blocks_as_the_table_does(merged, capsys):
     assert main(["stats", str(merged), "--json", "--top", "0"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -48,7 +48,8 @@ def print_stats(document: dict, rows: list[dict], console: Console | None = None
     console.print(blocks)
 
     wide = console.width >= 100  # the shape column only where there is room for it
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    # one space between columns: with two, the cos column got no room at 80 columns (a bare "+")
+    table = Table(box=None, header_style="bold", pad_edge=False, collapse_padding=True)
     columns = [("module", "left"), ("block", "left"), ("kind", "left")] + ([("shape", "left")] if wide else []) + [
         ("ranks", "left"), ("kept", "right"), ("energy", "right"), ("error", "right"), ("‖result‖", "right"), ("cos", "right")]
     for column, justify in columns:

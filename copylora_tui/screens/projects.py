@@ -41,7 +41,7 @@ from copylora_tui.core.projects import (
 from copylora_tui.core.snapshot import QueueSnapshot
 from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
-from copylora_tui.widgets.fitted_table import FittedTable
+from copylora_tui.widgets.fitted_table import FittedTable, fitted_widths
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from engine.jobs.queue import Job, JobStatus
 from engine.project.pair_route import PAIR_METHODS
@@ -67,15 +67,18 @@ CHECK_SLOW_S = 30.0  # a check that has not answered by then (a hung network dis
 NAME_CELLS = 40  # the name column's widest: the line under the table says the whole name
 
 
-def name_cell(name: str, folder: str | None = None) -> Text:
-    """A project's name for its row, cut with "…" past NAME_CELLS: a 200-character name widened
+NAME_CELLS_LEAST = 12  # however narrow the terminal: a name cut shorter says nothing
+
+
+def name_cell(name: str, folder: str | None = None, cells: int = NAME_CELLS) -> Text:
+    """A project's name for its row, cut with "…" past ``cells``: a 200-character name widened
     the column until every other column had scrolled off the screen. ``folder``: the folder
     after it (see :func:`shared_names`), kept whole where the name is cut."""
-    if folder is not None and len(folder) > NAME_CELLS // 2:
-        folder = folder[:NAME_CELLS // 2 - 1] + "…"
+    if folder is not None and len(folder) > cells // 2:
+        folder = folder[:cells // 2 - 1] + "…"
     tail = f" ({folder}/)" if folder is not None else ""
     text = Text(name)
-    text.truncate(max(8, NAME_CELLS - len(tail)), overflow="ellipsis")
+    text.truncate(max(8, cells - len(tail)), overflow="ellipsis")
     return text + tail if tail else text
 
 
@@ -468,16 +471,32 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         shared = shared_names(self.summaries)
         rows = [[c for key, c in zip(ALL_COLUMNS, self._cells(s, snapshot.for_project(s.folder), s.folder in shared)) if key in keys]
                 for s in self.summaries]
+        self._fit_names(table, columns, rows, shared)
         if rows == self._rows and requested is None:
             self.show_detail()  # a job's step, under the table, moves within a cell's percent
             return  # nothing changed since the last poll: leave the table and its cursor alone
         self._rows = rows
+        scrolled = table.scroll_x  # scrolled sideways to read a column: a running job's new step snapped it back
         table.show(columns, [(str(s.folder), cells) for s, cells in zip(self.summaries, rows)])
+        if scrolled:
+            table.call_after_refresh(table.scroll_to, x=scrolled, animate=False)
         if keep is not None:
             folders = [s.folder for s in self.summaries]
             if keep in folders:
                 table.move_cursor(row=folders.index(keep), animate=False)
         self.show_detail()
+
+    def _fit_names(self, table: FittedTable, columns: list, rows: list[list], shared: set[Path]) -> None:
+        """Names cut further where the other columns would not fit beside them: at 80 columns a
+        40-cell name left "last output" as "Dec 0" and the output's size off the screen."""
+        room = table.content_room(len(columns), len(rows))
+        if room is None:
+            return
+        others = sum(fitted_widths(columns[1:], [row[1:] for row in rows]))
+        cells = max(NAME_CELLS_LEAST, min(NAME_CELLS, room - others))
+        if cells < NAME_CELLS:
+            for summary, row in zip(self.summaries, rows):
+                row[0] = name_cell(summary.name, summary.folder.name if summary.folder in shared else None, cells)
 
     def _cells(self, summary: ProjectSummary, jobs: list[Job], name_shared: bool = False) -> list:
         name = name_cell(summary.name, summary.folder.name if name_shared else None)

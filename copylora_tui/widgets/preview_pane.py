@@ -180,4 +180,5 @@ def show_preview_path(pane: PreviewPane) -> None:
         return
     path = str(pane.shown.resolve())
     pane.app.copy_to_clipboard(path)
-    pane.notify(f"{path}\n(path copied to the clipboard)", title="preview")
+    # "sent", not "copied": whether it arrives is the terminal's (and tmux's set-clipboard) choice, unseen here
+    pane.notify(f"{path}\n(path sent to the clipboard, where the terminal takes OSC 52)", title="preview")
