@@ -228,7 +228,9 @@ def test_the_worker_lives_through_a_real_full_disk(tmp_path, small_disk, monkeyp
         refused = subprocess.run([sys.executable, "-m", "copylora_tui", "run", str(root), "--max_steps", "2"],
                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert refused.returncode == EXIT_FAILED and FULL in refused.stderr and "internal error" not in refused.stderr
-        time.sleep(3)  # the worker's heartbeat and polls meet the full disk
+        from engine.jobs.worker import HEARTBEAT_S
+
+        time.sleep(HEARTBEAT_S + 1)  # the worker's heartbeat (and a GPU sample where there is a GPU) meet the full disk
         assert worker_pid(home), (home / "worker.log").read_text()[-2000:]
         filler.unlink()
         queue = Queue(home)

@@ -151,6 +151,28 @@ def test_cancel_keeps_checkpoint_and_retry_resumes(tmp_path, home):
     stop_worker(home)
 
 
+def test_an_idle_worker_leaves_the_state_folder_alone(home, monkeypatch):
+    """With an empty queue the worker wrote a heartbeat every second (a 4 KB WAL frame each,
+    ~350 MB a day on an idle box; on a cluster's shared state folder the Slurm loop wrote five a
+    second). Now at most every HEARTBEAT_S, and `worker status` still says how long ago."""
+    from engine.jobs.worker import HEARTBEAT_S
+
+    monkeypatch.setenv("COPYLORA_WARM_START", "0")  # its loop turning from the start (a preload holds it for seconds)
+    start_detached(home)
+    wait_for(lambda: (home / "worker-code.json").is_file() and Queue(home).worker_row(), timeout=30, what="the worker to start")
+    time.sleep(1.0)  # its first turn: a heartbeat, a GPU sample where there are GPUs
+
+    def written():
+        return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in home.iterdir() if p.is_file()}
+
+    before = written()
+    time.sleep(3.0)
+    assert HEARTBEAT_S >= 5 and written() == before
+    said = subprocess.run([sys.executable, "-m", "copylora_tui", "worker", "status"], capture_output=True, text=True, timeout=60)
+    assert "heartbeat" in said.stdout and " s ago" in said.stdout, said.stdout
+    stop_worker(home)
+
+
 def test_one_worker_per_state_folder(home):
     pid = start_detached(home)
     with pytest.raises(WorkerRunning, match=f"already running.*pid {pid}"):
@@ -249,3 +271,24 @@ def test_a_worker_whose_state_folder_is_removed_stops(tmp_path, home):
     wait_for(lambda: not os.path.exists(f"/proc/{job_pid}") or open(f"/proc/{job_pid}/stat").read().split()[2] == "Z",
              timeout=60, what="its job to stop")
     assert worker_pid(home) is None
+
+
+def test_the_heartbeat_is_written_at_most_every_heartbeat_s(tmp_path, monkeypatch):
+    """The Slurm loop beat every 0.2 s (five writes a second into the state folder the compute
+    nodes share, often NFS); the local loop samples GPUs each second while jobs run."""
+    import engine.jobs.worker as worker_module
+    from engine.jobs.worker import Worker
+
+    home = tmp_path / "state"
+    queue = Queue(home)
+    queue.worker_started(os.getpid(), ["cpu"], 1)
+    worker = Worker(home)
+    now = [1000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
+    written = []
+    monkeypatch.setattr(queue, "heartbeat", lambda: written.append(now[0]))
+    for _ in range(40):  # ten seconds of the Slurm loop's turns (0.25 s: exact in binary)
+        worker.beat(queue)
+        now[0] += 0.25
+    worker.beat(queue)
+    assert written == [1000.0, 1000.0 + worker_module.HEARTBEAT_S]

@@ -33,7 +33,9 @@ from engine.jobs.warm_client import ForkedJob, WarmStarter
 from engine.threads import JOBS_VARIABLE
 
 POLL_S = 0.2
-GPU_SAMPLE_S = 1.0
+GPU_SAMPLE_S = 1.0  # while jobs run: the app's GPU panel follows them
+GPU_IDLE_SAMPLE_S = 10.0  # with none: an idle worker wrote the state folder every second (~350 MB a day)
+HEARTBEAT_S = 10.0  # only `worker status` reads it ("heartbeat 3.2 s ago"); the Slurm loop wrote it five times a second
 STRAYS_S = 10.0  # how often to look for a job's orphaned children that ended (zombies) to reap
 DISK_WAIT_S = 5.0  # while the queue's disk is full: how often to try again
 HOME_CHECK_S = 2.0  # how often to check that the state folder is still this worker's (check_home)
@@ -203,6 +205,7 @@ class Worker:
         """``slurm``: engine.jobs.slurm.SlurmOptions to run every job as a Slurm job (else each in a
         child process here, one per GPU slot)."""
         self.home = state_home(home)
+        self._beat_at = float("-inf")  # the last heartbeat written (time.monotonic)
         self.slurm = None
         if slurm is not None:
             from engine.jobs.slurm_jobs import SlurmJobs
@@ -246,7 +249,7 @@ class Worker:
                 except QueueWriteError as exc:  # a full disk under the queue: running jobs go on; wait for space
                     self.wait_for_disk(exc)
                     continue
-                if time.monotonic() - last_sample >= GPU_SAMPLE_S:
+                if time.monotonic() - last_sample >= (GPU_SAMPLE_S if self.running else GPU_IDLE_SAMPLE_S):
                     self.sample(queue)
                     last_sample = time.monotonic()
                 if self.warm.subreaper and time.monotonic() - last_strays >= STRAYS_S:
@@ -277,7 +280,7 @@ class Worker:
             except QueueWriteError as exc:  # as in run(): the cluster's jobs go on; what they said is read again later
                 self.wait_for_disk(exc)
                 continue
-            queue.heartbeat()
+            self.beat(queue)
             time.sleep(POLL_S)
         try:
             self.slurm.stop(queue)
@@ -443,7 +446,13 @@ class Worker:
         samples = sample_gpus()
         if samples:
             queue.record_gpus(samples)
-        queue.heartbeat()
+        self.beat(queue)
+
+    def beat(self, queue: Queue) -> None:
+        """The heartbeat, at most every HEARTBEAT_S: each one is a write of the state folder."""
+        if time.monotonic() - self._beat_at >= HEARTBEAT_S:
+            queue.heartbeat()
+            self._beat_at = time.monotonic()
 
     def shutdown(self, queue: Queue) -> None:
         for run in self.running.values():
