@@ -10,6 +10,8 @@ pane sits beside the log, and is hidden on narrow terminals (o still reports its
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -31,6 +33,8 @@ from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.job_table import status_cell
 from copylora_tui.widgets.log_tail import LogTail
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
+from copylora_tui.widgets.snapshot_watch import catch_up, watch_snapshot
+from copylora_tui.widgets.steady import SteadyStatic, set_border_titles
 from engine.jobs.queue import Job, JobStatus
 from engine.train.progress import format_duration
 
@@ -46,6 +50,7 @@ def interrupted_text(job: Job) -> str:
             "Start the worker (w on the queue screen) and it resumes from its newest checkpoint")
 
 POLL_S = 0.5
+HISTORY_IDLE_S = 5.0  # a job that does not run: its curve cannot move, but a GPU's VRAM history still may
 
 # What a job that does not train counts in its progress rows (a merge has no loss to draw).
 PROGRESS_UNITS = {"merge": "modules merged", "sample": "pictures drawn", "reg": "class images made"}
@@ -100,6 +105,7 @@ class MonitorScreen(ActsWhileOpen, Screen):
     def __init__(self, job_id: int) -> None:
         super().__init__()  # no id: a screen of this kind may still be leaving when the next arrives
         self.job_id = job_id
+        self._history_at = float("-inf")  # when the history was last asked for (time.monotonic)
         self._reader = None  # this screen's connection (a QueueReader), used from its worker thread only
         self._points_step: int | None = None
         self._copy_trends: tuple[str, str] = ("", "")  # ↑/↓/→ of A's (or the one side's) and B's copy checks
@@ -107,16 +113,16 @@ class MonitorScreen(ActsWhileOpen, Screen):
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
-        yield Static("", id="job-title", classes="status-line")
+        yield SteadyStatic("", id="job-title", classes="status-line")
         yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="progress")
-        yield Static("", id="numbers")
-        yield Static("", id="job-error", classes="detail")
+        yield SteadyStatic("", id="numbers")
+        yield SteadyStatic("", id="job-error", classes="detail")
         with Horizontal(id="panels"):
             with Vertical(id="loss-panel", classes="panel"):
-                yield Static("", id="loss-line")
+                yield SteadyStatic("", id="loss-line")
                 yield Curve(id="loss-curve", empty="the loss curve appears with the first steps")
             with Vertical(id="gpu-panel", classes="panel"):
-                yield Static("", id="gpu-line")
+                yield SteadyStatic("", id="gpu-line")
                 yield Curve(id="vram-curve", low=0.0, label=lambda v: f"{v / 1024:.0f}G" if v >= 1024 else f"{v:.0f}M", empty="")
         with Horizontal(id="bottom"):
             yield LogTail(self.app_log_path(), id="log", classes="panel")
@@ -144,8 +150,8 @@ class MonitorScreen(ActsWhileOpen, Screen):
         self.query_one("#loss-panel").border_subtitle = "curve: smoothed loss"
         self.query_one("#gpu-panel").border_title = "GPU"
         self.query_one("#log").border_title = f"log · job-{self.job_id}.log"
-        self.watch(self.app, "snapshot", self.show_snapshot)
-        self.set_interval(POLL_S, self.read_history)
+        watch_snapshot(self, self.show_snapshot)
+        self.set_interval(POLL_S, self.poll_history)
         self.set_interval(1.0, self.tick)  # "running for" goes on while a job loads its model
         self.read_history()
 
@@ -197,10 +203,9 @@ class MonitorScreen(ActsWhileOpen, Screen):
         panel = self.query_one("#loss-panel")
         trains = job.kind == "train"
         self.query_one("#loss-curve", Curve).display = trains  # the other kinds' panel shows their progress
-        panel.border_title = "loss" if trains else "progress"
         twin = job.smooth_loss_b is not None
         curve = "curve: A's smoothed loss" if twin else "curve: A's, then B's smoothed loss" if self._side_now(job) else "curve: smoothed loss"
-        panel.border_subtitle = curve if trains else ""
+        set_border_titles(panel, "loss" if trains else "progress", curve if trains else "")
         self.query_one("#gpu-line", Static).update(self._gpu_text(job, snapshot))
         # Without GPU readings the panel says one note: at 80 columns its 46 left the loss 34, and
         # "lr 1.00e-03" wrapped onto a line of its own.
@@ -281,8 +286,21 @@ class MonitorScreen(ActsWhileOpen, Screen):
         text.append(f"util {util}  {temp}{power}  {peak}", style="dim")
         return text
 
+    def on_screen_resume(self) -> None:
+        catch_up(self, self.show_snapshot)
+
+    def poll_history(self) -> None:
+        """The curve and VRAM history while the job runs; of a job that does not run (finished,
+        waiting), every HISTORY_IDLE_S: a finished job's curve was read and redrawn twice a
+        second for as long as its monitor stayed open."""
+        job = self.app.snapshot.job(self.job_id)
+        if job is not None and not job.live and time.monotonic() - self._history_at < HISTORY_IDLE_S:
+            return
+        self.read_history()
+
     def read_history(self) -> None:
         """Curve and VRAM history from the database, in a thread (one read at a time)."""
+        self._history_at = time.monotonic()
         if self._reader is None:
             self._reader = QueueReader(self.app.home)
         if self._reader.begin():

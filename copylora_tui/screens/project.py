@@ -36,6 +36,7 @@ from copylora_tui.widgets.guard import ActsWhileOpen, still_open, while_open
 from copylora_tui.widgets.job_table import JobTable
 from copylora_tui.widgets.param_field import ParamField
 from copylora_tui.widgets.preview_pane import PreviewPane, show_preview_path
+from copylora_tui.widgets.snapshot_watch import catch_up, watch_snapshot
 from engine.errors import Problem, ValidationError
 from engine.project.folder import Project, load_project
 from engine.project.params import ConceptParams
@@ -238,7 +239,7 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
     def on_mount(self) -> None:
         self.sub_title = self.folder.name
         self.title = "Project"
-        self.watch(self.app, "snapshot", self.show_snapshot)
+        watch_snapshot(self, self.show_snapshot)
         self.load()
         self.set_interval(DISK_CHECK_S, self.check_disk)
 
@@ -516,6 +517,9 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
         if self.project is None:
             return "no preview: copylora.toml does not load"
         return project_target(self.project)
+
+    def on_screen_resume(self) -> None:
+        catch_up(self, self.show_snapshot)
 
     @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:

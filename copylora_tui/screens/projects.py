@@ -43,6 +43,8 @@ from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.fitted_table import FittedTable, fitted_widths
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.snapshot_watch import catch_up, watch_snapshot
+from copylora_tui.widgets.steady import SteadyStatic
 from engine.jobs.queue import Job, JobStatus
 from engine.project.pair_route import PAIR_METHODS
 
@@ -199,10 +201,10 @@ class ProjectsScreen(ActsWhileOpen, Screen):
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
-        yield Static("", id="worker-line", classes="status-line")
+        yield SteadyStatic("", id="worker-line", classes="status-line")
         yield Static("", id="empty")
         yield FittedTable(id="projects", cursor_type="row")
-        yield Static("", id="project-detail", classes="detail")
+        yield SteadyStatic("", id="project-detail", classes="detail")
         yield AppFooter()
 
     def on_mount(self) -> None:
@@ -213,7 +215,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         self.query_one("#empty", Static).update(Text(f"reading the projects in {self.app.projects_dir}/ …", style="dim"))
         table.display = False
         self.rescan()
-        self.watch(self.app, "snapshot", self.show_snapshot)
+        watch_snapshot(self, self.show_snapshot)
         self.set_interval(DISK_CHECK_S, self.check_disk)
 
     def columns(self) -> list[tuple[str, str, int | None]]:
@@ -232,6 +234,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         and so their state, may have changed), and the whole folder when its last scan is older
         than FULL_RESCAN_AFTER_S (another program may have changed any project). Every return
         read every project: with hundreds of them, keys 1 2 1 2 ran a scan of seconds each."""
+        catch_up(self, self.show_snapshot)
         opened = self.app.take_opened_projects()
         if not self._scanned:
             return  # the first scan is still under way: it reads them all

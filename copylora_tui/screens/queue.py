@@ -19,6 +19,8 @@ from copylora_tui.widgets.app_footer import AppFooter
 from copylora_tui.widgets.app_header import AppHeader
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
 from copylora_tui.widgets.job_table import JobTable
+from copylora_tui.widgets.snapshot_watch import catch_up, watch_snapshot
+from copylora_tui.widgets.steady import SteadyStatic
 from engine.jobs.queue import Job, JobStatus, artifacts_text
 
 # The newest finished jobs the table shows (every running and waiting one is shown). A queue of
@@ -93,17 +95,20 @@ class QueueScreen(ActsWhileOpen, Screen):
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
-        yield Static("", id="worker-line", classes="status-line")
+        yield SteadyStatic("", id="worker-line", classes="status-line")
         # No speed column: with it a twin job's loss ("A 0.7426 B 0.7420") ran past 100 columns;
         # the highlighted job's speed is in the line under the table, and in its monitor.
         yield JobTable(("job", "project", "task", "status", "progress", "eta", "loss"), id="jobs")
-        yield Static("", id="job-detail", classes="detail")
+        yield SteadyStatic("", id="job-detail", classes="detail")
         yield AppFooter()
 
     @while_open
     def on_mount(self) -> None:
         self.title = "Queue"
-        self.watch(self.app, "snapshot", self.show_snapshot)
+        watch_snapshot(self, self.show_snapshot)
+
+    def on_screen_resume(self) -> None:
+        catch_up(self, self.show_snapshot)
 
     @while_open
     def show_snapshot(self, snapshot: QueueSnapshot) -> None:

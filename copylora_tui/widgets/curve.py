@@ -56,12 +56,15 @@ class Curve(Widget):
     Curve { height: 5; }
     """
 
-    values: reactive[list[float]] = reactive(list, always_update=True)
+    # Redrawn when the values change, not on every read of the same ones: the monitor reads its
+    # curve twice a second, and a redraw of the same picture still went to the terminal.
+    values: reactive[list[float]] = reactive(list)
+    high: reactive[float | None] = reactive(None)  # the top of the scale (the VRAM curve: the GPU's memory)
 
     def __init__(self, *, low: float | None = None, high: float | None = None, label=None, empty: str = "no data yet", **kwargs) -> None:
         super().__init__(**kwargs)
         self.low = low
-        self.high = high
+        self.set_reactive(Curve.high, high)
         self.label = label or (lambda v: f"{v:.3g}")
         self.empty = empty
 
