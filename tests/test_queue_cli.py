@@ -455,9 +455,36 @@ def test_clean_gives_the_space_back_unless_the_queue_is_busy(home, capsys):
     reader.rollback()
     queue.db.executemany("INSERT INTO jobs (kind, project, label, status, position, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                          [("merge", "/p", "merge", "done", 0, now, now)])
+    from copylora_tui.cli.queue_commands import _file_size
+    from copylora_tui.core.formatting import size_text
+
+    was = _file_size(queue.path)
     assert main(["clean"]) == 0
-    assert "the queue file " in capsys.readouterr().out and queue.path.stat().st_size < big / 4
+    out = capsys.readouterr().out
+    assert "the queue file " in out and queue.path.stat().st_size < big / 4
+    assert f"(was {size_text(was)})" in out  # measured before the removal wrote its own pages to the WAL
     assert [j.id for j in Queue(home).jobs()] == []
+
+
+def test_clean_says_the_queue_files_size_from_before_it(home, capsys):
+    """The removal writes its pages to the write-ahead log first: measured after it, "was" read
+    about twice the file (a 112 MB queue "was 219.2 MB")."""
+    import time
+
+    from copylora_tui.cli.queue_commands import _file_size
+    from copylora_tui.core.formatting import size_text
+
+    queue = Queue(home)
+    now = time.time()
+    queue.db.executemany("INSERT INTO jobs (kind, project, label, status, position, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [("merge", "/p", "merge", "done", n, now, now) for n in range(100)])
+    queue.db.executemany("INSERT INTO points (job_id, step, t, loss) VALUES (?, ?, ?, ?)",
+                         [(1 + n // 1000, n % 1000, now, 0.5) for n in range(100_000)])
+    queue.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as a queue left alone for a while: all in the file
+    was = _file_size(queue.path)
+    assert main(["clean"]) == 0
+    out = capsys.readouterr().out
+    assert f"is {size_text(_file_size(queue.path))} now (was {size_text(was)})" in out, (out, size_text(was))
 
 
 def test_a_followed_log_line_ending_in_a_colour_is_shown_whole_at_once():

@@ -292,6 +292,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         raise ValidationError([Problem("--older_than", f"must be a number of days, 0 or more, got {args.older_than:g}")])
     queue = _queue()
     before = time.time() - args.older_than * 86400 if args.older_than is not None else None
+    size = _file_size(queue.path)  # before the removal, whose own writes went to the write-ahead log ("was" read twice the file)
     removed, kept = queue.clean(finished_before=before, statuses=(JobStatus.DONE,) if args.done_only else FINISHED)
     which = "finished" if not args.done_only else "done"
     age = f" that finished more than {args.older_than:g} day{'s' * (args.older_than != 1)} ago" if args.older_than is not None else ""
@@ -301,7 +302,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if removed:
         from copylora_tui.core.formatting import size_text
 
-        size = _file_size(queue.path)
         if queue.compact():
             print(f"the queue file {queue.path} is {size_text(_file_size(queue.path))} now (was {size_text(size)})")
     return 0
