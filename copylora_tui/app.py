@@ -138,6 +138,22 @@ class CopyloraApp(App[int]):
         "[/]" in a path ended the app with a MarkupError."""
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
+    def keep_unsaved_edits(self) -> list[Path]:
+        """The terminal is gone (hangup.py): each open form's unsaved edits go to a draft, taken
+        back when the project is opened next (core/drafts.py). Never raises: the app is leaving."""
+        from copylora_tui.core.drafts import write_draft
+        from engine.jobs.state_home import state_folder
+
+        kept = []
+        for screen in self.screen_stack:
+            try:
+                edits = screen.unsaved_edits() if hasattr(screen, "unsaved_edits") else None
+                if edits is not None:
+                    kept.append(write_draft(state_folder(self.home), screen.folder, *edits))
+            except Exception:  # a full disk, a screen half taken down: the hangup still leaves
+                pass
+        return kept
+
     def action_help_quit(self) -> None:
         """ctrl+c says how to quit, in plain text (Textual's own says it in markup, and toasts
         here are plain: it showed "Press [b]q[/b] to quit the app")."""

@@ -17,7 +17,8 @@ reproduced by hand: the process stayed for minutes, its main thread waiting on a
 - Any other write or wait that blocks on a terminal that is gone would do the same, so once the
   app has been asked to leave for a hangup it gets ``EXIT_GRACE_S`` to do it cleanly, then the
   process ends with the same exit code. Nothing is lost by that: jobs live in the worker, and a
-  terminal that is gone cannot be asked about unsaved edits anyway.
+  form's unsaved edits, which a terminal that is gone cannot be asked about, are written to a
+  draft first (core/drafts.py), taken back when the project is opened next.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def watch_for_hangup(app: App) -> None:
     deadline = ExitDeadline(EXIT_GRACE_S)
 
     def leave() -> None:
+        if deadline.started:
+            return  # SIGHUP, SIGCONT and the check may all ask
         deadline.start()
+        keep = getattr(app, "keep_unsaved_edits", None)
+        if keep is not None:
+            keep()  # unsaved form edits to a draft: nobody is there to be asked (core/drafts.py)
         app.exit(return_code=HANGUP_EXIT)
 
     loop = asyncio.get_running_loop()
@@ -80,6 +86,10 @@ class ExitDeadline:
     def __init__(self, grace_s: float, end: Callable[[int], object] = os._exit) -> None:
         self.grace_s, self.end = grace_s, end
         self._timer: threading.Timer | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._timer is not None
 
     def start(self) -> None:
         if self._timer is None:  # SIGHUP, SIGCONT and the check may all ask; one deadline

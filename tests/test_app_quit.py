@@ -132,3 +132,61 @@ async def test_ctrl_c_says_how_to_quit_in_plain_text_and_ctrl_z_says_why_it_stay
         monkeypatch.setattr(suspend, "shell_can_resume", lambda: True)
         await pilot.press("ctrl+z")
         await wait_until(pilot, lambda: stops == [1])
+
+
+async def test_edits_a_hangup_left_are_taken_back_when_the_project_opens_again(tmp_path, monkeypatch):
+    """The SSH link drops with edits in the form: nobody can be asked, and they were lost without
+    a word. They go to a draft (core/drafts.py), taken back (unsaved, and said) at the next open."""
+    from copylora_tui.core.drafts import draft_path
+
+    env = use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    toml = folder / "copylora.toml"
+    original = toml.read_text()
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        app.screen.query_one("#field-train-learning_rate #editor", Input).value = "2e-3"
+        app.screen.query_one("#field-train-seed #editor", Input).value = "seven"  # invalid: kept as typed
+        await app.screen.build_section("a")  # a folded section's override
+        await pilot.pause()
+        app.screen.query_one("#field-a-max_train_steps #editor", Input).value = "150"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        assert app.keep_unsaved_edits() == [draft_path(env.home, folder)]  # what the hangup calls
+    assert toml.read_text() == original
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        screen = app.screen
+        await wait_until(pilot, lambda: any("took back 3 edit(s) not saved when the terminal went away" in n for n in notices(app)))
+        assert screen.query_one("#field-train-learning_rate #editor", Input).value == "2e-3"
+        assert screen.query_one("#field-train-seed #editor", Input).value == "seven"
+        assert screen.query_one("#field-a-max_train_steps #editor", Input).value == "150"
+        assert screen.dirty and not draft_path(env.home, folder).exists()  # the form holds them now
+        screen.query_one("#field-train-seed #editor", Input).value = "7"
+        await wait_until(pilot, lambda: not screen.field_errors)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "seed = 7" in toml.read_text())
+        assert "learning_rate = 0.002" in toml.read_text() and "max_train_steps = 150" in toml.read_text()
+    app = CopyloraApp(folder.parent)  # nothing is taken back twice
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        await pilot.pause(0.5)
+        assert not app.screen.dirty and not any("took back" in n for n in notices(app))
+        assert app.keep_unsaved_edits() == []  # no edits: no draft
+
+
+def test_a_damaged_or_foreign_draft_is_not_taken_back(tmp_path):
+    from copylora_tui.core.drafts import draft_path, take_draft, write_draft
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    path = draft_path(tmp_path, folder)
+    path.parent.mkdir()
+    path.write_text("{not json")
+    assert take_draft(tmp_path, folder) is None and not path.exists()
+    write_draft(tmp_path, folder, {"train.seed": "7"}, None)
+    path.write_text(path.read_text().replace(str(folder), str(tmp_path / "other")))
+    assert take_draft(tmp_path, folder) is None
+    write_draft(tmp_path, folder, {"train.seed": "7"}, 2)
+    assert take_draft(tmp_path, folder).fields == {"train.seed": "7"} and take_draft(tmp_path, folder) is None

@@ -589,6 +589,46 @@ async def test_app_form_adds_edits_and_removes_concepts(tmp_path, monkeypatch):
         assert load_project(root).reg is not None and not load_project(root).concepts
 
 
+async def test_concepts_added_or_removed_before_a_hangup_are_taken_back(tmp_path, monkeypatch):
+    """The draft (copylora_tui/core/drafts.py) keeps the concept count and what each concept holds."""
+    from textual.widgets import Input
+
+    from copylora_tui.app import CopyloraApp
+    from tests.test_app_project import open_project
+    from tests.test_app_support import use_home, wait_until
+
+    use_home(monkeypatch, tmp_path)
+    root = dreambooth_project(tmp_path / "projects")
+    (root / "dogs").mkdir()
+    (root / "dogs" / "x.png").write_bytes((root / "a" / "colour.png").read_bytes())
+
+    def editor(app, number: int, key: str) -> Input:
+        return app.screen.query_one(f"#field-concept-{number}-{key} #editor", Input)
+
+    for added in (True, False):
+        app = CopyloraApp(root.parent)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await open_project(pilot, app, root)
+            await wait_until(pilot, lambda: app.screen.query("#field-concept-1-folder #editor"))
+            if added:
+                await app.screen.edit_concepts(add=True)
+                await wait_until(pilot, lambda: app.screen.query("#field-concept-2-folder #editor"))
+                editor(app, 2, "folder").value = "dogs"
+            else:
+                await app.screen.edit_concepts(remove=1)
+            await wait_until(pilot, lambda: app.screen.dirty)
+            assert app.keep_unsaved_edits()
+        app = CopyloraApp(root.parent)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await open_project(pilot, app, root)
+            await wait_until(pilot, lambda: app.screen.concept_count == (2 if added else 0))
+            if added:
+                await wait_until(pilot, lambda: app.screen.query("#field-concept-2-folder #editor")
+                                 and editor(app, 2, "folder").value == "dogs")
+                assert editor(app, 1, "folder").value == "3_zwx sun"
+            assert app.screen.dirty
+
+
 async def test_app_form_without_reg_has_no_concept_list(tmp_path, monkeypatch):
     from copylora_tui.app import CopyloraApp
     from tests.test_app_project import open_project

@@ -131,3 +131,30 @@ def test_ctrl_z_stops_the_app_and_fg_brings_it_back(tmp_path):
         wait_for(name, "shell$")
     finally:
         tmux("kill-server", check=False)
+
+
+def test_edits_in_the_form_outlive_the_terminal(session, tmp_path):
+    """A dropped SSH link with edits in the form: the app leaves (as above) and writes them to a
+    draft; opened again, the project's form takes them back."""
+    name, pidfile = session
+    wait_for(name, "example-monochrome")
+    pid = int(Path(pidfile).read_text())
+    tmux("send-keys", "-t", name, "Down", "Up", "o")  # open the selected project
+    wait_for(name, "saved, valid")
+    tmux("send-keys", "-t", name, "Tab")  # to the first field, the name
+    time.sleep(0.5)
+    tmux("send-keys", "-t", name, "draftname")
+    wait_for(name, "unsaved changes")
+    tmux("kill-session", "-t", name)
+    deadline = time.monotonic() + 15
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid)
+    assert list((tmp_path / "state" / "drafts").glob("*.json"))
+    env = f"COPYLORA_HOME={shlex.quote(str(tmp_path / 'state'))} PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1 COPYLORA_IMAGES=0"
+    tmux("new-session", "-d", "-s", name, "-x", "100", "-y", "30",
+         f"cd {shlex.quote(str(tmp_path))} && exec env {env} {shlex.quote(sys.executable)} -m copylora_tui")
+    wait_for(name, "example-monochrome")
+    tmux("send-keys", "-t", name, "Down", "Up", "o")
+    shown = wait_for(name, "took back 1 edit(s)")
+    assert "draftname" in shown and "unsaved changes" in shown

@@ -10,6 +10,7 @@ that passes every check: an invalid project is never saved.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -226,14 +227,63 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
         self.build_section(section)
 
     @while_open
-    def build_section(self, section: str) -> None:
+    def build_section(self, section: str):
+        """Mount a folded section's fields; returns the mount to await (None: built already)."""
         specs = self.unbuilt.pop(section, None)
         if specs is None or self.project is None:
-            return
+            return None
         collapsible = self.query_one(f"#section-{section}", Collapsible)
-        collapsible.query_one(Collapsible.Contents).mount_all(self._fields(self.project, specs))
+        mounted = collapsible.query_one(Collapsible.Contents).mount_all(self._fields(self.project, specs))
         collapsible.collapsed = False
         self.call_after_refresh(self.show_project_problems, self.project_problems)
+        return mounted
+
+    # ------------------------------------------------------------------ drafts (core/drafts.py)
+
+    def unsaved_edits(self) -> tuple[dict[str, str], int | None] | None:
+        """What the form holds that the file does not: each such field's text as typed, and the
+        concept count where it differs. None without edits."""
+        if self.project is None or not self.dirty:
+            return None
+        fields = {path: field.text for path, field in self.fields.items()
+                  if not form.same_as_saved(field.text, form.current_value(self.project, field.spec), field.spec)}
+        concepts = self.concept_count if self.project.reg is not None and self.concept_count != len(self.project.concepts) else None
+        return fields, concepts
+
+    async def take_back_draft(self) -> None:
+        """The edits a hangup left in a draft, put back in the form (unsaved) and said."""
+        from copylora_tui.core.drafts import take_draft
+        from engine.jobs.state_home import state_folder
+
+        if self.project is None or self.view_only or not still_open(self):
+            return
+        try:
+            draft = take_draft(state_folder(self.app.home), self.folder)
+        except OSError:
+            return
+        if draft is None:
+            return
+        if draft.concepts is not None and self.project.reg is not None:
+            while self.concept_count < draft.concepts:
+                await self.edit_concepts(add=True)
+            while self.concept_count > max(draft.concepts, 0):
+                await self.edit_concepts(remove=self.concept_count)  # the texts below say what each kept one holds
+        known = {spec.path: section for section, _cls, _heading in form.SECTIONS for spec in form.section_fields(section)}
+        for path in draft.fields:
+            section = known.get(path)
+            if section in self.unbuilt and (mounted := self.build_section(section)) is not None:
+                await mounted
+        await asyncio.sleep(0)  # the new fields composed (their editors mounted)
+        taken = 0
+        for path, text in draft.fields.items():
+            field = self.fields.get(path)
+            if field is not None and field.query("#editor"):
+                field.set_text(text)
+                taken += 1
+        if taken or draft.concepts is not None:
+            when = time.strftime("%H:%M", time.localtime(draft.written_at))
+            self.notify(f"took back {taken} edit(s) not saved when the terminal went away at {when}: "
+                        "ctrl+s saves them, esc twice leaves them", title="unsaved edits", timeout=12)
 
     @while_open
     def on_mount(self) -> None:
@@ -348,6 +398,8 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
             else:
                 box.mount_all(list(self._form(project)))
             self.query_one("#project-preview", PreviewPane).retarget()
+            if project is not None:
+                self.call_after_refresh(lambda: self.run_worker(self.take_back_draft(), group="project-draft", exit_on_error=False))
         if project is None:
             self.query_one("#project-status", Static).update(Text(f"{len(problems)} problem(s): not loadable", style="bold red"))
             return

@@ -117,6 +117,14 @@ class ParamField(Vertical):
         event.checkbox.label = text  # the word, not only the tick: ticks can look alike in 256 colours
         self._changed(text)
 
+    def set_text(self, text: str) -> None:
+        """Put ``text`` in the editor, as if typed (a draft taken back: see core/drafts.py)."""
+        editor = self.query_one("#editor")
+        if isinstance(editor, TickBox):
+            editor.value = text.strip() == "true"
+        else:
+            editor.value = text
+
     @property
     def is_inherit(self) -> bool:
         return self.spec.override and parse_text(self.text, self.spec)[0] is INHERIT
