@@ -154,11 +154,17 @@ async def test_edits_a_hangup_left_are_taken_back_when_the_project_opens_again(t
         await wait_until(pilot, lambda: app.screen.dirty)
         assert app.keep_unsaved_edits() == [draft_path(env.home, folder)]  # what the hangup calls
     assert toml.read_text() == original
+    import os
+    import time
+
+    later = time.time() + 5
+    os.utime(toml, (later, later))  # another program wrote it after the hangup
     app = CopyloraApp(folder.parent)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_project(pilot, app, folder)
         screen = app.screen
         await wait_until(pilot, lambda: any("took back 3 edit(s) not saved when the terminal went away" in n for n in notices(app)))
+        assert any("copylora.toml has changed since (another program)" in n for n in notices(app))
         assert screen.query_one("#field-train-learning_rate #editor", Input).value == "2e-3"
         assert screen.query_one("#field-train-seed #editor", Input).value == "seven"
         assert screen.query_one("#field-a-max_train_steps #editor", Input).value == "150"

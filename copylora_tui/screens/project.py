@@ -282,8 +282,14 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
                 taken += 1
         if taken or draft.concepts is not None:
             when = time.strftime("%H:%M", time.localtime(draft.written_at))
+            try:  # another program wrote the file after the draft: its edits were made against an older one
+                newer = self.project.toml_path.stat().st_mtime > draft.written_at
+            except OSError:
+                newer = False
+            since = "; copylora.toml has changed since (another program): read them before saving" if newer else ""
             self.notify(f"took back {taken} edit(s) not saved when the terminal went away at {when}: "
-                        "ctrl+s saves them, esc twice leaves them", title="unsaved edits", timeout=12)
+                        f"ctrl+s saves them, esc twice leaves them{since}", title="unsaved edits", timeout=12,
+                        severity="warning" if newer else "information")
 
     @while_open
     def on_mount(self) -> None:
