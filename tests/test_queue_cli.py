@@ -435,16 +435,25 @@ def test_clean_removes_finished_jobs_with_their_logs_and_keeps_what_waiting_jobs
     assert main(["clean", "--older_than", "-1"]) == EXIT_USAGE
 
 
-def test_clean_gives_the_space_back_unless_the_queue_is_busy(home, capsys):
-    import sqlite3
+def finished_history(home, jobs: int) -> Queue:
+    """A queue of ``jobs`` finished jobs and 100 000 loss points (a queue of months, ~5 MB)."""
     import time
 
     queue = Queue(home)
     now = time.time()
     queue.db.executemany("INSERT INTO jobs (kind, project, label, status, position, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [("merge", "/p", "merge", "done", n, now, now) for n in range(200)])
+                         [("merge", "/p", "merge", "done", n, now, now) for n in range(jobs)])
     queue.db.executemany("INSERT INTO points (job_id, step, t, loss) VALUES (?, ?, ?, ?)",
                          [(1 + n // 1000, n % 1000, now, 0.5) for n in range(100_000)])
+    return queue
+
+
+def test_clean_gives_the_space_back_unless_the_queue_is_busy(home, capsys):
+    import sqlite3
+    import time
+
+    queue = finished_history(home, jobs=200)
+    now = time.time()
     big = queue.path.stat().st_size
     reader = sqlite3.connect(queue.path)
     reader.execute("BEGIN")
@@ -469,17 +478,10 @@ def test_clean_gives_the_space_back_unless_the_queue_is_busy(home, capsys):
 def test_clean_says_the_queue_files_size_from_before_it(home, capsys):
     """The removal writes its pages to the write-ahead log first: measured after it, "was" read
     about twice the file (a 112 MB queue "was 219.2 MB")."""
-    import time
-
     from copylora_tui.cli.queue_commands import _file_size
     from copylora_tui.core.formatting import size_text
 
-    queue = Queue(home)
-    now = time.time()
-    queue.db.executemany("INSERT INTO jobs (kind, project, label, status, position, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [("merge", "/p", "merge", "done", n, now, now) for n in range(100)])
-    queue.db.executemany("INSERT INTO points (job_id, step, t, loss) VALUES (?, ?, ?, ?)",
-                         [(1 + n // 1000, n % 1000, now, 0.5) for n in range(100_000)])
+    queue = finished_history(home, jobs=100)
     queue.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as a queue left alone for a while: all in the file
     was = _file_size(queue.path)
     assert main(["clean"]) == 0
