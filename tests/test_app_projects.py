@@ -170,10 +170,13 @@ async def test_run_queues_a_b_merge_and_starts_the_worker(tmp_path, monkeypatch)
 
 
 async def test_delete_asks_and_keeps_output_unless_ticked(tmp_path, monkeypatch):
-    use_home(monkeypatch, tmp_path)
+    from copylora_tui.core.drafts import draft_path, write_draft
+
+    env = use_home(monkeypatch, tmp_path)
     projects = make_projects(tmp_path, ("one", "two"))
     for name in ("one", "two"):
         mark_trained(projects / name, ("a",))
+    write_draft(env.home, projects / "one", {"train.seed": "7"}, None, None)  # a hangup's edits: they go with it
     app = CopyloraApp(projects)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: table(app).row_count == 2)
@@ -183,7 +186,7 @@ async def test_delete_asks_and_keeps_output_unless_ticked(tmp_path, monkeypatch)
         assert (projects / "one" / "copylora.toml").is_file()
         await pilot.press("d", "y")  # delete, keep output/
         await wait_until(pilot, lambda: table(app).row_count == 1)
-        assert not (projects / "one" / "copylora.toml").exists()
+        assert not (projects / "one" / "copylora.toml").exists() and not draft_path(env.home, projects / "one").exists()
         assert (projects / "one" / "output" / "one_A.safetensors").is_file()
         await pilot.press("d", "o", "y")  # delete with output/: a second explicit choice
         await wait_until(pilot, lambda: not table(app).display)

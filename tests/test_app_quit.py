@@ -191,8 +191,49 @@ def test_a_damaged_or_foreign_draft_is_not_taken_back(tmp_path):
     path.parent.mkdir()
     path.write_text("{not json")
     assert take_draft(tmp_path, folder) is None and not path.exists()
-    write_draft(tmp_path, folder, {"train.seed": "7"}, None)
+    write_draft(tmp_path, folder, {"train.seed": "7"}, None, None)
     path.write_text(path.read_text().replace(str(folder), str(tmp_path / "other")))
     assert take_draft(tmp_path, folder) is None
-    write_draft(tmp_path, folder, {"train.seed": "7"}, 2)
-    assert take_draft(tmp_path, folder).fields == {"train.seed": "7"} and take_draft(tmp_path, folder) is None
+    write_draft(tmp_path, folder, {"train.seed": "7"}, 2, (1, 2, 3))
+    draft = take_draft(tmp_path, folder)
+    assert (draft.fields, draft.concepts, draft.against) == ({"train.seed": "7"}, 2, (1, 2, 3)) and take_draft(tmp_path, folder) is None
+
+
+def test_drafts_of_two_apps_in_one_hangup_add_up_and_old_or_deleted_ones_go(tmp_path):
+    """Two sessions on one project lose their terminal together: the second draft replaced the
+    first. A deleted project's draft went to a project made again at its path; old ones stayed."""
+    import os
+    import time
+
+    from copylora_tui.core.drafts import KEEP_S, draft_path, drop_draft, take_draft, write_draft
+
+    folder, other = tmp_path / "p", tmp_path / "q"
+    folder.mkdir(), other.mkdir()
+    write_draft(tmp_path, folder, {"project.name": "w1", "train.seed": "1"}, None, None)
+    write_draft(tmp_path, folder, {"project.base_model": "w2", "train.seed": "2"}, None, None)
+    assert take_draft(tmp_path, folder).fields == {"project.name": "w1", "project.base_model": "w2", "train.seed": "2"}
+    write_draft(tmp_path, folder, {"train.seed": "3"}, None, None)
+    drop_draft(tmp_path, folder)
+    assert not draft_path(tmp_path, folder).exists()
+    write_draft(tmp_path, other, {"train.seed": "4"}, None, None)
+    long_ago = time.time() - KEEP_S - 60
+    os.utime(draft_path(tmp_path, other), (long_ago, long_ago))
+    write_draft(tmp_path, folder, {"train.seed": "5"}, None, None)  # a write clears the drafts nobody came back for
+    assert not draft_path(tmp_path, other).exists() and draft_path(tmp_path, folder).exists()
+
+
+async def test_a_view_only_projects_draft_is_taken_back_too(tmp_path, monkeypatch):
+    """A project whose output folder cannot be written is shown view-only; the edit a hangup
+    kept may be the very fix (output_dir): it stayed in its draft, unsaid."""
+    import copylora_tui.core.projects as projects_module
+    from copylora_tui.core.drafts import write_draft
+
+    env = use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    monkeypatch.setattr(projects_module, "view_only_reason", lambda project: "output/ cannot be written")
+    write_draft(env.home, folder, {"project.output_dir": "elsewhere"}, None, None)
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        await wait_until(pilot, lambda: app.screen.query_one("#field-project-output_dir #editor", Input).value == "elsewhere")
+        assert app.screen.view_only and any("took back 1 edit(s)" in n for n in notices(app))

@@ -157,4 +157,4 @@ def test_edits_in_the_form_outlive_the_terminal(session, tmp_path):
     wait_for(name, "example-monochrome")
     tmux("send-keys", "-t", name, "Down", "Up", "o")
     shown = wait_for(name, "took back 1 edit(s)")
-    assert "draftname" in shown and "unsaved changes" in shown
+    assert "draftname" in shown and "unsaved changes" in shown and "changed since" not in shown

@@ -75,12 +75,21 @@ class ConfirmDeleteScreen(ActsWhileOpen, ModalScreen[str | None]):
     def action_cancel(self) -> None:
         self.app.close_screen(self, None)
 
+    def _drop_draft(self) -> None:
+        """Unsaved edits a hangup kept for it (core/drafts.py) go with it: a project made again
+        at this path took them back."""
+        from copylora_tui.core.drafts import drop_draft
+        from engine.jobs.state_home import state_folder
+
+        drop_draft(state_folder(self.app.home), self.summary.folder)
+
     def action_delete(self) -> None:
         if not self.is_active:  # a second "y" while the dialog closes: it was deleted once
             return
         also = self.also_outputs
         try:
             delete_project(self.summary, also_outputs=also)
+            self._drop_draft()
         except OSError as exc:
             self.notify(f"could not delete {self.summary.folder}: {exc}", severity="error")
             self.app.close_screen(self, None)

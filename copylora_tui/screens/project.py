@@ -240,22 +240,23 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
 
     # ------------------------------------------------------------------ drafts (core/drafts.py)
 
-    def unsaved_edits(self) -> tuple[dict[str, str], int | None] | None:
-        """What the form holds that the file does not: each such field's text as typed, and the
-        concept count where it differs. None without edits."""
+    def unsaved_edits(self) -> tuple[dict[str, str], int | None, tuple | None] | None:
+        """What the form holds that the file does not: each such field's text as typed, the
+        concept count where it differs, and the file's version they were made against. None
+        without edits."""
         if self.project is None or not self.dirty:
             return None
         fields = {path: field.text for path, field in self.fields.items()
                   if not form.same_as_saved(field.text, form.current_value(self.project, field.spec), field.spec)}
         concepts = self.concept_count if self.project.reg is not None and self.concept_count != len(self.project.concepts) else None
-        return fields, concepts
+        return fields, concepts, self.on_disk
 
     async def take_back_draft(self) -> None:
         """The edits a hangup left in a draft, put back in the form (unsaved) and said."""
         from copylora_tui.core.drafts import take_draft
         from engine.jobs.state_home import state_folder
 
-        if self.project is None or self.view_only or not still_open(self):
+        if self.project is None or not still_open(self):  # view-only too: its output_dir may be the edit
             return
         try:
             draft = take_draft(state_folder(self.app.home), self.folder)
@@ -282,10 +283,11 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
                 taken += 1
         if taken or draft.concepts is not None:
             when = time.strftime("%H:%M", time.localtime(draft.written_at))
-            try:  # another program wrote the file after the draft: its edits were made against an older one
-                newer = self.project.toml_path.stat().st_mtime > draft.written_at
-            except OSError:
-                newer = False
+            # The file is not the one the edits were made against (another program wrote it, or
+            # the project was made again at this path): saving them would undo what it holds.
+            from engine.files import file_version
+
+            newer = draft.against is None or file_version(self.project.toml_path) != draft.against
             since = "; copylora.toml has changed since (another program): read them before saving" if newer else ""
             self.notify(f"took back {taken} edit(s) not saved when the terminal went away at {when}: "
                         f"ctrl+s saves them, esc twice leaves them{since}", title="unsaved edits", timeout=12,
