@@ -122,3 +122,21 @@ async def test_a_steady_line_repaints_for_a_new_style_with_the_same_words(tmp_pa
         assert counts["cells"] > 0 and str(line.content.style) == "red"
         line.update(Text("worker not running\nand a second line", style="red"))  # a new height: laid out again
         await wait_until(pilot, lambda: line.size.height == 2)
+
+
+async def test_a_screen_behind_a_dialog_keeps_following_the_queue(tmp_path, monkeypatch):
+    """A dialog leaves the screen under it in sight: the Projects list behind a dialog stood at
+    the step it had when the dialog opened."""
+    from copylora_tui.screens.new_project import NewProjectScreen
+
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    queue = Queue()
+    job = running_job(queue, projects / "example-monochrome", step=50, total=200)
+    app = CopyloraApp(projects, poll_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: "1 running" in screen_text(app))
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, NewProjectScreen))
+        queue.finish(job.id, "failed", error="boom")
+        await wait_until(pilot, lambda: "0 running" in str(app.screen_stack[0].query_one("#worker-line").render()))

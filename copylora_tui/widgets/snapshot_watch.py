@@ -14,11 +14,22 @@ from __future__ import annotations
 from typing import Callable
 
 
+def shown_now(screen) -> bool:
+    """On top, or just under a dialog (a ModalScreen: the New or Delete dialog, the command
+    palette), which leaves it in sight: a job's progress behind a dialog stood still."""
+    from textual.screen import ModalScreen
+
+    if screen.is_active:
+        return True
+    stack = screen.app.screen_stack
+    return len(stack) >= 2 and stack[-2] is screen and isinstance(stack[-1], ModalScreen)
+
+
 def watch_snapshot(screen, show: Callable) -> None:
     """Call ``show(snapshot)`` for each new snapshot while ``screen`` is on top."""
 
     def shown(snapshot) -> None:
-        if screen.is_active:
+        if shown_now(screen):
             screen._snapshot_missed = False
             show(snapshot)
         else:
@@ -30,6 +41,6 @@ def watch_snapshot(screen, show: Callable) -> None:
 
 def catch_up(screen, show: Callable) -> None:
     """Show the latest snapshot if one came while ``screen`` was covered."""
-    if getattr(screen, "_snapshot_missed", False) and screen.is_active:
+    if getattr(screen, "_snapshot_missed", False) and shown_now(screen):
         screen._snapshot_missed = False
         show(screen.app.snapshot)
