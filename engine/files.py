@@ -157,12 +157,25 @@ def staging_folder(final: Path, suffix: str = "") -> Path:
     """A new hidden folder beside ``final`` to build it in and rename into place (same
     filesystem, so the rename is atomic), with the permissions ``mkdir`` would give ``final``:
     mkdtemp makes it 0700, which the rename would keep (a project or baked model nobody
-    else on the box could read)."""
+    else on the box could read). A setgid parent's bit is kept, as mkdir keeps it: a chmod
+    without it took it off, and a project made in a group's shared folder (drwxrwsr-x) got its
+    maker's group, not writable by the rest of the group."""
+    import stat
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
-    folder.chmod(0o777 & ~current_umask())
+    folder.chmod((0o777 & ~current_umask()) | (final.parent.stat().st_mode & stat.S_ISGID))
     return folder
+
+
+def give_umask_modes(folder: Path) -> None:
+    """Files below ``folder`` with the mode the umask gives a new file (0644, or 0664 under a
+    group's umask 002): some writers make theirs 0600 (a library's temporary-then-rename), and a
+    shared cache of them was unreadable to everyone else."""
+    mode = 0o666 & ~current_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def fsync_folder(folder: Path) -> None:
@@ -345,7 +358,13 @@ def take_lock(path: Path | str, holder: str):
     another holds it."""
     import fcntl
 
-    handle = open(path, "a+", encoding="utf-8")
+    try:
+        handle = open(path, "a+", encoding="utf-8")
+    except PermissionError:
+        # Another user's lock file in a folder we may write (a group's shared project): flock
+        # needs no write access, so the lock still holds; only the holder cannot be written.
+        # (Skipping it let two users' workers train one side at once, over each other's files.)
+        handle = open(path, encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -353,8 +372,9 @@ def take_lock(path: Path | str, holder: str):
         held_by = handle.read().strip()
         handle.close()
         return None, held_by
-    handle.seek(0)
-    handle.truncate()
-    handle.write(holder)
-    handle.flush()
+    if handle.writable():
+        handle.seek(0)
+        handle.truncate()
+        handle.write(holder)
+        handle.flush()
     return handle, None

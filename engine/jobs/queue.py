@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -140,8 +141,38 @@ def _write_problem(path: Path, exc: sqlite3.Error) -> QueueWriteError | None:
     if primary == _SQLITE_IOERR:
         return QueueWriteError(f"cannot write the job queue {path}: the disk reported an I/O error ({exc}); check the disk")
     if primary == _SQLITE_READONLY:
-        return QueueWriteError(f"cannot write the job queue {path}: {exc} (a read-only disk or file?)")
+        return QueueWriteError(f"cannot write the job queue {path}: {exc} ({_why_read_only(path)})")
     return None
+
+
+def _why_read_only(path: Path) -> str:
+    """Whose the queue's files are, where one this user cannot write is another user's (a
+    COPYLORA_HOME shared by a group, made by one of them); else the disk or the file's mode."""
+    import pwd
+
+    for name in (str(path), f"{path}-wal", f"{path}-shm", str(path.parent)):
+        try:
+            owner = os.stat(name).st_uid
+        except OSError:
+            continue
+        if owner != os.geteuid() and not os.access(name, os.W_OK):
+            try:
+                who = pwd.getpwuid(owner).pw_name
+            except KeyError:
+                who = f"uid {owner}"
+            return (f"{name} is {who}'s and not writable by this user: use your own COPYLORA_HOME, or have them make the "
+                    "queue's files group-writable (chmod g+w)")
+    return "a read-only disk or file?"
+
+
+def _make_with_umask_mode(path: Path) -> None:
+    """Make a new queue file as the umask says (0664 under a group's umask 002): SQLite makes its
+    database 0644 whatever the umask, and its -wal and -shm files copy that, so a COPYLORA_HOME
+    shared by a group could be written by the first user only."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError:  # there already (or the folder refuses it: connect says so, as before)
+        pass
 
 
 def _file_size(path: Path) -> int:
@@ -308,6 +339,7 @@ class Queue:
         self.path = queue_db(self.home)
         self.read_only: str | None = None
         self._unrecorded: dict[int, tuple[Any, bool]] = {}  # job → the newest progress a full disk refused
+        _make_with_umask_mode(self.path)
         try:
             self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row

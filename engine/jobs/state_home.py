@@ -30,6 +30,12 @@ def state_folder(override: str | os.PathLike | None = None) -> Path:
 def state_home(override: str | os.PathLike | None = None) -> Path:
     home = state_folder(override)
     try:
+        if not override and not os.environ.get("COPYLORA_HOME") and not home.exists():
+            # The default one is the user's alone (XDG: made 0700): its queue and logs name every
+            # project and picture, and were readable by everyone on a shared box. A COPYLORA_HOME
+            # of one's choosing (a group's shared one) keeps the umask's mode.
+            home.parent.mkdir(parents=True, exist_ok=True)
+            home.mkdir(mode=0o700, exist_ok=True)
         (home / "logs").mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file there, a read-only disk, another user's folder
         from engine.errors import CopyloraError

@@ -68,7 +68,11 @@ def worker_pid(home: Path) -> int | None:
     path = worker_lock(home)
     if not path.exists():
         return None
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path, "a+")
+    except PermissionError:  # another user's worker (a COPYLORA_HOME that is theirs): a look needs no writing
+        handle = open(path)
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -553,11 +557,25 @@ def stop_worker(home: str | Path | None = None, wait_s: float = STOP_GRACE_S + 1
     pid = worker_pid(home)
     if not pid or pid < 0:
         return None
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        from engine.errors import InputError
+
+        raise InputError(f"the worker on {home} (pid {pid}) is another user's ({_owner(pid)}): only they, or root, can stop it") from None
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and worker_pid(home):
         time.sleep(0.1)
     return pid
+
+
+def _owner(pid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name
+    except (OSError, KeyError, ImportError):
+        return "another user"
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:

@@ -256,7 +256,7 @@ def _sdxl_pipeline_from(components: dict):
 
 def _cached_model_dir(name: str, build) -> Path:
     """``cache_root()/name``, built by ``build()`` (a pipeline) and cached on first use."""
-    from engine.files import staging_folder
+    from engine.files import give_umask_modes, staging_folder
 
     final = cache_root() / name
     if (final / _COMPLETE_MARK).is_file():
@@ -267,6 +267,7 @@ def _cached_model_dir(name: str, build) -> Path:
     try:
         build().save_pretrained(tmp, safe_serialization=True)
         (tmp / _COMPLETE_MARK).write_text("ok\n")
+        give_umask_modes(tmp)  # its weights were written 0600: a COPYLORA_CACHE shared by a group failed for the others
         if final.exists() and not (final / _COMPLETE_MARK).is_file():
             # Left over from a crash before the mark existed (older layout): replace it.
             shutil.rmtree(final, ignore_errors=True)
