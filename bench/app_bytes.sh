@@ -17,5 +17,7 @@ for key in 3 2 ""; do
   sleep 4
   a=$(stat -c %s "$work/out"); sleep 20; b=$(stat -c %s "$work/out")
   echo "$(case $key in 3) echo Monitor;; 2) echo Queue;; *) echo Projects;; esac): $(( (b - a) / 20 )) bytes/s"
-  tmux -L app-bytes kill-server; kill $feed; rm -rf "$work"
+  # script(1) outlives tmux with its own terminal, and the app on it: end script, and the app
+  # hangs up with its terminal
+  tmux -L app-bytes kill-server; pkill -f "script -q -f $work/out"; kill $feed; sleep 1; rm -rf "$work"
 done
