@@ -42,7 +42,9 @@ class CopyloraApp(App[int]):
         Binding("q", "quit", "Quit", id="app.quit", show=False),
         # The palette's "Keys" panel stayed open (and came back with its screen): escape closes
         # it where the screen has no escape of its own.
-        Binding("escape", "hide_keys", "Hide keys", id="app.hide_keys", show=False),
+        # priority: a screen's own escape (back) came first, so esc closed the panel and left the
+        # screen too (a form with edits warned instead of closing it); without a panel it passes on
+        Binding("escape", "hide_keys", "Hide keys", id="app.hide_keys", show=False, priority=True),
         Binding("ctrl+z", "suspend", "Suspend", id="app.suspend", show=False),
     ]
 
@@ -241,8 +243,11 @@ class CopyloraApp(App[int]):
             self.pop_screen()
 
     def action_hide_keys(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
+        from textual.actions import SkipAction
+
+        if not self.screen.query("HelpPanel"):
+            raise SkipAction()  # no panel: escape is the screen's (back, cancel)
+        self.action_hide_help_panel()
 
     def _in_dialog(self) -> bool:
         return isinstance(self.screen, ModalScreen)

@@ -105,3 +105,31 @@ async def test_escape_closes_the_keys_panel(tmp_path, monkeypatch):
         await pilot.press("escape")  # nothing to close: nothing happens
         await pilot.pause()
         assert app.is_running
+
+
+async def test_escape_closes_the_keys_panel_before_it_leaves_a_screen(tmp_path, monkeypatch):
+    """On the Monitor or a Project form, the screen's own escape (back) came first: one esc to close
+    the panel left the screen too, and a form with edits warned instead of closing the panel."""
+    from textual.widgets import Input
+
+    from copylora_tui.app import CopyloraApp
+    from copylora_tui.screens.project import ProjectScreen
+    from tests.test_app_project import open_project
+    from tests.test_app_support import make_projects, notices, use_home, wait_until
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_project(pilot, app, folder)
+        app.screen.query_one("#field-train-seed #editor", Input).value = "7"
+        await wait_until(pilot, lambda: app.screen.dirty)
+        app.action_show_help_panel()
+        await wait_until(pilot, lambda: app.screen.query("HelpPanel"))
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.screen.query("HelpPanel"))
+        assert isinstance(app.screen, ProjectScreen) and not any("unsaved changes" in n for n in notices(app))
+        await pilot.press("escape")  # now the screen's own: it warns of the edits
+        await wait_until(pilot, lambda: any("unsaved changes" in n for n in notices(app)))
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ProjectScreen))

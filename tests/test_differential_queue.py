@@ -42,7 +42,8 @@ def test_differential_project_runs_through_the_queue(tmp_path, home):  # noqa: F
     toml.write_text(toml.read_text().replace('caption = ""', 'caption = "a grey house"', 1))
     assert load_project(root).train.caption == "a grey house"
     steps = enqueue_project(queue, root, max_steps=4)
-    assert [(s.what, s.action) for s in steps] == [("train A", "queued"), ("train B", "queued"), ("result", "queued"),
+    # "train B on A" as its job is named (`copylora run` printed "train B", the queue "train B on A")
+    assert [(s.what, s.action) for s in steps] == [("train A", "queued"), ("train B on A", "queued"), ("result", "queued"),
                                                   ("preview", "queued")]
     train_a, train_b, result, preview = (s.job for s in steps)
     assert train_b.label == "train B on A" and train_b.depends_on == [train_a.id]
@@ -79,6 +80,6 @@ def test_differential_project_runs_through_the_queue(tmp_path, home):  # noqa: F
     toml = root / "copylora.toml"
     toml.write_text(toml.read_text().replace('[a]\n', '[a]\nseed = 7\n', 1))
     stale = enqueue_project(queue, root, max_steps=4)
-    assert [(s.what, s.action) for s in stale] == [("train A", "queued"), ("train B", "queued"), ("result", "queued"),
+    assert [(s.what, s.action) for s in stale] == [("train A", "queued"), ("train B on A", "queued"), ("result", "queued"),
                                                   ("preview", "queued")]
     assert "A is being trained" in stale[1].reason

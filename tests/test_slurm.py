@@ -60,8 +60,10 @@ def test_options_from_arguments_and_worker_toml(tmp_path):
 def test_a_worker_toml_the_worker_cannot_use_is_refused_naming_the_key(tmp_path, text, said):
     """A typo was ignored without a word, a string of sbatch arguments became one per character,
     and a word where a number goes stopped the worker with a traceback in its log."""
+    from engine.errors import InputError
+
     (tmp_path / "worker.toml").write_text(text)
-    with pytest.raises(CopyloraError) as caught:
+    with pytest.raises(InputError) as caught:  # the user's to fix: a usage error, exit 2 (it exited 1)
         slurm_options(tmp_path, parsed())
     assert str(caught.value).startswith(f"{tmp_path / 'worker.toml'}: ") and said in str(caught.value), caught.value
 

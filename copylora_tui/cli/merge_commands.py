@@ -72,7 +72,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="per-layer table of a merge: energy kept, error, norms, cos(ΔA, ΔB)",
         description="Show the per-module statistics of a merged LoRA (its <stem>.stats.json) and a per-block summary.",
     )
-    stats.add_argument("file", metavar="FILE", help="merged LoRA, its .stats.json, or a project folder (its result)")
+    stats.add_argument("file", metavar="FILE|PROJECT", help="merged LoRA, its .stats.json, or a project folder (its result)")
     stats.add_argument("--sort", choices=("block", "cos", "energy", "error", "name", "norm"), default="energy",
                        help="energy (lowest first), error, norm, cos, name, block (BASE, IN00…, M00, OUT00…)")
     stats.add_argument("--blocks", choices=("lbw", "unet"), default="lbw",

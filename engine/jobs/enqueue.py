@@ -111,7 +111,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         retrained = True
     differential = is_differential(project)
     for side in ("a", "b") if twin is None and plan.trained != (PAIR,) else ():
-        what = f"train {side.upper()}"
+        what = f"train {side.upper()}" + (" on A" if differential and side == "b" else "")  # as its job is named
         waiting = active.get(("train", side))
         if waiting is not None:
             steps.append(Step(what, f"already {waiting.status}", waiting))
@@ -127,7 +127,7 @@ def _enqueue_missing(queue, plan, key, missing, side_fresh, merge_fresh, sample_
         # The differential route's B trains on A's finished LoRA: it waits for A's job.
         depends = before_training + (train_ids if differential and side == "b" else [])
         job = queue.enqueue(
-            "train", key, side=side, label=f"train {side.upper()}" + (" on A" if differential and side == "b" else ""),
+            "train", key, side=side, label=what,
             params={"max_steps": max_steps, "restart": force, **({"restarted": []} if force else {})},
             total=plan.side(side).total_steps, depends_on=depends,
         )

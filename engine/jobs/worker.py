@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import CopyloraError
+from engine.errors import CopyloraError, InputError
 from engine.files import take_lock
 from engine.jobs.log_line import log_line
 from engine.jobs.procs import alive, process_start, stray_children
@@ -614,11 +614,11 @@ def slurm_options(home: Path, args: argparse.Namespace):
         try:
             config = tomllib.loads(path.read_text(encoding="utf-8")).get("worker", {})
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit number
-            raise CopyloraError(f"{path}: {exc}") from None
+            raise InputError(f"{path}: {exc}") from None
         _check_worker_toml(path, config)
     executor = args.executor or config.get("executor", "local")
     if executor not in ("local", "slurm"):
-        raise CopyloraError(f"{path}: [worker] executor must be \"local\" or \"slurm\", got {executor!r}")
+        raise InputError(f"{path}: [worker] executor must be \"local\" or \"slurm\", got {executor!r}")
     if executor == "local":
         return None
     options = SlurmOptions()
@@ -636,12 +636,13 @@ _WORKER_KEYS = ("executor", "partition", "gres", "time", "account", "qos", "sbat
 
 
 def _check_worker_toml(path: Path, config) -> None:
-    """``[worker]`` as the README documents it, or one error naming every key at fault. A typo
+    """``[worker]`` as the README documents it, or one error naming every key at fault (an
+    InputError: a usage error, exit 2, as a wrong flag is). A typo
     (``partiton``) was ignored without a word, a string as ``sbatch_args`` became one argument per
     character, and a number where a name goes reached sbatch as ``--partition=['a']``; a table
     or a word where a number goes stopped the worker with a traceback in its log."""
     if not isinstance(config, dict):
-        raise CopyloraError(f"{path}: [worker] must be a table of settings, got {config!r}")
+        raise InputError(f"{path}: [worker] must be a table of settings, got {config!r}")
     problems = []
     if unknown := sorted(set(config) - set(_WORKER_KEYS)):
         problems.append(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(_WORKER_KEYS)})")
@@ -656,7 +657,7 @@ def _check_worker_toml(path: Path, config) -> None:
     if not _whole(lead) and lead != 0:
         problems.append(f"signal_lead_s must be whole seconds, 0 or more, got {lead!r}")
     if problems:
-        raise CopyloraError(f"{path}: [worker] " + "; ".join(problems))
+        raise InputError(f"{path}: [worker] " + "; ".join(problems))
 
 
 def _whole(value) -> bool:
