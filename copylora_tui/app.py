@@ -42,9 +42,7 @@ class CopyloraApp(App[int]):
         Binding("q", "quit", "Quit", id="app.quit", show=False),
         # The palette's "Keys" panel stayed open (and came back with its screen): escape closes
         # it where the screen has no escape of its own.
-        # priority: a screen's own escape (back) came first, so esc closed the panel and left the
-        # screen too (a form with edits warned instead of closing it); without a panel it passes on
-        Binding("escape", "hide_keys", "Hide keys", id="app.hide_keys", show=False, priority=True),
+        Binding("escape", "hide_keys", "Hide keys", id="app.hide_keys", show=False),
         Binding("ctrl+z", "suspend", "Suspend", id="app.suspend", show=False),
     ]
 
@@ -243,11 +241,17 @@ class CopyloraApp(App[int]):
             self.pop_screen()
 
     def action_hide_keys(self) -> None:
-        from textual.actions import SkipAction
+        self.close_keys_panel()
 
+    def close_keys_panel(self) -> bool:
+        """Close the palette's Keys panel if it is open (True then). The screens' back actions ask
+        this first: their escape comes before the app's, and one esc to close the panel left the
+        screen too (a form with edits warned instead of closing it). Not a priority binding: that
+        took "esc Back" out of the footer."""
         if not self.screen.query("HelpPanel"):
-            raise SkipAction()  # no panel: escape is the screen's (back, cancel)
+            return False
         self.action_hide_help_panel()
+        return True
 
     def _in_dialog(self) -> bool:
         return isinstance(self.screen, ModalScreen)

@@ -386,4 +386,5 @@ class MonitorScreen(ActsWhileOpen, Screen):
         show_preview_path(self.query_one("#monitor-preview", PreviewPane))
 
     def action_back(self) -> None:
-        self.app.close_screen(self)
+        if not self.app.close_keys_panel():
+            self.app.close_screen(self)

@@ -704,6 +704,8 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
         show_preview_path(self.query_one("#project-preview", PreviewPane))
 
     def action_back(self) -> None:
+        if self.app.close_keys_panel():
+            return
         if self.may_discard_edits("esc", "leaves"):
             self.app.close_screen(self)
 

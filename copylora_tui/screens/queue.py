@@ -174,4 +174,5 @@ class QueueScreen(ActsWhileOpen, Screen):
         self.app.action_start_worker()
 
     def action_back(self) -> None:
-        self.app.close_screen(self)
+        if not self.app.close_keys_panel():
+            self.app.close_screen(self)

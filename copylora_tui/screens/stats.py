@@ -264,4 +264,5 @@ class StatsScreen(ActsWhileOpen, Screen):
             self.redraw()
 
     def action_back(self) -> None:
-        self.app.close_screen(self)
+        if not self.app.close_keys_panel():
+            self.app.close_screen(self)
