@@ -136,3 +136,24 @@ async def test_a_screen_behind_a_dialog_keeps_following_the_queue(tmp_path, monk
         await wait_until(pilot, lambda: isinstance(app.screen, NewProjectScreen))
         queue.finish(job.id, "failed", error="boom")
         await wait_until(pilot, lambda: "0 running" in str(app.screen_stack[0].query_one("#worker-line").render()))
+
+
+async def test_the_queue_screen_repaints_the_cells_that_moved_not_its_table(tmp_path, monkeypatch):
+    """DataTable.update_cell repaints the whole table: with a job stepping, the Queue screen sent
+    every row again at each poll (7.7 KB/s measured over a real terminal, bench/app_bytes.sh)."""
+    app, queue, job = one_running_job(tmp_path, monkeypatch)
+    for n in range(12):  # a queue with history: the rows a whole-table repaint would send again
+        queue.enqueue("merge", job.project)
+    counts = count_paints(app)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and "50/200" in screen_text(app))
+        await pilot.pause(0.5)
+        counts.update(full=0, partial=0, cells=0)
+        for n in range(51, 71):
+            step(queue, job.id, n)
+            await pilot.pause(0.1)
+        await wait_until(pilot, lambda: "70/200" in screen_text(app))
+        # each poll: the running row's progress, speed, ETA and loss cells and the lines under
+        # the table; the table alone is ~13 rows of 100 cells
+        assert counts["full"] == 0 and 0 < counts["cells"] < 20 * 400, counts

@@ -131,5 +131,5 @@ class JobTable(FittedTable):
                 continue  # the same Job: nothing in its row moved
             for name, new, before in zip(self.column_names, cells[job_id], old):
                 if new != before:
-                    self.update_cell(str(job_id), name, plain(new))  # the width is already right
+                    self.set_cell(str(job_id), name, plain(new))  # the width is already right
         self._cells = cells
