@@ -111,6 +111,12 @@ def sd1_tensors() -> dict:
     }
 
 
+def sdxl_tensors() -> dict:
+    """The smallest state dict that reads as an SDXL single-file checkpoint."""
+    return {**{k: v for k, v in sd1_tensors().items() if not k.startswith("cond_stage_model.")},
+            "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(4, 8),
+            "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(4, 8)}
+
 
 def make_bases(folder):
     folder.mkdir()
@@ -131,6 +137,16 @@ def make_bases(folder):
     save_file({k: v for k, v in sd1_tensors().items() if not k.startswith("first_stage_model.")}, str(folder / "no_vae.safetensors"))
     save_file({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, str(folder / "vae_only.safetensors"))
     save_file({k: v.to(torch.int8) if k.startswith("model.") else v for k, v in sd1_tensors().items()}, str(folder / "int8.safetensors"))
+    # same architecture, another target: NoobAI-XL V-Pred (ComfyUI's v_pred/ztsnr keys), Playground v2.5 (EDM)
+    save_file({**sdxl_tensors(), "v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(folder / "vpred_xl.safetensors"))
+    save_file({**sdxl_tensors(), "edm_mean": torch.zeros(1, 4, 1, 1), "edm_std": torch.ones(1, 4, 1, 1)}, str(folder / "edm_xl.safetensors"))
+    torch.save({"state_dict": {**sdxl_tensors(), "v_pred": torch.zeros(0)}}, folder / "vpred_xl.ckpt")
+    vpred_folder = folder / "vpred_diffusers"
+    (vpred_folder / "scheduler").mkdir(parents=True)
+    (vpred_folder / "unet").mkdir()
+    (vpred_folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    (vpred_folder / "unet" / "config.json").write_text(json.dumps({"in_channels": 4, "addition_embed_type": "text_time"}))
+    (vpred_folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "v_prediction"}))
     diffusers = folder / "diffusers"
     (diffusers / "unet").mkdir(parents=True)
     (diffusers / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
@@ -152,6 +168,12 @@ def make_bases(folder):
     ("int8.safetensors", "int8.safetensors: 2 of its weights are stored as I8 (e.g. model.diffusion_model.input_blocks.0.0.weight): "
                          "a quantized checkpoint"),
     ("diffusers", "unet/ has no weights file"),
+    # these passed check and trained as epsilon: a LoRA of the wrong target, without a word
+    ("vpred_xl.safetensors", "vpred_xl.safetensors: an SDXL model trained for v-prediction (its v_pred key; "
+                             "e.g. NoobAI-XL V-Pred and other v-pred fine-tunes); copylora trains SDXL models for epsilon-prediction only"),
+    ("edm_xl.safetensors", "an SDXL model trained for the EDM objective (its edm_mean/edm_std keys"),
+    ("vpred_xl.ckpt", "vpred_xl.ckpt: an SDXL model trained for v-prediction"),
+    ("vpred_diffusers", "vpred_diffusers: an SDXL model trained for v-prediction (its scheduler's prediction_type)"),
     ("picture.png", "expected a .safetensors checkpoint or a diffusers folder; this is a PNG image"),
 ])
 def test_unusable_base_model_fails_at_check(tmp_path, capsys, base, message):

@@ -140,6 +140,30 @@ def test_a_single_file_without_its_vae_is_refused_in_our_words(single_file, tmp_
                                "copylora reads the VAE from the checkpoint itself, so give one with its VAE baked in")
 
 
+def test_a_model_trained_for_another_target_is_refused_where_it_would_train(single_file, tmp_path):
+    """A v-prediction (or EDM) SD1/SDXL model has an epsilon one's keys and shapes: it loaded, and
+    trained as epsilon (a LoRA learning the wrong target) without a word. Extracting a LoRA
+    from two of them does not care, so extract may still load one."""
+    import shutil
+
+    vpred = tmp_path / "vpred.safetensors"
+    save_file({**load_file(str(single_file)), "v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(vpred))
+    with pytest.raises(ModelError, match=r"vpred.safetensors: an SD1 model trained for v-prediction .*epsilon-prediction only"):
+        load_base_model(str(vpred), config_dir=tiny_model.tiny_model_dir())
+    assert load_base_model(str(vpred), config_dir=tiny_model.tiny_model_dir(), epsilon_only=False).family == "sd1"
+    folder = tmp_path / "vpred_folder"  # a diffusers folder says it in its scheduler's config
+    for part in tiny_model.tiny_model_dir().iterdir():
+        if part.is_dir() and part.name != "scheduler":
+            (folder / part.name).parent.mkdir(exist_ok=True)
+            (folder / part.name).symlink_to(part)
+    shutil.copy(tiny_model.tiny_model_dir() / "model_index.json", folder)
+    config = json.loads((tiny_model.tiny_model_dir() / "scheduler" / "scheduler_config.json").read_text())
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
+    with pytest.raises(ModelError, match=r"vpred_folder: an SD1 model trained for v-prediction \(its scheduler's prediction_type\)"):
+        load_base_model(str(folder))
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_a_quantized_checkpoint_is_refused_and_an_fp8_one_loads(single_file, tmp_path, suffix):
     """int8 weights read as plain numbers made a model of noise that trained without a word
@@ -329,6 +353,9 @@ def test_sd2_prediction_from_a1111_yaml(tmp_path, caplog):
     assert _sd2_prediction(ckpt) == "sd2"
     assert _sd2_prediction(tmp_path / "none.safetensors") == "sd2-v"  # the common 768-v case, with a warning
     assert "assuming v-prediction" in caplog.text
+    caplog.clear()
+    assert _sd2_prediction(tmp_path / "comfy.safetensors", {"v_pred": (0,)}) == "sd2-v"  # ComfyUI marks a v model it saves
+    assert "assuming" not in caplog.text
 
 
 # --------------------------------------------------------------------------- full-size, no weights

@@ -80,6 +80,7 @@ def _inspect_safetensors(path: Path) -> ModelFacts:
         )
     family = detect_family(shapes)  # ModelError for a VAE, a text encoder, an inpainting model, ...
     require_vae(path.name, shapes)
+    require_epsilon(path.name, family, objective_marker(shapes))
     require_float_weights(path.name, {key: str(info.get("dtype")) for key, info in header.tensors.items()})
     unet = _widest(shape for key, shape in shapes.items() if key.startswith(_UNET))
     text = _widest(shape for key, shape in shapes.items() if key.startswith(("cond_stage_model.", "conditioner.")))
@@ -93,6 +94,38 @@ def require_vae(name: str | Path, keys) -> None:
     if not any(key.startswith("first_stage_model.") for key in keys):
         raise ModelError(f"{name}: it has no VAE weights (first_stage_model.*): a checkpoint saved without its VAE; "
                          "copylora reads the VAE from the checkpoint itself, so give one with its VAE baked in")
+
+
+# Keys that mark a checkpoint trained for another target than epsilon (the noise): ComfyUI
+# writes ``v_pred`` (with ``ztsnr`` for zero-terminal-SNR ones) into every v-prediction model it
+# saves and reads it back; EDM models carry their own. They are SD1/SDXL architecture, so they
+# loaded and trained as epsilon without a word: a LoRA learning the wrong target.
+_OTHER_OBJECTIVES = (("v_pred", "v-prediction (its v_pred key; e.g. NoobAI-XL V-Pred and other v-pred fine-tunes)"),
+                     ("edm_vpred.sigma_max", "EDM v-prediction (its edm_vpred.* keys; e.g. CosXL)"),
+                     ("edm_mean", "the EDM objective (its edm_mean/edm_std keys; e.g. Playground v2.5)"))
+
+
+def objective_marker(keys) -> str | None:
+    """What a single file's marker keys say it predicts other than epsilon, or None."""
+    present = set(keys)
+    return next((what for key, what in _OTHER_OBJECTIVES if key in present), None)
+
+
+def folder_objective(sched_cfg: Mapping[str, Any]) -> str | None:
+    """The same for a diffusers folder: its scheduler config's prediction_type."""
+    return "v-prediction (its scheduler's prediction_type)" if sched_cfg.get("prediction_type") == "v_prediction" else None
+
+
+def require_epsilon(name: str | Path, family: str, what: str | None) -> None:
+    """Refuse an SD1/SDXL model trained for v-prediction or EDM (``what``: the marker found):
+    copylora trains and samples those families as epsilon only (kohya trains them as v only
+    when told, with --v_parameterization; nothing here says so). SD2 is exempt from v-prediction: that is
+    sd2-v, which engine.models.loading picks from the same marker."""
+    if what and not (family.startswith("sd2") and what.startswith("v-prediction")):
+        label = {"sd1": "SD1", "sdxl": "SDXL"}.get(family, "SD2")
+        raise ModelError(f"{name}: an {label} model trained for {what}; copylora trains {label} models for "
+                         "epsilon-prediction only, and a LoRA trained on this one would learn the wrong target: use an "
+                         "epsilon-prediction model (most SD1.5, SDXL, Pony and Illustrious checkpoints are)")
 
 
 def require_float_weights(name: str | Path, dtypes: Mapping[str, str]) -> None:
@@ -171,6 +204,10 @@ def _inspect_pickle(path: Path) -> ModelFacts:
         if any(any(marker in s for marker in _LORA_MARKERS) for s in strings):
             raise ModelError(f"{path.name} is a LoRA, not a base model")
         raise ModelError(f"{path.name}: not a Stable Diffusion checkpoint: it has no U-Net weights ({_UNET}*)")
+    if strings:  # its keys are among the pickle's strings: a v-prediction model refused here already
+        family = "sdxl" if any(s.startswith("conditioner.") for s in strings) else "sd1"  # (an SD2 v_pred key says sd2-v: not refused)
+        if not any(s.startswith("cond_stage_model.model.") for s in strings):
+            require_epsilon(path.name, family, objective_marker(strings))
     return ModelFacts(None, None, None)
 
 
@@ -261,7 +298,9 @@ _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "di
 
 
 def _inspect_folder(path: Path) -> ModelFacts:
-    family = _folder_family(path, *folder_configs(path))
+    info, unet_cfg, sched_cfg = folder_configs(path)
+    family = _folder_family(path, info, unet_cfg, sched_cfg)
+    require_epsilon(path, family, folder_objective(sched_cfg))
     parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
     widths = {}
     for part in parts:

@@ -200,8 +200,9 @@ def extract_lora(
     _validate(dim, conv_dim, save_to, device, save_precision, clamp_quantile, min_diff, svd)
     device = resolve_device(device, error=ExtractError)
 
-    org = load_base_model(model_org, family, config_dir=config_dir)
-    tuned = load_base_model(model_tuned, family, config_dir=config_dir)
+    # the difference of two v-prediction (or EDM) models is a LoRA for them like any other
+    org = load_base_model(model_org, family, config_dir=config_dir, epsilon_only=False)
+    tuned = load_base_model(model_tuned, family, config_dir=config_dir, epsilon_only=False)
     if org.family != tuned.family:
         raise ExtractError(f"the models are of different families: {model_org} is {org.family}, {model_tuned} is {tuned.family}")
     with_conv = conv_dim is not None

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelError, first_line
-from engine.formats.model_files import _folder_family, detect_family, folder_configs, require_float_weights, require_vae
+from engine.formats.model_files import (
+    _folder_family,
+    detect_family,
+    folder_configs,
+    folder_objective,
+    objective_marker,
+    require_epsilon,
+    require_float_weights,
+    require_vae,
+)
 from engine.hashing import legacy_model_hash  # kohya's ss_sd_model_hash (provenance reads it too)
 
 log = logging.getLogger(__name__)
@@ -317,13 +326,16 @@ def load_base_model(
     dtype=None,
     device: str = "cpu",
     config_dir: str | os.PathLike | None = None,
+    epsilon_only: bool = True,
 ) -> BaseModel:
     """Load a base model: ``"tiny"``/``"tiny-sdxl"``/``"toy"``, a diffusers folder, or a single-file checkpoint.
 
     ``family`` is "auto" (read from the model) or one of FAMILIES to override it; for SD2
     single files it is the only sure way to say v-prediction ("sd2-v") or epsilon ("sd2").
     ``config_dir`` is a diffusers folder of configs (and tokenizer) to use instead of the
-    shipped ones for a single file. Raises :class:`ModelError` for anything unusable.
+    shipped ones for a single file. ``epsilon_only`` refuses an SD1/SDXL model trained for
+    v-prediction or EDM (training and sampling here would use the wrong target; extracting a
+    LoRA from two of them does not care). Raises :class:`ModelError` for anything unusable.
     """
     import torch
 
@@ -336,7 +348,7 @@ def load_base_model(
     from engine.models.tiny import BUILTIN_MODEL_DIRS, builtin_model_dir
 
     if spec in BUILTIN_MODEL_DIRS:  # "tiny"/"toy" (SD1.5 layout) or "tiny-sdxl"
-        model = _load_diffusers_folder(builtin_model_dir(spec), family, dtype)
+        model = _load_diffusers_folder(builtin_model_dir(spec), family, dtype, epsilon_only)
         model.name, model.source = spec, spec
     else:
         path = Path(spec).expanduser()
@@ -345,9 +357,9 @@ def load_base_model(
                 f"base model not found: {spec} (give 'tiny', 'tiny-sdxl', 'toy', a diffusers folder or a .safetensors file)"
             )
         if path.is_dir():
-            model = _load_diffusers_folder(path, family, dtype)
+            model = _load_diffusers_folder(path, family, dtype, epsilon_only)
         elif path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
-            model = _load_single_file(path, family, dtype, config_dir)
+            model = _load_single_file(path, family, dtype, config_dir, epsilon_only)
         else:
             raise ModelError(f"{spec}: not a model (expected a diffusers folder or a .safetensors/.ckpt file)")
         model.source = spec
@@ -359,11 +371,13 @@ def load_base_model(
 
 
 
-def _load_diffusers_folder(path: Path, family: str, dtype) -> BaseModel:
+def _load_diffusers_folder(path: Path, family: str, dtype, epsilon_only: bool) -> BaseModel:
     from diffusers import DiffusionPipeline
 
     info, unet_cfg, sched_cfg = folder_configs(path)
     found = _folder_family(path, info, unet_cfg, sched_cfg)
+    if epsilon_only:
+        require_epsilon(path, found, folder_objective(sched_cfg))
     if family == "auto":
         family = found
     elif (family == "sdxl") != (found == "sdxl"):
@@ -390,15 +404,17 @@ def single_file_tokenizers(family: str, config_dir, configs: Path) -> dict[str, 
     return tokenizers
 
 
-def _load_single_file(path: Path, family: str, dtype, config_dir) -> BaseModel:
+def _load_single_file(path: Path, family: str, dtype, config_dir, epsilon_only: bool) -> BaseModel:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     shapes, dtypes = _checkpoint_tensors(path)
     detected = detect_family(shapes)
     require_vae(path, shapes)
+    if epsilon_only:
+        require_epsilon(path, detected, objective_marker(shapes))
     require_float_weights(path, dtypes)
     if family == "auto":
-        family = _sd2_prediction(path) if detected == "sd2" else detected
+        family = _sd2_prediction(path, shapes) if detected == "sd2" else detected
     elif family.split("-")[0] != detected:
         raise ModelError(f"{path}: this is an {detected} checkpoint, not {family} as asked")
     configs = Path(config_dir) if config_dir else CONFIG_ROOT / family
@@ -422,8 +438,11 @@ def _vocab_size(text_encoder_dir: Path) -> int:
         raise ModelError(f"{text_encoder_dir}: no usable text encoder config.json ({exc})") from exc
 
 
-def _sd2_prediction(path: Path) -> str:
-    """SD2 weights do not say v vs epsilon; A1111's sibling ``<name>.yaml`` does, if present."""
+def _sd2_prediction(path: Path, keys=()) -> str:
+    """SD2 weights do not say v vs epsilon; ComfyUI's ``v_pred`` key in a file it saved does, and
+    A1111's sibling ``<name>.yaml``, if present."""
+    if "v_pred" in keys:
+        return "sd2-v"
     yaml = path.with_suffix(".yaml")
     if yaml.is_file():
         text = yaml.read_text(errors="replace")
