@@ -141,6 +141,8 @@ def make_bases(folder):
     save_file({**sdxl_tensors(), "v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(folder / "vpred_xl.safetensors"))
     save_file({**sdxl_tensors(), "edm_mean": torch.zeros(1, 4, 1, 1), "edm_std": torch.ones(1, 4, 1, 1)}, str(folder / "edm_xl.safetensors"))
     torch.save({"state_dict": {**sdxl_tensors(), "v_pred": torch.zeros(0)}}, folder / "vpred_xl.ckpt")
+    torch.save({"state_dict": {k: v for k, v in sd1_tensors().items() if not k.startswith("first_stage_model.")}}, folder / "no_vae.ckpt")
+    save_file({k.replace(".transformer.text_model.", ".transformer."): v for k, v in sd1_tensors().items()}, str(folder / "old_clip.safetensors"))
     vpred_folder = folder / "vpred_diffusers"
     (vpred_folder / "scheduler").mkdir(parents=True)
     (vpred_folder / "unet").mkdir()
@@ -174,6 +176,9 @@ def make_bases(folder):
     ("edm_xl.safetensors", "an SDXL model trained for the EDM objective (its edm_mean/edm_std keys"),
     ("vpred_xl.ckpt", "vpred_xl.ckpt: an SDXL model trained for v-prediction"),
     ("vpred_diffusers", "vpred_diffusers: an SDXL model trained for v-prediction (its scheduler's prediction_type)"),
+    # these passed check and failed the training minutes later, in diffusers' words or ours
+    ("old_clip.safetensors", "old_clip.safetensors: its text encoder is stored under an old key layout"),
+    ("no_vae.ckpt", "no_vae.ckpt: it has no VAE weights"),
     ("picture.png", "expected a .safetensors checkpoint or a diffusers folder; this is a PNG image"),
 ])
 def test_unusable_base_model_fails_at_check(tmp_path, capsys, base, message):

@@ -164,6 +164,17 @@ def test_a_model_trained_for_another_target_is_refused_where_it_would_train(sing
         load_base_model(str(folder))
 
 
+def test_the_old_clip_key_layout_is_refused_in_our_words(single_file, tmp_path):
+    """SD1's CLIP saved without ``text_model.`` (A1111 renames it on load, diffusers does not)
+    failed with diffusers' "Weights for this component appear to be missing in the checkpoint"."""
+    old = tmp_path / "old_clip.safetensors"
+    save_file({k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+               for k, v in load_file(str(single_file)).items()}, str(old))
+    with pytest.raises(ModelError, match=r"old_clip.safetensors: its text encoder is stored under an old key layout .*"
+                                         r"renamed to cond_stage_model.transformer.text_model.\*"):
+        load_base_model(str(old), config_dir=tiny_model.tiny_model_dir())
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_a_quantized_checkpoint_is_refused_and_an_fp8_one_loads(single_file, tmp_path, suffix):
     """int8 weights read as plain numbers made a model of noise that trained without a word

@@ -80,6 +80,7 @@ def _inspect_safetensors(path: Path) -> ModelFacts:
         )
     family = detect_family(shapes)  # ModelError for a VAE, a text encoder, an inpainting model, ...
     require_vae(path.name, shapes)
+    require_text_model_keys(path.name, shapes)
     require_epsilon(path.name, family, objective_marker(shapes))
     require_float_weights(path.name, {key: str(info.get("dtype")) for key, info in header.tensors.items()})
     unet = _widest(shape for key, shape in shapes.items() if key.startswith(_UNET))
@@ -94,6 +95,23 @@ def require_vae(name: str | Path, keys) -> None:
     if not any(key.startswith("first_stage_model.") for key in keys):
         raise ModelError(f"{name}: it has no VAE weights (first_stage_model.*): a checkpoint saved without its VAE; "
                          "copylora reads the VAE from the checkpoint itself, so give one with its VAE baked in")
+
+
+# SD1's CLIP as a transformers of 2022 saved it, without ``text_model.``: A1111 renames these
+# prefixes as it loads a checkpoint (its checkpoint_dict_replacements_sd1), diffusers does not.
+_OLD_CLIP_PREFIXES = tuple(f"cond_stage_model.transformer.{part}." for part in ("embeddings", "encoder", "final_layer_norm"))
+
+
+def require_text_model_keys(name: str | Path, keys) -> None:
+    """Refuse SD1's old CLIP key layout in our words: it passed ``check`` and failed the training
+    minutes later with diffusers' "Failed to load CLIPTextModel. Weights for this component
+    appear to be missing in the checkpoint"."""
+    old = next((key for key in keys if key.startswith(_OLD_CLIP_PREFIXES)), None)
+    if old:
+        raise ModelError(f"{name}: its text encoder is stored under an old key layout ({old}, without text_model.), which the "
+                         "loader (diffusers) cannot read: re-save the checkpoint with every cond_stage_model.transformer.* key "
+                         "renamed to cond_stage_model.transformer.text_model.* (A1111 renames them as it loads a checkpoint, so a copy "
+                         "saved from A1111, e.g. by its Checkpoint Merger, has the new names)")
 
 
 # Keys that mark a checkpoint trained for another target than epsilon (the noise): ComfyUI
@@ -204,7 +222,9 @@ def _inspect_pickle(path: Path) -> ModelFacts:
         if any(any(marker in s for marker in _LORA_MARKERS) for s in strings):
             raise ModelError(f"{path.name} is a LoRA, not a base model")
         raise ModelError(f"{path.name}: not a Stable Diffusion checkpoint: it has no U-Net weights ({_UNET}*)")
-    if strings:  # its keys are among the pickle's strings: a v-prediction model refused here already
+    if strings:  # its keys are among the pickle's strings: what the loader refuses by key, refused here already
+        require_vae(path.name, strings)
+        require_text_model_keys(path.name, strings)
         family = "sdxl" if any(s.startswith("conditioner.") for s in strings) else "sd1"  # (an SD2 v_pred key says sd2-v: not refused)
         if not any(s.startswith("cond_stage_model.model.") for s in strings):
             require_epsilon(path.name, family, objective_marker(strings))

@@ -28,6 +28,7 @@ from engine.formats.model_files import (
     objective_marker,
     require_epsilon,
     require_float_weights,
+    require_text_model_keys,
     require_vae,
 )
 from engine.hashing import legacy_model_hash  # kohya's ss_sd_model_hash (provenance reads it too)
@@ -410,6 +411,7 @@ def _load_single_file(path: Path, family: str, dtype, config_dir, epsilon_only: 
     shapes, dtypes = _checkpoint_tensors(path)
     detected = detect_family(shapes)
     require_vae(path, shapes)
+    require_text_model_keys(path, shapes)
     if epsilon_only:
         require_epsilon(path, detected, objective_marker(shapes))
     require_float_weights(path, dtypes)
