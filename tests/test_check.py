@@ -143,6 +143,10 @@ def make_bases(folder):
     torch.save({"state_dict": {**sdxl_tensors(), "v_pred": torch.zeros(0)}}, folder / "vpred_xl.ckpt")
     torch.save({"state_dict": {k: v for k, v in sd1_tensors().items() if not k.startswith("first_stage_model.")}}, folder / "no_vae.ckpt")
     save_file({k.replace(".transformer.text_model.", ".transformer."): v for k, v in sd1_tensors().items()}, str(folder / "old_clip.safetensors"))
+    save_file({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(4, 4),
+               "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": torch.zeros(4),
+               "first_stage_model.decoder.conv_in.weight": torch.zeros(4, 16, 3, 3)}, str(folder / "sd35.safetensors"))
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(4, 4)}, str(folder / "flux1-dev.safetensors"))
     vpred_folder = folder / "vpred_diffusers"
     (vpred_folder / "scheduler").mkdir(parents=True)
     (vpred_folder / "unet").mkdir()
@@ -179,6 +183,9 @@ def make_bases(folder):
     # these passed check and failed the training minutes later, in diffusers' words or ours
     ("old_clip.safetensors", "old_clip.safetensors: its text encoder is stored under an old key layout"),
     ("no_vae.ckpt", "no_vae.ckpt: it has no VAE weights"),
+    # SD3 was "not a Stable Diffusion checkpoint: no CLIP text encoder weights"
+    ("sd35.safetensors", "sd35.safetensors: unsupported checkpoint: an SD3/SD3.5 model (MMDiT: joint_blocks.*)"),
+    ("flux1-dev.safetensors", "flux1-dev.safetensors: unsupported checkpoint: a Flux model"),
     ("picture.png", "expected a .safetensors checkpoint or a diffusers folder; this is a PNG image"),
 ])
 def test_unusable_base_model_fails_at_check(tmp_path, capsys, base, message):

@@ -347,6 +347,11 @@ def test_detect_family_from_keys_and_shapes():
         ({}, "holds no tensors"),
         (_sd_keys(768, {})  | {_U + "input_blocks.0.0.weight": (320, 9, 3, 3)}, "9 input channels"),
         (_sd_keys(1280, {"conditioner.embedders.0.model.token_embedding.weight": (49408, 1280)}), "refiner"),
+        # SD-Turbo (SD2.1 in SGM layout) has one OpenCLIP encoder too: it was called an SDXL refiner
+        (_sd_keys(1024, {"conditioner.embedders.0.model.ln_final.weight": (1024,)}), "an SD2.1 model in Stability's SGM layout"),
+        ({_U + "joint_blocks.0.x_block.attn.qkv.weight": (4608, 1536), "first_stage_model.decoder.conv_in.weight": (512, 16, 3, 3)},
+         r"an SD3/SD3.5 model .* not SD3 or Flux"),  # "not a Stable Diffusion checkpoint: no CLIP text encoder weights"
+        ({"double_blocks.0.img_attn.qkv.weight": (9216, 3072)}, "a Flux model"),
         ({_U + "out.2.weight": (4, 320, 3, 3)}, "no CLIP text encoder"),
         (_sd_keys(768, {}) | {_U + "input_blocks.0.0.weight": (11520,)}, r"damaged checkpoint: .*input_blocks.0.0.weight\) has shape \(11520,\)"),
     ],

@@ -78,7 +78,10 @@ def _inspect_safetensors(path: Path) -> ModelFacts:
             f"{path.name} is a LoRA ({len(loras)} LoRA tensors, e.g. {loras[0]}), not a base model: "
             "base_model takes the checkpoint the LoRA is trained on (an SD1.5/SD2/SDXL .safetensors or a diffusers folder)"
         )
-    family = detect_family(shapes)  # ModelError for a VAE, a text encoder, an inpainting model, ...
+    try:
+        family = detect_family(shapes)  # ModelError for a VAE, a text encoder, an inpainting model, ...
+    except ModelError as exc:  # named, as every other refusal of a file is
+        raise ModelError(f"{path.name}: {exc}") from None
     require_vae(path.name, shapes)
     require_text_model_keys(path.name, shapes)
     require_epsilon(path.name, family, objective_marker(shapes))
@@ -340,6 +343,10 @@ def _inspect_folder(path: Path) -> ModelFacts:
 
 
 _UNET = "model.diffusion_model."
+# Diffusion-transformer families, by a block their checkpoints have with or without the prefix
+# above: an SD3 file was "not a Stable Diffusion checkpoint: no CLIP text encoder weights".
+_TRANSFORMER_FAMILIES = (("joint_blocks.", "an SD3/SD3.5 model (MMDiT: joint_blocks.*)"),
+                         ("double_blocks.", "a Flux model (double_blocks.*)"))
 
 def detect_family(shapes: Mapping[str, Any]) -> str:
     """Family of an original-layout (A1111/LDM) checkpoint from its keys and shapes.
@@ -349,6 +356,10 @@ def detect_family(shapes: Mapping[str, Any]) -> str:
     or "sdxl"; raises :class:`ModelError` for anything else.
     """
     keys = list(shapes)
+    other = next((what for block, what in _TRANSFORMER_FAMILIES if any(k.removeprefix(_UNET).startswith(block) for k in keys)), None)
+    if other:
+        raise ModelError(f"unsupported checkpoint: {other}; copylora trains the U-Net models SD1.x, SD2.x and SDXL "
+                         "(Pony, Illustrious and other SDXL fine-tunes included), not SD3 or Flux")
     if not any(k.startswith(_UNET) for k in keys):
         raise ModelError(
             "not a Stable Diffusion checkpoint: it has no U-Net weights (model.diffusion_model.*)"
@@ -366,6 +377,10 @@ def detect_family(shapes: Mapping[str, Any]) -> str:
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return "sdxl"
     if any(k.startswith("conditioner.embedders.") for k in keys):
+        width = shapes.get("conditioner.embedders.0.model.ln_final.weight")
+        if width is not None and _shape(width)[0] == 1024:  # OpenCLIP-H: SD2's, where a refiner has SDXL's OpenCLIP-G (1280)
+            raise ModelError("unsupported checkpoint: an SD2.1 model in Stability's SGM layout (SD-Turbo: conditioner.embedders.0.*), "
+                             "which the loader does not read; use its diffusers folder (e.g. stabilityai/sd-turbo) instead")
         raise ModelError("unsupported checkpoint: an SDXL refiner (one OpenCLIP encoder only); use an SDXL base model")
     context = _cross_attention_dim(shapes)
     if any(k.startswith("cond_stage_model.model.") for k in keys) or context == 1024:

@@ -409,7 +409,10 @@ def _load_single_file(path: Path, family: str, dtype, config_dir, epsilon_only: 
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     shapes, dtypes = _checkpoint_tensors(path)
-    detected = detect_family(shapes)
+    try:
+        detected = detect_family(shapes)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     require_vae(path, shapes)
     require_text_model_keys(path, shapes)
     if epsilon_only:
