@@ -187,6 +187,21 @@ def test_many_pairs_are_compared_without_keeping_every_picture(tmp_path):
     assert peak < 10 * 256 * 256 * 3, f"{peak / 1e6:.1f} MB held to compare 48 pictures of 0.2 MB"
 
 
+def test_hidden_files_in_a_teacher_folder_are_not_pictures(tmp_path, capsys):
+    """A folder copied from a Mac to a USB or network disk has ``._NAME.png`` beside each
+    picture (AppleDouble: Finder data, not an image), and .DS_Store; check refused the project."""
+    root = copy_example(tmp_path)
+    (root / "a" / "._colour.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (root / "b" / ".DS_Store").write_bytes(bytes(64))
+    assert main(["check", str(root)]) == 0
+    assert "._colour.png" not in capsys.readouterr().err
+    assert [i.path.name for i in make_plan(load_project(root)).side("a").images] == ["colour.png"]
+    # a hidden picture given to `new` is copied under a visible name, so it is the project's picture
+    (tmp_path / ".hidden.png").write_bytes((root / "a" / "colour.png").read_bytes())
+    assert main(["new", str(tmp_path / "from-hidden"), "--a", str(tmp_path / ".hidden.png"), "--b", str(root / "b" / "monochrome.png")]) == 0
+    assert [p.name for p in (tmp_path / "from-hidden" / "a").iterdir()] == ["hidden.png"]
+
+
 def test_a_and_b_of_different_sizes_are_warned(tmp_path, capsys):
     root = copy_example(tmp_path)
     with Image.open(root / "a" / "colour.png") as a:

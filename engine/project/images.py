@@ -26,8 +26,11 @@ class ImageInfo:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (not recursive), sorted by name for a stable order."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files directly in ``folder`` (not recursive), sorted by name for a stable order.
+    Hidden files are not pictures: macOS writes ``._photo.png`` (its Finder data, not an image)
+    beside each picture copied to a non-Mac disk, and a project refused it as unreadable;
+    sd-scripts' glob skips them too."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def ignored_files(folder: Path) -> list[Path]:

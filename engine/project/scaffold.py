@@ -193,7 +193,8 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
         for side, image in (("a", a_image), ("b", b_image)):
             (staging / side).mkdir()
             try:
-                shutil.copy2(image, staging / side / image.name)
+                # a hidden picture (.photo.png) is copied visible: a teacher folder's hidden files are not pictures (images.image_files)
+                shutil.copy2(image, staging / side / image.name.lstrip("."))
             except OSError as exc:  # a full disk named the source picture ("a.png: No space left on device")
                 from engine.files import disk_full_error, free_text
 
