@@ -257,6 +257,24 @@ def test_a_bucket_far_below_resolutions_area_is_said_with_the_resolution_of_its_
     assert plan.side("a").buckets == ((1024, 640),) and not [w for w in plan_warnings(plan) if "of resolution's" in w]
 
 
+def test_the_resolution_said_for_a_very_wide_picture_is_one_check_takes(tmp_path):
+    """A 20:1 panorama at [128, 192]: its own shape at that area is [701, 35], which check
+    refuses (each side at least 64): the said resolution keeps within the sides check takes."""
+    from engine.project.plan import plan_warnings
+
+    root = copy_example(tmp_path)
+    for picture in (root / "a" / "colour.png", root / "b" / "monochrome.png"):
+        write_png(picture, size=(4000, 200))
+    said = [w for w in plan_warnings(make_plan(load_project(root))) if "of resolution's" in w]
+    assert said == ["a.folder colour.png, b.folder monochrome.png: their 4000×200 trains at 192×64, 50% of resolution's 128×192 "
+                    "area (the longest side is capped at 192); resolution = [701, 64] (the picture's shape at that area, "
+                    "within 64..4096 pixels a side) trains it at 640×64"]
+    toml = root / "copylora.toml"
+    toml.write_text(toml.read_text().replace("resolution = [128, 192]", "resolution = [701, 64]"))
+    plan = make_plan(load_project(root))
+    assert plan.side("a").buckets == ((640, 64),) and not [w for w in plan_warnings(plan) if "of resolution's" in w]
+
+
 def test_a_batch_holds_one_bucket_and_the_epoch_counts_each_buckets_batches(tmp_path):
     """Over pictures of two shapes, batch 2: sd-scripts batches within a bucket, so an epoch of
     5 + 5 items is 3 + 3 batches (not ceil(10 / 2) = 5), and every item is in one of them (a

@@ -53,6 +53,7 @@ METHODS = ("svd-merge", "differential", "addift", "slider")
 MAX_RANK = 1280
 MAX_STEPS = 10_000_000
 MAX_SIDE = 4096  # pixels per side of a training bucket or a preview
+MIN_SIDE = 64  # and at least (one bucket step)
 MAX_SEED = 2**63 - 1
 # Preview samplers, by the names kohya's --sample_sampler uses, plus the two DPM++ Karras samplers
 # A1111 users pick most ("DPM++ 2M Karras", "DPM++ SDE Karras"; kohya has no Karras spellings).

@@ -18,7 +18,7 @@ from engine.project.epoch_buckets import batches_per_epoch, class_pool, teacher_
 from engine.project.folder import SIDES, Project
 from engine.project.images import ImageInfo, image_files, read_image_info
 from engine.project.outputs import OutputPaths
-from engine.project.params import MAX_STEPS, TrainParams
+from engine.project.params import MAX_SIDE, MAX_STEPS, MIN_SIDE, TrainParams
 
 BUCKET_STEP = 64
 # Default [train].resolution of a new project (``copylora new``) by base-model family. SD1/SD2:
@@ -419,17 +419,22 @@ def area_warnings(plan: Plan) -> list[str]:
             if share >= AREA_WARN:
                 continue
             scale = min(math.sqrt(area / (info.width * info.height)), 1.0)
-            shaped = [max(1, round(info.width * scale)), max(1, round(info.height * scale))]
+            own = [max(1, round(info.width * scale)), max(1, round(info.height * scale))]
+            # within what [train] resolution takes: a 20:1 picture's own shape at 128×192's area
+            # was [701, 35], which check then refused (each side at least 64)
+            shaped = [min(max(side, MIN_SIDE), MAX_SIDE) for side in own]
             better = bucket_size(info.width, info.height, shaped)
             if better[0] * better[1] < 1.2 * bucket[0] * bucket[1]:
                 continue  # nothing much to gain: the picture itself is not much larger than its bucket
-            key = (info.width, info.height, width, height, bucket, tuple(shaped), better, share)
+            key = (info.width, info.height, width, height, bucket, tuple(shaped), better, share, shaped != own)
             found.setdefault(key, []).append(f"{side}.folder {info.path.name}")
     warnings = []
-    for (w, h, width, height, bucket, shaped, better, share), where in found.items():
+    for (w, h, width, height, bucket, shaped, better, share, bounded), where in found.items():
+        shape = (f"the picture's shape at that area, within {MIN_SIDE}..{MAX_SIDE} pixels a side" if bounded
+                 else "the picture's own shape at that area")
         warnings.append(f"{', '.join(where)}: {'their' if len(where) > 1 else 'its'} {w}×{h} trains at {bucket[0]}×{bucket[1]}, "
                         f"{share:.0%} of resolution's {width}×{height} area (the longest side is capped at {max(width, height)}); "
-                        f"resolution = {list(shaped)} (the picture's own shape at that area) trains it at {better[0]}×{better[1]}")
+                        f"resolution = {list(shaped)} ({shape}) trains it at {better[0]}×{better[1]}")
     return warnings
 
 def folder_token_warnings(project: Project) -> list[str]:

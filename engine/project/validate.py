@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from engine.errors import Problem
-from engine.project.params import MAX_SIDE
+from engine.project.params import MAX_SIDE, MIN_SIDE
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
 
@@ -138,8 +138,8 @@ def _pair(value: Any, path: str, problems: list[Problem]) -> list[int] | None:
     if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
         problems.append(Problem(path, f"must be [width, height] in whole pixels or one whole number, got {show(value)}"))
         return None
-    if min(pair) < 64:
-        problems.append(Problem(path, f"each side must be at least 64 pixels, got {show(value)}"))
+    if min(pair) < MIN_SIDE:
+        problems.append(Problem(path, f"each side must be at least {MIN_SIDE} pixels, got {show(value)}"))
         return None
     if max(pair) > MAX_SIDE:
         problems.append(Problem(path, f"each side must be at most {MAX_SIDE} pixels, got {show(value)}"))
