@@ -202,6 +202,20 @@ def test_hidden_files_in_a_teacher_folder_are_not_pictures(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "from-hidden" / "a").iterdir()] == ["hidden.png"]
 
 
+def test_an_animated_picture_is_said_to_train_its_first_frame(tmp_path, capsys):
+    """An animated WebP (a phone's 'live' sticker, a GIF converted) trained its first frame
+    without a word."""
+    root = copy_example(tmp_path)
+    a = root / "a" / "colour.png"
+    with Image.open(a) as still:
+        frames = [still.convert("RGB"), Image.new("RGB", still.size, BLUE)]
+    a.unlink()
+    frames[0].save(root / "a" / "colour.webp", save_all=True, append_images=frames[1:], lossless=True)
+    assert main(["check", str(root)]) == 0
+    assert "a.folder colour.webp: is animated (2 frames): only its first frame trains" in capsys.readouterr().err
+    assert np.array_equal(np.asarray(load_picture(root / "a" / "colour.webp")), np.asarray(frames[0]))
+
+
 def test_a_and_b_of_different_sizes_are_warned(tmp_path, capsys):
     root = copy_example(tmp_path)
     with Image.open(root / "a" / "colour.png") as a:

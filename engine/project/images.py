@@ -171,6 +171,18 @@ def has_transparency(path: Path) -> bool:
 _PIXEL_DIGESTS: dict[tuple, str | None] = {}
 
 
+def frame_count(path: Path) -> int:
+    """How many frames the picture has (an animated WebP or PNG, a multi-page TIFF): training
+    reads the first, as Pillow opens it (and sd-scripts trains it)."""
+    from PIL import Image
+
+    try:
+        with quiet_pillow(), Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except Exception:  # unreadable or too large: reported where it is read
+        return 1
+
+
 def _pixel_digest(path: Path) -> str | None:
     """A hash of the picture as training reads it (None: unreadable, said where it is read).
     A digest, not the pixels: keeping every decoded picture to compare held 2.2 GB for 30
@@ -268,7 +280,7 @@ UPSCALE_WARN = 2.0  # a picture enlarged more than this to fill its bucket train
 
 def picture_warnings(info: ImageInfo, bucket: tuple[int, int], where: str) -> list[str]:
     """What is doubtful about training ``info`` at ``bucket`` (not errors: it will train):
-    enlarged far, transparent (trained on white), very large."""
+    enlarged far, transparent (trained on white), animated (its first frame trains), very large."""
     from PIL import Image
 
     warnings = []
@@ -283,6 +295,11 @@ def picture_warnings(info: ImageInfo, bucket: tuple[int, int], where: str) -> li
         warnings.append(
             f"{where} {info.path.name}: has transparent areas: they train as white "
             "(flatten the picture onto another background first if white is not meant)"
+        )
+    if (frames := frame_count(info.path)) > 1:
+        warnings.append(
+            f"{where} {info.path.name}: is animated ({frames} frames): only its first frame trains "
+            "(save the frame you mean as a still picture)"
         )
     pixels = info.width * info.height
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
