@@ -216,6 +216,22 @@ def test_an_animated_picture_is_said_to_train_its_first_frame(tmp_path, capsys):
     assert np.array_equal(np.asarray(load_picture(root / "a" / "colour.webp")), np.asarray(frames[0]))
 
 
+def test_a_link_to_a_picture_that_is_not_there_is_refused(tmp_path, capsys):
+    """A teacher picture linked from a disk that is not mounted: the side trained without it,
+    and check said valid."""
+    root = copy_example(tmp_path)
+    (root / "a" / "second.png").symlink_to(tmp_path / "usb" / "second.png")
+    assert main(["check", str(root)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"a.folder second.png: {root / 'a' / 'second.png'} is a link to {tmp_path / 'usb' / 'second.png'}, which does not exist: " \
+           "mount what holds it, or remove the link" in err
+    # the only picture a dead link: said beside 'no images'
+    (root / "a" / "colour.png").unlink()
+    assert main(["check", str(root)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no images in" in err and "a.folder second.png:" in err
+
+
 def test_a_and_b_of_different_sizes_are_warned(tmp_path, capsys):
     root = copy_example(tmp_path)
     with Image.open(root / "a" / "colour.png") as a:

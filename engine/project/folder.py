@@ -20,7 +20,7 @@ from typing import Any, Callable
 from engine.errors import Problem, ValidationError
 from engine.files import input_file_problem
 from engine.formats.model_files import BUILTIN_MODELS
-from engine.project.images import image_files, read_image_info
+from engine.project.images import dead_links, image_files, read_image_info
 from engine.project.names import name_problem
 from engine.project.optimizer_args import optimizer_arg_problem
 from engine.project.params import (
@@ -631,6 +631,8 @@ def _check_pictures_there(path: Path, key: str, problems: list[Problem], decode:
             read_image_info(image, decode=decode)
         except ValueError as exc:
             problems.append(Problem(f"{key} {image.name}", str(exc)))
+    for link in dead_links(path) if path.is_dir() else ():
+        problems.append(Problem(f"{key} {link.name}", f"{input_file_problem(link)}: mount what holds it, or remove the link"))
     if len(images) < wanted:
         from engine.files import writable_folder_problem
 

@@ -33,6 +33,13 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def dead_links(folder: Path) -> list[Path]:
+    """Links named as pictures that lead to no file (a picture on a disk not mounted): not in
+    :func:`image_files`, so without a word the side trained without them."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_symlink() and not p.is_file())
+
+
 def ignored_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS)
 
