@@ -277,6 +277,22 @@ async def test_a_project_that_does_not_load_shows_its_problems(tmp_path, monkeyp
         assert toml.read_text().count("network_dim = 0") == 1
 
 
+async def test_a_project_whose_picture_does_not_read_says_to_fix_the_picture(tmp_path, monkeypatch):
+    """A truncated teacher picture: the app said 'copylora.toml cannot be loaded: fix it in an
+    editor', where nothing in the file is wrong."""
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    picture = folder / "a" / "colour.png"
+    picture.write_bytes(picture.read_bytes()[:200])
+    app = CopyloraApp(folder.parent)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.action_open_project(folder)
+        await wait_until(pilot, lambda: "a.folder colour.png: corrupt image" in screen_text(app))
+        said = str(app.screen.query_one("#load-problems", Static).render())
+        assert "example-monochrome cannot be loaded: replace or remove the pictures named below" in said
+        assert "fix it in an editor" not in said and "fix copylora.toml" not in said
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # textual-image's use of a Pillow API
 async def test_teacher_pictures_drawn_with_textual_image_or_text(tmp_path, monkeypatch):
     from copylora_tui import teacher_images

@@ -127,7 +127,7 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
         yield AppFooter()
 
     def _load_problem_text(self) -> Text:
-        lines = [f"{self.folder.name}/copylora.toml cannot be loaded: fix it in an editor, then open it again.", ""]
+        lines = [f"{self.folder.name} cannot be loaded: {load_fix(self.load_problems)}, then open it again.", ""]
         lines += [f"  {p}" for p in self.load_problems]
         return Text("\n".join(lines), style="red")
 
@@ -604,7 +604,7 @@ class ProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, Scre
             self.notify(self.gone_text(), severity="error", timeout=10)
             return
         if self.project is None:
-            self.notify("this project cannot be loaded; fix copylora.toml in an editor", severity="error")
+            self.notify(f"this project cannot be loaded; {load_fix(self.load_problems)}", severity="error")
             return
         if self.field_errors:
             first = next(iter(self.field_errors))
@@ -737,6 +737,19 @@ def _plan_text(project: Project) -> tuple[RenderableType, Text]:
         return Text(f"no plan: {exc}", style="red"), Text("")
     except Exception as exc:  # odd metadata in an output, a bug: said here, or the screen waits for good
         return Text(f"no plan: {type(exc).__name__}: {exc}", style="red"), Text("")
+
+
+def load_fix(problems: list[Problem]) -> str:
+    """What to do about a project that does not load: a picture of a teacher or class folder that
+    cannot be read ("a.folder photo.png: corrupt image") is fixed in that folder, not in
+    copylora.toml (the app said to edit the file, whatever the problem)."""
+    import re
+
+    pictures = [p for p in problems if re.match(r"[\w\[\]]+\.\w*folder ", p.where)]  # "a.folder NAME", "concept[2].class_folder NAME"
+    if not pictures:
+        return "fix copylora.toml in an editor"
+    fix = "replace or remove the pictures named below (a picture copylora cannot read is not trained)"
+    return fix if len(pictures) == len(problems) else f"fix copylora.toml in an editor, and {fix}"
 
 
 def picture_list(project: Project) -> list[tuple[str, Path | None]]:
