@@ -232,6 +232,17 @@ def test_a_link_to_a_picture_that_is_not_there_is_refused(tmp_path, capsys):
     assert "no images in" in err and "a.folder second.png:" in err
 
 
+def test_an_empty_picture_file_is_said_to_be_empty(tmp_path, capsys):
+    """A zero-byte picture (a copy or cloud sync that did not finish) was 'not an image Pillow
+    can read', which sent users looking for a format problem."""
+    root = copy_example(tmp_path)
+    (root / "b" / "second.png").write_bytes(b"")
+    assert main(["check", str(root)]) == EXIT_USAGE
+    assert "b.folder second.png: an empty file (0 bytes): copy the picture again" in capsys.readouterr().err
+    assert main(["new", str(tmp_path / "new"), "--a", str(root / "b" / "second.png"), "--b", str(root / "b" / "monochrome.png")]) == EXIT_USAGE
+    assert "second.png: an empty file (0 bytes)" in capsys.readouterr().err
+
+
 def test_a_and_b_of_different_sizes_are_warned(tmp_path, capsys):
     root = copy_example(tmp_path)
     with Image.open(root / "a" / "colour.png") as a:

@@ -63,6 +63,8 @@ def read_image_info(path: Path, *, decode: bool = True) -> ImageInfo:
             width, height = (image.height, image.width) if _orientation(image) in _SWAPS_SIDES else (image.width, image.height)
             return ImageInfo(path, width, height)
     except UnidentifiedImageError:
+        if _empty(path):  # a copy, download or sync that did not finish: Pillow's words did not say so
+            raise ValueError("an empty file (0 bytes): copy the picture again") from None
         raise ValueError("not an image Pillow can read") from None
     except Image.DecompressionBombError as exc:
         raise ValueError(f"too large to decode safely ({_bomb_size(exc)}): downscale it first (a training bucket is at most 4096 pixels a side)") from None
@@ -70,6 +72,13 @@ def read_image_info(path: Path, *, decode: bool = True) -> ImageInfo:
         raise ValueError(f"corrupt image ({exc})") from None
     except MemoryError:
         raise ValueError("too large to decode in this machine's memory: downscale it first") from None
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _bomb_size(exc: Exception) -> str:
