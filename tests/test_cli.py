@@ -116,6 +116,21 @@ def test_a_list_of_numbers_starting_negative_is_a_value_not_a_flag(given):
     assert build_parser().parse_args(["sample", "proj", "--strengths", given]).strengths == given
 
 
+def test_a_picture_named_with_a_leading_dash_is_told_how_to_write(tmp_path, capsys, monkeypatch):
+    """`new mono --a -dash.png` said only "argument --a: expected one argument", after the user
+    gave it one: argparse takes a value that starts with '-' for an option."""
+    write_png(tmp_path / "-dash.png", size=(128, 192))
+    with pytest.raises(SystemExit) as exit_:
+        main(["new", str(tmp_path / "mono"), "--a", "-dash.png", "--b", str(tmp_path / "-dash.png")])
+    assert exit_.value.code == EXIT_USAGE
+    assert "(-dash.png starts with '-': write --a=-dash.png or --a ./-dash.png)" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["new", str(tmp_path / "mono"), "--a=-dash.png", "--b", "./-dash.png"]) == 0
+    with pytest.raises(SystemExit):  # a missing value is not given the hint
+        main(["new", str(tmp_path / "other"), "--b", "x.png", "--a"])
+    assert "starts with" not in capsys.readouterr().err
+
+
 def test_usage_error_exit_2():
     result = run_cli("frobnicate")
     assert result.returncode == EXIT_USAGE

@@ -73,10 +73,20 @@ class Parser(argparse.ArgumentParser):
 
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        import re
+
+        # `new mono --a -dash.png`: argparse takes the value for an option and says "expected one
+        # argument" after the flag the user did give one to
+        args = getattr(self, "_args", [])
+        if (flag := re.fullmatch(r"argument (--?\w+)(?:/\S+)?: expected one argument", message)) and flag[1] in args[:-1]:
+            value = args[args.index(flag[1]) + 1]
+            if value.startswith("-") and value not in self._option_string_actions:
+                message += f" ({value} starts with '-': write {flag[1]}={value} or {flag[1]} ./{value})"
         self.exit(EXIT_USAGE, f"copylora: error: {message} (see `{self.prog} --help`)\n")
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         args = sys.argv[1:] if args is None else list(args)
+        self._args = args  # for error()
         return super().parse_known_args([self._canonical(a) for a in args], namespace)
 
     def _canonical(self, arg: str) -> str:
