@@ -182,6 +182,17 @@ def test_sample_command_on_a_project_and_its_errors(tmp_path, tiny, lora_file, c
     assert "--base" in err and "--strengths" in err and "--sampler" in err
 
 
+def test_a_missing_lora_file_of_the_users_is_said_as_missing_not_as_untrained(tmp_path, capsys):
+    """`sample PROJECT --lora FILE` with a mistyped FILE (a kohya or A1111 LoRA) said "does not
+    exist yet (train/merge first: copylora run …)", as if training would make it."""
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    root = copy_example(tmp_path)
+    assert main(["sample", str(root), "--lora", str(tmp_path / "kohya_lora.safetensors")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--lora: no such file:" in err and "kohya_lora.safetensors" in err and "train/merge first" not in err, err
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--size", "0x0"], "--size: each side must be at least 64 pixels"),
     (["--size", "100x100"], "--size: 100x100: both sides must be multiples of 8"),

@@ -115,6 +115,9 @@ def resolve(args: argparse.Namespace):
             problems.append(Problem("--lora", f"this project's route ({project.info.method}) trains "
                                     + ("one LoRA on the pair: --lora pair, or merged (its result)" if "pair" in trained
                                        else "A and B: --lora a, b or merged")))
+        elif lora is not None and choice not in ("merged", *trained) and (problem := lora_problem("--lora", lora)):
+            # a FILE of the user's (a kohya or A1111 LoRA): "train/merge first" was said of a mistyped path
+            problems.append(problem)
         elif lora is not None and not lora.is_file():
             problems.append(Problem("--lora", f"{lora} does not exist yet (train/merge first: copylora run {shlex.quote(str(args.target))})"))
         elif lora is not None and (problem := lora_problem("--lora", lora)):  # a picture given as the LoRA: exit 2, before the model loads
