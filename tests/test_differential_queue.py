@@ -70,7 +70,7 @@ def test_differential_project_runs_through_the_queue(tmp_path, home):  # noqa: F
     from PIL import Image
 
     with Image.open(plan.outputs.check) as check:  # its text says what it shows: the result over A at its multiplier
-        assert f"LoRA: {plan.merged_path.name} over {plan.side('a').lora_path.name} at 1, Strengths: 0, 1" in check.info["parameters"]
+        assert f"LoRA: {plan.merged_path.name} over {plan.side('a').lora_path.name} at 1, Strengths: \"0, 1\"" in check.info["parameters"]
         assert check.info["parameters"].startswith("a grey house\n")
 
     again = enqueue_project(queue, root, max_steps=4)

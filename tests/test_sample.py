@@ -4,6 +4,7 @@ metadata; previews during training leave the training untouched."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -112,6 +113,33 @@ def test_grid_layout_labels_and_metadata_round_trip(tiny, lora_file, tmp_path):
     assert SampleSettings(**record["settings"]) == SETTINGS
     assert record["lora"] == "L.safetensors" and len(record["lora_sha256"]) == 64
     assert "Steps: 3, Sampler: Euler a, CFG scale: 7, Seed: 7, Size: 64x96" in text["parameters"]
+
+
+def a1111_fields(infotext: str) -> dict[str, str]:
+    """The last line of an infotext as A1111 reads it (modules/infotext_utils.py: re_param and unquote)."""
+    import json
+    import re
+
+    fields = {}
+    for key, value in re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', infotext.splitlines()[-1]):
+        fields[key] = json.loads(value) if value.startswith('"') else value
+    return fields
+
+
+def test_a1111_reads_back_every_strength_and_the_lora(tiny, lora_file, tmp_path):
+    """The infotext's values with commas were written bare: A1111's PNG Info (and every reader
+    of its format) read "Strengths: -1, 0, 0.5, 1" as -1, and a LoRA named "mono, v2" as "mono"."""
+    import shutil
+
+    named = shutil.copy(lora_file, tmp_path / "mono, v2.safetensors")
+    settings = replace(SETTINGS, prompts=["a red house"], strengths=[-1.0, 0.0, 0.5, 1.0], steps=1)
+    out = sample_lora(tiny, Path(named), settings, tmp_path / "grid.png", model_name="tiny")
+    from PIL import Image
+
+    with Image.open(out) as image:
+        fields = a1111_fields(image.info["parameters"])
+    assert fields["Strengths"] == "-1, 0, 0.5, 1" and fields["LoRA"] == "mono, v2.safetensors", fields
+    assert (fields["Steps"], fields["Sampler"], fields["CFG scale"], fields["Seed"], fields["Size"]) == ("1", "Euler a", "7", "7", "64x96")
 
 
 def test_unknown_sampler_and_bad_size_are_clear_errors(tiny):

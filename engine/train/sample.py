@@ -283,13 +283,20 @@ def sampler_label(name: str) -> str:
     return SAMPLERS[canonical][1] if canonical else name
 
 
+def _quoted(value: str) -> str:
+    """A value of the infotext's last line as A1111 writes it (its ``quote``): in JSON quotes when
+    it holds a comma, colon or newline. Unquoted, "Strengths: 0, 0.5, 1" was read back (A1111's
+    PNG Info, Civitai, any reader of the format) as "Strengths: 0"."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
+
+
 def a1111_parameters(settings: SampleSettings, prompt: str, model_name: str, lora_name: str) -> str:
     width, height = settings.size
     return (
         f"{prompt}\nNegative prompt: {settings.negative_prompt}\n"
         f"Steps: {settings.steps}, Sampler: {sampler_label(settings.sampler)}, CFG scale: {settings.guidance:g}, "
-        f"Seed: {settings.seed}, Size: {width}x{height}, Model: {model_name}, "
-        f"LoRA: {lora_name}, Strengths: {', '.join(f'{s:g}' for s in settings.strengths)}"
+        f"Seed: {settings.seed}, Size: {width}x{height}, Model: {_quoted(model_name)}, "
+        f"LoRA: {_quoted(lora_name)}, Strengths: {_quoted(', '.join(f'{s:g}' for s in settings.strengths))}"
         + (f", Clip skip: {settings.clip_skip}" if settings.clip_skip > 1 else "")
     )
 
