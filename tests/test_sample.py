@@ -142,6 +142,33 @@ def test_a1111_reads_back_every_strength_and_the_lora(tiny, lora_file, tmp_path)
     assert (fields["Steps"], fields["Sampler"], fields["CFG scale"], fields["Seed"], fields["Size"]) == ("1", "Euler a", "7", "7", "64x96")
 
 
+def test_a_grid_whose_labels_take_it_past_pillows_limit_is_refused_before_drawing(tiny, lora_file, tmp_path, monkeypatch, capsys):
+    """16 prompts x 16 strengths at 832x832 is 177 MP of pictures, under [sample]'s 178 MP; with the
+    label bands above each row the grid was 181 MP, which Pillow (the app's pane, A1111, ComfyUI)
+    refuses to open: drawn for hours, then unreadable. Now refused, exit 2, before the model loads
+    (the command) or anything is drawn (the preview job's sample_lora)."""
+    from PIL import Image
+
+    import engine.models.loading
+    import engine.train.sample as sample
+    from copylora_tui.cli.main import EXIT_USAGE, main
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("drawn")
+
+    monkeypatch.setattr(engine.models.loading, "load_base_model", never)
+    monkeypatch.setattr(sample, "generate", never)
+    strengths = ",".join(f"{-1 + i / 7.5:g}" for i in range(16))
+    prompts = [arg for i in range(16) for arg in ("--prompt", f"a girl, upper body, outdoors, picture {i}")]
+    assert main(["sample", str(lora_file), "--base", "tiny", "--size", "832x832", "--strengths", strengths, *prompts]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--strengths: 16 prompt(s) x 16 strength(s) at 832x832 make a 13312x" in err and "Pillow still opens" in err, err
+    settings = replace(SETTINGS, prompts=[f"picture {i}" for i in range(16)], strengths=[i / 15 for i in range(16)], size=[832, 832])
+    with pytest.raises(sample.SampleError, match="megapixels, which Pillow still opens"):
+        sample_lora(tiny, lora_file, settings, tmp_path / "grid.png", model_name="tiny")
+    assert 178_000_000 < 2 * Image.MAX_IMAGE_PIXELS  # the limit kept is one Pillow opens
+
+
 def test_unknown_sampler_and_bad_size_are_clear_errors(tiny):
     from engine.train.sample import SampleError
 

@@ -150,6 +150,11 @@ def resolve(args: argparse.Namespace):
         problems.append(Problem("--save_to", f"the grid is a PNG: give a .png file name, got {args.save_to}"))
     elif problem := destination_problem("--save_to", out, inputs=(*inputs, *([lora] if lora else []), base)):
         problems.append(problem)
+    if not problems:  # the canvas with its labels (the flags' own check counts the pictures): before the model loads
+        from engine.train.sample import grid_size_problem
+
+        if size := grid_size_problem(settings, lora.name if lora is not None else "none"):
+            problems.append(Problem("--strengths", size))
     if problems:
         raise ValidationError(problems)
     return base, family, lora, settings, out, extra

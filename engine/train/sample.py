@@ -260,8 +260,8 @@ def grid(images: list[list], settings: SampleSettings, title: str = "", columns:
     from engine.train.grid_labels import FONT_SIZES, draw_labels, grid_layout
     from engine.train.label_fonts import undrawable_note
 
-    columns = columns or [f"strength {strength:g}" for strength in settings.strengths]
-    rows = [f"prompt: {prompt!r}" if prompt else "prompt: (empty)" for prompt in settings.prompts]  # '' read as one "
+    strength_columns, rows = _labels(settings)
+    columns = columns or strength_columns
     layout = grid_layout(images[0][0].size, title, columns, rows)
     if log is not None:
         note = undrawable_note([title, *columns, *rows], FONT_SIZES[0])
@@ -273,6 +273,30 @@ def grid(images: list[list], settings: SampleSettings, title: str = "", columns:
         for image, place in zip(row, places):
             canvas.paste(image, place)
     return canvas
+
+
+def _labels(settings: SampleSettings) -> tuple[list[str], list[str]]:
+    """The grid's column and row labels (strengths, prompts)."""
+    columns = [f"strength {strength:g}" for strength in settings.strengths]
+    rows = [f"prompt: {prompt!r}" if prompt else "prompt: (empty)" for prompt in settings.prompts]  # '' read as one "
+    return columns, rows
+
+
+def grid_size_problem(settings: SampleSettings, title: str) -> str | None:
+    """Why the grid of ``settings`` would be a PNG that Pillow refuses to open, or None: said
+    before any picture is drawn. [sample]'s own check (engine.project.folder.MOST_GRID_PIXELS)
+    counts the pictures alone; the label bands above each row and column add to them, so 16
+    prompts x 16 strengths at 832x832 (177 MP of pictures) made a 181 MP grid that Pillow (the
+    app's preview pane, A1111's and ComfyUI's loaders) would not open."""
+    from engine.project.folder import MOST_GRID_PIXELS
+    from engine.train.grid_labels import grid_layout
+
+    width, height = grid_layout((settings.size[0], settings.size[1]), title, *_labels(settings)).size
+    if width * height <= MOST_GRID_PIXELS:
+        return None
+    return (f"{len(settings.prompts)} prompt(s) x {len(settings.strengths)} strength(s) at {settings.size[0]}x{settings.size[1]} "
+            f"make a {width}x{height} grid with its labels ({width * height / 1e6:.0f} megapixels): at most "
+            f"{MOST_GRID_PIXELS // 1_000_000} megapixels, which Pillow still opens; draw several grids")
 
 
 def sampler_label(name: str) -> str:
@@ -361,6 +385,9 @@ def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettin
     ``extra``: more keys for the PNG's ``copylora`` record; ``log``: notes on its labels."""
     from engine.lora.network import LoRANetwork
 
+    name = lora_path.name if lora_path is not None else "none"
+    if problem := grid_size_problem(settings, title or name):
+        raise SampleError(problem)
     network = None
     if lora_path is not None:
         network = LoRANetwork.from_file(lora_path, model.unet, model.text_encoders, model.family)
@@ -369,7 +396,6 @@ def sample_lora(model: BaseModel, lora_path: Path | None, settings: SampleSettin
         if log is not None:
             log(note)
     images = generate(model, settings, network, progress=progress)
-    name = lora_path.name if lora_path is not None else "none"
     from engine.hashing import file_sha256
 
     extra = {**(extra or {}), **({"lora_sha256": file_sha256(lora_path)} if lora_path is not None else {})}
