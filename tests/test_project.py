@@ -465,3 +465,29 @@ def test_new_project_on_a_builtin_model_gets_cpu_sized_defaults(tmp_path, capsys
 
     recipe = apply_base_defaults(Project(root=tmp_path), "/models/sd15.safetensors")
     assert recipe.train.max_train_epochs == 800 and recipe.train.resolution == [600, 900]
+
+
+def test_a_preview_of_trained_prompts_only_is_said_to_show_the_copy_not_the_change(tmp_path):
+    """A project on a checkpoint, as `copylora new` writes it, previews the empty prompt alone:
+    the prompt both sides train under caption-free. Its grid showed picture B at strength 1 (the
+    copy), never a prompt the LoRAs had not seen, which is what the method claims; `check` said
+    nothing. A held-out prompt beside it silences the warning."""
+    from safetensors.torch import save_file
+
+    from copylora_tui.cli.main import main
+    from engine.models import tiny as tiny_model
+    from engine.models.ldm_keys import sd1_single_file_state_dict
+    from engine.project.plan import plan_warnings
+
+    checkpoint = tmp_path / "sd15.safetensors"
+    save_file(sd1_single_file_state_dict(tiny_model.tiny_pipeline()), str(checkpoint))
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(90, 90, 90))
+    assert main(["--projects", str(tmp_path / "p"), "new", "mono", "--a", str(a), "--b", str(b), "--base", str(checkpoint)]) == 0
+    root = tmp_path / "p" / "mono"
+    said = [w for w in plan_warnings(make_plan(load_project(root))) if w.startswith("sample.prompts:")]
+    assert said == ["sample.prompts: only '', which the LoRAs train under: the preview grid shows the copy, not the change on a "
+                    'prompt never trained; add one, e.g. prompts = ["", "1girl, upper body, outdoors"]'], said
+    project = load_project(root)
+    project.sample = replace(project.sample, prompts=["", "1girl, upper body, outdoors"])
+    save_project(project)
+    assert not [w for w in plan_warnings(make_plan(load_project(root))) if w.startswith("sample.prompts:")]

@@ -264,7 +264,7 @@ def plan_warnings(plan: Plan) -> list[str]:
     from engine.project.scaffold import toy_caption_warnings  # scaffold imports this module: here, not at the top
 
     return (warnings + caption_warnings(plan.project) + folder_token_warnings(plan.project) + schedule_warnings(plan.project)
-            + sample_prompt_warnings(plan.project) + prior_prompt_warnings(plan.project)
+            + sample_prompt_warnings(plan.project) + untrained_prompt_warnings(plan) + prior_prompt_warnings(plan.project)
             + toy_caption_warnings(plan)
             + route_warnings(plan) + graph_warnings(plan) + earlier_run_warnings(plan) + missing_output_warnings(plan)
             + room_warnings(plan))
@@ -376,6 +376,27 @@ def sample_prompt_warnings(project: Project) -> list[str]:
     return [f"sample.prompts[{i}]: {prompt!r} has [filewords], which only a training picture's caption fills: the preview "
             "draws it as written; give the words a caption would hold" for i, prompt in enumerate(project.sample.prompts)
             if uses_filewords(prompt)]
+
+
+def untrained_prompt_warnings(plan: Plan) -> list[str]:
+    """Every preview prompt one the pair trains under ("" caption-free, the default on a
+    checkpoint): the grid then shows the copy of the teacher pictures, not what the method claims
+    (DESIGN: "the wanted change, on any prompt, and nothing else"), and a result that only copies
+    B passes it. Not for [reg] projects (a prompt per picture) nor the random-weight built-in
+    models, whose pictures show nothing either way."""
+    project = plan.project
+    if project.reg is not None or project.info.base_model in ("tiny", "tiny-sdxl"):
+        return []
+
+    def words(prompt: str) -> str:
+        return " ".join(prompt.lower().split())  # as CLIP reads it: case and spacing do not count
+
+    trained = {words(plan.side(side).params.caption) for side in plan.trained}
+    if not project.sample.prompts or any(words(prompt) not in trained for prompt in project.sample.prompts):
+        return []
+    shown = " and ".join(repr(prompt) for prompt in dict.fromkeys(project.sample.prompts))
+    return [f"sample.prompts: only {shown}, which the LoRAs train under: the preview grid shows the copy, not the change on a "
+            'prompt never trained; add one, e.g. prompts = ["", "1girl, upper body, outdoors"]']
 
 
 def schedule_warnings(project: Project) -> list[str]:
