@@ -45,10 +45,10 @@ FAMILY_NAMES = {"sd": "SD1/SD2", "sdxl": "SDXL"}
 
 
 def lbw_family(family: str | None) -> str | None:
-    """``sd`` or ``sdxl`` for one of our model families (sd1, sd2, sd2-v, sdxl); None stays None."""
+    """``sd`` or ``sdxl`` for one of our model families (sd1, sd2, sd2-v, sdxl, sdxl-v); None stays None."""
     if family is None:
         return None
-    return "sdxl" if family == "sdxl" else "sd"
+    return "sdxl" if family.split("-")[0] == "sdxl" else "sd"
 
 
 def parse_lbw(value, where: str = "lbws") -> tuple[float, ...]:

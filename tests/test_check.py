@@ -137,8 +137,11 @@ def make_bases(folder):
     save_file({k: v for k, v in sd1_tensors().items() if not k.startswith("first_stage_model.")}, str(folder / "no_vae.safetensors"))
     save_file({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, str(folder / "vae_only.safetensors"))
     save_file({k: v.to(torch.int8) if k.startswith("model.") else v for k, v in sd1_tensors().items()}, str(folder / "int8.safetensors"))
-    # same architecture, another target: NoobAI-XL V-Pred (ComfyUI's v_pred/ztsnr keys), Playground v2.5 (EDM)
+    # same architecture, another target: NoobAI-XL V-Pred (ComfyUI's v_pred/ztsnr keys: trained as sdxl-v), Playground v2.5
+    # (EDM), an SD1 v-prediction model (refused)
     save_file({**sdxl_tensors(), "v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(folder / "vpred_xl.safetensors"))
+    save_file({**sd1_tensors(), "v_pred": torch.zeros(0)}, str(folder / "vpred_sd1.safetensors"))
+    torch.save({"state_dict": {**sd1_tensors(), "v_pred": torch.zeros(0)}}, folder / "vpred_sd1.ckpt")
     save_file({**sdxl_tensors(), "edm_mean": torch.zeros(1, 4, 1, 1), "edm_std": torch.ones(1, 4, 1, 1)}, str(folder / "edm_xl.safetensors"))
     torch.save({"state_dict": {**sdxl_tensors(), "v_pred": torch.zeros(0)}}, folder / "vpred_xl.ckpt")
     torch.save({"state_dict": {k: v for k, v in sd1_tensors().items() if not k.startswith("first_stage_model.")}}, folder / "no_vae.ckpt")
@@ -175,11 +178,12 @@ def make_bases(folder):
                          "a quantized checkpoint"),
     ("diffusers", "unet/ has no weights file"),
     # these passed check and trained as epsilon: a LoRA of the wrong target, without a word
-    ("vpred_xl.safetensors", "vpred_xl.safetensors: an SDXL model trained for v-prediction (its v_pred key; "
-                             "e.g. NoobAI-XL V-Pred and other v-pred fine-tunes); copylora trains SDXL models for epsilon-prediction only"),
-    ("edm_xl.safetensors", "an SDXL model trained for the EDM objective (its edm_mean/edm_std keys"),
-    ("vpred_xl.ckpt", "vpred_xl.ckpt: an SDXL model trained for v-prediction"),
-    ("vpred_diffusers", "vpred_diffusers: an SDXL model trained for v-prediction (its scheduler's prediction_type)"),
+    # (an SDXL v-prediction model trains as such: test_vpred_sdxl_bases_pass_check_saying_so)
+    ("vpred_sd1.safetensors", "vpred_sd1.safetensors: an SD1 model trained for v-prediction (its v_pred key; "
+                              "e.g. NoobAI-XL V-Pred and other v-pred fine-tunes); copylora trains SD1 models for epsilon-prediction only"),
+    ("vpred_sd1.ckpt", "vpred_sd1.ckpt: an SD1 model trained for v-prediction"),
+    ("edm_xl.safetensors", "an SDXL model trained for the EDM objective (its edm_mean/edm_std keys; e.g. Playground v2.5); "
+                           "copylora trains SDXL models for epsilon- or v-prediction only"),
     # these passed check and failed the training minutes later, in diffusers' words or ours
     ("old_clip.safetensors", "old_clip.safetensors: its text encoder is stored under an old key layout"),
     ("no_vae.ckpt", "no_vae.ckpt: it has no VAE weights"),
@@ -210,6 +214,26 @@ def test_good_single_files_pass_check_and_family_must_match(tmp_path, capsys):
     set_keys(root, "project", base_model=json.dumps(str(bases / "good.safetensors")), model_family='"sdxl"')
     code, out = check(root, capsys)
     assert code == EXIT_USAGE and "project.model_family: 'sdxl', but good.safetensors is an sd1 model" in out
+
+
+def test_vpred_sdxl_bases_pass_check_saying_so(tmp_path, capsys):
+    """NoobAI-XL V-Pred's markers (and a diffusers folder's scheduler) were refused: they now train
+    as v-prediction, and the plan says what the file says; model_family "sdxl" on one is the wrong target."""
+    bases = make_bases(tmp_path / "bases")
+    root = copy_example(tmp_path)
+    for base in ("vpred_xl.safetensors", "vpred_xl.ckpt"):
+        set_keys(root, "project", base_model=json.dumps(str(bases / base)))
+        code, out = check(root, capsys)
+        assert code == 0, out
+    set_keys(root, "project", base_model=json.dumps(str(bases / "vpred_xl.safetensors")))
+    code, out = check(root, capsys)
+    assert "vpred_xl.safetensors, family auto (SDXL, v-prediction, zero-terminal SNR)" in " ".join(out.split()), out
+    set_keys(root, "project", model_family='"sdxl-v"')
+    assert check(root, capsys)[0] == 0
+    set_keys(root, "project", model_family='"sdxl"')
+    code, out = check(root, capsys)
+    assert code == EXIT_USAGE and ("project.model_family: 'sdxl' is epsilon-prediction, but vpred_xl.safetensors says v-prediction "
+                                   "(SDXL, v-prediction, zero-terminal SNR): use sdxl-v or auto") in " ".join(out.split()), out
 
 
 

@@ -495,3 +495,135 @@ def test_new_sdxl_project_gets_sdxl_sized_buckets(tmp_path):
 
     assert bucket_size(832, 1216, xl_project.train.resolution) == (832, 1216)
     assert bucket_size(600, 900, xl_project.train.resolution) == (768, 1216)  # [1024, 1024] would give 640x1024
+
+
+# --------------------------------------------------------------------------- v-prediction (NoobAI-XL V-Pred and the like)
+
+
+def kohya_zero_terminal_snr_alphas_cumprod():
+    """sd-scripts' fix_noise_scheduler_betas_for_zero_terminal_snr (custom_train_functions.py), as written there."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    alphas_bar_sqrt = (1 - betas).cumprod(0).sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt -= last
+    alphas_bar_sqrt *= first / (first - last)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = torch.cat([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return torch.cumprod(alphas, dim=0)
+
+
+@pytest.fixture(scope="module")
+def vpred_file(tmp_path_factory):
+    """The tiny SDXL model as a single file with ComfyUI's v_pred and ztsnr keys, as NoobAI-XL V-Pred carries them."""
+    from safetensors.torch import save_file
+
+    from engine.models.tiny import tiny_sdxl_pipeline
+
+    path = tmp_path_factory.mktemp("vpred") / "noob_vpred.safetensors"
+    save_file({**sdxl_single_file_state_dict(tiny_sdxl_pipeline()), "v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def vxl(vpred_file):
+    from engine.models.tiny import tiny_sdxl_dir
+
+    return load_base_model(str(vpred_file), config_dir=tiny_sdxl_dir())
+
+
+def test_a_vpred_ztsnr_sdxl_file_loads_as_v_prediction_with_zero_terminal_snr(vxl, vpred_file, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from engine.errors import ModelError
+    from engine.formats.model_files import inspect_base_model
+    from engine.models.tiny import tiny_sdxl_dir
+
+    assert inspect_base_model(vpred_file).describe() == "SDXL, v-prediction, zero-terminal SNR"
+    assert vxl.family == "sdxl-v" and vxl.is_sdxl and vxl.prediction_type == "v_prediction" and vxl.zero_snr
+    schedule = vxl.noise_scheduler
+    assert schedule.config.prediction_type == "v_prediction" and schedule.config.rescale_betas_zero_snr
+    assert float(schedule.alphas_cumprod[-1]) == 0.0  # t = 999 is pure noise
+    assert torch.allclose(schedule.alphas_cumprod, kohya_zero_terminal_snr_alphas_cumprod(), rtol=1e-5, atol=1e-7)
+    sampling = vxl.scheduler.config  # the single file's configs are SDXL's epsilon ones: told its target here
+    assert (sampling.prediction_type, sampling.rescale_betas_zero_snr, sampling.timestep_spacing) == ("v_prediction", True, "trailing")
+    # the weights are the same model's: only the target differs
+    plain = load_base_model("tiny-sdxl")
+    assert all(torch.equal(a, b) for a, b in zip(vxl.unet.state_dict().values(), plain.unet.state_dict().values()))
+
+    with pytest.raises(ModelError, match=r"model_family sdxl is epsilon-prediction, but this model says v-prediction \(its v_pred key\): use sdxl-v or auto"):
+        load_base_model(str(vpred_file), "sdxl", config_dir=tiny_sdxl_dir())
+    # without markers (e.g. saved by kohya), model_family sdxl-v says it; no ztsnr key: the original betas
+    unmarked = tmp_path / "unmarked.safetensors"
+    save_file({k: v for k, v in load_file(str(vpred_file)).items() if k not in ("v_pred", "ztsnr")}, str(unmarked))
+    said = load_base_model(str(unmarked), "sdxl-v", config_dir=tiny_sdxl_dir())
+    assert said.family == "sdxl-v" and said.prediction_type == "v_prediction" and not said.zero_snr
+    assert float(said.noise_scheduler.alphas_cumprod[-1]) > 0.004
+    assert load_base_model(str(unmarked), config_dir=tiny_sdxl_dir()).family == "sdxl"
+
+
+def test_a_vpred_diffusers_folder_says_it_in_its_scheduler(tmp_path):
+    import shutil
+
+    from engine.formats.model_files import inspect_base_model
+    from engine.models.tiny import tiny_sdxl_dir
+
+    folder = tmp_path / "vpred_folder"
+    shutil.copytree(tiny_sdxl_dir(), folder)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}))
+    assert inspect_base_model(folder).describe() == "SDXL, v-prediction, zero-terminal SNR"
+    model = load_base_model(str(folder))
+    assert model.family == "sdxl-v" and model.zero_snr and float(model.noise_scheduler.alphas_cumprod[-1]) == 0.0
+    assert model.scheduler.config.timestep_spacing == "trailing"
+
+
+def test_vpred_training_learns_v_and_its_lora_says_so(vxl, tmp_path, monkeypatch):
+    """The target is v (at t = 999, with zero-terminal SNR: the input is the noise itself and v = -x0),
+    min-SNR stays finite, the LoRA's metadata says v and zero-terminal SNR as kohya writes them,
+    and its preview draws."""
+    import numpy as np
+
+    from engine.train.sample import SampleSettings, generate
+    from engine.train.side_run import SideRun, min_snr_weights
+
+    drawn = []
+    real_latents, real_draw = SideRun.draw_latents, SideRun.draw
+
+    def latents(self, step, datas):
+        batch, x0s, noise = real_latents(self, step, datas)
+        drawn.append({"x0": x0s[0].clone(), "noise": noise.clone()})
+        return batch, x0s, noise
+
+    def draw(self, step, scheduler, v_prediction):
+        assert v_prediction
+        result = real_draw(self, step, scheduler, v_prediction)
+        drawn[-1].update(noisy=result.noisy, target=result.target, t=result.timesteps)
+        return result
+
+    monkeypatch.setattr(SideRun, "draw_latents", latents)
+    monkeypatch.setattr(SideRun, "draw", draw)
+    result = train(example_plan(tmp_path / "last", 2, min_timestep=999, max_timestep=1000), "a", model=vxl, log=quiet)
+    assert result.status == "done" and len(drawn) == 2
+    for d in drawn:
+        assert d["t"].tolist() == [999]
+        assert torch.equal(d["noisy"], d["noise"]) and torch.allclose(d["target"], -d["x0"])  # pure noise in, -x0 out
+    drawn.clear()
+    result = train(example_plan(tmp_path / "all", 3, min_snr_gamma=5.0), "a", model=vxl, log=quiet)
+    assert result.status == "done" and result.final_loss == result.final_loss  # finite, min-SNR on
+    for d in drawn:
+        want = vxl.noise_scheduler.get_velocity(d["x0"], d["noise"], d["t"])
+        assert torch.allclose(d["target"], want) and not torch.allclose(d["target"], d["noise"])
+    t = torch.tensor([0, 500, 999])
+    v_weights = min_snr_weights(t, vxl.noise_scheduler, 5.0, True)
+    eps_weights = min_snr_weights(t, vxl.noise_scheduler, 5.0, False)
+    assert torch.isfinite(v_weights).all() and float(v_weights[2]) == 0.0 and torch.isfinite(eps_weights).all() and float(eps_weights[2]) == 1.0
+
+    meta = load_lora_file(result.lora_path).metadata
+    assert meta["modelspec.prediction_type"] == "v" and meta["ss_zero_terminal_snr"] == "True"
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["ss_v2"] == "False"
+
+    network = LoRANetwork.from_file(result.lora_path, vxl.unet, vxl.text_encoders, vxl.family)
+    images = generate(vxl, SampleSettings(prompts=["a red house"], steps=3, size=[64, 64], strengths=[0.0, 1.0]), network)
+    assert all(np.isfinite(np.asarray(image, dtype=float)).all() and np.asarray(image).std() > 0 for image in images[0])

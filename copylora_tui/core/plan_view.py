@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from engine.formats.model_files import describe_base_model
+
 ROUTES = {
     "svd-merge": "svd-merge: A and B each trained on the base, then +1·B −1·A merged (exact SVD)",
     "differential": "differential: B trains on the base with A applied; B is the result",
@@ -102,7 +104,8 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
         parts.append(Text.from_markup(f"[bold]{escape(project.name)}[/bold]  [green]valid[/green]  {escape(str(project.toml_path))}"))
     rows = _Rows()
     base = project.info.base_model
-    rows.add("base", f"{BUILTIN_DESCRIPTIONS.get(base, base)}, family {project.info.model_family}")
+    said = None if base in BUILTIN_DESCRIPTIONS else describe_base_model(project.base_model_path())
+    rows.add("base", f"{BUILTIN_DESCRIPTIONS.get(base, base)}, family {project.info.model_family}" + (f" ({said})" if said else ""))
     for side, p in plan.sides.items():
         if side == "pair":  # the one-LoRA routes' LoRA, shown with its steps below A's and B's pictures
             rows.add("A→B", f"{p.total_steps} steps: one LoRA on the pair (its steps count pairs), batch {p.batch_size}", bold=True)

@@ -17,6 +17,7 @@ import pickletools
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,35 @@ _UNET = "model.diffusion_model."
 _LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora_unet_", "lora_te_", "lora_te1_", ".hada_", ".lokr_")
 
 
+def architecture(family: str) -> str:
+    """The architecture of a model family: ``sd1``, ``sd2`` or ``sdxl`` (``sd2-v`` and ``sdxl-v``
+    are those architectures trained for v-prediction)."""
+    return family.split("-")[0]
+
+
+def is_sdxl(family: str | None) -> bool:
+    """SDXL's architecture (two text encoders, SGM names), for ``sdxl`` and ``sdxl-v`` alike."""
+    return family is not None and architecture(family) == "sdxl"
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     family: str | None  # sd1, sd2, sdxl (sd2 cannot tell v from epsilon), None: unknown
     widest_unet: int | None  # the largest min(out, in·k·k) of a U-Net layer: the useful rank bound
     widest_text: int | None  # the same for the text encoder(s)
+    v_prediction: bool | None = None  # the model says it predicts v (True), says nothing (None)
+    zero_snr: bool = False  # the model says it was trained with zero-terminal-SNR betas
+
+    def describe(self) -> str | None:
+        """"SDXL, v-prediction, zero-terminal SNR" and the like, or None when the family is unknown."""
+        if self.family is None:
+            return None
+        words = [{"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}.get(self.family, self.family)]
+        if self.v_prediction:
+            words.append("v-prediction")
+        if self.zero_snr:
+            words.append("zero-terminal SNR")
+        return ", ".join(words)
 
 
 def inspect_base_model(path: Path | str) -> ModelFacts:
@@ -56,6 +81,25 @@ def inspect_base_model(path: Path | str) -> ModelFacts:
         return _inspect_pickle(path)
     kind = sniff(path)
     raise ModelError(f"{path.name}: expected a .safetensors checkpoint or a diffusers folder" + (f"; this is {kind}" if kind else ""))
+
+
+def describe_base_model(path: Path | str) -> str | None:
+    """What a base model file or folder says it is ("SDXL, v-prediction, zero-terminal SNR"), for
+    the plan ``check`` prints; None where that cannot be read (check says why elsewhere)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        return _describe(str(path), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=16)
+def _describe(path: str, _mtime_ns: int, _size: int) -> str | None:  # the app redraws the plan: read each header once
+    try:
+        return inspect_base_model(path).describe()
+    except ModelError:
+        return None
 
 
 def builtin_facts(name: str) -> ModelFacts:
@@ -88,7 +132,8 @@ def _inspect_safetensors(path: Path) -> ModelFacts:
     require_float_weights(path.name, {key: str(info.get("dtype")) for key, info in header.tensors.items()})
     unet = _widest(shape for key, shape in shapes.items() if key.startswith(_UNET))
     text = _widest(shape for key, shape in shapes.items() if key.startswith(("cond_stage_model.", "conditioner.")))
-    return ModelFacts(family, unet, text)
+    v, zero_snr = single_file_objective(shapes)
+    return ModelFacts(family, unet, text, v or None, zero_snr)
 
 
 def require_vae(name: str | Path, keys) -> None:
@@ -120,7 +165,23 @@ def require_text_model_keys(name: str | Path, keys) -> None:
 # Keys that mark a checkpoint trained for another target than epsilon (the noise): ComfyUI
 # writes ``v_pred`` (with ``ztsnr`` for zero-terminal-SNR ones) into every v-prediction model it
 # saves and reads it back; EDM models carry their own. They are SD1/SDXL architecture, so they
-# loaded and trained as epsilon without a word: a LoRA learning the wrong target.
+# loaded and trained as epsilon without a word: a LoRA learning the wrong target. SD2 and SDXL
+# v-prediction train as such (families sd2-v, sdxl-v); SD1 v-prediction and EDM stay refused.
+V_PRED_KEY, ZERO_SNR_KEY = "v_pred", "ztsnr"
+
+
+def single_file_objective(keys) -> tuple[bool, bool]:
+    """(v-prediction, zero-terminal SNR) as a single file's ComfyUI marker keys say them."""
+    present = set(keys)
+    return V_PRED_KEY in present, ZERO_SNR_KEY in present
+
+
+def folder_objective_flags(sched_cfg: Mapping[str, Any]) -> tuple[bool, bool]:
+    """The same from a diffusers folder's scheduler config (``prediction_type``,
+    ``rescale_betas_zero_snr``)."""
+    return sched_cfg.get("prediction_type") == "v_prediction", bool(sched_cfg.get("rescale_betas_zero_snr"))
+
+
 _OTHER_OBJECTIVES = (("v_pred", "v-prediction (its v_pred key; e.g. NoobAI-XL V-Pred and other v-pred fine-tunes)"),
                      ("edm_vpred.sigma_max", "EDM v-prediction (its edm_vpred.* keys; e.g. CosXL)"),
                      ("edm_mean", "the EDM objective (its edm_mean/edm_std keys; e.g. Playground v2.5)"))
@@ -138,14 +199,14 @@ def folder_objective(sched_cfg: Mapping[str, Any]) -> str | None:
 
 
 def require_epsilon(name: str | Path, family: str, what: str | None) -> None:
-    """Refuse an SD1/SDXL model trained for v-prediction or EDM (``what``: the marker found):
-    copylora trains and samples those families as epsilon only (kohya trains them as v only
-    when told, with --v_parameterization; nothing here says so). SD2 is exempt from v-prediction: that is
-    sd2-v, which engine.models.loading picks from the same marker."""
-    if what and not (family.startswith("sd2") and what.startswith("v-prediction")):
-        label = {"sd1": "SD1", "sdxl": "SDXL"}.get(family, "SD2")
+    """Refuse a model trained for a target copylora does not train (``what``: the marker found):
+    EDM on any family, v-prediction on SD1. SD2 and SDXL v-prediction are trained as such: the
+    families sd2-v and sdxl-v, which engine.models.loading picks from the same marker."""
+    if what and not (architecture(family) in ("sd2", "sdxl") and what.startswith("v-prediction")):
+        label = {"sd1": "SD1", "sdxl": "SDXL"}.get(architecture(family), "SD2")
+        only = "epsilon- or v-prediction" if label == "SDXL" else "epsilon-prediction"
         raise ModelError(f"{name}: an {label} model trained for {what}; copylora trains {label} models for "
-                         "epsilon-prediction only, and a LoRA trained on this one would learn the wrong target: use an "
+                         f"{only} only, and a LoRA trained on this one would learn the wrong target: use an "
                          "epsilon-prediction model (most SD1.5, SDXL, Pony and Illustrious checkpoints are)")
 
 
@@ -324,7 +385,7 @@ def _inspect_folder(path: Path) -> ModelFacts:
     info, unet_cfg, sched_cfg = folder_configs(path)
     family = _folder_family(path, info, unet_cfg, sched_cfg)
     require_epsilon(path, family, folder_objective(sched_cfg))
-    parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    parts = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if is_sdxl(family) else [])
     widths = {}
     for part in parts:
         weights = next((path / part / name for name in _WEIGHT_FILES if (path / part / name).is_file()), None)
@@ -336,7 +397,8 @@ def _inspect_folder(path: Path) -> ModelFacts:
             except HeaderError as exc:
                 raise ModelError(f"{path}: {part}/{weights.name}: {exc}") from None
     text = [w for p, w in widths.items() if p.startswith("text_encoder") and w]
-    return ModelFacts(family.split("-")[0], widths.get("unet"), max(text) if text else None)
+    v, zero_snr = folder_objective_flags(sched_cfg)
+    return ModelFacts(architecture(family), widths.get("unet"), max(text) if text else None, v, zero_snr)
 
 
 # ----------------------------------------------------------------------------- identification
@@ -417,7 +479,7 @@ def folder_configs(path: Path) -> tuple[dict, dict, dict]:
 
 def _folder_family(path: Path, info: dict, unet_cfg: dict, sched_cfg: dict) -> str:
     if "XL" in info.get("_class_name", "") or unet_cfg.get("addition_embed_type") == "text_time":
-        return "sdxl"
+        return "sdxl-v" if sched_cfg.get("prediction_type") == "v_prediction" else "sdxl"
     if unet_cfg.get("in_channels", 4) != 4:
         raise ModelError(f"{path}: unsupported model: its U-Net takes {unet_cfg['in_channels']} input channels")
     # SD2's OpenCLIP encoder is the one with plain GELU and a 1024-d context; SD1's CLIP-L (and

@@ -125,6 +125,7 @@ def kohya_ss_metadata(facts: Mapping[str, Any], family: str) -> dict[str, str]:
         "ss_cache_latents": bool(f.get("cache_latents", False)),
         "ss_seed": f.get("seed"),
         "ss_noise_offset": f.get("noise_offset"),
+        "ss_zero_terminal_snr": bool(f.get("zero_terminal_snr", False)),  # kohya's --zero_terminal_snr: the base's betas
         "ss_min_snr_gamma": f.get("min_snr_gamma"),
         "ss_prior_loss_weight": f.get("prior_loss_weight", 1.0),
         "ss_max_grad_norm": f.get("max_grad_norm"),
@@ -192,6 +193,7 @@ MODELSPEC_ARCH = {
     "sd2": "stable-diffusion-v2-512",
     "sd2-v": "stable-diffusion-v2-768-v",
     "sdxl": "stable-diffusion-xl-v1-base",
+    "sdxl-v": "stable-diffusion-xl-v1-base",  # kohya's sai_model_spec: one SDXL architecture, the target in prediction_type
 }
 
 
@@ -215,7 +217,7 @@ def modelspec_metadata(
 
     timestamp = timestamp or time.time()
     if resolution is None:
-        side = 1024 if family == "sdxl" else 768 if family == "sd2-v" else 512
+        side = 1024 if family.startswith("sdxl") else 768 if family == "sd2-v" else 512
         resolution = (side, side)
     elif isinstance(resolution, int):
         resolution = (resolution, resolution)
@@ -225,13 +227,13 @@ def modelspec_metadata(
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": MODELSPEC_ARCH[family] + "/lora",
         "modelspec.implementation": (
-            "https://github.com/Stability-AI/generative-models" if family == "sdxl" else "diffusers"
+            "https://github.com/Stability-AI/generative-models" if family.startswith("sdxl") else "diffusers"
         ),
         "modelspec.implementation_version": f"copylora/{__version__}",
         "modelspec.title": title or f"LoRA@{timestamp}",
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
-        "modelspec.prediction_type": "v" if family == "sd2-v" else "epsilon",
+        "modelspec.prediction_type": "v" if family.endswith("-v") else "epsilon",
     }
     optional = {"encoder_layer": clip_skip, "merged_from": merged_from, "description": description}
     optional.update(author=author, tags=tags)

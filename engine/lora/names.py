@@ -70,7 +70,9 @@ def find_targets(unet, text_encoders, family: str, with_conv: bool, also: Collec
                 targets.append(Target(name_of(f"{path}.{child_path}"), child, is_text, is_kxk))
 
     unet_classes = UNET_TARGETS + (UNET_CONV_TARGETS if with_conv else ())
-    layout = sgm_layout(unet) if family == "sdxl" else None
+    from engine.formats.model_files import is_sdxl
+
+    layout = sgm_layout(unet) if is_sdxl(family) else None
     unet_name = lambda p: unet_lora_name(p, layout)  # noqa: E731
     collect(unet, unet_classes, False, unet_name)
     text_names = [lambda p, prefix=text_prefix(i, len(text_encoders)): prefix + _text_path(p).replace(".", "_")
@@ -322,7 +324,9 @@ def kohya_module_names(names, metadata, family: str | None = None) -> dict[str, 
     plain = {n: _comfy_name(n) for n in names if n not in peft}
     evidence = sdxl_evidence(plain.values(), metadata)
     if evidence is None and family is not None and not peft:
-        sdxl = family == "sdxl"
+        from engine.formats.model_files import is_sdxl
+
+        sdxl = is_sdxl(family)
     else:
         sdxl = is_sdxl_file(plain.values(), metadata) or any(n.startswith("text_encoder_2.") for n in peft)
     if peft and not sdxl:  # a PEFT SDXL file may only hold U-Net modules: look at their names too

@@ -147,7 +147,9 @@ def _meta_components(config_root: Path, family: str) -> dict:
                 components[name] = cls(config)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{config_root}: unusable model configs ({type(exc).__name__}: {exc})") from exc
-    if family == "sdxl" and "text_encoder_2" not in components:
+    from engine.formats.model_files import is_sdxl
+
+    if is_sdxl(family) and "text_encoder_2" not in components:
         raise ModelError(f"{config_root}: an SDXL model without text_encoder_2/config.json")
     return components
 

@@ -49,8 +49,8 @@ class MergeResult:
 def family_of(lora) -> str:
     """SD family from the file's metadata, else from its key names."""
     version = lora.metadata.get("ss_base_model_version", "")
-    if version.startswith("sdxl"):
-        return "sdxl"
+    if version.startswith("sdxl"):  # kohya has one version for SDXL: a v-prediction LoRA says so in modelspec
+        return "sdxl-v" if lora.metadata.get("modelspec.prediction_type") == "v" else "sdxl"
     if version.startswith("sd_v2"):
         return "sd2-v" if version.endswith("_v") else "sd2"
     if version.startswith("sd_v1"):

@@ -22,25 +22,32 @@ from typing import Any
 from engine.errors import ModelError, first_line
 from engine.formats.model_files import (
     _folder_family,
+    architecture,
     detect_family,
     folder_configs,
     folder_objective,
+    folder_objective_flags,
+    is_sdxl,
     objective_marker,
     require_epsilon,
     require_float_weights,
     require_text_model_keys,
     require_vae,
+    single_file_objective,
 )
 from engine.hashing import legacy_model_hash  # kohya's ss_sd_model_hash (provenance reads it too)
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
+# "-v": the architecture trained for v-prediction (SD2 768-v; SDXL v-pred fine-tunes such as
+# NoobAI-XL V-Pred). Zero-terminal SNR is not a family: the model's own marker says it (BaseModel.zero_snr).
+FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-v")
 CONFIG_ROOT = Path(__file__).parent / "configs"
 CLIP_TOKENIZER_ENV = "COPYLORA_CLIP_TOKENIZER"
-PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v_prediction", "sdxl": "epsilon"}
-# kohya's ss_base_model_version values (model_util.get_model_version_str_for_sd1_sd2, sdxl_model_util).
-KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
+PREDICTION = {"sd1": "epsilon", "sd2": "epsilon", "sd2-v": "v_prediction", "sdxl": "epsilon", "sdxl-v": "v_prediction"}
+# kohya's ss_base_model_version values (model_util.get_model_version_str_for_sd1_sd2, sdxl_model_util):
+# kohya has one for SDXL whatever its target (a v-pred SDXL LoRA says v in modelspec.prediction_type).
+KOHYA_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0", "sdxl-v": "sdxl_base_v1-0"}
 
 
 @dataclass
@@ -58,10 +65,13 @@ class BaseModel:
     name: str = ""
     model_hash: str | None = None  # kohya/A1111 legacy hash of the source file, if any
     source: str = ""  # the spec it was loaded from
+    # Trained with zero-terminal-SNR betas (Lin et al. 2023; ComfyUI's ztsnr key, diffusers'
+    # rescale_betas_zero_snr): both schedulers above are built with them.
+    zero_snr: bool = False
 
     @property
     def is_sdxl(self) -> bool:
-        return self.family == "sdxl"
+        return is_sdxl(self.family)
 
     @property
     def kohya_version(self) -> str:
@@ -96,8 +106,14 @@ class BaseModel:
         )
 
 
-def training_scheduler(prediction_type: str = "epsilon"):
-    """The noise schedule every SD1/SD2/SDXL model was trained with (as kohya builds it)."""
+def training_scheduler(prediction_type: str = "epsilon", zero_snr: bool = False):
+    """The noise schedule every SD1/SD2/SDXL model was trained with (as kohya builds it).
+
+    ``zero_snr``: its betas rescaled so that the last timestep (999) is pure noise, as kohya's
+    --zero_terminal_snr does (custom_train_functions.fix_noise_scheduler_betas_for_zero_terminal_snr:
+    the same algorithm as diffusers' rescale_betas_zero_snr). Timesteps are drawn by the trainer,
+    so the spacing matters only to what is built from this config (the copy check's DDIM):
+    "trailing", which starts at 999, the pure-noise step, as the paper and diffusers advise."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -107,7 +123,20 @@ def training_scheduler(prediction_type: str = "epsilon"):
         num_train_timesteps=1000,
         clip_sample=False,
         prediction_type=prediction_type,
+        **({"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} if zero_snr else {}),
     )
+
+
+def sampling_scheduler(scheduler, prediction_type: str, zero_snr: bool):
+    """The model's sampling scheduler told its target (a single file's configs are the family's
+    epsilon ones) and, with zero-terminal SNR, its betas and trailing timestep spacing (the first
+    step at 999, where the model sees pure noise; diffusers' advice for such models)."""
+    settings: dict[str, Any] = {}
+    if scheduler.config.get("prediction_type") != prediction_type:
+        settings["prediction_type"] = prediction_type
+    if zero_snr:
+        settings.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return type(scheduler).from_config(scheduler.config, **settings) if settings else scheduler
 
 
 # --------------------------------------------------------------------------- family detection
@@ -379,18 +408,30 @@ def _load_diffusers_folder(path: Path, family: str, dtype, epsilon_only: bool) -
     found = _folder_family(path, info, unet_cfg, sched_cfg)
     if epsilon_only:
         require_epsilon(path, found, folder_objective(sched_cfg))
+    said_v, zero_snr = folder_objective_flags(sched_cfg)
     if family == "auto":
         family = found
-    elif (family == "sdxl") != (found == "sdxl"):
+    elif is_sdxl(family) != is_sdxl(found):
         # A folder's components decide what it is (SD1/SD2 have one text encoder, SDXL two):
         # an override can pick SD2's prediction, not another architecture.
         raise ModelError(f"{path}: this folder holds an {found} model, not {family}; leave the family at auto")
-    extra: dict[str, Any] = {"add_watermarker": False} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    else:
+        require_said_prediction(path, family, said_v, "its scheduler's prediction_type")
+    extra: dict[str, Any] = {"add_watermarker": False} if is_sdxl(family) else {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load this diffusers model ({type(exc).__name__}: {exc})") from exc
-    return _from_pipeline(pipe, family, name=path.name, model_hash=None)
+    return _from_pipeline(pipe, family, name=path.name, model_hash=None, zero_snr=zero_snr)
+
+
+def require_said_prediction(name: str | Path, family: str, said_v: bool, where: str) -> None:
+    """A family asked for explicitly must not contradict the model's own word: an epsilon family
+    on a model that says v-prediction would train the wrong target. (The other way is allowed,
+    as for SD2: a v-prediction model saved without a marker, e.g. by kohya, says nothing.)"""
+    if said_v and PREDICTION[family] != "v_prediction" and architecture(family) != "sd1":
+        raise ModelError(f"{name}: model_family {family} is epsilon-prediction, but this model says v-prediction ({where}): "
+                         f"use {architecture(family)}-v or auto")
 
 
 def single_file_tokenizers(family: str, config_dir, configs: Path) -> dict[str, Any]:
@@ -400,7 +441,7 @@ def single_file_tokenizers(family: str, config_dir, configs: Path) -> dict[str, 
     other token embeddings."""
     pad = "!" if family.startswith("sd2") else None
     tokenizers = {"tokenizer": find_clip_tokenizer(config_dir, "tokenizer", _vocab_size(configs / "text_encoder"), pad=pad)}
-    if family == "sdxl":
+    if is_sdxl(family):
         tokenizers["tokenizer_2"] = find_clip_tokenizer(config_dir, "tokenizer_2", _vocab_size(configs / "text_encoder_2"))
     return tokenizers
 
@@ -418,22 +459,26 @@ def _load_single_file(path: Path, family: str, dtype, config_dir, epsilon_only: 
     if epsilon_only:
         require_epsilon(path, detected, objective_marker(shapes))
     require_float_weights(path, dtypes)
+    said_v, zero_snr = single_file_objective(shapes)
     if family == "auto":
-        family = _sd2_prediction(path, shapes) if detected == "sd2" else detected
-    elif family.split("-")[0] != detected:
+        family = _sd2_prediction(path, shapes) if detected == "sd2" else "sdxl-v" if detected == "sdxl" and said_v else detected
+    elif architecture(family) != detected:
         raise ModelError(f"{path}: this is an {detected} checkpoint, not {family} as asked")
-    configs = Path(config_dir) if config_dir else CONFIG_ROOT / family
+    else:
+        require_said_prediction(path, family, said_v, "its v_pred key")
+    # SDXL's configs serve sdxl-v: only the scheduler's target differs (set by _from_pipeline)
+    configs = Path(config_dir) if config_dir else CONFIG_ROOT / ("sdxl" if is_sdxl(family) else family)
     kwargs: dict[str, Any] = single_file_tokenizers(family, config_dir, configs)
-    if family == "sdxl":
+    if is_sdxl(family):
         kwargs["add_watermarker"] = False
     else:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    cls = StableDiffusionXLPipeline if is_sdxl(family) else StableDiffusionPipeline
     try:
         pipe = cls.from_single_file(str(path), config=str(configs), local_files_only=True, dtype=dtype, **kwargs)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load this {family} checkpoint ({type(exc).__name__}: {first_line(exc)})") from exc
-    return _from_pipeline(pipe, family, name=path.stem, model_hash=legacy_model_hash(path))
+    return _from_pipeline(pipe, family, name=path.stem, model_hash=legacy_model_hash(path), zero_snr=zero_snr)
 
 
 def _vocab_size(text_encoder_dir: Path) -> int:
@@ -458,9 +503,9 @@ def _sd2_prediction(path: Path, keys=()) -> str:
     return "sd2-v"
 
 
-def _from_pipeline(pipe, family: str, name: str, model_hash: str | None) -> BaseModel:
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+def _from_pipeline(pipe, family: str, name: str, model_hash: str | None, zero_snr: bool = False) -> BaseModel:
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if is_sdxl(family) else [])
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if is_sdxl(family) else [])
     prediction = PREDICTION[family]
     return BaseModel(
         family=family,
@@ -469,10 +514,11 @@ def _from_pipeline(pipe, family: str, name: str, model_hash: str | None) -> Base
         vae=pipe.vae,
         text_encoders=encoders,
         tokenizers=tokenizers,
-        noise_scheduler=training_scheduler(prediction),
-        scheduler=pipe.scheduler,
+        noise_scheduler=training_scheduler(prediction, zero_snr),
+        scheduler=sampling_scheduler(pipe.scheduler, prediction, zero_snr),
         name=name,
         model_hash=model_hash,
+        zero_snr=zero_snr,
     )
 
 
@@ -493,11 +539,11 @@ def build_empty(family: str):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    root = CONFIG_ROOT / family
+    root = CONFIG_ROOT / ("sdxl" if is_sdxl(family) else family)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
         encoders: list[CLIPTextModel | CLIPTextModelWithProjection] = [CLIPTextModel(CLIPTextConfig.from_pretrained(str(root / "text_encoder")))]
-        if family == "sdxl":
+        if is_sdxl(family):
             config2 = CLIPTextConfig.from_pretrained(str(root / "text_encoder_2"))
             encoders.append(CLIPTextModelWithProjection(config2))
     return unet, encoders

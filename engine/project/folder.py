@@ -547,6 +547,9 @@ def _check_base_model(project: Project, problems: list[Problem]) -> None:
     asked = project.info.model_family
     if asked != "auto" and facts.family is not None and asked.split("-")[0] != facts.family:
         problems.append(Problem("project.model_family", f"{asked!r}, but {Path(base).name} is an {facts.family} model"))
+    elif asked in ("sd2", "sdxl") and facts.v_prediction:  # an epsilon family on a model that says v: the wrong target
+        problems.append(Problem("project.model_family", f"{asked!r} is epsilon-prediction, but {Path(base).name} says v-prediction "
+                                f"({facts.describe()}): use {asked}-v or auto"))
     for side in SIDES:
         params = project.side_params(side)
         where = side if any(k in project.side(side).overrides for k in ("network_dim", "conv_dim")) else "train"

@@ -39,7 +39,7 @@ LR_SCHEDULERS = (
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
 MERGE_PRECISIONS = ("float", "fp64")
-MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl")
+MODEL_FAMILIES = ("auto", "sd1", "sd2", "sd2-v", "sdxl", "sdxl-v")
 MERGE_DEVICES = ("auto", "cpu", "cuda")
 # The two routes to the copy-machine LoRA (README "Two routes"). svd-merge: A and B each on the
 # base, then +1·B −1·A. differential: B trains on the base with A applied (sd-scripts
@@ -160,7 +160,7 @@ class ProjectInfo:
         default="tiny",
     )
     model_family: str = spec(
-        "auto (detect from the weights), sd1, sd2, sd2-v (v-prediction) or sdxl.",
+        "auto (detect from the weights), sd1, sd2, sd2-v (v-prediction), sdxl or sdxl-v (v-prediction, e.g. NoobAI-XL V-Pred).",
         default="auto",
         choices=MODEL_FAMILIES,
     )

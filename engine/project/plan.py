@@ -31,7 +31,7 @@ SD_RESOLUTION = [600, 900]
 
 def default_resolution(family: str | None) -> list[int]:
     """The default ``[width, height]`` of training buckets (and previews) for a model family."""
-    return list(DEFAULT_RESOLUTION.get(family or "", SD_RESOLUTION))
+    return list(DEFAULT_RESOLUTION.get((family or "").split("-")[0], SD_RESOLUTION))  # sdxl-v: SDXL's
 
 
 def bucket_size(width: int, height: int, resolution: list[int] | tuple[int, int], step: int = BUCKET_STEP) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.errors import Problem, ValidationError, os_error_text
 from engine.files import input_file_problem, staging_folder
-from engine.formats.model_files import peek_family
+from engine.formats.model_files import is_sdxl, peek_family
 from engine.project.folder import BUILTIN_MODELS, Project, load_project, save_project
 from engine.project.images import IMAGE_EXTENSIONS, read_image_info
 from engine.project.names import name_problem
@@ -130,7 +130,7 @@ def apply_base_defaults(project: Project, base_model: str) -> Project:
         project.sample = replace(project.sample, **preset["sample"])
         return project
     family = peek_family(base_model)
-    if family == "sdxl":  # SDXL-sized buckets and previews (engine.project.plan.DEFAULT_RESOLUTION)
+    if is_sdxl(family):  # SDXL-sized buckets and previews (engine.project.plan.DEFAULT_RESOLUTION)
         size = default_resolution(family)
         project.train = replace(project.train, resolution=size)
         project.sample = replace(project.sample, size=size)

@@ -29,7 +29,7 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
     from engine.files import atomic_write
     from engine.models.loading import load_base_model
     from engine.project.concepts import class_picture_size, class_sets
-    from engine.train.sample import make_scheduler
+    from engine.train.sample import guidance_rescale, make_scheduler
 
     todo = [(s, s.missing()) for s in class_sets(project) if s.missing()]
     need = sum(n for _, n in todo)
@@ -55,7 +55,8 @@ def generate_class_images(project, *, progress: Callable[[int, int], None] | Non
             generator = torch.Generator(device="cpu").manual_seed(sample.seed + number)
             with torch.no_grad():
                 image = pipe(prompt=class_set.prompt, negative_prompt=sample.negative_prompt or None, width=width, height=height,
-                             num_inference_steps=sample.steps, guidance_scale=sample.guidance, generator=generator).images[0]
+                             num_inference_steps=sample.steps, guidance_scale=sample.guidance, generator=generator,
+                             guidance_rescale=guidance_rescale(model)).images[0]
             atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
             written.append(path)
             if progress is not None:

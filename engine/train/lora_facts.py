@@ -41,6 +41,7 @@ def training_facts(plan: Plan, side: str, model: BaseModel, *, step: int, optimi
         "max_token_length": p.max_token_length if p.max_token_length > 75 else None,
         "noise_offset": p.noise_offset or None,
         "min_snr_gamma": p.min_snr_gamma,
+        "zero_terminal_snr": model.zero_snr,
         "max_grad_norm": p.max_grad_norm,
         "gradient_checkpointing": p.gradient_checkpointing,
         "cache_latents": True,

@@ -109,7 +109,29 @@ def make_scheduler(name: str, base_scheduler, seed: int = 0):
             import torchsde  # noqa: F401
         except ImportError:
             raise SampleError(f"sampler {canonical} needs the torchsde package: pip install torchsde") from None
-    return getattr(diffusers, class_name).from_config(base_scheduler.config, **settings)
+    cls = getattr(diffusers, class_name)
+    if base_scheduler.config.get("rescale_betas_zero_snr") and not _zero_snr_able(cls):
+        fit = ", ".join(n for n, (c, _, _) in SAMPLERS.items() if _zero_snr_able(getattr(diffusers, c)))
+        raise SampleError(f"sampler {canonical} cannot draw from this model's zero-terminal-SNR schedule (diffusers' {class_name} "
+                          f"has no rescale_betas_zero_snr; it would draw from another schedule than the model's): use one of {fit}")
+    return cls.from_config(base_scheduler.config, **settings)
+
+
+def _zero_snr_able(cls) -> bool:
+    import inspect
+
+    return "rescale_betas_zero_snr" in inspect.signature(cls.__init__).parameters
+
+
+# Guidance rescale φ for a zero-terminal-SNR model: Lin et al. 2023 ("Common Diffusion Noise
+# Schedules and Sample Steps are Flawed", §3.4), whose value diffusers' pipelines document for
+# such models; classifier-free guidance over-exposes their pictures otherwise. Other models: 0,
+# the pipelines' default (previews drawn as before).
+ZERO_SNR_GUIDANCE_RESCALE = 0.7
+
+
+def guidance_rescale(model: BaseModel) -> float:
+    return ZERO_SNR_GUIDANCE_RESCALE if getattr(model, "zero_snr", False) else 0.0
 
 
 # Prompts drawn at once share each U-Net call (one picture at a time leaves a small model
@@ -184,6 +206,7 @@ def generate(model: BaseModel, settings: SampleSettings, network=None, *, device
                             "negative_prompt": [settings.negative_prompt] * len(chunk) if settings.negative_prompt else None}),
                         num_inference_steps=settings.steps,
                         guidance_scale=settings.guidance,
+                        guidance_rescale=guidance_rescale(model),
                         width=width,
                         height=height,
                         generator=[torch.Generator(device="cpu").manual_seed(settings.seed) for _ in chunk],

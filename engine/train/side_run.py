@@ -20,13 +20,20 @@ from engine.train.training_data import batch_for_step, training_data
 
 
 def min_snr_weights(timesteps, scheduler, gamma: float, v_prediction: bool):
-    """Min-SNR-γ loss weights (Hang et al. 2023), as sd-scripts applies them."""
+    """Min-SNR-γ loss weights (Hang et al. 2023), as sd-scripts applies them: min(SNR, γ)/(SNR + 1)
+    for v, min(SNR, γ)/SNR = min(1, γ/SNR) for epsilon.
+
+    The SNR is the training schedule's own: with zero-terminal-SNR betas it is 0 at t = 999, where
+    v's weight is 0 (that step's v target is -x0 from pure noise, which min-SNR gives no weight;
+    kohya computes its SNR table before rescaling the betas, so its weight there is the original
+    schedule's ~0.005) and epsilon's is 1 (written as min(1, γ/SNR), which does not divide 0 by 0)."""
     import torch
 
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if v_prediction else clipped / snr
+    if v_prediction:
+        return torch.clamp(snr, max=gamma) / (snr + 1)
+    return torch.clamp(gamma / snr, max=1.0)
 
 
 def _lora_state(network) -> dict[str, Any]:
