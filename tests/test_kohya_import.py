@@ -331,6 +331,17 @@ def test_reg_only_with_reg_data_dir(tmp_path: Path) -> None:
     assert result.extra == {"reg": {"prior_loss_weight": 0.5}, "project": {"model_family": "sd2-v"}}
 
 
+def test_sdxl_v_parameterization_is_sdxl_v(tmp_path: Path) -> None:
+    """An SDXL v-prediction config (NoobAI-XL V-Pred's: --v_parameterization --zero_terminal_snr) was
+    imported as epsilon SDXL, v_parameterization ignored: the LoRA would learn the wrong target."""
+    result = import_kohya(_gui(tmp_path, sdxl=True, v_parameterization=True, zero_terminal_snr=True))
+    assert result.extra == {"project": {"model_family": "sdxl-v"}}
+    assert "zero-terminal SNR is read from the base model itself" in _entry(result.ignored, "zero_terminal_snr").note
+    assert import_kohya(_gui(tmp_path, sdxl=True, v_parameterization=False)).extra == {"project": {"model_family": "sdxl"}}
+    sd1 = import_kohya(_gui(tmp_path, v_parameterization=True))
+    assert _entry(sd1.ignored, "v_parameterization").note == "v-prediction is supported for SD2 and SDXL only (model_family sd2-v, sdxl-v)"
+
+
 def test_apply_import_round_trip(tmp_path: Path) -> None:
     for name, color in (("a.png", "red"), ("b.png", "blue")):
         Image.new("RGB", (64, 96), color).save(tmp_path / name)

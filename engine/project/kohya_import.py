@@ -129,12 +129,15 @@ _GROUPS = {
         "sample_every_n_epochs sample_every_n_steps sample_prompts sample_at_first"
     ),
     "copylora does not accumulate gradients (raise train_batch_size instead)": "gradient_accumulation_steps",
+    "zero-terminal SNR is read from the base model itself (ComfyUI's ztsnr key; a diffusers scheduler's rescale_betas_zero_snr)": (
+        "zero_terminal_snr"
+    ),
     "not supported by copylora's trainer": (
         "multires_noise_iterations multires_noise_discount adaptive_noise_scale "
         "noise_offset_random_strength ip_noise_gamma ip_noise_gamma_random_strength "
         "debiased_estimation_loss scale_v_pred_loss_like_noise_pred v_pred_like_loss loss_type "
         "huber_c huber_schedule huber_scale masked_loss alpha_mask "
-        "zero_terminal_snr color_aug face_crop_aug_range scale_weight_norms network_dropout "
+        "color_aug face_crop_aug_range scale_weight_norms network_dropout "
         "rank_dropout module_dropout stop_text_encoder_training stop_text_encoder_training_pct "
         "loraplus_lr_ratio loraplus_unet_lr_ratio loraplus_text_encoder_lr_ratio lr_scheduler_args "
         "lr_scheduler_type lr_decay_steps lr_scheduler_min_lr_ratio lr_scheduler_timescale "
@@ -462,7 +465,7 @@ def _convert_args(args: _Args, col: _Collector, *, gui: bool) -> None:
             col.use("seed", "seed", seed)
     if "clip_skip" in args:
         ok, skip = args.number("clip_skip")
-        if ok and skip and skip > 1 and col.extra.get("project", {}).get("model_family", col.family) == "sdxl":
+        if ok and skip and skip > 1 and str(col.extra.get("project", {}).get("model_family", col.family)).startswith("sdxl"):
             # sdxl_train_network warns and always takes the penultimate layers; copylora applies
             # clip_skip to SDXL as A1111 does, so importing it would train on another layer
             col.ignore("clip_skip", skip, "ignored by kohya's SDXL training (always the penultimate layers): "
@@ -525,12 +528,12 @@ def _constant_has_no_warmup(col: _Collector) -> None:
 def _model_family(args: _Args, col: _Collector) -> None:
     flags = {key: args.take(key) for key in ("sdxl", "v2", "v_parameterization") if key in args}
     sdxl, v2, vpred = (flags.get(k) is True for k in ("sdxl", "v2", "v_parameterization"))
-    family = "sdxl" if sdxl else "sd2-v" if v2 and vpred else "sd2" if v2 else None
+    family = ("sdxl-v" if vpred else "sdxl") if sdxl else "sd2-v" if v2 and vpred else "sd2" if v2 else None
     for key, value in flags.items():
-        if family and value is True and not (sdxl and key == "v_parameterization"):
+        if family and value is True:
             col.use(key, "project.model_family", family)
         elif key == "v_parameterization" and value:
-            col.ignore(key, value, "v-prediction is supported for SD2 only (model_family sd2-v)")
+            col.ignore(key, value, "v-prediction is supported for SD2 and SDXL only (model_family sd2-v, sdxl-v)")
         elif family:
             col.ignore(key, value, f"off (the model family is {family})")
         else:
