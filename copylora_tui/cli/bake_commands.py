@@ -93,7 +93,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="kohya's text-encoder test: leave the text encoder out unless some weight differs by more than D "
         "(kohya uses 0.01); default: off, only modules with no difference at all are left out",
     )
-    extract.add_argument("--family", default="auto", help="model family: auto, sd1, sd2, sd2-v or sdxl (default: auto)")
+    extract.add_argument("--family", default="auto", help="model family: auto, sd1, sd2, sd2-v, sdxl or sdxl-v (default: auto)")
     extract.add_argument("--config_dir", metavar="DIR", help="diffusers folder with configs and tokenizer for single-file models")
     # kohya's --v2/--sdxl/--v_parameterization are accepted for batch files: the family is read from the models.
     for flag in ("--v2", "--sdxl", "--v_parameterization"):
