@@ -511,3 +511,27 @@ async def test_the_worker_line_counts_jobs_one_way(tmp_path, monkeypatch):
         flat = " ".join(screen_text(app).split())
         assert "worker not running — 3 job(s) wait for it · 0 running, 1 interrupted, 2 waiting, 1 paused (2 shows them)" in flat, flat
     queue.close()
+
+
+async def test_editing_keys_in_a_burst_apply_in_the_order_typed(tmp_path, monkeypatch):
+    """An Input's editing keys (backspace, ctrl+u, home…) are bindings, which Textual 8.2 runs
+    only once the key has bubbled up to the app, while letters are typed at once: keys arriving
+    together over a lagging SSH link applied out of order. "abx⌫c" gave "abx" (the backspace
+    took the c), and ctrl+u then a pasted path left the field empty (Textual issue #6605)."""
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("n")
+        dialog = app.screen
+        name = dialog.query_one("#new-name", Input)
+        burst(app, "abx\bc\tjunk\x15/data/a.png\t")
+        await wait_until(pilot, lambda: app.focused is dialog.query_one("#new-b", Input))
+        await pilot.pause(0.2)
+        assert name.value == "abc"
+        assert dialog.query_one("#new-a", Input).value == "/data/a.png"
+        burst(app, "one\x01two\x05three")
+        await wait_until(pilot, lambda: "three" in dialog.query_one("#new-b", Input).value)
+        await pilot.pause(0.2)
+        assert dialog.query_one("#new-b", Input).value == "twoonethree"

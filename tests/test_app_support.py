@@ -305,9 +305,10 @@ def notices(app) -> list[str]:
 def burst(app, keys: str) -> None:
     """Keys arriving at once, as a lag spike over SSH or a paste delivers them: posted to the app
     without waiting between them (``pilot.press`` waits for each key's handling, which hid
-    keys landing in the field focus was leaving). ``keys``: characters, "\\t" tab, "\\r" enter."""
+    keys landing in the field focus was leaving). ``keys``: characters, "\\t" tab, "\\r" enter,
+    "\\b" backspace, "\\x15" ctrl+u, "\\x0b" ctrl+k, "\\x01" home, "\\x05" end (as a terminal sends them)."""
     from textual import events
 
-    names = {"\t": "tab", "\r": "enter"}
+    names = {"\t": "tab", "\r": "enter", "\b": "backspace", "\x15": "ctrl+u", "\x0b": "ctrl+k", "\x01": "home", "\x05": "end"}
     for char in keys:
-        app.post_message(events.Key(names.get(char, char), char))
+        app.post_message(events.Key(names.get(char, char), char if char.isprintable() else None))

@@ -18,6 +18,7 @@ from textual.widgets import Button, Input, Label, Static
 from copylora_tui.screens.focus_at_once import FOCUS_AT_ONCE, MovesFocusAtOnce
 from copylora_tui.screens.unsaved import AsksBeforeLosingEdits
 from copylora_tui.widgets.guard import ActsWhileOpen, while_open
+from copylora_tui.widgets.ordered_input import OrderedInput
 from engine.errors import Problem, ValidationError
 
 # create_project's problem locations (its parameters) -> our fields
@@ -57,7 +58,7 @@ class NewProjectScreen(MovesFocusAtOnce, ActsWhileOpen, AsksBeforeLosingEdits, M
             for key, label, hint, _help in FIELDS:
                 with Horizontal(classes="dialog-row"):
                     yield Label(label, classes="dialog-label")
-                    yield Input(default(key), placeholder=hint, id=f"new-{key}", compact=True)
+                    yield OrderedInput(default(key), placeholder=hint, id=f"new-{key}", compact=True)
                 # plain text: a problem repeats the path typed, and "a[/]b.png" as markup ended the app
                 yield Static("", id=f"error-{key}", classes="param-error", markup=False)
             yield Static("", id="new-general", classes="param-error", markup=False)

@@ -17,6 +17,7 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Checkbox, Input, Label, Static
 
 from copylora_tui.core.form import INHERIT, FieldSpec, parse_text, value_text
+from copylora_tui.widgets.ordered_input import OrderedInput
 
 
 class TickBox(Checkbox):
@@ -77,7 +78,7 @@ class ParamField(Vertical):
             shown = " | ".join(c if c else '""' for c in choices)
             placeholder = f"{placeholder + ' · ' if placeholder else ''}{shown}"
         suggester = SuggestFromList([c for c in choices if c], case_sensitive=False) if choices else None
-        return Input(self.text, placeholder=placeholder, suggester=suggester, compact=True, id="editor")
+        return OrderedInput(self.text, placeholder=placeholder, suggester=suggester, compact=True, id="editor")
 
     def _changed(self, text: str) -> None:
         self.text = text
