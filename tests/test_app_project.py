@@ -548,3 +548,17 @@ async def test_keys_typed_ahead_of_a_tab_go_to_the_next_field(tmp_path, monkeypa
         app.post_message(events.Key("S", "S"))
         await wait_until(pilot, lambda: "S" in editor(app, "project.base_model").value)
         assert name.value == "example-monochrome"
+
+
+def test_the_picture_list_says_how_many_more_a_side_has(tmp_path, monkeypatch):
+    """Two captions a side are shown: a side of four said nothing of the other two."""
+    import shutil
+
+    from copylora_tui.screens.project import picture_list
+
+    use_home(monkeypatch, tmp_path)
+    folder = make_projects(tmp_path) / "example-monochrome"
+    for n in range(3):
+        shutil.copy(folder / "a" / "colour.png", folder / "a" / f"more{n}.png")
+    captions = [caption for caption, _path in picture_list(load_project(folder))]
+    assert captions == ["A: a/colour.png  128×192", "A: a/more0.png  128×192  (+2 more)", "B: b/monochrome.png  128×192"]

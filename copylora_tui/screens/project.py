@@ -754,7 +754,8 @@ def load_fix(problems: list[Problem]) -> str:
 
 def picture_list(project: Project) -> list[tuple[str, Path | None]]:
     """(caption, path) of the first two teacher pictures of each side, sizes read from their
-    headers; (problem, None) for a side without pictures. Called in a thread."""
+    headers, the second saying how many more the side has (a side of 40 showed two, as if it
+    had two); (problem, None) for a side without pictures. Called in a thread."""
     from engine.project.images import image_files, read_image_info
 
     pictures: list[tuple[str, Path | None]] = []
@@ -771,7 +772,8 @@ def picture_list(project: Project) -> list[tuple[str, Path | None]]:
             except ValueError as exc:
                 size = f"unreadable ({exc})"
             rel = path.relative_to(project.root) if path.is_relative_to(project.root) else path
-            pictures.append((f"{side.upper()}: {rel}  {size}", path))
+            more = f"  (+{len(files) - 2} more)" if len(files) > 2 and path == files[1] else ""
+            pictures.append((f"{side.upper()}: {rel}  {size}{more}", path))
     return pictures
 
 
