@@ -256,6 +256,9 @@ def test_a_missing_lora_file_of_the_users_is_said_as_missing_not_as_untrained(tm
     (["--guidance", "-3"], "--guidance: must be at least 0"),
     (["--strengths", ""], "--strengths: must not be empty"),
     (["--strengths", "0,inf"], "--strengths: must be a finite number"),
+    (["--strengths", "0,,1"], "--strengths: must be numbers separated by commas, got '0,,1'"),  # it drew 2 columns
+    (["--size", "64x64x64"], "--size: must be WIDTHxHEIGHT or one number for a square"),
+    (["--size", "100"], "--size: 100x100: both sides must be multiples of 8"),  # one number: a square, as [sample] size reads it
     (["--strengths", "0,50"], "--strengths: must be between -10 and 10"),
     (["--seed", "-1"], "--seed: must be at least 0"),
     (["--seed", str(2**70)], "--seed: must be at most"),

@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--seed", type=int)
     cmd.add_argument("--steps", type=int)
     cmd.add_argument("--guidance", type=float)
-    cmd.add_argument("--size", metavar="WxH")
+    cmd.add_argument("--size", metavar="WxH", help="picture size, e.g. 832x1216, or one number for a square (default: [sample] size)")
     cmd.add_argument("--sampler", help="euler_a, euler, ddim, dpmsolver++, dpmpp_2m_karras, dpmpp_sde_karras, pndm, lms, heun, "
                      'dpm_2, dpm_2_a, dpmsolver, dpmsingle (or A1111\'s and kohya\'s names, e.g. "DPM++ 2M Karras", k_euler_a)')
     cmd.add_argument("--clip_skip", type=int, metavar="N",
@@ -58,7 +58,12 @@ def _settings(args: argparse.Namespace, base, problems: list[Problem]):
         table["negative_prompt"] = args.negative
     if args.strengths is not None:
         try:
-            table["strengths"] = [float(s) for s in args.strengths.split(",") if s.strip()]
+            items = args.strengths.split(",")
+            # "0,,1" (a value typed over, a shell variable empty) is a mistake, not a request for
+            # two columns: it drew two, the missing one without a word. A trailing comma is fine.
+            if items and not items[-1].strip():
+                items.pop()
+            table["strengths"] = [float(s) for s in items]
         except ValueError:
             problems.append(Problem("--strengths", f"must be numbers separated by commas, got {args.strengths!r}"))
     for name in ("seed", "steps", "guidance", "sampler"):
@@ -66,10 +71,12 @@ def _settings(args: argparse.Namespace, base, problems: list[Problem]):
             table[name] = getattr(args, name)
     if args.size:
         try:
-            width, height = (int(v) for v in args.size.lower().split("x"))
-            table["size"] = [width, height]
+            sides = [int(v) for v in args.size.lower().split("x")]
+            if len(sides) not in (1, 2):
+                raise ValueError
+            table["size"] = sides * (3 - len(sides))  # "512": square, as [sample] size = 512 reads
         except ValueError:
-            problems.append(Problem("--size", f"must be WIDTHxHEIGHT, got {args.size!r}"))
+            problems.append(Problem("--size", f"must be WIDTHxHEIGHT or one number for a square, got {args.size!r}"))
     if args.clip_skip is not None and not 1 <= args.clip_skip <= 12:
         problems.append(Problem("--clip_skip", f"must be between 1 and 12, got {args.clip_skip}"))
     elif args.clip_skip is not None:
