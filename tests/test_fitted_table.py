@@ -94,7 +94,7 @@ async def test_the_job_table_formats_again_only_the_jobs_that_changed(tmp_path, 
         await pilot.pause(0.1)
         assert made == [first.id, second.id]
         written = []
-        monkeypatch.setattr(table, "update_cell", lambda *args, **kwargs: written.append(args[0]))
+        monkeypatch.setattr(table, "set_cell", lambda *args, **kwargs: written.append(args[0]))
         table.show_jobs([first, second])
         assert made == [first.id, second.id] and written == []
         table.show_jobs([first, dataclasses.replace(second, step=7)])
