@@ -175,3 +175,34 @@ def test_each_file_is_hashed_once_however_many_statuses_ask(real_runs, monkeypat
     lora_a = plan.outputs.lora("a")
     lora_a.write_bytes(lora_a.read_bytes())  # written anew: read again
     assert output_statuses(plan) == first and read.count(str(lora_a)) == 2
+
+
+def test_each_loras_header_is_parsed_once_until_the_file_changes(real_runs, monkeypatch):
+    """Each status read its LoRA's header (60-300 kB of JSON) again, some twice, and the app asks
+    every project's at each look: a fifth of its time over a folder of trained projects."""
+    import os
+
+    import engine.project.outputs as outputs
+    from copylora_tui.core.plan_view import output_statuses
+
+    plan = plan_of(real_runs / "mono")
+    monkeypatch.setattr(outputs, "_METADATA", {})
+    parsed: list[str] = []
+    real = outputs.read_header
+    monkeypatch.setattr(outputs, "read_header", lambda path, *a, **k: (parsed.append(str(path)), real(path, *a, **k))[1])
+    first = output_statuses(plan)
+    output_statuses(plan)
+    assert parsed and len(parsed) == len(set(parsed)), sorted(parsed)
+    lora_a = plan.outputs.lora("a")
+    meta, _ = outputs.file_metadata(lora_a)
+    meta["copylora_fingerprint"] = "changed by the caller"  # a caller's copy: not what the next one reads
+    assert outputs.file_metadata(lora_a)[0]["copylora_fingerprint"] != "changed by the caller"
+    data = bytearray(lora_a.read_bytes())
+    at = data.index(b'"copylora_fingerprint":"') + len(b'"copylora_fingerprint":"')
+    data[at] = ord("0") if data[at] != ord("0") else ord("1")  # the same size, in place: one character of its record
+    stamp = os.stat(lora_a).st_mtime_ns
+    with open(lora_a, "r+b") as handle:
+        handle.write(data)
+    os.utime(lora_a, ns=(stamp + 1_000_000, stamp + 1_000_000))  # a later write: a later time (whatever the clock's grain)
+    assert output_statuses(plan) != first and parsed.count(str(lora_a)) == 2
+    assert SideLora(plan, "a").status().state == STALE
