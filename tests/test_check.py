@@ -297,3 +297,32 @@ def test_run_refuses_before_queueing(tmp_path, capsys, monkeypatch):
     from engine.jobs.queue import Queue
 
     assert Queue(tmp_path / "state").jobs() == []
+
+
+def test_an_sd2_file_that_says_nothing_of_its_target_is_said_in_the_plan(tmp_path, capsys):
+    """SD2's weights are the same for 768-v and 512-base: with model_family auto a file that says
+    neither trained as v-prediction, the guess said only in the job's log. The plan says it now,
+    and what an A1111 .yaml beside it says."""
+    bases = tmp_path / "bases"
+    bases.mkdir()
+    sd2 = {**{k: v for k, v in sd1_tensors().items() if not k.startswith("cond_stage_model.")},
+           "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(8, 1024),
+           "cond_stage_model.model.token_embedding.weight": torch.zeros(4, 1024)}
+    save_file(sd2, str(bases / "sd21.safetensors"))
+    root = copy_example(tmp_path)
+    set_keys(root, "project", base_model=json.dumps(str(bases / "sd21.safetensors")))
+
+    def plan_base_line() -> str:
+        code, out = check(root, capsys)
+        assert code == 0, out
+        return " ".join(out.split())
+
+    assert ('family auto (SD2, nothing says v or epsilon: auto trains it as v-prediction (768-v); model_family = "sd2" '
+            "for a 512-base model)") in plan_base_line()
+    set_keys(root, "project", model_family='"sd2"')
+    assert "family sd2 (SD2)" in plan_base_line()  # said: no guess
+    set_keys(root, "project", model_family='"auto"')
+    (bases / "sd21.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")  # A1111's v2-inference.yaml: epsilon
+    assert "family auto (SD2, epsilon (its .yaml))" in plan_base_line()
+    (bases / "sd21.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    assert "family auto (SD2, v-prediction)" in plan_base_line()

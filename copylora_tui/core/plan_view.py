@@ -104,7 +104,7 @@ def plan_view(plan, statuses: dict | None = None, *, header: bool = True) -> Gro
         parts.append(Text.from_markup(f"[bold]{escape(project.name)}[/bold]  [green]valid[/green]  {escape(str(project.toml_path))}"))
     rows = _Rows()
     base = project.info.base_model
-    said = None if base in BUILTIN_DESCRIPTIONS else describe_base_model(project.base_model_path())
+    said = None if base in BUILTIN_DESCRIPTIONS else describe_base_model(project.base_model_path(), project.info.model_family == "auto")
     rows.add("base", f"{BUILTIN_DESCRIPTIONS.get(base, base)}, family {project.info.model_family}" + (f" ({said})" if said else ""))
     for side, p in plan.sides.items():
         if side == "pair":  # the one-LoRA routes' LoRA, shown with its steps below A's and B's pictures

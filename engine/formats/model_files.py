@@ -56,13 +56,18 @@ class ModelFacts:
     v_prediction: bool | None = None  # the model says it predicts v (True), says nothing (None)
     zero_snr: bool = False  # the model says it was trained with zero-terminal-SNR betas
 
-    def describe(self) -> str | None:
-        """"SDXL, v-prediction, zero-terminal SNR" and the like, or None when the family is unknown."""
+    def describe(self, auto: bool = True) -> str | None:
+        """"SDXL, v-prediction, zero-terminal SNR" and the like, or None when the family is unknown;
+        ``auto``: the family is read from the model (a model_family set says the target instead)."""
         if self.family is None:
             return None
         words = [{"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}.get(self.family, self.family)]
         if self.v_prediction:
             words.append("v-prediction")
+        elif self.v_prediction is False and self.family == "sd2":
+            words.append("epsilon (its .yaml)")
+        elif self.family == "sd2" and auto:  # the loader's guess
+            words.append('nothing says v or epsilon: auto trains it as v-prediction (768-v); model_family = "sd2" for a 512-base model')
         if self.zero_snr:
             words.append("zero-terminal SNR")
         return ", ".join(words)
@@ -83,21 +88,22 @@ def inspect_base_model(path: Path | str) -> ModelFacts:
     raise ModelError(f"{path.name}: expected a .safetensors checkpoint or a diffusers folder" + (f"; this is {kind}" if kind else ""))
 
 
-def describe_base_model(path: Path | str) -> str | None:
+def describe_base_model(path: Path | str, auto: bool = True) -> str | None:
     """What a base model file or folder says it is ("SDXL, v-prediction, zero-terminal SNR"), for
     the plan ``check`` prints; None where that cannot be read (check says why elsewhere)."""
     path = Path(path)
     try:
         stat = path.stat()
-        return _describe(str(path), stat.st_mtime_ns, stat.st_size)
+        yaml = path.with_suffix(".yaml")  # an SD2 file's A1111 sidecar says its target: read again when it comes or goes
+        return _describe(str(path), stat.st_mtime_ns, stat.st_size, auto, yaml.stat().st_mtime_ns if yaml.is_file() else None)
     except OSError:
         return None
 
 
 @lru_cache(maxsize=16)
-def _describe(path: str, _mtime_ns: int, _size: int) -> str | None:  # the app redraws the plan: read each header once
+def _describe(path: str, _mtime_ns: int, _size: int, auto: bool, _yaml_mtime_ns: int | None) -> str | None:  # the app redraws the plan: read each header once
     try:
-        return inspect_base_model(path).describe()
+        return inspect_base_model(path).describe(auto)
     except ModelError:
         return None
 
@@ -133,7 +139,25 @@ def _inspect_safetensors(path: Path) -> ModelFacts:
     unet = _widest(shape for key, shape in shapes.items() if key.startswith(_UNET))
     text = _widest(shape for key, shape in shapes.items() if key.startswith(("cond_stage_model.", "conditioner.")))
     v, zero_snr = single_file_objective(shapes)
-    return ModelFacts(family, unet, text, v or None, zero_snr)
+    said = sd2_prediction_said(path, shapes) if family == "sd2" else v or None
+    return ModelFacts(family, unet, text, said, zero_snr)
+
+
+def sd2_prediction_said(path: Path, keys) -> bool | None:
+    """What an SD2 single file says of its target: v (True) by ComfyUI's ``v_pred`` key or an
+    A1111 ``<name>.yaml`` beside it with ``parameterization: v``, epsilon (False) by a .yaml
+    without it; None: nothing (SD2's weights are the same for 768-v and 512-base). The loader
+    assumes v where nothing says (engine.models.loading), and check says so: an SD2-base file
+    trained as v without a word the job log alone carried."""
+    import re
+
+    if V_PRED_KEY in set(keys):
+        return True
+    yaml = Path(path).with_suffix(".yaml")
+    if yaml.is_file():
+        text = yaml.read_text(errors="replace")
+        return bool(re.search(r"^\s*parameterization:\s*['\"]?v['\"]?\s*$", text, re.M))
+    return None
 
 
 def require_vae(name: str | Path, keys) -> None:

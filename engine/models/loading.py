@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from engine.formats.model_files import (
     require_float_weights,
     require_text_model_keys,
     require_vae,
+    sd2_prediction_said,
     single_file_objective,
 )
 from engine.hashing import legacy_model_hash  # kohya's ss_sd_model_hash (provenance reads it too)
@@ -491,12 +491,9 @@ def _vocab_size(text_encoder_dir: Path) -> int:
 def _sd2_prediction(path: Path, keys=()) -> str:
     """SD2 weights do not say v vs epsilon; ComfyUI's ``v_pred`` key in a file it saved does, and
     A1111's sibling ``<name>.yaml``, if present."""
-    if "v_pred" in keys:
-        return "sd2-v"
-    yaml = path.with_suffix(".yaml")
-    if yaml.is_file():
-        text = yaml.read_text(errors="replace")
-        return "sd2-v" if re.search(r"^\s*parameterization:\s*['\"]?v['\"]?\s*$", text, re.M) else "sd2"
+    said = sd2_prediction_said(path, keys)
+    if said is not None:
+        return "sd2-v" if said else "sd2"
     log.warning(
         "%s: SD2 checkpoint; assuming v-prediction (768-v). Pass family 'sd2' for 512-base epsilon models.", path
     )
