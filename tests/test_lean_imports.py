@@ -125,7 +125,8 @@ def test_ctrl_c_while_the_command_line_imports_is_said_in_one_line():
 
 # Bench scripts that never load diffusers' models (a plain torch measure, sd-scripts in its own
 # process), or are modules other scripts import.
-NO_MODELS = {"split_precision.py", "threads_bench.py", "kohya_side_by_side.py", "acceptance_speed.py", "merge_reference.py", "op_count.py", "app_bytes_feed.py"}
+NO_MODELS = {"split_precision.py", "threads_bench.py", "kohya_side_by_side.py", "acceptance_speed.py", "merge_reference.py", "op_count.py", "app_bytes_feed.py",
+             "projects_scan.py"}  # reads headers and TOMLs: no model
 
 
 def test_every_bench_script_that_loads_models_is_lean():
