@@ -468,10 +468,10 @@ def test_new_project_on_a_builtin_model_gets_cpu_sized_defaults(tmp_path, capsys
 
 
 def test_a_preview_of_trained_prompts_only_is_said_to_show_the_copy_not_the_change(tmp_path):
-    """A project on a checkpoint, as `copylora new` writes it, previews the empty prompt alone:
+    """A project on a checkpoint, as `copylora new` wrote it, previewed the empty prompt alone:
     the prompt both sides train under caption-free. Its grid showed picture B at strength 1 (the
     copy), never a prompt the LoRAs had not seen, which is what the method claims; `check` said
-    nothing. A held-out prompt beside it silences the warning."""
+    nothing. `new` now writes a held-out prompt beside it; with "" alone, check warns."""
     from safetensors.torch import save_file
 
     from copylora_tui.cli.main import main
@@ -484,6 +484,11 @@ def test_a_preview_of_trained_prompts_only_is_said_to_show_the_copy_not_the_chan
     a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(90, 90, 90))
     assert main(["--projects", str(tmp_path / "p"), "new", "mono", "--a", str(a), "--b", str(b), "--base", str(checkpoint)]) == 0
     root = tmp_path / "p" / "mono"
+    project = load_project(root)
+    assert project.sample.prompts == ["", "1girl, solo, upper body, outdoors, smile"]
+    assert not [w for w in plan_warnings(make_plan(project)) if w.startswith("sample.prompts:")]
+    project.sample = replace(project.sample, prompts=[""])  # a project of before, or the held-out prompt taken away
+    save_project(project)
     said = [w for w in plan_warnings(make_plan(load_project(root))) if w.startswith("sample.prompts:")]
     assert said == ["sample.prompts: only '', which the LoRAs train under: the preview grid shows the copy, not the change on a "
                     'prompt never trained; add one, e.g. prompts = ["", "1girl, upper body, outdoors"]'], said

@@ -355,7 +355,8 @@ class MergeParams:
 
 @dataclass
 class SampleParams:
-    prompts: list = spec("Prompts of the preview grid (empty string = no caption, as trained).", factory=lambda: [""])
+    prompts: list = spec("Prompts of the preview grid (empty string = no caption, as trained); add one the pair never trains "
+                         "under, in the base model's own style, to see the change on other prompts.", factory=lambda: [""])
     negative_prompt: str = spec("Negative prompt.", default="")
     seed: int = spec("Seed; the same for every strength, so images differ only by the LoRA.", default=1234, minimum=0, maximum=MAX_SEED)
     steps: int = spec("Sampling steps.", default=20, positive=True, maximum=1000)

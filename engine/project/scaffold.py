@@ -121,6 +121,11 @@ def apply_route_defaults(project: Project, base_model: str) -> Project:
     return project
 
 
+# A prompt the pair never trains under, in words both tag-trained (anime) and captioned models
+# read; the project file says to put one in the model's own style there.
+HELD_OUT_PROMPT = "1girl, solo, upper body, outdoors, smile"
+
+
 def apply_base_defaults(project: Project, base_model: str) -> Project:
     """The project with the defaults that fit its base model (see BUILTIN_PRESETS; SDXL
     checkpoints get SDXL-sized buckets and previews)."""
@@ -129,6 +134,10 @@ def apply_base_defaults(project: Project, base_model: str) -> Project:
         project.train = replace(project.train, **preset["train"])
         project.sample = replace(project.sample, **preset["sample"])
         return project
+    # The preview's prompts: "" is the prompt the pair trains under (the copy), and one it never
+    # trains under shows what the method promises, the change on any prompt (DESIGN, step 4);
+    # with "" alone the grid showed the copy only, and a LoRA that just copies B passed it.
+    project.sample = replace(project.sample, prompts=["", HELD_OUT_PROMPT])
     family = peek_family(base_model)
     if is_sdxl(family):  # SDXL-sized buckets and previews (engine.project.plan.DEFAULT_RESOLUTION)
         size = default_resolution(family)
