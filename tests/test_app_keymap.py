@@ -47,6 +47,19 @@ def test_keymap_file_problems_are_reported_and_the_rest_applies(tmp_path):
     assert load_keymap(binding_owners(), path)[1][0].startswith(f"{path}: not read")
 
 
+def test_a_keymap_saved_by_a_windows_editor_loads_or_names_its_encoding(tmp_path):
+    """A BOM ("UTF-8 with BOM") read as "not read (Invalid statement (at line 1, column 1))" and
+    Shift-JIS as a codec's byte offset; the comments in them are Japanese."""
+    path = tmp_path / "keymap.toml"
+    text = '# キーマップ（日本語のコメント）\n[keymap]\n"queue.cancel" = "x"  # 取り消し\n'
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert load_keymap(binding_owners(), path) == ({"queue.cancel": "x"}, [])
+    path.write_bytes(text.encode("cp932"))
+    keymap, problems = load_keymap(binding_owners(), path)
+    assert keymap == {} and problems == [f"{path}: not read (not UTF-8 at line 1 (byte 0x83) (it reads as Shift-JIS/cp932, as a Japanese "
+                                         "Windows editor saves it): TOML files are UTF-8; save it as UTF-8 in your editor)"]
+
+
 def test_a_keymap_path_under_a_home_that_does_not_exist_is_no_keymap(monkeypatch):
     from copylora_tui.core.keymap import KEYMAP_ENV, keymap_path
 

@@ -196,6 +196,26 @@ def test_a_project_file_not_in_utf8_names_its_line_and_the_fix(tmp_path, shift_j
     assert ("reads as Shift-JIS/cp932" in message) == shift_jis, message
 
 
+def test_a_project_file_saved_with_a_bom_loads_and_the_app_sees_no_change(tmp_path):
+    """Notepad's "UTF-8 with BOM": tomllib refused the mark as "not valid TOML: Invalid statement
+    (at line 1, column 1)", naming neither the mark nor a fix; the caption files' BOM was
+    already dropped. The app's on-disk comparison and the namesake scan read it alike."""
+    from copylora_tui.core.form import changed_on_disk
+    from engine.project.names import namesakes
+
+    root = copy_example(tmp_path)
+    toml = root / "copylora.toml"
+    text = toml.read_text(encoding="utf-8").replace('name = "example-monochrome"', 'name = "白黒"')
+    toml.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    project = load_project(root)
+    assert project.name == "白黒"
+    assert changed_on_disk(project, toml) == []
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "copylora.toml").write_bytes(toml.read_bytes())
+    assert namesakes(root, "白黒") == [twin]
+
+
 def test_kohya_folder_name_sets_repeats(tmp_path):
     root = copy_example(tmp_path)
     (root / "a").rename(root / "5_")

@@ -267,9 +267,11 @@ def changed_on_disk(read: Project, path) -> list[str]:
                 out[f"{prefix}{key}"] = value
         return out
 
+    from engine.toml_text import decode_toml
+
     try:
         with open(path, "rb") as handle:
-            disk = flat(tomllib.load(handle))
+            disk = flat(tomllib.loads(decode_toml(handle.read())))  # a BOM the file loaded with is no change
     except (OSError, ValueError) as exc:
         return [f"the file does not read as TOML now ({exc})"]
     try:

@@ -25,6 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from engine.toml_text import decode_toml
+
 KEYMAP_ENV = "COPYLORA_KEYMAP"
 
 
@@ -67,8 +69,8 @@ def load_keymap(owners: list[tuple[type, str]], path: Path | None = None) -> tup
     if not path.is_file():
         return {}, []
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit number
+        data = tomllib.loads(decode_toml(path.read_bytes()))  # a Windows editor's BOM is dropped; Shift-JIS is named
+    except (OSError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit number
         return {}, [f"{path}: not read ({exc})"]
     table = data.get("keymap", data)
     if not isinstance(table, dict):

@@ -607,13 +607,14 @@ def slurm_options(home: Path, args: argparse.Namespace):
     import tomllib
 
     from engine.jobs.slurm import SlurmOptions
+    from engine.toml_text import decode_toml
 
     path = Path(home) / "worker.toml"
     config: dict = {}
     if path.is_file():
         try:
-            config = tomllib.loads(path.read_text(encoding="utf-8")).get("worker", {})
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit number
+            config = tomllib.loads(decode_toml(path.read_bytes())).get("worker", {})  # a BOM is dropped; Shift-JIS is named
+        except (OSError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit number
             raise InputError(f"{path}: {exc}") from None
         _check_worker_toml(path, config)
     executor = args.executor or config.get("executor", "local")

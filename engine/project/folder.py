@@ -35,6 +35,7 @@ from engine.project.params import (
     TrainParams,
 )
 from engine.project.validate import BAD, build_section, coerce_key, did_you_mean, show
+from engine.toml_text import decode_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,24 +153,11 @@ def load_project(path: Path | str, *, check_files: bool = True, decode_images: b
     except OSError as exc:
         raise ValidationError([Problem(str(toml_path), f"cannot read: {exc}")]) from None
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValidationError([Problem(str(toml_path), not_utf8(raw, exc))]) from None
+        text = decode_toml(raw)  # a Windows editor's BOM is dropped; Shift-JIS is named
+    except ValueError as exc:
+        raise ValidationError([Problem(str(toml_path), str(exc))]) from None
     return parse_project(text, toml_path.parent, source=str(toml_path), check_files=check_files, decode_images=decode_images,
                          writing=writing)
-
-
-def not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
-    """Why a project file that is not UTF-8 cannot be read, and how to fix it (TOML is UTF-8 by
-    its specification; a Japanese Windows editor may save Shift-JIS)."""
-    line = raw.count(b"\n", 0, exc.start) + 1
-    hint = ""
-    try:
-        raw.decode("cp932")
-        hint = " (it reads as Shift-JIS/cp932, as a Japanese Windows editor saves it)"
-    except UnicodeDecodeError:
-        pass
-    return f"not UTF-8 at line {line} (byte 0x{raw[exc.start]:02x}){hint}: TOML files are UTF-8; save it as UTF-8 in your editor"
 
 
 def parse_project(text: str, root: Path, *, source: str = PROJECT_FILE, check_files: bool = True, decode_images: bool = True,

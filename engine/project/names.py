@@ -63,6 +63,8 @@ def namesakes(root, name: str, limit: int = 1000) -> list:
 
     import tomllib
 
+    from engine.toml_text import decode_toml
+
     root = Path(root)
     found = []
     try:
@@ -77,7 +79,7 @@ def namesakes(root, name: str, limit: int = 1000) -> list:
             if folder.resolve() == root.resolve() or not toml.is_file() or toml.stat().st_size > 1 << 20:
                 continue
             with open(toml, "rb") as file:
-                table = tomllib.load(file).get("project", {})
+                table = tomllib.loads(decode_toml(file.read())).get("project", {})
         except (OSError, ValueError, RecursionError):
             continue
         other = table.get("name") if isinstance(table, dict) else None
