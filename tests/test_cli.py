@@ -193,6 +193,27 @@ def test_a_project_is_found_by_the_name_new_gave_it(tmp_path, monkeypatch, home,
     assert "mono: train" in out and str(projects) not in out
 
 
+def test_a_japanese_project_copied_from_a_mac_is_found_by_its_name_as_typed(tmp_path, monkeypatch, home, capsys):
+    """A folder copied from a Mac spells が as か + ゛ (NFD); the name typed on Linux is one code
+    point (NFC). The two look the same in ls and in the app, but `check P/がぎぐ` said "no such
+    project folder", and `new がぎぐ` made a second folder that looks like the first."""
+    import unicodedata
+
+    monkeypatch.chdir(tmp_path)
+    a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png", colour=(128, 128, 128))
+    typed, on_disk = unicodedata.normalize("NFC", "がぎぐ"), unicodedata.normalize("NFD", "がぎぐ")
+    projects = tmp_path / "P"
+    assert main(["--projects", str(projects), "new", typed, "--a", str(a), "--b", str(b)]) == 0
+    (projects / typed).rename(projects / on_disk)  # as unzipped from a Mac
+    capsys.readouterr()
+    for given in (typed, f"P/{typed}", f"P/{typed}/copylora.toml", f"./P/{typed}"):
+        assert main(["--projects", str(projects), "check", given, "--json"]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["name"] == typed  # the name the file gives, as written there
+    assert main(["--projects", str(projects), "new", typed, "--a", str(a), "--b", str(b)]) == EXIT_USAGE
+    assert f"{projects / on_disk} already exists: the same name in another Unicode form (NFD" in capsys.readouterr().err
+    assert os.listdir(projects) == [on_disk]
+
+
 def test_the_command_new_suggests_runs_as_pasted_into_a_shell(tmp_path, monkeypatch, home, capsys):
     """A project called "my style" is a name users give: the suggested `copylora check projects/my
     style` ran `check` on "projects/my" and "style". Printed quoted, pasted as printed, it runs."""

@@ -28,11 +28,21 @@ PROJECT_ARGUMENTS = {
 
 def project_path(value: str, projects_dir: str) -> str:
     """``value`` itself, or ``projects_dir/value`` when ``value`` is a bare name that is not here
-    and is there."""
-    if not value or "/" in value or os.sep in value or Path(value).exists():
+    and is there; either spelled as the folder on disk spells it when that is only another
+    Unicode form of the same name (a Japanese folder copied from a Mac, engine.unicode_names)."""
+    from engine.unicode_names import spelled_as_on_disk
+
+    if not value or Path(value).exists():
         return value
+    if "/" in value or os.sep in value:
+        return str(spelled_as_on_disk(value) or value)
     named = Path(projects_dir) / value
-    return str(named) if named.is_dir() else value
+    if named.is_dir():
+        return str(named)
+    for candidate in (Path(value), named):
+        if (found := spelled_as_on_disk(candidate)) is not None and found.is_dir():
+            return str(found)
+    return value
 
 
 def resolve_project_arguments(args: argparse.Namespace) -> None:

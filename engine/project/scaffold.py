@@ -20,6 +20,7 @@ from engine.project.images import IMAGE_EXTENSIONS, read_image_info
 from engine.project.names import name_problem
 from engine.project.params import ProjectInfo
 from engine.project.plan import default_resolution
+from engine.unicode_names import same_name_entry, unicode_form
 
 
 def _check_image(path: Path, key: str, problems: list[Problem]) -> None:
@@ -175,6 +176,9 @@ def create_project(dest: Path | str, a_image: Path | str, b_image: Path | str, *
                                         f"(`copylora check {dest.name}`), and so would rm and ls"))
     elif dest.exists():
         problems.append(Problem("dest", f"{dest} already exists"))
+    elif twin := same_name_entry(dest):  # two folders that look alike in ls, the app and A1111's list
+        problems.append(Problem("dest", f"{twin} already exists: the same name in another Unicode form ({unicode_form(twin.name)}, "
+                                        "as a folder copied from a Mac has it)"))
     elif dest.is_symlink():  # a link to itself (realpath leaves it be): nothing can be made there
         problems.append(Problem("dest", f"{dest} is a link to {os.readlink(dest)}; remove it or choose another name"))
     _check_image(a_image, "a_image", problems)
