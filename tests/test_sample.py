@@ -384,6 +384,19 @@ def test_what_of_a_prompt_is_not_read_as_a1111_reads_it_is_said(tiny):
     assert all("A1111 syntax" in note for note in notes[1:])
 
 
+def test_a_japanese_prompt_is_said_to_be_read_as_byte_pieces(tiny):
+    """CLIP's tokenizer has next to no Japanese: 白黒の少女 is read as UTF-8 byte pieces, and the
+    grid drew something else without a word. Said once per prompt, of any prompt with kana or
+    kanji (half-width katakana too); English is not."""
+    from engine.train.sample import prompt_notes
+
+    notes = prompt_notes(tiny, ["白黒の少女", "1girl, monochrome", "1girl、ﾓﾉｸﾛ", "白黒の少女"])
+    assert len(notes) == 2, notes
+    assert notes[0].startswith("prompt '白黒の少女' is written in Japanese, Chinese or Korean: CLIP's tokenizer reads it as ")
+    assert "byte pieces for 5 characters" in notes[0] and notes[0].endswith("write prompts in English (or Danbooru tags: 1girl, monochrome)")
+    assert notes[1].startswith("prompt '1girl、ﾓﾉｸﾛ' is written in Japanese")
+
+
 @pytest.mark.parametrize("base", ["tiny", "tiny-sdxl"])
 def test_prompts_encoded_here_draw_what_the_pipeline_draws(base, monkeypatch):
     """The previews' own encoding (clip skip, long prompts) against the pipeline's, where both

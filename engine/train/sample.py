@@ -376,13 +376,17 @@ def sample_with_network(model: BaseModel, network, settings: SampleSettings, out
     return save_grid(grid(images, settings, title, log=log), out_path, settings, model_name=model_name, lora_name=title, extra=extra)
 
 
+# Kana, kanji (CJK ideographs), hangul, half-width katakana: scripts CLIP's tokenizer has almost
+# no words of, so it reads them as UTF-8 byte pieces, three or so a character.
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
 _A1111_SYNTAX = re.compile(r"\([^()]*:\s*-?[\d.]+\s*\)|<(lora|lyco|hypernet):[^>]*>|\[[^\[\]]*:[^\[\]]*:[^\[\]]*\]")
 
 
 def prompt_notes(model: BaseModel, prompts: list[str]) -> list[str]:
     """What of each prompt the model will not read as a user of A1111 expects: past
-    PREVIEW_MAX_TOKENS (read in chunks of 75 up to there, as kohya's samples; A1111 reads on), and
-    A1111's syntax ((word:1.3), <lora:…>, [a:b:0.5]), read here as the words it is made of.
+    PREVIEW_MAX_TOKENS (read in chunks of 75 up to there, as kohya's samples; A1111 reads on),
+    Japanese (CJK) words, which CLIP reads as byte pieces (a user typing 白黒の少女 was told
+    nothing, and the grid drew something else), and A1111's syntax ((word:1.3), <lora:…>, [a:b:0.5]), read here as the words it is made of.
     Said, not refused: the grid is drawn all the same (a 1000-token prompt was cut to 77 silently)."""
     from engine.train.conditioning import CHUNK_TOKENS, prompt_tokens
 
@@ -395,6 +399,10 @@ def prompt_notes(model: BaseModel, prompts: list[str]) -> list[str]:
             room = (tokenizer.model_max_length - 2) * (PREVIEW_MAX_TOKENS // CHUNK_TOKENS)
             if count > room:
                 notes.append(f"prompt {shown!r} is {count} tokens: only its first {room} are read")
+            if _CJK.search(prompt):  # drawn all the same, from what the encoder makes of the byte pieces: mostly not the words
+                notes.append(f"prompt {shown!r} is written in Japanese, Chinese or Korean: CLIP's tokenizer reads it as {count} byte "
+                             f"pieces for {len(prompt)} characters, which SD's text encoder barely learned; write prompts in English "
+                             "(or Danbooru tags: 1girl, monochrome)")
         if _A1111_SYNTAX.search(prompt):
             notes.append(f"prompt {shown!r} has A1111 syntax ((word:1.3), <lora:…>, [a:b:n]): read as plain words here, "
                          "no weighting, no other LoRA")
