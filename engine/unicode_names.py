@@ -26,11 +26,12 @@ def spelled_as_on_disk(path: Path | str) -> Path | None:
     if not name or parent == path:
         return None
     if not os.path.lexists(parent):
-        parent = spelled_as_on_disk(parent)
-        if parent is None:
+        found = spelled_as_on_disk(parent)
+        if found is None:
             return None
-        if os.path.lexists(parent / name):
-            return parent / name
+        if os.path.lexists(found / name):
+            return found / name
+        parent = found
     return same_name_entry(parent / name)
 
 
