@@ -378,6 +378,22 @@ async def test_a_long_name_is_cut_to_leave_every_column_on_the_screen(tmp_path, 
         await wait_until(pilot, lambda: table(app).ordered_columns[0].width == 40)
 
 
+async def test_a_long_name_is_cut_to_fit_when_the_app_starts(tmp_path, monkeypatch):
+    """The first scan fills the table before it is laid out, so the names were not cut then, and
+    nothing cut them later while no job moved: a long Japanese name kept "last output" and the
+    output's size off a 100-column screen until a resize or f5."""
+    use_home(monkeypatch, tmp_path)
+    long = "長い名前のプロジェクト" * 5
+    projects = make_projects(tmp_path, (long, "白黒"))
+    mark_trained(projects / "白黒")
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 2)
+        grid = table(app)
+        await wait_until(pilot, lambda: sum(c.get_render_width(grid) for c in grid.ordered_columns) <= grid.size.width)
+        assert "output" in screen_text(app).splitlines()[2], screen_text(app)
+
+
 async def test_a_copied_project_that_kept_its_name_shows_its_folder(tmp_path, monkeypatch):
     """`cp -r mono night` keeps [project] name: both rows read "mono", with no way to tell them
     apart (the queue and the CLI name them by folder). Rows of a shared name say their folder

@@ -187,6 +187,7 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         self._scanned = False
         self._select_after_scan: Path | None = None
         self._rows: list[list] = []
+        self._refit_asked = False  # a refit once the table has its width is asked for (see _fit_names)
         self._generation = 0  # of the newest scan asked for, whole or of some projects
         self._full_generation = 0  # of the newest scan of the whole folder asked for
         self._full_scan_at = float("-inf")  # when it was asked for (time.monotonic)
@@ -494,12 +495,23 @@ class ProjectsScreen(ActsWhileOpen, Screen):
         40-cell name left "last output" as "Dec 0" and the output's size off the screen."""
         room = table.content_room(len(columns), len(rows))
         if room is None:
+            # Not laid out yet (the first scan fills a table that was hidden): fit again once it
+            # is. Nothing else did while no job moved, so a long name kept "last output" and the
+            # output's size off the screen until a resize or f5.
+            if not self._refit_asked:
+                self._refit_asked = True
+                table.call_after_refresh(self._refit_names)
             return
         others = sum(fitted_widths(columns[1:], [row[1:] for row in rows]))
         cells = max(NAME_CELLS_LEAST, min(NAME_CELLS, room - others))
         if cells < NAME_CELLS:
             for summary, row in zip(self.summaries, rows):
                 row[0] = name_cell(summary.name, summary.folder.name if summary.folder in shared else None, cells)
+
+    def _refit_names(self) -> None:
+        self._refit_asked = False
+        if self.query_one("#projects", FittedTable).size.width:
+            self.refresh_table()
 
     def _cells(self, summary: ProjectSummary, jobs: list[Job], name_shared: bool = False) -> list:
         name = name_cell(summary.name, summary.folder.name if name_shared else None)
