@@ -551,3 +551,19 @@ async def test_editing_keys_in_a_burst_apply_in_the_order_typed(tmp_path, monkey
         await wait_until(pilot, lambda: "three" in dialog.query_one("#new-b", Input).value)
         await pilot.pause(0.2)
         assert dialog.query_one("#new-b", Input).value == "twoonethree"
+
+
+async def test_a_full_width_space_is_typed_into_a_field(tmp_path, monkeypatch):
+    """A Japanese IME types U+3000 for the space bar: Input dropped it (not printable to Python)."""
+    from textual import events
+
+    use_home(monkeypatch, tmp_path)
+    projects = make_projects(tmp_path)
+    app = CopyloraApp(projects)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: table(app).row_count == 1)
+        await pilot.press("n")
+        name = app.screen.query_one("#new-name", Input)
+        for char in "白\u3000黒":
+            app.post_message(events.Key(char, char))
+        await wait_until(pilot, lambda: name.value == "白\u3000黒")

@@ -12,6 +12,8 @@ and the forms' tab) are the app's, run before the key reaches the Input, as befo
 
 from __future__ import annotations
 
+import unicodedata
+
 from textual import events
 from textual.widgets import Input
 
@@ -22,9 +24,25 @@ class OrderedInput(Input):
         # from here (that walk would type it twice).
         if event.is_printable:
             return
+        if event.character and unicodedata.category(event.character) == "Zs":
+            # A space other than " ": Python's isprintable says no to U+3000, the full-width
+            # space a Japanese IME types by default, so Input dropped it without a trace.
+            self._type(event.character)
+            event.stop()
+            event.prevent_default()
+            return
         for binding in self._bindings.key_to_bindings.get(event.key, ()):
             if not binding.priority and await self.app.run_action(binding.action, self):
                 event.stop()  # handled: the app must not run it again
                 event.prevent_default()
                 self._restart_blink()
                 return
+
+    def _type(self, text: str) -> None:
+        """As Input types a printable key: over the selection, or at the cursor."""
+        selection = self.selection
+        if selection.is_empty:
+            self.insert_text_at_cursor(text)
+        else:
+            self.replace(text, *selection)
+        self._restart_blink()
