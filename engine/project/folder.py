@@ -637,6 +637,14 @@ def save_project(project: Project, path: Path | str | None = None) -> Path:
 
     target = find_project_file(path) if path is not None else project.toml_path
     text = render_project(project)
+    try:  # the user's own comments in the file, kept where they were (engine.project.comment_keeper)
+        before = target.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        before = ""
+    if before:
+        from engine.project.comment_keeper import keep_comments
+
+        text = keep_comments(before, text)
     parse_project(text, target.parent, source=str(target))  # raises before anything is written
     from engine.files import write_text_atomic
 

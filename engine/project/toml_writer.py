@@ -3,7 +3,7 @@
 Every key is written with its documentation as a comment above it, so a project file explains
 itself; unset optional keys are written commented out. Values are serialised by tomli-w, so
 anything rendered here parses back to the same values (the round-trip test checks it).
-Free-form comments a user added by hand are not kept when a project is saved by copylora.
+Comments a user added by hand are put back by engine.project.comment_keeper when a project is saved.
 """
 
 from __future__ import annotations
