@@ -211,6 +211,8 @@ def test_kohya_command_line_works_unchanged(pair, tmp_path, capsys):
     assert code == 0
     assert out.is_file() and out.with_name("out.stats.json").is_file()
     assert load_lora_file(out).modules["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"].down.dtype == torch.float16
+    meta = load_lora_file(out).metadata  # named as its file (every merge was titled "copylora merge", ss_output_name "None")
+    assert meta["modelspec.title"] == "out" and meta["ss_output_name"] == "out", meta
     capsys.readouterr()
     assert main(["stats", str(out), "--sort", "energy", "--block", "in", "--top", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -404,7 +404,10 @@ def save_merge(result: MergeResult, save_to: Path | str, save_precision: str = "
     save_to = Path(save_to)
     if save_to.suffix.lower() != ".safetensors":
         raise MergeError(f"save_to must end in .safetensors, got {save_to.name}")
-    path = save_lora_file(save_to, result.modules, result.metadata, save_precision)
+    # Named as the file is, as kohya's svd_merge_lora titles its output: "copylora merge" on every
+    # merged LoRA, and ss_output_name "None", were what a LoRA browser or a civitai upload showed.
+    metadata = {**result.metadata, "modelspec.title": save_to.stem, "ss_output_name": save_to.stem}
+    path = save_lora_file(save_to, result.modules, metadata, save_precision)
     stats_path = save_to.with_name(save_to.stem + ".stats.json")
     document = {
         "file": save_to.name,
