@@ -409,6 +409,8 @@ def test_create_project_bad_then_good(tmp_path):
     ("nul.v2", "a name Windows keeps for a device (nul)"),
     ("com1", "keeps for a device"),
     ("LPT9", "keeps for a device"),
+    ("白黒\u200b", "contains an invisible character (U+200B"),  # looked like "白黒", another project, everywhere shown
+    ("\ufeffmono", "contains an invisible character (U+FEFF"),
 ])
 def test_a_project_name_that_cannot_name_files_is_refused(tmp_path, name, says):
     """[project] name is the stem of every output file: one that is no file name is a problem
@@ -428,7 +430,7 @@ def test_a_good_project_name_and_the_folder_standing_in_for_none(tmp_path):
     text = (root / "copylora.toml").read_text()
     (root / "copylora.toml").write_text(text.replace('name = "example-monochrome"', 'name = "mono é 2"'), encoding="utf-8")
     assert make_plan(load_project(root)).merged_path.name == "mono é 2.safetensors"
-    for fine in ("CONSOLE", "console", "COM10", "nul-free", "白黒 コピー"):  # only the device names themselves are kept
+    for fine in ("CONSOLE", "console", "COM10", "nul-free", "白黒 コピー", "👩\u200d🎨"):  # U+200D: one emoji of two  # only the device names themselves are kept
         (root / "copylora.toml").write_text(text.replace('name = "example-monochrome"', f'name = "{fine}"'), encoding="utf-8")
         assert make_plan(load_project(root)).merged_path.name == f"{fine}.safetensors"
     # Unset, the folder's name names the outputs, so it is judged as the name would be.

@@ -10,6 +10,7 @@ made to be copied to A1111 and ComfyUI, which often run there.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 # Windows' reserved characters, beside the path separators both systems have.
@@ -29,6 +30,10 @@ def name_problem(name: str) -> str | None:
     if bad:
         shown = " ".join(repr(c) for c in bad)
         return f"must be a file name: no {shown} (outputs are named after it)"
+    if hidden := [c for c in name if unicodedata.category(c) == "Cf" and c != "\u200d"]:
+        # (U+200D joins an emoji's parts: 👩‍🎨 is one picture, kept)
+        return (f"contains an invisible character ({', '.join(f'U+{ord(c):04X}' for c in dict.fromkeys(hidden))}, e.g. from a copied "
+                "web page): it reads as another project's name everywhere it is shown; remove it")
     if name in (".", "..") or name.startswith("."):
         return "must not start with '.' (outputs are named after it; they would be hidden files)"
     if name != name.strip():
