@@ -430,7 +430,8 @@ def test_a_good_project_name_and_the_folder_standing_in_for_none(tmp_path):
     text = (root / "copylora.toml").read_text()
     (root / "copylora.toml").write_text(text.replace('name = "example-monochrome"', 'name = "mono é 2"'), encoding="utf-8")
     assert make_plan(load_project(root)).merged_path.name == "mono é 2.safetensors"
-    for fine in ("CONSOLE", "console", "COM10", "nul-free", "白黒 コピー", "👩\u200d🎨"):  # U+200D: one emoji of two  # only the device names themselves are kept
+    # only the device names themselves are kept; U+200D joins two emoji into one
+    for fine in ("CONSOLE", "console", "COM10", "nul-free", "白黒 コピー", "👩\u200d🎨"):
         (root / "copylora.toml").write_text(text.replace('name = "example-monochrome"', f'name = "{fine}"'), encoding="utf-8")
         assert make_plan(load_project(root)).merged_path.name == f"{fine}.safetensors"
     # Unset, the folder's name names the outputs, so it is judged as the name would be.
