@@ -110,8 +110,15 @@ def test_the_channel_carries_what_the_runner_would_write(tmp_path):
 # ---- on a real cluster
 
 
+# The private cluster answers at once and never drops a live job from squeue: the worker asks
+# every second (not 5), and takes a job squeue says is over after its 3 answers and 2 s (not a
+# minute of a quiet channel, the guard against a shared controller's empty answers, which
+# test_slurm_follow proves). A job killed without a word was seen ended a minute later.
+FAST_SLURM = {"COPYLORA_SLURM_SQUEUE_EVERY_S": "1", "COPYLORA_SLURM_GONE_AFTER_S": "2"}
+
+
 def run_env(slurm_env: dict, home) -> dict:
-    return {**os.environ, **slurm_env, "COPYLORA_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, **slurm_env, **FAST_SLURM, "COPYLORA_HOME": str(home), "OMP_NUM_THREADS": "1"}
 
 
 def start_slurm_worker(env: dict, *extra: str):
@@ -294,3 +301,15 @@ def test_fifty_jobs_are_submitted_and_followed_at_a_bounded_cost(tmp_path):
     assert used <= 0.03, f"the idle worker used {100 * used:.1f} % of a core following 50 Slurm jobs"
     assert {status_text(j.slurm) for j in queue.jobs()} == {f"Slurm {n} PENDING (Resources)" for n in range(1001, 1051)}
     queue.close()
+
+
+def test_the_slurm_waits_are_set_from_the_environment(monkeypatch):
+    """COPYLORA_SLURM_SQUEUE_EVERY_S and COPYLORA_SLURM_GONE_AFTER_S (the cluster tests above run
+    with them short); a value that is no number of seconds is the default, not a worker that fails."""
+    from engine.jobs.slurm import seconds_from_env
+
+    monkeypatch.delenv("COPYLORA_SLURM_GONE_AFTER_S", raising=False)
+    assert seconds_from_env("COPYLORA_SLURM_GONE_AFTER_S", 60.0) == 60.0
+    for given, got in (("2", 2.0), ("0.5", 0.5), ("soon", 60.0), ("-1", 60.0), ("inf", 60.0), ("nan", 60.0)):
+        monkeypatch.setenv("COPYLORA_SLURM_GONE_AFTER_S", given)
+        assert seconds_from_env("COPYLORA_SLURM_GONE_AFTER_S", 60.0) == got, given

@@ -33,7 +33,20 @@ from pathlib import Path
 from engine.errors import CopyloraError
 from engine.jobs.state_home import working_folder
 
-SQUEUE_EVERY_S = 5.0
+
+def seconds_from_env(name: str, default: float) -> float:
+    """``$name`` as seconds (0 or more), else ``default``: a value that is no number of seconds is
+    the default, not a worker that fails to start."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if 0 <= value < float("inf") else default
+
+
+# COPYLORA_SLURM_SQUEUE_EVERY_S in the worker's environment sets it (a private test cluster
+# answers at once; a shared controller wants it left at its default).
+SQUEUE_EVERY_S = seconds_from_env("COPYLORA_SLURM_SQUEUE_EVERY_S", 5.0)
 SIGNAL_LEAD_S = 120  # the runner's warning before Slurm's time limit: time to write a checkpoint
 COMMAND_TIMEOUT_S = 60
 SQUEUE_TIMEOUT_S = 20  # a hung squeue held the worker's loop (progress, heartbeat, stop) for the whole minute

@@ -22,7 +22,9 @@ from engine.jobs.queue import Job, JobStatus, Queue
 
 INGEST_EVERY_S = 0.5  # the channels read, the orders passed on: live enough for a progress bar
 GONE_AFTER_POLLS = 3  # squeue answers in a row that a job is over (or not listed) before it is taken as ended,
-GONE_AFTER_S = 60.0  # over this long at the least, its channel quiet meanwhile (unless its runner said it ended)
+# over this long at the least, its channel quiet meanwhile (unless its runner said it ended);
+# COPYLORA_SLURM_GONE_AFTER_S in the worker's environment sets it (a private test cluster that never lists a live job as gone)
+GONE_AFTER_S = slurm.seconds_from_env("COPYLORA_SLURM_GONE_AFTER_S", 60.0)
 SILENT_ENDS = 3  # Slurm jobs in a row that end without a word and without a step trained: the job fails, said why
 RETRY_S = 30.0  # after Slurm could not take a submission (its controller away): submissions wait this long
 ORDER_RETRY_S = 10.0  # after an scancel that failed: the order is passed on again this much later
