@@ -12,6 +12,7 @@ import time
 import pytest
 
 from engine.jobs.enqueue import enqueue_project
+from engine.jobs.procs import alive
 from engine.jobs.queue import Queue
 from engine.jobs.worker import WorkerRunning, start_detached, stop_worker, worker_pid
 from tests.helpers import copy_example, wait_for
@@ -59,10 +60,13 @@ def test_kill_9_worker_then_restart_resumes_and_matches_uninterrupted_run(tmp_pa
     start_detached(home)
     wait_for(lambda: (queue.get(train_a.id).step or 0) >= 25, what="training to pass step 25")
 
-    # 1. kill -9 the worker alone: its child is told (PR_SET_PDEATHSIG), checkpoints and exits.
+    # 1. kill -9 the worker alone: its child is told (PR_SET_PDEATHSIG), checkpoints and exits
+    # (waited for, not slept on: the next worker would stop a child that outlived it itself).
+    child = queue.get(train_a.id)
+    assert child.pid, child
     os.kill(worker_pid(home), signal.SIGKILL)
     wait_for(lambda: not worker_pid(home), what="the worker to die")
-    time.sleep(3)
+    wait_for(lambda: not alive(child.pid, child.pid_start), timeout=60, what="the orphaned job to checkpoint and exit")
     start_detached(home)
     wait_for(lambda: (queue.get(train_a.id).start_step or 0) > 0, what="the job to resume")
     first_resume = queue.get(train_a.id).start_step
