@@ -220,6 +220,7 @@ def test_a_library_thread_in_the_preloaded_process_turns_warm_starts_off(tmp_pat
 LATE = textwrap.dedent("""
     import json, os, subprocess, sys, time
     import engine.jobs.warm_client as client
+    from engine.jobs.procs import children, process_state
     from engine.jobs.queue import Queue
 
     client.REPLY_WAIT_S = 1.0
@@ -228,6 +229,7 @@ LATE = textwrap.dedent("""
     warm = client.WarmStarter(said.append, also=("tests.slow_fork",))
     while warm.waiting():
         time.sleep(0.05)
+    server = warm.pid()
     queue = Queue(home)
     job = queue.enqueue("merge", project)
     argv = ["--home", home, "--job", str(job.id)]
@@ -252,7 +254,20 @@ LATE = textwrap.dedent("""
             process = subprocess.Popen([sys.executable, "-m", "engine.jobs.runner", *argv], stdout=log, stderr=subprocess.STDOUT)
     while process.poll() is None:
         time.sleep(0.05)
-    time.sleep(4)  # a late fork has come and gone by now
+    # Waited for, not slept on (it slept 4 s): a late fork can come no more (the preloaded process
+    # is gone: the worker ends it when it gives up on a reply; or slow_fork said its fork came), and
+    # every process it forked has ended (all of this subreaper's children are gone or zombies):
+    # a second run of the job would be in the log by then.
+    mark, deadline = os.environ["SLOW_FORK_MARK"], time.monotonic() + 120
+
+    def over(pid):
+        return process_state(pid) in (None, b"Z")
+
+    while not (over(server) or os.path.exists(mark)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while not all(over(pid) for pid in children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert time.monotonic() < deadline, "the late fork's processes did not end"
     left = sorted(p.name for p in queue.log_path(job.id).parent.iterdir() if ".ticket" in p.name)
     print(json.dumps({"how": how, "code": process.returncode, "said": said, "log": queue.log_path(job.id).read_text(), "left": left}))
 """)
@@ -265,7 +280,8 @@ def test_a_fork_that_comes_too_late_never_runs_the_job_twice(tmp_path, when, how
     ticket first (``after``: only the reply was late), it is the job: the worker finds it among its
     children and holds it. Either way the job runs once."""
     root = small_project(tmp_path, "late")
-    env = dict(os.environ, COPYLORA_HOME=str(tmp_path / "state"), OMP_NUM_THREADS="1", SLOW_FORK=when)
+    env = dict(os.environ, COPYLORA_HOME=str(tmp_path / "state"), OMP_NUM_THREADS="1", SLOW_FORK=when,
+               SLOW_FORK_MARK=str(tmp_path / "late-fork"))
     done = subprocess.run([sys.executable, "-c", LATE, str(tmp_path / "state"), str(root)], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
