@@ -47,6 +47,8 @@ environment:
   COPYLORA_IMAGES          1 or 0: pictures in the terminal, or not (auto)
   COPYLORA_WARM_START      0: each job starts cold, importing torch (1)
   COPYLORA_ROOM_WAIT_S     seconds to wait for room on a full disk (1800)
+  COPYLORA_SLURM_SQUEUE_EVERY_S  Slurm: seconds between squeue calls (5)
+  COPYLORA_SLURM_GONE_AFTER_S    Slurm: seconds a job squeue calls over waits (60)
 """
 
 
