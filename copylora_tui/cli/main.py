@@ -48,7 +48,7 @@ environment:
   COPYLORA_WARM_START      0: each job starts cold, importing torch (1)
   COPYLORA_ROOM_WAIT_S     seconds to wait for room on a full disk (1800)
   COPYLORA_SLURM_SQUEUE_EVERY_S  Slurm: seconds between squeue calls (5)
-  COPYLORA_SLURM_GONE_AFTER_S    Slurm: seconds a job squeue calls over waits (60)
+  COPYLORA_SLURM_GONE_AFTER_S    Slurm: grace (s) for a job squeue drops (60)
 """
 
 
